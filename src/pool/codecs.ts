@@ -1,0 +1,289 @@
+// The pool's on-disk structures inside pdata's blocks: the superblock payload, the device tree
+// value, the mapping tree value (extent) and the volume details block. docs/format.md has the byte
+// tables; every rule checked here cites its F-POOL number there.
+//
+// Bytes read from disk are untrusted: decoders validate and throw ThinError with the place named.
+// Values built in memory are trusted: encoders assert.
+import { ThinError, assert } from '../errors.ts';
+import { VOLUME_NAME_LENGTH_MAX, VOLUME_NAME_PATTERN, VOLUME_SIZE_BYTES_MAX } from '../constants.ts';
+import type { Extent } from './ranges.ts';
+
+/** "TBPL" little-endian: marks the payload as a thinbd pool's (F-POOL-1). */
+export const POOL_PAYLOAD_MAGIC = 0x4c504254;
+/** The pool format this build writes and reads (F-POOL-2). */
+export const POOL_FORMAT_VERSION = 1;
+export const POOL_PAYLOAD_SIZE_BYTES = 64;
+/** Payload flag: a commit failed or a check found damage; open read-only until repaired. */
+export const POOL_FLAG_NEEDS_CHECK = 1;
+
+export const DEVICE_VALUE_SIZE_BYTES = 56;
+export const DEVICE_FLAG_READ_ONLY = 1;
+
+export const EXTENT_VALUE_SIZE_BYTES = 16;
+/** lengthBlocks is a u32 on disk (F-POOL-22). */
+export const EXTENT_LENGTH_BLOCKS_MAX = 0xffff_ffff;
+/** Pool time is a u32, as dm-thin's (refs/dm-thin-interop.md §2). */
+export const POOL_TIME_MAX = 0xffff_ffff;
+/** Volume ids are u32 on disk; dm-thin limits them to 24 bits, which export will check. */
+export const VOLUME_ID_MAX = 0xffff_ffff;
+
+/** Stable tree kinds stored in every node, so a node of another tree is never taken for ours. */
+export const DEVICE_TREE_KIND = 0x50;
+export const MAPPING_TREE_KIND = 0x51;
+
+// ---- little-endian u64 as exact numbers ----
+
+export function getU64(view: DataView, offsetBytes: number, field: string): number {
+  const value = view.getBigUint64(offsetBytes, true);
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new ThinError('THIN_CORRUPT_NODE', `${field} is ${value}, beyond the largest block or byte number thinbd uses (2^53)`);
+  }
+  return Number(value);
+}
+
+export function setU64(view: DataView, offsetBytes: number, value: number): void {
+  assert(Number.isSafeInteger(value) && value >= 0, `u64 field value ${value}`);
+  view.setBigUint64(offsetBytes, BigInt(value), true);
+}
+
+// ---- superblock payload (docs/format.md "Pool superblock payload") ----
+
+export interface PoolPayload {
+  formatVersion: number;
+  blockSizeBytes: number;
+  flags: number;
+  dataBlockCount: number;
+  dataSpaceMapRoot: number;
+  deviceTreeRoot: number;
+  /** Data blocks at or above this number have never been written (F-POOL-40). */
+  dataHighWaterMark: number;
+  time: number;
+  nextVolumeId: number;
+  creationTimeMs: number;
+}
+
+export function encodePoolPayload(payload: PoolPayload): Uint8Array {
+  const bytes = new Uint8Array(POOL_PAYLOAD_SIZE_BYTES);
+  const view = new DataView(bytes.buffer);
+  assert(payload.dataHighWaterMark <= payload.dataBlockCount, 'high-water mark past the data space');
+  view.setUint32(0, POOL_PAYLOAD_MAGIC, true);
+  view.setUint32(4, payload.formatVersion, true);
+  view.setUint32(8, payload.blockSizeBytes, true);
+  view.setUint32(12, payload.flags, true);
+  setU64(view, 16, payload.dataBlockCount);
+  setU64(view, 24, payload.dataSpaceMapRoot);
+  setU64(view, 32, payload.deviceTreeRoot);
+  setU64(view, 40, payload.dataHighWaterMark);
+  view.setUint32(48, payload.time, true);
+  view.setUint32(52, payload.nextVolumeId, true);
+  setU64(view, 56, payload.creationTimeMs);
+  return bytes;
+}
+
+function corruptPayload(message: string): ThinError {
+  return new ThinError('THIN_CORRUPT_SUPERBLOCK', `Pool superblock payload: ${message}`);
+}
+
+export function decodePoolPayload(bytes: Uint8Array, metadataBlockCount: number): PoolPayload {
+  if (bytes.length < POOL_PAYLOAD_SIZE_BYTES) throw corruptPayload(`${bytes.length} bytes, expected ${POOL_PAYLOAD_SIZE_BYTES}`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  const magic = view.getUint32(0, true);
+  // F-POOL-1: the magic must read "TBPL".
+  if (magic !== POOL_PAYLOAD_MAGIC) throw corruptPayload(`magic is 0x${magic.toString(16)}, not a thinbd pool`);
+  const formatVersion = view.getUint32(4, true);
+  // F-POOL-2: a reader must refuse a format version it does not know.
+  if (formatVersion !== POOL_FORMAT_VERSION) {
+    throw new ThinError('THIN_FORMAT', `The pool has format version ${formatVersion}; this build reads version ${POOL_FORMAT_VERSION}`);
+  }
+  const field = (name: string, offset: number): number => {
+    try {
+      return getU64(view, offset, name);
+    } catch (error) {
+      throw corruptPayload(error instanceof Error ? error.message : String(error));
+    }
+  };
+  const payload: PoolPayload = {
+    formatVersion,
+    blockSizeBytes: view.getUint32(8, true),
+    flags: view.getUint32(12, true),
+    dataBlockCount: field('data block count', 16),
+    dataSpaceMapRoot: field('data space map root', 24),
+    deviceTreeRoot: field('device tree root', 32),
+    dataHighWaterMark: field('data high-water mark', 40),
+    time: view.getUint32(48, true),
+    nextVolumeId: view.getUint32(52, true),
+    creationTimeMs: field('creation time', 56),
+  };
+  const { blockSizeBytes } = payload;
+  // F-POOL-3: the block size is a power of two in dm-thin's range.
+  if (blockSizeBytes < 64 * 1024 || blockSizeBytes > 1024 ** 3 || (blockSizeBytes & (blockSizeBytes - 1)) !== 0) {
+    throw corruptPayload(`block size ${blockSizeBytes} is not a power of two from 64 KiB to 1 GiB`);
+  }
+  // F-POOL-4: at least one data block; the byte size of the data space stays an exact number.
+  if (payload.dataBlockCount < 1 || !Number.isSafeInteger(payload.dataBlockCount * blockSizeBytes)) {
+    throw corruptPayload(`data block count ${payload.dataBlockCount} is out of range`);
+  }
+  // F-POOL-5: roots are metadata blocks.
+  for (const [name, root] of [['data space map root', payload.dataSpaceMapRoot], ['device tree root', payload.deviceTreeRoot]] as const) {
+    if (root >= metadataBlockCount) throw corruptPayload(`${name} ${root} is past the metadata (${metadataBlockCount} blocks)`);
+  }
+  // F-POOL-6: the high-water mark lies within the data space.
+  if (payload.dataHighWaterMark > payload.dataBlockCount) {
+    throw corruptPayload(`data high-water mark ${payload.dataHighWaterMark} is past the data space (${payload.dataBlockCount} blocks)`);
+  }
+  // F-POOL-7: unknown flags are refused rather than ignored.
+  if ((payload.flags & ~POOL_FLAG_NEEDS_CHECK) !== 0) throw corruptPayload(`unknown flags 0x${payload.flags.toString(16)}`);
+  return payload;
+}
+
+// ---- device tree value (docs/format.md "Device tree value") ----
+
+export interface DeviceValue {
+  mappingRoot: number;
+  detailsBlock: number;
+  sizeBytes: number;
+  mappedBlockCount: number;
+  transactionId: number;
+  creationTime: number;
+  snapshottedTime: number;
+  flags: number;
+}
+
+export function packDeviceValue(value: DeviceValue, view: DataView, offsetBytes: number): void {
+  assert(value.sizeBytes >= 1 && value.sizeBytes <= VOLUME_SIZE_BYTES_MAX, `volume size ${value.sizeBytes}`);
+  assert(value.snapshottedTime >= value.creationTime, 'snapshotted before created');
+  setU64(view, offsetBytes, value.mappingRoot);
+  setU64(view, offsetBytes + 8, value.detailsBlock);
+  setU64(view, offsetBytes + 16, value.sizeBytes);
+  setU64(view, offsetBytes + 24, value.mappedBlockCount);
+  setU64(view, offsetBytes + 32, value.transactionId);
+  view.setUint32(offsetBytes + 40, value.creationTime, true);
+  view.setUint32(offsetBytes + 44, value.snapshottedTime, true);
+  view.setUint32(offsetBytes + 48, value.flags, true);
+  view.setUint32(offsetBytes + 52, 0, true);
+}
+
+export function unpackDeviceValue(view: DataView, offsetBytes: number): DeviceValue {
+  const value: DeviceValue = {
+    mappingRoot: getU64(view, offsetBytes, 'device mapping root'),
+    detailsBlock: getU64(view, offsetBytes + 8, 'device details block'),
+    sizeBytes: getU64(view, offsetBytes + 16, 'device size'),
+    mappedBlockCount: getU64(view, offsetBytes + 24, 'device mapped block count'),
+    transactionId: getU64(view, offsetBytes + 32, 'device transaction id'),
+    creationTime: view.getUint32(offsetBytes + 40, true),
+    snapshottedTime: view.getUint32(offsetBytes + 44, true),
+    flags: view.getUint32(offsetBytes + 48, true),
+  };
+  // F-POOL-11: size within [1, VOLUME_SIZE_BYTES_MAX].
+  if (value.sizeBytes < 1 || value.sizeBytes > VOLUME_SIZE_BYTES_MAX) {
+    throw new ThinError('THIN_CORRUPT_NODE', `device size ${value.sizeBytes} is out of range`);
+  }
+  // F-POOL-12: a device is snapshotted no earlier than it was created.
+  if (value.snapshottedTime < value.creationTime) {
+    throw new ThinError('THIN_CORRUPT_NODE', `device snapshotted time ${value.snapshottedTime} is before its creation time ${value.creationTime}`);
+  }
+  // F-POOL-13: unknown device flags and a non-zero reserved field are refused.
+  if ((value.flags & ~DEVICE_FLAG_READ_ONLY) !== 0 || view.getUint32(offsetBytes + 52, true) !== 0) {
+    throw new ThinError('THIN_CORRUPT_NODE', `device flags 0x${value.flags.toString(16)} are unknown`);
+  }
+  return value;
+}
+
+// ---- mapping tree value (docs/format.md "Mapping tree value (extent)") ----
+
+export function packExtent(value: Extent, view: DataView, offsetBytes: number): void {
+  assert(value.lengthBlocks >= 1 && value.lengthBlocks <= EXTENT_LENGTH_BLOCKS_MAX, `extent length ${value.lengthBlocks}`);
+  assert(value.time >= 0 && value.time <= POOL_TIME_MAX, `extent time ${value.time}`);
+  setU64(view, offsetBytes, value.dataBlock);
+  view.setUint32(offsetBytes + 8, value.lengthBlocks, true);
+  view.setUint32(offsetBytes + 12, value.time, true);
+}
+
+/** Unpacks an extent and checks it against the data space (F-POOL-21). */
+export function unpackExtent(view: DataView, offsetBytes: number, dataBlockCount: number): Extent {
+  const extent: Extent = {
+    dataBlock: getU64(view, offsetBytes, 'extent data block'),
+    lengthBlocks: view.getUint32(offsetBytes + 8, true),
+    time: view.getUint32(offsetBytes + 12, true),
+  };
+  if (extent.lengthBlocks < 1) throw new ThinError('THIN_CORRUPT_NODE', `extent at data block ${extent.dataBlock} has length 0`);
+  if (extent.dataBlock + extent.lengthBlocks > dataBlockCount) {
+    throw new ThinError(
+      'THIN_CORRUPT_NODE',
+      `extent at data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) runs past the data space (${dataBlockCount} blocks)`,
+    );
+  }
+  return extent;
+}
+
+// ---- volume details (docs/format.md "Volume details block") ----
+
+export interface VolumeDetails {
+  name: string;
+  labels: Record<string, string>;
+  /** ISO 8601, UTC. */
+  createdAt: string;
+  originName?: string;
+  originId?: number;
+}
+
+export function validateVolumeName(name: unknown): string | undefined {
+  if (typeof name !== 'string') return 'a volume name must be a string';
+  if (name.length < 1 || name.length > VOLUME_NAME_LENGTH_MAX) {
+    return `volume name "${name}" must be 1 to ${VOLUME_NAME_LENGTH_MAX} characters`;
+  }
+  if (!VOLUME_NAME_PATTERN.test(name)) {
+    return `volume name "${name}" may contain only letters, digits and . _ + - and must start with a letter or digit`;
+  }
+  return undefined;
+}
+
+/** Encodes details as `u32 length` + UTF-8 JSON; THIN_INVALID if they do not fit `capacityBytes`. */
+export function encodeDetails(details: VolumeDetails, capacityBytes: number): Uint8Array {
+  const json: Record<string, unknown> = { name: details.name, labels: details.labels, createdAt: details.createdAt };
+  if (details.originName !== undefined) json['originName'] = details.originName;
+  if (details.originId !== undefined) json['originId'] = details.originId;
+  const text = new TextEncoder().encode(JSON.stringify(json));
+  if (text.length + 4 > capacityBytes) {
+    throw new ThinError('THIN_INVALID', `The details of volume ${details.name} (labels included) take ${text.length} bytes; at most ${capacityBytes - 4} fit`);
+  }
+  const bytes = new Uint8Array(4 + text.length);
+  new DataView(bytes.buffer).setUint32(0, text.length, true);
+  bytes.set(text, 4);
+  return bytes;
+}
+
+export function decodeDetails(bytes: Uint8Array, where: string): VolumeDetails {
+  const corrupt = (message: string): ThinError => new ThinError('THIN_CORRUPT_BLOCK', `Volume details ${where}: ${message}`);
+  if (bytes.length < 4) throw corrupt('too short');
+  const lengthBytes = new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint32(0, true);
+  // F-POOL-30: the JSON fits inside the block.
+  if (lengthBytes + 4 > bytes.length) throw corrupt(`JSON length ${lengthBytes} runs past the block`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(4, 4 + lengthBytes)));
+  } catch (error) {
+    throw new ThinError('THIN_CORRUPT_BLOCK', `Volume details ${where}: not UTF-8 JSON`, { cause: error });
+  }
+  // F-POOL-31: the fields have these types; the name is a valid volume name.
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw corrupt('not a JSON object');
+  const record = parsed as Record<string, unknown>;
+  const nameProblem = validateVolumeName(record['name']);
+  if (nameProblem !== undefined) throw corrupt(nameProblem);
+  const labels = record['labels'];
+  if (typeof labels !== 'object' || labels === null || Array.isArray(labels) || Object.values(labels).some((v) => typeof v !== 'string')) {
+    throw corrupt('labels are not an object of strings');
+  }
+  if (typeof record['createdAt'] !== 'string' || Number.isNaN(Date.parse(record['createdAt']))) throw corrupt('createdAt is not a date');
+  const details: VolumeDetails = { name: record['name'] as string, labels: { ...(labels as Record<string, string>) }, createdAt: record['createdAt'] };
+  if (record['originName'] !== undefined) {
+    if (validateVolumeName(record['originName']) !== undefined) throw corrupt('originName is not a volume name');
+    details.originName = record['originName'] as string;
+  }
+  if (record['originId'] !== undefined) {
+    const originId = record['originId'];
+    if (typeof originId !== 'number' || !Number.isInteger(originId) || originId < 0 || originId > VOLUME_ID_MAX) throw corrupt('originId is not a volume id');
+    details.originId = originId;
+  }
+  return details;
+}

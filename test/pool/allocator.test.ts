@@ -1,0 +1,83 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DataAllocator, type DataSpace } from '../../src/pool/allocator.ts';
+import { isThinError } from '../../src/errors.ts';
+
+/** A naive space map: a count per block, findFree scanning from the hint and wrapping. */
+class FakeSpace implements DataSpace {
+  counts: number[];
+  constructor(blockCount: number) {
+    this.counts = new Array<number>(blockCount).fill(0);
+  }
+  get usedBlockCount(): number {
+    return this.counts.filter((c) => c > 0).length;
+  }
+  findFree(hintBlock: number, lengthBlocksMax: number, isReserved?: (block: number) => boolean): { begin: number; lengthBlocks: number } | undefined {
+    for (let step = 0; step < this.counts.length; step += 1) {
+      const block = (hintBlock + step) % this.counts.length;
+      if (this.counts[block] === 0 && !(isReserved?.(block) ?? false)) return { begin: block, lengthBlocks: 1 };
+    }
+    return undefined;
+  }
+}
+
+test('a volume allocates contiguous blocks while they are free', () => {
+  const space = new FakeSpace(100);
+  const allocator = new DataAllocator(space, 100, 0);
+  const blocks = [0, 1, 2, 3].map(() => allocator.allocate(1));
+  assert.deepEqual(blocks, [0, 1, 2, 3]);
+  assert.equal(allocator.reservedCount, 4);
+});
+
+test('two volumes writing in turn each continue after their own previous block when free', () => {
+  const space = new FakeSpace(100);
+  const allocator = new DataAllocator(space, 100, 0);
+  const a0 = allocator.allocate(1);
+  allocator.setHint(2, 49);
+  const b0 = allocator.allocate(2);
+  const a1 = allocator.allocate(1);
+  const b1 = allocator.allocate(2);
+  assert.deepEqual([a0, a1, b0, b1], [0, 1, 50, 51]);
+});
+
+test('a reserved block is never handed out twice', () => {
+  const space = new FakeSpace(3);
+  const allocator = new DataAllocator(space, 3, 0);
+  const got = new Set([allocator.allocate(1), allocator.allocate(1), allocator.allocate(2)]);
+  assert.equal(got.size, 3);
+  assert.throws(() => allocator.allocate(1), (error) => isThinError(error, 'THIN_NO_SPACE'));
+});
+
+test('released blocks that stay unreferenced can be allocated again', () => {
+  const space = new FakeSpace(2);
+  const allocator = new DataAllocator(space, 2, 0);
+  const a = allocator.allocate(1);
+  const b = allocator.allocate(1);
+  allocator.release(a);
+  assert.equal(allocator.allocate(1), a);
+  allocator.release(b);
+});
+
+test('blocks counted in the space map are skipped', () => {
+  const space = new FakeSpace(10);
+  space.counts[0] = 1;
+  space.counts[1] = 2;
+  const allocator = new DataAllocator(space, 10, 0);
+  assert.equal(allocator.allocate(1), 2);
+});
+
+test('new provisioning leaves the reserve to copy-on-write', () => {
+  const space = new FakeSpace(4);
+  const allocator = new DataAllocator(space, 4, 2);
+  allocator.allocate(1);
+  allocator.allocate(1);
+  assert.throws(() => allocator.allocate(1), (error) => isThinError(error, 'THIN_NO_SPACE'));
+  allocator.allocate(1, { mayUseReserve: true });
+  allocator.allocate(1, { mayUseReserve: true });
+  assert.throws(() => allocator.allocate(1, { mayUseReserve: true }), (error) => isThinError(error, 'THIN_NO_SPACE'));
+});
+
+test('releasing a block that is not reserved is a bug', () => {
+  const allocator = new DataAllocator(new FakeSpace(4), 4, 0);
+  assert.throws(() => allocator.release(3), /not reserved/);
+});
