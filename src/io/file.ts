@@ -1,0 +1,309 @@
+// A block file over a regular file or a block device.
+//
+// The data path (read, write) uses fs.read/fs.write with callbacks: they run on the libuv pool,
+// and FileHandle promises cost about three times as much per operation (refs/node-io.md).
+// readSync serves the metadata layer, whose blocks are almost always in the page cache.
+//
+// Files are opened 'r+', never with O_APPEND: Linux ignores the position of pwrite on files
+// opened O_APPEND, which would append every block to the end.
+//
+// Fail-stop: after a write or a sync fails, the kernel may already have dropped the dirty
+// pages it could not write back, and a later fdatasync can succeed although the data never
+// reached the disk (refs/fault-model.md §6; PostgreSQL's fsync incident). So once a write or a
+// sync has failed, every later sync fails too: nothing written through this file can be called
+// durable again until the file is reopened and what is on disk is read back.
+import fs from 'node:fs';
+import koffi from 'koffi';
+import type { BlockFile } from './block-file.ts';
+import { ThinError, assert } from '../errors.ts';
+
+export interface FileOpenOptions {
+  readOnly?: boolean;
+}
+
+export interface FileCreateOptions {
+  sizeBytes: number;
+}
+
+export class FileBlockFile implements BlockFile {
+  readonly description: string;
+  readonly readOnly: boolean;
+  readonly isBlockDevice: boolean;
+  #fd: number;
+  #sizeBytes: number;
+  #closed = false;
+  /** The first write or sync failure; once set, sync() refuses (see the module comment). */
+  #failure: ThinError | undefined;
+  /** Operations started and not yet finished, so close() can wait for them. */
+  #inFlight = new Set<Promise<unknown>>();
+
+  private constructor(path: string, fd: number, sizeBytes: number, readOnly: boolean, isBlockDevice: boolean) {
+    this.description = path;
+    this.#fd = fd;
+    this.#sizeBytes = sizeBytes;
+    this.readOnly = readOnly;
+    this.isBlockDevice = isBlockDevice;
+  }
+
+  /** Opens an existing regular file or block device. */
+  static async open(path: string, options: FileOpenOptions = {}): Promise<FileBlockFile> {
+    const readOnly = options.readOnly === true;
+    let fd: number;
+    try {
+      fd = await callback<number>((done) => fs.open(path, readOnly ? 'r' : 'r+', done));
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === 'ENOENT') {
+        throw new ThinError('THIN_NOT_FOUND', `Cannot open ${path}: no such file`, { cause: error });
+      }
+      if (code === 'EISDIR') {
+        throw new ThinError('THIN_INVALID', `Cannot open ${path} as a block file: it is a directory`, { cause: error });
+      }
+      throw new ThinError('THIN_IO', `Cannot open ${path}: ${code}`, { cause: error });
+    }
+    try {
+      const stats = fs.fstatSync(fd);
+      if (stats.isDirectory()) {
+        throw new ThinError('THIN_INVALID', `Cannot open ${path} as a block file: it is a directory`);
+      }
+      const isBlockDevice = stats.isBlockDevice();
+      const sizeBytes = isBlockDevice ? blockDeviceSizeBytes(fd, path) : stats.size;
+      return new FileBlockFile(path, fd, sizeBytes, readOnly, isBlockDevice);
+    } catch (error) {
+      fs.closeSync(fd);
+      if (error instanceof ThinError) throw error;
+      throw new ThinError('THIN_IO', `Cannot open ${path}: ${errorCode(error)}`, { cause: error });
+    }
+  }
+
+  /** Creates a new sparse regular file of sizeBytes; an existing file is refused, never overwritten. */
+  static async create(path: string, options: FileCreateOptions): Promise<FileBlockFile> {
+    const { sizeBytes } = options;
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
+      throw new ThinError('THIN_INVALID', `Cannot create ${path} with size ${sizeBytes}: not a byte count`);
+    }
+    let fd: number;
+    try {
+      // 'wx+' is O_RDWR|O_CREAT|O_EXCL: atomic refusal of an existing path, and no O_APPEND.
+      fd = await callback<number>((done) => fs.open(path, 'wx+', 0o644, done));
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === 'EEXIST') {
+        throw new ThinError('THIN_EXISTS', `Cannot create ${path}: it already exists`, { cause: error });
+      }
+      if (code === 'ENOENT') {
+        throw new ThinError('THIN_NOT_FOUND', `Cannot create ${path}: its directory does not exist`, { cause: error });
+      }
+      throw new ThinError('THIN_IO', `Cannot create ${path}: ${code}`, { cause: error });
+    }
+    try {
+      await callback<void>((done) => fs.ftruncate(fd, sizeBytes, done));
+    } catch (error) {
+      fs.closeSync(fd);
+      throw new ThinError('THIN_IO', `Cannot create ${path} with ${sizeBytes} bytes: ${errorCode(error)}`, {
+        cause: error,
+      });
+    }
+    return new FileBlockFile(path, fd, sizeBytes, false, false);
+  }
+
+  sizeBytes(): number {
+    return this.#sizeBytes;
+  }
+
+  readSync(target: Uint8Array, offsetBytes: number): void {
+    this.#checkOpen();
+    checkRange(offsetBytes, target.length);
+    let doneBytes = 0;
+    while (doneBytes < target.length) {
+      let readBytes: number;
+      try {
+        readBytes = fs.readSync(this.#fd, target, doneBytes, target.length - doneBytes, offsetBytes + doneBytes);
+      } catch (error) {
+        throw this.#ioError('read', target.length, offsetBytes, error);
+      }
+      if (readBytes === 0) break; // end of file: the rest reads as zeros
+      doneBytes += readBytes;
+    }
+    if (doneBytes < target.length) target.fill(0, doneBytes);
+  }
+
+  read(target: Uint8Array, offsetBytes: number): Promise<void> {
+    return this.#track(async () => {
+      this.#checkOpen();
+      checkRange(offsetBytes, target.length);
+      let doneBytes = 0;
+      while (doneBytes < target.length) {
+        let readBytes: number;
+        try {
+          readBytes = await callback<number>((done) =>
+            fs.read(this.#fd, target, doneBytes, target.length - doneBytes, offsetBytes + doneBytes, done),
+          );
+        } catch (error) {
+          throw this.#ioError('read', target.length, offsetBytes, error);
+        }
+        if (readBytes === 0) break;
+        doneBytes += readBytes;
+      }
+      if (doneBytes < target.length) target.fill(0, doneBytes);
+    });
+  }
+
+  write(source: Uint8Array, offsetBytes: number): Promise<void> {
+    return this.#track(async () => {
+      this.#checkOpen();
+      this.#checkWritable('write');
+      checkRange(offsetBytes, source.length);
+      let doneBytes = 0;
+      while (doneBytes < source.length) {
+        let writtenBytes: number;
+        try {
+          writtenBytes = await callback<number>((done) =>
+            fs.write(this.#fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes, done),
+          );
+        } catch (error) {
+          throw this.#fail(this.#ioError('write', source.length, offsetBytes, error));
+        }
+        if (writtenBytes === 0) {
+          // A block device that ends inside the write: the kernel reports a short write, not an error.
+          throw this.#fail(
+            new ThinError(
+              'THIN_IO',
+              `Cannot write ${source.length} bytes at offset ${offsetBytes} of ${this.description}: ` +
+                `the device ends at ${offsetBytes + doneBytes}`,
+            ),
+          );
+        }
+        doneBytes += writtenBytes;
+      }
+      const endBytes = offsetBytes + source.length;
+      if (endBytes > this.#sizeBytes) this.#sizeBytes = endBytes;
+    });
+  }
+
+  sync(): Promise<void> {
+    return this.#track(async () => {
+      this.#checkOpen();
+      if (this.#failure !== undefined) {
+        throw new ThinError(
+          'THIN_IO',
+          `Cannot sync ${this.description}: an earlier write or sync failed, so what the disk holds is ` +
+            `unknown until the file is reopened (${this.#failure.message})`,
+          { cause: this.#failure },
+        );
+      }
+      if (this.readOnly) return;
+      try {
+        await callback<void>((done) => fs.fdatasync(this.#fd, done));
+      } catch (error) {
+        throw this.#fail(
+          new ThinError('THIN_IO', `Cannot sync ${this.description}: ${errorCode(error)}`, { cause: error }),
+        );
+      }
+    });
+  }
+
+  grow(sizeBytes: number): Promise<void> {
+    return this.#track(async () => {
+      this.#checkOpen();
+      checkRange(sizeBytes, 0);
+      if (sizeBytes <= this.#sizeBytes) return;
+      this.#checkWritable('grow');
+      if (this.isBlockDevice) {
+        throw new ThinError(
+          'THIN_INVALID',
+          `Cannot grow ${this.description} to ${sizeBytes} bytes: it is a block device of ${this.#sizeBytes} bytes`,
+        );
+      }
+      try {
+        await callback<void>((done) => fs.ftruncate(this.#fd, sizeBytes, done));
+      } catch (error) {
+        throw new ThinError('THIN_IO', `Cannot grow ${this.description} to ${sizeBytes} bytes: ${errorCode(error)}`, {
+          cause: error,
+        });
+      }
+      if (sizeBytes > this.#sizeBytes) this.#sizeBytes = sizeBytes;
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    // Let operations already started finish (or fail) before their descriptor goes away, so a
+    // late callback never lands on a descriptor number reused by another file.
+    await Promise.allSettled([...this.#inFlight]);
+    try {
+      await callback<void>((done) => fs.close(this.#fd, done));
+    } catch (error) {
+      throw new ThinError('THIN_IO', `Cannot close ${this.description}: ${errorCode(error)}`, { cause: error });
+    }
+  }
+
+  #track<T>(operation: () => Promise<T>): Promise<T> {
+    const promise = operation();
+    this.#inFlight.add(promise);
+    const forget = (): void => {
+      this.#inFlight.delete(promise);
+    };
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  #fail(error: ThinError): ThinError {
+    if (this.#failure === undefined) this.#failure = error;
+    return error;
+  }
+
+  #ioError(verb: 'read' | 'write', lengthBytes: number, offsetBytes: number, cause: unknown): ThinError {
+    return new ThinError(
+      'THIN_IO',
+      `Cannot ${verb} ${lengthBytes} bytes at offset ${offsetBytes} of ${this.description}: ${errorCode(cause)}`,
+      { cause },
+    );
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new ThinError('THIN_CLOSED', `${this.description} is closed`);
+  }
+
+  #checkWritable(verb: string): void {
+    if (this.readOnly) throw new ThinError('THIN_READ_ONLY', `Cannot ${verb} ${this.description}: opened read-only`);
+  }
+}
+
+function checkRange(offsetBytes: number, lengthBytes: number): void {
+  assert(Number.isSafeInteger(offsetBytes) && offsetBytes >= 0, `bad offset ${offsetBytes}`);
+  assert(Number.isSafeInteger(offsetBytes + lengthBytes), `bad length ${lengthBytes}`);
+}
+
+function callback<T>(start: (done: (error: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    start((error, value) => {
+      if (error) reject(error);
+      else resolve(value);
+    });
+  });
+}
+
+function errorCode(error: unknown): string {
+  if (typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'string') {
+    return error.code;
+  }
+  return String(error);
+}
+
+const SEEK_END = 2;
+/** Core fs has no lseek; fstat reports 0 bytes for a block device, lseek to its end gives its size. */
+const lseek = koffi.load('libc.so.6').func('int64_t lseek(int, int64_t, int)') as (
+  fd: number,
+  offset: number,
+  whence: number,
+) => number | bigint;
+
+function blockDeviceSizeBytes(fd: number, path: string): number {
+  const endBytes = Number(lseek(fd, 0, SEEK_END));
+  if (endBytes < 0) {
+    throw new ThinError('THIN_IO', `Cannot find the size of block device ${path}: lseek failed (errno ${koffi.errno()})`);
+  }
+  return endBytes;
+}

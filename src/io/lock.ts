@@ -1,0 +1,121 @@
+// An exclusive lock on a pool directory, so two processes never open one pool for writing.
+//
+// It is a kernel lock, flock(LOCK_EX | LOCK_NB) on DIR/lock, not a lock *file*: the kernel drops
+// it when the holder's last descriptor closes, which includes the holder being killed with
+// SIGKILL, so a crash never leaves a stale lock for an operator to delete by hand. The lock file
+// itself stays; it holds the pid of the last holder, for the "in use by" message only (a stale
+// pid in it means nothing while the file is unlocked).
+//
+// Core fs has no flock, so it is called from libc through koffi. flock locks belong to the open
+// file description: a second open() in the same process is refused too, which makes it a
+// single-writer guard within one process as well.
+import fs from 'node:fs';
+import path from 'node:path';
+import koffi from 'koffi';
+import { ThinError, assert } from '../errors.ts';
+
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const LOCK_UN = 8;
+const EWOULDBLOCK = 11;
+const EINTR = 4;
+
+const flock = koffi.load('libc.so.6').func('int flock(int, int)') as (fd: number, operation: number) => number;
+
+/** Name of the lock file inside a pool directory. */
+export const LOCK_FILE_NAME = 'lock';
+
+export interface DirectoryLock {
+  /** The lock file's path. */
+  readonly path: string;
+  /** Drops the lock; later calls do nothing. */
+  release(): void;
+}
+
+/**
+ * Takes the exclusive lock of a pool directory without waiting.
+ * Throws THIN_BUSY when another open file description holds it, THIN_NOT_FOUND when the
+ * directory does not exist.
+ */
+export function lockDirectory(directoryPath: string): DirectoryLock {
+  const lockPath = path.join(directoryPath, LOCK_FILE_NAME);
+  let fd: number;
+  try {
+    // O_RDWR | O_CREAT, no O_TRUNC: the holder's pid must survive a refused attempt. (libuv opens
+    // every descriptor close-on-exec, so a child process never inherits the lock.)
+    fd = fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+  } catch (error) {
+    const code = errorCode(error);
+    if (code === 'ENOENT' || code === 'ENOTDIR') {
+      throw new ThinError('THIN_NOT_FOUND', `Cannot lock pool ${directoryPath}: no such directory`, { cause: error });
+    }
+    throw new ThinError('THIN_IO', `Cannot lock pool ${directoryPath}: cannot open ${lockPath}: ${code}`, {
+      cause: error,
+    });
+  }
+
+  let result: number;
+  let errno = 0;
+  do {
+    result = flock(fd, LOCK_EX | LOCK_NB);
+    errno = result === 0 ? 0 : koffi.errno();
+  } while (result !== 0 && errno === EINTR);
+
+  if (result !== 0) {
+    const holderPid = readHolderPid(fd);
+    fs.closeSync(fd);
+    if (errno === EWOULDBLOCK) {
+      const holder = holderPid === undefined ? 'pid unknown' : `pid ${holderPid}`;
+      throw new ThinError('THIN_BUSY', `Pool ${directoryPath} is in use by another process (${holder})`);
+    }
+    throw new ThinError('THIN_IO', `Cannot lock pool ${directoryPath}: flock failed (errno ${errno})`);
+  }
+
+  try {
+    const text = Buffer.from(`${process.pid}\n`);
+    fs.ftruncateSync(fd, 0);
+    fs.writeSync(fd, text, 0, text.length, 0);
+  } catch (error) {
+    flock(fd, LOCK_UN);
+    fs.closeSync(fd);
+    throw new ThinError('THIN_IO', `Cannot lock pool ${directoryPath}: cannot write ${lockPath}: ${errorCode(error)}`, {
+      cause: error,
+    });
+  }
+
+  let held = true;
+  return {
+    path: lockPath,
+    release(): void {
+      if (!held) return;
+      held = false;
+      // Clear the pid first, while the lock still keeps others out; closing drops the lock.
+      try {
+        fs.ftruncateSync(fd, 0);
+      } catch {
+        // The pid is advisory; an unlocked file with a stale pid in it is harmless.
+      }
+      const unlocked = flock(fd, LOCK_UN);
+      assert(unlocked === 0 || koffi.errno() !== EWOULDBLOCK, 'flock(LOCK_UN) cannot block');
+      fs.closeSync(fd);
+    },
+  };
+}
+
+function readHolderPid(fd: number): number | undefined {
+  try {
+    const buffer = Buffer.alloc(32);
+    const readBytes = fs.readSync(fd, buffer, 0, buffer.length, 0);
+    const text = buffer.subarray(0, readBytes).toString('latin1').trim();
+    return /^[0-9]+$/.test(text) ? Number(text) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function errorCode(error: unknown): string {
+  if (typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'string') {
+    return error.code;
+  }
+  return String(error);
+}

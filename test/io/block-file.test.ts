@@ -1,0 +1,146 @@
+// Runs the BlockFile contract against every implementation, plus what only a real file can show.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { blockFileConformance } from './block-file.conformance.ts';
+import { MemoryBlockFile } from '../../src/io/memory.ts';
+import { CountingBlockFile } from '../../src/io/counting.ts';
+import { FileBlockFile } from '../../src/io/file.ts';
+import { isThinError } from '../../src/errors.ts';
+import { SimDisk, SimMachine } from '../sim/sim-disk.ts';
+
+let temporaryDirectory = '';
+let fileCount = 0;
+before(() => {
+  temporaryDirectory = fs.mkdtempSync(path.join(os.tmpdir(), 'thinbd-io-'));
+});
+after(() => {
+  fs.rmSync(temporaryDirectory, { recursive: true, force: true });
+});
+function temporaryPath(): string {
+  fileCount += 1;
+  return path.join(temporaryDirectory, `file-${fileCount}`);
+}
+
+blockFileConformance({ name: 'MemoryBlockFile', create: async (sizeBytes) => new MemoryBlockFile(sizeBytes) });
+blockFileConformance({
+  name: 'CountingBlockFile over MemoryBlockFile',
+  create: async (sizeBytes) => new CountingBlockFile(new MemoryBlockFile(sizeBytes)),
+});
+blockFileConformance({
+  name: 'FileBlockFile',
+  create: (sizeBytes) => FileBlockFile.create(temporaryPath(), { sizeBytes }),
+});
+let machineSeed = 1;
+blockFileConformance({
+  name: 'SimDisk',
+  create: async (sizeBytes) => new SimMachine({ seed: machineSeed++ }).createDisk('disk', sizeBytes),
+  failNextWrite: (file) => (file as SimDisk).failWrites(),
+  failNextSync: (file) => (file as SimDisk).failSyncs(),
+});
+
+describe('FileBlockFile', () => {
+  test('create refuses an existing path with THIN_EXISTS and leaves it as it was', async () => {
+    const filePath = temporaryPath();
+    fs.writeFileSync(filePath, 'precious');
+    await assert.rejects(FileBlockFile.create(filePath, { sizeBytes: 4096 }), (error) => {
+      assert.ok(isThinError(error, 'THIN_EXISTS'));
+      assert.match(error.message, /already exists/);
+      return true;
+    });
+    assert.equal(fs.readFileSync(filePath, 'utf8'), 'precious');
+  });
+
+  test('create makes a sparse file of the asked size', async () => {
+    const filePath = temporaryPath();
+    const file = await FileBlockFile.create(filePath, { sizeBytes: 1024 ** 3 });
+    await file.close();
+    const stats = fs.statSync(filePath);
+    assert.equal(stats.size, 1024 ** 3);
+    assert.ok(stats.blocks * 512 < 1024 * 1024, `a new 1 GiB file allocates ${stats.blocks * 512} bytes`);
+  });
+
+  test('open of a missing path fails with THIN_NOT_FOUND', async () => {
+    await assert.rejects(FileBlockFile.open(path.join(temporaryDirectory, 'missing')), (error) =>
+      isThinError(error, 'THIN_NOT_FOUND'),
+    );
+  });
+
+  test('writes land at their offset in an existing file (not appended) and survive reopening', async () => {
+    const filePath = temporaryPath();
+    fs.writeFileSync(filePath, Buffer.alloc(16384, 0x11));
+    const file = await FileBlockFile.open(filePath);
+    assert.equal(file.sizeBytes(), 16384);
+    await file.write(Buffer.alloc(4096, 0x22), 4096);
+    await file.sync();
+    await file.close();
+    const bytes = fs.readFileSync(filePath);
+    assert.equal(bytes.length, 16384);
+    assert.equal(bytes[4095], 0x11);
+    assert.equal(bytes[4096], 0x22);
+    assert.equal(bytes[8191], 0x22);
+    assert.equal(bytes[8192], 0x11);
+    const reopened = await FileBlockFile.open(filePath, { readOnly: true });
+    const target = new Uint8Array(4096);
+    reopened.readSync(target, 4096);
+    assert.ok(target.every((byte) => byte === 0x22));
+    await reopened.close();
+  });
+
+  test('a read-only file refuses writes and growth', async () => {
+    const filePath = temporaryPath();
+    await (await FileBlockFile.create(filePath, { sizeBytes: 8192 })).close();
+    const file = await FileBlockFile.open(filePath, { readOnly: true });
+    await assert.rejects(file.write(new Uint8Array(10), 0), (error) => isThinError(error, 'THIN_READ_ONLY'));
+    await assert.rejects(file.grow(65536), (error) => isThinError(error, 'THIN_READ_ONLY'));
+    await file.sync();
+    await file.close();
+  });
+
+  test('a failed write names size, offset, path and errno, and then every sync is refused', async () => {
+    // /dev/full fails every write with ENOSPC: a real device error without root or device-mapper.
+    const file = await FileBlockFile.open('/dev/full');
+    await assert.rejects(file.write(new Uint8Array(65536), 131072), (error) => {
+      assert.ok(isThinError(error, 'THIN_IO'));
+      assert.equal(error.message, 'Cannot write 65536 bytes at offset 131072 of /dev/full: ENOSPC');
+      assert.equal((error.cause as NodeJS.ErrnoException).code, 'ENOSPC');
+      return true;
+    });
+    await assert.rejects(file.sync(), (error) => {
+      assert.ok(isThinError(error, 'THIN_IO'));
+      assert.match(error.message, /^Cannot sync \/dev\/full: an earlier write or sync failed/);
+      return true;
+    });
+    await file.close();
+  });
+
+  test('a failed sync makes every later sync fail too', async () => {
+    // fdatasync on the /dev/full character device fails with EINVAL: a real sync failure.
+    const file = await FileBlockFile.open('/dev/full');
+    await assert.rejects(file.sync(), (error) => isThinError(error, 'THIN_IO') && error.message === 'Cannot sync /dev/full: EINVAL');
+    await assert.rejects(file.sync(), (error) => isThinError(error, 'THIN_IO') && /an earlier write or sync failed/.test(error.message));
+    await file.close();
+  });
+
+  test('a failed read names size, offset, path and errno', async () => {
+    // Reading unmapped addresses of /proc/self/mem fails with EIO.
+    const file = await FileBlockFile.open('/proc/self/mem', { readOnly: true });
+    const expected = 'Cannot read 4096 bytes at offset 0 of /proc/self/mem: EIO';
+    assert.throws(() => file.readSync(new Uint8Array(4096), 0), (error) => {
+      assert.ok(isThinError(error, 'THIN_IO'));
+      assert.equal(error.message, expected);
+      return true;
+    });
+    await assert.rejects(file.read(new Uint8Array(4096), 0), (error) => isThinError(error, 'THIN_IO') && error.message === expected);
+    await file.close();
+  });
+
+  test('a directory is refused, read-only or not', async () => {
+    const directoryPath = path.join(temporaryDirectory, 'a-directory');
+    fs.mkdirSync(directoryPath);
+    await assert.rejects(FileBlockFile.open(directoryPath), (error) => isThinError(error, 'THIN_INVALID'));
+    await assert.rejects(FileBlockFile.open(directoryPath, { readOnly: true }), (error) => isThinError(error, 'THIN_INVALID'));
+  });
+});
