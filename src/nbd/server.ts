@@ -1,0 +1,164 @@
+// The NBD server: listeners (TCP and/or Unix sockets), the connection limit, and the memory
+// shared by all connections. Exports come from a registry that may change while serving.
+//
+// CAN_MULTI_CONN: the server replies to a write only after the export's promise resolved, and an
+// export that sets canMultiConn promises that flush() covers every write completed before it,
+// from any connection (src/nbd/backend.ts). So a FLUSH on one connection covers the writes
+// replied to on all of them, as the spec requires before the flag may be advertised.
+
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import {
+  NBD_CONNECTIONS_MAX,
+  NBD_CONNECTION_BYTES_IN_FLIGHT_MAX,
+  NBD_HANDSHAKE_MS_MAX,
+  NBD_HANDSHAKE_OPTIONS_MAX,
+  NBD_OPTION_DATA_BYTES_MAX,
+  NBD_PAYLOAD_BYTES_MAX,
+  NBD_REPLY_STALL_MS_MAX,
+  NBD_REQUESTS_IN_FLIGHT_MAX,
+  NBD_SERVER_BYTES_IN_FLIGHT_MAX,
+} from '../constants.ts';
+import type { NbdExportRegistry } from './backend.ts';
+import { BufferPool, ByteBudget } from './buffers.ts';
+import { NbdConnection } from './connection.ts';
+
+export interface NbdServerOptions {
+  registry: NbdExportRegistry;
+  connectionsMax?: number;
+  handshakeTimeoutMs?: number;
+  replyStallTimeoutMs?: number;
+  requestsInFlightMax?: number;
+  connectionBytesInFlightMax?: number;
+  serverBytesInFlightMax?: number;
+  handshakeOptionsMax?: number;
+  optionDataBytesMax?: number;
+  /** Diagnostics (connections cut off, I/O errors); silent when absent. */
+  log?: (message: string) => void;
+}
+
+/** Where to listen: TCP (port 0 picks a free one) or a Unix socket path. */
+export type NbdListenAddress = { host: string; port: number } | { path: string };
+
+export class NbdServer {
+  readonly registry: NbdExportRegistry;
+  readonly #connections = new Set<NbdConnection>();
+  readonly #servers: net.Server[] = [];
+  readonly #buffers = new BufferPool(2 * NBD_PAYLOAD_BYTES_MAX);
+  readonly #budget: ByteBudget;
+  readonly #connectionsMax: number;
+  readonly #options: Required<Omit<NbdServerOptions, 'log' | 'registry'>>;
+  readonly #log: ((message: string) => void) | undefined;
+  #closing = false;
+
+  constructor(options: NbdServerOptions) {
+    this.registry = options.registry;
+    this.#log = options.log;
+    this.#connectionsMax = options.connectionsMax ?? NBD_CONNECTIONS_MAX;
+    this.#options = {
+      connectionsMax: this.#connectionsMax,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? NBD_HANDSHAKE_MS_MAX,
+      replyStallTimeoutMs: options.replyStallTimeoutMs ?? NBD_REPLY_STALL_MS_MAX,
+      requestsInFlightMax: options.requestsInFlightMax ?? NBD_REQUESTS_IN_FLIGHT_MAX,
+      connectionBytesInFlightMax: options.connectionBytesInFlightMax ?? NBD_CONNECTION_BYTES_IN_FLIGHT_MAX,
+      serverBytesInFlightMax: options.serverBytesInFlightMax ?? NBD_SERVER_BYTES_IN_FLIGHT_MAX,
+      handshakeOptionsMax: options.handshakeOptionsMax ?? NBD_HANDSHAKE_OPTIONS_MAX,
+      optionDataBytesMax: options.optionDataBytesMax ?? NBD_OPTION_DATA_BYTES_MAX,
+    };
+    this.#budget = new ByteBudget(this.#options.serverBytesInFlightMax);
+  }
+
+  /** Starts listening; resolves with the bound address (the port, when 0 was asked for). */
+  async listen(address: NbdListenAddress): Promise<NbdListenAddress> {
+    const server = net.createServer({ noDelay: true }, (socket) => this.#accept(socket));
+    server.maxConnections = this.#connectionsMax;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if ('path' in address) server.listen(address.path, resolve);
+      else server.listen(address.port, address.host, resolve);
+    });
+    server.on('error', (error) => this.#log?.(`listener error: ${error.message}`));
+    this.#servers.push(server);
+    const bound = server.address();
+    if (bound !== null && typeof bound === 'object') return { host: bound.address, port: bound.port };
+    return { path: typeof bound === 'string' ? bound : (address as { path: string }).path };
+  }
+
+  #accept(socket: net.Socket): void {
+    // Nagle's algorithm would hold small replies back for the client's delayed ACK.
+    socket.setNoDelay(true);
+    this.handle(socket);
+  }
+
+  /**
+   * Serves one client over any duplex stream (a socket, or an in-memory pair in tests).
+   * Returns undefined, and closes the stream, when the server is closing or full.
+   */
+  handle(stream: Duplex): NbdConnection | undefined {
+    if (this.#closing || this.#connections.size >= this.#connectionsMax) {
+      this.#log?.(this.#closing ? 'connection refused: server closing' : `connection refused: ${this.#connectionsMax} connections open`);
+      stream.on('error', () => {});
+      stream.destroy();
+      return undefined;
+    }
+    const connection = new NbdConnection(stream, {
+      registry: this.registry,
+      buffers: this.#buffers,
+      serverBudget: this.#budget,
+      handshakeTimeoutMs: this.#options.handshakeTimeoutMs,
+      replyStallTimeoutMs: this.#options.replyStallTimeoutMs,
+      requestsInFlightMax: this.#options.requestsInFlightMax,
+      bytesInFlightMax: this.#options.connectionBytesInFlightMax,
+      handshakeOptionsMax: this.#options.handshakeOptionsMax,
+      optionDataBytesMax: this.#options.optionDataBytesMax,
+      ...(this.#log === undefined ? {} : { log: this.#log }),
+    });
+    this.#connections.add(connection);
+    void connection.closed.then(() => this.#connections.delete(connection));
+    return connection;
+  }
+
+  /** Open connections (in handshake or transmission). */
+  get connectionCount(): number {
+    return this.#connections.size;
+  }
+
+  /** Connections in transmission on the export with this name. */
+  connectionsTo(exportName: string): NbdConnection[] {
+    return [...this.#connections].filter((connection) => connection.export?.name === exportName);
+  }
+
+  /** Drains and closes every connection to one export (a volume removed with --force). */
+  async disconnectExport(exportName: string): Promise<void> {
+    await Promise.all(this.connectionsTo(exportName).map((connection) => connection.close()));
+  }
+
+  /** Payload bytes currently held for requests, all connections together (for tests and metrics). */
+  get bytesInFlight(): number {
+    return this.#budget.usedBytes;
+  }
+
+  /**
+   * Stops accepting, lets every connection finish its in-flight requests and send their
+   * replies, then closes them. Connections still open after `timeoutMs` are destroyed.
+   */
+  async close(options: { timeoutMs?: number } = {}): Promise<void> {
+    this.#closing = true;
+    const listenersClosed = this.#servers.map(
+      (server) => new Promise<void>((resolve) => server.close(() => resolve())),
+    );
+    const drained = Promise.all([...this.#connections].map((connection) => connection.close()));
+    const timeoutMs = options.timeoutMs ?? this.#options.replyStallTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        for (const connection of this.#connections) connection.destroy('server close timed out');
+        resolve();
+      }, timeoutMs);
+    });
+    await Promise.race([drained, timedOut]);
+    clearTimeout(timer);
+    await Promise.all([...this.#connections].map((connection) => connection.closed));
+    await Promise.all(listenersClosed);
+  }
+}
