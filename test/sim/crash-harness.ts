@@ -1,0 +1,147 @@
+// The crash campaign: run a workload once on a SimMachine, recording its trace; then for every
+// crash point (after every event: before and after every write, completion and sync) build
+// crash images per the fault model, up to a budget of variants per point, and let `recover`
+// check them. It knows nothing about pools: `recover` throws when a property is violated.
+//
+// Failures are rethrown as "seed=S crashPoint=K variant=V ..." with the trace around K.
+// Replay: THINBD_SEED=S node --import tsx --test FILE reruns the run; THINBD_CRASH_POINT=K and
+// THINBD_VARIANT=V narrow it to that one crash state.
+import { Rng, mixSeed } from './rng.ts';
+import { SimMachine, describeTrace, type CrashPoint, type CrashVariant } from './sim-disk.ts';
+
+export interface CrashContext {
+  readonly seed: number;
+  readonly crashPoint: CrashPoint;
+  readonly variant: CrashVariant;
+  /** Marks before the crash ("ack flush #2"), oldest first. */
+  readonly marks: readonly string[];
+}
+
+export interface CrashCampaignOptions {
+  seed: number;
+  /** For messages. */
+  name?: string;
+  /** Runs first, outside the trace: its result counts as durable (e.g. creating the pool). */
+  setup?: (machine: SimMachine) => Promise<void>;
+  /** The work under test; add marks for what it acknowledges. Runs once. */
+  workload: (machine: SimMachine) => Promise<void>;
+  /** Powers up on a crash image; throws when a property is violated. */
+  recover: (machine: SimMachine, marks: readonly string[], context: CrashContext) => Promise<void>;
+  /** Variants (crash images) per distinct crash point. */
+  budget: number;
+  /** Stop after this many crash states (default: no limit). */
+  statesMax?: number;
+  /** Run the workload a second time and require an identical trace (the seed replays). */
+  checkReplay?: boolean;
+}
+
+export interface CrashCampaignResult {
+  seed: number;
+  /** Events in the workload's trace. */
+  eventCount: number;
+  /** Crash points (eventCount + 1). */
+  crashPointCount: number;
+  /** Crash points whose state differed from the one before (only those are tested). */
+  distinctCrashPointCount: number;
+  /** Crash images recovered and checked. */
+  statesTested: number;
+  /** Most writes pending at one crash point. */
+  pendingWritesMax: number;
+  durationMs: number;
+}
+
+function envInteger(name: string): number | undefined {
+  const text = process.env[name];
+  if (text === undefined || text === '') return undefined;
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, not ${text}`);
+  return value;
+}
+
+async function runWorkload(options: CrashCampaignOptions): Promise<SimMachine> {
+  const machine = new SimMachine({ seed: options.seed });
+  if (options.setup !== undefined) {
+    await options.setup(machine);
+    machine.resetTrace();
+  }
+  await options.workload(machine);
+  return machine;
+}
+
+export async function runCrashCampaign(options: CrashCampaignOptions): Promise<CrashCampaignResult> {
+  const startedMs = performance.now();
+  const { seed, budget } = options;
+  const label = options.name === undefined ? '' : `${options.name}: `;
+  const onlyPoint = envInteger('THINBD_CRASH_POINT');
+  const onlyVariant = envInteger('THINBD_VARIANT');
+
+  let machine: SimMachine;
+  try {
+    machine = await runWorkload(options);
+  } catch (error) {
+    throw new Error(`${label}seed=${seed} workload failed before any crash: ${errorText(error)}`, { cause: error });
+  }
+  if (options.checkReplay === true) {
+    const again = await runWorkload(options);
+    if (again.traceDigest() !== machine.traceDigest()) {
+      throw new Error(`${label}seed=${seed} the workload is not deterministic: two runs gave different traces`);
+    }
+  }
+
+  const result: CrashCampaignResult = {
+    seed,
+    eventCount: machine.events.length,
+    crashPointCount: machine.events.length + 1,
+    distinctCrashPointCount: 0,
+    statesTested: 0,
+    pendingWritesMax: 0,
+    durationMs: 0,
+  };
+  let previousKey: string | undefined;
+  for (const point of machine.crashPoints()) {
+    if (onlyPoint !== undefined && point.eventCount !== onlyPoint) continue;
+    // A completion, a sync start or a mark that changes neither what is durable nor what is
+    // pending nor what was acknowledged yields the very same crash states: test them once.
+    if (point.stateKey === previousKey && onlyPoint === undefined) continue;
+    previousKey = point.stateKey;
+    result.distinctCrashPointCount += 1;
+    result.pendingWritesMax = Math.max(result.pendingWritesMax, point.pending.length);
+    for (const variant of point.variants(budget)) {
+      if (onlyVariant !== undefined && variant.variantIndex !== onlyVariant) continue;
+      if (options.statesMax !== undefined && result.statesTested >= options.statesMax) break;
+      const crashed = point.machine(variant);
+      const context: CrashContext = { seed, crashPoint: point, variant, marks: point.marks };
+      try {
+        await options.recover(crashed, point.marks, context);
+      } catch (error) {
+        crashed.kill();
+        throw new Error(
+          `${label}seed=${seed} crashPoint=${point.eventCount} variant=${variant.variantIndex}: ${errorText(error)}\n` +
+            `  crash ${point.describe()}\n  variant: ${variant.description}\n` +
+            `  replay: THINBD_SEED=${seed} THINBD_CRASH_POINT=${point.eventCount} THINBD_VARIANT=${variant.variantIndex}\n` +
+            `  trace (! = after the crash):\n${describeTrace(machine.events, point.eventCount)}`,
+          { cause: error },
+        );
+      }
+      crashed.kill();
+      result.statesTested += 1;
+    }
+    if (options.statesMax !== undefined && result.statesTested >= options.statesMax) break;
+  }
+  result.durationMs = performance.now() - startedMs;
+  return result;
+}
+
+/** Seeds for a batch of campaigns, derived from one seed so one number replays them all. */
+export function campaignSeeds(seed: number, count: number): number[] {
+  const rng = new Rng(mixSeed(seed, 0xca3a));
+  return Array.from({ length: count }, () => rng.next());
+}
+
+function errorText(error: unknown): string {
+  if (error instanceof Error) {
+    const code = 'code' in error && typeof error.code === 'string' ? `${error.code}: ` : '';
+    return `${code}${error.message}`;
+  }
+  return String(error);
+}
