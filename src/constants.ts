@@ -19,6 +19,12 @@ export const VOLUME_SIZE_BYTES_MAX = 2 ** 50;
 export const VOLUME_NAME_LENGTH_MAX = 128;
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
 
+// Raw image import and export (thinbd import / export).
+/** Bytes read or written per step: large enough to amortize calls, small enough to keep memory flat. */
+export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
+/** Volume writes in flight during import: keeps the data file busy without unbounded buffering. */
+export const TRANSFER_WRITES_IN_FLIGHT_MAX = 8;
+
 // ---- NBD limits (src/nbd) ----
 
 /** Largest READ/WRITE payload: the spec's portable maximum (2^25) that every client honours; qemu uses the same. */
@@ -47,3 +53,79 @@ export const NBD_READ_CHUNKS_MAX = 256;
 export const NBD_ERROR_MESSAGE_BYTES_MAX = 512;
 /** Preferred I/O size advertised when an export has none: the page size, what the spec suggests by default. */
 export const NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT = 4096;
+
+// ---- pdata: metadata blocks, B+trees, space maps, superblock copies (docs/format.md) ----
+
+/** Bytes of the header every metadata block starts with (checksum, type, own number, transaction, pool). */
+export const METADATA_BLOCK_HEADER_BYTES = 32;
+
+/** On-disk format version written in every superblock copy; open refuses others (THIN_FORMAT). */
+export const METADATA_FORMAT_VERSION = 1;
+
+/**
+ * Metadata block numbers of the superblock copies: far apart (256 KiB, 4 MiB, 64 MiB) because
+ * latent sector errors cluster. Generation g goes to the copies whose index has g's parity, so
+ * each pair spans megabytes and the other pair still holds g-1 whole while g is written.
+ */
+export const SUPERBLOCK_BLOCK_NRS: readonly number[] = [0, 64, 1024, 16384];
+
+/** Smallest metadata file: must hold every superblock copy plus room for trees (the file is sparse). */
+export const METADATA_BLOCK_COUNT_MIN = 16384 + 1024;
+/** Largest metadata file: 16 GiB as dm-thin; the in-memory reference counts are 4 bytes per block (64 MiB). */
+export const METADATA_BLOCK_COUNT_MAX = 4 * 1024 * 1024;
+/** Default metadata file: 1 GiB sparse, so a pool almost never has to grow it. */
+export const METADATA_BLOCK_COUNT_DEFAULT = 256 * 1024;
+
+/** Largest opaque superblock payload the layer above may store (the rest of the block is pdata's). */
+export const SUPERBLOCK_PAYLOAD_BYTES_MAX = 3968;
+
+/** Clean metadata blocks kept in memory (32 MiB); dirty blocks are pinned until written. */
+export const METADATA_CACHE_BLOCKS_MAX = 8192;
+
+/** Dirty metadata blocks after which the layer above should commit (a soft limit it checks). */
+export const METADATA_DIRTY_BLOCKS_SOFT_MAX = 4096;
+
+/**
+ * Free metadata blocks kept back from ordinary allocation so that sealing a transaction (which
+ * shadows space-map nodes) can always finish: running out of metadata must never corrupt.
+ */
+export const METADATA_COMMIT_RESERVE_BLOCKS = 256;
+
+/** Deepest B+tree accepted (levels incl. the leaf); 253-way nodes make 8 levels hold 2^63 keys. */
+export const BTREE_DEPTH_MAX = 12;
+
+/** Rounds of folding reference counts into the metadata space map before sealing gives up (a bug). */
+export const SPACE_MAP_FOLD_ROUNDS_MAX = 64;
+
+// The control socket (thinbd commands talking to a running `thinbd serve`).
+/** One JSON request line: requests are small (names, sizes); anything bigger is hostile. */
+export const CONTROL_REQUEST_BYTES_MAX = 64 * 1024;
+/** How long a command waits for a live server to accept before opening the pool files itself. */
+export const CONTROL_CONNECT_TIMEOUT_MS = 2000;
+
+// ---- tools: dump, restore, delta (src/tools) ----
+/** Text a dump writer buffers before handing it to its stream: amortizes writes, keeps memory flat for any pool. */
+export const DUMP_OUTPUT_BUFFER_BYTES = 64 * 1024;
+/** Bytes restore reads from its input per step; the events of one step are all that is held. */
+export const RESTORE_INPUT_CHUNK_BYTES = 64 * 1024;
+/** Largest dm-thin device id: the kernel's MAX_DEV_ID is 24 bits (refs/dm-thin-interop.md §1). */
+export const DM_THIN_DEV_ID_MAX = 2 ** 24 - 1;
+/** Largest time dm-thin keeps with a mapping: 24 bits of the block_time word (refs §6). */
+export const DM_THIN_MAPPING_TIME_MAX = 2 ** 24 - 1;
+/** Mapping runs of thin-provisioning-tools 1.x `<def>` sections held in memory to expand `<ref>`s (16 bytes each: 256 MiB). */
+export const RESTORE_SHARED_RUNS_MAX = 16 * 1024 * 1024;
+
+// ---- pool: thin semantics (src/pool, docs/format.md "Space and the data high-water mark") ----
+
+/**
+ * Data blocks by which the high-water mark is raised when a write needs a block above it: each
+ * raise costs a commit before the write, so it is large (64 MiB of 64 KiB blocks per commit).
+ */
+export const DATA_HIGH_WATER_MARK_STEP_BLOCKS = 1024;
+
+/**
+ * Most data blocks kept back from new provisioning for copy-on-write of shared blocks (the
+ * reserve is 1 % of the pool up to this): enough for a burst of writes to snapshotted blocks
+ * while the operator is told to grow the pool, small enough not to waste a large pool.
+ */
+export const DATA_BLOCKS_RESERVED_MAX = 256;

@@ -1,0 +1,505 @@
+// One generic copy-on-write B+tree with u64 keys (JavaScript numbers below 2^53) and fixed-size
+// values packed by a ValueCodec. Roots are metadata block numbers; every change returns the new
+// root, because a change shadows (copies) the path from the root to the leaf unless those nodes
+// are already private to the open transaction.
+//
+// Reference counting follows dm-thin: a node's count is the number of references to it, from
+// parent nodes or from owners of a root (the layer above: a device tree entry, a snapshot). So a
+// snapshot is retainTree(root), O(1). Shadowing a node whose count is > 1 makes a private copy
+// whose children (or, in a leaf, whatever the values reference) gain one reference each.
+//
+// Internal node keys are lower bounds: key[i] <= every key under child[i] < key[i+1]. A removal
+// may leave key[i] below the child's smallest key; that is still a valid bound.
+//
+// Tree operations are synchronous (misses read with readSync); recursion depth is bounded by the
+// node levels, which are validated to decrease by one per step from a root below BTREE_DEPTH_MAX.
+import { BTREE_DEPTH_MAX } from '../../constants.ts';
+import { ThinError, assert, isThinError } from '../../errors.ts';
+import { BTREE_BLOCK_TYPES, BlockType, type Block } from '../block.ts';
+import type { TransactionManager } from '../transaction.ts';
+import type { ValueCodec } from './codec.ts';
+import {
+  CHILD_VALUE_BYTES,
+  NODE_VALUE_BYTES_MAX,
+  capacityOf,
+  ceilingIndex,
+  checkNodeFromDisk,
+  childAt,
+  copyEntries,
+  describeKeyRange,
+  entryCount,
+  floorIndex,
+  initNode,
+  isLeaf,
+  keyAt,
+  nodeEntriesMin,
+  nodeLevel,
+  nodeProblem,
+  nodeTreeKind,
+  openGap,
+  removeAt,
+  setChild,
+  setEntryCount,
+  setKey,
+  valueOffset,
+  valueSizeOf,
+} from './node.ts';
+
+interface Split {
+  key: number;
+  blockNr: number;
+}
+
+interface Frame {
+  block: Block;
+  index: number;
+  keyBegin: number | undefined;
+  keyEnd: number | undefined;
+}
+
+export class BTree<V> {
+  readonly tm: TransactionManager;
+  readonly codec: ValueCodec<V>;
+
+  constructor(tm: TransactionManager, codec: ValueCodec<V>) {
+    assert(codec.treeKind >= 1 && codec.treeKind <= 0xffff, `bad tree kind ${codec.treeKind}`);
+    assert(codec.sizeBytes >= 1 && codec.sizeBytes <= NODE_VALUE_BYTES_MAX, `bad value size ${codec.sizeBytes}`);
+    this.tm = tm;
+    this.codec = codec;
+  }
+
+  /** A new empty tree (one empty leaf, count 1, owned by the caller). */
+  createEmpty(): number {
+    const block = this.tm.allocate(BlockType.btreeLeaf);
+    initNode(block, this.codec.treeKind, 0, this.codec.sizeBytes);
+    return block.blockNr;
+  }
+
+  lookup(root: number, key: number): V | undefined {
+    const found = this.#findLeafEntry(root, key);
+    return found === undefined ? undefined : this.#valueAt(found.block, found.index);
+  }
+
+  has(root: number, key: number): boolean {
+    return this.#findLeafEntry(root, key) !== undefined;
+  }
+
+  /** The entry with the greatest key <= key. */
+  floor(root: number, key: number): [number, V] | undefined {
+    for (const entry of this.#backward(root, key)) return entry;
+    return undefined;
+  }
+
+  /** The entry with the least key >= key. */
+  ceiling(root: number, key: number): [number, V] | undefined {
+    for (const entry of this.#forward(root, key)) return entry;
+    return undefined;
+  }
+
+  /**
+   * Entries with beginKey <= key < endKey, ascending. Lazy: the tree must not be changed while
+   * an iteration is in progress (collect first, then change).
+   */
+  *entries(root: number, beginKey = 0, endKey = Number.MAX_SAFE_INTEGER + 1): Generator<[number, V]> {
+    for (const entry of this.#forward(root, beginKey)) {
+      if (entry[0] >= endKey) return;
+      yield entry;
+    }
+  }
+
+  /** Entries with key <= key, descending (the same laziness rule as entries()). */
+  *entriesDescending(root: number, key = Number.MAX_SAFE_INTEGER): Generator<[number, V]> {
+    yield* this.#backward(root, key);
+  }
+
+  /**
+   * Sets key's value and returns the new root. An existing value is overwritten without
+   * codec.retain/release: the caller owns value semantics.
+   */
+  insert(root: number, key: number, value: V): number {
+    assertKey(key);
+    const rootBlock = this.#readNode(root, undefined, undefined, undefined);
+    // Worst case: shadow every level, split every level, add a root.
+    this.tm.ensureMetadataSpace(2 * (nodeLevel(rootBlock) + 1) + 1);
+    const node = this.#shadow(root, undefined);
+    const split = this.#insertInto(node, key, value);
+    if (split === undefined) return node.blockNr;
+    const newRoot = this.tm.allocate(BlockType.btreeInternal);
+    initNode(newRoot, this.codec.treeKind, nodeLevel(node) + 1, CHILD_VALUE_BYTES);
+    assert(nodeLevel(newRoot) < BTREE_DEPTH_MAX, 'B+tree grew past its depth limit');
+    setEntryCount(newRoot, 2);
+    setKey(newRoot, 0, keyAt(node, 0));
+    setChild(newRoot, 0, node.blockNr);
+    setKey(newRoot, 1, split.key);
+    setChild(newRoot, 1, split.blockNr);
+    return newRoot.blockNr;
+  }
+
+  /** Removes key (a no-op when absent) and returns the new root. The value is not released. */
+  remove(root: number, key: number): number {
+    assertKey(key);
+    if (!this.has(root, key)) return root;
+    const rootBlock = this.#readNode(root, undefined, undefined, undefined);
+    // Worst case: shadow every level and a sibling at each.
+    this.tm.ensureMetadataSpace(2 * (nodeLevel(rootBlock) + 1));
+    const node = this.#shadow(root, undefined);
+    this.#removeFrom(node, key);
+    let current = node;
+    // An internal root with one child hands its place to the child.
+    while (!isLeaf(current) && entryCount(current) === 1) {
+      const child = childAt(current, 0);
+      this.tm.inc(child);
+      this.releaseTree(current.blockNr);
+      current = this.#readNode(child, nodeLevel(current) - 1, undefined, undefined);
+    }
+    return current.blockNr;
+  }
+
+  /** One more owner of the tree (a snapshot): O(1). */
+  retainTree(root: number): void {
+    this.tm.inc(root);
+  }
+
+  /**
+   * One owner fewer. Nodes whose count reaches 0 are freed; their children lose a reference, and
+   * the values of freed leaves go to codec.release.
+   */
+  releaseTree(root: number): void {
+    const stack: Array<{ blockNr: number; level: number | undefined }> = [{ blockNr: root, level: undefined }];
+    while (stack.length > 0) {
+      const { blockNr, level } = stack.pop()!;
+      const node = this.#readNode(blockNr, level, undefined, undefined);
+      this.tm.dec(blockNr);
+      if (this.tm.refCount(blockNr) > 0) continue;
+      const count = entryCount(node);
+      if (isLeaf(node)) {
+        const release = this.codec.release;
+        if (release !== undefined) {
+          for (let index = 0; index < count; index++) release.call(this.codec, this.#valueAt(node, index));
+        }
+      } else {
+        const childLevel = nodeLevel(node) - 1;
+        for (let index = count - 1; index >= 0; index--) stack.push({ blockNr: childAt(node, index), level: childLevel });
+      }
+    }
+  }
+
+  /** Number of entries (walks every leaf: for tests and tools). */
+  countEntries(root: number): number {
+    let count = 0;
+    for (const _ of this.#forward(root, 0)) count++;
+    return count;
+  }
+
+  // ---- reading ----
+
+  /**
+   * Reads and validates a node. The full check (every key, child and value) runs once per block
+   * load; the per-visit check of level and key bounds is cheap and catches a node reachable from
+   * two places that disagree.
+   */
+  #readNode(blockNr: number, level: number | undefined, keyBegin: number | undefined, keyEnd: number | undefined): Block {
+    const types = level === undefined ? BTREE_BLOCK_TYPES : level === 0 ? BlockType.btreeLeaf : BlockType.btreeInternal;
+    const block = this.tm.read(blockNr, types);
+    const expect = {
+      treeKind: this.codec.treeKind,
+      leafValueSizeBytes: this.codec.sizeBytes,
+      level,
+      keyBegin,
+      keyEnd,
+      metadataBlockCount: this.tm.metadataBlockCount,
+    };
+    if (block.checkedTreeKind !== this.codec.treeKind) {
+      checkNodeFromDisk(block, expect);
+      if (isLeaf(block)) this.#checkValues(block, keyBegin, keyEnd);
+      block.checkedTreeKind = this.codec.treeKind;
+      return block;
+    }
+    const nodeLevelFound = nodeLevel(block);
+    const count = entryCount(block);
+    if (
+      (level !== undefined && nodeLevelFound !== level) ||
+      (count > 0 && keyBegin !== undefined && keyAt(block, 0) < keyBegin) ||
+      (count > 0 && keyEnd !== undefined && keyAt(block, count - 1) >= keyEnd)
+    ) {
+      checkNodeFromDisk(block, expect); // throws with the precise problem
+    }
+    return block;
+  }
+
+  #checkValues(block: Block, keyBegin: number | undefined, keyEnd: number | undefined): void {
+    const count = entryCount(block);
+    for (let index = 0; index < count; index++) {
+      try {
+        this.codec.unpack(block.view, valueOffset(block, index));
+      } catch (error) {
+        if (!isThinError(error)) throw error;
+        throw new ThinError(
+          'THIN_CORRUPT_NODE',
+          `B+tree leaf at metadata block ${block.blockNr} (${describeKeyRange(keyBegin, keyEnd)}) has a bad value ` +
+            `at key ${keyAt(block, index)}: ${error.message}`,
+          { cause: error },
+        );
+      }
+    }
+  }
+
+  #valueAt(block: Block, index: number): V {
+    return this.codec.unpack(block.view, valueOffset(block, index));
+  }
+
+  #childFrame(parent: Frame, index: number): Frame {
+    const node = parent.block;
+    const keyBegin = keyAt(node, index);
+    const keyEnd = index + 1 < entryCount(node) ? keyAt(node, index + 1) : parent.keyEnd;
+    const block = this.#readNode(childAt(node, index), nodeLevel(node) - 1, keyBegin, keyEnd);
+    return { block, index: 0, keyBegin, keyEnd };
+  }
+
+  #findLeafEntry(root: number, key: number): { block: Block; index: number } | undefined {
+    let frame: Frame = { block: this.#readNode(root, undefined, undefined, undefined), index: 0, keyBegin: undefined, keyEnd: undefined };
+    while (!isLeaf(frame.block)) {
+      const index = floorIndex(frame.block, key);
+      if (index < 0) return undefined;
+      frame = this.#childFrame(frame, index);
+    }
+    const index = ceilingIndex(frame.block, key);
+    if (index < entryCount(frame.block) && keyAt(frame.block, index) === key) return { block: frame.block, index };
+    return undefined;
+  }
+
+  *#forward(root: number, key: number): Generator<[number, V]> {
+    const stack: Frame[] = [{ block: this.#readNode(root, undefined, undefined, undefined), index: 0, keyBegin: undefined, keyEnd: undefined }];
+    // Descend towards key.
+    for (;;) {
+      const top = stack[stack.length - 1]!;
+      if (isLeaf(top.block)) {
+        top.index = ceilingIndex(top.block, key);
+        break;
+      }
+      top.index = Math.max(floorIndex(top.block, key), 0);
+      stack.push(this.#childFrame(top, top.index));
+    }
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1]!;
+      if (isLeaf(top.block)) {
+        if (top.index < entryCount(top.block)) {
+          const index = top.index++;
+          yield [keyAt(top.block, index), this.#valueAt(top.block, index)];
+          continue;
+        }
+        stack.pop();
+        continue;
+      }
+      // Back at an internal node: its child at top.index is done.
+      top.index += 1;
+      if (top.index >= entryCount(top.block)) {
+        stack.pop();
+        continue;
+      }
+      stack.push(this.#childFrame(top, top.index));
+      // Descend to the leftmost leaf below.
+      for (;;) {
+        const last = stack[stack.length - 1]!;
+        if (isLeaf(last.block)) break;
+        last.index = 0;
+        stack.push(this.#childFrame(last, 0));
+      }
+    }
+  }
+
+  *#backward(root: number, key: number): Generator<[number, V]> {
+    const stack: Frame[] = [{ block: this.#readNode(root, undefined, undefined, undefined), index: 0, keyBegin: undefined, keyEnd: undefined }];
+    for (;;) {
+      const top = stack[stack.length - 1]!;
+      top.index = floorIndex(top.block, key);
+      if (isLeaf(top.block)) break;
+      if (top.index < 0) return; // every key is above key
+      stack.push(this.#childFrame(top, top.index));
+    }
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1]!;
+      if (isLeaf(top.block)) {
+        if (top.index >= 0) {
+          const index = top.index--;
+          yield [keyAt(top.block, index), this.#valueAt(top.block, index)];
+          continue;
+        }
+        stack.pop();
+        continue;
+      }
+      top.index -= 1;
+      if (top.index < 0) {
+        stack.pop();
+        continue;
+      }
+      stack.push(this.#childFrame(top, top.index));
+      for (;;) {
+        const last = stack[stack.length - 1]!;
+        last.index = entryCount(last.block) - 1;
+        if (isLeaf(last.block)) break;
+        stack.push(this.#childFrame(last, last.index));
+      }
+    }
+  }
+
+  // ---- changing ----
+
+  /** Makes blockNr private to the open transaction; a copy of a shared node retains what it references. */
+  #shadow(blockNr: number, level: number | undefined): Block {
+    const original = this.#readNode(blockNr, level, undefined, undefined);
+    const { block, wasShared } = this.tm.shadow(blockNr, original.type);
+    block.checkedTreeKind = this.codec.treeKind;
+    if (wasShared) {
+      const count = entryCount(block);
+      if (isLeaf(block)) {
+        const retain = this.codec.retain;
+        if (retain !== undefined) {
+          for (let index = 0; index < count; index++) retain.call(this.codec, this.#valueAt(block, index));
+        }
+      } else {
+        for (let index = 0; index < count; index++) this.tm.inc(childAt(block, index));
+      }
+    }
+    return block;
+  }
+
+  /** Shadows child `index` of the private node `parent` and points parent at the copy. */
+  #shadowChild(parent: Block, index: number): Block {
+    const childBlockNr = childAt(parent, index);
+    const child = this.#shadow(childBlockNr, nodeLevel(parent) - 1);
+    if (child.blockNr !== childBlockNr) setChild(parent, index, child.blockNr);
+    return child;
+  }
+
+  #insertInto(node: Block, key: number, value: V): Split | undefined {
+    if (isLeaf(node)) {
+      const index = ceilingIndex(node, key);
+      if (index < entryCount(node) && keyAt(node, index) === key) {
+        this.codec.pack(value, node.view, valueOffset(node, index));
+        return undefined;
+      }
+      return this.#insertEntry(node, index, key, (block, at) => this.codec.pack(value, block.view, valueOffset(block, at)));
+    }
+    let index = floorIndex(node, key);
+    if (index < 0) {
+      index = 0;
+      setKey(node, 0, key); // key[0] stays a lower bound of everything under child 0
+    }
+    const child = this.#shadowChild(node, index);
+    const split = this.#insertInto(child, key, value);
+    if (split === undefined) return undefined;
+    return this.#insertEntry(node, index + 1, split.key, (block, at) => setChild(block, at, split.blockNr));
+  }
+
+  /** Inserts an entry at index, splitting a full node in two; returns the new right sibling if any. */
+  #insertEntry(node: Block, index: number, key: number, writeValue: (block: Block, index: number) => void): Split | undefined {
+    const count = entryCount(node);
+    if (count < capacityOf(node)) {
+      openGap(node, index);
+      setKey(node, index, key);
+      writeValue(node, index);
+      return undefined;
+    }
+    const right = this.tm.allocate(node.type);
+    initNode(right, this.codec.treeKind, nodeLevel(node), valueSizeOf(node));
+    const half = count >>> 1;
+    copyEntries(node, half, right, 0, count - half);
+    setEntryCount(right, count - half);
+    setEntryCount(node, half);
+    if (index <= half) {
+      openGap(node, index);
+      setKey(node, index, key);
+      writeValue(node, index);
+    } else {
+      openGap(right, index - half);
+      setKey(right, index - half, key);
+      writeValue(right, index - half);
+    }
+    return { key: keyAt(right, 0), blockNr: right.blockNr };
+  }
+
+  #removeFrom(node: Block, key: number): void {
+    if (isLeaf(node)) {
+      const index = ceilingIndex(node, key);
+      assert(index < entryCount(node) && keyAt(node, index) === key, `key ${key} vanished during remove`);
+      removeAt(node, index);
+      return;
+    }
+    const index = floorIndex(node, key);
+    assert(index >= 0, `key ${key} is below every key of node ${node.blockNr} yet was found`);
+    const child = this.#shadowChild(node, index);
+    this.#removeFrom(child, key);
+    if (entryCount(child) < nodeEntriesMin(valueSizeOf(child))) this.#rebalance(node, index, child);
+  }
+
+  /** Child `index` of the private node `parent` is underfull: merge it with a sibling or even them out. */
+  #rebalance(parent: Block, index: number, child: Block): void {
+    if (entryCount(parent) < 2) return; // a root with one child; remove() collapses it
+    let leftIndex: number;
+    let left: Block;
+    let right: Block;
+    if (index > 0) {
+      leftIndex = index - 1;
+      left = this.#shadowChild(parent, leftIndex);
+      right = child;
+    } else {
+      leftIndex = index;
+      left = child;
+      right = this.#shadowChild(parent, index + 1);
+    }
+    const leftCount = entryCount(left);
+    const rightCount = entryCount(right);
+    const total = leftCount + rightCount;
+    const capacity = capacityOf(left);
+    if (total <= capacity - Math.floor(capacity / 4)) {
+      // Merge right into left; right's references now belong to left, so right is freed without release.
+      copyEntries(right, 0, left, leftCount, rightCount);
+      setEntryCount(left, total);
+      removeAt(parent, leftIndex + 1);
+      this.tm.dec(right.blockNr);
+      return;
+    }
+    const leftTarget = total >>> 1;
+    if (leftCount > leftTarget) {
+      const moved = leftCount - leftTarget;
+      shiftEntries(right, 0, moved, rightCount);
+      setEntryCount(right, rightCount + moved);
+      copyEntries(left, leftTarget, right, 0, moved);
+      setEntryCount(left, leftTarget);
+    } else if (leftCount < leftTarget) {
+      const moved = leftTarget - leftCount;
+      copyEntries(right, 0, left, leftCount, moved);
+      setEntryCount(left, leftTarget);
+      shiftEntries(right, moved, 0, rightCount - moved);
+      setEntryCount(right, rightCount - moved);
+    }
+    setKey(parent, leftIndex + 1, keyAt(right, 0));
+  }
+
+  /** Checks a changed node right before it is written: a problem here is a bug (assert). */
+  static checkBeforeWrite(block: Block, metadataBlockCount: number): void {
+    const level = nodeLevel(block);
+    const problem = nodeProblem(block, {
+      treeKind: nodeTreeKind(block),
+      leafValueSizeBytes: level === 0 ? valueSizeOf(block) : CHILD_VALUE_BYTES,
+      metadataBlockCount,
+    });
+    assert(problem === undefined, `B+tree node at metadata block ${block.blockNr} is about to be written broken: ${problem}`);
+  }
+}
+
+/** Moves `count` entries starting at `from` to start at `to` within one node (overlap allowed). */
+function shiftEntries(block: Block, from: number, to: number, count: number): void {
+  if (count === 0 || from === to) return;
+  const valueSizeBytes = valueSizeOf(block);
+  const keyBase = valueOffset(block, 0) - capacityOf(block) * 8;
+  const valueBase = valueOffset(block, 0);
+  assert(Math.max(from, to) + count <= capacityOf(block), 'shiftEntries out of bounds');
+  block.bytes.copyWithin(keyBase + to * 8, keyBase + from * 8, keyBase + (from + count) * 8);
+  block.bytes.copyWithin(valueBase + to * valueSizeBytes, valueBase + from * valueSizeBytes, valueBase + (from + count) * valueSizeBytes);
+}
+
+function assertKey(key: number): void {
+  assert(Number.isSafeInteger(key) && key >= 0, `B+tree key ${key} is not a safe non-negative integer`);
+}

@@ -1,0 +1,52 @@
+// Value codecs: what a B+tree stores in its leaves. The tree is generic over them, so one tree
+// implementation serves mapping trees, the device tree and the space maps.
+import { ThinError } from '../../errors.ts';
+import { getU64, setU64 } from '../block.ts';
+
+/**
+ * Tree kinds (u16 in every node header, F-NODE-2): a node found in a tree of another kind is
+ * corrupt. pdata owns 1..15; layers above choose numbers from 16 up for their own trees.
+ */
+export const TreeKind = {
+  metadataSpaceMap: 1,
+  dataSpaceMap: 2,
+  /** For tests and tools that need a plain u64 → u64 tree. */
+  test: 15,
+} as const;
+
+export interface ValueCodec<V> {
+  /** Stored in every node, so a node of another tree is detected (1..65535). */
+  readonly treeKind: number;
+  /** Bytes of one packed value; fixes the leaf capacity. */
+  readonly sizeBytes: number;
+  pack(value: V, view: DataView, offsetBytes: number): void;
+  /** Validates the bytes: throws ThinError THIN_CORRUPT_NODE when they cannot be a value. */
+  unpack(view: DataView, offsetBytes: number): V;
+  /** A shared leaf was copied: raise the counts of what `value` references. */
+  retain?(value: V): void;
+  /** A leaf holding `value` lost its last reference: drop the counts of what `value` references. */
+  release?(value: V): void;
+}
+
+/** Reads a u64 field of a value, throwing THIN_CORRUPT_NODE when it is 2^53 or more (F-NODE-6). */
+export function unpackSafeU64(view: DataView, offsetBytes: number, what: string): number {
+  const value = getU64(view, offsetBytes);
+  if (!Number.isSafeInteger(value)) {
+    throw new ThinError('THIN_CORRUPT_NODE', `B+tree value field ${what} is ${value}, beyond 2^53`);
+  }
+  return value;
+}
+
+/** A value that is a plain u64: the children of internal nodes, and test trees. */
+export function u64Codec(treeKind: number): ValueCodec<number> {
+  return {
+    treeKind,
+    sizeBytes: 8,
+    pack(value, view, offsetBytes) {
+      setU64(view, offsetBytes, value);
+    },
+    unpack(view, offsetBytes) {
+      return unpackSafeU64(view, offsetBytes, 'u64');
+    },
+  };
+}

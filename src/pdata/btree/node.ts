@@ -1,0 +1,241 @@
+// The bytes of one B+tree node (docs/format.md, "B+tree node"). A node is a metadata block of type
+// btreeInternal or btreeLeaf; after the block header comes a node header, then a key array and a
+// value array, each sized for the node's capacity. Internal nodes hold child block numbers as
+// their values. Entries are edited in place (shifting with copyWithin) rather than unpacked
+// into objects, because lookups dominate and should touch only the keys they compare.
+import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES, BTREE_DEPTH_MAX } from '../../constants.ts';
+import { ThinError, assert } from '../../errors.ts';
+import { BlockType, getU64, setU64, type Block } from '../block.ts';
+
+export const NodeHeader = {
+  treeKindOffset: METADATA_BLOCK_HEADER_BYTES + 0, // u16
+  levelOffset: METADATA_BLOCK_HEADER_BYTES + 2, // u16, 0 = leaf
+  entryCountOffset: METADATA_BLOCK_HEADER_BYTES + 4, // u16
+  reservedOffset: METADATA_BLOCK_HEADER_BYTES + 6, // u16, zero
+  valueSizeOffset: METADATA_BLOCK_HEADER_BYTES + 8, // u32
+  reserved2Offset: METADATA_BLOCK_HEADER_BYTES + 12, // u32, zero
+  keysOffset: METADATA_BLOCK_HEADER_BYTES + 16,
+} as const;
+
+const KEY_BYTES = 8;
+/** Internal nodes store child block numbers as u64 values. */
+export const CHILD_VALUE_BYTES = 8;
+/** Largest value a codec may declare: a leaf must still hold a handful of entries. */
+export const NODE_VALUE_BYTES_MAX = 256;
+
+/** Entries that fit in one node with values of `valueSizeBytes` (F-NODE-3). */
+export function nodeCapacity(valueSizeBytes: number): number {
+  return Math.floor((METADATA_BLOCK_SIZE_BYTES - NodeHeader.keysOffset) / (KEY_BYTES + valueSizeBytes));
+}
+
+/** Fewest entries a node other than the root keeps after a removal (a third of capacity). */
+export function nodeEntriesMin(valueSizeBytes: number): number {
+  return Math.floor(nodeCapacity(valueSizeBytes) / 3);
+}
+
+export function initNode(block: Block, treeKind: number, level: number, valueSizeBytes: number): void {
+  assert(treeKind >= 1 && treeKind <= 0xffff, `bad tree kind ${treeKind}`);
+  assert(level >= 0 && level < BTREE_DEPTH_MAX, `bad level ${level}`);
+  assert(valueSizeBytes >= 1 && valueSizeBytes <= NODE_VALUE_BYTES_MAX, `bad value size ${valueSizeBytes}`);
+  block.bytes.fill(0, METADATA_BLOCK_HEADER_BYTES);
+  const view = block.view;
+  view.setUint16(NodeHeader.treeKindOffset, treeKind, true);
+  view.setUint16(NodeHeader.levelOffset, level, true);
+  view.setUint16(NodeHeader.entryCountOffset, 0, true);
+  view.setUint32(NodeHeader.valueSizeOffset, valueSizeBytes, true);
+  block.checkedTreeKind = treeKind;
+}
+
+export function nodeTreeKind(block: Block): number {
+  return block.view.getUint16(NodeHeader.treeKindOffset, true);
+}
+export function nodeLevel(block: Block): number {
+  return block.view.getUint16(NodeHeader.levelOffset, true);
+}
+export function isLeaf(block: Block): boolean {
+  return nodeLevel(block) === 0;
+}
+export function entryCount(block: Block): number {
+  return block.view.getUint16(NodeHeader.entryCountOffset, true);
+}
+export function setEntryCount(block: Block, count: number): void {
+  assert(count >= 0 && count <= capacityOf(block), `entry count ${count} out of bounds`);
+  block.view.setUint16(NodeHeader.entryCountOffset, count, true);
+}
+export function valueSizeOf(block: Block): number {
+  return block.view.getUint32(NodeHeader.valueSizeOffset, true);
+}
+export function capacityOf(block: Block): number {
+  return nodeCapacity(valueSizeOf(block));
+}
+
+export function keyAt(block: Block, index: number): number {
+  return getU64(block.view, NodeHeader.keysOffset + index * KEY_BYTES);
+}
+export function setKey(block: Block, index: number, key: number): void {
+  setU64(block.view, NodeHeader.keysOffset + index * KEY_BYTES, key);
+}
+
+/** Byte offset of the value of entry `index`. */
+export function valueOffset(block: Block, index: number): number {
+  const valueSizeBytes = valueSizeOf(block);
+  return NodeHeader.keysOffset + nodeCapacity(valueSizeBytes) * KEY_BYTES + index * valueSizeBytes;
+}
+
+export function childAt(block: Block, index: number): number {
+  return getU64(block.view, valueOffset(block, index));
+}
+export function setChild(block: Block, index: number, childBlockNr: number): void {
+  setU64(block.view, valueOffset(block, index), childBlockNr);
+}
+
+/** Largest index whose key is <= key, or -1. */
+export function floorIndex(block: Block, key: number): number {
+  let low = 0;
+  let high = entryCount(block) - 1;
+  while (low <= high) {
+    const middle = (low + high) >>> 1;
+    if (keyAt(block, middle) <= key) low = middle + 1;
+    else high = middle - 1;
+  }
+  return high;
+}
+
+/** Smallest index whose key is >= key, or the entry count. */
+export function ceilingIndex(block: Block, key: number): number {
+  let low = 0;
+  let high = entryCount(block);
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (keyAt(block, middle) < key) low = middle + 1;
+    else high = middle;
+  }
+  return low;
+}
+
+/** Opens a gap at `index` (entries at and after it move one to the right); the caller fills it. */
+export function openGap(block: Block, index: number): void {
+  const count = entryCount(block);
+  const valueSizeBytes = valueSizeOf(block);
+  assert(count < capacityOf(block), 'openGap on a full node');
+  assert(index >= 0 && index <= count, `openGap index ${index} of ${count}`);
+  const keyBase = NodeHeader.keysOffset;
+  const valueBase = valueOffset(block, 0);
+  block.bytes.copyWithin(keyBase + (index + 1) * KEY_BYTES, keyBase + index * KEY_BYTES, keyBase + count * KEY_BYTES);
+  block.bytes.copyWithin(
+    valueBase + (index + 1) * valueSizeBytes,
+    valueBase + index * valueSizeBytes,
+    valueBase + count * valueSizeBytes,
+  );
+  setEntryCount(block, count + 1);
+}
+
+/** Removes entry `index`, closing the gap. */
+export function removeAt(block: Block, index: number): void {
+  const count = entryCount(block);
+  const valueSizeBytes = valueSizeOf(block);
+  assert(index >= 0 && index < count, `removeAt index ${index} of ${count}`);
+  const keyBase = NodeHeader.keysOffset;
+  const valueBase = valueOffset(block, 0);
+  block.bytes.copyWithin(keyBase + index * KEY_BYTES, keyBase + (index + 1) * KEY_BYTES, keyBase + count * KEY_BYTES);
+  block.bytes.copyWithin(
+    valueBase + index * valueSizeBytes,
+    valueBase + (index + 1) * valueSizeBytes,
+    valueBase + count * valueSizeBytes,
+  );
+  setEntryCount(block, count - 1);
+}
+
+/** Copies `count` entries from source[sourceIndex..] over target[targetIndex..] (same layout). */
+export function copyEntries(source: Block, sourceIndex: number, target: Block, targetIndex: number, count: number): void {
+  const valueSizeBytes = valueSizeOf(source);
+  assert(valueSizeBytes === valueSizeOf(target), 'copyEntries between nodes of different value sizes');
+  assert(targetIndex + count <= capacityOf(target) && sourceIndex + count <= entryCount(source), 'copyEntries out of bounds');
+  const keyBase = NodeHeader.keysOffset;
+  target.bytes.set(
+    source.bytes.subarray(keyBase + sourceIndex * KEY_BYTES, keyBase + (sourceIndex + count) * KEY_BYTES),
+    keyBase + targetIndex * KEY_BYTES,
+  );
+  const sourceValues = valueOffset(source, 0);
+  const targetValues = valueOffset(target, 0);
+  target.bytes.set(
+    source.bytes.subarray(sourceValues + sourceIndex * valueSizeBytes, sourceValues + (sourceIndex + count) * valueSizeBytes),
+    targetValues + targetIndex * valueSizeBytes,
+  );
+}
+
+export interface NodeExpectation {
+  treeKind: number;
+  /** Value size of leaves; internal nodes always use CHILD_VALUE_BYTES. */
+  leafValueSizeBytes: number;
+  /** Level the parent implies; undefined for a root. */
+  level?: number;
+  /** Keys must lie in [keyBegin, keyEnd) (F-NODE-5); undefined bounds are open. */
+  keyBegin?: number;
+  keyEnd?: number;
+  metadataBlockCount: number;
+}
+
+/**
+ * What is wrong with a node, or undefined (F-NODE-1..7). Run right after a node is read from
+ * disk (problems are corruption) and right before a changed node is written (problems are bugs).
+ */
+export function nodeProblem(block: Block, expect: NodeExpectation): string | undefined {
+  const view = block.view;
+  const type = block.type;
+  if (type !== BlockType.btreeInternal && type !== BlockType.btreeLeaf) return `block type ${type} is not a B+tree node`;
+  const treeKind = nodeTreeKind(block);
+  if (treeKind !== expect.treeKind) return `tree kind ${treeKind}, expected ${expect.treeKind}`;
+  const level = nodeLevel(block);
+  if (level >= BTREE_DEPTH_MAX) return `level ${level} is beyond the depth limit ${BTREE_DEPTH_MAX}`;
+  if (expect.level !== undefined && level !== expect.level) return `level ${level}, expected ${expect.level}`;
+  if ((level === 0) !== (type === BlockType.btreeLeaf)) return `level ${level} does not match block type ${type}`;
+  if (view.getUint16(NodeHeader.reservedOffset, true) !== 0 || view.getUint32(NodeHeader.reserved2Offset, true) !== 0) {
+    return 'reserved node header fields are not zero';
+  }
+  const valueSizeBytes = valueSizeOf(block);
+  const expectedValueSize = level === 0 ? expect.leafValueSizeBytes : CHILD_VALUE_BYTES;
+  if (valueSizeBytes !== expectedValueSize) return `value size ${valueSizeBytes}, expected ${expectedValueSize}`;
+  const count = entryCount(block);
+  if (count > nodeCapacity(valueSizeBytes)) return `entry count ${count} exceeds capacity ${nodeCapacity(valueSizeBytes)}`;
+  if (level > 0 && count === 0) return 'internal node has no entries';
+  let previous = -1;
+  for (let index = 0; index < count; index++) {
+    const key = keyAt(block, index);
+    if (!Number.isSafeInteger(key)) return `key ${index} is ${key}, beyond 2^53`;
+    if (key <= previous) return `keys not strictly increasing at entry ${index} (${previous} then ${key})`;
+    previous = key;
+    if (level > 0) {
+      const child = childAt(block, index);
+      if (!Number.isSafeInteger(child) || child >= expect.metadataBlockCount) {
+        return `child ${index} points to block ${child}, past the metadata (${expect.metadataBlockCount} blocks)`;
+      }
+      if (child === block.blockNr) return `child ${index} points to the node itself`;
+    }
+  }
+  if (count > 0) {
+    const first = keyAt(block, 0);
+    if (expect.keyBegin !== undefined && first < expect.keyBegin) {
+      return `first key ${first} is below the parent's bound ${expect.keyBegin}`;
+    }
+    if (expect.keyEnd !== undefined && previous >= expect.keyEnd) {
+      return `last key ${previous} is not below the parent's bound ${expect.keyEnd}`;
+    }
+  }
+  return undefined;
+}
+
+export function describeKeyRange(keyBegin: number | undefined, keyEnd: number | undefined): string {
+  return `keys [${keyBegin ?? 0}, ${keyEnd ?? '∞'})`;
+}
+
+/** Validates a node read from disk: throws THIN_CORRUPT_NODE with the block number and key range. */
+export function checkNodeFromDisk(block: Block, expect: NodeExpectation): void {
+  const problem = nodeProblem(block, expect);
+  if (problem !== undefined) {
+    throw new ThinError(
+      'THIN_CORRUPT_NODE',
+      `B+tree node at metadata block ${block.blockNr} (${describeKeyRange(expect.keyBegin, expect.keyEnd)}) is corrupt: ${problem}`,
+    );
+  }
+}

@@ -1,0 +1,172 @@
+// Superblock copies (docs/format.md, "Superblock"). The superblock is the small root written last
+// in a commit: it names the generation, the metadata space map's root and an opaque payload that
+// belongs to the layer above (the pool's device tree root, data space map root, ...).
+//
+// Copies live at fixed, far-apart metadata blocks (SUPERBLOCK_BLOCK_NRS). Generation g is written
+// to the two copies whose index has g's parity, so while g is being written the other pair still
+// holds g-1 whole, and once g is acknowledged it survives the loss of any one copy. Each copy
+// names its own block, its copy index, the pool and the generation, under the checksum, so a
+// misdirected or stale copy is recognized instead of trusted.
+import {
+  METADATA_BLOCK_HEADER_BYTES,
+  METADATA_BLOCK_SIZE_BYTES,
+  METADATA_FORMAT_VERSION,
+  SUPERBLOCK_BLOCK_NRS,
+  SUPERBLOCK_PAYLOAD_BYTES_MAX,
+} from '../constants.ts';
+import { assert } from '../errors.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { Block, BlockHeader, BlockType, blockProblem, getU64, sealBlock, setU64 } from './block.ts';
+
+/** "THNB" read as a little-endian u32. */
+export const SUPERBLOCK_MAGIC = 0x424e4854;
+
+export const SuperblockLayout = {
+  magicOffset: METADATA_BLOCK_HEADER_BYTES + 0, // u32
+  formatVersionOffset: METADATA_BLOCK_HEADER_BYTES + 4, // u32
+  copyIndexOffset: METADATA_BLOCK_HEADER_BYTES + 8, // u32
+  blockSizeOffset: METADATA_BLOCK_HEADER_BYTES + 12, // u32
+  generationOffset: METADATA_BLOCK_HEADER_BYTES + 16, // u64
+  metadataBlockCountOffset: METADATA_BLOCK_HEADER_BYTES + 24, // u64
+  metadataSpaceMapRootOffset: METADATA_BLOCK_HEADER_BYTES + 32, // u64
+  payloadLengthOffset: METADATA_BLOCK_HEADER_BYTES + 40, // u32
+  reservedOffset: METADATA_BLOCK_HEADER_BYTES + 44, // 52 bytes, zero
+  payloadOffset: 128,
+} as const;
+
+assert(SuperblockLayout.reservedOffset + 52 === SuperblockLayout.payloadOffset, 'superblock fields must end where the payload starts');
+assert(SuperblockLayout.payloadOffset + SUPERBLOCK_PAYLOAD_BYTES_MAX === METADATA_BLOCK_SIZE_BYTES, 'superblock payload must fill the block');
+assert(SUPERBLOCK_BLOCK_NRS.length === 4, 'two pairs of superblock copies');
+
+export interface SuperblockFields {
+  poolId: bigint;
+  generation: number;
+  metadataBlockCount: number;
+  metadataSpaceMapRoot: number;
+  payload: Uint8Array;
+}
+
+export interface SuperblockCopy {
+  copyIndex: number;
+  blockNr: number;
+  /** Set when the copy validates as a superblock (its format version may still be unknown). */
+  fields?: SuperblockFields & { formatVersion: number };
+  /** What is wrong with the copy, when fields is unset. */
+  problem?: string;
+}
+
+/** The copy indexes generation g is written to (F-SB-5). */
+export function superblockCopyIndexes(generation: number): number[] {
+  const parity = generation % 2;
+  return SUPERBLOCK_BLOCK_NRS.map((_, index) => index).filter((index) => index % 2 === parity);
+}
+
+export function isSuperblockBlockNr(blockNr: number): boolean {
+  return SUPERBLOCK_BLOCK_NRS.includes(blockNr);
+}
+
+export function encodeSuperblock(fields: SuperblockFields, copyIndex: number): Uint8Array {
+  assert(copyIndex >= 0 && copyIndex < SUPERBLOCK_BLOCK_NRS.length, `bad copy index ${copyIndex}`);
+  assert(fields.payload.length <= SUPERBLOCK_PAYLOAD_BYTES_MAX, `superblock payload of ${fields.payload.length} bytes is too large`);
+  const block = new Block(SUPERBLOCK_BLOCK_NRS[copyIndex]!, new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
+  const view = block.view;
+  view.setUint32(SuperblockLayout.magicOffset, SUPERBLOCK_MAGIC, true);
+  view.setUint32(SuperblockLayout.formatVersionOffset, METADATA_FORMAT_VERSION, true);
+  view.setUint32(SuperblockLayout.copyIndexOffset, copyIndex, true);
+  view.setUint32(SuperblockLayout.blockSizeOffset, METADATA_BLOCK_SIZE_BYTES, true);
+  setU64(view, SuperblockLayout.generationOffset, fields.generation);
+  setU64(view, SuperblockLayout.metadataBlockCountOffset, fields.metadataBlockCount);
+  setU64(view, SuperblockLayout.metadataSpaceMapRootOffset, fields.metadataSpaceMapRoot);
+  view.setUint32(SuperblockLayout.payloadLengthOffset, fields.payload.length, true);
+  block.bytes.set(fields.payload, SuperblockLayout.payloadOffset);
+  sealBlock(block, BlockType.superblock, fields.generation, fields.poolId);
+  return block.bytes;
+}
+
+/** Decodes one copy read from its place; never throws on bad bytes (F-SB-1..4). */
+export function decodeSuperblock(bytes: Uint8Array, copyIndex: number): SuperblockCopy {
+  const blockNr = SUPERBLOCK_BLOCK_NRS[copyIndex]!;
+  const base = { copyIndex, blockNr };
+  const problem = blockProblem(bytes, { blockNr, expectedType: BlockType.superblock });
+  if (problem !== undefined) return { ...base, problem };
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (view.getUint32(SuperblockLayout.magicOffset, true) !== SUPERBLOCK_MAGIC) return { ...base, problem: 'bad magic number' };
+  const formatVersion = view.getUint32(SuperblockLayout.formatVersionOffset, true);
+  const storedCopyIndex = view.getUint32(SuperblockLayout.copyIndexOffset, true);
+  if (storedCopyIndex !== copyIndex) return { ...base, problem: `it is copy ${storedCopyIndex}, not ${copyIndex}` };
+  const blockSizeBytes = view.getUint32(SuperblockLayout.blockSizeOffset, true);
+  if (blockSizeBytes !== METADATA_BLOCK_SIZE_BYTES) return { ...base, problem: `metadata block size ${blockSizeBytes}` };
+  const generation = getU64(view, SuperblockLayout.generationOffset);
+  const headerTransactionId = getU64(view, BlockHeader.transactionIdOffset);
+  if (!Number.isSafeInteger(generation) || generation < 1 || generation !== headerTransactionId) {
+    return { ...base, problem: `generation ${generation} does not match its header (${headerTransactionId})` };
+  }
+  if (generation % 2 !== copyIndex % 2) return { ...base, problem: `generation ${generation} does not belong in copy ${copyIndex}` };
+  const metadataBlockCount = getU64(view, SuperblockLayout.metadataBlockCountOffset);
+  const metadataSpaceMapRoot = getU64(view, SuperblockLayout.metadataSpaceMapRootOffset);
+  if (!Number.isSafeInteger(metadataBlockCount) || metadataSpaceMapRoot >= metadataBlockCount) {
+    return { ...base, problem: `space map root ${metadataSpaceMapRoot} is outside the ${metadataBlockCount} metadata blocks` };
+  }
+  const payloadLengthBytes = view.getUint32(SuperblockLayout.payloadLengthOffset, true);
+  if (payloadLengthBytes > SUPERBLOCK_PAYLOAD_BYTES_MAX) return { ...base, problem: `payload length ${payloadLengthBytes}` };
+  for (let offset = SuperblockLayout.reservedOffset; offset < SuperblockLayout.payloadOffset; offset++) {
+    if (bytes[offset] !== 0) return { ...base, problem: 'reserved fields are not zero' };
+  }
+  const payload = bytes.slice(SuperblockLayout.payloadOffset, SuperblockLayout.payloadOffset + payloadLengthBytes);
+  const poolId = view.getBigUint64(BlockHeader.poolIdOffset, true);
+  return { ...base, fields: { poolId, generation, metadataBlockCount, metadataSpaceMapRoot, payload, formatVersion } };
+}
+
+/** Reads and decodes every copy; a copy that cannot be read is reported, not thrown. */
+export async function readSuperblockCopies(file: BlockFile): Promise<SuperblockCopy[]> {
+  return Promise.all(
+    SUPERBLOCK_BLOCK_NRS.map(async (blockNr, copyIndex) => {
+      const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+      try {
+        await file.read(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+      } catch (error) {
+        return { copyIndex, blockNr, problem: `read failed: ${error instanceof Error ? error.message : String(error)}` };
+      }
+      return decodeSuperblock(bytes, copyIndex);
+    }),
+  );
+}
+
+/**
+ * The distinct generations to try, newest first, each with one valid copy of it (F-SB-6). Copies
+ * of another pool than the one most copies (or the caller) name are set aside as misplaced.
+ */
+export function superblockCandidates(
+  copies: SuperblockCopy[],
+  poolId?: bigint,
+): Array<SuperblockFields & { formatVersion: number }> {
+  let expectedPoolId = poolId;
+  if (expectedPoolId === undefined) {
+    const votes = new Map<bigint, number>();
+    for (const copy of copies) {
+      if (copy.fields !== undefined) votes.set(copy.fields.poolId, (votes.get(copy.fields.poolId) ?? 0) + 1);
+    }
+    let best = 0;
+    // Ties go to the pool of the newest copy, which comes later in this order.
+    const sorted = copies.filter((copy) => copy.fields !== undefined).sort((a, b) => a.fields!.generation - b.fields!.generation);
+    for (const copy of sorted) {
+      const count = votes.get(copy.fields!.poolId)!;
+      if (count >= best) {
+        best = count;
+        expectedPoolId = copy.fields!.poolId;
+      }
+    }
+  }
+  const byGeneration = new Map<number, SuperblockFields & { formatVersion: number }>();
+  for (const copy of copies) {
+    const fields = copy.fields;
+    if (fields === undefined) continue;
+    if (fields.poolId !== expectedPoolId) {
+      delete copy.fields;
+      copy.problem = `belongs to pool ${fields.poolId.toString(16)}, not ${expectedPoolId?.toString(16)} (a misplaced copy)`;
+      continue;
+    }
+    if (!byGeneration.has(fields.generation)) byGeneration.set(fields.generation, fields);
+  }
+  return [...byGeneration.values()].sort((a, b) => b.generation - a.generation);
+}

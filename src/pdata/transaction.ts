@@ -1,0 +1,668 @@
+// The transaction manager: every metadata block passes through here. It hands out validated
+// blocks (read), new blocks (allocate) and private copies of committed blocks (shadow), keeps the
+// reference count of every metadata block, and commits.
+//
+// Reference counts of metadata blocks live in memory (a Uint32Array sized to the metadata file)
+// while the pool is open, and are folded into an on-disk space map tree when a transaction is
+// sealed; the fold allocates and frees tree nodes itself, so it repeats until nothing changes.
+//
+// Transaction states (docs/format.md, "Transaction/commit protocol"):
+//
+//        format()/open()
+//              │
+//              ▼
+//   ┌──────► OPEN(T) ── read/allocate/shadow/inc/dec ──┐
+//   │          │  ▲                                    │
+//   │          │  └────────────────────────────────────┘
+//   │     commit(): seal, synchronously: fold counts, checksum dirty blocks, build superblock
+//   │          │
+//   │          ├──────────────► OPEN(T+1) (mutations go on at once)
+//   │          ▼
+//   │     SEALED(T) ─ wait for commit T-1 ─► beforeMetadata() ─► write blocks ─► sync
+//   │          │                                           ─► write superblock pair ─► sync
+//   │          ▼
+//   └──── DURABLE(T): blocks freed in T may be reused; cached blocks of T become clean
+//
+//   any failure while SEALED ──► FAILED (sticky: every later commit and change throws THIN_IO)
+//
+// Blocks freed in transaction T are reused only after T is durable (the committed state may still
+// point at them), except blocks allocated in T itself, which nothing committed can reference.
+import {
+  METADATA_BLOCK_COUNT_MAX,
+  METADATA_BLOCK_COUNT_MIN,
+  METADATA_BLOCK_SIZE_BYTES,
+  METADATA_CACHE_BLOCKS_MAX,
+  METADATA_COMMIT_RESERVE_BLOCKS,
+  METADATA_FORMAT_VERSION,
+  SPACE_MAP_FOLD_ROUNDS_MAX,
+  SUPERBLOCK_BLOCK_NRS,
+  SUPERBLOCK_PAYLOAD_BYTES_MAX,
+} from '../constants.ts';
+import { ThinError, assert, isThinError } from '../errors.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { Block, BlockType, initBlockHeader, sealBlock, validateBlock } from './block.ts';
+import { BTree } from './btree/btree.ts';
+import { TreeKind } from './btree/codec.ts';
+import { BlockCache } from './cache.ts';
+import { SpaceMap } from './space-map.ts';
+import {
+  encodeSuperblock,
+  readSuperblockCopies,
+  superblockCandidates,
+  superblockCopyIndexes,
+  type SuperblockFields,
+} from './superblock.ts';
+
+export interface TransactionCounters {
+  metadataBlocksWritten: number;
+  metadataBlocksRead: number;
+  syncs: number;
+  commits: number;
+}
+
+export interface SuperblockCopyReport {
+  copyIndex: number;
+  blockNr: number;
+  /** Generation the copy holds, when it validates. */
+  generation?: number;
+  /** What is wrong with the copy, when it does not validate. */
+  problem?: string;
+}
+
+export interface OpenReport {
+  /** Generation opened (the committed transaction id). */
+  generation: number;
+  /** Newest generation any valid copy holds. Above `generation` means a fall back (a rollback). */
+  newestGenerationSeen: number;
+  /** True when a newer generation with a valid copy was passed over because its roots did not validate. */
+  fellBack: boolean;
+  /** Every copy and what was wrong with it. */
+  copies: SuperblockCopyReport[];
+  /** Generations passed over, newest first, and why. */
+  rejected: Array<{ generation: number; problem: string }>;
+  /** True when anything is not as a clean shutdown leaves it: an invalid copy or a fall back. */
+  degraded: boolean;
+}
+
+export interface FormatOptions {
+  metadataBlockCount: number;
+  poolId: bigint;
+  cacheBlocksMax?: number;
+}
+
+export interface OpenOptions {
+  readOnly?: boolean;
+  /** Only copies of this pool are accepted; by default the pool most copies name. */
+  poolId?: bigint;
+  cacheBlocksMax?: number;
+  /**
+   * Validates the payload's roots against the candidate generation (read its trees through tm).
+   * Throw a ThinError (THIN_CORRUPT_*) to reject the generation; open then tries an older one.
+   */
+  validatePayload?: (payload: Uint8Array, tm: TransactionManager) => void;
+}
+
+interface ManagerState {
+  file: BlockFile;
+  poolId: bigint;
+  metadataBlockCount: number;
+  transactionId: number;
+  readOnly: boolean;
+  cacheBlocksMax: number;
+}
+
+const CORRUPTION_CODES = new Set(['THIN_CORRUPT_BLOCK', 'THIN_CORRUPT_NODE', 'THIN_CORRUPT_SUPERBLOCK', 'THIN_FORMAT']);
+
+export class TransactionManager {
+  readonly file: BlockFile;
+  readonly poolId: bigint;
+  readonly readOnly: boolean;
+  readonly counters: TransactionCounters = { metadataBlocksWritten: 0, metadataBlocksRead: 0, syncs: 0, commits: 0 };
+
+  #metadataBlockCount: number;
+  #counts: Uint32Array;
+  /** Blocks with count > 0. */
+  #usedBlocks = 0;
+  /** Blocks with count 0 that are not pending free. */
+  #freeBlocks: number;
+  /** 1 while a block is pending free (count 0, freed by a transaction that is not durable). */
+  #pendingFlags: Uint8Array;
+  #pendingByTransaction = new Map<number, number[]>();
+  /** Blocks whose count may differ from the on-disk space map tree. */
+  #changed = new Set<number>();
+  #allocationCursor = 0;
+  /** Blocks allocated in the open transaction (writable). */
+  #dirty = new Map<number, Block>();
+  /** Blocks of sealed transactions not yet durable (pinned, read-only). */
+  #sealed = new Map<number, Block>();
+  #cache: BlockCache;
+  #transactionId: number;
+  #durableTransactionId: number;
+  #metadataSpaceMap: SpaceMap | undefined;
+  #sealing = false;
+  #commitChain: Promise<void> = Promise.resolve();
+  #failure: unknown;
+
+  /** Use TransactionManager.format or TransactionManager.open. */
+  constructor(state: ManagerState) {
+    assert(
+      Number.isSafeInteger(state.metadataBlockCount) &&
+        state.metadataBlockCount >= METADATA_BLOCK_COUNT_MIN &&
+        state.metadataBlockCount <= METADATA_BLOCK_COUNT_MAX,
+      `metadata block count ${state.metadataBlockCount} outside [${METADATA_BLOCK_COUNT_MIN}, ${METADATA_BLOCK_COUNT_MAX}]`,
+    );
+    assert(state.poolId > 0n && state.poolId < 1n << 64n, 'pool id must be a non-zero u64');
+    this.file = state.file;
+    this.poolId = state.poolId;
+    this.readOnly = state.readOnly;
+    this.#metadataBlockCount = state.metadataBlockCount;
+    this.#counts = new Uint32Array(state.metadataBlockCount);
+    this.#pendingFlags = new Uint8Array(state.metadataBlockCount);
+    this.#freeBlocks = state.metadataBlockCount;
+    this.#cache = new BlockCache(state.cacheBlocksMax);
+    this.#transactionId = state.transactionId;
+    this.#durableTransactionId = state.transactionId - 1;
+  }
+
+  /**
+   * A new, empty metadata store. Does no I/O: the metadata file becomes a pool on the first
+   * commit(), which writes every block and then superblock generation 1.
+   */
+  static format(file: BlockFile, options: FormatOptions): TransactionManager {
+    if (
+      !Number.isSafeInteger(options.metadataBlockCount) ||
+      options.metadataBlockCount < METADATA_BLOCK_COUNT_MIN ||
+      options.metadataBlockCount > METADATA_BLOCK_COUNT_MAX
+    ) {
+      throw new ThinError(
+        'THIN_INVALID',
+        `Metadata of ${options.metadataBlockCount} blocks is outside [${METADATA_BLOCK_COUNT_MIN}, ${METADATA_BLOCK_COUNT_MAX}] blocks`,
+      );
+    }
+    const tm = new TransactionManager({
+      file,
+      poolId: options.poolId,
+      metadataBlockCount: options.metadataBlockCount,
+      transactionId: 1,
+      readOnly: false,
+      cacheBlocksMax: options.cacheBlocksMax ?? METADATA_CACHE_BLOCKS_MAX,
+    });
+    // F-SB-7: superblock copies are permanently used blocks of the metadata space map.
+    for (const blockNr of SUPERBLOCK_BLOCK_NRS) tm.#setCount(blockNr, 1);
+    tm.#metadataSpaceMap = SpaceMap.create(tm, options.metadataBlockCount, TreeKind.metadataSpaceMap);
+    return tm;
+  }
+
+  /**
+   * Opens the newest generation whose superblock copy, metadata space map and payload roots
+   * validate. Falling back to an older generation, or any copy that does not validate, is
+   * reported in `report`; when no generation validates, throws THIN_CORRUPT_SUPERBLOCK naming
+   * what was wrong with each copy and each generation tried.
+   */
+  static async open(
+    file: BlockFile,
+    options: OpenOptions = {},
+  ): Promise<{ tm: TransactionManager; payload: Uint8Array; report: OpenReport }> {
+    const copies = await readSuperblockCopies(file);
+    const candidates = superblockCandidates(copies, options.poolId);
+    const copyReports: SuperblockCopyReport[] = copies.map((copy) => ({
+      copyIndex: copy.copyIndex,
+      blockNr: copy.blockNr,
+      ...(copy.fields !== undefined ? { generation: copy.fields.generation } : { problem: copy.problem ?? 'invalid' }),
+    }));
+    const newestGenerationSeen = candidates[0]?.generation ?? 0;
+    const rejected: Array<{ generation: number; problem: string }> = [];
+    for (const candidate of candidates) {
+      if (candidate.formatVersion !== METADATA_FORMAT_VERSION) {
+        // Never roll back past a generation written by another version: refuse instead.
+        throw new ThinError(
+          'THIN_FORMAT',
+          `Metadata generation ${candidate.generation} on ${file.description} has format version ${candidate.formatVersion}; ` +
+            `this build reads version ${METADATA_FORMAT_VERSION}`,
+        );
+      }
+      try {
+        const tm = TransactionManager.#openGeneration(file, candidate, options);
+        options.validatePayload?.(candidate.payload, tm);
+        const report: OpenReport = {
+          generation: candidate.generation,
+          newestGenerationSeen,
+          fellBack: candidate.generation !== newestGenerationSeen,
+          copies: copyReports,
+          rejected,
+          degraded: candidate.generation !== newestGenerationSeen || copyReports.some((copy) => copy.problem !== undefined),
+        };
+        return { tm, payload: candidate.payload, report };
+      } catch (error) {
+        if (!isThinError(error) || !CORRUPTION_CODES.has(error.code)) throw error;
+        rejected.push({ generation: candidate.generation, problem: error.message });
+      }
+    }
+    const copyText = copyReports
+      .map((copy) => `copy ${copy.copyIndex} (block ${copy.blockNr}): ${copy.problem ?? `generation ${copy.generation}`}`)
+      .join('; ');
+    const rejectedText = rejected.map((entry) => `generation ${entry.generation}: ${entry.problem}`).join('; ');
+    throw new ThinError(
+      'THIN_CORRUPT_SUPERBLOCK',
+      `No usable superblock on ${file.description}: ${copyText}${rejectedText === '' ? '' : `; rejected ${rejectedText}`}`,
+    );
+  }
+
+  static #openGeneration(file: BlockFile, fields: SuperblockFields, options: OpenOptions): TransactionManager {
+    if (fields.metadataBlockCount < METADATA_BLOCK_COUNT_MIN || fields.metadataBlockCount > METADATA_BLOCK_COUNT_MAX) {
+      throw new ThinError(
+        'THIN_CORRUPT_SUPERBLOCK',
+        `Superblock generation ${fields.generation} says the metadata has ${fields.metadataBlockCount} blocks`,
+      );
+    }
+    const tm = new TransactionManager({
+      file,
+      poolId: fields.poolId,
+      metadataBlockCount: fields.metadataBlockCount,
+      transactionId: fields.generation + 1,
+      readOnly: options.readOnly ?? false,
+      cacheBlocksMax: options.cacheBlocksMax ?? METADATA_CACHE_BLOCKS_MAX,
+    });
+    const spaceMap = new SpaceMap(tm, fields.metadataSpaceMapRoot, fields.metadataBlockCount, TreeKind.metadataSpaceMap);
+    for (const extent of spaceMap.extents()) {
+      for (let blockNr = extent.begin; blockNr < extent.begin + extent.lengthBlocks; blockNr++) tm.#setCount(blockNr, extent.count);
+    }
+    for (const blockNr of SUPERBLOCK_BLOCK_NRS) {
+      if (tm.#counts[blockNr] === 0) {
+        throw new ThinError('THIN_CORRUPT_NODE', `Metadata space map of generation ${fields.generation} marks superblock block ${blockNr} free`);
+      }
+    }
+    tm.#changed.clear();
+    tm.#metadataSpaceMap = spaceMap;
+    return tm;
+  }
+
+  // ---- state ----
+
+  /** Id of the open (not yet committed) transaction. */
+  get transactionId(): number {
+    return this.#transactionId;
+  }
+
+  /** The newest transaction whose superblock is durable (0 before the first commit). */
+  get durableTransactionId(): number {
+    return this.#durableTransactionId;
+  }
+
+  /** The superblock generation on disk: the same number as durableTransactionId. */
+  get generation(): number {
+    return this.#durableTransactionId;
+  }
+
+  get metadataBlockCount(): number {
+    return this.#metadataBlockCount;
+  }
+
+  /** Metadata blocks with a reference count of at least 1 (superblock copies included). */
+  get metadataBlocksUsed(): number {
+    return this.#usedBlocks;
+  }
+
+  /** Metadata blocks allocatable now (count 0 and not pending free), the commit reserve included. */
+  get metadataBlocksFree(): number {
+    return this.#freeBlocks;
+  }
+
+  /** Blocks changed in the open transaction; commit when above METADATA_DIRTY_BLOCKS_SOFT_MAX. */
+  get dirtyBlockCount(): number {
+    return this.#dirty.size;
+  }
+
+  /** Root of the metadata space map tree as of the last seal (for check and dump). */
+  get metadataSpaceMapRoot(): number {
+    return this.#spaceMap().root;
+  }
+
+  /** The error that failed a commit, after which this manager refuses changes; undefined if none. */
+  get failure(): unknown {
+    return this.#failure;
+  }
+
+  // ---- blocks ----
+
+  /**
+   * A validated block, from memory or disk (readSync). The block must not be changed: use
+   * shadow() for that. Throws THIN_CORRUPT_BLOCK when the block fails its checksum, type, own
+   * location, pool or transaction checks, or lies past the metadata.
+   */
+  read(blockNr: number, type: number | readonly number[]): Block {
+    if (!Number.isSafeInteger(blockNr) || blockNr < 0 || blockNr >= this.#metadataBlockCount) {
+      throw new ThinError(
+        'THIN_CORRUPT_BLOCK',
+        `Cannot read metadata block ${blockNr}: outside the metadata (${this.#metadataBlockCount} blocks)`,
+      );
+    }
+    const inMemory = this.#dirty.get(blockNr) ?? this.#sealed.get(blockNr) ?? this.#cache.get(blockNr);
+    if (inMemory !== undefined) {
+      const types = typeof type === 'number' ? [type] : type;
+      if (!types.includes(inMemory.type)) {
+        throw new ThinError(
+          'THIN_CORRUPT_BLOCK',
+          `Cannot read metadata block ${blockNr}: block type ${inMemory.type}, expected ${types.join(' or ')}`,
+        );
+      }
+      return inMemory;
+    }
+    const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    try {
+      this.file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+    } catch (error) {
+      if (isThinError(error)) throw error;
+      throw new ThinError('THIN_IO', `Cannot read metadata block ${blockNr} of ${this.file.description}`, { cause: error });
+    }
+    this.counters.metadataBlocksRead += 1;
+    // F-BLK-4: the state being read was committed by durableTransactionId at the latest.
+    validateBlock(bytes, { blockNr, expectedType: type, poolId: this.poolId, transactionIdMax: this.#durableTransactionId });
+    const block = new Block(blockNr, bytes);
+    this.#cache.put(block);
+    return block;
+  }
+
+  /** A new zeroed block with count 1, writable until the transaction is sealed. */
+  allocate(type: number): Block {
+    this.#assertWritable();
+    const reserve = this.#sealing ? 0 : METADATA_COMMIT_RESERVE_BLOCKS;
+    if (this.#freeBlocks <= reserve) {
+      throw new ThinError(
+        'THIN_NO_METADATA_SPACE',
+        `No free metadata block: ${this.#usedBlocks} of ${this.#metadataBlockCount} used, ${this.#freeBlocks} free (${METADATA_COMMIT_RESERVE_BLOCKS} kept for commits)`,
+      );
+    }
+    const blockNr = this.#findFreeBlock();
+    this.#setCount(blockNr, 1);
+    this.#cache.delete(blockNr);
+    const block = new Block(blockNr, new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
+    initBlockHeader(block, type, this.#transactionId, this.poolId);
+    this.#dirty.set(blockNr, block);
+    return block;
+  }
+
+  /**
+   * A writable version of blockNr. A block allocated in the open transaction and referenced
+   * once is returned itself (wasShared false). Otherwise the block is copied into a new block and
+   * blockNr loses one reference; wasShared says it had more than one, so the caller must add a
+   * reference to everything the copy references.
+   */
+  shadow(blockNr: number, type: number): { block: Block; wasShared: boolean } {
+    this.#assertWritable();
+    const dirty = this.#dirty.get(blockNr);
+    if (dirty !== undefined && this.#counts[blockNr] === 1) {
+      if (dirty.type !== type) {
+        throw new ThinError('THIN_CORRUPT_BLOCK', `Cannot shadow metadata block ${blockNr}: block type ${dirty.type}, expected ${type}`);
+      }
+      return { block: dirty, wasShared: false };
+    }
+    const source = this.read(blockNr, type);
+    const count = this.#counts[blockNr]!;
+    if (count === 0) {
+      throw new ThinError('THIN_CORRUPT_BLOCK', `Cannot shadow metadata block ${blockNr}: the space map says it is free`);
+    }
+    const copy = this.allocate(type);
+    copy.bytes.set(source.bytes);
+    initBlockHeader(copy, type, this.#transactionId, this.poolId);
+    copy.checkedTreeKind = source.checkedTreeKind;
+    this.dec(blockNr);
+    return { block: copy, wasShared: count > 1 };
+  }
+
+  /** One more reference to a used block. */
+  inc(blockNr: number): void {
+    this.#assertWritable();
+    this.#assertBlockNr(blockNr);
+    const count = this.#counts[blockNr]!;
+    if (count === 0) {
+      throw new ThinError('THIN_CORRUPT_BLOCK', `Cannot reference metadata block ${blockNr}: the space map says it is free`);
+    }
+    assert(count < 0xffff_ffff, `reference count of metadata block ${blockNr} overflows`);
+    this.#setCount(blockNr, count + 1);
+  }
+
+  /** One reference fewer. At 0 the block is free: at once if allocated in the open transaction, else once it commits. */
+  dec(blockNr: number): void {
+    this.#assertWritable();
+    this.#assertBlockNr(blockNr);
+    const count = this.#counts[blockNr]!;
+    if (count === 0) {
+      throw new ThinError('THIN_CORRUPT_BLOCK', `Cannot drop a reference to metadata block ${blockNr}: the space map says it is free`);
+    }
+    this.#setCount(blockNr, count - 1);
+    if (count - 1 > 0) return;
+    if (this.#dirty.delete(blockNr)) return; // never committed: free at once (#setCount counted it)
+    this.#freeBlocks -= 1;
+    this.#pendingFlags[blockNr] = 1;
+    const list = this.#pendingByTransaction.get(this.#transactionId);
+    if (list === undefined) this.#pendingByTransaction.set(this.#transactionId, [blockNr]);
+    else list.push(blockNr);
+    this.#cache.delete(blockNr);
+  }
+
+  refCount(blockNr: number): number {
+    this.#assertBlockNr(blockNr);
+    return this.#counts[blockNr]!;
+  }
+
+  /** True when blockNr was freed by a transaction that is not durable yet. */
+  isPendingFree(blockNr: number): boolean {
+    this.#assertBlockNr(blockNr);
+    return this.#pendingFlags[blockNr] === 1;
+  }
+
+  /**
+   * Throws THIN_NO_METADATA_SPACE unless blocksNeeded blocks can be allocated beyond the commit
+   * reserve. Tree operations call it before changing anything, so running out never leaves a
+   * half-changed tree.
+   */
+  ensureMetadataSpace(blocksNeeded: number): void {
+    const reserve = this.#sealing ? 0 : METADATA_COMMIT_RESERVE_BLOCKS;
+    if (this.#freeBlocks - reserve < blocksNeeded) {
+      throw new ThinError(
+        'THIN_NO_METADATA_SPACE',
+        `Metadata is full: ${blocksNeeded} blocks needed, ${Math.max(0, this.#freeBlocks - reserve)} available ` +
+          `(${this.#usedBlocks} of ${this.#metadataBlockCount} used)`,
+      );
+    }
+  }
+
+  /** Grows the metadata to blockCount blocks (the file grows at the next commit). */
+  growMetadata(blockCount: number): void {
+    this.#assertWritable();
+    if (!Number.isSafeInteger(blockCount) || blockCount < this.#metadataBlockCount || blockCount > METADATA_BLOCK_COUNT_MAX) {
+      throw new ThinError('THIN_INVALID', `Cannot grow metadata from ${this.#metadataBlockCount} to ${blockCount} blocks`);
+    }
+    const counts = new Uint32Array(blockCount);
+    counts.set(this.#counts);
+    const pending = new Uint8Array(blockCount);
+    pending.set(this.#pendingFlags);
+    this.#freeBlocks += blockCount - this.#metadataBlockCount;
+    this.#counts = counts;
+    this.#pendingFlags = pending;
+    this.#metadataBlockCount = blockCount;
+    this.#spaceMap().grow(blockCount);
+  }
+
+  // ---- commit ----
+
+  /**
+   * Seals the open transaction (synchronously: folds reference counts into the metadata space
+   * map, checksums every changed block, builds the superblock) and opens the next one; then, after
+   * any earlier commit has finished, awaits beforeMetadata, writes the blocks, syncs, writes the
+   * superblock pair of this generation and syncs. Resolves when the generation is durable.
+   */
+  async commit(payload: Uint8Array, beforeMetadata?: () => Promise<void>): Promise<void> {
+    this.#assertWritable();
+    if (payload.length > SUPERBLOCK_PAYLOAD_BYTES_MAX) {
+      throw new ThinError('THIN_INVALID', `Superblock payload of ${payload.length} bytes exceeds ${SUPERBLOCK_PAYLOAD_BYTES_MAX}`);
+    }
+    const sealed = this.#seal(payload);
+    const previous = this.#commitChain;
+    const done = (async () => {
+      await previous.catch(() => undefined);
+      if (this.#failure !== undefined) throw this.#failedError();
+      try {
+        await this.#writeSealed(sealed);
+      } catch (error) {
+        this.#failure = error;
+        throw isThinError(error)
+          ? error
+          : new ThinError('THIN_IO', `Commit of metadata generation ${sealed.fields.generation} to ${this.file.description} failed`, {
+              cause: error,
+            });
+      }
+    })();
+    this.#commitChain = done;
+    return done;
+  }
+
+  /** Resolves when every commit started so far has finished (successfully or not). */
+  async idle(): Promise<void> {
+    await this.#commitChain.catch(() => undefined);
+  }
+
+  #seal(payload: Uint8Array): { fields: SuperblockFields; blocks: Block[] } {
+    const generation = this.#transactionId;
+    this.#sealing = true;
+    try {
+      this.#foldReferenceCounts();
+    } finally {
+      this.#sealing = false;
+    }
+    const blocks = [...this.#dirty.values()];
+    for (const block of blocks) {
+      if (block.type === BlockType.btreeInternal || block.type === BlockType.btreeLeaf) {
+        BTree.checkBeforeWrite(block, this.#metadataBlockCount);
+      }
+      sealBlock(block, block.type, generation, this.poolId);
+      this.#sealed.set(block.blockNr, block);
+    }
+    this.#dirty = new Map();
+    this.#transactionId = generation + 1;
+    const fields: SuperblockFields = {
+      poolId: this.poolId,
+      generation,
+      metadataBlockCount: this.#metadataBlockCount,
+      metadataSpaceMapRoot: this.#spaceMap().root,
+      payload: payload.slice(),
+    };
+    return { fields, blocks };
+  }
+
+  /** Writes counts that changed into the metadata space map until its own changes settle. */
+  #foldReferenceCounts(): void {
+    const spaceMap = this.#spaceMap();
+    const counts = this.#counts;
+    for (let round = 0; round < SPACE_MAP_FOLD_ROUNDS_MAX; round++) {
+      if (this.#changed.size === 0) return;
+      const blockNrs = [...this.#changed].sort((a, b) => a - b);
+      this.#changed.clear();
+      let index = 0;
+      while (index < blockNrs.length) {
+        const begin = blockNrs[index]!;
+        let end = begin + 1;
+        index += 1;
+        while (index < blockNrs.length && blockNrs[index] === end) {
+          end += 1;
+          index += 1;
+        }
+        spaceMap.setCounts(begin, end - begin, (blockNr) => counts[blockNr]!);
+      }
+    }
+    assert(false, `metadata space map did not settle in ${SPACE_MAP_FOLD_ROUNDS_MAX} rounds`);
+  }
+
+  async #writeSealed(sealed: { fields: SuperblockFields; blocks: Block[] }): Promise<void> {
+    const { fields, blocks } = sealed;
+    const neededBytes = fields.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES;
+    if (this.file.sizeBytes() < neededBytes) await this.file.grow(neededBytes);
+    // F-TX-1: metadata blocks, all awaited, then a sync, before any superblock copy.
+    await Promise.all(blocks.map((block) => this.file.write(block.bytes, block.blockNr * METADATA_BLOCK_SIZE_BYTES)));
+    this.counters.metadataBlocksWritten += blocks.length;
+    await this.#sync();
+    // F-TX-2: the superblock pair of this generation, awaited, then a sync.
+    const copyIndexes = superblockCopyIndexes(fields.generation);
+    await Promise.all(
+      copyIndexes.map((copyIndex) =>
+        this.file.write(encodeSuperblock(fields, copyIndex), SUPERBLOCK_BLOCK_NRS[copyIndex]! * METADATA_BLOCK_SIZE_BYTES),
+      ),
+    );
+    this.counters.metadataBlocksWritten += copyIndexes.length;
+    await this.#sync();
+    // Durable: blocks of this generation become clean, and frees up to it become reusable.
+    this.#durableTransactionId = fields.generation;
+    for (const block of blocks) {
+      if (this.#sealed.get(block.blockNr) === block) {
+        this.#sealed.delete(block.blockNr);
+        if (this.#counts[block.blockNr]! > 0) this.#cache.put(block);
+      }
+    }
+    for (const [transactionId, blockNrs] of this.#pendingByTransaction) {
+      if (transactionId > fields.generation) continue;
+      for (const blockNr of blockNrs) {
+        assert(this.#pendingFlags[blockNr] === 1 && this.#counts[blockNr] === 0, `pending block ${blockNr} changed while pending`);
+        this.#pendingFlags[blockNr] = 0;
+        this.#freeBlocks += 1;
+      }
+      this.#pendingByTransaction.delete(transactionId);
+    }
+    this.counters.commits += 1;
+  }
+
+  async #sync(): Promise<void> {
+    this.counters.syncs += 1;
+    await this.file.sync();
+  }
+
+  // ---- internals ----
+
+  #spaceMap(): SpaceMap {
+    assert(this.#metadataSpaceMap !== undefined, 'metadata space map used before it was loaded');
+    return this.#metadataSpaceMap;
+  }
+
+  #setCount(blockNr: number, count: number): void {
+    const old = this.#counts[blockNr]!;
+    if (old === count) return;
+    this.#counts[blockNr] = count;
+    this.#changed.add(blockNr);
+    if (old === 0) {
+      this.#usedBlocks += 1;
+      this.#freeBlocks -= 1;
+    } else if (count === 0) {
+      this.#usedBlocks -= 1;
+      this.#freeBlocks += 1;
+    }
+  }
+
+  #findFreeBlock(): number {
+    const counts = this.#counts;
+    const pending = this.#pendingFlags;
+    const blockCount = this.#metadataBlockCount;
+    for (let step = 0; step < blockCount; step++) {
+      const blockNr = (this.#allocationCursor + step) % blockCount;
+      if (counts[blockNr] === 0 && pending[blockNr] === 0) {
+        this.#allocationCursor = (blockNr + 1) % blockCount;
+        return blockNr;
+      }
+    }
+    assert(false, `free metadata block count ${this.#freeBlocks} but none found`);
+  }
+
+  #assertBlockNr(blockNr: number): void {
+    assert(Number.isSafeInteger(blockNr) && blockNr >= 0 && blockNr < this.#metadataBlockCount, `metadata block ${blockNr} out of range`);
+  }
+
+  #assertWritable(): void {
+    if (this.readOnly) throw new ThinError('THIN_READ_ONLY', `Metadata on ${this.file.description} is open read-only`);
+    if (this.#failure !== undefined) throw this.#failedError();
+  }
+
+  #failedError(): ThinError {
+    return new ThinError('THIN_IO', `An earlier metadata commit on ${this.file.description} failed; reopen the pool`, {
+      cause: this.#failure,
+    });
+  }
+}

@@ -1,0 +1,230 @@
+// The B+tree against a model (a sorted Map), with snapshots, commits and exact reference counts.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { BTree } from '../../src/pdata/btree/btree.ts';
+import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
+import { nodeCapacity } from '../../src/pdata/btree/node.ts';
+import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { TreeWalker } from '../../src/pdata/btree/walker.ts';
+import { refCountExtentCodec } from '../../src/pdata/space-map.ts';
+import { Random, checkReferences, dataRefCodec, newManager, payloadRoots, rootsPayload } from './helpers.ts';
+
+function sortedEntries(model: Map<number, number>, begin = 0, end = Infinity): Array<[number, number]> {
+  return [...model.entries()].filter(([key]) => key >= begin && key < end).sort((a, b) => a[0] - b[0]);
+}
+
+function modelFloor(model: Map<number, number>, key: number): [number, number] | undefined {
+  let best: [number, number] | undefined;
+  for (const entry of model) if (entry[0] <= key && (best === undefined || entry[0] > best[0])) best = entry;
+  return best;
+}
+
+function modelCeiling(model: Map<number, number>, key: number): [number, number] | undefined {
+  let best: [number, number] | undefined;
+  for (const entry of model) if (entry[0] >= key && (best === undefined || entry[0] < best[0])) best = entry;
+  return best;
+}
+
+/**
+ * Drives a tree and a Map with the same seeded operations. Values are fresh numbers standing for
+ * data blocks: the test plays the layer above and keeps their reference counts (a new value is
+ * retained on insert, a replaced or removed one released).
+ */
+async function runModel(seed: number, valueSizeBytes: number, operations: number, keySpace: number): Promise<void> {
+  const random = new Random(seed);
+  const { tm } = newManager();
+  const dataRefs = new Map<number, number>();
+  const codec = dataRefCodec(valueSizeBytes, dataRefs);
+  const tree = new BTree(tm, codec);
+  let root = tree.createEmpty();
+  const model = new Map<number, number>();
+  let nextValue = 1;
+  const where = (step: number, what: string): string => `seed ${seed}, step ${step}: ${what}`;
+  for (let step = 0; step < operations; step++) {
+    const roll = random.next();
+    const key = random.below(keySpace);
+    if (roll < 0.5) {
+      const value = nextValue++;
+      const old = model.get(key);
+      root = tree.insert(root, key, value);
+      codec.retain!(value);
+      if (old !== undefined) codec.release!(old);
+      model.set(key, value);
+    } else if (roll < 0.8) {
+      const old = model.get(key);
+      root = tree.remove(root, key);
+      if (old !== undefined) codec.release!(old);
+      model.delete(key);
+    } else if (roll < 0.87) {
+      assert.equal(tree.lookup(root, key), model.get(key), where(step, `lookup ${key}`));
+    } else if (roll < 0.92) {
+      assert.deepEqual(tree.floor(root, key), modelFloor(model, key), where(step, `floor ${key}`));
+    } else if (roll < 0.97) {
+      assert.deepEqual(tree.ceiling(root, key), modelCeiling(model, key), where(step, `ceiling ${key}`));
+    } else if (roll < 0.99) {
+      const end = key + random.below(keySpace / 4);
+      assert.deepEqual([...tree.entries(root, key, end)], sortedEntries(model, key, end), where(step, `entries [${key}, ${end})`));
+    } else {
+      await tm.commit(rootsPayload(root));
+    }
+    if (step % 500 === 499) {
+      assert.deepEqual([...tree.entries(root)], sortedEntries(model), where(step, 'all entries'));
+      checkReferences(tm, [root], codec, dataRefs, where(step, 'references'));
+    }
+  }
+  assert.deepEqual([...tree.entries(root)], sortedEntries(model), `seed ${seed}: all entries at the end`);
+  checkReferences(tm, [root], codec, dataRefs, `seed ${seed} at the end`);
+  // Releasing the only owner frees every node and every value.
+  tree.releaseTree(root);
+  assert.equal(dataRefs.size, 0, `seed ${seed}: values left referenced after releaseTree`);
+  checkReferences(tm, [], codec, dataRefs, `seed ${seed} after releaseTree`);
+}
+
+describe('B+tree', () => {
+  test('an empty tree finds nothing and iterates nothing', () => {
+    const { tm } = newManager();
+    const tree = new BTree(tm, u64Codec(TreeKind.test));
+    const root = tree.createEmpty();
+    assert.equal(tree.lookup(root, 0), undefined);
+    assert.equal(tree.floor(root, 100), undefined);
+    assert.equal(tree.ceiling(root, 0), undefined);
+    assert.deepEqual([...tree.entries(root)], []);
+    assert.equal(tree.remove(root, 5), root);
+  });
+
+  for (const seed of [1, 2, 3, 4, 5]) {
+    test(`random operations on narrow values agree with a sorted Map (seed ${seed})`, async () => {
+      await runModel(seed, 8, 6000, 4000);
+    });
+  }
+
+  for (const seed of [11, 12, 13, 14, 15, 16]) {
+    test(`random operations on wide values (deep trees, many merges) agree with a sorted Map (seed ${seed})`, async () => {
+      await runModel(seed, 200, 5000, 1500);
+    });
+  }
+
+  test('keys near 2^53 are stored exactly', () => {
+    const { tm } = newManager();
+    const tree = new BTree(tm, u64Codec(TreeKind.test));
+    let root = tree.createEmpty();
+    const keys = [0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 52 + 7, Number.MAX_SAFE_INTEGER];
+    for (const key of keys) root = tree.insert(root, key, key);
+    assert.deepEqual([...tree.entries(root)].map(([key]) => key), keys);
+    assert.deepEqual(tree.floor(root, Number.MAX_SAFE_INTEGER - 1), [2 ** 52 + 7, 2 ** 52 + 7]);
+  });
+
+  test('inserting ascending, descending and removing everything keeps counts exact', () => {
+    const { tm } = newManager();
+    const dataRefs = new Map<number, number>();
+    const codec = dataRefCodec(100, dataRefs);
+    const tree = new BTree(tm, codec);
+    let root = tree.createEmpty();
+    const count = nodeCapacity(100) * nodeCapacity(8) + 10; // forces three levels
+    for (let key = 0; key < count; key++) {
+      root = tree.insert(root, key * 2, key);
+      codec.retain!(key);
+    }
+    for (let key = count - 1; key >= 0; key--) {
+      root = tree.insert(root, key * 2 + 1, key + count);
+      codec.retain!(key + count);
+    }
+    checkReferences(tm, [root], codec, dataRefs);
+    assert.equal(tree.countEntries(root), 2 * count);
+    for (let key = 0; key < 2 * count; key++) {
+      const value = tree.lookup(root, key)!;
+      root = tree.remove(root, key);
+      codec.release!(value);
+    }
+    assert.deepEqual([...tree.entries(root)], []);
+    checkReferences(tm, [root], codec, dataRefs);
+    assert.equal(tm.metadataBlocksUsed, 4 + 1 + countSpaceMapNodes(tm), 'only the superblocks, the empty root and the space map remain');
+  });
+
+  for (const seed of [21, 22, 23]) {
+    test(`a snapshot taken with retainTree is unchanged by changes to its origin, and either side can be released (seed ${seed})`, async () => {
+      const random = new Random(seed);
+      const { tm } = newManager();
+      const dataRefs = new Map<number, number>();
+      const codec = dataRefCodec(120, dataRefs);
+      const tree = new BTree(tm, codec);
+      let origin = tree.createEmpty();
+      const model = new Map<number, number>();
+      let nextValue = 1;
+      for (let step = 0; step < 1500; step++) {
+        const key = random.below(3000);
+        const value = nextValue++;
+        const old = model.get(key);
+        origin = tree.insert(origin, key, value);
+        codec.retain!(value);
+        if (old !== undefined) codec.release!(old);
+        model.set(key, value);
+      }
+      if (random.chance(0.5)) await tm.commit(rootsPayload(origin));
+      const snapshot = origin;
+      tree.retainTree(snapshot);
+      const snapshotModel = new Map(model);
+      checkReferences(tm, [origin, snapshot], codec, dataRefs, `seed ${seed} after snapshot`);
+      // Change both sides; each must see only its own changes.
+      let snap = snapshot;
+      for (let step = 0; step < 2000; step++) {
+        const onOrigin = random.chance(0.7);
+        const key = random.below(3000);
+        const targetModel = onOrigin ? model : snapshotModel;
+        const old = targetModel.get(key);
+        if (random.chance(0.5)) {
+          const value = nextValue++;
+          if (onOrigin) origin = tree.insert(origin, key, value);
+          else snap = tree.insert(snap, key, value);
+          codec.retain!(value);
+          targetModel.set(key, value);
+        } else {
+          if (onOrigin) origin = tree.remove(origin, key);
+          else snap = tree.remove(snap, key);
+          targetModel.delete(key);
+        }
+        if (old !== undefined) codec.release!(old);
+        if (step % 400 === 0) await tm.commit(rootsPayload(origin, snap));
+        if (step % 250 === 0) checkReferences(tm, [origin, snap], codec, dataRefs, `seed ${seed} step ${step}`);
+      }
+      assert.deepEqual([...tree.entries(origin)], sortedEntries(model), `seed ${seed}: origin`);
+      assert.deepEqual([...tree.entries(snap)], sortedEntries(snapshotModel), `seed ${seed}: snapshot`);
+      checkReferences(tm, [origin, snap], codec, dataRefs, `seed ${seed} before release`);
+      const releaseOriginFirst = random.chance(0.5);
+      tree.releaseTree(releaseOriginFirst ? origin : snap);
+      const survivor = releaseOriginFirst ? snap : origin;
+      assert.deepEqual([...tree.entries(survivor)], sortedEntries(releaseOriginFirst ? snapshotModel : model), `seed ${seed}: survivor`);
+      checkReferences(tm, [survivor], codec, dataRefs, `seed ${seed} after releasing one side`);
+      tree.releaseTree(survivor);
+      assert.equal(dataRefs.size, 0, `seed ${seed}: values leaked`);
+      checkReferences(tm, [], codec, dataRefs, `seed ${seed} after releasing both`);
+    });
+  }
+
+  test('a tree written by one transaction manager reads the same after reopening', async () => {
+    const { file, tm } = newManager();
+    const tree = new BTree(tm, u64Codec(TreeKind.test));
+    let root = tree.createEmpty();
+    for (let key = 0; key < 3000; key++) root = tree.insert(root, key * 3, key);
+    await tm.commit(rootsPayload(root));
+    const { tm: reopened, payload } = await TransactionManager.open(file);
+    const [reopenedRoot] = payloadRoots(payload);
+    const again = new BTree(reopened, u64Codec(TreeKind.test));
+    assert.deepEqual([...again.entries(reopenedRoot!)], [...tree.entries(root)]);
+    assert.equal(reopened.metadataBlocksUsed, tm.metadataBlocksUsed);
+  });
+
+  test('a node of another tree kind is rejected as corrupt', () => {
+    const { tm } = newManager();
+    const tree = new BTree(tm, u64Codec(TreeKind.test));
+    const root = tree.insert(tree.createEmpty(), 1, 1);
+    const other = new BTree(tm, u64Codec(TreeKind.dataSpaceMap));
+    assert.throws(() => other.lookup(root, 1), (error: Error & { code?: string }) => error.code === 'THIN_CORRUPT_NODE');
+  });
+});
+
+function countSpaceMapNodes(tm: TransactionManager): number {
+  const walker = new TreeWalker(tm);
+  walker.walk(tm.metadataSpaceMapRoot, refCountExtentCodec(TreeKind.metadataSpaceMap));
+  return walker.nodeCount;
+}

@@ -1,0 +1,128 @@
+// Shared pieces of the pdata tests: a seeded generator, a fresh transaction manager, codecs that
+// stand for the layers above, and the reference-count check every tree test ends with.
+import assert from 'node:assert/strict';
+import { MemoryBlockFile } from '../../src/io/memory.ts';
+import { ThinError } from '../../src/errors.ts';
+import { METADATA_BLOCK_COUNT_MIN } from '../../src/constants.ts';
+import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { TreeKind, unpackSafeU64, type ValueCodec } from '../../src/pdata/btree/codec.ts';
+import { TreeWalker } from '../../src/pdata/btree/walker.ts';
+import { refCountExtentCodec } from '../../src/pdata/space-map.ts';
+import { setU64 } from '../../src/pdata/block.ts';
+
+/** mulberry32: small, fast, and a seed replays a run exactly. */
+export class Random {
+  readonly seed: number;
+  #state: number;
+
+  constructor(seed: number) {
+    this.seed = seed;
+    this.#state = seed >>> 0;
+  }
+
+  next(): number {
+    this.#state = (this.#state + 0x6d2b79f5) >>> 0;
+    let t = this.#state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+
+  /** An integer in [0, end). */
+  below(end: number): number {
+    return Math.floor(this.next() * end);
+  }
+
+  chance(probability: number): boolean {
+    return this.next() < probability;
+  }
+}
+
+export const POOL_ID = 0x7468_696e_6264_0001n;
+
+export function newManager(metadataBlockCount = METADATA_BLOCK_COUNT_MIN): { file: MemoryBlockFile; tm: TransactionManager } {
+  const file = new MemoryBlockFile(0, 'test metadata');
+  const tm = TransactionManager.format(file, { metadataBlockCount, poolId: POOL_ID });
+  return { file, tm };
+}
+
+/** Payload used by tests: a list of u64 roots. */
+export function rootsPayload(...roots: number[]): Uint8Array {
+  const bytes = new Uint8Array(8 * roots.length);
+  const view = new DataView(bytes.buffer);
+  roots.forEach((root, index) => setU64(view, index * 8, root));
+  return bytes;
+}
+
+export function payloadRoots(payload: Uint8Array): number[] {
+  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const roots: number[] = [];
+  for (let offset = 0; offset + 8 <= payload.length; offset += 8) roots.push(unpackSafeU64(view, offset, 'root'));
+  return roots;
+}
+
+/**
+ * A wide value (so nodes hold few entries and trees get deep) that stands for a reference to a
+ * data block: retain/release count references in `dataRefs`, as a pool's mapping codec would.
+ */
+export function dataRefCodec(sizeBytes: number, dataRefs: Map<number, number>, treeKind: number = TreeKind.test): ValueCodec<number> {
+  return {
+    treeKind,
+    sizeBytes,
+    pack(value, view, offsetBytes) {
+      setU64(view, offsetBytes, value);
+      for (let index = 8; index < sizeBytes; index++) view.setUint8(offsetBytes + index, (value + index) & 0xff);
+    },
+    unpack(view, offsetBytes) {
+      const value = unpackSafeU64(view, offsetBytes, 'value');
+      for (let index = 8; index < sizeBytes; index++) {
+        if (view.getUint8(offsetBytes + index) !== ((value + index) & 0xff)) {
+          throw new ThinError('THIN_CORRUPT_NODE', `test value ${value} has bad filler at byte ${index}`);
+        }
+      }
+      return value;
+    },
+    retain(value) {
+      dataRefs.set(value, (dataRefs.get(value) ?? 0) + 1);
+    },
+    release(value) {
+      const count = dataRefs.get(value) ?? 0;
+      assert.ok(count > 0, `release of value ${value} with no references`);
+      if (count === 1) dataRefs.delete(value);
+      else dataRefs.set(value, count - 1);
+    },
+  };
+}
+
+/**
+ * Walks every root (once per owner) and the metadata space map, and checks that every metadata
+ * block's count equals the references found, that no node is corrupt, and (when given) that the
+ * data references the codec kept equal the values in distinct leaves.
+ */
+export function checkReferences(
+  tm: TransactionManager,
+  roots: number[],
+  codec: ValueCodec<number>,
+  dataRefs?: Map<number, number>,
+  context = '',
+): void {
+  const walker = new TreeWalker(tm);
+  const seenData = new Map<number, number>();
+  for (const root of roots) {
+    walker.walk(root, codec, {
+      leaf(_key, value) {
+        seenData.set(value, (seenData.get(value) ?? 0) + 1);
+      },
+    });
+  }
+  assert.deepEqual(walker.corruptions.map((problem) => problem.error.message), [], `corrupt nodes ${context}`);
+  const mismatches = walker.metadataReferenceMismatches(refCountExtentCodec(TreeKind.metadataSpaceMap));
+  assert.deepEqual(mismatches.slice(0, 10), [], `metadata reference counts differ from the references found ${context}`);
+  if (dataRefs !== undefined) {
+    assert.deepEqual(
+      [...dataRefs.entries()].sort((a, b) => a[0] - b[0]),
+      [...seenData.entries()].sort((a, b) => a[0] - b[0]),
+      `data references differ from distinct leaf values ${context}`,
+    );
+  }
+}
