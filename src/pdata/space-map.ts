@@ -203,8 +203,9 @@ export class SpaceMap {
   /** Existing extents touching or adjoining [begin, end), as segments, plus the gaps between them. */
   #segmentsAround(begin: number, end: number): { old: Segment[]; segments: Segment[] } {
     const old: Segment[] = [];
-    const before = this.#tree.floor(this.#root, begin);
-    if (before !== undefined && before[0] < begin && before[0] + before[1].lengthBlocks >= begin) {
+    // The extent starting before begin, if it reaches begin (overlapping or adjoining).
+    const before = begin > 0 ? this.#tree.floor(this.#root, begin - 1) : undefined;
+    if (before !== undefined && before[0] + before[1].lengthBlocks >= begin) {
       old.push({ begin: before[0], end: before[0] + before[1].lengthBlocks, count: before[1].count });
     }
     for (const [key, extent] of this.#tree.entries(this.#root, begin, end + 1)) {
