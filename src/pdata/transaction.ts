@@ -504,6 +504,8 @@ export class TransactionManager {
       await previous.catch(() => undefined);
       if (this.#failure !== undefined) throw this.#failedError();
       try {
+        // Data before metadata: the layer above syncs what the sealed trees point at.
+        if (beforeMetadata !== undefined) await beforeMetadata();
         await this.#writeSealed(sealed);
       } catch (error) {
         this.#failure = error;
