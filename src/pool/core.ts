@@ -1,0 +1,970 @@
+// The pool's engine: thin semantics on top of pdata. Pool and Volume are façades over it.
+//
+// State lives in two places. The committed state is pdata's: the superblock payload, the device
+// tree, the mapping trees and the data space map. The working state is here: one Device per
+// volume holding its current mapping root, mapped block count and times. Device tree values are
+// brought up to date only when a transaction is sealed (#commitNow), as dm-thin writes its
+// details at commit, so a write touches the device tree zero times instead of once per mapping.
+//
+// Ordering (docs/internals.md decisions 3-5; refs/fault-model.md §5):
+// - A data block for a write is reserved in memory (allocator), the data written, and only then
+//   is the mapping inserted and the block's reference count raised. A sealed transaction thus
+//   references only completed data writes; the commit syncs the data file before its metadata.
+// - A data block at or above the persisted high-water mark has never been written (F-POOL-40).
+//   Before the first write to such a block the mark is raised and committed, so after a crash no
+//   block above the mark holds anything; below it, a reused block is written whole (zeros around
+//   the data) unless this process knows it still reads zeros.
+// - Commits are issued one at a time by this class, and the payload is built synchronously right
+//   before pdata seals, so the roots in the payload are exactly those of the sealed transaction.
+//
+// Concurrency: metadata operations are synchronous (internals decision 1), so they never
+// interleave. Data I/O is asynchronous; requests hold range locks on the virtual blocks they touch
+// (block-locks.ts), and snapshot / resize / remove hold the whole volume.
+//
+// Failure: a failed commit, a corrupt metadata block met while changing a tree, or running out of
+// metadata space puts the pool in a sticky 'needs-check' mode: reads go on, every write, flush and
+// management call fails with THIN_READ_ONLY naming the cause. Nothing is guessed.
+import { ThinError, assert, isThinError } from '../errors.ts';
+import {
+  DATA_BLOCKS_RESERVED_MAX,
+  DATA_HIGH_WATER_MARK_STEP_BLOCKS,
+  METADATA_BLOCK_SIZE_BYTES,
+  METADATA_BLOCK_HEADER_BYTES,
+  METADATA_DIRTY_BLOCKS_SOFT_MAX,
+  VOLUME_SIZE_BYTES_MAX,
+} from '../constants.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { BlockType, BTree, SpaceMap, type TransactionManager, type ValueCodec } from '../pdata/index.ts';
+import { DataAllocator } from './allocator.ts';
+import { BlockLocks, WHOLE_VOLUME_END } from './block-locks.ts';
+import {
+  DEVICE_FLAG_READ_ONLY,
+  DEVICE_TREE_KIND,
+  DEVICE_VALUE_SIZE_BYTES,
+  EXTENT_LENGTH_BLOCKS_MAX,
+  EXTENT_VALUE_SIZE_BYTES,
+  MAPPING_TREE_KIND,
+  POOL_FLAG_NEEDS_CHECK,
+  POOL_FORMAT_VERSION,
+  POOL_TIME_MAX,
+  VOLUME_ID_MAX,
+  decodeDetails,
+  encodeDetails,
+  encodePoolPayload,
+  packDeviceValue,
+  packExtent,
+  unpackDeviceValue,
+  unpackExtent,
+  validateVolumeName,
+  type DeviceValue,
+  type PoolPayload,
+  type VolumeDetails,
+} from './codecs.ts';
+import {
+  RangeSet,
+  blockPieces,
+  canMerge,
+  coverageRuns,
+  cutExtent,
+  overlapLength,
+  touchedBlocks,
+  type CoverageRun,
+  type Extent,
+  type KeyedExtent,
+} from './ranges.ts';
+
+export type PoolMode = 'read-write' | 'read-only' | 'needs-check';
+
+export interface PoolFiles {
+  metadata: BlockFile;
+  data: BlockFile;
+}
+
+export interface VolumeInfo {
+  name: string;
+  id: number;
+  sizeBytes: number;
+  /** Name of the volume this one is a snapshot of (kept after that volume is removed). */
+  origin?: string;
+  originId?: number;
+  readOnly: boolean;
+  createdAt: string;
+  labels: Record<string, string>;
+}
+
+export interface VolumeUsage {
+  mappedBlocks: number;
+  exclusiveBlocks: number;
+  sharedBlocks: number;
+}
+
+export interface PoolCounters {
+  metadataBlocksWritten: number;
+  dataBytesWritten: number;
+  syncs: number;
+  commits: number;
+}
+
+export interface PoolStatus {
+  blockSizeBytes: number;
+  dataBlockCount: number;
+  dataBlocksUsed: number;
+  metadataBlockCount: number;
+  metadataBlocksUsed: number;
+  transactionId: number;
+  volumeCount: number;
+  mode: PoolMode;
+  /** Why the pool is not read-write, when it is not. */
+  modeReason?: string;
+  metadataPath: string;
+  dataPath: string;
+  counters: PoolCounters;
+}
+
+/** A volume's working state. */
+export interface Device {
+  readonly id: number;
+  value: DeviceValue;
+  details: VolumeDetails;
+  /** The value differs from the device tree's. */
+  dirty: boolean;
+  removed: boolean;
+}
+
+interface Mapping {
+  key: number;
+  extent: Extent;
+  dataBlock: number;
+}
+
+/** The superblock fields other than tree roots, kept in memory. */
+interface PoolFields {
+  blockSizeBytes: number;
+  dataBlockCount: number;
+  time: number;
+  nextVolumeId: number;
+  creationTimeMs: number;
+  flags: number;
+}
+
+/** Reserve for copy-on-write (F-POOL-41): 1 % of the data blocks, at most DATA_BLOCKS_RESERVED_MAX. */
+export function dataReserveBlocks(dataBlockCount: number): number {
+  return Math.min(DATA_BLOCKS_RESERVED_MAX, Math.floor(dataBlockCount / 100));
+}
+
+/** Bytes of the details JSON that fit a details block (F-POOL-30). */
+export const DETAILS_CAPACITY_BYTES = METADATA_BLOCK_SIZE_BYTES - METADATA_BLOCK_HEADER_BYTES;
+
+export function makeExtentCodec(dataBlockCount: number, dataSpace: () => SpaceMap): ValueCodec<Extent> {
+  return {
+    treeKind: MAPPING_TREE_KIND,
+    sizeBytes: EXTENT_VALUE_SIZE_BYTES,
+    pack: packExtent,
+    unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, dataBlockCount),
+    // F-POOL-23: every leaf entry holds one reference to each data block of its extent.
+    retain: (value) => dataSpace().inc(value.dataBlock, value.lengthBlocks),
+    release: (value) => dataSpace().dec(value.dataBlock, value.lengthBlocks),
+  };
+}
+
+export function makeDeviceCodec(tm: TransactionManager, mappingTree: () => BTree<Extent>): ValueCodec<DeviceValue> {
+  return {
+    treeKind: DEVICE_TREE_KIND,
+    sizeBytes: DEVICE_VALUE_SIZE_BYTES,
+    pack: packDeviceValue,
+    unpack: unpackDeviceValue,
+    // The device tree is never shared, but if it were, its values own a mapping root and a details block each.
+    retain: (value) => {
+      mappingTree().retainTree(value.mappingRoot);
+      tm.inc(value.detailsBlock);
+    },
+    release: (value) => {
+      mappingTree().releaseTree(value.mappingRoot);
+      tm.dec(value.detailsBlock);
+    },
+  };
+}
+
+export class PoolCore {
+  readonly files: PoolFiles;
+  readonly tm: TransactionManager;
+  readonly blockSizeBytes: number;
+  readonly dataBlockCount: number;
+  readonly readOnlyOpen: boolean;
+  readonly mappingTree: BTree<Extent>;
+  readonly deviceTree: BTree<DeviceValue>;
+  readonly dataSpace: SpaceMap;
+  readonly locks = new BlockLocks();
+  #allocator: DataAllocator;
+  #fields: PoolFields;
+  #deviceTreeRoot: number;
+  #devices = new Map<number, Device>();
+  #idByName = new Map<string, number>();
+  /** Data blocks this process knows read as zeros: never written since the data file was made. */
+  #knownZero = new RangeSet();
+  /** The high-water mark in the last durable superblock, and the one the next commit will write. */
+  #highWaterMarkDurable: number;
+  #highWaterMarkTarget: number;
+  #mode: PoolMode;
+  #modeReason: string | undefined;
+  #modeCause: unknown;
+  /** Metadata changed since the last sealed transaction. */
+  #metadataDirty = false;
+  /** Data writes completed or started since the last data sync. */
+  #dataWritesSinceSync = 0;
+  #commitRunning: Promise<void> | undefined;
+  #commitQueued: Promise<void> | undefined;
+  #closed = false;
+  #dataBytesWritten = 0;
+  #dataSyncs = 0;
+  /** Copy-on-write buffers of one block; long-lived zero buffer shared by every zeroing write. */
+  readonly zeroBlock: Uint8Array;
+
+  constructor(files: PoolFiles, tm: TransactionManager, payload: PoolPayload, readOnly: boolean) {
+    this.files = files;
+    this.tm = tm;
+    this.readOnlyOpen = readOnly;
+    this.blockSizeBytes = payload.blockSizeBytes;
+    this.dataBlockCount = payload.dataBlockCount;
+    this.#fields = {
+      blockSizeBytes: payload.blockSizeBytes,
+      dataBlockCount: payload.dataBlockCount,
+      time: payload.time,
+      nextVolumeId: payload.nextVolumeId,
+      creationTimeMs: payload.creationTimeMs,
+      flags: payload.flags,
+    };
+    this.#deviceTreeRoot = payload.deviceTreeRoot;
+    this.dataSpace = new SpaceMap(tm, payload.dataSpaceMapRoot, payload.dataBlockCount);
+    this.mappingTree = new BTree<Extent>(tm, makeExtentCodec(payload.dataBlockCount, () => this.dataSpace));
+    this.deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => this.mappingTree));
+    this.#allocator = new DataAllocator(this.dataSpace, payload.dataBlockCount, dataReserveBlocks(payload.dataBlockCount));
+    this.#highWaterMarkDurable = payload.dataHighWaterMark;
+    this.#highWaterMarkTarget = payload.dataHighWaterMark;
+    this.#knownZero.add(payload.dataHighWaterMark, payload.dataBlockCount);
+    this.zeroBlock = new Uint8Array(payload.blockSizeBytes);
+    if (readOnly) {
+      this.#mode = 'read-only';
+      this.#modeReason = 'opened read-only';
+    } else if ((payload.flags & POOL_FLAG_NEEDS_CHECK) !== 0) {
+      this.#mode = 'needs-check';
+      this.#modeReason = 'the pool is marked as needing a check';
+    } else {
+      this.#mode = 'read-write';
+    }
+  }
+
+  // ---- opening ----
+
+  /** Loads every device and its details; names must be unique (F-POOL-32). */
+  loadDevices(): void {
+    for (const [id, value] of this.deviceTree.entries(this.#deviceTreeRoot)) {
+      const details = this.readDetails(value.detailsBlock, `of volume id ${id} (block ${value.detailsBlock})`);
+      if (this.#idByName.has(details.name)) {
+        throw new ThinError('THIN_CORRUPT_NODE', `Two volumes are named ${details.name} (ids ${this.#idByName.get(details.name)} and ${id})`);
+      }
+      this.#devices.set(id, { id, value, details, dirty: false, removed: false });
+      this.#idByName.set(details.name, id);
+    }
+  }
+
+  readDetails(blockNr: number, where: string): VolumeDetails {
+    const block = this.tm.read(blockNr, BlockType.details);
+    return decodeDetails(block.bytes.subarray(METADATA_BLOCK_HEADER_BYTES), where);
+  }
+
+  /** Writes details into a new details block (F-POOL-30). */
+  #writeDetails(details: VolumeDetails): number {
+    const encoded = encodeDetails(details, DETAILS_CAPACITY_BYTES);
+    const block = this.tm.allocate(BlockType.details);
+    block.bytes.fill(0, METADATA_BLOCK_HEADER_BYTES);
+    block.bytes.set(encoded, METADATA_BLOCK_HEADER_BYTES);
+    return block.blockNr;
+  }
+
+  // ---- state queries ----
+
+  get mode(): PoolMode {
+    return this.#mode;
+  }
+
+  get time(): number {
+    return this.#fields.time;
+  }
+
+  get highWaterMarkDurable(): number {
+    return this.#highWaterMarkDurable;
+  }
+
+  get deviceTreeRoot(): number {
+    return this.#deviceTreeRoot;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get allocator(): DataAllocator {
+    return this.#allocator;
+  }
+
+  deviceById(id: number): Device | undefined {
+    return this.#devices.get(id);
+  }
+
+  deviceByName(name: string): Device {
+    this.assertOpen();
+    const id = this.#idByName.get(name);
+    if (id === undefined) throw new ThinError('THIN_NOT_FOUND', `No volume named ${name}`);
+    const device = this.#devices.get(id);
+    assert(device !== undefined, `name ${name} maps to missing device ${id}`);
+    return device;
+  }
+
+  devices(): Device[] {
+    return [...this.#devices.values()].sort((a, b) => a.id - b.id);
+  }
+
+  assertOpen(): void {
+    if (this.#closed) throw new ThinError('THIN_CLOSED', 'The pool is closed');
+  }
+
+  assertWritable(): void {
+    this.assertOpen();
+    if (this.#mode !== 'read-write') {
+      throw new ThinError('THIN_READ_ONLY', `The pool is ${this.#mode}: ${this.#modeReason ?? 'unknown reason'}`, { cause: this.#modeCause });
+    }
+  }
+
+  assertDeviceWritable(device: Device): void {
+    this.assertWritable();
+    if (device.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${device.details.name} was removed`);
+    if ((device.value.flags & DEVICE_FLAG_READ_ONLY) !== 0) {
+      throw new ThinError('THIN_READ_ONLY', `Volume ${device.details.name} is read-only`);
+    }
+  }
+
+  /** Enters the sticky needs-check mode (see the module comment). */
+  fail(reason: string, cause: unknown): void {
+    if (this.#mode === 'needs-check') return;
+    this.#mode = 'needs-check';
+    this.#modeReason = reason;
+    this.#modeCause = cause;
+  }
+
+  /**
+   * Runs a synchronous metadata change. pdata changes trees in place within the open transaction,
+   * so an error half way (no metadata space, a corrupt node) leaves it unusable: needs-check.
+   */
+  #mutate<T>(what: string, change: () => T): T {
+    this.assertWritable();
+    try {
+      const result = change();
+      this.#metadataDirty = true;
+      return result;
+    } catch (error) {
+      if (isThinError(error, 'THIN_NO_METADATA_SPACE')) this.fail(`out of metadata space while ${what}`, error);
+      else this.fail(`metadata error while ${what}: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw error;
+    }
+  }
+
+  // ---- mapping lookups ----
+
+  lookup(device: Device, virtualBlock: number): Mapping | undefined {
+    const found = this.mappingTree.floor(device.value.mappingRoot, virtualBlock);
+    if (found === undefined) return undefined;
+    const [key, extent] = found;
+    if (virtualBlock >= key + extent.lengthBlocks) return undefined;
+    return { key, extent, dataBlock: extent.dataBlock + (virtualBlock - key) };
+  }
+
+  /** Mapped and unmapped runs of virtual blocks [begin, end), in order. */
+  blockRuns(device: Device, begin: number, end: number): Array<{ begin: number; end: number; dataBlock?: number }> {
+    const runs: Array<{ begin: number; end: number; dataBlock?: number }> = [];
+    const root = device.value.mappingRoot;
+    let position = begin;
+    const first = this.mappingTree.floor(root, begin);
+    const extents: KeyedExtent[] = [];
+    if (first !== undefined && first[0] + first[1].lengthBlocks > begin) extents.push({ virtualBlock: first[0], ...first[1] });
+    for (const [key, extent] of this.mappingTree.entries(root, begin, end)) {
+      if (key === first?.[0]) continue;
+      extents.push({ virtualBlock: key, ...extent });
+    }
+    for (const extent of extents) {
+      const extentBegin = Math.max(extent.virtualBlock, begin);
+      const extentEnd = Math.min(extent.virtualBlock + extent.lengthBlocks, end);
+      if (extentBegin >= extentEnd) continue;
+      if (extentBegin > position) runs.push({ begin: position, end: extentBegin });
+      runs.push({ begin: extentBegin, end: extentEnd, dataBlock: extent.dataBlock + (extentBegin - extent.virtualBlock) });
+      position = extentEnd;
+    }
+    if (position < end) runs.push({ begin: position, end });
+    return runs;
+  }
+
+  // ---- mapping changes (synchronous) ----
+
+  /** Maps virtualBlock (unmapped) to dataBlock at the current time, merging with neighbours (F-POOL-22). */
+  #insertMapping(device: Device, virtualBlock: number, dataBlock: number): void {
+    this.#mutate(`mapping block ${virtualBlock} of volume ${device.details.name}`, () => {
+      const tree = this.mappingTree;
+      let root = device.value.mappingRoot;
+      let merged: KeyedExtent = { virtualBlock, dataBlock, lengthBlocks: 1, time: this.#fields.time };
+      if (virtualBlock > 0) {
+        const left = tree.floor(root, virtualBlock - 1);
+        if (left !== undefined) {
+          const leftExtent: KeyedExtent = { virtualBlock: left[0], ...left[1] };
+          assert(leftExtent.virtualBlock + leftExtent.lengthBlocks <= virtualBlock, `block ${virtualBlock} is already mapped`);
+          if (canMerge(leftExtent, merged, EXTENT_LENGTH_BLOCKS_MAX)) merged = { ...leftExtent, lengthBlocks: leftExtent.lengthBlocks + 1 };
+        }
+      }
+      const right = tree.lookup(root, virtualBlock + 1);
+      if (right !== undefined && canMerge(merged, { virtualBlock: virtualBlock + 1, ...right }, EXTENT_LENGTH_BLOCKS_MAX)) {
+        root = tree.remove(root, virtualBlock + 1);
+        merged = { ...merged, lengthBlocks: merged.lengthBlocks + right.lengthBlocks };
+      }
+      root = tree.insert(root, merged.virtualBlock, { dataBlock: merged.dataBlock, lengthBlocks: merged.lengthBlocks, time: merged.time });
+      this.dataSpace.inc(dataBlock, 1);
+      device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount + 1 };
+      device.dirty = true;
+    });
+  }
+
+  /** Removes the mappings of virtual blocks [begin, end), dropping their data references. */
+  unmapRange(device: Device, begin: number, end: number): number {
+    if (begin >= end) return 0;
+    return this.#mutate(`unmapping blocks [${begin}, ${end}) of volume ${device.details.name}`, () => {
+      const tree = this.mappingTree;
+      let root = device.value.mappingRoot;
+      const extents: Array<[number, Extent]> = [];
+      const first = tree.floor(root, begin);
+      if (first !== undefined && first[0] < begin && first[0] + first[1].lengthBlocks > begin) extents.push(first);
+      for (const entry of tree.entries(root, begin, end)) extents.push(entry);
+      let unmappedBlocks = 0;
+      for (const [key, extent] of extents) {
+        const cut = cutExtent(key, extent, begin, end);
+        if (cut.removed === undefined) continue;
+        if (cut.left !== undefined) root = tree.insert(root, key, { dataBlock: cut.left.dataBlock, lengthBlocks: cut.left.lengthBlocks, time: cut.left.time });
+        else root = tree.remove(root, key);
+        if (cut.right !== undefined) {
+          root = tree.insert(root, cut.right.virtualBlock, { dataBlock: cut.right.dataBlock, lengthBlocks: cut.right.lengthBlocks, time: cut.right.time });
+        }
+        this.dataSpace.dec(cut.removed.dataBlock, cut.removed.lengthBlocks);
+        unmappedBlocks += cut.removed.lengthBlocks;
+      }
+      assert(unmappedBlocks <= device.value.mappedBlockCount, 'unmapped more blocks than were mapped');
+      if (unmappedBlocks > 0 || root !== device.value.mappingRoot) {
+        device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount - unmappedBlocks };
+        device.dirty = true;
+      }
+      return unmappedBlocks;
+    });
+  }
+
+  /** Moves virtualBlock (mapped to oldBlock) to newBlock: the end of a copy-on-write. */
+  #remap(device: Device, virtualBlock: number, oldBlock: number, newBlock: number): void {
+    const mapping = this.lookup(device, virtualBlock);
+    assert(mapping !== undefined && mapping.dataBlock === oldBlock, `block ${virtualBlock} moved during copy-on-write`);
+    this.unmapRange(device, virtualBlock, virtualBlock + 1);
+    this.#insertMapping(device, virtualBlock, newBlock);
+  }
+
+  /**
+   * Whether a mapped block may be written in place. A mapping written since the volume's last
+   * snapshot is exclusive (dm-thin's time test, F-POOL-24); otherwise the leaf path is shadowed
+   * (re-inserting the same value does that) and the data block's count tells.
+   */
+  #isShared(device: Device, mapping: Mapping): boolean {
+    if (mapping.extent.time >= device.value.snapshottedTime) return false;
+    this.#mutate(`breaking sharing of volume ${device.details.name}`, () => {
+      const root = this.mappingTree.insert(device.value.mappingRoot, mapping.key, mapping.extent);
+      if (root !== device.value.mappingRoot) {
+        device.value = { ...device.value, mappingRoot: root };
+        device.dirty = true;
+      }
+    });
+    return this.dataSpace.count(mapping.dataBlock) > 1;
+  }
+
+  // ---- data I/O ----
+
+  async dataWrite(source: Uint8Array, offsetBytes: number): Promise<void> {
+    this.#dataWritesSinceSync += 1;
+    this.#dataBytesWritten += source.length;
+    await this.files.data.write(source, offsetBytes);
+  }
+
+  /** Raises and commits the high-water mark so that `block` lies below it (F-POOL-40). */
+  async #coverByHighWaterMark(block: number): Promise<void> {
+    while (block >= this.#highWaterMarkDurable) {
+      if (block >= this.#highWaterMarkTarget) {
+        this.#highWaterMarkTarget = Math.min(this.dataBlockCount, Math.max(block + 1, this.#highWaterMarkTarget) + DATA_HIGH_WATER_MARK_STEP_BLOCKS);
+        this.#metadataDirty = true;
+      }
+      await this.commit();
+    }
+  }
+
+  /**
+   * Writes `source` (or zeros, when source is undefined) at offsetInBlockBytes of virtualBlock.
+   * The caller holds the block's lock.
+   */
+  async writeInBlock(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    this.assertDeviceWritable(device);
+    const mapping = this.lookup(device, virtualBlock);
+    if (mapping === undefined) {
+      await this.#provision(device, virtualBlock, offsetInBlockBytes, source, lengthBytes);
+      return;
+    }
+    if (this.#isShared(device, mapping)) {
+      await this.#copyOnWrite(device, virtualBlock, mapping.dataBlock, offsetInBlockBytes, source, lengthBytes);
+      return;
+    }
+    const bytes = source ?? this.zeroBlock.subarray(0, lengthBytes);
+    await this.dataWrite(bytes, mapping.dataBlock * this.blockSizeBytes + offsetInBlockBytes);
+  }
+
+  async #provision(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    const block = this.#allocator.allocate(device.id);
+    try {
+      const knownZero = this.#knownZero.has(block);
+      this.#knownZero.remove(block, block + 1);
+      if (block >= this.#highWaterMarkDurable) await this.#coverByHighWaterMark(block);
+      const offsetBytes = block * this.blockSizeBytes;
+      if (knownZero) {
+        // The block reads zeros: write only the bytes asked for, and nothing at all for zeros.
+        if (source !== undefined) await this.dataWrite(source, offsetBytes + offsetInBlockBytes);
+      } else if (source !== undefined && lengthBytes === this.blockSizeBytes) {
+        await this.dataWrite(source, offsetBytes);
+      } else {
+        // A reused block may hold anything: write it whole, zeros around the data.
+        let whole = this.zeroBlock;
+        if (source !== undefined) {
+          whole = new Uint8Array(this.blockSizeBytes);
+          whole.set(source, offsetInBlockBytes);
+        }
+        await this.dataWrite(whole, offsetBytes);
+      }
+      this.assertDeviceWritable(device);
+      this.#insertMapping(device, virtualBlock, block);
+    } finally {
+      this.#allocator.release(block);
+    }
+  }
+
+  async #copyOnWrite(device: Device, virtualBlock: number, oldBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    const block = this.#allocator.allocate(device.id, { mayUseReserve: true });
+    try {
+      this.#knownZero.remove(block, block + 1);
+      if (block >= this.#highWaterMarkDurable) await this.#coverByHighWaterMark(block);
+      let whole: Uint8Array;
+      if (lengthBytes === this.blockSizeBytes) {
+        whole = source ?? this.zeroBlock;
+      } else {
+        whole = new Uint8Array(this.blockSizeBytes);
+        await this.files.data.read(whole, oldBlock * this.blockSizeBytes);
+        if (source !== undefined) whole.set(source, offsetInBlockBytes);
+        else whole.fill(0, offsetInBlockBytes, offsetInBlockBytes + lengthBytes);
+      }
+      await this.dataWrite(whole, block * this.blockSizeBytes);
+      this.assertDeviceWritable(device);
+      this.#remap(device, virtualBlock, oldBlock, block);
+    } finally {
+      this.#allocator.release(block);
+    }
+  }
+
+  /** Reads virtual bytes [offsetBytes, +target.length) of a device; the caller holds the lock. */
+  async readRange(device: Device, offsetBytes: number, target: Uint8Array): Promise<void> {
+    const bs = this.blockSizeBytes;
+    const { begin, end } = touchedBlocks(offsetBytes, target.length, bs);
+    const endBytes = offsetBytes + target.length;
+    const reads: Promise<void>[] = [];
+    for (const run of this.blockRuns(device, begin, end)) {
+      const runBeginBytes = Math.max(run.begin * bs, offsetBytes);
+      const runEndBytes = Math.min(run.end * bs, endBytes);
+      const piece = target.subarray(runBeginBytes - offsetBytes, runEndBytes - offsetBytes);
+      if (run.dataBlock === undefined) {
+        piece.fill(0);
+      } else {
+        reads.push(this.files.data.read(piece, run.dataBlock * bs + (runBeginBytes - run.begin * bs)));
+      }
+    }
+    await settleAll(reads);
+  }
+
+  /** Writes bytes [offsetBytes, +lengthBytes) block by block; the caller holds the lock. */
+  async writeRange(device: Device, offsetBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    const pieces = blockPieces(offsetBytes, lengthBytes, this.blockSizeBytes);
+    await settleAll(
+      pieces.map((piece) =>
+        this.writeInBlock(
+          device,
+          piece.virtualBlock,
+          piece.offsetInBlockBytes,
+          source?.subarray(piece.requestOffsetBytes, piece.requestOffsetBytes + piece.lengthBytes),
+          piece.lengthBytes,
+        ),
+      ),
+    );
+  }
+
+  /**
+   * Zeros bytes [offsetBytes, +lengthBytes): blocks covered whole are unmapped (or, with keepAllocated,
+   * provisioned and zeroed); partial pieces of mapped blocks are zeroed in place or by copy-on-write.
+   * A block that ends at the volume's end counts as covered whole. The caller holds the lock.
+   */
+  async zeroRange(device: Device, offsetBytes: number, lengthBytes: number, keepAllocated: boolean): Promise<void> {
+    const bs = this.blockSizeBytes;
+    const work: Promise<void>[] = [];
+    const unmapBlocks: number[] = [];
+    for (const piece of blockPieces(offsetBytes, lengthBytes, bs)) {
+      const blockEndBytes = Math.min((piece.virtualBlock + 1) * bs, device.value.sizeBytes);
+      const whole = piece.offsetInBlockBytes === 0 && piece.virtualBlock * bs + piece.lengthBytes >= blockEndBytes;
+      if (whole && !keepAllocated) {
+        unmapBlocks.push(piece.virtualBlock);
+      } else if (keepAllocated || this.lookup(device, piece.virtualBlock) !== undefined) {
+        const lengthInBlock = whole ? bs : piece.lengthBytes;
+        work.push(this.writeInBlock(device, piece.virtualBlock, piece.offsetInBlockBytes, undefined, lengthInBlock));
+      }
+    }
+    if (unmapBlocks.length > 0) {
+      this.assertDeviceWritable(device);
+      // The blocks to unmap are consecutive: pieces come in order and only the ends can be partial.
+      this.unmapRange(device, unmapBlocks[0]!, unmapBlocks[unmapBlocks.length - 1]! + 1);
+    }
+    await settleAll(work);
+  }
+
+  // ---- volumes ----
+
+  validateNewName(name: string): void {
+    const problem = validateVolumeName(name);
+    if (problem !== undefined) throw new ThinError('THIN_INVALID', `Invalid volume name: ${problem}`);
+    if (this.#idByName.has(name)) throw new ThinError('THIN_EXISTS', `A volume named ${name} already exists`);
+  }
+
+  #nextId(): number {
+    const id = this.#fields.nextVolumeId;
+    if (id > VOLUME_ID_MAX) throw new ThinError('THIN_INVALID', 'Every volume id has been used');
+    return id;
+  }
+
+  createDevice(name: string, sizeBytes: number, labels: Record<string, string>): Device {
+    this.assertWritable();
+    this.validateNewName(name);
+    validateSize(sizeBytes);
+    validateLabels(labels);
+    const id = this.#nextId();
+    const details: VolumeDetails = { name, labels: { ...labels }, createdAt: new Date().toISOString() };
+    encodeDetails(details, DETAILS_CAPACITY_BYTES); // THIN_INVALID before anything changes
+    return this.#mutate(`creating volume ${name}`, () => {
+      const detailsBlock = this.#writeDetails(details);
+      const mappingRoot = this.mappingTree.createEmpty();
+      const time = this.#fields.time;
+      const value: DeviceValue = {
+        mappingRoot,
+        detailsBlock,
+        sizeBytes,
+        mappedBlockCount: 0,
+        transactionId: this.tm.transactionId,
+        creationTime: time,
+        snapshottedTime: time,
+        flags: 0,
+      };
+      this.#fields.nextVolumeId = id + 1;
+      return this.#addDevice(id, value, details);
+    });
+  }
+
+  #addDevice(id: number, value: DeviceValue, details: VolumeDetails): Device {
+    const device: Device = { id, value, details, dirty: true, removed: false };
+    this.#devices.set(id, device);
+    this.#idByName.set(details.name, id);
+    return device;
+  }
+
+  /** The O(1) snapshot (F-POOL-25); the caller holds the source's whole-volume lock. */
+  snapshotDevice(source: Device, name: string, readOnly: boolean): Device {
+    this.assertWritable();
+    if (source.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${source.details.name} was removed`);
+    this.validateNewName(name);
+    const id = this.#nextId();
+    if (this.#fields.time >= POOL_TIME_MAX) throw new ThinError('THIN_INVALID', 'The pool time (snapshot counter) is exhausted');
+    const details: VolumeDetails = {
+      name,
+      labels: { ...source.details.labels },
+      createdAt: new Date().toISOString(),
+      originName: source.details.name,
+      originId: source.id,
+    };
+    encodeDetails(details, DETAILS_CAPACITY_BYTES);
+    return this.#mutate(`snapshotting ${source.details.name} as ${name}`, () => {
+      const detailsBlock = this.#writeDetails(details);
+      this.mappingTree.retainTree(source.value.mappingRoot);
+      const time = this.#fields.time + 1;
+      this.#fields.time = time;
+      this.#fields.nextVolumeId = id + 1;
+      source.value = { ...source.value, snapshottedTime: time };
+      source.dirty = true;
+      const value: DeviceValue = {
+        mappingRoot: source.value.mappingRoot,
+        detailsBlock,
+        sizeBytes: source.value.sizeBytes,
+        mappedBlockCount: source.value.mappedBlockCount,
+        transactionId: this.tm.transactionId,
+        creationTime: time,
+        snapshottedTime: time,
+        flags: readOnly ? DEVICE_FLAG_READ_ONLY : 0,
+      };
+      return this.#addDevice(id, value, details);
+    });
+  }
+
+  /** The caller holds the device's whole-volume lock. */
+  removeDevice(device: Device): void {
+    this.assertWritable();
+    if (device.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${device.details.name} was removed`);
+    this.#mutate(`removing volume ${device.details.name}`, () => {
+      this.mappingTree.releaseTree(device.value.mappingRoot);
+      this.tm.dec(device.value.detailsBlock);
+      if (this.deviceTree.lookup(this.#deviceTreeRoot, device.id) !== undefined) {
+        this.#deviceTreeRoot = this.deviceTree.remove(this.#deviceTreeRoot, device.id);
+      }
+      device.removed = true;
+      device.dirty = false;
+      this.#devices.delete(device.id);
+      this.#idByName.delete(device.details.name);
+      this.#allocator.forgetVolume(device.id);
+    });
+  }
+
+  /** The caller holds the device's whole-volume lock. */
+  async resizeDevice(device: Device, sizeBytes: number): Promise<void> {
+    this.assertDeviceWritable(device);
+    validateSize(sizeBytes);
+    const bs = this.blockSizeBytes;
+    const oldSizeBytes = device.value.sizeBytes;
+    if (sizeBytes < oldSizeBytes) {
+      // F-POOL-14: no mapping past the end; the tail of a partial last block reads zeros.
+      const endBlock = Math.ceil(sizeBytes / bs);
+      this.unmapRange(device, endBlock, Math.ceil(oldSizeBytes / bs));
+      const tailBytes = sizeBytes % bs;
+      if (tailBytes !== 0 && this.lookup(device, endBlock - 1) !== undefined) {
+        await this.writeInBlock(device, endBlock - 1, tailBytes, undefined, bs - tailBytes);
+      }
+    }
+    this.#mutate(`resizing volume ${device.details.name}`, () => {
+      device.value = { ...device.value, sizeBytes };
+      device.dirty = true;
+    });
+  }
+
+  // ---- reports ----
+
+  info(device: Device): VolumeInfo {
+    const info: VolumeInfo = {
+      name: device.details.name,
+      id: device.id,
+      sizeBytes: device.value.sizeBytes,
+      readOnly: (device.value.flags & DEVICE_FLAG_READ_ONLY) !== 0,
+      createdAt: device.details.createdAt,
+      labels: { ...device.details.labels },
+    };
+    if (device.details.originName !== undefined) info.origin = device.details.originName;
+    if (device.details.originId !== undefined) info.originId = device.details.originId;
+    return info;
+  }
+
+  /**
+   * thin_ls counting (refs/dm-thin-interop.md §4): a data block referenced from more than one
+   * volume's mappings is shared; the rest of a volume's mapped blocks are exclusive.
+   */
+  usage(): Map<number, VolumeUsage> {
+    const perDevice = new Map<number, KeyedExtent[]>();
+    const ranges: CoverageRun[] = [];
+    for (const device of this.devices()) {
+      const extents: KeyedExtent[] = [];
+      for (const [key, extent] of this.mappingTree.entries(device.value.mappingRoot)) {
+        extents.push({ virtualBlock: key, ...extent });
+        ranges.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count: 1 });
+      }
+      perDevice.set(device.id, extents);
+    }
+    const runs = coverageRuns(ranges);
+    const usage = new Map<number, VolumeUsage>();
+    for (const device of this.devices()) {
+      let exclusiveBlocks = 0;
+      let mappedBlocks = 0;
+      for (const extent of perDevice.get(device.id) ?? []) {
+        mappedBlocks += extent.lengthBlocks;
+        exclusiveBlocks += overlapLength(runs, extent.dataBlock, extent.dataBlock + extent.lengthBlocks, (run) => run.count === 1);
+      }
+      usage.set(device.id, { mappedBlocks, exclusiveBlocks, sharedBlocks: mappedBlocks - exclusiveBlocks });
+    }
+    return usage;
+  }
+
+  status(): PoolStatus {
+    const tmCounters = this.tm.counters;
+    const status: PoolStatus = {
+      blockSizeBytes: this.blockSizeBytes,
+      dataBlockCount: this.dataBlockCount,
+      dataBlocksUsed: this.dataSpace.usedBlockCount,
+      metadataBlockCount: this.tm.metadataBlockCount,
+      metadataBlocksUsed: this.tm.metadataBlocksUsed,
+      transactionId: this.tm.transactionId,
+      volumeCount: this.#devices.size,
+      mode: this.#mode,
+      metadataPath: this.files.metadata.description,
+      dataPath: this.files.data.description,
+      counters: {
+        metadataBlocksWritten: tmCounters.metadataBlocksWritten,
+        dataBytesWritten: this.#dataBytesWritten,
+        syncs: tmCounters.syncs + this.#dataSyncs,
+        commits: tmCounters.commits,
+      },
+    };
+    if (this.#modeReason !== undefined) status.modeReason = this.#modeReason;
+    return status;
+  }
+
+  // ---- commit ----
+
+  /** Whether enough metadata is dirty that a commit should be started without being asked. */
+  get wantsCommit(): boolean {
+    return this.tm.dirtyBlockCount >= METADATA_DIRTY_BLOCKS_SOFT_MAX;
+  }
+
+  /**
+   * Makes every completed write durable: commits the transaction if metadata changed, else syncs
+   * the data file if data was written. Calls made while a commit runs share the next one.
+   */
+  commit(): Promise<void> {
+    if (this.#mode === 'read-only' && this.readOnlyOpen) return Promise.resolve();
+    this.assertWritable();
+    if (this.#commitQueued !== undefined) return this.#commitQueued;
+    if (this.#commitRunning === undefined) return this.#startCommit();
+    const queued = this.#commitRunning.catch(() => undefined).then(() => {
+      this.#commitQueued = undefined;
+      return this.#startCommit();
+    });
+    this.#commitQueued = queued;
+    return queued;
+  }
+
+  #startCommit(): Promise<void> {
+    assert(this.#commitRunning === undefined, 'two commits at once');
+    const running = this.#commitNow().finally(() => {
+      this.#commitRunning = undefined;
+    });
+    this.#commitRunning = running;
+    return running;
+  }
+
+  async #commitNow(): Promise<void> {
+    this.assertWritable();
+    if (!this.#metadataDirty) {
+      if (this.#dataWritesSinceSync === 0) return;
+      this.#dataWritesSinceSync = 0;
+      await this.#syncData();
+      return;
+    }
+    // Seal: bring the device tree up to date, then hand pdata the payload, all in this turn.
+    let payload: Uint8Array;
+    let highWaterMark: number;
+    try {
+      for (const device of this.#devices.values()) {
+        if (!device.dirty) continue;
+        this.#deviceTreeRoot = this.deviceTree.insert(this.#deviceTreeRoot, device.id, device.value);
+        device.dirty = false;
+      }
+      highWaterMark = this.#highWaterMarkTarget;
+      payload = encodePoolPayload(this.payloadFields(highWaterMark));
+    } catch (error) {
+      this.fail(`metadata error while sealing a transaction: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw error;
+    }
+    this.#metadataDirty = false;
+    this.#dataWritesSinceSync = 0;
+    let dataSynced = false;
+    try {
+      await this.tm.commit(payload, async () => {
+        dataSynced = true;
+        await this.#syncData();
+      });
+      // Defensive: a transaction manager that skipped beforeMetadata must not make a flush
+      // acknowledge data that was never synced.
+      if (!dataSynced) await this.#syncData();
+    } catch (error) {
+      this.fail(`a commit failed: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw new ThinError('THIN_READ_ONLY', 'The commit failed; the pool is now read-only and needs a check', { cause: error });
+    }
+    this.#highWaterMarkDurable = Math.max(this.#highWaterMarkDurable, highWaterMark);
+  }
+
+  async #syncData(): Promise<void> {
+    this.#dataSyncs += 1;
+    try {
+      await this.files.data.sync();
+    } catch (error) {
+      this.fail(`syncing the data file failed: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw error;
+    }
+  }
+
+  payloadFields(highWaterMark: number): PoolPayload {
+    return {
+      formatVersion: POOL_FORMAT_VERSION,
+      blockSizeBytes: this.blockSizeBytes,
+      flags: this.#fields.flags,
+      dataBlockCount: this.dataBlockCount,
+      dataSpaceMapRoot: this.dataSpace.root,
+      deviceTreeRoot: this.#deviceTreeRoot,
+      dataHighWaterMark: highWaterMark,
+      time: this.#fields.time,
+      nextVolumeId: this.#fields.nextVolumeId,
+      creationTimeMs: this.#fields.creationTimeMs,
+    };
+  }
+
+  /** Waits for a running commit (for close) without starting one. */
+  async settle(): Promise<void> {
+    while (this.#commitRunning !== undefined || this.#commitQueued !== undefined) {
+      await (this.#commitQueued ?? this.#commitRunning)?.catch(() => undefined);
+    }
+  }
+
+  markClosed(): void {
+    this.#closed = true;
+  }
+}
+
+export function validateSize(sizeBytes: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 1 || sizeBytes > VOLUME_SIZE_BYTES_MAX) {
+    throw new ThinError('THIN_INVALID', `Volume size ${sizeBytes} is not a byte count from 1 to ${VOLUME_SIZE_BYTES_MAX}`);
+  }
+}
+
+function validateLabels(labels: Record<string, string>): void {
+  if (typeof labels !== 'object' || labels === null || Array.isArray(labels)) throw new ThinError('THIN_INVALID', 'Labels must be an object of strings');
+  for (const [key, value] of Object.entries(labels)) {
+    if (typeof value !== 'string') throw new ThinError('THIN_INVALID', `Label ${key} must be a string`);
+  }
+}
+
+/** Awaits every promise, then throws the first failure: no write is left running unobserved. */
+export async function settleAll(promises: Promise<unknown>[]): Promise<void> {
+  if (promises.length === 0) return;
+  if (promises.length === 1) {
+    await promises[0];
+    return;
+  }
+  const results = await Promise.allSettled(promises);
+  for (const result of results) {
+    if (result.status === 'rejected') throw result.reason;
+  }
+}
+
+export { WHOLE_VOLUME_END };

@@ -1,0 +1,313 @@
+// The pool: two block files (metadata and data, as dm-thin) holding thin volumes and snapshots.
+// This module opens, creates and closes pools and carries the volume management API; the thin
+// semantics live in core.ts and the block I/O in volume.ts.
+//
+// A pool directory holds `metadata`, `data` (both sparse files) and `lock`: create and open take
+// the directory's exclusive lock (src/io/lock.ts) and close releases it, so two processes never
+// open one pool at once.
+//
+// Management calls (createVolume, snapshot, removeVolume, resizeVolume) change the open
+// transaction only; like writes, they become durable at the next flush() or close(). A snapshot is
+// taken while no request is in flight on its source: it holds the source's whole-volume lock.
+import fs from 'node:fs';
+import path from 'node:path';
+import { ThinError, assert } from '../errors.ts';
+import {
+  DATA_BLOCK_SIZE_BYTES_MAX,
+  DATA_BLOCK_SIZE_BYTES_MIN,
+  METADATA_BLOCK_COUNT_DEFAULT,
+  METADATA_BLOCK_COUNT_MAX,
+  METADATA_BLOCK_COUNT_MIN,
+  METADATA_BLOCK_SIZE_BYTES,
+} from '../constants.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { FileBlockFile } from '../io/file.ts';
+import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
+import { BTree, SpaceMap, TransactionManager } from '../pdata/index.ts';
+import { POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
+import {
+  PoolCore,
+  WHOLE_VOLUME_END,
+  makeDeviceCodec,
+  type Device,
+  type PoolFiles,
+  type PoolStatus,
+  type VolumeInfo,
+  type VolumeUsage,
+} from './core.ts';
+import { Volume } from './volume.ts';
+
+export type { PoolFiles, PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCounters } from './core.ts';
+
+export const METADATA_FILE_NAME = 'metadata';
+export const DATA_FILE_NAME = 'data';
+
+export interface PoolCreateOptions {
+  dataSizeBytes: number;
+  blockSizeBytes: number;
+  /** Default: METADATA_BLOCK_COUNT_DEFAULT blocks (a sparse file). */
+  metadataSizeBytes?: number;
+}
+
+export interface PoolOpenOptions {
+  readOnly?: boolean;
+}
+
+export interface CreateVolumeOptions {
+  sizeBytes: number;
+  labels?: Record<string, string>;
+}
+
+export interface SnapshotOptions {
+  readOnly?: boolean;
+}
+
+function metadataBlockCountFor(options: PoolCreateOptions): number {
+  if (options.metadataSizeBytes === undefined) return METADATA_BLOCK_COUNT_DEFAULT;
+  const count = Math.floor(options.metadataSizeBytes / METADATA_BLOCK_SIZE_BYTES);
+  if (!Number.isSafeInteger(options.metadataSizeBytes) || count < METADATA_BLOCK_COUNT_MIN || count > METADATA_BLOCK_COUNT_MAX) {
+    throw new ThinError(
+      'THIN_INVALID',
+      `Metadata size ${options.metadataSizeBytes} is out of range: from ${METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES} to ${METADATA_BLOCK_COUNT_MAX * METADATA_BLOCK_SIZE_BYTES} bytes`,
+    );
+  }
+  return count;
+}
+
+function validateCreateOptions(options: PoolCreateOptions): { dataBlockCount: number; metadataBlockCount: number } {
+  const { blockSizeBytes, dataSizeBytes } = options;
+  if (
+    !Number.isSafeInteger(blockSizeBytes) ||
+    blockSizeBytes < DATA_BLOCK_SIZE_BYTES_MIN ||
+    blockSizeBytes > DATA_BLOCK_SIZE_BYTES_MAX ||
+    (blockSizeBytes & (blockSizeBytes - 1)) !== 0
+  ) {
+    throw new ThinError('THIN_INVALID', `Block size ${blockSizeBytes} is not a power of two from 64 KiB to 1 GiB`);
+  }
+  if (!Number.isSafeInteger(dataSizeBytes) || dataSizeBytes < blockSizeBytes) {
+    throw new ThinError('THIN_INVALID', `Data size ${dataSizeBytes} is smaller than one block of ${blockSizeBytes} bytes`);
+  }
+  return { dataBlockCount: Math.floor(dataSizeBytes / blockSizeBytes), metadataBlockCount: metadataBlockCountFor(options) };
+}
+
+function randomPoolId(): bigint {
+  const bytes = new BigUint64Array(1);
+  crypto.getRandomValues(bytes);
+  return bytes[0]! === 0n ? 1n : bytes[0]!;
+}
+
+function syncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export class Pool {
+  #core: PoolCore;
+  #lock: DirectoryLock | undefined;
+  #volumes = new Map<number, Volume>();
+  #closing: Promise<void> | undefined;
+
+  /** Made by create/open; not for callers. */
+  constructor(core: PoolCore, lock: DirectoryLock | undefined) {
+    this.#core = core;
+    this.#lock = lock;
+  }
+
+  /** Creates DIR with sparse `metadata` and `data` files and a new pool in them (THIN_EXISTS if one is there). */
+  static async create(dir: string, options: PoolCreateOptions): Promise<Pool> {
+    const { dataBlockCount, metadataBlockCount } = validateCreateOptions(options);
+    fs.mkdirSync(dir, { recursive: true });
+    const lock = lockDirectory(dir);
+    const files: Partial<PoolFiles> = {};
+    try {
+      for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
+        if (fs.existsSync(path.join(dir, name))) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir} (it has a ${name} file)`);
+      }
+      files.metadata = await FileBlockFile.create(path.join(dir, METADATA_FILE_NAME), { sizeBytes: metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
+      files.data = await FileBlockFile.create(path.join(dir, DATA_FILE_NAME), { sizeBytes: dataBlockCount * options.blockSizeBytes });
+      syncDirectory(dir);
+      const core = await Pool.#format(files as PoolFiles, options, dataBlockCount, metadataBlockCount);
+      return new Pool(core, lock);
+    } catch (error) {
+      await files.metadata?.close().catch(() => undefined);
+      await files.data?.close().catch(() => undefined);
+      lock.release();
+      throw error;
+    }
+  }
+
+  /** Opens the pool in DIR, taking its lock (THIN_BUSY if another process holds it). */
+  static async open(dir: string, options: PoolOpenOptions = {}): Promise<Pool> {
+    const readOnly = options.readOnly === true;
+    if (!fs.existsSync(path.join(dir, METADATA_FILE_NAME))) throw new ThinError('THIN_NOT_FOUND', `No pool at ${dir} (no metadata file)`);
+    const lock = lockDirectory(dir);
+    const files: Partial<PoolFiles> = {};
+    try {
+      files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly });
+      files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly });
+      const core = await Pool.#load(files as PoolFiles, readOnly);
+      return new Pool(core, lock);
+    } catch (error) {
+      await files.metadata?.close().catch(() => undefined);
+      await files.data?.close().catch(() => undefined);
+      lock.release();
+      throw error;
+    }
+  }
+
+  /** Creates a pool on the given block files (tests, the simulator); grows them to size. */
+  static async createOn(files: PoolFiles, options: PoolCreateOptions): Promise<Pool> {
+    const { dataBlockCount, metadataBlockCount } = validateCreateOptions(options);
+    await files.metadata.grow(metadataBlockCount * METADATA_BLOCK_SIZE_BYTES);
+    await files.data.grow(dataBlockCount * options.blockSizeBytes);
+    return new Pool(await Pool.#format(files, options, dataBlockCount, metadataBlockCount), undefined);
+  }
+
+  static async openOn(files: PoolFiles, options: PoolOpenOptions = {}): Promise<Pool> {
+    return new Pool(await Pool.#load(files, options.readOnly === true), undefined);
+  }
+
+  static async #format(files: PoolFiles, options: PoolCreateOptions, dataBlockCount: number, metadataBlockCount: number): Promise<PoolCore> {
+    const tm = TransactionManager.format(files.metadata, { metadataBlockCount, poolId: randomPoolId() });
+    const dataSpace = SpaceMap.create(tm, dataBlockCount);
+    const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => {
+      throw new Error('thinbd internal error (a bug): the device tree of a new pool has no values');
+    }));
+    const deviceTreeRoot = deviceTree.createEmpty();
+    const payload = {
+      formatVersion: POOL_FORMAT_VERSION,
+      blockSizeBytes: options.blockSizeBytes,
+      flags: 0,
+      dataBlockCount,
+      dataSpaceMapRoot: dataSpace.root,
+      deviceTreeRoot,
+      dataHighWaterMark: 0,
+      time: 0,
+      nextVolumeId: 1,
+      creationTimeMs: Date.now(),
+    };
+    await tm.commit(encodePoolPayload(payload), () => files.data.sync());
+    return new PoolCore(files, tm, payload, false);
+  }
+
+  static async #load(files: PoolFiles, readOnly: boolean): Promise<PoolCore> {
+    const { tm, payload } = await TransactionManager.open(files.metadata, { readOnly });
+    const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
+    const core = new PoolCore(files, tm, decoded, readOnly);
+    core.loadDevices();
+    return core;
+  }
+
+  // ---- volumes ----
+
+  #volumeOf(device: Device): Volume {
+    let volume = this.#volumes.get(device.id);
+    if (volume === undefined) {
+      volume = new Volume(this.#core, device);
+      this.#volumes.set(device.id, volume);
+    }
+    return volume;
+  }
+
+  /** Creates an empty thin volume of sizeBytes (any byte count from 1 to VOLUME_SIZE_BYTES_MAX). */
+  async createVolume(name: string, options: CreateVolumeOptions): Promise<Volume> {
+    const device = this.#core.createDevice(name, options.sizeBytes, options.labels ?? {});
+    return this.#volumeOf(device);
+  }
+
+  /** A new volume sharing every block of `sourceName` as it is now: O(1) metadata (F-POOL-25). */
+  async snapshot(sourceName: string, name: string, options: SnapshotOptions = {}): Promise<Volume> {
+    const source = this.#core.deviceByName(sourceName);
+    this.#core.assertWritable();
+    this.#core.validateNewName(name);
+    const release = await this.#core.locks.lock(source.id, 0, WHOLE_VOLUME_END);
+    try {
+      const device = this.#core.snapshotDevice(source, name, options.readOnly === true);
+      return this.#volumeOf(device);
+    } finally {
+      release();
+    }
+  }
+
+  /** Removes a volume; its snapshots keep their blocks, blocks no one else maps become free. */
+  async removeVolume(name: string): Promise<void> {
+    const device = this.#core.deviceByName(name);
+    this.#core.assertWritable();
+    const release = await this.#core.locks.lock(device.id, 0, WHOLE_VOLUME_END);
+    try {
+      this.#core.removeDevice(device);
+      this.#volumes.delete(device.id);
+    } finally {
+      release();
+    }
+  }
+
+  /** Grows or shrinks a volume; shrinking unmaps past the end, and growing later reads zeros there. */
+  async resizeVolume(name: string, sizeBytes: number): Promise<void> {
+    const device = this.#core.deviceByName(name);
+    this.#core.assertDeviceWritable(device);
+    const release = await this.#core.locks.lock(device.id, 0, WHOLE_VOLUME_END);
+    try {
+      await this.#core.resizeDevice(device, sizeBytes);
+    } finally {
+      release();
+    }
+  }
+
+  /** The volume named `name` (THIN_NOT_FOUND). The same object for as long as the volume exists. */
+  volume(name: string): Volume {
+    return this.#volumeOf(this.#core.deviceByName(name));
+  }
+
+  list(): VolumeInfo[] {
+    this.#core.assertOpen();
+    return this.#core.devices().map((device) => this.#core.info(device));
+  }
+
+  /** Per volume id: mapped, exclusive and shared blocks, counted as thin_ls counts them. */
+  usage(): Map<number, VolumeUsage> {
+    this.#core.assertOpen();
+    return this.#core.usage();
+  }
+
+  status(): PoolStatus {
+    this.#core.assertOpen();
+    return this.#core.status();
+  }
+
+  /** Makes every write completed before the call durable (a commit when metadata changed). */
+  async flush(): Promise<void> {
+    this.#core.assertOpen();
+    await this.#core.commit();
+  }
+
+  /** Flushes, then closes both files and releases the pool's lock. A second call waits for the first. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    let failure: unknown;
+    try {
+      if (this.#core.mode === 'read-write') await this.#core.commit();
+    } catch (error) {
+      failure = error;
+    }
+    await this.#core.settle();
+    this.#core.markClosed();
+    for (const file of [this.#core.files.metadata, this.#core.files.data] as BlockFile[]) {
+      await file.close().catch((error: unknown) => {
+        failure ??= error;
+      });
+    }
+    this.#lock?.release();
+    if (failure !== undefined) throw failure;
+  }
+}
+
+export { Volume };

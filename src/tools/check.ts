@@ -1,0 +1,414 @@
+// `thinbd check`: verifies a pool's metadata against itself without writing anything.
+//
+// What is checked (docs/format.md F-POOL rules; thin_check does the same for dm-thin, except that
+// it skips data reference counts — refs/dm-thin-interop.md §3 — which this checker counts):
+// - every metadata block reached: checksum, type, own location, pool id (pdata's read);
+// - every B+tree: node invariants, key order and the bounds parents promise (pdata's walker);
+// - the superblock payload, every device value and details block: names valid and unique, sizes,
+//   times, ids, origins;
+// - every volume's mappings: extents in order without overlap, within the volume's size and the
+//   data space, below the data high-water mark, mapped block count as recorded;
+// - reference counts of data blocks (one per distinct mapping leaf holding the block) and of
+//   metadata blocks (one per parent entry or owner) against the space maps: no leak, no block
+//   referenced but free, no miscount.
+//
+// It keeps going after a problem and names the place of each: a block number, a volume, a key or
+// block range. A node found corrupt is reported once and its subtree skipped.
+import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
+import { FileBlockFile } from '../io/file.ts';
+import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
+import { BlockType, SpaceMap, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
+import { childAt, entryCount, isLeaf, keyAt } from '../pdata/btree/node.ts';
+import {
+  DEVICE_TREE_KIND,
+  DEVICE_VALUE_SIZE_BYTES,
+  EXTENT_VALUE_SIZE_BYTES,
+  MAPPING_TREE_KIND,
+  decodeDetails,
+  decodePoolPayload,
+  packDeviceValue,
+  packExtent,
+  unpackDeviceValue,
+  unpackExtent,
+  type DeviceValue,
+  type PoolPayload,
+} from '../pool/codecs.ts';
+import { coverageRuns, type CoverageRun, type Extent } from '../pool/ranges.ts';
+import type { PoolFiles } from '../pool/core.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import path from 'node:path';
+
+export interface CheckProblem {
+  /** Where: "superblock", "metadata block 17", "volume web (id 3), mapping leaf 812, blocks [40, 48)", … */
+  where: string;
+  message: string;
+}
+
+export interface CheckStats {
+  transactionId: number;
+  volumes: number;
+  /** Mapping tree entries (extents) summed over volumes, shared leaves counted for each volume. */
+  mappingEntries: number;
+  /** Mapped virtual blocks summed over volumes. */
+  mappedBlocks: number;
+  /** Distinct data blocks referenced by some mapping. */
+  dataBlocksReferenced: number;
+  /** Data blocks the data space map counts as used. */
+  dataBlocksUsed: number;
+  metadataBlocksUsed: number;
+  /** Distinct B+tree nodes visited. */
+  metadataNodes: number;
+}
+
+export interface CheckReport {
+  ok: boolean;
+  problems: CheckProblem[];
+  /** States a crash or a damaged copy leaves that open copes with (a superblock copy that does not validate, a fall back). */
+  warnings: CheckProblem[];
+  stats: CheckStats;
+}
+
+export interface CheckOptions {
+  /** Problems listed before the rest are only counted (default 1000). */
+  problemsMax?: number;
+}
+
+const PROBLEMS_MAX_DEFAULT = 1000;
+
+/** Checks the pool in a directory (taking its lock, opening read-only) or on given block files. */
+export async function checkPool(target: string | PoolFiles, options: CheckOptions = {}): Promise<CheckReport> {
+  if (typeof target !== 'string') return checkFiles(target, options);
+  let lock: DirectoryLock | undefined;
+  const opened: Partial<PoolFiles> = {};
+  try {
+    lock = lockDirectory(target);
+    opened.metadata = await FileBlockFile.open(path.join(target, METADATA_FILE_NAME), { readOnly: true });
+    opened.data = await FileBlockFile.open(path.join(target, DATA_FILE_NAME), { readOnly: true });
+    return await checkFiles(opened as PoolFiles, options);
+  } finally {
+    await opened.metadata?.close().catch(() => undefined);
+    await opened.data?.close().catch(() => undefined);
+    lock?.release();
+  }
+}
+
+/** Summary of a mapping subtree, for ordering and counts per volume. */
+interface Subtree {
+  firstKey: number;
+  /** One past the last virtual block mapped. */
+  endKey: number;
+  mappedBlocks: number;
+  entries: number;
+  maxTime: number;
+}
+
+class Checker {
+  readonly problems: CheckProblem[] = [];
+  readonly warnings: CheckProblem[] = [];
+  #problemsMax: number;
+  #omitted = 0;
+
+  constructor(problemsMax: number) {
+    this.#problemsMax = problemsMax;
+  }
+
+  problem(where: string, message: string): void {
+    if (this.problems.length < this.#problemsMax) this.problems.push({ where, message });
+    else this.#omitted += 1;
+  }
+
+  finish(): void {
+    if (this.#omitted > 0) this.problems.push({ where: 'check', message: `${this.#omitted} more problems not listed` });
+  }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<CheckReport> {
+  const checker = new Checker(options.problemsMax ?? PROBLEMS_MAX_DEFAULT);
+  const stats: CheckStats = {
+    transactionId: 0,
+    volumes: 0,
+    mappingEntries: 0,
+    mappedBlocks: 0,
+    dataBlocksReferenced: 0,
+    dataBlocksUsed: 0,
+    metadataBlocksUsed: 0,
+    metadataNodes: 0,
+  };
+  const report = (): CheckReport => {
+    checker.finish();
+    return { ok: checker.problems.length === 0, problems: checker.problems, warnings: checker.warnings, stats };
+  };
+
+  // ---- superblock ----
+  let tm: TransactionManager;
+  let payloadBytes: Uint8Array;
+  try {
+    const opened = await TransactionManager.open(files.metadata, { readOnly: true });
+    tm = opened.tm;
+    payloadBytes = opened.payload;
+    for (const copy of opened.report.copies) {
+      if (copy.problem !== undefined) checker.warnings.push({ where: `superblock copy ${copy.copyIndex} (metadata block ${copy.blockNr})`, message: copy.problem });
+    }
+    for (const rejected of opened.report.rejected) {
+      checker.warnings.push({ where: `superblock generation ${rejected.generation}`, message: `passed over: ${rejected.problem}` });
+    }
+  } catch (error) {
+    checker.problem('superblock', messageOf(error));
+    return report();
+  }
+  stats.transactionId = tm.durableTransactionId;
+  stats.metadataBlocksUsed = tm.metadataBlocksUsed;
+  let payload: PoolPayload;
+  try {
+    payload = decodePoolPayload(payloadBytes, tm.metadataBlockCount);
+  } catch (error) {
+    checker.problem('superblock payload', messageOf(error));
+    return report();
+  }
+  const blockSizeBytes = payload.blockSizeBytes;
+  const walker = new TreeWalker(tm);
+  const corruptWhere = (tree: string, problem: { blockNr: number; path: number[] }): string =>
+    `${tree}, metadata block ${problem.blockNr} (path ${problem.path.join(' → ')})`;
+
+  // ---- data space map ----
+  let dataSpace: SpaceMap | undefined;
+  walker.walk(payload.dataSpaceMapRoot, refCountExtentCodec(TreeKind.dataSpaceMap), {
+    corrupt: (problem) => checker.problem(corruptWhere('data space map', problem), problem.error.message),
+  });
+  try {
+    dataSpace = new SpaceMap(tm, payload.dataSpaceMapRoot, payload.dataBlockCount);
+    stats.dataBlocksUsed = dataSpace.usedBlockCount;
+  } catch (error) {
+    checker.problem('data space map', `${messageOf(error)}; data reference counts are not checked`);
+  }
+
+  // ---- device tree ----
+  const deviceCodec: ValueCodec<DeviceValue> = {
+    treeKind: DEVICE_TREE_KIND,
+    sizeBytes: DEVICE_VALUE_SIZE_BYTES,
+    pack: packDeviceValue,
+    unpack: unpackDeviceValue,
+  };
+  const devices: Array<[number, DeviceValue]> = [];
+  walker.walk(payload.deviceTreeRoot, deviceCodec, {
+    leaf: (id, value) => devices.push([id, value]),
+    corrupt: (problem) => checker.problem(corruptWhere('device tree', problem), problem.error.message),
+  });
+  devices.sort((a, b) => a[0] - b[0]);
+  stats.volumes = devices.length;
+
+  // ---- volumes ----
+  const extentCodec: ValueCodec<Extent> = {
+    treeKind: MAPPING_TREE_KIND,
+    sizeBytes: EXTENT_VALUE_SIZE_BYTES,
+    pack: packExtent,
+    unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, payload.dataBlockCount),
+  };
+  const dataReferences: CoverageRun[] = [];
+  const names = new Map<string, number>();
+  const ids = new Set(devices.map(([id]) => id));
+  const corruptNodes = new Set<number>();
+  const leafExtents = new Map<number, Array<[number, Extent]>>();
+  const subtrees = new Map<number, Subtree | null>();
+  for (const [id, value] of devices) {
+    let where = `volume id ${id}`;
+    // Details block: one reference from the device value (F-POOL-30).
+    walker.references.set(value.detailsBlock, walker.referenceCount(value.detailsBlock) + 1);
+    try {
+      const block = tm.read(value.detailsBlock, BlockType.details);
+      const details = decodeDetails(block.bytes.subarray(METADATA_BLOCK_HEADER_BYTES), `block ${value.detailsBlock}`);
+      where = `volume ${details.name} (id ${id})`;
+      const other = names.get(details.name);
+      if (other !== undefined) checker.problem(where, `the name ${details.name} is also used by volume id ${other}`);
+      else names.set(details.name, id);
+      if (details.originId !== undefined && (details.originId >= payload.nextVolumeId || details.originId === id)) {
+        checker.problem(where, `origin id ${details.originId} is not the id of an earlier volume`);
+      }
+      if (details.originId !== undefined && ids.has(details.originId) === false && details.originName === undefined) {
+        checker.problem(where, `origin id ${details.originId} has no name recorded`);
+      }
+    } catch (error) {
+      checker.problem(`${where}, details block ${value.detailsBlock}`, messageOf(error));
+    }
+    // F-POOL-10..12: ids, times and transaction ids the superblock has handed out.
+    if (id >= payload.nextVolumeId) checker.problem(where, `id ${id} is not below the next volume id ${payload.nextVolumeId}`);
+    if (value.creationTime > payload.time || value.snapshottedTime > payload.time) {
+      checker.problem(where, `creation time ${value.creationTime} or snapshotted time ${value.snapshottedTime} is after the pool time ${payload.time}`);
+    }
+    if (value.transactionId > tm.durableTransactionId) {
+      checker.problem(where, `created in transaction ${value.transactionId}, after the committed transaction ${tm.durableTransactionId}`);
+    }
+
+    // Mapping tree: the walker reads and validates each distinct node once.
+    walker.walk(value.mappingRoot, extentCodec, {
+      leaf: (key, extent, leafBlockNr) => {
+        let list = leafExtents.get(leafBlockNr);
+        if (list === undefined) {
+          list = [];
+          leafExtents.set(leafBlockNr, list);
+        }
+        list.push([key, extent]);
+        // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
+        dataReferences.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count: 1 });
+        if (extent.dataBlock + extent.lengthBlocks > payload.dataHighWaterMark) {
+          checker.problem(
+            `${where}, mapping leaf ${leafBlockNr}, virtual block ${key}`,
+            `data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) reach past the high-water mark ${payload.dataHighWaterMark}`,
+          );
+        }
+      },
+      corrupt: (problem) => {
+        corruptNodes.add(problem.blockNr);
+        checker.problem(corruptWhere(`${where}, mapping tree`, problem), problem.error.message);
+      },
+    });
+    const summary = summarize(tm, value.mappingRoot, where, checker, corruptNodes, leafExtents, subtrees, 0);
+    const mapped = summary?.mappedBlocks ?? 0;
+    stats.mappedBlocks += mapped;
+    stats.mappingEntries += summary?.entries ?? 0;
+    if (corruptNodes.size === 0 && mapped !== value.mappedBlockCount) {
+      checker.problem(where, `maps ${mapped} blocks, but its device entry says ${value.mappedBlockCount}`);
+    }
+    if (summary !== undefined) {
+      const sizeBlocks = Math.ceil(value.sizeBytes / blockSizeBytes);
+      // F-POOL-14: no mapping past the volume's end.
+      if (summary.endKey > sizeBlocks) {
+        checker.problem(`${where}, virtual blocks [${sizeBlocks}, ${summary.endKey})`, `mapped past the end of the volume (${value.sizeBytes} bytes, ${sizeBlocks} blocks)`);
+      }
+      if (summary.maxTime > payload.time) checker.problem(where, `a mapping has time ${summary.maxTime}, after the pool time ${payload.time}`);
+    }
+  }
+  stats.metadataNodes = walker.nodeCount;
+
+  // ---- data reference counts (F-POOL-23) ----
+  const expected = coverageRuns(dataReferences);
+  stats.dataBlocksReferenced = expected.reduce((total, run) => total + (run.end - run.begin), 0);
+  if (dataSpace !== undefined) {
+    const actual: CoverageRun[] = [];
+    try {
+      for (const extent of dataSpace.extents()) actual.push({ begin: extent.begin, end: extent.begin + extent.lengthBlocks, count: extent.count });
+      for (const difference of differences(expected, actual)) {
+        const where = `data blocks [${difference.begin}, ${difference.end})`;
+        if (difference.actual === 0) checker.problem(where, `referenced ${difference.expected} times by mappings but free in the data space map`);
+        else if (difference.expected === 0) checker.problem(where, `leaked: the data space map counts ${difference.actual} references, no mapping refers to them`);
+        else checker.problem(where, `the data space map counts ${difference.actual} references, mappings hold ${difference.expected}`);
+      }
+    } catch (error) {
+      checker.problem('data space map', messageOf(error));
+    }
+  }
+
+  // ---- metadata reference counts ----
+  // The payload owns the device tree and data space map roots (counted by their walks above).
+  try {
+    const corruptionsBefore = walker.corruptions.length;
+    const mismatches = walker.metadataReferenceMismatches(refCountExtentCodec(TreeKind.metadataSpaceMap) as ValueCodec<unknown>);
+    for (const corrupt of walker.corruptions) corruptNodes.add(corrupt.blockNr);
+    for (const mismatch of mismatches) {
+      // Below a corrupt node nothing was counted: the counts there cannot be judged.
+      if (corruptNodes.size > 0 && mismatch.seen < mismatch.counted) continue;
+      const where = `metadata block ${mismatch.blockNr}`;
+      if (mismatch.seen === 0) checker.problem(where, `leaked: reference count ${mismatch.counted}, nothing refers to it`);
+      else if (mismatch.counted === 0) checker.problem(where, `referenced ${mismatch.seen} times but free in the metadata space map`);
+      else checker.problem(where, `reference count ${mismatch.counted}, references found ${mismatch.seen}`);
+    }
+    for (const corrupt of walker.corruptions.slice(corruptionsBefore)) {
+      checker.problem(corruptWhere('metadata space map', corrupt), corrupt.error.message);
+    }
+  } catch (error) {
+    checker.problem('metadata space map', messageOf(error));
+  }
+  return report();
+}
+
+/**
+ * Summarizes the mapping subtree at blockNr (memoized: a shared subtree is summarized once),
+ * checking that extents follow one another without overlap. Depth is bounded: the walker has
+ * checked that levels decrease by one per step from below BTREE_DEPTH_MAX.
+ */
+function summarize(
+  tm: TransactionManager,
+  blockNr: number,
+  where: string,
+  checker: Checker,
+  corruptNodes: Set<number>,
+  leafExtents: Map<number, Array<[number, Extent]>>,
+  memo: Map<number, Subtree | null>,
+  depth: number,
+): Subtree | undefined {
+  const known = memo.get(blockNr);
+  if (known !== undefined) return known ?? undefined;
+  if (corruptNodes.has(blockNr) || depth > 64) return undefined;
+  let result: Subtree | undefined;
+  let block;
+  try {
+    block = tm.read(blockNr, [BlockType.btreeInternal, BlockType.btreeLeaf]);
+  } catch {
+    return undefined; // reported by the walker
+  }
+  const pieces: Subtree[] = [];
+  if (isLeaf(block)) {
+    for (const [key, extent] of leafExtents.get(blockNr) ?? []) {
+      pieces.push({ firstKey: key, endKey: key + extent.lengthBlocks, mappedBlocks: extent.lengthBlocks, entries: 1, maxTime: extent.time });
+    }
+  } else {
+    const count = entryCount(block);
+    for (let index = 0; index < count; index += 1) {
+      const child = summarize(tm, childAt(block, index), where, checker, corruptNodes, leafExtents, memo, depth + 1);
+      if (child !== undefined) pieces.push(child);
+    }
+  }
+  for (let index = 1; index < pieces.length; index += 1) {
+    const previous = pieces[index - 1]!;
+    const next = pieces[index]!;
+    // F-POOL-21: entries never overlap.
+    if (previous.endKey > next.firstKey) {
+      checker.problem(
+        `${where}, mapping node ${blockNr}, virtual blocks [${next.firstKey}, ${previous.endKey})`,
+        `an extent ending at ${previous.endKey} overlaps the next one starting at ${next.firstKey}`,
+      );
+    }
+  }
+  if (pieces.length > 0) {
+    result = {
+      firstKey: pieces[0]!.firstKey,
+      endKey: Math.max(...pieces.map((piece) => piece.endKey)),
+      mappedBlocks: pieces.reduce((total, piece) => total + piece.mappedBlocks, 0),
+      entries: pieces.reduce((total, piece) => total + piece.entries, 0),
+      maxTime: Math.max(...pieces.map((piece) => piece.maxTime)),
+    };
+  }
+  memo.set(blockNr, result ?? null);
+  return result;
+}
+
+/** Ranges where two sorted, disjoint run lists disagree on the count. */
+function differences(expected: CoverageRun[], actual: CoverageRun[]): Array<{ begin: number; end: number; expected: number; actual: number }> {
+  const points = new Set<number>();
+  for (const run of [...expected, ...actual]) {
+    points.add(run.begin);
+    points.add(run.end);
+  }
+  const sorted = [...points].sort((a, b) => a - b);
+  const result: Array<{ begin: number; end: number; expected: number; actual: number }> = [];
+  let e = 0;
+  let a = 0;
+  for (let index = 0; index + 1 < sorted.length; index += 1) {
+    const begin = sorted[index]!;
+    const end = sorted[index + 1]!;
+    while (e < expected.length && expected[e]!.end <= begin) e += 1;
+    while (a < actual.length && actual[a]!.end <= begin) a += 1;
+    const expectedCount = e < expected.length && expected[e]!.begin <= begin ? expected[e]!.count : 0;
+    const actualCount = a < actual.length && actual[a]!.begin <= begin ? actual[a]!.count : 0;
+    if (expectedCount === actualCount) continue;
+    const last = result[result.length - 1];
+    if (last !== undefined && last.end === begin && last.expected === expectedCount && last.actual === actualCount) last.end = end;
+    else result.push({ begin, end, expected: expectedCount, actual: actualCount });
+  }
+  return result;
+}
+

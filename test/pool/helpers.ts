@@ -1,0 +1,158 @@
+// Pools in memory for the pool and checker tests.
+import { MemoryBlockFile } from '../../src/io/memory.ts';
+import type { BlockFile } from '../../src/io/block-file.ts';
+import { ThinError } from '../../src/errors.ts';
+import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
+
+export const BLOCK = 64 * 1024;
+/** The smallest metadata file pdata accepts (sparse in memory: costs only what is written). */
+export const METADATA_BYTES = (16384 + 1024) * 4096;
+
+export interface MemoryPool {
+  pool: Pool;
+  files: { metadata: MemoryBlockFile; data: MemoryBlockFile };
+}
+
+export async function memoryPool(dataBlocks = 64, blockSizeBytes = BLOCK): Promise<MemoryPool> {
+  const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
+  const pool = await Pool.createOn(files, { dataSizeBytes: dataBlocks * blockSizeBytes, blockSizeBytes, metadataSizeBytes: METADATA_BYTES });
+  return { pool, files };
+}
+
+/** Closes the pool and opens it again on copies of what its files held. */
+export async function reopen(memory: MemoryPool, options: { readOnly?: boolean } = {}): Promise<MemoryPool> {
+  await memory.pool.close();
+  const files = { metadata: MemoryBlockFile.from(memory.files.metadata.snapshot(), 'metadata'), data: MemoryBlockFile.from(memory.files.data.snapshot(), 'data') };
+  const pool = await Pool.openOn(files, options);
+  return { pool, files };
+}
+
+/** Copies of the files as they are now (for opening a second view of a pool). */
+export function copyFiles(memory: MemoryPool): PoolFiles {
+  return { metadata: MemoryBlockFile.from(memory.files.metadata.snapshot(), 'metadata'), data: MemoryBlockFile.from(memory.files.data.snapshot(), 'data') };
+}
+
+export function filled(lengthBytes: number, byte: number): Uint8Array {
+  return new Uint8Array(lengthBytes).fill(byte);
+}
+
+export async function readAll(pool: Pool, name: string): Promise<Uint8Array> {
+  const volume = pool.volume(name);
+  const bytes = new Uint8Array(volume.sizeBytes);
+  await volume.read(0, bytes);
+  return bytes;
+}
+
+/**
+ * A sparse block file in memory: 64 KiB chunks allocated on first write, so a test can use a
+ * data space of many gigabytes and write a byte here and there.
+ */
+export class SparseMemoryBlockFile implements BlockFile {
+  readonly description: string;
+  static readonly CHUNK_BYTES = 64 * 1024;
+  #chunks = new Map<number, Uint8Array>();
+  #sizeBytes: number;
+  #closed = false;
+
+  constructor(sizeBytes: number, description = 'sparse memory') {
+    this.#sizeBytes = sizeBytes;
+    this.description = description;
+  }
+
+  sizeBytes(): number {
+    return this.#sizeBytes;
+  }
+
+  readSync(target: Uint8Array, offsetBytes: number): void {
+    this.#checkOpen();
+    const chunkBytes = SparseMemoryBlockFile.CHUNK_BYTES;
+    let done = 0;
+    while (done < target.length) {
+      const position = offsetBytes + done;
+      const index = Math.floor(position / chunkBytes);
+      const within = position - index * chunkBytes;
+      const length = Math.min(chunkBytes - within, target.length - done);
+      const chunk = this.#chunks.get(index);
+      if (chunk === undefined) target.fill(0, done, done + length);
+      else target.set(chunk.subarray(within, within + length), done);
+      done += length;
+    }
+  }
+
+  async read(target: Uint8Array, offsetBytes: number): Promise<void> {
+    this.readSync(target, offsetBytes);
+  }
+
+  async write(source: Uint8Array, offsetBytes: number): Promise<void> {
+    this.#checkOpen();
+    const chunkBytes = SparseMemoryBlockFile.CHUNK_BYTES;
+    let done = 0;
+    while (done < source.length) {
+      const position = offsetBytes + done;
+      const index = Math.floor(position / chunkBytes);
+      const within = position - index * chunkBytes;
+      const length = Math.min(chunkBytes - within, source.length - done);
+      let chunk = this.#chunks.get(index);
+      if (chunk === undefined) {
+        chunk = new Uint8Array(chunkBytes);
+        this.#chunks.set(index, chunk);
+      }
+      chunk.set(source.subarray(done, done + length), within);
+      done += length;
+    }
+    this.#sizeBytes = Math.max(this.#sizeBytes, offsetBytes + source.length);
+  }
+
+  async sync(): Promise<void> {
+    this.#checkOpen();
+  }
+
+  async grow(sizeBytes: number): Promise<void> {
+    this.#sizeBytes = Math.max(this.#sizeBytes, sizeBytes);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new ThinError('THIN_CLOSED', `${this.description} is closed`);
+  }
+}
+
+/** Wraps a block file so that sync (and optionally writes) can be made to fail on demand. */
+export class FailingBlockFile implements BlockFile {
+  readonly inner: BlockFile;
+  failSyncs = false;
+  failWrites = false;
+
+  constructor(inner: BlockFile) {
+    this.inner = inner;
+  }
+  get description(): string {
+    return this.inner.description;
+  }
+  sizeBytes(): number {
+    return this.inner.sizeBytes();
+  }
+  readSync(target: Uint8Array, offsetBytes: number): void {
+    this.inner.readSync(target, offsetBytes);
+  }
+  read(target: Uint8Array, offsetBytes: number): Promise<void> {
+    return this.inner.read(target, offsetBytes);
+  }
+  async write(source: Uint8Array, offsetBytes: number): Promise<void> {
+    if (this.failWrites) throw new ThinError('THIN_IO', `injected write failure at ${offsetBytes}`);
+    await this.inner.write(source, offsetBytes);
+  }
+  async sync(): Promise<void> {
+    if (this.failSyncs) throw new ThinError('THIN_IO', 'injected sync failure');
+    await this.inner.sync();
+  }
+  grow(sizeBytes: number): Promise<void> {
+    return this.inner.grow(sizeBytes);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}

@@ -1,0 +1,381 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { isThinError } from '../../src/errors.ts';
+import { MemoryBlockFile } from '../../src/io/memory.ts';
+import { Pool } from '../../src/pool/pool.ts';
+import { checkPool } from '../../src/tools/check.ts';
+import { BLOCK, FailingBlockFile, METADATA_BYTES, SparseMemoryBlockFile, filled, memoryPool, readAll, reopen } from './helpers.ts';
+
+const code = (wanted: string) => (error: unknown) => isThinError(error) && error.code === wanted;
+
+test('a partial write to a new block reads as zeros around the data', async () => {
+  const { pool } = await memoryPool();
+  const volume = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+  await volume.write(BLOCK + 100, filled(50, 7));
+  const bytes = await readAll(pool, 'v');
+  assert.equal(bytes.filter((b) => b !== 0).length, 50);
+  assert.deepEqual(bytes.subarray(BLOCK + 100, BLOCK + 150), filled(50, 7));
+  await pool.close();
+});
+
+test('a partial write to a reused block does not expose what the block held before', async () => {
+  const { pool } = await memoryPool(4);
+  const a = await pool.createVolume('a', { sizeBytes: 4 * BLOCK });
+  await a.write(0, filled(4 * BLOCK, 0xee));
+  await pool.removeVolume('a');
+  await pool.flush();
+  const b = await pool.createVolume('b', { sizeBytes: 4 * BLOCK });
+  await b.write(10, filled(10, 1));
+  const bytes = await readAll(pool, 'b');
+  assert.equal(bytes.filter((x) => x !== 0).length, 10);
+  await pool.close();
+});
+
+test('a write across block boundaries reads back byte for byte', async () => {
+  const { pool } = await memoryPool();
+  const volume = await pool.createVolume('v', { sizeBytes: 5 * BLOCK + 123 });
+  const source = new Uint8Array(3 * BLOCK + 77).map((_, index) => (index * 31) % 251);
+  await volume.write(BLOCK - 13, source);
+  const back = new Uint8Array(source.length);
+  await volume.read(BLOCK - 13, back);
+  assert.deepEqual(back, source);
+  await pool.close();
+});
+
+test('a volume of any byte size accepts I/O up to its last byte and refuses past it', async () => {
+  const { pool } = await memoryPool();
+  const volume = await pool.createVolume('odd', { sizeBytes: BLOCK + 3 });
+  await volume.write(BLOCK, filled(3, 9));
+  await assert.rejects(volume.write(BLOCK + 1, filled(3, 9)), code('THIN_OUT_OF_RANGE'));
+  await assert.rejects(volume.read(BLOCK + 3, new Uint8Array(1)), code('THIN_OUT_OF_RANGE'));
+  const tail = new Uint8Array(3);
+  await volume.read(BLOCK, tail);
+  assert.deepEqual(tail, filled(3, 9));
+  await pool.close();
+});
+
+test('extents report mapped and unmapped runs in order', async () => {
+  const { pool } = await memoryPool();
+  const volume = await pool.createVolume('v', { sizeBytes: 6 * BLOCK });
+  await volume.write(BLOCK, filled(2 * BLOCK, 1));
+  await volume.write(5 * BLOCK, filled(10, 1));
+  assert.deepEqual(volume.extents(0, 6 * BLOCK), [
+    { lengthBytes: BLOCK, mapped: false },
+    { lengthBytes: 2 * BLOCK, mapped: true },
+    { lengthBytes: 2 * BLOCK, mapped: false },
+    { lengthBytes: BLOCK, mapped: true },
+  ]);
+  assert.deepEqual(volume.extents(BLOCK + 5, 10), [{ lengthBytes: 10, mapped: true }]);
+  await pool.close();
+});
+
+test('a write to the origin after a snapshot leaves the snapshot unchanged', async () => {
+  const memory = await memoryPool();
+  const { pool } = memory;
+  const origin = await pool.createVolume('origin', { sizeBytes: 4 * BLOCK });
+  await origin.write(0, filled(4 * BLOCK, 1));
+  await pool.snapshot('origin', 'snap');
+  await origin.write(BLOCK + 10, filled(20, 2));
+  await origin.write(3 * BLOCK, filled(BLOCK, 3));
+  const snap = await readAll(pool, 'snap');
+  assert.deepEqual(snap, filled(4 * BLOCK, 1));
+  const now = await readAll(pool, 'origin');
+  assert.deepEqual(now.subarray(BLOCK + 10, BLOCK + 30), filled(20, 2));
+  assert.deepEqual(now.subarray(BLOCK, BLOCK + 10), filled(10, 1));
+  assert.deepEqual(now.subarray(3 * BLOCK), filled(BLOCK, 3));
+  const usage = pool.usage();
+  assert.deepEqual(usage.get(origin.id), { mappedBlocks: 4, exclusiveBlocks: 2, sharedBlocks: 2 });
+  assert.deepEqual(usage.get(pool.volume('snap').id), { mappedBlocks: 4, exclusiveBlocks: 2, sharedBlocks: 2 });
+  assert.equal(pool.status().dataBlocksUsed, 6);
+  await pool.flush();
+  assert.ok((await checkPool(copyFilesOf(memory.files))).ok);
+  await pool.close();
+});
+
+test('a write to a snapshot leaves the origin unchanged', async () => {
+  const { pool } = await memoryPool();
+  const origin = await pool.createVolume('origin', { sizeBytes: 2 * BLOCK });
+  await origin.write(0, filled(2 * BLOCK, 1));
+  const snap = await pool.snapshot('origin', 'snap');
+  await snap.write(5, filled(5, 9));
+  assert.deepEqual(await readAll(pool, 'origin'), filled(2 * BLOCK, 1));
+  const bytes = await readAll(pool, 'snap');
+  assert.deepEqual(bytes.subarray(5, 10), filled(5, 9));
+  assert.equal(bytes[4], 1);
+  assert.equal(bytes[10], 1);
+  await pool.close();
+});
+
+test('a second write to a block already copied goes in place', async () => {
+  const { pool } = await memoryPool();
+  const origin = await pool.createVolume('origin', { sizeBytes: 2 * BLOCK });
+  await origin.write(0, filled(2 * BLOCK, 1));
+  await pool.snapshot('origin', 'snap');
+  await origin.write(0, filled(10, 2));
+  const usedAfterCopy = pool.status().dataBlocksUsed;
+  await origin.write(20, filled(10, 3));
+  assert.equal(pool.status().dataBlocksUsed, usedAfterCopy);
+  await pool.close();
+});
+
+test('snapshots of snapshots keep each generation apart', async () => {
+  const { pool } = await memoryPool();
+  const v = await pool.createVolume('v', { sizeBytes: 2 * BLOCK });
+  await v.write(0, filled(2 * BLOCK, 1));
+  const s1 = await pool.snapshot('v', 's1');
+  await s1.write(0, filled(100, 2));
+  const s2 = await pool.snapshot('s1', 's2');
+  await s2.write(50, filled(100, 3));
+  await s1.write(BLOCK, filled(10, 4));
+  const [bv, b1, b2] = [await readAll(pool, 'v'), await readAll(pool, 's1'), await readAll(pool, 's2')];
+  assert.deepEqual(bv, filled(2 * BLOCK, 1));
+  assert.deepEqual(b1.subarray(0, 100), filled(100, 2));
+  assert.deepEqual(b1.subarray(BLOCK, BLOCK + 10), filled(10, 4));
+  assert.deepEqual(b2.subarray(0, 50), filled(50, 2));
+  assert.deepEqual(b2.subarray(50, 150), filled(100, 3));
+  assert.deepEqual(b2.subarray(BLOCK, BLOCK + 10), filled(10, 1));
+  assert.equal(pool.list().find((info) => info.name === 's2')?.origin, 's1');
+  await pool.close();
+});
+
+test('removing an origin keeps its snapshot intact and frees only the origin’s own blocks', async () => {
+  const memory = await memoryPool();
+  const { pool } = memory;
+  const v = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+  await v.write(0, filled(4 * BLOCK, 1));
+  await pool.snapshot('v', 'snap');
+  await v.write(0, filled(BLOCK, 2));
+  assert.equal(pool.status().dataBlocksUsed, 5);
+  await pool.removeVolume('v');
+  assert.equal(pool.status().dataBlocksUsed, 4);
+  assert.deepEqual(await readAll(pool, 'snap'), filled(4 * BLOCK, 1));
+  assert.throws(() => pool.volume('v'), code('THIN_NOT_FOUND'));
+  await assert.rejects(v.write(0, filled(1, 1)), code('THIN_NOT_FOUND'));
+  const reopened = await reopen(memory);
+  assert.deepEqual(await readAll(reopened.pool, 'snap'), filled(4 * BLOCK, 1));
+  assert.ok((await checkPool(reopened.files)).ok);
+  await reopened.pool.close();
+});
+
+test('discard unmaps whole blocks, zeroes partial ones, and the space is reused after a flush', async () => {
+  const { pool } = await memoryPool(4);
+  const v = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+  await v.write(0, filled(4 * BLOCK, 5));
+  await v.discard(BLOCK / 2, 2 * BLOCK);
+  const bytes = await readAll(pool, 'v');
+  assert.deepEqual(bytes.subarray(0, BLOCK / 2), filled(BLOCK / 2, 5));
+  assert.deepEqual(bytes.subarray(BLOCK / 2, BLOCK / 2 + 2 * BLOCK), new Uint8Array(2 * BLOCK));
+  assert.deepEqual(bytes.subarray(BLOCK / 2 + 2 * BLOCK), filled(BLOCK + BLOCK / 2, 5));
+  assert.equal(pool.status().dataBlocksUsed, 3);
+  assert.deepEqual(v.extents(0, 4 * BLOCK).map((e) => e.mapped), [true, false, true]);
+  await pool.flush();
+  const w = await pool.createVolume('w', { sizeBytes: BLOCK });
+  await w.write(0, filled(BLOCK, 6));
+  assert.equal(pool.status().dataBlocksUsed, 4);
+  await pool.close();
+});
+
+test('a discard of a shared block leaves the snapshot’s copy alone', async () => {
+  const { pool } = await memoryPool();
+  const v = await pool.createVolume('v', { sizeBytes: 2 * BLOCK });
+  await v.write(0, filled(2 * BLOCK, 5));
+  await pool.snapshot('v', 's');
+  await v.discard(0, 2 * BLOCK);
+  await v.discard(BLOCK + 1, 1);
+  assert.deepEqual(await readAll(pool, 'v'), new Uint8Array(2 * BLOCK));
+  assert.deepEqual(await readAll(pool, 's'), filled(2 * BLOCK, 5));
+  await pool.close();
+});
+
+test('write zeroes unmaps whole blocks unless asked to keep them allocated', async () => {
+  const { pool } = await memoryPool();
+  const v = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+  await v.write(0, filled(4 * BLOCK, 5));
+  await v.writeZeroes(0, 2 * BLOCK);
+  await v.writeZeroes(2 * BLOCK, BLOCK + 7, { noHole: true });
+  assert.deepEqual((await readAll(pool, 'v')).subarray(0, 3 * BLOCK + 7), new Uint8Array(3 * BLOCK + 7));
+  assert.deepEqual(v.extents(0, 4 * BLOCK), [{ lengthBytes: 2 * BLOCK, mapped: false }, { lengthBytes: 2 * BLOCK, mapped: true }]);
+  const fresh = await pool.createVolume('fresh', { sizeBytes: 2 * BLOCK });
+  await fresh.writeZeroes(0, 2 * BLOCK, { noHole: true });
+  assert.deepEqual(fresh.extents(0, 2 * BLOCK), [{ lengthBytes: 2 * BLOCK, mapped: true }]);
+  assert.deepEqual(await readAll(pool, 'fresh'), new Uint8Array(2 * BLOCK));
+  await pool.close();
+});
+
+test('shrinking a volume unmaps past the end and a later grow reads zeros there', async () => {
+  const { pool } = await memoryPool();
+  const v = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+  await v.write(0, filled(4 * BLOCK, 5));
+  await pool.resizeVolume('v', BLOCK + 100);
+  assert.equal(v.sizeBytes, BLOCK + 100);
+  assert.equal(pool.usage().get(v.id)?.mappedBlocks, 2);
+  await pool.resizeVolume('v', 4 * BLOCK);
+  const bytes = await readAll(pool, 'v');
+  assert.deepEqual(bytes.subarray(0, BLOCK + 100), filled(BLOCK + 100, 5));
+  assert.deepEqual(bytes.subarray(BLOCK + 100), new Uint8Array(3 * BLOCK - 100));
+  await pool.close();
+});
+
+test('shrinking a snapshotted volume leaves the snapshot’s tail alone', async () => {
+  const { pool } = await memoryPool();
+  const v = await pool.createVolume('v', { sizeBytes: 2 * BLOCK });
+  await v.write(0, filled(2 * BLOCK, 5));
+  await pool.snapshot('v', 's');
+  await pool.resizeVolume('v', 10);
+  await pool.resizeVolume('v', 2 * BLOCK);
+  assert.deepEqual((await readAll(pool, 'v')).subarray(10), new Uint8Array(2 * BLOCK - 10));
+  assert.deepEqual(await readAll(pool, 's'), filled(2 * BLOCK, 5));
+  await pool.close();
+});
+
+test('out of data space a write fails with THIN_NO_SPACE and everything else keeps working', async () => {
+  const { pool, files } = await memoryPool(4);
+  const v = await pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+  await v.write(0, filled(4 * BLOCK, 1));
+  await pool.flush();
+  await assert.rejects(v.write(4 * BLOCK, filled(10, 2)), code('THIN_NO_SPACE'));
+  const back = new Uint8Array(4 * BLOCK);
+  await v.read(0, back);
+  assert.deepEqual(back, filled(4 * BLOCK, 1));
+  await pool.flush();
+  assert.equal(pool.status().mode, 'read-write');
+  assert.ok((await checkPool(copyFilesOf(files))).ok);
+  await v.discard(0, BLOCK);
+  await pool.flush();
+  await v.write(4 * BLOCK, filled(10, 2));
+  await pool.close();
+});
+
+test('a pool reopened from its files gives the same bytes, volumes and details', async () => {
+  const memory = await memoryPool();
+  const v = await memory.pool.createVolume('v', { sizeBytes: 3 * BLOCK, labels: { role: 'base' } });
+  await v.write(1000, filled(BLOCK, 4));
+  await memory.pool.snapshot('v', 's', { readOnly: true });
+  const before = memory.pool.list();
+  const reopened = await reopen(memory);
+  assert.deepEqual(reopened.pool.list(), before);
+  const bytes = await readAll(reopened.pool, 'v');
+  assert.deepEqual(bytes.subarray(1000, 1000 + BLOCK), filled(BLOCK, 4));
+  assert.equal(bytes.filter((x) => x !== 0).length, BLOCK);
+  assert.equal(reopened.pool.volume('s').readOnly, true);
+  await reopened.pool.close();
+});
+
+test('a read-only volume and a read-only pool refuse writes', async () => {
+  const memory = await memoryPool();
+  await memory.pool.createVolume('v', { sizeBytes: BLOCK });
+  const s = await memory.pool.snapshot('v', 's', { readOnly: true });
+  await assert.rejects(s.write(0, filled(1, 1)), code('THIN_READ_ONLY'));
+  await assert.rejects(s.discard(0, BLOCK), code('THIN_READ_ONLY'));
+  const reopened = await reopen(memory, { readOnly: true });
+  assert.equal(reopened.pool.status().mode, 'read-only');
+  await assert.rejects(reopened.pool.volume('v').write(0, filled(1, 1)), code('THIN_READ_ONLY'));
+  await assert.rejects(reopened.pool.createVolume('w', { sizeBytes: BLOCK }), code('THIN_READ_ONLY'));
+  await reopened.pool.volume('v').read(0, new Uint8Array(10));
+  await reopened.pool.close();
+});
+
+test('volume names must be valid and unique', async () => {
+  const { pool } = await memoryPool();
+  await pool.createVolume('a', { sizeBytes: BLOCK });
+  await assert.rejects(pool.createVolume('a', { sizeBytes: BLOCK }), code('THIN_EXISTS'));
+  await assert.rejects(pool.createVolume('-bad', { sizeBytes: BLOCK }), code('THIN_INVALID'));
+  await assert.rejects(pool.createVolume('x'.repeat(129), { sizeBytes: BLOCK }), code('THIN_INVALID'));
+  await assert.rejects(pool.createVolume('b', { sizeBytes: 0 }), code('THIN_INVALID'));
+  await assert.rejects(pool.snapshot('a', 'a'), code('THIN_EXISTS'));
+  await assert.rejects(pool.snapshot('missing', 'c'), code('THIN_NOT_FOUND'));
+  await pool.close();
+});
+
+test('a sequentially written volume is a handful of mapping entries', async () => {
+  const { pool, files } = await memoryPool(256);
+  const v = await pool.createVolume('v', { sizeBytes: 200 * BLOCK });
+  for (let offset = 0; offset < 200 * BLOCK; offset += 3 * BLOCK + 5) {
+    await v.write(offset, filled(Math.min(3 * BLOCK + 5, 200 * BLOCK - offset), 1));
+  }
+  await pool.flush();
+  const report = await checkPool(copyFilesOf(files));
+  assert.ok(report.ok, JSON.stringify(report.problems));
+  assert.ok(report.stats.mappingEntries <= 2, `${report.stats.mappingEntries} entries`);
+  assert.equal(report.stats.mappedBlocks, 200);
+  await pool.close();
+});
+
+test('overlapping concurrent writes to one block are serialized', async () => {
+  const { pool } = await memoryPool();
+  const v = await pool.createVolume('v', { sizeBytes: BLOCK });
+  await v.write(0, filled(BLOCK, 1));
+  await pool.snapshot('v', 's');
+  await Promise.all([1, 2, 3, 4, 5, 6].map((value) => v.write(value * 100, filled(100, value + 1))));
+  const bytes = await readAll(pool, 'v');
+  for (const value of [1, 2, 3, 4, 5, 6]) assert.deepEqual(bytes.subarray(value * 100, value * 100 + 100), filled(100, value + 1));
+  assert.equal(pool.usage().get(v.id)?.exclusiveBlocks, 1);
+  assert.deepEqual(await readAll(pool, 's'), filled(BLOCK, 1));
+  await pool.close();
+});
+
+test('a snapshot of a volume with 100k mappings writes as few metadata blocks as one of a small volume', async () => {
+  const mappings = 100_000;
+  const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new SparseMemoryBlockFile(0, 'data') };
+  const pool = await Pool.createOn(files, { dataSizeBytes: 2 * mappings * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const big = await pool.createVolume('big', { sizeBytes: 2 * mappings * BLOCK });
+  const small = await pool.createVolume('small', { sizeBytes: 16 * BLOCK });
+  await small.write(0, filled(10, 1));
+  const byte = filled(1, 1);
+  // Every other block: 100k mappings that cannot merge.
+  for (let begin = 0; begin < mappings; begin += 256) {
+    const writes: Promise<void>[] = [];
+    for (let index = begin; index < Math.min(begin + 256, mappings); index += 1) writes.push(big.write(2 * index * BLOCK, byte));
+    await Promise.all(writes);
+  }
+  await pool.flush();
+  assert.equal(pool.usage().get(big.id)?.mappedBlocks, mappings);
+  const written = (): number => pool.status().counters.metadataBlocksWritten;
+  let before = written();
+  await pool.snapshot('small', 'small-snap');
+  await pool.flush();
+  const smallCost = written() - before;
+  before = written();
+  await pool.snapshot('big', 'big-snap');
+  await pool.flush();
+  const bigCost = written() - before;
+  assert.ok(bigCost <= smallCost + 2, `snapshot of 100k mappings wrote ${bigCost} blocks, of 1 mapping ${smallCost}`);
+  assert.ok(bigCost <= 16, `snapshot wrote ${bigCost} metadata blocks`);
+  await pool.close();
+});
+
+test('a failed commit leaves the pool needing a check: writes refused, reads served', async () => {
+  const data = new FailingBlockFile(new MemoryBlockFile(0, 'data'));
+  const pool = await Pool.createOn({ metadata: new MemoryBlockFile(0, 'metadata'), data }, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const v = await pool.createVolume('v', { sizeBytes: 2 * BLOCK });
+  await v.write(0, filled(100, 3));
+  data.failSyncs = true;
+  await assert.rejects(pool.flush());
+  assert.equal(pool.status().mode, 'needs-check');
+  await assert.rejects(v.write(0, filled(1, 1)), code('THIN_READ_ONLY'));
+  await assert.rejects(pool.flush(), code('THIN_READ_ONLY'));
+  const back = new Uint8Array(100);
+  await v.read(0, back);
+  assert.deepEqual(back, filled(100, 3));
+  await pool.close().catch(() => undefined);
+});
+
+test('a fua write is committed before it is acknowledged', async () => {
+  const memory = await memoryPool();
+  const v = await memory.pool.createVolume('v', { sizeBytes: BLOCK });
+  await memory.pool.flush();
+  const commits = memory.pool.status().counters.commits;
+  await v.write(0, filled(10, 1), { fua: true });
+  assert.ok(memory.pool.status().counters.commits > commits);
+  // Opening a copy of the files as they are now (no close) shows the write.
+  const copy = await Pool.openOn({ metadata: MemoryBlockFile.from(memory.files.metadata.snapshot()), data: MemoryBlockFile.from(memory.files.data.snapshot()) });
+  const back = new Uint8Array(10);
+  await copy.volume('v').read(0, back);
+  assert.deepEqual(back, filled(10, 1));
+  await copy.close();
+  await memory.pool.close();
+});
+
+function copyFilesOf(files: { metadata: MemoryBlockFile; data: MemoryBlockFile }): { metadata: MemoryBlockFile; data: MemoryBlockFile } {
+  return { metadata: MemoryBlockFile.from(files.metadata.snapshot()), data: MemoryBlockFile.from(files.data.snapshot()) };
+}
