@@ -1,0 +1,209 @@
+// The dump/restore event stream (shared/STYLE.md "Walker and visitor"). A producer — the pool
+// walker of `thinbd dump`, or the XML reader of `thinbd restore` — calls a DumpVisitor in this
+// order:
+//
+//   superblockBegin (deviceBegin mapping* deviceEnd)* superblockEnd
+//
+// Writers (XML, JSON, human) and the pool builder of restore are visitors. The fields are
+// thin_dump's (refs/dm-thin-interop.md §1), in its units: data block size in 512-byte sectors,
+// everything else in data blocks. thinbd's own volume facts (name, size, origin, labels) ride
+// along in `DeviceBegin.volume`; in XML they travel as a comment that thin_restore ignores
+// (see xml.ts for why a comment and not attributes).
+//
+// A visitor method may return a promise (a writer waiting for its output to drain, a builder
+// waiting on I/O); producers await it only when one is returned, so a million mappings cost a
+// million plain calls, not a million microtasks.
+import { assert } from '../../errors.ts';
+
+export interface SuperblockBegin {
+  /** thin_dump always prints ""; kept so a restore of a kernel dump round-trips. */
+  uuid: string;
+  /** Pool time: the snapshot counter (refs §2). */
+  time: number;
+  /** Userspace transaction id. */
+  transaction: number;
+  /** Bit 0 is NEEDS_CHECK. */
+  flags: number;
+  /** Metadata version; 0.9.0 writes 1 when absent, the kernel 2. */
+  version: number;
+  dataBlockSizeSectors: number;
+  nrDataBlocks: number;
+  /** Held metadata snapshot root, when one is held (thin_dump never prints it). */
+  metadataSnap?: number;
+}
+
+/** thinbd's facts about a volume that dm-thin does not keep. */
+export interface VolumeExtras {
+  name: string;
+  sizeBytes?: number;
+  /** Name of the volume this one was snapshotted from, when it still exists. */
+  origin?: string;
+  readOnly?: boolean;
+  labels?: Record<string, string>;
+  /** ISO 8601, UTC. */
+  createdAt?: string;
+}
+
+export interface DeviceBegin {
+  devId: number;
+  /** As stored in the device details; 0.9.0 restore recounts it, thinbd restore does too. */
+  mappedBlocks: number;
+  transaction: number;
+  creationTime: number;
+  snapTime: number;
+  volume?: VolumeExtras;
+}
+
+/** Virtual blocks originBegin .. originBegin+length-1 live at dataBegin .. dataBegin+length-1. */
+export interface Mapping {
+  originBegin: number;
+  dataBegin: number;
+  length: number;
+  time: number;
+}
+
+export type VisitResult = void | Promise<void>;
+
+export interface DumpVisitor {
+  superblockBegin(superblock: SuperblockBegin): VisitResult;
+  deviceBegin(device: DeviceBegin): VisitResult;
+  /** Mappings of the open device, in any order a producer likes; dump producers give origin order. */
+  mapping(mapping: Mapping): VisitResult;
+  deviceEnd(): VisitResult;
+  superblockEnd(): VisitResult;
+}
+
+/** True for a promise-like result, so producers can skip `await` on plain returns. */
+export function isPending(result: VisitResult): result is Promise<void> {
+  return result !== undefined && typeof (result as Promise<void>).then === 'function';
+}
+
+/**
+ * thin_dump's run-merging rule (refs §1.2; TPT-0.9 metadata_dumper.cc add_mapping): while walking
+ * a device's mappings in origin order, the next mapping extends the current run iff its origin,
+ * its data block and its time continue the run. A writer emits a run of length 1 as a
+ * single_mapping and a longer run as a range_mapping. Mappings here are ranges already, so a
+ * range extends a run when its first block would.
+ */
+export class RunMerger {
+  #run: Mapping | undefined;
+  readonly #emit: (run: Mapping) => VisitResult;
+
+  constructor(emit: (run: Mapping) => VisitResult) {
+    this.#emit = emit;
+  }
+
+  add(mapping: Mapping): VisitResult {
+    assert(mapping.length >= 1, `mapping of length ${mapping.length}`);
+    const run = this.#run;
+    if (
+      run !== undefined &&
+      mapping.originBegin === run.originBegin + run.length &&
+      mapping.dataBegin === run.dataBegin + run.length &&
+      mapping.time === run.time
+    ) {
+      run.length += mapping.length;
+      return undefined;
+    }
+    this.#run = { ...mapping };
+    return run === undefined ? undefined : this.#emit(run);
+  }
+
+  /** Emits the run in progress (at the end of a device). */
+  flush(): VisitResult {
+    const run = this.#run;
+    this.#run = undefined;
+    return run === undefined ? undefined : this.#emit(run);
+  }
+}
+
+/** Runs a visitor's calls in order, awaiting only those that return a promise. */
+export async function replay(events: Iterable<DumpEvent> | AsyncIterable<DumpEvent>, visitor: DumpVisitor): Promise<void> {
+  for await (const event of events) {
+    const result = dispatch(event, visitor);
+    if (isPending(result)) await result;
+  }
+}
+
+/** The same stream as values, for tests and for producers that batch. */
+export type DumpEvent =
+  | ({ kind: 'superblockBegin' } & SuperblockBegin)
+  | ({ kind: 'deviceBegin' } & DeviceBegin)
+  | ({ kind: 'mapping' } & Mapping)
+  | { kind: 'deviceEnd' }
+  | { kind: 'superblockEnd' };
+
+export function dispatch(event: DumpEvent, visitor: DumpVisitor): VisitResult {
+  switch (event.kind) {
+    case 'superblockBegin': {
+      const { kind: _kind, ...superblock } = event;
+      return visitor.superblockBegin(superblock);
+    }
+    case 'deviceBegin': {
+      const { kind: _kind, ...device } = event;
+      return visitor.deviceBegin(device);
+    }
+    case 'mapping': {
+      const { kind: _kind, ...mapping } = event;
+      return visitor.mapping(mapping);
+    }
+    case 'deviceEnd':
+      return visitor.deviceEnd();
+    case 'superblockEnd':
+      return visitor.superblockEnd();
+  }
+}
+
+/** A visitor that records the stream as values (tests, and small in-memory conversions). */
+export class EventRecorder implements DumpVisitor {
+  readonly events: DumpEvent[] = [];
+  superblockBegin(superblock: SuperblockBegin): void {
+    this.events.push({ kind: 'superblockBegin', ...superblock });
+  }
+  deviceBegin(device: DeviceBegin): void {
+    this.events.push({ kind: 'deviceBegin', ...device });
+  }
+  mapping(mapping: Mapping): void {
+    this.events.push({ kind: 'mapping', ...mapping });
+  }
+  deviceEnd(): void {
+    this.events.push({ kind: 'deviceEnd' });
+  }
+  superblockEnd(): void {
+    this.events.push({ kind: 'superblockEnd' });
+  }
+}
+
+/** Checks the call order a producer must keep; wraps a visitor so that a bug in a producer stops. */
+export class OrderCheckingVisitor implements DumpVisitor {
+  readonly #inner: DumpVisitor;
+  #state: 'start' | 'superblock' | 'device' | 'end' = 'start';
+
+  constructor(inner: DumpVisitor) {
+    this.#inner = inner;
+  }
+  superblockBegin(superblock: SuperblockBegin): VisitResult {
+    assert(this.#state === 'start', `superblockBegin in state ${this.#state}`);
+    this.#state = 'superblock';
+    return this.#inner.superblockBegin(superblock);
+  }
+  deviceBegin(device: DeviceBegin): VisitResult {
+    assert(this.#state === 'superblock', `deviceBegin in state ${this.#state}`);
+    this.#state = 'device';
+    return this.#inner.deviceBegin(device);
+  }
+  mapping(mapping: Mapping): VisitResult {
+    assert(this.#state === 'device', `mapping in state ${this.#state}`);
+    return this.#inner.mapping(mapping);
+  }
+  deviceEnd(): VisitResult {
+    assert(this.#state === 'device', `deviceEnd in state ${this.#state}`);
+    this.#state = 'superblock';
+    return this.#inner.deviceEnd();
+  }
+  superblockEnd(): VisitResult {
+    assert(this.#state === 'superblock', `superblockEnd in state ${this.#state}`);
+    this.#state = 'end';
+    return this.#inner.superblockEnd();
+  }
+}

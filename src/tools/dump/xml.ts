@@ -1,0 +1,92 @@
+// thin_dump's XML, byte for byte as thin-provisioning-tools 0.9.0 writes it (TPT-0.9
+// xml_format.cc; refs/dm-thin-interop.md §1.1): two spaces of indent per level, attributes in the
+// grammar's order, one mapping per line, `flags` and `version` always printed, a device without
+// mappings as an open and a close tag (never self-closed: the 1.x parser cannot read
+// `<device …/>`), runs merged by thin_dump's rule (events.ts RunMerger).
+//
+// thinbd's volume facts (name, size, origin, labels, …) travel as one comment per device, first
+// inside the element:
+//
+//   <!-- thinbd:volume {"name":"vm1","sizeBytes":8589934592} -->
+//
+// Why a comment and not attributes: thin_restore 0.9.0 ignores unknown attributes, but the 1.x
+// parser rejects them (`bad_attr`), while both skip comments (expat; quick-xml Event::Comment) —
+// tested with 0.9.0 (test/tools/xml-interop.test.ts). The JSON is pure ASCII and every `-` is
+// written `\u002d`, so the comment can never contain `--` or end in `-` (both forbidden in XML
+// comments) whatever the names and labels hold. restore-xml.ts reads it back.
+import { assert } from '../../errors.ts';
+import { RunMerger, type DeviceBegin, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult, type VolumeExtras } from './events.ts';
+import type { TextSink } from './sink.ts';
+
+/** The comment keyword that marks thinbd's volume facts inside a `<device>`. */
+export const VOLUME_COMMENT_KEYWORD = 'thinbd:volume';
+
+export class XmlDumpWriter implements DumpVisitor {
+  readonly #out: TextSink;
+  readonly #runs: RunMerger;
+
+  constructor(out: TextSink) {
+    this.#out = out;
+    this.#runs = new RunMerger((run) => this.#writeRun(run));
+  }
+
+  superblockBegin(sb: SuperblockBegin): VisitResult {
+    const snap = sb.metadataSnap === undefined ? '' : ` metadata_snap="${sb.metadataSnap}"`;
+    return this.#out.write(
+      `<superblock uuid="${escapeAttribute(sb.uuid)}" time="${sb.time}" transaction="${sb.transaction}"` +
+        ` flags="${sb.flags}" version="${sb.version}" data_block_size="${sb.dataBlockSizeSectors}"` +
+        ` nr_data_blocks="${sb.nrDataBlocks}"${snap}>\n`,
+    );
+  }
+
+  deviceBegin(device: DeviceBegin): VisitResult {
+    let text =
+      `  <device dev_id="${device.devId}" mapped_blocks="${device.mappedBlocks}" transaction="${device.transaction}"` +
+      ` creation_time="${device.creationTime}" snap_time="${device.snapTime}">\n`;
+    if (device.volume !== undefined) text += `    <!-- ${VOLUME_COMMENT_KEYWORD} ${encodeVolumeComment(device.volume)} -->\n`;
+    return this.#out.write(text);
+  }
+
+  mapping(mapping: Mapping): VisitResult {
+    return this.#runs.add(mapping);
+  }
+
+  deviceEnd(): VisitResult {
+    const pending = this.#runs.flush();
+    if (pending !== undefined) return pending.then(() => this.#out.write('  </device>\n'));
+    return this.#out.write('  </device>\n');
+  }
+
+  superblockEnd(): VisitResult {
+    return this.#out.write('</superblock>\n');
+  }
+
+  #writeRun(run: Mapping): VisitResult {
+    if (run.length === 1) {
+      return this.#out.write(`    <single_mapping origin_block="${run.originBegin}" data_block="${run.dataBegin}" time="${run.time}"/>\n`);
+    }
+    return this.#out.write(
+      `    <range_mapping origin_begin="${run.originBegin}" data_begin="${run.dataBegin}" length="${run.length}" time="${run.time}"/>\n`,
+    );
+  }
+}
+
+/** XML attribute escaping (thin_dump writes the uuid raw; it is always empty there). */
+export function escapeAttribute(text: string): string {
+  return text.replace(/[&<>"]/g, (char) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[char] ?? char);
+}
+
+/** The volume comment's JSON: ASCII only, no `-` character (see the module comment). */
+export function encodeVolumeComment(volume: VolumeExtras): string {
+  const record: Record<string, unknown> = { name: volume.name };
+  if (volume.sizeBytes !== undefined) {
+    assert(Number.isSafeInteger(volume.sizeBytes) && volume.sizeBytes >= 0, `volume size ${volume.sizeBytes}`);
+    record['sizeBytes'] = volume.sizeBytes;
+  }
+  if (volume.origin !== undefined) record['origin'] = volume.origin;
+  if (volume.readOnly !== undefined) record['readOnly'] = volume.readOnly;
+  if (volume.labels !== undefined && Object.keys(volume.labels).length > 0) record['labels'] = volume.labels;
+  if (volume.createdAt !== undefined) record['createdAt'] = volume.createdAt;
+  // Every number is non-negative, so a `-` can only sit inside a string, where \u002d means the same.
+  return JSON.stringify(record).replace(/[^\x20-\x2c\x2e-\x7e]/g, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}

@@ -1,0 +1,490 @@
+// Reads thin_dump XML — from thin_dump of a kernel pool (0.9.0 or 1.x), or from `thinbd dump` —
+// and produces the dump/restore event stream (dump/events.ts) for a visitor: restore's pool
+// builder, or a writer (XML in, JSON out).
+//
+// The input is untrusted. Unlike thin_restore 0.9.0, which is no validator (refs §3: it takes
+// duplicate mappings, last one winning, and leaks a data block), this reader refuses anything
+// that could not have come from a consistent pool, and names the line and the reason:
+// ThinError THIN_INVALID "restore: line 12: …". It refuses invalid XML, unknown elements,
+// elements in the wrong place, missing or malformed attributes, text between elements, a mapping
+// past nr_data_blocks, a duplicate dev_id, a mapping that duplicates or overlaps another of the
+// same device, and input that ends before </superblock>. Unknown attributes are ignored, as
+// 0.9.0 ignores them.
+//
+// It streams: the parser (saxes) is fed one chunk at a time and the events of a chunk are
+// delivered before the next chunk is read, so memory stays flat however large the dump. What it
+// keeps per device is the set of virtual block ranges seen so far (to catch overlaps in any
+// order), coalesced, so a device written in long runs costs a few numbers.
+//
+// thin-provisioning-tools 1.x `<def name>` sections (mapping runs shared by several devices) are
+// held in memory and expanded wherever a device says `<ref name/>` (refs §1.3), so a 1.x dump
+// restores too; 0.9.0 rejects them.
+import { SaxesParser, type SaxesTag } from 'saxes';
+import {
+  RESTORE_INPUT_CHUNK_BYTES,
+  RESTORE_SHARED_RUNS_MAX,
+  VOLUME_SIZE_BYTES_MAX,
+} from '../constants.ts';
+import { ThinError } from '../errors.ts';
+import { dispatch, isPending, type DeviceBegin, type DumpEvent, type DumpVisitor, type Mapping, type VolumeExtras } from './dump/events.ts';
+import { VOLUME_COMMENT_KEYWORD } from './dump/xml.ts';
+
+const U32_MAX = 0xffff_ffff;
+
+export interface XmlReadSummary {
+  deviceCount: number;
+  /** Mapping events delivered (after `<ref>` expansion; ranges, not blocks). */
+  mappingCount: number;
+  mappedBlockCount: number;
+  /** Line count of the input, as the parser counted it. */
+  lineCount: number;
+}
+
+/** Reads a whole XML input (a file stream, or any iterable of chunks) into `visitor`. */
+export async function readThinXml(
+  input: AsyncIterable<string | Uint8Array> | Iterable<string | Uint8Array>,
+  visitor: DumpVisitor,
+): Promise<XmlReadSummary> {
+  const reader = new ThinXmlReader();
+  const decoder = new TextDecoder('utf-8', { fatal: true });
+  for await (const chunk of input) {
+    let text: string;
+    if (typeof chunk === 'string') {
+      text = chunk;
+    } else {
+      try {
+        text = decoder.decode(chunk, { stream: true });
+      } catch (error) {
+        throw new ThinError('THIN_INVALID', `restore: line ${reader.line}: invalid XML: the input is not UTF-8`, { cause: error });
+      }
+    }
+    // A string chunk may be large (a whole document in a test); feed it in bounded pieces.
+    for (let offset = 0; offset < text.length; offset += RESTORE_INPUT_CHUNK_BYTES) {
+      await deliver(reader.feed(text.slice(offset, offset + RESTORE_INPUT_CHUNK_BYTES)), visitor);
+    }
+  }
+  await deliver(reader.end(), visitor);
+  return reader.summary();
+}
+
+/** Reads an XML document held in a string (tests, small inputs). */
+export function readThinXmlString(text: string, visitor: DumpVisitor): Promise<XmlReadSummary> {
+  return readThinXml([text], visitor);
+}
+
+async function deliver(events: DumpEvent[], visitor: DumpVisitor): Promise<void> {
+  for (const event of events) {
+    const result = dispatch(event, visitor);
+    if (isPending(result)) await result;
+  }
+}
+
+type Place = 'document' | 'superblock' | 'device' | 'def' | 'mapping' | 'done';
+
+/** Block ranges of one device seen so far, coalesced and sorted: begins[i] < ends[i] < begins[i+1]. */
+class RangeSet {
+  readonly begins: number[] = [];
+  readonly ends: number[] = [];
+
+  /** Adds [begin, end); returns an overlapping range already present instead, if there is one. */
+  add(begin: number, end: number): { begin: number; end: number } | undefined {
+    const { begins, ends } = this;
+    const count = begins.length;
+    // The common case: mappings in origin order.
+    if (count === 0 || begin >= (ends[count - 1] as number)) {
+      if (count > 0 && begin === ends[count - 1]) ends[count - 1] = end;
+      else {
+        begins.push(begin);
+        ends.push(end);
+      }
+      return undefined;
+    }
+    // Index of the last range starting at or before `begin`, or -1.
+    let low = 0;
+    let high = count - 1;
+    while (low <= high) {
+      const middle = (low + high) >>> 1;
+      if ((begins[middle] as number) <= begin) low = middle + 1;
+      else high = middle - 1;
+    }
+    const before = high;
+    if (before >= 0 && (ends[before] as number) > begin) return { begin: begins[before] as number, end: ends[before] as number };
+    const after = before + 1;
+    if (after < count && (begins[after] as number) < end) return { begin: begins[after] as number, end: ends[after] as number };
+    const joinsBefore = before >= 0 && ends[before] === begin;
+    const joinsAfter = after < count && begins[after] === end;
+    if (joinsBefore && joinsAfter) {
+      ends[before] = ends[after] as number;
+      begins.splice(after, 1);
+      ends.splice(after, 1);
+    } else if (joinsBefore) {
+      ends[before] = end;
+    } else if (joinsAfter) {
+      begins[after] = begin;
+    } else {
+      begins.splice(after, 0, begin);
+      ends.splice(after, 0, end);
+    }
+    return undefined;
+  }
+}
+
+/** The parser and its checks; feed() returns the events each chunk completes. */
+class ThinXmlReader {
+  readonly #parser = new SaxesParser({ position: true });
+  #events: DumpEvent[] = [];
+  #place: Place = 'document';
+  /** Element that `#place === 'mapping'` sits in, to return to on its close tag. */
+  #mappingParent: 'device' | 'def' = 'device';
+  #nrDataBlocks = 0;
+  readonly #devIds = new Set<number>();
+  #device: DeviceBegin | undefined;
+  /** deviceBegin is held back until the device's first mapping, so the volume comment can join it. */
+  #deviceDelivered = false;
+  #deviceRanges = new RangeSet();
+  readonly #defs = new Map<string, Mapping[]>();
+  #def: { name: string; mappings: Mapping[] } | undefined;
+  #sharedRunCount = 0;
+  #deviceCount = 0;
+  #mappingCount = 0;
+  #mappedBlockCount = 0;
+  #lineCount = 0;
+
+  constructor() {
+    const parser = this.#parser;
+    parser.on('opentag', (tag) => this.#openTag(tag));
+    parser.on('closetag', (tag) => this.#closeTag(tag.name));
+    parser.on('text', (text) => {
+      if (text.trim() !== '') this.#fail(`unexpected text ${JSON.stringify(abbreviate(text.trim()))} in ${this.#where()}`);
+    });
+    parser.on('cdata', () => this.#fail(`unexpected CDATA section in ${this.#where()}`));
+    parser.on('comment', (text) => this.#comment(text));
+  }
+
+  get line(): number {
+    return this.#parser.line;
+  }
+
+  feed(text: string): DumpEvent[] {
+    try {
+      this.#parser.write(text);
+    } catch (error) {
+      throw this.#translate(error);
+    }
+    return this.#take();
+  }
+
+  end(): DumpEvent[] {
+    if (this.#place === 'document') this.#fail('the input holds no <superblock> element: not thin_dump XML (empty or truncated?)');
+    if (this.#place !== 'done') {
+      this.#fail(`the input ends inside ${this.#where()}, before </superblock>: the file is truncated`);
+    }
+    this.#lineCount = this.#parser.line;
+    try {
+      this.#parser.close();
+    } catch (error) {
+      throw this.#translate(error);
+    }
+    return this.#take();
+  }
+
+  summary(): XmlReadSummary {
+    return {
+      deviceCount: this.#deviceCount,
+      mappingCount: this.#mappingCount,
+      mappedBlockCount: this.#mappedBlockCount,
+      lineCount: this.#lineCount,
+    };
+  }
+
+  #take(): DumpEvent[] {
+    const events = this.#events;
+    this.#events = [];
+    return events;
+  }
+
+  #translate(error: unknown): unknown {
+    if (error instanceof ThinError) return error;
+    const message = error instanceof Error ? error.message : String(error);
+    const match = /^(\d+):(\d+): (.*)$/s.exec(message);
+    const line = match?.[1] ?? String(this.#parser.line);
+    const reason = match?.[3] ?? message;
+    return new ThinError('THIN_INVALID', `restore: line ${line}: invalid XML: ${reason}`, { cause: error });
+  }
+
+  #fail(reason: string): never {
+    throw new ThinError('THIN_INVALID', `restore: line ${this.#parser.line}: ${reason}`);
+  }
+
+  #where(): string {
+    switch (this.#place) {
+      case 'document':
+        return 'the document';
+      case 'superblock':
+        return '<superblock>';
+      case 'device':
+        return `<device dev_id="${this.#device?.devId}">`;
+      case 'def':
+        return `<def name="${this.#def?.name}">`;
+      case 'mapping':
+        return 'a mapping element';
+      case 'done':
+        return 'the end of the document';
+    }
+  }
+
+  #openTag(tag: SaxesTag): void {
+    const name = tag.name;
+    const attributes = tag.attributes as Record<string, string>;
+    const place = this.#place;
+    switch (name) {
+      case 'superblock':
+        if (place !== 'document') this.#fail(`<superblock> inside ${this.#where()}`);
+        this.#superblock(attributes);
+        this.#place = 'superblock';
+        return;
+      case 'device':
+        if (place !== 'superblock') this.#fail(`<device> inside ${this.#where()}; devices belong directly in <superblock>`);
+        this.#deviceBegin(attributes);
+        this.#place = 'device';
+        return;
+      case 'def':
+        if (place !== 'superblock') this.#fail(`<def> inside ${this.#where()}; shared mapping sections belong directly in <superblock>`);
+        this.#defBegin(attributes);
+        this.#place = 'def';
+        return;
+      case 'single_mapping':
+      case 'range_mapping':
+        if (place !== 'device' && place !== 'def') this.#fail(`<${name}> inside ${this.#where()}; mappings belong in a <device>`);
+        this.#mapping(name, attributes);
+        this.#mappingParent = place;
+        this.#place = 'mapping';
+        return;
+      case 'ref':
+        if (place !== 'device') this.#fail(`<ref> inside ${this.#where()}; references belong in a <device>`);
+        this.#ref(attributes);
+        this.#mappingParent = 'device';
+        this.#place = 'mapping';
+        return;
+      default:
+        this.#fail(`unknown element <${name}> in ${this.#where()}`);
+    }
+  }
+
+  #closeTag(name: string): void {
+    switch (name) {
+      case 'superblock':
+        this.#events.push({ kind: 'superblockEnd' });
+        this.#place = 'done';
+        return;
+      case 'device':
+        this.#deliverDevice();
+        this.#events.push({ kind: 'deviceEnd' });
+        this.#device = undefined;
+        this.#place = 'superblock';
+        return;
+      case 'def': {
+        const def = this.#def;
+        if (def !== undefined) this.#defs.set(def.name, def.mappings);
+        this.#def = undefined;
+        this.#place = 'superblock';
+        return;
+      }
+      default:
+        // A mapping or ref element (saxes has checked that tags nest).
+        this.#place = this.#mappingParent;
+    }
+  }
+
+  #comment(text: string): void {
+    const body = text.trim();
+    if (!body.startsWith(`${VOLUME_COMMENT_KEYWORD} `)) return; // other comments are ignored, as thin_restore does
+    if (this.#place !== 'device' || this.#device === undefined) this.#fail(`a ${VOLUME_COMMENT_KEYWORD} comment outside a <device>`);
+    if (this.#deviceDelivered) this.#fail(`the ${VOLUME_COMMENT_KEYWORD} comment must come before the device's mappings`);
+    if (this.#device.volume !== undefined) this.#fail(`a second ${VOLUME_COMMENT_KEYWORD} comment in one device`);
+    this.#device.volume = this.#volumeExtras(body.slice(VOLUME_COMMENT_KEYWORD.length + 1));
+  }
+
+  #volumeExtras(json: string): VolumeExtras {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(json);
+    } catch {
+      this.#fail(`the ${VOLUME_COMMENT_KEYWORD} comment does not hold a JSON object`);
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+      this.#fail(`the ${VOLUME_COMMENT_KEYWORD} comment does not hold a JSON object`);
+    }
+    const record = parsed as Record<string, unknown>;
+    const bad = (field: string, expected: string): never => this.#fail(`${VOLUME_COMMENT_KEYWORD} field "${field}" is not ${expected}`);
+    const name = record['name'];
+    if (typeof name !== 'string' || name === '') bad('name', 'a non-empty string');
+    const extras: VolumeExtras = { name: name as string };
+    const sizeBytes = record['sizeBytes'];
+    if (sizeBytes !== undefined) {
+      if (typeof sizeBytes !== 'number' || !Number.isSafeInteger(sizeBytes) || sizeBytes < 1 || sizeBytes > VOLUME_SIZE_BYTES_MAX) {
+        bad('sizeBytes', `a whole number of bytes from 1 to ${VOLUME_SIZE_BYTES_MAX}`);
+      }
+      extras.sizeBytes = sizeBytes as number;
+    }
+    const origin = record['origin'];
+    if (origin !== undefined) {
+      if (typeof origin !== 'string') bad('origin', 'a string');
+      extras.origin = origin as string;
+    }
+    const readOnly = record['readOnly'];
+    if (readOnly !== undefined) {
+      if (typeof readOnly !== 'boolean') bad('readOnly', 'true or false');
+      extras.readOnly = readOnly as boolean;
+    }
+    const labels = record['labels'];
+    if (labels !== undefined) {
+      if (typeof labels !== 'object' || labels === null || Array.isArray(labels) || Object.values(labels).some((v) => typeof v !== 'string')) {
+        bad('labels', 'an object of strings');
+      }
+      extras.labels = { ...(labels as Record<string, string>) };
+    }
+    const createdAt = record['createdAt'];
+    if (createdAt !== undefined) {
+      if (typeof createdAt !== 'string' || Number.isNaN(Date.parse(createdAt))) bad('createdAt', 'a date');
+      extras.createdAt = createdAt as string;
+    }
+    return extras;
+  }
+
+  // ---- attributes ----
+
+  #number(tag: string, attributes: Record<string, string>, name: string, max: number, optional?: number): number {
+    const text = attributes[name];
+    if (text === undefined) {
+      if (optional !== undefined) return optional;
+      this.#fail(`<${tag}> lacks the required attribute ${name}`);
+    }
+    if (!/^\d+$/.test(text)) this.#fail(`<${tag}> attribute ${name}="${abbreviate(text)}" is not a whole number`);
+    const value = Number(text);
+    if (!Number.isSafeInteger(value) || value > max) this.#fail(`<${tag}> attribute ${name}="${abbreviate(text)}" is larger than ${max}`);
+    return value;
+  }
+
+  #superblock(attributes: Record<string, string>): void {
+    const tag = 'superblock';
+    const uuid = attributes['uuid'];
+    if (uuid === undefined) this.#fail('<superblock> lacks the required attribute uuid');
+    const dataBlockSizeSectors = this.#number(tag, attributes, 'data_block_size', U32_MAX);
+    if (dataBlockSizeSectors < 1) this.#fail('<superblock> attribute data_block_size="0": a data block holds at least one sector');
+    const metadataSnapText = attributes['metadata_snap'];
+    this.#nrDataBlocks = this.#number(tag, attributes, 'nr_data_blocks', Number.MAX_SAFE_INTEGER);
+    this.#events.push({
+      kind: 'superblockBegin',
+      uuid,
+      time: this.#number(tag, attributes, 'time', U32_MAX),
+      transaction: this.#number(tag, attributes, 'transaction', Number.MAX_SAFE_INTEGER),
+      flags: this.#number(tag, attributes, 'flags', U32_MAX, 0),
+      version: this.#number(tag, attributes, 'version', U32_MAX, 1),
+      dataBlockSizeSectors,
+      nrDataBlocks: this.#nrDataBlocks,
+      ...(metadataSnapText === undefined ? {} : { metadataSnap: this.#number(tag, attributes, 'metadata_snap', Number.MAX_SAFE_INTEGER) }),
+    });
+  }
+
+  #deviceBegin(attributes: Record<string, string>): void {
+    const tag = 'device';
+    const devId = this.#number(tag, attributes, 'dev_id', U32_MAX);
+    if (this.#devIds.has(devId)) this.#fail(`duplicate device: dev_id="${devId}" appears twice`);
+    this.#devIds.add(devId);
+    this.#device = {
+      devId,
+      mappedBlocks: this.#number(tag, attributes, 'mapped_blocks', Number.MAX_SAFE_INTEGER),
+      transaction: this.#number(tag, attributes, 'transaction', Number.MAX_SAFE_INTEGER),
+      creationTime: this.#number(tag, attributes, 'creation_time', U32_MAX),
+      snapTime: this.#number(tag, attributes, 'snap_time', U32_MAX),
+    };
+    this.#deviceDelivered = false;
+    this.#deviceRanges = new RangeSet();
+    this.#deviceCount += 1;
+  }
+
+  #deliverDevice(): void {
+    if (this.#deviceDelivered || this.#device === undefined) return;
+    this.#events.push({ kind: 'deviceBegin', ...this.#device });
+    this.#deviceDelivered = true;
+  }
+
+  #defBegin(attributes: Record<string, string>): void {
+    const name = attributes['name'];
+    if (name === undefined) this.#fail('<def> lacks the required attribute name');
+    if (this.#defs.has(name)) this.#fail(`duplicate shared mapping section: <def name="${abbreviate(name)}"> appears twice`);
+    this.#def = { name, mappings: [] };
+  }
+
+  #mapping(tag: 'single_mapping' | 'range_mapping', attributes: Record<string, string>): void {
+    let mapping: Mapping;
+    if (tag === 'single_mapping') {
+      mapping = {
+        originBegin: this.#number(tag, attributes, 'origin_block', Number.MAX_SAFE_INTEGER),
+        dataBegin: this.#number(tag, attributes, 'data_block', Number.MAX_SAFE_INTEGER),
+        length: 1,
+        time: this.#number(tag, attributes, 'time', U32_MAX),
+      };
+    } else {
+      mapping = {
+        originBegin: this.#number(tag, attributes, 'origin_begin', Number.MAX_SAFE_INTEGER),
+        dataBegin: this.#number(tag, attributes, 'data_begin', Number.MAX_SAFE_INTEGER),
+        length: this.#number(tag, attributes, 'length', Number.MAX_SAFE_INTEGER),
+        time: this.#number(tag, attributes, 'time', U32_MAX),
+      };
+      if (mapping.length < 1) this.#fail('<range_mapping> attribute length="0": a range maps at least one block');
+    }
+    if (!Number.isSafeInteger(mapping.originBegin + mapping.length) || !Number.isSafeInteger(mapping.dataBegin + mapping.length)) {
+      this.#fail(`<${tag}> ends past the largest block number thinbd handles (2^53)`);
+    }
+    this.#checkDataBounds(mapping);
+    if (this.#place === 'def') {
+      const def = this.#def;
+      if (def === undefined) this.#fail('a mapping outside any section');
+      this.#sharedRunCount += 1;
+      if (this.#sharedRunCount > RESTORE_SHARED_RUNS_MAX) {
+        this.#fail(`more than ${RESTORE_SHARED_RUNS_MAX} mapping runs in <def> sections; thinbd holds at most that many in memory`);
+      }
+      def.mappings.push(mapping);
+      return;
+    }
+    this.#deviceMapping(mapping);
+  }
+
+  #ref(attributes: Record<string, string>): void {
+    const name = attributes['name'];
+    if (name === undefined) this.#fail('<ref> lacks the required attribute name');
+    const mappings = this.#defs.get(name);
+    if (mappings === undefined) this.#fail(`<ref name="${abbreviate(name)}"> names no earlier <def>`);
+    for (const mapping of mappings) this.#deviceMapping({ ...mapping });
+  }
+
+  #checkDataBounds(mapping: Mapping): void {
+    const end = mapping.dataBegin + mapping.length;
+    if (end > this.#nrDataBlocks) {
+      const what = mapping.length === 1 ? `data block ${mapping.dataBegin}` : `data blocks [${mapping.dataBegin}, ${end})`;
+      this.#fail(`mapping to ${what} runs past the end of the data device (nr_data_blocks="${this.#nrDataBlocks}")`);
+    }
+  }
+
+  #deviceMapping(mapping: Mapping): void {
+    const device = this.#device;
+    if (device === undefined) this.#fail('a mapping outside any device');
+    const end = mapping.originBegin + mapping.length;
+    const overlap = this.#deviceRanges.add(mapping.originBegin, end);
+    if (overlap !== undefined) {
+      const first = Math.max(mapping.originBegin, overlap.begin);
+      const what = mapping.length === 1 ? `virtual block ${mapping.originBegin}` : `virtual blocks [${mapping.originBegin}, ${end})`;
+      this.#fail(`device ${device.devId}: the mapping of ${what} duplicates or overlaps an earlier mapping of block ${first}`);
+    }
+    this.#deliverDevice();
+    this.#events.push({ kind: 'mapping', ...mapping });
+    this.#mappingCount += 1;
+    this.#mappedBlockCount += mapping.length;
+  }
+}
+
+function abbreviate(text: string): string {
+  return text.length <= 40 ? text : `${text.slice(0, 37)}...`;
+}
