@@ -116,21 +116,24 @@ export function blockProblem(bytes: Uint8Array, expect: BlockExpectation): strin
   assert(bytes.length === METADATA_BLOCK_SIZE_BYTES, 'validateBlock needs a whole block');
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const stored = view.getUint32(BlockHeader.checksumOffset, true);
+  // F-BLK-1
   if (stored !== checksumOf(bytes)) {
     return bytes.every((byte) => byte === 0) ? 'never written (all zeros)' : 'checksum mismatch';
   }
   const type = view.getUint16(BlockHeader.typeOffset, true);
   const types = typeof expect.expectedType === 'number' ? [expect.expectedType] : expect.expectedType;
-  if (!types.includes(type)) return `block type ${type}, expected ${types.join(' or ')}`;
-  if (view.getUint16(BlockHeader.reservedOffset, true) !== 0) return 'reserved header field is not zero';
+  if (!types.includes(type)) return /* F-BLK-2 */ `block type ${type}, expected ${types.join(' or ')}`;
+  if (view.getUint16(BlockHeader.reservedOffset, true) !== 0) return /* F-BLK-6 */ 'reserved header field is not zero';
   const ownBlockNr = getU64(view, BlockHeader.blockNrOffset);
-  if (ownBlockNr !== expect.blockNr) return `it says it is block ${ownBlockNr} (a misdirected or misplaced write)`;
+  if (ownBlockNr !== expect.blockNr) return /* F-BLK-3 */ `it says it is block ${ownBlockNr} (a misdirected or misplaced write)`;
   const transactionId = getU64(view, BlockHeader.transactionIdOffset);
   if (!Number.isSafeInteger(transactionId)) return `transaction id ${transactionId} is out of range`;
+  // F-BLK-4
   if (expect.transactionIdMax !== undefined && transactionId > expect.transactionIdMax) {
     return `written by transaction ${transactionId}, newer than ${expect.transactionIdMax} (a stale or lost write)`;
   }
   const poolId = view.getBigUint64(BlockHeader.poolIdOffset, true);
+  // F-BLK-5
   if (expect.poolId !== undefined && poolId !== expect.poolId) {
     return `belongs to pool ${poolId.toString(16)}, not ${expect.poolId.toString(16)}`;
   }

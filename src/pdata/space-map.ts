@@ -78,6 +78,7 @@ export class SpaceMap {
     let previousEnd = 0;
     for (const [begin, extent] of this.#tree.entries(root)) {
       const end = begin + extent.lengthBlocks;
+      // F-SM-2
       if (begin < previousEnd || end > blockCount) {
         throw new ThinError(
           'THIN_CORRUPT_NODE',
@@ -142,7 +143,7 @@ export class SpaceMap {
       if (segment.count === 1) freed.push(segment);
       return segment.count - 1;
     });
-    for (const segment of freed) this.#addPending(segment.begin, segment.end);
+    for (const segment of freed) this.#addPending(segment.begin, segment.end); // F-SM-5
   }
 
   /**
@@ -260,7 +261,7 @@ export class SpaceMap {
 
   /** Replaces the old extents with the merged non-zero pieces of result. */
   #store(old: Segment[], result: Segment[]): void {
-    const merged: Segment[] = [];
+    const merged: Segment[] = []; // F-SM-3
     for (const segment of result) {
       if (segment.count === 0 || segment.begin === segment.end) continue;
       const last = merged[merged.length - 1];

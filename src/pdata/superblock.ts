@@ -87,17 +87,18 @@ export function encodeSuperblock(fields: SuperblockFields, copyIndex: number): U
 export function decodeSuperblock(bytes: Uint8Array, copyIndex: number): SuperblockCopy {
   const blockNr = SUPERBLOCK_BLOCK_NRS[copyIndex]!;
   const base = { copyIndex, blockNr };
-  const problem = blockProblem(bytes, { blockNr, expectedType: BlockType.superblock });
+  const problem = blockProblem(bytes, { blockNr, expectedType: BlockType.superblock }); // F-SB-1
   if (problem !== undefined) return { ...base, problem };
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (view.getUint32(SuperblockLayout.magicOffset, true) !== SUPERBLOCK_MAGIC) return { ...base, problem: 'bad magic number' };
+  if (view.getUint32(SuperblockLayout.magicOffset, true) !== SUPERBLOCK_MAGIC) return /* F-SB-2 */ { ...base, problem: 'bad magic number' };
   const formatVersion = view.getUint32(SuperblockLayout.formatVersionOffset, true);
   const storedCopyIndex = view.getUint32(SuperblockLayout.copyIndexOffset, true);
-  if (storedCopyIndex !== copyIndex) return { ...base, problem: `it is copy ${storedCopyIndex}, not ${copyIndex}` };
+  if (storedCopyIndex !== copyIndex) return /* F-SB-3 */ { ...base, problem: `it is copy ${storedCopyIndex}, not ${copyIndex}` };
   const blockSizeBytes = view.getUint32(SuperblockLayout.blockSizeOffset, true);
   if (blockSizeBytes !== METADATA_BLOCK_SIZE_BYTES) return { ...base, problem: `metadata block size ${blockSizeBytes}` };
   const generation = getU64(view, SuperblockLayout.generationOffset);
   const headerTransactionId = getU64(view, BlockHeader.transactionIdOffset);
+  // F-SB-4
   if (!Number.isSafeInteger(generation) || generation < 1 || generation !== headerTransactionId) {
     return { ...base, problem: `generation ${generation} does not match its header (${headerTransactionId})` };
   }
@@ -108,7 +109,7 @@ export function decodeSuperblock(bytes: Uint8Array, copyIndex: number): Superblo
     return { ...base, problem: `space map root ${metadataSpaceMapRoot} is outside the ${metadataBlockCount} metadata blocks` };
   }
   const payloadLengthBytes = view.getUint32(SuperblockLayout.payloadLengthOffset, true);
-  if (payloadLengthBytes > SUPERBLOCK_PAYLOAD_BYTES_MAX) return { ...base, problem: `payload length ${payloadLengthBytes}` };
+  if (payloadLengthBytes > SUPERBLOCK_PAYLOAD_BYTES_MAX) return /* F-SB-8 */ { ...base, problem: `payload length ${payloadLengthBytes}` };
   for (let offset = SuperblockLayout.reservedOffset; offset < SuperblockLayout.payloadOffset; offset++) {
     if (bytes[offset] !== 0) return { ...base, problem: 'reserved fields are not zero' };
   }

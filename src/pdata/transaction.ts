@@ -501,10 +501,10 @@ export class TransactionManager {
     const sealed = this.#seal(payload);
     const previous = this.#commitChain;
     const done = (async () => {
-      await previous.catch(() => undefined);
+      await previous.catch(() => undefined); // F-TX-6
       if (this.#failure !== undefined) throw this.#failedError();
       try {
-        // Data before metadata: the layer above syncs what the sealed trees point at.
+        // F-TX-3: data before metadata: the layer above syncs what the sealed trees point at.
         if (beforeMetadata !== undefined) await beforeMetadata();
         await this.#writeSealed(sealed);
       } catch (error) {
@@ -593,7 +593,7 @@ export class TransactionManager {
     );
     this.counters.metadataBlocksWritten += copyIndexes.length;
     await this.#sync();
-    // Durable: blocks of this generation become clean, and frees up to it become reusable.
+    // Durable: blocks of this generation become clean, and frees up to it become reusable (F-TX-4).
     this.#durableTransactionId = fields.generation;
     for (const block of blocks) {
       if (this.#sealed.get(block.blockNr) === block) {

@@ -183,13 +183,15 @@ export interface NodeExpectation {
 export function nodeProblem(block: Block, expect: NodeExpectation): string | undefined {
   const view = block.view;
   const type = block.type;
+  // F-NODE-1
   if (type !== BlockType.btreeInternal && type !== BlockType.btreeLeaf) return `block type ${type} is not a B+tree node`;
   const treeKind = nodeTreeKind(block);
-  if (treeKind !== expect.treeKind) return `tree kind ${treeKind}, expected ${expect.treeKind}`;
+  if (treeKind !== expect.treeKind) return /* F-NODE-2 */ `tree kind ${treeKind}, expected ${expect.treeKind}`;
   const level = nodeLevel(block);
   if (level >= BTREE_DEPTH_MAX) return `level ${level} is beyond the depth limit ${BTREE_DEPTH_MAX}`;
   if (expect.level !== undefined && level !== expect.level) return `level ${level}, expected ${expect.level}`;
   if ((level === 0) !== (type === BlockType.btreeLeaf)) return `level ${level} does not match block type ${type}`;
+  // F-NODE-7
   if (view.getUint16(NodeHeader.reservedOffset, true) !== 0 || view.getUint32(NodeHeader.reserved2Offset, true) !== 0) {
     return 'reserved node header fields are not zero';
   }
@@ -197,15 +199,18 @@ export function nodeProblem(block: Block, expect: NodeExpectation): string | und
   const expectedValueSize = level === 0 ? expect.leafValueSizeBytes : CHILD_VALUE_BYTES;
   if (valueSizeBytes !== expectedValueSize) return `value size ${valueSizeBytes}, expected ${expectedValueSize}`;
   const count = entryCount(block);
+  // F-NODE-3
   if (count > nodeCapacity(valueSizeBytes)) return `entry count ${count} exceeds capacity ${nodeCapacity(valueSizeBytes)}`;
   if (level > 0 && count === 0) return 'internal node has no entries';
   let previous = -1;
   for (let index = 0; index < count; index++) {
     const key = keyAt(block, index);
+    // F-NODE-4
     if (!Number.isSafeInteger(key)) return `key ${index} is ${key}, beyond 2^53`;
     if (key <= previous) return `keys not strictly increasing at entry ${index} (${previous} then ${key})`;
     previous = key;
     if (level > 0) {
+      // F-NODE-6
       const child = childAt(block, index);
       if (!Number.isSafeInteger(child) || child >= expect.metadataBlockCount) {
         return `child ${index} points to block ${child}, past the metadata (${expect.metadataBlockCount} blocks)`;
@@ -213,6 +218,7 @@ export function nodeProblem(block: Block, expect: NodeExpectation): string | und
       if (child === block.blockNr) return `child ${index} points to the node itself`;
     }
   }
+  // F-NODE-5
   if (count > 0) {
     const first = keyAt(block, 0);
     if (expect.keyBegin !== undefined && first < expect.keyBegin) {
