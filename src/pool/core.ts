@@ -205,6 +205,8 @@ export class PoolCore {
   /** The high-water mark in the last durable superblock, and the one the next commit will write. */
   #highWaterMarkDurable: number;
   #highWaterMarkTarget: number;
+  /** The mark in the transaction sealed last (durable once its commit finishes). */
+  #highWaterMarkSealed: number;
   #mode: PoolMode;
   #modeReason: string | undefined;
   #modeCause: unknown;
@@ -241,6 +243,7 @@ export class PoolCore {
     this.#allocator = new DataAllocator(this.dataSpace, payload.dataBlockCount, dataReserveBlocks(payload.dataBlockCount));
     this.#highWaterMarkDurable = payload.dataHighWaterMark;
     this.#highWaterMarkTarget = payload.dataHighWaterMark;
+    this.#highWaterMarkSealed = payload.dataHighWaterMark;
     this.#knownZero.add(payload.dataHighWaterMark, payload.dataBlockCount);
     this.zeroBlock = new Uint8Array(payload.blockSizeBytes);
     if (readOnly) {
@@ -498,6 +501,12 @@ export class PoolCore {
   /** Raises and commits the high-water mark so that `block` lies below it (F-POOL-40). */
   async #coverByHighWaterMark(block: number): Promise<void> {
     while (block >= this.#highWaterMarkDurable) {
+      if (block < this.#highWaterMarkSealed && this.#commitRunning !== undefined) {
+        // The commit already running raises the mark past this block: wait for it, start none.
+        await this.#commitRunning.catch(() => undefined);
+        this.assertWritable();
+        continue;
+      }
       if (block >= this.#highWaterMarkTarget) {
         this.#highWaterMarkTarget = Math.min(this.dataBlockCount, Math.max(block + 1, this.#highWaterMarkTarget) + DATA_HIGH_WATER_MARK_STEP_BLOCKS);
         this.#metadataDirty = true;
@@ -748,12 +757,14 @@ export class PoolCore {
     const oldSizeBytes = device.value.sizeBytes;
     if (sizeBytes < oldSizeBytes) {
       // F-POOL-14: no mapping past the end; the tail of a partial last block reads zeros.
+      // The tail first: it may need a block (copy-on-write) and fail with THIN_NO_SPACE, and a
+      // failed resize must change nothing a reader can see.
       const endBlock = Math.ceil(sizeBytes / bs);
-      this.unmapRange(device, endBlock, Math.ceil(oldSizeBytes / bs));
       const tailBytes = sizeBytes % bs;
       if (tailBytes !== 0 && this.lookup(device, endBlock - 1) !== undefined) {
         await this.writeInBlock(device, endBlock - 1, tailBytes, undefined, bs - tailBytes);
       }
+      this.unmapRange(device, endBlock, Math.ceil(oldSizeBytes / bs));
     }
     this.#mutate(`resizing volume ${device.details.name}`, () => {
       device.value = { ...device.value, sizeBytes };
@@ -804,6 +815,17 @@ export class PoolCore {
       usage.set(device.id, { mappedBlocks, exclusiveBlocks, sharedBlocks: mappedBlocks - exclusiveBlocks });
     }
     return usage;
+  }
+
+  /** Distinct data blocks some mapping refers to: equals the data space map's used count. */
+  referencedDataBlocks(): number {
+    const ranges: CoverageRun[] = [];
+    for (const device of this.devices()) {
+      for (const [, extent] of this.mappingTree.entries(device.value.mappingRoot)) {
+        ranges.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count: 1 });
+      }
+    }
+    return coverageRuns(ranges).reduce((total, run) => total + (run.end - run.begin), 0);
   }
 
   status(): PoolStatus {
@@ -881,6 +903,7 @@ export class PoolCore {
         device.dirty = false;
       }
       highWaterMark = this.#highWaterMarkTarget;
+      this.#highWaterMarkSealed = highWaterMark;
       payload = encodePoolPayload(this.payloadFields(highWaterMark));
     } catch (error) {
       this.fail(`metadata error while sealing a transaction: ${error instanceof Error ? error.message : String(error)}`, error);

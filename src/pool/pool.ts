@@ -274,6 +274,12 @@ export class Pool {
     return this.#core.usage();
   }
 
+  /** Distinct data blocks referenced by some volume's mappings (a walk of every mapping; for checks and tests). */
+  referencedDataBlocks(): number {
+    this.#core.assertOpen();
+    return this.#core.referencedDataBlocks();
+  }
+
   status(): PoolStatus {
     this.#core.assertOpen();
     return this.#core.status();

@@ -44,12 +44,12 @@ export async function readAll(pool: Pool, name: string): Promise<Uint8Array> {
 }
 
 /**
- * A sparse block file in memory: 64 KiB chunks allocated on first write, so a test can use a
+ * A sparse block file in memory: 4 KiB chunks allocated on first write, so a test can use a
  * data space of many gigabytes and write a byte here and there.
  */
 export class SparseMemoryBlockFile implements BlockFile {
   readonly description: string;
-  static readonly CHUNK_BYTES = 64 * 1024;
+  static readonly CHUNK_BYTES = 4096;
   #chunks = new Map<number, Uint8Array>();
   #sizeBytes: number;
   #closed = false;
