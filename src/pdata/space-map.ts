@@ -269,6 +269,17 @@ export class SpaceMap {
       else merged.push({ ...segment });
     }
     if (merged.length === old.length && merged.every((segment, index) => sameSegment(segment, old[index]!))) return;
+    // Room for every remove and insert up front, so running out never leaves half an update.
+    this.tm.ensureMetadataSpace((old.length + merged.length) * (2 * this.#tree.depth(this.#root) + 1));
+    try {
+      this.#replace(old, merged);
+    } catch (error) {
+      this.tm.markFailed(error);
+      throw error;
+    }
+  }
+
+  #replace(old: Segment[], merged: Segment[]): void {
     let root = this.#root;
     let usedDelta = 0;
     for (const segment of old) {

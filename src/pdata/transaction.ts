@@ -40,11 +40,12 @@ import {
 } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { Block, BlockType, initBlockHeader, sealBlock, validateBlock } from './block.ts';
+import { Block, BlockType, checksumOf, initBlockHeader, sealBlock, validateBlock } from './block.ts';
 import { BTree } from './btree/btree.ts';
 import { TreeKind } from './btree/codec.ts';
 import { BlockCache } from './cache.ts';
-import { SpaceMap } from './space-map.ts';
+import { SpaceMap, refCountExtentCodec } from './space-map.ts';
+import { TreeWalker } from './btree/walker.ts';
 import {
   encodeSuperblock,
   readSuperblockCopies,
@@ -130,6 +131,7 @@ export class TransactionManager {
   #pendingByTransaction = new Map<number, number[]>();
   /** Blocks whose count may differ from the on-disk space map tree. */
   #changed = new Set<number>();
+  /** Every block below this one is used or pending free: allocation is first fit, keeping the sparse file compact. */
   #allocationCursor = 0;
   /** Blocks allocated in the open transaction (writable). */
   #dirty = new Map<number, Block>();
@@ -266,6 +268,15 @@ export class TransactionManager {
     const spaceMap = new SpaceMap(tm, fields.metadataSpaceMapRoot, fields.metadataBlockCount, TreeKind.metadataSpaceMap);
     for (const extent of spaceMap.extents()) {
       for (let blockNr = extent.begin; blockNr < extent.begin + extent.lengthBlocks; blockNr++) tm.#setCount(blockNr, extent.count);
+    }
+    // The space map's own nodes must be marked used, or the next allocation would overwrite them.
+    const walker = new TreeWalker(tm);
+    const found = walker.walk(fields.metadataSpaceMapRoot, refCountExtentCodec(TreeKind.metadataSpaceMap));
+    if (found.length > 0) throw found[0]!.error;
+    for (const blockNr of walker.references.keys()) {
+      if (tm.#counts[blockNr] === 0) {
+        throw new ThinError('THIN_CORRUPT_NODE', `Metadata space map of generation ${fields.generation} marks its own node ${blockNr} free`);
+      }
     }
     for (const blockNr of SUPERBLOCK_BLOCK_NRS) {
       if (tm.#counts[blockNr] === 0) {
@@ -458,6 +469,7 @@ export class TransactionManager {
    * half-changed tree.
    */
   ensureMetadataSpace(blocksNeeded: number): void {
+    this.#assertWritable();
     const reserve = this.#sealing ? 0 : METADATA_COMMIT_RESERVE_BLOCKS;
     if (this.#freeBlocks - reserve < blocksNeeded) {
       throw new ThinError(
@@ -498,7 +510,14 @@ export class TransactionManager {
     if (payload.length > SUPERBLOCK_PAYLOAD_BYTES_MAX) {
       throw new ThinError('THIN_INVALID', `Superblock payload of ${payload.length} bytes exceeds ${SUPERBLOCK_PAYLOAD_BYTES_MAX}`);
     }
-    const sealed = this.#seal(payload);
+    let sealed: { fields: SuperblockFields; blocks: Block[] };
+    try {
+      sealed = this.#seal(payload);
+    } catch (error) {
+      // A seal cut short leaves counts half folded: nothing of this transaction may be committed.
+      this.markFailed(error);
+      throw error;
+    }
     const previous = this.#commitChain;
     const done = (async () => {
       await previous.catch(() => undefined); // F-TX-6
@@ -508,7 +527,7 @@ export class TransactionManager {
         if (beforeMetadata !== undefined) await beforeMetadata();
         await this.#writeSealed(sealed);
       } catch (error) {
-        this.#failure = error;
+        this.markFailed(error);
         throw isThinError(error)
           ? error
           : new ThinError('THIN_IO', `Commit of metadata generation ${sealed.fields.generation} to ${this.file.description} failed`, {
@@ -578,6 +597,12 @@ export class TransactionManager {
 
   async #writeSealed(sealed: { fields: SuperblockFields; blocks: Block[] }): Promise<void> {
     const { fields, blocks } = sealed;
+    for (const block of blocks) {
+      assert(
+        block.view.getUint32(0, true) === checksumOf(block.bytes),
+        `metadata block ${block.blockNr} was changed after its transaction was sealed`,
+      );
+    }
     const neededBytes = fields.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES;
     if (this.file.sizeBytes() < neededBytes) await this.file.grow(neededBytes);
     // F-TX-1: metadata blocks, all awaited, then a sync, before any superblock copy.
@@ -607,6 +632,7 @@ export class TransactionManager {
         assert(this.#pendingFlags[blockNr] === 1 && this.#counts[blockNr] === 0, `pending block ${blockNr} changed while pending`);
         this.#pendingFlags[blockNr] = 0;
         this.#freeBlocks += 1;
+        if (blockNr < this.#allocationCursor) this.#allocationCursor = blockNr;
       }
       this.#pendingByTransaction.delete(transactionId);
     }
@@ -636,6 +662,7 @@ export class TransactionManager {
     } else if (count === 0) {
       this.#usedBlocks -= 1;
       this.#freeBlocks += 1;
+      if (this.#pendingFlags[blockNr] === 0 && blockNr < this.#allocationCursor) this.#allocationCursor = blockNr;
     }
   }
 
@@ -643,14 +670,13 @@ export class TransactionManager {
     const counts = this.#counts;
     const pending = this.#pendingFlags;
     const blockCount = this.#metadataBlockCount;
-    for (let step = 0; step < blockCount; step++) {
-      const blockNr = (this.#allocationCursor + step) % blockCount;
+    for (let blockNr = this.#allocationCursor; blockNr < blockCount; blockNr++) {
       if (counts[blockNr] === 0 && pending[blockNr] === 0) {
-        this.#allocationCursor = (blockNr + 1) % blockCount;
+        this.#allocationCursor = blockNr + 1;
         return blockNr;
       }
     }
-    assert(false, `free metadata block count ${this.#freeBlocks} but none found`);
+    assert(false, `free metadata block count ${this.#freeBlocks} but none at or after ${this.#allocationCursor}`);
   }
 
   #assertBlockNr(blockNr: number): void {
@@ -662,9 +688,21 @@ export class TransactionManager {
     if (this.#failure !== undefined) throw this.#failedError();
   }
 
+  /**
+   * Abandons the open transaction after an error that may have left it half changed (a tree
+   * operation cut short, a failed seal or commit). Sticky: every later change and commit throws,
+   * with the first error's code (THIN_IO when it was not a ThinError). The layer above reopens.
+   */
+  markFailed(error: unknown): void {
+    if (this.#failure === undefined) this.#failure = error ?? new Error('unknown failure');
+  }
+
   #failedError(): ThinError {
-    return new ThinError('THIN_IO', `An earlier metadata commit on ${this.file.description} failed; reopen the pool`, {
-      cause: this.#failure,
+    const cause = this.#failure;
+    const code = isThinError(cause) ? cause.code : 'THIN_IO';
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    return new ThinError(code, `Metadata on ${this.file.description} refuses changes after an earlier failure (${reason}); reopen the pool`, {
+      cause,
     });
   }
 }

@@ -121,6 +121,10 @@ export class BTree<V> {
     const rootBlock = this.#readNode(root, undefined, undefined, undefined);
     // Worst case: shadow every level, split every level, add a root.
     this.tm.ensureMetadataSpace(2 * (nodeLevel(rootBlock) + 1) + 1);
+    return this.#changing(() => this.#insertRoot(root, key, value));
+  }
+
+  #insertRoot(root: number, key: number, value: V): number {
     const node = this.#shadow(root, undefined);
     const split = this.#insertInto(node, key, value);
     if (split === undefined) return node.blockNr;
@@ -142,6 +146,10 @@ export class BTree<V> {
     const rootBlock = this.#readNode(root, undefined, undefined, undefined);
     // Worst case: shadow every level and a sibling at each.
     this.tm.ensureMetadataSpace(2 * (nodeLevel(rootBlock) + 1));
+    return this.#changing(() => this.#removeRoot(root, key));
+  }
+
+  #removeRoot(root: number, key: number): number {
     const node = this.#shadow(root, undefined);
     this.#removeFrom(node, key);
     let current = node;
@@ -149,7 +157,7 @@ export class BTree<V> {
     while (!isLeaf(current) && entryCount(current) === 1) {
       const child = childAt(current, 0);
       this.tm.inc(child);
-      this.releaseTree(current.blockNr);
+      this.#release(current.blockNr);
       current = this.#readNode(child, nodeLevel(current) - 1, undefined, undefined);
     }
     return current.blockNr;
@@ -165,6 +173,29 @@ export class BTree<V> {
    * the values of freed leaves go to codec.release.
    */
   releaseTree(root: number): void {
+    this.tm.ensureMetadataSpace(0);
+    this.#changing(() => this.#release(root));
+  }
+
+  /** Levels of the tree at root (1 for a lone leaf). */
+  depth(root: number): number {
+    return nodeLevel(this.#readNode(root, undefined, undefined, undefined)) + 1;
+  }
+
+  /**
+   * Runs a change that may fail half way (a nested allocation, a corrupt node, a codec callback):
+   * a half-changed tree must never be committed, so the failure abandons the transaction.
+   */
+  #changing<T>(change: () => T): T {
+    try {
+      return change();
+    } catch (error) {
+      this.tm.markFailed(error);
+      throw error;
+    }
+  }
+
+  #release(root: number): void {
     const stack: Array<{ blockNr: number; level: number | undefined }> = [{ blockNr: root, level: undefined }];
     while (stack.length > 0) {
       const { blockNr, level } = stack.pop()!;

@@ -13,7 +13,8 @@ import { SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
 import { ThinError, isThinError } from '../../errors.ts';
 import { BTREE_BLOCK_TYPES, BlockType } from '../block.ts';
 import type { TransactionManager } from '../transaction.ts';
-import type { ValueCodec } from './codec.ts';
+import { TreeKind, type ValueCodec } from './codec.ts';
+import { refCountExtentCodec } from '../space-map.ts';
 import { childAt, describeKeyRange, entryCount, isLeaf, keyAt, nodeLevel, nodeProblem, valueOffset } from './node.ts';
 
 export interface NodeVisit {
@@ -172,7 +173,9 @@ export class TreeWalker {
    * root the layer above owns (each once per owner). An empty result means no leaks and no
    * miscounts among the trees walked.
    */
-  metadataReferenceMismatches(metadataSpaceMapCodec: ValueCodec<unknown>): Array<{ blockNr: number; counted: number; seen: number }> {
+  metadataReferenceMismatches(
+    metadataSpaceMapCodec: ValueCodec<unknown> = refCountExtentCodec(TreeKind.metadataSpaceMap),
+  ): Array<{ blockNr: number; counted: number; seen: number }> {
     this.walk(this.tm.metadataSpaceMapRoot, metadataSpaceMapCodec);
     const seen = new Map(this.references);
     for (const blockNr of SUPERBLOCK_BLOCK_NRS) seen.set(blockNr, (seen.get(blockNr) ?? 0) + 1);
