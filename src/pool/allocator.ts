@@ -5,7 +5,7 @@
 // Placement: a volume's next block is the one after its previous allocation when that is free, so
 // sequential writes become one long extent; otherwise the space map's findFree from there on.
 //
-// Space policy (docs/format.md "Space and the data high-water mark", F-POOL-41): a write that
+// Space policy (docs/format.md "Space and the data high-water mark", F-POOL-42): a write that
 // provisions a block for an unmapped virtual block may not take the last `reserveBlocks` free
 // blocks; those are kept for copy-on-write of blocks that are already mapped but shared, so a
 // write to a range a client was told is allocated is the last thing to see ENOSPC.

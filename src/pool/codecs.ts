@@ -199,13 +199,14 @@ export function packExtent(value: Extent, view: DataView, offsetBytes: number): 
   view.setUint32(offsetBytes + 12, value.time, true);
 }
 
-/** Unpacks an extent and checks it against the data space (F-POOL-21). */
+/** Unpacks an extent and checks it against the data space. */
 export function unpackExtent(view: DataView, offsetBytes: number, dataBlockCount: number): Extent {
   const extent: Extent = {
     dataBlock: getU64(view, offsetBytes, 'extent data block'),
     lengthBlocks: view.getUint32(offsetBytes + 8, true),
     time: view.getUint32(offsetBytes + 12, true),
   };
+  // F-POOL-20, F-POOL-21: at least one block, all inside the data space.
   if (extent.lengthBlocks < 1) throw new ThinError('THIN_CORRUPT_NODE', `extent at data block ${extent.dataBlock} has length 0`);
   if (extent.dataBlock + extent.lengthBlocks > dataBlockCount) {
     throw new ThinError(

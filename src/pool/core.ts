@@ -34,7 +34,7 @@ import {
   VOLUME_SIZE_BYTES_MAX,
 } from '../constants.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { BlockType, BTree, SpaceMap, type TransactionManager, type ValueCodec } from '../pdata/index.ts';
+import { BTREE_BLOCK_TYPES, BlockType, BTree, SpaceMap, type TransactionManager, type ValueCodec } from '../pdata/index.ts';
 import { DataAllocator } from './allocator.ts';
 import { BlockLocks, WHOLE_VOLUME_END } from './block-locks.ts';
 import {
@@ -49,6 +49,7 @@ import {
   POOL_TIME_MAX,
   VOLUME_ID_MAX,
   decodeDetails,
+  decodePoolPayload,
   encodeDetails,
   encodePoolPayload,
   packDeviceValue,
@@ -147,13 +148,23 @@ interface PoolFields {
   flags: number;
 }
 
-/** Reserve for copy-on-write (F-POOL-41): 1 % of the data blocks, at most DATA_BLOCKS_RESERVED_MAX. */
+/** Reserve for copy-on-write (F-POOL-42): 1 % of the data blocks, at most DATA_BLOCKS_RESERVED_MAX. */
 export function dataReserveBlocks(dataBlockCount: number): number {
   return Math.min(DATA_BLOCKS_RESERVED_MAX, Math.floor(dataBlockCount / 100));
 }
 
 /** Bytes of the details JSON that fit a details block (F-POOL-30). */
 export const DETAILS_CAPACITY_BYTES = METADATA_BLOCK_SIZE_BYTES - METADATA_BLOCK_HEADER_BYTES;
+
+/**
+ * Open's check of a candidate superblock generation (F-SB-6, F-POOL-5): the payload decodes and
+ * its two roots are B+tree nodes of this pool. A torn commit fails here and open falls back.
+ */
+export function validatePayloadRoots(bytes: Uint8Array, tm: TransactionManager): void {
+  const payload = decodePoolPayload(bytes, tm.metadataBlockCount);
+  tm.read(payload.deviceTreeRoot, BTREE_BLOCK_TYPES);
+  tm.read(payload.dataSpaceMapRoot, BTREE_BLOCK_TYPES);
+}
 
 export function makeExtentCodec(dataBlockCount: number, dataSpace: () => SpaceMap): ValueCodec<Extent> {
   return {

@@ -29,6 +29,7 @@ import {
   PoolCore,
   WHOLE_VOLUME_END,
   makeDeviceCodec,
+  validatePayloadRoots,
   type Device,
   type PoolFiles,
   type PoolStatus,
@@ -195,7 +196,7 @@ export class Pool {
   }
 
   static async #load(files: PoolFiles, readOnly: boolean): Promise<PoolCore> {
-    const { tm, payload } = await TransactionManager.open(files.metadata, { readOnly });
+    const { tm, payload } = await TransactionManager.open(files.metadata, { readOnly, validatePayload: validatePayloadRoots });
     const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
     const core = new PoolCore(files, tm, decoded, readOnly);
     core.loadDevices();

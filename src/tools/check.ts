@@ -34,7 +34,7 @@ import {
   type PoolPayload,
 } from '../pool/codecs.ts';
 import { coverageRuns, type CoverageRun, type Extent } from '../pool/ranges.ts';
-import type { PoolFiles } from '../pool/core.ts';
+import { validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
 import path from 'node:path';
 
@@ -147,7 +147,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
   let tm: TransactionManager;
   let payloadBytes: Uint8Array;
   try {
-    const opened = await TransactionManager.open(files.metadata, { readOnly: true });
+    const opened = await TransactionManager.open(files.metadata, { readOnly: true, validatePayload: validatePayloadRoots });
     tm = opened.tm;
     payloadBytes = opened.payload;
     for (const copy of opened.report.copies) {
@@ -254,6 +254,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
         list.push([key, extent]);
         // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
         dataReferences.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count: 1 });
+        // F-POOL-40: every mapped data block lies below the high-water mark.
         if (extent.dataBlock + extent.lengthBlocks > payload.dataHighWaterMark) {
           checker.problem(
             `${where}, mapping leaf ${leafBlockNr}, virtual block ${key}`,
@@ -270,6 +271,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     const mapped = summary?.mappedBlocks ?? 0;
     stats.mappedBlocks += mapped;
     stats.mappingEntries += summary?.entries ?? 0;
+    // F-POOL-15: the recorded mapped block count is the tree's.
     if (corruptNodes.size === 0 && mapped !== value.mappedBlockCount) {
       checker.problem(where, `maps ${mapped} blocks, but its device entry says ${value.mappedBlockCount}`);
     }

@@ -1,0 +1,205 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { MemoryBlockFile } from '../../src/io/memory.ts';
+import { Block, BlockType, SpaceMap, TransactionManager, TreeWalker, nodeCapacity, sealBlock, type ValueCodec } from '../../src/pdata/index.ts';
+import {
+  DEVICE_TREE_KIND,
+  DEVICE_VALUE_SIZE_BYTES,
+  EXTENT_VALUE_SIZE_BYTES,
+  MAPPING_TREE_KIND,
+  decodePoolPayload,
+  encodePoolPayload,
+  packDeviceValue,
+  packExtent,
+  unpackDeviceValue,
+  unpackExtent,
+  type DeviceValue,
+} from '../../src/pool/codecs.ts';
+import { Pool } from '../../src/pool/pool.ts';
+import type { Extent } from '../../src/pool/ranges.ts';
+import { checkPool, type CheckReport } from '../../src/tools/check.ts';
+import { BLOCK, filled, memoryPool } from '../pool/helpers.ts';
+
+type Files = { metadata: MemoryBlockFile; data: MemoryBlockFile };
+
+/** A used pool: volumes a and b (b a snapshot of a, then written), c removed; closed. */
+async function usedPool(): Promise<Files> {
+  const { pool, files } = await memoryPool(64);
+  const a = await pool.createVolume('a', { sizeBytes: 8 * BLOCK });
+  await a.write(0, filled(5 * BLOCK, 1));
+  const b = await pool.snapshot('a', 'b');
+  await b.write(BLOCK, filled(100, 2));
+  await a.write(6 * BLOCK, filled(BLOCK, 3));
+  const c = await pool.createVolume('c', { sizeBytes: 4 * BLOCK });
+  await c.write(0, filled(2 * BLOCK, 4));
+  await pool.flush();
+  await pool.removeVolume('c');
+  await a.discard(2 * BLOCK, BLOCK);
+  await pool.close();
+  // Closing closed the files; the checks work on (writable) copies of their bytes.
+  return { metadata: MemoryBlockFile.from(files.metadata.snapshot(), 'metadata'), data: MemoryBlockFile.from(files.data.snapshot(), 'data') };
+}
+
+const deviceCodec: ValueCodec<DeviceValue> = { treeKind: DEVICE_TREE_KIND, sizeBytes: DEVICE_VALUE_SIZE_BYTES, pack: packDeviceValue, unpack: unpackDeviceValue };
+const extentCodec: ValueCodec<Extent> = { treeKind: MAPPING_TREE_KIND, sizeBytes: EXTENT_VALUE_SIZE_BYTES, pack: packExtent, unpack: (view, offset) => unpackExtent(view, offset, 2 ** 40) };
+
+interface Layout {
+  deviceLeaf: number;
+  devices: Array<{ id: number; value: DeviceValue; index: number }>;
+  mappingLeaves: Map<number, number>;
+  extents: Array<{ key: number; extent: Extent }>;
+}
+
+/** Finds the live blocks of a pool (all trees here are one leaf deep). */
+async function layout(files: Files): Promise<Layout> {
+  const { tm, payload } = await TransactionManager.open(files.metadata, { readOnly: true });
+  const fields = decodePoolPayload(payload, tm.metadataBlockCount);
+  const walker = new TreeWalker(tm);
+  const devices: Layout['devices'] = [];
+  walker.walk(fields.deviceTreeRoot, deviceCodec, { leaf: (id, value) => devices.push({ id, value, index: devices.length }) });
+  const mappingLeaves = new Map<number, number>();
+  const extents: Layout['extents'] = [];
+  for (const device of devices) {
+    walker.walk(device.value.mappingRoot, extentCodec, {
+      leaf: (key, extent, leaf) => {
+        mappingLeaves.set(device.id, leaf);
+        extents.push({ key, extent });
+      },
+    });
+  }
+  return { deviceLeaf: fields.deviceTreeRoot, devices, mappingLeaves, extents };
+}
+
+/** Changes a metadata block and seals it again, as a buggy or malicious writer would. */
+function patch(files: Files, blockNr: number, change: (view: DataView) => void): void {
+  const bytes = new Uint8Array(4096);
+  files.metadata.readSync(bytes, blockNr * 4096);
+  const block = new Block(blockNr, bytes);
+  change(block.view);
+  sealBlock(block, block.type, block.transactionId, block.view.getBigUint64(24, true));
+  files.metadata.writeSync(bytes, blockNr * 4096);
+}
+
+/** Opens the metadata for writing with pdata alone, changes it, and commits with the same pool payload (roots updated). */
+async function rewrite(files: Files, change: (tm: TransactionManager, dataSpace: SpaceMap) => void): Promise<void> {
+  const { tm, payload } = await TransactionManager.open(files.metadata);
+  const fields = decodePoolPayload(payload, tm.metadataBlockCount);
+  const dataSpace = new SpaceMap(tm, fields.dataSpaceMapRoot, fields.dataBlockCount);
+  change(tm, dataSpace);
+  await tm.commit(encodePoolPayload({ ...fields, dataSpaceMapRoot: dataSpace.root }));
+}
+
+function describe(report: CheckReport): string {
+  return JSON.stringify(report.problems, null, 1);
+}
+
+test('a used pool checks clean and its figures add up', async () => {
+  const files = await usedPool();
+  const report = await checkPool(files);
+  assert.ok(report.ok, describe(report));
+  assert.equal(report.stats.volumes, 2);
+  assert.equal(report.stats.mappedBlocks, 5 + 5);
+  assert.equal(report.stats.dataBlocksReferenced, report.stats.dataBlocksUsed);
+});
+
+test('a flipped bit in a mapping leaf is found and named by its block', async () => {
+  const files = await usedPool();
+  const { mappingLeaves } = await layout(files);
+  const leaf = [...mappingLeaves.values()][0]!;
+  const bytes = new Uint8Array(1);
+  files.metadata.readSync(bytes, leaf * 4096 + 100);
+  files.metadata.writeSync(new Uint8Array([bytes[0]! ^ 0x10]), leaf * 4096 + 100);
+  const report = await checkPool(files);
+  assert.equal(report.ok, false);
+  assert.ok(report.problems.some((p) => p.where.includes(`metadata block ${leaf}`) && /checksum/.test(p.message)), describe(report));
+});
+
+test('a data block counted in the space map but mapped by no volume is reported as leaked', async () => {
+  const files = await usedPool();
+  await rewrite(files, (_tm, dataSpace) => dataSpace.inc(60));
+  const report = await checkPool(files);
+  assert.ok(report.problems.some((p) => p.where === 'data blocks [60, 61)' && /leaked/.test(p.message)), describe(report));
+});
+
+test('a mapped data block that the space map calls free is reported', async () => {
+  const files = await usedPool();
+  const { extents } = await layout(files);
+  const block = extents[0]!.extent.dataBlock;
+  await rewrite(files, (_tm, dataSpace) => {
+    while (dataSpace.count(block) > 0) dataSpace.dec(block);
+  });
+  const report = await checkPool(files);
+  assert.ok(report.problems.some((p) => p.where === `data blocks [${block}, ${block + 1})` && /free/.test(p.message)), describe(report));
+});
+
+test('a metadata block allocated but referenced by nothing is reported as leaked', async () => {
+  const files = await usedPool();
+  let leaked = -1;
+  await rewrite(files, (tm) => {
+    leaked = tm.allocate(BlockType.details).blockNr;
+  });
+  const report = await checkPool(files);
+  assert.ok(report.problems.some((p) => p.where === `metadata block ${leaked}` && /leaked/.test(p.message)), describe(report));
+});
+
+test('two volumes with one name are reported, and the pool refuses to open', async () => {
+  const files = await usedPool();
+  const { devices } = await layout(files);
+  const b = devices.find((d) => d.id === 2)!;
+  patch(files, b.value.detailsBlock, (view) => {
+    const lengthBytes = view.getUint32(32, true);
+    const text = new TextDecoder().decode(new Uint8Array(view.buffer, view.byteOffset + 36, lengthBytes)).replace('"name":"b"', '"name":"a"');
+    new Uint8Array(view.buffer, view.byteOffset + 36, lengthBytes).set(new TextEncoder().encode(text));
+  });
+  const report = await checkPool(files);
+  assert.ok(report.problems.some((p) => p.where.startsWith('volume a (id 2)') && /also used/.test(p.message)), describe(report));
+  await assert.rejects(Pool.openOn(files), /named a/);
+});
+
+test('mappings past the end of a volume and a wrong mapped count are reported', async () => {
+  const files = await usedPool();
+  const { deviceLeaf, devices } = await layout(files);
+  const a = devices.find((d) => d.id === 1)!;
+  const valuesOffset = 48 + 8 * nodeCapacity(DEVICE_VALUE_SIZE_BYTES);
+  patch(files, deviceLeaf, (view) => {
+    const offset = valuesOffset + a.index * DEVICE_VALUE_SIZE_BYTES;
+    view.setBigUint64(offset + 16, BigInt(2 * BLOCK), true); // sizeBytes: 2 blocks, but 7 are mapped
+    view.setBigUint64(offset + 24, 99n, true); // mappedBlockCount
+  });
+  const report = await checkPool(files);
+  assert.ok(report.problems.some((p) => p.where.startsWith('volume a (id 1), virtual blocks [2, 7)') && /past the end/.test(p.message)), describe(report));
+  assert.ok(report.problems.some((p) => p.where === 'volume a (id 1)' && /says 99/.test(p.message)), describe(report));
+});
+
+test('the check goes on after a corrupt node and reports the other problems too', async () => {
+  const files = await usedPool();
+  const { mappingLeaves } = await layout(files);
+  const leafOfA = mappingLeaves.get(1)!;
+  files.metadata.writeSync(new Uint8Array(64).fill(0xab), leafOfA * 4096 + 200);
+  await rewrite(files, (_tm, dataSpace) => dataSpace.inc(61));
+  const report = await checkPool(files);
+  assert.ok(report.problems.some((p) => p.where.includes(`metadata block ${leafOfA}`)), describe(report));
+  assert.ok(report.problems.some((p) => p.where.startsWith('data blocks') && p.where.includes('61')), describe(report));
+});
+
+test('checking a pool directory writes nothing to its files', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'thinbd-check-'));
+  try {
+    const pool = await Pool.create(path.join(dir, 'pool'), { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: (16384 + 1024) * 4096 });
+    const v = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+    await v.write(10, filled(3 * BLOCK, 9));
+    await pool.snapshot('v', 's');
+    await pool.close();
+    const hash = (name: string): string => createHash('sha256').update(readFileSync(path.join(dir, 'pool', name))).digest('hex');
+    const before = [hash('metadata'), hash('data')];
+    const report = await checkPool(path.join(dir, 'pool'));
+    assert.ok(report.ok, describe(report));
+    assert.deepEqual([hash('metadata'), hash('data')], before);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
