@@ -17,6 +17,8 @@ import { assert } from '../errors.ts';
 import type { Mapping, VisitResult } from './dump/events.ts';
 import { escapeAttribute } from './dump/xml.ts';
 import type { TextSink } from './dump/sink.ts';
+import type { PoolFiles } from '../pool/core.ts';
+import { PoolView } from './pool-view.ts';
 
 export const DeltaKind = {
   same: 'same',
@@ -231,4 +233,30 @@ export async function writeDeltaJson(
 
 async function settle(result: VisitResult): Promise<void> {
   if (result !== undefined) await result;
+}
+
+// ---- over a pool ----
+
+export interface PoolDeltaOptions {
+  format: 'xml' | 'json';
+  verbose?: boolean;
+}
+
+/**
+ * `thinbd delta`: the delta of two volumes of a pool (names, or ids in decimal), written to `out`.
+ * The pool is read through a read-only PoolView; the two mapping trees are walked in step.
+ */
+export async function writePoolDelta(target: string | PoolFiles, leftName: string, rightName: string, out: TextSink, options: PoolDeltaOptions): Promise<void> {
+  const view = await PoolView.open(target);
+  try {
+    const left = view.device(leftName);
+    const right = view.device(rightName);
+    const { metadataSnap: _snap, flags: _flags, version: _version, ...header } = view.superblock();
+    const steps = deltaSteps(view.mappings(left), view.mappings(right));
+    const verbose = options.verbose === true;
+    if (options.format === 'xml') await writeDeltaXml(out, header, left.id, right.id, steps, { verbose });
+    else await writeDeltaJson(out, header, { devId: left.id, name: left.details.name }, { devId: right.id, name: right.details.name }, steps, { verbose });
+  } finally {
+    await view.close();
+  }
 }

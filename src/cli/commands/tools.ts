@@ -1,0 +1,159 @@
+// thinbd dump | restore | delta | metadata size — the dm-thin interop tools (src/tools).
+import { createReadStream, createWriteStream, rmSync, statSync } from 'node:fs';
+import { once } from 'node:events';
+import type { Writable } from 'node:stream';
+import type { Command } from '@commander-js/extra-typings';
+import type { Reporter } from '../report.ts';
+import { UsageError } from '../report.ts';
+import { poolDirectory, sizeOption } from '../options.ts';
+import { assertPoolExists } from '../pool-access.ts';
+import { formatSize } from '../sizes.ts';
+import { startProgress, type Progress } from '../progress.ts';
+import { StreamSink } from '../../tools/dump/sink.ts';
+import { XmlDumpWriter } from '../../tools/dump/xml.ts';
+import { JsonDumpWriter } from '../../tools/dump/json.ts';
+import { HumanDumpWriter } from '../../tools/dump/human.ts';
+import { dumpPool } from '../../tools/dump/pool-dump.ts';
+import type { DumpVisitor } from '../../tools/dump/events.ts';
+import { restorePool, type RestoreData } from '../../tools/restore.ts';
+import { writePoolDelta } from '../../tools/delta.ts';
+import { estimateMetadataSize } from '../../tools/metadata-size.ts';
+
+const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
+
+function choice<T extends string>(option: string, text: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(text)) throw new UsageError(`${option}: '${text}' is not one of ${allowed.join(', ')}`);
+  return text as T;
+}
+
+/** Output to a file (removed again if the command fails) or to stdout. */
+async function withOutput(file: string | undefined, work: (stream: Writable) => Promise<void>): Promise<void> {
+  if (file === undefined || file === '-') {
+    await work(process.stdout);
+    return;
+  }
+  const stream = createWriteStream(file, { flags: 'wx' });
+  await once(stream, 'open');
+  try {
+    await work(stream);
+    stream.end();
+    await once(stream, 'finish');
+  } catch (error) {
+    stream.destroy();
+    rmSync(file, { force: true });
+    throw error;
+  }
+}
+
+export function registerToolCommands(program: Command, reporter: Reporter): void {
+  program
+    .command('dump')
+    .description("write the pool's metadata as thin_dump XML (what thin_restore reads), JSON or thin_dump's human format")
+    .option('--pool <dir>', poolHelp)
+    .option('-o, --output <file>', 'write to a new file instead of standard output')
+    .option('--format <format>', 'xml, json or human', 'xml')
+    .action(async (options) => {
+      const dir = poolDirectory(options.pool);
+      const format = choice('--format', options.format, ['xml', 'json', 'human'] as const);
+      assertPoolExists(dir);
+      let progress: Progress | undefined;
+      await withOutput(options.output, async (stream) => {
+        const sink = new StreamSink(stream);
+        const writer: DumpVisitor =
+          format === 'xml' ? new XmlDumpWriter(sink) : format === 'json' ? new JsonDumpWriter(sink) : new HumanDumpWriter(sink);
+        const summary = await dumpPool(dir, writer, {
+          onProgress: (done, total) => {
+            if (options.output === undefined) return; // the bar would mix with the dump on a terminal
+            progress ??= startProgress('dump', total);
+            progress.update(done);
+          },
+        }).finally(() => progress?.stop());
+        await sink.flush();
+        for (const warning of summary.warnings) reporter.note(`warning: ${warning}`);
+      });
+    });
+
+  program
+    .command('restore')
+    .description('build a new pool from thin_dump XML (a kernel pool or a thinbd dump) over existing data or a new data file')
+    .option('--pool <dir>', `${poolHelp}; must not exist yet (or be empty)`)
+    .requiredOption('-i, --input <file>', 'thin_dump XML, or - for standard input')
+    .option('--data <path>', 'existing data file or block device to use in place (data block n at n × block size)')
+    .option('--data-size <size>', 'size of a new sparse data file instead')
+    .option('--metadata-size <size>', 'size of the new metadata file (sparse)')
+    .option('--json', 'print the summary as JSON')
+    .action(async (options) => {
+      const dir = poolDirectory(options.pool);
+      if ((options.data === undefined) === (options.dataSize === undefined)) {
+        throw new UsageError('restore needs exactly one of --data PATH (reuse existing data) and --data-size SIZE (new data file)');
+      }
+      const data: RestoreData = options.data !== undefined ? { path: options.data } : { sizeBytes: sizeOption('--data-size', options.dataSize!) };
+      const metadataSizeBytes = options.metadataSize === undefined ? undefined : sizeOption('--metadata-size', options.metadataSize);
+      let input: AsyncIterable<string | Uint8Array>;
+      let progress: Progress | undefined;
+      if (options.input === '-') {
+        input = process.stdin;
+      } else {
+        const totalBytes = statSync(options.input).size;
+        const stream = createReadStream(options.input);
+        progress = startProgress('restore', totalBytes, { bytes: true });
+        input = (async function* counted() {
+          let doneBytes = 0;
+          for await (const chunk of stream as AsyncIterable<Buffer>) {
+            doneBytes += chunk.length;
+            progress?.update(doneBytes);
+            yield chunk;
+          }
+        })();
+      }
+      const summary = await restorePool(input, { dir, data, ...(metadataSizeBytes === undefined ? {} : { metadataSizeBytes }) }).finally(() => progress?.stop());
+      for (const warning of summary.warnings) reporter.note(`warning: ${warning}`);
+      if (options.json) {
+        reporter.json(summary);
+        return;
+      }
+      reporter.out(
+        `Restored ${summary.volumes.length} volume(s), ${summary.mappedBlockCount} mapped block(s) of ${formatSize(summary.blockSizeBytes)}, into ${dir}`,
+      );
+    });
+
+  program
+    .command('delta')
+    .description("the runs where two volumes' mappings are the same, different or on one side only (thin_delta's output)")
+    .argument('<a>', 'left volume (name, or dm-thin device id)')
+    .argument('<b>', 'right volume (name, or dm-thin device id)')
+    .option('--pool <dir>', poolHelp)
+    .option('--format <format>', 'xml or json', 'xml')
+    .option('--verbose', "list every step with its data blocks (thin_delta --verbose)")
+    .action(async (left, right, options) => {
+      const dir = poolDirectory(options.pool);
+      const format = choice('--format', options.format, ['xml', 'json'] as const);
+      assertPoolExists(dir);
+      const sink = new StreamSink(process.stdout);
+      await writePoolDelta(dir, left, right, sink, { format, verbose: options.verbose === true });
+      await sink.flush();
+    });
+
+  const metadata = program.command('metadata').description('metadata tools: size');
+  metadata
+    .command('size')
+    .description("estimate the metadata a pool needs, for thinbd's format and (for comparison) dm-thin's")
+    .requiredOption('--data-size <size>', 'data space of the pool')
+    .option('--block-size <size>', 'data block size', '64k')
+    .option('--volumes <n>', 'volumes and snapshots the pool will hold at most', '1')
+    .option('--json', 'print JSON')
+    .action((options) => {
+      const dataSizeBytes = sizeOption('--data-size', options.dataSize);
+      const blockSizeBytes = sizeOption('--block-size', options.blockSize);
+      if (!/^\d+$/.test(options.volumes) || Number(options.volumes) < 1) throw new UsageError(`--volumes: '${options.volumes}' is not a whole number of at least 1`);
+      if ((blockSizeBytes & (blockSizeBytes - 1)) !== 0 || blockSizeBytes < 512) throw new UsageError(`--block-size: ${options.blockSize} is not a power of two`);
+      if (dataSizeBytes <= blockSizeBytes) throw new UsageError(`--data-size: ${options.dataSize} must be larger than the block size`);
+      const estimate = estimateMetadataSize({ dataSizeBytes, blockSizeBytes, volumeCount: Number(options.volumes) });
+      if (options.json) {
+        reporter.json(estimate);
+        return;
+      }
+      reporter.out(`thinbd:  ${formatSize(estimate.thinbd.metadataBytes)} (${estimate.thinbd.metadataBytes} bytes) at worst, every block its own mapping; use --metadata-size ${formatSize(estimate.thinbd.recommendedMetadataBytes)}`);
+      reporter.out(`dm-thin: ${formatSize(estimate.dmThin.metadataBytes)} (${estimate.dmThin.metadataBytes} bytes), as thin_metadata_size estimates it`);
+    });
+}

@@ -1,0 +1,481 @@
+// `thinbd restore`: builds a new pool from thin_dump XML — a kernel pool's (thin_dump of its
+// metadata device) or a thinbd pool's (`thinbd dump`) — over a data file or device that already
+// holds the data (data block n at byte n × block size, as dm-thin lays it out), or over a new
+// sparse data file.
+//
+// The builder is the consumer side of the event stream (dump/events.ts); restore-xml.ts is the
+// producer and does the validation that needs line numbers. The builder writes pdata structures
+// directly — a mapping tree per volume with the extents and times the dump names, the data space
+// map with one reference per volume mapping a block (restore shares no tree nodes between
+// volumes, like thin_restore 0.9.0, so each volume's leaves hold their own references), the
+// device tree with ids, times and transaction ids as dumped — because the Pool API allocates
+// data blocks itself and cannot place a mapping on a chosen block.
+//
+// Names: a volume comment's name (xml.ts), else the device id in decimal. Sizes: the comment's,
+// else the size that covers the highest mapped block (at least one block). Origins named in
+// comments are linked by name when that volume is restored too.
+//
+// Transaction ids are not carried over: thinbd's transaction id is its commit generation (a
+// volume may not name a transaction later than the pool's), while dm-thin's is a label userspace
+// (LVM) sets with `set_transaction_id`. The restored volumes carry the restore's transaction, and
+// the summary reports the dump's `transaction` (`sourceTransaction`) for whoever must set it again
+// when the pool goes back to LVM.
+//
+// Nothing half-built is left behind: the pool is built in `DIR.tmp-<pid>-<random>` next to DIR
+// and renamed to DIR only after its one commit is durable; on any failure the temporary
+// directory is removed. With `data: { path }` the pool's `data` entry is a symbolic link to that
+// path (the data is reused in place and never copied; removing a failed build removes the link,
+// never its target).
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  DATA_BLOCK_SIZE_BYTES_MAX,
+  DATA_BLOCK_SIZE_BYTES_MIN,
+  METADATA_BLOCK_COUNT_DEFAULT,
+  METADATA_BLOCK_COUNT_MAX,
+  METADATA_BLOCK_COUNT_MIN,
+  METADATA_BLOCK_HEADER_BYTES,
+  METADATA_BLOCK_SIZE_BYTES,
+  METADATA_DIRTY_BLOCKS_SOFT_MAX,
+  VOLUME_SIZE_BYTES_MAX,
+} from '../constants.ts';
+import { ThinError, assert } from '../errors.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { FileBlockFile } from '../io/file.ts';
+import { BTree, BlockType, SpaceMap, TransactionManager } from '../pdata/index.ts';
+import {
+  DEVICE_FLAG_READ_ONLY,
+  EXTENT_LENGTH_BLOCKS_MAX,
+  POOL_FLAG_NEEDS_CHECK,
+  POOL_FORMAT_VERSION,
+  POOL_TIME_MAX,
+  VOLUME_ID_MAX,
+  encodeDetails,
+  encodePoolPayload,
+  validateVolumeName,
+  type DeviceValue,
+  type PoolPayload,
+  type VolumeDetails,
+} from '../pool/codecs.ts';
+import { DETAILS_CAPACITY_BYTES, makeDeviceCodec, makeExtentCodec } from '../pool/core.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import type { Extent } from '../pool/ranges.ts';
+import type { DeviceBegin, DumpVisitor, Mapping, SuperblockBegin, VisitResult } from './dump/events.ts';
+import { readThinXml, type XmlReadSummary } from './restore-xml.ts';
+
+const SECTOR_BYTES = 512;
+
+export type RestoreData = { path: string } | { sizeBytes: number };
+
+export interface RestoreOptions {
+  /** The pool directory to create; it must not hold a pool (an empty directory is replaced). */
+  dir: string;
+  /** An existing data file or block device to reuse in place, or the size of a new sparse data file. */
+  data: RestoreData;
+  /** Size of the new metadata file (sparse); default METADATA_BLOCK_COUNT_DEFAULT blocks. */
+  metadataSizeBytes?: number;
+}
+
+export interface RestoredVolume {
+  name: string;
+  id: number;
+  sizeBytes: number;
+  mappedBlocks: number;
+}
+
+export interface RestoreSummary {
+  dir: string;
+  blockSizeBytes: number;
+  dataBlockCount: number;
+  volumes: RestoredVolume[];
+  mappedBlockCount: number;
+  /** The dump's superblock transaction id (dm-thin's userspace transaction id; not kept, see above). */
+  sourceTransaction: number;
+  input: XmlReadSummary;
+  /** Facts of the input that the pool does not keep as given (e.g. a pool time raised). */
+  warnings: string[];
+}
+
+/** Restores the XML read from `input` (a file stream, or chunks) into a new pool at options.dir. */
+export async function restorePool(
+  input: AsyncIterable<string | Uint8Array> | Iterable<string | Uint8Array>,
+  options: RestoreOptions,
+): Promise<RestoreSummary> {
+  const dir = path.resolve(options.dir);
+  assertNoPool(dir);
+  const metadataBlockCount = metadataBlockCountFor(options.metadataSizeBytes);
+  const temporary = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  fs.mkdirSync(temporary, { recursive: false });
+  const builder = new PoolBuilder(temporary, options.data, metadataBlockCount);
+  try {
+    const inputSummary = await readThinXml(input, builder);
+    const built = await builder.finish();
+    syncDirectory(temporary);
+    if (fs.existsSync(dir)) fs.rmdirSync(dir); // empty (assertNoPool); rename cannot replace it on every system
+    fs.renameSync(temporary, dir);
+    syncDirectory(path.dirname(dir));
+    return { dir, ...built, input: inputSummary };
+  } catch (error) {
+    await builder.abandon();
+    fs.rmSync(temporary, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+function assertNoPool(dir: string): void {
+  if (!fs.existsSync(dir)) return;
+  if (!fs.statSync(dir).isDirectory()) throw new ThinError('THIN_EXISTS', `${dir} exists and is not a directory`);
+  if (fs.existsSync(path.join(dir, METADATA_FILE_NAME))) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir}`);
+  if (fs.readdirSync(dir).length > 0) throw new ThinError('THIN_EXISTS', `${dir} is not empty; restore creates a new pool directory`);
+}
+
+function metadataBlockCountFor(metadataSizeBytes: number | undefined): number {
+  if (metadataSizeBytes === undefined) return METADATA_BLOCK_COUNT_DEFAULT;
+  const count = Math.floor(metadataSizeBytes / METADATA_BLOCK_SIZE_BYTES);
+  if (!Number.isSafeInteger(metadataSizeBytes) || count < METADATA_BLOCK_COUNT_MIN || count > METADATA_BLOCK_COUNT_MAX) {
+    throw new ThinError(
+      'THIN_INVALID',
+      `Metadata size ${metadataSizeBytes} is out of range: from ${METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES} to ${METADATA_BLOCK_COUNT_MAX * METADATA_BLOCK_SIZE_BYTES} bytes`,
+    );
+  }
+  return count;
+}
+
+function syncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function randomPoolId(): bigint {
+  const id = randomBytes(8).readBigUInt64LE(0);
+  return id === 0n ? 1n : id;
+}
+
+/** What the builder keeps of a volume until the end (the details are written last, to link origins). */
+interface BuiltDevice {
+  id: number;
+  value: Omit<DeviceValue, 'detailsBlock'>;
+  details: VolumeDetails;
+}
+
+interface Engine {
+  tm: TransactionManager;
+  dataSpace: SpaceMap;
+  mappingTree: BTree<Extent>;
+  deviceTree: BTree<DeviceValue>;
+  /** Empty until finish(); intermediate commits name it. */
+  deviceTreeRoot: number;
+  blockSizeBytes: number;
+  dataBlockCount: number;
+  superblock: SuperblockBegin;
+}
+
+interface OpenDevice {
+  begin: DeviceBegin;
+  root: number;
+  /** The run being gathered: inserted when the next mapping does not continue it. */
+  run: Mapping | undefined;
+  mappedBlocks: number;
+  /** One past the highest mapped virtual block. */
+  endBlock: number;
+}
+
+/** The event stream's consumer: builds the pool's metadata (see the module comment). */
+class PoolBuilder implements DumpVisitor {
+  readonly #dir: string;
+  readonly #data: RestoreData;
+  readonly #metadataBlockCount: number;
+  #metadataFile: BlockFile | undefined;
+  #dataFile: BlockFile | undefined;
+  #engine: Engine | undefined;
+  #device: OpenDevice | undefined;
+  readonly #built: BuiltDevice[] = [];
+  readonly #names = new Map<string, number>();
+  #timeMax = 0;
+  #dataEndMax = 0;
+  #mappedBlockCount = 0;
+  #finished = false;
+  readonly #warnings: string[] = [];
+
+  constructor(dir: string, data: RestoreData, metadataBlockCount: number) {
+    this.#dir = dir;
+    this.#data = data;
+    this.#metadataBlockCount = metadataBlockCount;
+  }
+
+  superblockBegin(superblock: SuperblockBegin): VisitResult {
+    return this.#start(superblock);
+  }
+
+  async #start(superblock: SuperblockBegin): Promise<void> {
+    const blockSizeBytes = superblock.dataBlockSizeSectors * SECTOR_BYTES;
+    if (blockSizeBytes < DATA_BLOCK_SIZE_BYTES_MIN || blockSizeBytes > DATA_BLOCK_SIZE_BYTES_MAX || (blockSizeBytes & (blockSizeBytes - 1)) !== 0) {
+      throw new ThinError(
+        'THIN_INVALID',
+        `restore: data_block_size="${superblock.dataBlockSizeSectors}" sectors (${blockSizeBytes} bytes) is not a power of two from 64 KiB to 1 GiB, as thinbd and the dm-thin kernel target require`,
+      );
+    }
+    if (superblock.nrDataBlocks < 1) throw new ThinError('THIN_INVALID', 'restore: nr_data_blocks="0": a pool needs at least one data block');
+    let dataBlockCount = superblock.nrDataBlocks;
+    if ('path' in this.#data) {
+      const target = path.resolve(this.#data.path);
+      this.#dataFile = await FileBlockFile.open(target);
+      const needBytes = superblock.nrDataBlocks * blockSizeBytes;
+      if (this.#dataFile.sizeBytes() < needBytes) {
+        throw new ThinError(
+          'THIN_INVALID',
+          `restore: the data at ${target} holds ${this.#dataFile.sizeBytes()} bytes, less than the ${superblock.nrDataBlocks} blocks of ${blockSizeBytes} bytes the dump's nr_data_blocks needs`,
+        );
+      }
+      fs.symlinkSync(target, path.join(this.#dir, DATA_FILE_NAME));
+    } else {
+      dataBlockCount = Math.floor(this.#data.sizeBytes / blockSizeBytes);
+      if (dataBlockCount < superblock.nrDataBlocks) {
+        throw new ThinError(
+          'THIN_INVALID',
+          `restore: --data-size ${this.#data.sizeBytes} holds ${dataBlockCount} blocks of ${blockSizeBytes} bytes; the dump has nr_data_blocks="${superblock.nrDataBlocks}"`,
+        );
+      }
+      this.#dataFile = await FileBlockFile.create(path.join(this.#dir, DATA_FILE_NAME), { sizeBytes: dataBlockCount * blockSizeBytes });
+    }
+    this.#metadataFile = await FileBlockFile.create(path.join(this.#dir, METADATA_FILE_NAME), {
+      sizeBytes: this.#metadataBlockCount * METADATA_BLOCK_SIZE_BYTES,
+    });
+    const tm = TransactionManager.format(this.#metadataFile, { metadataBlockCount: this.#metadataBlockCount, poolId: randomPoolId() });
+    const dataSpace = SpaceMap.create(tm, dataBlockCount);
+    const mappingTree = new BTree<Extent>(tm, makeExtentCodec(dataBlockCount, () => dataSpace));
+    const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => mappingTree));
+    const deviceTreeRoot = deviceTree.createEmpty();
+    this.#engine = { tm, dataSpace, mappingTree, deviceTree, deviceTreeRoot, blockSizeBytes, dataBlockCount, superblock };
+    this.#timeMax = superblock.time;
+  }
+
+  deviceBegin(begin: DeviceBegin): VisitResult {
+    const engine = this.#needEngine();
+    assert(this.#device === undefined, 'deviceBegin inside a device');
+    if (begin.devId > VOLUME_ID_MAX - 1) {
+      throw new ThinError('THIN_INVALID', `restore: device ${begin.devId}: thinbd volume ids go up to ${VOLUME_ID_MAX - 1}`);
+    }
+    if (begin.snapTime < begin.creationTime) {
+      throw new ThinError('THIN_INVALID', `restore: device ${begin.devId}: snap_time="${begin.snapTime}" is before creation_time="${begin.creationTime}"`);
+    }
+    this.#timeMax = Math.max(this.#timeMax, begin.snapTime);
+    this.#device = { begin, root: engine.mappingTree.createEmpty(), run: undefined, mappedBlocks: 0, endBlock: 0 };
+    return undefined;
+  }
+
+  mapping(mapping: Mapping): VisitResult {
+    const device = this.#device;
+    assert(device !== undefined, 'mapping outside a device');
+    const run = device.run;
+    if (
+      run !== undefined &&
+      mapping.originBegin === run.originBegin + run.length &&
+      mapping.dataBegin === run.dataBegin + run.length &&
+      mapping.time === run.time &&
+      run.length + mapping.length <= EXTENT_LENGTH_BLOCKS_MAX
+    ) {
+      run.length += mapping.length;
+    } else {
+      if (run !== undefined) this.#insertRun(device, run);
+      device.run = { ...mapping };
+    }
+    return this.#maybeCommit();
+  }
+
+  /** Inserts one extent (or several, past the u32 extent length), merging with neighbours already in the tree. */
+  #insertRun(device: OpenDevice, run: Mapping): void {
+    const engine = this.#needEngine();
+    if (run.dataBegin + run.length > engine.dataBlockCount) {
+      throw new ThinError('THIN_INVALID', `restore: device ${device.begin.devId}: data blocks [${run.dataBegin}, ${run.dataBegin + run.length}) lie past the data space (${engine.dataBlockCount} blocks)`);
+    }
+    if (run.time > POOL_TIME_MAX) throw new ThinError('THIN_INVALID', `restore: device ${device.begin.devId}: mapping time ${run.time} is beyond 32 bits`);
+    this.#timeMax = Math.max(this.#timeMax, run.time);
+    const tree = engine.mappingTree;
+    let virtualBegin = run.originBegin;
+    let dataBegin = run.dataBegin;
+    let remaining = run.length;
+    while (remaining > 0) {
+      const length = Math.min(remaining, EXTENT_LENGTH_BLOCKS_MAX);
+      let key = virtualBegin;
+      let extent: Extent = { dataBlock: dataBegin, lengthBlocks: length, time: run.time };
+      // Input in any order: join an extent that ends where this one starts, or starts where it ends.
+      const left = virtualBegin > 0 ? tree.floor(device.root, virtualBegin - 1) : undefined;
+      if (left !== undefined && mergeable(left[0], left[1], key, extent)) {
+        key = left[0];
+        extent = { ...left[1], lengthBlocks: left[1].lengthBlocks + extent.lengthBlocks };
+      }
+      const right = tree.lookup(device.root, virtualBegin + length);
+      if (right !== undefined && mergeable(key, extent, virtualBegin + length, right)) {
+        device.root = tree.remove(device.root, virtualBegin + length);
+        extent = { ...extent, lengthBlocks: extent.lengthBlocks + right.lengthBlocks };
+      }
+      device.root = tree.insert(device.root, key, extent);
+      engine.dataSpace.inc(dataBegin, length);
+      virtualBegin += length;
+      dataBegin += length;
+      remaining -= length;
+    }
+    device.mappedBlocks += run.length;
+    device.endBlock = Math.max(device.endBlock, run.originBegin + run.length);
+    this.#dataEndMax = Math.max(this.#dataEndMax, run.dataBegin + run.length);
+    this.#mappedBlockCount += run.length;
+  }
+
+  deviceEnd(): VisitResult {
+    const engine = this.#needEngine();
+    const device = this.#device;
+    assert(device !== undefined, 'deviceEnd outside a device');
+    if (device.run !== undefined) this.#insertRun(device, device.run);
+    device.run = undefined;
+    this.#device = undefined;
+    const { begin } = device;
+    const volume = begin.volume;
+    const name = volume?.name ?? String(begin.devId);
+    const nameProblem = validateVolumeName(name);
+    if (nameProblem !== undefined) throw new ThinError('THIN_INVALID', `restore: device ${begin.devId}: ${nameProblem}`);
+    const clash = this.#names.get(name);
+    if (clash !== undefined) {
+      throw new ThinError('THIN_INVALID', `restore: devices ${clash} and ${begin.devId} would both be named ${name}; volume names must be unique`);
+    }
+    this.#names.set(name, begin.devId);
+    const coveredBytes = Math.max(1, device.endBlock) * engine.blockSizeBytes;
+    let sizeBytes = volume?.sizeBytes ?? coveredBytes;
+    if (volume?.sizeBytes !== undefined && volume.sizeBytes < device.endBlock * engine.blockSizeBytes) {
+      throw new ThinError(
+        'THIN_INVALID',
+        `restore: volume ${name} (device ${begin.devId}): its size of ${volume.sizeBytes} bytes does not cover its highest mapped block ${device.endBlock - 1}`,
+      );
+    }
+    if (sizeBytes > VOLUME_SIZE_BYTES_MAX) {
+      throw new ThinError('THIN_INVALID', `restore: volume ${name} (device ${begin.devId}) would be ${sizeBytes} bytes, beyond thinbd's largest volume (${VOLUME_SIZE_BYTES_MAX})`);
+    }
+    sizeBytes = Math.max(1, sizeBytes);
+    if (begin.mappedBlocks !== device.mappedBlocks) {
+      this.#warnings.push(`device ${begin.devId}: mapped_blocks="${begin.mappedBlocks}" in the dump, ${device.mappedBlocks} mapped; the count restored is the one mapped`);
+    }
+    const details: VolumeDetails = {
+      name,
+      labels: { ...(volume?.labels ?? {}) },
+      createdAt: volume?.createdAt ?? new Date().toISOString(),
+      ...(volume?.origin === undefined ? {} : { originName: volume.origin }),
+    };
+    encodeDetails(details, DETAILS_CAPACITY_BYTES); // THIN_INVALID now, not at the end
+    this.#built.push({
+      id: begin.devId,
+      details,
+      value: {
+        mappingRoot: device.root,
+        sizeBytes,
+        mappedBlockCount: device.mappedBlocks,
+        transactionId: begin.transaction,
+        creationTime: begin.creationTime,
+        snapshottedTime: begin.snapTime,
+        flags: volume?.readOnly === true ? DEVICE_FLAG_READ_ONLY : 0,
+      },
+    });
+    return this.#maybeCommit();
+  }
+
+  superblockEnd(): VisitResult {
+    return undefined;
+  }
+
+  /** Writes the details and the device tree, then the one commit that makes the pool. */
+  async finish(): Promise<Omit<RestoreSummary, 'dir' | 'input'>> {
+    const engine = this.#needEngine();
+    assert(this.#device === undefined, 'finish inside a device');
+    const { tm, deviceTree } = engine;
+    let deviceTreeRoot = engine.deviceTreeRoot;
+    const volumes: RestoredVolume[] = [];
+    for (const device of [...this.#built].sort((a, b) => a.id - b.id)) {
+      const details = { ...device.details };
+      if (details.originName !== undefined) {
+        const originId = this.#names.get(details.originName);
+        if (originId !== undefined) details.originId = originId;
+      }
+      const encoded = encodeDetails(details, DETAILS_CAPACITY_BYTES);
+      const block = tm.allocate(BlockType.details);
+      block.bytes.fill(0, METADATA_BLOCK_HEADER_BYTES);
+      block.bytes.set(encoded, METADATA_BLOCK_HEADER_BYTES);
+      // Every volume is created by the restore's transaction (see the module comment on transaction ids).
+      deviceTreeRoot = deviceTree.insert(deviceTreeRoot, device.id, { ...device.value, transactionId: tm.transactionId, detailsBlock: block.blockNr });
+      volumes.push({ name: details.name, id: device.id, sizeBytes: device.value.sizeBytes, mappedBlocks: device.value.mappedBlockCount });
+    }
+    if (this.#timeMax > engine.superblock.time) {
+      this.#warnings.push(`the dump's pool time ${engine.superblock.time} is older than its devices and mappings; the pool time restored is ${this.#timeMax}`);
+    }
+    const nextVolumeId = volumes.reduce((max, volume) => Math.max(max, volume.id + 1), 1);
+    const payload = this.#payload(deviceTreeRoot, nextVolumeId);
+    await tm.commit(encodePoolPayload(payload), () => this.#dataFile!.sync());
+    this.#finished = true;
+    await this.#closeFiles();
+    return {
+      blockSizeBytes: engine.blockSizeBytes,
+      dataBlockCount: engine.dataBlockCount,
+      volumes,
+      mappedBlockCount: this.#mappedBlockCount,
+      sourceTransaction: engine.superblock.transaction,
+      warnings: this.#warnings,
+    };
+  }
+
+  #payload(deviceTreeRoot: number, nextVolumeId: number): PoolPayload {
+    const engine = this.#needEngine();
+    return {
+      formatVersion: POOL_FORMAT_VERSION,
+      blockSizeBytes: engine.blockSizeBytes,
+      flags: (engine.superblock.flags & 1) !== 0 ? POOL_FLAG_NEEDS_CHECK : 0,
+      dataBlockCount: engine.dataBlockCount,
+      dataSpaceMapRoot: engine.dataSpace.root,
+      deviceTreeRoot,
+      // A reused data device may hold anything in blocks no mapping names: none reads as known zeros.
+      // A new sparse file reads zeros everywhere past the blocks the dump maps.
+      dataHighWaterMark: 'path' in this.#data ? engine.dataBlockCount : this.#dataEndMax,
+      time: this.#timeMax,
+      nextVolumeId,
+      creationTimeMs: Date.now(),
+    };
+  }
+
+  /**
+   * A large restore commits along the way so dirty metadata stays bounded. The intermediate
+   * superblocks name the still empty device tree; they live in the temporary directory only.
+   */
+  #maybeCommit(): VisitResult {
+    const engine = this.#needEngine();
+    if (engine.tm.dirtyBlockCount < METADATA_DIRTY_BLOCKS_SOFT_MAX) return undefined;
+    return engine.tm.commit(encodePoolPayload(this.#payload(engine.deviceTreeRoot, 1)), () => this.#dataFile!.sync());
+  }
+
+  #needEngine(): Engine {
+    assert(this.#engine !== undefined, 'restore event before superblockBegin');
+    return this.#engine;
+  }
+
+  async #closeFiles(): Promise<void> {
+    await this.#metadataFile?.close().catch(() => undefined);
+    await this.#dataFile?.close().catch(() => undefined);
+    this.#metadataFile = undefined;
+    this.#dataFile = undefined;
+  }
+
+  /** After a failure: close what is open (the caller removes the directory). */
+  async abandon(): Promise<void> {
+    if (!this.#finished) await this.#closeFiles();
+  }
+}
+
+function mergeable(leftKey: number, left: Extent, rightKey: number, right: Extent): boolean {
+  return (
+    leftKey + left.lengthBlocks === rightKey &&
+    left.dataBlock + left.lengthBlocks === right.dataBlock &&
+    left.time === right.time &&
+    left.lengthBlocks + right.lengthBlocks <= EXTENT_LENGTH_BLOCKS_MAX
+  );
+}
