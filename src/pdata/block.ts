@@ -45,7 +45,7 @@ export class Block {
   checkedTreeKind = 0;
 
   constructor(blockNr: number, bytes: Uint8Array) {
-    assert(bytes.length === METADATA_BLOCK_SIZE_BYTES, `metadata block ${blockNr} has ${bytes.length} bytes`);
+    if (!(bytes.length === METADATA_BLOCK_SIZE_BYTES)) assert(false, `metadata block ${blockNr} has ${bytes.length} bytes`);
     this.blockNr = blockNr;
     this.bytes = bytes;
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -69,7 +69,7 @@ export function getU64(view: DataView, offsetBytes: number): number {
 }
 
 export function setU64(view: DataView, offsetBytes: number, value: number): void {
-  assert(Number.isSafeInteger(value) && value >= 0, `u64 value ${value} is not a safe non-negative integer`);
+  if (!(Number.isSafeInteger(value) && value >= 0)) assert(false, `u64 value ${value} is not a safe non-negative integer`);
   view.setUint32(offsetBytes, value % 0x1_0000_0000, true);
   view.setUint32(offsetBytes + 4, Math.floor(value / 0x1_0000_0000), true);
 }

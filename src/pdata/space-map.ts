@@ -66,10 +66,12 @@ export class SpaceMap {
   #usedBlockCount = 0;
   /** Sorted by begin, non-overlapping. */
   #pending: PendingFree[] = [];
+  /** Smallest transaction id among #pending (Infinity when empty): frees wait for it to be durable. */
+  #pendingOldestTransactionId = Infinity;
 
   /** Opens the space map whose tree is at root; validates that its extents fit and do not overlap. */
   constructor(tm: TransactionManager, root: number, blockCount: number, treeKind: number = TreeKind.dataSpaceMap) {
-    assert(Number.isSafeInteger(blockCount) && blockCount >= 0, `bad block count ${blockCount}`);
+    if (!(Number.isSafeInteger(blockCount) && blockCount >= 0)) assert(false, `bad block count ${blockCount}`);
     this.tm = tm;
     this.treeKind = treeKind;
     this.#tree = new BTree(tm, refCountExtentCodec(treeKind));
@@ -129,7 +131,7 @@ export class SpaceMap {
     this.#assertRange(begin, lengthBlocks);
     this.#unpend(begin, begin + lengthBlocks);
     this.#rewrite(begin, begin + lengthBlocks, (segment) => {
-      assert(segment.count < 0xffff_ffff, `reference count of blocks [${segment.begin}, ${segment.end}) overflows`);
+      if (!(segment.count < 0xffff_ffff)) assert(false, `reference count of blocks [${segment.begin}, ${segment.end}) overflows`);
       return segment.count + 1;
     });
   }
@@ -139,7 +141,7 @@ export class SpaceMap {
     this.#assertRange(begin, lengthBlocks);
     const freed: Segment[] = [];
     this.#rewrite(begin, begin + lengthBlocks, (segment) => {
-      assert(segment.count >= 1, `dec of free blocks [${segment.begin}, ${segment.end})`);
+      if (!(segment.count >= 1)) assert(false, `dec of free blocks [${segment.begin}, ${segment.end})`);
       if (segment.count === 1) freed.push(segment);
       return segment.count - 1;
     });
@@ -160,7 +162,7 @@ export class SpaceMap {
    * lengthBlocksMax long, skipping pending-free blocks and blocks isReserved says are taken.
    */
   findFree(hintBlock: number, lengthBlocksMax: number, isReserved?: (blockNr: number) => boolean): BlockRange | undefined {
-    assert(Number.isSafeInteger(lengthBlocksMax) && lengthBlocksMax >= 1, `bad lengthBlocksMax ${lengthBlocksMax}`);
+    if (!(Number.isSafeInteger(lengthBlocksMax) && lengthBlocksMax >= 1)) assert(false, `bad lengthBlocksMax ${lengthBlocksMax}`);
     this.#dropDurablePending();
     if (this.#blockCount === 0) return undefined;
     const hint = Number.isSafeInteger(hintBlock) && hintBlock >= 0 && hintBlock < this.#blockCount ? hintBlock : 0;
@@ -179,7 +181,7 @@ export class SpaceMap {
   }
 
   grow(blockCount: number): void {
-    assert(Number.isSafeInteger(blockCount) && blockCount >= this.#blockCount, `space map cannot shrink to ${blockCount}`);
+    if (!(Number.isSafeInteger(blockCount) && blockCount >= this.#blockCount)) assert(false, `space map cannot shrink to ${blockCount}`);
     this.#blockCount = blockCount;
   }
 
@@ -195,10 +197,11 @@ export class SpaceMap {
   // ---- internals ----
 
   #assertRange(begin: number, lengthBlocks: number): void {
-    assert(
-      Number.isSafeInteger(begin) && Number.isSafeInteger(lengthBlocks) && begin >= 0 && lengthBlocks >= 1 && begin + lengthBlocks <= this.#blockCount,
-      `blocks [${begin}, ${begin + lengthBlocks}) are outside the space map of ${this.#blockCount} blocks`,
-    );
+    if (
+      !(Number.isSafeInteger(begin) && Number.isSafeInteger(lengthBlocks) && begin >= 0 && lengthBlocks >= 1 && begin + lengthBlocks <= this.#blockCount)
+    ) {
+      assert(false, `blocks [${begin}, ${begin + lengthBlocks}) are outside the space map of ${this.#blockCount} blocks`);
+    }
   }
 
   /** Existing extents touching or adjoining [begin, end), as segments, plus the gaps between them. */
@@ -249,7 +252,7 @@ export class SpaceMap {
       if (segment.begin >= begin && segment.end <= end) {
         for (let blockNr = segment.begin; blockNr < segment.end; blockNr++) {
           const count = countOf(blockNr);
-          assert(Number.isSafeInteger(count) && count >= 0 && count <= 0xffff_ffff, `bad count ${count} for block ${blockNr}`);
+          if (!(Number.isSafeInteger(count) && count >= 0 && count <= 0xffff_ffff)) assert(false, `bad count ${count} for block ${blockNr}`);
           result.push({ begin: blockNr, end: blockNr + 1, count });
         }
       } else {
@@ -292,7 +295,7 @@ export class SpaceMap {
     }
     this.#root = root;
     this.#usedBlockCount += usedDelta;
-    assert(this.#usedBlockCount >= 0 && this.#usedBlockCount <= this.#blockCount, `used block count ${this.#usedBlockCount} out of range`);
+    if (!(this.#usedBlockCount >= 0 && this.#usedBlockCount <= this.#blockCount)) assert(false, `used block count ${this.#usedBlockCount} out of range`);
   }
 
   #findFreeIn(from: number, to: number, lengthBlocksMax: number, isReserved?: (blockNr: number) => boolean): BlockRange | undefined {
@@ -353,8 +356,9 @@ export class SpaceMap {
     this.#dropDurablePending();
     const index = this.#pendingIndexAtOrAfter(begin);
     const next = this.#pending[index];
-    assert(next === undefined || next.begin >= end, `blocks [${begin}, ${end}) freed twice before commit`);
+    if (!(next === undefined || next.begin >= end)) assert(false, `blocks [${begin}, ${end}) freed twice before commit`);
     this.#pending.splice(index, 0, { begin, end, transactionId: this.tm.transactionId });
+    this.#pendingOldestTransactionId = Math.min(this.#pendingOldestTransactionId, this.tm.transactionId);
   }
 
   /** Blocks referenced again before their free was committed are simply not free any more. */
@@ -372,8 +376,11 @@ export class SpaceMap {
 
   #dropDurablePending(): void {
     const durable = this.tm.durableTransactionId;
-    if (this.#pending.some((pending) => pending.transactionId <= durable)) {
-      this.#pending = this.#pending.filter((pending) => pending.transactionId > durable);
+    if (this.#pendingOldestTransactionId > durable) return;
+    this.#pending = this.#pending.filter((pending) => pending.transactionId > durable);
+    this.#pendingOldestTransactionId = Infinity;
+    for (const pending of this.#pending) {
+      this.#pendingOldestTransactionId = Math.min(this.#pendingOldestTransactionId, pending.transactionId);
     }
   }
 }

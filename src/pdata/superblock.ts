@@ -66,8 +66,8 @@ export function isSuperblockBlockNr(blockNr: number): boolean {
 }
 
 export function encodeSuperblock(fields: SuperblockFields, copyIndex: number): Uint8Array {
-  assert(copyIndex >= 0 && copyIndex < SUPERBLOCK_BLOCK_NRS.length, `bad copy index ${copyIndex}`);
-  assert(fields.payload.length <= SUPERBLOCK_PAYLOAD_BYTES_MAX, `superblock payload of ${fields.payload.length} bytes is too large`);
+  if (!(copyIndex >= 0 && copyIndex < SUPERBLOCK_BLOCK_NRS.length)) assert(false, `bad copy index ${copyIndex}`);
+  if (!(fields.payload.length <= SUPERBLOCK_PAYLOAD_BYTES_MAX)) assert(false, `superblock payload of ${fields.payload.length} bytes is too large`);
   const block = new Block(SUPERBLOCK_BLOCK_NRS[copyIndex]!, new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
   const view = block.view;
   view.setUint32(SuperblockLayout.magicOffset, SUPERBLOCK_MAGIC, true);

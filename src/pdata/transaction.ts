@@ -429,7 +429,7 @@ export class TransactionManager {
     if (count === 0) {
       throw new ThinError('THIN_CORRUPT_BLOCK', `Cannot reference metadata block ${blockNr}: the space map says it is free`);
     }
-    assert(count < 0xffff_ffff, `reference count of metadata block ${blockNr} overflows`);
+    if (!(count < 0xffff_ffff)) assert(false, `reference count of metadata block ${blockNr} overflows`);
     this.#setCount(blockNr, count + 1);
   }
 
@@ -629,7 +629,7 @@ export class TransactionManager {
     for (const [transactionId, blockNrs] of this.#pendingByTransaction) {
       if (transactionId > fields.generation) continue;
       for (const blockNr of blockNrs) {
-        assert(this.#pendingFlags[blockNr] === 1 && this.#counts[blockNr] === 0, `pending block ${blockNr} changed while pending`);
+        if (!(this.#pendingFlags[blockNr] === 1 && this.#counts[blockNr] === 0)) assert(false, `pending block ${blockNr} changed while pending`);
         this.#pendingFlags[blockNr] = 0;
         this.#freeBlocks += 1;
         if (blockNr < this.#allocationCursor) this.#allocationCursor = blockNr;
@@ -680,7 +680,7 @@ export class TransactionManager {
   }
 
   #assertBlockNr(blockNr: number): void {
-    assert(Number.isSafeInteger(blockNr) && blockNr >= 0 && blockNr < this.#metadataBlockCount, `metadata block ${blockNr} out of range`);
+    if (!(Number.isSafeInteger(blockNr) && blockNr >= 0 && blockNr < this.#metadataBlockCount)) assert(false, `metadata block ${blockNr} out of range`);
   }
 
   #assertWritable(): void {

@@ -62,8 +62,8 @@ export class BTree<V> {
   readonly codec: ValueCodec<V>;
 
   constructor(tm: TransactionManager, codec: ValueCodec<V>) {
-    assert(codec.treeKind >= 1 && codec.treeKind <= 0xffff, `bad tree kind ${codec.treeKind}`);
-    assert(codec.sizeBytes >= 1 && codec.sizeBytes <= NODE_VALUE_BYTES_MAX, `bad value size ${codec.sizeBytes}`);
+    if (!(codec.treeKind >= 1 && codec.treeKind <= 0xffff)) assert(false, `bad tree kind ${codec.treeKind}`);
+    if (!(codec.sizeBytes >= 1 && codec.sizeBytes <= NODE_VALUE_BYTES_MAX)) assert(false, `bad value size ${codec.sizeBytes}`);
     this.tm = tm;
     this.codec = codec;
   }
@@ -453,12 +453,12 @@ export class BTree<V> {
   #removeFrom(node: Block, key: number): void {
     if (isLeaf(node)) {
       const index = ceilingIndex(node, key);
-      assert(index < entryCount(node) && keyAt(node, index) === key, `key ${key} vanished during remove`);
+      if (!(index < entryCount(node) && keyAt(node, index) === key)) assert(false, `key ${key} vanished during remove`);
       removeAt(node, index);
       return;
     }
     const index = floorIndex(node, key);
-    assert(index >= 0, `key ${key} is below every key of node ${node.blockNr} yet was found`);
+    if (!(index >= 0)) assert(false, `key ${key} is below every key of node ${node.blockNr} yet was found`);
     const child = this.#shadowChild(node, index);
     this.#removeFrom(child, key);
     if (entryCount(child) < nodeEntriesMin(valueSizeOf(child))) this.#rebalance(node, index, child);
@@ -516,7 +516,7 @@ export class BTree<V> {
       leafValueSizeBytes: level === 0 ? valueSizeOf(block) : CHILD_VALUE_BYTES,
       metadataBlockCount,
     });
-    assert(problem === undefined, `B+tree node at metadata block ${block.blockNr} is about to be written broken: ${problem}`);
+    if (!(problem === undefined)) assert(false, `B+tree node at metadata block ${block.blockNr} is about to be written broken: ${problem}`);
   }
 }
 
@@ -532,5 +532,5 @@ function shiftEntries(block: Block, from: number, to: number, count: number): vo
 }
 
 function assertKey(key: number): void {
-  assert(Number.isSafeInteger(key) && key >= 0, `B+tree key ${key} is not a safe non-negative integer`);
+  if (!(Number.isSafeInteger(key) && key >= 0)) assert(false, `B+tree key ${key} is not a safe non-negative integer`);
 }

@@ -34,9 +34,9 @@ export function nodeEntriesMin(valueSizeBytes: number): number {
 }
 
 export function initNode(block: Block, treeKind: number, level: number, valueSizeBytes: number): void {
-  assert(treeKind >= 1 && treeKind <= 0xffff, `bad tree kind ${treeKind}`);
-  assert(level >= 0 && level < BTREE_DEPTH_MAX, `bad level ${level}`);
-  assert(valueSizeBytes >= 1 && valueSizeBytes <= NODE_VALUE_BYTES_MAX, `bad value size ${valueSizeBytes}`);
+  if (!(treeKind >= 1 && treeKind <= 0xffff)) assert(false, `bad tree kind ${treeKind}`);
+  if (!(level >= 0 && level < BTREE_DEPTH_MAX)) assert(false, `bad level ${level}`);
+  if (!(valueSizeBytes >= 1 && valueSizeBytes <= NODE_VALUE_BYTES_MAX)) assert(false, `bad value size ${valueSizeBytes}`);
   block.bytes.fill(0, METADATA_BLOCK_HEADER_BYTES);
   const view = block.view;
   view.setUint16(NodeHeader.treeKindOffset, treeKind, true);
@@ -59,7 +59,7 @@ export function entryCount(block: Block): number {
   return block.view.getUint16(NodeHeader.entryCountOffset, true);
 }
 export function setEntryCount(block: Block, count: number): void {
-  assert(count >= 0 && count <= capacityOf(block), `entry count ${count} out of bounds`);
+  if (!(count >= 0 && count <= capacityOf(block))) assert(false, `entry count ${count} out of bounds`);
   block.view.setUint16(NodeHeader.entryCountOffset, count, true);
 }
 export function valueSizeOf(block: Block): number {
@@ -118,7 +118,7 @@ export function openGap(block: Block, index: number): void {
   const count = entryCount(block);
   const valueSizeBytes = valueSizeOf(block);
   assert(count < capacityOf(block), 'openGap on a full node');
-  assert(index >= 0 && index <= count, `openGap index ${index} of ${count}`);
+  if (!(index >= 0 && index <= count)) assert(false, `openGap index ${index} of ${count}`);
   const keyBase = NodeHeader.keysOffset;
   const valueBase = valueOffset(block, 0);
   block.bytes.copyWithin(keyBase + (index + 1) * KEY_BYTES, keyBase + index * KEY_BYTES, keyBase + count * KEY_BYTES);
@@ -134,7 +134,7 @@ export function openGap(block: Block, index: number): void {
 export function removeAt(block: Block, index: number): void {
   const count = entryCount(block);
   const valueSizeBytes = valueSizeOf(block);
-  assert(index >= 0 && index < count, `removeAt index ${index} of ${count}`);
+  if (!(index >= 0 && index < count)) assert(false, `removeAt index ${index} of ${count}`);
   const keyBase = NodeHeader.keysOffset;
   const valueBase = valueOffset(block, 0);
   block.bytes.copyWithin(keyBase + index * KEY_BYTES, keyBase + (index + 1) * KEY_BYTES, keyBase + count * KEY_BYTES);
