@@ -1,0 +1,18 @@
+// npm run bench [-- NAME...]: runs the named benchmarks (all when none is named).
+import { snapshotBenchmark } from './snapshot.ts';
+
+const benchmarks: Record<string, (args: string[]) => Promise<void>> = {
+  snapshot: snapshotBenchmark,
+};
+
+const names = process.argv.slice(2).filter((arg) => !arg.startsWith('-'));
+const flags = process.argv.slice(2).filter((arg) => arg.startsWith('-'));
+const chosen = names.length > 0 ? names : Object.keys(benchmarks);
+for (const name of chosen) {
+  const run = benchmarks[name];
+  if (!run) {
+    console.error(`bench: no benchmark named '${name}' (have: ${Object.keys(benchmarks).join(', ')})`);
+    process.exit(2);
+  }
+  await run(flags);
+}

@@ -1,0 +1,117 @@
+// thinbd create | snapshot | remove | resize | list
+import type { Command } from '@commander-js/extra-typings';
+import type { Reporter } from '../report.ts';
+import { UsageError, formatTable } from '../report.ts';
+import { poolDirectory, sizeOption, volumeName } from '../options.ts';
+import { withService } from '../pool-access.ts';
+import { formatSize } from '../sizes.ts';
+import { VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
+
+const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
+
+function volumeSize(text: string): number {
+  const sizeBytes = sizeOption('--size', text);
+  if (sizeBytes < 1) throw new UsageError(`--size: ${text} must be at least 1 byte`);
+  if (sizeBytes > VOLUME_SIZE_BYTES_MAX) {
+    throw new UsageError(`--size: ${text} is larger than the largest volume (${formatSize(VOLUME_SIZE_BYTES_MAX)})`);
+  }
+  return sizeBytes;
+}
+
+function parseLabels(texts: string[]): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const text of texts) {
+    const equals = text.indexOf('=');
+    if (equals <= 0) throw new UsageError(`--label: '${text}' is not KEY=VALUE`);
+    labels[text.slice(0, equals)] = text.slice(equals + 1);
+  }
+  return labels;
+}
+
+export function registerVolumeCommands(program: Command, reporter: Reporter): void {
+  program
+    .command('create')
+    .description('create a thin volume')
+    .argument('<name>', 'volume name')
+    .option('--pool <dir>', poolHelp)
+    .requiredOption('--size <size>', 'virtual size, e.g. 10G')
+    .option('--label <key=value...>', 'free-form labels kept with the volume', [] as string[])
+    .action(async (nameText, options) => {
+      const name = volumeName('volume name', nameText);
+      const sizeBytes = volumeSize(options.size);
+      const labels = parseLabels(options.label);
+      const dir = poolDirectory(options.pool);
+      const info = await withService(dir, 'write', (service) => service.createVolume({ name, sizeBytes, labels }));
+      reporter.out(`Created volume ${name} (id ${info.id}, ${formatSize(sizeBytes)})`);
+    });
+
+  program
+    .command('snapshot')
+    .description('take an instant writable (or read-only) snapshot of a volume or snapshot')
+    .argument('<source>', 'volume to snapshot')
+    .argument('<name>', 'name of the new snapshot')
+    .option('--pool <dir>', poolHelp)
+    .option('--read-only', 'make the snapshot read-only')
+    .action(async (sourceText, nameText, options) => {
+      const source = volumeName('source volume name', sourceText);
+      const name = volumeName('snapshot name', nameText);
+      const dir = poolDirectory(options.pool);
+      const { id } = await withService(dir, 'write', (service) =>
+        service.snapshot({ source, name, readOnly: Boolean(options.readOnly) }),
+      );
+      reporter.out(`Created snapshot ${name} of ${source} (id ${id}${options.readOnly ? ', read-only' : ''})`);
+    });
+
+  program
+    .command('remove')
+    .description('remove a volume or snapshot; its snapshots stay intact')
+    .argument('<name>', 'volume name')
+    .option('--pool <dir>', poolHelp)
+    .option('--force', 'remove even when NBD clients are connected to it')
+    .action(async (nameText, options) => {
+      const name = volumeName('volume name', nameText);
+      await withService(poolDirectory(options.pool), 'write', (service) =>
+        service.removeVolume({ name, force: Boolean(options.force) }),
+      );
+      reporter.out(`Removed volume ${name}`);
+    });
+
+  program
+    .command('resize')
+    .description('grow or shrink a volume (shrinking discards what lies past the new end)')
+    .argument('<name>', 'volume name')
+    .option('--pool <dir>', poolHelp)
+    .requiredOption('--size <size>', 'new virtual size')
+    .action(async (nameText, options) => {
+      const name = volumeName('volume name', nameText);
+      const sizeBytes = volumeSize(options.size);
+      await withService(poolDirectory(options.pool), 'write', (service) => service.resizeVolume({ name, sizeBytes }));
+      reporter.out(`Resized volume ${name} to ${formatSize(sizeBytes)}`);
+    });
+
+  program
+    .command('list')
+    .description('list volumes with their mapped, exclusive and shared space')
+    .option('--pool <dir>', poolHelp)
+    .option('--json', 'print JSON')
+    .action(async (options) => {
+      const volumes = await withService(poolDirectory(options.pool), 'read', (service) => service.listVolumes());
+      if (options.json) {
+        reporter.json(volumes);
+        return;
+      }
+      const rows = volumes.map((volume) => [
+        volume.name,
+        String(volume.id),
+        formatSize(volume.sizeBytes),
+        formatSize(volume.mappedBytes),
+        formatSize(volume.exclusiveBytes),
+        formatSize(volume.sharedBytes),
+        volume.origin ?? '-',
+        volume.readOnly ? 'ro' : 'rw',
+        volume.createdAt,
+      ]);
+      const header = ['NAME', 'ID', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'ORIGIN', 'MODE', 'CREATED'];
+      for (const line of formatTable(header, rows)) reporter.out(line);
+    });
+}

@@ -1,0 +1,58 @@
+// The thinbd command line: a shell over the library. Each command parses its options and calls
+// one library function; all output goes through one reporter, exit codes come from one table.
+import { Command, CommanderError } from '@commander-js/extra-typings';
+import { consoleReporter, describeFailure, exitCodes, type Reporter } from './report.ts';
+import { registerPoolCommands } from './commands/pool.ts';
+import { registerVolumeCommands } from './commands/volumes.ts';
+import { registerTransferCommands } from './commands/transfer.ts';
+import { registerCheckCommand } from './commands/check.ts';
+import { registerToolCommands } from './commands/tools.ts';
+
+export const VERSION = '0.1.0';
+
+export function buildProgram(reporter: Reporter): Command {
+  const program = new Command()
+    .name('thinbd')
+    .description('Thin-provisioned volumes and snapshots in a pool, served over NBD')
+    .version(VERSION)
+    .showSuggestionAfterError()
+    .exitOverride()
+    .configureOutput({
+      writeOut: (text) => process.stdout.write(text),
+      writeErr: (text) => process.stderr.write(text),
+      outputError: (text, write) => write(`thinbd: ${text.replace(/^error: /, '')}`),
+    });
+  registerPoolCommands(program, reporter);
+  registerVolumeCommands(program, reporter);
+  registerTransferCommands(program, reporter);
+  registerCheckCommand(program, reporter);
+  registerToolCommands(program, reporter);
+  // Subcommands inherit exit handling so a usage error anywhere exits 2, not 1.
+  const inherit = (command: Command): void => {
+    for (const sub of command.commands as Command[]) {
+      sub.exitOverride().configureOutput(program.configureOutput());
+      inherit(sub);
+    }
+  };
+  inherit(program);
+  return program;
+}
+
+/** Runs one command line; returns the exit code. */
+export async function main(argv: string[], reporter: Reporter = consoleReporter()): Promise<number> {
+  const program = buildProgram(reporter);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return exitCodes.ok;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      const helpOrVersion = ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(error.code);
+      if (helpOrVersion) return exitCodes.ok;
+      if (error.code === 'commander.executeSubCommandAsync') return exitCodes.failure;
+      return exitCodes.usage;
+    }
+    const { exitCode, message } = describeFailure(error);
+    reporter.error(message);
+    return exitCode;
+  }
+}

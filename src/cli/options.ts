@@ -1,0 +1,31 @@
+// Parsing of option values shared by the commands: sizes, names, the pool directory.
+import { resolve } from 'node:path';
+import { UsageError } from './report.ts';
+import { parseSize, SizeSyntaxError } from './sizes.ts';
+import { VOLUME_NAME_LENGTH_MAX, VOLUME_NAME_PATTERN } from '../constants.ts';
+
+export function sizeOption(optionName: string, text: string): number {
+  try {
+    return parseSize(text);
+  } catch (error) {
+    if (error instanceof SizeSyntaxError) throw new UsageError(`${optionName}: ${error.message}`);
+    throw error;
+  }
+}
+
+export function volumeName(what: string, text: string): string {
+  if (text.length > VOLUME_NAME_LENGTH_MAX) {
+    throw new UsageError(`Invalid ${what} '${text.slice(0, 20)}…': longer than ${VOLUME_NAME_LENGTH_MAX} characters`);
+  }
+  if (!VOLUME_NAME_PATTERN.test(text)) {
+    throw new UsageError(
+      `Invalid ${what} '${text}': use letters, digits and . _ + - and start with a letter or digit`,
+    );
+  }
+  return text;
+}
+
+/** --pool, then $THINBD_POOL, then ./pool. */
+export function poolDirectory(option: string | undefined): string {
+  return resolve(option ?? process.env['THINBD_POOL'] ?? 'pool');
+}

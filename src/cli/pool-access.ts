@@ -1,0 +1,56 @@
+// How a command reaches a pool: through the control socket when `thinbd serve` owns it, otherwise
+// by opening its files (taking the pool lock for as long as the command runs).
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { Pool } from '../pool/pool.ts';
+import { ThinError } from '../errors.ts';
+import { LocalPoolService, type PoolService } from '../daemon/service.ts';
+import { connectControl, controlSocketPath } from '../daemon/control.ts';
+
+export type Access = 'read' | 'write';
+
+export function assertPoolExists(dir: string): void {
+  if (!existsSync(join(dir, 'metadata'))) {
+    throw new ThinError(
+      'THIN_NOT_FOUND',
+      `No pool at ${dir} (no metadata file there); create one with 'thinbd pool create --pool ${dir}'`,
+    );
+  }
+}
+
+/** The live server's service when one answers on the pool's control socket. */
+async function liveService(dir: string): Promise<PoolService | undefined> {
+  const socketPath = controlSocketPath(dir);
+  if (!existsSync(socketPath)) return undefined;
+  return connectControl(socketPath);
+}
+
+/** Runs work on the pool's service: remote when served, local otherwise. */
+export async function withService<T>(dir: string, access: Access, work: (service: PoolService) => Promise<T>): Promise<T> {
+  assertPoolExists(dir);
+  const service = (await liveService(dir)) ?? new LocalPoolService(await Pool.open(dir, { readOnly: access === 'read' }));
+  try {
+    return await work(service);
+  } finally {
+    await service.close();
+  }
+}
+
+/** Runs work on the pool's files directly; refused while a server owns the pool. */
+export async function withPool<T>(dir: string, access: Access, work: (pool: Pool) => Promise<T>): Promise<T> {
+  assertPoolExists(dir);
+  const live = await liveService(dir);
+  if (live) {
+    await live.close();
+    throw new ThinError(
+      'THIN_BUSY',
+      `Pool ${dir} is being served by 'thinbd serve'; reach its volumes over NBD (e.g. nbdcopy) or stop the server`,
+    );
+  }
+  const pool = await Pool.open(dir, { readOnly: access === 'read' });
+  try {
+    return await work(pool);
+  } finally {
+    await pool.close();
+  }
+}

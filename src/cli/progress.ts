@@ -1,0 +1,31 @@
+// Progress bars for long work, drawn on stderr only when it is a terminal.
+import cliProgress from 'cli-progress';
+import { formatSize } from './sizes.ts';
+
+export interface Progress {
+  /** Work done so far, in the unit the total was given in. */
+  update(done: number): void;
+  stop(): void;
+}
+
+const silent: Progress = { update: () => {}, stop: () => {} };
+
+export function startProgress(label: string, total: number, options: { bytes?: boolean } = {}): Progress {
+  if (!process.stderr.isTTY || total <= 0) return silent;
+  const format = options.bytes ? (value: number) => formatSize(value) : (value: number) => String(value);
+  const bar = new cliProgress.SingleBar(
+    {
+      stream: process.stderr,
+      format: `${label} [{bar}] {percentage}% {doneText}/{totalText} eta {eta_formatted}`,
+      hideCursor: true,
+      clearOnComplete: true,
+      fps: 10,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  bar.start(total, 0, { doneText: format(0), totalText: format(total) });
+  return {
+    update: (done) => bar.update(done, { doneText: format(done) }),
+    stop: () => bar.stop(),
+  };
+}

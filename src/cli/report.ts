@@ -1,0 +1,73 @@
+// One reporter for all CLI output and one table of exit codes, so scripts can trust both.
+import { ThinError } from '../errors.ts';
+
+export const exitCodes = {
+  ok: 0,
+  /** The command ran and failed: a missing pool, no space, a busy pool, problems found by check. */
+  failure: 1,
+  /** The command line was wrong: a bad size, name or option. Nothing was done. */
+  usage: 2,
+} as const;
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export interface Reporter {
+  /** A line of normal output (stdout). */
+  out(line: string): void;
+  /** A JSON document on stdout. */
+  json(value: unknown): void;
+  /** A warning or progress note (stderr). */
+  note(line: string): void;
+  /** The one clear line that says why a command failed (stderr). */
+  error(line: string): void;
+  readonly isTerminal: boolean;
+}
+
+export function consoleReporter(): Reporter {
+  return {
+    out: (line) => process.stdout.write(`${line}\n`),
+    json: (value) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`),
+    note: (line) => process.stderr.write(`${line}\n`),
+    error: (line) => process.stderr.write(`thinbd: ${line}\n`),
+    isTerminal: Boolean(process.stderr.isTTY),
+  };
+}
+
+/** Maps an error thrown by a command to its exit code and one line for stderr. */
+export function describeFailure(error: unknown): { exitCode: number; message: string } {
+  if (error instanceof UsageError) return { exitCode: exitCodes.usage, message: error.message };
+  if (error instanceof ThinError) return { exitCode: exitCodes.failure, message: error.message };
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && error instanceof Error) {
+    // Node system errors: keep the path and the code, drop the stack.
+    return { exitCode: exitCodes.failure, message: error.message };
+  }
+  if (error instanceof Error && error.name === 'AssertionError') {
+    return { exitCode: exitCodes.failure, message: `${error.message}\n${error.stack ?? ''}` };
+  }
+  return { exitCode: exitCodes.failure, message: String(error instanceof Error ? error.message : error) };
+}
+
+/** An aligned text table; numeric-looking columns are right-aligned. */
+export function formatTable(header: string[], rows: string[][]): string[] {
+  const widths = header.map((title, column) =>
+    Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)),
+  );
+  const rightAligned = header.map((_, column) =>
+    rows.length > 0 && rows.every((row) => /^[\d.]+[BKMGTP]?$/.test(row[column] ?? '')),
+  );
+  const render = (cells: string[]): string =>
+    cells
+      .map((cell, column) => {
+        const width = widths[column] ?? 0;
+        return rightAligned[column] ? cell.padStart(width) : cell.padEnd(width);
+      })
+      .join('  ')
+      .trimEnd();
+  return [render(header), ...rows.map(render)];
+}

@@ -1,0 +1,171 @@
+// The control socket: how `thinbd` commands reach a pool that `thinbd serve` owns. One Unix socket
+// in the pool directory; each request and each response is one line of JSON:
+//   request  { "id": 7, "method": "createVolume", "params": { ... } }
+//   response { "id": 7, "result": ... }  or  { "id": 7, "error": { "code": "THIN_EXISTS", "message": "..." } }
+// Only the owner of the pool lock listens, so a socket file left by a killed server refuses
+// connections (ECONNREFUSED) and the next server removes it.
+import { createServer, createConnection, type Server, type Socket } from 'node:net';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { PoolService } from './service.ts';
+import { errorFromWire } from './service.ts';
+import { ThinError } from '../errors.ts';
+import { CONTROL_REQUEST_BYTES_MAX, CONTROL_CONNECT_TIMEOUT_MS } from '../constants.ts';
+
+export const CONTROL_SOCKET_NAME = 'control.sock';
+
+export function controlSocketPath(poolDir: string): string {
+  return join(poolDir, CONTROL_SOCKET_NAME);
+}
+
+const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status'] as const;
+type Method = (typeof methods)[number];
+
+export class ControlServer {
+  #server: Server;
+  #sockets = new Set<Socket>();
+  readonly socketPath: string;
+
+  private constructor(server: Server, socketPath: string) {
+    this.#server = server;
+    this.socketPath = socketPath;
+  }
+
+  /** Listens on socketPath (removing a stale socket file: the caller holds the pool lock). */
+  static async listen(socketPath: string, service: PoolService): Promise<ControlServer> {
+    rmSync(socketPath, { force: true });
+    const server = createServer();
+    const control = new ControlServer(server, socketPath);
+    server.on('connection', (socket) => control.#serve(socket, service));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return control;
+  }
+
+  #serve(socket: Socket, service: PoolService): void {
+    this.#sockets.add(socket);
+    socket.on('close', () => this.#sockets.delete(socket));
+    socket.on('error', () => socket.destroy());
+    let buffered = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (text: string) => {
+      buffered += text;
+      if (buffered.length > CONTROL_REQUEST_BYTES_MAX) {
+        socket.end(`${JSON.stringify({ id: null, error: { code: 'THIN_INVALID', message: 'control request too large' } })}\n`);
+        return;
+      }
+      let newline: number;
+      while ((newline = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + 1);
+        void this.#answer(socket, line, service);
+      }
+    });
+  }
+
+  async #answer(socket: Socket, line: string, service: PoolService): Promise<void> {
+    let id: unknown = null;
+    try {
+      const request = JSON.parse(line) as { id?: unknown; method?: unknown; params?: unknown };
+      id = request.id ?? null;
+      if (typeof request.method !== 'string' || !(methods as readonly string[]).includes(request.method)) {
+        throw new ThinError('THIN_INVALID', `Unknown control method ${JSON.stringify(request.method)}`);
+      }
+      const method = request.method as Method;
+      const params = (request.params ?? {}) as never;
+      const result = await (service[method] as (params: never) => Promise<unknown>).call(service, params);
+      socket.write(`${JSON.stringify({ id, result: result ?? null })}\n`);
+    } catch (error) {
+      const code = error instanceof ThinError ? error.code : 'THIN_IO';
+      const message = error instanceof Error ? error.message : String(error);
+      if (!socket.destroyed) socket.write(`${JSON.stringify({ id, error: { code, message } })}\n`);
+    }
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.#server.close(() => resolve());
+      for (const socket of this.#sockets) socket.destroy();
+    });
+    rmSync(this.socketPath, { force: true });
+  }
+}
+
+/** A PoolService that forwards every call to a live server; undefined when none answers. */
+export async function connectControl(socketPath: string): Promise<PoolService | undefined> {
+  const socket = await new Promise<Socket | undefined>((resolve) => {
+    const connection = createConnection(socketPath);
+    const timer = setTimeout(() => {
+      connection.destroy();
+      resolve(undefined);
+    }, CONTROL_CONNECT_TIMEOUT_MS);
+    connection.once('connect', () => {
+      clearTimeout(timer);
+      resolve(connection);
+    });
+    connection.once('error', () => {
+      clearTimeout(timer);
+      resolve(undefined);
+    });
+  });
+  if (!socket) return undefined;
+  return new RemotePoolService(socket);
+}
+
+class RemotePoolService implements PoolService {
+  #socket: Socket;
+  #nextId = 1;
+  #pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
+
+  constructor(socket: Socket) {
+    this.#socket = socket;
+    let buffered = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (text: string) => {
+      buffered += text;
+      let newline: number;
+      while ((newline = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + 1);
+        const response = JSON.parse(line) as { id: number; result?: unknown; error?: { code?: string; message?: string } };
+        const waiter = this.#pending.get(response.id);
+        if (!waiter) continue;
+        this.#pending.delete(response.id);
+        if (response.error) waiter.reject(errorFromWire(response.error));
+        else waiter.resolve(response.result);
+      }
+    });
+    const failAll = (): void => {
+      for (const waiter of this.#pending.values()) {
+        waiter.reject(new ThinError('THIN_IO', 'The thinbd server closed the control connection'));
+      }
+      this.#pending.clear();
+    };
+    socket.on('close', failAll);
+    socket.on('error', failAll);
+  }
+
+  #call<T>(method: Method, params: unknown = {}): Promise<T> {
+    const id = this.#nextId++;
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
+      this.#socket.write(`${JSON.stringify({ id, method, params })}\n`);
+    });
+  }
+
+  createVolume: PoolService['createVolume'] = (request) => this.#call('createVolume', request);
+  snapshot: PoolService['snapshot'] = (request) => this.#call('snapshot', request);
+  removeVolume: PoolService['removeVolume'] = (request) => this.#call('removeVolume', request);
+  resizeVolume: PoolService['resizeVolume'] = (request) => this.#call('resizeVolume', request);
+  listVolumes: PoolService['listVolumes'] = () => this.#call('listVolumes');
+  status: PoolService['status'] = () => this.#call('status');
+
+  async close(): Promise<void> {
+    this.#socket.end();
+  }
+}

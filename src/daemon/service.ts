@@ -1,0 +1,102 @@
+// The operations the CLI performs on a pool, behind one interface with two implementations:
+// LocalPoolService runs them on a Pool this process opened (or, inside `thinbd serve`, on the
+// live pool the server owns); the control socket's client runs them remotely on a live pool.
+import type { Pool } from '../pool/pool.ts';
+import { listVolumes, type VolumeListing } from '../tools/list.ts';
+import { ThinError } from '../errors.ts';
+
+export interface CreateVolumeRequest {
+  name: string;
+  sizeBytes: number;
+  labels?: Record<string, string>;
+}
+
+export interface SnapshotRequest {
+  source: string;
+  name: string;
+  readOnly?: boolean;
+}
+
+export interface RemoveRequest {
+  name: string;
+  /** Remove even when clients are connected to the volume's export. */
+  force?: boolean;
+}
+
+export interface PoolService {
+  createVolume(request: CreateVolumeRequest): Promise<{ id: number }>;
+  snapshot(request: SnapshotRequest): Promise<{ id: number }>;
+  removeVolume(request: RemoveRequest): Promise<void>;
+  resizeVolume(request: { name: string; sizeBytes: number }): Promise<void>;
+  listVolumes(): Promise<VolumeListing[]>;
+  status(): Promise<ReturnType<Pool['status']>>;
+  close(): Promise<void>;
+}
+
+export interface LocalServiceHooks {
+  /** Called before a volume is removed; throws THIN_BUSY to refuse (e.g. clients connected). */
+  beforeRemove?(name: string, force: boolean): void;
+  /** Called after the set of volumes changed, so exports can follow. */
+  afterChange?(): void;
+}
+
+export class LocalPoolService implements PoolService {
+  readonly pool: Pool;
+  #hooks: LocalServiceHooks;
+  #closePool: boolean;
+
+  constructor(pool: Pool, options: { hooks?: LocalServiceHooks; closePool?: boolean } = {}) {
+    this.pool = pool;
+    this.#hooks = options.hooks ?? {};
+    this.#closePool = options.closePool ?? true;
+  }
+
+  async createVolume(request: CreateVolumeRequest): Promise<{ id: number }> {
+    const volume = await this.pool.createVolume(request.name, { sizeBytes: request.sizeBytes, labels: request.labels ?? {} });
+    await this.pool.flush();
+    this.#hooks.afterChange?.();
+    return { id: volume.id };
+  }
+
+  async snapshot(request: SnapshotRequest): Promise<{ id: number }> {
+    const snapshot = await this.pool.snapshot(request.source, request.name, { readOnly: Boolean(request.readOnly) });
+    await this.pool.flush();
+    this.#hooks.afterChange?.();
+    return { id: snapshot.id };
+  }
+
+  async removeVolume(request: RemoveRequest): Promise<void> {
+    this.pool.volume(request.name); // THIN_NOT_FOUND before asking the hooks
+    this.#hooks.beforeRemove?.(request.name, Boolean(request.force));
+    await this.pool.removeVolume(request.name);
+    await this.pool.flush();
+    this.#hooks.afterChange?.();
+  }
+
+  async resizeVolume(request: { name: string; sizeBytes: number }): Promise<void> {
+    await this.pool.resizeVolume(request.name, request.sizeBytes);
+    await this.pool.flush();
+    this.#hooks.afterChange?.();
+  }
+
+  async listVolumes(): Promise<VolumeListing[]> {
+    return listVolumes(this.pool);
+  }
+
+  async status(): Promise<ReturnType<Pool['status']>> {
+    return this.pool.status();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closePool) await this.pool.close();
+  }
+}
+
+/** Rebuilds a ThinError sent over the control socket as { code, message }. */
+export function errorFromWire(wire: { code?: string; message?: string }): Error {
+  const message = wire.message ?? 'the server reported an error without a message';
+  if (typeof wire.code === 'string' && wire.code.startsWith('THIN_')) {
+    return new ThinError(wire.code as ThinError['code'], message);
+  }
+  return new Error(message);
+}

@@ -1,0 +1,264 @@
+// The command contract of issue 2, through the real `thinbd` executable.
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, statSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { VolumeListing } from '../../src/tools/list.ts';
+import { thinbd, thinbdBytes, thinbdJson, spawnThinbd } from './run-thinbd.ts';
+
+type Listing = VolumeListing;
+
+const K = 1024;
+const M = 1024 * K;
+
+let work: string;
+before(() => {
+  work = mkdtempSync(join(tmpdir(), 'thinbd-cli-'));
+});
+after(() => {
+  rmSync(work, { recursive: true, force: true });
+});
+
+function freshPool(name: string, extra: string[] = []): string {
+  const dir = join(work, name);
+  const result = thinbd(['pool', 'create', '--pool', dir, '--data-size', '256M', ...extra]);
+  assert.equal(result.code, 0, result.stderr);
+  return dir;
+}
+
+function ok(args: string[], env?: Record<string, string>): string {
+  const result = thinbd(args, { env });
+  assert.equal(result.code, 0, `thinbd ${args.join(' ')}: ${result.stderr}`);
+  return result.stdout;
+}
+
+function usageError(args: string[], pattern: RegExp): void {
+  const result = thinbd(args);
+  assert.equal(result.code, 2, `expected usage error from ${args.join(' ')}, got ${result.code}: ${result.stderr}`);
+  assert.match(result.stderr, pattern);
+}
+
+/** An image with data in some 64 KiB blocks and zeros in the rest. */
+function makeImage(path: string, blocks: number, dataBlocks: number[]): Buffer {
+  const image = Buffer.alloc(blocks * 64 * K);
+  for (const block of dataBlocks) randomBytes(64 * K).copy(image, block * 64 * K);
+  writeFileSync(path, image);
+  return image;
+}
+
+describe('pool create and status', () => {
+  test('a new pool is a directory with sparse metadata and data files', () => {
+    const dir = freshPool('p-create');
+    assert.ok(existsSync(join(dir, 'metadata')) && existsSync(join(dir, 'data')));
+    const data = statSync(join(dir, 'data'));
+    assert.equal(data.size, 256 * M);
+    assert.ok(data.blocks * 512 < 1 * M, 'the data file is sparse');
+  });
+
+  test('pool create refuses to overwrite an existing pool', () => {
+    const dir = freshPool('p-twice');
+    const again = thinbd(['pool', 'create', '--pool', dir]);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /exist/i);
+    assert.equal(again.stderr.trim().split('\n').length, 1, 'one clear line');
+  });
+
+  test('pool status --json reports space, metadata, transaction, mode and counters', () => {
+    const dir = freshPool('p-status', ['--block-size', '128k']);
+    const status = thinbdJson<Record<string, unknown>>(['pool', 'status', '--pool', dir]);
+    assert.equal(status['blockSizeBytes'], 128 * K);
+    assert.equal(status['dataBlockCount'], 2048);
+    assert.equal(status['dataBlocksUsed'], 0);
+    assert.equal(status['volumeCount'], 0);
+    assert.equal(status['mode'], 'read-write');
+    for (const key of ['metadataBlockCount', 'metadataBlocksUsed', 'transactionId', 'metadataPath', 'dataPath']) {
+      assert.ok(key in status, `status has ${key}`);
+    }
+    assert.equal(status['dataPath'], join(dir, 'data'));
+  });
+
+  test('block sizes must be powers of two from 64k to 1G', () => {
+    usageError(['pool', 'create', '--pool', join(work, 'bs1'), '--block-size', '96k'], /power of two/);
+    usageError(['pool', 'create', '--pool', join(work, 'bs2'), '--block-size', '32k'], /power of two/);
+    usageError(['pool', 'create', '--pool', join(work, 'bs3'), '--block-size', '2G'], /power of two/);
+    assert.equal(existsSync(join(work, 'bs1')), false, 'nothing created on a usage error');
+  });
+
+  test('the pool defaults to $THINBD_POOL, then ./pool', () => {
+    const dir = join(work, 'p-env');
+    ok(['pool', 'create', '--data-size', '64M'], { THINBD_POOL: dir });
+    ok(['create', 'v', '--size', '1M'], { THINBD_POOL: dir });
+    assert.equal(thinbdJson<Listing[]>(['list', '--pool', dir]).length, 1);
+    const cwd = mkdtempSync(join(work, 'cwd-'));
+    const result = thinbd(['pool', 'create', '--data-size', '64M'], { cwd });
+    assert.equal(result.code, 0, result.stderr);
+    assert.ok(existsSync(join(cwd, 'pool', 'metadata')));
+  });
+});
+
+describe('usage errors exit 2 and say what was wrong', () => {
+  test('a bad size', () => {
+    const dir = freshPool('u-size');
+    usageError(['create', '--pool', dir, 'v', '--size', '12Q'], /Invalid size '12Q'.*unknown unit/);
+    usageError(['create', '--pool', dir, 'v', '--size', 'lots'], /Invalid size 'lots'/);
+    usageError(['create', '--pool', dir, 'v', '--size', '0'], /at least 1 byte/);
+  });
+
+  test('a bad name', () => {
+    const dir = freshPool('u-name');
+    usageError(['create', '--pool', dir, '../evil', '--size', '1M'], /Invalid volume name '..\/evil'/);
+    usageError(['create', '--pool', dir, 'a'.repeat(200), '--size', '1M'], /longer than/);
+    usageError(['snapshot', '--pool', dir, 'v', 'bad name'], /Invalid snapshot name/);
+  });
+
+  test('an unknown option or a missing argument', () => {
+    usageError(['list', '--frobnicate'], /unknown option '--frobnicate'/);
+    usageError(['create', '--size', '1M'], /missing required argument 'name'/);
+    usageError(['frobnicate'], /unknown command/);
+  });
+});
+
+describe('failures exit 1 with one clear line', () => {
+  test('a missing pool', () => {
+    const result = thinbd(['list', '--pool', join(work, 'nowhere')]);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /No pool at .*nowhere/);
+    assert.equal(result.stderr.trim().split('\n').length, 1);
+  });
+
+  test('a missing volume, and a name that is taken', () => {
+    const dir = freshPool('f-volume');
+    const missing = thinbd(['remove', '--pool', dir, 'ghost']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /ghost/);
+    ok(['create', '--pool', dir, 'v', '--size', '1M']);
+    const taken = thinbd(['create', '--pool', dir, 'v', '--size', '1M']);
+    assert.equal(taken.code, 1);
+    assert.match(taken.stderr, /exists/);
+  });
+});
+
+describe('volumes and snapshots', () => {
+  test('create, snapshot, resize, list and remove, with thin_ls-style accounting', () => {
+    const dir = freshPool('v-life');
+    const image = join(work, 'v-life.img');
+    makeImage(image, 16, [0, 1, 2, 3]);
+    ok(['create', '--pool', dir, 'base', '--size', '1M']);
+    ok(['import', '--pool', dir, 'base', image]);
+    ok(['snapshot', '--pool', dir, 'base', 'snap']);
+    ok(['snapshot', '--pool', dir, 'snap', 'snap2', '--read-only']);
+    let listing = thinbdJson<Listing[]>(['list', '--pool', dir]);
+    const byName = new Map(listing.map((entry) => [entry.name, entry]));
+    assert.deepEqual([...byName.keys()].sort(), ['base', 'snap', 'snap2']);
+    assert.equal(byName.get('base')?.mappedBytes, 4 * 64 * K);
+    assert.equal(byName.get('snap')?.sharedBytes, 4 * 64 * K);
+    assert.equal(byName.get('snap')?.exclusiveBytes, 0);
+    assert.equal(byName.get('snap')?.origin, 'base');
+    assert.equal(byName.get('snap2')?.origin, 'snap');
+    assert.equal(byName.get('snap2')?.readOnly, true);
+    assert.ok(!Number.isNaN(Date.parse(byName.get('snap')?.createdAt ?? '')));
+
+    ok(['resize', '--pool', dir, 'snap', '--size', '2M']);
+    ok(['remove', '--pool', dir, 'base']);
+    listing = thinbdJson<Listing[]>(['list', '--pool', dir]);
+    const snap = listing.find((entry) => entry.name === 'snap');
+    assert.equal(snap?.sizeBytes, 2 * M);
+    assert.equal(snap?.mappedBytes, 4 * 64 * K, 'removing the origin keeps the snapshot intact');
+
+    const exported = join(work, 'v-life.out');
+    ok(['export', '--pool', dir, 'snap2', exported]);
+    assert.ok(readFileSync(exported).equals(readFileSync(image)), 'snapshot of snapshot reads what was imported');
+    const table = ok(['list', '--pool', dir]);
+    assert.match(table, /^NAME\s+ID\s+SIZE\s+MAPPED\s+EXCLUSIVE\s+SHARED\s+ORIGIN\s+MODE\s+CREATED/);
+    assert.match(table, /snap2\s+\d+\s+1M\s+256K\s+0B\s+256K\s+snap\s+ro/);
+    ok(['check', '--pool', dir]);
+  });
+
+  test('a read-only snapshot refuses an import', () => {
+    const dir = freshPool('v-ro');
+    const image = join(work, 'v-ro.img');
+    makeImage(image, 2, [0]);
+    ok(['import', '--pool', dir, 'v', image]);
+    ok(['snapshot', '--pool', dir, 'v', 'frozen', '--read-only']);
+    const result = thinbd(['import', '--pool', dir, 'frozen', image]);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /read-only/i);
+  });
+});
+
+describe('import and export', () => {
+  test('import creates the volume sized to the image and leaves zeros unmapped; export keeps holes', () => {
+    const dir = freshPool('t-import');
+    const image = join(work, 't.img');
+    const bytes = makeImage(image, 64, [0, 5, 6, 40]);
+    ok(['import', '--pool', dir, 'disk', image]);
+    const [entry] = thinbdJson<Listing[]>(['list', '--pool', dir]);
+    assert.equal(entry?.sizeBytes, bytes.length);
+    assert.equal(entry?.mappedBytes, 4 * 64 * K, 'runs of zeros are not written');
+    const out = join(work, 't.out');
+    ok(['export', '--pool', dir, 'disk', out]);
+    assert.ok(readFileSync(out).equals(bytes));
+    const stat = statSync(out);
+    assert.ok(stat.blocks * 512 <= 4 * 64 * K + 64 * K, `export leaves holes (${stat.blocks * 512} bytes allocated)`);
+  });
+
+  test('import from stdin at an offset into an existing volume', () => {
+    const dir = freshPool('t-stdin');
+    ok(['create', '--pool', dir, 'disk', '--size', '4M']);
+    const payload = randomBytes(100_000);
+    const result = thinbd(['import', '--pool', dir, 'disk', '-', '--offset', '1000k'], { input: payload });
+    assert.equal(result.code, 0, result.stderr);
+    const exported = thinbdBytes(['export', '--pool', dir, 'disk', '-']);
+    assert.equal(exported.length, 4 * M, 'export to stdout writes the whole volume, holes as zeros');
+    const expected = Buffer.alloc(4 * M);
+    payload.copy(expected, 1000 * K);
+    assert.ok(exported.equals(expected));
+  });
+
+  test('import from stdin creates a volume sized to the stream', () => {
+    const dir = freshPool('t-stdin-new');
+    const payload = Buffer.concat([randomBytes(70_000), Buffer.alloc(200_000), randomBytes(3)]);
+    const result = thinbd(['import', '--pool', dir, 'disk', '-'], { input: payload });
+    assert.equal(result.code, 0, result.stderr);
+    const [entry] = thinbdJson<Listing[]>(['list', '--pool', dir]);
+    assert.equal(entry?.sizeBytes, payload.length);
+    const out = join(work, 'stdin-new.out');
+    ok(['export', '--pool', dir, 'disk', out]);
+    assert.ok(readFileSync(out).equals(payload));
+  });
+
+  test('an image that does not fit an existing volume is refused without writing', () => {
+    const dir = freshPool('t-fit');
+    ok(['create', '--pool', dir, 'small', '--size', '64k']);
+    const image = join(work, 'fit.img');
+    makeImage(image, 2, [0, 1]);
+    const result = thinbd(['import', '--pool', dir, 'small', image]);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /does not fit/);
+    assert.equal(thinbdJson<Listing[]>(['list', '--pool', dir])[0]?.mappedBytes, 0);
+  });
+});
+
+describe('check and crashes', () => {
+  test('a pool left by a killed process opens, lists and checks clean', async () => {
+    const dir = freshPool('k-killed', ['--data-size', '1G']);
+    const image = join(work, 'big.img');
+    const blocks = 4096; // 256 MiB of non-zero data: long enough to be killed mid-import
+    const chunk = randomBytes(64 * K);
+    const big = Buffer.alloc(blocks * 64 * K);
+    for (let block = 0; block < blocks; block += 1) chunk.copy(big, block * 64 * K);
+    writeFileSync(image, big);
+    ok(['create', '--pool', dir, 'victim', '--size', '256M']);
+    const child = spawnThinbd(['import', '--pool', dir, 'victim', image]);
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    child.kill('SIGKILL');
+    await new Promise((resolve) => child.once('exit', resolve));
+    const check = thinbd(['check', '--pool', dir]);
+    assert.equal(check.code, 0, check.stdout + check.stderr);
+    const listing = thinbdJson<Listing[]>(['list', '--pool', dir]);
+    assert.equal(listing[0]?.name, 'victim');
+    ok(['create', '--pool', dir, 'after', '--size', '1M']);
+  });
+});
