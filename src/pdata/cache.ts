@@ -41,7 +41,8 @@ export class BlockCache {
     }
     const slot = this.#freeSlot();
     this.#slots[slot] = block;
-    this.#referenced[slot] = 1;
+    // A new block earns its second chance by being used again: a scan evicts its own blocks first.
+    this.#referenced[slot] = 0;
     this.#slotOf.set(block.blockNr, slot);
     if (this.#slotOf.size > this.capacityBlocks) assert(false, 'cache exceeds its bound');
   }

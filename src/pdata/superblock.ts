@@ -134,7 +134,7 @@ export async function readSuperblockCopies(file: BlockFile): Promise<SuperblockC
 }
 
 /**
- * The distinct generations to try, newest first, each with one valid copy of it (F-SB-6). Copies
+ * The distinct superblocks to try, newest generation first (F-SB-6). Copies
  * of another pool than the one most copies (or the caller) name are set aside as misplaced.
  */
 export function superblockCandidates(
@@ -158,7 +158,7 @@ export function superblockCandidates(
       }
     }
   }
-  const byGeneration = new Map<number, SuperblockFields & { formatVersion: number }>();
+  const candidates: Array<SuperblockFields & { formatVersion: number }> = [];
   for (const copy of copies) {
     const fields = copy.fields;
     if (fields === undefined) continue;
@@ -167,7 +167,19 @@ export function superblockCandidates(
       copy.problem = `belongs to pool ${fields.poolId.toString(16)}, not ${expectedPoolId?.toString(16)} (a misplaced copy)`;
       continue;
     }
-    if (!byGeneration.has(fields.generation)) byGeneration.set(fields.generation, fields);
+    // Two copies of one commit are identical; copies that disagree are both tried (F-SB-9).
+    if (!candidates.some((candidate) => sameSuperblock(candidate, fields))) candidates.push(fields);
   }
-  return [...byGeneration.values()].sort((a, b) => b.generation - a.generation);
+  return candidates.sort((a, b) => b.generation - a.generation);
+}
+
+function sameSuperblock(a: SuperblockFields & { formatVersion: number }, b: SuperblockFields & { formatVersion: number }): boolean {
+  return (
+    a.generation === b.generation &&
+    a.formatVersion === b.formatVersion &&
+    a.metadataBlockCount === b.metadataBlockCount &&
+    a.metadataSpaceMapRoot === b.metadataSpaceMapRoot &&
+    a.payload.length === b.payload.length &&
+    a.payload.every((byte, index) => byte === b.payload[index])
+  );
 }

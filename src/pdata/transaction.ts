@@ -108,6 +108,8 @@ interface ManagerState {
   poolId: bigint;
   metadataBlockCount: number;
   transactionId: number;
+  /** Defaults to transactionId - 1. */
+  durableTransactionId?: number;
   readOnly: boolean;
   cacheBlocksMax: number;
 }
@@ -163,7 +165,8 @@ export class TransactionManager {
     this.#freeBlocks = state.metadataBlockCount;
     this.#cache = new BlockCache(state.cacheBlocksMax);
     this.#transactionId = state.transactionId;
-    this.#durableTransactionId = state.transactionId - 1;
+    this.#durableTransactionId = state.durableTransactionId ?? state.transactionId - 1;
+    assert(this.#durableTransactionId < this.#transactionId, 'the open transaction must follow the durable one');
   }
 
   /**
@@ -224,7 +227,7 @@ export class TransactionManager {
         );
       }
       try {
-        const tm = TransactionManager.#openGeneration(file, candidate, options);
+        const tm = TransactionManager.#openGeneration(file, candidate, nextTransactionId(candidate.generation, newestGenerationSeen), options);
         options.validatePayload?.(candidate.payload, tm);
         const report: OpenReport = {
           generation: candidate.generation,
@@ -250,7 +253,7 @@ export class TransactionManager {
     );
   }
 
-  static #openGeneration(file: BlockFile, fields: SuperblockFields, options: OpenOptions): TransactionManager {
+  static #openGeneration(file: BlockFile, fields: SuperblockFields, transactionId: number, options: OpenOptions): TransactionManager {
     if (fields.metadataBlockCount < METADATA_BLOCK_COUNT_MIN || fields.metadataBlockCount > METADATA_BLOCK_COUNT_MAX) {
       throw new ThinError(
         'THIN_CORRUPT_SUPERBLOCK',
@@ -261,7 +264,8 @@ export class TransactionManager {
       file,
       poolId: fields.poolId,
       metadataBlockCount: fields.metadataBlockCount,
-      transactionId: fields.generation + 1,
+      transactionId,
+      durableTransactionId: fields.generation,
       readOnly: options.readOnly ?? false,
       cacheBlocksMax: options.cacheBlocksMax ?? METADATA_CACHE_BLOCKS_MAX,
     });
@@ -705,4 +709,16 @@ export class TransactionManager {
       cause,
     });
   }
+}
+
+/**
+ * The transaction after opening generation `opened` when copies of generations up to `newest`
+ * exist (F-SB-9). Normally opened + 1. After a fall back, generation numbers are never reused
+ * (so two valid copies of one generation always hold the same commit), and the next generation
+ * goes to the pair that does not hold `opened`, overwriting the rejected copies, never the ones
+ * the pool now stands on.
+ */
+export function nextTransactionId(opened: number, newest: number): number {
+  if (newest <= opened) return opened + 1;
+  return (newest + 1) % 2 !== opened % 2 ? newest + 1 : newest + 2;
 }

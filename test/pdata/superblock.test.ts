@@ -10,8 +10,8 @@ import { BTree } from '../../src/pdata/btree/btree.ts';
 import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
 import { TreeWalker } from '../../src/pdata/btree/walker.ts';
 import { refCountExtentCodec } from '../../src/pdata/space-map.ts';
-import { superblockCopyIndexes } from '../../src/pdata/superblock.ts';
-import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { encodeSuperblock, superblockCopyIndexes } from '../../src/pdata/superblock.ts';
+import { TransactionManager, nextTransactionId } from '../../src/pdata/transaction.ts';
 import { Random, newManager, payloadRoots, rootsPayload } from './helpers.ts';
 
 const codec = u64Codec(TreeKind.test);
@@ -130,6 +130,40 @@ describe('superblock copies', () => {
     assert.equal(report.newestGenerationSeen, 3);
     assert.equal(report.rejected[0]!.generation, 3);
     assert.match(report.rejected[0]!.problem, new RegExp(`block ${newestRoot}: checksum mismatch`));
+  });
+
+  test('after a fall back the next commit takes a new generation number and spares the copies it stands on', async () => {
+    const { file, roots } = await committedPool(3);
+    const bytes = readBlock(file, roots[2]!);
+    bytes[3000]! ^= 0x01;
+    writeBlock(file, roots[2]!, bytes);
+    const opened = await TransactionManager.open(file, { validatePayload: validateTree });
+    assert.equal(opened.report.generation, 2);
+    assert.equal(nextTransactionId(2, 3), 5);
+    assert.equal(opened.tm.transactionId, 5, 'generation 3 exists (rejected), and 4 would overwrite the copies of 2');
+    const tree = new BTree(opened.tm, codec);
+    const root = tree.insert(payloadRoots(opened.payload)[0]!, 999_999, 5);
+    await opened.tm.commit(rootsPayload(root, 5));
+    const copies = await Promise.all(SUPERBLOCK_BLOCK_NRS.map((blockNr) => readBlock(file, blockNr)));
+    const generations = copies.map((copy) => new Block(0, copy).transactionId);
+    assert.deepEqual(generations, [2, 5, 2, 5]);
+    // A cut that tears both copies of 5 still finds 2.
+    const random = new Random(5);
+    for (const copyIndex of superblockCopyIndexes(5)) tear(file, SUPERBLOCK_BLOCK_NRS[copyIndex]!, random);
+    const again = await TransactionManager.open(file, { validatePayload: validateTree });
+    assert.equal(again.report.generation, 2);
+  });
+
+  test('two valid copies of one generation that disagree are both tried', async () => {
+    const { file } = await committedPool(2);
+    // Rewrite copy 2 as generation 2 with a different payload whose root is garbage.
+    const { tm } = await TransactionManager.open(file);
+    const fields = { poolId: tm.poolId, generation: 2, metadataBlockCount: tm.metadataBlockCount, metadataSpaceMapRoot: tm.metadataSpaceMapRoot };
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[0]!, encodeSuperblock({ ...fields, payload: rootsPayload(12_345, 2) }, 0));
+    const { report, payload } = await TransactionManager.open(file, { validatePayload: validateTree });
+    assert.equal(report.generation, 2);
+    assert.notEqual(payloadRoots(payload)[0], 12_345);
+    assert.equal(report.rejected.length, 1);
   });
 
   test('with every copy invalid, open names what is wrong with each copy', async () => {
