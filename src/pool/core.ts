@@ -31,10 +31,12 @@ import {
   METADATA_BLOCK_SIZE_BYTES,
   METADATA_BLOCK_HEADER_BYTES,
   METADATA_DIRTY_BLOCKS_SOFT_MAX,
+  BTREE_DEPTH_MAX,
   VOLUME_SIZE_BYTES_MAX,
 } from '../constants.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { BTREE_BLOCK_TYPES, BlockType, BTree, SpaceMap, type TransactionManager, type ValueCodec } from '../pdata/index.ts';
+import { childAt, entryCount, isLeaf, valueOffset } from '../pdata/btree/node.ts';
 import { DataAllocator } from './allocator.ts';
 import { BlockLocks, WHOLE_VOLUME_END } from './block-locks.ts';
 import {
@@ -227,7 +229,12 @@ export class PoolCore {
   #dataWritesSinceSync = 0;
   #commitRunning: Promise<void> | undefined;
   #commitQueued: Promise<void> | undefined;
+  /** While set, no commit starts: a reader of the committed state (a live check) is using it. */
+  #commitHold: Promise<void> | undefined;
   #closed = false;
+  #closing = false;
+  #requestsInFlight = 0;
+  #drainWaiters: Array<() => void> = [];
   #dataBytesWritten = 0;
   #dataSyncs = 0;
   /** Copy-on-write buffers of one block; long-lived zero buffer shared by every zeroing write. */
@@ -485,20 +492,17 @@ export class PoolCore {
   }
 
   /**
-   * Whether a mapped block may be written in place. A mapping written since the volume's last
-   * snapshot is exclusive (dm-thin's time test, F-POOL-24); otherwise the leaf path is shadowed
-   * (re-inserting the same value does that) and the data block's count tells.
+   * Whether a write to a mapped block must copy it. dm-thin's time test (F-POOL-24): a mapping
+   * written before the volume's last snapshot may be shared, so it is copied, even when the data
+   * block's count now says only this volume holds it. The count cannot be trusted for this: it
+   * reflects the open transaction, and when the other holder broke sharing in that transaction,
+   * the last committed state still has it pointing at the block. Writing in place would change
+   * that holder's committed contents, which a crash before the next commit brings back (the
+   * crash simulator found this). A copied block gets the current time and is written in place
+   * from then on.
    */
-  #isShared(device: Device, mapping: Mapping): boolean {
-    if (mapping.extent.time >= device.value.snapshottedTime) return false;
-    this.#mutate(`breaking sharing of volume ${device.details.name}`, () => {
-      const root = this.mappingTree.insert(device.value.mappingRoot, mapping.key, mapping.extent);
-      if (root !== device.value.mappingRoot) {
-        device.value = { ...device.value, mappingRoot: root };
-        device.dirty = true;
-      }
-    });
-    return this.dataSpace.count(mapping.dataBlock) > 1;
+  #mustCopy(device: Device, mapping: Mapping): boolean {
+    return mapping.extent.time < device.value.snapshottedTime;
   }
 
   // ---- data I/O ----
@@ -537,7 +541,7 @@ export class PoolCore {
       await this.#provision(device, virtualBlock, offsetInBlockBytes, source, lengthBytes);
       return;
     }
-    if (this.#isShared(device, mapping)) {
+    if (this.#mustCopy(device, mapping)) {
       await this.#copyOnWrite(device, virtualBlock, mapping.dataBlock, offsetInBlockBytes, source, lengthBytes);
       return;
     }
@@ -804,28 +808,69 @@ export class PoolCore {
    * volume's mappings is shared; the rest of a volume's mapped blocks are exclusive.
    */
   usage(): Map<number, VolumeUsage> {
-    const perDevice = new Map<number, KeyedExtent[]>();
-    const ranges: CoverageRun[] = [];
+    // One pass over distinct leaves: a leaf shared by n volumes (after snapshots) is read once and
+    // its blocks count n references, so the cost follows the distinct leaves, not the volumes.
+    const leafMemo = new Map<number, number[]>();
+    const leafExtents = new Map<number, Extent[]>();
+    const owners = new Map<number, number>();
+    const leavesByDevice = new Map<number, number[]>();
     for (const device of this.devices()) {
-      const extents: KeyedExtent[] = [];
-      for (const [key, extent] of this.mappingTree.entries(device.value.mappingRoot)) {
-        extents.push({ virtualBlock: key, ...extent });
-        ranges.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count: 1 });
-      }
-      perDevice.set(device.id, extents);
+      const leaves = this.#leavesOf(device.value.mappingRoot, leafMemo, leafExtents, BTREE_DEPTH_MAX);
+      leavesByDevice.set(device.id, leaves);
+      for (const leaf of leaves) owners.set(leaf, (owners.get(leaf) ?? 0) + 1);
+    }
+    const ranges: CoverageRun[] = [];
+    for (const [leaf, extents] of leafExtents) {
+      const count = owners.get(leaf) ?? 0;
+      if (count === 0) continue;
+      for (const extent of extents) ranges.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count });
     }
     const runs = coverageRuns(ranges);
-    const usage = new Map<number, VolumeUsage>();
-    for (const device of this.devices()) {
-      let exclusiveBlocks = 0;
+    const perLeaf = new Map<number, { mappedBlocks: number; exclusiveBlocks: number }>();
+    for (const [leaf, extents] of leafExtents) {
       let mappedBlocks = 0;
-      for (const extent of perDevice.get(device.id) ?? []) {
+      let exclusiveBlocks = 0;
+      for (const extent of extents) {
         mappedBlocks += extent.lengthBlocks;
         exclusiveBlocks += overlapLength(runs, extent.dataBlock, extent.dataBlock + extent.lengthBlocks, (run) => run.count === 1);
       }
-      usage.set(device.id, { mappedBlocks, exclusiveBlocks, sharedBlocks: mappedBlocks - exclusiveBlocks });
+      perLeaf.set(leaf, { mappedBlocks, exclusiveBlocks });
+    }
+    const usage = new Map<number, VolumeUsage>();
+    for (const [id, leaves] of leavesByDevice) {
+      let mappedBlocks = 0;
+      let exclusiveBlocks = 0;
+      for (const leaf of leaves) {
+        const counts = perLeaf.get(leaf)!;
+        mappedBlocks += counts.mappedBlocks;
+        exclusiveBlocks += counts.exclusiveBlocks;
+      }
+      usage.set(id, { mappedBlocks, exclusiveBlocks, sharedBlocks: mappedBlocks - exclusiveBlocks });
     }
     return usage;
+  }
+
+  /** The leaves under a mapping tree node, in key order; memoized per node, so shared subtrees are read once. */
+  #leavesOf(blockNr: number, memo: Map<number, number[]>, leafExtents: Map<number, Extent[]>, levelsLeft: number): number[] {
+    const known = memo.get(blockNr);
+    if (known !== undefined) return known;
+    assert(levelsLeft > 0, `mapping tree deeper than ${BTREE_DEPTH_MAX} levels at block ${blockNr}`);
+    const block = this.tm.read(blockNr, BTREE_BLOCK_TYPES);
+    const count = entryCount(block);
+    let leaves: number[];
+    if (isLeaf(block)) {
+      const extents: Extent[] = [];
+      for (let index = 0; index < count; index += 1) extents.push(this.mappingTree.codec.unpack(block.view, valueOffset(block, index)));
+      leafExtents.set(blockNr, extents);
+      leaves = [blockNr];
+    } else {
+      leaves = [];
+      for (let index = 0; index < count; index += 1) {
+        for (const leaf of this.#leavesOf(childAt(block, index), memo, leafExtents, levelsLeft - 1)) leaves.push(leaf);
+      }
+    }
+    memo.set(blockNr, leaves);
+    return leaves;
   }
 
   /** Distinct data blocks some mapping refers to: equals the data space map's used count. */
@@ -865,9 +910,40 @@ export class PoolCore {
 
   // ---- commit ----
 
-  /** Whether enough metadata is dirty that a commit should be started without being asked. */
-  get wantsCommit(): boolean {
-    return this.tm.dirtyBlockCount >= METADATA_DIRTY_BLOCKS_SOFT_MAX;
+  /**
+   * Starts a commit nobody asked for when the open transaction holds many dirty metadata blocks
+   * (METADATA_DIRTY_BLOCKS_SOFT_MAX), so memory stays bounded between a client's flushes. A
+   * failure enters the sticky mode (#commitNow); the caller's request is not failed by it.
+   */
+  commitIfManyDirty(): void {
+    if (this.#mode !== 'read-write' || this.#closing) return;
+    if (this.tm.dirtyBlockCount < METADATA_DIRTY_BLOCKS_SOFT_MAX) return;
+    if (this.#commitRunning !== undefined || this.#commitQueued !== undefined) return;
+    this.commit().catch(() => undefined);
+  }
+
+  // ---- requests in flight (close waits for them) ----
+
+  /** Counts a request in; refused once close() has begun. */
+  beginRequest(): void {
+    this.assertOpen();
+    if (this.#closing) throw new ThinError('THIN_CLOSED', 'The pool is closing');
+    this.#requestsInFlight += 1;
+  }
+
+  endRequest(): void {
+    assert(this.#requestsInFlight > 0, 'request count below zero');
+    this.#requestsInFlight -= 1;
+    if (this.#requestsInFlight === 0) {
+      for (const resolve of this.#drainWaiters.splice(0)) resolve();
+    }
+  }
+
+  /** Refuses new requests and resolves when those in flight have finished. */
+  drain(): Promise<void> {
+    this.#closing = true;
+    if (this.#requestsInFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
 
   /**
@@ -887,8 +963,36 @@ export class PoolCore {
     return queued;
   }
 
+  /**
+   * Commits, then runs work while no commit may start, so the committed generation's blocks stay
+   * as they are on disk (blocks it frees are reused only after a later commit). Flushes asked
+   * meanwhile wait for work to end; reads and writes go on.
+   */
+  async withCommitsHeld<T>(work: () => Promise<T>): Promise<T> {
+    while (this.#commitHold !== undefined) await this.#commitHold.catch(() => undefined);
+    await this.commit();
+    let release!: () => void;
+    this.#commitHold = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    try {
+      return await work();
+    } finally {
+      this.#commitHold = undefined;
+      release();
+    }
+  }
+
   #startCommit(): Promise<void> {
     assert(this.#commitRunning === undefined, 'two commits at once');
+    if (this.#commitHold !== undefined) {
+      const held = this.#commitHold.then(() => {
+        this.#commitRunning = undefined;
+        return this.#startCommit();
+      });
+      this.#commitRunning = held;
+      return held;
+    }
     const running = this.#commitNow().finally(() => {
       this.#commitRunning = undefined;
     });

@@ -225,37 +225,33 @@ export class Pool {
     const source = this.#core.deviceByName(sourceName);
     this.#core.assertWritable();
     this.#core.validateNewName(name);
-    const release = await this.#core.locks.lock(source.id, 0, WHOLE_VOLUME_END);
-    try {
-      const device = this.#core.snapshotDevice(source, name, options.readOnly === true);
-      return this.#volumeOf(device);
-    } finally {
-      release();
-    }
+    return this.#holdingWholeVolume(source, () => this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true)));
   }
 
   /** Removes a volume; its snapshots keep their blocks, blocks no one else maps become free. */
   async removeVolume(name: string): Promise<void> {
     const device = this.#core.deviceByName(name);
     this.#core.assertWritable();
-    const release = await this.#core.locks.lock(device.id, 0, WHOLE_VOLUME_END);
-    try {
+    await this.#holdingWholeVolume(device, () => {
       this.#core.removeDevice(device);
       this.#volumes.delete(device.id);
-    } finally {
-      release();
-    }
+    });
   }
 
   /** Grows or shrinks a volume; shrinking unmaps past the end, and growing later reads zeros there. */
   async resizeVolume(name: string, sizeBytes: number): Promise<void> {
     const device = this.#core.deviceByName(name);
     this.#core.assertDeviceWritable(device);
-    const release = await this.#core.locks.lock(device.id, 0, WHOLE_VOLUME_END);
+    await this.#holdingWholeVolume(device, () => this.#core.resizeDevice(device, sizeBytes));
+  }
+
+  /** Runs `work` once no request is in flight on the volume, holding off new ones meanwhile. */
+  async #holdingWholeVolume<T>(device: Device, work: () => Promise<T> | T): Promise<T> {
+    this.#core.beginRequest();
     try {
-      await this.#core.resizeDevice(device, sizeBytes);
+      return await this.#core.locks.with(device.id, 0, WHOLE_VOLUME_END, work);
     } finally {
-      release();
+      this.#core.endRequest();
     }
   }
 
@@ -292,6 +288,12 @@ export class Pool {
     await this.#core.commit();
   }
 
+  /** Commits, then runs work while no commit starts (see PoolCore.withCommitsHeld): a live check. */
+  withCommitsHeld<T>(work: () => Promise<T>): Promise<T> {
+    this.#core.assertOpen();
+    return this.#core.withCommitsHeld(work);
+  }
+
   /** Flushes, then closes both files and releases the pool's lock. A second call waits for the first. */
   close(): Promise<void> {
     this.#closing ??= this.#close();
@@ -300,6 +302,8 @@ export class Pool {
 
   async #close(): Promise<void> {
     let failure: unknown;
+    // Requests already in flight finish first; new ones are refused (THIN_CLOSED).
+    await this.#core.drain();
     try {
       if (this.#core.mode === 'read-write') await this.#core.commit();
     } catch (error) {

@@ -67,8 +67,10 @@ export class Volume {
   async #locked<T>(offsetBytes: number, lengthBytes: number, work: () => Promise<T>): Promise<T> {
     const { begin, end } = touchedBlocks(offsetBytes, lengthBytes, this.#core.blockSizeBytes);
     assert(end > begin, 'locking an empty range');
-    const release = await this.#core.locks.lock(this.id, begin, end);
+    this.#core.beginRequest();
+    let release: (() => void) | undefined;
     try {
+      release = await this.#core.locks.lock(this.id, begin, end);
       // The volume may have been removed or shrunk while this request waited for its lock.
       if (this.#device.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${this.name} was removed`);
       if (offsetBytes + lengthBytes > this.#device.value.sizeBytes) {
@@ -76,7 +78,8 @@ export class Volume {
       }
       return await work();
     } finally {
-      release();
+      release?.();
+      this.#core.endRequest();
     }
   }
 
@@ -92,6 +95,7 @@ export class Volume {
     this.#core.assertDeviceWritable(this.#device);
     if (source.length > 0) {
       await this.#locked(offsetBytes, source.length, () => this.#core.writeRange(this.#device, offsetBytes, source, source.length));
+      this.#core.commitIfManyDirty();
     }
     if (options.fua === true) await this.#core.commit();
   }
@@ -102,6 +106,7 @@ export class Volume {
     this.#core.assertDeviceWritable(this.#device);
     if (lengthBytes === 0) return;
     await this.#locked(offsetBytes, lengthBytes, () => this.#core.zeroRange(this.#device, offsetBytes, lengthBytes, false));
+    this.#core.commitIfManyDirty();
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: WriteZeroesOptions = {}): Promise<void> {
@@ -109,6 +114,7 @@ export class Volume {
     this.#core.assertDeviceWritable(this.#device);
     if (lengthBytes > 0) {
       await this.#locked(offsetBytes, lengthBytes, () => this.#core.zeroRange(this.#device, offsetBytes, lengthBytes, options.noHole === true));
+      this.#core.commitIfManyDirty();
     }
     if (options.fua === true) await this.#core.commit();
   }

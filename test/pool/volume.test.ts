@@ -118,6 +118,43 @@ test('a second write to a block already copied goes in place', async () => {
   await pool.close();
 });
 
+test('a block whose sharing was broken in the open transaction is still copied, so a crash cannot change the snapshot', async () => {
+  const memory = await memoryPool();
+  const { pool } = memory;
+  const v = await pool.createVolume('v', { sizeBytes: BLOCK });
+  await v.write(0, filled(BLOCK, 1));
+  const s = await pool.snapshot('v', 's');
+  await pool.flush();
+  await s.write(0, filled(10, 2)); // s copies the block; only v's leaf holds the old one now
+  await v.write(0, filled(BLOCK, 3)); // must not go in place: the committed s still points there
+  // The files as a power cut would leave them (everything written so far, nothing committed since).
+  const crashed = await Pool.openOn({ metadata: MemoryBlockFile.from(memory.files.metadata.snapshot()), data: MemoryBlockFile.from(memory.files.data.snapshot()) });
+  assert.deepEqual(await readAll(crashed, 's'), filled(BLOCK, 1));
+  assert.deepEqual(await readAll(crashed, 'v'), filled(BLOCK, 1));
+  await crashed.close();
+  await pool.close();
+});
+
+test('usage counts blocks shared through snapshots as thin_ls does', async () => {
+  const { pool } = await memoryPool();
+  const v = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+  await v.write(0, filled(4 * BLOCK, 1));
+  const s1 = await pool.snapshot('v', 's1');
+  const s2 = await pool.snapshot('s1', 's2');
+  let usage = pool.usage();
+  for (const volume of [v, s1, s2]) assert.deepEqual(usage.get(volume.id), { mappedBlocks: 4, exclusiveBlocks: 0, sharedBlocks: 4 });
+  await s2.write(0, filled(10, 2));
+  await s2.discard(BLOCK, BLOCK);
+  usage = pool.usage();
+  assert.deepEqual(usage.get(s2.id), { mappedBlocks: 3, exclusiveBlocks: 1, sharedBlocks: 2 });
+  assert.deepEqual(usage.get(v.id), { mappedBlocks: 4, exclusiveBlocks: 0, sharedBlocks: 4 });
+  await pool.removeVolume('v');
+  await pool.removeVolume('s1');
+  usage = pool.usage();
+  assert.deepEqual(usage.get(s2.id), { mappedBlocks: 3, exclusiveBlocks: 3, sharedBlocks: 0 });
+  await pool.close();
+});
+
 test('snapshots of snapshots keep each generation apart', async () => {
   const { pool } = await memoryPool();
   const v = await pool.createVolume('v', { sizeBytes: 2 * BLOCK });
