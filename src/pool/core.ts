@@ -225,7 +225,7 @@ export class PoolCore {
   #modeCause: unknown;
   /** Metadata changed since the last sealed transaction. */
   #metadataDirty = false;
-  /** Data writes completed or started since the last data sync. */
+  /** Data writes completed since the last data sync was started. */
   #dataWritesSinceSync = 0;
   #commitRunning: Promise<void> | undefined;
   #commitQueued: Promise<void> | undefined;
@@ -508,9 +508,11 @@ export class PoolCore {
   // ---- data I/O ----
 
   async dataWrite(source: Uint8Array, offsetBytes: number): Promise<void> {
-    this.#dataWritesSinceSync += 1;
     this.#dataBytesWritten += source.length;
     await this.files.data.write(source, offsetBytes);
+    // Counted on completion: a write still in flight when a commit resets the count is not
+    // covered by that commit's sync, and the next flush must sync for it.
+    this.#dataWritesSinceSync += 1;
   }
 
   /** Raises and commits the high-water mark so that `block` lies below it (F-POOL-40). */

@@ -416,3 +416,46 @@ test('a fua write is committed before it is acknowledged', async () => {
 function copyFilesOf(files: { metadata: MemoryBlockFile; data: MemoryBlockFile }): { metadata: MemoryBlockFile; data: MemoryBlockFile } {
   return { metadata: MemoryBlockFile.from(files.metadata.snapshot()), data: MemoryBlockFile.from(files.data.snapshot()) };
 }
+
+test('a pool directory is created once, locked while open, and reopened with the same contents', async () => {
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = path.join(mkdtempSync(path.join(tmpdir(), 'thinbd-pool-')), 'pool');
+  try {
+    const pool = await Pool.create(dir, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+    await assert.rejects(Pool.open(dir), code('THIN_BUSY'));
+    const v = await pool.createVolume('v', { sizeBytes: 2 * BLOCK, labels: { team: 'ci' } });
+    await v.write(BLOCK - 5, filled(10, 8));
+    await pool.close();
+    await assert.rejects(Pool.create(dir, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK }), code('THIN_EXISTS'));
+    const reopened = await Pool.open(dir, { readOnly: true });
+    const back = new Uint8Array(10);
+    await reopened.volume('v').read(BLOCK - 5, back);
+    assert.deepEqual(back, filled(10, 8));
+    assert.deepEqual(reopened.list()[0]?.labels, { team: 'ci' });
+    assert.equal(reopened.status().metadataPath, path.join(dir, 'metadata'));
+    await reopened.close();
+    await assert.rejects(Pool.open(path.join(dir, 'missing')), code('THIN_NOT_FOUND'));
+  } finally {
+    rmSync(path.dirname(dir), { recursive: true, force: true });
+  }
+});
+
+test('bad pool options are refused before anything is created', async () => {
+  const files = { metadata: new MemoryBlockFile(0), data: new MemoryBlockFile(0) };
+  await assert.rejects(Pool.createOn(files, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: 3 * BLOCK }), code('THIN_INVALID'));
+  await assert.rejects(Pool.createOn(files, { dataSizeBytes: BLOCK - 1, blockSizeBytes: BLOCK }), code('THIN_INVALID'));
+  await assert.rejects(Pool.createOn(files, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: 4096 }), code('THIN_INVALID'));
+  assert.equal(files.metadata.sizeBytes(), 0);
+});
+
+test('close waits for requests in flight and refuses new ones', async () => {
+  const { pool } = await memoryPool();
+  const v = await pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+  const writes = [0, 1, 2, 3].map((block) => v.write(block * BLOCK, filled(BLOCK, block + 1)));
+  const closing = pool.close();
+  await Promise.all(writes);
+  await closing;
+  await assert.rejects(v.write(0, filled(1, 1)), code('THIN_CLOSED'));
+});
