@@ -216,8 +216,12 @@ export class Pool {
 
   /** Creates an empty thin volume of sizeBytes (any byte count from 1 to VOLUME_SIZE_BYTES_MAX). */
   async createVolume(name: string, options: CreateVolumeOptions): Promise<Volume> {
-    const device = this.#core.createDevice(name, options.sizeBytes, options.labels ?? {});
-    return this.#volumeOf(device);
+    this.#core.beginRequest();
+    try {
+      return this.#volumeOf(this.#core.createDevice(name, options.sizeBytes, options.labels ?? {}));
+    } finally {
+      this.#core.endRequest();
+    }
   }
 
   /** A new volume sharing every block of `sourceName` as it is now: O(1) metadata (F-POOL-25). */

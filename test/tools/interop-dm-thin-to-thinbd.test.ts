@@ -105,7 +105,7 @@ test('for 12 seeded random dm-thin histories, thinbd restores what thin_dump wro
       // thin_delta for a spread of pairs, plain and verbose.
       const ids = [...model.devices.keys()].sort((a, b) => a - b);
       const pairs = ids.flatMap((left) => ids.map((right) => [left, right] as const));
-      const stride = Math.max(1, Math.floor(pairs.length / 6));
+      const stride = Math.max(1, Math.floor(pairs.length / 4));
       for (let index = 0; index < pairs.length; index += stride) {
         const [left, right] = pairs[index]!;
         for (const verbose of [false, true]) {
