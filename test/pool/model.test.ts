@@ -356,3 +356,106 @@ test(`the pool agrees with a naive model over ${SEEDS} seeds of ${OPS} random op
   for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed += 1) await runSeed(seed);
   t.diagnostic(`operations ${totals.ops}, snapshots ${totals.snapshots}, out of space ${totals.noSpace}, reopens with checkPool ${totals.reopens}`);
 });
+
+// ---- concurrency: requests issued together take effect in the order they were issued ----
+//
+// Every request takes its range lock in the same turn it is called, and locks are granted first
+// come, first served, so a batch of requests issued without waiting (overlapping or not, with
+// snapshots and resizes among them) must leave the pool as the same requests run one by one.
+
+const CONCURRENT_SEEDS = Number(process.env['MODEL_CONCURRENT_SEEDS'] ?? 40);
+const CONCURRENT_BATCHES = 60;
+const CONCURRENT_DATA_BLOCKS = 1024;
+
+async function runConcurrentSeed(seed: number): Promise<void> {
+  const rng = new Rng(seed);
+  const files = { metadata: new KeptOpen(new MemoryBlockFile(0, 'metadata')), data: new KeptOpen(new MemoryBlockFile(0, 'data')) };
+  const pool = await Pool.createOn(files, { dataSizeBytes: CONCURRENT_DATA_BLOCKS * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const model = new Map<string, ModelVolume>();
+  let nextName = 0;
+  const log: string[] = [];
+  try {
+    for (let batch = 0; batch < CONCURRENT_BATCHES; batch += 1) {
+      while (model.size < 2) {
+        const name = `c${nextName++}`;
+        const sizeBytes = (4 + rng.int(12)) * BLOCK - (rng.chance(0.3) ? rng.int(BLOCK) : 0);
+        await pool.createVolume(name, { sizeBytes });
+        model.set(name, { bytes: new Uint8Array(sizeBytes), mapped: new Array<boolean>(blocksOf(sizeBytes)).fill(false), readOnly: false });
+      }
+      const usable = new Set([...model.keys()].filter((name) => !model.get(name)!.readOnly));
+      const pending: Promise<unknown>[] = [];
+      const count = 2 + rng.int(10);
+      for (let index = 0; index < count && usable.size > 0; index += 1) {
+        const names = [...usable];
+        const name = names[rng.int(names.length)]!;
+        const volume = model.get(name)!;
+        const sizeBytes = volume.bytes.length;
+        const roll = rng.int(100);
+        const offsetBytes = rng.int(sizeBytes);
+        const lengthBytes = 1 + rng.int(Math.min(sizeBytes - offsetBytes, rng.chance(0.5) ? 4096 : 3 * BLOCK));
+        if (roll < 55) {
+          const value = 1 + rng.int(255);
+          log.push(`${batch}.${index}: write ${name} ${offsetBytes}+${lengthBytes} =${value}`);
+          pending.push(pool.volume(name).write(offsetBytes, new Uint8Array(lengthBytes).fill(value)));
+          volume.bytes.fill(value, offsetBytes, offsetBytes + lengthBytes);
+          markMapped(volume, offsetBytes, lengthBytes, true);
+        } else if (roll < 65) {
+          log.push(`${batch}.${index}: discard ${name} ${offsetBytes}+${lengthBytes}`);
+          pending.push(pool.volume(name).discard(offsetBytes, lengthBytes));
+          volume.bytes.fill(0, offsetBytes, offsetBytes + lengthBytes);
+          unmapWhole(volume, offsetBytes, lengthBytes);
+        } else if (roll < 72) {
+          const noHole = rng.chance(0.5);
+          log.push(`${batch}.${index}: write-zeroes ${name} ${offsetBytes}+${lengthBytes}${noHole ? ' no-hole' : ''}`);
+          pending.push(pool.volume(name).writeZeroes(offsetBytes, lengthBytes, { noHole }));
+          volume.bytes.fill(0, offsetBytes, offsetBytes + lengthBytes);
+          if (noHole) markMapped(volume, offsetBytes, lengthBytes, true);
+          else unmapWhole(volume, offsetBytes, lengthBytes);
+        } else if (roll < 80) {
+          const target = `c${nextName++}`;
+          log.push(`${batch}.${index}: snapshot ${name} -> ${target}`);
+          pending.push(pool.snapshot(name, target));
+          model.set(target, { bytes: volume.bytes.slice(), mapped: [...volume.mapped], readOnly: false });
+        } else if (roll < 86) {
+          const newSizeBytes = (1 + rng.int(16)) * BLOCK - (rng.chance(0.3) ? rng.int(BLOCK - 1) : 0);
+          log.push(`${batch}.${index}: resize ${name} -> ${newSizeBytes}`);
+          pending.push(pool.resizeVolume(name, newSizeBytes));
+          const bytes = new Uint8Array(newSizeBytes);
+          bytes.set(volume.bytes.subarray(0, Math.min(newSizeBytes, sizeBytes)));
+          const mapped = new Array<boolean>(blocksOf(newSizeBytes)).fill(false);
+          for (let block = 0; block < Math.min(mapped.length, volume.mapped.length); block += 1) mapped[block] = volume.mapped[block]!;
+          model.set(name, { bytes, mapped, readOnly: false });
+          usable.delete(name); // later requests in this batch would be checked against the old size
+        } else if (roll < 92 && model.size > 2) {
+          log.push(`${batch}.${index}: remove ${name}`);
+          pending.push(pool.removeVolume(name));
+          model.delete(name);
+          usable.delete(name);
+        } else {
+          log.push(`${batch}.${index}: flush`);
+          pending.push(pool.flush());
+        }
+      }
+      const results = await Promise.allSettled(pending);
+      const failed = results.find((result) => result.status === 'rejected');
+      if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+      for (const [name, volume] of model) {
+        const actual = scratch.subarray(0, volume.bytes.length);
+        await pool.volume(name).read(0, actual);
+        assert.equal(Buffer.compare(actual, volume.bytes), 0, `contents of ${name} after batch ${batch}`);
+        assert.equal(pool.usage().get(pool.volume(name).id)?.mappedBlocks, volume.mapped.filter(Boolean).length, `mapped blocks of ${name}`);
+      }
+      assert.equal(pool.status().dataBlocksUsed, pool.referencedDataBlocks(), 'data space map used count vs. blocks referenced');
+    }
+    await pool.close();
+    const report = await checkPool(files);
+    assert.ok(report.ok, `checkPool at the end: ${JSON.stringify(report.problems.slice(0, 5))}`);
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    throw new Error(`concurrent model test failed with seed ${seed}: ${message}\nlast requests:\n${log.slice(-20).join('\n')}`, { cause: error });
+  }
+}
+
+test(`requests issued together take effect in the order they were issued (${CONCURRENT_SEEDS} seeds)`, async () => {
+  for (let seed = FIRST_SEED; seed < FIRST_SEED + CONCURRENT_SEEDS; seed += 1) await runConcurrentSeed(seed);
+});
