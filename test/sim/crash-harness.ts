@@ -7,7 +7,7 @@
 // Replay: THINBD_SEED=S node --import tsx --test FILE reruns the run; THINBD_CRASH_POINT=K and
 // THINBD_VARIANT=V narrow it to that one crash state.
 import { Rng, mixSeed } from './rng.ts';
-import { SimMachine, describeTrace, type CrashPoint, type CrashVariant } from './sim-disk.ts';
+import { SimMachine, describeTrace, type CrashPoint, type CrashVariant, type SparseImage } from './sim-disk.ts';
 
 export interface CrashContext {
   readonly seed: number;
@@ -21,6 +21,8 @@ export interface CrashCampaignOptions {
   seed: number;
   /** For messages. */
   name?: string;
+  /** Disks and contents the machine powers up with (e.g. a pool made once for many campaigns). */
+  images?: ReadonlyMap<string, SparseImage>;
   /** Runs first, outside the trace: its result counts as durable (e.g. creating the pool). */
   setup?: (machine: SimMachine) => Promise<void>;
   /** The work under test; add marks for what it acknowledges. Runs once. */
@@ -59,7 +61,7 @@ function envInteger(name: string): number | undefined {
 }
 
 async function runWorkload(options: CrashCampaignOptions): Promise<SimMachine> {
-  const machine = new SimMachine({ seed: options.seed });
+  const machine = new SimMachine({ seed: options.seed, ...(options.images === undefined ? {} : { images: options.images }) });
   if (options.setup !== undefined) {
     await options.setup(machine);
     machine.resetTrace();

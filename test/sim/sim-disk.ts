@@ -614,6 +614,17 @@ export class SimMachine {
     for (const [name, disk] of this.#disks) this.#baseline.set(name, disk.volatileImage().clone());
   }
 
+  /**
+   * Copies of every disk as the running process sees it: to power up other machines on (e.g. a
+   * pool made once, then closed). Nothing may be in flight.
+   */
+  currentImages(): Map<string, SparseImage> {
+    assert(this.#queue.length === 0, 'currentImages() with operations in flight');
+    const images = new Map<string, SparseImage>();
+    for (const [name, disk] of this.#disks) images.set(name, disk.volatileImage().clone());
+    return images;
+  }
+
   /** The machine state after the first eventCount events. */
   crashPoint(eventCount: number): CrashPoint {
     assert(eventCount >= 0 && eventCount <= this.#events.length, `no crash point ${eventCount}`);
@@ -791,6 +802,7 @@ export class SimDisk implements BlockFile {
   #writeFaults: RangeFault[] = [];
   #syncFaults: { persistent: boolean } | undefined;
   #misdirectToBytes: number | undefined;
+  #misdirectSkipWrites = 0;
   readonly #badSectors: Set<number>;
 
   /** @internal Use SimMachine.createDisk. */
@@ -852,7 +864,9 @@ export class SimDisk implements BlockFile {
       this.counters.writes += 1;
       let landingBytes = offsetBytes;
       let misdirectedFromBytes: number | undefined;
-      if (this.#misdirectToBytes !== undefined) {
+      if (this.#misdirectToBytes !== undefined && this.#misdirectSkipWrites > 0) {
+        this.#misdirectSkipWrites -= 1;
+      } else if (this.#misdirectToBytes !== undefined) {
         landingBytes = this.#misdirectToBytes;
         misdirectedFromBytes = offsetBytes;
         this.#misdirectToBytes = undefined;
@@ -980,9 +994,13 @@ export class SimDisk implements BlockFile {
     this.#syncFaults = { persistent: options.persistent === true };
   }
 
-  /** The next write to this disk lands at toOffsetBytes instead of where it was aimed. */
-  misdirectNextWrite(toOffsetBytes: number): void {
+  /**
+   * The next write to this disk (or the one after `skipWrites` more) lands at toOffsetBytes
+   * instead of where it was aimed.
+   */
+  misdirectNextWrite(toOffsetBytes: number, options: { skipWrites?: number } = {}): void {
     this.#misdirectToBytes = toOffsetBytes;
+    this.#misdirectSkipWrites = options.skipWrites ?? 0;
   }
 
   /** dm-dust: reads of these 512-byte sectors fail with EIO until a write covers them. */
@@ -999,6 +1017,7 @@ export class SimDisk implements BlockFile {
     this.#writeFaults = [];
     this.#syncFaults = undefined;
     this.#misdirectToBytes = undefined;
+    this.#misdirectSkipWrites = 0;
     this.#badSectors.clear();
   }
 

@@ -1,0 +1,425 @@
+// Corruption of the live metadata of a committed pool (refs/fault-model.md G7, G8): every injected
+// fault must be detected by checkPool, and by Pool.openOn or by the read that touches it (a clear
+// ThinError), never turned into wrong data or an exception that is not a ThinError.
+//
+// Injections into every live metadata block (reference count > 0 in the committed space map):
+// bit flips in the header and the payload, a zeroed sector, a garbage sector, a garbage 8-byte
+// word, another live block's bytes (valid but misplaced), the same block of another pool (valid
+// but foreign), and an older version of the same block (valid but stale: a lost write). Then
+// misdirected writes during a live commit: one metadata write of the commit (a node, or a
+// superblock copy) lands on another block, and the flush that carried it is acknowledged.
+//
+// "Detected by open" includes the pool opening degraded (not read-write though asked to be). Serving an older generation
+// without saying so is a silent rollback and fails (refs/fault-model.md §3).
+//
+// Each test runs every injection and then lists all failures by kind.
+// Replay: THINBD_SEED=S node --import tsx --test test/sim/bitflip.test.ts
+import { describe, test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
+import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { ThinError } from '../../src/errors.ts';
+import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
+import { Rng, seedFromEnv } from './rng.ts';
+import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual, type SparseImage } from './sim-disk.ts';
+import { applyOp, decodeSector, renderVolume, runOp, type ModelState, type PoolOp } from './pool-model.ts';
+import { checkSimPool } from './pool-check.ts';
+
+const seed = seedFromEnv(7100);
+const BLOCK_SIZE_BYTES = 64 * 1024;
+const BS = BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES;
+const VOLUME_SIZE_SECTORS = 8 * BS;
+const METADATA_BLOCK_COUNT = 16384 + 1024;
+/** Misdirected-commit cases per run. */
+const MISDIRECT_CASES = 400;
+
+function poolFiles(machine: SimMachine): PoolFiles {
+  return { metadata: machine.disk('metadata'), data: machine.disk('data') };
+}
+
+function write(volume: string, beginSector: number, lengthSectors: number, writeId: number): PoolOp {
+  return { kind: 'write', volume, beginSector, lengthSectors, fua: false, writeId, shape: 'setup' };
+}
+
+/**
+ * Several extents, a snapshot, copy-on-write, a removed volume (freed blocks) and three commits,
+ * so that older versions of blocks exist on disk.
+ */
+function setupBatches(): PoolOp[][] {
+  const first: PoolOp[] = [{ kind: 'create', name: 'vol-a', sizeSectors: VOLUME_SIZE_SECTORS }];
+  for (let block = 0; block < 8; block += 2) first.push(write('vol-a', block * BS, BS, 1 + block));
+  first.push({ kind: 'create', name: 'doomed', sizeSectors: VOLUME_SIZE_SECTORS }, write('doomed', 0, 3 * BS, 20), { kind: 'flush' });
+  return [
+    first,
+    [
+      { kind: 'snapshot', source: 'vol-a', name: 'snap-a' },
+      write('vol-a', 2 * BS + 5, 10, 30),
+      write('vol-a', 5 * BS, BS, 31),
+      { kind: 'create', name: 'vol-b', sizeSectors: VOLUME_SIZE_SECTORS },
+      write('vol-b', BS, 2 * BS, 32),
+      { kind: 'flush' },
+    ],
+    [
+      { kind: 'remove', volume: 'doomed' },
+      write('vol-b', 5 * BS + 7, 3, 40),
+      { kind: 'snapshot', source: 'vol-b', name: 'snap-b' },
+      write('vol-a', 7 * BS, BS, 41),
+      { kind: 'flush' },
+    ],
+  ];
+}
+
+interface CommittedPool {
+  /** Images and model after each flush; the last is the pool as closed. */
+  generations: Array<{ images: ReadonlyMap<string, SparseImage>; state: ModelState }>;
+  images: ReadonlyMap<string, SparseImage>;
+  state: ModelState;
+  liveBlocks: number[];
+}
+
+async function makeCommittedPool(): Promise<CommittedPool> {
+  const machine = new SimMachine({ seed: 1 });
+  machine.createDisk('metadata', 0);
+  machine.createDisk('data', 0);
+  const pool = await Pool.createOn(poolFiles(machine), {
+    dataSizeBytes: 64 * BLOCK_SIZE_BYTES,
+    blockSizeBytes: BLOCK_SIZE_BYTES,
+    metadataSizeBytes: METADATA_BLOCK_COUNT * METADATA_BLOCK_SIZE_BYTES,
+  });
+  let state: ModelState = new Map();
+  const generations: CommittedPool['generations'] = [];
+  for (const batch of setupBatches()) {
+    for (const op of batch) {
+      await runOp(pool, op);
+      state = applyOp(state, op);
+    }
+    generations.push({ images: machine.currentImages(), state });
+  }
+  await pool.close();
+  const images = machine.currentImages();
+  const probe = new SimMachine({ seed: 2, images });
+  const { tm } = await TransactionManager.open(probe.disk('metadata'), { readOnly: true });
+  const liveBlocks: number[] = [];
+  for (let blockNr = 0; blockNr < tm.metadataBlockCount; blockNr++) {
+    if (tm.refCount(blockNr) > 0) liveBlocks.push(blockNr);
+  }
+  return { generations, images, state, liveBlocks };
+}
+
+function blockBytes(images: ReadonlyMap<string, SparseImage>, blockNr: number): Uint8Array {
+  const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+  images.get('metadata')?.read(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+  return bytes;
+}
+
+function rendered(state: ModelState): Map<string, Uint8Array> {
+  const volumes = new Map<string, Uint8Array>();
+  for (const [name, volume] of state) volumes.set(name, renderVolume(volume));
+  return volumes;
+}
+
+/** Thrown for a fault that got through: kind groups them in the summary. */
+class Escape extends Error {
+  readonly kind: string;
+  constructor(kind: string, message: string) {
+    super(message);
+    this.kind = kind;
+  }
+}
+
+type Outcome = 'detected' | 'harmless';
+
+/**
+ * Opens the damaged pool and reads every volume: 'detected' when open or a read fails with a
+ * ThinError or the pool opens in needs-check mode, 'harmless' when everything reads back exactly
+ * (a redundant copy served). Throws Escape on wrong data, a silent rollback or another exception.
+ */
+async function openAndRead(machine: SimMachine, expected: ModelState, older: readonly ModelState[], what: string): Promise<Outcome> {
+  let pool: Pool;
+  try {
+    pool = await Pool.openOn(poolFiles(machine));
+  } catch (error) {
+    if (error instanceof ThinError) return 'detected';
+    throw new Escape('open threw a non-ThinError', `${what}: Pool.openOn threw ${String(error)}`);
+  }
+  try {
+    // Opening degraded (needs-check, or read-only though asked for read-write) is saying so.
+    if (pool.status().mode !== 'read-write') return 'detected';
+    const seen = new Map<string, Uint8Array>();
+    let readFailed = false;
+    for (const info of pool.list()) {
+      const bytes = new Uint8Array(info.sizeBytes);
+      try {
+        await pool.volume(info.name).read(0, bytes);
+      } catch (error) {
+        if (error instanceof ThinError) {
+          readFailed = true;
+          continue;
+        }
+        throw new Escape('read threw a non-ThinError', `${what}: reading ${info.name} threw ${String(error)}`);
+      }
+      seen.set(info.name, bytes);
+    }
+    const matches = (state: ModelState): boolean => {
+      if (pool.list().length !== state.size) return false;
+      for (const [name, volume] of state) {
+        const bytes = seen.get(name);
+        if (bytes !== undefined && !bytesEqual(bytes, renderVolume(volume))) return false;
+        if (bytes === undefined && !pool.list().some((info) => info.name === name)) return false;
+      }
+      return true;
+    };
+    if (matches(expected)) return readFailed ? 'detected' : 'harmless';
+    const rolledBackTo = older.findIndex((state) => matches(state));
+    if (rolledBackTo >= 0) {
+      throw new Escape('silent rollback', `${what}: the pool opened the state of flush ${rolledBackTo + 1}, older than the last acknowledged one, and did not say so`);
+    }
+    throw new Escape('wrong data', `${what}: ${firstDifference(pool.list().map((info) => info.name), seen, expected)}`);
+  } finally {
+    await pool.close().catch(() => undefined);
+  }
+}
+
+/** Names the first volume and sector that differ from the committed state, and what it holds. */
+function firstDifference(listed: readonly string[], seen: ReadonlyMap<string, Uint8Array>, expected: ModelState): string {
+  for (const name of listed) if (!expected.has(name)) return `volume ${name} exists but was never created or was removed`;
+  for (const [name, volume] of expected) {
+    if (!listed.includes(name)) return `volume ${name} is missing`;
+    const bytes = seen.get(name);
+    if (bytes === undefined) continue;
+    const wanted = renderVolume(volume);
+    if (bytes.length !== wanted.length) return `volume ${name} has ${bytes.length} bytes, not ${wanted.length}`;
+    for (let sector = 0; sector * SECTOR_SIZE_BYTES < bytes.length; sector++) {
+      const range = [sector * SECTOR_SIZE_BYTES, (sector + 1) * SECTOR_SIZE_BYTES] as const;
+      if (bytesEqual(bytes.subarray(...range), wanted.subarray(...range))) continue;
+      const holds = decodeSector(bytes.subarray(...range), sector);
+      const shown = holds === 0 ? 'zeros' : holds === -1 ? 'garbage' : holds < -1 ? 'another sector\'s bytes' : `write #${holds}`;
+      return `volume ${name} sector ${sector} reads ${shown}, not write #${volume.sectors[sector] ?? 0} (acknowledged data lost, no error)`;
+    }
+  }
+  return 'the volumes differ from the committed state';
+}
+
+/** checkPool must report the damage: a problem or a warning, or a ThinError saying it cannot check. */
+async function checkDetects(machine: SimMachine, what: string): Promise<void> {
+  let findings: { problems: string[]; warnings: string[] };
+  try {
+    findings = await checkSimPool(poolFiles(machine));
+  } catch (error) {
+    if (error instanceof ThinError) return;
+    throw new Escape('check threw a non-ThinError', `${what}: checkPool threw ${String(error)}`);
+  }
+  if (findings.problems.length + findings.warnings.length === 0) throw new Escape('checkPool saw nothing', `${what}: checkPool reports nothing`);
+}
+
+interface Injection {
+  what: string;
+  apply(machine: SimMachine): void;
+}
+
+interface InjectionSummary {
+  injections: number;
+  detectedOnOpen: number;
+  harmless: number;
+  escapes: Escape[];
+}
+
+async function runInjections(committed: CommittedPool, injections: readonly Injection[]): Promise<InjectionSummary> {
+  const summary: InjectionSummary = { injections: injections.length, detectedOnOpen: 0, harmless: 0, escapes: [] };
+  const older = committed.generations.slice(0, -1).map((generation) => generation.state);
+  for (const [index, injection] of injections.entries()) {
+    const what = `seed=${seed} injection ${index} (${injection.what})`;
+    try {
+      const checkMachine = new SimMachine({ seed: index, images: committed.images });
+      injection.apply(checkMachine);
+      await checkDetects(checkMachine, what);
+      const openMachine = new SimMachine({ seed: index, images: committed.images });
+      injection.apply(openMachine);
+      const outcome = await openAndRead(openMachine, committed.state, older, what);
+      if (outcome === 'detected') summary.detectedOnOpen += 1;
+      else summary.harmless += 1;
+    } catch (error) {
+      if (!(error instanceof Escape)) throw error;
+      summary.escapes.push(error);
+    }
+  }
+  return summary;
+}
+
+function assertNoEscapes(summary: InjectionSummary): void {
+  if (summary.escapes.length === 0) return;
+  const byKind = new Map<string, number>();
+  for (const escape of summary.escapes) byKind.set(escape.kind, (byKind.get(escape.kind) ?? 0) + 1);
+  const kinds = [...byKind].map(([kind, count]) => `${count} × ${kind}`).join(', ');
+  const examples = summary.escapes.slice(0, Number(process.env['THINBD_EXAMPLES'] ?? 12)).map((escape) => `  - ${escape.message}`).join('\n');
+  assert.fail(`${summary.escapes.length} of ${summary.injections} injected faults got through (${kinds}):\n${examples}`);
+}
+
+function corruptInjection(what: string, offsetBytes: number, bytes: Uint8Array): Injection {
+  return { what, apply: (machine) => machine.disk('metadata').corrupt(offsetBytes, bytes) };
+}
+
+function describeBlock(blockNr: number): string {
+  const copyIndex = SUPERBLOCK_BLOCK_NRS.indexOf(blockNr);
+  return copyIndex >= 0 ? `block ${blockNr} (superblock copy ${copyIndex})` : `block ${blockNr}`;
+}
+
+describe('corruption of live metadata in a committed pool', () => {
+  let committed: CommittedPool;
+  let foreign: CommittedPool;
+  before(async () => {
+    committed = await makeCommittedPool();
+    foreign = await makeCommittedPool();
+    assert.ok(committed.liveBlocks.length >= 8, `only ${committed.liveBlocks.length} live metadata blocks`);
+  });
+
+  test('every bit flip, zeroed sector and garbage is detected, never read as data', async (t) => {
+    const rng = new Rng(seed);
+    const injections: Injection[] = [];
+    for (const blockNr of committed.liveBlocks) {
+      const base = blockNr * METADATA_BLOCK_SIZE_BYTES;
+      const original = blockBytes(committed.images, blockNr);
+      const where = describeBlock(blockNr);
+      // Header bytes (checksum, type, own number, transaction, pool id), the next ones, then anywhere.
+      const offsets = [rng.int(32), 32 + rng.int(96), ...Array.from({ length: 14 }, () => rng.int(METADATA_BLOCK_SIZE_BYTES))];
+      for (const offset of offsets) {
+        const bit = rng.int(8);
+        injections.push(corruptInjection(`${where}: bit ${bit} of byte ${offset} flipped`, base + offset, Uint8Array.of((original[offset] ?? 0) ^ (1 << bit))));
+      }
+      // A zeroed sector, among those that hold something.
+      const sectors = Array.from({ length: METADATA_BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES }, (_, index) => index).filter((index) =>
+        original.subarray(index * SECTOR_SIZE_BYTES, (index + 1) * SECTOR_SIZE_BYTES).some((byte) => byte !== 0),
+      );
+      const zeroed = rng.pick(sectors);
+      injections.push(corruptInjection(`${where}: sector ${zeroed} zeroed`, base + zeroed * SECTOR_SIZE_BYTES, new Uint8Array(SECTOR_SIZE_BYTES)));
+      const garbage = rng.int(METADATA_BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES);
+      injections.push(corruptInjection(`${where}: sector ${garbage} garbage`, base + garbage * SECTOR_SIZE_BYTES, rng.bytes(SECTOR_SIZE_BYTES)));
+      const word = rng.int(METADATA_BLOCK_SIZE_BYTES / 8) * 8;
+      injections.push(corruptInjection(`${where}: 8-byte word at ${word} garbage`, base + word, rng.bytes(8)));
+    }
+    const summary = await runInjections(committed, injections);
+    t.diagnostic(
+      `bit rot: ${injections.length} injections into ${committed.liveBlocks.length} live metadata blocks; ` +
+        `${summary.detectedOnOpen} stopped by open or read, ${summary.harmless} served exactly from a redundant copy, ${summary.escapes.length} got through`,
+    );
+    assertNoEscapes(summary);
+  });
+
+  test('a valid block in the wrong place (another block, another pool) is detected', async (t) => {
+    const rng = new Rng(seed + 1);
+    const injections: Injection[] = [];
+    for (const blockNr of committed.liveBlocks) {
+      const others = committed.liveBlocks.filter((other) => other !== blockNr);
+      for (let count = 0; count < 4; count++) {
+        const other = rng.pick(others);
+        injections.push(
+          corruptInjection(`${describeBlock(other)}'s bytes at ${describeBlock(blockNr)}`, blockNr * METADATA_BLOCK_SIZE_BYTES, blockBytes(committed.images, other)),
+        );
+      }
+      const alien = blockBytes(foreign.images, blockNr);
+      if (alien.some((byte) => byte !== 0)) {
+        injections.push(corruptInjection(`${describeBlock(blockNr)} of another pool`, blockNr * METADATA_BLOCK_SIZE_BYTES, alien));
+      }
+    }
+    const summary = await runInjections(committed, injections);
+    t.diagnostic(
+      `misplaced blocks: ${injections.length} injections; ${summary.detectedOnOpen} stopped by open or read, ` +
+        `${summary.harmless} served exactly, ${summary.escapes.length} got through`,
+    );
+    assertNoEscapes(summary);
+  });
+
+  test('an older valid version of a live block (a lost write) is detected', async (t) => {
+    const injections: Injection[] = [];
+    for (const blockNr of committed.liveBlocks) {
+      const current = blockBytes(committed.images, blockNr);
+      for (const [generation, { images }] of committed.generations.entries()) {
+        const older = blockBytes(images, blockNr);
+        if (older.every((byte) => byte === 0) || bytesEqual(older, current)) continue;
+        injections.push(corruptInjection(`${describeBlock(blockNr)} as of flush ${generation + 1}`, blockNr * METADATA_BLOCK_SIZE_BYTES, older));
+      }
+    }
+    const summary = await runInjections(committed, injections);
+    t.diagnostic(
+      `stale blocks: ${injections.length} injections; ${summary.detectedOnOpen} stopped by open or read, ` +
+        `${summary.harmless} served exactly, ${summary.escapes.length} got through`,
+    );
+    assertNoEscapes(summary);
+  });
+});
+
+describe('misdirected metadata writes during a live commit', () => {
+  let committed: CommittedPool;
+  before(async () => {
+    committed = await makeCommittedPool();
+  });
+
+  test('a commit one of whose metadata writes lands elsewhere is detected after the flush is acknowledged', async (t) => {
+    const rng = new Rng(seed + 2);
+    const summary: InjectionSummary = { injections: 0, detectedOnOpen: 0, harmless: 0, escapes: [] };
+    // Changes that rewrite mapping, device and space map nodes: provisioning and copy-on-write.
+    const changes: PoolOp[] = [
+      write('vol-a', 1 * BS, BS, 500),
+      write('vol-a', 3 * BS + 9, 40, 501),
+      write('snap-a', 0, BS, 502),
+      write('vol-b', 0, 3 * BS, 503),
+      write('snap-b', BS, 8, 504),
+    ];
+    for (let caseIndex = 0; caseIndex < MISDIRECT_CASES; caseIndex++) {
+      const change = rng.pick(changes);
+      const state = applyOp(committed.state, change);
+      const run = async (misdirect?: { toBlock: number; skipWrites: number }): Promise<SimMachine> => {
+        const machine = new SimMachine({ seed: caseIndex, images: committed.images });
+        const pool = await Pool.openOn(poolFiles(machine));
+        await runOp(pool, change);
+        if (misdirect !== undefined) {
+          machine.disk('metadata').misdirectNextWrite(misdirect.toBlock * METADATA_BLOCK_SIZE_BYTES, { skipWrites: misdirect.skipWrites });
+        }
+        const before = machine.events.length;
+        await pool.flush();
+        await pool.close();
+        if (misdirect === undefined) {
+          const writes = machine.events.slice(before).filter((event) => event.kind === 'write' && event.disk === 'metadata');
+          metadataWritesOfCommit = writes.length;
+        }
+        return machine;
+      };
+      let metadataWritesOfCommit = 0;
+      await run();
+      assert.ok(metadataWritesOfCommit > 0, `the commit of "${change.kind}" wrote no metadata`);
+      const skipWrites = rng.int(metadataWritesOfCommit);
+      const kind = rng.int(4);
+      const toBlock =
+        kind === 0
+          ? rng.pick(committed.liveBlocks)
+          : kind === 1
+            ? rng.pick(SUPERBLOCK_BLOCK_NRS)
+            : kind === 2
+              ? rng.range(2000, METADATA_BLOCK_COUNT)
+              : rng.range(0, 200);
+      const machine = await run({ toBlock, skipWrites });
+      const misdirected = machine.events.find((event) => event.kind === 'write' && event.misdirectedFromBytes !== undefined);
+      assert.ok(misdirected !== undefined && misdirected.kind === 'write');
+      const aimedAt = (misdirected.misdirectedFromBytes ?? 0) / METADATA_BLOCK_SIZE_BYTES;
+      if (aimedAt === toBlock) continue; // landed where it was aimed: no fault
+      summary.injections += 1;
+      const images = machine.currentImages();
+      const what = `seed=${seed} case ${caseIndex}: the write of ${describeBlock(aimedAt)} (write ${skipWrites + 1} of ${metadataWritesOfCommit} in the commit) landed on ${describeBlock(toBlock)}`;
+      try {
+        await checkDetects(new SimMachine({ seed: caseIndex, images }), what);
+        const older = committed.generations.map((generation) => generation.state);
+        const outcome = await openAndRead(new SimMachine({ seed: caseIndex, images }), state, older, what);
+        if (outcome === 'detected') summary.detectedOnOpen += 1;
+        else summary.harmless += 1;
+      } catch (error) {
+        if (!(error instanceof Escape)) throw error;
+        summary.escapes.push(error);
+      }
+    }
+    t.diagnostic(
+      `misdirected commits: ${summary.injections} cases; ${summary.detectedOnOpen} stopped by open or read, ` +
+        `${summary.harmless} served exactly, ${summary.escapes.length} got through`,
+    );
+    assertNoEscapes(summary);
+  });
+});
