@@ -15,6 +15,12 @@ export const POOL_FORMAT_VERSION = 1;
 export const POOL_PAYLOAD_SIZE_BYTES = 64;
 /** Payload flag: a commit failed or a check found damage; open read-only until repaired. */
 export const POOL_FLAG_NEEDS_CHECK = 1;
+/**
+ * Payload flag: the data file does not read as zeros where it was never written (a block device
+ * with old contents), so every newly provisioned block is written whole (F-POOL-40).
+ */
+export const POOL_FLAG_DATA_NOT_ZEROED = 2;
+const POOL_FLAGS_KNOWN = POOL_FLAG_NEEDS_CHECK | POOL_FLAG_DATA_NOT_ZEROED;
 
 export const DEVICE_VALUE_SIZE_BYTES = 56;
 export const DEVICE_FLAG_READ_ONLY = 1;
@@ -132,7 +138,7 @@ export function decodePoolPayload(bytes: Uint8Array, metadataBlockCount: number)
     throw corruptPayload(`data high-water mark ${payload.dataHighWaterMark} is past the data space (${payload.dataBlockCount} blocks)`);
   }
   // F-POOL-7: unknown flags are refused rather than ignored.
-  if ((payload.flags & ~POOL_FLAG_NEEDS_CHECK) !== 0) throw corruptPayload(`unknown flags 0x${payload.flags.toString(16)}`);
+  if ((payload.flags & ~POOL_FLAGS_KNOWN) !== 0) throw corruptPayload(`unknown flags 0x${payload.flags.toString(16)}`);
   return payload;
 }
 

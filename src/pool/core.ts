@@ -46,6 +46,7 @@ import {
   EXTENT_LENGTH_BLOCKS_MAX,
   EXTENT_VALUE_SIZE_BYTES,
   MAPPING_TREE_KIND,
+  POOL_FLAG_DATA_NOT_ZEROED,
   POOL_FLAG_NEEDS_CHECK,
   POOL_FORMAT_VERSION,
   POOL_TIME_MAX,
@@ -262,7 +263,7 @@ export class PoolCore {
     this.#highWaterMarkDurable = payload.dataHighWaterMark;
     this.#highWaterMarkTarget = payload.dataHighWaterMark;
     this.#highWaterMarkSealed = payload.dataHighWaterMark;
-    this.#knownZero.add(payload.dataHighWaterMark, payload.dataBlockCount);
+    if ((payload.flags & POOL_FLAG_DATA_NOT_ZEROED) === 0) this.#knownZero.add(payload.dataHighWaterMark, payload.dataBlockCount);
     this.zeroBlock = new Uint8Array(payload.blockSizeBytes);
     if (readOnly) {
       this.#mode = 'read-only';

@@ -24,7 +24,7 @@ import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { BTree, SpaceMap, TransactionManager } from '../pdata/index.ts';
-import { POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
+import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
 import {
   PoolCore,
   WHOLE_VOLUME_END,
@@ -48,6 +48,12 @@ export interface PoolCreateOptions {
   blockSizeBytes: number;
   /** Default: METADATA_BLOCK_COUNT_DEFAULT blocks (a sparse file). */
   metadataSizeBytes?: number;
+  /**
+   * Whether the data file reads as zeros wherever it was never written (true for a new sparse
+   * file, the default). False for a block device with old contents: then every newly provisioned
+   * block is written whole (F-POOL-40).
+   */
+  dataReadsZeros?: boolean;
 }
 
 export interface PoolOpenOptions {
@@ -124,18 +130,26 @@ export class Pool {
     fs.mkdirSync(dir, { recursive: true });
     const lock = lockDirectory(dir);
     const files: Partial<PoolFiles> = {};
+    const created: string[] = [];
     try {
       for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
         if (fs.existsSync(path.join(dir, name))) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir} (it has a ${name} file)`);
       }
-      files.metadata = await FileBlockFile.create(path.join(dir, METADATA_FILE_NAME), { sizeBytes: metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
-      files.data = await FileBlockFile.create(path.join(dir, DATA_FILE_NAME), { sizeBytes: dataBlockCount * options.blockSizeBytes });
-      syncDirectory(dir);
+      const metadataPath = path.join(dir, METADATA_FILE_NAME);
+      files.metadata = await FileBlockFile.create(metadataPath, { sizeBytes: metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
+      created.push(metadataPath);
+      const dataPath = path.join(dir, DATA_FILE_NAME);
+      files.data = await FileBlockFile.create(dataPath, { sizeBytes: dataBlockCount * options.blockSizeBytes });
+      created.push(dataPath);
       const core = await Pool.#format(files as PoolFiles, options, dataBlockCount, metadataBlockCount);
+      // The new files' directory entries must be durable before the pool is reported created.
+      syncDirectory(dir);
       return new Pool(core, lock);
     } catch (error) {
       await files.metadata?.close().catch(() => undefined);
       await files.data?.close().catch(() => undefined);
+      // A half-made pool would be refused by the next create (THIN_EXISTS) and opened by nobody.
+      for (const createdPath of created) fs.rmSync(createdPath, { force: true });
       lock.release();
       throw error;
     }
@@ -182,7 +196,7 @@ export class Pool {
     const payload = {
       formatVersion: POOL_FORMAT_VERSION,
       blockSizeBytes: options.blockSizeBytes,
-      flags: 0,
+      flags: options.dataReadsZeros === false ? POOL_FLAG_DATA_NOT_ZEROED : 0,
       dataBlockCount,
       dataSpaceMapRoot: dataSpace.root,
       deviceTreeRoot,

@@ -459,3 +459,14 @@ test('close waits for requests in flight and refuses new ones', async () => {
   await closing;
   await assert.rejects(v.write(0, filled(1, 1)), code('THIN_CLOSED'));
 });
+
+test('on a data file with old contents, a partial write to a new block still reads zeros around it', async () => {
+  const data = MemoryBlockFile.from(new Uint8Array(16 * BLOCK).fill(0xff), 'old device');
+  const pool = await Pool.createOn({ metadata: new MemoryBlockFile(0), data }, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, dataReadsZeros: false });
+  const v = await pool.createVolume('v', { sizeBytes: 2 * BLOCK });
+  await v.write(100, filled(10, 1));
+  await v.writeZeroes(BLOCK, BLOCK, { noHole: true });
+  const bytes = await readAll(pool, 'v');
+  assert.equal(bytes.filter((x) => x !== 0).length, 10);
+  await pool.close();
+});
