@@ -129,3 +129,16 @@ export const DATA_HIGH_WATER_MARK_STEP_BLOCKS = 1024;
  * while the operator is told to grow the pool, small enough not to waste a large pool.
  */
 export const DATA_BLOCKS_RESERVED_MAX = 256;
+
+// thinbd serve.
+/** Default NBD address: the IANA port, loopback only (exposing disks is the operator's choice). */
+export const SERVE_HOST_DEFAULT = '127.0.0.1';
+export const SERVE_PORT_DEFAULT = 10809;
+/** How long a stopping server waits for clients' in-flight requests before cutting them off. */
+export const SERVE_CLOSE_TIMEOUT_MS = 10_000;
+
+/**
+ * How often an open pool commits when something changed and no client asked (dm-thin's
+ * COMMIT_PERIOD is one second): bounds what a client that never flushes can lose.
+ */
+export const COMMIT_INTERVAL_MS_DEFAULT = 1000;

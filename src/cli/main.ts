@@ -6,6 +6,7 @@ import { registerPoolCommands } from './commands/pool.ts';
 import { registerVolumeCommands } from './commands/volumes.ts';
 import { registerTransferCommands } from './commands/transfer.ts';
 import { registerCheckCommand } from './commands/check.ts';
+import { registerServeCommands } from './commands/serve.ts';
 import { registerToolCommands } from './commands/tools.ts';
 
 export const VERSION = '0.1.0';
@@ -26,6 +27,7 @@ export function buildProgram(reporter: Reporter): Command {
   registerVolumeCommands(program, reporter);
   registerTransferCommands(program, reporter);
   registerCheckCommand(program, reporter);
+  registerServeCommands(program, reporter);
   registerToolCommands(program, reporter);
   // Subcommands inherit exit handling so a usage error anywhere exits 2, not 1.
   const inherit = (command: Command): void => {

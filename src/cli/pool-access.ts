@@ -19,7 +19,7 @@ export function assertPoolExists(dir: string): void {
 }
 
 /** The live server's service when one answers on the pool's control socket. */
-async function liveService(dir: string): Promise<PoolService | undefined> {
+export async function liveService(dir: string): Promise<PoolService | undefined> {
   const socketPath = controlSocketPath(dir);
   if (!existsSync(socketPath)) return undefined;
   return connectControl(socketPath);

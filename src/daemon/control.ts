@@ -18,7 +18,7 @@ export function controlSocketPath(poolDir: string): string {
   return join(poolDir, CONTROL_SOCKET_NAME);
 }
 
-const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status'] as const;
+const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status', 'check'] as const;
 type Method = (typeof methods)[number];
 
 export class ControlServer {
@@ -164,6 +164,7 @@ class RemotePoolService implements PoolService {
   resizeVolume: PoolService['resizeVolume'] = (request) => this.#call('resizeVolume', request);
   listVolumes: PoolService['listVolumes'] = () => this.#call('listVolumes');
   status: PoolService['status'] = () => this.#call('status');
+  check: PoolService['check'] = () => this.#call('check');
 
   async close(): Promise<void> {
     this.#socket.end();

@@ -3,6 +3,7 @@
 // live pool the server owns); the control socket's client runs them remotely on a live pool.
 import type { Pool } from '../pool/pool.ts';
 import { listVolumes, type VolumeListing } from '../tools/list.ts';
+import type { CheckReport } from '../tools/check.ts';
 import { ThinError } from '../errors.ts';
 
 export interface CreateVolumeRequest {
@@ -30,12 +31,15 @@ export interface PoolService {
   resizeVolume(request: { name: string; sizeBytes: number }): Promise<void>;
   listVolumes(): Promise<VolumeListing[]>;
   status(): Promise<ReturnType<Pool['status']>>;
+  check(): Promise<CheckReport>;
   close(): Promise<void>;
 }
 
 export interface LocalServiceHooks {
   /** Called before a volume is removed; throws THIN_BUSY to refuse (e.g. clients connected). */
-  beforeRemove?(name: string, force: boolean): void;
+  beforeRemove?(name: string, force: boolean): Promise<void> | void;
+  /** Checks the pool the service runs on (the daemon checks its live pool). */
+  check?(): Promise<CheckReport>;
   /** Called after the set of volumes changed, so exports can follow. */
   afterChange?(): void;
 }
@@ -67,7 +71,7 @@ export class LocalPoolService implements PoolService {
 
   async removeVolume(request: RemoveRequest): Promise<void> {
     this.pool.volume(request.name); // THIN_NOT_FOUND before asking the hooks
-    this.#hooks.beforeRemove?.(request.name, Boolean(request.force));
+    await this.#hooks.beforeRemove?.(request.name, Boolean(request.force));
     await this.pool.removeVolume(request.name);
     await this.pool.flush();
     this.#hooks.afterChange?.();
@@ -85,6 +89,13 @@ export class LocalPoolService implements PoolService {
 
   async status(): Promise<ReturnType<Pool['status']>> {
     return this.pool.status();
+  }
+
+  async check(): Promise<CheckReport> {
+    if (!this.#hooks.check) {
+      throw new ThinError('THIN_INVALID', 'This pool service cannot check its pool; run thinbd check on the pool directory');
+    }
+    return this.#hooks.check();
   }
 
   async close(): Promise<void> {

@@ -2,7 +2,7 @@
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { poolDirectory } from '../options.ts';
-import { assertPoolExists } from '../pool-access.ts';
+import { assertPoolExists, liveService } from '../pool-access.ts';
 import { checkPool } from '../../tools/check.ts';
 import { ThinError } from '../../errors.ts';
 
@@ -15,7 +15,8 @@ export function registerCheckCommand(program: Command, reporter: Reporter): void
     .action(async (options) => {
       const dir = poolDirectory(options.pool);
       assertPoolExists(dir);
-      const report = await checkPool(dir);
+      const live = await liveService(dir);
+      const report = live ? await live.check().finally(() => live.close()) : await checkPool(dir);
       if (options.json) {
         reporter.json(report);
       } else {

@@ -1,0 +1,110 @@
+// thinbd serve | demo
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Command } from '@commander-js/extra-typings';
+import type { Reporter } from '../report.ts';
+import { UsageError } from '../report.ts';
+import { poolDirectory } from '../options.ts';
+import { assertPoolExists } from '../pool-access.ts';
+import { PoolServer, describeAddress, parseListenAddress } from '../../daemon/serve.ts';
+import { Pool } from '../../pool/pool.ts';
+import { DATA_BLOCK_SIZE_BYTES_DEFAULT, SERVE_HOST_DEFAULT, SERVE_PORT_DEFAULT } from '../../constants.ts';
+
+const DEMO_DATA_SIZE_BYTES = 16 * 1024 ** 3;
+const DEMO_VOLUME_SIZE_BYTES = 8 * 1024 ** 3;
+const DEMO_VOLUME = 'vol0';
+
+interface ServeCommandOptions {
+  pool?: string;
+  listen?: string[];
+  socket?: string[];
+  readOnly?: boolean;
+}
+
+function listenAddresses(options: ServeCommandOptions): { tcp: Array<{ host: string; port: number }>; unixSockets: string[] } {
+  const unixSockets = (options.socket ?? []).map((path) => resolve(path));
+  const tcp = (options.listen ?? []).map((text) => {
+    const address = parseListenAddress(text);
+    if (!address) throw new UsageError(`--listen: '${text}' is not HOST:PORT (e.g. 127.0.0.1:10809 or [::1]:10809)`);
+    return address;
+  });
+  // A Unix socket alone replaces TCP; with neither, the default TCP address.
+  if (tcp.length === 0 && unixSockets.length === 0) tcp.push({ host: SERVE_HOST_DEFAULT, port: SERVE_PORT_DEFAULT });
+  return { tcp, unixSockets };
+}
+
+/** Serves until SIGTERM or SIGINT, then drains, commits and closes. */
+async function serveUntilSignalled(server: PoolServer, reporter: Reporter): Promise<void> {
+  await new Promise<void>((done) => {
+    const stop = (signal: string): void => {
+      reporter.note(`thinbd: ${signal}: finishing in-flight requests, committing, closing`);
+      process.off('SIGTERM', onTerm);
+      process.off('SIGINT', onInt);
+      server.stop().then(done, (error: unknown) => {
+        reporter.error(`stopping failed: ${error instanceof Error ? error.message : String(error)}`);
+        process.exitCode = 1;
+        done();
+      });
+    };
+    const onTerm = (): void => stop('SIGTERM');
+    const onInt = (): void => stop('SIGINT');
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+  });
+}
+
+function announce(server: PoolServer, poolDir: string, reporter: Reporter): void {
+  const where = server.addresses.map(describeAddress).join(' and ');
+  reporter.out(`Serving ${server.exportNames.length} volume(s) of pool ${poolDir} on ${where}`);
+}
+
+export function registerServeCommands(program: Command, reporter: Reporter): void {
+  program
+    .command('serve')
+    .description('serve every volume over NBD (one export per volume); other commands then reach the pool through its control socket')
+    .option('--pool <dir>', 'pool directory (default $THINBD_POOL, then ./pool)')
+    .option('--listen <host:port...>', `TCP address (default ${SERVE_HOST_DEFAULT}:${SERVE_PORT_DEFAULT} unless --socket is given)`)
+    .option('--socket <path...>', 'Unix socket to listen on, instead of or beside TCP')
+    .option('--read-only', 'export every volume read-only')
+    .action(async (options) => {
+      const poolDir = poolDirectory(options.pool);
+      assertPoolExists(poolDir);
+      const addresses = listenAddresses(options);
+      const server = await PoolServer.start({
+        poolDir,
+        ...addresses,
+        readOnly: Boolean(options.readOnly),
+        log: (message) => reporter.note(`thinbd serve: ${message}`),
+      });
+      announce(server, poolDir, reporter);
+      await serveUntilSignalled(server, reporter);
+    });
+
+  program
+    .command('demo')
+    .description(`create ./pool if missing (16G of sparse data space, one 8G volume ${DEMO_VOLUME}) and serve it`)
+    .option('--pool <dir>', 'pool directory', 'pool')
+    .option('--listen <host:port...>', `TCP address (default ${SERVE_HOST_DEFAULT}:${SERVE_PORT_DEFAULT})`)
+    .action(async (options) => {
+      const poolDir = resolve(options.pool);
+      if (!existsSync(join(poolDir, 'metadata'))) {
+        const pool = await Pool.create(poolDir, { dataSizeBytes: DEMO_DATA_SIZE_BYTES, blockSizeBytes: DATA_BLOCK_SIZE_BYTES_DEFAULT });
+        await pool.createVolume(DEMO_VOLUME, { sizeBytes: DEMO_VOLUME_SIZE_BYTES });
+        await pool.close();
+        reporter.out(`Created pool ${poolDir} (16G sparse data space) with an 8G volume ${DEMO_VOLUME}`);
+      }
+      const server = await PoolServer.start({ poolDir, ...listenAddresses({ listen: options.listen }) });
+      announce(server, poolDir, reporter);
+      const tcp = server.addresses.find((address) => 'port' in address);
+      const uri = tcp ? describeAddress(tcp) : describeAddress(server.addresses[0]!);
+      const name = server.exportNames.includes(DEMO_VOLUME) ? DEMO_VOLUME : (server.exportNames[0] ?? DEMO_VOLUME);
+      reporter.out('');
+      reporter.out('Connect with:');
+      reporter.out(`  nbdinfo --list ${uri}`);
+      reporter.out(`  qemu-system-x86_64 -m 1G -drive file=${uri}${name},format=raw,if=virtio ...`);
+      reporter.out(`  mkdir -p /tmp/nbd && nbdfuse /tmp/nbd/disk ${uri}${name} &   # then: losetup -f --show /tmp/nbd/disk`);
+      reporter.out(`  bin/thinbd snapshot --pool ${poolDir} ${name} ${name}-snap   # works while serving`);
+      reporter.out('Stop with Ctrl-C (in-flight requests finish and the pool is committed).');
+      await serveUntilSignalled(server, reporter);
+    });
+}
