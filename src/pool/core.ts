@@ -925,6 +925,14 @@ export class PoolCore {
     this.commit().catch(() => undefined);
   }
 
+  /** The commit timer's tick: commits when anything changed since the last commit and none is under way. */
+  commitIfChanged(): void {
+    if (this.#mode !== 'read-write' || this.#closing) return;
+    if (!this.#metadataDirty && this.#dataWritesSinceSync === 0) return;
+    if (this.#commitRunning !== undefined || this.#commitQueued !== undefined) return;
+    this.commit().catch(() => undefined);
+  }
+
   // ---- requests in flight (close waits for them) ----
 
   /** Counts a request in; refused once close() has begun. */

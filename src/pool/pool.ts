@@ -19,6 +19,7 @@ import {
   METADATA_BLOCK_COUNT_MAX,
   METADATA_BLOCK_COUNT_MIN,
   METADATA_BLOCK_SIZE_BYTES,
+  COMMIT_INTERVAL_MS_DEFAULT,
 } from '../constants.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
@@ -43,7 +44,7 @@ export type { PoolFiles, PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCoun
 export const METADATA_FILE_NAME = 'metadata';
 export const DATA_FILE_NAME = 'data';
 
-export interface PoolCreateOptions {
+export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
   /** Default: METADATA_BLOCK_COUNT_DEFAULT blocks (a sparse file). */
@@ -58,6 +59,12 @@ export interface PoolCreateOptions {
 
 export interface PoolOpenOptions {
   readOnly?: boolean;
+  /**
+   * Commit this often when something changed, so writes a client never flushes are not held in
+   * memory for ever (dm-thin commits every second). Default COMMIT_INTERVAL_MS_DEFAULT for
+   * create/open, off (0) for createOn/openOn, whose tests and simulator want every commit asked for.
+   */
+  commitIntervalMs?: number;
 }
 
 export interface CreateVolumeOptions {
@@ -117,11 +124,16 @@ export class Pool {
   #lock: DirectoryLock | undefined;
   #volumes = new Map<number, Volume>();
   #closing: Promise<void> | undefined;
+  #commitTimer: ReturnType<typeof setInterval> | undefined;
 
   /** Made by create/open; not for callers. */
-  constructor(core: PoolCore, lock: DirectoryLock | undefined) {
+  constructor(core: PoolCore, lock: DirectoryLock | undefined, commitIntervalMs = 0) {
     this.#core = core;
     this.#lock = lock;
+    if (commitIntervalMs > 0 && core.mode === 'read-write') {
+      this.#commitTimer = setInterval(() => core.commitIfChanged(), commitIntervalMs);
+      this.#commitTimer.unref();
+    }
   }
 
   /** Creates DIR with sparse `metadata` and `data` files and a new pool in them (THIN_EXISTS if one is there). */
@@ -144,7 +156,7 @@ export class Pool {
       const core = await Pool.#format(files as PoolFiles, options, dataBlockCount, metadataBlockCount);
       // The new files' directory entries must be durable before the pool is reported created.
       syncDirectory(dir);
-      return new Pool(core, lock);
+      return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT);
     } catch (error) {
       await files.metadata?.close().catch(() => undefined);
       await files.data?.close().catch(() => undefined);
@@ -165,7 +177,7 @@ export class Pool {
       files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly });
       files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly });
       const core = await Pool.#load(files as PoolFiles, readOnly);
-      return new Pool(core, lock);
+      return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT);
     } catch (error) {
       await files.metadata?.close().catch(() => undefined);
       await files.data?.close().catch(() => undefined);
@@ -179,11 +191,11 @@ export class Pool {
     const { dataBlockCount, metadataBlockCount } = validateCreateOptions(options);
     await files.metadata.grow(metadataBlockCount * METADATA_BLOCK_SIZE_BYTES);
     await files.data.grow(dataBlockCount * options.blockSizeBytes);
-    return new Pool(await Pool.#format(files, options, dataBlockCount, metadataBlockCount), undefined);
+    return new Pool(await Pool.#format(files, options, dataBlockCount, metadataBlockCount), undefined, options.commitIntervalMs ?? 0);
   }
 
   static async openOn(files: PoolFiles, options: PoolOpenOptions = {}): Promise<Pool> {
-    return new Pool(await Pool.#load(files, options.readOnly === true), undefined);
+    return new Pool(await Pool.#load(files, options.readOnly === true), undefined, options.commitIntervalMs ?? 0);
   }
 
   static async #format(files: PoolFiles, options: PoolCreateOptions, dataBlockCount: number, metadataBlockCount: number): Promise<PoolCore> {
@@ -320,6 +332,7 @@ export class Pool {
 
   async #close(): Promise<void> {
     let failure: unknown;
+    if (this.#commitTimer !== undefined) clearInterval(this.#commitTimer);
     // Requests already in flight finish first; new ones are refused (THIN_CLOSED).
     await this.#core.drain();
     try {

@@ -470,3 +470,22 @@ test('on a data file with old contents, a partial write to a new block still rea
   assert.equal(bytes.filter((x) => x !== 0).length, 10);
   await pool.close();
 });
+
+test('with a commit interval, writes nobody flushes become durable by themselves', async () => {
+  const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
+  const pool = await Pool.createOn(files, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
+  const v = await pool.createVolume('v', { sizeBytes: BLOCK });
+  await v.write(0, filled(10, 6));
+  const commits = pool.status().counters.commits;
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.ok(pool.status().counters.commits > commits);
+  const copy = await Pool.openOn({ metadata: MemoryBlockFile.from(files.metadata.snapshot()), data: MemoryBlockFile.from(files.data.snapshot()) });
+  const back = new Uint8Array(10);
+  await copy.volume('v').read(0, back);
+  assert.deepEqual(back, filled(10, 6));
+  await copy.close();
+  const idle = pool.status().counters.commits;
+  await new Promise((resolve) => setTimeout(resolve, 60));
+  assert.equal(pool.status().counters.commits, idle, 'nothing changed, nothing committed');
+  await pool.close();
+});
