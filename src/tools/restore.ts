@@ -183,6 +183,8 @@ interface OpenDevice {
   mappedBlocks: number;
   /** One past the highest mapped virtual block. */
   endBlock: number;
+  /** The extent inserted last, when it is also the highest: input in origin order needs no tree lookups. */
+  last: { key: number; extent: Extent } | undefined;
 }
 
 /** The event stream's consumer: builds the pool's metadata (see the module comment). */
@@ -265,7 +267,7 @@ class PoolBuilder implements DumpVisitor {
       throw new ThinError('THIN_INVALID', `restore: device ${begin.devId}: snap_time="${begin.snapTime}" is before creation_time="${begin.creationTime}"`);
     }
     this.#timeMax = Math.max(this.#timeMax, begin.snapTime);
-    this.#device = { begin, root: engine.mappingTree.createEmpty(), run: undefined, mappedBlocks: 0, endBlock: 0 };
+    this.#device = { begin, root: engine.mappingTree.createEmpty(), run: undefined, mappedBlocks: 0, endBlock: 0, last: undefined };
     return undefined;
   }
 
@@ -304,18 +306,31 @@ class PoolBuilder implements DumpVisitor {
       const length = Math.min(remaining, EXTENT_LENGTH_BLOCKS_MAX);
       let key = virtualBegin;
       let extent: Extent = { dataBlock: dataBegin, lengthBlocks: length, time: run.time };
-      // Input in any order: join an extent that ends where this one starts, or starts where it ends.
-      const left = virtualBegin > 0 ? tree.floor(device.root, virtualBegin - 1) : undefined;
+      const appending = virtualBegin >= device.endBlock;
+      // Join an extent that ends where this one starts, or starts where it ends. In origin order
+      // (every dump) the only candidate is the extent inserted last; otherwise ask the tree.
+      const left =
+        appending && device.last !== undefined
+          ? ([device.last.key, device.last.extent] as const)
+          : virtualBegin > 0
+            ? tree.floor(device.root, virtualBegin - 1)
+            : undefined;
       if (left !== undefined && mergeable(left[0], left[1], key, extent)) {
         key = left[0];
         extent = { ...left[1], lengthBlocks: left[1].lengthBlocks + extent.lengthBlocks };
       }
-      const right = tree.lookup(device.root, virtualBegin + length);
+      const right = appending ? undefined : tree.lookup(device.root, virtualBegin + length);
       if (right !== undefined && mergeable(key, extent, virtualBegin + length, right)) {
         device.root = tree.remove(device.root, virtualBegin + length);
         extent = { ...extent, lengthBlocks: extent.lengthBlocks + right.lengthBlocks };
       }
       device.root = tree.insert(device.root, key, extent);
+      if (appending) {
+        device.last = { key, extent };
+        device.endBlock = virtualBegin + length;
+      } else {
+        device.last = undefined; // the insert may have merged with it: look in the tree next time
+      }
       engine.dataSpace.inc(dataBegin, length);
       virtualBegin += length;
       dataBegin += length;
@@ -346,7 +361,7 @@ class PoolBuilder implements DumpVisitor {
     this.#names.set(name, begin.devId);
     const coveredBytes = Math.max(1, device.endBlock) * engine.blockSizeBytes;
     let sizeBytes = volume?.sizeBytes ?? coveredBytes;
-    if (volume?.sizeBytes !== undefined && volume.sizeBytes < device.endBlock * engine.blockSizeBytes) {
+    if (volume?.sizeBytes !== undefined && device.endBlock > 0 && volume.sizeBytes <= (device.endBlock - 1) * engine.blockSizeBytes) {
       throw new ThinError(
         'THIN_INVALID',
         `restore: volume ${name} (device ${begin.devId}): its size of ${volume.sizeBytes} bytes does not cover its highest mapped block ${device.endBlock - 1}`,
