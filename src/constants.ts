@@ -91,7 +91,7 @@ export const METADATA_DIRTY_BLOCKS_SOFT_MAX = 4096;
  */
 export const METADATA_COMMIT_RESERVE_BLOCKS = 256;
 
-/** Deepest B+tree accepted (levels incl. the leaf); 253-way nodes make 8 levels hold 2^63 keys. */
+/** Deepest B+tree accepted (levels incl. the leaf); 168-way internal nodes make 9 levels hold 2^63 keys. */
 export const BTREE_DEPTH_MAX = 12;
 
 /** Rounds of folding reference counts into the metadata space map before sealing gives up (a bug). */

@@ -30,11 +30,13 @@ export const SuperblockLayout = {
   metadataBlockCountOffset: METADATA_BLOCK_HEADER_BYTES + 24, // u64
   metadataSpaceMapRootOffset: METADATA_BLOCK_HEADER_BYTES + 32, // u64
   payloadLengthOffset: METADATA_BLOCK_HEADER_BYTES + 40, // u32
-  reservedOffset: METADATA_BLOCK_HEADER_BYTES + 44, // 52 bytes, zero
+  reservedOffset: METADATA_BLOCK_HEADER_BYTES + 44, // u32, zero
+  metadataSpaceMapRootTransactionIdOffset: METADATA_BLOCK_HEADER_BYTES + 48, // u64
+  reserved2Offset: METADATA_BLOCK_HEADER_BYTES + 56, // 40 bytes, zero
   payloadOffset: 128,
 } as const;
 
-assert(SuperblockLayout.reservedOffset + 52 === SuperblockLayout.payloadOffset, 'superblock fields must end where the payload starts');
+assert(SuperblockLayout.reserved2Offset + 40 === SuperblockLayout.payloadOffset, 'superblock fields must end where the payload starts');
 assert(SuperblockLayout.payloadOffset + SUPERBLOCK_PAYLOAD_BYTES_MAX === METADATA_BLOCK_SIZE_BYTES, 'superblock payload must fill the block');
 assert(SUPERBLOCK_BLOCK_NRS.length === 4, 'two pairs of superblock copies');
 
@@ -43,6 +45,8 @@ export interface SuperblockFields {
   generation: number;
   metadataBlockCount: number;
   metadataSpaceMapRoot: number;
+  /** The transaction that wrote the space map's root: a stale root is detected (F-SB-4). */
+  metadataSpaceMapRootTransactionId: number;
   payload: Uint8Array;
 }
 
@@ -78,6 +82,7 @@ export function encodeSuperblock(fields: SuperblockFields, copyIndex: number): U
   setU64(view, SuperblockLayout.metadataBlockCountOffset, fields.metadataBlockCount);
   setU64(view, SuperblockLayout.metadataSpaceMapRootOffset, fields.metadataSpaceMapRoot);
   view.setUint32(SuperblockLayout.payloadLengthOffset, fields.payload.length, true);
+  setU64(view, SuperblockLayout.metadataSpaceMapRootTransactionIdOffset, fields.metadataSpaceMapRootTransactionId);
   block.bytes.set(fields.payload, SuperblockLayout.payloadOffset);
   sealBlock(block, BlockType.superblock, fields.generation, fields.poolId);
   return block.bytes;
@@ -110,12 +115,25 @@ export function decodeSuperblock(bytes: Uint8Array, copyIndex: number): Superblo
   }
   const payloadLengthBytes = view.getUint32(SuperblockLayout.payloadLengthOffset, true);
   if (payloadLengthBytes > SUPERBLOCK_PAYLOAD_BYTES_MAX) return /* F-SB-8 */ { ...base, problem: `payload length ${payloadLengthBytes}` };
-  for (let offset = SuperblockLayout.reservedOffset; offset < SuperblockLayout.payloadOffset; offset++) {
-    if (bytes[offset] !== 0) return { ...base, problem: 'reserved fields are not zero' };
+  const metadataSpaceMapRootTransactionId = getU64(view, SuperblockLayout.metadataSpaceMapRootTransactionIdOffset);
+  if (!Number.isSafeInteger(metadataSpaceMapRootTransactionId) || metadataSpaceMapRootTransactionId > generation) {
+    return { ...base, problem: `space map root written by transaction ${metadataSpaceMapRootTransactionId}, after generation ${generation}` };
+  }
+  const reservedRanges: Array<[number, number]> = [
+    [SuperblockLayout.reservedOffset, SuperblockLayout.reservedOffset + 4],
+    [SuperblockLayout.reserved2Offset, SuperblockLayout.payloadOffset],
+  ];
+  for (const [begin, end] of reservedRanges) {
+    for (let offset = begin; offset < end; offset++) {
+      if (bytes[offset] !== 0) return { ...base, problem: 'reserved fields are not zero' };
+    }
   }
   const payload = bytes.slice(SuperblockLayout.payloadOffset, SuperblockLayout.payloadOffset + payloadLengthBytes);
   const poolId = view.getBigUint64(BlockHeader.poolIdOffset, true);
-  return { ...base, fields: { poolId, generation, metadataBlockCount, metadataSpaceMapRoot, payload, formatVersion } };
+  return {
+    ...base,
+    fields: { poolId, generation, metadataBlockCount, metadataSpaceMapRoot, metadataSpaceMapRootTransactionId, payload, formatVersion },
+  };
 }
 
 /** Reads and decodes every copy; a copy that cannot be read is reported, not thrown. */
@@ -179,6 +197,7 @@ function sameSuperblock(a: SuperblockFields & { formatVersion: number }, b: Supe
     a.formatVersion === b.formatVersion &&
     a.metadataBlockCount === b.metadataBlockCount &&
     a.metadataSpaceMapRoot === b.metadataSpaceMapRoot &&
+    a.metadataSpaceMapRootTransactionId === b.metadataSpaceMapRootTransactionId &&
     a.payload.length === b.payload.length &&
     a.payload.every((byte, index) => byte === b.payload[index])
   );

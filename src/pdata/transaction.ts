@@ -40,7 +40,7 @@ import {
 } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { Block, BlockType, checksumOf, initBlockHeader, sealBlock, validateBlock } from './block.ts';
+import { BTREE_BLOCK_TYPES, Block, BlockType, checksumOf, initBlockHeader, sealBlock, validateBlock } from './block.ts';
 import { BTree } from './btree/btree.ts';
 import { TreeKind } from './btree/codec.ts';
 import { BlockCache } from './cache.ts';
@@ -66,7 +66,7 @@ export interface SuperblockCopyReport {
   blockNr: number;
   /** Generation the copy holds, when it validates. */
   generation?: number;
-  /** What is wrong with the copy, when it does not validate. */
+  /** What is wrong with the copy: it does not validate, or (with generation set) it is stale. */
   problem?: string;
 }
 
@@ -215,6 +215,16 @@ export class TransactionManager {
       blockNr: copy.blockNr,
       ...(copy.fields !== undefined ? { generation: copy.fields.generation } : { problem: copy.problem ?? 'invalid' }),
     }));
+    // Both copies of a pair are written by every commit of that parity; a valid copy older than its
+    // partner missed a write (lost, misdirected, or a cut between the two): valid, but report it.
+    for (const copy of copies) {
+      const partner = copies.find((other) => other.copyIndex !== copy.copyIndex && other.copyIndex % 2 === copy.copyIndex % 2);
+      if (copy.fields !== undefined && partner?.fields !== undefined && copy.fields.generation < partner.fields.generation) {
+        copyReports[copy.copyIndex]!.problem =
+          `holds generation ${copy.fields.generation} while copy ${partner.copyIndex} of the same pair holds ` +
+          `${partner.fields.generation} (a lost or misdirected superblock write)`;
+      }
+    }
     const newestGenerationSeen = candidates[0]?.generation ?? 0;
     const rejected: Array<{ generation: number; problem: string }> = [];
     for (const candidate of candidates) {
@@ -269,6 +279,14 @@ export class TransactionManager {
       readOnly: options.readOnly ?? false,
       cacheBlocksMax: options.cacheBlocksMax ?? METADATA_CACHE_BLOCKS_MAX,
     });
+    const spaceMapRoot = tm.read(fields.metadataSpaceMapRoot, BTREE_BLOCK_TYPES);
+    if (spaceMapRoot.transactionId !== fields.metadataSpaceMapRootTransactionId) {
+      throw new ThinError(
+        'THIN_CORRUPT_BLOCK',
+        `Cannot read metadata block ${spaceMapRoot.blockNr}: written by transaction ${spaceMapRoot.transactionId}, but superblock ` +
+          `generation ${fields.generation} expects ${fields.metadataSpaceMapRootTransactionId} (a lost or misdirected write)`,
+      );
+    }
     const spaceMap = new SpaceMap(tm, fields.metadataSpaceMapRoot, fields.metadataBlockCount, TreeKind.metadataSpaceMap);
     for (const extent of spaceMap.extents()) {
       for (let blockNr = extent.begin; blockNr < extent.begin + extent.lengthBlocks; blockNr++) tm.#setCount(blockNr, extent.count);
@@ -571,6 +589,7 @@ export class TransactionManager {
       generation,
       metadataBlockCount: this.#metadataBlockCount,
       metadataSpaceMapRoot: this.#spaceMap().root,
+      metadataSpaceMapRootTransactionId: this.read(this.#spaceMap().root, BTREE_BLOCK_TYPES).transactionId,
       payload: payload.slice(),
     };
     return { fields, blocks };

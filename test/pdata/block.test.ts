@@ -114,7 +114,7 @@ describe('B+tree nodes from disk', () => {
 
   test('a child pointer to itself or past the metadata is rejected', async () => {
     const { file, root } = await twoLevelTree();
-    rewriteNode(file, root, (block) => setChild(block, 0, root));
+    rewriteNode(file, root, (block) => setChild(block, 0, root, block.transactionId));
     const { tm } = await TransactionManager.open(file);
     assert.throws(() => new BTree(tm, u64Codec(TreeKind.test)).lookup(root, 10), (error) => isThinError(error, 'THIN_CORRUPT_NODE') && /points to the node itself/.test((error as Error).message));
   });

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { ThinError, isThinError } from '../../src/errors.ts';
 import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
-import { Block, sealBlock } from '../../src/pdata/block.ts';
+import { BTREE_BLOCK_TYPES, Block, sealBlock } from '../../src/pdata/block.ts';
 import { BTree } from '../../src/pdata/btree/btree.ts';
 import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
 import { TreeWalker } from '../../src/pdata/btree/walker.ts';
@@ -158,7 +158,13 @@ describe('superblock copies', () => {
     const { file } = await committedPool(2);
     // Rewrite copy 2 as generation 2 with a different payload whose root is garbage.
     const { tm } = await TransactionManager.open(file);
-    const fields = { poolId: tm.poolId, generation: 2, metadataBlockCount: tm.metadataBlockCount, metadataSpaceMapRoot: tm.metadataSpaceMapRoot };
+    const fields = {
+      poolId: tm.poolId,
+      generation: 2,
+      metadataBlockCount: tm.metadataBlockCount,
+      metadataSpaceMapRoot: tm.metadataSpaceMapRoot,
+      metadataSpaceMapRootTransactionId: tm.read(tm.metadataSpaceMapRoot, BTREE_BLOCK_TYPES).transactionId,
+    };
     writeBlock(file, SUPERBLOCK_BLOCK_NRS[0]!, encodeSuperblock({ ...fields, payload: rootsPayload(12_345, 2) }, 0));
     const { report, payload } = await TransactionManager.open(file, { validatePayload: validateTree });
     assert.equal(report.generation, 2);
@@ -191,6 +197,23 @@ describe('superblock copies', () => {
     const { report } = await TransactionManager.open(file);
     assert.equal(report.generation, 2);
     assert.match(report.copies[1]!.problem ?? '', /says it is block 0/);
+  });
+
+  test('a valid copy older than its partner (a lost superblock write) is reported', async () => {
+    const { file, tm } = newManager();
+    const tree = new BTree(tm, codec);
+    const root = tree.insert(tree.createEmpty(), 1, 1);
+    await tm.commit(rootsPayload(root, 1));
+    await tm.commit(rootsPayload(root, 2));
+    const copy2AtGeneration2 = readBlock(file, SUPERBLOCK_BLOCK_NRS[2]!);
+    await tm.commit(rootsPayload(root, 3));
+    await tm.commit(rootsPayload(root, 4));
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[2]!, copy2AtGeneration2);
+    const { report } = await TransactionManager.open(file);
+    assert.equal(report.generation, 4);
+    assert.equal(report.copies[2]!.generation, 2);
+    assert.match(report.copies[2]!.problem ?? '', /holds generation 2 while copy 0 of the same pair holds 4/);
+    assert.equal(report.degraded, true);
   });
 
   test('a copy of another pool in a copy\'s place is set aside', async () => {
@@ -260,6 +283,39 @@ describe('damage to metadata blocks', () => {
       () => new BTree(tm, codec).lookup(payloadRoots(payload)[0]!, 1),
       (error) => isThinError(error, 'THIN_CORRUPT_BLOCK') && /newer than 2/.test(error.message),
     );
+  });
+
+  test('an older valid version of a live node (a lost write) is detected through its parent', async () => {
+    const { file } = await committedPool(1);
+    const { tm, payload } = await TransactionManager.open(file);
+    const root = payloadRoots(payload)[0]!;
+    const leaves: number[] = [];
+    new TreeWalker(tm).walk(root, codec, { node: (visit) => { if (visit.level === 0) leaves.push(visit.blockNr); } });
+    const leaf = leaves[2]!;
+    const stale = readBlock(file, leaf);
+    // Generation 2 rewrites every leaf.
+    const tree = new BTree(tm, codec);
+    let newRoot = root;
+    for (let key = 0; key < 600; key++) newRoot = tree.insert(newRoot, key * 11 + 1, 9);
+    await tm.commit(rootsPayload(newRoot, 2));
+    // Put an old valid version back in the place of a node generation 2 wrote, at the same block number.
+    const { tm: fresh, payload: again } = await TransactionManager.open(file);
+    const newLeaves: Array<{ blockNr: number; transactionId: number }> = [];
+    new TreeWalker(fresh).walk(payloadRoots(again)[0]!, codec, {
+      node: (visit) => {
+        if (visit.level === 0) newLeaves.push({ blockNr: visit.blockNr, transactionId: fresh.read(visit.blockNr, 3).transactionId });
+      },
+    });
+    const rewritten = newLeaves.find((entry) => entry.transactionId === 2)!;
+    const older = new Block(rewritten.blockNr, stale.slice());
+    sealBlock(older, older.type, 1, older.view.getBigUint64(24, true)); // valid header at its place, written by transaction 1
+    writeBlock(file, rewritten.blockNr, older.bytes);
+    const { tm: damaged, payload: damagedPayload } = await TransactionManager.open(file);
+    const found = new TreeWalker(damaged).walk(payloadRoots(damagedPayload)[0]!, codec);
+    assert.equal(found.length, 1);
+    assert.equal(found[0]!.blockNr, rewritten.blockNr);
+    assert.match(found[0]!.error.message, /written by transaction 1, but its parent expects 2/);
+    assert.throws(() => [...new BTree(damaged, codec).entries(payloadRoots(damagedPayload)[0]!)], /stale block/);
   });
 
   test('the walker reports every corrupt node with its path and goes on', async () => {

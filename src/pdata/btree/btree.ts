@@ -25,6 +25,7 @@ import {
   ceilingIndex,
   checkNodeFromDisk,
   childAt,
+  childTransactionIdAt,
   copyEntries,
   describeKeyRange,
   entryCount,
@@ -48,6 +49,7 @@ import {
 interface Split {
   key: number;
   blockNr: number;
+  transactionId: number;
 }
 
 interface Frame {
@@ -133,9 +135,9 @@ export class BTree<V> {
     assert(nodeLevel(newRoot) < BTREE_DEPTH_MAX, 'B+tree grew past its depth limit');
     setEntryCount(newRoot, 2);
     setKey(newRoot, 0, keyAt(node, 0));
-    setChild(newRoot, 0, node.blockNr);
+    setChild(newRoot, 0, node.blockNr, node.transactionId);
     setKey(newRoot, 1, split.key);
-    setChild(newRoot, 1, split.blockNr);
+    setChild(newRoot, 1, split.blockNr, split.transactionId);
     return newRoot.blockNr;
   }
 
@@ -156,9 +158,10 @@ export class BTree<V> {
     // An internal root with one child hands its place to the child.
     while (!isLeaf(current) && entryCount(current) === 1) {
       const child = childAt(current, 0);
+      const childTransactionId = childTransactionIdAt(current, 0);
       this.tm.inc(child);
       this.#release(current.blockNr);
-      current = this.#readNode(child, nodeLevel(current) - 1, undefined, undefined);
+      current = this.#readNode(child, nodeLevel(current) - 1, undefined, undefined, childTransactionId);
     }
     return current.blockNr;
   }
@@ -196,10 +199,12 @@ export class BTree<V> {
   }
 
   #release(root: number): void {
-    const stack: Array<{ blockNr: number; level: number | undefined }> = [{ blockNr: root, level: undefined }];
+    const stack: Array<{ blockNr: number; level: number | undefined; transactionId: number | undefined }> = [
+      { blockNr: root, level: undefined, transactionId: undefined },
+    ];
     while (stack.length > 0) {
-      const { blockNr, level } = stack.pop()!;
-      const node = this.#readNode(blockNr, level, undefined, undefined);
+      const { blockNr, level, transactionId } = stack.pop()!;
+      const node = this.#readNode(blockNr, level, undefined, undefined, transactionId);
       this.tm.dec(blockNr);
       if (this.tm.refCount(blockNr) > 0) continue;
       const count = entryCount(node);
@@ -210,7 +215,9 @@ export class BTree<V> {
         }
       } else {
         const childLevel = nodeLevel(node) - 1;
-        for (let index = count - 1; index >= 0; index--) stack.push({ blockNr: childAt(node, index), level: childLevel });
+        for (let index = count - 1; index >= 0; index--) {
+          stack.push({ blockNr: childAt(node, index), level: childLevel, transactionId: childTransactionIdAt(node, index) });
+        }
       }
     }
   }
@@ -229,9 +236,16 @@ export class BTree<V> {
    * load; the per-visit check of level and key bounds is cheap and catches a node reachable from
    * two places that disagree.
    */
-  #readNode(blockNr: number, level: number | undefined, keyBegin: number | undefined, keyEnd: number | undefined): Block {
+  #readNode(
+    blockNr: number,
+    level: number | undefined,
+    keyBegin: number | undefined,
+    keyEnd: number | undefined,
+    transactionId?: number,
+  ): Block {
     const types = level === undefined ? BTREE_BLOCK_TYPES : level === 0 ? BlockType.btreeLeaf : BlockType.btreeInternal;
     const block = this.tm.read(blockNr, types);
+    if (transactionId !== undefined && block.transactionId !== transactionId) throw staleChild(block, transactionId);
     const expect = {
       treeKind: this.codec.treeKind,
       leafValueSizeBytes: this.codec.sizeBytes,
@@ -283,7 +297,7 @@ export class BTree<V> {
     const node = parent.block;
     const keyBegin = keyAt(node, index);
     const keyEnd = index + 1 < entryCount(node) ? keyAt(node, index + 1) : parent.keyEnd;
-    const block = this.#readNode(childAt(node, index), nodeLevel(node) - 1, keyBegin, keyEnd);
+    const block = this.#readNode(childAt(node, index), nodeLevel(node) - 1, keyBegin, keyEnd, childTransactionIdAt(node, index));
     return { block, index: 0, keyBegin, keyEnd };
   }
 
@@ -377,8 +391,8 @@ export class BTree<V> {
   // ---- changing ----
 
   /** Makes blockNr private to the open transaction; a copy of a shared node retains what it references. */
-  #shadow(blockNr: number, level: number | undefined): Block {
-    const original = this.#readNode(blockNr, level, undefined, undefined);
+  #shadow(blockNr: number, level: number | undefined, transactionId?: number): Block {
+    const original = this.#readNode(blockNr, level, undefined, undefined, transactionId);
     const { block, wasShared } = this.tm.shadow(blockNr, original.type);
     block.checkedTreeKind = this.codec.treeKind;
     if (wasShared) {
@@ -398,8 +412,8 @@ export class BTree<V> {
   /** Shadows child `index` of the private node `parent` and points parent at the copy. */
   #shadowChild(parent: Block, index: number): Block {
     const childBlockNr = childAt(parent, index);
-    const child = this.#shadow(childBlockNr, nodeLevel(parent) - 1);
-    if (child.blockNr !== childBlockNr) setChild(parent, index, child.blockNr);
+    const child = this.#shadow(childBlockNr, nodeLevel(parent) - 1, childTransactionIdAt(parent, index));
+    if (child.blockNr !== childBlockNr) setChild(parent, index, child.blockNr, child.transactionId);
     return child;
   }
 
@@ -420,7 +434,7 @@ export class BTree<V> {
     const child = this.#shadowChild(node, index);
     const split = this.#insertInto(child, key, value);
     if (split === undefined) return undefined;
-    return this.#insertEntry(node, index + 1, split.key, (block, at) => setChild(block, at, split.blockNr));
+    return this.#insertEntry(node, index + 1, split.key, (block, at) => setChild(block, at, split.blockNr, split.transactionId));
   }
 
   /** Inserts an entry at index, splitting a full node in two; returns the new right sibling if any. */
@@ -447,7 +461,7 @@ export class BTree<V> {
       setKey(right, index - half, key);
       writeValue(right, index - half);
     }
-    return { key: keyAt(right, 0), blockNr: right.blockNr };
+    return { key: keyAt(right, 0), blockNr: right.blockNr, transactionId: right.transactionId };
   }
 
   #removeFrom(node: Block, key: number): void {
@@ -529,6 +543,14 @@ function shiftEntries(block: Block, from: number, to: number, count: number): vo
   assert(Math.max(from, to) + count <= capacityOf(block), 'shiftEntries out of bounds');
   block.bytes.copyWithin(keyBase + to * 8, keyBase + from * 8, keyBase + (from + count) * 8);
   block.bytes.copyWithin(valueBase + to * valueSizeBytes, valueBase + from * valueSizeBytes, valueBase + (from + count) * valueSizeBytes);
+}
+
+function staleChild(block: Block, expectedTransactionId: number): ThinError {
+  return new ThinError(
+    'THIN_CORRUPT_BLOCK',
+    `Cannot read metadata block ${block.blockNr}: written by transaction ${block.transactionId}, but its parent expects ` +
+      `${expectedTransactionId} (a lost or misdirected write left a stale block)`,
+  );
 }
 
 function assertKey(key: number): void {

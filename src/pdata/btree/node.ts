@@ -18,8 +18,12 @@ export const NodeHeader = {
 } as const;
 
 const KEY_BYTES = 8;
-/** Internal nodes store child block numbers as u64 values. */
-export const CHILD_VALUE_BYTES = 8;
+/**
+ * Internal nodes store, per child, its block number and the transaction that wrote it (u64 each).
+ * The second makes a stale child detectable: a lost or misdirected write leaves an older, valid
+ * block in the child's place, which its own header cannot betray (btrfs keeps the same pair).
+ */
+export const CHILD_VALUE_BYTES = 16;
 /** Largest value a codec may declare: a leaf must still hold a handful of entries. */
 export const NODE_VALUE_BYTES_MAX = 256;
 
@@ -85,8 +89,14 @@ export function valueOffset(block: Block, index: number): number {
 export function childAt(block: Block, index: number): number {
   return getU64(block.view, valueOffset(block, index));
 }
-export function setChild(block: Block, index: number, childBlockNr: number): void {
-  setU64(block.view, valueOffset(block, index), childBlockNr);
+/** The transaction that wrote child `index`, as its parent remembers it. */
+export function childTransactionIdAt(block: Block, index: number): number {
+  return getU64(block.view, valueOffset(block, index) + 8);
+}
+export function setChild(block: Block, index: number, childBlockNr: number, childTransactionId: number): void {
+  const offsetBytes = valueOffset(block, index);
+  setU64(block.view, offsetBytes, childBlockNr);
+  setU64(block.view, offsetBytes + 8, childTransactionId);
 }
 
 /** Largest index whose key is <= key, or -1. */
@@ -216,6 +226,10 @@ export function nodeProblem(block: Block, expect: NodeExpectation): string | und
         return `child ${index} points to block ${child}, past the metadata (${expect.metadataBlockCount} blocks)`;
       }
       if (child === block.blockNr) return `child ${index} points to the node itself`;
+      const childTransactionId = childTransactionIdAt(block, index);
+      if (!Number.isSafeInteger(childTransactionId) || childTransactionId > block.transactionId) {
+        return `child ${index} is said to be written by transaction ${childTransactionId}, after its parent (${block.transactionId})`;
+      }
     }
   }
   // F-NODE-5

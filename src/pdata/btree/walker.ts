@@ -15,7 +15,7 @@ import { BTREE_BLOCK_TYPES, BlockType } from '../block.ts';
 import type { TransactionManager } from '../transaction.ts';
 import { TreeKind, type ValueCodec } from './codec.ts';
 import { refCountExtentCodec } from '../space-map.ts';
-import { childAt, describeKeyRange, entryCount, isLeaf, keyAt, nodeLevel, nodeProblem, valueOffset } from './node.ts';
+import { childAt, childTransactionIdAt, describeKeyRange, entryCount, isLeaf, keyAt, nodeLevel, nodeProblem, valueOffset } from './node.ts';
 
 export interface NodeVisit {
   blockNr: number;
@@ -48,6 +48,7 @@ export interface WalkVisitor<V> {
 
 interface Seen {
   treeKind: number;
+  transactionId: number | undefined;
   level: number;
   firstKey: number | undefined;
   lastKey: number | undefined;
@@ -55,6 +56,8 @@ interface Seen {
 
 interface Pending {
   blockNr: number;
+  /** The transaction the parent says wrote this node; undefined for a root. */
+  transactionId: number | undefined;
   level: number | undefined;
   keyBegin: number | undefined;
   keyEnd: number | undefined;
@@ -91,7 +94,7 @@ export class TreeWalker {
       this.corruptions.push(problem);
       visitor.corrupt?.(problem);
     };
-    const stack: Pending[] = [{ blockNr: root, level: undefined, keyBegin: undefined, keyEnd: undefined, path: [root] }];
+    const stack: Pending[] = [{ blockNr: root, transactionId: undefined, level: undefined, keyBegin: undefined, keyEnd: undefined, path: [root] }];
     while (stack.length > 0) {
       const pending = stack.pop()!;
       const { blockNr } = pending;
@@ -106,9 +109,16 @@ export class TreeWalker {
       try {
         const types = pending.level === undefined ? BTREE_BLOCK_TYPES : pending.level === 0 ? BlockType.btreeLeaf : BlockType.btreeInternal;
         block = this.tm.read(blockNr, types);
+        if (pending.transactionId !== undefined && block.transactionId !== pending.transactionId) {
+          throw new ThinError(
+            'THIN_CORRUPT_BLOCK',
+            `Cannot read metadata block ${blockNr}: written by transaction ${block.transactionId}, but its parent expects ` +
+              `${pending.transactionId} (a lost or misdirected write left a stale block)`,
+          );
+        }
       } catch (error) {
         if (!isThinError(error)) throw error;
-        this.#seen.set(blockNr, { treeKind: codec.treeKind, level: pending.level ?? -1, firstKey: undefined, lastKey: undefined });
+        this.#seen.set(blockNr, { treeKind: codec.treeKind, transactionId: undefined, level: pending.level ?? -1, firstKey: undefined, lastKey: undefined });
         report(pending, error);
         continue;
       }
@@ -124,6 +134,7 @@ export class TreeWalker {
       const level = nodeLevel(block);
       this.#seen.set(blockNr, {
         treeKind: codec.treeKind,
+        transactionId: block.transactionId,
         level,
         firstKey: problem === undefined && count > 0 ? keyAt(block, 0) : undefined,
         lastKey: problem === undefined && count > 0 ? keyAt(block, count - 1) : undefined,
@@ -157,6 +168,7 @@ export class TreeWalker {
       for (let index = count - 1; index >= 0; index--) {
         stack.push({
           blockNr: childAt(block, index),
+          transactionId: childTransactionIdAt(block, index),
           level: level - 1,
           keyBegin: keyAt(block, index),
           keyEnd: index + 1 < count ? keyAt(block, index + 1) : pending.keyEnd,
@@ -199,6 +211,9 @@ function corruptNode(pending: Pending, problem: string): ThinError {
 
 function revisitProblem(seen: Seen, treeKind: number, pending: Pending): string | undefined {
   if (seen.treeKind !== treeKind) return `shared between trees of kinds ${seen.treeKind} and ${treeKind}`;
+  if (pending.transactionId !== undefined && seen.transactionId !== undefined && seen.transactionId !== pending.transactionId) {
+    return `written by transaction ${seen.transactionId}, but a parent expects ${pending.transactionId}`;
+  }
   if (pending.level !== undefined && seen.level !== -1 && seen.level !== pending.level) {
     return `reached at level ${pending.level} and at level ${seen.level}`;
   }
