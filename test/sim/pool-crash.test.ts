@@ -2,7 +2,8 @@
 //
 // Each campaign seed picks a starting pool (empty; one volume with data; a volume, its snapshot
 // and a second volume) and up to three operations among sector, block, multi-block and FUA writes,
-// discard, snapshot, remove, create and flush, on at most three volumes. The workload runs once on
+// discard, snapshot, remove, create and flush, on at most three volumes; writes, discards and
+// flushes are sometimes issued together, without waiting for the one before. The workload runs once on
 // a SimMachine with the pool's metadata and data disks; then every crash point (before and after
 // every write, completion and sync, on both disks) is recovered in several crash images, and each
 // recovered pool must:
@@ -151,10 +152,17 @@ async function runPoolCampaign(seed: number, bases: readonly Base[]): Promise<Cr
     budget: VARIANTS_PER_POINT,
     workload: async (machine) => {
       const pool = await Pool.openOn(poolFiles(machine));
-      for (const [index, op] of record.ops.entries()) {
-        machine.mark(startMark(index + 1));
-        await runOp(pool, op);
-        machine.mark(doneMark(index + 1));
+      // Ops marked concurrent are issued with the one before them; a group is awaited as a whole.
+      let index = 0;
+      while (index < record.ops.length) {
+        const group: Promise<void>[] = [];
+        do {
+          const opIndex = index + 1;
+          machine.mark(startMark(opIndex));
+          group.push(runOp(pool, record.ops[index] as PoolOp).then(() => machine.mark(doneMark(opIndex))));
+          index += 1;
+        } while (record.ops[index]?.concurrent === true);
+        await Promise.all(group);
       }
     },
     recover: async (machine, marks) => {

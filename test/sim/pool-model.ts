@@ -68,15 +68,29 @@ export interface VolumeModel {
 
 export type ModelState = ReadonlyMap<string, VolumeModel>;
 
-export type PoolOp =
+export type PoolOp = (
   | { kind: 'create'; name: string; sizeSectors: number }
   | { kind: 'write'; volume: string; beginSector: number; lengthSectors: number; fua: boolean; writeId: number; shape: string }
   | { kind: 'discard'; volume: string; beginSector: number; lengthSectors: number }
   | { kind: 'snapshot'; source: string; name: string }
   | { kind: 'remove'; volume: string }
-  | { kind: 'flush' };
+  | { kind: 'flush' }
+) & {
+  /**
+   * Issued together with the op before it, without waiting for it (only writes, discards and
+   * flushes, as NBD clients keep several in flight). The pool's range locks serve overlapping
+   * requests in issue order, so the model applies them in list order all the same; what changes
+   * is what a flush covers (not the requests issued with or after it) and which completions
+   * the crash may fall between.
+   */
+  concurrent?: boolean;
+};
 
 export function describeOp(op: PoolOp): string {
+  return `${op.concurrent === true ? '& ' : ''}${describeOpKind(op)}`;
+}
+
+function describeOpKind(op: PoolOp): string {
   switch (op.kind) {
     case 'create':
       return `create ${op.name} (${op.sizeSectors} sectors)`;
@@ -234,6 +248,10 @@ export function generateOps(rng: Rng, initial: ModelState, opsMax: number, shape
     }
     if (op === undefined) continue;
     if (op.kind === 'write') op = { ...op, writeId: writeId++ };
+    const previous = ops[ops.length - 1];
+    const dataPath = (candidate: PoolOp | undefined): boolean =>
+      candidate?.kind === 'write' || candidate?.kind === 'discard' || candidate?.kind === 'flush';
+    if (dataPath(op) && dataPath(previous) && rng.chance(0.35)) op = { ...op, concurrent: true };
     ops.push(op);
     state = applyOp(state, op);
   }
@@ -260,35 +278,43 @@ export function doneMark(opIndex: number): string {
 }
 
 interface Window {
-  /** Last acknowledged flush (state index), 0 if none. */
+  /** The state an acknowledged flush made durable (state index), 0 if none. */
   flushed: number;
-  /** Highest state the crash may show: the op in flight, or the last one done. */
+  /** Highest state the crash may show: the last op issued. */
   highest: number;
-  done: number;
+  /** Ops (1-based) acknowledged before the crash. */
+  done: ReadonlySet<number>;
+}
+
+/** First op of the group of concurrent ops that `opIndex` (1-based) belongs to. */
+function groupStart(record: WorkloadRecord, opIndex: number): number {
+  let start = opIndex;
+  while (start > 1 && record.ops[start - 1]?.concurrent === true) start -= 1;
+  return start;
 }
 
 function windowOf(record: WorkloadRecord, marks: readonly string[]): Window {
-  let done = 0;
+  const done = new Set<number>();
   let started = 0;
   for (const mark of marks) {
-    if (mark.startsWith('start ')) started = Number(mark.slice(6));
-    else if (mark.startsWith('done ')) done = Number(mark.slice(5));
+    if (mark.startsWith('start ')) started = Math.max(started, Number(mark.slice(6)));
+    else if (mark.startsWith('done ')) done.add(Number(mark.slice(5)));
   }
+  // A flush covers what was acknowledged before it was issued: not the ops issued with it.
   let flushed = 0;
-  for (let index = 1; index <= done; index++) {
-    if (record.ops[index - 1]?.kind === 'flush') flushed = index;
+  for (const index of done) {
+    if (record.ops[index - 1]?.kind === 'flush') flushed = Math.max(flushed, groupStart(record, index) - 1);
   }
-  return { flushed, highest: Math.max(started, done), done };
+  return { flushed, highest: started, done };
 }
 
 /** The state index from which sector `sector` of `volume` is promised: raised by an acknowledged FUA write of it. */
 function lowerBound(record: WorkloadRecord, window: Window, volume: string, sector: number): number {
   let bound = window.flushed;
-  for (let index = window.flushed + 1; index <= window.done; index++) {
+  for (const index of window.done) {
     const op = record.ops[index - 1];
-    if (op?.kind === 'write' && op.fua && op.volume === volume && sector >= op.beginSector && sector < op.beginSector + op.lengthSectors) {
-      bound = index;
-    }
+    if (index <= bound || op?.kind !== 'write' || !op.fua || op.volume !== volume) continue;
+    if (sector >= op.beginSector && sector < op.beginSector + op.lengthSectors) bound = index;
   }
   return bound;
 }
@@ -296,9 +322,9 @@ function lowerBound(record: WorkloadRecord, window: Window, volume: string, sect
 /** The state index from which the existence of `volume` is promised (a FUA write to it promises it exists). */
 function volumeLowerBound(record: WorkloadRecord, window: Window, volume: string): number {
   let bound = window.flushed;
-  for (let index = window.flushed + 1; index <= window.done; index++) {
+  for (const index of window.done) {
     const op = record.ops[index - 1];
-    if (op?.kind === 'write' && op.fua && op.volume === volume) bound = index;
+    if (index > bound && op?.kind === 'write' && op.fua && op.volume === volume) bound = index;
   }
   return bound;
 }
