@@ -18,6 +18,7 @@ import type { DumpVisitor } from '../../tools/dump/events.ts';
 import { restorePool, type RestoreData } from '../../tools/restore.ts';
 import { writePoolDelta } from '../../tools/delta.ts';
 import { estimateMetadataSize } from '../../tools/metadata-size.ts';
+import { packMetadata, unpackMetadata } from '../../tools/pack.ts';
 
 const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
 
@@ -134,7 +135,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       await sink.flush();
     });
 
-  const metadata = program.command('metadata').description('metadata tools: size');
+  const metadata = program.command('metadata').description('metadata tools: size, pack, unpack');
   metadata
     .command('size')
     .description("estimate the metadata a pool needs, for thinbd's format and (for comparison) dm-thin's")
@@ -155,5 +156,29 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       }
       reporter.out(`thinbd:  ${formatSize(estimate.thinbd.metadataBytes)} (${estimate.thinbd.metadataBytes} bytes) at worst, every block its own mapping; use --metadata-size ${formatSize(estimate.thinbd.recommendedMetadataBytes)}`);
       reporter.out(`dm-thin: ${formatSize(estimate.dmThin.metadataBytes)} (${estimate.dmThin.metadataBytes} bytes), as thin_metadata_size estimates it`);
+    });
+
+  metadata
+    .command('pack')
+    .description("write a compressed image of the pool's live metadata blocks")
+    .option('--pool <dir>', poolHelp)
+    .requiredOption('-o, --output <file>', 'the image to write (must not exist)')
+    .action(async (options) => {
+      const dir = poolDirectory(options.pool);
+      assertPoolExists(dir);
+      const summary = await packMetadata(dir, options.output);
+      reporter.out(`Packed ${summary.liveBlockCount} live metadata blocks of ${summary.metadataBlockCount} into ${options.output} (${formatSize(summary.packedBytes)})`);
+    });
+
+  metadata
+    .command('unpack')
+    .description('write a packed metadata image back as the metadata of a pool directory')
+    .requiredOption('-i, --input <file>', 'the image written by metadata pack')
+    .option('--pool <dir>', `${poolHelp}; must hold no metadata (a data file there is used)`)
+    .option('--data <path>', 'data file or device to link when the directory has none (default: a new sparse file)')
+    .action(async (options) => {
+      const dir = poolDirectory(options.pool);
+      const summary = await unpackMetadata(options.input, dir, options.data === undefined ? {} : { dataPath: options.data });
+      reporter.out(`Unpacked ${summary.liveBlockCount} metadata blocks into ${dir} (data: ${summary.data})`);
     });
 }
