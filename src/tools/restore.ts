@@ -102,6 +102,18 @@ export async function restorePool(
   input: AsyncIterable<string | Uint8Array> | Iterable<string | Uint8Array>,
   options: RestoreOptions,
 ): Promise<RestoreSummary> {
+  const { produced, ...built } = await buildPool(options, (visitor) => readThinXml(input, visitor));
+  return { ...built, input: produced };
+}
+
+/**
+ * Builds a new pool at options.dir from the events `produce` sends to the visitor it is given
+ * (the XML reader for restore, the tolerant metadata walk for repair); all or nothing.
+ */
+export async function buildPool<T>(
+  options: RestoreOptions,
+  produce: (visitor: DumpVisitor) => Promise<T>,
+): Promise<Omit<RestoreSummary, 'input'> & { produced: T }> {
   const dir = path.resolve(options.dir);
   assertNoPool(dir);
   const metadataBlockCount = metadataBlockCountFor(options.metadataSizeBytes);
@@ -109,13 +121,13 @@ export async function restorePool(
   fs.mkdirSync(temporary, { recursive: false });
   const builder = new PoolBuilder(temporary, options.data, metadataBlockCount);
   try {
-    const inputSummary = await readThinXml(input, builder);
+    const produced = await produce(builder);
     const built = await builder.finish();
     syncDirectory(temporary);
     if (fs.existsSync(dir)) fs.rmdirSync(dir); // empty (assertNoPool); rename cannot replace it on every system
     fs.renameSync(temporary, dir);
     syncDirectory(path.dirname(dir));
-    return { dir, ...built, input: inputSummary };
+    return { dir, ...built, produced };
   } catch (error) {
     await builder.abandon();
     fs.rmSync(temporary, { recursive: true, force: true });

@@ -19,6 +19,7 @@ import { restorePool, type RestoreData } from '../../tools/restore.ts';
 import { writePoolDelta } from '../../tools/delta.ts';
 import { estimateMetadataSize } from '../../tools/metadata-size.ts';
 import { packMetadata, unpackMetadata } from '../../tools/pack.ts';
+import { repairPool } from '../../tools/repair.ts';
 
 const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
 
@@ -133,6 +134,27 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       const sink = new StreamSink(process.stdout);
       await writePoolDelta(dir, left, right, sink, { format, verbose: options.verbose === true });
       await sink.flush();
+    });
+
+  program
+    .command('repair')
+    .description('rebuild a consistent pool in a new directory from whatever metadata is readable, listing what was lost')
+    .option('--pool <dir>', poolHelp)
+    .requiredOption('-o, --output <dir>', 'the new pool directory (its data is a link to the damaged pool\'s data)')
+    .option('--json', 'print the report as JSON')
+    .action(async (options) => {
+      const dir = poolDirectory(options.pool);
+      assertPoolExists(dir);
+      const report = await repairPool(dir, poolDirectory(options.output));
+      if (options.json) {
+        reporter.json(report);
+        return;
+      }
+      for (const loss of report.lost) reporter.out(`lost: ${loss.where}: ${loss.what}`);
+      reporter.out(
+        `Repaired ${dir} into ${report.dir}: ${report.volumes.length} volume(s), ${report.mappedBlockCount} mapped block(s)` +
+          (report.lost.length === 0 ? ', nothing lost' : `, ${report.lost.length} loss(es) listed above`),
+      );
     });
 
   const metadata = program.command('metadata').description('metadata tools: size, pack, unpack');

@@ -1,0 +1,171 @@
+// `thinbd repair --pool DIR -o NEWDIR`: rebuilds a consistent pool from whatever of DIR's
+// metadata is readable, and says what was lost.
+//
+// It reads DIR read-only under its lock: the newest superblock generation that opens (pdata's
+// open already falls back past damaged copies), the device tree and every volume's mapping tree,
+// each walked by pdata's TreeWalker, which reports a node that fails its checksum or breaks an
+// invariant — with the key range its parent promised — and skips its subtree. Everything that
+// was read becomes the event stream of dump/restore (events.ts) and goes to restore's builder,
+// which writes fresh trees into NEWDIR and counts data references anew from the mappings (so a
+// damaged data space map costs nothing). NEWDIR's `data` is a link to DIR's data: no data block
+// is copied or moved, and the damaged pool is left as it was.
+//
+// What is lost, each named: volumes under an unreadable device tree node (by id range), the
+// mappings under an unreadable mapping node (by volume and virtual block range), volume details
+// that cannot be read (the volume is kept, named recovered-<id>), mappings past a volume's end or
+// overlapping an earlier one. When no superblock generation opens there is nothing to start
+// from, and repair says so rather than guessing (thin_repair's scan of every block for roots is
+// not done).
+import fs from 'node:fs';
+import path from 'node:path';
+import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
+import { isThinError } from '../errors.ts';
+import { BlockType, TreeWalker, type ValueCodec } from '../pdata/index.ts';
+import {
+  DEVICE_FLAG_READ_ONLY,
+  DEVICE_TREE_KIND,
+  DEVICE_VALUE_SIZE_BYTES,
+  EXTENT_VALUE_SIZE_BYTES,
+  MAPPING_TREE_KIND,
+  decodeDetails,
+  packDeviceValue,
+  packExtent,
+  unpackDeviceValue,
+  unpackExtent,
+  validateVolumeName,
+  type DeviceValue,
+  type VolumeDetails,
+} from '../pool/codecs.ts';
+import { DATA_FILE_NAME } from '../pool/pool.ts';
+import type { Extent } from '../pool/ranges.ts';
+import { isPending, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
+import { PoolView } from './pool-view.ts';
+import { buildPool, type RestoredVolume } from './restore.ts';
+
+export interface RepairLoss {
+  where: string;
+  what: string;
+}
+
+export interface RepairReport {
+  dir: string;
+  volumes: RestoredVolume[];
+  mappedBlockCount: number;
+  /** Everything that could not be carried over; empty when the metadata was whole. */
+  lost: RepairLoss[];
+}
+
+export interface RepairOptions {
+  /** Size of the new metadata file. */
+  metadataSizeBytes?: number;
+}
+
+function range(begin: number | undefined, end: number | undefined): string {
+  return `[${begin ?? 0}, ${end === undefined ? 'end' : end})`;
+}
+
+export async function repairPool(sourceDir: string, targetDir: string, options: RepairOptions = {}): Promise<RepairReport> {
+  const view = await PoolView.open(sourceDir);
+  const lost: RepairLoss[] = [];
+  try {
+    const dataPath = fs.realpathSync(path.join(sourceDir, DATA_FILE_NAME));
+    const built = await buildPool(
+      { dir: targetDir, data: { path: dataPath }, ...(options.metadataSizeBytes === undefined ? {} : { metadataSizeBytes: options.metadataSizeBytes }) },
+      (visitor) => salvage(view, visitor, lost),
+    );
+    return { dir: built.dir, volumes: built.volumes, mappedBlockCount: built.mappedBlockCount, lost };
+  } finally {
+    await view.close();
+  }
+}
+
+async function settle(result: VisitResult): Promise<void> {
+  if (isPending(result)) await result;
+}
+
+/** Walks what can be read of the pool in `view` into `visitor`, recording each loss. */
+async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[]): Promise<void> {
+  const { tm, payload } = view;
+  await settle(visitor.superblockBegin(view.superblock()));
+
+  const deviceCodec: ValueCodec<DeviceValue> = { treeKind: DEVICE_TREE_KIND, sizeBytes: DEVICE_VALUE_SIZE_BYTES, pack: packDeviceValue, unpack: unpackDeviceValue };
+  const devices: Array<[number, DeviceValue]> = [];
+  new TreeWalker(tm).walk(payload.deviceTreeRoot, deviceCodec, {
+    leaf: (id, value) => devices.push([id, value]),
+    corrupt: (problem) =>
+      lost.push({ where: `device tree, metadata block ${problem.blockNr}`, what: `volumes with ids in ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}` }),
+  });
+
+  const extentCodec: ValueCodec<Extent> = {
+    treeKind: MAPPING_TREE_KIND,
+    sizeBytes: EXTENT_VALUE_SIZE_BYTES,
+    pack: packExtent,
+    unpack: (dataView, offsetBytes) => unpackExtent(dataView, offsetBytes, payload.dataBlockCount),
+  };
+  const names = new Set<string>();
+  const named: Array<{ id: number; value: DeviceValue; details: VolumeDetails | undefined }> = devices.map(([id, value]) => {
+    try {
+      const block = tm.read(value.detailsBlock, BlockType.details);
+      return { id, value, details: decodeDetails(block.bytes.subarray(METADATA_BLOCK_HEADER_BYTES), `of volume id ${id} (block ${value.detailsBlock})`) };
+    } catch (error) {
+      if (!isThinError(error)) throw error;
+      lost.push({ where: `volume id ${id}, details block ${value.detailsBlock}`, what: `its name, labels and origin (${error.message}); kept as recovered-${id}` });
+      return { id, value, details: undefined };
+    }
+  });
+  for (const device of named) if (device.details !== undefined) names.add(device.details.name);
+
+  const blockSizeBytes = payload.blockSizeBytes;
+  for (const { id, value, details } of named) {
+    let name = details?.name ?? `recovered-${id}`;
+    while (details === undefined && names.has(name)) name = `${name}+`;
+    names.add(name);
+    if (validateVolumeName(name) !== undefined) name = `recovered-${id}`;
+    const label = `volume ${name} (id ${id})`;
+    const extents: Array<[number, Extent]> = [];
+    // One walker per volume: a leaf shared with a snapshot must be read for each volume holding it.
+    new TreeWalker(tm).walk(value.mappingRoot, extentCodec, {
+      leaf: (key, extent) => extents.push([key, extent]),
+      corrupt: (problem) =>
+        lost.push({ where: `${label}, mapping tree metadata block ${problem.blockNr}`, what: `the mappings of virtual blocks ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}` }),
+    });
+    const endBlock = Math.ceil(value.sizeBytes / blockSizeBytes);
+    const mappings: Mapping[] = [];
+    let previousEnd = 0;
+    for (const [key, extent] of extents) {
+      if (key < previousEnd) {
+        lost.push({ where: label, what: `the mapping of virtual blocks [${key}, ${key + extent.lengthBlocks}): it overlaps the one before` });
+        continue;
+      }
+      let lengthBlocks = extent.lengthBlocks;
+      if (key + lengthBlocks > endBlock) {
+        lost.push({ where: label, what: `the mapping of virtual blocks [${Math.max(key, endBlock)}, ${key + lengthBlocks}): past the volume's end` });
+        lengthBlocks = Math.max(0, endBlock - key);
+        if (lengthBlocks === 0) continue;
+      }
+      mappings.push({ originBegin: key, dataBegin: extent.dataBlock, length: lengthBlocks, time: extent.time });
+      previousEnd = key + lengthBlocks;
+    }
+    const mappedBlocks = mappings.reduce((total, mapping) => total + mapping.length, 0);
+    await settle(
+      visitor.deviceBegin({
+        devId: id,
+        mappedBlocks,
+        transaction: value.transactionId,
+        creationTime: value.creationTime,
+        snapTime: value.snapshottedTime,
+        volume: {
+          name,
+          sizeBytes: value.sizeBytes,
+          readOnly: (value.flags & DEVICE_FLAG_READ_ONLY) !== 0,
+          ...(details === undefined
+            ? {}
+            : { labels: details.labels, createdAt: details.createdAt, ...(details.originName === undefined ? {} : { origin: details.originName }) }),
+        },
+      }),
+    );
+    for (const mapping of mappings) await settle(visitor.mapping(mapping));
+    await settle(visitor.deviceEnd());
+  }
+  await settle(visitor.superblockEnd());
+}
