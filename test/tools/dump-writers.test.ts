@@ -204,3 +204,22 @@ test('the XML writer streams through a file sink and ends with the closing tag',
     scratch.remove();
   }
 });
+
+test('thin_restore 0.9.0 ignores extra attributes and comments but refuses unknown elements (why thinbd uses a comment)', () => {
+  requireThinTools();
+  const scratch = new Scratch();
+  try {
+    const head = '<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="16"';
+    const device = '  <device dev_id="1" mapped_blocks="0" transaction="1" creation_time="0" snap_time="0"';
+    const restore = (xml: string): number | null => {
+      const input = scratch.path('probe.xml');
+      writeFileSync(input, xml);
+      return runTool('thin_restore', ['-i', input, '-o', scratch.zeroedFile('probe.bin', 8 * 2 ** 20)]).status;
+    };
+    assert.equal(restore(`${head} name="x">\n${device} name="vm1" size_bytes="65536">\n  </device>\n</superblock>\n`), 0, 'extra attributes');
+    assert.equal(restore(`<!-- a -->\n${head}>\n  <!-- b -->\n${device}>\n    <!-- c -->\n  </device>\n</superblock>\n`), 0, 'comments');
+    assert.equal(restore(`${head}>\n${device}>\n    <volume name="vm1"/>\n  </device>\n</superblock>\n`), 1, 'an unknown element');
+  } finally {
+    scratch.remove();
+  }
+});

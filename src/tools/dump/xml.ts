@@ -9,9 +9,12 @@
 //
 //   <!-- thinbd:volume {"name":"vm1","sizeBytes":8589934592} -->
 //
-// Why a comment and not attributes: thin_restore 0.9.0 ignores unknown attributes, but the 1.x
-// parser rejects them (`bad_attr`), while both skip comments (expat; quick-xml Event::Comment) —
-// tested with 0.9.0 (test/tools/xml-interop.test.ts). The JSON is pure ASCII and every `-` is
+// Why a comment and not attributes. Tried with thin_restore 0.9.0 (test/tools/dump-writers.test.ts
+// keeps the evidence): extra attributes on <superblock> and <device> are accepted and ignored
+// (rc 0), comments anywhere are accepted and ignored, and an unknown element fails the restore
+// (`unknown tag type`, rc 1). The 1.x parser (TPT-1 src/thin/xml.rs) rejects unknown attributes
+// (`bad_attr`) but skips comments (quick-xml Event::Comment). So a comment is the one carrier
+// both generations of thin_restore accept. The JSON is pure ASCII and every `-` is
 // written `\u002d`, so the comment can never contain `--` or end in `-` (both forbidden in XML
 // comments) whatever the names and labels hold. restore-xml.ts reads it back.
 import { assert } from '../../errors.ts';
