@@ -222,10 +222,17 @@ export class Pool {
   }
 
   static async #load(files: PoolFiles, readOnly: boolean): Promise<PoolCore> {
-    const { tm, payload } = await TransactionManager.open(files.metadata, { readOnly, validatePayload: validatePayloadRoots });
+    const { tm, payload, report } = await TransactionManager.open(files.metadata, { readOnly, validatePayload: validatePayloadRoots });
     const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
     const core = new PoolCore(files, tm, decoded, readOnly);
     core.loadDevices();
+    if (report.fellBack) {
+      // A newer generation had a valid superblock copy but damaged trees: it was committed, and
+      // a flush may have been acknowledged on it. Serving the older one as if nothing happened
+      // would lose that silently, so the pool opens needing a check and says why (F-SB-6).
+      const passedOver = report.rejected.map((entry) => `generation ${entry.generation}: ${entry.problem}`).join('; ');
+      core.fail(`opened generation ${report.generation}, older than generation ${report.newestGenerationSeen} whose trees are damaged (${passedOver})`, undefined);
+    }
     return core;
   }
 

@@ -153,8 +153,10 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     for (const copy of opened.report.copies) {
       if (copy.problem !== undefined) checker.warnings.push({ where: `superblock copy ${copy.copyIndex} (metadata block ${copy.blockNr})`, message: copy.problem });
     }
+    // A generation with a valid superblock copy whose trees do not validate was committed and
+    // then damaged: a problem, unlike a copy a crash tore (a warning above).
     for (const rejected of opened.report.rejected) {
-      checker.warnings.push({ where: `superblock generation ${rejected.generation}`, message: `passed over: ${rejected.problem}` });
+      checker.problem(`superblock generation ${rejected.generation}`, `passed over, generation ${opened.report.generation} checked instead: ${rejected.problem}`);
     }
   } catch (error) {
     checker.problem('superblock', messageOf(error));

@@ -206,3 +206,24 @@ test('checking a pool directory writes nothing to its files', async () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a newest generation with damaged trees is not served silently: the pool opens needing a check and check reports it', async () => {
+  const { pool, files: live } = await memoryPool(64);
+  const v = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+  await v.write(0, filled(BLOCK, 1));
+  await pool.flush();
+  await v.write(BLOCK, filled(BLOCK, 2));
+  await pool.snapshot('v', 's');
+  await pool.close();
+  const files = { metadata: MemoryBlockFile.from(live.metadata.snapshot(), 'metadata'), data: MemoryBlockFile.from(live.data.snapshot(), 'data') };
+  const { deviceLeaf } = await layout(files);
+  files.metadata.writeSync(new Uint8Array(16).fill(0x5a), deviceLeaf * 4096 + 300);
+  const forCheck = { metadata: MemoryBlockFile.from(files.metadata.snapshot(), 'metadata'), data: MemoryBlockFile.from(files.data.snapshot(), 'data') };
+  const reopened = await Pool.openOn(files);
+  const status = reopened.status();
+  assert.equal(status.mode, 'needs-check');
+  assert.match(status.modeReason ?? '', /older than generation/);
+  await reopened.close();
+  const report = await checkPool(forCheck);
+  assert.ok(report.problems.some((p) => p.where.startsWith('superblock generation')), describe(report));
+});
