@@ -69,14 +69,24 @@ export class SpaceMap {
   /** Smallest transaction id among #pending (Infinity when empty): frees wait for it to be durable. */
   #pendingOldestTransactionId = Infinity;
 
-  /** Opens the space map whose tree is at root; validates that its extents fit and do not overlap. */
-  constructor(tm: TransactionManager, root: number, blockCount: number, treeKind: number = TreeKind.dataSpaceMap) {
+  /**
+   * Opens the space map whose tree is at root; validates that its extents fit and do not overlap,
+   * and, when rootTransactionId is given (see BTree.rootTransactionId), that the root is not stale.
+   */
+  constructor(
+    tm: TransactionManager,
+    root: number,
+    blockCount: number,
+    treeKind: number = TreeKind.dataSpaceMap,
+    rootTransactionId?: number,
+  ) {
     if (!(Number.isSafeInteger(blockCount) && blockCount >= 0)) assert(false, `bad block count ${blockCount}`);
     this.tm = tm;
     this.treeKind = treeKind;
     this.#tree = new BTree(tm, refCountExtentCodec(treeKind));
     this.#root = root;
     this.#blockCount = blockCount;
+    if (rootTransactionId !== undefined) this.#tree.verifyRoot(root, rootTransactionId);
     let previousEnd = 0;
     for (const [begin, extent] of this.#tree.entries(root)) {
       const end = begin + extent.lengthBlocks;
@@ -99,6 +109,11 @@ export class SpaceMap {
 
   get root(): number {
     return this.#root;
+  }
+
+  /** The transaction that wrote the root node: store it beside the root to detect a stale root. */
+  get rootTransactionId(): number {
+    return this.#tree.rootTransactionId(this.#root);
   }
 
   get blockCount(): number {

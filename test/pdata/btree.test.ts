@@ -214,6 +214,20 @@ describe('B+tree', () => {
     assert.equal(reopened.metadataBlocksUsed, tm.metadataBlocksUsed);
   });
 
+  test('an owner that keeps the root\'s transaction id detects a stale root', async () => {
+    const { file, tm } = newManager();
+    const tree = new BTree(tm, u64Codec(TreeKind.test));
+    let root = tree.insert(tree.createEmpty(), 1, 1);
+    await tm.commit(rootsPayload(root));
+    root = tree.insert(root, 2, 2);
+    const rootTransactionId = tree.rootTransactionId(root);
+    assert.equal(rootTransactionId, 2);
+    await tm.commit(rootsPayload(root, rootTransactionId));
+    tree.verifyRoot(root, 2);
+    const { tm: reopened } = await TransactionManager.open(file);
+    assert.throws(() => new BTree(reopened, u64Codec(TreeKind.test)).verifyRoot(root, 3), /stale block/);
+  });
+
   test('a node of another tree kind is rejected as corrupt', () => {
     const { tm } = newManager();
     const tree = new BTree(tm, u64Codec(TreeKind.test));

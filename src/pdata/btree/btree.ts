@@ -180,6 +180,20 @@ export class BTree<V> {
     this.#changing(() => this.#release(root));
   }
 
+  /**
+   * The transaction that wrote the root node. An owner that stores it beside the root (as parents
+   * do for children, F-NODE-6) can later detect a stale root with verifyRoot: a lost or
+   * misdirected write leaves an older, valid block that its own header cannot betray.
+   */
+  rootTransactionId(root: number): number {
+    return this.#readNode(root, undefined, undefined, undefined).transactionId;
+  }
+
+  /** Throws THIN_CORRUPT_BLOCK unless the root node was written by transactionId. */
+  verifyRoot(root: number, transactionId: number): void {
+    this.#readNode(root, undefined, undefined, undefined, transactionId);
+  }
+
   /** Levels of the tree at root (1 for a lone leaf). */
   depth(root: number): number {
     return nodeLevel(this.#readNode(root, undefined, undefined, undefined)) + 1;
