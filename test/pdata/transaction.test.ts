@@ -170,6 +170,46 @@ describe('transaction manager', () => {
     await assert.rejects(tm.commit(rootsPayload(root)), (error) => isThinError(error, 'THIN_IO'));
   });
 
+  test('a failed metadata write fails the commit, and reopening finds the previous generation intact', async () => {
+    const file = new RecordingFile();
+    const tm = TransactionManager.format(file, { metadataBlockCount: METADATA_BLOCK_COUNT_MIN, poolId: POOL_ID });
+    const tree = new BTree(tm, codec);
+    let root = tree.createEmpty();
+    for (let key = 0; key < 500; key++) root = tree.insert(root, key, key);
+    await tm.commit(rootsPayload(root));
+    const committed = [...tree.entries(root)];
+    for (let key = 500; key < 1000; key++) root = tree.insert(root, key, key);
+    let writes = 0;
+    const write = file.write.bind(file);
+    file.write = async (source, offsetBytes) => {
+      writes += 1;
+      if (writes === 3) throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
+      return write(source, offsetBytes);
+    };
+    await assert.rejects(tm.commit(rootsPayload(root)), (error) => isThinError(error, 'THIN_IO') && /generation 2/.test((error as Error).message));
+    assert.equal(tm.durableTransactionId, 1);
+    assert.throws(() => tree.insert(root, 5000, 1), (error) => isThinError(error, 'THIN_IO') && /reopen/.test((error as Error).message));
+    file.write = write;
+    const { tm: reopened, payload, report } = await TransactionManager.open(file.inner);
+    assert.equal(report.generation, 1);
+    assert.deepEqual([...new BTree(reopened, codec).entries(payloadRoots(payload)[0]!)], committed);
+  });
+
+  test('a failed metadata read is a THIN_IO error naming the block', async () => {
+    const { file, tm } = newManager();
+    const tree = new BTree(tm, codec);
+    const root = tree.insert(tree.createEmpty(), 1, 1);
+    await tm.commit(rootsPayload(root));
+    const { tm: reopened } = await TransactionManager.open(file);
+    file.readSync = () => {
+      throw new Error('EIO: i/o error, read');
+    };
+    assert.throws(
+      () => new BTree(reopened, codec).lookup(root, 1),
+      (error) => isThinError(error, 'THIN_IO') && new RegExp(`metadata block ${root}`).test((error as Error).message),
+    );
+  });
+
   test('a manager opened read-only reads but refuses changes', async () => {
     const { file, tm } = newManager();
     const tree = new BTree(tm, codec);
