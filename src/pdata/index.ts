@@ -1,9 +1,9 @@
 // The persistent-data layer's public surface: checksummed blocks, transactions, B+trees, space
 // maps and superblock copies. Layers above import from here.
-export { Block, BlockType, BTREE_BLOCK_TYPES, validateBlock, blockProblem, sealBlock, getU64, setU64 } from './block.ts';
+export { Block, BlockType, BTREE_BLOCK_TYPES, validateBlock, blockProblem, sealBlock, checksumOf, getU64, setU64 } from './block.ts';
 export type { WritableBlock, BlockExpectation } from './block.ts';
 export { BlockCache } from './cache.ts';
-export { TransactionManager } from './transaction.ts';
+export { TransactionManager, nextTransactionId } from './transaction.ts';
 export type { TransactionCounters, OpenReport, OpenOptions, FormatOptions, SuperblockCopyReport } from './transaction.ts';
 export { SpaceMap, refCountExtentCodec } from './space-map.ts';
 export type { RefCountExtent, BlockRange } from './space-map.ts';
@@ -22,4 +22,4 @@ export { TreeKind, u64Codec, unpackSafeU64 } from './btree/codec.ts';
 export type { ValueCodec } from './btree/codec.ts';
 export { TreeWalker } from './btree/walker.ts';
 export type { NodeVisit, CorruptNode, WalkVisitor } from './btree/walker.ts';
-export { nodeCapacity } from './btree/node.ts';
+export { nodeCapacity, CHILD_VALUE_BYTES } from './btree/node.ts';
