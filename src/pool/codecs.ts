@@ -12,7 +12,7 @@ import type { Extent } from './ranges.ts';
 export const POOL_PAYLOAD_MAGIC = 0x4c504254;
 /** The pool format this build writes and reads (F-POOL-2). */
 export const POOL_FORMAT_VERSION = 1;
-export const POOL_PAYLOAD_SIZE_BYTES = 64;
+export const POOL_PAYLOAD_SIZE_BYTES = 80;
 /** Payload flag: a commit failed or a check found damage; open read-only until repaired. */
 export const POOL_FLAG_NEEDS_CHECK = 1;
 /**
@@ -22,7 +22,7 @@ export const POOL_FLAG_NEEDS_CHECK = 1;
 export const POOL_FLAG_DATA_NOT_ZEROED = 2;
 const POOL_FLAGS_KNOWN = POOL_FLAG_NEEDS_CHECK | POOL_FLAG_DATA_NOT_ZEROED;
 
-export const DEVICE_VALUE_SIZE_BYTES = 56;
+export const DEVICE_VALUE_SIZE_BYTES = 72;
 export const DEVICE_FLAG_READ_ONLY = 1;
 
 export const EXTENT_VALUE_SIZE_BYTES = 16;
@@ -66,6 +66,13 @@ export interface PoolPayload {
   time: number;
   nextVolumeId: number;
   creationTimeMs: number;
+  /**
+   * The transaction that wrote each root block, as its header says (F-POOL-8): a lost or
+   * misdirected write of a root leaves an older valid block there, which only this tells apart.
+   * 0 or absent: not recorded (not checked).
+   */
+  deviceTreeRootTransactionId?: number;
+  dataSpaceMapRootTransactionId?: number;
 }
 
 export function encodePoolPayload(payload: PoolPayload): Uint8Array {
@@ -83,6 +90,8 @@ export function encodePoolPayload(payload: PoolPayload): Uint8Array {
   view.setUint32(48, payload.time, true);
   view.setUint32(52, payload.nextVolumeId, true);
   setU64(view, 56, payload.creationTimeMs);
+  setU64(view, 64, payload.deviceTreeRootTransactionId ?? 0);
+  setU64(view, 72, payload.dataSpaceMapRootTransactionId ?? 0);
   return bytes;
 }
 
@@ -119,6 +128,8 @@ export function decodePoolPayload(bytes: Uint8Array, metadataBlockCount: number)
     time: view.getUint32(48, true),
     nextVolumeId: view.getUint32(52, true),
     creationTimeMs: field('creation time', 56),
+    deviceTreeRootTransactionId: field('device tree root transaction', 64),
+    dataSpaceMapRootTransactionId: field('data space map root transaction', 72),
   };
   const { blockSizeBytes } = payload;
   // F-POOL-3: the block size is a power of two in dm-thin's range.
@@ -153,6 +164,13 @@ export interface DeviceValue {
   creationTime: number;
   snapshottedTime: number;
   flags: number;
+  /**
+   * The transactions that wrote the mapping root and the details block, as their headers say
+   * (F-POOL-16). Written by the pool's device codec from the blocks themselves; 0 or absent:
+   * not recorded (not checked).
+   */
+  mappingRootTransactionId?: number;
+  detailsTransactionId?: number;
 }
 
 export function packDeviceValue(value: DeviceValue, view: DataView, offsetBytes: number): void {
@@ -167,6 +185,8 @@ export function packDeviceValue(value: DeviceValue, view: DataView, offsetBytes:
   view.setUint32(offsetBytes + 44, value.snapshottedTime, true);
   view.setUint32(offsetBytes + 48, value.flags, true);
   view.setUint32(offsetBytes + 52, 0, true);
+  setU64(view, offsetBytes + 56, value.mappingRootTransactionId ?? 0);
+  setU64(view, offsetBytes + 64, value.detailsTransactionId ?? 0);
 }
 
 export function unpackDeviceValue(view: DataView, offsetBytes: number): DeviceValue {
@@ -179,6 +199,8 @@ export function unpackDeviceValue(view: DataView, offsetBytes: number): DeviceVa
     creationTime: view.getUint32(offsetBytes + 40, true),
     snapshottedTime: view.getUint32(offsetBytes + 44, true),
     flags: view.getUint32(offsetBytes + 48, true),
+    mappingRootTransactionId: getU64(view, offsetBytes + 56, 'device mapping root transaction'),
+    detailsTransactionId: getU64(view, offsetBytes + 64, 'device details transaction'),
   };
   // F-POOL-11: size within [1, VOLUME_SIZE_BYTES_MAX].
   if (value.sizeBytes < 1 || value.sizeBytes > VOLUME_SIZE_BYTES_MAX) {

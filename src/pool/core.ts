@@ -165,8 +165,30 @@ export const DETAILS_CAPACITY_BYTES = METADATA_BLOCK_SIZE_BYTES - METADATA_BLOCK
  */
 export function validatePayloadRoots(bytes: Uint8Array, tm: TransactionManager): void {
   const payload = decodePoolPayload(bytes, tm.metadataBlockCount);
-  tm.read(payload.deviceTreeRoot, BTREE_BLOCK_TYPES);
-  tm.read(payload.dataSpaceMapRoot, BTREE_BLOCK_TYPES);
+  checkWrittenBy(tm, payload.deviceTreeRoot, BTREE_BLOCK_TYPES, payload.deviceTreeRootTransactionId, 'the device tree root');
+  checkWrittenBy(tm, payload.dataSpaceMapRoot, BTREE_BLOCK_TYPES, payload.dataSpaceMapRootTransactionId, 'the data space map root');
+}
+
+/**
+ * Reads a block that a pool structure references and checks that the transaction recorded with
+ * the reference wrote it (F-POOL-8, F-POOL-16): an older valid block in its place is a lost or
+ * misdirected write. A recorded 0 means not recorded.
+ */
+export function checkWrittenBy(tm: TransactionManager, blockNr: number, type: number | readonly number[], transactionId: number | undefined, what: string): void {
+  const problem = staleBlockProblem(tm, blockNr, type, transactionId, what);
+  if (problem !== undefined) throw new ThinError('THIN_CORRUPT_BLOCK', problem);
+}
+
+/** What checkWrittenBy would throw, as a sentence; undefined when the block is the one recorded. Read errors throw. */
+export function staleBlockProblem(tm: TransactionManager, blockNr: number, type: number | readonly number[], transactionId: number | undefined, what: string): string | undefined {
+  const block = tm.read(blockNr, type);
+  if (transactionId === undefined || transactionId === 0 || block.transactionId === transactionId) return undefined;
+  return `Metadata block ${blockNr}, ${what}, was written by transaction ${block.transactionId}, not ${transactionId} as recorded: a lost or misdirected write left a stale block`;
+}
+
+/** The transaction a block's header names (for a block changed in the open transaction: that one). */
+export function writtenBy(tm: TransactionManager, blockNr: number, type: number | readonly number[]): number {
+  return tm.read(blockNr, type).transactionId;
 }
 
 export function makeExtentCodec(dataBlockCount: number, dataSpace: () => SpaceMap): ValueCodec<Extent> {
@@ -185,7 +207,18 @@ export function makeDeviceCodec(tm: TransactionManager, mappingTree: () => BTree
   return {
     treeKind: DEVICE_TREE_KIND,
     sizeBytes: DEVICE_VALUE_SIZE_BYTES,
-    pack: packDeviceValue,
+    // The transactions that wrote the blocks a value points at are taken from those blocks when
+    // the value is stored, never from the value, whose copies may be older (F-POOL-16).
+    pack: (value, view, offsetBytes) =>
+      packDeviceValue(
+        {
+          ...value,
+          mappingRootTransactionId: writtenBy(tm, value.mappingRoot, BTREE_BLOCK_TYPES),
+          detailsTransactionId: writtenBy(tm, value.detailsBlock, BlockType.details),
+        },
+        view,
+        offsetBytes,
+      ),
     unpack: unpackDeviceValue,
     // The device tree is never shared, but if it were, its values own a mapping root and a details block each.
     retain: (value) => {
@@ -281,6 +314,8 @@ export class PoolCore {
   /** Loads every device and its details; names must be unique (F-POOL-32). */
   loadDevices(): void {
     for (const [id, value] of this.deviceTree.entries(this.#deviceTreeRoot)) {
+      checkWrittenBy(this.tm, value.mappingRoot, BTREE_BLOCK_TYPES, value.mappingRootTransactionId, `the mapping root of volume id ${id}`);
+      checkWrittenBy(this.tm, value.detailsBlock, BlockType.details, value.detailsTransactionId, `the details of volume id ${id}`);
       const details = this.readDetails(value.detailsBlock, `of volume id ${id} (block ${value.detailsBlock})`);
       if (this.#idByName.has(details.name)) {
         throw new ThinError('THIN_CORRUPT_NODE', `Two volumes are named ${details.name} (ids ${this.#idByName.get(details.name)} and ${id})`);
@@ -1075,6 +1110,8 @@ export class PoolCore {
       time: this.#fields.time,
       nextVolumeId: this.#fields.nextVolumeId,
       creationTimeMs: this.#fields.creationTimeMs,
+      deviceTreeRootTransactionId: writtenBy(this.tm, this.#deviceTreeRoot, BTREE_BLOCK_TYPES),
+      dataSpaceMapRootTransactionId: writtenBy(this.tm, this.dataSpace.root, BTREE_BLOCK_TYPES),
     };
   }
 

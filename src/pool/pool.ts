@@ -24,13 +24,14 @@ import {
 import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
-import { BTree, SpaceMap, TransactionManager } from '../pdata/index.ts';
+import { BTREE_BLOCK_TYPES, BTree, SpaceMap, TransactionManager } from '../pdata/index.ts';
 import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
 import {
   PoolCore,
   WHOLE_VOLUME_END,
   makeDeviceCodec,
   validatePayloadRoots,
+  writtenBy,
   type Device,
   type PoolFiles,
   type PoolStatus,
@@ -216,6 +217,8 @@ export class Pool {
       time: 0,
       nextVolumeId: 1,
       creationTimeMs: Date.now(),
+      deviceTreeRootTransactionId: writtenBy(tm, deviceTreeRoot, BTREE_BLOCK_TYPES),
+      dataSpaceMapRootTransactionId: writtenBy(tm, dataSpace.root, BTREE_BLOCK_TYPES),
     };
     await tm.commit(encodePoolPayload(payload), () => files.data.sync());
     return new PoolCore(files, tm, payload, false);

@@ -17,7 +17,7 @@
 import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
-import { BlockType, SpaceMap, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
+import { BTREE_BLOCK_TYPES, BlockType, SpaceMap, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
 import { childAt, entryCount, isLeaf, keyAt } from '../pdata/btree/node.ts';
 import {
   DEVICE_TREE_KIND,
@@ -34,7 +34,7 @@ import {
   type PoolPayload,
 } from '../pool/codecs.ts';
 import { coverageRuns, type CoverageRun, type Extent } from '../pool/ranges.ts';
-import { validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
+import { staleBlockProblem, validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
 import path from 'node:path';
 
@@ -220,6 +220,22 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     let where = `volume id ${id}`;
     // Details block: one reference from the device value (F-POOL-30).
     walker.references.set(value.detailsBlock, walker.referenceCount(value.detailsBlock) + 1);
+    // F-POOL-16: the blocks the value points at were written by the transactions it recorded.
+    for (const [blockNr, type, transactionId, what] of [
+      [value.mappingRoot, BTREE_BLOCK_TYPES, value.mappingRootTransactionId, 'mapping root'],
+      [value.detailsBlock, BlockType.details, value.detailsTransactionId, 'details block'],
+    ] as const) {
+      let problem: string | undefined;
+      try {
+        problem = staleBlockProblem(tm, blockNr, type, transactionId, `the ${what} of volume id ${id}`);
+      } catch {
+        continue; // a block that cannot be read is reported where it is walked or decoded
+      }
+      if (problem !== undefined) {
+        corruptNodes.add(blockNr);
+        checker.problem(`volume id ${id}, ${what} (metadata block ${blockNr})`, problem);
+      }
+    }
     try {
       const block = tm.read(value.detailsBlock, BlockType.details);
       const details = decodeDetails(block.bytes.subarray(METADATA_BLOCK_HEADER_BYTES), `block ${value.detailsBlock}`);
@@ -295,7 +311,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     const actual: CoverageRun[] = [];
     try {
       for (const extent of dataSpace.extents()) actual.push({ begin: extent.begin, end: extent.begin + extent.lengthBlocks, count: extent.count });
-      const anyCorrupt = walker.corruptions.length > 0;
+      const anyCorrupt = walker.corruptions.length > 0 || corruptNodes.size > 0;
       for (const difference of differences(expected, actual)) {
         // Mappings under a corrupt node were not seen: counts above what was seen cannot be judged.
         if (anyCorrupt && difference.actual > difference.expected) continue;

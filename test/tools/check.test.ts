@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
-import { Block, BlockType, SpaceMap, TransactionManager, TreeWalker, nodeCapacity, sealBlock, type ValueCodec } from '../../src/pdata/index.ts';
+import { BTREE_BLOCK_TYPES, Block, BlockType, SpaceMap, TransactionManager, TreeWalker, nodeCapacity, sealBlock, type ValueCodec } from '../../src/pdata/index.ts';
 import {
   DEVICE_TREE_KIND,
   DEVICE_VALUE_SIZE_BYTES,
@@ -19,6 +19,7 @@ import {
   unpackExtent,
   type DeviceValue,
 } from '../../src/pool/codecs.ts';
+import { writtenBy } from '../../src/pool/core.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import type { Extent } from '../../src/pool/ranges.ts';
 import { checkPool, type CheckReport } from '../../src/tools/check.ts';
@@ -90,7 +91,9 @@ async function rewrite(files: Files, change: (tm: TransactionManager, dataSpace:
   const fields = decodePoolPayload(payload, tm.metadataBlockCount);
   const dataSpace = new SpaceMap(tm, fields.dataSpaceMapRoot, fields.dataBlockCount);
   change(tm, dataSpace);
-  await tm.commit(encodePoolPayload({ ...fields, dataSpaceMapRoot: dataSpace.root }));
+  await tm.commit(
+    encodePoolPayload({ ...fields, dataSpaceMapRoot: dataSpace.root, dataSpaceMapRootTransactionId: writtenBy(tm, dataSpace.root, BTREE_BLOCK_TYPES) }),
+  );
 }
 
 function describe(report: CheckReport): string {
@@ -226,4 +229,19 @@ test('a newest generation with damaged trees is not served silently: the pool op
   await reopened.close();
   const report = await checkPool(forCheck);
   assert.ok(report.problems.some((p) => p.where.startsWith('superblock generation')), describe(report));
+});
+
+test('a mapping root that is not the block its device entry recorded (a lost write) is detected by open and by check', async () => {
+  const files = await usedPool();
+  const { deviceLeaf, devices } = await layout(files);
+  const a = devices.find((d) => d.id === 1)!;
+  assert.ok((a.value.mappingRootTransactionId ?? 0) > 0, 'the pool records the transaction of every mapping root');
+  const valuesOffset = 48 + 8 * nodeCapacity(DEVICE_VALUE_SIZE_BYTES);
+  patch(files, deviceLeaf, (view) => {
+    view.setBigUint64(valuesOffset + a.index * DEVICE_VALUE_SIZE_BYTES + 56, BigInt(a.value.mappingRootTransactionId! + 1), true);
+  });
+  const forOpen = { metadata: MemoryBlockFile.from(files.metadata.snapshot()), data: MemoryBlockFile.from(files.data.snapshot()) };
+  await assert.rejects(Pool.openOn(forOpen), /stale block/);
+  const report = await checkPool(files);
+  assert.ok(report.problems.some((p) => p.where === `volume id 1, mapping root (metadata block ${a.value.mappingRoot})` && /stale/.test(p.message)), describe(report));
 });
