@@ -81,7 +81,11 @@ export interface OpenReport {
   copies: SuperblockCopyReport[];
   /** Generations passed over, newest first, and why. */
   rejected: Array<{ generation: number; problem: string }>;
-  /** True when anything is not as a clean shutdown leaves it: an invalid copy or a fall back. */
+  /**
+   * True when anything is not as a clean commit leaves it: an invalid or stale copy, a rejected
+   * superblock, or a fall back. A cut during a commit also leaves this set (a torn or missing
+   * copy of the generation being written); only `fellBack` means acknowledged state may be lost.
+   */
   degraded: boolean;
 }
 
@@ -245,7 +249,8 @@ export class TransactionManager {
           fellBack: candidate.generation !== newestGenerationSeen,
           copies: copyReports,
           rejected,
-          degraded: candidate.generation !== newestGenerationSeen || copyReports.some((copy) => copy.problem !== undefined),
+          degraded:
+            candidate.generation !== newestGenerationSeen || rejected.length > 0 || copyReports.some((copy) => copy.problem !== undefined),
         };
         return { tm, payload: candidate.payload, report };
       } catch (error) {

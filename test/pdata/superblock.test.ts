@@ -170,6 +170,8 @@ describe('superblock copies', () => {
     assert.equal(report.generation, 2);
     assert.notEqual(payloadRoots(payload)[0], 12_345);
     assert.equal(report.rejected.length, 1);
+    assert.equal(report.fellBack, false);
+    assert.equal(report.degraded, true);
   });
 
   test('with every copy invalid, open names what is wrong with each copy', async () => {
