@@ -11,7 +11,7 @@ import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../../src/c
 import { BTree } from '../../src/pdata/btree/btree.ts';
 import { TreeWalker } from '../../src/pdata/btree/walker.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
-import { POOL_ID, Random, checkReferences, dataRefCodec, payloadRoots, rootsPayload } from './helpers.ts';
+import { POOL_ID, Random, checkReferences, dataRefCodec, payloadRoots, rootsPayload, withSeed } from './helpers.ts';
 
 type TraceEvent =
   | { kind: 'write'; blockNr: number; bytes: Uint8Array }
@@ -177,7 +177,7 @@ function treeEntries(tm: TransactionManager, root: number): Array<[number, numbe
 
 describe('power cuts during commits', () => {
   for (const seed of [1, 2, 3]) {
-    test(`after a cut at any point the metadata opens at an acknowledged or newer sealed generation with exact contents and counts (seed ${seed})`, async () => {
+    test(`after a cut at any point the metadata opens at an acknowledged or newer sealed generation with exact contents and counts (seed ${seed})`, async () => withSeed(seed, async () => {
       const { events, models } = await recordWorkload(seed, 10);
       const random = new Random(seed * 7919);
       let checked = 0;
@@ -233,6 +233,6 @@ describe('power cuts during commits', () => {
         }
       }
       assert.ok(checked > events.length, `seed ${seed}: only ${checked} crash states opened`);
-    });
+    }));
   }
 });

@@ -126,3 +126,14 @@ export function checkReferences(
     );
   }
 }
+
+/** Runs a randomized test body so that any failure, an unexpected exception included, names its seed. */
+export async function withSeed(seed: number, body: () => Promise<void> | void): Promise<void> {
+  try {
+    await body();
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    if (message.includes(`seed ${seed}`)) throw error;
+    throw new Error(`seed ${seed}: ${message}`, { cause: error });
+  }
+}

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { SpaceMap } from '../../src/pdata/space-map.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
 import { TreeKind } from '../../src/pdata/btree/codec.ts';
-import { Random, checkReferences, newManager, rootsPayload } from './helpers.ts';
+import { Random, checkReferences, newManager, rootsPayload, withSeed } from './helpers.ts';
 import { refCountExtentCodec } from '../../src/pdata/space-map.ts';
 
 interface Model {
@@ -53,7 +53,7 @@ function checkExtentsNormalized(spaceMap: SpaceMap, model: Model, where: string)
 
 describe('space map', () => {
   for (const seed of [101, 102, 103, 104]) {
-    test(`random inc, dec and findFree agree with an array of counts, and frees wait for their commit (seed ${seed})`, async () => {
+    test(`random inc, dec and findFree agree with an array of counts, and frees wait for their commit (seed ${seed})`, async () => withSeed(seed, async () => {
       const random = new Random(seed);
       const { tm } = newManager();
       const blockCount = 3000;
@@ -116,7 +116,7 @@ describe('space map', () => {
       }
       checkExtentsNormalized(spaceMap, model, `seed ${seed} at the end`);
       checkReferences(tm, [spaceMap.root], refCountExtentCodec(TreeKind.dataSpaceMap) as never, undefined, `seed ${seed}`);
-    });
+    }));
   }
 
   test('a contiguous allocation is one extent however long', () => {

@@ -11,7 +11,7 @@ import { BTree } from '../../src/pdata/btree/btree.ts';
 import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
 import { SpaceMap } from '../../src/pdata/space-map.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
-import { POOL_ID, Random, checkReferences, newManager, payloadRoots, rootsPayload } from './helpers.ts';
+import { POOL_ID, Random, checkReferences, newManager, payloadRoots, rootsPayload, withSeed } from './helpers.ts';
 
 /** Records every write and sync in order; writes may be held back to test overlapping commits. */
 class RecordingFile implements BlockFile {
@@ -48,7 +48,7 @@ class RecordingFile implements BlockFile {
 const codec = u64Codec(TreeKind.test);
 
 describe('transaction manager', () => {
-  test('a committed state reopens identically: trees, reference counts and counters', async () => {
+  test('a committed state reopens identically: trees, reference counts and counters (seed 31)', async () => withSeed(31, async () => {
     const { file, tm } = newManager();
     const tree = new BTree(tm, codec);
     const random = new Random(31);
@@ -72,7 +72,7 @@ describe('transaction manager', () => {
       if (reopened.refCount(blockNr) !== tm.refCount(blockNr)) assert.fail(`block ${blockNr}: ${reopened.refCount(blockNr)} vs ${tm.refCount(blockNr)}`);
     }
     checkReferences(reopened, [ra!, rb!], codec);
-  });
+  }));
 
   test('a block freed in the open transaction is not reused before that transaction commits', async () => {
     const { tm } = newManager();
