@@ -35,6 +35,11 @@ export interface CrashCampaignOptions {
   statesMax?: number;
   /** Run the workload a second time and require an identical trace (the seed replays). */
   checkReplay?: boolean;
+  /**
+   * Narrow to THINBD_CRASH_POINT / THINBD_VARIANT from the environment (default true). A campaign
+   * nested in another's recover passes false: the outer campaign's narrowing selects it.
+   */
+  narrowFromEnv?: boolean;
 }
 
 export interface CrashCampaignResult {
@@ -74,8 +79,9 @@ export async function runCrashCampaign(options: CrashCampaignOptions): Promise<C
   const startedMs = performance.now();
   const { seed, budget } = options;
   const label = options.name === undefined ? '' : `${options.name}: `;
-  const onlyPoint = envInteger('THINBD_CRASH_POINT');
-  const onlyVariant = envInteger('THINBD_VARIANT');
+  const narrow = options.narrowFromEnv !== false;
+  const onlyPoint = narrow ? envInteger('THINBD_CRASH_POINT') : undefined;
+  const onlyVariant = narrow ? envInteger('THINBD_VARIANT') : undefined;
 
   let machine: SimMachine;
   try {

@@ -14,7 +14,8 @@
 //   - keep snapshots equal to their contents when taken (the model holds them as volumes);
 //   - pass checkPool with no problem at all (no leak either: the design reserves data blocks in
 //     memory and raises counts only with the mapping, docs/internals.md decision 4);
-//   - stay usable: a new volume written and flushed leaves every other volume unchanged.
+//   - stay usable: a new volume written and flushed leaves every other volume unchanged;
+//   - (one state in COMPOUND_EVERY) survive a second power cut at any event of that first commit.
 //
 // Replay a failure: THINBD_SEED=S node --import tsx --test test/sim/pool-crash.test.ts
 // (add THINBD_CRASH_POINT=K THINBD_VARIANT=V for the single state). A seed that found a bug goes
@@ -24,7 +25,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
-import { Rng, seedFromEnv } from './rng.ts';
+import { Rng, mixSeed, seedFromEnv } from './rng.ts';
 import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual, type SparseImage } from './sim-disk.ts';
 import { campaignSeeds, runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
 import {
@@ -54,6 +55,10 @@ const OPS_MAX = 3;
 const VARIANTS_PER_POINT = 6;
 /** Campaigns per run: enough for CRASH_STATES_MIN with margin. */
 const CAMPAIGN_COUNT = Number(process.env['THINBD_CAMPAIGNS'] ?? 400);
+/** One crash state in this many (variant 0 only) also gets a second power cut during its first commit. */
+const COMPOUND_EVERY = 20;
+/** Crash images per crash point of a second power cut. */
+const COMPOUND_VARIANTS_PER_POINT = 3;
 /** The seed the campaign seeds derive from; THINBD_ROOT_SEED explores others (a soak). */
 const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261121);
 /** The issue's floor for one CI run. */
@@ -141,8 +146,9 @@ function workloadOf(seed: number, bases: readonly Base[]): { base: Base; record:
   return { base, record: { blockSizeSectors: BLOCK_SIZE_SECTORS, ops, states } };
 }
 
-async function runPoolCampaign(seed: number, bases: readonly Base[]): Promise<CrashCampaignResult & { description: string }> {
+async function runPoolCampaign(seed: number, bases: readonly Base[]): Promise<CrashCampaignResult & { compoundStates: number; description: string }> {
   const { base, record } = workloadOf(seed, bases);
+  let compoundStates = 0;
   const renders = renderCache(record);
   const description = `${base.name}: ${record.ops.map(describeOp).join('; ')}`;
   const result = await runCrashCampaign({
@@ -165,11 +171,18 @@ async function runPoolCampaign(seed: number, bases: readonly Base[]): Promise<Cr
         await Promise.all(group);
       }
     },
-    recover: async (machine, marks) => {
+    recover: async (machine, marks, context) => {
       const files = poolFiles(machine);
+      // The crash image as it powered up: a second power cut starts from it, not from what the
+      // checks below write.
+      const crashImages = machine.currentImages();
       const pool = await Pool.openOn(files);
       try {
         const contents = await verifyRecoveredPool(pool, record, marks, renders);
+        const compoundSeed = mixSeed(seed, context.crashPoint.eventCount, context.variant.variantIndex);
+        if (context.variant.variantIndex === 0 && compoundSeed % COMPOUND_EVERY === 0) {
+          compoundStates += await secondPowerCut(crashImages, contents, compoundSeed);
+        }
         const { problems } = await checkSimPool(files);
         assert.deepEqual(problems, [], 'checkPool reports problems after recovery');
         // Still usable: new allocations must not land on anything a volume maps.
@@ -187,7 +200,64 @@ async function runPoolCampaign(seed: number, bases: readonly Base[]): Promise<Cr
       }
     },
   });
-  return { ...result, description };
+  return { ...result, compoundStates, description };
+}
+
+/**
+ * A second power cut while the recovered pool makes its first commit (a new volume written and
+ * flushed): at every event of that commit, on top of whatever the first crash left (torn
+ * superblock copies of an unacknowledged generation, garbage in unreferenced blocks). Everything
+ * the first recovery read is durable on that machine, so it must read back exactly; the new
+ * volume exactly once its flush was acknowledged, and before that, if it exists, zeros or its
+ * own bytes. Returns the crash states checked.
+ */
+async function secondPowerCut(images: ReadonlyMap<string, SparseImage>, contents: ReadonlyMap<string, Uint8Array>, seed: number): Promise<number> {
+  const probeName = 'second-cut';
+  const probe = { writeId: 888_888, beginSector: 0, lengthSectors: 2 * BLOCK_SIZE_SECTORS };
+  const probeBytes = writeBytes(probe);
+  const result = await runCrashCampaign({
+    seed,
+    name: 'second power cut',
+    images,
+    budget: COMPOUND_VARIANTS_PER_POINT,
+    narrowFromEnv: false,
+    workload: async (machine) => {
+      const pool = await Pool.openOn(poolFiles(machine));
+      const volume = await pool.createVolume(probeName, { sizeBytes: probeBytes.length });
+      await volume.write(0, probeBytes);
+      await pool.flush();
+      machine.mark('ack second-cut flush');
+    },
+    recover: async (machine, marks) => {
+      const files = poolFiles(machine);
+      const pool = await Pool.openOn(files);
+      try {
+        for (const [name, before] of contents) {
+          const after = new Uint8Array(before.length);
+          await pool.volume(name).read(0, after);
+          assert.ok(bytesEqual(before, after), `volume ${name} changed across the second power cut`);
+        }
+        const listed = pool.list().map((info) => info.name);
+        const acknowledged = marks.includes('ack second-cut flush');
+        if (acknowledged) assert.ok(listed.includes(probeName), 'the acknowledged new volume is missing');
+        if (listed.includes(probeName)) {
+          const bytes = new Uint8Array(probeBytes.length);
+          await pool.volume(probeName).read(0, bytes);
+          for (let sector = 0; sector < probe.lengthSectors; sector++) {
+            const piece = bytes.subarray(sector * SECTOR_SIZE_BYTES, (sector + 1) * SECTOR_SIZE_BYTES);
+            const wanted = probeBytes.subarray(sector * SECTOR_SIZE_BYTES, (sector + 1) * SECTOR_SIZE_BYTES);
+            const allowed = bytesEqual(piece, wanted) || (!acknowledged && piece.every((byte) => byte === 0));
+            assert.ok(allowed, `the new volume's sector ${sector} holds neither its bytes${acknowledged ? '' : ' nor zeros'}`);
+          }
+        }
+        const { problems } = await checkSimPool(files);
+        assert.deepEqual(problems, [], 'checkPool reports problems after the second recovery');
+      } finally {
+        await pool.close();
+      }
+    },
+  });
+  return result.statesTested;
 }
 
 test('a power cut at any event of a bounded pool workload loses nothing acknowledged and leaves a clean pool', async (t) => {
@@ -198,6 +268,7 @@ test('a power cut at any event of a bounded pool workload loses nothing acknowle
       ? [replaySeed]
       : [...regressionSeeds(), ...campaignSeeds(ROOT_SEED, CAMPAIGN_COUNT)];
   let states = 0;
+  let compoundStates = 0;
   let points = 0;
   let events = 0;
   const startedMs = performance.now();
@@ -208,6 +279,7 @@ test('a power cut at any event of a bounded pool workload loses nothing acknowle
     try {
       const result = await runPoolCampaign(seed, bases);
       states += result.statesTested;
+      compoundStates += result.compoundStates;
       points += result.distinctCrashPointCount;
       events += result.eventCount;
     } catch (error) {
@@ -217,7 +289,8 @@ test('a power cut at any event of a bounded pool workload loses nothing acknowle
   const seconds = (performance.now() - startedMs) / 1000;
   t.diagnostic(
     `pool crash: ${seeds.length} workloads, ${events} events, ${points} distinct crash points, ` +
-      `${states} crash states recovered and checked in ${seconds.toFixed(1)} s; ${failures.length} workloads failed`,
+      `${states} crash states recovered and checked, plus ${compoundStates} after a second power cut during the first commit, ` +
+      `in ${seconds.toFixed(1)} s; ${failures.length} workloads failed`,
   );
   if (failures.length > 0) {
     assert.fail(`${failures.length} of ${seeds.length} workloads failed:\n\n${failures.join('\n\n')}`);
