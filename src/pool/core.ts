@@ -156,6 +156,11 @@ export function dataReserveBlocks(dataBlockCount: number): number {
   return Math.min(DATA_BLOCKS_RESERVED_MAX, Math.floor(dataBlockCount / 100));
 }
 
+/** Worst case of new metadata blocks for one B+tree insert or removal: shadow and split every level, plus a new root. */
+const METADATA_BLOCKS_PER_TREE_CHANGE_MAX = 2 * BTREE_DEPTH_MAX + 1;
+/** Extents cut per metadata change by unmapRange (see there). */
+const UNMAP_EXTENTS_PER_CHANGE = 8;
+
 /** Bytes of the details JSON that fit a details block (F-POOL-30). */
 export const DETAILS_CAPACITY_BYTES = METADATA_BLOCK_SIZE_BYTES - METADATA_BLOCK_HEADER_BYTES;
 
@@ -246,6 +251,8 @@ export class PoolCore {
   #fields: PoolFields;
   #deviceTreeRoot: number;
   #devices = new Map<number, Device>();
+  /** Devices whose value differs from the device tree's (stored at seal, or earlier for room). */
+  #dirtyDevices = new Set<Device>();
   #idByName = new Map<string, number>();
   /** Data blocks this process knows read as zeros: never written since the data file was made. */
   #knownZero = new RangeSet();
@@ -267,6 +274,8 @@ export class PoolCore {
   #commitHold: Promise<void> | undefined;
   #closed = false;
   #closing = false;
+  /** Read-only because metadata ran out, with the state intact: commits are still allowed. */
+  #commitsWhileReadOnly = false;
   #requestsInFlight = 0;
   #drainWaiters: Array<() => void> = [];
   #dataBytesWritten = 0;
@@ -402,27 +411,77 @@ export class PoolCore {
   }
 
   /** Enters the sticky needs-check mode (see the module comment). */
-  fail(reason: string, cause: unknown): void {
-    if (this.#mode === 'needs-check') return;
-    this.#mode = 'needs-check';
+  fail(reason: string, cause: unknown, mode: 'read-only' | 'needs-check' = 'needs-check'): void {
+    if (this.#mode === 'needs-check' || (this.#mode === 'read-only' && mode === 'read-only')) return;
+    // Out of metadata space the state is intact (see #mutate): what is done may still be committed.
+    this.#commitsWhileReadOnly = mode === 'read-only';
+    this.#mode = mode;
     this.#modeReason = reason;
     this.#modeCause = cause;
   }
 
   /**
-   * Runs a synchronous metadata change. pdata changes trees in place within the open transaction,
-   * so an error half way (no metadata space, a corrupt node) leaves it unusable: needs-check.
+   * Runs a synchronous metadata change of at most `treeChanges` B+tree inserts or removals (space
+   * map updates included). pdata checks for room before each of its own operations, but a pool
+   * change is several of them: room for all is checked first, so running out of metadata fails
+   * the change before anything moved (F-POOL-44), and the pool goes read-only saying why, its
+   * state intact. Any other error half way leaves the open transaction unusable: needs-check.
    */
-  #mutate<T>(what: string, change: () => T): T {
+  #mutate<T>(what: string, treeChanges: number, change: () => T): T {
     this.assertWritable();
+    try {
+      this.#ensureRoom(treeChanges);
+    } catch (error) {
+      if (isThinError(error, 'THIN_NO_METADATA_SPACE')) this.fail(`out of metadata space while ${what}: ${error.message}`, error, 'read-only');
+      throw error;
+    }
     try {
       const result = change();
       this.#metadataDirty = true;
       return result;
     } catch (error) {
-      if (isThinError(error, 'THIN_NO_METADATA_SPACE')) this.fail(`out of metadata space while ${what}`, error);
-      else this.fail(`metadata error while ${what}: ${error instanceof Error ? error.message : String(error)}`, error);
+      this.fail(`metadata error while ${what}: ${error instanceof Error ? error.message : String(error)}`, error);
       throw error;
+    }
+  }
+
+  /**
+   * Room for `treeChanges` and, after them, for storing every dirty device value when the
+   * transaction is sealed (one tree change each), so sealing never runs out. When that headroom is
+   * what is missing, the dirty values are stored now (each store is one independent tree change,
+   * so stopping half way is harmless) and the room checked again.
+   */
+  #ensureRoom(treeChanges: number): void {
+    const needed = (): number => (treeChanges + this.#dirtyDevices.size + 1) * METADATA_BLOCKS_PER_TREE_CHANGE_MAX;
+    try {
+      this.tm.ensureMetadataSpace(needed());
+      return;
+    } catch (error) {
+      if (!isThinError(error, 'THIN_NO_METADATA_SPACE') || this.#dirtyDevices.size === 0) throw error;
+    }
+    try {
+      this.#storeDirtyDevices();
+    } catch (error) {
+      if (!isThinError(error, 'THIN_NO_METADATA_SPACE')) {
+        this.fail(`metadata error while storing volume entries: ${error instanceof Error ? error.message : String(error)}`, error);
+      }
+      throw error;
+    }
+    this.tm.ensureMetadataSpace(needed());
+  }
+
+  #markDirty(device: Device): void {
+    device.dirty = true;
+    this.#dirtyDevices.add(device);
+  }
+
+  /** Writes the values of devices changed since they were last stored into the device tree. */
+  #storeDirtyDevices(): void {
+    for (const device of [...this.#dirtyDevices].sort((a, b) => a.id - b.id)) {
+      if (!device.removed) this.#deviceTreeRoot = this.deviceTree.insert(this.#deviceTreeRoot, device.id, device.value);
+      device.dirty = false;
+      this.#dirtyDevices.delete(device);
+      this.#metadataDirty = true;
     }
   }
 
@@ -464,7 +523,7 @@ export class PoolCore {
 
   /** Maps virtualBlock (unmapped) to dataBlock at the current time, merging with neighbours (F-POOL-22). */
   #insertMapping(device: Device, virtualBlock: number, dataBlock: number): void {
-    this.#mutate(`mapping block ${virtualBlock} of volume ${device.details.name}`, () => {
+    this.#mutate(`mapping block ${virtualBlock} of volume ${device.details.name}`, 5, () => {
       const tree = this.mappingTree;
       let root = device.value.mappingRoot;
       let merged: KeyedExtent = { virtualBlock, dataBlock, lengthBlocks: 1, time: this.#fields.time };
@@ -484,39 +543,46 @@ export class PoolCore {
       root = tree.insert(root, merged.virtualBlock, { dataBlock: merged.dataBlock, lengthBlocks: merged.lengthBlocks, time: merged.time });
       this.dataSpace.inc(dataBlock, 1);
       device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount + 1 };
-      device.dirty = true;
+      this.#markDirty(device);
     });
   }
 
-  /** Removes the mappings of virtual blocks [begin, end), dropping their data references. */
+  /**
+   * Removes the mappings of virtual blocks [begin, end), dropping their data references. Extents
+   * are cut a few at a time, each batch one change (#mutate), so a discard of a long, fragmented
+   * range never needs room for all of it at once.
+   */
   unmapRange(device: Device, begin: number, end: number): number {
     if (begin >= end) return 0;
-    return this.#mutate(`unmapping blocks [${begin}, ${end}) of volume ${device.details.name}`, () => {
-      const tree = this.mappingTree;
-      let root = device.value.mappingRoot;
-      const extents: Array<[number, Extent]> = [];
-      const first = tree.floor(root, begin);
-      if (first !== undefined && first[0] < begin && first[0] + first[1].lengthBlocks > begin) extents.push(first);
-      for (const entry of tree.entries(root, begin, end)) extents.push(entry);
-      let unmappedBlocks = 0;
-      for (const [key, extent] of extents) {
-        const cut = cutExtent(key, extent, begin, end);
-        if (cut.removed === undefined) continue;
-        if (cut.left !== undefined) root = tree.insert(root, key, { dataBlock: cut.left.dataBlock, lengthBlocks: cut.left.lengthBlocks, time: cut.left.time });
-        else root = tree.remove(root, key);
-        if (cut.right !== undefined) {
-          root = tree.insert(root, cut.right.virtualBlock, { dataBlock: cut.right.dataBlock, lengthBlocks: cut.right.lengthBlocks, time: cut.right.time });
+    const tree = this.mappingTree;
+    const extents: Array<[number, Extent]> = [];
+    const first = tree.floor(device.value.mappingRoot, begin);
+    if (first !== undefined && first[0] < begin && first[0] + first[1].lengthBlocks > begin) extents.push(first);
+    for (const entry of tree.entries(device.value.mappingRoot, begin, end)) extents.push(entry);
+    let unmappedBlocks = 0;
+    for (let batchBegin = 0; batchBegin < extents.length; batchBegin += UNMAP_EXTENTS_PER_CHANGE) {
+      const batch = extents.slice(batchBegin, batchBegin + UNMAP_EXTENTS_PER_CHANGE);
+      unmappedBlocks += this.#mutate(`unmapping blocks [${begin}, ${end}) of volume ${device.details.name}`, 4 * batch.length, () => {
+        let root = device.value.mappingRoot;
+        let batchBlocks = 0;
+        for (const [key, extent] of batch) {
+          const cut = cutExtent(key, extent, begin, end);
+          if (cut.removed === undefined) continue;
+          if (cut.left !== undefined) root = tree.insert(root, key, { dataBlock: cut.left.dataBlock, lengthBlocks: cut.left.lengthBlocks, time: cut.left.time });
+          else root = tree.remove(root, key);
+          if (cut.right !== undefined) {
+            root = tree.insert(root, cut.right.virtualBlock, { dataBlock: cut.right.dataBlock, lengthBlocks: cut.right.lengthBlocks, time: cut.right.time });
+          }
+          this.dataSpace.dec(cut.removed.dataBlock, cut.removed.lengthBlocks);
+          batchBlocks += cut.removed.lengthBlocks;
         }
-        this.dataSpace.dec(cut.removed.dataBlock, cut.removed.lengthBlocks);
-        unmappedBlocks += cut.removed.lengthBlocks;
-      }
-      assert(unmappedBlocks <= device.value.mappedBlockCount, 'unmapped more blocks than were mapped');
-      if (unmappedBlocks > 0 || root !== device.value.mappingRoot) {
-        device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount - unmappedBlocks };
-        device.dirty = true;
-      }
-      return unmappedBlocks;
-    });
+        assert(batchBlocks <= device.value.mappedBlockCount, 'unmapped more blocks than were mapped');
+        device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount - batchBlocks };
+        this.#markDirty(device);
+        return batchBlocks;
+      });
+    }
+    return unmappedBlocks;
   }
 
   /** Moves virtualBlock (mapped to oldBlock) to newBlock: the end of a copy-on-write. */
@@ -721,7 +787,7 @@ export class PoolCore {
     const id = this.#nextId();
     const details: VolumeDetails = { name, labels: { ...labels }, createdAt: new Date().toISOString() };
     encodeDetails(details, DETAILS_CAPACITY_BYTES); // THIN_INVALID before anything changes
-    return this.#mutate(`creating volume ${name}`, () => {
+    return this.#mutate(`creating volume ${name}`, 1, () => {
       const detailsBlock = this.#writeDetails(details);
       const mappingRoot = this.mappingTree.createEmpty();
       const time = this.#fields.time;
@@ -741,9 +807,10 @@ export class PoolCore {
   }
 
   #addDevice(id: number, value: DeviceValue, details: VolumeDetails): Device {
-    const device: Device = { id, value, details, dirty: true, removed: false };
+    const device: Device = { id, value, details, dirty: false, removed: false };
     this.#devices.set(id, device);
     this.#idByName.set(details.name, id);
+    this.#markDirty(device);
     return device;
   }
 
@@ -762,14 +829,14 @@ export class PoolCore {
       originId: source.id,
     };
     encodeDetails(details, DETAILS_CAPACITY_BYTES);
-    return this.#mutate(`snapshotting ${source.details.name} as ${name}`, () => {
+    return this.#mutate(`snapshotting ${source.details.name} as ${name}`, 1, () => {
       const detailsBlock = this.#writeDetails(details);
       this.mappingTree.retainTree(source.value.mappingRoot);
       const time = this.#fields.time + 1;
       this.#fields.time = time;
       this.#fields.nextVolumeId = id + 1;
       source.value = { ...source.value, snapshottedTime: time };
-      source.dirty = true;
+      this.#markDirty(source);
       const value: DeviceValue = {
         mappingRoot: source.value.mappingRoot,
         detailsBlock,
@@ -788,7 +855,7 @@ export class PoolCore {
   removeDevice(device: Device): void {
     this.assertWritable();
     if (device.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${device.details.name} was removed`);
-    this.#mutate(`removing volume ${device.details.name}`, () => {
+    this.#mutate(`removing volume ${device.details.name}`, 8, () => {
       this.mappingTree.releaseTree(device.value.mappingRoot);
       this.tm.dec(device.value.detailsBlock);
       if (this.deviceTree.lookup(this.#deviceTreeRoot, device.id) !== undefined) {
@@ -796,6 +863,7 @@ export class PoolCore {
       }
       device.removed = true;
       device.dirty = false;
+      this.#dirtyDevices.delete(device);
       this.#devices.delete(device.id);
       this.#idByName.delete(device.details.name);
       this.#allocator.forgetVolume(device.id);
@@ -819,9 +887,9 @@ export class PoolCore {
       }
       this.unmapRange(device, endBlock, Math.ceil(oldSizeBytes / bs));
     }
-    this.#mutate(`resizing volume ${device.details.name}`, () => {
+    this.#mutate(`resizing volume ${device.details.name}`, 0, () => {
       device.value = { ...device.value, sizeBytes };
-      device.dirty = true;
+      this.#markDirty(device);
     });
   }
 
@@ -996,9 +1064,14 @@ export class PoolCore {
    * Makes every completed write durable: commits the transaction if metadata changed, else syncs
    * the data file if data was written. Calls made while a commit runs share the next one.
    */
+  /** Whether a commit may run: read-write, or read-only only for lack of metadata space. */
+  get canCommit(): boolean {
+    return !this.#closed && (this.#mode === 'read-write' || (this.#mode === 'read-only' && this.#commitsWhileReadOnly));
+  }
+
   commit(): Promise<void> {
     if (this.#mode === 'read-only' && this.readOnlyOpen) return Promise.resolve();
-    this.assertWritable();
+    if (!this.canCommit) this.assertWritable();
     if (this.#commitQueued !== undefined) return this.#commitQueued;
     if (this.#commitRunning === undefined) return this.#startCommit();
     const queued = this.#commitRunning.catch(() => undefined).then(() => {
@@ -1047,7 +1120,7 @@ export class PoolCore {
   }
 
   async #commitNow(): Promise<void> {
-    this.assertWritable();
+    if (!this.canCommit) this.assertWritable();
     if (!this.#metadataDirty) {
       if (this.#dataWritesSinceSync === 0) return;
       this.#dataWritesSinceSync = 0;
@@ -1058,11 +1131,7 @@ export class PoolCore {
     let payload: Uint8Array;
     let highWaterMark: number;
     try {
-      for (const device of this.#devices.values()) {
-        if (!device.dirty) continue;
-        this.#deviceTreeRoot = this.deviceTree.insert(this.#deviceTreeRoot, device.id, device.value);
-        device.dirty = false;
-      }
+      this.#storeDirtyDevices();
       highWaterMark = this.#highWaterMarkTarget;
       this.#highWaterMarkSealed = highWaterMark;
       payload = encodePoolPayload(this.payloadFields(highWaterMark));

@@ -346,7 +346,7 @@ export class Pool {
     // Requests already in flight finish first; new ones are refused (THIN_CLOSED).
     await this.#core.drain();
     try {
-      if (this.#core.mode === 'read-write') await this.#core.commit();
+      if (this.#core.canCommit) await this.#core.commit();
     } catch (error) {
       failure = error;
     }

@@ -489,3 +489,36 @@ test('with a commit interval, writes nobody flushes become durable by themselves
   assert.equal(pool.status().counters.commits, idle, 'nothing changed, nothing committed');
   await pool.close();
 });
+
+test('out of metadata space a change is refused whole, the pool goes read-only saying why, and what was done can still be flushed', async () => {
+  const memory = await memoryPool(64);
+  const { pool } = memory;
+  const v = await pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+  await v.write(0, filled(100, 1));
+  let created = 0;
+  let refusal: unknown;
+  for (;;) {
+    try {
+      await pool.createVolume(`n${created}`, { sizeBytes: BLOCK });
+      created += 1;
+      if (created % 100 === 0) await pool.flush();
+    } catch (error) {
+      refusal = error;
+      break;
+    }
+  }
+  assert.ok(isThinError(refusal, 'THIN_NO_METADATA_SPACE'), String(refusal));
+  const status = pool.status();
+  assert.equal(status.mode, 'read-only');
+  assert.match(status.modeReason ?? '', /out of metadata space/);
+  await assert.rejects(v.write(BLOCK, filled(1, 1)), code('THIN_READ_ONLY'));
+  const back = new Uint8Array(100);
+  await v.read(0, back);
+  assert.deepEqual(back, filled(100, 1));
+  await pool.flush();
+  const reopened = await reopen(memory);
+  assert.equal(reopened.pool.list().length, created + 1);
+  assert.equal(reopened.pool.status().mode, 'read-write');
+  await reopened.pool.close();
+  assert.ok((await checkPool({ metadata: MemoryBlockFile.from(reopened.files.metadata.snapshot()), data: MemoryBlockFile.from(reopened.files.data.snapshot()) })).ok);
+});
