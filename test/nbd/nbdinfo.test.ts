@@ -1,0 +1,59 @@
+// nbdinfo (libnbd) lists the exports with sizes, descriptions and flags, and maps the holes of a
+// partly written export.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { patternBytes, requireTools, run, startServer } from './helpers.ts';
+import { MemoryExport } from './memory-export.ts';
+
+const MiB = 1024 * 1024;
+
+requireTools('nbdinfo');
+const volume = new MemoryExport({ name: 'vol0', sizeBytes: 64 * MiB, description: 'volume zero' });
+const snapshot = new MemoryExport({ name: 'vol0-snap', sizeBytes: 32 * MiB, description: 'a read-only snapshot', readOnly: true });
+await volume.write(1 * MiB, patternBytes(64 * 1024, 1), { fua: false });
+await volume.write(8 * MiB, patternBytes(1 * MiB, 2), { fua: false });
+const running = await startServer([volume, snapshot]);
+after(() => running.close());
+
+test('nbdinfo --list shows every export with its size, description and flags', async () => {
+  const { stdout } = await run('nbdinfo', ['--json', '--list', running.uri('')]);
+  const listing = JSON.parse(stdout) as { structured: boolean; exports: Array<Record<string, unknown>> };
+  assert.equal(listing.structured, true);
+  const byName = new Map(listing.exports.map((entry) => [entry['export-name'], entry]));
+  assert.deepEqual([...byName.keys()].sort(), ['vol0', 'vol0-snap']);
+  const vol0 = byName.get('vol0')!;
+  assert.equal(vol0['export-size'], 64 * MiB);
+  assert.equal(vol0['description'], 'volume zero');
+  assert.deepEqual(vol0['contexts'], ['base:allocation']);
+  for (const flag of ['can_flush', 'can_fua', 'can_trim', 'can_zero', 'can_fast_zero', 'can_multi_conn', 'can_df', 'can_cache']) {
+    assert.equal(vol0[flag], true, flag);
+  }
+  assert.equal(vol0['is_read_only'], false);
+  assert.equal(vol0['block_size_maximum'], 32 * MiB);
+  const snap = byName.get('vol0-snap')!;
+  assert.equal(snap['export-size'], 32 * MiB);
+  assert.equal(snap['is_read_only'], true);
+  assert.equal(snap['description'], 'a read-only snapshot');
+});
+
+test('nbdinfo --map shows the written ranges as data and the rest as holes that read as zeros', async () => {
+  const { stdout } = await run('nbdinfo', ['--json', '--map', running.uri('vol0')]);
+  const map = JSON.parse(stdout) as Array<{ offset: number; length: number; type: number }>;
+  assert.deepEqual(
+    map.map(({ offset, length, type }) => [offset, length, type]),
+    [
+      [0, 1 * MiB, 3],
+      [1 * MiB, 64 * 1024, 0],
+      [1 * MiB + 64 * 1024, 7 * MiB - 64 * 1024, 3],
+      [8 * MiB, 1 * MiB, 0],
+      [9 * MiB, 55 * MiB, 3],
+    ],
+  );
+});
+
+test('nbdinfo --size and --can read the flags of one export', async () => {
+  assert.equal((await run('nbdinfo', ['--size', running.uri('vol0-snap')])).stdout.trim(), String(32 * MiB));
+  assert.equal((await run('nbdinfo', ['--is', 'read-only', running.uri('vol0-snap')], { allowFailure: true })).code, 0);
+  assert.notEqual((await run('nbdinfo', ['--is', 'read-only', running.uri('vol0')], { allowFailure: true })).code, 0);
+  assert.equal((await run('nbdinfo', ['--can', 'multi-conn', running.uri('vol0')], { allowFailure: true })).code, 0);
+});
