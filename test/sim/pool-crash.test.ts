@@ -24,9 +24,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
+import { Pool } from '../../src/pool/pool.ts';
 import { Rng, mixSeed, seedFromEnv } from './rng.ts';
-import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual, type SparseImage } from './sim-disk.ts';
+import { SECTOR_SIZE_BYTES, bytesEqual, type SparseImage } from './sim-disk.ts';
 import { campaignSeeds, runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
 import {
   applyOp,
@@ -43,13 +43,8 @@ import {
   type WorkloadRecord,
 } from './pool-model.ts';
 import { checkSimPool } from './pool-check.ts';
+import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, VOLUME_SIZE_SECTORS, VOLUMES_MAX, makeBases, poolFiles, type Base } from './pool-bases.ts';
 
-const BLOCK_SIZE_BYTES = 64 * 1024;
-const BLOCK_SIZE_SECTORS = BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES;
-const DATA_BLOCK_COUNT = 32;
-const METADATA_SIZE_BYTES = (16384 + 1024) * 4096;
-const VOLUME_SIZE_SECTORS = 6 * BLOCK_SIZE_SECTORS;
-const VOLUMES_MAX = 3;
 const OPS_MAX = 3;
 /** Crash images per distinct crash point. */
 const VARIANTS_PER_POINT = 6;
@@ -65,64 +60,6 @@ const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261121);
 const CRASH_STATES_MIN = 10_000;
 /** Write ids of the workloads start here; those below belong to the starting pools. */
 const FIRST_WORKLOAD_WRITE_ID = 1000;
-
-interface Base {
-  name: string;
-  images: ReadonlyMap<string, SparseImage>;
-  state: ModelState;
-}
-
-function poolFiles(machine: SimMachine): PoolFiles {
-  return { metadata: machine.disk('metadata'), data: machine.disk('data') };
-}
-
-/** Makes a starting pool by running ops on a new pool, then closing it. */
-async function makeBase(name: string, ops: PoolOp[]): Promise<Base> {
-  const machine = new SimMachine({ seed: 1 });
-  machine.createDisk('metadata', 0);
-  machine.createDisk('data', 0);
-  const pool = await Pool.createOn(poolFiles(machine), {
-    dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES,
-    blockSizeBytes: BLOCK_SIZE_BYTES,
-    metadataSizeBytes: METADATA_SIZE_BYTES,
-  });
-  let state: ModelState = new Map();
-  for (const op of ops) {
-    await runOp(pool, op);
-    state = applyOp(state, op);
-  }
-  await pool.close();
-  return { name, images: machine.currentImages(), state };
-}
-
-async function makeBases(): Promise<Base[]> {
-  const write = (volume: string, beginSector: number, lengthSectors: number, writeId: number): PoolOp => ({
-    kind: 'write',
-    volume,
-    beginSector,
-    lengthSectors,
-    fua: false,
-    writeId,
-    shape: 'setup',
-  });
-  const bs = BLOCK_SIZE_SECTORS;
-  const oneVolume: PoolOp[] = [
-    { kind: 'create', name: 'vol-a', sizeSectors: VOLUME_SIZE_SECTORS },
-    write('vol-a', 0, bs, 1),
-    write('vol-a', bs + 2, 6, 2),
-    write('vol-a', 3 * bs, 2 * bs, 3),
-    { kind: 'flush' },
-  ];
-  const withSnapshot: PoolOp[] = [
-    ...oneVolume,
-    { kind: 'snapshot', source: 'vol-a', name: 'snap-a' },
-    write('vol-a', 10, 20, 4),
-    { kind: 'create', name: 'vol-b', sizeSectors: VOLUME_SIZE_SECTORS },
-    write('vol-b', bs, bs, 5),
-    { kind: 'flush' },
-  ];
-  return [await makeBase('empty pool', []), await makeBase('one volume', oneVolume), await makeBase('volume, snapshot, volume', withSnapshot)];
-}
 
 function regressionSeeds(): number[] {
   const file = path.join(import.meta.dirname, 'regressions.json');

@@ -374,6 +374,38 @@ describe('SimDisk faults', () => {
   });
 });
 
+describe('I/O-error loop', () => {
+  test('failIo fails exactly the chosen operation, once or from then on for its kind and disk', async () => {
+    const run = async (afterOperations: number, persistent: boolean): Promise<string[]> => {
+      const machine = new SimMachine({ seed });
+      const a = machine.createDisk('a', 64 * KIB);
+      const b = machine.createDisk('b', 64 * KIB);
+      machine.failIo({ afterOperations, persistent });
+      const outcomes: string[] = [];
+      const attempt = async (label: string, operation: () => Promise<void>): Promise<void> => {
+        try {
+          await operation();
+          outcomes.push(`${label} ok`);
+        } catch (error) {
+          assert.ok(isThinError(error, 'THIN_IO'));
+          outcomes.push(`${label} EIO`);
+        }
+      };
+      await attempt('write a', () => a.write(filled(512, 1), 0));
+      await attempt('read b', () => b.read(new Uint8Array(512), 0));
+      await attempt('write a', () => a.write(filled(512, 2), 512));
+      await attempt('sync b', () => b.sync());
+      await attempt('write b', () => b.write(filled(512, 3), 0));
+      await attempt('write a', () => a.write(filled(512, 4), 1024));
+      assert.equal(machine.ioOperationCount, 6);
+      return outcomes;
+    };
+    assert.deepEqual(await run(2, false), ['write a ok', 'read b ok', 'write a EIO', 'sync b ok', 'write b ok', 'write a ok']);
+    assert.deepEqual(await run(2, true), ['write a ok', 'read b ok', 'write a EIO', 'sync b ok', 'write b ok', 'write a EIO']);
+    assert.deepEqual(await run(1, true), ['write a ok', 'read b EIO', 'write a ok', 'sync b ok', 'write b ok', 'write a ok']);
+  });
+});
+
 describe('crash harness', () => {
   const workload = async (machine: SimMachine): Promise<void> => {
     const disk = machine.createDisk('log', 64 * KIB);

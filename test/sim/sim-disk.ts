@@ -26,8 +26,8 @@
 //   outcomes with tears, within a budget, deterministically from a seed.
 // - Faults: bit flips and arbitrary corruption of the medium, read EIO (one-shot or persistent) on
 //   byte ranges, write EIO, sync EIO, a misdirected write (the next write of a disk lands at
-//   another offset), and a dm-dust bad-sector list (reads fail with EIO until the sector is
-//   written). A failed write or sync makes the disk refuse every later sync, as FileBlockFile does.
+//   another offset), a dm-dust bad-sector list (reads fail with EIO until the sector is
+//   written), and SQLite's I/O-error loop (the N-th I/O of the machine fails, once or from then on). A failed write or sync makes the disk refuse every later sync, as FileBlockFile does.
 //
 // Images are sparse and copy-on-write by 4 KiB page, so thousands of crash images cost little.
 import type { BlockFile } from '../../src/io/block-file.ts';
@@ -535,6 +535,10 @@ export class SimMachine {
   readonly #queue: QueuedOperation[] = [];
   #drainScheduled = false;
   #nextWriteId = 1;
+  #ioOperationCount = 0;
+  #ioPlan:
+    | { countdown: number; persistent: boolean; hit: { disk: string; kind: 'read' | 'write' | 'sync'; operationIndex: number } | undefined }
+    | undefined;
   #nextSyncId = 1;
   #killed = false;
 
@@ -570,6 +574,40 @@ export class SimMachine {
 
   diskNames(): string[] {
     return [...this.#disks.keys()];
+  }
+
+  /**
+   * SQLite's I/O-error loop: the I/O operation (read, write or sync, on any disk of the machine)
+   * that comes after `afterOperations` more fails with EIO; with `persistent`, every later one of
+   * the same kind on the same disk fails too.
+   */
+  failIo(options: { afterOperations: number; persistent?: boolean }): void {
+    assert(Number.isSafeInteger(options.afterOperations) && options.afterOperations >= 0, 'bad I/O fault position');
+    this.#ioPlan = { countdown: options.afterOperations, persistent: options.persistent === true, hit: undefined };
+  }
+
+  /** I/O operations (reads, writes, syncs) issued on this machine's disks so far. */
+  get ioOperationCount(): number {
+    return this.#ioOperationCount;
+  }
+
+  /** The operation the I/O plan failed, once it has. */
+  get ioFaultHit(): { disk: string; kind: 'read' | 'write' | 'sync'; operationIndex: number } | undefined {
+    return this.#ioPlan?.hit;
+  }
+
+  /** @internal Counts an I/O operation and says whether the I/O plan fails it. */
+  takeIoFault(disk: SimDisk, kind: 'read' | 'write' | 'sync'): boolean {
+    const operationIndex = this.#ioOperationCount++;
+    const plan = this.#ioPlan;
+    if (plan === undefined) return false;
+    if (plan.hit !== undefined) return plan.persistent && plan.hit.disk === disk.name && plan.hit.kind === kind;
+    if (plan.countdown > 0) {
+      plan.countdown -= 1;
+      return false;
+    }
+    plan.hit = { disk: disk.name, kind, operationIndex };
+    return true;
   }
 
   /** Adds a named mark to the trace ("ack flush #3"): crash points after it carry it. */
@@ -831,7 +869,9 @@ export class SimDisk implements BlockFile {
     this.#checkOpen();
     checkRange(offsetBytes, target.length);
     this.counters.reads += 1;
-    const fault = this.#readFault(offsetBytes, target.length);
+    const fault = this.#machine.takeIoFault(this, 'read')
+      ? this.#plannedReadError(offsetBytes, target.length)
+      : this.#readFault(offsetBytes, target.length);
     if (fault !== undefined) throw fault;
     this.#image.read(target, offsetBytes);
   }
@@ -841,10 +881,11 @@ export class SimDisk implements BlockFile {
       this.#checkOpen();
       checkRange(offsetBytes, target.length);
       this.counters.reads += 1;
+      const planned = this.#machine.takeIoFault(this, 'read');
       this.#machine.enqueue({
         disk: this,
         run: () => {
-          const fault = this.#readFault(offsetBytes, target.length);
+          const fault = planned ? this.#plannedReadError(offsetBytes, target.length) : this.#readFault(offsetBytes, target.length);
           if (fault !== undefined) {
             reject(fault);
             return;
@@ -871,7 +912,7 @@ export class SimDisk implements BlockFile {
         misdirectedFromBytes = offsetBytes;
         this.#misdirectToBytes = undefined;
       }
-      const writeFault = this.#takeRangeFault(this.#writeFaults, offsetBytes, source.length);
+      const writeFault = this.#machine.takeIoFault(this, 'write') || this.#takeRangeFault(this.#writeFaults, offsetBytes, source.length);
       // The bytes are taken when the write is issued: the caller may reuse its buffer once the
       // write completes.
       const write = this.#machine.newWrite(this.name, landingBytes, new Uint8Array(source), misdirectedFromBytes);
@@ -925,8 +966,8 @@ export class SimDisk implements BlockFile {
       const covered = this.#completedUnsynced;
       this.#completedUnsynced = [];
       this.#machine.recordEvent({ kind: 'sync', disk: this.name, syncId, coveredWriteIds: covered.map((write) => write.writeId) });
-      let failed = false;
-      if (this.#syncFaults !== undefined) {
+      let failed = this.#machine.takeIoFault(this, 'sync');
+      if (!failed && this.#syncFaults !== undefined) {
         failed = true;
         if (!this.#syncFaults.persistent) this.#syncFaults = undefined;
       }
@@ -1024,6 +1065,13 @@ export class SimDisk implements BlockFile {
   /** The first write or sync failure, if any (the disk then refuses syncs). */
   get failure(): ThinError | undefined {
     return this.#failure;
+  }
+
+  #plannedReadError(offsetBytes: number, lengthBytes: number): ThinError {
+    this.counters.readErrors += 1;
+    return new ThinError('THIN_IO', `Cannot read ${lengthBytes} bytes at offset ${offsetBytes} of ${this.description}: EIO`, {
+      cause: simulatedEio(),
+    });
   }
 
   #readFault(offsetBytes: number, lengthBytes: number): ThinError | undefined {

@@ -1,0 +1,69 @@
+// Small committed pools that the crash and I/O-error tests start from, made once per test file:
+// an empty pool; one volume with data; a volume, its snapshot (with copy-on-write since) and a
+// second volume. Each comes with its model state (pool-model.ts).
+import type { PoolFiles } from '../../src/pool/pool.ts';
+import { Pool } from '../../src/pool/pool.ts';
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
+import { SECTOR_SIZE_BYTES, SimMachine, type SparseImage } from './sim-disk.ts';
+import { applyOp, runOp, type ModelState, type PoolOp } from './pool-model.ts';
+
+export const BLOCK_SIZE_BYTES = 64 * 1024;
+export const BLOCK_SIZE_SECTORS = BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES;
+/** Data blocks: room for three volumes, copy-on-write and a probe volume, small enough to copy. */
+export const DATA_BLOCK_COUNT = 32;
+export const METADATA_SIZE_BYTES = METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES;
+export const VOLUME_SIZE_SECTORS = 6 * BLOCK_SIZE_SECTORS;
+export const VOLUMES_MAX = 3;
+
+export interface Base {
+  name: string;
+  images: ReadonlyMap<string, SparseImage>;
+  state: ModelState;
+}
+
+export function poolFiles(machine: SimMachine): PoolFiles {
+  return { metadata: machine.disk('metadata'), data: machine.disk('data') };
+}
+
+/** Makes a starting pool by running ops on a new pool, then closing it. */
+export async function makeBase(name: string, ops: readonly PoolOp[]): Promise<Base> {
+  const machine = new SimMachine({ seed: 1 });
+  machine.createDisk('metadata', 0);
+  machine.createDisk('data', 0);
+  const pool = await Pool.createOn(poolFiles(machine), {
+    dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES,
+    blockSizeBytes: BLOCK_SIZE_BYTES,
+    metadataSizeBytes: METADATA_SIZE_BYTES,
+  });
+  let state: ModelState = new Map();
+  for (const op of ops) {
+    await runOp(pool, op);
+    state = applyOp(state, op);
+  }
+  await pool.close();
+  return { name, images: machine.currentImages(), state };
+}
+
+export function setupWrite(volume: string, beginSector: number, lengthSectors: number, writeId: number): PoolOp {
+  return { kind: 'write', volume, beginSector, lengthSectors, fua: false, writeId, shape: 'setup' };
+}
+
+export async function makeBases(): Promise<Base[]> {
+  const bs = BLOCK_SIZE_SECTORS;
+  const oneVolume: PoolOp[] = [
+    { kind: 'create', name: 'vol-a', sizeSectors: VOLUME_SIZE_SECTORS },
+    setupWrite('vol-a', 0, bs, 1),
+    setupWrite('vol-a', bs + 2, 6, 2),
+    setupWrite('vol-a', 3 * bs, 2 * bs, 3),
+    { kind: 'flush' },
+  ];
+  const withSnapshot: PoolOp[] = [
+    ...oneVolume,
+    { kind: 'snapshot', source: 'vol-a', name: 'snap-a' },
+    setupWrite('vol-a', 10, 20, 4),
+    { kind: 'create', name: 'vol-b', sizeSectors: VOLUME_SIZE_SECTORS },
+    setupWrite('vol-b', bs, bs, 5),
+    { kind: 'flush' },
+  ];
+  return [await makeBase('empty pool', []), await makeBase('one volume', oneVolume), await makeBase('volume, snapshot, volume', withSnapshot)];
+}
