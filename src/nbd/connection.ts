@@ -122,12 +122,17 @@ const commandFlagsAllowed: Record<number, number> = {
   [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
 };
 
-/** A failure to send to the client: an NBD error value and a sentence. */
-class RequestError extends Error {
+/**
+ * A refusal to send to the client: an NBD error value and a sentence. Deliberately not an Error:
+ * refusing a request is an ordinary answer, and capturing a stack trace for each one cost more
+ * than serving the request (measured by the fuzzer).
+ */
+class RequestError {
   readonly nbdError: number;
+  readonly message: string;
   constructor(nbdError: number, message: string) {
-    super(message);
     this.nbdError = nbdError;
+    this.message = message;
   }
 }
 
@@ -448,6 +453,8 @@ export class NbdConnection {
     this.#log(`closing connection: ${reason}`);
     this.#phase = Phase.closed;
     this.#clearTimers();
+    // What was already written goes out first (the greeting, earlier replies); nothing after.
+    if (this.#corked) this.#uncork();
     this.#socket.destroy();
   }
 
