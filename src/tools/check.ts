@@ -14,7 +14,7 @@
 //
 // It keeps going after a problem and names the place of each: a block number, a volume, a key or
 // block range. A node found corrupt is reported once and its subtree skipped.
-import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
+import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { BTREE_BLOCK_TYPES, BlockType, SpaceMap, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
@@ -71,7 +71,12 @@ export interface CheckReport {
 export interface CheckOptions {
   /** Problems listed before the rest are only counted (default 1000). */
   problemsMax?: number;
+  /** Called now and then with mapped blocks walked so far and in all (for a progress bar). */
+  onProgress?: (doneBlocks: number, totalBlocks: number) => void;
 }
+
+/** Extents between two progress calls: often enough for a bar, rare enough to cost nothing. */
+const PROGRESS_EXTENTS_STEP = 65536;
 
 const PROBLEMS_MAX_DEFAULT = 1000;
 
@@ -162,6 +167,15 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     checker.problem('superblock', messageOf(error));
     return report();
   }
+  // A metadata file shorter than the superblock says (cut short by a copy or a resize) reads as
+  // zeros past its end: blocks there are lost, and the next commit could not write them.
+  const metadataBytes = files.metadata.sizeBytes();
+  if (metadataBytes < tm.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES) {
+    checker.problem(
+      'metadata file',
+      `${metadataBytes} bytes, shorter than the ${tm.metadataBlockCount} blocks of ${METADATA_BLOCK_SIZE_BYTES} bytes the superblock records (truncated?)`,
+    );
+  }
   stats.transactionId = tm.durableTransactionId;
   stats.metadataBlocksUsed = tm.metadataBlocksUsed;
   let payload: PoolPayload;
@@ -216,6 +230,9 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
   const corruptNodes = new Set<number>();
   const leafExtents = new Map<number, Array<[number, Extent]>>();
   const subtrees = new Map<number, Subtree | null>();
+  const totalBlocks = devices.reduce((total, [, value]) => total + value.mappedBlockCount, 0);
+  let doneBlocks = 0;
+  let extentsWalked = 0;
   for (const [id, value] of devices) {
     let where = `volume id ${id}`;
     // Details block: one reference from the device value (F-POOL-30).
@@ -270,6 +287,9 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
           leafExtents.set(leafBlockNr, list);
         }
         list.push([key, extent]);
+        doneBlocks += extent.lengthBlocks;
+        extentsWalked += 1;
+        if (options.onProgress !== undefined && extentsWalked % PROGRESS_EXTENTS_STEP === 0) options.onProgress(Math.min(doneBlocks, totalBlocks), totalBlocks);
         // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
         dataReferences.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count: 1 });
         // F-POOL-40: every mapped data block lies below the high-water mark.
@@ -285,6 +305,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
         checker.problem(corruptWhere(`${where}, mapping tree`, problem), problem.error.message);
       },
     });
+    options.onProgress?.(Math.min(doneBlocks, totalBlocks), totalBlocks);
     const summary = summarize(tm, value.mappingRoot, where, checker, corruptNodes, leafExtents, subtrees, 0);
     const mapped = summary?.mappedBlocks ?? 0;
     stats.mappedBlocks += mapped;

@@ -45,8 +45,16 @@ export interface PackSummary {
   packedBytes: number;
 }
 
+export interface PackOptions {
+  /** Called now and then with live blocks packed so far and in all (for a progress bar). */
+  onProgress?: (doneBlocks: number, totalBlocks: number) => void;
+}
+
+/** Live blocks between two progress calls. */
+const PROGRESS_BLOCKS_STEP = 4096;
+
 /** Packs the live metadata of the pool in `dir` into a new file at `outputPath`. */
-export async function packMetadata(dir: string, outputPath: string): Promise<PackSummary> {
+export async function packMetadata(dir: string, outputPath: string, options: PackOptions = {}): Promise<PackSummary> {
   const view = await PoolView.open(dir);
   const output = fs.createWriteStream(outputPath, { flags: 'wx' });
   try {
@@ -72,6 +80,7 @@ export async function packMetadata(dir: string, outputPath: string): Promise<Pac
       record.writeBigUInt64LE(BigInt(blockNr), 0);
       metadataFile.readSync(record.subarray(8), blockNr * METADATA_BLOCK_SIZE_BYTES);
       liveBlockCount += 1;
+      if (options.onProgress !== undefined && liveBlockCount % PROGRESS_BLOCKS_STEP === 0) options.onProgress(liveBlockCount, Math.max(liveBlockCount, tm.metadataBlocksUsed));
       if (!deflate.write(record)) await once(deflate, 'drain');
     }
     const trailer = Buffer.alloc(16);

@@ -13,7 +13,7 @@ import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
-import { BTree, BlockType, TransactionManager, type ValueCodec } from '../pdata/index.ts';
+import { BTree, BlockType, TransactionManager, type OpenReport, type ValueCodec } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
   DEVICE_TREE_KIND,
@@ -31,7 +31,7 @@ import {
   type PoolPayload,
   type VolumeDetails,
 } from '../pool/codecs.ts';
-import type { PoolFiles } from '../pool/core.ts';
+import { validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
 import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, Mapping, SuperblockBegin } from './dump/events.ts';
@@ -46,16 +46,27 @@ export interface ViewDevice {
   details: VolumeDetails;
 }
 
+export interface PoolViewOptions {
+  /**
+   * Open the newest generation whose payload roots also validate (as the pool opens), instead of
+   * the newest whose superblock and metadata space map do: what repair starts from.
+   */
+  validateRoots?: boolean;
+}
+
 export class PoolView {
   readonly tm: TransactionManager;
   readonly payload: PoolPayload;
+  /** Which superblock generation was opened and what was passed over. */
+  readonly openReport: OpenReport;
   readonly #files: PoolFiles;
   readonly #ownsFiles: boolean;
   readonly #lock: DirectoryLock | undefined;
   readonly #deviceTree: BTree<DeviceValue>;
   readonly #mappingTree: BTree<Extent>;
 
-  private constructor(files: PoolFiles, ownsFiles: boolean, lock: DirectoryLock | undefined, tm: TransactionManager, payload: PoolPayload) {
+  private constructor(files: PoolFiles, ownsFiles: boolean, lock: DirectoryLock | undefined, tm: TransactionManager, payload: PoolPayload, openReport: OpenReport) {
+    this.openReport = openReport;
     this.#files = files;
     this.#ownsFiles = ownsFiles;
     this.#lock = lock;
@@ -74,8 +85,8 @@ export class PoolView {
   }
 
   /** Opens the pool in a directory (taking its lock) or on given block files. */
-  static async open(target: string | PoolFiles): Promise<PoolView> {
-    if (typeof target !== 'string') return PoolView.#openOn(target, false, undefined);
+  static async open(target: string | PoolFiles, options: PoolViewOptions = {}): Promise<PoolView> {
+    if (typeof target !== 'string') return PoolView.#openOn(target, false, undefined, options);
     if (!existsSync(path.join(target, METADATA_FILE_NAME))) {
       throw new ThinError('THIN_NOT_FOUND', `No pool at ${target} (no metadata file)`);
     }
@@ -84,7 +95,7 @@ export class PoolView {
     try {
       files.metadata = await FileBlockFile.open(path.join(target, METADATA_FILE_NAME), { readOnly: true });
       files.data = await FileBlockFile.open(path.join(target, DATA_FILE_NAME), { readOnly: true });
-      return await PoolView.#openOn(files as PoolFiles, true, lock);
+      return await PoolView.#openOn(files as PoolFiles, true, lock, options);
     } catch (error) {
       await files.metadata?.close().catch(() => undefined);
       await files.data?.close().catch(() => undefined);
@@ -93,9 +104,12 @@ export class PoolView {
     }
   }
 
-  static async #openOn(files: PoolFiles, ownsFiles: boolean, lock: DirectoryLock | undefined): Promise<PoolView> {
-    const { tm, payload } = await TransactionManager.open(files.metadata, { readOnly: true });
-    return new PoolView(files, ownsFiles, lock, tm, decodePoolPayload(payload, tm.metadataBlockCount));
+  static async #openOn(files: PoolFiles, ownsFiles: boolean, lock: DirectoryLock | undefined, options: PoolViewOptions): Promise<PoolView> {
+    const { tm, payload, report } = await TransactionManager.open(files.metadata, {
+      readOnly: true,
+      ...(options.validateRoots === true ? { validatePayload: validatePayloadRoots } : {}),
+    });
+    return new PoolView(files, ownsFiles, lock, tm, decodePoolPayload(payload, tm.metadataBlockCount), report);
   }
 
   async close(): Promise<void> {

@@ -18,8 +18,8 @@
 // not done).
 import fs from 'node:fs';
 import path from 'node:path';
-import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
-import { isThinError } from '../errors.ts';
+import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
+import { ThinError, isThinError } from '../errors.ts';
 import { BlockType, TreeWalker, type ValueCodec } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -36,7 +36,8 @@ import {
   type DeviceValue,
   type VolumeDetails,
 } from '../pool/codecs.ts';
-import { DATA_FILE_NAME } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import { checkPool, type CheckOptions, type CheckReport } from './check.ts';
 import type { Extent } from '../pool/ranges.ts';
 import { isPending, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
 import { PoolView } from './pool-view.ts';
@@ -56,7 +57,7 @@ export interface RepairReport {
 }
 
 export interface RepairOptions {
-  /** Size of the new metadata file. */
+  /** Size of the new metadata file; default the damaged pool's. */
   metadataSizeBytes?: number;
 }
 
@@ -64,18 +65,117 @@ function range(begin: number | undefined, end: number | undefined): string {
   return `[${begin ?? 0}, ${end === undefined ? 'end' : end})`;
 }
 
-export async function repairPool(sourceDir: string, targetDir: string, options: RepairOptions = {}): Promise<RepairReport> {
-  const view = await PoolView.open(sourceDir);
-  const lost: RepairLoss[] = [];
+/**
+ * Opens what repair starts from: the generation the pool itself would open (roots validated),
+ * with a fall back past a damaged newer generation reported as a loss, since what that
+ * generation committed is gone.
+ */
+async function openSource(sourceDir: string, lost: RepairLoss[]): Promise<PoolView> {
+  let view: PoolView;
   try {
-    const dataPath = fs.realpathSync(path.join(sourceDir, DATA_FILE_NAME));
-    const built = await buildPool(
-      { dir: targetDir, data: { path: dataPath }, ...(options.metadataSizeBytes === undefined ? {} : { metadataSizeBytes: options.metadataSizeBytes }) },
-      (visitor) => salvage(view, visitor, lost),
-    );
-    return { dir: built.dir, volumes: built.volumes, mappedBlockCount: built.mappedBlockCount, lost };
+    view = await PoolView.open(sourceDir, { validateRoots: true });
+  } catch (error) {
+    if (isThinError(error) && error.code === 'THIN_CORRUPT_SUPERBLOCK') {
+      throw new ThinError(
+        'THIN_CORRUPT_SUPERBLOCK',
+        `Cannot repair ${sourceDir}: no superblock generation opens, so there is nothing to rebuild from (${error.message})`,
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+  for (const rejected of view.openReport.rejected) {
+    lost.push({
+      where: `superblock generation ${rejected.generation}`,
+      what: `everything committed after generation ${view.openReport.generation}, which was repaired instead: ${rejected.problem}`,
+    });
+  }
+  return view;
+}
+
+async function rebuild(view: PoolView, sourceDir: string, targetDir: string, options: RepairOptions, lost: RepairLoss[]): Promise<RepairReport> {
+  const dataPath = fs.realpathSync(path.join(sourceDir, DATA_FILE_NAME));
+  const metadataSizeBytes = options.metadataSizeBytes ?? view.tm.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES;
+  const built = await buildPool({ dir: targetDir, data: { path: dataPath }, metadataSizeBytes }, (visitor) => salvage(view, visitor, lost));
+  return { dir: built.dir, volumes: built.volumes, mappedBlockCount: built.mappedBlockCount, lost };
+}
+
+/** Rebuilds the pool in sourceDir into a new pool directory targetDir; sourceDir is left as it was. */
+export async function repairPool(sourceDir: string, targetDir: string, options: RepairOptions = {}): Promise<RepairReport> {
+  const lost: RepairLoss[] = [];
+  const view = await openSource(sourceDir, lost);
+  try {
+    return await rebuild(view, sourceDir, targetDir, options, lost);
   } finally {
     await view.close();
+  }
+}
+
+export interface InPlaceRepairReport extends RepairReport {
+  /** Where the damaged metadata file was kept. */
+  savedMetadataPath: string;
+}
+
+/**
+ * Repairs the pool in `dir` in place: the new metadata is built aside (in a directory inside
+ * `dir`, so on the same file system), then swapped in by one rename while the pool's lock is
+ * held, after the old file got a second name: at every moment `dir/metadata` is the old file or
+ * the whole new one, and the old one stays as `metadata.bad-<time>`. The data file is not
+ * touched. Metadata that is a block device or a link to one cannot be swapped by a rename:
+ * repair into a new directory (`repairPool`) then.
+ */
+export async function repairPoolInPlace(dir: string, options: RepairOptions = {}): Promise<InPlaceRepairReport> {
+  const metadataPath = path.join(dir, METADATA_FILE_NAME);
+  const stat = fs.lstatSync(metadataPath);
+  if (!stat.isFile()) {
+    throw new ThinError(
+      'THIN_INVALID',
+      `Cannot repair ${dir} in place: its metadata is not a regular file (a device or a link); repair into a new directory with 'thinbd repair --pool ${dir} -o NEWDIR'`,
+    );
+  }
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const aside = path.join(dir, `repair-${stamp}`);
+  const savedMetadataPath = path.join(dir, `${METADATA_FILE_NAME}.bad-${stamp}`);
+  const lost: RepairLoss[] = [];
+  const view = await openSource(dir, lost);
+  try {
+    const report = await rebuild(view, dir, aside, options, lost);
+    fs.linkSync(metadataPath, savedMetadataPath);
+    fs.renameSync(path.join(aside, METADATA_FILE_NAME), metadataPath);
+    syncDirectory(dir);
+    return { ...report, dir, savedMetadataPath };
+  } finally {
+    fs.rmSync(aside, { recursive: true, force: true }); // the new pool's data link and lock file: never the data
+    await view.close();
+  }
+}
+
+export interface CheckRepairReport {
+  /** The check before any repair. */
+  check: CheckReport;
+  /** The repair, when the check found problems. */
+  repair?: InPlaceRepairReport;
+  /** The check of the repaired pool. */
+  after?: CheckReport;
+  /** True when the pool is consistent now (clean, or repaired and then checked clean). */
+  ok: boolean;
+}
+
+/** `thinbd check --repair`: checks the pool in `dir` and, when it has problems, repairs it in place and checks it again. */
+export async function checkAndRepairPool(dir: string, options: CheckOptions & RepairOptions = {}): Promise<CheckRepairReport> {
+  const check = await checkPool(dir, options);
+  if (check.ok) return { check, ok: true };
+  const repair = await repairPoolInPlace(dir, options.metadataSizeBytes === undefined ? {} : { metadataSizeBytes: options.metadataSizeBytes });
+  const after = await checkPool(dir, options.problemsMax === undefined ? {} : { problemsMax: options.problemsMax });
+  return { check, repair, after, ok: after.ok };
+}
+
+function syncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
@@ -86,7 +186,8 @@ async function settle(result: VisitResult): Promise<void> {
 /** Walks what can be read of the pool in `view` into `visitor`, recording each loss. */
 async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[]): Promise<void> {
   const { tm, payload } = view;
-  await settle(visitor.superblockBegin(view.superblock()));
+  // The rebuilt pool is consistent: it does not inherit a needs-check flag.
+  await settle(visitor.superblockBegin({ ...view.superblock(), flags: 0 }));
 
   const deviceCodec: ValueCodec<DeviceValue> = { treeKind: DEVICE_TREE_KIND, sizeBytes: DEVICE_VALUE_SIZE_BYTES, pack: packDeviceValue, unpack: unpackDeviceValue };
   const devices: Array<[number, DeviceValue]> = [];
@@ -100,7 +201,9 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
     treeKind: MAPPING_TREE_KIND,
     sizeBytes: EXTENT_VALUE_SIZE_BYTES,
     pack: packExtent,
-    unpack: (dataView, offsetBytes) => unpackExtent(dataView, offsetBytes, payload.dataBlockCount),
+    // Bounded by 2^53 rather than the data space, so that one mapping past the data device costs
+    // that mapping (dropped below, named) and not the whole leaf holding it.
+    unpack: (dataView, offsetBytes) => unpackExtent(dataView, offsetBytes, Number.MAX_SAFE_INTEGER),
   };
   const names = new Set<string>();
   const named: Array<{ id: number; value: DeviceValue; details: VolumeDetails | undefined }> = devices.map(([id, value]) => {
@@ -135,6 +238,13 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
     for (const [key, extent] of extents) {
       if (key < previousEnd) {
         lost.push({ where: label, what: `the mapping of virtual blocks [${key}, ${key + extent.lengthBlocks}): it overlaps the one before` });
+        continue;
+      }
+      if (extent.dataBlock + extent.lengthBlocks > payload.dataBlockCount) {
+        lost.push({
+          where: label,
+          what: `the mapping of virtual blocks [${key}, ${key + extent.lengthBlocks}): its data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) lie past the data device (${payload.dataBlockCount} blocks)`,
+        });
         continue;
       }
       let lengthBlocks = extent.lengthBlocks;

@@ -3,7 +3,9 @@ import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { poolDirectory } from '../options.ts';
 import { assertPoolExists, liveService } from '../pool-access.ts';
-import { checkPool } from '../../tools/check.ts';
+import { startProgress, type Progress } from '../progress.ts';
+import { checkPool, type CheckReport } from '../../tools/check.ts';
+import { checkAndRepairPool } from '../../tools/repair.ts';
 import { ThinError } from '../../errors.ts';
 
 export function registerCheckCommand(program: Command, reporter: Reporter): void {
@@ -12,15 +14,50 @@ export function registerCheckCommand(program: Command, reporter: Reporter): void
     .description('verify checksums, trees, reference counts and volume details; exit 1 on any problem')
     .option('--pool <dir>', 'pool directory (default $THINBD_POOL, then ./pool)')
     .option('--json', 'print JSON')
+    .option('--repair', 'when problems are found, rebuild the pool in place from what is readable (the old metadata is kept as metadata.bad-<time>) and list what was lost')
     .action(async (options) => {
       const dir = poolDirectory(options.pool);
       assertPoolExists(dir);
       const live = await liveService(dir);
-      const report = live ? await live.check().finally(() => live.close()) : await checkPool(dir);
+      if (live && options.repair) {
+        await live.close();
+        throw new ThinError('THIN_BUSY', `Pool ${dir} is being served by 'thinbd serve'; stop the server before check --repair`);
+      }
+      let progress: Progress | undefined;
+      const onProgress = (done: number, total: number): void => {
+        progress ??= startProgress('check', total);
+        progress.update(done);
+      };
+      const printProblems = (report: CheckReport): void => {
+        for (const warning of report.warnings) reporter.note(`warning: ${warning.where}: ${warning.message}`);
+        for (const problem of report.problems) reporter.out(`${problem.where}: ${problem.message}`);
+      };
+      if (options.repair) {
+        const result = await checkAndRepairPool(dir, { onProgress }).finally(() => progress?.stop());
+        if (options.json) {
+          reporter.json(result);
+        } else {
+          printProblems(result.check);
+          if (result.repair === undefined) {
+            reporter.out(`Pool ${dir} is clean; nothing to repair`);
+          } else {
+            for (const loss of result.repair.lost) reporter.out(`lost: ${loss.where}: ${loss.what}`);
+            reporter.out(
+              `Repaired ${dir} in place (${result.check.problems.length} problem(s) found; ` +
+                (result.repair.lost.length === 0 ? 'nothing lost' : `${result.repair.lost.length} loss(es) listed above`) +
+                `); the damaged metadata is kept as ${result.repair.savedMetadataPath}`,
+            );
+            if (result.after !== undefined && !result.after.ok) printProblems(result.after);
+          }
+        }
+        if (!result.ok) throw new ThinError('THIN_CORRUPT_BLOCK', `the repaired pool ${dir} still has ${result.after?.problems.length ?? 0} problem(s)`);
+        return;
+      }
+      const report = live ? await live.check().finally(() => live.close()) : await checkPool(dir, { onProgress }).finally(() => progress?.stop());
       if (options.json) {
         reporter.json(report);
       } else {
-        for (const problem of report.problems) reporter.out(`${problem.where}: ${problem.message}`);
+        printProblems(report);
         reporter.out(report.ok ? `Pool ${dir} is clean` : `Pool ${dir}: ${report.problems.length} problem(s) found`);
       }
       if (!report.ok) {

@@ -188,7 +188,13 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
     .action(async (options) => {
       const dir = poolDirectory(options.pool);
       assertPoolExists(dir);
-      const summary = await packMetadata(dir, options.output);
+      let progress: Progress | undefined;
+      const summary = await packMetadata(dir, options.output, {
+        onProgress: (done, total) => {
+          progress ??= startProgress('pack', total);
+          progress.update(done);
+        },
+      }).finally(() => progress?.stop());
       reporter.out(`Packed ${summary.liveBlockCount} live metadata blocks of ${summary.metadataBlockCount} into ${options.output} (${formatSize(summary.packedBytes)})`);
     });
 
