@@ -55,7 +55,7 @@ export class DataAllocator {
     return this.#reserved.has(block);
   }
 
-  /** Reserves one free data block for `volumeId`; throws THIN_NO_SPACE when there is none. */
+  /** Reserves one free data block for `volumeId`; throws THIN_NO_SPACE when there is none (F-POOL-41). */
   allocate(volumeId: number, options: AllocateOptions = {}): number {
     const free = this.freeBlockCount();
     const floor = options.mayUseReserve === true ? 0 : this.reserveBlocks;

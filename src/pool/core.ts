@@ -6,7 +6,7 @@
 // brought up to date only when a transaction is sealed (#commitNow), as dm-thin writes its
 // details at commit, so a write touches the device tree zero times instead of once per mapping.
 //
-// Ordering (docs/internals.md decisions 3-5; refs/fault-model.md §5):
+// Ordering (docs/internals.md decisions 3-5; refs/fault-model.md §5; F-POOL-43):
 // - A data block for a write is reserved in memory (allocator), the data written, and only then
 //   is the mapping inserted and the block's reference count raised. A sealed transaction thus
 //   references only completed data writes; the commit syncs the data file before its metadata.
