@@ -522,3 +522,23 @@ test('out of metadata space a change is refused whole, the pool goes read-only s
   await reopened.pool.close();
   assert.ok((await checkPool({ metadata: MemoryBlockFile.from(reopened.files.metadata.snapshot()), data: MemoryBlockFile.from(reopened.files.data.snapshot()) })).ok);
 });
+
+test('a data write that fails fails its request and maps nothing', async () => {
+  const data = new FailingBlockFile(new MemoryBlockFile(0, 'data'));
+  const metadata = new MemoryBlockFile(0, 'metadata');
+  const pool = await Pool.createOn({ metadata, data }, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const v = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+  await v.write(0, filled(BLOCK, 1));
+  await pool.snapshot('v', 's');
+  data.failWrites = true;
+  await assert.rejects(v.write(2 * BLOCK, filled(10, 2)), code('THIN_IO'));
+  await assert.rejects(v.write(5, filled(10, 3)), code('THIN_IO'));
+  data.failWrites = false;
+  assert.deepEqual(v.extents(0, 4 * BLOCK), [{ lengthBytes: BLOCK, mapped: true }, { lengthBytes: 3 * BLOCK, mapped: false }]);
+  assert.deepEqual(await readAll(pool, 'v'), (await readAll(pool, 's')));
+  assert.equal(pool.status().dataBlocksUsed, pool.referencedDataBlocks());
+  await v.write(2 * BLOCK, filled(10, 2));
+  await pool.flush();
+  assert.ok((await checkPool({ metadata: MemoryBlockFile.from(metadata.snapshot()), data: MemoryBlockFile.from((data.inner as MemoryBlockFile).snapshot()) })).ok);
+  await pool.close();
+});
