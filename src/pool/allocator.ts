@@ -3,13 +3,19 @@
 // counted in the data space map, so a crash while its data write is in flight leaks nothing.
 //
 // Placement: a volume's next block is the one after its previous allocation when that is free, so
-// sequential writes become one long extent; otherwise the space map's findFree from there on.
+// sequential writes become one long extent. When it is not (another volume took it, or the volume
+// writes for the first time), the volume starts a new run a gap past the highest block handed out
+// so far, so two volumes written at the same time do not interleave block by block; the space
+// map's findFree goes on from there (wrapping around) when that block is taken.
 //
 // Space policy (docs/format.md "Space and the data high-water mark", F-POOL-42): a write that
 // provisions a block for an unmapped virtual block may not take the last `reserveBlocks` free
 // blocks; those are kept for copy-on-write of blocks that are already mapped but shared, so a
 // write to a range a client was told is allocated is the last thing to see ENOSPC.
 import { ThinError, assert } from '../errors.ts';
+
+/** Most free blocks left between the runs of two volumes (16 MiB of 64 KiB blocks). */
+const ALLOCATION_RUN_GAP_BLOCKS_MAX = 256;
 
 /** What the allocator needs from the data space map. */
 export interface DataSpace {
@@ -32,7 +38,10 @@ export class DataAllocator {
   #space: DataSpace;
   #reserved = new Set<number>();
   #hints = new Map<number, number>();
-  #lastAllocated = -1;
+  /** One past the highest block handed out by this allocator. */
+  #frontier = 0;
+  /** Free blocks left between runs of different volumes: 1/16 of the pool, at most 256. */
+  #runGapBlocks: number;
 
   constructor(space: DataSpace, dataBlockCount: number, reserveBlocks: number) {
     assert(Number.isSafeInteger(dataBlockCount) && dataBlockCount > 0, `bad data block count ${dataBlockCount}`);
@@ -40,6 +49,7 @@ export class DataAllocator {
     this.#space = space;
     this.dataBlockCount = dataBlockCount;
     this.reserveBlocks = reserveBlocks;
+    this.#runGapBlocks = Math.min(ALLOCATION_RUN_GAP_BLOCKS_MAX, Math.floor(dataBlockCount / 16));
   }
 
   get reservedCount(): number {
@@ -62,9 +72,13 @@ export class DataAllocator {
     if (free <= floor) {
       throw new ThinError('THIN_NO_SPACE', `No free data block: ${free} free, ${floor} kept in reserve for copy-on-write.`);
     }
+    const isReserved = (block: number): boolean => this.#reserved.has(block);
     const volumeHint = this.#hints.get(volumeId);
-    const hint = volumeHint ?? this.#lastAllocated + 1;
-    const found = this.#space.findFree(hint % this.dataBlockCount, 1, (block) => this.#reserved.has(block));
+    let found = volumeHint === undefined ? undefined : this.#space.findFree(volumeHint, 1, isReserved);
+    if (found === undefined || found.begin !== volumeHint) {
+      const runStart = (this.#frontier + (this.#frontier === 0 ? 0 : this.#runGapBlocks)) % this.dataBlockCount;
+      found = this.#space.findFree(runStart, 1, isReserved);
+    }
     if (found === undefined) {
       throw new ThinError('THIN_NO_SPACE', 'No free data block: the remaining free blocks were freed in the transaction not yet committed.');
     }
@@ -73,7 +87,7 @@ export class DataAllocator {
     assert(!this.#reserved.has(block), `findFree returned reserved block ${block}`);
     this.#reserved.add(block);
     this.#hints.set(volumeId, (block + 1) % this.dataBlockCount);
-    this.#lastAllocated = block;
+    this.#frontier = Math.max(this.#frontier, block + 1);
     return block;
   }
 

@@ -81,3 +81,17 @@ test('releasing a block that is not reserved is a bug', () => {
   const allocator = new DataAllocator(new FakeSpace(4), 4, 0);
   assert.throws(() => allocator.release(3), /not reserved/);
 });
+
+test('two volumes written at the same time each get long runs instead of interleaving', () => {
+  const space = new FakeSpace(1000);
+  const allocator = new DataAllocator(space, 1000, 0);
+  const a: number[] = [];
+  const b: number[] = [];
+  for (let index = 0; index < 40; index += 1) {
+    a.push(allocator.allocate(1));
+    b.push(allocator.allocate(2));
+  }
+  const runs = (blocks: number[]): number => blocks.filter((block, index) => index === 0 || block !== blocks[index - 1]! + 1).length;
+  assert.equal(runs(a), 1);
+  assert.equal(runs(b), 1);
+});
