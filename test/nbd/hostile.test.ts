@@ -1,0 +1,186 @@
+// Hostile clients over real sockets: each is cut off (or held in check) by a named limit while
+// a well-behaved client on the same server goes on reading and writing correctly.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { NBD_CMD_READ, NBD_CMD_WRITE, NBD_EINVAL, NBD_OPT_GO } from '../../src/nbd/protocol.ts';
+import { NbdTestClient, RawClient, encodeInfoRequest, encodeOption, encodeRequest } from './client.ts';
+import { patternBytes, startServer, type RunningServer } from './helpers.ts';
+import { MemoryExport } from './memory-export.ts';
+
+const MiB = 1024 * 1024;
+
+/** A well-behaved client: write and verify in a loop until stopped; resolves with its round count. */
+function bystander(running: RunningServer, name: string): { ready: Promise<void>; stop(): Promise<number> } {
+  let stopped = false;
+  let markReady!: () => void;
+  const ready = new Promise<void>((resolve) => (markReady = resolve));
+  const done = (async () => {
+    const client = await NbdTestClient.connect({ port: running.port });
+    await client.handshake(name);
+    markReady();
+    let rounds = 0;
+    while (!stopped) {
+      const data = patternBytes(65536, rounds);
+      const offsetBytes = (rounds % 64) * 65536;
+      assert.equal((await client.call(NBD_CMD_WRITE, { offsetBytes, data })).error, 0);
+      const read = await client.call(NBD_CMD_READ, { offsetBytes, lengthBytes: 65536 });
+      assert.ok(read.data!.equals(data), 'the bystander reads back what it wrote');
+      rounds++;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    client.close();
+    return rounds;
+  })();
+  return {
+    ready,
+    async stop() {
+      stopped = true;
+      return done;
+    },
+  };
+}
+
+test('a client that dawdles over the handshake is cut off at the time limit while others are served', async () => {
+  const running = await startServer([new MemoryExport({ name: 'disk', sizeBytes: 16 * MiB })], { handshakeTimeoutMs: 400 });
+  try {
+    const good = bystander(running, 'disk');
+    const slow = await RawClient.connect({ port: running.port });
+    const bytes = Buffer.concat([Buffer.from([0, 0, 0, 3]), encodeOption(NBD_OPT_GO, encodeInfoRequest('disk'))]);
+    const started = Date.now();
+    let sent = 0;
+    while (!slow.ended && sent < bytes.length) {
+      slow.send(bytes.subarray(sent, sent + 1));
+      sent++;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(await slow.waitClosed(2000), true);
+    const elapsedMs = Date.now() - started;
+    assert.ok(elapsedMs >= 350 && elapsedMs < 1500, `cut off after ${elapsedMs} ms`);
+    assert.ok(sent < bytes.length, 'cut off before finishing its handshake');
+    assert.ok((await good.stop()) > 5, 'the bystander kept working');
+  } finally {
+    await running.close();
+  }
+});
+
+test('an option claiming 4 GiB of data is cut off at once, without allocating it', async () => {
+  const running = await startServer([new MemoryExport({ name: 'disk', sizeBytes: 16 * MiB })]);
+  try {
+    const client = await NbdTestClient.connect({ port: running.port });
+    await client.greet();
+    const header = encodeOption(NBD_OPT_GO);
+    header.writeUInt32BE(0xffffffff, 12);
+    client.raw.send(header);
+    assert.equal(await client.raw.waitClosed(1000), true);
+  } finally {
+    await running.close();
+  }
+});
+
+test('a WRITE claiming 4 GiB is read and dropped without holding memory, and a READ of 4 GiB is EINVAL', async () => {
+  const running = await startServer([new MemoryExport({ name: 'disk', sizeBytes: 16 * MiB })]);
+  try {
+    const good = bystander(running, 'disk');
+    const reader = await NbdTestClient.connect({ port: running.port });
+    await reader.handshake('disk');
+    assert.equal((await reader.call(NBD_CMD_READ, { lengthBytes: 0xffffffff })).error, NBD_EINVAL);
+    reader.close();
+
+    const writer = await NbdTestClient.connect({ port: running.port });
+    await writer.handshake('disk');
+    writer.raw.send(encodeRequest(NBD_CMD_WRITE, 0, 1n, 0, 0xffffffff));
+    const chunk = Buffer.alloc(MiB, 0xee);
+    for (let i = 0; i < 64; i++) {
+      writer.raw.send(chunk);
+      if (i % 8 === 0) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        assert.ok(running.server.bytesInFlight <= 2 * 65536, `server holds ${running.server.bytesInFlight} bytes`);
+      }
+    }
+    writer.close();
+    assert.ok((await good.stop()) > 0);
+  } finally {
+    await running.close();
+  }
+});
+
+test('thousands of requests with no replies read: backpressure holds memory, the client is cut off, others go on', async () => {
+  const running = await startServer([new MemoryExport({ name: 'disk', sizeBytes: 64 * MiB })], { replyStallTimeoutMs: 500 });
+  try {
+    const good = bystander(running, 'disk');
+    await good.ready;
+    assert.equal(running.server.connectionCount, 1);
+    const hostile = new net.Socket();
+    await new Promise<void>((resolve, reject) => hostile.connect(running.port, '127.0.0.1', resolve).once('error', reject));
+    hostile.on('error', () => {});
+    const closed = new Promise<void>((resolve) => hostile.once('close', () => resolve()));
+    // Handshake by hand, then flood; the socket stays paused so replies pile up unread.
+    hostile.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), encodeOption(NBD_OPT_GO, encodeInfoRequest('disk'))]));
+    const requests: Buffer[] = [];
+    for (let i = 0; i < 5000; i++) requests.push(encodeRequest(NBD_CMD_READ, 0, BigInt(i), (i % 256) * 262144, 262144));
+    hostile.write(Buffer.concat(requests));
+    const rssStartBytes = process.memoryUsage().rss;
+    let bytesInFlightMax = 0;
+    let rssMaxBytes = 0;
+    const started = Date.now();
+    const sampler = setInterval(() => {
+      bytesInFlightMax = Math.max(bytesInFlightMax, running.server.bytesInFlight);
+      rssMaxBytes = Math.max(rssMaxBytes, process.memoryUsage().rss);
+    }, 10);
+    // The hostile socket reads nothing, so it cannot see the close: watch the server's side.
+    while (running.server.connectionCount < 2 && Date.now() - started < 1000) await new Promise((resolve) => setTimeout(resolve, 5));
+    while (running.server.connectionCount > 1 && Date.now() - started < 10_000) await new Promise((resolve) => setTimeout(resolve, 20));
+    clearInterval(sampler);
+    const elapsedMs = Date.now() - started;
+    assert.equal(running.server.connectionCount, 1, 'only the bystander is left');
+    assert.ok(elapsedMs < 5000, `cut off after ${elapsedMs} ms`);
+    hostile.resume();
+    await closed;
+    assert.ok(bytesInFlightMax <= 64 * MiB + 262144, `server held at most ${bytesInFlightMax} bytes for it`);
+    assert.ok(rssMaxBytes - rssStartBytes < 256 * MiB, `rss grew by ${Math.round((rssMaxBytes - rssStartBytes) / MiB)} MiB`);
+    assert.ok((await good.stop()) > 5, 'the bystander kept working');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(running.server.bytesInFlight, 0);
+  } finally {
+    await running.close();
+  }
+});
+
+test('connections past the limit are refused and the open ones keep working', async () => {
+  const running = await startServer([new MemoryExport({ name: 'disk', sizeBytes: 16 * MiB })], { connectionsMax: 3 });
+  try {
+    const clients = [];
+    for (let i = 0; i < 3; i++) {
+      const client = await NbdTestClient.connect({ port: running.port });
+      await client.handshake('disk');
+      clients.push(client);
+    }
+    const extra = await RawClient.connect({ port: running.port });
+    assert.equal(await extra.waitClosed(2000), true, 'the fourth connection is closed');
+    for (const client of clients) assert.equal((await client.call(NBD_CMD_READ, { lengthBytes: 4096 })).error, 0);
+    for (const client of clients) client.close();
+  } finally {
+    await running.close();
+  }
+});
+
+test('closing the server finishes the requests in flight, replies to them, and refuses new connections', async () => {
+  const slow = new MemoryExport({ name: 'slow', sizeBytes: 16 * MiB, latencyMsMax: 50 });
+  const running = await startServer([slow]);
+  const client = await NbdTestClient.connect({ port: running.port });
+  await client.handshake('slow');
+  const replies = [];
+  for (let i = 0; i < 32; i++) replies.push(client.call(NBD_CMD_WRITE, { offsetBytes: i * 4096, data: Buffer.alloc(4096, i + 1) }));
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const closing = running.server.close({ timeoutMs: 5000 });
+  assert.ok((await Promise.all(replies)).every((reply) => reply.error === 0), 'every write in flight was answered');
+  await closing;
+  assert.equal(await client.raw.waitClosed(1000), true);
+  for (let i = 0; i < 32; i++) {
+    const block = new Uint8Array(4096);
+    await slow.read(i * 4096, block);
+    assert.ok(block.every((byte) => byte === i + 1));
+  }
+  await assert.rejects(RawClient.connect({ port: running.port }));
+});
