@@ -18,6 +18,7 @@ import { describe, test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { BlockHeader, BlockType, checksumOf } from '../../src/pdata/block.ts';
 import { ThinError } from '../../src/errors.ts';
 import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
 import { Rng, seedFromEnv } from './rng.ts';
@@ -70,20 +71,21 @@ function setupBatches(): PoolOp[][] {
   ];
 }
 
-/** Blocks of each wide volume: one extent each, enough for two mapping leaves and an internal node. */
-const WIDE_BLOCKS = 200;
+/** Blocks of each wide volume; every other one is written, so each written block is an extent of its own. */
+const WIDE_BLOCKS = 400;
 
 /**
- * Two wide volumes written block by block in turn, so neither's extents merge (their data blocks
- * alternate): mapping trees with internal nodes. Then a snapshot and copy-on-write under it.
+ * Two wide volumes with every other block written: extents that never merge (their virtual
+ * blocks are not contiguous), 200 per volume, so the mapping trees have internal nodes. Then a
+ * snapshot and copy-on-write under it.
  */
 function wideBatch(): PoolOp[] {
   const ops: PoolOp[] = [
     { kind: 'create', name: 'wide-x', sizeSectors: WIDE_BLOCKS * BS },
     { kind: 'create', name: 'wide-y', sizeSectors: WIDE_BLOCKS * BS },
   ];
-  for (let block = 0; block < WIDE_BLOCKS; block++) {
-    ops.push(write('wide-x', block * BS + (block % BS), 1, 1000 + block), write('wide-y', block * BS, 1, 2000 + block));
+  for (let block = 0; block < WIDE_BLOCKS; block += 2) {
+    ops.push(write('wide-x', block * BS + (block % BS), 1, 1000 + block), write('wide-y', (block + 1) * BS, 1, 2000 + block));
   }
   ops.push({ kind: 'snapshot', source: 'wide-x', name: 'wide-snap' }, write('wide-x', 150 * BS + 22, 1, 3000), { kind: 'flush' });
   return ops;
@@ -102,7 +104,7 @@ async function makeCommittedPool(): Promise<CommittedPool> {
   machine.createDisk('metadata', 0);
   machine.createDisk('data', 0);
   const pool = await Pool.createOn(poolFiles(machine), {
-    dataSizeBytes: 512 * BLOCK_SIZE_BYTES,
+    dataSizeBytes: 1024 * BLOCK_SIZE_BYTES,
     blockSizeBytes: BLOCK_SIZE_BYTES,
     metadataSizeBytes: METADATA_BLOCK_COUNT * METADATA_BLOCK_SIZE_BYTES,
   });
@@ -119,9 +121,16 @@ async function makeCommittedPool(): Promise<CommittedPool> {
   const images = machine.currentImages();
   const probe = new SimMachine({ seed: 2, images });
   const { tm } = await TransactionManager.open(probe.disk('metadata'), { readOnly: true });
+  // Live: counted by the committed space map and written (a block that says it is itself under a
+  // valid checksum); a block counted but never written holds nothing to corrupt.
   const liveBlocks: number[] = [];
   for (let blockNr = 0; blockNr < tm.metadataBlockCount; blockNr++) {
-    if (tm.refCount(blockNr) > 0) liveBlocks.push(blockNr);
+    if (tm.refCount(blockNr) === 0) continue;
+    const bytes = blockBytes(images, blockNr);
+    const view = new DataView(bytes.buffer);
+    if (view.getUint32(BlockHeader.checksumOffset, true) !== checksumOf(bytes)) continue;
+    if (view.getBigUint64(BlockHeader.blockNrOffset, true) !== BigInt(blockNr)) continue;
+    liveBlocks.push(blockNr);
   }
   return { generations, images, state, liveBlocks };
 }
@@ -317,6 +326,11 @@ describe('corruption of live metadata in a committed pool', () => {
     committed = await makeCommittedPool();
     foreign = await makeCommittedPool();
     assert.ok(committed.liveBlocks.length >= 8, `only ${committed.liveBlocks.length} live metadata blocks`);
+    const internalNodes = committed.liveBlocks.filter((blockNr) => {
+      const header = blockBytes(committed.images, blockNr);
+      return new DataView(header.buffer).getUint16(4, true) === BlockType.btreeInternal;
+    });
+    assert.ok(internalNodes.length >= 2, `the setup should make B+tree internal nodes; it made ${internalNodes.length}`);
   });
 
   test('every bit flip, zeroed sector and garbage is detected, never read as data', async (t) => {
@@ -336,8 +350,10 @@ describe('corruption of live metadata in a committed pool', () => {
       const sectors = Array.from({ length: METADATA_BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES }, (_, index) => index).filter((index) =>
         original.subarray(index * SECTOR_SIZE_BYTES, (index + 1) * SECTOR_SIZE_BYTES).some((byte) => byte !== 0),
       );
-      const zeroed = rng.pick(sectors);
-      injections.push(corruptInjection(`${where}: sector ${zeroed} zeroed`, base + zeroed * SECTOR_SIZE_BYTES, new Uint8Array(SECTOR_SIZE_BYTES)));
+      if (sectors.length > 0) {
+        const zeroed = rng.pick(sectors);
+        injections.push(corruptInjection(`${where}: sector ${zeroed} zeroed`, base + zeroed * SECTOR_SIZE_BYTES, new Uint8Array(SECTOR_SIZE_BYTES)));
+      }
       const garbage = rng.int(METADATA_BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES);
       injections.push(corruptInjection(`${where}: sector ${garbage} garbage`, base + garbage * SECTOR_SIZE_BYTES, rng.bytes(SECTOR_SIZE_BYTES)));
       const word = rng.int(METADATA_BLOCK_SIZE_BYTES / 8) * 8;
@@ -411,8 +427,9 @@ describe('misdirected metadata writes during a live commit', () => {
       write('vol-b', 0, 3 * BS, 503),
       write('snap-b', BS, 8, 504),
       write('wide-x', 10 * BS + 3, 1, 505),
-      write('wide-snap', 177 * BS + 60, 1, 506),
+      write('wide-snap', 178 * BS + 60, 1, 506),
       write('wide-y', 99 * BS + 1, 2 * BS, 507),
+      write('wide-x', 301 * BS, 1, 508),
     ];
     for (let caseIndex = 0; caseIndex < MISDIRECT_CASES; caseIndex++) {
       const change = rng.pick(changes);
