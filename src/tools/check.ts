@@ -15,6 +15,7 @@
 // It keeps going after a problem and names the place of each: a block number, a volume, a key or
 // block range. A node found corrupt is reported once and its subtree skipped.
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
+import { isThinError } from '../errors.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { BTREE_BLOCK_TYPES, BlockType, SpaceMap, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
@@ -152,7 +153,17 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
   let tm: TransactionManager;
   let payloadBytes: Uint8Array;
   try {
-    const opened = await TransactionManager.open(files.metadata, { readOnly: true, validatePayload: validatePayloadRoots });
+    let opened;
+    try {
+      opened = await TransactionManager.open(files.metadata, { readOnly: true, validatePayload: validatePayloadRoots });
+    } catch (error) {
+      // No generation's roots validate (a root every generation on disk shares is damaged): the
+      // newest generation whose superblock and metadata space map do is still worth checking,
+      // so that the walks below name the damaged node and everything else is judged.
+      if (!isThinError(error, 'THIN_CORRUPT_SUPERBLOCK')) throw error;
+      opened = await TransactionManager.open(files.metadata, { readOnly: true });
+      checker.problem('superblock', `no generation's roots validate, generation ${opened.report.generation} checked as it is: ${error.message}`);
+    }
     tm = opened.tm;
     payloadBytes = opened.payload;
     for (const copy of opened.report.copies) {

@@ -5,17 +5,10 @@
 // them back at their places in a new sparse file, so every live block is restored bit for bit
 // (free blocks read as zeros).
 //
-// The file:
-//
-//   Offset | Size | Field
-//   0      | 8    | magic "TBDMPACK"
-//   8      | 4    | version (1), u32 LE
-//   12     | 4    | metadata block size in bytes (4096), u32 LE
-//   16     | 8    | metadata block count of the packed file, u64 LE
-//   24     | 8    | data file size in bytes of the packed pool, u64 LE
-//   32     | …    | a zlib stream (RFC 1950, Adler-32 checked) of records:
-//                    blockNr u64 LE + the block's 4096 bytes, block numbers strictly increasing,
-//                    ended by blockNr 2^64 − 1 followed by the record count u64 LE.
+// The file's format, byte by byte, is docs/format.md "Metadata pack file" (F-PACK-1..6): a
+// 32-byte header (magic "TBDMPACK", version, block size, block count, data size), then one zlib
+// stream of (blockNr u64 LE, 4096 bytes) records in increasing block order, ended by a trailer
+// (2^64 − 1, record count).
 //
 // Pack reads the pool under its lock, read-only, raw: a block that fails its checksum is packed as
 // it is (that is what a bug report needs). Unpack checks the framing, then opens the result as a
@@ -75,7 +68,7 @@ export async function packMetadata(dir: string, outputPath: string, options: Pac
     const metadataFile = tm.file;
     let liveBlockCount = 0;
     for (let blockNr = 0; blockNr < metadataBlockCount; blockNr += 1) {
-      if (tm.refCount(blockNr) === 0) continue;
+      if (tm.refCount(blockNr) === 0) continue; // F-PACK-5: live blocks only, stored as read
       const record = Buffer.alloc(RECORD_BYTES);
       record.writeBigUInt64LE(BigInt(blockNr), 0);
       metadataFile.readSync(record.subarray(8), blockNr * METADATA_BLOCK_SIZE_BYTES);
@@ -143,6 +136,7 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
       while (!ended && pending.length - offset >= 8) {
         const blockNr = pending.readBigUInt64LE(offset);
         if (blockNr === END_MARKER) {
+          // F-PACK-4
           if (pending.length - offset < 16) break;
           const count = Number(pending.readBigUInt64LE(offset + 8));
           if (count !== records) throw invalid(inputPath, `the trailer counts ${count} blocks, the image holds ${records}`);
@@ -151,6 +145,7 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
           break;
         }
         if (pending.length - offset < RECORD_BYTES) break;
+        // F-PACK-3
         if (blockNr >= BigInt(metadataBlockCount) || Number(blockNr) < expectedNext) {
           throw invalid(inputPath, `record ${records} names metadata block ${blockNr}, out of order or past the ${metadataBlockCount} blocks`);
         }
@@ -163,6 +158,7 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
       pending = pending.subarray(offset);
     };
     const prepare = async (bytes: Buffer): Promise<void> => {
+      // F-PACK-1, F-PACK-2
       if (bytes.toString('ascii', 0, 8) !== MAGIC) throw invalid(inputPath, 'not a thinbd metadata pack (bad magic)');
       if (bytes.readUInt32LE(8) !== PACK_VERSION) throw invalid(inputPath, `pack version ${bytes.readUInt32LE(8)}; this build reads ${PACK_VERSION}`);
       if (bytes.readUInt32LE(12) !== METADATA_BLOCK_SIZE_BYTES) throw invalid(inputPath, `metadata block size ${bytes.readUInt32LE(12)}`);
@@ -212,7 +208,7 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
     await file!.sync();
     await file!.close();
     file = undefined;
-    fs.renameSync(temporary, metadataPath);
+    fs.renameSync(temporary, metadataPath); // F-PACK-6
     try {
       const view = await PoolView.open(dir);
       await view.close();

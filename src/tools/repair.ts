@@ -73,7 +73,14 @@ function range(begin: number | undefined, end: number | undefined): string {
 async function openSource(sourceDir: string, lost: RepairLoss[]): Promise<PoolView> {
   let view: PoolView;
   try {
-    view = await PoolView.open(sourceDir, { validateRoots: true });
+    try {
+      view = await PoolView.open(sourceDir, { validateRoots: true });
+    } catch (error) {
+      // No generation's roots validate: a root every generation shares is damaged. The newest
+      // generation with a valid superblock is still the best start; the walks name what is lost.
+      if (!isThinError(error, 'THIN_CORRUPT_SUPERBLOCK')) throw error;
+      view = await PoolView.open(sourceDir);
+    }
   } catch (error) {
     if (isThinError(error) && error.code === 'THIN_CORRUPT_SUPERBLOCK') {
       throw new ThinError(

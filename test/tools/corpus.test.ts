@@ -1,0 +1,124 @@
+// The corpus of damaged pools (test/tools/corpus/, one module per damage): the real CLI's
+// `thinbd check` names every problem with its place and exits 1; `thinbd repair -o NEWDIR` and
+// `thinbd check --repair` each give a pool that check accepts and that lost only what sat under
+// the damage — every other block of every volume reads back byte for byte as before the damage.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { thinbd } from '../cli/run-thinbd.ts';
+import { Scratch } from './thin-tools.ts';
+import { VOLUME_NAMES, ZERO_BLOCK_HASH, buildBasePool, layoutOf, volumeContents, type PoolLayout } from './corpus/base.ts';
+import { corpus } from './corpus/index.ts';
+import type { Damage, VolumeFate } from './corpus/entry.ts';
+
+let scratch: Scratch;
+let baseDir: string;
+let baseLayout: PoolLayout;
+let baseContents: Map<string, string[]>;
+
+before(async () => {
+  scratch = new Scratch();
+  baseDir = scratch.path('base');
+  await buildBasePool(baseDir);
+  baseLayout = await layoutOf(baseDir);
+  baseContents = await volumeContents(baseDir);
+  assert.deepEqual([...baseContents.keys()].sort(), [...VOLUME_NAMES].sort());
+});
+
+after(() => scratch?.remove());
+
+/** A fresh copy of the base pool (sparse), for one entry to damage. */
+function copyOfBase(name: string): string {
+  const dir = scratch.path(name);
+  execFileSync('cp', ['-r', '--sparse=always', baseDir, dir]);
+  return dir;
+}
+
+function fateOf(damage: Damage, name: string): VolumeFate {
+  return damage.fates?.[name] ?? { kind: 'whole' };
+}
+
+/** Asserts that the pool in `dir` holds exactly what the damage's fates leave of the base pool. */
+async function assertSurvivors(dir: string, damage: Damage, context: string): Promise<void> {
+  const contents = await volumeContents(dir);
+  const expectedNames: string[] = [];
+  for (const name of VOLUME_NAMES) {
+    const fate = fateOf(damage, name);
+    if (fate.kind === 'gone') continue;
+    const keptAs = fate.kind === 'renamed' ? fate.name : name;
+    expectedNames.push(keptAs);
+    const before = baseContents.get(name)!;
+    const after = contents.get(keptAs);
+    assert.ok(after !== undefined, `${context}: volume ${keptAs} is in the repaired pool (has ${[...contents.keys()].join(', ')})`);
+    assert.equal(after.length, before.length, `${context}: volume ${keptAs} keeps its size`);
+    for (let block = 0; block < before.length; block += 1) {
+      const underDamage: boolean = fate.kind === 'lost' && fate.ranges.some(([begin, end]) => block >= begin && block < end);
+      assert.equal(after[block], underDamage ? ZERO_BLOCK_HASH : before[block], `${context}: volume ${keptAs}, block ${block} ${underDamage ? 'was lost and reads zeros' : 'reads as before the damage'}`);
+    }
+  }
+  assert.deepEqual([...contents.keys()].sort(), expectedNames.sort(), `${context}: the repaired pool holds exactly the surviving volumes`);
+}
+
+for (const entry of corpus) {
+  test(`corpus ${entry.name}: ${entry.description}`, async () => {
+    const dir = copyOfBase(entry.name);
+    const damage = await entry.damage(dir, baseLayout);
+    const expectedExitCode = damage.checkExitCode ?? 1;
+
+    // check names every problem with its place.
+    const checked = thinbd(['check', '--pool', dir]);
+    assert.equal(checked.code, expectedExitCode, `check exit code; stdout:\n${checked.stdout}\nstderr:\n${checked.stderr}`);
+    for (const problem of damage.problems) assert.match(checked.stdout, problem, `check names the problem; it said:\n${checked.stdout}`);
+    for (const warning of damage.warnings ?? []) assert.match(checked.stderr, warning, `check warns; it said:\n${checked.stderr}`);
+    if (expectedExitCode === 1) {
+      assert.match(checked.stderr, /check found \d+ problem\(s\)/);
+      const json = thinbd(['check', '--pool', dir, '--json']);
+      assert.equal(json.code, 1);
+      const report = JSON.parse(json.stdout) as { ok: boolean; problems: Array<{ where: string; message: string }> };
+      assert.equal(report.ok, false);
+      assert.ok(report.problems.length > 0 && report.problems.every((problem) => problem.where.length > 0), json.stdout);
+    } else {
+      assert.match(checked.stdout, /is clean/);
+    }
+
+    // repair into a new directory leaves the damaged pool as it was.
+    const fixed = scratch.path(`${entry.name}-fixed`);
+    const repaired = thinbd(['repair', '--pool', dir, '-o', fixed]);
+    if (damage.refusal !== undefined) {
+      assert.equal(repaired.code, 1, repaired.stdout);
+      assert.match(repaired.stderr, damage.refusal);
+      assert.equal(existsSync(fixed), false, 'a refused repair leaves no directory behind');
+      const inPlace = thinbd(['check', '--pool', dir, '--repair']);
+      assert.equal(inPlace.code, 1);
+      assert.match(inPlace.stderr, damage.refusal);
+      assert.deepEqual(readdirSync(dir).sort(), readdirSync(baseDir).sort(), 'a refused check --repair changes nothing in the pool directory');
+      return;
+    }
+    assert.equal(repaired.code, 0, repaired.stderr);
+    const recheck = thinbd(['check', '--pool', fixed]);
+    assert.equal(recheck.code, 0, `the repaired pool checks clean:\n${recheck.stdout}${recheck.stderr}`);
+    await assertSurvivors(fixed, damage, 'repair -o');
+    // What a crash state costs (check only warns) is the open's doing, not a loss repair names.
+    const wholeFates = VOLUME_NAMES.every((name) => fateOf(damage, name).kind === 'whole');
+    if (wholeFates || expectedExitCode === 0) assert.match(repaired.stdout, /nothing lost/);
+    else assert.match(repaired.stdout, /^lost: /m, 'repair names what it lost');
+
+    // check --repair rebuilds in place and keeps the damaged metadata.
+    const inPlace = thinbd(['check', '--pool', dir, '--repair']);
+    assert.equal(inPlace.code, 0, `check --repair:\n${inPlace.stdout}${inPlace.stderr}`);
+    const saved = readdirSync(dir).filter((name) => name.startsWith('metadata.bad-'));
+    if (expectedExitCode === 1) {
+      assert.match(inPlace.stdout, /^Repaired .* in place/m);
+      assert.equal(saved.length, 1, `the damaged metadata is kept (${readdirSync(dir).join(', ')})`);
+      for (const problem of damage.problems) assert.match(inPlace.stdout, problem);
+    } else {
+      assert.match(inPlace.stdout, /nothing to repair/);
+      assert.equal(saved.length, 0);
+    }
+    assert.equal(readdirSync(dir).filter((name) => name.startsWith('repair-')).length, 0, 'nothing is left aside');
+    const after = thinbd(['check', '--pool', dir]);
+    assert.equal(after.code, 0, `the pool repaired in place checks clean:\n${after.stdout}${after.stderr}`);
+    await assertSurvivors(dir, damage, 'check --repair');
+  });
+}

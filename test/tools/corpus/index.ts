@@ -1,0 +1,31 @@
+// The corpus of damaged pools: one module per damage, each with the script that makes it.
+import type { CorpusEntry } from './entry.ts';
+import { entry as mappingLeafBitFlip } from './mapping-leaf-bit-flip.ts';
+import { entry as mappingInternalBitFlip } from './mapping-internal-bit-flip.ts';
+import { entry as deviceTreeBitFlip } from './device-tree-bit-flip.ts';
+import { entry as detailsBitFlip } from './details-bit-flip.ts';
+import { entry as spaceMapBitFlip } from './space-map-bit-flip.ts';
+import { entry as superblocksNewestTorn } from './superblocks-newest-torn.ts';
+import { entry as superblocksAllGone } from './superblocks-all-gone.ts';
+import { entry as dataRefcountLeak } from './data-refcount-leak.ts';
+import { entry as dataRefcountDouble } from './data-refcount-double.ts';
+import { entry as mappingPastDataDevice } from './mapping-past-data-device.ts';
+import { entry as misdirectedWrite } from './misdirected-write.ts';
+import { entry as staleNode } from './stale-node.ts';
+import { entry as truncatedMetadata } from './truncated-metadata.ts';
+
+export const corpus: CorpusEntry[] = [
+  mappingLeafBitFlip,
+  mappingInternalBitFlip,
+  deviceTreeBitFlip,
+  detailsBitFlip,
+  spaceMapBitFlip,
+  superblocksNewestTorn,
+  superblocksAllGone,
+  dataRefcountLeak,
+  dataRefcountDouble,
+  mappingPastDataDevice,
+  misdirectedWrite,
+  staleNode,
+  truncatedMetadata,
+];
