@@ -24,6 +24,7 @@ const DATA_BLOCKS = 40;
 const VOLUME_BLOCKS_MAX = 16;
 const VOLUMES_MAX = 6;
 const totals = { ops: 0, noSpace: 0, reopens: 0, snapshots: 0 };
+const sourceScratch = new Uint8Array(VOLUME_BLOCKS_MAX * BLOCK);
 /** One read buffer for every comparison: allocating a volume's worth per step dominated the run. */
 const scratch = new Uint8Array(VOLUME_BLOCKS_MAX * BLOCK);
 
@@ -143,8 +144,9 @@ class Run {
       const value = 1 + this.rng.int(255);
       const fua = this.rng.chance(0.05);
       this.log.push(`${index}: write ${name} ${offsetBytes}+${lengthBytes} =${value}${fua ? ' fua' : ''}`);
-      const source = new Uint8Array(lengthBytes).fill(value);
-      await this.tolerateNoSpace(name, offsetBytes, lengthBytes, source, () => this.pool.volume(name).write(offsetBytes, source, { fua }), (v) => {
+      // One long-lived source buffer: the pool does not keep the caller's bytes after the write.
+      const source = sourceScratch.subarray(0, lengthBytes).fill(value);
+      await this.tolerateNoSpace(name, offsetBytes, lengthBytes, () => this.pool.volume(name).write(offsetBytes, source, { fua }), (v) => {
         v.bytes.set(source, offsetBytes);
         markMapped(v, offsetBytes, lengthBytes, true);
       });
@@ -156,8 +158,7 @@ class Run {
       const volume = this.model.get(name)!;
       const { offsetBytes, lengthBytes } = this.randomRange(volume.bytes.length);
       this.log.push(`${index}: discard ${name} ${offsetBytes}+${lengthBytes}`);
-      const zeros = new Uint8Array(lengthBytes);
-      await this.tolerateNoSpace(name, offsetBytes, lengthBytes, zeros, () => this.pool.volume(name).discard(offsetBytes, lengthBytes), (v) => {
+      await this.tolerateNoSpace(name, offsetBytes, lengthBytes, () => this.pool.volume(name).discard(offsetBytes, lengthBytes), (v) => {
         v.bytes.fill(0, offsetBytes, offsetBytes + lengthBytes);
         unmapWhole(v, offsetBytes, lengthBytes);
       });
@@ -170,8 +171,7 @@ class Run {
       const { offsetBytes, lengthBytes } = this.randomRange(volume.bytes.length);
       const noHole = this.rng.chance(0.4);
       this.log.push(`${index}: write-zeroes ${name} ${offsetBytes}+${lengthBytes}${noHole ? ' no-hole' : ''}`);
-      const zeros = new Uint8Array(lengthBytes);
-      await this.tolerateNoSpace(name, offsetBytes, lengthBytes, zeros, () => this.pool.volume(name).writeZeroes(offsetBytes, lengthBytes, { noHole }), (v) => {
+      await this.tolerateNoSpace(name, offsetBytes, lengthBytes, () => this.pool.volume(name).writeZeroes(offsetBytes, lengthBytes, { noHole }), (v) => {
         v.bytes.fill(0, offsetBytes, offsetBytes + lengthBytes);
         if (noHole) markMapped(v, offsetBytes, lengthBytes, true);
         else unmapWhole(v, offsetBytes, lengthBytes);
@@ -238,7 +238,6 @@ class Run {
     name: string,
     offsetBytes: number,
     lengthBytes: number,
-    newBytes: Uint8Array,
     operation: () => Promise<void>,
     apply: (volume: ModelVolume) => void,
   ): Promise<void> {
@@ -251,7 +250,7 @@ class Run {
       totals.noSpace += 1;
       const intended = { bytes: volume.bytes.slice(), mapped: [...volume.mapped], readOnly: volume.readOnly };
       apply(intended);
-      const actual = new Uint8Array(volume.bytes.length);
+      const actual = scratch.subarray(0, volume.bytes.length);
       await this.pool.volume(name).read(0, actual);
       const extents = mappedBlocksOf(this.pool.volume(name));
       const firstBlock = Math.floor(offsetBytes / BLOCK);
@@ -266,7 +265,6 @@ class Run {
         volume.bytes.set(got, begin);
         volume.mapped[block] = extents[block]!;
       }
-      void newBytes;
       return;
     }
     apply(volume);
