@@ -1,5 +1,5 @@
 // Fuzzing the server in-process: at least 100,000 client inputs per run, over in-memory socket
-// pairs. Half are structured random sessions (options and requests chosen at random, valid or
+// pairs, in two worker threads (test/nbd/fuzz-worker.ts; the parts are in fuzz-lib.ts). Half are structured random sessions (options and requests chosen at random, valid or
 // not); half are those sessions with raw byte mutations (flips, interesting values in length
 // fields, insertions, deletions, truncations). Each is delivered in random pieces.
 //
@@ -12,489 +12,104 @@
 // same server all the while. A failure prints the seed; THINBD_FUZZ_SEED=<seed> replays it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  BASE_ALLOCATION,
-  IHAVEOPT,
-  NBDMAGIC,
-  NBD_CMD_BLOCK_STATUS,
-  NBD_CMD_CACHE,
-  NBD_CMD_DISC,
-  NBD_CMD_FLUSH,
-  NBD_CMD_READ,
-  NBD_CMD_TRIM,
-  NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES,
-  NBD_EINVAL,
-  NBD_EIO,
-  NBD_ENOSPC,
-  NBD_ENOTSUP,
-  NBD_EPERM,
-  NBD_ESHUTDOWN,
-  NBD_INFO_BLOCK_SIZE,
-  NBD_INFO_EXPORT,
-  NBD_OPT_ABORT,
-  NBD_OPT_EXPORT_NAME,
-  NBD_OPT_GO,
-  NBD_OPT_INFO,
-  NBD_OPT_LIST,
-  NBD_OPT_LIST_META_CONTEXT,
-  NBD_OPT_SET_META_CONTEXT,
-  NBD_OPT_STARTTLS,
-  NBD_OPT_STRUCTURED_REPLY,
-  NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_BLOCK_STATUS,
-  NBD_REPLY_TYPE_ERROR,
-  NBD_REPLY_TYPE_NONE,
-  NBD_REPLY_TYPE_OFFSET_DATA,
-  NBD_REPLY_TYPE_OFFSET_HOLE,
-  NBD_REP_ACK,
-  NBD_REP_ERR_INVALID,
-  NBD_REP_ERR_UNKNOWN,
-  NBD_REP_ERR_UNSUP,
-  NBD_REP_INFO,
-  NBD_REP_MAGIC,
-  NBD_REP_META_CONTEXT,
-  NBD_REP_SERVER,
-  NBD_REQUEST_MAGIC,
-  NBD_SIMPLE_REPLY_MAGIC,
-  NBD_STRUCTURED_REPLY_MAGIC,
-} from '../../src/nbd/protocol.ts';
-import { NbdServer } from '../../src/nbd/server.ts';
-import { MapExportRegistry } from '../../src/nbd/backend.ts';
-import { NBD_OPTION_DATA_BYTES_MAX, NBD_PAYLOAD_BYTES_MAX } from '../../src/constants.ts';
-import { NbdTestClient, encodeInfoRequest, encodeMetaContextRequest, encodeOption, encodeRequest } from './client.ts';
-import { duplexPair } from './duplex-pair.ts';
-import { MemoryExport } from './memory-export.ts';
+import { Worker } from 'node:worker_threads';
+import { NBD_CMD_READ, NBD_CMD_WRITE } from '../../src/nbd/protocol.ts';
+import { NbdTestClient } from './client.ts';
+import type { FuzzWorkerData, FuzzWorkerResult } from './fuzz-worker.ts';
 
 const INPUTS = Number(process.env.THINBD_FUZZ_INPUTS ?? 100_000);
+const WORKERS = 2;
 const CONCURRENCY = 32;
-const EXPORT_BYTES = 256 * 1024;
-const NAMES = ['a', 'ro', 'slow', 'aligned'];
 
-/** xoshiro128** — small, fast, and the same sequence on every platform for a seed. */
-class Rng {
-  #s: Uint32Array;
-  constructor(seed: number) {
-    this.#s = new Uint32Array(4);
-    let x = seed >>> 0 || 0x9e3779b9;
-    for (let i = 0; i < 4; i++) {
-      // splitmix32 to spread the seed.
-      x = (x + 0x9e3779b9) >>> 0;
-      let z = x;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-      this.#s[i] = (z ^ (z >>> 16)) >>> 0;
-    }
-  }
-  next(): number {
-    const s = this.#s;
-    const result = Math.imul(rotl(Math.imul(s[1]!, 5), 7), 9) >>> 0;
-    const t = (s[1]! << 9) >>> 0;
-    s[2]! ^= s[0]!;
-    s[3]! ^= s[1]!;
-    s[1]! ^= s[2]!;
-    s[0]! ^= s[3]!;
-    s[2]! ^= t;
-    s[3] = rotl(s[3]!, 11);
-    return result;
-  }
-  below(n: number): number {
-    return Math.floor((this.next() / 2 ** 32) * n);
-  }
-  chance(p: number): boolean {
-    return this.next() / 2 ** 32 < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.below(items.length)]!;
-  }
+interface RunningWorker {
+  worker: Worker;
+  port: number;
+  sessionsDone: Promise<void>;
+  result: Promise<FuzzWorkerResult>;
 }
 
-function rotl(x: number, k: number): number {
-  return ((x << k) | (x >>> (32 - k))) >>> 0;
+async function startWorker(data: FuzzWorkerData): Promise<RunningWorker> {
+  // The worker loads TypeScript through tsx's loader, registered in the worker before its entry.
+  const tsxApi = import.meta.resolve('tsx/esm/api');
+  const entry = new URL('./fuzz-worker.ts', import.meta.url).href;
+  const bootstrap = `import(${JSON.stringify(tsxApi)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); });`;
+  const worker = new Worker(bootstrap, { eval: true, workerData: data });
+  let onSessionsDone!: () => void;
+  let onResult!: (result: FuzzWorkerResult) => void;
+  const sessionsDone = new Promise<void>((resolve) => (onSessionsDone = resolve));
+  const result = new Promise<FuzzWorkerResult>((resolve, reject) => {
+    onResult = resolve;
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`fuzz worker ${data.workerIndex} exited with ${code} before its result (seed ${data.seed})`)));
+  });
+  result.catch(() => {}); // Observed by the caller; this only keeps an early failure from going unhandled.
+
+  const port = await new Promise<number>((resolve, reject) => {
+    worker.on('message', (message: { type: string; port?: number; result?: FuzzWorkerResult }) => {
+      if (message.type === 'listening') resolve(message.port!);
+      else if (message.type === 'sessions-done') onSessionsDone();
+      else if (message.type === 'result') onResult(message.result!);
+    });
+    worker.once('error', reject);
+  });
+  return { worker, port, sessionsDone, result };
 }
 
-// ---- session generation ----
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
-}
-
-function randomOffset(rng: Rng): number {
-  const r = rng.below(10);
-  if (r < 6) return rng.below(EXPORT_BYTES / 512) * 512;
-  if (r < 8) return rng.below(EXPORT_BYTES);
-  if (r < 9) return EXPORT_BYTES - rng.below(4096);
-  return rng.pick([EXPORT_BYTES, 2 ** 40, 2 ** 53 + 4096, 0xffff_ffff]);
-}
-
-function randomLength(rng: Rng): number {
-  const r = rng.below(10);
-  if (r < 5) return (1 + rng.below(16)) * 512;
-  if (r < 8) return rng.below(20_000);
-  if (r < 9) return 0;
-  return rng.pick([65536, 200_000, EXPORT_BYTES]);
-}
-
-function generateSession(rng: Rng): Buffer {
-  const parts: Buffer[] = [];
-  parts.push(u32(rng.chance(0.97) ? rng.pick([3, 3, 3, 1]) : rng.next()));
-  const name = rng.chance(0.9) ? rng.pick(NAMES) : rng.pick(['', 'nope', 'x'.repeat(300)]);
-  const optionCount = rng.below(4);
-  for (let i = 0; i < optionCount; i++) {
-    switch (rng.below(8)) {
-      case 0: parts.push(encodeOption(NBD_OPT_STRUCTURED_REPLY)); break;
-      case 1: parts.push(encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest(rng.pick(NAMES), rng.pick([[BASE_ALLOCATION], [], ['base:'], ['qemu:x', BASE_ALLOCATION]])))); break;
-      case 2: parts.push(encodeOption(NBD_OPT_LIST_META_CONTEXT, encodeMetaContextRequest(rng.pick(NAMES), rng.pick([[], ['base:'], [BASE_ALLOCATION]])))); break;
-      case 3: parts.push(encodeOption(NBD_OPT_INFO, encodeInfoRequest(rng.pick([...NAMES, 'nope']), [0, 1, 2, 3]))); break;
-      case 4: parts.push(encodeOption(NBD_OPT_LIST)); break;
-      case 5: parts.push(encodeOption(rng.pick([NBD_OPT_STARTTLS, 4, 11, 99, 0x7fffffff]), Buffer.alloc(rng.below(8)))); break;
-      default: parts.push(encodeOption(NBD_OPT_STRUCTURED_REPLY), encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest(name, [BASE_ALLOCATION]))); break;
-    }
+/** A well-behaved client writing and verifying on a fuzzed server until told to stop. */
+async function bystander(port: number, isDone: () => boolean): Promise<number> {
+  const client = await NbdTestClient.connect({ port });
+  await client.handshake('bystander');
+  let rounds = 0;
+  while (!isDone()) {
+    const offsetBytes = (rounds % 200) * 4096;
+    const data = Buffer.alloc(4096, rounds & 0xff);
+    assert.equal((await client.call(NBD_CMD_WRITE, { offsetBytes, data })).error, 0);
+    const read = await client.call(NBD_CMD_READ, { offsetBytes, lengthBytes: 4096 });
+    assert.ok(read.data!.equals(data), 'the bystander reads what it wrote');
+    rounds++;
+    await new Promise((resolve) => setTimeout(resolve, 2));
   }
-  const finish = rng.below(20);
-  if (finish === 0) {
-    parts.push(encodeOption(NBD_OPT_ABORT));
-    return Buffer.concat(parts);
-  }
-  if (finish < 4) parts.push(encodeOption(NBD_OPT_EXPORT_NAME, Buffer.from(name)));
-  else parts.push(encodeOption(NBD_OPT_GO, encodeInfoRequest(name, rng.chance(0.5) ? [NBD_INFO_BLOCK_SIZE] : [])));
-  const requestCount = rng.below(12);
-  for (let i = 0; i < requestCount; i++) {
-    const type = rng.chance(0.95)
-      ? rng.pick([NBD_CMD_READ, NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_WRITE, NBD_CMD_FLUSH, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES, NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE])
-      : rng.below(16);
-    const flags = rng.chance(0.7) ? 0 : rng.chance(0.8) ? 1 << rng.below(5) : rng.below(0x10000);
-    const cookie = BigInt(rng.next()) * 2n ** 32n + BigInt(rng.next());
-    let offsetBytes = type === NBD_CMD_FLUSH && rng.chance(0.9) ? 0 : randomOffset(rng);
-    let lengthBytes = type === NBD_CMD_FLUSH && rng.chance(0.9) ? 0 : randomLength(rng);
-    if (type === NBD_CMD_DISC) offsetBytes = lengthBytes = 0;
-    parts.push(encodeRequest(type, flags, cookie, offsetBytes, lengthBytes));
-    if (type === NBD_CMD_WRITE) parts.push(Buffer.alloc(lengthBytes, rng.below(256)));
-    if (type === NBD_CMD_DISC) return Buffer.concat(parts);
-  }
-  if (rng.chance(0.5)) parts.push(encodeRequest(NBD_CMD_DISC, 0, 1n, 0, 0));
-  return Buffer.concat(parts);
-}
-
-const INTERESTING_U32 = [0, 1, 0x7fffffff, 0x80000000, 0xffffffff, NBD_PAYLOAD_BYTES_MAX + 1, NBD_OPTION_DATA_BYTES_MAX + 1, 4096, 28];
-
-function mutate(rng: Rng, input: Buffer): Buffer {
-  let bytes = Buffer.from(input);
-  const count = 1 + rng.below(4);
-  for (let i = 0; i < count; i++) {
-    const at = rng.below(Math.max(1, bytes.length));
-    switch (rng.below(7)) {
-      case 0: if (bytes.length > 0) bytes[at] = bytes[at]! ^ (1 << rng.below(8)); break;
-      case 1: if (bytes.length > 0) bytes[at] = rng.pick([0, 0xff, 0x7f, 0x80, rng.below(256)]); break;
-      case 2: if (bytes.length >= at + 4) bytes.writeUInt32BE(rng.pick(INTERESTING_U32), at); break;
-      case 3: bytes = Buffer.concat([bytes.subarray(0, at), Buffer.from(Array.from({ length: 1 + rng.below(32) }, () => rng.below(256))), bytes.subarray(at)]); break;
-      case 4: bytes = Buffer.concat([bytes.subarray(0, at), bytes.subarray(at + 1 + rng.below(64))]); break;
-      case 5: bytes = bytes.subarray(0, at); break;
-      default: {
-        const end = Math.min(bytes.length, at + 1 + rng.below(64));
-        bytes = Buffer.concat([bytes.subarray(0, end), bytes.subarray(at, end), bytes.subarray(end)]);
-      }
-    }
-  }
-  return bytes;
-}
-
-// ---- the oracle ----
-
-class Cursor {
-  position = 0;
-  readonly bytes: Buffer;
-  constructor(bytes: Buffer) {
-    this.bytes = bytes;
-  }
-  get left(): number {
-    return this.bytes.length - this.position;
-  }
-  take(count: number): Buffer | undefined {
-    if (this.left < count) return undefined;
-    const out = this.bytes.subarray(this.position, this.position + count);
-    this.position += count;
-    return out;
-  }
-}
-
-const KNOWN_ERRORS = new Set([NBD_EPERM, NBD_EIO, NBD_EINVAL, NBD_ENOSPC, NBD_ENOTSUP, NBD_ESHUTDOWN, 75, 12]);
-const OPTION_FINAL = new Set([NBD_REP_ACK, NBD_REP_ERR_UNSUP, NBD_REP_ERR_INVALID, NBD_REP_ERR_UNKNOWN]);
-
-interface Outstanding {
-  type: number;
-  offsetBytes: number;
-  lengthBytes: number;
-  coveredBytes: number;
-  done: boolean;
-}
-
-/** Throws with a description when the server's output breaks the protocol for this input. */
-function checkSession(input: Buffer, output: Buffer): void {
-  const client = new Cursor(input);
-  const server = new Cursor(output);
-  const fail = (what: string): never => {
-    throw new Error(`${what} (client byte ${client.position}, server byte ${server.position})`);
-  };
-  const greeting = server.take(18) ?? fail('no greeting');
-  if (greeting.readBigUInt64BE(0) !== NBDMAGIC || greeting.readBigUInt64BE(8) !== IHAVEOPT || greeting.readUInt16BE(16) !== 3) fail('bad greeting');
-  const serverDone = () => server.left === 0;
-
-  const flags = client.take(4);
-  if (flags === undefined) return serverDone() ? undefined : fail('output without client flags');
-  const clientFlags = flags.readUInt32BE(0);
-  if ((clientFlags & ~3) !== 0) return serverDone() ? undefined : fail('output after bad client flags');
-  const noZeroes = (clientFlags & 2) !== 0;
-  let structured = false;
-
-  // Handshake: each complete option gets one complete answer, or the output stops.
-  for (;;) {
-    const header = client.take(16);
-    if (header === undefined) return serverDone() ? undefined : fail('output for an incomplete option header');
-    if (header.readBigUInt64BE(0) !== IHAVEOPT) return serverDone() ? undefined : fail('output after a bad option magic');
-    const option = header.readUInt32BE(8);
-    const dataBytes = header.readUInt32BE(12);
-    if (dataBytes > NBD_OPTION_DATA_BYTES_MAX) return serverDone() ? undefined : fail('output after an oversized option');
-    if (client.take(dataBytes) === undefined) return serverDone() ? undefined : fail('output for incomplete option data');
-    if (serverDone()) return;
-    if (option === NBD_OPT_EXPORT_NAME) {
-      const reply = server.take(noZeroes ? 10 : 134) ?? fail('short EXPORT_NAME reply');
-      if (!noZeroes && !reply.subarray(10).every((b) => b === 0)) fail('EXPORT_NAME padding not zero');
-      if ((reply.readUInt16BE(8) & 1) === 0) fail('transmission flags without HAS_FLAGS');
-      break;
-    }
-    let sawExport = false;
-    let entered = false;
-    for (;;) {
-      const replyHeader = server.take(20) ?? fail('short option reply header');
-      if (replyHeader.readBigUInt64BE(0) !== NBD_REP_MAGIC) fail('bad option reply magic');
-      if (replyHeader.readUInt32BE(8) !== option) fail(`option reply echoes ${replyHeader.readUInt32BE(8)} for ${option}`);
-      const type = replyHeader.readUInt32BE(12);
-      const data = server.take(replyHeader.readUInt32BE(16)) ?? fail('short option reply data');
-      if (type === NBD_REP_INFO) {
-        if (data.length < 2) fail('short NBD_REP_INFO');
-        const info = data.readUInt16BE(0);
-        if (info === NBD_INFO_EXPORT) {
-          if (data.length !== 12) fail('NBD_INFO_EXPORT length');
-          sawExport = true;
-        }
-        if (info === NBD_INFO_BLOCK_SIZE && data.length !== 14) fail('NBD_INFO_BLOCK_SIZE length');
-        if (option !== NBD_OPT_INFO && option !== NBD_OPT_GO) fail('NBD_REP_INFO for another option');
-        continue;
-      }
-      if (type === NBD_REP_SERVER) {
-        if (option !== NBD_OPT_LIST || data.length < 4 || data.readUInt32BE(0) > data.length - 4) fail('bad NBD_REP_SERVER');
-        continue;
-      }
-      if (type === NBD_REP_META_CONTEXT) {
-        if (option !== NBD_OPT_LIST_META_CONTEXT && option !== NBD_OPT_SET_META_CONTEXT) fail('NBD_REP_META_CONTEXT for another option');
-        if (data.subarray(4).toString() !== BASE_ALLOCATION) fail('unknown meta context');
-        continue;
-      }
-      if (!OPTION_FINAL.has(type)) fail(`unknown option reply type ${type}`);
-      if (type === NBD_REP_ACK && (option === NBD_OPT_INFO || option === NBD_OPT_GO) && !sawExport) fail('INFO/GO ack without NBD_INFO_EXPORT');
-      if (type === NBD_REP_ACK && option === NBD_OPT_STRUCTURED_REPLY) structured = true;
-      if (type === NBD_REP_ACK && option === NBD_OPT_ABORT) return serverDone() ? undefined : fail('output after ABORT ack');
-      if (type === NBD_REP_ACK && option === NBD_OPT_GO) entered = true;
-      break;
-    }
-    if (entered) break;
-  }
-
-  // Transmission: the requests the server can have parsed, by cookie.
-  const outstanding = new Map<bigint, Outstanding[]>();
-  let disconnected = false;
-  for (;;) {
-    const header = client.take(28);
-    if (header === undefined) break;
-    if (header.readUInt32BE(0) !== NBD_REQUEST_MAGIC) break;
-    const type = header.readUInt16BE(6);
-    const cookie = header.readBigUInt64BE(8);
-    const lengthBytes = header.readUInt32BE(24);
-    if (type === NBD_CMD_DISC) {
-      disconnected = true;
-      break;
-    }
-    if (type === NBD_CMD_WRITE && client.take(lengthBytes) === undefined) break;
-    const high = header.readUInt32BE(16);
-    const offsetBytes = high * 2 ** 32 + header.readUInt32BE(20);
-    const list = outstanding.get(cookie) ?? [];
-    list.push({ type, offsetBytes, lengthBytes, coveredBytes: 0, done: false });
-    outstanding.set(cookie, list);
-  }
-  const find = (cookie: bigint): Outstanding => {
-    const request = outstanding.get(cookie)?.find((r) => !r.done) ?? fail(`reply for unknown cookie ${cookie}`);
-    return request;
-  };
-  while (!serverDone()) {
-    const magic = (server.take(4) ?? fail('short reply magic')).readUInt32BE(0);
-    if (magic === NBD_SIMPLE_REPLY_MAGIC) {
-      const rest = server.take(12) ?? fail('short simple reply');
-      const error = rest.readUInt32BE(0);
-      const request = find(rest.readBigUInt64BE(4));
-      if (error !== 0 && !KNOWN_ERRORS.has(error)) fail(`unknown error ${error}`);
-      if (request.type === NBD_CMD_READ && structured) fail('simple reply to READ with structured replies');
-      if (request.type === NBD_CMD_READ && error === 0) server.take(request.lengthBytes) ?? fail('short READ data');
-      request.done = true;
-      continue;
-    }
-    if (magic !== NBD_STRUCTURED_REPLY_MAGIC) fail(`bad reply magic 0x${magic.toString(16)}`);
-    if (!structured) fail('structured reply without negotiation');
-    const header = server.take(16) ?? fail('short chunk header');
-    const chunkFlags = header.readUInt16BE(0);
-    const type = header.readUInt16BE(2);
-    const request = find(header.readBigUInt64BE(4));
-    const payload = server.take(header.readUInt32BE(12)) ?? fail('short chunk payload');
-    if ((chunkFlags & ~NBD_REPLY_FLAG_DONE) !== 0) fail('unknown chunk flags');
-    switch (type) {
-      case NBD_REPLY_TYPE_NONE:
-        if (payload.length !== 0 || !(chunkFlags & NBD_REPLY_FLAG_DONE)) fail('bad NONE chunk');
-        break;
-      case NBD_REPLY_TYPE_OFFSET_DATA:
-      case NBD_REPLY_TYPE_OFFSET_HOLE: {
-        if (request.type !== NBD_CMD_READ) fail('data chunk for a non-READ');
-        if (payload.length < (type === NBD_REPLY_TYPE_OFFSET_DATA ? 9 : 12)) fail('short data chunk');
-        if (type === NBD_REPLY_TYPE_OFFSET_HOLE && payload.length !== 12) fail('bad hole chunk');
-        const offsetBytes = Number(payload.readBigUInt64BE(0));
-        const lengthBytes = type === NBD_REPLY_TYPE_OFFSET_DATA ? payload.length - 8 : payload.readUInt32BE(8);
-        if (lengthBytes === 0 || offsetBytes < request.offsetBytes || offsetBytes + lengthBytes > request.offsetBytes + request.lengthBytes) fail('chunk outside its READ');
-        request.coveredBytes += lengthBytes;
-        break;
-      }
-      case NBD_REPLY_TYPE_BLOCK_STATUS: {
-        if (request.type !== NBD_CMD_BLOCK_STATUS || payload.length < 12 || (payload.length - 4) % 8 !== 0) fail('bad block status chunk');
-        let sum = 0;
-        for (let at = 4; at < payload.length; at += 8) {
-          const extentBytes = payload.readUInt32BE(at);
-          if (extentBytes === 0 || (payload.readUInt32BE(at + 4) & ~3) !== 0) fail('bad extent');
-          sum += extentBytes;
-        }
-        if (sum > request.lengthBytes) fail('extents past the request');
-        break;
-      }
-      case NBD_REPLY_TYPE_ERROR: {
-        if (payload.length < 6 || payload.readUInt16BE(4) !== payload.length - 6) fail('bad error chunk');
-        const error = payload.readUInt32BE(0);
-        if (error === 0 || !KNOWN_ERRORS.has(error)) fail(`bad error ${error}`);
-        if (!(chunkFlags & NBD_REPLY_FLAG_DONE)) fail('error chunk not last');
-        request.coveredBytes = -1;
-        break;
-      }
-      default:
-        fail(`unknown chunk type ${type}`);
-    }
-    if (chunkFlags & NBD_REPLY_FLAG_DONE) {
-      if (request.type === NBD_CMD_READ && request.coveredBytes >= 0 && request.coveredBytes !== request.lengthBytes) fail('READ reply does not cover the request');
-      request.done = true;
-    }
-  }
-  if (disconnected) {
-    // After NBD_CMD_DISC the server drains: every request before it was answered.
-    for (const list of outstanding.values()) for (const request of list) if (!request.done) fail('request before DISC left unanswered');
-  }
-}
-
-// ---- the run ----
-
-async function runSession(server: NbdServer, rng: Rng, input: Buffer): Promise<Buffer> {
-  const [clientSide, serverSide] = duplexPair();
-  const output: Buffer[] = [];
-  clientSide.on('data', (chunk: Buffer) => output.push(chunk));
-  const closed = new Promise<void>((resolve) => clientSide.on('end', resolve));
-  const connection = server.handle(serverSide);
-  assert.ok(connection !== undefined);
-  // Whole, in a few pieces, or (now and then) in tiny pieces: the parser must not care.
-  const style = rng.below(10);
-  const pieceBytesMax = style < 5 ? input.length : style < 9 ? Math.max(1, input.length >> 2) : 16;
-  let position = 0;
-  while (position < input.length) {
-    const step = 1 + rng.below(Math.min(pieceBytesMax, input.length - position));
-    clientSide.write(input.subarray(position, position + step));
-    position += step;
-    if (style >= 5 && rng.chance(0.3)) await new Promise((resolve) => setImmediate(resolve));
-  }
-  // Let the server answer what it parsed before the client's end arrives (it ends the session).
-  await new Promise((resolve) => setImmediate(resolve));
-  clientSide.end();
-  await closed;
-  await connection.closed;
-  return Buffer.concat(output);
+  client.close();
+  return rounds;
 }
 
 test('100,000 fuzzed sessions: no crash, well-formed replies, bounded memory, a bystander unharmed', async () => {
   const seed = Number(process.env.THINBD_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 32));
   console.log(`fuzz seed ${seed} (replay: THINBD_FUZZ_SEED=${seed})`);
-  const problems: string[] = [];
-  const onRejection = (reason: unknown) => problems.push(`unhandled rejection: ${String(reason)}`);
-  const onException = (error: Error) => problems.push(`uncaught exception: ${error.stack ?? error.message}`);
-  process.on('unhandledRejection', onRejection);
-  process.on('uncaughtException', onException);
-
-  const exports = [
-    new MemoryExport({ name: 'a', sizeBytes: EXPORT_BYTES }),
-    new MemoryExport({ name: 'ro', sizeBytes: EXPORT_BYTES, readOnly: true }),
-    new MemoryExport({ name: 'slow', sizeBytes: EXPORT_BYTES, latencyMsMax: 1, canFua: false, canTrim: false }),
-    new MemoryExport({ name: 'aligned', sizeBytes: EXPORT_BYTES, blockSizeMinBytes: 512, canFastZero: false }),
-    new MemoryExport({ name: 'bystander', sizeBytes: 1024 * 1024 }),
-  ];
-  const server = new NbdServer({ registry: new MapExportRegistry(exports), connectionsMax: CONCURRENCY + 8, handshakeTimeoutMs: 5000, replyStallTimeoutMs: 5000 });
-  const bound = await server.listen({ host: '127.0.0.1', port: 0 });
-
-  // The bystander: a well-behaved client writing and verifying for the whole run.
-  const bystander = await NbdTestClient.connect({ port: (bound as { port: number }).port });
-  await bystander.handshake('bystander');
-  let bystanderRounds = 0;
-  let fuzzing = true;
-  const bystanderLoop = (async () => {
-    while (fuzzing) {
-      const offsetBytes = (bystanderRounds % 200) * 4096;
-      const data = Buffer.alloc(4096, bystanderRounds & 0xff);
-      assert.equal((await bystander.call(NBD_CMD_WRITE, { offsetBytes, data })).error, 0);
-      const read = await bystander.call(NBD_CMD_READ, { offsetBytes, lengthBytes: 4096 });
-      assert.ok(read.data!.equals(data), 'the bystander reads what it wrote');
-      bystanderRounds++;
-      await new Promise((resolve) => setTimeout(resolve, 2));
-    }
-  })();
-
-  const heapStartBytes = process.memoryUsage().heapUsed;
-  let heapMaxBytes = 0;
-  let done = 0;
-  let failure: string | undefined;
   const started = Date.now();
-  const worker = async (workerIndex: number) => {
-    const rng = new Rng(seed ^ Math.imul(workerIndex + 1, 0x9e3779b1));
-    for (let i = workerIndex; i < INPUTS && failure === undefined; i += CONCURRENCY) {
-      const session = generateSession(rng);
-      const input = i % 2 === 0 ? session : mutate(rng, session);
-      const output = await runSession(server, rng, input);
-      try {
-        checkSession(input, output);
-      } catch (error) {
-        failure = `input ${i} (seed ${seed}, worker ${workerIndex}): ${(error as Error).message}\ninput: ${input.toString('hex').slice(0, 2000)}\noutput: ${output.toString('hex').slice(0, 2000)}`;
-      }
-      done++;
-      if (done % 5000 === 0) heapMaxBytes = Math.max(heapMaxBytes, process.memoryUsage().heapUsed);
-    }
-  };
-  await Promise.all(Array.from({ length: CONCURRENCY }, (_, i) => worker(i)));
-  fuzzing = false;
-  await bystanderLoop;
+  const workers = await Promise.all(
+    Array.from({ length: WORKERS }, (_, workerIndex) =>
+      startWorker({ seed, workerIndex, inputs: Math.ceil(INPUTS / WORKERS), concurrency: CONCURRENCY }),
+    ),
+  );
+  const bystanders = workers.map((running) => {
+    let sessionsDone = false;
+    void running.sessionsDone.then(() => (sessionsDone = true));
+    return bystander(running.port, () => sessionsDone);
+  });
+  for (const running of workers) running.worker.postMessage('start');
+  const rounds = await Promise.all(bystanders);
+  for (const running of workers) {
+    await running.sessionsDone;
+    running.worker.postMessage('bystander-gone');
+  }
+  const results = await Promise.all(workers.map((running) => running.result));
   const elapsedMs = Date.now() - started;
-  bystander.close();
-  await server.close({ timeoutMs: 5000 });
-  process.off('unhandledRejection', onRejection);
-  process.off('uncaughtException', onException);
+  for (const running of workers) await running.worker.terminate();
 
-  assert.equal(failure, undefined, failure);
-  assert.deepEqual(problems, [], `seed ${seed}`);
-  assert.equal(done, INPUTS);
-  assert.equal(server.bytesInFlight, 0, `payload budget back to zero (seed ${seed})`);
-  assert.equal(server.connectionCount, 0);
-  assert.ok(bystanderRounds > 10, `the bystander kept working (${bystanderRounds} rounds)`);
-  const heapGrowthBytes = heapMaxBytes - heapStartBytes;
-  assert.ok(heapGrowthBytes < 256 * 1024 * 1024, `heap grew by ${heapGrowthBytes} bytes (seed ${seed})`);
-  console.log(`fuzz: ${done} inputs in ${elapsedMs} ms, bystander ${bystanderRounds} rounds, heap max +${Math.round(heapGrowthBytes / 1024 / 1024)} MiB`);
+  let done = 0;
+  for (const [i, result] of results.entries()) {
+    assert.equal(result.failure, undefined, result.failure);
+    assert.deepEqual(result.problems, [], `seed ${seed}`);
+    assert.equal(result.bytesInFlight, 0, `payload budget back to zero (seed ${seed})`);
+    assert.equal(result.connectionCount, 0, `every connection closed (seed ${seed})`);
+    assert.ok(result.heapGrowthBytes < 256 * 1024 * 1024, `worker ${i} heap grew by ${result.heapGrowthBytes} bytes (seed ${seed})`);
+    assert.ok(rounds[i]! > 10, `the bystander on worker ${i} kept working (${rounds[i]} rounds)`);
+    done += result.done;
+  }
+  assert.ok(done >= INPUTS, `${done} inputs`);
+  console.log(
+    `fuzz: ${done} inputs in ${elapsedMs} ms on ${WORKERS} workers; bystander rounds ${rounds.join(', ')}; ` +
+      `heap growth ${results.map((r) => Math.round(r.heapGrowthBytes / 1024 / 1024)).join(', ')} MiB`,
+  );
 });
