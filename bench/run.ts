@@ -1,8 +1,10 @@
 // npm run bench [-- NAME...]: runs the named benchmarks (all when none is named).
 import { snapshotBenchmark } from './snapshot.ts';
+import { toolsBenchmark } from './tools.ts';
 
 const benchmarks: Record<string, (args: string[]) => Promise<void>> = {
   snapshot: snapshotBenchmark,
+  tools: toolsBenchmark,
 };
 
 const names = process.argv.slice(2).filter((arg) => !arg.startsWith('-'));
