@@ -1,0 +1,38 @@
+// thinbd's library API for Node users: pools and volumes, the NBD server and the daemon that
+// ties them together, and the tools (check, list, import/export, dump/restore, delta, repair).
+export { Pool, Volume, METADATA_FILE_NAME, DATA_FILE_NAME } from './pool/pool.ts';
+export type {
+  PoolCreateOptions,
+  PoolOpenOptions,
+  CreateVolumeOptions,
+  SnapshotOptions,
+  PoolFiles,
+  PoolStatus,
+  PoolMode,
+  VolumeInfo,
+  VolumeUsage,
+  PoolCounters,
+} from './pool/pool.ts';
+export type { BlockFile } from './io/block-file.ts';
+export { FileBlockFile } from './io/file.ts';
+export { MemoryBlockFile } from './io/memory.ts';
+export { CountingBlockFile } from './io/counting.ts';
+export { ThinError, isThinError, type ThinErrorCode } from './errors.ts';
+
+export { NbdServer, type NbdServerOptions, type NbdListenAddress } from './nbd/server.ts';
+export { MapExportRegistry, type NbdExport, type NbdExportRegistry, type NbdExtent } from './nbd/backend.ts';
+export { PoolServer, type ServeOptions } from './daemon/serve.ts';
+export { VolumeExport } from './daemon/volume-export.ts';
+
+export { checkPool, type CheckReport, type CheckProblem } from './tools/check.ts';
+export { listVolumes, type VolumeListing } from './tools/list.ts';
+export { importRaw, exportRaw } from './tools/transfer.ts';
+export { dumpPool } from './tools/dump/pool-dump.ts';
+export { XmlDumpWriter } from './tools/dump/xml.ts';
+export { JsonDumpWriter } from './tools/dump/json.ts';
+export { HumanDumpWriter } from './tools/dump/human.ts';
+export { restorePool } from './tools/restore.ts';
+export { writePoolDelta } from './tools/delta.ts';
+export { repairPool } from './tools/repair.ts';
+export { packMetadata, unpackMetadata } from './tools/pack.ts';
+export { estimateMetadataSize } from './tools/metadata-size.ts';
