@@ -312,19 +312,30 @@ export function checkSession(input: Buffer, output: Buffer): void {
     list.push({ type, offsetBytes, lengthBytes, coveredBytes: 0, done: false });
     outstanding.set(cookie, list);
   }
-  const find = (cookie: bigint): Outstanding => {
-    const request = outstanding.get(cookie)?.find((r) => !r.done) ?? fail(`reply for unknown cookie ${cookie}`);
-    return request;
+  // A client may break the rule that in-flight cookies are unique (mutations do): then a reply
+  // cannot be matched to one request, so for that cookie only the structure is checked, and a
+  // simple reply's data length is the one after which a valid reply (or the end) follows.
+  const pendingFor = (cookie: bigint): Outstanding[] => {
+    const pending = outstanding.get(cookie)?.filter((r) => !r.done) ?? [];
+    return pending.length > 0 ? pending : fail(`reply for unknown cookie ${cookie}`);
+  };
+  const nextIsReply = (position: number): boolean => {
+    if (position === output.length) return true;
+    if (position + 4 > output.length) return false;
+    const magic = output.readUInt32BE(position);
+    return magic === NBD_SIMPLE_REPLY_MAGIC || magic === NBD_STRUCTURED_REPLY_MAGIC;
   };
   while (!serverDone()) {
     const magic = (server.take(4) ?? fail('short reply magic')).readUInt32BE(0);
     if (magic === NBD_SIMPLE_REPLY_MAGIC) {
       const rest = server.take(12) ?? fail('short simple reply');
       const error = rest.readUInt32BE(0);
-      const request = find(rest.readBigUInt64BE(4));
+      const pending = pendingFor(rest.readBigUInt64BE(4));
       if (error !== 0 && !KNOWN_ERRORS.has(error)) fail(`unknown error ${error}`);
+      const dataBytes = (r: Outstanding) => (r.type === NBD_CMD_READ && error === 0 ? r.lengthBytes : 0);
+      const request = pending.length === 1 ? pending[0]! : pending.find((r) => nextIsReply(server.position + dataBytes(r))) ?? pending[0]!;
       if (request.type === NBD_CMD_READ && structured) fail('simple reply to READ with structured replies');
-      if (request.type === NBD_CMD_READ && error === 0) server.take(request.lengthBytes) ?? fail('short READ data');
+      server.take(dataBytes(request)) ?? fail('short READ data');
       request.done = true;
       continue;
     }
@@ -333,7 +344,10 @@ export function checkSession(input: Buffer, output: Buffer): void {
     const header = server.take(16) ?? fail('short chunk header');
     const chunkFlags = header.readUInt16BE(0);
     const type = header.readUInt16BE(2);
-    const request = find(header.readBigUInt64BE(4));
+    const pending = pendingFor(header.readBigUInt64BE(4));
+    const ambiguous = (outstanding.get(header.readBigUInt64BE(4))?.length ?? 0) > 1;
+    const wantType = type === NBD_REPLY_TYPE_OFFSET_DATA || type === NBD_REPLY_TYPE_OFFSET_HOLE ? NBD_CMD_READ : type === NBD_REPLY_TYPE_BLOCK_STATUS ? NBD_CMD_BLOCK_STATUS : undefined;
+    const request = (ambiguous && pending.find((r) => wantType === undefined || r.type === wantType)) || pending[0]!;
     const payload = server.take(header.readUInt32BE(12)) ?? fail('short chunk payload');
     if ((chunkFlags & ~NBD_REPLY_FLAG_DONE) !== 0) fail('unknown chunk flags');
     switch (type) {
@@ -347,7 +361,8 @@ export function checkSession(input: Buffer, output: Buffer): void {
         if (type === NBD_REPLY_TYPE_OFFSET_HOLE && payload.length !== 12) fail('bad hole chunk');
         const offsetBytes = Number(payload.readBigUInt64BE(0));
         const lengthBytes = type === NBD_REPLY_TYPE_OFFSET_DATA ? payload.length - 8 : payload.readUInt32BE(8);
-        if (lengthBytes === 0 || offsetBytes < request.offsetBytes || offsetBytes + lengthBytes > request.offsetBytes + request.lengthBytes) fail('chunk outside its READ');
+        if (lengthBytes === 0) fail('empty data chunk');
+        if (!ambiguous && (offsetBytes < request.offsetBytes || offsetBytes + lengthBytes > request.offsetBytes + request.lengthBytes)) fail('chunk outside its READ');
         request.coveredBytes += lengthBytes;
         break;
       }
@@ -359,7 +374,7 @@ export function checkSession(input: Buffer, output: Buffer): void {
           if (extentBytes === 0 || (payload.readUInt32BE(at + 4) & ~3) !== 0) fail('bad extent');
           sum += extentBytes;
         }
-        if (sum > request.lengthBytes) fail('extents past the request');
+        if (!ambiguous && sum > request.lengthBytes) fail('extents past the request');
         break;
       }
       case NBD_REPLY_TYPE_ERROR: {
@@ -374,7 +389,7 @@ export function checkSession(input: Buffer, output: Buffer): void {
         fail(`unknown chunk type ${type}`);
     }
     if (chunkFlags & NBD_REPLY_FLAG_DONE) {
-      if (request.type === NBD_CMD_READ && request.coveredBytes >= 0 && request.coveredBytes !== request.lengthBytes) fail('READ reply does not cover the request');
+      if (!ambiguous && request.type === NBD_CMD_READ && request.coveredBytes >= 0 && request.coveredBytes !== request.lengthBytes) fail('READ reply does not cover the request');
       request.done = true;
     }
   }
