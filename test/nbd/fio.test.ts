@@ -38,6 +38,8 @@ test('fio writes and verifies crc32c from 4 jobs on 4 connections at queue depth
     '--verify=crc32c',
     '--verify_fatal=1',
     '--do_verify=1',
+    // Otherwise fio leaves a local-verify-N-verify.state file per job in the working directory.
+    '--verify_state_save=0',
     '--output-format=json',
   ], { timeoutMs: 120_000 });
   clearInterval(sampler);

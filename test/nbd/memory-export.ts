@@ -22,6 +22,8 @@ export interface MemoryExportOptions {
   latencyMsMax?: number;
   /** Allocated blocks allowed; writes needing more fail with THIN_NO_SPACE. */
   blockCountMax?: number;
+  /** zero() with fastZero refuses (code ENOTSUP) instead of zeroing, as a slow store would. */
+  fastZeroRefused?: boolean;
 }
 
 function codedError(code: string, message: string): Error {
@@ -46,6 +48,7 @@ export class MemoryExport implements NbdExport {
   readonly #blocks = new Map<number, Uint8Array>();
   readonly #latencyMsMax: number;
   readonly #blockCountMax: number;
+  readonly #fastZeroRefused: boolean;
   /** Operation counts, for tests that check what the server asked for. */
   readonly counts = { read: 0, write: 0, flush: 0, trim: 0, zero: 0, blockStatus: 0, cache: 0, fua: 0 };
   /** When set, every operation fails with this code. */
@@ -66,6 +69,7 @@ export class MemoryExport implements NbdExport {
     this.blockSizeMinBytes = options.blockSizeMinBytes ?? 1;
     this.#latencyMsMax = options.latencyMsMax ?? 0;
     this.#blockCountMax = options.blockCountMax ?? Infinity;
+    this.#fastZeroRefused = options.fastZeroRefused ?? false;
   }
 
   sizeBytes(): number {
@@ -127,6 +131,7 @@ export class MemoryExport implements NbdExport {
     options: { noHole: boolean; fua: boolean; fastZero: boolean },
   ): Promise<void> {
     await this.#enter('zero', offsetBytes, lengthBytes);
+    if (options.fastZero && this.#fastZeroRefused) throw codedError('ENOTSUP', `memory export ${this.name} cannot zero fast`);
     if (options.fua) this.counts.fua++;
     if (options.noHole) this.#checkSpace(offsetBytes, lengthBytes, true);
     this.#forEachBlock(offsetBytes, lengthBytes, (index, inBlockBytes, stepBytes) => {

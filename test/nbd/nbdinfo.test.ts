@@ -2,7 +2,10 @@
 // partly written export.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { patternBytes, requireTools, run, startServer } from './helpers.ts';
+import { join } from 'node:path';
+import { MapExportRegistry } from '../../src/nbd/backend.ts';
+import { NbdServer } from '../../src/nbd/server.ts';
+import { patternBytes, requireTools, run, startServer, tempDir } from './helpers.ts';
 import { MemoryExport } from './memory-export.ts';
 
 const MiB = 1024 * 1024;
@@ -56,4 +59,22 @@ test('nbdinfo --size and --can read the flags of one export', async () => {
   assert.equal((await run('nbdinfo', ['--is', 'read-only', running.uri('vol0-snap')], { allowFailure: true })).code, 0);
   assert.notEqual((await run('nbdinfo', ['--is', 'read-only', running.uri('vol0')], { allowFailure: true })).code, 0);
   assert.equal((await run('nbdinfo', ['--can', 'multi-conn', running.uri('vol0')], { allowFailure: true })).code, 0);
+});
+
+test('nbdinfo reaches an export over a Unix socket, and the socket goes away when the server closes', async () => {
+  const dir = tempDir('nbd-unix');
+  const server = new NbdServer({ registry: new MapExportRegistry([volume]) });
+  try {
+    const path = join(dir.path, 'nbd.sock');
+    await server.listen({ path });
+    const { stdout } = await run('nbdinfo', ['--size', `nbd+unix:///vol0?socket=${path}`]);
+    assert.equal(stdout.trim(), String(64 * MiB));
+    const map = JSON.parse((await run('nbdinfo', ['--json', '--map', `nbd+unix:///vol0?socket=${path}`])).stdout) as unknown[];
+    assert.equal(map.length, 5);
+    await server.close();
+    assert.equal((await run('nbdinfo', ['--size', `nbd+unix:///vol0?socket=${path}`], { allowFailure: true })).code !== 0, true);
+  } finally {
+    await server.close();
+    dir.remove();
+  }
 });

@@ -73,7 +73,8 @@ describe('NBD protocol', async () => {
   const plain = new MemoryExport({ name: 'plain', sizeBytes: 1 * MiB, canTrim: false, canZero: false, canFastZero: false, canFua: false, canMultiConn: false, canCache: false });
   const failing = new MemoryExport({ name: 'failing', sizeBytes: 1 * MiB });
   failing.failWith = 'THIN_IO';
-  const running: RunningServer = await startServer([disk, readOnly, full, slow, plain, failing], { defaultName: 'disk' });
+  const slowZero = new MemoryExport({ name: 'slowzero', sizeBytes: 1 * MiB, fastZeroRefused: true });
+  const running: RunningServer = await startServer([disk, readOnly, full, slow, plain, failing, slowZero], { defaultName: 'disk' });
   after(() => running.close());
   const target = { port: running.port };
 
@@ -101,7 +102,7 @@ describe('NBD protocol', async () => {
     const replies = await client.option(NBD_OPT_LIST);
     const servers = replies.filter((reply) => reply.type === NBD_REP_SERVER);
     const names = servers.map((reply) => reply.data.toString('utf8', 4, 4 + reply.data.readUInt32BE(0)));
-    assert.deepEqual(names.sort(), ['disk', 'failing', 'full', 'plain', 'ro', 'slow']);
+    assert.deepEqual(names.sort(), ['disk', 'failing', 'full', 'plain', 'ro', 'slow', 'slowzero']);
     const diskEntry = servers.find((reply) => reply.data.toString('utf8', 4, 8) === 'disk')!;
     assert.equal(diskEntry.data.toString('utf8', 8), 'a test disk');
     assert.equal(replies.at(-1)?.type, NBD_REP_ACK);
@@ -314,10 +315,27 @@ describe('NBD protocol', async () => {
     assert.equal(plain.counts.flush, flushesBefore + 1);
     assert.equal((await client.call(NBD_CMD_CACHE, { lengthBytes: 512 })).error, 0, 'CACHE without a cache is a no-op');
     client.close();
-    const disk2 = await connect('disk', { structured: true });
-    // FAST_ZERO on an export that advertises it but cannot do it fast is ENOTSUP, never applied.
-    assert.equal(nbdErrorForCode('ENOTSUP'), NBD_ENOTSUP);
-    disk2.close();
+  });
+
+  test('FAST_ZERO that the export cannot do fast is ENOTSUP and changes nothing; plain ENOTSUP is EIO', async () => {
+    const client = await connect('slowzero');
+    assert.ok(client.transmissionFlags & NBD_FLAG_SEND_FAST_ZERO);
+    const data = patternBytes(8192, 9);
+    assert.equal((await client.call(NBD_CMD_WRITE, { offsetBytes: 0, data })).error, 0);
+    const refused = await client.call(NBD_CMD_WRITE_ZEROES, { offsetBytes: 0, lengthBytes: 8192, flags: NBD_CMD_FLAG_FAST_ZERO });
+    assert.equal(refused.error, NBD_ENOTSUP);
+    assert.ok((await client.call(NBD_CMD_READ, { offsetBytes: 0, lengthBytes: 8192 })).data!.equals(data), 'nothing was zeroed');
+    assert.equal((await client.call(NBD_CMD_WRITE_ZEROES, { offsetBytes: 0, lengthBytes: 8192 })).error, 0, 'without FAST_ZERO it zeroes');
+    assert.ok((await client.call(NBD_CMD_READ, { offsetBytes: 0, lengthBytes: 8192 })).data!.every((byte) => byte === 0));
+    client.close();
+    const noFast = await connect('plain');
+    assert.equal((await noFast.call(NBD_CMD_WRITE_ZEROES, { lengthBytes: 512, flags: NBD_CMD_FLAG_FAST_ZERO })).error, NBD_EINVAL, 'FAST_ZERO not advertised');
+    noFast.close();
+    const failingZero = await connect('failing');
+    failing.failWith = 'ENOTSUP';
+    assert.equal((await failingZero.call(NBD_CMD_WRITE, { data: Buffer.alloc(512) })).error, NBD_EIO, 'ENOTSUP outside FAST_ZERO is an I/O error');
+    failing.failWith = 'THIN_IO';
+    failingZero.close();
   });
 
   test('a full pool is ENOSPC, a failing export EIO, and the connection goes on', async () => {
