@@ -287,7 +287,14 @@ export class NbdConnection {
           if (this.#input.lengthBytes < this.#optionDataBytes) return;
           const data = this.#input.take(this.#optionDataBytes);
           this.#phase = Phase.optionHeader;
-          const outcome = this.#handshake.option(this.#optionType, data);
+          let outcome;
+          try {
+            outcome = this.#handshake.option(this.#optionType, data);
+          } catch (error) {
+            // The registry and the exports' size and flags are someone else's code: a throw there
+            // costs this connection, not the server.
+            return this.#hardClose(`option ${this.#optionType} failed: ${error instanceof Error ? error.message : String(error)}`);
+          }
           if (outcome.kind === 'abort') return this.#endSoon('client aborted the handshake');
           if (outcome.kind === 'disconnect') return this.#hardClose(outcome.reason);
           if (outcome.kind === 'transmission') this.#startTransmission(outcome.negotiated);

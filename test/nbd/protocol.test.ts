@@ -446,4 +446,20 @@ describe('NBD protocol', async () => {
     await new Promise((resolve) => setTimeout(resolve, 100));
     assert.equal(running.server.bytesInFlight, 0);
   });
+
+  test('an export whose size throws costs only the connection that asked for it', async () => {
+    const broken = new MemoryExport({ name: 'broken', sizeBytes: 1 * MiB });
+    broken.sizeBytes = () => {
+      throw new Error('size unavailable');
+    };
+    running.registry.add(broken);
+    const client = await NbdTestClient.connect(target);
+    await client.greet();
+    client.raw.send(encodeOption(NBD_OPT_GO, encodeInfoRequest('broken')));
+    assert.equal(await client.raw.waitClosed(), true);
+    running.registry.remove('broken');
+    const other = await connect('disk');
+    assert.equal((await other.call(NBD_CMD_READ, { lengthBytes: 512 })).error, 0);
+    other.close();
+  });
 });
