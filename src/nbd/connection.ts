@@ -224,7 +224,7 @@ export class NbdConnection {
   readonly #onEnd = (): void => {
     // The client closed its side: whatever it sent is parsed; without DISC this is a hard
     // disconnect (spec), so nothing more will be read and in-flight replies go nowhere.
-    if (this.#phase !== Phase.closed && this.#phase !== Phase.draining) this.#hardClose('client closed the connection');
+    if (this.#phase !== Phase.closed && this.#phase !== Phase.draining) this.#hardClose('client closed the connection', { quiet: true });
   };
 
   readonly #onError = (error: Error): void => {
@@ -454,10 +454,11 @@ export class NbdConnection {
     setTimeout(() => socket.destroy(), this.#options.replyStallTimeoutMs).unref();
   }
 
-  #hardClose(reason: string): void {
+  /** Drops the connection now; logged unless it is the ordinary end of a client (quiet). */
+  #hardClose(reason: string, options: { quiet?: boolean } = {}): void {
     if (this.#phase === Phase.closed && this.#socket.destroyed) return;
     this.#closeReason ??= reason;
-    this.#log(`closing connection: ${reason}`);
+    if (options.quiet !== true) this.#log(`closing connection: ${reason}`);
     this.#phase = Phase.closed;
     this.#clearTimers();
     // What was already written goes out first (the greeting, earlier replies); nothing after.
