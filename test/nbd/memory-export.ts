@@ -51,6 +51,9 @@ export class MemoryExport implements NbdExport {
   readonly #fastZeroRefused: boolean;
   /** Operation counts, for tests that check what the server asked for. */
   readonly counts = { read: 0, write: 0, flush: 0, trim: 0, zero: 0, blockStatus: 0, cache: 0, fua: 0 };
+  /** Operations running now, and the most ever at once. */
+  inFlight = 0;
+  inFlightMax = 0;
   /** When set, every operation fails with this code. */
   failWith: string | undefined;
 
@@ -159,10 +162,16 @@ export class MemoryExport implements NbdExport {
 
   async #enter(operation: keyof MemoryExport['counts'], offsetBytes: number, lengthBytes: number): Promise<void> {
     this.counts[operation]++;
-    if (this.#latencyMsMax > 0) {
-      await new Promise((resolve) => setTimeout(resolve, Math.random() * this.#latencyMsMax));
-    } else {
-      await Promise.resolve();
+    this.inFlight++;
+    this.inFlightMax = Math.max(this.inFlightMax, this.inFlight);
+    try {
+      if (this.#latencyMsMax > 0) {
+        await new Promise((resolve) => setTimeout(resolve, Math.random() * this.#latencyMsMax));
+      } else {
+        await Promise.resolve();
+      }
+    } finally {
+      this.inFlight--;
     }
     if (this.failWith !== undefined) throw codedError(this.failWith, `memory export ${this.name} is set to fail`);
     if (offsetBytes + lengthBytes > this.#sizeBytes) {

@@ -59,6 +59,7 @@ import {
   NBD_STATE_ZERO,
 } from '../../src/nbd/protocol.ts';
 import { nbdErrorForCode } from '../../src/nbd/backend.ts';
+import { NBD_REQUESTS_IN_FLIGHT_MAX } from '../../src/constants.ts';
 import { NbdTestClient, RawClient, encodeInfoRequest, encodeMetaContextRequest, encodeOption, encodeRequest } from './client.ts';
 import { patternBytes, startServer, type RunningServer } from './helpers.ts';
 import { MemoryExport } from './memory-export.ts';
@@ -387,6 +388,17 @@ describe('NBD protocol', async () => {
     }
     await Promise.all(reads);
     assert.notDeepEqual(order, [...order].sort((a, b) => a - b), 'replies came back out of order');
+    client.close();
+  });
+
+  test('a client with thousands of requests outstanding never has more than the in-flight limit running', async () => {
+    const client = await connect('slow');
+    slow.inFlightMax = 0;
+    const replies = [];
+    for (let i = 0; i < 2000; i++) replies.push(client.call(NBD_CMD_FLUSH));
+    assert.ok((await Promise.all(replies)).every((reply) => reply.error === 0));
+    assert.ok(slow.inFlightMax <= NBD_REQUESTS_IN_FLIGHT_MAX, `${slow.inFlightMax} at once`);
+    assert.ok(slow.inFlightMax > NBD_REQUESTS_IN_FLIGHT_MAX / 2, `requests did run concurrently (${slow.inFlightMax})`);
     client.close();
   });
 
