@@ -361,7 +361,13 @@ export class NbdConnection {
     }
     const carriesPayload = header.type === NBD_CMD_READ || header.type === NBD_CMD_WRITE;
     const oversized = carriesPayload && header.lengthBytes > negotiated.payloadBytesMax;
-    const reservedBytes = carriesPayload && !oversized ? header.lengthBytes : 0;
+    // What the request will hold until its reply is sent: its data, or a block status reply
+    // (at most one extent per byte asked about, and never more than the extent limit).
+    let reservedBytes = 0;
+    if (carriesPayload && !oversized) reservedBytes = header.lengthBytes;
+    else if (header.type === NBD_CMD_BLOCK_STATUS) {
+      reservedBytes = BLOCK_STATUS_EXTENT_BYTES * Math.min(header.lengthBytes, NBD_BLOCK_STATUS_EXTENTS_MAX);
+    }
     if (!this.#admit(reservedBytes)) return false;
     this.#input.skip(REQUEST_HEADER_BYTES);
     const request: Request = {
