@@ -184,3 +184,35 @@ test('closing the server finishes the requests in flight, replies to them, and r
   }
   await assert.rejects(RawClient.connect({ port: running.port }));
 });
+
+test('clients sharing a small server budget all finish: requests wait for bytes instead of failing', async () => {
+  const disk = new MemoryExport({ name: 'disk', sizeBytes: 16 * MiB, latencyMsMax: 2 });
+  const running = await startServer([disk], { serverBytesInFlightMax: 1 * MiB, connectionBytesInFlightMax: 768 * 1024 });
+  try {
+    let bytesInFlightMax = 0;
+    const sampler = setInterval(() => (bytesInFlightMax = Math.max(bytesInFlightMax, running.server.bytesInFlight)), 1);
+    const clients = await Promise.all(
+      Array.from({ length: 4 }, async (_, c) => {
+        const client = await NbdTestClient.connect({ port: running.port });
+        await client.handshake('disk');
+        const offsetBytes = c * 4 * MiB;
+        const data = patternBytes(4 * MiB, c + 50);
+        const writes = [];
+        for (let i = 0; i < 16; i++) {
+          writes.push(client.call(NBD_CMD_WRITE, { offsetBytes: offsetBytes + i * 262144, data: data.subarray(i * 262144, (i + 1) * 262144) }));
+        }
+        assert.ok((await Promise.all(writes)).every((reply) => reply.error === 0));
+        const reads = [];
+        for (let i = 0; i < 16; i++) reads.push(client.call(NBD_CMD_READ, { offsetBytes: offsetBytes + i * 262144, lengthBytes: 262144 }));
+        const replies = await Promise.all(reads);
+        assert.ok(Buffer.concat(replies.map((reply) => reply.data!)).equals(data));
+        return client;
+      }),
+    );
+    clearInterval(sampler);
+    for (const client of clients) client.close();
+    assert.ok(bytesInFlightMax <= 1 * MiB, `the server held at most ${bytesInFlightMax} bytes`);
+  } finally {
+    await running.close();
+  }
+});
