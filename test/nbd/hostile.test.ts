@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { NBD_CMD_READ, NBD_CMD_WRITE, NBD_EINVAL, NBD_OPT_GO } from '../../src/nbd/protocol.ts';
+import { NBD_CMD_READ, NBD_CMD_WRITE, NBD_EINVAL, NBD_ESHUTDOWN, NBD_OPT_GO } from '../../src/nbd/protocol.ts';
 import { NbdTestClient, RawClient, encodeInfoRequest, encodeOption, encodeRequest } from './client.ts';
 import { patternBytes, startServer, type RunningServer } from './helpers.ts';
 import { MemoryExport } from './memory-export.ts';
@@ -165,8 +165,8 @@ test('connections past the limit are refused and the open ones keep working', as
   }
 });
 
-test('closing the server finishes the requests in flight, replies to them, and refuses new connections', async () => {
-  const slow = new MemoryExport({ name: 'slow', sizeBytes: 16 * MiB, latencyMsMax: 50 });
+test('closing the server finishes the requests in flight, refuses later ones with ESHUTDOWN, and refuses new connections', async () => {
+  const slow = new MemoryExport({ name: 'slow', sizeBytes: 16 * MiB, latencyMsMax: 200 });
   const running = await startServer([slow]);
   const client = await NbdTestClient.connect({ port: running.port });
   await client.handshake('slow');
@@ -174,6 +174,8 @@ test('closing the server finishes the requests in flight, replies to them, and r
   for (let i = 0; i < 32; i++) replies.push(client.call(NBD_CMD_WRITE, { offsetBytes: i * 4096, data: Buffer.alloc(4096, i + 1) }));
   await new Promise((resolve) => setTimeout(resolve, 5));
   const closing = running.server.close({ timeoutMs: 5000 });
+  const late = await client.call(NBD_CMD_READ, { offsetBytes: 0, lengthBytes: 4096 });
+  assert.equal(late.error, NBD_ESHUTDOWN, 'a request sent after the close began is refused with ESHUTDOWN');
   assert.ok((await Promise.all(replies)).every((reply) => reply.error === 0), 'every write in flight was answered');
   await closing;
   assert.equal(await client.raw.waitClosed(1000), true);
