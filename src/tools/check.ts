@@ -16,6 +16,7 @@
 // block range. A node found corrupt is reported once and its subtree skipped.
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { isThinError } from '../errors.ts';
+import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { BTREE_BLOCK_TYPES, BlockType, SpaceMap, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
@@ -98,6 +99,12 @@ export async function checkPool(target: string | PoolFiles, options: CheckOption
   }
 }
 
+function isAllZeros(file: BlockFile, blockNr: number): boolean {
+  const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+  file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+  return bytes.every((byte) => byte === 0);
+}
+
 /** Summary of a mapping subtree, for ordering and counts per volume. */
 interface Subtree {
   firstKey: number;
@@ -167,7 +174,9 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     tm = opened.tm;
     payloadBytes = opened.payload;
     for (const copy of opened.report.copies) {
-      if (copy.problem !== undefined) checker.warnings.push({ where: `superblock copy ${copy.copyIndex} (metadata block ${copy.blockNr})`, message: copy.problem });
+      // Until the first generation of the other parity is committed, its copies are rightly empty.
+      const neverYetWritten = opened.report.generation < 2 && copy.copyIndex % 2 !== opened.report.generation % 2 && isAllZeros(files.metadata, copy.blockNr);
+      if (copy.problem !== undefined && !neverYetWritten) checker.warnings.push({ where: `superblock copy ${copy.copyIndex} (metadata block ${copy.blockNr})`, message: copy.problem });
     }
     // A generation with a valid superblock copy whose trees do not validate was committed and
     // then damaged: a problem, unlike a copy a crash tore (a warning above).

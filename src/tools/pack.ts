@@ -76,6 +76,7 @@ export async function packMetadata(dir: string, outputPath: string, options: Pac
       if (options.onProgress !== undefined && liveBlockCount % PROGRESS_BLOCKS_STEP === 0) options.onProgress(liveBlockCount, Math.max(liveBlockCount, tm.metadataBlocksUsed));
       if (!deflate.write(record)) await once(deflate, 'drain');
     }
+    options.onProgress?.(liveBlockCount, liveBlockCount);
     const trailer = Buffer.alloc(16);
     trailer.writeBigUInt64LE(END_MARKER, 0);
     trailer.writeBigUInt64LE(BigInt(liveBlockCount), 8);

@@ -109,6 +109,16 @@ test('a used pool checks clean and its figures add up', async () => {
   assert.equal(report.stats.dataBlocksReferenced, report.stats.dataBlocksUsed);
 });
 
+test('check reports its progress in mapped blocks walked, never past the total the device tree records', async () => {
+  const files = await usedPool();
+  const progress: Array<[number, number]> = [];
+  const report = await checkPool(files, { onProgress: (done, total) => progress.push([done, total]) });
+  assert.ok(report.ok, describe(report));
+  assert.equal(progress.length, report.stats.volumes, 'one report per volume at least');
+  assert.ok(progress.every(([done, total]) => total === report.stats.mappedBlocks && done <= total), JSON.stringify(progress));
+  assert.ok(progress.every(([done], index) => index === 0 || done >= progress[index - 1]![0]), 'progress never goes back');
+});
+
 test('a flipped bit in a mapping leaf is found and named by its block', async () => {
   const files = await usedPool();
   const { mappingLeaves } = await layout(files);

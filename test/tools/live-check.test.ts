@@ -69,6 +69,10 @@ test('check of a served pool is clean every time while a client writes and flush
       assert.equal(checked.code, 0, `check ${index + 1} of ${CHECK_RUNS}:\n${checked.stdout}${checked.stderr}`);
       assert.match(checked.stdout, /is clean/);
     }
+    // Repair needs the pool to itself: refused while served, and nothing is changed.
+    const repair = await run(process.execPath, [THINBD, 'check', '--pool', pool, '--repair'], { allowFailure: true });
+    assert.equal(repair.code, 1);
+    assert.match(repair.stderr, /being served/);
     stopping = true;
     await writer;
     assert.deepEqual(errors, [], 'no client request failed');

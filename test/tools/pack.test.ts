@@ -59,7 +59,10 @@ test('unpack gives back every live metadata block bit for bit, a pool that check
     const dir = scratch.path('pool');
     await busyPool(dir, 1);
     const image = scratch.path('pool.pack');
-    const packed = await packMetadata(dir, image);
+    const progress: Array<[number, number]> = [];
+    const packed = await packMetadata(dir, image, { onProgress: (done, total) => progress.push([done, total]) });
+    assert.deepEqual(progress.at(-1), [packed.liveBlockCount, packed.liveBlockCount], 'the progress bar ends at the live block count');
+    assert.ok(progress.every(([done, total]) => done <= total), JSON.stringify(progress));
     const copy = scratch.path('copy');
     const unpacked = await unpackMetadata(image, copy, { dataPath: `${dir}/data` });
     assert.equal(unpacked.liveBlockCount, packed.liveBlockCount);
@@ -115,7 +118,9 @@ test('a damaged image is refused and leaves no metadata, no data file and no dir
     const bytes = readFileSync(image);
     const damaged: Array<[string, Buffer, RegExp]> = [
       ['truncated', bytes.subarray(0, Math.floor(bytes.length / 2)), /damaged or cut short|ends before its trailer/],
-      ['a flipped byte', Buffer.concat([bytes.subarray(0, 2000), Buffer.from([bytes[2000]! ^ 0x40]), bytes.subarray(2001)]), /damaged or cut short|out of order|trailer/],
+      // A flip inside the deflate data is not always damage: a back reference to a different run of
+      // zeros decodes to the same bytes. A flip in the stream's Adler-32 always is.
+      ['a flipped checksum byte', Buffer.concat([bytes.subarray(0, bytes.length - 1), Buffer.from([bytes[bytes.length - 1]! ^ 0x40])]), /damaged or cut short: incorrect data check/],
       ['bad magic', Buffer.concat([Buffer.from('NOTAPACK'), bytes.subarray(8)]), /not a thinbd metadata pack/],
       ['a header only', bytes.subarray(0, 20), /shorter than the pack header/],
     ];
