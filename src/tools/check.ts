@@ -248,7 +248,11 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
   const names = new Map<string, number>();
   const ids = new Set(devices.map(([id]) => id));
   const corruptNodes = new Set<number>();
-  const leafExtents = new Map<number, Array<[number, Extent]>>();
+  // Each distinct leaf's summary, built as the walker hands over its entries (in key order): the
+  // per-leaf figures summarize() needs, without keeping every extent in memory.
+  const leafSummaries = new Map<number, Subtree>();
+  let leafBlockNrNow = -1;
+  let leafSummaryNow: Subtree | undefined;
   const subtrees = new Map<number, Subtree | null>();
   const totalBlocks = devices.reduce((total, [, value]) => total + value.mappedBlockCount, 0);
   let doneBlocks = 0;
@@ -301,17 +305,33 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     // Mapping tree: the walker reads and validates each distinct node once.
     walker.walk(value.mappingRoot, extentCodec, {
       leaf: (key, extent, leafBlockNr) => {
-        let list = leafExtents.get(leafBlockNr);
-        if (list === undefined) {
-          list = [];
-          leafExtents.set(leafBlockNr, list);
+        const endKey = key + extent.lengthBlocks;
+        if (leafBlockNr !== leafBlockNrNow || leafSummaryNow === undefined) {
+          leafBlockNrNow = leafBlockNr;
+          leafSummaryNow = { firstKey: key, endKey, mappedBlocks: extent.lengthBlocks, entries: 1, maxTime: extent.time };
+          leafSummaries.set(leafBlockNr, leafSummaryNow);
+        } else {
+          // F-POOL-21: entries never overlap.
+          if (leafSummaryNow.endKey > key) {
+            checker.problem(
+              `${where}, mapping node ${leafBlockNr}, virtual blocks [${key}, ${leafSummaryNow.endKey})`,
+              `an extent ending at ${leafSummaryNow.endKey} overlaps the next one starting at ${key}`,
+            );
+          }
+          leafSummaryNow.endKey = Math.max(leafSummaryNow.endKey, endKey);
+          leafSummaryNow.mappedBlocks += extent.lengthBlocks;
+          leafSummaryNow.entries += 1;
+          leafSummaryNow.maxTime = Math.max(leafSummaryNow.maxTime, extent.time);
         }
-        list.push([key, extent]);
         doneBlocks += extent.lengthBlocks;
         extentsWalked += 1;
         if (options.onProgress !== undefined && extentsWalked % PROGRESS_EXTENTS_STEP === 0) options.onProgress(Math.min(doneBlocks, totalBlocks), totalBlocks);
         // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
-        dataReferences.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count: 1 });
+        // Runs that continue one another are joined as they come (the sweep's sum is the same): a
+        // volume written in order gives one run, not one per extent.
+        const lastReference = dataReferences[dataReferences.length - 1];
+        if (lastReference !== undefined && lastReference.end === extent.dataBlock) lastReference.end += extent.lengthBlocks;
+        else dataReferences.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count: 1 });
         // F-POOL-40: every mapped data block lies below the high-water mark.
         if (extent.dataBlock + extent.lengthBlocks > payload.dataHighWaterMark) {
           checker.problem(
@@ -326,7 +346,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
       },
     });
     options.onProgress?.(Math.min(doneBlocks, totalBlocks), totalBlocks);
-    const summary = summarize(tm, value.mappingRoot, where, checker, corruptNodes, leafExtents, subtrees, 0);
+    const summary = summarize(tm, value.mappingRoot, where, checker, corruptNodes, leafSummaries, subtrees, 0);
     const mapped = summary?.mappedBlocks ?? 0;
     stats.mappedBlocks += mapped;
     stats.mappingEntries += summary?.entries ?? 0;
@@ -400,7 +420,7 @@ function summarize(
   where: string,
   checker: Checker,
   corruptNodes: Set<number>,
-  leafExtents: Map<number, Array<[number, Extent]>>,
+  leafSummaries: Map<number, Subtree>,
   memo: Map<number, Subtree | null>,
   depth: number,
 ): Subtree | undefined {
@@ -416,13 +436,12 @@ function summarize(
   }
   const pieces: Subtree[] = [];
   if (isLeaf(block)) {
-    for (const [key, extent] of leafExtents.get(blockNr) ?? []) {
-      pieces.push({ firstKey: key, endKey: key + extent.lengthBlocks, mappedBlocks: extent.lengthBlocks, entries: 1, maxTime: extent.time });
-    }
+    const leafSummary = leafSummaries.get(blockNr);
+    if (leafSummary !== undefined) pieces.push(leafSummary);
   } else {
     const count = entryCount(block);
     for (let index = 0; index < count; index += 1) {
-      const child = summarize(tm, childAt(block, index), where, checker, corruptNodes, leafExtents, memo, depth + 1);
+      const child = summarize(tm, childAt(block, index), where, checker, corruptNodes, leafSummaries, memo, depth + 1);
       if (child !== undefined) pieces.push(child);
     }
   }
