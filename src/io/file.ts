@@ -34,6 +34,10 @@ export class FileBlockFile implements BlockFile {
   #closed = false;
   /** The first write or sync failure; once set, sync() refuses (see the module comment). */
   #failure: ThinError | undefined;
+  /** Try preadv2(RWF_NOWAIT) before fs.read; off after the first failure other than EAGAIN. */
+  #nowaitReads = preadv2 !== undefined;
+  /** The iovec handed to preadv2, reused: one read at a time runs on the main thread. */
+  readonly #iov: { iov_base: Uint8Array | null; iov_len: number } = { iov_base: null, iov_len: 0 };
   /** Operations started and not yet finished, so close() can wait for them. */
   #inFlight = new Set<Promise<unknown>>();
 
@@ -129,10 +133,16 @@ export class FileBlockFile implements BlockFile {
   }
 
   read(target: Uint8Array, offsetBytes: number): Promise<void> {
+    // Page-cache hits are read on the main thread (see readCached); the rest goes to the pool.
+    let cachedBytes = 0;
+    if (this.#nowaitReads && !this.#closed && target.length > 0 && Number.isSafeInteger(offsetBytes) && offsetBytes >= 0) {
+      cachedBytes = this.#readCached(target, offsetBytes);
+      if (cachedBytes === target.length) return resolved;
+    }
     return this.#track(async () => {
       this.#checkOpen();
       checkRange(offsetBytes, target.length);
-      let doneBytes = 0;
+      let doneBytes = cachedBytes;
       while (doneBytes < target.length) {
         let readBytes: number;
         try {
@@ -239,6 +249,39 @@ export class FileBlockFile implements BlockFile {
     }
   }
 
+  /**
+   * Reads what of [offsetBytes, +target.length) the page cache holds, without blocking:
+   * preadv2(RWF_NOWAIT) returns EAGAIN instead of waiting for the disk. A 4 KiB read through
+   * fs.read costs a libuv thread-pool round trip (~24% of the server's CPU for cached random
+   * reads); through koffi the call costs ~2 µs on the main thread. Returns the bytes read
+   * (a whole target at end of file, the tail zero-filled); 0 sends the caller to fs.read.
+   */
+  #readCached(target: Uint8Array, offsetBytes: number): number {
+    const call = preadv2;
+    if (call === undefined) return 0;
+    let doneBytes = 0;
+    const iov = this.#iov;
+    while (doneBytes < target.length) {
+      iov.iov_base = doneBytes === 0 ? target : target.subarray(doneBytes);
+      iov.iov_len = target.length - doneBytes;
+      const readBytes = Number(call(this.#fd, iov, 1, offsetBytes + doneBytes, RWF_NOWAIT));
+      if (readBytes < 0) {
+        // EAGAIN: not cached. Anything else (EOPNOTSUPP on file systems without NOWAIT reads, a
+        // real error) turns the fast path off; fs.read reports real errors as before.
+        if (koffi.errno() !== EAGAIN) this.#nowaitReads = false;
+        break;
+      }
+      if (readBytes === 0) {
+        target.fill(0, doneBytes);
+        doneBytes = target.length;
+        break;
+      }
+      doneBytes += readBytes;
+    }
+    iov.iov_base = null;
+    return doneBytes;
+  }
+
   #track<T>(operation: () => Promise<T>): Promise<T> {
     const promise = operation();
     this.#inFlight.add(promise);
@@ -291,6 +334,20 @@ function errorCode(error: unknown): string {
   }
   return String(error);
 }
+
+const resolved = Promise.resolve();
+
+const RWF_NOWAIT = 0x8;
+const EAGAIN = 11;
+/** preadv2 where libc has it (glibc ≥ 2.26); the fast path is off without it. */
+const preadv2 = ((): ((fd: number, iov: object, iovCount: number, offsetBytes: number, flags: number) => number | bigint) | undefined => {
+  try {
+    koffi.struct('thinbd_iovec', { iov_base: 'void *', iov_len: 'size_t' });
+    return koffi.load('libc.so.6').func('intptr_t preadv2(int, const thinbd_iovec *, int, int64_t, int)') as never;
+  } catch {
+    return undefined;
+  }
+})();
 
 const SEEK_END = 2;
 /** Core fs has no lseek; fstat reports 0 bytes for a block device, lseek to its end gives its size. */
