@@ -6,6 +6,7 @@
 // from any connection (src/nbd/backend.ts). So a FLUSH on one connection covers the writes
 // replied to on all of them, as the spec requires before the flag may be advertised.
 
+import { unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
@@ -19,7 +20,7 @@ import {
   NBD_REQUESTS_IN_FLIGHT_MAX,
   NBD_SERVER_BYTES_IN_FLIGHT_MAX,
 } from '../constants.ts';
-import type { NbdExportRegistry } from './backend.ts';
+import { errorCode, type NbdExportRegistry } from './backend.ts';
 import { BufferPool, ByteBudget } from './buffers.ts';
 import { NbdConnection } from './connection.ts';
 
@@ -72,11 +73,25 @@ export class NbdServer {
   async listen(address: NbdListenAddress): Promise<NbdListenAddress> {
     const server = net.createServer({ noDelay: true }, (socket) => this.#accept(socket));
     server.maxConnections = this.#connectionsMax;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      if ('path' in address) server.listen(address.path, resolve);
-      else server.listen(address.port, address.host, resolve);
-    });
+    const start = () =>
+      new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        const listening = () => {
+          server.off('error', reject);
+          resolve();
+        };
+        if ('path' in address) server.listen(address.path, listening);
+        else server.listen(address.port, address.host, listening);
+      });
+    try {
+      await start();
+    } catch (error) {
+      // A socket file left by a server that was killed: nobody answers on it, so take it over.
+      // One that answers belongs to a live server and is left alone.
+      if (!('path' in address) || errorCode(error) !== 'EADDRINUSE' || (await socketAnswers(address.path))) throw error;
+      unlinkSync(address.path);
+      await start();
+    }
     server.on('error', (error) => this.#log?.(`listener error: ${error.message}`));
     this.#servers.push(server);
     const bound = server.address();
@@ -161,4 +176,16 @@ export class NbdServer {
     await Promise.all([...this.#connections].map((connection) => connection.closed));
     await Promise.all(listenersClosed);
   }
+}
+
+/** Whether something accepts connections on a Unix socket path. */
+function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
 }

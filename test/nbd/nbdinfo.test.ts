@@ -2,6 +2,8 @@
 // partly written export.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { MapExportRegistry } from '../../src/nbd/backend.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
@@ -75,6 +77,30 @@ test('nbdinfo reaches an export over a Unix socket, and the socket goes away whe
     assert.equal((await run('nbdinfo', ['--size', `nbd+unix:///vol0?socket=${path}`], { allowFailure: true })).code !== 0, true);
   } finally {
     await server.close();
+    dir.remove();
+  }
+});
+
+test('a Unix socket left behind by a killed server is taken over; one in use is not', async () => {
+  const dir = tempDir('nbd-stale');
+  const path = join(dir.path, 'nbd.sock');
+  // A process listening on the path, SIGKILLed: its socket file stays behind.
+  const holder = spawn(process.execPath, ['-e', "require('net').createServer().listen(process.argv[1], () => console.log('up'))", path]);
+  await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
+  const exited = new Promise<void>((resolve) => holder.once('exit', () => resolve()));
+  holder.kill('SIGKILL');
+  await exited;
+  assert.ok(existsSync(path), 'the killed listener left its socket file');
+  const live = new NbdServer({ registry: new MapExportRegistry([volume]) });
+  const second = new NbdServer({ registry: new MapExportRegistry([volume]) });
+  try {
+    await live.listen({ path });
+    assert.equal((await run('nbdinfo', ['--size', `nbd+unix:///vol0?socket=${path}`])).stdout.trim(), String(64 * MiB));
+    await assert.rejects(second.listen({ path }), /EADDRINUSE/);
+    assert.equal((await run('nbdinfo', ['--size', `nbd+unix:///vol0?socket=${path}`])).stdout.trim(), String(64 * MiB), 'the live server still answers');
+  } finally {
+    await live.close();
+    await second.close();
     dir.remove();
   }
 });
