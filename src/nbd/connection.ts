@@ -155,6 +155,8 @@ export class NbdConnection {
   #currentFilledBytes = 0;
   #inFlightCount = 0;
   #inFlightBytes = 0;
+  /** The client will send nothing more (it closed its side of the connection). */
+  #inputEnded = false;
   /** The server is closing: new requests are refused with NBD_ESHUTDOWN. */
   #shuttingDown = false;
   /** Parsing is stopped until a request completes or budget frees up. */
@@ -214,7 +216,7 @@ export class NbdConnection {
     }
     // Requests already received are answered NBD_ESHUTDOWN; those in flight finish; then end.
     this.#shuttingDown = true;
-    this.#pump();
+    this.#parse();
     this.#endIfShutDown();
     return this.closed;
   }
@@ -233,13 +235,16 @@ export class NbdConnection {
   readonly #onData = (chunk: Buffer): void => {
     if (this.#phase === Phase.closed || this.#phase === Phase.draining) return;
     this.#input.push(chunk);
-    this.#pump();
+    this.#parse();
   };
 
   readonly #onEnd = (): void => {
-    // The client closed its side: whatever it sent is parsed; without DISC this is a hard
-    // disconnect (spec), so nothing more will be read and in-flight replies go nowhere.
-    if (this.#phase !== Phase.closed && this.#phase !== Phase.draining) this.#hardClose('client closed the connection', { quiet: true });
+    // The client closed its sending side. What it sent before is still parsed (it may end with
+    // NBD_CMD_DISC, waiting behind requests in flight); then, DISC or not, the requests in flight
+    // are finished and answered and the connection ends. A client that closed both sides makes
+    // those replies fail, which closes the connection at once.
+    this.#inputEnded = true;
+    this.#parse();
   };
 
   readonly #onError = (error: Error): void => {
@@ -271,6 +276,12 @@ export class NbdConnection {
     this.#waitingForBudget = false;
     this.#unblock();
   };
+
+  /** Parses what it can; once the client's input has ended and all of it is parsed, drains. */
+  #parse(): void {
+    this.#pump();
+    if (this.#inputEnded && !this.#blocked) this.#startDraining('client closed its side');
+  }
 
   /** Parses as much input as the state allows. */
   #pump(): void {
@@ -440,7 +451,7 @@ export class NbdConnection {
     this.#blocked = false;
     if (this.#phase === Phase.closed || this.#phase === Phase.draining) return;
     this.#socket.resume();
-    this.#pump();
+    this.#parse();
   }
 
   /** Gives back a request's slot and budget (once). */

@@ -71,7 +71,9 @@ export class NbdServer {
 
   /** Starts listening; resolves with the bound address (the port, when 0 was asked for). */
   async listen(address: NbdListenAddress): Promise<NbdListenAddress> {
-    const server = net.createServer({ noDelay: true }, (socket) => this.#accept(socket));
+    // allowHalfOpen: a client may close its sending side after NBD_CMD_DISC (libnbd does) and
+    // still read the replies to the requests before it.
+    const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.#accept(socket));
     server.maxConnections = this.#connectionsMax;
     const start = () =>
       new Promise<void>((resolve, reject) => {

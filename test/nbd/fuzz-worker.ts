@@ -43,6 +43,11 @@ const server = new NbdServer({
   connectionsMax: data.concurrency + 8,
   handshakeTimeoutMs: 5000,
   replyStallTimeoutMs: 5000,
+  // Small limits, so that sessions of a dozen requests run into them and exercise backpressure:
+  // parsing paused and resumed per connection, and connections waiting on the shared budget.
+  requestsInFlightMax: 4,
+  connectionBytesInFlightMax: 128 * 1024,
+  serverBytesInFlightMax: 2 * 1024 * 1024,
 });
 const bound = await server.listen({ host: '127.0.0.1', port: 0 });
 port.postMessage({ type: 'listening', port: (bound as { port: number }).port });
