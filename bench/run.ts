@@ -1,10 +1,12 @@
 // npm run bench [-- NAME...]: runs the named benchmarks (all when none is named).
+import { flushBenchmark } from './flush.ts';
 import { snapshotBenchmark } from './snapshot.ts';
 import { toolsBenchmark } from './tools.ts';
 
 const benchmarks: Record<string, (args: string[]) => Promise<void>> = {
   snapshot: snapshotBenchmark,
   tools: toolsBenchmark,
+  flush: flushBenchmark,
 };
 
 const names = process.argv.slice(2).filter((arg) => !arg.startsWith('-'));

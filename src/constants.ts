@@ -59,8 +59,12 @@ export const NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT = 4096;
 /** Bytes of the header every metadata block starts with (checksum, type, own number, transaction, pool). */
 export const METADATA_BLOCK_HEADER_BYTES = 32;
 
-/** On-disk format version written in every superblock copy; open refuses others (THIN_FORMAT). */
-export const METADATA_FORMAT_VERSION = 1;
+/**
+ * On-disk format version written in every superblock copy; open refuses others (THIN_FORMAT).
+ * Version 2 reserves the delta log's ring (DELTA_LOG_FIRST_BLOCK_NR ..): in version 1 pools those
+ * blocks may hold tree nodes.
+ */
+export const METADATA_FORMAT_VERSION = 2;
 
 /**
  * Metadata block numbers of the superblock copies: far apart (256 KiB, 4 MiB, 64 MiB) because
@@ -142,3 +146,20 @@ export const SERVE_CLOSE_TIMEOUT_MS = 10_000;
  * COMMIT_PERIOD is one second): bounds what a client that never flushes can lose.
  */
 export const COMMIT_INTERVAL_MS_DEFAULT = 1000;
+
+// ---- Delta log (src/journal, docs/format.md "Delta log") ----
+
+/**
+ * The delta log's ring: metadata blocks [DELTA_LOG_FIRST_BLOCK_NR, + DELTA_LOG_BLOCK_COUNT),
+ * reserved at format time between superblock copies 0 and 1. 63 records between rollups make a
+ * rollup's ~10 blocks cost about 0.16 blocks per flush (the target is 1.25 blocks per flush in
+ * all), and replaying 63 blocks after a crash takes a few milliseconds.
+ */
+export const DELTA_LOG_FIRST_BLOCK_NR = 1;
+export const DELTA_LOG_BLOCK_COUNT = 63;
+
+/**
+ * Log blocks one flush may write. A flush whose changes need more (thousands of scattered
+ * ranges) rolls up instead: a full commit is then no more blocks than the record would be.
+ */
+export const DELTA_LOG_BLOCKS_PER_FLUSH_MAX = 8;

@@ -3,7 +3,7 @@
 export { Block, BlockType, BTREE_BLOCK_TYPES, validateBlock, blockProblem, sealBlock, checksumOf, getU64, setU64 } from './block.ts';
 export type { WritableBlock, BlockExpectation } from './block.ts';
 export { BlockCache } from './cache.ts';
-export { TransactionManager, nextTransactionId } from './transaction.ts';
+export { TransactionManager, nextTransactionId, deltaLogBlockNrs } from './transaction.ts';
 export type { TransactionCounters, OpenReport, OpenOptions, FormatOptions, SuperblockCopyReport } from './transaction.ts';
 export { SpaceMap, refCountExtentCodec } from './space-map.ts';
 export type { RefCountExtent, BlockRange } from './space-map.ts';

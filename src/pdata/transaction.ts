@@ -28,6 +28,8 @@
 // Blocks freed in transaction T are reused only after T is durable (the committed state may still
 // point at them), except blocks allocated in T itself, which nothing committed can reference.
 import {
+  DELTA_LOG_BLOCK_COUNT,
+  DELTA_LOG_FIRST_BLOCK_NR,
   METADATA_BLOCK_COUNT_MAX,
   METADATA_BLOCK_COUNT_MIN,
   METADATA_BLOCK_SIZE_BYTES,
@@ -198,6 +200,8 @@ export class TransactionManager {
     });
     // F-SB-7: superblock copies are permanently used blocks of the metadata space map.
     for (const blockNr of SUPERBLOCK_BLOCK_NRS) tm.#setCount(blockNr, 1);
+    // F-LOG-1: so are the blocks of the delta log's ring (src/journal writes them, never pdata).
+    for (const blockNr of deltaLogBlockNrs()) tm.#setCount(blockNr, 1);
     tm.#metadataSpaceMap = SpaceMap.create(tm, options.metadataBlockCount, TreeKind.metadataSpaceMap);
     return tm;
   }
@@ -308,6 +312,11 @@ export class TransactionManager {
     for (const blockNr of SUPERBLOCK_BLOCK_NRS) {
       if (tm.#counts[blockNr] === 0) {
         throw new ThinError('THIN_CORRUPT_NODE', `Metadata space map of generation ${fields.generation} marks superblock block ${blockNr} free`);
+      }
+    }
+    for (const blockNr of deltaLogBlockNrs()) {
+      if (tm.#counts[blockNr] === 0) {
+        throw new ThinError('THIN_CORRUPT_NODE', `Metadata space map of generation ${fields.generation} marks delta log block ${blockNr} free`);
       }
     }
     tm.#changed.clear();
@@ -733,6 +742,11 @@ export class TransactionManager {
       cause,
     });
   }
+}
+
+/** Metadata blocks of the delta log's ring, in ring order (F-LOG-1): used for ever, like the superblock copies. */
+export function deltaLogBlockNrs(): number[] {
+  return Array.from({ length: DELTA_LOG_BLOCK_COUNT }, (_, index) => DELTA_LOG_FIRST_BLOCK_NR + index);
 }
 
 /**

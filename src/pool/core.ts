@@ -37,6 +37,9 @@ import {
 import type { BlockFile } from '../io/block-file.ts';
 import { BTREE_BLOCK_TYPES, BlockType, BTree, SpaceMap, type TransactionManager, type ValueCodec } from '../pdata/index.ts';
 import { childAt, entryCount, isLeaf, valueOffset } from '../pdata/btree/node.ts';
+import { DeltaLogEntryKind, type DeltaLog, type DeltaLogEntry } from '../journal/log.ts';
+import type { DeltaLogRecord } from '../journal/replay.ts';
+import { idleRollupDue, planFlush, type FlushState } from '../journal/rollup.ts';
 import { DataAllocator } from './allocator.ts';
 import { BlockLocks, WHOLE_VOLUME_END } from './block-locks.ts';
 import {
@@ -103,10 +106,20 @@ export interface VolumeUsage {
 }
 
 export interface PoolCounters {
+  /** Every metadata block written: tree nodes, space maps, superblock copies and delta log records. */
   metadataBlocksWritten: number;
   dataBytesWritten: number;
   syncs: number;
+  /** Full commits (superblock generations written). */
   commits: number;
+  /** Flushes asked for: flush calls and FUA writes. */
+  flushes: number;
+  /** Full commits that folded the delta log into the trees (while the log is on). */
+  rollups: number;
+  /** Ring blocks holding records of the current log (0 right after a rollup, or with the log off). */
+  logBlocksUsed: number;
+  /** Delta log records written. */
+  logRecordsWritten: number;
 }
 
 export interface PoolStatus {
@@ -280,6 +293,14 @@ export class PoolCore {
   #drainWaiters: Array<() => void> = [];
   #dataBytesWritten = 0;
   #dataSyncs = 0;
+  /** The delta log (src/journal), when flushes append records instead of committing. */
+  #log: DeltaLog | undefined;
+  /** A change the delta log does not describe was made since the last full commit: the next commit is one. */
+  #unloggedChange = false;
+  /** True while open re-applies delta log records (they are not logged again). */
+  #replaying = false;
+  #flushes = 0;
+  #rollups = 0;
   /** Copy-on-write buffers of one block; long-lived zero buffer shared by every zeroing write. */
   readonly zeroBlock: Uint8Array;
 
@@ -415,6 +436,8 @@ export class PoolCore {
     if (this.#mode === 'needs-check' || (this.#mode === 'read-only' && mode === 'read-only')) return;
     // Out of metadata space the state is intact (see #mutate): what is done may still be committed.
     this.#commitsWhileReadOnly = mode === 'read-only';
+    // What a failed change left half done is committed whole or not at all, never logged.
+    this.#unloggedChange = true;
     this.#mode = mode;
     this.#modeReason = reason;
     this.#modeCause = cause;
@@ -428,7 +451,8 @@ export class PoolCore {
    * state intact. Any other error half way leaves the open transaction unusable: needs-check.
    */
   #mutate<T>(what: string, treeChanges: number, change: () => T): T {
-    this.assertWritable();
+    // Replay at open re-applies acknowledged changes whatever mode the pool opens in.
+    if (!this.#replaying) this.assertWritable();
     try {
       this.#ensureRoom(treeChanges);
     } catch (error) {
@@ -522,7 +546,7 @@ export class PoolCore {
   // ---- mapping changes (synchronous) ----
 
   /** Maps virtualBlock (unmapped) to dataBlock at the current time, merging with neighbours (F-POOL-22). */
-  #insertMapping(device: Device, virtualBlock: number, dataBlock: number): void {
+  #insertMapping(device: Device, virtualBlock: number, dataBlock: number, logged = true): void {
     this.#mutate(`mapping block ${virtualBlock} of volume ${device.details.name}`, 5, () => {
       const tree = this.mappingTree;
       let root = device.value.mappingRoot;
@@ -544,6 +568,7 @@ export class PoolCore {
       this.dataSpace.inc(dataBlock, 1);
       device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount + 1 };
       this.#markDirty(device);
+      if (logged) this.#note({ kind: DeltaLogEntryKind.map, volumeId: device.id, virtualBlock, lengthBlocks: 1, dataBlock, oldDataBlock: 0 });
     });
   }
 
@@ -552,7 +577,7 @@ export class PoolCore {
    * are cut a few at a time, each batch one change (#mutate), so a discard of a long, fragmented
    * range never needs room for all of it at once.
    */
-  unmapRange(device: Device, begin: number, end: number): number {
+  unmapRange(device: Device, begin: number, end: number, logged = true): number {
     if (begin >= end) return 0;
     const tree = this.mappingTree;
     const extents: Array<[number, Extent]> = [];
@@ -579,6 +604,14 @@ export class PoolCore {
         assert(batchBlocks <= device.value.mappedBlockCount, 'unmapped more blocks than were mapped');
         device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount - batchBlocks };
         this.#markDirty(device);
+        if (logged && batchBlocks > 0) {
+          // The batch's extents are every mapping between its first and last, so unmapping that
+          // span again on replay removes exactly these.
+          const [lastKey, lastExtent] = batch[batch.length - 1]!;
+          const spanBegin = Math.max(begin, batch[0]![0]);
+          const spanEnd = Math.min(end, lastKey + lastExtent.lengthBlocks);
+          this.#note({ kind: DeltaLogEntryKind.unmap, volumeId: device.id, virtualBlock: spanBegin, lengthBlocks: spanEnd - spanBegin, dataBlock: 0, oldDataBlock: 0 });
+        }
         return batchBlocks;
       });
     }
@@ -589,8 +622,14 @@ export class PoolCore {
   #remap(device: Device, virtualBlock: number, oldBlock: number, newBlock: number): void {
     const mapping = this.lookup(device, virtualBlock);
     assert(mapping !== undefined && mapping.dataBlock === oldBlock, `block ${virtualBlock} moved during copy-on-write`);
-    this.unmapRange(device, virtualBlock, virtualBlock + 1);
-    this.#insertMapping(device, virtualBlock, newBlock);
+    this.unmapRange(device, virtualBlock, virtualBlock + 1, false);
+    this.#insertMapping(device, virtualBlock, newBlock, false);
+    // One entry: replay never shows the block unmapped between the two halves.
+    this.#note({ kind: DeltaLogEntryKind.remap, volumeId: device.id, virtualBlock, lengthBlocks: 1, dataBlock: newBlock, oldDataBlock: oldBlock });
+  }
+
+  #note(entry: DeltaLogEntry): void {
+    if (this.#log !== undefined && !this.#replaying) this.#log.note(entry);
   }
 
   /**
@@ -653,8 +692,24 @@ export class PoolCore {
     await this.dataWrite(bytes, mapping.dataBlock * this.blockSizeBytes + offsetInBlockBytes);
   }
 
+  /**
+   * Reserves a data block. With the delta log, blocks freed by logged changes stay pending until a
+   * rollup commits (F-LOG-8), so when only such blocks are left, a rollup frees them and the
+   * allocation is tried once more.
+   */
+  async #allocateData(device: Device, options: { mayUseReserve?: boolean }): Promise<number> {
+    try {
+      return this.#allocator.allocate(device.id, options);
+    } catch (error) {
+      if (!isThinError(error, 'THIN_NO_SPACE') || this.#log === undefined || this.dataSpace.pendingFreeBlockCount === 0) throw error;
+    }
+    await this.rollup();
+    this.assertDeviceWritable(device);
+    return this.#allocator.allocate(device.id, options);
+  }
+
   async #provision(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
-    const block = this.#allocator.allocate(device.id);
+    const block = await this.#allocateData(device, {});
     try {
       const knownZero = this.#knownZero.has(block);
       this.#knownZero.remove(block, block + 1);
@@ -682,7 +737,7 @@ export class PoolCore {
   }
 
   async #copyOnWrite(device: Device, virtualBlock: number, oldBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
-    const block = this.#allocator.allocate(device.id, { mayUseReserve: true });
+    const block = await this.#allocateData(device, { mayUseReserve: true });
     try {
       this.#knownZero.remove(block, block + 1);
       if (block >= this.#highWaterMarkDurable) await this.#coverByHighWaterMark(block);
@@ -802,6 +857,7 @@ export class PoolCore {
         flags: 0,
       };
       this.#fields.nextVolumeId = id + 1;
+      this.#unloggedChange = true;
       return this.#addDevice(id, value, details);
     });
   }
@@ -847,6 +903,7 @@ export class PoolCore {
         snapshottedTime: time,
         flags: readOnly ? DEVICE_FLAG_READ_ONLY : 0,
       };
+      this.#unloggedChange = true;
       return this.#addDevice(id, value, details);
     });
   }
@@ -856,6 +913,7 @@ export class PoolCore {
     this.assertWritable();
     if (device.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${device.details.name} was removed`);
     this.#mutate(`removing volume ${device.details.name}`, 8, () => {
+      this.#unloggedChange = true;
       this.mappingTree.releaseTree(device.value.mappingRoot);
       this.tm.dec(device.value.detailsBlock);
       if (this.deviceTree.lookup(this.#deviceTreeRoot, device.id) !== undefined) {
@@ -888,6 +946,7 @@ export class PoolCore {
       this.unmapRange(device, endBlock, Math.ceil(oldSizeBytes / bs));
     }
     this.#mutate(`resizing volume ${device.details.name}`, 0, () => {
+      this.#unloggedChange = true;
       device.value = { ...device.value, sizeBytes };
       this.#markDirty(device);
     });
@@ -1004,10 +1063,14 @@ export class PoolCore {
       metadataPath: this.files.metadata.description,
       dataPath: this.files.data.description,
       counters: {
-        metadataBlocksWritten: tmCounters.metadataBlocksWritten,
+        metadataBlocksWritten: tmCounters.metadataBlocksWritten + (this.#log?.counters.blocksWritten ?? 0),
         dataBytesWritten: this.#dataBytesWritten,
-        syncs: tmCounters.syncs + this.#dataSyncs,
+        syncs: tmCounters.syncs + this.#dataSyncs + (this.#log?.counters.syncs ?? 0),
         commits: tmCounters.commits,
+        flushes: this.#flushes,
+        rollups: this.#rollups,
+        logBlocksUsed: this.#log?.blocksUsed ?? 0,
+        logRecordsWritten: this.#log?.counters.records ?? 0,
       },
     };
     if (this.#modeReason !== undefined) status.modeReason = this.#modeReason;
@@ -1025,14 +1088,19 @@ export class PoolCore {
     if (this.#mode !== 'read-write' || this.#closing) return;
     if (this.tm.dirtyBlockCount < METADATA_DIRTY_BLOCKS_SOFT_MAX) return;
     if (this.#commitRunning !== undefined || this.#commitQueued !== undefined) return;
-    this.commit().catch(() => undefined);
+    this.rollup().catch(() => undefined);
   }
 
   /** The commit timer's tick: commits when anything changed since the last commit and none is under way. */
   commitIfChanged(): void {
     if (this.#mode !== 'read-write' || this.#closing) return;
-    if (!this.#metadataDirty && this.#dataWritesSinceSync === 0) return;
     if (this.#commitRunning !== undefined || this.#commitQueued !== undefined) return;
+    // With the delta log, the first tick after a change logs it and the next quiet one rolls up.
+    if (idleRollupDue({ ...this.#flushState(), requestsInFlight: this.#requestsInFlight })) {
+      this.rollup().catch(() => undefined);
+      return;
+    }
+    if (!this.#metadataDirty && this.#dataWritesSinceSync === 0) return;
     this.commit().catch(() => undefined);
   }
 
@@ -1089,7 +1157,8 @@ export class PoolCore {
    */
   async withCommitsHeld<T>(work: () => Promise<T>): Promise<T> {
     while (this.#commitHold !== undefined) await this.#commitHold.catch(() => undefined);
-    await this.commit();
+    // A rollup, so that the committed trees hold everything (the delta log is not in them).
+    await this.rollup();
     let release!: () => void;
     this.#commitHold = new Promise<void>((resolve) => {
       release = resolve;
@@ -1121,10 +1190,15 @@ export class PoolCore {
 
   async #commitNow(): Promise<void> {
     if (!this.canCommit) this.assertWritable();
-    if (!this.#metadataDirty) {
-      if (this.#dataWritesSinceSync === 0) return;
+    const plan = planFlush(this.#flushState());
+    if (plan === 'nothing') return;
+    if (plan === 'sync-data') {
       this.#dataWritesSinceSync = 0;
       await this.#syncData();
+      return;
+    }
+    if (plan === 'append') {
+      await this.#appendLog();
       return;
     }
     // Seal: bring the device tree up to date, then hand pdata the payload, all in this turn.
@@ -1141,6 +1215,10 @@ export class PoolCore {
     }
     this.#metadataDirty = false;
     this.#dataWritesSinceSync = 0;
+    // The sealed transaction holds every logged and pending change: the log starts again after it.
+    const generation = this.tm.transactionId;
+    this.#log?.discardPending();
+    this.#unloggedChange = false;
     let dataSynced = false;
     try {
       await this.tm.commit(payload, async () => {
@@ -1155,6 +1233,112 @@ export class PoolCore {
       throw new ThinError('THIN_READ_ONLY', 'The commit failed; the pool is now read-only and needs a check', { cause: error });
     }
     this.#highWaterMarkDurable = Math.max(this.#highWaterMarkDurable, highWaterMark);
+    if (this.#log !== undefined) {
+      this.#log.restart(generation);
+      this.#rollups += 1;
+    }
+  }
+
+  #flushState(): FlushState {
+    return {
+      log: this.#log,
+      metadataChanged: this.#metadataDirty,
+      unloggedChange: this.#unloggedChange || this.#highWaterMarkTarget !== this.#highWaterMarkSealed,
+      dataWritten: this.#dataWritesSinceSync > 0,
+    };
+  }
+
+  /**
+   * A flush as a delta log record (src/journal/log.ts): the data the pending entries point at is
+   * synced first, then the record is written and synced; it is the commit record (F-LOG-7).
+   */
+  async #appendLog(): Promise<void> {
+    const log = this.#log;
+    assert(log !== undefined, 'appending to a delta log that is off');
+    const entries = log.takePending();
+    const time = this.#fields.time;
+    this.#dataWritesSinceSync = 0;
+    await this.#syncData();
+    try {
+      await log.append(entries, time);
+    } catch (error) {
+      this.fail(`appending to the delta log failed: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw new ThinError('THIN_READ_ONLY', 'The flush failed; the pool is now read-only and needs a check', { cause: error });
+    }
+  }
+
+  // ---- delta log (src/journal) ----
+
+  /** Turns the delta log on: from now on a flush appends a record instead of committing. */
+  attachLog(log: DeltaLog): void {
+    assert(this.#log === undefined, 'a second delta log');
+    this.#log = log;
+  }
+
+  /** A flush asked for by a client (flush or FUA): counted, then a commit or a log append. */
+  flush(): Promise<void> {
+    this.#flushes += 1;
+    return this.commit();
+  }
+
+  /** A full commit that folds the delta log into the trees (when anything changed). */
+  rollup(): Promise<void> {
+    if (this.#metadataDirty) this.#unloggedChange = true;
+    return this.commit();
+  }
+
+  /**
+   * Re-applies delta log records read at open (src/journal/replay.ts) through the same code paths
+   * as the original writes, so the trees and counts come out the same. A record that names what
+   * does not exist, or a data block that is not free, is corruption under a valid checksum.
+   */
+  applyLogRecords(records: readonly DeltaLogRecord[]): void {
+    this.#replaying = true;
+    try {
+      for (const record of records) {
+        const where = `Delta log record ${record.sequence} (ring slot ${record.index})`;
+        if (record.time !== this.#fields.time) {
+          throw new ThinError('THIN_CORRUPT_BLOCK', `${where} has pool time ${record.time}, but the pool's time is ${this.#fields.time}`);
+        }
+        for (const entry of record.entries) this.#applyLogEntry(entry, where);
+        this.#metadataDirty = true;
+      }
+    } finally {
+      this.#replaying = false;
+    }
+  }
+
+  #applyLogEntry(entry: DeltaLogEntry, where: string): void {
+    const corrupt = (problem: string): ThinError => new ThinError('THIN_CORRUPT_BLOCK', `${where} ${problem}`);
+    const device = this.#devices.get(entry.volumeId);
+    if (device === undefined) throw corrupt(`names volume id ${entry.volumeId}, which does not exist`);
+    const sizeBlocks = Math.ceil(device.value.sizeBytes / this.blockSizeBytes);
+    if (entry.virtualBlock + entry.lengthBlocks > sizeBlocks) {
+      throw corrupt(`changes virtual blocks [${entry.virtualBlock}, ${entry.virtualBlock + entry.lengthBlocks}) past the end of volume ${device.details.name}`);
+    }
+    const checkFree = (dataBlock: number): void => {
+      if (!(dataBlock < this.#highWaterMarkDurable) || this.dataSpace.count(dataBlock) !== 0 || this.dataSpace.isPendingFree(dataBlock)) {
+        throw corrupt(`maps data block ${dataBlock}, which is not a free block below the high-water mark ${this.#highWaterMarkDurable}`);
+      }
+    };
+    if (entry.kind === DeltaLogEntryKind.unmap) {
+      this.unmapRange(device, entry.virtualBlock, entry.virtualBlock + entry.lengthBlocks);
+    } else if (entry.kind === DeltaLogEntryKind.map) {
+      for (let index = 0; index < entry.lengthBlocks; index++) {
+        const virtualBlock = entry.virtualBlock + index;
+        const dataBlock = entry.dataBlock + index;
+        if (this.lookup(device, virtualBlock) !== undefined) throw corrupt(`maps virtual block ${virtualBlock} of volume ${device.details.name}, which is mapped`);
+        checkFree(dataBlock);
+        this.#insertMapping(device, virtualBlock, dataBlock);
+      }
+    } else {
+      const mapping = this.lookup(device, entry.virtualBlock);
+      if (mapping?.dataBlock !== entry.oldDataBlock) {
+        throw corrupt(`moves virtual block ${entry.virtualBlock} of volume ${device.details.name} from data block ${entry.oldDataBlock}, but it maps ${mapping?.dataBlock ?? 'nothing'}`);
+      }
+      checkFree(entry.dataBlock);
+      this.#remap(device, entry.virtualBlock, entry.oldDataBlock, entry.dataBlock);
+    }
   }
 
   async #syncData(): Promise<void> {

@@ -25,6 +25,8 @@ import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, TransactionManager } from '../pdata/index.ts';
+import { DeltaLog, emptyLogPosition } from '../journal/log.ts';
+import { readDeltaLog } from '../journal/replay.ts';
 import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
 import {
   PoolCore,
@@ -45,7 +47,7 @@ export type { PoolFiles, PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCoun
 export const METADATA_FILE_NAME = 'metadata';
 export const DATA_FILE_NAME = 'data';
 
-export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs'> {
+export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
   /** Default: METADATA_BLOCK_COUNT_DEFAULT blocks (a sparse file). */
@@ -66,6 +68,11 @@ export interface PoolOpenOptions {
    * create/open, off (0) for createOn/openOn, whose tests and simulator want every commit asked for.
    */
   commitIntervalMs?: number;
+  /**
+   * Flushes append a delta log record instead of making a full commit (src/journal; default true).
+   * False gives a full commit per flush. Either way, open replays a log left by an earlier run.
+   */
+  deltaLog?: boolean;
 }
 
 export interface CreateVolumeOptions {
@@ -177,7 +184,7 @@ export class Pool {
     try {
       files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly });
       files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly });
-      const core = await Pool.#load(files as PoolFiles, readOnly);
+      const core = await Pool.#load(files as PoolFiles, readOnly, options.deltaLog !== false);
       return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT);
     } catch (error) {
       await files.metadata?.close().catch(() => undefined);
@@ -196,7 +203,7 @@ export class Pool {
   }
 
   static async openOn(files: PoolFiles, options: PoolOpenOptions = {}): Promise<Pool> {
-    return new Pool(await Pool.#load(files, options.readOnly === true), undefined, options.commitIntervalMs ?? 0);
+    return new Pool(await Pool.#load(files, options.readOnly === true, options.deltaLog !== false), undefined, options.commitIntervalMs ?? 0);
   }
 
   static async #format(files: PoolFiles, options: PoolCreateOptions, dataBlockCount: number, metadataBlockCount: number): Promise<PoolCore> {
@@ -221,11 +228,15 @@ export class Pool {
       dataSpaceMapRootTransactionId: writtenBy(tm, dataSpace.root, BTREE_BLOCK_TYPES),
     };
     await tm.commit(encodePoolPayload(payload), () => files.data.sync());
-    return new PoolCore(files, tm, payload, false);
+    const core = new PoolCore(files, tm, payload, false);
+    if (options.deltaLog !== false) core.attachLog(new DeltaLog(files.metadata, tm.poolId, emptyLogPosition(tm.generation)));
+    return core;
   }
 
-  static async #load(files: PoolFiles, readOnly: boolean): Promise<PoolCore> {
-    const { tm, payload, report } = await TransactionManager.open(files.metadata, { readOnly, validatePayload: validatePayloadRoots });
+  static async #load(files: PoolFiles, readOnly: boolean, deltaLog: boolean): Promise<PoolCore> {
+    // pdata opens writable even for a read-only pool: replaying the delta log changes the trees in
+    // memory. The pool's mode refuses every change and commit of a read-only pool.
+    const { tm, payload, report } = await TransactionManager.open(files.metadata, { readOnly: false, validatePayload: validatePayloadRoots });
     const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
     const core = new PoolCore(files, tm, decoded, readOnly);
     core.loadDevices();
@@ -236,6 +247,13 @@ export class Pool {
       const passedOver = report.rejected.map((entry) => `generation ${entry.generation}: ${entry.problem}`).join('; ');
       core.fail(`opened generation ${report.generation}, older than generation ${report.newestGenerationSeen} whose trees are damaged (${passedOver})`, undefined);
     }
+    // The delta log after this generation: every flush acknowledged since its commit (F-LOG-2, F-LOG-5).
+    const log = await readDeltaLog(files.metadata, { poolId: tm.poolId, baseGeneration: tm.generation });
+    core.applyLogRecords(log.records);
+    if (deltaLog) core.attachLog(new DeltaLog(files.metadata, tm.poolId, log.position));
+    // Fold the replayed records in at once: the log starts empty, and a crash during this rollup
+    // leaves the same generation and log to replay again.
+    if (log.records.length > 0 && core.canCommit && !readOnly) await core.rollup();
     return core;
   }
 
@@ -325,7 +343,13 @@ export class Pool {
   /** Makes every write completed before the call durable (a commit when metadata changed). */
   async flush(): Promise<void> {
     this.#core.assertOpen();
-    await this.#core.commit();
+    await this.#core.flush();
+  }
+
+  /** Folds the delta log into the trees now (a full commit); flush() is enough for durability. */
+  async rollup(): Promise<void> {
+    this.#core.assertOpen();
+    await this.#core.rollup();
   }
 
   /** Commits, then runs work while no commit starts (see PoolCore.withCommitsHeld): a live check. */
@@ -346,7 +370,7 @@ export class Pool {
     // Requests already in flight finish first; new ones are refused (THIN_CLOSED).
     await this.#core.drain();
     try {
-      if (this.#core.canCommit) await this.#core.commit();
+      if (this.#core.canCommit) await this.#core.rollup();
     } catch (error) {
       failure = error;
     }

@@ -97,7 +97,7 @@ export class Volume {
       await this.#locked(offsetBytes, source.length, () => this.#core.writeRange(this.#device, offsetBytes, source, source.length));
       this.#core.commitIfManyDirty();
     }
-    if (options.fua === true) await this.#core.commit();
+    if (options.fua === true) await this.#core.flush();
   }
 
   /** Afterwards the range reads as zeros; whole blocks are unmapped and their space freed when unshared. */
@@ -116,13 +116,13 @@ export class Volume {
       await this.#locked(offsetBytes, lengthBytes, () => this.#core.zeroRange(this.#device, offsetBytes, lengthBytes, options.noHole === true));
       this.#core.commitIfManyDirty();
     }
-    if (options.fua === true) await this.#core.commit();
+    if (options.fua === true) await this.#core.flush();
   }
 
   /** Every write completed before this call is durable when it resolves (the pool's commit). */
   async flush(): Promise<void> {
     this.#core.assertOpen();
-    await this.#core.commit();
+    await this.#core.flush();
   }
 
   /**

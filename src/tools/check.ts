@@ -2,6 +2,8 @@
 //
 // What is checked (docs/format.md F-POOL rules; thin_check does the same for dm-thin, except that
 // it skips data reference counts — refs/dm-thin-interop.md §3 — which this checker counts):
+// - the superblock copies (an invalid copy is a warning: a crash leaves one), a newer generation
+//   passed over (a problem: it was committed and then damaged), the metadata file's size;
 // - every metadata block reached: checksum, type, own location, pool id (pdata's read);
 // - every B+tree: node invariants, key order and the bounds parents promise (pdata's walker);
 // - the superblock payload, every device value and details block: names valid and unique, sizes,
@@ -15,7 +17,7 @@
 // It keeps going after a problem and names the place of each: a block number, a volume, a key or
 // block range. A node found corrupt is reported once and its subtree skipped.
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
-import { isThinError } from '../errors.ts';
+import { assert, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
@@ -35,7 +37,7 @@ import {
   type DeviceValue,
   type PoolPayload,
 } from '../pool/codecs.ts';
-import { coverageRuns, type CoverageRun, type Extent } from '../pool/ranges.ts';
+import type { CoverageRun, Extent } from '../pool/ranges.ts';
 import { staleBlockProblem, validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
 import path from 'node:path';
@@ -244,7 +246,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     pack: packExtent,
     unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, payload.dataBlockCount),
   };
-  const dataReferences: CoverageRun[] = [];
+  const dataReferences = new ReferenceRuns();
   const names = new Map<string, number>();
   const ids = new Set(devices.map(([id]) => id));
   const corruptNodes = new Set<number>();
@@ -329,9 +331,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
         // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
         // Runs that continue one another are joined as they come (the sweep's sum is the same): a
         // volume written in order gives one run, not one per extent.
-        const lastReference = dataReferences[dataReferences.length - 1];
-        if (lastReference !== undefined && lastReference.end === extent.dataBlock) lastReference.end += extent.lengthBlocks;
-        else dataReferences.push({ begin: extent.dataBlock, end: extent.dataBlock + extent.lengthBlocks, count: 1 });
+        dataReferences.add(extent.dataBlock, extent.dataBlock + extent.lengthBlocks);
         // F-POOL-40: every mapped data block lies below the high-water mark.
         if (extent.dataBlock + extent.lengthBlocks > payload.dataHighWaterMark) {
           checker.problem(
@@ -366,7 +366,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
   stats.metadataNodes = walker.nodeCount;
 
   // ---- data reference counts (F-POOL-23) ----
-  const expected = coverageRuns(dataReferences);
+  const expected = dataReferences.coverage();
   stats.dataBlocksReferenced = expected.reduce((total, run) => total + (run.end - run.begin), 0);
   if (dataSpace !== undefined) {
     const actual: CoverageRun[] = [];
@@ -467,6 +467,64 @@ function summarize(
   }
   memo.set(blockNr, result ?? null);
   return result;
+}
+
+/**
+ * Data block ranges each referenced once (one per distinct leaf entry), swept into runs of
+ * constant coverage. Kept in typed arrays and sorted natively, because a pool has millions of
+ * them: an object and a map entry per reference cost several times the rest of the check.
+ */
+export class ReferenceRuns {
+  #begins = new Float64Array(1024);
+  #ends = new Float64Array(1024);
+  #length = 0;
+
+  add(begin: number, end: number): void {
+    // A range that continues the previous one is joined to it (the sweep's sums are the same).
+    if (this.#length > 0 && this.#ends[this.#length - 1] === begin) {
+      this.#ends[this.#length - 1] = end;
+      return;
+    }
+    if (this.#length === this.#begins.length) {
+      const begins = new Float64Array(this.#length * 2);
+      begins.set(this.#begins);
+      this.#begins = begins;
+      const ends = new Float64Array(this.#length * 2);
+      ends.set(this.#ends);
+      this.#ends = ends;
+    }
+    this.#begins[this.#length] = begin;
+    this.#ends[this.#length] = end;
+    this.#length += 1;
+  }
+
+  /** Sorted, disjoint runs of coverage ≥ 1, neighbours of equal coverage merged. */
+  coverage(): CoverageRun[] {
+    const begins = this.#begins.subarray(0, this.#length).sort();
+    const ends = this.#ends.subarray(0, this.#length).sort();
+    const runs: CoverageRun[] = [];
+    let count = 0;
+    let b = 0;
+    let e = 0;
+    while (e < ends.length) {
+      const point = b < begins.length ? Math.min(begins[b]!, ends[e]!) : ends[e]!;
+      while (b < begins.length && begins[b] === point) {
+        count += 1;
+        b += 1;
+      }
+      while (e < ends.length && ends[e] === point) {
+        count -= 1;
+        e += 1;
+      }
+      if (count === 0) continue;
+      const next = b < begins.length ? Math.min(begins[b]!, ends[e]!) : ends[e]!;
+      const previous = runs[runs.length - 1];
+      if (previous !== undefined && previous.end === point && previous.count === count) previous.end = next;
+      else runs.push({ begin: point, end: next, count });
+    }
+    assert(count === 0, 'the data reference sweep did not return to zero');
+    return runs;
+  }
 }
 
 /** Ranges where two sorted, disjoint run lists disagree on the count. */

@@ -21,6 +21,7 @@ import {
   METADATA_BLOCK_COUNT_MIN,
   METADATA_BLOCK_SIZE_BYTES,
   SUPERBLOCK_BLOCK_NRS,
+  DELTA_LOG_BLOCK_COUNT,
 } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import { CHILD_VALUE_BYTES, nodeCapacity } from '../pdata/btree/node.ts';
@@ -107,7 +108,7 @@ export function estimateMetadataSize(options: MetadataSizeOptions): MetadataSize
   const counted = mappingBlocks + dataSpaceMapBlocks + volumeBlocks;
   // The metadata space map counts those blocks as extents too; worst case one extent per block.
   const metadataSpaceMapBlocks = treeBlocks(counted, nodeCapacity(refCountExtentCodec(TreeKind.metadataSpaceMap).sizeBytes));
-  const fixedBlocks = SUPERBLOCK_BLOCK_NRS.length + metadataSpaceMapBlocks;
+  const fixedBlocks = SUPERBLOCK_BLOCK_NRS.length + DELTA_LOG_BLOCK_COUNT + metadataSpaceMapBlocks;
   const metadataBlocks = counted + fixedBlocks;
   const metadataBytes = metadataBlocks * METADATA_BLOCK_SIZE_BYTES;
   const recommendedBlocks = Math.min(Math.max(metadataBlocks, METADATA_BLOCK_COUNT_MIN), METADATA_BLOCK_COUNT_MAX);

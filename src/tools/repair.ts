@@ -1,21 +1,24 @@
-// `thinbd repair --pool DIR -o NEWDIR`: rebuilds a consistent pool from whatever of DIR's
-// metadata is readable, and says what was lost.
+// `thinbd repair --pool DIR -o NEWDIR` and `thinbd check --repair`: rebuild a consistent pool from
+// whatever of DIR's metadata is readable, and say what was lost.
 //
-// It reads DIR read-only under its lock: the newest superblock generation that opens (pdata's
-// open already falls back past damaged copies), the device tree and every volume's mapping tree,
-// each walked by pdata's TreeWalker, which reports a node that fails its checksum or breaks an
-// invariant — with the key range its parent promised — and skips its subtree. Everything that
-// was read becomes the event stream of dump/restore (events.ts) and goes to restore's builder,
-// which writes fresh trees into NEWDIR and counts data references anew from the mappings (so a
-// damaged data space map costs nothing). NEWDIR's `data` is a link to DIR's data: no data block
-// is copied or moved, and the damaged pool is left as it was.
+// It reads DIR read-only under its lock: the generation the pool itself would open — the newest
+// whose superblock copy, metadata space map and payload roots validate — or, when no generation's
+// roots validate (a root every generation on disk shares is damaged), the newest whose superblock
+// and metadata space map do. Then the device tree and every volume's mapping tree, each walked by
+// pdata's TreeWalker, which reports a node that fails its checksum or breaks an invariant — with
+// the key range its parent promised — and skips its subtree. Everything that was read becomes
+// the event stream of dump/restore (events.ts) and goes to restore's builder, which writes fresh
+// trees into NEWDIR and counts data references anew from the mappings (so a damaged data space
+// map costs nothing). NEWDIR's `data` is a link to DIR's data: no data block is copied or moved,
+// and the damaged pool is left as it was. In place (check --repair), the new metadata is built
+// aside in DIR and swapped in by a rename (repairPoolInPlace).
 //
-// What is lost, each named: volumes under an unreadable device tree node (by id range), the
-// mappings under an unreadable mapping node (by volume and virtual block range), volume details
-// that cannot be read (the volume is kept, named recovered-<id>), mappings past a volume's end or
-// overlapping an earlier one. When no superblock generation opens there is nothing to start
-// from, and repair says so rather than guessing (thin_repair's scan of every block for roots is
-// not done).
+// What is lost, each named: a newer generation passed over (everything it committed), volumes
+// under an unreadable device tree node (by id range), the mappings under an unreadable mapping
+// node (by volume and virtual block range), volume details that cannot be read (the volume is
+// kept, named recovered-<id>), mappings past the data device, past a volume's end or overlapping
+// an earlier one. When no superblock generation opens there is nothing to start from, and repair
+// says so rather than guessing (thin_repair's scan of every block for roots is not done).
 import fs from 'node:fs';
 import path from 'node:path';
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';

@@ -77,6 +77,10 @@ describe('pool create and status', () => {
       assert.ok(key in status, `status has ${key}`);
     }
     assert.equal(status['dataPath'], join(dir, 'data'));
+    const counters = status['counters'] as Record<string, unknown>;
+    for (const key of ['metadataBlocksWritten', 'flushes', 'commits', 'rollups', 'logBlocksUsed']) {
+      assert.equal(typeof counters[key], 'number', `counters has ${key}`);
+    }
   });
 
   test('block sizes must be powers of two from 64k to 1G', () => {

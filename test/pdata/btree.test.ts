@@ -1,6 +1,7 @@
 // The B+tree against a model (a sorted Map), with snapshots, commits and exact reference counts.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { DELTA_LOG_BLOCK_COUNT } from '../../src/constants.ts';
 import { BTree } from '../../src/pdata/btree/btree.ts';
 import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
 import { nodeCapacity } from '../../src/pdata/btree/node.ts';
@@ -138,7 +139,11 @@ describe('B+tree', () => {
     }
     assert.deepEqual([...tree.entries(root)], []);
     checkReferences(tm, [root], codec, dataRefs);
-    assert.equal(tm.metadataBlocksUsed, 4 + 1 + countSpaceMapNodes(tm), 'only the superblocks, the empty root and the space map remain');
+    assert.equal(
+      tm.metadataBlocksUsed,
+      4 + DELTA_LOG_BLOCK_COUNT + 1 + countSpaceMapNodes(tm),
+      'only the superblocks, the delta log ring, the empty root and the space map remain',
+    );
   });
 
   for (const seed of [21, 22, 23]) {

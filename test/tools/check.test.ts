@@ -22,7 +22,9 @@ import {
 import { writtenBy } from '../../src/pool/core.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import type { Extent } from '../../src/pool/ranges.ts';
-import { checkPool, type CheckReport } from '../../src/tools/check.ts';
+import { ReferenceRuns, checkPool, type CheckReport } from '../../src/tools/check.ts';
+import { coverageRuns } from '../../src/pool/ranges.ts';
+import fc from 'fast-check';
 import { BLOCK, filled, memoryPool } from '../pool/helpers.ts';
 
 type Files = { metadata: MemoryBlockFile; data: MemoryBlockFile };
@@ -254,4 +256,15 @@ test('a mapping root that is not the block its device entry recorded (a lost wri
   await assert.rejects(Pool.openOn(forOpen), /stale block/);
   const report = await checkPool(files);
   assert.ok(report.problems.some((p) => p.where === `volume id 1, mapping root (metadata block ${a.value.mappingRoot})` && /stale/.test(p.message)), describe(report));
+});
+
+test("check's data reference sweep gives the same runs as the pool's coverage sweep, for any references", () => {
+  fc.assert(
+    fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 200 }), fc.integer({ min: 1, max: 20 })), { maxLength: 60 }), (ranges) => {
+      const runs = new ReferenceRuns();
+      for (const [begin, lengthBlocks] of ranges) runs.add(begin, begin + lengthBlocks);
+      assert.deepEqual(runs.coverage(), coverageRuns(ranges.map(([begin, lengthBlocks]) => ({ begin, end: begin + lengthBlocks, count: 1 }))));
+    }),
+    { numRuns: 500 },
+  );
 });

@@ -9,7 +9,7 @@
 //   block's reference count counts under dm-thin's scheme (a leaf shared by snapshots is one
 //   reference).
 // The walk is iterative; levels must decrease by one per step, so corrupt input cannot loop.
-import { SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
+import { DELTA_LOG_BLOCK_COUNT, DELTA_LOG_FIRST_BLOCK_NR, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
 import { ThinError, isThinError } from '../../errors.ts';
 import { BTREE_BLOCK_TYPES, BlockType } from '../block.ts';
 import type { TransactionManager } from '../transaction.ts';
@@ -191,6 +191,10 @@ export class TreeWalker {
     this.walk(this.tm.metadataSpaceMapRoot, metadataSpaceMapCodec);
     const seen = new Map(this.references);
     for (const blockNr of SUPERBLOCK_BLOCK_NRS) seen.set(blockNr, (seen.get(blockNr) ?? 0) + 1);
+    // F-LOG-1: the delta log's ring is used for ever, referenced by nothing in the trees.
+    for (let blockNr = DELTA_LOG_FIRST_BLOCK_NR; blockNr < DELTA_LOG_FIRST_BLOCK_NR + DELTA_LOG_BLOCK_COUNT; blockNr++) {
+      seen.set(blockNr, (seen.get(blockNr) ?? 0) + 1);
+    }
     const mismatches: Array<{ blockNr: number; counted: number; seen: number }> = [];
     for (let blockNr = 0; blockNr < this.tm.metadataBlockCount; blockNr++) {
       const counted = this.tm.refCount(blockNr);

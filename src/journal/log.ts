@@ -1,0 +1,286 @@
+// The delta log (docs/format.md "Delta log"): between full commits (rollups), a flush appends one
+// checksummed record to a fixed ring of metadata blocks instead of writing every shadowed tree
+// node, the space maps and a superblock. The record lists the logical mapping changes since the
+// previous flush, as ranges, and is itself the commit record:
+//
+//   data writes ─► await completions ─► fdatasync(data) ─► write record(s) ─► fdatasync(metadata) ─► ack
+//
+// Replay (replay.ts) re-applies the changes through the pool's own code paths on top of the last
+// full commit, so the trees and reference counts come out as the original writes made them.
+//
+// Records of one log are tied to the superblock generation they follow (the "base generation",
+// kept in the block header's transaction id field), numbered 1, 2, 3 ... from ring slot 0, and
+// chained by the previous record's checksum. After every rollup the log starts again at slot 0
+// under the new generation, so a record left from an older lap of the ring names another
+// generation, or breaks the chain, and is never replayed. Generation numbers are never reused
+// (pdata's nextTransactionId), which makes the generation the log's salt.
+//
+// Only mapping changes are logged: map (a run of new blocks), unmap (a discard) and remap (one
+// copy-on-write, logged as one entry so that replay never shows the block unmapped between its
+// unmap and its new mapping). Everything else (create, snapshot, remove, resize, a raised data
+// high-water mark) forces a rollup: these are rare, and a record for them would be as large as
+// the commit it replaces.
+import {
+  DELTA_LOG_BLOCK_COUNT,
+  DELTA_LOG_BLOCKS_PER_FLUSH_MAX,
+  DELTA_LOG_FIRST_BLOCK_NR,
+  METADATA_BLOCK_HEADER_BYTES,
+  METADATA_BLOCK_SIZE_BYTES,
+} from '../constants.ts';
+import { ThinError, assert } from '../errors.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { Block, BlockType, checksumOf, getU64, sealBlock, setU64 } from '../pdata/index.ts';
+
+/** "TLOG" read as a little-endian u32. */
+export const DELTA_LOG_MAGIC = 0x474f4c54;
+
+/** Record fields after the block header (F-LOG-2). */
+export const DeltaLogLayout = {
+  magicOffset: METADATA_BLOCK_HEADER_BYTES + 0, // u32
+  sequenceOffset: METADATA_BLOCK_HEADER_BYTES + 4, // u32, 1 for the first record after a rollup
+  previousChecksumOffset: METADATA_BLOCK_HEADER_BYTES + 8, // u32, 0 for the first record
+  entryCountOffset: METADATA_BLOCK_HEADER_BYTES + 12, // u32
+  timeOffset: METADATA_BLOCK_HEADER_BYTES + 16, // u32, the pool time of every map in the record
+  reservedOffset: METADATA_BLOCK_HEADER_BYTES + 20, // u32, zero
+  entriesOffset: METADATA_BLOCK_HEADER_BYTES + 24,
+} as const;
+
+/** One entry (F-LOG-3): 40 bytes. */
+export const DeltaLogEntryLayout = {
+  kindOffset: 0, // u8
+  reservedOffset: 1, // 3 bytes, zero
+  volumeIdOffset: 4, // u32
+  virtualBlockOffset: 8, // u64
+  lengthBlocksOffset: 16, // u32
+  reserved2Offset: 20, // u32, zero
+  dataBlockOffset: 24, // u64
+  oldDataBlockOffset: 32, // u64, remap only (else zero)
+  sizeBytes: 40,
+} as const;
+
+export const DELTA_LOG_ENTRIES_PER_RECORD = Math.floor((METADATA_BLOCK_SIZE_BYTES - DeltaLogLayout.entriesOffset) / DeltaLogEntryLayout.sizeBytes);
+
+assert(DeltaLogLayout.reservedOffset + 4 === DeltaLogLayout.entriesOffset, 'delta log record fields must end where the entries start');
+assert(DeltaLogEntryLayout.oldDataBlockOffset + 8 === DeltaLogEntryLayout.sizeBytes, 'delta log entry fields must fill the entry');
+assert(DELTA_LOG_ENTRIES_PER_RECORD >= 100, 'a delta log record holds at least 100 entries');
+assert(DELTA_LOG_BLOCKS_PER_FLUSH_MAX <= DELTA_LOG_BLOCK_COUNT, 'one flush fits the ring');
+
+export const DeltaLogEntryKind = {
+  /** Virtual blocks [virtualBlock, +lengthBlocks), unmapped, now map to data blocks [dataBlock, +lengthBlocks). */
+  map: 1,
+  /** Virtual blocks [virtualBlock, +lengthBlocks) are unmapped (mapped or not before). */
+  unmap: 2,
+  /** Virtual block virtualBlock moves from oldDataBlock to dataBlock (a copy-on-write); lengthBlocks 1. */
+  remap: 3,
+} as const;
+export type DeltaLogEntryKindValue = (typeof DeltaLogEntryKind)[keyof typeof DeltaLogEntryKind];
+
+export interface DeltaLogEntry {
+  kind: DeltaLogEntryKindValue;
+  volumeId: number;
+  virtualBlock: number;
+  lengthBlocks: number;
+  /** map, remap: the (new) data block; unmap: 0. */
+  dataBlock: number;
+  /** remap: the data block the virtual block left; otherwise 0. */
+  oldDataBlock: number;
+}
+
+/** Where the next record goes and what it must carry to continue the chain. */
+export interface DeltaLogPosition {
+  /** The superblock generation the log's records follow. */
+  baseGeneration: number;
+  /** Ring slot of the next record (0 .. DELTA_LOG_BLOCK_COUNT). */
+  nextIndex: number;
+  nextSequence: number;
+  previousChecksum: number;
+}
+
+export interface DeltaLogCounters {
+  blocksWritten: number;
+  records: number;
+  syncs: number;
+}
+
+export function deltaLogBlockNr(index: number): number {
+  if (!(Number.isSafeInteger(index) && index >= 0 && index < DELTA_LOG_BLOCK_COUNT)) assert(false, `delta log slot ${index} outside the ring`);
+  return DELTA_LOG_FIRST_BLOCK_NR + index;
+}
+
+export function emptyLogPosition(baseGeneration: number): DeltaLogPosition {
+  return { baseGeneration, nextIndex: 0, nextSequence: 1, previousChecksum: 0 };
+}
+
+/** Records needed for entryCount entries. */
+export function recordsFor(entryCount: number): number {
+  return Math.ceil(entryCount / DELTA_LOG_ENTRIES_PER_RECORD);
+}
+
+export interface EncodeRecordOptions {
+  index: number;
+  poolId: bigint;
+  baseGeneration: number;
+  sequence: number;
+  previousChecksum: number;
+  time: number;
+}
+
+/** One sealed record block holding `entries` (at most DELTA_LOG_ENTRIES_PER_RECORD). */
+export function encodeRecord(entries: readonly DeltaLogEntry[], options: EncodeRecordOptions): Uint8Array {
+  assert(entries.length >= 1 && entries.length <= DELTA_LOG_ENTRIES_PER_RECORD, `a delta log record of ${entries.length} entries`);
+  const block = new Block(deltaLogBlockNr(options.index), new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
+  const view = block.view;
+  view.setUint32(DeltaLogLayout.magicOffset, DELTA_LOG_MAGIC, true);
+  view.setUint32(DeltaLogLayout.sequenceOffset, options.sequence, true);
+  view.setUint32(DeltaLogLayout.previousChecksumOffset, options.previousChecksum, true);
+  view.setUint32(DeltaLogLayout.entryCountOffset, entries.length, true);
+  view.setUint32(DeltaLogLayout.timeOffset, options.time, true);
+  entries.forEach((entry, entryIndex) => {
+    assert(entry.lengthBlocks >= 1 && entry.lengthBlocks <= 0xffff_ffff, `delta log entry of ${entry.lengthBlocks} blocks`);
+    assert(entry.kind !== DeltaLogEntryKind.remap || entry.lengthBlocks === 1, 'a remap entry moves one block');
+    const offsetBytes = DeltaLogLayout.entriesOffset + entryIndex * DeltaLogEntryLayout.sizeBytes;
+    view.setUint8(offsetBytes + DeltaLogEntryLayout.kindOffset, entry.kind);
+    view.setUint32(offsetBytes + DeltaLogEntryLayout.volumeIdOffset, entry.volumeId, true);
+    setU64(view, offsetBytes + DeltaLogEntryLayout.virtualBlockOffset, entry.virtualBlock);
+    view.setUint32(offsetBytes + DeltaLogEntryLayout.lengthBlocksOffset, entry.lengthBlocks, true);
+    setU64(view, offsetBytes + DeltaLogEntryLayout.dataBlockOffset, entry.dataBlock);
+    setU64(view, offsetBytes + DeltaLogEntryLayout.oldDataBlockOffset, entry.oldDataBlock);
+  });
+  sealBlock(block, BlockType.deltaLog, options.baseGeneration, options.poolId);
+  return block.bytes;
+}
+
+/**
+ * The log writer of an open pool: collects the mapping changes of the open transaction that no
+ * record holds yet, and appends them as records. The pool serializes appends and rollups (one
+ * commit at a time), so the position only moves under one caller.
+ */
+export class DeltaLog {
+  readonly file: BlockFile;
+  readonly poolId: bigint;
+  readonly counters: DeltaLogCounters = { blocksWritten: 0, records: 0, syncs: 0 };
+  #position: DeltaLogPosition;
+  #pending: DeltaLogEntry[] = [];
+
+  constructor(file: BlockFile, poolId: bigint, position: DeltaLogPosition) {
+    assert(position.nextIndex >= 0 && position.nextIndex <= DELTA_LOG_BLOCK_COUNT, `delta log position ${position.nextIndex} outside the ring`);
+    this.file = file;
+    this.poolId = poolId;
+    this.#position = { ...position };
+  }
+
+  get position(): DeltaLogPosition {
+    return { ...this.#position };
+  }
+
+  /** Ring blocks holding records of the current log (0 right after a rollup). */
+  get blocksUsed(): number {
+    return this.#position.nextIndex;
+  }
+
+  get pendingEntryCount(): number {
+    return this.#pending.length;
+  }
+
+  /** Records a change made in memory; a map or unmap that continues the previous entry extends it. */
+  note(entry: DeltaLogEntry): void {
+    assert(entry.lengthBlocks >= 1, 'an empty delta log entry');
+    const last = this.#pending[this.#pending.length - 1];
+    if (
+      last !== undefined &&
+      last.kind === entry.kind &&
+      entry.kind !== DeltaLogEntryKind.remap &&
+      last.volumeId === entry.volumeId &&
+      last.virtualBlock + last.lengthBlocks === entry.virtualBlock &&
+      (entry.kind === DeltaLogEntryKind.unmap || last.dataBlock + last.lengthBlocks === entry.dataBlock) &&
+      last.lengthBlocks + entry.lengthBlocks <= 0xffff_ffff
+    ) {
+      last.lengthBlocks += entry.lengthBlocks;
+      return;
+    }
+    this.#pending.push({ ...entry });
+  }
+
+  /** Whether the pending entries fit one flush's records in the ring's free slots. */
+  pendingFits(): boolean {
+    const needed = recordsFor(this.#pending.length);
+    return needed <= DELTA_LOG_BLOCKS_PER_FLUSH_MAX && this.#position.nextIndex + needed <= DELTA_LOG_BLOCK_COUNT;
+  }
+
+  /** Hands the pending entries to an append; later notes go to the next one. */
+  takePending(): DeltaLogEntry[] {
+    const taken = this.#pending;
+    this.#pending = [];
+    return taken;
+  }
+
+  /** Drops the pending entries: a full commit sealed them into the trees. */
+  discardPending(): void {
+    this.#pending = [];
+  }
+
+  /**
+   * Writes `entries` as the next record(s), awaits every write, then syncs the metadata file. The
+   * caller has already synced the data they point at. Resolves when the records are durable.
+   */
+  async append(entries: readonly DeltaLogEntry[], time: number): Promise<void> {
+    assert(entries.length > 0, 'appending no delta log entries');
+    const recordCount = recordsFor(entries.length);
+    const start = this.#position;
+    assert(start.nextIndex + recordCount <= DELTA_LOG_BLOCK_COUNT, 'delta log append past the ring');
+    const writes: Array<{ bytes: Uint8Array; blockNr: number }> = [];
+    let position = { ...start };
+    for (let record = 0; record < recordCount; record++) {
+      const slice = entries.slice(record * DELTA_LOG_ENTRIES_PER_RECORD, (record + 1) * DELTA_LOG_ENTRIES_PER_RECORD);
+      const bytes = encodeRecord(slice, {
+        index: position.nextIndex,
+        poolId: this.poolId,
+        baseGeneration: position.baseGeneration,
+        sequence: position.nextSequence,
+        previousChecksum: position.previousChecksum,
+        time,
+      });
+      writes.push({ bytes, blockNr: deltaLogBlockNr(position.nextIndex) });
+      position = {
+        baseGeneration: position.baseGeneration,
+        nextIndex: position.nextIndex + 1,
+        nextSequence: position.nextSequence + 1,
+        previousChecksum: checksumOf(bytes),
+      };
+    }
+    // A later record is only ever written once the one before it is durable or in this very
+    // batch, so a crash leaves a prefix of the chain, possibly with this batch torn anywhere.
+    try {
+      await Promise.all(writes.map((write) => this.file.write(write.bytes, write.blockNr * METADATA_BLOCK_SIZE_BYTES)));
+      this.counters.blocksWritten += writes.length;
+      this.counters.syncs += 1;
+      await this.file.sync();
+    } catch (error) {
+      throw new ThinError('THIN_IO', `Appending ${recordCount} delta log record(s) to ${this.file.description} failed`, { cause: error });
+    }
+    this.counters.records += recordCount;
+    this.#position = position;
+  }
+
+  /** Starts an empty log after a rollup made `generation` durable. */
+  restart(generation: number): void {
+    assert(generation >= this.#position.baseGeneration, `delta log restarted at older generation ${generation}`);
+    this.#position = emptyLogPosition(generation);
+  }
+}
+
+/** Reads one entry of a record (no validation: decodeRecord in replay.ts validates). */
+export function readEntry(view: DataView, entryIndex: number): DeltaLogEntry & { reserved: number } {
+  const offsetBytes = DeltaLogLayout.entriesOffset + entryIndex * DeltaLogEntryLayout.sizeBytes;
+  return {
+    kind: view.getUint8(offsetBytes + DeltaLogEntryLayout.kindOffset) as DeltaLogEntryKindValue,
+    volumeId: view.getUint32(offsetBytes + DeltaLogEntryLayout.volumeIdOffset, true),
+    virtualBlock: getU64(view, offsetBytes + DeltaLogEntryLayout.virtualBlockOffset),
+    lengthBlocks: view.getUint32(offsetBytes + DeltaLogEntryLayout.lengthBlocksOffset, true),
+    dataBlock: getU64(view, offsetBytes + DeltaLogEntryLayout.dataBlockOffset),
+    oldDataBlock: getU64(view, offsetBytes + DeltaLogEntryLayout.oldDataBlockOffset),
+    reserved:
+      view.getUint8(offsetBytes + 1) | view.getUint8(offsetBytes + 2) | view.getUint8(offsetBytes + 3) |
+      view.getUint32(offsetBytes + DeltaLogEntryLayout.reserved2Offset, true),
+  };
+}

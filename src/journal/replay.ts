@@ -1,0 +1,125 @@
+// Reading the delta log back after an open (docs/format.md "Delta log", F-LOG-2..5).
+//
+// Replay trusts a record only when its block validates (checksum, type, own block number, pool),
+// names the generation that was opened as its base, and carries the next sequence number and the
+// previous record's checksum. It stops at the first record that does not: a torn write, a record
+// never written, a stale one from an older lap of the ring or an older generation, a misdirected
+// one. Every record before that point was complete, so the state replayed is the last full commit
+// plus a prefix of the flushes made on it; acknowledged flushes are all in that prefix, because a
+// flush is acknowledged only once its record is durable.
+//
+// Replay writes nothing: the pool applies the records in memory and then rolls up, so a crash
+// during replay or during that rollup leaves the same committed generation and the same log, and
+// the next open replays the same records onto the same state (idempotent by construction).
+import { DELTA_LOG_BLOCK_COUNT, DELTA_LOG_FIRST_BLOCK_NR, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
+import { ThinError } from '../errors.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { Block, BlockType, blockProblem, checksumOf } from '../pdata/index.ts';
+import {
+  DELTA_LOG_ENTRIES_PER_RECORD,
+  DELTA_LOG_MAGIC,
+  DeltaLogEntryKind,
+  DeltaLogLayout,
+  deltaLogBlockNr,
+  emptyLogPosition,
+  readEntry,
+  type DeltaLogEntry,
+  type DeltaLogPosition,
+} from './log.ts';
+
+export interface DeltaLogRecord {
+  index: number;
+  sequence: number;
+  time: number;
+  entries: DeltaLogEntry[];
+}
+
+export interface DeltaLogReadResult {
+  records: DeltaLogRecord[];
+  /** Where the log continues (after the last valid record). */
+  position: DeltaLogPosition;
+  /** Why reading stopped, for reports: "slot 3 (metadata block 4): checksum mismatch". */
+  stoppedAt: string;
+}
+
+export interface DecodeRecordExpectation {
+  index: number;
+  poolId: bigint;
+  baseGeneration: number;
+  sequence: number;
+  previousChecksum: number;
+}
+
+/** Decodes the record in ring slot `index`; returns what is wrong instead when it is not the next record. */
+export function decodeRecord(bytes: Uint8Array, expect: DecodeRecordExpectation): DeltaLogRecord | string {
+  const blockNr = deltaLogBlockNr(expect.index);
+  const problem = blockProblem(bytes, { blockNr, expectedType: BlockType.deltaLog, poolId: expect.poolId }); // F-LOG-2
+  if (problem !== undefined) return problem;
+  const block = new Block(blockNr, bytes);
+  const view = block.view;
+  const baseGeneration = block.transactionId;
+  if (baseGeneration !== expect.baseGeneration) {
+    return `a record of generation ${baseGeneration}'s log, not of generation ${expect.baseGeneration} (a stale record)`; // F-LOG-2
+  }
+  if (view.getUint32(DeltaLogLayout.magicOffset, true) !== DELTA_LOG_MAGIC) return 'bad magic number';
+  const sequence = view.getUint32(DeltaLogLayout.sequenceOffset, true);
+  if (sequence !== expect.sequence) return `sequence ${sequence}, expected ${expect.sequence} (a stale record)`;
+  const previousChecksum = view.getUint32(DeltaLogLayout.previousChecksumOffset, true);
+  if (previousChecksum !== expect.previousChecksum) return `it follows a record with checksum ${previousChecksum}, not ${expect.previousChecksum} (a stale record)`;
+  const entryCount = view.getUint32(DeltaLogLayout.entryCountOffset, true);
+  if (entryCount < 1 || entryCount > DELTA_LOG_ENTRIES_PER_RECORD) return `entry count ${entryCount}`;
+  const time = view.getUint32(DeltaLogLayout.timeOffset, true);
+  if (view.getUint32(DeltaLogLayout.reservedOffset, true) !== 0) return 'reserved field is not zero';
+  const entries: DeltaLogEntry[] = [];
+  for (let entryIndex = 0; entryIndex < entryCount; entryIndex++) {
+    const { reserved, ...entry } = readEntry(view, entryIndex);
+    const kinds: number[] = Object.values(DeltaLogEntryKind);
+    const fieldsSafe = Number.isSafeInteger(entry.virtualBlock) && Number.isSafeInteger(entry.dataBlock) && Number.isSafeInteger(entry.oldDataBlock);
+    if (reserved !== 0 || !kinds.includes(entry.kind) || entry.lengthBlocks < 1 || !fieldsSafe) return `entry ${entryIndex} is malformed`; // F-LOG-3
+    if (entry.kind === DeltaLogEntryKind.remap && entry.lengthBlocks !== 1) return `entry ${entryIndex} remaps ${entry.lengthBlocks} blocks`;
+    if (entry.kind !== DeltaLogEntryKind.remap && entry.oldDataBlock !== 0) return `entry ${entryIndex} is malformed`;
+    if (entry.kind === DeltaLogEntryKind.unmap && entry.dataBlock !== 0) return `entry ${entryIndex} is malformed`;
+    entries.push(entry);
+  }
+  return { index: expect.index, sequence, time, entries };
+}
+
+/**
+ * Reads the log that follows generation `baseGeneration`: the valid, in-sequence records from
+ * slot 0 up to the first break. A read error is a ThinError (THIN_IO), not a break: an unreadable
+ * record may hold an acknowledged flush.
+ */
+export async function readDeltaLog(file: BlockFile, options: { poolId: bigint; baseGeneration: number }): Promise<DeltaLogReadResult> {
+  const ring = new Uint8Array(DELTA_LOG_BLOCK_COUNT * METADATA_BLOCK_SIZE_BYTES);
+  try {
+    await file.read(ring, DELTA_LOG_FIRST_BLOCK_NR * METADATA_BLOCK_SIZE_BYTES);
+  } catch (error) {
+    throw new ThinError('THIN_IO', `Cannot read the delta log on ${file.description}`, { cause: error });
+  }
+  const records: DeltaLogRecord[] = [];
+  let position = emptyLogPosition(options.baseGeneration);
+  let stoppedAt = 'the end of the ring';
+  while (position.nextIndex < DELTA_LOG_BLOCK_COUNT) {
+    const index = position.nextIndex;
+    const bytes = ring.subarray(index * METADATA_BLOCK_SIZE_BYTES, (index + 1) * METADATA_BLOCK_SIZE_BYTES);
+    const decoded = decodeRecord(bytes, {
+      index,
+      poolId: options.poolId,
+      baseGeneration: options.baseGeneration,
+      sequence: position.nextSequence,
+      previousChecksum: position.previousChecksum,
+    });
+    if (typeof decoded === 'string') {
+      stoppedAt = `slot ${index} (metadata block ${deltaLogBlockNr(index)}): ${decoded}`;
+      break;
+    }
+    records.push(decoded);
+    position = {
+      baseGeneration: options.baseGeneration,
+      nextIndex: index + 1,
+      nextSequence: position.nextSequence + 1,
+      previousChecksum: checksumOf(bytes),
+    };
+  }
+  return { records, position, stoppedAt };
+}

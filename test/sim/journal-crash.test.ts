@@ -1,0 +1,408 @@
+// Power cuts around the delta log (src/journal; refs/fault-model.md G1, G5, G6, G9, G11).
+//
+// 1. Bounded workloads (at most 3 ops among sector, block, multi-block and FUA writes, discard,
+//    snapshot, remove, create, flush and rollup) on starting pools whose delta log is empty or
+//    already holds acknowledged records (a pool left without a clean close, so the workload's
+//    open replays and rolls up first). A power cut at every event, several crash images each
+//    (unsynced writes kept, lost or torn); every recovered pool holds every acknowledged write,
+//    leaves snapshots unchanged and checks clean (the checks of pool-crash.test.ts, pool-model.ts).
+// 2. Compound: from crash images whose log holds records, a second power cut at every event of
+//    the recovering open (replay, then the rollup), then a third open: the volumes read exactly
+//    what the first recovery read, whatever the second cut hit.
+// 3. Superblock copies: the rollup after logged flushes, with one or both copies of its generation
+//    torn at every 512-byte boundary, for an even and an odd generation: open gives the newest
+//    valid state (the new generation, or the old one plus its log), never less than acknowledged.
+//
+// Replay a failure: THINBD_SEED=S node --import tsx --test test/sim/journal-crash.test.ts (add
+// THINBD_CRASH_POINT=K THINBD_VARIANT=V for one state). Seeds that found bugs go into
+// regressions.json under "journal-crash".
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Pool } from '../../src/pool/pool.ts';
+import type { BlockFile } from '../../src/io/block-file.ts';
+import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
+import { TransactionManager, superblockCopyIndexes } from '../../src/pdata/index.ts';
+import { readDeltaLog } from '../../src/journal/replay.ts';
+import { Rng, mixSeed, seedFromEnv } from './rng.ts';
+import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual, type SparseImage } from './sim-disk.ts';
+import { campaignSeeds, runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
+import {
+  applyOp,
+  describeOp,
+  doneMark,
+  generateOps,
+  renderCache,
+  runOp,
+  startMark,
+  verifyRecoveredPool,
+  type ModelState,
+  type PoolOp,
+  type WorkloadRecord,
+} from './pool-model.ts';
+import { checkSimPool } from './pool-check.ts';
+import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, DATA_BLOCK_COUNT, METADATA_SIZE_BYTES, VOLUME_SIZE_SECTORS, VOLUMES_MAX, makeBases, poolFiles, setupWrite, type Base } from './pool-bases.ts';
+
+const OPS_MAX = 3;
+const VARIANTS_PER_POINT = 12;
+const CAMPAIGN_COUNT = Number(process.env['THINBD_JOURNAL_CAMPAIGNS'] ?? 640);
+/** One flush in this many runs as an explicit rollup (pool.rollup()): durable on return, like a flush. */
+const ROLLUP_EVERY = 3;
+/** Variant-0 crash states with a non-empty log get a second power cut during recovery, one in this many. */
+const COMPOUND_EVERY = 30;
+const COMPOUND_VARIANTS_PER_POINT = 3;
+const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261122);
+/** The issue's floors for one CI run. */
+const CRASH_STATES_MIN = 50_000;
+const COMPOUND_STATES_MIN = 1_000;
+const FIRST_WORKLOAD_WRITE_ID = 1000;
+
+function regressionSeeds(): number[] {
+  const file = path.join(import.meta.dirname, 'regressions.json');
+  const parsed = JSON.parse(readFileSync(file, 'utf8')) as Record<string, Array<{ seed: number }>>;
+  return (parsed['journal-crash'] ?? []).map((entry) => entry.seed);
+}
+
+/**
+ * A starting pool left with acknowledged records in its delta log (no clean close, so no
+ * rollup): a volume written and flushed, then a copy-on-write, new blocks and a discard, each
+ * flushed, after a snapshot.
+ */
+async function makeLoggedBase(): Promise<Base> {
+  const machine = new SimMachine({ seed: 2 });
+  machine.createDisk('metadata', 0);
+  machine.createDisk('data', 0);
+  const pool = await Pool.createOn(poolFiles(machine), {
+    dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES,
+    blockSizeBytes: BLOCK_SIZE_BYTES,
+    metadataSizeBytes: METADATA_SIZE_BYTES,
+  });
+  const bs = BLOCK_SIZE_SECTORS;
+  const ops: PoolOp[] = [
+    { kind: 'create', name: 'vol-a', sizeSectors: VOLUME_SIZE_SECTORS },
+    setupWrite('vol-a', 0, 2 * bs, 1),
+    { kind: 'snapshot', source: 'vol-a', name: 'snap-a' },
+    { kind: 'flush' },
+    setupWrite('vol-a', 3, 9, 2), // copy-on-write: logged
+    { kind: 'flush' },
+    setupWrite('vol-a', 3 * bs, bs + 5, 3), // new blocks: logged
+    { kind: 'flush' },
+    { kind: 'discard', volume: 'snap-a', beginSector: bs, lengthSectors: bs }, // logged
+    { kind: 'flush' },
+  ];
+  let state: ModelState = new Map();
+  for (const op of ops) {
+    await runOp(pool, op);
+    state = applyOp(state, op);
+  }
+  assert.ok(pool.status().counters.logBlocksUsed >= 3, 'the logged base has records in its log');
+  // No close: the log stays as a power cut would leave it (every record synced).
+  return { name: 'logged volume and snapshot', images: machine.currentImages(), state };
+}
+
+function workloadOf(seed: number, bases: readonly Base[]): { base: Base; record: WorkloadRecord; rollups: ReadonlySet<number> } {
+  const rng = new Rng(seed);
+  const base = rng.pick(bases);
+  const ops = generateOps(
+    rng.derive(1),
+    base.state,
+    OPS_MAX,
+    { blockSizeSectors: BLOCK_SIZE_SECTORS, volumeSizeSectors: VOLUME_SIZE_SECTORS, volumesMax: VOLUMES_MAX },
+    FIRST_WORKLOAD_WRITE_ID,
+  );
+  const rollupRng = rng.derive(2);
+  const rollups = new Set<number>();
+  ops.forEach((op, index) => {
+    if (op.kind === 'flush' && rollupRng.int(ROLLUP_EVERY) === 0) rollups.add(index);
+  });
+  const states: ModelState[] = [base.state];
+  for (const op of ops) states.push(applyOp(states[states.length - 1] as ModelState, op));
+  return { base, record: { blockSizeSectors: BLOCK_SIZE_SECTORS, ops, states }, rollups };
+}
+
+async function logRecordCount(images: ReadonlyMap<string, SparseImage>): Promise<number> {
+  const machine = new SimMachine({ seed: 3, images });
+  try {
+    const { tm } = await TransactionManager.open(machine.disk('metadata'), { readOnly: true });
+    return (await readDeltaLog(machine.disk('metadata'), { poolId: tm.poolId, baseGeneration: tm.generation })).records.length;
+  } catch {
+    return 0;
+  } finally {
+    machine.kill();
+  }
+}
+
+async function readVolumes(pool: Pool): Promise<Map<string, Uint8Array>> {
+  const contents = new Map<string, Uint8Array>();
+  for (const info of pool.list()) {
+    const bytes = new Uint8Array(info.sizeBytes);
+    await pool.volume(info.name).read(0, bytes);
+    contents.set(info.name, bytes);
+  }
+  return contents;
+}
+
+async function runJournalCampaign(seed: number, bases: readonly Base[]): Promise<CrashCampaignResult & { compoundStates: number }> {
+  const { base, record, rollups } = workloadOf(seed, bases);
+  let compoundStates = 0;
+  const renders = renderCache(record);
+  const description = `${base.name}: ${record.ops.map((op, index) => (rollups.has(index) ? 'rollup' : describeOp(op))).join('; ')}`;
+  const result = await runCrashCampaign({
+    seed,
+    name: description,
+    images: base.images,
+    budget: VARIANTS_PER_POINT,
+    workload: async (machine) => {
+      const pool = await Pool.openOn(poolFiles(machine));
+      let index = 0;
+      while (index < record.ops.length) {
+        const group: Promise<void>[] = [];
+        do {
+          const opIndex = index + 1;
+          const op = record.ops[index] as PoolOp;
+          machine.mark(startMark(opIndex));
+          const run = rollups.has(index) ? pool.rollup() : runOp(pool, op);
+          group.push(run.then(() => machine.mark(doneMark(opIndex))));
+          index += 1;
+        } while (record.ops[index]?.concurrent === true);
+        await Promise.all(group);
+      }
+    },
+    recover: async (machine, marks, context) => {
+      const files = poolFiles(machine);
+      const crashImages = machine.currentImages();
+      const pool = await Pool.openOn(files);
+      try {
+        const contents = await verifyRecoveredPool(pool, record, marks, renders);
+        const compoundSeed = mixSeed(seed, context.crashPoint.eventCount, context.variant.variantIndex);
+        if (context.variant.variantIndex === 0 && compoundSeed % COMPOUND_EVERY === 0 && (await logRecordCount(crashImages)) > 0) {
+          compoundStates += await cutDuringReplay(crashImages, contents, compoundSeed);
+        }
+        const { problems } = await checkSimPool(files);
+        assert.deepEqual(problems, [], 'checkPool reports problems after recovery');
+        assert.equal(pool.status().counters.logBlocksUsed, 0, 'the recovered log was rolled up at open');
+      } finally {
+        await pool.close();
+      }
+    },
+  });
+  return { ...result, compoundStates };
+}
+
+/**
+ * A second power cut at any event of the open that replays a non-empty log and rolls it up; the
+ * pool opened after it must read exactly what the first recovery read.
+ */
+async function cutDuringReplay(images: ReadonlyMap<string, SparseImage>, contents: ReadonlyMap<string, Uint8Array>, seed: number): Promise<number> {
+  const result = await runCrashCampaign({
+    seed,
+    name: 'power cut during replay and rollup',
+    images,
+    budget: COMPOUND_VARIANTS_PER_POINT,
+    narrowFromEnv: false,
+    workload: async (machine) => {
+      const pool = await Pool.openOn(poolFiles(machine));
+      machine.mark('replayed and rolled up');
+      await pool.close();
+    },
+    recover: async (machine) => {
+      const files = poolFiles(machine);
+      const pool = await Pool.openOn(files);
+      try {
+        const after = await readVolumes(pool);
+        assert.deepEqual([...after.keys()].sort(), [...contents.keys()].sort(), 'the volumes changed across the second power cut');
+        for (const [name, before] of contents) {
+          assert.ok(bytesEqual(before, after.get(name)!), `volume ${name} changed across a power cut during replay or rollup`);
+        }
+        const { problems } = await checkSimPool(files);
+        assert.deepEqual(problems, [], 'checkPool reports problems after the second recovery');
+      } finally {
+        await pool.close();
+      }
+    },
+  });
+  return result.statesTested;
+}
+
+test('a power cut at any event of a bounded workload with the delta log loses nothing acknowledged', async (t) => {
+  const bases = [...(await makeBases()), await makeLoggedBase()];
+  const replaySeed = seedFromEnv(-1);
+  const seeds = replaySeed >= 0 ? [replaySeed] : [...regressionSeeds(), ...campaignSeeds(ROOT_SEED, CAMPAIGN_COUNT)];
+  let states = 0;
+  let compoundStates = 0;
+  let events = 0;
+  const startedMs = performance.now();
+  const failures: string[] = [];
+  for (const seed of seeds) {
+    try {
+      const result = await runJournalCampaign(seed, bases);
+      states += result.statesTested;
+      compoundStates += result.compoundStates;
+      events += result.eventCount;
+    } catch (error) {
+      failures.push(error instanceof Error ? error.message : String(error));
+    }
+  }
+  const seconds = (performance.now() - startedMs) / 1000;
+  t.diagnostic(
+    `journal crash: ${seeds.length} workloads, ${events} events, ${states} crash states recovered and checked, ` +
+      `plus ${compoundStates} after a second power cut during replay or rollup, in ${seconds.toFixed(1)} s; ${failures.length} workloads failed`,
+  );
+  if (failures.length > 0) assert.fail(`${failures.length} of ${seeds.length} workloads failed:\n\n${failures.join('\n\n')}`);
+  if (replaySeed < 0) {
+    assert.ok(states >= CRASH_STATES_MIN, `only ${states} crash states; the floor is ${CRASH_STATES_MIN}`);
+    assert.ok(compoundStates >= COMPOUND_STATES_MIN, `only ${compoundStates} compound states; the floor is ${COMPOUND_STATES_MIN}`);
+  }
+});
+
+// ---- superblock copies torn during a rollup ----
+
+/**
+ * A sparse in-memory block file of 4 KiB pages, cheap to copy (pages are shared until written):
+ * hundreds of crash images of a 70 MB metadata file cost a few pages each.
+ */
+class PageFile implements BlockFile {
+  static readonly PAGE_BYTES = 4096;
+  readonly description: string;
+  #pages: Map<number, Uint8Array>;
+  #sizeBytes: number;
+
+  constructor(description: string, pages = new Map<number, Uint8Array>(), sizeBytes = 0) {
+    this.description = description;
+    this.#pages = pages;
+    this.#sizeBytes = sizeBytes;
+  }
+
+  clone(): PageFile {
+    return new PageFile(this.description, new Map(this.#pages), this.#sizeBytes);
+  }
+
+  page(index: number): Uint8Array {
+    return this.#pages.get(index) ?? new Uint8Array(PageFile.PAGE_BYTES);
+  }
+
+  setPage(index: number, bytes: Uint8Array): void {
+    this.#pages.set(index, bytes.slice());
+  }
+
+  sizeBytes(): number {
+    return this.#sizeBytes;
+  }
+
+  readSync(target: Uint8Array, offsetBytes: number): void {
+    for (let done = 0; done < target.length; ) {
+      const position = offsetBytes + done;
+      const index = Math.floor(position / PageFile.PAGE_BYTES);
+      const within = position % PageFile.PAGE_BYTES;
+      const length = Math.min(PageFile.PAGE_BYTES - within, target.length - done);
+      const page = this.#pages.get(index);
+      if (page === undefined) target.fill(0, done, done + length);
+      else target.set(page.subarray(within, within + length), done);
+      done += length;
+    }
+  }
+
+  async read(target: Uint8Array, offsetBytes: number): Promise<void> {
+    this.readSync(target, offsetBytes);
+  }
+
+  async write(source: Uint8Array, offsetBytes: number): Promise<void> {
+    for (let done = 0; done < source.length; ) {
+      const position = offsetBytes + done;
+      const index = Math.floor(position / PageFile.PAGE_BYTES);
+      const within = position % PageFile.PAGE_BYTES;
+      const length = Math.min(PageFile.PAGE_BYTES - within, source.length - done);
+      const page = this.page(index).slice();
+      page.set(source.subarray(done, done + length), within);
+      this.#pages.set(index, page);
+      done += length;
+    }
+    this.#sizeBytes = Math.max(this.#sizeBytes, offsetBytes + source.length);
+  }
+
+  async sync(): Promise<void> {}
+
+  async grow(sizeBytes: number): Promise<void> {
+    this.#sizeBytes = Math.max(this.#sizeBytes, sizeBytes);
+  }
+
+  async close(): Promise<void> {}
+}
+
+function sectorBytes(lengthSectors: number, value: number): Uint8Array {
+  return new Uint8Array(lengthSectors * SECTOR_SIZE_BYTES).fill(value);
+}
+
+test('a rollup whose superblock copies are torn at any 512-byte boundary opens the newest valid state, for both generations', async () => {
+  const files = { metadata: new PageFile('metadata'), data: new PageFile('data') };
+  const pool = await Pool.createOn(files, { dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES, blockSizeBytes: BLOCK_SIZE_BYTES, metadataSizeBytes: METADATA_SIZE_BYTES });
+  const volume = await pool.createVolume('v', { sizeBytes: 8 * BLOCK_SIZE_BYTES });
+  await pool.flush();
+  const sectorsPerBlock = METADATA_BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES;
+  const generationsTested = new Set<number>();
+  let cases = 0;
+  for (let round = 0; round < 2; round++) {
+    // Logged, acknowledged changes on top of generation g; then the rollup writes g + 1.
+    await volume.write(round * 3 * BLOCK_SIZE_BYTES + 512, sectorBytes(130, 10 + round));
+    await pool.flush();
+    await volume.discard((round * 3 + 1) * BLOCK_SIZE_BYTES, BLOCK_SIZE_BYTES);
+    await pool.flush();
+    assert.ok(pool.status().counters.logBlocksUsed >= 2);
+    const expected = new Uint8Array(volume.sizeBytes);
+    await volume.read(0, expected);
+    const before = files.metadata.clone();
+    const oldGeneration = (await TransactionManager.open(before.clone(), { readOnly: true })).tm.generation;
+    await pool.rollup();
+    const after = { metadata: files.metadata.clone(), data: files.data.clone() };
+    const newGeneration = oldGeneration + 1;
+    generationsTested.add(newGeneration % 2);
+    const copies = superblockCopyIndexes(newGeneration);
+    // Each copy of the new generation: old, new, or torn at a sector boundary (new sectors first
+    // or last); the other copy old, new or torn the same way. Every other block as the rollup
+    // left it (its tree blocks were synced before any copy was written).
+    const states: Array<{ name: string; build: (oldBytes: Uint8Array, newBytes: Uint8Array) => Uint8Array }> = [
+      { name: 'old', build: (oldBytes) => oldBytes },
+      { name: 'new', build: (_, newBytes) => newBytes },
+    ];
+    for (let sectors = 1; sectors < sectorsPerBlock; sectors++) {
+      const cut = sectors * SECTOR_SIZE_BYTES;
+      const join = (head: Uint8Array, tail: Uint8Array): Uint8Array => {
+        const bytes = tail.slice();
+        bytes.set(head.subarray(0, cut));
+        return bytes;
+      };
+      states.push({ name: `new first ${sectors} sectors`, build: (oldBytes, newBytes) => join(newBytes, oldBytes) });
+      states.push({ name: `new last ${sectorsPerBlock - sectors} sectors`, build: (oldBytes, newBytes) => join(oldBytes, newBytes) });
+    }
+    for (const [tornIndex, otherIndex] of [[copies[0]!, copies[1]!], [copies[1]!, copies[0]!]] as const) {
+      for (const torn of states) {
+        for (const other of [states[0]!, states[1]!, torn]) {
+          const metadata = after.metadata.clone();
+          for (const [copyIndex, state] of [[tornIndex, torn], [otherIndex, other]] as const) {
+            const blockNr = SUPERBLOCK_BLOCK_NRS[copyIndex]!;
+            metadata.setPage(blockNr, state.build(before.page(blockNr), after.metadata.page(blockNr)));
+          }
+          const where = `generation ${newGeneration}: copy ${tornIndex} ${torn.name}, copy ${otherIndex} ${other.name}`;
+          const crashed = { metadata, data: after.data.clone() };
+          const generation = (await TransactionManager.open(metadata.clone(), { readOnly: true })).tm.generation;
+          if (torn.name === 'new' || other.name === 'new') {
+            assert.equal(generation, newGeneration, `${where}: opened generation ${generation} although a copy of ${newGeneration} is whole`);
+          }
+          assert.ok(generation >= oldGeneration, `${where}: the generation went back to ${generation}`);
+          const opened = await Pool.openOn(crashed);
+          const bytes = new Uint8Array(expected.length);
+          await opened.volume('v').read(0, bytes);
+          assert.ok(bytesEqual(bytes, expected), `${where}: the volume lost acknowledged writes`);
+          const { problems } = await checkSimPool(crashed);
+          assert.deepEqual(problems, [], `${where}: checkPool`);
+          await opened.close();
+          cases += 1;
+        }
+      }
+    }
+  }
+  await pool.close();
+  assert.deepEqual([...generationsTested].sort(), [0, 1], 'an even and an odd generation');
+  assert.ok(cases >= 2 * 2 * 16 * 3, `${cases} cases`);
+});
