@@ -17,7 +17,7 @@
 // It keeps going after a problem and names the place of each: a block number, a volume, a key or
 // block range. A node found corrupt is reported once and its subtree skipped.
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
-import { assert, isThinError } from '../errors.ts';
+import { isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
@@ -38,6 +38,7 @@ import {
   type PoolPayload,
 } from '../pool/codecs.ts';
 import type { CoverageRun, Extent } from '../pool/ranges.ts';
+import { ReferenceRuns } from './reference-runs.ts';
 import { staleBlockProblem, validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
 import path from 'node:path';
@@ -467,64 +468,6 @@ function summarize(
   }
   memo.set(blockNr, result ?? null);
   return result;
-}
-
-/**
- * Data block ranges each referenced once (one per distinct leaf entry), swept into runs of
- * constant coverage. Kept in typed arrays and sorted natively, because a pool has millions of
- * them: an object and a map entry per reference cost several times the rest of the check.
- */
-export class ReferenceRuns {
-  #begins = new Float64Array(1024);
-  #ends = new Float64Array(1024);
-  #length = 0;
-
-  add(begin: number, end: number): void {
-    // A range that continues the previous one is joined to it (the sweep's sums are the same).
-    if (this.#length > 0 && this.#ends[this.#length - 1] === begin) {
-      this.#ends[this.#length - 1] = end;
-      return;
-    }
-    if (this.#length === this.#begins.length) {
-      const begins = new Float64Array(this.#length * 2);
-      begins.set(this.#begins);
-      this.#begins = begins;
-      const ends = new Float64Array(this.#length * 2);
-      ends.set(this.#ends);
-      this.#ends = ends;
-    }
-    this.#begins[this.#length] = begin;
-    this.#ends[this.#length] = end;
-    this.#length += 1;
-  }
-
-  /** Sorted, disjoint runs of coverage ≥ 1, neighbours of equal coverage merged. */
-  coverage(): CoverageRun[] {
-    const begins = this.#begins.subarray(0, this.#length).sort();
-    const ends = this.#ends.subarray(0, this.#length).sort();
-    const runs: CoverageRun[] = [];
-    let count = 0;
-    let b = 0;
-    let e = 0;
-    while (e < ends.length) {
-      const point = b < begins.length ? Math.min(begins[b]!, ends[e]!) : ends[e]!;
-      while (b < begins.length && begins[b] === point) {
-        count += 1;
-        b += 1;
-      }
-      while (e < ends.length && ends[e] === point) {
-        count -= 1;
-        e += 1;
-      }
-      if (count === 0) continue;
-      const next = b < begins.length ? Math.min(begins[b]!, ends[e]!) : ends[e]!;
-      const previous = runs[runs.length - 1];
-      if (previous !== undefined && previous.end === point && previous.count === count) previous.end = next;
-      else runs.push({ begin: point, end: next, count });
-    }
-    assert(count === 0, 'the data reference sweep did not return to zero');
-    return runs;
-  }
 }
 
 /** Ranges where two sorted, disjoint run lists disagree on the count. */

@@ -22,7 +22,8 @@ import {
 import { writtenBy } from '../../src/pool/core.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import type { Extent } from '../../src/pool/ranges.ts';
-import { ReferenceRuns, checkPool, type CheckReport } from '../../src/tools/check.ts';
+import { checkPool, type CheckReport } from '../../src/tools/check.ts';
+import { ReferenceRuns } from '../../src/tools/reference-runs.ts';
 import { coverageRuns } from '../../src/pool/ranges.ts';
 import fc from 'fast-check';
 import { BLOCK, filled, memoryPool } from '../pool/helpers.ts';
