@@ -14,7 +14,7 @@
 import { spawnSync } from 'node:child_process';
 import { closeSync, createWriteStream, mkdtempSync, openSync, readSync, rmSync, writeFileSync, truncateSync } from 'node:fs';
 import { once } from 'node:events';
-import { cpus, release, tmpdir, totalmem } from 'node:os';
+import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { writeBenchmarkSection } from './peers.ts';
@@ -26,6 +26,8 @@ const SECTOR_BYTES = 512;
 const METADATA_BLOCK_SIZE_BYTES = 4096;
 const MAPPINGS_FULL = 1_048_576;
 const MAPPINGS_QUICK = 65_536;
+/** Odd, so i ↦ i × it mod 2^k is a permutation of the data blocks. */
+const SCATTER_MULTIPLIER = 40_503;
 /** Blocks per run in the sequential layout. */
 const RUN_BLOCKS = 65_536;
 /** dm-thin metadata file for thin_restore: room for a million single mappings several times over. */
@@ -99,9 +101,10 @@ async function writeXml(path: string, layout: Layout, mappings: number): Promise
     `  <device dev_id="1" mapped_blocks="${mappings}" transaction="0" creation_time="0" snap_time="0">\n`,
   );
   if (layout === 'scattered') {
-    // Virtual block 2i on data block i: neither side contiguous with its neighbour's, so no runs.
+    // Virtual block 2i on data block (i × an odd number) mod the count (a power of two, so every
+    // data block once): neither side continues its neighbour's, as in a pool written at random.
     for (let index = 0; index < mappings; index += 1) {
-      lines.push(`    <single_mapping origin_block="${2 * index}" data_block="${index}" time="0"/>\n`);
+      lines.push(`    <single_mapping origin_block="${2 * index}" data_block="${(index * SCATTER_MULTIPLIER) % mappings}" time="0"/>\n`);
       if (lines.length >= 8192) await flush();
     }
   } else {
@@ -196,6 +199,7 @@ export async function toolsBenchmark(flags: string[]): Promise<void> {
   output('npx', ['tsc', '-p', join(ROOT, 'tsconfig.build.json')]);
   const work = mkdtempSync(join(tmpdir(), 'thinbd-bench-tools-'));
   try {
+    const loadBefore = loadavg()[0]!;
     const results: Measured[] = [];
     for (const layout of ['scattered', 'sequential'] as const) {
       console.log(`tools: ${layout}, ${mappings} mappings …`);
@@ -204,11 +208,11 @@ export async function toolsBenchmark(flags: string[]): Promise<void> {
     const body = [
       '## Tools: thinbd check / dump / restore vs thin-provisioning-tools',
       '',
-      `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${Math.round(totalmem() / 1024 ** 3)} GiB, Linux ${release()}, Node ${process.version}, thin-provisioning-tools ${thinVersion}.`,
+      `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${Math.round(totalmem() / 1024 ** 3)} GiB, Linux ${release()}, Node ${process.version}, thin-provisioning-tools ${thinVersion}; load average ${loadBefore.toFixed(1)} before and ${loadavg()[0]!.toFixed(1)} after (other work was running: compare the ratios, which each round measures side by side).`,
       `Command: \`npm run bench -- tools${quick ? ' --quick' : ''} --rounds ${rounds}\`; wall-clock medians of ${rounds} rounds (restore: one run), process start included,`,
       `output to /dev/null. The same XML (one volume, 64 KiB blocks) restored by each side; metadata bytes per mapping are the`,
       `metadata blocks in use × 4096 / mapped blocks (thinbd: \`pool status\`; dm-thin: its superblock's metadata space map).`,
-      `Scattered: virtual block 2i on data block i, one mapping entry per block in both formats. Sequential: runs of ${RUN_BLOCKS} blocks,`,
+      `Scattered: virtual block 2i on data block ${SCATTER_MULTIPLIER}·i mod ${mappings}, one mapping entry per block in both formats. Sequential: runs of ${RUN_BLOCKS} blocks,`,
       `one extent per run in thinbd, still one entry per block in dm-thin.`,
       '',
       table(results),
