@@ -209,9 +209,9 @@ export interface RequestHeader {
 }
 
 /**
- * Decodes a 28-byte request header; returns undefined when the magic is wrong (the caller must
- * hard-disconnect). Offsets at or past 2^53 cannot be exact numbers: they decode as Infinity so
- * every range check fails them.
+ * Decodes a 28-byte request header into `into`; returns false when the magic is wrong (the caller
+ * must hard-disconnect). Offsets at or past 2^53 cannot be exact numbers: they decode as Infinity
+ * so every range check fails them.
  */
 export function decodeRequestHeader(source: Buffer, offsetBytes: number, into: RequestHeader): boolean {
   if (source.readUInt32BE(offsetBytes) !== NBD_REQUEST_MAGIC) return false;
