@@ -230,3 +230,19 @@ test('a flush with more changes than a record holds writes several chained recor
   await reopened.close();
   await pool.close();
 });
+
+test('an idle pool rolls its log up on the commit timer', async () => {
+  const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
+  const pool = await Pool.createOn(files, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
+  const v = await pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+  await v.write(0, filled(4096, 1));
+  await pool.rollup();
+  await v.write(3 * BLOCK, filled(4096, 2));
+  await pool.flush();
+  assert.equal(pool.status().counters.logBlocksUsed, 1);
+  const rollups = pool.status().counters.rollups;
+  for (let waited = 0; waited < 100 && pool.status().counters.logBlocksUsed > 0; waited++) await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.equal(pool.status().counters.logBlocksUsed, 0, 'the log was rolled up while idle');
+  assert.ok(pool.status().counters.rollups > rollups);
+  await pool.close();
+});
