@@ -56,6 +56,13 @@ export const NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT = 4096;
 
 // ---- pdata: metadata blocks, B+trees, space maps, superblock copies (docs/format.md) ----
 
+/**
+ * Block-sized scratch buffers the pool keeps for copy-on-write and partly written new blocks:
+ * 16 MiB holds 256 of 64 KiB (more than the requests in flight on a busy server), none of 1 GiB.
+ * Beyond it buffers are allocated per write and left to the garbage collector.
+ */
+export const COPY_BUFFERS_RETAINED_BYTES_MAX = 16 * 1024 * 1024;
+
 /** Bytes of the header every metadata block starts with (checksum, type, own number, transaction, pool). */
 export const METADATA_BLOCK_HEADER_BYTES = 32;
 

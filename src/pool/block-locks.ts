@@ -59,6 +59,22 @@ export class BlockLocks {
     });
   }
 
+  /** Locks [begin, end) of `key` if that needs no waiting (lock() would grant it at once); else undefined. */
+  tryLock(key: number, begin: number, end: number): Release | undefined {
+    assert(begin < end, `empty lock range [${begin}, ${end})`);
+    let state = this.#keys.get(key);
+    if (state === undefined) {
+      state = { held: [], waiting: [] };
+      this.#keys.set(key, state);
+    } else {
+      for (const h of state.held) if (h.begin < end && begin < h.end) return undefined;
+      for (const w of state.waiting) if (w.begin < end && begin < w.end) return undefined;
+    }
+    const holder: Holder = { begin, end };
+    state.held.push(holder);
+    return this.#releaser(key, state, holder);
+  }
+
   /** Runs `work` while holding [begin, end) of `key`. */
   async with<T>(key: number, begin: number, end: number, work: () => Promise<T> | T): Promise<T> {
     const release = await this.lock(key, begin, end);

@@ -87,7 +87,22 @@ export class Volume {
   async read(offsetBytes: number, target: Uint8Array): Promise<void> {
     this.#checkRange('read', offsetBytes, target.length);
     if (target.length === 0) return;
-    await this.#locked(offsetBytes, target.length, () => this.#core.readRange(this.#device, offsetBytes, target));
+    const { begin, end } = touchedBlocks(offsetBytes, target.length, this.#core.blockSizeBytes);
+    // The common case takes its lock at once: no closure, no waiting promise (per-request garbage
+    // was ~17% of the server's CPU on 4 KiB reads).
+    this.#core.beginRequest();
+    const release = this.#core.locks.tryLock(this.id, begin, end);
+    if (release === undefined) {
+      this.#core.endRequest();
+      await this.#locked(offsetBytes, target.length, () => this.#core.readRange(this.#device, offsetBytes, target));
+      return;
+    }
+    try {
+      await this.#core.readRange(this.#device, offsetBytes, target);
+    } finally {
+      release();
+      this.#core.endRequest();
+    }
   }
 
   async write(offsetBytes: number, source: Uint8Array, options: WriteOptions = {}): Promise<void> {
@@ -136,6 +151,7 @@ export class Volume {
     const bs = this.#core.blockSizeBytes;
     const endBytes = offsetBytes + lengthBytes;
     const { begin, end } = touchedBlocks(offsetBytes, lengthBytes, bs);
+    if (end - begin === 1) return [{ lengthBytes, mapped: this.#core.lookup(this.#device, begin) !== undefined }];
     const result: VolumeExtent[] = [];
     for (const run of this.#core.blockRuns(this.#device, begin, end)) {
       const runBytes = Math.min(run.end * bs, endBytes) - Math.max(run.begin * bs, offsetBytes);
