@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, existsSync, writeFileSync, readFileSync, mkdirSync
 import { cpus, totalmem, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { volumeSyncLoop } from './volume-sync.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const THINBD = join(ROOT, 'bin', 'thinbd');
@@ -17,34 +18,43 @@ export type ServerName = 'thinbd' | 'qemu-nbd' | 'nbdkit';
 export type Preparation = 'provisioned' | 'fresh' | 'snapshot';
 
 export interface Workload {
+  /** Short name for `npm run bench -- KEY`. */
+  key: string;
   name: string;
   shows: string;
   preparation: Preparation;
   fio: string[];
   servers: ServerName[];
+  /** fio --ioengine=nbd, or ext4 on nbdfuse + loop with a small-file rewrite + fsync loop (volume-sync.ts). */
+  driver: 'fio' | 'ext4-fsync';
 }
 
 const all: ServerName[] = ['thinbd', 'qemu-nbd', 'nbdkit'];
 
 export function workloads(runtimeSeconds: number): Workload[] {
   const timed = [`--runtime=${runtimeSeconds}`, '--time_based', '--ramp_time=1'];
-  return [
-    { name: 'randread 4k qd32', shows: 'lookup + read path', preparation: 'provisioned', servers: all,
+  const rows: Array<Omit<Workload, 'driver'>> = [
+    { key: 'rr4k', name: 'randread 4k qd32', shows: 'lookup + read path', preparation: 'provisioned', servers: all,
       fio: ['--rw=randread', '--bs=4k', '--iodepth=32', ...timed] },
-    { name: 'randwrite 4k qd32', shows: 'in-place write path', preparation: 'provisioned', servers: all,
+    { key: 'rw4k', name: 'randwrite 4k qd32', shows: 'in-place write path', preparation: 'provisioned', servers: all,
       fio: ['--rw=randwrite', '--bs=4k', '--iodepth=32', ...timed] },
-    { name: 'randwrite 4k fresh', shows: 'provisioning path', preparation: 'fresh', servers: all,
+    { key: 'rw4k-fresh', name: 'randwrite 4k fresh', shows: 'provisioning path', preparation: 'fresh', servers: all,
       fio: ['--rw=randwrite', '--bs=4k', '--iodepth=32', ...timed] },
-    { name: 'randwrite 4k after snapshot', shows: 'copy-on-write path', preparation: 'snapshot', servers: ['thinbd', 'qemu-nbd'],
+    { key: 'rw4k-cow', name: 'randwrite 4k after snapshot', shows: 'copy-on-write path', preparation: 'snapshot', servers: ['thinbd', 'qemu-nbd'],
       fio: ['--rw=randwrite', '--bs=4k', '--iodepth=32', ...timed] },
-    { name: 'seq read 1M', shows: 'streaming read', preparation: 'provisioned', servers: all,
+    { key: 'sr1m', name: 'seq read 1M', shows: 'streaming read', preparation: 'provisioned', servers: all,
       fio: ['--rw=read', '--bs=1M', '--iodepth=8', ...timed] },
-    { name: 'seq write 1M', shows: 'streaming write', preparation: 'provisioned', servers: all,
+    { key: 'sw1m', name: 'seq write 1M', shows: 'streaming write', preparation: 'provisioned', servers: all,
       fio: ['--rw=write', '--bs=1M', '--iodepth=8', ...timed] },
-    { name: 'randwrite 4k flush/32', shows: 'commit cost', preparation: 'provisioned', servers: all,
+    { key: 'rw4k-flush', name: 'randwrite 4k flush/32', shows: 'commit cost', preparation: 'provisioned', servers: all,
       fio: ['--rw=randwrite', '--bs=4k', '--iodepth=32', '--fsync=32', ...timed] },
-    { name: '4 jobs mixed 70/30', shows: 'multi-connection scaling', preparation: 'provisioned', servers: all,
+    { key: 'mixed4j', name: '4 jobs mixed 70/30', shows: 'multi-connection scaling', preparation: 'provisioned', servers: all,
       fio: ['--rw=randrw', '--rwmixread=70', '--bs=4k', '--iodepth=16', '--numjobs=4', ...timed] },
+  ];
+  return [
+    ...rows.map((row) => ({ ...row, driver: 'fio' as const })),
+    { key: 'ext4-fsync', name: 'ext4 small-file rewrite + fsync', shows: 'volume sync (nbdfuse + loop)', preparation: 'fresh', servers: all,
+      fio: [], driver: 'ext4-fsync' },
   ];
 }
 
@@ -91,7 +101,7 @@ async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
 }
 
 /** Prepares a server's storage for a workload and starts it on a Unix socket. */
-async function startServer(server: ServerName, preparation: Preparation, dir: string, sizeBytes: number): Promise<Running> {
+async function startServer(server: ServerName, preparation: Preparation, dir: string, sizeBytes: number, blockSizeBytes: number | undefined): Promise<Running> {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   const socket = join(dir, 'nbd.sock');
@@ -102,7 +112,8 @@ async function startServer(server: ServerName, preparation: Preparation, dir: st
   let uri: string;
   if (server === 'thinbd') {
     const pool = join(dir, 'pool');
-    run(process.execPath, [THINBD, 'pool', 'create', '--pool', pool, '--data-size', String(sizeBytes * 3)]);
+    const blockSize = blockSizeBytes === undefined ? [] : ['--block-size', String(blockSizeBytes)];
+    run(process.execPath, [THINBD, 'pool', 'create', '--pool', pool, '--data-size', String(sizeBytes * 3), ...blockSize]);
     run(process.execPath, [THINBD, 'create', '--pool', pool, EXPORT, '--size', String(sizeBytes)]);
     child = spawn(process.execPath, [THINBD, 'serve', '--pool', pool, '--socket', socket], { stdio: 'ignore' });
     await waitForSocket(socket, child);
@@ -170,6 +181,11 @@ function runFio(workload: Workload, uri: string): { iops: number; bytesPerSecond
   };
 }
 
+async function runVolumeSync(uri: string, dir: string, seconds: number): Promise<{ iops: number; bytesPerSecond: number; bytesMoved: number }> {
+  const result = await volumeSyncLoop(uri, dir, seconds);
+  return { iops: result.opsPerSecond, bytesPerSecond: result.bytesWritten / seconds, bytesMoved: result.bytesWritten };
+}
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const middle = Math.floor(sorted.length / 2);
@@ -182,24 +198,30 @@ export interface PeerOptions {
   sizeBytes: number;
   only?: string[];
   writeDoc: boolean;
+  /** thinbd's data block size (pool create --block-size); the default when undefined. */
+  thinbdBlockSizeBytes?: number;
+  /** Only these servers (all of each row's when undefined). */
+  servers?: ServerName[];
 }
 
 export async function peerBenchmark(options: PeerOptions): Promise<string> {
   const work = mkdtempSync(join(ROOT, '.bench-tmp-'));
   const chosen = workloads(options.runtimeSeconds).filter(
-    (workload) => !options.only || options.only.some((name) => workload.name.includes(name)),
+    (workload) => !options.only || options.only.includes(workload.key),
   );
   const results = new Map<string, Map<ServerName, Measurement[]>>();
   try {
     for (let round = 0; round < options.rounds; round += 1) {
       for (const workload of chosen) {
         // Alternate the order of servers each round so none always runs on a warmer machine.
-        const order = round % 2 === 0 ? workload.servers : [...workload.servers].reverse();
+        const servers = workload.servers.filter((server) => options.servers === undefined || options.servers.includes(server));
+        const order = round % 2 === 0 ? servers : [...servers].reverse();
         for (const server of order) {
-          const running = await startServer(server, workload.preparation, join(work, server), options.sizeBytes);
+          const dir = join(work, server);
+          const running = await startServer(server, workload.preparation, dir, options.sizeBytes, options.thinbdBlockSizeBytes);
           try {
             const cpuBefore = processCpuSeconds(running.child.pid ?? 0);
-            const fio = runFio(workload, running.uri);
+            const fio = workload.driver === 'fio' ? runFio(workload, running.uri) : await runVolumeSync(running.uri, dir, options.runtimeSeconds);
             const cpuSeconds = processCpuSeconds(running.child.pid ?? 0) - cpuBefore;
             const measurement: Measurement = {
               iops: fio.iops,
