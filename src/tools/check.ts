@@ -21,7 +21,7 @@ import { isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
-import { BTREE_BLOCK_TYPES, BlockType, SpaceMap, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
+import { BTREE_BLOCK_TYPES, BlockType, SpaceMap, blockProblem, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
 import { childAt, entryCount, isLeaf, keyAt } from '../pdata/btree/node.ts';
 import {
   DEVICE_TREE_KIND,
@@ -100,6 +100,19 @@ export async function checkPool(target: string | PoolFiles, options: CheckOption
     await opened.data?.close().catch(() => undefined);
     lock?.release();
   }
+}
+
+/** What is wrong with a block in use that no walk reached, read as a tree node or details block; never-written blocks pass. */
+function unreachedBlockProblem(file: BlockFile, blockNr: number, tm: TransactionManager): string | undefined {
+  const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+  file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+  if (bytes.every((byte) => byte === 0)) return undefined;
+  return blockProblem(bytes, {
+    blockNr,
+    expectedType: [...BTREE_BLOCK_TYPES, BlockType.details],
+    poolId: tm.poolId,
+    transactionIdMax: tm.durableTransactionId,
+  });
 }
 
 function isAllZeros(file: BlockFile, blockNr: number): boolean {
@@ -394,8 +407,13 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     const mismatches = walker.metadataReferenceMismatches(refCountExtentCodec(TreeKind.metadataSpaceMap) as ValueCodec<unknown>);
     for (const corrupt of walker.corruptions) corruptNodes.add(corrupt.blockNr);
     for (const mismatch of mismatches) {
-      // Below a corrupt node nothing was counted: the counts there cannot be judged.
-      if (corruptNodes.size > 0 && mismatch.seen < mismatch.counted) continue;
+      // Below a corrupt node nothing was counted: the counts there cannot be judged. But the
+      // blocks no walk reached are still read, so that damage under an unreadable node is named.
+      if (corruptNodes.size > 0 && mismatch.seen < mismatch.counted) {
+        const problem = mismatch.seen === 0 ? unreachedBlockProblem(files.metadata, mismatch.blockNr, tm) : undefined;
+        if (problem !== undefined) checker.problem(`metadata block ${mismatch.blockNr} (in use, reached by no tree walk: under an unreadable node?)`, problem);
+        continue;
+      }
       const where = `metadata block ${mismatch.blockNr}`;
       if (mismatch.seen === 0) checker.problem(where, `leaked: reference count ${mismatch.counted}, nothing refers to it`);
       else if (mismatch.counted === 0) checker.problem(where, `referenced ${mismatch.seen} times but free in the metadata space map`);

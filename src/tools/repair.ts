@@ -23,7 +23,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
-import { BlockType, TreeWalker, type ValueCodec } from '../pdata/index.ts';
+import { BTREE_BLOCK_TYPES, BlockType, TreeWalker, type ValueCodec } from '../pdata/index.ts';
+import { childAt, entryCount, isLeaf, nodeTreeKind } from '../pdata/btree/node.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
   DEVICE_TREE_KIND,
@@ -189,6 +190,91 @@ function syncDirectory(dir: string): void {
   }
 }
 
+/** Mappings found under one unreadable mapping node. */
+interface Recovered {
+  nodeCount: number;
+  extents: Array<[number, Extent]>;
+}
+
+/**
+ * An unreadable internal node hides subtrees that are themselves whole: the blocks under it are
+ * still counted in the metadata space map, and nothing that was walked reaches them. Each such
+ * orphaned mapping subtree (the topmost orphan nodes, walked and validated like any tree) is given
+ * back to the volumes whose unreadable node promised a key range holding all of its keys — to
+ * every volume that shares that node, and only when exactly one unreadable node can have held it.
+ * The unreadable nodes themselves are never used (a stale or misdirected block is not trusted),
+ * nor are orphans written after the generation repaired from. Returns, by volume id and
+ * unreadable node, what was recovered.
+ */
+function recoverOrphans(
+  view: PoolView,
+  devices: Array<{ id: number; value: DeviceValue }>,
+  extentCodec: ValueCodec<Extent>,
+  lost: RepairLoss[],
+): Map<number, Map<number, Recovered>> {
+  const { tm } = view;
+  const reached = new Set<number>();
+  const unreadable = new Set<number>();
+  const holes: Array<{ id: number; blockNr: number; keyBegin: number; keyEnd: number }> = [];
+  for (const { id, value } of devices) {
+    new TreeWalker(tm).walk(value.mappingRoot, extentCodec, {
+      node: (visit) => reached.add(visit.blockNr),
+      corrupt: (problem) => {
+        unreadable.add(problem.blockNr);
+        holes.push({ id, blockNr: problem.blockNr, keyBegin: problem.keyBegin ?? 0, keyEnd: problem.keyEnd ?? Number.POSITIVE_INFINITY });
+      },
+    });
+  }
+  const result = new Map<number, Map<number, Recovered>>();
+  if (holes.length === 0) return result;
+
+  const candidates: number[] = [];
+  const children = new Set<number>();
+  for (let blockNr = 0; blockNr < tm.metadataBlockCount; blockNr += 1) {
+    if (tm.refCount(blockNr) === 0 || reached.has(blockNr) || unreadable.has(blockNr)) continue;
+    let block;
+    try {
+      block = tm.read(blockNr, BTREE_BLOCK_TYPES);
+    } catch {
+      continue; // not a tree node, or unreadable: nothing to recover from it
+    }
+    if (nodeTreeKind(block) !== MAPPING_TREE_KIND || block.transactionId > tm.durableTransactionId) continue;
+    candidates.push(blockNr);
+    if (!isLeaf(block)) for (let index = 0; index < entryCount(block); index += 1) children.add(childAt(block, index));
+  }
+  for (const top of candidates.filter((blockNr) => !children.has(blockNr))) {
+    const extents: Array<[number, Extent]> = [];
+    let nodeCount = 0;
+    new TreeWalker(tm).walk(top, extentCodec, { node: () => (nodeCount += 1), leaf: (key, extent) => extents.push([key, extent]) });
+    if (extents.length === 0) continue;
+    const keyBegin = extents[0]![0];
+    const keyEnd = Math.max(...extents.map(([key, extent]) => key + extent.lengthBlocks));
+    const fits = holes.filter((hole) => hole.keyBegin <= keyBegin && keyEnd <= hole.keyEnd);
+    const holders = new Set(fits.map((hole) => hole.blockNr));
+    if (holders.size !== 1) {
+      if (holders.size > 1) {
+        lost.push({
+          where: `orphaned mapping node ${top}`,
+          what: `its mappings of virtual blocks [${keyBegin}, ${keyEnd}) fit under more than one unreadable node (${[...holders].join(', ')}), so they were not given to any volume`,
+        });
+      }
+      continue;
+    }
+    for (const hole of fits) {
+      let byNode = result.get(hole.id);
+      if (byNode === undefined) {
+        byNode = new Map();
+        result.set(hole.id, byNode);
+      }
+      const found = byNode.get(hole.blockNr) ?? { nodeCount: 0, extents: [] };
+      found.nodeCount += nodeCount;
+      found.extents.push(...extents);
+      byNode.set(hole.blockNr, found);
+    }
+  }
+  return result;
+}
+
 async function settle(result: VisitResult): Promise<void> {
   if (isPending(result)) await result;
 }
@@ -228,6 +314,8 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
   });
   for (const device of named) if (device.details !== undefined) names.add(device.details.name);
 
+  const recovered = recoverOrphans(view, named, extentCodec, lost);
+
   const blockSizeBytes = payload.blockSizeBytes;
   for (const { id, value, details } of named) {
     let name = details?.name ?? `recovered-${id}`;
@@ -239,9 +327,18 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
     // One walker per volume: a leaf shared with a snapshot must be read for each volume holding it.
     new TreeWalker(tm).walk(value.mappingRoot, extentCodec, {
       leaf: (key, extent) => extents.push([key, extent]),
-      corrupt: (problem) =>
-        lost.push({ where: `${label}, mapping tree metadata block ${problem.blockNr}`, what: `the mappings of virtual blocks ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}` }),
+      corrupt: (problem) => {
+        const found = recovered.get(id)?.get(problem.blockNr);
+        const foundText =
+          found === undefined ? '' : `; ${found.extents.length} mapping(s) under it were recovered from ${found.nodeCount} orphaned node(s) the metadata space map still counts`;
+        lost.push({
+          where: `${label}, mapping tree metadata block ${problem.blockNr}`,
+          what: `the mappings of virtual blocks ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}${foundText}`,
+        });
+        if (found !== undefined) extents.push(...found.extents);
+      },
     });
+    extents.sort((left, right) => left[0] - right[0]);
     const endBlock = Math.ceil(value.sizeBytes / blockSizeBytes);
     const mappings: Mapping[] = [];
     let previousEnd = 0;

@@ -25,6 +25,8 @@ export interface Damage {
   warnings?: RegExp[];
   /** Repair rebuilds a pool (the default) or refuses, with its reason matching `refusal`. */
   refusal?: RegExp;
+  /** Patterns that repair's report must match for mappings it recovered from orphaned nodes. */
+  recovered?: RegExp[];
   /** What repair keeps; a volume not named is kept whole. */
   fates?: Partial<Record<string, VolumeFate>>;
 }

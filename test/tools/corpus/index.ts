@@ -2,6 +2,7 @@
 import type { CorpusEntry } from './entry.ts';
 import { entry as mappingLeafBitFlip } from './mapping-leaf-bit-flip.ts';
 import { entry as mappingInternalBitFlip } from './mapping-internal-bit-flip.ts';
+import { entry as mappingInternalAndLeafBitFlip } from './mapping-internal-and-leaf-bit-flip.ts';
 import { entry as deviceTreeBitFlip } from './device-tree-bit-flip.ts';
 import { entry as detailsBitFlip } from './details-bit-flip.ts';
 import { entry as spaceMapBitFlip } from './space-map-bit-flip.ts';
@@ -17,6 +18,7 @@ import { entry as truncatedMetadata } from './truncated-metadata.ts';
 export const corpus: CorpusEntry[] = [
   mappingLeafBitFlip,
   mappingInternalBitFlip,
+  mappingInternalAndLeafBitFlip,
   deviceTreeBitFlip,
   detailsBitFlip,
   spaceMapBitFlip,
