@@ -42,6 +42,8 @@ import {
 } from '../pool/codecs.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
 import { checkPool, type CheckOptions, type CheckReport } from './check.ts';
+import { rebuildSuperblock } from './superblock-scan.ts';
+import { randomBytes } from 'node:crypto';
 import type { Extent } from '../pool/ranges.ts';
 import { isPending, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
 import { PoolView } from './pool-view.ts';
@@ -63,6 +65,12 @@ export interface RepairReport {
 export interface RepairOptions {
   /** Size of the new metadata file; default the damaged pool's. */
   metadataSizeBytes?: number;
+  /**
+   * The data block size, for when no superblock copy is readable: the trees are then found by
+   * scanning the metadata (superblock-scan.ts), which cannot tell the block size. Repair into a
+   * new directory only.
+   */
+  blockSizeBytes?: number;
 }
 
 function range(begin: number | undefined, end: number | undefined): string {
@@ -74,7 +82,7 @@ function range(begin: number | undefined, end: number | undefined): string {
  * with a fall back past a damaged newer generation reported as a loss, since what that
  * generation committed is gone.
  */
-async function openSource(sourceDir: string, lost: RepairLoss[]): Promise<PoolView> {
+async function openSource(sourceDir: string, lost: RepairLoss[], scan?: { blockSizeBytes: number; scratchDir: string }): Promise<PoolView> {
   let view: PoolView;
   try {
     try {
@@ -87,11 +95,17 @@ async function openSource(sourceDir: string, lost: RepairLoss[]): Promise<PoolVi
     }
   } catch (error) {
     if (isThinError(error) && error.code === 'THIN_CORRUPT_SUPERBLOCK') {
-      throw new ThinError(
-        'THIN_CORRUPT_SUPERBLOCK',
-        `Cannot repair ${sourceDir}: no superblock generation opens, so there is nothing to rebuild from (${error.message})`,
-        { cause: error },
-      );
+      if (scan === undefined) {
+        throw new ThinError(
+          'THIN_CORRUPT_SUPERBLOCK',
+          `Cannot repair ${sourceDir}: no superblock generation opens, so there is nothing to rebuild from unless the trees are found by scanning the metadata, ` +
+            `which needs the data block size (repair -o NEWDIR --block-size SIZE) (${error.message})`,
+          { cause: error },
+        );
+      }
+      const scanned = await rebuildSuperblock(sourceDir, scan.scratchDir, scan.blockSizeBytes);
+      for (const note of scanned.notes) lost.push({ where: 'superblock', what: note });
+      return PoolView.open(scanned.dir, { validateRoots: true });
     }
     throw error;
   }
@@ -114,11 +128,16 @@ async function rebuild(view: PoolView, sourceDir: string, targetDir: string, opt
 /** Rebuilds the pool in sourceDir into a new pool directory targetDir; sourceDir is left as it was. */
 export async function repairPool(sourceDir: string, targetDir: string, options: RepairOptions = {}): Promise<RepairReport> {
   const lost: RepairLoss[] = [];
-  const view = await openSource(sourceDir, lost);
+  const scratchDir = `${path.resolve(targetDir)}.scan-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
-    return await rebuild(view, sourceDir, targetDir, options, lost);
+    const view = await openSource(sourceDir, lost, options.blockSizeBytes === undefined ? undefined : { blockSizeBytes: options.blockSizeBytes, scratchDir });
+    try {
+      return await rebuild(view, sourceDir, targetDir, options, lost);
+    } finally {
+      await view.close();
+    }
   } finally {
-    await view.close();
+    fs.rmSync(scratchDir, { recursive: true, force: true }); // the scan's copy of the metadata, if one was made
   }
 }
 

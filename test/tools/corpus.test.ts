@@ -93,6 +93,13 @@ for (const entry of corpus) {
       assert.equal(inPlace.code, 1);
       assert.match(inPlace.stderr, damage.refusal);
       assert.deepEqual(readdirSync(dir).sort(), readdirSync(baseDir).sort(), 'a refused check --repair changes nothing in the pool directory');
+      if (damage.repairArgs === undefined) return;
+      const scanned = thinbd(['repair', '--pool', dir, '-o', fixed, ...damage.repairArgs]);
+      assert.equal(scanned.code, 0, scanned.stderr);
+      const scannedCheck = thinbd(['check', '--pool', fixed]);
+      assert.equal(scannedCheck.code, 0, `the repaired pool checks clean:\n${scannedCheck.stdout}${scannedCheck.stderr}`);
+      await assertSurvivors(fixed, damage, `repair -o ${damage.repairArgs.join(' ')}`);
+      assert.deepEqual(readdirSync(scratch.dir).filter((name) => name.includes('.scan-')), [], 'the scan leaves no scratch copy behind');
       return;
     }
     assert.equal(repaired.code, 0, repaired.stderr);

@@ -141,11 +141,13 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
     .description('rebuild a consistent pool in a new directory from whatever metadata is readable, listing what was lost')
     .option('--pool <dir>', poolHelp)
     .requiredOption('-o, --output <dir>', 'the new pool directory (its data is a link to the damaged pool\'s data)')
+    .option('--block-size <size>', 'the data block size, needed only when no superblock copy is readable (the trees are then found by scanning)')
     .option('--json', 'print the report as JSON')
     .action(async (options) => {
       const dir = poolDirectory(options.pool);
       assertPoolExists(dir);
-      const report = await repairPool(dir, poolDirectory(options.output));
+      const blockSizeBytes = options.blockSize === undefined ? undefined : sizeOption('--block-size', options.blockSize);
+      const report = await repairPool(dir, poolDirectory(options.output), blockSizeBytes === undefined ? {} : { blockSizeBytes });
       if (options.json) {
         reporter.json(report);
         return;

@@ -25,6 +25,8 @@ export interface Damage {
   warnings?: RegExp[];
   /** Repair rebuilds a pool (the default) or refuses, with its reason matching `refusal`. */
   refusal?: RegExp;
+  /** With a refusal: the options with which `repair -o` rebuilds the pool after all (check --repair still refuses). */
+  repairArgs?: string[];
   /** Patterns that repair's report must match for mappings it recovered from orphaned nodes. */
   recovered?: RegExp[];
   /** What repair keeps; a volume not named is kept whole. */
