@@ -15,11 +15,11 @@
 //
 // What is lost, each named: a newer generation passed over (everything it committed), volumes
 // under an unreadable device tree node (by id range), the mappings under an unreadable mapping
-// node (by volume and virtual block range; readable orphaned subtrees under it are kept), volume details that cannot be read (the volume is
-// kept, named recovered-<id>), mappings past the data device, past a volume's end or overlapping
-// an earlier one. When no superblock generation opens there is nothing to start from: repair says
-// so, unless it is given the data block size, with which it finds the newest generation's roots by
-// scanning the metadata (superblock-scan.ts).
+// node (by volume and virtual block range; readable orphaned subtrees under it are kept), volume
+// details that cannot be read (the volume is kept, named recovered-<id>), mappings past the data
+// device, past a volume's end or overlapping an earlier one. When no superblock generation opens
+// there is nothing to start from: repair says so, unless it is given the data block size, with
+// which it finds the newest generation's roots by scanning the metadata (superblock-scan.ts).
 import fs from 'node:fs';
 import path from 'node:path';
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
