@@ -8,6 +8,7 @@ import { entry as detailsBitFlip } from './details-bit-flip.ts';
 import { entry as spaceMapBitFlip } from './space-map-bit-flip.ts';
 import { entry as superblocksNewestTorn } from './superblocks-newest-torn.ts';
 import { entry as superblocksAllGone } from './superblocks-all-gone.ts';
+import { entry as superblocksGoneNewestTreeDamaged } from './superblocks-gone-newest-tree-damaged.ts';
 import { entry as dataRefcountLeak } from './data-refcount-leak.ts';
 import { entry as dataRefcountDouble } from './data-refcount-double.ts';
 import { entry as mappingPastDataDevice } from './mapping-past-data-device.ts';
@@ -24,6 +25,7 @@ export const corpus: CorpusEntry[] = [
   spaceMapBitFlip,
   superblocksNewestTorn,
   superblocksAllGone,
+  superblocksGoneNewestTreeDamaged,
   dataRefcountLeak,
   dataRefcountDouble,
   mappingPastDataDevice,
