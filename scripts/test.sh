@@ -47,8 +47,9 @@ fi
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi
-npx tsc -p tsconfig.json --noEmit
+# Build first: bin/thinbd runs dist/, and test/index.test.ts type-checks the built package.
 npx tsc -p tsconfig.build.json
+npx tsc -p tsconfig.json --noEmit
 
 if [ "${#files[@]}" -eq 0 ]; then
   mapfile -t files < <(find test -name '*.test.ts' | sort)
