@@ -16,7 +16,7 @@ import {
 } from '../constants.ts';
 import { assert } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { Block, BlockHeader, BlockType, blockProblem, getU64, sealBlock, setU64 } from './block.ts';
+import { Block, BlockHeader, BlockType, blockProblem, checksumOf, getU64, sealBlock, setU64 } from './block.ts';
 
 /** "THNB" read as a little-endian u32. */
 export const SUPERBLOCK_MAGIC = 0x424e4854;
@@ -57,6 +57,13 @@ export interface SuperblockCopy {
   fields?: SuperblockFields & { formatVersion: number };
   /** What is wrong with the copy, when fields is unset. */
   problem?: string;
+  /**
+   * Set when the block at this place is not a usable copy here yet is a checksum-valid superblock
+   * (misplaced, of another copy index, with a bad field, or of another pool): the pool and
+   * generation it names. Only a commit writes such a block, so it proves that generation was
+   * written (F-SB-10).
+   */
+  written?: { poolId: bigint; generation: number };
 }
 
 /** The copy indexes generation g is written to (F-SB-5). */
@@ -88,8 +95,33 @@ export function encodeSuperblock(fields: SuperblockFields, copyIndex: number): U
   return block.bytes;
 }
 
-/** Decodes one copy read from its place; never throws on bad bytes (F-SB-1..4). */
+/** Decodes one copy read from its place; never throws on bad bytes (F-SB-1..4, F-SB-10). */
 export function decodeSuperblock(bytes: Uint8Array, copyIndex: number): SuperblockCopy {
+  const copy = decodeCopy(bytes, copyIndex);
+  if (copy.problem !== undefined) {
+    const written = writtenSuperblock(bytes);
+    if (written !== undefined) copy.written = written;
+  }
+  return copy;
+}
+
+/**
+ * The pool and generation of a checksum-valid superblock block, wherever it was found, else
+ * undefined. A torn or rotten block does not pass the checksum, so such a block was written by a
+ * commit of that generation (F-SB-10), even when it sits at the wrong place.
+ */
+export function writtenSuperblock(bytes: Uint8Array): { poolId: bigint; generation: number } | undefined {
+  if (bytes.length !== METADATA_BLOCK_SIZE_BYTES) return undefined;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (view.getUint32(BlockHeader.checksumOffset, true) !== checksumOf(bytes)) return undefined;
+  if (view.getUint16(BlockHeader.typeOffset, true) !== BlockType.superblock) return undefined;
+  if (view.getUint32(SuperblockLayout.magicOffset, true) !== SUPERBLOCK_MAGIC) return undefined;
+  const generation = getU64(view, BlockHeader.transactionIdOffset);
+  if (!Number.isSafeInteger(generation) || generation < 1) return undefined;
+  return { poolId: view.getBigUint64(BlockHeader.poolIdOffset, true), generation };
+}
+
+function decodeCopy(bytes: Uint8Array, copyIndex: number): SuperblockCopy {
   const blockNr = SUPERBLOCK_BLOCK_NRS[copyIndex]!;
   const base = { copyIndex, blockNr };
   const problem = blockProblem(bytes, { blockNr, expectedType: BlockType.superblock }); // F-SB-1
@@ -183,6 +215,7 @@ export function superblockCandidates(
     if (fields.poolId !== expectedPoolId) {
       delete copy.fields;
       copy.problem = `belongs to pool ${fields.poolId.toString(16)}, not ${expectedPoolId?.toString(16)} (a misplaced copy)`;
+      copy.written = { poolId: fields.poolId, generation: fields.generation };
       continue;
     }
     // Two copies of one commit are identical; copies that disagree are both tried (F-SB-9).

@@ -53,6 +53,7 @@ import {
   readSuperblockCopies,
   superblockCandidates,
   superblockCopyIndexes,
+  type SuperblockCopy,
   type SuperblockFields,
 } from './superblock.ts';
 
@@ -75,13 +76,21 @@ export interface SuperblockCopyReport {
 export interface OpenReport {
   /** Generation opened (the committed transaction id). */
   generation: number;
-  /** Newest generation any valid copy holds. Above `generation` means a fall back (a rollback). */
+  /**
+   * Newest generation any valid copy holds, or any checksum-valid superblock of this pool names
+   * wherever it was found (F-SB-10). Above `generation` means a fall back (a rollback).
+   */
   newestGenerationSeen: number;
-  /** True when a newer generation with a valid copy was passed over because its roots did not validate. */
+  /**
+   * True when open went back past a generation that was written: one with a valid copy whose
+   * roots did not validate, or one only a misplaced or otherwise unusable checksum-valid copy
+   * proves (F-SB-10). Acknowledged state may be lost: the layer above must say so, never go on
+   * as if nothing happened (G9).
+   */
   fellBack: boolean;
   /** Every copy and what was wrong with it. */
   copies: SuperblockCopyReport[];
-  /** Generations passed over, newest first, and why. */
+  /** Generations passed over (rejected, or proven written but unusable), newest first, and why. */
   rejected: Array<{ generation: number; problem: string }>;
   /**
    * True when anything is not as a clean commit leaves it: an invalid or stale copy, a rejected
@@ -233,7 +242,8 @@ export class TransactionManager {
           `${partner.fields.generation} (a lost or misdirected superblock write)`;
       }
     }
-    const newestGenerationSeen = candidates[0]?.generation ?? 0;
+    const lost = lostGenerations(copies, candidates, options.poolId ?? candidates[0]?.poolId);
+    const newestGenerationSeen = Math.max(candidates[0]?.generation ?? 0, ...lost.map((entry) => entry.generation));
     const rejected: Array<{ generation: number; problem: string }> = [];
     for (const candidate of candidates) {
       if (candidate.formatVersion !== METADATA_FORMAT_VERSION) {
@@ -247,12 +257,14 @@ export class TransactionManager {
       try {
         const tm = TransactionManager.#openGeneration(file, candidate, nextTransactionId(candidate.generation, newestGenerationSeen), options);
         options.validatePayload?.(candidate.payload, tm);
+        // A generation proven written (F-SB-10) but newer than this one is passed over too.
+        const passedOver = [...rejected, ...lost.filter((entry) => entry.generation > candidate.generation)];
         const report: OpenReport = {
           generation: candidate.generation,
           newestGenerationSeen,
           fellBack: candidate.generation !== newestGenerationSeen,
           copies: copyReports,
-          rejected,
+          rejected: passedOver.sort((a, b) => b.generation - a.generation),
           degraded:
             candidate.generation !== newestGenerationSeen || rejected.length > 0 || copyReports.some((copy) => copy.problem !== undefined),
         };
@@ -747,6 +759,33 @@ export class TransactionManager {
 /** Metadata blocks of the delta log's ring, in ring order (F-LOG-1): used for ever, like the superblock copies. */
 export function deltaLogBlockNrs(): number[] {
   return Array.from({ length: DELTA_LOG_BLOCK_COUNT }, (_, index) => DELTA_LOG_FIRST_BLOCK_NR + index);
+}
+
+/**
+ * Generations that a checksum-valid superblock block of this pool proves were written, though no
+ * copy of them is usable (none is a candidate): a copy misdirected onto another copy's place, or
+ * one with a bad field under a valid checksum (F-SB-10). Newest first, each with what proves it.
+ */
+function lostGenerations(
+  copies: readonly SuperblockCopy[],
+  candidates: ReadonlyArray<{ generation: number }>,
+  poolId: bigint | undefined,
+): Array<{ generation: number; problem: string }> {
+  const evidence = new Map<number, string[]>();
+  for (const copy of copies) {
+    const written = copy.written;
+    if (written === undefined || written.poolId !== poolId) continue;
+    if (candidates.some((candidate) => candidate.generation === written.generation)) continue;
+    const found = evidence.get(written.generation) ?? [];
+    found.push(`copy ${copy.copyIndex}'s place (block ${copy.blockNr}) holds a checksum-valid superblock of it that is unusable there (${copy.problem ?? 'invalid'})`);
+    evidence.set(written.generation, found);
+  }
+  return [...evidence]
+    .map(([generation, found]) => ({
+      generation,
+      problem: `it was written, but no copy of it is usable: ${found.join('; ')} (a misdirected or lost superblock write)`,
+    }))
+    .sort((a, b) => b.generation - a.generation);
 }
 
 /**

@@ -23,7 +23,9 @@
 //
 // Failure: a failed commit, a corrupt metadata block met while changing a tree, or running out of
 // metadata space puts the pool in a sticky 'needs-check' mode: reads go on, every write, flush and
-// management call fails with THIN_READ_ONLY naming the cause. Nothing is guessed.
+// management call fails with THIN_READ_ONLY naming the cause. Nothing is guessed. A failed write
+// or sync of either file (a data write included) does the same, and from then on every flush
+// fails with THIN_IO until the pool is reopened (refs/fault-model.md §6, G10).
 import { ThinError, assert, isThinError } from '../errors.ts';
 import {
   DATA_BLOCKS_RESERVED_MAX,
@@ -290,6 +292,13 @@ export class PoolCore {
   #closing = false;
   /** Read-only because metadata ran out, with the state intact: commits are still allowed. */
   #commitsWhileReadOnly = false;
+  /**
+   * The first failed write or sync of either file (data or metadata). From then on every flush
+   * fails with THIN_IO until the pool is reopened (refs/fault-model.md §6, G10): after EIO the
+   * kernel may have dropped dirty pages and a later sync can succeed, so no later sync proves
+   * anything written since the last good one.
+   */
+  #ioFailure: { reason: string; cause: unknown } | undefined;
   #requestsInFlight = 0;
   #drainWaiters: Array<() => void> = [];
   #dataBytesWritten = 0;
@@ -310,6 +319,8 @@ export class PoolCore {
    * copy-on-write row. Bounded by COPY_BUFFERS_RETAINED_BYTES_MAX.
    */
   readonly #blockBuffers: Uint8Array[] = [];
+  /** The wall clock for volume creation times (Pool's `now` option; the simulator fixes it). */
+  now: () => number = Date.now;
 
   constructor(files: PoolFiles, tm: TransactionManager, payload: PoolPayload, readOnly: boolean) {
     this.files = files;
@@ -440,6 +451,7 @@ export class PoolCore {
 
   /** Enters the sticky needs-check mode (see the module comment). */
   fail(reason: string, cause: unknown, mode: 'read-only' | 'needs-check' = 'needs-check'): void {
+    if (this.#ioFailure === undefined && isThinError(cause, 'THIN_IO')) this.#ioFailure = { reason, cause };
     if (this.#mode === 'needs-check' || (this.#mode === 'read-only' && mode === 'read-only')) return;
     // Out of metadata space the state is intact (see #mutate): what is done may still be committed.
     this.#commitsWhileReadOnly = mode === 'read-only';
@@ -657,7 +669,18 @@ export class PoolCore {
 
   async dataWrite(source: Uint8Array, offsetBytes: number): Promise<void> {
     this.#dataBytesWritten += source.length;
-    await this.files.data.write(source, offsetBytes);
+    try {
+      await this.files.data.write(source, offsetBytes);
+    } catch (error) {
+      // The request fails, and so does every later flush (see #ioFailure): the next sync might
+      // succeed without the pages this write or an earlier one left dirty.
+      if (!isThinError(error, 'THIN_CLOSED')) {
+        const reason = `a data write of ${source.length} bytes at byte ${offsetBytes} failed: ${error instanceof Error ? error.message : String(error)}`;
+        this.#ioFailure ??= { reason, cause: error };
+        this.fail(reason, error);
+      }
+      throw error;
+    }
     // Counted on completion: a write still in flight when a commit resets the count is not
     // covered by that commit's sync, and the next flush must sync for it.
     this.#dataWritesSinceSync += 1;
@@ -873,7 +896,7 @@ export class PoolCore {
     validateSize(sizeBytes);
     validateLabels(labels);
     const id = this.#nextId();
-    const details: VolumeDetails = { name, labels: { ...labels }, createdAt: new Date().toISOString() };
+    const details: VolumeDetails = { name, labels: { ...labels }, createdAt: new Date(this.now()).toISOString() };
     encodeDetails(details, DETAILS_CAPACITY_BYTES); // THIN_INVALID before anything changes
     return this.#mutate(`creating volume ${name}`, 1, () => {
       const detailsBlock = this.#writeDetails(details);
@@ -913,7 +936,7 @@ export class PoolCore {
     const details: VolumeDetails = {
       name,
       labels: { ...source.details.labels },
-      createdAt: new Date().toISOString(),
+      createdAt: new Date(this.now()).toISOString(),
       originName: source.details.name,
       originId: source.id,
     };
@@ -1171,6 +1194,7 @@ export class PoolCore {
   }
 
   commit(): Promise<void> {
+    if (this.#ioFailure !== undefined) return Promise.reject(this.#ioFailureError());
     if (this.#mode === 'read-only' && this.readOnlyOpen) return Promise.resolve();
     if (!this.canCommit) this.assertWritable();
     if (this.#commitQueued !== undefined) return this.#commitQueued;
@@ -1221,7 +1245,19 @@ export class PoolCore {
     return running;
   }
 
+  /** What a flush fails with after a failed write or sync: THIN_IO naming the first failure. */
+  #ioFailureError(): ThinError {
+    assert(this.#ioFailure !== undefined, 'no I/O failure to report');
+    return new ThinError(
+      'THIN_IO',
+      `Cannot flush: ${this.#ioFailure.reason}; the pool acknowledges no flush until it is reopened`,
+      { cause: this.#ioFailure.cause },
+    );
+  }
+
   async #commitNow(): Promise<void> {
+    // A flush queued behind the commit that failed fails too.
+    if (this.#ioFailure !== undefined) throw this.#ioFailureError();
     if (!this.canCommit) this.assertWritable();
     const plan = planFlush(this.#flushState());
     if (plan === 'nothing') return;
@@ -1263,7 +1299,7 @@ export class PoolCore {
       if (!dataSynced) await this.#syncData();
     } catch (error) {
       this.fail(`a commit failed: ${error instanceof Error ? error.message : String(error)}`, error);
-      throw new ThinError('THIN_READ_ONLY', 'The commit failed; the pool is now read-only and needs a check', { cause: error });
+      throw new ThinError('THIN_IO', 'The commit failed; the pool now needs a check and acknowledges no flush until it is reopened', { cause: error });
     }
     this.#highWaterMarkDurable = Math.max(this.#highWaterMarkDurable, highWaterMark);
     if (this.#log !== undefined) {

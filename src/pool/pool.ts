@@ -47,7 +47,7 @@ export type { PoolFiles, PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCoun
 export const METADATA_FILE_NAME = 'metadata';
 export const DATA_FILE_NAME = 'data';
 
-export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog'> {
+export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog' | 'now'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
   /** Default: METADATA_BLOCK_COUNT_DEFAULT blocks (a sparse file). */
@@ -58,6 +58,11 @@ export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitInterval
    * block is written whole (F-POOL-40).
    */
   dataReadsZeros?: boolean;
+  /**
+   * The new pool's id (a non-zero u64); default random. The simulator passes one so that a trace
+   * replays byte for byte in another process.
+   */
+  poolId?: bigint;
 }
 
 export interface PoolOpenOptions {
@@ -73,6 +78,11 @@ export interface PoolOpenOptions {
    * False gives a full commit per flush. Either way, open replays a log left by an earlier run.
    */
   deltaLog?: boolean;
+  /**
+   * The wall clock in milliseconds (default Date.now): the pool's creation time and each volume's
+   * creation time come from it. The simulator passes a fixed clock so that traces replay byte for byte.
+   */
+  now?: () => number;
 }
 
 export interface CreateVolumeOptions {
@@ -106,6 +116,9 @@ function validateCreateOptions(options: PoolCreateOptions): { dataBlockCount: nu
   ) {
     throw new ThinError('THIN_INVALID', `Block size ${blockSizeBytes} is not a power of two from 64 KiB to 1 GiB`);
   }
+  if (options.poolId !== undefined && !(options.poolId > 0n && options.poolId < 1n << 64n)) {
+    throw new ThinError('THIN_INVALID', `Pool id ${options.poolId} is not a non-zero 64-bit number`);
+  }
   if (!Number.isSafeInteger(dataSizeBytes) || dataSizeBytes < blockSizeBytes) {
     throw new ThinError('THIN_INVALID', `Data size ${dataSizeBytes} is smaller than one block of ${blockSizeBytes} bytes`);
   }
@@ -135,8 +148,9 @@ export class Pool {
   #commitTimer: ReturnType<typeof setInterval> | undefined;
 
   /** Made by create/open; not for callers. */
-  constructor(core: PoolCore, lock: DirectoryLock | undefined, commitIntervalMs = 0) {
+  constructor(core: PoolCore, lock: DirectoryLock | undefined, commitIntervalMs = 0, now?: () => number) {
     this.#core = core;
+    if (now !== undefined) core.now = now;
     this.#lock = lock;
     if (commitIntervalMs > 0 && core.mode === 'read-write') {
       this.#commitTimer = setInterval(() => core.commitIfChanged(), commitIntervalMs);
@@ -164,7 +178,7 @@ export class Pool {
       const core = await Pool.#format(files as PoolFiles, options, dataBlockCount, metadataBlockCount);
       // The new files' directory entries must be durable before the pool is reported created.
       syncDirectory(dir);
-      return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT);
+      return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT, options.now);
     } catch (error) {
       await files.metadata?.close().catch(() => undefined);
       await files.data?.close().catch(() => undefined);
@@ -185,7 +199,7 @@ export class Pool {
       files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly });
       files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly });
       const core = await Pool.#load(files as PoolFiles, readOnly, options.deltaLog !== false);
-      return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT);
+      return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT, options.now);
     } catch (error) {
       await files.metadata?.close().catch(() => undefined);
       await files.data?.close().catch(() => undefined);
@@ -199,15 +213,15 @@ export class Pool {
     const { dataBlockCount, metadataBlockCount } = validateCreateOptions(options);
     await files.metadata.grow(metadataBlockCount * METADATA_BLOCK_SIZE_BYTES);
     await files.data.grow(dataBlockCount * options.blockSizeBytes);
-    return new Pool(await Pool.#format(files, options, dataBlockCount, metadataBlockCount), undefined, options.commitIntervalMs ?? 0);
+    return new Pool(await Pool.#format(files, options, dataBlockCount, metadataBlockCount), undefined, options.commitIntervalMs ?? 0, options.now);
   }
 
   static async openOn(files: PoolFiles, options: PoolOpenOptions = {}): Promise<Pool> {
-    return new Pool(await Pool.#load(files, options.readOnly === true, options.deltaLog !== false), undefined, options.commitIntervalMs ?? 0);
+    return new Pool(await Pool.#load(files, options.readOnly === true, options.deltaLog !== false), undefined, options.commitIntervalMs ?? 0, options.now);
   }
 
   static async #format(files: PoolFiles, options: PoolCreateOptions, dataBlockCount: number, metadataBlockCount: number): Promise<PoolCore> {
-    const tm = TransactionManager.format(files.metadata, { metadataBlockCount, poolId: randomPoolId() });
+    const tm = TransactionManager.format(files.metadata, { metadataBlockCount, poolId: options.poolId ?? randomPoolId() });
     const dataSpace = SpaceMap.create(tm, dataBlockCount);
     const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => {
       throw new Error('thinbd internal error (a bug): the device tree of a new pool has no values');
@@ -223,7 +237,7 @@ export class Pool {
       dataHighWaterMark: 0,
       time: 0,
       nextVolumeId: 1,
-      creationTimeMs: Date.now(),
+      creationTimeMs: (options.now ?? Date.now)(),
       deviceTreeRootTransactionId: writtenBy(tm, deviceTreeRoot, BTREE_BLOCK_TYPES),
       dataSpaceMapRootTransactionId: writtenBy(tm, dataSpace.root, BTREE_BLOCK_TYPES),
     };
@@ -241,11 +255,15 @@ export class Pool {
     const core = new PoolCore(files, tm, decoded, readOnly);
     core.loadDevices();
     if (report.fellBack) {
-      // A newer generation had a valid superblock copy but damaged trees: it was committed, and
-      // a flush may have been acknowledged on it. Serving the older one as if nothing happened
-      // would lose that silently, so the pool opens needing a check and says why (F-SB-6).
+      // A newer generation was committed (a valid superblock copy with damaged trees, or a
+      // checksum-valid copy found at the wrong place), and a flush may have been acknowledged on
+      // it. Serving the older one as if nothing happened would lose that silently, so the pool
+      // opens needing a check and says why (F-SB-6, F-SB-10).
       const passedOver = report.rejected.map((entry) => `generation ${entry.generation}: ${entry.problem}`).join('; ');
-      core.fail(`opened generation ${report.generation}, older than generation ${report.newestGenerationSeen} whose trees are damaged (${passedOver})`, undefined);
+      core.fail(
+        `opened generation ${report.generation}, older than generation ${report.newestGenerationSeen}, which was committed but cannot be opened (${passedOver})`,
+        undefined,
+      );
     }
     // The delta log after this generation: every flush acknowledged since its commit (F-LOG-2, F-LOG-5).
     const log = await readDeltaLog(files.metadata, { poolId: tm.poolId, baseGeneration: tm.generation });

@@ -201,6 +201,66 @@ describe('superblock copies', () => {
     assert.match(report.copies[1]!.problem ?? '', /says it is block 0/);
   });
 
+  test('a copy of the newest generation misdirected onto its partner\'s place is a lost generation, never a silent rollback', async () => {
+    const { file, tm } = newManager();
+    const tree = new BTree(tm, codec);
+    const root = tree.insert(tree.createEmpty(), 1, 1);
+    await tm.commit(rootsPayload(root, 1));
+    await tm.commit(rootsPayload(root, 2));
+    const copy1AtGeneration1 = readBlock(file, SUPERBLOCK_BLOCK_NRS[1]!);
+    await tm.commit(rootsPayload(root, 3));
+    // Generation 3's write of copy 1 (block 64) landed on copy 3's place (block 16384), after copy
+    // 3's own write: neither place holds a usable copy of 3, and the other pair holds 2 whole.
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[3]!, readBlock(file, SUPERBLOCK_BLOCK_NRS[1]!));
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[1]!, copy1AtGeneration1);
+    const opened = await TransactionManager.open(file);
+    assert.equal(opened.report.generation, 2);
+    assert.equal(opened.report.fellBack, true, 'generation 3 was written: opening 2 is a rollback');
+    assert.equal(opened.report.newestGenerationSeen, 3);
+    assert.equal(opened.report.degraded, true);
+    assert.equal(opened.report.rejected[0]!.generation, 3);
+    assert.match(opened.report.rejected[0]!.problem, /copy 3's place \(block 16384\).*says it is block 64/);
+    assert.equal(opened.tm.transactionId, 5, 'generation 3 exists, so 3 is never reused (F-SB-9)');
+  });
+
+  test('a checksum-valid copy of a newer generation with a bad field is a lost generation', async () => {
+    const { file, tm } = newManager();
+    const tree = new BTree(tm, codec);
+    const root = tree.insert(tree.createEmpty(), 1, 1);
+    await tm.commit(rootsPayload(root, 1));
+    await tm.commit(rootsPayload(root, 2));
+    const copy1AtGeneration1 = readBlock(file, SUPERBLOCK_BLOCK_NRS[1]!);
+    await tm.commit(rootsPayload(root, 3));
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[1]!, copy1AtGeneration1);
+    const bytes = readBlock(file, SUPERBLOCK_BLOCK_NRS[3]!);
+    const block = new Block(SUPERBLOCK_BLOCK_NRS[3]!, bytes);
+    bytes[100] = 7; // reserved2, under a valid checksum
+    sealBlock(block, block.type, 3, tm.poolId);
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[3]!, bytes);
+    const { report } = await TransactionManager.open(file);
+    assert.equal(report.generation, 2);
+    assert.equal(report.fellBack, true);
+    assert.equal(report.rejected[0]!.generation, 3);
+    assert.match(report.rejected[0]!.problem, /reserved fields are not zero/);
+  });
+
+  test('a misplaced copy of an older generation is not a lost generation', async () => {
+    const { file, tm } = newManager();
+    const tree = new BTree(tm, codec);
+    const root = tree.insert(tree.createEmpty(), 1, 1);
+    await tm.commit(rootsPayload(root, 1));
+    const copy1AtGeneration1 = readBlock(file, SUPERBLOCK_BLOCK_NRS[1]!);
+    await tm.commit(rootsPayload(root, 2));
+    await tm.commit(rootsPayload(root, 3));
+    await tm.commit(rootsPayload(root, 4));
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[2]!, copy1AtGeneration1);
+    const { report } = await TransactionManager.open(file);
+    assert.equal(report.generation, 4);
+    assert.equal(report.fellBack, false);
+    assert.deepEqual(report.rejected, []);
+    assert.match(report.copies[2]!.problem ?? '', /says it is block 64/);
+  });
+
   test('a valid copy older than its partner (a lost superblock write) is reported', async () => {
     const { file, tm } = newManager();
     const tree = new BTree(tm, codec);

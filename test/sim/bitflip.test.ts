@@ -25,6 +25,7 @@ import { Rng, seedFromEnv } from './rng.ts';
 import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual, type SparseImage } from './sim-disk.ts';
 import { applyOp, decodeSector, runOp, sectorPattern, type ModelState, type PoolOp, type VolumeModel } from './pool-model.ts';
 import { checkSimPool } from './pool-check.ts';
+import { simNow } from './pool-bases.ts';
 
 const seed = seedFromEnv(7100);
 const BLOCK_SIZE_BYTES = 64 * 1024;
@@ -99,7 +100,11 @@ interface CommittedPool {
   liveBlocks: number[];
 }
 
-async function makeCommittedPool(): Promise<CommittedPool> {
+/** Pool ids of the pool under test and of the "another pool" whose blocks are injected. */
+const POOL_ID = 0x7468_696e_6269_7401n;
+const FOREIGN_POOL_ID = 0x7468_696e_6269_7402n;
+
+async function makeCommittedPool(poolId: bigint): Promise<CommittedPool> {
   const machine = new SimMachine({ seed: 1 });
   machine.createDisk('metadata', 0);
   machine.createDisk('data', 0);
@@ -107,6 +112,8 @@ async function makeCommittedPool(): Promise<CommittedPool> {
     dataSizeBytes: 1024 * BLOCK_SIZE_BYTES,
     blockSizeBytes: BLOCK_SIZE_BYTES,
     metadataSizeBytes: METADATA_BLOCK_COUNT * METADATA_BLOCK_SIZE_BYTES,
+    poolId,
+    now: simNow,
   });
   let state: ModelState = new Map();
   const generations: CommittedPool['generations'] = [];
@@ -323,8 +330,8 @@ describe('corruption of live metadata in a committed pool', () => {
   let committed: CommittedPool;
   let foreign: CommittedPool;
   before(async () => {
-    committed = await makeCommittedPool();
-    foreign = await makeCommittedPool();
+    committed = await makeCommittedPool(POOL_ID);
+    foreign = await makeCommittedPool(FOREIGN_POOL_ID);
     assert.ok(committed.liveBlocks.length >= 8, `only ${committed.liveBlocks.length} live metadata blocks`);
     const internalNodes = committed.liveBlocks.filter((blockNr) => {
       const header = blockBytes(committed.images, blockNr);
@@ -413,7 +420,7 @@ describe('corruption of live metadata in a committed pool', () => {
 describe('misdirected metadata writes during a live commit', () => {
   let committed: CommittedPool;
   before(async () => {
-    committed = await makeCommittedPool();
+    committed = await makeCommittedPool(POOL_ID);
   });
 
   test('a commit one of whose metadata writes lands elsewhere is detected after the flush is acknowledged', async (t) => {
@@ -437,7 +444,7 @@ describe('misdirected metadata writes during a live commit', () => {
       const state = applyOp(committed.state, change);
       const run = async (misdirect?: { toBlock: number; skipWrites: number }): Promise<SimMachine> => {
         const machine = new SimMachine({ seed: caseIndex, images: committed.images });
-        const pool = await Pool.openOn(poolFiles(machine));
+        const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
         await runOp(pool, change);
         if (misdirect !== undefined) {
           machine.disk('metadata').misdirectNextWrite(misdirect.toBlock * METADATA_BLOCK_SIZE_BYTES, { skipWrites: misdirect.skipWrites });
@@ -500,6 +507,71 @@ describe('misdirected metadata writes during a live commit', () => {
       `misdirected commits: ${summary.injections} cases; ${refusedFlushes} refused at the flush (a delta log record read back wrong), ${summary.detectedOnOpen} stopped by open or read, ` +
         `${summary.harmless} served exactly, ${summary.escapes.length} got through`,
     );
+    assertNoEscapes(summary);
+  });
+
+  // Found by the test above (seed 7100, when every flush was a full commit): generation g's copy
+  // for one place landed on its partner's place after the partner's own write, so neither place
+  // held a valid copy of g, and the pool opened g - 1 read-write without a word (F-SB-10).
+  /** The generation of the block at each offset when it is checksum-valid and says it is itself, else 0. */
+  function validGenerations(images: ReadonlyMap<string, SparseImage>, offsets: readonly number[]): number[] {
+    return offsets.map((offsetBytes) => {
+      const bytes = blockBytes(images, offsetBytes / METADATA_BLOCK_SIZE_BYTES);
+      const view = new DataView(bytes.buffer);
+      const valid =
+        view.getUint32(BlockHeader.checksumOffset, true) === checksumOf(bytes) &&
+        view.getBigUint64(BlockHeader.blockNrOffset, true) === BigInt(offsetBytes / METADATA_BLOCK_SIZE_BYTES);
+      return valid ? Number(view.getBigUint64(BlockHeader.transactionIdOffset, true)) : 0;
+    });
+  }
+
+  test('a superblock copy of an acknowledged commit misdirected onto its partner\'s place is never a silent rollback', async (t) => {
+    const change = write('vol-a', 1 * BS, BS, 500);
+    const state = applyOp(committed.state, change);
+    const older = committed.generations.map((generation) => generation.state);
+    const summary: InjectionSummary = { injections: 0, detectedOnOpen: 0, harmless: 0, escapes: [] };
+    let neitherPlaceValid = 0;
+    const run = async (machineSeed: number, misdirect?: { toBytes: number; skipWrites: number }): Promise<{ machine: SimMachine; writes: number[] }> => {
+      const machine = new SimMachine({ seed: machineSeed, images: committed.images });
+      const pool = await Pool.openOn(poolFiles(machine), { deltaLog: false, now: simNow });
+      await runOp(pool, change);
+      if (misdirect !== undefined) machine.disk('metadata').misdirectNextWrite(misdirect.toBytes, { skipWrites: misdirect.skipWrites });
+      const before = machine.events.length;
+      await pool.flush();
+      const writes = machine.events.slice(before).flatMap((event) => (event.kind === 'write' && event.disk === 'metadata' ? [event.misdirectedFromBytes ?? event.offsetBytes] : []));
+      await pool.close();
+      return { machine, writes };
+    };
+    for (let machineSeed = 0; machineSeed < 12; machineSeed++) {
+      // The commit's last two metadata writes are its superblock pair.
+      const clean = await run(machineSeed);
+      const { writes } = clean;
+      const pair = writes.slice(-2);
+      const flushed = Math.max(...validGenerations(clean.machine.currentImages(), pair));
+      assert.ok(pair.every((offsetBytes) => SUPERBLOCK_BLOCK_NRS.includes(offsetBytes / METADATA_BLOCK_SIZE_BYTES)), `seed ${machineSeed}: the commit ends with its superblock pair`);
+      for (const [which, aimedAt] of pair.entries()) {
+        const partner = pair[1 - which]!;
+        const { machine } = await run(machineSeed, { toBytes: partner, skipWrites: writes.length - 2 + which });
+        const images = machine.currentImages();
+        if (!validGenerations(images, pair).includes(flushed)) neitherPlaceValid += 1;
+        const what = `machine seed ${machineSeed}: the superblock write aimed at ${describeBlock(aimedAt / METADATA_BLOCK_SIZE_BYTES)} landed on ${describeBlock(partner / METADATA_BLOCK_SIZE_BYTES)}`;
+        summary.injections += 1;
+        try {
+          await checkDetects(new SimMachine({ seed: machineSeed, images }), what);
+          const outcome = await openAndRead(new SimMachine({ seed: machineSeed, images }), state, older, what);
+          if (outcome === 'detected') summary.detectedOnOpen += 1;
+          else summary.harmless += 1;
+        } catch (error) {
+          if (!(error instanceof Escape)) throw error;
+          summary.escapes.push(error);
+        }
+      }
+    }
+    t.diagnostic(
+      `misdirected superblock copies: ${summary.injections} cases, ${neitherPlaceValid} leaving neither place of the pair valid; ` +
+        `${summary.detectedOnOpen} stopped by open or read, ${summary.harmless} served exactly, ${summary.escapes.length} got through`,
+    );
+    assert.ok(neitherPlaceValid > 0, 'no case left the newest generation without a valid copy: the test does not reach the fault');
     assertNoEscapes(summary);
   });
 });

@@ -14,6 +14,12 @@ export const DATA_BLOCK_COUNT = 32;
 export const METADATA_SIZE_BYTES = METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES;
 export const VOLUME_SIZE_SECTORS = 6 * BLOCK_SIZE_SECTORS;
 export const VOLUMES_MAX = 3;
+/**
+ * Every simulated pool gets this id and this fixed clock (pool and volume creation times), so a
+ * trace is the same bytes in every process and a seed replays it exactly (G18).
+ */
+export const SIM_POOL_ID = 0x7468_696e_7369_6d01n;
+export const simNow = (): number => 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
 export interface Base {
   name: string;
@@ -34,6 +40,8 @@ export async function makeBase(name: string, ops: readonly PoolOp[]): Promise<Ba
     dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES,
     blockSizeBytes: BLOCK_SIZE_BYTES,
     metadataSizeBytes: METADATA_SIZE_BYTES,
+    poolId: SIM_POOL_ID,
+    now: simNow,
   });
   let state: ModelState = new Map();
   for (const op of ops) {

@@ -43,7 +43,7 @@ import {
   type WorkloadRecord,
 } from './pool-model.ts';
 import { checkSimPool } from './pool-check.ts';
-import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, VOLUME_SIZE_SECTORS, VOLUMES_MAX, makeBases, poolFiles, type Base } from './pool-bases.ts';
+import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, VOLUME_SIZE_SECTORS, VOLUMES_MAX, makeBases, poolFiles, simNow, type Base } from './pool-bases.ts';
 
 const OPS_MAX = 3;
 /** Crash images per distinct crash point. */
@@ -94,7 +94,7 @@ async function runPoolCampaign(seed: number, bases: readonly Base[]): Promise<Cr
     images: base.images,
     budget: VARIANTS_PER_POINT,
     workload: async (machine) => {
-      const pool = await Pool.openOn(poolFiles(machine));
+      const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
       // Ops marked concurrent are issued with the one before them; a group is awaited as a whole.
       let index = 0;
       while (index < record.ops.length) {
@@ -159,7 +159,7 @@ async function secondPowerCut(images: ReadonlyMap<string, SparseImage>, contents
     budget: COMPOUND_VARIANTS_PER_POINT,
     narrowFromEnv: false,
     workload: async (machine) => {
-      const pool = await Pool.openOn(poolFiles(machine));
+      const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
       const volume = await pool.createVolume(probeName, { sizeBytes: probeBytes.length });
       await volume.write(0, probeBytes);
       await pool.flush();
