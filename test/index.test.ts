@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 test('the built package exports Pool, and a snapshot keeps what was written before it', async () => {
-  const thinbd = (await import('thinbd')) as typeof import('../src/index.ts');
+  const thinbd = await import('thinbd');
   const dir = mkdtempSync(join(tmpdir(), 'thinbd-index-'));
   try {
     const pool = await thinbd.Pool.create(join(dir, 'pool'), { dataSizeBytes: 64 * 2 ** 20, blockSizeBytes: 65536 });

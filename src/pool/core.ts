@@ -1332,7 +1332,7 @@ export class PoolCore {
       await log.append(entries, time);
     } catch (error) {
       this.fail(`appending to the delta log failed: ${error instanceof Error ? error.message : String(error)}`, error);
-      throw new ThinError('THIN_READ_ONLY', 'The flush failed; the pool is now read-only and needs a check', { cause: error });
+      throw new ThinError('THIN_IO', 'The flush failed; the pool now needs a check and acknowledges no flush until it is reopened', { cause: error });
     }
   }
 

@@ -42,7 +42,7 @@ import {
   type WorkloadRecord,
 } from './pool-model.ts';
 import { checkSimPool } from './pool-check.ts';
-import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, DATA_BLOCK_COUNT, METADATA_SIZE_BYTES, VOLUME_SIZE_SECTORS, VOLUMES_MAX, makeBases, poolFiles, setupWrite, type Base } from './pool-bases.ts';
+import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, DATA_BLOCK_COUNT, METADATA_SIZE_BYTES, VOLUME_SIZE_SECTORS, VOLUMES_MAX, SIM_POOL_ID, makeBases, poolFiles, setupWrite, simNow, type Base } from './pool-bases.ts';
 
 const OPS_MAX = 3;
 const VARIANTS_PER_POINT = 12;
@@ -77,6 +77,8 @@ async function makeLoggedBase(): Promise<Base> {
     dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES,
     blockSizeBytes: BLOCK_SIZE_BYTES,
     metadataSizeBytes: METADATA_SIZE_BYTES,
+    poolId: SIM_POOL_ID,
+    now: simNow,
   });
   const bs = BLOCK_SIZE_SECTORS;
   const ops: PoolOp[] = [
@@ -154,7 +156,7 @@ async function runJournalCampaign(seed: number, bases: readonly Base[]): Promise
     images: base.images,
     budget: VARIANTS_PER_POINT,
     workload: async (machine) => {
-      const pool = await Pool.openOn(poolFiles(machine));
+      const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
       let index = 0;
       while (index < record.ops.length) {
         const group: Promise<void>[] = [];
@@ -172,7 +174,7 @@ async function runJournalCampaign(seed: number, bases: readonly Base[]): Promise
     recover: async (machine, marks, context) => {
       const files = poolFiles(machine);
       const crashImages = machine.currentImages();
-      const pool = await Pool.openOn(files);
+      const pool = await Pool.openOn(files, { now: simNow });
       try {
         const contents = await verifyRecoveredPool(pool, record, marks, renders);
         const compoundSeed = mixSeed(seed, context.crashPoint.eventCount, context.variant.variantIndex);
@@ -202,13 +204,13 @@ async function cutDuringReplay(images: ReadonlyMap<string, SparseImage>, content
     budget: COMPOUND_VARIANTS_PER_POINT,
     narrowFromEnv: false,
     workload: async (machine) => {
-      const pool = await Pool.openOn(poolFiles(machine));
+      const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
       machine.mark('replayed and rolled up');
       await pool.close();
     },
     recover: async (machine) => {
       const files = poolFiles(machine);
-      const pool = await Pool.openOn(files);
+      const pool = await Pool.openOn(files, { now: simNow });
       try {
         const after = await readVolumes(pool);
         assert.deepEqual([...after.keys()].sort(), [...contents.keys()].sort(), 'the volumes changed across the second power cut');
@@ -336,7 +338,7 @@ function sectorBytes(lengthSectors: number, value: number): Uint8Array {
 
 test('a rollup whose superblock copies are torn at any 512-byte boundary opens the newest valid state, for both generations', async () => {
   const files = { metadata: new PageFile('metadata'), data: new PageFile('data') };
-  const pool = await Pool.createOn(files, { dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES, blockSizeBytes: BLOCK_SIZE_BYTES, metadataSizeBytes: METADATA_SIZE_BYTES });
+  const pool = await Pool.createOn(files, { dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES, blockSizeBytes: BLOCK_SIZE_BYTES, metadataSizeBytes: METADATA_SIZE_BYTES, poolId: SIM_POOL_ID, now: simNow });
   const volume = await pool.createVolume('v', { sizeBytes: 8 * BLOCK_SIZE_BYTES });
   await pool.flush();
   const sectorsPerBlock = METADATA_BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES;
@@ -390,7 +392,7 @@ test('a rollup whose superblock copies are torn at any 512-byte boundary opens t
             assert.equal(generation, newGeneration, `${where}: opened generation ${generation} although a copy of ${newGeneration} is whole`);
           }
           assert.ok(generation >= oldGeneration, `${where}: the generation went back to ${generation}`);
-          const opened = await Pool.openOn(crashed);
+          const opened = await Pool.openOn(crashed, { now: simNow });
           const bytes = new Uint8Array(expected.length);
           await opened.volume('v').read(0, bytes);
           assert.ok(bytesEqual(bytes, expected), `${where}: the volume lost acknowledged writes`);
