@@ -60,6 +60,11 @@ export class PoolView {
   /** Which superblock generation was opened and what was passed over. */
   readonly openReport: OpenReport;
   readonly #files: PoolFiles;
+
+  /** The metadata file the view reads (repair reads the delta log from it). */
+  get metadataFile(): PoolFiles['metadata'] {
+    return this.#files.metadata;
+  }
   readonly #ownsFiles: boolean;
   readonly #lock: DirectoryLock | undefined;
   readonly #deviceTree: BTree<DeviceValue>;

@@ -20,6 +20,7 @@
 // device, past a volume's end or overlapping an earlier one. When no superblock generation opens
 // there is nothing to start from: repair says so, unless it is given the data block size, with
 // which it finds the newest generation's roots by scanning the metadata (superblock-scan.ts).
+import { readDeltaLog } from '../journal/replay.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
@@ -114,6 +115,16 @@ async function openSource(sourceDir: string, lost: RepairLoss[], scan?: { blockS
     lost.push({
       where: `superblock generation ${rejected.generation}`,
       what: `everything committed after generation ${view.openReport.generation}, which was repaired instead: ${rejected.problem}`,
+    });
+  }
+  // Flushes logged after this generation are not in its trees. Repair rebuilds from the trees
+  // and does not replay onto damaged ones, so they are named as lost; a pool that still opens
+  // read-write rolls them up first (any command that opens it, e.g. thinbd pool status).
+  const log = await readDeltaLog(view.metadataFile, { poolId: view.tm.poolId, baseGeneration: view.tm.generation }).catch(() => undefined);
+  if (log !== undefined && log.records.length > 0) {
+    lost.push({
+      where: 'delta log',
+      what: `${log.records.length} record(s) of flushes after generation ${view.tm.generation}, not replayed (opening the pool read-write before repairing would have rolled them up)`,
     });
   }
   return view;
