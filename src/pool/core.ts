@@ -686,6 +686,22 @@ export class PoolCore {
     this.#dataWritesSinceSync += 1;
   }
 
+  /**
+   * Starts the commit that raises the high-water mark while half a step is still left below it,
+   * so that allocating writes rarely wait for it: waiting, a run of new or copied blocks stalled
+   * on one commit (an fdatasync of up to a step of data) every DATA_HIGH_WATER_MARK_STEP_BLOCKS.
+   * Only a raise that was due anyway, made sooner; F-POOL-40 holds because writes above the
+   * durable mark still wait in #coverByHighWaterMark.
+   */
+  #raiseHighWaterMarkAhead(block: number): void {
+    if (block + DATA_HIGH_WATER_MARK_STEP_BLOCKS / 2 < this.#highWaterMarkTarget) return;
+    if (this.#highWaterMarkTarget >= this.dataBlockCount || block >= this.#highWaterMarkDurable) return;
+    if (this.#mode !== 'read-write' || this.#closing || this.#commitRunning !== undefined || this.#commitQueued !== undefined) return;
+    this.#highWaterMarkTarget = Math.min(this.dataBlockCount, this.#highWaterMarkTarget + DATA_HIGH_WATER_MARK_STEP_BLOCKS);
+    this.#metadataDirty = true;
+    this.commit().catch(() => undefined);
+  }
+
   /** Raises and commits the high-water mark so that `block` lies below it (F-POOL-40). */
   async #coverByHighWaterMark(block: number): Promise<void> {
     while (block >= this.#highWaterMarkDurable) {
@@ -743,6 +759,7 @@ export class PoolCore {
     try {
       const knownZero = this.#knownZero.has(block);
       this.#knownZero.remove(block, block + 1);
+      this.#raiseHighWaterMarkAhead(block);
       if (block >= this.#highWaterMarkDurable) await this.#coverByHighWaterMark(block);
       const offsetBytes = block * this.blockSizeBytes;
       if (knownZero) {
@@ -777,6 +794,7 @@ export class PoolCore {
     const block = await this.#allocateData(device, { mayUseReserve: true });
     try {
       this.#knownZero.remove(block, block + 1);
+      this.#raiseHighWaterMarkAhead(block);
       if (block >= this.#highWaterMarkDurable) await this.#coverByHighWaterMark(block);
       if (lengthBytes === this.blockSizeBytes) {
         await this.dataWrite(source ?? this.zeroBlock, block * this.blockSizeBytes);

@@ -83,17 +83,34 @@ export class Volume {
     }
   }
 
+  /**
+   * Blocks [begin, end) locked and the request counted, when the lock is free now (no waiting, so
+   * the volume cannot have changed since #checkRange); undefined when #locked must wait for it.
+   */
+  #lockedNow(begin: number, end: number): (() => void) | undefined {
+    const release = this.#core.locks.tryLock(this.id, begin, end);
+    if (release === undefined) return undefined;
+    try {
+      this.#core.beginRequest();
+    } catch (error) {
+      release();
+      throw error;
+    }
+    return () => {
+      release();
+      this.#core.endRequest();
+    };
+  }
+
   /** Fills target with the bytes at offsetBytes; unmapped blocks read as zeros. */
   async read(offsetBytes: number, target: Uint8Array): Promise<void> {
     this.#checkRange('read', offsetBytes, target.length);
     if (target.length === 0) return;
     const { begin, end } = touchedBlocks(offsetBytes, target.length, this.#core.blockSizeBytes);
-    // The common case takes its lock at once: no closure, no waiting promise (per-request garbage
-    // was ~17% of the server's CPU on 4 KiB reads).
-    this.#core.beginRequest();
-    const release = this.#core.locks.tryLock(this.id, begin, end);
+    // The common case takes its lock at once: no waiting promise, no run list (per-request
+    // garbage was ~17% of the server's CPU on 4 KiB reads).
+    const release = this.#lockedNow(begin, end);
     if (release === undefined) {
-      this.#core.endRequest();
       await this.#locked(offsetBytes, target.length, () => this.#core.readRange(this.#device, offsetBytes, target));
       return;
     }
@@ -101,7 +118,6 @@ export class Volume {
       await this.#core.readRange(this.#device, offsetBytes, target);
     } finally {
       release();
-      this.#core.endRequest();
     }
   }
 
@@ -109,7 +125,18 @@ export class Volume {
     this.#checkRange('write', offsetBytes, source.length);
     this.#core.assertDeviceWritable(this.#device);
     if (source.length > 0) {
-      await this.#locked(offsetBytes, source.length, () => this.#core.writeRange(this.#device, offsetBytes, source, source.length));
+      const { begin, end } = touchedBlocks(offsetBytes, source.length, this.#core.blockSizeBytes);
+      // One block, its lock free: straight to the block write, as read() does.
+      const release = end - begin === 1 ? this.#lockedNow(begin, end) : undefined;
+      if (release === undefined) {
+        await this.#locked(offsetBytes, source.length, () => this.#core.writeRange(this.#device, offsetBytes, source, source.length));
+      } else {
+        try {
+          await this.#core.writeInBlock(this.#device, begin, offsetBytes - begin * this.#core.blockSizeBytes, source, source.length);
+        } finally {
+          release();
+        }
+      }
       this.#core.commitIfManyDirty();
     }
     if (options.fua === true) await this.#core.flush();
