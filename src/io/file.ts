@@ -181,20 +181,10 @@ export class FileBlockFile implements BlockFile {
         } catch (error) {
           throw this.#fail(this.#ioError('write', source.length, offsetBytes, error));
         }
-        if (writtenBytes === 0) {
-          // A block device that ends inside the write: the kernel reports a short write, not an error.
-          throw this.#fail(
-            new ThinError(
-              'THIN_IO',
-              `Cannot write ${source.length} bytes at offset ${offsetBytes} of ${this.description}: ` +
-                `the device ends at ${offsetBytes + doneBytes}`,
-            ),
-          );
-        }
+        if (writtenBytes === 0) throw this.#deviceEnded(source, offsetBytes, doneBytes);
         doneBytes += writtenBytes;
       }
-      const endBytes = offsetBytes + source.length;
-      if (endBytes > this.#sizeBytes) this.#sizeBytes = endBytes;
+      this.#noteWritten(offsetBytes + source.length);
     });
   }
 
@@ -311,23 +301,30 @@ export class FileBlockFile implements BlockFile {
         } catch (error) {
           throw this.#fail(this.#ioError('write', source.length, offsetBytes, error));
         }
-        if (writtenBytes === 0) {
-          throw this.#fail(
-            new ThinError(
-              'THIN_IO',
-              `Cannot write ${source.length} bytes at offset ${offsetBytes} of ${this.description}: ` +
-                `the device ends at ${offsetBytes + doneBytes}`,
-            ),
-          );
-        }
+        if (writtenBytes === 0) throw this.#deviceEnded(source, offsetBytes, doneBytes);
         doneBytes += writtenBytes;
       }
-      const endBytes = offsetBytes + source.length;
-      if (endBytes > this.#sizeBytes) this.#sizeBytes = endBytes;
+      this.#noteWritten(offsetBytes + source.length);
       return resolved;
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /** A block device that ends inside the write: the kernel reports a short write, not an error. */
+  #deviceEnded(source: Uint8Array, offsetBytes: number, doneBytes: number): ThinError {
+    return this.#fail(
+      new ThinError(
+        'THIN_IO',
+        `Cannot write ${source.length} bytes at offset ${offsetBytes} of ${this.description}: ` +
+          `the device ends at ${offsetBytes + doneBytes}`,
+      ),
+    );
+  }
+
+  /** A completed write may have extended the file. */
+  #noteWritten(endBytes: number): void {
+    if (endBytes > this.#sizeBytes) this.#sizeBytes = endBytes;
   }
 
   #track<T>(operation: () => Promise<T>): Promise<T> {
