@@ -172,7 +172,13 @@ test('closing the server finishes the requests in flight, refuses later ones wit
   await client.handshake('slow');
   const replies = [];
   for (let i = 0; i < 32; i++) replies.push(client.call(NBD_CMD_WRITE, { offsetBytes: i * 4096, data: Buffer.alloc(4096, i + 1) }));
-  await new Promise((resolve) => setTimeout(resolve, 5));
+  // Close only once the export has been handed all 32: a write still in the socket when the
+  // close begins is rightly refused, so closing after a fixed delay was a race under load.
+  const deadline = Date.now() + 10_000;
+  while (slow.counts.write < 32) {
+    assert.ok(Date.now() < deadline, `the server passed only ${slow.counts.write} of the 32 writes to the export`);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
   const closing = running.server.close({ timeoutMs: 5000 });
   const late = await client.call(NBD_CMD_READ, { offsetBytes: 0, lengthBytes: 4096 });
   assert.equal(late.error, NBD_ESHUTDOWN, 'a request sent after the close began is refused with ESHUTDOWN');
