@@ -29,6 +29,11 @@ export const TRANSFER_WRITES_IN_FLIGHT_MAX = 8;
 
 /** Largest READ/WRITE payload: the spec's portable maximum (2^25) that every client honours; qemu uses the same. */
 export const NBD_PAYLOAD_BYTES_MAX = 32 * 1024 * 1024;
+/**
+ * The buffer every socket of a server reads into (NbdServer.#accept): a 1 MiB WRITE arrives in
+ * four reads instead of sixteen of Node's default 64 KiB.
+ */
+export const NBD_SOCKET_READ_BUFFER_BYTES = 256 * 1024;
 /** Options one connection may send before transmission: nbdinfo --list sends one INFO per export, so room for many exports; bounds a peer that never starts. */
 export const NBD_HANDSHAKE_OPTIONS_MAX = 1024;
 /** Bytes of one option's data: a 4096-byte export name (the spec's string maximum) plus info requests and meta-context queries. */

@@ -1,5 +1,7 @@
 // Bytes received and not yet parsed: the chunks as the socket delivered them, consumed from the
 // front without concatenating them (a 32 MiB WRITE payload is copied once, into its buffer).
+// Chunks may be views of a read buffer the socket reuses (NbdConnection.receiveTransient): then
+// detach() copies what is left before the buffer is read into again.
 
 import { assert } from '../errors.ts';
 
@@ -60,6 +62,19 @@ export class ByteQueue {
       this.#advance(chunk, step);
     }
     this.#lengthBytes -= count;
+  }
+
+  /** Moves what is still queued into memory of its own, so no chunk is a view of the caller's buffer. */
+  detach(): void {
+    if (this.#lengthBytes === 0) {
+      this.clear();
+      return;
+    }
+    const owned = Buffer.allocUnsafe(this.#lengthBytes);
+    this.#copy(owned, 0, this.#lengthBytes, false);
+    this.#chunks = [owned];
+    this.#head = 0;
+    this.#headOffsetBytes = 0;
   }
 
   clear(): void {

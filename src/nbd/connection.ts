@@ -73,6 +73,11 @@ import {
 
 export interface NbdConnectionOptions {
   registry: NbdExportRegistry;
+  /**
+   * Input arrives through receiveTransient() instead of the stream's 'data' events: the server
+   * reads every socket into one reused buffer (see NbdServer.#accept).
+   */
+  transientReads?: boolean;
   buffers: BufferPool;
   /** Payload bytes in flight across the whole server. */
   serverBudget: ByteBudget;
@@ -178,7 +183,7 @@ export class NbdConnection {
     this.#options = options;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
     this.#handshake = new Handshake(options.registry, (bytes) => this.#send(bytes, undefined, undefined));
-    socket.on('data', this.#onData);
+    if (options.transientReads !== true) socket.on('data', this.#onData);
     socket.on('end', this.#onEnd);
     socket.on('error', this.#onError);
     socket.on('close', this.#onClose);
@@ -237,6 +242,20 @@ export class NbdConnection {
     this.#input.push(chunk);
     this.#parse();
   };
+
+  /**
+   * Input read into a buffer the caller reuses for its next read: parsed now, and whatever is
+   * still unparsed is copied out before returning (handshake and request parsing are synchronous
+   * and copy what they keep; WRITE payloads are copied into their pooled buffer). Returns false
+   * when the connection wants no more input for now; it resumes the stream itself.
+   */
+  receiveTransient(bytes: Buffer): boolean {
+    if (this.#phase === Phase.closed || this.#phase === Phase.draining) return true;
+    this.#input.push(bytes);
+    this.#parse();
+    this.#input.detach();
+    return !this.#blocked;
+  }
 
   readonly #onEnd = (): void => {
     // The client closed its sending side. What it sent before is still parsed (it may end with

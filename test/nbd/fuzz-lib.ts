@@ -402,13 +402,31 @@ export function checkSession(input: Buffer, output: Buffer): void {
 
 // ---- the run ----
 
+const TRANSIENT_READ_BYTES = 64 * 1024;
+const transientReadBuffer = Buffer.alloc(TRANSIENT_READ_BYTES);
+
 export async function runSession(server: NbdServer, rng: Rng, input: Buffer): Promise<Buffer> {
   const [clientSide, serverSide] = duplexPair();
   const output: Buffer[] = [];
   clientSide.on('data', (chunk: Buffer) => output.push(chunk));
   const closed = new Promise<void>((resolve) => clientSide.on('end', resolve));
-  const connection = server.handle(serverSide);
+  // Half the sessions feed the server as NbdServer does real sockets: through one reused read
+  // buffer, scribbled over after each read, so a parser that kept a view of its input misreads.
+  const transientReads = rng.chance(0.5);
+  const connection = server.handle(serverSide, { transientReads });
   assert.ok(connection !== undefined);
+  if (transientReads) {
+    serverSide.on('data', (chunk: Buffer) => {
+      let more = true;
+      for (let offset = 0; offset < chunk.length; offset += TRANSIENT_READ_BYTES) {
+        const piece = chunk.subarray(offset, offset + TRANSIENT_READ_BYTES);
+        transientReadBuffer.set(piece);
+        more = connection.receiveTransient(transientReadBuffer.subarray(0, piece.length)) && more;
+        transientReadBuffer.fill(0xa5);
+      }
+      if (!more) serverSide.pause();
+    });
+  }
   // Whole, in a few pieces, or (now and then) in tiny pieces: the parser must not care.
   const style = rng.below(10);
   const pieceBytesMax = style < 5 ? input.length : style < 9 ? Math.max(1, input.length >> 2) : 16;
