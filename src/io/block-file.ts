@@ -18,6 +18,13 @@ export interface BlockFile {
   read(target: Uint8Array, offsetBytes: number): Promise<void>;
   write(source: Uint8Array, offsetBytes: number): Promise<void>;
   sync(): Promise<void>;
+  /**
+   * Optional hint: give [offsetBytes, +lengthBytes) backing space now, ahead of writes to it (a
+   * regular file: fallocate), without changing what it reads (zeros stay zeros). Writes into
+   * allocated space cost the file system less than writes into holes. Never fails: a file
+   * system that cannot allocate ahead simply does not.
+   */
+  allocate?(offsetBytes: number, lengthBytes: number): Promise<void>;
   /** Grows (never shrinks) the file to sizeBytes; new space reads as zeros (sparse where possible). */
   grow(sizeBytes: number): Promise<void>;
   close(): Promise<void>;

@@ -52,6 +52,10 @@ export class CountingBlockFile implements BlockFile {
     return this.inner.sync();
   }
 
+  allocate(offsetBytes: number, lengthBytes: number): Promise<void> {
+    return this.inner.allocate?.(offsetBytes, lengthBytes) ?? Promise.resolve();
+  }
+
   grow(sizeBytes: number): Promise<void> {
     return this.inner.grow(sizeBytes);
   }

@@ -41,6 +41,8 @@ export class FileBlockFile implements BlockFile {
   #mainThreadWrites: boolean;
   /** Try preadv2(RWF_NOWAIT) before fs.read; off after the first failure other than EAGAIN. */
   #nowaitReads = preadv2 !== undefined;
+  /** allocate() calls fallocate; off for block devices and after a failure. */
+  #allocateAhead: boolean;
   /** The iovec handed to preadv2, reused: one read at a time runs on the main thread. */
   readonly #iov: { iov_base: Uint8Array | null; iov_len: number } = { iov_base: null, iov_len: 0 };
   /** Operations started and not yet finished, so close() can wait for them. */
@@ -53,6 +55,7 @@ export class FileBlockFile implements BlockFile {
     this.readOnly = readOnly;
     this.isBlockDevice = isBlockDevice;
     this.#mainThreadWrites = !isBlockDevice;
+    this.#allocateAhead = !isBlockDevice;
   }
 
   /** Opens an existing regular file or block device. */
@@ -208,6 +211,32 @@ export class FileBlockFile implements BlockFile {
         );
       }
     });
+  }
+
+  /**
+   * fallocate(2) of the range on a koffi worker thread, keeping the file's size (mode 0 inside
+   * the file). Buffered writes into allocated (unwritten) extents skip ext4's delayed-allocation
+   * bookkeeping: a 64 KiB pwrite into a hole cost ~1.4x one into allocated space (fio psync on
+   * this machine's ext4). Off for block devices, and for good after the first failure
+   * (EOPNOTSUPP on file systems without it, ENOSPC on a full one: then writes allocate as before
+   * and report ENOSPC themselves).
+   */
+  allocate(offsetBytes: number, lengthBytes: number): Promise<void> {
+    const call = fallocate;
+    if (call === undefined || !this.#allocateAhead || this.#closed || this.readOnly || lengthBytes <= 0) return resolved;
+    checkRange(offsetBytes, lengthBytes);
+    const length = Math.min(lengthBytes, this.#sizeBytes - offsetBytes);
+    if (length <= 0) return resolved;
+    return this.#track(
+      () =>
+        new Promise<void>((resolve) => {
+          call.async(this.#fd, 0, offsetBytes, length, (error: unknown, result: number) => {
+            if (error !== null && error !== undefined) this.#allocateAhead = false;
+            else if (result !== 0) this.#allocateAhead = false;
+            resolve();
+          });
+        }),
+    );
   }
 
   grow(sizeBytes: number): Promise<void> {
@@ -389,6 +418,15 @@ const preadv2 = ((): ((fd: number, iov: object, iovCount: number, offsetBytes: n
   try {
     koffi.struct('thinbd_iovec', { iov_base: 'void *', iov_len: 'size_t' });
     return koffi.load('libc.so.6').func('intptr_t preadv2(int, const thinbd_iovec *, int, int64_t, int)') as never;
+  } catch {
+    return undefined;
+  }
+})();
+
+/** fallocate where libc has it; allocate() does nothing without it. */
+const fallocate = ((): { async: (fd: number, mode: number, offset: number, length: number, done: (error: unknown, result: number) => void) => void } | undefined => {
+  try {
+    return koffi.load('libc.so.6').func('int fallocate(int, int, int64_t, int64_t)') as never;
   } catch {
     return undefined;
   }

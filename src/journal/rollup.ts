@@ -12,7 +12,8 @@
 //   or the ring full                         → rollup
 //
 // A rollup also runs when the pool has been idle for one commit interval after a change (the
-// commit timer's tick), and on clean close. After it is durable the log starts again, empty, under
+// commit timer's tick), and on clean close. The timer commits only mapping changes: data written
+// in place waits for a client's flush (or the kernel's writeback), as with any disk. After it is durable the log starts again, empty, under
 // the new generation (DeltaLog.restart).
 //
 // Stall bound: a rollup seals synchronously (folds reference counts, checksums the dirty blocks:
@@ -44,11 +45,11 @@ export function planFlush(state: FlushState): FlushPlan {
 }
 
 /**
- * The idle rule, asked on each commit timer tick: everything changed is already logged, nothing new
- * came since (no pending entry, no unsynced data) and no request is in flight, so fold the log now,
+ * The idle rule, asked on a commit timer tick that ended a quiet interval (no request began
+ * during it and none is in flight): everything changed is already logged, so fold the log now,
  * while nobody waits for it.
  */
-export function idleRollupDue(state: FlushState & { requestsInFlight: number }): boolean {
-  if (state.log === undefined || !state.metadataChanged || state.requestsInFlight > 0) return false;
-  return state.log.pendingEntryCount === 0 && !state.dataWritten;
+export function idleRollupDue(state: FlushState): boolean {
+  if (state.log === undefined || !state.metadataChanged) return false;
+  return state.log.pendingEntryCount === 0;
 }

@@ -300,6 +300,9 @@ export class PoolCore {
    */
   #ioFailure: { reason: string; cause: unknown } | undefined;
   #requestsInFlight = 0;
+  /** Requests begun since open, and that count at the commit timer's last tick (to tell a quiet interval). */
+  #requestsBegun = 0;
+  #requestsBegunAtTick = 0;
   #drainWaiters: Array<() => void> = [];
   #dataBytesWritten = 0;
   #dataSyncs = 0;
@@ -697,9 +700,21 @@ export class PoolCore {
     if (block + DATA_HIGH_WATER_MARK_STEP_BLOCKS / 2 < this.#highWaterMarkTarget) return;
     if (this.#highWaterMarkTarget >= this.dataBlockCount || block >= this.#highWaterMarkDurable) return;
     if (this.#mode !== 'read-write' || this.#closing || this.#commitRunning !== undefined || this.#commitQueued !== undefined) return;
-    this.#highWaterMarkTarget = Math.min(this.dataBlockCount, this.#highWaterMarkTarget + DATA_HIGH_WATER_MARK_STEP_BLOCKS);
-    this.#metadataDirty = true;
+    this.#raiseHighWaterMarkTarget(this.#highWaterMarkTarget + DATA_HIGH_WATER_MARK_STEP_BLOCKS);
     this.commit().catch(() => undefined);
+  }
+
+  /**
+   * The next commit raises the high-water mark to `target` blocks. The data file's space for the
+   * new blocks is allocated now (a hint, see BlockFile.allocate): the writes that provision and
+   * copy into them are then cheaper, and the host file system's space is taken a step ahead.
+   */
+  #raiseHighWaterMarkTarget(target: number): void {
+    const from = this.#highWaterMarkTarget;
+    this.#highWaterMarkTarget = Math.min(this.dataBlockCount, target);
+    this.#metadataDirty = true;
+    const bs = this.blockSizeBytes;
+    if (this.#highWaterMarkTarget > from) void this.files.data.allocate?.(from * bs, (this.#highWaterMarkTarget - from) * bs);
   }
 
   /** Raises and commits the high-water mark so that `block` lies below it (F-POOL-40). */
@@ -712,8 +727,7 @@ export class PoolCore {
         continue;
       }
       if (block >= this.#highWaterMarkTarget) {
-        this.#highWaterMarkTarget = Math.min(this.dataBlockCount, Math.max(block + 1, this.#highWaterMarkTarget) + DATA_HIGH_WATER_MARK_STEP_BLOCKS);
-        this.#metadataDirty = true;
+        this.#raiseHighWaterMarkTarget(Math.max(block + 1, this.#highWaterMarkTarget) + DATA_HIGH_WATER_MARK_STEP_BLOCKS);
       }
       await this.commit();
     }
@@ -1165,17 +1179,25 @@ export class PoolCore {
     this.rollup().catch(() => undefined);
   }
 
-  /** The commit timer's tick: commits when anything changed since the last commit and none is under way. */
+  /**
+   * The commit timer's tick: makes mapping changes nobody flushed durable (with the delta log, the
+   * first tick after a change logs it, and a tick after a quiet interval rolls the log up). Data
+   * written in place, with no mapping change, is left to the kernel's writeback until a client
+   * flushes, as qemu-nbd and nbdkit leave it: syncing it unasked made every write workload wait
+   * on an fdatasync of everything written each second, and promised nobody anything.
+   */
   commitIfChanged(): void {
+    const quiet = this.#requestsInFlight === 0 && this.#requestsBegun === this.#requestsBegunAtTick;
+    this.#requestsBegunAtTick = this.#requestsBegun;
     if (this.#mode !== 'read-write' || this.#closing) return;
     if (this.#commitRunning !== undefined || this.#commitQueued !== undefined) return;
-    // With the delta log, the first tick after a change logs it and the next quiet one rolls up.
-    if (idleRollupDue({ ...this.#flushState(), requestsInFlight: this.#requestsInFlight })) {
+    const state = this.#flushState();
+    if (quiet && idleRollupDue(state)) {
       this.rollup().catch(() => undefined);
       return;
     }
-    if (!this.#metadataDirty && this.#dataWritesSinceSync === 0) return;
-    this.commit().catch(() => undefined);
+    const plan = planFlush(state);
+    if (plan === 'append' || plan === 'rollup') this.commit().catch(() => undefined);
   }
 
   // ---- requests in flight (close waits for them) ----
@@ -1185,6 +1207,7 @@ export class PoolCore {
     this.assertOpen();
     if (this.#closing) throw new ThinError('THIN_CLOSED', 'The pool is closing');
     this.#requestsInFlight += 1;
+    this.#requestsBegun += 1;
   }
 
   endRequest(): void {

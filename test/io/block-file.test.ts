@@ -62,6 +62,25 @@ describe('FileBlockFile', () => {
     assert.ok(stats.blocks * 512 < 1024 * 1024, `a new 1 GiB file allocates ${stats.blocks * 512} bytes`);
   });
 
+  test('allocate gives a range of a sparse file disk space, keeps its size and its zeros, and leaves data alone', async () => {
+    const filePath = temporaryPath();
+    const file = await FileBlockFile.create(filePath, { sizeBytes: 64 * 1024 ** 2 });
+    await file.write(Buffer.alloc(4096, 9), 8 * 1024 ** 2);
+    const before = fs.statSync(filePath).blocks;
+    await file.allocate(4 * 1024 ** 2, 16 * 1024 ** 2);
+    const after = fs.statSync(filePath);
+    assert.equal(after.size, 64 * 1024 ** 2);
+    assert.ok((after.blocks - before) * 512 >= 15 * 1024 ** 2, `allocated ${(after.blocks - before) * 512} bytes`);
+    const back = new Uint8Array(8192);
+    await file.read(back, 8 * 1024 ** 2 - 4096);
+    assert.ok(back.subarray(0, 4096).every((byte) => byte === 0) && back.subarray(4096).every((byte) => byte === 9));
+    // Past the end and after close it does nothing and does not fail: it is a hint.
+    await file.allocate(60 * 1024 ** 2, 16 * 1024 ** 2);
+    assert.equal(fs.statSync(filePath).size, 64 * 1024 ** 2);
+    await file.close();
+    await file.allocate(0, 4096);
+  });
+
   test('open of a missing path fails with THIN_NOT_FOUND', async () => {
     await assert.rejects(FileBlockFile.open(path.join(temporaryDirectory, 'missing')), (error) =>
       isThinError(error, 'THIN_NOT_FOUND'),

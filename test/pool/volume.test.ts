@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isThinError } from '../../src/errors.ts';
+import { DATA_HIGH_WATER_MARK_STEP_BLOCKS } from '../../src/constants.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { checkPool } from '../../src/tools/check.ts';
@@ -488,6 +489,49 @@ test('with a commit interval, writes nobody flushes become durable by themselves
   const idle = pool.status().counters.commits;
   await new Promise((resolve) => setTimeout(resolve, 60));
   assert.equal(pool.status().counters.commits, idle, 'nothing changed, nothing committed');
+  await pool.close();
+});
+
+test('the data file is allocated a high-water-mark step ahead of the blocks written', async () => {
+  class AllocationRecorder extends SparseMemoryBlockFile {
+    readonly ranges: Array<[number, number]> = [];
+    allocate(offsetBytes: number, lengthBytes: number): Promise<void> {
+      this.ranges.push([offsetBytes, lengthBytes]);
+      return Promise.resolve();
+    }
+  }
+  const data = new AllocationRecorder(0, 'data');
+  const dataBlocks = 3 * DATA_HIGH_WATER_MARK_STEP_BLOCKS;
+  const pool = await Pool.createOn({ metadata: new MemoryBlockFile(0, 'metadata'), data }, { dataSizeBytes: dataBlocks * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const v = await pool.createVolume('v', { sizeBytes: 7 * dataBlocks * BLOCK });
+  for (let written = 1; written <= dataBlocks - 64; written++) {
+    // Scattered virtual blocks; the pool hands out data blocks in order.
+    await v.write(7 * (written - 1) * BLOCK + 100, filled(512, 1));
+    const allocatedEnd = Math.max(0, ...data.ranges.map(([offset, length]) => offset + length));
+    assert.ok(allocatedEnd >= written * BLOCK, `${written} blocks written, ${allocatedEnd} bytes allocated`);
+  }
+  const ends = data.ranges.map(([offset, length]) => offset + length);
+  assert.deepEqual(ends, [...ends].sort((a, b) => a - b), 'each allocation follows the last');
+  assert.ok(data.ranges.every(([offset], index) => index === 0 || offset === ends[index - 1]), 'no range allocated twice');
+  await pool.close();
+});
+
+test('the commit timer leaves data written in place to the kernel until a client flushes', async () => {
+  const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
+  const pool = await Pool.createOn(files, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
+  const v = await pool.createVolume('v', { sizeBytes: BLOCK });
+  await v.write(0, filled(10, 6));
+  await pool.flush();
+  // Let the timer fold the log, so nothing but in-place data is left to do.
+  for (let waited = 0; waited < 100 && pool.status().counters.logBlocksUsed > 0; waited++) await new Promise((resolve) => setTimeout(resolve, 10));
+  const before = pool.status().counters;
+  await v.write(100, filled(10, 7));
+  await new Promise((resolve) => setTimeout(resolve, 80));
+  const after = pool.status().counters;
+  assert.equal(after.syncs, before.syncs, 'no sync nobody asked for');
+  assert.equal(after.commits, before.commits);
+  await pool.flush();
+  assert.equal(pool.status().counters.syncs, before.syncs + 1, 'the flush syncs the data file once');
   await pool.close();
 });
 
