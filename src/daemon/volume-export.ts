@@ -35,7 +35,7 @@ export class VolumeExport implements NbdExport {
     return this.#volume.sizeBytes;
   }
 
-  read(offsetBytes: number, target: Uint8Array): Promise<void> {
+  read(offsetBytes: number, target: Uint8Array): Promise<boolean> {
     return this.#volume.read(offsetBytes, target);
   }
 

@@ -60,7 +60,12 @@ export interface NbdExport {
   /** Largest READ/WRITE payload (≥ preferred, ≤ NBD_PAYLOAD_BYTES_MAX). */
   readonly blockSizeMaxBytes: number;
 
-  read(offsetBytes: number, target: Uint8Array): Promise<void>;
+  /**
+   * Fills target. May resolve false to say none of the range is a hole: a structured reply then
+   * goes out as one data chunk without asking blockStatus (one mapping lookup per read instead
+   * of two). true or nothing: the server asks blockStatus to find the holes.
+   */
+  read(offsetBytes: number, target: Uint8Array): Promise<boolean | void>;
   write(offsetBytes: number, source: Uint8Array, options: { fua: boolean }): Promise<void>;
   flush(): Promise<void>;
   trim(offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void>;

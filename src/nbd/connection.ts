@@ -119,6 +119,13 @@ interface Request {
   refused: boolean;
 }
 
+/** One chunk of a structured READ reply. */
+interface ReadPiece {
+  offsetBytes: number;
+  lengthBytes: number;
+  hole: boolean;
+}
+
 /** Flags each command accepts (before export capabilities narrow them). */
 const commandFlagsAllowed: Record<number, number> = {
   [NBD_CMD_READ]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
@@ -779,44 +786,32 @@ export class NbdConnection {
       return;
     }
 
-    // Plan the chunks: ranges that read as zeros go as OFFSET_HOLE (no data on the wire), the
-    // rest as OFFSET_DATA. DF asks for one data chunk. The whole reply is built before any of it
-    // is sent, so an error becomes a lone error chunk and DONE is never sent too early.
-    const pieces: Array<{ offsetBytes: number; lengthBytes: number; hole: boolean }> = [];
-    if ((request.flags & NBD_CMD_FLAG_DF) === 0) {
-      let extents: NbdExtent[] = [];
-      try {
-        extents = await exp.blockStatus(offsetBytes, lengthBytes);
-      } catch {
-        extents = []; // Block status is an optimisation here: read everything as data instead.
-      }
-      let position = offsetBytes;
-      const end = offsetBytes + lengthBytes;
-      for (const extent of extents) {
-        if (position >= end || pieces.length >= NBD_READ_CHUNKS_MAX - 1) break;
-        if (!(Number.isSafeInteger(extent.lengthBytes) && extent.lengthBytes > 0)) break;
-        const pieceBytes = Math.min(extent.lengthBytes, end - position);
-        const hole = extent.zero;
-        const last = pieces[pieces.length - 1];
-        if (last !== undefined && last.hole === hole) last.lengthBytes += pieceBytes;
-        else pieces.push({ offsetBytes: position, lengthBytes: pieceBytes, hole });
-        position += pieceBytes;
-      }
-      if (position < end) {
-        const last = pieces[pieces.length - 1];
-        if (last !== undefined && !last.hole) last.lengthBytes += end - position;
-        else pieces.push({ offsetBytes: position, lengthBytes: end - position, hole: false });
-      }
-    } else {
-      pieces.push({ offsetBytes, lengthBytes, hole: false });
+    // Read first, straight into a reply laid out as one data chunk. When the export says none of
+    // the range is a hole (the usual case) that reply goes as it is. Otherwise ranges that read as
+    // zeros go as OFFSET_HOLE chunks (no data on the wire) and the rest as OFFSET_DATA, copied
+    // into a reply laid out for them. DF asks for one data chunk. The whole reply is built before
+    // any of it is sent, so an error becomes a lone error chunk and DONE is never sent too early.
+    const dataStart = STRUCTURED_REPLY_HEADER_BYTES + OFFSET_DATA_PREFIX_BYTES;
+    const whole = buffers.acquire(dataStart + lengthBytes);
+    let holes: boolean | void;
+    try {
+      holes = await exp.read(offsetBytes, whole.subarray(dataStart, dataStart + lengthBytes));
+    } catch (error) {
+      buffers.release(whole);
+      throw error;
     }
-
+    const pieces = holes !== false && (request.flags & NBD_CMD_FLAG_DF) === 0 ? await this.#readPieces(exp, offsetBytes, lengthBytes) : undefined;
+    if (pieces === undefined) {
+      writeStructuredReplyHeader(whole, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, cookie, OFFSET_DATA_PREFIX_BYTES + lengthBytes);
+      whole.writeBigUInt64BE(BigInt(offsetBytes), STRUCTURED_REPLY_HEADER_BYTES);
+      this.#send(whole.subarray(0, dataStart + lengthBytes), whole, request);
+      return;
+    }
     let totalBytes = 0;
     for (const piece of pieces) {
       totalBytes += STRUCTURED_REPLY_HEADER_BYTES + (piece.hole ? OFFSET_HOLE_PAYLOAD_BYTES : OFFSET_DATA_PREFIX_BYTES + piece.lengthBytes);
     }
     const reply = buffers.acquire(totalBytes);
-    const reads: Promise<void>[] = [];
     let position = 0;
     for (let i = 0; i < pieces.length; i++) {
       const piece = pieces[i]!;
@@ -830,19 +825,46 @@ export class NbdConnection {
         const payloadBytes = OFFSET_DATA_PREFIX_BYTES + piece.lengthBytes;
         writeStructuredReplyHeader(reply, position, flags, NBD_REPLY_TYPE_OFFSET_DATA, cookie, payloadBytes);
         reply.writeBigUInt64BE(BigInt(piece.offsetBytes), position + STRUCTURED_REPLY_HEADER_BYTES);
-        const dataStart = position + STRUCTURED_REPLY_HEADER_BYTES + OFFSET_DATA_PREFIX_BYTES;
-        reads.push(exp.read(piece.offsetBytes, reply.subarray(dataStart, dataStart + piece.lengthBytes)));
+        const from = dataStart + piece.offsetBytes - offsetBytes;
+        whole.copy(reply, position + dataStart, from, from + piece.lengthBytes);
         position += STRUCTURED_REPLY_HEADER_BYTES + payloadBytes;
       }
     }
     assert(position === totalBytes, 'read reply layout does not add up');
-    const results = await Promise.allSettled(reads);
-    const failure = results.find((result) => result.status === 'rejected');
-    if (failure !== undefined) {
-      buffers.release(reply);
-      throw (failure as PromiseRejectedResult).reason;
-    }
+    buffers.release(whole);
     this.#send(reply.subarray(0, totalBytes), reply, request);
+  }
+
+  /**
+   * The chunks of a structured READ reply from the export's block status: zero runs as holes,
+   * the rest as data, at most NBD_READ_CHUNKS_MAX. undefined when it is one data chunk.
+   */
+  async #readPieces(exp: NbdExport, offsetBytes: number, lengthBytes: number): Promise<ReadPiece[] | undefined> {
+    let extents: NbdExtent[] = [];
+    try {
+      extents = await exp.blockStatus(offsetBytes, lengthBytes);
+    } catch {
+      return undefined; // Block status is an optimisation here: send everything as data instead.
+    }
+    const pieces: ReadPiece[] = [];
+    let position = offsetBytes;
+    const end = offsetBytes + lengthBytes;
+    for (const extent of extents) {
+      if (position >= end || pieces.length >= NBD_READ_CHUNKS_MAX - 1) break;
+      if (!(Number.isSafeInteger(extent.lengthBytes) && extent.lengthBytes > 0)) break;
+      const pieceBytes = Math.min(extent.lengthBytes, end - position);
+      const hole = extent.zero;
+      const last = pieces[pieces.length - 1];
+      if (last !== undefined && last.hole === hole) last.lengthBytes += pieceBytes;
+      else pieces.push({ offsetBytes: position, lengthBytes: pieceBytes, hole });
+      position += pieceBytes;
+    }
+    if (position < end) {
+      const last = pieces[pieces.length - 1];
+      if (last !== undefined && !last.hole) last.lengthBytes += end - position;
+      else pieces.push({ offsetBytes: position, lengthBytes: end - position, hole: false });
+    }
+    return pieces.length === 1 && !pieces[0]!.hole ? undefined : pieces;
   }
 
   async #blockStatus(request: Request): Promise<void> {

@@ -839,30 +839,39 @@ export class PoolCore {
     if ((this.#blockBuffers.length + 1) * this.blockSizeBytes <= COPY_BUFFERS_RETAINED_BYTES_MAX) this.#blockBuffers.push(buffer);
   }
 
-  /** Reads virtual bytes [offsetBytes, +target.length) of a device; the caller holds the lock. */
-  async readRange(device: Device, offsetBytes: number, target: Uint8Array): Promise<void> {
+  /**
+   * Reads virtual bytes [offsetBytes, +target.length) of a device; the caller holds the lock.
+   * Resolves true when some of the range is unmapped (read as zeros).
+   */
+  async readRange(device: Device, offsetBytes: number, target: Uint8Array): Promise<boolean> {
     const bs = this.blockSizeBytes;
     const { begin, end } = touchedBlocks(offsetBytes, target.length, bs);
     if (end - begin === 1) {
       // Most requests (4 KiB from a guest) sit inside one block: one lookup, no run list.
       const mapping = this.lookup(device, begin);
-      if (mapping === undefined) target.fill(0);
-      else await this.files.data.read(target, mapping.dataBlock * bs + (offsetBytes - begin * bs));
-      return;
+      if (mapping === undefined) {
+        target.fill(0);
+        return true;
+      }
+      await this.files.data.read(target, mapping.dataBlock * bs + (offsetBytes - begin * bs));
+      return false;
     }
     const endBytes = offsetBytes + target.length;
     const reads: Promise<void>[] = [];
+    let unmapped = false;
     for (const run of this.blockRuns(device, begin, end)) {
       const runBeginBytes = Math.max(run.begin * bs, offsetBytes);
       const runEndBytes = Math.min(run.end * bs, endBytes);
       const piece = target.subarray(runBeginBytes - offsetBytes, runEndBytes - offsetBytes);
       if (run.dataBlock === undefined) {
         piece.fill(0);
+        unmapped = true;
       } else {
         reads.push(this.files.data.read(piece, run.dataBlock * bs + (runBeginBytes - run.begin * bs)));
       }
     }
     await settleAll(reads);
+    return unmapped;
   }
 
   /** Writes bytes [offsetBytes, +lengthBytes) block by block; the caller holds the lock. */

@@ -102,20 +102,22 @@ export class Volume {
     };
   }
 
-  /** Fills target with the bytes at offsetBytes; unmapped blocks read as zeros. */
-  async read(offsetBytes: number, target: Uint8Array): Promise<void> {
+  /**
+   * Fills target with the bytes at offsetBytes; unmapped blocks read as zeros. Resolves true when
+   * some of the range was unmapped (the NBD server then asks for extents to send holes).
+   */
+  async read(offsetBytes: number, target: Uint8Array): Promise<boolean> {
     this.#checkRange('read', offsetBytes, target.length);
-    if (target.length === 0) return;
+    if (target.length === 0) return false;
     const { begin, end } = touchedBlocks(offsetBytes, target.length, this.#core.blockSizeBytes);
     // The common case takes its lock at once: no waiting promise, no run list (per-request
     // garbage was ~17% of the server's CPU on 4 KiB reads).
     const release = this.#lockedNow(begin, end);
     if (release === undefined) {
-      await this.#locked(offsetBytes, target.length, () => this.#core.readRange(this.#device, offsetBytes, target));
-      return;
+      return await this.#locked(offsetBytes, target.length, () => this.#core.readRange(this.#device, offsetBytes, target));
     }
     try {
-      await this.#core.readRange(this.#device, offsetBytes, target);
+      return await this.#core.readRange(this.#device, offsetBytes, target);
     } finally {
       release();
     }

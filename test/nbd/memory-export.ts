@@ -97,13 +97,17 @@ export class MemoryExport implements NbdExport {
     return bytes;
   }
 
-  async read(offsetBytes: number, target: Uint8Array): Promise<void> {
+  async read(offsetBytes: number, target: Uint8Array): Promise<boolean> {
     await this.#enter('read', offsetBytes, target.length);
+    let holes = false;
     this.#forEachBlock(offsetBytes, target.length, (index, inBlockBytes, stepBytes, targetBytes) => {
       const block = this.#blocks.get(index);
-      if (block === undefined) target.fill(0, targetBytes, targetBytes + stepBytes);
-      else target.set(block.subarray(inBlockBytes, inBlockBytes + stepBytes), targetBytes);
+      if (block === undefined) {
+        target.fill(0, targetBytes, targetBytes + stepBytes);
+        holes = true;
+      } else target.set(block.subarray(inBlockBytes, inBlockBytes + stepBytes), targetBytes);
     });
+    return holes;
   }
 
   async write(offsetBytes: number, source: Uint8Array, options: { fua: boolean }): Promise<void> {

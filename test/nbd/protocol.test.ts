@@ -232,6 +232,9 @@ describe('NBD protocol', async () => {
     const dense = await client.call(NBD_CMD_READ, { offsetBytes: base, lengthBytes: 16384, flags: NBD_CMD_FLAG_DF });
     assert.deepEqual(dense.chunkTypes, [NBD_REPLY_TYPE_OFFSET_DATA]);
     assert.ok(dense.data!.equals(sparse.data!));
+    const written = await client.call(NBD_CMD_READ, { offsetBytes: base + 8192, lengthBytes: 4096 });
+    assert.deepEqual(written.chunkTypes, [NBD_REPLY_TYPE_OFFSET_DATA], 'no hole, one data chunk');
+    assert.ok(written.data!.equals(patternBytes(4096, 3)));
     client.close();
   });
 
