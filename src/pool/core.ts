@@ -874,8 +874,21 @@ export class PoolCore {
     return unmapped;
   }
 
-  /** Writes bytes [offsetBytes, +lengthBytes) block by block; the caller holds the lock. */
+  /**
+   * Writes bytes [offsetBytes, +lengthBytes); the caller holds the lock. A write that lies inside
+   * one mapped extent the device owns goes in place in one system call (a 1 MiB write to a
+   * sequentially written volume was sixteen 64 KiB pwrites, lookups and promises); any other is
+   * written block by block.
+   */
   async writeRange(device: Device, offsetBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    if (source !== undefined) {
+      const inPlaceBytes = this.#inPlaceOffset(device, offsetBytes, lengthBytes);
+      if (inPlaceBytes !== undefined) {
+        this.assertDeviceWritable(device);
+        await this.dataWrite(source.subarray(0, lengthBytes), inPlaceBytes);
+        return;
+      }
+    }
     const pieces = blockPieces(offsetBytes, lengthBytes, this.blockSizeBytes);
     await settleAll(
       pieces.map((piece) =>
@@ -888,6 +901,15 @@ export class PoolCore {
         ),
       ),
     );
+  }
+
+  /** Where in the data file the range is, when one extent maps all of it and needs no copy. */
+  #inPlaceOffset(device: Device, offsetBytes: number, lengthBytes: number): number | undefined {
+    const bs = this.blockSizeBytes;
+    const { begin, end } = touchedBlocks(offsetBytes, lengthBytes, bs);
+    const mapping = this.lookup(device, begin);
+    if (mapping === undefined || end > mapping.key + mapping.extent.lengthBlocks || this.#mustCopy(device, mapping)) return undefined;
+    return mapping.dataBlock * bs + (offsetBytes - begin * bs);
   }
 
   /**
