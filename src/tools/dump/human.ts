@@ -3,26 +3,16 @@
 // `    (0..9) -> (100..109), 0` for a range (inclusive ends), `    5 -> 600, 1` for one block —
 // and a blank line after each device. thinbd's volume facts, when present, follow the device's
 // `snap time:` line as `name:`, `size_bytes:`, `origin:`, `read_only:` and `labels:` lines.
-import { RunMerger, type DeviceBegin, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult } from './events.ts';
-import type { TextSink } from './sink.ts';
+import type { DeviceBegin, Mapping, SuperblockBegin } from './events.ts';
+import { TextDumpWriter } from './text-writer.ts';
 
-export class HumanDumpWriter implements DumpVisitor {
-  readonly #out: TextSink;
-  readonly #runs: RunMerger;
-
-  constructor(out: TextSink) {
-    this.#out = out;
-    this.#runs = new RunMerger((run) => this.#writeRun(run));
-  }
-
-  superblockBegin(sb: SuperblockBegin): VisitResult {
+export class HumanDumpWriter extends TextDumpWriter {
+  protected override superblockBeginText(sb: SuperblockBegin): string {
     const snap = sb.metadataSnap === undefined ? '' : `, ${sb.metadataSnap}`;
-    return this.#out.write(
-      `begin superblock: "${sb.uuid}", ${sb.time}, ${sb.transaction}, ${sb.flags}, ${sb.version}, ${sb.dataBlockSizeSectors}, ${sb.nrDataBlocks}${snap}\n`,
-    );
+    return `begin superblock: "${sb.uuid}", ${sb.time}, ${sb.transaction}, ${sb.flags}, ${sb.version}, ${sb.dataBlockSizeSectors}, ${sb.nrDataBlocks}${snap}\n`;
   }
 
-  deviceBegin(device: DeviceBegin): VisitResult {
+  protected override deviceBeginText(device: DeviceBegin): string {
     let text =
       `device: ${device.devId}\nmapped_blocks: ${device.mappedBlocks}\ntransaction: ${device.transaction}\n` +
       `creation time: ${device.creationTime}\nsnap time: ${device.snapTime}\n`;
@@ -34,28 +24,20 @@ export class HumanDumpWriter implements DumpVisitor {
       if (volume.readOnly !== undefined) text += `read_only: ${volume.readOnly}\n`;
       if (volume.labels !== undefined && Object.keys(volume.labels).length > 0) text += `labels: ${JSON.stringify(volume.labels)}\n`;
     }
-    return this.#out.write(text);
+    return text;
   }
 
-  mapping(mapping: Mapping): VisitResult {
-    return this.#runs.add(mapping);
-  }
-
-  deviceEnd(): VisitResult {
-    const pending = this.#runs.flush();
-    if (pending !== undefined) return pending.then(() => this.#out.write('\n'));
-    return this.#out.write('\n');
-  }
-
-  superblockEnd(): VisitResult {
-    return this.#out.write('end superblock\n');
-  }
-
-  #writeRun(run: Mapping): VisitResult {
-    if (run.length === 1) return this.#out.write(`    ${run.originBegin} -> ${run.dataBegin}, ${run.time}\n`);
+  protected override runText(run: Mapping): string {
+    if (run.length === 1) return `    ${run.originBegin} -> ${run.dataBegin}, ${run.time}\n`;
     const last = run.length - 1;
-    return this.#out.write(
-      `    (${run.originBegin}..${run.originBegin + last}) -> (${run.dataBegin}..${run.dataBegin + last}), ${run.time}\n`,
-    );
+    return `    (${run.originBegin}..${run.originBegin + last}) -> (${run.dataBegin}..${run.dataBegin + last}), ${run.time}\n`;
+  }
+
+  protected override deviceEndText(): string {
+    return '\n';
+  }
+
+  protected override superblockEndText(): string {
+    return 'end superblock\n';
   }
 }

@@ -12,54 +12,38 @@
 //
 // Field names are the event stream's (events.ts); mappings are merged by thin_dump's run rule so
 // that the JSON and the XML of one pool list the same runs.
-import { RunMerger, type DeviceBegin, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult } from './events.ts';
-import type { TextSink } from './sink.ts';
+import type { DeviceBegin, Mapping, SuperblockBegin } from './events.ts';
+import { TextDumpWriter } from './text-writer.ts';
 
-export class JsonDumpWriter implements DumpVisitor {
-  readonly #out: TextSink;
-  readonly #runs: RunMerger;
+export class JsonDumpWriter extends TextDumpWriter {
   #devicesWritten = 0;
   #runsWritten = 0;
 
-  constructor(out: TextSink) {
-    this.#out = out;
-    this.#runs = new RunMerger((run) => this.#writeRun(run));
-  }
-
-  superblockBegin(superblock: SuperblockBegin): VisitResult {
+  protected override superblockBeginText(superblock: SuperblockBegin): string {
     this.#devicesWritten = 0;
-    return this.#out.write(`{\n  "superblock": ${JSON.stringify(superblock)},\n  "devices": [`);
+    return `{\n  "superblock": ${JSON.stringify(superblock)},\n  "devices": [`;
   }
 
-  deviceBegin(device: DeviceBegin): VisitResult {
+  protected override deviceBeginText(device: DeviceBegin): string {
     const { volume, ...fields } = device;
     const head = JSON.stringify(volume === undefined ? fields : { ...fields, volume });
     const separator = this.#devicesWritten === 0 ? '\n' : ',\n';
     this.#devicesWritten += 1;
     this.#runsWritten = 0;
-    return this.#out.write(`${separator}    ${head.slice(0, -1)}, "mappings": [`);
+    return `${separator}    ${head.slice(0, -1)}, "mappings": [`;
   }
 
-  mapping(mapping: Mapping): VisitResult {
-    return this.#runs.add(mapping);
-  }
-
-  deviceEnd(): VisitResult {
-    const pending = this.#runs.flush();
-    const close = (): VisitResult => this.#out.write(this.#runsWritten === 0 ? ']}' : '\n    ]}');
-    if (pending !== undefined) return pending.then(close);
-    return close();
-  }
-
-  superblockEnd(): VisitResult {
-    return this.#out.write(this.#devicesWritten === 0 ? ']\n}\n' : '\n  ]\n}\n');
-  }
-
-  #writeRun(run: Mapping): VisitResult {
+  protected override runText(run: Mapping): string {
     const separator = this.#runsWritten === 0 ? '\n' : ',\n';
     this.#runsWritten += 1;
-    return this.#out.write(
-      `${separator}      {"originBegin": ${run.originBegin}, "dataBegin": ${run.dataBegin}, "length": ${run.length}, "time": ${run.time}}`,
-    );
+    return `${separator}      {"originBegin": ${run.originBegin}, "dataBegin": ${run.dataBegin}, "length": ${run.length}, "time": ${run.time}}`;
+  }
+
+  protected override deviceEndText(): string {
+    return this.#runsWritten === 0 ? ']}' : '\n    ]}';
+  }
+
+  protected override superblockEndText(): string {
+    return this.#devicesWritten === 0 ? ']\n}\n' : '\n  ]\n}\n';
   }
 }

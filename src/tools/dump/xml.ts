@@ -18,59 +18,41 @@
 // written `\u002d`, so the comment can never contain `--` or end in `-` (both forbidden in XML
 // comments) whatever the names and labels hold. restore-xml.ts reads it back.
 import { assert } from '../../errors.ts';
-import { RunMerger, type DeviceBegin, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult, type VolumeExtras } from './events.ts';
-import type { TextSink } from './sink.ts';
+import type { DeviceBegin, Mapping, SuperblockBegin, VolumeExtras } from './events.ts';
+import { TextDumpWriter } from './text-writer.ts';
 
 /** The comment keyword that marks thinbd's volume facts inside a `<device>`. */
 export const VOLUME_COMMENT_KEYWORD = 'thinbd:volume';
 
-export class XmlDumpWriter implements DumpVisitor {
-  readonly #out: TextSink;
-  readonly #runs: RunMerger;
-
-  constructor(out: TextSink) {
-    this.#out = out;
-    this.#runs = new RunMerger((run) => this.#writeRun(run));
-  }
-
-  superblockBegin(sb: SuperblockBegin): VisitResult {
+export class XmlDumpWriter extends TextDumpWriter {
+  protected override superblockBeginText(sb: SuperblockBegin): string {
     const snap = sb.metadataSnap === undefined ? '' : ` metadata_snap="${sb.metadataSnap}"`;
-    return this.#out.write(
+    return (
       `<superblock uuid="${escapeAttribute(sb.uuid)}" time="${sb.time}" transaction="${sb.transaction}"` +
-        ` flags="${sb.flags}" version="${sb.version}" data_block_size="${sb.dataBlockSizeSectors}"` +
-        ` nr_data_blocks="${sb.nrDataBlocks}"${snap}>\n`,
+      ` flags="${sb.flags}" version="${sb.version}" data_block_size="${sb.dataBlockSizeSectors}"` +
+      ` nr_data_blocks="${sb.nrDataBlocks}"${snap}>\n`
     );
   }
 
-  deviceBegin(device: DeviceBegin): VisitResult {
+  protected override deviceBeginText(device: DeviceBegin): string {
     let text =
       `  <device dev_id="${device.devId}" mapped_blocks="${device.mappedBlocks}" transaction="${device.transaction}"` +
       ` creation_time="${device.creationTime}" snap_time="${device.snapTime}">\n`;
     if (device.volume !== undefined) text += `    <!-- ${VOLUME_COMMENT_KEYWORD} ${encodeVolumeComment(device.volume)} -->\n`;
-    return this.#out.write(text);
+    return text;
   }
 
-  mapping(mapping: Mapping): VisitResult {
-    return this.#runs.add(mapping);
+  protected override runText(run: Mapping): string {
+    if (run.length === 1) return `    <single_mapping origin_block="${run.originBegin}" data_block="${run.dataBegin}" time="${run.time}"/>\n`;
+    return `    <range_mapping origin_begin="${run.originBegin}" data_begin="${run.dataBegin}" length="${run.length}" time="${run.time}"/>\n`;
   }
 
-  deviceEnd(): VisitResult {
-    const pending = this.#runs.flush();
-    if (pending !== undefined) return pending.then(() => this.#out.write('  </device>\n'));
-    return this.#out.write('  </device>\n');
+  protected override deviceEndText(): string {
+    return '  </device>\n';
   }
 
-  superblockEnd(): VisitResult {
-    return this.#out.write('</superblock>\n');
-  }
-
-  #writeRun(run: Mapping): VisitResult {
-    if (run.length === 1) {
-      return this.#out.write(`    <single_mapping origin_block="${run.originBegin}" data_block="${run.dataBegin}" time="${run.time}"/>\n`);
-    }
-    return this.#out.write(
-      `    <range_mapping origin_begin="${run.originBegin}" data_begin="${run.dataBegin}" length="${run.length}" time="${run.time}"/>\n`,
-    );
+  protected override superblockEndText(): string {
+    return '</superblock>\n';
   }
 }
 

@@ -1,0 +1,47 @@
+// What the XML, JSON and human-readable writers share: each event becomes a piece of text for
+// the sink, and mappings are merged into runs by thin_dump's rule (events.ts RunMerger) before a
+// format sees them, so every format lists the same runs. A format says only what text each event
+// is; the run in progress is written before the device's closing text.
+import { RunMerger, type DeviceBegin, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult } from './events.ts';
+import type { TextSink } from './sink.ts';
+
+export abstract class TextDumpWriter implements DumpVisitor {
+  readonly #out: TextSink;
+  readonly #runs: RunMerger;
+
+  constructor(out: TextSink) {
+    this.#out = out;
+    this.#runs = new RunMerger((run) => this.#out.write(this.runText(run)));
+  }
+
+  superblockBegin(superblock: SuperblockBegin): VisitResult {
+    return this.#out.write(this.superblockBeginText(superblock));
+  }
+
+  deviceBegin(device: DeviceBegin): VisitResult {
+    return this.#out.write(this.deviceBeginText(device));
+  }
+
+  mapping(mapping: Mapping): VisitResult {
+    return this.#runs.add(mapping);
+  }
+
+  deviceEnd(): VisitResult {
+    // The last run is emitted here, before the closing text is asked for (a format may count runs).
+    const pending = this.#runs.flush();
+    const text = this.deviceEndText();
+    if (pending !== undefined) return pending.then(() => this.#out.write(text));
+    return this.#out.write(text);
+  }
+
+  superblockEnd(): VisitResult {
+    return this.#out.write(this.superblockEndText());
+  }
+
+  protected abstract superblockBeginText(superblock: SuperblockBegin): string;
+  protected abstract deviceBeginText(device: DeviceBegin): string;
+  /** One merged run: a single mapping when its length is 1. */
+  protected abstract runText(run: Mapping): string;
+  protected abstract deviceEndText(): string;
+  protected abstract superblockEndText(): string;
+}
