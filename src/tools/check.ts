@@ -24,21 +24,14 @@ import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { BTREE_BLOCK_TYPES, BlockType, SpaceMap, blockProblem, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
 import { childAt, entryCount, isLeaf, keyAt } from '../pdata/btree/node.ts';
 import {
-  DEVICE_TREE_KIND,
-  DEVICE_VALUE_SIZE_BYTES,
-  EXTENT_VALUE_SIZE_BYTES,
-  MAPPING_TREE_KIND,
   decodeDetails,
   decodePoolPayload,
-  packDeviceValue,
-  packExtent,
-  unpackDeviceValue,
-  unpackExtent,
   type DeviceValue,
   type PoolPayload,
 } from '../pool/codecs.ts';
-import type { CoverageRun, Extent } from '../pool/ranges.ts';
+import type { CoverageRun } from '../pool/ranges.ts';
 import { ReferenceRuns } from './reference-runs.ts';
+import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
 import { readDeltaLog } from '../journal/replay.ts';
 import { staleBlockProblem, validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
@@ -260,14 +253,8 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
   }
 
   // ---- device tree ----
-  const deviceCodec: ValueCodec<DeviceValue> = {
-    treeKind: DEVICE_TREE_KIND,
-    sizeBytes: DEVICE_VALUE_SIZE_BYTES,
-    pack: packDeviceValue,
-    unpack: unpackDeviceValue,
-  };
   const devices: Array<[number, DeviceValue]> = [];
-  walker.walk(payload.deviceTreeRoot, deviceCodec, {
+  walker.walk(payload.deviceTreeRoot, deviceReadCodec, {
     leaf: (id, value) => devices.push([id, value]),
     corrupt: (problem) => checker.problem(corruptWhere('device tree', problem), problem.error.message),
   });
@@ -275,12 +262,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
   stats.volumes = devices.length;
 
   // ---- volumes ----
-  const extentCodec: ValueCodec<Extent> = {
-    treeKind: MAPPING_TREE_KIND,
-    sizeBytes: EXTENT_VALUE_SIZE_BYTES,
-    pack: packExtent,
-    unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, payload.dataBlockCount),
-  };
+  const extentCodec = extentReadCodec(payload.dataBlockCount);
   const dataReferences = new ReferenceRuns();
   const names = new Map<string, number>();
   const ids = new Set(devices.map(([id]) => id));

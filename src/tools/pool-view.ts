@@ -13,20 +13,12 @@ import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
-import { BTree, BlockType, TransactionManager, type OpenReport, type ValueCodec } from '../pdata/index.ts';
+import { BTree, BlockType, TransactionManager, type OpenReport } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
-  DEVICE_TREE_KIND,
-  DEVICE_VALUE_SIZE_BYTES,
-  EXTENT_VALUE_SIZE_BYTES,
-  MAPPING_TREE_KIND,
   POOL_FLAG_NEEDS_CHECK,
   decodeDetails,
   decodePoolPayload,
-  packDeviceValue,
-  packExtent,
-  unpackDeviceValue,
-  unpackExtent,
   type DeviceValue,
   type PoolPayload,
   type VolumeDetails,
@@ -35,6 +27,7 @@ import { validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
 import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, Mapping, SuperblockBegin } from './dump/events.ts';
+import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
 
 const SECTOR_BYTES = 512;
 /** dm-thin's metadata version, written by the kernel and thin-provisioning-tools 1.x. */
@@ -77,16 +70,8 @@ export class PoolView {
     this.#lock = lock;
     this.tm = tm;
     this.payload = payload;
-    // Read-only codecs: no retain/release, the view never changes a tree.
-    const deviceCodec: ValueCodec<DeviceValue> = { treeKind: DEVICE_TREE_KIND, sizeBytes: DEVICE_VALUE_SIZE_BYTES, pack: packDeviceValue, unpack: unpackDeviceValue };
-    const extentCodec: ValueCodec<Extent> = {
-      treeKind: MAPPING_TREE_KIND,
-      sizeBytes: EXTENT_VALUE_SIZE_BYTES,
-      pack: packExtent,
-      unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, payload.dataBlockCount),
-    };
-    this.#deviceTree = new BTree(tm, deviceCodec);
-    this.#mappingTree = new BTree(tm, extentCodec);
+    this.#deviceTree = new BTree(tm, deviceReadCodec);
+    this.#mappingTree = new BTree(tm, extentReadCodec(payload.dataBlockCount));
   }
 
   /** Opens the pool in a directory (taking its lock) or on given block files. */

@@ -29,15 +29,8 @@ import { BTREE_BLOCK_TYPES, BlockType, TreeWalker, type ValueCodec } from '../pd
 import { childAt, entryCount, isLeaf, nodeTreeKind } from '../pdata/btree/node.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
-  DEVICE_TREE_KIND,
-  DEVICE_VALUE_SIZE_BYTES,
-  EXTENT_VALUE_SIZE_BYTES,
   MAPPING_TREE_KIND,
   decodeDetails,
-  packDeviceValue,
-  packExtent,
-  unpackDeviceValue,
-  unpackExtent,
   validateVolumeName,
   type DeviceValue,
   type VolumeDetails,
@@ -49,7 +42,8 @@ import { randomBytes } from 'node:crypto';
 import type { Extent } from '../pool/ranges.ts';
 import { isPending, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
 import { PoolView } from './pool-view.ts';
-import { buildPool, type RestoredVolume } from './restore.ts';
+import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
+import { buildPool, syncDirectory, type RestoredVolume } from './restore.ts';
 
 export interface RepairLoss {
   where: string;
@@ -212,15 +206,6 @@ export async function checkAndRepairPool(dir: string, options: CheckOptions & Re
   return { check, repair, after, ok: after.ok };
 }
 
-function syncDirectory(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** Mappings found under one unreadable mapping node. */
 interface Recovered {
   nodeCount: number;
@@ -316,22 +301,16 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
   // The rebuilt pool is consistent: it does not inherit a needs-check flag.
   await settle(visitor.superblockBegin({ ...view.superblock(), flags: 0 }));
 
-  const deviceCodec: ValueCodec<DeviceValue> = { treeKind: DEVICE_TREE_KIND, sizeBytes: DEVICE_VALUE_SIZE_BYTES, pack: packDeviceValue, unpack: unpackDeviceValue };
   const devices: Array<[number, DeviceValue]> = [];
-  new TreeWalker(tm).walk(payload.deviceTreeRoot, deviceCodec, {
+  new TreeWalker(tm).walk(payload.deviceTreeRoot, deviceReadCodec, {
     leaf: (id, value) => devices.push([id, value]),
     corrupt: (problem) =>
       lost.push({ where: `device tree, metadata block ${problem.blockNr}`, what: `volumes with ids in ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}` }),
   });
 
-  const extentCodec: ValueCodec<Extent> = {
-    treeKind: MAPPING_TREE_KIND,
-    sizeBytes: EXTENT_VALUE_SIZE_BYTES,
-    pack: packExtent,
-    // Bounded by 2^53 rather than the data space, so that one mapping past the data device costs
-    // that mapping (dropped below, named) and not the whole leaf holding it.
-    unpack: (dataView, offsetBytes) => unpackExtent(dataView, offsetBytes, Number.MAX_SAFE_INTEGER),
-  };
+  // Bounded by 2^53 rather than the data space, so that one mapping past the data device costs
+  // that mapping (dropped below, named) and not the whole leaf holding it.
+  const extentCodec = extentReadCodec(Number.MAX_SAFE_INTEGER);
   const names = new Set<string>();
   const named: Array<{ id: number; value: DeviceValue; details: VolumeDetails | undefined }> = devices.map(([id, value]) => {
     try {

@@ -155,7 +155,8 @@ function metadataBlockCountFor(metadataSizeBytes: number | undefined): number {
   return count;
 }
 
-function syncDirectory(dir: string): void {
+/** Makes the directory's entries durable (a rename or a new file in it): fsync on the directory itself. */
+export function syncDirectory(dir: string): void {
   const fd = fs.openSync(dir, 'r');
   try {
     fs.fsyncSync(fd);

@@ -19,24 +19,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
-import { BlockType, TreeKind, TreeWalker, checksumOf, encodeSuperblock, getU64, type ValueCodec } from '../pdata/index.ts';
+import { BlockType, TreeKind, TreeWalker, checksumOf, encodeSuperblock, getU64 } from '../pdata/index.ts';
 import {
   DEVICE_TREE_KIND,
-  DEVICE_VALUE_SIZE_BYTES,
-  EXTENT_VALUE_SIZE_BYTES,
-  MAPPING_TREE_KIND,
   POOL_FORMAT_VERSION,
   VOLUME_ID_MAX,
   encodePoolPayload,
-  packDeviceValue,
-  packExtent,
-  unpackDeviceValue,
-  unpackExtent,
   type DeviceValue,
 } from '../pool/codecs.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
-import type { Extent } from '../pool/ranges.ts';
 import { PoolView } from './pool-view.ts';
+import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
 
 /** Offsets in a metadata block header and a B+tree node header (docs/format.md). */
 const HEADER_TYPE_OFFSET = 4;
@@ -209,15 +202,9 @@ async function readsWhole(dir: string): Promise<boolean> {
   const view = await PoolView.open(dir, { validateRoots: true });
   try {
     const walker = new TreeWalker(view.tm);
-    const deviceCodec: ValueCodec<DeviceValue> = { treeKind: DEVICE_TREE_KIND, sizeBytes: DEVICE_VALUE_SIZE_BYTES, pack: packDeviceValue, unpack: unpackDeviceValue };
-    const extentCodec: ValueCodec<Extent> = {
-      treeKind: MAPPING_TREE_KIND,
-      sizeBytes: EXTENT_VALUE_SIZE_BYTES,
-      pack: packExtent,
-      unpack: (dataView, offsetBytes) => unpackExtent(dataView, offsetBytes, Number.MAX_SAFE_INTEGER),
-    };
+    const extentCodec = extentReadCodec(Number.MAX_SAFE_INTEGER);
     const devices: DeviceValue[] = [];
-    walker.walk(view.payload.deviceTreeRoot, deviceCodec, { leaf: (_id, value) => devices.push(value) });
+    walker.walk(view.payload.deviceTreeRoot, deviceReadCodec, { leaf: (_id, value) => devices.push(value) });
     for (const value of devices) walker.walk(value.mappingRoot, extentCodec);
     return walker.corruptions.length === 0;
   } finally {
