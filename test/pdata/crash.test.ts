@@ -11,6 +11,7 @@ import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../../src/c
 import { BTree } from '../../src/pdata/btree/btree.ts';
 import { TreeWalker } from '../../src/pdata/btree/walker.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { ForwardingBlockFile } from '../io/forwarding-block-file.ts';
 import { POOL_ID, Random, checkReferences, dataRefCodec, payloadRoots, rootsPayload, withSeed } from './helpers.ts';
 
 type TraceEvent =
@@ -20,22 +21,12 @@ type TraceEvent =
   | { kind: 'ack'; generation: number };
 
 /** A block file that records every write and sync, in completion order. */
-class TracingFile implements BlockFile {
-  readonly inner = new MemoryBlockFile(0, 'traced metadata');
+class TracingFile extends ForwardingBlockFile<MemoryBlockFile> {
   readonly events: TraceEvent[] = [];
-  get description(): string {
-    return this.inner.description;
+  constructor() {
+    super(new MemoryBlockFile(0, 'traced metadata'));
   }
-  sizeBytes(): number {
-    return this.inner.sizeBytes();
-  }
-  readSync(target: Uint8Array, offsetBytes: number): void {
-    this.inner.readSync(target, offsetBytes);
-  }
-  read(target: Uint8Array, offsetBytes: number): Promise<void> {
-    return this.inner.read(target, offsetBytes);
-  }
-  async write(source: Uint8Array, offsetBytes: number): Promise<void> {
+  override async write(source: Uint8Array, offsetBytes: number): Promise<void> {
     assert.equal(offsetBytes % METADATA_BLOCK_SIZE_BYTES, 0);
     assert.equal(source.length, METADATA_BLOCK_SIZE_BYTES);
     const bytes = source.slice();
@@ -43,14 +34,8 @@ class TracingFile implements BlockFile {
     this.events.push({ kind: 'write', blockNr: offsetBytes / METADATA_BLOCK_SIZE_BYTES, bytes });
     this.inner.writeSync(bytes, offsetBytes);
   }
-  async sync(): Promise<void> {
+  override async sync(): Promise<void> {
     this.events.push({ kind: 'sync' });
-  }
-  grow(sizeBytes: number): Promise<void> {
-    return this.inner.grow(sizeBytes);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

@@ -2,7 +2,6 @@
 // commit is written, the order of writes and syncs, and refusing when full or read-only.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { BlockFile } from '../../src/io/block-file.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { isThinError } from '../../src/errors.ts';
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
@@ -11,37 +10,22 @@ import { BTree } from '../../src/pdata/btree/btree.ts';
 import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
 import { SpaceMap } from '../../src/pdata/space-map.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { ForwardingBlockFile } from '../io/forwarding-block-file.ts';
 import { POOL_ID, Random, checkReferences, newManager, payloadRoots, rootsPayload, withSeed } from './helpers.ts';
 
 /** Records every write and sync in order; writes may be held back to test overlapping commits. */
-class RecordingFile implements BlockFile {
-  readonly inner = new MemoryBlockFile(0, 'recorded');
+class RecordingFile extends ForwardingBlockFile {
   readonly events: string[] = [];
-  get description(): string {
-    return this.inner.description;
+  constructor() {
+    super(new MemoryBlockFile(0, 'recorded'));
   }
-  sizeBytes(): number {
-    return this.inner.sizeBytes();
-  }
-  readSync(target: Uint8Array, offsetBytes: number): void {
-    this.inner.readSync(target, offsetBytes);
-  }
-  read(target: Uint8Array, offsetBytes: number): Promise<void> {
-    return this.inner.read(target, offsetBytes);
-  }
-  async write(source: Uint8Array, offsetBytes: number): Promise<void> {
+  override async write(source: Uint8Array, offsetBytes: number): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve));
     this.events.push(`write ${offsetBytes / METADATA_BLOCK_SIZE_BYTES}`);
     await this.inner.write(source, offsetBytes);
   }
-  async sync(): Promise<void> {
+  override async sync(): Promise<void> {
     this.events.push('sync');
-  }
-  grow(sizeBytes: number): Promise<void> {
-    return this.inner.grow(sizeBytes);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

@@ -3,6 +3,8 @@ import { MemoryBlockFile } from '../../src/io/memory.ts';
 import type { BlockFile } from '../../src/io/block-file.ts';
 import { ThinError } from '../../src/errors.ts';
 import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
+import { ForwardingBlockFile } from '../io/forwarding-block-file.ts';
+import { SparseImage } from '../sim/sim-disk.ts';
 
 export const BLOCK = 64 * 1024;
 /** The smallest metadata file pdata accepts (sparse in memory: costs only what is written). */
@@ -44,39 +46,26 @@ export async function readAll(pool: Pool, name: string): Promise<Uint8Array> {
 }
 
 /**
- * A sparse block file in memory: 4 KiB chunks allocated on first write, so a test can use a
- * data space of many gigabytes and write a byte here and there.
+ * A sparse block file in memory (a copy-on-write image of 4 KiB pages, test/sim/sim-disk.ts), so
+ * a test can use a data space of many gigabytes and write a byte here and there.
  */
 export class SparseMemoryBlockFile implements BlockFile {
   readonly description: string;
-  static readonly CHUNK_BYTES = 4096;
-  #chunks = new Map<number, Uint8Array>();
-  #sizeBytes: number;
+  readonly #image: SparseImage;
   #closed = false;
 
   constructor(sizeBytes: number, description = 'sparse memory') {
-    this.#sizeBytes = sizeBytes;
+    this.#image = new SparseImage(sizeBytes);
     this.description = description;
   }
 
   sizeBytes(): number {
-    return this.#sizeBytes;
+    return this.#image.sizeBytes;
   }
 
   readSync(target: Uint8Array, offsetBytes: number): void {
     this.#checkOpen();
-    const chunkBytes = SparseMemoryBlockFile.CHUNK_BYTES;
-    let done = 0;
-    while (done < target.length) {
-      const position = offsetBytes + done;
-      const index = Math.floor(position / chunkBytes);
-      const within = position - index * chunkBytes;
-      const length = Math.min(chunkBytes - within, target.length - done);
-      const chunk = this.#chunks.get(index);
-      if (chunk === undefined) target.fill(0, done, done + length);
-      else target.set(chunk.subarray(within, within + length), done);
-      done += length;
-    }
+    this.#image.read(target, offsetBytes);
   }
 
   async read(target: Uint8Array, offsetBytes: number): Promise<void> {
@@ -85,22 +74,7 @@ export class SparseMemoryBlockFile implements BlockFile {
 
   async write(source: Uint8Array, offsetBytes: number): Promise<void> {
     this.#checkOpen();
-    const chunkBytes = SparseMemoryBlockFile.CHUNK_BYTES;
-    let done = 0;
-    while (done < source.length) {
-      const position = offsetBytes + done;
-      const index = Math.floor(position / chunkBytes);
-      const within = position - index * chunkBytes;
-      const length = Math.min(chunkBytes - within, source.length - done);
-      let chunk = this.#chunks.get(index);
-      if (chunk === undefined) {
-        chunk = new Uint8Array(chunkBytes);
-        this.#chunks.set(index, chunk);
-      }
-      chunk.set(source.subarray(done, done + length), within);
-      done += length;
-    }
-    this.#sizeBytes = Math.max(this.#sizeBytes, offsetBytes + source.length);
+    this.#image.write(source, offsetBytes);
   }
 
   async sync(): Promise<void> {
@@ -108,7 +82,7 @@ export class SparseMemoryBlockFile implements BlockFile {
   }
 
   async grow(sizeBytes: number): Promise<void> {
-    this.#sizeBytes = Math.max(this.#sizeBytes, sizeBytes);
+    this.#image.grow(sizeBytes);
   }
 
   async close(): Promise<void> {
@@ -121,38 +95,16 @@ export class SparseMemoryBlockFile implements BlockFile {
 }
 
 /** Wraps a block file so that sync (and optionally writes) can be made to fail on demand. */
-export class FailingBlockFile implements BlockFile {
-  readonly inner: BlockFile;
+export class FailingBlockFile extends ForwardingBlockFile {
   failSyncs = false;
   failWrites = false;
 
-  constructor(inner: BlockFile) {
-    this.inner = inner;
-  }
-  get description(): string {
-    return this.inner.description;
-  }
-  sizeBytes(): number {
-    return this.inner.sizeBytes();
-  }
-  readSync(target: Uint8Array, offsetBytes: number): void {
-    this.inner.readSync(target, offsetBytes);
-  }
-  read(target: Uint8Array, offsetBytes: number): Promise<void> {
-    return this.inner.read(target, offsetBytes);
-  }
-  async write(source: Uint8Array, offsetBytes: number): Promise<void> {
+  override async write(source: Uint8Array, offsetBytes: number): Promise<void> {
     if (this.failWrites) throw new ThinError('THIN_IO', `injected write failure at ${offsetBytes}`);
     await this.inner.write(source, offsetBytes);
   }
-  async sync(): Promise<void> {
+  override async sync(): Promise<void> {
     if (this.failSyncs) throw new ThinError('THIN_IO', 'injected sync failure');
     await this.inner.sync();
-  }
-  grow(sizeBytes: number): Promise<void> {
-    return this.inner.grow(sizeBytes);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }

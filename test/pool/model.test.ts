@@ -9,11 +9,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isThinError } from '../../src/errors.ts';
-import type { BlockFile } from '../../src/io/block-file.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
 import type { Volume } from '../../src/pool/volume.ts';
 import { checkPool } from '../../src/tools/check.ts';
+import { ForwardingBlockFile } from '../io/forwarding-block-file.ts';
 import { Rng } from '../sim/rng.ts';
 import { BLOCK, METADATA_BYTES } from './helpers.ts';
 
@@ -29,33 +29,8 @@ const sourceScratch = new Uint8Array(VOLUME_BLOCKS_MAX * BLOCK);
 const scratch = new Uint8Array(VOLUME_BLOCKS_MAX * BLOCK);
 
 /** Lets a pool be closed and opened again on the same memory: close() does not close these. */
-class KeptOpen implements BlockFile {
-  readonly inner: MemoryBlockFile;
-  constructor(inner: MemoryBlockFile) {
-    this.inner = inner;
-  }
-  get description(): string {
-    return this.inner.description;
-  }
-  sizeBytes(): number {
-    return this.inner.sizeBytes();
-  }
-  readSync(target: Uint8Array, offsetBytes: number): void {
-    this.inner.readSync(target, offsetBytes);
-  }
-  read(target: Uint8Array, offsetBytes: number): Promise<void> {
-    return this.inner.read(target, offsetBytes);
-  }
-  write(source: Uint8Array, offsetBytes: number): Promise<void> {
-    return this.inner.write(source, offsetBytes);
-  }
-  sync(): Promise<void> {
-    return this.inner.sync();
-  }
-  grow(sizeBytes: number): Promise<void> {
-    return this.inner.grow(sizeBytes);
-  }
-  async close(): Promise<void> {}
+class KeptOpen extends ForwardingBlockFile<MemoryBlockFile> {
+  override async close(): Promise<void> {}
 }
 
 interface ModelVolume {
