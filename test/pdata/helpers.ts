@@ -1,9 +1,10 @@
 // Shared pieces of the pdata tests: a seeded generator, a fresh transaction manager, codecs that
-// stand for the layers above, and the reference-count check every tree test ends with.
+// stand for the layers above, the reference-count check every tree test ends with, and raw
+// access to metadata blocks for tests that damage them.
 import assert from 'node:assert/strict';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { ThinError } from '../../src/errors.ts';
-import { METADATA_BLOCK_COUNT_MIN } from '../../src/constants.ts';
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
 import { TreeKind, unpackSafeU64, type ValueCodec } from '../../src/pdata/btree/codec.ts';
 import { TreeWalker } from '../../src/pdata/btree/walker.ts';
@@ -39,6 +40,18 @@ export class Random {
 }
 
 export const POOL_ID = 0x7468_696e_6264_0001n;
+
+/** Metadata block blockNr of a file in memory, as it is now. */
+export function readBlock(file: MemoryBlockFile, blockNr: number): Uint8Array {
+  const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+  file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+  return bytes;
+}
+
+/** Overwrites metadata block blockNr at once, behind the transaction manager's back (damage, a lost write). */
+export function writeBlock(file: MemoryBlockFile, blockNr: number, bytes: Uint8Array): void {
+  file.writeSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+}
 
 export function newManager(metadataBlockCount = METADATA_BLOCK_COUNT_MIN): { file: MemoryBlockFile; tm: TransactionManager } {
   const file = new MemoryBlockFile(0, 'test metadata');

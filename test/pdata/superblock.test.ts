@@ -12,7 +12,7 @@ import { TreeWalker } from '../../src/pdata/btree/walker.ts';
 import { refCountExtentCodec } from '../../src/pdata/space-map.ts';
 import { encodeSuperblock, superblockCopyIndexes } from '../../src/pdata/superblock.ts';
 import { TransactionManager, nextTransactionId } from '../../src/pdata/transaction.ts';
-import { Random, newManager, payloadRoots, rootsPayload, withSeed } from './helpers.ts';
+import { Random, newManager, payloadRoots, readBlock, rootsPayload, withSeed, writeBlock } from './helpers.ts';
 
 const codec = u64Codec(TreeKind.test);
 const SECTOR_BYTES = 512;
@@ -31,6 +31,29 @@ async function committedPool(generations: number): Promise<{ file: MemoryBlockFi
   return { file, roots };
 }
 
+/**
+ * A one-key tree committed as generations 1..`generations` (payload = [root, generation]), and
+ * `copyAsWritten(g, i)`: superblock copy i as generation g wrote it, for tests that put it back.
+ */
+async function superblockHistory(
+  generations: number,
+): Promise<{ file: MemoryBlockFile; tm: TransactionManager; copyAsWritten: (generation: number, copyIndex: number) => Uint8Array }> {
+  const { file, tm } = newManager();
+  const tree = new BTree(tm, codec);
+  const root = tree.insert(tree.createEmpty(), 1, 1);
+  const written = new Map<string, Uint8Array>();
+  for (let generation = 1; generation <= generations; generation++) {
+    await tm.commit(rootsPayload(root, generation));
+    for (const copyIndex of superblockCopyIndexes(generation)) written.set(`${generation}/${copyIndex}`, readBlock(file, SUPERBLOCK_BLOCK_NRS[copyIndex]!));
+  }
+  const copyAsWritten = (generation: number, copyIndex: number): Uint8Array => {
+    const bytes = written.get(`${generation}/${copyIndex}`);
+    assert.ok(bytes !== undefined, `generation ${generation} did not write superblock copy ${copyIndex}`);
+    return bytes;
+  };
+  return { file, tm, copyAsWritten };
+}
+
 /** Rejects a generation whose tree has any corrupt node. */
 function validateTree(payload: Uint8Array, tm: TransactionManager): void {
   const walker = new TreeWalker(tm);
@@ -46,16 +69,6 @@ function tear(file: MemoryBlockFile, blockNr: number, random: Random): void {
   const garbage = new Uint8Array(count * SECTOR_BYTES);
   for (let index = 0; index < garbage.length; index++) garbage[index] = random.below(256);
   file.writeSync(garbage, blockNr * METADATA_BLOCK_SIZE_BYTES + first * SECTOR_BYTES);
-}
-
-function readBlock(file: MemoryBlockFile, blockNr: number): Uint8Array {
-  const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
-  file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
-  return bytes;
-}
-
-function writeBlock(file: MemoryBlockFile, blockNr: number, bytes: Uint8Array): void {
-  file.writeSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
 }
 
 /** Every metadata block the newest generation references (its tree and its space map). */
@@ -202,17 +215,11 @@ describe('superblock copies', () => {
   });
 
   test('a copy of the newest generation misdirected onto its partner\'s place is a lost generation, never a silent rollback', async () => {
-    const { file, tm } = newManager();
-    const tree = new BTree(tm, codec);
-    const root = tree.insert(tree.createEmpty(), 1, 1);
-    await tm.commit(rootsPayload(root, 1));
-    await tm.commit(rootsPayload(root, 2));
-    const copy1AtGeneration1 = readBlock(file, SUPERBLOCK_BLOCK_NRS[1]!);
-    await tm.commit(rootsPayload(root, 3));
+    const { file, copyAsWritten } = await superblockHistory(3);
     // Generation 3's write of copy 1 (block 64) landed on copy 3's place (block 16384), after copy
     // 3's own write: neither place holds a usable copy of 3, and the other pair holds 2 whole.
     writeBlock(file, SUPERBLOCK_BLOCK_NRS[3]!, readBlock(file, SUPERBLOCK_BLOCK_NRS[1]!));
-    writeBlock(file, SUPERBLOCK_BLOCK_NRS[1]!, copy1AtGeneration1);
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[1]!, copyAsWritten(1, 1));
     const opened = await TransactionManager.open(file);
     assert.equal(opened.report.generation, 2);
     assert.equal(opened.report.fellBack, true, 'generation 3 was written: opening 2 is a rollback');
@@ -224,14 +231,8 @@ describe('superblock copies', () => {
   });
 
   test('a checksum-valid copy of a newer generation with a bad field is a lost generation', async () => {
-    const { file, tm } = newManager();
-    const tree = new BTree(tm, codec);
-    const root = tree.insert(tree.createEmpty(), 1, 1);
-    await tm.commit(rootsPayload(root, 1));
-    await tm.commit(rootsPayload(root, 2));
-    const copy1AtGeneration1 = readBlock(file, SUPERBLOCK_BLOCK_NRS[1]!);
-    await tm.commit(rootsPayload(root, 3));
-    writeBlock(file, SUPERBLOCK_BLOCK_NRS[1]!, copy1AtGeneration1);
+    const { file, tm, copyAsWritten } = await superblockHistory(3);
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[1]!, copyAsWritten(1, 1));
     const bytes = readBlock(file, SUPERBLOCK_BLOCK_NRS[3]!);
     const block = new Block(SUPERBLOCK_BLOCK_NRS[3]!, bytes);
     bytes[100] = 7; // reserved2, under a valid checksum
@@ -245,15 +246,8 @@ describe('superblock copies', () => {
   });
 
   test('a misplaced copy of an older generation is not a lost generation', async () => {
-    const { file, tm } = newManager();
-    const tree = new BTree(tm, codec);
-    const root = tree.insert(tree.createEmpty(), 1, 1);
-    await tm.commit(rootsPayload(root, 1));
-    const copy1AtGeneration1 = readBlock(file, SUPERBLOCK_BLOCK_NRS[1]!);
-    await tm.commit(rootsPayload(root, 2));
-    await tm.commit(rootsPayload(root, 3));
-    await tm.commit(rootsPayload(root, 4));
-    writeBlock(file, SUPERBLOCK_BLOCK_NRS[2]!, copy1AtGeneration1);
+    const { file, copyAsWritten } = await superblockHistory(4);
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[2]!, copyAsWritten(1, 1));
     const { report } = await TransactionManager.open(file);
     assert.equal(report.generation, 4);
     assert.equal(report.fellBack, false);
@@ -262,15 +256,8 @@ describe('superblock copies', () => {
   });
 
   test('a valid copy older than its partner (a lost superblock write) is reported', async () => {
-    const { file, tm } = newManager();
-    const tree = new BTree(tm, codec);
-    const root = tree.insert(tree.createEmpty(), 1, 1);
-    await tm.commit(rootsPayload(root, 1));
-    await tm.commit(rootsPayload(root, 2));
-    const copy2AtGeneration2 = readBlock(file, SUPERBLOCK_BLOCK_NRS[2]!);
-    await tm.commit(rootsPayload(root, 3));
-    await tm.commit(rootsPayload(root, 4));
-    writeBlock(file, SUPERBLOCK_BLOCK_NRS[2]!, copy2AtGeneration2);
+    const { file, copyAsWritten } = await superblockHistory(4);
+    writeBlock(file, SUPERBLOCK_BLOCK_NRS[2]!, copyAsWritten(2, 2));
     const { report } = await TransactionManager.open(file);
     assert.equal(report.generation, 4);
     assert.equal(report.copies[2]!.generation, 2);

@@ -5,21 +5,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { isThinError } from '../../src/errors.ts';
-import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
+import { SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
 import { decodeSuperblock, superblockCopyIndexes } from '../../src/pdata/superblock.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { checkPool } from '../../src/tools/check.ts';
+import { readBlock, writeBlock } from '../pdata/helpers.ts';
 import { BLOCK, copyFiles, filled, memoryPool } from './helpers.ts';
-
-function readBlock(file: MemoryBlockFile, blockNr: number): Uint8Array {
-  const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
-  file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
-  return bytes;
-}
-
-function writeBlock(file: MemoryBlockFile, blockNr: number, bytes: Uint8Array): void {
-  file.writeSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
-}
 
 function newestGeneration(file: MemoryBlockFile): number {
   return Math.max(...SUPERBLOCK_BLOCK_NRS.map((blockNr, copyIndex) => decodeSuperblock(readBlock(file, blockNr), copyIndex).fields?.generation ?? 0));
