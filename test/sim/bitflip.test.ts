@@ -286,24 +286,39 @@ interface InjectionSummary {
   escapes: Escape[];
 }
 
+/**
+ * Judges one damaged pool, powered up twice by `damaged` (once for checkPool, once for open and
+ * read): counts the outcome in the summary, keeps an Escape there, and throws anything else.
+ */
+async function judgeDamage(
+  summary: InjectionSummary,
+  damaged: () => SimMachine,
+  expected: ModelState,
+  older: readonly ModelState[],
+  what: string,
+): Promise<void> {
+  try {
+    await checkDetects(damaged(), what);
+    const outcome = await openAndRead(damaged(), expected, older, what);
+    if (outcome === 'detected') summary.detectedOnOpen += 1;
+    else summary.harmless += 1;
+  } catch (error) {
+    if (!(error instanceof Escape)) throw error;
+    summary.escapes.push(error);
+  }
+}
+
 async function runInjections(committed: CommittedPool, injections: readonly Injection[]): Promise<InjectionSummary> {
   const summary: InjectionSummary = { injections: injections.length, detectedOnOpen: 0, harmless: 0, escapes: [] };
   const older = committed.generations.slice(0, -1).map((generation) => generation.state);
   for (const [index, injection] of injections.entries()) {
     const what = `seed=${seed} injection ${index} (${injection.what})`;
-    try {
-      const checkMachine = new SimMachine({ seed: index, images: committed.images });
-      injection.apply(checkMachine);
-      await checkDetects(checkMachine, what);
-      const openMachine = new SimMachine({ seed: index, images: committed.images });
-      injection.apply(openMachine);
-      const outcome = await openAndRead(openMachine, committed.state, older, what);
-      if (outcome === 'detected') summary.detectedOnOpen += 1;
-      else summary.harmless += 1;
-    } catch (error) {
-      if (!(error instanceof Escape)) throw error;
-      summary.escapes.push(error);
-    }
+    const damaged = (): SimMachine => {
+      const machine = new SimMachine({ seed: index, images: committed.images });
+      injection.apply(machine);
+      return machine;
+    };
+    await judgeDamage(summary, damaged, committed.state, older, what);
   }
   return summary;
 }
@@ -492,16 +507,8 @@ describe('misdirected metadata writes during a live commit', () => {
       }
       const images = machine.currentImages();
       const what = `seed=${seed} case ${caseIndex}: the write of ${describeBlock(aimedAt)} (write ${skipWrites + 1} of ${metadataWritesOfCommit} in the commit) landed on ${describeBlock(toBlock)}`;
-      try {
-        await checkDetects(new SimMachine({ seed: caseIndex, images }), what);
-        const older = committed.generations.map((generation) => generation.state);
-        const outcome = await openAndRead(new SimMachine({ seed: caseIndex, images }), state, older, what);
-        if (outcome === 'detected') summary.detectedOnOpen += 1;
-        else summary.harmless += 1;
-      } catch (error) {
-        if (!(error instanceof Escape)) throw error;
-        summary.escapes.push(error);
-      }
+      const older = committed.generations.map((generation) => generation.state);
+      await judgeDamage(summary, () => new SimMachine({ seed: caseIndex, images }), state, older, what);
     }
     t.diagnostic(
       `misdirected commits: ${summary.injections} cases; ${refusedFlushes} refused at the flush (a delta log record read back wrong), ${summary.detectedOnOpen} stopped by open or read, ` +
@@ -556,15 +563,7 @@ describe('misdirected metadata writes during a live commit', () => {
         if (!validGenerations(images, pair).includes(flushed)) neitherPlaceValid += 1;
         const what = `machine seed ${machineSeed}: the superblock write aimed at ${describeBlock(aimedAt / METADATA_BLOCK_SIZE_BYTES)} landed on ${describeBlock(partner / METADATA_BLOCK_SIZE_BYTES)}`;
         summary.injections += 1;
-        try {
-          await checkDetects(new SimMachine({ seed: machineSeed, images }), what);
-          const outcome = await openAndRead(new SimMachine({ seed: machineSeed, images }), state, older, what);
-          if (outcome === 'detected') summary.detectedOnOpen += 1;
-          else summary.harmless += 1;
-        } catch (error) {
-          if (!(error instanceof Escape)) throw error;
-          summary.escapes.push(error);
-        }
+        await judgeDamage(summary, () => new SimMachine({ seed: machineSeed, images }), state, older, what);
       }
     }
     t.diagnostic(

@@ -6,7 +6,12 @@
 // Failures are rethrown as "seed=S crashPoint=K variant=V ..." with the trace around K.
 // Replay: THINBD_SEED=S node --import tsx --test FILE reruns the run; THINBD_CRASH_POINT=K and
 // THINBD_VARIANT=V narrow it to that one crash state.
-import { Rng, mixSeed } from './rng.ts';
+//
+// A test runs a batch of campaigns (campaignTestSeeds, runCampaigns): the seeds that once found a
+// bug (regressions.json, under the test's name) first, then seeds derived from one root seed.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Rng, mixSeed, seedFromEnv } from './rng.ts';
 import { SimMachine, describeTrace, type CrashPoint, type CrashVariant, type SparseImage } from './sim-disk.ts';
 
 export interface CrashContext {
@@ -144,6 +149,59 @@ export async function runCrashCampaign(options: CrashCampaignOptions): Promise<C
 export function campaignSeeds(seed: number, count: number): number[] {
   const rng = new Rng(mixSeed(seed, 0xca3a));
   return Array.from({ length: count }, () => rng.next());
+}
+
+/**
+ * The seeds a campaign test runs: THINBD_SEED alone when it is set (`replaying` one failure);
+ * otherwise the seeds regressions.json keeps under `suite`, then `count` derived from `rootSeed`.
+ */
+export function campaignTestSeeds(suite: string, rootSeed: number, count: number): { seeds: number[]; replaying: boolean } {
+  const replaySeed = seedFromEnv(-1);
+  if (replaySeed >= 0) return { seeds: [replaySeed], replaying: true };
+  return { seeds: [...regressionSeeds(suite), ...campaignSeeds(rootSeed, count)], replaying: false };
+}
+
+function regressionSeeds(suite: string): number[] {
+  const file = path.join(import.meta.dirname, 'regressions.json');
+  const parsed = JSON.parse(readFileSync(file, 'utf8')) as Record<string, Array<{ seed: number }>>;
+  return (parsed[suite] ?? []).map((entry) => entry.seed);
+}
+
+export interface CampaignTotals {
+  /** Events in the workloads' traces. */
+  eventCount: number;
+  distinctCrashPointCount: number;
+  statesTested: number;
+  /** States tested by campaigns nested in a campaign's recover (a second power cut). */
+  compoundStatesTested: number;
+  /** The first failure of each campaign that failed, with its seed and how to replay it. */
+  failures: string[];
+  durationMs: number;
+}
+
+/**
+ * Runs one campaign per seed, every one even after one fails, so that one run lists every failing
+ * seed; a failing campaign's states up to its failure are not counted.
+ */
+export async function runCampaigns(
+  seeds: readonly number[],
+  campaign: (seed: number) => Promise<CrashCampaignResult & { compoundStates: number }>,
+): Promise<CampaignTotals> {
+  const startedMs = performance.now();
+  const totals: CampaignTotals = { eventCount: 0, distinctCrashPointCount: 0, statesTested: 0, compoundStatesTested: 0, failures: [], durationMs: 0 };
+  for (const seed of seeds) {
+    try {
+      const result = await campaign(seed);
+      totals.eventCount += result.eventCount;
+      totals.distinctCrashPointCount += result.distinctCrashPointCount;
+      totals.statesTested += result.statesTested;
+      totals.compoundStatesTested += result.compoundStates;
+    } catch (error) {
+      totals.failures.push(error instanceof Error ? error.message : String(error));
+    }
+  }
+  totals.durationMs = performance.now() - startedMs;
+  return totals;
 }
 
 function errorText(error: unknown): string {

@@ -18,31 +18,17 @@
 // regressions.json under "journal-crash".
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import { Pool } from '../../src/pool/pool.ts';
 import type { BlockFile } from '../../src/io/block-file.ts';
 import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
 import { TransactionManager, superblockCopyIndexes } from '../../src/pdata/index.ts';
 import { readDeltaLog } from '../../src/journal/replay.ts';
-import { Rng, mixSeed, seedFromEnv } from './rng.ts';
-import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual, type SparseImage } from './sim-disk.ts';
-import { campaignSeeds, runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
-import {
-  applyOp,
-  describeOp,
-  doneMark,
-  generateOps,
-  renderCache,
-  runOp,
-  startMark,
-  verifyRecoveredPool,
-  type ModelState,
-  type PoolOp,
-  type WorkloadRecord,
-} from './pool-model.ts';
+import { Rng, mixSeed } from './rng.ts';
+import { SECTOR_SIZE_BYTES, SimMachine, SparseImage, bytesEqual } from './sim-disk.ts';
+import { campaignTestSeeds, runCampaigns, runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
+import { describeOp, renderCache, runOp, runWorkload, verifyRecoveredPool, type PoolOp, type WorkloadRecord } from './pool-model.ts';
 import { checkSimPool } from './pool-check.ts';
-import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, DATA_BLOCK_COUNT, METADATA_SIZE_BYTES, VOLUME_SIZE_SECTORS, VOLUMES_MAX, SIM_POOL_ID, makeBases, poolFiles, setupWrite, simNow, type Base } from './pool-bases.ts';
+import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, SIM_POOL_CREATE_OPTIONS, VOLUME_SIZE_SECTORS, makeBases, poolFiles, runOnNewPool, setupWrite, simNow, workloadOf, type Base } from './pool-bases.ts';
 
 const OPS_MAX = 3;
 const VARIANTS_PER_POINT = 12;
@@ -56,13 +42,6 @@ const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261122);
 /** The issue's floors for one CI run. */
 const CRASH_STATES_MIN = 50_000;
 const COMPOUND_STATES_MIN = 1_000;
-const FIRST_WORKLOAD_WRITE_ID = 1000;
-
-function regressionSeeds(): number[] {
-  const file = path.join(import.meta.dirname, 'regressions.json');
-  const parsed = JSON.parse(readFileSync(file, 'utf8')) as Record<string, Array<{ seed: number }>>;
-  return (parsed['journal-crash'] ?? []).map((entry) => entry.seed);
-}
 
 /**
  * A starting pool left with acknowledged records in its delta log (no clean close, so no
@@ -70,16 +49,6 @@ function regressionSeeds(): number[] {
  * flushed, after a snapshot.
  */
 async function makeLoggedBase(): Promise<Base> {
-  const machine = new SimMachine({ seed: 2 });
-  machine.createDisk('metadata', 0);
-  machine.createDisk('data', 0);
-  const pool = await Pool.createOn(poolFiles(machine), {
-    dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES,
-    blockSizeBytes: BLOCK_SIZE_BYTES,
-    metadataSizeBytes: METADATA_SIZE_BYTES,
-    poolId: SIM_POOL_ID,
-    now: simNow,
-  });
   const bs = BLOCK_SIZE_SECTORS;
   const ops: PoolOp[] = [
     { kind: 'create', name: 'vol-a', sizeSectors: VOLUME_SIZE_SECTORS },
@@ -93,34 +62,21 @@ async function makeLoggedBase(): Promise<Base> {
     { kind: 'discard', volume: 'snap-a', beginSector: bs, lengthSectors: bs }, // logged
     { kind: 'flush' },
   ];
-  let state: ModelState = new Map();
-  for (const op of ops) {
-    await runOp(pool, op);
-    state = applyOp(state, op);
-  }
+  const { machine, pool, state } = await runOnNewPool(2, ops);
   assert.ok(pool.status().counters.logBlocksUsed >= 3, 'the logged base has records in its log');
   // No close: the log stays as a power cut would leave it (every record synced).
   return { name: 'logged volume and snapshot', images: machine.currentImages(), state };
 }
 
-function workloadOf(seed: number, bases: readonly Base[]): { base: Base; record: WorkloadRecord; rollups: ReadonlySet<number> } {
-  const rng = new Rng(seed);
-  const base = rng.pick(bases);
-  const ops = generateOps(
-    rng.derive(1),
-    base.state,
-    OPS_MAX,
-    { blockSizeSectors: BLOCK_SIZE_SECTORS, volumeSizeSectors: VOLUME_SIZE_SECTORS, volumesMax: VOLUMES_MAX },
-    FIRST_WORKLOAD_WRITE_ID,
-  );
-  const rollupRng = rng.derive(2);
+/** The workload a seed stands for (workloadOf), with the flushes it runs as rollups instead (0-based op indexes). */
+function journalWorkloadOf(seed: number, bases: readonly Base[]): { base: Base; record: WorkloadRecord; rollups: ReadonlySet<number> } {
+  const { base, record } = workloadOf(seed, bases, OPS_MAX);
+  const rollupRng = new Rng(seed).derive(2);
   const rollups = new Set<number>();
-  ops.forEach((op, index) => {
+  record.ops.forEach((op, index) => {
     if (op.kind === 'flush' && rollupRng.int(ROLLUP_EVERY) === 0) rollups.add(index);
   });
-  const states: ModelState[] = [base.state];
-  for (const op of ops) states.push(applyOp(states[states.length - 1] as ModelState, op));
-  return { base, record: { blockSizeSectors: BLOCK_SIZE_SECTORS, ops, states }, rollups };
+  return { base, record, rollups };
 }
 
 async function logRecordCount(images: ReadonlyMap<string, SparseImage>): Promise<number> {
@@ -146,7 +102,7 @@ async function readVolumes(pool: Pool): Promise<Map<string, Uint8Array>> {
 }
 
 async function runJournalCampaign(seed: number, bases: readonly Base[]): Promise<CrashCampaignResult & { compoundStates: number }> {
-  const { base, record, rollups } = workloadOf(seed, bases);
+  const { base, record, rollups } = journalWorkloadOf(seed, bases);
   let compoundStates = 0;
   const renders = renderCache(record);
   const description = `${base.name}: ${record.ops.map((op, index) => (rollups.has(index) ? 'rollup' : describeOp(op))).join('; ')}`;
@@ -157,19 +113,7 @@ async function runJournalCampaign(seed: number, bases: readonly Base[]): Promise
     budget: VARIANTS_PER_POINT,
     workload: async (machine) => {
       const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
-      let index = 0;
-      while (index < record.ops.length) {
-        const group: Promise<void>[] = [];
-        do {
-          const opIndex = index + 1;
-          const op = record.ops[index] as PoolOp;
-          machine.mark(startMark(opIndex));
-          const run = rollups.has(index) ? pool.rollup() : runOp(pool, op);
-          group.push(run.then(() => machine.mark(doneMark(opIndex))));
-          index += 1;
-        } while (record.ops[index]?.concurrent === true);
-        await Promise.all(group);
-      }
+      await runWorkload(machine, pool, record.ops, (op, index) => (rollups.has(index) ? pool.rollup() : runOp(pool, op)));
     },
     recover: async (machine, marks, context) => {
       const files = poolFiles(machine);
@@ -229,30 +173,16 @@ async function cutDuringReplay(images: ReadonlyMap<string, SparseImage>, content
 
 test('a power cut at any event of a bounded workload with the delta log loses nothing acknowledged', async (t) => {
   const bases = [...(await makeBases()), await makeLoggedBase()];
-  const replaySeed = seedFromEnv(-1);
-  const seeds = replaySeed >= 0 ? [replaySeed] : [...regressionSeeds(), ...campaignSeeds(ROOT_SEED, CAMPAIGN_COUNT)];
-  let states = 0;
-  let compoundStates = 0;
-  let events = 0;
-  const startedMs = performance.now();
-  const failures: string[] = [];
-  for (const seed of seeds) {
-    try {
-      const result = await runJournalCampaign(seed, bases);
-      states += result.statesTested;
-      compoundStates += result.compoundStates;
-      events += result.eventCount;
-    } catch (error) {
-      failures.push(error instanceof Error ? error.message : String(error));
-    }
-  }
-  const seconds = (performance.now() - startedMs) / 1000;
+  const { seeds, replaying } = campaignTestSeeds('journal-crash', ROOT_SEED, CAMPAIGN_COUNT);
+  const totals = await runCampaigns(seeds, (seed) => runJournalCampaign(seed, bases));
+  const states = totals.statesTested;
+  const compoundStates = totals.compoundStatesTested;
   t.diagnostic(
-    `journal crash: ${seeds.length} workloads, ${events} events, ${states} crash states recovered and checked, ` +
-      `plus ${compoundStates} after a second power cut during replay or rollup, in ${seconds.toFixed(1)} s; ${failures.length} workloads failed`,
+    `journal crash: ${seeds.length} workloads, ${totals.eventCount} events, ${states} crash states recovered and checked, ` +
+      `plus ${compoundStates} after a second power cut during replay or rollup, in ${(totals.durationMs / 1000).toFixed(1)} s; ${totals.failures.length} workloads failed`,
   );
-  if (failures.length > 0) assert.fail(`${failures.length} of ${seeds.length} workloads failed:\n\n${failures.join('\n\n')}`);
-  if (replaySeed < 0) {
+  if (totals.failures.length > 0) assert.fail(`${totals.failures.length} of ${seeds.length} workloads failed:\n\n${totals.failures.join('\n\n')}`);
+  if (!replaying) {
     assert.ok(states >= CRASH_STATES_MIN, `only ${states} crash states; the floor is ${CRASH_STATES_MIN}`);
     assert.ok(compoundStates >= COMPOUND_STATES_MIN, `only ${compoundStates} compound states; the floor is ${COMPOUND_STATES_MIN}`);
   }
@@ -261,48 +191,38 @@ test('a power cut at any event of a bounded workload with the delta log loses no
 // ---- superblock copies torn during a rollup ----
 
 /**
- * A sparse in-memory block file of 4 KiB pages, cheap to copy (pages are shared until written):
- * hundreds of crash images of a 70 MB metadata file cost a few pages each.
+ * A block file in memory over a sparse copy-on-write image (sim-disk.ts), cheap to copy (pages are
+ * shared until written): hundreds of crash images of a 70 MB metadata file cost a few pages each.
  */
-class PageFile implements BlockFile {
-  static readonly PAGE_BYTES = 4096;
+class ImageFile implements BlockFile {
   readonly description: string;
-  #pages: Map<number, Uint8Array>;
-  #sizeBytes: number;
+  readonly #image: SparseImage;
 
-  constructor(description: string, pages = new Map<number, Uint8Array>(), sizeBytes = 0) {
+  constructor(description: string, image = new SparseImage()) {
     this.description = description;
-    this.#pages = pages;
-    this.#sizeBytes = sizeBytes;
+    this.#image = image;
   }
 
-  clone(): PageFile {
-    return new PageFile(this.description, new Map(this.#pages), this.#sizeBytes);
+  clone(): ImageFile {
+    return new ImageFile(this.description, this.#image.clone());
   }
 
-  page(index: number): Uint8Array {
-    return this.#pages.get(index) ?? new Uint8Array(PageFile.PAGE_BYTES);
+  block(blockNr: number): Uint8Array {
+    const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    this.#image.read(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+    return bytes;
   }
 
-  setPage(index: number, bytes: Uint8Array): void {
-    this.#pages.set(index, bytes.slice());
+  setBlock(blockNr: number, bytes: Uint8Array): void {
+    this.#image.write(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
   }
 
   sizeBytes(): number {
-    return this.#sizeBytes;
+    return this.#image.sizeBytes;
   }
 
   readSync(target: Uint8Array, offsetBytes: number): void {
-    for (let done = 0; done < target.length; ) {
-      const position = offsetBytes + done;
-      const index = Math.floor(position / PageFile.PAGE_BYTES);
-      const within = position % PageFile.PAGE_BYTES;
-      const length = Math.min(PageFile.PAGE_BYTES - within, target.length - done);
-      const page = this.#pages.get(index);
-      if (page === undefined) target.fill(0, done, done + length);
-      else target.set(page.subarray(within, within + length), done);
-      done += length;
-    }
+    this.#image.read(target, offsetBytes);
   }
 
   async read(target: Uint8Array, offsetBytes: number): Promise<void> {
@@ -310,23 +230,13 @@ class PageFile implements BlockFile {
   }
 
   async write(source: Uint8Array, offsetBytes: number): Promise<void> {
-    for (let done = 0; done < source.length; ) {
-      const position = offsetBytes + done;
-      const index = Math.floor(position / PageFile.PAGE_BYTES);
-      const within = position % PageFile.PAGE_BYTES;
-      const length = Math.min(PageFile.PAGE_BYTES - within, source.length - done);
-      const page = this.page(index).slice();
-      page.set(source.subarray(done, done + length), within);
-      this.#pages.set(index, page);
-      done += length;
-    }
-    this.#sizeBytes = Math.max(this.#sizeBytes, offsetBytes + source.length);
+    this.#image.write(source, offsetBytes);
   }
 
   async sync(): Promise<void> {}
 
   async grow(sizeBytes: number): Promise<void> {
-    this.#sizeBytes = Math.max(this.#sizeBytes, sizeBytes);
+    this.#image.grow(sizeBytes);
   }
 
   async close(): Promise<void> {}
@@ -337,8 +247,8 @@ function sectorBytes(lengthSectors: number, value: number): Uint8Array {
 }
 
 test('a rollup whose superblock copies are torn at any 512-byte boundary opens the newest valid state, for both generations', async () => {
-  const files = { metadata: new PageFile('metadata'), data: new PageFile('data') };
-  const pool = await Pool.createOn(files, { dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES, blockSizeBytes: BLOCK_SIZE_BYTES, metadataSizeBytes: METADATA_SIZE_BYTES, poolId: SIM_POOL_ID, now: simNow });
+  const files = { metadata: new ImageFile('metadata'), data: new ImageFile('data') };
+  const pool = await Pool.createOn(files, SIM_POOL_CREATE_OPTIONS);
   const volume = await pool.createVolume('v', { sizeBytes: 8 * BLOCK_SIZE_BYTES });
   await pool.flush();
   const sectorsPerBlock = METADATA_BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES;
@@ -383,7 +293,7 @@ test('a rollup whose superblock copies are torn at any 512-byte boundary opens t
           const metadata = after.metadata.clone();
           for (const [copyIndex, state] of [[tornIndex, torn], [otherIndex, other]] as const) {
             const blockNr = SUPERBLOCK_BLOCK_NRS[copyIndex]!;
-            metadata.setPage(blockNr, state.build(before.page(blockNr), after.metadata.page(blockNr)));
+            metadata.setBlock(blockNr, state.build(before.block(blockNr), after.metadata.block(blockNr)));
           }
           const where = `generation ${newGeneration}: copy ${tornIndex} ${torn.name}, copy ${otherIndex} ${other.name}`;
           const crashed = { metadata, data: after.data.clone() };

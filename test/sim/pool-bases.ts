@@ -1,11 +1,13 @@
 // Small committed pools that the crash and I/O-error tests start from, made once per test file:
 // an empty pool; one volume with data; a volume, its snapshot (with copy-on-write since) and a
-// second volume. Each comes with its model state (pool-model.ts).
-import type { PoolFiles } from '../../src/pool/pool.ts';
+// second volume. Each comes with its model state (pool-model.ts). Also how every simulated pool
+// is created, and the workload a crash campaign's seed stands for on these pools.
+import type { PoolCreateOptions, PoolFiles } from '../../src/pool/pool.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import { SECTOR_SIZE_BYTES, SimMachine, type SparseImage } from './sim-disk.ts';
-import { applyOp, runOp, type ModelState, type PoolOp } from './pool-model.ts';
+import { Rng } from './rng.ts';
+import { applyOp, generateOps, runOp, type ModelState, type PoolOp, type WorkloadRecord } from './pool-model.ts';
 
 export const BLOCK_SIZE_BYTES = 64 * 1024;
 export const BLOCK_SIZE_SECTORS = BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES;
@@ -21,6 +23,17 @@ export const VOLUMES_MAX = 3;
 export const SIM_POOL_ID = 0x7468_696e_7369_6d01n;
 export const simNow = (): number => 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
+/** How every simulated pool is created: the geometry above, SIM_POOL_ID and the fixed clock. */
+export const SIM_POOL_CREATE_OPTIONS: Readonly<PoolCreateOptions> = {
+  dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES,
+  blockSizeBytes: BLOCK_SIZE_BYTES,
+  metadataSizeBytes: METADATA_SIZE_BYTES,
+  poolId: SIM_POOL_ID,
+  now: simNow,
+};
+/** Write ids of the workloads start here; those below belong to the starting pools. */
+export const FIRST_WORKLOAD_WRITE_ID = 1000;
+
 export interface Base {
   name: string;
   images: ReadonlyMap<string, SparseImage>;
@@ -31,23 +44,29 @@ export function poolFiles(machine: SimMachine): PoolFiles {
   return { metadata: machine.disk('metadata'), data: machine.disk('data') };
 }
 
-/** Makes a starting pool by running ops on a new pool, then closing it. */
-export async function makeBase(name: string, ops: readonly PoolOp[]): Promise<Base> {
-  const machine = new SimMachine({ seed: 1 });
+/** A new machine (of `seed`) with empty metadata and data disks, and a simulated pool created on them. */
+export async function createSimPool(seed: number): Promise<{ machine: SimMachine; pool: Pool }> {
+  const machine = new SimMachine({ seed });
   machine.createDisk('metadata', 0);
   machine.createDisk('data', 0);
-  const pool = await Pool.createOn(poolFiles(machine), {
-    dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES,
-    blockSizeBytes: BLOCK_SIZE_BYTES,
-    metadataSizeBytes: METADATA_SIZE_BYTES,
-    poolId: SIM_POOL_ID,
-    now: simNow,
-  });
+  const pool = await Pool.createOn(poolFiles(machine), SIM_POOL_CREATE_OPTIONS);
+  return { machine, pool };
+}
+
+/** Runs ops on a new simulated pool and leaves it open; returns it with the model state they give. */
+export async function runOnNewPool(seed: number, ops: readonly PoolOp[]): Promise<{ machine: SimMachine; pool: Pool; state: ModelState }> {
+  const { machine, pool } = await createSimPool(seed);
   let state: ModelState = new Map();
   for (const op of ops) {
     await runOp(pool, op);
     state = applyOp(state, op);
   }
+  return { machine, pool, state };
+}
+
+/** Makes a starting pool by running ops on a new pool, then closing it. */
+export async function makeBase(name: string, ops: readonly PoolOp[]): Promise<Base> {
+  const { machine, pool, state } = await runOnNewPool(1, ops);
   await pool.close();
   return { name, images: machine.currentImages(), state };
 }
@@ -74,4 +93,24 @@ export async function makeBases(): Promise<Base[]> {
     { kind: 'flush' },
   ];
   return [await makeBase('empty pool', []), await makeBase('one volume', oneVolume), await makeBase('volume, snapshot, volume', withSnapshot)];
+}
+
+/**
+ * The workload a seed stands for, deterministic from the seed alone: a starting pool picked from
+ * `bases` and up to `opsMax` operations on it, with the model state after each. It draws from
+ * `new Rng(seed)` and its derive(1); a test that wants more from the seed derives 2 and up.
+ */
+export function workloadOf(seed: number, bases: readonly Base[], opsMax: number): { base: Base; record: WorkloadRecord } {
+  const rng = new Rng(seed);
+  const base = rng.pick(bases);
+  const ops = generateOps(
+    rng.derive(1),
+    base.state,
+    opsMax,
+    { blockSizeSectors: BLOCK_SIZE_SECTORS, volumeSizeSectors: VOLUME_SIZE_SECTORS, volumesMax: VOLUMES_MAX },
+    FIRST_WORKLOAD_WRITE_ID,
+  );
+  const states: ModelState[] = [base.state];
+  for (const op of ops) states.push(applyOp(states[states.length - 1] as ModelState, op));
+  return { base, record: { blockSizeSectors: BLOCK_SIZE_SECTORS, ops, states } };
 }

@@ -22,28 +22,13 @@
 // into regressions.json ("pool-crash"), which runs first.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import { Pool } from '../../src/pool/pool.ts';
-import { Rng, mixSeed, seedFromEnv } from './rng.ts';
+import { mixSeed } from './rng.ts';
 import { SECTOR_SIZE_BYTES, bytesEqual, type SparseImage } from './sim-disk.ts';
-import { campaignSeeds, runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
-import {
-  applyOp,
-  describeOp,
-  doneMark,
-  generateOps,
-  renderCache,
-  runOp,
-  startMark,
-  verifyRecoveredPool,
-  writeBytes,
-  type ModelState,
-  type PoolOp,
-  type WorkloadRecord,
-} from './pool-model.ts';
+import { campaignTestSeeds, runCampaigns, runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
+import { describeOp, renderCache, runWorkload, verifyRecoveredPool, writeBytes } from './pool-model.ts';
 import { checkSimPool } from './pool-check.ts';
-import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, VOLUME_SIZE_SECTORS, VOLUMES_MAX, makeBases, poolFiles, simNow, type Base } from './pool-bases.ts';
+import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, makeBases, poolFiles, simNow, workloadOf, type Base } from './pool-bases.ts';
 
 const OPS_MAX = 3;
 /** Crash images per distinct crash point. */
@@ -58,33 +43,8 @@ const COMPOUND_VARIANTS_PER_POINT = 3;
 const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261121);
 /** The issue's floor for one CI run. */
 const CRASH_STATES_MIN = 10_000;
-/** Write ids of the workloads start here; those below belong to the starting pools. */
-const FIRST_WORKLOAD_WRITE_ID = 1000;
-
-function regressionSeeds(): number[] {
-  const file = path.join(import.meta.dirname, 'regressions.json');
-  const parsed = JSON.parse(readFileSync(file, 'utf8')) as Record<string, Array<{ seed: number }>>;
-  return (parsed['pool-crash'] ?? []).map((entry) => entry.seed);
-}
-
-/** The workload a seed stands for: deterministic from the seed alone. */
-function workloadOf(seed: number, bases: readonly Base[]): { base: Base; record: WorkloadRecord } {
-  const rng = new Rng(seed);
-  const base = rng.pick(bases);
-  const ops = generateOps(
-    rng.derive(1),
-    base.state,
-    OPS_MAX,
-    { blockSizeSectors: BLOCK_SIZE_SECTORS, volumeSizeSectors: VOLUME_SIZE_SECTORS, volumesMax: VOLUMES_MAX },
-    FIRST_WORKLOAD_WRITE_ID,
-  );
-  const states: ModelState[] = [base.state];
-  for (const op of ops) states.push(applyOp(states[states.length - 1] as ModelState, op));
-  return { base, record: { blockSizeSectors: BLOCK_SIZE_SECTORS, ops, states } };
-}
-
 async function runPoolCampaign(seed: number, bases: readonly Base[]): Promise<CrashCampaignResult & { compoundStates: number; description: string }> {
-  const { base, record } = workloadOf(seed, bases);
+  const { base, record } = workloadOf(seed, bases, OPS_MAX);
   let compoundStates = 0;
   const renders = renderCache(record);
   const description = `${base.name}: ${record.ops.map(describeOp).join('; ')}`;
@@ -95,18 +55,7 @@ async function runPoolCampaign(seed: number, bases: readonly Base[]): Promise<Cr
     budget: VARIANTS_PER_POINT,
     workload: async (machine) => {
       const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
-      // Ops marked concurrent are issued with the one before them; a group is awaited as a whole.
-      let index = 0;
-      while (index < record.ops.length) {
-        const group: Promise<void>[] = [];
-        do {
-          const opIndex = index + 1;
-          machine.mark(startMark(opIndex));
-          group.push(runOp(pool, record.ops[index] as PoolOp).then(() => machine.mark(doneMark(opIndex))));
-          index += 1;
-        } while (record.ops[index]?.concurrent === true);
-        await Promise.all(group);
-      }
+      await runWorkload(machine, pool, record.ops);
     },
     recover: async (machine, marks, context) => {
       const files = poolFiles(machine);
@@ -199,38 +148,15 @@ async function secondPowerCut(images: ReadonlyMap<string, SparseImage>, contents
 
 test('a power cut at any event of a bounded pool workload loses nothing acknowledged and leaves a clean pool', async (t) => {
   const bases = await makeBases();
-  const replaySeed = seedFromEnv(-1);
-  const seeds =
-    replaySeed >= 0
-      ? [replaySeed]
-      : [...regressionSeeds(), ...campaignSeeds(ROOT_SEED, CAMPAIGN_COUNT)];
-  let states = 0;
-  let compoundStates = 0;
-  let points = 0;
-  let events = 0;
-  const startedMs = performance.now();
-  // Every workload runs even after one fails, so one run lists every failing seed (the first
-  // failure of each); a failing workload's states up to its failure are not counted.
-  const failures: string[] = [];
-  for (const seed of seeds) {
-    try {
-      const result = await runPoolCampaign(seed, bases);
-      states += result.statesTested;
-      compoundStates += result.compoundStates;
-      points += result.distinctCrashPointCount;
-      events += result.eventCount;
-    } catch (error) {
-      failures.push(error instanceof Error ? error.message : String(error));
-    }
-  }
-  const seconds = (performance.now() - startedMs) / 1000;
+  const { seeds, replaying } = campaignTestSeeds('pool-crash', ROOT_SEED, CAMPAIGN_COUNT);
+  const totals = await runCampaigns(seeds, (seed) => runPoolCampaign(seed, bases));
   t.diagnostic(
-    `pool crash: ${seeds.length} workloads, ${events} events, ${points} distinct crash points, ` +
-      `${states} crash states recovered and checked, plus ${compoundStates} after a second power cut during the first commit, ` +
-      `in ${seconds.toFixed(1)} s; ${failures.length} workloads failed`,
+    `pool crash: ${seeds.length} workloads, ${totals.eventCount} events, ${totals.distinctCrashPointCount} distinct crash points, ` +
+      `${totals.statesTested} crash states recovered and checked, plus ${totals.compoundStatesTested} after a second power cut during the first commit, ` +
+      `in ${(totals.durationMs / 1000).toFixed(1)} s; ${totals.failures.length} workloads failed`,
   );
-  if (failures.length > 0) {
-    assert.fail(`${failures.length} of ${seeds.length} workloads failed:\n\n${failures.join('\n\n')}`);
+  if (totals.failures.length > 0) {
+    assert.fail(`${totals.failures.length} of ${seeds.length} workloads failed:\n\n${totals.failures.join('\n\n')}`);
   }
-  if (replaySeed < 0) assert.ok(states >= CRASH_STATES_MIN, `only ${states} crash states; the floor is ${CRASH_STATES_MIN}`);
+  if (!replaying) assert.ok(totals.statesTested >= CRASH_STATES_MIN, `only ${totals.statesTested} crash states; the floor is ${CRASH_STATES_MIN}`);
 });

@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict';
 import type { Pool } from '../../src/pool/pool.ts';
 import { isThinError } from '../../src/errors.ts';
-import { SECTOR_SIZE_BYTES, bytesEqual } from './sim-disk.ts';
+import { SECTOR_SIZE_BYTES, bytesEqual, type SimMachine } from './sim-disk.ts';
 import type { Rng } from './rng.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -275,6 +275,31 @@ export function startMark(opIndex: number): string {
 
 export function doneMark(opIndex: number): string {
   return `done ${opIndex}`;
+}
+
+/**
+ * Runs a workload's ops on a pool, marking on the machine when each starts and when it is
+ * acknowledged (the marks verifyRecoveredPool reads). Ops marked concurrent are issued with the
+ * one before them; a group is awaited as a whole. `run` runs the op at a 0-based index: runOp
+ * unless the test runs some ops another way.
+ */
+export async function runWorkload(
+  machine: SimMachine,
+  pool: Pool,
+  ops: readonly PoolOp[],
+  run: (op: PoolOp, index: number) => Promise<void> = (op) => runOp(pool, op),
+): Promise<void> {
+  let index = 0;
+  while (index < ops.length) {
+    const group: Promise<void>[] = [];
+    do {
+      const opIndex = index + 1;
+      machine.mark(startMark(opIndex));
+      group.push(run(ops[index] as PoolOp, index).then(() => machine.mark(doneMark(opIndex))));
+      index += 1;
+    } while (ops[index]?.concurrent === true);
+    await Promise.all(group);
+  }
 }
 
 interface Window {

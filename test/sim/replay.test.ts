@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { Pool } from '../../src/pool/pool.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
 import { SimMachine, type SparseImage } from './sim-disk.ts';
-import { BLOCK_SIZE_BYTES, DATA_BLOCK_COUNT, METADATA_SIZE_BYTES, SIM_POOL_ID, poolFiles, simNow } from './pool-bases.ts';
+import { BLOCK_SIZE_BYTES, SIM_POOL_CREATE_OPTIONS, SIM_POOL_ID, createSimPool, poolFiles, simNow } from './pool-bases.ts';
 
 function digest(images: ReadonlyMap<string, SparseImage>): string {
   const hash = createHash('sha256');
@@ -24,16 +24,7 @@ function digest(images: ReadonlyMap<string, SparseImage>): string {
 }
 
 async function makePool(): Promise<{ images: ReadonlyMap<string, SparseImage>; trace: string }> {
-  const machine = new SimMachine({ seed: 3 });
-  machine.createDisk('metadata', 0);
-  machine.createDisk('data', 0);
-  const pool = await Pool.createOn(poolFiles(machine), {
-    dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES,
-    blockSizeBytes: BLOCK_SIZE_BYTES,
-    metadataSizeBytes: METADATA_SIZE_BYTES,
-    poolId: SIM_POOL_ID,
-    now: simNow,
-  });
+  const { machine, pool } = await createSimPool(3);
   const volume = await pool.createVolume('vol', { sizeBytes: 2 * BLOCK_SIZE_BYTES });
   await volume.write(100, new Uint8Array(5000).fill(7));
   await pool.snapshot('vol', 'snap');
@@ -60,7 +51,7 @@ test('createOn refuses a pool id that is not a non-zero u64', async () => {
   machine.createDisk('data', 0);
   for (const poolId of [0n, 1n << 64n]) {
     await assert.rejects(
-      Pool.createOn(poolFiles(machine), { dataSizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES, blockSizeBytes: BLOCK_SIZE_BYTES, metadataSizeBytes: METADATA_SIZE_BYTES, poolId }),
+      Pool.createOn(poolFiles(machine), { ...SIM_POOL_CREATE_OPTIONS, poolId }),
       /not a non-zero 64-bit number/,
     );
   }
