@@ -640,12 +640,50 @@ export class PoolCore {
     return unmappedBlocks;
   }
 
-  /** Moves virtualBlock (mapped to oldBlock) to newBlock: the end of a copy-on-write. */
+  /**
+   * Moves virtualBlock (mapped to oldBlock) to newBlock at the current time: the end of a
+   * copy-on-write, as one change. The extent holding the block keeps the parts around it; the
+   * new mapping merges with a neighbour it continues (F-POOL-22). Four tree operations for a
+   * block inside an extent, where an unmap and a separate insert took seven (the remap was a
+   * fifth of the server's CPU on writes after a snapshot).
+   */
   #remap(device: Device, virtualBlock: number, oldBlock: number, newBlock: number): void {
-    const mapping = this.lookup(device, virtualBlock);
-    assert(mapping !== undefined && mapping.dataBlock === oldBlock, `block ${virtualBlock} moved during copy-on-write`);
-    this.unmapRange(device, virtualBlock, virtualBlock + 1, false);
-    this.#insertMapping(device, virtualBlock, newBlock, false);
+    this.#mutate(`moving block ${virtualBlock} of volume ${device.details.name}`, 6, () => {
+      const tree = this.mappingTree;
+      let root = device.value.mappingRoot;
+      const found = tree.floor(root, virtualBlock);
+      assert(
+        found !== undefined && virtualBlock < found[0] + found[1].lengthBlocks && found[1].dataBlock + (virtualBlock - found[0]) === oldBlock,
+        `block ${virtualBlock} moved during copy-on-write`,
+      );
+      const [key, extent] = found;
+      const before = virtualBlock - key;
+      const after = extent.lengthBlocks - before - 1;
+      let moved: KeyedExtent = { virtualBlock, dataBlock: newBlock, lengthBlocks: 1, time: this.#fields.time };
+      if (before > 0) {
+        root = tree.insert(root, key, { dataBlock: extent.dataBlock, lengthBlocks: before, time: extent.time });
+      } else {
+        root = tree.remove(root, key);
+        const left = virtualBlock > 0 ? tree.floor(root, virtualBlock - 1) : undefined;
+        if (left !== undefined && canMerge({ virtualBlock: left[0], ...left[1] }, moved, EXTENT_LENGTH_BLOCKS_MAX)) {
+          moved = { virtualBlock: left[0], ...left[1], lengthBlocks: left[1].lengthBlocks + 1 };
+        }
+      }
+      if (after > 0) {
+        root = tree.insert(root, virtualBlock + 1, { dataBlock: oldBlock + 1, lengthBlocks: after, time: extent.time });
+      } else {
+        const right = tree.lookup(root, virtualBlock + 1);
+        if (right !== undefined && canMerge(moved, { virtualBlock: virtualBlock + 1, ...right }, EXTENT_LENGTH_BLOCKS_MAX)) {
+          root = tree.remove(root, virtualBlock + 1);
+          moved = { ...moved, lengthBlocks: moved.lengthBlocks + right.lengthBlocks };
+        }
+      }
+      root = tree.insert(root, moved.virtualBlock, { dataBlock: moved.dataBlock, lengthBlocks: moved.lengthBlocks, time: moved.time });
+      this.dataSpace.dec(oldBlock, 1);
+      this.dataSpace.inc(newBlock, 1);
+      device.value = { ...device.value, mappingRoot: root };
+      this.#markDirty(device);
+    });
     // One entry: replay never shows the block unmapped between the two halves.
     this.#note({ kind: DeltaLogEntryKind.remap, volumeId: device.id, virtualBlock, lengthBlocks: 1, dataBlock: newBlock, oldDataBlock: oldBlock });
   }
