@@ -1,5 +1,5 @@
 // Counts what passes through a block file: the figures `pool status` and the benchmarks report.
-import type { BlockFile } from './block-file.ts';
+import { ForwardingBlockFile } from './forwarding.ts';
 
 export interface IoCounters {
   reads: number;
@@ -13,54 +13,29 @@ export function zeroCounters(): IoCounters {
   return { reads: 0, readBytes: 0, writes: 0, writeBytes: 0, syncs: 0 };
 }
 
-export class CountingBlockFile implements BlockFile {
+export class CountingBlockFile extends ForwardingBlockFile {
   readonly counters: IoCounters = zeroCounters();
-  readonly inner: BlockFile;
 
-  constructor(inner: BlockFile) {
-    this.inner = inner;
-  }
-
-  get description(): string {
-    return this.inner.description;
-  }
-
-  sizeBytes(): number {
-    return this.inner.sizeBytes();
-  }
-
-  readSync(target: Uint8Array, offsetBytes: number): void {
+  override readSync(target: Uint8Array, offsetBytes: number): void {
     this.counters.reads += 1;
     this.counters.readBytes += target.length;
-    this.inner.readSync(target, offsetBytes);
+    super.readSync(target, offsetBytes);
   }
 
-  read(target: Uint8Array, offsetBytes: number): Promise<void> {
+  override read(target: Uint8Array, offsetBytes: number): Promise<void> {
     this.counters.reads += 1;
     this.counters.readBytes += target.length;
-    return this.inner.read(target, offsetBytes);
+    return super.read(target, offsetBytes);
   }
 
-  write(source: Uint8Array, offsetBytes: number): Promise<void> {
+  override write(source: Uint8Array, offsetBytes: number): Promise<void> {
     this.counters.writes += 1;
     this.counters.writeBytes += source.length;
-    return this.inner.write(source, offsetBytes);
+    return super.write(source, offsetBytes);
   }
 
-  sync(): Promise<void> {
+  override sync(): Promise<void> {
     this.counters.syncs += 1;
-    return this.inner.sync();
-  }
-
-  allocate(offsetBytes: number, lengthBytes: number): Promise<void> {
-    return this.inner.allocate?.(offsetBytes, lengthBytes) ?? Promise.resolve();
-  }
-
-  grow(sizeBytes: number): Promise<void> {
-    return this.inner.grow(sizeBytes);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
+    return super.sync();
   }
 }
