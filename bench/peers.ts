@@ -243,26 +243,26 @@ export async function peerBenchmark(options: PeerOptions): Promise<string> {
     rmSync(work, { recursive: true, force: true });
   }
   const lines = [
-    '| workload | shows | thinbd IOPS | qemu-nbd IOPS | nbdkit IOPS | thinbd/qemu-nbd | thinbd/nbdkit | thinbd CPU s/GiB | qemu-nbd CPU s/GiB | thinbd peak RSS |',
-    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| workload | shows | thinbd IOPS | qemu-nbd IOPS | nbdkit IOPS | thinbd/qemu-nbd | thinbd/nbdkit | CPU s/GiB: thinbd / qemu-nbd / nbdkit | peak RSS MiB: thinbd / qemu-nbd / nbdkit |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const workload of chosen) {
     const perServer = results.get(workload.name);
-    const iops = (server: ServerName): number | undefined => {
-      const values = perServer?.get(server)?.map((m) => m.iops);
+    const medianOf = (server: ServerName, pick: (m: Measurement) => number): number | undefined => {
+      const values = perServer?.get(server)?.map(pick);
       return values && values.length > 0 ? median(values) : undefined;
     };
-    const cpu = (server: ServerName): string => {
-      const values = perServer?.get(server)?.map((m) => m.cpuSecondsPerGiB);
-      return values && values.length > 0 ? median(values).toFixed(2) : '–';
-    };
-    const rss = Math.max(...(perServer?.get('thinbd')?.map((m) => m.peakRssBytes) ?? [0]));
+    const iops = (server: ServerName): number | undefined => medianOf(server, (m) => m.iops);
+    const eachServer = (show: (server: ServerName) => string): string => (['thinbd', 'qemu-nbd', 'nbdkit'] as const).map(show).join(' / ');
+    const cpu = eachServer((server) => medianOf(server, (m) => m.cpuSecondsPerGiB)?.toFixed(2) ?? '–');
+    const rss = eachServer((server) => {
+      const peaks = perServer?.get(server)?.map((m) => m.peakRssBytes) ?? [];
+      return peaks.length > 0 ? String(Math.round(Math.max(...peaks) / 2 ** 20)) : '–';
+    });
     const [t, q, n] = [iops('thinbd'), iops('qemu-nbd'), iops('nbdkit')];
     const show = (value: number | undefined): string => (value === undefined ? '–' : String(Math.round(value)));
     const ratio = (a: number | undefined, b: number | undefined): string => (a && b ? `${(a / b).toFixed(2)}×` : '–');
-    lines.push(
-      `| ${workload.name} | ${workload.shows} | ${show(t)} | ${show(q)} | ${show(n)} | ${ratio(t, q)} | ${ratio(t, n)} | ${cpu('thinbd')} | ${cpu('qemu-nbd')} | ${Math.round(rss / 2 ** 20)} MiB |`,
-    );
+    lines.push(`| ${workload.name} | ${workload.shows} | ${show(t)} | ${show(q)} | ${show(n)} | ${ratio(t, q)} | ${ratio(t, n)} | ${cpu} | ${rss} |`);
   }
   return lines.join('\n');
 }
