@@ -262,14 +262,15 @@ export class DeltaLog {
     // wrote it; the last record has no successor), so a write that landed elsewhere or was lost
     // would go unnoticed until a crash dropped the flush. Read each record back before the flush
     // is acknowledged: one 4 KiB read, usually from the page cache.
-    const readBack = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    const readBack = Buffer.allocUnsafe(METADATA_BLOCK_SIZE_BYTES);
     for (const write of writes) {
       try {
         await this.file.read(readBack, write.blockNr * METADATA_BLOCK_SIZE_BYTES);
       } catch (error) {
         throw new ThinError('THIN_IO', `Cannot read back delta log block ${write.blockNr} of ${this.file.description}`, { cause: error });
       }
-      if (!readBack.every((byte, index) => byte === write.bytes[index])) {
+      // A native comparison: a callback per byte cost ~30 µs a record.
+      if (!readBack.equals(write.bytes)) {
         throw new ThinError('THIN_IO', `Delta log block ${write.blockNr} of ${this.file.description} reads back different from what was written and synced (a misdirected or lost write)`);
       }
     }
