@@ -129,6 +129,9 @@ export class NbdServer {
           callback: (bytes: number) => connection?.receiveTransient(readBuffer.subarray(0, bytes)) ?? true,
         },
       } as net.SocketConstructorOpts);
+      // The accepted socket never reads or writes again; an error it might still report is the
+      // wrapper's to handle, not an uncaught exception.
+      accepted.on('error', () => {});
       socket.once('close', () => accepted.destroy());
       transientReads = true;
     }
