@@ -12,6 +12,8 @@ export class ByteQueue {
   /** Bytes of #chunks[#head] already consumed. */
   #headOffsetBytes = 0;
   #lengthBytes = 0;
+  /** How many of the last chunks are views of a buffer the caller reuses (pushTransient). */
+  #transientChunks = 0;
 
   get lengthBytes(): number {
     return this.#lengthBytes;
@@ -64,20 +66,42 @@ export class ByteQueue {
     this.#lengthBytes -= count;
   }
 
-  /** Moves what is still queued into memory of its own, so no chunk is a view of the caller's buffer. */
+  /** Queues a view of a buffer the caller will reuse; detach() must run before it does. */
+  pushTransient(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.push(chunk);
+    this.#transientChunks += 1;
+  }
+
+  /**
+   * Copies what is left of the chunks queued by pushTransient into memory of its own; chunks
+   * already owned stay as they are (copying them again made input that arrives in small pieces
+   * cost the square of its length).
+   */
   detach(): void {
-    if (this.#lengthBytes === 0) {
-      this.clear();
-      return;
+    // Transient chunks are the last ones pushed; consumed ones may already be gone.
+    const count = Math.min(this.#transientChunks, this.#chunks.length - this.#head);
+    this.#transientChunks = 0;
+    if (count <= 0) return;
+    const first = this.#chunks.length - count;
+    let lengthBytes = 0;
+    for (let index = first; index < this.#chunks.length; index++) {
+      lengthBytes += this.#chunks[index]!.length - (index === this.#head ? this.#headOffsetBytes : 0);
     }
-    const owned = Buffer.allocUnsafe(this.#lengthBytes);
-    this.#copy(owned, 0, this.#lengthBytes, false);
-    this.#chunks = [owned];
-    this.#head = 0;
-    this.#headOffsetBytes = 0;
+    const owned = Buffer.allocUnsafe(lengthBytes);
+    let position = 0;
+    for (let index = first; index < this.#chunks.length; index++) {
+      const chunk = this.#chunks[index]!;
+      const start = index === this.#head ? this.#headOffsetBytes : 0;
+      owned.set(chunk.subarray(start), position);
+      position += chunk.length - start;
+    }
+    this.#chunks.splice(first, count, owned);
+    if (first === this.#head) this.#headOffsetBytes = 0;
   }
 
   clear(): void {
+    this.#transientChunks = 0;
     this.#chunks = [];
     this.#head = 0;
     this.#headOffsetBytes = 0;

@@ -258,7 +258,7 @@ export class NbdConnection {
    */
   receiveTransient(bytes: Buffer): boolean {
     if (this.#phase === Phase.closed || this.#phase === Phase.draining) return true;
-    this.#input.push(bytes);
+    this.#input.pushTransient(bytes);
     this.#parse();
     this.#input.detach();
     return !this.#blocked;
@@ -788,9 +788,9 @@ export class NbdConnection {
 
     // Read first, straight into a reply laid out as one data chunk. When the export says none of
     // the range is a hole (the usual case) that reply goes as it is. Otherwise ranges that read as
-    // zeros go as OFFSET_HOLE chunks (no data on the wire) and the rest as OFFSET_DATA, copied
-    // into a reply laid out for them. DF asks for one data chunk. The whole reply is built before
-    // any of it is sent, so an error becomes a lone error chunk and DONE is never sent too early.
+    // zeros go as OFFSET_HOLE chunks (no data on the wire) and the rest as OFFSET_DATA chunks.
+    // DF asks for one data chunk. Everything is read before any of it is sent, so an error
+    // becomes a lone error chunk and DONE is never sent too early.
     const dataStart = STRUCTURED_REPLY_HEADER_BYTES + OFFSET_DATA_PREFIX_BYTES;
     const whole = buffers.acquire(dataStart + lengthBytes);
     let holes: boolean | void;
@@ -807,32 +807,27 @@ export class NbdConnection {
       this.#send(whole.subarray(0, dataStart + lengthBytes), whole, request);
       return;
     }
-    let totalBytes = 0;
-    for (const piece of pieces) {
-      totalBytes += STRUCTURED_REPLY_HEADER_BYTES + (piece.hole ? OFFSET_HOLE_PAYLOAD_BYTES : OFFSET_DATA_PREFIX_BYTES + piece.lengthBytes);
-    }
-    const reply = buffers.acquire(totalBytes);
-    let position = 0;
+    // The chunks go out as small headers between views of the data already read: no second
+    // buffer, no copy. All of it is sent in this turn, so nothing can fail half way; the buffer
+    // and the request are released once the socket has taken the last piece.
     for (let i = 0; i < pieces.length; i++) {
       const piece = pieces[i]!;
-      const flags = i === pieces.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
+      const last = i === pieces.length - 1;
       if (piece.hole) {
-        writeStructuredReplyHeader(reply, position, flags, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, OFFSET_HOLE_PAYLOAD_BYTES);
-        reply.writeBigUInt64BE(BigInt(piece.offsetBytes), position + STRUCTURED_REPLY_HEADER_BYTES);
-        reply.writeUInt32BE(piece.lengthBytes, position + STRUCTURED_REPLY_HEADER_BYTES + 8);
-        position += STRUCTURED_REPLY_HEADER_BYTES + OFFSET_HOLE_PAYLOAD_BYTES;
+        const chunk = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_BYTES + OFFSET_HOLE_PAYLOAD_BYTES);
+        writeStructuredReplyHeader(chunk, 0, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, OFFSET_HOLE_PAYLOAD_BYTES);
+        chunk.writeBigUInt64BE(BigInt(piece.offsetBytes), STRUCTURED_REPLY_HEADER_BYTES);
+        chunk.writeUInt32BE(piece.lengthBytes, STRUCTURED_REPLY_HEADER_BYTES + 8);
+        this.#send(chunk, last ? whole : undefined, last ? request : undefined);
       } else {
-        const payloadBytes = OFFSET_DATA_PREFIX_BYTES + piece.lengthBytes;
-        writeStructuredReplyHeader(reply, position, flags, NBD_REPLY_TYPE_OFFSET_DATA, cookie, payloadBytes);
-        reply.writeBigUInt64BE(BigInt(piece.offsetBytes), position + STRUCTURED_REPLY_HEADER_BYTES);
+        const header = Buffer.allocUnsafe(dataStart);
+        writeStructuredReplyHeader(header, 0, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_OFFSET_DATA, cookie, OFFSET_DATA_PREFIX_BYTES + piece.lengthBytes);
+        header.writeBigUInt64BE(BigInt(piece.offsetBytes), STRUCTURED_REPLY_HEADER_BYTES);
+        this.#send(header, undefined, undefined);
         const from = dataStart + piece.offsetBytes - offsetBytes;
-        whole.copy(reply, position + dataStart, from, from + piece.lengthBytes);
-        position += STRUCTURED_REPLY_HEADER_BYTES + payloadBytes;
+        this.#send(whole.subarray(from, from + piece.lengthBytes), last ? whole : undefined, last ? request : undefined);
       }
     }
-    assert(position === totalBytes, 'read reply layout does not add up');
-    buffers.release(whole);
-    this.#send(reply.subarray(0, totalBytes), reply, request);
   }
 
   /**
