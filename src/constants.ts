@@ -158,6 +158,13 @@ export const SERVE_CLOSE_TIMEOUT_MS = 10_000;
  * COMMIT_PERIOD is one second): bounds what a client that never flushes can lose.
  */
 export const COMMIT_INTERVAL_MS_DEFAULT = 1000;
+/**
+ * Commit timer ticks after which logged changes are rolled up at the first tick that finds no
+ * request in flight, even if requests keep arriving: a guest doing a little I/O every second
+ * would otherwise never have a quiet interval, and blocks freed by logged discards would stay
+ * pending until the ring filled.
+ */
+export const LOG_ROLLUP_TICKS_MAX = 10;
 
 // ---- Delta log (src/journal, docs/format.md "Delta log") ----
 

@@ -230,11 +230,16 @@ export class FileBlockFile implements BlockFile {
     return this.#track(
       () =>
         new Promise<void>((resolve) => {
-          call.async(this.#fd, 0, offsetBytes, length, (error: unknown, result: number) => {
-            if (error !== null && error !== undefined) this.#allocateAhead = false;
-            else if (result !== 0) this.#allocateAhead = false;
+          try {
+            call.async(this.#fd, 0, offsetBytes, length, (error: unknown, result: number) => {
+              if ((error !== null && error !== undefined) || result !== 0) this.#allocateAhead = false;
+              resolve();
+            });
+          } catch {
+            // koffi refuses a call it cannot queue (its async queue full): a hint not given.
+            this.#allocateAhead = false;
             resolve();
-          });
+          }
         }),
     );
   }

@@ -30,6 +30,7 @@ import { ThinError, assert, isThinError } from '../errors.ts';
 import {
   DATA_BLOCKS_RESERVED_MAX,
   DATA_HIGH_WATER_MARK_STEP_BLOCKS,
+  LOG_ROLLUP_TICKS_MAX,
   METADATA_BLOCK_SIZE_BYTES,
   METADATA_BLOCK_HEADER_BYTES,
   METADATA_DIRTY_BLOCKS_SOFT_MAX,
@@ -303,6 +304,9 @@ export class PoolCore {
   /** Requests begun since open, and that count at the commit timer's last tick (to tell a quiet interval). */
   #requestsBegun = 0;
   #requestsBegunAtTick = 0;
+  /** Rollups seen at the last tick, and ticks since the count last changed (LOG_ROLLUP_TICKS_MAX). */
+  #rollupsAtTick = 0;
+  #ticksSinceRollup = 0;
   #drainWaiters: Array<() => void> = [];
   #dataBytesWritten = 0;
   #dataSyncs = 0;
@@ -1256,8 +1260,13 @@ export class PoolCore {
    * on an fdatasync of everything written each second, and promised nobody anything.
    */
   commitIfChanged(): void {
-    const quiet = this.#requestsInFlight === 0 && this.#requestsBegun === this.#requestsBegunAtTick;
+    const quietInterval = this.#requestsBegun === this.#requestsBegunAtTick;
     this.#requestsBegunAtTick = this.#requestsBegun;
+    if (this.#rollups !== this.#rollupsAtTick) {
+      this.#rollupsAtTick = this.#rollups;
+      this.#ticksSinceRollup = 0;
+    } else this.#ticksSinceRollup += 1;
+    const quiet = this.#requestsInFlight === 0 && (quietInterval || this.#ticksSinceRollup >= LOG_ROLLUP_TICKS_MAX);
     if (this.#mode !== 'read-write' || this.#closing) return;
     if (this.#commitRunning !== undefined || this.#commitQueued !== undefined) return;
     const state = this.#flushState();

@@ -246,3 +246,21 @@ test('an idle pool rolls its log up on the commit timer', async () => {
   assert.ok(pool.status().counters.rollups > rollups);
   await pool.close();
 });
+
+test('logged changes are rolled up even when requests never pause for a whole commit interval', async () => {
+  const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
+  const pool = await Pool.createOn(files, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
+  const v = await pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+  await v.write(0, filled(4096, 1));
+  await pool.rollup();
+  await v.write(3 * BLOCK, filled(4096, 2));
+  await pool.flush();
+  assert.equal(pool.status().counters.logBlocksUsed, 1);
+  // A write every few milliseconds: no commit interval is ever free of requests.
+  for (let round = 0; round < 400 && pool.status().counters.logBlocksUsed > 0; round++) {
+    await v.write(0, filled(512, round & 0xff));
+    await new Promise((resolve) => setTimeout(resolve, 3));
+  }
+  assert.equal(pool.status().counters.logBlocksUsed, 0, 'the log was rolled up between requests');
+  await pool.close();
+});
