@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
+import type { Volume } from '../../src/pool/volume.ts';
 import { checkPool } from '../../src/tools/check.ts';
 import { DELTA_LOG_BLOCK_COUNT, DELTA_LOG_FIRST_BLOCK_NR, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import { readDeltaLog } from '../../src/journal/replay.ts';
@@ -231,7 +232,8 @@ test('a flush with more changes than a record holds writes several chained recor
   await pool.close();
 });
 
-test('an idle pool rolls its log up on the commit timer', async () => {
+/** A pool on a 10 ms commit timer whose delta log holds one record (a new block, flushed). */
+async function poolWithOneLoggedRecord(): Promise<{ pool: Pool; v: Volume }> {
   const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
   const pool = await Pool.createOn(files, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
   const v = await pool.createVolume('v', { sizeBytes: 8 * BLOCK });
@@ -240,6 +242,11 @@ test('an idle pool rolls its log up on the commit timer', async () => {
   await v.write(3 * BLOCK, filled(4096, 2));
   await pool.flush();
   assert.equal(pool.status().counters.logBlocksUsed, 1);
+  return { pool, v };
+}
+
+test('an idle pool rolls its log up on the commit timer', async () => {
+  const { pool, v } = await poolWithOneLoggedRecord();
   const rollups = pool.status().counters.rollups;
   for (let waited = 0; waited < 100 && pool.status().counters.logBlocksUsed > 0; waited++) await new Promise((resolve) => setTimeout(resolve, 10));
   assert.equal(pool.status().counters.logBlocksUsed, 0, 'the log was rolled up while idle');
@@ -248,14 +255,7 @@ test('an idle pool rolls its log up on the commit timer', async () => {
 });
 
 test('logged changes are rolled up even when requests never pause for a whole commit interval', async () => {
-  const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
-  const pool = await Pool.createOn(files, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
-  const v = await pool.createVolume('v', { sizeBytes: 8 * BLOCK });
-  await v.write(0, filled(4096, 1));
-  await pool.rollup();
-  await v.write(3 * BLOCK, filled(4096, 2));
-  await pool.flush();
-  assert.equal(pool.status().counters.logBlocksUsed, 1);
+  const { pool, v } = await poolWithOneLoggedRecord();
   // A write every few milliseconds: no commit interval is ever free of requests.
   for (let round = 0; round < 400 && pool.status().counters.logBlocksUsed > 0; round++) {
     await v.write(0, filled(512, round & 0xff));
