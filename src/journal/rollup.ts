@@ -11,10 +11,11 @@
 //   raised high-water mark), the log off,
 //   or the ring full                         → rollup
 //
-// A rollup also runs when the pool has been idle for one commit interval after a change (the
-// commit timer's tick), and on clean close. The timer commits only mapping changes: data written
-// in place waits for a client's flush (or the kernel's writeback), as with any disk. After it is durable the log starts again, empty, under
-// the new generation (DeltaLog.restart).
+// A rollup also runs on a commit timer tick after a change was logged, once a commit interval
+// passed with no request or LOG_ROLLUP_TICKS_MAX ticks passed without a rollup (and nothing is in
+// flight), and on clean close. After it is durable the log starts again, empty, under the new
+// generation (DeltaLog.restart). The timer commits only mapping changes: data written in place
+// waits for a client's flush (or the kernel's writeback), as with any disk.
 //
 // Stall bound: a rollup seals synchronously (folds reference counts, checksums the dirty blocks:
 // at most METADATA_DIRTY_BLOCKS_SOFT_MAX blocks, since the pool commits once that many are dirty),
@@ -45,9 +46,9 @@ export function planFlush(state: FlushState): FlushPlan {
 }
 
 /**
- * The idle rule, asked on a commit timer tick that ended a quiet interval (no request began
- * during it and none is in flight): everything changed is already logged, so fold the log now,
- * while nobody waits for it.
+ * The idle rule, asked on a commit timer tick that finds nothing in flight after a quiet interval
+ * (or after LOG_ROLLUP_TICKS_MAX ticks without a rollup; PoolCore.commitIfChanged): everything
+ * changed is already logged, so fold the log now, while nobody waits for it.
  */
 export function idleRollupDue(state: FlushState): boolean {
   if (state.log === undefined || !state.metadataChanged) return false;

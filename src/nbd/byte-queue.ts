@@ -12,8 +12,8 @@ export class ByteQueue {
   /** Bytes of #chunks[#head] already consumed. */
   #headOffsetBytes = 0;
   #lengthBytes = 0;
-  /** How many of the last chunks are views of a buffer the caller reuses (pushTransient). */
-  #transientChunks = 0;
+  /** The last chunk is a view of a buffer the caller reuses (pushTransient). */
+  #lastIsTransient = false;
 
   get lengthBytes(): number {
     return this.#lengthBytes;
@@ -68,40 +68,28 @@ export class ByteQueue {
 
   /** Queues a view of a buffer the caller will reuse; detach() must run before it does. */
   pushTransient(chunk: Buffer): void {
+    assert(!this.#lastIsTransient, 'a second transient chunk before detach()');
     if (chunk.length === 0) return;
     this.push(chunk);
-    this.#transientChunks += 1;
+    this.#lastIsTransient = true;
   }
 
   /**
-   * Copies what is left of the chunks queued by pushTransient into memory of its own; chunks
-   * already owned stay as they are (copying them again made input that arrives in small pieces
-   * cost the square of its length).
+   * Copies what is left of the chunk queued by pushTransient into memory of its own; the chunks
+   * before it are owned already and stay as they are.
    */
   detach(): void {
-    // Transient chunks are the last ones pushed; consumed ones may already be gone.
-    const count = Math.min(this.#transientChunks, this.#chunks.length - this.#head);
-    this.#transientChunks = 0;
-    if (count <= 0) return;
-    const first = this.#chunks.length - count;
-    let lengthBytes = 0;
-    for (let index = first; index < this.#chunks.length; index++) {
-      lengthBytes += this.#chunks[index]!.length - (index === this.#head ? this.#headOffsetBytes : 0);
-    }
-    const owned = Buffer.allocUnsafe(lengthBytes);
-    let position = 0;
-    for (let index = first; index < this.#chunks.length; index++) {
-      const chunk = this.#chunks[index]!;
-      const start = index === this.#head ? this.#headOffsetBytes : 0;
-      owned.set(chunk.subarray(start), position);
-      position += chunk.length - start;
-    }
-    this.#chunks.splice(first, count, owned);
-    if (first === this.#head) this.#headOffsetBytes = 0;
+    if (!this.#lastIsTransient) return;
+    this.#lastIsTransient = false;
+    const index = this.#chunks.length - 1;
+    if (index < this.#head) return; // consumed whole
+    const start = index === this.#head ? this.#headOffsetBytes : 0;
+    this.#chunks[index] = Buffer.from(this.#chunks[index]!.subarray(start));
+    if (index === this.#head) this.#headOffsetBytes = 0;
   }
 
   clear(): void {
-    this.#transientChunks = 0;
+    this.#lastIsTransient = false;
     this.#chunks = [];
     this.#head = 0;
     this.#headOffsetBytes = 0;
