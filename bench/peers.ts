@@ -9,8 +9,9 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { volumeSyncLoop } from './volume-sync.ts';
 
-const ROOT = resolve(import.meta.dirname, '..');
-const THINBD = join(ROOT, 'bin', 'thinbd');
+/** The repository, and its thinbd command (the benchmarks run the built CLI). */
+export const ROOT = resolve(import.meta.dirname, '..');
+export const THINBD = join(ROOT, 'bin', 'thinbd');
 const EXPORT = 'vol0';
 const GiB = 1024 ** 3;
 

@@ -8,23 +8,15 @@
 //
 // npm run bench -- snapshot-peers [--quick] [--write-doc]
 import { spawnSync } from 'node:child_process';
-import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
-import { once } from 'node:events';
-import { join, resolve } from 'node:path';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Pool } from '../src/pool/pool.ts';
-import { machineDescription, writeBenchmarkSection } from './peers.ts';
+import { ROOT, THINBD, machineDescription, writeBenchmarkSection } from './peers.ts';
+import { BLOCK_SIZE_BYTES, MAPPINGS_FULL, MAPPINGS_QUICK, writeThinDumpXml } from './tools.ts';
 
-const ROOT = resolve(import.meta.dirname, '..');
-const THINBD = join(ROOT, 'bin', 'thinbd');
-const BLOCK_SIZE_BYTES = 64 * 1024;
-const SECTOR_BYTES = 512;
 const QCOW2_CLUSTER_BYTES = 4096;
-const MAPPINGS_FULL = 1_048_576;
-const MAPPINGS_QUICK = 65_536;
 const SNAPSHOTS = 3;
-/** Odd, so i ↦ i × it mod 2^k visits every data block once. */
-const SCATTER_MULTIPLIER = 40_503;
 
 interface Timed {
   seconds: number;
@@ -44,25 +36,6 @@ function timed(command: string, args: string[]): Timed {
 function run(command: string, args: string[]): void {
   const result = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
   if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status}): ${result.stderr}`);
-}
-
-/** thin_dump XML: one volume, virtual block 2i on data block (i × odd) mod count, no runs. */
-async function writeXml(path: string, mappings: number): Promise<void> {
-  const stream = createWriteStream(path);
-  let lines: string[] = [
-    `<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="${BLOCK_SIZE_BYTES / SECTOR_BYTES}" nr_data_blocks="${mappings}">\n`,
-    `  <device dev_id="1" mapped_blocks="${mappings}" transaction="0" creation_time="0" snap_time="0">\n`,
-  ];
-  for (let index = 0; index < mappings; index += 1) {
-    lines.push(`    <single_mapping origin_block="${2 * index}" data_block="${(index * SCATTER_MULTIPLIER) % mappings}" time="0"/>\n`);
-    if (lines.length >= 8192) {
-      if (!stream.write(lines.join(''))) await once(stream, 'drain');
-      lines = [];
-    }
-  }
-  lines.push('  </device>\n</superblock>\n');
-  stream.end(lines.join(''));
-  await once(stream, 'finish');
 }
 
 function median(values: number[]): number {
@@ -89,7 +62,7 @@ export async function snapshotPeersBenchmark(flags: string[]): Promise<void> {
       const imageBytes = mappedBlocks > 0 ? mappedBlocks * QCOW2_CLUSTER_BYTES : 1024 ** 3;
       if (mappedBlocks > 0) {
         const xml = join(work, 'mappings.xml');
-        await writeXml(xml, mappedBlocks);
+        await writeThinDumpXml(xml, 'scattered', mappedBlocks);
         run(process.execPath, [THINBD, 'restore', '--pool', pool, '-i', xml, '--data-size', String(mappedBlocks * BLOCK_SIZE_BYTES)]);
         rmSync(xml);
         run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `cluster_size=${QCOW2_CLUSTER_BYTES},preallocation=metadata`, image, String(imageBytes)]);

@@ -15,17 +15,15 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, createWriteStream, mkdtempSync, openSync, readSync, rmSync, writeFileSync, truncateSync } from 'node:fs';
 import { once } from 'node:events';
 import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { writeBenchmarkSection } from './peers.ts';
+import { ROOT, THINBD, writeBenchmarkSection } from './peers.ts';
 
-const ROOT = resolve(import.meta.dirname, '..');
-const THINBD = join(ROOT, 'bin', 'thinbd');
-const BLOCK_SIZE_BYTES = 64 * 1024;
+export const BLOCK_SIZE_BYTES = 64 * 1024;
 const SECTOR_BYTES = 512;
 const METADATA_BLOCK_SIZE_BYTES = 4096;
-const MAPPINGS_FULL = 1_048_576;
-const MAPPINGS_QUICK = 65_536;
+export const MAPPINGS_FULL = 1_048_576;
+export const MAPPINGS_QUICK = 65_536;
 /** Odd, so i ↦ i × it mod 2^k is a permutation of the data blocks. */
 const SCATTER_MULTIPLIER = 40_503;
 /** Blocks per run in the sequential layout. */
@@ -41,7 +39,7 @@ const DM_METADATA_SM_ROOT_OFFSET = 192;
 /** In a space map root: nr_blocks u64, then nr_allocated u64. */
 const DM_SM_ROOT_ALLOCATED_OFFSET = 8;
 
-type Layout = 'scattered' | 'sequential';
+export type Layout = 'scattered' | 'sequential';
 
 interface Measured {
   layout: Layout;
@@ -88,7 +86,7 @@ function median(values: number[]): number {
 }
 
 /** thin_dump XML of one device with `mappings` mapped blocks in the given layout. */
-async function writeXml(path: string, layout: Layout, mappings: number): Promise<number> {
+export async function writeThinDumpXml(path: string, layout: Layout, mappings: number): Promise<number> {
   const dataBlockCount = mappings;
   const stream = createWriteStream(path);
   const lines: string[] = [];
@@ -138,7 +136,7 @@ function dmMetadataBytes(path: string, dataBlockCount: number): number {
 
 async function measure(work: string, layout: Layout, mappings: number, rounds: number): Promise<Measured> {
   const xml = join(work, `${layout}.xml`);
-  const dataBlockCount = await writeXml(xml, layout, mappings);
+  const dataBlockCount = await writeThinDumpXml(xml, layout, mappings);
   const pool = join(work, `${layout}-pool`);
   const dmMetadata = join(work, `${layout}-dm-metadata`);
 
