@@ -62,6 +62,14 @@ export const NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT = 4096;
 // ---- pdata: metadata blocks, B+trees, space maps, superblock copies (docs/format.md) ----
 
 /**
+ * A client's flush syncs on the main thread (BlockFile SyncOptions.inline) when no other request
+ * is in flight and at most this much data was written since the last sync: the sync then waits
+ * for little more than the disk's cache flush, and the event loop has nothing else to do. Larger
+ * syncs, and any sync with requests in flight, go to a worker thread.
+ */
+export const INLINE_SYNC_DIRTY_BYTES_MAX = 1024 * 1024;
+
+/**
  * Block-sized scratch buffers the pool keeps for copy-on-write and partly written new blocks:
  * 16 MiB holds 256 of 64 KiB (more than the requests in flight on a busy server), none of 1 GiB.
  * Beyond it buffers are allocated per write and left to the garbage collector.

@@ -1,4 +1,5 @@
 // Counts what passes through a block file: the figures `pool status` and the benchmarks report.
+import type { SyncOptions } from './block-file.ts';
 import { ForwardingBlockFile } from './forwarding.ts';
 
 export interface IoCounters {
@@ -34,8 +35,8 @@ export class CountingBlockFile extends ForwardingBlockFile {
     return super.write(source, offsetBytes);
   }
 
-  override sync(): Promise<void> {
+  override sync(options?: SyncOptions): Promise<void> {
     this.counters.syncs += 1;
-    return super.sync();
+    return super.sync(options);
   }
 }

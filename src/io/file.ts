@@ -5,7 +5,8 @@
 // reads, writes to block devices) go to the libuv pool as fs.read/fs.write with callbacks. The
 // pool's round trip cost about half the server's CPU on 4 KiB requests, and FileHandle promises
 // cost about three times as much per operation as callbacks (refs/node-io.md).
-// readSync serves the metadata layer, whose blocks are almost always in the page cache.
+// readSync serves the metadata layer, whose blocks are almost always in the page cache. Syncs
+// go to the libuv pool, unless the caller says that nothing else waits (SyncOptions.inline).
 //
 // Files are opened 'r+', never with O_APPEND: Linux ignores the position of pwrite on files
 // opened O_APPEND, which would append every block to the end.
@@ -17,7 +18,7 @@
 // durable again until the file is reopened and what is on disk is read back.
 import fs from 'node:fs';
 import koffi from 'koffi';
-import type { BlockFile } from './block-file.ts';
+import type { BlockFile, SyncOptions } from './block-file.ts';
 import { ThinError, assert } from '../errors.ts';
 
 export interface FileOpenOptions {
@@ -191,7 +192,7 @@ export class FileBlockFile implements BlockFile {
     });
   }
 
-  sync(): Promise<void> {
+  sync(options: SyncOptions = {}): Promise<void> {
     return this.#track(async () => {
       this.#checkOpen();
       if (this.#failure !== undefined) {
@@ -204,7 +205,8 @@ export class FileBlockFile implements BlockFile {
       }
       if (this.readOnly) return;
       try {
-        await callback<void>((done) => fs.fdatasync(this.#fd, done));
+        if (options.inline === true) fs.fdatasyncSync(this.#fd);
+        else await callback<void>((done) => fs.fdatasync(this.#fd, done));
       } catch (error) {
         throw this.#fail(
           new ThinError('THIN_IO', `Cannot sync ${this.description}: ${errorCode(error)}`, { cause: error }),

@@ -2,7 +2,7 @@
 // calls they watch or change (CountingBlockFile counts; tests record writes and syncs, fail on
 // demand, ignore close), so each such file says what it changes and nothing else. The inner
 // file keeps its own type for callers that reach past the BlockFile interface.
-import type { BlockFile } from './block-file.ts';
+import type { BlockFile, SyncOptions } from './block-file.ts';
 
 export class ForwardingBlockFile<Inner extends BlockFile = BlockFile> implements BlockFile {
   readonly inner: Inner;
@@ -31,8 +31,8 @@ export class ForwardingBlockFile<Inner extends BlockFile = BlockFile> implements
     return this.inner.write(source, offsetBytes);
   }
 
-  sync(): Promise<void> {
-    return this.inner.sync();
+  sync(options?: SyncOptions): Promise<void> {
+    return this.inner.sync(options);
   }
 
   allocate(offsetBytes: number, lengthBytes: number): Promise<void> {

@@ -28,7 +28,7 @@ import {
   METADATA_BLOCK_SIZE_BYTES,
 } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
-import type { BlockFile } from '../io/block-file.ts';
+import type { BlockFile, SyncOptions } from '../io/block-file.ts';
 import { Block, BlockType, checksumOf, getU64, sealBlock, setU64 } from '../pdata/index.ts';
 
 /** "TLOG" read as a little-endian u32. */
@@ -221,9 +221,10 @@ export class DeltaLog {
 
   /**
    * Writes `entries` as the next record(s), awaits every write, then syncs the metadata file. The
-   * caller has already synced the data they point at. Resolves when the records are durable.
+   * caller has already synced the data they point at, and says how the sync may run
+   * (syncOptions). Resolves when the records are durable.
    */
-  async append(entries: readonly DeltaLogEntry[], time: number): Promise<void> {
+  async append(entries: readonly DeltaLogEntry[], time: number, syncOptions: SyncOptions = {}): Promise<void> {
     assert(entries.length > 0, 'appending no delta log entries');
     const recordCount = recordsFor(entries.length);
     const start = this.#position;
@@ -254,7 +255,7 @@ export class DeltaLog {
       await Promise.all(writes.map((write) => this.file.write(write.bytes, write.blockNr * METADATA_BLOCK_SIZE_BYTES)));
       this.counters.blocksWritten += writes.length;
       this.counters.syncs += 1;
-      await this.file.sync();
+      await this.file.sync(syncOptions);
     } catch (error) {
       throw new ThinError('THIN_IO', `Appending ${recordCount} delta log record(s) to ${this.file.description} failed`, { cause: error });
     }

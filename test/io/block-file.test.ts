@@ -143,6 +143,23 @@ describe('FileBlockFile', () => {
     await file.close();
   });
 
+  test('an inline sync calls fdatasync on the calling thread, fails as a worker-thread one does, and every later sync fails', async (t) => {
+    const filePath = temporaryPath();
+    const file = await FileBlockFile.create(filePath, { sizeBytes: 8192 });
+    await file.write(Buffer.alloc(4096, 0x33), 0);
+    const fdatasyncSync = t.mock.method(fs, 'fdatasyncSync');
+    const syncing = file.sync({ inline: true });
+    assert.equal(fdatasyncSync.mock.callCount(), 1, 'called before sync() returned');
+    await syncing;
+    await file.sync();
+    assert.equal(fdatasyncSync.mock.callCount(), 1, 'a sync without the hint goes to a worker thread');
+    await file.close();
+    const full = await FileBlockFile.open('/dev/full');
+    await assert.rejects(full.sync({ inline: true }), (error) => isThinError(error, 'THIN_IO') && error.message === 'Cannot sync /dev/full: EINVAL');
+    await assert.rejects(full.sync(), (error) => isThinError(error, 'THIN_IO') && /an earlier write or sync failed/.test(error.message));
+    await full.close();
+  });
+
   test('a failed read names size, offset, path and errno', async () => {
     // Reading unmapped addresses of /proc/self/mem fails with EIO.
     const file = await FileBlockFile.open('/proc/self/mem', { readOnly: true });

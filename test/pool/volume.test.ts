@@ -1,7 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isThinError } from '../../src/errors.ts';
-import { DATA_HIGH_WATER_MARK_STEP_BLOCKS } from '../../src/constants.ts';
+import { DATA_HIGH_WATER_MARK_STEP_BLOCKS, INLINE_SYNC_DIRTY_BYTES_MAX } from '../../src/constants.ts';
+import type { SyncOptions } from '../../src/io/block-file.ts';
+import { CountingBlockFile } from '../../src/io/counting.ts';
+import { ForwardingBlockFile } from '../../src/io/forwarding.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { checkPool } from '../../src/tools/check.ts';
@@ -473,6 +476,67 @@ test('on a data file with old contents, a partial write to a new block still rea
   await pool.close();
 });
 
+test('a first write that starts a never-written block writes it whole; one inside it writes only its bytes', async () => {
+  const data = new CountingBlockFile(new MemoryBlockFile(0, 'data'));
+  const pool = await Pool.createOn({ metadata: new MemoryBlockFile(0), data }, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const v = await pool.createVolume('v', { sizeBytes: 3 * BLOCK });
+  const bytesWritten = async (offsetBytes: number, length: number, value: number): Promise<number> => {
+    const before = data.counters.writeBytes;
+    await v.write(offsetBytes, filled(length, value));
+    return data.counters.writeBytes - before;
+  };
+  assert.equal(await bytesWritten(100, 10, 1), 10, 'inside a new block: only the bytes asked');
+  assert.equal(await bytesWritten(BLOCK, 10, 2), BLOCK, 'at the start of a new block: the whole block');
+  assert.equal(await bytesWritten(BLOCK + 10, 10, 3), 10, 'the stream goes on in place');
+  assert.equal(await bytesWritten(0, 10, 4), 10, 'the start of a mapped block: in place');
+  const expected = new Uint8Array(3 * BLOCK);
+  expected.set(filled(10, 4), 0);
+  expected.set(filled(10, 1), 100);
+  expected.set(filled(10, 2), BLOCK);
+  expected.set(filled(10, 3), BLOCK + 10);
+  assert.deepEqual(await readAll(pool, 'v'), expected);
+  await pool.close();
+});
+
+test('a flush syncs on the calling thread only with no request in flight and little data written', async () => {
+  class SyncRecorder extends ForwardingBlockFile {
+    readonly inline: boolean[] = [];
+    gate: Promise<void> | undefined;
+    override async write(source: Uint8Array, offsetBytes: number): Promise<void> {
+      await this.gate;
+      await super.write(source, offsetBytes);
+    }
+    override sync(options?: SyncOptions): Promise<void> {
+      this.inline.push(options?.inline === true);
+      return super.sync(options);
+    }
+  }
+  const data = new SyncRecorder(new MemoryBlockFile(0, 'data'));
+  const pool = await Pool.createOn({ metadata: new MemoryBlockFile(0), data }, { dataSizeBytes: 32 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const blocks = Math.ceil(INLINE_SYNC_DIRTY_BYTES_MAX / BLOCK) + 1;
+  const v = await pool.createVolume('v', { sizeBytes: blocks * BLOCK });
+  await v.write(0, filled(blocks * BLOCK, 1));
+  await pool.flush();
+  const flushAfter = async (write: () => Promise<void>): Promise<boolean[]> => {
+    await write();
+    data.inline.length = 0;
+    await pool.flush();
+    return [...data.inline];
+  };
+  assert.deepEqual(await flushAfter(() => v.write(10, filled(10, 2))), [true], 'a small write, nothing in flight');
+  assert.deepEqual(await flushAfter(() => v.write(0, filled(blocks * BLOCK, 3))), [false], `over ${INLINE_SYNC_DIRTY_BYTES_MAX} bytes written`);
+  let open!: () => void;
+  let pending: Promise<void> | undefined;
+  assert.deepEqual(await flushAfter(async () => {
+    await v.write(10, filled(10, 4));
+    data.gate = new Promise((resolve) => (open = resolve));
+    pending = v.write(BLOCK, filled(10, 5));
+  }), [false], 'a write in flight');
+  open();
+  await pending;
+  await pool.close();
+});
+
 test('with a commit interval, writes nobody flushes become durable by themselves', async () => {
   const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
   const pool = await Pool.createOn(files, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
@@ -577,7 +641,7 @@ test('a data write that fails fails its request, maps nothing, and fails every l
   await pool.snapshot('v', 's');
   await pool.flush();
   data.failWrites = true;
-  await assert.rejects(v.write(2 * BLOCK, filled(10, 2)), code('THIN_IO'));
+  await assert.rejects(v.write(2 * BLOCK + 5, filled(10, 2)), code('THIN_IO'));
   // This file forgets the failure and would sync again; the kernel may likewise have dropped the
   // dirty pages and report the next fsync a success (refs/fault-model.md §6). The pool remembers.
   data.failWrites = false;
