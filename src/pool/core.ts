@@ -575,23 +575,7 @@ export class PoolCore {
   /** Maps virtualBlock (unmapped) to dataBlock at the current time, merging with neighbours (F-POOL-22). */
   #insertMapping(device: Device, virtualBlock: number, dataBlock: number, logged = true): void {
     this.#mutate(`mapping block ${virtualBlock} of volume ${device.details.name}`, 5, () => {
-      const tree = this.mappingTree;
-      let root = device.value.mappingRoot;
-      let merged: KeyedExtent = { virtualBlock, dataBlock, lengthBlocks: 1, time: this.#fields.time };
-      if (virtualBlock > 0) {
-        const left = tree.floor(root, virtualBlock - 1);
-        if (left !== undefined) {
-          const leftExtent: KeyedExtent = { virtualBlock: left[0], ...left[1] };
-          assert(leftExtent.virtualBlock + leftExtent.lengthBlocks <= virtualBlock, `block ${virtualBlock} is already mapped`);
-          if (canMerge(leftExtent, merged, EXTENT_LENGTH_BLOCKS_MAX)) merged = { ...leftExtent, lengthBlocks: leftExtent.lengthBlocks + 1 };
-        }
-      }
-      const right = tree.lookup(root, virtualBlock + 1);
-      if (right !== undefined && canMerge(merged, { virtualBlock: virtualBlock + 1, ...right }, EXTENT_LENGTH_BLOCKS_MAX)) {
-        root = tree.remove(root, virtualBlock + 1);
-        merged = { ...merged, lengthBlocks: merged.lengthBlocks + right.lengthBlocks };
-      }
-      root = tree.insert(root, merged.virtualBlock, { dataBlock: merged.dataBlock, lengthBlocks: merged.lengthBlocks, time: merged.time });
+      const root = this.#insertJoined(device.value.mappingRoot, { virtualBlock, dataBlock, lengthBlocks: 1, time: this.#fields.time }, true, true);
       this.dataSpace.inc(dataBlock, 1);
       device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount + 1 };
       this.#markDirty(device);
@@ -646,6 +630,33 @@ export class PoolCore {
   }
 
   /**
+   * Inserts the one-block extent `block`, whose virtual block `root` leaves unmapped, joined with
+   * the neighbour on either side that it continues (F-POOL-22); a side passed false is one the
+   * caller knows cannot continue it, and is not looked up. Returns the new root.
+   */
+  #insertJoined(root: number, block: KeyedExtent, joinLeft: boolean, joinRight: boolean): number {
+    const tree = this.mappingTree;
+    const { virtualBlock } = block;
+    let joined = block;
+    if (joinLeft && virtualBlock > 0) {
+      const left = tree.floor(root, virtualBlock - 1);
+      if (left !== undefined) {
+        const leftExtent: KeyedExtent = { virtualBlock: left[0], ...left[1] };
+        assert(leftExtent.virtualBlock + leftExtent.lengthBlocks <= virtualBlock, `block ${virtualBlock} is already mapped`);
+        if (canMerge(leftExtent, joined, EXTENT_LENGTH_BLOCKS_MAX)) joined = { ...leftExtent, lengthBlocks: leftExtent.lengthBlocks + 1 };
+      }
+    }
+    if (joinRight) {
+      const right = tree.lookup(root, virtualBlock + 1);
+      if (right !== undefined && canMerge(joined, { virtualBlock: virtualBlock + 1, ...right }, EXTENT_LENGTH_BLOCKS_MAX)) {
+        root = tree.remove(root, virtualBlock + 1);
+        joined = { ...joined, lengthBlocks: joined.lengthBlocks + right.lengthBlocks };
+      }
+    }
+    return tree.insert(root, joined.virtualBlock, { dataBlock: joined.dataBlock, lengthBlocks: joined.lengthBlocks, time: joined.time });
+  }
+
+  /**
    * Moves virtualBlock (mapped to oldBlock) to newBlock at the current time: the end of a
    * copy-on-write, as one change. The extent holding the block keeps the parts around it; the
    * new mapping merges with a neighbour it continues (F-POOL-22). Four tree operations for a
@@ -664,26 +675,11 @@ export class PoolCore {
       const [key, extent] = found;
       const before = virtualBlock - key;
       const after = extent.lengthBlocks - before - 1;
-      let moved: KeyedExtent = { virtualBlock, dataBlock: newBlock, lengthBlocks: 1, time: this.#fields.time };
-      if (before > 0) {
-        root = tree.insert(root, key, { dataBlock: extent.dataBlock, lengthBlocks: before, time: extent.time });
-      } else {
-        root = tree.remove(root, key);
-        const left = virtualBlock > 0 ? tree.floor(root, virtualBlock - 1) : undefined;
-        if (left !== undefined && canMerge({ virtualBlock: left[0], ...left[1] }, moved, EXTENT_LENGTH_BLOCKS_MAX)) {
-          moved = { virtualBlock: left[0], ...left[1], lengthBlocks: left[1].lengthBlocks + 1 };
-        }
-      }
-      if (after > 0) {
-        root = tree.insert(root, virtualBlock + 1, { dataBlock: oldBlock + 1, lengthBlocks: after, time: extent.time });
-      } else {
-        const right = tree.lookup(root, virtualBlock + 1);
-        if (right !== undefined && canMerge(moved, { virtualBlock: virtualBlock + 1, ...right }, EXTENT_LENGTH_BLOCKS_MAX)) {
-          root = tree.remove(root, virtualBlock + 1);
-          moved = { ...moved, lengthBlocks: moved.lengthBlocks + right.lengthBlocks };
-        }
-      }
-      root = tree.insert(root, moved.virtualBlock, { dataBlock: moved.dataBlock, lengthBlocks: moved.lengthBlocks, time: moved.time });
+      if (before > 0) root = tree.insert(root, key, { dataBlock: extent.dataBlock, lengthBlocks: before, time: extent.time });
+      else root = tree.remove(root, key);
+      if (after > 0) root = tree.insert(root, virtualBlock + 1, { dataBlock: oldBlock + 1, lengthBlocks: after, time: extent.time });
+      // The kept pieces of the old extent hold old blocks, which the new one never continues.
+      root = this.#insertJoined(root, { virtualBlock, dataBlock: newBlock, lengthBlocks: 1, time: this.#fields.time }, before === 0, after === 0);
       this.dataSpace.dec(oldBlock, 1);
       this.dataSpace.inc(newBlock, 1);
       device.value = { ...device.value, mappingRoot: root };
