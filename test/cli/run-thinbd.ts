@@ -35,6 +35,7 @@ export function thinbdJson<T>(args: string[], options: { env?: Record<string, st
   return JSON.parse(result.stdout) as T;
 }
 
+/** Starts thinbd without waiting for it; its standard input is a pipe the caller writes. */
 export function spawnThinbd(args: string[]): ChildProcess {
-  return spawn(process.execPath, [THINBD, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawn(process.execPath, [THINBD, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
 }
