@@ -1,6 +1,8 @@
 // Peer benchmarks (issue 6): thinbd against `qemu-nbd -f qcow2` (the userspace thin/snapshot
 // incumbent) and `nbdkit file` (a raw file over NBD: the practical ceiling), all on the same file
-// system, driven by the same `fio --ioengine=nbd` job, servers alternating round by round.
+// system, driven by the same `fio --ioengine=nbd` job, servers alternating round by round. On
+// request (`--servers ...,node-floor`) also the least a Node NBD server can do per request
+// (node-floor-server.ts), to tell the runtime's cost from thinbd's own.
 // Reports medians and thinbd/peer ratios; `--write-doc` rewrites docs/benchmarks.md.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync, writeFileSync, readFileSync, mkdirSync } from 'node:fs';
@@ -15,7 +17,9 @@ export const THINBD = join(ROOT, 'bin', 'thinbd');
 const EXPORT = 'vol0';
 const GiB = 1024 ** 3;
 
-export type ServerName = 'thinbd' | 'qemu-nbd' | 'nbdkit';
+export type ServerName = 'thinbd' | 'qemu-nbd' | 'nbdkit' | 'node-floor';
+/** Every server, in table order; node-floor runs only when --servers names it. */
+export const SERVER_NAMES: readonly ServerName[] = ['thinbd', 'qemu-nbd', 'nbdkit', 'node-floor'];
 export type Preparation = 'provisioned' | 'fresh' | 'snapshot';
 
 export interface Workload {
@@ -30,7 +34,7 @@ export interface Workload {
   driver: 'fio' | 'ext4-fsync';
 }
 
-const all: ServerName[] = ['thinbd', 'qemu-nbd', 'nbdkit'];
+const all: ServerName[] = ['thinbd', 'qemu-nbd', 'nbdkit', 'node-floor'];
 
 export function workloads(runtimeSeconds: number): Workload[] {
   const timed = [`--runtime=${runtimeSeconds}`, '--time_based', '--ramp_time=1'];
@@ -146,7 +150,10 @@ async function startServer(server: ServerName, preparation: Preparation, dir: st
   } else {
     const file = join(dir, 'disk.raw');
     run('truncate', ['-s', String(sizeBytes), file]);
-    child = spawn('nbdkit', ['-f', '-U', socket, '-e', EXPORT, 'file', file], { stdio: 'ignore' });
+    child =
+      server === 'nbdkit'
+        ? spawn('nbdkit', ['-f', '-U', socket, '-e', EXPORT, 'file', file], { stdio: 'ignore' })
+        : spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench', 'node-floor-server.ts'), socket, file], { stdio: 'ignore' });
     await waitForSocket(socket, child);
     uri = `nbd+unix:///${EXPORT}?socket=${socket}`;
     if (preparation !== 'fresh') fill(uri);
@@ -201,7 +208,7 @@ export interface PeerOptions {
   writeDoc: boolean;
   /** thinbd's data block size (pool create --block-size); the default when undefined. */
   thinbdBlockSizeBytes?: number;
-  /** Only these servers (all of each row's when undefined). */
+  /** Only these servers (each row's, but node-floor, when undefined). */
   servers?: ServerName[];
 }
 
@@ -215,7 +222,7 @@ export async function peerBenchmark(options: PeerOptions): Promise<string> {
     for (let round = 0; round < options.rounds; round += 1) {
       for (const workload of chosen) {
         // Alternate the order of servers each round so none always runs on a warmer machine.
-        const servers = workload.servers.filter((server) => options.servers === undefined || options.servers.includes(server));
+        const servers = workload.servers.filter((server) => (options.servers === undefined ? server !== 'node-floor' : options.servers.includes(server)));
         const order = round % 2 === 0 ? servers : [...servers].reverse();
         for (const server of order) {
           const dir = join(work, server);
@@ -243,9 +250,14 @@ export async function peerBenchmark(options: PeerOptions): Promise<string> {
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
+  // Columns for the servers that ran: thinbd, qemu-nbd and nbdkit always (– where a row has no
+  // figure), node-floor only when it was asked for.
+  const columns = SERVER_NAMES.filter((server) => server !== 'node-floor' || [...results.values()].some((perServer) => perServer.has(server)));
+  const peers = columns.filter((server) => server !== 'thinbd');
+  const names = columns.join(' / ');
   const lines = [
-    '| workload | shows | thinbd IOPS | qemu-nbd IOPS | nbdkit IOPS | thinbd/qemu-nbd | thinbd/nbdkit | CPU s/GiB: thinbd / qemu-nbd / nbdkit | peak RSS MiB: thinbd / qemu-nbd / nbdkit |',
-    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
+    `| workload | shows | ${columns.map((server) => `${server} IOPS`).join(' | ')} | ${peers.map((server) => `thinbd/${server}`).join(' | ')} | CPU s/GiB: ${names} | peak RSS MiB: ${names} |`,
+    `|---|---|${'---:|'.repeat(columns.length + peers.length + 2)}`,
   ];
   for (const workload of chosen) {
     const perServer = results.get(workload.name);
@@ -254,16 +266,16 @@ export async function peerBenchmark(options: PeerOptions): Promise<string> {
       return values && values.length > 0 ? median(values) : undefined;
     };
     const iops = (server: ServerName): number | undefined => medianOf(server, (m) => m.iops);
-    const eachServer = (show: (server: ServerName) => string): string => (['thinbd', 'qemu-nbd', 'nbdkit'] as const).map(show).join(' / ');
+    const eachServer = (show: (server: ServerName) => string): string => columns.map(show).join(' / ');
     const cpu = eachServer((server) => medianOf(server, (m) => m.cpuSecondsPerGiB)?.toFixed(2) ?? '–');
     const rss = eachServer((server) => {
       const peaks = perServer?.get(server)?.map((m) => m.peakRssBytes) ?? [];
       return peaks.length > 0 ? String(Math.round(Math.max(...peaks) / 2 ** 20)) : '–';
     });
-    const [t, q, n] = [iops('thinbd'), iops('qemu-nbd'), iops('nbdkit')];
     const show = (value: number | undefined): string => (value === undefined ? '–' : String(Math.round(value)));
     const ratio = (a: number | undefined, b: number | undefined): string => (a && b ? `${(a / b).toFixed(2)}×` : '–');
-    lines.push(`| ${workload.name} | ${workload.shows} | ${show(t)} | ${show(q)} | ${show(n)} | ${ratio(t, q)} | ${ratio(t, n)} | ${cpu} | ${rss} |`);
+    const cells = [...columns.map((server) => show(iops(server))), ...peers.map((server) => ratio(iops('thinbd'), iops(server))), cpu, rss];
+    lines.push(`| ${workload.name} | ${workload.shows} | ${cells.join(' | ')} |`);
   }
   return lines.join('\n');
 }

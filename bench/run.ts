@@ -5,7 +5,7 @@ import { flushBenchmark } from './flush.ts';
 import { snapshotBenchmark } from './snapshot.ts';
 import { snapshotPeersBenchmark } from './snapshot-peers.ts';
 import { toolsBenchmark } from './tools.ts';
-import { machineDescription, peerBenchmark, workloads, writeBenchmarkSection, type ServerName } from './peers.ts';
+import { SERVER_NAMES, machineDescription, peerBenchmark, workloads, writeBenchmarkSection, type ServerName } from './peers.ts';
 
 const args = process.argv.slice(2);
 function flagValue(name: string, fallback: number): number {
@@ -32,13 +32,13 @@ function blockSizeFlag(): number | undefined {
   return Number(match[1]) * (match[2]?.toLowerCase() === 'k' ? 1024 : match[2]?.toLowerCase() === 'm' ? 1024 ** 2 : 1);
 }
 const thinbdBlockSizeBytes = blockSizeFlag();
-/** --servers thinbd,qemu-nbd: run only these servers in the peer rows. */
+/** --servers thinbd,qemu-nbd: run only these servers in the peer rows (node-floor only when named). */
 function serversFlag(): ServerName[] | undefined {
   const index = args.indexOf('--servers');
   if (index < 0) return undefined;
   const servers = (args[index + 1] ?? '').split(',');
-  if (servers.some((server) => !['thinbd', 'qemu-nbd', 'nbdkit'].includes(server))) {
-    console.error('bench: --servers takes a comma-separated list of thinbd, qemu-nbd, nbdkit');
+  if (servers.some((server) => !(SERVER_NAMES as readonly string[]).includes(server))) {
+    console.error(`bench: --servers takes a comma-separated list of ${SERVER_NAMES.join(', ')}`);
     process.exit(2);
   }
   args.splice(index, 2);
@@ -68,7 +68,7 @@ if (chosenPeers.length > 0) {
     `## Peers: thinbd vs qemu-nbd (qcow2) vs nbdkit file`,
     '',
     `Machine: ${machineDescription()}.`,
-    `Command: \`npm run bench -- ${chosenPeers.length === peerKeys.length ? 'peers' : chosenPeers.join(' ')} --rounds ${rounds} --seconds ${runtimeSeconds}${thinbdBlockSizeBytes === undefined ? '' : ` --block-size ${thinbdBlockSizeBytes}`}\`;`,
+    `Command: \`npm run bench -- ${chosenPeers.length === peerKeys.length ? 'peers' : chosenPeers.join(' ')} --rounds ${rounds} --seconds ${runtimeSeconds}${thinbdBlockSizeBytes === undefined ? '' : ` --block-size ${thinbdBlockSizeBytes}`}${servers === undefined ? '' : ` --servers ${servers.join(',')}`}\`;`,
     `medians of ${rounds} rounds, servers alternating each round, 1 GiB export on a Unix socket, fio --ioengine=nbd.`,
     '',
     table,

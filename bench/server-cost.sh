@@ -1,10 +1,11 @@
 #!/bin/bash
 # Server cost of one fio workload: IOPS, the server's CPU time and CPU per operation, for thinbd,
-# qemu-nbd (qcow2) or nbdkit (file), on a fresh 1 GiB export on a Unix socket. CPU for a fixed
+# qemu-nbd (qcow2), nbdkit (file) or node-floor (bench/node-floor-server.ts: the least a Node NBD
+# server can do per request), on a fresh 1 GiB export on a Unix socket. CPU for a fixed
 # amount of I/O is far steadier than IOPS on a shared machine, so engine changes are judged by it
 # (docs/benchmarks.md); `--profile DIR` writes a `node --cpu-prof` profile of the thinbd server.
 #
-#   bench/server-cost.sh [--server thinbd|qemu-nbd|nbdkit] [--fill] [--snapshot] [--qd N]
+#   bench/server-cost.sh [--server thinbd|qemu-nbd|nbdkit|node-floor] [--fill] [--snapshot] [--qd N]
 #                        [--profile DIR] [--thinbd PATH] RW BS IOSIZE
 #
 #   --fill       write the whole export with 1 MiB writes first, in a server run of its own
@@ -66,7 +67,13 @@ case $server in
     truncate -s 1G "$dir/disk.raw"
     if [ -n "$fill" ]; then start nbdkit -f -U "$socket" -e vol0 file "$dir/disk.raw"; filler; stop; fi
     start nbdkit -f -U "$socket" -e vol0 file "$dir/disk.raw" ;;
-  *) echo "server-cost: --server takes thinbd, qemu-nbd or nbdkit" >&2; exit 2 ;;
+  node-floor)
+    [ -z "$snapshot" ] || { echo "server-cost: node-floor has no snapshots" >&2; exit 2; }
+    truncate -s 1G "$dir/disk.raw"
+    floor=("$(cd "$(dirname "$0")" && pwd)/node-floor-server.ts" "$socket" "$dir/disk.raw")
+    if [ -n "$fill" ]; then start node --import tsx "${floor[@]}"; filler; stop; fi
+    start node --import tsx "${floor[@]}" ;;
+  *) echo "server-cost: --server takes thinbd, qemu-nbd, nbdkit or node-floor" >&2; exit 2 ;;
 esac
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }

@@ -1,4 +1,5 @@
-// The peer harness runs end to end: one round of one short row, thinbd only. No figure is checked
+// The peer harness runs end to end: one round of one short row, thinbd alone and with the Node
+// floor server (bench/node-floor-server.ts, which must then serve fio). No figure is checked
 // (benchmarks are never timed assertions); only that the harness starts the server, drives fio,
 // stops the server and prints its table. fio and the built CLI are prerequisites (the test command
 // installs and builds them): missing, the test fails saying so.
@@ -12,15 +13,28 @@ const ROOT = resolve(import.meta.dirname, '..');
 const haveFio = spawnSync('fio', ['--version']).status === 0;
 const haveBuild = existsSync(join(ROOT, 'dist', 'cli', 'main.js'));
 
-test('the peer harness runs one round of a row and prints its table', () => {
+/** One round of the in-place write row, one second, with these servers; fails if the harness does. */
+function runRow(servers: string): { stdout: string; stderr: string } {
   assert.ok(haveFio, 'fio is not installed (scripts/test.sh installs it)');
   assert.ok(haveBuild, 'dist/ is not built (npm run build)');
   const result = spawnSync(
     process.execPath,
-    ['--import', 'tsx', join(ROOT, 'bench', 'run.ts'), 'rw4k', '--rounds', '1', '--seconds', '1', '--servers', 'thinbd'],
+    ['--import', 'tsx', join(ROOT, 'bench', 'run.ts'), 'rw4k', '--rounds', '1', '--seconds', '1', '--servers', servers],
     { cwd: ROOT, encoding: 'utf8', timeout: 120_000 },
   );
   assert.equal(result.status, 0, result.stderr);
+  return result;
+}
+
+test('the peer harness runs one round of a row and prints its table', () => {
+  const result = runRow('thinbd');
   assert.match(result.stdout, /\| randwrite 4k qd32 \| in-place write path \| \d+ \| – \| – \| – \| – \| [\d.]+ \/ – \/ – \| \d+ \/ – \/ – \|/);
   assert.match(result.stderr, /round 1 randwrite 4k qd32 thinbd: \d+ IOPS/);
+});
+
+test('the peer harness adds the Node floor server when --servers names it', () => {
+  const result = runRow('thinbd,node-floor');
+  assert.match(result.stdout, /\| thinbd IOPS \| qemu-nbd IOPS \| nbdkit IOPS \| node-floor IOPS \| thinbd\/qemu-nbd \| thinbd\/nbdkit \| thinbd\/node-floor \|/);
+  assert.match(result.stdout, /\| randwrite 4k qd32 \| in-place write path \| \d+ \| – \| – \| \d+ \| – \| – \| [\d.]+× \| [\d.]+ \/ – \/ – \/ [\d.]+ \| \d+ \/ – \/ – \/ \d+ \|/);
+  assert.match(result.stderr, /round 1 randwrite 4k qd32 node-floor: \d+ IOPS/);
 });
