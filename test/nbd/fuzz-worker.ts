@@ -1,8 +1,8 @@
-// One fuzzing worker (a worker thread, started by fuzz.test.ts). It runs its share of sessions
-// against its own server, which also listens on TCP so the test's bystander client can work on
-// it meanwhile. A worker thread, not the test's own thread, because node:test tracks every async
-// resource of its thread, and that tripled the cost of each session.
-import { parentPort, workerData } from 'node:worker_threads';
+// One fuzzing worker (a child process, started by fuzz.test.ts with its FuzzWorkerData as the one
+// argument). It runs its share of sessions against its own server, which also listens on TCP so
+// the test's bystander client can work on it meanwhile. Not in the test's own process, because
+// node:test tracks every async resource there, and that tripled the cost of each session.
+import assert from 'node:assert/strict';
 import { MapExportRegistry } from '../../src/nbd/backend.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
 import { EXPORT_BYTES, Rng, checkSession, generateSession, mutate, runSession } from './fuzz-lib.ts';
@@ -25,8 +25,10 @@ export interface FuzzWorkerResult {
   elapsedMs: number;
 }
 
-const data = workerData as FuzzWorkerData;
-const port = parentPort!;
+const data = JSON.parse(process.argv[2] ?? '') as FuzzWorkerData;
+assert.ok(process.send !== undefined, 'fuzz-worker.ts runs as a child process with an IPC channel');
+const send = (message: unknown): void => void process.send!(message);
+const nextMessage = (): Promise<void> => new Promise((resolve) => process.once('message', () => resolve()));
 const problems: string[] = [];
 process.on('unhandledRejection', (reason) => problems.push(`unhandled rejection: ${String(reason)}`));
 process.on('uncaughtException', (error) => problems.push(`uncaught exception: ${error.stack ?? error.message}`));
@@ -50,14 +52,15 @@ const server = new NbdServer({
   serverBytesInFlightMax: 2 * 1024 * 1024,
 });
 const bound = await server.listen({ host: '127.0.0.1', port: 0 });
-port.postMessage({ type: 'listening', port: (bound as { port: number }).port });
-await new Promise<void>((resolve) => port.once('message', () => resolve()));
+const started = nextMessage();
+send({ type: 'listening', port: (bound as { port: number }).port });
+await started;
 
 const heapStartBytes = process.memoryUsage().heapUsed;
 let heapMaxBytes = heapStartBytes;
 let done = 0;
 let failure: string | undefined;
-const started = Date.now();
+const startedAt = Date.now();
 const lane = async (laneIndex: number) => {
   const rng = new Rng(data.seed ^ Math.imul(data.workerIndex * 1000 + laneIndex + 1, 0x9e3779b1));
   for (let i = laneIndex; i < data.inputs && failure === undefined; i += data.concurrency) {
@@ -76,12 +79,11 @@ const lane = async (laneIndex: number) => {
   }
 };
 await Promise.all(Array.from({ length: data.concurrency }, (_, i) => lane(i)));
-const elapsedMs = Date.now() - started;
+const elapsedMs = Date.now() - startedAt;
 // Wait for the bystander to leave, then close: the server must end with nothing held.
-await new Promise<void>((resolve) => {
-  port.postMessage({ type: 'sessions-done' });
-  port.once('message', () => resolve());
-});
+const bystanderGone = nextMessage();
+send({ type: 'sessions-done' });
+await bystanderGone;
 await server.close({ timeoutMs: 5000 });
 const result: FuzzWorkerResult = {
   done,
@@ -92,4 +94,5 @@ const result: FuzzWorkerResult = {
   connectionCount: server.connectionCount,
   elapsedMs,
 };
-port.postMessage({ type: 'result', result });
+send({ type: 'result', result });
+// The parent disconnects once it has every result; then nothing is left and the process ends.

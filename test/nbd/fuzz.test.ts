@@ -1,5 +1,6 @@
-// Fuzzing the server in-process: at least 100,000 client inputs per run, over in-memory socket
-// pairs, in two worker threads (test/nbd/fuzz-worker.ts; the parts are in fuzz-lib.ts). Half are structured random sessions (options and requests chosen at random, valid or
+// Fuzzing the server: at least 100,000 client inputs per run, over in-memory socket pairs, in two
+// child processes (test/nbd/fuzz-worker.ts; the parts are in fuzz-lib.ts). Half are structured
+// random sessions (options and requests chosen at random, valid or
 // not); half are those sessions with raw byte mutations (flips, interesting values in length
 // fields, insertions, deletions, truncations). Each is delivered in random pieces.
 //
@@ -12,7 +13,8 @@
 // same server all the while. A failure prints the seed; THINBD_FUZZ_SEED=<seed> replays it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Worker } from 'node:worker_threads';
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { NBD_CMD_READ, NBD_CMD_WRITE } from '../../src/nbd/protocol.ts';
 import { NbdTestClient } from './client.ts';
 import type { FuzzWorkerData, FuzzWorkerResult } from './fuzz-worker.ts';
@@ -22,37 +24,42 @@ const WORKERS = 2;
 const CONCURRENCY = 32;
 
 interface RunningWorker {
-  worker: Worker;
+  child: ChildProcess;
   port: number;
   sessionsDone: Promise<void>;
   result: Promise<FuzzWorkerResult>;
 }
 
+/**
+ * Starts one fuzzing worker as a child process running fuzz-worker.ts under tsx, like every test
+ * file. (Worker threads that registered tsx's loader hooks themselves could exit silently while a
+ * module was still loading, a race of Node's loader hooks thread: the test was then left waiting
+ * for a port that never came.) A worker that ends before its result fails the test by name.
+ */
 async function startWorker(data: FuzzWorkerData): Promise<RunningWorker> {
-  // The worker loads TypeScript through tsx's loader, registered in the worker before its entry.
-  const tsxApi = import.meta.resolve('tsx/esm/api');
-  const entry = new URL('./fuzz-worker.ts', import.meta.url).href;
-  const bootstrap = `import(${JSON.stringify(tsxApi)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); });`;
-  const worker = new Worker(bootstrap, { eval: true, workerData: data });
+  const entry = fileURLToPath(new URL('./fuzz-worker.ts', import.meta.url));
+  const child = fork(entry, [JSON.stringify(data)], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const ended = new Promise<never>((_, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code, signal) =>
+      reject(new Error(`fuzz worker ${data.workerIndex} exited (${signal ?? `code ${code}`}) before its result (seed ${data.seed})`)),
+    );
+  });
+  ended.catch(() => {}); // Observed through the promises below; this only keeps it from going unhandled.
   let onSessionsDone!: () => void;
   let onResult!: (result: FuzzWorkerResult) => void;
-  const sessionsDone = new Promise<void>((resolve) => (onSessionsDone = resolve));
-  const result = new Promise<FuzzWorkerResult>((resolve, reject) => {
-    onResult = resolve;
-    worker.once('error', reject);
-    worker.once('exit', (code) => reject(new Error(`fuzz worker ${data.workerIndex} exited with ${code} before its result (seed ${data.seed})`)));
+  let onListening!: (port: number) => void;
+  const sessionsDone = Promise.race([new Promise<void>((resolve) => (onSessionsDone = resolve)), ended]);
+  const result = Promise.race([new Promise<FuzzWorkerResult>((resolve) => (onResult = resolve)), ended]);
+  const listening = Promise.race([new Promise<number>((resolve) => (onListening = resolve)), ended]);
+  sessionsDone.catch(() => {});
+  result.catch(() => {});
+  child.on('message', (message: { type: string; port?: number; result?: FuzzWorkerResult }) => {
+    if (message.type === 'listening') onListening(message.port!);
+    else if (message.type === 'sessions-done') onSessionsDone();
+    else if (message.type === 'result') onResult(message.result!);
   });
-  result.catch(() => {}); // Observed by the caller; this only keeps an early failure from going unhandled.
-
-  const port = await new Promise<number>((resolve, reject) => {
-    worker.on('message', (message: { type: string; port?: number; result?: FuzzWorkerResult }) => {
-      if (message.type === 'listening') resolve(message.port!);
-      else if (message.type === 'sessions-done') onSessionsDone();
-      else if (message.type === 'result') onResult(message.result!);
-    });
-    worker.once('error', reject);
-  });
-  return { worker, port, sessionsDone, result };
+  return { child, port: await listening, sessionsDone, result };
 }
 
 /** A well-behaved client writing and verifying on a fuzzed server until told to stop. */
@@ -84,18 +91,22 @@ test('100,000 fuzzed sessions: no crash, well-formed replies, bounded memory, a 
   );
   const bystanders = workers.map((running) => {
     let sessionsDone = false;
-    void running.sessionsDone.then(() => (sessionsDone = true));
+    void running.sessionsDone.then(
+      () => (sessionsDone = true),
+      () => (sessionsDone = true),
+    );
     return bystander(running.port, () => sessionsDone);
   });
-  for (const running of workers) running.worker.postMessage('start');
+  for (const running of workers) running.child.send('start');
   const rounds = await Promise.all(bystanders);
   for (const running of workers) {
     await running.sessionsDone;
-    running.worker.postMessage('bystander-gone');
+    running.child.send('bystander-gone');
   }
   const results = await Promise.all(workers.map((running) => running.result));
   const elapsedMs = Date.now() - started;
-  for (const running of workers) await running.worker.terminate();
+  for (const running of workers) running.child.disconnect();
+  await Promise.all(workers.map(({ child }) => (child.exitCode !== null ? undefined : new Promise((resolve) => child.once('exit', resolve)))));
 
   let done = 0;
   for (const [i, result] of results.entries()) {
