@@ -6,16 +6,17 @@
 # (docs/benchmarks.md); `--profile DIR` writes a `node --cpu-prof` profile of the thinbd server.
 #
 #   bench/server-cost.sh [--server thinbd|qemu-nbd|nbdkit|node-floor] [--fill] [--snapshot] [--qd N]
-#                        [--profile DIR] [--thinbd PATH] RW BS IOSIZE
+#                        [--profile DIR] [--thinbd PATH] [--block-size B] RW BS IOSIZE
 #
 #   --fill       write the whole export with 1 MiB writes first, in a server run of its own
 #                (so the measured run and its profile hold only the workload)
 #   --snapshot   with --fill: fio writes to a snapshot of the filled volume (qcow2: an overlay)
 #   --thinbd     another build's bin/thinbd, to compare builds side by side
+#   --block-size thinbd's data block size (pool create --block-size), e.g. 128k
 # Example: bench/server-cost.sh --fill --snapshot randwrite 4k 200M
 set -euo pipefail
 
-server=thinbd fill= snapshot= qd=32 profile= thinbd="$(cd "$(dirname "$0")/.." && pwd)/bin/thinbd"
+server=thinbd fill= snapshot= qd=32 profile= block_size= thinbd="$(cd "$(dirname "$0")/.." && pwd)/bin/thinbd"
 while [ $# -gt 3 ]; do
   case "$1" in
     --server) server=$2; shift 2 ;;
@@ -24,10 +25,11 @@ while [ $# -gt 3 ]; do
     --qd) qd=$2; shift 2 ;;
     --profile) profile=$(realpath "$2"); shift 2 ;;
     --thinbd) thinbd=$(realpath "$2"); shift 2 ;;
+    --block-size) block_size=$2; shift 2 ;;
     *) echo "server-cost: unknown option $1" >&2; exit 2 ;;
   esac
 done
-[ $# -eq 3 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n '2,16p' "$0" >&2; exit 2; }
 rw=$1 bs=$2 iosize=$3
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/thinbd-cost-XXXXXX")
@@ -49,7 +51,7 @@ filler() { fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iode
 
 case $server in
   thinbd)
-    node "$thinbd" pool create --pool "$dir/pool" --data-size 3G >/dev/null
+    node "$thinbd" pool create --pool "$dir/pool" --data-size 3G ${block_size:+--block-size "$block_size"} >/dev/null
     node "$thinbd" create --pool "$dir/pool" vol0 --size 1G >/dev/null
     if [ -n "$fill" ]; then start node "$thinbd" serve --pool "$dir/pool" --socket "$socket"; filler; stop; fi
     export_name=vol0
