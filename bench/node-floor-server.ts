@@ -72,20 +72,20 @@ function serve(socket: net.Socket): void {
   // Received bytes not yet parsed: chunks joined only when a message spans them.
   let chunks: Buffer[] = [];
   let queuedBytes = 0;
-  const take = (count: number): Buffer | undefined => {
+  const peek = (count: number): Buffer | undefined => {
     if (queuedBytes < count) return undefined;
+    if (count === 0) return Buffer.alloc(0);
     if (chunks[0]!.length < count) chunks = [Buffer.concat(chunks)];
+    return chunks[0]!.subarray(0, count);
+  };
+  const take = (count: number): Buffer | undefined => {
+    const bytes = peek(count);
+    if (bytes === undefined || count === 0) return bytes;
     const head = chunks[0]!;
-    const bytes = head.subarray(0, count);
     if (head.length === count) chunks.shift();
     else chunks[0] = head.subarray(count);
     queuedBytes -= count;
     return bytes;
-  };
-  const peek = (count: number): Buffer | undefined => {
-    if (queuedBytes < count) return undefined;
-    if (chunks[0]!.length < count) chunks = [Buffer.concat(chunks)];
-    return chunks[0]!.subarray(0, count);
   };
 
   let phase: 'clientFlags' | 'options' | 'requests' = 'clientFlags';
