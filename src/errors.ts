@@ -15,6 +15,8 @@ export type ThinErrorCode =
   | 'THIN_INVALID' // an argument is not acceptable (bad name, size, alignment)
   | 'THIN_BUSY' // the pool is locked by another process, or a volume is in use
   | 'THIN_FORMAT' // the pool's format version is not one this build reads
+  | 'THIN_INTERRUPTED' // the command was stopped by a signal before it finished
+  | 'THIN_NEEDS_CONFIRMATION' // the request would destroy data and was not confirmed (e.g. shrink without --allow-shrink)
   | 'THIN_CLOSED'; // the pool or volume was closed
 
 export class ThinError extends Error {

@@ -40,8 +40,22 @@ export function buildProgram(reporter: Reporter): Command {
   return program;
 }
 
+/**
+ * A reader that closes standard output early (`thinbd dump | head`) ends the command quietly with
+ * the shell's SIGPIPE code, as coreutils do; any other failure to write it is one line and exit 1.
+ * Everything that streams to stdout is read-only, so stopping mid-stream leaves nothing half done.
+ */
+function endOnClosedStdout(reporter: Reporter): void {
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(exitCodes.brokenPipe);
+    reporter.error(`Cannot write to standard output: ${error.message}`);
+    process.exit(exitCodes.failure);
+  });
+}
+
 /** Runs one command line; returns the exit code. */
 export async function main(argv: string[], reporter: Reporter = consoleReporter()): Promise<number> {
+  endOnClosedStdout(reporter);
   const program = buildProgram(reporter);
   try {
     await program.parseAsync(argv, { from: 'user' });
@@ -53,6 +67,7 @@ export async function main(argv: string[], reporter: Reporter = consoleReporter(
       if (error.code === 'commander.executeSubCommandAsync') return exitCodes.failure;
       return exitCodes.usage;
     }
+    if ((error as NodeJS.ErrnoException | null)?.code === 'EPIPE') return exitCodes.brokenPipe;
     const { exitCode, message } = describeFailure(error);
     reporter.error(message);
     return exitCode;

@@ -2,21 +2,14 @@
 // by opening its files (taking the pool lock for as long as the command runs).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { Pool } from '../pool/pool.ts';
+import { Pool, assertPoolExists } from '../pool/pool.ts';
+
+export { assertPoolExists };
 import { ThinError } from '../errors.ts';
 import { LocalPoolService, type PoolService } from '../daemon/service.ts';
 import { connectControl, controlSocketPath } from '../daemon/control.ts';
 
 export type Access = 'read' | 'write';
-
-export function assertPoolExists(dir: string): void {
-  if (!existsSync(join(dir, 'metadata'))) {
-    throw new ThinError(
-      'THIN_NOT_FOUND',
-      `No pool at ${dir} (no metadata file there); create one with 'thinbd pool create --pool ${dir}'`,
-    );
-  }
-}
 
 /** The live server's service when one answers on the pool's control socket. */
 export async function liveService(dir: string): Promise<PoolService | undefined> {

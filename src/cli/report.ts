@@ -5,8 +5,10 @@ export const exitCodes = {
   ok: 0,
   /** The command ran and failed: a missing pool, no space, a busy pool, problems found by check. */
   failure: 1,
-  /** The command line was wrong: a bad size, name or option. Nothing was done. */
+  /** The command line was wrong: a bad size, name or option, or a destructive change not confirmed. Nothing was done. */
   usage: 2,
+  /** Standard output was closed by its reader (`thinbd dump | head`): the shell's code for SIGPIPE. */
+  brokenPipe: 141,
 } as const;
 
 export class UsageError extends Error {
@@ -41,7 +43,10 @@ export function consoleReporter(): Reporter {
 /** Maps an error thrown by a command to its exit code and one line for stderr. */
 export function describeFailure(error: unknown): { exitCode: number; message: string } {
   if (error instanceof UsageError) return { exitCode: exitCodes.usage, message: error.message };
-  if (error instanceof ThinError) return { exitCode: exitCodes.failure, message: error.message };
+  if (error instanceof ThinError) {
+    const exitCode = error.code === 'THIN_NEEDS_CONFIRMATION' ? exitCodes.usage : exitCodes.failure;
+    return { exitCode, message: error.message };
+  }
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && error instanceof Error) {
     // Node system errors: keep the path and the code, drop the stack.

@@ -24,11 +24,18 @@ export interface RemoveRequest {
   force?: boolean;
 }
 
+export interface ResizeRequest {
+  name: string;
+  sizeBytes: number;
+  /** Shrinking discards what lies past the new end: refused (THIN_NEEDS_CONFIRMATION) unless set. */
+  allowShrink?: boolean;
+}
+
 export interface PoolService {
   createVolume(request: CreateVolumeRequest): Promise<{ id: number }>;
   snapshot(request: SnapshotRequest): Promise<{ id: number }>;
   removeVolume(request: RemoveRequest): Promise<void>;
-  resizeVolume(request: { name: string; sizeBytes: number }): Promise<void>;
+  resizeVolume(request: ResizeRequest): Promise<void>;
   listVolumes(): Promise<VolumeListing[]>;
   status(): Promise<ReturnType<Pool['status']>>;
   check(): Promise<CheckReport>;
@@ -77,7 +84,16 @@ export class LocalPoolService implements PoolService {
     this.#hooks.afterChange?.();
   }
 
-  async resizeVolume(request: { name: string; sizeBytes: number }): Promise<void> {
+  async resizeVolume(request: ResizeRequest): Promise<void> {
+    // Checked and resized in one turn of the event loop, so no other request changes the size between.
+    const currentBytes = this.pool.volume(request.name).sizeBytes;
+    if (request.sizeBytes < currentBytes && request.allowShrink !== true) {
+      throw new ThinError(
+        'THIN_NEEDS_CONFIRMATION',
+        `Resizing volume ${request.name} from ${currentBytes} to ${request.sizeBytes} bytes would discard what lies past the new end; ` +
+          'add --allow-shrink to shrink it',
+      );
+    }
     await this.pool.resizeVolume(request.name, request.sizeBytes);
     await this.pool.flush();
     this.#hooks.afterChange?.();

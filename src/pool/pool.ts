@@ -47,6 +47,24 @@ export type { PoolFiles, PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCoun
 export const METADATA_FILE_NAME = 'metadata';
 export const DATA_FILE_NAME = 'data';
 
+/** THIN_NOT_FOUND unless DIR holds a pool's metadata and data files. */
+export function assertPoolExists(dir: string): void {
+  for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
+    if (!fs.existsSync(path.join(dir, name))) {
+      throw new ThinError('THIN_NOT_FOUND', `No pool at ${dir} (no ${name} file there); create one with 'thinbd pool create --pool ${dir}'`);
+    }
+  }
+}
+
+/**
+ * Takes the lock of an existing pool directory. Nothing is created in a directory until it is
+ * known to hold a pool, so a mistyped --pool leaves no lock file behind.
+ */
+export function lockPool(dir: string): DirectoryLock {
+  assertPoolExists(dir);
+  return lockDirectory(dir);
+}
+
 export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog' | 'now'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
@@ -192,8 +210,7 @@ export class Pool {
   /** Opens the pool in DIR, taking its lock (THIN_BUSY if another process holds it). */
   static async open(dir: string, options: PoolOpenOptions = {}): Promise<Pool> {
     const readOnly = options.readOnly === true;
-    if (!fs.existsSync(path.join(dir, METADATA_FILE_NAME))) throw new ThinError('THIN_NOT_FOUND', `No pool at ${dir} (no metadata file)`);
-    const lock = lockDirectory(dir);
+    const lock = lockPool(dir);
     const files: Partial<PoolFiles> = {};
     try {
       files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly });

@@ -20,7 +20,7 @@ import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../const
 import { isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
-import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
+import type { DirectoryLock } from '../io/lock.ts';
 import { BTREE_BLOCK_TYPES, BlockType, SpaceMap, blockProblem, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
 import { childAt, entryCount, isLeaf, keyAt } from '../pdata/btree/node.ts';
 import {
@@ -34,7 +34,7 @@ import { ReferenceRuns } from './reference-runs.ts';
 import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
 import { readDeltaLog } from '../journal/replay.ts';
 import { staleBlockProblem, validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME, lockPool } from '../pool/pool.ts';
 import path from 'node:path';
 
 export interface CheckProblem {
@@ -87,7 +87,7 @@ export async function checkPool(target: string | PoolFiles, options: CheckOption
   let lock: DirectoryLock | undefined;
   const opened: Partial<PoolFiles> = {};
   try {
-    lock = lockDirectory(target);
+    lock = lockPool(target);
     opened.metadata = await FileBlockFile.open(path.join(target, METADATA_FILE_NAME), { readOnly: true });
     opened.data = await FileBlockFile.open(path.join(target, DATA_FILE_NAME), { readOnly: true });
     return await checkFiles(opened as PoolFiles, options);

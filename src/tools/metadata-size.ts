@@ -53,6 +53,8 @@ export interface MetadataSizeEstimate {
     metadataBytes: number;
     /** What to pass to `pool create --metadata-size`: the estimate, at least thinbd's smallest metadata file. */
     recommendedMetadataBytes: number;
+    /** The smallest metadata file thinbd makes: room for every superblock copy (sparse on a file system). */
+    smallestFileBytes: number;
     breakdown: { mappingBlocks: number; dataSpaceMapBlocks: number; volumeBlocks: number; fixedBlocks: number };
   };
   dmThin: {
@@ -122,6 +124,7 @@ export function estimateMetadataSize(options: MetadataSizeOptions): MetadataSize
       metadataBlocks,
       metadataBytes,
       recommendedMetadataBytes: recommendedBlocks * METADATA_BLOCK_SIZE_BYTES,
+      smallestFileBytes: METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES,
       breakdown: { mappingBlocks, dataSpaceMapBlocks, volumeBlocks, fixedBlocks },
     },
     dmThin: { metadataBlocks: dmThinBlocks, metadataBytes: dmThinBlocks * DM_THIN_NODE_BYTES },

@@ -7,12 +7,11 @@
 // writer. It does not use pdata's TreeWalker: that walker visits a leaf shared by several
 // snapshots once, which is right for counting references, while dump and delta need every
 // volume's own full list of mappings; BTree.entries gives that lazily, one leaf at a time.
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import { FileBlockFile } from '../io/file.ts';
-import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
+import type { DirectoryLock } from '../io/lock.ts';
 import { BTree, BlockType, TransactionManager, type OpenReport } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -24,7 +23,7 @@ import {
   type VolumeDetails,
 } from '../pool/codecs.ts';
 import { validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME, lockPool } from '../pool/pool.ts';
 import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, Mapping, SuperblockBegin } from './dump/events.ts';
 import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
@@ -77,10 +76,7 @@ export class PoolView {
   /** Opens the pool in a directory (taking its lock) or on given block files. */
   static async open(target: string | PoolFiles, options: PoolViewOptions = {}): Promise<PoolView> {
     if (typeof target !== 'string') return PoolView.#openOn(target, false, undefined, options);
-    if (!existsSync(path.join(target, METADATA_FILE_NAME))) {
-      throw new ThinError('THIN_NOT_FOUND', `No pool at ${target} (no metadata file)`);
-    }
-    const lock = lockDirectory(target);
+    const lock = lockPool(target);
     const files: Partial<PoolFiles> = {};
     try {
       files.metadata = await FileBlockFile.open(path.join(target, METADATA_FILE_NAME), { readOnly: true });

@@ -1,7 +1,7 @@
 // Raw images in and out of volumes. Import skips runs of zeros so the volume stays thin; export
 // leaves unmapped ranges as holes in the target file.
 import { open, type FileHandle } from 'node:fs/promises';
-import type { Readable, Writable } from 'node:stream';
+import { addAbortSignal, type Readable, type Writable } from 'node:stream';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
 import { ThinError } from '../errors.ts';
@@ -17,6 +17,8 @@ export type ImportSource = { path: string } | { stream: Readable };
 export interface ImportOptions {
   offsetBytes?: number;
   onProgress?: TransferProgress;
+  /** Aborting stops the import between chunks; a volume it created is removed. */
+  signal?: AbortSignal;
 }
 
 export interface ImportResult {
@@ -26,90 +28,135 @@ export interface ImportResult {
   sizeBytes: number;
 }
 
-/** Copies a raw image into volume `name` at offsetBytes, creating the volume sized to fit when absent. */
+/**
+ * Copies a raw image into volume `name` at offsetBytes, creating the volume sized to fit when absent.
+ * A source that cannot be read (missing, a directory, unreadable) is refused before anything is
+ * created; an import that fails later, or is aborted through `signal`, removes the volume it
+ * created, so a failed import leaves the pool as it was (an existing volume keeps what was written).
+ */
 export async function importRaw(pool: Pool, name: string, source: ImportSource, options: ImportOptions = {}): Promise<ImportResult> {
   const offsetBytes = options.offsetBytes ?? 0;
-  const blockSizeBytes = pool.status().blockSizeBytes;
-  const handle = 'path' in source ? await openForRead(source.path) : undefined;
+  const opened = 'path' in source ? await openForRead(source.path) : undefined;
+  const sourceName = 'path' in source ? source.path : 'standard input';
+  let created = false;
   try {
-    const totalBytes = handle ? (await handle.stat()).size : undefined;
     const existing = pool.list().find((info) => info.name === name);
-    let volume: Volume;
     if (existing) {
-      volume = pool.volume(name);
-      if (totalBytes !== undefined && offsetBytes + totalBytes > volume.sizeBytes) {
+      const sizeBytes = pool.volume(name).sizeBytes;
+      if (opened?.sizeBytes !== undefined && offsetBytes + opened.sizeBytes > sizeBytes) {
         throw new ThinError(
           'THIN_OUT_OF_RANGE',
-          `The image (${totalBytes} bytes at offset ${offsetBytes}) does not fit in volume ${name} of ${volume.sizeBytes} bytes; resize it first`,
+          `The image ${sourceName} (${opened.sizeBytes} bytes at offset ${offsetBytes}) does not fit in volume ${name} of ${sizeBytes} bytes; resize it first`,
         );
       }
     } else {
-      const initialBytes = totalBytes !== undefined ? offsetBytes + totalBytes : offsetBytes + TRANSFER_CHUNK_BYTES;
-      volume = await pool.createVolume(name, { sizeBytes: Math.max(1, initialBytes) });
+      const initialBytes = opened?.sizeBytes !== undefined ? offsetBytes + opened.sizeBytes : offsetBytes + TRANSFER_CHUNK_BYTES;
+      await pool.createVolume(name, { sizeBytes: Math.max(1, initialBytes) });
+      created = true;
     }
-    const mustZero = existing !== undefined; // a new volume already reads zeros everywhere
-    const zeros = new Uint8Array(blockSizeBytes);
-    const inFlight = new Set<Promise<void>>();
-    let firstError: unknown;
-    let bytesRead = 0;
-    let bytesWritten = 0;
+    return await copyIntoVolume(pool, name, opened, source, sourceName, { ...options, offsetBytes }, created);
+  } catch (error) {
+    // A volume this import created holds a part of the image at best: it goes, and the removal is
+    // committed so a crash after a failed import does not bring it back.
+    if (created && pool.list().some((info) => info.name === name)) {
+      await pool.removeVolume(name);
+      await pool.flush();
+    }
+    throw error;
+  } finally {
+    await opened?.handle.close();
+  }
+}
 
-    const submit = async (work: Promise<void>): Promise<void> => {
-      const tracked = work.catch((error: unknown) => {
-        firstError ??= error;
-      }).finally(() => inFlight.delete(tracked));
-      inFlight.add(tracked);
-      if (inFlight.size >= TRANSFER_WRITES_IN_FLIGHT_MAX) await Promise.race(inFlight);
-      if (firstError !== undefined) throw firstError;
-    };
+async function copyIntoVolume(
+  pool: Pool,
+  name: string,
+  opened: OpenedSource | undefined,
+  source: ImportSource,
+  sourceName: string,
+  options: ImportOptions & { offsetBytes: number },
+  created: boolean,
+): Promise<ImportResult> {
+  const { offsetBytes } = options;
+  const totalBytes = opened?.sizeBytes;
+  const blockSizeBytes = pool.status().blockSizeBytes;
+  const volume: Volume = pool.volume(name);
+  const mustZero = !created; // a new volume already reads zeros everywhere
+  const zeros = new Uint8Array(blockSizeBytes);
+  const inFlight = new Set<Promise<void>>();
+  let firstError: unknown;
+  let bytesRead = 0;
+  let bytesWritten = 0;
 
-    const consume = async (chunk: Uint8Array): Promise<void> => {
-      let position = 0;
-      while (position < chunk.length) {
-        const volumeOffsetBytes = offsetBytes + bytesRead + position;
-        const toBoundary = blockSizeBytes - (volumeOffsetBytes % blockSizeBytes);
-        const piece = chunk.subarray(position, position + Math.min(toBoundary, chunk.length - position));
-        position += piece.length;
-        if (volumeOffsetBytes + piece.length > volume.sizeBytes) {
-          // Streamed input of unknown length: grow the volume ahead of the data, doubling.
-          const sizeBytes = Math.max(volumeOffsetBytes + piece.length, Math.min(volume.sizeBytes * 2, Number.MAX_SAFE_INTEGER));
-          await Promise.all(inFlight);
-          await pool.resizeVolume(name, sizeBytes);
-        }
-        if (isZero(piece, zeros)) {
-          if (mustZero) await submit(volume.writeZeroes(volumeOffsetBytes, piece.length));
-          continue;
-        }
-        bytesWritten += piece.length;
-        await submit(volume.write(volumeOffsetBytes, piece));
+  const submit = async (work: Promise<void>): Promise<void> => {
+    const tracked = work.catch((error: unknown) => {
+      firstError ??= error;
+    }).finally(() => inFlight.delete(tracked));
+    inFlight.add(tracked);
+    if (inFlight.size >= TRANSFER_WRITES_IN_FLIGHT_MAX) await Promise.race(inFlight);
+    if (firstError !== undefined) throw firstError;
+  };
+
+  const consume = async (chunk: Uint8Array): Promise<void> => {
+    options.signal?.throwIfAborted();
+    let position = 0;
+    while (position < chunk.length) {
+      const volumeOffsetBytes = offsetBytes + bytesRead + position;
+      const toBoundary = blockSizeBytes - (volumeOffsetBytes % blockSizeBytes);
+      const piece = chunk.subarray(position, position + Math.min(toBoundary, chunk.length - position));
+      position += piece.length;
+      if (volumeOffsetBytes + piece.length > volume.sizeBytes) {
+        // Streamed input of unknown length: grow the volume ahead of the data, doubling.
+        const sizeBytes = Math.max(volumeOffsetBytes + piece.length, Math.min(volume.sizeBytes * 2, Number.MAX_SAFE_INTEGER));
+        await Promise.all(inFlight);
+        await pool.resizeVolume(name, sizeBytes);
       }
-      bytesRead += chunk.length;
-      options.onProgress?.(bytesRead, totalBytes);
-    };
+      if (isZero(piece, zeros)) {
+        if (mustZero) await submit(volume.writeZeroes(volumeOffsetBytes, piece.length));
+        continue;
+      }
+      bytesWritten += piece.length;
+      await submit(volume.write(volumeOffsetBytes, piece));
+    }
+    bytesRead += chunk.length;
+    options.onProgress?.(bytesRead, totalBytes);
+  };
 
-    if (handle) {
+  try {
+    if (opened) {
       for (;;) {
         const chunk = new Uint8Array(TRANSFER_CHUNK_BYTES);
-        const { bytesRead: count } = await handle.read(chunk, 0, chunk.length, bytesRead);
+        let count: number;
+        try {
+          ({ bytesRead: count } = await opened.handle.read(chunk, 0, chunk.length, bytesRead));
+        } catch (error) {
+          throw readError(sourceName, error);
+        }
         if (count === 0) break;
         await consume(chunk.subarray(0, count));
       }
     } else if ('stream' in source) {
-      for await (const data of source.stream) {
-        const bytes = typeof data === 'string' ? Buffer.from(data) : (data as Uint8Array);
-        await consume(new Uint8Array(bytes));
+      try {
+        if (options.signal) addAbortSignal(options.signal, source.stream);
+        for await (const data of source.stream) {
+          const bytes = typeof data === 'string' ? Buffer.from(data) : (data as Uint8Array);
+          await consume(new Uint8Array(bytes));
+        }
+      } catch (error) {
+        if (options.signal?.aborted) throw options.signal.reason;
+        if (error instanceof ThinError) throw error;
+        throw readError(sourceName, error);
       }
     }
-    await Promise.all(inFlight);
-    if (firstError !== undefined) throw firstError;
-    if (!existing && totalBytes === undefined) {
-      await pool.resizeVolume(name, Math.max(1, offsetBytes + bytesRead));
-    }
-    await pool.flush();
-    return { volumeCreated: !existing, bytesRead, bytesWritten, sizeBytes: pool.volume(name).sizeBytes };
   } finally {
-    await handle?.close();
+    await Promise.allSettled(inFlight);
   }
+  if (firstError !== undefined) throw firstError;
+  if (created && totalBytes === undefined) {
+    await pool.resizeVolume(name, Math.max(1, offsetBytes + bytesRead));
+  }
+  await pool.flush();
+  return { volumeCreated: created, bytesRead, bytesWritten, sizeBytes: pool.volume(name).sizeBytes };
 }
 
 export type ExportTarget = { path: string } | { stream: Writable };
@@ -156,14 +203,37 @@ export async function exportRaw(pool: Pool, name: string, target: ExportTarget, 
   }
 }
 
-async function openForRead(path: string): Promise<FileHandle> {
+interface OpenedSource {
+  handle: FileHandle;
+  /** Bytes in a regular file; undefined for a block device or another readable special file. */
+  sizeBytes: number | undefined;
+}
+
+/** Opens an image for reading, refusing what cannot be one (missing, a directory) before anything is created. */
+async function openForRead(path: string): Promise<OpenedSource> {
+  let handle: FileHandle;
   try {
-    return await open(path, 'r');
+    handle = await open(path, 'r');
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new ThinError('THIN_NOT_FOUND', `Cannot read image ${path}: no such file`, { cause: error });
-    throw new ThinError('THIN_IO', `Cannot read image ${path}: ${(error as Error).message}`, { cause: error });
+    throw readError(path, error);
   }
+  try {
+    const stats = await handle.stat();
+    if (stats.isDirectory()) throw new ThinError('THIN_INVALID', `Cannot import ${path}: it is a directory, not a raw image`);
+    return { handle, sizeBytes: stats.isFile() ? stats.size : undefined };
+  } catch (error) {
+    await handle.close();
+    throw error instanceof ThinError ? error : readError(path, error);
+  }
+}
+
+/** A read failure of the image, naming it. */
+function readError(path: string, error: unknown): ThinError {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return new ThinError('THIN_NOT_FOUND', `Cannot read image ${path}: no such file`, { cause: error });
+  if (code === 'EACCES' || code === 'EPERM') return new ThinError('THIN_IO', `Cannot read image ${path}: permission denied`, { cause: error });
+  if (code === 'EISDIR') return new ThinError('THIN_INVALID', `Cannot import ${path}: it is a directory, not a raw image`, { cause: error });
+  return new ThinError('THIN_IO', `Cannot read image ${path}: ${(error as Error).message}`, { cause: error });
 }
 
 function isZero(piece: Uint8Array, zeros: Uint8Array): boolean {

@@ -164,7 +164,7 @@ describe('volumes and snapshots', () => {
     assert.equal(byName.get('snap2')?.readOnly, true);
     assert.ok(!Number.isNaN(Date.parse(byName.get('snap')?.createdAt ?? '')));
 
-    ok(['resize', '--pool', dir, 'snap', '--size', '2M']);
+    ok(['resize', '--pool', dir, 'snap', '--size', '2M', '--allow-shrink']);
     ok(['remove', '--pool', dir, 'base']);
     listing = thinbdJson<Listing[]>(['list', '--pool', dir]);
     const snap = listing.find((entry) => entry.name === 'snap');

@@ -113,7 +113,7 @@ test('a pool built through the CLI dumps to XML that thin_restore accepts, thin_
     cliOk(['create', '--pool', dir, 'scratch', '--size', '1M']);
     cliOk(['import', '--pool', dir, 'scratch', image('e', 4 * BLOCK)]);
     cliOk(['remove', '--pool', dir, 'vm1']);
-    cliOk(['resize', '--pool', dir, 'base', '--size', '640k']);
+    cliOk(['resize', '--pool', dir, 'base', '--size', '640k', '--allow-shrink']);
 
     const ours = await assertDmThinAgrees(scratch, dir, 'cli');
     assert.match(ours, /thinbd:volume \{"name":"vm1\\u002dsnap","sizeBytes":4194304,"origin":"vm1"/);

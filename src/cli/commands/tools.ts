@@ -20,6 +20,7 @@ import { writePoolDelta } from '../../tools/delta.ts';
 import { estimateMetadataSize } from '../../tools/metadata-size.ts';
 import { packMetadata, unpackMetadata } from '../../tools/pack.ts';
 import { repairPool } from '../../tools/repair.ts';
+import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
 
 const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
 
@@ -178,7 +179,18 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
         reporter.json(estimate);
         return;
       }
-      reporter.out(`thinbd:  ${formatSize(estimate.thinbd.metadataBytes)} (${estimate.thinbd.metadataBytes} bytes) at worst, every block its own mapping; use --metadata-size ${formatSize(estimate.thinbd.recommendedMetadataBytes)}`);
+      const { metadataBytes, recommendedMetadataBytes, smallestFileBytes } = estimate.thinbd;
+      const worst = `${formatSize(metadataBytes)} (${metadataBytes} bytes) at worst, every block its own mapping`;
+      if (recommendedMetadataBytes > metadataBytes) {
+        // The smallest metadata file is larger than small pools need: say why the advice exceeds the worst case.
+        const lastSuperblockCopyBytes = Math.max(...SUPERBLOCK_BLOCK_NRS) * METADATA_BLOCK_SIZE_BYTES;
+        reporter.out(
+          `thinbd:  use --metadata-size ${formatSize(recommendedMetadataBytes)}: the metadata takes ${worst}, and ` +
+            `${formatSize(smallestFileBytes)} is the smallest metadata file (its last superblock copy sits at ${formatSize(lastSuperblockCopyBytes)}; the file is sparse, so only blocks in use take space)`,
+        );
+      } else {
+        reporter.out(`thinbd:  use --metadata-size ${formatSize(recommendedMetadataBytes)}: the metadata takes ${worst}`);
+      }
       reporter.out(`dm-thin: ${formatSize(estimate.dmThin.metadataBytes)} (${estimate.dmThin.metadataBytes} bytes), as thin_metadata_size estimates it`);
     });
 

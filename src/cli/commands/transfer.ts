@@ -6,6 +6,7 @@ import { withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { exportRaw, importRaw } from '../../tools/transfer.ts';
+import { ThinError } from '../../errors.ts';
 
 const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
 
@@ -34,9 +35,18 @@ export function registerTransferCommands(program: Command, reporter: Reporter): 
       const offsetBytes = sizeOption('--offset', options.offset);
       const progress = progressReporter(`import ${name}`);
       const source = file === '-' ? { stream: process.stdin } : { path: file };
+      // Ctrl-C or SIGTERM stops the import cleanly: a volume it created is removed again.
+      const interrupted = new AbortController();
+      const onSignal = (signal: NodeJS.Signals): void => {
+        interrupted.abort(new ThinError('THIN_INTERRUPTED', `Import into ${name} interrupted by ${signal}`));
+      };
+      process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
       const result = await withPool(poolDirectory(options.pool), 'write', (pool) =>
-        importRaw(pool, name, source, { offsetBytes, onProgress: progress.onProgress }),
-      ).finally(progress.stop);
+        importRaw(pool, name, source, { offsetBytes, onProgress: progress.onProgress, signal: interrupted.signal }),
+      ).finally(() => {
+        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        progress.stop();
+      });
       reporter.out(
         `Imported ${formatSize(result.bytesRead)} into ${result.volumeCreated ? 'new ' : ''}volume ${name} ` +
           `(${formatSize(result.bytesWritten)} written, the rest zeros left unmapped)`,

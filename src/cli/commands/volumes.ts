@@ -78,14 +78,16 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
 
   program
     .command('resize')
-    .description('grow or shrink a volume (shrinking discards what lies past the new end)')
+    .description('grow a volume, or shrink it with --allow-shrink (shrinking discards what lies past the new end)')
     .argument('<name>', 'volume name')
     .option('--pool <dir>', poolHelp)
     .requiredOption('--size <size>', 'new virtual size')
+    .option('--allow-shrink', 'allow a size below the current one, discarding the data past it')
     .action(async (nameText, options) => {
       const name = volumeName('volume name', nameText);
       const sizeBytes = volumeSize(options.size);
-      await withService(poolDirectory(options.pool), 'write', (service) => service.resizeVolume({ name, sizeBytes }));
+      const allowShrink = options.allowShrink === true;
+      await withService(poolDirectory(options.pool), 'write', (service) => service.resizeVolume({ name, sizeBytes, allowShrink }));
       reporter.out(`Resized volume ${name} to ${formatSize(sizeBytes)}`);
     });
 

@@ -1,0 +1,174 @@
+// What a new user ran into (issue 11), through the real `thinbd` executable: each test failed
+// before its fix.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import type { VolumeListing } from '../../src/tools/list.ts';
+import { THINBD, thinbd, thinbdJson } from './run-thinbd.ts';
+
+const K = 1024;
+const M = 1024 * K;
+
+let work: string;
+before(() => {
+  work = mkdtempSync(join(tmpdir(), 'thinbd-new-user-'));
+});
+after(() => {
+  rmSync(work, { recursive: true, force: true });
+});
+
+function freshPool(name: string): string {
+  const dir = join(work, name);
+  const result = thinbd(['pool', 'create', '--pool', dir, '--data-size', '256M']);
+  assert.equal(result.code, 0, result.stderr);
+  return dir;
+}
+
+function ok(args: string[]): string {
+  const result = thinbd(args);
+  assert.equal(result.code, 0, `thinbd ${args.join(' ')}: ${result.stderr}`);
+  return result.stdout;
+}
+
+function listing(dir: string): VolumeListing[] {
+  return thinbdJson<VolumeListing[]>(['list', '--pool', dir]);
+}
+
+test('shrinking a volume needs --allow-shrink: without it, exit 2 and nothing changes; growing needs nothing', () => {
+  const dir = freshPool('shrink');
+  ok(['create', '--pool', dir, 'vol0', '--size', '4M']);
+  const image = join(work, 'shrink.img');
+  writeFileSync(image, randomBytes(4 * M));
+  ok(['import', '--pool', dir, 'vol0', image]);
+
+  const refused = thinbd(['resize', '--pool', dir, 'vol0', '--size', '1M']);
+  assert.equal(refused.code, 2, refused.stderr);
+  assert.match(refused.stderr, /--allow-shrink/);
+  assert.equal(refused.stderr.trim().split('\n').length, 1, 'one clear line');
+  const [unchanged] = listing(dir);
+  assert.equal(unchanged?.sizeBytes, 4 * M);
+  assert.equal(unchanged?.mappedBytes, 4 * M);
+
+  ok(['resize', '--pool', dir, 'vol0', '--size', '8M']);
+  assert.equal(listing(dir)[0]?.sizeBytes, 8 * M);
+  ok(['resize', '--pool', dir, 'vol0', '--size', '1M', '--allow-shrink']);
+  const [shrunk] = listing(dir);
+  assert.equal(shrunk?.sizeBytes, 1 * M);
+  assert.equal(shrunk?.mappedBytes, 1 * M);
+});
+
+test('an import that cannot read its source is refused before a volume is created, naming the file', () => {
+  const dir = freshPool('import-refused');
+  const directory = join(work, 'a-directory');
+  mkdirSync(directory);
+  const aFile = join(work, 'a-file');
+  writeFileSync(aFile, randomBytes(64 * K));
+  const cases: Array<[string, RegExp]> = [
+    [directory, /a-directory.*is a directory/],
+    [join(work, 'missing.img'), /missing\.img.*no such file/],
+    [join(aFile, 'inside'), /a-file\/inside.*not a directory/],
+  ];
+  for (const [source, message] of cases) {
+    const result = thinbd(['import', '--pool', dir, 'vol9', source]);
+    assert.equal(result.code, 1, `${source}: ${result.stderr}`);
+    assert.match(result.stderr, message);
+    assert.equal(result.stderr.trim().split('\n').length, 1, 'one clear line');
+    assert.deepEqual(listing(dir), [], `no volume left behind after importing ${source}`);
+  }
+  ok(['check', '--pool', dir]);
+});
+
+test('an import that runs out of space midway removes the volume it created', () => {
+  const dir = join(work, 'import-nospace');
+  ok(['pool', 'create', '--pool', dir, '--data-size', '2M']);
+  const image = join(work, 'nospace.img');
+  writeFileSync(image, randomBytes(4 * M));
+  const result = thinbd(['import', '--pool', dir, 'vol9', image]);
+  assert.equal(result.code, 1, result.stderr);
+  assert.match(result.stderr, /No free data block/);
+  assert.deepEqual(listing(dir), []);
+  const status = thinbdJson<{ dataBlocksUsed: number }>(['pool', 'status', '--pool', dir]);
+  assert.equal(status.dataBlocksUsed, 0, 'the blocks it wrote are free again');
+  ok(['check', '--pool', dir]);
+});
+
+test('an import interrupted by SIGINT removes the volume it created', async () => {
+  const dir = freshPool('import-interrupted');
+  const child = spawn(process.execPath, [THINBD, 'import', '--pool', dir, 'vol9', '-'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })),
+  );
+  // Once 2 MiB more than a pipe holds have been taken from the pipe, the import is past creating
+  // its volume and inside the copy loop.
+  const block = randomBytes(64 * K);
+  for (let written = 0; written < 2 * M; written += block.length) {
+    await new Promise<void>((resolve, reject) => child.stdin.write(block, (error) => (error ? reject(error) : resolve())));
+  }
+  child.kill('SIGINT');
+  const { code } = await exited;
+  child.stdin.destroy();
+  assert.equal(code, 1, stderr);
+  assert.match(stderr, /interrupted by SIGINT/);
+  assert.deepEqual(listing(dir), []);
+  ok(['check', '--pool', dir]);
+});
+
+test('a reader that closes standard output early ends the command quietly with 141', () => {
+  // Enough mappings that the dump cannot fit in the pipe before head exits.
+  const xml = join(work, 'many.xml');
+  const lines = ['<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="100000">'];
+  lines.push('  <device dev_id="1" mapped_blocks="40000" transaction="0" creation_time="0" snap_time="0">');
+  for (let block = 0; block < 40000; block += 1) lines.push(`    <single_mapping origin_block="${2 * block}" data_block="${2 * block}" time="0"/>`);
+  lines.push('  </device>', '</superblock>', '');
+  writeFileSync(xml, lines.join('\n'));
+  const dir = join(work, 'epipe');
+  ok(['restore', '--pool', dir, '-i', xml, '--data-size', '8G']);
+  for (const command of [['dump'], ['dump', '--format', 'human'], ['dump', '--format', 'json'], ['export', '1', '-']]) {
+    const args = [...command.slice(0, 1), '--pool', dir, ...command.slice(1)].map((arg) => JSON.stringify(arg)).join(' ');
+    const result = spawnSync('bash', ['-c', `${JSON.stringify(process.execPath)} ${JSON.stringify(THINBD)} ${args} | head -c 100 >/dev/null; echo "\${PIPESTATUS[0]}"`], {
+      encoding: 'utf8',
+    });
+    assert.equal(result.stderr, '', `thinbd ${command.join(' ')} | head says nothing on stderr`);
+    assert.equal(result.stdout.trim(), '141', `thinbd ${command.join(' ')} | head exits 141`);
+  }
+});
+
+test('a directory that holds no pool is left untouched by every command', () => {
+  const notAPool = join(work, 'notapool');
+  mkdirSync(notAPool);
+  writeFileSync(join(notAPool, 'metadata'), 'a file that happens to be called metadata');
+  const commands = [
+    ['list'],
+    ['pool', 'status'],
+    ['check'],
+    ['dump'],
+    ['create', 'v', '--size', '1M'],
+    ['snapshot', 'a', 'b'],
+    ['remove', 'a'],
+    ['resize', 'a', '--size', '1M'],
+    ['import', 'a', join(work, 'nowhere.img')],
+    ['export', 'a', join(work, 'nowhere.out')],
+    ['delta', 'a', 'b'],
+    ['metadata', 'pack', '-o', join(work, 'nowhere.pack')],
+  ];
+  for (const command of commands) {
+    const result = thinbd([...command, '--pool', notAPool]);
+    assert.equal(result.code, 1, `thinbd ${command.join(' ')}: ${result.stderr}`);
+    assert.match(result.stderr, /No pool at .*notapool \(no data file there\)/, command.join(' '));
+    assert.deepEqual(readdirSync(notAPool), ['metadata'], `thinbd ${command.join(' ')} created nothing`);
+  }
+  assert.equal(existsSync(join(work, 'nowhere.pack')), false);
+});
+
+test('metadata size gives one figure to use and says why it exceeds the worst case', () => {
+  const small = ok(['metadata', 'size', '--data-size', '2G', '--block-size', '128k']);
+  assert.match(small, /^thinbd: +use --metadata-size 68M: the metadata takes 1\.9M \(\d+ bytes\) at worst.*68M is the smallest metadata file \(its last superblock copy sits at 64M/m);
+  const large = ok(['metadata', 'size', '--data-size', '2T']);
+  assert.match(large, /^thinbd: +use --metadata-size 3\.1G: the metadata takes 3\.1G \(\d+ bytes\) at worst, every block its own mapping$/m);
+});
