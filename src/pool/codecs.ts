@@ -12,7 +12,9 @@ import type { Extent } from './ranges.ts';
 export const POOL_PAYLOAD_MAGIC = 0x4c504254;
 /** The pool format this build writes and reads (F-POOL-2). */
 export const POOL_FORMAT_VERSION = 1;
-export const POOL_PAYLOAD_SIZE_BYTES = 80;
+export const POOL_PAYLOAD_SIZE_BYTES = 88;
+/** Payloads written before `userTransactionId` existed end at byte 80; it reads as 0 there. */
+export const POOL_PAYLOAD_SIZE_BYTES_MIN = 80;
 /** Payload flag: a commit failed or a check found damage; open read-only until repaired. */
 export const POOL_FLAG_NEEDS_CHECK = 1;
 /**
@@ -67,6 +69,12 @@ export interface PoolPayload {
   nextVolumeId: number;
   creationTimeMs: number;
   /**
+   * dm-thin's userspace transaction id (thin_dump's superblock `transaction`, which LVM sets with
+   * `set_transaction_id` and checks on activation). A label kept for round trips through
+   * dump/restore; thinbd's own commits count generations and never change it.
+   */
+  userTransactionId: number;
+  /**
    * The transaction that wrote each root block, as its header says (F-POOL-8): a lost or
    * misdirected write of a root leaves an older valid block there, which only this tells apart.
    * 0 or absent: not recorded (not checked).
@@ -92,6 +100,7 @@ export function encodePoolPayload(payload: PoolPayload): Uint8Array {
   setU64(view, 56, payload.creationTimeMs);
   setU64(view, 64, payload.deviceTreeRootTransactionId ?? 0);
   setU64(view, 72, payload.dataSpaceMapRootTransactionId ?? 0);
+  setU64(view, 80, payload.userTransactionId);
   return bytes;
 }
 
@@ -100,7 +109,9 @@ function corruptPayload(message: string): ThinError {
 }
 
 export function decodePoolPayload(bytes: Uint8Array, metadataBlockCount: number): PoolPayload {
-  if (bytes.length < POOL_PAYLOAD_SIZE_BYTES) throw corruptPayload(`${bytes.length} bytes, expected ${POOL_PAYLOAD_SIZE_BYTES}`);
+  if (bytes.length < POOL_PAYLOAD_SIZE_BYTES_MIN) {
+    throw corruptPayload(`${bytes.length} bytes, expected at least ${POOL_PAYLOAD_SIZE_BYTES_MIN}`);
+  }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
   const magic = view.getUint32(0, true);
   // F-POOL-1: the magic must read "TBPL".
@@ -130,6 +141,8 @@ export function decodePoolPayload(bytes: Uint8Array, metadataBlockCount: number)
     creationTimeMs: field('creation time', 56),
     deviceTreeRootTransactionId: field('device tree root transaction', 64),
     dataSpaceMapRootTransactionId: field('data space map root transaction', 72),
+    // F-POOL-9: absent from payloads written before the field existed.
+    userTransactionId: bytes.length >= 88 ? field('user transaction id', 80) : 0,
   };
   const { blockSizeBytes } = payload;
   // F-POOL-3: the block size is a power of two in dm-thin's range.

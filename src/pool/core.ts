@@ -167,6 +167,7 @@ interface PoolFields {
   nextVolumeId: number;
   creationTimeMs: number;
   flags: number;
+  userTransactionId: number;
 }
 
 /** Reserve for copy-on-write (F-POOL-42): 1 % of the data blocks, at most DATA_BLOCKS_RESERVED_MAX. */
@@ -343,6 +344,7 @@ export class PoolCore {
       nextVolumeId: payload.nextVolumeId,
       creationTimeMs: payload.creationTimeMs,
       flags: payload.flags,
+      userTransactionId: payload.userTransactionId,
     };
     this.#deviceTreeRoot = payload.deviceTreeRoot;
     this.dataSpace = new SpaceMap(tm, payload.dataSpaceMapRoot, payload.dataBlockCount);
@@ -1015,7 +1017,7 @@ export class PoolCore {
         detailsBlock,
         sizeBytes,
         mappedBlockCount: 0,
-        transactionId: this.tm.transactionId,
+        transactionId: this.#fields.userTransactionId, // dm-thin's: the pool's user transaction id at creation
         creationTime: time,
         snapshottedTime: time,
         flags: 0,
@@ -1062,7 +1064,7 @@ export class PoolCore {
         detailsBlock,
         sizeBytes: source.value.sizeBytes,
         mappedBlockCount: source.value.mappedBlockCount,
-        transactionId: this.tm.transactionId,
+        transactionId: this.#fields.userTransactionId, // dm-thin's: the pool's user transaction id at creation
         creationTime: time,
         snapshottedTime: time,
         flags: readOnly ? DEVICE_FLAG_READ_ONLY : 0,
@@ -1565,6 +1567,7 @@ export class PoolCore {
       time: this.#fields.time,
       nextVolumeId: this.#fields.nextVolumeId,
       creationTimeMs: this.#fields.creationTimeMs,
+      userTransactionId: this.#fields.userTransactionId,
       deviceTreeRootTransactionId: writtenBy(this.tm, this.#deviceTreeRoot, BTREE_BLOCK_TYPES),
       dataSpaceMapRootTransactionId: writtenBy(this.tm, this.dataSpace.root, BTREE_BLOCK_TYPES),
     };

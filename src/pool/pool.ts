@@ -255,6 +255,7 @@ export class Pool {
       time: 0,
       nextVolumeId: 1,
       creationTimeMs: (options.now ?? Date.now)(),
+      userTransactionId: 0,
       deviceTreeRootTransactionId: writtenBy(tm, deviceTreeRoot, BTREE_BLOCK_TYPES),
       dataSpaceMapRootTransactionId: writtenBy(tm, dataSpace.root, BTREE_BLOCK_TYPES),
     };

@@ -312,13 +312,10 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     } catch (error) {
       checker.problem(`${where}, details block ${value.detailsBlock}`, messageOf(error));
     }
-    // F-POOL-10..12: ids, times and transaction ids the superblock has handed out.
+    // F-POOL-10..12: ids and times the superblock has handed out (a device's transaction id is a label, F-POOL-9).
     if (id >= payload.nextVolumeId) checker.problem(where, `id ${id} is not below the next volume id ${payload.nextVolumeId}`);
     if (value.creationTime > payload.time || value.snapshottedTime > payload.time) {
       checker.problem(where, `creation time ${value.creationTime} or snapshotted time ${value.snapshottedTime} is after the pool time ${payload.time}`);
-    }
-    if (value.transactionId > tm.durableTransactionId) {
-      checker.problem(where, `created in transaction ${value.transactionId}, after the committed transaction ${tm.durableTransactionId}`);
     }
 
     // Mapping tree: the walker reads and validates each distinct node once.

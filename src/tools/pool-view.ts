@@ -140,7 +140,7 @@ export class PoolView {
     return {
       uuid: '',
       time: payload.time,
-      transaction: this.tm.durableTransactionId,
+      transaction: payload.userTransactionId,
       flags: (payload.flags & POOL_FLAG_NEEDS_CHECK) !== 0 ? 1 : 0,
       version: DM_THIN_METADATA_VERSION,
       dataBlockSizeSectors: payload.blockSizeBytes / SECTOR_BYTES,

@@ -15,11 +15,10 @@
 // else the size that covers the highest mapped block (at least one block). Origins named in
 // comments are linked by name when that volume is restored too.
 //
-// Transaction ids are not carried over: thinbd's transaction id is its commit generation (a
-// volume may not name a transaction later than the pool's), while dm-thin's is a label userspace
-// (LVM) sets with `set_transaction_id`. The restored volumes carry the restore's transaction, and
-// the summary reports the dump's `transaction` (`sourceTransaction`) for whoever must set it again
-// when the pool goes back to LVM.
+// Transaction ids are carried over as dumped: dm-thin's superblock `transaction` is a label userspace
+// (LVM) sets with `set_transaction_id` and checks on activation, and a device's is that label when
+// the device was created. thinbd keeps both apart from its own commit generation (docs/format.md,
+// F-POOL-9), so a pool moved from LVM and back activates.
 //
 // Nothing half-built is left behind: the pool is built in `DIR.tmp-<pid>-<random>` next to DIR
 // and renamed to DIR only after its one commit is durable; on any failure the temporary
@@ -91,7 +90,7 @@ export interface RestoreSummary {
   dataBlockCount: number;
   volumes: RestoredVolume[];
   mappedBlockCount: number;
-  /** The dump's superblock transaction id (dm-thin's userspace transaction id; not kept, see above). */
+  /** The dump's superblock transaction id (dm-thin's userspace transaction id), kept in the pool. */
   sourceTransaction: number;
   input: XmlReadSummary;
   /** Facts of the input that the pool does not keep as given (e.g. a pool time raised). */
@@ -440,8 +439,7 @@ class PoolBuilder implements DumpVisitor {
       const block = tm.allocate(BlockType.details);
       block.bytes.fill(0, METADATA_BLOCK_HEADER_BYTES);
       block.bytes.set(encoded, METADATA_BLOCK_HEADER_BYTES);
-      // Every volume is created by the restore's transaction (see the module comment on transaction ids).
-      deviceTreeRoot = deviceTree.insert(deviceTreeRoot, device.id, { ...device.value, transactionId: tm.transactionId, detailsBlock: block.blockNr });
+      deviceTreeRoot = deviceTree.insert(deviceTreeRoot, device.id, { ...device.value, detailsBlock: block.blockNr });
       volumes.push({ name: details.name, id: device.id, sizeBytes: device.value.sizeBytes, mappedBlocks: device.value.mappedBlockCount });
     }
     if (this.#timeMax > engine.superblock.time) {
@@ -477,6 +475,7 @@ class PoolBuilder implements DumpVisitor {
       time: this.#timeMax,
       nextVolumeId,
       creationTimeMs: Date.now(),
+      userTransactionId: engine.superblock.transaction,
     };
   }
 

@@ -139,6 +139,7 @@ export async function rebuildSuperblock(sourceDir: string, scratchDir: string, b
       time: 0,
       nextVolumeId: VOLUME_ID_MAX,
       creationTimeMs: Date.now(),
+      userTransactionId: 0, // lived only in the superblock copies, none of which is readable
       deviceTreeRootTransactionId: deviceTreeRoot.transactionId,
       dataSpaceMapRootTransactionId: dataSpaceMapRoot.transactionId,
     });

@@ -172,3 +172,34 @@ test('metadata size gives one figure to use and says why it exceeds the worst ca
   const large = ok(['metadata', 'size', '--data-size', '2T']);
   assert.match(large, /^thinbd: +use --metadata-size 3\.1G: the metadata takes 3\.1G \(\d+ bytes\) at worst, every block its own mapping$/m);
 });
+
+test("restore then dump gives thin_dump's transaction ids back; volumes made later carry the pool's", () => {
+  const xml = join(work, 'lvm.xml');
+  writeFileSync(
+    xml,
+    [
+      '<superblock uuid="" time="4" transaction="36" flags="0" version="2" data_block_size="128" nr_data_blocks="1000">',
+      '  <device dev_id="1" mapped_blocks="2" transaction="35" creation_time="0" snap_time="3">',
+      '    <range_mapping origin_begin="0" data_begin="10" length="2" time="0"/>',
+      '  </device>',
+      '  <device dev_id="7" mapped_blocks="0" transaction="36" creation_time="4" snap_time="4">',
+      '  </device>',
+      '</superblock>',
+      '',
+    ].join('\n'),
+  );
+  const dir = join(work, 'lvm');
+  ok(['restore', '--pool', dir, '-i', xml, '--data-size', `${1000 * 64}k`]);
+  const dumped = ok(['dump', '--pool', dir]);
+  assert.match(dumped, /^<superblock uuid="" time="4" transaction="36" flags="0" version="2" data_block_size="128" nr_data_blocks="1000">$/m);
+  assert.match(dumped, /^ {2}<device dev_id="1" mapped_blocks="2" transaction="35" creation_time="0" snap_time="3">$/m);
+  assert.match(dumped, /^ {2}<device dev_id="7" mapped_blocks="0" transaction="36" creation_time="4" snap_time="4">$/m);
+
+  // thinbd's own commits move its generation, never dm-thin's transaction id.
+  ok(['create', '--pool', dir, 'new', '--size', '1M']);
+  const status = thinbdJson<{ transactionId: number }>(['pool', 'status', '--pool', dir]);
+  const again = ok(['dump', '--pool', dir]);
+  assert.match(again, /^<superblock [^>]*transaction="36"/m);
+  assert.match(again, /^ {2}<device dev_id="8" mapped_blocks="0" transaction="36" /m);
+  assert.notEqual(status.transactionId, 36);
+});
