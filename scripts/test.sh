@@ -20,7 +20,7 @@ done
 debian_packages=(
   "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "libnbd-bin:nbdcopy"
   "nbdfuse:nbdfuse" "fuse3:fusermount3" "nbdkit:nbdkit" "fio:fio"
-  "thin-provisioning-tools:thin_check" "e2fsprogs:mkfs.ext4" "util-linux:losetup"
+  "thin-provisioning-tools:thin_check" "e2fsprogs:mkfs.ext4" "util-linux:losetup" "util-linux:setpriv"
 )
 if [ "$system" = 1 ]; then
   missing=()

@@ -2,7 +2,9 @@
 // by opening its files (taking the pool lock for as long as the command runs).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { Pool, assertPoolExists } from '../pool/pool.ts';
+import { Pool, assertPoolExists, METADATA_FILE_NAME, DATA_FILE_NAME } from '../pool/pool.ts';
+import { describeExposure } from '../io/private.ts';
+import type { Reporter } from './report.ts';
 
 export { assertPoolExists };
 import { ThinError } from '../errors.ts';
@@ -46,4 +48,14 @@ export async function withPool<T>(dir: string, access: Access, work: (pool: Pool
   } finally {
     await pool.close();
   }
+}
+
+/**
+ * One warning line when users other than the owner can read the pool's volumes (a pool made
+ * before thinbd created them private, or loosened by hand). Not an error: the operator may have
+ * chosen it.
+ */
+export function warnIfExposed(dir: string, reporter: Reporter): void {
+  const exposure = describeExposure([join(dir, METADATA_FILE_NAME), join(dir, DATA_FILE_NAME)]);
+  if (exposure !== undefined) reporter.note(`thinbd: warning: pool ${dir}: ${exposure}`);
 }

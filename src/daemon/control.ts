@@ -4,12 +4,18 @@
 //   response { "id": 7, "result": ... }  or  { "id": 7, "error": { "code": "THIN_EXISTS", "message": "..." } }
 // Only the owner of the pool lock listens, so a socket file left by a killed server refuses
 // connections (ECONNREFUSED) and the next server removes it.
+//
+// The socket can change every volume, so it is the owner's alone: created 0600, and a peer whose
+// uid (SO_PEERCRED, told by the kernel) is neither the server's nor root is refused and logged,
+// even if someone loosens the socket file's mode.
 import { createServer, createConnection, type Server, type Socket } from 'node:net';
-import { rmSync } from 'node:fs';
+import { chmodSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PoolService } from './service.ts';
 import { errorFromWire } from './service.ts';
 import { ThinError } from '../errors.ts';
+import { peerCredentials } from '../io/peer-credentials.ts';
+import { PRIVATE_FILE_MODE } from '../io/private.ts';
 import { CONTROL_REQUEST_BYTES_MAX, CONTROL_CONNECT_TIMEOUT_MS } from '../constants.ts';
 
 export const CONTROL_SOCKET_NAME = 'control.sock';
@@ -32,11 +38,19 @@ export class ControlServer {
   }
 
   /** Listens on socketPath (removing a stale socket file: the caller holds the pool lock). */
-  static async listen(socketPath: string, service: PoolService): Promise<ControlServer> {
+  static async listen(socketPath: string, service: PoolService, log: (message: string) => void = () => {}): Promise<ControlServer> {
     rmSync(socketPath, { force: true });
     const server = createServer();
     const control = new ControlServer(server, socketPath);
-    server.on('connection', (socket) => control.#serve(socket, service));
+    server.on('connection', (socket) => {
+      const refusal = refusePeer(socket);
+      if (refusal !== undefined) {
+        log(`control socket: refused ${refusal}`);
+        socket.destroy();
+        return;
+      }
+      control.#serve(socket, service);
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(socketPath, () => {
@@ -44,6 +58,7 @@ export class ControlServer {
         resolve();
       });
     });
+    chmodSync(socketPath, PRIVATE_FILE_MODE);
     return control;
   }
 
@@ -94,6 +109,16 @@ export class ControlServer {
     });
     rmSync(this.socketPath, { force: true });
   }
+}
+
+/** Why a connection is refused (its peer is neither this process's user nor root), or undefined. */
+function refusePeer(socket: Socket): string | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  const peer = fd === undefined || fd < 0 ? undefined : peerCredentials(fd);
+  if (peer === undefined) return 'a connection whose peer credentials the kernel did not give';
+  const owner = process.getuid?.() ?? 0;
+  if (peer.uid === owner || peer.uid === 0) return undefined;
+  return `a connection from uid ${peer.uid} (pid ${peer.pid}): only uid ${owner} and root may use it`;
 }
 
 /** A PoolService that forwards every call to a live server; undefined when none answers. */

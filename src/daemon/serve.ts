@@ -88,7 +88,7 @@ export class PoolServer {
       const addresses: NbdListenAddress[] = [];
       for (const address of options.tcp) addresses.push(await nbd.listen(address));
       for (const path of options.unixSockets) addresses.push(await nbd.listen({ path }));
-      const control = await ControlServer.listen(controlSocketPath(options.poolDir), service);
+      const control = await ControlServer.listen(controlSocketPath(options.poolDir), service, options.log);
       return new PoolServer(pool, nbd, registry, control, addresses);
     } catch (error) {
       await pool.close().catch(() => undefined);

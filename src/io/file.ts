@@ -20,6 +20,7 @@ import fs from 'node:fs';
 import koffi from 'koffi';
 import type { BlockFile, SyncOptions } from './block-file.ts';
 import { ThinError, assert } from '../errors.ts';
+import { PRIVATE_FILE_MODE } from './private.ts';
 
 export interface FileOpenOptions {
   readOnly?: boolean;
@@ -99,7 +100,7 @@ export class FileBlockFile implements BlockFile {
     let fd: number;
     try {
       // 'wx+' is O_RDWR|O_CREAT|O_EXCL: atomic refusal of an existing path, and no O_APPEND.
-      fd = await callback<number>((done) => fs.open(path, 'wx+', 0o644, done));
+      fd = await callback<number>((done) => fs.open(path, 'wx+', PRIVATE_FILE_MODE, done));
     } catch (error) {
       const code = errorCode(error);
       if (code === 'EEXIST') {
@@ -111,6 +112,8 @@ export class FileBlockFile implements BlockFile {
       throw new ThinError('THIN_IO', `Cannot create ${path}: ${code}`, { cause: error });
     }
     try {
+      // Volume data is private to its owner (io/private.ts): the mode is set, not left to the umask.
+      await callback<void>((done) => fs.fchmod(fd, PRIVATE_FILE_MODE, done));
       await callback<void>((done) => fs.ftruncate(fd, sizeBytes, done));
     } catch (error) {
       fs.closeSync(fd);

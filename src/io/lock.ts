@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import koffi from 'koffi';
 import { ThinError } from '../errors.ts';
+import { PRIVATE_FILE_MODE } from './private.ts';
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;
@@ -43,7 +44,7 @@ export function lockDirectory(directoryPath: string): DirectoryLock {
   try {
     // O_RDWR | O_CREAT, no O_TRUNC: the holder's pid must survive a refused attempt. (libuv opens
     // every descriptor close-on-exec, so a child process never inherits the lock.)
-    fd = fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+    fd = fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT, PRIVATE_FILE_MODE);
   } catch (error) {
     const code = errorCode(error);
     if (code === 'ENOENT' || code === 'ENOTDIR') {

@@ -24,6 +24,7 @@ import {
 import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
+import { makePrivateDirectory } from '../io/private.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, TransactionManager } from '../pdata/index.ts';
 import { DeltaLog, emptyLogPosition } from '../journal/log.ts';
 import { readDeltaLog } from '../journal/replay.ts';
@@ -179,7 +180,7 @@ export class Pool {
   /** Creates DIR with sparse `metadata` and `data` files and a new pool in them (THIN_EXISTS if one is there). */
   static async create(dir: string, options: PoolCreateOptions): Promise<Pool> {
     const { dataBlockCount, metadataBlockCount } = validateCreateOptions(options);
-    fs.mkdirSync(dir, { recursive: true });
+    makePrivateDirectory(dir, { recursive: true });
     const lock = lockDirectory(dir);
     const files: Partial<PoolFiles> = {};
     const created: string[] = [];

@@ -25,6 +25,7 @@ import { ThinError, isThinError } from '../errors.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
 import { PoolView } from './pool-view.ts';
+import { makePrivateDirectory, openPrivateFile } from '../io/private.ts';
 
 const MAGIC = 'TBDMPACK';
 const PACK_VERSION = 1;
@@ -49,9 +50,14 @@ const PROGRESS_BLOCKS_STEP = 4096;
 /** Packs the live metadata of the pool in `dir` into a new file at `outputPath`. */
 export async function packMetadata(dir: string, outputPath: string, options: PackOptions = {}): Promise<PackSummary> {
   const view = await PoolView.open(dir);
-  const output = fs.createWriteStream(outputPath, { flags: 'wx' });
+  let output: fs.WriteStream;
   try {
-    await once(output, 'open');
+    output = fs.createWriteStream(outputPath, { fd: openPrivateFile(outputPath, 'wx') });
+  } catch (error) {
+    await view.close();
+    throw error;
+  }
+  try {
     const { tm } = view;
     const metadataBlockCount = tm.metadataBlockCount;
     const dataSizeBytes = view.payload.dataBlockCount * view.payload.blockSizeBytes;
@@ -114,8 +120,7 @@ function invalid(inputPath: string, reason: string): ThinError {
 export async function unpackMetadata(inputPath: string, dir: string, options: UnpackOptions = {}): Promise<UnpackSummary> {
   const metadataPath = path.join(dir, METADATA_FILE_NAME);
   if (fs.existsSync(metadataPath)) throw new ThinError('THIN_EXISTS', `${dir} already holds pool metadata; unpack writes a new pool's`);
-  const createdDir = !fs.existsSync(dir);
-  fs.mkdirSync(dir, { recursive: true });
+  const createdDir = makePrivateDirectory(dir, { recursive: true });
   const temporary = path.join(dir, `${METADATA_FILE_NAME}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   const dataPath = path.join(dir, DATA_FILE_NAME);
   let createdData: 'linked' | 'created' | undefined;

@@ -63,6 +63,7 @@ import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, DumpVisitor, Mapping, SuperblockBegin, VisitResult } from './dump/events.ts';
 import { readThinXml, type XmlReadSummary } from './restore-xml.ts';
 import { ReferenceRuns } from './reference-runs.ts';
+import { makePrivateDirectory } from '../io/private.ts';
 
 const SECTOR_BYTES = 512;
 
@@ -118,7 +119,7 @@ export async function buildPool<T>(
   assertNoPool(dir);
   const metadataBlockCount = metadataBlockCountFor(options.metadataSizeBytes);
   const temporary = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  fs.mkdirSync(temporary, { recursive: false });
+  makePrivateDirectory(temporary);
   const builder = new PoolBuilder(temporary, options.data, metadataBlockCount);
   try {
     const produced = await produce(builder);

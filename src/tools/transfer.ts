@@ -5,6 +5,7 @@ import { addAbortSignal, type Readable, type Writable } from 'node:stream';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
 import { ThinError } from '../errors.ts';
+import { PRIVATE_FILE_MODE } from '../io/private.ts';
 import { TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 
 export interface TransferProgress {
@@ -170,10 +171,14 @@ export interface ExportResult {
 export async function exportRaw(pool: Pool, name: string, target: ExportTarget, onProgress?: TransferProgress): Promise<ExportResult> {
   const volume = pool.volume(name);
   const sizeBytes = volume.sizeBytes;
-  const handle = 'path' in target ? await open(target.path, 'w') : undefined;
+  // A volume's bytes: the exported image is as private as the pool (io/private.ts).
+  const handle = 'path' in target ? await open(target.path, 'w', PRIVATE_FILE_MODE) : undefined;
   let bytesWritten = 0;
   try {
-    if (handle) await handle.truncate(sizeBytes);
+    if (handle) {
+      await handle.chmod(PRIVATE_FILE_MODE);
+      await handle.truncate(sizeBytes);
+    }
     let positionBytes = 0;
     for (const extent of volume.extents(0, sizeBytes)) {
       const extentEndBytes = positionBytes + extent.lengthBytes;

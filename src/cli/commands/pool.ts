@@ -5,7 +5,7 @@ import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_SIZE_BYTES_DEFAULT } from '../../co
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
 import { poolDirectory, sizeOption } from '../options.ts';
-import { withService } from '../pool-access.ts';
+import { warnIfExposed, withService } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { DATA_BLOCK_SIZE_BYTES_MAX, DATA_BLOCK_SIZE_BYTES_MIN } from '../../constants.ts';
 
@@ -53,6 +53,7 @@ export function registerPoolCommands(program: Command, reporter: Reporter): void
       const dir = poolDirectory(options.pool);
       // Opened for writing so `mode` is the pool's own (a read-only open reports 'read-only'); nothing is written.
       const status = await withService(dir, 'write', (service) => service.status());
+      warnIfExposed(dir, reporter);
       if (options.json) {
         reporter.json(status);
         return;

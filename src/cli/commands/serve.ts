@@ -5,7 +5,7 @@ import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
 import { poolDirectory } from '../options.ts';
-import { assertPoolExists } from '../pool-access.ts';
+import { assertPoolExists, warnIfExposed } from '../pool-access.ts';
 import { PoolServer, describeAddress, parseListenAddress } from '../../daemon/serve.ts';
 import { Pool } from '../../pool/pool.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT, SERVE_HOST_DEFAULT, SERVE_PORT_DEFAULT } from '../../constants.ts';
@@ -56,6 +56,19 @@ async function serveUntilSignalled(server: PoolServer, reporter: Reporter): Prom
 function announce(server: PoolServer, poolDir: string, reporter: Reporter): void {
   const where = server.addresses.map(describeAddress).join(' and ');
   reporter.out(`Serving ${server.exportNames.length} volume(s) of pool ${poolDir} on ${where}`);
+  warnIfExposed(poolDir, reporter);
+  for (const address of server.addresses) {
+    if (!('host' in address) || isLoopback(address.host)) continue;
+    reporter.note(
+      `thinbd: warning: serving on ${describeAddress(address)} without TLS: anyone who can reach that address can read and write every exported volume`,
+    );
+  }
+}
+
+/** 127.0.0.0/8, ::1 and localhost: reachable from this host only. */
+function isLoopback(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, '');
+  return bare === 'localhost' || bare === '::1' || /^127\.\d+\.\d+\.\d+$/.test(bare) || /^::ffff:127\./i.test(bare);
 }
 
 export function registerServeCommands(program: Command, reporter: Reporter): void {

@@ -20,6 +20,7 @@ import { writePoolDelta } from '../../tools/delta.ts';
 import { estimateMetadataSize } from '../../tools/metadata-size.ts';
 import { packMetadata, unpackMetadata } from '../../tools/pack.ts';
 import { repairPool } from '../../tools/repair.ts';
+import { openPrivateFile } from '../../io/private.ts';
 import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
 
 const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
@@ -35,8 +36,7 @@ async function withOutput(file: string | undefined, work: (stream: Writable) => 
     await work(process.stdout);
     return;
   }
-  const stream = createWriteStream(file, { flags: 'wx' });
-  await once(stream, 'open');
+  const stream = createWriteStream(file, { fd: openPrivateFile(file, 'wx') });
   try {
     await work(stream);
     stream.end();

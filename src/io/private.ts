@@ -1,0 +1,70 @@
+// What thinbd creates holds volume data (VM root disks, keys, databases) or facts about it, so it
+// is private to its owner whatever the umask: directories 0700, files 0600, as libvirt keeps
+// images and restic its repositories. A umask can only clear bits, and a strict one (0277) could
+// clear the owner's own, so modes are set explicitly after creation, not left to open/mkdir.
+import fs from 'node:fs';
+import { dirname } from 'node:path';
+
+export const PRIVATE_FILE_MODE = 0o600;
+export const PRIVATE_DIRECTORY_MODE = 0o700;
+
+/**
+ * Creates a directory 0700 (and, with `recursive`, any missing parents, which are the caller's
+ * too). Returns whether it created the directory itself; an existing one keeps its mode.
+ */
+export function makePrivateDirectory(path: string, options: { recursive?: boolean } = {}): boolean {
+  const existed = fs.existsSync(path);
+  const created = fs.mkdirSync(path, { recursive: options.recursive === true, mode: PRIVATE_DIRECTORY_MODE });
+  if (existed) return false;
+  // mkdirSync(recursive) returns the first directory it made; a plain mkdir made exactly `path`.
+  if (options.recursive !== true || created !== undefined) fs.chmodSync(path, PRIVATE_DIRECTORY_MODE);
+  return true;
+}
+
+/** Opens a new file 0600 for writing (`flags` as fs.openSync's, e.g. 'wx'), whatever the umask. */
+export function openPrivateFile(path: string, flags: string): number {
+  const fd = fs.openSync(path, flags, PRIVATE_FILE_MODE);
+  try {
+    fs.fchmodSync(fd, PRIVATE_FILE_MODE);
+  } catch (error) {
+    fs.closeSync(fd);
+    throw error;
+  }
+  return fd;
+}
+
+/** True when users other than the owner may read or enter `path` (group or other bits set). */
+export function isReadableByOthers(path: string): boolean {
+  return (fs.statSync(path).mode & 0o077) !== 0;
+}
+
+/**
+ * Why users other than the owner can read a pool's files, or undefined when they cannot: a
+ * regular file (the metadata or data, symbolic links followed) readable by group or others whose
+ * every directory up to the root lets them through. Block devices are left out: their modes are
+ * the system's (LVM's are root:disk 0660 by design).
+ */
+export function describeExposure(paths: readonly string[]): string | undefined {
+  for (const path of paths) {
+    let real: string;
+    let stats: fs.Stats;
+    try {
+      real = fs.realpathSync(path);
+      stats = fs.statSync(real);
+    } catch {
+      continue;
+    }
+    if (!stats.isFile() || (stats.mode & 0o044) === 0) continue;
+    if (!searchableByOthers(dirname(real))) continue;
+    return `${real} is readable by other users (mode ${(stats.mode & 0o777).toString(8).padStart(4, '0')}); chmod 600 it, or 700 its directory`;
+  }
+  return undefined;
+}
+
+/** Whether a user other than the owner may pass through every directory from `dir` up to the root. */
+function searchableByOthers(dir: string): boolean {
+  for (let current = dir; ; current = dirname(current)) {
+    if ((fs.statSync(current).mode & 0o011) === 0) return false;
+    if (dirname(current) === current) return true;
+  }
+}

@@ -1,0 +1,207 @@
+// A pool's data is private to its owner (issue 20), shown with other uids through setpriv: the
+// test runs as root (npm test installs packages as root) and runs thinbd as an owner and as a
+// stranger, neither of which needs an entry in /etc/passwd.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { THINBD } from './run-thinbd.ts';
+
+const OWNER = 41001;
+const STRANGER = 41002;
+
+let work: string;
+before(() => {
+  assert.equal(process.getuid?.(), 0, 'these tests switch users with setpriv and must run as root (npm test does)');
+  const setpriv = spawnSync('setpriv', ['--version'], { encoding: 'utf8' });
+  assert.equal(setpriv.status, 0, 'setpriv (util-linux) is needed: apt-get install util-linux');
+  work = mkdtempSync(join(tmpdir(), 'thinbd-security-'));
+  chmodSync(work, 0o755); // others may pass through the work directory: the pool's own modes must protect it
+});
+after(() => {
+  rmSync(work, { recursive: true, force: true });
+});
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command as `uid` (root when undefined) with a umask, from the work directory. */
+function runAs(uid: number | undefined, command: string[], umask = '022'): Run {
+  const shell = `umask ${umask} && exec "$@"`;
+  const argv = uid === undefined ? ['bash', '-c', shell, 'bash', ...command] : ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'bash', '-c', shell, 'bash', ...command];
+  const result = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', cwd: work, env: { ...process.env, HOME: tmpdir() }, timeout: 120_000 });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+function thinbdAs(uid: number | undefined, args: string[], umask?: string): Run {
+  return runAs(uid, [process.execPath, THINBD, ...args], umask);
+}
+
+function okAs(uid: number | undefined, args: string[], umask?: string): string {
+  const result = thinbdAs(uid, args, umask);
+  assert.equal(result.code, 0, `thinbd ${args.join(' ')} as ${uid ?? 'root'}: ${result.stderr}`);
+  return result.stdout;
+}
+
+function mode(path: string): string {
+  return (statSync(path).mode & 0o777).toString(8).padStart(4, '0');
+}
+
+test('every file and directory thinbd makes is 0600 / 0700 whatever the umask', () => {
+  const dir = join(work, 'modes');
+  okAs(undefined, ['pool', 'create', '--pool', dir, '--data-size', '64M'], '000');
+  assert.deepEqual([mode(dir), mode(join(dir, 'metadata')), mode(join(dir, 'data')), mode(join(dir, 'lock'))], ['0700', '0600', '0600', '0600']);
+  okAs(undefined, ['create', '--pool', dir, 'v', '--size', '1M'], '000');
+
+  const exported = join(work, 'v.raw');
+  okAs(undefined, ['export', '--pool', dir, 'v', exported], '000');
+  const xml = join(work, 'v.xml');
+  okAs(undefined, ['dump', '--pool', dir, '-o', xml], '000');
+  const packed = join(work, 'v.pack');
+  okAs(undefined, ['metadata', 'pack', '--pool', dir, '-o', packed], '000');
+  assert.deepEqual([mode(exported), mode(xml), mode(packed)], ['0600', '0600', '0600']);
+
+  const restored = join(work, 'restored');
+  okAs(undefined, ['restore', '--pool', restored, '-i', xml, '--data-size', '64M'], '000');
+  const repaired = join(work, 'repaired');
+  okAs(undefined, ['repair', '--pool', dir, '-o', repaired], '000');
+  const unpacked = join(work, 'unpacked');
+  okAs(undefined, ['metadata', 'unpack', '-i', packed, '--pool', unpacked], '000');
+  for (const made of [restored, repaired, unpacked]) {
+    assert.equal(mode(made), '0700', `${made} is 0700`);
+    for (const name of readdirSync(made)) {
+      if (statSync(join(made, name)).isFile()) assert.equal(mode(join(made, name)), '0600', `${made}/${name} is 0600`);
+    }
+  }
+});
+
+test('a stranger cannot read the files, take the lock or use the pool; the owner and root can', () => {
+  const home = join(work, 'owner-home');
+  mkdirSync(home);
+  chownSync(home, OWNER, OWNER);
+  chmodSync(home, 0o755);
+  const dir = join(home, 'pool');
+  okAs(OWNER, ['pool', 'create', '--pool', dir, '--data-size', '64M']);
+  okAs(OWNER, ['create', '--pool', dir, 'secret', '--size', '1M']);
+  assert.equal(statSync(join(dir, 'data')).uid, OWNER);
+
+  // Even with the directory opened up by hand, the files stay the owner's.
+  chmodSync(dir, 0o755);
+  for (const name of ['data', 'metadata']) {
+    const read = runAs(STRANGER, ['cat', join(dir, name)]);
+    assert.notEqual(read.code, 0);
+    assert.match(read.stderr, /Permission denied/);
+  }
+  const list = thinbdAs(STRANGER, ['list', '--pool', dir]);
+  assert.equal(list.code, 1);
+  assert.match(list.stderr, /Cannot lock pool .*EACCES/);
+  assert.equal(list.stderr.trim().split('\n').length, 1);
+  // The owner and root can; neither is warned (the files are 0600).
+  assert.match(okAs(OWNER, ['list', '--pool', dir]), /secret/);
+  assert.match(okAs(undefined, ['list', '--pool', dir]), /secret/);
+  assert.equal(thinbdAs(OWNER, ['pool', 'status', '--pool', dir]).stderr, '');
+});
+
+test('pool status and serve warn once about a pool others can read', async () => {
+  const dir = join(work, 'loose');
+  okAs(undefined, ['pool', 'create', '--pool', dir, '--data-size', '64M']);
+  chmodSync(dir, 0o755);
+  chmodSync(join(dir, 'data'), 0o644);
+  const status = thinbdAs(undefined, ['pool', 'status', '--pool', dir]);
+  assert.equal(status.code, 0, status.stderr);
+  assert.deepEqual(status.stderr.trim().split('\n'), [`thinbd: warning: pool ${dir}: ${join(dir, 'data')} is readable by other users (mode 0644); chmod 600 it, or 700 its directory`]);
+
+  const server = await startServer(undefined, dir, ['--listen', '0.0.0.0:0']);
+  try {
+    await server.waitForStderr(/without TLS/);
+    const warnings = server.stderr().split('\n').filter((line) => line.includes('warning'));
+    assert.equal(warnings.length, 2, server.stderr());
+    assert.match(warnings[0]!, /data is readable by other users/);
+    assert.match(warnings[1]!, /serving on nbd:\/\/0\.0\.0\.0:\d+\/ without TLS: anyone who can reach that address can read and write every exported volume/);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('the control socket is 0600 and refuses a stranger even when its mode is loosened; the owner and root use it', async () => {
+  const home = join(work, 'served-home');
+  mkdirSync(home);
+  chownSync(home, OWNER, OWNER);
+  chmodSync(home, 0o755);
+  const dir = join(home, 'pool');
+  okAs(OWNER, ['pool', 'create', '--pool', dir, '--data-size', '64M']);
+  const server = await startServer(OWNER, dir, ['--socket', join(home, 'nbd.sock')]);
+  try {
+    const socket = join(dir, 'control.sock');
+    assert.equal(mode(socket), '0600');
+    chmodSync(dir, 0o755);
+    chmodSync(socket, 0o777);
+
+    const refused = thinbdAs(STRANGER, ['create', '--pool', dir, 'intruder', '--size', '1M']);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, /closed the control connection/);
+    await server.waitForStderr(/control socket: refused a connection from uid 41002 \(pid \d+\): only uid 41001 and root may use it/);
+
+    okAs(OWNER, ['create', '--pool', dir, 'mine', '--size', '1M']);
+    okAs(undefined, ['create', '--pool', dir, 'roots', '--size', '1M']);
+    const names = okAs(OWNER, ['list', '--pool', dir]);
+    assert.match(names, /mine/);
+    assert.match(names, /roots/);
+    assert.doesNotMatch(names, /intruder/);
+  } finally {
+    await server.stop();
+  }
+});
+
+interface RunningServer {
+  stderr(): string;
+  waitForStderr(pattern: RegExp): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Starts `thinbd serve` as `uid` and waits for it to announce itself. */
+async function startServer(uid: number | undefined, dir: string, args: string[]): Promise<RunningServer> {
+  const command = [process.execPath, THINBD, 'serve', '--pool', dir, ...args];
+  const child: ChildProcess =
+    uid === undefined
+      ? spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', ...command], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOME: tmpdir() } });
+  let stdout = '';
+  let stderr = '';
+  const waiters: Array<() => void> = [];
+  const wake = (): void => {
+    for (const waiter of waiters.splice(0)) waiter();
+  };
+  child.stdout!.setEncoding('utf8').on('data', (text: string) => {
+    stdout += text;
+    wake();
+  });
+  child.stderr!.setEncoding('utf8').on('data', (text: string) => {
+    stderr += text;
+    wake();
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => {
+    wake();
+    resolve(code);
+  }));
+  const waitFor = async (ready: () => boolean, what: string): Promise<void> => {
+    while (!ready()) {
+      if (child.exitCode !== null) throw new Error(`thinbd serve exited ${child.exitCode} before ${what}: ${stderr}`);
+      await new Promise<void>((resolve) => waiters.push(resolve));
+    }
+  };
+  await waitFor(() => /Serving/.test(stdout), 'serving');
+  return {
+    stderr: () => stderr,
+    waitForStderr: (pattern) => waitFor(() => pattern.test(stderr), `stderr matched ${pattern}`),
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      assert.equal(await exited, 0, stderr);
+    },
+  };
+}
