@@ -48,6 +48,17 @@ function okAs(uid: number | undefined, args: string[], umask?: string): string {
   return result.stdout;
 }
 
+/** A pool the owner made in a home directory of theirs that others may pass through. */
+function ownersPool(name: string): { home: string; dir: string } {
+  const home = join(work, name);
+  mkdirSync(home);
+  chownSync(home, OWNER, OWNER);
+  chmodSync(home, 0o755);
+  const dir = join(home, 'pool');
+  okAs(OWNER, ['pool', 'create', '--pool', dir, '--data-size', '64M']);
+  return { home, dir };
+}
+
 function mode(path: string): string {
   return (statSync(path).mode & 0o777).toString(8).padStart(4, '0');
 }
@@ -81,12 +92,7 @@ test('every file and directory thinbd makes is 0600 / 0700 whatever the umask', 
 });
 
 test('a stranger cannot read the files, take the lock or use the pool; the owner and root can', () => {
-  const home = join(work, 'owner-home');
-  mkdirSync(home);
-  chownSync(home, OWNER, OWNER);
-  chmodSync(home, 0o755);
-  const dir = join(home, 'pool');
-  okAs(OWNER, ['pool', 'create', '--pool', dir, '--data-size', '64M']);
+  const { dir } = ownersPool('owner-home');
   okAs(OWNER, ['create', '--pool', dir, 'secret', '--size', '1M']);
   assert.equal(statSync(join(dir, 'data')).uid, OWNER);
 
@@ -129,12 +135,7 @@ test('pool status and serve warn once about a pool others can read', async () =>
 });
 
 test('the control socket is 0600 and refuses a stranger even when its mode is loosened; the owner and root use it', async () => {
-  const home = join(work, 'served-home');
-  mkdirSync(home);
-  chownSync(home, OWNER, OWNER);
-  chmodSync(home, 0o755);
-  const dir = join(home, 'pool');
-  okAs(OWNER, ['pool', 'create', '--pool', dir, '--data-size', '64M']);
+  const { home, dir } = ownersPool('served-home');
   const server = await startServer(OWNER, dir, ['--socket', join(home, 'nbd.sock')]);
   try {
     const socket = join(dir, 'control.sock');
