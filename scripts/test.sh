@@ -16,8 +16,10 @@ for arg in "$@"; do
   esac
 done
 
-# Debian packages and one command each provides, to tell whether it is installed.
+# Debian packages and one command each provides, to tell whether it is installed. make, g++ and
+# python3 build zstd-napi (node-gyp) during `npm ci`; Node's headers come with Debian's nodejs.
 debian_packages=(
+  "make:make" "g++:g++" "python3:python3"
   "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "libnbd-bin:nbdcopy"
   "nbdfuse:nbdfuse" "fuse3:fusermount3" "nbdkit:nbdkit" "fio:fio"
   "thin-provisioning-tools:thin_check" "e2fsprogs:mkfs.ext4" "util-linux:losetup" "util-linux:setpriv"
