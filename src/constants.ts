@@ -25,6 +25,15 @@ export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
 /** Volume writes in flight during import: keeps the data file busy without unbounded buffering. */
 export const TRANSFER_WRITES_IN_FLIGHT_MAX = 8;
 
+// ---- S3 (src/io/s3.ts) ----
+
+/** Tries per S3 request (the SDK's standard retry mode backs off between them): rides out throttling and brief outages. */
+export const S3_ATTEMPTS_MAX = 5;
+/** Multipart part size: above S3's 5 MiB minimum part, and objects up to one part go up in a single PUT. */
+export const S3_MULTIPART_PART_BYTES = 8 * 1024 * 1024;
+/** Parts of one multipart upload sent at once: keeps a link busy without holding many parts in memory. */
+export const S3_MULTIPART_PARTS_IN_FLIGHT_MAX = 4;
+
 // ---- NBD limits (src/nbd) ----
 
 /** Largest READ/WRITE payload: the spec's portable maximum (2^25) that every client honours; qemu uses the same. */
