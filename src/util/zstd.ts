@@ -5,12 +5,12 @@
 // archives and downloads, and a damaged frame header must not ask for gigabytes. A frame that
 // does not decompress to exactly that size is a ZstdFrameError.
 import { createRequire } from 'node:module';
-import type * as Binding from 'zstd-napi/binding';
+import type * as Binding from 'zstd-napi/binding.js';
 
 const require = createRequire(import.meta.url);
 // The package's own Compressor wraps the same context and copies out of a scratch buffer; the
 // binding is used directly for decompression so the output buffer is ours to size.
-const binding = require('zstd-napi/binding') as typeof Binding;
+const binding = require('zstd-napi/binding.js') as typeof Binding;
 const { Compressor } = require('zstd-napi') as typeof import('zstd-napi');
 
 export class ZstdFrameError extends Error {
