@@ -1094,6 +1094,26 @@ export class PoolCore {
     });
   }
 
+  /** Gives a volume a new name (a new details block, F-POOL-30); its id, mappings and labels stay. */
+  renameDevice(device: Device, newName: string): void {
+    this.assertWritable();
+    if (device.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${device.details.name} was removed`);
+    this.validateNewName(newName);
+    const oldName = device.details.name;
+    const details: VolumeDetails = { ...device.details, name: newName };
+    encodeDetails(details, DETAILS_CAPACITY_BYTES);
+    this.#mutate(`renaming volume ${oldName} to ${newName}`, 1, () => {
+      const detailsBlock = this.#writeDetails(details);
+      this.tm.dec(device.value.detailsBlock);
+      device.value = { ...device.value, detailsBlock };
+      device.details = details;
+      this.#idByName.delete(oldName);
+      this.#idByName.set(newName, device.id);
+      this.#unloggedChange = true;
+      this.#markDirty(device);
+    });
+  }
+
   /** The caller holds the device's whole-volume lock. */
   async resizeDevice(device: Device, sizeBytes: number): Promise<void> {
     this.assertDeviceWritable(device);

@@ -333,6 +333,13 @@ export class Pool {
     });
   }
 
+  /** Renames a volume (lvrename): the same volume, blocks and labels under a new name; THIN_EXISTS if taken. */
+  async renameVolume(name: string, newName: string): Promise<void> {
+    const device = this.#core.deviceByName(name);
+    this.#core.assertWritable();
+    await this.#holdingWholeVolume(device, () => this.#core.renameDevice(device, newName));
+  }
+
   /** Grows or shrinks a volume; shrinking unmaps past the end, and growing later reads zeros there. */
   async resizeVolume(name: string, sizeBytes: number): Promise<void> {
     const device = this.#core.deviceByName(name);

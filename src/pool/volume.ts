@@ -23,8 +23,14 @@ export interface VolumeExtent {
   mapped: boolean;
 }
 
+/** Virtual blocks [virtualBlock, +lengthBlocks) mapped to data blocks [dataBlock, +lengthBlocks). */
+export interface MappedRun {
+  virtualBlock: number;
+  dataBlock: number;
+  lengthBlocks: number;
+}
+
 export class Volume {
-  readonly name: string;
   readonly id: number;
   #core: PoolCore;
   #device: Device;
@@ -33,8 +39,12 @@ export class Volume {
   constructor(core: PoolCore, device: Device) {
     this.#core = core;
     this.#device = device;
-    this.name = device.details.name;
     this.id = device.id;
+  }
+
+  /** The volume's name (renameVolume changes it). */
+  get name(): string {
+    return this.#device.details.name;
   }
 
   get sizeBytes(): number {
@@ -167,6 +177,23 @@ export class Volume {
   async flush(): Promise<void> {
     this.#core.assertOpen();
     await this.#core.flush();
+  }
+
+  /**
+   * The volume's mappings in virtual block order, each run mapping consecutive virtual blocks to
+   * consecutive data blocks: what the delta walker compares (equal data blocks hold equal bytes,
+   * as copy-on-write never writes a block that another volume still maps). A snapshot of the
+   * mapping at the time of the call.
+   */
+  mappedRuns(): MappedRun[] {
+    this.#checkRange('list the mappings of', 0, 0);
+    const endBlock = Math.ceil(this.#device.value.sizeBytes / this.#core.blockSizeBytes);
+    if (endBlock === 0) return [];
+    const runs: MappedRun[] = [];
+    for (const run of this.#core.blockRuns(this.#device, 0, endBlock)) {
+      if (run.dataBlock !== undefined) runs.push({ virtualBlock: run.begin, dataBlock: run.dataBlock, lengthBlocks: run.end - run.begin });
+    }
+    return runs;
   }
 
   /**

@@ -667,3 +667,39 @@ test('a data write that fails fails its request, maps nothing, and fails every l
   await reopened.close();
   assert.ok((await checkPool({ metadata: MemoryBlockFile.from(files.metadata.snapshot()), data: MemoryBlockFile.from(files.data.snapshot()) })).ok);
 });
+
+test('a renamed volume keeps its id, blocks and labels under the new name, after a reopen too', async () => {
+  const memory = await memoryPool();
+  const { pool } = memory;
+  const volume = await pool.createVolume('old', { sizeBytes: 3 * BLOCK, labels: { role: 'db' } });
+  await volume.write(BLOCK, filled(BLOCK, 5));
+  await pool.snapshot('old', 'snap', { readOnly: true });
+  await pool.renameVolume('old', 'new');
+  assert.equal(volume.name, 'new');
+  assert.throws(() => pool.volume('old'), code('THIN_NOT_FOUND'));
+  await assert.rejects(pool.renameVolume('new', 'snap'), code('THIN_EXISTS'));
+  await assert.rejects(pool.renameVolume('new', 'bad name'), code('THIN_INVALID'));
+  const reopened = await reopen(memory);
+  const info = reopened.pool.list().find((entry) => entry.name === 'new');
+  assert.equal(info?.id, volume.id);
+  assert.deepEqual(info?.labels, { role: 'db' });
+  assert.deepEqual((await readAll(reopened.pool, 'new')).subarray(BLOCK, 2 * BLOCK), filled(BLOCK, 5));
+  assert.deepEqual((await checkPool(reopened.files)).problems, []);
+  await reopened.pool.close();
+});
+
+test('mappedRuns lists virtual-to-data runs in order; a snapshot maps the same data blocks until written', async () => {
+  const { pool } = await memoryPool();
+  const volume = await pool.createVolume('v', { sizeBytes: 8 * BLOCK + 10 });
+  assert.deepEqual(volume.mappedRuns(), []);
+  await volume.write(BLOCK, filled(2 * BLOCK, 1));
+  await volume.write(8 * BLOCK, filled(10, 2));
+  const runs = volume.mappedRuns();
+  assert.deepEqual(runs.map((run) => [run.virtualBlock, run.lengthBlocks]), [[1, 2], [8, 1]]);
+  const snapshot = await pool.snapshot('v', 's', { readOnly: true });
+  assert.deepEqual(snapshot.mappedRuns(), runs);
+  await volume.write(2 * BLOCK, filled(5, 3));
+  const after = volume.mappedRuns();
+  assert.equal(after.find((run) => run.virtualBlock <= 2 && run.virtualBlock + run.lengthBlocks > 2 && run.dataBlock + (2 - run.virtualBlock) === runs[0]!.dataBlock + 1), undefined, 'the written block moved');
+  await pool.close();
+});
