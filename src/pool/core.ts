@@ -128,6 +128,8 @@ export interface PoolCounters {
 }
 
 export interface PoolStatus {
+  /** The pool's id (16 hex digits), random at create: tells pools apart (archive streams record it). */
+  poolId: string;
   blockSizeBytes: number;
   dataBlockCount: number;
   dataBlocksUsed: number;
@@ -1238,6 +1240,7 @@ export class PoolCore {
   status(): PoolStatus {
     const tmCounters = this.tm.counters;
     const status: PoolStatus = {
+      poolId: this.tm.poolId.toString(16).padStart(16, '0'),
       blockSizeBytes: this.blockSizeBytes,
       dataBlockCount: this.dataBlockCount,
       dataBlocksUsed: this.dataSpace.usedBlockCount,

@@ -92,6 +92,7 @@ describe('pool create and status', () => {
     assert.equal(status['dataBlocksUsed'], 0);
     assert.equal(status['volumeCount'], 0);
     assert.equal(status['mode'], 'read-write');
+    assert.match(String(status['poolId']), /^[0-9a-f]{16}$/);
     for (const key of ['metadataBlockCount', 'metadataBlocksUsed', 'transactionId', 'metadataPath', 'dataPath']) {
       assert.ok(key in status, `status has ${key}`);
     }
