@@ -105,6 +105,9 @@ export class S3Bucket {
   /** Loads the SDK (once per process) and makes a client for `url` (`s3://BUCKET/PREFIX`). */
   static async connect(url: string | S3Location, options: S3ConnectOptions = {}): Promise<S3Bucket> {
     const location = typeof url === 'string' ? parseS3Url(url) : url;
+    // The SDK warns on every Node 20 run that its releases after January 2027 need Node 22; this
+    // build pins a release that supports Node 20 (README), so the warning would only be noise.
+    process.env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true';
     const sdk = await import('@aws-sdk/client-s3');
     const endpoint = resolveS3Endpoint(options.endpoint);
     const region = options.region ?? process.env['AWS_REGION'] ?? process.env['AWS_DEFAULT_REGION'] ?? (endpoint === undefined ? undefined : 'us-east-1');
@@ -134,7 +137,7 @@ export class S3Bucket {
   /** Bytes [beginBytes, endBytes) of the object (a ranged GET); fewer only if the object is shorter. */
   async getRange(key: string, beginBytes: number, endBytes: number): Promise<Uint8Array> {
     assert(Number.isSafeInteger(beginBytes) && beginBytes >= 0 && endBytes > beginBytes, `a byte range ${beginBytes}..${endBytes}`);
-    return await this.#fetch(key, `bytes=${beginBytes}-${endBytes - 1}`);
+    return await this.#fetch(key, `bytes=${beginBytes}-${endBytes - 1}`, beginBytes, endBytes);
   }
 
   /** The object's body as a stream (for large objects read once, such as an image tarball). */
@@ -147,14 +150,21 @@ export class S3Bucket {
     }
   }
 
-  async #fetch(key: string, range: string | undefined): Promise<Uint8Array> {
+  async #fetch(key: string, range: string | undefined, beginBytes = 0, endBytes = 0): Promise<Uint8Array> {
     try {
       const reply = await this.client.send(
         new this.#sdk.GetObjectCommand({ Bucket: this.location.bucket, Key: this.fullKey(key), ...(range === undefined ? {} : { Range: range }) }),
       );
       const body = reply.Body;
       if (body === undefined) throw new Error('the reply has no body');
-      return await body.transformToByteArray();
+      const bytes = await body.transformToByteArray();
+      if (range === undefined || bytes.length <= endBytes - beginBytes) return bytes;
+      // More than asked for: a server that ignores Range (no Content-Range, the whole object) or,
+      // like s3rver, answers `bytes=0-0` with the whole object. Cut the range out of what came.
+      const sent = /^bytes (\d+)-\d+\/\d+$/.exec(reply.ContentRange ?? '');
+      const sentBegin = sent === null ? 0 : Number(sent[1]);
+      if (sentBegin > beginBytes) throw new Error(`asked for bytes from ${beginBytes}, the server sent from ${sentBegin}`);
+      return bytes.subarray(beginBytes - sentBegin, endBytes - sentBegin);
     } catch (error) {
       throw this.#error('read', key, error);
     }
@@ -192,6 +202,23 @@ export class S3Bucket {
       });
       await upload.done();
     } catch (error) {
+      throw this.#error('write', key, error);
+    }
+  }
+
+  /**
+   * Stores `data` as `key` only if no object has that key: a conditional PUT (If-None-Match: *),
+   * which AWS S3 makes atomic. False when the key exists. A server that ignores the condition is
+   * caught when the key existed before the call (a HEAD first), not when two writers race.
+   */
+  async putNew(key: string, data: Uint8Array): Promise<boolean> {
+    if ((await this.head(key)) !== undefined) return false;
+    try {
+      await this.client.send(new this.#sdk.PutObjectCommand({ Bucket: this.location.bucket, Key: this.fullKey(key), Body: data, IfNoneMatch: '*' }));
+      return true;
+    } catch (error) {
+      const status = (error as { $metadata?: { httpStatusCode?: number } } | null)?.$metadata?.httpStatusCode;
+      if (status === 412 || status === 409) return false;
       throw this.#error('write', key, error);
     }
   }
