@@ -1,0 +1,172 @@
+// An object store in a directory: each object a file at its key's path. A write goes to a file
+// under `tmp/`, is synced, then renamed (put) or linked (putNew, which link(2) makes atomic and
+// exclusive) into place, and the directory synced: after a crash an object is there whole or
+// not at all. Files left in `tmp/` by a killed writer are removed by `archive gc`.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { ThinError } from '../errors.ts';
+import { checkKey, checkPrefix, type ObjectStore, type StoredObject } from './store.ts';
+
+export const DIRECTORY_TMP = 'tmp';
+
+export class DirectoryObjectStore implements ObjectStore {
+  readonly url: string;
+  readonly root: string;
+
+  private constructor(root: string) {
+    this.root = root;
+    this.url = root;
+  }
+
+  /** The store in `dir` (created when missing; whether it holds an archive is the caller's question). */
+  static open(dir: string): DirectoryObjectStore {
+    const root = path.resolve(dir);
+    return new DirectoryObjectStore(root);
+  }
+
+  #path(key: string): string {
+    checkKey(key);
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  async get(key: string): Promise<Uint8Array> {
+    try {
+      return new Uint8Array(await fsp.readFile(this.#path(key)));
+    } catch (error) {
+      throw this.#error('read', key, error);
+    }
+  }
+
+  async getRange(key: string, beginBytes: number, endBytes: number): Promise<Uint8Array> {
+    let handle: fsp.FileHandle | undefined;
+    try {
+      handle = await fsp.open(this.#path(key), 'r');
+      const target = new Uint8Array(endBytes - beginBytes);
+      let done = 0;
+      while (done < target.length) {
+        const { bytesRead } = await handle.read(target, done, target.length - done, beginBytes + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done === target.length ? target : target.subarray(0, done);
+    } catch (error) {
+      throw this.#error('read', key, error);
+    } finally {
+      await handle?.close();
+    }
+  }
+
+  async put(key: string, data: Uint8Array): Promise<void> {
+    const final = this.#path(key);
+    const temporary = await this.#writeTemporary(key, data);
+    try {
+      await fsp.mkdir(path.dirname(final), { recursive: true });
+      await fsp.rename(temporary, final);
+      await syncDirectory(path.dirname(final));
+    } catch (error) {
+      await fsp.rm(temporary, { force: true });
+      throw this.#error('write', key, error);
+    }
+  }
+
+  async putNew(key: string, data: Uint8Array): Promise<boolean> {
+    const final = this.#path(key);
+    const temporary = await this.#writeTemporary(key, data);
+    try {
+      await fsp.mkdir(path.dirname(final), { recursive: true });
+      await fsp.link(temporary, final);
+      await syncDirectory(path.dirname(final));
+      return true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw this.#error('write', key, error);
+    } finally {
+      await fsp.rm(temporary, { force: true });
+    }
+  }
+
+  async #writeTemporary(key: string, data: Uint8Array): Promise<string> {
+    const dir = path.join(this.root, DIRECTORY_TMP);
+    const temporary = path.join(dir, `${randomBytes(8).toString('hex')}.${path.basename(key)}`);
+    let handle: fsp.FileHandle | undefined;
+    try {
+      await fsp.mkdir(dir, { recursive: true });
+      handle = await fsp.open(temporary, 'wx');
+      await handle.writeFile(data);
+      await handle.sync();
+      return temporary;
+    } catch (error) {
+      await handle?.close().catch(() => undefined);
+      handle = undefined;
+      await fsp.rm(temporary, { force: true });
+      throw this.#error('write', key, error);
+    } finally {
+      await handle?.close();
+    }
+  }
+
+  async *list(prefix: string): AsyncGenerator<StoredObject> {
+    checkPrefix(prefix);
+    const base = prefix === '' ? this.root : path.join(this.root, ...prefix.slice(0, -1).split('/'));
+    yield* this.#walk(base, prefix);
+  }
+
+  async *#walk(dir: string, keyPrefix: string): AsyncGenerator<StoredObject> {
+    let entries: fs.Dirent[];
+    try {
+      entries = await fsp.readdir(dir, { withFileTypes: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw this.#error('list', keyPrefix, error);
+    }
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const entry of entries) {
+      if (keyPrefix === '' && entry.name === DIRECTORY_TMP) continue;
+      const key = keyPrefix + entry.name;
+      const full = path.join(dir, entry.name);
+      if (entry.isDirectory()) yield* this.#walk(full, `${key}/`);
+      else if (entry.isFile()) yield { key, sizeBytes: (await fsp.stat(full)).size };
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await fsp.rm(this.#path(key), { force: true });
+    } catch (error) {
+      throw this.#error('delete', key, error);
+    }
+  }
+
+  /** Removes whatever killed writers left in tmp/ (only while no writer runs: gc holds the store's exclusive lock). */
+  async removeTemporaries(): Promise<number> {
+    const dir = path.join(this.root, DIRECTORY_TMP);
+    let names: string[];
+    try {
+      names = await fsp.readdir(dir);
+    } catch {
+      return 0;
+    }
+    for (const name of names) await fsp.rm(path.join(dir, name), { force: true });
+    return names.length;
+  }
+
+  async close(): Promise<void> {}
+
+  #error(what: string, key: string, error: unknown): ThinError {
+    if (error instanceof ThinError) return error;
+    const where = path.join(this.root, key);
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return new ThinError('THIN_NOT_FOUND', `Cannot ${what} ${where}: no such file`, { cause: error });
+    return new ThinError('THIN_IO', `Cannot ${what} ${where}: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await fsp.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,64 @@
+// The object store an archive lives in: a flat namespace of immutable objects under keys such as
+// `packs/3f/3fa2…` (docs/format.md, "Archive store"). Two implementations: a directory
+// (directory-store.ts) and an S3 bucket prefix (s3-store.ts), held to one contract by one
+// conformance suite (test/archive/store.conformance.ts):
+//
+// - put(key, data) makes the object visible whole or not at all, replacing any object there
+//   (the directory store writes a temporary file, syncs it and renames it; S3 shows an object
+//   only once its PUT or multipart upload completes).
+// - putNew(key, data) is put that refuses (returns false) when the key exists: how a stream name
+//   is claimed. Atomic in a directory (link(2)); on S3 a conditional PUT (If-None-Match: *),
+//   which AWS S3 honours; a server that ignores the condition lets a later writer win (see
+//   docs/format.md F-AR-STREAM-5).
+// - get / getRange read an object or a byte range of it; a missing key is THIN_NOT_FOUND.
+// - list(prefix) yields every key under a prefix that ends in '/', with sizes, in key order.
+// - delete(key) removes an object; a missing one is not an error.
+// Keys are relative paths of [A-Za-z0-9._-] segments joined by '/'.
+import { ThinError } from '../errors.ts';
+import { isS3Url, type S3ConnectOptions } from '../io/s3.ts';
+
+export interface StoredObject {
+  key: string;
+  sizeBytes: number;
+}
+
+export interface ObjectStore {
+  /** Where the store is, as the user named it (a directory path or an s3:// URL). */
+  readonly url: string;
+  get(key: string): Promise<Uint8Array>;
+  /** Bytes [beginBytes, endBytes) of an object; THIN_NOT_FOUND if absent, fewer bytes if it is shorter. */
+  getRange(key: string, beginBytes: number, endBytes: number): Promise<Uint8Array>;
+  put(key: string, data: Uint8Array): Promise<void>;
+  /** Like put, but false (and nothing written) when the key already exists. */
+  putNew(key: string, data: Uint8Array): Promise<boolean>;
+  list(prefix: string): AsyncIterable<StoredObject>;
+  delete(key: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+const KEY_PATTERN = /^[A-Za-z0-9._+-]+(\/[A-Za-z0-9._+-]+)*$/;
+
+/** Keys are built by the archive code, never taken from input: a bad one is a bug. */
+export function checkKey(key: string): void {
+  if (!KEY_PATTERN.test(key) || key.split('/').some((part) => part === '.' || part === '..')) {
+    throw new ThinError('THIN_INVALID', `Invalid object key '${key}'`);
+  }
+}
+
+export function checkPrefix(prefix: string): void {
+  if (prefix !== '' && (!prefix.endsWith('/') || !KEY_PATTERN.test(prefix.slice(0, -1)))) {
+    throw new ThinError('THIN_INVALID', `Invalid key prefix '${prefix}'`);
+  }
+}
+
+export interface OpenStoreOptions extends Pick<S3ConnectOptions, 'endpoint'> {}
+
+/** The store named by `spec`: an `s3://BUCKET/PREFIX` URL, or else a directory path. */
+export async function openObjectStore(spec: string, options: OpenStoreOptions = {}): Promise<ObjectStore> {
+  if (isS3Url(spec)) {
+    const { S3ObjectStore } = await import('./s3-store.ts');
+    return await S3ObjectStore.open(spec, options);
+  }
+  const { DirectoryObjectStore } = await import('./directory-store.ts');
+  return DirectoryObjectStore.open(spec);
+}
