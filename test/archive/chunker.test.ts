@@ -1,0 +1,80 @@
+// FastCDC chunking: bounds, determinism, resynchronisation after an insertion, and cut points
+// pinned (they are part of the store format: a change would stop new packs deduplicating against
+// old ones).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { Chunker, chunkerParams } from '../../src/archive/chunker.ts';
+
+/** Deterministic pseudo-random bytes (xorshift32). */
+function pseudoRandom(lengthBytes: number, seed: number): Uint8Array {
+  const bytes = new Uint8Array(lengthBytes);
+  let state = seed >>> 0 || 1;
+  for (let index = 0; index < lengthBytes; index += 1) {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    bytes[index] = state & 0xff;
+  }
+  return bytes;
+}
+
+const chunker = new Chunker(chunkerParams(64 * 1024));
+
+test('chunks stay within min and max, and the mean is near the average', () => {
+  const data = pseudoRandom(16 * 1024 * 1024, 7);
+  const lengths = chunker.lengths(data);
+  assert.equal(lengths.reduce((a, b) => a + b, 0), data.length);
+  for (const length of lengths.slice(0, -1)) {
+    assert.ok(length >= 16 * 1024 && length <= 256 * 1024, `a chunk of ${length} bytes`);
+  }
+  const mean = data.length / lengths.length;
+  assert.ok(mean > 48 * 1024 && mean < 96 * 1024, `mean chunk ${mean}`);
+});
+
+test('the same bytes are cut at the same places', () => {
+  const data = pseudoRandom(2 * 1024 * 1024, 11);
+  assert.deepEqual(chunker.lengths(data), chunker.lengths(Uint8Array.from(data)));
+});
+
+test('after an insertion the cuts fall back into step, so later chunks deduplicate', () => {
+  const data = pseudoRandom(4 * 1024 * 1024, 3);
+  const shifted = new Uint8Array(data.length + 1000);
+  shifted.set(data.subarray(0, 500_000));
+  shifted.set(pseudoRandom(1000, 99), 500_000);
+  shifted.set(data.subarray(500_000), 501_000);
+  const hashes = (bytes: Uint8Array) => {
+    const result = new Set<string>();
+    let begin = 0;
+    for (const length of chunker.lengths(bytes)) {
+      result.add(createHash('sha256').update(bytes.subarray(begin, begin + length)).digest('hex'));
+      begin += length;
+    }
+    return result;
+  };
+  const before = hashes(data);
+  const after = hashes(shifted);
+  const shared = [...after].filter((hash) => before.has(hash)).length;
+  assert.ok(shared >= after.size - 3, `${shared} of ${after.size} chunks shared`);
+});
+
+test('without the final flag a range too short to hold a cut asks for more bytes', () => {
+  const data = pseudoRandom(300 * 1024, 5);
+  assert.equal(chunker.cut(data, 0, 10 * 1024, false), -1);
+  assert.equal(chunker.cut(data, 0, 10 * 1024, true), 10 * 1024);
+  const cut = chunker.cut(data, 0, data.length, false);
+  assert.ok(cut > 0 && cut <= 256 * 1024);
+  // Zeros never satisfy the mask: a run of them is cut at the maximum.
+  assert.equal(chunker.cut(new Uint8Array(300 * 1024), 0, 300 * 1024, false), 256 * 1024);
+});
+
+test('cut points are pinned (store format F-AR-CDC-1)', () => {
+  const data = pseudoRandom(1024 * 1024, 1234);
+  const lengths = chunker.lengths(data);
+  const digest = createHash('sha256').update(lengths.join(',')).digest('hex').slice(0, 16);
+  assert.equal(`${lengths.length}:${digest}`, PINNED);
+});
+
+const PINNED = '14:77114761ea96fff0';
