@@ -34,6 +34,54 @@ export const S3_MULTIPART_PART_BYTES = 8 * 1024 * 1024;
 /** Parts of one multipart upload sent at once: keeps a link busy without holding many parts in memory. */
 export const S3_MULTIPART_PARTS_IN_FLIGHT_MAX = 4;
 
+// ---- archive (src/archive) ----
+
+/** Average chunk size of new stores (`archive init --chunk-size`), chosen by measurement: docs/benchmarks.md "Archive". */
+export const ARCHIVE_CHUNK_AVERAGE_BYTES_DEFAULT = 64 * 1024;
+/** Chunk average sizes a store may use: below 4 KiB the index outgrows RAM, above 1 MiB small changes cost whole megabytes. */
+export const ARCHIVE_CHUNK_AVERAGE_BYTES_MIN = 4 * 1024;
+export const ARCHIVE_CHUNK_AVERAGE_BYTES_MAX = 1024 * 1024;
+/** zstd level of new stores (`archive init --level`), chosen by measurement: docs/benchmarks.md "Archive". */
+export const ARCHIVE_ZSTD_LEVEL_DEFAULT = 3;
+/**
+ * A stream segment covers this many average chunks of volume (1 GiB at 64 KiB chunks): a changed
+ * block rewrites only its segment's chunk list, and a segment's encoding stays below
+ * ARCHIVE_CHUNK_RAW_BYTES_MAX whatever the chunk sizes (F-AR-SEG-1, F-AR-SEG-3).
+ */
+export const ARCHIVE_SEGMENT_AVERAGE_CHUNKS = 16384;
+/** Payload bytes after which a pack object is closed: megabytes, so S3 sees few PUTs, and an interrupted pack loses little. */
+export const ARCHIVE_PACK_TARGET_BYTES = 16 * 1024 * 1024;
+/** Largest pack object a reader accepts (F-AR-PACK-4): a target pack plus one maximal chunk, with room. */
+export const ARCHIVE_PACK_BYTES_MAX = 256 * 1024 * 1024;
+/** Largest raw chunk a reader accepts: four times the largest average (F-AR-CDC-2), and a segment's encoding stays below it (F-AR-SEG-3). */
+export const ARCHIVE_CHUNK_RAW_BYTES_MAX = 4 * 1024 * 1024;
+/** Largest stream root object (F-AR-STREAM-2): a segment list for the largest volume fits with room. */
+export const ARCHIVE_STREAM_ROOT_BYTES_MAX = 64 * 1024 * 1024;
+/** Largest index object a reader accepts. */
+export const ARCHIVE_INDEX_BYTES_MAX = 1024 * 1024 * 1024;
+/**
+ * Pack reads and chunks a volume in jobs of this many bytes, each cut at multiples of it in the
+ * volume, so jobs are independent (they run on worker threads) and the same data at the same
+ * place is cut the same way in every pack. One extra cut per 8 MiB costs little dedup.
+ */
+export const ARCHIVE_JOB_BYTES = 8 * 1024 * 1024;
+/** Jobs read and being chunked at once: enough to keep every worker busy, bounded memory. */
+export const ARCHIVE_JOBS_IN_FLIGHT_MAX = 6;
+/** Pack objects uploading at once: overlaps upload with chunking without holding many packs in memory. */
+export const ARCHIVE_UPLOADS_IN_FLIGHT_MAX = 2;
+/** Raw bytes of chunks unpack fetches and holds at once (one window): few large ranged reads, bounded memory. */
+export const ARCHIVE_UNPACK_WINDOW_BYTES = 32 * 1024 * 1024;
+/** Ranged reads of a pack are joined across gaps up to this size: one GET instead of several. */
+export const ARCHIVE_READ_GAP_BYTES_MAX = 1024 * 1024;
+/** A pack object written this many packs ago without an index object is covered by one (bounds what a killed pack leaves for the next run to re-read). */
+export const ARCHIVE_PACKS_PER_INDEX_MAX = 64;
+/** How often a running command refreshes its store lock. */
+export const ARCHIVE_LOCK_REFRESH_MS = 5 * 60 * 1000;
+/** A lock not refreshed for this long belongs to a dead process on some host (restic's rule). */
+export const ARCHIVE_LOCK_STALE_MS = 30 * 60 * 1000;
+/** gc rewrites a pack whose live chunks hold less than this share of its bytes (restic prunes at a similar share). */
+export const ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX = 0.5;
+
 // ---- NBD limits (src/nbd) ----
 
 /** Largest READ/WRITE payload: the spec's portable maximum (2^25) that every client honours; qemu uses the same. */

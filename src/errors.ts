@@ -14,7 +14,8 @@ export type ThinErrorCode =
   | 'THIN_EXISTS' // a volume or pool by that name already exists
   | 'THIN_INVALID' // an argument is not acceptable (bad name, size, alignment)
   | 'THIN_BUSY' // the pool is locked by another process, or a volume is in use
-  | 'THIN_FORMAT' // the pool's format version is not one this build reads
+  | 'THIN_FORMAT' // the pool's (or archive store's) format version is not one this build reads
+  | 'THIN_CORRUPT_ARCHIVE' // an archive object is missing, truncated or fails its hash or layout checks
   | 'THIN_INTERRUPTED' // the command was stopped by a signal before it finished
   | 'THIN_NEEDS_CONFIRMATION' // the request would destroy data and was not confirmed (e.g. shrink without --allow-shrink)
   | 'THIN_CLOSED'; // the pool or volume was closed

@@ -1,0 +1,417 @@
+// An archive store opened for use: its config, the index of its chunks, and the machinery that
+// writes chunks into pack objects and reads them back. pack.ts, unpack.ts and maintenance.ts
+// build the commands on it.
+//
+// Write order (F-AR-ORDER-1), which is what makes a killed command harmless: pack objects first,
+// then an index object listing them, then the stream root. Until the root exists nothing refers
+// to the new packs; gc deletes packs no stream needs; and the next pack finds packs that no index
+// lists by reading their trailers, so an interrupted upload is not repeated.
+import { ThinError, assert, isThinError } from '../errors.ts';
+import {
+  ARCHIVE_INDEX_BYTES_MAX,
+  ARCHIVE_PACK_TARGET_BYTES,
+  ARCHIVE_PACKS_PER_INDEX_MAX,
+  ARCHIVE_READ_GAP_BYTES_MAX,
+  ARCHIVE_UPLOADS_IN_FLIGHT_MAX,
+} from '../constants.ts';
+import { ZstdDecompressor, ZstdFrameError } from '../util/zstd.ts';
+import { ChunkIndex, type ChunkLocation } from './chunk-index.ts';
+import { Chunker } from './chunker.ts';
+import {
+  CHUNK_FLAG_SEGMENT,
+  CHUNK_FLAG_ZSTD,
+  CONFIG_KEY,
+  INDEX_PREFIX,
+  PACK_FOOTER_BYTES,
+  PACK_HEADER_BYTES,
+  PACKS_PREFIX,
+  STREAMS_PREFIX,
+  checkPackHeader,
+  corrupt,
+  decodeIndex,
+  decodePackEntries,
+  decodePackFooter,
+  decodeSegment,
+  decodeStoreConfig,
+  decodeStreamRoot,
+  encodeIndex,
+  encodePackHeader,
+  encodePackTrailer,
+  encodeStoreConfig,
+  hashHex,
+  indexKey,
+  makeStoreConfig,
+  newObjectId,
+  packIdOfKey,
+  packKey,
+  sha256,
+  streamKey,
+  validStreamName,
+  type ChunkEntry,
+  type ChunkRef,
+  type PackListing,
+  type Segment,
+  type SegmentRef,
+  type StoreConfig,
+  type StreamRoot,
+} from './format.ts';
+import { openObjectStore, type ObjectStore, type OpenStoreOptions } from './store.ts';
+
+export interface InitOptions extends OpenStoreOptions {
+  averageChunkBytes: number;
+  zstdLevel: number;
+}
+
+/** What loading the index found, beyond the chunks. */
+export interface LoadedIndex {
+  index: ChunkIndex;
+  /** Every pack object in the store, by id: its size. */
+  packSizes: Map<string, number>;
+  /** Packs no index object lists (left by an interrupted pack): their trailers were read. */
+  unindexed: PackListing[];
+  /** Index objects read, by key. */
+  indexKeys: string[];
+  /** Objects that could not be used, each a sentence (verify reports them; pack carries on without them). */
+  problems: string[];
+}
+
+export class Archive {
+  readonly store: ObjectStore;
+  readonly config: StoreConfig;
+  readonly chunker: Chunker;
+
+  private constructor(store: ObjectStore, config: StoreConfig) {
+    this.store = store;
+    this.config = config;
+    this.chunker = new Chunker(config.chunking);
+  }
+
+  get url(): string {
+    return this.store.url;
+  }
+
+  /** Creates a new, empty store at `spec` (THIN_EXISTS if one is there). */
+  static async init(spec: string, options: InitOptions): Promise<Archive> {
+    const store = await openObjectStore(spec, options);
+    try {
+      const config = makeStoreConfig(options.averageChunkBytes, options.zstdLevel, new Date());
+      // F-AR-CFG-4: the config is written once, by an exclusive create; it never changes.
+      if (!(await store.putNew(CONFIG_KEY, encodeStoreConfig(config)))) {
+        throw new ThinError('THIN_EXISTS', `An archive store already exists at ${store.url}`);
+      }
+      return new Archive(store, config);
+    } catch (error) {
+      await store.close();
+      throw error;
+    }
+  }
+
+  static async open(spec: string, options: OpenStoreOptions = {}): Promise<Archive> {
+    const store = await openObjectStore(spec, options);
+    try {
+      let bytes: Uint8Array;
+      try {
+        bytes = await store.get(CONFIG_KEY);
+      } catch (error) {
+        if (isThinError(error, 'THIN_NOT_FOUND')) {
+          throw new ThinError('THIN_NOT_FOUND', `No archive store at ${store.url} (no config object); create one with 'thinbd archive init --store ${store.url}'`, { cause: error });
+        }
+        throw error;
+      }
+      return new Archive(store, decodeStoreConfig(bytes, `the store config of ${store.url}`));
+    } catch (error) {
+      await store.close();
+      throw error;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.store.close();
+  }
+
+  // ---- the chunk index ----
+
+  /** Reads every index object, and the trailers of packs none lists, into a ChunkIndex. */
+  async loadIndex(): Promise<LoadedIndex> {
+    const packSizes = new Map<string, number>();
+    const problems: string[] = [];
+    for await (const object of this.store.list(PACKS_PREFIX)) {
+      const packId = packIdOfKey(object.key);
+      if (packId === undefined) problems.push(`${object.key}: not a pack object's name`);
+      else packSizes.set(packId, object.sizeBytes);
+    }
+    const index = new ChunkIndex();
+    const covered = new Set<string>();
+    const indexKeys: string[] = [];
+    for await (const object of this.store.list(INDEX_PREFIX)) {
+      indexKeys.push(object.key);
+      let listings: PackListing[];
+      try {
+        if (object.sizeBytes > ARCHIVE_INDEX_BYTES_MAX) throw corrupt(object.key, `${object.sizeBytes} bytes is larger than any index`);
+        listings = decodeIndex(await this.store.get(object.key), `index object ${object.key}`);
+      } catch (error) {
+        if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_NOT_FOUND')) throw error;
+        problems.push((error as Error).message);
+        continue;
+      }
+      for (const listing of listings) {
+        // An index may list a pack that gc has since deleted: such entries are dropped.
+        if (!packSizes.has(listing.packId)) continue;
+        covered.add(listing.packId);
+        for (const entry of listing.entries) index.add(listing.packId, entry);
+      }
+    }
+    const unindexed: PackListing[] = [];
+    for (const [packId, sizeBytes] of packSizes) {
+      if (covered.has(packId)) continue;
+      try {
+        const entries = await this.readPackEntries(packId, sizeBytes);
+        unindexed.push({ packId, entries });
+        for (const entry of entries) index.add(packId, entry);
+      } catch (error) {
+        if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_NOT_FOUND')) throw error;
+        problems.push((error as Error).message);
+      }
+    }
+    return { index, packSizes, unindexed, indexKeys, problems };
+  }
+
+  /** A pack's entries, from its own trailer (F-AR-PACK-2). */
+  async readPackEntries(packId: string, sizeBytes: number): Promise<ChunkEntry[]> {
+    const key = packKey(packId);
+    const where = `pack ${key}`;
+    const footerBytes = await this.store.getRange(key, Math.max(0, sizeBytes - PACK_FOOTER_BYTES), sizeBytes);
+    const footer = decodePackFooter(footerBytes, sizeBytes, where);
+    const trailer = await this.store.getRange(key, footer.trailerOffsetBytes, sizeBytes - PACK_FOOTER_BYTES);
+    const entries = decodePackEntries(footer.entryCount === 0 ? new Uint8Array(0) : trailer, footer, where);
+    checkPackHeader(await this.store.getRange(key, 0, PACK_HEADER_BYTES), where);
+    return entries;
+  }
+
+  // ---- streams ----
+
+  async streamNames(): Promise<string[]> {
+    const names: string[] = [];
+    for await (const object of this.store.list(STREAMS_PREFIX)) names.push(object.key.slice(STREAMS_PREFIX.length));
+    return names;
+  }
+
+  async readStream(name: string): Promise<StreamRoot> {
+    if (!validStreamName(name)) throw new ThinError('THIN_INVALID', `Invalid stream name '${name}'`);
+    let bytes: Uint8Array;
+    try {
+      bytes = await this.store.get(streamKey(name));
+    } catch (error) {
+      if (isThinError(error, 'THIN_NOT_FOUND')) throw new ThinError('THIN_NOT_FOUND', `No stream named ${name} in ${this.url}`, { cause: error });
+      throw error;
+    }
+    return decodeStreamRoot(bytes, { name, segmentBytes: this.config.segmentBytes }, `stream ${name}`);
+  }
+
+  /** A segment of a stream, read through `reader` (its chunk is checked against its hash). */
+  async readSegment(reader: ChunkReader, root: StreamRoot, ref: SegmentRef): Promise<Segment> {
+    const where = `stream ${root.name}, segment ${ref.index} (chunk ${hashHex(ref.hash)})`;
+    const [bytes] = await reader.read([{ hash: ref.hash, rawBytes: ref.rawBytes }], () => where, CHUNK_FLAG_SEGMENT);
+    return decodeSegment(bytes!, { index: ref.index, segmentBytes: this.config.segmentBytes, volumeBytes: root.sizeBytes, chunkMaxBytes: this.config.chunking.maxBytes }, where);
+  }
+}
+
+// ---- writing chunks into packs ----
+
+interface OpenPack {
+  id: string;
+  parts: Uint8Array[];
+  entries: ChunkEntry[];
+  offsetBytes: number;
+}
+
+export interface PackWriterStats {
+  packs: number;
+  /** Bytes of pack objects written (payloads, trailers and headers). */
+  bytesWritten: number;
+}
+
+/**
+ * Collects stored chunks into pack objects of about ARCHIVE_PACK_TARGET_BYTES and uploads them,
+ * ARCHIVE_UPLOADS_IN_FLIGHT_MAX at a time, then lists them in index objects. Each chunk added
+ * goes into the chunk index at once, so a chunk seen twice in one run is stored once.
+ */
+export class PackWriter {
+  readonly #store: ObjectStore;
+  readonly #index: ChunkIndex;
+  #open: OpenPack | undefined;
+  readonly #uploads = new Set<Promise<void>>();
+  #failure: unknown;
+  /** Uploaded packs not yet listed by an index object. */
+  #unlisted: PackListing[];
+  readonly #writeIndexes: boolean;
+  /** Every pack this writer uploaded. */
+  readonly listings: PackListing[] = [];
+  readonly stats: PackWriterStats = { packs: 0, bytesWritten: 0 };
+
+  /**
+   * `unlisted`: packs found without an index (an interrupted run's), to list in this run's index.
+   * `writeIndex: false` leaves listing the packs to the caller (gc writes one index for all).
+   */
+  constructor(store: ObjectStore, index: ChunkIndex, unlisted: PackListing[] = [], options: { writeIndex?: boolean } = {}) {
+    this.#store = store;
+    this.#index = index;
+    this.#unlisted = [...unlisted];
+    this.#writeIndexes = options.writeIndex !== false;
+  }
+
+  /** Adds a chunk in its stored form; resolves when there is room for more. */
+  async add(hash: Uint8Array, stored: Uint8Array, rawBytes: number, flags: number): Promise<void> {
+    if (this.#failure !== undefined) throw this.#failure;
+    this.#open ??= { id: newObjectId(), parts: [encodePackHeader()], entries: [], offsetBytes: PACK_HEADER_BYTES };
+    const pack = this.#open;
+    const entry: ChunkEntry = { hash, offsetBytes: pack.offsetBytes, storedBytes: stored.length, rawBytes, flags };
+    pack.parts.push(stored);
+    pack.entries.push(entry);
+    pack.offsetBytes += stored.length;
+    assert(this.#index.add(pack.id, entry), `chunk ${hashHex(hash)} added twice`);
+    if (pack.offsetBytes >= ARCHIVE_PACK_TARGET_BYTES) await this.#seal();
+  }
+
+  async #seal(): Promise<void> {
+    const pack = this.#open;
+    if (pack === undefined) return;
+    this.#open = undefined;
+    const trailer = encodePackTrailer(pack.entries, pack.offsetBytes);
+    const bytes = new Uint8Array(pack.offsetBytes + trailer.length);
+    let at = 0;
+    for (const part of pack.parts) {
+      bytes.set(part, at);
+      at += part.length;
+    }
+    bytes.set(trailer, at);
+    const upload = (async () => {
+      await this.#store.put(packKey(pack.id), bytes);
+      this.stats.packs += 1;
+      this.stats.bytesWritten += bytes.length;
+      this.listings.push({ packId: pack.id, entries: pack.entries });
+      this.#unlisted.push({ packId: pack.id, entries: pack.entries });
+      if (this.#unlisted.length >= ARCHIVE_PACKS_PER_INDEX_MAX) await this.#writeIndex();
+    })();
+    const tracked = upload.catch((error: unknown) => {
+      this.#failure ??= error;
+    });
+    this.#uploads.add(tracked);
+    void tracked.finally(() => this.#uploads.delete(tracked));
+    while (this.#uploads.size >= ARCHIVE_UPLOADS_IN_FLIGHT_MAX) await Promise.race(this.#uploads);
+    if (this.#failure !== undefined) throw this.#failure;
+  }
+
+  async #writeIndex(): Promise<void> {
+    if (this.#unlisted.length === 0 || !this.#writeIndexes) return;
+    const listings = this.#unlisted;
+    this.#unlisted = [];
+    await this.#store.put(indexKey(newObjectId()), encodeIndex(listings));
+  }
+
+  /** Uploads what is left and lists every pack of this run in an index object. */
+  async finish(): Promise<void> {
+    await this.#seal();
+    await Promise.all(this.#uploads);
+    if (this.#failure !== undefined) throw this.#failure;
+    await this.#writeIndex();
+  }
+
+  /** Waits for uploads in flight (after a failure elsewhere), ignoring their errors. */
+  async abandon(): Promise<void> {
+    this.#open = undefined;
+    await Promise.all(this.#uploads);
+  }
+}
+
+// ---- reading chunks back ----
+
+interface PendingRead {
+  refIndex: number;
+  location: ChunkLocation;
+}
+
+/**
+ * Reads chunks by hash: locates them in the index, joins neighbouring chunks of one pack into
+ * one ranged read (gaps up to ARCHIVE_READ_GAP_BYTES_MAX), decompresses each and checks it
+ * against its name. Any problem is THIN_CORRUPT_ARCHIVE naming the chunk as `describe` places it.
+ */
+export class ChunkReader {
+  readonly #store: ObjectStore;
+  readonly #index: ChunkIndex;
+  readonly #decompressor = new ZstdDecompressor();
+
+  constructor(store: ObjectStore, index: ChunkIndex) {
+    this.#store = store;
+    this.#index = index;
+  }
+
+  /** Where a chunk is, or a THIN_CORRUPT_ARCHIVE error saying it is missing. */
+  locate(ref: ChunkRef, where: string, kind = 0): ChunkLocation {
+    const location = this.#index.get(ref.hash);
+    if (location === undefined) throw corrupt(where, 'missing from the store (no pack holds it)');
+    if (location.rawBytes !== ref.rawBytes) throw corrupt(where, `the store holds ${location.rawBytes} bytes under this name, the stream expects ${ref.rawBytes}`);
+    if ((location.flags & CHUNK_FLAG_SEGMENT) !== kind) throw corrupt(where, `stored as a ${kind === 0 ? 'segment' : 'data chunk'}`);
+    return location;
+  }
+
+  /** The raw bytes of each ref, in order. */
+  async read(refs: ChunkRef[], describe: (refIndex: number) => string, kind = 0): Promise<Uint8Array[]> {
+    const pending: PendingRead[] = refs.map((ref, refIndex) => ({ refIndex, location: this.locate(ref, describe(refIndex), kind) }));
+    pending.sort((a, b) => (a.location.packId < b.location.packId ? -1 : a.location.packId > b.location.packId ? 1 : a.location.offsetBytes - b.location.offsetBytes));
+    const results: Uint8Array[] = new Array<Uint8Array>(refs.length);
+    const groups: PendingRead[][] = [];
+    for (const read of pending) {
+      const group = groups[groups.length - 1];
+      const last = group?.[group.length - 1];
+      if (
+        group !== undefined &&
+        last !== undefined &&
+        last.location.packId === read.location.packId &&
+        read.location.offsetBytes >= last.location.offsetBytes &&
+        read.location.offsetBytes - (last.location.offsetBytes + last.location.storedBytes) <= ARCHIVE_READ_GAP_BYTES_MAX
+      ) {
+        group.push(read);
+      } else {
+        groups.push([read]);
+      }
+    }
+    await Promise.all(groups.map((group) => this.#readGroup(group, refs, results, describe)));
+    return results;
+  }
+
+  async #readGroup(group: PendingRead[], refs: ChunkRef[], results: Uint8Array[], describe: (refIndex: number) => string): Promise<void> {
+    const first = group[0]!.location;
+    const beginBytes = first.offsetBytes;
+    const endBytes = Math.max(...group.map((read) => read.location.offsetBytes + read.location.storedBytes));
+    const key = packKey(first.packId);
+    let bytes: Uint8Array;
+    try {
+      bytes = await this.#store.getRange(key, beginBytes, endBytes);
+    } catch (error) {
+      if (isThinError(error, 'THIN_NOT_FOUND')) throw corrupt(describe(group[0]!.refIndex), `its pack ${key} is missing`, error);
+      throw error;
+    }
+    for (const read of group) {
+      const where = describe(read.refIndex);
+      const { location } = read;
+      const begin = location.offsetBytes - beginBytes;
+      if (begin + location.storedBytes > bytes.length) throw corrupt(where, `its pack ${key} is truncated (${beginBytes + bytes.length} bytes, the chunk ends at ${location.offsetBytes + location.storedBytes})`);
+      const stored = bytes.subarray(begin, begin + location.storedBytes);
+      let raw: Uint8Array;
+      if ((location.flags & CHUNK_FLAG_ZSTD) !== 0) {
+        try {
+          raw = this.#decompressor.decompress(stored, location.rawBytes);
+        } catch (error) {
+          if (error instanceof ZstdFrameError) throw corrupt(where, `damaged in pack ${key} at byte ${location.offsetBytes}: ${error.message}`, error);
+          throw error;
+        }
+      } else {
+        raw = stored.slice();
+      }
+      // F-AR-CHUNK-1: a chunk's name is the SHA-256 of its raw bytes; anything else is damage.
+      if (Buffer.compare(sha256(raw), refs[read.refIndex]!.hash) !== 0) throw corrupt(where, `damaged in pack ${key} at byte ${location.offsetBytes}: its bytes no longer hash to its name`);
+      results[read.refIndex] = raw;
+    }
+  }
+}

@@ -1,0 +1,318 @@
+// `thinbd archive list | verify | rm | gc`: what a store holds, whether it is intact, and
+// reclaiming what no stream needs.
+import { ThinError, isThinError } from '../errors.ts';
+import { ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX, ARCHIVE_UNPACK_WINDOW_BYTES } from '../constants.ts';
+import { ChunkIndex } from './chunk-index.ts';
+import { ChunkReader, PackWriter, type Archive } from './archive.ts';
+import { DirectoryObjectStore } from './directory-store.ts';
+import {
+  CHUNK_FLAG_SEGMENT,
+  CHUNK_FLAG_ZSTD,
+  INDEX_PREFIX,
+  PACKS_PREFIX,
+  encodeIndex,
+  hashHex,
+  indexKey,
+  newObjectId,
+  packKey,
+  sha256,
+  streamKey,
+  type ChunkEntry,
+  type ChunkRef,
+  type PackListing,
+  type StreamRoot,
+} from './format.ts';
+import { ZstdDecompressor } from '../util/zstd.ts';
+
+// ---- list ----
+
+export interface StreamListing {
+  name: string;
+  createdAt: string;
+  sizeBytes: number;
+  mappedBytes: number;
+  bytesRead: number;
+  bytesNew: number;
+  bytesStored: number;
+  /** Mapped bytes per byte this stream added to the store. */
+  dedupRatio: number;
+  parent?: string;
+  source: StreamRoot['source'];
+  segmentCount: number;
+}
+
+export interface StoreListing {
+  url: string;
+  streams: StreamListing[];
+  /** Streams whose root cannot be read, with why. */
+  damaged: Array<{ name: string; problem: string }>;
+  packCount: number;
+  packBytes: number;
+}
+
+export async function listStore(archive: Archive): Promise<StoreListing> {
+  const streams: StreamListing[] = [];
+  const damaged: StoreListing['damaged'] = [];
+  for (const name of await archive.streamNames()) {
+    try {
+      const root = await archive.readStream(name);
+      const { stats } = root;
+      streams.push({
+        name,
+        createdAt: root.createdAt,
+        sizeBytes: root.sizeBytes,
+        mappedBytes: stats.mappedBytes,
+        bytesRead: stats.bytesRead,
+        bytesNew: stats.bytesNew,
+        bytesStored: stats.bytesStored,
+        dedupRatio: stats.bytesStored === 0 ? 0 : stats.mappedBytes / stats.bytesStored,
+        ...(root.parent === undefined ? {} : { parent: root.parent }),
+        source: root.source,
+        segmentCount: root.segments.length,
+      });
+    } catch (error) {
+      if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
+      damaged.push({ name, problem: (error as Error).message });
+    }
+  }
+  streams.sort((a, b) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : a.name < b.name ? -1 : 1));
+  let packCount = 0;
+  let packBytes = 0;
+  for await (const object of archive.store.list(PACKS_PREFIX)) {
+    packCount += 1;
+    packBytes += object.sizeBytes;
+  }
+  return { url: archive.url, streams, damaged, packCount, packBytes };
+}
+
+// ---- verify ----
+
+export interface VerifyReport {
+  streamsChecked: number;
+  chunksChecked: number;
+  bytesChecked: number;
+  /** Each problem a sentence naming the stream, chunk and offset (or the object). */
+  problems: string[];
+}
+
+export interface VerifyOptions {
+  /** Only this stream (default: all). */
+  name?: string;
+  onProgress?: (doneStreams: number, totalStreams: number) => void;
+}
+
+/**
+ * Re-reads and re-hashes every chunk the streams need: their roots, segments and data chunks.
+ * A chunk shared by several streams is read once, and its problem reported for each.
+ */
+export async function verifyStore(archive: Archive, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const loaded = await archive.loadIndex();
+  const reader = new ChunkReader(archive.store, loaded.index);
+  const report: VerifyReport = { streamsChecked: 0, chunksChecked: 0, bytesChecked: 0, problems: options.name === undefined ? [...loaded.problems] : [] };
+  const checked = new Map<string, string | undefined>(); // chunk hash → problem (undefined: intact)
+  const names = options.name === undefined ? await archive.streamNames() : [options.name];
+  for (const name of names) {
+    report.streamsChecked += 1;
+    let root: StreamRoot;
+    try {
+      root = await archive.readStream(name);
+    } catch (error) {
+      if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
+      report.problems.push((error as Error).message);
+      continue;
+    }
+    for (const segmentRef of root.segments) {
+      let runs;
+      try {
+        runs = (await archive.readSegment(reader, root, segmentRef)).runs;
+      } catch (error) {
+        if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
+        report.problems.push((error as Error).message);
+        continue;
+      }
+      for (const run of runs) {
+        let window: Array<{ ref: ChunkRef; offset: number }> = [];
+        let windowBytes = 0;
+        let offset = run.beginBytes;
+        const flush = async () => {
+          await verifyWindow(reader, root.name, window, checked, report);
+          window = [];
+          windowBytes = 0;
+        };
+        for (const ref of run.chunks) {
+          window.push({ ref, offset });
+          windowBytes += ref.rawBytes;
+          offset += ref.rawBytes;
+          if (windowBytes >= ARCHIVE_UNPACK_WINDOW_BYTES) await flush();
+        }
+        await flush();
+      }
+    }
+    options.onProgress?.(report.streamsChecked, names.length);
+  }
+  return report;
+}
+
+async function verifyWindow(
+  reader: ChunkReader,
+  stream: string,
+  window: Array<{ ref: ChunkRef; offset: number }>,
+  checked: Map<string, string | undefined>,
+  report: VerifyReport,
+): Promise<void> {
+  const where = (item: { ref: ChunkRef; offset: number }) => `stream ${stream}, chunk ${hashHex(item.ref.hash)} at offset ${item.offset}`;
+  const unread = window.filter((item) => !checked.has(hashHex(item.ref.hash)));
+  const record = (item: { ref: ChunkRef; offset: number }, problem: string | undefined) => {
+    if (!checked.has(hashHex(item.ref.hash))) {
+      report.chunksChecked += 1;
+      report.bytesChecked += item.ref.rawBytes;
+    }
+    checked.set(hashHex(item.ref.hash), problem);
+  };
+  if (unread.length > 0) {
+    try {
+      await reader.read(unread.map((item) => item.ref), (index) => where(unread[index]!));
+      for (const item of unread) record(item, undefined);
+    } catch (error) {
+      if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE')) throw error;
+      // Find every bad chunk of the window, one by one.
+      for (const item of unread) {
+        if (checked.has(hashHex(item.ref.hash))) continue;
+        try {
+          await reader.read([item.ref], () => where(item));
+          record(item, undefined);
+        } catch (single) {
+          if (!isThinError(single, 'THIN_CORRUPT_ARCHIVE')) throw single;
+          record(item, (single as Error).message.slice(where(item).length + 2));
+        }
+      }
+    }
+  }
+  for (const item of window) {
+    const problem = checked.get(hashHex(item.ref.hash));
+    if (problem !== undefined) report.problems.push(`${where(item)}: ${problem}`);
+  }
+}
+
+// ---- rm ----
+
+export async function removeStream(archive: Archive, name: string): Promise<void> {
+  await archive.readStream(name).catch((error: unknown) => {
+    // A damaged root may be removed; a missing one is an error.
+    if (isThinError(error, 'THIN_NOT_FOUND') || isThinError(error, 'THIN_INVALID')) throw error;
+  });
+  await archive.store.delete(streamKey(name));
+}
+
+// ---- gc ----
+
+export interface GcReport {
+  streams: number;
+  liveChunks: number;
+  packsBefore: number;
+  packsDeleted: number;
+  packsRewritten: number;
+  packsWritten: number;
+  bytesBefore: number;
+  bytesAfter: number;
+  indexObjectsReplaced: number;
+  temporariesRemoved: number;
+}
+
+/**
+ * Deletes what no stream needs: packs with no live chunk, and packs mostly dead (live bytes under
+ * ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX of the pack), whose live chunks are first copied into new
+ * packs. Then one index object replaces all others. The caller holds the exclusive store lock.
+ *
+ * Crash-safe by order: new packs, then the new index, then the old index objects, then the old
+ * packs. Killed after the new index, the old one still lists the deleted-to-be packs (dropped
+ * when missing) and the packs still there are read from their trailers: nothing is lost, and
+ * the next gc finishes the job. A damaged stream stops gc: it cannot say what that stream needs.
+ */
+export async function collectGarbage(archive: Archive, onNote: (line: string) => void = () => {}): Promise<GcReport> {
+  const loaded = await archive.loadIndex();
+  for (const problem of loaded.problems) onNote(`warning: ${problem}`);
+  const reader = new ChunkReader(archive.store, loaded.index);
+  const live = new ChunkIndex();
+  const names = await archive.streamNames();
+  const mark = (hash: Uint8Array) => live.add('live', { hash, offsetBytes: 0, storedBytes: 0, rawBytes: 0, flags: 0 });
+  for (const name of names) {
+    let root: StreamRoot;
+    try {
+      root = await archive.readStream(name);
+      for (const segmentRef of root.segments) {
+        mark(segmentRef.hash);
+        for (const run of (await archive.readSegment(reader, root, segmentRef)).runs) for (const ref of run.chunks) mark(ref.hash);
+      }
+    } catch (error) {
+      if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
+      throw new ThinError('THIN_CORRUPT_ARCHIVE', `gc stopped, nothing deleted: ${(error as Error).message}. Remove the damaged stream with 'thinbd archive rm' first`, { cause: error });
+    }
+  }
+  // Live entries by pack.
+  const liveByPack = new Map<string, ChunkEntry[]>();
+  for (const { hash, location } of loaded.index.entries()) {
+    if (!live.has(hash)) continue;
+    let entries = liveByPack.get(location.packId);
+    if (entries === undefined) liveByPack.set(location.packId, (entries = []));
+    entries.push({ hash, offsetBytes: location.offsetBytes, storedBytes: location.storedBytes, rawBytes: location.rawBytes, flags: location.flags });
+  }
+  const report: GcReport = {
+    streams: names.length,
+    liveChunks: live.size,
+    packsBefore: loaded.packSizes.size,
+    packsDeleted: 0,
+    packsRewritten: 0,
+    packsWritten: 0,
+    bytesBefore: [...loaded.packSizes.values()].reduce((a, b) => a + b, 0),
+    bytesAfter: 0,
+    indexObjectsReplaced: loaded.indexKeys.length,
+    temporariesRemoved: 0,
+  };
+  const kept: PackListing[] = [];
+  const doomed: string[] = [];
+  const rewrite: Array<{ packId: string; entries: ChunkEntry[] }> = [];
+  for (const [packId, sizeBytes] of loaded.packSizes) {
+    const entries = (liveByPack.get(packId) ?? []).sort((a, b) => a.offsetBytes - b.offsetBytes);
+    const liveBytes = entries.reduce((sum, entry) => sum + entry.storedBytes, 0);
+    if (entries.length === 0) doomed.push(packId);
+    else if (liveBytes < sizeBytes * ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX) rewrite.push({ packId, entries });
+    else kept.push({ packId, entries });
+  }
+  // Copy the live chunks of mostly dead packs into new packs (checked on the way: gc must not
+  // spread damage under a fresh name).
+  const fresh = new ChunkIndex();
+  const writer = new PackWriter(archive.store, fresh, [], { writeIndex: false });
+  const decompressor = new ZstdDecompressor();
+  for (const { packId, entries } of rewrite) {
+    const key = packKey(packId);
+    const first = entries[0]!;
+    const last = entries[entries.length - 1]!;
+    const bytes = await archive.store.getRange(key, first.offsetBytes, last.offsetBytes + last.storedBytes);
+    for (const entry of entries) {
+      const stored = bytes.slice(entry.offsetBytes - first.offsetBytes, entry.offsetBytes - first.offsetBytes + entry.storedBytes);
+      const raw = (entry.flags & CHUNK_FLAG_ZSTD) !== 0 ? decompressor.decompress(stored, entry.rawBytes) : stored;
+      if (Buffer.compare(sha256(raw), entry.hash) !== 0) {
+        throw new ThinError('THIN_CORRUPT_ARCHIVE', `gc stopped: chunk ${hashHex(entry.hash)} in pack ${key} is damaged (run 'thinbd archive verify')`);
+      }
+      await writer.add(entry.hash, stored, entry.rawBytes, entry.flags & (CHUNK_FLAG_ZSTD | CHUNK_FLAG_SEGMENT));
+    }
+    doomed.push(packId);
+    report.packsRewritten += 1;
+  }
+  await writer.finish();
+  report.packsWritten = writer.stats.packs;
+  const listings = [...kept, ...writer.listings];
+  await archive.store.put(indexKey(newObjectId()), encodeIndex(listings));
+  for await (const object of archive.store.list(INDEX_PREFIX)) {
+    if (!loaded.indexKeys.includes(object.key)) continue;
+    await archive.store.delete(object.key);
+  }
+  for (const packId of doomed) {
+    await archive.store.delete(packKey(packId));
+    if (!rewrite.some((pack) => pack.packId === packId)) report.packsDeleted += 1;
+  }
+  if (archive.store instanceof DirectoryObjectStore) report.temporariesRemoved = await archive.store.removeTemporaries();
+  for await (const object of archive.store.list(PACKS_PREFIX)) report.bytesAfter += object.sizeBytes;
+  return report;
+}

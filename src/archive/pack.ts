@@ -1,0 +1,329 @@
+// `thinbd archive pack`: a volume into a stream of the store.
+//
+// A stream lists the volume's provisioned bytes as runs of chunks, segment by segment
+// (docs/format.md "Archive store"). Pack reads only mapped blocks — holes are never read — in
+// jobs of ARCHIVE_JOB_BYTES, cuts each into content-defined chunks, names them by SHA-256, and
+// compresses and packs only the chunks the store lacks.
+//
+// With a base (`--delta-from SNAPSHOT`, SNAPSHOT read-only and packed before), the delta walker
+// (tools/delta.ts) compares the two volumes' mappings: blocks that map the same data block hold
+// the same bytes (copy-on-write never writes a block another volume maps), so the base stream's
+// chunks that lie wholly on such blocks are reused without reading them, and only the rest of
+// each run — the changed blocks, widened to the base's chunk edges — is read and chunked. An
+// incremental of a large volume with few changes reads and hashes little more than the changes.
+//
+// The stream root is written last, by an exclusive create of its name (F-AR-ORDER-1): a pack
+// killed at any moment leaves packs and maybe an index object that no stream needs (gc removes
+// them, or the next pack reuses their chunks), never a half stream.
+import { ThinError, assert } from '../errors.ts';
+import { ARCHIVE_JOB_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
+import type { MappedRun } from '../pool/volume.ts';
+import { DeltaKind, deltaSteps } from '../tools/delta.ts';
+import { ZstdCompressor } from '../util/zstd.ts';
+import { ChunkReader, PackWriter, type Archive } from './archive.ts';
+import { InlineChunkJobs, storeChunk, type ChunkJobs } from './chunk-jobs.ts';
+import {
+  CHUNK_FLAG_SEGMENT,
+  HASH_BYTES,
+  encodeSegment,
+  encodeStreamRoot,
+  hashHex,
+  sha256,
+  streamKey,
+  validStreamName,
+  type ChunkRef,
+  type SegmentRef,
+  type StreamRoot,
+  type StreamRun,
+  type StreamSource,
+  type StreamStats,
+} from './format.ts';
+import { runsAsMappings, type PackSource } from './source.ts';
+
+export interface PackBase {
+  root: StreamRoot;
+  /** The base volume's mappings now (it is read-only, so they are those it had when packed). */
+  runs: MappedRun[];
+}
+
+export interface PackOptions {
+  name: string;
+  base?: PackBase;
+  /** Where chunking, hashing and compression run (default: this thread). */
+  jobs?: ChunkJobs;
+  /** Bytes read so far, and the bytes pack expects to read. */
+  onProgress?: (doneBytes: number, totalBytes: number) => void;
+  now?: () => Date;
+}
+
+interface ByteRange {
+  begin: number;
+  end: number;
+}
+
+/** The volume's mapped bytes as ranges, adjacent runs joined, clipped to its size. */
+export function mappedByteRanges(runs: MappedRun[], blockSizeBytes: number, sizeBytes: number): ByteRange[] {
+  const ranges: ByteRange[] = [];
+  for (const run of runs) {
+    const begin = run.virtualBlock * blockSizeBytes;
+    const end = Math.min((run.virtualBlock + run.lengthBlocks) * blockSizeBytes, sizeBytes);
+    if (end <= begin) continue;
+    const last = ranges[ranges.length - 1];
+    if (last !== undefined && last.end === begin) last.end = end;
+    else ranges.push({ begin, end });
+  }
+  return ranges;
+}
+
+/** Block ranges where the two volumes map the same data blocks (the delta walker's `same`). */
+export function sameBlockRanges(baseRuns: MappedRun[], runs: MappedRun[]): ByteRange[] {
+  const ranges: ByteRange[] = [];
+  for (const step of deltaSteps(runsAsMappings(baseRuns), runsAsMappings(runs))) {
+    if (step.kind !== DeltaKind.same) continue;
+    const last = ranges[ranges.length - 1];
+    if (last !== undefined && last.end === step.begin) last.end += step.length;
+    else ranges.push({ begin: step.begin, end: step.begin + step.length });
+  }
+  return ranges;
+}
+
+function coveredBy(ranges: ByteRange[], begin: number, end: number): boolean {
+  let low = 0;
+  let high = ranges.length - 1;
+  while (low <= high) {
+    const middle = (low + high) >>> 1;
+    const range = ranges[middle]!;
+    if (range.end <= begin) low = middle + 1;
+    else if (range.begin > begin) high = middle - 1;
+    else return end <= range.end;
+  }
+  return false;
+}
+
+/** Whether source matches the volume a stream was packed from. */
+export function sameVolume(a: StreamSource, b: StreamSource): boolean {
+  return a.poolId === b.poolId && a.volumeId === b.volumeId && a.volumeCreatedAt === b.volumeCreatedAt;
+}
+
+/**
+ * The newest stream packed from `base` (a read-only volume, then and now), for --delta-from.
+ * THIN_NOT_FOUND or THIN_INVALID saying why there is none.
+ */
+export async function findBaseStream(archive: Archive, base: StreamSource): Promise<StreamRoot> {
+  if (!base.readOnly) {
+    throw new ThinError('THIN_INVALID', `--delta-from ${base.volumeName}: the volume is writable, so its blocks may have changed since it was packed; pack against a read-only snapshot ('thinbd snapshot --read-only')`);
+  }
+  let found: StreamRoot | undefined;
+  let writableMatch = false;
+  for (const name of await archive.streamNames()) {
+    const root = await archive.readStream(name);
+    if (!sameVolume(root.source, base)) continue;
+    if (!root.source.readOnly) {
+      writableMatch = true;
+      continue;
+    }
+    if (found === undefined || root.createdAt > found.createdAt) found = root;
+  }
+  if (found !== undefined) return found;
+  if (writableMatch) throw new ThinError('THIN_INVALID', `--delta-from ${base.volumeName}: it was writable when it was packed, so it cannot be a base`);
+  throw new ThinError('THIN_NOT_FOUND', `--delta-from ${base.volumeName}: no stream in ${archive.url} was packed from this volume; pack it first`);
+}
+
+interface BaseChunk {
+  begin: number;
+  end: number;
+  ref: ChunkRef;
+}
+
+/**
+ * Packs `source` into a new stream named options.name and returns its root. The caller holds a
+ * shared store lock.
+ */
+export async function packStream(archive: Archive, source: PackSource, options: PackOptions): Promise<StreamRoot> {
+  const { name, base } = options;
+  if (!validStreamName(name)) throw new ThinError('THIN_INVALID', `Invalid stream name '${name}': use letters, digits and . _ + - and start with a letter or digit`);
+  if ((await archive.streamNames()).includes(name)) throw new ThinError('THIN_EXISTS', `A stream named ${name} already exists in ${archive.url}`);
+  const startMs = performance.now();
+  const now = options.now ?? (() => new Date());
+  const { config } = archive;
+  const bs = source.blockSizeBytes;
+  const segmentBytes = config.segmentBytes;
+  assert(segmentBytes % ARCHIVE_JOB_BYTES === 0, 'jobs do not divide segments');
+  if (base !== undefined && base.root.blockSizeBytes !== bs) {
+    throw new ThinError('THIN_INVALID', `--delta-from: stream ${base.root.name} came from a pool with ${base.root.blockSizeBytes}-byte blocks, this one has ${bs}`);
+  }
+
+  const loaded = await archive.loadIndex();
+  const { index } = loaded;
+  const writer = new PackWriter(archive.store, index, loaded.unindexed);
+  const reader = new ChunkReader(archive.store, index);
+  const jobs = options.jobs ?? new InlineChunkJobs(config.chunking, config.compression.level);
+  const segmentCompressor = new ZstdCompressor(config.compression.level);
+
+  const sourceRuns = source.mappedRuns();
+  const ranges = mappedByteRanges(sourceRuns, bs, source.sizeBytes);
+  const same = base === undefined ? [] : sameBlockRanges(base.runs, sourceRuns);
+  const baseSegments = new Map((base?.root.segments ?? []).map((segment) => [segment.index, segment]));
+  const mappedBytes = ranges.reduce((sum, range) => sum + range.end - range.begin, 0);
+  let expectedBytes = mappedBytes;
+  if (base !== undefined) {
+    for (const range of same) expectedBytes -= Math.max(0, Math.min(range.end * bs, source.sizeBytes) - range.begin * bs);
+  }
+
+  const stats: StreamStats = { mappedBytes, bytesRead: 0, bytesNew: 0, bytesStored: 0, chunkCount: 0, newChunkCount: 0, elapsedMs: 0 };
+  const pendingNew = new Set<string>();
+  const inFlight = new Set<Promise<unknown>>();
+  let failure: unknown;
+
+  const report = () => options.onProgress?.(stats.bytesRead, Math.max(expectedBytes, stats.bytesRead));
+
+  /** Reads, chunks and stores volume bytes [begin, end) (one job); resolves to its chunk refs. */
+  const runJob = async (begin: number, end: number): Promise<ChunkRef[]> => {
+    const data = new Uint8Array(end - begin);
+    await source.read(begin, data);
+    stats.bytesRead += data.length;
+    report();
+    const { id, result } = await jobs.chunk(data);
+    const refs: ChunkRef[] = [];
+    const fresh: number[] = [];
+    for (let chunk = 0; chunk < result.lengths.length; chunk += 1) {
+      const hash = result.hashes.slice(chunk * HASH_BYTES, (chunk + 1) * HASH_BYTES);
+      refs.push({ hash, rawBytes: result.lengths[chunk]! });
+      if (index.has(hash)) continue;
+      const hex = hashHex(hash);
+      if (pendingNew.has(hex)) continue; // another job in flight stores it
+      pendingNew.add(hex);
+      fresh.push(chunk);
+    }
+    const stored = await jobs.compress(id, fresh);
+    for (const [position, chunk] of fresh.entries()) {
+      const ref = refs[chunk]!;
+      const { stored: bytes, flags } = stored[position]!;
+      await writer.add(ref.hash, bytes, ref.rawBytes, flags);
+      pendingNew.delete(hashHex(ref.hash));
+      stats.bytesNew += ref.rawBytes;
+      stats.bytesStored += bytes.length;
+      stats.newChunkCount += 1;
+    }
+    return refs;
+  };
+
+  /** Starts a job once fewer than the maximum are in flight; `job` resolves to its refs. */
+  const startJob = async (begin: number, end: number): Promise<{ job: Promise<ChunkRef[]> }> => {
+    while (inFlight.size >= ARCHIVE_JOBS_IN_FLIGHT_MAX) await Promise.race(inFlight);
+    if (failure !== undefined) throw failure;
+    const job = runJob(begin, end);
+    const tracked = job.then(
+      () => undefined,
+      (error: unknown) => {
+        failure ??= error;
+      },
+    );
+    inFlight.add(tracked);
+    void tracked.finally(() => inFlight.delete(tracked));
+    return { job };
+  };
+
+  /** Jobs for fresh bytes [begin, end), cut at multiples of ARCHIVE_JOB_BYTES. */
+  const freshJobs = async (begin: number, end: number, into: Array<ChunkRef | Promise<ChunkRef[]>>) => {
+    for (let position = begin; position < end; ) {
+      const jobEnd = Math.min(end, (Math.floor(position / ARCHIVE_JOB_BYTES) + 1) * ARCHIVE_JOB_BYTES);
+      into.push((await startJob(position, jobEnd)).job);
+      position = jobEnd;
+    }
+  };
+
+  const segmentRefs: SegmentRef[] = [];
+  try {
+    let rangeIndex = 0;
+    while (rangeIndex < ranges.length) {
+      const segment = Math.floor(ranges[rangeIndex]!.begin / segmentBytes);
+      const segmentBegin = segment * segmentBytes;
+      const segmentEnd = segmentBegin + segmentBytes;
+      // This segment's runs: the ranges (or parts of them) inside it.
+      const runs: ByteRange[] = [];
+      while (rangeIndex < ranges.length && ranges[rangeIndex]!.begin < segmentEnd) {
+        const range = ranges[rangeIndex]!;
+        runs.push({ begin: Math.max(range.begin, segmentBegin), end: Math.min(range.end, segmentEnd) });
+        if (range.end <= segmentEnd) rangeIndex += 1;
+        else {
+          range.begin = segmentEnd;
+          break;
+        }
+      }
+      const baseRef = baseSegments.get(segment);
+      const baseChunks: BaseChunk[] = [];
+      if (baseRef !== undefined && base !== undefined) {
+        for (const run of (await archive.readSegment(reader, base.root, baseRef)).runs) {
+          let position = run.beginBytes;
+          for (const ref of run.chunks) {
+            baseChunks.push({ begin: position, end: position + ref.rawBytes, ref });
+            position += ref.rawBytes;
+          }
+        }
+      }
+      const planned: Array<{ run: ByteRange; pieces: Array<ChunkRef | Promise<ChunkRef[]>> }> = [];
+      let baseAt = 0;
+      for (const run of runs) {
+        const pieces: Array<ChunkRef | Promise<ChunkRef[]>> = [];
+        let position = run.begin;
+        while (baseAt < baseChunks.length && baseChunks[baseAt]!.end <= run.begin) baseAt += 1;
+        for (; baseAt < baseChunks.length && baseChunks[baseAt]!.begin < run.end; baseAt += 1) {
+          const chunk = baseChunks[baseAt]!;
+          if (chunk.begin < position || chunk.end > run.end) continue;
+          if (!coveredBy(same, Math.floor(chunk.begin / bs), Math.ceil(chunk.end / bs))) continue;
+          await freshJobs(position, chunk.begin, pieces);
+          pieces.push(chunk.ref);
+          position = chunk.end;
+        }
+        await freshJobs(position, run.end, pieces);
+        planned.push({ run, pieces });
+      }
+      const streamRuns: StreamRun[] = [];
+      for (const { run, pieces } of planned) {
+        const chunks: ChunkRef[] = [];
+        for (const piece of pieces) {
+          if (piece instanceof Promise) chunks.push(...(await piece));
+          else chunks.push(piece);
+        }
+        stats.chunkCount += chunks.length;
+        streamRuns.push({ beginBytes: run.begin, lengthBytes: run.end - run.begin, chunks });
+      }
+      if (failure !== undefined) throw failure;
+      const encoded = encodeSegment({ index: segment, runs: streamRuns });
+      const hash = sha256(encoded);
+      if (!index.has(hash)) {
+        const { stored, flags } = storeChunk(segmentCompressor, encoded);
+        await writer.add(hash, stored, encoded.length, flags | CHUNK_FLAG_SEGMENT);
+        stats.bytesStored += stored.length;
+      }
+      segmentRefs.push({ index: segment, hash, rawBytes: encoded.length, mappedBytes: runs.reduce((sum, run) => sum + run.end - run.begin, 0) });
+    }
+    await Promise.all(inFlight);
+    if (failure !== undefined) throw failure;
+    await writer.finish();
+  } catch (error) {
+    await Promise.all(inFlight);
+    await writer.abandon();
+    throw error;
+  } finally {
+    if (options.jobs === undefined) await jobs.close();
+  }
+
+  stats.elapsedMs = Math.round(performance.now() - startMs);
+  const root: StreamRoot = {
+    name,
+    createdAt: now().toISOString(),
+    sizeBytes: source.sizeBytes,
+    blockSizeBytes: bs,
+    source: source.identity,
+    ...(base === undefined ? {} : { parent: base.root.name }),
+    stats,
+    segments: segmentRefs,
+  };
+  // F-AR-STREAM-5: a stream is committed by creating its root, once.
+  if (!(await archive.store.putNew(streamKey(name), encodeStreamRoot(root)))) {
+    throw new ThinError('THIN_EXISTS', `A stream named ${name} was committed to ${archive.url} while this pack ran; this pack's chunks stay for gc to collect`);
+  }
+  return root;
+}

@@ -1,0 +1,267 @@
+// `thinbd archive unpack`: a stream into a volume of a pool.
+//
+// All or nothing. The stream's root and segments are read and every chunk it needs is located in
+// the store before the pool is touched; then the data goes into a work volume `NAME.unpacking`
+// (a new volume, or a writable snapshot of an existing NAME, so it starts out sharing NAME's
+// blocks), and only when every chunk has arrived intact does the work volume take NAME's place
+// (NAME removed, the work volume renamed, in one commit). A damaged chunk found on the way, a
+// failure or a kill leaves NAME as it was; a work volume left by a kill is removed by the next
+// unpack to NAME.
+//
+// Into an existing volume only what differs is written: for each chunk, the bytes already there
+// are hashed, and a chunk whose hash matches is neither fetched nor written; a chunk that differs
+// is fetched, and only its blocks whose bytes differ (or are unmapped) are written. Ranges the
+// stream leaves unmapped are discarded. So restoring a snapshot beside its origin (unpacking into
+// a snapshot of the origin) keeps every unchanged block shared, and a volume kept current by a
+// chain of incrementals is written only where the chain changed it. A new volume gets exactly the
+// stream's provisioned ranges.
+import { ThinError, assert, isThinError } from '../errors.ts';
+import { ARCHIVE_UNPACK_WINDOW_BYTES } from '../constants.ts';
+import type { Pool } from '../pool/pool.ts';
+import { ChunkReader, type Archive } from './archive.ts';
+import { hashHex, sha256, type ChunkRef, type Segment, type StreamRoot } from './format.ts';
+import { mappedByteRanges } from './pack.ts';
+
+export interface UnpackOptions {
+  /** Stream bytes handled so far, of the stream's mapped bytes. */
+  onProgress?: (doneBytes: number, totalBytes: number) => void;
+  onNote?: (line: string) => void;
+}
+
+export interface UnpackResult {
+  stream: string;
+  volume: string;
+  volumeCreated: boolean;
+  sizeBytes: number;
+  mappedBytes: number;
+  /** Bytes written to the volume. */
+  bytesWritten: number;
+  /** Bytes of the volume's mapped ranges discarded (unmapped in the stream). */
+  bytesDiscarded: number;
+  /** Raw bytes of chunks fetched from the store. */
+  bytesFetched: number;
+  /** Stream bytes the volume already held (neither fetched nor written). */
+  bytesUnchanged: number;
+  elapsedMs: number;
+}
+
+/** The work volume's name for a target (a valid volume name whatever the target's length). */
+export function workVolumeName(name: string): string {
+  const suffix = '.unpacking';
+  return `${name.slice(0, 128 - suffix.length)}${suffix}`;
+}
+
+interface Range {
+  begin: number;
+  end: number;
+}
+
+function describeChunk(root: StreamRoot, ref: ChunkRef, offsetBytes: number): string {
+  return `stream ${root.name}, chunk ${hashHex(ref.hash)} at offset ${offsetBytes}`;
+}
+
+/** Reads every segment and locates every chunk the stream needs: THIN_CORRUPT_ARCHIVE on the first that is missing. */
+async function checkStreamComplete(archive: Archive, reader: ChunkReader, root: StreamRoot): Promise<void> {
+  for (const ref of root.segments) {
+    const segment = await archive.readSegment(reader, root, ref);
+    for (const run of segment.runs) {
+      let offset = run.beginBytes;
+      for (const chunk of run.chunks) {
+        reader.locate(chunk, describeChunk(root, chunk, offset));
+        offset += chunk.rawBytes;
+      }
+    }
+  }
+}
+
+/** Parts of `ranges` (sorted, disjoint) that `holes` (sorted, disjoint) do not cover. */
+function subtract(ranges: Range[], covered: Range[]): Range[] {
+  const result: Range[] = [];
+  let at = 0;
+  for (const range of ranges) {
+    let position = range.begin;
+    while (at < covered.length && covered[at]!.end <= position) at += 1;
+    for (let scan = at; scan < covered.length && covered[scan]!.begin < range.end; scan += 1) {
+      const hole = covered[scan]!;
+      if (hole.begin > position) result.push({ begin: position, end: hole.begin });
+      position = Math.max(position, hole.end);
+    }
+    if (position < range.end) result.push({ begin: position, end: range.end });
+  }
+  return result;
+}
+
+function isCovered(ranges: Range[], begin: number, end: number): boolean {
+  let low = 0;
+  let high = ranges.length - 1;
+  while (low <= high) {
+    const middle = (low + high) >>> 1;
+    const range = ranges[middle]!;
+    if (range.end <= begin) low = middle + 1;
+    else if (range.begin > begin) high = middle - 1;
+    else return end <= range.end;
+  }
+  return false;
+}
+
+/**
+ * Unpacks stream `root` into volume `name` of `pool` (created when absent). The caller holds a
+ * shared store lock and the pool open for writing.
+ */
+export async function unpackStream(archive: Archive, root: StreamRoot, pool: Pool, name: string, options: UnpackOptions = {}): Promise<UnpackResult> {
+  const startMs = performance.now();
+  const bs = pool.status().blockSizeBytes;
+  if (bs !== root.blockSizeBytes) {
+    // Sharing and unmapped ranges are block-granular: a stream only maps onto blocks of its size.
+    throw new ThinError('THIN_INVALID', `Stream ${root.name} was packed from a pool with ${root.blockSizeBytes}-byte blocks; pool blocks here are ${bs} bytes`);
+  }
+  const loaded = await archive.loadIndex();
+  const reader = new ChunkReader(archive.store, loaded.index);
+  await checkStreamComplete(archive, reader, root);
+
+  const existing = pool.list().find((info) => info.name === name);
+  if (existing?.readOnly === true) throw new ThinError('THIN_READ_ONLY', `Volume ${name} is read-only; unpack into a writable volume or a new name`);
+  const work = workVolumeName(name);
+  if (pool.list().some((info) => info.name === work)) {
+    options.onNote?.(`removing ${work}, left by an unpack that did not finish`);
+    await pool.removeVolume(work);
+  }
+  const volume = existing === undefined ? await pool.createVolume(work, { sizeBytes: root.sizeBytes }) : await pool.snapshot(name, work);
+  const result: UnpackResult = {
+    stream: root.name,
+    volume: name,
+    volumeCreated: existing === undefined,
+    sizeBytes: root.sizeBytes,
+    mappedBytes: root.stats.mappedBytes,
+    bytesWritten: 0,
+    bytesDiscarded: 0,
+    bytesFetched: 0,
+    bytesUnchanged: 0,
+    elapsedMs: 0,
+  };
+  try {
+    if (volume.sizeBytes !== root.sizeBytes) await pool.resizeVolume(work, root.sizeBytes);
+    const targetMapped = existing === undefined ? [] : mappedByteRanges(volume.mappedRuns(), bs, root.sizeBytes);
+    const streamMapped: Range[] = [];
+    let doneBytes = 0;
+    for (const ref of root.segments) {
+      const segment = await archive.readSegment(reader, root, ref);
+      for (const run of segment.runs) streamMapped.push({ begin: run.beginBytes, end: run.beginBytes + run.lengthBytes });
+      await writeSegment(segment);
+    }
+    // Ranges mapped in the target that the stream leaves unmapped.
+    for (const range of subtract(targetMapped, joinRanges(streamMapped))) {
+      await volume.discard(range.begin, range.end - range.begin);
+      result.bytesDiscarded += range.end - range.begin;
+    }
+    await pool.flush();
+    if (existing !== undefined) await pool.removeVolume(name);
+    await pool.renameVolume(work, name);
+    await pool.flush();
+    result.elapsedMs = Math.round(performance.now() - startMs);
+    return result;
+
+    async function writeSegment(segment: Segment): Promise<void> {
+      for (const run of segment.runs) {
+        let chunkAt = 0;
+        let offset = run.beginBytes;
+        while (chunkAt < run.chunks.length) {
+          // One window: consecutive chunks up to ARCHIVE_UNPACK_WINDOW_BYTES.
+          const refs: ChunkRef[] = [];
+          let windowBytes = 0;
+          while (chunkAt < run.chunks.length && (refs.length === 0 || windowBytes + run.chunks[chunkAt]!.rawBytes <= ARCHIVE_UNPACK_WINDOW_BYTES)) {
+            refs.push(run.chunks[chunkAt]!);
+            windowBytes += run.chunks[chunkAt]!.rawBytes;
+            chunkAt += 1;
+          }
+          await writeWindow(offset, refs, windowBytes);
+          offset += windowBytes;
+          doneBytes += windowBytes;
+          options.onProgress?.(doneBytes, root.stats.mappedBytes);
+        }
+      }
+    }
+
+    async function writeWindow(windowBegin: number, refs: ChunkRef[], windowBytes: number): Promise<void> {
+      const offsets: number[] = [];
+      let at = windowBegin;
+      for (const ref of refs) {
+        offsets.push(at);
+        at += ref.rawBytes;
+      }
+      const describe = (position: number) => describeChunk(root, refs[position]!, offsets[position]!);
+      if (existing === undefined) {
+        const chunks = await reader.read(refs, describe);
+        const window = new Uint8Array(windowBytes);
+        chunks.forEach((chunk, position) => window.set(chunk, offsets[position]! - windowBegin));
+        await volume.write(windowBegin, window);
+        result.bytesFetched += windowBytes;
+        result.bytesWritten += windowBytes;
+        return;
+      }
+      const current = new Uint8Array(windowBytes);
+      await volume.read(windowBegin, current);
+      const needed: number[] = [];
+      refs.forEach((ref, position) => {
+        const begin = offsets[position]!;
+        const end = begin + ref.rawBytes;
+        const mapped = isCovered(targetMapped, Math.floor(begin / bs) * bs, Math.min(Math.ceil(end / bs) * bs, root.sizeBytes));
+        const here = current.subarray(begin - windowBegin, end - windowBegin);
+        if (mapped && Buffer.compare(sha256(here), ref.hash) === 0) result.bytesUnchanged += ref.rawBytes;
+        else needed.push(position);
+      });
+      if (needed.length === 0) return;
+      const chunks = await reader.read(
+        needed.map((position) => refs[position]!),
+        (index) => describe(needed[index]!),
+      );
+      // Write each block piece of a fetched chunk whose bytes differ from the volume's or whose block is unmapped.
+      for (const [index, position] of needed.entries()) {
+        const chunk = chunks[index]!;
+        const chunkBegin = offsets[position]!;
+        result.bytesFetched += chunk.length;
+        let pieceBegin = chunkBegin;
+        let pending: Range | undefined;
+        while (pieceBegin < chunkBegin + chunk.length) {
+          const pieceEnd = Math.min((Math.floor(pieceBegin / bs) + 1) * bs, chunkBegin + chunk.length);
+          const wanted = chunk.subarray(pieceBegin - chunkBegin, pieceEnd - chunkBegin);
+          const blockBegin = Math.floor(pieceBegin / bs) * bs;
+          const mapped = isCovered(targetMapped, blockBegin, Math.min(blockBegin + bs, root.sizeBytes));
+          const differs = !mapped || Buffer.compare(wanted, current.subarray(pieceBegin - windowBegin, pieceEnd - windowBegin)) !== 0;
+          if (differs) {
+            if (pending !== undefined && pending.end === pieceBegin) pending.end = pieceEnd;
+            else {
+              if (pending !== undefined) await writePiece(pending, chunk, chunkBegin);
+              pending = { begin: pieceBegin, end: pieceEnd };
+            }
+          }
+          pieceBegin = pieceEnd;
+        }
+        if (pending !== undefined) await writePiece(pending, chunk, chunkBegin);
+      }
+    }
+
+    async function writePiece(piece: Range, chunk: Uint8Array, chunkBegin: number): Promise<void> {
+      assert(piece.end > piece.begin, 'an empty piece');
+      await volume.write(piece.begin, chunk.subarray(piece.begin - chunkBegin, piece.end - chunkBegin));
+      result.bytesWritten += piece.end - piece.begin;
+    }
+  } catch (error) {
+    // The target was not touched: drop the work volume and keep the first error.
+    await pool.removeVolume(work).catch((cleanup: unknown) => {
+      if (!isThinError(cleanup, 'THIN_NOT_FOUND')) options.onNote?.(`could not remove ${work}: ${(cleanup as Error).message}`);
+    });
+    await pool.flush().catch(() => undefined);
+    throw error;
+  }
+}
+
+function joinRanges(ranges: Range[]): Range[] {
+  const joined: Range[] = [];
+  for (const range of ranges) {
+    const last = joined[joined.length - 1];
+    if (last !== undefined && last.end === range.begin) last.end = range.end;
+    else joined.push({ ...range });
+  }
+  return joined;
+}
