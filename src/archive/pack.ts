@@ -22,6 +22,7 @@ import { DeltaKind, deltaSteps } from '../tools/delta.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
 import { ChunkReader, PackWriter, type Archive } from './archive.ts';
 import { InlineChunkJobs, storeChunk, type ChunkJobs } from './chunk-jobs.ts';
+import type { ChunkerParams } from './chunker.ts';
 import {
   CHUNK_FLAG_SEGMENT,
   HASH_BYTES,
@@ -49,8 +50,8 @@ export interface PackBase {
 export interface PackOptions {
   name: string;
   base?: PackBase;
-  /** Where chunking, hashing and compression run (default: this thread). */
-  jobs?: ChunkJobs;
+  /** Where chunking, hashing and compression run (default: this thread), for the store's chunking and level. */
+  makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
   /** Bytes read so far, and the bytes pack expects to read. */
   onProgress?: (doneBytes: number, totalBytes: number) => void;
   now?: () => Date;
@@ -157,7 +158,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
   const { index } = loaded;
   const writer = new PackWriter(archive.store, index, loaded.unindexed);
   const reader = new ChunkReader(archive.store, index);
-  const jobs = options.jobs ?? new InlineChunkJobs(config.chunking, config.compression.level);
+  const jobs = (options.makeJobs ?? ((params, level) => new InlineChunkJobs(params, level)))(config.chunking, config.compression.level);
   const segmentCompressor = new ZstdCompressor(config.compression.level);
 
   const sourceRuns = source.mappedRuns();
@@ -307,7 +308,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     await writer.abandon();
     throw error;
   } finally {
-    if (options.jobs === undefined) await jobs.close();
+    await jobs.close();
   }
 
   stats.elapsedMs = Math.round(performance.now() - startMs);

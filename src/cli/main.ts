@@ -8,6 +8,7 @@ import { registerTransferCommands } from './commands/transfer.ts';
 import { registerCheckCommand } from './commands/check.ts';
 import { registerServeCommands } from './commands/serve.ts';
 import { registerToolCommands } from './commands/tools.ts';
+import { registerArchiveCommands } from './commands/archive.ts';
 
 export const VERSION = '0.1.0';
 
@@ -29,6 +30,7 @@ export function buildProgram(reporter: Reporter): Command {
   registerCheckCommand(program, reporter);
   registerServeCommands(program, reporter);
   registerToolCommands(program, reporter);
+  registerArchiveCommands(program, reporter);
   // Subcommands inherit exit handling so a usage error anywhere exits 2, not 1.
   const inherit = (command: Command): void => {
     for (const sub of command.commands as Command[]) {

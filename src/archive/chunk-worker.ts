@@ -1,0 +1,38 @@
+// A worker thread of WorkerChunkJobs (chunk-workers.ts): chunks and hashes the jobs it is sent,
+// holds each job's bytes until told which of its chunks to compress.
+import { parentPort, workerData } from 'node:worker_threads';
+import { ZstdCompressor } from '../util/zstd.ts';
+import { Chunker, type ChunkerParams } from './chunker.ts';
+import { chunkAndHash, compressChunks } from './chunk-jobs.ts';
+
+export type WorkerRequest = { type: 'chunk'; id: number; data: Uint8Array } | { type: 'compress'; id: number; indexes: number[] };
+export type WorkerReply =
+  | { type: 'chunked'; id: number; lengths: Uint32Array; hashes: Uint8Array }
+  | { type: 'compressed'; id: number; chunks: Array<{ stored: Uint8Array; flags: number }> }
+  | { type: 'failed'; id: number; message: string };
+
+const { params, level } = workerData as { params: ChunkerParams; level: number };
+const chunker = new Chunker(params);
+const compressor = new ZstdCompressor(level);
+const jobs = new Map<number, { data: Uint8Array; lengths: Uint32Array }>();
+const port = parentPort!;
+
+port.on('message', (request: WorkerRequest) => {
+  try {
+    if (request.type === 'chunk') {
+      const result = chunkAndHash(chunker, request.data);
+      // The lengths go to the main thread (transferred); the job keeps its own copy.
+      jobs.set(request.id, { data: request.data, lengths: result.lengths.slice() });
+      const reply: WorkerReply = { type: 'chunked', id: request.id, lengths: result.lengths, hashes: result.hashes };
+      port.postMessage(reply, [result.lengths.buffer as ArrayBuffer, result.hashes.buffer as ArrayBuffer]);
+    } else {
+      const job = jobs.get(request.id)!;
+      jobs.delete(request.id);
+      const reply: WorkerReply = { type: 'compressed', id: request.id, chunks: compressChunks(compressor, job.data, job.lengths, request.indexes) };
+      port.postMessage(reply);
+    }
+  } catch (error) {
+    const reply: WorkerReply = { type: 'failed', id: request.id, message: error instanceof Error ? (error.stack ?? error.message) : String(error) };
+    port.postMessage(reply);
+  }
+});

@@ -1,0 +1,107 @@
+// ChunkJobs on worker threads: chunking, SHA-256 and zstd are CPU work, and pack is bound by
+// them, so they run on one worker per core (the main thread reads, keeps the index and uploads).
+// A job's bytes move to its worker (transferred, not copied) and stay there until the main thread
+// says which chunks to compress; jobs go to the worker with the fewest in hand.
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { assert } from '../errors.ts';
+import type { ChunkerParams } from './chunker.ts';
+import type { ChunkJobs, ChunkedJob, StoredChunk } from './chunk-jobs.ts';
+import type { WorkerReply, WorkerRequest } from './chunk-worker.ts';
+
+/** Worker threads at most: enough for the machines thinbd runs on; each holds a few jobs' bytes. */
+const WORKERS_MAX = 8;
+
+interface Waiter {
+  resolve: (reply: WorkerReply) => void;
+  reject: (error: Error) => void;
+}
+
+interface PoolWorker {
+  worker: Worker;
+  jobs: number;
+  waiters: Map<number, Waiter>;
+}
+
+/**
+ * Built, the worker is JavaScript beside this module. Run from source under tsx (the tests), it
+ * is TypeScript, and Node 20 does not hand tsx's loader to worker threads: the worker registers
+ * it first.
+ */
+function startWorker(workerData: unknown): Worker {
+  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./chunk-worker.js', import.meta.url), { workerData });
+  const url = new URL('./chunk-worker.ts', import.meta.url).href;
+  const bootstrap = `import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(url)}); });`;
+  return new Worker(bootstrap, { eval: true, workerData });
+}
+
+export class WorkerChunkJobs implements ChunkJobs {
+  readonly #count: number;
+  #workers: PoolWorker[] | undefined;
+  readonly #params: { params: ChunkerParams; level: number };
+  readonly #owner = new Map<number, PoolWorker>();
+  #nextId = 1;
+
+  /** Workers start at the first job. */
+  constructor(params: ChunkerParams, level: number, count = Math.min(WORKERS_MAX, os.availableParallelism())) {
+    this.#params = { params, level };
+    this.#count = Math.max(1, count);
+  }
+
+  #start(): PoolWorker[] {
+    this.#workers = Array.from({ length: this.#count }, () => {
+      const entry: PoolWorker = { worker: startWorker(this.#params), jobs: 0, waiters: new Map() };
+      entry.worker.on('message', (reply: WorkerReply) => {
+        const waiter = entry.waiters.get(reply.id);
+        entry.waiters.delete(reply.id);
+        if (reply.type === 'failed') waiter?.reject(new Error(`chunk worker: ${reply.message}`));
+        else waiter?.resolve(reply);
+      });
+      entry.worker.on('error', (error) => {
+        for (const waiter of entry.waiters.values()) waiter.reject(error);
+        entry.waiters.clear();
+      });
+      return entry;
+    });
+    return this.#workers;
+  }
+
+  #send(entry: PoolWorker, request: WorkerRequest, transfer: ArrayBuffer[] = []): Promise<WorkerReply> {
+    return new Promise((resolve, reject) => {
+      entry.waiters.set(request.id, { resolve, reject });
+      entry.worker.postMessage(request, transfer);
+    });
+  }
+
+  async chunk(data: Uint8Array): Promise<{ id: number; result: ChunkedJob }> {
+    const workers = this.#workers ?? this.#start();
+    const entry = workers.reduce((best, candidate) => (candidate.jobs < best.jobs ? candidate : best));
+    const id = this.#nextId++;
+    entry.jobs += 1;
+    this.#owner.set(id, entry);
+    // The job's bytes move to the worker; `data` must own its whole buffer.
+    assert(data.byteOffset === 0 && data.byteLength === data.buffer.byteLength, 'a job that shares its buffer');
+    const reply = await this.#send(entry, { type: 'chunk', id, data }, [data.buffer as ArrayBuffer]);
+    assert(reply.type === 'chunked', 'a chunk reply');
+    return { id, result: { lengths: reply.lengths, hashes: reply.hashes } };
+  }
+
+  async compress(id: number, indexes: number[]): Promise<StoredChunk[]> {
+    const entry = this.#owner.get(id);
+    assert(entry !== undefined, `no job ${id}`);
+    this.#owner.delete(id);
+    try {
+      const reply = await this.#send(entry, { type: 'compress', id, indexes });
+      assert(reply.type === 'compressed', 'a compress reply');
+      return reply.chunks;
+    } finally {
+      entry.jobs -= 1;
+    }
+  }
+
+  async close(): Promise<void> {
+    const workers = this.#workers ?? [];
+    this.#workers = undefined;
+    await Promise.all(workers.map((entry) => entry.worker.terminate()));
+  }
+}

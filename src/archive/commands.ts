@@ -1,0 +1,159 @@
+// The archive commands as library calls, one per `thinbd archive` subcommand: each opens the
+// store, takes the lock its work needs (locks.ts), runs, and closes the store.
+import { ThinError } from '../errors.ts';
+import type { Pool } from '../pool/pool.ts';
+import { Archive } from './archive.ts';
+import type { ChunkJobs } from './chunk-jobs.ts';
+import type { ChunkerParams } from './chunker.ts';
+import type { StreamRoot } from './format.ts';
+import { lockStore, type LockKind } from './locks.ts';
+import { collectGarbage, listStore, removeStream, verifyStore, type GcReport, type StoreListing, type VerifyReport } from './maintenance.ts';
+import { findBaseStream, packStream } from './pack.ts';
+import { poolVolumeSource } from './source.ts';
+import type { OpenStoreOptions } from './store.ts';
+import { unpackStream, type UnpackResult } from './unpack.ts';
+
+export interface StoreOptions extends OpenStoreOptions {
+  store: string;
+  onNote?: (line: string) => void;
+}
+
+async function withArchive<T>(options: StoreOptions, lock: LockKind | undefined, command: string, work: (archive: Archive) => Promise<T>): Promise<T> {
+  const archive = await Archive.open(options.store, options);
+  try {
+    const held = lock === undefined ? undefined : await lockStore(archive.store, lock, command, options.onNote);
+    try {
+      return await work(archive);
+    } finally {
+      await held?.release();
+    }
+  } finally {
+    await archive.close();
+  }
+}
+
+export interface InitResult {
+  url: string;
+  id: string;
+  averageChunkBytes: number;
+  zstdLevel: number;
+}
+
+export async function initArchive(options: StoreOptions & { averageChunkBytes: number; zstdLevel: number }): Promise<InitResult> {
+  const archive = await Archive.init(options.store, options);
+  try {
+    return { url: archive.url, id: archive.config.id, averageChunkBytes: archive.config.chunking.averageBytes, zstdLevel: archive.config.compression.level };
+  } finally {
+    await archive.close();
+  }
+}
+
+export interface PackCommandOptions extends StoreOptions {
+  pool: Pool;
+  volume: string;
+  /** Default: VOLUME.<UTC time>. */
+  name?: string;
+  deltaFrom?: string;
+  makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
+  onProgress?: (doneBytes: number, totalBytes: number) => void;
+}
+
+export interface PackResult {
+  stream: string;
+  volume: string;
+  parent?: string;
+  sizeBytes: number;
+  mappedBytes: number;
+  bytesRead: number;
+  bytesNew: number;
+  bytesStored: number;
+  /** Raw bytes of new chunks per byte stored (compression). */
+  compressionRatio: number;
+  /** Mapped bytes per byte stored (dedup and compression together). */
+  dedupRatio: number;
+  chunkCount: number;
+  newChunkCount: number;
+  elapsedMs: number;
+  /** Bytes read per second, in MB (10^6). */
+  readMBps: number;
+}
+
+export function defaultStreamName(volume: string, now: Date): string {
+  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return `${volume.slice(0, 128 - stamp.length - 1)}.${stamp}`;
+}
+
+export async function packVolume(options: PackCommandOptions): Promise<PackResult> {
+  const { pool } = options;
+  const source = poolVolumeSource(pool, options.volume);
+  return await withArchive(options, 'shared', 'pack', async (archive) => {
+    let base: { root: StreamRoot; runs: ReturnType<typeof source.mappedRuns> } | undefined;
+    if (options.deltaFrom !== undefined) {
+      const baseSource = poolVolumeSource(pool, options.deltaFrom);
+      if (baseSource.identity.volumeId === source.identity.volumeId) throw new ThinError('THIN_INVALID', `--delta-from ${options.deltaFrom} is the volume being packed`);
+      base = { root: await findBaseStream(archive, baseSource.identity), runs: baseSource.mappedRuns() };
+    }
+    const root = await packStream(archive, source, {
+      name: options.name ?? defaultStreamName(options.volume, new Date()),
+      ...(base === undefined ? {} : { base }),
+      ...(options.makeJobs === undefined ? {} : { makeJobs: options.makeJobs }),
+      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+    });
+    const { stats } = root;
+    return {
+      stream: root.name,
+      volume: options.volume,
+      ...(root.parent === undefined ? {} : { parent: root.parent }),
+      sizeBytes: root.sizeBytes,
+      mappedBytes: stats.mappedBytes,
+      bytesRead: stats.bytesRead,
+      bytesNew: stats.bytesNew,
+      bytesStored: stats.bytesStored,
+      compressionRatio: stats.bytesStored === 0 ? 0 : stats.bytesNew / stats.bytesStored,
+      dedupRatio: stats.bytesStored === 0 ? 0 : stats.mappedBytes / stats.bytesStored,
+      chunkCount: stats.chunkCount,
+      newChunkCount: stats.newChunkCount,
+      elapsedMs: stats.elapsedMs,
+      readMBps: stats.elapsedMs === 0 ? 0 : stats.bytesRead / 1e6 / (stats.elapsedMs / 1000),
+    };
+  });
+}
+
+export interface UnpackCommandOptions extends StoreOptions {
+  pool: Pool;
+  stream: string;
+  volume: string;
+  onProgress?: (doneBytes: number, totalBytes: number) => void;
+}
+
+export async function unpackVolume(options: UnpackCommandOptions): Promise<UnpackResult & { writeMBps: number }> {
+  return await withArchive(options, 'shared', 'unpack', async (archive) => {
+    const root = await archive.readStream(options.stream);
+    const result = await unpackStream(archive, root, options.pool, options.volume, {
+      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+      ...(options.onNote === undefined ? {} : { onNote: options.onNote }),
+    });
+    return { ...result, writeMBps: result.elapsedMs === 0 ? 0 : result.mappedBytes / 1e6 / (result.elapsedMs / 1000) };
+  });
+}
+
+export async function listArchive(options: StoreOptions): Promise<StoreListing> {
+  return await withArchive(options, undefined, 'list', (archive) => listStore(archive));
+}
+
+export async function verifyArchive(options: StoreOptions & { stream?: string; onProgress?: (done: number, total: number) => void }): Promise<VerifyReport> {
+  return await withArchive(options, 'shared', 'verify', (archive) =>
+    verifyStore(archive, {
+      ...(options.stream === undefined ? {} : { name: options.stream }),
+      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+    }),
+  );
+}
+
+export async function removeArchiveStream(options: StoreOptions & { stream: string }): Promise<void> {
+  await withArchive(options, 'shared', 'rm', (archive) => removeStream(archive, options.stream));
+}
+
+export async function gcArchive(options: StoreOptions): Promise<GcReport> {
+  return await withArchive(options, 'exclusive', 'gc', (archive) => collectGarbage(archive, options.onNote));
+}

@@ -1,0 +1,221 @@
+// thinbd archive init | pack | list | unpack | verify | rm | gc — deduplicated, compressed
+// archives of volumes in a directory or an S3 bucket (src/archive).
+import type { Command } from '@commander-js/extra-typings';
+import type { Reporter } from '../report.ts';
+import { UsageError, formatTable } from '../report.ts';
+import { poolDirectory, sizeOption, volumeName } from '../options.ts';
+import { withPool } from '../pool-access.ts';
+import { formatSize } from '../sizes.ts';
+import { startProgress, type Progress } from '../progress.ts';
+import { ThinError } from '../../errors.ts';
+import {
+  ARCHIVE_CHUNK_AVERAGE_BYTES_DEFAULT,
+  ARCHIVE_CHUNK_AVERAGE_BYTES_MAX,
+  ARCHIVE_CHUNK_AVERAGE_BYTES_MIN,
+  ARCHIVE_ZSTD_LEVEL_DEFAULT,
+} from '../../constants.ts';
+import { gcArchive, initArchive, listArchive, packVolume, removeArchiveStream, unpackVolume, verifyArchive } from '../../archive/commands.ts';
+import { WorkerChunkJobs } from '../../archive/chunk-workers.ts';
+
+const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
+const storeHelp = 'archive store: a directory or s3://BUCKET/PREFIX (default $THINBD_STORE)';
+const endpointHelp = 'S3-compatible endpoint URL (default $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS)';
+
+function storeSpec(option: string | undefined): string {
+  const spec = option ?? process.env['THINBD_STORE'];
+  if (spec === undefined || spec === '') throw new UsageError('--store: name an archive store (a directory or s3://BUCKET/PREFIX), or set $THINBD_STORE');
+  return spec;
+}
+
+function streamName(text: string): string {
+  return volumeName('stream name', text);
+}
+
+/** A progress bar that appears at the first report (its total known then). */
+function lazyProgress(label: string): { update: (done: number, total: number) => void; stop: () => void } {
+  let progress: Progress | undefined;
+  let shownTotal = 0;
+  return {
+    update: (done, total) => {
+      if (progress === undefined || total !== shownTotal) {
+        progress?.stop();
+        progress = startProgress(label, total, { bytes: true });
+        shownTotal = total;
+      }
+      progress.update(done);
+    },
+    stop: () => progress?.stop(),
+  };
+}
+
+function mbps(bytes: number, elapsedMs: number): string {
+  return elapsedMs === 0 ? '-' : `${(bytes / 1e6 / (elapsedMs / 1000)).toFixed(0)} MB/s`;
+}
+
+export function registerArchiveCommands(program: Command, reporter: Reporter): void {
+  const archive = program.command('archive').description('deduplicated, compressed archives of volumes in a directory or S3 (incremental; ship volumes between hosts)');
+  const note = (line: string) => reporter.note(line);
+
+  archive
+    .command('init')
+    .description('create an empty archive store')
+    .option('--store <store>', storeHelp)
+    .option('--chunk-size <size>', 'average chunk size (a power of two)', String(ARCHIVE_CHUNK_AVERAGE_BYTES_DEFAULT))
+    .option('--level <n>', 'zstd compression level', String(ARCHIVE_ZSTD_LEVEL_DEFAULT))
+    .option('--endpoint <url>', endpointHelp)
+    .option('--json', 'print the result as JSON')
+    .action(async (options) => {
+      const averageChunkBytes = sizeOption('--chunk-size', options.chunkSize);
+      if (averageChunkBytes < ARCHIVE_CHUNK_AVERAGE_BYTES_MIN || averageChunkBytes > ARCHIVE_CHUNK_AVERAGE_BYTES_MAX || (averageChunkBytes & (averageChunkBytes - 1)) !== 0) {
+        throw new UsageError(`--chunk-size: ${options.chunkSize} is not a power of two from ${formatSize(ARCHIVE_CHUNK_AVERAGE_BYTES_MIN)} to ${formatSize(ARCHIVE_CHUNK_AVERAGE_BYTES_MAX)}`);
+      }
+      const zstdLevel = Number(options.level);
+      if (!/^-?\d+$/.test(options.level) || zstdLevel < -7 || zstdLevel > 22) throw new UsageError(`--level: '${options.level}' is not a zstd level from -7 to 22`);
+      const result = await initArchive({ store: storeSpec(options.store), averageChunkBytes, zstdLevel, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) });
+      if (options.json === true) reporter.json(result);
+      else reporter.out(`Created archive store ${result.url} (chunks of ${formatSize(averageChunkBytes)} on average, zstd level ${zstdLevel})`);
+    });
+
+  archive
+    .command('pack')
+    .description('pack a volume (or read-only snapshot) into a new stream; --delta-from reads only what changed since a snapshot packed before')
+    .argument('<volume>', 'volume to pack')
+    .option('--pool <dir>', poolHelp)
+    .option('--store <store>', storeHelp)
+    .option('--name <name>', 'stream name (default VOLUME.<UTC time>)')
+    .option('--delta-from <snapshot>', 'a read-only snapshot packed before: read only the blocks where the two differ')
+    .option('--endpoint <url>', endpointHelp)
+    .option('--json', 'print the statistics as JSON')
+    .action(async (volumeText, options) => {
+      const volume = volumeName('volume name', volumeText);
+      const name = options.name === undefined ? undefined : streamName(options.name);
+      const deltaFrom = options.deltaFrom === undefined ? undefined : volumeName('--delta-from', options.deltaFrom);
+      const store = storeSpec(options.store);
+      const progress = lazyProgress(`pack ${volume}`);
+      {
+        const result = await withPool(poolDirectory(options.pool), 'read', (pool) =>
+          packVolume({
+            store,
+            pool,
+            volume,
+            makeJobs: (params, level) => new WorkerChunkJobs(params, level),
+            onNote: note,
+            onProgress: progress.update,
+            ...(name === undefined ? {} : { name }),
+            ...(deltaFrom === undefined ? {} : { deltaFrom }),
+            ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
+          }),
+        ).finally(progress.stop);
+        if (options.json === true) reporter.json(result);
+        else {
+          reporter.out(
+            `Packed ${volume} into stream ${result.stream}${result.parent === undefined ? '' : ` (delta from ${result.parent})`}: ` +
+              `read ${formatSize(result.bytesRead)} of ${formatSize(result.mappedBytes)} mapped, ${formatSize(result.bytesNew)} new, ` +
+              `${formatSize(result.bytesStored)} stored, ${(result.elapsedMs / 1000).toFixed(1)} s, ${mbps(result.bytesRead, result.elapsedMs)}`,
+          );
+        }
+      }
+    });
+
+  archive
+    .command('list')
+    .description('the streams of a store: name, volume size, bytes read, stored, dedup ratio, parent, time')
+    .option('--store <store>', storeHelp)
+    .option('--endpoint <url>', endpointHelp)
+    .option('--json', 'print as JSON')
+    .action(async (options) => {
+      const listing = await listArchive({ store: storeSpec(options.store), ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) });
+      if (options.json === true) {
+        reporter.json(listing);
+        return;
+      }
+      const rows = listing.streams.map((stream) => [
+        stream.name,
+        formatSize(stream.sizeBytes),
+        formatSize(stream.mappedBytes),
+        formatSize(stream.bytesRead),
+        formatSize(stream.bytesStored),
+        `${stream.dedupRatio.toFixed(1)}x`,
+        stream.parent ?? '-',
+        stream.createdAt,
+      ]);
+      for (const line of formatTable(['NAME', 'SIZE', 'MAPPED', 'READ', 'STORED', 'RATIO', 'PARENT', 'CREATED'], rows)) reporter.out(line);
+      for (const damaged of listing.damaged) reporter.note(`damaged: ${damaged.problem}`);
+      reporter.out(`${listing.streams.length} streams; ${listing.packCount} packs, ${formatSize(listing.packBytes)} stored in ${listing.url}`);
+    });
+
+  archive
+    .command('unpack')
+    .description('unpack a stream into a volume: a new one, or an existing one where only differing blocks are written and ranges unmapped in the stream are discarded')
+    .argument('<name>', 'stream name')
+    .argument('<volume>', 'volume to write (created when absent)')
+    .option('--pool <dir>', poolHelp)
+    .option('--store <store>', storeHelp)
+    .option('--endpoint <url>', endpointHelp)
+    .option('--json', 'print the statistics as JSON')
+    .action(async (nameText, volumeText, options) => {
+      const stream = streamName(nameText);
+      const volume = volumeName('volume name', volumeText);
+      const store = storeSpec(options.store);
+      const progress = lazyProgress(`unpack ${stream}`);
+      const result = await withPool(poolDirectory(options.pool), 'write', (pool) =>
+        unpackVolume({ store, pool, stream, volume, onNote: note, onProgress: progress.update, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
+      ).finally(progress.stop);
+      if (options.json === true) reporter.json(result);
+      else {
+        reporter.out(
+          `Unpacked stream ${stream} into ${result.volumeCreated ? 'new ' : ''}volume ${volume}: ${formatSize(result.bytesWritten)} written, ` +
+            `${formatSize(result.bytesUnchanged)} already there, ${formatSize(result.bytesDiscarded)} discarded, ${(result.elapsedMs / 1000).toFixed(1)} s`,
+        );
+      }
+    });
+
+  archive
+    .command('verify')
+    .description('re-read and re-hash every chunk the streams (or one stream) need; exit 1 naming each problem')
+    .argument('[name]', 'stream name (default: every stream)')
+    .option('--store <store>', storeHelp)
+    .option('--endpoint <url>', endpointHelp)
+    .option('--json', 'print the report as JSON')
+    .action(async (nameText, options) => {
+      const stream = nameText === undefined ? undefined : streamName(nameText);
+      const report = await verifyArchive({ store: storeSpec(options.store), onNote: note, ...(stream === undefined ? {} : { stream }), ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) });
+      if (options.json === true) reporter.json(report);
+      else {
+        for (const problem of report.problems) reporter.out(problem);
+        reporter.out(`${report.streamsChecked} streams, ${report.chunksChecked} chunks (${formatSize(report.bytesChecked)}) checked: ${report.problems.length === 0 ? 'intact' : `${report.problems.length} problems`}`);
+      }
+      if (report.problems.length > 0) {
+        throw new ThinError('THIN_CORRUPT_ARCHIVE', `${report.problems.length} problems in ${storeSpec(options.store)}; the first: ${report.problems[0]}`);
+      }
+    });
+
+  archive
+    .command('rm')
+    .description("remove a stream (its chunks stay until 'archive gc')")
+    .argument('<name>', 'stream name')
+    .option('--store <store>', storeHelp)
+    .option('--endpoint <url>', endpointHelp)
+    .action(async (nameText, options) => {
+      const stream = streamName(nameText);
+      await removeArchiveStream({ store: storeSpec(options.store), stream, onNote: note, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) });
+      reporter.out(`Removed stream ${stream}; 'thinbd archive gc' reclaims its chunks`);
+    });
+
+  archive
+    .command('gc')
+    .description('delete packs no stream needs (and rewrite mostly dead ones); needs the store alone')
+    .option('--store <store>', storeHelp)
+    .option('--endpoint <url>', endpointHelp)
+    .option('--json', 'print the report as JSON')
+    .action(async (options) => {
+      const report = await gcArchive({ store: storeSpec(options.store), onNote: note, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) });
+      if (options.json === true) reporter.json(report);
+      else {
+        reporter.out(
+          `gc: ${report.packsDeleted} packs deleted, ${report.packsRewritten} rewritten into ${report.packsWritten}; ` +
+            `${formatSize(report.bytesBefore)} -> ${formatSize(report.bytesAfter)} stored for ${report.streams} streams`,
+        );
+      }
+    });
+}
