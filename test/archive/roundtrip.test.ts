@@ -1,0 +1,136 @@
+// Pack and unpack through the library, byte for byte: a full pack and a chain of incrementals
+// after writes, discards and resizes; every stream unpacked into a fresh pool and onto an older
+// restored state; sharing kept when a snapshot is restored beside its origin.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import type { Pool } from '../../src/pool/pool.ts';
+import { Archive } from '../../src/archive/archive.ts';
+import { packVolume, unpackVolume, listArchive, verifyArchive } from '../../src/archive/commands.ts';
+import { listVolumes } from '../../src/tools/list.ts';
+import { BLOCK, MiB, contentBytes, createPool, digest, mappedBlocks, readVolume, tempDir } from './helpers.ts';
+
+const dir = tempDir('archive-roundtrip');
+let source: Pool;
+let store: string;
+
+before(async () => {
+  source = await createPool(join(dir.path, 'source'));
+  store = join(dir.path, 'store');
+  await (await Archive.init(store, { averageChunkBytes: 16 * 1024, zstdLevel: 3 })).close();
+});
+
+after(async () => {
+  await source?.close().catch(() => undefined);
+  dir.remove();
+});
+
+interface State {
+  stream: string;
+  snapshot: string;
+  digest: string;
+  sizeBytes: number;
+  mapped: number[];
+}
+
+const states: State[] = [];
+
+async function packSnapshot(index: number, changes: (volume: ReturnType<Pool['volume']>) => Promise<void>): Promise<State> {
+  const volume = source.volume('vol');
+  await changes(volume);
+  const snapshot = `vol.${index}`;
+  await source.snapshot('vol', snapshot, { readOnly: true });
+  const previous = states[states.length - 1];
+  const result = await packVolume({ store, pool: source, volume: snapshot, name: `s${index}`, ...(previous === undefined ? {} : { deltaFrom: previous.snapshot }) });
+  assert.equal(result.stream, `s${index}`);
+  assert.equal(result.parent, previous?.stream);
+  const state = { stream: `s${index}`, snapshot, digest: digest(await readVolume(source, snapshot)), sizeBytes: source.volume(snapshot).sizeBytes, mapped: mappedBlocks(source, snapshot) };
+  states.push(state);
+  return state;
+}
+
+test('a full pack reads only mapped bytes and stores them deduplicated and compressed', async () => {
+  const volume = await source.createVolume('vol', { sizeBytes: 40 * MiB + 1000 });
+  await volume.write(0, contentBytes(6 * MiB, 1));
+  await volume.write(10 * MiB, contentBytes(2 * MiB, 2));
+  await volume.write(20 * MiB, contentBytes(2 * MiB, 2)); // the same bytes again: deduplicated
+  await volume.write(40 * MiB, contentBytes(1000, 3)); // the partial last block
+  await packSnapshot(0, async () => {});
+  const listing = await listArchive({ store });
+  const stream = listing.streams.find((entry) => entry.name === 's0')!;
+  assert.equal(stream.mappedBytes, 10 * MiB + 1000);
+  assert.equal(stream.bytesRead, 10 * MiB + 1000, 'holes are never read');
+  assert.ok(stream.bytesNew < 9 * MiB, `the repeated 2 MiB is stored once (${stream.bytesNew} new)`);
+  assert.ok(stream.bytesStored < stream.bytesNew * 0.8, `compressed (${stream.bytesStored} of ${stream.bytesNew})`);
+});
+
+test('incrementals after writes, discards and resizes read only what changed', async () => {
+  await packSnapshot(1, async (volume) => {
+    await volume.write(3 * MiB + 100, contentBytes(300_000, 11));
+    await volume.discard(10 * MiB, 1 * MiB);
+  });
+  await packSnapshot(2, async () => {
+    await source.resizeVolume('vol', 48 * MiB);
+    await source.volume('vol').write(45 * MiB, contentBytes(2 * MiB, 12));
+  });
+  await packSnapshot(3, async () => {
+    await source.resizeVolume('vol', 30 * MiB + 12345);
+    await source.volume('vol').write(5 * BLOCK, contentBytes(BLOCK, 13));
+  });
+  await packSnapshot(4, async () => {}); // nothing changed
+  const listing = await listArchive({ store });
+  const read = (name: string) => listing.streams.find((entry) => entry.name === name)!.bytesRead;
+  assert.ok(read('s1') < 1 * MiB, `s1 read ${read('s1')}`);
+  assert.ok(read('s2') <= 2 * MiB + 256 * 1024, `s2 read ${read('s2')}`);
+  assert.ok(read('s3') < 512 * 1024, `s3 read ${read('s3')}`);
+  assert.equal(read('s4'), 0, 'an unchanged snapshot reads nothing');
+  assert.equal(listing.streams.find((entry) => entry.name === 's4')!.bytesStored < 4096, true, 'and stores only its root segments');
+  assert.deepEqual((await verifyArchive({ store })).problems, []);
+});
+
+test('every stream unpacks into a fresh pool byte for byte, with its own mapped blocks', async () => {
+  const target = await createPool(join(dir.path, 'fresh'));
+  try {
+    for (const state of states) {
+      const result = await unpackVolume({ store, pool: target, stream: state.stream, volume: `r-${state.stream}` });
+      assert.equal(result.volumeCreated, true);
+      assert.equal(digest(await readVolume(target, `r-${state.stream}`)), state.digest, state.stream);
+      assert.equal(target.volume(`r-${state.stream}`).sizeBytes, state.sizeBytes);
+      assert.deepEqual(mappedBlocks(target, `r-${state.stream}`), state.mapped, `${state.stream}: only provisioned ranges are written`);
+    }
+  } finally {
+    await target.close();
+  }
+});
+
+test('each stream unpacked onto an older restored state writes only what differs and matches exactly', async () => {
+  const target = await createPool(join(dir.path, 'older'));
+  try {
+    await unpackVolume({ store, pool: target, stream: 's0', volume: 'r' });
+    for (const state of states.slice(1)) {
+      const result = await unpackVolume({ store, pool: target, stream: state.stream, volume: 'r' });
+      assert.equal(result.volumeCreated, false);
+      assert.equal(digest(await readVolume(target, 'r')), state.digest, state.stream);
+      assert.deepEqual(mappedBlocks(target, 'r'), state.mapped, `${state.stream}: mappings match the stream's`);
+      assert.ok(result.bytesWritten <= 3 * MiB, `${state.stream} wrote ${result.bytesWritten}`);
+    }
+    // Back to the oldest state, then forward again: any order works.
+    await unpackVolume({ store, pool: target, stream: 's0', volume: 'r' });
+    assert.equal(digest(await readVolume(target, 'r')), states[0]!.digest);
+    assert.ok(!target.list().some((info) => info.name.endsWith('.unpacking')), 'no work volume left behind');
+  } finally {
+    await target.close();
+  }
+});
+
+test('a snapshot restored beside its origin shares every unchanged block with it', async () => {
+  // The source's current volume is s4's state; restore s0 into a snapshot of it.
+  await source.snapshot('vol', 'restored');
+  const result = await unpackVolume({ store, pool: source, stream: 's0', volume: 'restored' });
+  assert.equal(digest(await readVolume(source, 'restored')), states[0]!.digest);
+  const listing = listVolumes(source).find((entry) => entry.name === 'restored')!;
+  const written = Math.ceil(result.bytesWritten / BLOCK);
+  assert.ok(listing.exclusiveBytes <= (written + 2) * BLOCK, `only rewritten blocks are exclusive (${listing.exclusiveBytes} bytes; ${result.bytesWritten} written)`);
+  assert.ok(listing.sharedBytes >= listing.mappedBytes - (written + 2) * BLOCK, `the rest is shared (${listing.sharedBytes} of ${listing.mappedBytes})`);
+  assert.ok(result.bytesUnchanged > 5 * MiB, 'most of the stream was already there');
+});
