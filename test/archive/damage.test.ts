@@ -1,0 +1,131 @@
+// Damage to a store, through the real CLI: a flipped byte in a chunk, a deleted pack object, a
+// truncated stream index. `archive verify` names each (stream, chunk and offset), exits 1, and
+// `archive unpack` refuses and leaves the target volume exactly as it was.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { thinbd, thinbdJson } from '../cli/run-thinbd.ts';
+import { Archive } from '../../src/archive/archive.ts';
+import { CHUNK_FLAG_SEGMENT, hashHex, packIdOfKey } from '../../src/archive/format.ts';
+import { MiB, contentBytes, tempDir } from './helpers.ts';
+
+const dir = tempDir('archive-damage');
+const pool = join(dir.path, 'pool');
+const pristine = join(dir.path, 'pristine');
+
+function ok(args: string[]): string {
+  const result = thinbd(args);
+  assert.equal(result.code, 0, `thinbd ${args.join(' ')}: ${result.stderr}`);
+  return result.stdout;
+}
+
+function volumeDigest(name: string): string {
+  const file = join(dir.path, `${name}.img`);
+  rmSync(file, { force: true });
+  ok(['export', '--pool', pool, name, file]);
+  const digest = createHash('sha256').update(readFileSync(file)).digest('hex');
+  rmSync(file);
+  return digest;
+}
+
+function files(root: string): string[] {
+  const found: string[] = [];
+  const walk = (path: string) => {
+    for (const entry of readdirSync(path)) {
+      const full = join(path, entry);
+      if (statSync(full).isDirectory()) walk(full);
+      else found.push(full);
+    }
+  };
+  walk(root);
+  return found.sort();
+}
+
+before(() => {
+  ok(['pool', 'create', '--pool', pool, '--data-size', '1G']);
+  ok(['create', '--pool', pool, 'vol', '--size', '32M']);
+  const image = join(dir.path, 'image');
+  writeFileSync(image, contentBytes(12 * MiB, 7));
+  ok(['import', '--pool', pool, 'vol', image]);
+  ok(['snapshot', '--pool', pool, 'vol', 'vol.1', '--read-only']);
+  ok(['archive', 'init', '--store', pristine, '--chunk-size', '16k']);
+  ok(['archive', 'pack', '--pool', pool, 'vol.1', '--store', pristine, '--name', 's1']);
+  // The target of the refused unpacks: an existing volume with other contents.
+  writeFileSync(image, contentBytes(3 * MiB, 99));
+  ok(['import', '--pool', pool, 'target', image]);
+});
+
+after(() => dir.remove());
+
+/** A fresh copy of the packed store, for one kind of damage. */
+function damagedCopy(label: string): string {
+  const store = join(dir.path, label);
+  cpSync(pristine, store, { recursive: true });
+  return store;
+}
+
+function assertUnpackRefused(store: string, pattern: RegExp): void {
+  const before = volumeDigest('target');
+  const refused = thinbd(['archive', 'unpack', '--pool', pool, '--store', store, 's1', 'target']);
+  assert.equal(refused.code, 1, refused.stdout);
+  assert.match(refused.stderr, pattern);
+  assert.equal(volumeDigest('target'), before, 'the target volume is unchanged');
+  const fresh = thinbd(['archive', 'unpack', '--pool', pool, '--store', store, 's1', 'newvol']);
+  assert.equal(fresh.code, 1);
+  const names = thinbdJson<Array<{ name: string }>>(['list', '--pool', pool]).map((entry) => entry.name);
+  assert.deepEqual(names.filter((name) => name === 'newvol' || name.endsWith('.unpacking')), [], 'no volume left behind');
+  assert.deepEqual(thinbd(['check', '--pool', pool]).code, 0);
+}
+
+test('the intact store verifies and unpacks', () => {
+  const report = thinbdJson<{ problems: string[]; chunksChecked: number }>(['archive', 'verify', '--store', pristine]);
+  assert.deepEqual(report.problems, []);
+  assert.ok(report.chunksChecked > 100);
+});
+
+test('a flipped byte in a chunk is named by verify, and unpack refuses and changes nothing', async () => {
+  const store = damagedCopy('flipped');
+  const archive = await Archive.open(store);
+  const { index } = await archive.loadIndex();
+  await archive.close();
+  const victim = [...index.entries()].find((entry) => (entry.location.flags & CHUNK_FLAG_SEGMENT) === 0 && entry.location.storedBytes > 100)!;
+  const packFile = files(join(store, 'packs')).find((file) => file.endsWith(victim.location.packId))!;
+  const bytes = readFileSync(packFile);
+  bytes[victim.location.offsetBytes + Math.floor(victim.location.storedBytes / 2)]! ^= 0x01;
+  writeFileSync(packFile, bytes);
+  const verify = thinbd(['archive', 'verify', '--store', store]);
+  assert.equal(verify.code, 1);
+  const chunk = hashHex(victim.hash);
+  assert.match(verify.stdout, new RegExp(`stream s1, chunk ${chunk} at offset \\d+: damaged in pack packs/../${victim.location.packId}`));
+  assert.match(verify.stderr, /problems in/);
+  assertUnpackRefused(store, new RegExp(`stream s1, chunk ${chunk} at offset \\d+: damaged`));
+});
+
+test('a deleted pack object is named by verify (each chunk it held), and unpack refuses before writing', () => {
+  const store = damagedCopy('deleted');
+  const packs = files(join(store, 'packs'));
+  assert.ok(packs.length >= 1);
+  const victim = packs[0]!;
+  rmSync(victim);
+  const report = thinbd(['archive', 'verify', '--store', store, '--json']);
+  assert.equal(report.code, 1);
+  const problems = (JSON.parse(report.stdout) as { problems: string[] }).problems;
+  assert.ok(problems.length > 0);
+  for (const problem of problems) assert.match(problem, /^stream s1, (chunk [0-9a-f]{64} at offset \d+|segment \d+ \(chunk [0-9a-f]{64}\)): missing from the store/);
+  assert.ok(packIdOfKey(`packs/${victim.split('/').slice(-2).join('/')}`));
+  assertUnpackRefused(store, /stream s1, .*missing from the store/);
+});
+
+test('a truncated stream index is named by verify, and unpack refuses', () => {
+  const store = damagedCopy('truncated');
+  const root = join(store, 'streams', 's1');
+  truncateSync(root, statSync(root).size - 30);
+  const verify = thinbd(['archive', 'verify', '--store', store]);
+  assert.equal(verify.code, 1);
+  assert.match(verify.stdout, /stream s1: truncated stream index|stream s1: the stream index fails its SHA-256/);
+  const listed = thinbd(['archive', 'list', '--store', store]);
+  assert.match(listed.stderr, /damaged: stream s1/);
+  assertUnpackRefused(store, /stream s1: (truncated stream index|the stream index fails its SHA-256)/);
+});
