@@ -370,6 +370,7 @@ const REF_BYTES = HASH_BYTES + 4;
 export function encodeSegment(segment: Segment): Uint8Array {
   let size = SEGMENT_HEADER_BYTES;
   for (const run of segment.runs) size += RUN_HEADER_BYTES + run.chunks.length * REF_BYTES;
+  // F-AR-SEG-3: at most 4 MiB, whatever the chunking (ARCHIVE_SEGMENT_AVERAGE_CHUNKS).
   assert(size <= ARCHIVE_CHUNK_RAW_BYTES_MAX, `a segment of ${size} bytes`);
   const bytes = new Uint8Array(size);
   const view = new DataView(bytes.buffer);

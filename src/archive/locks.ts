@@ -1,4 +1,4 @@
-// Store locks (F-AR-LOCK): who may run beside whom. Packs, unpacks, verifies and removals take a
+// Store locks (F-AR-LOCK-1): who may run beside whom. Packs, unpacks, verifies and removals take a
 // shared lock and run side by side — concurrent packs are safe: each writes packs and index
 // objects under fresh random ids, and claims its stream name with an exclusive create. gc takes
 // the exclusive lock, because it deletes packs that a running pack could be deduplicating

@@ -224,7 +224,7 @@ export interface GcReport {
  * ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX of the pack), whose live chunks are first copied into new
  * packs. Then one index object replaces all others. The caller holds the exclusive store lock.
  *
- * Crash-safe by order: new packs, then the new index, then the old index objects, then the old
+ * Crash-safe by order (F-AR-ORDER-2): new packs, then the new index, then the old index objects, then the old
  * packs. Killed after the new index, the old one still lists the deleted-to-be packs (dropped
  * when missing) and the packs still there are read from their trailers: nothing is lost, and
  * the next gc finishes the job. A damaged stream stops gc: it cannot say what that stream needs.

@@ -107,7 +107,7 @@ export function sameVolume(a: StreamSource, b: StreamSource): boolean {
 }
 
 /**
- * The newest stream packed from `base` (a read-only volume, then and now), for --delta-from.
+ * The newest stream packed from `base` (a read-only volume, then and now: F-AR-STREAM-3), for --delta-from.
  * THIN_NOT_FOUND or THIN_INVALID saying why there is none.
  */
 export async function findBaseStream(archive: Archive, base: StreamSource): Promise<StreamRoot> {
