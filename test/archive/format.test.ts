@@ -1,0 +1,116 @@
+// The store's objects encode and decode; damage of any kind is THIN_CORRUPT_ARCHIVE naming the
+// object, never a wrong value. And the chunk index agrees with a Map under random adds.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import {
+  CHUNK_FLAG_ZSTD,
+  PACK_FOOTER_BYTES,
+  decodeIndex,
+  decodePackEntries,
+  decodePackFooter,
+  decodeSegment,
+  decodeStreamRoot,
+  encodeIndex,
+  encodePackTrailer,
+  encodeSegment,
+  encodeStreamRoot,
+  type ChunkEntry,
+  type StreamRoot,
+} from '../../src/archive/format.ts';
+import { ChunkIndex } from '../../src/archive/chunk-index.ts';
+import { isThinError } from '../../src/errors.ts';
+
+const corrupt = (error: unknown) => isThinError(error, 'THIN_CORRUPT_ARCHIVE');
+
+function entries(count: number): ChunkEntry[] {
+  let offset = 16;
+  return Array.from({ length: count }, (_, index) => {
+    const entry = { hash: new Uint8Array(randomBytes(32)), offsetBytes: offset, storedBytes: 100 + index, rawBytes: 200 + index, flags: CHUNK_FLAG_ZSTD };
+    offset += entry.storedBytes;
+    return entry;
+  });
+}
+
+test('a pack trailer round-trips; a flipped bit anywhere in it is caught', () => {
+  const list = entries(5);
+  const end = list[4]!.offsetBytes + list[4]!.storedBytes;
+  const trailer = encodePackTrailer(list, end);
+  const size = end + trailer.length;
+  const footer = decodePackFooter(trailer.subarray(trailer.length - PACK_FOOTER_BYTES), size, 'pack p');
+  assert.deepEqual(decodePackEntries(trailer.subarray(0, trailer.length - PACK_FOOTER_BYTES), footer, 'pack p'), list);
+  for (let position = 0; position < trailer.length; position += 7) {
+    const damaged = Uint8Array.from(trailer);
+    damaged[position]! ^= 0x10;
+    assert.throws(() => {
+      const f = decodePackFooter(damaged.subarray(damaged.length - PACK_FOOTER_BYTES), size, 'pack p');
+      decodePackEntries(damaged.subarray(0, damaged.length - PACK_FOOTER_BYTES), f, 'pack p');
+    }, corrupt, `flip at ${position}`);
+  }
+  assert.throws(() => decodePackFooter(trailer.subarray(trailer.length - PACK_FOOTER_BYTES), size - 1, 'pack p'), corrupt, 'a truncated pack');
+});
+
+test('an index round-trips and a damaged or truncated one is refused', () => {
+  const packs = [{ packId: 'ab'.repeat(16), entries: entries(3) }, { packId: 'cd'.repeat(16), entries: entries(1) }];
+  const bytes = encodeIndex(packs);
+  assert.deepEqual(decodeIndex(bytes, 'index i'), packs);
+  assert.throws(() => decodeIndex(bytes.subarray(0, bytes.length - 1), 'index i'), corrupt);
+  const damaged = Uint8Array.from(bytes);
+  damaged[40]! ^= 1;
+  assert.throws(() => decodeIndex(damaged, 'index i'), /index i: the index fails its SHA-256/);
+});
+
+test('a segment round-trips; runs out of range or chunks that do not add up are refused', () => {
+  const segmentBytes = 1 << 30;
+  const segment = { index: 1, runs: [{ beginBytes: segmentBytes + 65536, lengthBytes: 300, chunks: [{ hash: new Uint8Array(32).fill(1), rawBytes: 100 }, { hash: new Uint8Array(32).fill(2), rawBytes: 200 }] }] };
+  const expect = { index: 1, segmentBytes, volumeBytes: 3 * segmentBytes, chunkMaxBytes: 1 << 20 };
+  assert.deepEqual(decodeSegment(encodeSegment(segment), expect, 'seg'), segment);
+  assert.throws(() => decodeSegment(encodeSegment(segment), { ...expect, index: 2 }, 'seg'), /holds segment 1, not 2/);
+  assert.throws(() => decodeSegment(encodeSegment(segment), { ...expect, volumeBytes: segmentBytes + 65536 }, 'seg'), /outside the segment/);
+  const bytes = encodeSegment(segment);
+  new DataView(bytes.buffer).setUint32(24 + 24 + 32, 99, true);
+  assert.throws(() => decodeSegment(bytes, expect, 'seg'), /chunks hold 299 bytes, the run 300/);
+});
+
+test('a stream root round-trips; truncated or edited, it is refused', () => {
+  const root: StreamRoot = {
+    name: 's',
+    createdAt: '2026-12-01T00:00:00.000Z',
+    sizeBytes: 5 << 20,
+    blockSizeBytes: 65536,
+    source: { poolId: '00000000000000ff', volumeId: 3, volumeName: 'v', volumeCreatedAt: '2026-11-30T00:00:00.000Z', readOnly: true },
+    parent: 'p',
+    stats: { mappedBytes: 1, bytesRead: 1, bytesNew: 1, bytesStored: 1, chunkCount: 1, newChunkCount: 1, elapsedMs: 1 },
+    segments: [{ index: 0, hash: new Uint8Array(32).fill(7), rawBytes: 60, mappedBytes: 1 }],
+  };
+  const bytes = encodeStreamRoot(root);
+  const expect = { name: 's', segmentBytes: 1 << 30 };
+  assert.deepEqual(decodeStreamRoot(bytes, expect, 'stream s'), root);
+  assert.throws(() => decodeStreamRoot(bytes.subarray(0, bytes.length - 10), expect, 'stream s'), corrupt);
+  const edited = new TextEncoder().encode(new TextDecoder().decode(bytes).replace('"sizeBytes": 5242880', '"sizeBytes": 5242881'));
+  assert.throws(() => decodeStreamRoot(edited, expect, 'stream s'), /fails its SHA-256/);
+  assert.throws(() => decodeStreamRoot(bytes, { ...expect, name: 't' }, 'stream t'), /names stream 's'/);
+});
+
+test('the chunk index agrees with a Map through growth', () => {
+  const index = new ChunkIndex();
+  const model = new Map<string, { packId: string; offsetBytes: number }>();
+  for (let step = 0; step < 20_000; step += 1) {
+    const hash = new Uint8Array(randomBytes(32));
+    const packId = `${step % 7}`.repeat(32);
+    assert.equal(index.add(packId, { hash, offsetBytes: step, storedBytes: step + 1, rawBytes: step + 2, flags: step % 4 }), true);
+    model.set(Buffer.from(hash).toString('hex'), { packId, offsetBytes: step });
+    if (step % 1000 === 0) assert.equal(index.add('x'.repeat(32), { hash, offsetBytes: 0, storedBytes: 0, rawBytes: 0, flags: 0 }), false, 'a duplicate is not added');
+  }
+  assert.equal(index.size, model.size);
+  for (const [hex, expected] of model) {
+    const found = index.get(new Uint8Array(Buffer.from(hex, 'hex')));
+    assert.equal(found?.packId, expected.packId);
+    assert.equal(found?.offsetBytes, expected.offsetBytes);
+    assert.equal(found?.rawBytes, expected.offsetBytes + 2);
+    assert.equal(found?.flags, expected.offsetBytes % 4);
+  }
+  assert.equal(index.get(new Uint8Array(32)), undefined);
+  assert.equal([...index.entries()].length, model.size);
+  assert.ok(index.memoryBytes / index.size <= 128, `${index.memoryBytes / index.size} bytes per chunk`);
+});

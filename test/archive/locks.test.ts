@@ -1,0 +1,62 @@
+// Store locks: packs run side by side; gc needs the store alone; a dead process's lock is removed.
+// And two packs into one store at the same time both complete.
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import os from 'node:os';
+import { join } from 'node:path';
+import { DirectoryObjectStore } from '../../src/archive/directory-store.ts';
+import { lockStore } from '../../src/archive/locks.ts';
+import { Archive } from '../../src/archive/archive.ts';
+import { packVolume, gcArchive, verifyArchive } from '../../src/archive/commands.ts';
+import { isThinError } from '../../src/errors.ts';
+import { MiB, contentBytes, createPool, tempDir } from './helpers.ts';
+
+const dir = tempDir('archive-locks');
+after(() => dir.remove());
+
+test('shared locks coexist; an exclusive lock is refused beside them and refuses them', async () => {
+  const store = DirectoryObjectStore.open(join(dir.path, 'a'));
+  const first = await lockStore(store, 'shared', 'pack');
+  const second = await lockStore(store, 'shared', 'pack');
+  await assert.rejects(lockStore(store, 'exclusive', 'gc'), (error: unknown) => isThinError(error, 'THIN_BUSY') && /in use by pack \(pid \d+/.test((error as Error).message));
+  await first.release();
+  await second.release();
+  const gc = await lockStore(store, 'exclusive', 'gc');
+  await assert.rejects(lockStore(store, 'shared', 'pack'), (error: unknown) => isThinError(error, 'THIN_BUSY') && /gc needs it alone/.test((error as Error).message));
+  await gc.release();
+  const keys: string[] = [];
+  for await (const object of store.list('locks/')) keys.push(object.key);
+  assert.deepEqual(keys, [], 'released locks are gone');
+});
+
+test("a dead process's lock is stale and removed by the next taker", async () => {
+  const store = DirectoryObjectStore.open(join(dir.path, 'b'));
+  const record = { kind: 'exclusive', command: 'gc', host: os.hostname(), pid: 2 ** 22 + 12345, startedAt: new Date().toISOString(), refreshedAt: new Date().toISOString() };
+  await store.put('locks/0123456789abcdef0123456789abcdef', new TextEncoder().encode(JSON.stringify(record)));
+  const notes: string[] = [];
+  const lock = await lockStore(store, 'shared', 'pack', (line) => notes.push(line));
+  assert.match(notes.join('\n'), /removed a stale lock of gc/);
+  await lock.release();
+});
+
+test('two packs into one store at once both complete, and the store verifies', async () => {
+  const pool = await createPool(join(dir.path, 'pool'));
+  const storePath = join(dir.path, 'store');
+  await (await Archive.init(storePath, { averageChunkBytes: 16 * 1024, zstdLevel: 3 })).close();
+  try {
+    for (const [index, name] of ['x', 'y'].entries()) {
+      const volume = await pool.createVolume(name, { sizeBytes: 16 * MiB });
+      await volume.write(0, contentBytes(8 * MiB, 40)); // the same bytes in both
+      await volume.write(8 * MiB, contentBytes(4 * MiB, 41 + index));
+    }
+    const [x, y] = await Promise.all([packVolume({ store: storePath, pool, volume: 'x', name: 'x' }), packVolume({ store: storePath, pool, volume: 'y', name: 'y' })]);
+    assert.equal(x.mappedBytes, 12 * MiB);
+    assert.equal(y.mappedBytes, 12 * MiB);
+    assert.deepEqual((await verifyArchive({ store: storePath })).problems, []);
+    const gc = await gcArchive({ store: storePath });
+    assert.equal(gc.streams, 2);
+    assert.deepEqual((await verifyArchive({ store: storePath })).problems, [], 'gc kept what both need');
+  } finally {
+    await pool.close();
+  }
+});
