@@ -16,7 +16,7 @@
 // chain of incrementals is written only where the chain changed it. A new volume gets exactly the
 // stream's provisioned ranges.
 import { ThinError, assert, isThinError } from '../errors.ts';
-import { ARCHIVE_UNPACK_WINDOW_BYTES } from '../constants.ts';
+import { ARCHIVE_UNPACK_WINDOW_BYTES, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Pool } from '../pool/pool.ts';
 import { ChunkReader, type Archive } from './archive.ts';
 import { hashHex, sha256, type ChunkRef, type Segment, type StreamRoot } from './format.ts';
@@ -162,11 +162,12 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     return result;
 
     async function writeSegment(segment: Segment): Promise<void> {
+      // Windows: consecutive chunks of a run, up to ARCHIVE_UNPACK_WINDOW_BYTES each.
+      const windows: Array<{ begin: number; refs: ChunkRef[]; bytes: number }> = [];
       for (const run of segment.runs) {
         let chunkAt = 0;
         let offset = run.beginBytes;
         while (chunkAt < run.chunks.length) {
-          // One window: consecutive chunks up to ARCHIVE_UNPACK_WINDOW_BYTES.
           const refs: ChunkRef[] = [];
           let windowBytes = 0;
           while (chunkAt < run.chunks.length && (refs.length === 0 || windowBytes + run.chunks[chunkAt]!.rawBytes <= ARCHIVE_UNPACK_WINDOW_BYTES)) {
@@ -174,31 +175,64 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
             windowBytes += run.chunks[chunkAt]!.rawBytes;
             chunkAt += 1;
           }
-          await writeWindow(offset, refs, windowBytes);
+          windows.push({ begin: offset, refs, bytes: windowBytes });
           offset += windowBytes;
-          doneBytes += windowBytes;
-          options.onProgress?.(doneBytes, root.stats.mappedBytes);
         }
+      }
+      // Into a new volume the next window is fetched while this one is written.
+      let next = existing === undefined && windows.length > 0 ? fetchWindow(windows[0]!.begin, windows[0]!.refs, windows[0]!.bytes) : undefined;
+      for (const [position, window] of windows.entries()) {
+        if (next !== undefined) {
+          const data = await next;
+          const following = windows[position + 1];
+          next = following === undefined ? undefined : fetchWindow(following.begin, following.refs, following.bytes);
+          next?.catch(() => undefined); // its error is met when it is awaited
+          await writeWhole(window.begin, data);
+        } else {
+          await writeWindow(window.begin, window.refs);
+        }
+        doneBytes += window.bytes;
+        options.onProgress?.(doneBytes, root.stats.mappedBytes);
       }
     }
 
-    async function writeWindow(windowBegin: number, refs: ChunkRef[], windowBytes: number): Promise<void> {
+    function offsetsOf(windowBegin: number, refs: ChunkRef[]): number[] {
       const offsets: number[] = [];
       let at = windowBegin;
       for (const ref of refs) {
         offsets.push(at);
         at += ref.rawBytes;
       }
-      const describe = (position: number) => describeChunk(root, refs[position]!, offsets[position]!);
-      if (existing === undefined) {
-        const chunks = await reader.read(refs, describe);
-        const window = new Uint8Array(windowBytes);
-        chunks.forEach((chunk, position) => window.set(chunk, offsets[position]! - windowBegin));
-        await volume.write(windowBegin, window);
-        result.bytesFetched += windowBytes;
-        result.bytesWritten += windowBytes;
-        return;
+      return offsets;
+    }
+
+    /** A window's chunks, fetched, checked and laid end to end. */
+    async function fetchWindow(windowBegin: number, refs: ChunkRef[], windowBytes: number): Promise<Uint8Array> {
+      const offsets = offsetsOf(windowBegin, refs);
+      const chunks = await reader.read(refs, (position) => describeChunk(root, refs[position]!, offsets[position]!));
+      const window = new Uint8Array(windowBytes);
+      chunks.forEach((chunk, position) => window.set(chunk, offsets[position]! - windowBegin));
+      result.bytesFetched += windowBytes;
+      return window;
+    }
+
+    /** Writes a window into the new volume, TRANSFER_CHUNK_BYTES at a time, several in flight. */
+    async function writeWhole(windowBegin: number, data: Uint8Array): Promise<void> {
+      const writes: Promise<void>[] = [];
+      for (let at = 0; at < data.length; at += TRANSFER_CHUNK_BYTES) {
+        const write = volume.write(windowBegin + at, data.subarray(at, Math.min(at + TRANSFER_CHUNK_BYTES, data.length)));
+        write.catch(() => undefined); // met by the await below
+        writes.push(write);
+        if (writes.length >= TRANSFER_WRITES_IN_FLIGHT_MAX) await writes.shift();
       }
+      await Promise.all(writes);
+      result.bytesWritten += data.length;
+    }
+
+    async function writeWindow(windowBegin: number, refs: ChunkRef[]): Promise<void> {
+      const offsets = offsetsOf(windowBegin, refs);
+      const windowBytes = refs.reduce((sum, ref) => sum + ref.rawBytes, 0);
+      const describe = (position: number) => describeChunk(root, refs[position]!, offsets[position]!);
       const current = new Uint8Array(windowBytes);
       await volume.read(windowBegin, current);
       const needed: number[] = [];
