@@ -355,9 +355,28 @@ export class ChunkReader {
     return location;
   }
 
-  /** The raw bytes of each ref, in order. */
-  async read(refs: ChunkRef[], describe: (refIndex: number) => string, kind = 0): Promise<Uint8Array[]> {
-    const pending: PendingRead[] = refs.map((ref, refIndex) => ({ refIndex, location: this.locate(ref, describe(refIndex), kind) }));
+  /**
+   * The raw bytes of each ref, in order. With `into` (as long as the refs together), the chunks are
+   * decompressed straight into it end to end, and the results are views of it.
+   */
+  async read(refs: ChunkRef[], describe: (refIndex: number) => string, kind = 0, into?: Uint8Array): Promise<Uint8Array[]> {
+    const pending: PendingRead[] = [];
+    for (const [refIndex, ref] of refs.entries()) {
+      const location = this.#index.get(ref.hash);
+      // The common case needs no description; a problem gets one.
+      if (location === undefined || location.rawBytes !== ref.rawBytes || (location.flags & CHUNK_FLAG_SEGMENT) !== kind) this.locate(ref, describe(refIndex), kind);
+      pending.push({ refIndex, location: location! });
+    }
+    let targets: Uint8Array[] | undefined;
+    if (into !== undefined) {
+      targets = [];
+      let at = 0;
+      for (const ref of refs) {
+        targets.push(into.subarray(at, at + ref.rawBytes));
+        at += ref.rawBytes;
+      }
+      assert(at === into.length, 'a target of another size than the chunks');
+    }
     pending.sort((a, b) => (a.location.packId < b.location.packId ? -1 : a.location.packId > b.location.packId ? 1 : a.location.offsetBytes - b.location.offsetBytes));
     const results: Uint8Array[] = new Array<Uint8Array>(refs.length);
     const groups: PendingRead[][] = [];
@@ -376,11 +395,11 @@ export class ChunkReader {
         groups.push([read]);
       }
     }
-    await Promise.all(groups.map((group) => this.#readGroup(group, refs, results, describe)));
+    await Promise.all(groups.map((group) => this.#readGroup(group, refs, results, describe, targets)));
     return results;
   }
 
-  async #readGroup(group: PendingRead[], refs: ChunkRef[], results: Uint8Array[], describe: (refIndex: number) => string): Promise<void> {
+  async #readGroup(group: PendingRead[], refs: ChunkRef[], results: Uint8Array[], describe: (refIndex: number) => string, targets: Uint8Array[] | undefined): Promise<void> {
     const first = group[0]!.location;
     const beginBytes = first.offsetBytes;
     const endBytes = Math.max(...group.map((read) => read.location.offsetBytes + read.location.storedBytes));
@@ -393,24 +412,31 @@ export class ChunkReader {
       throw error;
     }
     for (const read of group) {
-      const where = describe(read.refIndex);
       const { location } = read;
       const begin = location.offsetBytes - beginBytes;
-      if (begin + location.storedBytes > bytes.length) throw corrupt(where, `its pack ${key} is truncated (${beginBytes + bytes.length} bytes, the chunk ends at ${location.offsetBytes + location.storedBytes})`);
+      if (begin + location.storedBytes > bytes.length) {
+        throw corrupt(describe(read.refIndex), `its pack ${key} is truncated (${beginBytes + bytes.length} bytes, the chunk ends at ${location.offsetBytes + location.storedBytes})`);
+      }
       const stored = bytes.subarray(begin, begin + location.storedBytes);
+      const target = targets?.[read.refIndex];
       let raw: Uint8Array;
       if ((location.flags & CHUNK_FLAG_ZSTD) !== 0) {
         try {
-          raw = this.#decompressor.decompress(stored, location.rawBytes);
+          raw = this.#decompressor.decompress(stored, location.rawBytes, target);
         } catch (error) {
-          if (error instanceof ZstdFrameError) throw corrupt(where, `damaged in pack ${key} at byte ${location.offsetBytes}: ${error.message}`, error);
+          if (error instanceof ZstdFrameError) throw corrupt(describe(read.refIndex), `damaged in pack ${key} at byte ${location.offsetBytes}: ${error.message}`, error);
           throw error;
         }
+      } else if (target !== undefined) {
+        target.set(stored);
+        raw = target;
       } else {
         raw = stored.slice();
       }
       // F-AR-CHUNK-1: a chunk's name is the SHA-256 of its raw bytes; anything else is damage.
-      if (Buffer.compare(sha256(raw), refs[read.refIndex]!.hash) !== 0) throw corrupt(where, `damaged in pack ${key} at byte ${location.offsetBytes}: its bytes no longer hash to its name`);
+      if (Buffer.compare(sha256(raw), refs[read.refIndex]!.hash) !== 0) {
+        throw corrupt(describe(read.refIndex), `damaged in pack ${key} at byte ${location.offsetBytes}: its bytes no longer hash to its name`);
+      }
       results[read.refIndex] = raw;
     }
   }

@@ -143,6 +143,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     if (volume.sizeBytes !== root.sizeBytes) await pool.resizeVolume(work, root.sizeBytes);
     const targetMapped = existing === undefined ? [] : mappedByteRanges(volume.mappedRuns(), bs, root.sizeBytes);
     const streamMapped: Range[] = [];
+    const buffers: Array<Uint8Array | undefined> = [undefined, undefined];
     let doneBytes = 0;
     for (const ref of root.segments) {
       const segment = await archive.readSegment(reader, root, ref);
@@ -179,13 +180,13 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
           offset += windowBytes;
         }
       }
-      // Into a new volume the next window is fetched while this one is written.
-      let next = existing === undefined && windows.length > 0 ? fetchWindow(windows[0]!.begin, windows[0]!.refs, windows[0]!.bytes) : undefined;
+      // Into a new volume the next window is fetched while this one is written (two buffers, in turn).
+      let next = existing === undefined && windows.length > 0 ? fetchWindow(windows[0]!.begin, windows[0]!.refs, windows[0]!.bytes, 0) : undefined;
       for (const [position, window] of windows.entries()) {
         if (next !== undefined) {
           const data = await next;
           const following = windows[position + 1];
-          next = following === undefined ? undefined : fetchWindow(following.begin, following.refs, following.bytes);
+          next = following === undefined ? undefined : fetchWindow(following.begin, following.refs, following.bytes, (position + 1) % 2);
           next?.catch(() => undefined); // its error is met when it is awaited
           await writeWhole(window.begin, data);
         } else {
@@ -206,12 +207,12 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
       return offsets;
     }
 
-    /** A window's chunks, fetched, checked and laid end to end. */
-    async function fetchWindow(windowBegin: number, refs: ChunkRef[], windowBytes: number): Promise<Uint8Array> {
+    /** A window's chunks, fetched, checked and laid end to end in buffer `slot` (reused: no page faults, no garbage). */
+    async function fetchWindow(windowBegin: number, refs: ChunkRef[], windowBytes: number, slot: number): Promise<Uint8Array> {
       const offsets = offsetsOf(windowBegin, refs);
-      const chunks = await reader.read(refs, (position) => describeChunk(root, refs[position]!, offsets[position]!));
-      const window = new Uint8Array(windowBytes);
-      chunks.forEach((chunk, position) => window.set(chunk, offsets[position]! - windowBegin));
+      buffers[slot] ??= new Uint8Array(ARCHIVE_UNPACK_WINDOW_BYTES);
+      const window = buffers[slot].subarray(0, windowBytes);
+      await reader.read(refs, (position) => describeChunk(root, refs[position]!, offsets[position]!), 0, window);
       result.bytesFetched += windowBytes;
       return window;
     }
