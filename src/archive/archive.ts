@@ -278,7 +278,8 @@ export class PackWriter {
     if (pack === undefined) return;
     this.#open = undefined;
     const trailer = encodePackTrailer(pack.entries, pack.offsetBytes);
-    const bytes = new Uint8Array(pack.offsetBytes + trailer.length);
+    // Not zero-filled: every byte is written just below.
+    const bytes = new Uint8Array(Buffer.allocUnsafeSlow(pack.offsetBytes + trailer.length).buffer, 0, pack.offsetBytes + trailer.length);
     let at = 0;
     for (const part of pack.parts) {
       bytes.set(part, at);
