@@ -36,3 +36,20 @@ export { writePoolDelta } from './tools/delta.ts';
 export { repairPool } from './tools/repair.ts';
 export { packMetadata, unpackMetadata } from './tools/pack.ts';
 export { estimateMetadataSize } from './tools/metadata-size.ts';
+
+export {
+  initArchive,
+  packVolume,
+  unpackVolume,
+  listArchive,
+  verifyArchive,
+  removeArchiveStream,
+  gcArchive,
+  type PackResult,
+  type PackCommandOptions,
+  type UnpackCommandOptions,
+  type StoreOptions,
+} from './archive/commands.ts';
+export type { UnpackResult } from './archive/unpack.ts';
+export type { StoreListing, StreamListing, VerifyReport, GcReport } from './archive/maintenance.ts';
+export { S3Bucket, parseS3Url, isS3Url, type S3Location, type S3ConnectOptions } from './io/s3.ts';
