@@ -1,4 +1,6 @@
-// An object store in a directory: each object a file at its key's path. A write goes to a file
+// An object store in a directory: each object a file at its key's path, private to its owner as
+// a pool is (directories 0700, files 0600: io/private.ts; restic keeps its repositories so). A
+// write goes to a file
 // under `tmp/`, is synced, then renamed (put) or linked (putNew, which link(2) makes atomic and
 // exclusive) into place, and the directory synced: after a crash an object is there whole or
 // not at all. Files left in `tmp/` by a killed writer are removed by `archive gc`.
@@ -7,6 +9,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ThinError } from '../errors.ts';
+import { PRIVATE_FILE_MODE, makePrivateDirectory } from '../io/private.ts';
 import { checkKey, checkPrefix, type ObjectStore, type StoredObject } from './store.ts';
 
 export const DIRECTORY_TMP = 'tmp';
@@ -62,7 +65,7 @@ export class DirectoryObjectStore implements ObjectStore {
     const final = this.#path(key);
     const temporary = await this.#writeTemporary(key, data);
     try {
-      await fsp.mkdir(path.dirname(final), { recursive: true });
+      makePrivateDirectory(path.dirname(final), { recursive: true });
       await fsp.rename(temporary, final);
       await syncDirectory(path.dirname(final));
     } catch (error) {
@@ -75,7 +78,7 @@ export class DirectoryObjectStore implements ObjectStore {
     const final = this.#path(key);
     const temporary = await this.#writeTemporary(key, data);
     try {
-      await fsp.mkdir(path.dirname(final), { recursive: true });
+      makePrivateDirectory(path.dirname(final), { recursive: true });
       await fsp.link(temporary, final);
       await syncDirectory(path.dirname(final));
       return true;
@@ -92,8 +95,9 @@ export class DirectoryObjectStore implements ObjectStore {
     const temporary = path.join(dir, `${randomBytes(8).toString('hex')}.${path.basename(key)}`);
     let handle: fsp.FileHandle | undefined;
     try {
-      await fsp.mkdir(dir, { recursive: true });
-      handle = await fsp.open(temporary, 'wx');
+      makePrivateDirectory(dir, { recursive: true });
+      handle = await fsp.open(temporary, 'wx', PRIVATE_FILE_MODE);
+      await handle.chmod(PRIVATE_FILE_MODE);
       await handle.writeFile(data);
       await handle.sync();
       return temporary;

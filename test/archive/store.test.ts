@@ -1,7 +1,8 @@
 // The ObjectStore conformance suite against both stores: a directory, and an S3 bucket prefix on
 // a local S3-compatible server (s3rver on 127.0.0.1).
-import { after, before } from 'node:test';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DirectoryObjectStore } from '../../src/archive/directory-store.ts';
@@ -31,4 +32,22 @@ storeConformance({
 storeConformance({
   name: 's3',
   create: async () => S3ObjectStore.open(`s3://conformance/store-${(count += 1)}`, { endpoint: server!.endpoint }),
+});
+
+test('a directory store is private to its owner: directories 0700, objects 0600, whatever the umask', async () => {
+  const path = join(root, 'private');
+  const previous = process.umask(0o002);
+  try {
+    const store = DirectoryObjectStore.open(path);
+    await store.put('packs/ab/abcd', new Uint8Array([1]));
+    assert.equal(await store.putNew('streams/s', new Uint8Array([2])), true);
+    const mode = (file: string) => statSync(join(path, file)).mode & 0o777;
+    assert.equal(mode('.'), 0o700);
+    assert.equal(mode('packs'), 0o700);
+    assert.equal(mode('packs/ab'), 0o700);
+    assert.equal(mode('packs/ab/abcd'), 0o600);
+    assert.equal(mode('streams/s'), 0o600);
+  } finally {
+    process.umask(previous);
+  }
 });
