@@ -317,9 +317,14 @@ export function checkSession(input: Buffer, output: Buffer): void {
   // A client may break the rule that in-flight cookies are unique (mutations do): then a reply
   // cannot be matched to one request, so for that cookie only the structure is checked, and a
   // simple reply's data length is the one after which a valid reply (or the end) follows.
+  // Simple replies that fit every pending request of their cookie equally (the same data length
+  // whichever it answers) are counted here instead of being given to one request: which request
+  // they answered is only told by a later reply of the cookie (an error reply to a READ or a TRIM
+  // sharing a cookie says nothing; the data after a later success does).
+  const undecided = new Map<bigint, number>();
   const pendingFor = (cookie: bigint): Outstanding[] => {
     const pending = outstanding.get(cookie)?.filter((r) => !r.done) ?? [];
-    return pending.length > 0 ? pending : fail(`reply for unknown cookie ${cookie}`);
+    return pending.length > (undecided.get(cookie) ?? 0) ? pending : fail(`reply for unknown cookie ${cookie}`);
   };
   const nextIsReply = (position: number): boolean => {
     if (position === output.length) return true;
@@ -332,9 +337,16 @@ export function checkSession(input: Buffer, output: Buffer): void {
     if (magic === NBD_SIMPLE_REPLY_MAGIC) {
       const rest = server.take(12) ?? fail('short simple reply');
       const error = rest.readUInt32BE(0);
-      const pending = pendingFor(rest.readBigUInt64BE(4));
+      const cookie = rest.readBigUInt64BE(4);
+      const pending = pendingFor(cookie);
       if (error !== 0 && !KNOWN_ERRORS.has(error)) fail(`unknown error ${error}`);
       const dataBytes = (r: Outstanding) => (r.type === NBD_CMD_READ && error === 0 ? r.lengthBytes : 0);
+      if (pending.length > 1 && new Set(pending.map(dataBytes)).size === 1) {
+        if (structured && pending.every((r) => r.type === NBD_CMD_READ)) fail('simple reply to READ with structured replies');
+        server.take(dataBytes(pending[0]!)) ?? fail('short READ data');
+        undecided.set(cookie, (undecided.get(cookie) ?? 0) + 1);
+        continue;
+      }
       const request = pending.length === 1 ? pending[0]! : pending.find((r) => nextIsReply(server.position + dataBytes(r))) ?? pending[0]!;
       if (request.type === NBD_CMD_READ && structured) fail('simple reply to READ with structured replies');
       server.take(dataBytes(request)) ?? fail('short READ data');
@@ -396,7 +408,9 @@ export function checkSession(input: Buffer, output: Buffer): void {
     }
   }
   if (mustAnswerAll) {
-    for (const list of outstanding.values()) for (const request of list) if (!request.done) fail('a request was left unanswered');
+    for (const [cookie, list] of outstanding) {
+      if (list.filter((request) => !request.done).length > (undecided.get(cookie) ?? 0)) fail('a request was left unanswered');
+    }
   }
 }
 

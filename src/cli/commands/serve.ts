@@ -33,8 +33,12 @@ function listenAddresses(options: ServeCommandOptions): { tcp: Array<{ host: str
   return { tcp, unixSockets };
 }
 
-/** Serves until SIGTERM or SIGINT, then drains, commits and closes. */
-async function serveUntilSignalled(server: PoolServer, reporter: Reporter): Promise<void> {
+/**
+ * Serves until SIGTERM or SIGINT, then drains, commits and closes. The handlers are installed
+ * before `announce` says the server is ready: a supervisor that stops it right after reading that
+ * line must get a clean stop, not the default action of the signal.
+ */
+async function serveUntilSignalled(server: PoolServer, reporter: Reporter, announce: () => void): Promise<void> {
   await new Promise<void>((done) => {
     const stop = (signal: string): void => {
       reporter.note(`thinbd: ${signal}: finishing in-flight requests, committing, closing`);
@@ -50,6 +54,7 @@ async function serveUntilSignalled(server: PoolServer, reporter: Reporter): Prom
     const onInt = (): void => stop('SIGINT');
     process.on('SIGTERM', onTerm);
     process.on('SIGINT', onInt);
+    announce();
   });
 }
 
@@ -89,8 +94,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
         readOnly: Boolean(options.readOnly),
         log: (message) => reporter.note(`thinbd serve: ${message}`),
       });
-      announce(server, poolDir, reporter);
-      await serveUntilSignalled(server, reporter);
+      await serveUntilSignalled(server, reporter, () => announce(server, poolDir, reporter));
     });
 
   program
@@ -107,17 +111,18 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
         reporter.out(`Created pool ${poolDir} (16G sparse data space) with an 8G volume ${DEMO_VOLUME}`);
       }
       const server = await PoolServer.start({ poolDir, ...listenAddresses({ listen: options.listen }) });
-      announce(server, poolDir, reporter);
       const tcp = server.addresses.find((address) => 'port' in address);
       const uri = tcp ? describeAddress(tcp) : describeAddress(server.addresses[0]!);
       const name = server.exportNames.includes(DEMO_VOLUME) ? DEMO_VOLUME : (server.exportNames[0] ?? DEMO_VOLUME);
-      reporter.out('');
-      reporter.out('Connect with:');
-      reporter.out(`  nbdinfo --list ${uri}`);
-      reporter.out(`  qemu-system-x86_64 -m 1G -drive file=${uri}${name},format=raw,if=virtio ...`);
-      reporter.out(`  mkdir -p /tmp/nbd && nbdfuse /tmp/nbd/disk ${uri}${name} &   # then: losetup -f --show /tmp/nbd/disk`);
-      reporter.out(`  bin/thinbd snapshot --pool ${poolDir} ${name} ${name}-snap   # works while serving`);
-      reporter.out('Stop with Ctrl-C (in-flight requests finish and the pool is committed).');
-      await serveUntilSignalled(server, reporter);
+      await serveUntilSignalled(server, reporter, () => {
+        announce(server, poolDir, reporter);
+        reporter.out('');
+        reporter.out('Connect with:');
+        reporter.out(`  nbdinfo --list ${uri}`);
+        reporter.out(`  qemu-system-x86_64 -m 1G -drive file=${uri}${name},format=raw,if=virtio ...`);
+        reporter.out(`  mkdir -p /tmp/nbd && nbdfuse /tmp/nbd/disk ${uri}${name} &   # then: losetup -f --show /tmp/nbd/disk`);
+        reporter.out(`  bin/thinbd snapshot --pool ${poolDir} ${name} ${name}-snap   # works while serving`);
+        reporter.out('Stop with Ctrl-C (in-flight requests finish and the pool is committed).');
+      });
     });
 }
