@@ -11,7 +11,7 @@ import { ThinError, assert } from '../errors.ts';
 import { BTree } from './btree/btree.ts';
 import { TreeKind, unpackSafeU64, type ValueCodec } from './btree/codec.ts';
 import { setU64 } from './block.ts';
-import type { TransactionManager } from './transaction.ts';
+import type { BlockManager } from './block-manager.ts';
 
 export interface RefCountExtent {
   lengthBlocks: number;
@@ -58,7 +58,7 @@ interface PendingFree {
 }
 
 export class SpaceMap {
-  readonly tm: TransactionManager;
+  readonly tm: BlockManager;
   readonly treeKind: number;
   #tree: BTree<RefCountExtent>;
   #root: number;
@@ -74,7 +74,7 @@ export class SpaceMap {
    * and, when rootTransactionId is given (see BTree.rootTransactionId), that the root is not stale.
    */
   constructor(
-    tm: TransactionManager,
+    tm: BlockManager,
     root: number,
     blockCount: number,
     treeKind: number = TreeKind.dataSpaceMap,
@@ -102,7 +102,7 @@ export class SpaceMap {
     }
   }
 
-  static create(tm: TransactionManager, blockCount: number, treeKind: number = TreeKind.dataSpaceMap): SpaceMap {
+  static create(tm: BlockManager, blockCount: number, treeKind: number = TreeKind.dataSpaceMap): SpaceMap {
     const root = new BTree(tm, refCountExtentCodec(treeKind)).createEmpty();
     return new SpaceMap(tm, root, blockCount, treeKind);
   }

@@ -72,10 +72,6 @@ export function superblockCopyIndexes(generation: number): number[] {
   return SUPERBLOCK_BLOCK_NRS.map((_, index) => index).filter((index) => index % 2 === parity);
 }
 
-export function isSuperblockBlockNr(blockNr: number): boolean {
-  return SUPERBLOCK_BLOCK_NRS.includes(blockNr);
-}
-
 export function encodeSuperblock(fields: SuperblockFields, copyIndex: number): Uint8Array {
   if (!(copyIndex >= 0 && copyIndex < SUPERBLOCK_BLOCK_NRS.length)) assert(false, `bad copy index ${copyIndex}`);
   if (!(fields.payload.length <= SUPERBLOCK_PAYLOAD_BYTES_MAX)) assert(false, `superblock payload of ${fields.payload.length} bytes is too large`);

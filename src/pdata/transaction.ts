@@ -28,8 +28,6 @@
 // Blocks freed in transaction T are reused only after T is durable (the committed state may still
 // point at them), except blocks allocated in T itself, which nothing committed can reference.
 import {
-  DELTA_LOG_BLOCK_COUNT,
-  DELTA_LOG_FIRST_BLOCK_NR,
   METADATA_BLOCK_COUNT_MAX,
   METADATA_BLOCK_COUNT_MIN,
   METADATA_BLOCK_SIZE_BYTES,
@@ -45,7 +43,9 @@ import type { BlockFile } from '../io/block-file.ts';
 import { BTREE_BLOCK_TYPES, Block, BlockType, checksumOf, initBlockHeader, sealBlock, validateBlock } from './block.ts';
 import { BTree } from './btree/btree.ts';
 import { TreeKind } from './btree/codec.ts';
+import type { BlockManager } from './block-manager.ts';
 import { BlockCache } from './cache.ts';
+import { reservedBlocks } from './reserved-blocks.ts';
 import { SpaceMap, refCountExtentCodec } from './space-map.ts';
 import { TreeWalker } from './btree/walker.ts';
 import {
@@ -131,7 +131,7 @@ interface ManagerState {
 
 const CORRUPTION_CODES = new Set(['THIN_CORRUPT_BLOCK', 'THIN_CORRUPT_NODE', 'THIN_CORRUPT_SUPERBLOCK', 'THIN_FORMAT']);
 
-export class TransactionManager {
+export class TransactionManager implements BlockManager {
   readonly file: BlockFile;
   readonly poolId: bigint;
   readonly readOnly: boolean;
@@ -207,10 +207,9 @@ export class TransactionManager {
       readOnly: false,
       cacheBlocksMax: options.cacheBlocksMax ?? METADATA_CACHE_BLOCKS_MAX,
     });
-    // F-SB-7: superblock copies are permanently used blocks of the metadata space map.
-    for (const blockNr of SUPERBLOCK_BLOCK_NRS) tm.#setCount(blockNr, 1);
-    // F-LOG-1: so are the blocks of the delta log's ring (src/journal writes them, never pdata).
-    for (const blockNr of deltaLogBlockNrs()) tm.#setCount(blockNr, 1);
+    // F-SB-7, F-LOG-1: superblock copies and the delta log's ring (src/journal writes it, never
+    // pdata) are permanently used blocks of the metadata space map.
+    for (const { blockNr } of reservedBlocks()) tm.#setCount(blockNr, 1);
     tm.#metadataSpaceMap = SpaceMap.create(tm, options.metadataBlockCount, TreeKind.metadataSpaceMap);
     return tm;
   }
@@ -321,14 +320,9 @@ export class TransactionManager {
         throw new ThinError('THIN_CORRUPT_NODE', `Metadata space map of generation ${fields.generation} marks its own node ${blockNr} free`);
       }
     }
-    for (const blockNr of SUPERBLOCK_BLOCK_NRS) {
+    for (const { blockNr, what } of reservedBlocks()) {
       if (tm.#counts[blockNr] === 0) {
-        throw new ThinError('THIN_CORRUPT_NODE', `Metadata space map of generation ${fields.generation} marks superblock block ${blockNr} free`);
-      }
-    }
-    for (const blockNr of deltaLogBlockNrs()) {
-      if (tm.#counts[blockNr] === 0) {
-        throw new ThinError('THIN_CORRUPT_NODE', `Metadata space map of generation ${fields.generation} marks delta log block ${blockNr} free`);
+        throw new ThinError('THIN_CORRUPT_NODE', `Metadata space map of generation ${fields.generation} marks ${what} block ${blockNr} free`);
       }
     }
     tm.#changed.clear();
@@ -754,11 +748,6 @@ export class TransactionManager {
       cause,
     });
   }
-}
-
-/** Metadata blocks of the delta log's ring, in ring order (F-LOG-1): used for ever, like the superblock copies. */
-export function deltaLogBlockNrs(): number[] {
-  return Array.from({ length: DELTA_LOG_BLOCK_COUNT }, (_, index) => DELTA_LOG_FIRST_BLOCK_NR + index);
 }
 
 /**

@@ -16,7 +16,7 @@
 import { BTREE_DEPTH_MAX } from '../../constants.ts';
 import { ThinError, assert, isThinError } from '../../errors.ts';
 import { BTREE_BLOCK_TYPES, BlockType, type Block } from '../block.ts';
-import type { TransactionManager } from '../transaction.ts';
+import type { BlockManager } from '../block-manager.ts';
 import type { ValueCodec } from './codec.ts';
 import {
   CHILD_VALUE_BYTES,
@@ -60,10 +60,10 @@ interface Frame {
 }
 
 export class BTree<V> {
-  readonly tm: TransactionManager;
+  readonly tm: BlockManager;
   readonly codec: ValueCodec<V>;
 
-  constructor(tm: TransactionManager, codec: ValueCodec<V>) {
+  constructor(tm: BlockManager, codec: ValueCodec<V>) {
     if (!(codec.treeKind >= 1 && codec.treeKind <= 0xffff)) assert(false, `bad tree kind ${codec.treeKind}`);
     if (!(codec.sizeBytes >= 1 && codec.sizeBytes <= NODE_VALUE_BYTES_MAX)) assert(false, `bad value size ${codec.sizeBytes}`);
     this.tm = tm;

@@ -9,10 +9,10 @@
 //   block's reference count counts under dm-thin's scheme (a leaf shared by snapshots is one
 //   reference).
 // The walk is iterative; levels must decrease by one per step, so corrupt input cannot loop.
-import { DELTA_LOG_BLOCK_COUNT, DELTA_LOG_FIRST_BLOCK_NR, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
 import { ThinError, isThinError } from '../../errors.ts';
 import { BTREE_BLOCK_TYPES, BlockType } from '../block.ts';
-import type { TransactionManager } from '../transaction.ts';
+import type { BlockManager } from '../block-manager.ts';
+import { reservedBlocks } from '../reserved-blocks.ts';
 import { TreeKind, type ValueCodec } from './codec.ts';
 import { refCountExtentCodec } from '../space-map.ts';
 import { childAt, childTransactionIdAt, describeKeyRange, entryCount, isLeaf, keyAt, nodeLevel, nodeProblem, valueOffset } from './node.ts';
@@ -65,14 +65,14 @@ interface Pending {
 }
 
 export class TreeWalker {
-  readonly tm: TransactionManager;
+  readonly tm: BlockManager;
   /** References seen to each metadata block: one per parent entry, plus one per walk() of it as a root. */
   readonly references = new Map<number, number>();
   /** Every corrupt node found so far. */
   readonly corruptions: CorruptNode[] = [];
   #seen = new Map<number, Seen>();
 
-  constructor(tm: TransactionManager) {
+  constructor(tm: BlockManager) {
     this.tm = tm;
   }
 
@@ -190,11 +190,8 @@ export class TreeWalker {
   ): Array<{ blockNr: number; counted: number; seen: number }> {
     this.walk(this.tm.metadataSpaceMapRoot, metadataSpaceMapCodec);
     const seen = new Map(this.references);
-    for (const blockNr of SUPERBLOCK_BLOCK_NRS) seen.set(blockNr, (seen.get(blockNr) ?? 0) + 1);
-    // F-LOG-1: the delta log's ring is used for ever, referenced by nothing in the trees.
-    for (let blockNr = DELTA_LOG_FIRST_BLOCK_NR; blockNr < DELTA_LOG_FIRST_BLOCK_NR + DELTA_LOG_BLOCK_COUNT; blockNr++) {
-      seen.set(blockNr, (seen.get(blockNr) ?? 0) + 1);
-    }
+    // F-SB-7, F-LOG-1: superblock copies and the delta log's ring are used for ever, referenced by nothing in the trees.
+    for (const { blockNr } of reservedBlocks()) seen.set(blockNr, (seen.get(blockNr) ?? 0) + 1);
     const mismatches: Array<{ blockNr: number; counted: number; seen: number }> = [];
     for (let blockNr = 0; blockNr < this.tm.metadataBlockCount; blockNr++) {
       const counted = this.tm.refCount(blockNr);
