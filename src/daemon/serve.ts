@@ -14,7 +14,7 @@ import { VolumeExport } from './volume-export.ts';
 import { SERVE_CLOSE_TIMEOUT_MS } from '../constants.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
 import { FileBlockFile } from '../io/file.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 
 export interface ServeOptions {
   poolDir: string;

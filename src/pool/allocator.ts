@@ -12,10 +12,16 @@
 // provisions a block for an unmapped virtual block may not take the last `reserveBlocks` free
 // blocks; those are kept for copy-on-write of blocks that are already mapped but shared, so a
 // write to a range a client was told is allocated is the last thing to see ENOSPC.
+import { DATA_BLOCKS_RESERVED_MAX } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 
 /** Most free blocks left between the runs of two volumes (16 MiB of 64 KiB blocks). */
 const ALLOCATION_RUN_GAP_BLOCKS_MAX = 256;
+
+/** Reserve for copy-on-write (F-POOL-42): 1 % of the data blocks, at most DATA_BLOCKS_RESERVED_MAX. */
+export function dataReserveBlocks(dataBlockCount: number): number {
+  return Math.min(DATA_BLOCKS_RESERVED_MAX, Math.floor(dataBlockCount / 100));
+}
 
 /** What the allocator needs from the data space map. */
 export interface DataSpace {

@@ -1,6 +1,6 @@
 // The pool: two block files (metadata and data, as dm-thin) holding thin volumes and snapshots.
 // This module opens, creates and closes pools and carries the volume management API; the thin
-// semantics live in core.ts and the block I/O in volume.ts.
+// semantics live in core.ts (and the parts it names) and the block I/O in volume.ts.
 //
 // A pool directory holds `metadata`, `data` (both sparse files) and `lock`: create and open take
 // the directory's exclusive lock (src/io/lock.ts) and close releases it, so two processes never
@@ -11,7 +11,7 @@
 // taken while no request is in flight on its source: it holds the source's whole-volume lock.
 import fs from 'node:fs';
 import path from 'node:path';
-import { ThinError, assert } from '../errors.ts';
+import { ThinError } from '../errors.ts';
 import {
   DATA_BLOCK_SIZE_BYTES_MAX,
   DATA_BLOCK_SIZE_BYTES_MIN,
@@ -21,7 +21,6 @@ import {
   METADATA_BLOCK_SIZE_BYTES,
   COMMIT_INTERVAL_MS_DEFAULT,
 } from '../constants.ts';
-import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { makePrivateDirectory } from '../io/private.ts';
@@ -29,42 +28,16 @@ import { BTREE_BLOCK_TYPES, BTree, SpaceMap, TransactionManager } from '../pdata
 import { DeltaLog, emptyLogPosition } from '../journal/log.ts';
 import { readDeltaLog } from '../journal/replay.ts';
 import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
-import {
-  PoolCore,
-  WHOLE_VOLUME_END,
-  makeDeviceCodec,
-  validatePayloadRoots,
-  writtenBy,
-  type Device,
-  type PoolFiles,
-  type PoolStatus,
-  type VolumeInfo,
-  type VolumeUsage,
-} from './core.ts';
+import { WHOLE_VOLUME_END } from './block-locks.ts';
+import { PoolCore } from './core.ts';
+import type { Device } from './devices.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, openPoolDirectory, type PoolFiles } from './files.ts';
+import type { PoolStatus, VolumeInfo, VolumeUsage } from './reports.ts';
+import { makeDeviceCodec, validatePayloadRoots, writtenBy } from './trees.ts';
 import { Volume } from './volume.ts';
 
-export type { PoolFiles, PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCounters } from './core.ts';
-
-export const METADATA_FILE_NAME = 'metadata';
-export const DATA_FILE_NAME = 'data';
-
-/** THIN_NOT_FOUND unless DIR holds a pool's metadata and data files. */
-export function assertPoolExists(dir: string): void {
-  for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
-    if (!fs.existsSync(path.join(dir, name))) {
-      throw new ThinError('THIN_NOT_FOUND', `No pool at ${dir} (no ${name} file there); create one with 'thinbd pool create --pool ${dir}'`);
-    }
-  }
-}
-
-/**
- * Takes the lock of an existing pool directory. Nothing is created in a directory until it is
- * known to hold a pool, so a mistyped --pool leaves no lock file behind.
- */
-export function lockPool(dir: string): DirectoryLock {
-  assertPoolExists(dir);
-  return lockDirectory(dir);
-}
+export type { PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCounters } from './reports.ts';
+export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 
 export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog' | 'now'> {
   dataSizeBytes: number;
@@ -172,7 +145,7 @@ export class Pool {
     if (now !== undefined) core.now = now;
     this.#lock = lock;
     if (commitIntervalMs > 0 && core.mode === 'read-write') {
-      this.#commitTimer = setInterval(() => core.commitIfChanged(), commitIntervalMs);
+      this.#commitTimer = setInterval(() => core.commits.tick(), commitIntervalMs);
       this.#commitTimer.unref();
     }
   }
@@ -199,8 +172,7 @@ export class Pool {
       syncDirectory(dir);
       return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT, options.now);
     } catch (error) {
-      await files.metadata?.close().catch(() => undefined);
-      await files.data?.close().catch(() => undefined);
+      await closePoolFiles(files);
       // A half-made pool would be refused by the next create (THIN_EXISTS) and opened by nobody.
       for (const createdPath of created) fs.rmSync(createdPath, { force: true });
       lock.release();
@@ -211,16 +183,12 @@ export class Pool {
   /** Opens the pool in DIR, taking its lock (THIN_BUSY if another process holds it). */
   static async open(dir: string, options: PoolOpenOptions = {}): Promise<Pool> {
     const readOnly = options.readOnly === true;
-    const lock = lockPool(dir);
-    const files: Partial<PoolFiles> = {};
+    const { files, lock } = await openPoolDirectory(dir, { readOnly });
     try {
-      files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly });
-      files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly });
-      const core = await Pool.#load(files as PoolFiles, readOnly, options.deltaLog !== false);
+      const core = await Pool.#load(files, readOnly, options.deltaLog !== false);
       return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT, options.now);
     } catch (error) {
-      await files.metadata?.close().catch(() => undefined);
-      await files.data?.close().catch(() => undefined);
+      await closePoolFiles(files);
       lock.release();
       throw error;
     }
@@ -272,7 +240,7 @@ export class Pool {
     const { tm, payload, report } = await TransactionManager.open(files.metadata, { readOnly: false, validatePayload: validatePayloadRoots });
     const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
     const core = new PoolCore(files, tm, decoded, readOnly);
-    core.loadDevices();
+    core.devices.load();
     if (report.fellBack) {
       // A newer generation was committed (a valid superblock copy with damaged trees, or a
       // checksum-valid copy found at the wrong place), and a flush may have been acknowledged on
@@ -290,7 +258,7 @@ export class Pool {
     if (deltaLog) core.attachLog(new DeltaLog(files.metadata, tm.poolId, log.position));
     // Fold the replayed records in at once: the log starts empty, and a crash during this rollup
     // leaves the same generation and log to replay again.
-    if (log.records.length > 0 && core.canCommit && !readOnly) await core.rollup();
+    if (log.records.length > 0 && core.canCommit && !readOnly) await core.commits.rollup();
     return core;
   }
 
@@ -364,7 +332,7 @@ export class Pool {
 
   list(): VolumeInfo[] {
     this.#core.assertOpen();
-    return this.#core.devices().map((device) => this.#core.info(device));
+    return this.#core.devices.all().map((device) => this.#core.info(device));
   }
 
   /** Per volume id: mapped, exclusive and shared blocks, counted as thin_ls counts them. */
@@ -387,19 +355,19 @@ export class Pool {
   /** Makes every write completed before the call durable (a commit when metadata changed). */
   async flush(): Promise<void> {
     this.#core.assertOpen();
-    await this.#core.flush();
+    await this.#core.commits.flush();
   }
 
   /** Folds the delta log into the trees now (a full commit); flush() is enough for durability. */
   async rollup(): Promise<void> {
     this.#core.assertOpen();
-    await this.#core.rollup();
+    await this.#core.commits.rollup();
   }
 
-  /** Commits, then runs work while no commit starts (see PoolCore.withCommitsHeld): a live check. */
+  /** Commits, then runs work while no commit starts (see CommitScheduler.withCommitsHeld): a live check. */
   withCommitsHeld<T>(work: () => Promise<T>): Promise<T> {
     this.#core.assertOpen();
-    return this.#core.withCommitsHeld(work);
+    return this.#core.commits.withCommitsHeld(work);
   }
 
   /** Flushes, then closes both files and releases the pool's lock. A second call waits for the first. */
@@ -414,17 +382,14 @@ export class Pool {
     // Requests already in flight finish first; new ones are refused (THIN_CLOSED).
     await this.#core.drain();
     try {
-      if (this.#core.canCommit) await this.#core.rollup();
+      if (this.#core.canCommit) await this.#core.commits.rollup();
     } catch (error) {
       failure = error;
     }
-    await this.#core.settle();
+    await this.#core.commits.settle();
     this.#core.markClosed();
-    for (const file of [this.#core.files.metadata, this.#core.files.data] as BlockFile[]) {
-      await file.close().catch((error: unknown) => {
-        failure ??= error;
-      });
-    }
+    const closeFailure = await closePoolFiles(this.#core.files);
+    failure ??= closeFailure;
     this.#lock?.release();
     if (failure !== undefined) throw failure;
   }

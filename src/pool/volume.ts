@@ -5,7 +5,8 @@
 // block run one after the other and a copy-on-write never races a write.
 import { ThinError, assert } from '../errors.ts';
 import { DEVICE_FLAG_READ_ONLY } from './codecs.ts';
-import type { Device, PoolCore } from './core.ts';
+import type { PoolCore } from './core.ts';
+import type { Device } from './devices.ts';
 import { touchedBlocks } from './ranges.ts';
 
 export interface WriteOptions {
@@ -124,10 +125,10 @@ export class Volume {
     // garbage was ~17% of the server's CPU on 4 KiB reads).
     const release = this.#lockedNow(begin, end);
     if (release === undefined) {
-      return await this.#locked(offsetBytes, target.length, () => this.#core.readRange(this.#device, offsetBytes, target));
+      return await this.#locked(offsetBytes, target.length, () => this.#core.dataPath.readRange(this.#device, offsetBytes, target));
     }
     try {
-      return await this.#core.readRange(this.#device, offsetBytes, target);
+      return await this.#core.dataPath.readRange(this.#device, offsetBytes, target);
     } finally {
       release();
     }
@@ -141,17 +142,17 @@ export class Volume {
       // One block, its lock free: straight to the block write, as read() does.
       const release = end - begin === 1 ? this.#lockedNow(begin, end) : undefined;
       if (release === undefined) {
-        await this.#locked(offsetBytes, source.length, () => this.#core.writeRange(this.#device, offsetBytes, source, source.length));
+        await this.#locked(offsetBytes, source.length, () => this.#core.dataPath.writeRange(this.#device, offsetBytes, source, source.length));
       } else {
         try {
-          await this.#core.writeInBlock(this.#device, begin, offsetBytes - begin * this.#core.blockSizeBytes, source, source.length);
+          await this.#core.dataPath.writeInBlock(this.#device, begin, offsetBytes - begin * this.#core.blockSizeBytes, source, source.length);
         } finally {
           release();
         }
       }
-      this.#core.commitIfManyDirty();
+      this.#core.commits.commitIfManyDirty();
     }
-    if (options.fua === true) await this.#core.flush();
+    if (options.fua === true) await this.#core.commits.flush();
   }
 
   /** Afterwards the range reads as zeros; whole blocks are unmapped and their space freed when unshared. */
@@ -159,24 +160,24 @@ export class Volume {
     this.#checkRange('discard', offsetBytes, lengthBytes);
     this.#core.assertDeviceWritable(this.#device);
     if (lengthBytes === 0) return;
-    await this.#locked(offsetBytes, lengthBytes, () => this.#core.zeroRange(this.#device, offsetBytes, lengthBytes, false));
-    this.#core.commitIfManyDirty();
+    await this.#locked(offsetBytes, lengthBytes, () => this.#core.dataPath.zeroRange(this.#device, offsetBytes, lengthBytes, false));
+    this.#core.commits.commitIfManyDirty();
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: WriteZeroesOptions = {}): Promise<void> {
     this.#checkRange('write zeroes to', offsetBytes, lengthBytes);
     this.#core.assertDeviceWritable(this.#device);
     if (lengthBytes > 0) {
-      await this.#locked(offsetBytes, lengthBytes, () => this.#core.zeroRange(this.#device, offsetBytes, lengthBytes, options.noHole === true));
-      this.#core.commitIfManyDirty();
+      await this.#locked(offsetBytes, lengthBytes, () => this.#core.dataPath.zeroRange(this.#device, offsetBytes, lengthBytes, options.noHole === true));
+      this.#core.commits.commitIfManyDirty();
     }
-    if (options.fua === true) await this.#core.flush();
+    if (options.fua === true) await this.#core.commits.flush();
   }
 
   /** Every write completed before this call is durable when it resolves (the pool's commit). */
   async flush(): Promise<void> {
     this.#core.assertOpen();
-    await this.#core.flush();
+    await this.#core.commits.flush();
   }
 
   /**
@@ -190,7 +191,7 @@ export class Volume {
     const endBlock = Math.ceil(this.#device.value.sizeBytes / this.#core.blockSizeBytes);
     if (endBlock === 0) return [];
     const runs: MappedRun[] = [];
-    for (const run of this.#core.blockRuns(this.#device, 0, endBlock)) {
+    for (const run of this.#core.mappings.blockRuns(this.#device, 0, endBlock)) {
       if (run.dataBlock !== undefined) runs.push({ virtualBlock: run.begin, dataBlock: run.dataBlock, lengthBlocks: run.end - run.begin });
     }
     return runs;
@@ -207,9 +208,9 @@ export class Volume {
     const bs = this.#core.blockSizeBytes;
     const endBytes = offsetBytes + lengthBytes;
     const { begin, end } = touchedBlocks(offsetBytes, lengthBytes, bs);
-    if (end - begin === 1) return [{ lengthBytes, mapped: this.#core.lookup(this.#device, begin) !== undefined }];
+    if (end - begin === 1) return [{ lengthBytes, mapped: this.#core.mappings.lookup(this.#device, begin) !== undefined }];
     const result: VolumeExtent[] = [];
-    for (const run of this.#core.blockRuns(this.#device, begin, end)) {
+    for (const run of this.#core.mappings.blockRuns(this.#device, begin, end)) {
       const runBytes = Math.min(run.end * bs, endBytes) - Math.max(run.begin * bs, offsetBytes);
       const mapped = run.dataBlock !== undefined;
       const last = result[result.length - 1];

@@ -31,10 +31,9 @@ import {
 } from '../pool/codecs.ts';
 import type { CoverageRun } from '../pool/ranges.ts';
 import { ReferenceRuns } from './reference-runs.ts';
-import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
 import { readDeltaLog } from '../journal/replay.ts';
-import { staleBlockProblem, validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME, lockPool } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME, lockPool, type PoolFiles } from '../pool/files.ts';
+import { deviceReadCodec, extentReadCodec, staleBlockProblem, validatePayloadRoots } from '../pool/trees.ts';
 import path from 'node:path';
 
 export interface CheckProblem {

@@ -17,7 +17,7 @@ import { assert } from '../errors.ts';
 import type { Mapping, VisitResult } from './dump/events.ts';
 import { escapeAttribute } from './dump/xml.ts';
 import type { TextSink } from './dump/sink.ts';
-import type { PoolFiles } from '../pool/core.ts';
+import type { PoolFiles } from '../pool/files.ts';
 import { PoolView } from './pool-view.ts';
 
 export const DeltaKind = {

@@ -23,7 +23,7 @@ import { createDeflate, createInflate } from 'node:zlib';
 import { METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
 import { FileBlockFile } from '../io/file.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 import { PoolView } from './pool-view.ts';
 import { makePrivateDirectory, openPrivateFile } from '../io/private.ts';
 

@@ -22,11 +22,10 @@ import {
   type PoolPayload,
   type VolumeDetails,
 } from '../pool/codecs.ts';
-import { validatePayloadRoots, type PoolFiles } from '../pool/core.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME, lockPool } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME, lockPool, type PoolFiles } from '../pool/files.ts';
+import { deviceReadCodec, extentReadCodec, validatePayloadRoots } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, Mapping, SuperblockBegin } from './dump/events.ts';
-import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
 
 const SECTOR_BYTES = 512;
 /** dm-thin's metadata version, written by the kernel and thin-provisioning-tools 1.x. */

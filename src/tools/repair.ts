@@ -35,14 +35,14 @@ import {
   type DeviceValue,
   type VolumeDetails,
 } from '../pool/codecs.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 import { checkPool, type CheckOptions, type CheckReport } from './check.ts';
 import { rebuildSuperblock } from './superblock-scan.ts';
 import { randomBytes } from 'node:crypto';
 import type { Extent } from '../pool/ranges.ts';
 import { isPending, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
 import { PoolView } from './pool-view.ts';
-import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
+import { deviceReadCodec, extentReadCodec } from '../pool/trees.ts';
 import { buildPool, syncDirectory, type RestoredVolume } from './restore.ts';
 
 export interface RepairLoss {

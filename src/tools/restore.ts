@@ -57,8 +57,8 @@ import {
   type PoolPayload,
   type VolumeDetails,
 } from '../pool/codecs.ts';
-import { DETAILS_CAPACITY_BYTES, makeDeviceCodec, makeExtentCodec } from '../pool/core.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
+import { DETAILS_CAPACITY_BYTES, makeDeviceCodec, makeExtentCodec } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, DumpVisitor, Mapping, SuperblockBegin, VisitResult } from './dump/events.ts';
 import { readThinXml, type XmlReadSummary } from './restore-xml.ts';

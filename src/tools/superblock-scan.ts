@@ -27,9 +27,9 @@ import {
   encodePoolPayload,
   type DeviceValue,
 } from '../pool/codecs.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/pool.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 import { PoolView } from './pool-view.ts';
-import { deviceReadCodec, extentReadCodec } from './read-codecs.ts';
+import { deviceReadCodec, extentReadCodec } from '../pool/trees.ts';
 
 /** Offsets in a metadata block header and a B+tree node header (docs/format.md). */
 const HEADER_TYPE_OFFSET = 4;

@@ -19,7 +19,7 @@ import {
   unpackExtent,
   type DeviceValue,
 } from '../../src/pool/codecs.ts';
-import { writtenBy } from '../../src/pool/core.ts';
+import { writtenBy } from '../../src/pool/trees.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import type { Extent } from '../../src/pool/ranges.ts';
 import { checkPool, type CheckReport } from '../../src/tools/check.ts';

@@ -7,7 +7,7 @@
 // MAX_DEV_ID) and a mapping time above 2^24 − 1 (dm-thin keeps 24 bits of time) are dumped as
 // they are, with a warning that thin_restore would refuse or truncate them.
 import { DM_THIN_DEV_ID_MAX, DM_THIN_MAPPING_TIME_MAX } from '../../constants.ts';
-import type { PoolFiles } from '../../pool/core.ts';
+import type { PoolFiles } from '../../pool/files.ts';
 import { PoolView } from '../pool-view.ts';
 import { isPending, type DumpVisitor, type VisitResult } from './events.ts';
 

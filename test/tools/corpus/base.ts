@@ -15,7 +15,7 @@ import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../../src/co
 import { BTREE_BLOCK_TYPES, Block, SpaceMap, TransactionManager, TreeWalker, sealBlock, type NodeVisit, type ValueCodec } from '../../../src/pdata/index.ts';
 import { FileBlockFile } from '../../../src/io/file.ts';
 import { EXTENT_VALUE_SIZE_BYTES, MAPPING_TREE_KIND, decodePoolPayload, encodePoolPayload, packExtent, unpackExtent } from '../../../src/pool/codecs.ts';
-import { writtenBy } from '../../../src/pool/core.ts';
+import { writtenBy } from '../../../src/pool/trees.ts';
 import { Pool } from '../../../src/pool/pool.ts';
 import type { Extent } from '../../../src/pool/ranges.ts';
 import { PoolView } from '../../../src/tools/pool-view.ts';

@@ -1,0 +1,344 @@
+// The commit scheduler: decides when and how the pool's changes become durable, and runs one
+// commit at a time.
+//
+// A flush (a client's FLUSH or FUA) becomes what journal/rollup.ts's planFlush says: nothing, a
+// data sync (only data written in place), a delta log record (only logged mapping changes), or a
+// full commit that seals the open transaction and folds the log into the trees (a rollup). The
+// commit timer (tick) makes changes nobody flushed durable and rolls the log up when the pool is
+// quiet. Commits are issued one at a time: a call made while one runs shares the next one
+// (queued), and while a reader holds the committed state (withCommitsHeld) none starts. The
+// payload is built synchronously right before pdata seals, so the roots in the payload are
+// exactly those of the sealed transaction.
+import { INLINE_SYNC_DIRTY_BYTES_MAX, LOG_ROLLUP_TICKS_MAX, METADATA_DIRTY_BLOCKS_SOFT_MAX } from '../constants.ts';
+import { ThinError, assert } from '../errors.ts';
+import type { SyncOptions } from '../io/block-file.ts';
+import type { TransactionManager } from '../pdata/index.ts';
+import type { DeltaLog } from '../journal/log.ts';
+import { idleRollupDue, planFlush, type FlushState } from '../journal/rollup.ts';
+import type { DataPath } from './data-path.ts';
+import type { PoolFiles } from './files.ts';
+import type { HighWaterMark } from './high-water-mark.ts';
+import type { PoolMode } from './reports.ts';
+
+/** What the scheduler needs from the engine (PoolCore), whose state machine it follows. */
+export interface CommitHost {
+  readonly mode: PoolMode;
+  readonly closing: boolean;
+  readonly readOnlyOpen: boolean;
+  /** A commit may run: read-write, or read-only only for lack of metadata space. */
+  readonly canCommit: boolean;
+  readonly requestsInFlight: number;
+  /** Requests begun since open. */
+  readonly requestsBegun: number;
+  /** The pool time, which a delta log record carries (F-LOG-4). */
+  readonly time: number;
+  assertWritable(): void;
+  fail(reason: string, cause: unknown): void;
+  /** THIN_IO naming the first failed write or sync since open, if there was one. */
+  ioFailureError(): ThinError | undefined;
+  /** Brings the device tree up to date and seals the high-water mark: the payload of the transaction to seal now. */
+  sealPayload(): { payload: Uint8Array; highWaterMark: number };
+  assertInvariants(): void;
+}
+
+export interface CommitParts {
+  tm: TransactionManager;
+  files: PoolFiles;
+  dataPath: DataPath;
+  highWaterMark: HighWaterMark;
+}
+
+export class CommitScheduler {
+  readonly #host: CommitHost;
+  readonly #tm: TransactionManager;
+  readonly #files: PoolFiles;
+  readonly #dataPath: DataPath;
+  readonly #highWaterMark: HighWaterMark;
+  #running: Promise<void> | undefined;
+  #queued: Promise<void> | undefined;
+  /** While set, no commit starts: a reader of the committed state (a live check) is using it. */
+  #hold: Promise<void> | undefined;
+  /** Metadata changed since the last sealed transaction. */
+  #metadataDirty = false;
+  /** A change the delta log does not describe was made since the last full commit: the next commit is one. */
+  #unloggedChange = false;
+  /** The delta log (src/journal), when flushes append records instead of committing. */
+  #log: DeltaLog | undefined;
+  #flushes = 0;
+  #rollups = 0;
+  #dataSyncs = 0;
+  /** Requests begun at the timer's last tick (to tell a quiet interval). */
+  #requestsBegunAtTick = 0;
+  /** Rollups seen at the last tick, and ticks since the count last changed (LOG_ROLLUP_TICKS_MAX). */
+  #rollupsAtTick = 0;
+  #ticksSinceRollup = 0;
+
+  constructor(parts: CommitParts, host: CommitHost) {
+    this.#host = host;
+    this.#tm = parts.tm;
+    this.#files = parts.files;
+    this.#dataPath = parts.dataPath;
+    this.#highWaterMark = parts.highWaterMark;
+  }
+
+  get running(): Promise<void> | undefined {
+    return this.#running;
+  }
+
+  get queued(): boolean {
+    return this.#queued !== undefined;
+  }
+
+  get held(): boolean {
+    return this.#hold !== undefined;
+  }
+
+  get log(): DeltaLog | undefined {
+    return this.#log;
+  }
+
+  get flushes(): number {
+    return this.#flushes;
+  }
+
+  get rollups(): number {
+    return this.#rollups;
+  }
+
+  get dataSyncs(): number {
+    return this.#dataSyncs;
+  }
+
+  /** A commit nobody waits for may start: read-write, not closing, no commit running or queued. */
+  get backgroundCommitMayStart(): boolean {
+    return this.#host.mode === 'read-write' && !this.#host.closing && this.#running === undefined && this.#queued === undefined;
+  }
+
+  /** The open transaction changed (the next flush commits or logs). */
+  metadataChanged(): void {
+    this.#metadataDirty = true;
+  }
+
+  /** A change the delta log cannot describe was made: the next flush is a full commit. */
+  unloggedChange(): void {
+    this.#unloggedChange = true;
+  }
+
+  /** Turns the delta log on: from now on a flush appends a record instead of committing. */
+  attachLog(log: DeltaLog): void {
+    assert(this.#log === undefined, 'a second delta log');
+    this.#log = log;
+  }
+
+  /** A flush asked for by a client (flush or FUA): counted, then a commit or a log append. */
+  flush(): Promise<void> {
+    this.#flushes += 1;
+    return this.commit();
+  }
+
+  /** A full commit that folds the delta log into the trees (when anything changed). */
+  rollup(): Promise<void> {
+    if (this.#metadataDirty) this.#unloggedChange = true;
+    return this.commit();
+  }
+
+  /**
+   * Makes every completed write durable: commits the transaction if metadata changed, else syncs
+   * the data file if data was written. Calls made while a commit runs share the next one.
+   */
+  commit(): Promise<void> {
+    const ioFailure = this.#host.ioFailureError();
+    if (ioFailure !== undefined) return Promise.reject(ioFailure);
+    if (this.#host.mode === 'read-only' && this.#host.readOnlyOpen) return Promise.resolve();
+    if (!this.#host.canCommit) this.#host.assertWritable();
+    if (this.#queued !== undefined) return this.#queued;
+    if (this.#running === undefined) return this.#start();
+    const queued = this.#running.catch(() => undefined).then(() => {
+      this.#queued = undefined;
+      return this.#start();
+    });
+    this.#queued = queued;
+    return queued;
+  }
+
+  /**
+   * Starts a commit nobody asked for when the open transaction holds many dirty metadata blocks
+   * (METADATA_DIRTY_BLOCKS_SOFT_MAX), so memory stays bounded between a client's flushes. A
+   * failure enters the sticky mode; the caller's request is not failed by it.
+   */
+  commitIfManyDirty(): void {
+    if (!this.backgroundCommitMayStart || this.#tm.dirtyBlockCount < METADATA_DIRTY_BLOCKS_SOFT_MAX) return;
+    this.rollup().catch(() => undefined);
+  }
+
+  /**
+   * The commit timer's tick: makes mapping changes nobody flushed durable (with the delta log, the
+   * first tick after a change logs it, and a tick after a quiet interval rolls the log up). Data
+   * written in place, with no mapping change, is left to the kernel's writeback until a client
+   * flushes, as qemu-nbd and nbdkit leave it: syncing it unasked made every write workload wait
+   * on an fdatasync of everything written each second, and promised nobody anything.
+   */
+  tick(): void {
+    const requestsBegun = this.#host.requestsBegun;
+    const quietInterval = requestsBegun === this.#requestsBegunAtTick;
+    this.#requestsBegunAtTick = requestsBegun;
+    if (this.#rollups !== this.#rollupsAtTick) {
+      this.#rollupsAtTick = this.#rollups;
+      this.#ticksSinceRollup = 0;
+    } else this.#ticksSinceRollup += 1;
+    const quiet = this.#host.requestsInFlight === 0 && (quietInterval || this.#ticksSinceRollup >= LOG_ROLLUP_TICKS_MAX);
+    if (!this.backgroundCommitMayStart) return;
+    const state = this.#flushState();
+    if (quiet && idleRollupDue(state)) {
+      this.rollup().catch(() => undefined);
+      return;
+    }
+    const plan = planFlush(state);
+    if (plan === 'append' || plan === 'rollup') this.commit().catch(() => undefined);
+  }
+
+  /**
+   * Commits, then runs work while no commit may start, so the committed generation's blocks stay
+   * as they are on disk (blocks it frees are reused only after a later commit). Flushes asked
+   * meanwhile wait for work to end; reads and writes go on.
+   */
+  async withCommitsHeld<T>(work: () => Promise<T>): Promise<T> {
+    while (this.#hold !== undefined) await this.#hold.catch(() => undefined);
+    // A rollup, so that the committed trees hold everything (the delta log is not in them).
+    await this.rollup();
+    let release!: () => void;
+    this.#hold = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    try {
+      return await work();
+    } finally {
+      this.#hold = undefined;
+      release();
+    }
+  }
+
+  /** Waits for a running commit (for close) without starting one. */
+  async settle(): Promise<void> {
+    while (this.#running !== undefined || this.#queued !== undefined) {
+      await (this.#queued ?? this.#running)?.catch(() => undefined);
+    }
+  }
+
+  #start(): Promise<void> {
+    assert(this.#running === undefined, 'two commits at once');
+    if (this.#hold !== undefined) {
+      const held = this.#hold.then(() => {
+        this.#running = undefined;
+        return this.#start();
+      });
+      this.#running = held;
+      return held;
+    }
+    const running = this.#commitNow().finally(() => {
+      this.#running = undefined;
+      this.#host.assertInvariants();
+    });
+    this.#running = running;
+    return running;
+  }
+
+  async #commitNow(): Promise<void> {
+    // A flush queued behind the commit that failed fails too.
+    const ioFailure = this.#host.ioFailureError();
+    if (ioFailure !== undefined) throw ioFailure;
+    if (!this.#host.canCommit) this.#host.assertWritable();
+    const plan = planFlush(this.#flushState());
+    if (plan === 'nothing') return;
+    if (plan === 'sync-data') {
+      const options = this.#flushSyncOptions();
+      this.#dataPath.syncStarted();
+      await this.#syncData(options);
+      return;
+    }
+    if (plan === 'append') {
+      await this.#appendLog();
+      return;
+    }
+    // Seal: bring the device tree up to date, then hand pdata the payload, all in this turn.
+    let sealed: { payload: Uint8Array; highWaterMark: number };
+    try {
+      sealed = this.#host.sealPayload();
+    } catch (error) {
+      this.#host.fail(`metadata error while sealing a transaction: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw error;
+    }
+    this.#metadataDirty = false;
+    this.#dataPath.syncStarted();
+    // The sealed transaction holds every logged and pending change: the log starts again after it.
+    const generation = this.#tm.transactionId;
+    this.#log?.discardPending();
+    this.#unloggedChange = false;
+    let dataSynced = false;
+    try {
+      await this.#tm.commit(sealed.payload, async () => {
+        dataSynced = true;
+        await this.#syncData();
+      });
+      // Defensive: a transaction manager that skipped beforeMetadata must not make a flush
+      // acknowledge data that was never synced.
+      if (!dataSynced) await this.#syncData();
+    } catch (error) {
+      this.#host.fail(`a commit failed: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw new ThinError('THIN_IO', 'The commit failed; the pool now needs a check and acknowledges no flush until it is reopened', { cause: error });
+    }
+    this.#highWaterMark.committed(sealed.highWaterMark);
+    if (this.#log !== undefined) {
+      this.#log.restart(generation);
+      this.#rollups += 1;
+    }
+  }
+
+  #flushState(): FlushState {
+    return {
+      log: this.#log,
+      metadataChanged: this.#metadataDirty,
+      unloggedChange: this.#unloggedChange || this.#highWaterMark.raisePending,
+      dataWritten: this.#dataPath.bytesSinceSync > 0,
+    };
+  }
+
+  /**
+   * A flush as a delta log record (src/journal/log.ts): the data the pending entries point at is
+   * synced first, then the record is written and synced; it is the commit record (F-LOG-7).
+   */
+  async #appendLog(): Promise<void> {
+    const log = this.#log;
+    assert(log !== undefined, 'appending to a delta log that is off');
+    const entries = log.takePending();
+    const time = this.#host.time;
+    const options = this.#flushSyncOptions();
+    this.#dataPath.syncStarted();
+    await this.#syncData(options);
+    try {
+      await log.append(entries, time, options);
+    } catch (error) {
+      this.#host.fail(`appending to the delta log failed: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw new ThinError('THIN_IO', 'The flush failed; the pool now needs a check and acknowledges no flush until it is reopened', { cause: error });
+    }
+  }
+
+  /**
+   * How a flush's syncs run: on the main thread when no request is in flight and little data is
+   * dirty (INLINE_SYNC_DIRTY_BYTES_MAX), since then nothing waits for the event loop and the
+   * worker thread's round trip is a large part of the sync; otherwise on a worker thread.
+   */
+  #flushSyncOptions(): SyncOptions {
+    return { inline: this.#host.requestsInFlight === 0 && this.#dataPath.bytesSinceSync <= INLINE_SYNC_DIRTY_BYTES_MAX };
+  }
+
+  async #syncData(options: SyncOptions = {}): Promise<void> {
+    this.#dataSyncs += 1;
+    try {
+      await this.#files.data.sync(options);
+    } catch (error) {
+      this.#host.fail(`syncing the data file failed: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw error;
+    }
+  }
+}

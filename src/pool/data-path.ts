@@ -1,0 +1,385 @@
+// The data path: reads and writes of a volume's bytes, block by block, against its mappings.
+//
+// Ordering (docs/internals.md decisions 3-5; F-POOL-40, F-POOL-43):
+// - A data block for a write is reserved in memory (allocator), the data written, and only then
+//   is the mapping inserted and the block's reference count raised. A sealed transaction thus
+//   references only completed data writes; the commit syncs the data file before its metadata.
+// - A data block at or above the durable high-water mark has never been written (F-POOL-40).
+//   Before the first write to such a block the mark is raised and committed, so after a crash no
+//   block above the mark holds anything; below it, a reused block is written whole (zeros around
+//   the data) unless this process knows it still reads zeros.
+// - A failed data write puts the pool in needs-check, and from then on no flush is acknowledged
+//   until the pool is reopened (docs/internals.md decision 11).
+//
+// Every method that takes a device expects the caller to hold the lock of the blocks it touches.
+import { COPY_BUFFERS_RETAINED_BYTES_MAX, DATA_HIGH_WATER_MARK_STEP_BLOCKS } from '../constants.ts';
+import { assert, isThinError } from '../errors.ts';
+import type { SpaceMap } from '../pdata/index.ts';
+import type { DataAllocator } from './allocator.ts';
+import type { Device } from './devices.ts';
+import type { PoolFiles } from './files.ts';
+import type { HighWaterMark } from './high-water-mark.ts';
+import type { MappingChanges } from './mapping-changes.ts';
+import { RangeSet, blockPieces, touchedBlocks } from './ranges.ts';
+
+/** What the data path needs from the engine (PoolCore). */
+export interface DataPathHost {
+  assertWritable(): void;
+  assertDeviceWritable(device: Device): void;
+  /** A write or sync of the data file failed: needs-check, and no flush is acknowledged until reopen. */
+  failIo(reason: string, error: unknown): void;
+  /** The open transaction changed (a raised high-water mark target must be committed). */
+  metadataChanged(): void;
+  commit(): Promise<void>;
+  rollup(): Promise<void>;
+  /** The commit running now, if any. */
+  readonly commitRunning: Promise<void> | undefined;
+  /** A commit nobody waits for may start now (CommitScheduler.backgroundCommitMayStart). */
+  readonly backgroundCommitMayStart: boolean;
+  /** Flushes append to the delta log (blocks freed by logged changes stay pending until a rollup). */
+  readonly logAttached: boolean;
+}
+
+export interface DataPathParts {
+  files: PoolFiles;
+  blockSizeBytes: number;
+  highWaterMark: HighWaterMark;
+  allocator: DataAllocator;
+  mappings: MappingChanges;
+  dataSpace: SpaceMap;
+  /** The data file reads as zeros wherever it was never written (no POOL_FLAG_DATA_NOT_ZEROED). */
+  dataReadsZeros: boolean;
+}
+
+export class DataPath {
+  readonly blockSizeBytes: number;
+  /** Long-lived zero buffer of one block, shared by every zeroing write. */
+  readonly zeroBlock: Uint8Array;
+  readonly #files: PoolFiles;
+  readonly #highWaterMark: HighWaterMark;
+  readonly #allocator: DataAllocator;
+  readonly #mappings: MappingChanges;
+  readonly #dataSpace: SpaceMap;
+  readonly #host: DataPathHost;
+  /** Data blocks this process knows read as zeros: never written since the data file was made. */
+  readonly #knownZero = new RangeSet();
+  /**
+   * Free block-sized scratch buffers for copy-on-write and partly written new blocks: one
+   * allocated per such write made the garbage collector a large share of the server's CPU on the
+   * copy-on-write row (docs/benchmarks.md). Bounded by COPY_BUFFERS_RETAINED_BYTES_MAX.
+   */
+  readonly #blockBuffers: Uint8Array[] = [];
+  #bytesWritten = 0;
+  /** Bytes of data writes completed since the last data sync was started. */
+  #bytesSinceSync = 0;
+
+  constructor(parts: DataPathParts, host: DataPathHost) {
+    this.#files = parts.files;
+    this.blockSizeBytes = parts.blockSizeBytes;
+    this.#highWaterMark = parts.highWaterMark;
+    this.#allocator = parts.allocator;
+    this.#mappings = parts.mappings;
+    this.#dataSpace = parts.dataSpace;
+    this.#host = host;
+    if (parts.dataReadsZeros) this.#knownZero.add(parts.highWaterMark.durable, parts.highWaterMark.blockCount);
+    this.zeroBlock = new Uint8Array(parts.blockSizeBytes);
+  }
+
+  /** Data bytes written since open. */
+  get bytesWritten(): number {
+    return this.#bytesWritten;
+  }
+
+  /** Data bytes whose writes completed since the last data sync began: a flush must sync when above 0. */
+  get bytesSinceSync(): number {
+    return this.#bytesSinceSync;
+  }
+
+  /** A data sync begins: it covers every write completed so far. */
+  syncStarted(): void {
+    this.#bytesSinceSync = 0;
+  }
+
+  async dataWrite(source: Uint8Array, offsetBytes: number): Promise<void> {
+    this.#bytesWritten += source.length;
+    try {
+      await this.#files.data.write(source, offsetBytes);
+    } catch (error) {
+      // The request fails, and so does every later flush: the next sync might succeed without
+      // the pages this write or an earlier one left dirty.
+      if (!isThinError(error, 'THIN_CLOSED')) {
+        this.#host.failIo(`a data write of ${source.length} bytes at byte ${offsetBytes} failed: ${error instanceof Error ? error.message : String(error)}`, error);
+      }
+      throw error;
+    }
+    // Counted on completion: a write still in flight when a commit resets the count is not
+    // covered by that commit's sync, and the next flush must sync for it.
+    this.#bytesSinceSync += source.length;
+  }
+
+  /**
+   * Reads virtual bytes [offsetBytes, +target.length) of a device. Resolves true when some of the
+   * range is unmapped (read as zeros).
+   */
+  async readRange(device: Device, offsetBytes: number, target: Uint8Array): Promise<boolean> {
+    const bs = this.blockSizeBytes;
+    const { begin, end } = touchedBlocks(offsetBytes, target.length, bs);
+    if (end - begin === 1) {
+      // Most requests (4 KiB from a guest) sit inside one block: one lookup, no run list.
+      const mapping = this.#mappings.lookup(device, begin);
+      if (mapping === undefined) {
+        target.fill(0);
+        return true;
+      }
+      await this.#files.data.read(target, mapping.dataBlock * bs + (offsetBytes - begin * bs));
+      return false;
+    }
+    const endBytes = offsetBytes + target.length;
+    const reads: Promise<void>[] = [];
+    let unmapped = false;
+    for (const run of this.#mappings.blockRuns(device, begin, end)) {
+      const runBeginBytes = Math.max(run.begin * bs, offsetBytes);
+      const runEndBytes = Math.min(run.end * bs, endBytes);
+      const piece = target.subarray(runBeginBytes - offsetBytes, runEndBytes - offsetBytes);
+      if (run.dataBlock === undefined) {
+        piece.fill(0);
+        unmapped = true;
+      } else {
+        reads.push(this.#files.data.read(piece, run.dataBlock * bs + (runBeginBytes - run.begin * bs)));
+      }
+    }
+    await settleAll(reads);
+    return unmapped;
+  }
+
+  /**
+   * Writes bytes [offsetBytes, +lengthBytes). A write that lies inside one mapped extent the
+   * device owns goes in place in one system call (a 1 MiB write to a sequentially written volume
+   * was sixteen 64 KiB pwrites, lookups and promises); any other is written block by block.
+   */
+  async writeRange(device: Device, offsetBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    if (source !== undefined) {
+      const inPlaceBytes = this.#inPlaceOffset(device, offsetBytes, lengthBytes);
+      if (inPlaceBytes !== undefined) {
+        this.#host.assertDeviceWritable(device);
+        await this.dataWrite(source.subarray(0, lengthBytes), inPlaceBytes);
+        return;
+      }
+    }
+    const pieces = blockPieces(offsetBytes, lengthBytes, this.blockSizeBytes);
+    await settleAll(
+      pieces.map((piece) =>
+        this.writeInBlock(
+          device,
+          piece.virtualBlock,
+          piece.offsetInBlockBytes,
+          source?.subarray(piece.requestOffsetBytes, piece.requestOffsetBytes + piece.lengthBytes),
+          piece.lengthBytes,
+        ),
+      ),
+    );
+  }
+
+  /** Writes `source` (or zeros, when source is undefined) at offsetInBlockBytes of virtualBlock. */
+  async writeInBlock(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    this.#host.assertDeviceWritable(device);
+    const mapping = this.#mappings.lookup(device, virtualBlock);
+    if (mapping === undefined) {
+      await this.#provision(device, virtualBlock, offsetInBlockBytes, source, lengthBytes);
+      return;
+    }
+    if (this.#mappings.mustCopy(device, mapping)) {
+      await this.#copyOnWrite(device, virtualBlock, mapping.dataBlock, offsetInBlockBytes, source, lengthBytes);
+      return;
+    }
+    const bytes = source ?? this.zeroBlock.subarray(0, lengthBytes);
+    await this.dataWrite(bytes, mapping.dataBlock * this.blockSizeBytes + offsetInBlockBytes);
+  }
+
+  /**
+   * Zeros bytes [offsetBytes, +lengthBytes): blocks covered whole are unmapped (or, with keepAllocated,
+   * provisioned and zeroed); partial pieces of mapped blocks are zeroed in place or by copy-on-write.
+   * A block that ends at the volume's end counts as covered whole.
+   */
+  async zeroRange(device: Device, offsetBytes: number, lengthBytes: number, keepAllocated: boolean): Promise<void> {
+    const bs = this.blockSizeBytes;
+    const work: Promise<void>[] = [];
+    const unmapBlocks: number[] = [];
+    for (const piece of blockPieces(offsetBytes, lengthBytes, bs)) {
+      const blockEndBytes = Math.min((piece.virtualBlock + 1) * bs, device.value.sizeBytes);
+      const whole = piece.offsetInBlockBytes === 0 && piece.virtualBlock * bs + piece.lengthBytes >= blockEndBytes;
+      if (whole && !keepAllocated) {
+        unmapBlocks.push(piece.virtualBlock);
+      } else if (keepAllocated || this.#mappings.lookup(device, piece.virtualBlock) !== undefined) {
+        const lengthInBlock = whole ? bs : piece.lengthBytes;
+        work.push(this.writeInBlock(device, piece.virtualBlock, piece.offsetInBlockBytes, undefined, lengthInBlock));
+      }
+    }
+    if (unmapBlocks.length > 0) {
+      this.#host.assertDeviceWritable(device);
+      // The blocks to unmap are consecutive: pieces come in order and only the ends can be partial.
+      this.#mappings.unmapRange(device, unmapBlocks[0]!, unmapBlocks[unmapBlocks.length - 1]! + 1);
+    }
+    await settleAll(work);
+  }
+
+  /** Where in the data file the range is, when one extent maps all of it and needs no copy. */
+  #inPlaceOffset(device: Device, offsetBytes: number, lengthBytes: number): number | undefined {
+    const bs = this.blockSizeBytes;
+    const { begin, end } = touchedBlocks(offsetBytes, lengthBytes, bs);
+    const mapping = this.#mappings.lookup(device, begin);
+    if (mapping === undefined || end > mapping.key + mapping.extent.lengthBlocks || this.#mappings.mustCopy(device, mapping)) return undefined;
+    return mapping.dataBlock * bs + (offsetBytes - begin * bs);
+  }
+
+  /**
+   * Reserves a data block. With the delta log, blocks freed by logged changes stay pending until a
+   * rollup commits (F-LOG-8), so when only such blocks are left, a rollup frees them and the
+   * allocation is tried once more.
+   */
+  async #allocateData(device: Device, options: { mayUseReserve?: boolean }): Promise<number> {
+    try {
+      return this.#allocator.allocate(device.id, options);
+    } catch (error) {
+      if (!isThinError(error, 'THIN_NO_SPACE') || !this.#host.logAttached || this.#dataSpace.pendingFreeBlockCount === 0) throw error;
+    }
+    await this.#host.rollup();
+    this.#host.assertDeviceWritable(device);
+    return this.#allocator.allocate(device.id, options);
+  }
+
+  async #provision(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    const block = await this.#allocateData(device, {});
+    try {
+      const knownZero = this.#knownZero.has(block);
+      this.#knownZero.remove(block, block + 1);
+      this.#raiseAhead(block);
+      if (block >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(block);
+      const offsetBytes = block * this.blockSizeBytes;
+      if (knownZero && (source === undefined || offsetInBlockBytes !== 0)) {
+        // The block reads zeros: write only the bytes asked for, and nothing at all for zeros.
+        if (source !== undefined) await this.dataWrite(source, offsetBytes + offsetInBlockBytes);
+      } else if (source !== undefined && lengthBytes === this.blockSizeBytes) {
+        await this.dataWrite(source, offsetBytes);
+      } else {
+        // A reused block may hold anything: write it whole, zeros around the data. So is a
+        // never-written block whose first write starts at its beginning: that is usually the head
+        // of a sequential stream (a journal, a log, a file appended with fsync), and the file
+        // system then allocates the whole block at once, so the stream's later writes into it
+        // overwrite written space. Written piece by piece, every sync after a write into a
+        // fallocated (unwritten) part costs ext4 a journal commit to convert it (measured in
+        // docs/benchmarks.md, the ext4 fsync loop); random writes begin a block only once in
+        // blockSize/writeSize.
+        if (source === undefined) {
+          await this.dataWrite(this.zeroBlock, offsetBytes);
+        } else {
+          const whole = this.#takeBlockBuffer();
+          try {
+            whole.fill(0, 0, offsetInBlockBytes);
+            whole.set(source, offsetInBlockBytes);
+            whole.fill(0, offsetInBlockBytes + lengthBytes);
+            await this.dataWrite(whole, offsetBytes);
+          } finally {
+            this.#giveBlockBuffer(whole);
+          }
+        }
+      }
+      this.#host.assertDeviceWritable(device);
+      this.#mappings.insertMapping(device, virtualBlock, block);
+    } finally {
+      this.#allocator.release(block);
+    }
+  }
+
+  async #copyOnWrite(device: Device, virtualBlock: number, oldBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    const block = await this.#allocateData(device, { mayUseReserve: true });
+    try {
+      this.#knownZero.remove(block, block + 1);
+      this.#raiseAhead(block);
+      if (block >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(block);
+      if (lengthBytes === this.blockSizeBytes) {
+        await this.dataWrite(source ?? this.zeroBlock, block * this.blockSizeBytes);
+      } else {
+        const whole = this.#takeBlockBuffer();
+        try {
+          await this.#files.data.read(whole, oldBlock * this.blockSizeBytes);
+          if (source !== undefined) whole.set(source, offsetInBlockBytes);
+          else whole.fill(0, offsetInBlockBytes, offsetInBlockBytes + lengthBytes);
+          await this.dataWrite(whole, block * this.blockSizeBytes);
+        } finally {
+          this.#giveBlockBuffer(whole);
+        }
+      }
+      this.#host.assertDeviceWritable(device);
+      this.#mappings.remap(device, virtualBlock, oldBlock, block);
+    } finally {
+      this.#allocator.release(block);
+    }
+  }
+
+  /** Raises and commits the high-water mark so that `block` lies below it (F-POOL-40). */
+  async #coverByHighWaterMark(block: number): Promise<void> {
+    const mark = this.#highWaterMark;
+    while (block >= mark.durable) {
+      if (block < mark.sealed && this.#host.commitRunning !== undefined) {
+        // The commit already running raises the mark past this block: wait for it, start none.
+        await this.#host.commitRunning.catch(() => undefined);
+        this.#host.assertWritable();
+        continue;
+      }
+      if (block >= mark.target) this.#raiseTarget(Math.max(block + 1, mark.target) + DATA_HIGH_WATER_MARK_STEP_BLOCKS);
+      await this.#host.commit();
+    }
+  }
+
+  /**
+   * Starts the commit that raises the high-water mark while half a step is still left below it,
+   * so that allocating writes rarely wait for it: waiting, a run of new or copied blocks stalled
+   * on one commit (an fdatasync of up to a step of data) every DATA_HIGH_WATER_MARK_STEP_BLOCKS.
+   * Only a raise that was due anyway, made sooner; F-POOL-40 holds because writes above the
+   * durable mark still wait in #coverByHighWaterMark.
+   */
+  #raiseAhead(block: number): void {
+    const mark = this.#highWaterMark;
+    if (block + DATA_HIGH_WATER_MARK_STEP_BLOCKS / 2 < mark.target) return;
+    if (mark.target >= mark.blockCount || block >= mark.durable) return;
+    if (!this.#host.backgroundCommitMayStart) return;
+    this.#raiseTarget(mark.target + DATA_HIGH_WATER_MARK_STEP_BLOCKS);
+    this.#host.commit().catch(() => undefined);
+  }
+
+  /**
+   * The next commit raises the high-water mark to `target` blocks. The data file's space for the
+   * new blocks is allocated now (a hint, see BlockFile.allocate): the writes that provision and
+   * copy into them are then cheaper, and the host file system's space is taken a step ahead.
+   */
+  #raiseTarget(target: number): void {
+    const from = this.#highWaterMark.raiseTarget(target);
+    this.#host.metadataChanged();
+    const to = this.#highWaterMark.target;
+    const bs = this.blockSizeBytes;
+    if (to > from) void this.#files.data.allocate?.(from * bs, (to - from) * bs);
+  }
+
+  #takeBlockBuffer(): Uint8Array {
+    return this.#blockBuffers.pop() ?? new Uint8Array(this.blockSizeBytes);
+  }
+
+  #giveBlockBuffer(buffer: Uint8Array): void {
+    assert(buffer.length === this.blockSizeBytes, 'a scratch buffer of another size');
+    if ((this.#blockBuffers.length + 1) * this.blockSizeBytes <= COPY_BUFFERS_RETAINED_BYTES_MAX) this.#blockBuffers.push(buffer);
+  }
+}
+
+/** Awaits every promise, then throws the first failure: no write is left running unobserved. */
+export async function settleAll(promises: Promise<unknown>[]): Promise<void> {
+  if (promises.length === 0) return;
+  if (promises.length === 1) {
+    await promises[0];
+    return;
+  }
+  const results = await Promise.allSettled(promises);
+  for (const result of results) {
+    if (result.status === 'rejected') throw result.reason;
+  }
+}

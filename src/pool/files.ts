@@ -1,0 +1,72 @@
+// A pool on disk: two block files, as dm-thin has (metadata and data). By default a directory
+// holds them as `metadata` and `data`, with `lock`: opening a pool directory takes its exclusive
+// lock (src/io/lock.ts) before either file, so two processes never open one pool at once, and a
+// reader never runs beside a writer. The engine (pool.ts) and the tools' read-only opener
+// (tools/open.ts) both open a directory through openPoolDirectory.
+import fs from 'node:fs';
+import path from 'node:path';
+import { ThinError } from '../errors.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { FileBlockFile } from '../io/file.ts';
+import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
+
+export interface PoolFiles {
+  metadata: BlockFile;
+  data: BlockFile;
+}
+
+export const METADATA_FILE_NAME = 'metadata';
+export const DATA_FILE_NAME = 'data';
+
+/** THIN_NOT_FOUND unless DIR holds a pool's metadata and data files: the one wording of "no pool here". */
+export function assertPoolExists(dir: string): void {
+  for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
+    if (!fs.existsSync(path.join(dir, name))) {
+      throw new ThinError('THIN_NOT_FOUND', `No pool at ${dir} (no ${name} file there); create one with 'thinbd pool create --pool ${dir}'`);
+    }
+  }
+}
+
+/**
+ * Takes the lock of an existing pool directory. Nothing is created in a directory until it is
+ * known to hold a pool, so a mistyped --pool leaves no lock file behind.
+ */
+export function lockPool(dir: string): DirectoryLock {
+  assertPoolExists(dir);
+  return lockDirectory(dir);
+}
+
+/** Both files of the pool in `dir`, opened under the directory's lock; close them with closePoolDirectory. */
+export interface OpenPoolDirectory {
+  files: PoolFiles;
+  lock: DirectoryLock;
+}
+
+/**
+ * Opens the pool in `dir`: THIN_NOT_FOUND when there is none, THIN_BUSY when another process holds
+ * its lock. On any failure nothing stays open or locked.
+ */
+export async function openPoolDirectory(dir: string, options: { readOnly: boolean }): Promise<OpenPoolDirectory> {
+  const lock = lockPool(dir);
+  const files: Partial<PoolFiles> = {};
+  try {
+    files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly: options.readOnly });
+    files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly: options.readOnly });
+    return { files: files as PoolFiles, lock };
+  } catch (error) {
+    await closePoolFiles(files);
+    lock.release();
+    throw error;
+  }
+}
+
+/** Closes whichever files are open; returns the first failure instead of throwing it, so both are always tried. */
+export async function closePoolFiles(files: Partial<PoolFiles>): Promise<unknown> {
+  let failure: unknown;
+  for (const file of [files.metadata, files.data]) {
+    await file?.close().catch((error: unknown) => {
+      failure ??= error;
+    });
+  }
+  return failure;
+}

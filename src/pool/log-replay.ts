@@ -1,0 +1,68 @@
+// Replay of delta log records read at open (src/journal/replay.ts reads them): each entry is
+// re-applied through the same mapping changes as the write that logged it, so the trees, the
+// reference counts and the device values come out as they would have (F-LOG-4). A record that
+// names what does not exist, or a data block that is not free, is corruption under a valid
+// checksum: open fails naming the record.
+import { ThinError } from '../errors.ts';
+import type { SpaceMap } from '../pdata/index.ts';
+import { DeltaLogEntryKind, type DeltaLogEntry } from '../journal/log.ts';
+import type { DeltaLogRecord } from '../journal/replay.ts';
+import type { DeviceTable } from './devices.ts';
+import type { MappingChanges } from './mapping-changes.ts';
+
+export interface ReplayTarget {
+  devices: DeviceTable;
+  mappings: MappingChanges;
+  dataSpace: SpaceMap;
+  blockSizeBytes: number;
+  /** The high-water mark of the generation replayed onto: every logged block lies below it. */
+  highWaterMarkDurable: number;
+  /** Called after each record is applied. */
+  applied(): void;
+}
+
+/** Applies the records in order (the caller marks the engine as replaying, so nothing is logged again). */
+export function replayLogRecords(target: ReplayTarget, records: readonly DeltaLogRecord[]): void {
+  for (const record of records) {
+    const where = `Delta log record ${record.sequence} (ring slot ${record.index})`;
+    if (record.time !== target.devices.time) {
+      throw new ThinError('THIN_CORRUPT_BLOCK', `${where} has pool time ${record.time}, but the pool's time is ${target.devices.time}`);
+    }
+    for (const entry of record.entries) applyEntry(target, entry, where);
+    target.applied();
+  }
+}
+
+function applyEntry(target: ReplayTarget, entry: DeltaLogEntry, where: string): void {
+  const { mappings } = target;
+  const corrupt = (problem: string): ThinError => new ThinError('THIN_CORRUPT_BLOCK', `${where} ${problem}`);
+  const device = target.devices.byId(entry.volumeId);
+  if (device === undefined) throw corrupt(`names volume id ${entry.volumeId}, which does not exist`);
+  const sizeBlocks = Math.ceil(device.value.sizeBytes / target.blockSizeBytes);
+  if (entry.virtualBlock + entry.lengthBlocks > sizeBlocks) {
+    throw corrupt(`changes virtual blocks [${entry.virtualBlock}, ${entry.virtualBlock + entry.lengthBlocks}) past the end of volume ${device.details.name}`);
+  }
+  const checkFree = (dataBlock: number): void => {
+    if (!(dataBlock < target.highWaterMarkDurable) || target.dataSpace.count(dataBlock) !== 0 || target.dataSpace.isPendingFree(dataBlock)) {
+      throw corrupt(`maps data block ${dataBlock}, which is not a free block below the high-water mark ${target.highWaterMarkDurable}`);
+    }
+  };
+  if (entry.kind === DeltaLogEntryKind.unmap) {
+    mappings.unmapRange(device, entry.virtualBlock, entry.virtualBlock + entry.lengthBlocks);
+  } else if (entry.kind === DeltaLogEntryKind.map) {
+    for (let index = 0; index < entry.lengthBlocks; index++) {
+      const virtualBlock = entry.virtualBlock + index;
+      const dataBlock = entry.dataBlock + index;
+      if (mappings.lookup(device, virtualBlock) !== undefined) throw corrupt(`maps virtual block ${virtualBlock} of volume ${device.details.name}, which is mapped`);
+      checkFree(dataBlock);
+      mappings.insertMapping(device, virtualBlock, dataBlock);
+    }
+  } else {
+    const mapping = mappings.lookup(device, entry.virtualBlock);
+    if (mapping?.dataBlock !== entry.oldDataBlock) {
+      throw corrupt(`moves virtual block ${entry.virtualBlock} of volume ${device.details.name} from data block ${entry.oldDataBlock}, but it maps ${mapping?.dataBlock ?? 'nothing'}`);
+    }
+    checkFree(entry.dataBlock);
+    mappings.remap(device, entry.virtualBlock, entry.oldDataBlock, entry.dataBlock);
+  }
+}

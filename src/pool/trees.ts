@@ -1,0 +1,116 @@
+// The pool's trees as pdata sees them: the value codecs of the mapping and device trees, and the
+// checks that a block a pool structure points at was written by the transaction recorded beside
+// the pointer (F-POOL-8, F-POOL-16). The engine and the tools (check, dump, delta, restore,
+// repair) share these; a tool that needs a codec imports this module, not the engine.
+import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
+import { ThinError } from '../errors.ts';
+import { BTREE_BLOCK_TYPES, BlockType, type BlockManager, type BTree, type SpaceMap, type ValueCodec } from '../pdata/index.ts';
+import {
+  DEVICE_TREE_KIND,
+  DEVICE_VALUE_SIZE_BYTES,
+  EXTENT_VALUE_SIZE_BYTES,
+  MAPPING_TREE_KIND,
+  decodePoolPayload,
+  packDeviceValue,
+  packExtent,
+  unpackDeviceValue,
+  unpackExtent,
+  type DeviceValue,
+} from './codecs.ts';
+import type { Extent } from './ranges.ts';
+
+/** Bytes of the details JSON that fit a details block (F-POOL-30). */
+export const DETAILS_CAPACITY_BYTES = METADATA_BLOCK_SIZE_BYTES - METADATA_BLOCK_HEADER_BYTES;
+
+/**
+ * Open's check of a candidate superblock generation (F-SB-6, F-POOL-5): the payload decodes and
+ * its two roots are B+tree nodes of this pool. A torn commit fails here and open falls back.
+ */
+export function validatePayloadRoots(bytes: Uint8Array, tm: BlockManager): void {
+  const payload = decodePoolPayload(bytes, tm.metadataBlockCount);
+  checkWrittenBy(tm, payload.deviceTreeRoot, BTREE_BLOCK_TYPES, payload.deviceTreeRootTransactionId, 'the device tree root');
+  checkWrittenBy(tm, payload.dataSpaceMapRoot, BTREE_BLOCK_TYPES, payload.dataSpaceMapRootTransactionId, 'the data space map root');
+}
+
+/**
+ * Reads a block that a pool structure references and checks that the transaction recorded with
+ * the reference wrote it (F-POOL-8, F-POOL-16): an older valid block in its place is a lost or
+ * misdirected write. A recorded 0 means not recorded.
+ */
+export function checkWrittenBy(tm: BlockManager, blockNr: number, type: number | readonly number[], transactionId: number | undefined, what: string): void {
+  const problem = staleBlockProblem(tm, blockNr, type, transactionId, what);
+  if (problem !== undefined) throw new ThinError('THIN_CORRUPT_BLOCK', problem);
+}
+
+/** What checkWrittenBy would throw, as a sentence; undefined when the block is the one recorded. Read errors throw. */
+export function staleBlockProblem(tm: BlockManager, blockNr: number, type: number | readonly number[], transactionId: number | undefined, what: string): string | undefined {
+  const block = tm.read(blockNr, type);
+  if (transactionId === undefined || transactionId === 0 || block.transactionId === transactionId) return undefined;
+  return `Metadata block ${blockNr}, ${what}, was written by transaction ${block.transactionId}, not ${transactionId} as recorded: a lost or misdirected write left a stale block`;
+}
+
+/** The transaction a block's header names (for a block changed in the open transaction: that one). */
+export function writtenBy(tm: BlockManager, blockNr: number, type: number | readonly number[]): number {
+  return tm.read(blockNr, type).transactionId;
+}
+
+/**
+ * The device tree's values as stored, with nothing retained or released: what the tools that only
+ * read a pool (check, dump, delta, repair) walk, so that no reference count can move.
+ */
+export const deviceReadCodec: ValueCodec<DeviceValue> = {
+  treeKind: DEVICE_TREE_KIND,
+  sizeBytes: DEVICE_VALUE_SIZE_BYTES,
+  pack: packDeviceValue,
+  unpack: unpackDeviceValue,
+};
+
+/**
+ * Mapping tree values whose data blocks must lie below dataBlockCount, with nothing retained or
+ * released (see deviceReadCodec). A tool that judges a mapping past the data device on its own
+ * passes Number.MAX_SAFE_INTEGER, so that it costs that mapping and not the whole leaf holding it.
+ */
+export function extentReadCodec(dataBlockCount: number): ValueCodec<Extent> {
+  return {
+    treeKind: MAPPING_TREE_KIND,
+    sizeBytes: EXTENT_VALUE_SIZE_BYTES,
+    pack: packExtent,
+    unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, dataBlockCount),
+  };
+}
+
+/** The engine's mapping tree codec: every leaf entry holds one reference to each data block of its extent (F-POOL-23). */
+export function makeExtentCodec(dataBlockCount: number, dataSpace: () => SpaceMap): ValueCodec<Extent> {
+  return {
+    ...extentReadCodec(dataBlockCount),
+    retain: (value) => dataSpace().inc(value.dataBlock, value.lengthBlocks),
+    release: (value) => dataSpace().dec(value.dataBlock, value.lengthBlocks),
+  };
+}
+
+export function makeDeviceCodec(tm: BlockManager, mappingTree: () => BTree<Extent>): ValueCodec<DeviceValue> {
+  return {
+    ...deviceReadCodec,
+    // The transactions that wrote the blocks a value points at are taken from those blocks when
+    // the value is stored, never from the value, whose copies may be older (F-POOL-16).
+    pack: (value, view, offsetBytes) =>
+      packDeviceValue(
+        {
+          ...value,
+          mappingRootTransactionId: writtenBy(tm, value.mappingRoot, BTREE_BLOCK_TYPES),
+          detailsTransactionId: writtenBy(tm, value.detailsBlock, BlockType.details),
+        },
+        view,
+        offsetBytes,
+      ),
+    // The device tree is never shared, but if it were, its values own a mapping root and a details block each.
+    retain: (value) => {
+      mappingTree().retainTree(value.mappingRoot);
+      tm.inc(value.detailsBlock);
+    },
+    release: (value) => {
+      mappingTree().releaseTree(value.mappingRoot);
+      tm.dec(value.detailsBlock);
+    },
+  };
+}
