@@ -23,4 +23,6 @@ export { TreeKind, u64Codec, unpackSafeU64 } from './btree/codec.ts';
 export type { ValueCodec } from './btree/codec.ts';
 export { TreeWalker } from './btree/walker.ts';
 export type { NodeVisit, CorruptNode, WalkVisitor } from './btree/walker.ts';
+export { SubtreeShapes } from './btree/subtrees.ts';
+export type { FoldOptions } from './btree/subtrees.ts';
 export { nodeCapacity, CHILD_VALUE_BYTES } from './btree/node.ts';

@@ -1,9 +1,6 @@
 // What the pool reports about itself: a volume's facts (info), each volume's mapped, exclusive and
 // shared blocks counted as thin_ls counts them (usage), and the types of the pool's status.
-import { BTREE_DEPTH_MAX } from '../constants.ts';
-import { assert } from '../errors.ts';
-import { BTREE_BLOCK_TYPES, type BlockManager, type BTree } from '../pdata/index.ts';
-import { childAt, entryCount, isLeaf, valueOffset } from '../pdata/btree/node.ts';
+import { SubtreeShapes, TreeWalker, type BlockManager, type BTree, type WalkVisitor } from '../pdata/index.ts';
 import { DEVICE_FLAG_READ_ONLY } from './codecs.ts';
 import type { Device } from './devices.ts';
 import { coverageRuns, overlapLength, type CoverageRun, type Extent } from './ranges.ts';
@@ -83,14 +80,30 @@ export function volumeInfo(device: Device): VolumeInfo {
  * mappings is shared; the rest of a volume's mapped blocks are exclusive.
  */
 export function volumeUsage(tm: BlockManager, mappingTree: BTree<Extent>, devices: readonly Device[]): Map<number, VolumeUsage> {
-  // One pass over distinct leaves: a leaf shared by n volumes (after snapshots) is read once and
-  // its blocks count n references, so the cost follows the distinct leaves, not the volumes.
-  const leafMemo = new Map<number, number[]>();
+  // One walk over distinct nodes: a subtree shared by n volumes (after snapshots) is read once,
+  // and its leaves' blocks count n references, so the cost follows the distinct leaves, not the volumes.
+  const walker = new TreeWalker(tm);
+  const shapes = new SubtreeShapes();
   const leafExtents = new Map<number, Extent[]>();
+  const visitor: WalkVisitor<Extent> = {
+    node: shapes.node,
+    revisit: shapes.revisit,
+    leaf: (_key, extent, leafBlockNr) => {
+      const extents = leafExtents.get(leafBlockNr);
+      if (extents === undefined) leafExtents.set(leafBlockNr, [extent]);
+      else extents.push(extent);
+    },
+    // The engine's own trees: damage here is met as it would be by a read.
+    corrupt: (problem) => {
+      throw problem.error;
+    },
+  };
+  const memo = new Map<number, number[] | null>();
   const owners = new Map<number, number>();
   const leavesByDevice = new Map<number, number[]>();
   for (const device of devices) {
-    const leaves = leavesOf(tm, mappingTree, device.value.mappingRoot, leafMemo, leafExtents, BTREE_DEPTH_MAX);
+    walker.walk(device.value.mappingRoot, mappingTree.codec, visitor);
+    const leaves = shapes.fold(device.value.mappingRoot, (leaf) => [leaf], (_node, pieces) => pieces.flat(), { memo }) ?? [];
     leavesByDevice.set(device.id, leaves);
     for (const leaf of leaves) owners.set(leaf, (owners.get(leaf) ?? 0) + 1);
   }
@@ -116,43 +129,14 @@ export function volumeUsage(tm: BlockManager, mappingTree: BTree<Extent>, device
     let mappedBlocks = 0;
     let exclusiveBlocks = 0;
     for (const leaf of leaves) {
-      const counts = perLeaf.get(leaf)!;
+      const counts = perLeaf.get(leaf);
+      if (counts === undefined) continue; // an empty leaf
       mappedBlocks += counts.mappedBlocks;
       exclusiveBlocks += counts.exclusiveBlocks;
     }
     usage.set(id, { mappedBlocks, exclusiveBlocks, sharedBlocks: mappedBlocks - exclusiveBlocks });
   }
   return usage;
-}
-
-/** The leaves under a mapping tree node, in key order; memoized per node, so shared subtrees are read once. */
-function leavesOf(
-  tm: BlockManager,
-  mappingTree: BTree<Extent>,
-  blockNr: number,
-  memo: Map<number, number[]>,
-  leafExtents: Map<number, Extent[]>,
-  levelsLeft: number,
-): number[] {
-  const known = memo.get(blockNr);
-  if (known !== undefined) return known;
-  assert(levelsLeft > 0, `mapping tree deeper than ${BTREE_DEPTH_MAX} levels at block ${blockNr}`);
-  const block = tm.read(blockNr, BTREE_BLOCK_TYPES);
-  const count = entryCount(block);
-  let leaves: number[];
-  if (isLeaf(block)) {
-    const extents: Extent[] = [];
-    for (let index = 0; index < count; index += 1) extents.push(mappingTree.codec.unpack(block.view, valueOffset(block, index)));
-    leafExtents.set(blockNr, extents);
-    leaves = [blockNr];
-  } else {
-    leaves = [];
-    for (let index = 0; index < count; index += 1) {
-      for (const leaf of leavesOf(tm, mappingTree, childAt(block, index), memo, leafExtents, levelsLeft - 1)) leaves.push(leaf);
-    }
-  }
-  memo.set(blockNr, leaves);
-  return leaves;
 }
 
 /** Distinct data blocks some mapping refers to: equals the data space map's used count. */

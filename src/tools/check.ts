@@ -21,8 +21,18 @@ import { isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import type { DirectoryLock } from '../io/lock.ts';
-import { BTREE_BLOCK_TYPES, BlockType, SpaceMap, blockProblem, TransactionManager, TreeKind, TreeWalker, refCountExtentCodec, type ValueCodec } from '../pdata/index.ts';
-import { childAt, entryCount, isLeaf, keyAt } from '../pdata/btree/node.ts';
+import {
+  BTREE_BLOCK_TYPES,
+  BlockType,
+  SpaceMap,
+  SubtreeShapes,
+  blockProblem,
+  TransactionManager,
+  TreeKind,
+  TreeWalker,
+  refCountExtentCodec,
+  type ValueCodec,
+} from '../pdata/index.ts';
 import {
   decodeDetails,
   decodePoolPayload,
@@ -271,6 +281,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
   const leafSummaries = new Map<number, Subtree>();
   let leafBlockNrNow = -1;
   let leafSummaryNow: Subtree | undefined;
+  const shapes = new SubtreeShapes();
   const subtrees = new Map<number, Subtree | null>();
   const totalBlocks = devices.reduce((total, [, value]) => total + value.mappedBlockCount, 0);
   let doneBlocks = 0;
@@ -317,8 +328,11 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
       checker.problem(where, `creation time ${value.creationTime} or snapshotted time ${value.snapshottedTime} is after the pool time ${payload.time}`);
     }
 
-    // Mapping tree: the walker reads and validates each distinct node once.
+    // Mapping tree: the walker reads and validates each distinct node once; the shapes it
+    // records (shared subtrees included) are folded into per-subtree summaries below.
     walker.walk(value.mappingRoot, extentCodec, {
+      node: shapes.node,
+      revisit: shapes.revisit,
       leaf: (key, extent, leafBlockNr) => {
         const endKey = key + extent.lengthBlocks;
         if (leafBlockNr !== leafBlockNrNow || leafSummaryNow === undefined) {
@@ -359,7 +373,12 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
       },
     });
     options.onProgress?.(Math.min(doneBlocks, totalBlocks), totalBlocks);
-    const summary = summarize(tm, value.mappingRoot, where, checker, corruptNodes, leafSummaries, subtrees, 0);
+    const summary = shapes.fold(
+      value.mappingRoot,
+      (leaf) => leafSummaries.get(leaf),
+      (node, pieces) => combineSubtrees(node, pieces, where, checker),
+      { memo: subtrees, skip: (blockNr) => corruptNodes.has(blockNr) },
+    );
     const mapped = summary?.mappedBlocks ?? 0;
     stats.mappedBlocks += mapped;
     stats.mappingEntries += summary?.entries ?? 0;
@@ -428,45 +447,13 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
 }
 
 /**
- * Summarizes the mapping subtree at blockNr (memoized: a shared subtree is summarized once),
- * checking that extents follow one another without overlap. Depth is bounded: the walker has
- * checked that levels decrease by one per step from below BTREE_DEPTH_MAX.
+ * The summary of a mapping subtree from its children's (a shared subtree is summarized once, see
+ * SubtreeShapes), checking that their extents follow one another without overlap (F-POOL-21).
  */
-function summarize(
-  tm: TransactionManager,
-  blockNr: number,
-  where: string,
-  checker: Checker,
-  corruptNodes: Set<number>,
-  leafSummaries: Map<number, Subtree>,
-  memo: Map<number, Subtree | null>,
-  depth: number,
-): Subtree | undefined {
-  const known = memo.get(blockNr);
-  if (known !== undefined) return known ?? undefined;
-  if (corruptNodes.has(blockNr) || depth > 64) return undefined;
-  let result: Subtree | undefined;
-  let block;
-  try {
-    block = tm.read(blockNr, [BlockType.btreeInternal, BlockType.btreeLeaf]);
-  } catch {
-    return undefined; // reported by the walker
-  }
-  const pieces: Subtree[] = [];
-  if (isLeaf(block)) {
-    const leafSummary = leafSummaries.get(blockNr);
-    if (leafSummary !== undefined) pieces.push(leafSummary);
-  } else {
-    const count = entryCount(block);
-    for (let index = 0; index < count; index += 1) {
-      const child = summarize(tm, childAt(block, index), where, checker, corruptNodes, leafSummaries, memo, depth + 1);
-      if (child !== undefined) pieces.push(child);
-    }
-  }
+function combineSubtrees(blockNr: number, pieces: Subtree[], where: string, checker: Checker): Subtree | undefined {
   for (let index = 1; index < pieces.length; index += 1) {
     const previous = pieces[index - 1]!;
     const next = pieces[index]!;
-    // F-POOL-21: entries never overlap.
     if (previous.endKey > next.firstKey) {
       checker.problem(
         `${where}, mapping node ${blockNr}, virtual blocks [${next.firstKey}, ${previous.endKey})`,
@@ -474,17 +461,14 @@ function summarize(
       );
     }
   }
-  if (pieces.length > 0) {
-    result = {
-      firstKey: pieces[0]!.firstKey,
-      endKey: Math.max(...pieces.map((piece) => piece.endKey)),
-      mappedBlocks: pieces.reduce((total, piece) => total + piece.mappedBlocks, 0),
-      entries: pieces.reduce((total, piece) => total + piece.entries, 0),
-      maxTime: Math.max(...pieces.map((piece) => piece.maxTime)),
-    };
-  }
-  memo.set(blockNr, result ?? null);
-  return result;
+  if (pieces.length === 0) return undefined;
+  return {
+    firstKey: pieces[0]!.firstKey,
+    endKey: Math.max(...pieces.map((piece) => piece.endKey)),
+    mappedBlocks: pieces.reduce((total, piece) => total + piece.mappedBlocks, 0),
+    entries: pieces.reduce((total, piece) => total + piece.entries, 0),
+    maxTime: Math.max(...pieces.map((piece) => piece.maxTime)),
+  };
 }
 
 /** Ranges where two sorted, disjoint run lists disagree on the count. */

@@ -25,11 +25,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
-import { BTREE_BLOCK_TYPES, BlockType, TreeWalker, type ValueCodec } from '../pdata/index.ts';
-import { childAt, entryCount, isLeaf, nodeTreeKind } from '../pdata/btree/node.ts';
+import { BlockType, TreeWalker, type ValueCodec, type WalkVisitor } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
-  MAPPING_TREE_KIND,
   decodeDetails,
   validateVolumeName,
   type DeviceValue,
@@ -244,19 +242,22 @@ function recoverOrphans(
   const result = new Map<number, Map<number, Recovered>>();
   if (holes.length === 0) return result;
 
+  // Every block still counted that no walk reached is walked as a root of its own: one that reads
+  // as a mapping node (of the generation repaired from: pdata's read refuses a newer one) is a
+  // candidate; a node reached under another candidate, first or again (revisit), is not a top.
+  // Blocks that are not mapping nodes are reported corrupt to the scan, and left alone.
+  const scan = new TreeWalker(tm);
   const candidates: number[] = [];
   const children = new Set<number>();
+  const scanVisitor: WalkVisitor<Extent> = {
+    node: (visit) => (visit.path.length === 1 ? candidates.push(visit.blockNr) : children.add(visit.blockNr)),
+    revisit: (visit) => {
+      if (visit.path.length > 1) children.add(visit.blockNr);
+    },
+  };
   for (let blockNr = 0; blockNr < tm.metadataBlockCount; blockNr += 1) {
     if (tm.refCount(blockNr) === 0 || reached.has(blockNr) || unreadable.has(blockNr)) continue;
-    let block;
-    try {
-      block = tm.read(blockNr, BTREE_BLOCK_TYPES);
-    } catch {
-      continue; // not a tree node, or unreadable: nothing to recover from it
-    }
-    if (nodeTreeKind(block) !== MAPPING_TREE_KIND || block.transactionId > tm.durableTransactionId) continue;
-    candidates.push(blockNr);
-    if (!isLeaf(block)) for (let index = 0; index < entryCount(block); index += 1) children.add(childAt(block, index));
+    scan.walk(blockNr, extentCodec, scanVisitor);
   }
   for (const top of candidates.filter((blockNr) => !children.has(blockNr))) {
     const extents: Array<[number, Extent]> = [];

@@ -1,6 +1,9 @@
 // The walker: visits every node reachable from one or more roots exactly once, however many
 // parents or roots share it, and counts the references it saw to each node. It owns the reading,
-// the set of nodes already seen and the error bookkeeping; check, dump and ls are visitors.
+// the set of nodes already seen and the error bookkeeping; check, the pool's usage report and
+// repair's orphan search are visitors. A node reached again (a subtree shared by snapshots, or by
+// two parents) is told to the visitor's revisit(), so a visitor can account for a shared subtree
+// without walking it again or reading its nodes by hand (subtrees.ts folds summaries up that way).
 //
 // A corrupt node is reported (with the path of block numbers from its root and the key range its
 // parent promised) and its subtree skipped; the walk goes on. Reference counts a checker needs:
@@ -40,6 +43,12 @@ export interface CorruptNode {
 export interface WalkVisitor<V> {
   /** Once per distinct node, before its children. */
   node?(visit: NodeVisit): void;
+  /**
+   * Once per further reference to a node already visited whole (another parent's entry, or
+   * another root), once that reference was checked against what the node is (tree kind, level,
+   * transaction, key bounds). Its subtree is not walked again. `path` ends with the node.
+   */
+  revisit?(visit: NodeVisit): void;
   /** Once per entry of each distinct leaf. */
   leaf?(key: number, value: V, leafBlockNr: number): void;
   /** A node that cannot be read or breaks an invariant; its subtree is skipped. */
@@ -47,9 +56,12 @@ export interface WalkVisitor<V> {
 }
 
 interface Seen {
+  /** The node read and passed its checks (it was visited); false for a corrupt node. */
+  visited: boolean;
   treeKind: number;
   transactionId: number | undefined;
   level: number;
+  entryCount: number;
   firstKey: number | undefined;
   lastKey: number | undefined;
 }
@@ -103,6 +115,17 @@ export class TreeWalker {
       if (seen !== undefined) {
         const problem = revisitProblem(seen, codec.treeKind, pending);
         if (problem !== undefined) report(pending, corruptNode(pending, problem));
+        else if (seen.visited && visitor.revisit !== undefined) {
+          visitor.revisit({
+            blockNr,
+            treeKind: seen.treeKind,
+            level: seen.level,
+            entryCount: seen.entryCount,
+            keyBegin: pending.keyBegin,
+            keyEnd: pending.keyEnd,
+            path: pending.path,
+          });
+        }
         continue;
       }
       let block;
@@ -118,7 +141,15 @@ export class TreeWalker {
         }
       } catch (error) {
         if (!isThinError(error)) throw error;
-        this.#seen.set(blockNr, { treeKind: codec.treeKind, transactionId: undefined, level: pending.level ?? -1, firstKey: undefined, lastKey: undefined });
+        this.#seen.set(blockNr, {
+          visited: false,
+          treeKind: codec.treeKind,
+          transactionId: undefined,
+          level: pending.level ?? -1,
+          entryCount: 0,
+          firstKey: undefined,
+          lastKey: undefined,
+        });
         report(pending, error);
         continue;
       }
@@ -132,13 +163,16 @@ export class TreeWalker {
       });
       const count = entryCount(block);
       const level = nodeLevel(block);
-      this.#seen.set(blockNr, {
+      const seenNow: Seen = {
+        visited: false,
         treeKind: codec.treeKind,
         transactionId: block.transactionId,
         level,
+        entryCount: count,
         firstKey: problem === undefined && count > 0 ? keyAt(block, 0) : undefined,
         lastKey: problem === undefined && count > 0 ? keyAt(block, count - 1) : undefined,
-      });
+      };
+      this.#seen.set(blockNr, seenNow);
       if (problem !== undefined) {
         report(pending, corruptNode(pending, problem));
         continue;
@@ -161,9 +195,11 @@ export class TreeWalker {
           report(pending, corruptNode(pending, `bad value at entry ${values.length}: ${error.message}`));
           continue;
         }
+        seenNow.visited = true;
         if (visitor.leaf !== undefined) for (const [key, value] of values) visitor.leaf(key, value, blockNr);
         continue;
       }
+      seenNow.visited = true;
       // Push children in reverse so they are visited in key order.
       for (let index = count - 1; index >= 0; index--) {
         stack.push({
