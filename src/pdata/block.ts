@@ -58,6 +58,10 @@ export class Block {
   get transactionId(): number {
     return getU64(this.view, BlockHeader.transactionIdOffset);
   }
+
+  get poolId(): bigint {
+    return this.view.getBigUint64(BlockHeader.poolIdOffset, true);
+  }
 }
 export type WritableBlock = Block;
 

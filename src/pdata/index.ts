@@ -25,4 +25,4 @@ export { TreeWalker } from './btree/walker.ts';
 export type { NodeVisit, CorruptNode, WalkVisitor } from './btree/walker.ts';
 export { SubtreeShapes } from './btree/subtrees.ts';
 export type { FoldOptions } from './btree/subtrees.ts';
-export { nodeCapacity, CHILD_VALUE_BYTES } from './btree/node.ts';
+export { nodeCapacity, nodeLevel, nodeTreeKind, CHILD_VALUE_BYTES } from './btree/node.ts';

@@ -1,9 +1,10 @@
 // `thinbd check`: verifies a pool's metadata against itself without writing anything.
 //
-// What is checked (docs/format.md F-POOL rules; thin_check does the same for dm-thin, except that
-// it skips data reference counts — refs/dm-thin-interop.md §3 — which this checker counts):
+// What is checked (docs/format.md F-POOL rules; thin-provisioning-tools' thin_check does the same
+// for dm-thin, except that it does not count data references, which this checker does):
 // - the superblock copies (an invalid copy is a warning: a crash leaves one), a newer generation
-//   passed over (a problem: it was committed and then damaged), the metadata file's size;
+//   passed over (a problem: it was committed and then damaged), the metadata file's size, the
+//   delta log (open.ts, shared with repair);
 // - every metadata block reached: checksum, type, own location, pool id (pdata's read);
 // - every B+tree: node invariants, key order and the bounds parents promise (pdata's walker);
 // - the superblock payload, every device value and details block: names valid and unique, sizes,
@@ -15,42 +16,32 @@
 //   referenced but free, no miscount.
 //
 // It keeps going after a problem and names the place of each: a block number, a volume, a key or
-// block range. A node found corrupt is reported once and its subtree skipped.
+// block range. A node found corrupt is reported once and its subtree skipped. The work is a few
+// phases over one context, in this order: the data space map, the device tree, the volumes (and
+// their mapping trees), the data reference counts, the metadata reference counts.
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
-import { isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { FileBlockFile } from '../io/file.ts';
-import type { DirectoryLock } from '../io/lock.ts';
 import {
   BTREE_BLOCK_TYPES,
   BlockType,
   SpaceMap,
   SubtreeShapes,
   blockProblem,
-  TransactionManager,
   TreeKind,
   TreeWalker,
   refCountExtentCodec,
+  type TransactionManager,
   type ValueCodec,
 } from '../pdata/index.ts';
-import {
-  decodeDetails,
-  decodePoolPayload,
-  type DeviceValue,
-  type PoolPayload,
-} from '../pool/codecs.ts';
-import type { CoverageRun } from '../pool/ranges.ts';
+import { decodeDetails, type DeviceValue, type PoolPayload } from '../pool/codecs.ts';
+import type { PoolFiles } from '../pool/files.ts';
+import type { CoverageRun, Extent } from '../pool/ranges.ts';
+import { deviceReadCodec, extentReadCodec, staleBlockProblem } from '../pool/trees.ts';
+import { openPoolForTools, type FindingKind, type ToolsOpen } from './open.ts';
+import type { Problem } from './problem.ts';
 import { ReferenceRuns } from './reference-runs.ts';
-import { readDeltaLog } from '../journal/replay.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME, lockPool, type PoolFiles } from '../pool/files.ts';
-import { deviceReadCodec, extentReadCodec, staleBlockProblem, validatePayloadRoots } from '../pool/trees.ts';
-import path from 'node:path';
 
-export interface CheckProblem {
-  /** Where: "superblock", "metadata block 17", "volume web (id 3), mapping leaf 812, blocks [40, 48)", … */
-  where: string;
-  message: string;
-}
+export type CheckProblem = Problem;
 
 export interface CheckStats {
   transactionId: number;
@@ -72,9 +63,9 @@ export interface CheckStats {
 
 export interface CheckReport {
   ok: boolean;
-  problems: CheckProblem[];
+  problems: Problem[];
   /** States a crash or a damaged copy leaves that open copes with (a superblock copy that does not validate, a fall back). */
-  warnings: CheckProblem[];
+  warnings: Problem[];
   stats: CheckStats;
 }
 
@@ -90,55 +81,22 @@ const PROGRESS_EXTENTS_STEP = 65536;
 
 const PROBLEMS_MAX_DEFAULT = 1000;
 
+/** What the opener finds that open copes with: warnings. Every other finding is a problem. */
+const WARNING_KINDS: ReadonlySet<FindingKind> = new Set(['superblock-copy', 'log-records']);
+
 /** Checks the pool in a directory (taking its lock, opening read-only) or on given block files. */
 export async function checkPool(target: string | PoolFiles, options: CheckOptions = {}): Promise<CheckReport> {
-  if (typeof target !== 'string') return checkFiles(target, options);
-  let lock: DirectoryLock | undefined;
-  const opened: Partial<PoolFiles> = {};
+  const opened = await openPoolForTools(target);
   try {
-    lock = lockPool(target);
-    opened.metadata = await FileBlockFile.open(path.join(target, METADATA_FILE_NAME), { readOnly: true });
-    opened.data = await FileBlockFile.open(path.join(target, DATA_FILE_NAME), { readOnly: true });
-    return await checkFiles(opened as PoolFiles, options);
+    return checkOpened(opened, options);
   } finally {
-    await opened.metadata?.close().catch(() => undefined);
-    await opened.data?.close().catch(() => undefined);
-    lock?.release();
+    await opened.view?.close();
   }
 }
 
-/** What is wrong with a block in use that no walk reached, read as a tree node or details block; never-written blocks pass. */
-function unreachedBlockProblem(file: BlockFile, blockNr: number, tm: TransactionManager): string | undefined {
-  const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
-  file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
-  if (bytes.every((byte) => byte === 0)) return undefined;
-  return blockProblem(bytes, {
-    blockNr,
-    expectedType: [...BTREE_BLOCK_TYPES, BlockType.details],
-    poolId: tm.poolId,
-    transactionIdMax: tm.durableTransactionId,
-  });
-}
-
-function isAllZeros(file: BlockFile, blockNr: number): boolean {
-  const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
-  file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
-  return bytes.every((byte) => byte === 0);
-}
-
-/** Summary of a mapping subtree, for ordering and counts per volume. */
-interface Subtree {
-  firstKey: number;
-  /** One past the last virtual block mapped. */
-  endKey: number;
-  mappedBlocks: number;
-  entries: number;
-  maxTime: number;
-}
-
 class Checker {
-  readonly problems: CheckProblem[] = [];
-  readonly warnings: CheckProblem[] = [];
+  readonly problems: Problem[] = [];
+  readonly warnings: Problem[] = [];
   #problemsMax: number;
   #omitted = 0;
 
@@ -160,133 +118,122 @@ function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<CheckReport> {
+/** Summary of a mapping subtree, for ordering and counts per volume. */
+interface Subtree {
+  firstKey: number;
+  /** One past the last virtual block mapped. */
+  endKey: number;
+  mappedBlocks: number;
+  entries: number;
+  maxTime: number;
+}
+
+/** What the phases share. */
+interface CheckContext {
+  readonly checker: Checker;
+  readonly stats: CheckStats;
+  readonly options: CheckOptions;
+  readonly tm: TransactionManager;
+  readonly metadataFile: BlockFile;
+  readonly payload: PoolPayload;
+  /** One walker for every tree: it counts the metadata references the last phase compares. */
+  readonly walker: TreeWalker;
+  /** Nodes found corrupt or stale: below them nothing was counted. */
+  readonly corruptNodes: Set<number>;
+  /** Data references the mappings imply (F-POOL-23), one per distinct leaf entry. */
+  readonly dataReferences: ReferenceRuns;
+  dataSpace: SpaceMap | undefined;
+  devices: Array<[number, DeviceValue]>;
+}
+
+function checkOpened(opened: ToolsOpen, options: CheckOptions): CheckReport {
   const checker = new Checker(options.problemsMax ?? PROBLEMS_MAX_DEFAULT);
   const stats: CheckStats = {
-    transactionId: 0,
+    transactionId: opened.tm?.durableTransactionId ?? 0,
     volumes: 0,
     mappingEntries: 0,
     mappedBlocks: 0,
     dataBlocksReferenced: 0,
     dataBlocksUsed: 0,
-    metadataBlocksUsed: 0,
+    metadataBlocksUsed: opened.tm?.metadataBlocksUsed ?? 0,
     metadataNodes: 0,
-    logRecords: 0,
+    logRecords: opened.logRecords,
   };
-  const report = (): CheckReport => {
-    checker.finish();
-    return { ok: checker.problems.length === 0, problems: checker.problems, warnings: checker.warnings, stats };
-  };
+  for (const finding of opened.findings) {
+    if (WARNING_KINDS.has(finding.kind)) checker.warnings.push({ where: finding.where, message: finding.message });
+    else checker.problem(finding.where, finding.message);
+  }
+  const { view } = opened;
+  if (view !== undefined) {
+    const context: CheckContext = {
+      checker,
+      stats,
+      options,
+      tm: view.tm,
+      metadataFile: view.files.metadata,
+      payload: view.payload,
+      walker: new TreeWalker(view.tm),
+      corruptNodes: new Set(),
+      dataReferences: new ReferenceRuns(),
+      dataSpace: undefined,
+      devices: [],
+    };
+    checkDataSpaceMap(context);
+    checkDeviceTree(context);
+    checkVolumes(context);
+    checkDataReferences(context);
+    checkMetadataReferences(context);
+  }
+  checker.finish();
+  return { ok: checker.problems.length === 0, problems: checker.problems, warnings: checker.warnings, stats };
+}
 
-  // ---- superblock ----
-  let tm: TransactionManager;
-  let payloadBytes: Uint8Array;
-  try {
-    let opened;
-    try {
-      opened = await TransactionManager.open(files.metadata, { readOnly: true, validatePayload: validatePayloadRoots });
-    } catch (error) {
-      // No generation's roots validate (a root every generation on disk shares is damaged): the
-      // newest generation whose superblock and metadata space map do is still worth checking,
-      // so that the walks below name the damaged node and everything else is judged.
-      if (!isThinError(error, 'THIN_CORRUPT_SUPERBLOCK')) throw error;
-      opened = await TransactionManager.open(files.metadata, { readOnly: true });
-      checker.problem('superblock', `no generation's roots validate, generation ${opened.report.generation} checked as it is: ${error.message}`);
-    }
-    tm = opened.tm;
-    payloadBytes = opened.payload;
-    for (const copy of opened.report.copies) {
-      // Until the first generation of the other parity is committed, its copies are rightly empty.
-      const neverYetWritten = opened.report.generation < 2 && copy.copyIndex % 2 !== opened.report.generation % 2 && isAllZeros(files.metadata, copy.blockNr);
-      if (copy.problem !== undefined && !neverYetWritten) checker.warnings.push({ where: `superblock copy ${copy.copyIndex} (metadata block ${copy.blockNr})`, message: copy.problem });
-    }
-    // A generation with a valid superblock copy whose trees do not validate was committed and
-    // then damaged: a problem, unlike a copy a crash tore (a warning above).
-    for (const rejected of opened.report.rejected) {
-      checker.problem(`superblock generation ${rejected.generation}`, `passed over, generation ${opened.report.generation} checked instead: ${rejected.problem}`);
-    }
-  } catch (error) {
-    checker.problem('superblock', messageOf(error));
-    return report();
-  }
-  // Flushes after the checked generation may be delta-log records not yet rolled up into the
-  // trees checked below; the next read-write open replays them (docs/format.md "Delta log").
-  // Check reads no further than naming them: it never writes, so it never replays.
-  try {
-    const log = await readDeltaLog(files.metadata, { poolId: tm.poolId, baseGeneration: tm.generation });
-    stats.logRecords = log.records.length;
-    if (log.records.length > 0) {
-      checker.warnings.push({
-        where: 'delta log',
-        message:
-          `${log.records.length} record(s) after generation ${tm.generation} hold flushed changes not yet rolled up into ` +
-          'the trees checked here; the next read-write open replays them (a crash or kill left them)',
-      });
-    }
-  } catch (error) {
-    checker.problem('delta log', messageOf(error));
-  }
-  // A metadata file shorter than the superblock says (cut short by a copy or a resize) reads as
-  // zeros past its end: blocks there are lost, and the next commit could not write them.
-  const metadataBytes = files.metadata.sizeBytes();
-  if (metadataBytes < tm.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES) {
-    checker.problem(
-      'metadata file',
-      `${metadataBytes} bytes, shorter than the ${tm.metadataBlockCount} blocks of ${METADATA_BLOCK_SIZE_BYTES} bytes the superblock records (truncated?)`,
-    );
-  }
-  stats.transactionId = tm.durableTransactionId;
-  stats.metadataBlocksUsed = tm.metadataBlocksUsed;
-  let payload: PoolPayload;
-  try {
-    payload = decodePoolPayload(payloadBytes, tm.metadataBlockCount);
-  } catch (error) {
-    checker.problem('superblock payload', messageOf(error));
-    return report();
-  }
-  const blockSizeBytes = payload.blockSizeBytes;
-  const walker = new TreeWalker(tm);
-  const corruptWhere = (tree: string, problem: { blockNr: number; path: number[] }): string =>
-    `${tree}, metadata block ${problem.blockNr} (path ${problem.path.join(' → ')})`;
+function corruptWhere(tree: string, problem: { blockNr: number; path: number[] }): string {
+  return `${tree}, metadata block ${problem.blockNr} (path ${problem.path.join(' → ')})`;
+}
 
-  // ---- data space map ----
-  let dataSpace: SpaceMap | undefined;
-  walker.walk(payload.dataSpaceMapRoot, refCountExtentCodec(TreeKind.dataSpaceMap), {
+/** The data space map's tree, and its extents (F-SM-1..4). */
+function checkDataSpaceMap(context: CheckContext): void {
+  const { checker, payload } = context;
+  context.walker.walk(payload.dataSpaceMapRoot, refCountExtentCodec(TreeKind.dataSpaceMap), {
     corrupt: (problem) => checker.problem(corruptWhere('data space map', problem), problem.error.message),
   });
   try {
-    dataSpace = new SpaceMap(tm, payload.dataSpaceMapRoot, payload.dataBlockCount);
-    stats.dataBlocksUsed = dataSpace.usedBlockCount;
+    context.dataSpace = new SpaceMap(context.tm, payload.dataSpaceMapRoot, payload.dataBlockCount);
+    context.stats.dataBlocksUsed = context.dataSpace.usedBlockCount;
   } catch (error) {
     checker.problem('data space map', `${messageOf(error)}; data reference counts are not checked`);
   }
+}
 
-  // ---- device tree ----
+function checkDeviceTree(context: CheckContext): void {
   const devices: Array<[number, DeviceValue]> = [];
-  walker.walk(payload.deviceTreeRoot, deviceReadCodec, {
+  context.walker.walk(context.payload.deviceTreeRoot, deviceReadCodec, {
     leaf: (id, value) => devices.push([id, value]),
-    corrupt: (problem) => checker.problem(corruptWhere('device tree', problem), problem.error.message),
+    corrupt: (problem) => context.checker.problem(corruptWhere('device tree', problem), problem.error.message),
   });
   devices.sort((a, b) => a[0] - b[0]);
-  stats.volumes = devices.length;
+  context.devices = devices;
+  context.stats.volumes = devices.length;
+}
 
-  // ---- volumes ----
+/** Every volume: its device value, details block and mapping tree. */
+function checkVolumes(context: CheckContext): void {
+  const { checker, tm, payload, walker, stats, options, corruptNodes } = context;
   const extentCodec = extentReadCodec(payload.dataBlockCount);
-  const dataReferences = new ReferenceRuns();
   const names = new Map<string, number>();
-  const ids = new Set(devices.map(([id]) => id));
-  const corruptNodes = new Set<number>();
+  const ids = new Set(context.devices.map(([id]) => id));
   // Each distinct leaf's summary, built as the walker hands over its entries (in key order): the
-  // per-leaf figures summarize() needs, without keeping every extent in memory.
+  // per-leaf figures the subtree summaries need, without keeping every extent in memory.
   const leafSummaries = new Map<number, Subtree>();
   let leafBlockNrNow = -1;
   let leafSummaryNow: Subtree | undefined;
   const shapes = new SubtreeShapes();
   const subtrees = new Map<number, Subtree | null>();
-  const totalBlocks = devices.reduce((total, [, value]) => total + value.mappedBlockCount, 0);
+  const totalBlocks = context.devices.reduce((total, [, value]) => total + value.mappedBlockCount, 0);
   let doneBlocks = 0;
   let extentsWalked = 0;
-  for (const [id, value] of devices) {
+  for (const [id, value] of context.devices) {
     let where = `volume id ${id}`;
     // Details block: one reference from the device value (F-POOL-30).
     walker.references.set(value.detailsBlock, walker.referenceCount(value.detailsBlock) + 1);
@@ -355,17 +302,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
         doneBlocks += extent.lengthBlocks;
         extentsWalked += 1;
         if (options.onProgress !== undefined && extentsWalked % PROGRESS_EXTENTS_STEP === 0) options.onProgress(Math.min(doneBlocks, totalBlocks), totalBlocks);
-        // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
-        // Runs that continue one another are joined as they come (the sweep's sum is the same): a
-        // volume written in order gives one run, not one per extent.
-        dataReferences.add(extent.dataBlock, extent.dataBlock + extent.lengthBlocks);
-        // F-POOL-40: every mapped data block lies below the high-water mark.
-        if (extent.dataBlock + extent.lengthBlocks > payload.dataHighWaterMark) {
-          checker.problem(
-            `${where}, mapping leaf ${leafBlockNr}, virtual block ${key}`,
-            `data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) reach past the high-water mark ${payload.dataHighWaterMark}`,
-          );
-        }
+        checkExtent(context, where, key, extent, leafBlockNr);
       },
       corrupt: (problem) => {
         corruptNodes.add(problem.blockNr);
@@ -387,7 +324,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
       checker.problem(where, `maps ${mapped} blocks, but its device entry says ${value.mappedBlockCount}`);
     }
     if (summary !== undefined) {
-      const sizeBlocks = Math.ceil(value.sizeBytes / blockSizeBytes);
+      const sizeBlocks = Math.ceil(value.sizeBytes / payload.blockSizeBytes);
       // F-POOL-14: no mapping past the volume's end.
       if (summary.endKey > sizeBlocks) {
         checker.problem(`${where}, virtual blocks [${sizeBlocks}, ${summary.endKey})`, `mapped past the end of the volume (${value.sizeBytes} bytes, ${sizeBlocks} blocks)`);
@@ -396,30 +333,50 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
     }
   }
   stats.metadataNodes = walker.nodeCount;
+}
 
-  // ---- data reference counts (F-POOL-23) ----
-  const expected = dataReferences.coverage();
-  stats.dataBlocksReferenced = expected.reduce((total, run) => total + (run.end - run.begin), 0);
-  if (dataSpace !== undefined) {
-    const actual: CoverageRun[] = [];
-    try {
-      for (const extent of dataSpace.extents()) actual.push({ begin: extent.begin, end: extent.begin + extent.lengthBlocks, count: extent.count });
-      const anyCorrupt = walker.corruptions.length > 0 || corruptNodes.size > 0;
-      for (const difference of differences(expected, actual)) {
-        // Mappings under a corrupt node were not seen: counts above what was seen cannot be judged.
-        if (anyCorrupt && difference.actual > difference.expected) continue;
-        const where = `data blocks [${difference.begin}, ${difference.end})`;
-        if (difference.actual === 0) checker.problem(where, `referenced ${difference.expected} times by mappings but free in the data space map`);
-        else if (difference.expected === 0) checker.problem(where, `leaked: the data space map counts ${difference.actual} references, no mapping refers to them`);
-        else checker.problem(where, `the data space map counts ${difference.actual} references, mappings hold ${difference.expected}`);
-      }
-    } catch (error) {
-      checker.problem('data space map', messageOf(error));
-    }
+/** One mapping of a distinct leaf: counted as a data reference, and within the high-water mark. */
+function checkExtent(context: CheckContext, where: string, key: number, extent: Extent, leafBlockNr: number): void {
+  // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
+  // Runs that continue one another are joined as they come (the sweep's sum is the same): a
+  // volume written in order gives one run, not one per extent.
+  context.dataReferences.add(extent.dataBlock, extent.dataBlock + extent.lengthBlocks);
+  // F-POOL-40: every mapped data block lies below the high-water mark.
+  const mark = context.payload.dataHighWaterMark;
+  if (extent.dataBlock + extent.lengthBlocks > mark) {
+    context.checker.problem(
+      `${where}, mapping leaf ${leafBlockNr}, virtual block ${key}`,
+      `data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) reach past the high-water mark ${mark}`,
+    );
   }
+}
 
-  // ---- metadata reference counts ----
-  // The payload owns the device tree and data space map roots (counted by their walks above).
+/** The data space map's counts against the references the mappings hold (F-POOL-23). */
+function checkDataReferences(context: CheckContext): void {
+  const { checker, walker, corruptNodes, dataSpace } = context;
+  const expected = context.dataReferences.coverage();
+  context.stats.dataBlocksReferenced = expected.reduce((total, run) => total + (run.end - run.begin), 0);
+  if (dataSpace === undefined) return;
+  const actual: CoverageRun[] = [];
+  try {
+    for (const extent of dataSpace.extents()) actual.push({ begin: extent.begin, end: extent.begin + extent.lengthBlocks, count: extent.count });
+    const anyCorrupt = walker.corruptions.length > 0 || corruptNodes.size > 0;
+    for (const difference of differences(expected, actual)) {
+      // Mappings under a corrupt node were not seen: counts above what was seen cannot be judged.
+      if (anyCorrupt && difference.actual > difference.expected) continue;
+      const where = `data blocks [${difference.begin}, ${difference.end})`;
+      if (difference.actual === 0) checker.problem(where, `referenced ${difference.expected} times by mappings but free in the data space map`);
+      else if (difference.expected === 0) checker.problem(where, `leaked: the data space map counts ${difference.actual} references, no mapping refers to them`);
+      else checker.problem(where, `the data space map counts ${difference.actual} references, mappings hold ${difference.expected}`);
+    }
+  } catch (error) {
+    checker.problem('data space map', messageOf(error));
+  }
+}
+
+/** Every metadata block's count against the references the walks found (the payload owns the two roots walked first). */
+function checkMetadataReferences(context: CheckContext): void {
+  const { checker, walker, corruptNodes } = context;
   try {
     const corruptionsBefore = walker.corruptions.length;
     const mismatches = walker.metadataReferenceMismatches(refCountExtentCodec(TreeKind.metadataSpaceMap) as ValueCodec<unknown>);
@@ -428,7 +385,7 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
       // Below a corrupt node nothing was counted: the counts there cannot be judged. But the
       // blocks no walk reached are still read, so that damage under an unreadable node is named.
       if (corruptNodes.size > 0 && mismatch.seen < mismatch.counted) {
-        const problem = mismatch.seen === 0 ? unreachedBlockProblem(files.metadata, mismatch.blockNr, tm) : undefined;
+        const problem = mismatch.seen === 0 ? unreachedBlockProblem(context, mismatch.blockNr) : undefined;
         if (problem !== undefined) checker.problem(`metadata block ${mismatch.blockNr} (in use, reached by no tree walk: under an unreadable node?)`, problem);
         continue;
       }
@@ -443,7 +400,19 @@ async function checkFiles(files: PoolFiles, options: CheckOptions): Promise<Chec
   } catch (error) {
     checker.problem('metadata space map', messageOf(error));
   }
-  return report();
+}
+
+/** What is wrong with a block in use that no walk reached, read as a tree node or details block; never-written blocks pass. */
+function unreachedBlockProblem(context: CheckContext, blockNr: number): string | undefined {
+  const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+  context.metadataFile.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+  if (bytes.every((byte) => byte === 0)) return undefined;
+  return blockProblem(bytes, {
+    blockNr,
+    expectedType: [...BTREE_BLOCK_TYPES, BlockType.details],
+    poolId: context.tm.poolId,
+    transactionIdMax: context.tm.durableTransactionId,
+  });
 }
 
 /**

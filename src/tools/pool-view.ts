@@ -3,15 +3,12 @@
 // volume's mapping extents in virtual block order.
 //
 // It opens the files as `check` does — the pool's lock taken, both files read-only, pdata's
-// TransactionManager in read-only mode — so it never changes a byte and never runs beside a
-// writer. It does not use pdata's TreeWalker: that walker visits a leaf shared by several
+// TransactionManager in read-only mode (openReadOnly) — so it never changes a byte and never runs
+// beside a writer. It does not use pdata's TreeWalker: that walker visits a leaf shared by several
 // snapshots once, which is right for counting references, while dump and delta need every
 // volume's own full list of mappings; BTree.entries gives that lazily, one leaf at a time.
-import path from 'node:path';
 import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
 import { ThinError } from '../errors.ts';
-import { FileBlockFile } from '../io/file.ts';
-import type { DirectoryLock } from '../io/lock.ts';
 import { BTree, BlockType, TransactionManager, type OpenReport } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -22,7 +19,7 @@ import {
   type PoolPayload,
   type VolumeDetails,
 } from '../pool/codecs.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME, lockPool, type PoolFiles } from '../pool/files.ts';
+import { closePoolFiles, openPoolDirectory, type PoolFiles } from '../pool/files.ts';
 import { deviceReadCodec, extentReadCodec, validatePayloadRoots } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, Mapping, SuperblockBegin } from './dump/events.ts';
@@ -30,6 +27,25 @@ import type { DeviceBegin, Mapping, SuperblockBegin } from './dump/events.ts';
 const SECTOR_BYTES = 512;
 /** dm-thin's metadata version, written by the kernel and thin-provisioning-tools 1.x. */
 const DM_THIN_METADATA_VERSION = 2;
+
+/**
+ * A pool's files opened read-only: a directory's under its lock (released, and the files closed,
+ * by `release`), or block files the caller owns (release does nothing).
+ */
+export async function openReadOnly(target: string | PoolFiles): Promise<{ files: PoolFiles; release: () => Promise<void> }> {
+  if (typeof target !== 'string') return { files: target, release: async () => undefined };
+  const { files, lock } = await openPoolDirectory(target, { readOnly: true });
+  let released = false;
+  return {
+    files,
+    release: async () => {
+      if (released) return;
+      released = true;
+      await closePoolFiles(files);
+      lock.release();
+    },
+  };
+}
 
 export interface ViewDevice {
   id: number;
@@ -40,7 +56,7 @@ export interface ViewDevice {
 export interface PoolViewOptions {
   /**
    * Open the newest generation whose payload roots also validate (as the pool opens), instead of
-   * the newest whose superblock and metadata space map do: what repair starts from.
+   * the newest whose superblock and metadata space map do.
    */
   validateRoots?: boolean;
 }
@@ -50,59 +66,43 @@ export class PoolView {
   readonly payload: PoolPayload;
   /** Which superblock generation was opened and what was passed over. */
   readonly openReport: OpenReport;
-  readonly #files: PoolFiles;
-
-  /** The metadata file the view reads (repair reads the delta log from it). */
-  get metadataFile(): PoolFiles['metadata'] {
-    return this.#files.metadata;
-  }
-  readonly #ownsFiles: boolean;
-  readonly #lock: DirectoryLock | undefined;
+  /** The files the view reads (the tools opener reads the delta log and the file size from them). */
+  readonly files: PoolFiles;
+  readonly #release: () => Promise<void>;
   readonly #deviceTree: BTree<DeviceValue>;
   readonly #mappingTree: BTree<Extent>;
 
-  private constructor(files: PoolFiles, ownsFiles: boolean, lock: DirectoryLock | undefined, tm: TransactionManager, payload: PoolPayload, openReport: OpenReport) {
-    this.openReport = openReport;
-    this.#files = files;
-    this.#ownsFiles = ownsFiles;
-    this.#lock = lock;
-    this.tm = tm;
-    this.payload = payload;
-    this.#deviceTree = new BTree(tm, deviceReadCodec);
-    this.#mappingTree = new BTree(tm, extentReadCodec(payload.dataBlockCount));
+  /** Made by PoolView.open and the tools opener (open.ts); `release` closes what the view owns. */
+  constructor(files: PoolFiles, release: () => Promise<void>, opened: { tm: TransactionManager; payload: PoolPayload; report: OpenReport }) {
+    this.files = files;
+    this.#release = release;
+    this.tm = opened.tm;
+    this.payload = opened.payload;
+    this.openReport = opened.report;
+    this.#deviceTree = new BTree(opened.tm, deviceReadCodec);
+    this.#mappingTree = new BTree(opened.tm, extentReadCodec(opened.payload.dataBlockCount));
   }
 
-  /** Opens the pool in a directory (taking its lock) or on given block files. */
+  /**
+   * Opens the pool in a directory (taking its lock) or on given block files, with no fall back
+   * and no findings: what dump and delta read. check and repair use openPoolForTools (open.ts).
+   */
   static async open(target: string | PoolFiles, options: PoolViewOptions = {}): Promise<PoolView> {
-    if (typeof target !== 'string') return PoolView.#openOn(target, false, undefined, options);
-    const lock = lockPool(target);
-    const files: Partial<PoolFiles> = {};
+    const { files, release } = await openReadOnly(target);
     try {
-      files.metadata = await FileBlockFile.open(path.join(target, METADATA_FILE_NAME), { readOnly: true });
-      files.data = await FileBlockFile.open(path.join(target, DATA_FILE_NAME), { readOnly: true });
-      return await PoolView.#openOn(files as PoolFiles, true, lock, options);
+      const { tm, payload, report } = await TransactionManager.open(files.metadata, {
+        readOnly: true,
+        ...(options.validateRoots === true ? { validatePayload: validatePayloadRoots } : {}),
+      });
+      return new PoolView(files, release, { tm, payload: decodePoolPayload(payload, tm.metadataBlockCount), report });
     } catch (error) {
-      await files.metadata?.close().catch(() => undefined);
-      await files.data?.close().catch(() => undefined);
-      lock.release();
+      await release();
       throw error;
     }
   }
 
-  static async #openOn(files: PoolFiles, ownsFiles: boolean, lock: DirectoryLock | undefined, options: PoolViewOptions): Promise<PoolView> {
-    const { tm, payload, report } = await TransactionManager.open(files.metadata, {
-      readOnly: true,
-      ...(options.validateRoots === true ? { validatePayload: validatePayloadRoots } : {}),
-    });
-    return new PoolView(files, ownsFiles, lock, tm, decodePoolPayload(payload, tm.metadataBlockCount), report);
-  }
-
   async close(): Promise<void> {
-    if (this.#ownsFiles) {
-      await this.#files.metadata.close().catch(() => undefined);
-      await this.#files.data.close().catch(() => undefined);
-    }
-    this.#lock?.release();
+    await this.#release();
   }
 
   /** Every volume, by id. */

@@ -20,11 +20,12 @@
 // device, past a volume's end or overlapping an earlier one. When no superblock generation opens
 // there is nothing to start from: repair says so, unless it is given the data block size, with
 // which it finds the newest generation's roots by scanning the metadata (superblock-scan.ts).
-import { readDeltaLog } from '../journal/replay.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { FileBlockFile } from '../io/file.ts';
 import { BlockType, TreeWalker, type ValueCodec, type WalkVisitor } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -35,18 +36,21 @@ import {
 } from '../pool/codecs.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 import { checkPool, type CheckOptions, type CheckReport } from './check.ts';
-import { rebuildSuperblock } from './superblock-scan.ts';
+import { rebuildSuperblock, scanCopyBlockCount } from './superblock-scan.ts';
 import { randomBytes } from 'node:crypto';
 import type { Extent } from '../pool/ranges.ts';
 import { isPending, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
-import { PoolView } from './pool-view.ts';
+import { openPoolForTools, type FindingKind } from './open.ts';
+import { PoolView, openReadOnly } from './pool-view.ts';
+import type { Problem } from './problem.ts';
 import { deviceReadCodec, extentReadCodec } from '../pool/trees.ts';
 import { buildPool, syncDirectory, type RestoredVolume } from './restore.ts';
 
-export interface RepairLoss {
-  where: string;
-  what: string;
-}
+/** What repair could not carry over: where, and a sentence (the same shape as check's problems). */
+export type RepairLoss = Problem;
+
+/** What the opener finds that the rebuilt pool will lack: losses. */
+const LOSS_KINDS: ReadonlySet<FindingKind> = new Set(['generation-passed-over', 'log-records', 'log-unreadable']);
 
 export interface RepairReport {
   dir: string;
@@ -72,54 +76,49 @@ function range(begin: number | undefined, end: number | undefined): string {
 }
 
 /**
- * Opens what repair starts from: the generation the pool itself would open (roots validated),
- * with a fall back past a damaged newer generation reported as a loss, since what that
- * generation committed is gone.
+ * Opens what repair starts from, as check opens it (open.ts): the generation the pool itself would
+ * open, with what the rebuilt pool will lack listed as losses — a newer generation passed over
+ * (what it committed is gone), and delta log records after the generation (repair rebuilds from
+ * the trees and does not replay onto damaged ones; a pool that still opens read-write rolls them
+ * up first, e.g. with thinbd pool status). When no generation opens, the trees are found by
+ * scanning the metadata (superblock-scan.ts), given the data block size.
  */
 async function openSource(sourceDir: string, lost: RepairLoss[], scan?: { blockSizeBytes: number; scratchDir: string }): Promise<PoolView> {
-  let view: PoolView;
+  const opened = await openPoolForTools(sourceDir);
+  for (const finding of opened.findings) if (LOSS_KINDS.has(finding.kind)) lost.push({ where: finding.where, message: finding.message });
+  if (opened.view !== undefined) return opened.view;
+  const error = opened.openError;
+  if (!isThinError(error, 'THIN_CORRUPT_SUPERBLOCK')) throw error;
+  if (scan === undefined) {
+    throw new ThinError(
+      'THIN_CORRUPT_SUPERBLOCK',
+      `Cannot repair ${sourceDir}: no superblock generation opens, so there is nothing to rebuild from unless the trees are found by scanning the metadata, ` +
+        `which needs the data block size (repair -o NEWDIR --block-size SIZE) (${error.message})`,
+      { cause: error },
+    );
+  }
+  // The source stays locked and open while its copy is scanned and read.
+  const source = await openReadOnly(sourceDir);
+  let copy: BlockFile | undefined;
+  const release = async (): Promise<void> => {
+    await copy?.close().catch(() => undefined);
+    await source.release();
+  };
   try {
-    try {
-      view = await PoolView.open(sourceDir, { validateRoots: true });
-    } catch (error) {
-      // No generation's roots validate: a root every generation shares is damaged. The newest
-      // generation with a valid superblock is still the best start; the walks name what is lost.
-      if (!isThinError(error, 'THIN_CORRUPT_SUPERBLOCK')) throw error;
-      view = await PoolView.open(sourceDir);
-    }
-  } catch (error) {
-    if (isThinError(error) && error.code === 'THIN_CORRUPT_SUPERBLOCK') {
-      if (scan === undefined) {
-        throw new ThinError(
-          'THIN_CORRUPT_SUPERBLOCK',
-          `Cannot repair ${sourceDir}: no superblock generation opens, so there is nothing to rebuild from unless the trees are found by scanning the metadata, ` +
-            `which needs the data block size (repair -o NEWDIR --block-size SIZE) (${error.message})`,
-          { cause: error },
-        );
-      }
-      const scanned = await rebuildSuperblock(sourceDir, scan.scratchDir, scan.blockSizeBytes);
-      for (const note of scanned.notes) lost.push({ where: 'superblock', what: note });
-      return PoolView.open(scanned.dir, { validateRoots: true });
-    }
-    throw error;
-  }
-  for (const rejected of view.openReport.rejected) {
-    lost.push({
-      where: `superblock generation ${rejected.generation}`,
-      what: `everything committed after generation ${view.openReport.generation}, which was repaired instead: ${rejected.problem}`,
+    fs.mkdirSync(scan.scratchDir);
+    copy = await FileBlockFile.create(path.join(scan.scratchDir, METADATA_FILE_NAME), {
+      sizeBytes: scanCopyBlockCount(source.files.metadata) * METADATA_BLOCK_SIZE_BYTES,
     });
+    const scanned = await rebuildSuperblock(source.files, copy, scan.blockSizeBytes);
+    for (const note of scanned.notes) lost.push({ where: 'superblock', message: note });
+    const fromCopy = await openPoolForTools({ metadata: copy, data: source.files.data }, { release });
+    for (const finding of fromCopy.findings) if (LOSS_KINDS.has(finding.kind)) lost.push({ where: finding.where, message: finding.message });
+    if (fromCopy.view === undefined) throw fromCopy.openError;
+    return fromCopy.view;
+  } catch (scanError) {
+    await release();
+    throw scanError;
   }
-  // Flushes logged after this generation are not in its trees. Repair rebuilds from the trees
-  // and does not replay onto damaged ones, so they are named as lost; a pool that still opens
-  // read-write rolls them up first (any command that opens it, e.g. thinbd pool status).
-  const log = await readDeltaLog(view.metadataFile, { poolId: view.tm.poolId, baseGeneration: view.tm.generation }).catch(() => undefined);
-  if (log !== undefined && log.records.length > 0) {
-    lost.push({
-      where: 'delta log',
-      what: `${log.records.length} record(s) of flushes after generation ${view.tm.generation}, not replayed (opening the pool read-write before repairing would have rolled them up)`,
-    });
-  }
-  return view;
 }
 
 async function rebuild(view: PoolView, sourceDir: string, targetDir: string, options: RepairOptions, lost: RepairLoss[]): Promise<RepairReport> {
@@ -272,7 +271,7 @@ function recoverOrphans(
       if (holders.size > 1) {
         lost.push({
           where: `orphaned mapping node ${top}`,
-          what: `its mappings of virtual blocks [${keyBegin}, ${keyEnd}) fit under more than one unreadable node (${[...holders].join(', ')}), so they were not given to any volume`,
+          message: `its mappings of virtual blocks [${keyBegin}, ${keyEnd}) fit under more than one unreadable node (${[...holders].join(', ')}), so they were not given to any volume`,
         });
       }
       continue;
@@ -306,7 +305,7 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
   new TreeWalker(tm).walk(payload.deviceTreeRoot, deviceReadCodec, {
     leaf: (id, value) => devices.push([id, value]),
     corrupt: (problem) =>
-      lost.push({ where: `device tree, metadata block ${problem.blockNr}`, what: `volumes with ids in ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}` }),
+      lost.push({ where: `device tree, metadata block ${problem.blockNr}`, message: `volumes with ids in ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}` }),
   });
 
   // Bounded by 2^53 rather than the data space, so that one mapping past the data device costs
@@ -319,7 +318,7 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
       return { id, value, details: decodeDetails(block.bytes.subarray(METADATA_BLOCK_HEADER_BYTES), `of volume id ${id} (block ${value.detailsBlock})`) };
     } catch (error) {
       if (!isThinError(error)) throw error;
-      lost.push({ where: `volume id ${id}, details block ${value.detailsBlock}`, what: `its name, labels and origin (${error.message}); kept as recovered-${id}` });
+      lost.push({ where: `volume id ${id}, details block ${value.detailsBlock}`, message: `its name, labels and origin (${error.message}); kept as recovered-${id}` });
       return { id, value, details: undefined };
     }
   });
@@ -344,7 +343,7 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
           found === undefined ? '' : `; ${found.extents.length} mapping(s) under it were recovered from ${found.nodeCount} orphaned node(s) the metadata space map still counts`;
         lost.push({
           where: `${label}, mapping tree metadata block ${problem.blockNr}`,
-          what: `the mappings of virtual blocks ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}${foundText}`,
+          message: `the mappings of virtual blocks ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}${foundText}`,
         });
         if (found !== undefined) extents.push(...found.extents);
       },
@@ -355,19 +354,19 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
     let previousEnd = 0;
     for (const [key, extent] of extents) {
       if (key < previousEnd) {
-        lost.push({ where: label, what: `the mapping of virtual blocks [${key}, ${key + extent.lengthBlocks}): it overlaps the one before` });
+        lost.push({ where: label, message: `the mapping of virtual blocks [${key}, ${key + extent.lengthBlocks}): it overlaps the one before` });
         continue;
       }
       if (extent.dataBlock + extent.lengthBlocks > payload.dataBlockCount) {
         lost.push({
           where: label,
-          what: `the mapping of virtual blocks [${key}, ${key + extent.lengthBlocks}): its data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) lie past the data device (${payload.dataBlockCount} blocks)`,
+          message: `the mapping of virtual blocks [${key}, ${key + extent.lengthBlocks}): its data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) lie past the data device (${payload.dataBlockCount} blocks)`,
         });
         continue;
       }
       let lengthBlocks = extent.lengthBlocks;
       if (key + lengthBlocks > endBlock) {
-        lost.push({ where: label, what: `the mapping of virtual blocks [${Math.max(key, endBlock)}, ${key + lengthBlocks}): past the volume's end` });
+        lost.push({ where: label, message: `the mapping of virtual blocks [${Math.max(key, endBlock)}, ${key + lengthBlocks}): past the volume's end` });
         lengthBlocks = Math.max(0, endBlock - key);
         if (lengthBlocks === 0) continue;
       }

@@ -1,43 +1,29 @@
 // Repair's last resort when no superblock copy is readable: find the trees by scanning.
 //
 // Every metadata block says what it is (type, tree kind, level), where it belongs (its own
-// number), which pool wrote it and in which transaction. A commit writes a new root for every
-// tree it changes, and every commit changes the metadata space map, so the newest generation is
-// the transaction of the newest metadata space map root; the device tree and data space map roots
-// of that generation are the newest roots of their kinds written by then. What the superblock
-// alone knew — the data block size — must be given; the data block count follows from the data
-// file's size, and the pool time and next volume id are taken from the volumes when they are
-// rebuilt (restore's builder raises them).
+// number), which pool wrote it and in which transaction (docs/format.md "Metadata block header",
+// "B+tree node"). A commit writes a new root for every tree it changes, and every commit changes
+// the metadata space map, so the newest generation is the transaction of the newest metadata
+// space map root; the device tree and data space map roots of that generation are the newest
+// roots of their kinds written by then. What the superblock alone knew — the data block size —
+// must be given; the data block count follows from the data file's size, and the pool time and
+// next volume id are taken from the volumes when they are rebuilt (restore's builder raises them).
 //
-// The scan works on a sparse copy of the metadata (only blocks that are not zero are copied), in
-// a scratch directory beside the repair's target, with a superblock copy written for the chosen
-// generation; repair then opens that copy like any pool. Generations are tried newest first, and
-// the first whose device and mapping trees read without a corrupt node is taken (a commit cut
-// short before its superblock leaves a newest generation whose blocks may be incomplete); when
-// none reads whole, the newest that opens.
-import fs from 'node:fs';
-import path from 'node:path';
+// The scan reads the metadata through its BlockFile and writes a copy (only blocks that are not
+// zero) into another BlockFile, with a superblock copy written for the chosen generation; repair
+// then opens the copy like any pool. Both are block files, so the simulator can drive the scan.
+// Generations are tried newest first, and the first whose device and mapping trees read without a
+// corrupt node is taken (a commit cut short before its superblock leaves a newest generation whose
+// blocks may be incomplete); when none reads whole, the newest that opens.
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
-import { BlockType, TreeKind, TreeWalker, checksumOf, encodeSuperblock, getU64 } from '../pdata/index.ts';
-import {
-  DEVICE_TREE_KIND,
-  POOL_FORMAT_VERSION,
-  VOLUME_ID_MAX,
-  encodePoolPayload,
-  type DeviceValue,
-} from '../pool/codecs.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
-import { PoolView } from './pool-view.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { BTREE_BLOCK_TYPES, Block, TreeKind, TreeWalker, blockProblem, encodeSuperblock, isSuperblockBlockNr, nodeLevel, nodeTreeKind } from '../pdata/index.ts';
+import { DEVICE_TREE_KIND, POOL_FORMAT_VERSION, VOLUME_ID_MAX, encodePoolPayload, type DeviceValue } from '../pool/codecs.ts';
+import type { PoolFiles } from '../pool/files.ts';
 import { deviceReadCodec, extentReadCodec } from '../pool/trees.ts';
+import { PoolView } from './pool-view.ts';
 
-/** Offsets in a metadata block header and a B+tree node header (docs/format.md). */
-const HEADER_TYPE_OFFSET = 4;
-const HEADER_BLOCK_NR_OFFSET = 8;
-const HEADER_TRANSACTION_ID_OFFSET = 16;
-const HEADER_POOL_ID_OFFSET = 24;
-const NODE_TREE_KIND_OFFSET = 32;
-const NODE_LEVEL_OFFSET = 34;
 /** Bytes read from the metadata file at a time while scanning. */
 const SCAN_CHUNK_BYTES = 1024 * 1024;
 /** Generations tried, newest first, before the newest that opens is taken as it is. */
@@ -49,66 +35,57 @@ interface RootCandidate {
   level: number;
 }
 
-export interface ScannedPool {
-  /** The scratch pool directory holding the copy with its rebuilt superblock. */
-  dir: string;
+export interface ScannedGeneration {
   generation: number;
   /** What the scan had to assume, for the repair report. */
   notes: string[];
 }
 
+/** The metadata blocks a copy of `source` must have. */
+export function scanCopyBlockCount(source: BlockFile): number {
+  return Math.max(Math.floor(source.sizeBytes() / METADATA_BLOCK_SIZE_BYTES), METADATA_BLOCK_COUNT_MIN);
+}
+
 /**
- * Copies the metadata of `sourceDir` into `scratchDir` (created) and gives the copy a superblock
- * found by scanning, so that PoolView can open it. The caller removes `scratchDir`.
+ * Copies the metadata of `source` into `copy` (at least scanCopyBlockCount blocks, reading as
+ * zeros) and gives the copy a superblock found by scanning, so that a PoolView opens
+ * `{ metadata: copy, data: source.data }`.
  */
-export async function rebuildSuperblock(sourceDir: string, scratchDir: string, blockSizeBytes: number): Promise<ScannedPool> {
-  fs.mkdirSync(scratchDir);
-  const sourcePath = path.join(sourceDir, METADATA_FILE_NAME);
-  const copyPath = path.join(scratchDir, METADATA_FILE_NAME);
-  fs.symlinkSync(fs.realpathSync(path.join(sourceDir, DATA_FILE_NAME)), path.join(scratchDir, DATA_FILE_NAME));
-  const metadataBytes = fs.statSync(sourcePath).size;
-  const metadataBlockCount = Math.max(Math.floor(metadataBytes / METADATA_BLOCK_SIZE_BYTES), METADATA_BLOCK_COUNT_MIN);
-  const dataBlockCount = Math.floor(fs.statSync(path.join(sourceDir, DATA_FILE_NAME)).size / blockSizeBytes);
+export async function rebuildSuperblock(source: PoolFiles, copy: BlockFile, blockSizeBytes: number): Promise<ScannedGeneration> {
+  const metadataBytes = source.metadata.sizeBytes();
+  const metadataBlockCount = scanCopyBlockCount(source.metadata);
+  const dataBlockCount = Math.floor(source.data.sizeBytes() / blockSizeBytes);
   if (dataBlockCount < 1) throw new ThinError('THIN_INVALID', `Cannot rebuild the superblock: the data file holds no whole block of ${blockSizeBytes} bytes`);
+  if (copy.sizeBytes() < metadataBlockCount * METADATA_BLOCK_SIZE_BYTES) await copy.grow(metadataBlockCount * METADATA_BLOCK_SIZE_BYTES);
 
   // One pass: copy every block that is not zero, and note the tree nodes that validate.
   const roots = new Map<number, Map<number, RootCandidate>>(); // tree kind → transaction → highest node
   const poolIds = new Map<bigint, number>();
   const nodes: Array<{ poolId: bigint; treeKind: number; candidate: RootCandidate }> = [];
-  const source = fs.openSync(sourcePath, 'r');
-  const copy = fs.openSync(copyPath, 'w');
-  try {
-    fs.ftruncateSync(copy, metadataBlockCount * METADATA_BLOCK_SIZE_BYTES);
-    const chunk = Buffer.alloc(SCAN_CHUNK_BYTES);
-    for (let offsetBytes = 0; offsetBytes < metadataBytes; offsetBytes += SCAN_CHUNK_BYTES) {
-      const readBytes = fs.readSync(source, chunk, 0, SCAN_CHUNK_BYTES, offsetBytes);
-      for (let at = 0; at + METADATA_BLOCK_SIZE_BYTES <= readBytes; at += METADATA_BLOCK_SIZE_BYTES) {
-        const block = chunk.subarray(at, at + METADATA_BLOCK_SIZE_BYTES);
-        if (block.every((byte) => byte === 0)) continue;
-        const blockNr = (offsetBytes + at) / METADATA_BLOCK_SIZE_BYTES;
-        if (SUPERBLOCK_BLOCK_NRS.includes(blockNr)) continue; // unreadable, or there would be no scan
-        fs.writeSync(copy, block, 0, METADATA_BLOCK_SIZE_BYTES, offsetBytes + at);
-        const view = new DataView(block.buffer, block.byteOffset, block.byteLength);
-        if (view.getUint32(0, true) !== checksumOf(block)) continue;
-        if (getU64(view, HEADER_BLOCK_NR_OFFSET) !== blockNr) continue;
-        const type = view.getUint16(HEADER_TYPE_OFFSET, true);
-        if (type !== BlockType.btreeInternal && type !== BlockType.btreeLeaf) continue;
-        const poolId = view.getBigUint64(HEADER_POOL_ID_OFFSET, true);
-        poolIds.set(poolId, (poolIds.get(poolId) ?? 0) + 1);
-        nodes.push({
-          poolId,
-          treeKind: view.getUint16(NODE_TREE_KIND_OFFSET, true),
-          candidate: { blockNr, transactionId: getU64(view, HEADER_TRANSACTION_ID_OFFSET), level: view.getUint16(NODE_LEVEL_OFFSET, true) },
-        });
-      }
+  const chunk = new Uint8Array(SCAN_CHUNK_BYTES);
+  for (let offsetBytes = 0; offsetBytes < metadataBytes; offsetBytes += SCAN_CHUNK_BYTES) {
+    await source.metadata.read(chunk, offsetBytes);
+    const chunkBytes = Math.min(SCAN_CHUNK_BYTES, metadataBytes - offsetBytes);
+    for (let at = 0; at + METADATA_BLOCK_SIZE_BYTES <= chunkBytes; at += METADATA_BLOCK_SIZE_BYTES) {
+      const bytes = chunk.subarray(at, at + METADATA_BLOCK_SIZE_BYTES);
+      if (bytes.every((byte) => byte === 0)) continue;
+      const blockNr = (offsetBytes + at) / METADATA_BLOCK_SIZE_BYTES;
+      if (isSuperblockBlockNr(blockNr)) continue; // unreadable, or there would be no scan
+      await copy.write(bytes, offsetBytes + at);
+      // F-BLK-1..3, F-BLK-6: a tree node that says it is this block; any pool, any transaction.
+      if (blockProblem(bytes, { blockNr, expectedType: BTREE_BLOCK_TYPES }) !== undefined) continue;
+      const block = new Block(blockNr, bytes.slice());
+      poolIds.set(block.poolId, (poolIds.get(block.poolId) ?? 0) + 1);
+      nodes.push({
+        poolId: block.poolId,
+        treeKind: nodeTreeKind(block),
+        candidate: { blockNr, transactionId: block.transactionId, level: nodeLevel(block) },
+      });
     }
-    fs.fsyncSync(copy);
-  } finally {
-    fs.closeSync(source);
-    fs.closeSync(copy);
   }
+  await copy.sync();
   const poolId = [...poolIds.entries()].sort((a, b) => b[1] - a[1])[0]?.[0];
-  if (poolId === undefined) throw new ThinError('THIN_CORRUPT_SUPERBLOCK', `Cannot rebuild the superblock of ${sourceDir}: no readable tree node in its metadata`);
+  if (poolId === undefined) throw new ThinError('THIN_CORRUPT_SUPERBLOCK', `Cannot rebuild the superblock of ${source.metadata.description}: no readable tree node in its metadata`);
   for (const { poolId: owner, treeKind, candidate } of nodes) {
     if (owner !== poolId) continue;
     let byTransaction = roots.get(treeKind);
@@ -123,7 +100,7 @@ export async function rebuildSuperblock(sourceDir: string, scratchDir: string, b
     [...(roots.get(treeKind)?.values() ?? [])].filter((root) => root.transactionId <= transactionIdMax).sort((a, b) => b.transactionId - a.transactionId)[0];
 
   /** Writes the copy's one superblock for `generation`; false when a root of it is missing. */
-  const writeSuperblockFor = (generation: number): boolean => {
+  const writeSuperblockFor = async (generation: number): Promise<boolean> => {
     const metadataSpaceMapRoot = newestBy(TreeKind.metadataSpaceMap, generation);
     const deviceTreeRoot = newestBy(DEVICE_TREE_KIND, generation);
     const dataSpaceMapRoot = newestBy(TreeKind.dataSpaceMap, generation);
@@ -148,28 +125,24 @@ export async function rebuildSuperblock(sourceDir: string, scratchDir: string, b
       { poolId, generation, metadataBlockCount, metadataSpaceMapRoot: metadataSpaceMapRoot.blockNr, metadataSpaceMapRootTransactionId: metadataSpaceMapRoot.transactionId, payload },
       copyIndex,
     );
-    const fd = fs.openSync(copyPath, 'r+');
-    try {
-      for (const blockNr of SUPERBLOCK_BLOCK_NRS) fs.writeSync(fd, new Uint8Array(METADATA_BLOCK_SIZE_BYTES), 0, METADATA_BLOCK_SIZE_BYTES, blockNr * METADATA_BLOCK_SIZE_BYTES);
-      fs.writeSync(fd, superblock, 0, superblock.length, SUPERBLOCK_BLOCK_NRS[copyIndex]! * METADATA_BLOCK_SIZE_BYTES);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+    for (const blockNr of SUPERBLOCK_BLOCK_NRS) await copy.write(new Uint8Array(METADATA_BLOCK_SIZE_BYTES), blockNr * METADATA_BLOCK_SIZE_BYTES);
+    await copy.write(superblock, SUPERBLOCK_BLOCK_NRS[copyIndex]! * METADATA_BLOCK_SIZE_BYTES);
+    await copy.sync();
     return true;
   };
 
   // Every commit writes a metadata space map root: their transactions are the generations.
   const generations = [...(roots.get(TreeKind.metadataSpaceMap)?.keys() ?? [])].sort((a, b) => b - a).slice(0, GENERATIONS_TRIED_MAX);
+  const files: PoolFiles = { metadata: copy, data: source.data };
   let chosen: number | undefined;
   let written: number | undefined;
   const refusals: string[] = [];
   for (const generation of generations) {
-    if (!writeSuperblockFor(generation)) continue;
+    if (!(await writeSuperblockFor(generation))) continue;
     written = generation;
     let whole: boolean;
     try {
-      whole = await readsWhole(scratchDir);
+      whole = await readsWhole(files);
     } catch (error) {
       if (!isThinError(error)) throw error;
       refusals.push(`generation ${generation}: ${error.message}`);
@@ -184,12 +157,11 @@ export async function rebuildSuperblock(sourceDir: string, scratchDir: string, b
   if (chosen === undefined) {
     throw new ThinError(
       'THIN_CORRUPT_SUPERBLOCK',
-      `Cannot rebuild the superblock of ${sourceDir}: no generation found by scanning its metadata opens (${refusals.join('; ') || 'no tree roots found'})`,
+      `Cannot rebuild the superblock of ${source.metadata.description}: no generation found by scanning its metadata opens (${refusals.join('; ') || 'no tree roots found'})`,
     );
   }
-  if (written !== chosen) writeSuperblockFor(chosen);
+  if (written !== chosen) await writeSuperblockFor(chosen);
   return {
-    dir: scratchDir,
     generation: chosen,
     notes: [
       `no superblock copy was readable: generation ${chosen} was found by scanning the metadata; data blocks of ${blockSizeBytes} bytes as given, ` +
@@ -198,9 +170,9 @@ export async function rebuildSuperblock(sourceDir: string, scratchDir: string, b
   };
 }
 
-/** True when the device tree and every mapping tree of the pool in `dir` read without a corrupt node. */
-async function readsWhole(dir: string): Promise<boolean> {
-  const view = await PoolView.open(dir, { validateRoots: true });
+/** True when the device tree and every mapping tree of the pool on `files` read without a corrupt node. */
+async function readsWhole(files: PoolFiles): Promise<boolean> {
+  const view = await PoolView.open(files, { validateRoots: true });
   try {
     const walker = new TreeWalker(view.tm);
     const extentCodec = extentReadCodec(Number.MAX_SAFE_INTEGER);

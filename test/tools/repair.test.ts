@@ -114,7 +114,7 @@ test('a smashed mapping leaf costs exactly the blocks under it, named; everythin
     const report = await repairPool(dir, scratch.path('fixed'));
     assert.equal(report.lost.length, 1, JSON.stringify(report.lost));
     assert.match(report.lost[0]!.where, new RegExp(`^volume b \\(id 2\\), mapping tree metadata block ${victim.blockNr}$`));
-    assert.match(report.lost[0]!.what, /^the mappings of virtual blocks \[\d+, \d+\)/);
+    assert.match(report.lost[0]!.message, /^the mappings of virtual blocks \[\d+, \d+\)/);
     assert.deepEqual((await checkPool(report.dir)).problems, []);
 
     const after = await volumeBlocks(report.dir, 'b');

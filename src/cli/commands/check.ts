@@ -41,7 +41,7 @@ export function registerCheckCommand(program: Command, reporter: Reporter): void
           if (result.repair === undefined) {
             reporter.out(`Pool ${dir} is clean; nothing to repair`);
           } else {
-            for (const loss of result.repair.lost) reporter.out(`lost: ${loss.where}: ${loss.what}`);
+            for (const loss of result.repair.lost) reporter.out(`lost: ${loss.where}: ${loss.message}`);
             reporter.out(
               `Repaired ${dir} in place (${result.check.problems.length} problem(s) found; ` +
                 (result.repair.lost.length === 0 ? 'nothing lost' : `${result.repair.lost.length} loss(es) listed above`) +

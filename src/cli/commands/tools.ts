@@ -153,7 +153,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
         reporter.json(report);
         return;
       }
-      for (const loss of report.lost) reporter.out(`lost: ${loss.where}: ${loss.what}`);
+      for (const loss of report.lost) reporter.out(`lost: ${loss.where}: ${loss.message}`);
       reporter.out(
         `Repaired ${dir} into ${report.dir}: ${report.volumes.length} volume(s), ${report.mappedBlockCount} mapped block(s)` +
           (report.lost.length === 0 ? ', nothing lost' : `, ${report.lost.length} loss(es) listed above`),

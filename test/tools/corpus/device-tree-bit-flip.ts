@@ -10,7 +10,7 @@ export const entry: CorpusEntry = {
   damage(dir, layout) {
     flipBit(dir, layout.deviceTreeRoot, 60);
     return {
-      problems: [new RegExp(`^superblock generation ${layout.generation}: passed over, generation \\d+ checked instead: .*block ${layout.deviceTreeRoot}\\b.*checksum`, 'm')],
+      problems: [new RegExp(`^superblock generation ${layout.generation}: passed over for generation \\d+, .*: .*block ${layout.deviceTreeRoot}\\b.*checksum`, 'm')],
       fates: { late: { kind: 'gone' } },
     };
   },
