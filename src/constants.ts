@@ -109,11 +109,13 @@ export const NBD_REPLY_STALL_MS_MAX = 30_000;
 export const NBD_CONNECTIONS_MAX = 128;
 /** Extents in one BLOCK_STATUS reply: the spec asks for at most 2^20; 2^16 keeps the reply at 512 KiB. */
 export const NBD_BLOCK_STATUS_EXTENTS_MAX = 65536;
+/** Times an export that answers block status a part at a time is asked again for the rest of one request. */
+export const NBD_BLOCK_STATUS_ASKS_MAX = 64;
 /** Chunks (data and holes) in one structured READ reply; past it the rest of the range goes as one data chunk. */
 export const NBD_READ_CHUNKS_MAX = 256;
 /** Bytes of a human-readable error message sent to a client; the spec caps strings at 4096. */
 export const NBD_ERROR_MESSAGE_BYTES_MAX = 512;
-/** Preferred I/O size advertised when an export has none: the page size, what the spec suggests by default. */
+/** Preferred I/O size: the page size, what the spec suggests by default; thinbd's volumes advertise it, and an export that declares none gets it. */
 export const NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT = 4096;
 
 // ---- pdata: metadata blocks, B+trees, space maps, superblock copies (docs/format.md) ----

@@ -2,10 +2,7 @@
 // connection covers writes completed on all of them: the export can offer CAN_MULTI_CONN.
 import type { NbdExport, NbdExtent } from '../nbd/backend.ts';
 import type { Volume } from '../pool/volume.ts';
-import { NBD_PAYLOAD_BYTES_MAX } from '../constants.ts';
-
-/** Preferred I/O unit advertised to clients: a page, so guests do not read-modify-write. */
-const PREFERRED_BLOCK_BYTES = 4096;
+import { NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT, NBD_PAYLOAD_BYTES_MAX } from '../constants.ts';
 
 export class VolumeExport implements NbdExport {
   readonly #volume: Volume;
@@ -18,7 +15,8 @@ export class VolumeExport implements NbdExport {
   readonly canMultiConn = true;
   readonly canCache = false;
   readonly blockSizeMinBytes = 1;
-  readonly blockSizePreferredBytes = PREFERRED_BLOCK_BYTES;
+  /** A page, so guests do not read-modify-write. */
+  readonly blockSizePreferredBytes = NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT;
   readonly blockSizeMaxBytes = NBD_PAYLOAD_BYTES_MAX;
 
   constructor(volume: Volume, options: { readOnly?: boolean; description?: string } = {}) {

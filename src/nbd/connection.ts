@@ -4,7 +4,9 @@
 // request header is decoded, its payload copied once into a pooled buffer, and the command runs
 // without being awaited, so many requests are in flight and replies go out in completion order,
 // matched by cookie. A reply is written as one buffer (header and data together) and the writes
-// of one event-loop turn (up to its check phase) are corked into one writev.
+// of one event-loop turn (up to its check phase) are corked into one writev. What a request means
+// and how it runs is commands.ts's; the export is reached through one ExportBackend per
+// connection (export-backend.ts), which holds the fallbacks and the export contract's checks.
 //
 // Bounds, all from src/constants.ts: requests in flight, payload bytes in flight (per connection
 // and for the whole server), payload size, handshake options and time, and how long replies may
@@ -17,57 +19,29 @@
 //          any → closed (hard disconnect: protocol violation, timeout, peer gone)
 
 import type { Duplex } from 'node:stream';
-import { NBD_BLOCK_STATUS_EXTENTS_MAX, NBD_ERROR_MESSAGE_BYTES_MAX, NBD_READ_CHUNKS_MAX } from '../constants.ts';
+import { NBD_BLOCK_STATUS_EXTENTS_MAX, NBD_ERROR_MESSAGE_BYTES_MAX } from '../constants.ts';
 import { assert } from '../errors.ts';
-import { errorCode, nbdErrorForCode, type NbdExport, type NbdExportRegistry, type NbdExtent } from './backend.ts';
+import type { NbdExport, NbdExportRegistry } from './backend.ts';
 import type { BufferPool, ByteBudget } from './buffers.ts';
 import { ByteQueue } from './byte-queue.ts';
+import { executeRequest, failureReply, type CommandContext, type Request } from './commands.ts';
+import { ExportBackend, type NbdExportFilter } from './export-backend.ts';
 import { Handshake, type Negotiated } from './handshake.ts';
 import {
-  BASE_ALLOCATION_CONTEXT_ID,
   BLOCK_STATUS_EXTENT_BYTES,
   IHAVEOPT,
   NBD_CMD_BLOCK_STATUS,
-  NBD_CMD_CACHE,
   NBD_CMD_DISC,
-  NBD_CMD_FLAG_DF,
-  NBD_CMD_FLAG_FAST_ZERO,
-  NBD_CMD_FLAG_FUA,
-  NBD_CMD_FLAG_NO_HOLE,
-  NBD_CMD_FLAG_REQ_ONE,
-  NBD_CMD_FLUSH,
   NBD_CMD_READ,
-  NBD_CMD_TRIM,
   NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES,
-  NBD_EINVAL,
-  NBD_EIO,
-  NBD_ENOSPC,
-  NBD_ENOTSUP,
-  NBD_EPERM,
-  NBD_ESHUTDOWN,
-  NBD_FLAG_SEND_FAST_ZERO,
-  NBD_FLAG_SEND_TRIM,
-  NBD_FLAG_SEND_WRITE_ZEROES,
-  NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_BLOCK_STATUS,
-  NBD_REPLY_TYPE_NONE,
-  NBD_REPLY_TYPE_OFFSET_DATA,
-  NBD_REPLY_TYPE_OFFSET_HOLE,
-  NBD_STATE_HOLE,
-  NBD_STATE_ZERO,
-  OFFSET_DATA_PREFIX_BYTES,
-  OFFSET_HOLE_PAYLOAD_BYTES,
   OPTION_HEADER_BYTES,
   REQUEST_HEADER_BYTES,
   SIMPLE_REPLY_HEADER_BYTES,
-  STRUCTURED_REPLY_HEADER_BYTES,
   commandName,
   decodeRequestHeader,
   encodeErrorChunk,
   encodeGreeting,
   writeSimpleReplyHeader,
-  writeStructuredReplyHeader,
   type RequestHeader,
 } from './protocol.ts';
 
@@ -87,6 +61,8 @@ export interface NbdConnectionOptions {
   bytesInFlightMax: number;
   handshakeOptionsMax: number;
   optionDataBytesMax: number;
+  /** Wrappers around every export, outermost first (export-backend.ts): test filters. */
+  filters?: readonly NbdExportFilter[];
   /** Called once when the connection enters transmission. */
   onTransmission?: (connection: NbdConnection) => void;
   log?: (message: string) => void;
@@ -104,53 +80,6 @@ const Phase = {
 } as const;
 type Phase = (typeof Phase)[keyof typeof Phase];
 
-interface Request {
-  flags: number;
-  type: number;
-  cookie: bigint;
-  offsetBytes: number;
-  lengthBytes: number;
-  /** WRITE data, from the buffer pool. */
-  payload: Buffer | undefined;
-  /** Bytes of the budgets this request holds until its reply is written. */
-  reservedBytes: number;
-  released: boolean;
-  /** Answered with NBD_ESHUTDOWN, not run: it arrived after the server began to close. */
-  refused: boolean;
-}
-
-/** One chunk of a structured READ reply. */
-interface ReadPiece {
-  offsetBytes: number;
-  lengthBytes: number;
-  hole: boolean;
-}
-
-/** Flags each command accepts (before export capabilities narrow them). */
-const commandFlagsAllowed: Record<number, number> = {
-  [NBD_CMD_READ]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
-  [NBD_CMD_WRITE]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_FLUSH]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_TRIM]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_CACHE]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
-  [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
-};
-
-/**
- * A refusal to send to the client: an NBD error value and a sentence. Deliberately not an Error:
- * refusing a request is an ordinary answer, and capturing a stack trace for each one cost more
- * than serving the request (measured by the fuzzer).
- */
-class RequestError {
-  readonly nbdError: number;
-  readonly message: string;
-  constructor(nbdError: number, message: string) {
-    this.nbdError = nbdError;
-    this.message = message;
-  }
-}
-
 export class NbdConnection {
   readonly #socket: Duplex;
   readonly #options: NbdConnectionOptions;
@@ -159,6 +88,8 @@ export class NbdConnection {
   readonly #header: RequestHeader = { flags: 0, type: 0, cookie: 0n, offsetBytes: 0, lengthBytes: 0 };
   #phase: Phase = Phase.clientFlags;
   #negotiated: Negotiated | undefined;
+  /** What running a request needs (commands.ts), once in transmission. */
+  #commands: CommandContext | undefined;
   #optionCount = 0;
   #optionType = 0;
   #optionDataBytes = 0;
@@ -388,6 +319,14 @@ export class NbdConnection {
 
   #startTransmission(negotiated: Negotiated): void {
     this.#negotiated = negotiated;
+    const limits = { sizeBytes: negotiated.sizeBytes, payloadBytesMax: negotiated.payloadBytesMax };
+    this.#commands = {
+      negotiated,
+      backend: new ExportBackend(negotiated.export, limits, this.#options.filters),
+      buffers: this.#options.buffers,
+      send: (bytes, pooled, request) => this.#send(bytes, pooled, request),
+      replyOk: (request) => this.#replyOk(request),
+    };
     this.#phase = Phase.requestHeader;
     clearTimeout(this.#handshakeTimer);
     this.#handshakeTimer = undefined;
@@ -612,28 +551,14 @@ export class NbdConnection {
 
   async #execute(request: Request): Promise<void> {
     try {
-      if (request.refused) throw new RequestError(NBD_ESHUTDOWN, 'The server is shutting down.');
-      this.#validate(request);
-      switch (request.type) {
-        case NBD_CMD_READ:
-          return await this.#read(request);
-        case NBD_CMD_WRITE:
-          return await this.#write(request);
-        case NBD_CMD_FLUSH:
-          await this.#exp().flush();
-          return this.#replyOk(request);
-        case NBD_CMD_TRIM:
-          return await this.#trim(request);
-        case NBD_CMD_WRITE_ZEROES:
-          return await this.#zero(request);
-        case NBD_CMD_CACHE:
-          return await this.#cache(request);
-        case NBD_CMD_BLOCK_STATUS:
-          return await this.#blockStatus(request);
-      }
-      assert(false, `command ${request.type} passed validation`);
+      const context = this.#commands;
+      assert(context !== undefined, 'command before transmission');
+      await executeRequest(request, context);
     } catch (error) {
-      this.#fail(request, error);
+      if (!request.released) {
+        const { nbdError, message } = failureReply(request, error, this.#logger);
+        this.#replyError(request, nbdError, message);
+      }
     } finally {
       if (request.payload !== undefined) {
         this.#options.buffers.release(request.payload);
@@ -642,274 +567,9 @@ export class NbdConnection {
     }
   }
 
-  #fail(request: Request, error: unknown): void {
-    if (request.released) return;
-    let nbdError: number;
-    let message: string;
-    if (error instanceof RequestError) {
-      nbdError = error.nbdError;
-      message = error.message;
-    } else {
-      nbdError = nbdErrorForCode(errorCode(error));
-      // ENOTSUP means only "fast zero refused"; anything else claiming it is an I/O failure.
-      const fastZero = request.type === NBD_CMD_WRITE_ZEROES && (request.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0;
-      if (nbdError === NBD_ENOTSUP && !fastZero) nbdError = NBD_EIO;
-      const detail = error instanceof Error ? error.message : String(error);
-      message = `${commandName(request.type)} of ${request.lengthBytes} bytes at ${request.offsetBytes} failed: ${detail}`;
-      if (nbdError === NBD_EIO) this.#log(message);
-    }
-    this.#replyError(request, nbdError, message);
-  }
-
-  #exp(): NbdExport {
-    const negotiated = this.#negotiated;
-    assert(negotiated !== undefined, 'command before transmission');
-    return negotiated.export;
-  }
-
-  /** Throws a RequestError with the error the spec asks for (§ "Error values"). */
-  #validate(request: Request): void {
-    const negotiated = this.#negotiated;
-    assert(negotiated !== undefined, 'command before transmission');
-    const { type, flags, offsetBytes, lengthBytes } = request;
-    const name = commandName(type);
-    const allowed = commandFlagsAllowed[type];
-    if (allowed === undefined) throw new RequestError(NBD_EINVAL, `Command ${type} is not supported.`);
-    let flagsAllowed = allowed;
-    if (!negotiated.structuredReplies) flagsAllowed &= ~NBD_CMD_FLAG_DF;
-    if ((negotiated.transmissionFlags & NBD_FLAG_SEND_FAST_ZERO) === 0) flagsAllowed &= ~NBD_CMD_FLAG_FAST_ZERO;
-    if ((flags & ~flagsAllowed) !== 0) {
-      throw new RequestError(NBD_EINVAL, `${name} does not accept flags 0x${(flags & ~flagsAllowed).toString(16)}.`);
-    }
-    if (type === NBD_CMD_FLUSH) {
-      if (offsetBytes !== 0 || lengthBytes !== 0) throw new RequestError(NBD_EINVAL, 'NBD_CMD_FLUSH must have offset and length 0.');
-      return;
-    }
-    const writes = type === NBD_CMD_WRITE || type === NBD_CMD_TRIM || type === NBD_CMD_WRITE_ZEROES;
-    if (writes && negotiated.export.readOnly) throw new RequestError(NBD_EPERM, `${name} on a read-only export.`);
-    if (type === NBD_CMD_TRIM && (negotiated.transmissionFlags & NBD_FLAG_SEND_TRIM) === 0) {
-      throw new RequestError(NBD_EINVAL, 'NBD_CMD_TRIM is not supported by this export.');
-    }
-    if (type === NBD_CMD_WRITE_ZEROES && (negotiated.transmissionFlags & NBD_FLAG_SEND_WRITE_ZEROES) === 0) {
-      throw new RequestError(NBD_EINVAL, 'NBD_CMD_WRITE_ZEROES is not supported by this export.');
-    }
-    if (type === NBD_CMD_BLOCK_STATUS && !negotiated.baseAllocation) {
-      throw new RequestError(NBD_EINVAL, 'NBD_CMD_BLOCK_STATUS needs base:allocation selected with NBD_OPT_SET_META_CONTEXT.');
-    }
-    if (offsetBytes > negotiated.sizeBytes || lengthBytes > negotiated.sizeBytes - offsetBytes) {
-      // Writes past the end are "no space"; everything else past the end is invalid (spec).
-      const error = type === NBD_CMD_WRITE || type === NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL;
-      throw new RequestError(error, `${name} of ${lengthBytes} bytes at ${offsetBytes} passes the end of the export (${negotiated.sizeBytes} bytes).`);
-    }
-    const minBytes = negotiated.blockSizeMinBytes;
-    if (minBytes > 1 && (offsetBytes % minBytes !== 0 || lengthBytes % minBytes !== 0)) {
-      throw new RequestError(NBD_EINVAL, `${name} of ${lengthBytes} bytes at ${offsetBytes} is not aligned to ${minBytes} bytes.`);
-    }
-    if ((type === NBD_CMD_READ || type === NBD_CMD_WRITE) && lengthBytes > negotiated.payloadBytesMax) {
-      throw new RequestError(NBD_EINVAL, `${name} of ${lengthBytes} bytes is over the maximum payload of ${negotiated.payloadBytesMax}.`);
-    }
-    if (type === NBD_CMD_BLOCK_STATUS && lengthBytes === 0) {
-      throw new RequestError(NBD_EINVAL, 'NBD_CMD_BLOCK_STATUS of 0 bytes.');
-    }
-  }
-
-  #fua(request: Request): boolean {
-    return (request.flags & NBD_CMD_FLAG_FUA) !== 0;
-  }
-
-  async #write(request: Request): Promise<void> {
-    const exp = this.#exp();
-    if (request.lengthBytes > 0) {
-      assert(request.payload !== undefined, 'WRITE without payload');
-      const fua = this.#fua(request);
-      await exp.write(request.offsetBytes, request.payload.subarray(0, request.lengthBytes), { fua: fua && exp.canFua });
-      if (fua && !exp.canFua) await exp.flush();
-    }
-    this.#replyOk(request);
-  }
-
-  async #trim(request: Request): Promise<void> {
-    const exp = this.#exp();
-    if (request.lengthBytes > 0) {
-      const fua = this.#fua(request);
-      await exp.trim(request.offsetBytes, request.lengthBytes, { fua: fua && exp.canFua });
-      if (fua && !exp.canFua) await exp.flush();
-    }
-    this.#replyOk(request);
-  }
-
-  async #zero(request: Request): Promise<void> {
-    const exp = this.#exp();
-    if (request.lengthBytes > 0) {
-      const fua = this.#fua(request);
-      await exp.zero(request.offsetBytes, request.lengthBytes, {
-        noHole: (request.flags & NBD_CMD_FLAG_NO_HOLE) !== 0,
-        fua: fua && exp.canFua,
-        fastZero: (request.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0,
-      });
-      if (fua && !exp.canFua) await exp.flush();
-    }
-    this.#replyOk(request);
-  }
-
-  async #cache(request: Request): Promise<void> {
-    // A hint that must not change what anyone reads: without a cache it is done at once.
-    const exp = this.#exp();
-    if (exp.canCache && exp.cache !== undefined && request.lengthBytes > 0) await exp.cache(request.offsetBytes, request.lengthBytes);
-    this.#replyOk(request);
-  }
-
-  async #read(request: Request): Promise<void> {
-    const negotiated = this.#negotiated;
-    assert(negotiated !== undefined, 'READ before transmission');
-    const exp = negotiated.export;
-    const { offsetBytes, lengthBytes, cookie } = request;
-    const buffers = this.#options.buffers;
-
-    if (!negotiated.structuredReplies) {
-      const reply = buffers.acquire(SIMPLE_REPLY_HEADER_BYTES + lengthBytes);
-      try {
-        if (lengthBytes > 0) await exp.read(offsetBytes, reply.subarray(SIMPLE_REPLY_HEADER_BYTES, SIMPLE_REPLY_HEADER_BYTES + lengthBytes));
-      } catch (error) {
-        buffers.release(reply);
-        throw error;
-      }
-      writeSimpleReplyHeader(reply, 0, 0, cookie);
-      this.#send(reply.subarray(0, SIMPLE_REPLY_HEADER_BYTES + lengthBytes), reply, request);
-      return;
-    }
-
-    if (lengthBytes === 0) {
-      const reply = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_BYTES);
-      writeStructuredReplyHeader(reply, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, 0);
-      this.#send(reply, undefined, request);
-      return;
-    }
-
-    // Read first, straight into a reply laid out as one data chunk. When the export says none of
-    // the range is a hole (the usual case) that reply goes as it is. Otherwise ranges that read as
-    // zeros go as OFFSET_HOLE chunks (no data on the wire) and the rest as OFFSET_DATA chunks.
-    // DF asks for one data chunk. Everything is read before any of it is sent, so an error
-    // becomes a lone error chunk and DONE is never sent too early.
-    const dataStart = STRUCTURED_REPLY_HEADER_BYTES + OFFSET_DATA_PREFIX_BYTES;
-    const whole = buffers.acquire(dataStart + lengthBytes);
-    let holes: boolean | void;
-    try {
-      holes = await exp.read(offsetBytes, whole.subarray(dataStart, dataStart + lengthBytes));
-    } catch (error) {
-      buffers.release(whole);
-      throw error;
-    }
-    const pieces = holes !== false && (request.flags & NBD_CMD_FLAG_DF) === 0 ? await this.#readPieces(exp, offsetBytes, lengthBytes) : undefined;
-    if (pieces === undefined) {
-      writeStructuredReplyHeader(whole, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, cookie, OFFSET_DATA_PREFIX_BYTES + lengthBytes);
-      whole.writeBigUInt64BE(BigInt(offsetBytes), STRUCTURED_REPLY_HEADER_BYTES);
-      this.#send(whole.subarray(0, dataStart + lengthBytes), whole, request);
-      return;
-    }
-    // The chunks go out as small headers between views of the data already read: no second
-    // buffer, no copy. All of it is sent in this turn, so nothing can fail half way; the buffer
-    // and the request are released once the socket has taken the last piece.
-    for (let i = 0; i < pieces.length; i++) {
-      const piece = pieces[i]!;
-      const last = i === pieces.length - 1;
-      if (piece.hole) {
-        const chunk = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_BYTES + OFFSET_HOLE_PAYLOAD_BYTES);
-        writeStructuredReplyHeader(chunk, 0, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, OFFSET_HOLE_PAYLOAD_BYTES);
-        chunk.writeBigUInt64BE(BigInt(piece.offsetBytes), STRUCTURED_REPLY_HEADER_BYTES);
-        chunk.writeUInt32BE(piece.lengthBytes, STRUCTURED_REPLY_HEADER_BYTES + 8);
-        this.#send(chunk, last ? whole : undefined, last ? request : undefined);
-      } else {
-        const header = Buffer.allocUnsafe(dataStart);
-        writeStructuredReplyHeader(header, 0, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_OFFSET_DATA, cookie, OFFSET_DATA_PREFIX_BYTES + piece.lengthBytes);
-        header.writeBigUInt64BE(BigInt(piece.offsetBytes), STRUCTURED_REPLY_HEADER_BYTES);
-        this.#send(header, undefined, undefined);
-        const from = dataStart + piece.offsetBytes - offsetBytes;
-        this.#send(whole.subarray(from, from + piece.lengthBytes), last ? whole : undefined, last ? request : undefined);
-      }
-    }
-  }
-
-  /**
-   * The chunks of a structured READ reply from the export's block status: zero runs as holes,
-   * the rest as data, at most NBD_READ_CHUNKS_MAX. undefined when it is one data chunk.
-   */
-  async #readPieces(exp: NbdExport, offsetBytes: number, lengthBytes: number): Promise<ReadPiece[] | undefined> {
-    let extents: NbdExtent[] = [];
-    try {
-      extents = await exp.blockStatus(offsetBytes, lengthBytes);
-    } catch {
-      return undefined; // Block status is an optimisation here: send everything as data instead.
-    }
-    const pieces: ReadPiece[] = [];
-    let position = offsetBytes;
-    const end = offsetBytes + lengthBytes;
-    for (const extent of extents) {
-      if (position >= end || pieces.length >= NBD_READ_CHUNKS_MAX - 1) break;
-      if (!(Number.isSafeInteger(extent.lengthBytes) && extent.lengthBytes > 0)) break;
-      const pieceBytes = Math.min(extent.lengthBytes, end - position);
-      const hole = extent.zero;
-      const last = pieces[pieces.length - 1];
-      if (last !== undefined && last.hole === hole) last.lengthBytes += pieceBytes;
-      else pieces.push({ offsetBytes: position, lengthBytes: pieceBytes, hole });
-      position += pieceBytes;
-    }
-    if (position < end) {
-      const last = pieces[pieces.length - 1];
-      if (last !== undefined && !last.hole) last.lengthBytes += end - position;
-      else pieces.push({ offsetBytes: position, lengthBytes: end - position, hole: false });
-    }
-    return pieces.length === 1 && !pieces[0]!.hole ? undefined : pieces;
-  }
-
-  async #blockStatus(request: Request): Promise<void> {
-    const exp = this.#exp();
-    const { offsetBytes, lengthBytes, cookie } = request;
-    const reqOne = (request.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
-    const extentsMax = reqOne ? 1 : NBD_BLOCK_STATUS_EXTENTS_MAX;
-    // Pairs of (length, status), merged when neighbours have the same status.
-    const lengths: number[] = [];
-    const statuses: number[] = [];
-    let covered = 0;
-    // The export may answer a part at a time; ask again for the rest, a bounded number of times.
-    for (let ask = 0; ask < 64 && covered < lengthBytes && lengths.length < extentsMax; ask++) {
-      const extents = await exp.blockStatus(offsetBytes + covered, lengthBytes - covered);
-      if (extents.length === 0) break;
-      for (const extent of extents) {
-        if (covered >= lengthBytes || lengths.length >= extentsMax) break;
-        if (!(Number.isSafeInteger(extent.lengthBytes) && extent.lengthBytes > 0)) {
-          throw new RequestError(NBD_EIO, `The export answered block status with an extent of ${extent.lengthBytes} bytes.`);
-        }
-        const extentBytes = Math.min(extent.lengthBytes, lengthBytes - covered);
-        const status = (extent.hole ? NBD_STATE_HOLE : 0) | (extent.zero ? NBD_STATE_ZERO : 0);
-        const last = lengths.length - 1;
-        if (last >= 0 && statuses[last] === status) lengths[last]! += extentBytes;
-        else {
-          lengths.push(extentBytes);
-          statuses.push(status);
-        }
-        covered += extentBytes;
-      }
-    }
-    if (lengths.length === 0) {
-      // Status 0 ("allocated, contents unknown") is always true.
-      lengths.push(lengthBytes);
-      statuses.push(0);
-    }
-    const payloadBytes = 4 + BLOCK_STATUS_EXTENT_BYTES * lengths.length;
-    const reply = this.#options.buffers.acquire(STRUCTURED_REPLY_HEADER_BYTES + payloadBytes);
-    writeStructuredReplyHeader(reply, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, payloadBytes);
-    reply.writeUInt32BE(BASE_ALLOCATION_CONTEXT_ID, STRUCTURED_REPLY_HEADER_BYTES);
-    let position = STRUCTURED_REPLY_HEADER_BYTES + 4;
-    for (let i = 0; i < lengths.length; i++) {
-      reply.writeUInt32BE(lengths[i]!, position);
-      reply.writeUInt32BE(statuses[i]!, position + 4);
-      position += BLOCK_STATUS_EXTENT_BYTES;
-    }
-    this.#send(reply.subarray(0, position), reply, request);
-  }
-
   #log(message: string): void {
     this.#options.log?.(message);
   }
+
+  readonly #logger = (message: string): void => this.#log(message);
 }

@@ -24,6 +24,7 @@ import {
 import { errorCode, type NbdExportRegistry } from './backend.ts';
 import { BufferPool, ByteBudget } from './buffers.ts';
 import { NbdConnection } from './connection.ts';
+import type { NbdExportFilter } from './export-backend.ts';
 
 export interface NbdServerOptions {
   registry: NbdExportRegistry;
@@ -37,6 +38,8 @@ export interface NbdServerOptions {
   optionDataBytesMax?: number;
   /** Diagnostics (connections cut off, I/O errors); silent when absent. */
   log?: (message: string) => void;
+  /** Wrappers around every export a connection serves, outermost first (export-backend.ts): test filters. */
+  filters?: readonly NbdExportFilter[];
 }
 
 /** Where to listen: TCP (port 0 picks a free one) or a Unix socket path. */
@@ -51,13 +54,15 @@ export class NbdServer {
   readonly #readBuffer = Buffer.allocUnsafe(NBD_SOCKET_READ_BUFFER_BYTES);
   readonly #budget: ByteBudget;
   readonly #connectionsMax: number;
-  readonly #options: Required<Omit<NbdServerOptions, 'log' | 'registry'>>;
+  readonly #options: Required<Omit<NbdServerOptions, 'log' | 'registry' | 'filters'>>;
+  readonly #filters: readonly NbdExportFilter[];
   readonly #log: ((message: string) => void) | undefined;
   #closing = false;
 
   constructor(options: NbdServerOptions) {
     this.registry = options.registry;
     this.#log = options.log;
+    this.#filters = options.filters ?? [];
     this.#connectionsMax = options.connectionsMax ?? NBD_CONNECTIONS_MAX;
     this.#options = {
       connectionsMax: this.#connectionsMax,
@@ -163,6 +168,7 @@ export class NbdServer {
       bytesInFlightMax: this.#options.connectionBytesInFlightMax,
       handshakeOptionsMax: this.#options.handshakeOptionsMax,
       optionDataBytesMax: this.#options.optionDataBytesMax,
+      filters: this.#filters,
       ...(this.#log === undefined ? {} : { log: this.#log }),
     });
     this.#connections.add(connection);
