@@ -1,7 +1,7 @@
 // The thinbd command line: a shell over the library. Each command parses its options and calls
 // one library function; all output goes through one reporter, exit codes come from one table.
 import { Command, CommanderError } from '@commander-js/extra-typings';
-import { consoleReporter, describeFailure, exitCodes, type Reporter } from './report.ts';
+import { consoleReporter, describeFailure, exitCodes, type CommandResult, type Reporter } from './report.ts';
 import { registerPoolCommands } from './commands/pool.ts';
 import { registerVolumeCommands } from './commands/volumes.ts';
 import { registerTransferCommands } from './commands/transfer.ts';
@@ -12,7 +12,8 @@ import { registerArchiveCommands } from './commands/archive.ts';
 
 export const VERSION = '0.1.0';
 
-export function buildProgram(reporter: Reporter): Command {
+/** The command line's commands; an action that answers with an exit code sets it in `result`. */
+export function buildProgram(reporter: Reporter, result: CommandResult = { exitCode: exitCodes.ok }): Command {
   const program = new Command()
     .name('thinbd')
     .description('Thin-provisioned volumes and snapshots in a pool, served over NBD')
@@ -27,7 +28,7 @@ export function buildProgram(reporter: Reporter): Command {
   registerPoolCommands(program, reporter);
   registerVolumeCommands(program, reporter);
   registerTransferCommands(program, reporter);
-  registerCheckCommand(program, reporter);
+  registerCheckCommand(program, reporter, result);
   registerServeCommands(program, reporter);
   registerToolCommands(program, reporter);
   registerArchiveCommands(program, reporter);
@@ -58,10 +59,11 @@ function endOnClosedStdout(reporter: Reporter): void {
 /** Runs one command line; returns the exit code. */
 export async function main(argv: string[], reporter: Reporter = consoleReporter()): Promise<number> {
   endOnClosedStdout(reporter);
-  const program = buildProgram(reporter);
+  const result: CommandResult = { exitCode: exitCodes.ok };
+  const program = buildProgram(reporter, result);
   try {
     await program.parseAsync(argv, { from: 'user' });
-    return exitCodes.ok;
+    return result.exitCode;
   } catch (error) {
     if (error instanceof CommanderError) {
       const helpOrVersion = ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(error.code);

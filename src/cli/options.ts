@@ -1,5 +1,6 @@
-// Parsing of option values shared by the commands: sizes, names, the pool directory.
+// Options and option values shared by the commands: the --pool option, sizes, names.
 import { resolve } from 'node:path';
+import { Option } from '@commander-js/extra-typings';
 import { UsageError } from './report.ts';
 import { parseSize, SizeSyntaxError } from './sizes.ts';
 import { VOLUME_NAME_LENGTH_MAX, VOLUME_NAME_PATTERN } from '../constants.ts';
@@ -23,6 +24,14 @@ export function volumeName(what: string, text: string): string {
     );
   }
   return text;
+}
+
+/**
+ * The one --pool option every command that works on a pool takes (read with poolDirectory).
+ * `note` says what the command wants of the directory, when it is more than holding a pool.
+ */
+export function poolOption(note?: string) {
+  return new Option('--pool <dir>', `pool directory (default $THINBD_POOL, then ./pool)${note === undefined ? '' : `; ${note}`}`);
 }
 
 /** --pool, then $THINBD_POOL, then ./pool. */

@@ -11,6 +11,11 @@ export const exitCodes = {
   brokenPipe: 141,
 } as const;
 
+/** What a command answers besides its output: an exit code other than 0 that is not a failure to run (check's problems). */
+export interface CommandResult {
+  exitCode: number;
+}
+
 export class UsageError extends Error {
   constructor(message: string) {
     super(message);

@@ -1,18 +1,19 @@
 // thinbd check
 import type { Command } from '@commander-js/extra-typings';
-import type { Reporter } from '../report.ts';
-import { poolDirectory } from '../options.ts';
+import { exitCodes, type CommandResult, type Reporter } from '../report.ts';
+import { poolDirectory, poolOption } from '../options.ts';
 import { assertPoolExists, liveService } from '../pool-access.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { checkPool, type CheckReport } from '../../tools/check.ts';
 import { checkAndRepairPool } from '../../tools/repair.ts';
 import { ThinError } from '../../errors.ts';
 
-export function registerCheckCommand(program: Command, reporter: Reporter): void {
+/** Problems found are the command's answer, not its failure: it prints them and sets exit code 1 (result). */
+export function registerCheckCommand(program: Command, reporter: Reporter, result: CommandResult): void {
   program
     .command('check')
     .description('verify checksums, trees, reference counts and volume details; exit 1 on any problem')
-    .option('--pool <dir>', 'pool directory (default $THINBD_POOL, then ./pool)')
+    .addOption(poolOption())
     .option('--json', 'print JSON')
     .option('--repair', 'when problems are found, rebuild the pool in place from what is readable (the old metadata is kept as metadata.bad-<time>) and list what was lost')
     .action(async (options) => {
@@ -33,24 +34,27 @@ export function registerCheckCommand(program: Command, reporter: Reporter): void
         for (const problem of report.problems) reporter.out(`${problem.where}: ${problem.message}`);
       };
       if (options.repair) {
-        const result = await checkAndRepairPool(dir, { onProgress }).finally(() => progress?.stop());
+        const repaired = await checkAndRepairPool(dir, { onProgress }).finally(() => progress?.stop());
         if (options.json) {
-          reporter.json(result);
+          reporter.json(repaired);
         } else {
-          printProblems(result.check);
-          if (result.repair === undefined) {
+          printProblems(repaired.check);
+          if (repaired.repair === undefined) {
             reporter.out(`Pool ${dir} is clean; nothing to repair`);
           } else {
-            for (const loss of result.repair.lost) reporter.out(`lost: ${loss.where}: ${loss.message}`);
+            for (const loss of repaired.repair.lost) reporter.out(`lost: ${loss.where}: ${loss.message}`);
             reporter.out(
-              `Repaired ${dir} in place (${result.check.problems.length} problem(s) found; ` +
-                (result.repair.lost.length === 0 ? 'nothing lost' : `${result.repair.lost.length} loss(es) listed above`) +
-                `); the damaged metadata is kept as ${result.repair.savedMetadataPath}`,
+              `Repaired ${dir} in place (${repaired.check.problems.length} problem(s) found; ` +
+                (repaired.repair.lost.length === 0 ? 'nothing lost' : `${repaired.repair.lost.length} loss(es) listed above`) +
+                `); the damaged metadata is kept as ${repaired.repair.savedMetadataPath}`,
             );
-            if (result.after !== undefined && !result.after.ok) printProblems(result.after);
+            if (repaired.after !== undefined && !repaired.after.ok) printProblems(repaired.after);
           }
         }
-        if (!result.ok) throw new ThinError('THIN_CORRUPT_BLOCK', `the repaired pool ${dir} still has ${result.after?.problems.length ?? 0} problem(s)`);
+        if (!repaired.ok) {
+          reporter.error(`the repaired pool ${dir} still has ${repaired.after?.problems.length ?? 0} problem(s)`);
+          result.exitCode = exitCodes.failure;
+        }
         return;
       }
       const report = live ? await live.check().finally(() => live.close()) : await checkPool(dir, { onProgress }).finally(() => progress?.stop());
@@ -61,7 +65,8 @@ export function registerCheckCommand(program: Command, reporter: Reporter): void
         reporter.out(report.ok ? `Pool ${dir} is clean` : `Pool ${dir}: ${report.problems.length} problem(s) found`);
       }
       if (!report.ok) {
-        throw new ThinError('THIN_CORRUPT_BLOCK', `check found ${report.problems.length} problem(s) in ${dir}`);
+        reporter.error(`check found ${report.problems.length} problem(s) in ${dir}`);
+        result.exitCode = exitCodes.failure;
       }
     });
 }

@@ -4,7 +4,7 @@ import { Pool } from '../../pool/pool.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_SIZE_BYTES_DEFAULT } from '../../constants.ts';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
-import { poolDirectory, sizeOption } from '../options.ts';
+import { poolDirectory, poolOption, sizeOption } from '../options.ts';
 import { warnIfExposed, withService } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { DATA_BLOCK_SIZE_BYTES_MAX, DATA_BLOCK_SIZE_BYTES_MIN } from '../../constants.ts';
@@ -15,7 +15,7 @@ export function registerPoolCommands(program: Command, reporter: Reporter): void
   pool
     .command('create')
     .description('create a pool: a directory holding sparse metadata and data files')
-    .option('--pool <dir>', 'pool directory (default $THINBD_POOL, then ./pool)')
+    .addOption(poolOption())
     .option('--data-size <size>', 'data space', formatSize(DATA_SIZE_BYTES_DEFAULT))
     .option('--block-size <size>', 'data block size: a power of two, 64k to 1G', formatSize(DATA_BLOCK_SIZE_BYTES_DEFAULT))
     .option('--metadata-size <size>', 'metadata space (default: sized from the data space)')
@@ -47,7 +47,7 @@ export function registerPoolCommands(program: Command, reporter: Reporter): void
   pool
     .command('status')
     .description('show the pool: space, metadata, transaction, mode and I/O counters')
-    .option('--pool <dir>', 'pool directory (default $THINBD_POOL, then ./pool)')
+    .addOption(poolOption())
     .option('--json', 'print JSON')
     .action(async (options) => {
       const dir = poolDirectory(options.pool);

@@ -4,10 +4,10 @@ import { join, resolve } from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
-import { poolDirectory } from '../options.ts';
+import { poolDirectory, poolOption } from '../options.ts';
 import { assertPoolExists, warnIfExposed } from '../pool-access.ts';
 import { PoolServer, describeAddress, parseListenAddress } from '../../daemon/serve.ts';
-import { Pool } from '../../pool/pool.ts';
+import { METADATA_FILE_NAME, Pool } from '../../pool/pool.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT, SERVE_HOST_DEFAULT, SERVE_PORT_DEFAULT } from '../../constants.ts';
 
 const DEMO_DATA_SIZE_BYTES = 16 * 1024 ** 3;
@@ -80,7 +80,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
   program
     .command('serve')
     .description('serve every volume over NBD (one export per volume); other commands then reach the pool through its control socket')
-    .option('--pool <dir>', 'pool directory (default $THINBD_POOL, then ./pool)')
+    .addOption(poolOption())
     .option('--listen <host:port...>', `TCP address (default ${SERVE_HOST_DEFAULT}:${SERVE_PORT_DEFAULT} unless --socket is given)`)
     .option('--socket <path...>', 'Unix socket to listen on, instead of or beside TCP')
     .option('--read-only', 'export every volume read-only')
@@ -99,12 +99,12 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
 
   program
     .command('demo')
-    .description(`create ./pool if missing (16G of sparse data space, one 8G volume ${DEMO_VOLUME}) and serve it`)
-    .option('--pool <dir>', 'pool directory', 'pool')
+    .description(`create the pool if missing (16G of sparse data space, one 8G volume ${DEMO_VOLUME}) and serve it`)
+    .addOption(poolOption('created when missing'))
     .option('--listen <host:port...>', `TCP address (default ${SERVE_HOST_DEFAULT}:${SERVE_PORT_DEFAULT})`)
     .action(async (options) => {
-      const poolDir = resolve(options.pool);
-      if (!existsSync(join(poolDir, 'metadata'))) {
+      const poolDir = poolDirectory(options.pool);
+      if (!existsSync(join(poolDir, METADATA_FILE_NAME))) {
         const pool = await Pool.create(poolDir, { dataSizeBytes: DEMO_DATA_SIZE_BYTES, blockSizeBytes: DATA_BLOCK_SIZE_BYTES_DEFAULT });
         await pool.createVolume(DEMO_VOLUME, { sizeBytes: DEMO_VOLUME_SIZE_BYTES });
         await pool.close();

@@ -5,7 +5,7 @@ import type { Writable } from 'node:stream';
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
-import { poolDirectory, sizeOption } from '../options.ts';
+import { poolDirectory, poolOption, sizeOption } from '../options.ts';
 import { assertPoolExists } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
@@ -23,7 +23,6 @@ import { repairPool } from '../../tools/repair.ts';
 import { openPrivateFile } from '../../io/private.ts';
 import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
 
-const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
 
 function choice<T extends string>(option: string, text: string, allowed: readonly T[]): T {
   if (!(allowed as readonly string[]).includes(text)) throw new UsageError(`${option}: '${text}' is not one of ${allowed.join(', ')}`);
@@ -52,7 +51,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
   program
     .command('dump')
     .description("write the pool's metadata as thin_dump XML (what thin_restore reads), JSON or thin_dump's human format")
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('-o, --output <file>', 'write to a new file instead of standard output')
     .option('--format <format>', 'xml, json or human', 'xml')
     .action(async (options) => {
@@ -79,7 +78,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
   program
     .command('restore')
     .description('build a new pool from thin_dump XML (a kernel pool or a thinbd dump) over existing data or a new data file')
-    .option('--pool <dir>', `${poolHelp}; must not exist yet (or be empty)`)
+    .addOption(poolOption('must not exist yet (or be empty)'))
     .requiredOption('-i, --input <file>', 'thin_dump XML, or - for standard input')
     .option('--data <path>', 'existing data file or block device to use in place (data block n at n × block size)')
     .option('--data-size <size>', 'size of a new sparse data file instead')
@@ -125,7 +124,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
     .description("the runs where two volumes' mappings are the same, different or on one side only (thin_delta's output)")
     .argument('<a>', 'left volume (name, or dm-thin device id)')
     .argument('<b>', 'right volume (name, or dm-thin device id)')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('--format <format>', 'xml or json', 'xml')
     .option('--verbose', "list every step with its data blocks (thin_delta --verbose)")
     .action(async (left, right, options) => {
@@ -140,7 +139,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
   program
     .command('repair')
     .description('rebuild a consistent pool in a new directory from whatever metadata is readable, listing what was lost')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .requiredOption('-o, --output <dir>', 'the new pool directory (its data is a link to the damaged pool\'s data)')
     .option('--block-size <size>', 'the data block size, needed only when no superblock copy is readable (the trees are then found by scanning)')
     .option('--json', 'print the report as JSON')
@@ -197,7 +196,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
   metadata
     .command('pack')
     .description("write a compressed image of the pool's live metadata blocks")
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .requiredOption('-o, --output <file>', 'the image to write (must not exist)')
     .action(async (options) => {
       const dir = poolDirectory(options.pool);
@@ -216,7 +215,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
     .command('unpack')
     .description('write a packed metadata image back as the metadata of a pool directory')
     .requiredOption('-i, --input <file>', 'the image written by metadata pack')
-    .option('--pool <dir>', `${poolHelp}; must hold no metadata (a data file there is used)`)
+    .addOption(poolOption('must hold no metadata (a data file there is used)'))
     .option('--data <path>', 'data file or device to link when the directory has none (default: a new sparse file)')
     .action(async (options) => {
       const dir = poolDirectory(options.pool);

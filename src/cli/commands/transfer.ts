@@ -1,14 +1,13 @@
 // thinbd import | export
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
-import { poolDirectory, sizeOption, volumeName } from '../options.ts';
+import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { exportRaw, importRaw } from '../../tools/transfer.ts';
 import { ThinError } from '../../errors.ts';
 
-const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
 
 function progressReporter(label: string): { onProgress: (done: number, total: number | undefined) => void; stop: () => void } {
   let progress: Progress | undefined;
@@ -28,7 +27,7 @@ export function registerTransferCommands(program: Command, reporter: Reporter): 
     .description('copy a raw image (a file, or - for stdin) into a volume, creating it when absent')
     .argument('<name>', 'volume name')
     .argument('<file>', 'raw image file, or - for standard input')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('--offset <size>', 'where in the volume the image starts', '0')
     .action(async (nameText, file, options) => {
       const name = volumeName('volume name', nameText);
@@ -58,7 +57,7 @@ export function registerTransferCommands(program: Command, reporter: Reporter): 
     .description('write a volume to a raw image file (unmapped ranges stay holes), or - for stdout')
     .argument('<name>', 'volume name')
     .argument('<file>', 'raw image file to write, or - for standard output')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .action(async (nameText, file, options) => {
       const name = volumeName('volume name', nameText);
       const progress = progressReporter(`export ${name}`);

@@ -2,12 +2,11 @@
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError, formatTable } from '../report.ts';
-import { poolDirectory, sizeOption, volumeName } from '../options.ts';
+import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { withService } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
 
-const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
 
 function volumeSize(text: string): number {
   const sizeBytes = sizeOption('--size', text);
@@ -33,7 +32,7 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
     .command('create')
     .description('create a thin volume')
     .argument('<name>', 'volume name')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .requiredOption('--size <size>', 'virtual size, e.g. 10G')
     .option('--label <key=value...>', 'free-form labels kept with the volume', [] as string[])
     .action(async (nameText, options) => {
@@ -50,7 +49,7 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
     .description('take an instant writable (or read-only) snapshot of a volume or snapshot')
     .argument('<source>', 'volume to snapshot')
     .argument('<name>', 'name of the new snapshot')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('--read-only', 'make the snapshot read-only')
     .action(async (sourceText, nameText, options) => {
       const source = volumeName('source volume name', sourceText);
@@ -66,7 +65,7 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
     .command('remove')
     .description('remove a volume or snapshot; its snapshots stay intact')
     .argument('<name>', 'volume name')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('--force', 'remove even when NBD clients are connected to it')
     .action(async (nameText, options) => {
       const name = volumeName('volume name', nameText);
@@ -80,7 +79,7 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
     .command('resize')
     .description('grow a volume, or shrink it with --allow-shrink (shrinking discards what lies past the new end)')
     .argument('<name>', 'volume name')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .requiredOption('--size <size>', 'new virtual size')
     .option('--allow-shrink', 'allow a size below the current one, discarding the data past it')
     .action(async (nameText, options) => {
@@ -94,7 +93,7 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
   program
     .command('list')
     .description('list volumes with their mapped, exclusive and shared space')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('--json', 'print JSON')
     .action(async (options) => {
       const volumes = await withService(poolDirectory(options.pool), 'read', (service) => service.listVolumes());
