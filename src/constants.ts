@@ -19,6 +19,14 @@ export const VOLUME_SIZE_BYTES_MAX = 2 ** 50;
 export const VOLUME_NAME_LENGTH_MAX = 128;
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
 
+/** dm-thin, LVM and thin_dump count data block sizes in 512-byte sectors. */
+export const SECTOR_BYTES = 512;
+
+/** Progress calls on long walks: often enough for a bar, rare enough to cost nothing. */
+export const PROGRESS_EXTENTS_STEP = 65536;
+/** Metadata blocks between two progress calls of metadata pack. */
+export const PROGRESS_BLOCKS_STEP = 4096;
+
 // Raw image import and export (thinbd import / export).
 /** Bytes read or written per step: large enough to amortize calls, small enough to keep memory flat. */
 export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
@@ -152,8 +160,10 @@ export const METADATA_FORMAT_VERSION = 2;
  */
 export const SUPERBLOCK_BLOCK_NRS: readonly number[] = [0, 64, 1024, 16384];
 
+/** Metadata blocks for trees beyond the last superblock copy in the smallest metadata file. */
+export const METADATA_TREE_BLOCKS_MIN = 1024;
 /** Smallest metadata file: must hold every superblock copy plus room for trees (the file is sparse). */
-export const METADATA_BLOCK_COUNT_MIN = 16384 + 1024;
+export const METADATA_BLOCK_COUNT_MIN = SUPERBLOCK_BLOCK_NRS[SUPERBLOCK_BLOCK_NRS.length - 1]! + METADATA_TREE_BLOCKS_MIN;
 /** Largest metadata file: 16 GiB as dm-thin; the in-memory reference counts are 4 bytes per block (64 MiB). */
 export const METADATA_BLOCK_COUNT_MAX = 4 * 1024 * 1024;
 /** Default metadata file: 1 GiB sparse, so a pool almost never has to grow it. */
@@ -191,9 +201,9 @@ export const CONTROL_CONNECT_TIMEOUT_MS = 2000;
 export const DUMP_OUTPUT_BUFFER_BYTES = 64 * 1024;
 /** Bytes restore reads from its input per step; the events of one step are all that is held. */
 export const RESTORE_INPUT_CHUNK_BYTES = 64 * 1024;
-/** Largest dm-thin device id: the kernel's MAX_DEV_ID is 24 bits (refs/dm-thin-interop.md §1). */
+/** Largest dm-thin device id: the kernel's MAX_DEV_ID is 24 bits (drivers/md/dm-thin-metadata.h). */
 export const DM_THIN_DEV_ID_MAX = 2 ** 24 - 1;
-/** Largest time dm-thin keeps with a mapping: 24 bits of the block_time word (refs §6). */
+/** Largest time dm-thin keeps with a mapping: 24 bits of the block_time word (drivers/md/dm-thin-metadata.c, pack_block_time). */
 export const DM_THIN_MAPPING_TIME_MAX = 2 ** 24 - 1;
 /** Mapping runs of thin-provisioning-tools 1.x `<def>` sections held in memory to expand `<ref>`s (16 bytes each: 256 MiB). */
 export const RESTORE_SHARED_RUNS_MAX = 16 * 1024 * 1024;

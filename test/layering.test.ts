@@ -1,4 +1,4 @@
-// Layers import only downwards (shared/DESIGN.md): a lower layer that imports a higher one fails here.
+// Layers import only downwards (docs/internals.md, "Layers"): a lower layer that imports a higher one fails here.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -6,6 +6,10 @@ import { join, relative, resolve, dirname } from 'node:path';
 
 const root = resolve(import.meta.dirname, '..', 'src');
 // Each layer may import itself and the layers listed after it.
+// `archive` and `image` are being built (issues 14 and 13): their rules are fixed here so that
+// they land in the right place, and ARRIVING names them until their folders exist; the last test
+// fails when a layer listed here has no folder and is not arriving, or arrived and is still marked so.
+const ARRIVING = new Set(['archive', 'image']);
 const allowed: Record<string, string[]> = {
   io: [],
   pdata: ['io'],
@@ -18,7 +22,7 @@ const allowed: Record<string, string[]> = {
   daemon: ['nbd', 'tools', 'pool', 'journal', 'pdata', 'io'],
   cli: ['daemon', 'nbd', 'tools', 'pool', 'journal', 'pdata', 'io', 'archive', 'image'],
 };
-const shared = new Set(['constants.ts', 'errors.ts', 'index.ts', 'util']);
+const shared = new Set(['constants.ts', 'errors.ts', 'index.ts']);
 
 function* sourceFiles(dir: string): Generator<string> {
   for (const entry of readdirSync(dir)) {
@@ -47,4 +51,12 @@ test('every import in src points to the same layer, a lower layer, or shared mod
     }
   }
   assert.deepEqual(violations, []);
+});
+
+test('every layer listed exists as a folder of src, unless it is still arriving', () => {
+  const folders = new Set(readdirSync(root).filter((entry) => statSync(join(root, entry)).isDirectory()));
+  for (const layer of Object.keys(allowed)) {
+    if (ARRIVING.has(layer)) assert.ok(!folders.has(layer), `src/${layer} exists: take it off ARRIVING in test/layering.test.ts`);
+    else assert.ok(folders.has(layer), `test/layering.test.ts lists a layer src/${layer} that does not exist`);
+  }
 });

@@ -14,8 +14,8 @@ export interface SyncOptions {
   /**
    * The caller has nothing else to do until this sync ends and little is dirty (a client's flush
    * with no other request in flight): a regular file may sync on the calling thread instead of a
-   * worker thread. The hand-off to a worker and back is two thread wake-ups, about 50 µs, a
-   * fifth of a small fdatasync on this project's machines; the price is that the event loop
+   * worker thread. The hand-off to a worker and back is two thread wake-ups, a noticeable part of
+   * a small fdatasync (docs/benchmarks.md, "Figures behind code decisions"); the price is that the event loop
    * waits for the disk meanwhile, which is why the caller decides.
    */
   inline?: boolean;

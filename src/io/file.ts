@@ -3,8 +3,9 @@
 // The data path: reads the page cache holds (preadv2 with RWF_NOWAIT) and writes to regular
 // files (pwrite, normally a copy into the page cache) run on the main thread; the rest (uncached
 // reads, writes to block devices) go to the libuv pool as fs.read/fs.write with callbacks. The
-// pool's round trip cost about half the server's CPU on 4 KiB requests, and FileHandle promises
-// cost about three times as much per operation as callbacks (refs/node-io.md).
+// pool's round trip was a large part of the server's CPU on 4 KiB requests, and FileHandle
+// promises cost several times as much per operation as callbacks (docs/benchmarks.md, "Node file
+// I/O on the hot path" and "Figures behind code decisions").
 // readSync serves the metadata layer, whose blocks are almost always in the page cache. Syncs
 // go to the libuv pool, unless the caller says that nothing else waits (SyncOptions.inline).
 //
@@ -13,7 +14,7 @@
 //
 // Fail-stop: after a write or a sync fails, the kernel may already have dropped the dirty
 // pages it could not write back, and a later fdatasync can succeed although the data never
-// reached the disk (refs/fault-model.md §6; PostgreSQL's fsync incident). So once a write or a
+// reached the disk (docs/fault-model.md section 3; PostgreSQL's fsync incident). So once a write or a
 // sync has failed, every later sync fails too: nothing written through this file can be called
 // durable again until the file is reopened and what is on disk is read back.
 import fs from 'node:fs';
@@ -221,8 +222,8 @@ export class FileBlockFile implements BlockFile {
   /**
    * fallocate(2) of the range on a koffi worker thread, keeping the file's size (mode 0 inside
    * the file). Buffered writes into allocated (unwritten) extents skip ext4's delayed-allocation
-   * bookkeeping: a 64 KiB pwrite into a hole cost ~1.4x one into allocated space (fio psync on
-   * this machine's ext4). Off for block devices, and for good after the first failure
+   * bookkeeping: a pwrite into a hole costs more than one into allocated space (docs/benchmarks.md,
+   * "Figures behind code decisions"). Off for block devices, and for good after the first failure
    * (EOPNOTSUPP on file systems without it, ENOSPC on a full one: then writes allocate as before
    * and report ENOSPC themselves).
    */
@@ -288,8 +289,9 @@ export class FileBlockFile implements BlockFile {
   /**
    * Reads what of [offsetBytes, +target.length) the page cache holds, without blocking:
    * preadv2(RWF_NOWAIT) returns EAGAIN instead of waiting for the disk. A 4 KiB read through
-   * fs.read costs a libuv thread-pool round trip (~24% of the server's CPU for cached random
-   * reads); through koffi the call costs ~2 µs on the main thread. Returns the bytes read
+   * fs.read costs a libuv thread-pool round trip (a large share of the server's CPU for cached
+   * random reads); through koffi the call is a few microseconds on the main thread (docs/benchmarks.md,
+   * "Figures behind code decisions"). Returns the bytes read
    * (a whole target at end of file, the tail zero-filled); 0 sends the caller to fs.read.
    */
   #readCached(target: Uint8Array, offsetBytes: number): number {
@@ -320,9 +322,10 @@ export class FileBlockFile implements BlockFile {
 
   /**
    * write() on the main thread (pwrite through fs.writeSync). A buffered write normally only
-   * copies into the page cache (~3 µs), while fs.write costs a thread-pool round trip, and each
-   * completion arriving on its own event-loop turn sent its reply in its own system call: about
-   * half of the server's CPU on 4 KiB writes. Written here, the writes of one batch of requests
+   * copies into the page cache (microseconds), while fs.write costs a thread-pool round trip, and
+   * each completion arriving on its own event-loop turn sent its reply in its own system call:
+   * together a large part of the server's CPU on 4 KiB writes (docs/benchmarks.md, "Figures behind
+   * code decisions"). Written here, the writes of one batch of requests
    * complete in one turn and their replies leave in one writev. The cost: a write that must wait
    * (dirty-page throttling, a slow device) stalls every connection meanwhile, as it stalls the
    * client that issued it in the kernel's own block layer.

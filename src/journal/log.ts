@@ -270,7 +270,8 @@ export class DeltaLog {
       } catch (error) {
         throw new ThinError('THIN_IO', `Cannot read back delta log block ${write.blockNr} of ${this.file.description}`, { cause: error });
       }
-      // A native comparison: a callback per byte cost ~30 µs a record.
+      // A native comparison: a callback per byte was measurably slower (docs/benchmarks.md,
+      // "Figures behind code decisions").
       if (!readBack.equals(write.bytes)) {
         throw new ThinError('THIN_IO', `Delta log block ${write.blockNr} of ${this.file.description} reads back different from what was written and synced (a misdirected or lost write)`);
       }

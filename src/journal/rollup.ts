@@ -47,7 +47,7 @@ export function planFlush(state: FlushState): FlushPlan {
 
 /**
  * The idle rule, asked on a commit timer tick that finds nothing in flight after a quiet interval
- * (or after LOG_ROLLUP_TICKS_MAX ticks without a rollup; PoolCore.commitIfChanged): everything
+ * (or after LOG_ROLLUP_TICKS_MAX ticks without a rollup; CommitScheduler.tick): everything
  * changed is already logged, so fold the log now, while nobody waits for it.
  */
 export function idleRollupDue(state: FlushState): boolean {

@@ -504,7 +504,8 @@ export class NbdConnection {
       socket.cork();
       // setImmediate, not nextTick: each fs completion is its own macrotask, so a nextTick uncork
       // sent one writev per reply; the check phase runs after the whole poll phase, gathering the
-      // replies of every completion that arrived in it (server CPU per 4 KiB read -8%).
+      // replies of every completion that arrived in it (less server CPU per 4 KiB read:
+      // docs/benchmarks.md, "Figures behind code decisions").
       setImmediate(this.#uncork);
     }
     const lengthBytes = bytes.length;

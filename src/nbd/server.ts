@@ -112,9 +112,9 @@ export class NbdServer {
   /**
    * Takes an accepted socket over with one read buffer shared by all connections (Node's
    * `onread`): otherwise every read allocates a new 64 KiB buffer, and at streaming rates that
-   * external memory made V8 run a full mark-compact every 64 MiB received — a quarter of the
-   * server's CPU on 1 MiB writes; with the shared buffer, CPU per 1 MiB write halved and
-   * throughput rose 1.4-2x (docs/benchmarks.md). Node offers `onread` only for sockets it
+   * external memory made V8 run a full mark-compact every 64 MiB received, a large share of the
+   * server's CPU on 1 MiB writes; the shared buffer cut it (docs/benchmarks.md, "Figures behind
+   * code decisions"). Node offers `onread` only for sockets it
    * creates, so the accepted socket's handle is wrapped in a new Socket; the accepted one,
    * paused since accept, is destroyed when the new one closes, which keeps the listener's
    * connection count right. Without a handle (not a real socket) the stream reads as usual.

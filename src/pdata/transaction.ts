@@ -416,7 +416,7 @@ export class TransactionManager implements BlockManager {
     return block;
   }
 
-  /** A new zeroed block with count 1, writable until the transaction is sealed. */
+  /** A new zeroed block with count 1, writable until the transaction is sealed; the commit reserve stays free (F-TX-7). */
   allocate(type: number): Block {
     this.#assertWritable();
     const reserve = this.#sealing ? 0 : METADATA_COMMIT_RESERVE_BLOCKS;
@@ -436,8 +436,9 @@ export class TransactionManager implements BlockManager {
   }
 
   /**
-   * A writable version of blockNr. A block allocated in the open transaction and referenced
-   * once is returned itself (wasShared false). Otherwise the block is copied into a new block and
+   * A writable version of blockNr (F-TX-5: a block a committed generation may reference is never
+   * rewritten, only copied). A block allocated in the open transaction and referenced once is
+   * returned itself (wasShared false). Otherwise the block is copied into a new block and
    * blockNr loses one reference; wasShared says it had more than one, so the caller must add a
    * reference to everything the copy references.
    */

@@ -30,7 +30,7 @@ export const DEVICE_FLAG_READ_ONLY = 1;
 export const EXTENT_VALUE_SIZE_BYTES = 16;
 /** lengthBlocks is a u32 on disk (F-POOL-22). */
 export const EXTENT_LENGTH_BLOCKS_MAX = 0xffff_ffff;
-/** Pool time is a u32, as dm-thin's (refs/dm-thin-interop.md §2). */
+/** Pool time is a u32, as dm-thin's superblock `time` (drivers/md/dm-thin-metadata.c). */
 export const POOL_TIME_MAX = 0xffff_ffff;
 /** Volume ids are u32 on disk; dm-thin limits them to 24 bits, which export will check. */
 export const VOLUME_ID_MAX = 0xffff_ffff;

@@ -119,7 +119,7 @@ export class CommitScheduler {
     this.#metadataDirty = true;
   }
 
-  /** A change the delta log cannot describe was made: the next flush is a full commit. */
+  /** A change the delta log cannot describe was made: the next flush is a full commit (F-LOG-6). */
   unloggedChange(): void {
     this.#unloggedChange = true;
   }
@@ -326,7 +326,8 @@ export class CommitScheduler {
   /**
    * How a flush's syncs run: on the main thread when no request is in flight and little data is
    * dirty (INLINE_SYNC_DIRTY_BYTES_MAX), since then nothing waits for the event loop and the
-   * worker thread's round trip is a large part of the sync; otherwise on a worker thread.
+   * worker thread's round trip is a large part of a small sync (docs/benchmarks.md, "Figures
+   * behind code decisions"); otherwise on a worker thread.
    */
   #flushSyncOptions(): SyncOptions {
     return { inline: this.#host.requestsInFlight === 0 && this.#dataPath.bytesSinceSync <= INLINE_SYNC_DIRTY_BYTES_MAX };

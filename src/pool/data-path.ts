@@ -66,7 +66,8 @@ export class DataPath {
   /**
    * Free block-sized scratch buffers for copy-on-write and partly written new blocks: one
    * allocated per such write made the garbage collector a large share of the server's CPU on the
-   * copy-on-write row (docs/benchmarks.md). Bounded by COPY_BUFFERS_RETAINED_BYTES_MAX.
+   * copy-on-write row (docs/benchmarks.md, "Figures behind code decisions"). Bounded by
+   * COPY_BUFFERS_RETAINED_BYTES_MAX.
    */
   readonly #blockBuffers: Uint8Array[] = [];
   #bytesWritten = 0;
@@ -267,8 +268,8 @@ export class DataPath {
         // of a sequential stream (a journal, a log, a file appended with fsync), and the file
         // system then allocates the whole block at once, so the stream's later writes into it
         // overwrite written space. Written piece by piece, every sync after a write into a
-        // fallocated (unwritten) part costs ext4 a journal commit to convert it (measured in
-        // docs/benchmarks.md, the ext4 fsync loop); random writes begin a block only once in
+        // fallocated (unwritten) part costs ext4 a journal commit to convert it (docs/benchmarks.md,
+        // "Figures behind code decisions"); random writes begin a block only once in
         // blockSize/writeSize.
         if (source === undefined) {
           await this.dataWrite(this.zeroBlock, offsetBytes);

@@ -158,7 +158,8 @@ export class MappingChanges {
    * copy-on-write, as one change. The extent holding the block keeps the parts around it; the
    * new mapping merges with a neighbour it continues (F-POOL-22). Four tree operations for a
    * block inside an extent, where an unmap and a separate insert took seven (the remap was a
-   * fifth of the server's CPU on writes after a snapshot).
+   * large share of the server's CPU on writes after a snapshot: docs/benchmarks.md, "Figures behind
+   * code decisions").
    */
   remap(device: Device, virtualBlock: number, oldBlock: number, newBlock: number): void {
     this.#host.mutate(`moving block ${virtualBlock} of volume ${device.details.name}`, 6, () => {

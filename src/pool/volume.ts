@@ -122,7 +122,8 @@ export class Volume {
     if (target.length === 0) return false;
     const { begin, end } = touchedBlocks(offsetBytes, target.length, this.#core.blockSizeBytes);
     // The common case takes its lock at once: no waiting promise, no run list (per-request
-    // garbage was ~17% of the server's CPU on 4 KiB reads).
+    // garbage was a large share of the server's CPU on 4 KiB reads: docs/benchmarks.md,
+    // "Figures behind code decisions").
     const release = this.#lockedNow(begin, end);
     if (release === undefined) {
       return await this.#locked(offsetBytes, target.length, () => this.#core.dataPath.readRange(this.#device, offsetBytes, target));

@@ -19,7 +19,7 @@
 // block range. A node found corrupt is reported once and its subtree skipped. The work is a few
 // phases over one context, in this order: the data space map, the device tree, the volumes (and
 // their mapping trees), the data reference counts, the metadata reference counts.
-import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
+import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES, PROGRESS_EXTENTS_STEP } from '../constants.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import {
   BTREE_BLOCK_TYPES,
@@ -75,9 +75,6 @@ export interface CheckOptions {
   /** Called now and then with mapped blocks walked so far and in all (for a progress bar). */
   onProgress?: (doneBlocks: number, totalBlocks: number) => void;
 }
-
-/** Extents between two progress calls: often enough for a bar, rare enough to cost nothing. */
-const PROGRESS_EXTENTS_STEP = 65536;
 
 const PROBLEMS_MAX_DEFAULT = 1000;
 

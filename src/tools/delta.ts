@@ -1,5 +1,5 @@
 // thin_delta: how two devices' mappings differ, run by run, as thin-provisioning-tools 0.9.0
-// computes and prints it (TPT-0.9 thin_delta.cc; refs/dm-thin-interop.md §4):
+// computes and prints it (thin-provisioning-tools 0.9.0 `thin_delta.cc`):
 //
 // 1. Each device's mappings, in origin order, are gathered into runs that continue while both the
 //    virtual and the data block are contiguous — time is ignored (mapping_recorder).
@@ -80,7 +80,7 @@ export function* dataRuns(mappings: Iterable<Mapping>): Generator<Run> {
   if (run !== undefined) yield run;
 }
 
-/** A run list with a cursor into its current run (TPT's mapping_stream). */
+/** A run list with a cursor into its current run (thin-provisioning-tools' mapping_stream). */
 class RunCursor {
   readonly #runs: Iterator<Run>;
   current: Run | undefined;

@@ -3,7 +3,7 @@
 //
 // Both estimates count the worst case that dm-thin's formula counts: every mapped data block is
 // its own mapping entry (no two neighbours contiguous), and B+tree leaves are half full on
-// average ("double-fold # of nodes, because they aren't fully populated in average", TPT-0.9
+// average ("double-fold # of nodes, because they aren't fully populated in average", thin-provisioning-tools 0.9.0
 // thin_metadata_size.cc). thinbd stores extents, so a pool written in runs of R blocks needs about
 // 1/R of the mapping and space-map part: `averageRunBlocks` says how long the runs are.
 //
@@ -17,11 +17,12 @@
 //   fixed               superblock copies, and the metadata space map's own extents
 // and rounded up to the smallest metadata file thinbd creates.
 import {
+  DELTA_LOG_BLOCK_COUNT,
   METADATA_BLOCK_COUNT_MAX,
   METADATA_BLOCK_COUNT_MIN,
   METADATA_BLOCK_SIZE_BYTES,
+  SECTOR_BYTES,
   SUPERBLOCK_BLOCK_NRS,
-  DELTA_LOG_BLOCK_COUNT,
 } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import { CHILD_VALUE_BYTES, nodeCapacity } from '../pdata/btree/node.ts';
@@ -33,7 +34,6 @@ import { DEVICE_VALUE_SIZE_BYTES, EXTENT_VALUE_SIZE_BYTES } from '../pool/codecs
 const DM_THIN_NODE_BYTES = 4096;
 const DM_THIN_NODE_HEADER_BYTES = 64;
 const DM_THIN_ENTRY_BYTES = 16;
-const SECTOR_BYTES = 512;
 
 export interface MetadataSizeOptions {
   dataSizeBytes: number;

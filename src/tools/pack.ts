@@ -1,6 +1,6 @@
 // `thinbd metadata pack | unpack`: a compressed image of a pool's live metadata, for bug reports,
-// backups and moving metadata between hosts (the idea of thin_metadata_pack, refs §7; not its
-// format). Only blocks the metadata space map counts as used go in — a 1 GiB sparse metadata
+// backups and moving metadata between hosts (the idea of thin-provisioning-tools 1.x
+// thin_metadata_pack; not its format). Only blocks the metadata space map counts as used go in — a 1 GiB sparse metadata
 // file of a pool with a few thousand live blocks packs into a few hundred KiB — and unpack writes
 // them back at their places in a new sparse file, so every live block is restored bit for bit
 // (free blocks read as zeros).
@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDeflate, createInflate } from 'node:zlib';
-import { METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
+import { METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, PROGRESS_BLOCKS_STEP } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
@@ -43,9 +43,6 @@ export interface PackOptions {
   /** Called now and then with live blocks packed so far and in all (for a progress bar). */
   onProgress?: (doneBlocks: number, totalBlocks: number) => void;
 }
-
-/** Live blocks between two progress calls. */
-const PROGRESS_BLOCKS_STEP = 4096;
 
 /** Packs the live metadata of the pool in `dir` into a new file at `outputPath`. */
 export async function packMetadata(dir: string, outputPath: string, options: PackOptions = {}): Promise<PackSummary> {

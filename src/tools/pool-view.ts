@@ -7,7 +7,7 @@
 // beside a writer. It does not use pdata's TreeWalker: that walker visits a leaf shared by several
 // snapshots once, which is right for counting references, while dump and delta need every
 // volume's own full list of mappings; BTree.entries gives that lazily, one leaf at a time.
-import { METADATA_BLOCK_HEADER_BYTES } from '../constants.ts';
+import { METADATA_BLOCK_HEADER_BYTES, SECTOR_BYTES } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import { BTree, BlockType, TransactionManager, type OpenReport } from '../pdata/index.ts';
 import {
@@ -24,7 +24,6 @@ import { deviceReadCodec, extentReadCodec, validatePayloadRoots } from '../pool/
 import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, Mapping, SuperblockBegin } from './dump/events.ts';
 
-const SECTOR_BYTES = 512;
 /** dm-thin's metadata version, written by the kernel and thin-provisioning-tools 1.x. */
 const DM_THIN_METADATA_VERSION = 2;
 

@@ -2,8 +2,8 @@
 // and produces the dump/restore event stream (dump/events.ts) for a visitor: restore's pool
 // builder, or a writer (XML in, JSON out).
 //
-// The input is untrusted. Unlike thin_restore 0.9.0, which is no validator (refs §3: it takes
-// duplicate mappings, last one winning, and leaks a data block), this reader refuses anything
+// The input is untrusted. Unlike thin_restore 0.9.0, which is no validator (it takes duplicate
+// mappings, last one winning, and leaks a data block), this reader refuses anything
 // that could not have come from a consistent pool, and names the line and the reason:
 // ThinError THIN_INVALID "restore: line 12: …". It refuses invalid XML, unknown elements,
 // elements in the wrong place, missing or malformed attributes, text between elements, a mapping
@@ -17,7 +17,8 @@
 // order), coalesced, so a device written in long runs costs a few numbers.
 //
 // thin-provisioning-tools 1.x `<def name>` sections (mapping runs shared by several devices) are
-// held in memory and expanded wherever a device says `<ref name/>` (refs §1.3), so a 1.x dump
+// held in memory and expanded wherever a device says `<ref name/>` (thin-provisioning-tools 1.x
+// `dump.rs`), so a 1.x dump
 // restores too; 0.9.0 rejects them.
 import { SaxesParser, type SaxesTag } from 'saxes';
 import {

@@ -37,6 +37,7 @@ import {
   METADATA_BLOCK_HEADER_BYTES,
   METADATA_BLOCK_SIZE_BYTES,
   METADATA_DIRTY_BLOCKS_SOFT_MAX,
+  SECTOR_BYTES,
   VOLUME_SIZE_BYTES_MAX,
 } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
@@ -64,8 +65,6 @@ import type { DeviceBegin, DumpVisitor, Mapping, SuperblockBegin, VisitResult } 
 import { readThinXml, type XmlReadSummary } from './restore-xml.ts';
 import { ReferenceRuns } from './reference-runs.ts';
 import { makePrivateDirectory } from '../io/private.ts';
-
-const SECTOR_BYTES = 512;
 
 export type RestoreData = { path: string } | { sizeBytes: number };
 

@@ -1,5 +1,5 @@
 // Power cuts at every point of a recorded commit trace: writes since the last sync are each
-// written, dropped or torn sector by sector (SQLite's 3/8 : 3/8 : 1/4, refs/fault-model.md §2).
+// written, dropped or torn sector by sector (SQLite's 3/8 : 3/8 : 1/4, docs/fault-model.md section 2).
 // After every cut the metadata must open at an acknowledged generation or a newer sealed one,
 // never fall back past a valid copy, hold exactly that generation's trees, and have reference
 // counts equal to the references a walk finds (no leaks, no double references).

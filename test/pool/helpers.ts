@@ -1,4 +1,5 @@
 // Pools in memory for the pool and checker tests.
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import type { BlockFile } from '../../src/io/block-file.ts';
 import { ThinError } from '../../src/errors.ts';
@@ -8,7 +9,7 @@ import { SparseImage } from '../sim/sim-disk.ts';
 
 export const BLOCK = 64 * 1024;
 /** The smallest metadata file pdata accepts (sparse in memory: costs only what is written). */
-export const METADATA_BYTES = (16384 + 1024) * 4096;
+export const METADATA_BYTES = METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES;
 
 export interface MemoryPool {
   pool: Pool;

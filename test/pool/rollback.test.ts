@@ -1,4 +1,4 @@
-// Open never goes back silently (refs/fault-model.md §3, G9; docs/format.md F-SB-6, F-SB-10): when
+// Open never goes back silently (docs/fault-model.md G9; docs/format.md F-SB-6, F-SB-10): when
 // the newest generation was written but no copy of it is usable, the pool opens the previous one
 // in needs-check mode saying why, and checkPool reports the lost generation as a problem.
 import { test } from 'node:test';

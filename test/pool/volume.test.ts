@@ -643,7 +643,7 @@ test('a data write that fails fails its request, maps nothing, and fails every l
   data.failWrites = true;
   await assert.rejects(v.write(2 * BLOCK + 5, filled(10, 2)), code('THIN_IO'));
   // This file forgets the failure and would sync again; the kernel may likewise have dropped the
-  // dirty pages and report the next fsync a success (refs/fault-model.md §6). The pool remembers.
+  // dirty pages and report the next fsync a success (docs/fault-model.md section 3). The pool remembers.
   data.failWrites = false;
   const status = pool.status();
   assert.equal(status.mode, 'needs-check');

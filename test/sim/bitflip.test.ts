@@ -1,4 +1,4 @@
-// Corruption of the live metadata of a committed pool (refs/fault-model.md G7, G8): every injected
+// Corruption of the live metadata of a committed pool (docs/fault-model.md G7, G8): every injected
 // fault must be detected by checkPool, and by Pool.openOn or by the read that touches it (a clear
 // ThinError), never turned into wrong data or an exception that is not a ThinError.
 //
@@ -10,7 +10,7 @@
 // superblock copy) lands on another block, and the flush that carried it is acknowledged.
 //
 // "Detected by open" includes the pool opening degraded (not read-write though asked to be). Serving an older generation
-// without saying so is a silent rollback and fails (refs/fault-model.md §3).
+// without saying so is a silent rollback and fails (docs/fault-model.md section 2).
 //
 // Each test runs every injection and then lists all failures by kind.
 // Replay: THINBD_SEED=S node --import tsx --test test/sim/bitflip.test.ts
@@ -20,7 +20,7 @@ import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
 import { BlockHeader, BlockType, checksumOf } from '../../src/pdata/block.ts';
 import { ThinError } from '../../src/errors.ts';
-import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
 import { Rng, seedFromEnv } from './rng.ts';
 import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual, type SparseImage } from './sim-disk.ts';
 import { applyOp, decodeSector, runOp, sectorPattern, type ModelState, type PoolOp, type VolumeModel } from './pool-model.ts';
@@ -31,7 +31,7 @@ const seed = seedFromEnv(7100);
 const BLOCK_SIZE_BYTES = 64 * 1024;
 const BS = BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES;
 const VOLUME_SIZE_SECTORS = 8 * BS;
-const METADATA_BLOCK_COUNT = 16384 + 1024;
+const METADATA_BLOCK_COUNT = METADATA_BLOCK_COUNT_MIN;
 /** Misdirected-commit cases per run. */
 const MISDIRECT_CASES = 400;
 

@@ -1,4 +1,4 @@
-// The I/O-error loop (refs/fault-model.md G10, SQLite's): a fixed workload runs once for every N,
+// The I/O-error loop (docs/fault-model.md G10, SQLite's): a fixed workload runs once for every N,
 // with the N-th backing I/O (read, write or sync, either disk) failing with EIO, once or from then
 // on. Whatever fails must fail with a ThinError; after a failed write or sync (data or metadata)
 // no FLUSH or FUA write may be acknowledged and the pool must stop accepting writes (fail-stop,

@@ -1,4 +1,4 @@
-// Power cuts around the delta log (src/journal; refs/fault-model.md G1, G5, G6, G9, G11).
+// Power cuts around the delta log (src/journal; docs/fault-model.md G1, G5, G6, G9, G11).
 //
 // 1. Bounded workloads (at most 3 ops among sector, block, multi-block and FUA writes, discard,
 //    snapshot, remove, create, flush and rollup) on starting pools whose delta log is empty or

@@ -1,4 +1,4 @@
-// Power cuts at every event of small pool workloads (refs/fault-model.md G1, G5, G6).
+// Power cuts at every event of small pool workloads (docs/fault-model.md G1, G5, G6).
 //
 // Each campaign seed picks a starting pool (empty; one volume with data; a volume, its snapshot
 // and a second volume) and up to three operations among sector, block, multi-block and FUA writes,

@@ -1,5 +1,5 @@
 // A model of a pool's block contents for crash tests, and the checker that holds a recovered pool
-// against it (refs/fault-model.md G5).
+// against it (docs/fault-model.md G5).
 //
 // Every sector a workload writes carries a pattern naming (writeId, sector), so a sector read back
 // is identified exactly: zeros, the pattern of one known write, or garbage. A write id belongs to

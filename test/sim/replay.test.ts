@@ -1,4 +1,4 @@
-// Reproducibility (refs/fault-model.md G18): a simulated pool is the same bytes every time it is
+// Reproducibility (docs/fault-model.md G18): a simulated pool is the same bytes every time it is
 // made, in any process, because the simulator gives Pool.createOn a pool id and a fixed clock
 // (pool-bases.ts) instead of a random id and Date.now().
 import { test } from 'node:test';

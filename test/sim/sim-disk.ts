@@ -1,5 +1,5 @@
 // The simulated disk: a deterministic model of a machine whose disks lose power
-// (shared/refs/fault-model.md §2, "thinbd's simulated disk").
+// (docs/fault-model.md section 2).
 //
 // Model.
 // - A SimMachine holds one or more SimDisks (a pool uses two: metadata and data). A power cut

@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -208,7 +209,7 @@ test('the check goes on after a corrupt node and reports the other problems too'
 test('checking a pool directory writes nothing to its files', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'thinbd-check-'));
   try {
-    const pool = await Pool.create(path.join(dir, 'pool'), { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: (16384 + 1024) * 4096 });
+    const pool = await Pool.create(path.join(dir, 'pool'), { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES });
     const v = await pool.createVolume('v', { sizeBytes: 4 * BLOCK });
     await v.write(10, filled(3 * BLOCK, 9));
     await pool.snapshot('v', 's');

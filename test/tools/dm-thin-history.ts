@@ -1,5 +1,5 @@
 // Seeded random dm-thin pool histories, played on a model of the kernel's semantics
-// (refs/dm-thin-interop.md §2) and rendered as thin_dump XML: create_thin, create_snap (pool time
+// (drivers/md/dm-thin-metadata.c) and rendered as thin_dump XML: create_thin, create_snap (pool time
 // +1, origin's snap_time set), writes (a block shared with a snapshot — snap_time > mapping time —
 // gets a new data block at the current time; an exclusive one is rewritten in place), discards,
 // deletes and set_transaction_id. Allocation prefers the block after the previous one, so devices

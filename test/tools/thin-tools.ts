@@ -50,7 +50,7 @@ export class Scratch {
     return join(this.dir, name);
   }
 
-  /** thin_restore needs an existing, large enough output file (refs §3.10). */
+  /** thin_restore needs an existing, large enough output file (thin-provisioning-tools 0.9.0). */
   zeroedFile(name: string, sizeBytes: number): string {
     const path = this.path(name);
     writeFileSync(path, '');

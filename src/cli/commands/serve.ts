@@ -8,9 +8,8 @@ import { poolDirectory, poolOption } from '../options.ts';
 import { assertPoolExists, warnIfExposed } from '../pool-access.ts';
 import { PoolServer, describeAddress, parseListenAddress } from '../../daemon/serve.ts';
 import { METADATA_FILE_NAME, Pool } from '../../pool/pool.ts';
-import { DATA_BLOCK_SIZE_BYTES_DEFAULT, SERVE_HOST_DEFAULT, SERVE_PORT_DEFAULT } from '../../constants.ts';
+import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_SIZE_BYTES_DEFAULT, SERVE_HOST_DEFAULT, SERVE_PORT_DEFAULT } from '../../constants.ts';
 
-const DEMO_DATA_SIZE_BYTES = 16 * 1024 ** 3;
 const DEMO_VOLUME_SIZE_BYTES = 8 * 1024 ** 3;
 const DEMO_VOLUME = 'vol0';
 
@@ -105,7 +104,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .action(async (options) => {
       const poolDir = poolDirectory(options.pool);
       if (!existsSync(join(poolDir, METADATA_FILE_NAME))) {
-        const pool = await Pool.create(poolDir, { dataSizeBytes: DEMO_DATA_SIZE_BYTES, blockSizeBytes: DATA_BLOCK_SIZE_BYTES_DEFAULT });
+        const pool = await Pool.create(poolDir, { dataSizeBytes: DATA_SIZE_BYTES_DEFAULT, blockSizeBytes: DATA_BLOCK_SIZE_BYTES_DEFAULT });
         await pool.createVolume(DEMO_VOLUME, { sizeBytes: DEMO_VOLUME_SIZE_BYTES });
         await pool.close();
         reporter.out(`Created pool ${poolDir} (16G sparse data space) with an 8G volume ${DEMO_VOLUME}`);

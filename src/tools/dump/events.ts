@@ -1,11 +1,12 @@
-// The dump/restore event stream (shared/STYLE.md "Walker and visitor"). A producer — the pool
+// The dump/restore event stream (one producer and many visitors, as thin-provisioning-tools'
+// dump and restore share one). A producer — the pool
 // walker of `thinbd dump`, or the XML reader of `thinbd restore` — calls a DumpVisitor in this
 // order:
 //
 //   superblockBegin (deviceBegin mapping* deviceEnd)* superblockEnd
 //
 // Writers (XML, JSON, human) and the pool builder of restore are visitors. The fields are
-// thin_dump's (refs/dm-thin-interop.md §1), in its units: data block size in 512-byte sectors,
+// thin_dump's (thin-provisioning-tools' XML grammar), in its units: data block size in 512-byte sectors,
 // everything else in data blocks. thinbd's own volume facts (name, size, origin, labels) ride
 // along in `DeviceBegin.volume`; in XML they travel as a comment that thin_restore ignores
 // (see xml.ts for why a comment and not attributes).
@@ -18,7 +19,7 @@ import { assert } from '../../errors.ts';
 export interface SuperblockBegin {
   /** thin_dump always prints ""; kept so a restore of a kernel dump round-trips. */
   uuid: string;
-  /** Pool time: the snapshot counter (refs §2). */
+  /** Pool time: the snapshot counter (dm-thin's superblock `time`). */
   time: number;
   /** Userspace transaction id. */
   transaction: number;
@@ -79,7 +80,7 @@ export function isPending(result: VisitResult): result is Promise<void> {
 }
 
 /**
- * thin_dump's run-merging rule (refs §1.2; TPT-0.9 metadata_dumper.cc add_mapping): while walking
+ * thin_dump's run-merging rule (thin-provisioning-tools 0.9.0 `metadata_dumper.cc` add_mapping): while walking
  * a device's mappings in origin order, the next mapping extends the current run iff its origin,
  * its data block and its time continue the run. A writer emits a run of length 1 as a
  * single_mapping and a longer run as a range_mapping. Mappings here are ranges already, so a

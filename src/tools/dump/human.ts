@@ -1,4 +1,4 @@
-// thin_dump -f human_readable, as thin-provisioning-tools 0.9.0 prints it (TPT-0.9
+// thin_dump -f human_readable, as thin-provisioning-tools 0.9.0 prints it (thin-provisioning-tools 0.9.0
 // human_readable_format.cc): a superblock line, five lines per device, then one line per run —
 // `    (0..9) -> (100..109), 0` for a range (inclusive ends), `    5 -> 600, 1` for one block —
 // and a blank line after each device. thinbd's volume facts, when present, follow the device's

@@ -6,7 +6,7 @@
 // What dm-thin cannot hold is reported, not hidden: a volume id above 2^24 − 1 (the kernel's
 // MAX_DEV_ID) and a mapping time above 2^24 − 1 (dm-thin keeps 24 bits of time) are dumped as
 // they are, with a warning that thin_restore would refuse or truncate them.
-import { DM_THIN_DEV_ID_MAX, DM_THIN_MAPPING_TIME_MAX } from '../../constants.ts';
+import { DM_THIN_DEV_ID_MAX, DM_THIN_MAPPING_TIME_MAX, PROGRESS_EXTENTS_STEP } from '../../constants.ts';
 import type { PoolFiles } from '../../pool/files.ts';
 import { PoolView } from '../pool-view.ts';
 import { isPending, type DumpVisitor, type VisitResult } from './events.ts';
@@ -18,8 +18,6 @@ export interface PoolDumpOptions {
   onProgress?: (doneBlocks: number, totalBlocks: number) => void;
 }
 
-/** Mappings between two progress calls: often enough for a bar, rare enough to cost nothing. */
-const PROGRESS_EXTENTS_STEP = 65536;
 
 export interface PoolDumpSummary {
   deviceCount: number;

@@ -1,5 +1,5 @@
-// thin_dump's XML, byte for byte as thin-provisioning-tools 0.9.0 writes it (TPT-0.9
-// xml_format.cc; refs/dm-thin-interop.md §1.1): two spaces of indent per level, attributes in the
+// thin_dump's XML, byte for byte as thin-provisioning-tools 0.9.0 writes it (its
+// `xml_format.cc`): two spaces of indent per level, attributes in the
 // grammar's order, one mapping per line, `flags` and `version` always printed, a device without
 // mappings as an open and a close tag (never self-closed: the 1.x parser cannot read
 // `<device …/>`), runs merged by thin_dump's rule (events.ts RunMerger).
@@ -12,7 +12,7 @@
 // Why a comment and not attributes. Tried with thin_restore 0.9.0 (test/tools/dump-writers.test.ts
 // keeps the evidence): extra attributes on <superblock> and <device> are accepted and ignored
 // (rc 0), comments anywhere are accepted and ignored, and an unknown element fails the restore
-// (`unknown tag type`, rc 1). The 1.x parser (TPT-1 src/thin/xml.rs) rejects unknown attributes
+// (`unknown tag type`, rc 1). The 1.x parser (thin-provisioning-tools 1.x src/thin/xml.rs) rejects unknown attributes
 // (`bad_attr`) but skips comments (quick-xml Event::Comment). So a comment is the one carrier
 // both generations of thin_restore accept. The JSON is pure ASCII and every `-` is
 // written `\u002d`, so the comment can never contain `--` or end in `-` (both forbidden in XML

@@ -11,7 +11,7 @@
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../../src/constants.ts';
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../../src/constants.ts';
 import { BTREE_BLOCK_TYPES, Block, SpaceMap, TransactionManager, TreeWalker, sealBlock, type NodeVisit, type ValueCodec } from '../../../src/pdata/index.ts';
 import { FileBlockFile } from '../../../src/io/file.ts';
 import { EXTENT_VALUE_SIZE_BYTES, MAPPING_TREE_KIND, decodePoolPayload, encodePoolPayload, packExtent, unpackExtent } from '../../../src/pool/codecs.ts';
@@ -24,7 +24,7 @@ import { Rng } from '../../sim/rng.ts';
 export const BLOCK_SIZE_BYTES = 65536;
 export const DATA_BLOCK_COUNT = 4096;
 /** The smallest metadata file the format allows (68 MiB, sparse). */
-export const METADATA_SIZE_BYTES = (16384 + 1024) * METADATA_BLOCK_SIZE_BYTES;
+export const METADATA_SIZE_BYTES = METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES;
 /** Bytes written at the start of each written block (the rest of the block reads as zeros). */
 const WRITE_BYTES = 4096;
 
