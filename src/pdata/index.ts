@@ -3,10 +3,12 @@
 export { Block, BlockType, BTREE_BLOCK_TYPES, validateBlock, blockProblem, sealBlock, checksumOf, getU64, setU64 } from './block.ts';
 export type { WritableBlock, BlockExpectation } from './block.ts';
 export { BlockCache } from './cache.ts';
-export { TransactionManager, nextTransactionId } from './transaction.ts';
+export { TransactionManager } from './transaction.ts';
+export { nextTransactionId, openNewestGeneration } from './generations.ts';
 export type { BlockManager } from './block-manager.ts';
 export { deltaLogBlockNrs, isSuperblockBlockNr, reservedBlocks } from './reserved-blocks.ts';
-export type { TransactionCounters, OpenReport, OpenOptions, FormatOptions, SuperblockCopyReport } from './transaction.ts';
+export type { TransactionCounters, FormatOptions } from './transaction.ts';
+export type { OpenReport, OpenOptions, SuperblockCopyReport } from './generations.ts';
 export { SpaceMap, refCountExtentCodec } from './space-map.ts';
 export type { RefCountExtent, BlockRange } from './space-map.ts';
 export {

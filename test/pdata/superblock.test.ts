@@ -11,7 +11,9 @@ import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
 import { TreeWalker } from '../../src/pdata/btree/walker.ts';
 import { refCountExtentCodec } from '../../src/pdata/space-map.ts';
 import { encodeSuperblock, superblockCopyIndexes } from '../../src/pdata/superblock.ts';
-import { TransactionManager, nextTransactionId } from '../../src/pdata/transaction.ts';
+import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { nextTransactionId } from '../../src/pdata/generations.ts';
+import type { BlockManager } from '../../src/pdata/block-manager.ts';
 import { Random, newManager, payloadRoots, readBlock, rootsPayload, withSeed, writeBlock } from './helpers.ts';
 
 const codec = u64Codec(TreeKind.test);
@@ -55,7 +57,7 @@ async function superblockHistory(
 }
 
 /** Rejects a generation whose tree has any corrupt node. */
-function validateTree(payload: Uint8Array, tm: TransactionManager): void {
+function validateTree(payload: Uint8Array, tm: BlockManager): void {
   const walker = new TreeWalker(tm);
   const [root] = payloadRoots(payload);
   const found = walker.walk(root!, codec);
