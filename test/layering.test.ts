@@ -6,10 +6,10 @@ import { join, relative, resolve, dirname } from 'node:path';
 
 const root = resolve(import.meta.dirname, '..', 'src');
 // Each layer may import itself and the layers listed after it.
-// `archive` and `image` are being built (issues 14 and 13): their rules are fixed here so that
-// they land in the right place, and ARRIVING names them until their folders exist; the last test
-// fails when a layer listed here has no folder and is not arriving, or arrived and is still marked so.
-const ARRIVING = new Set(['archive', 'image']);
+// `image` is being built (issue 13): its rules are fixed here so that it lands in the right
+// place, and ARRIVING names it until its folder exists; the last test fails when a layer listed
+// here has no folder and is not arriving, or arrived and is still marked so.
+const ARRIVING = new Set(['image']);
 const allowed: Record<string, string[]> = {
   io: [],
   pdata: ['io'],
@@ -22,7 +22,9 @@ const allowed: Record<string, string[]> = {
   daemon: ['nbd', 'tools', 'pool', 'journal', 'pdata', 'io'],
   cli: ['daemon', 'nbd', 'tools', 'pool', 'journal', 'pdata', 'io', 'archive', 'image'],
 };
-const shared = new Set(['constants.ts', 'errors.ts', 'index.ts']);
+// Shared by every layer: the constants, the error type, the library's entry point and util/
+// (small helpers with no layer of their own, such as the zstd binding).
+const shared = new Set(['constants.ts', 'errors.ts', 'index.ts', 'util']);
 
 function* sourceFiles(dir: string): Generator<string> {
   for (const entry of readdirSync(dir)) {

@@ -55,7 +55,8 @@ import {
   type StoreConfig,
   type StreamRoot,
 } from './format.ts';
-import { openObjectStore, type ObjectStore, type OpenStoreOptions } from './store.ts';
+import { openObjectStore, type OpenStoreOptions } from './open-store.ts';
+import type { ObjectStore } from './store.ts';
 
 export interface InitOptions extends OpenStoreOptions {
   averageChunkBytes: number;

@@ -10,7 +10,7 @@ import { lockStore, type LockKind } from './locks.ts';
 import { collectGarbage, listStore, removeStream, verifyStore, type GcReport, type StoreListing, type VerifyReport } from './maintenance.ts';
 import { findBaseStream, packStream } from './pack.ts';
 import { poolVolumeSource } from './source.ts';
-import type { OpenStoreOptions } from './store.ts';
+import type { OpenStoreOptions } from './open-store.ts';
 import { unpackStream, type UnpackResult } from './unpack.ts';
 
 export interface StoreOptions extends OpenStoreOptions {

@@ -88,7 +88,8 @@ export function sameBlockRanges(baseRuns: MappedRun[], runs: MappedRun[]): ByteR
   return ranges;
 }
 
-function coveredBy(ranges: ByteRange[], begin: number, end: number): boolean {
+/** Whether [begin, end) lies inside one of `ranges` (sorted, disjoint, half-open). */
+export function coveredBy(ranges: ReadonlyArray<{ begin: number; end: number }>, begin: number, end: number): boolean {
   let low = 0;
   let high = ranges.length - 1;
   while (low <= high) {

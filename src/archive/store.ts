@@ -13,9 +13,9 @@
 // - get / getRange read an object or a byte range of it; a missing key is THIN_NOT_FOUND.
 // - list(prefix) yields every key under a prefix that ends in '/', with sizes, in key order.
 // - delete(key) removes an object; a missing one is not an error.
-// Keys are relative paths of [A-Za-z0-9._-] segments joined by '/'.
+// Keys are relative paths of [A-Za-z0-9._-] segments joined by '/'. This module is the contract
+// only, which the implementations import; open-store.ts picks one for a store's name.
 import { ThinError } from '../errors.ts';
-import { isS3Url, type S3ConnectOptions } from '../io/s3.ts';
 
 export interface StoredObject {
   key: string;
@@ -49,16 +49,4 @@ export function checkPrefix(prefix: string): void {
   if (prefix !== '' && (!prefix.endsWith('/') || !KEY_PATTERN.test(prefix.slice(0, -1)))) {
     throw new ThinError('THIN_INVALID', `Invalid key prefix '${prefix}'`);
   }
-}
-
-export interface OpenStoreOptions extends Pick<S3ConnectOptions, 'endpoint'> {}
-
-/** The store named by `spec`: an `s3://BUCKET/PREFIX` URL, or else a directory path. */
-export async function openObjectStore(spec: string, options: OpenStoreOptions = {}): Promise<ObjectStore> {
-  if (isS3Url(spec)) {
-    const { S3ObjectStore } = await import('./s3-store.ts');
-    return await S3ObjectStore.open(spec, options);
-  }
-  const { DirectoryObjectStore } = await import('./directory-store.ts');
-  return DirectoryObjectStore.open(spec);
 }

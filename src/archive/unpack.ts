@@ -20,7 +20,7 @@ import { ARCHIVE_UNPACK_WINDOW_BYTES, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_F
 import type { Pool } from '../pool/pool.ts';
 import { ChunkReader, type Archive } from './archive.ts';
 import { hashHex, sha256, type ChunkRef, type Segment, type StreamRoot } from './format.ts';
-import { mappedByteRanges } from './pack.ts';
+import { coveredBy, mappedByteRanges } from './pack.ts';
 
 export interface UnpackOptions {
   /** Stream bytes handled so far, of the stream's mapped bytes. */
@@ -89,19 +89,6 @@ function subtract(ranges: Range[], covered: Range[]): Range[] {
     if (position < range.end) result.push({ begin: position, end: range.end });
   }
   return result;
-}
-
-function isCovered(ranges: Range[], begin: number, end: number): boolean {
-  let low = 0;
-  let high = ranges.length - 1;
-  while (low <= high) {
-    const middle = (low + high) >>> 1;
-    const range = ranges[middle]!;
-    if (range.end <= begin) low = middle + 1;
-    else if (range.begin > begin) high = middle - 1;
-    else return end <= range.end;
-  }
-  return false;
 }
 
 /**
@@ -240,7 +227,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
       refs.forEach((ref, position) => {
         const begin = offsets[position]!;
         const end = begin + ref.rawBytes;
-        const mapped = isCovered(targetMapped, Math.floor(begin / bs) * bs, Math.min(Math.ceil(end / bs) * bs, root.sizeBytes));
+        const mapped = coveredBy(targetMapped, Math.floor(begin / bs) * bs, Math.min(Math.ceil(end / bs) * bs, root.sizeBytes));
         const here = current.subarray(begin - windowBegin, end - windowBegin);
         if (mapped && Buffer.compare(sha256(here), ref.hash) === 0) result.bytesUnchanged += ref.rawBytes;
         else needed.push(position);
@@ -261,7 +248,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
           const pieceEnd = Math.min((Math.floor(pieceBegin / bs) + 1) * bs, chunkBegin + chunk.length);
           const wanted = chunk.subarray(pieceBegin - chunkBegin, pieceEnd - chunkBegin);
           const blockBegin = Math.floor(pieceBegin / bs) * bs;
-          const mapped = isCovered(targetMapped, blockBegin, Math.min(blockBegin + bs, root.sizeBytes));
+          const mapped = coveredBy(targetMapped, blockBegin, Math.min(blockBegin + bs, root.sizeBytes));
           const differs = !mapped || Buffer.compare(wanted, current.subarray(pieceBegin - windowBegin, pieceEnd - windowBegin)) !== 0;
           if (differs) {
             if (pending !== undefined && pending.end === pieceBegin) pending.end = pieceEnd;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import { THINBD, thinbd, thinbdJson } from '../cli/run-thinbd.ts';
-import { openObjectStore } from '../../src/archive/store.ts';
+import { openObjectStore } from '../../src/archive/open-store.ts';
 import { startS3Server, type LocalS3Server } from '../io/s3-server.ts';
 import { MiB, tempDir } from './helpers.ts';
 

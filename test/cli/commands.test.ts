@@ -48,6 +48,14 @@ const TABLE: CommandCase[] = [
   { command: ['metadata', 'size'], args: ['--data-size', '1G'], pool: 'none', json: ['--data-size', '1G'] },
   { command: ['metadata', 'pack'], args: ['--pool', 'POOL', '-o', 'WORK/packed.bin'], pool: 'uses' },
   { command: ['metadata', 'unpack'], args: ['-i', 'WORK/packed.bin', '--pool', 'NEW'], pool: 'creates' },
+  // The archive commands, in an order the --json calls can follow: a store, a stream, its uses.
+  { command: ['archive', 'init'], args: ['--store', 'NEW'], pool: 'none', json: ['--store', 'NEW'] },
+  { command: ['archive', 'pack'], args: ['--pool', 'POOL', 'v', '--store', 'WORK/store'], pool: 'uses', json: ['v', '--store', 'WORK/store', '--name', 's1'] },
+  { command: ['archive', 'list'], args: ['--store', 'WORK/store'], pool: 'none', json: ['--store', 'WORK/store'] },
+  { command: ['archive', 'unpack'], args: ['--pool', 'POOL', 's1', 'v-copy', '--store', 'WORK/store'], pool: 'uses', json: ['s1', 'v-copy', '--store', 'WORK/store'] },
+  { command: ['archive', 'verify'], args: ['--store', 'WORK/store'], pool: 'none', json: ['--store', 'WORK/store'] },
+  { command: ['archive', 'rm'], args: ['s1', '--store', 'WORK/store'], pool: 'none' },
+  { command: ['archive', 'gc'], args: ['--store', 'WORK/store'], pool: 'none', json: ['--store', 'WORK/store'] },
 ];
 
 let work: string;
@@ -60,6 +68,7 @@ before(() => {
     ['pool', 'create', '--pool', pool, '--data-size', '64M'],
     ['create', '--pool', pool, 'v', '--size', '1M'],
     ['dump', '--pool', pool, '-o', join(work, 'dump.xml')],
+    ['archive', 'init', '--store', join(work, 'store')],
   ]) {
     const result = thinbd(args);
     assert.equal(result.code, 0, `${args.join(' ')}: ${result.stderr}`);

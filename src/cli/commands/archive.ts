@@ -3,7 +3,7 @@
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError, formatTable } from '../report.ts';
-import { poolDirectory, sizeOption, volumeName } from '../options.ts';
+import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
@@ -17,7 +17,6 @@ import {
 import { gcArchive, initArchive, listArchive, packVolume, removeArchiveStream, unpackVolume, verifyArchive } from '../../archive/commands.ts';
 import { WorkerChunkJobs } from '../../archive/chunk-workers.ts';
 
-const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
 const storeHelp = 'archive store: a directory or s3://BUCKET/PREFIX (default $THINBD_STORE)';
 const endpointHelp = 'S3-compatible endpoint URL (default $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS)';
 
@@ -80,7 +79,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
     .command('pack')
     .description('pack a volume (or read-only snapshot) into a new stream; --delta-from reads only what changed since a snapshot packed before')
     .argument('<volume>', 'volume to pack')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('--store <store>', storeHelp)
     .option('--name <name>', 'stream name (default VOLUME.<UTC time>)')
     .option('--delta-from <snapshot>', 'a read-only snapshot packed before: read only the blocks where the two differ')
@@ -149,7 +148,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
     .description('unpack a stream into a volume: a new one, or an existing one where only differing blocks are written and ranges unmapped in the stream are discarded')
     .argument('<name>', 'stream name')
     .argument('<volume>', 'volume to write (created when absent)')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('--store <store>', storeHelp)
     .option('--endpoint <url>', endpointHelp)
     .option('--json', 'print the statistics as JSON')
