@@ -10,6 +10,7 @@ export { assertPoolExists };
 import { ThinError } from '../errors.ts';
 import { LocalPoolService, type PoolService } from '../daemon/service.ts';
 import { connectControl, controlSocketPath } from '../daemon/control.ts';
+import type { ViewTarget } from '../tools/pool-view.ts';
 
 export type Access = 'read' | 'write';
 
@@ -47,6 +48,29 @@ export async function withPool<T>(dir: string, access: Access, work: (pool: Pool
     return await work(pool);
   } finally {
     await pool.close();
+  }
+}
+
+/**
+ * Runs read-only work on the pool's committed state. On a served pool the server pins a generation
+ * for as long as the work runs (docs/format.md "Pinned generations": it rolls its delta log up,
+ * so every flush acknowledged before the command started is in it) and the work reads the files
+ * beside it; otherwise the work gets the directory, which the tools open under the pool's lock.
+ * Closing the control connection ends the pin, also when this process dies.
+ */
+export async function withReadTarget<T>(dir: string, work: (target: ViewTarget) => Promise<T>, live?: PoolService): Promise<T> {
+  assertPoolExists(dir);
+  const service = live ?? (await liveService(dir));
+  if (service === undefined) return work(dir);
+  try {
+    const pinned = await service.pinGeneration({});
+    return await work({
+      pool: dir,
+      pinnedSuperblock: Buffer.from(pinned.superblockBase64, 'base64'),
+      superblockSlots: pinned.superblockSlots.map(({ blockNr, bytesBase64 }) => ({ blockNr, bytes: Buffer.from(bytesBase64, 'base64') })),
+    });
+  } finally {
+    if (live === undefined) await service.close();
   }
 }
 

@@ -11,7 +11,7 @@
 import { createServer, createConnection, type Server, type Socket } from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import type { PoolService } from './service.ts';
+import type { PoolService, ServiceSession } from './service.ts';
 import { errorFromWire } from './service.ts';
 import { ThinError } from '../errors.ts';
 import { peerCredentials } from '../io/peer-credentials.ts';
@@ -24,7 +24,7 @@ export function controlSocketPath(poolDir: string): string {
   return join(poolDir, CONTROL_SOCKET_NAME);
 }
 
-const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status', 'check'] as const;
+const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status', 'check', 'pinGeneration'] as const;
 type Method = (typeof methods)[number];
 
 export class ControlServer {
@@ -64,7 +64,13 @@ export class ControlServer {
 
   #serve(socket: Socket, service: PoolService): void {
     this.#sockets.add(socket);
-    socket.on('close', () => this.#sockets.delete(socket));
+    // What the connection's requests hold (pins) ends with it, however it ends.
+    const releases: Array<() => void> = [];
+    const session: ServiceSession = { onClose: (release) => (socket.destroyed ? release() : releases.push(release)) };
+    socket.on('close', () => {
+      this.#sockets.delete(socket);
+      for (const release of releases.splice(0)) release();
+    });
     socket.on('error', () => socket.destroy());
     let buffered = '';
     socket.setEncoding('utf8');
@@ -78,12 +84,12 @@ export class ControlServer {
       while ((newline = buffered.indexOf('\n')) >= 0) {
         const line = buffered.slice(0, newline);
         buffered = buffered.slice(newline + 1);
-        void this.#answer(socket, line, service);
+        void this.#answer(socket, line, service, session);
       }
     });
   }
 
-  async #answer(socket: Socket, line: string, service: PoolService): Promise<void> {
+  async #answer(socket: Socket, line: string, service: PoolService, session: ServiceSession): Promise<void> {
     let id: unknown = null;
     try {
       const request = JSON.parse(line) as { id?: unknown; method?: unknown; params?: unknown };
@@ -93,7 +99,7 @@ export class ControlServer {
       }
       const method = request.method as Method;
       const params = (request.params ?? {}) as never;
-      const result = await (service[method] as (params: never) => Promise<unknown>).call(service, params);
+      const result = await (service[method] as (params: never, session: ServiceSession) => Promise<unknown>).call(service, params, session);
       socket.write(`${JSON.stringify({ id, result: result ?? null })}\n`);
     } catch (error) {
       const code = error instanceof ThinError ? error.code : 'THIN_IO';
@@ -190,6 +196,7 @@ class RemotePoolService implements PoolService {
   listVolumes: PoolService['listVolumes'] = () => this.#call('listVolumes');
   status: PoolService['status'] = () => this.#call('status');
   check: PoolService['check'] = () => this.#call('check');
+  pinGeneration: PoolService['pinGeneration'] = () => this.#call('pinGeneration');
 
   async close(): Promise<void> {
     this.#socket.end();

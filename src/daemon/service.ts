@@ -1,7 +1,7 @@
 // The operations the CLI performs on a pool, behind one interface with two implementations:
 // LocalPoolService runs them on a Pool this process opened (or, inside `thinbd serve`, on the
 // live pool the server owns); the control socket's client runs them remotely on a live pool.
-import type { Pool } from '../pool/pool.ts';
+import type { PinnedGeneration, Pool } from '../pool/pool.ts';
 import { listVolumes, type VolumeListing } from '../tools/list.ts';
 import type { CheckReport } from '../tools/check.ts';
 import { ThinError } from '../errors.ts';
@@ -31,6 +31,21 @@ export interface ResizeRequest {
   allowShrink?: boolean;
 }
 
+/** A pinned generation as the control socket carries it (docs/format.md "Pinned generations"). */
+export interface PinnedGenerationWire {
+  generation: number;
+  superblockBase64: string;
+  superblockSlots: Array<{ blockNr: number; bytesBase64: string }>;
+}
+
+/**
+ * The caller a request came from, for what lasts as long as it does: a pin ends with the control
+ * connection that asked for it, so a reader that dies cannot hold blocks back for ever.
+ */
+export interface ServiceSession {
+  onClose(release: () => void): void;
+}
+
 export interface PoolService {
   createVolume(request: CreateVolumeRequest): Promise<{ id: number }>;
   snapshot(request: SnapshotRequest): Promise<{ id: number }>;
@@ -39,6 +54,11 @@ export interface PoolService {
   listVolumes(): Promise<VolumeListing[]>;
   status(): Promise<ReturnType<Pool['status']>>;
   check(): Promise<CheckReport>;
+  /**
+   * Rolls the delta log up and pins the committed generation for a reader (F-TX-8) until the
+   * session ends (the control connection closes; for an in-process caller, the service closes).
+   */
+  pinGeneration(request?: Record<string, never>, session?: ServiceSession): Promise<PinnedGenerationWire>;
   close(): Promise<void>;
 }
 
@@ -55,6 +75,8 @@ export class LocalPoolService implements PoolService {
   readonly pool: Pool;
   #hooks: LocalServiceHooks;
   #closePool: boolean;
+  /** Pins asked for without a session (an in-process caller): released when the service closes. */
+  #unsessionedPins: PinnedGeneration[] = [];
 
   constructor(pool: Pool, options: { hooks?: LocalServiceHooks; closePool?: boolean } = {}) {
     this.pool = pool;
@@ -107,6 +129,17 @@ export class LocalPoolService implements PoolService {
     return this.pool.status();
   }
 
+  async pinGeneration(_request: Record<string, never> = {}, session?: ServiceSession): Promise<PinnedGenerationWire> {
+    const pinned = await this.pool.pinCommitted();
+    if (session !== undefined) session.onClose(() => pinned.release());
+    else this.#unsessionedPins.push(pinned);
+    return {
+      generation: pinned.generation,
+      superblockBase64: Buffer.from(pinned.superblock).toString('base64'),
+      superblockSlots: pinned.superblockSlots.map(({ blockNr, bytes }) => ({ blockNr, bytesBase64: Buffer.from(bytes).toString('base64') })),
+    };
+  }
+
   async check(): Promise<CheckReport> {
     if (!this.#hooks.check) {
       throw new ThinError('THIN_INVALID', 'This pool service cannot check its pool; run thinbd check on the pool directory');
@@ -115,6 +148,7 @@ export class LocalPoolService implements PoolService {
   }
 
   async close(): Promise<void> {
+    for (const pinned of this.#unsessionedPins.splice(0)) pinned.release();
     if (this.#closePool) await this.pool.close();
   }
 }

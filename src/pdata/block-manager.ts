@@ -21,6 +21,11 @@ export interface BlockManager {
   readonly transactionId: number;
   /** The newest transaction whose commit is durable. */
   readonly durableTransactionId: number;
+  /**
+   * Blocks freed in transactions up to this one may be reused: the durable transaction, or an
+   * older generation a reader has pinned (TransactionManager.pin), whichever is older (F-TX-8).
+   */
+  readonly reuseHorizon: number;
   /** Root of the metadata space map tree as of the last seal. */
   readonly metadataSpaceMapRoot: number;
 

@@ -390,7 +390,8 @@ export class SpaceMap {
   }
 
   #dropDurablePending(): void {
-    const durable = this.tm.durableTransactionId;
+    // F-TX-4, F-TX-8: reusable once durable and past every pinned generation.
+    const durable = this.tm.reuseHorizon;
     if (this.#pendingOldestTransactionId > durable) return;
     this.#pending = this.#pending.filter((pending) => pending.transactionId > durable);
     this.#pendingOldestTransactionId = Infinity;

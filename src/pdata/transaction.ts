@@ -27,6 +27,9 @@
 //
 // Blocks freed in transaction T are reused only after T is durable (the committed state may still
 // point at them), except blocks allocated in T itself, which nothing committed can reference.
+// A reader may pin the durable generation G (pin()): while it holds the pin, blocks freed after G
+// are not reused either, so every block G's trees name keeps its contents and the reader can walk
+// G from its own file handles while commits go on (F-TX-8). reuseHorizon is min(durable, pins).
 //
 // Why this file is longer than the others (about 640 lines): the reference counts, the pending
 // frees and the dirty and sealed block maps are private to one class, and the state machine above
@@ -52,7 +55,7 @@ import { openNewestGeneration, type OpenOptions, type OpenReport } from './gener
 import { reservedBlocks } from './reserved-blocks.ts';
 import { SpaceMap, refCountExtentCodec } from './space-map.ts';
 import { TreeWalker } from './btree/walker.ts';
-import { encodeSuperblock, superblockCopyIndexes, type SuperblockFields } from './superblock.ts';
+import { decodeSuperblock, encodeSuperblock, superblockCopyIndexes, type SuperblockFields } from './superblock.ts';
 
 export interface TransactionCounters {
   metadataBlocksWritten: number;
@@ -104,6 +107,10 @@ export class TransactionManager implements BlockManager {
   #cache: BlockCache;
   #transactionId: number;
   #durableTransactionId: number;
+  /** The superblock fields of the durable generation (what pin() hands a reader). */
+  #durableFields: SuperblockFields | undefined;
+  /** Pinned generations and how many pins each has (F-TX-8). */
+  #pins = new Map<number, number>();
   #metadataSpaceMap: SpaceMap | undefined;
   #sealing = false;
   #commitChain: Promise<void> = Promise.resolve();
@@ -218,7 +225,24 @@ export class TransactionManager implements BlockManager {
     }
     tm.#changed.clear();
     tm.#metadataSpaceMap = spaceMap;
+    tm.#durableFields = fields;
     return tm;
+  }
+
+  /**
+   * Opens the generation a superblock copy handed over by pin() describes (in another process,
+   * read-only): the copy is validated as open validates copies on disk, and the generation is
+   * read as it is, without choosing among the copies on disk (a writer may be overwriting them).
+   */
+  static openPinned(file: BlockFile, superblock: Uint8Array, options: OpenOptions = {}): { tm: TransactionManager; payload: Uint8Array } {
+    const copyIndex = superblock.length === METADATA_BLOCK_SIZE_BYTES ? new DataView(superblock.buffer, superblock.byteOffset).getUint32(40, true) : -1;
+    const copy = decodeSuperblock(superblock, copyIndex);
+    if (copy.fields === undefined) {
+      throw new ThinError('THIN_CORRUPT_SUPERBLOCK', `The pinned superblock does not validate: ${copy.problem ?? 'invalid'}`);
+    }
+    const tm = TransactionManager.#openGeneration(file, copy.fields, copy.fields.generation + 1, { ...options, readOnly: true });
+    options.validatePayload?.(copy.fields.payload, tm);
+    return { tm, payload: copy.fields.payload };
   }
 
   // ---- state ----
@@ -236,6 +260,65 @@ export class TransactionManager implements BlockManager {
   /** The superblock generation on disk: the same number as durableTransactionId. */
   get generation(): number {
     return this.#durableTransactionId;
+  }
+
+  /** Blocks freed in transactions up to this one may be reused (F-TX-8): min(durable, pinned generations). */
+  get reuseHorizon(): number {
+    let horizon = this.#durableTransactionId;
+    for (const generation of this.#pins.keys()) horizon = Math.min(horizon, generation);
+    return horizon;
+  }
+
+  /** Generations pinned now, oldest first (for status and tests). */
+  get pinnedGenerations(): number[] {
+    return [...this.#pins.keys()].sort((a, b) => a - b);
+  }
+
+  /**
+   * Pins the durable generation for a reader (F-TX-8): until release() is called, no block freed
+   * after it is reused, so the reader can walk it from the superblock copy returned while commits
+   * go on. release() is idempotent.
+   *
+   * `superblockSlots` is what each superblock copy's block held for that generation, for a reader
+   * that images the metadata (metadata pack): the generation's own pair, and the other pair as
+   * read now when it validates and is older (a commit writing it may race this read; then it is
+   * left out, as zeros).
+   */
+  pin(): { generation: number; superblock: Uint8Array; superblockSlots: Array<{ blockNr: number; bytes: Uint8Array }>; release(): void } {
+    const fields = this.#durableFields;
+    if (fields === undefined || this.#durableTransactionId < 1) {
+      throw new ThinError('THIN_INVALID', 'Nothing is committed yet to pin');
+    }
+    assert(fields.generation === this.#durableTransactionId, 'the durable fields belong to the durable generation');
+    const generation = fields.generation;
+    const ownCopies = superblockCopyIndexes(generation);
+    const superblockSlots = SUPERBLOCK_BLOCK_NRS.map((blockNr, copyIndex) => {
+      if (ownCopies.includes(copyIndex)) return { blockNr, bytes: encodeSuperblock(fields, copyIndex) };
+      const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+      try {
+        this.file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+      } catch {
+        return { blockNr, bytes: new Uint8Array(METADATA_BLOCK_SIZE_BYTES) };
+      }
+      const copy = decodeSuperblock(bytes, copyIndex);
+      const older = copy.fields !== undefined && copy.fields.poolId === this.poolId && copy.fields.generation < generation;
+      return { blockNr, bytes: older ? bytes : new Uint8Array(METADATA_BLOCK_SIZE_BYTES) };
+    });
+    this.#pins.set(generation, (this.#pins.get(generation) ?? 0) + 1);
+    let released = false;
+    return {
+      generation,
+      superblockSlots,
+      superblock: encodeSuperblock(fields, ownCopies[0]!),
+      release: () => {
+        if (released) return;
+        released = true;
+        const count = this.#pins.get(generation)!;
+        if (count > 1) this.#pins.set(generation, count - 1);
+        else this.#pins.delete(generation);
+        this.#releasePendingFrees();
+      },
+    };
   }
 
   get metadataBlockCount(): number {
@@ -553,16 +636,25 @@ export class TransactionManager implements BlockManager {
     );
     this.counters.metadataBlocksWritten += copyIndexes.length;
     await this.#sync();
-    // Durable: blocks of this generation become clean, and frees up to it become reusable (F-TX-4).
+    // Durable: blocks of this generation become clean, and frees up to it become reusable (F-TX-4),
+    // unless a reader pinned an older generation (F-TX-8).
     this.#durableTransactionId = fields.generation;
+    this.#durableFields = fields;
     for (const block of blocks) {
       if (this.#sealed.get(block.blockNr) === block) {
         this.#sealed.delete(block.blockNr);
         if (this.#counts[block.blockNr]! > 0) this.#cache.put(block);
       }
     }
+    this.#releasePendingFrees();
+    this.counters.commits += 1;
+  }
+
+  /** Makes blocks freed up to the reuse horizon allocatable again (F-TX-4, F-TX-8). */
+  #releasePendingFrees(): void {
+    const horizon = this.reuseHorizon;
     for (const [transactionId, blockNrs] of this.#pendingByTransaction) {
-      if (transactionId > fields.generation) continue;
+      if (transactionId > horizon) continue;
       for (const blockNr of blockNrs) {
         if (!(this.#pendingFlags[blockNr] === 1 && this.#counts[blockNr] === 0)) assert(false, `pending block ${blockNr} changed while pending`);
         this.#pendingFlags[blockNr] = 0;
@@ -571,7 +663,6 @@ export class TransactionManager implements BlockManager {
       }
       this.#pendingByTransaction.delete(transactionId);
     }
-    this.counters.commits += 1;
   }
 
   async #sync(): Promise<void> {

@@ -438,6 +438,7 @@ export class PoolCore {
       transactionId: this.tm.transactionId,
       volumeCount: this.devices.count,
       mode: this.#mode,
+      pinnedGenerations: this.tm.pinnedGenerations,
       metadataPath: this.files.metadata.description,
       dataPath: this.files.data.description,
       counters: {

@@ -60,6 +60,24 @@ export async function openPoolDirectory(dir: string, options: { readOnly: boolea
   }
 }
 
+/**
+ * Opens both files of the pool in `dir` read-only WITHOUT its lock: only for a reader that holds
+ * a pin from the process that owns the pool (docs/format.md "Pinned generations", F-TX-8), which
+ * keeps every block of the pinned generation as it is while the owner goes on writing.
+ */
+export async function openPinnedPoolFiles(dir: string): Promise<PoolFiles> {
+  assertPoolExists(dir);
+  const files: Partial<PoolFiles> = {};
+  try {
+    files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly: true });
+    files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly: true });
+    return files as PoolFiles;
+  } catch (error) {
+    await closePoolFiles(files);
+    throw error;
+  }
+}
+
 /** Closes whichever files are open; returns the first failure instead of throwing it, so both are always tried. */
 export async function closePoolFiles(files: Partial<PoolFiles>): Promise<unknown> {
   let failure: unknown;

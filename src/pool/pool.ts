@@ -77,6 +77,17 @@ export interface PoolOpenOptions {
   now?: () => number;
 }
 
+/** A committed generation pinned for a reader (Pool.pinCommitted, docs/format.md F-TX-8). */
+export interface PinnedGeneration {
+  generation: number;
+  /** The encoded superblock copy of the generation: what the reader opens (TransactionManager.openPinned). */
+  superblock: Uint8Array;
+  /** What each superblock copy's block holds for the generation (for an image of the metadata). */
+  superblockSlots: Array<{ blockNr: number; bytes: Uint8Array }>;
+  /** Ends the pin; idempotent. */
+  release(): void;
+}
+
 export interface CreateVolumeOptions {
   sizeBytes: number;
   labels?: Record<string, string>;
@@ -362,6 +373,17 @@ export class Pool {
   async rollup(): Promise<void> {
     this.#core.assertOpen();
     await this.#core.commits.rollup();
+  }
+
+  /**
+   * Rolls the delta log up into a full commit, then pins that generation for a reader (F-TX-8):
+   * until `release()`, no block freed after it is reused, so a process reading the pool's files
+   * from the returned superblock copy sees exactly that generation while this pool goes on.
+   */
+  async pinCommitted(): Promise<PinnedGeneration> {
+    this.#core.assertOpen();
+    await this.#core.commits.rollup();
+    return this.#core.tm.pin();
   }
 
   /** Commits, then runs work while no commit starts (see CommitScheduler.withCommitsHeld): a live check. */

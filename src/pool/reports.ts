@@ -56,6 +56,8 @@ export interface PoolStatus {
   mode: PoolMode;
   /** Why the pool is not read-write, when it is not. */
   modeReason?: string;
+  /** Generations pinned for readers (docs/format.md F-TX-8), oldest first: blocks freed after them wait. */
+  pinnedGenerations: number[];
   metadataPath: string;
   dataPath: string;
   counters: PoolCounters;

@@ -17,8 +17,8 @@ import { assert } from '../errors.ts';
 import type { Mapping, VisitResult } from './dump/events.ts';
 import { escapeAttribute } from './dump/xml.ts';
 import type { TextSink } from './dump/sink.ts';
-import type { PoolFiles } from '../pool/files.ts';
-import { PoolView } from './pool-view.ts';
+
+import { PoolView, type ViewTarget } from './pool-view.ts';
 
 export const DeltaKind = {
   same: 'same',
@@ -246,7 +246,7 @@ export interface PoolDeltaOptions {
  * `thinbd delta`: the delta of two volumes of a pool (names, or ids in decimal), written to `out`.
  * The pool is read through a read-only PoolView; the two mapping trees are walked in step.
  */
-export async function writePoolDelta(target: string | PoolFiles, leftName: string, rightName: string, out: TextSink, options: PoolDeltaOptions): Promise<void> {
+export async function writePoolDelta(target: ViewTarget, leftName: string, rightName: string, out: TextSink, options: PoolDeltaOptions): Promise<void> {
   const view = await PoolView.open(target);
   try {
     const left = view.device(leftName);

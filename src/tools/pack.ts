@@ -24,7 +24,8 @@ import { METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE
 import { ThinError, isThinError } from '../errors.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
-import { PoolView } from './pool-view.ts';
+import { PoolView, isPinned, type ViewTarget } from './pool-view.ts';
+import { deltaLogBlockNrs } from '../pdata/index.ts';
 import { makePrivateDirectory, openPrivateFile } from '../io/private.ts';
 
 const MAGIC = 'TBDMPACK';
@@ -44,9 +45,18 @@ export interface PackOptions {
   onProgress?: (doneBlocks: number, totalBlocks: number) => void;
 }
 
-/** Packs the live metadata of the pool in `dir` into a new file at `outputPath`. */
-export async function packMetadata(dir: string, outputPath: string, options: PackOptions = {}): Promise<PackSummary> {
-  const view = await PoolView.open(dir);
+/**
+ * Packs the live metadata of a pool into a new file at `outputPath`: the pool's directory (under
+ * its lock), or a generation the serving process pinned (F-PACK-7: its superblock pair as the
+ * pin gave them, and an empty delta log, since the trees hold everything up to the pin).
+ */
+export async function packMetadata(target: ViewTarget, outputPath: string, options: PackOptions = {}): Promise<PackSummary> {
+  const view = await PoolView.open(target);
+  const pinnedBlocks = new Map<number, Uint8Array>();
+  if (isPinned(target)) {
+    for (const { blockNr, bytes } of target.superblockSlots) pinnedBlocks.set(blockNr, bytes);
+    for (const blockNr of deltaLogBlockNrs()) pinnedBlocks.set(blockNr, new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
+  }
   let output: fs.WriteStream;
   try {
     output = fs.createWriteStream(outputPath, { fd: openPrivateFile(outputPath, 'wx') });
@@ -74,7 +84,9 @@ export async function packMetadata(dir: string, outputPath: string, options: Pac
       if (tm.refCount(blockNr) === 0) continue; // F-PACK-5: live blocks only, stored as read
       const record = Buffer.alloc(RECORD_BYTES);
       record.writeBigUInt64LE(BigInt(blockNr), 0);
-      metadataFile.readSync(record.subarray(8), blockNr * METADATA_BLOCK_SIZE_BYTES);
+      const pinned = pinnedBlocks.get(blockNr);
+      if (pinned !== undefined) record.set(pinned, 8);
+      else metadataFile.readSync(record.subarray(8), blockNr * METADATA_BLOCK_SIZE_BYTES);
       liveBlockCount += 1;
       if (options.onProgress !== undefined && liveBlockCount % PROGRESS_BLOCKS_STEP === 0) options.onProgress(liveBlockCount, Math.max(liveBlockCount, tm.metadataBlocksUsed));
       if (!deflate.write(record)) await once(deflate, 'drain');

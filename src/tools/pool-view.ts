@@ -19,13 +19,34 @@ import {
   type PoolPayload,
   type VolumeDetails,
 } from '../pool/codecs.ts';
-import { closePoolFiles, openPoolDirectory, type PoolFiles } from '../pool/files.ts';
+import { closePoolFiles, openPinnedPoolFiles, openPoolDirectory, type PoolFiles } from '../pool/files.ts';
 import { deviceReadCodec, extentReadCodec, validatePayloadRoots } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, Mapping, SuperblockBegin } from './dump/events.ts';
 
 /** dm-thin's metadata version, written by the kernel and thin-provisioning-tools 1.x. */
 const DM_THIN_METADATA_VERSION = 2;
+
+/**
+ * What a read-only tool reads: a pool directory (its lock taken), block files the caller owns, or
+ * a generation that the process owning the pool pinned for this reader (docs/format.md "Pinned
+ * generations"): the directory's files are then opened without the lock, at the superblock copy
+ * the owner handed over.
+ */
+export type ViewTarget = string | PoolFiles | PinnedTarget;
+
+export interface PinnedTarget {
+  /** The pool's directory (its files are opened without the lock), or its block files. */
+  pool: string | PoolFiles;
+  /** The encoded superblock copy of the pinned generation. */
+  pinnedSuperblock: Uint8Array;
+  /** What each superblock copy's block holds for that generation (metadata pack images these, not the disk's). */
+  superblockSlots: Array<{ blockNr: number; bytes: Uint8Array }>;
+}
+
+export function isPinned(target: ViewTarget): target is PinnedTarget {
+  return typeof target === 'object' && 'pinnedSuperblock' in target;
+}
 
 /**
  * A pool's files opened read-only: a directory's under its lock (released, and the files closed,
@@ -44,6 +65,15 @@ export async function openReadOnly(target: string | PoolFiles): Promise<{ files:
       lock.release();
     },
   };
+}
+
+/** A volume's bytes for export: what the engine's Volume and a PoolView's reader both offer. */
+export interface VolumeReader {
+  readonly sizeBytes: number;
+  readonly readOnly: boolean;
+  /** Mapped and unmapped runs covering [offsetBytes, offsetBytes + lengthBytes), in order. */
+  extents(offsetBytes: number, lengthBytes: number): Iterable<{ mapped: boolean; lengthBytes: number }>;
+  read(offsetBytes: number, target: Uint8Array): Promise<unknown>;
 }
 
 export interface ViewDevice {
@@ -86,7 +116,8 @@ export class PoolView {
    * Opens the pool in a directory (taking its lock) or on given block files, with no fall back
    * and no findings: what dump and delta read. check and repair use openPoolForTools (open.ts).
    */
-  static async open(target: string | PoolFiles, options: PoolViewOptions = {}): Promise<PoolView> {
+  static async open(target: ViewTarget, options: PoolViewOptions = {}): Promise<PoolView> {
+    if (isPinned(target)) return PoolView.#openPinned(target);
     const { files, release } = await openReadOnly(target);
     try {
       const { tm, payload, report } = await TransactionManager.open(files.metadata, {
@@ -94,6 +125,33 @@ export class PoolView {
         ...(options.validateRoots === true ? { validatePayload: validatePayloadRoots } : {}),
       });
       return new PoolView(files, release, { tm, payload: decodePoolPayload(payload, tm.metadataBlockCount), report });
+    } catch (error) {
+      await release();
+      throw error;
+    }
+  }
+
+  static async #openPinned(target: PinnedTarget): Promise<PoolView> {
+    const owned = typeof target.pool === 'string';
+    const files = typeof target.pool === 'string' ? await openPinnedPoolFiles(target.pool) : target.pool;
+    const release = async (): Promise<void> => {
+      if (owned) await closePoolFiles(files);
+    };
+    try {
+      const { tm, payload } = TransactionManager.openPinned(files.metadata, target.pinnedSuperblock, { validatePayload: validatePayloadRoots });
+      const report: OpenReport = {
+        generation: tm.generation,
+        newestGenerationSeen: tm.generation,
+        fellBack: false,
+        copies: [],
+        rejected: [],
+        degraded: false,
+      };
+      return new PoolView(files, release, {
+        tm,
+        payload: decodePoolPayload(payload, tm.metadataBlockCount),
+        report,
+      });
     } catch (error) {
       await release();
       throw error;
@@ -123,6 +181,60 @@ export class PoolView {
     const byId = /^\d+$/.test(name) ? devices.find((device) => device.id === Number(name)) : undefined;
     if (byId !== undefined) return byId;
     throw new ThinError('THIN_NOT_FOUND', `No volume named ${name}`);
+  }
+
+  /**
+   * A volume's bytes as the committed generation holds them, read from the data file (unmapped
+   * ranges read as zeros, as the engine reads them). Only a read-only volume is stable under a
+   * pin: a writable one may be written in place by the process that owns the pool.
+   */
+  volumeReader(device: ViewDevice): VolumeReader {
+    const blockSizeBytes = this.payload.blockSizeBytes;
+    const data = this.files.data;
+    const overlapping = (beginBytes: number, endBytes: number): Generator<Mapping> =>
+      this.mappingsBetween(device, Math.floor(beginBytes / blockSizeBytes), Math.ceil(endBytes / blockSizeBytes));
+    return {
+      sizeBytes: device.value.sizeBytes,
+      readOnly: (device.value.flags & DEVICE_FLAG_READ_ONLY) !== 0,
+      *extents(offsetBytes: number, lengthBytes: number): Generator<{ mapped: boolean; lengthBytes: number }> {
+        const beginBytes = offsetBytes;
+        const endBytes = offsetBytes + lengthBytes;
+        let position = beginBytes;
+        for (const mapping of overlapping(beginBytes, endBytes)) {
+          const mappedBegin = Math.max(mapping.originBegin * blockSizeBytes, position);
+          const mappedEnd = Math.min((mapping.originBegin + mapping.length) * blockSizeBytes, endBytes);
+          if (mappedBegin > position) yield { mapped: false, lengthBytes: mappedBegin - position };
+          yield { mapped: true, lengthBytes: mappedEnd - mappedBegin };
+          position = mappedEnd;
+        }
+        if (position < endBytes) yield { mapped: false, lengthBytes: endBytes - position };
+      },
+      async read(offsetBytes: number, target: Uint8Array): Promise<void> {
+        const endBytes = offsetBytes + target.length;
+        target.fill(0);
+        const reads: Promise<void>[] = [];
+        for (const mapping of overlapping(offsetBytes, endBytes)) {
+          const mappedBegin = Math.max(mapping.originBegin * blockSizeBytes, offsetBytes);
+          const mappedEnd = Math.min((mapping.originBegin + mapping.length) * blockSizeBytes, endBytes);
+          const dataOffsetBytes = mapping.dataBegin * blockSizeBytes + (mappedBegin - mapping.originBegin * blockSizeBytes);
+          reads.push(data.read(target.subarray(mappedBegin - offsetBytes, mappedEnd - offsetBytes), dataOffsetBytes));
+        }
+        await Promise.all(reads);
+      },
+    };
+  }
+
+  /** The mappings of a volume that overlap virtual blocks [beginBlock, endBlock), in order. */
+  *mappingsBetween(device: ViewDevice, beginBlock: number, endBlock: number): Generator<Mapping> {
+    const root = device.value.mappingRoot;
+    const before = this.#mappingTree.floor(root, beginBlock);
+    if (before !== undefined && before[0] < beginBlock && before[0] + before[1].lengthBlocks > beginBlock) {
+      const [key, extent] = before;
+      yield { originBegin: key, dataBegin: extent.dataBlock, length: extent.lengthBlocks, time: extent.time };
+    }
+    for (const [key, extent] of this.#mappingTree.entries(root, beginBlock, endBlock)) {
+      yield { originBegin: key, dataBegin: extent.dataBlock, length: extent.lengthBlocks, time: extent.time };
+    }
   }
 
   /** A volume's mappings as dump events, in virtual block order (one per extent). */

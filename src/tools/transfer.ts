@@ -4,6 +4,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { addAbortSignal, type Readable, type Writable } from 'node:stream';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
+import type { VolumeReader } from './pool-view.ts';
 import { ThinError } from '../errors.ts';
 import { PRIVATE_FILE_MODE } from '../io/private.ts';
 import { TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
@@ -167,9 +168,11 @@ export interface ExportResult {
   bytesWritten: number;
 }
 
-/** Writes volume `name` to a raw image. A file keeps unmapped ranges as holes; a stream gets zeros. */
-export async function exportRaw(pool: Pool, name: string, target: ExportTarget, onProgress?: TransferProgress): Promise<ExportResult> {
-  const volume = pool.volume(name);
+/**
+ * Writes a volume to a raw image: the engine's Volume, or a PoolView's reader of a pinned
+ * generation (a served pool). A file keeps unmapped ranges as holes; a stream gets zeros.
+ */
+export async function exportRaw(volume: VolumeReader, target: ExportTarget, onProgress?: TransferProgress): Promise<ExportResult> {
   const sizeBytes = volume.sizeBytes;
   // A volume's bytes: the exported image is as private as the pool (io/private.ts).
   const handle = 'path' in target ? await open(target.path, 'w', PRIVATE_FILE_MODE) : undefined;

@@ -33,6 +33,10 @@ export class FakeBlockManager implements BlockManager {
     return this.transactionId - 1;
   }
 
+  get reuseHorizon(): number {
+    return this.durableTransactionId;
+  }
+
   commit(): void {
     this.#dirty.clear();
     this.transactionId += 1;

@@ -6,7 +6,7 @@ import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
 import { poolDirectory, poolOption, sizeOption } from '../options.ts';
-import { assertPoolExists } from '../pool-access.ts';
+import { assertPoolExists, withReadTarget } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { StreamSink } from '../../tools/dump/sink.ts';
@@ -59,11 +59,11 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       const format = choice('--format', options.format, ['xml', 'json', 'human'] as const);
       assertPoolExists(dir);
       let progress: Progress | undefined;
-      await withOutput(options.output, async (stream) => {
+      await withReadTarget(dir, (target) => withOutput(options.output, async (stream) => {
         const sink = new StreamSink(stream);
         const writer: DumpVisitor =
           format === 'xml' ? new XmlDumpWriter(sink) : format === 'json' ? new JsonDumpWriter(sink) : new HumanDumpWriter(sink);
-        const summary = await dumpPool(dir, writer, {
+        const summary = await dumpPool(target, writer, {
           onProgress: (done, total) => {
             if (options.output === undefined) return; // the bar would mix with the dump on a terminal
             progress ??= startProgress('dump', total);
@@ -72,7 +72,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
         }).finally(() => progress?.stop());
         await sink.flush();
         for (const warning of summary.warnings) reporter.note(`warning: ${warning}`);
-      });
+      }));
     });
 
   program
@@ -132,7 +132,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       const format = choice('--format', options.format, ['xml', 'json'] as const);
       assertPoolExists(dir);
       const sink = new StreamSink(process.stdout);
-      await writePoolDelta(dir, left, right, sink, { format, verbose: options.verbose === true });
+      await withReadTarget(dir, (target) => writePoolDelta(target, left, right, sink, { format, verbose: options.verbose === true }));
       await sink.flush();
     });
 
@@ -202,12 +202,14 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       const dir = poolDirectory(options.pool);
       assertPoolExists(dir);
       let progress: Progress | undefined;
-      const summary = await packMetadata(dir, options.output, {
-        onProgress: (done, total) => {
-          progress ??= startProgress('pack', total);
-          progress.update(done);
-        },
-      }).finally(() => progress?.stop());
+      const summary = await withReadTarget(dir, (target) =>
+        packMetadata(target, options.output, {
+          onProgress: (done, total) => {
+            progress ??= startProgress('pack', total);
+            progress.update(done);
+          },
+        }),
+      ).finally(() => progress?.stop());
       reporter.out(`Packed ${summary.liveBlockCount} live metadata blocks of ${summary.metadataBlockCount} into ${options.output} (${formatSize(summary.packedBytes)})`);
     });
 

@@ -2,10 +2,13 @@
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
-import { withPool } from '../pool-access.ts';
+import { assertPoolExists, liveService, withPool, withReadTarget } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { exportRaw, importRaw } from '../../tools/transfer.ts';
+import { PoolView, type VolumeReader } from '../../tools/pool-view.ts';
+import type { PoolService } from '../../daemon/service.ts';
+import { randomBytes } from 'node:crypto';
 import { ThinError } from '../../errors.ts';
 
 
@@ -58,13 +61,62 @@ export function registerTransferCommands(program: Command, reporter: Reporter): 
     .argument('<name>', 'volume name')
     .argument('<file>', 'raw image file to write, or - for standard output')
     .addOption(poolOption())
+    .option('--snapshot', 'on a served pool: export a read-only snapshot taken for the export and removed after it (a volume in use)')
     .action(async (nameText, file, options) => {
       const name = volumeName('volume name', nameText);
+      const dir = poolDirectory(options.pool);
+      assertPoolExists(dir);
       const progress = progressReporter(`export ${name}`);
       const target = file === '-' ? { stream: process.stdout } : { path: file };
-      const result = await withPool(poolDirectory(options.pool), 'read', (pool) =>
-        exportRaw(pool, name, target, progress.onProgress),
+      const live = await liveService(dir);
+      const result = await (
+        live === undefined
+          ? withPool(dir, 'read', (pool) => exportRaw(pool.volume(name), target, progress.onProgress))
+          : exportServed(dir, live, name, options.snapshot === true, (volume) => exportRaw(volume, target, progress.onProgress))
       ).finally(progress.stop);
       if (file !== '-') reporter.out(`Exported volume ${name} (${formatSize(result.sizeBytes)}) to ${file}`);
     });
+}
+
+/**
+ * Export from a pool `thinbd serve` owns: the volume is read from a generation the server pins
+ * (docs/format.md "Pinned generations") beside it. Only a read-only volume keeps its bytes while
+ * clients write, so a writable one is exported through a read-only snapshot taken for the export
+ * (`--snapshot`) and removed after it, whatever happens.
+ */
+async function exportServed<T>(dir: string, live: PoolService, name: string, snapshot: boolean, work: (volume: VolumeReader) => Promise<T>): Promise<T> {
+  try {
+    let source = name;
+    if (snapshot) {
+      source = `export-${process.pid}-${randomBytes(4).toString('hex')}`;
+      await live.snapshot({ source: name, name: source, readOnly: true });
+    }
+    try {
+      return await withReadTarget(
+        dir,
+        async (pinned) => {
+          const view = await PoolView.open(pinned);
+          try {
+            const device = view.device(source);
+            const volume = view.volumeReader(device);
+            if (!volume.readOnly) {
+              throw new ThinError(
+                'THIN_BUSY',
+                `Volume ${name} is writable and pool ${dir} is being served, so its bytes may change during the export; ` +
+                  'add --snapshot to export a read-only snapshot of it, or export a read-only snapshot',
+              );
+            }
+            return await work(volume);
+          } finally {
+            await view.close();
+          }
+        },
+        live,
+      );
+    } finally {
+      if (source !== name) await live.removeVolume({ name: source, force: true });
+    }
+  } finally {
+    await live.close();
+  }
 }

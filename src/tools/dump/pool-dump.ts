@@ -7,8 +7,8 @@
 // MAX_DEV_ID) and a mapping time above 2^24 − 1 (dm-thin keeps 24 bits of time) are dumped as
 // they are, with a warning that thin_restore would refuse or truncate them.
 import { DM_THIN_DEV_ID_MAX, DM_THIN_MAPPING_TIME_MAX, PROGRESS_EXTENTS_STEP } from '../../constants.ts';
-import type { PoolFiles } from '../../pool/files.ts';
-import { PoolView } from '../pool-view.ts';
+
+import { PoolView, type ViewTarget } from '../pool-view.ts';
 import { isPending, type DumpVisitor, type VisitResult } from './events.ts';
 
 export interface PoolDumpOptions {
@@ -28,7 +28,7 @@ export interface PoolDumpSummary {
   warnings: string[];
 }
 
-export async function dumpPool(target: string | PoolFiles, visitor: DumpVisitor, options: PoolDumpOptions = {}): Promise<PoolDumpSummary> {
+export async function dumpPool(target: ViewTarget, visitor: DumpVisitor, options: PoolDumpOptions = {}): Promise<PoolDumpSummary> {
   const view = await PoolView.open(target);
   try {
     return await dumpView(view, visitor, options);
