@@ -9,7 +9,7 @@ import type { StreamRoot } from './format.ts';
 import { lockStore, type LockKind } from './locks.ts';
 import { collectGarbage, listStore, removeStream, verifyStore, type GcReport, type StoreListing, type VerifyReport } from './maintenance.ts';
 import { findBaseStream, packStream } from './pack.ts';
-import { poolVolumeSource } from './source.ts';
+import type { PackSources } from './source.ts';
 import type { OpenStoreOptions } from './open-store.ts';
 import { unpackStream, type UnpackResult } from './unpack.ts';
 
@@ -49,7 +49,8 @@ export async function initArchive(options: StoreOptions & { averageChunkBytes: n
 }
 
 export interface PackCommandOptions extends StoreOptions {
-  pool: Pool;
+  /** Where the volumes come from: a pool this process opened (poolSources) or a pinned view (viewSources). */
+  sources: PackSources;
   volume: string;
   /** Default: VOLUME.<UTC time>. */
   name?: string;
@@ -84,12 +85,11 @@ export function defaultStreamName(volume: string, now: Date): string {
 }
 
 export async function packVolume(options: PackCommandOptions): Promise<PackResult> {
-  const { pool } = options;
-  const source = poolVolumeSource(pool, options.volume);
+  const source = options.sources(options.volume);
   return await withArchive(options, 'shared', 'pack', async (archive) => {
     let base: { root: StreamRoot; runs: ReturnType<typeof source.mappedRuns> } | undefined;
     if (options.deltaFrom !== undefined) {
-      const baseSource = poolVolumeSource(pool, options.deltaFrom);
+      const baseSource = options.sources(options.deltaFrom);
       if (baseSource.identity.volumeId === source.identity.volumeId) throw new ThinError('THIN_INVALID', `--delta-from ${options.deltaFrom} is the volume being packed`);
       base = { root: await findBaseStream(archive, baseSource.identity), runs: baseSource.mappedRuns() };
     }

@@ -1,7 +1,9 @@
 // What pack reads: a volume's size, identity, mappings and bytes. From a pool opened by this
-// process (poolVolumeSource); a served pool's volumes are read the same way through whatever
-// gives their mappings and bytes.
+// process (poolSources), or from a generation a served pool pinned for this reader (viewSources:
+// docs/format.md "Pinned generations"), whose read-only volumes keep their bytes while clients write.
 import type { Pool } from '../pool/pool.ts';
+import { DEVICE_FLAG_READ_ONLY } from '../pool/codecs.ts';
+import type { PoolView } from '../tools/pool-view.ts';
 import type { MappedRun } from '../pool/volume.ts';
 import type { Mapping } from '../tools/dump/events.ts';
 import type { StreamSource } from './format.ts';
@@ -14,6 +16,39 @@ export interface PackSource {
   mappedRuns(): MappedRun[];
   /** Fills target with bytes from offsetBytes (inside mapped runs). */
   read(offsetBytes: number, target: Uint8Array): Promise<void>;
+}
+
+/** Pack sources by volume name (THIN_NOT_FOUND for an unknown one). */
+export type PackSources = (name: string) => PackSource;
+
+/** The volumes of a pool this process opened. */
+export function poolSources(pool: Pool): PackSources {
+  return (name) => poolVolumeSource(pool, name);
+}
+
+/** The volumes of a pinned (or locked) generation, read from the pool's files. */
+export function viewSources(view: PoolView): PackSources {
+  return (name) => {
+    const device = view.device(name);
+    const reader = view.volumeReader(device);
+    const runs: MappedRun[] = [];
+    for (const mapping of view.mappings(device)) runs.push({ virtualBlock: mapping.originBegin, dataBlock: mapping.dataBegin, lengthBlocks: mapping.length });
+    return {
+      sizeBytes: device.value.sizeBytes,
+      blockSizeBytes: view.payload.blockSizeBytes,
+      identity: {
+        poolId: view.tm.poolId.toString(16).padStart(16, '0'),
+        volumeId: device.id,
+        volumeName: device.details.name,
+        volumeCreatedAt: device.details.createdAt,
+        readOnly: (device.value.flags & DEVICE_FLAG_READ_ONLY) !== 0,
+      },
+      mappedRuns: () => runs,
+      read: async (offsetBytes, target) => {
+        await reader.read(offsetBytes, target);
+      },
+    };
+  };
 }
 
 /** A volume of an open pool as a pack source. */

@@ -10,7 +10,7 @@ export { assertPoolExists };
 import { ThinError } from '../errors.ts';
 import { LocalPoolService, type PoolService } from '../daemon/service.ts';
 import { connectControl, controlSocketPath } from '../daemon/control.ts';
-import type { ViewTarget } from '../tools/pool-view.ts';
+import { PoolView, type ViewTarget } from '../tools/pool-view.ts';
 
 export type Access = 'read' | 'write';
 
@@ -72,6 +72,22 @@ export async function withReadTarget<T>(dir: string, work: (target: ViewTarget) 
   } finally {
     if (live === undefined) await service.close();
   }
+}
+
+/** `withReadTarget` on a served pool, with the pinned generation opened as a view for the work. */
+export async function withPinnedView<T>(dir: string, live: PoolService, work: (view: PoolView) => Promise<T>): Promise<T> {
+  return withReadTarget(
+    dir,
+    async (pinned) => {
+      const view = await PoolView.open(pinned);
+      try {
+        return await work(view);
+      } finally {
+        await view.close();
+      }
+    },
+    live,
+  );
 }
 
 /**

@@ -2,15 +2,23 @@
 // one line that says why, and the happy path prints what a user needs.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { thinbd, thinbdJson } from '../cli/run-thinbd.ts';
+import { THINBD, thinbd, thinbdJson } from '../cli/run-thinbd.ts';
+import { run } from '../nbd/helpers.ts';
+import { NbdTestClient } from '../nbd/client.ts';
+import { NBD_CMD_FLUSH, NBD_CMD_WRITE } from '../../src/nbd/protocol.ts';
 import { startServe } from '../daemon/serve-process.ts';
 import { MiB, contentBytes, tempDir } from './helpers.ts';
 
 const dir = tempDir('archive-cli');
 const pool = join(dir.path, 'pool');
 const store = join(dir.path, 'store');
+
+/** Runs thinbd without blocking the event loop, so an NBD client in this process keeps going. */
+function runThinbd(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return run(process.execPath, [THINBD, ...args], { allowFailure: true });
+}
 
 function ok(args: string[]): string {
   const result = thinbd(args);
@@ -89,17 +97,12 @@ describe('archive failures exit 1 with one line', () => {
     assert.match(result.stderr, /Volume ro is read-only/);
   });
 
-  test('pack and unpack on a served pool are refused, naming the server', async () => {
+  test('unpack on a served pool is refused, naming the server', async () => {
     const server = await startServe(pool);
     try {
-      for (const args of [
-        ['archive', 'pack', '--pool', pool, 'ro', '--store', store],
-        ['archive', 'unpack', '--pool', pool, '--store', store, 'taken', 'x'],
-      ]) {
-        const result = thinbd(args);
-        assert.equal(result.code, 1);
-        assert.match(result.stderr, /being served by 'thinbd serve'/);
-      }
+      const result = thinbd(['archive', 'unpack', '--pool', pool, '--store', store, 'taken', 'x']);
+      assert.equal(result.code, 1);
+      assert.match(result.stderr, /being served by 'thinbd serve'/);
     } finally {
       await server.stop();
     }
@@ -112,4 +115,67 @@ test('the default stream name is VOLUME.<UTC time>, and list shows it', () => {
   const listed = ok(['archive', 'list', '--store', store]);
   assert.match(listed, new RegExp(`^${packed.stream.replace('.', '\\.')}\\s+2M\\s+2M\\s+2M`, 'm'));
   assert.match(listed, /\d+ streams; \d+ packs/);
+});
+
+test('pack works on a served pool while a client writes: a writable volume goes through a read-only snapshot of it', async () => {
+  const slot = 4096;
+  const slots = 1024; // 4 MiB
+  const live = join(dir.path, 'live-pool');
+  ok(['pool', 'create', '--pool', live, '--data-size', '64M']);
+  ok(['create', '--pool', live, 'disk', '--size', '4M']);
+  const fill = (index: number, round: number): Buffer => Buffer.alloc(slot, ((index * 7 + round) % 251) + 1);
+  const server = await startServe(live);
+  const client = await NbdTestClient.connect({ port: server.port });
+  let writing = true;
+  let rewrites = 0;
+  try {
+    await client.handshake('disk');
+    for (let index = 0; index < slots; index += 1) {
+      assert.equal((await client.call(NBD_CMD_WRITE, { offsetBytes: index * slot, data: fill(index, 0) })).error, 0);
+    }
+    assert.equal((await client.call(NBD_CMD_FLUSH)).error, 0);
+    // While the pack runs, the client rewrites the second half, slot by slot, flushing as it goes.
+    const writer = (async () => {
+      for (let index = slots / 2; writing; index = index + 1 < slots ? index + 1 : slots / 2) {
+        assert.equal((await client.call(NBD_CMD_WRITE, { offsetBytes: index * slot, data: fill(index, 1) })).error, 0);
+        rewrites += 1;
+        if (rewrites % 64 === 0) assert.equal((await client.call(NBD_CMD_FLUSH)).error, 0);
+      }
+    })();
+    const packed = await runThinbd(['archive', 'pack', '--pool', live, 'disk', '--store', store, '--name', 'live.1', '--keep-snapshot', '--json']);
+    const second = await runThinbd(['archive', 'pack', '--pool', live, 'disk', '--store', store, '--name', 'live.2', '--delta-from', 'live.1', '--json']);
+    writing = false;
+    await writer;
+    assert.equal(packed.code, 0, packed.stderr);
+    assert.equal(second.code, 0, second.stderr);
+    assert.match(packed.stderr, /packing disk through its read-only snapshot live\.1 \(kept\)/);
+    // The first snapshot stays (--keep-snapshot), the second goes with its pack.
+    const volumes = (JSON.parse((await runThinbd(['list', '--pool', live, '--json'])).stdout) as Array<{ name: string; readOnly: boolean }>).map((v) => `${v.name}:${v.readOnly}`);
+    assert.deepEqual(volumes.sort(), ['disk:false', 'live.1:true']);
+  } finally {
+    writing = false;
+    client.close();
+    assert.equal(await server.stop(), 0, server.output());
+  }
+  assert.ok(rewrites > 0, 'the client wrote while the packs ran');
+  // Unpacked elsewhere, each stream is one point in the volume's life: the first half as written
+  // before, every slot of the second half whole (before or after its rewrite), never torn.
+  const elsewhere = join(dir.path, 'elsewhere');
+  ok(['pool', 'create', '--pool', elsewhere, '--data-size', '64M']);
+  for (const stream of ['live.1', 'live.2']) {
+    ok(['archive', 'unpack', '--pool', elsewhere, '--store', store, stream, stream]);
+    const out = join(dir.path, `${stream}.raw`);
+    ok(['export', '--pool', elsewhere, stream, out]);
+    const bytes = readFileSync(out);
+    assert.equal(bytes.length, slots * slot);
+    for (let index = 0; index < slots; index += 1) {
+      const got = bytes.subarray(index * slot, (index + 1) * slot);
+      const allowed = index < slots / 2 ? [fill(index, 0)] : [fill(index, 0), fill(index, 1)];
+      assert.ok(allowed.some((want) => want.equals(got)), `${stream}: slot ${index} holds what the client never wrote`);
+    }
+  }
+  // The snapshot kept for the first pack equals what its stream unpacked to.
+  const kept = join(dir.path, 'kept.raw');
+  ok(['export', '--pool', live, 'live.1', kept]);
+  assert.ok(readFileSync(kept).equals(readFileSync(join(dir.path, 'live.1.raw'))));
 });

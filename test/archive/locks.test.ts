@@ -10,6 +10,7 @@ import { Archive } from '../../src/archive/archive.ts';
 import { packVolume, gcArchive, verifyArchive } from '../../src/archive/commands.ts';
 import { isThinError } from '../../src/errors.ts';
 import { MiB, contentBytes, createPool, tempDir } from './helpers.ts';
+import { poolSources } from '../../src/archive/source.ts';
 
 const dir = tempDir('archive-locks');
 after(() => dir.remove());
@@ -49,7 +50,7 @@ test('two packs into one store at once both complete, and the store verifies', a
       await volume.write(0, contentBytes(8 * MiB, 40)); // the same bytes in both
       await volume.write(8 * MiB, contentBytes(4 * MiB, 41 + index));
     }
-    const [x, y] = await Promise.all([packVolume({ store: storePath, pool, volume: 'x', name: 'x' }), packVolume({ store: storePath, pool, volume: 'y', name: 'y' })]);
+    const [x, y] = await Promise.all([packVolume({ store: storePath, sources: poolSources(pool), volume: 'x', name: 'x' }), packVolume({ store: storePath, sources: poolSources(pool), volume: 'y', name: 'y' })]);
     assert.equal(x.mappedBytes, 12 * MiB);
     assert.equal(y.mappedBytes, 12 * MiB);
     assert.deepEqual((await verifyArchive({ store: storePath })).problems, []);

@@ -9,6 +9,7 @@ import { Archive } from '../../src/archive/archive.ts';
 import { packVolume, unpackVolume, listArchive, verifyArchive } from '../../src/archive/commands.ts';
 import { listVolumes } from '../../src/tools/list.ts';
 import { BLOCK, MiB, contentBytes, createPool, digest, mappedBlocks, readVolume, tempDir } from './helpers.ts';
+import { poolSources } from '../../src/archive/source.ts';
 
 const dir = tempDir('archive-roundtrip');
 let source: Pool;
@@ -41,7 +42,7 @@ async function packSnapshot(index: number, changes: (volume: ReturnType<Pool['vo
   const snapshot = `vol.${index}`;
   await source.snapshot('vol', snapshot, { readOnly: true });
   const previous = states[states.length - 1];
-  const result = await packVolume({ store, pool: source, volume: snapshot, name: `s${index}`, ...(previous === undefined ? {} : { deltaFrom: previous.snapshot }) });
+  const result = await packVolume({ store, sources: poolSources(source), volume: snapshot, name: `s${index}`, ...(previous === undefined ? {} : { deltaFrom: previous.snapshot }) });
   assert.equal(result.stream, `s${index}`);
   assert.equal(result.parent, previous?.stream);
   const state = { stream: `s${index}`, snapshot, digest: digest(await readVolume(source, snapshot)), sizeBytes: source.volume(snapshot).sizeBytes, mapped: mappedBlocks(source, snapshot) };

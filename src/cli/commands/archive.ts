@@ -4,7 +4,9 @@ import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError, formatTable } from '../report.ts';
 import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
-import { withPool } from '../pool-access.ts';
+import { assertPoolExists, liveService, withPinnedView, withPool } from '../pool-access.ts';
+import type { PoolService } from '../../daemon/service.ts';
+import { poolSources, viewSources, type PackSources } from '../../archive/source.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { ThinError } from '../../errors.ts';
@@ -14,7 +16,7 @@ import {
   ARCHIVE_CHUNK_AVERAGE_BYTES_MIN,
   ARCHIVE_ZSTD_LEVEL_DEFAULT,
 } from '../../constants.ts';
-import { gcArchive, initArchive, listArchive, packVolume, removeArchiveStream, unpackVolume, verifyArchive } from '../../archive/commands.ts';
+import { defaultStreamName, gcArchive, initArchive, listArchive, packVolume, removeArchiveStream, unpackVolume, verifyArchive, type PackResult } from '../../archive/commands.ts';
 import { WorkerChunkJobs } from '../../archive/chunk-workers.ts';
 
 const storeHelp = 'archive store: a directory or s3://BUCKET/PREFIX (default $THINBD_STORE)';
@@ -83,6 +85,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
     .option('--store <store>', storeHelp)
     .option('--name <name>', 'stream name (default VOLUME.<UTC time>)')
     .option('--delta-from <snapshot>', 'a read-only snapshot packed before: read only the blocks where the two differ')
+    .option('--keep-snapshot', 'on a served pool: keep the read-only snapshot a writable volume is packed through (named as the stream), to be the --delta-from of the next pack')
     .option('--endpoint <url>', endpointHelp)
     .option('--json', 'print the statistics as JSON')
     .action(async (volumeText, options) => {
@@ -92,18 +95,25 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
       const store = storeSpec(options.store);
       const progress = lazyProgress(`pack ${volume}`);
       {
-        const result = await withPool(poolDirectory(options.pool), 'read', (pool) =>
+        const stream = name ?? defaultStreamName(volume, new Date());
+        const pack = (sources: PackSources, packed: string): Promise<PackResult> =>
           packVolume({
             store,
-            pool,
-            volume,
+            sources,
+            volume: packed,
             makeJobs: (params, level) => new WorkerChunkJobs(params, level),
             onNote: note,
             onProgress: progress.update,
-            ...(name === undefined ? {} : { name }),
+            name: stream,
             ...(deltaFrom === undefined ? {} : { deltaFrom }),
             ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
-          }),
+          });
+        const dir = poolDirectory(options.pool);
+        assertPoolExists(dir);
+        const live = await liveService(dir);
+        const result = await (live === undefined
+          ? withPool(dir, 'read', (pool) => pack(poolSources(pool), volume))
+          : packServed(dir, live, volume, stream, options.keepSnapshot === true, note, pack)
         ).finally(progress.stop);
         if (options.json === true) reporter.json(result);
         else {
@@ -217,4 +227,36 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
         );
       }
     });
+}
+
+/**
+ * Pack from a pool `thinbd serve` owns: the volumes are read from a generation the server pins
+ * (docs/format.md "Pinned generations") while clients write. A writable volume is packed through
+ * a read-only snapshot taken for it, named as the stream: removed after the pack, or kept with
+ * --keep-snapshot to be the --delta-from of the next one.
+ */
+async function packServed(
+  dir: string,
+  live: PoolService,
+  volume: string,
+  stream: string,
+  keepSnapshot: boolean,
+  note: (line: string) => void,
+  pack: (sources: PackSources, packed: string) => Promise<PackResult>,
+): Promise<PackResult> {
+  try {
+    const writable = (await live.listVolumes()).find((listing) => listing.name === volume)?.readOnly === false;
+    const snapshot = writable ? stream : undefined;
+    if (snapshot !== undefined) {
+      await live.snapshot({ source: volume, name: snapshot, readOnly: true });
+      note(`packing ${volume} through its read-only snapshot ${snapshot}${keepSnapshot ? ' (kept)' : ''}`);
+    }
+    try {
+      return await withPinnedView(dir, live, (view) => pack(viewSources(view), snapshot ?? volume));
+    } finally {
+      if (snapshot !== undefined && !keepSnapshot) await live.removeVolume({ name: snapshot, force: true });
+    }
+  } finally {
+    await live.close();
+  }
 }

@@ -2,11 +2,11 @@
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
-import { assertPoolExists, liveService, withPool, withReadTarget } from '../pool-access.ts';
+import { assertPoolExists, liveService, withPinnedView, withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { exportRaw, importRaw } from '../../tools/transfer.ts';
-import { PoolView, type VolumeReader } from '../../tools/pool-view.ts';
+import type { VolumeReader } from '../../tools/pool-view.ts';
 import type { PoolService } from '../../daemon/service.ts';
 import { randomBytes } from 'node:crypto';
 import { ThinError } from '../../errors.ts';
@@ -92,27 +92,18 @@ async function exportServed<T>(dir: string, live: PoolService, name: string, sna
       await live.snapshot({ source: name, name: source, readOnly: true });
     }
     try {
-      return await withReadTarget(
-        dir,
-        async (pinned) => {
-          const view = await PoolView.open(pinned);
-          try {
-            const device = view.device(source);
-            const volume = view.volumeReader(device);
-            if (!volume.readOnly) {
-              throw new ThinError(
-                'THIN_BUSY',
-                `Volume ${name} is writable and pool ${dir} is being served, so its bytes may change during the export; ` +
-                  'add --snapshot to export a read-only snapshot of it, or export a read-only snapshot',
-              );
-            }
-            return await work(volume);
-          } finally {
-            await view.close();
-          }
-        },
-        live,
-      );
+      return await withPinnedView(dir, live, async (view) => {
+        const device = view.device(source);
+        const volume = view.volumeReader(device);
+        if (!volume.readOnly) {
+          throw new ThinError(
+            'THIN_BUSY',
+            `Volume ${name} is writable and pool ${dir} is being served, so its bytes may change during the export; ` +
+              'add --snapshot to export a read-only snapshot of it, or export a read-only snapshot',
+          );
+        }
+        return await work(volume);
+      });
     } finally {
       if (source !== name) await live.removeVolume({ name: source, force: true });
     }
