@@ -14,8 +14,8 @@ import {
   ARCHIVE_READ_GAP_BYTES_MAX,
   ARCHIVE_UPLOADS_IN_FLIGHT_MAX,
 } from '../constants.ts';
-import { ZstdDecompressor, ZstdFrameError } from '../util/zstd.ts';
 import { ChunkIndex, type ChunkLocation } from './chunk-index.ts';
+import { InlineChunkDecoder, type ChunkDecoder, type DecodeItem } from './chunk-decode.ts';
 import { Chunker } from './chunker.ts';
 import {
   CHUNK_FLAG_SEGMENT,
@@ -341,11 +341,13 @@ interface PendingRead {
 export class ChunkReader {
   readonly #store: ObjectStore;
   readonly #index: ChunkIndex;
-  readonly #decompressor = new ZstdDecompressor();
+  readonly #decoder: ChunkDecoder;
 
-  constructor(store: ObjectStore, index: ChunkIndex) {
+  /** `decoder`: where chunks are decompressed and checked (default: on this thread). */
+  constructor(store: ObjectStore, index: ChunkIndex, decoder: ChunkDecoder = new InlineChunkDecoder()) {
     this.#store = store;
     this.#index = index;
+    this.#decoder = decoder;
   }
 
   /** Where a chunk is, or a THIN_CORRUPT_ARCHIVE error saying it is missing. */
@@ -413,33 +415,34 @@ export class ChunkReader {
       if (isThinError(error, 'THIN_NOT_FOUND')) throw corrupt(describe(group[0]!.refIndex), `its pack ${key} is missing`, error);
       throw error;
     }
+    const items: DecodeItem[] = [];
     for (const read of group) {
       const { location } = read;
       const begin = location.offsetBytes - beginBytes;
       if (begin + location.storedBytes > bytes.length) {
         throw corrupt(describe(read.refIndex), `its pack ${key} is truncated (${beginBytes + bytes.length} bytes, the chunk ends at ${location.offsetBytes + location.storedBytes})`);
       }
-      const stored = bytes.subarray(begin, begin + location.storedBytes);
-      const target = targets?.[read.refIndex];
-      let raw: Uint8Array;
-      if ((location.flags & CHUNK_FLAG_ZSTD) !== 0) {
-        try {
-          raw = this.#decompressor.decompress(stored, location.rawBytes, target);
-        } catch (error) {
-          if (error instanceof ZstdFrameError) throw corrupt(describe(read.refIndex), `damaged in pack ${key} at byte ${location.offsetBytes}: ${error.message}`, error);
-          throw error;
-        }
-      } else if (target !== undefined) {
-        target.set(stored);
-        raw = target;
-      } else {
-        raw = stored.slice();
-      }
+      const zstd = (location.flags & CHUNK_FLAG_ZSTD) !== 0;
+      items.push({ beginBytes: begin, storedBytes: location.storedBytes, rawBytes: location.rawBytes, zstd, hash: refs[read.refIndex]!.hash });
+    }
+    const groupTargets = targets === undefined ? undefined : group.map((read) => targets[read.refIndex]!);
+    const outcome = await this.#decoder.decode(bytes, items, groupTargets);
+    if ('failedItem' in outcome) {
       // F-AR-CHUNK-1: a chunk's name is the SHA-256 of its raw bytes; anything else is damage.
-      if (Buffer.compare(sha256(raw), refs[read.refIndex]!.hash) !== 0) {
-        throw corrupt(describe(read.refIndex), `damaged in pack ${key} at byte ${location.offsetBytes}: its bytes no longer hash to its name`);
+      const read = group[outcome.failedItem]!;
+      throw corrupt(describe(read.refIndex), `damaged in pack ${key} at byte ${read.location.offsetBytes}: ${outcome.message}`);
+    }
+    let at = 0;
+    for (const [position, read] of group.entries()) {
+      const target = groupTargets?.[position];
+      const rawBytes = read.location.rawBytes;
+      if (target === undefined) results[read.refIndex] = outcome.raw.subarray(at, at + rawBytes);
+      else {
+        // A decoder on another thread hands the chunks back end to end.
+        if (outcome.raw.length > 0) target.set(outcome.raw.subarray(at, at + rawBytes));
+        results[read.refIndex] = target;
       }
-      results[read.refIndex] = raw;
+      at += rawBytes;
     }
   }
 }

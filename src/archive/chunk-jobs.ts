@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { ZstdCompressor } from '../util/zstd.ts';
 import { Chunker, type ChunkerParams } from './chunker.ts';
 import { CHUNK_FLAG_ZSTD, HASH_BYTES } from './format.ts';
+import { InlineChunkDecoder, type ChunkDecoder, type DecodeItem, type DecodeOutcome } from './chunk-decode.ts';
 
 export interface ChunkedJob {
   /** Each chunk's length, in order; they add up to the job's length. */
@@ -22,7 +23,8 @@ export interface StoredChunk {
   flags: number;
 }
 
-export interface ChunkJobs {
+/** Also decodes chunks read back (chunk-decode.ts), for unpack and verify. */
+export interface ChunkJobs extends ChunkDecoder {
   /** Cuts and hashes `data` (the job keeps it until `compress` or `release`). */
   chunk(data: Uint8Array): Promise<{ id: number; result: ChunkedJob }>;
   /** The stored form of the chunks at `indexes` of job `id`, then forgets the job. */
@@ -70,6 +72,7 @@ export class InlineChunkJobs implements ChunkJobs {
   readonly #chunker: Chunker;
   readonly #compressor: ZstdCompressor;
   readonly #jobs = new Map<number, { data: Uint8Array; lengths: Uint32Array }>();
+  readonly #decoder = new InlineChunkDecoder();
   #nextId = 1;
 
   constructor(params: ChunkerParams, level: number) {
@@ -88,6 +91,10 @@ export class InlineChunkJobs implements ChunkJobs {
     const job = this.#jobs.get(id)!;
     this.#jobs.delete(id);
     return compressChunks(this.#compressor, job.data, job.lengths, indexes);
+  }
+
+  decode(bytes: Uint8Array, items: DecodeItem[], targets?: Uint8Array[]): Promise<DecodeOutcome> {
+    return this.#decoder.decode(bytes, items, targets);
   }
 
   async close(): Promise<void> {

@@ -1,19 +1,26 @@
 // A worker thread of WorkerChunkJobs (chunk-workers.ts): chunks and hashes the jobs it is sent,
-// holds each job's bytes until told which of its chunks to compress.
+// holds each job's bytes until told which of its chunks to compress; decodes chunks read back.
 import { parentPort, workerData } from 'node:worker_threads';
-import { ZstdCompressor } from '../util/zstd.ts';
+import { ZstdCompressor, ZstdDecompressor } from '../util/zstd.ts';
 import { Chunker, type ChunkerParams } from './chunker.ts';
 import { chunkAndHash, compressChunks } from './chunk-jobs.ts';
+import { decodeChunks, type DecodeItem, type DecodeOutcome } from './chunk-decode.ts';
+import { HASH_BYTES } from './format.ts';
 
-export type WorkerRequest = { type: 'chunk'; id: number; data: Uint8Array } | { type: 'compress'; id: number; indexes: number[] };
+export type WorkerRequest =
+  | { type: 'chunk'; id: number; data: Uint8Array }
+  | { type: 'compress'; id: number; indexes: number[] }
+  | { type: 'decode'; id: number; bytes: Uint8Array; places: Array<Omit<DecodeItem, 'hash'>>; hashes: Uint8Array };
 export type WorkerReply =
   | { type: 'chunked'; id: number; lengths: Uint32Array; hashes: Uint8Array }
   | { type: 'compressed'; id: number; chunks: Array<{ stored: Uint8Array; flags: number }> }
+  | { type: 'decoded'; id: number; outcome: DecodeOutcome }
   | { type: 'failed'; id: number; message: string };
 
 const { params, level } = workerData as { params: ChunkerParams; level: number };
 const chunker = new Chunker(params);
 const compressor = new ZstdCompressor(level);
+const decompressor = new ZstdDecompressor();
 const jobs = new Map<number, { data: Uint8Array; lengths: Uint32Array }>();
 const port = parentPort!;
 
@@ -25,6 +32,11 @@ port.on('message', (request: WorkerRequest) => {
       jobs.set(request.id, { data: request.data, lengths: result.lengths.slice() });
       const reply: WorkerReply = { type: 'chunked', id: request.id, lengths: result.lengths, hashes: result.hashes };
       port.postMessage(reply, [result.lengths.buffer as ArrayBuffer, result.hashes.buffer as ArrayBuffer]);
+    } else if (request.type === 'decode') {
+      const items = request.places.map((place, position) => ({ ...place, hash: request.hashes.subarray(position * HASH_BYTES, (position + 1) * HASH_BYTES) }));
+      const outcome = decodeChunks(decompressor, request.bytes, items);
+      const reply: WorkerReply = { type: 'decoded', id: request.id, outcome };
+      port.postMessage(reply, 'raw' in outcome ? [outcome.raw.buffer as ArrayBuffer] : []);
     } else {
       const job = jobs.get(request.id)!;
       jobs.delete(request.id);

@@ -1,5 +1,5 @@
-// ChunkJobs on worker threads: chunking, SHA-256 and zstd are CPU work, and pack is bound by
-// them, so they run on one worker per core (the main thread reads, keeps the index and uploads).
+// ChunkJobs on worker threads: chunking, SHA-256 and zstd are CPU work, and pack and unpack are
+// bound by them, so they run on one worker per core (the main thread reads, keeps the index and uploads).
 // A job's bytes move to its worker (transferred, not copied) and stay there until the main thread
 // says which chunks to compress; jobs go to the worker with the fewest in hand.
 import os from 'node:os';
@@ -7,6 +7,8 @@ import { Worker } from 'node:worker_threads';
 import { assert } from '../errors.ts';
 import type { ChunkerParams } from './chunker.ts';
 import type { ChunkJobs, ChunkedJob, StoredChunk } from './chunk-jobs.ts';
+import type { DecodeItem, DecodeOutcome } from './chunk-decode.ts';
+import { HASH_BYTES } from './format.ts';
 import type { WorkerReply, WorkerRequest } from './chunk-worker.ts';
 
 /** Worker threads at most: enough for the machines thinbd runs on; each holds a few jobs' bytes. */
@@ -94,6 +96,26 @@ export class WorkerChunkJobs implements ChunkJobs {
       const reply = await this.#send(entry, { type: 'compress', id, indexes });
       assert(reply.type === 'compressed', 'a compress reply');
       return reply.chunks;
+    } finally {
+      entry.jobs -= 1;
+    }
+  }
+
+  /** Decodes on the worker with the fewest jobs in hand; the bytes move there (a copy when they share their buffer). */
+  async decode(bytes: Uint8Array, items: DecodeItem[]): Promise<DecodeOutcome> {
+    const workers = this.#workers ?? this.#start();
+    const entry = workers.reduce((best, candidate) => (candidate.jobs < best.jobs ? candidate : best));
+    const owned = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && !(bytes.buffer instanceof SharedArrayBuffer) ? bytes : bytes.slice();
+    entry.jobs += 1;
+    try {
+      // The names go in one buffer: a view posted alone would take its whole buffer along (a segment's).
+      const hashes = new Uint8Array(items.length * HASH_BYTES);
+      items.forEach((item, position) => hashes.set(item.hash, position * HASH_BYTES));
+      const places = items.map(({ beginBytes, storedBytes, rawBytes, zstd }) => ({ beginBytes, storedBytes, rawBytes, zstd }));
+      const request: WorkerRequest = { type: 'decode', id: this.#nextId++, bytes: owned, places, hashes };
+      const reply = await this.#send(entry, request, [owned.buffer as ArrayBuffer, hashes.buffer]);
+      assert(reply.type === 'decoded', 'a decode reply');
+      return reply.outcome;
     } finally {
       entry.jobs -= 1;
     }

@@ -123,16 +123,31 @@ export interface UnpackCommandOptions extends StoreOptions {
   pool: Pool;
   stream: string;
   volume: string;
+  /** Where chunks are decompressed and checked (default: this thread). */
+  makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
   onProgress?: (doneBytes: number, totalBytes: number) => void;
+}
+
+/** The store's chunk jobs for the work, closed after it. */
+async function withJobs<T>(archive: Archive, makeJobs: ((params: ChunkerParams, level: number) => ChunkJobs) | undefined, work: (jobs: ChunkJobs | undefined) => Promise<T>): Promise<T> {
+  const jobs = makeJobs?.(archive.config.chunking, archive.config.compression.level);
+  try {
+    return await work(jobs);
+  } finally {
+    await jobs?.close();
+  }
 }
 
 export async function unpackVolume(options: UnpackCommandOptions): Promise<UnpackResult & { writeMBps: number }> {
   return await withArchive(options, 'shared', 'unpack', async (archive) => {
     const root = await archive.readStream(options.stream);
-    const result = await unpackStream(archive, root, options.pool, options.volume, {
-      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
-      ...(options.onNote === undefined ? {} : { onNote: options.onNote }),
-    });
+    const result = await withJobs(archive, options.makeJobs, (decoder) =>
+      unpackStream(archive, root, options.pool, options.volume, {
+        ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+        ...(options.onNote === undefined ? {} : { onNote: options.onNote }),
+        ...(decoder === undefined ? {} : { decoder }),
+      }),
+    );
     return { ...result, writeMBps: result.elapsedMs === 0 ? 0 : result.mappedBytes / 1e6 / (result.elapsedMs / 1000) };
   });
 }
@@ -141,12 +156,17 @@ export async function listArchive(options: StoreOptions): Promise<StoreListing> 
   return await withArchive(options, undefined, 'list', (archive) => listStore(archive));
 }
 
-export async function verifyArchive(options: StoreOptions & { stream?: string; onProgress?: (done: number, total: number) => void }): Promise<VerifyReport> {
+export async function verifyArchive(
+  options: StoreOptions & { stream?: string; onProgress?: (done: number, total: number) => void; makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs },
+): Promise<VerifyReport> {
   return await withArchive(options, 'shared', 'verify', (archive) =>
-    verifyStore(archive, {
-      ...(options.stream === undefined ? {} : { name: options.stream }),
-      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
-    }),
+    withJobs(archive, options.makeJobs, (decoder) =>
+      verifyStore(archive, {
+        ...(options.stream === undefined ? {} : { name: options.stream }),
+        ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+        ...(decoder === undefined ? {} : { decoder }),
+      }),
+    ),
   );
 }
 

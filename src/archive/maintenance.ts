@@ -4,6 +4,7 @@ import { ThinError, isThinError } from '../errors.ts';
 import { ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX, ARCHIVE_UNPACK_WINDOW_BYTES } from '../constants.ts';
 import { ChunkIndex } from './chunk-index.ts';
 import { ChunkReader, PackWriter, type Archive } from './archive.ts';
+import type { ChunkDecoder } from './chunk-decode.ts';
 import { DirectoryObjectStore } from './directory-store.ts';
 import {
   CHUNK_FLAG_SEGMENT,
@@ -99,6 +100,8 @@ export interface VerifyOptions {
   /** Only this stream (default: all). */
   name?: string;
   onProgress?: (doneStreams: number, totalStreams: number) => void;
+  /** Where chunks are decompressed and checked (default: this thread). */
+  decoder?: ChunkDecoder;
 }
 
 /**
@@ -107,7 +110,7 @@ export interface VerifyOptions {
  */
 export async function verifyStore(archive: Archive, options: VerifyOptions = {}): Promise<VerifyReport> {
   const loaded = await archive.loadIndex();
-  const reader = new ChunkReader(archive.store, loaded.index);
+  const reader = new ChunkReader(archive.store, loaded.index, options.decoder);
   const report: VerifyReport = { streamsChecked: 0, chunksChecked: 0, bytesChecked: 0, problems: options.name === undefined ? [...loaded.problems] : [] };
   const checked = new Map<string, string | undefined>(); // chunk hash → problem (undefined: intact)
   const names = options.name === undefined ? await archive.streamNames() : [options.name];

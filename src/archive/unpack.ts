@@ -19,6 +19,7 @@ import { ThinError, assert, isThinError } from '../errors.ts';
 import { ARCHIVE_UNPACK_WINDOW_BYTES, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Pool } from '../pool/pool.ts';
 import { ChunkReader, type Archive } from './archive.ts';
+import type { ChunkDecoder } from './chunk-decode.ts';
 import { hashHex, sha256, type ChunkRef, type Segment, type StreamRoot } from './format.ts';
 import { coveredBy, mappedByteRanges } from './pack.ts';
 
@@ -26,6 +27,8 @@ export interface UnpackOptions {
   /** Stream bytes handled so far, of the stream's mapped bytes. */
   onProgress?: (doneBytes: number, totalBytes: number) => void;
   onNote?: (line: string) => void;
+  /** Where chunks are decompressed and checked (default: this thread; the CLI uses worker threads). */
+  decoder?: ChunkDecoder;
 }
 
 export interface UnpackResult {
@@ -103,7 +106,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     throw new ThinError('THIN_INVALID', `Stream ${root.name} was packed from a pool with ${root.blockSizeBytes}-byte blocks; pool blocks here are ${bs} bytes`);
   }
   const loaded = await archive.loadIndex();
-  const reader = new ChunkReader(archive.store, loaded.index);
+  const reader = new ChunkReader(archive.store, loaded.index, options.decoder);
   await checkStreamComplete(archive, reader, root);
 
   const existing = pool.list().find((info) => info.name === name);

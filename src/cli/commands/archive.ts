@@ -18,6 +18,10 @@ import {
 } from '../../constants.ts';
 import { defaultStreamName, gcArchive, initArchive, listArchive, packVolume, removeArchiveStream, unpackVolume, verifyArchive, type PackResult } from '../../archive/commands.ts';
 import { WorkerChunkJobs } from '../../archive/chunk-workers.ts';
+import type { ChunkerParams } from '../../archive/chunker.ts';
+
+/** Chunking, hashing, compression and decoding on one worker thread per core. */
+const workerJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs(params, level);
 
 const storeHelp = 'archive store: a directory or s3://BUCKET/PREFIX (default $THINBD_STORE)';
 const endpointHelp = 'S3-compatible endpoint URL (default $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS)';
@@ -101,7 +105,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
             store,
             sources,
             volume: packed,
-            makeJobs: (params, level) => new WorkerChunkJobs(params, level),
+            makeJobs: workerJobs,
             onNote: note,
             onProgress: progress.update,
             name: stream,
@@ -168,7 +172,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
       const store = storeSpec(options.store);
       const progress = lazyProgress(`unpack ${stream}`);
       const result = await withPool(poolDirectory(options.pool), 'write', (pool) =>
-        unpackVolume({ store, pool, stream, volume, onNote: note, onProgress: progress.update, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
+        unpackVolume({ store, pool, stream, volume, makeJobs: workerJobs, onNote: note, onProgress: progress.update, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
       ).finally(progress.stop);
       if (options.json === true) reporter.json(result);
       else {
@@ -188,7 +192,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
     .option('--json', 'print the report as JSON')
     .action(async (nameText, options) => {
       const stream = nameText === undefined ? undefined : streamName(nameText);
-      const report = await verifyArchive({ store: storeSpec(options.store), onNote: note, ...(stream === undefined ? {} : { stream }), ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) });
+      const report = await verifyArchive({ store: storeSpec(options.store), makeJobs: workerJobs, onNote: note, ...(stream === undefined ? {} : { stream }), ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) });
       if (options.json === true) reporter.json(report);
       else {
         for (const problem of report.problems) reporter.out(problem);
