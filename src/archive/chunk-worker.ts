@@ -10,7 +10,7 @@ import { HASH_BYTES } from './format.ts';
 export type WorkerRequest =
   | { type: 'chunk'; id: number; data: Uint8Array }
   | { type: 'compress'; id: number; indexes: number[] }
-  | { type: 'decode'; id: number; bytes: Uint8Array; places: Array<Omit<DecodeItem, 'hash'>>; hashes: Uint8Array };
+  | { type: 'decode'; id: number; bytes: Uint8Array; places: Array<Omit<DecodeItem, 'hash'>>; hashes: Uint8Array; targets?: Uint8Array[] };
 export type WorkerReply =
   | { type: 'chunked'; id: number; lengths: Uint32Array; hashes: Uint8Array }
   | { type: 'compressed'; id: number; chunks: Array<{ stored: Uint8Array; flags: number }> }
@@ -34,7 +34,7 @@ port.on('message', (request: WorkerRequest) => {
       port.postMessage(reply, [result.lengths.buffer as ArrayBuffer, result.hashes.buffer as ArrayBuffer]);
     } else if (request.type === 'decode') {
       const items = request.places.map((place, position) => ({ ...place, hash: request.hashes.subarray(position * HASH_BYTES, (position + 1) * HASH_BYTES) }));
-      const outcome = decodeChunks(decompressor, request.bytes, items);
+      const outcome = decodeChunks(decompressor, request.bytes, items, request.targets);
       const reply: WorkerReply = { type: 'decoded', id: request.id, outcome };
       port.postMessage(reply, 'raw' in outcome ? [outcome.raw.buffer as ArrayBuffer] : []);
     } else {

@@ -200,7 +200,8 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     /** A window's chunks, fetched, checked and laid end to end in buffer `slot` (reused: no page faults, no garbage). */
     async function fetchWindow(windowBegin: number, refs: ChunkRef[], windowBytes: number, slot: number): Promise<Uint8Array> {
       const offsets = offsetsOf(windowBegin, refs);
-      buffers[slot] ??= new Uint8Array(ARCHIVE_UNPACK_WINDOW_BYTES);
+      // Shared memory, so a decoder on a worker thread writes the chunks straight into it.
+      buffers[slot] ??= new Uint8Array(new SharedArrayBuffer(ARCHIVE_UNPACK_WINDOW_BYTES));
       const window = buffers[slot].subarray(0, windowBytes);
       await reader.read(refs, (position) => describeChunk(root, refs[position]!, offsets[position]!), 0, window);
       result.bytesFetched += windowBytes;
