@@ -123,6 +123,10 @@ export const NBD_BLOCK_STATUS_ASKS_MAX = 64;
 export const NBD_READ_CHUNKS_MAX = 256;
 /** Bytes of a human-readable error message sent to a client; the spec caps strings at 4096. */
 export const NBD_ERROR_MESSAGE_BYTES_MAX = 512;
+/** Longest PSK username: the bound Node's pskCallback and OpenSSL accept (RFC 4279 allows 2^16, no client uses more). */
+export const NBD_TLS_PSK_IDENTITY_BYTES_MAX = 128;
+/** Longest pre-shared key: the bound Node and OpenSSL accept; psktool makes 32-byte keys. */
+export const NBD_TLS_PSK_KEY_BYTES_MAX = 256;
 /** Preferred I/O size: the page size, what the spec suggests by default; thinbd's volumes advertise it, and an export that declares none gets it. */
 export const NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT = 4096;
 

@@ -6,6 +6,7 @@
 import { join } from 'node:path';
 import { Pool } from '../pool/pool.ts';
 import { NbdServer, type NbdListenAddress } from '../nbd/server.ts';
+import type { NbdTls, NbdTlsMode } from '../nbd/tls.ts';
 import { MapExportRegistry } from '../nbd/backend.ts';
 import { ThinError } from '../errors.ts';
 import { LocalPoolService } from './service.ts';
@@ -24,6 +25,13 @@ export interface ServeOptions {
   unixSockets: string[];
   /** Export every volume read-only, whatever its own flag. */
   readOnly?: boolean;
+  /**
+   * Serve only these volumes (each must exist at start). Others, and volumes created later under
+   * other names, are never reachable over NBD; the control socket still manages the whole pool.
+   */
+  exports?: string[];
+  /** STARTTLS on the NBD listeners (nbd/tls.ts). */
+  tls?: NbdTls;
   log?: (message: string) => void;
 }
 
@@ -46,11 +54,24 @@ export class PoolServer {
   static async start(options: ServeOptions): Promise<PoolServer> {
     const pool = await Pool.open(options.poolDir, { readOnly: Boolean(options.readOnly) });
     try {
+      const chosen = options.exports === undefined ? undefined : new Set(options.exports);
+      if (chosen !== undefined) {
+        const existing = new Set(pool.list().map((info) => info.name));
+        const missing = [...chosen].filter((name) => !existing.has(name));
+        if (missing.length > 0) {
+          throw new ThinError('THIN_NOT_FOUND', `--export names no volume of this pool: ${missing.join(', ')}`);
+        }
+      }
       const registry = new MapExportRegistry();
-      const nbd = new NbdServer({ registry, ...(options.log ? { log: options.log } : {}) });
+      const nbd = new NbdServer({
+        registry,
+        ...(options.log ? { log: options.log } : {}),
+        ...(options.tls === undefined ? {} : { tls: options.tls }),
+      });
       const syncExports = (): void => {
         const names = new Set<string>();
         for (const info of pool.list()) {
+          if (chosen !== undefined && !chosen.has(info.name)) continue;
           names.add(info.name);
           const existing = registry.get(info.name);
           if (existing) continue;
@@ -111,10 +132,12 @@ export class PoolServer {
   }
 }
 
-export function describeAddress(address: NbdListenAddress): string {
-  if ('path' in address) return `nbd+unix:///?socket=${address.path}`;
+/** The address as an NBD URI; `nbds` when TLS is required there (libnbd's scheme for TLS). */
+export function describeAddress(address: NbdListenAddress, tls: NbdTlsMode = 'off'): string {
+  const scheme = tls === 'require' ? 'nbds' : 'nbd';
+  if ('path' in address) return `${scheme}+unix:///?socket=${address.path}`;
   const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-  return `nbd://${host}:${address.port}/`;
+  return `${scheme}://${host}:${address.port}/`;
 }
 
 /** Parses HOST:PORT (IPv6 as [::1]:PORT); returns undefined when malformed. */

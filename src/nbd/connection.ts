@@ -14,7 +14,12 @@
 // stops and the socket is paused (backpressure), so a client that sends without reading replies
 // stalls itself and is cut off once its replies stop draining, while others go on.
 //
+// STARTTLS (tls.ts): the ACK goes out in the clear, then the same socket is wrapped in TLS and the
+// option haggling goes on over it; the connection reads and writes through whichever socket is
+// current, so everything after the upgrade is encrypted.
+//
 // States:  clientFlags → optionHeader ⇄ optionData → requestHeader ⇄ (writePayload | skipPayload)
+//          optionData → tlsHandshake (STARTTLS acknowledged, waiting for the ACK to be written) → optionHeader
 //          any → draining (NBD_CMD_DISC or server close: finish in-flight, then end) → closed
 //          any → closed (hard disconnect: protocol violation, timeout, peer gone)
 
@@ -27,6 +32,7 @@ import { ByteQueue } from './byte-queue.ts';
 import { executeRequest, failureReply, type CommandContext, type Request } from './commands.ts';
 import { ExportBackend, type NbdExportFilter } from './export-backend.ts';
 import { Handshake, type Negotiated } from './handshake.ts';
+import { describeTlsPeer, type NbdTls } from './tls.ts';
 import {
   BLOCK_STATUS_EXTENT_BYTES,
   IHAVEOPT,
@@ -63,6 +69,10 @@ export interface NbdConnectionOptions {
   optionDataBytesMax: number;
   /** Wrappers around every export, outermost first (export-backend.ts): test filters. */
   filters?: readonly NbdExportFilter[];
+  /** STARTTLS is offered (and under `require`, demanded) with these credentials. */
+  tls?: NbdTls;
+  /** Who is at the other end, for the log (e.g. `127.0.0.1:51234`). */
+  peer?: string;
   /** Called once when the connection enters transmission. */
   onTransmission?: (connection: NbdConnection) => void;
   log?: (message: string) => void;
@@ -72,6 +82,7 @@ const Phase = {
   clientFlags: 'clientFlags',
   optionHeader: 'optionHeader',
   optionData: 'optionData',
+  tlsHandshake: 'tlsHandshake',
   requestHeader: 'requestHeader',
   writePayload: 'writePayload',
   skipPayload: 'skipPayload',
@@ -81,7 +92,8 @@ const Phase = {
 type Phase = (typeof Phase)[keyof typeof Phase];
 
 export class NbdConnection {
-  readonly #socket: Duplex;
+  /** The plain stream, or after STARTTLS the TLS socket over it. */
+  #socket: Duplex;
   readonly #options: NbdConnectionOptions;
   readonly #input = new ByteQueue();
   readonly #handshake: Handshake;
@@ -112,6 +124,8 @@ export class NbdConnection {
   #bytesFlushed = 0;
   #bytesFlushedAtLastCheck = 0;
   #closeReason: string | undefined;
+  #tlsUpgraded = false;
+  #tlsEstablished = false;
   #resolveClosed!: () => void;
   /** Settles when the socket has closed (in-flight backend calls may still be finishing). */
   readonly closed: Promise<void>;
@@ -120,17 +134,28 @@ export class NbdConnection {
     this.#socket = socket;
     this.#options = options;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
-    this.#handshake = new Handshake(options.registry, (bytes) => this.#send(bytes, undefined, undefined));
-    if (options.transientReads !== true) socket.on('data', this.#onData);
-    socket.on('end', this.#onEnd);
-    socket.on('error', this.#onError);
-    socket.on('close', this.#onClose);
+    this.#handshake = new Handshake(options.registry, (bytes) => this.#send(bytes, undefined, undefined), options.tls?.mode ?? 'off');
+    this.#listen(socket, options.transientReads !== true);
     this.#handshakeTimer = setTimeout(
       () => this.#hardClose(`handshake not finished within ${options.handshakeTimeoutMs} ms`),
       options.handshakeTimeoutMs,
     );
     this.#handshakeTimer.unref();
     this.#send(encodeGreeting(), undefined, undefined);
+  }
+
+  #listen(socket: Duplex, data: boolean): void {
+    if (data) socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
+    socket.on('error', this.#onError);
+    socket.on('close', this.#onClose);
+  }
+
+  #unlisten(socket: Duplex): void {
+    socket.off('data', this.#onData);
+    socket.off('end', this.#onEnd);
+    socket.off('error', this.#onError);
+    socket.off('close', this.#onClose);
   }
 
   /** The export being served, once in transmission. */
@@ -177,6 +202,7 @@ export class NbdConnection {
 
   readonly #onData = (chunk: Buffer): void => {
     if (this.#phase === Phase.closed || this.#phase === Phase.draining) return;
+    assert(this.#phase !== Phase.tlsHandshake, 'input while the socket is handed to TLS');
     this.#input.push(chunk);
     this.#parse();
   };
@@ -200,16 +226,26 @@ export class NbdConnection {
     // NBD_CMD_DISC, waiting behind requests in flight); then, DISC or not, the requests in flight
     // are finished and answered and the connection ends. A client that closed both sides makes
     // those replies fail, which closes the connection at once.
+    if (this.#tlsUpgraded && !this.#tlsEstablished) {
+      // A client that gives up mid-handshake (it rejected our certificate, or its key was
+      // refused and it saw the alert first) is a refusal: logged like one.
+      return this.#hardClose('TLS handshake failed: the client closed the connection');
+    }
     this.#inputEnded = true;
     this.#parse();
   };
 
   readonly #onError = (error: Error): void => {
-    this.#log(`socket error: ${error.message}`);
-    this.#hardClose(`socket error: ${error.message}`);
+    // A failed TLS handshake (wrong key, untrusted certificate) surfaces here, before 'secure'.
+    const what = this.#tlsUpgraded && !this.#tlsEstablished ? 'TLS handshake failed' : 'socket error';
+    this.#hardClose(`${what}: ${error.message}`);
   };
 
   readonly #onClose = (): void => {
+    if (this.#tlsUpgraded && !this.#tlsEstablished && this.#closeReason === undefined) {
+      this.#closeReason = 'TLS handshake failed: the connection closed';
+      this.#log(`closing connection: ${this.#closeReason}`);
+    }
     this.#phase = Phase.closed;
     this.#clearTimers();
     if (this.#waitingForBudget) this.#options.serverBudget.cancelWait(this.#onBudget);
@@ -279,6 +315,7 @@ export class NbdConnection {
             return this.#hardClose(`option ${this.#optionType} failed: ${error instanceof Error ? error.message : String(error)}`);
           }
           if (outcome.kind === 'abort') return this.#endSoon('client aborted the handshake');
+          if (outcome.kind === 'starttls') return this.#startTls();
           if (outcome.kind === 'disconnect') return this.#hardClose(outcome.reason);
           if (outcome.kind === 'transmission') this.#startTransmission(outcome.negotiated);
           break;
@@ -310,11 +347,55 @@ export class NbdConnection {
           this.#dispatch(request);
           break;
         }
+        case Phase.tlsHandshake:
         case Phase.draining:
         case Phase.closed:
           return;
       }
     }
+  }
+
+  /**
+   * STARTTLS was acknowledged: once the ACK has left in the clear, the socket is wrapped in TLS
+   * and parsing goes on over it. The client sends nothing until it has read the ACK, so bytes
+   * already queued are a protocol violation; what arrives meanwhile (the ClientHello) stays in the
+   * paused socket, where the TLS layer picks it up.
+   */
+  #startTls(): void {
+    const tlsConfig = this.#options.tls;
+    assert(tlsConfig !== undefined, 'STARTTLS acknowledged without TLS configured');
+    if (this.#input.lengthBytes > 0) return this.#hardClose('bytes sent after NBD_OPT_STARTTLS before its reply');
+    const plain = this.#socket;
+    this.#phase = Phase.tlsHandshake;
+    plain.pause();
+    if (this.#corked) this.#uncork();
+    const wrap = (): void => {
+      if (this.#phase !== Phase.tlsHandshake) return;
+      this.#unlisten(plain);
+      // The TLS socket owns the connection now; the plain one must not report errors as uncaught.
+      plain.on('error', () => {});
+      let secure;
+      try {
+        secure = tlsConfig.upgrade(plain);
+      } catch (error) {
+        this.#listen(plain, false);
+        return this.#hardClose(`TLS setup failed: ${error instanceof Error ? error.message : String(error)}`);
+      }
+      // As for the plain socket (NbdServer.listen): a client may close its sending side after
+      // NBD_CMD_DISC and still read the replies before it.
+      secure.allowHalfOpen = true;
+      this.#socket = secure;
+      this.#tlsUpgraded = true;
+      secure.once('secure', () => {
+        this.#tlsEstablished = true;
+        this.#log(`TLS established (${describeTlsPeer(secure)})`);
+      });
+      this.#listen(secure, true);
+      this.#handshake.tlsStarted();
+      this.#phase = Phase.optionHeader;
+    };
+    // The write callback runs once the ACK is handed to the kernel: TLS bytes can only follow it.
+    plain.write(Buffer.alloc(0), (error) => (error ? this.#hardClose(`socket error: ${error.message}`) : wrap()));
   }
 
   #startTransmission(negotiated: Negotiated): void {
@@ -569,7 +650,8 @@ export class NbdConnection {
   }
 
   #log(message: string): void {
-    this.#options.log?.(message);
+    const peer = this.#options.peer;
+    this.#options.log?.(peer === undefined ? message : `client ${peer}: ${message}`);
   }
 
   readonly #logger = (message: string): void => this.#log(message);

@@ -1,12 +1,14 @@
 // thinbd serve | demo
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { Command } from '@commander-js/extra-typings';
+import { Option, type Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
-import { poolDirectory, poolOption } from '../options.ts';
+import { poolDirectory, poolOption, volumeName } from '../options.ts';
 import { assertPoolExists, warnIfExposed } from '../pool-access.ts';
 import { PoolServer, describeAddress, parseListenAddress } from '../../daemon/serve.ts';
+import { loadNbdTls, type NbdTls, type NbdTlsMode } from '../../nbd/tls.ts';
+import { isThinError } from '../../errors.ts';
 import { METADATA_FILE_NAME, Pool } from '../../pool/pool.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_SIZE_BYTES_DEFAULT, SERVE_HOST_DEFAULT, SERVE_PORT_DEFAULT } from '../../constants.ts';
 
@@ -18,6 +20,43 @@ interface ServeCommandOptions {
   listen?: string[];
   socket?: string[];
   readOnly?: boolean;
+  tls?: NbdTlsMode;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  tlsPsk?: string;
+  export?: string[];
+}
+
+/**
+ * --tls and its credentials. With credentials and no --tls, TLS is offered (`on`), as nbdkit does
+ * once given certificates; `require` must be asked for. Credentials with `--tls off` contradict.
+ */
+function tlsOptions(options: ServeCommandOptions, log: (message: string) => void): NbdTls | undefined {
+  const files = {
+    ...(options.tlsCert === undefined ? {} : { certFile: resolve(options.tlsCert) }),
+    ...(options.tlsKey === undefined ? {} : { keyFile: resolve(options.tlsKey) }),
+    ...(options.tlsCa === undefined ? {} : { caFile: resolve(options.tlsCa) }),
+    ...(options.tlsPsk === undefined ? {} : { pskFile: resolve(options.tlsPsk) }),
+  };
+  const hasCredentials = Object.keys(files).length > 0;
+  const mode = options.tls ?? (hasCredentials ? 'on' : 'off');
+  if (mode === 'off') {
+    if (hasCredentials) throw new UsageError('--tls off with --tls-cert/--tls-key/--tls-ca/--tls-psk: drop the credentials or use --tls on|require');
+    return undefined;
+  }
+  try {
+    return loadNbdTls(mode, files, log);
+  } catch (error) {
+    if (isThinError(error, 'THIN_INVALID')) throw new UsageError(`--tls ${mode}: ${error.message}`);
+    throw error;
+  }
+}
+
+/** --export NAME (repeatable): the volumes to serve, names checked (PoolServer checks they exist). */
+function exportNames(names: string[] | undefined): string[] | undefined {
+  if (names === undefined || names.length === 0) return undefined;
+  return names.map((name) => volumeName('--export volume name', name));
 }
 
 function listenAddresses(options: ServeCommandOptions): { tcp: Array<{ host: string; port: number }>; unixSockets: string[] } {
@@ -57,14 +96,16 @@ async function serveUntilSignalled(server: PoolServer, reporter: Reporter, annou
   });
 }
 
-function announce(server: PoolServer, poolDir: string, reporter: Reporter): void {
-  const where = server.addresses.map(describeAddress).join(' and ');
-  reporter.out(`Serving ${server.exportNames.length} volume(s) of pool ${poolDir} on ${where}`);
+function announce(server: PoolServer, poolDir: string, reporter: Reporter, tlsMode: NbdTlsMode = 'off'): void {
+  const where = server.addresses.map((address) => describeAddress(address, tlsMode)).join(' and ');
+  const tls = tlsMode === 'off' ? '' : tlsMode === 'on' ? ' (TLS offered)' : ' (TLS required)';
+  reporter.out(`Serving ${server.exportNames.length} volume(s) of pool ${poolDir} on ${where}${tls}`);
   warnIfExposed(poolDir, reporter);
   for (const address of server.addresses) {
-    if (!('host' in address) || isLoopback(address.host)) continue;
+    if (!('host' in address) || isLoopback(address.host) || tlsMode === 'require') continue;
+    const what = tlsMode === 'off' ? 'without TLS' : 'with TLS offered but not required (--tls require)';
     reporter.note(
-      `thinbd: warning: serving on ${describeAddress(address)} without TLS: anyone who can reach that address can read and write every exported volume`,
+      `thinbd: warning: serving on ${describeAddress(address)} ${what}: anyone who can reach that address can read and write every exported volume`,
     );
   }
 }
@@ -83,17 +124,28 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .option('--listen <host:port...>', `TCP address (default ${SERVE_HOST_DEFAULT}:${SERVE_PORT_DEFAULT} unless --socket is given)`)
     .option('--socket <path...>', 'Unix socket to listen on, instead of or beside TCP')
     .option('--read-only', 'export every volume read-only')
+    .option('--export <name...>', 'serve only these volumes (repeatable); others, and volumes created later, are not reachable')
+    .addOption(new Option('--tls <mode>', 'STARTTLS on the NBD port: off, on (offered) or require (default: on when credentials are given, else off)').choices(['off', 'on', 'require'] as const))
+    .option('--tls-cert <file>', 'PEM certificate (chain) the server presents')
+    .option('--tls-key <file>', 'PEM private key of --tls-cert')
+    .option('--tls-ca <file>', 'PEM CA certificates: clients must present a certificate signed by one of them')
+    .option('--tls-psk <file>', "pre-shared keys, nbdkit's format (psktool -u NAME -p FILE): username:hexkey lines; re-read when it changes")
     .action(async (options) => {
       const poolDir = poolDirectory(options.pool);
       assertPoolExists(poolDir);
       const addresses = listenAddresses(options);
+      const log = (message: string): void => reporter.note(`thinbd serve: ${message}`);
+      const tls = tlsOptions(options, log);
+      const exports = exportNames(options.export);
       const server = await PoolServer.start({
         poolDir,
         ...addresses,
         readOnly: Boolean(options.readOnly),
-        log: (message) => reporter.note(`thinbd serve: ${message}`),
+        ...(tls === undefined ? {} : { tls }),
+        ...(exports === undefined ? {} : { exports }),
+        log,
       });
-      await serveUntilSignalled(server, reporter, () => announce(server, poolDir, reporter));
+      await serveUntilSignalled(server, reporter, () => announce(server, poolDir, reporter, tls?.mode ?? 'off'));
     });
 
   program
