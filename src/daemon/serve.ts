@@ -12,7 +12,9 @@ import { ThinError } from '../errors.ts';
 import { LocalPoolService } from './service.ts';
 import { ControlServer, controlSocketPath } from './control.ts';
 import { VolumeExport } from './volume-export.ts';
-import { SERVE_CLOSE_TIMEOUT_MS } from '../constants.ts';
+import { SERVE_CLOSE_TIMEOUT_MS, SERVE_STATE_CHECK_MS } from '../constants.ts';
+import { NbdExportStats } from '../nbd/export-stats.ts';
+import { MetricsServer, lowWater } from './metrics.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
@@ -32,6 +34,8 @@ export interface ServeOptions {
   exports?: string[];
   /** STARTTLS on the NBD listeners (nbd/tls.ts). */
   tls?: NbdTls;
+  /** Serve Prometheus metrics over HTTP here (metrics.ts); port 0 picks a free one. */
+  metrics?: { host: string; port: number };
   log?: (message: string) => void;
 }
 
@@ -41,14 +45,31 @@ export class PoolServer {
   readonly addresses: NbdListenAddress[];
   readonly #control: ControlServer;
   readonly #registry: MapExportRegistry;
+  readonly #metrics: MetricsServer | undefined;
+  readonly #stateTimer: NodeJS.Timeout;
   #stopping: Promise<void> | undefined;
 
-  private constructor(pool: Pool, nbd: NbdServer, registry: MapExportRegistry, control: ControlServer, addresses: NbdListenAddress[]) {
+  private constructor(
+    pool: Pool,
+    nbd: NbdServer,
+    registry: MapExportRegistry,
+    control: ControlServer,
+    addresses: NbdListenAddress[],
+    metrics: MetricsServer | undefined,
+    log: ((message: string) => void) | undefined,
+  ) {
     this.pool = pool;
     this.nbd = nbd;
     this.#registry = registry;
     this.#control = control;
     this.addresses = addresses;
+    this.#metrics = metrics;
+    this.#stateTimer = watchPoolState(pool, log);
+  }
+
+  /** Where metrics are served, when they are. */
+  get metricsAddress(): { host: string; port: number } | undefined {
+    return this.#metrics?.address;
   }
 
   static async start(options: ServeOptions): Promise<PoolServer> {
@@ -63,8 +84,10 @@ export class PoolServer {
         }
       }
       const registry = new MapExportRegistry();
+      const exportStats = options.metrics === undefined ? undefined : new NbdExportStats();
       const nbd = new NbdServer({
         registry,
+        ...(exportStats === undefined ? {} : { filters: [exportStats.filter] }),
         ...(options.log ? { log: options.log } : {}),
         ...(options.tls === undefined ? {} : { tls: options.tls }),
       });
@@ -101,6 +124,7 @@ export class PoolServer {
             // No new connections first, then the connected ones are drained and closed.
             registry.remove(name);
             await nbd.disconnectExport(name);
+            exportStats?.forget(name);
           },
           afterChange: syncExports,
           check: () => checkLivePool(pool, options.poolDir),
@@ -109,8 +133,18 @@ export class PoolServer {
       const addresses: NbdListenAddress[] = [];
       for (const address of options.tcp) addresses.push(await nbd.listen(address));
       for (const path of options.unixSockets) addresses.push(await nbd.listen({ path }));
-      const control = await ControlServer.listen(controlSocketPath(options.poolDir), service, options.log);
-      return new PoolServer(pool, nbd, registry, control, addresses);
+      const metrics =
+        options.metrics === undefined || exportStats === undefined
+          ? undefined
+          : await MetricsServer.listen(options.metrics, { poolDir: options.poolDir, pool, nbd, exportStats }, options.log);
+      let control: ControlServer;
+      try {
+        control = await ControlServer.listen(controlSocketPath(options.poolDir), service, options.log);
+      } catch (error) {
+        await metrics?.close();
+        throw error;
+      }
+      return new PoolServer(pool, nbd, registry, control, addresses, metrics, options.log);
     } catch (error) {
       await pool.close().catch(() => undefined);
       throw error;
@@ -124,6 +158,8 @@ export class PoolServer {
   /** Stops accepting, finishes in-flight requests, commits and closes the pool. */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
+      clearInterval(this.#stateTimer);
+      await this.#metrics?.close();
       await this.#control.close();
       await this.nbd.close({ timeoutMs: SERVE_CLOSE_TIMEOUT_MS });
       await this.pool.close();
@@ -133,6 +169,32 @@ export class PoolServer {
 }
 
 /** The address as an NBD URI; `nbds` when TLS is required there (libnbd's scheme for TLS). */
+/**
+ * Logs each change of the pool's state once: entering or leaving low water, and a change of mode
+ * (read-only when out of metadata space, needs-check after a failed commit).
+ */
+function watchPoolState(pool: Pool, log: ((message: string) => void) | undefined): NodeJS.Timeout {
+  let wasLow = false;
+  let lastMode = pool.status().mode;
+  const check = (): void => {
+    let status;
+    try {
+      status = pool.status();
+    } catch {
+      return; // closing
+    }
+    const low = lowWater(status);
+    if (low.low !== wasLow) log?.(low.low ? `pool is low on space: ${low.reason}: remove volumes or snapshots no longer needed, or move to a larger pool` : 'pool is no longer low on space');
+    wasLow = low.low;
+    if (status.mode !== lastMode) log?.(`pool mode changed from ${lastMode} to ${status.mode}${status.modeReason === undefined ? '' : `: ${status.modeReason}`}`);
+    lastMode = status.mode;
+  };
+  check();
+  const timer = setInterval(check, SERVE_STATE_CHECK_MS);
+  timer.unref();
+  return timer;
+}
+
 export function describeAddress(address: NbdListenAddress, tls: NbdTlsMode = 'off'): string {
   const scheme = tls === 'require' ? 'nbds' : 'nbd';
   if ('path' in address) return `${scheme}+unix:///?socket=${address.path}`;

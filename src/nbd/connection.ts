@@ -51,6 +51,14 @@ import {
   type RequestHeader,
 } from './protocol.ts';
 
+/** What all connections of a server add up, for metrics (one shared object, plain additions). */
+export interface NbdTrafficStats {
+  bytesReceived: number;
+  bytesSent: number;
+  tlsHandshakes: number;
+  tlsFailures: number;
+}
+
 export interface NbdConnectionOptions {
   registry: NbdExportRegistry;
   /**
@@ -71,6 +79,8 @@ export interface NbdConnectionOptions {
   filters?: readonly NbdExportFilter[];
   /** STARTTLS is offered (and under `require`, demanded) with these credentials. */
   tls?: NbdTls;
+  /** Server-wide counters this connection adds to (metrics). */
+  stats?: NbdTrafficStats;
   /** Who is at the other end, for the log (e.g. `127.0.0.1:51234`). */
   peer?: string;
   /** Called once when the connection enters transmission. */
@@ -126,6 +136,7 @@ export class NbdConnection {
   #closeReason: string | undefined;
   #tlsUpgraded = false;
   #tlsEstablished = false;
+  #tlsFailureCounted = false;
   #resolveClosed!: () => void;
   /** Settles when the socket has closed (in-flight backend calls may still be finishing). */
   readonly closed: Promise<void>;
@@ -161,6 +172,11 @@ export class NbdConnection {
   /** The export being served, once in transmission. */
   get export(): NbdExport | undefined {
     return this.#negotiated?.export;
+  }
+
+  /** Requests received and not yet answered. */
+  get requestsInFlight(): number {
+    return this.#inFlightCount;
   }
 
   get phase(): string {
@@ -203,6 +219,7 @@ export class NbdConnection {
   readonly #onData = (chunk: Buffer): void => {
     if (this.#phase === Phase.closed || this.#phase === Phase.draining) return;
     assert(this.#phase !== Phase.tlsHandshake, 'input while the socket is handed to TLS');
+    if (this.#options.stats !== undefined) this.#options.stats.bytesReceived += chunk.length;
     this.#input.push(chunk);
     this.#parse();
   };
@@ -215,6 +232,7 @@ export class NbdConnection {
    */
   receiveTransient(bytes: Buffer): boolean {
     if (this.#phase === Phase.closed || this.#phase === Phase.draining) return true;
+    if (this.#options.stats !== undefined) this.#options.stats.bytesReceived += bytes.length;
     this.#input.pushTransient(bytes);
     this.#parse();
     this.#input.detach();
@@ -246,6 +264,7 @@ export class NbdConnection {
       this.#closeReason = 'TLS handshake failed: the connection closed';
       this.#log(`closing connection: ${this.#closeReason}`);
     }
+    this.#countTlsFailure();
     this.#phase = Phase.closed;
     this.#clearTimers();
     if (this.#waitingForBudget) this.#options.serverBudget.cancelWait(this.#onBudget);
@@ -388,6 +407,7 @@ export class NbdConnection {
       this.#tlsUpgraded = true;
       secure.once('secure', () => {
         this.#tlsEstablished = true;
+        if (this.#options.stats !== undefined) this.#options.stats.tlsHandshakes++;
         this.#log(`TLS established (${describeTlsPeer(secure)})`);
       });
       this.#listen(secure, true);
@@ -540,6 +560,7 @@ export class NbdConnection {
   /** Drops the connection now; logged unless it is the ordinary end of a client (quiet). */
   #hardClose(reason: string, options: { quiet?: boolean } = {}): void {
     if (this.#phase === Phase.closed && this.#socket.destroyed) return;
+    this.#countTlsFailure();
     this.#closeReason ??= reason;
     if (options.quiet !== true) this.#log(`closing connection: ${reason}`);
     this.#phase = Phase.closed;
@@ -547,6 +568,13 @@ export class NbdConnection {
     // What was already written goes out first (the greeting, earlier replies); nothing after.
     if (this.#corked) this.#uncork();
     this.#socket.destroy();
+  }
+
+  /** A connection that started TLS and closes before it was established failed its handshake (counted once). */
+  #countTlsFailure(): void {
+    if (!this.#tlsUpgraded || this.#tlsEstablished || this.#tlsFailureCounted) return;
+    this.#tlsFailureCounted = true;
+    if (this.#options.stats !== undefined) this.#options.stats.tlsFailures++;
   }
 
   #clearTimers(): void {
@@ -592,6 +620,7 @@ export class NbdConnection {
     const lengthBytes = bytes.length;
     socket.write(bytes, () => {
       this.#bytesFlushed += lengthBytes;
+      if (this.#options.stats !== undefined) this.#options.stats.bytesSent += lengthBytes;
       if (pooled !== undefined) this.#options.buffers.release(pooled);
       if (request !== undefined) this.#release(request);
     });

@@ -23,7 +23,7 @@ import {
 } from '../constants.ts';
 import { errorCode, type NbdExportRegistry } from './backend.ts';
 import { BufferPool, ByteBudget } from './buffers.ts';
-import { NbdConnection } from './connection.ts';
+import { NbdConnection, type NbdTrafficStats } from './connection.ts';
 import type { NbdExportFilter } from './export-backend.ts';
 import type { NbdTls } from './tls.ts';
 
@@ -62,6 +62,15 @@ export class NbdServer {
   readonly #filters: readonly NbdExportFilter[];
   readonly #log: ((message: string) => void) | undefined;
   #closing = false;
+  /** Totals since the server started, for metrics. */
+  readonly stats: NbdTrafficStats & { connectionsAccepted: number; connectionsRefused: number } = {
+    connectionsAccepted: 0,
+    connectionsRefused: 0,
+    bytesReceived: 0,
+    bytesSent: 0,
+    tlsHandshakes: 0,
+    tlsFailures: 0,
+  };
 
   constructor(options: NbdServerOptions) {
     this.registry = options.registry;
@@ -160,12 +169,15 @@ export class NbdServer {
    */
   handle(stream: Duplex, options: { transientReads?: boolean; peer?: string } = {}): NbdConnection | undefined {
     if (this.#closing || this.#connections.size >= this.#connectionsMax) {
+      this.stats.connectionsRefused++;
       this.#log?.(this.#closing ? 'connection refused: server closing' : `connection refused: ${this.#connectionsMax} connections open`);
       stream.on('error', () => {});
       stream.destroy();
       return undefined;
     }
+    this.stats.connectionsAccepted++;
     const connection = new NbdConnection(stream, {
+      stats: this.stats,
       transientReads: options.transientReads === true,
       registry: this.registry,
       buffers: this.#buffers,
@@ -184,6 +196,13 @@ export class NbdServer {
     this.#connections.add(connection);
     void connection.closed.then(() => this.#connections.delete(connection));
     return connection;
+  }
+
+  /** Requests received and not yet answered, all connections together. */
+  get requestsInFlight(): number {
+    let count = 0;
+    for (const connection of this.#connections) count += connection.requestsInFlight;
+    return count;
   }
 
   /** Open connections (in handshake or transmission). */

@@ -26,6 +26,7 @@ interface ServeCommandOptions {
   tlsCa?: string;
   tlsPsk?: string;
   export?: string[];
+  metrics?: string;
 }
 
 /**
@@ -100,6 +101,11 @@ function announce(server: PoolServer, poolDir: string, reporter: Reporter, tlsMo
   const where = server.addresses.map((address) => describeAddress(address, tlsMode)).join(' and ');
   const tls = tlsMode === 'off' ? '' : tlsMode === 'on' ? ' (TLS offered)' : ' (TLS required)';
   reporter.out(`Serving ${server.exportNames.length} volume(s) of pool ${poolDir} on ${where}${tls}`);
+  const metrics = server.metricsAddress;
+  if (metrics !== undefined) {
+    const host = metrics.host.includes(':') ? `[${metrics.host}]` : metrics.host;
+    reporter.out(`Metrics on http://${host}:${metrics.port}/metrics`);
+  }
   warnIfExposed(poolDir, reporter);
   for (const address of server.addresses) {
     if (!('host' in address) || isLoopback(address.host) || tlsMode === 'require') continue;
@@ -124,6 +130,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .option('--listen <host:port...>', `TCP address (default ${SERVE_HOST_DEFAULT}:${SERVE_PORT_DEFAULT} unless --socket is given)`)
     .option('--socket <path...>', 'Unix socket to listen on, instead of or beside TCP')
     .option('--read-only', 'export every volume read-only')
+    .option('--metrics <host:port>', 'serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (no TLS: keep it on loopback or a private network)')
     .option('--export <name...>', 'serve only these volumes (repeatable); others, and volumes created later, are not reachable')
     .addOption(new Option('--tls <mode>', 'STARTTLS on the NBD port: off, on (offered) or require (default: on when credentials are given, else off)').choices(['off', 'on', 'require'] as const))
     .option('--tls-cert <file>', 'PEM certificate (chain) the server presents')
@@ -137,12 +144,17 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
       const log = (message: string): void => reporter.note(`thinbd serve: ${message}`);
       const tls = tlsOptions(options, log);
       const exports = exportNames(options.export);
+      const metrics = options.metrics === undefined ? undefined : parseListenAddress(options.metrics);
+      if (options.metrics !== undefined && metrics === undefined) {
+        throw new UsageError(`--metrics: '${options.metrics}' is not HOST:PORT (e.g. 127.0.0.1:9109)`);
+      }
       const server = await PoolServer.start({
         poolDir,
         ...addresses,
         readOnly: Boolean(options.readOnly),
         ...(tls === undefined ? {} : { tls }),
         ...(exports === undefined ? {} : { exports }),
+        ...(metrics === undefined ? {} : { metrics }),
         log,
       });
       await serveUntilSignalled(server, reporter, () => announce(server, poolDir, reporter, tls?.mode ?? 'off'));
