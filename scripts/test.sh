@@ -35,7 +35,7 @@ debian_packages=(
   "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "libnbd-bin:nbdcopy"
   "nbdfuse:nbdfuse" "fuse3:fusermount3" "nbdkit:nbdkit" "fio:fio"
   "thin-provisioning-tools:thin_check" "e2fsprogs:mkfs.ext4" "util-linux:losetup" "util-linux:setpriv"
-  "gnutls-bin:certtool" "gnutls-bin:psktool"
+  "gnutls-bin:certtool" "gnutls-bin:psktool" "systemd:systemd-analyze"
 )
 if [ "$system" = 1 ]; then
   missing=()

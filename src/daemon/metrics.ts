@@ -11,6 +11,7 @@ import type { NbdServer } from '../nbd/server.ts';
 import { MEASURED_COMMANDS, type NbdExportStats } from '../nbd/export-stats.ts';
 import type { Pool, PoolStatus } from '../pool/pool.ts';
 import { PrometheusPage } from '../util/prometheus.ts';
+import type { LogSink } from '../util/log.ts';
 
 export interface MetricsSources {
   poolDir: string;
@@ -122,7 +123,7 @@ export class MetricsServer {
     this.address = address;
   }
 
-  static async listen(address: { host: string; port: number }, sources: MetricsSources, log?: (message: string) => void): Promise<MetricsServer> {
+  static async listen(address: { host: string; port: number }, sources: MetricsSources, log?: LogSink): Promise<MetricsServer> {
     const server = http.createServer((request, response) => {
       const path = (request.url ?? '/').split('?')[0];
       if (request.method !== 'GET' && request.method !== 'HEAD') {
@@ -138,7 +139,7 @@ export class MetricsServer {
         body = renderMetrics(sources);
       } catch (error) {
         // A closed or failed pool: say so rather than serve a partial page.
-        log?.(`metrics scrape failed: ${error instanceof Error ? error.message : String(error)}`);
+        log?.({ level: 'error', event: 'metrics.scrape_failed', message: `metrics scrape failed: ${error instanceof Error ? error.message : String(error)}` });
         response.writeHead(503, { 'content-type': 'text/plain' }).end('metrics unavailable\n');
         return;
       }
@@ -154,7 +155,7 @@ export class MetricsServer {
         resolve();
       });
     });
-    server.on('error', (error) => log?.(`metrics listener error: ${error.message}`));
+    server.on('error', (error) => log?.({ level: 'error', event: 'metrics.listener_error', message: `metrics listener error: ${error.message}` }));
     const bound = server.address();
     const port = bound !== null && typeof bound === 'object' ? bound.port : address.port;
     return new MetricsServer(server, { host: address.host, port });

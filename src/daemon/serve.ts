@@ -15,6 +15,7 @@ import { VolumeExport } from './volume-export.ts';
 import { SERVE_CLOSE_TIMEOUT_MS, SERVE_STATE_CHECK_MS } from '../constants.ts';
 import { NbdExportStats } from '../nbd/export-stats.ts';
 import { MetricsServer, lowWater } from './metrics.ts';
+import type { LogSink } from '../util/log.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
@@ -36,7 +37,7 @@ export interface ServeOptions {
   tls?: NbdTls;
   /** Serve Prometheus metrics over HTTP here (metrics.ts); port 0 picks a free one. */
   metrics?: { host: string; port: number };
-  log?: (message: string) => void;
+  log?: LogSink;
 }
 
 export class PoolServer {
@@ -56,7 +57,7 @@ export class PoolServer {
     control: ControlServer,
     addresses: NbdListenAddress[],
     metrics: MetricsServer | undefined,
-    log: ((message: string) => void) | undefined,
+    log: LogSink | undefined,
   ) {
     this.pool = pool;
     this.nbd = nbd;
@@ -173,7 +174,7 @@ export class PoolServer {
  * Logs each change of the pool's state once: entering or leaving low water, and a change of mode
  * (read-only when out of metadata space, needs-check after a failed commit).
  */
-function watchPoolState(pool: Pool, log: ((message: string) => void) | undefined): NodeJS.Timeout {
+function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
   let wasLow = false;
   let lastMode = pool.status().mode;
   const check = (): void => {
@@ -184,9 +185,18 @@ function watchPoolState(pool: Pool, log: ((message: string) => void) | undefined
       return; // closing
     }
     const low = lowWater(status);
-    if (low.low !== wasLow) log?.(low.low ? `pool is low on space: ${low.reason}: remove volumes or snapshots no longer needed, or move to a larger pool` : 'pool is no longer low on space');
+    if (low.low !== wasLow) {
+      log?.(
+        low.low
+          ? { level: 'warn', event: 'pool.low_water', message: `pool is low on space: ${low.reason}: remove volumes or snapshots no longer needed, or move to a larger pool` }
+          : { level: 'info', event: 'pool.low_water_cleared', message: 'pool is no longer low on space' },
+      );
+    }
     wasLow = low.low;
-    if (status.mode !== lastMode) log?.(`pool mode changed from ${lastMode} to ${status.mode}${status.modeReason === undefined ? '' : `: ${status.modeReason}`}`);
+    if (status.mode !== lastMode) {
+      const reason = status.modeReason === undefined ? '' : `: ${status.modeReason}`;
+      log?.({ level: status.mode === 'read-write' ? 'info' : 'error', event: 'pool.mode_changed', message: `pool mode changed from ${lastMode} to ${status.mode}${reason}`, mode: status.mode });
+    }
     lastMode = status.mode;
   };
   check();

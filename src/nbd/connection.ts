@@ -33,6 +33,7 @@ import { executeRequest, failureReply, type CommandContext, type Request } from 
 import { ExportBackend, type NbdExportFilter } from './export-backend.ts';
 import { Handshake, type Negotiated } from './handshake.ts';
 import { describeTlsPeer, type NbdTls } from './tls.ts';
+import type { LogEntry, LogLevel, LogSink } from '../util/log.ts';
 import {
   BLOCK_STATUS_EXTENT_BYTES,
   IHAVEOPT,
@@ -85,7 +86,7 @@ export interface NbdConnectionOptions {
   peer?: string;
   /** Called once when the connection enters transmission. */
   onTransmission?: (connection: NbdConnection) => void;
-  log?: (message: string) => void;
+  log?: LogSink;
 }
 
 const Phase = {
@@ -262,9 +263,10 @@ export class NbdConnection {
   readonly #onClose = (): void => {
     if (this.#tlsUpgraded && !this.#tlsEstablished && this.#closeReason === undefined) {
       this.#closeReason = 'TLS handshake failed: the connection closed';
-      this.#log(`closing connection: ${this.#closeReason}`);
+      this.#log('warn', 'nbd.tls_failed', `closing connection: ${this.#closeReason}`);
     }
     this.#countTlsFailure();
+    this.#log('debug', 'nbd.connection_closed', `connection closed${this.#closeReason === undefined ? '' : `: ${this.#closeReason}`}`);
     this.#phase = Phase.closed;
     this.#clearTimers();
     if (this.#waitingForBudget) this.#options.serverBudget.cancelWait(this.#onBudget);
@@ -408,7 +410,7 @@ export class NbdConnection {
       secure.once('secure', () => {
         this.#tlsEstablished = true;
         if (this.#options.stats !== undefined) this.#options.stats.tlsHandshakes++;
-        this.#log(`TLS established (${describeTlsPeer(secure)})`);
+        this.#log('info', 'nbd.tls_established', `TLS established (${describeTlsPeer(secure)})`);
       });
       this.#listen(secure, true);
       this.#handshake.tlsStarted();
@@ -433,6 +435,7 @@ export class NbdConnection {
     this.#handshakeTimer = undefined;
     this.#stallTimer = setInterval(this.#checkStall, this.#options.replyStallTimeoutMs);
     this.#stallTimer.unref();
+    this.#log('debug', 'nbd.connection_opened', `export opened${this.#tlsEstablished ? ' over TLS' : ''}`);
     this.#options.onTransmission?.(this);
   }
 
@@ -562,7 +565,10 @@ export class NbdConnection {
     if (this.#phase === Phase.closed && this.#socket.destroyed) return;
     this.#countTlsFailure();
     this.#closeReason ??= reason;
-    if (options.quiet !== true) this.#log(`closing connection: ${reason}`);
+    if (options.quiet !== true) {
+      const tlsFailed = this.#tlsUpgraded && !this.#tlsEstablished;
+      this.#log('warn', tlsFailed ? 'nbd.tls_failed' : 'nbd.connection_dropped', `closing connection: ${reason}`);
+    }
     this.#phase = Phase.closed;
     this.#clearTimers();
     // What was already written goes out first (the greeting, earlier replies); nothing after.
@@ -654,7 +660,7 @@ export class NbdConnection {
   #dispatch(request: Request): void {
     this.#execute(request).catch((error: unknown) => {
       // Only a bug gets here (#execute answers every failure): drop the connection, not the server.
-      this.#log(`internal error serving ${commandName(request.type)}: ${String(error)}`);
+      this.#log('error', 'nbd.internal_error', `internal error serving ${commandName(request.type)}: ${String(error)}`);
       this.#release(request);
       this.#hardClose('internal error');
     });
@@ -678,10 +684,15 @@ export class NbdConnection {
     }
   }
 
-  #log(message: string): void {
-    const peer = this.#options.peer;
-    this.#options.log?.(peer === undefined ? message : `client ${peer}: ${message}`);
+  #log(level: LogLevel, event: string, message: string): void {
+    const sink = this.#options.log;
+    if (sink === undefined) return;
+    const entry: LogEntry = { level, event, message };
+    if (this.#options.peer !== undefined) entry.client = this.#options.peer;
+    const volume = this.#negotiated?.export.name;
+    if (volume !== undefined) entry.volume = volume;
+    sink(entry);
   }
 
-  readonly #logger = (message: string): void => this.#log(message);
+  readonly #logger = (message: string): void => this.#log('error', 'nbd.io_error', message);
 }

@@ -26,6 +26,7 @@ import { BufferPool, ByteBudget } from './buffers.ts';
 import { NbdConnection, type NbdTrafficStats } from './connection.ts';
 import type { NbdExportFilter } from './export-backend.ts';
 import type { NbdTls } from './tls.ts';
+import type { LogSink } from '../util/log.ts';
 
 export interface NbdServerOptions {
   registry: NbdExportRegistry;
@@ -37,8 +38,8 @@ export interface NbdServerOptions {
   serverBytesInFlightMax?: number;
   handshakeOptionsMax?: number;
   optionDataBytesMax?: number;
-  /** Diagnostics (connections cut off, I/O errors); silent when absent. */
-  log?: (message: string) => void;
+  /** Events (connections refused or cut off, TLS, I/O errors); silent when absent. */
+  log?: LogSink;
   /** Wrappers around every export a connection serves, outermost first (export-backend.ts): test filters. */
   filters?: readonly NbdExportFilter[];
   /** STARTTLS with these credentials (tls.ts); without it the server speaks only in the clear. */
@@ -60,7 +61,7 @@ export class NbdServer {
   readonly #options: Required<Omit<NbdServerOptions, 'log' | 'registry' | 'filters' | 'tls'>>;
   readonly #tls: NbdTls | undefined;
   readonly #filters: readonly NbdExportFilter[];
-  readonly #log: ((message: string) => void) | undefined;
+  readonly #log: LogSink | undefined;
   #closing = false;
   /** Totals since the server started, for metrics. */
   readonly stats: NbdTrafficStats & { connectionsAccepted: number; connectionsRefused: number } = {
@@ -116,7 +117,7 @@ export class NbdServer {
       unlinkSync(address.path);
       await start();
     }
-    server.on('error', (error) => this.#log?.(`listener error: ${error.message}`));
+    server.on('error', (error) => this.#log?.({ level: 'error', event: 'nbd.listener_error', message: `listener error: ${error.message}` }));
     this.#servers.push(server);
     const bound = server.address();
     if (bound !== null && typeof bound === 'object') return { host: bound.address, port: bound.port };
@@ -170,7 +171,12 @@ export class NbdServer {
   handle(stream: Duplex, options: { transientReads?: boolean; peer?: string } = {}): NbdConnection | undefined {
     if (this.#closing || this.#connections.size >= this.#connectionsMax) {
       this.stats.connectionsRefused++;
-      this.#log?.(this.#closing ? 'connection refused: server closing' : `connection refused: ${this.#connectionsMax} connections open`);
+      this.#log?.({
+        level: 'warn',
+        event: 'nbd.connection_refused',
+        message: this.#closing ? 'connection refused: server closing' : `connection refused: ${this.#connectionsMax} connections open`,
+        ...(options.peer === undefined ? {} : { client: options.peer }),
+      });
       stream.on('error', () => {});
       stream.destroy();
       return undefined;

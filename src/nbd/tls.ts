@@ -17,6 +17,7 @@ import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { NBD_TLS_PSK_IDENTITY_BYTES_MAX, NBD_TLS_PSK_KEY_BYTES_MAX } from '../constants.ts';
 import { ThinError } from '../errors.ts';
+import type { LogSink } from '../util/log.ts';
 
 export type NbdTlsMode = 'off' | 'on' | 'require';
 
@@ -75,11 +76,11 @@ export function parsePskFile(text: string, fileName: string): Map<string, Buffer
 /** A PSK file, read again whenever its size or modification time changes. */
 class PskFile {
   readonly #path: string;
-  readonly #log: (message: string) => void;
+  readonly #log: LogSink;
   #stamp = '';
   #keys = new Map<string, Buffer>();
 
-  constructor(path: string, log: (message: string) => void) {
+  constructor(path: string, log: LogSink) {
     this.#path = path;
     this.#log = log;
     this.#reload(true);
@@ -99,7 +100,7 @@ class PskFile {
       if (stamp === this.#stamp) return;
       this.#keys = parsePskFile(readFileSync(this.#path, 'utf8'), this.#path);
       this.#stamp = stamp;
-      if (!first) this.#log(`PSK file ${this.#path} reloaded: ${this.#keys.size} key(s)`);
+      if (!first) this.#log({ level: 'info', event: 'tls.psk_reloaded', message: `PSK file ${this.#path} reloaded: ${this.#keys.size} key(s)` });
     } catch (error) {
       if (first) {
         if (error instanceof ThinError) throw error;
@@ -108,7 +109,11 @@ class PskFile {
       // A file that went bad admits no one until it is fixed: failing open would keep revoked keys.
       this.#keys = new Map();
       this.#stamp = '';
-      this.#log(`PSK file ${this.#path} cannot be read, refusing PSK clients: ${error instanceof Error ? error.message : String(error)}`);
+      this.#log({
+        level: 'error',
+        event: 'tls.psk_unreadable',
+        message: `PSK file ${this.#path} cannot be read, refusing PSK clients: ${error instanceof Error ? error.message : String(error)}`,
+      });
     }
   }
 }
@@ -138,7 +143,7 @@ function readPem(path: string, what: string): Buffer {
 }
 
 /** Reads and checks the credentials; throws a sentence naming the file when one is unusable. */
-export function loadNbdTls(mode: 'on' | 'require', files: NbdTlsFiles, log: (message: string) => void = () => {}): NbdTls {
+export function loadNbdTls(mode: 'on' | 'require', files: NbdTlsFiles, log: LogSink = () => {}): NbdTls {
   if ((files.certFile === undefined) !== (files.keyFile === undefined)) {
     throw new ThinError('THIN_INVALID', 'A TLS certificate needs its key and a key its certificate (--tls-cert and --tls-key go together).');
   }

@@ -29,7 +29,7 @@ const disk = new MemoryExport({ name: 'disk', sizeBytes: 64 * MiB });
 const logs: string[] = [];
 const running = await startServer([disk], {
   tls: loadNbdTls('require', { ...serverCert, caFile: ca.certFile, pskFile: serverPskFile }),
-  log: (message) => logs.push(message),
+  log: (entry) => logs.push(entry.message),
 });
 after(async () => {
   await running.close();

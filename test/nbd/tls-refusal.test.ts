@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync, mkdirSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadNbdTls } from '../../src/nbd/tls.ts';
+import type { LogEntry } from '../../src/util/log.ts';
 import {
   NBD_CMD_READ,
   NBD_CMD_WRITE,
@@ -55,8 +56,8 @@ const strangerFile = makePsk(join(dir.path, 'stranger.psk'), 'stranger');
 const disk = new MemoryExport({ name: 'disk', sizeBytes: 16 * MiB });
 const logs: string[] = [];
 const tlsFiles = { ...serverCert, caFile: ca.certFile, pskFile: serverPskFile };
-const log = (message: string): void => {
-  logs.push(message);
+const log = (entry: LogEntry): void => {
+  logs.push(entry.message);
 };
 const required = await startServer([disk], { tls: loadNbdTls('require', tlsFiles, log), log });
 const optional = await startServer([disk], { tls: loadNbdTls('on', tlsFiles, log), log });
