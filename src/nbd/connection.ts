@@ -219,7 +219,12 @@ export class NbdConnection {
 
   readonly #onData = (chunk: Buffer): void => {
     if (this.#phase === Phase.closed || this.#phase === Phase.draining) return;
-    assert(this.#phase !== Phase.tlsHandshake, 'input while the socket is handed to TLS');
+    if (this.#phase === Phase.tlsHandshake) {
+      // The socket is paused for the hand-over; should a chunk still arrive, it is the start of
+      // the TLS handshake: back into the stream, where the TLS layer reads it.
+      this.#socket.unshift(chunk);
+      return;
+    }
     if (this.#options.stats !== undefined) this.#options.stats.bytesReceived += chunk.length;
     this.#input.push(chunk);
     this.#parse();
