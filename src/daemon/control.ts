@@ -17,6 +17,7 @@ import { ThinError } from '../errors.ts';
 import { peerCredentials } from '../io/peer-credentials.ts';
 import { PRIVATE_FILE_MODE } from '../io/private.ts';
 import { CONTROL_REQUEST_BYTES_MAX, CONTROL_CONNECT_TIMEOUT_MS } from '../constants.ts';
+import type { LogSink } from '../util/log.ts';
 
 export const CONTROL_SOCKET_NAME = 'control.sock';
 
@@ -38,14 +39,14 @@ export class ControlServer {
   }
 
   /** Listens on socketPath (removing a stale socket file: the caller holds the pool lock). */
-  static async listen(socketPath: string, service: PoolService, log: (message: string) => void = () => {}): Promise<ControlServer> {
+  static async listen(socketPath: string, service: PoolService, log: LogSink = () => {}): Promise<ControlServer> {
     rmSync(socketPath, { force: true });
     const server = createServer();
     const control = new ControlServer(server, socketPath);
     server.on('connection', (socket) => {
       const refusal = refusePeer(socket);
       if (refusal !== undefined) {
-        log(`control socket: refused ${refusal}`);
+        log({ level: 'warn', event: 'control.refused', message: `control socket: refused ${refusal}` });
         socket.destroy();
         return;
       }

@@ -6,12 +6,16 @@
 import { join } from 'node:path';
 import { Pool } from '../pool/pool.ts';
 import { NbdServer, type NbdListenAddress } from '../nbd/server.ts';
+import type { NbdTls, NbdTlsMode } from '../nbd/tls.ts';
 import { MapExportRegistry } from '../nbd/backend.ts';
 import { ThinError } from '../errors.ts';
 import { LocalPoolService } from './service.ts';
 import { ControlServer, controlSocketPath } from './control.ts';
 import { VolumeExport } from './volume-export.ts';
-import { SERVE_CLOSE_TIMEOUT_MS } from '../constants.ts';
+import { SERVE_CLOSE_TIMEOUT_MS, SERVE_STATE_CHECK_MS } from '../constants.ts';
+import { NbdExportStats } from '../nbd/export-stats.ts';
+import { MetricsServer, lowWater } from './metrics.ts';
+import type { LogSink } from '../util/log.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
@@ -24,7 +28,16 @@ export interface ServeOptions {
   unixSockets: string[];
   /** Export every volume read-only, whatever its own flag. */
   readOnly?: boolean;
-  log?: (message: string) => void;
+  /**
+   * Serve only these volumes (each must exist at start). Others, and volumes created later under
+   * other names, are never reachable over NBD; the control socket still manages the whole pool.
+   */
+  exports?: string[];
+  /** STARTTLS on the NBD listeners (nbd/tls.ts). */
+  tls?: NbdTls;
+  /** Serve Prometheus metrics over HTTP here (metrics.ts); port 0 picks a free one. */
+  metrics?: { host: string; port: number };
+  log?: LogSink;
 }
 
 export class PoolServer {
@@ -33,24 +46,56 @@ export class PoolServer {
   readonly addresses: NbdListenAddress[];
   readonly #control: ControlServer;
   readonly #registry: MapExportRegistry;
+  readonly #metrics: MetricsServer | undefined;
+  readonly #stateTimer: NodeJS.Timeout;
   #stopping: Promise<void> | undefined;
 
-  private constructor(pool: Pool, nbd: NbdServer, registry: MapExportRegistry, control: ControlServer, addresses: NbdListenAddress[]) {
+  private constructor(
+    pool: Pool,
+    nbd: NbdServer,
+    registry: MapExportRegistry,
+    control: ControlServer,
+    addresses: NbdListenAddress[],
+    metrics: MetricsServer | undefined,
+    log: LogSink | undefined,
+  ) {
     this.pool = pool;
     this.nbd = nbd;
     this.#registry = registry;
     this.#control = control;
     this.addresses = addresses;
+    this.#metrics = metrics;
+    this.#stateTimer = watchPoolState(pool, log);
+  }
+
+  /** Where metrics are served, when they are. */
+  get metricsAddress(): { host: string; port: number } | undefined {
+    return this.#metrics?.address;
   }
 
   static async start(options: ServeOptions): Promise<PoolServer> {
     const pool = await Pool.open(options.poolDir, { readOnly: Boolean(options.readOnly) });
     try {
+      const chosen = options.exports === undefined ? undefined : new Set(options.exports);
+      if (chosen !== undefined) {
+        const existing = new Set(pool.list().map((info) => info.name));
+        const missing = [...chosen].filter((name) => !existing.has(name));
+        if (missing.length > 0) {
+          throw new ThinError('THIN_NOT_FOUND', `--export names no volume of this pool: ${missing.join(', ')}`);
+        }
+      }
       const registry = new MapExportRegistry();
-      const nbd = new NbdServer({ registry, ...(options.log ? { log: options.log } : {}) });
+      const exportStats = options.metrics === undefined ? undefined : new NbdExportStats();
+      const nbd = new NbdServer({
+        registry,
+        ...(exportStats === undefined ? {} : { filters: [exportStats.filter] }),
+        ...(options.log ? { log: options.log } : {}),
+        ...(options.tls === undefined ? {} : { tls: options.tls }),
+      });
       const syncExports = (): void => {
         const names = new Set<string>();
         for (const info of pool.list()) {
+          if (chosen !== undefined && !chosen.has(info.name)) continue;
           names.add(info.name);
           const existing = registry.get(info.name);
           if (existing) continue;
@@ -80,6 +125,7 @@ export class PoolServer {
             // No new connections first, then the connected ones are drained and closed.
             registry.remove(name);
             await nbd.disconnectExport(name);
+            exportStats?.forget(name);
           },
           afterChange: syncExports,
           check: () => checkLivePool(pool, options.poolDir),
@@ -88,8 +134,18 @@ export class PoolServer {
       const addresses: NbdListenAddress[] = [];
       for (const address of options.tcp) addresses.push(await nbd.listen(address));
       for (const path of options.unixSockets) addresses.push(await nbd.listen({ path }));
-      const control = await ControlServer.listen(controlSocketPath(options.poolDir), service, options.log);
-      return new PoolServer(pool, nbd, registry, control, addresses);
+      const metrics =
+        options.metrics === undefined || exportStats === undefined
+          ? undefined
+          : await MetricsServer.listen(options.metrics, { poolDir: options.poolDir, pool, nbd, exportStats }, options.log);
+      let control: ControlServer;
+      try {
+        control = await ControlServer.listen(controlSocketPath(options.poolDir), service, options.log);
+      } catch (error) {
+        await metrics?.close();
+        throw error;
+      }
+      return new PoolServer(pool, nbd, registry, control, addresses, metrics, options.log);
     } catch (error) {
       await pool.close().catch(() => undefined);
       throw error;
@@ -103,6 +159,8 @@ export class PoolServer {
   /** Stops accepting, finishes in-flight requests, commits and closes the pool. */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
+      clearInterval(this.#stateTimer);
+      await this.#metrics?.close();
       await this.#control.close();
       await this.nbd.close({ timeoutMs: SERVE_CLOSE_TIMEOUT_MS });
       await this.pool.close();
@@ -111,10 +169,47 @@ export class PoolServer {
   }
 }
 
-export function describeAddress(address: NbdListenAddress): string {
-  if ('path' in address) return `nbd+unix:///?socket=${address.path}`;
+/** The address as an NBD URI; `nbds` when TLS is required there (libnbd's scheme for TLS). */
+/**
+ * Logs each change of the pool's state once: entering or leaving low water, and a change of mode
+ * (read-only when out of metadata space, needs-check after a failed commit).
+ */
+function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
+  let wasLow = false;
+  let lastMode = pool.status().mode;
+  const check = (): void => {
+    let status;
+    try {
+      status = pool.status();
+    } catch {
+      return; // closing
+    }
+    const low = lowWater(status);
+    if (low.low !== wasLow) {
+      log?.(
+        low.low
+          ? { level: 'warn', event: 'pool.low_water', message: `pool is low on space: ${low.reason}: remove volumes or snapshots no longer needed, or move to a larger pool` }
+          : { level: 'info', event: 'pool.low_water_cleared', message: 'pool is no longer low on space' },
+      );
+    }
+    wasLow = low.low;
+    if (status.mode !== lastMode) {
+      const reason = status.modeReason === undefined ? '' : `: ${status.modeReason}`;
+      log?.({ level: status.mode === 'read-write' ? 'info' : 'error', event: 'pool.mode_changed', message: `pool mode changed from ${lastMode} to ${status.mode}${reason}`, mode: status.mode });
+    }
+    lastMode = status.mode;
+  };
+  check();
+  const timer = setInterval(check, SERVE_STATE_CHECK_MS);
+  timer.unref();
+  return timer;
+}
+
+export function describeAddress(address: NbdListenAddress, tls: NbdTlsMode = 'off'): string {
+  const scheme = tls === 'require' ? 'nbds' : 'nbd';
+  if ('path' in address) return `${scheme}+unix:///?socket=${address.path}`;
   const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-  return `nbd://${host}:${address.port}/`;
+  return `${scheme}://${host}:${address.port}/`;
 }
 
 /** Parses HOST:PORT (IPv6 as [::1]:PORT); returns undefined when malformed. */

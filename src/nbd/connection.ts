@@ -14,7 +14,12 @@
 // stops and the socket is paused (backpressure), so a client that sends without reading replies
 // stalls itself and is cut off once its replies stop draining, while others go on.
 //
+// STARTTLS (tls.ts): the ACK goes out in the clear, then the same socket is wrapped in TLS and the
+// option haggling goes on over it; the connection reads and writes through whichever socket is
+// current, so everything after the upgrade is encrypted.
+//
 // States:  clientFlags → optionHeader ⇄ optionData → requestHeader ⇄ (writePayload | skipPayload)
+//          optionData → tlsHandshake (STARTTLS acknowledged, waiting for the ACK to be written) → optionHeader
 //          any → draining (NBD_CMD_DISC or server close: finish in-flight, then end) → closed
 //          any → closed (hard disconnect: protocol violation, timeout, peer gone)
 
@@ -27,6 +32,8 @@ import { ByteQueue } from './byte-queue.ts';
 import { executeRequest, failureReply, type CommandContext, type Request } from './commands.ts';
 import { ExportBackend, type NbdExportFilter } from './export-backend.ts';
 import { Handshake, type Negotiated } from './handshake.ts';
+import { describeTlsPeer, type NbdTls } from './tls.ts';
+import type { LogEntry, LogLevel, LogSink } from '../util/log.ts';
 import {
   BLOCK_STATUS_EXTENT_BYTES,
   IHAVEOPT,
@@ -44,6 +51,14 @@ import {
   writeSimpleReplyHeader,
   type RequestHeader,
 } from './protocol.ts';
+
+/** What all connections of a server add up, for metrics (one shared object, plain additions). */
+export interface NbdTrafficStats {
+  bytesReceived: number;
+  bytesSent: number;
+  tlsHandshakes: number;
+  tlsFailures: number;
+}
 
 export interface NbdConnectionOptions {
   registry: NbdExportRegistry;
@@ -63,15 +78,22 @@ export interface NbdConnectionOptions {
   optionDataBytesMax: number;
   /** Wrappers around every export, outermost first (export-backend.ts): test filters. */
   filters?: readonly NbdExportFilter[];
+  /** STARTTLS is offered (and under `require`, demanded) with these credentials. */
+  tls?: NbdTls;
+  /** Server-wide counters this connection adds to (metrics). */
+  stats?: NbdTrafficStats;
+  /** Who is at the other end, for the log (e.g. `127.0.0.1:51234`). */
+  peer?: string;
   /** Called once when the connection enters transmission. */
   onTransmission?: (connection: NbdConnection) => void;
-  log?: (message: string) => void;
+  log?: LogSink;
 }
 
 const Phase = {
   clientFlags: 'clientFlags',
   optionHeader: 'optionHeader',
   optionData: 'optionData',
+  tlsHandshake: 'tlsHandshake',
   requestHeader: 'requestHeader',
   writePayload: 'writePayload',
   skipPayload: 'skipPayload',
@@ -81,7 +103,8 @@ const Phase = {
 type Phase = (typeof Phase)[keyof typeof Phase];
 
 export class NbdConnection {
-  readonly #socket: Duplex;
+  /** The plain stream, or after STARTTLS the TLS socket over it. */
+  #socket: Duplex;
   readonly #options: NbdConnectionOptions;
   readonly #input = new ByteQueue();
   readonly #handshake: Handshake;
@@ -112,6 +135,9 @@ export class NbdConnection {
   #bytesFlushed = 0;
   #bytesFlushedAtLastCheck = 0;
   #closeReason: string | undefined;
+  #tlsUpgraded = false;
+  #tlsEstablished = false;
+  #tlsFailureCounted = false;
   #resolveClosed!: () => void;
   /** Settles when the socket has closed (in-flight backend calls may still be finishing). */
   readonly closed: Promise<void>;
@@ -120,11 +146,8 @@ export class NbdConnection {
     this.#socket = socket;
     this.#options = options;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
-    this.#handshake = new Handshake(options.registry, (bytes) => this.#send(bytes, undefined, undefined));
-    if (options.transientReads !== true) socket.on('data', this.#onData);
-    socket.on('end', this.#onEnd);
-    socket.on('error', this.#onError);
-    socket.on('close', this.#onClose);
+    this.#handshake = new Handshake(options.registry, (bytes) => this.#send(bytes, undefined, undefined), options.tls?.mode ?? 'off');
+    this.#listen(socket, options.transientReads !== true);
     this.#handshakeTimer = setTimeout(
       () => this.#hardClose(`handshake not finished within ${options.handshakeTimeoutMs} ms`),
       options.handshakeTimeoutMs,
@@ -133,9 +156,28 @@ export class NbdConnection {
     this.#send(encodeGreeting(), undefined, undefined);
   }
 
+  #listen(socket: Duplex, data: boolean): void {
+    if (data) socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
+    socket.on('error', this.#onError);
+    socket.on('close', this.#onClose);
+  }
+
+  #unlisten(socket: Duplex): void {
+    socket.off('data', this.#onData);
+    socket.off('end', this.#onEnd);
+    socket.off('error', this.#onError);
+    socket.off('close', this.#onClose);
+  }
+
   /** The export being served, once in transmission. */
   get export(): NbdExport | undefined {
     return this.#negotiated?.export;
+  }
+
+  /** Requests received and not yet answered. */
+  get requestsInFlight(): number {
+    return this.#inFlightCount;
   }
 
   get phase(): string {
@@ -177,6 +219,13 @@ export class NbdConnection {
 
   readonly #onData = (chunk: Buffer): void => {
     if (this.#phase === Phase.closed || this.#phase === Phase.draining) return;
+    if (this.#phase === Phase.tlsHandshake) {
+      // The socket is paused for the hand-over; should a chunk still arrive, it is the start of
+      // the TLS handshake: back into the stream, where the TLS layer reads it.
+      this.#socket.unshift(chunk);
+      return;
+    }
+    if (this.#options.stats !== undefined) this.#options.stats.bytesReceived += chunk.length;
     this.#input.push(chunk);
     this.#parse();
   };
@@ -189,6 +238,7 @@ export class NbdConnection {
    */
   receiveTransient(bytes: Buffer): boolean {
     if (this.#phase === Phase.closed || this.#phase === Phase.draining) return true;
+    if (this.#options.stats !== undefined) this.#options.stats.bytesReceived += bytes.length;
     this.#input.pushTransient(bytes);
     this.#parse();
     this.#input.detach();
@@ -200,16 +250,28 @@ export class NbdConnection {
     // NBD_CMD_DISC, waiting behind requests in flight); then, DISC or not, the requests in flight
     // are finished and answered and the connection ends. A client that closed both sides makes
     // those replies fail, which closes the connection at once.
+    if (this.#tlsUpgraded && !this.#tlsEstablished) {
+      // A client that gives up mid-handshake (it rejected our certificate, or its key was
+      // refused and it saw the alert first) is a refusal: logged like one.
+      return this.#hardClose('TLS handshake failed: the client closed the connection');
+    }
     this.#inputEnded = true;
     this.#parse();
   };
 
   readonly #onError = (error: Error): void => {
-    this.#log(`socket error: ${error.message}`);
-    this.#hardClose(`socket error: ${error.message}`);
+    // A failed TLS handshake (wrong key, untrusted certificate) surfaces here, before 'secure'.
+    const what = this.#tlsUpgraded && !this.#tlsEstablished ? 'TLS handshake failed' : 'socket error';
+    this.#hardClose(`${what}: ${error.message}`);
   };
 
   readonly #onClose = (): void => {
+    if (this.#tlsUpgraded && !this.#tlsEstablished && this.#closeReason === undefined) {
+      this.#closeReason = 'TLS handshake failed: the connection closed';
+      this.#log('warn', 'nbd.tls_failed', `closing connection: ${this.#closeReason}`);
+    }
+    this.#countTlsFailure();
+    this.#log('debug', 'nbd.connection_closed', `connection closed${this.#closeReason === undefined ? '' : `: ${this.#closeReason}`}`);
     this.#phase = Phase.closed;
     this.#clearTimers();
     if (this.#waitingForBudget) this.#options.serverBudget.cancelWait(this.#onBudget);
@@ -279,6 +341,7 @@ export class NbdConnection {
             return this.#hardClose(`option ${this.#optionType} failed: ${error instanceof Error ? error.message : String(error)}`);
           }
           if (outcome.kind === 'abort') return this.#endSoon('client aborted the handshake');
+          if (outcome.kind === 'starttls') return this.#startTls();
           if (outcome.kind === 'disconnect') return this.#hardClose(outcome.reason);
           if (outcome.kind === 'transmission') this.#startTransmission(outcome.negotiated);
           break;
@@ -310,11 +373,56 @@ export class NbdConnection {
           this.#dispatch(request);
           break;
         }
+        case Phase.tlsHandshake:
         case Phase.draining:
         case Phase.closed:
           return;
       }
     }
+  }
+
+  /**
+   * STARTTLS was acknowledged: once the ACK has left in the clear, the socket is wrapped in TLS
+   * and parsing goes on over it. The client sends nothing until it has read the ACK, so bytes
+   * already queued are a protocol violation; what arrives meanwhile (the ClientHello) stays in the
+   * paused socket, where the TLS layer picks it up.
+   */
+  #startTls(): void {
+    const tlsConfig = this.#options.tls;
+    assert(tlsConfig !== undefined, 'STARTTLS acknowledged without TLS configured');
+    if (this.#input.lengthBytes > 0) return this.#hardClose('bytes sent after NBD_OPT_STARTTLS before its reply');
+    const plain = this.#socket;
+    this.#phase = Phase.tlsHandshake;
+    plain.pause();
+    if (this.#corked) this.#uncork();
+    const wrap = (): void => {
+      if (this.#phase !== Phase.tlsHandshake) return;
+      this.#unlisten(plain);
+      // The TLS socket owns the connection now; the plain one must not report errors as uncaught.
+      plain.on('error', () => {});
+      let secure;
+      try {
+        secure = tlsConfig.upgrade(plain);
+      } catch (error) {
+        this.#listen(plain, false);
+        return this.#hardClose(`TLS setup failed: ${error instanceof Error ? error.message : String(error)}`);
+      }
+      // As for the plain socket (NbdServer.listen): a client may close its sending side after
+      // NBD_CMD_DISC and still read the replies before it.
+      secure.allowHalfOpen = true;
+      this.#socket = secure;
+      this.#tlsUpgraded = true;
+      secure.once('secure', () => {
+        this.#tlsEstablished = true;
+        if (this.#options.stats !== undefined) this.#options.stats.tlsHandshakes++;
+        this.#log('info', 'nbd.tls_established', `TLS established (${describeTlsPeer(secure)})`);
+      });
+      this.#listen(secure, true);
+      this.#handshake.tlsStarted();
+      this.#phase = Phase.optionHeader;
+    };
+    // The write callback runs once the ACK is handed to the kernel: TLS bytes can only follow it.
+    plain.write(Buffer.alloc(0), (error) => (error ? this.#hardClose(`socket error: ${error.message}`) : wrap()));
   }
 
   #startTransmission(negotiated: Negotiated): void {
@@ -332,6 +440,7 @@ export class NbdConnection {
     this.#handshakeTimer = undefined;
     this.#stallTimer = setInterval(this.#checkStall, this.#options.replyStallTimeoutMs);
     this.#stallTimer.unref();
+    this.#log('debug', 'nbd.connection_opened', `export opened${this.#tlsEstablished ? ' over TLS' : ''}`);
     this.#options.onTransmission?.(this);
   }
 
@@ -459,13 +568,24 @@ export class NbdConnection {
   /** Drops the connection now; logged unless it is the ordinary end of a client (quiet). */
   #hardClose(reason: string, options: { quiet?: boolean } = {}): void {
     if (this.#phase === Phase.closed && this.#socket.destroyed) return;
+    this.#countTlsFailure();
     this.#closeReason ??= reason;
-    if (options.quiet !== true) this.#log(`closing connection: ${reason}`);
+    if (options.quiet !== true) {
+      const tlsFailed = this.#tlsUpgraded && !this.#tlsEstablished;
+      this.#log('warn', tlsFailed ? 'nbd.tls_failed' : 'nbd.connection_dropped', `closing connection: ${reason}`);
+    }
     this.#phase = Phase.closed;
     this.#clearTimers();
     // What was already written goes out first (the greeting, earlier replies); nothing after.
     if (this.#corked) this.#uncork();
     this.#socket.destroy();
+  }
+
+  /** A connection that started TLS and closes before it was established failed its handshake (counted once). */
+  #countTlsFailure(): void {
+    if (!this.#tlsUpgraded || this.#tlsEstablished || this.#tlsFailureCounted) return;
+    this.#tlsFailureCounted = true;
+    if (this.#options.stats !== undefined) this.#options.stats.tlsFailures++;
   }
 
   #clearTimers(): void {
@@ -511,6 +631,7 @@ export class NbdConnection {
     const lengthBytes = bytes.length;
     socket.write(bytes, () => {
       this.#bytesFlushed += lengthBytes;
+      if (this.#options.stats !== undefined) this.#options.stats.bytesSent += lengthBytes;
       if (pooled !== undefined) this.#options.buffers.release(pooled);
       if (request !== undefined) this.#release(request);
     });
@@ -544,7 +665,7 @@ export class NbdConnection {
   #dispatch(request: Request): void {
     this.#execute(request).catch((error: unknown) => {
       // Only a bug gets here (#execute answers every failure): drop the connection, not the server.
-      this.#log(`internal error serving ${commandName(request.type)}: ${String(error)}`);
+      this.#log('error', 'nbd.internal_error', `internal error serving ${commandName(request.type)}: ${String(error)}`);
       this.#release(request);
       this.#hardClose('internal error');
     });
@@ -568,9 +689,15 @@ export class NbdConnection {
     }
   }
 
-  #log(message: string): void {
-    this.#options.log?.(message);
+  #log(level: LogLevel, event: string, message: string): void {
+    const sink = this.#options.log;
+    if (sink === undefined) return;
+    const entry: LogEntry = { level, event, message };
+    if (this.#options.peer !== undefined) entry.client = this.#options.peer;
+    const volume = this.#negotiated?.export.name;
+    if (volume !== undefined) entry.volume = volume;
+    sink(entry);
   }
 
-  readonly #logger = (message: string): void => this.#log(message);
+  readonly #logger = (message: string): void => this.#log('error', 'nbd.io_error', message);
 }

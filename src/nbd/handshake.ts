@@ -5,8 +5,14 @@
 // class owns the meaning.
 //
 // Served: EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY, LIST_META_CONTEXT and
-// SET_META_CONTEXT (`base:allocation` only). Everything else, STARTTLS and EXTENDED_HEADERS
-// included, gets NBD_REP_ERR_UNSUP and the haggling goes on (a baseline MUST).
+// SET_META_CONTEXT (`base:allocation` only), and STARTTLS when TLS is configured (tls.ts).
+// Everything else, EXTENDED_HEADERS included, gets NBD_REP_ERR_UNSUP and the haggling goes on (a
+// baseline MUST).
+//
+// TLS (spec "TLS support"): without TLS configured STARTTLS is NBD_REP_ERR_UNSUP; under `require`
+// every option before TLS but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD (EXPORT_NAME, which
+// cannot carry an error, hard-disconnects), so nothing is listed or opened in the clear; once TLS
+// is up, STARTTLS again is NBD_REP_ERR_INVALID and everything negotiated before it is forgotten.
 
 import { NBD_ERROR_MESSAGE_BYTES_MAX, NBD_BLOCK_SIZE_PREFERRED_BYTES_DEFAULT, NBD_PAYLOAD_BYTES_MAX } from '../constants.ts';
 import type { NbdExport, NbdExportRegistry } from './backend.ts';
@@ -37,9 +43,11 @@ import {
   NBD_OPT_LIST,
   NBD_OPT_LIST_META_CONTEXT,
   NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -68,6 +76,8 @@ export type OptionOutcome =
   /** NBD_OPT_ABORT was acknowledged: close the connection. */
   | { readonly kind: 'abort' }
   | { readonly kind: 'transmission'; readonly negotiated: Negotiated }
+  /** NBD_OPT_STARTTLS was acknowledged: the TLS handshake starts on this connection. */
+  | { readonly kind: 'starttls' }
   /** A MUST was broken or EXPORT_NAME named nothing: hard-disconnect. */
   | { readonly kind: 'disconnect'; readonly reason: string };
 
@@ -104,17 +114,30 @@ export function blockSizes(exp: NbdExport): { minBytes: number; preferredBytes: 
   return { minBytes, preferredBytes, maxBytes };
 }
 
+/** TLS as the handshake sees it: whether STARTTLS is offered and whether it is required. */
+export type HandshakeTls = 'off' | 'on' | 'require';
+
 export class Handshake {
   readonly #registry: NbdExportRegistry;
   readonly #send: (bytes: Buffer) => void;
+  readonly #tls: HandshakeTls;
+  #tlsActive = false;
   #noZeroes = false;
   #structuredReplies = false;
   /** Export name the last SET_META_CONTEXT selected base:allocation for, if it did. */
   #metaContextExportName: string | undefined;
 
-  constructor(registry: NbdExportRegistry, send: (bytes: Buffer) => void) {
+  constructor(registry: NbdExportRegistry, send: (bytes: Buffer) => void, tls: HandshakeTls = 'off') {
     this.#registry = registry;
     this.#send = send;
+    this.#tls = tls;
+  }
+
+  /** TLS is up: options now arrive encrypted, and what was negotiated in the clear is forgotten. */
+  tlsStarted(): void {
+    this.#tlsActive = true;
+    this.#structuredReplies = false;
+    this.#metaContextExportName = undefined;
   }
 
   /** The client's 32-bit flags; false means drop the connection (unknown or unoffered bit). */
@@ -126,6 +149,11 @@ export class Handshake {
 
   /** Answers one option in full (every reply sent through `send`) and says what comes next. */
   option(option: number, data: Buffer): OptionOutcome {
+    if (option === NBD_OPT_STARTTLS) return this.#startTls(data);
+    if (this.#tls === 'require' && !this.#tlsActive && option !== NBD_OPT_ABORT) {
+      if (option === NBD_OPT_EXPORT_NAME) return { kind: 'disconnect', reason: 'NBD_OPT_EXPORT_NAME before TLS, which this server requires' };
+      return this.#error(option, NBD_REP_ERR_TLS_REQD, 'This server requires TLS: send NBD_OPT_STARTTLS first.');
+    }
     switch (option) {
       case NBD_OPT_EXPORT_NAME:
         return this.#exportName(data);
@@ -148,6 +176,14 @@ export class Handshake {
       default:
         return this.#error(option, NBD_REP_ERR_UNSUP, `Option ${option} is not supported by this server.`);
     }
+  }
+
+  #startTls(data: Buffer): OptionOutcome {
+    if (this.#tls === 'off') return this.#error(NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP, 'This server is not configured for TLS.');
+    if (this.#tlsActive) return this.#error(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, 'TLS is already in use on this connection.');
+    if (data.length !== 0) return this.#error(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data.');
+    this.#reply(NBD_OPT_STARTTLS, NBD_REP_ACK);
+    return { kind: 'starttls' };
   }
 
   #exportName(data: Buffer): OptionOutcome {

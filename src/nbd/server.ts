@@ -23,8 +23,10 @@ import {
 } from '../constants.ts';
 import { errorCode, type NbdExportRegistry } from './backend.ts';
 import { BufferPool, ByteBudget } from './buffers.ts';
-import { NbdConnection } from './connection.ts';
+import { NbdConnection, type NbdTrafficStats } from './connection.ts';
 import type { NbdExportFilter } from './export-backend.ts';
+import type { NbdTls } from './tls.ts';
+import type { LogSink } from '../util/log.ts';
 
 export interface NbdServerOptions {
   registry: NbdExportRegistry;
@@ -36,10 +38,12 @@ export interface NbdServerOptions {
   serverBytesInFlightMax?: number;
   handshakeOptionsMax?: number;
   optionDataBytesMax?: number;
-  /** Diagnostics (connections cut off, I/O errors); silent when absent. */
-  log?: (message: string) => void;
+  /** Events (connections refused or cut off, TLS, I/O errors); silent when absent. */
+  log?: LogSink;
   /** Wrappers around every export a connection serves, outermost first (export-backend.ts): test filters. */
   filters?: readonly NbdExportFilter[];
+  /** STARTTLS with these credentials (tls.ts); without it the server speaks only in the clear. */
+  tls?: NbdTls;
 }
 
 /** Where to listen: TCP (port 0 picks a free one) or a Unix socket path. */
@@ -54,15 +58,26 @@ export class NbdServer {
   readonly #readBuffer = Buffer.allocUnsafe(NBD_SOCKET_READ_BUFFER_BYTES);
   readonly #budget: ByteBudget;
   readonly #connectionsMax: number;
-  readonly #options: Required<Omit<NbdServerOptions, 'log' | 'registry' | 'filters'>>;
+  readonly #options: Required<Omit<NbdServerOptions, 'log' | 'registry' | 'filters' | 'tls'>>;
+  readonly #tls: NbdTls | undefined;
   readonly #filters: readonly NbdExportFilter[];
-  readonly #log: ((message: string) => void) | undefined;
+  readonly #log: LogSink | undefined;
   #closing = false;
+  /** Totals since the server started, for metrics. */
+  readonly stats: NbdTrafficStats & { connectionsAccepted: number; connectionsRefused: number } = {
+    connectionsAccepted: 0,
+    connectionsRefused: 0,
+    bytesReceived: 0,
+    bytesSent: 0,
+    tlsHandshakes: 0,
+    tlsFailures: 0,
+  };
 
   constructor(options: NbdServerOptions) {
     this.registry = options.registry;
     this.#log = options.log;
     this.#filters = options.filters ?? [];
+    this.#tls = options.tls;
     this.#connectionsMax = options.connectionsMax ?? NBD_CONNECTIONS_MAX;
     this.#options = {
       connectionsMax: this.#connectionsMax,
@@ -102,7 +117,7 @@ export class NbdServer {
       unlinkSync(address.path);
       await start();
     }
-    server.on('error', (error) => this.#log?.(`listener error: ${error.message}`));
+    server.on('error', (error) => this.#log?.({ level: 'error', event: 'nbd.listener_error', message: `listener error: ${error.message}` }));
     this.#servers.push(server);
     const bound = server.address();
     if (bound !== null && typeof bound === 'object') return { host: bound.address, port: bound.port };
@@ -117,14 +132,16 @@ export class NbdServer {
    * code decisions"). Node offers `onread` only for sockets it
    * creates, so the accepted socket's handle is wrapped in a new Socket; the accepted one,
    * paused since accept, is destroyed when the new one closes, which keeps the listener's
-   * connection count right. Without a handle (not a real socket) the stream reads as usual.
+   * connection count right. Without a handle (not a real socket) the stream reads as usual, and
+   * so it does when TLS is configured: STARTTLS hands the socket's handle to the TLS layer, which
+   * must be the only reader of it.
    */
   #accept(accepted: net.Socket): void {
     const handle = (accepted as unknown as { _handle?: { useUserBuffer?: unknown } })._handle;
     let socket = accepted;
     let transientReads = false;
     let connection: NbdConnection | undefined;
-    if (handle !== undefined && typeof handle.useUserBuffer === 'function') {
+    if (this.#tls === undefined && handle !== undefined && typeof handle.useUserBuffer === 'function') {
       const readBuffer = this.#readBuffer;
       socket = new net.Socket({
         handle,
@@ -142,7 +159,8 @@ export class NbdServer {
     }
     // Nagle's algorithm would hold small replies back for the client's delayed ACK.
     socket.setNoDelay(true);
-    connection = this.handle(socket, { transientReads });
+    const peer = accepted.remoteAddress === undefined ? undefined : `${accepted.remoteAddress}:${accepted.remotePort}`;
+    connection = this.handle(socket, { transientReads, ...(peer === undefined ? {} : { peer }) });
     socket.resume();
   }
 
@@ -150,14 +168,22 @@ export class NbdServer {
    * Serves one client over any duplex stream (a socket, or an in-memory pair in tests).
    * Returns undefined, and closes the stream, when the server is closing or full.
    */
-  handle(stream: Duplex, options: { transientReads?: boolean } = {}): NbdConnection | undefined {
+  handle(stream: Duplex, options: { transientReads?: boolean; peer?: string } = {}): NbdConnection | undefined {
     if (this.#closing || this.#connections.size >= this.#connectionsMax) {
-      this.#log?.(this.#closing ? 'connection refused: server closing' : `connection refused: ${this.#connectionsMax} connections open`);
+      this.stats.connectionsRefused++;
+      this.#log?.({
+        level: 'warn',
+        event: 'nbd.connection_refused',
+        message: this.#closing ? 'connection refused: server closing' : `connection refused: ${this.#connectionsMax} connections open`,
+        ...(options.peer === undefined ? {} : { client: options.peer }),
+      });
       stream.on('error', () => {});
       stream.destroy();
       return undefined;
     }
+    this.stats.connectionsAccepted++;
     const connection = new NbdConnection(stream, {
+      stats: this.stats,
       transientReads: options.transientReads === true,
       registry: this.registry,
       buffers: this.#buffers,
@@ -169,11 +195,20 @@ export class NbdServer {
       handshakeOptionsMax: this.#options.handshakeOptionsMax,
       optionDataBytesMax: this.#options.optionDataBytesMax,
       filters: this.#filters,
+      ...(this.#tls === undefined ? {} : { tls: this.#tls }),
+      ...(options.peer === undefined ? {} : { peer: options.peer }),
       ...(this.#log === undefined ? {} : { log: this.#log }),
     });
     this.#connections.add(connection);
     void connection.closed.then(() => this.#connections.delete(connection));
     return connection;
+  }
+
+  /** Requests received and not yet answered, all connections together. */
+  get requestsInFlight(): number {
+    let count = 0;
+    for (const connection of this.#connections) count += connection.requestsInFlight;
+    return count;
   }
 
   /** Open connections (in handshake or transmission). */

@@ -450,6 +450,7 @@ export class PoolCore {
         rollups: this.commits.rollups,
         logBlocksUsed: log?.blocksUsed ?? 0,
         logRecordsWritten: log?.counters.records ?? 0,
+        copyOnWrites: this.dataPath.copyOnWrites,
       },
     };
     if (this.#modeReason !== undefined) status.modeReason = this.#modeReason;

@@ -71,6 +71,7 @@ export class DataPath {
    */
   readonly #blockBuffers: Uint8Array[] = [];
   #bytesWritten = 0;
+  #copyOnWrites = 0;
   /** Bytes of data writes completed since the last data sync was started. */
   #bytesSinceSync = 0;
 
@@ -89,6 +90,11 @@ export class DataPath {
   /** Data bytes written since open. */
   get bytesWritten(): number {
     return this.#bytesWritten;
+  }
+
+  /** Writes to a shared block (a snapshot's) that gave the volume its own copy, since open. */
+  get copyOnWrites(): number {
+    return this.#copyOnWrites;
   }
 
   /** Data bytes whose writes completed since the last data sync began: a flush must sync when above 0. */
@@ -294,6 +300,7 @@ export class DataPath {
 
   async #copyOnWrite(device: Device, virtualBlock: number, oldBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
     const block = await this.#allocateData(device, { mayUseReserve: true });
+    this.#copyOnWrites++;
     try {
       this.#knownZero.remove(block, block + 1);
       this.#raiseAhead(block);

@@ -41,6 +41,8 @@ export interface PoolCounters {
   logBlocksUsed: number;
   /** Delta log records written. */
   logRecordsWritten: number;
+  /** Writes to a block shared with a snapshot that copied it first. */
+  copyOnWrites: number;
 }
 
 export interface PoolStatus {

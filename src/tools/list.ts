@@ -10,6 +10,8 @@ export interface VolumeListing {
   exclusiveBytes: number;
   sharedBytes: number;
   origin: string | null;
+  /** The origin's volume id: tells a removed origin from a later volume given its name. */
+  originId: number | null;
   readOnly: boolean;
   createdAt: string;
   labels: Record<string, string>;
@@ -28,9 +30,42 @@ export function listVolumes(pool: Pool): VolumeListing[] {
       exclusiveBytes: counts.exclusiveBlocks * blockSizeBytes,
       sharedBytes: counts.sharedBlocks * blockSizeBytes,
       origin: info.origin ?? null,
+      originId: info.originId ?? null,
       readOnly: info.readOnly,
       createdAt: info.createdAt,
       labels: info.labels ?? {},
     };
   });
+}
+
+/** A volume and the snapshots taken of it, as `thinbd list --tree` draws them. */
+export interface VolumeTreeNode {
+  volume: VolumeListing;
+  /** Snapshots of this volume, oldest first. */
+  children: VolumeTreeNode[];
+  /** The volume this one was snapshotted from no longer exists (it is drawn as a root). */
+  originRemoved: boolean;
+}
+
+/**
+ * The snapshot genealogy: each volume under the volume it was snapshotted from (matched by id,
+ * so a removed origin's name reused by a new volume does not adopt its snapshots), oldest first.
+ * A volume whose origin was removed becomes a root of its own.
+ */
+export function volumeTree(volumes: readonly VolumeListing[]): VolumeTreeNode[] {
+  const byId = new Map<number, VolumeTreeNode>();
+  for (const volume of volumes) byId.set(volume.id, { volume, children: [], originRemoved: false });
+  const roots: VolumeTreeNode[] = [];
+  const older = (a: VolumeTreeNode, b: VolumeTreeNode) => a.volume.createdAt.localeCompare(b.volume.createdAt) || a.volume.id - b.volume.id;
+  for (const node of [...byId.values()].sort(older)) {
+    const { originId, origin } = node.volume;
+    const parent = originId === null ? undefined : byId.get(originId);
+    // An origin's id is always older than its snapshot's: a parent that is not would be a cycle.
+    if (parent !== undefined && parent !== node && older(parent, node) < 0) parent.children.push(node);
+    else {
+      node.originRemoved = origin !== null;
+      roots.push(node);
+    }
+  }
+  return roots;
 }

@@ -122,7 +122,7 @@ test('pool status and serve warn once about a pool others can read', async () =>
   assert.equal(status.code, 0, status.stderr);
   assert.deepEqual(status.stderr.trim().split('\n'), [`thinbd: warning: pool ${dir}: ${join(dir, 'data')} is readable by other users (mode 0644); chmod 600 it, or 700 its directory`]);
 
-  const server = await startServer(undefined, dir, ['--listen', '0.0.0.0:0']);
+  const server = await startServer(undefined, dir, ['--listen', '0.0.0.0:0', '--log-format', 'human']);
   try {
     await server.waitForStderr(/without TLS/);
     const warnings = server.stderr().split('\n').filter((line) => line.includes('warning'));

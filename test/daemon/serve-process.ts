@@ -24,7 +24,7 @@ export async function startServe(poolDir: string, extraArgs: string[] = []): Pro
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`thinbd serve did not announce itself in 20 s: ${output}`)), 20_000);
     const poll = setInterval(() => {
-      const match = /on nbd:\/\/127\.0\.0\.1:(\d+)\//.exec(output);
+      const match = /on nbds?:\/\/127\.0\.0\.1:(\d+)\//.exec(output);
       if (match) {
         clearInterval(poll);
         clearTimeout(timer);

@@ -2,6 +2,7 @@
 // checked handshake plus request/reply calls (many in flight, matched by cookie) when it does
 // not. Written from the spec, independently of src/nbd's parser, so it can judge the server.
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import {
   IHAVEOPT,
@@ -12,6 +13,7 @@ import {
   NBD_INFO_EXPORT,
   NBD_OPT_GO,
   NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_FLAG_ERROR,
@@ -211,7 +213,8 @@ export function encodeRequest(type: number, flags: number, cookie: bigint, offse
 
 /** A client that checks every byte the server sends against the spec. */
 export class NbdTestClient {
-  readonly raw: RawClient;
+  /** The byte stream; replaced by the TLS stream over it after startTls(). */
+  raw: RawClient;
   sizeBytes = 0;
   transmissionFlags = 0;
   structured = false;
@@ -239,6 +242,24 @@ export class NbdTestClient {
     return flags;
   }
 
+  /**
+   * NBD_OPT_STARTTLS, then the TLS handshake over the same socket; returns the option's replies
+   * (when the first is not an ACK, no TLS is attempted). Options after it travel encrypted.
+   */
+  async startTls(options: tls.ConnectionOptions): Promise<OptionReply[]> {
+    const replies = await this.option(NBD_OPT_STARTTLS);
+    if (replies.at(-1)?.type !== NBD_REP_ACK) return replies;
+    const plain = this.raw.stream as net.Socket;
+    plain.removeAllListeners('data');
+    const secure = tls.connect({ ...options, socket: plain });
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', resolve);
+      secure.once('error', reject);
+    });
+    this.raw = new RawClient(secure);
+    return replies;
+  }
+
   /** Sends one option and reads its replies up to and including the final one. */
   async option(option: number, data?: Uint8Array): Promise<OptionReply[]> {
     this.raw.send(encodeOption(option, data));
@@ -260,8 +281,12 @@ export class NbdTestClient {
   }
 
   /** The usual modern handshake: structured replies, base:allocation, GO. */
-  async handshake(name: string, options: { structured?: boolean; metaContext?: boolean } = {}): Promise<void> {
+  async handshake(name: string, options: { structured?: boolean; metaContext?: boolean; tls?: tls.ConnectionOptions } = {}): Promise<void> {
     await this.greet();
+    if (options.tls !== undefined) {
+      const replies = await this.startTls(options.tls);
+      if (replies.at(-1)?.type !== NBD_REP_ACK) throw new Error(`STARTTLS refused with reply type ${replies.at(-1)?.type}`);
+    }
     const structured = options.structured ?? true;
     if (structured) {
       const replies = await this.option(NBD_OPT_STRUCTURED_REPLY);

@@ -37,7 +37,7 @@ if (listens.length === 0) listens.push({ host: '127.0.0.1', port: 10809 });
 if (exports.length === 0) exports.push(new MemoryExport({ name: 'mem', sizeBytes: 1024 ** 3 }));
 
 const registry = new MapExportRegistry(exports, { defaultName: exports[0]!.name });
-const server = new NbdServer({ registry, log: (message) => console.error(`serve-memory: ${message}`) });
+const server = new NbdServer({ registry, log: (entry) => console.error(`serve-memory: ${entry.message}`) });
 for (const listen of listens) {
   const bound = await server.listen(listen);
   console.log(`listening on ${'path' in bound ? bound.path : `${bound.host}:${bound.port}`}`);

@@ -6,6 +6,30 @@ import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts
 import { withService } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
+import { volumeTree, type VolumeListing, type VolumeTreeNode } from '../../tools/list.ts';
+
+/**
+ * `list --tree`: each volume under the one it was snapshotted from, drawn as `tree` draws
+ * directories, with the space each node maps and holds alone (what removing it would free).
+ */
+function treeLines(volumes: readonly VolumeListing[]): string[] {
+  const rows: string[][] = [];
+  const visit = (node: VolumeTreeNode, prefix: string, branch: string): void => {
+    const volume = node.volume;
+    const removed = node.originRemoved ? ` (snapshot of removed ${volume.origin})` : '';
+    rows.push([
+      `${prefix}${branch}${volume.name}${removed}`,
+      formatSize(volume.sizeBytes),
+      formatSize(volume.mappedBytes),
+      formatSize(volume.exclusiveBytes),
+      volume.readOnly ? 'ro' : 'rw',
+    ]);
+    const childPrefix = prefix + (branch === '├── ' ? '│   ' : branch === '└── ' ? '    ' : '');
+    node.children.forEach((child, index) => visit(child, childPrefix, index === node.children.length - 1 ? '└── ' : '├── '));
+  };
+  for (const root of volumeTree(volumes)) visit(root, '', '');
+  return formatTable(['NAME', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'MODE'], rows);
+}
 
 
 function volumeSize(text: string): number {
@@ -94,11 +118,16 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
     .command('list')
     .description('list volumes with their mapped, exclusive and shared space')
     .addOption(poolOption())
-    .option('--json', 'print JSON')
+    .option('--json', 'print JSON (always the flat list, with origin and originId)')
+    .option('--tree', 'draw the snapshot genealogy: each volume under the one it was snapshotted from')
     .action(async (options) => {
       const volumes = await withService(poolDirectory(options.pool), 'read', (service) => service.listVolumes());
       if (options.json) {
         reporter.json(volumes);
+        return;
+      }
+      if (options.tree) {
+        for (const line of treeLines(volumes)) reporter.out(line);
         return;
       }
       const rows = volumes.map((volume) => [

@@ -1,0 +1,170 @@
+// `thinbd serve --metrics HOST:PORT`: Prometheus text on GET /metrics, built at scrape time from
+// counters the pool and the NBD server keep anyway (so an unscraped server pays for nothing but
+// the per-request additions of the export filter). Families, by prefix:
+//   thinbd_volume_*  per volume: requests, errors, bytes and latency by command, size
+//   thinbd_pool_*    the pool: data and metadata space, low water, mode, commits, rollups, log
+//                    records, copy-on-writes, flushes, request errors
+//   thinbd_nbd_*     the server: connections, bytes in and out, requests and bytes in flight, TLS
+import http from 'node:http';
+import { METADATA_BLOCK_SIZE_BYTES, POOL_LOW_WATER_FREE_FRACTION } from '../constants.ts';
+import type { NbdServer } from '../nbd/server.ts';
+import { MEASURED_COMMANDS, type NbdExportStats } from '../nbd/export-stats.ts';
+import type { Pool, PoolStatus } from '../pool/pool.ts';
+import { PrometheusPage } from '../util/prometheus.ts';
+import type { LogSink } from '../util/log.ts';
+
+export interface MetricsSources {
+  poolDir: string;
+  pool: Pool;
+  nbd: NbdServer;
+  exportStats: NbdExportStats;
+}
+
+/** Whether the pool is below its low-water mark, and why (for the log). */
+export function lowWater(status: PoolStatus): { low: boolean; reason: string } {
+  const dataFree = (status.dataBlockCount - status.dataBlocksUsed) / Math.max(1, status.dataBlockCount);
+  const metadataFree = (status.metadataBlockCount - status.metadataBlocksUsed) / Math.max(1, status.metadataBlockCount);
+  const percent = (fraction: number) => `${(fraction * 100).toFixed(1)}%`;
+  const parts: string[] = [];
+  if (dataFree < POOL_LOW_WATER_FREE_FRACTION) parts.push(`data ${percent(dataFree)} free`);
+  if (metadataFree < POOL_LOW_WATER_FREE_FRACTION) parts.push(`metadata ${percent(metadataFree)} free`);
+  return { low: parts.length > 0, reason: parts.join(', ') };
+}
+
+export function renderMetrics(sources: MetricsSources): string {
+  const page = new PrometheusPage();
+  const status = sources.pool.status();
+  const pool = { pool: sources.poolDir };
+
+  page.family('thinbd_volume_size_bytes', 'gauge', 'Size of each volume served.');
+  for (const info of sources.pool.list()) page.sample('thinbd_volume_size_bytes', info.sizeBytes, { ...pool, volume: info.name });
+  page.family('thinbd_volume_requests_total', 'counter', 'Requests each volume answered, by NBD command (read, write, flush, trim, zero, block_status, cache).');
+  page.family('thinbd_volume_request_errors_total', 'counter', 'Requests each volume failed, by NBD command.');
+  page.family('thinbd_volume_bytes_total', 'counter', 'Bytes each volume read or wrote (read, write) or covered (trim, zero), by command.');
+  page.family('thinbd_volume_request_duration_seconds', 'histogram', 'Time each volume took to answer a request, by NBD command.');
+  let requestErrors = 0;
+  const exports = [...sources.exportStats.entries()].sort(([a], [b]) => a.localeCompare(b));
+  for (const [volume, stats] of exports) {
+    for (const command of MEASURED_COMMANDS) {
+      const labels = { ...pool, volume, command };
+      page.sample('thinbd_volume_requests_total', stats.requests[command], labels);
+      page.sample('thinbd_volume_request_errors_total', stats.errors[command], labels);
+      requestErrors += stats.errors[command];
+      if (command === 'read' || command === 'write' || command === 'trim' || command === 'zero') {
+        page.sample('thinbd_volume_bytes_total', stats.bytes[command], labels);
+      }
+    }
+  }
+  for (const [volume, stats] of exports) {
+    for (const command of MEASURED_COMMANDS) {
+      if (stats.latency[command].count > 0) page.histogram('thinbd_volume_request_duration_seconds', stats.latency[command], { ...pool, volume, command });
+    }
+  }
+
+  const dataBytes = (blocks: number) => blocks * status.blockSizeBytes;
+  const metadataBytes = (blocks: number) => blocks * METADATA_BLOCK_SIZE_BYTES;
+  const gauges: Array<[string, string, number]> = [
+    ['thinbd_pool_data_size_bytes', 'Data space of the pool.', dataBytes(status.dataBlockCount)],
+    ['thinbd_pool_data_used_bytes', 'Data space mapped by some volume.', dataBytes(status.dataBlocksUsed)],
+    ['thinbd_pool_data_free_bytes', 'Data space free.', dataBytes(status.dataBlockCount - status.dataBlocksUsed)],
+    ['thinbd_pool_metadata_size_bytes', 'Metadata space of the pool.', metadataBytes(status.metadataBlockCount)],
+    ['thinbd_pool_metadata_used_bytes', 'Metadata space in use.', metadataBytes(status.metadataBlocksUsed)],
+    ['thinbd_pool_metadata_free_bytes', 'Metadata space free.', metadataBytes(status.metadataBlockCount - status.metadataBlocksUsed)],
+    [
+      'thinbd_pool_low_water',
+      `1 when less than ${POOL_LOW_WATER_FREE_FRACTION * 100}% of the data or metadata space is free (grow the pool), else 0.`,
+      lowWater(status).low ? 1 : 0,
+    ],
+    ['thinbd_pool_volumes', 'Volumes in the pool (served or not).', status.volumeCount],
+    ['thinbd_pool_log_blocks_used', 'Delta log blocks holding records not yet rolled up.', status.counters.logBlocksUsed],
+    ['thinbd_pool_pinned_generations', 'Generations pinned for readers (dump, archive pack of a live pool).', status.pinnedGenerations.length],
+    ['thinbd_pool_transaction_id', 'Transaction id of the last commit.', status.transactionId],
+  ];
+  for (const [name, help, value] of gauges) page.family(name, 'gauge', help).sample(name, value, pool);
+  page.family('thinbd_pool_mode', 'gauge', 'The pool mode: 1 for the current one (read-write, read-only, needs-check).');
+  for (const mode of ['read-write', 'read-only', 'needs-check'] as const) page.sample('thinbd_pool_mode', status.mode === mode ? 1 : 0, { ...pool, mode });
+
+  const counters: Array<[string, string, number]> = [
+    ['thinbd_pool_commits_total', 'Full commits (superblock generations written) since the server started.', status.counters.commits],
+    ['thinbd_pool_rollups_total', 'Commits that folded the delta log into the trees.', status.counters.rollups],
+    ['thinbd_pool_log_records_total', 'Delta log records written.', status.counters.logRecordsWritten],
+    ['thinbd_pool_copy_on_writes_total', 'Writes to a block shared with a snapshot that copied it first.', status.counters.copyOnWrites],
+    ['thinbd_pool_flushes_total', 'Flushes asked of the pool (FLUSH and FUA).', status.counters.flushes],
+    ['thinbd_pool_syncs_total', 'fdatasync calls on the pool files.', status.counters.syncs],
+    ['thinbd_pool_data_written_bytes_total', 'Bytes written to the data file.', status.counters.dataBytesWritten],
+    ['thinbd_pool_metadata_blocks_written_total', 'Metadata blocks written (tree nodes, space maps, superblocks, log records).', status.counters.metadataBlocksWritten],
+    ['thinbd_pool_request_errors_total', 'Requests failed by any volume (an I/O error, no space, read-only).', requestErrors],
+  ];
+  for (const [name, help, value] of counters) page.family(name, 'counter', help).sample(name, value, pool);
+
+  const nbd = sources.nbd;
+  const server: Array<[string, 'gauge' | 'counter', string, number]> = [
+    ['thinbd_nbd_connections', 'gauge', 'NBD connections open (handshake or transmission).', nbd.connectionCount],
+    ['thinbd_nbd_connections_accepted_total', 'counter', 'NBD connections accepted.', nbd.stats.connectionsAccepted],
+    ['thinbd_nbd_connections_refused_total', 'counter', 'NBD connections refused (server full or closing).', nbd.stats.connectionsRefused],
+    ['thinbd_nbd_received_bytes_total', 'counter', 'Bytes received from NBD clients (after TLS decryption).', nbd.stats.bytesReceived],
+    ['thinbd_nbd_sent_bytes_total', 'counter', 'Bytes sent to NBD clients (before TLS encryption).', nbd.stats.bytesSent],
+    ['thinbd_nbd_requests_in_flight', 'gauge', 'NBD requests received and not yet answered.', nbd.requestsInFlight],
+    ['thinbd_nbd_bytes_in_flight', 'gauge', 'Payload bytes held for requests in flight.', nbd.bytesInFlight],
+    ['thinbd_nbd_tls_handshakes_total', 'counter', 'TLS handshakes completed.', nbd.stats.tlsHandshakes],
+    ['thinbd_nbd_tls_failures_total', 'counter', 'TLS handshakes that failed (wrong key, untrusted certificate, client gave up).', nbd.stats.tlsFailures],
+  ];
+  for (const [name, type, help, value] of server) page.family(name, type, help).sample(name, value, pool);
+  return page.toString();
+}
+
+/** The HTTP endpoint: GET /metrics (and / for a browser); anything else is 404. */
+export class MetricsServer {
+  readonly #server: http.Server;
+  readonly address: { host: string; port: number };
+
+  private constructor(server: http.Server, address: { host: string; port: number }) {
+    this.#server = server;
+    this.address = address;
+  }
+
+  static async listen(address: { host: string; port: number }, sources: MetricsSources, log?: LogSink): Promise<MetricsServer> {
+    const server = http.createServer((request, response) => {
+      const path = (request.url ?? '/').split('?')[0];
+      if (request.method !== 'GET' && request.method !== 'HEAD') {
+        response.writeHead(405, { allow: 'GET, HEAD' }).end();
+        return;
+      }
+      if (path !== '/metrics' && path !== '/') {
+        response.writeHead(404, { 'content-type': 'text/plain' }).end('Not found: metrics are at /metrics\n');
+        return;
+      }
+      let body: string;
+      try {
+        body = renderMetrics(sources);
+      } catch (error) {
+        // A closed or failed pool: say so rather than serve a partial page.
+        log?.({ level: 'error', event: 'metrics.scrape_failed', message: `metrics scrape failed: ${error instanceof Error ? error.message : String(error)}` });
+        response.writeHead(503, { 'content-type': 'text/plain' }).end('metrics unavailable\n');
+        return;
+      }
+      response.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+      response.end(request.method === 'HEAD' ? undefined : body);
+    });
+    // A scraper keeps its connection alive between scrapes; do not let it hold shutdown up.
+    server.keepAliveTimeout = 5_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(address.port, address.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (error) => log?.({ level: 'error', event: 'metrics.listener_error', message: `metrics listener error: ${error.message}` }));
+    const bound = server.address();
+    const port = bound !== null && typeof bound === 'object' ? bound.port : address.port;
+    return new MetricsServer(server, { host: address.host, port });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+}
