@@ -1,5 +1,5 @@
 // A block file kept in two (or more) copies: the metadata's redundancy (docs/format.md "Metadata
-// mirror"). Every write goes to every copy; a read is served by the first copy that reads, and one
+// mirror", F-MIR-1 and F-MIR-2). Every write goes to every copy; a read is served by the first copy that reads, and one
 // that fails with EIO is retried on the next, then rewritten from what was read. The layer above
 // also hands in a validator (readValidated): a copy that reads but fails it (a flipped bit, a torn
 // or lost write) is passed over the same way and rewritten.
@@ -49,7 +49,7 @@ export interface BadCopyEvent {
 export interface MirrorCounters {
   /** Copy reads that failed with EIO. */
   copyReadErrors: number;
-  /** Copy writes that failed with EIO (the write went on with the other copies). */
+  /** Copy writes (and rewrites) that failed with EIO (the write went on with the other copies). */
   copyWriteErrors: number;
   /** Copies that read but failed the caller's validation. */
   invalidCopies: number;
@@ -90,6 +90,16 @@ export function isRedundant(file: BlockFile): file is RedundantBlockFile {
 
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** A read no copy could serve, though some read: THIN_CORRUPT_BLOCK with each copy's problem. */
+export class NoGoodCopyError extends ThinError {
+  readonly copyProblems: readonly string[];
+
+  constructor(offsetBytes: number, description: string, copyProblems: string[], cause: unknown) {
+    super('THIN_CORRUPT_BLOCK', `No copy of bytes [${offsetBytes}, +${MIRROR_UNIT_BYTES}) of ${description} is good: ${copyProblems.join('; ')}`, { cause });
+    this.copyProblems = copyProblems;
+  }
 }
 
 interface FailedCopy {
@@ -136,7 +146,10 @@ export class MirroredBlockFile implements RedundantBlockFile {
   /** Unit index → the repair write in flight there. */
   readonly #repairs = new Map<number, Promise<boolean>>();
 
-  constructor(copies: readonly MirrorCopy[], options: { limitBytes: number; description?: string }) {
+  /** Read-only: bad copies are reported, never rewritten (check, dump, a read-only open). */
+  readonly readOnly: boolean;
+
+  constructor(copies: readonly MirrorCopy[], options: { limitBytes: number; description?: string; readOnly?: boolean }) {
     assert(copies.length >= 2 && copies.length <= 8, `a mirror of ${copies.length} copies`);
     assert(Number.isSafeInteger(options.limitBytes) && options.limitBytes > 0 && options.limitBytes % MIRROR_UNIT_BYTES === 0, `bad mirror size ${options.limitBytes}`);
     for (const copy of copies) {
@@ -153,16 +166,17 @@ export class MirroredBlockFile implements RedundantBlockFile {
     this.#limitBytes = options.limitBytes;
     this.#files = [...new Set(copies.map((copy) => copy.file))];
     this.description = options.description ?? copies[0]!.file.description;
+    this.readOnly = options.readOnly === true;
   }
 
   /** Two copies in one file, `mirrorOffsetBytes` apart: the pool's metadata layout. */
-  static inOneFile(file: BlockFile, mirrorOffsetBytes: number): MirroredBlockFile {
+  static inOneFile(file: BlockFile, mirrorOffsetBytes: number, options: { readOnly?: boolean } = {}): MirroredBlockFile {
     return new MirroredBlockFile(
       [
         { file, offsetBytes: 0 },
         { file, offsetBytes: mirrorOffsetBytes },
       ],
-      { limitBytes: mirrorOffsetBytes },
+      { limitBytes: mirrorOffsetBytes, readOnly: options.readOnly === true },
     );
   }
 
@@ -293,10 +307,12 @@ export class MirroredBlockFile implements RedundantBlockFile {
     this.counters.unrecoverableReads += 1;
     for (const { copyIndex, kind, reason } of attempt.failed) this.#noteBad(copyIndex, offsetBytes, MIRROR_UNIT_BYTES, kind, reason);
     if (attempt.failed.every((entry) => entry.kind === 'read') && attempt.firstError !== undefined) throw attempt.firstError;
-    const problems = attempt.failed.map((entry) => `copy ${entry.copyIndex}: ${entry.reason}`).join('; ');
-    throw new ThinError('THIN_CORRUPT_BLOCK', `No copy of bytes [${offsetBytes}, +${MIRROR_UNIT_BYTES}) of ${this.description} is good: ${problems}`, {
-      cause: attempt.firstError,
-    });
+    throw new NoGoodCopyError(
+      offsetBytes,
+      this.description,
+      attempt.failed.map((entry) => `copy ${entry.copyIndex}: ${entry.reason}`),
+      attempt.firstError,
+    );
   }
 
   // ---- writes ----
@@ -323,7 +339,6 @@ export class MirroredBlockFile implements RedundantBlockFile {
     if (succeeded === 0) throw firstError;
     results.forEach((result, copyIndex) => {
       if (result.status === 'rejected') {
-        this.counters.copyWriteErrors += 1;
         this.#noteBad(copyIndex, offsetBytes, source.length, 'write', messageOf(result.reason));
       }
     });
@@ -333,14 +348,17 @@ export class MirroredBlockFile implements RedundantBlockFile {
     const copy = this.copies[copyIndex];
     assert(copy !== undefined, `no copy ${copyIndex}`);
     this.#checkRange(offsetBytes, source.length);
+    if (this.readOnly) return false;
     const unit = Math.floor(offsetBytes / MIRROR_UNIT_BYTES);
     const before = this.#repairs.get(unit);
     const repair = (async (): Promise<boolean> => {
       await before?.catch(() => false);
       try {
         await copy.file.write(source, copy.offsetBytes + offsetBytes);
-      } catch {
+      } catch (error) {
         this.counters.repairFailures += 1;
+        // A copy that cannot even be rewritten is a bad place for good: the pool records it.
+        if (isMediaError(error)) this.#noteBad(copyIndex, offsetBytes, source.length, 'write', messageOf(error));
         return false;
       }
       this.counters.repairs += 1;
@@ -424,7 +442,8 @@ export class MirroredBlockFile implements RedundantBlockFile {
 
   #noteBad(copyIndex: number, offsetBytes: number, lengthBytes: number, kind: BadCopyKind, reason: string): void {
     if (kind === 'read') this.counters.copyReadErrors += 1;
-    else if (kind === 'invalid') this.counters.invalidCopies += 1;
+    else if (kind === 'write') this.counters.copyWriteErrors += 1;
+    else this.counters.invalidCopies += 1;
     const beginUnit = Math.floor(offsetBytes / MIRROR_UNIT_BYTES);
     const endUnit = Math.ceil((offsetBytes + lengthBytes) / MIRROR_UNIT_BYTES);
     for (let unit = beginUnit; unit < endUnit; unit++) this.#bad.set(unit, (this.#bad.get(unit) ?? 0) | (1 << copyIndex));

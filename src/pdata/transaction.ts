@@ -46,12 +46,14 @@ import {
 } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { BTREE_BLOCK_TYPES, Block, BlockType, checksumOf, initBlockHeader, sealBlock, validateBlock } from './block.ts';
+import { MirroredBlockFile, NoGoodCopyError, isRedundant, type BadCopyEvent, type RedundantBlockFile } from '../io/mirror.ts';
+import { BTREE_BLOCK_TYPES, Block, BlockType, blockProblem, checksumOf, initBlockHeader, sealBlock, validateBlock, type BlockExpectation } from './block.ts';
 import { BTree } from './btree/btree.ts';
 import { TreeKind } from './btree/codec.ts';
 import type { BlockManager } from './block-manager.ts';
 import { BlockCache } from './cache.ts';
 import { openNewestGeneration, type OpenOptions, type OpenReport } from './generations.ts';
+import { mirroredMetadata, probeMetadataLayout } from './metadata-layout.ts';
 import { reservedBlocks } from './reserved-blocks.ts';
 import { SpaceMap, refCountExtentCodec } from './space-map.ts';
 import { TreeWalker } from './btree/walker.ts';
@@ -68,10 +70,17 @@ export interface FormatOptions {
   metadataBlockCount: number;
   poolId: bigint;
   cacheBlocksMax?: number;
+  /**
+   * Keep a second copy of every metadata block in the same file, this many blocks after the
+   * first (docs/format.md "Metadata mirror"); 0 or absent for none. At least metadataBlockCount.
+   */
+  mirrorOffsetBlocks?: number;
 }
 
 interface ManagerState {
+  /** The metadata as read and written: the mirror over the metadata file, or the file itself. */
   file: BlockFile;
+  mirrorOffsetBlocks: number;
   poolId: bigint;
   metadataBlockCount: number;
   transactionId: number;
@@ -82,7 +91,8 @@ interface ManagerState {
 }
 
 export class TransactionManager implements BlockManager {
-  readonly file: BlockFile;
+  /** The metadata as read and written (through the mirror when there is one). */
+  file: BlockFile;
   readonly poolId: bigint;
   readonly readOnly: boolean;
   readonly counters: TransactionCounters = { metadataBlocksWritten: 0, metadataBlocksRead: 0, syncs: 0, commits: 0 };
@@ -115,6 +125,8 @@ export class TransactionManager implements BlockManager {
   #sealing = false;
   #commitChain: Promise<void> = Promise.resolve();
   #failure: unknown;
+  /** What the next superblock records as the mirror's place (F-SB-11). */
+  #mirrorOffsetBlocks: number;
 
   /** Use TransactionManager.format or TransactionManager.open. */
   constructor(state: ManagerState) {
@@ -126,6 +138,9 @@ export class TransactionManager implements BlockManager {
     );
     assert(state.poolId > 0n && state.poolId < 1n << 64n, 'pool id must be a non-zero u64');
     this.file = state.file;
+    this.#listenToMirror();
+    this.#mirrorOffsetBlocks = state.mirrorOffsetBlocks;
+    assert(state.mirrorOffsetBlocks === 0 || state.mirrorOffsetBlocks >= state.metadataBlockCount, 'the mirror overlaps the metadata');
     this.poolId = state.poolId;
     this.readOnly = state.readOnly;
     this.#metadataBlockCount = state.metadataBlockCount;
@@ -153,8 +168,13 @@ export class TransactionManager implements BlockManager {
         `Metadata of ${options.metadataBlockCount} blocks is outside [${METADATA_BLOCK_COUNT_MIN}, ${METADATA_BLOCK_COUNT_MAX}] blocks`,
       );
     }
+    const mirrorOffsetBlocks = options.mirrorOffsetBlocks ?? 0;
+    if (mirrorOffsetBlocks !== 0 && (mirrorOffsetBlocks < options.metadataBlockCount || mirrorOffsetBlocks > METADATA_BLOCK_COUNT_MAX)) {
+      throw new ThinError('THIN_INVALID', `A metadata mirror at block ${mirrorOffsetBlocks} would overlap the ${options.metadataBlockCount} metadata blocks`);
+    }
     const tm = new TransactionManager({
-      file,
+      file: mirroredMetadata(file, mirrorOffsetBlocks),
+      mirrorOffsetBlocks,
       poolId: options.poolId,
       metadataBlockCount: options.metadataBlockCount,
       transactionId: 1,
@@ -178,10 +198,14 @@ export class TransactionManager implements BlockManager {
     file: BlockFile,
     options: OpenOptions = {},
   ): Promise<{ tm: TransactionManager; payload: Uint8Array; report: OpenReport }> {
-    return openNewestGeneration(file, options, (fields, transactionId) => TransactionManager.#openGeneration(file, fields, transactionId, options));
+    // The superblock says where the mirror is (metadata-layout.ts); a read-only reader never rewrites a bad copy.
+    const layout = probeMetadataLayout(file, { readOnly: options.readOnly === true || options.repairMetadata === false });
+    return openNewestGeneration(layout.file, options, (fields, transactionId) =>
+      TransactionManager.#openGeneration(layout.file, fields, transactionId, options, layout.mirrorOffsetBlocks),
+    );
   }
 
-  static #openGeneration(file: BlockFile, fields: SuperblockFields, transactionId: number, options: OpenOptions): TransactionManager {
+  static #openGeneration(file: BlockFile, fields: SuperblockFields, transactionId: number, options: OpenOptions, mirrorOffsetBlocks: number): TransactionManager {
     if (fields.metadataBlockCount < METADATA_BLOCK_COUNT_MIN || fields.metadataBlockCount > METADATA_BLOCK_COUNT_MAX) {
       throw new ThinError(
         'THIN_CORRUPT_SUPERBLOCK',
@@ -190,6 +214,7 @@ export class TransactionManager implements BlockManager {
     }
     const tm = new TransactionManager({
       file,
+      mirrorOffsetBlocks: mirrorOffsetBlocks >= fields.metadataBlockCount ? mirrorOffsetBlocks : 0,
       poolId: fields.poolId,
       metadataBlockCount: fields.metadataBlockCount,
       transactionId,
@@ -345,6 +370,16 @@ export class TransactionManager implements BlockManager {
     return this.#spaceMap().root;
   }
 
+  /** Where the next superblock says the mirror is, in blocks (0: none). */
+  get mirrorOffsetBlocks(): number {
+    return this.#mirrorOffsetBlocks;
+  }
+
+  /** The mirror the metadata is read and written through, if it has one. */
+  get mirror(): RedundantBlockFile | undefined {
+    return isRedundant(this.file) ? this.file : undefined;
+  }
+
   /** The error that failed a commit, after which this manager refuses changes; undefined if none. */
   get failure(): unknown {
     return this.#failure;
@@ -376,15 +411,25 @@ export class TransactionManager implements BlockManager {
       return inMemory;
     }
     const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    // F-BLK-4: the state being read was committed by durableTransactionId at the latest.
+    const expect: BlockExpectation = { blockNr, expectedType: type, poolId: this.poolId, transactionIdMax: this.#durableTransactionId };
+    const file = this.file;
     try {
-      this.file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+      if (isRedundant(file)) {
+        // The first copy that reads and validates; the others are rewritten from it (io/mirror.ts).
+        file.readValidatedSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES, (candidate) => blockProblem(candidate, expect));
+      } else {
+        file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+      }
     } catch (error) {
+      if (error instanceof NoGoodCopyError) {
+        throw new ThinError('THIN_CORRUPT_BLOCK', `Cannot read metadata block ${blockNr}: no copy is good (${error.copyProblems.join('; ')})`, { cause: error });
+      }
       if (isThinError(error)) throw error;
       throw new ThinError('THIN_IO', `Cannot read metadata block ${blockNr} of ${this.file.description}`, { cause: error });
     }
     this.counters.metadataBlocksRead += 1;
-    // F-BLK-4: the state being read was committed by durableTransactionId at the latest.
-    validateBlock(bytes, { blockNr, expectedType: type, poolId: this.poolId, transactionIdMax: this.#durableTransactionId });
+    if (!isRedundant(file)) validateBlock(bytes, expect);
     const block = new Block(blockNr, bytes);
     this.#cache.put(block);
     return block;
@@ -467,6 +512,34 @@ export class TransactionManager implements BlockManager {
     if (list === undefined) this.#pendingByTransaction.set(this.#transactionId, [blockNr]);
     else list.push(blockNr);
     this.#cache.delete(blockNr);
+  }
+
+  /**
+   * One more reference to a block, whether used or free: a block withdrawn from allocation for good
+   * (a bad metadata range, pool/bad-ranges.ts). A free block becomes used; a block freed by a
+   * transaction not yet durable leaves the pending list and never becomes free.
+   */
+  holdBlock(blockNr: number): void {
+    this.#assertWritable();
+    this.#assertBlockNr(blockNr);
+    if (this.#counts[blockNr]! > 0) {
+      this.inc(blockNr);
+      return;
+    }
+    if (this.#pendingFlags[blockNr] === 1) {
+      // Pending blocks are neither used nor counted free: take it out of its pending list.
+      this.#pendingFlags[blockNr] = 0;
+      for (const [transactionId, blockNrs] of this.#pendingByTransaction) {
+        const index = blockNrs.indexOf(blockNr);
+        if (index < 0) continue;
+        blockNrs.splice(index, 1);
+        if (blockNrs.length === 0) this.#pendingByTransaction.delete(transactionId);
+        break;
+      }
+      this.#freeBlocks += 1; // #setCount below takes it again
+    }
+    this.#cache.delete(blockNr);
+    this.#setCount(blockNr, 1);
   }
 
   refCount(blockNr: number): number {
@@ -585,6 +658,7 @@ export class TransactionManager implements BlockManager {
       metadataBlockCount: this.#metadataBlockCount,
       metadataSpaceMapRoot: this.#spaceMap().root,
       metadataSpaceMapRootTransactionId: this.read(this.#spaceMap().root, BTREE_BLOCK_TYPES).transactionId,
+      mirrorOffsetBlocks: this.#mirrorOffsetBlocks,
       payload: payload.slice(),
     };
     return { fields, blocks };
@@ -668,6 +742,60 @@ export class TransactionManager implements BlockManager {
   async #sync(): Promise<void> {
     this.counters.syncs += 1;
     await this.file.sync();
+  }
+
+  // ---- the mirror ----
+
+  /**
+   * Gives metadata without a mirror (a format 2 pool) its second copy, `metadataBlockCount` blocks
+   * on: every used block is copied there and synced; from then on every write goes to both, and
+   * the next commit's superblock names the mirror (F-SB-11). Until that commit is durable the pool
+   * on disk is the one it was, so a crash part way leaves it as it was. Resolves false when the
+   * file cannot hold the mirror (a block device too small: metadata stays single).
+   */
+  async addMirror(): Promise<boolean> {
+    this.#assertWritable();
+    assert(!isRedundant(this.file) && this.#mirrorOffsetBlocks === 0, 'the metadata already has a mirror');
+    assert(this.#dirty.size === 0 && this.#sealed.size === 0, 'a mirror is added before anything changes');
+    await this.idle();
+    const raw = this.file;
+    const mirrorOffsetBlocks = this.#metadataBlockCount;
+    try {
+      await raw.grow((mirrorOffsetBlocks + this.#metadataBlockCount) * METADATA_BLOCK_SIZE_BYTES);
+    } catch (error) {
+      if (isThinError(error, 'THIN_INVALID')) return false;
+      throw error;
+    }
+    const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES * 64);
+    let batch: number[] = [];
+    const flush = async (): Promise<void> => {
+      await Promise.all(
+        batch.map((blockNr, index) => {
+          const piece = bytes.subarray(index * METADATA_BLOCK_SIZE_BYTES, (index + 1) * METADATA_BLOCK_SIZE_BYTES);
+          raw.readSync(piece, blockNr * METADATA_BLOCK_SIZE_BYTES);
+          return raw.write(piece, (mirrorOffsetBlocks + blockNr) * METADATA_BLOCK_SIZE_BYTES);
+        }),
+      );
+      batch = [];
+    };
+    for (let blockNr = 0; blockNr < this.#metadataBlockCount; blockNr++) {
+      if (this.#counts[blockNr] === 0) continue;
+      batch.push(blockNr);
+      if (batch.length === 64) await flush();
+    }
+    await flush();
+    await raw.sync();
+    this.file = mirroredMetadata(raw, mirrorOffsetBlocks);
+    this.#listenToMirror();
+    this.#mirrorOffsetBlocks = mirrorOffsetBlocks;
+    return true;
+  }
+
+  /** Told of every copy of a mirrored block found bad (the pool records the ones that cannot be written). */
+  onBadCopy: ((event: BadCopyEvent) => void) | undefined;
+
+  #listenToMirror(): void {
+    if (this.file instanceof MirroredBlockFile) this.file.onBadCopy = (event) => this.onBadCopy?.(event);
   }
 
   // ---- internals ----

@@ -30,6 +30,7 @@ export function validatePayloadRoots(bytes: Uint8Array, tm: BlockManager): void 
   const payload = decodePoolPayload(bytes, tm.metadataBlockCount);
   checkWrittenBy(tm, payload.deviceTreeRoot, BTREE_BLOCK_TYPES, payload.deviceTreeRootTransactionId, 'the device tree root');
   checkWrittenBy(tm, payload.dataSpaceMapRoot, BTREE_BLOCK_TYPES, payload.dataSpaceMapRootTransactionId, 'the data space map root');
+  if ((payload.badRangeRoot ?? 0) !== 0) checkWrittenBy(tm, payload.badRangeRoot!, BTREE_BLOCK_TYPES, payload.badRangeRootTransactionId, 'the bad-range tree root');
 }
 
 /**
