@@ -14,6 +14,7 @@ import { VolumeExport } from './volume-export.ts';
 import { SERVE_CLOSE_TIMEOUT_MS } from '../constants.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
 import { FileBlockFile } from '../io/file.ts';
+import type { FaultRule } from '../io/fault-injection.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 
 export interface ServeOptions {
@@ -24,6 +25,8 @@ export interface ServeOptions {
   unixSockets: string[];
   /** Export every volume read-only, whatever its own flag. */
   readOnly?: boolean;
+  /** Fault injection on the pool's files (`thinbd serve --inject`, io/fault-injection.ts): drills and tests. */
+  faultRules?: readonly FaultRule[];
   log?: (message: string) => void;
 }
 
@@ -44,7 +47,7 @@ export class PoolServer {
   }
 
   static async start(options: ServeOptions): Promise<PoolServer> {
-    const pool = await Pool.open(options.poolDir, { readOnly: Boolean(options.readOnly) });
+    const pool = await Pool.open(options.poolDir, { readOnly: Boolean(options.readOnly), ...(options.faultRules !== undefined ? { faultRules: options.faultRules } : {}) });
     try {
       const registry = new MapExportRegistry();
       const nbd = new NbdServer({ registry, ...(options.log ? { log: options.log } : {}) });

@@ -8,6 +8,7 @@ import { poolDirectory, poolOption } from '../options.ts';
 import { assertPoolExists, warnIfExposed } from '../pool-access.ts';
 import { PoolServer, describeAddress, parseListenAddress } from '../../daemon/serve.ts';
 import { METADATA_FILE_NAME, Pool } from '../../pool/pool.ts';
+import { readFaultRules } from '../../io/fault-injection.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_SIZE_BYTES_DEFAULT, SERVE_HOST_DEFAULT, SERVE_PORT_DEFAULT } from '../../constants.ts';
 
 const DEMO_VOLUME_SIZE_BYTES = 8 * 1024 ** 3;
@@ -83,14 +84,18 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .option('--listen <host:port...>', `TCP address (default ${SERVE_HOST_DEFAULT}:${SERVE_PORT_DEFAULT} unless --socket is given)`)
     .option('--socket <path...>', 'Unix socket to listen on, instead of or beside TCP')
     .option('--read-only', 'export every volume read-only')
+    .option('--inject <file>', 'fault injection for drills and tests: a JSON rules file making sectors of the data or metadata file fail or flip bits (see docs/internals.md)')
     .action(async (options) => {
       const poolDir = poolDirectory(options.pool);
       assertPoolExists(poolDir);
       const addresses = listenAddresses(options);
+      // Read (and refused when malformed) before the pool is opened: a bad rules file changes nothing.
+      const faultRules = options.inject === undefined ? undefined : readFaultRules(options.inject);
       const server = await PoolServer.start({
         poolDir,
         ...addresses,
         readOnly: Boolean(options.readOnly),
+        ...(faultRules !== undefined ? { faultRules } : {}),
         log: (message) => reporter.note(`thinbd serve: ${message}`),
       });
       await serveUntilSignalled(server, reporter, () => announce(server, poolDir, reporter));
