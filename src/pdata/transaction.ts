@@ -90,6 +90,12 @@ interface ManagerState {
   cacheBlocksMax: number;
 }
 
+const PENDING_NONE = 0;
+/** Freed by a transaction that is not durable yet: free once it is (F-TX-4). */
+const PENDING_FREE = 1;
+/** A block with a bad copy, never allocated again (withholdBlock, F-BAD-3). */
+const PENDING_WITHHELD = 2;
+
 export class TransactionManager implements BlockManager {
   /** The metadata as read and written (through the mirror when there is one). */
   file: BlockFile;
@@ -101,9 +107,9 @@ export class TransactionManager implements BlockManager {
   #counts: Uint32Array;
   /** Blocks with count > 0. */
   #usedBlocks = 0;
-  /** Blocks with count 0 that are not pending free. */
+  /** Blocks with count 0 that are neither pending free nor withheld. */
   #freeBlocks: number;
-  /** 1 while a block is pending free (count 0, freed by a transaction that is not durable). */
+  /** Per block: PENDING_FREE (count 0, freed by a transaction not durable yet), PENDING_WITHHELD, or PENDING_NONE. */
   #pendingFlags: Uint8Array;
   #pendingByTransaction = new Map<number, number[]>();
   /** Blocks whose count may differ from the on-disk space map tree. */
@@ -265,7 +271,10 @@ export class TransactionManager implements BlockManager {
     if (copy.fields === undefined) {
       throw new ThinError('THIN_CORRUPT_SUPERBLOCK', `The pinned superblock does not validate: ${copy.problem ?? 'invalid'}`);
     }
-    const tm = TransactionManager.#openGeneration(file, copy.fields, copy.fields.generation + 1, { ...options, readOnly: true });
+    // Read through the mirror the copy names, read-only: a bad sector in one copy is served from the other, never rewritten here.
+    const mirrorOffsetBlocks = copy.fields.mirrorOffsetBlocks;
+    const metadata = mirroredMetadata(file, mirrorOffsetBlocks, { readOnly: true });
+    const tm = TransactionManager.#openGeneration(metadata, copy.fields, copy.fields.generation + 1, { ...options, readOnly: true }, mirrorOffsetBlocks);
     options.validatePayload?.(copy.fields.payload, tm);
     return { tm, payload: copy.fields.payload };
   }
@@ -505,9 +514,15 @@ export class TransactionManager implements BlockManager {
     }
     this.#setCount(blockNr, count - 1);
     if (count - 1 > 0) return;
+    if (this.#pendingFlags[blockNr] === PENDING_WITHHELD) {
+      // Never free again (withholdBlock; #setCount did not count it free).
+      this.#dirty.delete(blockNr);
+      this.#cache.delete(blockNr);
+      return;
+    }
     if (this.#dirty.delete(blockNr)) return; // never committed: free at once (#setCount counted it)
     this.#freeBlocks -= 1;
-    this.#pendingFlags[blockNr] = 1;
+    this.#pendingFlags[blockNr] = PENDING_FREE;
     const list = this.#pendingByTransaction.get(this.#transactionId);
     if (list === undefined) this.#pendingByTransaction.set(this.#transactionId, [blockNr]);
     else list.push(blockNr);
@@ -515,20 +530,18 @@ export class TransactionManager implements BlockManager {
   }
 
   /**
-   * One more reference to a block, whether used or free: a block withdrawn from allocation for good
-   * (a bad metadata range, pool/bad-ranges.ts). A free block becomes used; a block freed by a
-   * transaction not yet durable leaves the pending list and never becomes free.
+   * Withdraws a block from allocation for good (a bad metadata range, pool/bad-ranges.ts, F-BAD-3):
+   * it keeps whatever it holds while in use, and once its count drops to 0 it is never counted
+   * free nor allocated again. Reference counts are not touched: a count above 1 means a shared
+   * node to the B+tree, which a bad sector must not fake. In memory only; the pool withholds its
+   * bad metadata blocks again at every open.
    */
-  holdBlock(blockNr: number): void {
-    this.#assertWritable();
+  withholdBlock(blockNr: number): void {
     this.#assertBlockNr(blockNr);
-    if (this.#counts[blockNr]! > 0) {
-      this.inc(blockNr);
-      return;
-    }
-    if (this.#pendingFlags[blockNr] === 1) {
+    const flag = this.#pendingFlags[blockNr];
+    if (flag === PENDING_WITHHELD) return;
+    if (flag === PENDING_FREE) {
       // Pending blocks are neither used nor counted free: take it out of its pending list.
-      this.#pendingFlags[blockNr] = 0;
       for (const [transactionId, blockNrs] of this.#pendingByTransaction) {
         const index = blockNrs.indexOf(blockNr);
         if (index < 0) continue;
@@ -536,10 +549,17 @@ export class TransactionManager implements BlockManager {
         if (blockNrs.length === 0) this.#pendingByTransaction.delete(transactionId);
         break;
       }
-      this.#freeBlocks += 1; // #setCount below takes it again
+    } else if (this.#counts[blockNr] === 0) {
+      this.#freeBlocks -= 1;
     }
-    this.#cache.delete(blockNr);
-    this.#setCount(blockNr, 1);
+    this.#pendingFlags[blockNr] = PENDING_WITHHELD;
+  }
+
+  /** Blocks withheld from allocation (withholdBlock). */
+  get withheldBlockCount(): number {
+    let count = 0;
+    for (const flag of this.#pendingFlags) if (flag === PENDING_WITHHELD) count += 1;
+    return count;
   }
 
   refCount(blockNr: number): number {
@@ -550,7 +570,7 @@ export class TransactionManager implements BlockManager {
   /** True when blockNr was freed by a transaction that is not durable yet. */
   isPendingFree(blockNr: number): boolean {
     this.#assertBlockNr(blockNr);
-    return this.#pendingFlags[blockNr] === 1;
+    return this.#pendingFlags[blockNr] === PENDING_FREE;
   }
 
   /**
@@ -730,8 +750,8 @@ export class TransactionManager implements BlockManager {
     for (const [transactionId, blockNrs] of this.#pendingByTransaction) {
       if (transactionId > horizon) continue;
       for (const blockNr of blockNrs) {
-        if (!(this.#pendingFlags[blockNr] === 1 && this.#counts[blockNr] === 0)) assert(false, `pending block ${blockNr} changed while pending`);
-        this.#pendingFlags[blockNr] = 0;
+        if (!(this.#pendingFlags[blockNr] === PENDING_FREE && this.#counts[blockNr] === 0)) assert(false, `pending block ${blockNr} changed while pending`);
+        this.#pendingFlags[blockNr] = PENDING_NONE;
         this.#freeBlocks += 1;
         if (blockNr < this.#allocationCursor) this.#allocationCursor = blockNr;
       }
@@ -815,8 +835,8 @@ export class TransactionManager implements BlockManager {
       this.#freeBlocks -= 1;
     } else if (count === 0) {
       this.#usedBlocks -= 1;
-      this.#freeBlocks += 1;
-      if (this.#pendingFlags[blockNr] === 0 && blockNr < this.#allocationCursor) this.#allocationCursor = blockNr;
+      if (this.#pendingFlags[blockNr] !== PENDING_WITHHELD) this.#freeBlocks += 1;
+      if (this.#pendingFlags[blockNr] === PENDING_NONE && blockNr < this.#allocationCursor) this.#allocationCursor = blockNr;
     }
   }
 
@@ -825,7 +845,7 @@ export class TransactionManager implements BlockManager {
     const pending = this.#pendingFlags;
     const blockCount = this.#metadataBlockCount;
     for (let blockNr = this.#allocationCursor; blockNr < blockCount; blockNr++) {
-      if (counts[blockNr] === 0 && pending[blockNr] === 0) {
+      if (counts[blockNr] === 0 && pending[blockNr] === PENDING_NONE) {
         this.#allocationCursor = blockNr + 1;
         return blockNr;
       }

@@ -55,9 +55,10 @@ export class MediaErrors {
    * Reads [offsetBytes, +target.length) of the data file, trying again when the medium refuses.
    * Returns the sector ranges that stay unreadable (empty: the read succeeded, all of target is
    * filled); the readable parts of target are filled either way. Throws what is not EIO.
+   * `failedAttempts`: tries the caller already made and saw fail with EIO.
    */
-  async read(target: Uint8Array, offsetBytes: number): Promise<SectorRange[]> {
-    for (let attempt = 1; ; attempt++) {
+  async read(target: Uint8Array, offsetBytes: number, failedAttempts = 0): Promise<SectorRange[]> {
+    for (let attempt = failedAttempts + 1; ; attempt++) {
       try {
         await this.#file.read(target, offsetBytes);
         if (attempt > 1) this.counters.readsRecovered += 1;

@@ -3,10 +3,11 @@
 // are never allocated again.
 //
 // md's rule (drivers/md/md.h, badblocks): it is only safe not to write a bad block once it is
-// recorded in the metadata. Here the record is also what keeps the block out of use: each range
-// holds one reference to the block it lies in, in that block's space map (the data space map for
-// data blocks, the metadata space map for metadata blocks), so the allocator never finds it free
-// and `thinbd check` counts the reference like any other. A range never crosses a block. A data
+// recorded in the metadata. Here the record is also what keeps the block out of use (F-BAD-3): a
+// data range holds one reference to its block in the data space map, so the allocator never finds
+// it free and `thinbd check` counts the reference like any other. A metadata range cannot do the
+// same (a count above 1 means a shared node to the B+tree, which would then copy its children):
+// its block is withheld from the metadata allocator instead, in memory, at every open. A range never crosses a block. A data
 // block can stay mapped while it holds a bad range (a read error on a block a snapshot shares has
 // no other copy to move from): reads of its other sectors go on, and the next write that covers
 // the bad sectors moves the block (pool/bad-blocks.ts).
@@ -159,6 +160,8 @@ export class BadRanges {
         throw new ThinError('THIN_CORRUPT_NODE', `Bad range of ${range.device} sectors [${range.beginSector}, ${range.endSector}) lies outside one block of the pool`);
       }
       range.block = block;
+      // Withholding is in memory only (F-BAD-3): a bad metadata block is withheld again at each open.
+      if (range.device === 'metadata') this.#parts.tm.withholdBlock(block);
       this.#add(range);
     }
   }
@@ -308,12 +311,12 @@ export class BadRanges {
 
   #hold(device: BadDevice, block: number): void {
     if (device === 'data') this.#parts.dataSpace.inc(block, 1);
-    else this.#parts.tm.holdBlock(block);
+    else this.#parts.tm.withholdBlock(block);
   }
 
+  /** A data range merged into another gives its reference back; a metadata block stays withheld. */
   #release(device: BadDevice, block: number): void {
     if (device === 'data') this.#parts.dataSpace.dec(block, 1);
-    else this.#parts.tm.dec(block);
   }
 
   #add(range: BadRange): void {

@@ -175,7 +175,7 @@ export class DataPath {
     } catch (error) {
       if (!isMediaError(error)) throw error;
     }
-    const unreadable = await this.media.read(target, offsetBytes);
+    const unreadable = await this.media.read(target, offsetBytes, 1);
     if (unreadable.length === 0) return;
     this.#host.recordBad(unreadable, BadRangeFlag.readError);
     throw unreadableError(what(), dataBlock, unreadable);

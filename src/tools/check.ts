@@ -13,8 +13,8 @@
 //   data space, below the data high-water mark, mapped block count as recorded;
 // - the bad-range tree: keys, values, each range inside one block and no overlap (F-BAD-1..4);
 // - reference counts of data blocks (one per distinct mapping leaf holding the block, one per bad
-//   range in it) and of metadata blocks (one per parent entry or owner, one per bad range of either
-//   copy) against the space maps: no leak, no block referenced but free, no miscount.
+//   range in it) and of metadata blocks (one per parent entry or owner) against the space maps: no
+//   leak, no block referenced but free, no miscount.
 //
 // It keeps going after a problem and names the place of each: a block number, a volume, a key or
 // block range. A node found corrupt is reported once and its subtree skipped. The work is a few
@@ -340,7 +340,7 @@ function checkVolumes(context: CheckContext): void {
 
 /**
  * The bad-range tree (F-BAD-1..4): every range inside one block of its device, none overlapping;
- * each holds one reference to its data block or logical metadata block (F-BAD-3).
+ * each data range holds one reference to its data block (F-BAD-3).
  */
 function checkBadRanges(context: CheckContext): void {
   const { checker, payload, tm } = context;
@@ -384,8 +384,8 @@ function checkBadRanges(context: CheckContext): void {
         checker.problem(where, `metadata sectors [${beginSector}, ${endSector}) lie in no copy of the metadata (F-BAD-1)`);
         return;
       }
+      // A metadata range holds no reference: its block is withheld from allocation in memory (F-BAD-3).
       context.stats.badRanges.metadata += 1;
-      context.walker.references.set(logical, context.walker.referenceCount(logical) + 1);
     },
     corrupt: (problem) => checker.problem(corruptWhere('bad-range tree', problem), problem.error.message),
   });
