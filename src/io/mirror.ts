@@ -66,6 +66,8 @@ export interface RedundantBlockFile extends BlockFile {
   readonly counters: MirrorCounters;
   /** Units (4 KiB) some copy of which is known bad now: the copies still to be rewritten. */
   readonly degradedUnits: number;
+  /** Those copies, each with its place and what was wrong. */
+  badCopies(): Array<{ offsetBytes: number; copyIndex: number; physicalOffsetBytes: number; reason: string }>;
   /**
    * Reads [offsetBytes, +target.length) (whole units) from the first copy that reads and passes
    * `validate` (undefined: valid; a string: what is wrong), unit by unit; rewrites the copies that
@@ -143,6 +145,8 @@ export class MirroredBlockFile implements RedundantBlockFile {
   readonly #files: BlockFile[];
   /** Unit index → bit mask of copies known bad. */
   readonly #bad = new Map<number, number>();
+  /** Unit index → copy index → what was wrong there, for the units in #bad. */
+  readonly #reasons = new Map<number, Map<number, string>>();
   /** Unit index → the repair write in flight there. */
   readonly #repairs = new Map<number, Promise<boolean>>();
 
@@ -186,6 +190,19 @@ export class MirroredBlockFile implements RedundantBlockFile {
 
   get degradedUnits(): number {
     return this.#bad.size;
+  }
+
+  /** The copies known bad and not rewritten since, with what was wrong (check lists them; scrub and repairs clear them). */
+  badCopies(): Array<{ offsetBytes: number; copyIndex: number; physicalOffsetBytes: number; reason: string }> {
+    const list: Array<{ offsetBytes: number; copyIndex: number; physicalOffsetBytes: number; reason: string }> = [];
+    for (const [unit, mask] of [...this.#bad].sort((a, b) => a[0] - b[0])) {
+      this.copies.forEach((copy, copyIndex) => {
+        if ((mask & (1 << copyIndex)) === 0) return;
+        const offsetBytes = unit * MIRROR_UNIT_BYTES;
+        list.push({ offsetBytes, copyIndex, physicalOffsetBytes: copy.offsetBytes + offsetBytes, reason: this.#reasons.get(unit)?.get(copyIndex) ?? 'bad' });
+      });
+    }
+    return list;
   }
 
   sizeBytes(): number {
@@ -446,7 +463,12 @@ export class MirroredBlockFile implements RedundantBlockFile {
     else this.counters.invalidCopies += 1;
     const beginUnit = Math.floor(offsetBytes / MIRROR_UNIT_BYTES);
     const endUnit = Math.ceil((offsetBytes + lengthBytes) / MIRROR_UNIT_BYTES);
-    for (let unit = beginUnit; unit < endUnit; unit++) this.#bad.set(unit, (this.#bad.get(unit) ?? 0) | (1 << copyIndex));
+    for (let unit = beginUnit; unit < endUnit; unit++) {
+      this.#bad.set(unit, (this.#bad.get(unit) ?? 0) | (1 << copyIndex));
+      const reasons = this.#reasons.get(unit) ?? new Map<number, string>();
+      reasons.set(copyIndex, reason);
+      this.#reasons.set(unit, reasons);
+    }
     const copy = this.copies[copyIndex]!;
     this.onBadCopy?.({
       copyIndex,
@@ -464,8 +486,11 @@ export class MirroredBlockFile implements RedundantBlockFile {
     const endUnit = Math.ceil((offsetBytes + lengthBytes) / MIRROR_UNIT_BYTES);
     for (let unit = beginUnit; unit < endUnit; unit++) {
       const mask = (this.#bad.get(unit) ?? 0) & ~(1 << copyIndex);
-      if (mask === 0) this.#bad.delete(unit);
-      else this.#bad.set(unit, mask);
+      this.#reasons.get(unit)?.delete(copyIndex);
+      if (mask === 0) {
+        this.#bad.delete(unit);
+        this.#reasons.delete(unit);
+      } else this.#bad.set(unit, mask);
     }
   }
 

@@ -31,6 +31,7 @@ import { readDeltaLog } from '../journal/replay.ts';
 import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FLAG_NO_METADATA_MIRROR, POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
 import { WHOLE_VOLUME_END } from './block-locks.ts';
 import { PoolCore } from './core.ts';
+import { scrubPool, type ScrubHost, type ScrubOptions, type ScrubReport } from './scrub.ts';
 import type { Device } from './devices.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, instrumentPoolFiles, openPoolDirectory, type PoolFiles } from './files.ts';
 import type { PoolStatus, VolumeInfo, VolumeUsage } from './reports.ts';
@@ -38,6 +39,7 @@ import { makeDeviceCodec, validatePayloadRoots, writtenBy } from './trees.ts';
 import { Volume } from './volume.ts';
 
 export type { PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCounters } from './reports.ts';
+export type { ScrubOptions, ScrubReport } from './scrub.ts';
 export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 
 export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog' | 'now' | 'faultRules'> {
@@ -400,6 +402,32 @@ export class Pool {
   async flush(): Promise<void> {
     this.#core.assertOpen();
     await this.#core.commits.flush();
+  }
+
+  /**
+   * Reads every metadata block in use (each copy, mending a bad one from the good) and every data
+   * block in use (recording sectors that stay unreadable as bad ranges), at a bounded rate, beside
+   * whatever else the pool is doing (pool/scrub.ts). What it records is durable on return.
+   */
+  async scrub(options: ScrubOptions = {}): Promise<ScrubReport> {
+    this.#core.assertOpen();
+    const core = this.#core;
+    const host: ScrubHost = {
+      tm: core.tm,
+      dataSpace: core.dataSpace,
+      blockSizeBytes: core.blockSizeBytes,
+      media: core.dataPath.media,
+      badRanges: core.badRanges,
+      recordBad: (ranges, flags) => core.recordBadData(ranges, flags),
+      get closed() {
+        return core.closed;
+      },
+    };
+    const report = await scrubPool(host, options);
+    await core.tm.mirror?.repairsSettled();
+    if (!core.closed && core.canCommit) await core.commits.flush();
+    report.badRanges = core.badRanges.count;
+    return report;
   }
 
   /** Folds the delta log into the trees now (a full commit); flush() is enough for durability. */

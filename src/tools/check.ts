@@ -187,6 +187,14 @@ function checkOpened(opened: ToolsOpen, options: CheckOptions): CheckReport {
     checkDataReferences(context);
     checkMetadataReferences(context);
   }
+  // A copy of a mirrored block that fails where the other is good loses nothing: a warning, named
+  // (docs/format.md F-MIR-2). The read-only mirror only reports it; scrub or a read-write open mends it.
+  for (const event of view?.tm.mirror?.badCopies() ?? []) {
+    checker.warnings.push({
+      where: `metadata block ${Math.floor(event.offsetBytes / METADATA_BLOCK_SIZE_BYTES)}, copy ${event.copyIndex} (byte ${event.physicalOffsetBytes} of the metadata file)`,
+      message: `${event.reason}; the other copy is good (\`thinbd scrub\` or a read-write open rewrites this one)`,
+    });
+  }
   checker.finish();
   return { ok: checker.problems.length === 0, problems: checker.problems, warnings: checker.warnings, stats };
 }

@@ -8,6 +8,7 @@ import { METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import { isThinError } from '../../src/errors.ts';
 import { FaultInjectingBlockFile, type FaultRule } from '../../src/io/fault-injection.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
+import { TransactionManager } from '../../src/pdata/index.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { checkPool } from '../../src/tools/check.ts';
 import { BLOCK, METADATA_BYTES, filled } from './helpers.ts';
@@ -288,3 +289,61 @@ describe('metadata kept in two copies', () => {
     assert.equal(copies.metadata.sizeBytes(), METADATA_BYTES, 'no mirror was added');
   });
 });
+
+describe('scrub', () => {
+  test('scrub mends every bad metadata copy, records unreadable data sectors durably, and a second scrub finds nothing new', async () => {
+    let faulty = await createFaulty(16);
+    const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+    for (let block = 0; block < 6; block++) await volume.write(block * BLOCK, filled(BLOCK, block + 1));
+    await faulty.pool.snapshot('v', 's');
+    await faulty.pool.close();
+    // Copy 1 of every used tree block gets a flipped bit (a read never looks there while copy 0 is good).
+    const image = faulty.raw.metadata.snapshot();
+    const { tm } = await TransactionManager.open(MemoryBlockFile.from(image, 'metadata'), { readOnly: true });
+    let flipped = 0;
+    for (let blockNr = 65; blockNr < 1024; blockNr++) {
+      const offset = METADATA_BYTES + blockNr * METADATA_BLOCK_SIZE_BYTES;
+      if (tm.refCount(blockNr) === 0) continue; // stale blocks of earlier generations are not read
+      image[offset + 200]! ^= 1;
+      flipped += 1;
+    }
+    assert.ok(flipped >= 3, `copies flipped: ${flipped}`);
+    const raw = { metadata: MemoryBlockFile.from(image, 'metadata'), data: MemoryBlockFile.from(faulty.raw.data.snapshot(), 'data') };
+    const probe = await Pool.openOn({ metadata: MemoryBlockFile.from(image, 'metadata'), data: MemoryBlockFile.from(raw.data.snapshot(), 'data') }, { readOnly: true });
+    const block = dataBlockOf(probe, 'v', 3)!;
+    await probe.close();
+    const bad = block * SECTORS_PER_BLOCK + 64;
+    const rules: FaultRule[] = [{ file: 'data', op: 'read', beginSector: bad, endSector: bad + 3 }];
+    faulty = { raw, faults: faulty.faults, pool: await Pool.openOn(faultyFiles(raw, rules)) };
+    const slept: number[] = [];
+    const report = await faulty.pool.scrub({ rateBytesPerSecond: 10 * 1024 * 1024, sleepMs: async (ms) => void slept.push(ms), nowMs: () => 0 });
+    assert.equal(report.metadata.copiesBad, flipped, 'every flipped copy is found');
+    assert.equal(report.metadata.copiesRewritten, flipped, 'and rewritten');
+    assert.deepEqual(report.metadata.blocksLost, []);
+    assert.deepEqual(report.data.unreadable, [{ dataBlock: block, beginSector: bad, endSector: bad + 3 }]);
+    assert.equal(report.data.blocksRead, 6, 'each data block once, though a snapshot shares them');
+    assert.ok(slept.length > 0, 'the rate paces the reads');
+    assert.equal(report.badRanges, 1);
+    // Durable: a reopen (files as they are now) knows the range, and both copies agree again.
+    await faulty.pool.close();
+    const after = raw.metadata.snapshot();
+    for (let blockNr = 65; blockNr < 1024; blockNr++) {
+      if (tm.refCount(blockNr) === 0) continue;
+      const first = after.subarray(blockNr * METADATA_BLOCK_SIZE_BYTES, (blockNr + 1) * METADATA_BLOCK_SIZE_BYTES);
+      const second = after.subarray(METADATA_BYTES + blockNr * METADATA_BLOCK_SIZE_BYTES, METADATA_BYTES + (blockNr + 1) * METADATA_BLOCK_SIZE_BYTES);
+      assert.ok(Buffer.from(first).equals(Buffer.from(second)), `block ${blockNr}: copies agree`);
+    }
+    const again = await Pool.openOn(faultyFiles({ metadata: MemoryBlockFile.from(after, 'metadata'), data: MemoryBlockFile.from(raw.data.snapshot(), 'data') }, rules));
+    const second = await again.scrub({ rateBytesPerSecond: 1e12 });
+    assert.equal(second.metadata.copiesBad, 0);
+    assert.deepEqual(second.data.unreadable, []);
+    assert.equal(second.data.blocksKnownBad, 1);
+    assert.equal(second.badRanges, 1);
+    await again.close();
+    await checkClean({ metadata: MemoryBlockFile.from(after, 'metadata'), data: raw.data });
+  });
+});
+
+function faultyFiles(raw: { metadata: MemoryBlockFile; data: MemoryBlockFile }, rules: FaultRule[]): FaultyPool['faults'] {
+  return faulty(raw, rules);
+}
