@@ -47,7 +47,7 @@ import {
 import { ThinError, assert, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { MirroredBlockFile, NoGoodCopyError, isRedundant, type BadCopyEvent, type RedundantBlockFile } from '../io/mirror.ts';
-import { BTREE_BLOCK_TYPES, Block, BlockType, blockProblem, checksumOf, initBlockHeader, sealBlock, validateBlock, type BlockExpectation } from './block.ts';
+import { BTREE_BLOCK_TYPES, Block, BlockHeader, BlockType, blockProblem, getU64, checksumOf, initBlockHeader, sealBlock, validateBlock, type BlockExpectation } from './block.ts';
 import { BTree } from './btree/btree.ts';
 import { TreeKind } from './btree/codec.ts';
 import type { BlockManager } from './block-manager.ts';
@@ -95,6 +95,31 @@ const PENDING_NONE = 0;
 const PENDING_FREE = 1;
 /** A block with a bad copy, never allocated again (withholdBlock, F-BAD-3). */
 const PENDING_WITHHELD = 2;
+
+/**
+ * Reads a block of mirrored metadata: the copy that passes the block checks and, when the recorded
+ * transaction is known, was written by it (a copy that missed a write is stale, F-MIR-2). When no
+ * copy is the recorded one but some copy passes the rest, that one is read and the caller names
+ * the stale block.
+ */
+function readFromCopies(file: RedundantBlockFile, bytes: Uint8Array, blockNr: number, expect: BlockExpectation, transactionId: number | undefined): void {
+  const offsetBytes = blockNr * METADATA_BLOCK_SIZE_BYTES;
+  if (transactionId === undefined || transactionId === 0) {
+    file.readValidatedSync(bytes, offsetBytes, (candidate) => blockProblem(candidate, expect));
+    return;
+  }
+  try {
+    file.readValidatedSync(bytes, offsetBytes, (candidate) => {
+      const problem = blockProblem(candidate, expect);
+      if (problem !== undefined) return problem;
+      const written = getU64(new DataView(candidate.buffer, candidate.byteOffset, candidate.byteLength), BlockHeader.transactionIdOffset);
+      return written === transactionId ? undefined : `written by transaction ${written}, not ${transactionId} as recorded (a lost write)`;
+    });
+  } catch (error) {
+    if (!(error instanceof NoGoodCopyError)) throw error;
+    file.readValidatedSync(bytes, offsetBytes, (candidate) => blockProblem(candidate, expect));
+  }
+}
 
 export class TransactionManager implements BlockManager {
   /** The metadata as read and written (through the mirror when there is one). */
@@ -228,7 +253,7 @@ export class TransactionManager implements BlockManager {
       readOnly: options.readOnly ?? false,
       cacheBlocksMax: options.cacheBlocksMax ?? METADATA_CACHE_BLOCKS_MAX,
     });
-    const spaceMapRoot = tm.read(fields.metadataSpaceMapRoot, BTREE_BLOCK_TYPES);
+    const spaceMapRoot = tm.read(fields.metadataSpaceMapRoot, BTREE_BLOCK_TYPES, fields.metadataSpaceMapRootTransactionId);
     if (spaceMapRoot.transactionId !== fields.metadataSpaceMapRootTransactionId) {
       throw new ThinError(
         'THIN_CORRUPT_BLOCK',
@@ -399,9 +424,11 @@ export class TransactionManager implements BlockManager {
   /**
    * A validated block, from memory or disk (readSync). The block must not be changed: use
    * shadow() for that. Throws THIN_CORRUPT_BLOCK when the block fails its checksum, type, own
-   * location, pool or transaction checks, or lies past the metadata.
+   * location, pool or transaction checks, or lies past the metadata. `transactionId`: the one its
+   * parent (or owner) records, when known: on mirrored metadata the copy written by it is chosen,
+   * so a write lost in one copy is served from the other (F-MIR-2); the caller still compares.
    */
-  read(blockNr: number, type: number | readonly number[]): Block {
+  read(blockNr: number, type: number | readonly number[], transactionId?: number): Block {
     if (!Number.isSafeInteger(blockNr) || blockNr < 0 || blockNr >= this.#metadataBlockCount) {
       throw new ThinError(
         'THIN_CORRUPT_BLOCK',
@@ -426,7 +453,7 @@ export class TransactionManager implements BlockManager {
     try {
       if (isRedundant(file)) {
         // The first copy that reads and validates; the others are rewritten from it (io/mirror.ts).
-        file.readValidatedSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES, (candidate) => blockProblem(candidate, expect));
+        readFromCopies(file, bytes, blockNr, expect, transactionId);
       } else {
         file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
       }

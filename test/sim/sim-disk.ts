@@ -486,11 +486,32 @@ class TraceWalker {
     this.#eventCount += 1;
   }
 
+  /**
+   * Whether every sector of a failed write was written again, by writes issued after it that are
+   * durable at eventCount: the medium then holds those, and the failed write can no longer land
+   * (a retry that succeeded, synced, is not undone by the attempt that failed before it).
+   */
+  #superseded(failed: SimWrite, eventCount: number): boolean {
+    const begin = failed.offsetBytes;
+    const end = failed.offsetBytes + failed.bytes.length;
+    const later = [...this.#writes.values()]
+      .filter((write) => write.disk === failed.disk && !write.failed && write.issueIndex > failed.issueIndex && write.durableIndex < eventCount)
+      .filter((write) => write.offsetBytes < end && write.offsetBytes + write.bytes.length > begin)
+      .sort((a, b) => a.offsetBytes - b.offsetBytes);
+    let covered = begin;
+    for (const write of later) {
+      if (write.offsetBytes > covered) return false;
+      covered = Math.max(covered, write.offsetBytes + write.bytes.length);
+      if (covered >= end) return true;
+    }
+    return covered >= end;
+  }
+
   point(): CrashPoint {
     const eventCount = this.#eventCount;
     const pending: SimWrite[] = [];
     for (const write of this.#writes.values()) {
-      if (write.issueIndex < eventCount && write.durableIndex >= eventCount) pending.push(write);
+      if (write.issueIndex < eventCount && write.durableIndex >= eventCount && !(write.failed && this.#superseded(write, eventCount))) pending.push(write);
     }
     const orderOf = (write: SimWrite): number => (write.doneIndex < eventCount ? write.doneIndex : Infinity);
     pending.sort((a, b) => orderOf(a) - orderOf(b) || a.issueIndex - b.issueIndex);
@@ -941,8 +962,9 @@ export class SimDisk implements BlockFile {
         disk: this,
         run: () => {
           if (writeFault) {
-            // A failed write may still have reached some sectors: it stays pending forever, so
-            // a crash keeps, drops or tears it; the process reads the old bytes.
+            // A failed write may still have reached some sectors: it stays pending until later
+            // writes of all its sectors are durable, so a crash keeps, drops or tears it; the
+            // process reads the old bytes.
             write.failed = true;
             write.doneIndex = this.#machine.recordEvent({ kind: 'write-done', disk: this.name, writeId: write.writeId, failed: true });
             this.counters.writeErrors += 1;
