@@ -6,6 +6,7 @@ import { snapshotBenchmark } from './snapshot.ts';
 import { snapshotPeersBenchmark } from './snapshot-peers.ts';
 import { toolsBenchmark } from './tools.ts';
 import { archiveBenchmark } from './archive.ts';
+import { remapBenchmark } from './remap.ts';
 import { SERVER_NAMES, machineDescription, peerBenchmark, workloads, writeBenchmarkSection, type ServerName } from './peers.ts';
 
 const args = process.argv.slice(2);
@@ -53,7 +54,7 @@ const names = args.filter((arg) => !arg.startsWith('-'));
 const flags = args.filter((arg) => arg.startsWith('-'));
 
 const peerKeys = workloads(1).map((workload) => workload.key);
-const standalone: Record<string, (flags: string[]) => Promise<void>> = { snapshot: snapshotBenchmark, 'snapshot-peers': snapshotPeersBenchmark, tools: toolsBenchmark, flush: flushBenchmark, archive: archiveBenchmark };
+const standalone: Record<string, (flags: string[]) => Promise<void>> = { snapshot: snapshotBenchmark, 'snapshot-peers': snapshotPeersBenchmark, tools: toolsBenchmark, flush: flushBenchmark, archive: archiveBenchmark, remap: remapBenchmark };
 const known = ['peers', ...peerKeys, ...Object.keys(standalone)];
 for (const name of names) {
   if (!known.includes(name)) {
