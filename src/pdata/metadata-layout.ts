@@ -23,8 +23,8 @@ export function mirroredMetadata(raw: BlockFile, mirrorOffsetBlocks: number, opt
 }
 
 /** The newest valid superblock copy's mirror offset among the copies found at `baseBlocks`, if any copy there validates. */
-function mirrorOffsetAt(raw: BlockFile, baseBlocks: number): { generation: number; mirrorOffsetBlocks: number } | undefined {
-  let newest: { generation: number; mirrorOffsetBlocks: number } | undefined;
+function mirrorOffsetAt(raw: BlockFile, baseBlocks: number): { generation: number; mirrorOffsetBlocks: number; metadataBlockCount: number } | undefined {
+  let newest: { generation: number; mirrorOffsetBlocks: number; metadataBlockCount: number } | undefined;
   SUPERBLOCK_BLOCK_NRS.forEach((blockNr, copyIndex) => {
     const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
     try {
@@ -35,7 +35,7 @@ function mirrorOffsetAt(raw: BlockFile, baseBlocks: number): { generation: numbe
     }
     const fields = decodeSuperblock(bytes, copyIndex).fields;
     if (fields !== undefined && (newest === undefined || fields.generation > newest.generation)) {
-      newest = { generation: fields.generation, mirrorOffsetBlocks: fields.mirrorOffsetBlocks };
+      newest = { generation: fields.generation, mirrorOffsetBlocks: fields.mirrorOffsetBlocks, metadataBlockCount: fields.metadataBlockCount };
     }
   });
   return newest;
@@ -47,7 +47,13 @@ function mirrorOffsetAt(raw: BlockFile, baseBlocks: number): { generation: numbe
  */
 export function probeMetadataLayout(raw: BlockFile, options: { readOnly?: boolean } = {}): MetadataLayout {
   const primary = mirrorOffsetAt(raw, 0);
-  if (primary !== undefined) return { file: mirroredMetadata(raw, primary.mirrorOffsetBlocks, options), mirrorOffsetBlocks: primary.mirrorOffsetBlocks };
+  if (primary !== undefined) {
+    // A file too short for the mirror it names (`metadata unpack` writes the first copy only; a
+    // copy cut at the first half) has no second copy to trust: read it plain; a read-write open
+    // then builds the mirror again (F-MIR-5).
+    if ((primary.mirrorOffsetBlocks + primary.metadataBlockCount) * METADATA_BLOCK_SIZE_BYTES > raw.sizeBytes()) return { file: raw, mirrorOffsetBlocks: 0 };
+    return { file: mirroredMetadata(raw, primary.mirrorOffsetBlocks, options), mirrorOffsetBlocks: primary.mirrorOffsetBlocks };
+  }
   // No first copy validates: a pool made here puts its mirror at half the file.
   const halfBlocks = Math.floor(raw.sizeBytes() / METADATA_BLOCK_SIZE_BYTES / 2);
   if (halfBlocks > 0) {
