@@ -135,7 +135,13 @@ test('fio verifies every byte over NBD while data sectors go bad under it, and e
   const human = thinbd(['pool', 'status', '--pool', pool]);
   assert.match(human.stdout, /data health: (degraded|failing) \(H-/);
   assert.match(human.stdout, /remapped blocks: \d+/);
-  const dataBadRanges = health.data.badRanges;
+  // A scrub of the live pool, through the control socket, beside the server's own I/O.
+  const live = thinbd(['scrub', '--pool', pool, '--rate', '1000', '--json']);
+  assert.equal(live.code, 0, live.stderr);
+  const liveReport = JSON.parse(live.stdout) as ScrubReport;
+  assert.deepEqual(liveReport.metadata.blocksLost, []);
+  assert.ok(liveReport.data.blocksRead > 0 && liveReport.metadata.blocksRead > 0);
+  const dataBadRanges = status().health.data.badRanges;
   t.diagnostic(
     `data: ${health.data.remaps.remaps} in-place writes remapped, ${health.data.remaps.targetsRefused} new blocks passed over, ` +
       `${health.data.badRanges} bad ranges (${health.data.badSectors} sectors), state ${health.data.state}; metadata: ` +
