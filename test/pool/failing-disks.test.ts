@@ -275,6 +275,32 @@ describe('metadata kept in two copies', () => {
     await checkClean(faulty.raw);
   });
 
+  test('metadata holding only its first copy (as metadata unpack writes it) gets its mirror back at the first read-write open', async () => {
+    const faulty = await createFaulty(16);
+    const volume = await faulty.pool.createVolume('v', { sizeBytes: 4 * BLOCK });
+    await volume.write(0, filled(2 * BLOCK, 3));
+    await faulty.pool.close();
+    const firstHalf = faulty.raw.metadata.snapshot().slice(0, METADATA_BYTES);
+    const raw = { metadata: MemoryBlockFile.from(firstHalf, 'metadata'), data: MemoryBlockFile.from(faulty.raw.data.snapshot(), 'data') };
+    const pool = await Pool.openOn(raw);
+    assert.equal(pool.status().health.metadata.copies, 2);
+    const back = new Uint8Array(2 * BLOCK);
+    await pool.volume('v').read(0, back);
+    assert.deepEqual(back, filled(2 * BLOCK, 3));
+    await pool.close();
+    const image = raw.metadata.snapshot();
+    assert.equal(image.length, 2 * METADATA_BYTES, 'the file holds both copies');
+    const { tm } = await TransactionManager.open(MemoryBlockFile.from(image, 'metadata'), { readOnly: true });
+    for (let blockNr = 0; blockNr < METADATA_BLOCKS; blockNr++) {
+      if (tm.refCount(blockNr) === 0) continue;
+      const offset = blockNr * METADATA_BLOCK_SIZE_BYTES;
+      const first = image.subarray(offset, offset + METADATA_BLOCK_SIZE_BYTES);
+      const second = image.subarray(METADATA_BYTES + offset, METADATA_BYTES + offset + METADATA_BLOCK_SIZE_BYTES);
+      assert.ok(Buffer.from(first).equals(Buffer.from(second)), `block ${blockNr} is in both copies`);
+    }
+    await checkClean(raw);
+  });
+
   test('a pool made without a mirror stays without one and says so', async () => {
     const raw = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
     const pool = await Pool.createOn(raw, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, metadataMirror: false });
