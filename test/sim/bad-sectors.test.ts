@@ -5,8 +5,9 @@
 //   - data: whole free data blocks, so any write there is refused and moved to another block;
 //   - metadata: runs of 1..8 sectors of either copy of metadata blocks in use or soon used
 //     (superblock copies, delta-log slots, tree nodes), never both copies of one block;
-// and, for the workload's run only, one data block in use refuses writes (in-place writes are
-// remapped off it: new block, old bytes around the write, durable before the write is acknowledged).
+// and, in most campaigns, for the workload's run only, every data block in use refuses writes
+// (in-place writes are remapped: new block, old bytes around the write, durable before the write
+// is acknowledged).
 // Then every crash point is recovered in several crash images, on the same failing disks, and
 // the recovered pool must open, hold every acknowledged write and nothing never written
 // (pool-model.ts), check clean, map no volume block onto a dead data block, and stay usable.
@@ -49,8 +50,8 @@ const METADATA_CANDIDATES = [...SUPERBLOCK_BLOCK_NRS, ...Array.from({ length: 16
 interface Defects {
   deadDataBlocks: number[];
   metadataRanges: Array<{ beginSector: number; sectorCount: number }>;
-  /** A data block in use that refuses writes while the workload runs (not after a crash). */
-  writeRefusingBlock: number | undefined;
+  /** Data blocks in use that refuse writes while the workload runs (not after a crash): in-place writes there are remapped. */
+  writeRefusingBlocks: number[];
   sectors: { data: number; metadata: number };
 }
 
@@ -86,11 +87,11 @@ function defectsOf(seed: number, used: ReadonlySet<number>): Defects {
     metadataRanges.push({ beginSector: copyOffset + blockNr * SECTORS_PER_METADATA_BLOCK + first, sectorCount });
   }
   const usedList = [...used].sort((a, b) => a - b);
-  const writeRefusingBlock = usedList.length > 0 && rng.chance(0.7) ? rng.pick(usedList) : undefined;
+  const writeRefusingBlocks = rng.chance(0.7) ? usedList : [];
   return {
     deadDataBlocks,
     metadataRanges,
-    writeRefusingBlock,
+    writeRefusingBlocks,
     sectors: { data: deadDataBlocks.length * BLOCK_SIZE_SECTORS, metadata: metadataRanges.reduce((total, range) => total + range.sectorCount, 0) },
   };
 }
@@ -108,7 +109,7 @@ async function runCampaign(seed: number, bases: readonly Base[], usedByBase: Rea
   const description =
     `${base.name}: ${record.ops.map(describeOp).join('; ')}; dead data blocks ${defects.deadDataBlocks.join(', ')}; ` +
     `dead metadata sectors ${defects.metadataRanges.map((range) => `${range.beginSector}+${range.sectorCount}`).join(', ')}; ` +
-    `block refusing writes ${defects.writeRefusingBlock ?? 'none'}`;
+    `blocks refusing writes ${defects.writeRefusingBlocks.join(', ') || 'none'}`;
   const result = await runCrashCampaign({
     seed,
     name: description,
@@ -116,8 +117,8 @@ async function runCampaign(seed: number, bases: readonly Base[], usedByBase: Rea
     budget: VARIANTS_PER_POINT,
     setup: async (machine) => applyDefects(machine, defects),
     workload: async (machine) => {
-      if (defects.writeRefusingBlock !== undefined) {
-        const beginBytes = defects.writeRefusingBlock * BLOCK_SIZE_BYTES;
+      for (const block of defects.writeRefusingBlocks) {
+        const beginBytes = block * BLOCK_SIZE_BYTES;
         machine.disk('data').failWrites({ beginBytes, endBytes: beginBytes + BLOCK_SIZE_BYTES }, { persistent: true });
       }
       const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
