@@ -7,6 +7,7 @@ import { snapshotPeersBenchmark } from './snapshot-peers.ts';
 import { toolsBenchmark } from './tools.ts';
 import { archiveBenchmark } from './archive.ts';
 import { tlsBenchmark } from './tls.ts';
+import { remapBenchmark } from './remap.ts';
 import { SERVER_NAMES, machineDescription, peerBenchmark, workloads, writeBenchmarkSection, type ServerName } from './peers.ts';
 
 const args = process.argv.slice(2);
@@ -60,6 +61,7 @@ const standalone: Record<string, (flags: string[]) => Promise<void>> = {
   tools: toolsBenchmark,
   flush: flushBenchmark,
   archive: archiveBenchmark,
+  remap: remapBenchmark,
   tls: (flags) => tlsBenchmark(flags, { rounds, runtimeSeconds, writeDoc }),
 };
 const known = ['peers', ...peerKeys, ...Object.keys(standalone)];

@@ -153,9 +153,12 @@ export const METADATA_BLOCK_HEADER_BYTES = 32;
 /**
  * On-disk format version written in every superblock copy; open refuses others (THIN_FORMAT).
  * Version 2 reserves the delta log's ring (DELTA_LOG_FIRST_BLOCK_NR ..): in version 1 pools those
- * blocks may hold tree nodes.
+ * blocks may hold tree nodes. Version 3 names the metadata mirror in the superblock and holds bad
+ * ranges in the pool's payload (docs/format.md "Metadata mirror", "Bad ranges").
  */
-export const METADATA_FORMAT_VERSION = 2;
+export const METADATA_FORMAT_VERSION = 3;
+/** Versions open reads: a version 2 pool is upgraded (its mirror written) by its first read-write open. */
+export const METADATA_FORMAT_VERSIONS_READ: readonly number[] = [2, 3];
 
 /**
  * Metadata block numbers of the superblock copies: far apart (256 KiB, 4 MiB, 64 MiB) because
@@ -226,6 +229,33 @@ export const DATA_HIGH_WATER_MARK_STEP_BLOCKS = 1024;
  * while the operator is told to grow the pool, small enough not to waste a large pool.
  */
 export const DATA_BLOCKS_RESERVED_MAX = 256;
+
+// ---- failing disks (src/pool/bad-blocks.ts, remap.ts, health.ts) ----
+
+/**
+ * Tries of a data read the medium refuses before its sectors are declared unreadable: drives retry
+ * internally for seconds already, so a few more tries catch a transient error without stalling a
+ * request for long.
+ */
+export const READ_ATTEMPTS_MAX = 3;
+/**
+ * Blocks a write refused by the medium is tried on before the request fails: a second bad block
+ * in a row is already rare; four in a row means the device fails every write.
+ */
+export const REMAP_TARGETS_MAX = 4;
+/**
+ * Bad ranges at which a device is reported failing rather than degraded: after its first
+ * reallocations a drive is many times likelier to die soon (Pinheiro et al., FAST'07), and this
+ * many says the failures are not isolated.
+ */
+export const HEALTH_BAD_RANGES_FAILING_MIN = 64;
+/** A device whose p99 latency exceeds this (over at least HEALTH_LATENCY_SAMPLES_MIN operations) is degraded: a drive retrying reads internally. */
+export const HEALTH_LATENCY_P99_MS_DEGRADED = 1000;
+export const HEALTH_LATENCY_SAMPLES_MIN = 100;
+/** Default scrub rate (thinbd scrub --rate): a background read that leaves most of a disk to the clients. */
+export const SCRUB_RATE_BYTES_PER_SECOND_DEFAULT = 64 * 1024 * 1024;
+/** Bytes a scrub reads at a time: large reads, small stalls between them. */
+export const SCRUB_CHUNK_BYTES = 1024 * 1024;
 
 // thinbd serve.
 /** Default NBD address: the IANA port, loopback only (exposing disks is the operator's choice). */

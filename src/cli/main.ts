@@ -5,7 +5,7 @@ import { consoleReporter, describeFailure, exitCodes, type CommandResult, type R
 import { registerPoolCommands } from './commands/pool.ts';
 import { registerVolumeCommands } from './commands/volumes.ts';
 import { registerTransferCommands } from './commands/transfer.ts';
-import { registerCheckCommand } from './commands/check.ts';
+import { registerCheckCommand, registerScrubCommand } from './commands/check.ts';
 import { registerServeCommands } from './commands/serve.ts';
 import { registerToolCommands } from './commands/tools.ts';
 import { registerArchiveCommands } from './commands/archive.ts';
@@ -29,6 +29,7 @@ export function buildProgram(reporter: Reporter, result: CommandResult = { exitC
   registerVolumeCommands(program, reporter);
   registerTransferCommands(program, reporter);
   registerCheckCommand(program, reporter, result);
+  registerScrubCommand(program, reporter, result);
   registerServeCommands(program, reporter);
   registerToolCommands(program, reporter);
   registerArchiveCommands(program, reporter);

@@ -25,7 +25,7 @@ export function controlSocketPath(poolDir: string): string {
   return join(poolDir, CONTROL_SOCKET_NAME);
 }
 
-const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status', 'check', 'pinGeneration'] as const;
+const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status', 'check', 'pinGeneration', 'scrub'] as const;
 type Method = (typeof methods)[number];
 
 export class ControlServer {
@@ -197,6 +197,7 @@ class RemotePoolService implements PoolService {
   listVolumes: PoolService['listVolumes'] = () => this.#call('listVolumes');
   status: PoolService['status'] = () => this.#call('status');
   check: PoolService['check'] = () => this.#call('check');
+  scrub: PoolService['scrub'] = (request) => this.#call('scrub', request ?? {});
   pinGeneration: PoolService['pinGeneration'] = () => this.#call('pinGeneration');
 
   async close(): Promise<void> {

@@ -18,6 +18,7 @@ import { MetricsServer, lowWater } from './metrics.ts';
 import type { LogSink } from '../util/log.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
 import { FileBlockFile } from '../io/file.ts';
+import type { FaultRule } from '../io/fault-injection.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 
 export interface ServeOptions {
@@ -37,6 +38,8 @@ export interface ServeOptions {
   tls?: NbdTls;
   /** Serve Prometheus metrics over HTTP here (metrics.ts); port 0 picks a free one. */
   metrics?: { host: string; port: number };
+  /** Fault injection on the pool's files (`thinbd serve --inject`, io/fault-injection.ts): drills and tests. */
+  faultRules?: readonly FaultRule[];
   log?: LogSink;
 }
 
@@ -74,7 +77,7 @@ export class PoolServer {
   }
 
   static async start(options: ServeOptions): Promise<PoolServer> {
-    const pool = await Pool.open(options.poolDir, { readOnly: Boolean(options.readOnly) });
+    const pool = await Pool.open(options.poolDir, { readOnly: Boolean(options.readOnly), ...(options.faultRules !== undefined ? { faultRules: options.faultRules } : {}) });
     try {
       const chosen = options.exports === undefined ? undefined : new Set(options.exports);
       if (chosen !== undefined) {

@@ -1,7 +1,7 @@
 // The operations the CLI performs on a pool, behind one interface with two implementations:
 // LocalPoolService runs them on a Pool this process opened (or, inside `thinbd serve`, on the
 // live pool the server owns); the control socket's client runs them remotely on a live pool.
-import type { PinnedGeneration, Pool } from '../pool/pool.ts';
+import type { PinnedGeneration, Pool, ScrubReport } from '../pool/pool.ts';
 import { listVolumes, type VolumeListing } from '../tools/list.ts';
 import type { CheckReport } from '../tools/check.ts';
 import { ThinError } from '../errors.ts';
@@ -46,6 +46,11 @@ export interface ServiceSession {
   onClose(release: () => void): void;
 }
 
+export interface ScrubRequest {
+  /** Bytes per second at most; default SCRUB_RATE_BYTES_PER_SECOND_DEFAULT. */
+  rateBytesPerSecond?: number;
+}
+
 export interface PoolService {
   createVolume(request: CreateVolumeRequest): Promise<{ id: number }>;
   snapshot(request: SnapshotRequest): Promise<{ id: number }>;
@@ -54,6 +59,8 @@ export interface PoolService {
   listVolumes(): Promise<VolumeListing[]>;
   status(): Promise<ReturnType<Pool['status']>>;
   check(): Promise<CheckReport>;
+  /** Reads and verifies everything the pool holds at a bounded rate, mending metadata copies (Pool.scrub). */
+  scrub(request?: ScrubRequest): Promise<ScrubReport>;
   /**
    * Rolls the delta log up and pins the committed generation for a reader (F-TX-8) until the
    * session ends (the control connection closes; for an in-process caller, the service closes).
@@ -138,6 +145,15 @@ export class LocalPoolService implements PoolService {
       superblockBase64: Buffer.from(pinned.superblock).toString('base64'),
       superblockSlots: pinned.superblockSlots.map(({ blockNr, bytes }) => ({ blockNr, bytesBase64: Buffer.from(bytes).toString('base64') })),
     };
+  }
+
+  async scrub(request: ScrubRequest = {}): Promise<ScrubReport> {
+    // Comes from the control socket too: checked, not trusted.
+    const rate = request.rateBytesPerSecond;
+    if (rate !== undefined && !(typeof rate === 'number' && Number.isFinite(rate) && rate > 0)) {
+      throw new ThinError('THIN_INVALID', `A scrub rate of ${JSON.stringify(rate)} bytes per second is not a positive number`);
+    }
+    return this.pool.scrub(rate === undefined ? {} : { rateBytesPerSecond: rate });
   }
 
   async check(): Promise<CheckReport> {

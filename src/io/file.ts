@@ -12,15 +12,20 @@
 // Files are opened 'r+', never with O_APPEND: Linux ignores the position of pwrite on files
 // opened O_APPEND, which would append every block to the end.
 //
-// Fail-stop: after a write or a sync fails, the kernel may already have dropped the dirty
-// pages it could not write back, and a later fdatasync can succeed although the data never
-// reached the disk (docs/fault-model.md section 3; PostgreSQL's fsync incident). So once a write or a
-// sync has failed, every later sync fails too: nothing written through this file can be called
-// durable again until the file is reopened and what is on disk is read back.
+// Fail-stop: after a sync fails, the kernel may already have dropped the dirty pages it could
+// not write back, and a later fdatasync can succeed although the data never reached the disk
+// (docs/fault-model.md section 3; PostgreSQL's fsync incident). So once a sync has failed, every
+// later sync fails too: nothing written through this file can be called durable again until the
+// file is reopened and what is on disk is read back. A write that fails with anything but EIO
+// does the same. A write refused with EIO is the medium refusing that range: it dropped no other
+// dirty page (writeback errors reach the next fdatasync through the file's error sequence, not a
+// later write), so the pool may work around the range (pool/bad-blocks.ts) and later syncs still
+// mean what they say.
 import fs from 'node:fs';
 import koffi from 'koffi';
 import type { BlockFile, SyncOptions } from './block-file.ts';
 import { ThinError, assert } from '../errors.ts';
+import { isMediaError } from './media-error.ts';
 import { PRIVATE_FILE_MODE } from './private.ts';
 
 export interface FileOpenOptions {
@@ -38,7 +43,7 @@ export class FileBlockFile implements BlockFile {
   #fd: number;
   #sizeBytes: number;
   #closed = false;
-  /** The first write or sync failure; once set, sync() refuses (see the module comment). */
+  /** The first sync failure (or write failure other than EIO); once set, sync() refuses (see the module comment). */
   #failure: ThinError | undefined;
   /** Data writes run on the main thread (see #writeHere); block devices keep the thread pool. */
   #mainThreadWrites: boolean;
@@ -187,7 +192,7 @@ export class FileBlockFile implements BlockFile {
             fs.write(this.#fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes, done),
           );
         } catch (error) {
-          throw this.#fail(this.#ioError('write', source.length, offsetBytes, error));
+          throw this.#failUnlessMedia(this.#ioError('write', source.length, offsetBytes, error));
         }
         if (writtenBytes === 0) throw this.#deviceEnded(source, offsetBytes, doneBytes);
         doneBytes += writtenBytes;
@@ -341,7 +346,7 @@ export class FileBlockFile implements BlockFile {
         try {
           writtenBytes = fs.writeSync(this.#fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes);
         } catch (error) {
-          throw this.#fail(this.#ioError('write', source.length, offsetBytes, error));
+          throw this.#failUnlessMedia(this.#ioError('write', source.length, offsetBytes, error));
         }
         if (writtenBytes === 0) throw this.#deviceEnded(source, offsetBytes, doneBytes);
         doneBytes += writtenBytes;
@@ -382,6 +387,11 @@ export class FileBlockFile implements BlockFile {
   #fail(error: ThinError): ThinError {
     if (this.#failure === undefined) this.#failure = error;
     return error;
+  }
+
+  /** A write refused with EIO names its range only (see the module comment); any other write failure is fail-stop. */
+  #failUnlessMedia(error: ThinError): ThinError {
+    return isMediaError(error) ? error : this.#fail(error);
   }
 
   #ioError(verb: 'read' | 'write', lengthBytes: number, offsetBytes: number, cause: unknown): ThinError {

@@ -17,7 +17,8 @@
 //
 // Only mapping changes are logged: map (a run of new blocks), unmap (a discard) and remap (one
 // copy-on-write, logged as one entry so that replay never shows the block unmapped between its
-// unmap and its new mapping). Everything else (create, snapshot, remove, resize, a raised data
+// unmap and its new mapping), and bad ranges (sectors that failed: a remap of a failing block is
+// persisted by one record holding both, docs/format.md "Bad ranges"). Everything else (create, snapshot, remove, resize, a raised data
 // high-water mark) forces a rollup: these are rare, and a record for them would be as large as
 // the commit it replaces.
 import {
@@ -72,6 +73,11 @@ export const DeltaLogEntryKind = {
   unmap: 2,
   /** Virtual block virtualBlock moves from oldDataBlock to dataBlock (a copy-on-write); lengthBlocks 1. */
   remap: 3,
+  /**
+   * Sectors are bad (pool/bad-ranges.ts): virtualBlock holds the bad-range key (device × 2^48 +
+   * first sector), lengthBlocks the sector count, dataBlock the flags; volumeId and oldDataBlock 0.
+   */
+  badRange: 4,
 } as const;
 export type DeltaLogEntryKindValue = (typeof DeltaLogEntryKind)[keyof typeof DeltaLogEntryKind];
 
@@ -189,7 +195,7 @@ export class DeltaLog {
     if (
       last !== undefined &&
       last.kind === entry.kind &&
-      entry.kind !== DeltaLogEntryKind.remap &&
+      (entry.kind === DeltaLogEntryKind.map || entry.kind === DeltaLogEntryKind.unmap) &&
       last.volumeId === entry.volumeId &&
       last.virtualBlock + last.lengthBlocks === entry.virtualBlock &&
       (entry.kind === DeltaLogEntryKind.unmap || last.dataBlock + last.lengthBlocks === entry.dataBlock) &&

@@ -14,6 +14,8 @@
 import { DELTA_LOG_BLOCK_COUNT, DELTA_LOG_FIRST_BLOCK_NR, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
+import { isMediaError } from '../io/media-error.ts';
+import { isRedundant, type RedundantBlockFile } from '../io/mirror.ts';
 import { Block, BlockType, blockProblem, checksumOf } from '../pdata/index.ts';
 import {
   DELTA_LOG_ENTRIES_PER_RECORD,
@@ -79,6 +81,10 @@ export function decodeRecord(bytes: Uint8Array, expect: DecodeRecordExpectation)
     if (entry.kind === DeltaLogEntryKind.remap && entry.lengthBlocks !== 1) return `entry ${entryIndex} remaps ${entry.lengthBlocks} blocks`;
     if (entry.kind !== DeltaLogEntryKind.remap && entry.oldDataBlock !== 0) return `entry ${entryIndex} is malformed`;
     if (entry.kind === DeltaLogEntryKind.unmap && entry.dataBlock !== 0) return `entry ${entryIndex} is malformed`;
+    // A bad range: no volume, flags 1..7 naming a read or a write error (F-LOG-3, F-BAD-2).
+    if (entry.kind === DeltaLogEntryKind.badRange && (entry.volumeId !== 0 || entry.dataBlock < 1 || entry.dataBlock > 7 || (entry.dataBlock & 3) === 0)) {
+      return `entry ${entryIndex} is malformed`;
+    }
     entries.push(entry);
   }
   return { index: expect.index, sequence, time, entries };
@@ -102,13 +108,16 @@ export async function readDeltaLog(file: BlockFile, options: { poolId: bigint; b
   while (position.nextIndex < DELTA_LOG_BLOCK_COUNT) {
     const index = position.nextIndex;
     const bytes = ring.subarray(index * METADATA_BLOCK_SIZE_BYTES, (index + 1) * METADATA_BLOCK_SIZE_BYTES);
-    const decoded = decodeRecord(bytes, {
+    const expect: DecodeRecordExpectation = {
       index,
       poolId: options.poolId,
       baseGeneration: options.baseGeneration,
       sequence: position.nextSequence,
       previousChecksum: position.previousChecksum,
-    });
+    };
+    let decoded = decodeRecord(bytes, expect);
+    // A mirrored log: the record the chain expects may be whole in another copy (a rotten or torn sector in this one).
+    if (typeof decoded === 'string' && isRedundant(file)) decoded = decodeFromCopies(file, bytes, expect) ?? decoded;
     if (typeof decoded === 'string') {
       stoppedAt = `slot ${index} (metadata block ${deltaLogBlockNr(index)}): ${decoded}`;
       break;
@@ -122,4 +131,32 @@ export async function readDeltaLog(file: BlockFile, options: { poolId: bigint; b
     };
   }
   return { records, position, stoppedAt };
+}
+
+/**
+ * Tries each copy of a mirrored ring slot (F-MIR-4); the first that decodes as the expected record is
+ * copied into `bytes` and the others are rewritten from it. undefined when none does.
+ */
+function decodeFromCopies(file: RedundantBlockFile, bytes: Uint8Array, expect: DecodeRecordExpectation): DeltaLogRecord | undefined {
+  const offsetBytes = deltaLogBlockNr(expect.index) * METADATA_BLOCK_SIZE_BYTES;
+  const copies: Uint8Array[] = [];
+  for (let copyIndex = 0; copyIndex < file.copyCount; copyIndex++) {
+    const copy = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    try {
+      file.readCopySync(copyIndex, copy, offsetBytes);
+    } catch (error) {
+      if (!isMediaError(error)) throw error;
+    }
+    copies.push(copy);
+  }
+  for (const [copyIndex, copy] of copies.entries()) {
+    const decoded = decodeRecord(copy, expect);
+    if (typeof decoded === 'string') continue;
+    bytes.set(copy);
+    copies.forEach((other, otherIndex) => {
+      if (otherIndex !== copyIndex && !Buffer.from(other).equals(copy)) void file.repairCopy(otherIndex, copy, offsetBytes);
+    });
+    return decoded;
+  }
+  return undefined;
 }

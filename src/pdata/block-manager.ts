@@ -29,8 +29,11 @@ export interface BlockManager {
   /** Root of the metadata space map tree as of the last seal. */
   readonly metadataSpaceMapRoot: number;
 
-  /** A validated block of one of the given types (THIN_CORRUPT_BLOCK, THIN_IO). */
-  read(blockNr: number, type: number | readonly number[]): Block;
+  /**
+   * A validated block of one of the given types (THIN_CORRUPT_BLOCK, THIN_IO). `transactionId`:
+   * the transaction its parent or owner records, when known (a mirror then prefers that copy).
+   */
+  read(blockNr: number, type: number | readonly number[], transactionId?: number): Block;
   /** A new zeroed block with count 1, writable in the open transaction. */
   allocate(type: number): Block;
   /**

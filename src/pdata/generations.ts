@@ -3,7 +3,7 @@
 // that does not validate, every generation passed over and every generation a misplaced copy
 // proves was written, reported instead of silently skipped. The transaction manager opens each
 // candidate (openGeneration); this module decides which one stands.
-import { METADATA_FORMAT_VERSION } from '../constants.ts';
+import { METADATA_FORMAT_VERSIONS_READ } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import type { BlockManager } from './block-manager.ts';
@@ -47,6 +47,12 @@ export interface OpenReport {
 
 export interface OpenOptions {
   readOnly?: boolean;
+  /**
+   * Rewrite a bad copy of a mirrored block from the good one as it is met (default: unless
+   * readOnly). The pool opens its metadata writable even when it serves read-only (replay changes
+   * the trees in memory) and passes false then.
+   */
+  repairMetadata?: boolean;
   /** Only copies of this pool are accepted; by default the pool most copies name. */
   poolId?: bigint;
   cacheBlocksMax?: number;
@@ -75,7 +81,9 @@ export async function openNewestGeneration<T extends BlockManager>(
   const copyReports: SuperblockCopyReport[] = copies.map((copy) => ({
     copyIndex: copy.copyIndex,
     blockNr: copy.blockNr,
-    ...(copy.fields !== undefined ? { generation: copy.fields.generation } : { problem: copy.problem ?? 'invalid' }),
+    ...(copy.fields !== undefined
+      ? { generation: copy.fields.generation, ...(copy.mirrorProblem !== undefined ? { problem: copy.mirrorProblem } : {}) }
+      : { problem: copy.problem ?? 'invalid' }),
   }));
   // Both copies of a pair are written by every commit of that parity; a valid copy older than its
   // partner missed a write (lost, misdirected, or a cut between the two): valid, but report it.
@@ -91,12 +99,12 @@ export async function openNewestGeneration<T extends BlockManager>(
   const newestGenerationSeen = Math.max(candidates[0]?.generation ?? 0, ...lost.map((entry) => entry.generation));
   const rejected: Array<{ generation: number; problem: string }> = [];
   for (const candidate of candidates) {
-    if (candidate.formatVersion !== METADATA_FORMAT_VERSION) {
+    if (!METADATA_FORMAT_VERSIONS_READ.includes(candidate.formatVersion)) {
       // Never roll back past a generation written by another version: refuse instead.
       throw new ThinError(
         'THIN_FORMAT',
         `Metadata generation ${candidate.generation} on ${file.description} has format version ${candidate.formatVersion}; ` +
-          `this build reads version ${METADATA_FORMAT_VERSION}`,
+          `this build reads versions ${METADATA_FORMAT_VERSIONS_READ.join(' and ')}`,
       );
     }
     try {

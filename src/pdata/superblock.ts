@@ -8,6 +8,7 @@
 // names its own block, its copy index, the pool and the generation, under the checksum, so a
 // misdirected or stale copy is recognized instead of trusted.
 import {
+  METADATA_BLOCK_COUNT_MAX,
   METADATA_BLOCK_HEADER_BYTES,
   METADATA_BLOCK_SIZE_BYTES,
   METADATA_FORMAT_VERSION,
@@ -16,6 +17,8 @@ import {
 } from '../constants.ts';
 import { assert } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
+import { isMediaError } from '../io/media-error.ts';
+import { isRedundant, type RedundantBlockFile } from '../io/mirror.ts';
 import { Block, BlockHeader, BlockType, blockProblem, checksumOf, getU64, sealBlock, setU64 } from './block.ts';
 
 /** "THNB" read as a little-endian u32. */
@@ -32,11 +35,12 @@ export const SuperblockLayout = {
   payloadLengthOffset: METADATA_BLOCK_HEADER_BYTES + 40, // u32
   reservedOffset: METADATA_BLOCK_HEADER_BYTES + 44, // u32, zero
   metadataSpaceMapRootTransactionIdOffset: METADATA_BLOCK_HEADER_BYTES + 48, // u64
-  reserved2Offset: METADATA_BLOCK_HEADER_BYTES + 56, // 40 bytes, zero
+  mirrorOffsetBlocksOffset: METADATA_BLOCK_HEADER_BYTES + 56, // u64, 0: no mirror (format 3; zero in format 2)
+  reserved2Offset: METADATA_BLOCK_HEADER_BYTES + 64, // 32 bytes, zero
   payloadOffset: 128,
 } as const;
 
-assert(SuperblockLayout.reserved2Offset + 40 === SuperblockLayout.payloadOffset, 'superblock fields must end where the payload starts');
+assert(SuperblockLayout.reserved2Offset + 32 === SuperblockLayout.payloadOffset, 'superblock fields must end where the payload starts');
 assert(SuperblockLayout.payloadOffset + SUPERBLOCK_PAYLOAD_BYTES_MAX === METADATA_BLOCK_SIZE_BYTES, 'superblock payload must fill the block');
 assert(SUPERBLOCK_BLOCK_NRS.length === 4, 'two pairs of superblock copies');
 
@@ -47,6 +51,11 @@ export interface SuperblockFields {
   metadataSpaceMapRoot: number;
   /** The transaction that wrote the space map's root: a stale root is detected (F-SB-4). */
   metadataSpaceMapRootTransactionId: number;
+  /**
+   * Where the metadata's second copy begins, in blocks of the metadata file: block n's mirror is
+   * block mirrorOffsetBlocks + n (F-SB-11, docs/format.md "Metadata mirror"); 0 when there is none.
+   */
+  mirrorOffsetBlocks: number;
   payload: Uint8Array;
 }
 
@@ -57,6 +66,8 @@ export interface SuperblockCopy {
   fields?: SuperblockFields & { formatVersion: number };
   /** What is wrong with the copy, when fields is unset. */
   problem?: string;
+  /** On a mirrored file: what was wrong with another place of this copy (it was rewritten). */
+  mirrorProblem?: string;
   /**
    * Set when the block at this place is not a usable copy here yet is a checksum-valid superblock
    * (misplaced, of another copy index, with a bad field, or of another pool): the pool and
@@ -86,6 +97,7 @@ export function encodeSuperblock(fields: SuperblockFields, copyIndex: number): U
   setU64(view, SuperblockLayout.metadataSpaceMapRootOffset, fields.metadataSpaceMapRoot);
   view.setUint32(SuperblockLayout.payloadLengthOffset, fields.payload.length, true);
   setU64(view, SuperblockLayout.metadataSpaceMapRootTransactionIdOffset, fields.metadataSpaceMapRootTransactionId);
+  setU64(view, SuperblockLayout.mirrorOffsetBlocksOffset, fields.mirrorOffsetBlocks);
   block.bytes.set(fields.payload, SuperblockLayout.payloadOffset);
   sealBlock(block, BlockType.superblock, fields.generation, fields.poolId);
   return block.bytes;
@@ -147,9 +159,14 @@ function decodeCopy(bytes: Uint8Array, copyIndex: number): SuperblockCopy {
   if (!Number.isSafeInteger(metadataSpaceMapRootTransactionId) || metadataSpaceMapRootTransactionId > generation) {
     return { ...base, problem: `space map root written by transaction ${metadataSpaceMapRootTransactionId}, after generation ${generation}` };
   }
+  // F-SB-11: the mirror's place, in format 3; format 2 had no mirror, and zeros there.
+  const mirrorOffsetBlocks = getU64(view, SuperblockLayout.mirrorOffsetBlocksOffset);
+  if (formatVersion >= 3 && mirrorOffsetBlocks !== 0 && !(mirrorOffsetBlocks >= metadataBlockCount && mirrorOffsetBlocks <= METADATA_BLOCK_COUNT_MAX)) {
+    return { ...base, problem: `mirror offset ${mirrorOffsetBlocks} blocks is neither 0 nor from the metadata's ${metadataBlockCount} blocks to ${METADATA_BLOCK_COUNT_MAX}` };
+  }
   const reservedRanges: Array<[number, number]> = [
     [SuperblockLayout.reservedOffset, SuperblockLayout.reservedOffset + 4],
-    [SuperblockLayout.reserved2Offset, SuperblockLayout.payloadOffset],
+    [formatVersion >= 3 ? SuperblockLayout.reserved2Offset : SuperblockLayout.mirrorOffsetBlocksOffset, SuperblockLayout.payloadOffset],
   ];
   for (const [begin, end] of reservedRanges) {
     for (let offset = begin; offset < end; offset++) {
@@ -160,14 +177,29 @@ function decodeCopy(bytes: Uint8Array, copyIndex: number): SuperblockCopy {
   const poolId = view.getBigUint64(BlockHeader.poolIdOffset, true);
   return {
     ...base,
-    fields: { poolId, generation, metadataBlockCount, metadataSpaceMapRoot, metadataSpaceMapRootTransactionId, payload, formatVersion },
+    fields: {
+      poolId,
+      generation,
+      metadataBlockCount,
+      metadataSpaceMapRoot,
+      metadataSpaceMapRootTransactionId,
+      mirrorOffsetBlocks: formatVersion >= 3 ? mirrorOffsetBlocks : 0,
+      payload,
+      formatVersion,
+    },
   };
 }
 
-/** Reads and decodes every copy; a copy that cannot be read is reported, not thrown. */
+/**
+ * Reads and decodes every copy; a copy that cannot be read is reported, not thrown. On a mirrored
+ * metadata file (io/mirror.ts) each copy's places are all read: the newest valid one stands for
+ * the copy, and the others, when they are invalid or older, are rewritten from it (a read-only
+ * mirror only reports them).
+ */
 export async function readSuperblockCopies(file: BlockFile): Promise<SuperblockCopy[]> {
   return Promise.all(
     SUPERBLOCK_BLOCK_NRS.map(async (blockNr, copyIndex) => {
+      if (isRedundant(file)) return readMirroredCopy(file, blockNr, copyIndex);
       const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
       try {
         await file.read(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
@@ -177,6 +209,36 @@ export async function readSuperblockCopies(file: BlockFile): Promise<SuperblockC
       return decodeSuperblock(bytes, copyIndex);
     }),
   );
+}
+
+/** F-MIR-3: both places of a superblock copy; the newest valid one stands, the other is rewritten. */
+function readMirroredCopy(file: RedundantBlockFile, blockNr: number, copyIndex: number): SuperblockCopy {
+  const places: Array<{ bytes?: Uint8Array; copy: SuperblockCopy }> = [];
+  for (let place = 0; place < file.copyCount; place++) {
+    const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    try {
+      file.readCopySync(place, bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+    } catch (error) {
+      if (!isMediaError(error)) throw error;
+      places.push({ copy: { copyIndex, blockNr, problem: `read failed: ${error instanceof Error ? error.message : String(error)}` } });
+      continue;
+    }
+    places.push({ bytes, copy: decodeSuperblock(bytes, copyIndex) });
+  }
+  const valid = places.filter((place) => place.copy.fields !== undefined).sort((a, b) => b.copy.fields!.generation - a.copy.fields!.generation);
+  const best = valid[0];
+  if (best === undefined) {
+    const problem = places.map((place, index) => `mirror place ${index}: ${place.copy.problem ?? 'invalid'}`).join('; ');
+    const written = places.map((place) => place.copy.written).find((entry) => entry !== undefined);
+    return { copyIndex, blockNr, problem, ...(written !== undefined ? { written } : {}) };
+  }
+  const stale: string[] = [];
+  places.forEach((place, index) => {
+    if (place === best || (place.copy.fields !== undefined && place.copy.fields.generation === best.copy.fields!.generation)) return;
+    stale.push(`mirror place ${index}: ${place.copy.problem ?? `holds generation ${place.copy.fields?.generation}`}`);
+    void file.repairCopy(index, best.bytes!, blockNr * METADATA_BLOCK_SIZE_BYTES);
+  });
+  return stale.length === 0 ? best.copy : { ...best.copy, mirrorProblem: `rewritten from the newest place (${stale.join('; ')})` };
 }
 
 /**
@@ -227,6 +289,7 @@ function sameSuperblock(a: SuperblockFields & { formatVersion: number }, b: Supe
     a.metadataBlockCount === b.metadataBlockCount &&
     a.metadataSpaceMapRoot === b.metadataSpaceMapRoot &&
     a.metadataSpaceMapRootTransactionId === b.metadataSpaceMapRootTransactionId &&
+    a.mirrorOffsetBlocks === b.mirrorOffsetBlocks &&
     a.payload.length === b.payload.length &&
     a.payload.every((byte, index) => byte === b.payload[index])
   );

@@ -46,12 +46,14 @@ import {
 } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { BTREE_BLOCK_TYPES, Block, BlockType, checksumOf, initBlockHeader, sealBlock, validateBlock } from './block.ts';
+import { MirroredBlockFile, NoGoodCopyError, isRedundant, type BadCopyEvent, type RedundantBlockFile } from '../io/mirror.ts';
+import { BTREE_BLOCK_TYPES, Block, BlockHeader, BlockType, blockProblem, getU64, checksumOf, initBlockHeader, sealBlock, validateBlock, type BlockExpectation } from './block.ts';
 import { BTree } from './btree/btree.ts';
 import { TreeKind } from './btree/codec.ts';
 import type { BlockManager } from './block-manager.ts';
 import { BlockCache } from './cache.ts';
 import { openNewestGeneration, type OpenOptions, type OpenReport } from './generations.ts';
+import { mirroredMetadata, probeMetadataLayout } from './metadata-layout.ts';
 import { reservedBlocks } from './reserved-blocks.ts';
 import { SpaceMap, refCountExtentCodec } from './space-map.ts';
 import { TreeWalker } from './btree/walker.ts';
@@ -68,10 +70,17 @@ export interface FormatOptions {
   metadataBlockCount: number;
   poolId: bigint;
   cacheBlocksMax?: number;
+  /**
+   * Keep a second copy of every metadata block in the same file, this many blocks after the
+   * first (docs/format.md "Metadata mirror"); 0 or absent for none. At least metadataBlockCount.
+   */
+  mirrorOffsetBlocks?: number;
 }
 
 interface ManagerState {
+  /** The metadata as read and written: the mirror over the metadata file, or the file itself. */
   file: BlockFile;
+  mirrorOffsetBlocks: number;
   poolId: bigint;
   metadataBlockCount: number;
   transactionId: number;
@@ -81,8 +90,40 @@ interface ManagerState {
   cacheBlocksMax: number;
 }
 
+const PENDING_NONE = 0;
+/** Freed by a transaction that is not durable yet: free once it is (F-TX-4). */
+const PENDING_FREE = 1;
+/** A block with a bad copy, never allocated again (withholdBlock, F-BAD-3). */
+const PENDING_WITHHELD = 2;
+
+/**
+ * Reads a block of mirrored metadata: the copy that passes the block checks and, when the recorded
+ * transaction is known, was written by it (a copy that missed a write is stale, F-MIR-2). When no
+ * copy is the recorded one but some copy passes the rest, that one is read and the caller names
+ * the stale block.
+ */
+function readFromCopies(file: RedundantBlockFile, bytes: Uint8Array, blockNr: number, expect: BlockExpectation, transactionId: number | undefined): void {
+  const offsetBytes = blockNr * METADATA_BLOCK_SIZE_BYTES;
+  if (transactionId === undefined || transactionId === 0) {
+    file.readValidatedSync(bytes, offsetBytes, (candidate) => blockProblem(candidate, expect));
+    return;
+  }
+  try {
+    file.readValidatedSync(bytes, offsetBytes, (candidate) => {
+      const problem = blockProblem(candidate, expect);
+      if (problem !== undefined) return problem;
+      const written = getU64(new DataView(candidate.buffer, candidate.byteOffset, candidate.byteLength), BlockHeader.transactionIdOffset);
+      return written === transactionId ? undefined : `written by transaction ${written}, not ${transactionId} as recorded (a lost write)`;
+    });
+  } catch (error) {
+    if (!(error instanceof NoGoodCopyError)) throw error;
+    file.readValidatedSync(bytes, offsetBytes, (candidate) => blockProblem(candidate, expect));
+  }
+}
+
 export class TransactionManager implements BlockManager {
-  readonly file: BlockFile;
+  /** The metadata as read and written (through the mirror when there is one). */
+  file: BlockFile;
   readonly poolId: bigint;
   readonly readOnly: boolean;
   readonly counters: TransactionCounters = { metadataBlocksWritten: 0, metadataBlocksRead: 0, syncs: 0, commits: 0 };
@@ -91,9 +132,9 @@ export class TransactionManager implements BlockManager {
   #counts: Uint32Array;
   /** Blocks with count > 0. */
   #usedBlocks = 0;
-  /** Blocks with count 0 that are not pending free. */
+  /** Blocks with count 0 that are neither pending free nor withheld. */
   #freeBlocks: number;
-  /** 1 while a block is pending free (count 0, freed by a transaction that is not durable). */
+  /** Per block: PENDING_FREE (count 0, freed by a transaction not durable yet), PENDING_WITHHELD, or PENDING_NONE. */
   #pendingFlags: Uint8Array;
   #pendingByTransaction = new Map<number, number[]>();
   /** Blocks whose count may differ from the on-disk space map tree. */
@@ -115,6 +156,8 @@ export class TransactionManager implements BlockManager {
   #sealing = false;
   #commitChain: Promise<void> = Promise.resolve();
   #failure: unknown;
+  /** What the next superblock records as the mirror's place (F-SB-11). */
+  #mirrorOffsetBlocks: number;
 
   /** Use TransactionManager.format or TransactionManager.open. */
   constructor(state: ManagerState) {
@@ -126,6 +169,9 @@ export class TransactionManager implements BlockManager {
     );
     assert(state.poolId > 0n && state.poolId < 1n << 64n, 'pool id must be a non-zero u64');
     this.file = state.file;
+    this.#listenToMirror();
+    this.#mirrorOffsetBlocks = state.mirrorOffsetBlocks;
+    assert(state.mirrorOffsetBlocks === 0 || state.mirrorOffsetBlocks >= state.metadataBlockCount, 'the mirror overlaps the metadata');
     this.poolId = state.poolId;
     this.readOnly = state.readOnly;
     this.#metadataBlockCount = state.metadataBlockCount;
@@ -153,8 +199,13 @@ export class TransactionManager implements BlockManager {
         `Metadata of ${options.metadataBlockCount} blocks is outside [${METADATA_BLOCK_COUNT_MIN}, ${METADATA_BLOCK_COUNT_MAX}] blocks`,
       );
     }
+    const mirrorOffsetBlocks = options.mirrorOffsetBlocks ?? 0;
+    if (mirrorOffsetBlocks !== 0 && (mirrorOffsetBlocks < options.metadataBlockCount || mirrorOffsetBlocks > METADATA_BLOCK_COUNT_MAX)) {
+      throw new ThinError('THIN_INVALID', `A metadata mirror at block ${mirrorOffsetBlocks} would overlap the ${options.metadataBlockCount} metadata blocks`);
+    }
     const tm = new TransactionManager({
-      file,
+      file: mirroredMetadata(file, mirrorOffsetBlocks),
+      mirrorOffsetBlocks,
       poolId: options.poolId,
       metadataBlockCount: options.metadataBlockCount,
       transactionId: 1,
@@ -178,10 +229,14 @@ export class TransactionManager implements BlockManager {
     file: BlockFile,
     options: OpenOptions = {},
   ): Promise<{ tm: TransactionManager; payload: Uint8Array; report: OpenReport }> {
-    return openNewestGeneration(file, options, (fields, transactionId) => TransactionManager.#openGeneration(file, fields, transactionId, options));
+    // The superblock says where the mirror is (metadata-layout.ts); a read-only reader never rewrites a bad copy.
+    const layout = probeMetadataLayout(file, { readOnly: options.readOnly === true || options.repairMetadata === false });
+    return openNewestGeneration(layout.file, options, (fields, transactionId) =>
+      TransactionManager.#openGeneration(layout.file, fields, transactionId, options, layout.mirrorOffsetBlocks),
+    );
   }
 
-  static #openGeneration(file: BlockFile, fields: SuperblockFields, transactionId: number, options: OpenOptions): TransactionManager {
+  static #openGeneration(file: BlockFile, fields: SuperblockFields, transactionId: number, options: OpenOptions, mirrorOffsetBlocks: number): TransactionManager {
     if (fields.metadataBlockCount < METADATA_BLOCK_COUNT_MIN || fields.metadataBlockCount > METADATA_BLOCK_COUNT_MAX) {
       throw new ThinError(
         'THIN_CORRUPT_SUPERBLOCK',
@@ -190,6 +245,7 @@ export class TransactionManager implements BlockManager {
     }
     const tm = new TransactionManager({
       file,
+      mirrorOffsetBlocks: mirrorOffsetBlocks >= fields.metadataBlockCount ? mirrorOffsetBlocks : 0,
       poolId: fields.poolId,
       metadataBlockCount: fields.metadataBlockCount,
       transactionId,
@@ -197,7 +253,7 @@ export class TransactionManager implements BlockManager {
       readOnly: options.readOnly ?? false,
       cacheBlocksMax: options.cacheBlocksMax ?? METADATA_CACHE_BLOCKS_MAX,
     });
-    const spaceMapRoot = tm.read(fields.metadataSpaceMapRoot, BTREE_BLOCK_TYPES);
+    const spaceMapRoot = tm.read(fields.metadataSpaceMapRoot, BTREE_BLOCK_TYPES, fields.metadataSpaceMapRootTransactionId);
     if (spaceMapRoot.transactionId !== fields.metadataSpaceMapRootTransactionId) {
       throw new ThinError(
         'THIN_CORRUPT_BLOCK',
@@ -240,7 +296,10 @@ export class TransactionManager implements BlockManager {
     if (copy.fields === undefined) {
       throw new ThinError('THIN_CORRUPT_SUPERBLOCK', `The pinned superblock does not validate: ${copy.problem ?? 'invalid'}`);
     }
-    const tm = TransactionManager.#openGeneration(file, copy.fields, copy.fields.generation + 1, { ...options, readOnly: true });
+    // Read through the mirror the copy names, read-only: a bad sector in one copy is served from the other, never rewritten here.
+    const mirrorOffsetBlocks = copy.fields.mirrorOffsetBlocks;
+    const metadata = mirroredMetadata(file, mirrorOffsetBlocks, { readOnly: true });
+    const tm = TransactionManager.#openGeneration(metadata, copy.fields, copy.fields.generation + 1, { ...options, readOnly: true }, mirrorOffsetBlocks);
     options.validatePayload?.(copy.fields.payload, tm);
     return { tm, payload: copy.fields.payload };
   }
@@ -345,6 +404,16 @@ export class TransactionManager implements BlockManager {
     return this.#spaceMap().root;
   }
 
+  /** Where the next superblock says the mirror is, in blocks (0: none). */
+  get mirrorOffsetBlocks(): number {
+    return this.#mirrorOffsetBlocks;
+  }
+
+  /** The mirror the metadata is read and written through, if it has one. */
+  get mirror(): RedundantBlockFile | undefined {
+    return isRedundant(this.file) ? this.file : undefined;
+  }
+
   /** The error that failed a commit, after which this manager refuses changes; undefined if none. */
   get failure(): unknown {
     return this.#failure;
@@ -355,9 +424,11 @@ export class TransactionManager implements BlockManager {
   /**
    * A validated block, from memory or disk (readSync). The block must not be changed: use
    * shadow() for that. Throws THIN_CORRUPT_BLOCK when the block fails its checksum, type, own
-   * location, pool or transaction checks, or lies past the metadata.
+   * location, pool or transaction checks, or lies past the metadata. `transactionId`: the one its
+   * parent (or owner) records, when known: on mirrored metadata the copy written by it is chosen,
+   * so a write lost in one copy is served from the other (F-MIR-2); the caller still compares.
    */
-  read(blockNr: number, type: number | readonly number[]): Block {
+  read(blockNr: number, type: number | readonly number[], transactionId?: number): Block {
     if (!Number.isSafeInteger(blockNr) || blockNr < 0 || blockNr >= this.#metadataBlockCount) {
       throw new ThinError(
         'THIN_CORRUPT_BLOCK',
@@ -376,15 +447,25 @@ export class TransactionManager implements BlockManager {
       return inMemory;
     }
     const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    // F-BLK-4: the state being read was committed by durableTransactionId at the latest.
+    const expect: BlockExpectation = { blockNr, expectedType: type, poolId: this.poolId, transactionIdMax: this.#durableTransactionId };
+    const file = this.file;
     try {
-      this.file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+      if (isRedundant(file)) {
+        // The first copy that reads and validates; the others are rewritten from it (io/mirror.ts).
+        readFromCopies(file, bytes, blockNr, expect, transactionId);
+      } else {
+        file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+      }
     } catch (error) {
+      if (error instanceof NoGoodCopyError) {
+        throw new ThinError('THIN_CORRUPT_BLOCK', `Cannot read metadata block ${blockNr}: no copy is good (${error.copyProblems.join('; ')})`, { cause: error });
+      }
       if (isThinError(error)) throw error;
       throw new ThinError('THIN_IO', `Cannot read metadata block ${blockNr} of ${this.file.description}`, { cause: error });
     }
     this.counters.metadataBlocksRead += 1;
-    // F-BLK-4: the state being read was committed by durableTransactionId at the latest.
-    validateBlock(bytes, { blockNr, expectedType: type, poolId: this.poolId, transactionIdMax: this.#durableTransactionId });
+    if (!isRedundant(file)) validateBlock(bytes, expect);
     const block = new Block(blockNr, bytes);
     this.#cache.put(block);
     return block;
@@ -460,13 +541,52 @@ export class TransactionManager implements BlockManager {
     }
     this.#setCount(blockNr, count - 1);
     if (count - 1 > 0) return;
+    if (this.#pendingFlags[blockNr] === PENDING_WITHHELD) {
+      // Never free again (withholdBlock; #setCount did not count it free).
+      this.#dirty.delete(blockNr);
+      this.#cache.delete(blockNr);
+      return;
+    }
     if (this.#dirty.delete(blockNr)) return; // never committed: free at once (#setCount counted it)
     this.#freeBlocks -= 1;
-    this.#pendingFlags[blockNr] = 1;
+    this.#pendingFlags[blockNr] = PENDING_FREE;
     const list = this.#pendingByTransaction.get(this.#transactionId);
     if (list === undefined) this.#pendingByTransaction.set(this.#transactionId, [blockNr]);
     else list.push(blockNr);
     this.#cache.delete(blockNr);
+  }
+
+  /**
+   * Withdraws a block from allocation for good (a bad metadata range, pool/bad-ranges.ts, F-BAD-3):
+   * it keeps whatever it holds while in use, and once its count drops to 0 it is never counted
+   * free nor allocated again. Reference counts are not touched: a count above 1 means a shared
+   * node to the B+tree, which a bad sector must not fake. In memory only; the pool withholds its
+   * bad metadata blocks again at every open.
+   */
+  withholdBlock(blockNr: number): void {
+    this.#assertBlockNr(blockNr);
+    const flag = this.#pendingFlags[blockNr];
+    if (flag === PENDING_WITHHELD) return;
+    if (flag === PENDING_FREE) {
+      // Pending blocks are neither used nor counted free: take it out of its pending list.
+      for (const [transactionId, blockNrs] of this.#pendingByTransaction) {
+        const index = blockNrs.indexOf(blockNr);
+        if (index < 0) continue;
+        blockNrs.splice(index, 1);
+        if (blockNrs.length === 0) this.#pendingByTransaction.delete(transactionId);
+        break;
+      }
+    } else if (this.#counts[blockNr] === 0) {
+      this.#freeBlocks -= 1;
+    }
+    this.#pendingFlags[blockNr] = PENDING_WITHHELD;
+  }
+
+  /** Blocks withheld from allocation (withholdBlock). */
+  get withheldBlockCount(): number {
+    let count = 0;
+    for (const flag of this.#pendingFlags) if (flag === PENDING_WITHHELD) count += 1;
+    return count;
   }
 
   refCount(blockNr: number): number {
@@ -477,7 +597,7 @@ export class TransactionManager implements BlockManager {
   /** True when blockNr was freed by a transaction that is not durable yet. */
   isPendingFree(blockNr: number): boolean {
     this.#assertBlockNr(blockNr);
-    return this.#pendingFlags[blockNr] === 1;
+    return this.#pendingFlags[blockNr] === PENDING_FREE;
   }
 
   /**
@@ -585,6 +705,7 @@ export class TransactionManager implements BlockManager {
       metadataBlockCount: this.#metadataBlockCount,
       metadataSpaceMapRoot: this.#spaceMap().root,
       metadataSpaceMapRootTransactionId: this.read(this.#spaceMap().root, BTREE_BLOCK_TYPES).transactionId,
+      mirrorOffsetBlocks: this.#mirrorOffsetBlocks,
       payload: payload.slice(),
     };
     return { fields, blocks };
@@ -656,8 +777,8 @@ export class TransactionManager implements BlockManager {
     for (const [transactionId, blockNrs] of this.#pendingByTransaction) {
       if (transactionId > horizon) continue;
       for (const blockNr of blockNrs) {
-        if (!(this.#pendingFlags[blockNr] === 1 && this.#counts[blockNr] === 0)) assert(false, `pending block ${blockNr} changed while pending`);
-        this.#pendingFlags[blockNr] = 0;
+        if (!(this.#pendingFlags[blockNr] === PENDING_FREE && this.#counts[blockNr] === 0)) assert(false, `pending block ${blockNr} changed while pending`);
+        this.#pendingFlags[blockNr] = PENDING_NONE;
         this.#freeBlocks += 1;
         if (blockNr < this.#allocationCursor) this.#allocationCursor = blockNr;
       }
@@ -668,6 +789,60 @@ export class TransactionManager implements BlockManager {
   async #sync(): Promise<void> {
     this.counters.syncs += 1;
     await this.file.sync();
+  }
+
+  // ---- the mirror ----
+
+  /**
+   * Gives metadata without a mirror (a format 2 pool) its second copy, `metadataBlockCount` blocks
+   * on: every used block is copied there and synced; from then on every write goes to both, and
+   * the next commit's superblock names the mirror (F-SB-11). Until that commit is durable the pool
+   * on disk is the one it was, so a crash part way leaves it as it was. Resolves false when the
+   * file cannot hold the mirror (a block device too small: metadata stays single).
+   */
+  async addMirror(): Promise<boolean> {
+    this.#assertWritable();
+    assert(!isRedundant(this.file) && this.#mirrorOffsetBlocks === 0, 'the metadata already has a mirror');
+    assert(this.#dirty.size === 0 && this.#sealed.size === 0, 'a mirror is added before anything changes');
+    await this.idle();
+    const raw = this.file;
+    const mirrorOffsetBlocks = this.#metadataBlockCount;
+    try {
+      await raw.grow((mirrorOffsetBlocks + this.#metadataBlockCount) * METADATA_BLOCK_SIZE_BYTES);
+    } catch (error) {
+      if (isThinError(error, 'THIN_INVALID')) return false;
+      throw error;
+    }
+    const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES * 64);
+    let batch: number[] = [];
+    const flush = async (): Promise<void> => {
+      await Promise.all(
+        batch.map((blockNr, index) => {
+          const piece = bytes.subarray(index * METADATA_BLOCK_SIZE_BYTES, (index + 1) * METADATA_BLOCK_SIZE_BYTES);
+          raw.readSync(piece, blockNr * METADATA_BLOCK_SIZE_BYTES);
+          return raw.write(piece, (mirrorOffsetBlocks + blockNr) * METADATA_BLOCK_SIZE_BYTES);
+        }),
+      );
+      batch = [];
+    };
+    for (let blockNr = 0; blockNr < this.#metadataBlockCount; blockNr++) {
+      if (this.#counts[blockNr] === 0) continue;
+      batch.push(blockNr);
+      if (batch.length === 64) await flush();
+    }
+    await flush();
+    await raw.sync();
+    this.file = mirroredMetadata(raw, mirrorOffsetBlocks);
+    this.#listenToMirror();
+    this.#mirrorOffsetBlocks = mirrorOffsetBlocks;
+    return true;
+  }
+
+  /** Told of every copy of a mirrored block found bad (the pool records the ones that cannot be written). */
+  onBadCopy: ((event: BadCopyEvent) => void) | undefined;
+
+  #listenToMirror(): void {
+    if (this.file instanceof MirroredBlockFile) this.file.onBadCopy = (event) => this.onBadCopy?.(event);
   }
 
   // ---- internals ----
@@ -687,8 +862,8 @@ export class TransactionManager implements BlockManager {
       this.#freeBlocks -= 1;
     } else if (count === 0) {
       this.#usedBlocks -= 1;
-      this.#freeBlocks += 1;
-      if (this.#pendingFlags[blockNr] === 0 && blockNr < this.#allocationCursor) this.#allocationCursor = blockNr;
+      if (this.#pendingFlags[blockNr] !== PENDING_WITHHELD) this.#freeBlocks += 1;
+      if (this.#pendingFlags[blockNr] === PENDING_NONE && blockNr < this.#allocationCursor) this.#allocationCursor = blockNr;
     }
   }
 
@@ -697,7 +872,7 @@ export class TransactionManager implements BlockManager {
     const pending = this.#pendingFlags;
     const blockCount = this.#metadataBlockCount;
     for (let blockNr = this.#allocationCursor; blockNr < blockCount; blockNr++) {
-      if (counts[blockNr] === 0 && pending[blockNr] === 0) {
+      if (counts[blockNr] === 0 && pending[blockNr] === PENDING_NONE) {
         this.#allocationCursor = blockNr + 1;
         return blockNr;
       }

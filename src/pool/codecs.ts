@@ -12,7 +12,9 @@ import type { Extent } from './ranges.ts';
 export const POOL_PAYLOAD_MAGIC = 0x4c504254;
 /** The pool format this build writes and reads (F-POOL-2). */
 export const POOL_FORMAT_VERSION = 1;
-export const POOL_PAYLOAD_SIZE_BYTES = 88;
+export const POOL_PAYLOAD_SIZE_BYTES = 104;
+/** Payloads written before the bad-range tree existed end at byte 88; it reads as none there. */
+export const POOL_PAYLOAD_SIZE_BYTES_BEFORE_BAD_RANGES = 88;
 /** Payloads written before `userTransactionId` existed end at byte 80; it reads as 0 there. */
 export const POOL_PAYLOAD_SIZE_BYTES_MIN = 80;
 /** Payload flag: a commit failed or a check found damage; open read-only until repaired. */
@@ -22,7 +24,12 @@ export const POOL_FLAG_NEEDS_CHECK = 1;
  * with old contents), so every newly provisioned block is written whole (F-POOL-40).
  */
 export const POOL_FLAG_DATA_NOT_ZEROED = 2;
-const POOL_FLAGS_KNOWN = POOL_FLAG_NEEDS_CHECK | POOL_FLAG_DATA_NOT_ZEROED;
+/**
+ * Payload flag: the pool was made without a metadata mirror on purpose (`--no-metadata-mirror`),
+ * so opening it does not add one (docs/format.md "Metadata mirror").
+ */
+export const POOL_FLAG_NO_METADATA_MIRROR = 4;
+const POOL_FLAGS_KNOWN = POOL_FLAG_NEEDS_CHECK | POOL_FLAG_DATA_NOT_ZEROED | POOL_FLAG_NO_METADATA_MIRROR;
 
 export const DEVICE_VALUE_SIZE_BYTES = 72;
 export const DEVICE_FLAG_READ_ONLY = 1;
@@ -38,6 +45,7 @@ export const VOLUME_ID_MAX = 0xffff_ffff;
 /** Stable tree kinds stored in every node, so a node of another tree is never taken for ours. */
 export const DEVICE_TREE_KIND = 0x50;
 export const MAPPING_TREE_KIND = 0x51;
+export const BAD_RANGE_TREE_KIND = 0x52;
 
 // ---- little-endian u64 as exact numbers ----
 
@@ -81,6 +89,9 @@ export interface PoolPayload {
    */
   deviceTreeRootTransactionId?: number;
   dataSpaceMapRootTransactionId?: number;
+  /** Root of the bad-range tree (docs/format.md "Bad ranges"); 0 while no range was ever recorded. */
+  badRangeRoot?: number;
+  badRangeRootTransactionId?: number;
 }
 
 export function encodePoolPayload(payload: PoolPayload): Uint8Array {
@@ -101,6 +112,8 @@ export function encodePoolPayload(payload: PoolPayload): Uint8Array {
   setU64(view, 64, payload.deviceTreeRootTransactionId ?? 0);
   setU64(view, 72, payload.dataSpaceMapRootTransactionId ?? 0);
   setU64(view, 80, payload.userTransactionId);
+  setU64(view, 88, payload.badRangeRoot ?? 0);
+  setU64(view, 96, payload.badRangeRootTransactionId ?? 0);
   return bytes;
 }
 
@@ -143,6 +156,9 @@ export function decodePoolPayload(bytes: Uint8Array, metadataBlockCount: number)
     dataSpaceMapRootTransactionId: field('data space map root transaction', 72),
     // F-POOL-9: absent from payloads written before the field existed.
     userTransactionId: bytes.length >= 88 ? field('user transaction id', 80) : 0,
+    // F-POOL-17: absent from payloads written before bad ranges were recorded.
+    badRangeRoot: bytes.length >= POOL_PAYLOAD_SIZE_BYTES ? field('bad-range tree root', 88) : 0,
+    badRangeRootTransactionId: bytes.length >= POOL_PAYLOAD_SIZE_BYTES ? field('bad-range tree root transaction', 96) : 0,
   };
   const { blockSizeBytes } = payload;
   // F-POOL-3: the block size is a power of two in dm-thin's range.
@@ -154,7 +170,7 @@ export function decodePoolPayload(bytes: Uint8Array, metadataBlockCount: number)
     throw corruptPayload(`data block count ${payload.dataBlockCount} is out of range`);
   }
   // F-POOL-5: roots are metadata blocks.
-  for (const [name, root] of [['data space map root', payload.dataSpaceMapRoot], ['device tree root', payload.deviceTreeRoot]] as const) {
+  for (const [name, root] of [['data space map root', payload.dataSpaceMapRoot], ['device tree root', payload.deviceTreeRoot], ['bad-range tree root', payload.badRangeRoot ?? 0]] as const) {
     if (root >= metadataBlockCount) throw corruptPayload(`${name} ${root} is past the metadata (${metadataBlockCount} blocks)`);
   }
   // F-POOL-6: the high-water mark lies within the data space.

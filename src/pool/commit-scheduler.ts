@@ -39,6 +39,10 @@ export interface CommitHost {
   /** Brings the device tree up to date and seals the high-water mark: the payload of the transaction to seal now. */
   sealPayload(): { payload: Uint8Array; highWaterMark: number };
   assertInvariants(): void;
+  /** Records metadata copies found unwritable since the last flush (bad-ranges.ts): a flush makes them durable too. */
+  absorbPendingBadRanges(): void;
+  /** Such copies waiting to be recorded. */
+  readonly pendingBadRanges: number;
 }
 
 export interface CommitParts {
@@ -136,6 +140,13 @@ export class CommitScheduler {
     return this.commit();
   }
 
+  /** A full commit whatever changed: the superblock must say something new (the metadata mirror was added). */
+  recordLayoutChange(): Promise<void> {
+    this.#metadataDirty = true;
+    this.#unloggedChange = true;
+    return this.commit();
+  }
+
   /** A full commit that folds the delta log into the trees (when anything changed). */
   rollup(): Promise<void> {
     if (this.#metadataDirty) this.#unloggedChange = true;
@@ -188,6 +199,10 @@ export class CommitScheduler {
     } else this.#ticksSinceRollup += 1;
     const quiet = this.#host.requestsInFlight === 0 && (quietInterval || this.#ticksSinceRollup >= LOG_ROLLUP_TICKS_MAX);
     if (!this.backgroundCommitMayStart) return;
+    if (this.#host.pendingBadRanges > 0) {
+      this.commit().catch(() => undefined);
+      return;
+    }
     const state = this.#flushState();
     if (quiet && idleRollupDue(state)) {
       this.rollup().catch(() => undefined);
@@ -248,6 +263,7 @@ export class CommitScheduler {
     const ioFailure = this.#host.ioFailureError();
     if (ioFailure !== undefined) throw ioFailure;
     if (!this.#host.canCommit) this.#host.assertWritable();
+    this.#host.absorbPendingBadRanges();
     const plan = planFlush(this.#flushState());
     if (plan === 'nothing') return;
     if (plan === 'sync-data') {

@@ -3,6 +3,10 @@
 //   devices.ts          the device table (volumes' working state) and the device tree
 //   mapping-changes.ts  mapping tree changes and the data reference counts that follow them
 //   data-path.ts        reads and writes of volume bytes, with the high-water mark (high-water-mark.ts)
+//   bad-blocks.ts       reads and writes the medium refuses: retried, narrowed to sectors
+//   remap.ts            copy-on-write, and moving a block off failing sectors durably
+//   bad-ranges.ts       the bad sectors recorded in the metadata, holding their blocks for good
+//   health.ts           the devices' health: errors, bad ranges, remaps, spare, latency
 //   commit-scheduler.ts when and how changes become durable: data syncs, log records, full commits
 //   log-replay.ts       the delta log's records re-applied at open
 //   reports.ts          volume facts, thin_ls usage, the status types
@@ -35,17 +39,25 @@
 //          (every caller shares the queued one) ──running settles──► the queued one runs.
 //          held (withCommitsHeld): a commit that would start waits until the hold ends.
 //
+//   A read or write the medium refuses with EIO is not an I/O failure in this sense: its sectors
+//          are recorded (recordBad, bad-ranges.ts) and the request is worked around or fails alone
+//          (docs/internals.md decision 12); the mode does not change.
+//
 // Invariants, checked by assertInvariants() at construction, at every mode change (fail), at seal
 // (sealPayload), at the end of every commit and at close (markClosed):
 //   durable ≤ sealed ≤ target ≤ data block count (HighWaterMark);
 //   an I/O failure ⇒ needs-check;  commitsWhileReadOnly ⇒ read-only;  readOnlyOpen ⇒ not read-write;
-//   not read-write ⇒ a reason is recorded;  closed ⇒ closing;  the device table agrees with itself.
+//   not read-write ⇒ a reason is recorded;  closed ⇒ closing;  the device table agrees with itself;
+//   the bad-range table agrees with itself (ordered, one block each, indexed), and every bad data
+//   block is counted used in the data space map (it holds a reference: never allocated again).
 import { BTREE_DEPTH_MAX } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, type TransactionManager } from '../pdata/index.ts';
 import type { DeltaLog, DeltaLogEntry } from '../journal/log.ts';
 import type { DeltaLogRecord } from '../journal/replay.ts';
+import type { MeasuredBlockFile } from '../io/measured.ts';
 import { DataAllocator, dataReserveBlocks } from './allocator.ts';
+import { BadRangeFlag, BadRanges } from './bad-ranges.ts';
 import { BlockLocks } from './block-locks.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -61,6 +73,7 @@ import { CommitScheduler, type CommitHost } from './commit-scheduler.ts';
 import { DataPath, type DataPathHost } from './data-path.ts';
 import { DeviceTable, validateLabels, validateSize, type Device } from './devices.ts';
 import type { PoolFiles } from './files.ts';
+import { poolHealth, type PoolHealth } from './health.ts';
 import { HighWaterMark } from './high-water-mark.ts';
 import { replayLogRecords } from './log-replay.ts';
 import { MappingChanges, type MappingHost } from './mapping-changes.ts';
@@ -71,8 +84,15 @@ import { DETAILS_CAPACITY_BYTES, makeExtentCodec, writtenBy } from './trees.ts';
 /** Worst case of new metadata blocks for one B+tree insert or removal: shadow and split every level, plus a new root. */
 const METADATA_BLOCKS_PER_TREE_CHANGE_MAX = 2 * BTREE_DEPTH_MAX + 1;
 
+/** The pool's files as measured (below the metadata mirror), for health. */
+export interface MeasuredFiles {
+  data: MeasuredBlockFile;
+  metadata: MeasuredBlockFile;
+}
+
 export class PoolCore {
   readonly files: PoolFiles;
+  readonly measured: MeasuredFiles;
   readonly tm: TransactionManager;
   readonly blockSizeBytes: number;
   readonly dataBlockCount: number;
@@ -83,6 +103,7 @@ export class PoolCore {
   readonly allocator: DataAllocator;
   readonly highWaterMark: HighWaterMark;
   readonly devices: DeviceTable;
+  readonly badRanges: BadRanges;
   readonly mappings: MappingChanges;
   readonly dataPath: DataPath;
   readonly commits: CommitScheduler;
@@ -111,8 +132,9 @@ export class PoolCore {
   #requestsBegun = 0;
   #drainWaiters: Array<() => void> = [];
 
-  constructor(files: PoolFiles, tm: TransactionManager, payload: PoolPayload, readOnly: boolean) {
+  constructor(files: PoolFiles, measured: MeasuredFiles, tm: TransactionManager, payload: PoolPayload, readOnly: boolean) {
     this.files = files;
+    this.measured = measured;
     this.tm = tm;
     this.readOnlyOpen = readOnly;
     this.blockSizeBytes = payload.blockSizeBytes;
@@ -125,6 +147,17 @@ export class PoolCore {
     this.allocator = new DataAllocator(this.dataSpace, payload.dataBlockCount, dataReserveBlocks(payload.dataBlockCount));
     this.highWaterMark = new HighWaterMark(payload.dataHighWaterMark, payload.dataBlockCount);
     this.mappings = new MappingChanges(this.mappingTree, this.dataSpace, this.#mappingHost());
+    this.badRanges = new BadRanges(
+      { tm, dataSpace: this.dataSpace, blockSizeBytes: payload.blockSizeBytes, dataBlockCount: payload.dataBlockCount, mirrorOffsetBlocks: () => tm.mirrorOffsetBlocks },
+      payload.badRangeRoot ?? 0,
+      { mutate: (what, treeChanges, change) => this.#mutate(what, treeChanges, change), note: (entry) => this.#note(entry) },
+    );
+    // A metadata copy that cannot even be written is a bad range; it is recorded at the next flush.
+    tm.onBadCopy = (event) => {
+      if (event.kind !== 'write') return;
+      this.badRanges.notePendingMetadata(event.physicalOffsetBytes, event.lengthBytes, BadRangeFlag.writeError);
+      this.commits.metadataChanged();
+    };
     this.dataPath = new DataPath(
       {
         files,
@@ -133,6 +166,7 @@ export class PoolCore {
         allocator: this.allocator,
         mappings: this.mappings,
         dataSpace: this.dataSpace,
+        badRanges: this.badRanges,
         dataReadsZeros: (payload.flags & POOL_FLAG_DATA_NOT_ZEROED) === 0,
       },
       this.#dataPathHost(),
@@ -213,6 +247,10 @@ export class PoolCore {
   assertInvariants(): void {
     this.highWaterMark.assertInvariants();
     this.devices.assertInvariants();
+    this.badRanges.assertInvariants();
+    for (const range of this.badRanges.all()) {
+      if (range.device === 'data') assert(this.dataSpace.count(range.block) >= 1, `bad data block ${range.block} is free in the data space map`);
+    }
     assert(this.#ioFailure === undefined || this.#mode === 'needs-check', `an I/O failure left the pool ${this.#mode}`);
     assert(!this.#commitsWhileReadOnly || this.#mode === 'read-only', `commits allowed while read-only, but the pool is ${this.#mode}`);
     assert(!this.readOnlyOpen || this.#mode !== 'read-write', 'a pool opened read-only is read-write');
@@ -452,9 +490,51 @@ export class PoolCore {
         logRecordsWritten: log?.counters.records ?? 0,
         copyOnWrites: this.dataPath.copyOnWrites,
       },
+      health: this.health(),
     };
     if (this.#modeReason !== undefined) status.modeReason = this.#modeReason;
     return status;
+  }
+
+  health(): PoolHealth {
+    return poolHealth({
+      dataFile: this.measured.data,
+      metadataFile: this.measured.metadata,
+      mirror: this.tm.mirror,
+      badRanges: this.badRanges,
+      media: this.dataPath.media.counters,
+      remaps: this.dataPath.remapper.counters,
+      freeDataBlocks: Math.max(0, this.allocator.freeBlockCount()),
+      freeMetadataBlocks: this.tm.metadataBlocksFree,
+      syncFailed: { data: this.measured.data.errors.sync > 0, metadata: this.measured.metadata.errors.sync > 0 },
+    });
+  }
+
+  /**
+   * Records data sectors the medium refused. Only a read-write pool records (a read-only one only
+   * counts them, in the health report); a record that cannot be made (out of metadata space) has
+   * already moved the pool to the mode that says why, and the request goes on as it would.
+   */
+  recordBadData(ranges: readonly { beginSector: number; endSector: number }[], flags: number): void {
+    if (this.#mode !== 'read-write' || this.#closed) return;
+    for (const range of ranges) {
+      try {
+        this.badRanges.record('data', range.beginSector, range.endSector, flags);
+      } catch (error) {
+        if (!isThinError(error)) throw error;
+        return;
+      }
+    }
+  }
+
+  /** Records the metadata copies found unwritable since the last flush (tm.onBadCopy). */
+  absorbPendingBadRanges(): void {
+    if (this.#mode !== 'read-write' || this.#closed || this.badRanges.pendingCount === 0) return;
+    try {
+      this.badRanges.absorbPending();
+    } catch (error) {
+      if (!isThinError(error)) throw error;
+    }
   }
 
   // ---- the delta log ----
@@ -474,6 +554,7 @@ export class PoolCore {
       replayLogRecords(
         {
           devices: this.devices,
+          badRanges: this.badRanges,
           mappings: this.mappings,
           dataSpace: this.dataSpace,
           blockSizeBytes: this.blockSizeBytes,
@@ -513,6 +594,8 @@ export class PoolCore {
       userTransactionId: this.devices.userTransactionId,
       deviceTreeRootTransactionId: writtenBy(this.tm, this.devices.root, BTREE_BLOCK_TYPES),
       dataSpaceMapRootTransactionId: writtenBy(this.tm, this.dataSpace.root, BTREE_BLOCK_TYPES),
+      badRangeRoot: this.badRanges.root,
+      badRangeRootTransactionId: this.badRanges.root === 0 ? 0 : writtenBy(this.tm, this.badRanges.root, BTREE_BLOCK_TYPES),
     };
   }
 
@@ -548,6 +631,7 @@ export class PoolCore {
       get logAttached() {
         return core.commits.log !== undefined;
       },
+      recordBad: (ranges, flags) => this.recordBadData(ranges, flags),
     };
   }
 
@@ -580,6 +664,10 @@ export class PoolCore {
       ioFailureError: () => this.#ioFailureError(),
       sealPayload: () => this.#sealPayload(),
       assertInvariants: () => this.assertInvariants(),
+      absorbPendingBadRanges: () => this.absorbPendingBadRanges(),
+      get pendingBadRanges() {
+        return core.badRanges.pendingCount;
+      },
     };
   }
 }

@@ -8,14 +8,22 @@
 //   Before the first write to such a block the mark is raised and committed, so after a crash no
 //   block above the mark holds anything; below it, a reused block is written whole (zeros around
 //   the data) unless this process knows it still reads zeros.
-// - A failed data write puts the pool in needs-check, and from then on no flush is acknowledged
-//   until the pool is reopened (docs/internals.md decision 11).
+// - A data read or write the medium refuses with EIO is retried and narrowed to its sectors
+//   (bad-blocks.ts): a write is moved to another block, durably before it is acknowledged
+//   (remap.ts), a read fails with EIO for that range only and its sectors are recorded
+//   (bad-ranges.ts). Any other failed write, and every failed sync, puts the pool in needs-check,
+//   and from then on no flush is acknowledged until the pool is reopened (docs/internals.md
+//   decisions 11 and 12).
 //
 // Every method that takes a device expects the caller to hold the lock of the blocks it touches.
-import { COPY_BUFFERS_RETAINED_BYTES_MAX, DATA_HIGH_WATER_MARK_STEP_BLOCKS } from '../constants.ts';
+import { COPY_BUFFERS_RETAINED_BYTES_MAX, DATA_HIGH_WATER_MARK_STEP_BLOCKS, REMAP_TARGETS_MAX } from '../constants.ts';
 import { assert, isThinError } from '../errors.ts';
+import { isMediaError } from '../io/media-error.ts';
 import type { SpaceMap } from '../pdata/index.ts';
 import type { DataAllocator } from './allocator.ts';
+import { MediaErrors, SectorsRefused, unreadableError, type SectorRange } from './bad-blocks.ts';
+import { BadRangeFlag, type BadRanges } from './bad-ranges.ts';
+import { Remapper } from './remap.ts';
 import type { Device } from './devices.ts';
 import type { PoolFiles } from './files.ts';
 import type { HighWaterMark } from './high-water-mark.ts';
@@ -38,6 +46,8 @@ export interface DataPathHost {
   readonly backgroundCommitMayStart: boolean;
   /** Flushes append to the delta log (blocks freed by logged changes stay pending until a rollup). */
   readonly logAttached: boolean;
+  /** Records bad data sectors when the pool may change; a pool that may not only counts them. */
+  recordBad(ranges: readonly SectorRange[], flags: number): void;
 }
 
 export interface DataPathParts {
@@ -47,6 +57,7 @@ export interface DataPathParts {
   allocator: DataAllocator;
   mappings: MappingChanges;
   dataSpace: SpaceMap;
+  badRanges: BadRanges;
   /** The data file reads as zeros wherever it was never written (no POOL_FLAG_DATA_NOT_ZEROED). */
   dataReadsZeros: boolean;
 }
@@ -60,7 +71,12 @@ export class DataPath {
   readonly #allocator: DataAllocator;
   readonly #mappings: MappingChanges;
   readonly #dataSpace: SpaceMap;
+  readonly #badRanges: BadRanges;
   readonly #host: DataPathHost;
+  /** Retries and narrowing of reads and writes the medium refuses. */
+  readonly media: MediaErrors;
+  /** Copy-on-write and remaps off failing sectors. */
+  readonly remapper: Remapper;
   /** Data blocks this process knows read as zeros: never written since the data file was made. */
   readonly #knownZero = new RangeSet();
   /**
@@ -82,9 +98,26 @@ export class DataPath {
     this.#allocator = parts.allocator;
     this.#mappings = parts.mappings;
     this.#dataSpace = parts.dataSpace;
+    this.#badRanges = parts.badRanges;
     this.#host = host;
     if (parts.dataReadsZeros) this.#knownZero.add(parts.highWaterMark.durable, parts.highWaterMark.blockCount);
     this.zeroBlock = new Uint8Array(parts.blockSizeBytes);
+    this.media = new MediaErrors(parts.files.data);
+    const bs = parts.blockSizeBytes;
+    this.remapper = new Remapper({
+      blockSizeBytes: bs,
+      media: this.media,
+      badRanges: parts.badRanges,
+      mappings: parts.mappings,
+      reserveTarget: (device) => this.#reserveMoveTarget(device),
+      releaseTarget: (block) => this.#allocator.release(block),
+      writeBlock: (block, content) => this.dataWrite(content, block * bs),
+      takeBlockBuffer: () => this.#takeBlockBuffer(),
+      giveBlockBuffer: (buffer) => this.#giveBlockBuffer(buffer),
+      assertDeviceWritable: (device) => host.assertDeviceWritable(device),
+      recordBad: (ranges, flags) => host.recordBad(ranges, flags),
+      persist: () => host.commit(),
+    });
   }
 
   /** Data bytes written since open. */
@@ -107,11 +140,24 @@ export class DataPath {
     this.#bytesSinceSync = 0;
   }
 
+  /**
+   * Writes to the data file. A write the medium refuses (EIO) is narrowed to its sectors
+   * (bad-blocks.ts): when some refuse it even piece by piece, SectorsRefused names them and the
+   * caller works around them (remap.ts); the pool goes on. Any other failure puts the pool in
+   * needs-check.
+   */
   async dataWrite(source: Uint8Array, offsetBytes: number): Promise<void> {
     this.#bytesWritten += source.length;
     try {
-      await this.#files.data.write(source, offsetBytes);
+      try {
+        await this.#files.data.write(source, offsetBytes);
+      } catch (error) {
+        if (!isMediaError(error)) throw error;
+        const refused = await this.media.narrowWrite(source, offsetBytes);
+        if (refused.length > 0) throw new SectorsRefused(this.#files.data.description, offsetBytes, source.length, refused);
+      }
     } catch (error) {
+      if (error instanceof SectorsRefused) throw error;
       // The request fails, and so does every later flush: the next sync might succeed without
       // the pages this write or an earlier one left dirty.
       if (!isThinError(error, 'THIN_CLOSED')) {
@@ -122,6 +168,23 @@ export class DataPath {
     // Counted on completion: a write still in flight when a commit resets the count is not
     // covered by that commit's sync, and the next flush must sync for it.
     this.#bytesSinceSync += source.length;
+  }
+
+  /**
+   * Reads from the data file; a read the medium refuses is tried again, then narrowed: its
+   * unreadable sectors are recorded and the request fails with EIO for them (bad-blocks.ts).
+   */
+  async #dataRead(target: Uint8Array, offsetBytes: number, dataBlock: number, what: () => string): Promise<void> {
+    try {
+      await this.#files.data.read(target, offsetBytes);
+      return;
+    } catch (error) {
+      if (!isMediaError(error)) throw error;
+    }
+    const unreadable = await this.media.read(target, offsetBytes, 1);
+    if (unreadable.length === 0) return;
+    this.#host.recordBad(unreadable, BadRangeFlag.readError);
+    throw unreadableError(what(), dataBlock, unreadable);
   }
 
   /**
@@ -138,7 +201,7 @@ export class DataPath {
         target.fill(0);
         return true;
       }
-      await this.#files.data.read(target, mapping.dataBlock * bs + (offsetBytes - begin * bs));
+      await this.#dataRead(target, mapping.dataBlock * bs + (offsetBytes - begin * bs), mapping.dataBlock, () => describeRange(device, offsetBytes, target.length));
       return false;
     }
     const endBytes = offsetBytes + target.length;
@@ -152,7 +215,8 @@ export class DataPath {
         piece.fill(0);
         unmapped = true;
       } else {
-        reads.push(this.#files.data.read(piece, run.dataBlock * bs + (runBeginBytes - run.begin * bs)));
+        const firstBlock = run.dataBlock + Math.floor((runBeginBytes - run.begin * bs) / bs);
+        reads.push(this.#dataRead(piece, run.dataBlock * bs + (runBeginBytes - run.begin * bs), firstBlock, () => describeRange(device, offsetBytes, target.length)));
       }
     }
     await settleAll(reads);
@@ -169,8 +233,13 @@ export class DataPath {
       const inPlaceBytes = this.#inPlaceOffset(device, offsetBytes, lengthBytes);
       if (inPlaceBytes !== undefined) {
         this.#host.assertDeviceWritable(device);
-        await this.dataWrite(source.subarray(0, lengthBytes), inPlaceBytes);
-        return;
+        try {
+          await this.dataWrite(source.subarray(0, lengthBytes), inPlaceBytes);
+          return;
+        } catch (error) {
+          // Some sectors refuse it: block by block, each failing block is moved (writeInBlock).
+          if (!(error instanceof SectorsRefused)) throw error;
+        }
       }
     }
     const pieces = blockPieces(offsetBytes, lengthBytes, this.blockSizeBytes);
@@ -196,11 +265,21 @@ export class DataPath {
       return;
     }
     if (this.#mappings.mustCopy(device, mapping)) {
-      await this.#copyOnWrite(device, virtualBlock, mapping.dataBlock, offsetInBlockBytes, source, lengthBytes);
+      await this.remapper.move(device, virtualBlock, mapping.dataBlock, offsetInBlockBytes, source, lengthBytes, 'copy-on-write');
+      return;
+    }
+    // A block with recorded bad sectors moves on the first write that covers them (remap.ts).
+    if (this.#badRanges.hasDataBlock(mapping.dataBlock) && this.remapper.coversBadSectors(mapping.dataBlock, offsetInBlockBytes, lengthBytes)) {
+      await this.remapper.move(device, virtualBlock, mapping.dataBlock, offsetInBlockBytes, source, lengthBytes, 'remap');
       return;
     }
     const bytes = source ?? this.zeroBlock.subarray(0, lengthBytes);
-    await this.dataWrite(bytes, mapping.dataBlock * this.blockSizeBytes + offsetInBlockBytes);
+    try {
+      await this.dataWrite(bytes, mapping.dataBlock * this.blockSizeBytes + offsetInBlockBytes);
+    } catch (error) {
+      if (!(error instanceof SectorsRefused)) throw error;
+      await this.remapper.move(device, virtualBlock, mapping.dataBlock, offsetInBlockBytes, source, lengthBytes, 'remap', error.ranges);
+    }
   }
 
   /**
@@ -255,74 +334,74 @@ export class DataPath {
     return this.#allocator.allocate(device.id, options);
   }
 
+  /** Maps an unmapped virtual block to a new block holding the write; a block that refuses it is recorded bad and another taken. */
   async #provision(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
-    const block = await this.#allocateData(device, {});
-    try {
-      const knownZero = this.#knownZero.has(block);
-      this.#knownZero.remove(block, block + 1);
-      this.#raiseAhead(block);
-      if (block >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(block);
-      const offsetBytes = block * this.blockSizeBytes;
-      if (knownZero && (source === undefined || offsetInBlockBytes !== 0)) {
-        // The block reads zeros: write only the bytes asked for, and nothing at all for zeros.
-        if (source !== undefined) await this.dataWrite(source, offsetBytes + offsetInBlockBytes);
-      } else if (source !== undefined && lengthBytes === this.blockSizeBytes) {
-        await this.dataWrite(source, offsetBytes);
-      } else {
-        // A reused block may hold anything: write it whole, zeros around the data. So is a
-        // never-written block whose first write starts at its beginning: that is usually the head
-        // of a sequential stream (a journal, a log, a file appended with fsync), and the file
-        // system then allocates the whole block at once, so the stream's later writes into it
-        // overwrite written space. Written piece by piece, every sync after a write into a
-        // fallocated (unwritten) part costs ext4 a journal commit to convert it (docs/benchmarks.md,
-        // "Figures behind code decisions"); random writes begin a block only once in
-        // blockSize/writeSize.
-        if (source === undefined) {
-          await this.dataWrite(this.zeroBlock, offsetBytes);
-        } else {
-          const whole = this.#takeBlockBuffer();
-          try {
-            whole.fill(0, 0, offsetInBlockBytes);
-            whole.set(source, offsetInBlockBytes);
-            whole.fill(0, offsetInBlockBytes + lengthBytes);
-            await this.dataWrite(whole, offsetBytes);
-          } finally {
-            this.#giveBlockBuffer(whole);
-          }
-        }
+    for (let attempt = 1; ; attempt++) {
+      const block = await this.#allocateData(device, {});
+      try {
+        await this.#writeNewBlock(block, offsetInBlockBytes, source, lengthBytes);
+        this.#host.assertDeviceWritable(device);
+        this.#mappings.insertMapping(device, virtualBlock, block);
+        return;
+      } catch (error) {
+        if (!(error instanceof SectorsRefused) || attempt >= REMAP_TARGETS_MAX) throw error;
+        this.remapper.counters.targetsRefused += 1;
+        this.#host.recordBad(error.ranges, BadRangeFlag.writeError);
+      } finally {
+        this.#allocator.release(block);
       }
-      this.#host.assertDeviceWritable(device);
-      this.#mappings.insertMapping(device, virtualBlock, block);
-    } finally {
-      this.#allocator.release(block);
     }
   }
 
-  async #copyOnWrite(device: Device, virtualBlock: number, oldBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+  async #writeNewBlock(block: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    const knownZero = this.#knownZero.has(block);
+    this.#knownZero.remove(block, block + 1);
+    this.#raiseAhead(block);
+    if (block >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(block);
+    const offsetBytes = block * this.blockSizeBytes;
+    if (knownZero && (source === undefined || offsetInBlockBytes !== 0)) {
+      // The block reads zeros: write only the bytes asked for, and nothing at all for zeros.
+      if (source !== undefined) await this.dataWrite(source, offsetBytes + offsetInBlockBytes);
+    } else if (source !== undefined && lengthBytes === this.blockSizeBytes) {
+      await this.dataWrite(source, offsetBytes);
+    } else {
+      // A reused block may hold anything: write it whole, zeros around the data. So is a
+      // never-written block whose first write starts at its beginning: that is usually the head
+      // of a sequential stream (a journal, a log, a file appended with fsync), and the file
+      // system then allocates the whole block at once, so the stream's later writes into it
+      // overwrite written space. Written piece by piece, every sync after a write into a
+      // fallocated (unwritten) part costs ext4 a journal commit to convert it (docs/benchmarks.md,
+      // "Figures behind code decisions"); random writes begin a block only once in
+      // blockSize/writeSize.
+      if (source === undefined) {
+        await this.dataWrite(this.zeroBlock, offsetBytes);
+      } else {
+        const whole = this.#takeBlockBuffer();
+        try {
+          whole.fill(0, 0, offsetInBlockBytes);
+          whole.set(source, offsetInBlockBytes);
+          whole.fill(0, offsetInBlockBytes + lengthBytes);
+          await this.dataWrite(whole, offsetBytes);
+        } finally {
+          this.#giveBlockBuffer(whole);
+        }
+      }
+    }
+  }
+
+  /** A block for a move (copy-on-write, remap): may use the reserve; the high-water mark covers it on return. */
+  async #reserveMoveTarget(device: Device): Promise<number> {
     const block = await this.#allocateData(device, { mayUseReserve: true });
     this.#copyOnWrites++;
     try {
       this.#knownZero.remove(block, block + 1);
       this.#raiseAhead(block);
       if (block >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(block);
-      if (lengthBytes === this.blockSizeBytes) {
-        await this.dataWrite(source ?? this.zeroBlock, block * this.blockSizeBytes);
-      } else {
-        const whole = this.#takeBlockBuffer();
-        try {
-          await this.#files.data.read(whole, oldBlock * this.blockSizeBytes);
-          if (source !== undefined) whole.set(source, offsetInBlockBytes);
-          else whole.fill(0, offsetInBlockBytes, offsetInBlockBytes + lengthBytes);
-          await this.dataWrite(whole, block * this.blockSizeBytes);
-        } finally {
-          this.#giveBlockBuffer(whole);
-        }
-      }
-      this.#host.assertDeviceWritable(device);
-      this.#mappings.remap(device, virtualBlock, oldBlock, block);
-    } finally {
+    } catch (error) {
       this.#allocator.release(block);
+      throw error;
     }
+    return block;
   }
 
   /** Raises and commits the high-water mark so that `block` lies below it (F-POOL-40). */
@@ -377,6 +456,10 @@ export class DataPath {
     assert(buffer.length === this.blockSizeBytes, 'a scratch buffer of another size');
     if ((this.#blockBuffers.length + 1) * this.blockSizeBytes <= COPY_BUFFERS_RETAINED_BYTES_MAX) this.#blockBuffers.push(buffer);
   }
+}
+
+function describeRange(device: Device, offsetBytes: number, lengthBytes: number): string {
+  return `${lengthBytes} bytes at offset ${offsetBytes} of volume ${device.details.name}`;
 }
 
 /** Awaits every promise, then throws the first failure: no write is left running unobserved. */

@@ -79,7 +79,7 @@ export class DeviceTable {
     for (const [id, value] of this.tree.entries(this.#root)) {
       checkWrittenBy(this.#tm, value.mappingRoot, BTREE_BLOCK_TYPES, value.mappingRootTransactionId, `the mapping root of volume id ${id}`);
       checkWrittenBy(this.#tm, value.detailsBlock, BlockType.details, value.detailsTransactionId, `the details of volume id ${id}`);
-      const details = this.readDetails(value.detailsBlock, `of volume id ${id} (block ${value.detailsBlock})`);
+      const details = this.readDetails(value.detailsBlock, `of volume id ${id} (block ${value.detailsBlock})`, value.detailsTransactionId);
       if (this.#idByName.has(details.name)) {
         throw new ThinError('THIN_CORRUPT_NODE', `Two volumes are named ${details.name} (ids ${this.#idByName.get(details.name)} and ${id})`);
       }
@@ -88,8 +88,8 @@ export class DeviceTable {
     }
   }
 
-  readDetails(blockNr: number, where: string): VolumeDetails {
-    const block = this.#tm.read(blockNr, BlockType.details);
+  readDetails(blockNr: number, where: string, transactionId?: number): VolumeDetails {
+    const block = this.#tm.read(blockNr, BlockType.details, transactionId);
     return decodeDetails(block.bytes.subarray(METADATA_BLOCK_HEADER_BYTES), where);
   }
 

@@ -7,8 +7,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
+import { FaultInjectingBlockFile, type FaultRule } from '../io/fault-injection.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
+import { MeasuredBlockFile } from '../io/measured.ts';
 
 export interface PoolFiles {
   metadata: BlockFile;
@@ -87,4 +89,30 @@ export async function closePoolFiles(files: Partial<PoolFiles>): Promise<unknown
     });
   }
   return failure;
+}
+
+/** A pool's files as the engine uses them: measured (for health), under fault injection when rules are given. */
+export interface InstrumentedFiles {
+  files: PoolFiles;
+  measured: { data: MeasuredBlockFile; metadata: MeasuredBlockFile };
+  /** The injectors, when rules were given for that file (more rules can be added while serving). */
+  faults: { data?: FaultInjectingBlockFile; metadata?: FaultInjectingBlockFile };
+}
+
+/**
+ * Wraps a pool's raw files: fault injection first (io/fault-injection.ts, `thinbd serve
+ * --inject`), so that what it injects is seen by everything above as the device's own failure;
+ * then the measuring file that `pool status` reports from (io/measured.ts).
+ */
+export function instrumentPoolFiles(files: PoolFiles, rules: readonly FaultRule[] = []): InstrumentedFiles {
+  const faults: InstrumentedFiles['faults'] = {};
+  const wrap = (kind: 'data' | 'metadata', file: BlockFile): MeasuredBlockFile => {
+    const mine = rules.filter((rule) => rule.file === kind);
+    if (mine.length === 0) return new MeasuredBlockFile(file);
+    const injector = new FaultInjectingBlockFile(file, mine);
+    faults[kind] = injector;
+    return new MeasuredBlockFile(injector);
+  };
+  const measured = { data: wrap('data', files.data), metadata: wrap('metadata', files.metadata) };
+  return { files: { data: measured.data, metadata: measured.metadata }, measured, faults };
 }

@@ -7,11 +7,13 @@ import { ThinError } from '../errors.ts';
 import type { SpaceMap } from '../pdata/index.ts';
 import { DeltaLogEntryKind, type DeltaLogEntry } from '../journal/log.ts';
 import type { DeltaLogRecord } from '../journal/replay.ts';
+import { decodeBadRangeKey, type BadRanges } from './bad-ranges.ts';
 import type { DeviceTable } from './devices.ts';
 import type { MappingChanges } from './mapping-changes.ts';
 
 export interface ReplayTarget {
   devices: DeviceTable;
+  badRanges: BadRanges;
   mappings: MappingChanges;
   dataSpace: SpaceMap;
   blockSizeBytes: number;
@@ -36,6 +38,15 @@ export function replayLogRecords(target: ReplayTarget, records: readonly DeltaLo
 function applyEntry(target: ReplayTarget, entry: DeltaLogEntry, where: string): void {
   const { mappings } = target;
   const corrupt = (problem: string): ThinError => new ThinError('THIN_CORRUPT_BLOCK', `${where} ${problem}`);
+  if (entry.kind === DeltaLogEntryKind.badRange) {
+    // F-BAD-6: recorded as the pool records it, merged with what is there.
+    const decoded = decodeBadRangeKey(entry.virtualBlock);
+    if (decoded === undefined || !target.badRanges.contains(decoded.device, decoded.beginSector, decoded.beginSector + entry.lengthBlocks)) {
+      throw corrupt(`records bad sectors at key ${entry.virtualBlock} (+${entry.lengthBlocks}) outside the pool's files`);
+    }
+    target.badRanges.record(decoded.device, decoded.beginSector, decoded.beginSector + entry.lengthBlocks, entry.dataBlock);
+    return;
+  }
   const device = target.devices.byId(entry.volumeId);
   if (device === undefined) throw corrupt(`names volume id ${entry.volumeId}, which does not exist`);
   const sizeBlocks = Math.ceil(device.value.sizeBytes / target.blockSizeBytes);

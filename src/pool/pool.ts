@@ -21,25 +21,28 @@ import {
   METADATA_BLOCK_SIZE_BYTES,
   COMMIT_INTERVAL_MS_DEFAULT,
 } from '../constants.ts';
+import type { FaultRule } from '../io/fault-injection.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { makePrivateDirectory } from '../io/private.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, TransactionManager } from '../pdata/index.ts';
 import { DeltaLog, emptyLogPosition } from '../journal/log.ts';
 import { readDeltaLog } from '../journal/replay.ts';
-import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
+import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FLAG_NO_METADATA_MIRROR, POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
 import { WHOLE_VOLUME_END } from './block-locks.ts';
 import { PoolCore } from './core.ts';
+import { scrubPool, type ScrubHost, type ScrubOptions, type ScrubReport } from './scrub.ts';
 import type { Device } from './devices.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, openPoolDirectory, type PoolFiles } from './files.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, instrumentPoolFiles, openPoolDirectory, type PoolFiles } from './files.ts';
 import type { PoolStatus, VolumeInfo, VolumeUsage } from './reports.ts';
 import { makeDeviceCodec, validatePayloadRoots, writtenBy } from './trees.ts';
 import { Volume } from './volume.ts';
 
 export type { PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCounters } from './reports.ts';
+export type { ScrubOptions, ScrubReport } from './scrub.ts';
 export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 
-export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog' | 'now'> {
+export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog' | 'now' | 'faultRules'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
   /** Default: METADATA_BLOCK_COUNT_DEFAULT blocks (a sparse file). */
@@ -55,6 +58,12 @@ export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitInterval
    * replays byte for byte in another process.
    */
   poolId?: bigint;
+  /**
+   * Keep every metadata block in two copies in the metadata file (default true; docs/format.md
+   * "Metadata mirror"): one bad metadata sector then loses nothing. False records the choice, so
+   * later opens do not add a mirror (metadata on a device that is itself redundant).
+   */
+  metadataMirror?: boolean;
 }
 
 export interface PoolOpenOptions {
@@ -75,6 +84,11 @@ export interface PoolOpenOptions {
    * creation time come from it. The simulator passes a fixed clock so that traces replay byte for byte.
    */
   now?: () => number;
+  /**
+   * Fault injection at the io seam (io/fault-injection.ts; `thinbd serve --inject`): the data and
+   * metadata files fail or corrupt what these rules say. For operators' drills and tests.
+   */
+  faultRules?: readonly FaultRule[];
 }
 
 /** A committed generation pinned for a reader (Pool.pinCommitted, docs/format.md F-TX-8). */
@@ -173,7 +187,8 @@ export class Pool {
         if (fs.existsSync(path.join(dir, name))) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir} (it has a ${name} file)`);
       }
       const metadataPath = path.join(dir, METADATA_FILE_NAME);
-      files.metadata = await FileBlockFile.create(metadataPath, { sizeBytes: metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
+      const copies = options.metadataMirror === false ? 1 : 2;
+      files.metadata = await FileBlockFile.create(metadataPath, { sizeBytes: copies * metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
       created.push(metadataPath);
       const dataPath = path.join(dir, DATA_FILE_NAME);
       files.data = await FileBlockFile.create(dataPath, { sizeBytes: dataBlockCount * options.blockSizeBytes });
@@ -196,7 +211,7 @@ export class Pool {
     const readOnly = options.readOnly === true;
     const { files, lock } = await openPoolDirectory(dir, { readOnly });
     try {
-      const core = await Pool.#load(files, readOnly, options.deltaLog !== false);
+      const core = await Pool.#load(files, readOnly, options);
       return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT, options.now);
     } catch (error) {
       await closePoolFiles(files);
@@ -208,17 +223,24 @@ export class Pool {
   /** Creates a pool on the given block files (tests, the simulator); grows them to size. */
   static async createOn(files: PoolFiles, options: PoolCreateOptions): Promise<Pool> {
     const { dataBlockCount, metadataBlockCount } = validateCreateOptions(options);
-    await files.metadata.grow(metadataBlockCount * METADATA_BLOCK_SIZE_BYTES);
+    await files.metadata.grow((options.metadataMirror === false ? 1 : 2) * metadataBlockCount * METADATA_BLOCK_SIZE_BYTES);
     await files.data.grow(dataBlockCount * options.blockSizeBytes);
     return new Pool(await Pool.#format(files, options, dataBlockCount, metadataBlockCount), undefined, options.commitIntervalMs ?? 0, options.now);
   }
 
   static async openOn(files: PoolFiles, options: PoolOpenOptions = {}): Promise<Pool> {
-    return new Pool(await Pool.#load(files, options.readOnly === true, options.deltaLog !== false), undefined, options.commitIntervalMs ?? 0, options.now);
+    return new Pool(await Pool.#load(files, options.readOnly === true, options), undefined, options.commitIntervalMs ?? 0, options.now);
   }
 
-  static async #format(files: PoolFiles, options: PoolCreateOptions, dataBlockCount: number, metadataBlockCount: number): Promise<PoolCore> {
-    const tm = TransactionManager.format(files.metadata, { metadataBlockCount, poolId: options.poolId ?? randomPoolId() });
+  static async #format(rawFiles: PoolFiles, options: PoolCreateOptions, dataBlockCount: number, metadataBlockCount: number): Promise<PoolCore> {
+    const { files: measuredFiles, measured } = instrumentPoolFiles(rawFiles, options.faultRules);
+    const mirrored = options.metadataMirror !== false;
+    const tm = TransactionManager.format(measuredFiles.metadata, {
+      metadataBlockCount,
+      poolId: options.poolId ?? randomPoolId(),
+      mirrorOffsetBlocks: mirrored ? metadataBlockCount : 0,
+    });
+    const files: PoolFiles = { metadata: tm.file, data: measuredFiles.data };
     const dataSpace = SpaceMap.create(tm, dataBlockCount);
     const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => {
       throw new Error('thinbd internal error (a bug): the device tree of a new pool has no values');
@@ -227,7 +249,7 @@ export class Pool {
     const payload = {
       formatVersion: POOL_FORMAT_VERSION,
       blockSizeBytes: options.blockSizeBytes,
-      flags: options.dataReadsZeros === false ? POOL_FLAG_DATA_NOT_ZEROED : 0,
+      flags: (options.dataReadsZeros === false ? POOL_FLAG_DATA_NOT_ZEROED : 0) | (mirrored ? 0 : POOL_FLAG_NO_METADATA_MIRROR),
       dataBlockCount,
       dataSpaceMapRoot: dataSpace.root,
       deviceTreeRoot,
@@ -240,18 +262,26 @@ export class Pool {
       dataSpaceMapRootTransactionId: writtenBy(tm, dataSpace.root, BTREE_BLOCK_TYPES),
     };
     await tm.commit(encodePoolPayload(payload), () => files.data.sync());
-    const core = new PoolCore(files, tm, payload, false);
+    const core = new PoolCore(files, measured, tm, payload, false);
     if (options.deltaLog !== false) core.attachLog(new DeltaLog(files.metadata, tm.poolId, emptyLogPosition(tm.generation)));
     return core;
   }
 
-  static async #load(files: PoolFiles, readOnly: boolean, deltaLog: boolean): Promise<PoolCore> {
+  static async #load(rawFiles: PoolFiles, readOnly: boolean, options: PoolOpenOptions): Promise<PoolCore> {
+    const { files: measuredFiles, measured } = instrumentPoolFiles(rawFiles, options.faultRules);
     // pdata opens writable even for a read-only pool: replaying the delta log changes the trees in
-    // memory. The pool's mode refuses every change and commit of a read-only pool.
-    const { tm, payload, report } = await TransactionManager.open(files.metadata, { readOnly: false, validatePayload: validatePayloadRoots });
+    // memory. The pool's mode refuses every change and commit of a read-only pool, and a read-only
+    // pool never rewrites a bad metadata copy.
+    const { tm, payload, report } = await TransactionManager.open(measuredFiles.metadata, {
+      readOnly: false,
+      repairMetadata: !readOnly,
+      validatePayload: validatePayloadRoots,
+    });
+    const files: PoolFiles = { metadata: tm.file, data: measuredFiles.data };
     const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
-    const core = new PoolCore(files, tm, decoded, readOnly);
+    const core = new PoolCore(files, measured, tm, decoded, readOnly);
     core.devices.load();
+    core.badRanges.load();
     if (report.fellBack) {
       // A newer generation was committed (a valid superblock copy with damaged trees, or a
       // checksum-valid copy found at the wrong place), and a flush may have been acknowledged on
@@ -266,10 +296,15 @@ export class Pool {
     // The delta log after this generation: every flush acknowledged since its commit (F-LOG-2, F-LOG-5).
     const log = await readDeltaLog(files.metadata, { poolId: tm.poolId, baseGeneration: tm.generation });
     core.applyLogRecords(log.records);
-    if (deltaLog) core.attachLog(new DeltaLog(files.metadata, tm.poolId, log.position));
+    if (options.deltaLog !== false) core.attachLog(new DeltaLog(files.metadata, tm.poolId, log.position));
     // Fold the replayed records in at once: the log starts empty, and a crash during this rollup
     // leaves the same generation and log to replay again.
     if (log.records.length > 0 && core.canCommit && !readOnly) await core.commits.rollup();
+    // Metadata without a mirror (a format 2 pool, a restored one) gets one at its first read-write
+    // open, unless it was made without one on purpose (docs/format.md "Metadata mirror", F-SB-11).
+    if (core.canCommit && !readOnly && tm.mirror === undefined && (decoded.flags & POOL_FLAG_NO_METADATA_MIRROR) === 0) {
+      if (await tm.addMirror()) await core.commits.recordLayoutChange();
+    }
     return core;
   }
 
@@ -367,6 +402,32 @@ export class Pool {
   async flush(): Promise<void> {
     this.#core.assertOpen();
     await this.#core.commits.flush();
+  }
+
+  /**
+   * Reads every metadata block in use (each copy, mending a bad one from the good) and every data
+   * block in use (recording sectors that stay unreadable as bad ranges), at a bounded rate, beside
+   * whatever else the pool is doing (pool/scrub.ts). What it records is durable on return.
+   */
+  async scrub(options: ScrubOptions = {}): Promise<ScrubReport> {
+    this.#core.assertOpen();
+    const core = this.#core;
+    const host: ScrubHost = {
+      tm: core.tm,
+      dataSpace: core.dataSpace,
+      blockSizeBytes: core.blockSizeBytes,
+      media: core.dataPath.media,
+      badRanges: core.badRanges,
+      recordBad: (ranges, flags) => core.recordBadData(ranges, flags),
+      get closed() {
+        return core.closed;
+      },
+    };
+    const report = await scrubPool(host, options);
+    await core.tm.mirror?.repairsSettled();
+    if (!core.closed && core.canCommit) await core.commits.flush();
+    report.badRanges = core.badRanges.count;
+    return report;
   }
 
   /** Folds the delta log into the trees now (a full commit); flush() is enough for durability. */

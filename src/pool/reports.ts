@@ -2,6 +2,7 @@
 // shared blocks counted as thin_ls counts them (usage), and the types of the pool's status.
 import { SubtreeShapes, TreeWalker, type BlockManager, type BTree, type WalkVisitor } from '../pdata/index.ts';
 import { DEVICE_FLAG_READ_ONLY } from './codecs.ts';
+import type { PoolHealth } from './health.ts';
 import type { Device } from './devices.ts';
 import { coverageRuns, overlapLength, type CoverageRun, type Extent } from './ranges.ts';
 
@@ -63,6 +64,8 @@ export interface PoolStatus {
   metadataPath: string;
   dataPath: string;
   counters: PoolCounters;
+  /** Per device: errors, bad ranges, remaps, spare, latency, and a state with its rule (health.ts). */
+  health: PoolHealth;
 }
 
 export function volumeInfo(device: Device): VolumeInfo {

@@ -30,6 +30,7 @@ export function validatePayloadRoots(bytes: Uint8Array, tm: BlockManager): void 
   const payload = decodePoolPayload(bytes, tm.metadataBlockCount);
   checkWrittenBy(tm, payload.deviceTreeRoot, BTREE_BLOCK_TYPES, payload.deviceTreeRootTransactionId, 'the device tree root');
   checkWrittenBy(tm, payload.dataSpaceMapRoot, BTREE_BLOCK_TYPES, payload.dataSpaceMapRootTransactionId, 'the data space map root');
+  if ((payload.badRangeRoot ?? 0) !== 0) checkWrittenBy(tm, payload.badRangeRoot!, BTREE_BLOCK_TYPES, payload.badRangeRootTransactionId, 'the bad-range tree root');
 }
 
 /**
@@ -44,7 +45,7 @@ export function checkWrittenBy(tm: BlockManager, blockNr: number, type: number |
 
 /** What checkWrittenBy would throw, as a sentence; undefined when the block is the one recorded. Read errors throw. */
 export function staleBlockProblem(tm: BlockManager, blockNr: number, type: number | readonly number[], transactionId: number | undefined, what: string): string | undefined {
-  const block = tm.read(blockNr, type);
+  const block = tm.read(blockNr, type, transactionId);
   if (transactionId === undefined || transactionId === 0 || block.transactionId === transactionId) return undefined;
   return `Metadata block ${blockNr}, ${what}, was written by transaction ${block.transactionId}, not ${transactionId} as recorded: a lost or misdirected write left a stale block`;
 }

@@ -11,14 +11,15 @@
 //   times, ids, origins;
 // - every volume's mappings: extents in order without overlap, within the volume's size and the
 //   data space, below the data high-water mark, mapped block count as recorded;
-// - reference counts of data blocks (one per distinct mapping leaf holding the block) and of
-//   metadata blocks (one per parent entry or owner) against the space maps: no leak, no block
-//   referenced but free, no miscount.
+// - the bad-range tree: keys, values, each range inside one block and no overlap (F-BAD-1..4);
+// - reference counts of data blocks (one per distinct mapping leaf holding the block, one per bad
+//   range in it) and of metadata blocks (one per parent entry or owner) against the space maps: no
+//   leak, no block referenced but free, no miscount.
 //
 // It keeps going after a problem and names the place of each: a block number, a volume, a key or
 // block range. A node found corrupt is reported once and its subtree skipped. The work is a few
 // phases over one context, in this order: the data space map, the device tree, the volumes (and
-// their mapping trees), the data reference counts, the metadata reference counts.
+// their mapping trees), the bad ranges, the data reference counts, the metadata reference counts.
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES, PROGRESS_EXTENTS_STEP } from '../constants.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import {
@@ -33,6 +34,7 @@ import {
   type TransactionManager,
   type ValueCodec,
 } from '../pdata/index.ts';
+import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
 import { decodeDetails, type DeviceValue, type PoolPayload } from '../pool/codecs.ts';
 import type { PoolFiles } from '../pool/files.ts';
 import type { CoverageRun, Extent } from '../pool/ranges.ts';
@@ -59,6 +61,8 @@ export interface CheckStats {
   metadataNodes: number;
   /** Delta-log records after the checked generation: flushes not yet rolled up into its trees. */
   logRecords: number;
+  /** Bad ranges recorded (docs/format.md "Bad ranges"), per device. */
+  badRanges: { data: number; metadata: number };
 }
 
 export interface CheckReport {
@@ -155,6 +159,7 @@ function checkOpened(opened: ToolsOpen, options: CheckOptions): CheckReport {
     metadataBlocksUsed: opened.tm?.metadataBlocksUsed ?? 0,
     metadataNodes: 0,
     logRecords: opened.logRecords,
+    badRanges: { data: 0, metadata: 0 },
   };
   for (const finding of opened.findings) {
     if (WARNING_KINDS.has(finding.kind)) checker.warnings.push({ where: finding.where, message: finding.message });
@@ -178,8 +183,17 @@ function checkOpened(opened: ToolsOpen, options: CheckOptions): CheckReport {
     checkDataSpaceMap(context);
     checkDeviceTree(context);
     checkVolumes(context);
+    checkBadRanges(context);
     checkDataReferences(context);
     checkMetadataReferences(context);
+  }
+  // A copy of a mirrored block that fails where the other is good loses nothing: a warning, named
+  // (docs/format.md F-MIR-2). The read-only mirror only reports it; scrub or a read-write open mends it.
+  for (const event of view?.tm.mirror?.badCopies() ?? []) {
+    checker.warnings.push({
+      where: `metadata block ${Math.floor(event.offsetBytes / METADATA_BLOCK_SIZE_BYTES)}, copy ${event.copyIndex} (byte ${event.physicalOffsetBytes} of the metadata file)`,
+      message: `${event.reason}; the other copy is good (\`thinbd scrub\` or a read-write open rewrites this one)`,
+    });
   }
   checker.finish();
   return { ok: checker.problems.length === 0, problems: checker.problems, warnings: checker.warnings, stats };
@@ -330,6 +344,59 @@ function checkVolumes(context: CheckContext): void {
     }
   }
   stats.metadataNodes = walker.nodeCount;
+}
+
+/**
+ * The bad-range tree (F-BAD-1..4): every range inside one block of its device, none overlapping;
+ * each data range holds one reference to its data block (F-BAD-3).
+ */
+function checkBadRanges(context: CheckContext): void {
+  const { checker, payload, tm } = context;
+  const root = payload.badRangeRoot ?? 0;
+  if (root === 0) return;
+  const sectorsPerDataBlock = payload.blockSizeBytes / 512;
+  const sectorsPerMetadataBlock = METADATA_BLOCK_SIZE_BYTES / 512;
+  const mirrorOffsetBlocks = tm.mirrorOffsetBlocks;
+  let previousEndKey = 0;
+  context.walker.walk(root, badRangeCodec, {
+    leaf: (key, value) => {
+      const where = `bad-range tree, key ${key}`;
+      const decoded = decodeBadRangeKey(key);
+      if (decoded === undefined) {
+        checker.problem(where, 'names no device (F-BAD-1)');
+        return;
+      }
+      if (key < previousEndKey) checker.problem(where, `overlaps the range before it, which ends at key ${previousEndKey} (F-BAD-4)`);
+      previousEndKey = key + value.lengthSectors;
+      const { device, beginSector } = decoded;
+      const endSector = beginSector + value.lengthSectors;
+      const perBlock = device === 'data' ? sectorsPerDataBlock : sectorsPerMetadataBlock;
+      const physical = Math.floor(beginSector / perBlock);
+      if (Math.floor((endSector - 1) / perBlock) !== physical) {
+        checker.problem(where, `${device} sectors [${beginSector}, ${endSector}) cross a block boundary (F-BAD-1)`);
+        return;
+      }
+      if (device === 'data') {
+        if (physical >= payload.dataBlockCount) {
+          checker.problem(where, `data sectors [${beginSector}, ${endSector}) lie past the data's ${payload.dataBlockCount} blocks (F-BAD-1)`);
+          return;
+        }
+        context.stats.badRanges.data += 1;
+        context.dataReferences.add(physical, physical + 1);
+        return;
+      }
+      let logical: number | undefined;
+      if (physical < tm.metadataBlockCount) logical = physical;
+      else if (mirrorOffsetBlocks !== 0 && physical >= mirrorOffsetBlocks && physical < mirrorOffsetBlocks + tm.metadataBlockCount) logical = physical - mirrorOffsetBlocks;
+      if (logical === undefined) {
+        checker.problem(where, `metadata sectors [${beginSector}, ${endSector}) lie in no copy of the metadata (F-BAD-1)`);
+        return;
+      }
+      // A metadata range holds no reference: its block is withheld from allocation in memory (F-BAD-3).
+      context.stats.badRanges.metadata += 1;
+    },
+    corrupt: (problem) => checker.problem(corruptWhere('bad-range tree', problem), problem.error.message),
+  });
 }
 
 /** One mapping of a distinct leaf: counted as a data reference, and within the high-water mark. */

@@ -110,7 +110,8 @@ export async function openPoolForTools(target: string | PoolFiles, options: { re
     // Nothing here writes, so nothing replays them.
     let logRecords = 0;
     try {
-      const log = await readDeltaLog(files.metadata, { poolId: tm.poolId, baseGeneration: tm.generation });
+      // Through the mirror (tm.file): a slot unreadable in one copy is read from the other (F-MIR-4).
+      const log = await readDeltaLog(tm.file, { poolId: tm.poolId, baseGeneration: tm.generation });
       logRecords = log.records.length;
       if (logRecords > 0) {
         findings.push({

@@ -122,7 +122,16 @@ export async function rebuildSuperblock(source: PoolFiles, copy: BlockFile, bloc
     });
     const copyIndex = generation % 2; // F-SB-4: a copy of the generation's parity
     const superblock = encodeSuperblock(
-      { poolId, generation, metadataBlockCount, metadataSpaceMapRoot: metadataSpaceMapRoot.blockNr, metadataSpaceMapRootTransactionId: metadataSpaceMapRoot.transactionId, payload },
+      {
+        poolId,
+        generation,
+        metadataBlockCount,
+        metadataSpaceMapRoot: metadataSpaceMapRoot.blockNr,
+        metadataSpaceMapRootTransactionId: metadataSpaceMapRoot.transactionId,
+        // The copy is plain: repair restores a pool from it, and the restored pool gets its own mirror.
+        mirrorOffsetBlocks: 0,
+        payload,
+      },
       copyIndex,
     );
     for (const blockNr of SUPERBLOCK_BLOCK_NRS) await copy.write(new Uint8Array(METADATA_BLOCK_SIZE_BYTES), blockNr * METADATA_BLOCK_SIZE_BYTES);

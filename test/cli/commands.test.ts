@@ -41,6 +41,7 @@ const TABLE: CommandCase[] = [
   // demo creates a missing pool and then serves it until stopped: only its command line is checked here.
   { command: ['demo'], args: ['--pool', 'NEW', '--listen', '127.0.0.1:0'], pool: 'creates' },
   { command: ['check'], args: ['--pool', 'POOL'], pool: 'uses', json: [] },
+  { command: ['scrub'], args: ['--pool', 'POOL'], pool: 'uses', json: [] },
   { command: ['repair'], args: ['--pool', 'POOL', '-o', 'NEW'], pool: 'uses', json: ['-o', 'NEW'] },
   { command: ['dump'], args: ['--pool', 'POOL'], pool: 'uses' },
   { command: ['restore'], args: ['--pool', 'NEW', '-i', 'WORK/dump.xml', '--data-size', '64M'], pool: 'creates', json: ['--pool', 'NEW', '-i', 'WORK/dump.xml', '--data-size', '64M'] },

@@ -8,6 +8,11 @@ import { blockFileConformance } from './block-file.conformance.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { CountingBlockFile } from '../../src/io/counting.ts';
 import { FileBlockFile } from '../../src/io/file.ts';
+import { FaultInjectingBlockFile } from '../../src/io/fault-injection.ts';
+import { MirroredBlockFile } from '../../src/io/mirror.ts';
+
+/** Where the second copy begins in the mirror conformance runs: past every offset the suite touches. */
+const MIRROR_TEST_OFFSET_BYTES = 64 * 1024 * 1024;
 import { isThinError } from '../../src/errors.ts';
 import { SimDisk, SimMachine } from '../sim/sim-disk.ts';
 
@@ -32,6 +37,38 @@ blockFileConformance({
 blockFileConformance({
   name: 'FileBlockFile',
   create: (sizeBytes) => FileBlockFile.create(temporaryPath(), { sizeBytes }),
+});
+blockFileConformance({
+  name: 'MirroredBlockFile, two copies in one file',
+  create: async (sizeBytes) => {
+    const mirror = MirroredBlockFile.inOneFile(new MemoryBlockFile(0), MIRROR_TEST_OFFSET_BYTES);
+    await mirror.grow(sizeBytes);
+    return mirror;
+  },
+});
+blockFileConformance({
+  name: 'MirroredBlockFile, copies in two files',
+  create: async (sizeBytes) => {
+    const mirror = new MirroredBlockFile(
+      [
+        { file: new MemoryBlockFile(sizeBytes), offsetBytes: 0 },
+        { file: new MemoryBlockFile(sizeBytes), offsetBytes: 0 },
+      ],
+      { limitBytes: MIRROR_TEST_OFFSET_BYTES },
+    );
+    return mirror;
+  },
+});
+const faultsOf = new WeakMap<object, FaultInjectingBlockFile>();
+blockFileConformance({
+  name: 'FaultInjectingBlockFile over MemoryBlockFile',
+  create: async (sizeBytes) => {
+    const file = new FaultInjectingBlockFile(new MemoryBlockFile(sizeBytes));
+    faultsOf.set(file, file);
+    return file;
+  },
+  failNextWrite: (file) => faultsOf.get(file)?.addRules([{ file: 'data', op: 'write', times: 1 }]),
+  failNextSync: (file) => faultsOf.get(file)?.addRules([{ file: 'data', op: 'sync', times: 1 }]),
 });
 let machineSeed = 1;
 blockFileConformance({

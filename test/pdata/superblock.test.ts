@@ -179,6 +179,7 @@ describe('superblock copies', () => {
       metadataBlockCount: tm.metadataBlockCount,
       metadataSpaceMapRoot: tm.metadataSpaceMapRoot,
       metadataSpaceMapRootTransactionId: tm.read(tm.metadataSpaceMapRoot, BTREE_BLOCK_TYPES).transactionId,
+      mirrorOffsetBlocks: 0,
     };
     writeBlock(file, SUPERBLOCK_BLOCK_NRS[0]!, encodeSuperblock({ ...fields, payload: rootsPayload(12_345, 2) }, 0));
     const { report, payload } = await TransactionManager.open(file, { validatePayload: validateTree });

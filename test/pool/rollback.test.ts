@@ -5,12 +5,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { isThinError } from '../../src/errors.ts';
-import { SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
+import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
 import { decodeSuperblock, superblockCopyIndexes } from '../../src/pdata/superblock.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { checkPool } from '../../src/tools/check.ts';
 import { readBlock, writeBlock } from '../pdata/helpers.ts';
-import { BLOCK, copyFiles, filled, memoryPool } from './helpers.ts';
+import { BLOCK, METADATA_BYTES, copyFiles, filled, memoryPool } from './helpers.ts';
 
 function newestGeneration(file: MemoryBlockFile): number {
   return Math.max(...SUPERBLOCK_BLOCK_NRS.map((blockNr, copyIndex) => decodeSuperblock(readBlock(file, blockNr), copyIndex).fields?.generation ?? 0));
@@ -33,8 +33,11 @@ test('a superblock copy misdirected onto its partner\'s place opens the older ge
   // landed on copy b's place (after b's own write): a holds what it held before, b holds a's bytes.
   const generation = newestGeneration(files.metadata);
   const [a, b] = superblockCopyIndexes(generation).map((index) => SUPERBLOCK_BLOCK_NRS[index]!);
-  writeBlock(files.metadata, b!, readBlock(files.metadata, a!));
-  writeBlock(files.metadata, a!, readBlock(metadataBefore, a!));
+  // In both copies of the mirrored metadata (docs/format.md "Metadata mirror"): one copy alone is mended from the other.
+  for (const mirrorBlocks of [0, METADATA_BYTES / METADATA_BLOCK_SIZE_BYTES]) {
+    writeBlock(files.metadata, mirrorBlocks + b!, readBlock(files.metadata, a!));
+    writeBlock(files.metadata, mirrorBlocks + a!, readBlock(metadataBefore, a!));
+  }
   assert.ok(newestGeneration(files.metadata) < generation, 'no usable copy of the newest generation is left');
 
   const report = await checkPool({ metadata: MemoryBlockFile.from(files.metadata.snapshot()), data: MemoryBlockFile.from(files.data.snapshot()) });

@@ -27,7 +27,11 @@
 // - Faults: bit flips and arbitrary corruption of the medium, read EIO (one-shot or persistent) on
 //   byte ranges, write EIO, sync EIO, a misdirected write (the next write of a disk lands at
 //   another offset), a dm-dust bad-sector list (reads fail with EIO until the sector is
-//   written), and SQLite's I/O-error loop (the N-th I/O of the machine fails, once or from then on). A failed write or sync makes the disk refuse every later sync, as FileBlockFile does.
+//   written), persistent bad sectors (reads and writes fail with EIO for ever: a grown defect the
+//   drive could not reallocate; carried over a crash like the dm-dust list), and SQLite's I/O-error
+//   loop (the N-th I/O of the machine fails, once or from then on). A failed sync makes the disk
+//   refuse every later sync, as FileBlockFile does; a write that fails with EIO refuses its own
+//   range only (it stays pending: a crash may still keep or tear it).
 //
 // Images are sparse and copy-on-write by 4 KiB page, so thousands of crash images cost little.
 import type { BlockFile } from '../../src/io/block-file.ts';
@@ -292,6 +296,7 @@ export class CrashPoint {
   readonly stateKey: string;
   readonly #durable: ReadonlyMap<string, SparseImage>;
   readonly #badSectors: ReadonlyMap<string, ReadonlySet<number>>;
+  readonly #deadSectors: ReadonlyMap<string, ReadonlySet<number>>;
   readonly #seed: number;
 
   constructor(options: {
@@ -302,6 +307,7 @@ export class CrashPoint {
     durable: ReadonlyMap<string, SparseImage>;
     durableKey: string;
     badSectors: ReadonlyMap<string, ReadonlySet<number>>;
+    deadSectors: ReadonlyMap<string, ReadonlySet<number>>;
     seed: number;
   }) {
     this.eventCount = options.eventCount;
@@ -310,6 +316,7 @@ export class CrashPoint {
     this.marks = options.marks;
     this.#durable = options.durable;
     this.#badSectors = options.badSectors;
+    this.#deadSectors = options.deadSectors;
     this.#seed = options.seed;
     this.stateKey = `${options.durableKey}|${this.pending.map((write) => write.writeId).join(',')}|${this.marks.length}`;
   }
@@ -397,7 +404,7 @@ export class CrashPoint {
 
   /** A new machine, powered up on the crash images of variant: recovery runs on it. */
   machine(variant: CrashVariant, seed = mixSeed(this.#seed, this.eventCount, variant.variantIndex)): SimMachine {
-    return new SimMachine({ seed, images: this.images(variant), badSectors: this.#badSectors });
+    return new SimMachine({ seed, images: this.images(variant), badSectors: this.#badSectors, deadSectors: this.#deadSectors });
   }
 }
 
@@ -409,6 +416,7 @@ class TraceWalker {
   readonly #syncCovers = new Map<number, readonly number[]>();
   readonly #marks: string[] = [];
   readonly #badSectors: ReadonlyMap<string, ReadonlySet<number>>;
+  readonly #deadSectors: ReadonlyMap<string, ReadonlySet<number>>;
   readonly #seed: number;
   #eventCount = 0;
   #durableCount = 0;
@@ -419,12 +427,14 @@ class TraceWalker {
     writes: ReadonlyMap<number, SimWrite>;
     baseline: ReadonlyMap<string, SparseImage>;
     badSectors: ReadonlyMap<string, ReadonlySet<number>>;
+    deadSectors: ReadonlyMap<string, ReadonlySet<number>>;
     seed: number;
   }) {
     this.#events = options.events;
     this.#writes = options.writes;
     for (const [name, image] of options.baseline) this.#durable.set(name, image.clone());
     this.#badSectors = options.badSectors;
+    this.#deadSectors = options.deadSectors;
     this.#seed = options.seed;
   }
 
@@ -476,11 +486,32 @@ class TraceWalker {
     this.#eventCount += 1;
   }
 
+  /**
+   * Whether every sector of a failed write was written again, by writes issued after it that are
+   * durable at eventCount: the medium then holds those, and the failed write can no longer land
+   * (a retry that succeeded, synced, is not undone by the attempt that failed before it).
+   */
+  #superseded(failed: SimWrite, eventCount: number): boolean {
+    const begin = failed.offsetBytes;
+    const end = failed.offsetBytes + failed.bytes.length;
+    const later = [...this.#writes.values()]
+      .filter((write) => write.disk === failed.disk && !write.failed && write.issueIndex > failed.issueIndex && write.durableIndex < eventCount)
+      .filter((write) => write.offsetBytes < end && write.offsetBytes + write.bytes.length > begin)
+      .sort((a, b) => a.offsetBytes - b.offsetBytes);
+    let covered = begin;
+    for (const write of later) {
+      if (write.offsetBytes > covered) return false;
+      covered = Math.max(covered, write.offsetBytes + write.bytes.length);
+      if (covered >= end) return true;
+    }
+    return covered >= end;
+  }
+
   point(): CrashPoint {
     const eventCount = this.#eventCount;
     const pending: SimWrite[] = [];
     for (const write of this.#writes.values()) {
-      if (write.issueIndex < eventCount && write.durableIndex >= eventCount) pending.push(write);
+      if (write.issueIndex < eventCount && write.durableIndex >= eventCount && !(write.failed && this.#superseded(write, eventCount))) pending.push(write);
     }
     const orderOf = (write: SimWrite): number => (write.doneIndex < eventCount ? write.doneIndex : Infinity);
     pending.sort((a, b) => orderOf(a) - orderOf(b) || a.issueIndex - b.issueIndex);
@@ -494,6 +525,7 @@ class TraceWalker {
       durable,
       durableKey: `${this.#durableCount}/${this.#growCount}`,
       badSectors: this.#badSectors,
+      deadSectors: this.#deadSectors,
       seed: this.#seed,
     });
   }
@@ -517,6 +549,8 @@ export interface SimMachineOptions {
   images?: ReadonlyMap<string, SparseImage> | Record<string, Uint8Array | SparseImage>;
   /** Bad sectors per disk (dm-dust list), carried over a crash: they are on the medium. */
   badSectors?: ReadonlyMap<string, ReadonlySet<number>>;
+  /** Persistent bad sectors per disk (reads and writes fail for ever), carried over a crash likewise. */
+  deadSectors?: ReadonlyMap<string, ReadonlySet<number>>;
 }
 
 interface QueuedOperation {
@@ -551,7 +585,7 @@ export class SimMachine {
         : new Map(Object.entries(options.images ?? {}));
     for (const [name, content] of images) {
       const image = content instanceof SparseImage ? content.clone() : SparseImage.fromBytes(content);
-      const disk = new SimDisk(this, name, image.clone(), options.badSectors?.get(name));
+      const disk = new SimDisk(this, name, image.clone(), options.badSectors?.get(name), options.deadSectors?.get(name));
       this.#disks.set(name, disk);
       this.#baseline.set(name, image);
     }
@@ -560,7 +594,7 @@ export class SimMachine {
   /** A new, zero-filled disk. */
   createDisk(name: string, sizeBytes: number): SimDisk {
     assert(!this.#disks.has(name), `disk ${name} exists`);
-    const disk = new SimDisk(this, name, new SparseImage(sizeBytes), undefined);
+    const disk = new SimDisk(this, name, new SparseImage(sizeBytes), undefined, undefined);
     this.#disks.set(name, disk);
     this.#baseline.set(name, new SparseImage(sizeBytes));
     return disk;
@@ -705,12 +739,17 @@ export class SimMachine {
 
   #walker(): TraceWalker {
     const badSectors = new Map<string, ReadonlySet<number>>();
-    for (const [name, disk] of this.#disks) badSectors.set(name, new Set(disk.badSectors()));
+    const deadSectors = new Map<string, ReadonlySet<number>>();
+    for (const [name, disk] of this.#disks) {
+      badSectors.set(name, new Set(disk.badSectors()));
+      deadSectors.set(name, new Set(disk.deadSectors()));
+    }
     return new TraceWalker({
       events: this.#events,
       writes: this.#writes,
       baseline: this.#baseline,
       badSectors,
+      deadSectors,
       seed: this.seed,
     });
   }
@@ -842,14 +881,16 @@ export class SimDisk implements BlockFile {
   #misdirectToBytes: number | undefined;
   #misdirectSkipWrites = 0;
   readonly #badSectors: Set<number>;
+  readonly #deadSectors: Set<number>;
 
   /** @internal Use SimMachine.createDisk. */
-  constructor(machine: SimMachine, name: string, image: SparseImage, badSectors: ReadonlySet<number> | undefined) {
+  constructor(machine: SimMachine, name: string, image: SparseImage, badSectors: ReadonlySet<number> | undefined, deadSectors: ReadonlySet<number> | undefined) {
     this.#machine = machine;
     this.name = name;
     this.description = `sim:${name}`;
     this.#image = image;
     this.#badSectors = new Set(badSectors ?? []);
+    this.#deadSectors = new Set(deadSectors ?? []);
   }
 
   get machine(): SimMachine {
@@ -912,7 +953,8 @@ export class SimDisk implements BlockFile {
         misdirectedFromBytes = offsetBytes;
         this.#misdirectToBytes = undefined;
       }
-      const writeFault = this.#machine.takeIoFault(this, 'write') || this.#takeRangeFault(this.#writeFaults, offsetBytes, source.length);
+      const writeFault =
+        this.#machine.takeIoFault(this, 'write') || this.#takeRangeFault(this.#writeFaults, offsetBytes, source.length) || this.#hitsDeadSector(offsetBytes, source.length);
       // The bytes are taken when the write is issued: the caller may reuse its buffer once the
       // write completes.
       const write = this.#machine.newWrite(this.name, landingBytes, new Uint8Array(source), misdirectedFromBytes);
@@ -920,20 +962,14 @@ export class SimDisk implements BlockFile {
         disk: this,
         run: () => {
           if (writeFault) {
-            // A failed write may still have reached some sectors: it stays pending forever, so
-            // a crash keeps, drops or tears it; the process reads the old bytes.
+            // A failed write may still have reached some sectors: it stays pending until later
+            // writes of all its sectors are durable, so a crash keeps, drops or tears it; the
+            // process reads the old bytes.
             write.failed = true;
             write.doneIndex = this.#machine.recordEvent({ kind: 'write-done', disk: this.name, writeId: write.writeId, failed: true });
             this.counters.writeErrors += 1;
-            reject(
-              this.#fail(
-                new ThinError(
-                  'THIN_IO',
-                  `Cannot write ${source.length} bytes at offset ${offsetBytes} of ${this.description}: EIO`,
-                  { cause: simulatedEio() },
-                ),
-              ),
-            );
+            // EIO names this range only: later syncs still cover the other writes (FileBlockFile).
+            reject(new ThinError('THIN_IO', `Cannot write ${source.length} bytes at offset ${offsetBytes} of ${this.description}: EIO`, { cause: simulatedEio() }));
             return;
           }
           this.#image.write(write.bytes, write.offsetBytes);
@@ -1053,6 +1089,15 @@ export class SimDisk implements BlockFile {
     return [...this.#badSectors].sort((a, b) => a - b);
   }
 
+  /** Persistent bad sectors: reads and writes of these 512-byte sectors fail with EIO for ever. */
+  addDeadSectors(beginSector: number, sectorCount = 1): void {
+    for (let sector = beginSector; sector < beginSector + sectorCount; sector++) this.#deadSectors.add(sector);
+  }
+
+  deadSectors(): number[] {
+    return [...this.#deadSectors].sort((a, b) => a - b);
+  }
+
   clearFaults(): void {
     this.#readFaults = [];
     this.#writeFaults = [];
@@ -1060,9 +1105,10 @@ export class SimDisk implements BlockFile {
     this.#misdirectToBytes = undefined;
     this.#misdirectSkipWrites = 0;
     this.#badSectors.clear();
+    this.#deadSectors.clear();
   }
 
-  /** The first write or sync failure, if any (the disk then refuses syncs). */
+  /** The first sync failure, if any (the disk then refuses syncs). */
   get failure(): ThinError | undefined {
     return this.#failure;
   }
@@ -1075,7 +1121,7 @@ export class SimDisk implements BlockFile {
   }
 
   #readFault(offsetBytes: number, lengthBytes: number): ThinError | undefined {
-    let failed = this.#takeRangeFault(this.#readFaults, offsetBytes, lengthBytes);
+    let failed = this.#takeRangeFault(this.#readFaults, offsetBytes, lengthBytes) || this.#hitsDeadSector(offsetBytes, lengthBytes);
     if (!failed && this.#badSectors.size > 0 && lengthBytes > 0) {
       const first = Math.floor(offsetBytes / SECTOR_SIZE_BYTES);
       const last = Math.floor((offsetBytes + lengthBytes - 1) / SECTOR_SIZE_BYTES);
@@ -1093,6 +1139,14 @@ export class SimDisk implements BlockFile {
     if (index < 0) return false;
     if (!faults[index]?.persistent) faults.splice(index, 1);
     return true;
+  }
+
+  #hitsDeadSector(offsetBytes: number, lengthBytes: number): boolean {
+    if (this.#deadSectors.size === 0 || lengthBytes === 0) return false;
+    const first = Math.floor(offsetBytes / SECTOR_SIZE_BYTES);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / SECTOR_SIZE_BYTES);
+    for (let sector = first; sector <= last; sector++) if (this.#deadSectors.has(sector)) return true;
+    return false;
   }
 
   #clearBadSectors(offsetBytes: number, lengthBytes: number): void {

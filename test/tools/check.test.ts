@@ -79,6 +79,16 @@ async function layout(files: Files): Promise<Layout> {
   return { deviceLeaf: fields.deviceTreeRoot, devices, mappingLeaves, extents };
 }
 
+/**
+ * Writes bytes at a metadata offset in both copies of the mirrored metadata (docs/format.md
+ * "Metadata mirror"): damage the mirror cannot mend, which these tests are about. One bad copy
+ * is served from the other (test/pool/failing-disks.test.ts, and below).
+ */
+function writeBothCopies(files: Files, bytes: Uint8Array, offsetBytes: number): void {
+  files.metadata.writeSync(bytes, offsetBytes);
+  files.metadata.writeSync(bytes, METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES + offsetBytes);
+}
+
 /** Changes a metadata block and seals it again, as a buggy or malicious writer would. */
 function patch(files: Files, blockNr: number, change: (view: DataView) => void): void {
   const bytes = new Uint8Array(4096);
@@ -86,7 +96,7 @@ function patch(files: Files, blockNr: number, change: (view: DataView) => void):
   const block = new Block(blockNr, bytes);
   change(block.view);
   sealBlock(block, block.type, block.transactionId, block.view.getBigUint64(24, true));
-  files.metadata.writeSync(bytes, blockNr * 4096);
+  writeBothCopies(files, bytes, blockNr * 4096);
 }
 
 /** Opens the metadata for writing with pdata alone, changes it, and commits with the same pool payload (roots updated). */
@@ -129,7 +139,7 @@ test('a flipped bit in a mapping leaf is found and named by its block', async ()
   const leaf = [...mappingLeaves.values()][0]!;
   const bytes = new Uint8Array(1);
   files.metadata.readSync(bytes, leaf * 4096 + 100);
-  files.metadata.writeSync(new Uint8Array([bytes[0]! ^ 0x10]), leaf * 4096 + 100);
+  writeBothCopies(files, new Uint8Array([bytes[0]! ^ 0x10]), leaf * 4096 + 100);
   const report = await checkPool(files);
   assert.equal(report.ok, false);
   assert.ok(report.problems.some((p) => p.where.includes(`metadata block ${leaf}`) && /checksum/.test(p.message)), describe(report));
@@ -197,8 +207,8 @@ test('the check goes on after a corrupt node and reports the other problems too'
   const { mappingLeaves, devices } = await layout(files);
   const leafOfA = mappingLeaves.get(1)!;
   const b = devices.find((d) => d.id === 2)!;
-  files.metadata.writeSync(new Uint8Array(64).fill(0xab), leafOfA * 4096 + 200);
-  files.metadata.writeSync(new Uint8Array(8).fill(0xcd), b.value.detailsBlock * 4096 + 40);
+  writeBothCopies(files, new Uint8Array(64).fill(0xab), leafOfA * 4096 + 200);
+  writeBothCopies(files, new Uint8Array(8).fill(0xcd), b.value.detailsBlock * 4096 + 40);
   const report = await checkPool(files);
   assert.ok(report.problems.some((p) => p.where.includes(`metadata block ${leafOfA}`)), describe(report));
   assert.ok(report.problems.some((p) => p.where.includes(`details block ${b.value.detailsBlock}`)), describe(report));
@@ -234,7 +244,7 @@ test('a newest generation with damaged trees is not served silently: the pool op
   await pool.close();
   const files = { metadata: MemoryBlockFile.from(live.metadata.snapshot(), 'metadata'), data: MemoryBlockFile.from(live.data.snapshot(), 'data') };
   const { deviceLeaf } = await layout(files);
-  files.metadata.writeSync(new Uint8Array(16).fill(0x5a), deviceLeaf * 4096 + 300);
+  writeBothCopies(files, new Uint8Array(16).fill(0x5a), deviceLeaf * 4096 + 300);
   const forCheck = { metadata: MemoryBlockFile.from(files.metadata.snapshot(), 'metadata'), data: MemoryBlockFile.from(files.data.snapshot(), 'data') };
   const reopened = await Pool.openOn(files);
   const status = reopened.status();
@@ -269,4 +279,19 @@ test("check's data reference sweep gives the same runs as the pool's coverage sw
     }),
     { numRuns: 500 },
   );
+});
+
+test('one bad copy of a mirrored node loses nothing: check passes and warns, naming the block and the copy', async () => {
+  const files = await usedPool();
+  const opened = await TransactionManager.open(MemoryBlockFile.from(files.metadata.snapshot()), { readOnly: true });
+  const payload = decodePoolPayload(opened.payload, opened.tm.metadataBlockCount);
+  const root = payload.deviceTreeRoot;
+  // Only the first copy is damaged.
+  files.metadata.writeSync(new Uint8Array(16).fill(0x5a), root * 4096 + 300);
+  const report = await checkPool(files);
+  assert.deepEqual(report.problems, []);
+  assert.ok(report.ok);
+  const warning = report.warnings.find((entry) => entry.where.startsWith(`metadata block ${root}, copy 0`));
+  assert.ok(warning, `a warning names block ${root}, copy 0: ${JSON.stringify(report.warnings)}`);
+  assert.match(warning.message, /checksum/);
 });

@@ -2,7 +2,7 @@
 // (block for block) and that loses only what sat under the damage, each loss named.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, writeSync } from 'node:fs';
 import { Pool } from '../../src/pool/pool.ts';
 import { repairPool } from '../../src/tools/repair.ts';
 import { PoolView } from '../../src/tools/pool-view.ts';
@@ -58,10 +58,14 @@ async function leavesOf(dir: string, name: string): Promise<Array<{ blockNr: num
   }
 }
 
+/** Overwrites a metadata block in both copies of the mirror (its second half): damage the mirror cannot mend. */
 function smash(dir: string, blockNr: number): void {
   const fd = openSync(`${dir}/metadata`, 'r+');
   try {
-    writeSync(fd, Buffer.alloc(METADATA_BLOCK_SIZE_BYTES, 0x5a), 0, METADATA_BLOCK_SIZE_BYTES, blockNr * METADATA_BLOCK_SIZE_BYTES);
+    const mirrorOffsetBytes = fstatSync(fd).size / 2;
+    for (const base of [0, mirrorOffsetBytes]) {
+      writeSync(fd, Buffer.alloc(METADATA_BLOCK_SIZE_BYTES, 0x5a), 0, METADATA_BLOCK_SIZE_BYTES, base + blockNr * METADATA_BLOCK_SIZE_BYTES);
+    }
   } finally {
     closeSync(fd);
   }

@@ -7,7 +7,7 @@ import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { openPoolForTools } from '../../src/tools/open.ts';
 import { PoolView } from '../../src/tools/pool-view.ts';
 import { rebuildSuperblock } from '../../src/tools/superblock-scan.ts';
-import { BLOCK, filled, memoryPool } from '../pool/helpers.ts';
+import { BLOCK, METADATA_BYTES, filled, memoryPool } from '../pool/helpers.ts';
 
 test('with every superblock copy zeroed, the scan finds the last generation and its volumes on block files', async () => {
   const { pool, files: written } = await memoryPool(256);
@@ -22,7 +22,10 @@ test('with every superblock copy zeroed, the scan finds the last generation and 
   const mappingsBefore = before.devices().map((device) => [device.details.name, [...before.mappings(device)]]);
   await before.close();
 
-  for (const blockNr of SUPERBLOCK_BLOCK_NRS) await files.metadata.write(new Uint8Array(METADATA_BLOCK_SIZE_BYTES), blockNr * METADATA_BLOCK_SIZE_BYTES);
+  // Both copies of each (docs/format.md "Metadata mirror").
+  for (const base of [0, METADATA_BYTES]) {
+    for (const blockNr of SUPERBLOCK_BLOCK_NRS) await files.metadata.write(new Uint8Array(METADATA_BLOCK_SIZE_BYTES), base + blockNr * METADATA_BLOCK_SIZE_BYTES);
+  }
   const unopened = await openPoolForTools(files);
   assert.equal(unopened.view, undefined);
   assert.deepEqual(unopened.findings.map((finding) => finding.kind), ['no-generation']);

@@ -1,8 +1,10 @@
-// thinbd check
+// thinbd check | scrub
 import type { Command } from '@commander-js/extra-typings';
-import { exitCodes, type CommandResult, type Reporter } from '../report.ts';
+import { UsageError, exitCodes, type CommandResult, type Reporter } from '../report.ts';
 import { poolDirectory, poolOption } from '../options.ts';
-import { assertPoolExists, liveService } from '../pool-access.ts';
+import { assertPoolExists, liveService, withService } from '../pool-access.ts';
+import { SCRUB_RATE_BYTES_PER_SECOND_DEFAULT } from '../../constants.ts';
+import type { ScrubReport } from '../../pool/pool.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { checkPool, type CheckReport } from '../../tools/check.ts';
 import { checkAndRepairPool } from '../../tools/repair.ts';
@@ -66,6 +68,49 @@ export function registerCheckCommand(program: Command, reporter: Reporter, resul
       }
       if (!report.ok) {
         reporter.error(`check found ${report.problems.length} problem(s) in ${dir}`);
+        result.exitCode = exitCodes.failure;
+      }
+    });
+}
+
+const BYTES_PER_MB = 1_000_000;
+
+/** The lines `thinbd scrub` prints: what was read, what was mended, what is lost. */
+function scrubLines(dir: string, report: ScrubReport): string[] {
+  const { metadata, data } = report;
+  const lines = [
+    `metadata: ${metadata.blocksRead} blocks read${metadata.single ? ' (one copy: nothing to compare)' : ' in both copies'}; ` +
+      `${metadata.copiesBad} bad cop${metadata.copiesBad === 1 ? 'y' : 'ies'}, ${metadata.copiesRewritten} rewritten from the good one`,
+    `data:     ${data.blocksRead} blocks read (${(data.bytesRead / BYTES_PER_MB).toFixed(1)} MB), ${data.blocksKnownBad} with known bad ranges passed over, ` +
+      `${data.readsRecovered} read(s) recovered on retry, ${data.unreadable.length} unreadable range(s) found`,
+  ];
+  for (const lost of metadata.blocksLost) lines.push(`lost: metadata block ${lost.blockNr}: ${lost.problems.join('; ')}`);
+  for (const blockNr of metadata.unreadableBlocks) lines.push(`unreadable: metadata block ${blockNr} (one copy only)`);
+  for (const range of data.unreadable) {
+    lines.push(`unreadable: data block ${range.dataBlock}, sectors [${range.beginSector}, ${range.endSector}) (recorded as a bad range; reads there fail with EIO until a write covers them)`);
+  }
+  lines.push(`Pool ${dir}: ${report.badRanges} bad range(s) recorded${report.stopped ? '; the scrub stopped early (the pool closed)' : ''}, ${(report.durationMs / 1000).toFixed(1)} s`);
+  return lines;
+}
+
+/** Something found that is lost or unreadable is the answer, with exit code 1; mended copies are not. */
+export function registerScrubCommand(program: Command, reporter: Reporter, result: CommandResult): void {
+  program
+    .command('scrub')
+    .description('read every metadata block (both copies, mending a bad one from the good) and every data block in use, recording unreadable sectors; works on a served pool; exit 1 when something is unreadable')
+    .addOption(poolOption())
+    .option('--rate <MB/s>', 'read at most this many megabytes (10^6 bytes) per second', String(SCRUB_RATE_BYTES_PER_SECOND_DEFAULT / BYTES_PER_MB))
+    .option('--json', 'print JSON')
+    .action(async (options) => {
+      const dir = poolDirectory(options.pool);
+      const rateMb = Number(options.rate);
+      if (!(Number.isFinite(rateMb) && rateMb > 0)) throw new UsageError(`--rate: '${options.rate}' is not a positive number of MB/s`);
+      const report = await withService(dir, 'write', (service) => service.scrub({ rateBytesPerSecond: rateMb * BYTES_PER_MB }));
+      if (options.json) reporter.json(report);
+      else for (const line of scrubLines(dir, report)) reporter.out(line);
+      const lost = report.metadata.blocksLost.length + report.metadata.unreadableBlocks.length + report.data.unreadable.length;
+      if (lost > 0) {
+        reporter.error(`scrub found ${lost} unreadable or lost place(s) in ${dir}`);
         result.exitCode = exitCodes.failure;
       }
     });

@@ -7,7 +7,27 @@ import { UsageError } from '../report.ts';
 import { poolDirectory, poolOption, sizeOption } from '../options.ts';
 import { warnIfExposed, withService } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
+import type { PoolHealth } from '../../pool/health.ts';
+import type { LatencySummary } from '../../io/latency.ts';
 import { DATA_BLOCK_SIZE_BYTES_MAX, DATA_BLOCK_SIZE_BYTES_MIN } from '../../constants.ts';
+
+/** The health section of `pool status` (pool/health.ts): per device its state and rule, errors, bad ranges, remaps, spare and latency. */
+function healthLines(health: PoolHealth): string[] {
+  const latency = (name: string, summary: LatencySummary): string =>
+    summary.count === 0
+      ? `  ${name.padEnd(6)} no operations`
+      : `  ${name.padEnd(6)} ${summary.count} ops, avg ${summary.avgMs.toFixed(3)} min ${summary.minMs.toFixed(3)} max ${summary.maxMs.toFixed(3)} ` +
+        `p95 ${summary.p95Ms.toFixed(3)} p99 ${summary.p99Ms.toFixed(3)} stddev ${summary.stddevMs.toFixed(3)} ms`;
+  const lines: string[] = [];
+  for (const [name, device] of [['data', health.data], ['metadata', health.metadata]] as const) {
+    lines.push(`${name} health: ${device.state} (${device.rule})`);
+    lines.push(`  I/O errors: ${device.ioErrors.read} read, ${device.ioErrors.write} write, ${device.ioErrors.sync} sync since open`);
+    lines.push(`  bad ranges: ${device.badRanges} (${device.badSectors} sectors); ${name === 'data' ? 'remapped blocks' : 'copies rewritten'}: ${device.remappedBlocks}; spare: ${device.spareBlocks} blocks`);
+    if ('copies' in device) lines.push(`  copies: ${device.copies}${device.degradedBlocks > 0 ? `, ${device.degradedBlocks} block(s) with a bad copy` : ''}`);
+    lines.push(latency('read', device.latencyMs.read), latency('write', device.latencyMs.write), latency('sync', device.latencyMs.sync));
+  }
+  return lines;
+}
 
 export function registerPoolCommands(program: Command, reporter: Reporter): void {
   const pool = program.command('pool').description('create a pool or show its state');
@@ -19,6 +39,7 @@ export function registerPoolCommands(program: Command, reporter: Reporter): void
     .option('--data-size <size>', 'data space', formatSize(DATA_SIZE_BYTES_DEFAULT))
     .option('--block-size <size>', 'data block size: a power of two, 64k to 1G', formatSize(DATA_BLOCK_SIZE_BYTES_DEFAULT))
     .option('--metadata-size <size>', 'metadata space (default: sized from the data space)')
+    .option('--no-metadata-mirror', 'keep one copy of the metadata, not two (only on a device that is itself redundant: one bad sector can then lose the pool)')
     .action(async (options) => {
       const dir = poolDirectory(options.pool);
       const blockSizeBytes = sizeOption('--block-size', options.blockSize);
@@ -35,7 +56,7 @@ export function registerPoolCommands(program: Command, reporter: Reporter): void
       }
       const metadataSizeBytes =
         options.metadataSize === undefined ? undefined : sizeOption('--metadata-size', options.metadataSize);
-      const created = await Pool.create(dir, { dataSizeBytes, blockSizeBytes, metadataSizeBytes });
+      const created = await Pool.create(dir, { dataSizeBytes, blockSizeBytes, metadataSizeBytes, metadataMirror: options.metadataMirror });
       const status = created.status();
       await created.close();
       reporter.out(
@@ -74,5 +95,6 @@ export function registerPoolCommands(program: Command, reporter: Reporter): void
       );
       reporter.out(`volumes:     ${status.volumeCount}`);
       reporter.out(`transaction: ${status.transactionId}`);
+      for (const line of healthLines(status.health)) reporter.out(line);
     });
 }

@@ -12,6 +12,7 @@ import { PoolServer, describeAddress, parseListenAddress } from '../../daemon/se
 import { loadNbdTls, type NbdTls, type NbdTlsMode } from '../../nbd/tls.ts';
 import { isThinError } from '../../errors.ts';
 import { METADATA_FILE_NAME, Pool } from '../../pool/pool.ts';
+import { readFaultRules } from '../../io/fault-injection.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_SIZE_BYTES_DEFAULT, SERVE_HOST_DEFAULT, SERVE_PORT_DEFAULT } from '../../constants.ts';
 
 const DEMO_VOLUME_SIZE_BYTES = 8 * 1024 ** 3;
@@ -178,10 +179,13 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .option('--tls-psk <file>', "pre-shared keys, nbdkit's format (psktool -u NAME -p FILE): username:hexkey lines; re-read when it changes")
     .addOption(logOptions()[0])
     .addOption(logOptions()[1])
+    .option('--inject <file>', 'fault injection for drills and tests: a JSON rules file making sectors of the data or metadata file fail or flip bits (see docs/internals.md)')
     .action(async (options) => {
       const poolDir = poolDirectory(options.pool);
       assertPoolExists(poolDir);
       const addresses = listenAddresses(options);
+      // Read (and refused when malformed) before the pool is opened: a bad rules file changes nothing.
+      const faultRules = options.inject === undefined ? undefined : readFaultRules(options.inject);
       const log = serveLogger(options, poolDir, reporter).sink;
       const tls = tlsOptions(options, log);
       const exports = exportNames(options.export);
@@ -196,6 +200,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
         ...(tls === undefined ? {} : { tls }),
         ...(exports === undefined ? {} : { exports }),
         ...(metrics === undefined ? {} : { metrics }),
+        ...(faultRules !== undefined ? { faultRules } : {}),
         log,
       });
       await serveUntilSignalled(server, log, () => announce(server, poolDir, reporter, log, tls?.mode ?? 'off'));

@@ -258,7 +258,7 @@ export class BTree<V> {
     transactionId?: number,
   ): Block {
     const types = level === undefined ? BTREE_BLOCK_TYPES : level === 0 ? BlockType.btreeLeaf : BlockType.btreeInternal;
-    const block = this.tm.read(blockNr, types);
+    const block = this.tm.read(blockNr, types, transactionId);
     if (transactionId !== undefined && block.transactionId !== transactionId) throw staleChild(block, transactionId);
     const expect = {
       treeKind: this.codec.treeKind,

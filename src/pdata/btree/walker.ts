@@ -131,7 +131,7 @@ export class TreeWalker {
       let block;
       try {
         const types = pending.level === undefined ? BTREE_BLOCK_TYPES : pending.level === 0 ? BlockType.btreeLeaf : BlockType.btreeInternal;
-        block = this.tm.read(blockNr, types);
+        block = this.tm.read(blockNr, types, pending.transactionId);
         if (pending.transactionId !== undefined && block.transactionId !== pending.transactionId) {
           throw new ThinError(
             'THIN_CORRUPT_BLOCK',

@@ -1,0 +1,101 @@
+// Scrubbing the metadata (`thinbd scrub`): every metadata block in use is read in each of its
+// copies, as it is, and the copies are compared (docs/format.md "Metadata mirror"). Copies that
+// are equal are fine (both never written counts: a delta-log slot not used yet). Copies that
+// differ or fail to read are judged by the block checks that need no knowledge of the block's
+// place in a tree (F-BLK-1, F-BLK-3, F-BLK-5, F-BLK-6: checksum, own block number, pool); the
+// newest valid copy (highest transaction id) is written over the others. Choosing the newest is
+// what makes this safe beside a running pool: a commit writing a block writes the same bytes to
+// both copies, so a scrub that reads between the two writes sees the new one win; and a rewrite
+// of one copy is ordered before any later write of the same block (io/mirror.ts).
+//
+// Reading is synchronous per block (readCopySync) and the caller's pacing (a rate in bytes per
+// second) is applied between batches, so a live pool's requests interleave with the scrub.
+import { METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
+import { isMediaError } from '../io/media-error.ts';
+import { BlockHeader, BlockType, blockProblem, getU64 } from './block.ts';
+import type { TransactionManager } from './transaction.ts';
+
+const ALL_BLOCK_TYPES = Object.values(BlockType);
+
+export interface MetadataScrubReport {
+  /** Blocks in use whose copies were read. */
+  blocksRead: number;
+  /** Copies that failed to read or did not match the newest valid copy. */
+  copiesBad: number;
+  copiesRewritten: number;
+  /** Blocks no copy of which is valid while the copies differ: named, nothing rewritten. */
+  blocksLost: Array<{ blockNr: number; problems: string[] }>;
+  /** Metadata kept in one copy: nothing to compare (blocks were still read, so EIO shows). */
+  single: boolean;
+  /** Blocks of a single-copy metadata file that could not be read. */
+  unreadableBlocks: number[];
+}
+
+/** Waits as needed between batches; resolves false to stop (the pool is closing). */
+export type ScrubPacer = (bytesJustRead: number) => Promise<boolean>;
+
+/** Blocks read between two calls of the pacer. */
+const BATCH_BLOCKS = 256;
+
+export async function scrubMetadata(tm: TransactionManager, pace: ScrubPacer): Promise<MetadataScrubReport> {
+  const report: MetadataScrubReport = { blocksRead: 0, copiesBad: 0, copiesRewritten: 0, blocksLost: [], single: tm.mirror === undefined, unreadableBlocks: [] };
+  const mirror = tm.mirror;
+  const copyCount = mirror?.copyCount ?? 1;
+  const copies = Array.from({ length: copyCount }, () => new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
+  const repairs: Array<Promise<boolean>> = [];
+  let inBatch = 0;
+  for (let blockNr = 0; blockNr < tm.metadataBlockCount; blockNr++) {
+    if (tm.refCount(blockNr) === 0) continue;
+    const offsetBytes = blockNr * METADATA_BLOCK_SIZE_BYTES;
+    report.blocksRead += 1;
+    if (mirror === undefined) {
+      try {
+        tm.file.readSync(copies[0]!, offsetBytes);
+      } catch (error) {
+        if (!isMediaError(error)) throw error;
+        report.unreadableBlocks.push(blockNr);
+      }
+    } else {
+      const readError: Array<string | undefined> = copies.map((copy, copyIndex) => {
+        try {
+          mirror.readCopySync(copyIndex, copy, offsetBytes);
+          return undefined;
+        } catch (error) {
+          if (!isMediaError(error)) throw error;
+          return `read failed: ${error instanceof Error ? error.message : String(error)}`;
+        }
+      });
+      const allEqual = readError.every((error) => error === undefined) && copies.every((copy) => Buffer.from(copy).equals(Buffer.from(copies[0]!)));
+      if (!allEqual) {
+        const problems = copies.map((copy, copyIndex) => readError[copyIndex] ?? blockProblem(copy, { blockNr, expectedType: ALL_BLOCK_TYPES, poolId: tm.poolId }));
+        let best: number | undefined;
+        copies.forEach((copy, copyIndex) => {
+          if (problems[copyIndex] !== undefined) return;
+          if (best === undefined || transactionIdOf(copy) > transactionIdOf(copies[best]!)) best = copyIndex;
+        });
+        if (best === undefined) {
+          report.blocksLost.push({ blockNr, problems: problems.map((problem, copyIndex) => `copy ${copyIndex}: ${problem ?? 'valid'}`) });
+        } else {
+          const good = copies[best]!.slice();
+          copies.forEach((copy, copyIndex) => {
+            if (copyIndex === best || (readError[copyIndex] === undefined && Buffer.from(copy).equals(Buffer.from(good)))) return;
+            report.copiesBad += 1;
+            repairs.push(mirror.repairCopy(copyIndex, good, offsetBytes));
+          });
+        }
+      }
+    }
+    inBatch += 1;
+    if (inBatch === BATCH_BLOCKS) {
+      inBatch = 0;
+      if (!(await pace(BATCH_BLOCKS * METADATA_BLOCK_SIZE_BYTES * copyCount))) break;
+    }
+  }
+  for (const repaired of await Promise.all(repairs)) if (repaired) report.copiesRewritten += 1;
+  if (inBatch > 0) await pace(inBatch * METADATA_BLOCK_SIZE_BYTES * copyCount);
+  return report;
+}
+
+function transactionIdOf(bytes: Uint8Array): number {
+  return getU64(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), BlockHeader.transactionIdOffset);
+}
