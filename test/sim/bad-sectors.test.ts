@@ -37,8 +37,8 @@ import {
 } from './pool-bases.ts';
 
 const OPS_MAX = 3;
-const VARIANTS_PER_POINT = 3;
-const CAMPAIGN_COUNT = Number(process.env['THINBD_CAMPAIGNS'] ?? 30);
+const VARIANTS_PER_POINT = 2;
+const CAMPAIGN_COUNT = Number(process.env['THINBD_CAMPAIGNS'] ?? 12);
 const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261206);
 /** The floor: bad sectors per run, across data and metadata. */
 const BAD_SECTORS_MIN = 500;
