@@ -78,6 +78,9 @@ export class MemoryBlockFile implements BlockFile {
     if (endBytes <= this.#bytes.length) return;
     let capacity = Math.max(this.#bytes.length, 1 << 16);
     while (capacity < endBytes) capacity *= 2;
+    // Never past the file's size when the write is inside it: a mirrored pool's metadata (two
+    // copies, the second written from the middle on) would otherwise double to twice its size.
+    capacity = Math.min(capacity, Math.max(endBytes, this.#sizeBytes));
     const grown = new Uint8Array(capacity);
     grown.set(this.#bytes);
     this.#bytes = grown;
