@@ -9,7 +9,7 @@
 // (queued), and while a reader holds the committed state (withCommitsHeld) none starts. The
 // payload is built synchronously right before pdata seals, so the roots in the payload are
 // exactly those of the sealed transaction.
-import { INLINE_SYNC_DIRTY_BYTES_MAX, LOG_ROLLUP_TICKS_MAX, METADATA_DIRTY_BLOCKS_SOFT_MAX } from '../constants.ts';
+import { INLINE_SYNC_DIRTY_BYTES_MAX, LOG_ROLLUP_TICKS_MAX } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 import type { SyncOptions } from '../io/block-file.ts';
 import type { TransactionManager } from '../pdata/index.ts';
@@ -18,6 +18,7 @@ import { idleRollupDue, planFlush, type FlushState } from '../journal/rollup.ts'
 import type { DataPath } from './data-path.ts';
 import type { PoolFiles } from './files.ts';
 import type { HighWaterMark } from './high-water-mark.ts';
+import type { PoolMutant } from './mutants.ts';
 import type { PoolMode } from './reports.ts';
 
 /** What the scheduler needs from the engine (PoolCore), whose state machine it follows. */
@@ -50,6 +51,10 @@ export interface CommitParts {
   files: PoolFiles;
   dataPath: DataPath;
   highWaterMark: HighWaterMark;
+  /** Dirty metadata blocks after which a write starts a commit (commitIfManyDirty). */
+  metadataDirtyBlocksMax: number;
+  /** Tests only (mutants.ts). */
+  mutant?: PoolMutant | undefined;
 }
 
 export class CommitScheduler {
@@ -58,6 +63,9 @@ export class CommitScheduler {
   readonly #files: PoolFiles;
   readonly #dataPath: DataPath;
   readonly #highWaterMark: HighWaterMark;
+  readonly #metadataDirtyBlocksMax: number;
+  /** The no-data-sync-before-log-record mutant (mutants.ts): tests only. */
+  readonly #skipDataSyncBeforeRecord: boolean;
   #running: Promise<void> | undefined;
   #queued: Promise<void> | undefined;
   /** While set, no commit starts: a reader of the committed state (a live check) is using it. */
@@ -83,6 +91,8 @@ export class CommitScheduler {
     this.#files = parts.files;
     this.#dataPath = parts.dataPath;
     this.#highWaterMark = parts.highWaterMark;
+    this.#metadataDirtyBlocksMax = parts.metadataDirtyBlocksMax;
+    this.#skipDataSyncBeforeRecord = parts.mutant === 'no-data-sync-before-log-record';
   }
 
   get running(): Promise<void> | undefined {
@@ -174,11 +184,12 @@ export class CommitScheduler {
 
   /**
    * Starts a commit nobody asked for when the open transaction holds many dirty metadata blocks
-   * (METADATA_DIRTY_BLOCKS_SOFT_MAX), so memory stays bounded between a client's flushes. A
+   * (METADATA_DIRTY_BLOCKS_SOFT_MAX unless the pool was opened with a lower limit), so memory
+   * stays bounded between a client's flushes. A
    * failure enters the sticky mode; the caller's request is not failed by it.
    */
   commitIfManyDirty(): void {
-    if (!this.backgroundCommitMayStart || this.#tm.dirtyBlockCount < METADATA_DIRTY_BLOCKS_SOFT_MAX) return;
+    if (!this.backgroundCommitMayStart || this.#tm.dirtyBlockCount < this.#metadataDirtyBlocksMax) return;
     this.rollup().catch(() => undefined);
   }
 
@@ -329,8 +340,10 @@ export class CommitScheduler {
     const entries = log.takePending();
     const time = this.#host.time;
     const options = this.#flushSyncOptions();
-    this.#dataPath.syncStarted();
-    await this.#syncData(options);
+    if (!this.#skipDataSyncBeforeRecord) {
+      this.#dataPath.syncStarted();
+      await this.#syncData(options);
+    }
     try {
       await log.append(entries, time, options);
     } catch (error) {
