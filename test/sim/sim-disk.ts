@@ -34,6 +34,7 @@
 //   range only (it stays pending: a crash may still keep or tear it).
 //
 // Images are sparse and copy-on-write by 4 KiB page, so thousands of crash images cost little.
+import { createHash } from 'node:crypto';
 import type { BlockFile } from '../../src/io/block-file.ts';
 import { ThinError, assert } from '../../src/errors.ts';
 import { Rng, mixSeed } from './rng.ts';
@@ -295,6 +296,7 @@ export class CrashPoint {
   /** Identifies the crash states: two points with equal keys yield the same images. */
   readonly stateKey: string;
   readonly #durable: ReadonlyMap<string, SparseImage>;
+  readonly #durableKey: string;
   readonly #badSectors: ReadonlyMap<string, ReadonlySet<number>>;
   readonly #deadSectors: ReadonlyMap<string, ReadonlySet<number>>;
   readonly #seed: number;
@@ -315,6 +317,7 @@ export class CrashPoint {
     this.pending = options.pending;
     this.marks = options.marks;
     this.#durable = options.durable;
+    this.#durableKey = options.durableKey;
     this.#badSectors = options.badSectors;
     this.#deadSectors = options.deadSectors;
     this.#seed = options.seed;
@@ -400,6 +403,36 @@ export class CrashPoint {
       else if (outcome.kind === 'torn') applyTorn(image, write, outcome.shape, outcome.seed);
     });
     return images;
+  }
+
+  /**
+   * Names the crash images of variant by their bytes: the durable state (identified within its
+   * trace) and the final contents of every page a pending write touched that differs from it.
+   * Two variants (or crash points) of one trace with equal digests power up on identical disks,
+   * so a campaign counts distinct crash images, not recoveries.
+   */
+  imageDigest(variant: CrashVariant): string {
+    const images = this.images(variant);
+    const pages = new Set<string>();
+    for (const write of this.pending) {
+      const first = Math.floor(write.offsetBytes / PAGE_SIZE_BYTES);
+      const end = Math.ceil((write.offsetBytes + write.bytes.length) / PAGE_SIZE_BYTES);
+      for (let page = first; page < end; page++) pages.add(`${write.disk}:${page}`);
+    }
+    const hash = createHash('sha1');
+    hash.update(this.#durableKey);
+    const after = new Uint8Array(PAGE_SIZE_BYTES);
+    const before = new Uint8Array(PAGE_SIZE_BYTES);
+    for (const key of [...pages].sort()) {
+      const [disk, pageText] = key.split(':') as [string, string];
+      const offsetBytes = Number(pageText) * PAGE_SIZE_BYTES;
+      images.get(disk)?.read(after, offsetBytes);
+      this.#durable.get(disk)?.read(before, offsetBytes);
+      if (bytesEqual(after, before)) continue;
+      hash.update(key);
+      hash.update(after);
+    }
+    return hash.digest('hex');
   }
 
   /** A new machine, powered up on the crash images of variant: recovery runs on it. */
@@ -712,6 +745,21 @@ export class SimMachine {
       yield walker.point();
       if (walker.eventCount === this.#events.length) return;
       walker.step();
+    }
+  }
+
+  /**
+   * The crash points after the given numbers of events (ascending), without building the ones in
+   * between: a long trace's sample costs one walk of the trace.
+   */
+  *crashPointsAt(eventCounts: readonly number[]): Generator<CrashPoint> {
+    const walker = this.#walker();
+    let previous = -1;
+    for (const eventCount of eventCounts) {
+      assert(eventCount > previous && eventCount <= this.#events.length, `crash points must be ascending and at most ${this.#events.length}`);
+      previous = eventCount;
+      while (walker.eventCount < eventCount) walker.step();
+      yield walker.point();
     }
   }
 
