@@ -79,6 +79,7 @@ export class CommitScheduler {
   #flushes = 0;
   #rollups = 0;
   #dataSyncs = 0;
+  #dirtyLimitCommits = 0;
   /** Requests begun at the timer's last tick (to tell a quiet interval). */
   #requestsBegunAtTick = 0;
   /** Rollups seen at the last tick, and ticks since the count last changed (LOG_ROLLUP_TICKS_MAX). */
@@ -121,6 +122,10 @@ export class CommitScheduler {
 
   get dataSyncs(): number {
     return this.#dataSyncs;
+  }
+
+  get dirtyLimitCommits(): number {
+    return this.#dirtyLimitCommits;
   }
 
   /** A commit nobody waits for may start: read-write, not closing, no commit running or queued. */
@@ -190,6 +195,7 @@ export class CommitScheduler {
    */
   commitIfManyDirty(): void {
     if (!this.backgroundCommitMayStart || this.#tm.dirtyBlockCount < this.#metadataDirtyBlocksMax) return;
+    this.#dirtyLimitCommits += 1;
     this.rollup().catch(() => undefined);
   }
 

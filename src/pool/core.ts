@@ -511,6 +511,7 @@ export class PoolCore {
         logBlocksUsed: log?.blocksUsed ?? 0,
         logRecordsWritten: log?.counters.records ?? 0,
         copyOnWrites: this.dataPath.copyOnWrites,
+        dirtyLimitCommits: this.commits.dirtyLimitCommits,
       },
       health: this.health(),
     };

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { Pool, type PoolOpenOptions } from '../../src/pool/pool.ts';
 import { Rng, mixSeed } from './rng.ts';
-import type { SparseImage } from './sim-disk.ts';
+import type { SimMachine, SparseImage } from './sim-disk.ts';
 import { runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
 import { checkSimPool } from './pool-check.ts';
 import { BLOCK_SIZE_SECTORS, poolFiles, simNow } from './pool-bases.ts';
@@ -30,8 +30,8 @@ export interface NbdCampaignOptions {
   blockSizeSectors?: number;
   /** Sampled blocks per large volume (volume-oracle.ts). */
   sampleBlocks?: number;
-  /** Called once with what the workload reached (its pool's counters), before any crash. */
-  onWorkloadDone?: (result: { errors: readonly number[]; pool: Pool }) => void;
+  /** Called once with what the workload did (its replies, its pool, its trace), before any crash. */
+  onWorkloadDone?: (result: { errors: readonly number[]; pool: Pool; machine: SimMachine }) => void;
 }
 
 export async function runNbdCampaign(seed: number, options: NbdCampaignOptions): Promise<CrashCampaignResult & { compoundStates: number }> {
@@ -51,7 +51,7 @@ export async function runNbdCampaign(seed: number, options: NbdCampaignOptions):
     ...(options.statesMax === undefined ? {} : { statesMax: options.statesMax }),
     workload: async (machine) => {
       const outcome = await runNbdWorkload(machine, options.ops, poolOptions);
-      if (!reported) options.onWorkloadDone?.(outcome);
+      if (!reported) options.onWorkloadDone?.({ ...outcome, machine });
       reported = true;
     },
     recover: async (machine, marks, context) => {

@@ -95,6 +95,8 @@ interface VolumeHistory {
   death: number | undefined;
   /** Op indexes of its data operations, in issue order. */
   dataOps: number[];
+  /** Sectors where the starting pool's value changes (its runs' edges). */
+  baseEdges: number[];
 }
 
 /** What the marks before a crash say. */
@@ -125,7 +127,18 @@ export class VolumeOracle {
     this.#options = { wholeVolumeSectorsMax: 64 * options.blockSizeSectors, sampleBlocks: 16, ...options };
     for (const volume of base) {
       assert.equal(volume.values.length, volume.sizeSectors);
-      this.#volumes.set(volume.name, { name: volume.name, sizeSectors: volume.sizeSectors, base: volume, birth: undefined, source: undefined, death: undefined, dataOps: [] });
+      const baseEdges: number[] = [];
+      for (let sector = 1; sector < volume.values.length; sector++) if (volume.values[sector] !== volume.values[sector - 1]) baseEdges.push(sector);
+      this.#volumes.set(volume.name, {
+        name: volume.name,
+        sizeSectors: volume.sizeSectors,
+        base: volume,
+        birth: undefined,
+        source: undefined,
+        death: undefined,
+        dataOps: [],
+        baseEdges,
+      });
     }
     ops.forEach((op, index) => {
       if (op.kind === 'create' || op.kind === 'snapshot') {
@@ -139,6 +152,7 @@ export class VolumeOracle {
           source: op.kind === 'snapshot' ? op.source : undefined,
           death: undefined,
           dataOps: [],
+          baseEdges: [],
         });
       } else if (op.kind === 'remove') {
         this.#history(op.volume).death = index;
@@ -314,10 +328,7 @@ export class VolumeOracle {
       into.add(op.beginSector);
       into.add(op.beginSector + op.lengthSectors);
     }
-    if (history.base !== undefined) {
-      const values = history.base.values;
-      for (let sector = 1; sector < values.length; sector++) if (values[sector] !== values[sector - 1]) into.add(sector);
-    }
+    for (const sector of history.baseEdges) into.add(sector);
     if (history.source !== undefined) this.#boundaries(this.#history(history.source), into);
   }
 
