@@ -204,9 +204,11 @@ export class CommitScheduler {
    * first tick after a change logs it, and a tick after a quiet interval rolls the log up). Data
    * written in place, with no mapping change, is left to the kernel's writeback until a client
    * flushes, as qemu-nbd and nbdkit leave it: syncing it unasked made every write workload wait
-   * on an fdatasync of everything written each second, and promised nobody anything.
+   * on an fdatasync of everything written each second, and promised nobody anything. Resolves
+   * when the commit the tick started, if any, has ended (never rejects: a failed background
+   * commit is the pool's to report).
    */
-  tick(): void {
+  tick(): Promise<void> {
     const requestsBegun = this.#host.requestsBegun;
     const quietInterval = requestsBegun === this.#requestsBegunAtTick;
     this.#requestsBegunAtTick = requestsBegun;
@@ -215,18 +217,13 @@ export class CommitScheduler {
       this.#ticksSinceRollup = 0;
     } else this.#ticksSinceRollup += 1;
     const quiet = this.#host.requestsInFlight === 0 && (quietInterval || this.#ticksSinceRollup >= LOG_ROLLUP_TICKS_MAX);
-    if (!this.backgroundCommitMayStart) return;
-    if (this.#host.pendingBadRanges > 0) {
-      this.commit().catch(() => undefined);
-      return;
-    }
+    if (!this.backgroundCommitMayStart) return Promise.resolve();
+    if (this.#host.pendingBadRanges > 0) return this.commit().catch(() => undefined);
     const state = this.#flushState();
-    if (quiet && idleRollupDue(state)) {
-      this.rollup().catch(() => undefined);
-      return;
-    }
+    if (quiet && idleRollupDue(state)) return this.rollup().catch(() => undefined);
     const plan = planFlush(state);
-    if (plan === 'append' || plan === 'rollup') this.commit().catch(() => undefined);
+    if (plan === 'append' || plan === 'rollup') return this.commit().catch(() => undefined);
+    return Promise.resolve();
   }
 
   /**

@@ -120,14 +120,17 @@ export interface PinnedGeneration {
   release(): void;
 }
 
-/** Starts calling `tick` now and then; returns the function that stops it. */
-export type CommitTimer = (tick: () => void) => () => void;
+/**
+ * Starts calling `tick` now and then; returns the function that stops it. A tick resolves when
+ * the commit it started, if any, has ended (it never rejects), so a test that ticks can wait.
+ */
+export type CommitTimer = (tick: () => Promise<void>) => () => void;
 
 /** The default commit timer: every intervalMs (none at 0), not keeping the process alive. */
 function intervalCommitTimer(intervalMs: number): CommitTimer | undefined {
   if (!(intervalMs > 0)) return undefined;
   return (tick) => {
-    const timer = setInterval(tick, intervalMs);
+    const timer = setInterval(() => void tick(), intervalMs);
     timer.unref();
     return () => clearInterval(timer);
   };

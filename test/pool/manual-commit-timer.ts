@@ -4,7 +4,7 @@
 import type { CommitTimer } from '../../src/pool/pool.ts';
 
 export class ManualCommitTimer {
-  #ticks: Array<() => void> = [];
+  #ticks: Array<() => Promise<void>> = [];
   /** Ticks delivered to a running pool so far. */
   ticked = 0;
 
@@ -21,11 +21,13 @@ export class ManualCommitTimer {
     return this.#ticks.length;
   }
 
-  /** One tick of every running pool's commit timer. */
-  tick(): void {
+  /** One tick of every running pool's commit timer; resolves when the commits it started have ended. */
+  async tick(): Promise<void> {
+    const started: Array<Promise<void>> = [];
     for (const tick of [...this.#ticks]) {
-      tick();
+      started.push(tick());
       this.ticked += 1;
     }
+    await Promise.all(started);
   }
 }
