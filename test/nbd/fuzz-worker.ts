@@ -166,7 +166,7 @@ const SERVER_LIMITS: Omit<NbdServerOptions, 'registry'> = {
   // hostile.test.ts's to test; here a cut-off would only leave requests unanswered.
   handshakeTimeoutMs: 120_000,
   replyStallTimeoutMs: 120_000,
-  log: (message) => {
+  log: ({ message }) => {
     serverLog.push(message);
     if (serverLog.length > 20) serverLog.shift();
   },

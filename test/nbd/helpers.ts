@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MapExportRegistry, type NbdExport } from '../../src/nbd/backend.ts';
 import { NbdServer, type NbdServerOptions } from '../../src/nbd/server.ts';
+import type { LogSink } from '../../src/util/log.ts';
 
 export interface RunningServer {
   server: NbdServer;
@@ -121,14 +122,14 @@ export async function waitFor(condition: () => boolean, what = String(condition)
   }
 }
 
-/** A server's log (NbdServerOptions.log) kept for the test: next() resolves with the first line matching, past or future. */
-export function serverLogWaiter(): { log: (message: string) => void; lines: string[]; next(pattern: RegExp): Promise<string> } {
+/** A server's log (NbdServerOptions.log) kept for the test, as its messages: next() resolves with the first matching, past or future. */
+export function serverLogWaiter(): { log: LogSink; lines: string[]; next(pattern: RegExp): Promise<string> } {
   const lines: string[] = [];
   const waiting: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
   let taken = 0;
   return {
     lines,
-    log(message) {
+    log({ message }) {
       lines.push(message);
       for (const waiter of [...waiting]) {
         if (!waiter.pattern.test(message)) continue;
