@@ -12,6 +12,7 @@ export type {
   VolumeInfo,
   VolumeUsage,
   PoolCounters,
+  CommitTimer,
 } from './pool/pool.ts';
 export type { BlockFile } from './io/block-file.ts';
 export { FileBlockFile } from './io/file.ts';

@@ -9,7 +9,7 @@
 // (queued), and while a reader holds the committed state (withCommitsHeld) none starts. The
 // payload is built synchronously right before pdata seals, so the roots in the payload are
 // exactly those of the sealed transaction.
-import { INLINE_SYNC_DIRTY_BYTES_MAX, LOG_ROLLUP_TICKS_MAX, METADATA_DIRTY_BLOCKS_SOFT_MAX } from '../constants.ts';
+import { INLINE_SYNC_DIRTY_BYTES_MAX, LOG_ROLLUP_TICKS_MAX } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 import type { SyncOptions } from '../io/block-file.ts';
 import type { TransactionManager } from '../pdata/index.ts';
@@ -18,6 +18,7 @@ import { idleRollupDue, planFlush, type FlushState } from '../journal/rollup.ts'
 import type { DataPath } from './data-path.ts';
 import type { PoolFiles } from './files.ts';
 import type { HighWaterMark } from './high-water-mark.ts';
+import type { PoolMutant } from './mutants.ts';
 import type { PoolMode } from './reports.ts';
 
 /** What the scheduler needs from the engine (PoolCore), whose state machine it follows. */
@@ -50,6 +51,10 @@ export interface CommitParts {
   files: PoolFiles;
   dataPath: DataPath;
   highWaterMark: HighWaterMark;
+  /** Dirty metadata blocks after which a write starts a commit (commitIfManyDirty). */
+  metadataDirtyBlocksMax: number;
+  /** Tests only (mutants.ts). */
+  mutant?: PoolMutant | undefined;
 }
 
 export class CommitScheduler {
@@ -58,6 +63,9 @@ export class CommitScheduler {
   readonly #files: PoolFiles;
   readonly #dataPath: DataPath;
   readonly #highWaterMark: HighWaterMark;
+  readonly #metadataDirtyBlocksMax: number;
+  /** The no-data-sync-before-log-record mutant (mutants.ts): tests only. */
+  readonly #skipDataSyncBeforeRecord: boolean;
   #running: Promise<void> | undefined;
   #queued: Promise<void> | undefined;
   /** While set, no commit starts: a reader of the committed state (a live check) is using it. */
@@ -71,6 +79,7 @@ export class CommitScheduler {
   #flushes = 0;
   #rollups = 0;
   #dataSyncs = 0;
+  #dirtyLimitCommits = 0;
   /** Requests begun at the timer's last tick (to tell a quiet interval). */
   #requestsBegunAtTick = 0;
   /** Rollups seen at the last tick, and ticks since the count last changed (LOG_ROLLUP_TICKS_MAX). */
@@ -83,6 +92,8 @@ export class CommitScheduler {
     this.#files = parts.files;
     this.#dataPath = parts.dataPath;
     this.#highWaterMark = parts.highWaterMark;
+    this.#metadataDirtyBlocksMax = parts.metadataDirtyBlocksMax;
+    this.#skipDataSyncBeforeRecord = parts.mutant === 'no-data-sync-before-log-record';
   }
 
   get running(): Promise<void> | undefined {
@@ -111,6 +122,10 @@ export class CommitScheduler {
 
   get dataSyncs(): number {
     return this.#dataSyncs;
+  }
+
+  get dirtyLimitCommits(): number {
+    return this.#dirtyLimitCommits;
   }
 
   /** A commit nobody waits for may start: read-write, not closing, no commit running or queued. */
@@ -174,11 +189,13 @@ export class CommitScheduler {
 
   /**
    * Starts a commit nobody asked for when the open transaction holds many dirty metadata blocks
-   * (METADATA_DIRTY_BLOCKS_SOFT_MAX), so memory stays bounded between a client's flushes. A
+   * (METADATA_DIRTY_BLOCKS_SOFT_MAX unless the pool was opened with a lower limit), so memory
+   * stays bounded between a client's flushes. A
    * failure enters the sticky mode; the caller's request is not failed by it.
    */
   commitIfManyDirty(): void {
-    if (!this.backgroundCommitMayStart || this.#tm.dirtyBlockCount < METADATA_DIRTY_BLOCKS_SOFT_MAX) return;
+    if (!this.backgroundCommitMayStart || this.#tm.dirtyBlockCount < this.#metadataDirtyBlocksMax) return;
+    this.#dirtyLimitCommits += 1;
     this.rollup().catch(() => undefined);
   }
 
@@ -187,9 +204,11 @@ export class CommitScheduler {
    * first tick after a change logs it, and a tick after a quiet interval rolls the log up). Data
    * written in place, with no mapping change, is left to the kernel's writeback until a client
    * flushes, as qemu-nbd and nbdkit leave it: syncing it unasked made every write workload wait
-   * on an fdatasync of everything written each second, and promised nobody anything.
+   * on an fdatasync of everything written each second, and promised nobody anything. Resolves
+   * when the commit the tick started, if any, has ended (never rejects: a failed background
+   * commit is the pool's to report).
    */
-  tick(): void {
+  tick(): Promise<void> {
     const requestsBegun = this.#host.requestsBegun;
     const quietInterval = requestsBegun === this.#requestsBegunAtTick;
     this.#requestsBegunAtTick = requestsBegun;
@@ -198,18 +217,13 @@ export class CommitScheduler {
       this.#ticksSinceRollup = 0;
     } else this.#ticksSinceRollup += 1;
     const quiet = this.#host.requestsInFlight === 0 && (quietInterval || this.#ticksSinceRollup >= LOG_ROLLUP_TICKS_MAX);
-    if (!this.backgroundCommitMayStart) return;
-    if (this.#host.pendingBadRanges > 0) {
-      this.commit().catch(() => undefined);
-      return;
-    }
+    if (!this.backgroundCommitMayStart) return Promise.resolve();
+    if (this.#host.pendingBadRanges > 0) return this.commit().catch(() => undefined);
     const state = this.#flushState();
-    if (quiet && idleRollupDue(state)) {
-      this.rollup().catch(() => undefined);
-      return;
-    }
+    if (quiet && idleRollupDue(state)) return this.rollup().catch(() => undefined);
     const plan = planFlush(state);
-    if (plan === 'append' || plan === 'rollup') this.commit().catch(() => undefined);
+    if (plan === 'append' || plan === 'rollup') return this.commit().catch(() => undefined);
+    return Promise.resolve();
   }
 
   /**
@@ -329,8 +343,10 @@ export class CommitScheduler {
     const entries = log.takePending();
     const time = this.#host.time;
     const options = this.#flushSyncOptions();
-    this.#dataPath.syncStarted();
-    await this.#syncData(options);
+    if (!this.#skipDataSyncBeforeRecord) {
+      this.#dataPath.syncStarted();
+      await this.#syncData(options);
+    }
     try {
       await log.append(entries, time, options);
     } catch (error) {

@@ -50,7 +50,7 @@
 //   not read-write ⇒ a reason is recorded;  closed ⇒ closing;  the device table agrees with itself;
 //   the bad-range table agrees with itself (ordered, one block each, indexed), and every bad data
 //   block is counted used in the data space map (it holds a reference: never allocated again).
-import { BTREE_DEPTH_MAX } from '../constants.ts';
+import { BTREE_DEPTH_MAX, METADATA_DIRTY_BLOCKS_SOFT_MAX } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, type TransactionManager } from '../pdata/index.ts';
 import type { DeltaLog, DeltaLogEntry } from '../journal/log.ts';
@@ -77,9 +77,18 @@ import { poolHealth, type PoolHealth } from './health.ts';
 import { HighWaterMark } from './high-water-mark.ts';
 import { replayLogRecords } from './log-replay.ts';
 import { MappingChanges, type MappingHost } from './mapping-changes.ts';
+import type { PoolMutant } from './mutants.ts';
 import type { Extent } from './ranges.ts';
 import { referencedDataBlocks, volumeInfo, volumeUsage, type PoolMode, type PoolStatus, type VolumeInfo, type VolumeUsage } from './reports.ts';
 import { DETAILS_CAPACITY_BYTES, makeExtentCodec, writtenBy } from './trees.ts';
+
+/** How an engine is tuned beyond its on-disk state (Pool passes its open options). */
+export interface PoolCoreOptions {
+  /** Dirty metadata blocks after which a write starts a commit (default METADATA_DIRTY_BLOCKS_SOFT_MAX). */
+  metadataDirtyBlocksMax?: number | undefined;
+  /** Tests only: a deliberately broken engine (mutants.ts). */
+  mutant?: PoolMutant | undefined;
+}
 
 /** Worst case of new metadata blocks for one B+tree insert or removal: shadow and split every level, plus a new root. */
 const METADATA_BLOCKS_PER_TREE_CHANGE_MAX = 2 * BTREE_DEPTH_MAX + 1;
@@ -111,6 +120,8 @@ export class PoolCore {
   now: () => number = Date.now;
   readonly #creationTimeMs: number;
   readonly #flags: number;
+  /** Tests only (mutants.ts). */
+  readonly #mutant: PoolMutant | undefined;
   #mode: PoolMode;
   #modeReason: string | undefined;
   #modeCause: unknown;
@@ -132,7 +143,7 @@ export class PoolCore {
   #requestsBegun = 0;
   #drainWaiters: Array<() => void> = [];
 
-  constructor(files: PoolFiles, measured: MeasuredFiles, tm: TransactionManager, payload: PoolPayload, readOnly: boolean) {
+  constructor(files: PoolFiles, measured: MeasuredFiles, tm: TransactionManager, payload: PoolPayload, readOnly: boolean, options: PoolCoreOptions = {}) {
     this.files = files;
     this.measured = measured;
     this.tm = tm;
@@ -141,12 +152,13 @@ export class PoolCore {
     this.dataBlockCount = payload.dataBlockCount;
     this.#creationTimeMs = payload.creationTimeMs;
     this.#flags = payload.flags;
+    this.#mutant = options.mutant;
     this.dataSpace = new SpaceMap(tm, payload.dataSpaceMapRoot, payload.dataBlockCount);
     this.mappingTree = new BTree<Extent>(tm, makeExtentCodec(payload.dataBlockCount, () => this.dataSpace));
     this.devices = new DeviceTable(tm, this.mappingTree, payload.deviceTreeRoot, payload);
     this.allocator = new DataAllocator(this.dataSpace, payload.dataBlockCount, dataReserveBlocks(payload.dataBlockCount));
     this.highWaterMark = new HighWaterMark(payload.dataHighWaterMark, payload.dataBlockCount);
-    this.mappings = new MappingChanges(this.mappingTree, this.dataSpace, this.#mappingHost());
+    this.mappings = new MappingChanges(this.mappingTree, this.dataSpace, this.#mappingHost(), options.mutant);
     this.badRanges = new BadRanges(
       { tm, dataSpace: this.dataSpace, blockSizeBytes: payload.blockSizeBytes, dataBlockCount: payload.dataBlockCount, mirrorOffsetBlocks: () => tm.mirrorOffsetBlocks },
       payload.badRangeRoot ?? 0,
@@ -171,7 +183,17 @@ export class PoolCore {
       },
       this.#dataPathHost(),
     );
-    this.commits = new CommitScheduler({ tm, files, dataPath: this.dataPath, highWaterMark: this.highWaterMark }, this.#commitHost());
+    this.commits = new CommitScheduler(
+      {
+        tm,
+        files,
+        dataPath: this.dataPath,
+        highWaterMark: this.highWaterMark,
+        metadataDirtyBlocksMax: options.metadataDirtyBlocksMax ?? METADATA_DIRTY_BLOCKS_SOFT_MAX,
+        mutant: options.mutant,
+      },
+      this.#commitHost(),
+    );
     if (readOnly) {
       this.#mode = 'read-only';
       this.#modeReason = 'opened read-only';
@@ -489,6 +511,7 @@ export class PoolCore {
         logBlocksUsed: log?.blocksUsed ?? 0,
         logRecordsWritten: log?.counters.records ?? 0,
         copyOnWrites: this.dataPath.copyOnWrites,
+        dirtyLimitCommits: this.commits.dirtyLimitCommits,
       },
       health: this.health(),
     };
@@ -560,6 +583,7 @@ export class PoolCore {
           blockSizeBytes: this.blockSizeBytes,
           highWaterMarkDurable: this.highWaterMark.durable,
           applied: () => this.commits.metadataChanged(),
+          skipLastRecord: this.#mutant === 'replay-skips-last-record',
         },
         records,
       );

@@ -21,18 +21,21 @@ export interface ReplayTarget {
   highWaterMarkDurable: number;
   /** Called after each record is applied. */
   applied(): void;
+  /** The replay-skips-last-record mutant (mutants.ts): tests only. */
+  skipLastRecord?: boolean;
 }
 
 /** Applies the records in order (the caller marks the engine as replaying, so nothing is logged again). */
 export function replayLogRecords(target: ReplayTarget, records: readonly DeltaLogRecord[]): void {
-  for (const record of records) {
+  records.forEach((record, index) => {
     const where = `Delta log record ${record.sequence} (ring slot ${record.index})`;
     if (record.time !== target.devices.time) {
       throw new ThinError('THIN_CORRUPT_BLOCK', `${where} has pool time ${record.time}, but the pool's time is ${target.devices.time}`);
     }
-    for (const entry of record.entries) applyEntry(target, entry, where);
+    const skipped = target.skipLastRecord === true && index === records.length - 1;
+    if (!skipped) for (const entry of record.entries) applyEntry(target, entry, where);
     target.applied();
-  }
+  });
 }
 
 function applyEntry(target: ReplayTarget, entry: DeltaLogEntry, where: string): void {

@@ -9,6 +9,7 @@ import type { BTree, SpaceMap } from '../pdata/index.ts';
 import { DeltaLogEntryKind, type DeltaLogEntry } from '../journal/log.ts';
 import { EXTENT_LENGTH_BLOCKS_MAX } from './codecs.ts';
 import type { Device } from './devices.ts';
+import type { PoolMutant } from './mutants.ts';
 import { canMerge, cutExtent, type Extent, type KeyedExtent } from './ranges.ts';
 
 /** Extents cut per metadata change by unmapRange (see there). */
@@ -43,11 +44,14 @@ export class MappingChanges {
   readonly tree: BTree<Extent>;
   readonly dataSpace: SpaceMap;
   readonly #host: MappingHost;
+  /** The in-place-write-to-shared-block mutant (mutants.ts): tests only. */
+  readonly #countDecidesSharing: boolean;
 
-  constructor(tree: BTree<Extent>, dataSpace: SpaceMap, host: MappingHost) {
+  constructor(tree: BTree<Extent>, dataSpace: SpaceMap, host: MappingHost, mutant?: PoolMutant) {
     this.tree = tree;
     this.dataSpace = dataSpace;
     this.#host = host;
+    this.#countDecidesSharing = mutant === 'in-place-write-to-shared-block';
   }
 
   lookup(device: Device, virtualBlock: number): Mapping | undefined {
@@ -93,6 +97,7 @@ export class MappingChanges {
    * from then on.
    */
   mustCopy(device: Device, mapping: Mapping): boolean {
+    if (this.#countDecidesSharing) return this.dataSpace.count(mapping.dataBlock) > 1;
     return mapping.extent.time < device.value.snapshottedTime;
   }
 

@@ -22,6 +22,7 @@ import {
   COMMIT_INTERVAL_MS_DEFAULT,
 } from '../constants.ts';
 import type { FaultRule } from '../io/fault-injection.ts';
+import type { BlockFile } from '../io/block-file.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { makePrivateDirectory } from '../io/private.ts';
@@ -30,7 +31,8 @@ import { DeltaLog, emptyLogPosition } from '../journal/log.ts';
 import { readDeltaLog } from '../journal/replay.ts';
 import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FLAG_NO_METADATA_MIRROR, POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
 import { WHOLE_VOLUME_END } from './block-locks.ts';
-import { PoolCore } from './core.ts';
+import { PoolCore, type PoolCoreOptions } from './core.ts';
+import { SyncNotAwaitedFile, type PoolMutant } from './mutants.ts';
 import { scrubPool, type ScrubHost, type ScrubOptions, type ScrubReport } from './scrub.ts';
 import type { Device } from './devices.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, instrumentPoolFiles, openPoolDirectory, type PoolFiles } from './files.ts';
@@ -40,9 +42,11 @@ import { Volume } from './volume.ts';
 
 export type { PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCounters } from './reports.ts';
 export type { ScrubOptions, ScrubReport } from './scrub.ts';
+export { POOL_MUTANTS, type PoolMutant } from './mutants.ts';
 export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 
-export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog' | 'now' | 'faultRules'> {
+export interface PoolCreateOptions
+  extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'commitTimer' | 'deltaLog' | 'now' | 'faultRules' | 'metadataDirtyBlocksMax' | 'mutant'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
   /** Default: METADATA_BLOCK_COUNT_DEFAULT blocks (a sparse file). */
@@ -75,6 +79,20 @@ export interface PoolOpenOptions {
    */
   commitIntervalMs?: number;
   /**
+   * What calls the commit timer's tick (default: a timer every commitIntervalMs, when that is above
+   * 0). A test passes its own to tick at the moments it chooses: the simulator at seeded points of
+   * a trace, unit tests instead of waiting on the wall clock.
+   */
+  commitTimer?: CommitTimer;
+  /**
+   * Dirty metadata blocks after which a write starts a commit (default
+   * METADATA_DIRTY_BLOCKS_SOFT_MAX). The simulator lowers it to reach that commit in a workload
+   * small enough to crash at every point.
+   */
+  metadataDirtyBlocksMax?: number;
+  /** Tests only: a deliberately broken pool, to show that the crash campaigns catch it (mutants.ts). */
+  mutant?: PoolMutant;
+  /**
    * Flushes append a delta log record instead of making a full commit (src/journal; default true).
    * False gives a full commit per flush. Either way, open replays a log left by an earlier run.
    */
@@ -100,6 +118,33 @@ export interface PinnedGeneration {
   superblockSlots: Array<{ blockNr: number; bytes: Uint8Array }>;
   /** Ends the pin; idempotent. */
   release(): void;
+}
+
+/**
+ * Starts calling `tick` now and then; returns the function that stops it. A tick resolves when
+ * the commit it started, if any, has ended (it never rejects), so a test that ticks can wait.
+ */
+export type CommitTimer = (tick: () => Promise<void>) => () => void;
+
+/** The default commit timer: every intervalMs (none at 0), not keeping the process alive. */
+function intervalCommitTimer(intervalMs: number): CommitTimer | undefined {
+  if (!(intervalMs > 0)) return undefined;
+  return (tick) => {
+    const timer = setInterval(() => void tick(), intervalMs);
+    timer.unref();
+    return () => clearInterval(timer);
+  };
+}
+
+function commitTimerOf(options: Pick<PoolOpenOptions, 'commitIntervalMs' | 'commitTimer'>, defaultIntervalMs: number): CommitTimer | undefined {
+  return options.commitTimer ?? intervalCommitTimer(options.commitIntervalMs ?? defaultIntervalMs);
+}
+
+function coreOptionsOf(options: Pick<PoolOpenOptions, 'metadataDirtyBlocksMax' | 'mutant'>): PoolCoreOptions {
+  if (options.metadataDirtyBlocksMax !== undefined && !(Number.isSafeInteger(options.metadataDirtyBlocksMax) && options.metadataDirtyBlocksMax >= 1)) {
+    throw new ThinError('THIN_INVALID', `metadataDirtyBlocksMax ${options.metadataDirtyBlocksMax} is not a positive block count`);
+  }
+  return { metadataDirtyBlocksMax: options.metadataDirtyBlocksMax, mutant: options.mutant };
 }
 
 export interface CreateVolumeOptions {
@@ -148,6 +193,11 @@ function randomPoolId(): bigint {
   return bytes[0]! === 0n ? 1n : bytes[0]!;
 }
 
+/** The file the delta log writes through: the metadata file (a mutant's wrapper of it in tests, mutants.ts). */
+function logFileOf(files: PoolFiles, options: Pick<PoolOpenOptions, 'mutant'>): BlockFile {
+  return options.mutant === 'flush-ack-before-metadata-sync' ? new SyncNotAwaitedFile(files.metadata) : files.metadata;
+}
+
 function syncDirectory(dir: string): void {
   const fd = fs.openSync(dir, 'r');
   try {
@@ -162,17 +212,14 @@ export class Pool {
   #lock: DirectoryLock | undefined;
   #volumes = new Map<number, Volume>();
   #closing: Promise<void> | undefined;
-  #commitTimer: ReturnType<typeof setInterval> | undefined;
+  #stopCommitTimer: (() => void) | undefined;
 
   /** Made by create/open; not for callers. */
-  constructor(core: PoolCore, lock: DirectoryLock | undefined, commitIntervalMs = 0, now?: () => number) {
+  constructor(core: PoolCore, lock: DirectoryLock | undefined, commitTimer: CommitTimer | undefined, now?: () => number) {
     this.#core = core;
     if (now !== undefined) core.now = now;
     this.#lock = lock;
-    if (commitIntervalMs > 0 && core.mode === 'read-write') {
-      this.#commitTimer = setInterval(() => core.commits.tick(), commitIntervalMs);
-      this.#commitTimer.unref();
-    }
+    if (commitTimer !== undefined && core.mode === 'read-write') this.#stopCommitTimer = commitTimer(() => core.commits.tick());
   }
 
   /** Creates DIR with sparse `metadata` and `data` files and a new pool in them (THIN_EXISTS if one is there). */
@@ -196,7 +243,7 @@ export class Pool {
       const core = await Pool.#format(files as PoolFiles, options, dataBlockCount, metadataBlockCount);
       // The new files' directory entries must be durable before the pool is reported created.
       syncDirectory(dir);
-      return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT, options.now);
+      return new Pool(core, lock, commitTimerOf(options, COMMIT_INTERVAL_MS_DEFAULT), options.now);
     } catch (error) {
       await closePoolFiles(files);
       // A half-made pool would be refused by the next create (THIN_EXISTS) and opened by nobody.
@@ -212,7 +259,7 @@ export class Pool {
     const { files, lock } = await openPoolDirectory(dir, { readOnly });
     try {
       const core = await Pool.#load(files, readOnly, options);
-      return new Pool(core, lock, options.commitIntervalMs ?? COMMIT_INTERVAL_MS_DEFAULT, options.now);
+      return new Pool(core, lock, commitTimerOf(options, COMMIT_INTERVAL_MS_DEFAULT), options.now);
     } catch (error) {
       await closePoolFiles(files);
       lock.release();
@@ -225,11 +272,11 @@ export class Pool {
     const { dataBlockCount, metadataBlockCount } = validateCreateOptions(options);
     await files.metadata.grow((options.metadataMirror === false ? 1 : 2) * metadataBlockCount * METADATA_BLOCK_SIZE_BYTES);
     await files.data.grow(dataBlockCount * options.blockSizeBytes);
-    return new Pool(await Pool.#format(files, options, dataBlockCount, metadataBlockCount), undefined, options.commitIntervalMs ?? 0, options.now);
+    return new Pool(await Pool.#format(files, options, dataBlockCount, metadataBlockCount), undefined, commitTimerOf(options, 0), options.now);
   }
 
   static async openOn(files: PoolFiles, options: PoolOpenOptions = {}): Promise<Pool> {
-    return new Pool(await Pool.#load(files, options.readOnly === true, options), undefined, options.commitIntervalMs ?? 0, options.now);
+    return new Pool(await Pool.#load(files, options.readOnly === true, options), undefined, commitTimerOf(options, 0), options.now);
   }
 
   static async #format(rawFiles: PoolFiles, options: PoolCreateOptions, dataBlockCount: number, metadataBlockCount: number): Promise<PoolCore> {
@@ -262,8 +309,8 @@ export class Pool {
       dataSpaceMapRootTransactionId: writtenBy(tm, dataSpace.root, BTREE_BLOCK_TYPES),
     };
     await tm.commit(encodePoolPayload(payload), () => files.data.sync());
-    const core = new PoolCore(files, measured, tm, payload, false);
-    if (options.deltaLog !== false) core.attachLog(new DeltaLog(files.metadata, tm.poolId, emptyLogPosition(tm.generation)));
+    const core = new PoolCore(files, measured, tm, payload, false, coreOptionsOf(options));
+    if (options.deltaLog !== false) core.attachLog(new DeltaLog(logFileOf(files, options), tm.poolId, emptyLogPosition(tm.generation)));
     return core;
   }
 
@@ -279,7 +326,7 @@ export class Pool {
     });
     const files: PoolFiles = { metadata: tm.file, data: measuredFiles.data };
     const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
-    const core = new PoolCore(files, measured, tm, decoded, readOnly);
+    const core = new PoolCore(files, measured, tm, decoded, readOnly, coreOptionsOf(options));
     core.devices.load();
     core.badRanges.load();
     if (report.fellBack) {
@@ -296,7 +343,7 @@ export class Pool {
     // The delta log after this generation: every flush acknowledged since its commit (F-LOG-2, F-LOG-5).
     const log = await readDeltaLog(files.metadata, { poolId: tm.poolId, baseGeneration: tm.generation });
     core.applyLogRecords(log.records);
-    if (options.deltaLog !== false) core.attachLog(new DeltaLog(files.metadata, tm.poolId, log.position));
+    if (options.deltaLog !== false) core.attachLog(new DeltaLog(logFileOf(files, options), tm.poolId, log.position));
     // Fold the replayed records in at once: the log starts empty, and a crash during this rollup
     // leaves the same generation and log to replay again.
     if (log.records.length > 0 && core.canCommit && !readOnly) await core.commits.rollup();
@@ -461,7 +508,7 @@ export class Pool {
 
   async #close(): Promise<void> {
     let failure: unknown;
-    if (this.#commitTimer !== undefined) clearInterval(this.#commitTimer);
+    this.#stopCommitTimer?.();
     // Requests already in flight finish first; new ones are refused (THIN_CLOSED).
     await this.#core.drain();
     try {

@@ -44,6 +44,8 @@ export interface PoolCounters {
   logRecordsWritten: number;
   /** Writes to a block shared with a snapshot that copied it first. */
   copyOnWrites: number;
+  /** Commits a write started because the open transaction held too many dirty metadata blocks. */
+  dirtyLimitCommits: number;
 }
 
 export interface PoolStatus {

@@ -7,11 +7,12 @@ import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
 import type { Volume } from '../../src/pool/volume.ts';
 import { checkPool } from '../../src/tools/check.ts';
-import { DELTA_LOG_BLOCK_COUNT, DELTA_LOG_FIRST_BLOCK_NR, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
+import { DELTA_LOG_BLOCK_COUNT, DELTA_LOG_FIRST_BLOCK_NR, LOG_ROLLUP_TICKS_MAX, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import { readDeltaLog } from '../../src/journal/replay.ts';
 import { DELTA_LOG_ENTRIES_PER_RECORD, DeltaLogEntryKind, encodeRecord } from '../../src/journal/log.ts';
 import { TransactionManager } from '../../src/pdata/index.ts';
 import { BLOCK, METADATA_BYTES, filled, readAll } from '../pool/helpers.ts';
+import { ManualCommitTimer } from '../pool/manual-commit-timer.ts';
 
 async function newPool(options: { deltaLog?: boolean; dataBlocks?: number } = {}): Promise<{ pool: Pool; files: { metadata: MemoryBlockFile; data: MemoryBlockFile } }> {
   const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
@@ -232,35 +233,41 @@ test('a flush with more changes than a record holds writes several chained recor
   await pool.close();
 });
 
-/** A pool on a 10 ms commit timer whose delta log holds one record (a new block, flushed). */
-async function poolWithOneLoggedRecord(): Promise<{ pool: Pool; v: Volume }> {
+/** A pool on a commit timer the test ticks, whose delta log holds one record (a new block, flushed). */
+async function poolWithOneLoggedRecord(): Promise<{ pool: Pool; v: Volume; timer: ManualCommitTimer }> {
+  const timer = new ManualCommitTimer();
   const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
-  const pool = await Pool.createOn(files, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
+  const pool = await Pool.createOn(files, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitTimer: timer.timer });
   const v = await pool.createVolume('v', { sizeBytes: 8 * BLOCK });
   await v.write(0, filled(4096, 1));
   await pool.rollup();
   await v.write(3 * BLOCK, filled(4096, 2));
   await pool.flush();
   assert.equal(pool.status().counters.logBlocksUsed, 1);
-  return { pool, v };
+  return { pool, v, timer };
 }
 
 test('an idle pool rolls its log up on the commit timer', async () => {
-  const { pool, v } = await poolWithOneLoggedRecord();
+  const { pool, timer } = await poolWithOneLoggedRecord();
   const rollups = pool.status().counters.rollups;
-  for (let waited = 0; waited < 100 && pool.status().counters.logBlocksUsed > 0; waited++) await new Promise((resolve) => setTimeout(resolve, 10));
+  // The first tick ends the interval the flush was in; the next finds it quiet.
+  await timer.tick();
+  await timer.tick();
   assert.equal(pool.status().counters.logBlocksUsed, 0, 'the log was rolled up while idle');
   assert.ok(pool.status().counters.rollups > rollups);
   await pool.close();
 });
 
 test('logged changes are rolled up even when requests never pause for a whole commit interval', async () => {
-  const { pool, v } = await poolWithOneLoggedRecord();
-  // A write every few milliseconds: no commit interval is ever free of requests.
-  for (let round = 0; round < 400 && pool.status().counters.logBlocksUsed > 0; round++) {
-    await v.write(0, filled(512, round & 0xff));
-    await new Promise((resolve) => setTimeout(resolve, 3));
+  const { pool, v, timer } = await poolWithOneLoggedRecord();
+  // A write in every interval: no tick ever finds an interval free of requests, yet after
+  // LOG_ROLLUP_TICKS_MAX ticks without a rollup, the next tick with nothing in flight rolls up.
+  let ticks = 0;
+  for (; ticks <= LOG_ROLLUP_TICKS_MAX + 1 && pool.status().counters.logBlocksUsed > 0; ticks++) {
+    await v.write(0, filled(512, ticks & 0xff));
+    await timer.tick();
   }
-  assert.equal(pool.status().counters.logBlocksUsed, 0, 'the log was rolled up between requests');
+  assert.equal(pool.status().counters.logBlocksUsed, 0, `the log was rolled up between requests (after ${ticks} busy ticks)`);
+  assert.ok(ticks > 1, 'a busy interval alone did not roll up');
   await pool.close();
 });

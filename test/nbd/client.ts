@@ -104,8 +104,11 @@ export class RawClient {
     return out;
   }
 
-  /** Resolves true when the server has closed the stream within `timeoutMs`. */
-  async waitClosed(timeoutMs = 5_000): Promise<boolean> {
+  /**
+   * Resolves true when the server has closed the stream, false after `timeoutMs` (a limit that
+   * only turns a hang into a failure: tests do not time the server).
+   */
+  async waitClosed(timeoutMs = 60_000): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
     const result = await Promise.race([
       this.closed.then(() => true),

@@ -2,62 +2,28 @@
 // judges the server's output against the client's input, and a runner over in-memory sockets.
 // Used by fuzz-worker.ts (which runs them) for fuzz.test.ts (which judges the run).
 import assert from 'node:assert/strict';
-import {
-  BASE_ALLOCATION,
-  IHAVEOPT,
-  NBDMAGIC,
-  NBD_CMD_BLOCK_STATUS,
-  NBD_CMD_CACHE,
-  NBD_CMD_DISC,
-  NBD_CMD_FLUSH,
-  NBD_CMD_READ,
-  NBD_CMD_TRIM,
-  NBD_CMD_WRITE,
-  NBD_CMD_WRITE_ZEROES,
-  NBD_EINVAL,
-  NBD_EIO,
-  NBD_ENOSPC,
-  NBD_ENOTSUP,
-  NBD_EPERM,
-  NBD_ESHUTDOWN,
-  NBD_INFO_BLOCK_SIZE,
-  NBD_INFO_EXPORT,
-  NBD_OPT_ABORT,
-  NBD_OPT_EXPORT_NAME,
-  NBD_OPT_GO,
-  NBD_OPT_INFO,
-  NBD_OPT_LIST,
-  NBD_OPT_LIST_META_CONTEXT,
-  NBD_OPT_SET_META_CONTEXT,
-  NBD_OPT_STARTTLS,
-  NBD_OPT_STRUCTURED_REPLY,
-  NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_BLOCK_STATUS,
-  NBD_REPLY_TYPE_ERROR,
-  NBD_REPLY_TYPE_NONE,
-  NBD_REPLY_TYPE_OFFSET_DATA,
-  NBD_REPLY_TYPE_OFFSET_HOLE,
-  NBD_REP_ACK,
-  NBD_REP_ERR_INVALID,
-  NBD_REP_ERR_UNKNOWN,
-  NBD_REP_ERR_UNSUP,
-  NBD_REP_INFO,
-  NBD_REP_MAGIC,
-  NBD_REP_META_CONTEXT,
-  NBD_REP_SERVER,
-  NBD_REQUEST_MAGIC,
-  NBD_SIMPLE_REPLY_MAGIC,
-  NBD_STRUCTURED_REPLY_MAGIC,
-} from '../../src/nbd/protocol.ts';
+import type { FuzzExportFacts } from './fuzz-check.ts';
+import { SPEC_BASE_ALLOCATION, SPEC_CMD, SPEC_OPT, SPEC_PAYLOAD_BYTES_DEFAULT_MAX } from './nbd-spec.ts';
 import type { NbdServer } from '../../src/nbd/server.ts';
-import { NBD_OPTION_DATA_BYTES_MAX, NBD_PAYLOAD_BYTES_MAX } from '../../src/constants.ts';
 import { encodeInfoRequest, encodeMetaContextRequest, encodeOption, encodeRequest } from './client.ts';
 import { duplexPair } from './duplex-pair.ts';
 
 /** Size of every fuzzed export; requests aim in and around it. */
 export const EXPORT_BYTES = 256 * 1024;
-/** Exports the fuzzer's server must serve (see fuzz-worker.ts). */
-export const NAMES = ['a', 'ro', 'slow', 'aligned'];
+/**
+ * The exports the fuzzer's servers serve (fuzz-worker.ts), as the checker is told of them:
+ * memory ones (plain, read-only, slow without FUA or TRIM, 512-byte aligned without fast zero)
+ * and a pool's volume, writable and read-only.
+ */
+export const FUZZ_EXPORTS: readonly FuzzExportFacts[] = [
+  { name: 'a', sizeBytes: EXPORT_BYTES, readOnly: false },
+  { name: 'ro', sizeBytes: EXPORT_BYTES, readOnly: true },
+  { name: 'slow', sizeBytes: EXPORT_BYTES, readOnly: false },
+  { name: 'aligned', sizeBytes: EXPORT_BYTES, readOnly: false, blockSizeMinBytes: 512 },
+  { name: 'pool', sizeBytes: EXPORT_BYTES, readOnly: false },
+  { name: 'pool-ro', sizeBytes: EXPORT_BYTES, readOnly: true },
+];
+export const NAMES = FUZZ_EXPORTS.map((facts) => facts.name);
 
 /** xoshiro128** — small, fast, and the same sequence on every platform for a seed. */
 export class Rng {
@@ -132,41 +98,41 @@ export function generateSession(rng: Rng): Buffer {
   const optionCount = rng.below(4);
   for (let i = 0; i < optionCount; i++) {
     switch (rng.below(8)) {
-      case 0: parts.push(encodeOption(NBD_OPT_STRUCTURED_REPLY)); break;
-      case 1: parts.push(encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest(rng.pick(NAMES), rng.pick([[BASE_ALLOCATION], [], ['base:'], ['qemu:x', BASE_ALLOCATION]])))); break;
-      case 2: parts.push(encodeOption(NBD_OPT_LIST_META_CONTEXT, encodeMetaContextRequest(rng.pick(NAMES), rng.pick([[], ['base:'], [BASE_ALLOCATION]])))); break;
-      case 3: parts.push(encodeOption(NBD_OPT_INFO, encodeInfoRequest(rng.pick([...NAMES, 'nope']), [0, 1, 2, 3]))); break;
-      case 4: parts.push(encodeOption(NBD_OPT_LIST)); break;
-      case 5: parts.push(encodeOption(rng.pick([NBD_OPT_STARTTLS, 4, 11, 99, 0x7fffffff]), Buffer.alloc(rng.below(8)))); break;
-      default: parts.push(encodeOption(NBD_OPT_STRUCTURED_REPLY), encodeOption(NBD_OPT_SET_META_CONTEXT, encodeMetaContextRequest(name, [BASE_ALLOCATION]))); break;
+      case 0: parts.push(encodeOption(SPEC_OPT.STRUCTURED_REPLY)); break;
+      case 1: parts.push(encodeOption(SPEC_OPT.SET_META_CONTEXT, encodeMetaContextRequest(rng.pick(NAMES), rng.pick([[SPEC_BASE_ALLOCATION], [], ['base:'], ['qemu:x', SPEC_BASE_ALLOCATION]])))); break;
+      case 2: parts.push(encodeOption(SPEC_OPT.LIST_META_CONTEXT, encodeMetaContextRequest(rng.pick(NAMES), rng.pick([[], ['base:'], [SPEC_BASE_ALLOCATION]])))); break;
+      case 3: parts.push(encodeOption(SPEC_OPT.INFO, encodeInfoRequest(rng.pick([...NAMES, 'nope']), [0, 1, 2, 3]))); break;
+      case 4: parts.push(encodeOption(SPEC_OPT.LIST)); break;
+      case 5: parts.push(encodeOption(rng.pick([SPEC_OPT.STARTTLS, 4, 11, 99, 0x7fffffff]), Buffer.alloc(rng.below(8)))); break;
+      default: parts.push(encodeOption(SPEC_OPT.STRUCTURED_REPLY), encodeOption(SPEC_OPT.SET_META_CONTEXT, encodeMetaContextRequest(name, [SPEC_BASE_ALLOCATION]))); break;
     }
   }
   const finish = rng.below(20);
   if (finish === 0) {
-    parts.push(encodeOption(NBD_OPT_ABORT));
+    parts.push(encodeOption(SPEC_OPT.ABORT));
     return Buffer.concat(parts);
   }
-  if (finish < 4) parts.push(encodeOption(NBD_OPT_EXPORT_NAME, Buffer.from(name)));
-  else parts.push(encodeOption(NBD_OPT_GO, encodeInfoRequest(name, rng.chance(0.5) ? [NBD_INFO_BLOCK_SIZE] : [])));
+  if (finish < 4) parts.push(encodeOption(SPEC_OPT.EXPORT_NAME, Buffer.from(name)));
+  else parts.push(encodeOption(SPEC_OPT.GO, encodeInfoRequest(name, rng.chance(0.5) ? [3] : [])));
   const requestCount = rng.below(12);
   for (let i = 0; i < requestCount; i++) {
     const type = rng.chance(0.95)
-      ? rng.pick([NBD_CMD_READ, NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_WRITE, NBD_CMD_FLUSH, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES, NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE])
+      ? rng.pick([SPEC_CMD.READ, SPEC_CMD.READ, SPEC_CMD.WRITE, SPEC_CMD.WRITE, SPEC_CMD.FLUSH, SPEC_CMD.TRIM, SPEC_CMD.WRITE_ZEROES, SPEC_CMD.BLOCK_STATUS, SPEC_CMD.CACHE])
       : rng.below(16);
     const flags = rng.chance(0.7) ? 0 : rng.chance(0.8) ? 1 << rng.below(5) : rng.below(0x10000);
     const cookie = BigInt(rng.next()) * 2n ** 32n + BigInt(rng.next());
-    let offsetBytes = type === NBD_CMD_FLUSH && rng.chance(0.9) ? 0 : randomOffset(rng);
-    let lengthBytes = type === NBD_CMD_FLUSH && rng.chance(0.9) ? 0 : randomLength(rng);
-    if (type === NBD_CMD_DISC) offsetBytes = lengthBytes = 0;
+    let offsetBytes = type === SPEC_CMD.FLUSH && rng.chance(0.9) ? 0 : randomOffset(rng);
+    let lengthBytes = type === SPEC_CMD.FLUSH && rng.chance(0.9) ? 0 : randomLength(rng);
+    if (type === SPEC_CMD.DISC) offsetBytes = lengthBytes = 0;
     parts.push(encodeRequest(type, flags, cookie, offsetBytes, lengthBytes));
-    if (type === NBD_CMD_WRITE) parts.push(Buffer.alloc(lengthBytes, rng.below(256)));
-    if (type === NBD_CMD_DISC) return Buffer.concat(parts);
+    if (type === SPEC_CMD.WRITE) parts.push(Buffer.alloc(lengthBytes, rng.below(256)));
+    if (type === SPEC_CMD.DISC) return Buffer.concat(parts);
   }
-  if (rng.chance(0.5)) parts.push(encodeRequest(NBD_CMD_DISC, 0, 1n, 0, 0));
+  if (rng.chance(0.5)) parts.push(encodeRequest(SPEC_CMD.DISC, 0, 1n, 0, 0));
   return Buffer.concat(parts);
 }
 
-const INTERESTING_U32 = [0, 1, 0x7fffffff, 0x80000000, 0xffffffff, NBD_PAYLOAD_BYTES_MAX + 1, NBD_OPTION_DATA_BYTES_MAX + 1, 4096, 28];
+const INTERESTING_U32 = [0, 1, 0x7fffffff, 0x80000000, 0xffffffff, SPEC_PAYLOAD_BYTES_DEFAULT_MAX + 1, 16 * 1024 + 1, 4097, 4096, 28];
 
 export function mutate(rng: Rng, input: Buffer): Buffer {
   let bytes = Buffer.from(input);
@@ -187,231 +153,6 @@ export function mutate(rng: Rng, input: Buffer): Buffer {
     }
   }
   return bytes;
-}
-
-// ---- the oracle ----
-
-class Cursor {
-  position = 0;
-  readonly bytes: Buffer;
-  constructor(bytes: Buffer) {
-    this.bytes = bytes;
-  }
-  get left(): number {
-    return this.bytes.length - this.position;
-  }
-  take(count: number): Buffer | undefined {
-    if (this.left < count) return undefined;
-    const out = this.bytes.subarray(this.position, this.position + count);
-    this.position += count;
-    return out;
-  }
-}
-
-const KNOWN_ERRORS = new Set([NBD_EPERM, NBD_EIO, NBD_EINVAL, NBD_ENOSPC, NBD_ENOTSUP, NBD_ESHUTDOWN, 75, 12]);
-const OPTION_FINAL = new Set([NBD_REP_ACK, NBD_REP_ERR_UNSUP, NBD_REP_ERR_INVALID, NBD_REP_ERR_UNKNOWN]);
-
-interface Outstanding {
-  type: number;
-  offsetBytes: number;
-  lengthBytes: number;
-  coveredBytes: number;
-  done: boolean;
-}
-
-/** Throws with a description when the server's output breaks the protocol for this input. */
-export function checkSession(input: Buffer, output: Buffer): void {
-  const client = new Cursor(input);
-  const server = new Cursor(output);
-  const fail = (what: string): never => {
-    throw new Error(`${what} (client byte ${client.position}, server byte ${server.position})`);
-  };
-  const greeting = server.take(18) ?? fail('no greeting');
-  if (greeting.readBigUInt64BE(0) !== NBDMAGIC || greeting.readBigUInt64BE(8) !== IHAVEOPT || greeting.readUInt16BE(16) !== 3) fail('bad greeting');
-  const serverDone = () => server.left === 0;
-
-  const flags = client.take(4);
-  if (flags === undefined) return serverDone() ? undefined : fail('output without client flags');
-  const clientFlags = flags.readUInt32BE(0);
-  if ((clientFlags & ~3) !== 0) return serverDone() ? undefined : fail('output after bad client flags');
-  const noZeroes = (clientFlags & 2) !== 0;
-  let structured = false;
-
-  // Handshake: each complete option gets one complete answer, or the output stops.
-  for (;;) {
-    const header = client.take(16);
-    if (header === undefined) return serverDone() ? undefined : fail('output for an incomplete option header');
-    if (header.readBigUInt64BE(0) !== IHAVEOPT) return serverDone() ? undefined : fail('output after a bad option magic');
-    const option = header.readUInt32BE(8);
-    const dataBytes = header.readUInt32BE(12);
-    if (dataBytes > NBD_OPTION_DATA_BYTES_MAX) return serverDone() ? undefined : fail('output after an oversized option');
-    if (client.take(dataBytes) === undefined) return serverDone() ? undefined : fail('output for incomplete option data');
-    if (serverDone()) return;
-    if (option === NBD_OPT_EXPORT_NAME) {
-      const reply = server.take(noZeroes ? 10 : 134) ?? fail('short EXPORT_NAME reply');
-      if (!noZeroes && !reply.subarray(10).every((b) => b === 0)) fail('EXPORT_NAME padding not zero');
-      if ((reply.readUInt16BE(8) & 1) === 0) fail('transmission flags without HAS_FLAGS');
-      break;
-    }
-    let sawExport = false;
-    let entered = false;
-    for (;;) {
-      const replyHeader = server.take(20) ?? fail('short option reply header');
-      if (replyHeader.readBigUInt64BE(0) !== NBD_REP_MAGIC) fail('bad option reply magic');
-      if (replyHeader.readUInt32BE(8) !== option) fail(`option reply echoes ${replyHeader.readUInt32BE(8)} for ${option}`);
-      const type = replyHeader.readUInt32BE(12);
-      const data = server.take(replyHeader.readUInt32BE(16)) ?? fail('short option reply data');
-      if (type === NBD_REP_INFO) {
-        if (data.length < 2) fail('short NBD_REP_INFO');
-        const info = data.readUInt16BE(0);
-        if (info === NBD_INFO_EXPORT) {
-          if (data.length !== 12) fail('NBD_INFO_EXPORT length');
-          sawExport = true;
-        }
-        if (info === NBD_INFO_BLOCK_SIZE && data.length !== 14) fail('NBD_INFO_BLOCK_SIZE length');
-        if (option !== NBD_OPT_INFO && option !== NBD_OPT_GO) fail('NBD_REP_INFO for another option');
-        continue;
-      }
-      if (type === NBD_REP_SERVER) {
-        if (option !== NBD_OPT_LIST || data.length < 4 || data.readUInt32BE(0) > data.length - 4) fail('bad NBD_REP_SERVER');
-        continue;
-      }
-      if (type === NBD_REP_META_CONTEXT) {
-        if (option !== NBD_OPT_LIST_META_CONTEXT && option !== NBD_OPT_SET_META_CONTEXT) fail('NBD_REP_META_CONTEXT for another option');
-        if (data.subarray(4).toString() !== BASE_ALLOCATION) fail('unknown meta context');
-        continue;
-      }
-      if (!OPTION_FINAL.has(type)) fail(`unknown option reply type ${type}`);
-      if (type === NBD_REP_ACK && (option === NBD_OPT_INFO || option === NBD_OPT_GO) && !sawExport) fail('INFO/GO ack without NBD_INFO_EXPORT');
-      if (type === NBD_REP_ACK && option === NBD_OPT_STRUCTURED_REPLY) structured = true;
-      if (type === NBD_REP_ACK && option === NBD_OPT_ABORT) return serverDone() ? undefined : fail('output after ABORT ack');
-      if (type === NBD_REP_ACK && option === NBD_OPT_GO) entered = true;
-      break;
-    }
-    if (entered) break;
-  }
-
-  // Transmission: the requests the server can have parsed, by cookie.
-  const outstanding = new Map<bigint, Outstanding[]>();
-  // Unless the client breaks the framing (a bad magic: the server hard-disconnects), every request
-  // it sent in full is answered: after NBD_CMD_DISC, and also when its input just ends.
-  let mustAnswerAll = true;
-  for (;;) {
-    const header = client.take(28);
-    if (header === undefined) break;
-    if (header.readUInt32BE(0) !== NBD_REQUEST_MAGIC) {
-      mustAnswerAll = false;
-      break;
-    }
-    const type = header.readUInt16BE(6);
-    const cookie = header.readBigUInt64BE(8);
-    const lengthBytes = header.readUInt32BE(24);
-    if (type === NBD_CMD_DISC) break;
-    if (type === NBD_CMD_WRITE && client.take(lengthBytes) === undefined) break;
-    const high = header.readUInt32BE(16);
-    const offsetBytes = high * 2 ** 32 + header.readUInt32BE(20);
-    const list = outstanding.get(cookie) ?? [];
-    list.push({ type, offsetBytes, lengthBytes, coveredBytes: 0, done: false });
-    outstanding.set(cookie, list);
-  }
-  // A client may break the rule that in-flight cookies are unique (mutations do): then a reply
-  // cannot be matched to one request, so for that cookie only the structure is checked, and a
-  // simple reply's data length is the one after which a valid reply (or the end) follows.
-  // Simple replies that fit every pending request of their cookie equally (the same data length
-  // whichever it answers) are counted here instead of being given to one request: which request
-  // they answered is only told by a later reply of the cookie (an error reply to a READ or a TRIM
-  // sharing a cookie says nothing; the data after a later success does).
-  const undecided = new Map<bigint, number>();
-  const pendingFor = (cookie: bigint): Outstanding[] => {
-    const pending = outstanding.get(cookie)?.filter((r) => !r.done) ?? [];
-    return pending.length > (undecided.get(cookie) ?? 0) ? pending : fail(`reply for unknown cookie ${cookie}`);
-  };
-  const nextIsReply = (position: number): boolean => {
-    if (position === output.length) return true;
-    if (position + 4 > output.length) return false;
-    const magic = output.readUInt32BE(position);
-    return magic === NBD_SIMPLE_REPLY_MAGIC || magic === NBD_STRUCTURED_REPLY_MAGIC;
-  };
-  while (!serverDone()) {
-    const magic = (server.take(4) ?? fail('short reply magic')).readUInt32BE(0);
-    if (magic === NBD_SIMPLE_REPLY_MAGIC) {
-      const rest = server.take(12) ?? fail('short simple reply');
-      const error = rest.readUInt32BE(0);
-      const cookie = rest.readBigUInt64BE(4);
-      const pending = pendingFor(cookie);
-      if (error !== 0 && !KNOWN_ERRORS.has(error)) fail(`unknown error ${error}`);
-      const dataBytes = (r: Outstanding) => (r.type === NBD_CMD_READ && error === 0 ? r.lengthBytes : 0);
-      if (pending.length > 1 && new Set(pending.map(dataBytes)).size === 1) {
-        if (structured && pending.every((r) => r.type === NBD_CMD_READ)) fail('simple reply to READ with structured replies');
-        server.take(dataBytes(pending[0]!)) ?? fail('short READ data');
-        undecided.set(cookie, (undecided.get(cookie) ?? 0) + 1);
-        continue;
-      }
-      const request = pending.length === 1 ? pending[0]! : pending.find((r) => nextIsReply(server.position + dataBytes(r))) ?? pending[0]!;
-      if (request.type === NBD_CMD_READ && structured) fail('simple reply to READ with structured replies');
-      server.take(dataBytes(request)) ?? fail('short READ data');
-      request.done = true;
-      continue;
-    }
-    if (magic !== NBD_STRUCTURED_REPLY_MAGIC) fail(`bad reply magic 0x${magic.toString(16)}`);
-    if (!structured) fail('structured reply without negotiation');
-    const header = server.take(16) ?? fail('short chunk header');
-    const chunkFlags = header.readUInt16BE(0);
-    const type = header.readUInt16BE(2);
-    const pending = pendingFor(header.readBigUInt64BE(4));
-    const ambiguous = (outstanding.get(header.readBigUInt64BE(4))?.length ?? 0) > 1;
-    const wantType = type === NBD_REPLY_TYPE_OFFSET_DATA || type === NBD_REPLY_TYPE_OFFSET_HOLE ? NBD_CMD_READ : type === NBD_REPLY_TYPE_BLOCK_STATUS ? NBD_CMD_BLOCK_STATUS : undefined;
-    const request = (ambiguous && pending.find((r) => wantType === undefined || r.type === wantType)) || pending[0]!;
-    const payload = server.take(header.readUInt32BE(12)) ?? fail('short chunk payload');
-    if ((chunkFlags & ~NBD_REPLY_FLAG_DONE) !== 0) fail('unknown chunk flags');
-    switch (type) {
-      case NBD_REPLY_TYPE_NONE:
-        if (payload.length !== 0 || !(chunkFlags & NBD_REPLY_FLAG_DONE)) fail('bad NONE chunk');
-        break;
-      case NBD_REPLY_TYPE_OFFSET_DATA:
-      case NBD_REPLY_TYPE_OFFSET_HOLE: {
-        if (request.type !== NBD_CMD_READ) fail('data chunk for a non-READ');
-        if (payload.length < (type === NBD_REPLY_TYPE_OFFSET_DATA ? 9 : 12)) fail('short data chunk');
-        if (type === NBD_REPLY_TYPE_OFFSET_HOLE && payload.length !== 12) fail('bad hole chunk');
-        const offsetBytes = Number(payload.readBigUInt64BE(0));
-        const lengthBytes = type === NBD_REPLY_TYPE_OFFSET_DATA ? payload.length - 8 : payload.readUInt32BE(8);
-        if (lengthBytes === 0) fail('empty data chunk');
-        if (!ambiguous && (offsetBytes < request.offsetBytes || offsetBytes + lengthBytes > request.offsetBytes + request.lengthBytes)) fail('chunk outside its READ');
-        request.coveredBytes += lengthBytes;
-        break;
-      }
-      case NBD_REPLY_TYPE_BLOCK_STATUS: {
-        if (request.type !== NBD_CMD_BLOCK_STATUS || payload.length < 12 || (payload.length - 4) % 8 !== 0) fail('bad block status chunk');
-        let sum = 0;
-        for (let at = 4; at < payload.length; at += 8) {
-          const extentBytes = payload.readUInt32BE(at);
-          if (extentBytes === 0 || (payload.readUInt32BE(at + 4) & ~3) !== 0) fail('bad extent');
-          sum += extentBytes;
-        }
-        if (!ambiguous && sum > request.lengthBytes) fail('extents past the request');
-        break;
-      }
-      case NBD_REPLY_TYPE_ERROR: {
-        if (payload.length < 6 || payload.readUInt16BE(4) !== payload.length - 6) fail('bad error chunk');
-        const error = payload.readUInt32BE(0);
-        if (error === 0 || !KNOWN_ERRORS.has(error)) fail(`bad error ${error}`);
-        if (!(chunkFlags & NBD_REPLY_FLAG_DONE)) fail('error chunk not last');
-        request.coveredBytes = -1;
-        break;
-      }
-      default:
-        fail(`unknown chunk type ${type}`);
-    }
-    if (chunkFlags & NBD_REPLY_FLAG_DONE) {
-      if (!ambiguous && request.type === NBD_CMD_READ && request.coveredBytes >= 0 && request.coveredBytes !== request.lengthBytes) fail('READ reply does not cover the request');
-      request.done = true;
-    }
-  }
-  if (mustAnswerAll) {
-    for (const [cookie, list] of outstanding) {
-      if (list.filter((request) => !request.done).length > (undecided.get(cookie) ?? 0)) fail('a request was left unanswered');
-    }
-  }
 }
 
 // ---- the run ----

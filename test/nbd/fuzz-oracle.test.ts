@@ -1,7 +1,16 @@
-// The fuzz oracle's own cases: sessions it once judged wrongly, replayed from their bytes.
+// The fuzz checker's own cases (fuzz-check.ts): sessions it once judged wrongly, replayed from
+// their bytes, and falsified answers it must refuse.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkSession } from './fuzz-lib.ts';
+import { MapExportRegistry } from '../../src/nbd/backend.ts';
+import { NbdServer } from '../../src/nbd/server.ts';
+import { encodeInfoRequest, encodeOption, encodeRequest } from './client.ts';
+import { checkSession, type CheckWorld, type FuzzExportFacts } from './fuzz-check.ts';
+import { FUZZ_EXPORTS, Rng, runSession } from './fuzz-lib.ts';
+import { MemoryExport } from './memory-export.ts';
+import { SPEC_CMD, SPEC_ERR, SPEC_OPT, SPEC_SIMPLE_REPLY_MAGIC } from './nbd-spec.ts';
+
+const world = { exports: new Map(FUZZ_EXPORTS.map((facts) => [facts.name, facts])) };
 
 test('a READ and a TRIM sharing a cookie, answered error first and data second, are a valid session (seed 1592917947, input 28091)', () => {
   // Simple replies: the error reply cannot say which request it answered; only the data after
@@ -15,7 +24,87 @@ test('a READ and a TRIM sharing a cookie, answered error first and data second, 
     'hex',
   );
   const readData = Buffer.alloc(0x4938, 0x8f);
-  assert.doesNotThrow(() => checkSession(input, Buffer.concat([replies, readData])));
+  assert.doesNotThrow(() => checkSession(input, Buffer.concat([replies, readData]), world));
   // The same bytes with the READ's data cut short are still refused.
-  assert.throws(() => checkSession(input, Buffer.concat([replies, readData.subarray(0, 100)])));
+  assert.throws(() => checkSession(input, Buffer.concat([replies, readData.subarray(0, 100)]), world));
+});
+
+// The checker's teeth: real sessions against a real server, whose output is then falsified one
+// way at a time; each falsehood must be refused, naming what the spec wanted.
+const EXPORT = 'a';
+const SIZE = 64 * 1024;
+
+async function realSession(input: Buffer): Promise<Buffer> {
+  const server = new NbdServer({ registry: new MapExportRegistry([new MemoryExport({ name: EXPORT, sizeBytes: SIZE }), new MemoryExport({ name: 'ro', sizeBytes: SIZE, readOnly: true })]) });
+  try {
+    return await runSession(server, new Rng(7), input);
+  } finally {
+    await server.close({ timeoutMs: 5000 });
+  }
+}
+
+const smallWorld = (): CheckWorld => ({
+  exports: new Map([
+    [EXPORT, { name: EXPORT, sizeBytes: SIZE, readOnly: false }],
+    ['ro', { name: 'ro', sizeBytes: SIZE, readOnly: true }],
+  ]),
+  contents: new Map([
+    [EXPORT, new Uint8Array(SIZE)],
+    ['ro', new Uint8Array(SIZE)],
+  ]),
+});
+
+/** A session entering `name` by GO (simple replies), then the given requests. */
+function session(name: string, ...requests: Buffer[]): Buffer {
+  return Buffer.concat([Buffer.from([0, 0, 0, 3]), encodeOption(SPEC_OPT.GO, encodeInfoRequest(name)), ...requests]);
+}
+
+/** The output with the simple reply of `cookie` given another error value. */
+function withError(output: Buffer, cookie: bigint, error: number): Buffer {
+  const copy = Buffer.from(output);
+  for (let at = 0; at + 16 <= copy.length; at++) {
+    if (copy.readUInt32BE(at) === SPEC_SIMPLE_REPLY_MAGIC && copy.readBigUInt64BE(at + 8) === cookie) {
+      copy.writeUInt32BE(error, at + 4);
+      return copy;
+    }
+  }
+  throw new Error(`no simple reply for cookie ${cookie}`);
+}
+
+test('the checker refuses a write to a read-only export answered with success', async () => {
+  const input = session('ro', encodeRequest(SPEC_CMD.WRITE, 0, 5n, 0, 512), Buffer.alloc(512, 0xaa));
+  const output = await realSession(input);
+  assert.doesNotThrow(() => checkSession(input, output, smallWorld()));
+  assert.throws(() => checkSession(input, withError(output, 5n, 0), smallWorld()), /answered success; the spec wants EPERM/);
+});
+
+test('the checker refuses a READ past the end answered with success, and a valid WRITE answered EIO', async () => {
+  const input = session(EXPORT, encodeRequest(SPEC_CMD.READ, 0, 1n, SIZE - 512, 1024), encodeRequest(SPEC_CMD.WRITE, 0, 2n, 0, 512), Buffer.alloc(512, 0xaa));
+  const output = await realSession(input);
+  assert.doesNotThrow(() => checkSession(input, output, smallWorld()));
+  assert.throws(() => checkSession(input, withError(output, 1n, 0), smallWorld()), /the spec wants EINVAL/);
+  assert.throws(() => checkSession(input, withError(output, 2n, SPEC_ERR.EIO), smallWorld()), /answered EIO; the spec wants success/);
+});
+
+test('the checker refuses READ data that neither the export held nor the session wrote', async () => {
+  const input = session(EXPORT, encodeRequest(SPEC_CMD.WRITE, 0, 1n, 0, 512), Buffer.alloc(512, 0xaa), encodeRequest(SPEC_CMD.READ, 0, 2n, 0, 1024));
+  const output = await realSession(input);
+  const verdict = checkSession(input, output, smallWorld());
+  assert.equal(verdict.readsChecked, 1);
+  const wrong = Buffer.from(output);
+  wrong[wrong.length - 100] = 0x55; // in the READ's second half, which nothing wrote: must be zeros
+  assert.throws(() => checkSession(input, wrong, smallWorld()), /bytes the export never held/);
+  const torn = Buffer.from(output);
+  torn[torn.length - 1024 + 10] = 0x55; // inside the written range: neither the old zeros nor 0xaa
+  assert.throws(() => checkSession(input, torn, smallWorld()), /bytes the export never held/);
+});
+
+test('the checker refuses a complete option left unanswered and an INFO with the wrong size', async () => {
+  const input = Buffer.concat([Buffer.from([0, 0, 0, 3]), encodeOption(SPEC_OPT.LIST), encodeOption(SPEC_OPT.INFO, encodeInfoRequest(EXPORT))]);
+  const output = await realSession(input);
+  assert.doesNotThrow(() => checkSession(input, output, smallWorld()));
+  assert.throws(() => checkSession(input, output.subarray(0, 18), smallWorld()), /complete but not answered/);
+  const bigger = smallWorld();
+  (bigger.exports as Map<string, FuzzExportFacts>).set(EXPORT, { name: EXPORT, sizeBytes: 2 * SIZE, readOnly: false });
+  assert.throws(() => checkSession(input, output, bigger), /announced as 65536 bytes, not 131072/);
 });

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MapExportRegistry, type NbdExport } from '../../src/nbd/backend.ts';
 import { NbdServer, type NbdServerOptions } from '../../src/nbd/server.ts';
+import type { LogSink } from '../../src/util/log.ts';
 
 export interface RunningServer {
   server: NbdServer;
@@ -106,4 +107,45 @@ export function patternBytes(lengthBytes: number, seed: number): Buffer {
     bytes[i] = state & 0xff;
   }
   return bytes;
+}
+
+/**
+ * Waits until condition holds, checking every few milliseconds: for a state the test cannot be
+ * told of by an event. The long limit only turns a hang into a failure that names what never came;
+ * it says nothing about speed.
+ */
+export async function waitFor(condition: () => boolean, what = String(condition), hangMs = 60_000): Promise<void> {
+  const deadline = Date.now() + hangMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+}
+
+/** A server's log (NbdServerOptions.log) kept for the test, as its messages: next() resolves with the first matching, past or future. */
+export function serverLogWaiter(): { log: LogSink; lines: string[]; next(pattern: RegExp): Promise<string> } {
+  const lines: string[] = [];
+  const waiting: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
+  let taken = 0;
+  return {
+    lines,
+    log({ message }) {
+      lines.push(message);
+      for (const waiter of [...waiting]) {
+        if (!waiter.pattern.test(message)) continue;
+        waiting.splice(waiting.indexOf(waiter), 1);
+        taken = lines.length;
+        waiter.resolve(message);
+        return;
+      }
+    },
+    next(pattern) {
+      const index = lines.findIndex((line, at) => at >= taken && pattern.test(line));
+      if (index >= 0) {
+        taken = index + 1;
+        return Promise.resolve(lines[index]!);
+      }
+      return new Promise((resolve) => waiting.push({ pattern, resolve }));
+    },
+  };
 }

@@ -27,16 +27,13 @@ test('nbdcopy copies a sparse file into an export over 4 connections and back ou
   writeSync(fd, patternBytes(5 * MiB, 22), 0, 5 * MiB, 80 * MiB + 4096);
   closeSync(fd);
 
-  const started = Date.now();
   await run('nbdcopy', ['--connections=4', '--requests=16', source, running.uri('disk')]);
   const copy = join(dir.path, 'copy.raw');
   await run('nbdcopy', ['--connections=4', running.uri('disk'), copy]);
-  const elapsedMs = Date.now() - started;
   const sourceBytes = readFileSync(source);
   assert.ok(Buffer.from(disk.contents()).equals(sourceBytes), 'the export holds the file');
   assert.ok(readFileSync(copy).equals(sourceBytes), 'the copy out equals the file');
   assert.ok(disk.allocatedBlockCount <= (22 * MiB) / 4096 + 2, `holes stayed holes (${disk.allocatedBlockCount} blocks)`);
-  assert.ok(elapsedMs < 60_000);
 });
 
 test('nbdcopy from an export to null: reads every data block (no holes skipped wrongly)', async () => {

@@ -61,7 +61,7 @@ import {
 import { nbdErrorForCode } from '../../src/nbd/backend.ts';
 import { NBD_REQUESTS_IN_FLIGHT_MAX } from '../../src/constants.ts';
 import { NbdTestClient, RawClient, encodeInfoRequest, encodeMetaContextRequest, encodeOption, encodeRequest } from './client.ts';
-import { patternBytes, startServer, type RunningServer } from './helpers.ts';
+import { patternBytes, startServer, waitFor, type RunningServer } from './helpers.ts';
 import { MemoryExport } from './memory-export.ts';
 
 const MiB = 1024 * 1024;
@@ -455,11 +455,9 @@ describe('NBD protocol', async () => {
     await client.handshake('disk');
     raw.send(encodeRequest(NBD_CMD_WRITE, 0, 1n, 0, 1 * MiB));
     raw.send(Buffer.alloc(1000));
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    assert.ok(running.server.bytesInFlight >= 1 * MiB);
+    await waitFor(() => running.server.bytesInFlight >= 1 * MiB, 'the server holds the WRITE payload it is reading');
     raw.destroy();
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    assert.equal(running.server.bytesInFlight, 0);
+    await waitFor(() => running.server.bytesInFlight === 0, 'the budget back to zero after the client left');
   });
 
   test('an export whose size throws costs only the connection that asked for it', async () => {

@@ -8,6 +8,7 @@ import { ForwardingBlockFile } from '../../src/io/forwarding.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { checkPool } from '../../src/tools/check.ts';
+import { ManualCommitTimer } from './manual-commit-timer.ts';
 import { BLOCK, FailingBlockFile, METADATA_BYTES, SparseMemoryBlockFile, filled, memoryPool, readAll, reopen } from './helpers.ts';
 
 const code = (wanted: string) => (error: unknown) => isThinError(error) && error.code === wanted;
@@ -537,23 +538,33 @@ test('a flush syncs on the calling thread only with no request in flight and lit
   await pool.close();
 });
 
-test('with a commit interval, writes nobody flushes become durable by themselves', async () => {
+test('with a commit timer, writes nobody flushes become durable by themselves', async () => {
+  // The timer is ticked by the test (ManualCommitTimer): each tick is the interval's end, and the
+  // test waits for the commit it started, not for the wall clock.
+  const timer = new ManualCommitTimer();
   const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
-  const pool = await Pool.createOn(files, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
+  const pool = await Pool.createOn(files, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitTimer: timer.timer });
+  assert.equal(timer.running, 1, 'the pool started its timer');
   const v = await pool.createVolume('v', { sizeBytes: BLOCK });
   await v.write(0, filled(10, 6));
-  const commits = pool.status().counters.commits;
-  await new Promise((resolve) => setTimeout(resolve, 100));
-  assert.ok(pool.status().counters.commits > commits);
+  const { commits, logRecordsWritten } = pool.status().counters;
+  await timer.tick();
+  const ticked = pool.status().counters;
+  assert.ok(ticked.commits + ticked.logRecordsWritten > commits + logRecordsWritten, 'the tick committed or logged the new mapping');
   const copy = await Pool.openOn({ metadata: MemoryBlockFile.from(files.metadata.snapshot()), data: MemoryBlockFile.from(files.data.snapshot()) });
   const back = new Uint8Array(10);
   await copy.volume('v').read(0, back);
   assert.deepEqual(back, filled(10, 6));
   await copy.close();
-  const idle = pool.status().counters.commits;
-  await new Promise((resolve) => setTimeout(resolve, 60));
-  assert.equal(pool.status().counters.commits, idle, 'nothing changed, nothing committed');
+  // Quiet ticks roll the log up; once nothing is left, ticks commit nothing.
+  for (let tick = 0; tick < 3; tick++) await timer.tick();
+  const idle = pool.status().counters;
+  assert.equal(idle.logBlocksUsed, 0, 'quiet ticks rolled the log up');
+  for (let tick = 0; tick < 3; tick++) await timer.tick();
+  assert.equal(pool.status().counters.commits, idle.commits, 'nothing changed, nothing committed');
+  assert.equal(pool.status().counters.syncs, idle.syncs, 'nothing changed, nothing synced');
   await pool.close();
+  assert.equal(timer.running, 0, 'close stopped the timer');
 });
 
 test('the data file is allocated a high-water-mark step ahead of the blocks written', async () => {
@@ -581,16 +592,18 @@ test('the data file is allocated a high-water-mark step ahead of the blocks writ
 });
 
 test('the commit timer leaves data written in place to the kernel until a client flushes', async () => {
+  const timer = new ManualCommitTimer();
   const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
-  const pool = await Pool.createOn(files, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitIntervalMs: 10 });
+  const pool = await Pool.createOn(files, { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, commitTimer: timer.timer });
   const v = await pool.createVolume('v', { sizeBytes: BLOCK });
   await v.write(0, filled(10, 6));
   await pool.flush();
-  // Let the timer fold the log, so nothing but in-place data is left to do.
-  for (let waited = 0; waited < 100 && pool.status().counters.logBlocksUsed > 0; waited++) await new Promise((resolve) => setTimeout(resolve, 10));
+  // Quiet ticks fold the log, so nothing but in-place data is left to do.
+  for (let tick = 0; tick < 3 && pool.status().counters.logBlocksUsed > 0; tick++) await timer.tick();
+  assert.equal(pool.status().counters.logBlocksUsed, 0, 'quiet ticks rolled the log up');
   const before = pool.status().counters;
   await v.write(100, filled(10, 7));
-  await new Promise((resolve) => setTimeout(resolve, 80));
+  for (let tick = 0; tick < 3; tick++) await timer.tick();
   const after = pool.status().counters;
   assert.equal(after.syncs, before.syncs, 'no sync nobody asked for');
   assert.equal(after.commits, before.commits);

@@ -38,6 +38,16 @@ export interface CrashCampaignOptions {
   budget: number;
   /** Stop after this many crash states (default: no limit). */
   statesMax?: number;
+  /**
+   * Cut power at this many crash points drawn from the whole trace (seeded), instead of at every
+   * one: for traces too long to crash at every event.
+   */
+  crashPointSample?: number;
+  /**
+   * Recover each crash image only once per set of acknowledgements: a variant whose disks are byte
+   * for byte those of one already recovered, with the same marks, is counted but not recovered.
+   */
+  skipDuplicateImages?: boolean;
   /** Run the workload a second time and require an identical trace (the seed replays). */
   checkReplay?: boolean;
   /**
@@ -57,6 +67,8 @@ export interface CrashCampaignResult {
   distinctCrashPointCount: number;
   /** Crash images recovered and checked. */
   statesTested: number;
+  /** Distinct crash images (by their bytes, CrashPoint.imageDigest) among those states. */
+  distinctImageCount: number;
   /** Most writes pending at one crash point. */
   pendingWritesMax: number;
   durationMs: number;
@@ -107,11 +119,18 @@ export async function runCrashCampaign(options: CrashCampaignOptions): Promise<C
     crashPointCount: machine.events.length + 1,
     distinctCrashPointCount: 0,
     statesTested: 0,
+    distinctImageCount: 0,
     pendingWritesMax: 0,
     durationMs: 0,
   };
+  const images = new Set<string>();
+  const recovered = new Set<string>();
   let previousKey: string | undefined;
-  for (const point of machine.crashPoints()) {
+  const points =
+    options.crashPointSample === undefined || onlyPoint !== undefined
+      ? machine.crashPoints()
+      : machine.crashPointsAt(sampleCrashPoints(seed, machine.events.length + 1, options.crashPointSample));
+  for (const point of points) {
     if (onlyPoint !== undefined && point.eventCount !== onlyPoint) continue;
     // A completion, a sync start or a mark that changes neither what is durable nor what is
     // pending nor what was acknowledged yields the very same crash states: test them once.
@@ -122,6 +141,13 @@ export async function runCrashCampaign(options: CrashCampaignOptions): Promise<C
     for (const variant of point.variants(budget)) {
       if (onlyVariant !== undefined && variant.variantIndex !== onlyVariant) continue;
       if (options.statesMax !== undefined && result.statesTested >= options.statesMax) break;
+      const digest = point.imageDigest(variant);
+      images.add(digest);
+      if (options.skipDuplicateImages === true && onlyVariant === undefined) {
+        const stateKey = `${digest}|${point.marks.join('\n')}`;
+        if (recovered.has(stateKey)) continue;
+        recovered.add(stateKey);
+      }
       const crashed = point.machine(variant);
       const context: CrashContext = { seed, crashPoint: point, variant, marks: point.marks };
       try {
@@ -141,8 +167,18 @@ export async function runCrashCampaign(options: CrashCampaignOptions): Promise<C
     }
     if (options.statesMax !== undefined && result.statesTested >= options.statesMax) break;
   }
+  result.distinctImageCount = images.size;
   result.durationMs = performance.now() - startedMs;
   return result;
+}
+
+/** `count` distinct crash point indexes (event counts) in [0, pointCount), ascending, seeded. */
+function sampleCrashPoints(seed: number, pointCount: number, count: number): number[] {
+  if (count >= pointCount) return Array.from({ length: pointCount }, (_, index) => index);
+  const rng = new Rng(mixSeed(seed, 0x5a3e));
+  const chosen = new Set<number>([pointCount - 1]);
+  while (chosen.size < count) chosen.add(rng.int(pointCount));
+  return [...chosen].sort((a, b) => a - b);
 }
 
 /** Seeds for a batch of campaigns, derived from one seed so one number replays them all. */
@@ -172,6 +208,8 @@ export interface CampaignTotals {
   eventCount: number;
   distinctCrashPointCount: number;
   statesTested: number;
+  /** Distinct crash images among them (summed per campaign: two traces never share one). */
+  distinctImageCount: number;
   /** States tested by campaigns nested in a campaign's recover (a second power cut). */
   compoundStatesTested: number;
   /** The first failure of each campaign that failed, with its seed and how to replay it. */
@@ -188,13 +226,22 @@ export async function runCampaigns(
   campaign: (seed: number) => Promise<CrashCampaignResult & { compoundStates: number }>,
 ): Promise<CampaignTotals> {
   const startedMs = performance.now();
-  const totals: CampaignTotals = { eventCount: 0, distinctCrashPointCount: 0, statesTested: 0, compoundStatesTested: 0, failures: [], durationMs: 0 };
+  const totals: CampaignTotals = {
+    eventCount: 0,
+    distinctCrashPointCount: 0,
+    statesTested: 0,
+    distinctImageCount: 0,
+    compoundStatesTested: 0,
+    failures: [],
+    durationMs: 0,
+  };
   for (const seed of seeds) {
     try {
       const result = await campaign(seed);
       totals.eventCount += result.eventCount;
       totals.distinctCrashPointCount += result.distinctCrashPointCount;
       totals.statesTested += result.statesTested;
+      totals.distinctImageCount += result.distinctImageCount;
       totals.compoundStatesTested += result.compoundStates;
     } catch (error) {
       totals.failures.push(error instanceof Error ? error.message : String(error));

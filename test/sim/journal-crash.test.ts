@@ -26,9 +26,9 @@ import { readDeltaLog } from '../../src/journal/replay.ts';
 import { Rng, mixSeed } from './rng.ts';
 import { SECTOR_SIZE_BYTES, SimMachine, SparseImage, bytesEqual } from './sim-disk.ts';
 import { campaignTestSeeds, runCampaigns, runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
-import { describeOp, renderCache, runOp, runWorkload, verifyRecoveredPool, type PoolOp, type WorkloadRecord } from './pool-model.ts';
+import { describeOp, renderCache, runOp, runWorkload, verifyRecoveredPool, type WorkloadRecord } from './pool-model.ts';
 import { checkSimPool } from './pool-check.ts';
-import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, SIM_POOL_CREATE_OPTIONS, VOLUME_SIZE_SECTORS, makeBases, poolFiles, runOnNewPool, setupWrite, simNow, workloadOf, type Base } from './pool-bases.ts';
+import { BLOCK_SIZE_BYTES, SIM_POOL_CREATE_OPTIONS, makeBases, makeLoggedBase, poolFiles, simNow, workloadOf, type Base } from './pool-bases.ts';
 
 const OPS_MAX = 3;
 const VARIANTS_PER_POINT = 12;
@@ -42,31 +42,6 @@ const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261122);
 /** The floors for one CI run. */
 const CRASH_STATES_MIN = 50_000;
 const COMPOUND_STATES_MIN = 1_000;
-
-/**
- * A starting pool left with acknowledged records in its delta log (no clean close, so no
- * rollup): a volume written and flushed, then a copy-on-write, new blocks and a discard, each
- * flushed, after a snapshot.
- */
-async function makeLoggedBase(): Promise<Base> {
-  const bs = BLOCK_SIZE_SECTORS;
-  const ops: PoolOp[] = [
-    { kind: 'create', name: 'vol-a', sizeSectors: VOLUME_SIZE_SECTORS },
-    setupWrite('vol-a', 0, 2 * bs, 1),
-    { kind: 'snapshot', source: 'vol-a', name: 'snap-a' },
-    { kind: 'flush' },
-    setupWrite('vol-a', 3, 9, 2), // copy-on-write: logged
-    { kind: 'flush' },
-    setupWrite('vol-a', 3 * bs, bs + 5, 3), // new blocks: logged
-    { kind: 'flush' },
-    { kind: 'discard', volume: 'snap-a', beginSector: bs, lengthSectors: bs }, // logged
-    { kind: 'flush' },
-  ];
-  const { machine, pool, state } = await runOnNewPool(2, ops);
-  assert.ok(pool.status().counters.logBlocksUsed >= 3, 'the logged base has records in its log');
-  // No close: the log stays as a power cut would leave it (every record synced).
-  return { name: 'logged volume and snapshot', images: machine.currentImages(), state };
-}
 
 /** The workload a seed stands for (workloadOf), with the flushes it runs as rollups instead (0-based op indexes). */
 function journalWorkloadOf(seed: number, bases: readonly Base[]): { base: Base; record: WorkloadRecord; rollups: ReadonlySet<number> } {

@@ -1,7 +1,9 @@
 // Small committed pools that the crash and I/O-error tests start from, made once per test file:
 // an empty pool; one volume with data; a volume, its snapshot (with copy-on-write since) and a
-// second volume. Each comes with its model state (pool-model.ts). Also how every simulated pool
+// second volume; a volume and its snapshot whose delta log holds acknowledged records (no clean
+// close, so opening it replays them). Each comes with its model state (pool-model.ts). Also how every simulated pool
 // is created, and the workload a crash campaign's seed stands for on these pools.
+import assert from 'node:assert/strict';
 import type { PoolCreateOptions, PoolFiles } from '../../src/pool/pool.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
@@ -93,6 +95,31 @@ export async function makeBases(): Promise<Base[]> {
     { kind: 'flush' },
   ];
   return [await makeBase('empty pool', []), await makeBase('one volume', oneVolume), await makeBase('volume, snapshot, volume', withSnapshot)];
+}
+
+/**
+ * A starting pool left with acknowledged records in its delta log (no clean close): a volume
+ * written and flushed, then a copy-on-write, new blocks and a discard, each flushed, after a
+ * snapshot. Opening it replays the log and rolls it up.
+ */
+export async function makeLoggedBase(): Promise<Base> {
+  const bs = BLOCK_SIZE_SECTORS;
+  const ops: PoolOp[] = [
+    { kind: 'create', name: 'vol-a', sizeSectors: VOLUME_SIZE_SECTORS },
+    setupWrite('vol-a', 0, 2 * bs, 1),
+    { kind: 'snapshot', source: 'vol-a', name: 'snap-a' },
+    { kind: 'flush' },
+    setupWrite('vol-a', 3, 9, 2), // copy-on-write: logged
+    { kind: 'flush' },
+    setupWrite('vol-a', 3 * bs, bs + 5, 3), // new blocks: logged
+    { kind: 'flush' },
+    { kind: 'discard', volume: 'snap-a', beginSector: bs, lengthSectors: bs }, // logged
+    { kind: 'flush' },
+  ];
+  const { machine, pool, state } = await runOnNewPool(2, ops);
+  assert.ok(pool.status().counters.logBlocksUsed >= 3, 'the logged base has records in its log');
+  // No close: the log stays as a power cut would leave it (every record synced).
+  return { name: 'logged volume and snapshot', images: machine.currentImages(), state };
 }
 
 /**

@@ -379,6 +379,50 @@ describe('SimDisk faults', () => {
   });
 });
 
+describe('file size and allocation', () => {
+  test('a grown size is durable only after a sync started after the growth', async () => {
+    const machine = new SimMachine({ seed: 3 });
+    const disk = machine.createDisk('d', 4096);
+    await disk.grow(16384);
+    const before = machine.crashPoint(machine.events.length);
+    assert.deepEqual([...before.pendingSizes], [['d', 16384]]);
+    const sizes = [...before.variants(8)].map((variant) => before.images(variant).get('d')!.sizeBytes);
+    assert.deepEqual(sizes, [16384, 4096], 'kept only in the image that keeps everything');
+    // A write past the durable size that a crash keeps stretches the file to its end, no further.
+    await disk.write(new Uint8Array(512).fill(7), 8192);
+    const written = machine.crashPoint(machine.events.length);
+    const sizesAfterWrite = new Set([...written.variants(8)].map((variant) => written.images(variant).get('d')!.sizeBytes));
+    assert.deepEqual([...sizesAfterWrite].sort((a, b) => a - b), [4096, 8704, 16384]);
+    await disk.sync();
+    const synced = machine.crashPoint(machine.events.length);
+    assert.equal(synced.pendingSizes.size, 0);
+    for (const variant of synced.variants(8)) assert.equal(synced.images(variant).get('d')!.sizeBytes, 16384);
+  });
+
+  test('a sync started before the growth does not make it durable', async () => {
+    const machine = new SimMachine({ seed: 4 });
+    const disk = machine.createDisk('d', 0);
+    const syncing = disk.sync();
+    await disk.grow(8192);
+    await syncing;
+    const point = machine.crashPoint(machine.events.length);
+    assert.deepEqual([...point.pendingSizes], [['d', 8192]]);
+  });
+
+  test('allocate is traced and changes neither contents nor size', async () => {
+    const machine = new SimMachine({ seed: 5 });
+    const disk = machine.createDisk('d', 8192);
+    await disk.write(new Uint8Array(100).fill(9), 0);
+    await disk.allocate(0, 65536);
+    assert.equal(disk.sizeBytes(), 8192, 'the size is kept');
+    const back = new Uint8Array(8192);
+    await disk.read(back, 0);
+    assert.ok(back.subarray(0, 100).every((byte) => byte === 9) && back.subarray(100).every((byte) => byte === 0));
+    assert.deepEqual(machine.events.filter((event) => event.kind === 'allocate'), [{ kind: 'allocate', disk: 'd', offsetBytes: 0, lengthBytes: 8192 }]);
+    assert.equal(disk.counters.allocations, 1);
+  });
+});
+
 describe('I/O-error loop', () => {
   test('failIo fails exactly the chosen operation, once or from then on for its kind and disk', async () => {
     const run = async (afterOperations: number, persistent: boolean): Promise<string[]> => {

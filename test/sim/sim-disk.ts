@@ -19,8 +19,13 @@
 //   AsyncFileNonDurable); in the "random sectors" shape each sector is new, old or garbage.
 //   Garbage covers only the bytes the write itself carried within a sector: bytes the host never
 //   asked to change are not destroyed (no software can defend those against its own disk).
+// - A disk's size is a file's size: growing it (ftruncate) is not durable until a sync of the
+//   disk started after the growth completes (fsync/fdatasync persist the size with the data). A
+//   crash keeps the durable size, stretched by whatever pending writes it keeps; the grown size
+//   survives only in the crash image that keeps everything. allocate (fallocate inside the file,
+//   the size kept) reserves space and changes nothing anyone reads: it is traced, not modelled.
 // - The trace records every write (disk, offset, bytes), its completion, every sync start and
-//   completion, growth, medium corruption, and named marks the test adds ("ack flush #3"), like
+//   completion, growth, allocation, medium corruption, and named marks the test adds ("ack flush #3"), like
 //   dm-log-writes. CrashPoint k enumerates the pending writes after event k and yields crash
 //   images: all kept, all lost, every subset when few, each single one lost, then random SQLite
 //   outcomes with tears, within a budget, deterministically from a seed.
@@ -34,6 +39,7 @@
 //   range only (it stays pending: a crash may still keep or tear it).
 //
 // Images are sparse and copy-on-write by 4 KiB page, so thousands of crash images cost little.
+import { createHash } from 'node:crypto';
 import type { BlockFile } from '../../src/io/block-file.ts';
 import { ThinError, assert } from '../../src/errors.ts';
 import { Rng, mixSeed } from './rng.ts';
@@ -158,9 +164,10 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
 export type SimEvent =
   | { kind: 'write'; disk: string; writeId: number; offsetBytes: number; lengthBytes: number; misdirectedFromBytes?: number }
   | { kind: 'write-done'; disk: string; writeId: number; failed: boolean }
-  | { kind: 'sync'; disk: string; syncId: number; coveredWriteIds: readonly number[] }
+  | { kind: 'sync'; disk: string; syncId: number; coveredWriteIds: readonly number[]; sizeBytes: number }
   | { kind: 'sync-done'; disk: string; syncId: number; failed: boolean }
   | { kind: 'grow'; disk: string; sizeBytes: number }
+  | { kind: 'allocate'; disk: string; offsetBytes: number; lengthBytes: number }
   | { kind: 'corrupt'; disk: string; writeId: number; offsetBytes: number; lengthBytes: number }
   | { kind: 'mark'; label: string };
 
@@ -193,6 +200,8 @@ function describeEvent(event: SimEvent): string {
       return `sync #${event.syncId} ${event.disk} ${event.failed ? 'failed' : 'done'}`;
     case 'grow':
       return `grow ${event.disk} to ${event.sizeBytes}`;
+    case 'allocate':
+      return `allocate ${event.disk} [${event.offsetBytes}, +${event.lengthBytes})`;
     case 'corrupt':
       return `corrupt ${event.disk} [${event.offsetBytes}, +${event.lengthBytes})`;
     case 'mark':
@@ -218,6 +227,8 @@ export interface CrashVariant {
   readonly outcomes: readonly WriteOutcome[];
   /** "kept 3, lost 1, torn 1 (#12 left)" */
   readonly description: string;
+  /** Whether the disks keep the sizes they were grown to since their last sync (only when everything is kept). */
+  readonly sizesKept: boolean;
 }
 
 function describeOutcomes(pending: readonly SimWrite[], outcomes: readonly WriteOutcome[]): string {
@@ -292,9 +303,12 @@ export class CrashPoint {
   readonly pending: readonly SimWrite[];
   /** Labels of the marks before the crash, in order. */
   readonly marks: readonly string[];
+  /** Disks grown since their last sync, and the size the process saw: lost unless a variant keeps everything. */
+  readonly pendingSizes: ReadonlyMap<string, number>;
   /** Identifies the crash states: two points with equal keys yield the same images. */
   readonly stateKey: string;
   readonly #durable: ReadonlyMap<string, SparseImage>;
+  readonly #durableKey: string;
   readonly #badSectors: ReadonlyMap<string, ReadonlySet<number>>;
   readonly #deadSectors: ReadonlyMap<string, ReadonlySet<number>>;
   readonly #seed: number;
@@ -303,6 +317,7 @@ export class CrashPoint {
     eventCount: number;
     lastEvent: SimEvent | undefined;
     pending: readonly SimWrite[];
+    pendingSizes: ReadonlyMap<string, number>;
     marks: readonly string[];
     durable: ReadonlyMap<string, SparseImage>;
     durableKey: string;
@@ -313,17 +328,21 @@ export class CrashPoint {
     this.eventCount = options.eventCount;
     this.lastEvent = options.lastEvent;
     this.pending = options.pending;
+    this.pendingSizes = options.pendingSizes;
     this.marks = options.marks;
     this.#durable = options.durable;
+    this.#durableKey = options.durableKey;
     this.#badSectors = options.badSectors;
     this.#deadSectors = options.deadSectors;
     this.#seed = options.seed;
-    this.stateKey = `${options.durableKey}|${this.pending.map((write) => write.writeId).join(',')}|${this.marks.length}`;
+    const sizes = [...this.pendingSizes].map(([disk, sizeBytes]) => `${disk}=${sizeBytes}`).join(',');
+    this.stateKey = `${options.durableKey}|${this.pending.map((write) => write.writeId).join(',')}|${sizes}|${this.marks.length}`;
   }
 
   describe(): string {
     const last = this.lastEvent === undefined ? 'before any event' : `after ${describeEvent(this.lastEvent)}`;
-    return `${last}; ${this.pending.length} pending writes; marks [${this.marks.join(', ')}]`;
+    const grown = [...this.pendingSizes].map(([disk, sizeBytes]) => `${disk} to ${sizeBytes}`);
+    return `${last}; ${this.pending.length} pending writes${grown.length > 0 ? `, growth not synced (${grown.join(', ')})` : ''}; marks [${this.marks.join(', ')}]`;
   }
 
   /**
@@ -337,17 +356,19 @@ export class CrashPoint {
     const rng = new Rng(mixSeed(this.#seed, this.eventCount, 0x7a1a));
     let variantIndex = 0;
     const seen = new Set<string>();
-    const make = (outcomes: WriteOutcome[]): CrashVariant | undefined => {
-      const key = outcomes.map((outcome) => (outcome.kind === 'torn' ? `t${outcome.seed}` : outcome.kind[0])).join('');
+    const grown = this.pendingSizes.size > 0;
+    const make = (outcomes: WriteOutcome[], sizesKept = false): CrashVariant | undefined => {
+      const key = outcomes.map((outcome) => (outcome.kind === 'torn' ? `t${outcome.seed}` : outcome.kind[0])).join('') + (grown && sizesKept ? '+' : '');
       if (seen.has(key)) return undefined;
       seen.add(key);
-      return { variantIndex: variantIndex++, outcomes, description: describeOutcomes(this.pending, outcomes) };
+      const description = describeOutcomes(this.pending, outcomes) + (grown ? (sizesKept ? ', growth kept' : ', growth lost') : '');
+      return { variantIndex: variantIndex++, outcomes, description, sizesKept };
     };
     const kept = (): WriteOutcome => ({ kind: 'kept' });
     const lost = (): WriteOutcome => ({ kind: 'lost' });
 
     const structured: WriteOutcome[][] = [];
-    structured.push(Array.from({ length: count }, kept));
+    structured.push(Array.from({ length: count }, kept)); // with the disks' growth kept (below)
     structured.push(Array.from({ length: count }, lost));
     if (count > 0 && 2 ** count <= budget / 2) {
       for (let mask = 1; mask < 2 ** count - 1; mask++) {
@@ -363,9 +384,9 @@ export class CrashPoint {
         structured.push(Array.from({ length: count }, (_, index) => (index === lostIndex ? lost() : kept())));
       }
     }
-    for (const outcomes of structured) {
+    for (const [index, outcomes] of structured.entries()) {
       if (variantIndex >= budget) return;
-      const variant = make(outcomes);
+      const variant = make(outcomes, index === 0);
       if (variant !== undefined) yield variant;
     }
     if (count === 0) return;
@@ -381,10 +402,9 @@ export class CrashPoint {
 
   /** A variant drawn at random as a real power cut would: 10 % of crashes keep everything (FDB). */
   randomVariant(rng: Rng): CrashVariant {
-    const outcomes = rng.chance(0.1)
-      ? this.pending.map((): WriteOutcome => ({ kind: 'kept' }))
-      : this.pending.map(() => randomOutcome(rng));
-    return { variantIndex: 0, outcomes, description: describeOutcomes(this.pending, outcomes) };
+    const keepAll = rng.chance(0.1);
+    const outcomes = keepAll ? this.pending.map((): WriteOutcome => ({ kind: 'kept' })) : this.pending.map(() => randomOutcome(rng));
+    return { variantIndex: 0, outcomes, description: describeOutcomes(this.pending, outcomes), sizesKept: keepAll };
   }
 
   /** The disks' images after the crash. */
@@ -399,7 +419,41 @@ export class CrashPoint {
       if (outcome.kind === 'kept') image.write(write.bytes, write.offsetBytes);
       else if (outcome.kind === 'torn') applyTorn(image, write, outcome.shape, outcome.seed);
     });
+    if (variant.sizesKept) {
+      for (const [disk, sizeBytes] of this.pendingSizes) images.get(disk)?.grow(sizeBytes);
+    }
     return images;
+  }
+
+  /**
+   * Names the crash images of variant by their bytes: the durable state (identified within its
+   * trace) and the final contents of every page a pending write touched that differs from it.
+   * Two variants (or crash points) of one trace with equal digests power up on identical disks,
+   * so a campaign counts distinct crash images, not recoveries.
+   */
+  imageDigest(variant: CrashVariant): string {
+    const images = this.images(variant);
+    const pages = new Set<string>();
+    for (const write of this.pending) {
+      const first = Math.floor(write.offsetBytes / PAGE_SIZE_BYTES);
+      const end = Math.ceil((write.offsetBytes + write.bytes.length) / PAGE_SIZE_BYTES);
+      for (let page = first; page < end; page++) pages.add(`${write.disk}:${page}`);
+    }
+    const hash = createHash('sha1');
+    hash.update(this.#durableKey);
+    for (const [disk, image] of [...images].sort(([a], [b]) => (a < b ? -1 : 1))) hash.update(`${disk}:${image.sizeBytes};`);
+    const after = new Uint8Array(PAGE_SIZE_BYTES);
+    const before = new Uint8Array(PAGE_SIZE_BYTES);
+    for (const key of [...pages].sort()) {
+      const [disk, pageText] = key.split(':') as [string, string];
+      const offsetBytes = Number(pageText) * PAGE_SIZE_BYTES;
+      images.get(disk)?.read(after, offsetBytes);
+      this.#durable.get(disk)?.read(before, offsetBytes);
+      if (bytesEqual(after, before)) continue;
+      hash.update(key);
+      hash.update(after);
+    }
+    return hash.digest('hex');
   }
 
   /** A new machine, powered up on the crash images of variant: recovery runs on it. */
@@ -420,7 +474,9 @@ class TraceWalker {
   readonly #seed: number;
   #eventCount = 0;
   #durableCount = 0;
-  #growCount = 0;
+  /** The size each disk was last grown to (what the process sees), and each sync's size at its start. */
+  readonly #grownSizes = new Map<string, number>();
+  readonly #syncSizes = new Map<number, number>();
 
   constructor(options: {
     events: readonly SimEvent[];
@@ -449,14 +505,16 @@ class TraceWalker {
     assert(event !== undefined, 'stepped past the end of the trace');
     switch (event.kind) {
       case 'grow':
-        this.#image(event.disk).grow(event.sizeBytes);
-        this.#growCount += 1;
+        // Not durable yet: a later sync of the disk makes it so.
+        this.#grownSizes.set(event.disk, Math.max(this.#grownSizes.get(event.disk) ?? 0, event.sizeBytes));
         break;
       case 'sync':
         this.#syncCovers.set(event.syncId, event.coveredWriteIds);
+        this.#syncSizes.set(event.syncId, event.sizeBytes);
         break;
       case 'sync-done': {
         if (event.failed) break;
+        this.#image(event.disk).grow(this.#syncSizes.get(event.syncId) ?? 0);
         // The covered writes are a prefix of the disk's completion order (see the module
         // comment), so applying them in completion order gives the disk's contents.
         const covered = (this.#syncCovers.get(event.syncId) ?? [])
@@ -481,6 +539,7 @@ class TraceWalker {
         break;
       case 'write':
       case 'write-done':
+      case 'allocate':
         break;
     }
     this.#eventCount += 1;
@@ -517,13 +576,17 @@ class TraceWalker {
     pending.sort((a, b) => orderOf(a) - orderOf(b) || a.issueIndex - b.issueIndex);
     const durable = new Map<string, SparseImage>();
     for (const [name, image] of this.#durable) durable.set(name, image.clone());
+    const pendingSizes = new Map<string, number>();
+    for (const [disk, sizeBytes] of this.#grownSizes) if (sizeBytes > (this.#durable.get(disk)?.sizeBytes ?? 0)) pendingSizes.set(disk, sizeBytes);
+    const durableSizes = [...this.#durable].map(([name, image]) => `${name}=${image.sizeBytes}`).join(',');
     return new CrashPoint({
       eventCount,
       lastEvent: this.#events[eventCount - 1],
       pending,
+      pendingSizes,
       marks: [...this.#marks],
       durable,
-      durableKey: `${this.#durableCount}/${this.#growCount}`,
+      durableKey: `${this.#durableCount}/${durableSizes}`,
       badSectors: this.#badSectors,
       deadSectors: this.#deadSectors,
       seed: this.#seed,
@@ -716,6 +779,21 @@ export class SimMachine {
   }
 
   /**
+   * The crash points after the given numbers of events (ascending), without building the ones in
+   * between: a long trace's sample costs one walk of the trace.
+   */
+  *crashPointsAt(eventCounts: readonly number[]): Generator<CrashPoint> {
+    const walker = this.#walker();
+    let previous = -1;
+    for (const eventCount of eventCounts) {
+      assert(eventCount > previous && eventCount <= this.#events.length, `crash points must be ascending and at most ${this.#events.length}`);
+      previous = eventCount;
+      while (walker.eventCount < eventCount) walker.step();
+      yield walker.point();
+    }
+  }
+
+  /**
    * Pulls the plug now: this machine stops (every operation in flight or later fails), and the
    * returned machine powers up on the disks as a random crash left them.
    */
@@ -860,6 +938,7 @@ export interface SimDiskCounters {
   reads: number;
   writes: number;
   syncs: number;
+  allocations: number;
   readErrors: number;
   writeErrors: number;
   syncErrors: number;
@@ -868,7 +947,7 @@ export interface SimDiskCounters {
 export class SimDisk implements BlockFile {
   readonly name: string;
   readonly description: string;
-  readonly counters: SimDiskCounters = { reads: 0, writes: 0, syncs: 0, readErrors: 0, writeErrors: 0, syncErrors: 0 };
+  readonly counters: SimDiskCounters = { reads: 0, writes: 0, syncs: 0, allocations: 0, readErrors: 0, writeErrors: 0, syncErrors: 0 };
   readonly #machine: SimMachine;
   readonly #image: SparseImage;
   /** Completed writes not yet covered by a started sync, in completion order. */
@@ -1001,7 +1080,13 @@ export class SimDisk implements BlockFile {
       const syncId = this.#machine.newSyncId();
       const covered = this.#completedUnsynced;
       this.#completedUnsynced = [];
-      this.#machine.recordEvent({ kind: 'sync', disk: this.name, syncId, coveredWriteIds: covered.map((write) => write.writeId) });
+      this.#machine.recordEvent({
+        kind: 'sync',
+        disk: this.name,
+        syncId,
+        coveredWriteIds: covered.map((write) => write.writeId),
+        sizeBytes: this.#image.sizeBytes,
+      });
       let failed = this.#machine.takeIoFault(this, 'sync');
       if (!failed && this.#syncFaults !== undefined) {
         failed = true;
@@ -1030,6 +1115,16 @@ export class SimDisk implements BlockFile {
     if (sizeBytes <= this.#image.sizeBytes) return;
     this.#image.grow(sizeBytes);
     this.#machine.recordEvent({ kind: 'grow', disk: this.name, sizeBytes });
+  }
+
+  /** fallocate inside the file (its size kept): reserves space, changes nothing a read returns. */
+  async allocate(offsetBytes: number, lengthBytes: number): Promise<void> {
+    this.#checkOpen();
+    checkRange(offsetBytes, lengthBytes);
+    const endBytes = Math.min(offsetBytes + lengthBytes, this.#image.sizeBytes);
+    if (endBytes <= offsetBytes) return;
+    this.counters.allocations += 1;
+    this.#machine.recordEvent({ kind: 'allocate', disk: this.name, offsetBytes, lengthBytes: endBytes - offsetBytes });
   }
 
   async close(): Promise<void> {
