@@ -679,6 +679,9 @@ test('a renamed volume keeps its id, blocks and labels under the new name, after
   assert.throws(() => pool.volume('old'), code('THIN_NOT_FOUND'));
   await assert.rejects(pool.renameVolume('new', 'snap'), code('THIN_EXISTS'));
   await assert.rejects(pool.renameVolume('new', 'bad name'), code('THIN_INVALID'));
+  await assert.rejects(pool.renameVolume('missing', 'other'), code('THIN_NOT_FOUND'));
+  assert.deepEqual(pool.list().map((entry) => entry.name), ['new', 'snap']);
+  assert.equal(pool.list().find((entry) => entry.name === 'snap')?.origin, 'new');
   const reopened = await reopen(memory);
   const info = reopened.pool.list().find((entry) => entry.name === 'new');
   assert.equal(info?.id, volume.id);
@@ -702,4 +705,28 @@ test('mappedRuns lists virtual-to-data runs in order; a snapshot maps the same d
   const after = volume.mappedRuns();
   assert.equal(after.find((run) => run.virtualBlock <= 2 && run.virtualBlock + run.lengthBlocks > 2 && run.dataBlock + (2 - run.virtualBlock) === runs[0]!.dataBlock + 1), undefined, 'the written block moved');
   await pool.close();
+});
+
+test('updateVolume renames, relabels and sets read-only in one change; snapshots name the origin by its new name, across a reopen', async () => {
+  const memory = await memoryPool();
+  const v = await memory.pool.createVolume('building', { sizeBytes: 3 * BLOCK, labels: { stage: 'tmp' } });
+  await v.write(100, filled(BLOCK, 9));
+  await memory.pool.snapshot('building', 'child');
+  await memory.pool.updateVolume('building', { name: 'final', labels: { stage: 'done' }, readOnly: true });
+  assert.throws(() => memory.pool.volume('building'), code('THIN_NOT_FOUND'));
+  assert.equal(memory.pool.volume('final').id, v.id);
+  assert.equal(memory.pool.volume('final').readOnly, true);
+  await assert.rejects(memory.pool.volume('final').write(0, filled(1, 1)), code('THIN_READ_ONLY'));
+  const reopened = await reopen(memory);
+  const listed = new Map(reopened.pool.list().map((info) => [info.name, info]));
+  assert.deepEqual([...listed.keys()].sort(), ['child', 'final']);
+  assert.deepEqual(listed.get('final')!.labels, { stage: 'done' });
+  assert.equal(listed.get('final')!.readOnly, true);
+  assert.equal(listed.get('child')!.origin, 'final');
+  assert.deepEqual((await readAll(reopened.pool, 'final')).subarray(100, 100 + BLOCK), filled(BLOCK, 9));
+  await reopened.pool.updateVolume('final', { readOnly: false });
+  await reopened.pool.volume('final').write(0, filled(1, 1));
+  await reopened.pool.flush();
+  assert.ok((await checkPool(reopened.files)).ok);
+  await reopened.pool.close();
 });
