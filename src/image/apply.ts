@@ -120,7 +120,8 @@ async function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyCo
       const target = Buffer.from(entry.linkPath, 'latin1');
       if (target.length === 0) throw invalidEntry(origin, 'a symlink with an empty target');
       if (target.length > SYMLINK_TARGET_BYTES_MAX) throw invalidEntry(origin, `a symlink target of ${target.length} bytes (ext4 holds at most ${SYMLINK_TARGET_BYTES_MAX})`);
-      return (tree) => tree.add(components, attributes, { kind: 'symlink', target }, origin);
+      // A symlink's permissions mean nothing to Linux, which makes every symlink 0777 (as tar -x does).
+      return (tree) => tree.add(components, { ...attributes, permissions: 0o777 }, { kind: 'symlink', target }, origin);
     }
     case 'char':
     case 'block': {

@@ -282,7 +282,7 @@ class ImageBuild {
         aliases.set(path, target);
       } else if (entry.type === 'file') {
         const head = await peekChunks(outer.dataChunks(entry));
-        const named = path.endsWith('.json') || path === 'oci-layout' || path === 'repositories';
+        const named = path.endsWith('.json') || path.endsWith('/json') || path.endsWith('/VERSION') || path === 'oci-layout' || path === 'repositories';
         if (named || (head.first?.[0] === 0x7b && entry.storedBytes <= IMAGE_JSON_BYTES_MAX)) {
           documents.set(path, await readAll(head.chunks, entry.storedBytes, path));
         } else {

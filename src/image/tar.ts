@@ -109,7 +109,10 @@ export class TarReader {
     let longLink: string | undefined;
     for (;;) {
       const headerOffset = this.#input.offsetBytes;
-      const header = this.#input.readNow(TAR_BLOCK_BYTES) ?? (await this.#input.read(TAR_BLOCK_BYTES, this.#truncated(headerOffset, undefined, 'a header')));
+      const truncated = headerOffset === 0
+        ? (got: number) => new NotTarError(this.#error(0, undefined, `not a tar archive (it ends after ${got} bytes)`).message)
+        : this.#truncated(headerOffset, undefined, 'a header');
+      const header = this.#input.readNow(TAR_BLOCK_BYTES) ?? (await this.#input.read(TAR_BLOCK_BYTES, truncated));
       if (header === undefined) {
         throw this.#error(headerOffset, undefined, 'the archive ends without its end-of-archive block: truncated?');
       }
