@@ -8,6 +8,7 @@ import { toolsBenchmark } from './tools.ts';
 import { archiveBenchmark } from './archive.ts';
 import { tlsBenchmark } from './tls.ts';
 import { remapBenchmark } from './remap.ts';
+import { imageBenchmark } from './image.ts';
 import { SERVER_NAMES, machineDescription, peerBenchmark, workloads, writeBenchmarkSection, type ServerName } from './peers.ts';
 
 const args = process.argv.slice(2);
@@ -51,6 +52,9 @@ const servers = serversFlag();
 const rounds = flagValue('--rounds', 3);
 const runtimeSeconds = flagValue('--seconds', 10);
 const writeDoc = args.includes('--write-doc');
+/** --corpus DIR (bench/image.ts reads it itself): not a benchmark name. */
+const corpusIndex = args.indexOf('--corpus');
+if (corpusIndex >= 0) args.splice(corpusIndex, 2);
 const names = args.filter((arg) => !arg.startsWith('-'));
 const flags = args.filter((arg) => arg.startsWith('-'));
 
@@ -63,6 +67,7 @@ const standalone: Record<string, (flags: string[]) => Promise<void>> = {
   archive: archiveBenchmark,
   remap: remapBenchmark,
   tls: (flags) => tlsBenchmark(flags, { rounds, runtimeSeconds, writeDoc }),
+  image: imageBenchmark,
 };
 const known = ['peers', ...peerKeys, ...Object.keys(standalone)];
 for (const name of names) {

@@ -56,6 +56,9 @@ export const IMAGE_LABELS = {
  */
 export const LAYER_LAYOUT_VERSION = `1-${DATA_BEGIN_BLOCK}`;
 
+/** The pool block size a dry run rounds to (the pool default). */
+const DRY_RUN_POOL_BLOCK_BYTES = 64 * 1024;
+
 export interface ImageImportOptions {
   /** The volume's size; default: what the image needs plus headroom (docs/image.md). */
   sizeBytes?: number;
@@ -96,18 +99,32 @@ export interface ImageImportResult {
   /** Data blocks of the pool the image's volume maps. */
   blocksMapped: number;
   seconds: number;
+  /** The process's peak resident set so far (the import's, when it is the process's main work). */
+  peakRssBytes: number;
   layers: ImportedLayer[];
 }
 
 /** Imports SOURCE into a new read-only volume NAME. */
 export async function importImage(pool: Pool, name: string, source: string, options: ImageImportOptions = {}): Promise<ImageImportResult> {
   if (pool.list().some((info) => info.name === name)) throw new ThinError('THIN_EXISTS', `A volume named ${name} already exists`);
+  return await runImport(pool, name, source, options);
+}
+
+/**
+ * Reads SOURCE as an import would and builds the file system's metadata, writing nothing
+ * anywhere: what the image holds and what importing it would write (image stats --deep).
+ */
+export async function measureImage(source: string, options: ImageImportOptions = {}): Promise<ImageImportResult> {
+  return await runImport(undefined, 'measure', source, options);
+}
+
+async function runImport(pool: Pool | undefined, name: string, source: string, options: ImageImportOptions): Promise<ImageImportResult> {
   const started = performance.now();
   const opened = await openSource(source, options.openers, options.stdin);
   const build = new ImageBuild(pool, name, opened, options);
   try {
     const result = await build.run();
-    return { ...result, seconds: (performance.now() - started) / 1000 };
+    return { ...result, seconds: (performance.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024 };
   } catch (error) {
     await build.abort();
     throw error;
@@ -122,8 +139,15 @@ function temporaryName(name: string): string {
   return `${name.slice(0, VOLUME_NAME_LENGTH_MAX - suffix.length)}${suffix}`;
 }
 
+/** Counts what would be written; a dry run (measureImage) writes here. */
+const NOWHERE: BlockTarget = {
+  write: async () => undefined,
+  discard: async () => undefined,
+};
+
 class ImageBuild {
-  readonly #pool: Pool;
+  /** Undefined for a dry run: nothing is created, data is only placed (counted). */
+  readonly #pool: Pool | undefined;
   readonly #name: string;
   readonly #opened: OpenedSource;
   readonly #options: ImageImportOptions;
@@ -138,14 +162,14 @@ class ImageBuild {
   readonly #layerVolumesMade: string[] = [];
   #lastProgressBytes = -1;
 
-  constructor(pool: Pool, name: string, opened: OpenedSource, options: ImageImportOptions) {
+  constructor(pool: Pool | undefined, name: string, opened: OpenedSource, options: ImageImportOptions) {
     this.#pool = pool;
     this.#name = name;
     this.#opened = opened;
     this.#options = options;
     this.#nowSeconds = Math.floor((options.now ?? Date.now)() / 1000);
     this.#tree = new FsTree(this.#nowSeconds);
-    this.#blockSizeBytes = pool.status().blockSizeBytes;
+    this.#blockSizeBytes = pool?.status().blockSizeBytes ?? DRY_RUN_POOL_BLOCK_BYTES;
   }
 
   #progress(): void {
@@ -161,12 +185,14 @@ class ImageBuild {
 
   /** Where the data may go: --size, the pool's free space, the largest file system. */
   #dataLimit(): { limitBlock: number; reason: string } {
-    const status = this.#pool.status();
-    const freeBytes = (status.dataBlockCount - status.dataBlocksUsed) * status.blockSizeBytes;
     const candidates: Array<{ limitBlock: number; reason: string }> = [
       { limitBlock: FS_BLOCKS_MAX, reason: `more than the largest file system thinbd writes (${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes)` },
-      { limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `more than the pool's free data space (${freeBytes} bytes)` },
     ];
+    if (this.#pool !== undefined) {
+      const status = this.#pool.status();
+      const freeBytes = (status.dataBlockCount - status.dataBlocksUsed) * status.blockSizeBytes;
+      candidates.push({ limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `more than the pool's free data space (${freeBytes} bytes)` });
+    }
     if (this.#options.sizeBytes !== undefined) {
       candidates.push({ limitBlock: Math.floor(this.#options.sizeBytes / BLOCK_SIZE_BYTES), reason: `more than --size ${this.#options.sizeBytes} holds` });
     }
@@ -175,20 +201,23 @@ class ImageBuild {
 
   /** Makes the volume being built: empty, or a writable snapshot of a layer volume. */
   async #begin(base?: string): Promise<void> {
-    const temporary = temporaryName(this.#name);
-    const sizeBytes = this.#options.sizeBytes ?? FS_BLOCKS_MAX * BLOCK_SIZE_BYTES;
-    if (base === undefined) {
-      this.#volume = await this.#pool.createVolume(temporary, { sizeBytes });
-    } else {
-      this.#volume = await this.#pool.snapshot(base, temporary);
-      if (this.#volume.sizeBytes !== sizeBytes) await this.#pool.resizeVolume(temporary, sizeBytes);
+    let target = NOWHERE;
+    if (this.#pool !== undefined) {
+      const temporary = temporaryName(this.#name);
+      const sizeBytes = this.#options.sizeBytes ?? FS_BLOCKS_MAX * BLOCK_SIZE_BYTES;
+      if (base === undefined) {
+        this.#volume = await this.#pool.createVolume(temporary, { sizeBytes });
+      } else {
+        this.#volume = await this.#pool.snapshot(base, temporary);
+        if (this.#volume.sizeBytes !== sizeBytes) await this.#pool.resizeVolume(temporary, sizeBytes);
+      }
+      this.#temporary = temporary;
+      const volume = this.#volume;
+      target = {
+        write: (offsetBytes, bytes) => volume.write(offsetBytes, bytes),
+        discard: (offsetBytes, lengthBytes) => volume.discard(offsetBytes, lengthBytes),
+      };
     }
-    this.#temporary = temporary;
-    const volume = this.#volume;
-    const target: BlockTarget = {
-      write: (offsetBytes, bytes) => volume.write(offsetBytes, bytes),
-      discard: (offsetBytes, lengthBytes) => volume.discard(offsetBytes, lengthBytes),
-    };
     this.#queue = new WriteQueue(target, IMAGE_WRITES_IN_FLIGHT_MAX);
     // Room for every write in flight and the two runs the file system writer fills at once.
     this.#buffers = new BufferPool(Math.max(IMAGE_WRITE_BUFFER_BYTES, this.#blockSizeBytes), IMAGE_WRITES_IN_FLIGHT_MAX + 2);
@@ -200,9 +229,11 @@ class ImageBuild {
       alignBytes: this.#blockSizeBytes,
       buffers: this.#buffers,
     });
+    // A dry run places data without copying it anywhere.
+    if (this.#pool === undefined) await this.#data.startSkipping();
   }
 
-  async run(): Promise<Omit<ImageImportResult, 'seconds'>> {
+  async run(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes'>> {
     const outer = new TarReader(new ByteInput(this.#opened.chunks));
     const first = await outer.next();
     const format = this.#options.format ?? 'auto';
@@ -221,7 +252,9 @@ class ImageBuild {
   }
 
   /** A docker/OCI archive with random access: layers in order, shared with earlier imports. */
-  async #runIndexed(): Promise<Omit<ImageImportResult, 'seconds'>> {
+  async #runIndexed(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes'>> {
+    // The whole-object stream (a download) is not needed: ranged reads take over.
+    await this.#opened.chunks.close?.();
     const ranges = this.#opened.ranges!;
     const index = await indexArchive(ranges.read(0, ranges.sizeBytes, 64 * 1024), this.#opened.description);
     const readJson: JsonReader = async (path) => {
@@ -235,7 +268,7 @@ class ImageBuild {
     // The deepest layer volume already in the pool.
     let sharedLayers = 0;
     let base: string | undefined;
-    const layerVolumes = this.#pool.list().filter((info) => info.labels[IMAGE_LABELS.layerLayout] === LAYER_LAYOUT_VERSION);
+    const layerVolumes = (this.#pool?.list() ?? []).filter((info) => info.labels[IMAGE_LABELS.layerLayout] === LAYER_LAYOUT_VERSION);
     for (let depth = chains.length; depth > 0 && base === undefined; depth--) {
       const found = layerVolumes.find((info) => info.labels[IMAGE_LABELS.layerChain] === chains[depth - 1]);
       if (found !== undefined) {
@@ -268,7 +301,7 @@ class ImageBuild {
   }
 
   /** A docker/OCI archive read once in archive order (a stream): layers applied in order at the end. */
-  async #runStreamed(outer: TarReader, first: TarEntry): Promise<Omit<ImageImportResult, 'seconds'>> {
+  async #runStreamed(outer: TarReader, first: TarEntry): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes'>> {
     await this.#begin();
     const documents = new Map<string, Uint8Array>();
     const aliases = new Map<string, string>();
@@ -363,7 +396,7 @@ class ImageBuild {
   /** After a written layer: a read-only snapshot of the data so far, for later images to share. */
   async #keepLayerVolume(chain: string, diffId: string): Promise<string | undefined> {
     const name = `layer.${chain.slice('sha256:'.length, 'sha256:'.length + 16)}`;
-    if (this.#pool.list().some((info) => info.name === name)) return undefined;
+    if (this.#pool === undefined || this.#pool.list().some((info) => info.name === name)) return undefined;
     await this.#data!.flush();
     await this.#pool.snapshot(this.#temporary!, name);
     this.#layerVolumesMade.push(name);
@@ -381,7 +414,7 @@ class ImageBuild {
     return name;
   }
 
-  async #finish(format: ImageImportResult['format'], digest: string, layers: ImportedLayer[], tags: string[]): Promise<Omit<ImageImportResult, 'seconds'>> {
+  async #finish(format: ImageImportResult['format'], digest: string, layers: ImportedLayer[], tags: string[]): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes'>> {
     const data = this.#data!;
     const queue = this.#queue!;
     await data.finish();
@@ -397,8 +430,26 @@ class ImageBuild {
     });
     await queue.drain();
     const metadataBytesWritten = queue.bytesWritten - dataBytesWritten;
-    await this.#discardFreeData(summary.freeDataRuns);
     const sizeBytes = this.#options.sizeBytes ?? summary.geometry.blockCount * BLOCK_SIZE_BYTES;
+    const result = {
+      name: this.#name,
+      source: this.#opened.description,
+      format,
+      compression: this.#opened.compression,
+      digest,
+      files: summary.files,
+      directories: summary.directories,
+      fileBytes: summary.fileBytes,
+      sizeBytes,
+      sourceBytes: this.#opened.bytesRead(),
+      // A dry run skips the data: what it would write is the data region's live blocks.
+      dataBytesWritten: this.#pool === undefined ? summary.fileBlockBytes : dataBytesWritten,
+      metadataBytesWritten,
+      blocksMapped: 0,
+      layers,
+    };
+    if (this.#pool === undefined) return { ...result, blocksMapped: Math.ceil((summary.fileBlockBytes + metadataBytesWritten) / this.#blockSizeBytes) };
+    await this.#discardFreeData(summary.freeDataRuns);
     const temporary = this.#temporary!;
     await this.#pool.resizeVolume(temporary, sizeBytes);
     const labels: Record<string, string> = {
@@ -416,22 +467,7 @@ class ImageBuild {
     await this.#pool.flush();
     const usage = this.#pool.usage().get(this.#volume!.id);
     this.#options.onProgress?.(this.#opened.bytesRead(), this.#opened.totalBytes);
-    return {
-      name: this.#name,
-      source: this.#opened.description,
-      format,
-      compression: this.#opened.compression,
-      digest,
-      files: summary.files,
-      directories: summary.directories,
-      fileBytes: summary.fileBytes,
-      sizeBytes,
-      sourceBytes: this.#opened.bytesRead(),
-      dataBytesWritten,
-      metadataBytesWritten,
-      blocksMapped: usage?.mappedBlocks ?? 0,
-      layers,
-    };
+    return { ...result, blocksMapped: usage?.mappedBlocks ?? 0 };
   }
 
   /** Data of replaced and whited-out files is not kept: whole pool blocks in free runs are unmapped. */
@@ -448,6 +484,7 @@ class ImageBuild {
   /** Removes what this import made (the volume being built, layer volumes of this import). */
   async abort(): Promise<void> {
     await this.#queue?.drain().catch(() => undefined);
+    if (this.#pool === undefined) return;
     for (const name of [...this.#layerVolumesMade, ...(this.#temporary === undefined ? [] : [this.#temporary])]) {
       await this.#pool.removeVolume(name).catch(() => undefined);
     }

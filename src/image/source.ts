@@ -6,12 +6,15 @@
 // parsed while the other fills), the cheapest way through the page cache. Everything else is a
 // Node stream: decompression runs on libuv's thread pool, beside the parser.
 import fs from 'node:fs';
-import { Readable } from 'node:stream';
+import { createRequire } from 'node:module';
+import { Readable, type Transform } from 'node:stream';
 import zlib from 'node:zlib';
 import { ThinError } from '../errors.ts';
 import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
 import type { ChunkSource } from './byte-input.ts';
 import { BackgroundHash } from './background-hash.ts';
+
+const require = createRequire(import.meta.url);
 
 export type Compression = 'none' | 'gzip' | 'zstd';
 
@@ -155,7 +158,8 @@ export function decompressChunks(input: ChunkSource, compression: Exclude<Compre
       yield chunk.slice();
     }
   }
-  const decompressor = compression === 'gzip' ? zlib.createGunzip() : zstdDecompressor(description);
+  // Large output chunks: the default 16 KiB made a chunk (and a parser round trip) per 16 KiB.
+  const decompressor = compression === 'gzip' ? zlib.createGunzip({ chunkSize: IMAGE_READ_CHUNK_BYTES }) : zstdDecompressor();
   const output = Readable.from(compressed()).pipe(decompressor);
   async function* checked(): AsyncGenerator<Uint8Array> {
     try {
@@ -172,12 +176,10 @@ export function decompressChunks(input: ChunkSource, compression: Exclude<Compre
   });
 }
 
-function zstdDecompressor(description: string): import('node:stream').Transform {
-  const factory = (zlib as unknown as { createZstdDecompress?: () => import('node:stream').Transform }).createZstdDecompress;
-  if (factory === undefined) {
-    throw new ThinError('THIN_IMAGE_INVALID', `${description} is zstd-compressed, and this Node.js (${process.version}) has no zstd; use Node.js 22.15 or later, or decompress it first`);
-  }
-  return factory();
+/** zstd-napi's streaming decompressor (the reference C library; Node 20 has no zstd in zlib), loaded when first needed. */
+function zstdDecompressor(): Transform {
+  const { DecompressStream } = require('zstd-napi') as typeof import('zstd-napi');
+  return new DecompressStream();
 }
 
 /** A chunk source that counts and hashes the bytes passing through, and can put back its first chunk. */
@@ -208,15 +210,84 @@ class TappedChunks implements ChunkSource {
   }
 }
 
+/** A remote object: its bytes as a stream, and ranges of them when the server serves ranges. */
+export interface RemoteObject {
+  stream: AsyncIterable<Uint8Array>;
+  totalBytes: number | undefined;
+  close: () => void;
+  /** Bytes [begin, end) (a ranged GET). */
+  readRange?: (beginBytes: number, endBytes: number) => Promise<Uint8Array>;
+}
+
 export interface SourceOpeners {
-  /** s3://BUCKET/KEY: a stream of the object (set by the S3 module). */
-  s3?: (url: URL) => Promise<{ stream: AsyncIterable<Uint8Array>; totalBytes: number | undefined; close: () => void }>;
+  /** s3://BUCKET/KEY (set by remote.ts). */
+  s3?: (url: string) => Promise<RemoteObject>;
+}
+
+/** Bytes [begin, end) of a remote object as chunks of ranged reads, one read ahead; `skip` moves without reading. */
+class RangeChunks implements ChunkSource {
+  readonly #readRange: (beginBytes: number, endBytes: number) => Promise<Uint8Array>;
+  readonly #endBytes: number;
+  readonly #chunkBytes: number;
+  readonly #onBytes: (bytes: Uint8Array) => void;
+  #positionBytes: number;
+  #ahead: { at: number; read: Promise<Uint8Array> } | undefined;
+
+  constructor(readRange: (beginBytes: number, endBytes: number) => Promise<Uint8Array>, beginBytes: number, endBytes: number, chunkBytes: number, onBytes: (bytes: Uint8Array) => void) {
+    this.#readRange = readRange;
+    this.#positionBytes = beginBytes;
+    this.#endBytes = endBytes;
+    this.#chunkBytes = chunkBytes;
+    this.#onBytes = onBytes;
+  }
+
+  #start(at: number): { at: number; read: Promise<Uint8Array> } | undefined {
+    if (at >= this.#endBytes) return undefined;
+    const read = this.#readRange(at, Math.min(this.#endBytes, at + this.#chunkBytes));
+    read.catch(() => undefined);
+    return { at, read };
+  }
+
+  async next(): Promise<Uint8Array | undefined> {
+    const current = this.#ahead?.at === this.#positionBytes ? this.#ahead : this.#start(this.#positionBytes);
+    if (current === undefined) return undefined;
+    const chunk = await current.read;
+    if (chunk.length === 0) throw new ThinError('THIN_IO', `A ranged read at byte ${current.at} returned nothing: the object is shorter than it said`);
+    this.#positionBytes += chunk.length;
+    this.#ahead = this.#start(this.#positionBytes);
+    this.#onBytes(chunk);
+    return chunk;
+  }
+
+  async skip(count: number): Promise<void> {
+    this.#positionBytes += count;
+  }
+}
+
+/** Random access through ranged reads. */
+function remoteRanges(sizeBytes: number, readRange: (beginBytes: number, endBytes: number) => Promise<Uint8Array>, onBytes: (bytes: Uint8Array) => void): RangeReader {
+  return { sizeBytes, read: (beginBytes, endBytes, chunkBytes) => new RangeChunks(readRange, beginBytes, endBytes, chunkBytes, onBytes) };
+}
+
+/** The ranged-GET reader of an http(s) URL whose server says it serves byte ranges. */
+function httpRangeReader(url: string): (beginBytes: number, endBytes: number) => Promise<Uint8Array> {
+  return async (beginBytes, endBytes) => {
+    let response: Response;
+    try {
+      response = await fetch(url, { headers: { Range: `bytes=${beginBytes}-${endBytes - 1}` } });
+    } catch (error) {
+      throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: ${(error as Error).message}`, { cause: error });
+    }
+    if (response.status !== 206) throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: HTTP ${response.status} (expected 206)`);
+    return new Uint8Array(await response.arrayBuffer());
+  };
 }
 
 /** Opens SOURCE: a path, "-" for standard input, an http(s) URL, or s3://BUCKET/KEY. */
 export async function openSource(source: string, openers: SourceOpeners = {}, stdin: NodeJS.ReadableStream = process.stdin): Promise<OpenedSource> {
   let bytes = 0;
-  const hash = new BackgroundHash(IMAGE_READ_CHUNK_BYTES, 4);
+  const isLocal = source !== '-' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(source);
+  const hash = new BackgroundHash(IMAGE_READ_CHUNK_BYTES, 4, isLocal ? source : undefined);
   const tap = (chunk: Uint8Array): Promise<void> => {
     bytes += chunk.length;
     return hash.update(chunk);
@@ -244,12 +315,16 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
     const length = Number(response.headers.get('content-length'));
     totalBytes = Number.isSafeInteger(length) && length > 0 ? length : undefined;
     raw = tapped(new IterableChunks(response.body as unknown as AsyncIterable<Uint8Array>, () => controller.abort()), tap);
+    if (totalBytes !== undefined && response.headers.get('accept-ranges') === 'bytes') {
+      ranges = remoteRanges(totalBytes, httpRangeReader(source), (chunk) => (bytes += chunk.length));
+    }
   } else if (/^s3:\/\//i.test(source)) {
     description = source;
     if (openers.s3 === undefined) throw new ThinError('THIN_INVALID', `Cannot read ${source}: S3 support is not available`);
-    const opened = await openers.s3(new URL(source));
+    const opened = await openers.s3(source);
     totalBytes = opened.totalBytes;
     raw = tapped(new IterableChunks(opened.stream, opened.close), tap);
+    if (totalBytes !== undefined && opened.readRange !== undefined) ranges = remoteRanges(totalBytes, opened.readRange, (chunk) => (bytes += chunk.length));
   } else {
     description = source;
     let fd: number;
@@ -270,7 +345,14 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
     const headBytes = fs.readSync(fd, head, 0, head.length, 0);
     const reuse = detectCompression(head.subarray(0, headBytes), description) === 'none';
     const sizeBytes = stat.isFile() ? stat.size : Number.MAX_SAFE_INTEGER;
-    raw = new FileChunks(fd, 0, sizeBytes, { chunkBytes: IMAGE_READ_CHUNK_BYTES, reuse, onBytes: tap });
+    // The worker hashes the file itself: only count here.
+    raw = new FileChunks(fd, 0, sizeBytes, {
+      chunkBytes: IMAGE_READ_CHUNK_BYTES,
+      reuse,
+      onBytes: (chunk) => {
+        bytes += chunk.length;
+      },
+    });
     if (stat.isFile()) {
       ranges = {
         sizeBytes,

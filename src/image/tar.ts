@@ -569,9 +569,11 @@ function parsePax(body: Uint8Array, into: PaxValues, fail: (problem: string) => 
     if (length < space - offset + 3 || end > text.length || text.charCodeAt(end - 1) !== 0x0a) throw fail('a malformed pax record (its length does not match)');
     const equals = text.indexOf('=', space + 1);
     if (equals < 0 || equals >= end) throw fail('a malformed pax record (no =)');
-    // Keys and values are byte strings: a path or attribute name that is not UTF-8 survives.
+    // Keys and values are byte strings: a path or attribute name that is not UTF-8 survives. A value
+    // is decoded on its own rather than sliced from the header's text: a slice would keep the
+    // whole header alive for as long as the path's names live in the tree.
     const key = text.slice(space + 1, equals);
-    const value = text.slice(equals + 1, end - 1);
+    const value = latin1(body, equals + 1, end - 1);
     if (key.startsWith('SCHILY.xattr.')) {
       into.xattrs.set(key.slice('SCHILY.xattr.'.length), Buffer.from(value, 'latin1'));
     } else if (key.startsWith('LIBARCHIVE.xattr.')) {

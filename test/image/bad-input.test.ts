@@ -66,7 +66,7 @@ test('a truncated archive names the entry it ends in: inside data, inside a head
 test('a corrupt or truncated gzip stream is refused naming the compressed offset', () => {
   const gz = zlib.gzipSync(tarArchive(base));
   const corrupt = Buffer.from(gz);
-  for (let index = 20; index < 60; index++) corrupt[index] ^= 0xff;
+  for (let index = 20; index < 60; index++) corrupt[index] = corrupt[index]! ^ 0xff;
   refuse(corrupt, /the gzip data is corrupt or truncated \(after \d+ compressed bytes\)/);
   refuse(gz.subarray(0, gz.length - 30), /the gzip data is corrupt or truncated|truncated/);
 });

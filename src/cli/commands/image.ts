@@ -103,16 +103,16 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
     .action(async (source, options) => {
       const top = Number(options.top);
       if (!Number.isSafeInteger(top) || top < 0) throw new UsageError(`--top: '${options.top}' is not a count`);
-      const stats = await imageStats(source, {
-        top,
-        deep: Boolean(options.deep),
-        openers: sourceOpeners({ ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
-      });
+      const endpoint = options.endpoint === undefined ? {} : { endpoint: options.endpoint };
+      const stats = await imageStats(source, { top, deep: Boolean(options.deep), openers: sourceOpeners(endpoint), ...endpoint });
       if (options.json) {
         reporter.json(stats);
         return;
       }
       reporter.out(`${stats.count} images, ${formatSize(stats.totalBytes)} in all: min ${formatSize(stats.minBytes)}, max ${formatSize(stats.maxBytes)}, average ${formatSize(stats.averageBytes)}`);
+      if (stats.files !== undefined) {
+        reporter.out(`${stats.files} files, ${formatSize(stats.fileBytes ?? 0)} unpacked; importing each alone would take ${formatSize(stats.poolBytes ?? 0)} of pool space`);
+      }
       const rows = stats.largest.map((item) => [
         item.key,
         formatSize(item.sizeBytes),

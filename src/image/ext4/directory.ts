@@ -9,10 +9,13 @@ import { BLOCK_SIZE_BYTES, DIRENT_TAIL_BYTES, DIRENT_TAIL_NAME_LEN, HASH_VERSION
 import { dirNameHash } from './hash.ts';
 
 export interface DirEntry {
-  name: Uint8Array;
+  /** The name as a byte string (each character one byte). */
+  name: string;
   ino: number;
   fileType: number;
 }
+
+const latin1Write = (Buffer.prototype as unknown as { latin1Write(this: Uint8Array, text: string, offset: number, length: number): number }).latin1Write;
 
 /** Bytes a leaf's entries may use: the block minus the checksum tail. */
 const LEAF_BYTES = BLOCK_SIZE_BYTES - DIRENT_TAIL_BYTES;
@@ -45,11 +48,11 @@ export function planDirectory(entries: DirEntry[], hashSeed: Uint32Array, minBlo
   let total = dotsBytes;
   for (const entry of entries) total += recordBytes(entry.name.length);
   if (total <= LEAF_BYTES) {
-    entries.sort((a, b) => Buffer.compare(a.name, b.name));
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     return { entries, hashes: undefined, leafBegins: [], levels: 0, blockCount: Math.max(1, minBlocks) };
   }
   const keyed = entries.map((entry) => ({ entry, hash: dirNameHash(entry.name, hashSeed) }));
-  keyed.sort((a, b) => a.hash - b.hash || Buffer.compare(a.entry.name, b.entry.name));
+  keyed.sort((a, b) => a.hash - b.hash || (a.entry.name < b.entry.name ? -1 : a.entry.name > b.entry.name ? 1 : 0));
   const sorted = keyed.map((item) => item.entry);
   const hashes = keyed.map((item) => item.hash);
   const leafBegins: number[] = [];
@@ -80,7 +83,7 @@ function writeEntry(view: DataView, bytes: Uint8Array, offset: number, entry: Di
   view.setUint16(offset + 4, recLen, true);
   bytes[offset + 6] = entry.name.length;
   bytes[offset + 7] = entry.fileType;
-  bytes.set(entry.name, offset + 8);
+  latin1Write.call(bytes, entry.name, offset + 8, entry.name.length);
 }
 
 function sealLeaf(bytes: Uint8Array, inodeSeed: number): void {
@@ -128,8 +131,8 @@ function writeIndexEntries(view: DataView, countOffset: number, targets: Readonl
   });
 }
 
-const DOT = new Uint8Array([0x2e]);
-const DOTDOT = new Uint8Array([0x2e, 0x2e]);
+const DOT = '.';
+const DOTDOT = '..';
 
 /** The blocks of a planned directory, in logical order; inodeSeed is the directory's checksum seed. */
 export function encodeDirectory(plan: DirectoryPlan, selfIno: number, parentIno: number, inodeSeed: number): Uint8Array[] {

@@ -17,6 +17,15 @@ import {
 /** Size of i_block. */
 export const I_BLOCK_BYTES = 60;
 
+/** Splits a run of blocks into extents of at most 32768 blocks: [logical, physical, length] triples. */
+export function contiguousExtents(firstBlock: number, blockCount: number): number[] {
+  const extents: number[] = [];
+  for (let logical = 0; logical < blockCount; logical += EXTENT_LENGTH_BLOCKS_MAX) {
+    extents.push(logical, firstBlock + logical, Math.min(EXTENT_LENGTH_BLOCKS_MAX, blockCount - logical));
+  }
+  return extents;
+}
+
 /** Tree blocks needed for `extentCount` extents. */
 export function extentTreeBlockCount(extentCount: number): number {
   let count = 0;
@@ -50,29 +59,24 @@ function writeIndexEntry(view: DataView, offsetBytes: number, logical: number, c
   view.setUint16(offsetBytes + 10, 0, true);
 }
 
-export interface ExtentTree {
-  /** The 60 bytes of i_block. */
-  iBlock: Uint8Array;
-  /** Tree blocks, to be written at firstBlock, firstBlock + 1, … */
-  blocks: Uint8Array[];
-}
+const NO_BLOCKS: readonly Uint8Array[] = [];
 
 /**
- * The tree for `extents` ([logical, physical, length] triples in logical order, each at most
- * 32768 blocks), its blocks numbered from firstBlock; inodeSeed checksums them.
+ * Writes the tree for `extents` ([logical, physical, length] triples in logical order, each at
+ * most 32768 blocks): its top into i_block (60 bytes at `iBlockAt` of `iView`), and returns the
+ * tree blocks to write at firstBlock, firstBlock + 1, … (none for up to four extents); inodeSeed
+ * checksums them.
  */
-export function buildExtentTree(extents: readonly number[], firstBlock: number, inodeSeed: number): ExtentTree {
+export function buildExtentTree(extents: readonly number[], firstBlock: number, inodeSeed: number, iView: DataView, iBlockAt: number): readonly Uint8Array[] {
   const extentCount = extents.length / 3;
-  const iBlock = new Uint8Array(I_BLOCK_BYTES);
-  const iView = new DataView(iBlock.buffer);
   if (extentCount <= EXTENTS_IN_INODE_MAX) {
-    writeHeader(iView, 0, extentCount, EXTENTS_IN_INODE_MAX, 0);
+    writeHeader(iView, iBlockAt, extentCount, EXTENTS_IN_INODE_MAX, 0);
     for (let index = 0; index < extentCount; index++) {
       const length = extents[index * 3 + 2]!;
       assert(length > 0 && length <= EXTENT_LENGTH_BLOCKS_MAX, `extent length ${length}`);
-      writeLeafEntry(iView, EXTENT_HEADER_BYTES + index * EXTENT_ENTRY_BYTES, extents[index * 3]!, extents[index * 3 + 1]!, length);
+      writeLeafEntry(iView, iBlockAt + EXTENT_HEADER_BYTES + index * EXTENT_ENTRY_BYTES, extents[index * 3]!, extents[index * 3 + 1]!, length);
     }
-    return { iBlock, blocks: [] };
+    return NO_BLOCKS;
   }
   const blocks: Uint8Array[] = [];
   const newBlock = (): { bytes: Uint8Array; view: DataView; blockNr: number } => {
@@ -115,8 +119,8 @@ export function buildExtentTree(extents: readonly number[], firstBlock: number, 
     depth++;
   }
   assert(depth <= EXTENT_TREE_DEPTH_MAX, `extent tree of depth ${depth}`);
-  writeHeader(iView, 0, level.length, EXTENTS_IN_INODE_MAX, depth);
-  level.forEach(([logical, child], index) => writeIndexEntry(iView, EXTENT_HEADER_BYTES + index * EXTENT_ENTRY_BYTES, logical, child));
+  writeHeader(iView, iBlockAt, level.length, EXTENTS_IN_INODE_MAX, depth);
+  level.forEach(([logical, child], index) => writeIndexEntry(iView, iBlockAt + EXTENT_HEADER_BYTES + index * EXTENT_ENTRY_BYTES, logical, child));
   assert(blocks.length === extentTreeBlockCount(extentCount), 'extent tree block count');
-  return { iBlock, blocks };
+  return blocks;
 }

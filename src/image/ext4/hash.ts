@@ -62,15 +62,15 @@ function halfMd4Transform(buf: Uint32Array, input: Uint32Array): void {
   buf[3] = (buf[3]! + d) >>> 0;
 }
 
-/** e2fsprogs' str2hashbuf, unsigned variant: packs up to num*4 bytes of msg into words. */
-function stringToHashWords(msg: Uint8Array, begin: number, lengthBytes: number, out: Uint32Array, num: number): void {
+/** e2fsprogs' str2hashbuf, unsigned variant: packs up to num*4 bytes of msg (a byte string) into words. */
+function stringToHashWords(msg: string, begin: number, lengthBytes: number, out: Uint32Array, num: number): void {
   let pad = (lengthBytes | (lengthBytes << 8)) >>> 0;
   pad = (pad | (pad << 16)) >>> 0;
   let value = pad;
   const take = Math.min(lengthBytes, num * 4);
   let word = 0;
   for (let index = 0; index < take; index++) {
-    value = (msg[begin + index]! + (value << 8)) >>> 0;
+    value = (msg.charCodeAt(begin + index) + (value << 8)) >>> 0;
     if (index % 4 === 3) {
       out[word++] = value;
       value = pad;
@@ -84,11 +84,11 @@ const hashBuf = new Uint32Array(4);
 const hashInput = new Uint32Array(8);
 
 /**
- * The htree hash of a name (half-MD4 with the unsigned-char convention) under the superblock's
+ * The htree hash of a name (a byte string; half-MD4 with the unsigned-char convention) under the superblock's
  * hash seed. The low bit is always clear: the index uses it to mark a hash continued in the next
  * leaf.
  */
-export function dirNameHash(name: Uint8Array, seed: Uint32Array): number {
+export function dirNameHash(name: string, seed: Uint32Array): number {
   if (seed[0] === 0 && seed[1] === 0 && seed[2] === 0 && seed[3] === 0) {
     hashBuf[0] = 0x67452301;
     hashBuf[1] = 0xefcdab89;
