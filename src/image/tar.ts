@@ -10,6 +10,7 @@
 import { ThinError } from '../errors.ts';
 import { IMAGE_TAR_HEADER_BYTES_MAX, IMAGE_SPARSE_SEGMENTS_MAX } from '../constants.ts';
 import type { ByteInput, ChunkSource } from './byte-input.ts';
+import { aclTextToXattr } from './acl.ts';
 import { displayPath, type EntryAttributes } from './tree.ts';
 
 export const TAR_BLOCK_BYTES = 512;
@@ -291,6 +292,17 @@ export class TarReader {
       entry.ctimeNanoseconds = fields.nanoseconds;
     }
     const fail = (problem: string): ThinError => fields.fail(problem);
+    for (const [key, name] of ACL_RECORDS) {
+      const text = fields.record(key);
+      if (text === undefined) continue;
+      const value = aclTextToXattr(text);
+      if (typeof value === 'string') throw fail(`its ${key}: ${value}`);
+      // An access ACL of only the owner, group and other entries is the mode bits: the kernel
+      // keeps no attribute for it (tar -x's acl_set_file stores none either).
+      if (name === 'system.posix_acl_access' && value.length === 4 + 3 * 8) continue;
+      if (entry.xattrs === EMPTY_XATTRS || entry.xattrs === pax?.xattrs) entry.xattrs = new Map(entry.xattrs);
+      entry.xattrs.set(name, value);
+    }
     // Hard links, symlinks, directories and devices carry no data that belongs to the file.
     entry.sizeBytes = type === 'file' ? entry.storedBytes : 0;
     if (pax !== undefined && pax.sparseOffsets.length > 0) {
@@ -365,6 +377,11 @@ export class TarReader {
 }
 
 const EMPTY_XATTRS: Map<string, Uint8Array> = new Map();
+/** GNU tar --acls: text ACLs in pax records, stored as the attributes the kernel reads. */
+const ACL_RECORDS: ReadonlyArray<[string, string]> = [
+  ['SCHILY.acl.access', 'system.posix_acl_access'],
+  ['SCHILY.acl.default', 'system.posix_acl_default'],
+];
 
 function emptyPax(): PaxValues {
   return { records: new Map(), xattrs: new Map(), sparseOffsets: [], sparseLengths: [] };

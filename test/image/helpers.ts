@@ -27,7 +27,7 @@ function setTimes(file: string, seconds: number, nanoseconds: number): void {
  * slow symlinks, hard links across directories, character and block devices, a FIFO, setuid,
  * setgid and sticky modes, owners past 16 bits, timestamps from 1970 to past 2038 with
  * nanoseconds, extended attributes (user, trusted, security.capability; small ones in the inode,
- * a large one in a block) and a directory large enough for an htree index.
+ * a large one in a block), POSIX ACLs, and a directory large enough for an htree index.
  */
 export function makeSampleTree(root: string): void {
   const file = (relative: string, data: Uint8Array | string, mode = 0o644): string => {
@@ -92,6 +92,9 @@ export function makeSampleTree(root: string): void {
   sh('setfattr', ['-n', 'security.capability', '-v', '0x0100000200200000000000000000000000000000', path.join(root, 'usr/bin/suid')]);
   sh('setfattr', ['-n', 'user.big', '-v', `0x${'ab'.repeat(1500)}`, path.join(root, 'usr/lib/large.bin')]);
   sh('setfattr', ['-n', 'user.dir', '-v', 'on a directory', path.join(root, 'srv/shared')]);
+  // POSIX ACLs: an access ACL on a file, a default ACL on a directory (GNU tar --acls writes them as text).
+  sh('setfacl', ['-m', 'u:1000:rw,g:100:r', path.join(root, 'etc/block-and-one')]);
+  sh('setfacl', ['-d', '-m', 'u:1000:rwx', path.join(root, 'srv/shared')]);
   // Times: before 1970's end, nanoseconds, past 2038, on a symlink too (set last: writes change them).
   setTimes(path.join(root, 'etc/hello'), 1234567890, 123456789);
   setTimes(path.join(root, 'etc/empty'), 1, 0);
@@ -213,5 +216,5 @@ export function assertSameTree(actual: Map<string, TreeEntry>, expected: Map<str
 /** An archive's tree as `tar -x` makes it (owners, modes, times, attributes). */
 export function extractTar(archive: string, into: string): void {
   fs.mkdirSync(into, { recursive: true });
-  sh('tar', ['--xattrs', '--xattrs-include=*', '--same-owner', '-p', '-xf', archive, '-C', into]);
+  sh('tar', ['--xattrs', '--xattrs-include=*', '--acls', '--same-owner', '-p', '-xf', archive, '-C', into]);
 }

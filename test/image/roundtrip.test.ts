@@ -14,7 +14,7 @@ import { thinbd } from '../cli/run-thinbd.ts';
 import { startServe } from '../daemon/serve-process.ts';
 import { assertSameTree, describeTree, extractTar, makeSampleTree, sh, type TreeEntry } from './helpers.ts';
 
-requireTools('tar', 'gzip', 'e2fsck', 'debugfs', 'mount', 'umount', 'losetup', 'getfattr', 'setfattr', 'mknod', 'nbdfuse', 'fusermount3');
+requireTools('tar', 'gzip', 'e2fsck', 'debugfs', 'mount', 'umount', 'losetup', 'getfattr', 'setfattr', 'setfacl', 'mknod', 'nbdfuse', 'fusermount3');
 
 let work: { path: string; remove(): void };
 let source: string;
@@ -23,9 +23,9 @@ const expected = new Map<string, Map<string, TreeEntry>>();
 
 /** The archive variants GNU tar writes for the sample tree, with what `tar -x` makes of each. */
 const VARIANTS: Record<string, string[]> = {
-  'pax-sparse-1.0': ['--format=posix', '--xattrs', '--xattrs-include=*', '--sparse', '--sparse-version=1.0'],
-  'pax-sparse-0.1': ['--format=posix', '--xattrs', '--xattrs-include=*', '--sparse', '--sparse-version=0.1'],
-  'pax-sparse-0.0': ['--format=posix', '--xattrs', '--xattrs-include=*', '--sparse', '--sparse-version=0.0'],
+  'pax-sparse-1.0': ['--format=posix', '--xattrs', '--xattrs-include=*', '--acls', '--sparse', '--sparse-version=1.0'],
+  'pax-sparse-0.1': ['--format=posix', '--xattrs', '--xattrs-include=*', '--acls', '--sparse', '--sparse-version=0.1'],
+  'pax-sparse-0.0': ['--format=posix', '--xattrs', '--xattrs-include=*', '--acls', '--sparse', '--sparse-version=0.0'],
   'gnu-sparse': ['--format=gnu', '--sparse'],
 };
 
