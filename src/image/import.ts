@@ -333,6 +333,7 @@ class ImageBuild {
       this.#progress();
       entry = await outer.next();
     }
+    await drainTrailer(outer);
     const readJson: JsonReader = async (path) => {
       const bytes = documents.get(path);
       return bytes === undefined ? undefined : { value: parseJson(bytes, path), bytes };
