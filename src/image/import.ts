@@ -71,6 +71,8 @@ export interface ImageImportOptions {
   stdin?: NodeJS.ReadableStream;
   /** Wall clock in ms (tests fix it). */
   now?: () => number;
+  /** Aborting stops the import between entries (and chunks), removing what it made. */
+  signal?: AbortSignal;
 }
 
 export interface ImportedLayer {
@@ -120,23 +122,45 @@ export async function measureImage(source: string, options: ImageImportOptions =
 
 async function runImport(pool: Pool | undefined, name: string, source: string, options: ImageImportOptions): Promise<ImageImportResult> {
   const started = performance.now();
+  options.signal?.throwIfAborted();
   const opened = await openSource(source, options.openers, options.stdin);
   const build = new ImageBuild(pool, name, opened, options);
+  // Aborting closes the source, so a read waiting for input (a pipe, a download) ends at once.
+  const onAbort = (): void => void opened.close().catch(() => undefined);
+  options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     const result = await build.run();
+    options.signal?.throwIfAborted();
     return { ...result, seconds: (performance.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024 };
   } catch (error) {
     await build.abort();
+    // What the closed source made of the abort (a truncated archive) is not the reason.
+    if (options.signal?.aborted === true) throw options.signal.reason;
     throw error;
   } finally {
+    options.signal?.removeEventListener('abort', onAbort);
     await opened.close().catch(() => undefined);
   }
 }
+
+const TEMPORARY_SUFFIX_BYTES = '.importing-'.length + 8;
 
 /** A temporary name for the volume being built: valid, unlikely to be taken, recognisable. */
 function temporaryName(name: string): string {
   const suffix = `.importing-${randomBytes(4).toString('hex')}`;
   return `${name.slice(0, VOLUME_NAME_LENGTH_MAX - suffix.length)}${suffix}`;
+}
+
+/**
+ * Removes what an import of NAME killed before it could clean up left behind (its temporary
+ * volumes); the caller holds the pool alone (the CLI's pool lock), so no such import is running.
+ */
+export async function removeStaleImports(pool: Pool, name: string): Promise<string[]> {
+  const prefix = `${name.slice(0, VOLUME_NAME_LENGTH_MAX - TEMPORARY_SUFFIX_BYTES)}.importing-`;
+  const stale = pool.list().filter((info) => info.name.startsWith(prefix) && /^[0-9a-f]{8}$/.test(info.name.slice(prefix.length)) && !info.readOnly);
+  for (const info of stale) await pool.removeVolume(info.name);
+  if (stale.length > 0) await pool.flush();
+  return stale.map((info) => info.name);
 }
 
 /** Counts what would be written; a dry run (measureImage) writes here. */
@@ -173,6 +197,7 @@ class ImageBuild {
   }
 
   #progress(): void {
+    this.#options.signal?.throwIfAborted();
     const done = this.#opened.bytesRead();
     if (done - this.#lastProgressBytes < 1024 * 1024) return;
     this.#lastProgressBytes = done;

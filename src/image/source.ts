@@ -130,8 +130,10 @@ export class IterableChunks implements ChunkSource {
   async close(): Promise<void> {
     if (this.#done) return;
     this.#done = true;
-    await this.#iterator.return?.();
+    // The source first (a stream destroyed, a download aborted): a read still waiting then ends.
+    // The iterator's return() is not awaited, as it may wait for that very read.
     await this.#onClose?.();
+    void Promise.resolve(this.#iterator.return?.()).catch(() => undefined);
   }
 }
 
@@ -299,7 +301,7 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   let description: string;
   if (source === '-') {
     description = 'standard input';
-    raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>), tap);
+    raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>, () => void (stdin as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.()), tap);
   } else if (/^https?:\/\//i.test(source)) {
     description = source;
     const controller = new AbortController();

@@ -129,3 +129,32 @@ test('a volume name that is taken is refused before the source is read', () => {
   assert.match(result.stderr, /A volume named existing already exists/);
   assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
 });
+
+test('an import stopped by SIGTERM leaves no volume', async () => {
+  const { spawnThinbd } = await import('../cli/run-thinbd.ts');
+  // A file of 4 MiB of which 3 arrive: the import writes, then waits for input with its volume half built.
+  const head = tarArchive([{ path: 'etc/', type: 'dir' }, { path: 'etc/a', data: Buffer.alloc(4 * 1024 * 1024, 1) }]).subarray(0, 1536 + 3 * 1024 * 1024);
+  const child = spawnThinbd(['image', 'import', '--pool', pool, 'stopped', '-']);
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // The stdin pipe takes the bytes only as the import reads them: written, they were read.
+  await new Promise<void>((resolve, reject) => child.stdin!.write(head, (error) => (error ? reject(error) : resolve())));
+  child.kill('SIGTERM');
+  assert.equal(await exited, 1, stderr);
+  assert.match(stderr, /interrupted by SIGTERM/);
+  assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
+  assert.equal(thinbd(['check', '--pool', pool]).code, 0);
+});
+
+test("a killed import's temporary volume is removed by the next import of that name", () => {
+  // What SIGKILL after a commit leaves: the volume being built, under its temporary name.
+  assert.equal(thinbd(['create', '--pool', pool, 'stopped.importing-0123abcd', '--size', '1G']).code, 0);
+  const good = path.join(work.path, 'good-again.tar');
+  fs.writeFileSync(good, tarArchive([{ path: 'x', data: 'x' }]));
+  const again = thinbd(['image', 'import', '--pool', pool, 'stopped', good]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stderr, /Removed stopped\.importing-0123abcd, left by an import that did not finish/);
+  assert.equal(thinbd(['remove', '--pool', pool, 'stopped']).code, 0);
+  assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
+});

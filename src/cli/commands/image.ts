@@ -6,7 +6,8 @@ import { parseLabels, poolDirectory, sizeOption, volumeName } from '../options.t
 import { withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
-import { importImage, type ImageFormat } from '../../image/import.ts';
+import { importImage, removeStaleImports, type ImageFormat } from '../../image/import.ts';
+import { ThinError } from '../../errors.ts';
 import { listImages } from '../../image/catalog.ts';
 import { imageStats } from '../../image/stats.ts';
 import { sourceOpeners } from '../../image/remote.ts';
@@ -40,19 +41,31 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
       const format = parseFormat(options.format);
       const labels = parseLabels(options.label);
       let progress: Progress | undefined;
-      const result = await withPool(poolDirectory(options.pool), 'write', (pool) =>
-        importImage(pool, name, source, {
+      // Ctrl-C or SIGTERM stops the import cleanly: the volume it was building is removed.
+      const interrupted = new AbortController();
+      const onSignal = (signal: NodeJS.Signals): void => {
+        interrupted.abort(new ThinError('THIN_INTERRUPTED', `Import of ${source} into ${name} interrupted by ${signal}`));
+      };
+      process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+      const result = await withPool(poolDirectory(options.pool), 'write', async (pool) => {
+        // A killed import of the same name left its temporary volume: this one holds the pool alone.
+        for (const stale of await removeStaleImports(pool, name)) reporter.note(`Removed ${stale}, left by an import that did not finish`);
+        return await importImage(pool, name, source, {
           ...(sizeBytes === undefined ? {} : { sizeBytes }),
           format,
           labels,
+          signal: interrupted.signal,
           openers: sourceOpeners({ ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
           onProgress: (done, total) => {
             if (total === undefined) return;
             progress ??= startProgress(`image ${name}`, total, { bytes: true });
             progress.update(done);
           },
-        }),
-      ).finally(() => progress?.stop());
+        });
+      }).finally(() => {
+        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        progress?.stop();
+      });
       if (options.json) {
         reporter.json(result);
         return;
