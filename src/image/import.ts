@@ -19,6 +19,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { ThinError, isThinError } from '../errors.ts';
 import { IMAGE_JSON_BYTES_MAX, IMAGE_TRAILER_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
+import { dataReserveBlocks } from '../pool/core.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
 import { applyTar, type ApplyContext, type TreeChange } from './apply.ts';
@@ -215,7 +216,8 @@ class ImageBuild {
     ];
     if (this.#pool !== undefined) {
       const status = this.#pool.status();
-      const freeBytes = (status.dataBlockCount - status.dataBlocksUsed) * status.blockSizeBytes;
+      // What new blocks may take: the pool keeps a reserve back for copy-on-write.
+      const freeBytes = Math.max(0, status.dataBlockCount - status.dataBlocksUsed - dataReserveBlocks(status.dataBlockCount)) * status.blockSizeBytes;
       candidates.push({ limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `more than the pool's free data space (${freeBytes} bytes)` });
     }
     if (this.#options.sizeBytes !== undefined) {
