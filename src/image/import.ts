@@ -104,6 +104,8 @@ export interface ImageImportResult {
   seconds: number;
   /** The process's peak resident set so far (the import's, when it is the process's main work). */
   peakRssBytes: number;
+  /** CPU seconds (user and system, every thread) the import took. */
+  cpuSeconds: number;
   layers: ImportedLayer[];
 }
 
@@ -123,6 +125,7 @@ export async function measureImage(source: string, options: ImageImportOptions =
 
 async function runImport(pool: Pool | undefined, name: string, source: string, options: ImageImportOptions): Promise<ImageImportResult> {
   const started = performance.now();
+  const cpuBefore = process.cpuUsage();
   options.signal?.throwIfAborted();
   const opened = await openSource(source, options.openers, options.stdin);
   const build = new ImageBuild(pool, name, opened, options);
@@ -132,7 +135,8 @@ async function runImport(pool: Pool | undefined, name: string, source: string, o
   try {
     const result = await build.run();
     options.signal?.throwIfAborted();
-    return { ...result, seconds: (performance.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024 };
+    const cpu = process.cpuUsage(cpuBefore);
+    return { ...result, seconds: (performance.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
   } catch (error) {
     await build.abort();
     // What the closed source made of the abort (a truncated archive) is not the reason.
@@ -260,7 +264,7 @@ class ImageBuild {
     if (this.#pool === undefined) await this.#data.startSkipping();
   }
 
-  async run(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes'>> {
+  async run(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
     const outer = new TarReader(new ByteInput(this.#opened.chunks));
     const first = await outer.next();
     const format = this.#options.format ?? 'auto';
@@ -279,7 +283,7 @@ class ImageBuild {
   }
 
   /** A docker/OCI archive with random access: layers in order, shared with earlier imports. */
-  async #runIndexed(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes'>> {
+  async #runIndexed(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
     // The whole-object stream (a download) is not needed: ranged reads take over.
     await this.#opened.chunks.close?.();
     const ranges = this.#opened.ranges!;
@@ -328,7 +332,7 @@ class ImageBuild {
   }
 
   /** A docker/OCI archive read once in archive order (a stream): layers applied in order at the end. */
-  async #runStreamed(outer: TarReader, first: TarEntry): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes'>> {
+  async #runStreamed(outer: TarReader, first: TarEntry): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
     await this.#begin();
     const documents = new Map<string, Uint8Array>();
     const aliases = new Map<string, string>();
@@ -442,7 +446,7 @@ class ImageBuild {
     return name;
   }
 
-  async #finish(format: ImageImportResult['format'], digest: string, layers: ImportedLayer[], tags: string[]): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes'>> {
+  async #finish(format: ImageImportResult['format'], digest: string, layers: ImportedLayer[], tags: string[]): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
     const data = this.#data!;
     const queue = this.#queue!;
     await data.finish();
