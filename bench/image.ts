@@ -1,4 +1,4 @@
-// npm run bench -- image [--rounds N] [--corpus DIR] [--quick] [--write-doc]
+// npm run bench -- image [--rounds N] [--corpus DIR] [--work DIR] [--quick] [--write-doc]
 //
 // Image import against what hosts do today, side by side in one run on one machine (issue 13):
 //   floor    copy the tar to a file and sync it (the least any import can cost)
@@ -22,6 +22,8 @@ import { THINBD, writeBenchmarkSection } from './peers.ts';
 interface Options {
   rounds: number;
   corpus: string;
+  /** Where the corpus tar and each run's files go (default $TMPDIR/thinbd-bench): outside the repository. */
+  work: string;
   quick: boolean;
   writeDoc: boolean;
 }
@@ -36,6 +38,7 @@ function parse(flags: string[]): Options {
   return {
     rounds: Number(value('--rounds') ?? 3),
     corpus: value('--corpus') ?? '/usr/share',
+    work: value('--work') ?? path.join(os.tmpdir(), 'thinbd-bench'),
     quick: flags.includes('--quick'),
     writeDoc: flags.includes('--write-doc'),
   };
@@ -150,7 +153,7 @@ async function startServe(pool: string): Promise<{ port: number; stop: () => Pro
 
 export async function imageBenchmark(flags: string[]): Promise<void> {
   const options = parse(flags);
-  const work = path.join(os.tmpdir(), 'thinbd-bench');
+  const work = options.work;
   fs.mkdirSync(work, { recursive: true });
   const { tar, gzip, entries, tarBytes } = corpus(options, work);
   const run = fs.mkdtempSync(path.join(work, 'run-'));

@@ -52,9 +52,11 @@ const servers = serversFlag();
 const rounds = flagValue('--rounds', 3);
 const runtimeSeconds = flagValue('--seconds', 10);
 const writeDoc = args.includes('--write-doc');
-/** --corpus DIR (bench/image.ts reads it itself): not a benchmark name. */
-const corpusIndex = args.indexOf('--corpus');
-if (corpusIndex >= 0) args.splice(corpusIndex, 2);
+/** --corpus DIR and --work DIR (bench/image.ts reads them itself): not benchmark names. */
+for (const option of ['--corpus', '--work']) {
+  const index = args.indexOf(option);
+  if (index >= 0) args.splice(index, 2);
+}
 const names = args.filter((arg) => !arg.startsWith('-'));
 const flags = args.filter((arg) => arg.startsWith('-'));
 
