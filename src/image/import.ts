@@ -19,7 +19,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { ThinError, isThinError } from '../errors.ts';
 import { IMAGE_JSON_BYTES_MAX, IMAGE_TRAILER_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
-import { dataReserveBlocks } from '../pool/core.ts';
+import { dataReserveBlocks } from '../pool/allocator.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
 import { applyTar, type ApplyContext, type TreeChange } from './apply.ts';

@@ -2,7 +2,7 @@
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError, formatTable } from '../report.ts';
-import { parseLabels, poolDirectory, sizeOption, volumeName } from '../options.ts';
+import { parseLabels, poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
@@ -12,8 +12,6 @@ import { listImages } from '../../image/catalog.ts';
 import { imageStats } from '../../image/stats.ts';
 import { sourceOpeners } from '../../image/remote.ts';
 import { VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
-
-const poolHelp = 'pool directory (default $THINBD_POOL, then ./pool)';
 
 function parseFormat(text: string): ImageFormat {
   if (text !== 'auto' && text !== 'tar' && text !== 'oci') throw new UsageError(`--format: '${text}' is not auto, tar or oci`);
@@ -28,7 +26,7 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
     .description('turn a tar, docker save or OCI archive (file, -, http(s):// or s3://) into a read-only ext4 volume')
     .argument('<name>', 'volume name')
     .argument('<source>', 'archive: a file, - for standard input, an http(s):// URL or s3://BUCKET/KEY')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('--size <size>', 'volume size (default: what the image needs, plus as much again and at least 1G free)')
     .option('--format <format>', 'auto, tar (a root file system) or oci (docker save / OCI layout)', 'auto')
     .option('--label <key=value...>', 'labels kept with the volume', [] as string[])
@@ -82,7 +80,7 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
   image
     .command('ls')
     .description('list the images in the pool with their source, digest, files and bytes')
-    .option('--pool <dir>', poolHelp)
+    .addOption(poolOption())
     .option('--json', 'print JSON')
     .action(async (options) => {
       const images = await withPool(poolDirectory(options.pool), 'read', async (pool) => listImages(pool));
