@@ -691,6 +691,49 @@ test('a renamed volume keeps its id, blocks and labels under the new name, after
   await reopened.pool.close();
 });
 
+test('a write of whole unmapped blocks goes into runs of new data blocks with one data write each, and a flushed run replays from the log', async () => {
+  const data = new CountingBlockFile(new MemoryBlockFile(0, 'data'));
+  const metadata = new MemoryBlockFile(0, 'metadata');
+  const pool = await Pool.createOn({ metadata, data }, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const v = await pool.createVolume('v', { sizeBytes: 16 * BLOCK });
+  const other = await pool.createVolume('other', { sizeBytes: 4 * BLOCK });
+  const payload = new Uint8Array(4 * BLOCK).map((_, index) => (index * 7) % 251);
+  const writesBefore = data.counters.writes;
+  await v.write(2 * BLOCK, payload);
+  assert.equal(data.counters.writes - writesBefore, 1, 'four new blocks in one data write');
+  assert.deepEqual(v.mappedRuns().map((run) => [run.virtualBlock, run.lengthBlocks]), [[2, 4]]);
+  // A run next to it continues the extent; one overlapping a mapped block goes block by block.
+  await v.write(6 * BLOCK, payload.subarray(0, 2 * BLOCK));
+  assert.deepEqual(v.mappedRuns().map((run) => [run.virtualBlock, run.lengthBlocks]), [[2, 6]]);
+  await other.write(0, filled(BLOCK, 5));
+  await v.write(7 * BLOCK, filled(3 * BLOCK, 9));
+  await pool.flush();
+  const expected = new Uint8Array(16 * BLOCK);
+  expected.set(payload, 2 * BLOCK);
+  expected.set(payload.subarray(0, BLOCK), 6 * BLOCK);
+  expected.set(filled(3 * BLOCK, 9), 7 * BLOCK);
+  assert.deepEqual(await readAll(pool, 'v'), expected);
+  // Opened from the files as the flush left them: the delta log's run entries replay.
+  const flushed = { metadata: metadata.snapshot(), data: (data.inner as MemoryBlockFile).snapshot() };
+  const replayed = await Pool.openOn({ metadata: MemoryBlockFile.from(flushed.metadata), data: MemoryBlockFile.from(flushed.data) });
+  assert.deepEqual(await readAll(replayed, 'v'), expected);
+  assert.deepEqual(await readAll(replayed, 'other'), new Uint8Array(4 * BLOCK).fill(5, 0, BLOCK));
+  assert.deepEqual(replayed.volume('v').mappedRuns(), v.mappedRuns());
+  await replayed.close();
+  assert.deepEqual((await checkPool({ metadata: MemoryBlockFile.from(flushed.metadata), data: MemoryBlockFile.from(flushed.data) })).problems, []);
+  await pool.close();
+});
+
+test('a run of whole blocks larger than the free space writes what fits and fails with THIN_NO_SPACE, leaking nothing', async () => {
+  const memory = await memoryPool(16);
+  const v = await memory.pool.createVolume('v', { sizeBytes: 32 * BLOCK });
+  await assert.rejects(v.write(0, filled(32 * BLOCK, 3)), code('THIN_NO_SPACE'));
+  await memory.pool.flush();
+  const reopened = await reopen(memory);
+  assert.deepEqual((await checkPool(reopened.files)).problems, []);
+  await reopened.pool.close();
+});
+
 test('mappedRuns lists virtual-to-data runs in order; a snapshot maps the same data blocks until written', async () => {
   const { pool } = await memoryPool();
   const volume = await pool.createVolume('v', { sizeBytes: 8 * BLOCK + 10 });
