@@ -49,7 +49,8 @@ export async function applyTar(reader: TarReader, context: ApplyContext, options
   let entries = 0;
   let entry = options.first ?? (await reader.next());
   while (entry !== undefined) {
-    const change = await prepareEntry(reader, entry, context, options);
+    const prepared = prepareEntry(reader, entry, context, options);
+    const change = typeof prepared === 'function' ? prepared : await prepared;
     if (options.record !== undefined) options.record.push(change);
     else change(context.tree);
     entries++;
@@ -85,9 +86,12 @@ function attributesOf(entry: TarEntry, origin: EntryOrigin): EntryAttributes {
   return attributes;
 }
 
-/** Checks an entry, places its data, and says what it does to the tree. */
-async function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyContext, options: ApplyOptions): Promise<TreeChange> {
-  const origin: EntryOrigin = { path: entry.path, offsetBytes: entry.offsetBytes, ...(options.stream === '' ? {} : { stream: options.stream }) };
+/**
+ * Checks an entry, places its data, and says what it does to the tree; a promise only when placing
+ * the data had to wait (most entries need no promise: an image has tens of thousands of them).
+ */
+function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyContext, options: ApplyOptions): TreeChange | Promise<TreeChange> {
+  const origin: EntryOrigin = options.stream === '' ? { path: entry.path, offsetBytes: entry.offsetBytes } : { path: entry.path, offsetBytes: entry.offsetBytes, stream: options.stream };
   const components = pathComponents(entry.path, origin);
   const name = components[components.length - 1];
   if (options.layered && name !== undefined && name.startsWith(WHITEOUT_PREFIX)) {
@@ -104,13 +108,13 @@ async function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyCo
     case 'file': {
       const fail = (problem: string): ThinError => invalidEntry(origin, problem);
       const file = context.data.file(fail);
-      if (options.placeOnly === true) {
-        file.place(entry.sparseMap ?? [0, entry.storedBytes]);
-      } else {
-        await reader.readData(entry, (offsetBytes, piece) => file.write(offsetBytes, piece));
-      }
-      const extents = await file.finish();
-      return (tree) => tree.add(components, attributes, { kind: 'file', sizeBytes: entry.sizeBytes, extents }, origin);
+      const change = (extents: number[]): TreeChange => (tree) => tree.add(components, attributes, { kind: 'file', sizeBytes: entry.sizeBytes, extents }, origin);
+      let reading: void | Promise<void> = undefined;
+      if (options.placeOnly === true) file.place(entry.sparseMap ?? [0, entry.storedBytes]);
+      else reading = reader.readData(entry, file);
+      if (reading !== undefined) return reading.then(async () => change(await file.finish()));
+      const extents = file.finish();
+      return Array.isArray(extents) ? change(extents) : extents.then(change);
     }
     case 'hardlink': {
       const target = pathComponents(entry.linkPath, origin, 'hard link target');

@@ -43,6 +43,11 @@ export interface TarEntry extends EntryAttributes {
   offsetBytes: number;
 }
 
+/** Where readData puts an entry's bytes; a promise only when it must wait. */
+export interface DataSink {
+  write(offsetBytes: number, piece: Uint8Array): void | Promise<void>;
+}
+
 /** Records of pax headers: values are byte strings (xattr values become bytes). */
 interface PaxValues {
   records: Map<string, string>;
@@ -99,6 +104,15 @@ export class TarReader {
     return (got) => this.#error(offsetBytes, path, `the archive ends inside ${what} (${got} bytes read): truncated`);
   }
 
+  #headerTruncated(headerOffset: number): (got: number) => Error {
+    if (headerOffset !== 0) return this.#truncated(headerOffset, undefined, 'a header');
+    return (got) => new NotTarError(this.#error(0, undefined, `not a tar archive (it ends after ${got} bytes)`).message);
+  }
+
+  #badNumber(header: Uint8Array, begin: number, end: number, offsetBytes: number, path: string | undefined, what: string): never {
+    throw this.#error(offsetBytes, path, `${what}: ${numberProblem(header, begin, end)}`);
+  }
+
   /** The next entry, or undefined after the end-of-archive blocks. Skips what is left of the previous one. */
   async next(): Promise<TarEntry | undefined> {
     if (this.#ended) return undefined;
@@ -110,10 +124,9 @@ export class TarReader {
     let longLink: string | undefined;
     for (;;) {
       const headerOffset = this.#input.offsetBytes;
-      const truncated = headerOffset === 0
-        ? (got: number) => new NotTarError(this.#error(0, undefined, `not a tar archive (it ends after ${got} bytes)`).message)
-        : this.#truncated(headerOffset, undefined, 'a header');
-      const header = this.#input.readNow(TAR_BLOCK_BYTES) ?? (await this.#input.read(TAR_BLOCK_BYTES, truncated));
+      // The error callbacks are made only when needed: closures per header were much of the
+      // garbage a tar of many small files made.
+      const header = this.#input.readNow(TAR_BLOCK_BYTES) ?? (await this.#input.read(TAR_BLOCK_BYTES, this.#headerTruncated(headerOffset)));
       if (header === undefined) {
         throw this.#error(headerOffset, undefined, 'the archive ends without its end-of-archive block: truncated?');
       }
@@ -124,14 +137,14 @@ export class TarReader {
         this.#ended = true;
         return undefined;
       }
-      verifyChecksum(header, () =>
-        headerOffset === 0
+      if (!checksumMatches(header)) {
+        throw headerOffset === 0
           ? new NotTarError(this.#error(headerOffset, undefined, 'not a tar archive (bad header checksum)').message)
-          : this.#error(headerOffset, undefined, 'bad header checksum (corrupt or not a tar archive)'),
-      );
+          : this.#error(headerOffset, undefined, 'bad header checksum (corrupt or not a tar archive)');
+      }
       const typeFlag = header[156] === 0 ? '0' : String.fromCharCode(header[156]!);
       const path = longName ?? ustarPath(header);
-      const storedBytes = parseNumber(header, 124, 136, (problem) => this.#error(headerOffset, path, `size: ${problem}`));
+      const storedBytes = parseNumber(header, 124, 136) ?? this.#badNumber(header, 124, 136, headerOffset, path, 'size');
       if (typeFlag === 'x' || typeFlag === 'g' || typeFlag === 'L' || typeFlag === 'K') {
         if (storedBytes > IMAGE_TAR_HEADER_BYTES_MAX) {
           throw this.#error(headerOffset, path, `an extended header of ${storedBytes} bytes (at most ${IMAGE_TAR_HEADER_BYTES_MAX} accepted)`);
@@ -153,10 +166,26 @@ export class TarReader {
     }
   }
 
-  /** Passes the current entry's data to `sink` with each piece's offset in the file. */
-  async readData(entry: TarEntry, sink: (offsetBytes: number, piece: Uint8Array) => void | Promise<void>): Promise<void> {
+  /**
+   * Passes the current entry's data to `sink.write` with each piece's offset in the file. Returns
+   * a promise only when it must wait (for input, or for the sink): most entries of an image are
+   * small files whose data is in the chunk at hand.
+   */
+  readData(entry: TarEntry, sink: DataSink): void | Promise<void> {
     if (this.#current !== entry) throw new Error('TarReader.readData: not the current entry');
-    const truncated = this.#truncated(entry.offsetBytes, entry.path, 'its data');
+    if (entry.sparseMap === undefined) {
+      const whole = this.#input.readNow(entry.storedBytes);
+      if (whole !== undefined) {
+        this.#dataLeft -= entry.storedBytes;
+        const pending = entry.storedBytes === 0 ? undefined : sink.write(0, whole);
+        if (pending !== undefined) return pending.then(() => this.#finishCurrent());
+        return this.#finishCurrent();
+      }
+    }
+    return this.#readDataSlowly(entry, sink);
+  }
+
+  async #readDataSlowly(entry: TarEntry, sink: DataSink): Promise<void> {
     const map = entry.sparseMap ?? [0, entry.storedBytes];
     let stored = 0;
     for (let index = 0; index < map.length; index += 2) {
@@ -164,8 +193,7 @@ export class TarReader {
       const segmentBytes = map[index + 1]!;
       const whole = this.#input.readNow(segmentBytes);
       if (whole !== undefined) {
-        // The common case: the segment is in the chunk at hand, no waiting.
-        const pending = sink(segmentOffset, whole);
+        const pending = sink.write(segmentOffset, whole);
         if (pending !== undefined) await pending;
         stored += segmentBytes;
         continue;
@@ -174,8 +202,8 @@ export class TarReader {
       await this.#input.forward(segmentBytes, (piece) => {
         const at = segmentOffset + done;
         done += piece.length;
-        return sink(at, piece);
-      }, truncated);
+        return sink.write(at, piece);
+      }, this.#truncated(entry.offsetBytes, entry.path, 'its data'));
       stored += segmentBytes;
     }
     this.#dataLeft -= stored;
@@ -224,7 +252,7 @@ export class TarReader {
     const padded = count + padding(count);
     if (padded <= TAR_SMALL_BODY_BYTES) {
       // A view valid until the next read: the caller decodes it at once.
-      const view = await this.#input.read(padded, this.#truncated(headerOffset, path, what));
+      const view = this.#input.readNow(padded) ?? (await this.#input.read(padded, this.#truncated(headerOffset, path, what)));
       if (view === undefined) throw this.#truncated(headerOffset, path, what)(0);
       return view.subarray(0, count);
     }
@@ -322,17 +350,22 @@ export class TarReader {
   async #readOldGnuSparse(header: Uint8Array, entry: TarEntry): Promise<void> {
     const fail = (problem: string): ThinError => this.#error(entry.offsetBytes, entry.path, problem);
     const map: number[] = [];
+    const field = (block: Uint8Array, begin: number, end: number, what: string): number => {
+      const value = parseNumber(block, begin, end);
+      if (value === undefined) throw fail(`${what}: ${numberProblem(block, begin, end)}`);
+      return value;
+    };
     const readEntries = (block: Uint8Array, begin: number, count: number): void => {
       for (let index = 0; index < count; index++) {
         const at = begin + index * 24;
         if (block[at] === 0) return;
-        map.push(parseNumber(block, at, at + 12, (problem) => fail(`sparse offset: ${problem}`)));
-        map.push(parseNumber(block, at + 12, at + 24, (problem) => fail(`sparse size: ${problem}`)));
+        map.push(field(block, at, at + 12, 'sparse offset'));
+        map.push(field(block, at + 12, at + 24, 'sparse size'));
       }
     };
     readEntries(header, 386, 4);
     let extended = header[482] !== 0;
-    entry.sizeBytes = parseNumber(header, 483, 495, (problem) => fail(`sparse real size: ${problem}`));
+    entry.sizeBytes = field(header, 483, 495, 'sparse real size');
     while (extended) {
       if (map.length / 2 > IMAGE_SPARSE_SEGMENTS_MAX) throw fail(`more than ${IMAGE_SPARSE_SEGMENTS_MAX} sparse segments`);
       const block = await this.#input.read(TAR_BLOCK_BYTES, this.#truncated(entry.offsetBytes, entry.path, 'a sparse header'));
@@ -396,19 +429,16 @@ function isZeroBlock(block: Uint8Array): boolean {
   return true;
 }
 
-function verifyChecksum(header: Uint8Array, fail: () => ThinError): void {
-  let stored: number;
-  try {
-    stored = parseNumber(header, 148, 156, (problem) => new Error(problem));
-  } catch {
-    throw fail();
-  }
+/** The header's checksum field holds its sum (unsigned, or the signed sum of old tars). */
+function checksumMatches(header: Uint8Array): boolean {
+  const stored = parseNumber(header, 148, 156);
+  if (stored === undefined) return false;
   const unsigned = headerByteSum(header);
-  if (stored === unsigned) return;
+  if (stored === unsigned) return true;
   // Old tars summed signed chars: each byte >= 128 counts 256 less.
   let high = 0;
   for (let index = 0; index < TAR_BLOCK_BYTES; index++) if (index < 148 || index >= 156) high += header[index]! >> 7;
-  if (stored !== unsigned - 256 * high) throw fail();
+  return stored === unsigned - 256 * high;
 }
 
 /** Sum of the header's bytes with the checksum field counted as spaces. */
@@ -464,15 +494,17 @@ function entryType(flag: string): TarEntryType | undefined {
   }
 }
 
-/** The octal field [begin, end) (NUL or space terminated), or a GNU base-256 one. */
-export function parseNumber(bytes: Uint8Array, begin: number, end: number, fail: (problem: string) => Error): number {
-  const shown = (): string => latin1(bytes, begin, end).replace(/\0/g, '');
+/**
+ * The octal field [begin, end) (NUL or space terminated), or a GNU base-256 one; undefined when it
+ * is not a number (numberProblem says why).
+ */
+export function parseNumber(bytes: Uint8Array, begin: number, end: number): number | undefined {
   if ((bytes[begin]! & 0x80) !== 0) {
-    if (bytes[begin] === 0xff) throw fail('a negative base-256 number');
+    if (bytes[begin] === 0xff) return undefined;
     let value = bytes[begin]! & 0x7f;
     for (let index = begin + 1; index < end; index++) {
       value = value * 256 + bytes[index]!;
-      if (value > Number.MAX_SAFE_INTEGER) throw fail('a base-256 number too large');
+      if (value > Number.MAX_SAFE_INTEGER) return undefined;
     }
     return value;
   }
@@ -482,13 +514,20 @@ export function parseNumber(bytes: Uint8Array, begin: number, end: number, fail:
   for (; index < end; index++) {
     const byte = bytes[index]!;
     if (byte === 0 || byte === 0x20) break;
-    if (byte < 0x30 || byte > 0x37) throw fail(`'${shown()}' is not an octal number`);
+    if (byte < 0x30 || byte > 0x37) return undefined;
     value = value * 8 + (byte - 0x30);
   }
   for (; index < end; index++) {
-    if (bytes[index] !== 0 && bytes[index] !== 0x20) throw fail(`'${shown()}' is not an octal number`);
+    if (bytes[index] !== 0 && bytes[index] !== 0x20) return undefined;
   }
   return value;
+}
+
+/** Why parseNumber refused the field [begin, end). */
+export function numberProblem(bytes: Uint8Array, begin: number, end: number): string {
+  if (bytes[begin] === 0xff) return 'a negative base-256 number';
+  if ((bytes[begin]! & 0x80) !== 0) return 'a base-256 number too large';
+  return `'${latin1(bytes, begin, end).replace(/\0/g, '')}' is not an octal number`;
 }
 
 /** "seconds[.fraction]", possibly negative: [seconds, nanoseconds], or undefined when it is not a time. */
@@ -550,7 +589,9 @@ class HeaderFields {
   }
 
   number(begin: number, end: number, what: string): number {
-    return parseNumber(this.header, begin, end, (problem) => this.fail(`${what}: ${problem}`));
+    const value = parseNumber(this.header, begin, end);
+    if (value === undefined) throw this.fail(`${what}: ${numberProblem(this.header, begin, end)}`);
+    return value;
   }
 
   paxNumber(key: string): number | undefined {

@@ -192,9 +192,15 @@ class InodeTableWriter {
     return first;
   }
 
-  async #putTail(blockNr: number, blocks: readonly Uint8Array[]): Promise<void> {
-    for (let index = 0; index < blocks.length; index++) await this.#tail.put(blockNr + index, blocks[index]!);
+  /** Writes tail blocks from blockNr; a promise only when there are any (most inodes have none). */
+  #putTail(blockNr: number, blocks: readonly Uint8Array[]): void | Promise<void> {
+    if (blocks.length === 0) return undefined;
     this.#result.blocksWritten += blocks.length;
+    return this.#putBlocks(blockNr, blocks);
+  }
+
+  async #putBlocks(blockNr: number, blocks: readonly Uint8Array[]): Promise<void> {
+    for (let index = 0; index < blocks.length; index++) await this.#tail.put(blockNr + index, blocks[index]!);
   }
 
   async run(): Promise<InodesResult> {
@@ -287,7 +293,8 @@ class InodeTableWriter {
         }
         const treeBlocks = extentTreeBlockCount(extents.length / 3);
         const treeAt = treeBlocks > 0 ? this.#allocateTail(treeBlocks) : 0;
-        await this.#putTail(treeAt, buildExtentTree(extents, treeAt, inodeSeed, view, iBlockAt));
+        const pending = this.#putTail(treeAt, buildExtentTree(extents, treeAt, inodeSeed, view, iBlockAt));
+        if (pending !== undefined) await pending;
         flags = INODE_FLAG_EXTENTS;
         ownedBlocks += treeBlocks;
         break;
