@@ -8,6 +8,7 @@ import { toolsBenchmark } from './tools.ts';
 import { archiveBenchmark } from './archive.ts';
 import { tlsBenchmark } from './tls.ts';
 import { remapBenchmark } from './remap.ts';
+import { imageBenchmark } from './image.ts';
 import { SERVER_NAMES, machineDescription, peerBenchmark, workloads, writeBenchmarkSection, type ServerName } from './peers.ts';
 
 const args = process.argv.slice(2);
@@ -51,6 +52,11 @@ const servers = serversFlag();
 const rounds = flagValue('--rounds', 3);
 const runtimeSeconds = flagValue('--seconds', 10);
 const writeDoc = args.includes('--write-doc');
+/** --corpus DIR and --work DIR (bench/image.ts reads them itself): not benchmark names. */
+for (const option of ['--corpus', '--work']) {
+  const index = args.indexOf(option);
+  if (index >= 0) args.splice(index, 2);
+}
 const names = args.filter((arg) => !arg.startsWith('-'));
 const flags = args.filter((arg) => arg.startsWith('-'));
 
@@ -63,6 +69,7 @@ const standalone: Record<string, (flags: string[]) => Promise<void>> = {
   archive: archiveBenchmark,
   remap: remapBenchmark,
   tls: (flags) => tlsBenchmark(flags, { rounds, runtimeSeconds, writeDoc }),
+  image: imageBenchmark,
 };
 const known = ['peers', ...peerKeys, ...Object.keys(standalone)];
 for (const name of names) {

@@ -34,7 +34,7 @@ debian_packages=(
   "make:make" "g++:g++" "python3:python3"
   "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "libnbd-bin:nbdcopy"
   "nbdfuse:nbdfuse" "fuse3:fusermount3" "nbdkit:nbdkit" "fio:fio"
-  "thin-provisioning-tools:thin_check" "e2fsprogs:mkfs.ext4" "util-linux:losetup" "util-linux:setpriv"
+  "thin-provisioning-tools:thin_check" "e2fsprogs:mkfs.ext4" "util-linux:losetup" "util-linux:setpriv" "attr:getfattr" "acl:setfacl"
   "gnutls-bin:certtool" "gnutls-bin:psktool" "systemd:systemd-analyze"
 )
 if [ "$system" = 1 ]; then

@@ -300,3 +300,22 @@ export const DELTA_LOG_BLOCK_COUNT = 63;
  * ranges) rolls up instead: a full commit is then no more blocks than the record would be.
  */
 export const DELTA_LOG_BLOCKS_PER_FLUSH_MAX = 8;
+
+// ---- image import (src/image, docs/image.md) ----
+
+/** Symlinks followed while resolving one archive path's directories: Linux's MAXSYMLINKS. */
+export const IMAGE_SYMLINK_HOPS_MAX = 40;
+/** Bytes gathered before a write to the volume: whole 64 KiB pool blocks, few calls, bounded memory. */
+export const IMAGE_WRITE_BUFFER_BYTES = 1024 * 1024;
+/** Volume writes in flight during an import: with the buffer size, bounds the data held (32 MiB). */
+export const IMAGE_WRITES_IN_FLIGHT_MAX = 8;
+/** Largest pax or GNU long-name header accepted: room for many 64 KiB attributes, a bound on memory. */
+export const IMAGE_TAR_HEADER_BYTES_MAX = 8 * 1024 * 1024;
+/** Most segments in one sparse file's map. */
+export const IMAGE_SPARSE_SEGMENTS_MAX = 1024 * 1024;
+/** Bytes per read of a local image file (two such buffers alternate: one parsed while the other fills). */
+export const IMAGE_READ_CHUNK_BYTES = 1024 * 1024;
+/** Largest manifest, index or config JSON read from an image archive (they are kilobytes). */
+export const IMAGE_JSON_BYTES_MAX = 4 * 1024 * 1024;
+/** Bytes read after a tar's end-of-archive blocks (record padding) before the rest is left unread. */
+export const IMAGE_TRAILER_BYTES_MAX = 16 * 1024 * 1024;

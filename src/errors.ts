@@ -18,6 +18,7 @@ export type ThinErrorCode =
   | 'THIN_CORRUPT_ARCHIVE' // an archive object is missing, truncated or fails its hash or layout checks
   | 'THIN_INTERRUPTED' // the command was stopped by a signal before it finished
   | 'THIN_NEEDS_CONFIRMATION' // the request would destroy data and was not confirmed (e.g. shrink without --allow-shrink)
+  | 'THIN_IMAGE_INVALID' // an image archive is malformed or holds what ext4 or an image may not (names the entry)
   | 'THIN_CLOSED'; // the pool or volume was closed
 
 export class ThinError extends Error {

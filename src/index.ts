@@ -54,3 +54,8 @@ export {
 export type { UnpackResult } from './archive/unpack.ts';
 export type { StoreListing, StreamListing, VerifyReport, GcReport } from './archive/maintenance.ts';
 export { S3Bucket, parseS3Url, isS3Url, type S3Location, type S3ConnectOptions } from './io/s3.ts';
+
+export { importImage, measureImage, IMAGE_LABELS, type ImageImportOptions, type ImageImportResult, type ImportedLayer, type ImageFormat } from './image/import.ts';
+export { listImages, type ImageListing } from './image/catalog.ts';
+export { imageStats, type ImageStats, type ImageStatsEntry, type ImageStatsOptions } from './image/stats.ts';
+export { sourceOpeners } from './image/remote.ts';

@@ -6,7 +6,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -37,4 +38,25 @@ test('the peer harness adds the Node floor server when --servers names it', () =
   assert.match(result.stdout, /\| thinbd IOPS \| qemu-nbd IOPS \| nbdkit IOPS \| node-floor IOPS \| thinbd\/qemu-nbd \| thinbd\/nbdkit \| thinbd\/node-floor \|/);
   assert.match(result.stdout, /\| randwrite 4k qd32 \| in-place write path \| \d+ \| – \| – \| \d+ \| – \| – \| [\d.]+× \| [\d.]+ \/ – \/ – \/ [\d.]+ \| \d+ \/ – \/ – \/ \d+ \|/);
   assert.match(result.stderr, /round 1 randwrite 4k qd32 node-floor: \d+ IOPS/);
+});
+
+test('the image harness runs one quick round on a small tree and prints its table', () => {
+  assert.ok(haveBuild, 'dist/ is not built (npm run build)');
+  const work = mkdtempSync(join(tmpdir(), 'thinbd-bench-smoke-'));
+  try {
+    const tree = join(work, 'tree');
+    mkdirSync(join(tree, 'etc'), { recursive: true });
+    for (let index = 0; index < 50; index++) writeFileSync(join(tree, 'etc', `file-${index}`), 'x'.repeat(index * 100));
+    const result = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', join(ROOT, 'bench', 'run.ts'), 'image', '--rounds', '1', '--quick', '--corpus', tree, '--work', join(work, 'bench')],
+      { cwd: ROOT, encoding: 'utf8', timeout: 300_000 },
+    );
+    assert.equal(result.status, 0, result.stderr);
+    assert.match(result.stdout, /\| \*\*thinbd image import\*\* \(process start to exit, pool synced\) \| \*\*[\d.]+\*\* \| 1 \|/);
+    assert.match(result.stdout, /\| `find \/ \\\| wc -l` on it, cold \((\d+) \/ \1 paths\)/);
+    assert.match(result.stderr, /round 1: floor [\d.]+s kernel [\d.]+s thinbd [\d.]+s/);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
 });

@@ -9,6 +9,7 @@ import { registerCheckCommand, registerScrubCommand } from './commands/check.ts'
 import { registerServeCommands } from './commands/serve.ts';
 import { registerToolCommands } from './commands/tools.ts';
 import { registerArchiveCommands } from './commands/archive.ts';
+import { registerImageCommands } from './commands/image.ts';
 
 export const VERSION = '0.1.0';
 
@@ -33,6 +34,7 @@ export function buildProgram(reporter: Reporter, result: CommandResult = { exitC
   registerServeCommands(program, reporter);
   registerToolCommands(program, reporter);
   registerArchiveCommands(program, reporter);
+  registerImageCommands(program, reporter);
   // Subcommands inherit exit handling so a usage error anywhere exits 2, not 1.
   const inherit = (command: Command): void => {
     for (const sub of command.commands as Command[]) {

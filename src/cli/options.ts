@@ -38,3 +38,14 @@ export function poolOption(note?: string) {
 export function poolDirectory(option: string | undefined): string {
   return resolve(option ?? process.env['THINBD_POOL'] ?? 'pool');
 }
+
+/** --label KEY=VALUE options as a record. */
+export function parseLabels(texts: string[]): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const text of texts) {
+    const equals = text.indexOf('=');
+    if (equals <= 0) throw new UsageError(`--label: '${text}' is not KEY=VALUE`);
+    labels[text.slice(0, equals)] = text.slice(equals + 1);
+  }
+  return labels;
+}

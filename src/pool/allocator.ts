@@ -73,28 +73,43 @@ export class DataAllocator {
 
   /** Reserves one free data block for `volumeId`; throws THIN_NO_SPACE when there is none (F-POOL-41). */
   allocate(volumeId: number, options: AllocateOptions = {}): number {
+    return this.allocateRun(volumeId, 1, options).begin;
+  }
+
+  /**
+   * Reserves a run of 1 to `lengthBlocksMax` consecutive free data blocks for `volumeId`, where
+   * its next block would go; throws THIN_NO_SPACE when there is none (F-POOL-41). Each block is
+   * released on its own.
+   */
+  allocateRun(volumeId: number, lengthBlocksMax: number, options: AllocateOptions = {}): { begin: number; lengthBlocks: number } {
+    assert(Number.isSafeInteger(lengthBlocksMax) && lengthBlocksMax >= 1, `bad run length ${lengthBlocksMax}`);
     const free = this.freeBlockCount();
     const floor = options.mayUseReserve === true ? 0 : this.reserveBlocks;
     if (free <= floor) {
       throw new ThinError('THIN_NO_SPACE', `No free data block: ${free} free, ${floor} kept in reserve for copy-on-write.`);
     }
+    const wanted = Math.min(lengthBlocksMax, free - floor);
     const isReserved = (block: number): boolean => this.#reserved.has(block);
     const volumeHint = this.#hints.get(volumeId);
-    let found = volumeHint === undefined ? undefined : this.#space.findFree(volumeHint, 1, isReserved);
+    let found = volumeHint === undefined ? undefined : this.#space.findFree(volumeHint, wanted, isReserved);
     if (found === undefined || found.begin !== volumeHint) {
       const runStart = (this.#frontier + (this.#frontier === 0 ? 0 : this.#runGapBlocks)) % this.dataBlockCount;
-      found = this.#space.findFree(runStart, 1, isReserved);
+      found = this.#space.findFree(runStart, wanted, isReserved);
     }
     if (found === undefined) {
       throw new ThinError('THIN_NO_SPACE', 'No free data block: the remaining free blocks were freed in the transaction not yet committed.');
     }
-    const block = found.begin;
-    assert(block >= 0 && block < this.dataBlockCount, `findFree returned block ${block} outside [0, ${this.dataBlockCount})`);
-    assert(!this.#reserved.has(block), `findFree returned reserved block ${block}`);
-    this.#reserved.add(block);
-    this.#hints.set(volumeId, (block + 1) % this.dataBlockCount);
-    this.#frontier = Math.max(this.#frontier, block + 1);
-    return block;
+    const { begin, lengthBlocks } = found;
+    assert(lengthBlocks >= 1 && lengthBlocks <= wanted, `findFree returned ${lengthBlocks} blocks for at most ${wanted}`);
+    assert(begin >= 0 && begin + lengthBlocks <= this.dataBlockCount, `findFree returned blocks [${begin}, ${begin + lengthBlocks}) outside [0, ${this.dataBlockCount})`);
+    for (let block = begin; block < begin + lengthBlocks; block++) {
+      assert(!this.#reserved.has(block), `findFree returned reserved block ${block}`);
+      this.#reserved.add(block);
+    }
+    const end = begin + lengthBlocks;
+    this.#hints.set(volumeId, end % this.dataBlockCount);
+    this.#frontier = Math.max(this.#frontier, end);
+    return found;
   }
 
   /** Ends a reservation: the block is now referenced by a mapping, or the write failed. */

@@ -71,7 +71,7 @@ import {
 } from './codecs.ts';
 import { CommitScheduler, type CommitHost } from './commit-scheduler.ts';
 import { DataPath, type DataPathHost } from './data-path.ts';
-import { DeviceTable, validateLabels, validateSize, type Device } from './devices.ts';
+import { DeviceTable, validateLabels, validateSize, type Device, type UpdateVolumeOptions } from './devices.ts';
 import type { PoolFiles } from './files.ts';
 import { poolHealth, type PoolHealth } from './health.ts';
 import { HighWaterMark } from './high-water-mark.ts';
@@ -433,16 +433,28 @@ export class PoolCore {
     });
   }
 
-  /** Gives a volume a new name (a new details block, F-POOL-30); its id, mappings and labels stay. */
-  renameDevice(device: Device, newName: string): void {
+  /**
+   * Renames a volume, replaces its labels or sets its read-only flag (F-POOL-30: new details
+   * blocks), as one change. Snapshots of a renamed volume get its new name as their origin's. The
+   * caller holds the device's whole-volume lock.
+   */
+  updateDevice(device: Device, changes: UpdateVolumeOptions): void {
     this.assertWritable();
     if (device.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${device.details.name} was removed`);
-    this.devices.validateNewName(newName);
     const oldName = device.details.name;
-    const details: VolumeDetails = { ...device.details, name: newName };
-    encodeDetails(details, DETAILS_CAPACITY_BYTES);
-    this.#mutate(`renaming volume ${oldName} to ${newName}`, 1, () => {
-      this.devices.rename(device, details);
+    const name = changes.name ?? oldName;
+    if (name !== oldName) this.devices.validateNewName(name);
+    const labels = changes.labels ?? device.details.labels;
+    validateLabels(labels);
+    const details: VolumeDetails = { ...device.details, name, labels: { ...labels } };
+    encodeDetails(details, DETAILS_CAPACITY_BYTES); // THIN_INVALID before anything changes
+    const children = name === oldName ? [] : this.devices.all().filter((other) => other.details.originId === device.id);
+    const childDetails = children.map((child): VolumeDetails => ({ ...child.details, originName: name }));
+    for (const updated of childDetails) encodeDetails(updated, DETAILS_CAPACITY_BYTES);
+    this.#mutate(name === oldName ? `updating volume ${oldName}` : `renaming volume ${oldName} to ${name}`, 1 + children.length, () => {
+      this.devices.replaceDetails(device, details);
+      if (changes.readOnly !== undefined) this.devices.setReadOnly(device, changes.readOnly);
+      children.forEach((child, index) => this.devices.replaceDetails(child, childDetails[index]!));
       this.commits.unloggedChange();
     });
   }

@@ -226,7 +226,9 @@ export class DataPath {
   /**
    * Writes bytes [offsetBytes, +lengthBytes). A write that lies inside one mapped extent the
    * device owns goes in place in one system call (a 1 MiB write to a sequentially written volume
-   * was sixteen 64 KiB pwrites, lookups and promises); any other is written block by block.
+   * was sixteen 64 KiB pwrites, lookups and promises); so does, run by run, a write of whole
+   * blocks none of which is mapped (a volume filled in order: an image import, a restore); any
+   * other is written block by block.
    */
   async writeRange(device: Device, offsetBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
     if (source !== undefined) {
@@ -240,6 +242,10 @@ export class DataPath {
           // Some sectors refuse it: block by block, each failing block is moved (writeInBlock).
           if (!(error instanceof SectorsRefused)) throw error;
         }
+      }
+      if (this.#isUnmappedWholeBlocks(device, offsetBytes, lengthBytes)) {
+        await this.#provisionRuns(device, offsetBytes / this.blockSizeBytes, source.subarray(0, lengthBytes));
+        return;
       }
     }
     const pieces = blockPieces(offsetBytes, lengthBytes, this.blockSizeBytes);
@@ -309,6 +315,42 @@ export class DataPath {
     await settleAll(work);
   }
 
+  /** The range is two or more whole blocks, none of them mapped. */
+  #isUnmappedWholeBlocks(device: Device, offsetBytes: number, lengthBytes: number): boolean {
+    const bs = this.blockSizeBytes;
+    if (offsetBytes % bs !== 0 || lengthBytes % bs !== 0 || lengthBytes < 2 * bs) return false;
+    const begin = offsetBytes / bs;
+    const runs = this.#mappings.blockRuns(device, begin, begin + lengthBytes / bs);
+    return runs.length === 1 && runs[0]!.dataBlock === undefined;
+  }
+
+  /**
+   * Writes whole blocks from `virtualBlock` on, none of them mapped, into runs of consecutive new
+   * data blocks: per run one allocation, one data write and one mapping, in #provision's order
+   * (the high-water mark covers the run before it is written, the mapping follows the write).
+   * Sixteen provisions per 1 MiB made an eighth of the garbage of an image import.
+   */
+  async #provisionRuns(device: Device, virtualBlock: number, source: Uint8Array): Promise<void> {
+    const bs = this.blockSizeBytes;
+    const totalBlocks = source.length / bs;
+    let doneBlocks = 0;
+    while (doneBlocks < totalBlocks) {
+      const run = await this.#allocateRun(device, totalBlocks - doneBlocks);
+      const runEnd = run.begin + run.lengthBlocks;
+      try {
+        this.#knownZero.remove(run.begin, runEnd);
+        this.#raiseAhead(run.begin);
+        if (runEnd - 1 >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(runEnd - 1);
+        await this.dataWrite(source.subarray(doneBlocks * bs, (doneBlocks + run.lengthBlocks) * bs), run.begin * bs);
+        this.#host.assertDeviceWritable(device);
+        this.#mappings.insertMapping(device, virtualBlock + doneBlocks, run.begin, run.lengthBlocks);
+      } finally {
+        for (let block = run.begin; block < runEnd; block++) this.#allocator.release(block);
+      }
+      doneBlocks += run.lengthBlocks;
+    }
+  }
+
   /** Where in the data file the range is, when one extent maps all of it and needs no copy. */
   #inPlaceOffset(device: Device, offsetBytes: number, lengthBytes: number): number | undefined {
     const bs = this.blockSizeBytes;
@@ -324,14 +366,19 @@ export class DataPath {
    * allocation is tried once more.
    */
   async #allocateData(device: Device, options: { mayUseReserve?: boolean }): Promise<number> {
+    return (await this.#allocateRun(device, 1, options)).begin;
+  }
+
+  /** Reserves a run of up to lengthBlocksMax consecutive data blocks, as #allocateData does one. */
+  async #allocateRun(device: Device, lengthBlocksMax: number, options: { mayUseReserve?: boolean } = {}): Promise<{ begin: number; lengthBlocks: number }> {
     try {
-      return this.#allocator.allocate(device.id, options);
+      return this.#allocator.allocateRun(device.id, lengthBlocksMax, options);
     } catch (error) {
       if (!isThinError(error, 'THIN_NO_SPACE') || !this.#host.logAttached || this.#dataSpace.pendingFreeBlockCount === 0) throw error;
     }
     await this.#host.rollup();
     this.#host.assertDeviceWritable(device);
-    return this.#allocator.allocate(device.id, options);
+    return this.#allocator.allocateRun(device.id, lengthBlocksMax, options);
   }
 
   /** Maps an unmapped virtual block to a new block holding the write; a block that refuses it is recorded bad and another taken. */

@@ -36,6 +36,15 @@ export interface Device {
   removed: boolean;
 }
 
+/** What Pool.updateVolume changes; a field left out stays as it is. */
+export interface UpdateVolumeOptions {
+  /** A new name (THIN_EXISTS when taken). */
+  name?: string;
+  /** Replaces every label. */
+  labels?: Record<string, string>;
+  readOnly?: boolean;
+}
+
 export class DeviceTable {
   readonly tree: BTree<DeviceValue>;
   /** The pool time: raised by each snapshot, recorded with every mapping (F-POOL-24). */
@@ -168,15 +177,28 @@ export class DeviceTable {
     return this.#add(id, value, details);
   }
 
-  /** The volume under new details (its new name): a new details block; id, mappings and labels stay. */
-  rename(device: Device, details: VolumeDetails): void {
+  /**
+   * The volume under new details (a new name, new labels, a new origin name): a new details block
+   * (F-POOL-30); its id and mappings stay.
+   */
+  replaceDetails(device: Device, details: VolumeDetails): void {
     const oldName = device.details.name;
     const detailsBlock = this.#writeDetails(details);
     this.#tm.dec(device.value.detailsBlock);
     device.value = { ...device.value, detailsBlock };
     device.details = details;
-    this.#idByName.delete(oldName);
-    this.#idByName.set(details.name, device.id);
+    if (details.name !== oldName) {
+      this.#idByName.delete(oldName);
+      this.#idByName.set(details.name, device.id);
+    }
+    this.markDirty(device);
+  }
+
+  /** Sets or clears the volume's read-only flag. */
+  setReadOnly(device: Device, readOnly: boolean): void {
+    const flags = readOnly ? device.value.flags | DEVICE_FLAG_READ_ONLY : device.value.flags & ~DEVICE_FLAG_READ_ONLY;
+    if (flags === device.value.flags) return;
+    device.value = { ...device.value, flags };
     this.markDirty(device);
   }
 

@@ -101,14 +101,18 @@ export class MappingChanges {
     return mapping.extent.time < device.value.snapshottedTime;
   }
 
-  /** Maps virtualBlock (unmapped) to dataBlock at the current time, merging with neighbours (F-POOL-22). */
-  insertMapping(device: Device, virtualBlock: number, dataBlock: number): void {
-    this.#host.mutate(`mapping block ${virtualBlock} of volume ${device.details.name}`, 5, () => {
-      const root = this.#insertJoined(device.value.mappingRoot, { virtualBlock, dataBlock, lengthBlocks: 1, time: this.#host.time }, true, true);
-      this.dataSpace.inc(dataBlock, 1);
-      device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount + 1 };
+  /**
+   * Maps virtual blocks [virtualBlock, +lengthBlocks) (unmapped) to data blocks from dataBlock at
+   * the current time, as one extent merged with its neighbours (F-POOL-22).
+   */
+  insertMapping(device: Device, virtualBlock: number, dataBlock: number, lengthBlocks = 1): void {
+    const what = lengthBlocks === 1 ? `block ${virtualBlock}` : `blocks [${virtualBlock}, ${virtualBlock + lengthBlocks})`;
+    this.#host.mutate(`mapping ${what} of volume ${device.details.name}`, 5, () => {
+      const root = this.#insertJoined(device.value.mappingRoot, { virtualBlock, dataBlock, lengthBlocks, time: this.#host.time }, true, true);
+      this.dataSpace.inc(dataBlock, lengthBlocks);
+      device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount + lengthBlocks };
       this.#host.markDirty(device);
-      this.#host.note({ kind: DeltaLogEntryKind.map, volumeId: device.id, virtualBlock, lengthBlocks: 1, dataBlock, oldDataBlock: 0 });
+      this.#host.note({ kind: DeltaLogEntryKind.map, volumeId: device.id, virtualBlock, lengthBlocks, dataBlock, oldDataBlock: 0 });
     });
   }
 
@@ -193,26 +197,28 @@ export class MappingChanges {
   }
 
   /**
-   * Inserts the one-block extent `block`, whose virtual block `root` leaves unmapped, joined with
-   * the neighbour on either side that it continues (F-POOL-22); a side passed false is one the
-   * caller knows cannot continue it, and is not looked up. Returns the new root.
+   * Inserts the extent `run`, whose virtual blocks `root` leaves unmapped, joined with the
+   * neighbour on either side that it continues (F-POOL-22); a side passed false is one the caller
+   * knows cannot continue it, and is not looked up. Returns the new root.
    */
-  #insertJoined(root: number, block: KeyedExtent, joinLeft: boolean, joinRight: boolean): number {
+  #insertJoined(root: number, run: KeyedExtent, joinLeft: boolean, joinRight: boolean): number {
     const tree = this.tree;
-    const { virtualBlock } = block;
-    let joined = block;
+    const { virtualBlock, lengthBlocks } = run;
+    assert(lengthBlocks >= 1 && lengthBlocks <= EXTENT_LENGTH_BLOCKS_MAX, `a mapping run of ${lengthBlocks} blocks`);
+    let joined = run;
     if (joinLeft && virtualBlock > 0) {
       const left = tree.floor(root, virtualBlock - 1);
       if (left !== undefined) {
         const leftExtent: KeyedExtent = { virtualBlock: left[0], ...left[1] };
         assert(leftExtent.virtualBlock + leftExtent.lengthBlocks <= virtualBlock, `block ${virtualBlock} is already mapped`);
-        if (canMerge(leftExtent, joined, EXTENT_LENGTH_BLOCKS_MAX)) joined = { ...leftExtent, lengthBlocks: leftExtent.lengthBlocks + 1 };
+        if (canMerge(leftExtent, joined, EXTENT_LENGTH_BLOCKS_MAX)) joined = { ...leftExtent, lengthBlocks: leftExtent.lengthBlocks + lengthBlocks };
       }
     }
     if (joinRight) {
-      const right = tree.lookup(root, virtualBlock + 1);
-      if (right !== undefined && canMerge(joined, { virtualBlock: virtualBlock + 1, ...right }, EXTENT_LENGTH_BLOCKS_MAX)) {
-        root = tree.remove(root, virtualBlock + 1);
+      const rightKey = virtualBlock + lengthBlocks;
+      const right = tree.lookup(root, rightKey);
+      if (right !== undefined && canMerge(joined, { virtualBlock: rightKey, ...right }, EXTENT_LENGTH_BLOCKS_MAX)) {
+        root = tree.remove(root, rightKey);
         joined = { ...joined, lengthBlocks: joined.lengthBlocks + right.lengthBlocks };
       }
     }

@@ -34,7 +34,7 @@ import { WHOLE_VOLUME_END } from './block-locks.ts';
 import { PoolCore, type PoolCoreOptions } from './core.ts';
 import { SyncNotAwaitedFile, type PoolMutant } from './mutants.ts';
 import { scrubPool, type ScrubHost, type ScrubOptions, type ScrubReport } from './scrub.ts';
-import type { Device } from './devices.ts';
+import type { Device, UpdateVolumeOptions } from './devices.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, instrumentPoolFiles, openPoolDirectory, type PoolFiles } from './files.ts';
 import type { PoolStatus, VolumeInfo, VolumeUsage } from './reports.ts';
 import { makeDeviceCodec, validatePayloadRoots, writtenBy } from './trees.ts';
@@ -43,6 +43,7 @@ import { Volume } from './volume.ts';
 export type { PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCounters } from './reports.ts';
 export type { ScrubOptions, ScrubReport } from './scrub.ts';
 export { POOL_MUTANTS, type PoolMutant } from './mutants.ts';
+export type { UpdateVolumeOptions } from './devices.ts';
 export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 
 export interface PoolCreateOptions
@@ -396,9 +397,7 @@ export class Pool {
 
   /** Renames a volume (lvrename): the same volume, blocks and labels under a new name; THIN_EXISTS if taken. */
   async renameVolume(name: string, newName: string): Promise<void> {
-    const device = this.#core.deviceByName(name);
-    this.#core.assertWritable();
-    await this.#holdingWholeVolume(device, () => this.#core.renameDevice(device, newName));
+    await this.updateVolume(name, { name: newName });
   }
 
   /** Grows or shrinks a volume; shrinking unmaps past the end, and growing later reads zeros there. */
@@ -406,6 +405,16 @@ export class Pool {
     const device = this.#core.deviceByName(name);
     this.#core.assertDeviceWritable(device);
     await this.#holdingWholeVolume(device, () => this.#core.resizeDevice(device, sizeBytes));
+  }
+
+  /**
+   * Renames a volume, replaces its labels, or makes it read-only or writable (lvrename and
+   * lvchange). Its data and snapshots are untouched; snapshots name it by its new name.
+   */
+  async updateVolume(name: string, changes: UpdateVolumeOptions): Promise<void> {
+    const device = this.#core.deviceByName(name);
+    this.#core.assertWritable();
+    await this.#holdingWholeVolume(device, () => this.#core.updateDevice(device, changes));
   }
 
   /** Runs `work` once no request is in flight on the volume, holding off new ones meanwhile. */

@@ -5,13 +5,14 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { buildProgram } from '../../src/cli/main.ts';
 import type { Reporter } from '../../src/cli/report.ts';
 import { THINBD, thinbd, type RunResult } from './run-thinbd.ts';
+import { tarArchive } from '../image/tar-writer.ts';
 
 interface CommandCase {
   /** The command's words, e.g. ['metadata', 'pack']. */
@@ -57,6 +58,10 @@ const TABLE: CommandCase[] = [
   { command: ['archive', 'verify'], args: ['--store', 'WORK/store'], pool: 'none', json: ['--store', 'WORK/store'] },
   { command: ['archive', 'rm'], args: ['s1', '--store', 'WORK/store'], pool: 'none' },
   { command: ['archive', 'gc'], args: ['--store', 'WORK/store'], pool: 'none', json: ['--store', 'WORK/store'] },
+  // The image commands: an import of a tar of one file, then the listing; stats over the folder holding it.
+  { command: ['image', 'import'], args: ['--pool', 'POOL', 'img', 'WORK/images/one.tar'], pool: 'uses', json: ['img', 'WORK/images/one.tar'] },
+  { command: ['image', 'ls'], args: ['--pool', 'POOL'], pool: 'uses', json: [] },
+  { command: ['image', 'stats'], args: ['WORK/images'], pool: 'none', json: ['WORK/images'] },
 ];
 
 let work: string;
@@ -65,6 +70,8 @@ let fresh = 0;
 before(() => {
   work = mkdtempSync(join(tmpdir(), 'thinbd-commands-'));
   pool = join(work, 'pool');
+  mkdirSync(join(work, 'images'));
+  writeFileSync(join(work, 'images', 'one.tar'), tarArchive([{ path: 'etc/', type: 'dir' }, { path: 'etc/hostname', data: 'box\n' }]));
   for (const args of [
     ['pool', 'create', '--pool', pool, '--data-size', '64M'],
     ['create', '--pool', pool, 'v', '--size', '1M'],

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { DataAllocator, type DataSpace } from '../../src/pool/allocator.ts';
 import { isThinError } from '../../src/errors.ts';
 
-/** A naive space map: a count per block, findFree scanning from the hint and wrapping. */
+/** A naive space map: a count per block, findFree scanning from the hint and wrapping, returning the free run there. */
 class FakeSpace implements DataSpace {
   counts: number[];
   constructor(blockCount: number) {
@@ -15,7 +15,10 @@ class FakeSpace implements DataSpace {
   findFree(hintBlock: number, lengthBlocksMax: number, isReserved?: (block: number) => boolean): { begin: number; lengthBlocks: number } | undefined {
     for (let step = 0; step < this.counts.length; step += 1) {
       const block = (hintBlock + step) % this.counts.length;
-      if (this.counts[block] === 0 && !(isReserved?.(block) ?? false)) return { begin: block, lengthBlocks: 1 };
+      if (this.counts[block] !== 0 || (isReserved?.(block) ?? false)) continue;
+      let end = block + 1;
+      while (end < this.counts.length && end - block < lengthBlocksMax && this.counts[end] === 0 && !(isReserved?.(end) ?? false)) end += 1;
+      return { begin: block, lengthBlocks: end - block };
     }
     return undefined;
   }
@@ -94,4 +97,19 @@ test('two volumes written at the same time each get long runs instead of interle
   const runs = (blocks: number[]): number => blocks.filter((block, index) => index === 0 || block !== blocks[index - 1]! + 1).length;
   assert.equal(runs(a), 1);
   assert.equal(runs(b), 1);
+});
+
+test('a run is consecutive free blocks up to the length asked, stops at a used or reserved block, and leaves the reserve alone', () => {
+  const space = new FakeSpace(20);
+  space.counts[6] = 1;
+  const allocator = new DataAllocator(space, 20, 4);
+  assert.deepEqual(allocator.allocateRun(1, 4), { begin: 0, lengthBlocks: 4 });
+  assert.deepEqual(allocator.allocateRun(1, 8), { begin: 4, lengthBlocks: 2 }, 'block 6 is used');
+  assert.equal(allocator.allocate(2), 7, 'another volume starts a gap after the frontier');
+  allocator.release(0);
+  // 19 free blocks, 6 of them reserved, 4 kept back for copy-on-write: a run takes at most 9.
+  const run = allocator.allocateRun(1, 100);
+  assert.deepEqual(run, { begin: 9, lengthBlocks: 9 });
+  for (let block = run.begin; block < run.begin + run.lengthBlocks; block++) assert.ok(allocator.isReserved(block));
+  assert.equal(allocator.isReserved(0), false);
 });

@@ -692,11 +692,57 @@ test('a renamed volume keeps its id, blocks and labels under the new name, after
   assert.throws(() => pool.volume('old'), code('THIN_NOT_FOUND'));
   await assert.rejects(pool.renameVolume('new', 'snap'), code('THIN_EXISTS'));
   await assert.rejects(pool.renameVolume('new', 'bad name'), code('THIN_INVALID'));
+  await assert.rejects(pool.renameVolume('missing', 'other'), code('THIN_NOT_FOUND'));
+  assert.deepEqual(pool.list().map((entry) => entry.name), ['new', 'snap']);
+  assert.equal(pool.list().find((entry) => entry.name === 'snap')?.origin, 'new');
   const reopened = await reopen(memory);
   const info = reopened.pool.list().find((entry) => entry.name === 'new');
   assert.equal(info?.id, volume.id);
   assert.deepEqual(info?.labels, { role: 'db' });
   assert.deepEqual((await readAll(reopened.pool, 'new')).subarray(BLOCK, 2 * BLOCK), filled(BLOCK, 5));
+  assert.deepEqual((await checkPool(reopened.files)).problems, []);
+  await reopened.pool.close();
+});
+
+test('a write of whole unmapped blocks goes into runs of new data blocks with one data write each, and a flushed run replays from the log', async () => {
+  const data = new CountingBlockFile(new MemoryBlockFile(0, 'data'));
+  const metadata = new MemoryBlockFile(0, 'metadata');
+  const pool = await Pool.createOn({ metadata, data }, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const v = await pool.createVolume('v', { sizeBytes: 16 * BLOCK });
+  const other = await pool.createVolume('other', { sizeBytes: 4 * BLOCK });
+  const payload = new Uint8Array(4 * BLOCK).map((_, index) => (index * 7) % 251);
+  const writesBefore = data.counters.writes;
+  await v.write(2 * BLOCK, payload);
+  assert.equal(data.counters.writes - writesBefore, 1, 'four new blocks in one data write');
+  assert.deepEqual(v.mappedRuns().map((run) => [run.virtualBlock, run.lengthBlocks]), [[2, 4]]);
+  // A run next to it continues the extent; one overlapping a mapped block goes block by block.
+  await v.write(6 * BLOCK, payload.subarray(0, 2 * BLOCK));
+  assert.deepEqual(v.mappedRuns().map((run) => [run.virtualBlock, run.lengthBlocks]), [[2, 6]]);
+  await other.write(0, filled(BLOCK, 5));
+  await v.write(7 * BLOCK, filled(3 * BLOCK, 9));
+  await pool.flush();
+  const expected = new Uint8Array(16 * BLOCK);
+  expected.set(payload, 2 * BLOCK);
+  expected.set(payload.subarray(0, BLOCK), 6 * BLOCK);
+  expected.set(filled(3 * BLOCK, 9), 7 * BLOCK);
+  assert.deepEqual(await readAll(pool, 'v'), expected);
+  // Opened from the files as the flush left them: the delta log's run entries replay.
+  const flushed = { metadata: metadata.snapshot(), data: (data.inner as MemoryBlockFile).snapshot() };
+  const replayed = await Pool.openOn({ metadata: MemoryBlockFile.from(flushed.metadata), data: MemoryBlockFile.from(flushed.data) });
+  assert.deepEqual(await readAll(replayed, 'v'), expected);
+  assert.deepEqual(await readAll(replayed, 'other'), new Uint8Array(4 * BLOCK).fill(5, 0, BLOCK));
+  assert.deepEqual(replayed.volume('v').mappedRuns(), v.mappedRuns());
+  await replayed.close();
+  assert.deepEqual((await checkPool({ metadata: MemoryBlockFile.from(flushed.metadata), data: MemoryBlockFile.from(flushed.data) })).problems, []);
+  await pool.close();
+});
+
+test('a run of whole blocks larger than the free space writes what fits and fails with THIN_NO_SPACE, leaking nothing', async () => {
+  const memory = await memoryPool(16);
+  const v = await memory.pool.createVolume('v', { sizeBytes: 32 * BLOCK });
+  await assert.rejects(v.write(0, filled(32 * BLOCK, 3)), code('THIN_NO_SPACE'));
+  await memory.pool.flush();
+  const reopened = await reopen(memory);
   assert.deepEqual((await checkPool(reopened.files)).problems, []);
   await reopened.pool.close();
 });
@@ -715,4 +761,28 @@ test('mappedRuns lists virtual-to-data runs in order; a snapshot maps the same d
   const after = volume.mappedRuns();
   assert.equal(after.find((run) => run.virtualBlock <= 2 && run.virtualBlock + run.lengthBlocks > 2 && run.dataBlock + (2 - run.virtualBlock) === runs[0]!.dataBlock + 1), undefined, 'the written block moved');
   await pool.close();
+});
+
+test('updateVolume renames, relabels and sets read-only in one change; snapshots name the origin by its new name, across a reopen', async () => {
+  const memory = await memoryPool();
+  const v = await memory.pool.createVolume('building', { sizeBytes: 3 * BLOCK, labels: { stage: 'tmp' } });
+  await v.write(100, filled(BLOCK, 9));
+  await memory.pool.snapshot('building', 'child');
+  await memory.pool.updateVolume('building', { name: 'final', labels: { stage: 'done' }, readOnly: true });
+  assert.throws(() => memory.pool.volume('building'), code('THIN_NOT_FOUND'));
+  assert.equal(memory.pool.volume('final').id, v.id);
+  assert.equal(memory.pool.volume('final').readOnly, true);
+  await assert.rejects(memory.pool.volume('final').write(0, filled(1, 1)), code('THIN_READ_ONLY'));
+  const reopened = await reopen(memory);
+  const listed = new Map(reopened.pool.list().map((info) => [info.name, info]));
+  assert.deepEqual([...listed.keys()].sort(), ['child', 'final']);
+  assert.deepEqual(listed.get('final')!.labels, { stage: 'done' });
+  assert.equal(listed.get('final')!.readOnly, true);
+  assert.equal(listed.get('child')!.origin, 'final');
+  assert.deepEqual((await readAll(reopened.pool, 'final')).subarray(100, 100 + BLOCK), filled(BLOCK, 9));
+  await reopened.pool.updateVolume('final', { readOnly: false });
+  await reopened.pool.volume('final').write(0, filled(1, 1));
+  await reopened.pool.flush();
+  assert.ok((await checkPool(reopened.files)).ok);
+  await reopened.pool.close();
 });

@@ -2,7 +2,7 @@
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError, formatTable } from '../report.ts';
-import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
+import { parseLabels, poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { withService } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
@@ -39,16 +39,6 @@ function volumeSize(text: string): number {
     throw new UsageError(`--size: ${text} is larger than the largest volume (${formatSize(VOLUME_SIZE_BYTES_MAX)})`);
   }
   return sizeBytes;
-}
-
-function parseLabels(texts: string[]): Record<string, string> {
-  const labels: Record<string, string> = {};
-  for (const text of texts) {
-    const equals = text.indexOf('=');
-    if (equals <= 0) throw new UsageError(`--label: '${text}' is not KEY=VALUE`);
-    labels[text.slice(0, equals)] = text.slice(equals + 1);
-  }
-  return labels;
 }
 
 export function registerVolumeCommands(program: Command, reporter: Reporter): void {

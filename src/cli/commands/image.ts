@@ -1,0 +1,136 @@
+// thinbd image import | ls | stats
+import type { Command } from '@commander-js/extra-typings';
+import type { Reporter } from '../report.ts';
+import { UsageError, formatTable } from '../report.ts';
+import { parseLabels, poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
+import { withPool } from '../pool-access.ts';
+import { formatSize } from '../sizes.ts';
+import { startProgress, type Progress } from '../progress.ts';
+import { importImage, removeStaleImports, type ImageFormat } from '../../image/import.ts';
+import { ThinError } from '../../errors.ts';
+import { listImages } from '../../image/catalog.ts';
+import { imageStats } from '../../image/stats.ts';
+import { sourceOpeners } from '../../image/remote.ts';
+import { VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
+
+function parseFormat(text: string): ImageFormat {
+  if (text !== 'auto' && text !== 'tar' && text !== 'oci') throw new UsageError(`--format: '${text}' is not auto, tar or oci`);
+  return text;
+}
+
+export function registerImageCommands(program: Command, reporter: Reporter): void {
+  const image = program.command('image').description('container images as read-only ext4 volumes');
+
+  image
+    .command('import')
+    .description('turn a tar, docker save or OCI archive (file, -, http(s):// or s3://) into a read-only ext4 volume')
+    .argument('<name>', 'volume name')
+    .argument('<source>', 'archive: a file, - for standard input, an http(s):// URL or s3://BUCKET/KEY')
+    .addOption(poolOption())
+    .option('--size <size>', 'volume size (default: what the image needs, plus as much again and at least 1G free)')
+    .option('--format <format>', 'auto, tar (a root file system) or oci (docker save / OCI layout)', 'auto')
+    .option('--label <key=value...>', 'labels kept with the volume', [] as string[])
+    .option('--endpoint <url>', 'S3-compatible endpoint for s3:// sources (default $AWS_ENDPOINT_URL)')
+    .option('--json', 'print a JSON summary')
+    .action(async (nameText, source, options) => {
+      const name = volumeName('volume name', nameText);
+      const sizeBytes = options.size === undefined ? undefined : sizeOption('--size', options.size);
+      if (sizeBytes !== undefined && (sizeBytes < 1 || sizeBytes > VOLUME_SIZE_BYTES_MAX)) throw new UsageError(`--size: ${options.size} is out of range`);
+      const format = parseFormat(options.format);
+      const labels = parseLabels(options.label);
+      let progress: Progress | undefined;
+      // Ctrl-C or SIGTERM stops the import cleanly: the volume it was building is removed.
+      const interrupted = new AbortController();
+      const onSignal = (signal: NodeJS.Signals): void => {
+        interrupted.abort(new ThinError('THIN_INTERRUPTED', `Import of ${source} into ${name} interrupted by ${signal}`));
+      };
+      process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+      const result = await withPool(poolDirectory(options.pool), 'write', async (pool) => {
+        // A killed import of the same name left its temporary volume: this one holds the pool alone.
+        for (const stale of await removeStaleImports(pool, name)) reporter.note(`Removed ${stale}, left by an import that did not finish`);
+        return await importImage(pool, name, source, {
+          ...(sizeBytes === undefined ? {} : { sizeBytes }),
+          format,
+          labels,
+          signal: interrupted.signal,
+          openers: sourceOpeners({ ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
+          onProgress: (done, total) => {
+            if (total === undefined) return;
+            progress ??= startProgress(`image ${name}`, total, { bytes: true });
+            progress.update(done);
+          },
+        });
+      }).finally(() => {
+        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        progress?.stop();
+      });
+      if (options.json) {
+        reporter.json(result);
+        return;
+      }
+      const shared = result.layers.filter((layer) => layer.shared).length;
+      reporter.out(
+        `Imported ${result.source} into read-only volume ${name} (${formatSize(result.sizeBytes)}): ${result.files} files, ` +
+          `${formatSize(result.fileBytes)} in ${result.seconds.toFixed(2)}s; ${formatSize(result.dataBytesWritten)} data and ` +
+          `${formatSize(result.metadataBytesWritten)} metadata written` +
+          (result.layers.length > 0 ? `; ${result.layers.length} layers, ${shared} shared with images already in the pool` : ''),
+      );
+    });
+
+  image
+    .command('ls')
+    .description('list the images in the pool with their source, digest, files and bytes')
+    .addOption(poolOption())
+    .option('--json', 'print JSON')
+    .action(async (options) => {
+      const images = await withPool(poolDirectory(options.pool), 'read', async (pool) => listImages(pool));
+      if (options.json) {
+        reporter.json(images);
+        return;
+      }
+      const rows = images.map((item) => [
+        item.name,
+        item.digest.slice(0, 'sha256:'.length + 12),
+        item.format,
+        String(item.files),
+        formatSize(item.fileBytes),
+        formatSize(item.sizeBytes),
+        formatSize(item.exclusiveBytes),
+        formatSize(item.sharedBytes),
+        item.source,
+      ]);
+      const header = ['NAME', 'DIGEST', 'FORMAT', 'FILES', 'BYTES', 'SIZE', 'EXCLUSIVE', 'SHARED', 'SOURCE'];
+      for (const line of formatTable(header, rows)) reporter.out(line);
+    });
+
+  image
+    .command('stats')
+    .description('sizes of the images in a directory or under an s3://BUCKET/PREFIX (before sizing a pool)')
+    .argument('<source>', 'a directory or s3://BUCKET/PREFIX')
+    .option('--top <n>', 'how many of the largest to list', '10')
+    .option('--deep', 'also read each image: files, unpacked bytes and the pool space it would take')
+    .option('--endpoint <url>', 'S3-compatible endpoint (default $AWS_ENDPOINT_URL)')
+    .option('--json', 'print JSON')
+    .action(async (source, options) => {
+      const top = Number(options.top);
+      if (!Number.isSafeInteger(top) || top < 0) throw new UsageError(`--top: '${options.top}' is not a count`);
+      const endpoint = options.endpoint === undefined ? {} : { endpoint: options.endpoint };
+      const stats = await imageStats(source, { top, deep: Boolean(options.deep), openers: sourceOpeners(endpoint), ...endpoint });
+      if (options.json) {
+        reporter.json(stats);
+        return;
+      }
+      reporter.out(`${stats.count} images, ${formatSize(stats.totalBytes)} in all: min ${formatSize(stats.minBytes)}, max ${formatSize(stats.maxBytes)}, average ${formatSize(stats.averageBytes)}`);
+      if (stats.files !== undefined) {
+        reporter.out(`${stats.files} files, ${formatSize(stats.fileBytes ?? 0)} unpacked; importing each alone would take ${formatSize(stats.poolBytes ?? 0)} of pool space`);
+      }
+      const rows = stats.largest.map((item) => [
+        item.key,
+        formatSize(item.sizeBytes),
+        ...(options.deep ? [item.files === undefined ? '-' : String(item.files), item.fileBytes === undefined ? '-' : formatSize(item.fileBytes), item.poolBytes === undefined ? '-' : formatSize(item.poolBytes)] : []),
+      ]);
+      const header = ['KEY', 'SIZE', ...(options.deep ? ['FILES', 'UNPACKED', 'POOL'] : [])];
+      for (const line of formatTable(header, rows)) reporter.out(line);
+      if (stats.errors.length > 0) for (const error of stats.errors) reporter.note(`${error.key}: ${error.message}`);
+    });
+}

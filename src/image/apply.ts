@@ -1,0 +1,143 @@
+// Applies one tar stream's entries to the image's tree: a flat root file system, or one layer of
+// an OCI / docker image (then `.wh.NAME` removes NAME from the layers below and `.wh..wh..opq`
+// empties a directory of what lower layers put there). File data goes to the data stream as it
+// arrives; every check of an entry's path, type and attributes happens before its data is placed.
+import { ThinError } from '../errors.ts';
+import type { DataStream } from './data-stream.ts';
+import { SYMLINK_TARGET_BYTES_MAX } from './ext4/format.ts';
+import { fitsInBlock, xattrEntries } from './ext4/xattr.ts';
+import type { TarEntry, TarReader } from './tar.ts';
+import {
+  OPAQUE_WHITEOUT,
+  WHITEOUT_PREFIX,
+  invalidEntry,
+  pathComponents,
+  type EntryAttributes,
+  type EntryOrigin,
+  type FsTree,
+} from './tree.ts';
+
+export interface ApplyContext {
+  tree: FsTree;
+  data: DataStream;
+  /** Called after each entry (progress). */
+  onEntry?: () => void;
+}
+
+export interface ApplyOptions {
+  /** Names the stream in messages ("layer 2 (sha256:…)"); empty for the source itself. */
+  stream: string;
+  /** An OCI/docker layer: whiteouts apply. */
+  layered: boolean;
+  /** An entry already read from the reader (format detection reads the first one). */
+  first?: TarEntry | undefined;
+  /** Skip the data of files (the stream's data is already in the volume: a shared layer); extents are still computed. */
+  placeOnly?: boolean;
+  /** Collect the changes instead of applying them (a layer read before the image's layer order is known). */
+  record?: TreeChange[];
+}
+
+/** One entry's effect on the tree, for applying later. */
+export type TreeChange = (tree: FsTree) => void;
+
+export interface ApplyResult {
+  entries: number;
+}
+
+/** Reads every entry of `reader` into the tree. */
+export async function applyTar(reader: TarReader, context: ApplyContext, options: ApplyOptions): Promise<ApplyResult> {
+  let entries = 0;
+  let entry = options.first ?? (await reader.next());
+  while (entry !== undefined) {
+    const prepared = prepareEntry(reader, entry, context, options);
+    const change = typeof prepared === 'function' ? prepared : await prepared;
+    if (options.record !== undefined) options.record.push(change);
+    else change(context.tree);
+    entries++;
+    context.onEntry?.();
+    entry = await reader.next();
+  }
+  return { entries };
+}
+
+function attributesOf(entry: TarEntry, origin: EntryOrigin): EntryAttributes {
+  if (entry.uid > 0xffffffff || entry.gid > 0xffffffff) throw invalidEntry(origin, `owner ${entry.uid}:${entry.gid} does not fit ext4's 32-bit ids`);
+  const attributes: EntryAttributes = {
+    permissions: entry.permissions,
+    uid: entry.uid,
+    gid: entry.gid,
+    mtimeSeconds: entry.mtimeSeconds,
+    mtimeNanoseconds: entry.mtimeNanoseconds,
+  };
+  if (entry.atimeSeconds !== undefined) {
+    attributes.atimeSeconds = entry.atimeSeconds;
+    attributes.atimeNanoseconds = entry.atimeNanoseconds ?? 0;
+  }
+  if (entry.ctimeSeconds !== undefined) {
+    attributes.ctimeSeconds = entry.ctimeSeconds;
+    attributes.ctimeNanoseconds = entry.ctimeNanoseconds ?? 0;
+  }
+  if (entry.xattrs.size > 0) {
+    const entries = xattrEntries(entry.xattrs);
+    if (typeof entries === 'string') throw invalidEntry(origin, entries);
+    if (!fitsInBlock(entries)) throw invalidEntry(origin, 'its extended attributes do not fit one ext4 attribute block (4 KiB)');
+    attributes.xattrs = entry.xattrs;
+  }
+  return attributes;
+}
+
+/**
+ * Checks an entry, places its data, and says what it does to the tree; a promise only when placing
+ * the data had to wait (most entries need no promise: an image has tens of thousands of them).
+ */
+function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyContext, options: ApplyOptions): TreeChange | Promise<TreeChange> {
+  const origin: EntryOrigin = options.stream === '' ? { path: entry.path, offsetBytes: entry.offsetBytes } : { path: entry.path, offsetBytes: entry.offsetBytes, stream: options.stream };
+  const components = pathComponents(entry.path, origin);
+  const name = components[components.length - 1];
+  if (options.layered && name !== undefined && name.startsWith(WHITEOUT_PREFIX)) {
+    const parent = components.slice(0, -1);
+    if (name === OPAQUE_WHITEOUT) return (tree) => tree.opaque(parent, origin);
+    // Other .wh..wh. names are AUFS bookkeeping (hard link stores), not files of the image.
+    if (name.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return () => undefined;
+    const target = name.slice(WHITEOUT_PREFIX.length);
+    if (target === '' || target === '.' || target === '..') throw invalidEntry(origin, `'${name}' whites out nothing`);
+    return (tree) => tree.whiteout(parent, target, origin);
+  }
+  const attributes = attributesOf(entry, origin);
+  switch (entry.type) {
+    case 'file': {
+      const fail = (problem: string): ThinError => invalidEntry(origin, problem);
+      const file = context.data.file(fail);
+      const change = (extents: number[]): TreeChange => (tree) => tree.add(components, attributes, { kind: 'file', sizeBytes: entry.sizeBytes, extents }, origin);
+      let reading: void | Promise<void> = undefined;
+      if (options.placeOnly === true) file.place(entry.sparseMap ?? [0, entry.storedBytes]);
+      else reading = reader.readData(entry, file);
+      if (reading !== undefined) return reading.then(async () => change(await file.finish()));
+      const extents = file.finish();
+      return Array.isArray(extents) ? change(extents) : extents.then(change);
+    }
+    case 'hardlink': {
+      const target = pathComponents(entry.linkPath, origin, 'hard link target');
+      return (tree) => tree.link(components, target, origin);
+    }
+    case 'symlink': {
+      const target = Buffer.from(entry.linkPath, 'latin1');
+      if (target.length === 0) throw invalidEntry(origin, 'a symlink with an empty target');
+      if (target.length > SYMLINK_TARGET_BYTES_MAX) throw invalidEntry(origin, `a symlink target of ${target.length} bytes (ext4 holds at most ${SYMLINK_TARGET_BYTES_MAX})`);
+      // A symlink's permissions mean nothing to Linux, which makes every symlink 0777 (as tar -x does).
+      return (tree) => tree.add(components, { ...attributes, permissions: 0o777 }, { kind: 'symlink', target }, origin);
+    }
+    case 'char':
+    case 'block': {
+      const type = entry.type;
+      if (entry.deviceMajor > 0xfff || entry.deviceMinor > 0xfffff) {
+        throw invalidEntry(origin, `device ${entry.deviceMajor}:${entry.deviceMinor} does not fit Linux's 12-bit major and 20-bit minor`);
+      }
+      return (tree) => tree.add(components, attributes, { kind: type, major: entry.deviceMajor, minor: entry.deviceMinor }, origin);
+    }
+    case 'dir':
+      return (tree) => tree.add(components, attributes, { kind: 'dir' }, origin);
+    case 'fifo':
+      return (tree) => tree.add(components, attributes, { kind: 'fifo' }, origin);
+  }
+}

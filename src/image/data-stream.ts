@@ -1,0 +1,263 @@
+// File data from the archive goes straight into the volume, file after file in archive order, each
+// file in whole 4 KiB blocks from where the previous one ended: long contiguous runs, one extent
+// per file (more only past 128 MiB, or for sparse files, whose holes take no blocks). Bytes are
+// gathered in a few large buffers that are written whole; the first buffer ends at a pool-block
+// boundary so that every later write covers whole pool blocks and never reads before it writes.
+//
+// The per-piece calls (FileData.write, DataStream.append) return a promise only when they must
+// wait (a buffer to hand on or to take): an image has tens of thousands of small files, and an
+// async call per piece was most of the garbage an import made.
+import { ThinError, assert } from '../errors.ts';
+import type { BufferPool, WriteQueue } from './block-target.ts';
+import { BLOCK_SIZE_BYTES, EXTENT_LENGTH_BLOCKS_MAX, LOGICAL_BLOCKS_MAX } from './ext4/format.ts';
+
+export interface DataStreamOptions {
+  /** First fs block of the data region. */
+  beginBlock: number;
+  /** The data may not reach this block (the size the volume may hold). */
+  limitBlock: number;
+  /** Says what limitBlock is, for the error that stops a stream running into it. */
+  limitReason: string;
+  /** Pool block size: buffers are written in whole pool blocks. */
+  alignBytes: number;
+  buffers: BufferPool;
+}
+
+export type Fail = (problem: string) => ThinError;
+
+/** The data region being filled. */
+export class DataStream {
+  readonly #queue: WriteQueue;
+  readonly #options: DataStreamOptions;
+  readonly #bufferBytes: number;
+  readonly #limitBytes: number;
+  #buffer: Uint8Array | undefined;
+  /** Volume byte offset of the buffer's first byte, and how much of it is filled. */
+  #bufferOffsetBytes: number;
+  #filledBytes = 0;
+  #capacityBytes: number;
+  /** Replaying a layer whose data the volume already holds: the cursor moves, nothing is written. */
+  #skipping = false;
+
+  constructor(queue: WriteQueue, options: DataStreamOptions) {
+    this.#bufferBytes = options.buffers.bufferBytes;
+    assert(this.#bufferBytes % options.alignBytes === 0 && options.alignBytes % BLOCK_SIZE_BYTES === 0, 'data buffers must be whole pool blocks');
+    this.#queue = queue;
+    this.#options = options;
+    this.#limitBytes = options.limitBlock * BLOCK_SIZE_BYTES;
+    this.#bufferOffsetBytes = options.beginBlock * BLOCK_SIZE_BYTES;
+    this.#capacityBytes = this.#bufferBytes - (this.#bufferOffsetBytes % options.alignBytes);
+  }
+
+  /** Volume byte offset where the next byte goes. */
+  get cursorBytes(): number {
+    return this.#bufferOffsetBytes + this.#filledBytes;
+  }
+
+  /** The fs block the next block-aligned write starts at. */
+  get cursorBlock(): number {
+    assert(this.cursorBytes % BLOCK_SIZE_BYTES === 0, 'the data cursor is inside a block');
+    return this.cursorBytes / BLOCK_SIZE_BYTES;
+  }
+
+  /** Bytes of the data region filled so far (padding included). */
+  get writtenBytes(): number {
+    return this.cursorBytes - this.#options.beginBlock * BLOCK_SIZE_BYTES;
+  }
+
+  /**
+   * From now on (until resumeWriting) the cursor only moves: the data is already in the volume
+   * (layers shared with an image imported before). Only at a block boundary.
+   */
+  async startSkipping(): Promise<void> {
+    assert(this.cursorBytes % BLOCK_SIZE_BYTES === 0, 'skipping from inside a block');
+    await this.#flushBuffer();
+    this.#skipping = true;
+  }
+
+  resumeWriting(): void {
+    this.#skipping = false;
+    this.#capacityBytes = this.#bufferBytes - (this.#bufferOffsetBytes % this.#options.alignBytes);
+  }
+
+  get skipping(): boolean {
+    return this.#skipping;
+  }
+
+  /**
+   * Appends `zeros` zero bytes, then `piece` (or, only while skipping, a length: the cursor moves
+   * past that many bytes). Returns a promise only when it had to wait for a buffer.
+   */
+  append(zeros: number, piece: Uint8Array | number, fail: Fail): void | Promise<void> {
+    const pieceBytes = typeof piece === 'number' ? piece : piece.length;
+    const total = zeros + pieceBytes;
+    if (this.cursorBytes + total > this.#limitBytes) {
+      throw fail(`the image's data passes ${this.#limitBytes - this.#options.beginBlock * BLOCK_SIZE_BYTES} bytes, ${this.#options.limitReason}`);
+    }
+    if (this.#skipping) {
+      this.#bufferOffsetBytes += total;
+      return undefined;
+    }
+    assert(typeof piece !== 'number', 'a length without bytes while writing');
+    const buffer = this.#buffer;
+    if (buffer !== undefined && this.#filledBytes + total < this.#capacityBytes) {
+      if (zeros > 0) buffer.fill(0, this.#filledBytes, this.#filledBytes + zeros);
+      buffer.set(piece, this.#filledBytes + zeros);
+      this.#filledBytes += total;
+      return undefined;
+    }
+    return this.#appendSlowly(zeros, piece);
+  }
+
+  async #appendSlowly(zeros: number, piece: Uint8Array): Promise<void> {
+    let zerosLeft = zeros;
+    let from = 0;
+    while (zerosLeft > 0 || from < piece.length) {
+      this.#buffer ??= await this.#options.buffers.take();
+      const room = this.#capacityBytes - this.#filledBytes;
+      if (zerosLeft > 0) {
+        const take = Math.min(zerosLeft, room);
+        this.#buffer.fill(0, this.#filledBytes, this.#filledBytes + take);
+        this.#filledBytes += take;
+        zerosLeft -= take;
+      } else {
+        const take = Math.min(piece.length - from, room);
+        this.#buffer.set(from === 0 && take === piece.length ? piece : piece.subarray(from, from + take), this.#filledBytes);
+        this.#filledBytes += take;
+        from += take;
+      }
+      if (this.#filledBytes === this.#capacityBytes) await this.#flushBuffer();
+    }
+  }
+
+  async #flushBuffer(): Promise<void> {
+    const full = this.#buffer;
+    const filled = this.#filledBytes;
+    const offsetBytes = this.#bufferOffsetBytes;
+    this.#bufferOffsetBytes += filled;
+    this.#filledBytes = 0;
+    this.#capacityBytes = this.#bufferBytes - (this.#bufferOffsetBytes % this.#options.alignBytes);
+    this.#buffer = undefined;
+    if (full === undefined) return;
+    if (filled === 0) {
+      this.#options.buffers.give(full);
+      return;
+    }
+    await this.#queue.write(offsetBytes, full.subarray(0, filled), () => this.#options.buffers.give(full));
+  }
+
+  /** Zero bytes up to the next block boundary. */
+  padBlock(fail: Fail): void | Promise<void> {
+    const inBlock = this.cursorBytes % BLOCK_SIZE_BYTES;
+    if (inBlock === 0) return undefined;
+    return this.append(BLOCK_SIZE_BYTES - inBlock, this.#skipping ? 0 : EMPTY, fail);
+  }
+
+  /** Writes what is buffered and waits for every write (at a block boundary: a layer's end). */
+  async flush(): Promise<void> {
+    assert(this.cursorBytes % BLOCK_SIZE_BYTES === 0, 'flushing inside a block');
+    if (!this.#skipping) await this.#flushBuffer();
+    await this.#queue.drain();
+  }
+
+  /** Writes what is buffered; the data region ends at cursorBlock. */
+  async finish(): Promise<void> {
+    assert(this.cursorBytes % BLOCK_SIZE_BYTES === 0, 'the data ends inside a block');
+    await this.#flushBuffer();
+    await this.#queue.drain();
+  }
+
+  /** A writer for one file's data. */
+  file(fail: Fail): FileData {
+    return new FileData(this, fail);
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** One file's bytes, given in increasing offsets (gaps are holes), and the extents they land in. */
+export class FileData {
+  readonly #stream: DataStream;
+  readonly #fail: Fail;
+  /** [logical, physical, length] triples. */
+  readonly extents: number[] = [];
+  /** Logical byte offset after the last byte given. */
+  #endBytes = 0;
+  /** Logical block holding the last byte given (-1: none yet). */
+  #lastBlock = -1;
+
+  constructor(stream: DataStream, fail: Fail) {
+    this.#stream = stream;
+    this.#fail = fail;
+  }
+
+  #addBlocks(logical: number, physical: number, count: number): void {
+    let left = count;
+    let nextLogical = logical;
+    let nextPhysical = physical;
+    while (left > 0) {
+      const last = this.extents.length - 3;
+      const extendable =
+        last >= 0 &&
+        this.extents[last]! + this.extents[last + 2]! === nextLogical &&
+        this.extents[last + 1]! + this.extents[last + 2]! === nextPhysical &&
+        this.extents[last + 2]! < EXTENT_LENGTH_BLOCKS_MAX;
+      const take = Math.min(left, EXTENT_LENGTH_BLOCKS_MAX - (extendable ? this.extents[last + 2]! : 0));
+      if (extendable) this.extents[last + 2]! += take;
+      else this.extents.push(nextLogical, nextPhysical, take);
+      left -= take;
+      nextLogical += take;
+      nextPhysical += take;
+    }
+  }
+
+  /**
+   * Places `piece` (or, while the stream skips, that many bytes) at offsetBytes of the file.
+   * Returns a promise only when the stream had to wait.
+   */
+  write(offsetBytes: number, piece: Uint8Array | number): void | Promise<void> {
+    assert(offsetBytes >= this.#endBytes, 'file data given out of order');
+    const lengthBytes = typeof piece === 'number' ? piece : piece.length;
+    if (lengthBytes === 0) return undefined;
+    const endBytes = offsetBytes + lengthBytes;
+    if (Math.ceil(endBytes / BLOCK_SIZE_BYTES) > LOGICAL_BLOCKS_MAX) throw this.#fail('the file is larger than ext4 allows (16 TiB with 4 KiB blocks)');
+    const firstBlock = Math.floor(offsetBytes / BLOCK_SIZE_BYTES);
+    const cursor = this.#stream.cursorBytes;
+    let zeros: number;
+    if (this.#lastBlock >= 0 && firstBlock === this.#lastBlock) {
+      // The same block as the last byte: fill the gap inside it.
+      zeros = offsetBytes - this.#endBytes;
+    } else {
+      // A new block: finish the current one, then start at the piece's offset within its block.
+      const pad = (BLOCK_SIZE_BYTES - (cursor % BLOCK_SIZE_BYTES)) % BLOCK_SIZE_BYTES;
+      const physical = (cursor + pad) / BLOCK_SIZE_BYTES;
+      zeros = pad + (offsetBytes % BLOCK_SIZE_BYTES);
+      this.#addBlocks(firstBlock, physical, 1);
+      this.#lastBlock = firstBlock;
+    }
+    const lastBlock = Math.floor((endBytes - 1) / BLOCK_SIZE_BYTES);
+    if (lastBlock > this.#lastBlock) {
+      const last = this.extents.length - 3;
+      const physicalOfLast = this.extents[last + 1]! + (this.#lastBlock - this.extents[last]!);
+      this.#addBlocks(this.#lastBlock + 1, physicalOfLast + 1, lastBlock - this.#lastBlock);
+      this.#lastBlock = lastBlock;
+    }
+    this.#endBytes = endBytes;
+    return this.#stream.append(zeros, piece, this.#fail);
+  }
+
+  /** The extents of data already in the volume, given as its [offset, length] map (the stream skips). */
+  place(map: readonly number[]): void {
+    for (let index = 0; index < map.length; index += 2) {
+      const pending = this.write(map[index]!, map[index + 1]!);
+      assert(pending === undefined, 'placing data waited for a buffer');
+    }
+  }
+
+  /** Pads the last block; the file's extents are final. */
+  finish(): number[] | Promise<number[]> {
+    if (this.#lastBlock < 0) return this.extents;
+    const pending = this.#stream.padBlock(this.#fail);
+    return pending === undefined ? this.extents : pending.then(() => this.extents);
+  }
+}

@@ -1,0 +1,619 @@
+// thinbd image import: an archive (a flat root file system tar, a `docker save` archive or an OCI
+// layout; plain, gzip or zstd; from a file, stdin, http(s) or S3) becomes a read-only volume
+// holding ext4, without root, a mount, or a copy of the tree on the host (docs/image.md).
+//
+// The volume is built under a temporary name: file data streams into it as the archive is read,
+// the file system's metadata is written at the end, and only then is it renamed to NAME, made
+// read-only and labelled. A failure at any point removes what the import made, so the pool is as
+// it was (list and check agree).
+//
+// Images built on the same layers share their data blocks (docs/image.md "Sharing"): after each
+// layer of a docker/OCI image, a read-only snapshot of the volume so far is kept as a layer volume
+// named after the layers' chain id. File data is laid out in a fixed, deterministic way, so a
+// later image whose first k layers are those finds the layer volume, starts as a snapshot of it,
+// and only checks (reads and hashes) those layers instead of writing them again. That needs the
+// layer order before the layers, which random access gives (a local file: the archive's index is
+// read first). A stream (stdin, a compressed archive) is read once in archive order; its layers
+// are applied in the manifest's order at the end and its data is not shared.
+import { createHash, randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { ThinError, isThinError } from '../errors.ts';
+import { IMAGE_JSON_BYTES_MAX, IMAGE_TRAILER_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
+import { dataReserveBlocks } from '../pool/allocator.ts';
+import type { Pool } from '../pool/pool.ts';
+import type { Volume } from '../pool/volume.ts';
+import { applyTar, type ApplyContext, type TreeChange } from './apply.ts';
+import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
+import { ByteInput, type ChunkSource } from './byte-input.ts';
+import { DataStream } from './data-stream.ts';
+import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
+import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
+import { writeFilesystem, type FilesystemSummary } from './ext4/writer.ts';
+import { chainIds, describeImageArchive, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
+import { decompressChunks, detectCompression, openSource, type Compression, type OpenedSource, type SourceOpeners } from './source.ts';
+import { NotTarError, TarReader, type TarEntry } from './tar.ts';
+import { FsTree } from './tree.ts';
+
+export type ImageFormat = 'auto' | 'tar' | 'oci';
+
+/** Labels thinbd keeps on image and layer volumes (docs/image.md). */
+export const IMAGE_LABELS = {
+  source: 'thinbd.image.source',
+  digest: 'thinbd.image.digest',
+  format: 'thinbd.image.format',
+  files: 'thinbd.image.files',
+  bytes: 'thinbd.image.bytes',
+  layers: 'thinbd.image.layers',
+  tags: 'thinbd.image.tags',
+  layerChain: 'thinbd.layer.chain',
+  layerDiffId: 'thinbd.layer.diff-id',
+  layerDataEnd: 'thinbd.layer.data-end-block',
+  layerLayout: 'thinbd.layer.layout',
+} as const;
+
+/**
+ * The version of the data layout (where each file's data goes): a layer volume is reused only by
+ * an import that lays data out the same way.
+ */
+export const LAYER_LAYOUT_VERSION = `1-${DATA_BEGIN_BLOCK}`;
+
+/** The pool block size a dry run rounds to (the pool default). */
+const DRY_RUN_POOL_BLOCK_BYTES = 64 * 1024;
+
+export interface ImageImportOptions {
+  /** The volume's size; default: what the image needs plus headroom (docs/image.md). */
+  sizeBytes?: number;
+  format?: ImageFormat;
+  labels?: Record<string, string>;
+  /** Source bytes read so far and in all (when known). */
+  onProgress?: (doneBytes: number, totalBytes: number | undefined) => void;
+  /** Openers for s3:// sources. */
+  openers?: SourceOpeners;
+  stdin?: NodeJS.ReadableStream;
+  /** Wall clock in ms (tests fix it). */
+  now?: () => number;
+  /** Aborting stops the import between entries (and chunks), removing what it made. */
+  signal?: AbortSignal;
+}
+
+export interface ImportedLayer {
+  diffId: string;
+  /** The layer's data was already in the pool (a layer volume of an earlier import). */
+  shared: boolean;
+  /** The layer volume holding the image's data up to this layer, when there is one. */
+  volume?: string;
+}
+
+export interface ImageImportResult {
+  name: string;
+  source: string;
+  format: 'tar' | 'docker' | 'oci';
+  compression: Compression;
+  digest: string;
+  files: number;
+  directories: number;
+  fileBytes: number;
+  sizeBytes: number;
+  sourceBytes: number;
+  /** File data written to the pool (shared layers' data is not written again). */
+  dataBytesWritten: number;
+  /** Metadata written to the pool (inodes, directories, bitmaps, superblocks...). */
+  metadataBytesWritten: number;
+  /** Data blocks of the pool the image's volume maps. */
+  blocksMapped: number;
+  seconds: number;
+  /** The process's peak resident set so far (the import's, when it is the process's main work). */
+  peakRssBytes: number;
+  /** CPU seconds (user and system, every thread) the import took. */
+  cpuSeconds: number;
+  layers: ImportedLayer[];
+}
+
+/** Imports SOURCE into a new read-only volume NAME. */
+export async function importImage(pool: Pool, name: string, source: string, options: ImageImportOptions = {}): Promise<ImageImportResult> {
+  if (pool.list().some((info) => info.name === name)) throw new ThinError('THIN_EXISTS', `A volume named ${name} already exists`);
+  return await runImport(pool, name, source, options);
+}
+
+/**
+ * Reads SOURCE as an import would and builds the file system's metadata, writing nothing
+ * anywhere: what the image holds and what importing it would write (image stats --deep).
+ */
+export async function measureImage(source: string, options: ImageImportOptions = {}): Promise<ImageImportResult> {
+  return await runImport(undefined, 'measure', source, options);
+}
+
+async function runImport(pool: Pool | undefined, name: string, source: string, options: ImageImportOptions): Promise<ImageImportResult> {
+  const started = performance.now();
+  const cpuBefore = process.cpuUsage();
+  options.signal?.throwIfAborted();
+  const opened = await openSource(source, options.openers, options.stdin);
+  const build = new ImageBuild(pool, name, opened, options);
+  // Aborting closes the source, so a read waiting for input (a pipe, a download) ends at once.
+  const onAbort = (): void => void opened.close().catch(() => undefined);
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const result = await build.run();
+    options.signal?.throwIfAborted();
+    const cpu = process.cpuUsage(cpuBefore);
+    return { ...result, seconds: (performance.now() - started) / 1000, peakRssBytes: process.resourceUsage().maxRSS * 1024, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+  } catch (error) {
+    await build.abort();
+    // What the closed source made of the abort (a truncated archive) is not the reason.
+    if (options.signal?.aborted === true) throw options.signal.reason;
+    throw error;
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+    await opened.close().catch(() => undefined);
+  }
+}
+
+const TEMPORARY_SUFFIX_BYTES = '.importing-'.length + 8;
+
+/** A temporary name for the volume being built: valid, unlikely to be taken, recognisable. */
+function temporaryName(name: string): string {
+  const suffix = `.importing-${randomBytes(4).toString('hex')}`;
+  return `${name.slice(0, VOLUME_NAME_LENGTH_MAX - suffix.length)}${suffix}`;
+}
+
+/**
+ * Removes what an import of NAME killed before it could clean up left behind (its temporary
+ * volumes); the caller holds the pool alone (the CLI's pool lock), so no such import is running.
+ */
+export async function removeStaleImports(pool: Pool, name: string): Promise<string[]> {
+  const prefix = `${name.slice(0, VOLUME_NAME_LENGTH_MAX - TEMPORARY_SUFFIX_BYTES)}.importing-`;
+  const stale = pool.list().filter((info) => info.name.startsWith(prefix) && /^[0-9a-f]{8}$/.test(info.name.slice(prefix.length)) && !info.readOnly);
+  for (const info of stale) await pool.removeVolume(info.name);
+  if (stale.length > 0) await pool.flush();
+  return stale.map((info) => info.name);
+}
+
+/** Counts what would be written; a dry run (measureImage) writes here. */
+const NOWHERE: BlockTarget = {
+  write: async () => undefined,
+  discard: async () => undefined,
+};
+
+class ImageBuild {
+  /** Undefined for a dry run: nothing is created, data is only placed (counted). */
+  readonly #pool: Pool | undefined;
+  readonly #name: string;
+  readonly #opened: OpenedSource;
+  readonly #options: ImageImportOptions;
+  readonly #nowSeconds: number;
+  readonly #tree: FsTree;
+  readonly #blockSizeBytes: number;
+  #temporary: string | undefined;
+  #volume: Volume | undefined;
+  #queue: WriteQueue | undefined;
+  #data: DataStream | undefined;
+  #buffers: BufferPool | undefined;
+  readonly #layerVolumesMade: string[] = [];
+  #lastProgressBytes = -1;
+
+  constructor(pool: Pool | undefined, name: string, opened: OpenedSource, options: ImageImportOptions) {
+    this.#pool = pool;
+    this.#name = name;
+    this.#opened = opened;
+    this.#options = options;
+    this.#nowSeconds = Math.floor((options.now ?? Date.now)() / 1000);
+    this.#tree = new FsTree(this.#nowSeconds);
+    this.#blockSizeBytes = pool?.status().blockSizeBytes ?? DRY_RUN_POOL_BLOCK_BYTES;
+  }
+
+  #progress(): void {
+    this.#options.signal?.throwIfAborted();
+    const done = this.#opened.bytesRead();
+    if (done - this.#lastProgressBytes < 1024 * 1024) return;
+    this.#lastProgressBytes = done;
+    this.#options.onProgress?.(done, this.#opened.totalBytes);
+  }
+
+  get #context(): ApplyContext {
+    return { tree: this.#tree, data: this.#data!, onEntry: () => this.#progress() };
+  }
+
+  /** Where the data may go: --size, the pool's free space, the largest file system. */
+  #dataLimit(): { limitBlock: number; reason: string } {
+    const candidates: Array<{ limitBlock: number; reason: string }> = [
+      { limitBlock: FS_BLOCKS_MAX, reason: `more than the largest file system thinbd writes (${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes)` },
+    ];
+    if (this.#pool !== undefined) {
+      const status = this.#pool.status();
+      // What new blocks may take: the pool keeps a reserve back for copy-on-write.
+      const freeBytes = Math.max(0, status.dataBlockCount - status.dataBlocksUsed - dataReserveBlocks(status.dataBlockCount)) * status.blockSizeBytes;
+      candidates.push({ limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `more than the pool's free data space (${freeBytes} bytes)` });
+    }
+    if (this.#options.sizeBytes !== undefined) {
+      candidates.push({ limitBlock: Math.floor(this.#options.sizeBytes / BLOCK_SIZE_BYTES), reason: `more than --size ${this.#options.sizeBytes} holds` });
+    }
+    return candidates.reduce((smallest, candidate) => (candidate.limitBlock < smallest.limitBlock ? candidate : smallest));
+  }
+
+  /** Makes the volume being built: empty, or a writable snapshot of a layer volume. */
+  async #begin(base?: string): Promise<void> {
+    let target = NOWHERE;
+    if (this.#pool !== undefined) {
+      const temporary = temporaryName(this.#name);
+      const sizeBytes = this.#options.sizeBytes ?? FS_BLOCKS_MAX * BLOCK_SIZE_BYTES;
+      if (base === undefined) {
+        this.#volume = await this.#pool.createVolume(temporary, { sizeBytes });
+      } else {
+        this.#volume = await this.#pool.snapshot(base, temporary);
+        if (this.#volume.sizeBytes !== sizeBytes) await this.#pool.resizeVolume(temporary, sizeBytes);
+      }
+      this.#temporary = temporary;
+      const volume = this.#volume;
+      target = {
+        write: (offsetBytes, bytes) => volume.write(offsetBytes, bytes),
+        discard: (offsetBytes, lengthBytes) => volume.discard(offsetBytes, lengthBytes),
+      };
+    }
+    this.#queue = new WriteQueue(target, IMAGE_WRITES_IN_FLIGHT_MAX);
+    // Room for every write in flight and the two runs the file system writer fills at once.
+    this.#buffers = new BufferPool(Math.max(IMAGE_WRITE_BUFFER_BYTES, this.#blockSizeBytes), IMAGE_WRITES_IN_FLIGHT_MAX + 2);
+    const limit = this.#dataLimit();
+    this.#data = new DataStream(this.#queue, {
+      beginBlock: DATA_BEGIN_BLOCK,
+      limitBlock: limit.limitBlock,
+      limitReason: limit.reason,
+      alignBytes: this.#blockSizeBytes,
+      buffers: this.#buffers,
+    });
+    // A dry run places data without copying it anywhere.
+    if (this.#pool === undefined) await this.#data.startSkipping();
+  }
+
+  async run(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
+    const outer = new TarReader(new ByteInput(this.#opened.chunks));
+    const first = await outer.next();
+    const format = this.#options.format ?? 'auto';
+    const isArchive = format === 'oci' || (format === 'auto' && first !== undefined && looksLikeImageArchivePath(first.path));
+    if (format === 'oci' && (first === undefined || !looksLikeImageArchivePath(first.path))) {
+      throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${this.#opened.description} is not a docker save archive or an OCI layout (its first entry is '${first?.path ?? 'none'}')`);
+    }
+    if (!isArchive) {
+      await this.#begin();
+      await applyTar(outer, this.#context, { stream: '', layered: false, first });
+      await drainTrailer(outer);
+      return this.#finish('tar', `sha256:${await this.#opened.digest()}`, [], []);
+    }
+    if (this.#opened.ranges !== undefined && this.#opened.compression === 'none') return this.#runIndexed();
+    return this.#runStreamed(outer, first!);
+  }
+
+  /** A docker/OCI archive with random access: layers in order, shared with earlier imports. */
+  async #runIndexed(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
+    // The whole-object stream (a download) is not needed: ranged reads take over.
+    await this.#opened.chunks.close?.();
+    const ranges = this.#opened.ranges!;
+    const index = await indexArchive(ranges.read(0, ranges.sizeBytes, 64 * 1024), this.#opened.description);
+    const readJson: JsonReader = async (path) => {
+      const entry = index.get(path);
+      if (entry === undefined) return undefined;
+      const bytes = await readAll(ranges.read(entry.dataOffsetBytes, entry.dataOffsetBytes + entry.sizeBytes, 256 * 1024), entry.sizeBytes, path);
+      return { value: parseJson(bytes, path), bytes };
+    };
+    const description = await describeImageArchive(readJson);
+    const chains = chainIds(description.layers.map((layer) => layer.diffId));
+    // The deepest layer volume already in the pool.
+    let sharedLayers = 0;
+    let base: string | undefined;
+    const layerVolumes = (this.#pool?.list() ?? []).filter((info) => info.labels[IMAGE_LABELS.layerLayout] === LAYER_LAYOUT_VERSION);
+    for (let depth = chains.length; depth > 0 && base === undefined; depth--) {
+      const found = layerVolumes.find((info) => info.labels[IMAGE_LABELS.layerChain] === chains[depth - 1]);
+      if (found !== undefined) {
+        sharedLayers = depth;
+        base = found.name;
+      }
+    }
+    await this.#begin(base);
+    if (sharedLayers > 0) await this.#data!.startSkipping();
+    const layers: ImportedLayer[] = [];
+    for (const [position, layer] of description.layers.entries()) {
+      const entry = index.get(layer.path);
+      if (entry === undefined) throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: the manifest names layer ${layer.path}, which is not in the archive`);
+      const streamName = layerName(position, layer.diffId);
+      const chunks = ranges.read(entry.dataOffsetBytes, entry.dataOffsetBytes + entry.sizeBytes, 2 * 1024 * 1024);
+      const shared = position < sharedLayers;
+      this.#tree.layer = position + 1;
+      await this.#applyLayer(chunks, streamName, layer.diffId, { placeOnly: shared });
+      if (shared && position + 1 === sharedLayers) {
+        const expected = layerVolumes.find((info) => info.name === base)!.labels[IMAGE_LABELS.layerDataEnd];
+        if (String(this.#data!.cursorBlock) !== expected) {
+          throw new ThinError('THIN_IMAGE_INVALID', `Layer volume ${base} does not match ${streamName} (its data ends at block ${expected}, the layer's at ${this.#data!.cursorBlock}); remove it and import again`);
+        }
+        this.#data!.resumeWriting();
+      }
+      const volume = shared ? (position + 1 === sharedLayers ? base : undefined) : await this.#keepLayerVolume(chains[position]!, layer.diffId);
+      layers.push({ diffId: layer.diffId, shared, ...(volume === undefined ? {} : { volume }) });
+    }
+    return this.#finish(description.kind, description.configDigest, layers, description.tags);
+  }
+
+  /** A docker/OCI archive read once in archive order (a stream): layers applied in order at the end. */
+  async #runStreamed(outer: TarReader, first: TarEntry): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
+    await this.#begin();
+    const documents = new Map<string, Uint8Array>();
+    const aliases = new Map<string, string>();
+    const layers = new Map<string, { changes: TreeChange[]; diffId: string } | { error: unknown }>();
+    let entry: TarEntry | undefined = first;
+    while (entry !== undefined) {
+      const path = normalizeArchivePath(entry.path);
+      if (entry.type === 'symlink' || entry.type === 'hardlink') {
+        // Docker's legacy save links a layer that repeats to its first copy.
+        const target = entry.type === 'symlink' ? normalizeArchivePath(joinArchivePath(path, entry.linkPath)) : normalizeArchivePath(entry.linkPath);
+        aliases.set(path, target);
+      } else if (entry.type === 'file') {
+        const head = await peekChunks(outer.dataChunks(entry));
+        const named = path.endsWith('.json') || path.endsWith('/json') || path.endsWith('/VERSION') || path === 'oci-layout' || path === 'repositories';
+        if (named || (head.first?.[0] === 0x7b && entry.storedBytes <= IMAGE_JSON_BYTES_MAX)) {
+          documents.set(path, await readAll(head.chunks, entry.storedBytes, path));
+        } else {
+          const changes: TreeChange[] = [];
+          try {
+            const diffId = await this.#applyLayer(head.chunks, `layer ${path}`, undefined, { record: changes });
+            layers.set(path, { changes, diffId });
+          } catch (error) {
+            // A blob that is not a tar is not a layer: an error only if the manifest names it.
+            if (!(error instanceof NotTarError)) throw error;
+            layers.set(path, { error });
+          }
+        }
+      }
+      this.#progress();
+      entry = await outer.next();
+    }
+    await drainTrailer(outer);
+    const readJson: JsonReader = async (path) => {
+      const bytes = documents.get(path);
+      return bytes === undefined ? undefined : { value: parseJson(bytes, path), bytes };
+    };
+    const description = await describeImageArchive(readJson);
+    const applied = new Set<string>();
+    const imported: ImportedLayer[] = [];
+    for (const [position, layer] of description.layers.entries()) {
+      let path = layer.path;
+      for (let hops = 0; aliases.has(path) && hops < 8; hops++) path = aliases.get(path)!;
+      const read = layers.get(path);
+      if (read === undefined) throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: the manifest names layer ${layer.path}, which is not in the archive`);
+      if ('error' in read) throw read.error;
+      if (read.diffId !== layer.diffId) {
+        throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${layerName(position, layer.diffId)} (${layer.path}) has content digest ${read.diffId}, not its diff_id ${layer.diffId}`);
+      }
+      if (applied.has(path) && read.changes.length > 0) {
+        throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: layer ${layer.path} appears twice in the image; import the archive from a file (not a stream) to read it twice`);
+      }
+      applied.add(path);
+      this.#tree.layer = position + 1;
+      for (const change of read.changes) change(this.#tree);
+      imported.push({ diffId: layer.diffId, shared: false });
+    }
+    return this.#finish(description.kind, description.configDigest, imported, description.tags);
+  }
+
+  /**
+   * Reads one layer blob (compressed or not) as a tar into the tree (or into `record`), checking
+   * its uncompressed sha256 against `diffId` when given; returns that digest.
+   */
+  async #applyLayer(raw: ChunkSource, stream: string, diffId: string | undefined, options: { placeOnly?: boolean; record?: TreeChange[] }): Promise<string> {
+    const head = await peekChunks(raw);
+    const compression = compressionOf(head.first);
+    const decompressed = compression === 'none' ? head.chunks : decompressChunks(head.chunks, compression, stream, () => this.#opened.bytesRead());
+    const hash = createHash('sha256');
+    const hashed: ChunkSource = {
+      next: async () => {
+        const chunk = await decompressed.next();
+        if (chunk !== undefined) hash.update(chunk);
+        return chunk;
+      },
+      close: () => decompressed.close?.() ?? Promise.resolve(),
+    };
+    const input = new ByteInput(hashed);
+    await applyTar(new TarReader(input, stream), this.#context, {
+      stream,
+      layered: true,
+      ...(options.placeOnly === true ? { placeOnly: true } : {}),
+      ...(options.record === undefined ? {} : { record: options.record }),
+    });
+    // The digest covers the whole blob: the padding after the tar's end too.
+    while ((await input.readSome(1024 * 1024)) !== undefined);
+    const digest = `sha256:${hash.digest('hex')}`;
+    if (diffId !== undefined && digest !== diffId) {
+      throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${stream} has content digest ${digest}, not its diff_id ${diffId}`);
+    }
+    return digest;
+  }
+
+  /** After a written layer: a read-only snapshot of the data so far, for later images to share. */
+  async #keepLayerVolume(chain: string, diffId: string): Promise<string | undefined> {
+    const name = `layer.${chain.slice('sha256:'.length, 'sha256:'.length + 16)}`;
+    if (this.#pool === undefined || this.#pool.list().some((info) => info.name === name)) return undefined;
+    await this.#data!.flush();
+    await this.#pool.snapshot(this.#temporary!, name);
+    this.#layerVolumesMade.push(name);
+    // Sized to its data (its virtual size is only what `list` shows).
+    await this.#pool.resizeVolume(name, this.#data!.cursorBlock * BLOCK_SIZE_BYTES);
+    await this.#pool.updateVolume(name, {
+      readOnly: true,
+      labels: {
+        [IMAGE_LABELS.layerChain]: chain,
+        [IMAGE_LABELS.layerDiffId]: diffId,
+        [IMAGE_LABELS.layerDataEnd]: String(this.#data!.cursorBlock),
+        [IMAGE_LABELS.layerLayout]: LAYER_LAYOUT_VERSION,
+      },
+    });
+    return name;
+  }
+
+  async #finish(format: ImageImportResult['format'], digest: string, layers: ImportedLayer[], tags: string[]): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
+    const data = this.#data!;
+    const queue = this.#queue!;
+    await data.finish();
+    const dataBytesWritten = queue.bytesWritten;
+    const hashSeed = new Uint32Array(randomBytes(16).buffer);
+    const summary: FilesystemSummary = await writeFilesystem(queue, this.#buffers!, this.#tree, {
+      dataEndBlock: data.cursorBlock,
+      ...(this.#options.sizeBytes === undefined ? {} : { sizeBytes: this.#options.sizeBytes }),
+      uuid: randomBytes(16),
+      hashSeed,
+      nowSeconds: this.#nowSeconds,
+      label: this.#name.slice(0, 16),
+    });
+    await queue.drain();
+    const metadataBytesWritten = queue.bytesWritten - dataBytesWritten;
+    const sizeBytes = this.#options.sizeBytes ?? summary.geometry.blockCount * BLOCK_SIZE_BYTES;
+    const result = {
+      name: this.#name,
+      source: this.#opened.description,
+      format,
+      compression: this.#opened.compression,
+      digest,
+      files: summary.files,
+      directories: summary.directories,
+      fileBytes: summary.fileBytes,
+      sizeBytes,
+      sourceBytes: this.#opened.bytesRead(),
+      // A dry run skips the data: what it would write is the data region's live blocks.
+      dataBytesWritten: this.#pool === undefined ? summary.fileBlockBytes : dataBytesWritten,
+      metadataBytesWritten,
+      blocksMapped: 0,
+      layers,
+    };
+    if (this.#pool === undefined) return { ...result, blocksMapped: Math.ceil((summary.fileBlockBytes + metadataBytesWritten) / this.#blockSizeBytes) };
+    await this.#discardFreeData(summary.freeDataRuns);
+    const temporary = this.#temporary!;
+    await this.#pool.resizeVolume(temporary, sizeBytes);
+    const labels: Record<string, string> = {
+      ...this.#options.labels,
+      [IMAGE_LABELS.source]: this.#opened.description,
+      [IMAGE_LABELS.digest]: digest,
+      [IMAGE_LABELS.format]: this.#opened.compression === 'none' ? format : `${format}+${this.#opened.compression}`,
+      [IMAGE_LABELS.files]: String(summary.files),
+      [IMAGE_LABELS.bytes]: String(summary.fileBytes),
+    };
+    if (layers.length > 0) labels[IMAGE_LABELS.layers] = String(layers.length);
+    if (tags.length > 0) labels[IMAGE_LABELS.tags] = tags.join(',');
+    await this.#pool.updateVolume(temporary, { name: this.#name, readOnly: true, labels });
+    this.#temporary = undefined;
+    await this.#pool.flush();
+    const usage = this.#pool.usage().get(this.#volume!.id);
+    this.#options.onProgress?.(this.#opened.bytesRead(), this.#opened.totalBytes);
+    return { ...result, blocksMapped: usage?.mappedBlocks ?? 0 };
+  }
+
+  /** Data of replaced and whited-out files is not kept: whole pool blocks in free runs are unmapped. */
+  async #discardFreeData(runs: readonly number[]): Promise<void> {
+    const volume = this.#volume!;
+    const poolBlock = this.#blockSizeBytes;
+    for (let index = 0; index < runs.length; index += 2) {
+      const begin = Math.ceil((runs[index]! * BLOCK_SIZE_BYTES) / poolBlock) * poolBlock;
+      const end = Math.floor((runs[index + 1]! * BLOCK_SIZE_BYTES) / poolBlock) * poolBlock;
+      if (end > begin) await volume.discard(begin, end - begin);
+    }
+  }
+
+  /** Removes what this import made (the volume being built, layer volumes of this import). */
+  async abort(): Promise<void> {
+    await this.#queue?.drain().catch(() => undefined);
+    if (this.#pool === undefined) return;
+    for (const name of [...this.#layerVolumesMade, ...(this.#temporary === undefined ? [] : [this.#temporary])]) {
+      await this.#pool.removeVolume(name).catch(() => undefined);
+    }
+    await this.#pool.flush().catch(() => undefined);
+  }
+}
+
+/**
+ * Reads what follows the end-of-archive blocks (tar pads to 10 KiB records), so that the digest is
+ * the source file's and a producer on a pipe is not cut off; at most IMAGE_TRAILER_BYTES_MAX.
+ */
+async function drainTrailer(reader: TarReader): Promise<void> {
+  let left = IMAGE_TRAILER_BYTES_MAX;
+  for (let piece = await reader.readTrailer(left); piece > 0 && left > 0; piece = await reader.readTrailer(left)) left -= piece;
+}
+
+function layerName(position: number, diffId: string): string {
+  return `layer ${position + 1} (${diffId.slice(0, 'sha256:'.length + 12)})`;
+}
+
+function compressionOf(head: Uint8Array | undefined): Compression {
+  return head === undefined ? 'none' : detectCompression(head, 'a layer');
+}
+
+/** A chunk source's first chunk, and a source that still yields it. */
+async function peekChunks(source: ChunkSource): Promise<{ first: Uint8Array | undefined; chunks: ChunkSource }> {
+  let first = await source.next();
+  const copy = first;
+  return {
+    first: copy,
+    chunks: {
+      next: async () => {
+        if (first !== undefined) {
+          const chunk = first;
+          first = undefined;
+          return chunk;
+        }
+        return source.next();
+      },
+      close: () => source.close?.() ?? Promise.resolve(),
+      ...(source.skip === undefined ? {} : { skip: (count: number) => source.skip!(count) }),
+    },
+  };
+}
+
+async function readAll(source: ChunkSource, expectedBytes: number, what: string): Promise<Uint8Array> {
+  if (expectedBytes > IMAGE_JSON_BYTES_MAX) throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${what} is ${expectedBytes} bytes, more than a manifest or config may be (${IMAGE_JSON_BYTES_MAX})`);
+  const bytes = new Uint8Array(expectedBytes);
+  let got = 0;
+  for (let chunk = await source.next(); chunk !== undefined; chunk = await source.next()) {
+    if (got + chunk.length > expectedBytes) throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${what} is longer than its header says`);
+    bytes.set(chunk, got);
+    got += chunk.length;
+  }
+  if (got !== expectedBytes) throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${what} ends after ${got} of ${expectedBytes} bytes: truncated`);
+  return bytes;
+}
+
+function parseJson(bytes: Uint8Array, path: string): unknown {
+  try {
+    return JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch (error) {
+    throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${path} is not JSON: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+function joinArchivePath(from: string, target: string): string {
+  if (target.startsWith('/')) return target.slice(1);
+  const parts = from.split('/').slice(0, -1);
+  for (const part of target.split('/')) {
+    if (part === '..') parts.pop();
+    else if (part !== '.' && part !== '') parts.push(part);
+  }
+  return parts.join('/');
+}
+
+interface IndexedEntry {
+  dataOffsetBytes: number;
+  sizeBytes: number;
+}
+
+/** The outer archive's regular files and where their data lies (headers only are read: data is skipped by seeking). */
+async function indexArchive(chunks: ChunkSource, description: string): Promise<Map<string, IndexedEntry>> {
+  const input = new ByteInput(chunks);
+  const reader = new TarReader(input, description);
+  const index = new Map<string, IndexedEntry>();
+  const links = new Map<string, string>();
+  for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
+    const path = normalizeArchivePath(entry.path);
+    if (entry.type === 'file') index.set(path, { dataOffsetBytes: input.offsetBytes, sizeBytes: entry.storedBytes });
+    else if (entry.type === 'symlink') links.set(path, normalizeArchivePath(joinArchivePath(path, entry.linkPath)));
+    else if (entry.type === 'hardlink') links.set(path, normalizeArchivePath(entry.linkPath));
+  }
+  await chunks.close?.();
+  for (const [path, target] of links) {
+    const found = index.get(target);
+    if (found !== undefined) index.set(path, found);
+  }
+  return index;
+}

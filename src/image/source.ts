@@ -1,0 +1,399 @@
+// Image sources: a local file, standard input, an http(s) URL or an S3 object, read as a stream of
+// chunks with bounded memory (a few chunks in flight), never copied to disk. Compression is told
+// from the first bytes (gzip, zstd; xz and bzip2 are named and refused) and undone on the way.
+//
+// A local uncompressed file is read with positioned reads into two alternating buffers (one is
+// parsed while the other fills), the cheapest way through the page cache. Everything else is a
+// Node stream: decompression runs on libuv's thread pool, beside the parser.
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import { Readable, type Transform } from 'node:stream';
+import zlib from 'node:zlib';
+import { ThinError } from '../errors.ts';
+import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
+import type { ChunkSource } from './byte-input.ts';
+import { BackgroundHash } from './background-hash.ts';
+
+const require = createRequire(import.meta.url);
+
+export type Compression = 'none' | 'gzip' | 'zstd';
+
+export interface OpenedSource {
+  /** Decompressed bytes. */
+  chunks: ChunkSource;
+  compression: Compression;
+  /** Source bytes in total, when known (a file's size, a Content-Length). */
+  totalBytes: number | undefined;
+  /** Source (compressed) bytes read so far. */
+  readonly bytesRead: () => number;
+  /** sha256 of the source bytes read so far, hex (the hash ends: read nothing after). */
+  readonly digest: () => Promise<string>;
+  /** What the source is, for messages. */
+  description: string;
+  /** Random access to the source's raw bytes, when it has it (a local file). */
+  ranges: RangeReader | undefined;
+  close(): Promise<void>;
+}
+
+export interface RangeReader {
+  sizeBytes: number;
+  /** Bytes [begin, end) as chunks (counted in bytesRead). */
+  read(beginBytes: number, endBytes: number, chunkBytes: number): ChunkSource;
+}
+
+/**
+ * Reads bytes [begin, end) of a local file with two alternating buffers and positioned reads (one
+ * is parsed while the other fills). `skip` seeks.
+ */
+export class FileChunks implements ChunkSource {
+  readonly #fd: number;
+  readonly #buffers: [Uint8Array, Uint8Array];
+  #which = 0;
+  #positionBytes: number;
+  readonly #endBytes: number;
+  #pending: Promise<number> | undefined;
+  #closed = false;
+  readonly #onBytes: ((bytes: Uint8Array) => void | Promise<void>) | undefined;
+  readonly #reuse: boolean;
+
+  constructor(fd: number, beginBytes: number, endBytes: number, options: { chunkBytes: number; reuse: boolean; onBytes?: (bytes: Uint8Array) => void | Promise<void> }) {
+    this.#fd = fd;
+    this.#buffers = [new Uint8Array(options.chunkBytes), new Uint8Array(options.chunkBytes)];
+    this.#positionBytes = beginBytes;
+    this.#endBytes = endBytes;
+    this.#onBytes = options.onBytes;
+    this.#reuse = options.reuse;
+  }
+
+  #start(buffer: Uint8Array): Promise<number> {
+    const position = this.#positionBytes;
+    const length = Math.min(buffer.length, this.#endBytes - position);
+    if (length <= 0) return Promise.resolve(0);
+    return new Promise((resolve, reject) => {
+      fs.read(this.#fd, buffer, 0, length, position, (error, bytesRead) => (error ? reject(error) : resolve(bytesRead)));
+    });
+  }
+
+  async next(): Promise<Uint8Array | undefined> {
+    if (this.#closed) return undefined;
+    let buffer = this.#buffers[this.#which]!;
+    const count = await (this.#pending ?? this.#start(buffer));
+    this.#pending = undefined;
+    if (count === 0) return undefined;
+    this.#positionBytes += count;
+    let chunk = buffer.subarray(0, count);
+    if (!this.#reuse) chunk = chunk.slice();
+    await this.#onBytes?.(chunk);
+    // Read ahead into the other buffer while this one is parsed.
+    this.#which ^= 1;
+    buffer = this.#buffers[this.#which]!;
+    this.#pending = this.#start(buffer);
+    this.#pending.catch(() => undefined);
+    return chunk;
+  }
+
+  async skip(count: number): Promise<void> {
+    // The read ahead started at the old position: drop it and read from the new one.
+    await this.#pending?.catch(() => undefined);
+    this.#pending = undefined;
+    this.#positionBytes += count;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#pending?.catch(() => undefined);
+  }
+}
+
+/** Chunks from an async iterable of byte chunks (a Node or web stream). */
+export class IterableChunks implements ChunkSource {
+  readonly #iterator: AsyncIterator<Uint8Array | string>;
+  readonly #onClose: (() => Promise<void> | void) | undefined;
+  #done = false;
+
+  constructor(iterable: AsyncIterable<Uint8Array | string>, onClose?: () => Promise<void> | void) {
+    this.#iterator = iterable[Symbol.asyncIterator]();
+    this.#onClose = onClose;
+  }
+
+  async next(): Promise<Uint8Array | undefined> {
+    if (this.#done) return undefined;
+    const result = await this.#iterator.next();
+    if (result.done === true) {
+      this.#done = true;
+      return undefined;
+    }
+    const value = result.value;
+    return typeof value === 'string' ? Buffer.from(value) : value;
+  }
+
+  async close(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    // The source first (a stream destroyed, a download aborted): a read still waiting then ends.
+    // The iterator's return() is not awaited, as it may wait for that very read.
+    await this.#onClose?.();
+    void Promise.resolve(this.#iterator.return?.()).catch(() => undefined);
+  }
+}
+
+/** Compression from a stream's first bytes; throws for formats named but not supported. */
+export function detectCompression(head: Uint8Array, description: string): Compression {
+  if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  if (head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
+  if (head[0] === 0xfd && head[1] === 0x37 && head[2] === 0x7a && head[3] === 0x58 && head[4] === 0x5a) {
+    throw new ThinError('THIN_IMAGE_INVALID', `${description} is xz-compressed; thinbd reads tar, gzip and zstd (decompress it first, e.g. xz -dc ... | thinbd image import ... -)`);
+  }
+  if (head[0] === 0x42 && head[1] === 0x5a && head[2] === 0x68) {
+    throw new ThinError('THIN_IMAGE_INVALID', `${description} is bzip2-compressed; thinbd reads tar, gzip and zstd (decompress it first)`);
+  }
+  return 'none';
+}
+
+/** Decompressed chunks of a compressed chunk source; corrupt input is an error naming the compressed offset. */
+export function decompressChunks(input: ChunkSource, compression: Exclude<Compression, 'none'>, description: string, bytesRead: () => number): ChunkSource {
+  async function* compressed(): AsyncGenerator<Uint8Array> {
+    for (;;) {
+      const chunk = await input.next();
+      if (chunk === undefined) return;
+      // The decompressor keeps chunks past the next pull; the source may reuse its buffers.
+      yield chunk.slice();
+    }
+  }
+  // Large output chunks: the default 16 KiB made a chunk (and a parser round trip) per 16 KiB.
+  const decompressor = compression === 'gzip' ? zlib.createGunzip({ chunkSize: IMAGE_READ_CHUNK_BYTES }) : zstdDecompressor();
+  const output = Readable.from(compressed()).pipe(decompressor);
+  async function* checked(): AsyncGenerator<Uint8Array> {
+    try {
+      for await (const chunk of output) yield chunk as Uint8Array;
+    } catch (error) {
+      if (error instanceof ThinError) throw error;
+      const message = error instanceof Error ? error.message : String(error);
+      throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${description}: the ${compression} data is corrupt or truncated (after ${bytesRead()} compressed bytes): ${message}`, { cause: error });
+    }
+  }
+  return new IterableChunks(checked(), async () => {
+    decompressor.destroy();
+    await input.close?.();
+  });
+}
+
+/** zstd-napi's streaming decompressor (the reference C library; Node 20 has no zstd in zlib), loaded when first needed. */
+function zstdDecompressor(): Transform {
+  const { DecompressStream } = require('zstd-napi') as typeof import('zstd-napi');
+  return new DecompressStream();
+}
+
+/** A chunk source that counts and hashes the bytes passing through, and can put back its first chunk. */
+class TappedChunks implements ChunkSource {
+  readonly #inner: ChunkSource;
+  #putBack: Uint8Array | undefined;
+
+  constructor(inner: ChunkSource) {
+    this.#inner = inner;
+  }
+
+  async peek(): Promise<Uint8Array | undefined> {
+    this.#putBack ??= await this.#inner.next();
+    return this.#putBack;
+  }
+
+  async next(): Promise<Uint8Array | undefined> {
+    if (this.#putBack !== undefined) {
+      const chunk = this.#putBack;
+      this.#putBack = undefined;
+      return chunk;
+    }
+    return this.#inner.next();
+  }
+
+  async close(): Promise<void> {
+    await this.#inner.close?.();
+  }
+}
+
+/** A remote object: its bytes as a stream, and ranges of them when the server serves ranges. */
+export interface RemoteObject {
+  stream: AsyncIterable<Uint8Array>;
+  totalBytes: number | undefined;
+  close: () => void;
+  /** Bytes [begin, end) (a ranged GET). */
+  readRange?: (beginBytes: number, endBytes: number) => Promise<Uint8Array>;
+}
+
+export interface SourceOpeners {
+  /** s3://BUCKET/KEY (set by remote.ts). */
+  s3?: (url: string) => Promise<RemoteObject>;
+}
+
+/** Bytes [begin, end) of a remote object as chunks of ranged reads, one read ahead; `skip` moves without reading. */
+class RangeChunks implements ChunkSource {
+  readonly #readRange: (beginBytes: number, endBytes: number) => Promise<Uint8Array>;
+  readonly #endBytes: number;
+  readonly #chunkBytes: number;
+  readonly #onBytes: (bytes: Uint8Array) => void;
+  #positionBytes: number;
+  #ahead: { at: number; read: Promise<Uint8Array> } | undefined;
+
+  constructor(readRange: (beginBytes: number, endBytes: number) => Promise<Uint8Array>, beginBytes: number, endBytes: number, chunkBytes: number, onBytes: (bytes: Uint8Array) => void) {
+    this.#readRange = readRange;
+    this.#positionBytes = beginBytes;
+    this.#endBytes = endBytes;
+    this.#chunkBytes = chunkBytes;
+    this.#onBytes = onBytes;
+  }
+
+  #start(at: number): { at: number; read: Promise<Uint8Array> } | undefined {
+    if (at >= this.#endBytes) return undefined;
+    const read = this.#readRange(at, Math.min(this.#endBytes, at + this.#chunkBytes));
+    read.catch(() => undefined);
+    return { at, read };
+  }
+
+  async next(): Promise<Uint8Array | undefined> {
+    const current = this.#ahead?.at === this.#positionBytes ? this.#ahead : this.#start(this.#positionBytes);
+    if (current === undefined) return undefined;
+    const chunk = await current.read;
+    if (chunk.length === 0) throw new ThinError('THIN_IO', `A ranged read at byte ${current.at} returned nothing: the object is shorter than it said`);
+    this.#positionBytes += chunk.length;
+    this.#ahead = this.#start(this.#positionBytes);
+    this.#onBytes(chunk);
+    return chunk;
+  }
+
+  async skip(count: number): Promise<void> {
+    this.#positionBytes += count;
+  }
+}
+
+/** Random access through ranged reads. */
+function remoteRanges(sizeBytes: number, readRange: (beginBytes: number, endBytes: number) => Promise<Uint8Array>, onBytes: (bytes: Uint8Array) => void): RangeReader {
+  return { sizeBytes, read: (beginBytes, endBytes, chunkBytes) => new RangeChunks(readRange, beginBytes, endBytes, chunkBytes, onBytes) };
+}
+
+/** The ranged-GET reader of an http(s) URL whose server says it serves byte ranges. */
+function httpRangeReader(url: string): (beginBytes: number, endBytes: number) => Promise<Uint8Array> {
+  return async (beginBytes, endBytes) => {
+    let response: Response;
+    try {
+      response = await fetch(url, { headers: { Range: `bytes=${beginBytes}-${endBytes - 1}` } });
+    } catch (error) {
+      throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: ${(error as Error).message}`, { cause: error });
+    }
+    if (response.status !== 206) throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: HTTP ${response.status} (expected 206)`);
+    return new Uint8Array(await response.arrayBuffer());
+  };
+}
+
+/** Opens SOURCE: a path, "-" for standard input, an http(s) URL, or s3://BUCKET/KEY. */
+export async function openSource(source: string, openers: SourceOpeners = {}, stdin: NodeJS.ReadableStream = process.stdin): Promise<OpenedSource> {
+  let bytes = 0;
+  const isLocal = source !== '-' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(source);
+  const hash = new BackgroundHash(IMAGE_READ_CHUNK_BYTES, 4, isLocal ? source : undefined);
+  const tap = (chunk: Uint8Array): Promise<void> => {
+    bytes += chunk.length;
+    return hash.update(chunk);
+  };
+  let raw: ChunkSource;
+  let totalBytes: number | undefined;
+  let ranges: RangeReader | undefined;
+  let closeFile: (() => void) | undefined;
+  let description: string;
+  if (source === '-') {
+    description = 'standard input';
+    raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>, () => void (stdin as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.()), tap);
+  } else if (/^https?:\/\//i.test(source)) {
+    description = source;
+    const controller = new AbortController();
+    let response: Response;
+    try {
+      response = await fetch(source, { signal: controller.signal });
+    } catch (error) {
+      throw new ThinError('THIN_IO', `Cannot fetch ${source}: ${(error as Error).message}`, { cause: error });
+    }
+    if (!response.ok || response.body === null) {
+      throw new ThinError(response.status === 404 ? 'THIN_NOT_FOUND' : 'THIN_IO', `Cannot fetch ${source}: HTTP ${response.status} ${response.statusText}`);
+    }
+    const length = Number(response.headers.get('content-length'));
+    totalBytes = Number.isSafeInteger(length) && length > 0 ? length : undefined;
+    raw = tapped(new IterableChunks(response.body as unknown as AsyncIterable<Uint8Array>, () => controller.abort()), tap);
+    if (totalBytes !== undefined && response.headers.get('accept-ranges') === 'bytes') {
+      ranges = remoteRanges(totalBytes, httpRangeReader(source), (chunk) => (bytes += chunk.length));
+    }
+  } else if (/^s3:\/\//i.test(source)) {
+    description = source;
+    if (openers.s3 === undefined) throw new ThinError('THIN_INVALID', `Cannot read ${source}: S3 support is not available`);
+    const opened = await openers.s3(source);
+    totalBytes = opened.totalBytes;
+    raw = tapped(new IterableChunks(opened.stream, opened.close), tap);
+    if (totalBytes !== undefined && opened.readRange !== undefined) ranges = remoteRanges(totalBytes, opened.readRange, (chunk) => (bytes += chunk.length));
+  } else {
+    description = source;
+    let fd: number;
+    try {
+      fd = fs.openSync(source, 'r');
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new ThinError(code === 'ENOENT' ? 'THIN_NOT_FOUND' : 'THIN_IO', `Cannot read ${source}: ${code === 'ENOENT' ? 'no such file' : (error as Error).message}`, { cause: error });
+    }
+    const stat = fs.fstatSync(fd);
+    if (stat.isDirectory()) {
+      fs.closeSync(fd);
+      throw new ThinError('THIN_INVALID', `Cannot import ${source}: it is a directory, not an archive`);
+    }
+    totalBytes = stat.isFile() ? stat.size : undefined;
+    // Peek with a small read to know whether the chunks feed a decompressor (which keeps them).
+    const head = new Uint8Array(8);
+    const headBytes = fs.readSync(fd, head, 0, head.length, 0);
+    const reuse = detectCompression(head.subarray(0, headBytes), description) === 'none';
+    const sizeBytes = stat.isFile() ? stat.size : Number.MAX_SAFE_INTEGER;
+    // The worker hashes the file itself: only count here.
+    raw = new FileChunks(fd, 0, sizeBytes, {
+      chunkBytes: IMAGE_READ_CHUNK_BYTES,
+      reuse,
+      onBytes: (chunk) => {
+        bytes += chunk.length;
+      },
+    });
+    if (stat.isFile()) {
+      ranges = {
+        sizeBytes,
+        read: (beginBytes, endBytes, chunkBytes) => new FileChunks(fd, beginBytes, endBytes, { chunkBytes, reuse: true, onBytes: (chunk) => {
+          bytes += chunk.length;
+        } }),
+      };
+    }
+    closeFile = () => fs.closeSync(fd);
+  }
+  const head = new TappedChunks(raw);
+  const first = await head.peek();
+  const compression = first === undefined ? 'none' : detectCompression(first, description);
+  const chunks = compression === 'none' ? head : decompressChunks(head, compression, description, () => bytes);
+  return {
+    chunks,
+    compression,
+    totalBytes,
+    bytesRead: () => bytes,
+    digest: () => hash.digest(),
+    description,
+    ranges,
+    close: async () => {
+      await hash.close();
+      await chunks.close?.();
+      closeFile?.();
+      closeFile = undefined;
+    },
+  };
+}
+
+/** A chunk source that shows every chunk to `tap` as it passes. */
+function tapped(inner: ChunkSource, tap: (chunk: Uint8Array) => Promise<void>): ChunkSource {
+  return {
+    async next() {
+      const chunk = await inner.next();
+      if (chunk !== undefined) await tap(chunk);
+      return chunk;
+    },
+    close: () => inner.close?.() ?? Promise.resolve(),
+  };
+}

@@ -1,0 +1,330 @@
+// The image's file tree in memory, built entry by entry from archives as `tar -x` (flat root file
+// systems) and OCI layer application (whiteouts, opaque directories) would build it on disk.
+//
+// Names and paths are byte strings: JavaScript strings whose characters are the bytes 0-255 of
+// the name (latin1), so a name that is not UTF-8 survives exactly and maps compare bytewise.
+// `displayPath` turns one into text for messages.
+//
+// Nodes are inodes: a hard link is a second name for the same node. File data is already in the
+// volume when a node is made (the data stream placed it); a node holds where (`extents`). When the
+// last name of a file goes (replaced, whited out, or under a removed directory), its extents move
+// to `freedExtents`, for the importer to discard.
+//
+// Parent components are resolved as the kernel would for `tar -x`: a symlink met on the way is
+// followed, inside the image (an absolute target starts at the image's root, `..` stops there),
+// with a bounded number of hops. The last component is never followed: an entry replaces what is
+// there (a directory entry over a directory only updates its attributes, keeping its children).
+import { ThinError, assert } from '../errors.ts';
+import { IMAGE_SYMLINK_HOPS_MAX } from '../constants.ts';
+
+export type NodeKind = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket';
+
+export class FsNode {
+  kind: NodeKind;
+  /** Permission bits and setuid/setgid/sticky (mode & 0o7777). */
+  permissions = 0o755;
+  uid = 0;
+  gid = 0;
+  mtimeSeconds = 0;
+  mtimeNanoseconds = 0;
+  atimeSeconds = 0;
+  atimeNanoseconds = 0;
+  ctimeSeconds = 0;
+  ctimeNanoseconds = 0;
+  /** Extended attributes by full name (byte string, e.g. "security.capability"). */
+  xattrs: Map<string, Uint8Array> | undefined;
+  /** File size, or symlink target length. */
+  sizeBytes = 0;
+  /** Files: where the data lies, as [logicalBlock, physicalBlock, lengthBlocks] triples in order. */
+  extents: number[] | undefined;
+  /** Symlinks: the target bytes. */
+  target: Uint8Array | undefined;
+  deviceMajor = 0;
+  deviceMinor = 0;
+  /** Directories: children by name. */
+  children: Map<string, FsNode> | undefined;
+  /** Names this node has (hard links); directories keep 1. */
+  links = 0;
+  /** The layer whose entry made or last replaced this node (opaque whiteouts keep the current layer's). */
+  layer = 0;
+  /** Inode number, given by the file system writer. */
+  ino = 0;
+
+  constructor(kind: NodeKind) {
+    this.kind = kind;
+    if (kind === 'dir') this.children = new Map();
+  }
+}
+
+/** What an archive entry says a path should become. */
+export interface EntryAttributes {
+  permissions: number;
+  uid: number;
+  gid: number;
+  mtimeSeconds: number;
+  mtimeNanoseconds: number;
+  atimeSeconds?: number;
+  atimeNanoseconds?: number;
+  ctimeSeconds?: number;
+  ctimeNanoseconds?: number;
+  xattrs?: Map<string, Uint8Array>;
+}
+
+export type EntryContent =
+  | { kind: 'file'; sizeBytes: number; extents: number[] }
+  | { kind: 'dir' }
+  | { kind: 'symlink'; target: Uint8Array }
+  | { kind: 'char' | 'block'; major: number; minor: number }
+  | { kind: 'fifo' | 'socket' };
+
+/** Where an entry came from, for messages: "layer 2 (sha256:ab12…) entry usr/bin/x at byte 1536". */
+export interface EntryOrigin {
+  /** The archive path as written (byte string). */
+  path: string;
+  /** Byte offset of the entry's header in its tar stream. */
+  offsetBytes: number;
+  /** The tar stream, when not the source itself ("layer 2 (sha256:…)"). */
+  stream?: string;
+}
+
+/** Text for a byte-string path: UTF-8 when it is, escaped bytes otherwise. */
+export function displayPath(path: string): string {
+  const bytes = Buffer.from(path, 'latin1');
+  const text = new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+  return text.replace(/[\u0000-\u001f\u007f\ufffd]/g, (char) => (char === '\ufffd' ? '\\?' : `\\x${char.charCodeAt(0).toString(16).padStart(2, '0')}`));
+}
+
+export function describeOrigin(origin: EntryOrigin): string {
+  const where = origin.stream === undefined ? '' : `${origin.stream} `;
+  return `${where}entry '${displayPath(origin.path)}' at byte ${origin.offsetBytes}`;
+}
+
+export function invalidEntry(origin: EntryOrigin, problem: string): ThinError {
+  return new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${describeOrigin(origin)}: ${problem}`);
+}
+
+/**
+ * Splits an archive path into components: "./" and empty components dropped, "." and ".."
+ * refused, as an absolute path is (an image's paths are relative to its root), and every name
+ * within ext4's 255 bytes.
+ */
+export function pathComponents(path: string, origin: EntryOrigin, what = 'path'): string[] {
+  if (path.startsWith('/')) throw invalidEntry(origin, `the ${what} is absolute; image paths are relative to the image's root`);
+  const components: string[] = [];
+  for (const component of path.split('/')) {
+    if (component === '' || component === '.') continue;
+    if (component === '..') throw invalidEntry(origin, `the ${what} has a '..' component`);
+    if (component.length > 255) throw invalidEntry(origin, `a name in the ${what} is ${component.length} bytes long; ext4 allows 255`);
+    if (component.includes('\0')) throw invalidEntry(origin, `the ${what} contains a NUL byte`);
+    components.push(component);
+  }
+  return components;
+}
+
+export const WHITEOUT_PREFIX = '.wh.';
+export const OPAQUE_WHITEOUT = '.wh..wh..opq';
+
+export class FsTree {
+  readonly root: FsNode;
+  /** Extents of files whose last name went away: [logical, physical, length] triples. */
+  readonly freedExtents: number[] = [];
+  /** The layer entries are applied for (1 for a flat tar). */
+  layer = 1;
+  /** Nodes in the tree (the root included). */
+  nodeCount = 1;
+  /** Attributes for directories made because an entry below them came first. */
+  readonly #implicitDirectory: EntryAttributes;
+
+  constructor(importTimeSeconds: number) {
+    this.root = new FsNode('dir');
+    this.root.links = 1;
+    this.#implicitDirectory = { permissions: 0o755, uid: 0, gid: 0, mtimeSeconds: importTimeSeconds, mtimeNanoseconds: 0 };
+    setAttributes(this.root, this.#implicitDirectory);
+  }
+
+  /** Makes `components` what the entry says, replacing what was there. */
+  add(components: string[], attributes: EntryAttributes, content: EntryContent, origin: EntryOrigin): FsNode {
+    if (components.length === 0) {
+      if (content.kind !== 'dir') throw invalidEntry(origin, `the image's root can only be a directory, not a ${content.kind}`);
+      setAttributes(this.root, attributes);
+      this.root.layer = this.layer;
+      return this.root;
+    }
+    const parent = this.#parentOf(components, origin);
+    const name = components[components.length - 1]!;
+    const existing = parent.children!.get(name);
+    if (existing !== undefined && existing.kind === 'dir' && content.kind === 'dir') {
+      setAttributes(existing, attributes);
+      existing.layer = this.layer;
+      return existing;
+    }
+    if (existing !== undefined) this.#unlink(parent, name, existing);
+    const node = new FsNode(content.kind);
+    setAttributes(node, attributes);
+    switch (content.kind) {
+      case 'file':
+        node.sizeBytes = content.sizeBytes;
+        node.extents = content.extents;
+        break;
+      case 'symlink':
+        node.target = content.target;
+        node.sizeBytes = content.target.length;
+        break;
+      case 'char':
+      case 'block':
+        node.deviceMajor = content.major;
+        node.deviceMinor = content.minor;
+        break;
+      default:
+        break;
+    }
+    node.layer = this.layer;
+    node.links = 1;
+    parent.children!.set(name, node);
+    this.nodeCount++;
+    return node;
+  }
+
+  /** A hard link: `components` becomes another name of the node at `targetComponents`. */
+  link(components: string[], targetComponents: string[], origin: EntryOrigin): FsNode {
+    const target = this.#lookup(targetComponents, origin);
+    if (target === undefined) {
+      throw invalidEntry(origin, `it is a hard link to '${displayPath(targetComponents.join('/'))}', which is not in the image`);
+    }
+    if (target.kind === 'dir') throw invalidEntry(origin, `it is a hard link to directory '${displayPath(targetComponents.join('/'))}'`);
+    if (components.length === 0) throw invalidEntry(origin, "a hard link cannot replace the image's root");
+    const parent = this.#parentOf(components, origin);
+    const name = components[components.length - 1]!;
+    const existing = parent.children!.get(name);
+    if (existing === target) return target;
+    if (target.links >= 65000) throw invalidEntry(origin, `'${displayPath(targetComponents.join('/'))}' would have more than 65000 names (ext4's link limit)`);
+    if (existing !== undefined) this.#unlink(parent, name, existing);
+    target.links++;
+    parent.children!.set(name, target);
+    return target;
+  }
+
+  /** An OCI whiteout `.wh.NAME` in directory `dirComponents`: NAME from a lower layer goes. */
+  whiteout(dirComponents: string[], name: string, origin: EntryOrigin): void {
+    const dir = this.#lookup(dirComponents, origin, true);
+    const existing = dir?.kind === 'dir' ? dir.children!.get(name) : undefined;
+    if (dir === undefined || existing === undefined) {
+      const path = displayPath([...dirComponents, name].join('/'));
+      throw invalidEntry(origin, `it whites out '${path}', which no lower layer has`);
+    }
+    this.#unlink(dir, name, existing);
+  }
+
+  /** An OCI opaque whiteout: the directory's children from lower layers go; this layer's stay. */
+  opaque(dirComponents: string[], origin: EntryOrigin): void {
+    let dir = this.#lookup(dirComponents, origin, true);
+    if (dir === undefined) {
+      // The opaque marker may come before the directory's own entry: make the directory now.
+      dir = this.add(dirComponents, this.#implicitDirectory, { kind: 'dir' }, origin);
+    }
+    if (dir.kind !== 'dir') throw invalidEntry(origin, `it marks '${displayPath(dirComponents.join('/'))}' opaque, which is not a directory`);
+    for (const [name, child] of [...dir.children!]) {
+      if (child.layer !== this.layer) this.#unlink(dir, name, child);
+    }
+  }
+
+  /** The node a path names, following symlinks in parent components only. */
+  #lookup(components: string[], origin: EntryOrigin, followLast = false): FsNode | undefined {
+    if (components.length === 0) return this.root;
+    const parent = this.#resolveDirectory(components.slice(0, -1), origin, false);
+    if (parent === undefined) return undefined;
+    const node = parent.children!.get(components[components.length - 1]!);
+    if (followLast && node?.kind === 'symlink') return this.#resolveDirectory(components, origin, false);
+    return node;
+  }
+
+  /** The directory an entry's last component goes in, made (as `tar -x` does) when missing. */
+  #parentOf(components: string[], origin: EntryOrigin): FsNode {
+    const parent = this.#resolveDirectory(components.slice(0, -1), origin, true);
+    assert(parent !== undefined, 'a created parent is missing');
+    return parent;
+  }
+
+  /**
+   * Walks `components` from the root, following symlinks inside the image. With `create`, missing
+   * directories are made; without, undefined when something is missing.
+   */
+  #resolveDirectory(components: string[], origin: EntryOrigin, create: boolean): FsNode | undefined {
+    let hops = 0;
+    const stack: FsNode[] = [this.root];
+    const pending = [...components].reverse();
+    while (pending.length > 0) {
+      const name = pending.pop()!;
+      const dir = stack[stack.length - 1]!;
+      if (name === '..') {
+        if (stack.length > 1) stack.pop();
+        continue;
+      }
+      if (name === '.' || name === '') continue;
+      let child = dir.children!.get(name);
+      if (child === undefined) {
+        if (!create) return undefined;
+        child = new FsNode('dir');
+        setAttributes(child, this.#implicitDirectory);
+        child.links = 1;
+        child.layer = this.layer;
+        dir.children!.set(name, child);
+        this.nodeCount++;
+      }
+      if (child.kind === 'symlink') {
+        if (++hops > IMAGE_SYMLINK_HOPS_MAX) {
+          throw invalidEntry(origin, `resolving its directory met more than ${IMAGE_SYMLINK_HOPS_MAX} symlinks (a loop?)`);
+        }
+        const target = Buffer.from(child.target!).toString('latin1');
+        if (target.startsWith('/')) stack.length = 1;
+        pending.push(...target.split('/').reverse());
+        continue;
+      }
+      if (child.kind !== 'dir') {
+        if (!create) return undefined;
+        throw invalidEntry(origin, `'${displayPath(name)}' on its path is a ${child.kind}, not a directory`);
+      }
+      stack.push(child);
+    }
+    return stack[stack.length - 1]!;
+  }
+
+  /** Removes one name; a node whose last name went is released (a directory with all below it). */
+  #unlink(dir: FsNode, name: string, node: FsNode): void {
+    dir.children!.delete(name);
+    this.#release(node);
+  }
+
+  /** Drops one name of `node`; a node left without names goes, with everything below a directory. */
+  #release(node: FsNode): void {
+    // Iteratively, so a deep tree cannot overflow the stack.
+    const pending: FsNode[] = [node];
+    while (pending.length > 0) {
+      const current = pending.pop()!;
+      current.links--;
+      if (current.links > 0) continue;
+      this.nodeCount--;
+      if (current.kind === 'file' && current.extents !== undefined) {
+        for (const value of current.extents) this.freedExtents.push(value);
+        current.extents = undefined;
+      }
+      if (current.kind === 'dir') {
+        pending.push(...current.children!.values());
+        current.children!.clear();
+      }
+    }
+  }
+}
+
+function setAttributes(node: FsNode, attributes: EntryAttributes): void {
+  node.permissions = attributes.permissions & 0o7777;
+  node.uid = attributes.uid;
+  node.gid = attributes.gid;
+  node.mtimeSeconds = attributes.mtimeSeconds;
+  node.mtimeNanoseconds = attributes.mtimeNanoseconds;
+  node.atimeSeconds = attributes.atimeSeconds ?? attributes.mtimeSeconds;
+  node.atimeNanoseconds = attributes.atimeSeconds === undefined ? attributes.mtimeNanoseconds : (attributes.atimeNanoseconds ?? 0);
+  node.ctimeSeconds = attributes.ctimeSeconds ?? attributes.mtimeSeconds;
+  node.ctimeNanoseconds = attributes.ctimeSeconds === undefined ? attributes.mtimeNanoseconds : (attributes.ctimeNanoseconds ?? 0);
+  node.xattrs = attributes.xattrs !== undefined && attributes.xattrs.size > 0 ? attributes.xattrs : undefined;
+}

@@ -1,0 +1,160 @@
+// Every bad archive the import meets is refused with one line naming the entry and its byte offset,
+// exit 1, and the pool exactly as it was: no volume left behind (list), nothing leaked (check).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { tempDir } from '../nbd/helpers.ts';
+import { thinbd } from '../cli/run-thinbd.ts';
+import { ociArchive, tarArchive, tarEntry, type TarSpec } from './tar-writer.ts';
+
+let work: { path: string; remove(): void };
+let pool: string;
+let listBefore: string;
+
+before(() => {
+  work = tempDir('image-bad');
+  pool = path.join(work.path, 'pool');
+  assert.equal(thinbd(['pool', 'create', '--pool', pool, '--data-size', '512M']).code, 0);
+  const good = path.join(work.path, 'good.tar');
+  fs.writeFileSync(good, tarArchive([{ path: 'etc/', type: 'dir' }, { path: 'etc/hello', data: 'hello' }]));
+  assert.equal(thinbd(['image', 'import', '--pool', pool, 'existing', good]).code, 0);
+  listBefore = thinbd(['list', '--pool', pool, '--json']).stdout;
+});
+
+after(() => work?.remove());
+
+/** Imports `bytes` (a file, or stdin with viaStdin) and checks the refusal and that the pool did not change. */
+function refuse(bytes: Uint8Array, message: RegExp, options: { viaStdin?: boolean; extra?: string[] } = {}): string {
+  const file = path.join(work.path, 'bad-input');
+  fs.writeFileSync(file, bytes);
+  const args = ['image', 'import', '--pool', pool, 'bad', options.viaStdin ? '-' : file, ...(options.extra ?? [])];
+  const result = thinbd(args, options.viaStdin ? { input: bytes } : {});
+  assert.equal(result.code, 1, `exit code; stderr: ${result.stderr}`);
+  assert.match(result.stderr, message);
+  assert.equal(result.stderr.trim().split('\n').length, 1, `one line: ${result.stderr}`);
+  assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore, 'the volumes changed');
+  const check = thinbd(['check', '--pool', pool]);
+  assert.equal(check.code, 0, `check after a refused import: ${check.stdout}${check.stderr}`);
+  return result.stderr;
+}
+
+const base: TarSpec[] = [
+  { path: 'etc/', type: 'dir' },
+  { path: 'etc/passwd', data: 'root:x:0:0::/root:/bin/sh\n' },
+  { path: 'usr/bin/tool', data: Buffer.alloc(5000, 7), mode: 0o755 },
+];
+
+test('a bad header checksum names the header and its offset', () => {
+  const archive = Buffer.concat([tarEntry(base[0]!), tarEntry(base[1]!), tarEntry({ path: 'etc/corrupt', data: 'x', badChecksum: true }), Buffer.alloc(1024)]);
+  refuse(archive, /^thinbd: Invalid image: the tar header at byte 1536: bad header checksum/);
+});
+
+test('an archive that is not a tar at all says so', () => {
+  refuse(Buffer.from('this is not an archive'.repeat(100)), /^thinbd: Invalid image: the tar header at byte 0: not a tar archive/);
+});
+
+test('a truncated archive names the entry it ends in: inside data, inside a header, or before the end blocks', () => {
+  const whole = tarArchive(base);
+  refuse(whole.subarray(0, 1536 + 512 + 100), /entry 'usr\/bin\/tool' at byte 1536: the archive ends inside its data \(100 bytes read\): truncated/);
+  refuse(whole.subarray(0, 1536 + 200), /the tar header at byte 1536: the archive ends inside a header \(200 bytes read\): truncated/);
+  refuse(whole.subarray(0, whole.length - 1024), /the tar header at byte \d+: the archive ends without its end-of-archive block/);
+  refuse(whole.subarray(0, 1536 + 512 + 100), /truncated/, { viaStdin: true });
+});
+
+test('a corrupt or truncated gzip stream is refused naming the compressed offset', () => {
+  const gz = zlib.gzipSync(tarArchive(base));
+  const corrupt = Buffer.from(gz);
+  for (let index = 20; index < 60; index++) corrupt[index] = corrupt[index]! ^ 0xff;
+  refuse(corrupt, /the gzip data is corrupt or truncated \(after \d+ compressed bytes\)/);
+  refuse(gz.subarray(0, gz.length - 30), /the gzip data is corrupt or truncated|truncated/);
+});
+
+test("paths with '..', absolute paths and names past 255 bytes are refused before anything is written", () => {
+  refuse(tarArchive([...base, { path: 'etc/../../escape', data: 'x' }]), /entry 'etc\/\.\.\/\.\.\/escape' at byte 7168: the path has a '\.\.' component/);
+  refuse(tarArchive([...base, { path: '/etc/absolute', data: 'x' }]), /entry '\/etc\/absolute' at byte 7168: the path is absolute/);
+  refuse(tarArchive([...base, { path: `etc/${'n'.repeat(256)}`, data: 'x' }]), /entry 'etc\/n{256}' at byte 7168: a name in the path is 256 bytes long; ext4 allows 255/);
+  refuse(tarArchive([...base, { path: 'etc/link', type: 'hardlink', linkPath: '../outside' }]), /entry 'etc\/link' at byte 7168: the hard link target has a '\.\.' component/);
+  // Nothing on the host is written from an archive's paths.
+  assert.equal(fs.existsSync(path.join(work.path, '..', 'escape')), false);
+});
+
+test('a hard link to a file the image does not have is refused', () => {
+  refuse(tarArchive([...base, { path: 'etc/shadow', type: 'hardlink', linkPath: 'etc/missing' }]), /entry 'etc\/shadow' at byte 7168: it is a hard link to 'etc\/missing', which is not in the image/);
+});
+
+test('a whiteout for a file no lower layer has is refused, naming the layer', () => {
+  const archive = ociArchive([{ tar: tarArchive(base) }, { tar: tarArchive([{ path: 'etc/.wh.missing', data: '' }]) }]);
+  refuse(archive, /layer 2 \(sha256:[0-9a-f]{12}\) entry 'etc\/\.wh\.missing' at byte 0: it whites out 'etc\/missing', which no lower layer has/);
+  refuse(archive, /entry 'etc\/\.wh\.missing' at byte 0: it whites out 'etc\/missing', which no lower layer has/, { viaStdin: true });
+});
+
+test('an image that does not fit --size is refused, whether its data or its metadata overflows', () => {
+  const large = tarArchive([{ path: 'big', data: Buffer.alloc(40 * 1024 * 1024, 1) }]);
+  refuse(large, /entry 'big' at byte 0: the image's data passes \d+ bytes, more than --size 33554432 holds/, { extra: ['--size', '32M'] });
+  refuse(tarArchive(base), /The image does not fit --size 8388608: the image needs \d+ bytes/, { extra: ['--size', '8M'] });
+});
+
+test('a decompression bomb stops where the volume could hold no more: --size, or the pool free space', async () => {
+  // 1 GiB of zeros in one file compresses to about a megabyte.
+  const chunks: Buffer[] = [];
+  const gzip = zlib.createGzip({ level: 9 });
+  gzip.on('data', (chunk: Buffer) => chunks.push(chunk));
+  const done = new Promise<void>((resolve) => gzip.on('end', () => resolve()));
+  const header = tarEntry({ path: 'zeros', data: Buffer.alloc(0) });
+  // A header claiming 1 GiB of data, then the data.
+  const claimed = Buffer.from(header.subarray(0, 512));
+  claimed.write((2 ** 30).toString(8).padStart(11, '0') + '\0', 124, 'latin1');
+  claimed.write('        ', 148, 'latin1');
+  let sum = 0;
+  for (const byte of claimed) sum += byte;
+  claimed.write(`${sum.toString(8).padStart(6, '0')}\0`, 148, 'latin1');
+  gzip.write(claimed);
+  const zeros = Buffer.alloc(8 * 1024 * 1024);
+  for (let written = 0; written < 2 ** 30; written += zeros.length) {
+    if (!gzip.write(zeros)) await new Promise((resolve) => gzip.once('drain', resolve));
+  }
+  gzip.end(Buffer.alloc(1024));
+  await done;
+  const bomb = Buffer.concat(chunks);
+  assert.ok(bomb.length < 4 * 1024 * 1024);
+  refuse(bomb, /entry 'zeros' at byte 0: the image's data passes \d+ bytes, more than --size 67108864 holds/, { extra: ['--size', '64M'] });
+  refuse(bomb, /entry 'zeros' at byte 0: the image's data passes \d+ bytes, more than the pool's free data space/, { viaStdin: true });
+});
+
+test('a volume name that is taken is refused before the source is read', () => {
+  const result = thinbd(['image', 'import', '--pool', pool, 'existing', '/nonexistent/archive.tar']);
+  assert.equal(result.code, 1);
+  assert.match(result.stderr, /A volume named existing already exists/);
+  assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
+});
+
+test('an import stopped by SIGTERM leaves no volume', async () => {
+  const { spawnThinbd } = await import('../cli/run-thinbd.ts');
+  // A file of 4 MiB of which 3 arrive: the import writes, then waits for input with its volume half built.
+  const head = tarArchive([{ path: 'etc/', type: 'dir' }, { path: 'etc/a', data: Buffer.alloc(4 * 1024 * 1024, 1) }]).subarray(0, 1536 + 3 * 1024 * 1024);
+  const child = spawnThinbd(['image', 'import', '--pool', pool, 'stopped', '-']);
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // The stdin pipe takes the bytes only as the import reads them: written, they were read.
+  await new Promise<void>((resolve, reject) => child.stdin!.write(head, (error) => (error ? reject(error) : resolve())));
+  child.kill('SIGTERM');
+  assert.equal(await exited, 1, stderr);
+  assert.match(stderr, /interrupted by SIGTERM/);
+  assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
+  assert.equal(thinbd(['check', '--pool', pool]).code, 0);
+});
+
+test("a killed import's temporary volume is removed by the next import of that name", () => {
+  // What SIGKILL after a commit leaves: the volume being built, under its temporary name.
+  assert.equal(thinbd(['create', '--pool', pool, 'stopped.importing-0123abcd', '--size', '1G']).code, 0);
+  const good = path.join(work.path, 'good-again.tar');
+  fs.writeFileSync(good, tarArchive([{ path: 'x', data: 'x' }]));
+  const again = thinbd(['image', 'import', '--pool', pool, 'stopped', good]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stderr, /Removed stopped\.importing-0123abcd, left by an import that did not finish/);
+  assert.equal(thinbd(['remove', '--pool', pool, 'stopped']).code, 0);
+  assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
+});
