@@ -43,7 +43,7 @@ interface RunningWorker {
  */
 async function startWorker(data: FuzzWorkerData): Promise<RunningWorker> {
   const entry = fileURLToPath(new URL('./fuzz-worker.ts', import.meta.url));
-  const child = fork(entry, [JSON.stringify(data)], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const child = fork(entry, [JSON.stringify(data)], { execArgv: ['--expose-gc', '--import', 'tsx'], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   const ended = new Promise<never>((_, reject) => {
     child.once('error', reject);
     child.once('exit', (code, signal) =>
