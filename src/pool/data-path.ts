@@ -337,15 +337,32 @@ export class DataPath {
     while (doneBlocks < totalBlocks) {
       const run = await this.#allocateRun(device, totalBlocks - doneBlocks);
       const runEnd = run.begin + run.lengthBlocks;
+      let refused = false;
       try {
         this.#knownZero.remove(run.begin, runEnd);
         this.#raiseAhead(run.begin);
         if (runEnd - 1 >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(runEnd - 1);
-        await this.dataWrite(source.subarray(doneBlocks * bs, (doneBlocks + run.lengthBlocks) * bs), run.begin * bs);
-        this.#host.assertDeviceWritable(device);
-        this.#mappings.insertMapping(device, virtualBlock + doneBlocks, run.begin, run.lengthBlocks);
+        try {
+          await this.dataWrite(source.subarray(doneBlocks * bs, (doneBlocks + run.lengthBlocks) * bs), run.begin * bs);
+        } catch (error) {
+          if (!(error instanceof SectorsRefused)) throw error;
+          // Sectors of the run refuse the write: they are recorded bad, and the run's blocks go
+          // one by one below, each to a block that takes it (#provision), as a single write would.
+          this.remapper.counters.targetsRefused += 1;
+          this.#host.recordBad(error.ranges, BadRangeFlag.writeError);
+          refused = true;
+        }
+        if (!refused) {
+          this.#host.assertDeviceWritable(device);
+          this.#mappings.insertMapping(device, virtualBlock + doneBlocks, run.begin, run.lengthBlocks);
+        }
       } finally {
         for (let block = run.begin; block < runEnd; block++) this.#allocator.release(block);
+      }
+      if (refused) {
+        for (let at = doneBlocks; at < doneBlocks + run.lengthBlocks; at++) {
+          await this.#provision(device, virtualBlock + at, 0, source.subarray(at * bs, (at + 1) * bs), bs);
+        }
       }
       doneBlocks += run.lengthBlocks;
     }
