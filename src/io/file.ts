@@ -46,6 +46,8 @@ export class FileBlockFile implements BlockFile {
   #nowaitReads = preadv2 !== undefined;
   /** allocate() calls fallocate; off for block devices and after a failure. */
   #allocateAhead: boolean;
+  /** punch() calls fallocate(PUNCH_HOLE); off for block devices and after a failure. */
+  #punchHoles: boolean;
   /** The iovec handed to preadv2, reused: one read at a time runs on the main thread. */
   readonly #iov: { iov_base: Uint8Array | null; iov_len: number } = { iov_base: null, iov_len: 0 };
   /** Operations started and not yet finished, so close() can wait for them. */
@@ -59,6 +61,7 @@ export class FileBlockFile implements BlockFile {
     this.isBlockDevice = isBlockDevice;
     this.#mainThreadWrites = !isBlockDevice;
     this.#allocateAhead = !isBlockDevice;
+    this.#punchHoles = !isBlockDevice && !readOnly;
   }
 
   /** Opens an existing regular file or block device. */
@@ -250,6 +253,36 @@ export class FileBlockFile implements BlockFile {
     );
   }
 
+  /**
+   * fallocate(2) with PUNCH_HOLE | KEEP_SIZE on a koffi worker thread: the file system frees the
+   * range's blocks and it reads as zeros, the file's size unchanged. Only regular files: on a block
+   * device the call zeroes (and may or may not unmap), which gives nothing back that thinbd can
+   * count on. After the first failure (EOPNOTSUPP on file systems without it) punching is off and
+   * every call resolves false: space is then simply not given back. A failed punch is not a
+   * failed write: it never touches a block anyone maps (the pool punches free blocks only), so it
+   * does not make later syncs refuse.
+   */
+  punch(offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    const call = fallocate;
+    if (call === undefined || !this.#punchHoles || this.#closed || lengthBytes <= 0) return resolvedFalse;
+    checkRange(offsetBytes, lengthBytes);
+    return this.#track(
+      () =>
+        new Promise<boolean>((resolve) => {
+          try {
+            call.async(this.#fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offsetBytes, lengthBytes, (error: unknown, result: number) => {
+              const done = (error === null || error === undefined) && result === 0;
+              if (!done) this.#punchHoles = false;
+              resolve(done);
+            });
+          } catch {
+            this.#punchHoles = false;
+            resolve(false);
+          }
+        }),
+    );
+  }
+
   grow(sizeBytes: number): Promise<void> {
     return this.#track(async () => {
       this.#checkOpen();
@@ -423,6 +456,11 @@ function errorCode(error: unknown): string {
 }
 
 const resolved = Promise.resolve();
+const resolvedFalse = Promise.resolve(false);
+
+/** fallocate(2) mode bits (linux/falloc.h). */
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
 
 const RWF_NOWAIT = 0x8;
 const EAGAIN = 11;

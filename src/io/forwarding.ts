@@ -39,6 +39,10 @@ export class ForwardingBlockFile<Inner extends BlockFile = BlockFile> implements
     return this.inner.allocate?.(offsetBytes, lengthBytes) ?? Promise.resolve();
   }
 
+  punch(offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    return this.inner.punch?.(offsetBytes, lengthBytes) ?? Promise.resolve(false);
+  }
+
   grow(sizeBytes: number): Promise<void> {
     return this.inner.grow(sizeBytes);
   }
