@@ -24,6 +24,8 @@ export interface SyncOptions {
 export interface BlockFile {
   /** For messages: a path, or a name such as "memory". */
   readonly description: string;
+  /** True when grow() cannot make the file larger than it is (a block device: only its owner can). */
+  readonly fixedSize?: boolean;
   sizeBytes(): number;
   /** Synchronous read: used by the metadata layer, whose blocks are almost always cached. */
   readSync(target: Uint8Array, offsetBytes: number): void;

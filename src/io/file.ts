@@ -128,6 +128,11 @@ export class FileBlockFile implements BlockFile {
     return new FileBlockFile(path, fd, sizeBytes, false, false);
   }
 
+  /** A block device's size is its owner's to change (lvextend), not ours. */
+  get fixedSize(): boolean {
+    return this.isBlockDevice;
+  }
+
   sizeBytes(): number {
     return this.#sizeBytes;
   }
@@ -190,7 +195,7 @@ export class FileBlockFile implements BlockFile {
             fs.write(this.#fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes, done),
           );
         } catch (error) {
-          throw this.#fail(this.#ioError('write', source.length, offsetBytes, error));
+          throw this.#writeFailure(source.length, offsetBytes, error);
         }
         if (writtenBytes === 0) throw this.#deviceEnded(source, offsetBytes, doneBytes);
         doneBytes += writtenBytes;
@@ -290,6 +295,12 @@ export class FileBlockFile implements BlockFile {
       if (sizeBytes <= this.#sizeBytes) return;
       this.#checkWritable('grow');
       if (this.isBlockDevice) {
+        // The device may have been grown since it was opened (lvextend): then the room is there.
+        const deviceBytes = blockDeviceSizeBytes(this.#fd, this.description);
+        if (deviceBytes >= sizeBytes) {
+          this.#sizeBytes = deviceBytes;
+          return;
+        }
         throw new ThinError(
           'THIN_INVALID',
           `Cannot grow ${this.description} to ${sizeBytes} bytes: it is a block device of ${this.#sizeBytes} bytes`,
@@ -374,7 +385,7 @@ export class FileBlockFile implements BlockFile {
         try {
           writtenBytes = fs.writeSync(this.#fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes);
         } catch (error) {
-          throw this.#fail(this.#ioError('write', source.length, offsetBytes, error));
+          throw this.#writeFailure(source.length, offsetBytes, error);
         }
         if (writtenBytes === 0) throw this.#deviceEnded(source, offsetBytes, doneBytes);
         doneBytes += writtenBytes;
@@ -410,6 +421,21 @@ export class FileBlockFile implements BlockFile {
     };
     promise.then(forget, forget);
     return promise;
+  }
+
+  /**
+   * A failed write: EIO and the like make every later sync refuse (the module comment); a full
+   * file system (ENOSPC, EDQUOT) does not: a buffered write that fails for room dirtied nothing it
+   * did not report written (docs/fault-model.md section 3), so it fails alone, as THIN_NO_SPACE.
+   */
+  #writeFailure(lengthBytes: number, offsetBytes: number, cause: unknown): ThinError {
+    const code = errorCode(cause);
+    if (code === 'ENOSPC' || code === 'EDQUOT') {
+      return new ThinError('THIN_NO_SPACE', `Cannot write ${lengthBytes} bytes at offset ${offsetBytes} of ${this.description}: the file system holding it is full (${code})`, {
+        cause,
+      });
+    }
+    return this.#fail(this.#ioError('write', lengthBytes, offsetBytes, cause));
   }
 
   #fail(error: ThinError): ThinError {

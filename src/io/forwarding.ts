@@ -15,6 +15,10 @@ export class ForwardingBlockFile<Inner extends BlockFile = BlockFile> implements
     return this.inner.description;
   }
 
+  get fixedSize(): boolean {
+    return this.inner.fixedSize === true;
+  }
+
   sizeBytes(): number {
     return this.inner.sizeBytes();
   }
