@@ -39,6 +39,8 @@ export interface CommitHost {
   /** Brings the device tree up to date and seals the high-water mark: the payload of the transaction to seal now. */
   sealPayload(): { payload: Uint8Array; highWaterMark: number };
   assertInvariants(): void;
+  /** A full commit is durable: its frees are reusable now (the space policy punches them, wakes waiting writes). */
+  committed(): void;
 }
 
 export interface CommitParts {
@@ -292,6 +294,7 @@ export class CommitScheduler {
       this.#log.restart(generation);
       this.#rollups += 1;
     }
+    this.#host.committed();
   }
 
   #flushState(): FlushState {

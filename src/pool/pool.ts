@@ -31,17 +31,24 @@ import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FORMAT_VERSION, decodePoolPayload, enco
 import { WHOLE_VOLUME_END } from './block-locks.ts';
 import { PoolCore } from './core.ts';
 import type { Device } from './devices.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, openPoolDirectory, type PoolFiles } from './files.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, hostFiguresOf, openPoolDirectory, type PoolFiles } from './files.ts';
 import type { PoolStatus, VolumeInfo, VolumeUsage } from './reports.ts';
+import type { SpaceEvent } from './space-monitor.ts';
+import { validateSpaceSettings, type SpaceSettings, type SpaceSettingsChange } from './space-policy.ts';
 import { makeDeviceCodec, validatePayloadRoots, writtenBy } from './trees.ts';
 import { Volume } from './volume.ts';
 
 export type { PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCounters } from './reports.ts';
+export type { SpaceEvent, SpaceEventKind, SpaceReport, SpaceState } from './space-monitor.ts';
+export type { LowWater, SpaceSettings, SpaceSettingsChange, WhenFull } from './space-policy.ts';
+export type { SpaceStatus } from './space.ts';
 export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 
 export interface PoolCreateOptions extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'deltaLog' | 'now'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
+  /** The space settings stored in the pool (space-policy.ts); absent ones are defaults. */
+  space?: SpaceSettings;
   /** Default: METADATA_BLOCK_COUNT_DEFAULT blocks (a sparse file). */
   metadataSizeBytes?: number;
   /**
@@ -125,6 +132,7 @@ function validateCreateOptions(options: PoolCreateOptions): { dataBlockCount: nu
   if (!Number.isSafeInteger(dataSizeBytes) || dataSizeBytes < blockSizeBytes) {
     throw new ThinError('THIN_INVALID', `Data size ${dataSizeBytes} is smaller than one block of ${blockSizeBytes} bytes`);
   }
+  validateSpaceSettings(options.space ?? {});
   return { dataBlockCount: Math.floor(dataSizeBytes / blockSizeBytes), metadataBlockCount: metadataBlockCountFor(options) };
 }
 
@@ -156,7 +164,10 @@ export class Pool {
     if (now !== undefined) core.now = now;
     this.#lock = lock;
     if (commitIntervalMs > 0 && core.mode === 'read-write') {
-      this.#commitTimer = setInterval(() => core.commits.tick(), commitIntervalMs);
+      this.#commitTimer = setInterval(() => {
+        core.commits.tick();
+        core.space.tick();
+      }, commitIntervalMs);
       this.#commitTimer.unref();
     }
   }
@@ -172,6 +183,7 @@ export class Pool {
       for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
         if (fs.existsSync(path.join(dir, name))) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir} (it has a ${name} file)`);
       }
+      files.host = hostFiguresOf(dir);
       const metadataPath = path.join(dir, METADATA_FILE_NAME);
       files.metadata = await FileBlockFile.create(metadataPath, { sizeBytes: metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
       created.push(metadataPath);
@@ -236,6 +248,7 @@ export class Pool {
       nextVolumeId: 1,
       creationTimeMs: (options.now ?? Date.now)(),
       userTransactionId: 0,
+      space: { ...(options.space ?? {}) },
       deviceTreeRootTransactionId: writtenBy(tm, deviceTreeRoot, BTREE_BLOCK_TYPES),
       dataSpaceMapRootTransactionId: writtenBy(tm, dataSpace.root, BTREE_BLOCK_TYPES),
     };
@@ -288,6 +301,9 @@ export class Pool {
   async createVolume(name: string, options: CreateVolumeOptions): Promise<Volume> {
     this.#core.beginRequest();
     try {
+      this.#core.assertWritable();
+      this.#core.validateNewName(name);
+      await this.#core.space.metadataForNewVolume(`create volume ${name}`);
       return this.#volumeOf(this.#core.createDevice(name, options.sizeBytes, options.labels ?? {}));
     } finally {
       this.#core.endRequest();
@@ -299,6 +315,7 @@ export class Pool {
     const source = this.#core.deviceByName(sourceName);
     this.#core.assertWritable();
     this.#core.validateNewName(name);
+    await this.#core.space.metadataForNewVolume(`snapshot ${sourceName} as ${name}`);
     return this.#holdingWholeVolume(source, () => this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true)));
   }
 
@@ -363,6 +380,32 @@ export class Pool {
     return this.#core.status();
   }
 
+  // ---- space (space.ts) ----
+
+  /**
+   * Changes the space settings stored in the pool (low-water marks, limits, growth step, what a
+   * full pool does with writes); live at once, durable at the next flush (or close).
+   */
+  changeSpaceSettings(change: SpaceSettingsChange): SpaceSettings {
+    this.#core.assertOpen();
+    this.#core.changeSpaceSettings(change);
+    return this.#core.space.settings;
+  }
+
+  /** Grows the data and/or metadata space to the given sizes now, durably; a smaller size is refused. */
+  async resizePool(sizes: { dataSizeBytes?: number; metadataSizeBytes?: number }): Promise<void> {
+    this.#core.assertWritable();
+    await this.#core.space.resize(sizes);
+  }
+
+  /**
+   * Calls listener with every space event (low-water marks crossed, a full pool, space restored,
+   * growth): synchronously, so it must not throw. Returns the function that stops it.
+   */
+  onSpaceEvent(listener: (event: SpaceEvent) => void): () => void {
+    return this.#core.space.listen(listener);
+  }
+
   /** Makes every write completed before the call durable (a commit when metadata changed). */
   async flush(): Promise<void> {
     this.#core.assertOpen();
@@ -409,6 +452,7 @@ export class Pool {
       failure = error;
     }
     await this.#core.commits.settle();
+    await this.#core.space.close();
     this.#core.markClosed();
     const closeFailure = await closePoolFiles(this.#core.files);
     failure ??= closeFailure;
