@@ -53,8 +53,12 @@ export class FileBlockFile implements BlockFile {
   /** Operations started and not yet finished, so close() can wait for them. */
   #inFlight = new Set<Promise<unknown>>();
 
-  private constructor(path: string, fd: number, sizeBytes: number, readOnly: boolean, isBlockDevice: boolean) {
+  /** A regular file (not a device): a write it refuses for room (ENOSPC) dirtied nothing. */
+  readonly #regularFile: boolean;
+
+  private constructor(path: string, fd: number, sizeBytes: number, readOnly: boolean, isBlockDevice: boolean, regularFile: boolean) {
     this.description = path;
+    this.#regularFile = regularFile;
     this.#fd = fd;
     this.#sizeBytes = sizeBytes;
     this.readOnly = readOnly;
@@ -87,7 +91,7 @@ export class FileBlockFile implements BlockFile {
       }
       const isBlockDevice = stats.isBlockDevice();
       const sizeBytes = isBlockDevice ? blockDeviceSizeBytes(fd, path) : stats.size;
-      return new FileBlockFile(path, fd, sizeBytes, readOnly, isBlockDevice);
+      return new FileBlockFile(path, fd, sizeBytes, readOnly, isBlockDevice, stats.isFile());
     } catch (error) {
       fs.closeSync(fd);
       if (error instanceof ThinError) throw error;
@@ -125,7 +129,7 @@ export class FileBlockFile implements BlockFile {
         cause: error,
       });
     }
-    return new FileBlockFile(path, fd, sizeBytes, false, false);
+    return new FileBlockFile(path, fd, sizeBytes, false, false, true);
   }
 
   /** A block device's size is its owner's to change (lvextend), not ours. */
@@ -425,12 +429,13 @@ export class FileBlockFile implements BlockFile {
 
   /**
    * A failed write: EIO and the like make every later sync refuse (the module comment); a full
-   * file system (ENOSPC, EDQUOT) does not: a buffered write that fails for room dirtied nothing it
-   * did not report written (docs/fault-model.md section 3), so it fails alone, as THIN_NO_SPACE.
+   * file system (ENOSPC, EDQUOT on a regular file) does not: a buffered write that fails for room
+   * dirtied nothing it did not report written, so it fails alone, as THIN_NO_SPACE. A device
+   * that answers ENOSPC (/dev/full, a full thin device below us) is an I/O error like any other.
    */
   #writeFailure(lengthBytes: number, offsetBytes: number, cause: unknown): ThinError {
     const code = errorCode(cause);
-    if (code === 'ENOSPC' || code === 'EDQUOT') {
+    if (this.#regularFile && (code === 'ENOSPC' || code === 'EDQUOT')) {
       return new ThinError('THIN_NO_SPACE', `Cannot write ${lengthBytes} bytes at offset ${offsetBytes} of ${this.description}: the file system holding it is full (${code})`, {
         cause,
       });

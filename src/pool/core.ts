@@ -192,6 +192,15 @@ export class PoolCore {
     return this.#mode === 'read-write' && !this.#closing && !this.#closed;
   }
 
+  /**
+   * Freed blocks may be given back to the host: read-write and not closed. Also while closing:
+   * no allocation runs then (requests are drained), and close waits for the punches of its last
+   * commit so that `du` falls by the time a one-shot command returns.
+   */
+  get mayPunch(): boolean {
+    return this.#mode === 'read-write' && !this.#closed;
+  }
+
   /** Whether a commit may run: read-write, or read-only only for lack of metadata space. */
   get canCommit(): boolean {
     return !this.#closed && (this.#mode === 'read-write' || (this.#mode === 'read-only' && this.#commitsWhileReadOnly));
@@ -686,6 +695,9 @@ export class PoolCore {
       },
       get mayChange() {
         return core.mayChange;
+      },
+      get mayPunch() {
+        return core.mayPunch;
       },
       get backgroundCommitMayStart() {
         return core.commits.backgroundCommitMayStart;

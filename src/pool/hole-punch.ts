@@ -101,10 +101,10 @@ export class HolePuncher {
     if (this.#queue.rangeCount > 0) this.#running ??= this.#run();
   }
 
-  /** No more punches; waits for the one running. */
+  /** Finishes the punches queued (the pool's last commit queued its frees), then takes no more. */
   async close(): Promise<void> {
-    this.#closed = true;
     await this.idle();
+    this.#closed = true;
   }
 
   assertInvariants(): void {

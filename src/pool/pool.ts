@@ -170,6 +170,8 @@ export class Pool {
       }, commitIntervalMs);
       this.#commitTimer.unref();
     }
+    // The states the figures say at open: a pool that opens below a mark tells its listeners then.
+    if (core.mode === 'read-write') core.space.opened();
   }
 
   /** Creates DIR with sparse `metadata` and `data` files and a new pool in them (THIN_EXISTS if one is there). */
@@ -263,6 +265,14 @@ export class Pool {
     // memory. The pool's mode refuses every change and commit of a read-only pool.
     const { tm, payload, report } = await TransactionManager.open(files.metadata, { readOnly: false, validatePayload: validatePayloadRoots });
     const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
+    const dataBytes = decoded.dataBlockCount * decoded.blockSizeBytes;
+    if (files.data.sizeBytes() < dataBytes) {
+      throw new ThinError(
+        'THIN_CORRUPT_SUPERBLOCK',
+        `The data at ${files.data.description} holds ${files.data.sizeBytes()} bytes, less than the ${decoded.dataBlockCount} blocks of ` +
+          `${decoded.blockSizeBytes} bytes the pool records (${dataBytes} bytes): truncated, or the wrong file?`,
+      );
+    }
     const core = new PoolCore(files, tm, decoded, readOnly);
     core.devices.load();
     if (report.fellBack) {
@@ -398,6 +408,11 @@ export class Pool {
     await this.#core.space.resize(sizes);
   }
 
+  /** Resolves when no growth and no punch runs: freed space given back to the host by then. */
+  spaceSettled(): Promise<void> {
+    return this.#core.space.settled();
+  }
+
   /**
    * Calls listener with every space event (low-water marks crossed, a full pool, space restored,
    * growth): synchronously, so it must not throw. Returns the function that stops it.
@@ -426,7 +441,16 @@ export class Pool {
   async pinCommitted(): Promise<PinnedGeneration> {
     this.#core.assertOpen();
     await this.#core.commits.rollup();
-    return this.#core.tm.pin();
+    const pinned = this.#core.tm.pin();
+    const core = this.#core;
+    return {
+      ...pinned,
+      release: () => {
+        pinned.release();
+        // Blocks freed after the pinned generation may be reused and given back now.
+        if (!core.closed) core.space.committed();
+      },
+    };
   }
 
   /** Commits, then runs work while no commit starts (see CommitScheduler.withCommitsHeld): a live check. */

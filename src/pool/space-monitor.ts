@@ -99,6 +99,14 @@ export class SpaceMonitor {
   /** Listens to every event; returns the function that stops listening. */
   listen(listener: (event: SpaceEvent) => void): () => void {
     this.#listeners.add(listener);
+    // A listener that comes while a resource is already below its mark hears of it once, as if
+    // it had been there when it crossed (a server started on a pool that opens low).
+    for (const resource of ['data', 'metadata'] as const) {
+      const report = this.report(resource);
+      if (report.state !== 'ok' && report.lowWaterBytes > 0) {
+        listener(this.#event(`${resource}-low-water`, resource, `the ${resource} space is below its low-water mark: ${this.#describe(report)}`));
+      }
+    }
     return () => this.#listeners.delete(listener);
   }
 
@@ -168,8 +176,7 @@ export class SpaceMonitor {
 
   /** Raises an event with the resource's figures now. */
   emit(kind: SpaceEventKind, resource: SpaceResource, message: string): void {
-    const { canGrow: _canGrow, grows: _grows, ...figures } = this.report(resource);
-    const event: SpaceEvent = { kind, resource, ...figures, message };
+    const event = this.#event(kind, resource, message);
     for (const listener of this.#listeners) listener(event);
   }
 
@@ -178,6 +185,15 @@ export class SpaceMonitor {
       const entry = this.#resources[resource];
       assert(entry.grows >= 0 && entry.availableWhenFull >= 0, `bad ${resource} space counters`);
     }
+  }
+
+  #event(kind: SpaceEventKind, resource: SpaceResource, message: string): SpaceEvent {
+    const { canGrow: _canGrow, grows: _grows, ...figures } = this.report(resource);
+    return { kind, resource, ...figures, message };
+  }
+
+  #describe(report: SpaceReport): string {
+    return `${report.freeBytes} bytes can still be given, the mark is ${report.lowWaterBytes}`;
   }
 
   #figures(resource: SpaceResource): { available: number; lowWater: number } {
@@ -195,7 +211,7 @@ export class SpaceMonitor {
     if (previous === next) return;
     entry.state = next;
     const report = this.report(resource);
-    const figures = `${report.freeBytes} bytes can still be given, the mark is ${report.lowWaterBytes}`;
+    const figures = this.#describe(report);
     if (previous === 'ok' && report.lowWaterBytes > 0) {
       this.emit(`${resource}-low-water`, resource, `the ${resource} space fell below its low-water mark: ${figures}`);
     }

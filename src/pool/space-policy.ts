@@ -52,7 +52,7 @@ export interface SpaceSettings {
   lowWater?: LowWater;
   /** Metadata low-water mark; default METADATA_LOW_WATER_PERCENT_DEFAULT %, at least METADATA_LOW_WATER_BLOCKS_MIN. */
   metadataLowWater?: LowWater;
-  /** Largest data file growth goes to; default: as far as the host file system allows (auto). */
+  /** Largest data file growth goes to; default: as far as the host file system allows (auto; files with no host file system, in memory, do not grow). */
   dataMaxBytes?: number;
   /** Largest metadata file growth goes to; default auto, never past METADATA_BLOCK_COUNT_MAX blocks. */
   metadataMaxBytes?: number;
@@ -194,7 +194,8 @@ export function dataSpaceFigures(settings: SpaceSettings, inputs: DataSpaceInput
   const backedFreeBlocks = freeBlocks - unbackedFree;
   const hostBlocks = Math.floor(hostSpareBytes(inputs.host) / blockSizeBytes);
   let growLimitBlocks = blockCount;
-  if (inputs.canGrow) {
+  // Without a host file system to ask (files in memory, the simulator) only an explicit data-max lets the file grow.
+  if (inputs.canGrow && (settings.dataMaxBytes !== undefined || inputs.host !== undefined)) {
     const explicitMax = settings.dataMaxBytes === undefined ? Infinity : Math.floor(settings.dataMaxBytes / blockSizeBytes);
     // The host must back the holes already promised before it backs new ones.
     const hostLimit = blockCount + Math.max(0, hostBlocks - unbackedFree);
@@ -240,7 +241,7 @@ export interface MetadataSpaceFigures {
 export function metadataSpaceFigures(settings: SpaceSettings, inputs: MetadataSpaceInputs): MetadataSpaceFigures {
   const { blockCount, freeBlocks } = inputs;
   let growLimitBlocks = blockCount;
-  if (inputs.canGrow) {
+  if (inputs.canGrow && (settings.metadataMaxBytes !== undefined || inputs.host !== undefined)) {
     const explicitMax = settings.metadataMaxBytes === undefined ? METADATA_BLOCK_COUNT_MAX : Math.floor(settings.metadataMaxBytes / METADATA_BLOCK_SIZE_BYTES);
     const hostLimit = blockCount + Math.floor(hostSpareBytes(inputs.host) / METADATA_BLOCK_SIZE_BYTES);
     growLimitBlocks = Math.max(blockCount, Math.min(explicitMax, METADATA_BLOCK_COUNT_MAX, hostLimit));

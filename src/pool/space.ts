@@ -54,6 +54,8 @@ export interface SpaceHost {
   readonly punchedFreeBlocks: number;
   /** The pool may change now: read-write and not closing. */
   readonly mayChange: boolean;
+  /** Freed blocks may be punched now: read-write, closing included (PoolCore.mayPunch). */
+  readonly mayPunch: boolean;
   /** A commit nobody waits for may start now (CommitScheduler.backgroundCommitMayStart). */
   readonly backgroundCommitMayStart: boolean;
   applyDataGrowth(blockCount: number): void;
@@ -136,7 +138,7 @@ export class PoolSpace {
       blockSizeBytes: host.blockSizeBytes,
       dataSpace: host.dataSpace,
       isReserved: (block) => host.allocator.isReserved(block),
-      enabled: () => this.#settings.punchHoles !== false && host.mayChange,
+      enabled: () => this.#settings.punchHoles !== false && host.mayPunch,
       punched: (begin, end) => host.punched(begin, end),
     });
     host.allocator.setHeld((block) => this.puncher.holds(block));
@@ -244,7 +246,7 @@ export class PoolSpace {
         await growing.catch(() => undefined);
         continue;
       }
-      if (!this.#growMetadataIfLow(true)) throw this.metadataFullError('write', blocksNeeded, spare);
+      if (!this.#growMetadataIfLow(true)) throw this.metadataFullError('a write', blocksNeeded, spare);
     }
   }
 
@@ -253,7 +255,7 @@ export class PoolSpace {
     this.monitor.markFull('metadata');
     return new ThinError(
       'THIN_NO_METADATA_SPACE',
-      `Cannot ${what}: metadata is full (${blocksNeeded} blocks needed, ${Math.max(0, spare)} free beyond the last ` +
+      `Metadata is full: ${what} refused (${blocksNeeded} blocks needed, ${Math.max(0, spare)} free beyond the last ` +
         `${METADATA_RECOVERY_RESERVE_BLOCKS} kept for remove, discard and resize down); free space or let metadata grow (pool set --metadata-max, pool resize --metadata-size)`,
     );
   }
@@ -333,10 +335,23 @@ export class PoolSpace {
     return status;
   }
 
-  /** The pool is closing: no write waits, no punch starts. */
+  /** The pool is closing, its last commit made: no write waits; the punches queued finish, no other starts. */
   async close(): Promise<void> {
     this.waiting.close();
     await this.puncher.close();
+  }
+
+  /** Resolves when no punch and no growth runs (tests, and what waits for `du` to fall). */
+  async settled(): Promise<void> {
+    for (;;) {
+      const growing = this.growth.running('data') ?? this.growth.running('metadata');
+      if (growing !== undefined) {
+        await growing.catch(() => undefined);
+        continue;
+      }
+      await this.puncher.idle();
+      if (this.growth.running('data') === undefined && this.growth.running('metadata') === undefined && this.puncher.queuedBlocks === 0) return;
+    }
   }
 
   assertInvariants(): void {
