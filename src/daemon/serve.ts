@@ -19,6 +19,7 @@ import type { LogSink } from '../util/log.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
 import { FileBlockFile } from '../io/file.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
+import { spaceEventHandler } from './space-events.ts';
 
 export interface ServeOptions {
   poolDir: string;
@@ -38,6 +39,8 @@ export interface ServeOptions {
   /** Serve Prometheus metrics over HTTP here (metrics.ts); port 0 picks a free one. */
   metrics?: { host: string; port: number };
   log?: LogSink;
+  /** Shell command run at each low-water event (space-events.ts). */
+  onLowWater?: string;
 }
 
 export class PoolServer {
@@ -76,6 +79,7 @@ export class PoolServer {
   static async start(options: ServeOptions): Promise<PoolServer> {
     const pool = await Pool.open(options.poolDir, { readOnly: Boolean(options.readOnly) });
     try {
+      pool.onSpaceEvent(spaceEventHandler({ poolDir: options.poolDir, ...(options.onLowWater === undefined ? {} : { onLowWater: options.onLowWater }), log: options.log ?? (() => {}) }));
       const chosen = options.exports === undefined ? undefined : new Set(options.exports);
       if (chosen !== undefined) {
         const existing = new Set(pool.list().map((info) => info.name));

@@ -178,6 +178,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .option('--tls-psk <file>', "pre-shared keys, nbdkit's format (psktool -u NAME -p FILE): username:hexkey lines; re-read when it changes")
     .addOption(logOptions()[0])
     .addOption(logOptions()[1])
+    .option('--on-low-water <command>', 'shell command run once each time free data or metadata space falls below its low-water mark (THINBD_POOL, THINBD_EVENT, THINBD_FREE_BYTES, THINBD_USED_BYTES in its environment)')
     .action(async (options) => {
       const poolDir = poolDirectory(options.pool);
       assertPoolExists(poolDir);
@@ -197,6 +198,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
         ...(exports === undefined ? {} : { exports }),
         ...(metrics === undefined ? {} : { metrics }),
         log,
+        ...(options.onLowWater === undefined ? {} : { onLowWater: options.onLowWater }),
       });
       await serveUntilSignalled(server, log, () => announce(server, poolDir, reporter, log, tls?.mode ?? 'off'));
     });
