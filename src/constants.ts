@@ -227,7 +227,7 @@ export const DATA_HIGH_WATER_MARK_STEP_BLOCKS = 1024;
  */
 export const DATA_BLOCKS_RESERVED_MAX = 256;
 
-// ---- pool: space policy (src/pool/space-policy.ts, docs/format.md "Space settings") ----
+// ---- pool: space policy (src/pool/space-policy.ts, docs/format.md "Pool superblock payload") ----
 
 /**
  * Default data low-water mark: 10 % of the data space. Below it a file-backed pool grows by

@@ -1,4 +1,4 @@
-// The space options `pool create` and `pool set` share (docs/format.md "Space settings"): the
+// The space options `pool create` and `pool set` share (docs/format.md "Pool superblock payload"): the
 // low-water marks, the limits growth stops at, the growth step, what a full pool does with writes,
 // and the two switches. `pool set` also takes `default` for each, putting the setting back to the
 // default of the build that opens the pool.

@@ -93,7 +93,7 @@ export interface PoolPayload {
    */
   deviceTreeRootTransactionId?: number;
   dataSpaceMapRootTransactionId?: number;
-  /** The space settings (docs/format.md "Space settings"); absent ones are defaults. */
+  /** The space settings (docs/format.md "Pool superblock payload"); absent ones are defaults. */
   space: SpaceSettings;
 }
 

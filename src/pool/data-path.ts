@@ -46,8 +46,8 @@ export interface DataPathHost {
   dataAllocated(): void;
   /** No data block could be taken: resolves to try again, throws to give up (space.ts). */
   dataSpaceWanted(error: ThinError, wait: { deadlineMs?: number }): Promise<void>;
-  /** Room in the metadata for a write's mapping change, or THIN_NO_METADATA_SPACE (space.ts). */
-  metadataForWrite(): Promise<void>;
+  /** Room in the metadata for a write's mapping change (undefined: there is room now; a promise: growing), or THIN_NO_METADATA_SPACE (space.ts). */
+  metadataForWrite(): Promise<void> | undefined;
 }
 
 export interface DataPathParts {
@@ -303,7 +303,8 @@ export class DataPath {
   }
 
   async #provision(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
-    await this.#host.metadataForWrite();
+    const room = this.#host.metadataForWrite();
+    if (room !== undefined) await room;
     const block = await this.#allocateData(device, {});
     try {
       const knownZero = this.#knownZero.has(block);
@@ -348,7 +349,8 @@ export class DataPath {
   }
 
   async #copyOnWrite(device: Device, virtualBlock: number, oldBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
-    await this.#host.metadataForWrite();
+    const room = this.#host.metadataForWrite();
+    if (room !== undefined) await room;
     const block = await this.#allocateData(device, { mayUseReserve: true });
     this.#copyOnWrites++;
     try {

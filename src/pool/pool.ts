@@ -313,7 +313,8 @@ export class Pool {
     try {
       this.#core.assertWritable();
       this.#core.validateNewName(name);
-      await this.#core.space.metadataForNewVolume(`create volume ${name}`);
+      const room = this.#core.space.metadataForNewVolume(`create volume ${name}`);
+      if (room !== undefined) await room;
       return this.#volumeOf(this.#core.createDevice(name, options.sizeBytes, options.labels ?? {}));
     } finally {
       this.#core.endRequest();
@@ -325,8 +326,13 @@ export class Pool {
     const source = this.#core.deviceByName(sourceName);
     this.#core.assertWritable();
     this.#core.validateNewName(name);
-    await this.#core.space.metadataForNewVolume(`snapshot ${sourceName} as ${name}`);
-    return this.#holdingWholeVolume(source, () => this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true)));
+    // Checked inside the hold: the hold is taken in the order requests come, and the check answers
+    // at once unless the metadata grows first.
+    return this.#holdingWholeVolume(source, async () => {
+      const room = this.#core.space.metadataForNewVolume(`snapshot ${sourceName} as ${name}`);
+      if (room !== undefined) await room;
+      return this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true));
+    });
   }
 
   /** Removes a volume; its snapshots keep their blocks, blocks no one else maps become free. */

@@ -1,6 +1,6 @@
 // The pool's space settings and what they come to in blocks: the low-water marks, the limits
 // growth stops at, the growth steps, and what a write does when the data space is full. The
-// settings are stored in the superblock payload (docs/format.md "Space settings", F-POOL-50..55);
+// settings are stored in the superblock payload (docs/format.md "Pool superblock payload", F-POOL-50..54);
 // an absent setting is the default, so a pool written before they existed, or a setting put back
 // with `default`, follows the defaults of the build that opens it.
 //
@@ -69,11 +69,28 @@ export interface SpaceSettings {
 /** A change of settings: a value, or 'default' to put one back to its default. Absent: unchanged. */
 export type SpaceSettingsChange = { [K in keyof SpaceSettings]?: SpaceSettings[K] | 'default' };
 
-/** Throws THIN_INVALID naming the first setting that is out of range. */
+const SETTING_NAMES: ReadonlySet<string> = new Set(['lowWater', 'metadataLowWater', 'dataMaxBytes', 'metadataMaxBytes', 'growStepBytes', 'whenFull', 'autoGrow', 'punchHoles']);
+
+/**
+ * Throws THIN_INVALID naming the first setting that is out of range or of the wrong shape (the
+ * settings may come from the control socket as JSON).
+ */
 export function validateSpaceSettings(settings: SpaceSettings): void {
   const invalid = (message: string): ThinError => new ThinError('THIN_INVALID', message);
+  if (typeof settings !== 'object' || settings === null) throw invalid('The space settings are not an object');
+  for (const key of Object.keys(settings)) {
+    if (!SETTING_NAMES.has(key)) throw invalid(`Unknown space setting ${JSON.stringify(key)}`);
+  }
+  for (const name of ['autoGrow', 'punchHoles'] as const) {
+    const value: unknown = settings[name];
+    if (value !== undefined && typeof value !== 'boolean') throw invalid(`The ${name} setting ${JSON.stringify(value)} is not true or false`);
+  }
   for (const [name, mark] of [['low-water', settings.lowWater], ['metadata low-water', settings.metadataLowWater]] as const) {
     if (mark === undefined || mark === 'off') continue;
+    const shape: unknown = mark;
+    if (typeof shape !== 'object' || shape === null || (!('percent' in shape) && !('bytes' in shape))) {
+      throw invalid(`The ${name} mark ${JSON.stringify(shape)} is not a share, a size or off`);
+    }
     if ('percent' in mark) {
       if (!(Number.isFinite(mark.percent) && mark.percent > 0 && mark.percent <= 100 && Number.isInteger(Math.round(mark.percent * 100)))) {
         throw invalid(`The ${name} mark ${mark.percent}% is not a share from 0.01% to 100%`);
@@ -85,8 +102,11 @@ export function validateSpaceSettings(settings: SpaceSettings): void {
   for (const [name, bytes] of [['data-max', settings.dataMaxBytes], ['metadata-max', settings.metadataMaxBytes], ['grow-step', settings.growStepBytes]] as const) {
     if (bytes !== undefined && !(Number.isSafeInteger(bytes) && bytes > 0)) throw invalid(`The ${name} ${bytes} is not a byte count above 0`);
   }
-  const whenFull = settings.whenFull;
+  const whenFull: unknown = settings.whenFull;
   if (whenFull !== undefined && whenFull !== 'error') {
+    if (typeof whenFull !== 'object' || whenFull === null || !('queueSeconds' in whenFull) || typeof whenFull.queueSeconds !== 'number') {
+      throw invalid(`The when-full setting ${JSON.stringify(whenFull)} is not error or a queue`);
+    }
     if (!(Number.isSafeInteger(whenFull.queueSeconds) && whenFull.queueSeconds >= 1 && whenFull.queueSeconds <= WHEN_FULL_QUEUE_SECONDS_MAX)) {
       throw invalid(`A queue of ${whenFull.queueSeconds} seconds is not from 1 to ${WHEN_FULL_QUEUE_SECONDS_MAX}`);
     }
@@ -95,6 +115,7 @@ export function validateSpaceSettings(settings: SpaceSettings): void {
 
 /** The settings after a change; the result is validated. */
 export function changeSpaceSettings(settings: SpaceSettings, change: SpaceSettingsChange): SpaceSettings {
+  if (typeof change !== 'object' || change === null) throw new ThinError('THIN_INVALID', 'The space settings change is not an object');
   const next: Record<string, unknown> = { ...settings };
   for (const [key, value] of Object.entries(change)) {
     if (value === undefined) continue;

@@ -17,7 +17,7 @@
 //   the commit reserve            (pdata's, F-TX-7) only sealing a transaction uses it.
 // `thinbd check --repair` builds new metadata beside the old and may make it larger (repair.ts),
 // so it never needs room in a full pool.
-import { METADATA_BLOCK_SIZE_BYTES, METADATA_COMMIT_RESERVE_BLOCKS, METADATA_RECOVERY_RESERVE_BLOCKS } from '../constants.ts';
+import { METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_SIZE_BYTES, METADATA_COMMIT_RESERVE_BLOCKS, METADATA_RECOVERY_RESERVE_BLOCKS } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 import type { SpaceMap, TransactionManager } from '../pdata/index.ts';
 import type { DataAllocator } from './allocator.ts';
@@ -236,7 +236,14 @@ export class PoolSpace {
    * metadata when it may; THIN_NO_METADATA_SPACE (ENOSPC) when it cannot, the pool staying
    * read-write so that removes and discards can free space.
    */
-  async metadataForWrite(blocksNeeded: number): Promise<void> {
+  metadataForWrite(blocksNeeded: number): Promise<void> | undefined {
+    // The common case answers without a promise: this runs before every block a write provisions.
+    const tm = this.#host.tm;
+    if (tm.metadataBlocksFree - METADATA_COMMIT_RESERVE_BLOCKS - METADATA_RECOVERY_RESERVE_BLOCKS >= blocksNeeded) return undefined;
+    return this.#metadataForWriteSlow(blocksNeeded);
+  }
+
+  async #metadataForWriteSlow(blocksNeeded: number): Promise<void> {
     for (;;) {
       const tm = this.#host.tm;
       const spare = tm.metadataBlocksFree - METADATA_COMMIT_RESERVE_BLOCKS - METADATA_RECOVERY_RESERVE_BLOCKS;
@@ -264,7 +271,7 @@ export class PoolSpace {
    * Before a new volume or snapshot (F-POOL-48): refused while metadata is below its low-water mark
    * and cannot grow above it; grows it first when it can.
    */
-  async metadataForNewVolume(what: string): Promise<void> {
+  metadataForNewVolume(what: string): Promise<void> | undefined {
     const figures = this.monitor.metadataFigures();
     if (figures.availableBlocks < figures.lowWaterBlocks) {
       this.monitor.evaluate('metadata');
@@ -275,7 +282,9 @@ export class PoolSpace {
           '(remove a volume) or metadata may grow (pool set --metadata-max, pool resize --metadata-size); writes go on',
       );
     }
-    if (this.#growMetadataIfLow(false)) await this.growth.running('metadata')?.catch(() => undefined);
+    // Undefined (no await) unless a growth runs: a snapshot issued before a write takes effect before it.
+    if (this.#growMetadataIfLow(false)) return this.growth.running('metadata')?.catch(() => undefined);
+    return undefined;
   }
 
   // ---- management ----
@@ -295,6 +304,9 @@ export class PoolSpace {
   /** Grows the data and/or metadata space to the given sizes now (pool resize); never shrinks. */
   async resize(sizes: { dataSizeBytes?: number; metadataSizeBytes?: number }): Promise<void> {
     const host = this.#host;
+    for (const [name, bytes] of [['data size', sizes.dataSizeBytes], ['metadata size', sizes.metadataSizeBytes]] as const) {
+      if (bytes !== undefined && !(Number.isSafeInteger(bytes) && bytes > 0)) throw new ThinError('THIN_INVALID', `The ${name} ${JSON.stringify(bytes)} is not a byte count above 0`);
+    }
     if (sizes.dataSizeBytes !== undefined) {
       const blocks = Math.floor(sizes.dataSizeBytes / host.blockSizeBytes);
       if (blocks < host.dataBlockCount) {
@@ -313,6 +325,9 @@ export class PoolSpace {
           'THIN_INVALID',
           `Cannot shrink the metadata from ${host.tm.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES} to ${sizes.metadataSizeBytes} bytes: a pool only grows`,
         );
+      }
+      if (blocks > METADATA_BLOCK_COUNT_MAX) {
+        throw new ThinError('THIN_INVALID', `Cannot grow the metadata to ${sizes.metadataSizeBytes} bytes: the largest metadata is ${METADATA_BLOCK_COUNT_MAX * METADATA_BLOCK_SIZE_BYTES} bytes`);
       }
       await this.growth.grow('metadata', blocks, { explicit: true });
     }

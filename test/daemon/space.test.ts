@@ -95,12 +95,24 @@ test('a served pool: the low-water hook runs once, growth keeps the client writi
   assert.equal(result.code, 0, result.stdout + result.stderr);
   assert.doesNotMatch(result.stdout + result.stderr, /No space|error/i);
 
+  // pool resize on the live pool: both files grow now, and the space is there at once.
+  const metadataBytes = thinbdJson<PoolStatus>(['pool', 'status', '--pool', pool]).space.metadata.sizeBytes;
+  ok(['pool', 'resize', '--pool', pool, '--data-size', '192M', '--metadata-size', String(metadataBytes + 16 * MiB)]);
+  const resized = thinbdJson<PoolStatus>(['pool', 'status', '--pool', pool]);
+  assert.equal(resized.space.data.sizeBytes, 192 * MiB);
+  assert.equal(resized.space.metadata.sizeBytes, metadataBytes + 16 * MiB);
+  assert.equal(resized.state, 'ok');
+  const afterResize = await write('v', (queuedChunk + 1) * 8 * MiB, 0x71);
+  assert.equal(afterResize.code, 0, afterResize.stdout + afterResize.stderr);
+
   for (const chunk of acknowledged) {
     const read = await run('qemu-io', ['-f', 'raw', '-r', '-c', `read -P ${0x20 + chunk} ${chunk * 8 * MiB} 8M`, server.uri('v')], { allowFailure: true });
     assert.doesNotMatch(read.stdout + read.stderr, /Pattern verification failed|error/i, `chunk ${chunk}`);
   }
   const read = await run('qemu-io', ['-f', 'raw', '-r', '-c', `read -P 0x70 ${queuedChunk * 8 * MiB} 8M`, server.uri('v')], { allowFailure: true });
   assert.doesNotMatch(read.stdout + read.stderr, /Pattern verification failed|error/i, 'the queued write');
+  const readResized = await run('qemu-io', ['-f', 'raw', '-r', '-c', `read -P 0x71 ${(queuedChunk + 1) * 8 * MiB} 8M`, server.uri('v')], { allowFailure: true });
+  assert.doesNotMatch(readResized.stdout + readResized.stderr, /Pattern verification failed|error/i, 'the write after the resize');
   assert.equal(await server.stop(), 0);
   const check = thinbd(['check', '--pool', pool]);
   assert.equal(check.code, 0, check.stdout + check.stderr);

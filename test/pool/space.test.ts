@@ -312,3 +312,53 @@ test('freed blocks go back to the host once committed (du falls), not while a pi
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('metadata grows by itself below its mark up to metadata-max, durably; new volumes are refused only once it cannot grow', async () => {
+  const maxBytes = METADATA_BYTES + 8192 * 4096;
+  const { pool, files } = await memoryPoolWith(64, { metadataMaxBytes: maxBytes, metadataLowWater: { bytes: 64 * 1024 ** 2 } });
+  const events: SpaceEvent[] = [];
+  pool.onSpaceEvent((event) => events.push(event));
+  let count = 0;
+  let refusal: unknown;
+  for (; count < 20_000 && refusal === undefined; count += 1) {
+    try {
+      await pool.createVolume(`v${count}`, { sizeBytes: BLOCK });
+    } catch (error) {
+      refusal = error;
+    }
+  }
+  assert.ok(isThinError(refusal, 'THIN_NO_METADATA_SPACE') && /below its low-water mark/.test(String(refusal)), String(refusal));
+  const status = pool.status();
+  assert.equal(status.metadataBlockCount * 4096, maxBytes, 'grown to metadata-max');
+  assert.ok(status.space.metadata.grows >= 2);
+  assert.ok(events.some((event) => event.kind === 'metadata-grown'));
+  assert.ok(events.some((event) => event.kind === 'metadata-low-water'));
+  await pool.close();
+  const reopened = await Pool.openOn(reopenCopies(files));
+  assert.equal(reopened.status().metadataBlockCount * 4096, maxBytes);
+  assert.equal(reopened.list().length, count - 1);
+  await reopened.close();
+  assert.deepEqual((await checkPool(reopenCopies(files))).problems, []);
+});
+
+test('settings of the wrong shape (as a control socket client might send) are refused by name, and nothing changes', async () => {
+  const { pool } = await memoryPoolWith(16, {});
+  const bad: unknown[] = [
+    { lowWater: 'abc' },
+    { lowWater: { percent: 0 } },
+    { whenFull: 'queue' },
+    { whenFull: { queueSeconds: '5' } },
+    { autoGrow: 'yes' },
+    { dataMaxBytes: -1 },
+    { noSuchSetting: 1 },
+    null,
+  ];
+  for (const change of bad) {
+    assert.throws(() => pool.changeSpaceSettings(change as never), (error) => isThinError(error, 'THIN_INVALID'), JSON.stringify(change));
+  }
+  assert.deepEqual(pool.status().space.settings, {});
+  await assert.rejects(pool.resizePool({ dataSizeBytes: '1G' as never }), (error) => isThinError(error, 'THIN_INVALID'));
+  await assert.rejects(pool.resizePool({ metadataSizeBytes: 64 * 1024 ** 3 }), (error) => isThinError(error, 'THIN_INVALID') && /largest metadata/.test(error.message));
+  assert.equal(pool.status().dataBlockCount, 16);
+  await pool.close();
+});
