@@ -4,7 +4,7 @@
 // default of the build that opens the pool.
 import { Option } from '@commander-js/extra-typings';
 import type { LowWater, SpaceSettingsChange, WhenFull } from '../pool/pool.ts';
-import { WHEN_FULL_QUEUE_SECONDS_DEFAULT } from '../constants.ts';
+import { WHEN_FULL_QUEUE_SECONDS_DEFAULT, WHEN_FULL_QUEUE_SECONDS_MAX } from '../constants.ts';
 import { UsageError } from './report.ts';
 import { sizeOption } from './options.ts';
 
@@ -57,7 +57,11 @@ function whenFull(text: string): WhenFull {
   if (text === 'error') return 'error';
   if (text === 'queue') return { queueSeconds: WHEN_FULL_QUEUE_SECONDS_DEFAULT };
   const match = /^queue:(\d+)$/.exec(text);
-  if (match) return { queueSeconds: Number(match[1]) };
+  if (match) {
+    const queueSeconds = Number(match[1]);
+    if (queueSeconds < 1 || queueSeconds > WHEN_FULL_QUEUE_SECONDS_MAX) throw new UsageError(`--when-full: a queue of ${match[1]} seconds is not from 1 to ${WHEN_FULL_QUEUE_SECONDS_MAX}`);
+    return { queueSeconds };
+  }
   throw new UsageError(`--when-full: '${text}' is not error, queue or queue:SECONDS`);
 }
 
