@@ -145,30 +145,18 @@ export class SpaceMonitor {
 
   report(resource: SpaceResource): SpaceReport {
     const entry = this.#resources[resource];
-    if (resource === 'data') {
-      const inputs = this.#host.dataInputs();
-      const figures = dataSpaceFigures(this.#host.settings, inputs);
-      const bs = inputs.blockSizeBytes;
-      return {
-        state: entry.state,
-        freeBytes: figures.availableBlocks * bs,
-        usedBytes: this.#host.dataUsedBlocks * bs,
-        sizeBytes: inputs.blockCount * bs,
-        maxBytes: figures.growLimitBlocks * bs,
-        lowWaterBytes: figures.lowWaterBlocks * bs,
-        canGrow: inputs.canGrow,
-        grows: entry.grows,
-      };
-    }
-    const inputs = this.#host.metadataInputs();
-    const figures = metadataSpaceFigures(this.#host.settings, inputs);
+    const dataInputs = resource === 'data' ? this.#host.dataInputs() : undefined;
+    const metadataInputs = dataInputs === undefined ? this.#host.metadataInputs() : undefined;
+    const inputs = dataInputs ?? metadataInputs!;
+    const figures = dataInputs !== undefined ? dataSpaceFigures(this.#host.settings, dataInputs) : metadataSpaceFigures(this.#host.settings, metadataInputs!);
+    const unit = dataInputs?.blockSizeBytes ?? METADATA_BLOCK_SIZE_BYTES;
     return {
       state: entry.state,
-      freeBytes: figures.availableBlocks * METADATA_BLOCK_SIZE_BYTES,
-      usedBytes: this.#host.metadataUsedBlocks * METADATA_BLOCK_SIZE_BYTES,
-      sizeBytes: inputs.blockCount * METADATA_BLOCK_SIZE_BYTES,
-      maxBytes: figures.growLimitBlocks * METADATA_BLOCK_SIZE_BYTES,
-      lowWaterBytes: figures.lowWaterBlocks * METADATA_BLOCK_SIZE_BYTES,
+      freeBytes: figures.availableBlocks * unit,
+      usedBytes: (dataInputs !== undefined ? this.#host.dataUsedBlocks : this.#host.metadataUsedBlocks) * unit,
+      sizeBytes: inputs.blockCount * unit,
+      maxBytes: figures.growLimitBlocks * unit,
+      lowWaterBytes: figures.lowWaterBlocks * unit,
       canGrow: inputs.canGrow,
       grows: entry.grows,
     };
