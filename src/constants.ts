@@ -282,12 +282,7 @@ export const SERVE_HOST_DEFAULT = '127.0.0.1';
 export const SERVE_PORT_DEFAULT = 10809;
 /** How long a stopping server waits for clients' in-flight requests before cutting them off. */
 export const SERVE_CLOSE_TIMEOUT_MS = 10_000;
-/**
- * The pool is "low" when less than this share of its data or metadata space is free (dm-thin's
- * low_water_mark, as a share so it fits any pool size): metrics show it, the log says it once.
- */
-export const POOL_LOW_WATER_FREE_FRACTION = 0.1;
-/** How often the server looks at the pool's space and mode to log a change of state. */
+/** How often the server looks at the pool's mode to log a change of state. */
 export const SERVE_STATE_CHECK_MS = 5_000;
 
 /**

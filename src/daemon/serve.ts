@@ -14,7 +14,7 @@ import { ControlServer, controlSocketPath } from './control.ts';
 import { VolumeExport } from './volume-export.ts';
 import { SERVE_CLOSE_TIMEOUT_MS, SERVE_STATE_CHECK_MS } from '../constants.ts';
 import { NbdExportStats } from '../nbd/export-stats.ts';
-import { MetricsServer, lowWater } from './metrics.ts';
+import { MetricsServer } from './metrics.ts';
 import type { LogSink } from '../util/log.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
 import { FileBlockFile } from '../io/file.ts';
@@ -173,13 +173,11 @@ export class PoolServer {
   }
 }
 
-/** The address as an NBD URI; `nbds` when TLS is required there (libnbd's scheme for TLS). */
 /**
- * Logs each change of the pool's state once: entering or leaving low water, and a change of mode
- * (read-only when out of metadata space, needs-check after a failed commit).
+ * Logs each change of the pool's mode once (read-only when out of metadata space, needs-check
+ * after a failed commit). Space has its own events (space-events.ts), raised as it changes.
  */
 function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
-  let wasLow = false;
   let lastMode = pool.status().mode;
   const check = (): void => {
     let status;
@@ -188,15 +186,6 @@ function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
     } catch {
       return; // closing
     }
-    const low = lowWater(status);
-    if (low.low !== wasLow) {
-      log?.(
-        low.low
-          ? { level: 'warn', event: 'pool.low_water', message: `pool is low on space: ${low.reason}: remove volumes or snapshots no longer needed, or move to a larger pool` }
-          : { level: 'info', event: 'pool.low_water_cleared', message: 'pool is no longer low on space' },
-      );
-    }
-    wasLow = low.low;
     if (status.mode !== lastMode) {
       const reason = status.modeReason === undefined ? '' : `: ${status.modeReason}`;
       log?.({ level: status.mode === 'read-write' ? 'info' : 'error', event: 'pool.mode_changed', message: `pool mode changed from ${lastMode} to ${status.mode}${reason}`, mode: status.mode });
@@ -209,6 +198,7 @@ function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
   return timer;
 }
 
+/** The address as an NBD URI; `nbds` when TLS is required there (libnbd's scheme for TLS). */
 export function describeAddress(address: NbdListenAddress, tls: NbdTlsMode = 'off'): string {
   const scheme = tls === 'require' ? 'nbds' : 'nbd';
   if ('path' in address) return `${scheme}+unix:///?socket=${address.path}`;
