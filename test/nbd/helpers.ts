@@ -107,3 +107,12 @@ export function patternBytes(lengthBytes: number, seed: number): Buffer {
   }
   return bytes;
 }
+
+/** Polls condition every 100 ms until it holds; throws naming `what` after timeoutMs (a bound, not a speed claim). */
+export async function waitFor(condition: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}

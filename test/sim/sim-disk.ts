@@ -19,8 +19,14 @@
 //   AsyncFileNonDurable); in the "random sectors" shape each sector is new, old or garbage.
 //   Garbage covers only the bytes the write itself carried within a sector: bytes the host never
 //   asked to change are not destroyed (no software can defend those against its own disk).
+// - File size and holes are modelled as a file system keeps them (docs/fault-model.md section 2):
+//   growing a disk (ftruncate) and punching a hole (fallocate PUNCH_HOLE) change what the process
+//   sees at once, and become durable only as a completed write does, by a later sync of that disk.
+//   Until then a crash keeps or loses a growth (never half of one); a punch is kept, lost or torn
+//   by whole 4 KiB pages (a file system frees a range extent by extent, in several journal
+//   transactions), and a torn punch leaves each page punched or as it was, never garbage.
 // - The trace records every write (disk, offset, bytes), its completion, every sync start and
-//   completion, growth, medium corruption, and named marks the test adds ("ack flush #3"), like
+//   completion, growth, punches, medium corruption, and named marks the test adds ("ack flush #3"), like
 //   dm-log-writes. CrashPoint k enumerates the pending writes after event k and yields crash
 //   images: all kept, all lost, every subset when few, each single one lost, then random SQLite
 //   outcomes with tears, within a budget, deterministically from a seed.
@@ -69,6 +75,33 @@ export class SparseImage {
 
   grow(sizeBytes: number): void {
     if (sizeBytes > this.#sizeBytes) this.#sizeBytes = sizeBytes;
+  }
+
+  /** Makes [offsetBytes, +lengthBytes) read as zeros without changing the size: whole pages are dropped. */
+  punch(offsetBytes: number, lengthBytes: number): void {
+    const endBytes = Math.min(offsetBytes + lengthBytes, this.#sizeBytes);
+    let positionBytes = offsetBytes;
+    while (positionBytes < endBytes) {
+      const pageIndex = Math.floor(positionBytes / PAGE_SIZE_BYTES);
+      const inPageBytes = positionBytes - pageIndex * PAGE_SIZE_BYTES;
+      const chunkBytes = Math.min(PAGE_SIZE_BYTES - inPageBytes, endBytes - positionBytes);
+      if (this.#pages.has(pageIndex)) {
+        if (chunkBytes === PAGE_SIZE_BYTES) {
+          this.#pages.delete(pageIndex);
+          this.#owned.delete(pageIndex);
+        } else {
+          this.#writablePage(pageIndex).fill(0, inPageBytes, inPageBytes + chunkBytes);
+        }
+      }
+      positionBytes += chunkBytes;
+    }
+  }
+
+  /** Pages that hold bytes (a file system's allocated blocks): what `du` of the file would count. */
+  get allocatedBytes(): number {
+    let pages = 0;
+    for (const pageIndex of this.#pages.keys()) if (pageIndex * PAGE_SIZE_BYTES < this.#sizeBytes) pages += 1;
+    return pages * PAGE_SIZE_BYTES;
   }
 
   /** Fills target from offsetBytes; bytes never written (or past the end) read as zeros. */
@@ -160,17 +193,30 @@ export type SimEvent =
   | { kind: 'write-done'; disk: string; writeId: number; failed: boolean }
   | { kind: 'sync'; disk: string; syncId: number; coveredWriteIds: readonly number[] }
   | { kind: 'sync-done'; disk: string; syncId: number; failed: boolean }
-  | { kind: 'grow'; disk: string; sizeBytes: number }
+  | { kind: 'grow'; disk: string; writeId: number; sizeBytes: number }
+  | { kind: 'punch'; disk: string; writeId: number; offsetBytes: number; lengthBytes: number }
   | { kind: 'corrupt'; disk: string; writeId: number; offsetBytes: number; lengthBytes: number }
   | { kind: 'mark'; label: string };
 
-/** One write as the trace knows it. */
+/**
+ * What a pending change does to a disk: a write of bytes, a growth of the file (to offsetBytes
+ * bytes), or a punched hole of lengthBytes at offsetBytes. Growth and punches are pending and
+ * become durable as writes do (see the module comment).
+ */
+export type SimChange = 'write' | 'grow' | 'punch';
+
+/** One write (or growth, or punch) as the trace knows it. */
 export interface SimWrite {
   readonly writeId: number;
   readonly disk: string;
-  /** Where the bytes landed (differs from where they were aimed after a misdirected write). */
+  /** 'write' unless the change is a growth or a punch. */
+  readonly change: SimChange;
+  /** Where the bytes landed (differs from where they were aimed after a misdirected write); the new size of a growth. */
   readonly offsetBytes: number;
+  /** The bytes written; empty for a growth or a punch. */
   readonly bytes: Uint8Array;
+  /** Bytes the change covers: the write's length, a punch's length, 0 for a growth. */
+  readonly lengthBytes: number;
   /** Event index of the write's issue. */
   readonly issueIndex: number;
   /** Event index of its completion; Infinity while in flight. */
@@ -192,7 +238,9 @@ function describeEvent(event: SimEvent): string {
     case 'sync-done':
       return `sync #${event.syncId} ${event.disk} ${event.failed ? 'failed' : 'done'}`;
     case 'grow':
-      return `grow ${event.disk} to ${event.sizeBytes}`;
+      return `grow #${event.writeId} ${event.disk} to ${event.sizeBytes}`;
+    case 'punch':
+      return `punch #${event.writeId} ${event.disk} [${event.offsetBytes}, +${event.lengthBytes})`;
     case 'corrupt':
       return `corrupt ${event.disk} [${event.offsetBytes}, +${event.lengthBytes})`;
     case 'mark':
@@ -240,12 +288,25 @@ function randomOutcome(rng: Rng): WriteOutcome {
   return { kind: 'torn', shape: rng.pick<TearShape>(['left', 'right', 'sectors']), seed: rng.next() };
 }
 
+/** Applies a change whole onto image: the bytes written, the size grown, the hole punched. */
+function applyChange(image: SparseImage, write: SimWrite): void {
+  if (write.change === 'write') image.write(write.bytes, write.offsetBytes);
+  else if (write.change === 'grow') image.grow(write.offsetBytes);
+  else image.punch(write.offsetBytes, write.lengthBytes);
+}
+
 /**
  * Applies a torn write onto image. Sectors are the disk's 512-byte sectors the write overlaps;
- * within each, only the write's own bytes change.
+ * within each, only the write's own bytes change. A torn growth is lost (a size changes whole or
+ * not at all); a torn punch leaves each 4 KiB page it covers punched or as it was.
  */
 function applyTorn(image: SparseImage, write: SimWrite, shape: TearShape, seed: number): void {
+  if (write.change === 'grow') return;
   const rng = new Rng(seed);
+  if (write.change === 'punch') {
+    applyTornPunch(image, write, shape, rng);
+    return;
+  }
   const beginBytes = write.offsetBytes;
   const endBytes = write.offsetBytes + write.bytes.length;
   if (endBytes === beginBytes) return;
@@ -273,6 +334,28 @@ function applyTorn(image: SparseImage, write: SimWrite, shape: TearShape, seed: 
         ? write.bytes.subarray(sectorBeginBytes - beginBytes, sectorEndBytes - beginBytes)
         : rng.bytes(sectorEndBytes - sectorBeginBytes);
     image.write(piece, sectorBeginBytes);
+  }
+}
+
+function applyTornPunch(image: SparseImage, write: SimWrite, shape: TearShape, rng: Rng): void {
+  const beginBytes = write.offsetBytes;
+  const endBytes = write.offsetBytes + write.lengthBytes;
+  const firstPage = Math.floor(beginBytes / PAGE_SIZE_BYTES);
+  const pageCount = Math.ceil(endBytes / PAGE_SIZE_BYTES) - firstPage;
+  if (pageCount <= 0) return;
+  // Per page: punched or not; 'left' / 'right' keep a run at that end as it was.
+  const punched = new Uint8Array(pageCount).fill(1);
+  if (shape === 'sectors') {
+    for (let index = 0; index < pageCount; index++) punched[index] = rng.chance(0.5) ? 1 : 0;
+  } else {
+    const keptCount = 1 + rng.int(pageCount);
+    for (let index = 0; index < keptCount; index++) punched[shape === 'left' ? index : pageCount - 1 - index] = 0;
+  }
+  for (let index = 0; index < pageCount; index++) {
+    if (punched[index] === 0) continue;
+    const pageBeginBytes = Math.max(beginBytes, (firstPage + index) * PAGE_SIZE_BYTES);
+    const pageEndBytes = Math.min(endBytes, (firstPage + index + 1) * PAGE_SIZE_BYTES);
+    image.punch(pageBeginBytes, pageEndBytes - pageBeginBytes);
   }
 }
 
@@ -396,7 +479,7 @@ export class CrashPoint {
       const outcome = variant.outcomes[index];
       const image = images.get(write.disk);
       assert(outcome !== undefined && image !== undefined);
-      if (outcome.kind === 'kept') image.write(write.bytes, write.offsetBytes);
+      if (outcome.kind === 'kept') applyChange(image, write);
       else if (outcome.kind === 'torn') applyTorn(image, write, outcome.shape, outcome.seed);
     });
     return images;
@@ -420,7 +503,6 @@ class TraceWalker {
   readonly #seed: number;
   #eventCount = 0;
   #durableCount = 0;
-  #growCount = 0;
 
   constructor(options: {
     events: readonly SimEvent[];
@@ -448,10 +530,6 @@ class TraceWalker {
     const event = this.#events[index];
     assert(event !== undefined, 'stepped past the end of the trace');
     switch (event.kind) {
-      case 'grow':
-        this.#image(event.disk).grow(event.sizeBytes);
-        this.#growCount += 1;
-        break;
       case 'sync':
         this.#syncCovers.set(event.syncId, event.coveredWriteIds);
         break;
@@ -464,7 +542,7 @@ class TraceWalker {
           .filter((write): write is SimWrite => write !== undefined && write.durableIndex === index)
           .sort((a, b) => a.doneIndex - b.doneIndex);
         for (const write of covered) {
-          this.#image(write.disk).write(write.bytes, write.offsetBytes);
+          applyChange(this.#image(write.disk), write);
           this.#durableCount += 1;
         }
         break;
@@ -481,6 +559,8 @@ class TraceWalker {
         break;
       case 'write':
       case 'write-done':
+      case 'grow':
+      case 'punch':
         break;
     }
     this.#eventCount += 1;
@@ -523,7 +603,7 @@ class TraceWalker {
       pending,
       marks: [...this.#marks],
       durable,
-      durableKey: `${this.#durableCount}/${this.#growCount}`,
+      durableKey: String(this.#durableCount),
       badSectors: this.#badSectors,
       deadSectors: this.#deadSectors,
       seed: this.#seed,
@@ -767,18 +847,21 @@ export class SimMachine {
     const writeId = this.#nextWriteId++;
     const event: SimEvent = { kind: 'write', disk, writeId, offsetBytes, lengthBytes: bytes.length };
     if (misdirectedFromBytes !== undefined) event.misdirectedFromBytes = misdirectedFromBytes;
+    return this.#pendingChange({ writeId, disk, change: 'write', offsetBytes, bytes, lengthBytes: bytes.length }, event);
+  }
+
+  /** @internal A growth (to sizeBytes) or a punch: pending like a write until a later sync of its disk. */
+  newChange(disk: string, change: 'grow' | 'punch', offsetBytes: number, lengthBytes: number): SimWrite {
+    const writeId = this.#nextWriteId++;
+    const event: SimEvent =
+      change === 'grow' ? { kind: 'grow', disk, writeId, sizeBytes: offsetBytes } : { kind: 'punch', disk, writeId, offsetBytes, lengthBytes };
+    return this.#pendingChange({ writeId, disk, change, offsetBytes, bytes: new Uint8Array(0), lengthBytes }, event);
+  }
+
+  #pendingChange(change: Pick<SimWrite, 'writeId' | 'disk' | 'change' | 'offsetBytes' | 'bytes' | 'lengthBytes'>, event: SimEvent): SimWrite {
     const issueIndex = this.recordEvent(event);
-    const write: SimWrite = {
-      writeId,
-      disk,
-      offsetBytes,
-      bytes,
-      issueIndex,
-      doneIndex: Infinity,
-      failed: false,
-      durableIndex: Infinity,
-    };
-    this.#writes.set(writeId, write);
+    const write: SimWrite = { ...change, issueIndex, doneIndex: Infinity, failed: false, durableIndex: Infinity };
+    this.#writes.set(write.writeId, write);
     return write;
   }
 
@@ -789,8 +872,10 @@ export class SimMachine {
     const write: SimWrite = {
       writeId,
       disk,
+      change: 'write',
       offsetBytes,
       bytes,
+      lengthBytes: bytes.length,
       issueIndex: index,
       doneIndex: index,
       failed: false,
@@ -860,6 +945,7 @@ export interface SimDiskCounters {
   reads: number;
   writes: number;
   syncs: number;
+  punches: number;
   readErrors: number;
   writeErrors: number;
   syncErrors: number;
@@ -868,7 +954,7 @@ export interface SimDiskCounters {
 export class SimDisk implements BlockFile {
   readonly name: string;
   readonly description: string;
-  readonly counters: SimDiskCounters = { reads: 0, writes: 0, syncs: 0, readErrors: 0, writeErrors: 0, syncErrors: 0 };
+  readonly counters: SimDiskCounters = { reads: 0, writes: 0, syncs: 0, punches: 0, readErrors: 0, writeErrors: 0, syncErrors: 0 };
   readonly #machine: SimMachine;
   readonly #image: SparseImage;
   /** Completed writes not yet covered by a started sync, in completion order. */
@@ -1024,12 +1110,48 @@ export class SimDisk implements BlockFile {
     });
   }
 
+  /**
+   * Grows the file at once, as ftruncate does; the new size is durable once a sync started after
+   * this resolves completes (a crash before may keep or lose it).
+   */
   async grow(sizeBytes: number): Promise<void> {
     this.#checkOpen();
     checkRange(sizeBytes, 0);
     if (sizeBytes <= this.#image.sizeBytes) return;
+    if (this.#machine.killed) throw new ThinError('THIN_IO', 'The simulated machine lost power');
     this.#image.grow(sizeBytes);
-    this.#machine.recordEvent({ kind: 'grow', disk: this.name, sizeBytes });
+    const growth = this.#machine.newChange(this.name, 'grow', sizeBytes, 0);
+    growth.doneIndex = growth.issueIndex;
+    this.#completedUnsynced.push(growth);
+  }
+
+  /**
+   * fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros once this resolves; the size does
+   * not change. Completes asynchronously like a write, and is durable like one (a crash before a
+   * later sync keeps it, loses it or tears it by pages). Always supported here: resolves true.
+   */
+  punch(offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      this.#checkOpen();
+      checkRange(offsetBytes, lengthBytes);
+      this.counters.punches += 1;
+      const punch = this.#machine.newChange(this.name, 'punch', offsetBytes, lengthBytes);
+      this.#machine.enqueue({
+        disk: this,
+        run: () => {
+          this.#image.punch(offsetBytes, lengthBytes);
+          punch.doneIndex = this.#machine.recordEvent({ kind: 'write-done', disk: this.name, writeId: punch.writeId, failed: false });
+          this.#completedUnsynced.push(punch);
+          resolve(true);
+        },
+        abort: reject,
+      });
+    });
+  }
+
+  /** Bytes of the file that hold data (pages written and not punched): `du` of the simulated file. */
+  allocatedBytes(): number {
+    return this.#image.allocatedBytes;
   }
 
   async close(): Promise<void> {
