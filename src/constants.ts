@@ -257,18 +257,62 @@ export const SCRUB_RATE_BYTES_PER_SECOND_DEFAULT = 64 * 1024 * 1024;
 /** Bytes a scrub reads at a time: large reads, small stalls between them. */
 export const SCRUB_CHUNK_BYTES = 1024 * 1024;
 
+// ---- pool: space policy (src/pool/space-policy.ts, docs/format.md "Pool superblock payload") ----
+
+/**
+ * Default data low-water mark: 10 % of the data space. Below it a file-backed pool grows by
+ * itself, and when it cannot grow the operator is told once. dm-thin leaves the mark to its user
+ * (the hosts that tuned it for container images set 32 MiB on a 2 GiB pool, 1.6 %) and LVM's
+ * usual autoextend threshold is 70-80 % full; 10 % keeps minutes of writes in hand on a busy pool
+ * of any size, which is what the operator or a script needs to act, and stays above the 1 %
+ * copy-on-write reserve (F-POOL-42) so the warning comes before any write can fail.
+ */
+export const DATA_LOW_WATER_PERCENT_DEFAULT = 10;
+/**
+ * Default metadata low-water mark: 5 % of the metadata, at least METADATA_LOW_WATER_BLOCKS_MIN.
+ * Below it metadata grows by itself, and new volumes and snapshots (which can multiply metadata)
+ * are refused while it cannot, so writes keep their room.
+ */
+export const METADATA_LOW_WATER_PERCENT_DEFAULT = 5;
+/** 8 MiB: twice METADATA_RECOVERY_RESERVE_BLOCKS, so the mark is met well before writes are refused. */
+export const METADATA_LOW_WATER_BLOCKS_MIN = 2048;
+/**
+ * Free metadata blocks (4 MiB, dm-thin's metadata low-water threshold) that only changes which
+ * free space may use: remove, resize down, discard. A write that needs metadata fails with ENOSPC
+ * before it would take them, so what frees space always has room to run (F-POOL-47).
+ */
+export const METADATA_RECOVERY_RESERVE_BLOCKS = 1024;
+/** Default growth step of the data file: 20 % of its size (LVM's thin_pool_autoextend_percent default). */
+export const DATA_GROW_STEP_PERCENT_DEFAULT = 20;
+/** Metadata grows by a quarter of its size, at least METADATA_GROW_STEP_BLOCKS_MIN (16 MiB). */
+export const METADATA_GROW_STEP_PERCENT = 25;
+export const METADATA_GROW_STEP_BLOCKS_MIN = 4096;
+/**
+ * The host file system's space a pool leaves to others when it grows by itself (data-max and
+ * metadata-max "auto"): 5 % of that file system (the share ext4 keeps for root, on top of that
+ * reserve, since the free space counted is what unprivileged users may take), at least 256 MiB and
+ * at most 16 GiB.
+ */
+export const HOST_FREE_MARGIN_PERCENT = 5;
+export const HOST_FREE_MARGIN_BYTES_MIN = 256 * 1024 ** 2;
+export const HOST_FREE_MARGIN_BYTES_MAX = 16 * 1024 ** 3;
+/** `--when-full queue` without seconds waits this long: dm-thin's no_space_timeout default (60 s). */
+export const WHEN_FULL_QUEUE_SECONDS_DEFAULT = 60;
+/** Longest queue wait: an hour; a write held longer is a client that has long given up. */
+export const WHEN_FULL_QUEUE_SECONDS_MAX = 3600;
+/**
+ * Bytes given back to the host by one fallocate(PUNCH_HOLE) call: the file system frees them in
+ * one go, and the blocks are held from the allocator until the call returns, so the hold is short.
+ */
+export const PUNCH_BYTES_PER_CALL_MAX = 256 * 1024 ** 2;
+
 // thinbd serve.
 /** Default NBD address: the IANA port, loopback only (exposing disks is the operator's choice). */
 export const SERVE_HOST_DEFAULT = '127.0.0.1';
 export const SERVE_PORT_DEFAULT = 10809;
 /** How long a stopping server waits for clients' in-flight requests before cutting them off. */
 export const SERVE_CLOSE_TIMEOUT_MS = 10_000;
-/**
- * The pool is "low" when less than this share of its data or metadata space is free (dm-thin's
- * low_water_mark, as a share so it fits any pool size): metrics show it, the log says it once.
- */
-export const POOL_LOW_WATER_FREE_FRACTION = 0.1;
-/** How often the server looks at the pool's space and mode to log a change of state. */
+/** How often the server looks at the pool's mode to log a change of state. */
 export const SERVE_STATE_CHECK_MS = 5_000;
 
 /**

@@ -25,7 +25,7 @@ export function controlSocketPath(poolDir: string): string {
   return join(poolDir, CONTROL_SOCKET_NAME);
 }
 
-const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status', 'check', 'pinGeneration', 'scrub'] as const;
+const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status', 'check', 'pinGeneration', 'scrub', 'setSpace', 'resizePool'] as const;
 type Method = (typeof methods)[number];
 
 export class ControlServer {
@@ -199,6 +199,8 @@ class RemotePoolService implements PoolService {
   check: PoolService['check'] = () => this.#call('check');
   scrub: PoolService['scrub'] = (request) => this.#call('scrub', request ?? {});
   pinGeneration: PoolService['pinGeneration'] = () => this.#call('pinGeneration');
+  setSpace: PoolService['setSpace'] = (request) => this.#call('setSpace', request);
+  resizePool: PoolService['resizePool'] = (request) => this.#call('resizePool', request);
 
   async close(): Promise<void> {
     this.#socket.end();

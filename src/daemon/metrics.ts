@@ -6,7 +6,7 @@
 //                    records, copy-on-writes, flushes, request errors
 //   thinbd_nbd_*     the server: connections, bytes in and out, requests and bytes in flight, TLS
 import http from 'node:http';
-import { METADATA_BLOCK_SIZE_BYTES, POOL_LOW_WATER_FREE_FRACTION } from '../constants.ts';
+import { METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import type { NbdServer } from '../nbd/server.ts';
 import { MEASURED_COMMANDS, type NbdExportStats } from '../nbd/export-stats.ts';
 import type { Pool, PoolStatus } from '../pool/pool.ts';
@@ -20,15 +20,12 @@ export interface MetricsSources {
   exportStats: NbdExportStats;
 }
 
-/** Whether the pool is below its low-water mark, and why (for the log). */
-export function lowWater(status: PoolStatus): { low: boolean; reason: string } {
-  const dataFree = (status.dataBlockCount - status.dataBlocksUsed) / Math.max(1, status.dataBlockCount);
-  const metadataFree = (status.metadataBlockCount - status.metadataBlocksUsed) / Math.max(1, status.metadataBlockCount);
-  const percent = (fraction: number) => `${(fraction * 100).toFixed(1)}%`;
-  const parts: string[] = [];
-  if (dataFree < POOL_LOW_WATER_FREE_FRACTION) parts.push(`data ${percent(dataFree)} free`);
-  if (metadataFree < POOL_LOW_WATER_FREE_FRACTION) parts.push(`metadata ${percent(metadataFree)} free`);
-  return { low: parts.length > 0, reason: parts.join(', ') };
+/**
+ * Whether the pool is below a low-water mark: the data or metadata space it can still give (free,
+ * and what growth may add) is under its mark (pool status `state` low or full, src/pool/space.ts).
+ */
+export function lowWater(status: PoolStatus): boolean {
+  return status.space.data.state !== 'ok' || status.space.metadata.state !== 'ok';
 }
 
 export function renderMetrics(sources: MetricsSources): string {
@@ -72,8 +69,8 @@ export function renderMetrics(sources: MetricsSources): string {
     ['thinbd_pool_metadata_free_bytes', 'Metadata space free.', metadataBytes(status.metadataBlockCount - status.metadataBlocksUsed)],
     [
       'thinbd_pool_low_water',
-      `1 when less than ${POOL_LOW_WATER_FREE_FRACTION * 100}% of the data or metadata space is free (grow the pool), else 0.`,
-      lowWater(status).low ? 1 : 0,
+      '1 while the data or metadata space the pool can still give (growth included) is below its low-water mark, else 0.',
+      lowWater(status) ? 1 : 0,
     ],
     ['thinbd_pool_volumes', 'Volumes in the pool (served or not).', status.volumeCount],
     ['thinbd_pool_log_blocks_used', 'Delta log blocks holding records not yet rolled up.', status.counters.logBlocksUsed],

@@ -14,12 +14,13 @@ import { ControlServer, controlSocketPath } from './control.ts';
 import { VolumeExport } from './volume-export.ts';
 import { SERVE_CLOSE_TIMEOUT_MS, SERVE_STATE_CHECK_MS } from '../constants.ts';
 import { NbdExportStats } from '../nbd/export-stats.ts';
-import { MetricsServer, lowWater } from './metrics.ts';
+import { MetricsServer } from './metrics.ts';
 import type { LogSink } from '../util/log.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
 import { FileBlockFile } from '../io/file.ts';
 import type { FaultRule } from '../io/fault-injection.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
+import { spaceEventHandler } from './space-events.ts';
 
 export interface ServeOptions {
   poolDir: string;
@@ -41,6 +42,8 @@ export interface ServeOptions {
   /** Fault injection on the pool's files (`thinbd serve --inject`, io/fault-injection.ts): drills and tests. */
   faultRules?: readonly FaultRule[];
   log?: LogSink;
+  /** Shell command run at each low-water event (space-events.ts). */
+  onLowWater?: string;
 }
 
 export class PoolServer {
@@ -79,6 +82,7 @@ export class PoolServer {
   static async start(options: ServeOptions): Promise<PoolServer> {
     const pool = await Pool.open(options.poolDir, { readOnly: Boolean(options.readOnly), ...(options.faultRules !== undefined ? { faultRules: options.faultRules } : {}) });
     try {
+      pool.onSpaceEvent(spaceEventHandler({ poolDir: options.poolDir, ...(options.onLowWater === undefined ? {} : { onLowWater: options.onLowWater }), log: options.log ?? (() => {}) }));
       const chosen = options.exports === undefined ? undefined : new Set(options.exports);
       if (chosen !== undefined) {
         const existing = new Set(pool.list().map((info) => info.name));
@@ -172,13 +176,11 @@ export class PoolServer {
   }
 }
 
-/** The address as an NBD URI; `nbds` when TLS is required there (libnbd's scheme for TLS). */
 /**
- * Logs each change of the pool's state once: entering or leaving low water, and a change of mode
- * (read-only when out of metadata space, needs-check after a failed commit).
+ * Logs each change of the pool's mode once (read-only when out of metadata space, needs-check
+ * after a failed commit). Space has its own events (space-events.ts), raised as it changes.
  */
 function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
-  let wasLow = false;
   let lastMode = pool.status().mode;
   const check = (): void => {
     let status;
@@ -187,15 +189,6 @@ function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
     } catch {
       return; // closing
     }
-    const low = lowWater(status);
-    if (low.low !== wasLow) {
-      log?.(
-        low.low
-          ? { level: 'warn', event: 'pool.low_water', message: `pool is low on space: ${low.reason}: remove volumes or snapshots no longer needed, or move to a larger pool` }
-          : { level: 'info', event: 'pool.low_water_cleared', message: 'pool is no longer low on space' },
-      );
-    }
-    wasLow = low.low;
     if (status.mode !== lastMode) {
       const reason = status.modeReason === undefined ? '' : `: ${status.modeReason}`;
       log?.({ level: status.mode === 'read-write' ? 'info' : 'error', event: 'pool.mode_changed', message: `pool mode changed from ${lastMode} to ${status.mode}${reason}`, mode: status.mode });
@@ -208,6 +201,7 @@ function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
   return timer;
 }
 
+/** The address as an NBD URI; `nbds` when TLS is required there (libnbd's scheme for TLS). */
 export function describeAddress(address: NbdListenAddress, tls: NbdTlsMode = 'off'): string {
   const scheme = tls === 'require' ? 'nbds' : 'nbd';
   if ('path' in address) return `${scheme}+unix:///?socket=${address.path}`;

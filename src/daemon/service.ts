@@ -1,7 +1,7 @@
 // The operations the CLI performs on a pool, behind one interface with two implementations:
 // LocalPoolService runs them on a Pool this process opened (or, inside `thinbd serve`, on the
 // live pool the server owns); the control socket's client runs them remotely on a live pool.
-import type { PinnedGeneration, Pool, ScrubReport } from '../pool/pool.ts';
+import type { PinnedGeneration, Pool, ScrubReport, SpaceSettings, SpaceSettingsChange } from '../pool/pool.ts';
 import { listVolumes, type VolumeListing } from '../tools/list.ts';
 import type { CheckReport } from '../tools/check.ts';
 import { ThinError } from '../errors.ts';
@@ -31,6 +31,12 @@ export interface ResizeRequest {
   allowShrink?: boolean;
 }
 
+/** `thinbd pool resize`: the sizes to grow the data and metadata files to (absent: unchanged). */
+export interface ResizePoolRequest {
+  dataSizeBytes?: number;
+  metadataSizeBytes?: number;
+}
+
 /** A pinned generation as the control socket carries it (docs/format.md "Pinned generations"). */
 export interface PinnedGenerationWire {
   generation: number;
@@ -58,6 +64,10 @@ export interface PoolService {
   resizeVolume(request: ResizeRequest): Promise<void>;
   listVolumes(): Promise<VolumeListing[]>;
   status(): Promise<ReturnType<Pool['status']>>;
+  /** Changes the pool's space settings (live at once) and makes them durable; returns them all. */
+  setSpace(request: { change: SpaceSettingsChange }): Promise<SpaceSettings>;
+  /** Grows the data and/or metadata file now, durably (never shrinks). */
+  resizePool(request: ResizePoolRequest): Promise<void>;
   check(): Promise<CheckReport>;
   /** Reads and verifies everything the pool holds at a bounded rate, mending metadata copies (Pool.scrub). */
   scrub(request?: ScrubRequest): Promise<ScrubReport>;
@@ -134,6 +144,16 @@ export class LocalPoolService implements PoolService {
 
   async status(): Promise<ReturnType<Pool['status']>> {
     return this.pool.status();
+  }
+
+  async setSpace(request: { change: SpaceSettingsChange }): Promise<SpaceSettings> {
+    const settings = this.pool.changeSpaceSettings(request.change);
+    await this.pool.flush();
+    return settings;
+  }
+
+  async resizePool(request: ResizePoolRequest): Promise<void> {
+    await this.pool.resizePool(request);
   }
 
   async pinGeneration(_request: Record<string, never> = {}, session?: ServiceSession): Promise<PinnedGenerationWire> {

@@ -24,6 +24,8 @@ export interface SyncOptions {
 export interface BlockFile {
   /** For messages: a path, or a name such as "memory". */
   readonly description: string;
+  /** True when grow() cannot make the file larger than it is (a block device: only its owner can). */
+  readonly fixedSize?: boolean;
   sizeBytes(): number;
   /** Synchronous read: used by the metadata layer, whose blocks are almost always cached. */
   readSync(target: Uint8Array, offsetBytes: number): void;
@@ -37,7 +39,19 @@ export interface BlockFile {
    * system that cannot allocate ahead simply does not.
    */
   allocate?(offsetBytes: number, lengthBytes: number): Promise<void>;
-  /** Grows (never shrinks) the file to sizeBytes; new space reads as zeros (sparse where possible). */
+  /**
+   * Optional: gives the backing space of [offsetBytes, +lengthBytes) back to the host (a regular
+   * file: fallocate PUNCH_HOLE, keeping the size). Once it resolves true the range reads as zeros;
+   * like a write, that is durable only after a later sync(). Resolves false when the file cannot
+   * punch (a block device, a file system without it): nothing changed. Never rejects for that,
+   * and the caller keeps writes to the range out of its way.
+   */
+  punch?(offsetBytes: number, lengthBytes: number): Promise<boolean>;
+  /**
+   * Grows (never shrinks) the file to sizeBytes; new space reads as zeros (sparse where possible).
+   * The new size, like a write, is durable only after a later sync(): a crash before it may leave
+   * the file at its old size.
+   */
   grow(sizeBytes: number): Promise<void>;
   close(): Promise<void>;
 }

@@ -51,19 +51,26 @@ export class FileBlockFile implements BlockFile {
   #nowaitReads = preadv2 !== undefined;
   /** allocate() calls fallocate; off for block devices and after a failure. */
   #allocateAhead: boolean;
+  /** punch() calls fallocate(PUNCH_HOLE); off for block devices and after a failure. */
+  #punchHoles: boolean;
   /** The iovec handed to preadv2, reused: one read at a time runs on the main thread. */
   readonly #iov: { iov_base: Uint8Array | null; iov_len: number } = { iov_base: null, iov_len: 0 };
   /** Operations started and not yet finished, so close() can wait for them. */
   #inFlight = new Set<Promise<unknown>>();
 
-  private constructor(path: string, fd: number, sizeBytes: number, readOnly: boolean, isBlockDevice: boolean) {
+  /** A regular file (not a device): a write it refuses for room (ENOSPC) dirtied nothing. */
+  readonly #regularFile: boolean;
+
+  private constructor(path: string, fd: number, sizeBytes: number, readOnly: boolean, isBlockDevice: boolean, regularFile: boolean) {
     this.description = path;
+    this.#regularFile = regularFile;
     this.#fd = fd;
     this.#sizeBytes = sizeBytes;
     this.readOnly = readOnly;
     this.isBlockDevice = isBlockDevice;
     this.#mainThreadWrites = !isBlockDevice;
     this.#allocateAhead = !isBlockDevice;
+    this.#punchHoles = !isBlockDevice && !readOnly;
   }
 
   /** Opens an existing regular file or block device. */
@@ -89,7 +96,7 @@ export class FileBlockFile implements BlockFile {
       }
       const isBlockDevice = stats.isBlockDevice();
       const sizeBytes = isBlockDevice ? blockDeviceSizeBytes(fd, path) : stats.size;
-      return new FileBlockFile(path, fd, sizeBytes, readOnly, isBlockDevice);
+      return new FileBlockFile(path, fd, sizeBytes, readOnly, isBlockDevice, stats.isFile());
     } catch (error) {
       fs.closeSync(fd);
       if (error instanceof ThinError) throw error;
@@ -127,7 +134,12 @@ export class FileBlockFile implements BlockFile {
         cause: error,
       });
     }
-    return new FileBlockFile(path, fd, sizeBytes, false, false);
+    return new FileBlockFile(path, fd, sizeBytes, false, false, true);
+  }
+
+  /** A block device's size is its owner's to change (lvextend), not ours. */
+  get fixedSize(): boolean {
+    return this.isBlockDevice;
   }
 
   sizeBytes(): number {
@@ -192,7 +204,7 @@ export class FileBlockFile implements BlockFile {
             fs.write(this.#fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes, done),
           );
         } catch (error) {
-          throw this.#failUnlessMedia(this.#ioError('write', source.length, offsetBytes, error));
+          throw this.#writeFailure(source.length, offsetBytes, error);
         }
         if (writtenBytes === 0) throw this.#deviceEnded(source, offsetBytes, doneBytes);
         doneBytes += writtenBytes;
@@ -255,6 +267,36 @@ export class FileBlockFile implements BlockFile {
     );
   }
 
+  /**
+   * fallocate(2) with PUNCH_HOLE | KEEP_SIZE on a koffi worker thread: the file system frees the
+   * range's blocks and it reads as zeros, the file's size unchanged. Only regular files: on a block
+   * device the call zeroes (and may or may not unmap), which gives nothing back that thinbd can
+   * count on. After the first failure (EOPNOTSUPP on file systems without it) punching is off and
+   * every call resolves false: space is then simply not given back. A failed punch is not a
+   * failed write: it never touches a block anyone maps (the pool punches free blocks only), so it
+   * does not make later syncs refuse.
+   */
+  punch(offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    const call = fallocate;
+    if (call === undefined || !this.#punchHoles || this.#closed || lengthBytes <= 0) return resolvedFalse;
+    checkRange(offsetBytes, lengthBytes);
+    return this.#track(
+      () =>
+        new Promise<boolean>((resolve) => {
+          try {
+            call.async(this.#fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offsetBytes, lengthBytes, (error: unknown, result: number) => {
+              const done = (error === null || error === undefined) && result === 0;
+              if (!done) this.#punchHoles = false;
+              resolve(done);
+            });
+          } catch {
+            this.#punchHoles = false;
+            resolve(false);
+          }
+        }),
+    );
+  }
+
   grow(sizeBytes: number): Promise<void> {
     return this.#track(async () => {
       this.#checkOpen();
@@ -262,6 +304,12 @@ export class FileBlockFile implements BlockFile {
       if (sizeBytes <= this.#sizeBytes) return;
       this.#checkWritable('grow');
       if (this.isBlockDevice) {
+        // The device may have been grown since it was opened (lvextend): then the room is there.
+        const deviceBytes = blockDeviceSizeBytes(this.#fd, this.description);
+        if (deviceBytes >= sizeBytes) {
+          this.#sizeBytes = deviceBytes;
+          return;
+        }
         throw new ThinError(
           'THIN_INVALID',
           `Cannot grow ${this.description} to ${sizeBytes} bytes: it is a block device of ${this.#sizeBytes} bytes`,
@@ -346,7 +394,7 @@ export class FileBlockFile implements BlockFile {
         try {
           writtenBytes = fs.writeSync(this.#fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes);
         } catch (error) {
-          throw this.#failUnlessMedia(this.#ioError('write', source.length, offsetBytes, error));
+          throw this.#writeFailure(source.length, offsetBytes, error);
         }
         if (writtenBytes === 0) throw this.#deviceEnded(source, offsetBytes, doneBytes);
         doneBytes += writtenBytes;
@@ -382,6 +430,23 @@ export class FileBlockFile implements BlockFile {
     };
     promise.then(forget, forget);
     return promise;
+  }
+
+  /**
+   * A failed write: a full file system (ENOSPC, EDQUOT on a regular file) fails that write alone,
+   * as THIN_NO_SPACE: a buffered write that fails for room dirtied nothing it did not report
+   * written. A device that answers ENOSPC (/dev/full, a full thin device below us) is an I/O error
+   * like any other: EIO names its range only, anything else makes every later sync refuse
+   * (#failUnlessMedia, the module comment).
+   */
+  #writeFailure(lengthBytes: number, offsetBytes: number, cause: unknown): ThinError {
+    const code = errorCode(cause);
+    if (this.#regularFile && (code === 'ENOSPC' || code === 'EDQUOT')) {
+      return new ThinError('THIN_NO_SPACE', `Cannot write ${lengthBytes} bytes at offset ${offsetBytes} of ${this.description}: the file system holding it is full (${code})`, {
+        cause,
+      });
+    }
+    return this.#failUnlessMedia(this.#ioError('write', lengthBytes, offsetBytes, cause));
   }
 
   #fail(error: ThinError): ThinError {
@@ -433,6 +498,11 @@ function errorCode(error: unknown): string {
 }
 
 const resolved = Promise.resolve();
+const resolvedFalse = Promise.resolve(false);
+
+/** fallocate(2) mode bits (linux/falloc.h). */
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
 
 const RWF_NOWAIT = 0x8;
 const EAGAIN = 11;

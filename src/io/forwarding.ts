@@ -15,6 +15,10 @@ export class ForwardingBlockFile<Inner extends BlockFile = BlockFile> implements
     return this.inner.description;
   }
 
+  get fixedSize(): boolean {
+    return this.inner.fixedSize === true;
+  }
+
   sizeBytes(): number {
     return this.inner.sizeBytes();
   }
@@ -37,6 +41,10 @@ export class ForwardingBlockFile<Inner extends BlockFile = BlockFile> implements
 
   allocate(offsetBytes: number, lengthBytes: number): Promise<void> {
     return this.inner.allocate?.(offsetBytes, lengthBytes) ?? Promise.resolve();
+  }
+
+  punch(offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    return this.inner.punch?.(offsetBytes, lengthBytes) ?? Promise.resolve(false);
   }
 
   grow(sizeBytes: number): Promise<void> {

@@ -64,6 +64,15 @@ export class MemoryBlockFile implements BlockFile {
     this.#checkOpen();
   }
 
+  /** Zeros the range (memory has no backing space to give back, but reads must see the hole). */
+  async punch(offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    this.#checkOpen();
+    checkRange(offsetBytes, lengthBytes);
+    const endBytes = Math.min(offsetBytes + lengthBytes, this.#bytes.length);
+    if (offsetBytes < endBytes) this.#bytes.fill(0, offsetBytes, endBytes);
+    return true;
+  }
+
   async grow(sizeBytes: number): Promise<void> {
     this.#checkOpen();
     checkRange(sizeBytes, 0);

@@ -188,6 +188,15 @@ export class MirroredBlockFile implements RedundantBlockFile {
     return this.copies.length;
   }
 
+  /**
+   * True once the logical size has reached the next copy (grow() refuses to go past it: moving a
+   * copy is not supported), or when a copy's file cannot grow. The pool's space policy then does
+   * not try to grow mirrored metadata by itself (space.ts).
+   */
+  get fixedSize(): boolean {
+    return this.sizeBytes() >= this.#limitBytes || this.copies.some((copy) => copy.file.fixedSize === true);
+  }
+
   get degradedUnits(): number {
     return this.#bad.size;
   }

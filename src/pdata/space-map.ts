@@ -68,6 +68,8 @@ export class SpaceMap {
   #pending: PendingFree[] = [];
   /** Smallest transaction id among #pending (Infinity when empty): frees wait for it to be durable. */
   #pendingOldestTransactionId = Infinity;
+  /** Ranges that left #pending as durable since takeReusable() last ran; undefined unless tracked. */
+  #reusable: BlockRange[] | undefined;
 
   /**
    * Opens the space map whose tree is at root; validates that its extents fit and do not overlap,
@@ -185,6 +187,45 @@ export class SpaceMap {
       this.#findFreeIn(hint, this.#blockCount, lengthBlocksMax, isReserved) ??
       (hint > 0 ? this.#findFreeIn(0, hint, lengthBlocksMax, isReserved) : undefined)
     );
+  }
+
+  /**
+   * From now on, remember the blocks whose free becomes durable (they become reusable: findFree
+   * may hand them out), for takeReusable(). The pool's data space map does, to give those blocks
+   * back to the host file system once nothing committed can reference them.
+   */
+  trackReusable(): void {
+    this.#reusable ??= [];
+  }
+
+  /**
+   * The blocks that became reusable since the last call (the frees of every durable transaction
+   * included), in no particular order. Some may have been allocated again since: callers check.
+   */
+  takeReusable(): BlockRange[] {
+    assert(this.#reusable !== undefined, 'takeReusable() without trackReusable()');
+    this.#dropDurablePending();
+    const taken = this.#reusable;
+    this.#reusable = [];
+    return taken;
+  }
+
+  /**
+   * Runs of reusable blocks inside [begin, end): free, not pending free, and not taken by
+   * isReserved. For callers that act on free space in place (giving it back to the host).
+   */
+  reusableRunsIn(begin: number, end: number, isReserved?: (blockNr: number) => boolean): BlockRange[] {
+    this.#dropDurablePending();
+    const runs: BlockRange[] = [];
+    const to = Math.min(end, this.#blockCount);
+    let position = begin;
+    while (position < to) {
+      const run = this.#findFreeIn(position, to, to - position, isReserved);
+      if (run === undefined) break;
+      runs.push(run);
+      position = run.begin + run.lengthBlocks;
+    }
+    return runs;
   }
 
   /** True when blockNr was freed by a transaction that is not durable yet. */
@@ -393,6 +434,11 @@ export class SpaceMap {
     // F-TX-4, F-TX-8: reusable once durable and past every pinned generation.
     const durable = this.tm.reuseHorizon;
     if (this.#pendingOldestTransactionId > durable) return;
+    if (this.#reusable !== undefined) {
+      for (const pending of this.#pending) {
+        if (pending.transactionId <= durable) this.#reusable.push({ begin: pending.begin, lengthBlocks: pending.end - pending.begin });
+      }
+    }
     this.#pending = this.#pending.filter((pending) => pending.transactionId > durable);
     this.#pendingOldestTransactionId = Infinity;
     for (const pending of this.#pending) {

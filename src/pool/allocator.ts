@@ -39,9 +39,11 @@ export interface AllocateOptions {
 }
 
 export class DataAllocator {
-  readonly dataBlockCount: number;
-  readonly reserveBlocks: number;
+  #dataBlockCount: number;
+  #reserveBlocks: number;
   #space: DataSpace;
+  /** Free blocks something else holds for a moment (a hole being punched into them): skipped, not counted out. */
+  #isHeld: (block: number) => boolean = () => false;
   #reserved = new Set<number>();
   #hints = new Map<number, number>();
   /** One past the highest block handed out by this allocator. */
@@ -53,8 +55,30 @@ export class DataAllocator {
     assert(Number.isSafeInteger(dataBlockCount) && dataBlockCount > 0, `bad data block count ${dataBlockCount}`);
     assert(reserveBlocks >= 0 && reserveBlocks < dataBlockCount, `bad reserve ${reserveBlocks}`);
     this.#space = space;
-    this.dataBlockCount = dataBlockCount;
-    this.reserveBlocks = reserveBlocks;
+    this.#dataBlockCount = dataBlockCount;
+    this.#reserveBlocks = reserveBlocks;
+    this.#runGapBlocks = Math.min(ALLOCATION_RUN_GAP_BLOCKS_MAX, Math.floor(dataBlockCount / 16));
+  }
+
+  get dataBlockCount(): number {
+    return this.#dataBlockCount;
+  }
+
+  get reserveBlocks(): number {
+    return this.#reserveBlocks;
+  }
+
+  /** Blocks for which isHeld answers true are skipped by allocate() (the hole puncher's). */
+  setHeld(isHeld: (block: number) => boolean): void {
+    this.#isHeld = isHeld;
+  }
+
+  /** The data space grew to dataBlockCount blocks: the reserve and the gap between runs follow its size. */
+  grow(dataBlockCount: number, reserveBlocks: number): void {
+    assert(Number.isSafeInteger(dataBlockCount) && dataBlockCount >= this.#dataBlockCount, `the data space cannot shrink to ${dataBlockCount}`);
+    assert(reserveBlocks >= this.#reserveBlocks && reserveBlocks < dataBlockCount, `bad reserve ${reserveBlocks}`);
+    this.#dataBlockCount = dataBlockCount;
+    this.#reserveBlocks = reserveBlocks;
     this.#runGapBlocks = Math.min(ALLOCATION_RUN_GAP_BLOCKS_MAX, Math.floor(dataBlockCount / 16));
   }
 
@@ -64,7 +88,7 @@ export class DataAllocator {
 
   /** Free blocks that a new allocation could take (not counting blocks freed in this transaction). */
   freeBlockCount(): number {
-    return this.dataBlockCount - this.#space.usedBlockCount - this.#reserved.size;
+    return this.#dataBlockCount - this.#space.usedBlockCount - this.#reserved.size;
   }
 
   isReserved(block: number): boolean {
@@ -84,30 +108,30 @@ export class DataAllocator {
   allocateRun(volumeId: number, lengthBlocksMax: number, options: AllocateOptions = {}): { begin: number; lengthBlocks: number } {
     assert(Number.isSafeInteger(lengthBlocksMax) && lengthBlocksMax >= 1, `bad run length ${lengthBlocksMax}`);
     const free = this.freeBlockCount();
-    const floor = options.mayUseReserve === true ? 0 : this.reserveBlocks;
+    const floor = options.mayUseReserve === true ? 0 : this.#reserveBlocks;
     if (free <= floor) {
       throw new ThinError('THIN_NO_SPACE', `No free data block: ${free} free, ${floor} kept in reserve for copy-on-write.`);
     }
     const wanted = Math.min(lengthBlocksMax, free - floor);
-    const isReserved = (block: number): boolean => this.#reserved.has(block);
+    const isReserved = (block: number): boolean => this.#reserved.has(block) || this.#isHeld(block);
     const volumeHint = this.#hints.get(volumeId);
     let found = volumeHint === undefined ? undefined : this.#space.findFree(volumeHint, wanted, isReserved);
     if (found === undefined || found.begin !== volumeHint) {
-      const runStart = (this.#frontier + (this.#frontier === 0 ? 0 : this.#runGapBlocks)) % this.dataBlockCount;
+      const runStart = (this.#frontier + (this.#frontier === 0 ? 0 : this.#runGapBlocks)) % this.#dataBlockCount;
       found = this.#space.findFree(runStart, wanted, isReserved);
     }
     if (found === undefined) {
-      throw new ThinError('THIN_NO_SPACE', 'No free data block: the remaining free blocks were freed in the transaction not yet committed.');
+      throw new ThinError('THIN_NO_SPACE', 'No free data block: the remaining free blocks were freed in the transaction not yet committed, or are being given back to the host.');
     }
     const { begin, lengthBlocks } = found;
     assert(lengthBlocks >= 1 && lengthBlocks <= wanted, `findFree returned ${lengthBlocks} blocks for at most ${wanted}`);
-    assert(begin >= 0 && begin + lengthBlocks <= this.dataBlockCount, `findFree returned blocks [${begin}, ${begin + lengthBlocks}) outside [0, ${this.dataBlockCount})`);
+    assert(begin >= 0 && begin + lengthBlocks <= this.#dataBlockCount, `findFree returned blocks [${begin}, ${begin + lengthBlocks}) outside [0, ${this.#dataBlockCount})`);
     for (let block = begin; block < begin + lengthBlocks; block++) {
       assert(!this.#reserved.has(block), `findFree returned reserved block ${block}`);
       this.#reserved.add(block);
     }
     const end = begin + lengthBlocks;
-    this.#hints.set(volumeId, end % this.dataBlockCount);
+    this.#hints.set(volumeId, end % this.#dataBlockCount);
     this.#frontier = Math.max(this.#frontier, end);
     return found;
   }
@@ -120,7 +144,7 @@ export class DataAllocator {
 
   /** Points a volume's next allocation after `block` (a snapshot inherits its origin's place). */
   setHint(volumeId: number, block: number): void {
-    this.#hints.set(volumeId, (block + 1) % this.dataBlockCount);
+    this.#hints.set(volumeId, (block + 1) % this.#dataBlockCount);
   }
 
   forgetVolume(volumeId: number): void {

@@ -103,7 +103,8 @@ export interface BadRangeParts {
   tm: TransactionManager;
   dataSpace: SpaceMap;
   blockSizeBytes: number;
-  dataBlockCount: number;
+  /** Data blocks now: the data file may grow while the pool is open (space.ts). */
+  readonly dataBlockCount: number;
   /** The metadata mirror's offset in blocks (0: none): a metadata sector past it is in the second copy. */
   mirrorOffsetBlocks: () => number;
 }

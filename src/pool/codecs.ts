@@ -5,18 +5,32 @@
 // Bytes read from disk are untrusted: decoders validate and throw ThinError with the place named.
 // Values built in memory are trusted: encoders assert.
 import { ThinError, assert } from '../errors.ts';
-import { VOLUME_NAME_LENGTH_MAX, VOLUME_NAME_PATTERN, VOLUME_SIZE_BYTES_MAX } from '../constants.ts';
+import { VOLUME_NAME_LENGTH_MAX, VOLUME_NAME_PATTERN, VOLUME_SIZE_BYTES_MAX, WHEN_FULL_QUEUE_SECONDS_MAX } from '../constants.ts';
 import type { Extent } from './ranges.ts';
+import type { LowWater, SpaceSettings } from './space-policy.ts';
 
 /** "TBPL" little-endian: marks the payload as a thinbd pool's (F-POOL-1). */
 export const POOL_PAYLOAD_MAGIC = 0x4c504254;
 /** The pool format this build writes and reads (F-POOL-2). */
 export const POOL_FORMAT_VERSION = 1;
-export const POOL_PAYLOAD_SIZE_BYTES = 104;
+export const POOL_PAYLOAD_SIZE_BYTES = 160;
 /** Payloads written before the bad-range tree existed end at byte 88; it reads as none there. */
 export const POOL_PAYLOAD_SIZE_BYTES_BEFORE_BAD_RANGES = 88;
+/** The bad-range tree's root fields end here: a shorter payload has none (F-POOL-17). */
+const POOL_PAYLOAD_BAD_RANGES_END = 104;
 /** Payloads written before `userTransactionId` existed end at byte 80; it reads as 0 there. */
 export const POOL_PAYLOAD_SIZE_BYTES_MIN = 80;
+/** The space settings follow the bad-range root; payloads written before them end at byte 104 or earlier: every setting is its default (F-POOL-50). */
+const POOL_PAYLOAD_SPACE_OFFSET = POOL_PAYLOAD_BAD_RANGES_END;
+/** Space flags (F-POOL-51): automatic growth off; giving freed blocks back to the host off. */
+export const SPACE_FLAG_NO_AUTO_GROW = 1;
+export const SPACE_FLAG_NO_PUNCH = 2;
+const SPACE_FLAGS_KNOWN = SPACE_FLAG_NO_AUTO_GROW | SPACE_FLAG_NO_PUNCH;
+/** Low-water mark units (F-POOL-52). */
+const LOW_WATER_UNIT_DEFAULT = 0;
+const LOW_WATER_UNIT_BYTES = 1;
+const LOW_WATER_UNIT_HUNDREDTHS_PERCENT = 2;
+const LOW_WATER_UNIT_OFF = 3;
 /** Payload flag: a commit failed or a check found damage; open read-only until repaired. */
 export const POOL_FLAG_NEEDS_CHECK = 1;
 /**
@@ -92,6 +106,8 @@ export interface PoolPayload {
   /** Root of the bad-range tree (docs/format.md "Bad ranges"); 0 while no range was ever recorded. */
   badRangeRoot?: number;
   badRangeRootTransactionId?: number;
+  /** The space settings (docs/format.md "Pool superblock payload"); absent ones are defaults. */
+  space: SpaceSettings;
 }
 
 export function encodePoolPayload(payload: PoolPayload): Uint8Array {
@@ -114,7 +130,74 @@ export function encodePoolPayload(payload: PoolPayload): Uint8Array {
   setU64(view, 80, payload.userTransactionId);
   setU64(view, 88, payload.badRangeRoot ?? 0);
   setU64(view, 96, payload.badRangeRootTransactionId ?? 0);
+  encodeSpaceSettings(payload.space, view, POOL_PAYLOAD_SPACE_OFFSET);
   return bytes;
+}
+
+function encodeLowWater(mark: LowWater | undefined): { unit: number; value: number } {
+  if (mark === undefined) return { unit: LOW_WATER_UNIT_DEFAULT, value: 0 };
+  if (mark === 'off') return { unit: LOW_WATER_UNIT_OFF, value: 0 };
+  if ('percent' in mark) return { unit: LOW_WATER_UNIT_HUNDREDTHS_PERCENT, value: Math.round(mark.percent * 100) };
+  return { unit: LOW_WATER_UNIT_BYTES, value: mark.bytes };
+}
+
+function encodeSpaceSettings(space: SpaceSettings, view: DataView, offsetBytes: number): void {
+  const flags = (space.autoGrow === false ? SPACE_FLAG_NO_AUTO_GROW : 0) | (space.punchHoles === false ? SPACE_FLAG_NO_PUNCH : 0);
+  const data = encodeLowWater(space.lowWater);
+  const metadata = encodeLowWater(space.metadataLowWater);
+  view.setUint32(offsetBytes, flags, true);
+  view.setUint32(offsetBytes + 4, space.whenFull === undefined || space.whenFull === 'error' ? 0 : space.whenFull.queueSeconds, true);
+  view.setUint32(offsetBytes + 8, data.unit, true);
+  view.setUint32(offsetBytes + 12, metadata.unit, true);
+  setU64(view, offsetBytes + 16, data.value);
+  setU64(view, offsetBytes + 24, metadata.value);
+  setU64(view, offsetBytes + 32, space.dataMaxBytes ?? 0);
+  setU64(view, offsetBytes + 40, space.metadataMaxBytes ?? 0);
+  setU64(view, offsetBytes + 48, space.growStepBytes ?? 0);
+}
+
+function decodeLowWater(unit: number, value: number, name: string): LowWater | undefined {
+  // F-POOL-52: a known unit; no value with the default or off; a share of at most 100 %.
+  switch (unit) {
+    case LOW_WATER_UNIT_DEFAULT:
+    case LOW_WATER_UNIT_OFF:
+      if (value !== 0) throw corruptPayload(`${name} low-water mark has unit ${unit} and a value ${value}`);
+      return unit === LOW_WATER_UNIT_OFF ? 'off' : undefined;
+    case LOW_WATER_UNIT_BYTES:
+      if (value < 1) throw corruptPayload(`${name} low-water mark of 0 bytes`);
+      return { bytes: value };
+    case LOW_WATER_UNIT_HUNDREDTHS_PERCENT:
+      if (value < 1 || value > 10_000) throw corruptPayload(`${name} low-water mark of ${value / 100}%`);
+      return { percent: value / 100 };
+    default:
+      throw corruptPayload(`${name} low-water mark has unknown unit ${unit}`);
+  }
+}
+
+/** The space settings at offsetBytes of a payload long enough to hold them (F-POOL-50..54). */
+function decodeSpaceSettings(view: DataView, offsetBytes: number, field: (name: string, offset: number) => number): SpaceSettings {
+  const space: SpaceSettings = {};
+  const flags = view.getUint32(offsetBytes, true);
+  // F-POOL-51: unknown space flags are refused.
+  if ((flags & ~SPACE_FLAGS_KNOWN) !== 0) throw corruptPayload(`unknown space flags 0x${flags.toString(16)}`);
+  if ((flags & SPACE_FLAG_NO_AUTO_GROW) !== 0) space.autoGrow = false;
+  if ((flags & SPACE_FLAG_NO_PUNCH) !== 0) space.punchHoles = false;
+  const queueSeconds = view.getUint32(offsetBytes + 4, true);
+  // F-POOL-53: a queue of at most WHEN_FULL_QUEUE_SECONDS_MAX seconds.
+  if (queueSeconds > WHEN_FULL_QUEUE_SECONDS_MAX) throw corruptPayload(`a full pool queues writes for ${queueSeconds} seconds, more than ${WHEN_FULL_QUEUE_SECONDS_MAX}`);
+  if (queueSeconds > 0) space.whenFull = { queueSeconds };
+  const lowWater = decodeLowWater(view.getUint32(offsetBytes + 8, true), field('data low-water mark', offsetBytes + 16), 'the data');
+  const metadataLowWater = decodeLowWater(view.getUint32(offsetBytes + 12, true), field('metadata low-water mark', offsetBytes + 24), 'the metadata');
+  if (lowWater !== undefined) space.lowWater = lowWater;
+  if (metadataLowWater !== undefined) space.metadataLowWater = metadataLowWater;
+  // F-POOL-54: 0 means the default; any other value is a byte count.
+  const dataMaxBytes = field('data-max', offsetBytes + 32);
+  const metadataMaxBytes = field('metadata-max', offsetBytes + 40);
+  const growStepBytes = field('grow step', offsetBytes + 48);
+  if (dataMaxBytes > 0) space.dataMaxBytes = dataMaxBytes;
+  if (metadataMaxBytes > 0) space.metadataMaxBytes = metadataMaxBytes;
+  if (growStepBytes > 0) space.growStepBytes = growStepBytes;
+  return space;
 }
 
 function corruptPayload(message: string): ThinError {
@@ -157,8 +240,10 @@ export function decodePoolPayload(bytes: Uint8Array, metadataBlockCount: number)
     // F-POOL-9: absent from payloads written before the field existed.
     userTransactionId: bytes.length >= 88 ? field('user transaction id', 80) : 0,
     // F-POOL-17: absent from payloads written before bad ranges were recorded.
-    badRangeRoot: bytes.length >= POOL_PAYLOAD_SIZE_BYTES ? field('bad-range tree root', 88) : 0,
-    badRangeRootTransactionId: bytes.length >= POOL_PAYLOAD_SIZE_BYTES ? field('bad-range tree root transaction', 96) : 0,
+    badRangeRoot: bytes.length >= POOL_PAYLOAD_BAD_RANGES_END ? field('bad-range tree root', 88) : 0,
+    badRangeRootTransactionId: bytes.length >= POOL_PAYLOAD_BAD_RANGES_END ? field('bad-range tree root transaction', 96) : 0,
+    // F-POOL-50: absent from payloads written before the space settings existed: all defaults.
+    space: bytes.length >= POOL_PAYLOAD_SIZE_BYTES ? decodeSpaceSettings(view, POOL_PAYLOAD_SPACE_OFFSET, field) : {},
   };
   const { blockSizeBytes } = payload;
   // F-POOL-3: the block size is a power of two in dm-thin's range.

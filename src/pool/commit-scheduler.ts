@@ -44,6 +44,8 @@ export interface CommitHost {
   absorbPendingBadRanges(): void;
   /** Such copies waiting to be recorded. */
   readonly pendingBadRanges: number;
+  /** A full commit is durable: its frees are reusable now (the space policy punches them, wakes waiting writes). */
+  committed(): void;
 }
 
 export interface CommitParts {
@@ -322,6 +324,7 @@ export class CommitScheduler {
       this.#log.restart(generation);
       this.#rollups += 1;
     }
+    this.#host.committed();
   }
 
   #flushState(): FlushState {

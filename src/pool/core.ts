@@ -9,6 +9,9 @@
 //   health.ts           the devices' health: errors, bad ranges, remaps, spare, latency
 //   commit-scheduler.ts when and how changes become durable: data syncs, log records, full commits
 //   log-replay.ts       the delta log's records re-applied at open
+//   space.ts            the space policy at work: low-water events (space-monitor.ts), growth of
+//                       the files (growth.ts), writes waiting for space (when-full.ts), freed
+//                       blocks given back to the host (hole-punch.ts), settings (space-policy.ts)
 //   reports.ts          volume facts, thin_ls usage, the status types
 // This file holds what they share: the pool's mode and its state machine, the one way a metadata
 // change runs (mutate), the requests in flight, and the public operations Pool and Volume call.
@@ -38,19 +41,30 @@
 //   commit (CommitScheduler)  idle ──commit()──► running ──commit() meanwhile──► running + queued
 //          (every caller shares the queued one) ──running settles──► the queued one runs.
 //          held (withCommitsHeld): a commit that would start waits until the hold ends.
+//   space, data and metadata each (space-monitor.ts)  ok ──available < low-water mark: event──► low
+//          ──a write refused or queued for lack of it──► full; low, full ──space added or freed
+//          above the mark (re-armed)──► ok; full ──space added or freed, still below──► low.
+//   growth, per file (growth.ts)  idle ──below its mark and it may grow, or pool resize──► growing
+//          (file grown, count raised in memory by applyDataGrowth / applyMetadataGrowth, committed)──► idle.
+//   punch (hole-punch.ts)  idle ──a full commit made frees reusable (committed)──► punching: each
+//          fallocate call holds its blocks from the allocator until it returns ──queue empty──► idle.
 //
 //   A read or write the medium refuses with EIO is not an I/O failure in this sense: its sectors
 //          are recorded (recordBad, bad-ranges.ts) and the request is worked around or fails alone
 //          (docs/internals.md decision 12); the mode does not change.
 //
 // Invariants, checked by assertInvariants() at construction, at every mode change (fail), at seal
-// (sealPayload), at the end of every commit and at close (markClosed):
+// (sealPayload), at the end of every commit, at every growth and at close (markClosed):
 //   durable ≤ sealed ≤ target ≤ data block count (HighWaterMark);
 //   an I/O failure ⇒ needs-check;  commitsWhileReadOnly ⇒ read-only;  readOnlyOpen ⇒ not read-write;
 //   not read-write ⇒ a reason is recorded;  closed ⇒ closing;  the device table agrees with itself;
 //   the bad-range table agrees with itself (ordered, one block each, indexed), and every bad data
-//   block is counted used in the data space map (it holds a reference: never allocated again).
-import { BTREE_DEPTH_MAX, METADATA_DIRTY_BLOCKS_SOFT_MAX } from '../constants.ts';
+//   block is counted used in the data space map (it holds a reference: never allocated again);
+//   the engine, the allocator, the data space map and the high-water mark count the same data
+//   blocks, and the data file holds them all; the metadata file holds every metadata block or grows
+//   to them at the next commit; blocks held by a punch lie below the data block count and are free;
+//   closing ⇒ no write waits for space.
+import { BTREE_DEPTH_MAX, METADATA_BLOCK_SIZE_BYTES, METADATA_DIRTY_BLOCKS_SOFT_MAX, METADATA_COMMIT_RESERVE_BLOCKS, METADATA_RECOVERY_RESERVE_BLOCKS } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, type TransactionManager } from '../pdata/index.ts';
 import type { DeltaLog, DeltaLogEntry } from '../journal/log.ts';
@@ -80,7 +94,10 @@ import { MappingChanges, type MappingHost } from './mapping-changes.ts';
 import type { PoolMutant } from './mutants.ts';
 import type { Extent } from './ranges.ts';
 import { referencedDataBlocks, volumeInfo, volumeUsage, type PoolMode, type PoolStatus, type VolumeInfo, type VolumeUsage } from './reports.ts';
+import { dataLowWater, describeLowWater } from './space-policy.ts';
 import { DETAILS_CAPACITY_BYTES, makeExtentCodec, writtenBy } from './trees.ts';
+import { PoolSpace, type SpaceHost } from './space.ts';
+import type { MetadataRoom, SpaceSettingsChange } from './space-policy.ts';
 
 /** How an engine is tuned beyond its on-disk state (Pool passes its open options). */
 export interface PoolCoreOptions {
@@ -92,6 +109,9 @@ export interface PoolCoreOptions {
 
 /** Worst case of new metadata blocks for one B+tree insert or removal: shadow and split every level, plus a new root. */
 const METADATA_BLOCKS_PER_TREE_CHANGE_MAX = 2 * BTREE_DEPTH_MAX + 1;
+/** Tree changes of the largest change a write makes (MappingChanges.remap). */
+const TREE_CHANGES_PER_WRITE_MAX = 6;
+
 
 /** The pool's files as measured (below the metadata mirror), for health. */
 export interface MeasuredFiles {
@@ -104,7 +124,6 @@ export class PoolCore {
   readonly measured: MeasuredFiles;
   readonly tm: TransactionManager;
   readonly blockSizeBytes: number;
-  readonly dataBlockCount: number;
   readonly readOnlyOpen: boolean;
   readonly mappingTree: BTree<Extent>;
   readonly dataSpace: SpaceMap;
@@ -116,6 +135,9 @@ export class PoolCore {
   readonly mappings: MappingChanges;
   readonly dataPath: DataPath;
   readonly commits: CommitScheduler;
+  readonly space: PoolSpace;
+  /** Data blocks in the data file; grows (applyDataGrowth). */
+  #dataBlockCount: number;
   /** The wall clock for volume creation times (Pool's `now` option; the simulator fixes it). */
   now: () => number = Date.now;
   readonly #creationTimeMs: number;
@@ -149,18 +171,28 @@ export class PoolCore {
     this.tm = tm;
     this.readOnlyOpen = readOnly;
     this.blockSizeBytes = payload.blockSizeBytes;
-    this.dataBlockCount = payload.dataBlockCount;
+    this.#dataBlockCount = payload.dataBlockCount;
     this.#creationTimeMs = payload.creationTimeMs;
     this.#flags = payload.flags;
     this.#mutant = options.mutant;
     this.dataSpace = new SpaceMap(tm, payload.dataSpaceMapRoot, payload.dataBlockCount);
-    this.mappingTree = new BTree<Extent>(tm, makeExtentCodec(payload.dataBlockCount, () => this.dataSpace));
+    this.mappingTree = new BTree<Extent>(tm, makeExtentCodec(() => this.dataSpace));
     this.devices = new DeviceTable(tm, this.mappingTree, payload.deviceTreeRoot, payload);
     this.allocator = new DataAllocator(this.dataSpace, payload.dataBlockCount, dataReserveBlocks(payload.dataBlockCount));
     this.highWaterMark = new HighWaterMark(payload.dataHighWaterMark, payload.dataBlockCount);
     this.mappings = new MappingChanges(this.mappingTree, this.dataSpace, this.#mappingHost(), options.mutant);
+    const core = this;
     this.badRanges = new BadRanges(
-      { tm, dataSpace: this.dataSpace, blockSizeBytes: payload.blockSizeBytes, dataBlockCount: payload.dataBlockCount, mirrorOffsetBlocks: () => tm.mirrorOffsetBlocks },
+      {
+        tm,
+        dataSpace: this.dataSpace,
+        blockSizeBytes: payload.blockSizeBytes,
+        // Read at each use: the data file may grow while the pool is open.
+        get dataBlockCount() {
+          return core.#dataBlockCount;
+        },
+        mirrorOffsetBlocks: () => tm.mirrorOffsetBlocks,
+      },
       payload.badRangeRoot ?? 0,
       { mutate: (what, treeChanges, change) => this.#mutate(what, treeChanges, change), note: (entry) => this.#note(entry) },
     );
@@ -194,6 +226,7 @@ export class PoolCore {
       },
       this.#commitHost(),
     );
+    this.space = new PoolSpace(this.#spaceHost(), payload.space);
     if (readOnly) {
       this.#mode = 'read-only';
       this.#modeReason = 'opened read-only';
@@ -214,6 +247,24 @@ export class PoolCore {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  get dataBlockCount(): number {
+    return this.#dataBlockCount;
+  }
+
+  /** The pool may change: read-write and not closing (growth and punching ask). */
+  get mayChange(): boolean {
+    return this.#mode === 'read-write' && !this.#closing && !this.#closed;
+  }
+
+  /**
+   * Freed blocks may be given back to the host: read-write and not closed. Also while closing:
+   * no allocation runs then (requests are drained), and close waits for the punches of its last
+   * commit so that `du` falls by the time a one-shot command returns.
+   */
+  get mayPunch(): boolean {
+    return this.#mode === 'read-write' && !this.#closed;
   }
 
   /** Whether a commit may run: read-write, or read-only only for lack of metadata space. */
@@ -273,6 +324,8 @@ export class PoolCore {
     for (const range of this.badRanges.all()) {
       if (range.device === 'data') assert(this.dataSpace.count(range.block) >= 1, `bad data block ${range.block} is free in the data space map`);
     }
+    this.space.assertInvariants();
+    assert(this.files.data.sizeBytes() >= this.#dataBlockCount * this.blockSizeBytes, `the data file is shorter than its ${this.#dataBlockCount} blocks`);
     assert(this.#ioFailure === undefined || this.#mode === 'needs-check', `an I/O failure left the pool ${this.#mode}`);
     assert(!this.#commitsWhileReadOnly || this.#mode === 'read-only', `commits allowed while read-only, but the pool is ${this.#mode}`);
     assert(!this.readOnlyOpen || this.#mode !== 'read-write', 'a pool opened read-only is read-write');
@@ -298,9 +351,10 @@ export class PoolCore {
     }
   }
 
-  /** Refuses new requests and resolves when those in flight have finished. */
+  /** Refuses new requests and resolves when those in flight have finished (a write waiting for space stops waiting). */
   drain(): Promise<void> {
     this.#closing = true;
+    this.space.waiting.close();
     if (this.#requestsInFlight === 0) return Promise.resolve();
     return new Promise((resolve) => this.#drainWaiters.push(resolve));
   }
@@ -319,18 +373,26 @@ export class PoolCore {
    * the change before anything moved (F-POOL-44), and the pool goes read-only saying why, its
    * state intact. Any other error half way leaves the open transaction unusable: needs-check.
    */
-  #mutate<T>(what: string, treeChanges: number, change: () => T): T {
-    // Replay at open re-applies acknowledged changes whatever mode the pool opens in.
+  #mutate<T>(what: string, treeChanges: number, change: () => T, room: MetadataRoom = 'grows'): T {
+    // Replay at open re-applies acknowledged changes whatever mode the pool opens in, and may use
+    // the recovery reserve: they were made once already.
     if (!this.#replaying) this.assertWritable();
+    const keepBlocks = room === 'grows' && !this.#replaying ? METADATA_RECOVERY_RESERVE_BLOCKS : 0;
     try {
-      this.#ensureRoom(treeChanges);
+      this.#ensureRoom(treeChanges, keepBlocks);
     } catch (error) {
-      if (isThinError(error, 'THIN_NO_METADATA_SPACE')) this.fail(`out of metadata space while ${what}: ${error.message}`, error, 'read-only');
+      if (!isThinError(error, 'THIN_NO_METADATA_SPACE')) throw error;
+      // A change that adds metadata is refused before it takes the recovery reserve, and the pool
+      // stays read-write so that removes and discards can free space (F-POOL-47). Only a change
+      // that frees space and still finds no room makes the pool read-only (F-POOL-44).
+      if (keepBlocks > 0 && this.#roomFor(treeChanges, 0)) throw this.space.metadataFullError(what, this.#roomNeeded(treeChanges), this.#spareBlocks(keepBlocks));
+      this.fail(`out of metadata space while ${what}: ${error.message}`, error, 'read-only');
       throw error;
     }
     try {
       const result = change();
       this.commits.metadataChanged();
+      if (!this.#replaying) this.space.metadataChanged();
       return result;
     } catch (error) {
       this.fail(`metadata error while ${what}: ${error instanceof Error ? error.message : String(error)}`, error);
@@ -344,8 +406,8 @@ export class PoolCore {
    * what is missing, the dirty values are stored now (each store is one independent tree change,
    * so stopping half way is harmless) and the room checked again.
    */
-  #ensureRoom(treeChanges: number): void {
-    const needed = (): number => (treeChanges + this.devices.dirtyCount + 1) * METADATA_BLOCKS_PER_TREE_CHANGE_MAX;
+  #ensureRoom(treeChanges: number, keepBlocks: number): void {
+    const needed = (): number => this.#roomNeeded(treeChanges) + keepBlocks;
     try {
       this.tm.ensureMetadataSpace(needed());
       return;
@@ -361,6 +423,20 @@ export class PoolCore {
       throw error;
     }
     this.tm.ensureMetadataSpace(needed());
+  }
+
+  /** Metadata blocks a change of `treeChanges` tree operations may take, with the seal's room for dirty devices. */
+  #roomNeeded(treeChanges: number): number {
+    return (treeChanges + this.devices.dirtyCount + 1) * METADATA_BLOCKS_PER_TREE_CHANGE_MAX;
+  }
+
+  /** Free metadata blocks beyond the commit reserve and `keepBlocks`. */
+  #spareBlocks(keepBlocks: number): number {
+    return this.tm.metadataBlocksFree - METADATA_COMMIT_RESERVE_BLOCKS - keepBlocks;
+  }
+
+  #roomFor(treeChanges: number, keepBlocks: number): boolean {
+    return this.#spareBlocks(keepBlocks) >= this.#roomNeeded(treeChanges);
   }
 
   #storeDirtyDevices(): void {
@@ -426,11 +502,16 @@ export class PoolCore {
   removeDevice(device: Device): void {
     this.assertWritable();
     if (device.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${device.details.name} was removed`);
-    this.#mutate(`removing volume ${device.details.name}`, 8, () => {
-      this.commits.unloggedChange();
-      this.devices.remove(device);
-      this.allocator.forgetVolume(device.id);
-    });
+    this.#mutate(
+      `removing volume ${device.details.name}`,
+      8,
+      () => {
+        this.commits.unloggedChange();
+        this.devices.remove(device);
+        this.allocator.forgetVolume(device.id);
+      },
+      'frees',
+    );
   }
 
   /**
@@ -476,11 +557,17 @@ export class PoolCore {
       }
       this.mappings.unmapRange(device, endBlock, Math.ceil(oldSizeBytes / bs));
     }
-    this.#mutate(`resizing volume ${device.details.name}`, 0, () => {
-      this.commits.unloggedChange();
-      device.value = { ...device.value, sizeBytes };
-      this.devices.markDirty(device);
-    });
+    this.#mutate(
+      `resizing volume ${device.details.name}`,
+      0,
+      () => {
+        this.commits.unloggedChange();
+        device.value = { ...device.value, sizeBytes };
+        this.devices.markDirty(device);
+      },
+      // A size is one device value: no tree grows, and shrinking is how space is freed.
+      'frees',
+    );
   }
 
   // ---- reports ----
@@ -513,6 +600,11 @@ export class PoolCore {
       pinnedGenerations: this.tm.pinnedGenerations,
       metadataPath: this.files.metadata.description,
       dataPath: this.files.data.description,
+      state: 'ok',
+      freeBytes: 0,
+      usedBytes: 0,
+      lowWater: { setting: 'default', bytes: 0 },
+      space: this.space.status(),
       counters: {
         metadataBlocksWritten: tmCounters.metadataBlocksWritten + (log?.counters.blocksWritten ?? 0),
         dataBytesWritten: this.dataPath.bytesWritten,
@@ -528,6 +620,11 @@ export class PoolCore {
       health: this.health(),
     };
     if (this.#modeReason !== undefined) status.modeReason = this.#modeReason;
+    const data = status.space.data;
+    status.state = data.state;
+    status.freeBytes = data.freeBytes;
+    status.usedBytes = data.usedBytes;
+    status.lowWater = { setting: describeLowWater(dataLowWater(this.space.settings)), bytes: data.lowWaterBytes };
     return status;
   }
 
@@ -570,6 +667,42 @@ export class PoolCore {
     } catch (error) {
       if (!isThinError(error)) throw error;
     }
+  }
+
+  // ---- space (space.ts) ----
+
+  /** Changes the stored space settings (pool set); committed by the next flush. */
+  changeSpaceSettings(change: SpaceSettingsChange): void {
+    this.assertWritable();
+    this.space.changeSettings(change);
+  }
+
+  /**
+   * The data file holds `blockCount` blocks now (growth.ts grew it): every part that counts data
+   * blocks follows, and the next commit, a full one, records the count (F-POOL-45).
+   */
+  #applyDataGrowth(blockCount: number): void {
+    this.assertWritable();
+    const from = this.#dataBlockCount;
+    assert(blockCount > from && this.files.data.sizeBytes() >= blockCount * this.blockSizeBytes, `data growth from ${from} to ${blockCount} blocks without the room`);
+    this.dataSpace.grow(blockCount);
+    this.highWaterMark.grow(blockCount);
+    this.allocator.grow(blockCount, dataReserveBlocks(blockCount));
+    this.dataPath.grew(from, blockCount);
+    this.#dataBlockCount = blockCount;
+    this.commits.unloggedChange();
+    this.commits.metadataChanged();
+    this.assertInvariants();
+  }
+
+  /** The metadata file holds `blockCount` blocks now: pdata may use them; the next commit records the count. */
+  #applyMetadataGrowth(blockCount: number): void {
+    this.assertWritable();
+    assert(this.files.metadata.sizeBytes() >= blockCount * METADATA_BLOCK_SIZE_BYTES, `metadata growth to ${blockCount} blocks without the room`);
+    this.tm.growMetadata(blockCount);
+    this.commits.unloggedChange();
+    this.commits.metadataChanged();
+    this.assertInvariants();
   }
 
   // ---- the delta log ----
@@ -620,7 +753,7 @@ export class PoolCore {
       formatVersion: POOL_FORMAT_VERSION,
       blockSizeBytes: this.blockSizeBytes,
       flags: this.#flags,
-      dataBlockCount: this.dataBlockCount,
+      dataBlockCount: this.#dataBlockCount,
       dataSpaceMapRoot: this.dataSpace.root,
       deviceTreeRoot: this.devices.root,
       dataHighWaterMark: highWaterMark,
@@ -628,6 +761,7 @@ export class PoolCore {
       nextVolumeId: this.devices.nextVolumeId,
       creationTimeMs: this.#creationTimeMs,
       userTransactionId: this.devices.userTransactionId,
+      space: this.space.settings,
       deviceTreeRootTransactionId: writtenBy(this.tm, this.devices.root, BTREE_BLOCK_TYPES),
       dataSpaceMapRootTransactionId: writtenBy(this.tm, this.dataSpace.root, BTREE_BLOCK_TYPES),
       badRangeRoot: this.badRanges.root,
@@ -640,7 +774,7 @@ export class PoolCore {
   #mappingHost(): MappingHost {
     const core = this;
     return {
-      mutate: (what, treeChanges, change) => this.#mutate(what, treeChanges, change),
+      mutate: (what, treeChanges, change, room) => this.#mutate(what, treeChanges, change, room),
       markDirty: (device) => this.devices.markDirty(device),
       note: (entry) => this.#note(entry),
       get time() {
@@ -668,6 +802,44 @@ export class PoolCore {
         return core.commits.log !== undefined;
       },
       recordBad: (ranges, flags) => this.recordBadData(ranges, flags),
+      dataAllocated: () => this.space.dataAllocated(),
+      dataSpaceWanted: (error, wait) => this.space.dataSpaceWanted(error, wait),
+      metadataForWrite: () => this.space.metadataForWrite(this.#roomNeeded(TREE_CHANGES_PER_WRITE_MAX)),
+    };
+  }
+
+  #spaceHost(): SpaceHost {
+    const core = this;
+    return {
+      files: this.files,
+      tm: this.tm,
+      blockSizeBytes: this.blockSizeBytes,
+      get dataBlockCount() {
+        return core.#dataBlockCount;
+      },
+      dataSpace: this.dataSpace,
+      allocator: this.allocator,
+      highWaterMark: this.highWaterMark,
+      get punchedFreeBlocks() {
+        return core.dataPath.punchedFreeBlocks;
+      },
+      get mayChange() {
+        return core.mayChange;
+      },
+      get mayPunch() {
+        return core.mayPunch;
+      },
+      get backgroundCommitMayStart() {
+        return core.commits.backgroundCommitMayStart;
+      },
+      applyDataGrowth: (blockCount) => this.#applyDataGrowth(blockCount),
+      applyMetadataGrowth: (blockCount) => this.#applyMetadataGrowth(blockCount),
+      settingsChanged: () => {
+        this.commits.unloggedChange();
+        this.commits.metadataChanged();
+      },
+      rollup: () => this.commits.rollup(),
+      punched: (begin, end) => this.dataPath.punched(begin, end),
     };
   }
 
@@ -704,6 +876,7 @@ export class PoolCore {
       get pendingBadRanges() {
         return core.badRanges.pendingCount;
       },
+      committed: () => this.space.committed(),
     };
   }
 }

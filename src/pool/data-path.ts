@@ -13,11 +13,15 @@
 //   (remap.ts), a read fails with EIO for that range only and its sectors are recorded
 //   (bad-ranges.ts). Any other failed write, and every failed sync, puts the pool in needs-check,
 //   and from then on no flush is acknowledged until the pool is reopened (docs/internals.md
-//   decisions 11 and 12).
+//   decisions 11 and 12); except ENOSPC from the host file system (THIN_NO_SPACE): the write
+//   fails, nothing else (docs/fault-model.md section 3).
+// - A write that finds no free data block, or no metadata room for its mapping, asks the space
+//   policy (space.ts) what to do: wait for a punch or a growth, grow, wait in the queue, or fail
+//   with ENOSPC. It asks before it writes any data, so a refused write changes nothing.
 //
 // Every method that takes a device expects the caller to hold the lock of the blocks it touches.
 import { COPY_BUFFERS_RETAINED_BYTES_MAX, DATA_HIGH_WATER_MARK_STEP_BLOCKS, REMAP_TARGETS_MAX } from '../constants.ts';
-import { assert, isThinError } from '../errors.ts';
+import { assert, isThinError, type ThinError } from '../errors.ts';
 import { isMediaError } from '../io/media-error.ts';
 import type { SpaceMap } from '../pdata/index.ts';
 import type { DataAllocator } from './allocator.ts';
@@ -48,6 +52,12 @@ export interface DataPathHost {
   readonly logAttached: boolean;
   /** Records bad data sectors when the pool may change; a pool that may not only counts them. */
   recordBad(ranges: readonly SectorRange[], flags: number): void;
+  /** A data block was taken (the space policy's per-write check). */
+  dataAllocated(): void;
+  /** No data block could be taken: resolves to try again, throws to give up (space.ts). */
+  dataSpaceWanted(error: ThinError, wait: { deadlineMs?: number }): Promise<void>;
+  /** Room in the metadata for a write's mapping change (undefined: there is room now; a promise: growing), or THIN_NO_METADATA_SPACE (space.ts). */
+  metadataForWrite(): Promise<void> | undefined;
 }
 
 export interface DataPathParts {
@@ -77,8 +87,11 @@ export class DataPath {
   readonly media: MediaErrors;
   /** Copy-on-write and remaps off failing sectors. */
   readonly remapper: Remapper;
-  /** Data blocks this process knows read as zeros: never written since the data file was made. */
+  /** Data blocks this process knows read as zeros: never written since the data file was made or grew, or punched. */
   readonly #knownZero = new RangeSet();
+  /** Free blocks punched back to the host (hole-punch.ts) and not taken since: holes the host must back again. */
+  readonly #punched = new RangeSet();
+  readonly #dataReadsZeros: boolean;
   /**
    * Free block-sized scratch buffers for copy-on-write and partly written new blocks: one
    * allocated per such write made the garbage collector a large share of the server's CPU on the
@@ -100,6 +113,7 @@ export class DataPath {
     this.#dataSpace = parts.dataSpace;
     this.#badRanges = parts.badRanges;
     this.#host = host;
+    this.#dataReadsZeros = parts.dataReadsZeros;
     if (parts.dataReadsZeros) this.#knownZero.add(parts.highWaterMark.durable, parts.highWaterMark.blockCount);
     this.zeroBlock = new Uint8Array(parts.blockSizeBytes);
     this.media = new MediaErrors(parts.files.data);
@@ -135,6 +149,26 @@ export class DataPath {
     return this.#bytesSinceSync;
   }
 
+  /** Free blocks punched and not taken since (for the space figures). */
+  get punchedFreeBlocks(): number {
+    return this.#punched.blockCount;
+  }
+
+  /** The data file grew from `from` to `to` blocks: the new blocks read as zeros (a sparse extension). */
+  grew(from: number, to: number): void {
+    if (this.#dataReadsZeros) this.#knownZero.add(from, to);
+  }
+
+  /**
+   * Blocks [begin, end) were punched (hole-punch.ts): they read as zeros, and that is durable by
+   * the time a mapping to them is (the punch completed before they could be taken again, and the
+   * data sync before that mapping's commit covers it).
+   */
+  punched(begin: number, end: number): void {
+    this.#punched.add(begin, end);
+    if (this.#dataReadsZeros) this.#knownZero.add(begin, end);
+  }
+
   /** A data sync begins: it covers every write completed so far. */
   syncStarted(): void {
     this.#bytesSinceSync = 0;
@@ -159,8 +193,9 @@ export class DataPath {
     } catch (error) {
       if (error instanceof SectorsRefused) throw error;
       // The request fails, and so does every later flush: the next sync might succeed without
-      // the pages this write or an earlier one left dirty.
-      if (!isThinError(error, 'THIN_CLOSED')) {
+      // the pages this write or an earlier one left dirty. Not so for a full host file system
+      // (THIN_NO_SPACE): it dirtied nothing it did not report written.
+      if (!isThinError(error, 'THIN_CLOSED') && !isThinError(error, 'THIN_NO_SPACE')) {
         this.#host.failIo(`a data write of ${source.length} bytes at byte ${offsetBytes} failed: ${error instanceof Error ? error.message : String(error)}`, error);
       }
       throw error;
@@ -327,19 +362,26 @@ export class DataPath {
   /**
    * Writes whole blocks from `virtualBlock` on, none of them mapped, into runs of consecutive new
    * data blocks: per run one allocation, one data write and one mapping, in #provision's order
-   * (the high-water mark covers the run before it is written, the mapping follows the write).
-   * Sixteen provisions per 1 MiB made an eighth of the garbage of an image import.
+   * (the high-water mark covers the run before it is written, the mapping follows the write) and
+   * under the same space rules: metadata room before each run, a full pool's growth, queue or
+   * ENOSPC (#allocateRun), punched and held blocks skipped (the allocator), bad blocks never
+   * taken (they are counted used). Sixteen provisions per 1 MiB made an eighth of the garbage of
+   * an image import.
    */
   async #provisionRuns(device: Device, virtualBlock: number, source: Uint8Array): Promise<void> {
     const bs = this.blockSizeBytes;
     const totalBlocks = source.length / bs;
     let doneBlocks = 0;
     while (doneBlocks < totalBlocks) {
+      // Each run inserts one mapping: room for it first, as #provision does for its block.
+      const room = this.#host.metadataForWrite();
+      if (room !== undefined) await room;
       const run = await this.#allocateRun(device, totalBlocks - doneBlocks);
       const runEnd = run.begin + run.lengthBlocks;
       let refused = false;
       try {
         this.#knownZero.remove(run.begin, runEnd);
+        this.#punched.remove(run.begin, runEnd);
         this.#raiseAhead(run.begin);
         if (runEnd - 1 >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(runEnd - 1);
         try {
@@ -378,9 +420,10 @@ export class DataPath {
   }
 
   /**
-   * Reserves a data block. With the delta log, blocks freed by logged changes stay pending until a
-   * rollup commits (F-LOG-8), so when only such blocks are left, a rollup frees them and the
-   * allocation is tried once more.
+   * Reserves a data block. When none may be taken: with the delta log, blocks freed by logged
+   * changes stay pending until a rollup commits (F-LOG-8), so a rollup comes first when there are
+   * such blocks; then the space policy decides (dataSpaceWanted: wait for a punch or a growth,
+   * grow, queue, or give up with ENOSPC).
    */
   async #allocateData(device: Device, options: { mayUseReserve?: boolean }): Promise<number> {
     return (await this.#allocateRun(device, 1, options)).begin;
@@ -388,18 +431,33 @@ export class DataPath {
 
   /** Reserves a run of up to lengthBlocksMax consecutive data blocks, as #allocateData does one. */
   async #allocateRun(device: Device, lengthBlocksMax: number, options: { mayUseReserve?: boolean } = {}): Promise<{ begin: number; lengthBlocks: number }> {
-    try {
-      return this.#allocator.allocateRun(device.id, lengthBlocksMax, options);
-    } catch (error) {
-      if (!isThinError(error, 'THIN_NO_SPACE') || !this.#host.logAttached || this.#dataSpace.pendingFreeBlockCount === 0) throw error;
+    const wait: { deadlineMs?: number } = {};
+    let rolledUp = false;
+    for (;;) {
+      try {
+        const run = this.#allocator.allocateRun(device.id, lengthBlocksMax, options);
+        this.#host.dataAllocated();
+        return run;
+      } catch (error) {
+        if (!isThinError(error, 'THIN_NO_SPACE')) throw error;
+        if (!rolledUp && this.#host.logAttached && this.#dataSpace.pendingFreeBlockCount > 0) {
+          rolledUp = true;
+          await this.#host.rollup();
+        } else {
+          await this.#host.dataSpaceWanted(error, wait);
+          rolledUp = false;
+        }
+      }
+      this.#host.assertDeviceWritable(device);
     }
-    await this.#host.rollup();
-    this.#host.assertDeviceWritable(device);
-    return this.#allocator.allocateRun(device.id, lengthBlocksMax, options);
   }
 
   /** Maps an unmapped virtual block to a new block holding the write; a block that refuses it is recorded bad and another taken. */
   async #provision(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+    // Room for the mapping change before a block is taken; no await unless metadata is growing, so
+    // a snapshot issued before this write still takes effect before it (space.ts).
+    const room = this.#host.metadataForWrite();
+    if (room !== undefined) await room;
     for (let attempt = 1; ; attempt++) {
       const block = await this.#allocateData(device, {});
       try {
@@ -420,6 +478,7 @@ export class DataPath {
   async #writeNewBlock(block: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
     const knownZero = this.#knownZero.has(block);
     this.#knownZero.remove(block, block + 1);
+    this.#punched.remove(block, block + 1);
     this.#raiseAhead(block);
     if (block >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(block);
     const offsetBytes = block * this.blockSizeBytes;
@@ -455,10 +514,15 @@ export class DataPath {
 
   /** A block for a move (copy-on-write, remap): may use the reserve; the high-water mark covers it on return. */
   async #reserveMoveTarget(device: Device): Promise<number> {
+    // Room for the mapping change before a block is taken; no await unless metadata is growing, so
+    // a snapshot issued before this write still takes effect before it (space.ts).
+    const room = this.#host.metadataForWrite();
+    if (room !== undefined) await room;
     const block = await this.#allocateData(device, { mayUseReserve: true });
     this.#copyOnWrites++;
     try {
       this.#knownZero.remove(block, block + 1);
+      this.#punched.remove(block, block + 1);
       this.#raiseAhead(block);
       if (block >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(block);
     } catch (error) {

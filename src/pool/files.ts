@@ -11,10 +11,29 @@ import { FaultInjectingBlockFile, type FaultRule } from '../io/fault-injection.t
 import { FileBlockFile } from '../io/file.ts';
 import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
 import { MeasuredBlockFile } from '../io/measured.ts';
+import type { HostFigures } from './space-policy.ts';
 
 export interface PoolFiles {
   metadata: BlockFile;
   data: BlockFile;
+  /**
+   * The free space of the file system holding the files (statfs), which bounds how far they may
+   * grow by themselves (space-policy.ts); absent for files not in a directory (tests, the
+   * simulator: no host limit). Read when the pool evaluates its space, so keep it cheap.
+   */
+  host?: () => HostFigures | undefined;
+}
+
+/** The free space of the file system holding `dir`, as statfs reports it; undefined when statfs fails. */
+export function hostFiguresOf(dir: string): () => HostFigures | undefined {
+  return () => {
+    try {
+      const stats = fs.statfsSync(dir);
+      return { freeBytes: stats.bavail * stats.bsize, sizeBytes: stats.blocks * stats.bsize };
+    } catch {
+      return undefined;
+    }
+  };
 }
 
 export const METADATA_FILE_NAME = 'metadata';
@@ -54,6 +73,7 @@ export async function openPoolDirectory(dir: string, options: { readOnly: boolea
   try {
     files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly: options.readOnly });
     files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly: options.readOnly });
+    files.host = hostFiguresOf(dir);
     return { files: files as PoolFiles, lock };
   } catch (error) {
     await closePoolFiles(files);

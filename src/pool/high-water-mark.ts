@@ -10,17 +10,28 @@
 import { assert } from '../errors.ts';
 
 export class HighWaterMark {
-  readonly blockCount: number;
+  #blockCount: number;
   #durable: number;
   #sealed: number;
   #target: number;
 
   constructor(mark: number, blockCount: number) {
-    this.blockCount = blockCount;
+    this.#blockCount = blockCount;
     this.#durable = mark;
     this.#sealed = mark;
     this.#target = mark;
     this.assertInvariants();
+  }
+
+  /** The data block count the marks stay within (it grows with the data space). */
+  get blockCount(): number {
+    return this.#blockCount;
+  }
+
+  /** The data space grew: the marks may go up to blockCount. */
+  grow(blockCount: number): void {
+    assert(Number.isSafeInteger(blockCount) && blockCount >= this.#blockCount, `the data space cannot shrink to ${blockCount} blocks`);
+    this.#blockCount = blockCount;
   }
 
   get durable(): number {
@@ -43,7 +54,7 @@ export class HighWaterMark {
   /** The next commit raises the mark to `target` blocks (at most blockCount). Returns the old target. */
   raiseTarget(target: number): number {
     const from = this.#target;
-    this.#target = Math.max(from, Math.min(this.blockCount, target));
+    this.#target = Math.max(from, Math.min(this.#blockCount, target));
     return from;
   }
 
@@ -61,8 +72,8 @@ export class HighWaterMark {
 
   assertInvariants(): void {
     assert(
-      this.#durable <= this.#sealed && this.#sealed <= this.#target && this.#target <= this.blockCount,
-      `high-water marks out of order: durable ${this.#durable}, sealed ${this.#sealed}, target ${this.#target}, blocks ${this.blockCount}`,
+      this.#durable <= this.#sealed && this.#sealed <= this.#target && this.#target <= this.#blockCount,
+      `high-water marks out of order: durable ${this.#durable}, sealed ${this.#sealed}, target ${this.#target}, blocks ${this.#blockCount}`,
     );
   }
 }

@@ -10,6 +10,7 @@ import { DeltaLogEntryKind, type DeltaLogEntry } from '../journal/log.ts';
 import { EXTENT_LENGTH_BLOCKS_MAX } from './codecs.ts';
 import type { Device } from './devices.ts';
 import type { PoolMutant } from './mutants.ts';
+import type { MetadataRoom } from './space-policy.ts';
 import { canMerge, cutExtent, type Extent, type KeyedExtent } from './ranges.ts';
 
 /** Extents cut per metadata change by unmapRange (see there). */
@@ -31,8 +32,11 @@ export interface BlockRun {
 
 /** What mapping changes need from the engine (PoolCore). */
 export interface MappingHost {
-  /** Runs a change of at most `treeChanges` tree operations as one engine metadata change. */
-  mutate<T>(what: string, treeChanges: number, change: () => T): T;
+  /**
+   * Runs a change of at most `treeChanges` tree operations as one engine metadata change; a change
+   * that frees space (an unmap) may use the metadata recovery reserve (F-POOL-47).
+   */
+  mutate<T>(what: string, treeChanges: number, change: () => T, room?: MetadataRoom): T;
   markDirty(device: Device): void;
   /** Records a change for the delta log (nothing while replaying, or with the log off). */
   note(entry: DeltaLogEntry): void;
@@ -157,7 +161,7 @@ export class MappingChanges {
           this.#host.note({ kind: DeltaLogEntryKind.unmap, volumeId: device.id, virtualBlock: spanBegin, lengthBlocks: spanEnd - spanBegin, dataBlock: 0, oldDataBlock: 0 });
         }
         return batchBlocks;
-      });
+      }, 'frees');
     }
     return unmappedBlocks;
   }

@@ -35,8 +35,10 @@ import { PoolCore, type PoolCoreOptions } from './core.ts';
 import { SyncNotAwaitedFile, type PoolMutant } from './mutants.ts';
 import { scrubPool, type ScrubHost, type ScrubOptions, type ScrubReport } from './scrub.ts';
 import type { Device, UpdateVolumeOptions } from './devices.ts';
-import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, instrumentPoolFiles, openPoolDirectory, type PoolFiles } from './files.ts';
+import { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, closePoolFiles, hostFiguresOf, instrumentPoolFiles, openPoolDirectory, type PoolFiles } from './files.ts';
 import type { PoolStatus, VolumeInfo, VolumeUsage } from './reports.ts';
+import type { SpaceEvent } from './space-monitor.ts';
+import { validateSpaceSettings, type SpaceSettings, type SpaceSettingsChange } from './space-policy.ts';
 import { makeDeviceCodec, validatePayloadRoots, writtenBy } from './trees.ts';
 import { Volume } from './volume.ts';
 
@@ -44,12 +46,17 @@ export type { PoolStatus, PoolMode, VolumeInfo, VolumeUsage, PoolCounters } from
 export type { ScrubOptions, ScrubReport } from './scrub.ts';
 export { POOL_MUTANTS, type PoolMutant } from './mutants.ts';
 export type { UpdateVolumeOptions } from './devices.ts';
+export type { SpaceEvent, SpaceEventKind, SpaceReport, SpaceState } from './space-monitor.ts';
+export type { LowWater, SpaceSettings, SpaceSettingsChange, WhenFull } from './space-policy.ts';
+export type { SpaceStatus } from './space.ts';
 export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 
 export interface PoolCreateOptions
   extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'commitTimer' | 'deltaLog' | 'now' | 'faultRules' | 'metadataDirtyBlocksMax' | 'mutant'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
+  /** The space settings stored in the pool (space-policy.ts); absent ones are defaults. */
+  space?: SpaceSettings;
   /** Default: METADATA_BLOCK_COUNT_DEFAULT blocks (a sparse file). */
   metadataSizeBytes?: number;
   /**
@@ -185,6 +192,7 @@ function validateCreateOptions(options: PoolCreateOptions): { dataBlockCount: nu
   if (!Number.isSafeInteger(dataSizeBytes) || dataSizeBytes < blockSizeBytes) {
     throw new ThinError('THIN_INVALID', `Data size ${dataSizeBytes} is smaller than one block of ${blockSizeBytes} bytes`);
   }
+  validateSpaceSettings(options.space ?? {});
   return { dataBlockCount: Math.floor(dataSizeBytes / blockSizeBytes), metadataBlockCount: metadataBlockCountFor(options) };
 }
 
@@ -220,7 +228,17 @@ export class Pool {
     this.#core = core;
     if (now !== undefined) core.now = now;
     this.#lock = lock;
-    if (commitTimer !== undefined && core.mode === 'read-write') this.#stopCommitTimer = commitTimer(() => core.commits.tick());
+    if (commitTimer !== undefined && core.mode === 'read-write') {
+      // The space policy ticks with the commit timer: the host's free space read again, growth
+      // below the low-water mark, a rollup for writes waiting on blocks freed by logged changes.
+      this.#stopCommitTimer = commitTimer(() => {
+        const committing = core.commits.tick();
+        core.space.tick();
+        return committing;
+      });
+    }
+    // The states the figures say at open: a pool that opens below a mark tells its listeners then.
+    if (core.mode === 'read-write') core.space.opened();
   }
 
   /** Creates DIR with sparse `metadata` and `data` files and a new pool in them (THIN_EXISTS if one is there). */
@@ -234,6 +252,7 @@ export class Pool {
       for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
         if (fs.existsSync(path.join(dir, name))) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir} (it has a ${name} file)`);
       }
+      files.host = hostFiguresOf(dir);
       const metadataPath = path.join(dir, METADATA_FILE_NAME);
       const copies = options.metadataMirror === false ? 1 : 2;
       files.metadata = await FileBlockFile.create(metadataPath, { sizeBytes: copies * metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
@@ -288,7 +307,7 @@ export class Pool {
       poolId: options.poolId ?? randomPoolId(),
       mirrorOffsetBlocks: mirrored ? metadataBlockCount : 0,
     });
-    const files: PoolFiles = { metadata: tm.file, data: measuredFiles.data };
+    const files: PoolFiles = { ...rawFiles, metadata: tm.file, data: measuredFiles.data };
     const dataSpace = SpaceMap.create(tm, dataBlockCount);
     const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => {
       throw new Error('thinbd internal error (a bug): the device tree of a new pool has no values');
@@ -306,6 +325,7 @@ export class Pool {
       nextVolumeId: 1,
       creationTimeMs: (options.now ?? Date.now)(),
       userTransactionId: 0,
+      space: { ...(options.space ?? {}) },
       deviceTreeRootTransactionId: writtenBy(tm, deviceTreeRoot, BTREE_BLOCK_TYPES),
       dataSpaceMapRootTransactionId: writtenBy(tm, dataSpace.root, BTREE_BLOCK_TYPES),
     };
@@ -325,8 +345,16 @@ export class Pool {
       repairMetadata: !readOnly,
       validatePayload: validatePayloadRoots,
     });
-    const files: PoolFiles = { metadata: tm.file, data: measuredFiles.data };
+    const files: PoolFiles = { ...rawFiles, metadata: tm.file, data: measuredFiles.data };
     const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
+    const dataBytes = decoded.dataBlockCount * decoded.blockSizeBytes;
+    if (files.data.sizeBytes() < dataBytes) {
+      throw new ThinError(
+        'THIN_CORRUPT_SUPERBLOCK',
+        `The data at ${files.data.description} holds ${files.data.sizeBytes()} bytes, less than the ${decoded.dataBlockCount} blocks of ` +
+          `${decoded.blockSizeBytes} bytes the pool records (${dataBytes} bytes): truncated, or the wrong file?`,
+      );
+    }
     const core = new PoolCore(files, measured, tm, decoded, readOnly, coreOptionsOf(options));
     core.devices.load();
     core.badRanges.load();
@@ -371,6 +399,10 @@ export class Pool {
   async createVolume(name: string, options: CreateVolumeOptions): Promise<Volume> {
     this.#core.beginRequest();
     try {
+      this.#core.assertWritable();
+      this.#core.validateNewName(name);
+      const room = this.#core.space.metadataForNewVolume(`create volume ${name}`);
+      if (room !== undefined) await room;
       return this.#volumeOf(this.#core.createDevice(name, options.sizeBytes, options.labels ?? {}));
     } finally {
       this.#core.endRequest();
@@ -382,7 +414,13 @@ export class Pool {
     const source = this.#core.deviceByName(sourceName);
     this.#core.assertWritable();
     this.#core.validateNewName(name);
-    return this.#holdingWholeVolume(source, () => this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true)));
+    // Checked inside the hold: the hold is taken in the order requests come, and the check answers
+    // at once unless the metadata grows first.
+    return this.#holdingWholeVolume(source, async () => {
+      const room = this.#core.space.metadataForNewVolume(`snapshot ${sourceName} as ${name}`);
+      if (room !== undefined) await room;
+      return this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true));
+    });
   }
 
   /** Removes a volume; its snapshots keep their blocks, blocks no one else maps become free. */
@@ -454,6 +492,37 @@ export class Pool {
     return this.#core.status();
   }
 
+  // ---- space (space.ts) ----
+
+  /**
+   * Changes the space settings stored in the pool (low-water marks, limits, growth step, what a
+   * full pool does with writes); live at once, durable at the next flush (or close).
+   */
+  changeSpaceSettings(change: SpaceSettingsChange): SpaceSettings {
+    this.#core.assertOpen();
+    this.#core.changeSpaceSettings(change);
+    return this.#core.space.settings;
+  }
+
+  /** Grows the data and/or metadata space to the given sizes now, durably; a smaller size is refused. */
+  async resizePool(sizes: { dataSizeBytes?: number; metadataSizeBytes?: number }): Promise<void> {
+    this.#core.assertWritable();
+    await this.#core.space.resize(sizes);
+  }
+
+  /** Resolves when no growth and no punch runs: freed space given back to the host by then. */
+  spaceSettled(): Promise<void> {
+    return this.#core.space.settled();
+  }
+
+  /**
+   * Calls listener with every space event (low-water marks crossed, a full pool, space restored,
+   * growth): synchronously, so it must not throw. Returns the function that stops it.
+   */
+  onSpaceEvent(listener: (event: SpaceEvent) => void): () => void {
+    return this.#core.space.listen(listener);
+  }
+
   /** Makes every write completed before the call durable (a commit when metadata changed). */
   async flush(): Promise<void> {
     this.#core.assertOpen();
@@ -500,7 +569,16 @@ export class Pool {
   async pinCommitted(): Promise<PinnedGeneration> {
     this.#core.assertOpen();
     await this.#core.commits.rollup();
-    return this.#core.tm.pin();
+    const pinned = this.#core.tm.pin();
+    const core = this.#core;
+    return {
+      ...pinned,
+      release: () => {
+        pinned.release();
+        // Blocks freed after the pinned generation may be reused and given back now.
+        if (!core.closed) core.space.committed();
+      },
+    };
   }
 
   /** Commits, then runs work while no commit starts (see CommitScheduler.withCommitsHeld): a live check. */
@@ -526,6 +604,7 @@ export class Pool {
       failure = error;
     }
     await this.#core.commits.settle();
+    await this.#core.space.close();
     this.#core.markClosed();
     const closeFailure = await closePoolFiles(this.#core.files);
     failure ??= closeFailure;

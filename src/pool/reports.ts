@@ -5,6 +5,8 @@ import { DEVICE_FLAG_READ_ONLY } from './codecs.ts';
 import type { PoolHealth } from './health.ts';
 import type { Device } from './devices.ts';
 import { coverageRuns, overlapLength, type CoverageRun, type Extent } from './ranges.ts';
+import type { SpaceStatus } from './space.ts';
+import type { SpaceState } from './space-monitor.ts';
 
 /** read-write; read-only (opened so, or out of metadata space); needs-check (sticky until reopened: see core.ts). */
 export type PoolMode = 'read-write' | 'read-only' | 'needs-check';
@@ -65,6 +67,16 @@ export interface PoolStatus {
   pinnedGenerations: number[];
   metadataPath: string;
   dataPath: string;
+  /** The data space's state: ok, low (below its low-water mark and it cannot grow back), full (a write found no block). */
+  state: SpaceState;
+  /** Data space the pool can still give writes: its free blocks, what it may still grow by, within what the host can back. */
+  freeBytes: number;
+  /** Data space in use (blocks some volume maps). */
+  usedBytes: number;
+  /** The data low-water mark: the setting ("10%", "off", a byte count) and what it comes to now. */
+  lowWater: { setting: string; bytes: number };
+  /** Both spaces in full, the stored settings, growth, waiting writes and space given back to the host. */
+  space: SpaceStatus;
   counters: PoolCounters;
   /** Per device: errors, bad ranges, remaps, spare, latency, and a state with its rule (health.ts). */
   health: PoolHealth;

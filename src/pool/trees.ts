@@ -80,10 +80,16 @@ export function extentReadCodec(dataBlockCount: number): ValueCodec<Extent> {
   };
 }
 
-/** The engine's mapping tree codec: every leaf entry holds one reference to each data block of its extent (F-POOL-23). */
-export function makeExtentCodec(dataBlockCount: number, dataSpace: () => SpaceMap): ValueCodec<Extent> {
+/**
+ * The engine's mapping tree codec: every leaf entry holds one reference to each data block of its
+ * extent (F-POOL-23). Extents are checked against the data space's block count now (it grows).
+ */
+export function makeExtentCodec(dataSpace: () => SpaceMap): ValueCodec<Extent> {
   return {
-    ...extentReadCodec(dataBlockCount),
+    treeKind: MAPPING_TREE_KIND,
+    sizeBytes: EXTENT_VALUE_SIZE_BYTES,
+    pack: packExtent,
+    unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, dataSpace().blockCount),
     retain: (value) => dataSpace().inc(value.dataBlock, value.lengthBlocks),
     release: (value) => dataSpace().dec(value.dataBlock, value.lengthBlocks),
   };

@@ -124,7 +124,8 @@ async function openSource(sourceDir: string, lost: RepairLoss[], scan?: { blockS
 async function rebuild(view: PoolView, sourceDir: string, targetDir: string, options: RepairOptions, lost: RepairLoss[]): Promise<RepairReport> {
   const dataPath = fs.realpathSync(path.join(sourceDir, DATA_FILE_NAME));
   const metadataSizeBytes = options.metadataSizeBytes ?? view.tm.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES;
-  const built = await buildPool({ dir: targetDir, data: { path: dataPath }, metadataSizeBytes }, (visitor) => salvage(view, visitor, lost));
+  // The space settings come along; the metadata grows as the rebuilt trees need (buildPool).
+  const built = await buildPool({ dir: targetDir, data: { path: dataPath }, metadataSizeBytes, space: view.payload.space }, (visitor) => salvage(view, visitor, lost));
   return { dir: built.dir, volumes: built.volumes, mappedBlockCount: built.mappedBlockCount, lost };
 }
 

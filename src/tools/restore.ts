@@ -36,6 +36,7 @@ import {
   METADATA_BLOCK_COUNT_MIN,
   METADATA_BLOCK_HEADER_BYTES,
   METADATA_BLOCK_SIZE_BYTES,
+  METADATA_COMMIT_RESERVE_BLOCKS,
   METADATA_DIRTY_BLOCKS_SOFT_MAX,
   SECTOR_BYTES,
   VOLUME_SIZE_BYTES_MAX,
@@ -65,6 +66,7 @@ import type { DeviceBegin, DumpVisitor, Mapping, SuperblockBegin, VisitResult } 
 import { readThinXml, type XmlReadSummary } from './restore-xml.ts';
 import { ReferenceRuns } from './reference-runs.ts';
 import { makePrivateDirectory } from '../io/private.ts';
+import type { SpaceSettings } from '../pool/space-policy.ts';
 
 export type RestoreData = { path: string } | { sizeBytes: number };
 
@@ -73,8 +75,14 @@ export interface RestoreOptions {
   dir: string;
   /** An existing data file or block device to reuse in place, or the size of a new sparse data file. */
   data: RestoreData;
-  /** Size of the new metadata file (sparse); default METADATA_BLOCK_COUNT_DEFAULT blocks. */
+  /**
+   * Size of the new metadata file (sparse); default METADATA_BLOCK_COUNT_DEFAULT blocks. When the
+   * volumes do not fit, it grows (a warning says so), up to `space.metadataMaxBytes` or the largest
+   * metadata: a restore or a repair of a pool whose metadata was full must not fail for room.
+   */
   metadataSizeBytes?: number;
+  /** The space settings the new pool stores (repair carries the damaged pool's); default none (defaults). */
+  space?: SpaceSettings;
 }
 
 export interface RestoredVolume {
@@ -119,7 +127,7 @@ export async function buildPool<T>(
   const metadataBlockCount = metadataBlockCountFor(options.metadataSizeBytes);
   const temporary = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   makePrivateDirectory(temporary);
-  const builder = new PoolBuilder(temporary, options.data, metadataBlockCount);
+  const builder = new PoolBuilder(temporary, options.data, metadataBlockCount, options.space ?? {});
   try {
     const produced = await produce(builder);
     const built = await builder.finish();
@@ -219,10 +227,13 @@ class PoolBuilder implements DumpVisitor {
   #finished = false;
   readonly #warnings: string[] = [];
 
-  constructor(dir: string, data: RestoreData, metadataBlockCount: number) {
+  readonly #space: SpaceSettings;
+
+  constructor(dir: string, data: RestoreData, metadataBlockCount: number, space: SpaceSettings) {
     this.#dir = dir;
     this.#data = data;
     this.#metadataBlockCount = metadataBlockCount;
+    this.#space = space;
   }
 
   superblockBegin(superblock: SuperblockBegin): VisitResult {
@@ -265,7 +276,7 @@ class PoolBuilder implements DumpVisitor {
     });
     const tm = TransactionManager.format(this.#metadataFile, { metadataBlockCount: this.#metadataBlockCount, poolId: randomPoolId() });
     const dataSpace = SpaceMap.create(tm, dataBlockCount);
-    const mappingTree = new BTree<Extent>(tm, makeExtentCodec(dataBlockCount, () => dataSpace));
+    const mappingTree = new BTree<Extent>(tm, makeExtentCodec(() => dataSpace));
     const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => mappingTree));
     const deviceTreeRoot = deviceTree.createEmpty();
     this.#engine = { tm, dataSpace, mappingTree, deviceTree, deviceTreeRoot, blockSizeBytes, dataBlockCount, superblock };
@@ -428,6 +439,7 @@ class PoolBuilder implements DumpVisitor {
       await this.#maybeCommit();
     }
     let deviceTreeRoot = engine.deviceTreeRoot;
+    await this.#roomFor(2 * this.#built.length);
     const volumes: RestoredVolume[] = [];
     for (const device of [...this.#built].sort((a, b) => a.id - b.id)) {
       const details = { ...device.details };
@@ -476,6 +488,7 @@ class PoolBuilder implements DumpVisitor {
       nextVolumeId,
       creationTimeMs: Date.now(),
       userTransactionId: engine.superblock.transaction,
+      space: { ...this.#space },
     };
   }
 
@@ -485,8 +498,33 @@ class PoolBuilder implements DumpVisitor {
    */
   #maybeCommit(): VisitResult {
     const engine = this.#needEngine();
-    if (engine.tm.dirtyBlockCount < METADATA_DIRTY_BLOCKS_SOFT_MAX) return undefined;
-    return engine.tm.commit(encodePoolPayload(this.#payload(engine.deviceTreeRoot, 1)), () => this.#dataFile!.sync());
+    const room = this.#roomFor(0);
+    if (engine.tm.dirtyBlockCount < METADATA_DIRTY_BLOCKS_SOFT_MAX) return room;
+    return (async () => {
+      await room;
+      await engine.tm.commit(encodePoolPayload(this.#payload(engine.deviceTreeRoot, 1)), () => this.#dataFile!.sync());
+    })();
+  }
+
+  /**
+   * Keeps RESTORE_METADATA_HEADROOM_BLOCKS (plus `blocks`) free by growing the metadata file: the
+   * rebuilt trees share nothing between snapshots (dump and restore carry mappings, not shared
+   * nodes), so they may need more metadata than the pool they come from.
+   */
+  #roomFor(blocks: number): Promise<void> | undefined {
+    const engine = this.#needEngine();
+    const { tm } = engine;
+    const wanted = RESTORE_METADATA_HEADROOM_BLOCKS + blocks;
+    if (tm.metadataBlocksFree - METADATA_COMMIT_RESERVE_BLOCKS >= wanted) return undefined;
+    const limit = Math.min(METADATA_BLOCK_COUNT_MAX, this.#space.metadataMaxBytes === undefined ? Infinity : Math.floor(this.#space.metadataMaxBytes / METADATA_BLOCK_SIZE_BYTES));
+    const target = Math.min(limit, Math.max(tm.metadataBlockCount * 2, tm.metadataBlockCount + 2 * wanted));
+    if (target <= tm.metadataBlockCount) return undefined; // at the limit: pdata refuses with THIN_NO_METADATA_SPACE
+    const from = tm.metadataBlockCount;
+    return (async () => {
+      await this.#metadataFile!.grow(target * METADATA_BLOCK_SIZE_BYTES);
+      tm.growMetadata(target);
+      this.#warnings.push(`the metadata grew from ${from * METADATA_BLOCK_SIZE_BYTES} to ${target * METADATA_BLOCK_SIZE_BYTES} bytes to hold the restored volumes`);
+    })();
   }
 
   #needEngine(): Engine {
@@ -506,6 +544,12 @@ class PoolBuilder implements DumpVisitor {
     if (!this.#finished) await this.#closeFiles();
   }
 }
+
+/**
+ * Free metadata blocks a restore keeps in hand between two checks (one mapping run or one device
+ * per check; a run is a few tree changes of at most 25 blocks each): 1024 blocks, 4 MiB.
+ */
+const RESTORE_METADATA_HEADROOM_BLOCKS = 1024;
 
 function mergeable(leftKey: number, left: Extent, rightKey: number, right: Extent): boolean {
   return (

@@ -117,6 +117,7 @@ export async function rebuildSuperblock(source: PoolFiles, copy: BlockFile, bloc
       nextVolumeId: VOLUME_ID_MAX,
       creationTimeMs: Date.now(),
       userTransactionId: 0, // lived only in the superblock copies, none of which is readable
+      space: {}, // so did the space settings: the defaults
       deviceTreeRootTransactionId: deviceTreeRoot.transactionId,
       dataSpaceMapRootTransactionId: dataSpaceMapRoot.transactionId,
     });

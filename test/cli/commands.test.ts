@@ -31,6 +31,8 @@ interface CommandCase {
 const TABLE: CommandCase[] = [
   { command: ['pool', 'create'], args: ['--pool', 'NEW', '--data-size', '64M'], pool: 'creates' },
   { command: ['pool', 'status'], args: ['--pool', 'POOL'], pool: 'uses', json: [] },
+  { command: ['pool', 'set'], args: ['--pool', 'POOL', '--low-water', '5%', '--when-full', 'queue:10'], pool: 'uses' },
+  { command: ['pool', 'resize'], args: ['--pool', 'POOL', '--data-size', '128M'], pool: 'uses' },
   { command: ['create'], args: ['--pool', 'POOL', 'v2', '--size', '1M'], pool: 'uses' },
   { command: ['snapshot'], args: ['--pool', 'POOL', 'v', 'v-snap'], pool: 'uses' },
   { command: ['remove'], args: ['--pool', 'POOL', 'v'], pool: 'uses' },

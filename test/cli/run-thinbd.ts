@@ -39,3 +39,10 @@ export function thinbdJson<T>(args: string[], options: { env?: Record<string, st
 export function spawnThinbd(args: string[]): ChildProcess {
   return spawn(process.execPath, [THINBD, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
 }
+
+/** Runs thinbd, requires exit 0, returns its standard output. */
+export function thinbdOk(args: string[]): string {
+  const result = thinbd(args);
+  if (result.code !== 0) throw new Error(`thinbd ${args.join(' ')} exited ${result.code}: ${result.stderr}`);
+  return result.stdout;
+}

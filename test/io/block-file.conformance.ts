@@ -130,6 +130,22 @@ export function blockFileConformance(factory: BlockFileFactory): void {
       });
     });
 
+    test('a punched range reads zeros, the rest and the size stay; a file that cannot punch says so and changes nothing', async () => {
+      await withFile(factory, 256 * KIB, async (file) => {
+        const data = pattern(256 * KIB, 11);
+        await file.write(data, 0);
+        const punched = (await file.punch?.(64 * KIB, 128 * KIB)) ?? false;
+        assert.equal(file.sizeBytes(), 256 * KIB, 'a punch keeps the size');
+        const expected = new Uint8Array(data);
+        if (punched) expected.fill(0, 64 * KIB, 192 * KIB);
+        assert.deepEqual(await readBytes(file, 0, 256 * KIB), expected);
+        assert.deepEqual(readSyncBytes(file, 60 * KIB, 8 * KIB), expected.subarray(60 * KIB, 68 * KIB));
+        await file.write(pattern(4 * KIB, 12), 100 * KIB);
+        assert.deepEqual(await readBytes(file, 100 * KIB, 4 * KIB), pattern(4 * KIB, 12), 'a punched range takes writes again');
+        await file.sync();
+      });
+    });
+
     test('concurrent writes to disjoint ranges all land', async () => {
       await withFile(factory, 1024 * KIB, async (file) => {
         const writes: Promise<void>[] = [];

@@ -118,6 +118,33 @@ describe('FileBlockFile', () => {
     await file.allocate(0, 4096);
   });
 
+  test('punch gives a written range back to the file system: du falls, the size stays, the range reads zeros', async () => {
+    const filePath = temporaryPath();
+    const file = await FileBlockFile.create(filePath, { sizeBytes: 32 * 1024 ** 2 });
+    await file.write(Buffer.alloc(32 * 1024 ** 2, 5), 0);
+    await file.sync();
+    const before = fs.statSync(filePath).blocks * 512;
+    assert.equal(await file.punch(8 * 1024 ** 2, 16 * 1024 ** 2), true, 'the test file system must support PUNCH_HOLE');
+    await file.sync();
+    const after = fs.statSync(filePath);
+    assert.equal(after.size, 32 * 1024 ** 2);
+    assert.ok(before - after.blocks * 512 >= 16 * 1024 ** 2, `du fell by ${before - after.blocks * 512} bytes`);
+    const back = new Uint8Array(4096);
+    await file.read(back, 12 * 1024 ** 2);
+    assert.ok(back.every((byte) => byte === 0));
+    await file.close();
+    assert.equal(await file.punch(0, 4096), false, 'a closed file punches nothing');
+  });
+
+  test('a read-only file punches nothing', async () => {
+    const filePath = temporaryPath();
+    fs.writeFileSync(filePath, Buffer.alloc(65536, 3));
+    const file = await FileBlockFile.open(filePath, { readOnly: true });
+    assert.equal(await file.punch(0, 65536), false);
+    assert.equal(fs.readFileSync(filePath)[100], 3);
+    await file.close();
+  });
+
   test('open of a missing path fails with THIN_NOT_FOUND', async () => {
     await assert.rejects(FileBlockFile.open(path.join(temporaryDirectory, 'missing')), (error) =>
       isThinError(error, 'THIN_NOT_FOUND'),

@@ -45,6 +45,16 @@ describe('MirroredBlockFile', () => {
     assert.equal(mirror.sizeBytes(), 64 * UNIT);
   });
 
+  test('copies in one file: the size is fixed once it reaches the second copy, and a grow past it is refused naming the mirror', async () => {
+    const { raw, mirror } = await setup();
+    assert.equal(mirror.fixedSize, false, 'room left below the second copy');
+    await mirror.grow(MIRROR_OFFSET);
+    assert.equal(mirror.fixedSize, true);
+    await assert.rejects(mirror.grow(MIRROR_OFFSET + UNIT), (error) => isThinError(error, 'THIN_INVALID') && /mirror/.test(error.message));
+    assert.equal(mirror.sizeBytes(), MIRROR_OFFSET);
+    assert.equal(raw.sizeBytes(), 2 * MIRROR_OFFSET, 'nothing grew past the second copy');
+  });
+
   test('a read that fails with EIO is served from the other copy, and the bad copy is rewritten', async () => {
     const { raw, faults, mirror, events } = await setup();
     await mirror.write(block(2), 5 * UNIT);

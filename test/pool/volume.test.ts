@@ -612,7 +612,7 @@ test('the commit timer leaves data written in place to the kernel until a client
   await pool.close();
 });
 
-test('out of metadata space a change is refused whole, the pool goes read-only saying why, and what was done can still be flushed', async () => {
+test('out of metadata space a change is refused whole, the pool stays read-write so space can be freed (F-POOL-47), and what was done can still be flushed', async () => {
   const memory = await memoryPool(64);
   const { pool } = memory;
   const v = await pool.createVolume('v', { sizeBytes: 8 * BLOCK });
@@ -631,9 +631,10 @@ test('out of metadata space a change is refused whole, the pool goes read-only s
   }
   assert.ok(isThinError(refusal, 'THIN_NO_METADATA_SPACE'), String(refusal));
   const status = pool.status();
-  assert.equal(status.mode, 'read-only');
-  assert.match(status.modeReason ?? '', /out of metadata space/);
-  await assert.rejects(v.write(BLOCK, filled(1, 1)), code('THIN_READ_ONLY'));
+  assert.equal(status.mode, 'read-write');
+  assert.equal(status.space.metadata.state, 'low');
+  // Below the metadata low-water mark new volumes are refused, writes go on.
+  await v.write(BLOCK, filled(1, 1));
   const back = new Uint8Array(100);
   await v.read(0, back);
   assert.deepEqual(back, filled(100, 1));
@@ -641,6 +642,11 @@ test('out of metadata space a change is refused whole, the pool goes read-only s
   const reopened = await reopen(memory);
   assert.equal(reopened.pool.list().length, created + 1);
   assert.equal(reopened.pool.status().mode, 'read-write');
+  assert.equal((await readAll(reopened.pool, 'v'))[BLOCK], 1);
+  // Removing volumes frees metadata: new volumes are accepted again.
+  for (let index = 0; index < 1000; index += 1) await reopened.pool.removeVolume(`n${index}`);
+  await reopened.pool.flush();
+  await reopened.pool.createVolume('again', { sizeBytes: BLOCK });
   await reopened.pool.close();
   assert.ok((await checkPool({ metadata: MemoryBlockFile.from(reopened.files.metadata.snapshot()), data: MemoryBlockFile.from(reopened.files.data.snapshot()) })).ok);
 });

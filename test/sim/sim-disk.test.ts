@@ -75,6 +75,72 @@ describe('SparseImage', () => {
 });
 
 describe('SimDisk', () => {
+  test('a growth is kept or lost by a crash until a sync started after it completes', async () => {
+    await withSeed(seed, async () => {
+      const machine = new SimMachine({ seed });
+      const disk = machine.createDisk('disk', 64 * KIB);
+      await disk.grow(256 * KIB);
+      assert.equal(disk.sizeBytes(), 256 * KIB, 'the process sees the new size at once');
+      const before = machine.crashPoint(machine.events.length);
+      const sizes = new Set([...before.variants(16)].map((variant) => before.images(variant).get('disk')?.sizeBytes));
+      assert.deepEqual([...sizes].sort((a = 0, b = 0) => a - b), [64 * KIB, 256 * KIB], 'kept or lost, never anything else');
+      await disk.sync();
+      const after = machine.crashPoint(machine.events.length);
+      assert.equal(after.pending.length, 0);
+      for (const variant of after.variants(8)) assert.equal(after.images(variant).get('disk')?.sizeBytes, 256 * KIB);
+    });
+  });
+
+  test('a sync started before a growth does not make it durable', async () => {
+    await withSeed(seed, async () => {
+      const machine = new SimMachine({ seed });
+      const disk = machine.createDisk('disk', 64 * KIB);
+      const sync = disk.sync();
+      await disk.grow(128 * KIB);
+      await sync;
+      const point = machine.crashPoint(machine.events.length);
+      assert.deepEqual(point.pending.map((change) => change.change), ['grow']);
+    });
+  });
+
+  test('a punched range reads zeros at once, keeps the size, and is kept, lost or torn by pages until synced', async () => {
+    await withSeed(seed, async () => {
+      const machine = new SimMachine({ seed });
+      const disk = machine.createDisk('disk', 64 * KIB);
+      await disk.write(filled(64 * KIB, 0x77), 0);
+      await disk.sync();
+      assert.equal(disk.allocatedBytes(), 64 * KIB);
+      assert.equal(await disk.punch(8 * KIB, 32 * KIB), true);
+      const seen = new Uint8Array(64 * KIB);
+      await disk.read(seen, 0);
+      assert.ok(seen.subarray(8 * KIB, 40 * KIB).every((byte) => byte === 0));
+      assert.ok(seen.subarray(0, 8 * KIB).every((byte) => byte === 0x77) && seen.subarray(40 * KIB).every((byte) => byte === 0x77));
+      assert.equal(disk.sizeBytes(), 64 * KIB);
+      assert.equal(disk.allocatedBytes(), 32 * KIB, 'whole pages are given back');
+      const point = machine.crashPoint(machine.events.length);
+      const kinds = new Set<string>();
+      for (const variant of point.variants(64)) {
+        kinds.add(variant.outcomes[0]?.kind ?? 'none');
+        const bytes = new Uint8Array(64 * KIB);
+        point.images(variant).get('disk')?.read(bytes, 0);
+        assert.ok(bytes.subarray(0, 8 * KIB).every((byte) => byte === 0x77), 'outside the punch nothing changes');
+        assert.ok(bytes.subarray(40 * KIB).every((byte) => byte === 0x77));
+        for (let page = 8 * KIB; page < 40 * KIB; page += 4 * KIB) {
+          const piece = bytes.subarray(page, page + 4 * KIB);
+          assert.ok(piece.every((byte) => byte === 0) || piece.every((byte) => byte === 0x77), `page at ${page} is punched or whole, never garbage`);
+        }
+      }
+      assert.deepEqual([...kinds].sort(), ['kept', 'lost', 'torn']);
+      await disk.sync();
+      const synced = machine.crashPoint(machine.events.length);
+      for (const variant of synced.variants(4)) {
+        const bytes = new Uint8Array(32 * KIB);
+        synced.images(variant).get('disk')?.read(bytes, 8 * KIB);
+        assert.ok(bytes.every((byte) => byte === 0), 'a synced punch survives every crash');
+      }
+    });
+  });
+
   test('a synced write always survives a crash', async () => {
     await withSeed(seed, async () => {
       const machine = new SimMachine({ seed });
@@ -387,7 +453,7 @@ describe('file size and allocation', () => {
     const before = machine.crashPoint(machine.events.length);
     assert.deepEqual([...before.pendingSizes], [['d', 16384]]);
     const sizes = [...before.variants(8)].map((variant) => before.images(variant).get('d')!.sizeBytes);
-    assert.deepEqual(sizes, [16384, 4096], 'kept only in the image that keeps everything');
+    assert.deepEqual(sizes, [16384, 4096], 'kept or lost whole: a torn growth is a lost one, one state');
     // A write past the durable size that a crash keeps stretches the file to its end, no further.
     await disk.write(new Uint8Array(512).fill(7), 8192);
     const written = machine.crashPoint(machine.events.length);

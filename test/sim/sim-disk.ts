@@ -19,13 +19,19 @@
 //   AsyncFileNonDurable); in the "random sectors" shape each sector is new, old or garbage.
 //   Garbage covers only the bytes the write itself carried within a sector: bytes the host never
 //   asked to change are not destroyed (no software can defend those against its own disk).
-// - A disk's size is a file's size: growing it (ftruncate) is not durable until a sync of the
-//   disk started after the growth completes (fsync/fdatasync persist the size with the data). A
-//   crash keeps the durable size, stretched by whatever pending writes it keeps; the grown size
-//   survives only in the crash image that keeps everything. allocate (fallocate inside the file,
-//   the size kept) reserves space and changes nothing anyone reads: it is traced, not modelled.
+// - File size and holes are modelled as a file system keeps them (docs/fault-model.md section 2):
+//   growing a disk (ftruncate) and punching a hole (fallocate PUNCH_HOLE) change what the process
+//   sees at once, and become durable only as a completed write does, by a later sync of that disk
+//   (fsync/fdatasync persist the size with the data; a sync started before the growth does not).
+//   Until then a crash keeps or loses a growth (never half of one), independently of the writes
+//   around it (a journal commit may carry the new size before or after the data); a crash image's
+//   size is the durable size, stretched by the growth and the writes past it that it keeps. A
+//   punch is kept, lost or torn by whole 4 KiB pages (a file system frees a range extent by
+//   extent, in several journal transactions), and a torn punch leaves each page punched or as it
+//   was, never garbage. allocate (fallocate inside the file, the size kept) reserves space and
+//   changes nothing anyone reads: it is traced, not modelled.
 // - The trace records every write (disk, offset, bytes), its completion, every sync start and
-//   completion, growth, allocation, medium corruption, and named marks the test adds ("ack flush #3"), like
+//   completion, growth, punches, allocation, medium corruption, and named marks the test adds ("ack flush #3"), like
 //   dm-log-writes. CrashPoint k enumerates the pending writes after event k and yields crash
 //   images: all kept, all lost, every subset when few, each single one lost, then random SQLite
 //   outcomes with tears, within a budget, deterministically from a seed.
@@ -75,6 +81,33 @@ export class SparseImage {
 
   grow(sizeBytes: number): void {
     if (sizeBytes > this.#sizeBytes) this.#sizeBytes = sizeBytes;
+  }
+
+  /** Makes [offsetBytes, +lengthBytes) read as zeros without changing the size: whole pages are dropped. */
+  punch(offsetBytes: number, lengthBytes: number): void {
+    const endBytes = Math.min(offsetBytes + lengthBytes, this.#sizeBytes);
+    let positionBytes = offsetBytes;
+    while (positionBytes < endBytes) {
+      const pageIndex = Math.floor(positionBytes / PAGE_SIZE_BYTES);
+      const inPageBytes = positionBytes - pageIndex * PAGE_SIZE_BYTES;
+      const chunkBytes = Math.min(PAGE_SIZE_BYTES - inPageBytes, endBytes - positionBytes);
+      if (this.#pages.has(pageIndex)) {
+        if (chunkBytes === PAGE_SIZE_BYTES) {
+          this.#pages.delete(pageIndex);
+          this.#owned.delete(pageIndex);
+        } else {
+          this.#writablePage(pageIndex).fill(0, inPageBytes, inPageBytes + chunkBytes);
+        }
+      }
+      positionBytes += chunkBytes;
+    }
+  }
+
+  /** Pages that hold bytes (a file system's allocated blocks): what `du` of the file would count. */
+  get allocatedBytes(): number {
+    let pages = 0;
+    for (const pageIndex of this.#pages.keys()) if (pageIndex * PAGE_SIZE_BYTES < this.#sizeBytes) pages += 1;
+    return pages * PAGE_SIZE_BYTES;
   }
 
   /** Fills target from offsetBytes; bytes never written (or past the end) read as zeros. */
@@ -164,20 +197,33 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
 export type SimEvent =
   | { kind: 'write'; disk: string; writeId: number; offsetBytes: number; lengthBytes: number; misdirectedFromBytes?: number }
   | { kind: 'write-done'; disk: string; writeId: number; failed: boolean }
-  | { kind: 'sync'; disk: string; syncId: number; coveredWriteIds: readonly number[]; sizeBytes: number }
+  | { kind: 'sync'; disk: string; syncId: number; coveredWriteIds: readonly number[] }
   | { kind: 'sync-done'; disk: string; syncId: number; failed: boolean }
-  | { kind: 'grow'; disk: string; sizeBytes: number }
+  | { kind: 'grow'; disk: string; writeId: number; sizeBytes: number }
+  | { kind: 'punch'; disk: string; writeId: number; offsetBytes: number; lengthBytes: number }
   | { kind: 'allocate'; disk: string; offsetBytes: number; lengthBytes: number }
   | { kind: 'corrupt'; disk: string; writeId: number; offsetBytes: number; lengthBytes: number }
   | { kind: 'mark'; label: string };
 
-/** One write as the trace knows it. */
+/**
+ * What a pending change does to a disk: a write of bytes, a growth of the file (to offsetBytes
+ * bytes), or a punched hole of lengthBytes at offsetBytes. Growth and punches are pending and
+ * become durable as writes do (see the module comment).
+ */
+export type SimChange = 'write' | 'grow' | 'punch';
+
+/** One write (or growth, or punch) as the trace knows it. */
 export interface SimWrite {
   readonly writeId: number;
   readonly disk: string;
-  /** Where the bytes landed (differs from where they were aimed after a misdirected write). */
+  /** 'write' unless the change is a growth or a punch. */
+  readonly change: SimChange;
+  /** Where the bytes landed (differs from where they were aimed after a misdirected write); the new size of a growth. */
   readonly offsetBytes: number;
+  /** The bytes written; empty for a growth or a punch. */
   readonly bytes: Uint8Array;
+  /** Bytes the change covers: the write's length, a punch's length, 0 for a growth. */
+  readonly lengthBytes: number;
   /** Event index of the write's issue. */
   readonly issueIndex: number;
   /** Event index of its completion; Infinity while in flight. */
@@ -199,7 +245,9 @@ function describeEvent(event: SimEvent): string {
     case 'sync-done':
       return `sync #${event.syncId} ${event.disk} ${event.failed ? 'failed' : 'done'}`;
     case 'grow':
-      return `grow ${event.disk} to ${event.sizeBytes}`;
+      return `grow #${event.writeId} ${event.disk} to ${event.sizeBytes}`;
+    case 'punch':
+      return `punch #${event.writeId} ${event.disk} [${event.offsetBytes}, +${event.lengthBytes})`;
     case 'allocate':
       return `allocate ${event.disk} [${event.offsetBytes}, +${event.lengthBytes})`;
     case 'corrupt':
@@ -227,8 +275,6 @@ export interface CrashVariant {
   readonly outcomes: readonly WriteOutcome[];
   /** "kept 3, lost 1, torn 1 (#12 left)" */
   readonly description: string;
-  /** Whether the disks keep the sizes they were grown to since their last sync (only when everything is kept). */
-  readonly sizesKept: boolean;
 }
 
 function describeOutcomes(pending: readonly SimWrite[], outcomes: readonly WriteOutcome[]): string {
@@ -251,12 +297,25 @@ function randomOutcome(rng: Rng): WriteOutcome {
   return { kind: 'torn', shape: rng.pick<TearShape>(['left', 'right', 'sectors']), seed: rng.next() };
 }
 
+/** Applies a change whole onto image: the bytes written, the size grown, the hole punched. */
+function applyChange(image: SparseImage, write: SimWrite): void {
+  if (write.change === 'write') image.write(write.bytes, write.offsetBytes);
+  else if (write.change === 'grow') image.grow(write.offsetBytes);
+  else image.punch(write.offsetBytes, write.lengthBytes);
+}
+
 /**
  * Applies a torn write onto image. Sectors are the disk's 512-byte sectors the write overlaps;
- * within each, only the write's own bytes change.
+ * within each, only the write's own bytes change. A torn growth is lost (a size changes whole or
+ * not at all); a torn punch leaves each 4 KiB page it covers punched or as it was.
  */
 function applyTorn(image: SparseImage, write: SimWrite, shape: TearShape, seed: number): void {
+  if (write.change === 'grow') return;
   const rng = new Rng(seed);
+  if (write.change === 'punch') {
+    applyTornPunch(image, write, shape, rng);
+    return;
+  }
   const beginBytes = write.offsetBytes;
   const endBytes = write.offsetBytes + write.bytes.length;
   if (endBytes === beginBytes) return;
@@ -287,6 +346,28 @@ function applyTorn(image: SparseImage, write: SimWrite, shape: TearShape, seed: 
   }
 }
 
+function applyTornPunch(image: SparseImage, write: SimWrite, shape: TearShape, rng: Rng): void {
+  const beginBytes = write.offsetBytes;
+  const endBytes = write.offsetBytes + write.lengthBytes;
+  const firstPage = Math.floor(beginBytes / PAGE_SIZE_BYTES);
+  const pageCount = Math.ceil(endBytes / PAGE_SIZE_BYTES) - firstPage;
+  if (pageCount <= 0) return;
+  // Per page: punched or not; 'left' / 'right' keep a run at that end as it was.
+  const punched = new Uint8Array(pageCount).fill(1);
+  if (shape === 'sectors') {
+    for (let index = 0; index < pageCount; index++) punched[index] = rng.chance(0.5) ? 1 : 0;
+  } else {
+    const keptCount = 1 + rng.int(pageCount);
+    for (let index = 0; index < keptCount; index++) punched[shape === 'left' ? index : pageCount - 1 - index] = 0;
+  }
+  for (let index = 0; index < pageCount; index++) {
+    if (punched[index] === 0) continue;
+    const pageBeginBytes = Math.max(beginBytes, (firstPage + index) * PAGE_SIZE_BYTES);
+    const pageEndBytes = Math.min(endBytes, (firstPage + index + 1) * PAGE_SIZE_BYTES);
+    image.punch(pageBeginBytes, pageEndBytes - pageBeginBytes);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Crash points
 
@@ -303,7 +384,7 @@ export class CrashPoint {
   readonly pending: readonly SimWrite[];
   /** Labels of the marks before the crash, in order. */
   readonly marks: readonly string[];
-  /** Disks grown since their last sync, and the size the process saw: lost unless a variant keeps everything. */
+  /** Disks grown since their last sync, and the size the process saw (their pending growths): a variant keeps or loses each. */
   readonly pendingSizes: ReadonlyMap<string, number>;
   /** Identifies the crash states: two points with equal keys yield the same images. */
   readonly stateKey: string;
@@ -317,7 +398,6 @@ export class CrashPoint {
     eventCount: number;
     lastEvent: SimEvent | undefined;
     pending: readonly SimWrite[];
-    pendingSizes: ReadonlyMap<string, number>;
     marks: readonly string[];
     durable: ReadonlyMap<string, SparseImage>;
     durableKey: string;
@@ -328,15 +408,19 @@ export class CrashPoint {
     this.eventCount = options.eventCount;
     this.lastEvent = options.lastEvent;
     this.pending = options.pending;
-    this.pendingSizes = options.pendingSizes;
+    const pendingSizes = new Map<string, number>();
+    for (const change of this.pending) {
+      if (change.change !== 'grow' || change.offsetBytes <= (options.durable.get(change.disk)?.sizeBytes ?? 0)) continue;
+      pendingSizes.set(change.disk, Math.max(pendingSizes.get(change.disk) ?? 0, change.offsetBytes));
+    }
+    this.pendingSizes = pendingSizes;
     this.marks = options.marks;
     this.#durable = options.durable;
     this.#durableKey = options.durableKey;
     this.#badSectors = options.badSectors;
     this.#deadSectors = options.deadSectors;
     this.#seed = options.seed;
-    const sizes = [...this.pendingSizes].map(([disk, sizeBytes]) => `${disk}=${sizeBytes}`).join(',');
-    this.stateKey = `${options.durableKey}|${this.pending.map((write) => write.writeId).join(',')}|${sizes}|${this.marks.length}`;
+    this.stateKey = `${options.durableKey}|${this.pending.map((write) => write.writeId).join(',')}|${this.marks.length}`;
   }
 
   describe(): string {
@@ -356,19 +440,19 @@ export class CrashPoint {
     const rng = new Rng(mixSeed(this.#seed, this.eventCount, 0x7a1a));
     let variantIndex = 0;
     const seen = new Set<string>();
-    const grown = this.pendingSizes.size > 0;
-    const make = (outcomes: WriteOutcome[], sizesKept = false): CrashVariant | undefined => {
-      const key = outcomes.map((outcome) => (outcome.kind === 'torn' ? `t${outcome.seed}` : outcome.kind[0])).join('') + (grown && sizesKept ? '+' : '');
+    const make = (drawn: WriteOutcome[]): CrashVariant | undefined => {
+      // A torn growth is a lost one (a size changes whole): one state, one variant.
+      const outcomes = drawn.map((outcome, index): WriteOutcome => (outcome.kind === 'torn' && this.pending[index]?.change === 'grow' ? { kind: 'lost' } : outcome));
+      const key = outcomes.map((outcome) => (outcome.kind === 'torn' ? `t${outcome.seed}` : outcome.kind[0])).join('');
       if (seen.has(key)) return undefined;
       seen.add(key);
-      const description = describeOutcomes(this.pending, outcomes) + (grown ? (sizesKept ? ', growth kept' : ', growth lost') : '');
-      return { variantIndex: variantIndex++, outcomes, description, sizesKept };
+      return { variantIndex: variantIndex++, outcomes, description: describeOutcomes(this.pending, outcomes) };
     };
     const kept = (): WriteOutcome => ({ kind: 'kept' });
     const lost = (): WriteOutcome => ({ kind: 'lost' });
 
     const structured: WriteOutcome[][] = [];
-    structured.push(Array.from({ length: count }, kept)); // with the disks' growth kept (below)
+    structured.push(Array.from({ length: count }, kept));
     structured.push(Array.from({ length: count }, lost));
     if (count > 0 && 2 ** count <= budget / 2) {
       for (let mask = 1; mask < 2 ** count - 1; mask++) {
@@ -384,9 +468,9 @@ export class CrashPoint {
         structured.push(Array.from({ length: count }, (_, index) => (index === lostIndex ? lost() : kept())));
       }
     }
-    for (const [index, outcomes] of structured.entries()) {
+    for (const outcomes of structured) {
       if (variantIndex >= budget) return;
-      const variant = make(outcomes, index === 0);
+      const variant = make(outcomes);
       if (variant !== undefined) yield variant;
     }
     if (count === 0) return;
@@ -402,9 +486,10 @@ export class CrashPoint {
 
   /** A variant drawn at random as a real power cut would: 10 % of crashes keep everything (FDB). */
   randomVariant(rng: Rng): CrashVariant {
-    const keepAll = rng.chance(0.1);
-    const outcomes = keepAll ? this.pending.map((): WriteOutcome => ({ kind: 'kept' })) : this.pending.map(() => randomOutcome(rng));
-    return { variantIndex: 0, outcomes, description: describeOutcomes(this.pending, outcomes), sizesKept: keepAll };
+    const outcomes = rng.chance(0.1)
+      ? this.pending.map((): WriteOutcome => ({ kind: 'kept' }))
+      : this.pending.map(() => randomOutcome(rng));
+    return { variantIndex: 0, outcomes, description: describeOutcomes(this.pending, outcomes) };
   }
 
   /** The disks' images after the crash. */
@@ -416,12 +501,9 @@ export class CrashPoint {
       const outcome = variant.outcomes[index];
       const image = images.get(write.disk);
       assert(outcome !== undefined && image !== undefined);
-      if (outcome.kind === 'kept') image.write(write.bytes, write.offsetBytes);
+      if (outcome.kind === 'kept') applyChange(image, write);
       else if (outcome.kind === 'torn') applyTorn(image, write, outcome.shape, outcome.seed);
     });
-    if (variant.sizesKept) {
-      for (const [disk, sizeBytes] of this.pendingSizes) images.get(disk)?.grow(sizeBytes);
-    }
     return images;
   }
 
@@ -436,7 +518,7 @@ export class CrashPoint {
     const pages = new Set<string>();
     for (const write of this.pending) {
       const first = Math.floor(write.offsetBytes / PAGE_SIZE_BYTES);
-      const end = Math.ceil((write.offsetBytes + write.bytes.length) / PAGE_SIZE_BYTES);
+      const end = Math.ceil((write.offsetBytes + write.lengthBytes) / PAGE_SIZE_BYTES); // a punch's pages too; a growth is in the sizes
       for (let page = first; page < end; page++) pages.add(`${write.disk}:${page}`);
     }
     const hash = createHash('sha1');
@@ -474,9 +556,6 @@ class TraceWalker {
   readonly #seed: number;
   #eventCount = 0;
   #durableCount = 0;
-  /** The size each disk was last grown to (what the process sees), and each sync's size at its start. */
-  readonly #grownSizes = new Map<string, number>();
-  readonly #syncSizes = new Map<number, number>();
 
   constructor(options: {
     events: readonly SimEvent[];
@@ -504,17 +583,11 @@ class TraceWalker {
     const event = this.#events[index];
     assert(event !== undefined, 'stepped past the end of the trace');
     switch (event.kind) {
-      case 'grow':
-        // Not durable yet: a later sync of the disk makes it so.
-        this.#grownSizes.set(event.disk, Math.max(this.#grownSizes.get(event.disk) ?? 0, event.sizeBytes));
-        break;
       case 'sync':
         this.#syncCovers.set(event.syncId, event.coveredWriteIds);
-        this.#syncSizes.set(event.syncId, event.sizeBytes);
         break;
       case 'sync-done': {
         if (event.failed) break;
-        this.#image(event.disk).grow(this.#syncSizes.get(event.syncId) ?? 0);
         // The covered writes are a prefix of the disk's completion order (see the module
         // comment), so applying them in completion order gives the disk's contents.
         const covered = (this.#syncCovers.get(event.syncId) ?? [])
@@ -522,7 +595,7 @@ class TraceWalker {
           .filter((write): write is SimWrite => write !== undefined && write.durableIndex === index)
           .sort((a, b) => a.doneIndex - b.doneIndex);
         for (const write of covered) {
-          this.#image(write.disk).write(write.bytes, write.offsetBytes);
+          applyChange(this.#image(write.disk), write);
           this.#durableCount += 1;
         }
         break;
@@ -539,6 +612,8 @@ class TraceWalker {
         break;
       case 'write':
       case 'write-done':
+      case 'grow':
+      case 'punch':
       case 'allocate':
         break;
     }
@@ -576,14 +651,11 @@ class TraceWalker {
     pending.sort((a, b) => orderOf(a) - orderOf(b) || a.issueIndex - b.issueIndex);
     const durable = new Map<string, SparseImage>();
     for (const [name, image] of this.#durable) durable.set(name, image.clone());
-    const pendingSizes = new Map<string, number>();
-    for (const [disk, sizeBytes] of this.#grownSizes) if (sizeBytes > (this.#durable.get(disk)?.sizeBytes ?? 0)) pendingSizes.set(disk, sizeBytes);
     const durableSizes = [...this.#durable].map(([name, image]) => `${name}=${image.sizeBytes}`).join(',');
     return new CrashPoint({
       eventCount,
       lastEvent: this.#events[eventCount - 1],
       pending,
-      pendingSizes,
       marks: [...this.#marks],
       durable,
       durableKey: `${this.#durableCount}/${durableSizes}`,
@@ -845,18 +917,21 @@ export class SimMachine {
     const writeId = this.#nextWriteId++;
     const event: SimEvent = { kind: 'write', disk, writeId, offsetBytes, lengthBytes: bytes.length };
     if (misdirectedFromBytes !== undefined) event.misdirectedFromBytes = misdirectedFromBytes;
+    return this.#pendingChange({ writeId, disk, change: 'write', offsetBytes, bytes, lengthBytes: bytes.length }, event);
+  }
+
+  /** @internal A growth (to sizeBytes) or a punch: pending like a write until a later sync of its disk. */
+  newChange(disk: string, change: 'grow' | 'punch', offsetBytes: number, lengthBytes: number): SimWrite {
+    const writeId = this.#nextWriteId++;
+    const event: SimEvent =
+      change === 'grow' ? { kind: 'grow', disk, writeId, sizeBytes: offsetBytes } : { kind: 'punch', disk, writeId, offsetBytes, lengthBytes };
+    return this.#pendingChange({ writeId, disk, change, offsetBytes, bytes: new Uint8Array(0), lengthBytes }, event);
+  }
+
+  #pendingChange(change: Pick<SimWrite, 'writeId' | 'disk' | 'change' | 'offsetBytes' | 'bytes' | 'lengthBytes'>, event: SimEvent): SimWrite {
     const issueIndex = this.recordEvent(event);
-    const write: SimWrite = {
-      writeId,
-      disk,
-      offsetBytes,
-      bytes,
-      issueIndex,
-      doneIndex: Infinity,
-      failed: false,
-      durableIndex: Infinity,
-    };
-    this.#writes.set(writeId, write);
+    const write: SimWrite = { ...change, issueIndex, doneIndex: Infinity, failed: false, durableIndex: Infinity };
+    this.#writes.set(write.writeId, write);
     return write;
   }
 
@@ -867,8 +942,10 @@ export class SimMachine {
     const write: SimWrite = {
       writeId,
       disk,
+      change: 'write',
       offsetBytes,
       bytes,
+      lengthBytes: bytes.length,
       issueIndex: index,
       doneIndex: index,
       failed: false,
@@ -939,6 +1016,7 @@ export interface SimDiskCounters {
   writes: number;
   syncs: number;
   allocations: number;
+  punches: number;
   readErrors: number;
   writeErrors: number;
   syncErrors: number;
@@ -947,7 +1025,7 @@ export interface SimDiskCounters {
 export class SimDisk implements BlockFile {
   readonly name: string;
   readonly description: string;
-  readonly counters: SimDiskCounters = { reads: 0, writes: 0, syncs: 0, allocations: 0, readErrors: 0, writeErrors: 0, syncErrors: 0 };
+  readonly counters: SimDiskCounters = { reads: 0, writes: 0, syncs: 0, allocations: 0, punches: 0, readErrors: 0, writeErrors: 0, syncErrors: 0 };
   readonly #machine: SimMachine;
   readonly #image: SparseImage;
   /** Completed writes not yet covered by a started sync, in completion order. */
@@ -1080,13 +1158,7 @@ export class SimDisk implements BlockFile {
       const syncId = this.#machine.newSyncId();
       const covered = this.#completedUnsynced;
       this.#completedUnsynced = [];
-      this.#machine.recordEvent({
-        kind: 'sync',
-        disk: this.name,
-        syncId,
-        coveredWriteIds: covered.map((write) => write.writeId),
-        sizeBytes: this.#image.sizeBytes,
-      });
+      this.#machine.recordEvent({ kind: 'sync', disk: this.name, syncId, coveredWriteIds: covered.map((write) => write.writeId) });
       let failed = this.#machine.takeIoFault(this, 'sync');
       if (!failed && this.#syncFaults !== undefined) {
         failed = true;
@@ -1109,12 +1181,48 @@ export class SimDisk implements BlockFile {
     });
   }
 
+  /**
+   * Grows the file at once, as ftruncate does; the new size is durable once a sync started after
+   * this resolves completes (a crash before may keep or lose it).
+   */
   async grow(sizeBytes: number): Promise<void> {
     this.#checkOpen();
     checkRange(sizeBytes, 0);
     if (sizeBytes <= this.#image.sizeBytes) return;
+    if (this.#machine.killed) throw new ThinError('THIN_IO', 'The simulated machine lost power');
     this.#image.grow(sizeBytes);
-    this.#machine.recordEvent({ kind: 'grow', disk: this.name, sizeBytes });
+    const growth = this.#machine.newChange(this.name, 'grow', sizeBytes, 0);
+    growth.doneIndex = growth.issueIndex;
+    this.#completedUnsynced.push(growth);
+  }
+
+  /**
+   * fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros once this resolves; the size does
+   * not change. Completes asynchronously like a write, and is durable like one (a crash before a
+   * later sync keeps it, loses it or tears it by pages). Always supported here: resolves true.
+   */
+  punch(offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      this.#checkOpen();
+      checkRange(offsetBytes, lengthBytes);
+      this.counters.punches += 1;
+      const punch = this.#machine.newChange(this.name, 'punch', offsetBytes, lengthBytes);
+      this.#machine.enqueue({
+        disk: this,
+        run: () => {
+          this.#image.punch(offsetBytes, lengthBytes);
+          punch.doneIndex = this.#machine.recordEvent({ kind: 'write-done', disk: this.name, writeId: punch.writeId, failed: false });
+          this.#completedUnsynced.push(punch);
+          resolve(true);
+        },
+        abort: reject,
+      });
+    });
+  }
+
+  /** Bytes of the file that hold data (pages written and not punched): `du` of the simulated file. */
+  allocatedBytes(): number {
+    return this.#image.allocatedBytes;
   }
 
   /** fallocate inside the file (its size kept): reserves space, changes nothing a read returns. */

@@ -180,6 +180,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .addOption(logOptions()[0])
     .addOption(logOptions()[1])
     .option('--inject <file>', 'fault injection for drills and tests: a JSON rules file making sectors of the data or metadata file fail or flip bits (see docs/internals.md)')
+    .option('--on-low-water <command>', 'shell command run once each time free data or metadata space falls below its low-water mark (THINBD_POOL, THINBD_EVENT, THINBD_FREE_BYTES, THINBD_USED_BYTES in its environment)')
     .action(async (options) => {
       const poolDir = poolDirectory(options.pool);
       assertPoolExists(poolDir);
@@ -202,6 +203,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
         ...(metrics === undefined ? {} : { metrics }),
         ...(faultRules !== undefined ? { faultRules } : {}),
         log,
+        ...(options.onLowWater === undefined ? {} : { onLowWater: options.onLowWater }),
       });
       await serveUntilSignalled(server, log, () => announce(server, poolDir, reporter, log, tls?.mode ?? 'off'));
     });

@@ -1,0 +1,401 @@
+// The space policy (src/pool/space.ts, docs/format.md F-POOL-45..54): settings stored in the
+// payload, edge-triggered low-water events, automatic growth up to data-max, `--when-full` error
+// and queue, the metadata recovery reserve, and freed blocks given back to the host only once no
+// committed or pinned generation can reference them.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { MemoryBlockFile } from '../../src/io/memory.ts';
+import { isThinError } from '../../src/errors.ts';
+import { Pool, type SpaceEvent, type SpaceSettings } from '../../src/pool/pool.ts';
+import { decodePoolPayload, encodePoolPayload, POOL_PAYLOAD_SIZE_BYTES, type PoolPayload } from '../../src/pool/codecs.ts';
+import { checkPool } from '../../src/tools/check.ts';
+import { BLOCK, METADATA_BYTES, filled, readAll } from './helpers.ts';
+
+/**
+ * A memory pool with these space settings. `metadataMirror` defaults to the pool's default (two
+ * copies); the tests of metadata growth turn it off, since mirrored metadata does not grow (its
+ * second copy begins where the first ends: see the test of that below).
+ */
+async function memoryPoolWith(dataBlocks: number, space: SpaceSettings, metadataSizeBytes = METADATA_BYTES, options: { metadataMirror?: boolean } = {}) {
+  const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
+  const pool = await Pool.createOn(files, { dataSizeBytes: dataBlocks * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes, space, ...options });
+  return { pool, files };
+}
+
+function reopenCopies(files: { metadata: MemoryBlockFile; data: MemoryBlockFile }) {
+  return { metadata: MemoryBlockFile.from(files.metadata.snapshot(), 'metadata'), data: MemoryBlockFile.from(files.data.snapshot(), 'data') };
+}
+
+function basePayload(space: SpaceSettings): PoolPayload {
+  return {
+    formatVersion: 1,
+    blockSizeBytes: BLOCK,
+    flags: 0,
+    dataBlockCount: 100,
+    dataSpaceMapRoot: 10,
+    deviceTreeRoot: 11,
+    dataHighWaterMark: 0,
+    time: 0,
+    nextVolumeId: 1,
+    creationTimeMs: 1,
+    userTransactionId: 0,
+    space,
+  };
+}
+
+test('space settings round-trip through the payload; a payload from before them (104 or 88 bytes) reads as all defaults; the bad-range root beside them survives; bad values are refused by name', () => {
+  const settings: SpaceSettings = {
+    lowWater: { percent: 12.5 },
+    metadataLowWater: { bytes: 8 * 1024 ** 2 },
+    dataMaxBytes: 2 * 1024 ** 3,
+    metadataMaxBytes: 64 * 1024 ** 2,
+    growStepBytes: 128 * 1024 ** 2,
+    whenFull: { queueSeconds: 30 },
+    autoGrow: false,
+    punchHoles: false,
+  };
+  const bytes = encodePoolPayload(basePayload(settings));
+  assert.equal(bytes.length, POOL_PAYLOAD_SIZE_BYTES);
+  assert.deepEqual(decodePoolPayload(bytes, 1000).space, settings);
+  assert.deepEqual(decodePoolPayload(encodePoolPayload(basePayload({ lowWater: 'off' })), 1000).space, { lowWater: 'off' });
+  assert.deepEqual(decodePoolPayload(bytes.subarray(0, 104), 1000).space, {}, 'a payload from before the space settings: defaults');
+  assert.deepEqual(decodePoolPayload(bytes.subarray(0, 88), 1000).space, {}, 'a payload from before the bad-range tree: defaults');
+  const withBadRanges = encodePoolPayload({ ...basePayload(settings), badRangeRoot: 7, badRangeRootTransactionId: 3 });
+  const decoded = decodePoolPayload(withBadRanges, 1000);
+  assert.deepEqual([decoded.badRangeRoot, decoded.badRangeRootTransactionId, decoded.space], [7, 3, settings], 'the space settings lie after the bad-range root');
+  assert.equal(decodePoolPayload(withBadRanges.subarray(0, 104), 1000).badRangeRoot, 7, 'a 104-byte payload keeps its bad-range root');
+
+  const corrupt = (offset: number, value: number, pattern: RegExp): void => {
+    const copy = bytes.slice();
+    new DataView(copy.buffer).setUint32(offset, value, true);
+    assert.throws(() => decodePoolPayload(copy, 1000), (error) => isThinError(error, 'THIN_CORRUPT_SUPERBLOCK') && pattern.test(error.message));
+  };
+  corrupt(104, 4, /unknown space flags/);
+  corrupt(108, 3601, /queues writes for 3601 seconds/);
+  corrupt(112, 9, /data low-water mark has unknown unit 9/);
+  corrupt(120, 20_000, /low-water mark of 200%/);
+});
+
+test('the low-water event is edge-triggered: once when crossed, not per write; full when a write is refused; re-armed when space is freed', async () => {
+  const { pool } = await memoryPoolWith(100, { lowWater: { bytes: 20 * BLOCK } });
+  const events: SpaceEvent[] = [];
+  pool.onSpaceEvent((event) => events.push(event));
+  const a = await pool.createVolume('a', { sizeBytes: 60 * BLOCK });
+  const b = await pool.createVolume('b', { sizeBytes: 60 * BLOCK });
+  for (let block = 0; block < 60; block += 1) await a.write(block * BLOCK, filled(BLOCK, 1));
+  assert.equal(events.length, 0, 'above the mark: no event');
+  assert.equal(pool.status().state, 'ok');
+  for (let block = 0; block < 25; block += 1) await b.write(block * BLOCK, filled(BLOCK, 2));
+  assert.deepEqual(events.map((event) => event.kind), ['data-low-water'], 'one event for many writes below the mark');
+  const low = events[0]!;
+  assert.equal(low.resource, 'data');
+  assert.equal(low.lowWaterBytes, 20 * BLOCK);
+  assert.ok(low.freeBytes < 20 * BLOCK && low.freeBytes >= 15 * BLOCK, `free ${low.freeBytes}`);
+  // The write that crossed holds its block reserved (not yet mapped): counted neither free nor used.
+  assert.ok(low.usedBytes + low.freeBytes >= 99 * BLOCK && low.usedBytes + low.freeBytes <= 100 * BLOCK, `used ${low.usedBytes} free ${low.freeBytes}`);
+  const status = pool.status();
+  assert.equal(status.state, 'low');
+  assert.equal(status.lowWater.bytes, 20 * BLOCK);
+  assert.equal(status.freeBytes + status.usedBytes, 100 * BLOCK);
+
+  // Until no block is left: ENOSPC (error mode, the default), the state full, one full event.
+  let refused = 0;
+  for (let block = 25; block < 60; block += 1) {
+    try {
+      await b.write(block * BLOCK, filled(BLOCK, 2));
+    } catch (error) {
+      assert.ok(isThinError(error, 'THIN_NO_SPACE'), String(error));
+      refused += 1;
+    }
+  }
+  assert.ok(refused > 0);
+  assert.deepEqual(events.map((event) => event.kind), ['data-low-water', 'data-full']);
+  assert.equal(pool.status().state, 'full');
+  // Reads, flushes and status keep working on a full pool.
+  assert.deepEqual((await readAll(pool, 'a')).subarray(0, BLOCK), filled(BLOCK, 1));
+  await pool.flush();
+
+  // Freed and committed: restored (re-armed); crossing again raises a second event.
+  await pool.removeVolume('a');
+  await pool.flush();
+  assert.deepEqual(events.map((event) => event.kind), ['data-low-water', 'data-full', 'data-restored']);
+  assert.equal(pool.status().state, 'ok');
+  const c = await pool.createVolume('c', { sizeBytes: 60 * BLOCK });
+  for (let block = 0; block < 50; block += 1) await c.write(block * BLOCK, filled(BLOCK, 3));
+  assert.deepEqual(events.map((event) => event.kind), ['data-low-water', 'data-full', 'data-restored', 'data-low-water']);
+  await pool.close();
+});
+
+test('automatic growth keeps writes going up to data-max, is recorded durably, then ENOSPC; every acknowledged write reads back after reopen', async () => {
+  const { pool, files } = await memoryPoolWith(64, { dataMaxBytes: 256 * BLOCK, growStepBytes: 64 * BLOCK, lowWater: { bytes: 8 * BLOCK } });
+  const events: SpaceEvent[] = [];
+  pool.onSpaceEvent((event) => events.push(event));
+  const volume = await pool.createVolume('v', { sizeBytes: 400 * BLOCK });
+  let written = 0;
+  let error: unknown;
+  for (; written < 400; written += 1) {
+    try {
+      await volume.write(written * BLOCK, filled(BLOCK, (written % 250) + 1));
+    } catch (caught) {
+      error = caught;
+      break;
+    }
+  }
+  assert.ok(isThinError(error, 'THIN_NO_SPACE'), `the write past data-max fails with ENOSPC: ${String(error)}`);
+  assert.ok(written >= 250 && written <= 256, `writes went on up to data-max (${written} blocks written)`);
+  const status = pool.status();
+  assert.equal(status.dataBlockCount, 256);
+  assert.equal(status.space.data.sizeBytes, 256 * BLOCK);
+  assert.equal(status.space.data.maxBytes, 256 * BLOCK);
+  assert.equal(status.space.data.grows, 3);
+  assert.deepEqual(
+    events.map((event) => event.kind),
+    ['data-grown', 'data-grown', 'data-grown', 'data-low-water', 'data-full'],
+    'growth first; the low-water event only when growth cannot help any more',
+  );
+  await pool.close();
+
+  const reopened = await Pool.openOn(reopenCopies(files));
+  assert.equal(reopened.status().dataBlockCount, 256, 'the grown size is in the superblock');
+  const bytes = await readAll(reopened, 'v');
+  for (let block = 0; block < written; block += 1) {
+    assert.equal(bytes[block * BLOCK], (block % 250) + 1, `block ${block} reads back`);
+  }
+  await reopened.close();
+  const report = await checkPool(reopenCopies(files));
+  assert.deepEqual(report.problems, []);
+});
+
+test('--when-full queue holds a write until a remove frees space; a wait that nobody ends fails with ENOSPC', async () => {
+  const { pool } = await memoryPoolWith(32, { whenFull: { queueSeconds: 600 } });
+  const filler = await pool.createVolume('filler', { sizeBytes: 16 * BLOCK });
+  const volume = await pool.createVolume('v', { sizeBytes: 32 * BLOCK });
+  for (let block = 0; block < 16; block += 1) await filler.write(block * BLOCK, filled(BLOCK, 9));
+  for (let block = 0; block < 16; block += 1) await volume.write(block * BLOCK, filled(BLOCK, 1 + block));
+  await pool.flush();
+  let settled = false;
+  const waiting = volume.write(16 * BLOCK, filled(BLOCK, 0x77)).then(() => (settled = true));
+  while (pool.status().space.writesWaiting === 0) await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(settled, false);
+  assert.equal(pool.status().state, 'full');
+  // Reads (of blocks the waiting write does not lock) and flushes go on meanwhile.
+  const head = new Uint8Array(16 * BLOCK);
+  await volume.read(0, head);
+  assert.equal(head[15 * BLOCK], 16);
+  await pool.flush();
+  assert.equal(settled, false, 'a flush frees nothing: the write still waits');
+  await pool.removeVolume('filler');
+  await pool.flush();
+  await waiting;
+  assert.equal((await readAll(pool, 'v'))[16 * BLOCK], 0x77);
+  assert.equal(pool.status().space.writesWaited, 1);
+  await pool.close();
+
+  const { pool: short } = await memoryPoolWith(8, { whenFull: { queueSeconds: 1 } });
+  const full = await short.createVolume('v', { sizeBytes: 16 * BLOCK });
+  for (let block = 0; block < 8; block += 1) await full.write(block * BLOCK, filled(BLOCK, 1));
+  await assert.rejects(full.write(8 * BLOCK, filled(BLOCK, 2)), (error) => isThinError(error, 'THIN_NO_SPACE') && /waited 1 s/.test(error.message));
+  await short.close();
+});
+
+test('pool set changes the settings live and durably; pool resize grows both files now and refuses to shrink', async () => {
+  const { pool, files } = await memoryPoolWith(16, {}, METADATA_BYTES, { metadataMirror: false });
+  const volume = await pool.createVolume('v', { sizeBytes: 64 * BLOCK });
+  for (let block = 0; block < 16; block += 1) await volume.write(block * BLOCK, filled(BLOCK, 1));
+  await assert.rejects(volume.write(16 * BLOCK, filled(BLOCK, 2)), (error) => isThinError(error, 'THIN_NO_SPACE'));
+  assert.throws(() => pool.changeSpaceSettings({ whenFull: { queueSeconds: 0 } }), (error) => isThinError(error, 'THIN_INVALID'));
+  pool.changeSpaceSettings({ lowWater: { percent: 25 }, whenFull: { queueSeconds: 5 } });
+  await pool.resizePool({ dataSizeBytes: 48 * BLOCK, metadataSizeBytes: 2 * METADATA_BYTES });
+  await volume.write(16 * BLOCK, filled(BLOCK, 2));
+  await assert.rejects(pool.resizePool({ dataSizeBytes: 32 * BLOCK }), (error) => isThinError(error, 'THIN_INVALID') && /a pool only grows/.test(error.message));
+  const status = pool.status();
+  assert.equal(status.dataBlockCount, 48);
+  assert.equal(status.metadataBlockCount * 4096, 2 * METADATA_BYTES);
+  assert.equal(status.lowWater.setting, '25%');
+  pool.changeSpaceSettings({ lowWater: 'default' });
+  await pool.close();
+  const reopened = await Pool.openOn(reopenCopies(files));
+  assert.deepEqual(reopened.status().space.settings, { whenFull: { queueSeconds: 5 } });
+  assert.equal(reopened.status().dataBlockCount, 48);
+  assert.equal((await readAll(reopened, 'v'))[16 * BLOCK], 2);
+  await reopened.close();
+});
+
+test('metadata pressure: changes that add metadata stop at the recovery reserve, below the metadata mark new volumes are refused, and remove and discard always run', async () => {
+  // The smallest metadata (68 MiB) with its low-water mark off: volumes (two metadata blocks each)
+  // until creation is refused at the recovery reserve.
+  const { pool } = await memoryPoolWith(64, { metadataLowWater: 'off' });
+  const volume = await pool.createVolume('data', { sizeBytes: 64 * BLOCK });
+  for (let block = 0; block < 32; block += 2) await volume.write(block * BLOCK, filled(BLOCK, 5));
+  await pool.flush();
+  let count = 0;
+  let refusal: unknown;
+  for (; count < 20_000; count += 1) {
+    try {
+      await pool.createVolume(`v${count}`, { sizeBytes: BLOCK });
+    } catch (error) {
+      refusal = error;
+      break;
+    }
+    if (count % 500 === 499) await pool.flush();
+  }
+  assert.ok(isThinError(refusal, 'THIN_NO_METADATA_SPACE') && /kept for remove, discard and resize down/.test(String(refusal)), String(refusal));
+  assert.ok(count > 1000, `${count} volumes fit`);
+  const status = pool.status();
+  assert.equal(status.mode, 'read-write', 'refusing a change leaves the pool read-write');
+  assert.equal(status.space.metadata.state, 'full');
+  // A write that needs a mapping fails alone with ENOSPC; one into a mapped block needs none.
+  await assert.rejects(volume.write(1 * BLOCK, filled(BLOCK, 6)), (error) => isThinError(error, 'THIN_NO_METADATA_SPACE'));
+  await volume.write(0, filled(BLOCK, 7));
+  await pool.flush();
+
+  // What frees space runs on the reserve: a discard, removes, a resize down.
+  await volume.discard(2 * BLOCK, 2 * BLOCK);
+  await pool.resizeVolume('data', 48 * BLOCK);
+  for (let index = 0; index < 200; index += 1) await pool.removeVolume(`v${index}`);
+  await pool.flush();
+  // With the default metadata mark (8 MiB here) back, new volumes stay refused while below it...
+  pool.changeSpaceSettings({ metadataLowWater: 'default' });
+  await assert.rejects(pool.snapshot('data', 'snap'), (error) => isThinError(error, 'THIN_NO_METADATA_SPACE') && /below its low-water mark/.test(error.message));
+  await volume.write(2 * BLOCK, filled(BLOCK, 8)); // writes go on
+  // ...until enough is freed.
+  for (let index = 200; index < 2000; index += 1) await pool.removeVolume(`v${index}`);
+  await pool.flush();
+  await pool.snapshot('data', 'snap');
+  assert.equal(pool.status().space.metadata.state, 'ok');
+  assert.deepEqual((await readAll(pool, 'data')).subarray(0, 3 * BLOCK), new Uint8Array([...filled(BLOCK, 7), ...new Uint8Array(BLOCK), ...filled(BLOCK, 8)]));
+  await pool.close();
+});
+
+test('freed blocks go back to the host once committed (du falls), not while a pinned generation still names them; close finishes the punches', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'thinbd-space-'));
+  try {
+    const poolDir = path.join(dir, 'pool');
+    const pool = await Pool.create(poolDir, { dataSizeBytes: 256 * BLOCK, blockSizeBytes: BLOCK });
+    const dataPath = path.join(poolDir, 'data');
+    const allocated = (): number => fs.statSync(dataPath).blocks * 512;
+    const volume = await pool.createVolume('v', { sizeBytes: 128 * BLOCK });
+    const other = await pool.createVolume('w', { sizeBytes: 64 * BLOCK });
+    for (let block = 0; block < 128; block += 1) await volume.write(block * BLOCK, filled(BLOCK, 0x11));
+    for (let block = 0; block < 64; block += 1) await other.write(block * BLOCK, filled(BLOCK, 0x22));
+    await pool.flush();
+    const full = allocated();
+    assert.ok(full >= 192 * BLOCK, `the data file backs what was written (${full} bytes)`);
+
+    // A pin taken before the discard holds the punch back as it holds reuse back.
+    const pinned = await pool.pinCommitted();
+    await volume.discard(0, 64 * BLOCK);
+    await pool.rollup();
+    await pool.spaceSettled();
+    assert.ok(allocated() >= full, 'nothing punched while the pinned generation maps the blocks');
+    pinned.release();
+    await pool.spaceSettled();
+    const afterDiscard = allocated();
+    // (The host file system may keep a page of its own for the file's block map.)
+    assert.ok(full - afterDiscard >= 63 * BLOCK, `discarded blocks given back after release (${full} -> ${afterDiscard})`);
+    assert.equal(pool.status().space.punchedBytes, 64 * BLOCK);
+
+    // Removal, then close: the last commit's frees are punched before close returns.
+    await pool.removeVolume('w');
+    await pool.close();
+    const afterRemove = allocated();
+    assert.ok(afterDiscard - afterRemove >= 63 * BLOCK, `removed blocks given back by close (${afterDiscard} -> ${afterRemove})`);
+
+    // The surviving data is intact, the punched blocks are reused, and check is clean.
+    const reopened = await Pool.open(poolDir);
+    const bytes = await readAll(reopened, 'v');
+    assert.ok(bytes.subarray(0, 64 * BLOCK).every((byte) => byte === 0));
+    assert.ok(bytes.subarray(64 * BLOCK).every((byte) => byte === 0x11));
+    const again = await reopened.createVolume('x', { sizeBytes: 128 * BLOCK });
+    for (let block = 0; block < 120; block += 1) await again.write(block * BLOCK + 100, filled(10, 0x33));
+    const xs = await readAll(reopened, 'x');
+    for (let block = 0; block < 120; block += 1) {
+      assert.ok(xs.subarray(block * BLOCK, block * BLOCK + 100).every((byte) => byte === 0), `block ${block} of x reads zeros around the write`);
+      assert.ok(xs.subarray(block * BLOCK + 110, (block + 1) * BLOCK).every((byte) => byte === 0));
+    }
+    await reopened.close();
+    assert.deepEqual((await checkPool(poolDir)).problems, []);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('metadata grows by itself below its mark up to metadata-max, durably; new volumes are refused only once it cannot grow', async () => {
+  const maxBytes = METADATA_BYTES + 8192 * 4096;
+  const { pool, files } = await memoryPoolWith(64, { metadataMaxBytes: maxBytes, metadataLowWater: { bytes: 64 * 1024 ** 2 } }, METADATA_BYTES, { metadataMirror: false });
+  const events: SpaceEvent[] = [];
+  pool.onSpaceEvent((event) => events.push(event));
+  let count = 0;
+  let refusal: unknown;
+  for (; count < 20_000 && refusal === undefined; count += 1) {
+    try {
+      await pool.createVolume(`v${count}`, { sizeBytes: BLOCK });
+    } catch (error) {
+      refusal = error;
+    }
+  }
+  assert.ok(isThinError(refusal, 'THIN_NO_METADATA_SPACE') && /below its low-water mark/.test(String(refusal)), String(refusal));
+  const status = pool.status();
+  assert.equal(status.metadataBlockCount * 4096, maxBytes, 'grown to metadata-max');
+  assert.ok(status.space.metadata.grows >= 2);
+  assert.ok(events.some((event) => event.kind === 'metadata-grown'));
+  assert.ok(events.some((event) => event.kind === 'metadata-low-water'));
+  await pool.close();
+  const reopened = await Pool.openOn(reopenCopies(files));
+  assert.equal(reopened.status().metadataBlockCount * 4096, maxBytes);
+  assert.equal(reopened.list().length, count - 1);
+  await reopened.close();
+  assert.deepEqual((await checkPool(reopenCopies(files))).problems, []);
+});
+
+test('mirrored metadata (the default) does not grow: pool resize of the metadata is refused naming the mirror, automatic growth is not tried, the data still grows, and nothing else changes', async () => {
+  const { pool, files } = await memoryPoolWith(16, {});
+  const events: SpaceEvent[] = [];
+  pool.onSpaceEvent((event) => events.push(event));
+  const before = pool.status();
+  assert.equal(before.space.metadata.canGrow, false, 'the metadata reports that it cannot grow');
+  await assert.rejects(
+    pool.resizePool({ metadataSizeBytes: 2 * METADATA_BYTES }),
+    (error) => isThinError(error, 'THIN_INVALID') && /mirror/.test(error.message),
+  );
+  await pool.resizePool({ dataSizeBytes: 32 * BLOCK });
+  const volume = await pool.createVolume('v', { sizeBytes: 64 * BLOCK });
+  for (let block = 0; block < 24; block += 1) await volume.write(block * BLOCK, filled(BLOCK, 3));
+  const after = pool.status();
+  assert.equal(after.metadataBlockCount, before.metadataBlockCount);
+  assert.equal(after.dataBlockCount, 32);
+  assert.equal(after.space.metadata.grows, 0);
+  assert.ok(!events.some((event) => event.kind === 'metadata-grown' || event.kind === 'metadata-grow-failed'), events.map((event) => event.kind).join(', '));
+  assert.equal(after.health.metadata.copies, 2);
+  await pool.close();
+  const reopened = await Pool.openOn(reopenCopies(files));
+  assert.equal(reopened.status().metadataBlockCount, before.metadataBlockCount);
+  assert.equal((await readAll(reopened, 'v'))[23 * BLOCK], 3);
+  await reopened.close();
+  assert.deepEqual((await checkPool(reopenCopies(files))).problems, []);
+});
+
+test('settings of the wrong shape (as a control socket client might send) are refused by name, and nothing changes', async () => {
+  const { pool } = await memoryPoolWith(16, {});
+  const bad: unknown[] = [
+    { lowWater: 'abc' },
+    { lowWater: { percent: 0 } },
+    { whenFull: 'queue' },
+    { whenFull: { queueSeconds: '5' } },
+    { autoGrow: 'yes' },
+    { dataMaxBytes: -1 },
+    { noSuchSetting: 1 },
+    null,
+  ];
+  for (const change of bad) {
+    assert.throws(() => pool.changeSpaceSettings(change as never), (error) => isThinError(error, 'THIN_INVALID'), JSON.stringify(change));
+  }
+  assert.deepEqual(pool.status().space.settings, {});
+  await assert.rejects(pool.resizePool({ dataSizeBytes: '1G' as never }), (error) => isThinError(error, 'THIN_INVALID'));
+  await assert.rejects(pool.resizePool({ metadataSizeBytes: 64 * 1024 ** 3 }), (error) => isThinError(error, 'THIN_INVALID') && /largest metadata/.test(error.message));
+  assert.equal(pool.status().dataBlockCount, 16);
+  await pool.close();
+});
