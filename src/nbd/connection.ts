@@ -562,7 +562,10 @@ export class NbdConnection {
     this.#clearTimers();
     this.#socket.end();
     const socket = this.#socket;
-    setTimeout(() => socket.destroy(), this.#options.replyStallTimeoutMs).unref();
+    const deadline = setTimeout(() => socket.destroy(), this.#options.replyStallTimeoutMs).unref();
+    // A peer that closes in time ends the wait: the timer would otherwise hold the socket and
+    // this connection for the whole interval after the close.
+    socket.once('close', () => clearTimeout(deadline));
   }
 
   /** Drops the connection now; logged unless it is the ordinary end of a client (quiet). */

@@ -122,7 +122,8 @@ test(`${INPUTS.toLocaleString('en')} fuzzed sessions: no crash, the outcomes and
     assert.deepEqual(result.problems, [], `seed ${seed}`);
     assert.equal(result.bytesInFlight, 0, `payload budget back to zero (seed ${seed})`);
     assert.equal(result.connectionCount, 0, `every connection closed (seed ${seed})`);
-    assert.ok(result.heapGrowthBytes < 256 * 1024 * 1024, `worker ${i} heap grew by ${result.heapGrowthBytes} bytes (seed ${seed})`);
+    // Retained growth is ~4 MiB a worker; closed connections held by a timer once made it 290 MB.
+    assert.ok(result.heapGrowthBytes < 64 * 1024 * 1024, `worker ${i} heap grew by ${result.heapGrowthBytes} bytes (seed ${seed})`);
     assert.ok(rounds[i]! > 10, `the bystander on worker ${i} kept working (${rounds[i]} rounds)`);
     done += result.done;
     outcomesChecked += result.outcomesChecked;

@@ -3,7 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { NBD_CMD_READ, NBD_CMD_WRITE, NBD_EINVAL, NBD_ESHUTDOWN, NBD_OPT_GO } from '../../src/nbd/protocol.ts';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE, NBD_EINVAL, NBD_ESHUTDOWN, NBD_OPT_GO } from '../../src/nbd/protocol.ts';
 import { NbdTestClient, RawClient, encodeInfoRequest, encodeOption, encodeRequest } from './client.ts';
 import { patternBytes, serverLogWaiter, startServer, waitFor, type RunningServer } from './helpers.ts';
 import { MemoryExport } from './memory-export.ts';
@@ -216,6 +218,36 @@ test('clients sharing a small server budget all finish: requests wait for bytes 
     clearInterval(sampler);
     for (const client of clients) client.close();
     assert.ok(bytesInFlightMax <= 1 * MiB, `the server held at most ${bytesInFlightMax} bytes`);
+  } finally {
+    await running.close();
+  }
+});
+
+test('a connection that ends is not held in memory after it closed (a leak the NBD fuzzer found)', async () => {
+  // The server gives a peer that is told to go replyStallTimeoutMs to close before it destroys the
+  // socket; a peer that closes at once must end that wait, or every closed connection stays in
+  // memory for the whole interval (5.5 KB a session: 270 MB over the fuzzer's 50,000 per worker).
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const running = await startServer([new MemoryExport({ name: 'disk', sizeBytes: MiB })], { replyStallTimeoutMs: 600_000 });
+  try {
+    const connections: WeakRef<object>[] = [];
+    for (let i = 0; i < 20; i++) {
+      const client = await NbdTestClient.connect({ port: running.port });
+      await client.handshake('disk');
+      connections.push(...running.server.connectionsTo('disk').map((connection) => new WeakRef(connection)));
+      client.raw.send(encodeRequest(NBD_CMD_DISC, 0, 1n, 0, 0));
+      assert.equal(await client.raw.waitClosed(), true, 'the server ends the connection after NBD_CMD_DISC');
+      client.close();
+      await waitFor(() => running.server.connectionCount === 0, 'the connection gone from the server');
+    }
+    // WeakRefs hold their targets to the end of the current job: collect across a few turns.
+    for (let round = 0; round < 3; round++) {
+      gc();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const held = connections.filter((ref) => ref.deref() !== undefined).length;
+    assert.equal(held, 0, `${held} of ${connections.length} closed connections still held`);
   } finally {
     await running.close();
   }
