@@ -123,6 +123,9 @@ async function makeCommittedPool(poolId: bigint, options: { metadataMirror?: boo
       await runOp(pool, op);
       state = applyOp(state, op);
     }
+    // Blocks freed by the flush go back to the host in the background (space policy): let those
+    // punches finish before the disks are copied.
+    await pool.spaceSettled();
     generations.push({ images: machine.currentImages(), state });
   }
   await pool.close();
