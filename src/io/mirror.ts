@@ -136,12 +136,13 @@ class UnitAttempt {
 
 export class MirroredBlockFile implements RedundantBlockFile {
   readonly description: string;
-  readonly copies: readonly MirrorCopy[];
+  /** The copies; relocateCopy() replaces one (the pool moving its mirror to let metadata grow). */
+  copies: readonly MirrorCopy[];
   readonly counters: MirrorCounters = { copyReadErrors: 0, copyWriteErrors: 0, invalidCopies: 0, repairs: 0, repairFailures: 0, unrecoverableReads: 0 };
   /** Told of every copy found bad (the pool records it durably). */
   onBadCopy: ((event: BadCopyEvent) => void) | undefined;
   /** The logical size: copies do not overlap, so a copy ends where the next begins (same file) or at its file's end. */
-  readonly #limitBytes: number;
+  #limitBytes: number;
   readonly #files: BlockFile[];
   /** Unit index → bit mask of copies known bad. */
   readonly #bad = new Map<number, number>();
@@ -189,12 +190,47 @@ export class MirroredBlockFile implements RedundantBlockFile {
   }
 
   /**
-   * True once the logical size has reached the next copy (grow() refuses to go past it: moving a
-   * copy is not supported), or when a copy's file cannot grow. The pool's space policy then does
-   * not try to grow mirrored metadata by itself (space.ts).
+   * True when a copy's file cannot grow (a block device). A mirror whose logical size has reached
+   * the next copy can still grow once that copy is moved further on (relocateCopy; the pool does
+   * so, docs/format.md F-MIR-6); grow() alone refuses to pass it.
    */
   get fixedSize(): boolean {
-    return this.sizeBytes() >= this.#limitBytes || this.copies.some((copy) => copy.file.fixedSize === true);
+    return this.copies.some((copy) => copy.file.fixedSize === true);
+  }
+
+  /** Where the next copy begins: the logical size grow() may reach without moving a copy. */
+  get limitBytes(): number {
+    return this.#limitBytes;
+  }
+
+  /**
+   * Copy `copyIndex` now lies at `offsetBytes` of its file, and the logical size may reach
+   * `limitBytes`: the caller has already written and synced every unit that matters there
+   * (TransactionManager.moveMirror). What was known bad about the copy's old place is forgotten.
+   */
+  relocateCopy(copyIndex: number, offsetBytes: number, limitBytes: number): void {
+    const old = this.copies[copyIndex];
+    assert(old !== undefined, `no copy ${copyIndex}`);
+    assert(Number.isSafeInteger(offsetBytes) && offsetBytes >= 0 && offsetBytes % MIRROR_UNIT_BYTES === 0, `bad copy offset ${offsetBytes}`);
+    assert(Number.isSafeInteger(limitBytes) && limitBytes >= this.#limitBytes && limitBytes % MIRROR_UNIT_BYTES === 0, `bad mirror size ${limitBytes}`);
+    assert(this.#repairs.size === 0, 'a copy is moved while repairs are in flight');
+    const copies = this.copies.map((copy, index) => (index === copyIndex ? { file: copy.file, offsetBytes } : copy));
+    for (let a = 0; a < copies.length; a++) {
+      for (let b = a + 1; b < copies.length; b++) {
+        if (copies[a]!.file !== copies[b]!.file) continue;
+        assert(Math.abs(copies[a]!.offsetBytes - copies[b]!.offsetBytes) >= limitBytes, 'mirror copies in one file overlap');
+      }
+    }
+    this.copies = copies;
+    this.#limitBytes = limitBytes;
+    for (const [unit, mask] of [...this.#bad]) {
+      const left = mask & ~(1 << copyIndex);
+      this.#reasons.get(unit)?.delete(copyIndex);
+      if (left === 0) {
+        this.#bad.delete(unit);
+        this.#reasons.delete(unit);
+      } else this.#bad.set(unit, left);
+    }
   }
 
   get degradedUnits(): number {
@@ -436,7 +472,7 @@ export class MirroredBlockFile implements RedundantBlockFile {
     if (sizeBytes > this.#limitBytes) {
       throw new ThinError(
         'THIN_INVALID',
-        `Cannot grow ${this.description} to ${sizeBytes} bytes: its mirror copy begins at ${this.#limitBytes} bytes (moving the mirror is not supported)`,
+        `Cannot grow ${this.description} to ${sizeBytes} bytes: its mirror copy begins at ${this.#limitBytes} bytes (move the copy further first)`,
       );
     }
     for (const copy of this.copies) await copy.file.grow(copy.offsetBytes + sizeBytes);

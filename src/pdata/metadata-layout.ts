@@ -2,8 +2,9 @@
 // superblock names the mirror's offset (F-SB-11), so the file must be read once, plainly, before
 // it can be read as a mirror. Superblock copies sit at the same blocks in the first copy of a
 // mirrored file as in a plain one, so the plain read finds them; when none of them validates, the
-// mirror is looked for where a pool of this file's size puts it (the second half).
-import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../constants.ts';
+// mirror is looked for where a pool of this file's size puts it (the second half), or, after a
+// move of the mirror cut short, at a quarter, an eighth... of the file (F-MIR-6).
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../constants.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { isMediaError } from '../io/media-error.ts';
 import { MirroredBlockFile } from '../io/mirror.ts';
@@ -54,11 +55,15 @@ export function probeMetadataLayout(raw: BlockFile, options: { readOnly?: boolea
     if ((primary.mirrorOffsetBlocks + primary.metadataBlockCount) * METADATA_BLOCK_SIZE_BYTES > raw.sizeBytes()) return { file: raw, mirrorOffsetBlocks: 0 };
     return { file: mirroredMetadata(raw, primary.mirrorOffsetBlocks, options), mirrorOffsetBlocks: primary.mirrorOffsetBlocks };
   }
-  // No first copy validates: a pool made here puts its mirror at half the file.
-  const halfBlocks = Math.floor(raw.sizeBytes() / METADATA_BLOCK_SIZE_BYTES / 2);
-  if (halfBlocks > 0) {
+  // No first copy validates: a pool made here puts its mirror at half the file, and a mirror that
+  // moves (F-MIR-6) goes to twice, four times... its place after the file has grown to twice the
+  // new place. So the mirror is at half the file, or, when a move was cut short, at a quarter, an
+  // eighth...: the newest generation among the places whose copies name that place is taken.
+  let found: { generation: number; mirrorOffsetBlocks: number } | undefined;
+  for (let halfBlocks = Math.floor(raw.sizeBytes() / METADATA_BLOCK_SIZE_BYTES / 2); halfBlocks >= METADATA_BLOCK_COUNT_MIN; halfBlocks = Math.floor(halfBlocks / 2)) {
     const mirror = mirrorOffsetAt(raw, halfBlocks);
-    if (mirror !== undefined && mirror.mirrorOffsetBlocks === halfBlocks) return { file: mirroredMetadata(raw, halfBlocks, options), mirrorOffsetBlocks: halfBlocks };
+    if (mirror !== undefined && mirror.mirrorOffsetBlocks === halfBlocks && (found === undefined || mirror.generation > found.generation)) found = mirror;
   }
+  if (found !== undefined) return { file: mirroredMetadata(raw, found.mirrorOffsetBlocks, options), mirrorOffsetBlocks: found.mirrorOffsetBlocks };
   return { file: raw, mirrorOffsetBlocks: 0 };
 }

@@ -46,6 +46,7 @@ import {
 } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
+import { isMediaError } from '../io/media-error.ts';
 import { MirroredBlockFile, NoGoodCopyError, isRedundant, type BadCopyEvent, type RedundantBlockFile } from '../io/mirror.ts';
 import { BTREE_BLOCK_TYPES, Block, BlockHeader, BlockType, blockProblem, getU64, checksumOf, initBlockHeader, sealBlock, validateBlock, type BlockExpectation } from './block.ts';
 import { BTree } from './btree/btree.ts';
@@ -95,6 +96,31 @@ const PENDING_NONE = 0;
 const PENDING_FREE = 1;
 /** A block with a bad copy, never allocated again (withholdBlock, F-BAD-3). */
 const PENDING_WITHHELD = 2;
+
+/**
+ * A block in use, for the mirror's new place: the copy that holds a block (its checksum holds and
+ * it names itself), so a copy bad in place is not carried over; a block in no such state in
+ * either copy (a delta-log slot has its own layout) as the first copy that reads has it.
+ */
+function readForMove(mirror: MirroredBlockFile, target: Uint8Array, blockNr: number): void {
+  const offsetBytes = blockNr * METADATA_BLOCK_SIZE_BYTES;
+  let readable: Uint8Array | undefined;
+  let firstError: unknown;
+  for (let copyIndex = 0; copyIndex < mirror.copies.length; copyIndex++) {
+    try {
+      mirror.readCopySync(copyIndex, target, offsetBytes);
+    } catch (error) {
+      if (!isMediaError(error)) throw error;
+      firstError ??= error;
+      continue;
+    }
+    const view = new DataView(target.buffer, target.byteOffset, target.byteLength);
+    if (view.getUint32(BlockHeader.checksumOffset, true) === checksumOf(target) && getU64(view, BlockHeader.blockNrOffset) === blockNr) return;
+    readable ??= new Uint8Array(target);
+  }
+  if (readable === undefined) throw firstError;
+  target.set(readable);
+}
 
 /**
  * Reads a block of mirrored metadata: the copy that passes the block checks and, when the recorded
@@ -836,6 +862,67 @@ export class TransactionManager implements BlockManager {
     this.#listenToMirror();
     this.#mirrorOffsetBlocks = mirrorOffsetBlocks;
     return true;
+  }
+
+  /**
+   * Moves the mirror (the second copy) to `offsetBlocks`, so that the metadata may grow up to that
+   * many blocks (docs/format.md F-MIR-6). Runs between commits: the caller (the pool's commit
+   * scheduler) starts no commit until it resolves and then commits, and that commit's superblock
+   * names the new place. Every block in use, or freed by a transaction not yet durable, is copied
+   * from the copy that reads there to `offsetBlocks + n`, and the file is synced, before any write
+   * goes to the new place; the old copy is not written again. Until a superblock naming the new
+   * place is durable, the pool on disk is the one it was (its mirror at the old place, whole), so a
+   * crash part way leaves it as it was; after that, the old place is unused and the metadata may
+   * grow over it. The file first grows to twice the new offset, durably, so the mirror begins at
+   * half the file as in a new pool, and a move cut short leaves the old mirror at a quarter (or an
+   * eighth...) of it: where open looks when no first copy validates (metadata-layout.ts).
+   */
+  async moveMirror(offsetBlocks: number): Promise<void> {
+    this.#assertWritable();
+    const mirror = this.file;
+    assert(mirror instanceof MirroredBlockFile && this.#mirrorOffsetBlocks > 0 && mirror.copies.length === 2, 'moveMirror() of metadata without a mirror in one file');
+    const raw = mirror.copies[1]!.file;
+    assert(mirror.copies[0]!.file === raw && mirror.copies[0]!.offsetBytes === 0, 'moveMirror() of a mirror across files');
+    const count = this.#metadataBlockCount;
+    const oldOffset = this.#mirrorOffsetBlocks;
+    if (!(Number.isSafeInteger(offsetBlocks) && offsetBlocks >= oldOffset + count && offsetBlocks <= METADATA_BLOCK_COUNT_MAX)) {
+      throw new ThinError(
+        'THIN_INVALID',
+        `Cannot move the metadata mirror from block ${oldOffset} to ${offsetBlocks}: the new place must lie past the old copy (block ${oldOffset + count}) ` +
+          `and at most at ${METADATA_BLOCK_COUNT_MAX}`,
+      );
+    }
+    await this.idle();
+    await mirror.repairsSettled();
+    assert(this.#sealed.size === 0, 'moveMirror() while a commit is writing');
+    // The file's new size is durable before any copy lands there, so a power cut leaves the file
+    // at twice the old place or twice the new one, where open looks (metadata-layout.ts).
+    await raw.grow(2 * offsetBlocks * METADATA_BLOCK_SIZE_BYTES);
+    this.counters.syncs += 1;
+    await raw.sync();
+    const batchBlocks = 64;
+    const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES * batchBlocks);
+    let batch: number[] = [];
+    const flush = async (): Promise<void> => {
+      const writes = batch.map((blockNr, index) => {
+        const piece = bytes.subarray(index * METADATA_BLOCK_SIZE_BYTES, (index + 1) * METADATA_BLOCK_SIZE_BYTES);
+        readForMove(mirror, piece, blockNr);
+        return raw.write(piece, (offsetBlocks + blockNr) * METADATA_BLOCK_SIZE_BYTES);
+      });
+      batch = [];
+      await Promise.all(writes);
+    };
+    for (let blockNr = 0; blockNr < count; blockNr++) {
+      if (this.#counts[blockNr] === 0 && this.#pendingFlags[blockNr] !== PENDING_FREE) continue;
+      batch.push(blockNr);
+      if (batch.length === batchBlocks) await flush();
+    }
+    await flush();
+    this.counters.syncs += 1;
+    await raw.sync();
+    await mirror.repairsSettled();
+    mirror.relocateCopy(1, offsetBlocks * METADATA_BLOCK_SIZE_BYTES, offsetBlocks * METADATA_BLOCK_SIZE_BYTES);
+    this.#mirrorOffsetBlocks = offsetBlocks;
   }
 
   /** Told of every copy of a mirrored block found bad (the pool records the ones that cannot be written). */

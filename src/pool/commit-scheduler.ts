@@ -59,6 +59,14 @@ export interface CommitParts {
   mutant?: PoolMutant | undefined;
 }
 
+/** A move of the metadata mirror waiting for the next commit (moveMirror). */
+interface MirrorMove {
+  offsetBlocks: number;
+  mayMove: () => void;
+  moved: boolean;
+  error: unknown;
+}
+
 export class CommitScheduler {
   readonly #host: CommitHost;
   readonly #tm: TransactionManager;
@@ -70,6 +78,8 @@ export class CommitScheduler {
   readonly #skipDataSyncBeforeRecord: boolean;
   #running: Promise<void> | undefined;
   #queued: Promise<void> | undefined;
+  /** A move of the metadata mirror the next commit makes first (moveMirror). */
+  #mirrorMove: MirrorMove | undefined;
   /** While set, no commit starts: a reader of the committed state (a live check) is using it. */
   #hold: Promise<void> | undefined;
   /** Metadata changed since the last sealed transaction. */
@@ -162,6 +172,28 @@ export class CommitScheduler {
     this.#metadataDirty = true;
     this.#unloggedChange = true;
     return this.commit();
+  }
+
+  /**
+   * Moves the metadata mirror to `offsetBlocks` (TransactionManager.moveMirror, docs/format.md
+   * F-MIR-6) at the start of a commit of its own, so that no other metadata write runs meanwhile;
+   * that commit is a full one, and its superblock is the first to name the new place. `mayMove`
+   * runs first, in the same turn, and throws when the mirror may not move now. Resolves when that
+   * commit is durable. A move that fails (the file cannot grow, no copy of a block reads) rejects
+   * and leaves the mirror where it was; the commit goes on without it.
+   */
+  async moveMirror(offsetBlocks: number, mayMove: () => void): Promise<void> {
+    assert(this.#mirrorMove === undefined, 'two mirror moves at once');
+    const move: MirrorMove = { offsetBlocks, mayMove, moved: false, error: undefined };
+    this.#mirrorMove = move;
+    try {
+      // A commit running now has planned already: the move waits for the next, queued behind it.
+      await this.recordLayoutChange();
+    } finally {
+      if (this.#mirrorMove === move) this.#mirrorMove = undefined;
+    }
+    if (move.error !== undefined) throw move.error;
+    if (!move.moved) throw new ThinError('THIN_READ_ONLY', 'The metadata mirror was not moved: the pool made no commit (it is not read-write)');
   }
 
   /** A full commit that folds the delta log into the trees (when anything changed). */
@@ -280,6 +312,21 @@ export class CommitScheduler {
     if (ioFailure !== undefined) throw ioFailure;
     if (!this.#host.canCommit) this.#host.assertWritable();
     this.#host.absorbPendingBadRanges();
+    const move = this.#mirrorMove;
+    if (move !== undefined) {
+      this.#mirrorMove = undefined;
+      try {
+        move.mayMove();
+        await this.#tm.moveMirror(move.offsetBlocks);
+        move.moved = true;
+      } catch (error) {
+        move.error = error;
+      }
+      // Whatever happened, this commit is a full one (its superblock names the mirror's place).
+      this.#metadataDirty = true;
+      this.#unloggedChange = true;
+      this.#host.absorbPendingBadRanges();
+    }
     const plan = planFlush(this.#flushState());
     if (plan === 'nothing') return;
     if (plan === 'sync-data') {

@@ -64,11 +64,12 @@
 //   blocks, and the data file holds them all; the metadata file holds every metadata block or grows
 //   to them at the next commit; blocks held by a punch lie below the data block count and are free;
 //   closing ⇒ no write waits for space.
-import { BTREE_DEPTH_MAX, METADATA_BLOCK_SIZE_BYTES, METADATA_DIRTY_BLOCKS_SOFT_MAX, METADATA_COMMIT_RESERVE_BLOCKS, METADATA_RECOVERY_RESERVE_BLOCKS } from '../constants.ts';
+import { BTREE_DEPTH_MAX, METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_SIZE_BYTES, METADATA_DIRTY_BLOCKS_SOFT_MAX, METADATA_COMMIT_RESERVE_BLOCKS, METADATA_RECOVERY_RESERVE_BLOCKS } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, type TransactionManager } from '../pdata/index.ts';
 import type { DeltaLog, DeltaLogEntry } from '../journal/log.ts';
 import type { DeltaLogRecord } from '../journal/replay.ts';
+import { MEDIA_SECTOR_BYTES } from '../io/media-error.ts';
 import type { MeasuredBlockFile } from '../io/measured.ts';
 import { DataAllocator, dataReserveBlocks } from './allocator.ts';
 import { BadRangeFlag, BadRanges } from './bad-ranges.ts';
@@ -696,6 +697,48 @@ export class PoolCore {
   }
 
   /** The metadata file holds `blockCount` blocks now: pdata may use them; the next commit records the count. */
+  /** Mirrored metadata ends where its second copy begins, and that copy moves by doubling its place up to METADATA_BLOCK_COUNT_MAX (F-MIR-6). */
+  #metadataBlockCountMax(): number {
+    let offset = this.tm.mirror === undefined ? 0 : this.tm.mirrorOffsetBlocks;
+    if (offset === 0) return METADATA_BLOCK_COUNT_MAX;
+    while (2 * offset <= METADATA_BLOCK_COUNT_MAX) offset *= 2;
+    return offset;
+  }
+
+  /**
+   * Mirrored metadata grows past the place of its second copy only once that copy has moved
+   * further on (docs/format.md F-MIR-6): to twice its place (four times, ... when the new count
+   * needs it), so the metadata may then grow to there without another move.
+   */
+  async #roomForMetadata(blockCount: number): Promise<void> {
+    const offset = this.tm.mirrorOffsetBlocks;
+    if (this.tm.mirror === undefined || offset === 0 || blockCount <= offset) return;
+    // Twice the place (or four times...): past the old copy, which is at most `offset` long, and
+    // where open looks for a mirror whose move a power cut stopped (metadata-layout.ts).
+    let target = 2 * offset;
+    while (target < blockCount) target *= 2;
+    if (target > METADATA_BLOCK_COUNT_MAX) {
+      throw new ThinError(
+        'THIN_INVALID',
+        `Cannot grow the mirrored metadata to ${blockCount * METADATA_BLOCK_SIZE_BYTES} bytes: its second copy, at ${offset * METADATA_BLOCK_SIZE_BYTES} bytes, ` +
+          `would have to move past the largest metadata (${METADATA_BLOCK_COUNT_MAX * METADATA_BLOCK_SIZE_BYTES} bytes)`,
+      );
+    }
+    await this.commits.moveMirror(target, () => {
+      // A bad range names a physical sector of one copy: those of the copy that moves away would
+      // name no block of the pool once it has moved (F-BAD-1), so such a mirror stays where it is.
+      const sectorsPerBlock = METADATA_BLOCK_SIZE_BYTES / MEDIA_SECTOR_BYTES;
+      const inOldCopy = this.badRanges.all().filter((range) => range.device === 'metadata' && range.beginSector >= offset * sectorsPerBlock).length;
+      if (inOldCopy > 0) {
+        throw new ThinError(
+          'THIN_INVALID',
+          `Cannot move the metadata mirror to let the metadata grow: ${inOldCopy} bad range(s) are recorded in its second copy ` +
+            '(the metadata disk is failing: `thinbd pool status` lists them)',
+        );
+      }
+    });
+  }
+
   #applyMetadataGrowth(blockCount: number): void {
     this.assertWritable();
     assert(this.files.metadata.sizeBytes() >= blockCount * METADATA_BLOCK_SIZE_BYTES, `metadata growth to ${blockCount} blocks without the room`);
@@ -834,6 +877,10 @@ export class PoolCore {
       },
       applyDataGrowth: (blockCount) => this.#applyDataGrowth(blockCount),
       applyMetadataGrowth: (blockCount) => this.#applyMetadataGrowth(blockCount),
+      roomForMetadata: (blockCount) => this.#roomForMetadata(blockCount),
+      get metadataBlockCountMax() {
+        return core.#metadataBlockCountMax();
+      },
       settingsChanged: () => {
         this.commits.unloggedChange();
         this.commits.metadataChanged();

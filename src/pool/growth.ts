@@ -11,7 +11,10 @@
 // step 1 completed, so they cover the new size (a size change is durable once synced, like a
 // write: docs/fault-model.md). A crash before the superblock leaves the old count and a longer
 // file, which is harmless: the blocks past the count are simply not used, and the next growth
-// reuses them. New data blocks lie above the high-water mark, so no write reaches them before a
+// reuses them. Mirrored metadata whose second copy begins below the new count first moves that
+// copy further on, in a commit of its own that is durable before the count is raised, so no
+// block of the grown metadata is ever written over a copy a durable superblock still names
+// (TransactionManager.moveMirror, F-MIR-6). New data blocks lie above the high-water mark, so no write reaches them before a
 // commit that records the new count (F-POOL-40); none is logged in the delta log before it either
 // (the growth forces a full commit), so replay never meets a block past the count it replays on.
 import { METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
@@ -32,6 +35,11 @@ export interface GrowthHost {
   applyDataGrowth(blockCount: number): void;
   /** Raises the metadata block count in memory (the file already has the room). */
   applyMetadataGrowth(blockCount: number): void;
+  /**
+   * Makes room in the metadata file for blockCount blocks before it grows: mirrored metadata
+   * whose second copy begins below that moves it further on first (a commit of its own, F-MIR-6).
+   */
+  roomForMetadata(blockCount: number): Promise<void>;
   /** A full commit of the open transaction (the new count goes into its superblock). */
   commit(): Promise<void>;
   readonly monitor: SpaceMonitor;
@@ -94,6 +102,7 @@ export class FileGrowth {
     const unitBytes = resource === 'data' ? host.blockSizeBytes : METADATA_BLOCK_SIZE_BYTES;
     const file = resource === 'data' ? host.dataFile : host.metadataFile;
     try {
+      if (resource === 'metadata') await host.roomForMetadata(to);
       await file.grow(to * unitBytes);
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);

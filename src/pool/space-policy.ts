@@ -250,6 +250,8 @@ export interface MetadataSpaceInputs {
   /** Free blocks beyond pdata's commit reserve (blocks freed in the open transaction do not count). */
   freeBlocks: number;
   canGrow: boolean;
+  /** The most blocks the metadata may have (mirrored metadata: where its moved mirror may still begin, F-MIR-6); default METADATA_BLOCK_COUNT_MAX. */
+  blockCountMax?: number;
   host: HostFigures | undefined;
 }
 
@@ -265,7 +267,7 @@ export function metadataSpaceFigures(settings: SpaceSettings, inputs: MetadataSp
   if (inputs.canGrow && (settings.metadataMaxBytes !== undefined || inputs.host !== undefined)) {
     const explicitMax = settings.metadataMaxBytes === undefined ? METADATA_BLOCK_COUNT_MAX : Math.floor(settings.metadataMaxBytes / METADATA_BLOCK_SIZE_BYTES);
     const hostLimit = blockCount + Math.floor(hostSpareBytes(inputs.host) / METADATA_BLOCK_SIZE_BYTES);
-    growLimitBlocks = Math.max(blockCount, Math.min(explicitMax, METADATA_BLOCK_COUNT_MAX, hostLimit));
+    growLimitBlocks = Math.max(blockCount, Math.min(explicitMax, inputs.blockCountMax ?? METADATA_BLOCK_COUNT_MAX, hostLimit));
   }
   return {
     availableBlocks: freeBlocks + (growLimitBlocks - blockCount),

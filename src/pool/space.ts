@@ -60,6 +60,10 @@ export interface SpaceHost {
   readonly backgroundCommitMayStart: boolean;
   applyDataGrowth(blockCount: number): void;
   applyMetadataGrowth(blockCount: number): void;
+  /** The most blocks the metadata may grow to (mirrored metadata: as far as its mirror may move). */
+  readonly metadataBlockCountMax: number;
+  /** Room in the metadata file for blockCount blocks: moves the mirror further on when it must (growth.ts). */
+  roomForMetadata(blockCount: number): Promise<void>;
   /** The settings changed: the next commit stores them. */
   settingsChanged(): void;
   /** A full commit (growth and settings go into the superblock). */
@@ -130,6 +134,7 @@ export class PoolSpace {
         this.waiting.wake();
       },
       applyMetadataGrowth: (blockCount) => host.applyMetadataGrowth(blockCount),
+      roomForMetadata: (blockCount) => host.roomForMetadata(blockCount),
       commit: () => host.rollup(),
       monitor: this.monitor,
     });
@@ -399,6 +404,7 @@ export class PoolSpace {
       blockCount: tm.metadataBlockCount,
       freeBlocks: Math.max(0, tm.metadataBlocksFree - METADATA_COMMIT_RESERVE_BLOCKS),
       canGrow: this.#host.files.metadata.fixedSize !== true,
+      blockCountMax: this.#host.metadataBlockCountMax,
       host: this.#hostFigures,
     };
   }

@@ -45,14 +45,26 @@ describe('MirroredBlockFile', () => {
     assert.equal(mirror.sizeBytes(), 64 * UNIT);
   });
 
-  test('copies in one file: the size is fixed once it reaches the second copy, and a grow past it is refused naming the mirror', async () => {
+  test('copies in one file: a grow past the second copy is refused naming the mirror; once the copy is relocated further on, the mirror grows to there', async () => {
     const { raw, mirror } = await setup();
-    assert.equal(mirror.fixedSize, false, 'room left below the second copy');
+    assert.equal(mirror.fixedSize, false, 'the file can grow (the copy can move)');
     await mirror.grow(MIRROR_OFFSET);
-    assert.equal(mirror.fixedSize, true);
     await assert.rejects(mirror.grow(MIRROR_OFFSET + UNIT), (error) => isThinError(error, 'THIN_INVALID') && /mirror/.test(error.message));
     assert.equal(mirror.sizeBytes(), MIRROR_OFFSET);
     assert.equal(raw.sizeBytes(), 2 * MIRROR_OFFSET, 'nothing grew past the second copy');
+    await mirror.write(block(4), 2 * UNIT);
+    // The caller copies what matters to the new place first (TransactionManager.moveMirror).
+    await raw.write(block(4), 2 * MIRROR_OFFSET + 2 * UNIT);
+    assert.throws(() => mirror.relocateCopy(1, MIRROR_OFFSET + UNIT, 2 * MIRROR_OFFSET), /overlap/, 'a place inside the old span is refused');
+    mirror.relocateCopy(1, 2 * MIRROR_OFFSET, 2 * MIRROR_OFFSET);
+    assert.equal(mirror.limitBytes, 2 * MIRROR_OFFSET);
+    await mirror.grow(MIRROR_OFFSET + UNIT);
+    await mirror.write(block(5), MIRROR_OFFSET);
+    assert.deepEqual(rawRead(raw, MIRROR_OFFSET), block(5), 'the first copy now reaches over the old second copy');
+    assert.deepEqual(rawRead(raw, 3 * MIRROR_OFFSET), block(5), 'its second copy is at the new place');
+    const back = new Uint8Array(UNIT);
+    mirror.readCopySync(1, back, 2 * UNIT);
+    assert.deepEqual(back, block(4));
   });
 
   test('a read that fails with EIO is served from the other copy, and the bad copy is rewritten', async () => {

@@ -12,12 +12,14 @@ import { isThinError } from '../../src/errors.ts';
 import { Pool, type SpaceEvent, type SpaceSettings } from '../../src/pool/pool.ts';
 import { decodePoolPayload, encodePoolPayload, POOL_PAYLOAD_SIZE_BYTES, type PoolPayload } from '../../src/pool/codecs.ts';
 import { checkPool } from '../../src/tools/check.ts';
+import { SimMachine } from '../sim/sim-disk.ts';
 import { BLOCK, METADATA_BYTES, filled, readAll } from './helpers.ts';
 
 /**
  * A memory pool with these space settings. `metadataMirror` defaults to the pool's default (two
- * copies); the tests of metadata growth turn it off, since mirrored metadata does not grow (its
- * second copy begins where the first ends: see the test of that below).
+ * copies); the tests of metadata growth turn it off to keep memory files small (growing mirrored
+ * metadata moves its second copy to twice its place, which a dense memory file would hold: the
+ * test of that below runs on sparse simulated disks).
  */
 async function memoryPoolWith(dataBlocks: number, space: SpaceSettings, metadataSizeBytes = METADATA_BYTES, options: { metadataMirror?: boolean } = {}) {
   const files = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
@@ -351,31 +353,57 @@ test('metadata grows by itself below its mark up to metadata-max, durably; new v
   assert.deepEqual((await checkPool(reopenCopies(files))).problems, []);
 });
 
-test('mirrored metadata (the default) does not grow: pool resize of the metadata is refused naming the mirror, automatic growth is not tried, the data still grows, and nothing else changes', async () => {
-  const { pool, files } = await memoryPoolWith(16, {});
+test('mirrored metadata (the default) grows: its second copy moves past the old one in a commit of its own, automatically and by pool resize, and either copy alone serves the grown metadata', async () => {
+  // Sparse simulated disks: a moved mirror lies past twice the metadata, which a dense memory file would hold in memory.
+  const N = METADATA_BYTES / 4096;
+  const machine = new SimMachine({ seed: 15 });
+  machine.createDisk('metadata', 0);
+  machine.createDisk('data', 0);
+  const files = { metadata: machine.disk('metadata'), data: machine.disk('data') };
+  const space: SpaceSettings = { metadataMaxBytes: 4 * METADATA_BYTES, metadataLowWater: { bytes: 2 * METADATA_BYTES } };
+  const pool = await Pool.createOn(files, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, space });
   const events: SpaceEvent[] = [];
   pool.onSpaceEvent((event) => events.push(event));
-  const before = pool.status();
-  assert.equal(before.space.metadata.canGrow, false, 'the metadata reports that it cannot grow');
-  await assert.rejects(
-    pool.resizePool({ metadataSizeBytes: 2 * METADATA_BYTES }),
-    (error) => isThinError(error, 'THIN_INVALID') && /mirror/.test(error.message),
-  );
-  await pool.resizePool({ dataSizeBytes: 32 * BLOCK });
+  assert.equal(pool.status().space.metadata.canGrow, true, 'mirrored metadata reports that it can grow');
+  assert.equal(files.metadata.sizeBytes(), 2 * METADATA_BYTES, 'a new pool: the mirror at half the file');
+
+  // Automatic: below its mark, a new volume grows the metadata past where its mirror began.
+  const mirrorAt = (): number => files.metadata.sizeBytes() / 2 / 4096;
   const volume = await pool.createVolume('v', { sizeBytes: 64 * BLOCK });
-  for (let block = 0; block < 24; block += 1) await volume.write(block * BLOCK, filled(BLOCK, 3));
-  const after = pool.status();
-  assert.equal(after.metadataBlockCount, before.metadataBlockCount);
-  assert.equal(after.dataBlockCount, 32);
-  assert.equal(after.space.metadata.grows, 0);
-  assert.ok(!events.some((event) => event.kind === 'metadata-grown' || event.kind === 'metadata-grow-failed'), events.map((event) => event.kind).join(', '));
-  assert.equal(after.health.metadata.copies, 2);
+  await pool.spaceSettled();
+  const grown = pool.status().metadataBlockCount;
+  assert.ok(grown > N, `the metadata grew (${grown} blocks)`);
+  assert.ok(events.some((event) => event.kind === 'metadata-grown'), events.map((event) => event.kind).join(', '));
+  assert.ok(mirrorAt() >= grown && mirrorAt() >= 2 * N, `the mirror moved past its old copy and the grown count, to half the file (${mirrorAt()})`);
+  for (let block = 0; block < 16; block += 1) await volume.write(block * BLOCK, filled(BLOCK, 1 + block));
+  await pool.flush();
+
+  // Explicit: a resize past the moved mirror moves it once more.
+  pool.changeSpaceSettings({ metadataLowWater: 'default' });
+  await pool.spaceSettled();
+  const before = mirrorAt();
+  const countBefore = pool.status().metadataBlockCount;
+  const target = before + 16;
+  await pool.resizePool({ metadataSizeBytes: target * 4096 });
+  const status = pool.status();
+  assert.equal(status.metadataBlockCount, target);
+  assert.ok(countBefore <= before, 'the grown metadata still ended before the mirror');
+  assert.equal(mirrorAt(), 2 * before, 'the mirror moved to twice its place, at half the file');
+  assert.equal(status.health.metadata.copies, 2);
+  for (let block = 16; block < 32; block += 1) await volume.write(block * BLOCK, filled(BLOCK, 1 + block));
   await pool.close();
-  const reopened = await Pool.openOn(reopenCopies(files));
-  assert.equal(reopened.status().metadataBlockCount, before.metadataBlockCount);
-  assert.equal((await readAll(reopened, 'v'))[23 * BLOCK], 3);
+
+  const images = machine.currentImages();
+  const clean = new SimMachine({ seed: 16, images });
+  assert.deepEqual((await checkPool({ metadata: clean.disk('metadata'), data: clean.disk('data') })).problems, []);
+  // Every block of the first copy destroyed: the pool opens from the moved mirror and reads every byte.
+  const damaged = new SimMachine({ seed: 17, images });
+  for (let block = 0; block < target; block += 1) damaged.disk('metadata').corrupt(block * 4096, new Uint8Array(4096).fill(0x5a));
+  const reopened = await Pool.openOn({ metadata: damaged.disk('metadata'), data: damaged.disk('data') });
+  assert.equal(reopened.status().metadataBlockCount, target);
+  const bytes = await readAll(reopened, 'v');
+  for (let block = 0; block < 32; block += 1) assert.equal(bytes[block * BLOCK + 7], 1 + block, `block ${block}`);
   await reopened.close();
-  assert.deepEqual((await checkPool(reopenCopies(files))).problems, []);
 });
 
 test('settings of the wrong shape (as a control socket client might send) are refused by name, and nothing changes', async () => {

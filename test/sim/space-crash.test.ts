@@ -1,5 +1,7 @@
 // Power cuts at every event of the space policy's paths (docs/format.md F-POOL-45, F-POOL-46,
-// docs/fault-model.md G12): automatic growth of the data file, a pool resize of the metadata,
+// F-MIR-6, docs/fault-model.md G12): automatic growth of the data file, a pool resize of the
+// mirrored metadata past its mirror (the mirror moves first; from then on every crash image is
+// also recovered from the mirror alone),
 // freed blocks punched back to the host and then reused by partial writes that rely on the
 // punched block reading zeros, a write refused at data-max (`--when-full error`), and a write held
 // by `--when-full queue` until a remove frees space.
@@ -223,17 +225,45 @@ async function spaceBase(): Promise<ReadonlyMap<string, SparseImage>> {
   return machine.currentImages();
 }
 
+/**
+ * Once the metadata file has grown for a move of the mirror (F-MIR-6), the second copy alone must
+ * hold the pool too: the crash image with every block of the first copy (below the metadata block
+ * count the pool opens with) punched, reading as zeros, must recover as the image itself does.
+ * That proves whole, at every power cut, the copy a move made (or the old one, while no
+ * superblock naming the new place is durable), and that open finds it with no first copy.
+ */
+async function verifyMirrorAlone(images: ReadonlyMap<string, SparseImage>, model: Model, marks: readonly string[], seed: number): Promise<boolean> {
+  if (images.get('metadata')!.sizeBytes <= 2 * METADATA_SIZE_BYTES) return false;
+  const copies = (): Map<string, SparseImage> => new Map([...images].map(([name, image]) => [name, image.clone()]));
+  const probe = await Pool.openOn(poolFiles(new SimMachine({ seed, images: copies() })), { readOnly: true });
+  const metadataBlockCount = probe.status().metadataBlockCount;
+  await probe.close();
+  const alone = copies();
+  alone.get('metadata')!.punch(0, metadataBlockCount * METADATA_BLOCK_SIZE_BYTES);
+  try {
+    await verify(poolFiles(new SimMachine({ seed, images: alone })), model, marks);
+  } catch (error) {
+    throw new Error(`from the mirror alone (the first ${metadataBlockCount} metadata blocks punched): ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+  }
+  return true;
+}
+
 async function runSpaceCampaign(seed: number, images: ReadonlyMap<string, SparseImage>): Promise<CrashCampaignResult & { compoundStates: number }> {
   const model = new Model();
+  let compoundStates = 0;
   const result = await runCrashCampaign({
     seed,
     name: 'space',
     budget: VARIANTS_PER_POINT,
     images,
     workload: (machine) => workload(machine, model, seed),
-    recover: (machine, marks) => verify(poolFiles(machine), model, marks),
+    recover: async (machine, marks) => {
+      const crashImages = machine.currentImages();
+      await verify(poolFiles(machine), model, marks);
+      if (await verifyMirrorAlone(crashImages, model, marks, seed)) compoundStates += 1;
+    },
   });
-  return { ...result, compoundStates: 0 };
+  return { ...result, compoundStates };
 }
 
 test('a power cut at any event of growth, punching, a full pool and a queued write loses nothing acknowledged and never leaves a mapped block punched', async (t) => {
@@ -242,7 +272,8 @@ test('a power cut at any event of growth, punching, a full pool and a queued wri
   const totals = await runCampaigns(seeds, (seed) => runSpaceCampaign(seed, images));
   t.diagnostic(
     `space crash: ${seeds.length} workloads, ${totals.eventCount} events, ${totals.distinctCrashPointCount} distinct crash points, ` +
-      `${totals.statesTested} crash states recovered and checked in ${(totals.durationMs / 1000).toFixed(1)} s; ${totals.failures.length} workloads failed`,
+      `${totals.statesTested} crash states recovered and checked (${totals.compoundStatesTested} of them also from the metadata mirror alone, once the mirror began to move) ` +
+      `in ${(totals.durationMs / 1000).toFixed(1)} s; ${totals.failures.length} workloads failed`,
   );
   if (totals.failures.length > 0) assert.fail(`${totals.failures.length} of ${seeds.length} workloads failed:\n\n${totals.failures.join('\n\n')}`);
   assert.ok(totals.statesTested > 0);
