@@ -108,8 +108,10 @@ export class PoolSpace {
         return space.#settings;
       },
       dataInputs: () => this.#dataInputs(),
+      // Blocks taken by writes in flight count as used: a run of new blocks is reserved whole
+      // before its write, and the event that write raises must not report them as neither.
       get dataUsedBlocks() {
-        return host.dataSpace.usedBlockCount;
+        return host.dataSpace.usedBlockCount + host.allocator.reservedCount;
       },
       metadataInputs: () => this.#metadataInputs(),
       get metadataUsedBlocks() {
