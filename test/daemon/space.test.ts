@@ -95,16 +95,20 @@ test('a served pool: the low-water hook runs once, growth keeps the client writi
   assert.equal(result.code, 0, result.stdout + result.stderr);
   assert.doesNotMatch(result.stdout + result.stderr, /No space|error/i);
 
-  // pool resize on the live pool: the data file grows now, and the space is there at once. The
-  // metadata is mirrored (the default), which cannot grow: that resize is refused, naming why.
+  // pool resize on the live pool: both files grow now, and the space is there at once. The
+  // metadata is mirrored (the default): its second copy first moves to twice its place in the
+  // file (F-MIR-6), so the file's apparent size doubles while what it holds grows by little.
   const metadataBytes = thinbdJson<PoolStatus>(['pool', 'status', '--pool', pool]).space.metadata.sizeBytes;
-  const metadataResize = thinbd(['pool', 'resize', '--pool', pool, '--metadata-size', String(metadataBytes + 16 * MiB)]);
-  assert.equal(metadataResize.code, 1, metadataResize.stdout + metadataResize.stderr);
-  assert.match(metadataResize.stderr, /mirror/);
+  const metadataFile = join(pool, 'metadata');
+  const metadataFileBytes = statSync(metadataFile).size;
+  assert.equal(metadataFileBytes, 2 * metadataBytes, 'the mirror begins at half the file');
+  ok(['pool', 'resize', '--pool', pool, '--metadata-size', String(metadataBytes + 16 * MiB)]);
   ok(['pool', 'resize', '--pool', pool, '--data-size', '192M']);
   const resized = thinbdJson<PoolStatus>(['pool', 'status', '--pool', pool]);
   assert.equal(resized.space.data.sizeBytes, 192 * MiB);
-  assert.equal(resized.space.metadata.sizeBytes, metadataBytes);
+  assert.equal(resized.space.metadata.sizeBytes, metadataBytes + 16 * MiB);
+  assert.equal(resized.health.metadata.copies, 2);
+  assert.equal(statSync(metadataFile).size, 2 * metadataFileBytes, 'the mirror moved to twice its place');
   assert.equal(resized.state, 'ok');
   const afterResize = await write('v', (queuedChunk + 1) * 8 * MiB, 0x71);
   assert.equal(afterResize.code, 0, afterResize.stdout + afterResize.stderr);
