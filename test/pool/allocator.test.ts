@@ -113,3 +113,17 @@ test('a run is consecutive free blocks up to the length asked, stops at a used o
   for (let block = run.begin; block < run.begin + run.lengthBlocks; block++) assert.ok(allocator.isReserved(block));
   assert.equal(allocator.isReserved(0), false);
 });
+
+test('a run skips blocks a punch holds and stops at one, as a single allocation does; a grown data space lends its new blocks to runs', () => {
+  const space = new FakeSpace(16);
+  const allocator = new DataAllocator(space, 16, 0);
+  const held = new Set([0, 5]);
+  allocator.setHeld((block) => held.has(block));
+  assert.deepEqual(allocator.allocateRun(1, 8), { begin: 1, lengthBlocks: 4 }, 'block 0 is held, and the run stops at held block 5');
+  assert.equal(allocator.allocate(1), 6, 'a single block skips the held one too');
+  held.clear();
+  space.counts.push(...new Array<number>(8).fill(0));
+  allocator.grow(24, 0);
+  const run = allocator.allocateRun(1, 20);
+  assert.deepEqual(run, { begin: 7, lengthBlocks: 17 }, 'the run goes on into the grown blocks');
+});

@@ -171,6 +171,34 @@ test('automatic growth keeps writes going up to data-max, is recorded durably, t
   assert.deepEqual(report.problems, []);
 });
 
+test('a write of whole new blocks, which goes in runs of new data blocks, follows the same space rules: growth up to data-max, ENOSPC past it, the queue until a remove frees space', async () => {
+  const { pool, files } = await memoryPoolWith(16, { dataMaxBytes: 48 * BLOCK, growStepBytes: 8 * BLOCK, lowWater: { bytes: 2 * BLOCK } });
+  const volume = await pool.createVolume('v', { sizeBytes: 64 * BLOCK });
+  const other = await pool.createVolume('other', { sizeBytes: 16 * BLOCK });
+  // 32 blocks in one write into a 16-block data file: the runs grow it as they go.
+  await volume.write(0, filled(32 * BLOCK, 0x41));
+  assert.ok(pool.status().dataBlockCount >= 32, `grown to ${pool.status().dataBlockCount} blocks`);
+  await other.write(0, filled(12 * BLOCK, 0x42));
+  // Past data-max: ENOSPC once the 4 blocks left are written (F-POOL-41), and nothing written before changes.
+  await assert.rejects(volume.write(32 * BLOCK, filled(16 * BLOCK, 0x43)), (error) => isThinError(error, 'THIN_NO_SPACE'));
+  assert.equal(pool.status().dataBlockCount, 48);
+  assert.equal((await readAll(pool, 'v'))[31 * BLOCK], 0x41);
+  // Queue: a whole-block write at full waits until a remove frees space, then lands whole.
+  pool.changeSpaceSettings({ whenFull: { queueSeconds: 600 } });
+  const queued = volume.write(56 * BLOCK, filled(8 * BLOCK, 0x44));
+  while (pool.status().space.writesWaiting === 0) await new Promise((resolve) => setImmediate(resolve));
+  await pool.removeVolume('other');
+  await pool.flush();
+  await queued;
+  await pool.close();
+  const reopened = await Pool.openOn(reopenCopies(files));
+  const bytes = await readAll(reopened, 'v');
+  for (let block = 0; block < 32; block += 1) assert.equal(bytes[block * BLOCK + 1], 0x41, `block ${block}`);
+  for (let block = 56; block < 64; block += 1) assert.equal(bytes[block * BLOCK + 1], 0x44, `block ${block}`);
+  await reopened.close();
+  assert.deepEqual((await checkPool(reopenCopies(files))).problems, []);
+});
+
 test('--when-full queue holds a write until a remove frees space; a wait that nobody ends fails with ENOSPC', async () => {
   const { pool } = await memoryPoolWith(32, { whenFull: { queueSeconds: 600 } });
   const filler = await pool.createVolume('filler', { sizeBytes: 16 * BLOCK });
