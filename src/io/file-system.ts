@@ -9,6 +9,7 @@
 // across directories, once the destination directory was. A file's size and contents are the
 // BlockFile's business (sync). Callers sync each directory whose entries must survive a crash.
 import fs from 'node:fs';
+import path from 'node:path';
 import type { BlockFile } from './block-file.ts';
 import { FileBlockFile } from './file.ts';
 import { lockDirectory, type DirectoryLock } from './lock.ts';
@@ -77,3 +78,18 @@ export const nodeFileSystem: FileSystem = {
   },
   lock: (dir) => lockDirectory(dir),
 };
+
+/**
+ * Creates `dir` (and missing parents) as makeDirectory does, and makes the new entries durable:
+ * the parent of each directory it made is synced, so a directory reported made survives a crash.
+ */
+export function makeDurableDirectory(fileSystem: FileSystem, dir: string, options: { recursive?: boolean } = {}): boolean {
+  const missing: string[] = [];
+  for (let current = path.resolve(dir); fileSystem.kind(current) === undefined; current = path.dirname(current)) {
+    missing.push(current);
+    if (path.dirname(current) === current || options.recursive !== true) break;
+  }
+  const created = fileSystem.makeDirectory(dir, options);
+  if (created) for (const made of missing) fileSystem.syncDirectory(path.dirname(made));
+  return created;
+}

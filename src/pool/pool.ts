@@ -22,7 +22,7 @@ import {
 } from '../constants.ts';
 import type { FaultRule } from '../io/fault-injection.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
+import { makeDurableDirectory, nodeFileSystem, type FileSystem } from '../io/file-system.ts';
 import type { DirectoryLock } from '../io/lock.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, TransactionManager } from '../pdata/index.ts';
 import { DeltaLog, emptyLogPosition } from '../journal/log.ts';
@@ -199,6 +199,24 @@ function logFileOf(files: PoolFiles, options: Pick<PoolOpenOptions, 'mutant'>): 
   return options.mutant === 'flush-ack-before-metadata-sync' ? new SyncNotAwaitedFile(files.metadata) : files.metadata;
 }
 
+/** Where create makes the metadata file until the pool is whole (then it is renamed to `metadata`). */
+const METADATA_CREATING_FILE_NAME = `${METADATA_FILE_NAME}.creating`;
+
+/**
+ * A create interrupted by a crash or a kill leaves `metadata.creating` and no `metadata`. Its
+ * files are its own: create refuses to start where `metadata` or `data` exists, and nothing else
+ * makes `metadata.creating`. They are removed, so create runs again where it was cut.
+ */
+function removeInterruptedCreate(fileSystem: FileSystem, dir: string): void {
+  const creatingPath = path.join(dir, METADATA_CREATING_FILE_NAME);
+  if (fileSystem.kind(path.join(dir, METADATA_FILE_NAME), { noFollow: true }) !== undefined) return;
+  if (fileSystem.kind(creatingPath, { noFollow: true }) !== 'file') return;
+  const dataPath = path.join(dir, DATA_FILE_NAME);
+  if (fileSystem.kind(dataPath, { noFollow: true }) === 'file') fileSystem.remove(dataPath);
+  fileSystem.remove(creatingPath);
+  fileSystem.syncDirectory(dir);
+}
+
 export class Pool {
   #core: PoolCore;
   #lock: DirectoryLock | undefined;
@@ -218,24 +236,39 @@ export class Pool {
   static async create(dir: string, options: PoolCreateOptions): Promise<Pool> {
     const { dataBlockCount, metadataBlockCount } = validateCreateOptions(options);
     const fileSystem = options.fileSystem ?? nodeFileSystem;
-    fileSystem.makeDirectory(dir, { recursive: true });
+    // A directory made here is synced into its parent: a pool reported created survives a crash.
+    makeDurableDirectory(fileSystem, dir, { recursive: true });
     const lock = fileSystem.lock(dir);
     const files: Partial<PoolFiles> = {};
     const created: string[] = [];
+    const metadataPath = path.join(dir, METADATA_FILE_NAME);
+    const creatingPath = path.join(dir, METADATA_CREATING_FILE_NAME);
+    const dataPath = path.join(dir, DATA_FILE_NAME);
     try {
+      removeInterruptedCreate(fileSystem, dir);
       for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
         if (fileSystem.kind(path.join(dir, name)) !== undefined) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir} (it has a ${name} file)`);
       }
-      const metadataPath = path.join(dir, METADATA_FILE_NAME);
+      // The metadata is made under another name and renamed into place last: a crash part way
+      // leaves no `metadata`, so no half-made pool that nothing opens and create refuses.
       const copies = options.metadataMirror === false ? 1 : 2;
-      files.metadata = await fileSystem.createFile(metadataPath, { sizeBytes: copies * metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
-      created.push(metadataPath);
-      const dataPath = path.join(dir, DATA_FILE_NAME);
+      files.metadata = await fileSystem.createFile(creatingPath, { sizeBytes: copies * metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
+      created.push(creatingPath);
       files.data = await fileSystem.createFile(dataPath, { sizeBytes: dataBlockCount * options.blockSizeBytes });
       created.push(dataPath);
-      const core = await Pool.#format(files as PoolFiles, options, dataBlockCount, metadataBlockCount);
-      // The new files' directory entries must be durable before the pool is reported created.
+      await Pool.#format(files as PoolFiles, options, dataBlockCount, metadataBlockCount);
+      const failure = await closePoolFiles(files);
+      delete files.metadata;
+      delete files.data;
+      if (failure !== undefined) throw failure;
+      // `data` is durable before `metadata` appears, and `metadata` before the pool is reported created.
       fileSystem.syncDirectory(dir);
+      fileSystem.rename(creatingPath, metadataPath);
+      created[0] = metadataPath;
+      fileSystem.syncDirectory(dir);
+      files.metadata = await fileSystem.openFile(metadataPath, { readOnly: false });
+      files.data = await fileSystem.openFile(dataPath, { readOnly: false });
+      const core = await Pool.#load(files as PoolFiles, false, options);
       return new Pool(core, lock, commitTimerOf(options, COMMIT_INTERVAL_MS_DEFAULT), options.now);
     } catch (error) {
       await closePoolFiles(files);

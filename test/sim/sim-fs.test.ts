@@ -1,12 +1,12 @@
 // The simulated file system's model (sim-fs.ts): entries pending until their directory's sync,
 // a rename that leaves the old or the new name, directories that keep their identity through a
-// rename, and the real implementation.
+// rename, and the real implementation's helper that syncs the parents of directories it makes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { nodeFileSystem } from '../../src/io/file-system.ts';
+import { makeDurableDirectory, nodeFileSystem } from '../../src/io/file-system.ts';
 import { SimFs } from './sim-fs.ts';
 import { SimMachine } from './sim-disk.ts';
 
@@ -71,11 +71,18 @@ test('a directory keeps its entries\' pending state through a rename, and entrie
   assert.deepEqual(names(sim, sim.machine.events.length, 0), ['/d', '/d/pool', '/d/pool/m']);
 });
 
+test('makeDurableDirectory syncs the parent of every directory it makes', () => {
+  const sim = fresh();
+  assert.equal(makeDurableDirectory(sim, '/d/a/b', { recursive: true }), true);
+  assert.deepEqual(names(sim, sim.machine.events.length, 0), ['/d', '/d/a', '/d/a/b']);
+  assert.equal(makeDurableDirectory(sim, '/d/a/b', { recursive: true }), false, 'an existing directory is not made again');
+});
+
 test('the node:fs implementation names kinds, lists, links, renames and syncs directories', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'thinbd-fs-'));
   try {
     const real = nodeFileSystem;
-    assert.equal(real.makeDirectory(path.join(dir, 'a', 'b'), { recursive: true }), true);
+    assert.equal(makeDurableDirectory(real, path.join(dir, 'a', 'b'), { recursive: true }), true);
     assert.equal((fs.statSync(path.join(dir, 'a', 'b')).mode & 0o777), 0o700);
     const file = await real.createFile(path.join(dir, 'a', 'f'), { sizeBytes: 4096 });
     await file.close();
