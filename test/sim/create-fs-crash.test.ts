@@ -16,14 +16,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isThinError } from '../../src/errors.ts';
 import { Pool, type PoolCreateOptions } from '../../src/pool/pool.ts';
-import { campaignTestSeeds, runCampaigns } from './crash-harness.ts';
 import { BLOCK_SIZE_BYTES, SIM_POOL_CREATE_OPTIONS, simNow } from './pool-bases.ts';
-import { POOLS_DIR, judgePoolDir, makeFsBase, runFsCampaign } from './fs-campaign.ts';
+import { POOLS_DIR, judgePoolDir, makeFsBase, runAgain, runFsCampaignTest } from './fs-campaign.ts';
 import type { SimFs } from './sim-fs.ts';
 
 const SEED_COUNT = Number(process.env['THINBD_CREATE_FS_SEEDS'] ?? 2);
-const VARIANTS_PER_POINT = 4;
-const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261206);
 const DIR = `${POOLS_DIR}/new/p`;
 const CREATED = 'pool created';
 const FLUSHED = 'volume flushed';
@@ -50,58 +47,36 @@ async function openChecked(fs: SimFs, flushed: boolean): Promise<void> {
 }
 
 test('a power cut at any event of pool create leaves no pool or a whole one, and create runs again', async (t) => {
-  const { seeds: listed, replaying } = campaignTestSeeds('create-fs-crash', ROOT_SEED, SEED_COUNT);
-  const seeds = [...new Set(listed)];
-  const base = await makeFsBase(async () => undefined);
-  let noPool = 0;
-  let opened = 0;
-  let distinctStates = 0;
-  let recovered = 0;
-  const totals = await runCampaigns(seeds, async (seed) => {
-    const result = await runFsCampaign({
-      seed,
-      name: 'pool create, a volume written and flushed',
-      base,
-      budget: VARIANTS_PER_POINT,
-      workload: async (fs) => {
-        const pool = await Pool.create(DIR, createOptions(fs));
-        fs.machine.mark(CREATED);
-        const volume = await pool.createVolume('v', { sizeBytes: 2 * BLOCK_SIZE_BYTES });
-        await volume.write(BLOCK_SIZE_BYTES - 512, new Uint8Array(1024).fill(PATTERN));
-        await pool.flush();
-        fs.machine.mark(FLUSHED);
-        await pool.close();
-      },
-      recover: async (fs, marks) => {
-        if (marks.includes(CREATED)) {
-          await openChecked(fs, marks.includes(FLUSHED));
-          opened += 1;
-          return;
-        }
-        try {
-          await openChecked(fs, false);
-          opened += 1;
-          return;
-        } catch (error) {
-          if (!isThinError(error)) throw error;
-        }
-        noPool += 1;
-        const again = await Pool.create(DIR, createOptions(fs)).catch((error: unknown) => {
-          throw new Error(`pool create run again after the cut failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
-        });
-        await again.close();
+  await runFsCampaignTest(t, {
+    suite: 'create-fs-crash',
+    seedCount: SEED_COUNT,
+    title: 'pool create, a volume written and flushed',
+    base: await makeFsBase(async () => undefined),
+    workload: async (fs) => {
+      const pool = await Pool.create(DIR, createOptions(fs));
+      fs.machine.mark(CREATED);
+      const volume = await pool.createVolume('v', { sizeBytes: 2 * BLOCK_SIZE_BYTES });
+      await volume.write(BLOCK_SIZE_BYTES - 512, new Uint8Array(1024).fill(PATTERN));
+      await pool.flush();
+      fs.machine.mark(FLUSHED);
+      await pool.close();
+    },
+    recover: async (fs, marks) => {
+      if (marks.includes(CREATED)) {
+        await openChecked(fs, marks.includes(FLUSHED));
+        return 'opened';
+      }
+      try {
         await openChecked(fs, false);
-      },
-    });
-    distinctStates += result.distinctStates;
-    recovered += result.recovered;
-    return { ...result, compoundStates: 0 };
+        return 'opened';
+      } catch (error) {
+        // Before create returned: no pool at all, never a half-made one that does not open.
+        if (!isThinError(error, 'THIN_NOT_FOUND')) throw error;
+      }
+      const again = await runAgain('pool create', Pool.create(DIR, createOptions(fs)));
+      await again.close();
+      await openChecked(fs, false);
+      return 'no pool, then created again';
+    },
   });
-  t.diagnostic(
-    `pool create crash: ${seeds.length} runs, ${totals.eventCount} events, ${totals.distinctCrashPointCount} distinct crash points, ` +
-      `${distinctStates} distinct crash states (disks and directory), ${recovered} recovered (${noPool} no pool, then created again; ` +
-      `${opened} opened) in ${(totals.durationMs / 1000).toFixed(1)} s`,
-  );
-  if (totals.failures.length > 0) assert.fail(`${totals.failures.length} of ${seeds.length} runs failed:\n\n${totals.failures.join('\n\n')}`);
-  if (!replaying) assert.ok(noPool > 0 && opened > 0, 'crashes landed on both sides of creation');
 });

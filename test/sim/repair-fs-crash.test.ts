@@ -22,17 +22,13 @@ import { Pool } from '../../src/pool/pool.ts';
 import { checkPool } from '../../src/tools/check.ts';
 import { PoolView } from '../../src/tools/pool-view.ts';
 import { checkAndRepairPool, repairPool } from '../../src/tools/repair.ts';
-import { campaignTestSeeds, runCampaigns } from './crash-harness.ts';
 import { BLOCK_SIZE_BYTES, SIM_POOL_CREATE_OPTIONS } from './pool-bases.ts';
-import { POOLS_DIR, judgePoolDir, makeFsBase, runFsCampaign } from './fs-campaign.ts';
+import { POOLS_DIR, RETURNED, judgePoolDir, makeFsBase, runAgain, runFsCampaignTest } from './fs-campaign.ts';
 import type { SimFs } from './sim-fs.ts';
 
-const SEED_COUNT = Number(process.env['THINBD_REPAIR_FS_SEEDS'] ?? 1);
-const VARIANTS_PER_POINT = 4;
-const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261206);
+const SEED_COUNT = Number(process.env['THINBD_REPAIR_FS_SEEDS'] ?? 2);
 const DAMAGED = `${POOLS_DIR}/damaged`;
 const NEW_DIR = `${POOLS_DIR}/repaired`;
-const RETURNED = 'repair returned';
 const B_PATTERN = 0x3c;
 const REPAIRED_VOLUMES = ['a:0', 'b:4'];
 
@@ -75,99 +71,60 @@ async function assertRepaired(fs: SimFs, dir: string): Promise<void> {
   }
 }
 
-function again<T>(what: string, run: Promise<T>): Promise<T> {
-  return run.catch((error: unknown) => {
-    throw new Error(`${what} run again after the cut failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
-  });
-}
+/** The damaged pool's problems as check reports them, before the command under test. */
+let damagedProblems: string[] = [];
 
-async function runSuite(
-  t: { diagnostic: (message: string) => void },
-  title: string,
-  workload: (fs: SimFs) => Promise<void>,
-  recover: (fs: SimFs, returned: boolean, damagedProblems: readonly string[], tally: Map<string, number>) => Promise<void>,
-): Promise<void> {
-  const base = await makeDamagedBase();
-  const { seeds: listed, replaying } = campaignTestSeeds('repair-fs-crash', ROOT_SEED, SEED_COUNT);
-  const seeds = [...new Set(listed)];
-  const tally = new Map<string, number>();
-  let damagedProblems: string[] = [];
-  let distinctStates = 0;
-  let recovered = 0;
-  const totals = await runCampaigns(seeds, async (seed) => {
-    const result = await runFsCampaign({
-      seed,
-      name: title,
-      base,
-      budget: VARIANTS_PER_POINT,
-      workload: async (fs) => {
-        damagedProblems = await problemsOf(fs, DAMAGED);
-        assert.ok(damagedProblems.length > 0, 'check finds the damage');
-        await workload(fs);
-        fs.machine.mark(RETURNED);
-      },
-      recover: (fs, marks) => recover(fs, marks.includes(RETURNED), damagedProblems, tally),
-    });
-    distinctStates += result.distinctStates;
-    recovered += result.recovered;
-    return { ...result, compoundStates: 0 };
-  });
-  const outcomes = [...tally].map(([name, count]) => `${count} ${name}`).join(', ');
-  t.diagnostic(
-    `${title}: ${seeds.length} runs, ${totals.eventCount} events, ${totals.distinctCrashPointCount} distinct crash points, ` +
-      `${distinctStates} distinct crash states (disks and directory), ${recovered} recovered (${outcomes}) in ${(totals.durationMs / 1000).toFixed(1)} s`,
-  );
-  if (totals.failures.length > 0) assert.fail(`${totals.failures.length} of ${seeds.length} runs failed:\n\n${totals.failures.join('\n\n')}`);
-  if (!replaying) assert.ok(tally.size >= 2, `crashes landed on both sides of the swap (${outcomes})`);
-}
-
-function count(tally: Map<string, number>, key: string): void {
-  tally.set(key, (tally.get(key) ?? 0) + 1);
+async function damagedWorkload(fs: SimFs, command: () => Promise<unknown>): Promise<void> {
+  damagedProblems = await problemsOf(fs, DAMAGED);
+  assert.ok(damagedProblems.length > 0, 'check finds the damage');
+  await command();
 }
 
 test('a power cut at any event of repair -o NEW leaves the damaged pool as it was and no pool or the whole repaired one at NEW', async (t) => {
-  await runSuite(
-    t,
-    'repair into a new directory',
-    async (fs) => {
-      await repairPool(DAMAGED, NEW_DIR, { fileSystem: fs });
-    },
-    async (fs, returned, damagedProblems, tally) => {
+  await runFsCampaignTest(t, {
+    suite: 'repair-fs-crash',
+    seedCount: SEED_COUNT,
+    title: 'repair into a new directory',
+    base: await makeDamagedBase(),
+    workload: (fs) => damagedWorkload(fs, () => repairPool(DAMAGED, NEW_DIR, { fileSystem: fs })),
+    recover: async (fs, marks) => {
       assert.deepEqual(await problemsOf(fs, DAMAGED), damagedProblems, 'the damaged pool is left as it was');
       const state = await judgePoolDir(fs, NEW_DIR);
       if (state.kind === 'pool') {
         await assertRepaired(fs, NEW_DIR);
-        count(tally, 'repaired');
-        return;
+        return 'repaired';
       }
-      assert.ok(!returned, `repair returned, yet there is no pool at ${NEW_DIR}: ${state.why}`);
-      count(tally, 'no pool, then repaired again');
-      await again('repair', repairPool(DAMAGED, NEW_DIR, { fileSystem: fs }));
+      assert.ok(!marks.includes(RETURNED), `repair returned, yet there is no pool at ${NEW_DIR}: ${state.why}`);
+      await runAgain('repair', repairPool(DAMAGED, NEW_DIR, { fileSystem: fs }));
       await assertRepaired(fs, NEW_DIR);
+      return 'no pool, then repaired again';
     },
-  );
+  });
 });
 
 test('a power cut at any event of check --repair leaves the damaged pool or the whole repaired one, and check --repair runs again', async (t) => {
-  await runSuite(
-    t,
-    'check --repair in place',
-    async (fs) => {
-      const report = await checkAndRepairPool(DAMAGED, { fileSystem: fs });
-      assert.ok(report.ok, 'check --repair repairs the pool');
-    },
-    async (fs, returned, damagedProblems, tally) => {
+  await runFsCampaignTest(t, {
+    suite: 'repair-fs-crash',
+    seedCount: SEED_COUNT,
+    title: 'check --repair in place',
+    base: await makeDamagedBase(),
+    workload: (fs) =>
+      damagedWorkload(fs, async () => {
+        const report = await checkAndRepairPool(DAMAGED, { fileSystem: fs });
+        assert.ok(report.ok, 'check --repair repairs the pool');
+      }),
+    recover: async (fs, marks) => {
       const problems = await problemsOf(fs, DAMAGED);
+      let outcome = 'repaired';
       if (problems.length > 0) {
-        assert.ok(!returned, `check --repair returned, yet the pool has problems: ${problems.join('; ')}`);
+        assert.ok(!marks.includes(RETURNED), `check --repair returned, yet the pool has problems: ${problems.join('; ')}`);
         assert.deepEqual(problems, damagedProblems, 'before the swap, the damaged pool is as it was');
-        count(tally, 'damaged, then repaired again');
-        const report = await again('check --repair', checkAndRepairPool(DAMAGED, { fileSystem: fs }));
+        const report = await runAgain('check --repair', checkAndRepairPool(DAMAGED, { fileSystem: fs }));
         assert.ok(report.ok, 'check --repair run again repairs the pool');
-      } else {
-        count(tally, 'repaired');
+        outcome = 'damaged, then repaired again';
       }
       await assertRepaired(fs, DAMAGED);
+      return outcome;
     },
-  );
+  });
 });

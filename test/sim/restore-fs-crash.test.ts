@@ -19,17 +19,13 @@ import assert from 'node:assert/strict';
 import { isThinError } from '../../src/errors.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { restorePool } from '../../src/tools/restore.ts';
-import { campaignTestSeeds, runCampaigns } from './crash-harness.ts';
 import { BLOCK_SIZE_BYTES, DATA_BLOCK_COUNT, METADATA_SIZE_BYTES, SIM_POOL_CREATE_OPTIONS } from './pool-bases.ts';
-import { POOLS_DIR, judgePoolDir, makeFsBase, runFsCampaign, type FsBase } from './fs-campaign.ts';
+import { POOLS_DIR, judgePoolDir, makeFsBase, newPoolCampaign } from './fs-campaign.ts';
 import { SimFs } from './sim-fs.ts';
 import { SimMachine } from './sim-disk.ts';
 
-const SEED_COUNT = Number(process.env['THINBD_RESTORE_FS_SEEDS'] ?? 1);
-const VARIANTS_PER_POINT = 4;
-const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261206);
+const SEED_COUNT = Number(process.env['THINBD_RESTORE_FS_SEEDS'] ?? 2);
 const DIR = `${POOLS_DIR}/restored`;
-const RESTORED = 'restore returned';
 
 const XML = [
   `<superblock uuid="" time="3" transaction="9" flags="0" version="2" data_block_size="${BLOCK_SIZE_BYTES / 512}" nr_data_blocks="${DATA_BLOCK_COUNT}">`,
@@ -50,66 +46,20 @@ function restore(fs: SimFs, dir: string): Promise<unknown> {
   return restorePool([XML], { dir, data: { sizeBytes: DATA_BLOCK_COUNT * BLOCK_SIZE_BYTES }, metadataSizeBytes: METADATA_SIZE_BYTES, fileSystem: fs });
 }
 
-interface Tally {
-  recovered: number;
-  none: number;
-  restored: number;
-  distinctStates: number;
-}
-
-/** One campaign per seed of restore into DIR on `base`; returns the totals. */
-async function campaign(suite: string, base: FsBase, name: string, tally: Tally): Promise<{ seeds: number[]; replaying: boolean; totals: Awaited<ReturnType<typeof runCampaigns>> }> {
-  const { seeds: listed, replaying } = campaignTestSeeds(suite, ROOT_SEED, SEED_COUNT);
-  const seeds = [...new Set(listed)];
-  const totals = await runCampaigns(seeds, async (seed) => {
-    const result = await runFsCampaign({
-      seed,
-      name,
-      base,
-      budget: VARIANTS_PER_POINT,
-      workload: async (fs) => {
-        await restore(fs, DIR);
-        fs.machine.mark(RESTORED);
-      },
-      recover: async (fs, marks) => {
-        const state = await judgePoolDir(fs, DIR);
-        if (state.kind === 'pool') {
-          assert.deepEqual(state.volumes, RESTORED_VOLUMES, 'the pool at DIR is the restored one');
-          tally.restored += 1;
-          return;
-        }
-        assert.ok(!marks.includes(RESTORED), `restore returned, yet there is no pool at ${DIR}: ${state.why}`);
-        const left = fs.kind(DIR) === 'directory' ? fs.list(DIR) : [];
-        assert.ok(fs.kind(DIR) === undefined || (fs.kind(DIR) === 'directory' && left.length === 0), `no pool, and ${DIR} is not an empty directory (${left.join(', ')})`);
-        tally.none += 1;
-        await restore(fs, DIR).catch((error: unknown) => {
-          throw new Error(`restore run again after the cut failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
-        });
-        const again = await judgePoolDir(fs, DIR);
-        assert.deepEqual(again.kind === 'pool' ? again.volumes : again, RESTORED_VOLUMES, 'restore run again gives the restored pool');
-      },
-    });
-    tally.distinctStates += result.distinctStates;
-    tally.recovered += result.recovered;
-    return { ...result, compoundStates: 0 };
-  });
-  return { seeds, replaying, totals };
-}
-
-for (const { suite, title, base } of [
-  { suite: 'restore-fs-crash', title: 'into a new directory', base: () => makeFsBase(async () => undefined) },
-  { suite: 'restore-fs-crash', title: 'into an existing empty directory', base: () => makeFsBase(async (fs) => void fs.makeDirectory(DIR)) },
+for (const { title, base } of [
+  { title: 'restore into a new directory', base: () => makeFsBase(async () => undefined) },
+  { title: 'restore into an existing empty directory', base: () => makeFsBase(async (fs) => void fs.makeDirectory(DIR)) },
 ]) {
-  test(`a power cut at any event of restore ${title} leaves no pool or the whole restored one, and restore runs again`, async (t) => {
-    const tally: Tally = { recovered: 0, none: 0, restored: 0, distinctStates: 0 };
-    const { seeds, replaying, totals } = await campaign(suite, await base(), `restore ${title}`, tally);
-    t.diagnostic(
-      `restore ${title}: ${seeds.length} runs, ${totals.eventCount} events, ${totals.distinctCrashPointCount} distinct crash points, ` +
-        `${tally.distinctStates} distinct crash states (disks and directory), ${tally.recovered} recovered (${tally.none} no pool, then restored again; ` +
-        `${tally.restored} restored) in ${(totals.durationMs / 1000).toFixed(1)} s`,
-    );
-    if (totals.failures.length > 0) assert.fail(`${totals.failures.length} of ${seeds.length} runs failed:\n\n${totals.failures.join('\n\n')}`);
-    if (!replaying) assert.ok(tally.none > 0 && tally.restored > 0, 'crashes landed on both sides of the rename');
+  test(`a power cut at any event of ${title} leaves no pool or the whole restored one, and restore runs again`, async (t) => {
+    await newPoolCampaign(t, {
+      suite: 'restore-fs-crash',
+      seedCount: SEED_COUNT,
+      title,
+      base: await base(),
+      dir: DIR,
+      expected: RESTORED_VOLUMES,
+      command: (fs) => restore(fs, DIR),
+    });
   });
 }
 
@@ -121,7 +71,7 @@ test('restore onto an existing pool is refused before it writes or names anythin
     await volume.write(0, new Uint8Array(BLOCK_SIZE_BYTES).fill(7));
     await pool.close();
   });
-  const machine = new SimMachine({ seed: ROOT_SEED, images: base.images });
+  const machine = new SimMachine({ seed: 20261206, images: base.images });
   const fs = new SimFs(machine, base.tree);
   await assert.rejects(restore(fs, existing), (error) => isThinError(error, 'THIN_EXISTS'));
   // No event: no write, sync or directory operation a power cut could catch half done.
