@@ -92,6 +92,8 @@ export interface PoolViewOptions {
    * the newest whose superblock and metadata space map do.
    */
   validateRoots?: boolean;
+  /** What opens a pool directory (default node:fs). */
+  fileSystem?: FileSystem;
 }
 
 export class PoolView {
@@ -122,7 +124,7 @@ export class PoolView {
    */
   static async open(target: ViewTarget, options: PoolViewOptions = {}): Promise<PoolView> {
     if (isPinned(target)) return PoolView.#openPinned(target);
-    const { files, release } = await openReadOnly(target);
+    const { files, release } = await openReadOnly(target, options.fileSystem);
     try {
       const { tm, payload, report } = await TransactionManager.open(files.metadata, {
         readOnly: true,
