@@ -1,12 +1,11 @@
 // The simulated file system's model (sim-fs.ts): entries pending until their directory's sync,
 // a rename that leaves the old or the new name, directories that keep their identity through a
-// rename, and the real implementation's helper that syncs the parents of directories it makes.
+// rename, and the FileSystem contract (test/io/file-system.conformance.ts) the node:fs one passes too.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { makeDurableDirectory, nodeFileSystem } from '../../src/io/file-system.ts';
+import { makeDurableDirectory } from '../../src/io/file-system.ts';
+import { fileSystemConformance } from '../io/file-system.conformance.ts';
 import { SimFs } from './sim-fs.ts';
 import { SimMachine } from './sim-disk.ts';
 
@@ -78,26 +77,10 @@ test('makeDurableDirectory syncs the parent of every directory it makes', () => 
   assert.equal(makeDurableDirectory(sim, '/d/a/b', { recursive: true }), false, 'an existing directory is not made again');
 });
 
-test('the node:fs implementation names kinds, lists, links, renames and syncs directories', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'thinbd-fs-'));
-  try {
-    const real = nodeFileSystem;
-    assert.equal(makeDurableDirectory(real, path.join(dir, 'a', 'b'), { recursive: true }), true);
-    assert.equal((fs.statSync(path.join(dir, 'a', 'b')).mode & 0o777), 0o700);
-    const file = await real.createFile(path.join(dir, 'a', 'f'), { sizeBytes: 4096 });
-    await file.close();
-    real.link(path.join(dir, 'a', 'f'), path.join(dir, 'a', 'g'));
-    real.symlink(path.join(dir, 'a', 'g'), path.join(dir, 'a', 'l'));
-    real.rename(path.join(dir, 'a', 'g'), path.join(dir, 'a', 'b', 'g'));
-    real.syncDirectory(path.join(dir, 'a'));
-    assert.deepEqual(real.list(path.join(dir, 'a')), ['b', 'f', 'l']);
-    assert.equal(real.kind(path.join(dir, 'a', 'l')), undefined, 'a link whose target moved leads nowhere');
-    assert.equal(real.kind(path.join(dir, 'a', 'l'), { noFollow: true }), 'symlink');
-    assert.equal(real.kind(path.join(dir, 'a', 'b', 'g')), 'file');
-    assert.equal(real.realpath(path.join(dir, 'a', 'b', 'g')), fs.realpathSync(path.join(dir, 'a', 'b', 'g')));
-    real.remove(path.join(dir, 'a'), { recursive: true });
-    assert.equal(real.kind(path.join(dir, 'a')), undefined);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+fileSystemConformance({
+  name: 'the simulated file system',
+  make: async () => {
+    const sim = new SimFs(new SimMachine({ seed: 3 }), new Map([['/work', SimFs.directory(1)]]));
+    return { fileSystem: sim, root: '/work', cleanup: async () => sim.machine.kill() };
+  },
 });
