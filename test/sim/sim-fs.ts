@@ -67,9 +67,11 @@ function applyOp(tree: SimTree, op: EntryOp): void {
       for (const key of [...tree.keys()]) if (key === op.path || key.startsWith(`${op.path}/`)) tree.delete(key);
       return;
     case 'rename': {
+      // A source whose own entry is not in this tree (its create was lost at the cut) is not
+      // renamed: entries under it stay where they were, unreachable.
+      if (!tree.has(op.from)) return;
       const moved: Array<[string, SimEntry]> = [];
       for (const [key, entry] of tree) if (key === op.from || key.startsWith(`${op.from}/`)) moved.push([key, entry]);
-      if (moved.length === 0) return; // the source never became durable: nothing to move
       for (const key of [...tree.keys()]) if (key === op.to || key.startsWith(`${op.to}/`)) tree.delete(key);
       for (const [key] of moved) tree.delete(key);
       for (const [key, entry] of moved) tree.set(op.to + key.slice(op.from.length), entry);
