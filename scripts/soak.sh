@@ -4,14 +4,16 @@
 # environment variable it reads; seeds are fresh per run (the root seed is printed) unless set.
 #   npm run fuzz              the NBD fuzzer, THINBD_FUZZ_INPUTS inputs (default 1,000,000)
 #   npm run soak              the fuzzer and every crash campaign, sized up
-#   npm run soak -- PART...   some of: fuzz nbd-crash scale-crash mutants
+#   npm run soak -- PART...   some of: fuzz nbd-crash scale-crash mutants fs-crash
 # Sizes: THINBD_FUZZ_INPUTS, THINBD_NBD_SESSIONS (default 2000), THINBD_SCALE_SEEDS (default 20)
-# and THINBD_SCALE_POINTS (default 200); THINBD_ROOT_SEED fixes the campaigns' seeds.
+# and THINBD_SCALE_POINTS (default 200), THINBD_CREATE_FS_SEEDS, THINBD_RESTORE_FS_SEEDS,
+# THINBD_REPAIR_FS_SEEDS, THINBD_UNPACK_FS_SEEDS and THINBD_UNPACK_FS_POINTS (default 20, 10, 10,
+# 10, 200); THINBD_ROOT_SEED fixes the campaigns' seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 parts=("$@")
-[ "${#parts[@]}" -eq 0 ] && parts=(fuzz nbd-crash scale-crash mutants)
+[ "${#parts[@]}" -eq 0 ] && parts=(fuzz nbd-crash scale-crash mutants fs-crash)
 root_seed=${THINBD_ROOT_SEED:-$(( (RANDOM << 15 | RANDOM) ))}
 run() { # run FILE: one test file, no per-test time limit
   node --import tsx --test --test-timeout=0 --test-reporter=spec "$1"
@@ -23,7 +25,13 @@ for part in "${parts[@]}"; do
     nbd-crash) THINBD_ROOT_SEED=$root_seed THINBD_NBD_SESSIONS=${THINBD_NBD_SESSIONS:-2000} run test/sim/nbd-crash.test.ts ;;
     scale-crash) THINBD_ROOT_SEED=$root_seed THINBD_SCALE_SEEDS=${THINBD_SCALE_SEEDS:-20} THINBD_SCALE_POINTS=${THINBD_SCALE_POINTS:-200} run test/sim/scale-crash.test.ts ;;
     mutants) run test/sim/mutants.test.ts ;;
-    *) echo "soak: unknown part $part (fuzz, nbd-crash, scale-crash, mutants)" >&2; exit 2 ;;
+    fs-crash)
+      THINBD_ROOT_SEED=$root_seed THINBD_CREATE_FS_SEEDS=${THINBD_CREATE_FS_SEEDS:-20} run test/sim/create-fs-crash.test.ts
+      THINBD_ROOT_SEED=$root_seed THINBD_RESTORE_FS_SEEDS=${THINBD_RESTORE_FS_SEEDS:-10} run test/sim/restore-fs-crash.test.ts
+      THINBD_ROOT_SEED=$root_seed THINBD_REPAIR_FS_SEEDS=${THINBD_REPAIR_FS_SEEDS:-10} run test/sim/repair-fs-crash.test.ts
+      THINBD_ROOT_SEED=$root_seed THINBD_UNPACK_FS_SEEDS=${THINBD_UNPACK_FS_SEEDS:-10} THINBD_UNPACK_FS_POINTS=${THINBD_UNPACK_FS_POINTS:-200} run test/sim/unpack-fs-crash.test.ts
+      ;;
+    *) echo "soak: unknown part $part (fuzz, nbd-crash, scale-crash, mutants, fs-crash)" >&2; exit 2 ;;
   esac
   echo "soak: $part took $((SECONDS - started)) s (root seed $root_seed)"
 done

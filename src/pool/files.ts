@@ -8,8 +8,8 @@ import path from 'node:path';
 import { ThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { FaultInjectingBlockFile, type FaultRule } from '../io/fault-injection.ts';
-import { FileBlockFile } from '../io/file.ts';
-import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
+import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
+import type { DirectoryLock } from '../io/lock.ts';
 import { MeasuredBlockFile } from '../io/measured.ts';
 import type { HostFigures } from './space-policy.ts';
 
@@ -40,9 +40,9 @@ export const METADATA_FILE_NAME = 'metadata';
 export const DATA_FILE_NAME = 'data';
 
 /** THIN_NOT_FOUND unless DIR holds a pool's metadata and data files: the one wording of "no pool here". */
-export function assertPoolExists(dir: string): void {
+export function assertPoolExists(dir: string, fileSystem: FileSystem = nodeFileSystem): void {
   for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
-    if (!fs.existsSync(path.join(dir, name))) {
+    if (fileSystem.kind(path.join(dir, name)) === undefined) {
       throw new ThinError('THIN_NOT_FOUND', `No pool at ${dir} (no ${name} file there); create one with 'thinbd pool create --pool ${dir}'`);
     }
   }
@@ -52,9 +52,9 @@ export function assertPoolExists(dir: string): void {
  * Takes the lock of an existing pool directory. Nothing is created in a directory until it is
  * known to hold a pool, so a mistyped --pool leaves no lock file behind.
  */
-export function lockPool(dir: string): DirectoryLock {
-  assertPoolExists(dir);
-  return lockDirectory(dir);
+export function lockPool(dir: string, fileSystem: FileSystem = nodeFileSystem): DirectoryLock {
+  assertPoolExists(dir, fileSystem);
+  return fileSystem.lock(dir);
 }
 
 /** Both files of the pool in `dir`, opened under the directory's lock; close them with closePoolDirectory. */
@@ -67,13 +67,15 @@ export interface OpenPoolDirectory {
  * Opens the pool in `dir`: THIN_NOT_FOUND when there is none, THIN_BUSY when another process holds
  * its lock. On any failure nothing stays open or locked.
  */
-export async function openPoolDirectory(dir: string, options: { readOnly: boolean }): Promise<OpenPoolDirectory> {
-  const lock = lockPool(dir);
+export async function openPoolDirectory(dir: string, options: { readOnly: boolean; fileSystem?: FileSystem }): Promise<OpenPoolDirectory> {
+  const fileSystem = options.fileSystem ?? nodeFileSystem;
+  const lock = lockPool(dir, fileSystem);
   const files: Partial<PoolFiles> = {};
   try {
-    files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly: options.readOnly });
-    files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly: options.readOnly });
-    files.host = hostFiguresOf(dir);
+    files.metadata = await fileSystem.openFile(path.join(dir, METADATA_FILE_NAME), { readOnly: options.readOnly });
+    files.data = await fileSystem.openFile(path.join(dir, DATA_FILE_NAME), { readOnly: options.readOnly });
+    // The host's free space is the real file system's: a simulated one has none to report.
+    if (fileSystem === nodeFileSystem) files.host = hostFiguresOf(dir);
     return { files: files as PoolFiles, lock };
   } catch (error) {
     await closePoolFiles(files);
@@ -91,8 +93,8 @@ export async function openPinnedPoolFiles(dir: string): Promise<PoolFiles> {
   assertPoolExists(dir);
   const files: Partial<PoolFiles> = {};
   try {
-    files.metadata = await FileBlockFile.open(path.join(dir, METADATA_FILE_NAME), { readOnly: true });
-    files.data = await FileBlockFile.open(path.join(dir, DATA_FILE_NAME), { readOnly: true });
+    files.metadata = await nodeFileSystem.openFile(path.join(dir, METADATA_FILE_NAME), { readOnly: true });
+    files.data = await nodeFileSystem.openFile(path.join(dir, DATA_FILE_NAME), { readOnly: true });
     return files as PoolFiles;
   } catch (error) {
     await closePoolFiles(files);

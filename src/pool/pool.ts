@@ -9,7 +9,6 @@
 // Management calls (createVolume, snapshot, removeVolume, resizeVolume) change the open
 // transaction only; like writes, they become durable at the next flush() or close(). A snapshot is
 // taken while no request is in flight on its source: it holds the source's whole-volume lock.
-import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError } from '../errors.ts';
 import {
@@ -23,9 +22,8 @@ import {
 } from '../constants.ts';
 import type { FaultRule } from '../io/fault-injection.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { FileBlockFile } from '../io/file.ts';
-import { lockDirectory, type DirectoryLock } from '../io/lock.ts';
-import { makePrivateDirectory } from '../io/private.ts';
+import { makeDurableDirectory, nodeFileSystem, type FileSystem } from '../io/file-system.ts';
+import type { DirectoryLock } from '../io/lock.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, TransactionManager } from '../pdata/index.ts';
 import { DeltaLog, emptyLogPosition } from '../journal/log.ts';
 import { readDeltaLog } from '../journal/replay.ts';
@@ -52,7 +50,7 @@ export type { SpaceStatus } from './space.ts';
 export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 
 export interface PoolCreateOptions
-  extends Pick<PoolOpenOptions, 'commitIntervalMs' | 'commitTimer' | 'deltaLog' | 'now' | 'faultRules' | 'metadataDirtyBlocksMax' | 'mutant'> {
+  extends Pick<PoolOpenOptions, 'fileSystem' | 'commitIntervalMs' | 'commitTimer' | 'deltaLog' | 'now' | 'faultRules' | 'metadataDirtyBlocksMax' | 'mutant'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
   /** The space settings stored in the pool (space-policy.ts); absent ones are defaults. */
@@ -80,6 +78,8 @@ export interface PoolCreateOptions
 
 export interface PoolOpenOptions {
   readOnly?: boolean;
+  /** What opens the pool directory's files (default node:fs); the crash simulator passes its own. */
+  fileSystem?: FileSystem;
   /**
    * Commit this often when something changed, so writes a client never flushes are not held in
    * memory for ever (dm-thin commits every second). Default COMMIT_INTERVAL_MS_DEFAULT for
@@ -207,13 +207,22 @@ function logFileOf(files: PoolFiles, options: Pick<PoolOpenOptions, 'mutant'>): 
   return options.mutant === 'flush-ack-before-metadata-sync' ? new SyncNotAwaitedFile(files.metadata) : files.metadata;
 }
 
-function syncDirectory(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+/** Where create makes the metadata file until the pool is whole (then it is renamed to `metadata`). */
+const METADATA_CREATING_FILE_NAME = `${METADATA_FILE_NAME}.creating`;
+
+/**
+ * A create interrupted by a crash or a kill leaves `metadata.creating` and no `metadata`. Its
+ * files are its own: create refuses to start where `metadata` or `data` exists, and nothing else
+ * makes `metadata.creating`. They are removed, so create runs again where it was cut.
+ */
+function removeInterruptedCreate(fileSystem: FileSystem, dir: string): void {
+  const creatingPath = path.join(dir, METADATA_CREATING_FILE_NAME);
+  if (fileSystem.kind(path.join(dir, METADATA_FILE_NAME), { noFollow: true }) !== undefined) return;
+  if (fileSystem.kind(creatingPath, { noFollow: true }) !== 'file') return;
+  const dataPath = path.join(dir, DATA_FILE_NAME);
+  if (fileSystem.kind(dataPath, { noFollow: true }) === 'file') fileSystem.remove(dataPath);
+  fileSystem.remove(creatingPath);
+  fileSystem.syncDirectory(dir);
 }
 
 export class Pool {
@@ -244,30 +253,46 @@ export class Pool {
   /** Creates DIR with sparse `metadata` and `data` files and a new pool in them (THIN_EXISTS if one is there). */
   static async create(dir: string, options: PoolCreateOptions): Promise<Pool> {
     const { dataBlockCount, metadataBlockCount } = validateCreateOptions(options);
-    makePrivateDirectory(dir, { recursive: true });
-    const lock = lockDirectory(dir);
+    const fileSystem = options.fileSystem ?? nodeFileSystem;
+    // A directory made here is synced into its parent: a pool reported created survives a crash.
+    makeDurableDirectory(fileSystem, dir, { recursive: true });
+    const lock = fileSystem.lock(dir);
     const files: Partial<PoolFiles> = {};
     const created: string[] = [];
+    const metadataPath = path.join(dir, METADATA_FILE_NAME);
+    const creatingPath = path.join(dir, METADATA_CREATING_FILE_NAME);
+    const dataPath = path.join(dir, DATA_FILE_NAME);
     try {
+      removeInterruptedCreate(fileSystem, dir);
       for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
-        if (fs.existsSync(path.join(dir, name))) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir} (it has a ${name} file)`);
+        if (fileSystem.kind(path.join(dir, name)) !== undefined) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir} (it has a ${name} file)`);
       }
-      files.host = hostFiguresOf(dir);
-      const metadataPath = path.join(dir, METADATA_FILE_NAME);
+      if (fileSystem === nodeFileSystem) files.host = hostFiguresOf(dir);
+      // The metadata is made under another name and renamed into place last: a crash part way
+      // leaves no `metadata`, so no half-made pool that nothing opens and create refuses.
       const copies = options.metadataMirror === false ? 1 : 2;
-      files.metadata = await FileBlockFile.create(metadataPath, { sizeBytes: copies * metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
-      created.push(metadataPath);
-      const dataPath = path.join(dir, DATA_FILE_NAME);
-      files.data = await FileBlockFile.create(dataPath, { sizeBytes: dataBlockCount * options.blockSizeBytes });
+      files.metadata = await fileSystem.createFile(creatingPath, { sizeBytes: copies * metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
+      created.push(creatingPath);
+      files.data = await fileSystem.createFile(dataPath, { sizeBytes: dataBlockCount * options.blockSizeBytes });
       created.push(dataPath);
-      const core = await Pool.#format(files as PoolFiles, options, dataBlockCount, metadataBlockCount);
-      // The new files' directory entries must be durable before the pool is reported created.
-      syncDirectory(dir);
+      await Pool.#format(files as PoolFiles, options, dataBlockCount, metadataBlockCount);
+      const failure = await closePoolFiles(files);
+      delete files.metadata;
+      delete files.data;
+      if (failure !== undefined) throw failure;
+      // `data` is durable before `metadata` appears, and `metadata` before the pool is reported created.
+      fileSystem.syncDirectory(dir);
+      fileSystem.rename(creatingPath, metadataPath);
+      created[0] = metadataPath;
+      fileSystem.syncDirectory(dir);
+      files.metadata = await fileSystem.openFile(metadataPath, { readOnly: false });
+      files.data = await fileSystem.openFile(dataPath, { readOnly: false });
+      const core = await Pool.#load(files as PoolFiles, false, options);
       return new Pool(core, lock, commitTimerOf(options, COMMIT_INTERVAL_MS_DEFAULT), options.now);
     } catch (error) {
       await closePoolFiles(files);
       // A half-made pool would be refused by the next create (THIN_EXISTS) and opened by nobody.
-      for (const createdPath of created) fs.rmSync(createdPath, { force: true });
+      for (const createdPath of created) fileSystem.remove(createdPath);
       lock.release();
       throw error;
     }
@@ -276,7 +301,7 @@ export class Pool {
   /** Opens the pool in DIR, taking its lock (THIN_BUSY if another process holds it). */
   static async open(dir: string, options: PoolOpenOptions = {}): Promise<Pool> {
     const readOnly = options.readOnly === true;
-    const { files, lock } = await openPoolDirectory(dir, { readOnly });
+    const { files, lock } = await openPoolDirectory(dir, { readOnly, ...(options.fileSystem === undefined ? {} : { fileSystem: options.fileSystem }) });
     try {
       const core = await Pool.#load(files, readOnly, options);
       return new Pool(core, lock, commitTimerOf(options, COMMIT_INTERVAL_MS_DEFAULT), options.now);

@@ -22,6 +22,7 @@
 // their mapping trees), the bad ranges, the data reference counts, the metadata reference counts.
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES, PROGRESS_EXTENTS_STEP } from '../constants.ts';
 import type { BlockFile } from '../io/block-file.ts';
+import type { FileSystem } from '../io/file-system.ts';
 import {
   BTREE_BLOCK_TYPES,
   BlockType,
@@ -78,6 +79,8 @@ export interface CheckOptions {
   problemsMax?: number;
   /** Called now and then with mapped blocks walked so far and in all (for a progress bar). */
   onProgress?: (doneBlocks: number, totalBlocks: number) => void;
+  /** What opens a pool directory (default node:fs); the crash simulator passes its own. */
+  fileSystem?: FileSystem;
 }
 
 const PROBLEMS_MAX_DEFAULT = 1000;
@@ -87,7 +90,7 @@ const WARNING_KINDS: ReadonlySet<FindingKind> = new Set(['superblock-copy', 'log
 
 /** Checks the pool in a directory (taking its lock, opening read-only) or on given block files. */
 export async function checkPool(target: string | PoolFiles, options: CheckOptions = {}): Promise<CheckReport> {
-  const opened = await openPoolForTools(target);
+  const opened = await openPoolForTools(target, options.fileSystem === undefined ? {} : { fileSystem: options.fileSystem });
   try {
     return checkOpened(opened, options);
   } finally {

@@ -20,6 +20,7 @@
 import { METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
+import type { FileSystem } from '../io/file-system.ts';
 import { readDeltaLog } from '../journal/replay.ts';
 import { TransactionManager } from '../pdata/index.ts';
 import { decodePoolPayload } from '../pool/codecs.ts';
@@ -64,8 +65,11 @@ function isAllZeros(file: BlockFile, blockNr: number): boolean {
 }
 
 /** Opens the pool for check or repair (see the module comment). The caller closes the view. */
-export async function openPoolForTools(target: string | PoolFiles, options: { release?: () => Promise<void> } = {}): Promise<ToolsOpen> {
-  const opened = await openReadOnly(target);
+export async function openPoolForTools(
+  target: string | PoolFiles,
+  options: { release?: () => Promise<void>; fileSystem?: FileSystem } = {},
+): Promise<ToolsOpen> {
+  const opened = await openReadOnly(target, options.fileSystem);
   const { files } = opened;
   // Block files the caller owns may come with what closes them when the view is closed.
   const release = options.release ?? opened.release;

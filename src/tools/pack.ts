@@ -22,11 +22,12 @@ import { pipeline } from 'node:stream/promises';
 import { createDeflate, createInflate } from 'node:zlib';
 import { METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, PROGRESS_BLOCKS_STEP } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
-import { FileBlockFile } from '../io/file.ts';
+import type { BlockFile } from '../io/block-file.ts';
+import { makeDurableDirectory, nodeFileSystem, type FileSystem } from '../io/file-system.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 import { PoolView, isPinned, type ViewTarget } from './pool-view.ts';
 import { deltaLogBlockNrs } from '../pdata/index.ts';
-import { makePrivateDirectory, openPrivateFile } from '../io/private.ts';
+import { openPrivateFile } from '../io/private.ts';
 
 const MAGIC = 'TBDMPACK';
 const PACK_VERSION = 1;
@@ -112,6 +113,8 @@ export async function packMetadata(target: ViewTarget, outputPath: string, optio
 export interface UnpackOptions {
   /** Data to use when DIR has no data file: an existing file or device (linked), else a new sparse file of the packed size. */
   dataPath?: string;
+  /** What makes DIR and its files (default node:fs); the crash simulator passes its own. */
+  fileSystem?: FileSystem;
 }
 
 export interface UnpackSummary {
@@ -127,13 +130,17 @@ function invalid(inputPath: string, reason: string): ThinError {
 
 /** Unpacks a packed image into DIR/metadata (DIR may hold a data file, but no metadata). */
 export async function unpackMetadata(inputPath: string, dir: string, options: UnpackOptions = {}): Promise<UnpackSummary> {
+  const fileSystem = options.fileSystem ?? nodeFileSystem;
   const metadataPath = path.join(dir, METADATA_FILE_NAME);
-  if (fs.existsSync(metadataPath)) throw new ThinError('THIN_EXISTS', `${dir} already holds pool metadata; unpack writes a new pool's`);
-  const createdDir = makePrivateDirectory(dir, { recursive: true });
+  if (fileSystem.kind(metadataPath) !== undefined) throw new ThinError('THIN_EXISTS', `${dir} already holds pool metadata; unpack writes a new pool's`);
+  const createdDir = makeDurableDirectory(fileSystem, dir, { recursive: true });
+  // An unpack cut short (a crash, a kill) left its metadata under a temporary name: only unpack
+  // makes such names, and with no metadata in DIR nothing else can be using them.
+  for (const name of fileSystem.list(dir)) if (name.startsWith(`${METADATA_FILE_NAME}.tmp-`)) fileSystem.remove(path.join(dir, name));
   const temporary = path.join(dir, `${METADATA_FILE_NAME}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   const dataPath = path.join(dir, DATA_FILE_NAME);
   let createdData: 'linked' | 'created' | undefined;
-  let file: FileBlockFile | undefined;
+  let file: BlockFile | undefined;
   try {
     const input = fs.createReadStream(inputPath);
     const headerChunks: Buffer[] = [];
@@ -182,14 +189,32 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
         throw invalid(inputPath, `metadata block count ${metadataBlockCount} is out of range`);
       }
       const dataSizeBytes = Number(bytes.readBigUInt64LE(24));
-      file = await FileBlockFile.create(temporary, { sizeBytes: metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
-      if (!fs.existsSync(dataPath)) {
+      file = await fileSystem.createFile(temporary, { sizeBytes: metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
+      if (fileSystem.kind(dataPath) === undefined) {
         if (options.dataPath !== undefined) {
-          fs.symlinkSync(path.resolve(options.dataPath), dataPath);
+          fileSystem.symlink(path.resolve(options.dataPath), dataPath);
           createdData = 'linked';
         } else {
-          await (await FileBlockFile.create(dataPath, { sizeBytes: dataSizeBytes })).close();
+          // Its size is made durable like its name: a crash must not leave a pool whose data file is cut short.
+          const data = await fileSystem.createFile(dataPath, { sizeBytes: dataSizeBytes });
+          try {
+            await data.sync();
+          } finally {
+            await data.close();
+          }
           createdData = 'created';
+        }
+      } else {
+        // A data file shorter than the packed pool's (one an interrupted unpack made, whose size
+        // was lost with the power) would read past its end as zeros: it is grown to size, durably.
+        const data = await fileSystem.openFile(dataPath, { readOnly: false });
+        try {
+          if (data.sizeBytes() < dataSizeBytes) {
+            await data.grow(dataSizeBytes);
+            await data.sync();
+          }
+        } finally {
+          await data.close();
         }
       }
     };
@@ -223,20 +248,22 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
     await file!.sync();
     await file!.close();
     file = undefined;
-    fs.renameSync(temporary, metadataPath); // F-PACK-6
+    fileSystem.rename(temporary, metadataPath); // F-PACK-6
     try {
-      const view = await PoolView.open(dir);
+      const view = await PoolView.open(dir, { fileSystem });
       await view.close();
     } catch (error) {
-      fs.rmSync(metadataPath, { force: true });
+      fileSystem.remove(metadataPath);
       throw error;
     }
+    // The new names (metadata, a data file or link) are durable before unpack reports the pool made.
+    fileSystem.syncDirectory(dir);
     return { metadataBlockCount, liveBlockCount: records, data: createdData ?? 'existing' };
   } catch (error) {
     await file?.close().catch(() => undefined);
-    fs.rmSync(temporary, { force: true });
-    if (createdData !== undefined) fs.rmSync(dataPath, { force: true });
-    if (createdDir) fs.rmSync(dir, { recursive: true, force: true });
+    fileSystem.remove(temporary);
+    if (createdData !== undefined) fileSystem.remove(dataPath);
+    if (createdDir) fileSystem.remove(dir, { recursive: true });
     throw error;
   }
 }

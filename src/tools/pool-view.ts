@@ -19,6 +19,7 @@ import {
   type PoolPayload,
   type VolumeDetails,
 } from '../pool/codecs.ts';
+import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
 import { closePoolFiles, openPinnedPoolFiles, openPoolDirectory, type PoolFiles } from '../pool/files.ts';
 import { deviceReadCodec, extentReadCodec, validatePayloadRoots } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
@@ -52,9 +53,12 @@ export function isPinned(target: ViewTarget): target is PinnedTarget {
  * A pool's files opened read-only: a directory's under its lock (released, and the files closed,
  * by `release`), or block files the caller owns (release does nothing).
  */
-export async function openReadOnly(target: string | PoolFiles): Promise<{ files: PoolFiles; release: () => Promise<void> }> {
+export async function openReadOnly(
+  target: string | PoolFiles,
+  fileSystem: FileSystem = nodeFileSystem,
+): Promise<{ files: PoolFiles; release: () => Promise<void> }> {
   if (typeof target !== 'string') return { files: target, release: async () => undefined };
-  const { files, lock } = await openPoolDirectory(target, { readOnly: true });
+  const { files, lock } = await openPoolDirectory(target, { readOnly: true, fileSystem });
   let released = false;
   return {
     files,
@@ -88,6 +92,8 @@ export interface PoolViewOptions {
    * the newest whose superblock and metadata space map do.
    */
   validateRoots?: boolean;
+  /** What opens a pool directory (default node:fs). */
+  fileSystem?: FileSystem;
 }
 
 export class PoolView {
@@ -118,7 +124,7 @@ export class PoolView {
    */
   static async open(target: ViewTarget, options: PoolViewOptions = {}): Promise<PoolView> {
     if (isPinned(target)) return PoolView.#openPinned(target);
-    const { files, release } = await openReadOnly(target);
+    const { files, release } = await openReadOnly(target, options.fileSystem);
     try {
       const { tm, payload, report } = await TransactionManager.open(files.metadata, {
         readOnly: true,

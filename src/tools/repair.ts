@@ -20,12 +20,11 @@
 // device, past a volume's end or overlapping an earlier one. When no superblock generation opens
 // there is nothing to start from: repair says so, unless it is given the data block size, with
 // which it finds the newest generation's roots by scanning the metadata (superblock-scan.ts).
-import fs from 'node:fs';
 import path from 'node:path';
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { FileBlockFile } from '../io/file.ts';
+import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
 import { BlockType, TreeWalker, type ValueCodec, type WalkVisitor } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -44,7 +43,7 @@ import { openPoolForTools, type FindingKind } from './open.ts';
 import { PoolView, openReadOnly } from './pool-view.ts';
 import type { Problem } from './problem.ts';
 import { deviceReadCodec, extentReadCodec } from '../pool/trees.ts';
-import { buildPool, syncDirectory, type RestoredVolume } from './restore.ts';
+import { buildPool, type RestoredVolume } from './restore.ts';
 
 /** What repair could not carry over: where, and a sentence (the same shape as check's problems). */
 export type RepairLoss = Problem;
@@ -69,6 +68,8 @@ export interface RepairOptions {
    * new directory only.
    */
   blockSizeBytes?: number;
+  /** What opens and makes pool directories and files (default node:fs); the crash simulator passes its own. */
+  fileSystem?: FileSystem;
 }
 
 function range(begin: number | undefined, end: number | undefined): string {
@@ -83,8 +84,13 @@ function range(begin: number | undefined, end: number | undefined): string {
  * up first, e.g. with thinbd pool status). When no generation opens, the trees are found by
  * scanning the metadata (superblock-scan.ts), given the data block size.
  */
-async function openSource(sourceDir: string, lost: RepairLoss[], scan?: { blockSizeBytes: number; scratchDir: string }): Promise<PoolView> {
-  const opened = await openPoolForTools(sourceDir);
+async function openSource(
+  fileSystem: FileSystem,
+  sourceDir: string,
+  lost: RepairLoss[],
+  scan?: { blockSizeBytes: number; scratchDir: string },
+): Promise<PoolView> {
+  const opened = await openPoolForTools(sourceDir, { fileSystem });
   for (const finding of opened.findings) if (LOSS_KINDS.has(finding.kind)) lost.push({ where: finding.where, message: finding.message });
   if (opened.view !== undefined) return opened.view;
   const error = opened.openError;
@@ -98,15 +104,15 @@ async function openSource(sourceDir: string, lost: RepairLoss[], scan?: { blockS
     );
   }
   // The source stays locked and open while its copy is scanned and read.
-  const source = await openReadOnly(sourceDir);
+  const source = await openReadOnly(sourceDir, fileSystem);
   let copy: BlockFile | undefined;
   const release = async (): Promise<void> => {
     await copy?.close().catch(() => undefined);
     await source.release();
   };
   try {
-    fs.mkdirSync(scan.scratchDir);
-    copy = await FileBlockFile.create(path.join(scan.scratchDir, METADATA_FILE_NAME), {
+    fileSystem.makeDirectory(scan.scratchDir);
+    copy = await fileSystem.createFile(path.join(scan.scratchDir, METADATA_FILE_NAME), {
       sizeBytes: scanCopyBlockCount(source.files.metadata) * METADATA_BLOCK_SIZE_BYTES,
     });
     const scanned = await rebuildSuperblock(source.files, copy, scan.blockSizeBytes);
@@ -122,26 +128,28 @@ async function openSource(sourceDir: string, lost: RepairLoss[], scan?: { blockS
 }
 
 async function rebuild(view: PoolView, sourceDir: string, targetDir: string, options: RepairOptions, lost: RepairLoss[]): Promise<RepairReport> {
-  const dataPath = fs.realpathSync(path.join(sourceDir, DATA_FILE_NAME));
+  const fileSystem = options.fileSystem ?? nodeFileSystem;
+  const dataPath = fileSystem.realpath(path.join(sourceDir, DATA_FILE_NAME));
   const metadataSizeBytes = options.metadataSizeBytes ?? view.tm.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES;
   // The space settings come along; the metadata grows as the rebuilt trees need (buildPool).
-  const built = await buildPool({ dir: targetDir, data: { path: dataPath }, metadataSizeBytes, space: view.payload.space }, (visitor) => salvage(view, visitor, lost));
+  const built = await buildPool({ dir: targetDir, data: { path: dataPath }, metadataSizeBytes, space: view.payload.space, fileSystem }, (visitor) => salvage(view, visitor, lost));
   return { dir: built.dir, volumes: built.volumes, mappedBlockCount: built.mappedBlockCount, lost };
 }
 
 /** Rebuilds the pool in sourceDir into a new pool directory targetDir; sourceDir is left as it was. */
 export async function repairPool(sourceDir: string, targetDir: string, options: RepairOptions = {}): Promise<RepairReport> {
+  const fileSystem = options.fileSystem ?? nodeFileSystem;
   const lost: RepairLoss[] = [];
   const scratchDir = `${path.resolve(targetDir)}.scan-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
-    const view = await openSource(sourceDir, lost, options.blockSizeBytes === undefined ? undefined : { blockSizeBytes: options.blockSizeBytes, scratchDir });
+    const view = await openSource(fileSystem, sourceDir, lost, options.blockSizeBytes === undefined ? undefined : { blockSizeBytes: options.blockSizeBytes, scratchDir });
     try {
       return await rebuild(view, sourceDir, targetDir, options, lost);
     } finally {
       await view.close();
     }
   } finally {
-    fs.rmSync(scratchDir, { recursive: true, force: true }); // the scan's copy of the metadata, if one was made
+    fileSystem.remove(scratchDir, { recursive: true }); // the scan's copy of the metadata, if one was made
   }
 }
 
@@ -159,9 +167,9 @@ export interface InPlaceRepairReport extends RepairReport {
  * repair into a new directory (`repairPool`) then.
  */
 export async function repairPoolInPlace(dir: string, options: RepairOptions = {}): Promise<InPlaceRepairReport> {
+  const fileSystem = options.fileSystem ?? nodeFileSystem;
   const metadataPath = path.join(dir, METADATA_FILE_NAME);
-  const stat = fs.lstatSync(metadataPath);
-  if (!stat.isFile()) {
+  if (fileSystem.kind(metadataPath, { noFollow: true }) !== 'file') {
     throw new ThinError(
       'THIN_INVALID',
       `Cannot repair ${dir} in place: its metadata is not a regular file (a device or a link); repair into a new directory with 'thinbd repair --pool ${dir} -o NEWDIR'`,
@@ -171,15 +179,15 @@ export async function repairPoolInPlace(dir: string, options: RepairOptions = {}
   const aside = path.join(dir, `repair-${stamp}`);
   const savedMetadataPath = path.join(dir, `${METADATA_FILE_NAME}.bad-${stamp}`);
   const lost: RepairLoss[] = [];
-  const view = await openSource(dir, lost);
+  const view = await openSource(fileSystem, dir, lost);
   try {
     const report = await rebuild(view, dir, aside, options, lost);
-    fs.linkSync(metadataPath, savedMetadataPath);
-    fs.renameSync(path.join(aside, METADATA_FILE_NAME), metadataPath);
-    syncDirectory(dir);
+    fileSystem.link(metadataPath, savedMetadataPath);
+    fileSystem.rename(path.join(aside, METADATA_FILE_NAME), metadataPath);
+    fileSystem.syncDirectory(dir);
     return { ...report, dir, savedMetadataPath };
   } finally {
-    fs.rmSync(aside, { recursive: true, force: true }); // the new pool's data link and lock file: never the data
+    fileSystem.remove(aside, { recursive: true }); // the new pool's data link and lock file: never the data
     await view.close();
   }
 }
@@ -199,8 +207,9 @@ export interface CheckRepairReport {
 export async function checkAndRepairPool(dir: string, options: CheckOptions & RepairOptions = {}): Promise<CheckRepairReport> {
   const check = await checkPool(dir, options);
   if (check.ok) return { check, ok: true };
-  const repair = await repairPoolInPlace(dir, options.metadataSizeBytes === undefined ? {} : { metadataSizeBytes: options.metadataSizeBytes });
-  const after = await checkPool(dir, options.problemsMax === undefined ? {} : { problemsMax: options.problemsMax });
+  const fileSystem = options.fileSystem === undefined ? {} : { fileSystem: options.fileSystem };
+  const repair = await repairPoolInPlace(dir, { ...fileSystem, ...(options.metadataSizeBytes === undefined ? {} : { metadataSizeBytes: options.metadataSizeBytes }) });
+  const after = await checkPool(dir, { ...fileSystem, ...(options.problemsMax === undefined ? {} : { problemsMax: options.problemsMax }) });
   return { check, repair, after, ok: after.ok };
 }
 

@@ -26,7 +26,6 @@
 // path (the data is reused in place and never copied; removing a failed build removes the link,
 // never its target).
 import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import {
   DATA_BLOCK_SIZE_BYTES_MAX,
@@ -43,7 +42,7 @@ import {
 } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { FileBlockFile } from '../io/file.ts';
+import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
 import { BTree, BlockType, SpaceMap, TransactionManager } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -65,7 +64,6 @@ import type { Extent } from '../pool/ranges.ts';
 import type { DeviceBegin, DumpVisitor, Mapping, SuperblockBegin, VisitResult } from './dump/events.ts';
 import { readThinXml, type XmlReadSummary } from './restore-xml.ts';
 import { ReferenceRuns } from './reference-runs.ts';
-import { makePrivateDirectory } from '../io/private.ts';
 import type { SpaceSettings } from '../pool/space-policy.ts';
 
 export type RestoreData = { path: string } | { sizeBytes: number };
@@ -83,6 +81,8 @@ export interface RestoreOptions {
   metadataSizeBytes?: number;
   /** The space settings the new pool stores (repair carries the damaged pool's); default none (defaults). */
   space?: SpaceSettings;
+  /** What makes the pool's directory and files (default node:fs); the crash simulator passes its own. */
+  fileSystem?: FileSystem;
 }
 
 export interface RestoredVolume {
@@ -123,31 +123,33 @@ export async function buildPool<T>(
   produce: (visitor: DumpVisitor) => Promise<T>,
 ): Promise<Omit<RestoreSummary, 'input'> & { produced: T }> {
   const dir = path.resolve(options.dir);
-  assertNoPool(dir);
+  const fileSystem = options.fileSystem ?? nodeFileSystem;
+  assertNoPool(fileSystem, dir);
   const metadataBlockCount = metadataBlockCountFor(options.metadataSizeBytes);
   const temporary = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  makePrivateDirectory(temporary);
-  const builder = new PoolBuilder(temporary, options.data, metadataBlockCount, options.space ?? {});
+  fileSystem.makeDirectory(temporary);
+  const builder = new PoolBuilder(fileSystem, temporary, options.data, metadataBlockCount, options.space ?? {});
   try {
     const produced = await produce(builder);
     const built = await builder.finish();
-    syncDirectory(temporary);
-    if (fs.existsSync(dir)) fs.rmdirSync(dir); // empty (assertNoPool); rename cannot replace it on every system
-    fs.renameSync(temporary, dir);
-    syncDirectory(path.dirname(dir));
+    fileSystem.syncDirectory(temporary);
+    if (fileSystem.kind(dir) !== undefined) fileSystem.removeDirectory(dir); // empty (assertNoPool); rename cannot replace it on every system
+    fileSystem.rename(temporary, dir);
+    fileSystem.syncDirectory(path.dirname(dir));
     return { dir, ...built, produced };
   } catch (error) {
     await builder.abandon();
-    fs.rmSync(temporary, { recursive: true, force: true });
+    fileSystem.remove(temporary, { recursive: true });
     throw error;
   }
 }
 
-function assertNoPool(dir: string): void {
-  if (!fs.existsSync(dir)) return;
-  if (!fs.statSync(dir).isDirectory()) throw new ThinError('THIN_EXISTS', `${dir} exists and is not a directory`);
-  if (fs.existsSync(path.join(dir, METADATA_FILE_NAME))) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir}`);
-  if (fs.readdirSync(dir).length > 0) throw new ThinError('THIN_EXISTS', `${dir} is not empty; restore creates a new pool directory`);
+function assertNoPool(fileSystem: FileSystem, dir: string): void {
+  const kind = fileSystem.kind(dir);
+  if (kind === undefined) return;
+  if (kind !== 'directory') throw new ThinError('THIN_EXISTS', `${dir} exists and is not a directory`);
+  if (fileSystem.kind(path.join(dir, METADATA_FILE_NAME)) !== undefined) throw new ThinError('THIN_EXISTS', `A pool already exists at ${dir}`);
+  if (fileSystem.list(dir).length > 0) throw new ThinError('THIN_EXISTS', `${dir} is not empty; restore creates a new pool directory`);
 }
 
 function metadataBlockCountFor(metadataSizeBytes: number | undefined): number {
@@ -160,16 +162,6 @@ function metadataBlockCountFor(metadataSizeBytes: number | undefined): number {
     );
   }
   return count;
-}
-
-/** Makes the directory's entries durable (a rename or a new file in it): fsync on the directory itself. */
-export function syncDirectory(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 function randomPoolId(): bigint {
@@ -210,6 +202,7 @@ interface OpenDevice {
 
 /** The event stream's consumer: builds the pool's metadata (see the module comment). */
 class PoolBuilder implements DumpVisitor {
+  readonly #fileSystem: FileSystem;
   readonly #dir: string;
   readonly #data: RestoreData;
   readonly #metadataBlockCount: number;
@@ -229,7 +222,8 @@ class PoolBuilder implements DumpVisitor {
 
   readonly #space: SpaceSettings;
 
-  constructor(dir: string, data: RestoreData, metadataBlockCount: number, space: SpaceSettings) {
+  constructor(fileSystem: FileSystem, dir: string, data: RestoreData, metadataBlockCount: number, space: SpaceSettings) {
+    this.#fileSystem = fileSystem;
     this.#dir = dir;
     this.#data = data;
     this.#metadataBlockCount = metadataBlockCount;
@@ -252,7 +246,7 @@ class PoolBuilder implements DumpVisitor {
     let dataBlockCount = superblock.nrDataBlocks;
     if ('path' in this.#data) {
       const target = path.resolve(this.#data.path);
-      this.#dataFile = await FileBlockFile.open(target);
+      this.#dataFile = await this.#fileSystem.openFile(target, { readOnly: false });
       const needBytes = superblock.nrDataBlocks * blockSizeBytes;
       if (this.#dataFile.sizeBytes() < needBytes) {
         throw new ThinError(
@@ -260,7 +254,7 @@ class PoolBuilder implements DumpVisitor {
           `restore: the data at ${target} holds ${this.#dataFile.sizeBytes()} bytes, less than the ${superblock.nrDataBlocks} blocks of ${blockSizeBytes} bytes the dump's nr_data_blocks needs`,
         );
       }
-      fs.symlinkSync(target, path.join(this.#dir, DATA_FILE_NAME));
+      this.#fileSystem.symlink(target, path.join(this.#dir, DATA_FILE_NAME));
     } else {
       dataBlockCount = Math.floor(this.#data.sizeBytes / blockSizeBytes);
       if (dataBlockCount < superblock.nrDataBlocks) {
@@ -269,9 +263,9 @@ class PoolBuilder implements DumpVisitor {
           `restore: --data-size ${this.#data.sizeBytes} holds ${dataBlockCount} blocks of ${blockSizeBytes} bytes; the dump has nr_data_blocks="${superblock.nrDataBlocks}"`,
         );
       }
-      this.#dataFile = await FileBlockFile.create(path.join(this.#dir, DATA_FILE_NAME), { sizeBytes: dataBlockCount * blockSizeBytes });
+      this.#dataFile = await this.#fileSystem.createFile(path.join(this.#dir, DATA_FILE_NAME), { sizeBytes: dataBlockCount * blockSizeBytes });
     }
-    this.#metadataFile = await FileBlockFile.create(path.join(this.#dir, METADATA_FILE_NAME), {
+    this.#metadataFile = await this.#fileSystem.createFile(path.join(this.#dir, METADATA_FILE_NAME), {
       sizeBytes: this.#metadataBlockCount * METADATA_BLOCK_SIZE_BYTES,
     });
     const tm = TransactionManager.format(this.#metadataFile, { metadataBlockCount: this.#metadataBlockCount, poolId: randomPoolId() });

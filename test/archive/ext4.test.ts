@@ -4,28 +4,25 @@
 // holds exactly its moment's files.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
-import { patternBytes, requireTools, run, startProcess, stopProcess } from '../nbd/helpers.ts';
+import { requireTools, run } from '../nbd/helpers.ts';
+import { BLOCK_DEVICE_TOOLS, assertFiles, assertFsckClean, mixedFiles, sha256, withMount, withNbdDevice, writePatternFiles } from '../nbd/block-device.ts';
 import { thinbd, thinbdJson } from '../cli/run-thinbd.ts';
-import { startServe, type ServeProcess } from '../daemon/serve-process.ts';
+import { startServe } from '../daemon/serve-process.ts';
 
-requireTools('nbdfuse', 'fusermount3', 'losetup', 'mkfs.ext4', 'e2fsck', 'mount', 'umount');
+requireTools(...BLOCK_DEVICE_TOOLS);
 
 const MiB = 1024 * 1024;
 const VOLUME_BYTES = 256 * MiB;
 let work: string;
-const cleanups: Array<() => Promise<unknown>> = [];
 
 before(() => {
   work = mkdtempSync(join(tmpdir(), 'thinbd-archive-ext4-'));
 });
 
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
+after(() => {
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -35,72 +32,14 @@ function ok(args: string[]): string {
   return result.stdout;
 }
 
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
 /** Serves `pool`, attaches `volume` through nbdfuse + loop, runs `work` on the device, then detaches and stops. */
 async function withDevice(pool: string, volume: string, work: (device: string) => Promise<void>): Promise<void> {
-  const server: ServeProcess = await startServe(pool);
-  cleanups.push(() => server.stop());
-  const fuseDir = mkdtempSync(join(tmpdir(), 'thinbd-fuse-'));
-  const diskFile = join(fuseDir, 'disk');
-  const fuse: { child: ChildProcess; output: () => string } = startProcess('nbdfuse', [diskFile, server.uri(volume)]);
-  let device: string | undefined;
-  const detach = async () => {
-    if (device !== undefined) await run('losetup', ['-d', device], { allowFailure: true });
-    await run('fusermount3', ['-u', fuseDir], { allowFailure: true });
-    await stopProcess(fuse.child);
-    rmSync(fuseDir, { recursive: true, force: true });
-  };
-  cleanups.push(detach);
+  const server = await startServe(pool);
   try {
-    await waitFor(() => existsSync(diskFile) && statSync(diskFile).size === VOLUME_BYTES, `nbdfuse for ${volume} (${fuse.output()})`);
-    device = (await run('losetup', ['-f', '--show', diskFile])).stdout.trim();
-    assert.match(device, /^\/dev\/loop\d+$/);
-    await work(device);
+    await withNbdDevice(server.uri(volume), { sizeBytes: VOLUME_BYTES }, work);
   } finally {
-    await detach();
     await server.stop();
   }
-}
-
-async function withMount(device: string, work: (dir: string) => Promise<void> | void): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'thinbd-mnt-'));
-  await run('mount', [device, dir]);
-  const unmount = async () => {
-    await run('umount', [dir], { allowFailure: true });
-    rmSync(dir, { recursive: true, force: true });
-  };
-  cleanups.push(unmount);
-  try {
-    await work(dir);
-  } finally {
-    await unmount();
-  }
-}
-
-function sha256(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
-
-function writeFiles(root: string, seed: number, count: number, files: Map<string, string>): void {
-  mkdirSync(join(root, 'd'), { recursive: true });
-  for (let index = 0; index < count; index += 1) {
-    const name = join('d', `f${seed}-${index}`);
-    const bytes = patternBytes([0, 1, 4095, 4096, 70_000, 1 * MiB + 7, 3 * MiB][index % 7]!, seed * 100 + index);
-    writeFileSync(join(root, name), bytes);
-    files.set(name, sha256(bytes));
-  }
-}
-
-function assertFiles(root: string, expected: Map<string, string>, absent: string[]): void {
-  for (const [name, digest] of expected) assert.equal(sha256(readFileSync(join(root, name))), digest, name);
-  for (const name of absent) assert.equal(existsSync(join(root, name)), false, `${name} should not exist`);
 }
 
 test('ext4: pack, change files, pack --delta-from, unpack both into another pool: fsck clean, files match', async () => {
@@ -112,10 +51,10 @@ test('ext4: pack, change files, pack --delta-from, unpack both into another pool
   ok(['create', '--pool', source, 'fs', '--size', String(VOLUME_BYTES)]);
   ok(['archive', 'init', '--store', store]);
 
-  const first = new Map<string, string>();
+  let first = new Map<string, string>();
   await withDevice(source, 'fs', async (device) => {
     await run('mkfs.ext4', ['-q', '-F', device]);
-    await withMount(device, (dir) => writeFiles(dir, 1, 21, first));
+    first = await withMount(device, (dir) => writePatternFiles(dir, mixedFiles(1, 21), 100));
   });
   ok(['snapshot', '--pool', source, 'fs', 'fs.1', '--read-only']);
   const full = thinbdJson<{ bytesRead: number; mappedBytes: number }>(['archive', 'pack', '--pool', source, 'fs.1', '--store', store, '--name', 'fs.1']);
@@ -124,8 +63,8 @@ test('ext4: pack, change files, pack --delta-from, unpack both into another pool
   const second = new Map(first);
   const removed = [join('d', 'f1-3'), join('d', 'f1-10')];
   await withDevice(source, 'fs', async (device) => {
-    await withMount(device, (dir) => {
-      writeFiles(dir, 2, 7, second);
+    await withMount(device, async (dir) => {
+      for (const [name, digest] of await writePatternFiles(dir, mixedFiles(2, 7), 200)) second.set(name, digest);
       for (const name of removed) {
         rmSync(join(dir, name));
         second.delete(name);
@@ -146,8 +85,7 @@ test('ext4: pack, change files, pack --delta-from, unpack both into another pool
     ['r2', second, removed],
   ] as const) {
     await withDevice(target, volume, async (device) => {
-      const fsck = await run('e2fsck', ['-fn', device], { allowFailure: true });
-      assert.equal(fsck.code, 0, `e2fsck of ${volume}:\n${fsck.stdout}${fsck.stderr}`);
+      await assertFsckClean(device);
       await withMount(device, (dir) => assertFiles(dir, expected, absent));
     });
   }

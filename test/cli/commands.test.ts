@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
-import { buildProgram } from '../../src/cli/main.ts';
+import { COMMAND_GROUPS, buildProgram } from '../../src/cli/main.ts';
 import type { Reporter } from '../../src/cli/report.ts';
 import { THINBD, thinbd, type RunResult } from './run-thinbd.ts';
 import { tarArchive } from '../image/tar-writer.ts';
@@ -119,15 +119,29 @@ function leafCommands(command: Command, prefix: string[] = []): Array<{ words: s
   return subcommands.flatMap((sub) => leafCommands(sub, [...prefix, sub.name()]));
 }
 
-test('the table lists every command, and says which take --pool and --json', () => {
-  const silent: Reporter = { out: () => undefined, json: () => undefined, note: () => undefined, error: () => undefined, isTerminal: false };
-  const leaves = leafCommands(buildProgram(silent));
+const silent: Reporter = { out: () => undefined, json: () => undefined, note: () => undefined, error: () => undefined, isTerminal: false };
+
+test('the table lists every command, and says which take --pool and --json', async () => {
+  const leaves = leafCommands(await buildProgram(silent));
   assert.deepEqual(leaves.map((leaf) => leaf.words.join(' ')).sort(), TABLE.map((row) => row.command.join(' ')).sort());
   for (const leaf of leaves) {
     const row = TABLE.find((entry) => entry.command.join(' ') === leaf.words.join(' '))!;
     assert.equal(leaf.options.includes('--pool'), row.pool !== 'none', `${leaf.words.join(' ')}: --pool`);
     assert.equal(leaf.options.includes('--json'), row.json !== undefined, `${leaf.words.join(' ')}: --json`);
   }
+});
+
+test('a command line loads only its own group of commands, and each group registers the commands it names', async () => {
+  const all = (await buildProgram(silent)).commands.map((command) => command.name());
+  assert.deepEqual(all, COMMAND_GROUPS.flatMap((group) => group.commands), 'the groups in help order, each command once');
+  for (const group of COMMAND_GROUPS) {
+    for (const name of group.commands) {
+      const program = await buildProgram(silent, undefined, [name, '--help']);
+      assert.deepEqual(program.commands.map((command) => command.name()), group.commands, `thinbd ${name}`);
+    }
+  }
+  assert.equal((await buildProgram(silent, undefined, ['--version'])).commands.length, all.length, 'no command named: all of them');
+  assert.equal((await buildProgram(silent, undefined, ['no-such-command'])).commands.length, all.length, 'an unknown command: all, for the suggestion');
 });
 
 test('every command that uses a pool fails with exit 1 naming a missing one, and leaves nothing there', async () => {

@@ -6,19 +6,18 @@
 // and a scrub finds nothing more.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { METADATA_BLOCK_COUNT_MIN } from '../../src/constants.ts';
 import type { PoolStatus } from '../../src/pool/pool.ts';
 import type { ScrubReport } from '../../src/pool/pool.ts';
-import { patternBytes, requireTools, run, startProcess, stopProcess } from '../nbd/helpers.ts';
+import { requireTools, run } from '../nbd/helpers.ts';
+import { BLOCK_DEVICE_TOOLS, ext4RoundTrip, withNbdDevice } from '../nbd/block-device.ts';
 import { thinbd } from '../cli/run-thinbd.ts';
 import { startServe, type ServeProcess } from './serve-process.ts';
 
-requireTools('fio', 'nbdfuse', 'fusermount3', 'losetup', 'mkfs.ext4', 'e2fsck', 'mount', 'umount');
+requireTools('fio', ...BLOCK_DEVICE_TOOLS);
 
 const MiB = 1024 * 1024;
 const FS_BYTES = 128 * MiB;
@@ -26,7 +25,6 @@ const METADATA_BLOCKS = 65_536; // --metadata-size 256M: the mirror starts at th
 let work: string;
 let pool: string;
 let server: ServeProcess;
-const cleanups: Array<() => Promise<unknown>> = [];
 
 /** Scattered write-refusing runs of 8 sectors over the first 192 MiB of the data file, live after 2000 I/Os. */
 function rules(): object {
@@ -56,18 +54,9 @@ before(async () => {
 });
 
 after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
   await server?.stop();
   rmSync(work, { recursive: true, force: true });
 });
-
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
 
 function status(): PoolStatus {
   const result = thinbd(['pool', 'status', '--pool', pool, '--json']);
@@ -95,36 +84,8 @@ test('fio verifies every byte over NBD while data sectors go bad under it, and e
   }
 
   // ext4 through nbdfuse and a loop device.
-  const fuseDir = join(work, 'fuse');
-  mkdirSync(fuseDir);
-  const diskFile = join(fuseDir, 'disk');
-  const fuse: { child: ChildProcess; output: () => string } = startProcess('nbdfuse', [diskFile, server.uri('fs')]);
-  cleanups.push(async () => {
-    await run('fusermount3', ['-u', fuseDir], { allowFailure: true });
-    await stopProcess(fuse.child);
-  });
-  await waitFor(() => existsSync(diskFile) && statSync(diskFile).size === FS_BYTES, `nbdfuse (${fuse.output()})`);
-  const device = (await run('losetup', ['-f', '--show', diskFile])).stdout.trim();
-  assert.match(device, /^\/dev\/loop\d+$/);
-  cleanups.push(async () => run('losetup', ['-d', device], { allowFailure: true }));
-  await run('mkfs.ext4', ['-q', '-F', device]);
-  const mnt = join(work, 'mnt');
-  mkdirSync(mnt);
-  await run('mount', [device, mnt]);
-  cleanups.push(async () => run('umount', [mnt], { allowFailure: true }));
-  const digests = new Map<string, string>();
-  for (let index = 0; index < 24; index++) {
-    const bytes = patternBytes([4096, 70_000, 1 * MiB + 7, 3 * MiB][index % 4]!, index);
-    writeFileSync(join(mnt, `f${index}`), bytes);
-    digests.set(`f${index}`, createHash('sha256').update(bytes).digest('hex'));
-  }
-  await run('sync', ['-f', mnt]);
-  await run('umount', [mnt]);
-  const fsck = await run('e2fsck', ['-fn', device], { allowFailure: true });
-  assert.equal(fsck.code, 0, `e2fsck:\n${fsck.stdout}${fsck.stderr}`);
-  await run('mount', [device, mnt]);
-  for (const [name, digest] of digests) assert.equal(createHash('sha256').update(readFileSync(join(mnt, name))).digest('hex'), digest, name);
-  await run('umount', [mnt]);
+  const files = Array.from({ length: 24 }, (_, index) => ({ name: `f${index}`, sizeBytes: [4096, 70_000, 1 * MiB + 7, 3 * MiB][index % 4]! }));
+  await withNbdDevice(server.uri('fs'), { sizeBytes: FS_BYTES }, (device) => ext4RoundTrip(device, files, 0));
 
   const health = status().health;
   assert.ok(health.data.remaps.remaps + health.data.remaps.targetsRefused > 0, `writes were moved off bad sectors: ${JSON.stringify(health.data.remaps)}`);

@@ -52,6 +52,12 @@ const nextMessage = (): Promise<void> => new Promise((resolve) => process.once('
 const problems: string[] = [];
 process.on('unhandledRejection', (reason) => problems.push(`unhandled rejection: ${String(reason)}`));
 process.on('uncaughtException', (error) => problems.push(`uncaught exception: ${error.stack ?? error.message}`));
+// The parent disconnects once it has the result, or because it ended (a failed or stopped test run):
+// either way nothing is left to do, and a worker must not go on fuzzing for a parent that is gone.
+// The lanes run on in-memory streams and can keep the event loop from polling for the disconnect,
+// so they also look at the parent's PID (the test's process; 1 or a subreaper once it is gone).
+process.once('disconnect', () => process.exit(0));
+const parentPid = process.ppid;
 
 /**
  * An export under another name (a read-only view of a volume), counting the calls in flight so
@@ -261,6 +267,7 @@ const runLane = async (laneIndex: number): Promise<void> => {
         `session saved as ${saved}.input and .output; input: ${input.toString('hex').slice(0, 2000)}\noutput: ${output.toString('hex').slice(0, 2000)}`;
     }
     done++;
+    if (done % 100 === 0 && process.ppid !== parentPid) process.exit(1);
     if (done % 2000 === 0) heapMaxBytes = Math.max(heapMaxBytes, retainedHeapBytes());
   }
 };
