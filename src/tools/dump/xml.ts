@@ -20,7 +20,7 @@
 //
 // The pool's bad data ranges (events.ts DumpBadRange) travel the same way, one comment each
 // inside <superblock> after the last device, for the same reason (an element would fail
-// thin_restore 0.9.0; test/tools/dump-writers.test.ts restores such a dump with thin_restore):
+// thin_restore 0.9.0 and 1.x; test/tools/bad-ranges.test.ts restores such a dump with thin_restore):
 //
 //   <!-- thinbd:bad-range {"beginSector":2048,"lengthSectors":8,"flags":5} -->
 //
