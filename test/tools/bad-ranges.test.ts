@@ -5,8 +5,9 @@
 // the line, and nothing is created.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
+import { METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import { isThinError } from '../../src/errors.ts';
 import type { FaultRule } from '../../src/io/fault-injection.ts';
 import { Pool } from '../../src/pool/pool.ts';
@@ -68,6 +69,17 @@ async function makeFailingPool(dir: string): Promise<DumpBadRange[]> {
   );
   assert.ok((ranges[0]!.flags & BadRangeFlag.writeError) !== 0 && (ranges[1]!.flags & BadRangeFlag.readError) !== 0);
   return ranges;
+}
+
+/** Overwrites a metadata block in both copies of the mirror (its second half): damage the mirror cannot mend. */
+function smash(dir: string, blockNr: number): void {
+  const fd = openSync(path.join(dir, 'metadata'), 'r+');
+  try {
+    const mirrorOffsetBytes = fstatSync(fd).size / 2;
+    for (const base of [0, mirrorOffsetBytes]) writeSync(fd, Buffer.alloc(METADATA_BLOCK_SIZE_BYTES, 0x5a), 0, METADATA_BLOCK_SIZE_BYTES, base + blockNr * METADATA_BLOCK_SIZE_BYTES);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 async function dumpText(dir: string, format: 'xml' | 'json' | 'human'): Promise<string> {
@@ -150,6 +162,24 @@ describe('bad data ranges through dump, restore, repair and metadata pack', () =
     assert.deepEqual(report.lost, []);
     assert.equal(report.badRangeCount, 2);
     await assertCarried(target, ranges, 'repair');
+  });
+
+  test('repair names the bad ranges under an unreadable node of the bad-range tree as lost', async () => {
+    const damaged = scratch.path('damaged');
+    await restorePool([await dumpText(source, 'xml')], { dir: damaged, data: { sizeBytes: DATA_BLOCKS * BLOCK } });
+    const view = await PoolView.open(damaged);
+    const root = view.payload.badRangeRoot ?? 0;
+    await view.close();
+    assert.notEqual(root, 0);
+    smash(damaged, root);
+    const target = scratch.path('repaired-damaged');
+    const report = await repairPool(damaged, target);
+    assert.ok(
+      report.lost.some((loss) => /bad-range tree/.test(`${loss.where}: ${loss.message}`)),
+      `a loss names the bad-range tree: ${JSON.stringify(report.lost)}`,
+    );
+    assert.equal(report.badRangeCount, 0);
+    assert.deepEqual((await checkPool(target)).problems, []);
   });
 
   test('repair in place (check --repair) carries them', async () => {
