@@ -263,7 +263,22 @@ async function runOnce(machine: SimMachine, workload: IoWorkload): Promise<Run> 
     while (ops[index]?.concurrent === true);
     await Promise.all(group);
   }
+  await settle(machine);
   return { pool, errors, succeeded, acknowledgedAfterFault };
+}
+
+/**
+ * Waits until no I/O is in flight for a few turns of the event loop: a commit the pool started on
+ * its own (the dirty-block limit) may still be running when the last op returns, and a sync it
+ * issued fails only when the simulated disk answers (the fault is taken when it is issued).
+ */
+async function settle(machine: SimMachine): Promise<void> {
+  let quietTurns = 0;
+  for (let turn = 0; turn < 100_000 && quietTurns < 3; turn++) {
+    await new Promise((resolve) => setImmediate(resolve));
+    quietTurns = machine.inFlightCount === 0 ? quietTurns + 1 : 0;
+  }
+  assert.ok(quietTurns >= 3, 'the pool kept doing I/O after its last op returned');
 }
 
 interface Totals {
