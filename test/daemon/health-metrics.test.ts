@@ -29,11 +29,7 @@ before(async () => {
   writeFileSync(join(work, 'rules.json'), JSON.stringify(rules));
   server = await startServe(pool, ['--metrics', '127.0.0.1:0', '--inject', join(work, 'rules.json')]);
   // The metrics line follows the ready line, maybe in a later chunk of output.
-  const metricsLine = /Metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/;
-  for (let attempt = 0; attempt < 200 && !metricsLine.test(server.output()); attempt++) await new Promise((resolve) => setTimeout(resolve, 25));
-  const match = metricsLine.exec(server.output());
-  assert.ok(match, server.output());
-  metricsUrl = match[1]!;
+  metricsUrl = (await server.waitForOutput(/Metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/))[1]!;
 });
 after(async () => {
   await server?.stop();
