@@ -425,7 +425,7 @@ export class PoolCore {
   /**
    * Maps target's virtual blocks [targetBlock, +lengthBlocks), which must be unmapped, to the data
    * blocks source maps at [sourceBlock, +lengthBlocks) (a reflink, as FICLONERANGE does between
-   * files): the bytes are shared, their reference counts go up, and source's unmapped blocks stay
+   * files; source may be target, at blocks that do not overlap): the bytes are shared, their reference counts go up, and source's unmapped blocks stay
    * unmapped in target. Returns the blocks shared.
    *
    * Sharing must look like a snapshot to dm-thin's time test (F-POOL-24), for both sides: a write
@@ -439,7 +439,9 @@ export class PoolCore {
   shareBlocks(source: Device, sourceBlock: number, target: Device, targetBlock: number, lengthBlocks: number): number {
     this.assertDeviceWritable(target);
     if (source.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${source.details.name} was removed`);
-    if (source === target) throw new ThinError('THIN_INVALID', `Cannot share blocks of volume ${source.details.name} with itself`);
+    if (source === target && sourceBlock < targetBlock + lengthBlocks && targetBlock < sourceBlock + lengthBlocks) {
+      throw new ThinError('THIN_INVALID', `Cannot share blocks [${sourceBlock}, ${sourceBlock + lengthBlocks}) of volume ${source.details.name} with blocks of itself they overlap`);
+    }
     const runs = this.mappings.blockRuns(source, sourceBlock, sourceBlock + lengthBlocks).filter((run) => run.dataBlock !== undefined);
     if (runs.length === 0) return 0;
     if (this.mappings.blockRuns(target, targetBlock, targetBlock + lengthBlocks).some((run) => run.dataBlock !== undefined)) {

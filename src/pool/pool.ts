@@ -416,7 +416,8 @@ export class Pool {
   /**
    * Maps lengthBytes of `targetName` from targetOffsetBytes, unmapped there, to the data blocks
    * `sourceName` maps from sourceOffsetBytes: the same bytes, stored once, copied on the first
-   * write to either (a reflink between volumes; an image import shares file data this way).
+   * write to either (a reflink between volumes, or between ranges of one volume; an image import
+   * shares file data this way).
    * Offsets and length are whole pool blocks. Returns the bytes shared (unmapped source blocks
    * share nothing).
    */
@@ -434,11 +435,14 @@ export class Pool {
     const sourceBegin = sourceOffsetBytes / bs;
     const targetBegin = targetOffsetBytes / bs;
     const lengthBlocks = lengthBytes / bs;
-    // Locks in volume id order, so two calls sharing each way cannot wait on each other.
+    // Locks in (volume id, block) order, so two calls sharing each way cannot wait on each other.
     const ranges = [
       { id: source.id, begin: sourceBegin },
       { id: target.id, begin: targetBegin },
-    ].sort((a, b) => a.id - b.id);
+    ].sort((a, b) => a.id - b.id || a.begin - b.begin);
+    if (source === target && ranges[0]!.begin + lengthBlocks > ranges[1]!.begin) {
+      throw new ThinError('THIN_INVALID', `Cannot share ${lengthBytes} bytes of volume ${sourceName} with an overlapping range of itself`);
+    }
     this.#core.beginRequest();
     try {
       return await this.#core.locks.with(ranges[0]!.id, ranges[0]!.begin, ranges[0]!.begin + lengthBlocks, () =>

@@ -84,7 +84,22 @@ test('sharing from many sources starts a new pool time once per source, not per 
   await pool.close();
 });
 
-test('sharing into mapped blocks, from a volume to itself, or in part-blocks is refused and changes nothing', async () => {
+test('a volume shares blocks with another range of itself: both ranges keep their bytes through writes', async () => {
+  const { pool } = await memoryPool();
+  const a = await pool.createVolume('a', { sizeBytes: 4 * BLOCK });
+  const bytes = pattern(BLOCK, 5);
+  await a.write(0, bytes);
+  const used = pool.status().dataBlocksUsed;
+  assert.equal(await pool.shareBlocks('a', 0, 'a', 3 * BLOCK, BLOCK), BLOCK);
+  assert.equal(pool.status().dataBlocksUsed, used);
+  await a.write(3 * BLOCK, filled(10, 1));
+  const all = await readAll(pool, 'a');
+  assert.deepEqual(all.subarray(0, BLOCK), bytes);
+  assert.deepEqual(all.subarray(3 * BLOCK + 10, 4 * BLOCK), bytes.subarray(10));
+  await pool.close();
+});
+
+test('sharing into mapped blocks, onto the same range, or in part-blocks is refused and changes nothing', async () => {
   const { pool } = await memoryPool();
   const a = await pool.createVolume('a', { sizeBytes: 2 * BLOCK });
   const b = await pool.createVolume('b', { sizeBytes: 2 * BLOCK });
@@ -92,7 +107,8 @@ test('sharing into mapped blocks, from a volume to itself, or in part-blocks is 
   await b.write(BLOCK, filled(BLOCK, 9));
   const used = pool.status().dataBlocksUsed;
   await assert.rejects(pool.shareBlocks('a', 0, 'b', 0, 2 * BLOCK), code('THIN_INVALID'));
-  await assert.rejects(pool.shareBlocks('a', 0, 'a', BLOCK, BLOCK), code('THIN_INVALID'));
+  await assert.rejects(pool.shareBlocks('a', 0, 'a', BLOCK, 2 * BLOCK), code('THIN_OUT_OF_RANGE'));
+  await assert.rejects(pool.shareBlocks('b', 0, 'b', 0, BLOCK), code('THIN_INVALID'));
   await assert.rejects(pool.shareBlocks('a', 100, 'b', 0, BLOCK), code('THIN_INVALID'));
   await assert.rejects(pool.shareBlocks('a', 0, 'b', 0, 3 * BLOCK), code('THIN_OUT_OF_RANGE'));
   await pool.updateVolume('b', { readOnly: true });
