@@ -107,7 +107,7 @@ function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyContext,
   switch (entry.type) {
     case 'file': {
       const fail = (problem: string): ThinError => invalidEntry(origin, problem);
-      const file = context.data.file(fail);
+      const file = context.data.file(fail, entry.sizeBytes);
       const change = (extents: number[]): TreeChange => (tree) => tree.add(components, attributes, { kind: 'file', sizeBytes: entry.sizeBytes, extents }, origin);
       let reading: void | Promise<void> = undefined;
       if (options.placeOnly === true) file.place(entry.sparseMap ?? [0, entry.storedBytes]);

@@ -7,7 +7,10 @@
 // read-only and labelled. A failure at any point removes what the import made, so the pool is as
 // it was (list and check agree).
 //
-// Images built on the same layers share their data blocks (docs/image.md "Sharing"): after each
+// Images store shared bytes once (docs/image.md "Sharing"), two ways. Every whole pool block of
+// file data is looked up by content among the images already in the pool and, when one holds the
+// same bytes, mapped to that data block instead of written (block-sharing.ts): files in common
+// between any images, flat tars and streams included. And after each
 // layer of a docker/OCI image, a read-only snapshot of the volume so far is kept as a layer volume
 // named after the layers' chain id. File data is laid out in a fixed, deterministic way, so a
 // later image whose first k layers are those finds the layer volume, starts as a snapshot of it,
@@ -24,6 +27,7 @@ import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
 import { applyTar, type ApplyContext, type TreeChange } from './apply.ts';
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
+import { BlockIndex, SharingTarget } from './block-sharing.ts';
 import { ByteInput, type ChunkSource } from './byte-input.ts';
 import { DataStream } from './data-stream.ts';
 import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
@@ -55,7 +59,7 @@ export const IMAGE_LABELS = {
  * The version of the data layout (where each file's data goes): a layer volume is reused only by
  * an import that lays data out the same way.
  */
-export const LAYER_LAYOUT_VERSION = `1-${DATA_BEGIN_BLOCK}`;
+export const LAYER_LAYOUT_VERSION = `2-${DATA_BEGIN_BLOCK}`;
 
 /** The pool block size a dry run rounds to (the pool default). */
 const DRY_RUN_POOL_BLOCK_BYTES = 64 * 1024;
@@ -95,8 +99,12 @@ export interface ImageImportResult {
   fileBytes: number;
   sizeBytes: number;
   sourceBytes: number;
-  /** File data written to the pool (shared layers' data is not written again). */
+  /** File data written to the pool (shared layers' data and shared blocks are not written again). */
   dataBytesWritten: number;
+  /** File data found in the pool (whole pool blocks of other images, or of this one) and shared, not written. */
+  dataBytesShared: number;
+  /** Whole pool blocks of zeros in files, left unmapped. */
+  dataBytesZero: number;
   /** Metadata written to the pool (inodes, directories, bitmaps, superblocks...). */
   metadataBytesWritten: number;
   /** Data blocks of the pool the image's volume maps. */
@@ -188,6 +196,8 @@ class ImageBuild {
   #queue: WriteQueue | undefined;
   #data: DataStream | undefined;
   #buffers: BufferPool | undefined;
+  #sharing: SharingTarget | undefined;
+  #index: BlockIndex | undefined;
   readonly #layerVolumesMade: string[] = [];
   #lastProgressBytes = -1;
 
@@ -243,11 +253,9 @@ class ImageBuild {
         if (this.#volume.sizeBytes !== sizeBytes) await this.#pool.resizeVolume(temporary, sizeBytes);
       }
       this.#temporary = temporary;
-      const volume = this.#volume;
-      target = {
-        write: (offsetBytes, bytes) => volume.write(offsetBytes, bytes),
-        discard: (offsetBytes, lengthBytes) => volume.discard(offsetBytes, lengthBytes),
-      };
+      this.#index = await BlockIndex.load(this.#pool);
+      this.#sharing = new SharingTarget(this.#pool, this.#volume, this.#index);
+      target = this.#sharing;
     }
     this.#queue = new WriteQueue(target, IMAGE_WRITES_IN_FLIGHT_MAX);
     // Room for every write in flight and the two runs the file system writer fills at once.
@@ -410,6 +418,8 @@ class ImageBuild {
       close: () => decompressed.close?.() ?? Promise.resolve(),
     };
     const input = new ByteInput(hashed);
+    // Each layer starts at a pool-block boundary: the same layer packs into the same blocks in any image.
+    await this.#data!.skipToPoolBlock((problem) => new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${stream}: ${problem}`));
     await applyTar(new TarReader(input, stream), this.#context, {
       stream,
       layered: true,
@@ -450,7 +460,9 @@ class ImageBuild {
     const data = this.#data!;
     const queue = this.#queue!;
     await data.finish();
-    const dataBytesWritten = queue.bytesWritten;
+    const dataBytesGiven = queue.bytesWritten;
+    const counts = this.#sharing?.counts;
+    this.#sharing?.stop();
     const hashSeed = new Uint32Array(randomBytes(16).buffer);
     const summary: FilesystemSummary = await writeFilesystem(queue, this.#buffers!, this.#tree, {
       dataEndBlock: data.cursorBlock,
@@ -461,7 +473,7 @@ class ImageBuild {
       label: this.#name.slice(0, 16),
     });
     await queue.drain();
-    const metadataBytesWritten = queue.bytesWritten - dataBytesWritten;
+    const metadataBytesWritten = queue.bytesWritten - dataBytesGiven;
     const sizeBytes = this.#options.sizeBytes ?? summary.geometry.blockCount * BLOCK_SIZE_BYTES;
     const result = {
       name: this.#name,
@@ -475,13 +487,17 @@ class ImageBuild {
       sizeBytes,
       sourceBytes: this.#opened.bytesRead(),
       // A dry run skips the data: what it would write is the data region's live blocks.
-      dataBytesWritten: this.#pool === undefined ? summary.fileBlockBytes : dataBytesWritten,
+      dataBytesWritten: counts === undefined ? summary.fileBlockBytes : counts.writtenBytes,
+      dataBytesShared: counts?.sharedBytes ?? 0,
+      dataBytesZero: counts?.zeroBytes ?? 0,
       metadataBytesWritten,
       blocksMapped: 0,
       layers,
     };
     if (this.#pool === undefined) return { ...result, blocksMapped: Math.ceil((summary.fileBlockBytes + metadataBytesWritten) / this.#blockSizeBytes) };
     await this.#discardFreeData(summary.freeDataRuns);
+    // The image's blocks join the index for later imports (the records name the volume by id, which the rename keeps).
+    await this.#index!.save(this.#pool);
     const temporary = this.#temporary!;
     await this.#pool.resizeVolume(temporary, sizeBytes);
     const labels: Record<string, string> = {
