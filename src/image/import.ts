@@ -21,11 +21,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { ThinError, isThinError } from '../errors.ts';
-import { IMAGE_JSON_BYTES_MAX, IMAGE_TRAILER_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
+import { IMAGE_JSON_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
 import { dataReserveBlocks } from '../pool/allocator.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
-import { applyTar, type ApplyContext, type TreeChange } from './apply.ts';
+import { applyChange, applyTar, type ApplyContext, type TreeChange } from './apply.ts';
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
 import { BlockIndex, SharingTarget } from './block-sharing.ts';
 import { ByteInput, type ChunkSource } from './byte-input.ts';
@@ -35,7 +35,8 @@ import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
 import { writeFilesystem, type FilesystemSummary } from './ext4/writer.ts';
 import { chainIds, describeImageArchive, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
 import { decompressChunks, detectCompression, openSource, type Compression, type OpenedSource, type SourceOpeners } from './source.ts';
-import { NotTarError, TarReader, type TarEntry } from './tar.ts';
+import { parseOnThread } from './parse-thread.ts';
+import { NotTarError, TarReader, drainTrailer, type TarEntry } from './tar.ts';
 import { FsTree } from './tree.ts';
 
 export type ImageFormat = 'auto' | 'tar' | 'oci';
@@ -200,6 +201,8 @@ class ImageBuild {
   #index: BlockIndex | undefined;
   readonly #layerVolumesMade: string[] = [];
   #lastProgressBytes = -1;
+  /** Source bytes the parsing thread read (it reads a local file itself). */
+  #threadBytesRead = 0;
 
   constructor(pool: Pool | undefined, name: string, opened: OpenedSource, options: ImageImportOptions) {
     this.#pool = pool;
@@ -211,9 +214,14 @@ class ImageBuild {
     this.#blockSizeBytes = pool?.status().blockSizeBytes ?? DRY_RUN_POOL_BLOCK_BYTES;
   }
 
+  /** Source bytes read, by this thread or the parsing thread. */
+  #bytesRead(): number {
+    return Math.max(this.#opened.bytesRead(), this.#threadBytesRead);
+  }
+
   #progress(): void {
     this.#options.signal?.throwIfAborted();
-    const done = this.#opened.bytesRead();
+    const done = this.#bytesRead();
     if (done - this.#lastProgressBytes < 1024 * 1024) return;
     this.#lastProgressBytes = done;
     this.#options.onProgress?.(done, this.#opened.totalBytes);
@@ -282,12 +290,52 @@ class ImageBuild {
     }
     if (!isArchive) {
       await this.#begin();
-      await applyTar(outer, this.#context, { stream: '', layered: false, first });
-      await drainTrailer(outer);
+      if (this.#pool !== undefined && this.#opened.localPath !== undefined && process.env['THINBD_IMAGE_PARSE_THREAD'] !== '0') {
+        await this.#parseOnThread(this.#opened.localPath);
+      } else {
+        await applyTar(outer, this.#context, { stream: '', layered: false, first });
+        await drainTrailer(outer);
+      }
       return this.#finish('tar', `sha256:${await this.#opened.digest()}`, [], []);
     }
     if (this.#opened.ranges !== undefined && this.#opened.compression === 'none') return this.#runIndexed();
     return this.#runStreamed(outer, first!);
+  }
+
+  /**
+   * A flat tar in a local file, parsed on a second thread (parse-thread.ts): this thread writes
+   * what it fills and puts its entries into the tree. THINBD_IMAGE_PARSE_THREAD=0 keeps it here
+   * (for comparing the two).
+   */
+  async #parseOnThread(path: string): Promise<void> {
+    const limit = this.#dataLimit();
+    const result = await parseOnThread(
+      {
+        path,
+        description: this.#opened.description,
+        compression: this.#opened.compression,
+        beginBlock: DATA_BEGIN_BLOCK,
+        limitBlock: limit.limitBlock,
+        limitReason: limit.reason,
+        alignBytes: this.#blockSizeBytes,
+        writesInFlight: IMAGE_WRITES_IN_FLIGHT_MAX,
+        bufferBytes: Math.max(IMAGE_WRITE_BUFFER_BYTES, this.#blockSizeBytes),
+        buffersMax: IMAGE_WRITES_IN_FLIGHT_MAX + 2,
+        signal: this.#options.signal,
+      },
+      {
+        write: (offsetBytes, bytes) => this.#sharing!.write(offsetBytes, bytes),
+        changes: (changes, bytesRead) => {
+          for (const change of changes) applyChange(this.#tree, change);
+          this.#threadBytesRead = bytesRead;
+          this.#progress();
+        },
+      },
+    );
+    this.#threadBytesRead = result.bytesRead;
+    // This thread's data stream takes up where the other's ended (the metadata goes after it).
+    await this.#data!.startSkipping();
+    this.#data!.append(0, result.dataBytes, (problem) => new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${problem}`));
   }
 
   /** A docker/OCI archive with random access: layers in order, shared with earlier imports. */
@@ -394,7 +442,7 @@ class ImageBuild {
       }
       applied.add(path);
       this.#tree.layer = position + 1;
-      for (const change of read.changes) change(this.#tree);
+      for (const change of read.changes) applyChange(this.#tree, change);
       imported.push({ diffId: layer.diffId, shared: false });
     }
     return this.#finish(description.kind, description.configDigest, imported, description.tags);
@@ -485,7 +533,7 @@ class ImageBuild {
       directories: summary.directories,
       fileBytes: summary.fileBytes,
       sizeBytes,
-      sourceBytes: this.#opened.bytesRead(),
+      sourceBytes: this.#bytesRead(),
       // A dry run skips the data: what it would write is the data region's live blocks.
       dataBytesWritten: counts === undefined ? summary.fileBlockBytes : counts.writtenBytes,
       dataBytesShared: counts?.sharedBytes ?? 0,
@@ -514,7 +562,7 @@ class ImageBuild {
     this.#temporary = undefined;
     await this.#pool.flush();
     const usage = this.#pool.usage().get(this.#volume!.id);
-    this.#options.onProgress?.(this.#opened.bytesRead(), this.#opened.totalBytes);
+    this.#options.onProgress?.(this.#bytesRead(), this.#opened.totalBytes);
     return { ...result, blocksMapped: usage?.mappedBlocks ?? 0 };
   }
 
@@ -538,15 +586,6 @@ class ImageBuild {
     }
     await this.#pool.flush().catch(() => undefined);
   }
-}
-
-/**
- * Reads what follows the end-of-archive blocks (tar pads to 10 KiB records), so that the digest is
- * the source file's and a producer on a pipe is not cut off; at most IMAGE_TRAILER_BYTES_MAX.
- */
-async function drainTrailer(reader: TarReader): Promise<void> {
-  let left = IMAGE_TRAILER_BYTES_MAX;
-  for (let piece = await reader.readTrailer(left); piece > 0 && left > 0; piece = await reader.readTrailer(left)) left -= piece;
 }
 
 function layerName(position: number, diffId: string): string {
