@@ -87,9 +87,17 @@ for (const variant of Object.keys(VARIANTS)) {
     const used = sh('debugfs', ['-R', 'stat /var/sparse.img', raw]).stdout;
     assert.match(used, /Blockcount: 32\b/, 'the sparse file takes 4 blocks');
     const listed = JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string; readOnly: boolean }>;
-    assert.deepEqual(listed.map((volume) => [volume.name, volume.readOnly]), [['image', true]]);
+    // The image, and the index of its blocks for later imports to share (docs/image.md "Sharing").
+    assert.deepEqual(listed.map((volume) => [volume.name, volume.readOnly]), [['image', true], ['image.blocks', false]]);
   });
 }
+
+test('a flat tar parsed on the main thread (THINBD_IMAGE_PARSE_THREAD=0) gives the same tree as on the parsing thread', () => {
+  const pool = newPool('one-thread');
+  const result = thinbd(['image', 'import', '--pool', pool, 'image', archives.get('pax-sparse-1.0')!, '--json'], { env: { THINBD_IMAGE_PARSE_THREAD: '0' } });
+  assert.equal(result.code, 0, result.stderr);
+  assertSameTree(mountedTree(exportAndCheck(pool, 'image')), expected.get('pax-sparse-1.0')!, 'parsed on the main thread');
+});
 
 test('a gzip archive read from standard input imports the same tree, and image ls names its source and digest', () => {
   const archive = archives.get('pax-sparse-1.0')!;
