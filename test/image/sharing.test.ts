@@ -12,10 +12,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { patternBytes, requireTools, tempDir } from '../nbd/helpers.ts';
 import { thinbd } from '../cli/run-thinbd.ts';
+import { Pool } from '../../src/pool/pool.ts';
 import { assertSameTree, describeTree, extractTar, mountedTreeOf, sh, withMountedVolume, type TreeEntry } from './helpers.ts';
 import { ociArchive, tarArchive, type TarSpec } from './tar-writer.ts';
 
-requireTools('tar', 'e2fsck', 'mount', 'umount', 'losetup', 'getfattr', 'nbdfuse', 'fusermount3');
+requireTools('tar', 'e2fsck', 'debugfs', 'mount', 'umount', 'losetup', 'getfattr', 'nbdfuse', 'fusermount3');
 
 const POOL_BLOCK = 64 * 1024;
 const T = 1_700_000_000;
@@ -196,6 +197,41 @@ test('images with files in common store them once; each is still its archive; a 
   for (const name of ['first', 'second', 'flat']) assert.equal(digestOf(exportChecked(pool, name)), digests.get(name), `${name} changed when a machine of the flat image wrote`);
   const machine = mountedTreeOf(exportChecked(pool, 'machine-1'), work.path);
   assert.equal(machine.get('lib/libc.so.6')?.sha256, createHash('sha256').update(Buffer.alloc(libC.length, 0x5a)).digest('hex'));
+  const check = thinbd(['check', '--pool', pool]);
+  assert.equal(check.code, 0, check.stderr);
+});
+
+test('the block index is only a hint: an image changed behind it, or removed, is never shared from', async () => {
+  const pool = newPool('stale');
+  const archive = path.join(work.path, 'lib.tar');
+  fs.writeFileSync(archive, tarArchive([...dirs('lib'), { path: 'lib/libc.so', data: libC, mtime: T }]));
+  importImage(pool, 'original', archive);
+  // The image made writable, its data region overwritten, made read-only again: its index records now lie.
+  const opened = await Pool.open(pool);
+  try {
+    await opened.updateVolume('original', { readOnly: false });
+    const volume = opened.volume('original');
+    await volume.write(4 * 1024 * 1024, Buffer.alloc(2 * 1024 * 1024, 0x77));
+    await opened.updateVolume('original', { readOnly: true });
+    await opened.flush();
+  } finally {
+    await opened.close();
+  }
+  const copy = importImage(pool, 'copy', archive);
+  // Every block of the file changed (its data starts at 4 MiB): none may be shared.
+  assert.equal(copy.dataBytesShared, 0, 'shared blocks that changed');
+  const read = (image: string): Buffer => {
+    const raw = exportChecked(pool, image);
+    const out = path.join(work.path, `${image}-libc.so`);
+    sh('debugfs', ['-R', `dump /lib/libc.so ${out}`, raw]);
+    return fs.readFileSync(out);
+  };
+  assert.ok(read('copy').equals(libC), 'the copy holds the archive\'s bytes');
+  // The source removed: its records are dropped, the next import writes its blocks.
+  assert.equal(thinbd(['remove', '--pool', pool, 'original']).code, 0);
+  const third = importImage(pool, 'third', archive);
+  assert.ok(read('third').equals(libC));
+  assert.equal(third.dataBytesShared, wholeBlocks(libC) * POOL_BLOCK, 'the copy\'s blocks (indexed by its import) are shared instead');
   const check = thinbd(['check', '--pool', pool]);
   assert.equal(check.code, 0, check.stderr);
 });
