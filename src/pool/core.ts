@@ -428,7 +428,7 @@ export class PoolCore {
    * files; source may be target, at blocks that do not overlap): the bytes are shared, their reference counts go up, and source's unmapped blocks stay
    * unmapped in target. Returns the blocks shared.
    *
-   * Sharing must look like a snapshot to dm-thin's time test (F-POOL-24), for both sides: a write
+   * Sharing must look like a snapshot to dm-thin's time test (F-POOL-24, F-POOL-26), for both sides: a write
    * to either copies the block first. The target's new mappings get a time before its snapshotted
    * time; when that time is 0, or some shared mapping of the source is not older than the source's
    * snapshotted time, a new pool time begins and both volumes take it as their snapshotted time,
