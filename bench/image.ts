@@ -5,7 +5,10 @@
 //   kernel   truncate + mkfs.ext4 + loop mount + tar -xf + umount + sync
 //   mke2fs-d mke2fs -d of the tree, extracted beforehand (not timed) — skipped with --quick
 //   thinbd   thinbd image import into a new pool (process start to exit, the pool synced)
-// and for gzip: `gzip -dc > /dev/null` (decompression alone) against thinbd importing the .tar.gz.
+//   thinbd-1 the same with the tar parsed on the main thread (THINBD_IMAGE_PARSE_THREAD=0)
+//   again    a second import of the same tar into the same pool: its blocks are shared
+// and for gzip: `gzip -dc > /dev/null` (decompression alone) against thinbd importing the .tar.gz
+// (into a pool of its own, so that it shares nothing).
 // Then a machine's snapshot of each image, served by thinbd serve, is mounted through nbdfuse +
 // loop (timed) and walked with `find | wc -l` (timed, caches cold: a fresh device), for the
 // thinbd-made image and the kernel-made one (imported raw, so both sit behind the same NBD path).
@@ -66,12 +69,22 @@ function thinbd(args: string[], input?: string): string {
   return sh(process.execPath, [THINBD, ...args], input === undefined ? {} : { input });
 }
 
+/** thinbd with one more environment variable. */
+function thinbdWith(env: Record<string, string>, args: string[]): string {
+  const result = spawnSync(process.execPath, [THINBD, ...args], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, env: { ...process.env, ...env } });
+  if (result.status !== 0) throw new Error(`thinbd ${args.join(' ')} exited ${result.status}: ${result.stderr}`);
+  return result.stdout;
+}
+
+const dataBlocksUsed = (pool: string): number => (JSON.parse(thinbd(['pool', 'status', '--pool', pool, '--json'])) as { dataBlocksUsed: number }).dataBlocksUsed;
+
 interface ImportSummary {
   seconds: number;
   cpuSeconds: number;
   files: number;
   fileBytes: number;
   dataBytesWritten: number;
+  dataBytesShared: number;
   metadataBytesWritten: number;
   blocksMapped: number;
   peakRssBytes: number;
@@ -162,8 +175,11 @@ export async function imageBenchmark(flags: string[]): Promise<void> {
   const mountPoint = path.join(run, 'kernel-mnt');
   fs.mkdirSync(mountPoint);
   const extracted = path.join(run, 'tree');
-  const times: Record<string, number[]> = { floor: [], kernel: [], mke2fs: [], thinbd: [], gunzip: [], thinbdGzip: [], thinbdInside: [], thinbdCpu: [] };
+  const times: Record<string, number[]> = { floor: [], kernel: [], mke2fs: [], thinbd: [], thinbdMain: [], again: [], gunzip: [], thinbdGzip: [], thinbdInside: [], thinbdCpu: [], thinbdMainCpu: [] };
   let summary: ImportSummary | undefined;
+  let againSummary: ImportSummary | undefined;
+  let againBlocks = 0;
+  let imageBlocks = 0;
   let gzipSummary: ImportSummary | undefined;
   let poolDataBytes = 0;
   const mounts: Record<string, Array<{ mountSeconds: number; findSeconds: number; paths: number }>> = { thinbd: [], kernel: [] };
@@ -199,11 +215,29 @@ export async function imageBenchmark(flags: string[]): Promise<void> {
       times.thinbdInside!.push(summary.seconds);
       times.thinbdCpu!.push(summary.cpuSeconds);
       poolDataBytes = Number(sh('du', ['-B1', path.join(pool, 'data')]).split('\t')[0]);
+      imageBlocks = dataBlocksUsed(pool);
+      start = performance.now();
+      againSummary = JSON.parse(thinbd(['image', 'import', '--pool', pool, 'image-again', tar, '--json'])) as ImportSummary;
+      times.again!.push((performance.now() - start) / 1000);
+      againBlocks = dataBlocksUsed(pool) - imageBlocks;
+
+      const mainPool = path.join(run, `pool-main-${round}`);
+      thinbd(['pool', 'create', '--pool', mainPool, '--data-size', '64G']);
+      sh('sync', []);
+      start = performance.now();
+      const mainSummary = JSON.parse(thinbdWith({ THINBD_IMAGE_PARSE_THREAD: '0' }, ['image', 'import', '--pool', mainPool, 'image', tar, '--json'])) as ImportSummary;
+      times.thinbdMain!.push((performance.now() - start) / 1000);
+      times.thinbdMainCpu!.push(mainSummary.cpuSeconds);
+      fs.rmSync(mainPool, { recursive: true, force: true });
 
       times.gunzip!.push(timed(`gzip -dc '${gzip}' > /dev/null`));
+      const gzipPool = path.join(run, `pool-gz-${round}`);
+      thinbd(['pool', 'create', '--pool', gzipPool, '--data-size', '64G']);
+      sh('sync', []);
       start = performance.now();
-      gzipSummary = JSON.parse(thinbd(['image', 'import', '--pool', pool, 'image-gz', gzip, '--json'])) as ImportSummary;
+      gzipSummary = JSON.parse(thinbd(['image', 'import', '--pool', gzipPool, 'image-gz', gzip, '--json'])) as ImportSummary;
       times.thinbdGzip!.push((performance.now() - start) / 1000);
+      fs.rmSync(gzipPool, { recursive: true, force: true });
 
       // The kernel-made file system behind the same NBD path, for mount and find.
       thinbd(['import', '--pool', pool, 'kernel', kernelRaw]);
@@ -218,6 +252,7 @@ export async function imageBenchmark(flags: string[]): Promise<void> {
       console.error(
         `round ${round}: floor ${times.floor!.at(-1)!.toFixed(2)}s kernel ${times.kernel!.at(-1)!.toFixed(2)}s` +
           `${options.quick ? '' : ` mke2fs-d ${times.mke2fs!.at(-1)!.toFixed(2)}s`} thinbd ${times.thinbd!.at(-1)!.toFixed(2)}s` +
+          ` thinbd-1-thread ${times.thinbdMain!.at(-1)!.toFixed(2)}s again ${times.again!.at(-1)!.toFixed(2)}s (${againBlocks} blocks)` +
           ` gunzip ${times.gunzip!.at(-1)!.toFixed(2)}s thinbd-gz ${times.thinbdGzip!.at(-1)!.toFixed(2)}s` +
           ` mount ${mounts.thinbd!.at(-1)!.mountSeconds.toFixed(2)}s/${mounts.kernel!.at(-1)!.mountSeconds.toFixed(2)}s` +
           ` find ${mounts.thinbd!.at(-1)!.findSeconds.toFixed(2)}s/${mounts.kernel!.at(-1)!.findSeconds.toFixed(2)}s`,
@@ -240,6 +275,8 @@ export async function imageBenchmark(flags: string[]): Promise<void> {
     ...(options.quick ? [] : [`| \`mke2fs -d\` of the extracted tree + sync | ${m('mke2fs').toFixed(2)} | ${(m('thinbd') / m('mke2fs')).toFixed(2)}× |`]),
     `| **thinbd image import** (process start to exit, pool synced) | **${m('thinbd').toFixed(2)}** | 1 |`,
     `| thinbd image import, the import alone (its \`seconds\`: pool open and process start left out) | ${m('thinbdInside').toFixed(2)} | |`,
+    `| thinbd image import with the tar parsed on the main thread (\`THINBD_IMAGE_PARSE_THREAD=0\`) | ${m('thinbdMain').toFixed(2)} | ${(m('thinbd') / m('thinbdMain')).toFixed(2)}× |`,
+    `| the same tar imported again into the same pool (its blocks found and shared) | ${m('again').toFixed(2)} | ${(m('thinbd') / m('again')).toFixed(2)}× |`,
     `| \`gzip -dc > /dev/null\` (decompression alone) | ${m('gunzip').toFixed(2)} | ${(m('thinbdGzip') / m('gunzip')).toFixed(2)}× (thinbd from .tar.gz) |`,
     `| **thinbd image import** of the .tar.gz | **${m('thinbdGzip').toFixed(2)}** | |`,
     `| mount of a machine's snapshot (nbdfuse + losetup + mount): thinbd image / kernel-made image | ${mountMedian('thinbd', 'mountSeconds').toFixed(2)} / ${mountMedian('kernel', 'mountSeconds').toFixed(2)} | ${(mountMedian('thinbd', 'mountSeconds') / mountMedian('kernel', 'mountSeconds')).toFixed(2)}× |`,
@@ -254,7 +291,7 @@ export async function imageBenchmark(flags: string[]): Promise<void> {
     '',
     ...rows,
     '',
-    `thinbd's import: ${m('thinbdCpu').toFixed(2)} CPU seconds (every thread: parsing, the pool's writes, the digest's worker); peak RSS ${(s.peakRssBytes / MiB).toFixed(0)} MiB; ${(s.dataBytesWritten / MiB).toFixed(0)} MiB of file data and ${(s.metadataBytesWritten / MiB).toFixed(1)} MiB of metadata written to the pool, ${(written / s.fileBytes).toFixed(3)}× the files' bytes (file data is written in whole 4 KiB ext4 blocks: the padding of ${s.files} files is most of the difference); the pool's data file holds ${(poolDataBytes / MiB).toFixed(0)} MiB after both imports${gzipSummary === undefined ? '' : ''}.`,
+    `thinbd's import: ${m('thinbdCpu').toFixed(2)} CPU seconds (every thread: parsing, the pool's writes, the digest's worker; ${m('thinbdMainCpu').toFixed(2)} parsing on the main thread); peak RSS ${(s.peakRssBytes / MiB).toFixed(0)} MiB; ${(s.dataBytesWritten / MiB).toFixed(0)} MiB of file data and ${(s.metadataBytesWritten / MiB).toFixed(1)} MiB of metadata written to the pool, ${(written / s.fileBytes).toFixed(3)}× the files' bytes (file data is written in whole 4 KiB ext4 blocks: the padding of ${s.files} files is most of the difference); the pool's data file holds ${(poolDataBytes / MiB).toFixed(0)} MiB after the import. The second import of the same tar shared ${((againSummary?.dataBytesShared ?? 0) / MiB).toFixed(0)} MiB of file data, wrote ${((againSummary?.dataBytesWritten ?? 0) / MiB).toFixed(1)} MiB of it and ${((againSummary?.metadataBytesWritten ?? 0) / MiB).toFixed(1)} MiB of metadata, and took ${againBlocks} new pool blocks (${((againBlocks * 64 * 1024) / MiB).toFixed(1)} MiB) where the first took ${imageBlocks}${gzipSummary === undefined ? '' : ''}.`,
   ].join('\n');
   console.log(body);
   if (options.writeDoc) writeBenchmarkSection('image', body);

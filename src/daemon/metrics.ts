@@ -5,11 +5,15 @@
 //   thinbd_pool_*    the pool: data and metadata space, low water, mode, commits, rollups, log
 //                    records, copy-on-writes, flushes, request errors
 //   thinbd_nbd_*     the server: connections, bytes in and out, requests and bytes in flight, TLS
+//   thinbd_device_*  the health of the data and metadata files (`pool status` health): I/O errors
+//                    by operation, bad ranges and sectors, remapped blocks, spare space, the health
+//                    state, and I/O latency (a summary with p95 and p99, and min, max, stddev)
 import http from 'node:http';
 import { METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import type { NbdServer } from '../nbd/server.ts';
 import { MEASURED_COMMANDS, type NbdExportStats } from '../nbd/export-stats.ts';
 import type { Pool, PoolStatus } from '../pool/pool.ts';
+import type { DeviceHealth } from '../pool/health.ts';
 import { PrometheusPage } from '../util/prometheus.ts';
 import type { LogSink } from '../util/log.ts';
 
@@ -107,7 +111,63 @@ export function renderMetrics(sources: MetricsSources): string {
     ['thinbd_nbd_tls_failures_total', 'counter', 'TLS handshakes that failed (wrong key, untrusted certificate, client gave up).', nbd.stats.tlsFailures],
   ];
   for (const [name, type, help, value] of server) page.family(name, type, help).sample(name, value, pool);
+  renderHealth(page, status, pool);
   return page.toString();
+}
+
+const HEALTH_LEVELS = { ok: 0, degraded: 1, failing: 2 } as const;
+
+/** The thinbd_device_* families: `pool status`'s health of each file, labelled device="data|metadata". */
+function renderHealth(page: PrometheusPage, status: PoolStatus, pool: { pool: string }): void {
+  const devices: Array<[string, DeviceHealth, number]> = [
+    ['data', status.health.data, status.blockSizeBytes],
+    ['metadata', status.health.metadata, METADATA_BLOCK_SIZE_BYTES],
+  ];
+  page.family('thinbd_device_io_errors_total', 'counter', 'Failed reads, writes and syncs of the pool file since the server started (retries and the narrowing of a failed request included).');
+  for (const [device, health] of devices) {
+    for (const op of ['read', 'write', 'sync'] as const) page.sample('thinbd_device_io_errors_total', health.ioErrors[op], { ...pool, device, op });
+  }
+  const gauges: Array<[string, string, (health: DeviceHealth, blockBytes: number) => number]> = [
+    ['thinbd_device_bad_ranges', 'Bad ranges recorded in the metadata (durable; never allocated again).', (health) => health.badRanges],
+    ['thinbd_device_bad_sectors', '512-byte sectors the bad ranges cover.', (health) => health.badSectors],
+    [
+      'thinbd_device_remapped_blocks',
+      'Data: blocks whose data was moved off bad sectors. Metadata: copies rewritten from a good copy since the server started.',
+      (health) => health.remappedBlocks,
+    ],
+    ['thinbd_device_spare_bytes', 'Space a remap (data) or a new metadata block can still take.', (health, blockBytes) => health.spareBlocks * blockBytes],
+    ['thinbd_device_health_level', 'The health state as a number: 0 ok, 1 degraded, 2 failing (the rule is in thinbd pool status).', (health) => HEALTH_LEVELS[health.state]],
+  ];
+  for (const [name, help, value] of gauges) {
+    page.family(name, 'gauge', help);
+    for (const [device, health, blockBytes] of devices) page.sample(name, value(health, blockBytes), { ...pool, device });
+  }
+  page.family('thinbd_device_health', 'gauge', 'The health state: 1 for the current one (ok, degraded, failing).');
+  for (const [device, health] of devices) {
+    for (const state of ['ok', 'degraded', 'failing'] as const) page.sample('thinbd_device_health', health.state === state ? 1 : 0, { ...pool, device, state });
+  }
+  page.family('thinbd_device_io_latency_seconds', 'summary', 'Latency of reads, writes and syncs of the pool file since the server started.');
+  for (const [device, health] of devices) {
+    for (const op of ['read', 'write', 'sync'] as const) {
+      const latency = health.latencyMs[op];
+      const labels = { ...pool, device, op };
+      page.sample('thinbd_device_io_latency_seconds', latency.p95Ms / 1000, { ...labels, quantile: '0.95' });
+      page.sample('thinbd_device_io_latency_seconds', latency.p99Ms / 1000, { ...labels, quantile: '0.99' });
+      page.sample('thinbd_device_io_latency_seconds_sum', (latency.avgMs * latency.count) / 1000, labels);
+      page.sample('thinbd_device_io_latency_seconds_count', latency.count, labels);
+    }
+  }
+  const spread: Array<[string, string, 'minMs' | 'maxMs' | 'stddevMs']> = [
+    ['thinbd_device_io_latency_min_seconds', 'Shortest read, write or sync of the pool file since the server started.', 'minMs'],
+    ['thinbd_device_io_latency_max_seconds', 'Longest read, write or sync of the pool file since the server started.', 'maxMs'],
+    ['thinbd_device_io_latency_stddev_seconds', 'Standard deviation of the latency of reads, writes or syncs of the pool file.', 'stddevMs'],
+  ];
+  for (const [name, help, field] of spread) {
+    page.family(name, 'gauge', help);
+    for (const [device, health] of devices) {
+      for (const op of ['read', 'write', 'sync'] as const) page.sample(name, health.latencyMs[op][field] / 1000, { ...pool, device, op });
+    }
+  }
 }
 
 /** The HTTP endpoint: GET /metrics (and / for a browser); anything else is 404. */

@@ -13,12 +13,14 @@ import {
   invalidEntry,
   pathComponents,
   type EntryAttributes,
+  type EntryContent,
   type EntryOrigin,
   type FsTree,
 } from './tree.ts';
 
 export interface ApplyContext {
-  tree: FsTree;
+  /** The tree the entries go into (unused when they are recorded). */
+  tree?: FsTree;
   data: DataStream;
   /** Called after each entry (progress). */
   onEntry?: () => void;
@@ -37,12 +39,41 @@ export interface ApplyOptions {
   record?: TreeChange[];
 }
 
-/** One entry's effect on the tree, for applying later. */
-export type TreeChange = (tree: FsTree) => void;
+/**
+ * One entry's effect on the tree, as data: applied at once, kept for later (a layer read before
+ * the image's layer order is known), or handed from the parsing thread to the main one.
+ */
+export type TreeChange =
+  | { op: 'add'; components: string[]; attributes: EntryAttributes; content: EntryContent; origin: EntryOrigin }
+  | { op: 'link'; components: string[]; target: string[]; origin: EntryOrigin }
+  | { op: 'whiteout'; parent: string[]; name: string; origin: EntryOrigin }
+  | { op: 'opaque'; parent: string[]; origin: EntryOrigin }
+  | { op: 'none' };
+
+export function applyChange(tree: FsTree, change: TreeChange): void {
+  switch (change.op) {
+    case 'add':
+      tree.add(change.components, change.attributes, change.content, change.origin);
+      return;
+    case 'link':
+      tree.link(change.components, change.target, change.origin);
+      return;
+    case 'whiteout':
+      tree.whiteout(change.parent, change.name, change.origin);
+      return;
+    case 'opaque':
+      tree.opaque(change.parent, change.origin);
+      return;
+    case 'none':
+      return;
+  }
+}
 
 export interface ApplyResult {
   entries: number;
 }
+
+const NO_CHANGE: TreeChange = { op: 'none' };
 
 /** Reads every entry of `reader` into the tree. */
 export async function applyTar(reader: TarReader, context: ApplyContext, options: ApplyOptions): Promise<ApplyResult> {
@@ -50,9 +81,9 @@ export async function applyTar(reader: TarReader, context: ApplyContext, options
   let entry = options.first ?? (await reader.next());
   while (entry !== undefined) {
     const prepared = prepareEntry(reader, entry, context, options);
-    const change = typeof prepared === 'function' ? prepared : await prepared;
+    const change = prepared instanceof Promise ? await prepared : prepared;
     if (options.record !== undefined) options.record.push(change);
-    else change(context.tree);
+    else applyChange(context.tree!, change);
     entries++;
     context.onEntry?.();
     entry = await reader.next();
@@ -96,19 +127,19 @@ function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyContext,
   const name = components[components.length - 1];
   if (options.layered && name !== undefined && name.startsWith(WHITEOUT_PREFIX)) {
     const parent = components.slice(0, -1);
-    if (name === OPAQUE_WHITEOUT) return (tree) => tree.opaque(parent, origin);
+    if (name === OPAQUE_WHITEOUT) return { op: 'opaque', parent, origin };
     // Other .wh..wh. names are AUFS bookkeeping (hard link stores), not files of the image.
-    if (name.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return () => undefined;
+    if (name.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return NO_CHANGE;
     const target = name.slice(WHITEOUT_PREFIX.length);
     if (target === '' || target === '.' || target === '..') throw invalidEntry(origin, `'${name}' whites out nothing`);
-    return (tree) => tree.whiteout(parent, target, origin);
+    return { op: 'whiteout', parent, name: target, origin };
   }
   const attributes = attributesOf(entry, origin);
   switch (entry.type) {
     case 'file': {
       const fail = (problem: string): ThinError => invalidEntry(origin, problem);
-      const file = context.data.file(fail);
-      const change = (extents: number[]): TreeChange => (tree) => tree.add(components, attributes, { kind: 'file', sizeBytes: entry.sizeBytes, extents }, origin);
+      const file = context.data.file(fail, entry.sizeBytes);
+      const change = (extents: number[]): TreeChange => ({ op: 'add', components, attributes, content: { kind: 'file', sizeBytes: entry.sizeBytes, extents }, origin });
       let reading: void | Promise<void> = undefined;
       if (options.placeOnly === true) file.place(entry.sparseMap ?? [0, entry.storedBytes]);
       else reading = reader.readData(entry, file);
@@ -118,14 +149,14 @@ function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyContext,
     }
     case 'hardlink': {
       const target = pathComponents(entry.linkPath, origin, 'hard link target');
-      return (tree) => tree.link(components, target, origin);
+      return { op: 'link', components, target, origin };
     }
     case 'symlink': {
       const target = Buffer.from(entry.linkPath, 'latin1');
       if (target.length === 0) throw invalidEntry(origin, 'a symlink with an empty target');
       if (target.length > SYMLINK_TARGET_BYTES_MAX) throw invalidEntry(origin, `a symlink target of ${target.length} bytes (ext4 holds at most ${SYMLINK_TARGET_BYTES_MAX})`);
       // A symlink's permissions mean nothing to Linux, which makes every symlink 0777 (as tar -x does).
-      return (tree) => tree.add(components, { ...attributes, permissions: 0o777 }, { kind: 'symlink', target }, origin);
+      return { op: 'add', components, attributes: { ...attributes, permissions: 0o777 }, content: { kind: 'symlink', target }, origin };
     }
     case 'char':
     case 'block': {
@@ -133,11 +164,11 @@ function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyContext,
       if (entry.deviceMajor > 0xfff || entry.deviceMinor > 0xfffff) {
         throw invalidEntry(origin, `device ${entry.deviceMajor}:${entry.deviceMinor} does not fit Linux's 12-bit major and 20-bit minor`);
       }
-      return (tree) => tree.add(components, attributes, { kind: type, major: entry.deviceMajor, minor: entry.deviceMinor }, origin);
+      return { op: 'add', components, attributes, content: { kind: type, major: entry.deviceMajor, minor: entry.deviceMinor }, origin };
     }
     case 'dir':
-      return (tree) => tree.add(components, attributes, { kind: 'dir' }, origin);
+      return { op: 'add', components, attributes, content: { kind: 'dir' }, origin };
     case 'fifo':
-      return (tree) => tree.add(components, attributes, { kind: 'fifo' }, origin);
+      return { op: 'add', components, attributes, content: { kind: 'fifo' }, origin };
   }
 }

@@ -79,6 +79,14 @@ export class BufferPool {
     this.#buffersMax = buffersMax;
   }
 
+  /** A pool of the given buffers (shared memory another thread also sees), and no others. */
+  static over(buffers: readonly Uint8Array[]): BufferPool {
+    const pool = new BufferPool(buffers[0]!.length, buffers.length);
+    pool.#made = buffers.length;
+    pool.#free.push(...buffers);
+    return pool;
+  }
+
   /** A buffer (old contents: callers write every byte they hand on); waits while all are in use. */
   async take(): Promise<Uint8Array> {
     for (;;) {

@@ -4,6 +4,10 @@
 // gathered in a few large buffers that are written whole; the first buffer ends at a pool-block
 // boundary so that every later write covers whole pool blocks and never reads before it writes.
 //
+// A file of a pool block or more starts at a pool-block boundary (and so does each layer): then its
+// whole pool blocks hold its bytes and nothing else, the same in every image that has the file, so
+// the pool can store them once (block-sharing.ts, docs/image.md "Sharing").
+//
 // The per-piece calls (FileData.write, DataStream.append) return a promise only when they must
 // wait (a buffer to hand on or to take): an image has tens of thousands of small files, and an
 // async call per piece was most of the garbage an import made.
@@ -153,6 +157,22 @@ export class DataStream {
     return this.append(BLOCK_SIZE_BYTES - inBlock, this.#skipping ? 0 : EMPTY, fail);
   }
 
+  /**
+   * Moves the cursor to the next pool-block boundary (a layer starts there), writing what is
+   * buffered first: the gap is free space, never written.
+   */
+  async skipToPoolBlock(fail: Fail): Promise<void> {
+    const align = this.#options.alignBytes;
+    const inBlock = this.cursorBytes % align;
+    if (inBlock === 0) return;
+    if (this.cursorBytes + (align - inBlock) > this.#limitBytes) {
+      throw fail(`the image's data passes ${this.#limitBytes - this.#options.beginBlock * BLOCK_SIZE_BYTES} bytes, ${this.#options.limitReason}`);
+    }
+    if (!this.#skipping) await this.#flushBuffer();
+    this.#bufferOffsetBytes = this.cursorBytes + (align - inBlock);
+    this.#capacityBytes = this.#bufferBytes;
+  }
+
   /** Writes what is buffered and waits for every write (at a block boundary: a layer's end). */
   async flush(): Promise<void> {
     assert(this.cursorBytes % BLOCK_SIZE_BYTES === 0, 'flushing inside a block');
@@ -167,9 +187,9 @@ export class DataStream {
     await this.#queue.drain();
   }
 
-  /** A writer for one file's data. */
-  file(fail: Fail): FileData {
-    return new FileData(this, fail);
+  /** A writer for the data of a file of sizeBytes (one of a pool block or more starts at a pool-block boundary). */
+  file(fail: Fail, sizeBytes = 0): FileData {
+    return new FileData(this, fail, sizeBytes >= this.#options.alignBytes ? this.#options.alignBytes : BLOCK_SIZE_BYTES);
   }
 }
 
@@ -186,9 +206,13 @@ export class FileData {
   /** Logical block holding the last byte given (-1: none yet). */
   #lastBlock = -1;
 
-  constructor(stream: DataStream, fail: Fail) {
+  /** Where the file's first block may start: a 4 KiB block boundary, or a pool block's. */
+  readonly #firstAlignBytes: number;
+
+  constructor(stream: DataStream, fail: Fail, firstAlignBytes: number) {
     this.#stream = stream;
     this.#fail = fail;
+    this.#firstAlignBytes = firstAlignBytes;
   }
 
   #addBlocks(logical: number, physical: number, count: number): void {
@@ -228,8 +252,10 @@ export class FileData {
       // The same block as the last byte: fill the gap inside it.
       zeros = offsetBytes - this.#endBytes;
     } else {
-      // A new block: finish the current one, then start at the piece's offset within its block.
-      const pad = (BLOCK_SIZE_BYTES - (cursor % BLOCK_SIZE_BYTES)) % BLOCK_SIZE_BYTES;
+      // A new block: finish the current one (up to a pool block for a large file's first), then
+      // start at the piece's offset within its block.
+      const align = this.#lastBlock < 0 ? this.#firstAlignBytes : BLOCK_SIZE_BYTES;
+      const pad = (align - (cursor % align)) % align;
       const physical = (cursor + pad) / BLOCK_SIZE_BYTES;
       zeros = pad + (offsetBytes % BLOCK_SIZE_BYTES);
       this.#addBlocks(firstBlock, physical, 1);

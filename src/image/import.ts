@@ -7,7 +7,10 @@
 // read-only and labelled. A failure at any point removes what the import made, so the pool is as
 // it was (list and check agree).
 //
-// Images built on the same layers share their data blocks (docs/image.md "Sharing"): after each
+// Images store shared bytes once (docs/image.md "Sharing"), two ways. Every whole pool block of
+// file data is looked up by content among the images already in the pool and, when one holds the
+// same bytes, mapped to that data block instead of written (block-sharing.ts): files in common
+// between any images, flat tars and streams included. And after each
 // layer of a docker/OCI image, a read-only snapshot of the volume so far is kept as a layer volume
 // named after the layers' chain id. File data is laid out in a fixed, deterministic way, so a
 // later image whose first k layers are those finds the layer volume, starts as a snapshot of it,
@@ -18,12 +21,13 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { ThinError, isThinError } from '../errors.ts';
-import { IMAGE_JSON_BYTES_MAX, IMAGE_TRAILER_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
+import { IMAGE_JSON_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
 import { dataReserveBlocks } from '../pool/allocator.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
-import { applyTar, type ApplyContext, type TreeChange } from './apply.ts';
+import { applyChange, applyTar, type ApplyContext, type TreeChange } from './apply.ts';
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
+import { BlockIndex, SharingTarget } from './block-sharing.ts';
 import { ByteInput, type ChunkSource } from './byte-input.ts';
 import { DataStream } from './data-stream.ts';
 import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
@@ -31,7 +35,8 @@ import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
 import { writeFilesystem, type FilesystemSummary } from './ext4/writer.ts';
 import { chainIds, describeImageArchive, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
 import { decompressChunks, detectCompression, openSource, type Compression, type OpenedSource, type SourceOpeners } from './source.ts';
-import { NotTarError, TarReader, type TarEntry } from './tar.ts';
+import { parseOnThread } from './parse-thread.ts';
+import { NotTarError, TarReader, drainTrailer, type TarEntry } from './tar.ts';
 import { FsTree } from './tree.ts';
 
 export type ImageFormat = 'auto' | 'tar' | 'oci';
@@ -55,7 +60,7 @@ export const IMAGE_LABELS = {
  * The version of the data layout (where each file's data goes): a layer volume is reused only by
  * an import that lays data out the same way.
  */
-export const LAYER_LAYOUT_VERSION = `1-${DATA_BEGIN_BLOCK}`;
+export const LAYER_LAYOUT_VERSION = `2-${DATA_BEGIN_BLOCK}`;
 
 /** The pool block size a dry run rounds to (the pool default). */
 const DRY_RUN_POOL_BLOCK_BYTES = 64 * 1024;
@@ -95,8 +100,12 @@ export interface ImageImportResult {
   fileBytes: number;
   sizeBytes: number;
   sourceBytes: number;
-  /** File data written to the pool (shared layers' data is not written again). */
+  /** File data written to the pool (shared layers' data and shared blocks are not written again). */
   dataBytesWritten: number;
+  /** File data found in the pool (whole pool blocks of other images, or of this one) and shared, not written. */
+  dataBytesShared: number;
+  /** Whole pool blocks of zeros in files, left unmapped. */
+  dataBytesZero: number;
   /** Metadata written to the pool (inodes, directories, bitmaps, superblocks...). */
   metadataBytesWritten: number;
   /** Data blocks of the pool the image's volume maps. */
@@ -188,8 +197,12 @@ class ImageBuild {
   #queue: WriteQueue | undefined;
   #data: DataStream | undefined;
   #buffers: BufferPool | undefined;
+  #sharing: SharingTarget | undefined;
+  #index: BlockIndex | undefined;
   readonly #layerVolumesMade: string[] = [];
   #lastProgressBytes = -1;
+  /** Source bytes the parsing thread read (it reads a local file itself). */
+  #threadBytesRead = 0;
 
   constructor(pool: Pool | undefined, name: string, opened: OpenedSource, options: ImageImportOptions) {
     this.#pool = pool;
@@ -201,9 +214,14 @@ class ImageBuild {
     this.#blockSizeBytes = pool?.status().blockSizeBytes ?? DRY_RUN_POOL_BLOCK_BYTES;
   }
 
+  /** Source bytes read, by this thread or the parsing thread. */
+  #bytesRead(): number {
+    return Math.max(this.#opened.bytesRead(), this.#threadBytesRead);
+  }
+
   #progress(): void {
     this.#options.signal?.throwIfAborted();
-    const done = this.#opened.bytesRead();
+    const done = this.#bytesRead();
     if (done - this.#lastProgressBytes < 1024 * 1024) return;
     this.#lastProgressBytes = done;
     this.#options.onProgress?.(done, this.#opened.totalBytes);
@@ -243,11 +261,9 @@ class ImageBuild {
         if (this.#volume.sizeBytes !== sizeBytes) await this.#pool.resizeVolume(temporary, sizeBytes);
       }
       this.#temporary = temporary;
-      const volume = this.#volume;
-      target = {
-        write: (offsetBytes, bytes) => volume.write(offsetBytes, bytes),
-        discard: (offsetBytes, lengthBytes) => volume.discard(offsetBytes, lengthBytes),
-      };
+      this.#index = await BlockIndex.load(this.#pool);
+      this.#sharing = new SharingTarget(this.#pool, this.#volume, this.#index);
+      target = this.#sharing;
     }
     this.#queue = new WriteQueue(target, IMAGE_WRITES_IN_FLIGHT_MAX);
     // Room for every write in flight and the two runs the file system writer fills at once.
@@ -274,12 +290,52 @@ class ImageBuild {
     }
     if (!isArchive) {
       await this.#begin();
-      await applyTar(outer, this.#context, { stream: '', layered: false, first });
-      await drainTrailer(outer);
+      if (this.#pool !== undefined && this.#opened.localPath !== undefined && process.env['THINBD_IMAGE_PARSE_THREAD'] !== '0') {
+        await this.#parseOnThread(this.#opened.localPath);
+      } else {
+        await applyTar(outer, this.#context, { stream: '', layered: false, first });
+        await drainTrailer(outer);
+      }
       return this.#finish('tar', `sha256:${await this.#opened.digest()}`, [], []);
     }
     if (this.#opened.ranges !== undefined && this.#opened.compression === 'none') return this.#runIndexed();
     return this.#runStreamed(outer, first!);
+  }
+
+  /**
+   * A flat tar in a local file, parsed on a second thread (parse-thread.ts): this thread writes
+   * what it fills and puts its entries into the tree. THINBD_IMAGE_PARSE_THREAD=0 keeps it here
+   * (for comparing the two).
+   */
+  async #parseOnThread(path: string): Promise<void> {
+    const limit = this.#dataLimit();
+    const result = await parseOnThread(
+      {
+        path,
+        description: this.#opened.description,
+        compression: this.#opened.compression,
+        beginBlock: DATA_BEGIN_BLOCK,
+        limitBlock: limit.limitBlock,
+        limitReason: limit.reason,
+        alignBytes: this.#blockSizeBytes,
+        writesInFlight: IMAGE_WRITES_IN_FLIGHT_MAX,
+        bufferBytes: Math.max(IMAGE_WRITE_BUFFER_BYTES, this.#blockSizeBytes),
+        buffersMax: IMAGE_WRITES_IN_FLIGHT_MAX + 2,
+        signal: this.#options.signal,
+      },
+      {
+        write: (offsetBytes, bytes) => this.#sharing!.write(offsetBytes, bytes),
+        changes: (changes, bytesRead) => {
+          for (const change of changes) applyChange(this.#tree, change);
+          this.#threadBytesRead = bytesRead;
+          this.#progress();
+        },
+      },
+    );
+    this.#threadBytesRead = result.bytesRead;
+    // This thread's data stream takes up where the other's ended (the metadata goes after it).
+    await this.#data!.startSkipping();
+    this.#data!.append(0, result.dataBytes, (problem) => new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${problem}`));
   }
 
   /** A docker/OCI archive with random access: layers in order, shared with earlier imports. */
@@ -386,7 +442,7 @@ class ImageBuild {
       }
       applied.add(path);
       this.#tree.layer = position + 1;
-      for (const change of read.changes) change(this.#tree);
+      for (const change of read.changes) applyChange(this.#tree, change);
       imported.push({ diffId: layer.diffId, shared: false });
     }
     return this.#finish(description.kind, description.configDigest, imported, description.tags);
@@ -410,6 +466,8 @@ class ImageBuild {
       close: () => decompressed.close?.() ?? Promise.resolve(),
     };
     const input = new ByteInput(hashed);
+    // Each layer starts at a pool-block boundary: the same layer packs into the same blocks in any image.
+    await this.#data!.skipToPoolBlock((problem) => new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${stream}: ${problem}`));
     await applyTar(new TarReader(input, stream), this.#context, {
       stream,
       layered: true,
@@ -450,7 +508,9 @@ class ImageBuild {
     const data = this.#data!;
     const queue = this.#queue!;
     await data.finish();
-    const dataBytesWritten = queue.bytesWritten;
+    const dataBytesGiven = queue.bytesWritten;
+    const counts = this.#sharing?.counts;
+    this.#sharing?.stop();
     const hashSeed = new Uint32Array(randomBytes(16).buffer);
     const summary: FilesystemSummary = await writeFilesystem(queue, this.#buffers!, this.#tree, {
       dataEndBlock: data.cursorBlock,
@@ -461,7 +521,7 @@ class ImageBuild {
       label: this.#name.slice(0, 16),
     });
     await queue.drain();
-    const metadataBytesWritten = queue.bytesWritten - dataBytesWritten;
+    const metadataBytesWritten = queue.bytesWritten - dataBytesGiven;
     const sizeBytes = this.#options.sizeBytes ?? summary.geometry.blockCount * BLOCK_SIZE_BYTES;
     const result = {
       name: this.#name,
@@ -473,15 +533,19 @@ class ImageBuild {
       directories: summary.directories,
       fileBytes: summary.fileBytes,
       sizeBytes,
-      sourceBytes: this.#opened.bytesRead(),
+      sourceBytes: this.#bytesRead(),
       // A dry run skips the data: what it would write is the data region's live blocks.
-      dataBytesWritten: this.#pool === undefined ? summary.fileBlockBytes : dataBytesWritten,
+      dataBytesWritten: counts === undefined ? summary.fileBlockBytes : counts.writtenBytes,
+      dataBytesShared: counts?.sharedBytes ?? 0,
+      dataBytesZero: counts?.zeroBytes ?? 0,
       metadataBytesWritten,
       blocksMapped: 0,
       layers,
     };
     if (this.#pool === undefined) return { ...result, blocksMapped: Math.ceil((summary.fileBlockBytes + metadataBytesWritten) / this.#blockSizeBytes) };
     await this.#discardFreeData(summary.freeDataRuns);
+    // The image's blocks join the index for later imports (the records name the volume by id, which the rename keeps).
+    await this.#index!.save(this.#pool);
     const temporary = this.#temporary!;
     await this.#pool.resizeVolume(temporary, sizeBytes);
     const labels: Record<string, string> = {
@@ -498,7 +562,7 @@ class ImageBuild {
     this.#temporary = undefined;
     await this.#pool.flush();
     const usage = this.#pool.usage().get(this.#volume!.id);
-    this.#options.onProgress?.(this.#opened.bytesRead(), this.#opened.totalBytes);
+    this.#options.onProgress?.(this.#bytesRead(), this.#opened.totalBytes);
     return { ...result, blocksMapped: usage?.mappedBlocks ?? 0 };
   }
 
@@ -522,15 +586,6 @@ class ImageBuild {
     }
     await this.#pool.flush().catch(() => undefined);
   }
-}
-
-/**
- * Reads what follows the end-of-archive blocks (tar pads to 10 KiB records), so that the digest is
- * the source file's and a producer on a pipe is not cut off; at most IMAGE_TRAILER_BYTES_MAX.
- */
-async function drainTrailer(reader: TarReader): Promise<void> {
-  let left = IMAGE_TRAILER_BYTES_MAX;
-  for (let piece = await reader.readTrailer(left); piece > 0 && left > 0; piece = await reader.readTrailer(left)) left -= piece;
 }
 
 function layerName(position: number, diffId: string): string {

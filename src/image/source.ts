@@ -32,6 +32,8 @@ export interface OpenedSource {
   description: string;
   /** Random access to the source's raw bytes, when it has it (a local file). */
   ranges: RangeReader | undefined;
+  /** The path of a local regular file (another thread may read it itself). */
+  localPath?: string;
   close(): Promise<void>;
 }
 
@@ -298,6 +300,7 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   let totalBytes: number | undefined;
   let ranges: RangeReader | undefined;
   let closeFile: (() => void) | undefined;
+  let localPath: string | undefined;
   let description: string;
   if (source === '-') {
     description = 'standard input';
@@ -356,6 +359,7 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
       },
     });
     if (stat.isFile()) {
+      localPath = source;
       ranges = {
         sizeBytes,
         read: (beginBytes, endBytes, chunkBytes) => new FileChunks(fd, beginBytes, endBytes, { chunkBytes, reuse: true, onBytes: (chunk) => {
@@ -377,6 +381,7 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
     digest: () => hash.digest(),
     description,
     ranges,
+    ...(localPath === undefined ? {} : { localPath }),
     close: async () => {
       await hash.close();
       await chunks.close?.();

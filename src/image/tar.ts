@@ -8,7 +8,7 @@
 // its end-of-archive block is a THIN_IMAGE_INVALID error naming the entry and the byte offset of
 // its header. Paths are byte strings (see tree.ts).
 import { ThinError } from '../errors.ts';
-import { IMAGE_TAR_HEADER_BYTES_MAX, IMAGE_SPARSE_SEGMENTS_MAX } from '../constants.ts';
+import { IMAGE_TAR_HEADER_BYTES_MAX, IMAGE_SPARSE_SEGMENTS_MAX, IMAGE_TRAILER_BYTES_MAX } from '../constants.ts';
 import type { ByteInput, ChunkSource } from './byte-input.ts';
 import { aclTextToXattr } from './acl.ts';
 import { displayPath, type EntryAttributes } from './tree.ts';
@@ -676,4 +676,13 @@ function validateSparseMap(entry: TarEntry, fail: (problem: string) => ThinError
   }
   if (end > entry.sizeBytes) throw fail(`a sparse segment ends at ${end}, past the file's size ${entry.sizeBytes}`);
   if (total !== entry.storedBytes) throw fail(`the sparse map holds ${total} bytes and the entry stores ${entry.storedBytes}`);
+}
+
+/**
+ * Reads what follows the end-of-archive blocks (tar pads to 10 KiB records), so that the digest is
+ * the source file's and a producer on a pipe is not cut off; at most IMAGE_TRAILER_BYTES_MAX.
+ */
+export async function drainTrailer(reader: TarReader): Promise<void> {
+  let left = IMAGE_TRAILER_BYTES_MAX;
+  for (let piece = await reader.readTrailer(left); piece > 0 && left > 0; piece = await reader.readTrailer(left)) left -= piece;
 }

@@ -40,7 +40,7 @@ export const BadRangeFlag = {
   /** The data that lived there was moved to another block (a remap); nothing maps the block any more for it. */
   relocated: 4,
 } as const;
-const BAD_RANGE_FLAGS_KNOWN = 7;
+export const BAD_RANGE_FLAGS_KNOWN = 7;
 
 export interface BadRangeValue {
   lengthSectors: number;

@@ -499,6 +499,54 @@ export class PoolCore {
     });
   }
 
+  /**
+   * Maps target's virtual blocks [targetBlock, +lengthBlocks), which must be unmapped, to the data
+   * blocks source maps at [sourceBlock, +lengthBlocks) (a reflink, as FICLONERANGE does between
+   * files; source may be target, at blocks that do not overlap): the bytes are shared, their reference counts go up, and source's unmapped blocks stay
+   * unmapped in target. Returns the blocks shared.
+   *
+   * Sharing must look like a snapshot to dm-thin's time test (F-POOL-24, F-POOL-26), for both sides: a write
+   * to either copies the block first. The target's new mappings get a time before its snapshotted
+   * time; when that time is 0, or some shared mapping of the source is not older than the source's
+   * snapshotted time, a new pool time begins and both volumes take it as their snapshotted time,
+   * as a snapshot makes them. So a volume that shares from many others starts at most one pool time
+   * per source, not one per call. The change is a full commit's (as a snapshot is): the delta
+   * log's entries carry no mapping time. The caller holds both ranges' locks.
+   */
+  shareBlocks(source: Device, sourceBlock: number, target: Device, targetBlock: number, lengthBlocks: number): number {
+    this.assertDeviceWritable(target);
+    if (source.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${source.details.name} was removed`);
+    if (source === target && sourceBlock < targetBlock + lengthBlocks && targetBlock < sourceBlock + lengthBlocks) {
+      throw new ThinError('THIN_INVALID', `Cannot share blocks [${sourceBlock}, ${sourceBlock + lengthBlocks}) of volume ${source.details.name} with blocks of itself they overlap`);
+    }
+    const runs = this.mappings.blockRuns(source, sourceBlock, sourceBlock + lengthBlocks).filter((run) => run.dataBlock !== undefined);
+    if (runs.length === 0) return 0;
+    if (this.mappings.blockRuns(target, targetBlock, targetBlock + lengthBlocks).some((run) => run.dataBlock !== undefined)) {
+      throw new ThinError('THIN_INVALID', `Cannot share blocks into [${targetBlock}, ${targetBlock + lengthBlocks}) of volume ${target.details.name}: some are mapped`);
+    }
+    const sourceOlder = runs.every((run) => run.time! < source.value.snapshottedTime);
+    const newTime = !sourceOlder || target.value.snapshottedTime === 0;
+    if (newTime) this.devices.assertTimeLeft();
+    return this.#mutate(`sharing blocks of volume ${source.details.name} with volume ${target.details.name}`, 2 + 5 * runs.length, () => {
+      if (newTime) {
+        const time = this.devices.time + 1;
+        this.devices.time = time;
+        source.value = { ...source.value, snapshottedTime: time };
+        target.value = { ...target.value, snapshottedTime: time };
+        this.devices.markDirty(source);
+        this.devices.markDirty(target);
+      }
+      const mappingTime = target.value.snapshottedTime - 1;
+      let shared = 0;
+      for (const run of runs) {
+        this.mappings.insertShared(target, targetBlock + (run.begin - sourceBlock), run.dataBlock!, run.end - run.begin, mappingTime);
+        shared += run.end - run.begin;
+      }
+      this.commits.unloggedChange();
+      return shared;
+    });
+  }
+
   /** The caller holds the device's whole-volume lock. */
   removeDevice(device: Device): void {
     this.assertWritable();

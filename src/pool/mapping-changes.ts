@@ -23,11 +23,12 @@ export interface Mapping {
   dataBlock: number;
 }
 
-/** A run of virtual blocks [begin, end), mapped from dataBlock on, or unmapped. */
+/** A run of virtual blocks [begin, end), mapped from dataBlock on (at pool time `time`), or unmapped. */
 export interface BlockRun {
   begin: number;
   end: number;
   dataBlock?: number;
+  time?: number;
 }
 
 /** What mapping changes need from the engine (PoolCore). */
@@ -83,7 +84,7 @@ export class MappingChanges {
       const extentEnd = Math.min(extent.virtualBlock + extent.lengthBlocks, end);
       if (extentBegin >= extentEnd) continue;
       if (extentBegin > position) runs.push({ begin: position, end: extentBegin });
-      runs.push({ begin: extentBegin, end: extentEnd, dataBlock: extent.dataBlock + (extentBegin - extent.virtualBlock) });
+      runs.push({ begin: extentBegin, end: extentEnd, dataBlock: extent.dataBlock + (extentBegin - extent.virtualBlock), time: extent.time });
       position = extentEnd;
     }
     if (position < end) runs.push({ begin: position, end });
@@ -118,6 +119,19 @@ export class MappingChanges {
       this.#host.markDirty(device);
       this.#host.note({ kind: DeltaLogEntryKind.map, volumeId: device.id, virtualBlock, lengthBlocks, dataBlock, oldDataBlock: 0 });
     });
+  }
+
+  /**
+   * Maps virtual blocks [virtualBlock, +lengthBlocks) (unmapped) to data blocks from dataBlock,
+   * which another volume maps already, at pool time `time`: a block shared by reference. Runs
+   * inside the caller's metadata change (PoolCore.shareBlocks), which the delta log does not
+   * describe (its map entries carry no time), so nothing is noted.
+   */
+  insertShared(device: Device, virtualBlock: number, dataBlock: number, lengthBlocks: number, time: number): void {
+    const root = this.#insertJoined(device.value.mappingRoot, { virtualBlock, dataBlock, lengthBlocks, time }, true, true);
+    this.dataSpace.inc(dataBlock, lengthBlocks);
+    device.value = { ...device.value, mappingRoot: root, mappedBlockCount: device.value.mappedBlockCount + lengthBlocks };
+    this.#host.markDirty(device);
   }
 
   /**

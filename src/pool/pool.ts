@@ -49,6 +49,9 @@ export type { LowWater, SpaceSettings, SpaceSettingsChange, WhenFull } from './s
 export type { SpaceStatus } from './space.ts';
 export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 
+/** Blocks shared per metadata change by shareBlocks (each run of them a few tree changes). */
+const SHARE_BLOCKS_PER_CHANGE = 64;
+
 export interface PoolCreateOptions
   extends Pick<PoolOpenOptions, 'fileSystem' | 'commitIntervalMs' | 'commitTimer' | 'deltaLog' | 'now' | 'faultRules' | 'metadataDirtyBlocksMax' | 'mutant'> {
   dataSizeBytes: number;
@@ -446,6 +449,54 @@ export class Pool {
       if (room !== undefined) await room;
       return this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true));
     });
+  }
+
+  /**
+   * Maps lengthBytes of `targetName` from targetOffsetBytes, unmapped there, to the data blocks
+   * `sourceName` maps from sourceOffsetBytes: the same bytes, stored once, copied on the first
+   * write to either (a reflink between volumes, or between ranges of one volume; an image import
+   * shares file data this way).
+   * Offsets and length are whole pool blocks. Returns the bytes shared (unmapped source blocks
+   * share nothing).
+   */
+  async shareBlocks(sourceName: string, sourceOffsetBytes: number, targetName: string, targetOffsetBytes: number, lengthBytes: number): Promise<number> {
+    const source = this.#core.deviceByName(sourceName);
+    const target = this.#core.deviceByName(targetName);
+    const bs = this.#core.blockSizeBytes;
+    for (const [what, value] of [['source offset', sourceOffsetBytes], ['target offset', targetOffsetBytes], ['length', lengthBytes]] as const) {
+      if (!Number.isSafeInteger(value) || value < 0 || value % bs !== 0) throw new ThinError('THIN_INVALID', `Cannot share blocks: the ${what} ${value} is not a whole number of ${bs}-byte blocks`);
+    }
+    if (sourceOffsetBytes + lengthBytes > source.value.sizeBytes || targetOffsetBytes + lengthBytes > target.value.sizeBytes) {
+      throw new ThinError('THIN_OUT_OF_RANGE', `Cannot share ${lengthBytes} bytes from offset ${sourceOffsetBytes} of ${sourceName} to offset ${targetOffsetBytes} of ${targetName}: past a volume's end`);
+    }
+    if (lengthBytes === 0) return 0;
+    const sourceBegin = sourceOffsetBytes / bs;
+    const targetBegin = targetOffsetBytes / bs;
+    const lengthBlocks = lengthBytes / bs;
+    // Locks in (volume id, block) order, so two calls sharing each way cannot wait on each other.
+    const ranges = [
+      { id: source.id, begin: sourceBegin },
+      { id: target.id, begin: targetBegin },
+    ].sort((a, b) => a.id - b.id || a.begin - b.begin);
+    if (source === target && ranges[0]!.begin + lengthBlocks > ranges[1]!.begin) {
+      throw new ThinError('THIN_INVALID', `Cannot share ${lengthBytes} bytes of volume ${sourceName} with an overlapping range of itself`);
+    }
+    this.#core.beginRequest();
+    try {
+      return await this.#core.locks.with(ranges[0]!.id, ranges[0]!.begin, ranges[0]!.begin + lengthBlocks, () =>
+        this.#core.locks.with(ranges[1]!.id, ranges[1]!.begin, ranges[1]!.begin + lengthBlocks, () => {
+          let shared = 0;
+          // A few blocks per metadata change, as unmapRange cuts a long range.
+          for (let done = 0; done < lengthBlocks; done += SHARE_BLOCKS_PER_CHANGE) {
+            const count = Math.min(SHARE_BLOCKS_PER_CHANGE, lengthBlocks - done);
+            shared += this.#core.shareBlocks(source, sourceBegin + done, target, targetBegin + done, count);
+          }
+          return shared * bs;
+        }),
+      );
+    } finally {
+      this.#core.endRequest();
+    }
   }
 
   /** Removes a volume; its snapshots keep their blocks, blocks no one else maps become free. */

@@ -23,7 +23,8 @@ import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
 import { closePoolFiles, openPinnedPoolFiles, openPoolDirectory, type PoolFiles } from '../pool/files.ts';
 import { deviceReadCodec, extentReadCodec, validatePayloadRoots } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
-import type { DeviceBegin, Mapping, SuperblockBegin } from './dump/events.ts';
+import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
+import type { DeviceBegin, DumpBadRange, Mapping, SuperblockBegin } from './dump/events.ts';
 
 /** dm-thin's metadata version, written by the kernel and thin-provisioning-tools 1.x. */
 const DM_THIN_METADATA_VERSION = 2;
@@ -247,6 +248,19 @@ export class PoolView {
   *mappings(device: ViewDevice): Generator<Mapping> {
     for (const [key, extent] of this.#mappingTree.entries(device.value.mappingRoot)) {
       yield { originBegin: key, dataBegin: extent.dataBlock, length: extent.lengthBlocks, time: extent.time };
+    }
+  }
+
+  /**
+   * The pool's bad data ranges, in sector order (metadata ranges name sectors of this metadata
+   * file, which a restore or a repair does not keep: events.ts DumpBadRange).
+   */
+  *badDataRanges(): Generator<DumpBadRange> {
+    const root = this.payload.badRangeRoot ?? 0;
+    if (root === 0) return;
+    for (const [key, value] of new BTree(this.tm, badRangeCodec).entries(root)) {
+      const decoded = decodeBadRangeKey(key);
+      if (decoded?.device === 'data') yield { beginSector: decoded.beginSector, lengthSectors: value.lengthSectors, flags: value.flags };
     }
   }
 

@@ -20,8 +20,13 @@
 // device, past a volume's end or overlapping an earlier one. When no superblock generation opens
 // there is nothing to start from: repair says so, unless it is given the data block size, with
 // which it finds the newest generation's roots by scanning the metadata (superblock-scan.ts).
+//
+// The bad data ranges are carried over (restore records them again, each holding its block, so a
+// bad sector is never allocated); those under an unreadable node of the bad-range tree are named
+// as lost, since their blocks may then be allocated again. Bad metadata ranges are left behind:
+// they name sectors of the old metadata file, and the rebuilt pool writes a new one.
 import path from 'node:path';
-import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
+import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES, SECTOR_BYTES } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
@@ -38,7 +43,8 @@ import { checkPool, type CheckOptions, type CheckReport } from './check.ts';
 import { rebuildSuperblock, scanCopyBlockCount } from './superblock-scan.ts';
 import { randomBytes } from 'node:crypto';
 import type { Extent } from '../pool/ranges.ts';
-import { isPending, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
+import { badRangeProblem, isPending, type DumpBadRange, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
+import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
 import { openPoolForTools, type FindingKind } from './open.ts';
 import { PoolView, openReadOnly } from './pool-view.ts';
 import type { Problem } from './problem.ts';
@@ -55,6 +61,8 @@ export interface RepairReport {
   dir: string;
   volumes: RestoredVolume[];
   mappedBlockCount: number;
+  /** Bad data ranges carried over (never allocated in the rebuilt pool either). */
+  badRangeCount: number;
   /** Everything that could not be carried over; empty when the metadata was whole. */
   lost: RepairLoss[];
 }
@@ -133,7 +141,7 @@ async function rebuild(view: PoolView, sourceDir: string, targetDir: string, opt
   const metadataSizeBytes = options.metadataSizeBytes ?? view.tm.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES;
   // The space settings come along; the metadata grows as the rebuilt trees need (buildPool).
   const built = await buildPool({ dir: targetDir, data: { path: dataPath }, metadataSizeBytes, space: view.payload.space, fileSystem }, (visitor) => salvage(view, visitor, lost));
-  return { dir: built.dir, volumes: built.volumes, mappedBlockCount: built.mappedBlockCount, lost };
+  return { dir: built.dir, volumes: built.volumes, mappedBlockCount: built.mappedBlockCount, badRangeCount: built.badRangeCount, lost };
 }
 
 /** Rebuilds the pool in sourceDir into a new pool directory targetDir; sourceDir is left as it was. */
@@ -404,5 +412,33 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
     for (const mapping of mappings) await settle(visitor.mapping(mapping));
     await settle(visitor.deviceEnd());
   }
+  for (const range of salvageBadRanges(view, lost)) await settle(visitor.badRange(range));
   await settle(visitor.superblockEnd());
+}
+
+/** The bad data ranges that can be read and hold together, in order; the rest named as lost. */
+function salvageBadRanges(view: PoolView, lost: RepairLoss[]): DumpBadRange[] {
+  const { tm, payload } = view;
+  const root = payload.badRangeRoot ?? 0;
+  if (root === 0) return [];
+  const ranges: DumpBadRange[] = [];
+  const blockSizeSectors = payload.blockSizeBytes / SECTOR_BYTES;
+  new TreeWalker(tm).walk(root, badRangeCodec, {
+    leaf: (key, value) => {
+      const decoded = decodeBadRangeKey(key);
+      if (decoded?.device !== 'data') return;
+      const range = { beginSector: decoded.beginSector, lengthSectors: value.lengthSectors, flags: value.flags };
+      const last = ranges[ranges.length - 1];
+      const problem = badRangeProblem(range, blockSizeSectors, payload.dataBlockCount, last === undefined ? 0 : last.beginSector + last.lengthSectors);
+      if (problem === undefined) ranges.push(range);
+      else lost.push({ where: `bad-range tree`, message: `the bad data range of sectors [${range.beginSector}, ${range.beginSector + range.lengthSectors}): ${problem}` });
+    },
+    corrupt: (problem) => {
+      lost.push({
+        where: `bad-range tree, metadata block ${problem.blockNr}`,
+        message: `the bad ranges under it (their data blocks may be allocated again): ${problem.error.message}`,
+      });
+    },
+  });
+  return ranges;
 }

@@ -20,6 +20,10 @@
 // held in memory and expanded wherever a device says `<ref name/>` (thin-provisioning-tools 1.x
 // `dump.rs`), so a 1.x dump
 // restores too; 0.9.0 rejects them.
+//
+// A `thinbd:bad-range` comment directly in <superblock> (dump/xml.ts) is a bad data range: it must
+// lie inside one data block below nr_data_blocks, have known flags with a read or write error
+// among them, and come after the one before it without overlapping it.
 import { SaxesParser, type SaxesTag } from 'saxes';
 import {
   RESTORE_INPUT_CHUNK_BYTES,
@@ -27,8 +31,8 @@ import {
   VOLUME_SIZE_BYTES_MAX,
 } from '../constants.ts';
 import { ThinError } from '../errors.ts';
-import { dispatch, isPending, type DeviceBegin, type DumpEvent, type DumpVisitor, type Mapping, type VolumeExtras } from './dump/events.ts';
-import { VOLUME_COMMENT_KEYWORD } from './dump/xml.ts';
+import { badRangeProblem, dispatch, isPending, type DeviceBegin, type DumpEvent, type DumpVisitor, type Mapping, type VolumeExtras } from './dump/events.ts';
+import { BAD_RANGE_COMMENT_KEYWORD, VOLUME_COMMENT_KEYWORD } from './dump/xml.ts';
 
 const U32_MAX = 0xffff_ffff;
 
@@ -37,6 +41,8 @@ export interface XmlReadSummary {
   /** Mapping events delivered (after `<ref>` expansion; ranges, not blocks). */
   mappingCount: number;
   mappedBlockCount: number;
+  /** Bad data ranges read (thinbd:bad-range comments). */
+  badRangeCount: number;
   /** Line count of the input, as the parser counted it. */
   lineCount: number;
 }
@@ -138,6 +144,10 @@ class ThinXmlReader {
   /** Element that `#place === 'mapping'` sits in, to return to on its close tag. */
   #mappingParent: 'device' | 'def' = 'device';
   #nrDataBlocks = 0;
+  #dataBlockSizeSectors = 0;
+  /** One past the last sector of the bad range read last (they come in order). */
+  #badRangesEnd = 0;
+  #badRangeCount = 0;
   readonly #devIds = new Set<number>();
   #device: DeviceBegin | undefined;
   /** deviceBegin is held back until the device's first mapping, so the volume comment can join it. */
@@ -194,6 +204,7 @@ class ThinXmlReader {
       deviceCount: this.#deviceCount,
       mappingCount: this.#mappingCount,
       mappedBlockCount: this.#mappedBlockCount,
+      badRangeCount: this.#badRangeCount,
       lineCount: this.#lineCount,
     };
   }
@@ -299,11 +310,42 @@ class ThinXmlReader {
 
   #comment(text: string): void {
     const body = text.trim();
+    if (body.startsWith(`${BAD_RANGE_COMMENT_KEYWORD} `)) {
+      this.#badRange(body.slice(BAD_RANGE_COMMENT_KEYWORD.length + 1));
+      return;
+    }
     if (!body.startsWith(`${VOLUME_COMMENT_KEYWORD} `)) return; // other comments are ignored, as thin_restore does
     if (this.#place !== 'device' || this.#device === undefined) this.#fail(`a ${VOLUME_COMMENT_KEYWORD} comment outside a <device>`);
     if (this.#deviceDelivered) this.#fail(`the ${VOLUME_COMMENT_KEYWORD} comment must come before the device's mappings`);
     if (this.#device.volume !== undefined) this.#fail(`a second ${VOLUME_COMMENT_KEYWORD} comment in one device`);
     this.#device.volume = this.#volumeExtras(body.slice(VOLUME_COMMENT_KEYWORD.length + 1));
+  }
+
+  #badRange(json: string): void {
+    const keyword = BAD_RANGE_COMMENT_KEYWORD;
+    if (this.#place !== 'superblock') this.#fail(`a ${keyword} comment inside ${this.#where()}; bad ranges belong directly in <superblock>`);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(json);
+    } catch {
+      this.#fail(`the ${keyword} comment does not hold a JSON object`);
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) this.#fail(`the ${keyword} comment does not hold a JSON object`);
+    const record = parsed as Record<string, unknown>;
+    const whole = (field: string, min: number): number => {
+      const value = record[field];
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) this.#fail(`${keyword} field "${field}" is not a whole number from ${min}`);
+      return value;
+    };
+    const beginSector = whole('beginSector', 0);
+    const lengthSectors = whole('lengthSectors', 1);
+    const flags = whole('flags', 1);
+    const range = { beginSector, lengthSectors, flags };
+    const problem = badRangeProblem(range, this.#dataBlockSizeSectors, this.#nrDataBlocks, this.#badRangesEnd);
+    if (problem !== undefined) this.#fail(`${keyword} of sectors [${beginSector}, ${beginSector + lengthSectors}): ${problem}`);
+    this.#badRangesEnd = beginSector + lengthSectors;
+    this.#badRangeCount += 1;
+    this.#events.push({ kind: 'badRange', beginSector, lengthSectors, flags });
   }
 
   #volumeExtras(json: string): VolumeExtras {
@@ -375,6 +417,7 @@ class ThinXmlReader {
     if (dataBlockSizeSectors < 1) this.#fail('<superblock> attribute data_block_size="0": a data block holds at least one sector');
     const metadataSnapText = attributes['metadata_snap'];
     this.#nrDataBlocks = this.#number(tag, attributes, 'nr_data_blocks', Number.MAX_SAFE_INTEGER);
+    this.#dataBlockSizeSectors = dataBlockSizeSectors;
     this.#events.push({
       kind: 'superblockBegin',
       uuid,

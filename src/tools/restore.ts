@@ -11,6 +11,10 @@
 // their own references), the device tree with ids, times and transaction ids as dumped — because
 // the Pool API allocates data blocks itself and cannot place a mapping on a chosen block.
 //
+// Bad data ranges (dump/events.ts DumpBadRange) go into a new bad-range tree, each holding one
+// reference to its data block as the pool's own record does (F-BAD-3), so the block is never
+// allocated again; a block that is also mapped keeps its mappings' references besides.
+//
 // Names: a volume comment's name (xml.ts), else the device id in decimal. Sizes: the comment's,
 // else the size that covers the highest mapped block (at least one block). Origins named in
 // comments are linked by name when that volume is restored too.
@@ -61,7 +65,8 @@ import {
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 import { DETAILS_CAPACITY_BYTES, makeDeviceCodec, makeExtentCodec } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
-import type { DeviceBegin, DumpVisitor, Mapping, SuperblockBegin, VisitResult } from './dump/events.ts';
+import { badRangeProblem, type DeviceBegin, type DumpBadRange, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult } from './dump/events.ts';
+import { badRangeCodec, badRangeKey } from '../pool/bad-ranges.ts';
 import { readThinXml, type XmlReadSummary } from './restore-xml.ts';
 import { ReferenceRuns } from './reference-runs.ts';
 import type { SpaceSettings } from '../pool/space-policy.ts';
@@ -98,6 +103,8 @@ export interface RestoreSummary {
   dataBlockCount: number;
   volumes: RestoredVolume[];
   mappedBlockCount: number;
+  /** Bad data ranges recorded in the new pool (never allocated). */
+  badRangeCount: number;
   /** The dump's superblock transaction id (dm-thin's userspace transaction id), kept in the pool. */
   sourceTransaction: number;
   input: XmlReadSummary;
@@ -217,6 +224,7 @@ class PoolBuilder implements DumpVisitor {
   #mappedBlockCount = 0;
   /** One reference per inserted extent; the data space map is built from them at the end. */
   #dataReferences = new ReferenceRuns();
+  readonly #badRanges: DumpBadRange[] = [];
   #finished = false;
   readonly #warnings: string[] = [];
 
@@ -417,6 +425,21 @@ class PoolBuilder implements DumpVisitor {
     return this.#maybeCommit();
   }
 
+  badRange(range: DumpBadRange): VisitResult {
+    const engine = this.#needEngine();
+    assert(this.#device === undefined, 'badRange inside a device');
+    const blockSizeSectors = engine.blockSizeBytes / SECTOR_BYTES;
+    const last = this.#badRanges[this.#badRanges.length - 1];
+    const problem = badRangeProblem(range, blockSizeSectors, engine.dataBlockCount, last === undefined ? 0 : last.beginSector + last.lengthSectors);
+    if (problem !== undefined) {
+      throw new ThinError('THIN_INVALID', `restore: bad data range of sectors [${range.beginSector}, ${range.beginSector + range.lengthSectors}): ${problem}`);
+    }
+    this.#badRanges.push({ ...range });
+    const block = Math.floor(range.beginSector / blockSizeSectors);
+    this.#dataReferences.add(block, block + 1);
+    return undefined;
+  }
+
   superblockEnd(): VisitResult {
     return undefined;
   }
@@ -451,8 +474,16 @@ class PoolBuilder implements DumpVisitor {
     if (this.#timeMax > engine.superblock.time) {
       this.#warnings.push(`the dump's pool time ${engine.superblock.time} is older than its devices and mappings; the pool time restored is ${this.#timeMax}`);
     }
+    let badRangeRoot = 0;
+    if (this.#badRanges.length > 0) {
+      const tree = new BTree(tm, badRangeCodec);
+      badRangeRoot = tree.createEmpty();
+      for (const range of this.#badRanges) {
+        badRangeRoot = tree.insert(badRangeRoot, badRangeKey('data', range.beginSector), { lengthSectors: range.lengthSectors, flags: range.flags });
+      }
+    }
     const nextVolumeId = volumes.reduce((max, volume) => Math.max(max, volume.id + 1), 1);
-    const payload = this.#payload(deviceTreeRoot, nextVolumeId);
+    const payload = { ...this.#payload(deviceTreeRoot, nextVolumeId), badRangeRoot };
     await tm.commit(encodePoolPayload(payload), () => this.#dataFile!.sync());
     this.#finished = true;
     await this.#closeFiles();
@@ -461,6 +492,7 @@ class PoolBuilder implements DumpVisitor {
       dataBlockCount: engine.dataBlockCount,
       volumes,
       mappedBlockCount: this.#mappedBlockCount,
+      badRangeCount: this.#badRanges.length,
       sourceTransaction: engine.superblock.transaction,
       warnings: this.#warnings,
     };

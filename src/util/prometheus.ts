@@ -1,5 +1,6 @@
 // The Prometheus text exposition format (version 0.0.4: `# HELP`, `# TYPE`, one sample per line,
-// histograms as cumulative `_bucket{le=…}` plus `_sum` and `_count`). Small enough to own: the
+// histograms as cumulative `_bucket{le=…}` plus `_sum` and `_count`, summaries as samples with a
+// `quantile` label plus `_sum` and `_count`). Small enough to own: the
 // server builds the whole page at scrape time from counters it keeps anyway, so no registry of
 // live metric objects is needed.
 
@@ -29,7 +30,7 @@ export class PrometheusPage {
   readonly #families = new Set<string>();
 
   /** Declares a family (once; later calls with the same name add nothing). */
-  family(name: string, type: 'counter' | 'gauge' | 'histogram', help: string): this {
+  family(name: string, type: 'counter' | 'gauge' | 'histogram' | 'summary', help: string): this {
     if (this.#families.has(name)) return this;
     this.#families.add(name);
     this.#lines.push(`# HELP ${name} ${help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}`, `# TYPE ${name} ${type}`);

@@ -22,9 +22,8 @@ before(async () => {
   assert.equal(thinbd(['pool', 'create', '--pool', pool, '--data-size', '256M', '--block-size', '64K']).code, 0);
   assert.equal(thinbd(['create', '--pool', pool, 'disk', '--size', '64M']).code, 0);
   server = await startServe(pool, ['--metrics', '127.0.0.1:0']);
-  const match = /Metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(server.output());
-  assert.ok(match, server.output());
-  metricsUrl = match[1]!;
+  // The metrics line follows the ready line, maybe in a later chunk of output.
+  metricsUrl = (await server.waitForOutput(/Metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/))[1]!;
 });
 after(async () => {
   await server?.stop();

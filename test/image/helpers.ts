@@ -6,7 +6,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { patternBytes } from '../nbd/helpers.ts';
+import { patternBytes, run, startProcess, stopProcess } from '../nbd/helpers.ts';
+import { startServe } from '../daemon/serve-process.ts';
 
 export function sh(command: string, args: string[], options: { input?: Uint8Array; allowFailure?: boolean; cwd?: string } = {}): { code: number | null; stdout: string; stderr: string } {
   const result = spawnSync(command, args, { input: options.input, cwd: options.cwd, encoding: 'utf8', maxBuffer: 512 * 1024 * 1024, timeout: 300_000 });
@@ -217,4 +218,49 @@ export function assertSameTree(actual: Map<string, TreeEntry>, expected: Map<str
 export function extractTar(archive: string, into: string): void {
   fs.mkdirSync(into, { recursive: true });
   sh('tar', ['--xattrs', '--xattrs-include=*', '--acls', '--same-owner', '-p', '-xf', archive, '-C', into]);
+}
+
+/** The tree of a file system image as the kernel shows it, loop-mounted read-only under workDir ('.' left out). */
+export function mountedTreeOf(raw: string, workDir: string): Map<string, TreeEntry> {
+  const mountPoint = fs.mkdtempSync(path.join(workDir, 'mnt-'));
+  sh('mount', ['-o', 'loop,ro', raw, mountPoint]);
+  try {
+    const tree = describeTree(mountPoint);
+    tree.delete('.');
+    return tree;
+  } finally {
+    sh('umount', [mountPoint]);
+  }
+}
+
+/**
+ * Serves volume `name` of the pool, attaches it through nbdfuse and a loop device, mounts it
+ * read-write, runs `work`, unmounts, checks it with e2fsck -fn, and takes it all down.
+ */
+export async function withMountedVolume(pool: string, name: string, workDir: string, work: (mountPoint: string) => void): Promise<void> {
+  const server = await startServe(pool);
+  const fuseDir = fs.mkdtempSync(path.join(workDir, 'fuse-'));
+  const disk = path.join(fuseDir, 'disk');
+  const fuse = startProcess('nbdfuse', [disk, server.uri(name)]);
+  let device: string | undefined;
+  const mountPoint = fs.mkdtempSync(path.join(workDir, 'machine-'));
+  try {
+    const deadline = Date.now() + 10_000;
+    while (!fs.existsSync(disk) || fs.statSync(disk).size === 0) {
+      if (Date.now() > deadline) throw new Error(`nbdfuse did not start: ${fuse.output()}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    device = (await run('losetup', ['-f', '--show', disk])).stdout.trim();
+    await run('mount', [device, mountPoint]);
+    work(mountPoint);
+    await run('umount', [mountPoint]);
+    const fsck = await run('e2fsck', ['-fn', device], { allowFailure: true });
+    assert.equal(fsck.code, 0, `e2fsck of ${name}'s disk:\n${fsck.stdout}${fsck.stderr}`);
+  } finally {
+    await run('umount', [mountPoint], { allowFailure: true });
+    if (device !== undefined) await run('losetup', ['-d', device], { allowFailure: true });
+    await run('fusermount3', ['-u', fuseDir], { allowFailure: true });
+    await stopProcess(fuse.child);
+    await server.stop();
+  }
 }

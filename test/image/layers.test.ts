@@ -9,7 +9,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { requireTools, patternBytes, tempDir } from '../nbd/helpers.ts';
 import { thinbd } from '../cli/run-thinbd.ts';
-import { assertSameTree, describeTree, sh, type TreeEntry } from './helpers.ts';
+import { assertSameTree, describeTree, mountedTreeOf, sh, type TreeEntry } from './helpers.ts';
 import { ociArchive, sha256Hex, tarArchive, type TarSpec } from './tar-writer.ts';
 
 requireTools('e2fsck', 'mount', 'umount', 'getfattr');
@@ -140,14 +140,9 @@ function mountedTree(pool: string, name: string): Map<string, TreeEntry> {
   assert.equal(thinbd(['export', '--pool', pool, name, raw]).code, 0);
   const fsck = sh('e2fsck', ['-fn', raw], { allowFailure: true });
   assert.equal(fsck.code, 0, `e2fsck -fn:\n${fsck.stdout}${fsck.stderr}`);
-  const mountPoint = fs.mkdtempSync(path.join(work.path, 'mnt-'));
-  sh('mount', ['-o', 'loop,ro', raw, mountPoint]);
   try {
-    const tree = describeTree(mountPoint);
-    tree.delete('.');
-    return tree;
+    return mountedTreeOf(raw, work.path);
   } finally {
-    sh('umount', [mountPoint]);
     fs.rmSync(raw);
   }
 }

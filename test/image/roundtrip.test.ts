@@ -9,10 +9,9 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requireTools, run, startProcess, stopProcess, tempDir } from '../nbd/helpers.ts';
+import { requireTools, tempDir } from '../nbd/helpers.ts';
 import { thinbd } from '../cli/run-thinbd.ts';
-import { startServe } from '../daemon/serve-process.ts';
-import { assertSameTree, describeTree, extractTar, makeSampleTree, sh, type TreeEntry } from './helpers.ts';
+import { assertSameTree, describeTree, extractTar, makeSampleTree, sh, withMountedVolume, type TreeEntry } from './helpers.ts';
 
 requireTools('tar', 'gzip', 'e2fsck', 'debugfs', 'mount', 'umount', 'losetup', 'getfattr', 'setfattr', 'setfacl', 'mknod', 'nbdfuse', 'fusermount3');
 
@@ -88,9 +87,17 @@ for (const variant of Object.keys(VARIANTS)) {
     const used = sh('debugfs', ['-R', 'stat /var/sparse.img', raw]).stdout;
     assert.match(used, /Blockcount: 32\b/, 'the sparse file takes 4 blocks');
     const listed = JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string; readOnly: boolean }>;
-    assert.deepEqual(listed.map((volume) => [volume.name, volume.readOnly]), [['image', true]]);
+    // The image, and the index of its blocks for later imports to share (docs/image.md "Sharing").
+    assert.deepEqual(listed.map((volume) => [volume.name, volume.readOnly]), [['image', true], ['image.blocks', false]]);
   });
 }
+
+test('a flat tar parsed on the main thread (THINBD_IMAGE_PARSE_THREAD=0) gives the same tree as on the parsing thread', () => {
+  const pool = newPool('one-thread');
+  const result = thinbd(['image', 'import', '--pool', pool, 'image', archives.get('pax-sparse-1.0')!, '--json'], { env: { THINBD_IMAGE_PARSE_THREAD: '0' } });
+  assert.equal(result.code, 0, result.stderr);
+  assertSameTree(mountedTree(exportAndCheck(pool, 'image')), expected.get('pax-sparse-1.0')!, 'parsed on the main thread');
+});
 
 test('a gzip archive read from standard input imports the same tree, and image ls names its source and digest', () => {
   const archive = archives.get('pax-sparse-1.0')!;
@@ -158,35 +165,13 @@ test("a machine's snapshot of an image mounts read-write, takes writes, stays fs
   importImage(pool, 'image', archives.get('pax-sparse-1.0')!);
   const before = createHash('sha256').update(fs.readFileSync(exportAndCheck(pool, 'image'))).digest('hex');
   assert.equal(thinbd(['snapshot', '--pool', pool, 'image', 'machine-42']).code, 0);
-  const server = await startServe(pool);
-  const fuseDir = fs.mkdtempSync(path.join(work.path, 'fuse-'));
-  const disk = path.join(fuseDir, 'disk');
-  const fuse = startProcess('nbdfuse', [disk, server.uri('machine-42')]);
-  let device: string | undefined;
-  const mountPoint = fs.mkdtempSync(path.join(work.path, 'machine-'));
-  try {
-    const deadline = Date.now() + 10_000;
-    while (!fs.existsSync(disk) || fs.statSync(disk).size === 0) {
-      if (Date.now() > deadline) throw new Error(`nbdfuse did not start: ${fuse.output()}`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    device = (await run('losetup', ['-f', '--show', disk])).stdout.trim();
-    await run('mount', [device, mountPoint]);
+  await withMountedVolume(pool, 'machine-42', work.path, (mountPoint) => {
     fs.writeFileSync(path.join(mountPoint, 'etc/hello'), 'changed by the machine\n');
     fs.mkdirSync(path.join(mountPoint, 'var/log/app'), { recursive: true });
     for (let index = 0; index < 200; index++) fs.writeFileSync(path.join(mountPoint, `var/log/app/${index}.log`), `line ${index}\n`.repeat(index));
     fs.rmSync(path.join(mountPoint, 'many'), { recursive: true });
     fs.writeFileSync(path.join(mountPoint, 'usr/lib/large.bin'), Buffer.alloc(8 * 1024 * 1024, 1));
-    await run('umount', [mountPoint]);
-    const fsck = await run('e2fsck', ['-fn', device], { allowFailure: true });
-    assert.equal(fsck.code, 0, `e2fsck of the machine's disk:\n${fsck.stdout}${fsck.stderr}`);
-  } finally {
-    await run('umount', [mountPoint], { allowFailure: true });
-    if (device !== undefined) await run('losetup', ['-d', device], { allowFailure: true });
-    await run('fusermount3', ['-u', fuseDir], { allowFailure: true });
-    await stopProcess(fuse.child);
-    await server.stop();
-  }
+  });
   const after = createHash('sha256').update(fs.readFileSync(exportAndCheck(pool, 'image'))).digest('hex');
   assert.equal(after, before, 'the image changed');
   const machine = mountedTree(exportAndCheck(pool, 'machine-42'));

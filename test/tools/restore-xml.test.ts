@@ -90,7 +90,7 @@ test('the reader takes what thin_restore takes: a declaration, comments, unknown
     ),
     recorder,
   );
-  assert.deepEqual(summary, { deviceCount: 2, mappingCount: 2, mappedBlockCount: 8, lineCount: 11 });
+  assert.deepEqual(summary, { deviceCount: 2, mappingCount: 2, mappedBlockCount: 8, badRangeCount: 0, lineCount: 11 });
   assert.deepEqual(
     recorder.events.map((e) => e.kind),
     ['superblockBegin', 'deviceBegin', 'deviceEnd', 'deviceBegin', 'mapping', 'mapping', 'deviceEnd', 'superblockEnd'],

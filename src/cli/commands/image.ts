@@ -73,6 +73,7 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
         `Imported ${result.source} into read-only volume ${name} (${formatSize(result.sizeBytes)}): ${result.files} files, ` +
           `${formatSize(result.fileBytes)} in ${result.seconds.toFixed(2)}s; ${formatSize(result.dataBytesWritten)} data and ` +
           `${formatSize(result.metadataBytesWritten)} metadata written` +
+          (result.dataBytesShared > 0 ? `, ${formatSize(result.dataBytesShared)} of data shared with blocks already in the pool` : '') +
           (result.layers.length > 0 ? `; ${result.layers.length} layers, ${shared} shared with images already in the pool` : ''),
       );
     });

@@ -115,7 +115,8 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
         return;
       }
       reporter.out(
-        `Restored ${summary.volumes.length} volume(s), ${summary.mappedBlockCount} mapped block(s) of ${formatSize(summary.blockSizeBytes)}, into ${dir}`,
+        `Restored ${summary.volumes.length} volume(s), ${summary.mappedBlockCount} mapped block(s) of ${formatSize(summary.blockSizeBytes)}` +
+          `${summary.badRangeCount === 0 ? '' : `, ${summary.badRangeCount} bad data range(s) kept out of use`}, into ${dir}`,
       );
     });
 
@@ -155,6 +156,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       for (const loss of report.lost) reporter.out(`lost: ${loss.where}: ${loss.message}`);
       reporter.out(
         `Repaired ${dir} into ${report.dir}: ${report.volumes.length} volume(s), ${report.mappedBlockCount} mapped block(s)` +
+          `${report.badRangeCount === 0 ? '' : `, ${report.badRangeCount} bad data range(s) kept`}` +
           (report.lost.length === 0 ? ', nothing lost' : `, ${report.lost.length} loss(es) listed above`),
       );
     });

@@ -3,8 +3,9 @@
 // walker of `thinbd dump`, or the XML reader of `thinbd restore` — calls a DumpVisitor in this
 // order:
 //
-//   superblockBegin (deviceBegin mapping* deviceEnd)* superblockEnd
+//   superblockBegin (deviceBegin mapping* deviceEnd | badRange)* superblockEnd
 //
+// (`thinbd dump` sends its bad ranges after the last device.)
 // Writers (XML, JSON, human) and the pool builder of restore are visitors. The fields are
 // thin_dump's (thin-provisioning-tools' XML grammar), in its units: data block size in 512-byte sectors,
 // everything else in data blocks. thinbd's own volume facts (name, size, origin, labels) ride
@@ -15,6 +16,7 @@
 // waiting on I/O); producers await it only when one is returned, so a million mappings cost a
 // million plain calls, not a million microtasks.
 import { assert } from '../../errors.ts';
+import { BAD_RANGE_FLAGS_KNOWN, BadRangeFlag } from '../../pool/bad-ranges.ts';
 
 export interface SuperblockBegin {
   /** thin_dump always prints ""; kept so a restore of a kernel dump round-trips. */
@@ -63,6 +65,37 @@ export interface Mapping {
   time: number;
 }
 
+/**
+ * Sectors of the data device recorded bad (docs/format.md "Bad ranges", F-BAD-2): a restore or a
+ * repair records them again, so that their block is never allocated. In 512-byte sectors of the
+ * data device; a range lies inside one data block. Metadata ranges are not carried: they name
+ * sectors of the old metadata file, and a restore or a repair writes a new one.
+ */
+export interface DumpBadRange {
+  beginSector: number;
+  lengthSectors: number;
+  /** F-BAD-2's flags: 1 read error, 2 write error, 4 relocated (at least one of 1 and 2). */
+  flags: number;
+}
+
+/**
+ * What is wrong with a bad range of a pool of `dataBlockCount` blocks of `blockSizeSectors`, after
+ * one that ended at sector `previousEnd` (ranges come in order and never overlap); undefined if
+ * nothing is.
+ */
+export function badRangeProblem(range: DumpBadRange, blockSizeSectors: number, dataBlockCount: number, previousEnd: number): string | undefined {
+  const { beginSector, lengthSectors, flags } = range;
+  const endSector = beginSector + lengthSectors;
+  const block = Math.floor(beginSector / blockSizeSectors);
+  if ((flags & ~BAD_RANGE_FLAGS_KNOWN) !== 0 || (flags & (BadRangeFlag.readError | BadRangeFlag.writeError)) === 0) {
+    return `flags ${flags} are not a read error (1) and/or a write error (2), optionally relocated (4)`;
+  }
+  if (Math.floor((endSector - 1) / blockSizeSectors) !== block) return `it crosses the end of data block ${block}`;
+  if (block >= dataBlockCount) return `it lies in data block ${block}, past the data device's ${dataBlockCount} blocks`;
+  if (beginSector < previousEnd) return `it overlaps or comes before the bad range before it (which ends at sector ${previousEnd})`;
+  return undefined;
+}
+
 export type VisitResult = void | Promise<void>;
 
 export interface DumpVisitor {
@@ -71,6 +104,8 @@ export interface DumpVisitor {
   /** Mappings of the open device, in any order a producer likes; dump producers give origin order. */
   mapping(mapping: Mapping): VisitResult;
   deviceEnd(): VisitResult;
+  /** A bad range of the data device, outside any device. */
+  badRange(range: DumpBadRange): VisitResult;
   superblockEnd(): VisitResult;
 }
 
@@ -132,6 +167,7 @@ export type DumpEvent =
   | ({ kind: 'deviceBegin' } & DeviceBegin)
   | ({ kind: 'mapping' } & Mapping)
   | { kind: 'deviceEnd' }
+  | ({ kind: 'badRange' } & DumpBadRange)
   | { kind: 'superblockEnd' };
 
 export function dispatch(event: DumpEvent, visitor: DumpVisitor): VisitResult {
@@ -150,6 +186,10 @@ export function dispatch(event: DumpEvent, visitor: DumpVisitor): VisitResult {
     }
     case 'deviceEnd':
       return visitor.deviceEnd();
+    case 'badRange': {
+      const { kind: _kind, ...range } = event;
+      return visitor.badRange(range);
+    }
     case 'superblockEnd':
       return visitor.superblockEnd();
   }
@@ -169,6 +209,9 @@ export class EventRecorder implements DumpVisitor {
   }
   deviceEnd(): void {
     this.events.push({ kind: 'deviceEnd' });
+  }
+  badRange(range: DumpBadRange): void {
+    this.events.push({ kind: 'badRange', ...range });
   }
   superblockEnd(): void {
     this.events.push({ kind: 'superblockEnd' });
@@ -201,6 +244,10 @@ export class OrderCheckingVisitor implements DumpVisitor {
     assert(this.#state === 'device', `deviceEnd in state ${this.#state}`);
     this.#state = 'superblock';
     return this.#inner.deviceEnd();
+  }
+  badRange(range: DumpBadRange): VisitResult {
+    assert(this.#state === 'superblock', `badRange in state ${this.#state}`);
+    return this.#inner.badRange(range);
   }
   superblockEnd(): VisitResult {
     assert(this.#state === 'superblock', `superblockEnd in state ${this.#state}`);

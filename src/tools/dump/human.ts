@@ -3,7 +3,10 @@
 // `    (0..9) -> (100..109), 0` for a range (inclusive ends), `    5 -> 600, 1` for one block —
 // and a blank line after each device. thinbd's volume facts, when present, follow the device's
 // `snap time:` line as `name:`, `size_bytes:`, `origin:`, `read_only:` and `labels:` lines.
-import type { DeviceBegin, Mapping, SuperblockBegin } from './events.ts';
+// The pool's bad data ranges follow the last device, one line each:
+// `bad data sectors: (2048..2055), read error, relocated` (inclusive ends, as the runs).
+import { BadRangeFlag } from '../../pool/bad-ranges.ts';
+import type { DeviceBegin, DumpBadRange, Mapping, SuperblockBegin } from './events.ts';
 import { TextDumpWriter } from './text-writer.ts';
 
 export class HumanDumpWriter extends TextDumpWriter {
@@ -35,6 +38,19 @@ export class HumanDumpWriter extends TextDumpWriter {
 
   protected override deviceEndText(): string {
     return '\n';
+  }
+
+  protected override badRangeText(range: DumpBadRange): string {
+    const why = (
+      [
+        [BadRangeFlag.readError, 'read error'],
+        [BadRangeFlag.writeError, 'write error'],
+        [BadRangeFlag.relocated, 'relocated'],
+      ] as const
+    )
+      .filter(([bit]) => (range.flags & bit) !== 0)
+      .map(([, text]) => text);
+    return `bad data sectors: (${range.beginSector}..${range.beginSector + range.lengthSectors - 1}), ${why.join(', ')}\n`;
   }
 
   protected override superblockEndText(): string {

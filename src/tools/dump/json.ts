@@ -7,20 +7,24 @@
 //         { "originBegin": 0, "dataBegin": 600, "length": 1, "time": 1 },
 //         …
 //       ] }
-//     ]
+//     ],
+//     "badRanges": [ { "beginSector": 2048, "lengthSectors": 8, "flags": 5 } ]
 //   }
 //
+// ("badRanges", the pool's bad data ranges, is there only when it has some.)
 // Field names are the event stream's (events.ts); mappings are merged by thin_dump's run rule so
 // that the JSON and the XML of one pool list the same runs.
-import type { DeviceBegin, Mapping, SuperblockBegin } from './events.ts';
+import type { DeviceBegin, DumpBadRange, Mapping, SuperblockBegin } from './events.ts';
 import { TextDumpWriter } from './text-writer.ts';
 
 export class JsonDumpWriter extends TextDumpWriter {
   #devicesWritten = 0;
   #runsWritten = 0;
+  #badRangesWritten = 0;
 
   protected override superblockBeginText(superblock: SuperblockBegin): string {
     this.#devicesWritten = 0;
+    this.#badRangesWritten = 0;
     return `{\n  "superblock": ${JSON.stringify(superblock)},\n  "devices": [`;
   }
 
@@ -43,7 +47,19 @@ export class JsonDumpWriter extends TextDumpWriter {
     return this.#runsWritten === 0 ? ']}' : '\n    ]}';
   }
 
+  protected override badRangeText(range: DumpBadRange): string {
+    const line = `{"beginSector": ${range.beginSector}, "lengthSectors": ${range.lengthSectors}, "flags": ${range.flags}}`;
+    this.#badRangesWritten += 1;
+    if (this.#badRangesWritten > 1) return `,\n    ${line}`;
+    return `${this.#devicesEndText()},\n  "badRanges": [\n    ${line}`;
+  }
+
   protected override superblockEndText(): string {
-    return this.#devicesWritten === 0 ? ']\n}\n' : '\n  ]\n}\n';
+    if (this.#badRangesWritten > 0) return '\n  ]\n}\n';
+    return `${this.#devicesEndText()}\n}\n`;
+  }
+
+  #devicesEndText(): string {
+    return this.#devicesWritten === 0 ? ']' : '\n  ]';
   }
 }

@@ -24,6 +24,8 @@ export interface PoolDumpSummary {
   /** Extents read (before the writers' run merging). */
   extentCount: number;
   mappedBlockCount: number;
+  /** Bad data ranges dumped (events.ts DumpBadRange). */
+  badRangeCount: number;
   /** What a dm-thin pool could not hold as dumped. */
   warnings: string[];
 }
@@ -38,7 +40,7 @@ export async function dumpPool(target: ViewTarget, visitor: DumpVisitor, options
 }
 
 export async function dumpView(view: PoolView, visitor: DumpVisitor, options: PoolDumpOptions = {}): Promise<PoolDumpSummary> {
-  const summary: PoolDumpSummary = { deviceCount: 0, extentCount: 0, mappedBlockCount: 0, warnings: [] };
+  const summary: PoolDumpSummary = { deviceCount: 0, extentCount: 0, mappedBlockCount: 0, badRangeCount: 0, warnings: [] };
   const devices = options.volumes === undefined ? view.devices() : options.volumes.map((name) => view.device(name)).sort((a, b) => a.id - b.id);
   const totalBlocks = devices.reduce((total, device) => total + device.value.mappedBlockCount, 0);
   const progress = options.onProgress;
@@ -64,6 +66,11 @@ export async function dumpView(view: PoolView, visitor: DumpVisitor, options: Po
     await settle(visitor.deviceEnd());
     summary.deviceCount += 1;
     progress?.(summary.mappedBlockCount, totalBlocks);
+  }
+  // A dump of some volumes only is still of the whole pool's data device: its bad ranges go too.
+  for (const range of view.badDataRanges()) {
+    await settle(visitor.badRange(range));
+    summary.badRangeCount += 1;
   }
   await settle(visitor.superblockEnd());
   return summary;

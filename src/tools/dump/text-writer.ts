@@ -2,7 +2,7 @@
 // the sink, and mappings are merged into runs by thin_dump's rule (events.ts RunMerger) before a
 // format sees them, so every format lists the same runs. A format says only what text each event
 // is; the run in progress is written before the device's closing text.
-import { RunMerger, type DeviceBegin, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult } from './events.ts';
+import { RunMerger, type DeviceBegin, type DumpBadRange, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult } from './events.ts';
 import type { TextSink } from './sink.ts';
 
 export abstract class TextDumpWriter implements DumpVisitor {
@@ -34,6 +34,10 @@ export abstract class TextDumpWriter implements DumpVisitor {
     return this.#out.write(text);
   }
 
+  badRange(range: DumpBadRange): VisitResult {
+    return this.#out.write(this.badRangeText(range));
+  }
+
   superblockEnd(): VisitResult {
     return this.#out.write(this.superblockEndText());
   }
@@ -43,5 +47,6 @@ export abstract class TextDumpWriter implements DumpVisitor {
   /** One merged run: a single mapping when its length is 1. */
   protected abstract runText(run: Mapping): string;
   protected abstract deviceEndText(): string;
+  protected abstract badRangeText(range: DumpBadRange): string;
   protected abstract superblockEndText(): string;
 }

@@ -17,12 +17,22 @@
 // both generations of thin_restore accept. The JSON is pure ASCII and every `-` is
 // written `\u002d`, so the comment can never contain `--` or end in `-` (both forbidden in XML
 // comments) whatever the names and labels hold. restore-xml.ts reads it back.
+//
+// The pool's bad data ranges (events.ts DumpBadRange) travel the same way, one comment each
+// inside <superblock> after the last device, for the same reason (an element would fail
+// thin_restore 0.9.0 and 1.x; test/tools/bad-ranges.test.ts restores such a dump with thin_restore):
+//
+//   <!-- thinbd:bad-range {"beginSector":2048,"lengthSectors":8,"flags":5} -->
+//
+// so they are in every dump by default and no compatibility switch is needed.
 import { assert } from '../../errors.ts';
-import type { DeviceBegin, Mapping, SuperblockBegin, VolumeExtras } from './events.ts';
+import type { DeviceBegin, DumpBadRange, Mapping, SuperblockBegin, VolumeExtras } from './events.ts';
 import { TextDumpWriter } from './text-writer.ts';
 
 /** The comment keyword that marks thinbd's volume facts inside a `<device>`. */
 export const VOLUME_COMMENT_KEYWORD = 'thinbd:volume';
+/** The comment keyword that marks a bad data range inside `<superblock>`. */
+export const BAD_RANGE_COMMENT_KEYWORD = 'thinbd:bad-range';
 
 export class XmlDumpWriter extends TextDumpWriter {
   protected override superblockBeginText(sb: SuperblockBegin): string {
@@ -51,6 +61,10 @@ export class XmlDumpWriter extends TextDumpWriter {
     return '  </device>\n';
   }
 
+  protected override badRangeText(range: DumpBadRange): string {
+    return `  <!-- ${BAD_RANGE_COMMENT_KEYWORD} ${encodeBadRangeComment(range)} -->\n`;
+  }
+
   protected override superblockEndText(): string {
     return '</superblock>\n';
   }
@@ -74,4 +88,10 @@ export function encodeVolumeComment(volume: VolumeExtras): string {
   if (volume.createdAt !== undefined) record['createdAt'] = volume.createdAt;
   // Every number is non-negative, so a `-` can only sit inside a string, where \u002d means the same.
   return JSON.stringify(record).replace(/[^\x20-\x2c\x2e-\x7e]/g, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** A bad range's comment JSON: three whole numbers, so nothing in it can end or break the comment. */
+export function encodeBadRangeComment(range: DumpBadRange): string {
+  for (const [field, value] of Object.entries(range)) assert(Number.isSafeInteger(value) && value >= 0, `bad range ${field} ${value}`);
+  return JSON.stringify({ beginSector: range.beginSector, lengthSectors: range.lengthSectors, flags: range.flags });
 }
