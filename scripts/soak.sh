@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 parts=("$@")
-[ "${#parts[@]}" -eq 0 ] && parts=(fuzz nbd-crash scale-crash mutants fs-crash)
+[ "${#parts[@]}" -eq 0 ] && parts=(fuzz nbd-crash scale-crash mutants fs-crash pool-crash journal-crash io-errors model)
 root_seed=${THINBD_ROOT_SEED:-$(( (RANDOM << 15 | RANDOM) ))}
 run() { # run FILE: one test file, no per-test time limit
   node --import tsx --test --test-timeout=0 --test-reporter=spec "$1"
@@ -31,7 +31,11 @@ for part in "${parts[@]}"; do
       THINBD_ROOT_SEED=$root_seed THINBD_REPAIR_FS_SEEDS=${THINBD_REPAIR_FS_SEEDS:-10} run test/sim/repair-fs-crash.test.ts
       THINBD_ROOT_SEED=$root_seed THINBD_UNPACK_FS_SEEDS=${THINBD_UNPACK_FS_SEEDS:-10} THINBD_UNPACK_FS_POINTS=${THINBD_UNPACK_FS_POINTS:-200} run test/sim/unpack-fs-crash.test.ts
       ;;
-    *) echo "soak: unknown part $part (fuzz, nbd-crash, scale-crash, mutants, fs-crash)" >&2; exit 2 ;;
+    pool-crash) THINBD_ROOT_SEED=$root_seed THINBD_CAMPAIGNS=${THINBD_CAMPAIGNS:-4000} run test/sim/pool-crash.test.ts ;;
+    journal-crash) THINBD_ROOT_SEED=$root_seed THINBD_JOURNAL_CAMPAIGNS=${THINBD_JOURNAL_CAMPAIGNS:-6000} run test/sim/journal-crash.test.ts ;;
+    io-errors) THINBD_IO_POSITIONS=${THINBD_IO_POSITIONS:-all} run test/sim/io-errors.test.ts ;;
+    model) MODEL_SEEDS=${MODEL_SEEDS:-2000} MODEL_SEED=${MODEL_SEED:-$root_seed} run test/pool/model.test.ts ;;
+    *) echo "soak: unknown part $part (fuzz, nbd-crash, scale-crash, mutants, fs-crash, pool-crash, journal-crash, io-errors, model)" >&2; exit 2 ;;
   esac
   echo "soak: $part took $((SECONDS - started)) s (root seed $root_seed)"
 done

@@ -17,7 +17,7 @@ import { ForwardingBlockFile } from '../io/forwarding-block-file.ts';
 import { Rng } from '../sim/rng.ts';
 import { BLOCK, METADATA_BYTES } from './helpers.ts';
 
-const SEEDS = Number(process.env['MODEL_SEEDS'] ?? 200);
+const SEEDS = Number(process.env['MODEL_SEEDS'] ?? 80);
 const OPS = Number(process.env['MODEL_OPS'] ?? 500);
 const FIRST_SEED = Number(process.env['MODEL_SEED'] ?? 1);
 const DATA_BLOCKS = 40;

@@ -62,7 +62,7 @@ const WORKLOADS = 20;
 /** Ops a generated workload draws at most (before resizes, rollups and ticks go between them). */
 const OPS_MAX = 14;
 /** Fault positions per workload, each failed once and persistently, unless THINBD_IO_POSITIONS says. */
-const IO_POSITIONS_DEFAULT = 12;
+const IO_POSITIONS_DEFAULT = 5;
 /** Crash images checked at the end of each run. */
 const VARIANTS_PER_RUN = 2;
 /** Write ids of the writes past a grown volume's old end, apart from the generated ones. */

@@ -32,7 +32,7 @@ import { BLOCK_SIZE_BYTES, SIM_POOL_CREATE_OPTIONS, makeBases, makeLoggedBase, p
 
 const OPS_MAX = 3;
 const VARIANTS_PER_POINT = 12;
-const CAMPAIGN_COUNT = Number(process.env['THINBD_JOURNAL_CAMPAIGNS'] ?? 640);
+const CAMPAIGN_COUNT = Number(process.env['THINBD_JOURNAL_CAMPAIGNS'] ?? 360);
 /** One flush in this many runs as an explicit rollup (pool.rollup()): durable on return, like a flush. */
 const ROLLUP_EVERY = 3;
 /** Variant-0 crash states with a non-empty log get a second power cut during recovery, one in this many. */

@@ -34,7 +34,7 @@ const OPS_MAX = 3;
 /** Crash images per distinct crash point. */
 const VARIANTS_PER_POINT = 6;
 /** Campaigns per run: enough for CRASH_STATES_MIN with margin. */
-const CAMPAIGN_COUNT = Number(process.env['THINBD_CAMPAIGNS'] ?? 400);
+const CAMPAIGN_COUNT = Number(process.env['THINBD_CAMPAIGNS'] ?? 300);
 /** One crash state in this many (variant 0 only) also gets a second power cut during its first commit. */
 const COMPOUND_EVERY = 20;
 /** Crash images per crash point of a second power cut. */
