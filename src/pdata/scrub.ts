@@ -6,7 +6,10 @@
 // newest valid copy (highest transaction id) is written over the others. Choosing the newest is
 // what makes this safe beside a running pool: a commit writing a block writes the same bytes to
 // both copies, so a scrub that reads between the two writes sees the new one win; and a rewrite
-// of one copy is ordered before any later write of the same block (io/mirror.ts).
+// of one copy is ordered before any later write of the same block (io/mirror.ts). Blocks the
+// live pool has allocated but not written yet (its open or committing transaction) are passed
+// over: their places on disk hold an older block or nothing, which says nothing of the metadata.
+// A block found with no valid copy is judged again once the commits under way have finished.
 //
 // Reading is synchronous per block (readCopySync) and the caller's pacing (a rate in bytes per
 // second) is applied between batches, so a live pool's requests interleave with the scrub.
@@ -20,6 +23,8 @@ const ALL_BLOCK_TYPES = Object.values(BlockType);
 export interface MetadataScrubReport {
   /** Blocks in use whose copies were read. */
   blocksRead: number;
+  /** Blocks in use passed over because the live pool had not written them yet (TransactionManager.awaitsWrite). */
+  blocksBeingWritten: number;
   /** Copies that failed to read or did not match the newest valid copy. */
   copiesBad: number;
   copiesRewritten: number;
@@ -38,16 +43,23 @@ export type ScrubPacer = (bytesJustRead: number) => Promise<boolean>;
 const BATCH_BLOCKS = 256;
 
 export async function scrubMetadata(tm: TransactionManager, pace: ScrubPacer): Promise<MetadataScrubReport> {
-  const report: MetadataScrubReport = { blocksRead: 0, copiesBad: 0, copiesRewritten: 0, blocksLost: [], single: tm.mirror === undefined, unreadableBlocks: [] };
+  const report: MetadataScrubReport = {
+    blocksRead: 0,
+    blocksBeingWritten: 0,
+    copiesBad: 0,
+    copiesRewritten: 0,
+    blocksLost: [],
+    single: tm.mirror === undefined,
+    unreadableBlocks: [],
+  };
   const mirror = tm.mirror;
   const copyCount = mirror?.copyCount ?? 1;
   const copies = Array.from({ length: copyCount }, () => new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
   const repairs: Array<Promise<boolean>> = [];
-  let inBatch = 0;
-  for (let blockNr = 0; blockNr < tm.metadataBlockCount; blockNr++) {
-    if (tm.refCount(blockNr) === 0) continue;
+
+  /** Reads every copy of blockNr and mends the bad ones; returns what was wrong when no copy is valid. */
+  const examine = (blockNr: number): string[] | undefined => {
     const offsetBytes = blockNr * METADATA_BLOCK_SIZE_BYTES;
-    report.blocksRead += 1;
     if (mirror === undefined) {
       try {
         tm.file.readSync(copies[0]!, offsetBytes);
@@ -55,41 +67,63 @@ export async function scrubMetadata(tm: TransactionManager, pace: ScrubPacer): P
         if (!isMediaError(error)) throw error;
         report.unreadableBlocks.push(blockNr);
       }
-    } else {
-      const readError: Array<string | undefined> = copies.map((copy, copyIndex) => {
-        try {
-          mirror.readCopySync(copyIndex, copy, offsetBytes);
-          return undefined;
-        } catch (error) {
-          if (!isMediaError(error)) throw error;
-          return `read failed: ${error instanceof Error ? error.message : String(error)}`;
-        }
-      });
-      const allEqual = readError.every((error) => error === undefined) && copies.every((copy) => Buffer.from(copy).equals(Buffer.from(copies[0]!)));
-      if (!allEqual) {
-        const problems = copies.map((copy, copyIndex) => readError[copyIndex] ?? blockProblem(copy, { blockNr, expectedType: ALL_BLOCK_TYPES, poolId: tm.poolId }));
-        let best: number | undefined;
-        copies.forEach((copy, copyIndex) => {
-          if (problems[copyIndex] !== undefined) return;
-          if (best === undefined || transactionIdOf(copy) > transactionIdOf(copies[best]!)) best = copyIndex;
-        });
-        if (best === undefined) {
-          report.blocksLost.push({ blockNr, problems: problems.map((problem, copyIndex) => `copy ${copyIndex}: ${problem ?? 'valid'}`) });
-        } else {
-          const good = copies[best]!.slice();
-          copies.forEach((copy, copyIndex) => {
-            if (copyIndex === best || (readError[copyIndex] === undefined && Buffer.from(copy).equals(Buffer.from(good)))) return;
-            report.copiesBad += 1;
-            repairs.push(mirror.repairCopy(copyIndex, good, offsetBytes));
-          });
-        }
-      }
+      return undefined;
     }
+    const readError: Array<string | undefined> = copies.map((copy, copyIndex) => {
+      try {
+        mirror.readCopySync(copyIndex, copy, offsetBytes);
+        return undefined;
+      } catch (error) {
+        if (!isMediaError(error)) throw error;
+        return `read failed: ${error instanceof Error ? error.message : String(error)}`;
+      }
+    });
+    const allEqual = readError.every((error) => error === undefined) && copies.every((copy) => Buffer.from(copy).equals(Buffer.from(copies[0]!)));
+    if (allEqual) return undefined;
+    const problems = copies.map((copy, copyIndex) => readError[copyIndex] ?? blockProblem(copy, { blockNr, expectedType: ALL_BLOCK_TYPES, poolId: tm.poolId }));
+    let best: number | undefined;
+    copies.forEach((copy, copyIndex) => {
+      if (problems[copyIndex] !== undefined) return;
+      if (best === undefined || transactionIdOf(copy) > transactionIdOf(copies[best]!)) best = copyIndex;
+    });
+    if (best === undefined) return problems.map((problem, copyIndex) => `copy ${copyIndex}: ${problem ?? 'valid'}`);
+    const good = copies[best]!.slice();
+    copies.forEach((copy, copyIndex) => {
+      if (copyIndex === best || (readError[copyIndex] === undefined && Buffer.from(copy).equals(Buffer.from(good)))) return;
+      report.copiesBad += 1;
+      repairs.push(mirror.repairCopy(copyIndex, good, offsetBytes));
+    });
+    return undefined;
+  };
+
+  // Blocks no copy of which is valid, judged again once the commits under way have finished: a
+  // block the pool was writing while it was read (a delta-log record between its two copies) is
+  // whole by then.
+  const suspects: number[] = [];
+  let inBatch = 0;
+  let stopped = false;
+  for (let blockNr = 0; blockNr < tm.metadataBlockCount; blockNr++) {
+    if (tm.refCount(blockNr) === 0) continue;
+    if (tm.awaitsWrite(blockNr)) {
+      report.blocksBeingWritten += 1;
+      continue;
+    }
+    report.blocksRead += 1;
+    if (examine(blockNr) !== undefined) suspects.push(blockNr);
     inBatch += 1;
     if (inBatch === BATCH_BLOCKS) {
       inBatch = 0;
-      if (!(await pace(BATCH_BLOCKS * METADATA_BLOCK_SIZE_BYTES * copyCount))) break;
+      if (!(await pace(BATCH_BLOCKS * METADATA_BLOCK_SIZE_BYTES * copyCount))) {
+        stopped = true;
+        break;
+      }
     }
+  }
+  if (suspects.length > 0 && !stopped) await tm.idle();
+  for (const blockNr of suspects) {
+    if (stopped || tm.refCount(blockNr) === 0 || tm.awaitsWrite(blockNr)) continue;
+    const problems = examine(blockNr);
+    if (problems !== undefined) report.blocksLost.push({ blockNr, problems });
   }
   for (const repaired of await Promise.all(repairs)) if (repaired) report.copiesRewritten += 1;
   if (inBatch > 0) await pace(inBatch * METADATA_BLOCK_SIZE_BYTES * copyCount);

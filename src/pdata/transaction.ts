@@ -620,6 +620,17 @@ export class TransactionManager implements BlockManager {
     return this.#counts[blockNr]!;
   }
 
+  /**
+   * True when blockNr's bytes on disk are not its contents yet: it was allocated (or shadowed into)
+   * in the open transaction, or belongs to a sealed transaction whose commit has not finished.
+   * A scrub of a live pool passes over such blocks: what it would read there is an older block,
+   * or nothing at all, and the commit is about to write both copies.
+   */
+  awaitsWrite(blockNr: number): boolean {
+    this.#assertBlockNr(blockNr);
+    return this.#dirty.has(blockNr) || this.#sealed.has(blockNr);
+  }
+
   /** True when blockNr was freed by a transaction that is not durable yet. */
   isPendingFree(blockNr: number): boolean {
     this.#assertBlockNr(blockNr);

@@ -79,7 +79,8 @@ const BYTES_PER_MB = 1_000_000;
 function scrubLines(dir: string, report: ScrubReport): string[] {
   const { metadata, data } = report;
   const lines = [
-    `metadata: ${metadata.blocksRead} blocks read${metadata.single ? ' (one copy: nothing to compare)' : ' in both copies'}; ` +
+    `metadata: ${metadata.blocksRead} blocks read${metadata.single ? ' (one copy: nothing to compare)' : ' in both copies'}` +
+      `${metadata.blocksBeingWritten > 0 ? ` (${metadata.blocksBeingWritten} not written yet by the live pool passed over)` : ''}; ` +
       `${metadata.copiesBad} bad cop${metadata.copiesBad === 1 ? 'y' : 'ies'}, ${metadata.copiesRewritten} rewritten from the good one`,
     `data:     ${data.blocksRead} blocks read (${(data.bytesRead / BYTES_PER_MB).toFixed(1)} MB), ${data.blocksKnownBad} with known bad ranges passed over, ` +
       `${data.readsRecovered} read(s) recovered on retry, ${data.unreadable.length} unreadable range(s) found`,
