@@ -78,9 +78,21 @@ export const ARCHIVE_JOBS_IN_FLIGHT_MAX = 6;
 /** Pack objects uploading at once: overlaps upload with chunking without holding many packs in memory. */
 export const ARCHIVE_UPLOADS_IN_FLIGHT_MAX = 2;
 /** Raw bytes of chunks unpack fetches and holds at once (one window): few large ranged reads, bounded memory. */
-export const ARCHIVE_UNPACK_WINDOW_BYTES = 32 * 1024 * 1024;
+export const ARCHIVE_UNPACK_WINDOW_BYTES = 16 * 1024 * 1024;
+/**
+ * Windows unpack fetches ahead of the one it writes into a new volume: the reads and the
+ * decoding on the worker threads keep going while the main thread writes (one ahead left the
+ * workers idle half the time). Memory: (this + 1) windows.
+ */
+export const ARCHIVE_UNPACK_WINDOWS_AHEAD = 3;
 /** Ranged reads of a pack are joined across gaps up to this size: one GET instead of several. */
 export const ARCHIVE_READ_GAP_BYTES_MAX = 1024 * 1024;
+/**
+ * Raw bytes of chunks one joined read holds at most: each read is decoded as one job on one
+ * worker thread, so a window is cut into several, which every worker decodes at once (a window
+ * read as one range kept one worker busy and the others idle).
+ */
+export const ARCHIVE_READ_RAW_BYTES_MAX = 4 * 1024 * 1024;
 /** A pack object written this many packs ago without an index object is covered by one (bounds what a killed pack leaves for the next run to re-read). */
 export const ARCHIVE_PACKS_PER_INDEX_MAX = 64;
 /** How often a running command refreshes its store lock. */

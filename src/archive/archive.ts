@@ -12,6 +12,7 @@ import {
   ARCHIVE_PACK_TARGET_BYTES,
   ARCHIVE_PACKS_PER_INDEX_MAX,
   ARCHIVE_READ_GAP_BYTES_MAX,
+  ARCHIVE_READ_RAW_BYTES_MAX,
   ARCHIVE_UPLOADS_IN_FLIGHT_MAX,
 } from '../constants.ts';
 import { ChunkIndex, type ChunkLocation } from './chunk-index.ts';
@@ -335,7 +336,7 @@ interface PendingRead {
 
 /**
  * Reads chunks by hash: locates them in the index, joins neighbouring chunks of one pack into
- * one ranged read (gaps up to ARCHIVE_READ_GAP_BYTES_MAX), decompresses each and checks it
+ * one ranged read (gaps up to ARCHIVE_READ_GAP_BYTES_MAX, ARCHIVE_READ_RAW_BYTES_MAX of chunks at most, each decoded as one job), decompresses each and checks it
  * against its name. Any problem is THIN_CORRUPT_ARCHIVE naming the chunk as `describe` places it.
  */
 export class ChunkReader {
@@ -384,6 +385,7 @@ export class ChunkReader {
     pending.sort((a, b) => (a.location.packId < b.location.packId ? -1 : a.location.packId > b.location.packId ? 1 : a.location.offsetBytes - b.location.offsetBytes));
     const results: Uint8Array[] = new Array<Uint8Array>(refs.length);
     const groups: PendingRead[][] = [];
+    let groupRawBytes = 0;
     for (const read of pending) {
       const group = groups[groups.length - 1];
       const last = group?.[group.length - 1];
@@ -392,11 +394,14 @@ export class ChunkReader {
         last !== undefined &&
         last.location.packId === read.location.packId &&
         read.location.offsetBytes >= last.location.offsetBytes &&
-        read.location.offsetBytes - (last.location.offsetBytes + last.location.storedBytes) <= ARCHIVE_READ_GAP_BYTES_MAX
+        read.location.offsetBytes - (last.location.offsetBytes + last.location.storedBytes) <= ARCHIVE_READ_GAP_BYTES_MAX &&
+        groupRawBytes + read.location.rawBytes <= ARCHIVE_READ_RAW_BYTES_MAX
       ) {
         group.push(read);
+        groupRawBytes += read.location.rawBytes;
       } else {
         groups.push([read]);
+        groupRawBytes = read.location.rawBytes;
       }
     }
     await Promise.all(groups.map((group) => this.#readGroup(group, refs, results, describe, targets)));

@@ -16,7 +16,7 @@
 // chain of incrementals is written only where the chain changed it. A new volume gets exactly the
 // stream's provisioned ranges.
 import { ThinError, assert, isThinError } from '../errors.ts';
-import { ARCHIVE_UNPACK_WINDOW_BYTES, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
+import { ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Pool } from '../pool/pool.ts';
 import { ChunkReader, type Archive } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
@@ -133,7 +133,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     if (volume.sizeBytes !== root.sizeBytes) await pool.resizeVolume(work, root.sizeBytes);
     const targetMapped = existing === undefined ? [] : mappedByteRanges(volume.mappedRuns(), bs, root.sizeBytes);
     const streamMapped: Range[] = [];
-    const buffers: Array<Uint8Array | undefined> = [undefined, undefined];
+    const buffers = new Array<Uint8Array | undefined>(ARCHIVE_UNPACK_WINDOWS_AHEAD + 1).fill(undefined);
     let doneBytes = 0;
     for (const ref of root.segments) {
       const segment = await archive.readSegment(reader, root, ref);
@@ -170,14 +170,21 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
           offset += windowBytes;
         }
       }
-      // Into a new volume the next window is fetched while this one is written (two buffers, in turn).
-      let next = existing === undefined && windows.length > 0 ? fetchWindow(windows[0]!.begin, windows[0]!.refs, windows[0]!.bytes, 0) : undefined;
+      // Into a new volume the next ARCHIVE_UNPACK_WINDOWS_AHEAD windows are fetched while this one
+      // is written: window k lives in buffer k mod (ahead + 1), free again once k is written.
+      const fetched: Array<Promise<Uint8Array>> = [];
+      const fetchAt = (position: number): void => {
+        const window = windows[position];
+        if (window === undefined) return;
+        const fetch = fetchWindow(window.begin, window.refs, window.bytes, position % buffers.length);
+        fetch.catch(() => undefined); // its error is met when it is awaited
+        fetched.push(fetch);
+      };
+      if (existing === undefined) for (let position = 0; position < ARCHIVE_UNPACK_WINDOWS_AHEAD; position++) fetchAt(position);
       for (const [position, window] of windows.entries()) {
-        if (next !== undefined) {
-          const data = await next;
-          const following = windows[position + 1];
-          next = following === undefined ? undefined : fetchWindow(following.begin, following.refs, following.bytes, (position + 1) % 2);
-          next?.catch(() => undefined); // its error is met when it is awaited
+        if (existing === undefined) {
+          const data = await fetched.shift()!;
+          fetchAt(position + ARCHIVE_UNPACK_WINDOWS_AHEAD);
           await writeWhole(window.begin, data);
         } else {
           await writeWindow(window.begin, window.refs);

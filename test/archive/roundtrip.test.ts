@@ -5,7 +5,9 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import type { Pool } from '../../src/pool/pool.ts';
-import { Archive } from '../../src/archive/archive.ts';
+import { Archive, ChunkReader } from '../../src/archive/archive.ts';
+import { InlineChunkDecoder, type ChunkDecoder } from '../../src/archive/chunk-decode.ts';
+import { ARCHIVE_READ_RAW_BYTES_MAX } from '../../src/constants.ts';
 import { packVolume, unpackVolume, listArchive, verifyArchive } from '../../src/archive/commands.ts';
 import { listVolumes } from '../../src/tools/list.ts';
 import { BLOCK, MiB, contentBytes, createPool, digest, mappedBlocks, readVolume, tempDir } from './helpers.ts';
@@ -134,4 +136,33 @@ test('a snapshot restored beside its origin shares every unchanged block with it
   assert.ok(listing.exclusiveBytes <= (written + 2) * BLOCK, `only rewritten blocks are exclusive (${listing.exclusiveBytes} bytes; ${result.bytesWritten} written)`);
   assert.ok(listing.sharedBytes >= listing.mappedBytes - (written + 2) * BLOCK, `the rest is shared (${listing.sharedBytes} of ${listing.mappedBytes})`);
   assert.ok(result.bytesUnchanged > 5 * MiB, 'most of the stream was already there');
+});
+
+test('a read of many chunks is cut into decode jobs of ARCHIVE_READ_RAW_BYTES_MAX at most, so every worker decodes at once', async () => {
+  const archive = await Archive.open(store);
+  try {
+    const { index } = await archive.loadIndex();
+    const calls: number[] = [];
+    const inline = new InlineChunkDecoder();
+    const counting: ChunkDecoder = {
+      decode(bytes, items, targets) {
+        calls.push(items.reduce((sum, item) => sum + item.rawBytes, 0));
+        return inline.decode(bytes, items, targets);
+      },
+    };
+    const reader = new ChunkReader(archive.store, index, counting);
+    const root = await archive.readStream('s0');
+    const segment = await archive.readSegment(new ChunkReader(archive.store, index), root, root.segments[0]!);
+    const first = segment.runs[0]!;
+    const refs = first.chunks;
+    const raw = refs.reduce((sum, ref) => sum + ref.rawBytes, 0);
+    assert.ok(raw > ARCHIVE_READ_RAW_BYTES_MAX, `the first run holds ${raw} bytes`);
+    const chunks = await reader.read(refs, (position) => `chunk ${position}`);
+    assert.ok(calls.length >= Math.ceil(raw / ARCHIVE_READ_RAW_BYTES_MAX), `${calls.length} decode jobs for ${raw} bytes`);
+    for (const bytes of calls) assert.ok(bytes <= ARCHIVE_READ_RAW_BYTES_MAX, `a job of ${bytes} bytes`);
+    const joined = Buffer.concat(chunks);
+    assert.ok(joined.equals(Buffer.from(contentBytes(6 * MiB, 1)).subarray(0, joined.length)), 'the chunks are the volume bytes, in order');
+  } finally {
+    await archive.close();
+  }
 });
