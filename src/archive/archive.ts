@@ -238,6 +238,9 @@ export interface PackWriterStats {
  * ARCHIVE_UPLOADS_IN_FLIGHT_MAX at a time, then lists them in index objects. Each chunk added
  * goes into the chunk index at once, so a chunk seen twice in one run is stored once.
  */
+/** Room a reused pack buffer keeps past ARCHIVE_PACK_TARGET_BYTES: the chunk that crosses it and the trailer. */
+const PACK_BUFFER_SLACK_BYTES = 1024 * 1024;
+
 export class PackWriter {
   readonly #store: ObjectStore;
   readonly #index: ChunkIndex;
@@ -250,6 +253,8 @@ export class PackWriter {
   /** Every pack this writer uploaded. */
   readonly listings: PackListing[] = [];
   readonly stats: PackWriterStats = { packs: 0, bytesWritten: 0 };
+  /** Buffers of packs already uploaded, for the next ones (#packBuffer). */
+  readonly #spareBuffers: ArrayBuffer[] = [];
 
   /**
    * `unlisted`: packs found without an index (an interrupted run's), to list in this run's index.
@@ -280,8 +285,7 @@ export class PackWriter {
     if (pack === undefined) return;
     this.#open = undefined;
     const trailer = encodePackTrailer(pack.entries, pack.offsetBytes);
-    // Not zero-filled: every byte is written just below.
-    const bytes = new Uint8Array(Buffer.allocUnsafeSlow(pack.offsetBytes + trailer.length).buffer, 0, pack.offsetBytes + trailer.length);
+    const bytes = this.#packBuffer(pack.offsetBytes + trailer.length);
     let at = 0;
     for (const part of pack.parts) {
       bytes.set(part, at);
@@ -290,6 +294,7 @@ export class PackWriter {
     bytes.set(trailer, at);
     const upload = (async () => {
       await this.#store.put(packKey(pack.id), bytes);
+      this.#spareBuffers.push(bytes.buffer as ArrayBuffer);
       this.stats.packs += 1;
       this.stats.bytesWritten += bytes.length;
       this.listings.push({ packId: pack.id, entries: pack.entries });
@@ -303,6 +308,18 @@ export class PackWriter {
     void tracked.finally(() => this.#uploads.delete(tracked));
     while (this.#uploads.size >= ARCHIVE_UPLOADS_IN_FLIGHT_MAX) await Promise.race(this.#uploads);
     if (this.#failure !== undefined) throw this.#failure;
+  }
+
+  /**
+   * A buffer of `lengthBytes` for a pack, reusing one whose upload has finished: a fresh 16 MiB
+   * buffer per pack cost 4,096 page faults, more than copying the chunks into it
+   * (docs/benchmarks.md, "Archive"). Not zero-filled: the caller writes every byte.
+   */
+  #packBuffer(lengthBytes: number): Uint8Array {
+    const spare = this.#spareBuffers.pop();
+    if (spare !== undefined && spare.byteLength >= lengthBytes) return new Uint8Array(spare, 0, lengthBytes);
+    const capacity = Math.max(lengthBytes, ARCHIVE_PACK_TARGET_BYTES + PACK_BUFFER_SLACK_BYTES);
+    return new Uint8Array(Buffer.allocUnsafeSlow(capacity).buffer, 0, lengthBytes);
   }
 
   async #writeIndex(): Promise<void> {

@@ -1,7 +1,8 @@
 // ChunkJobs on worker threads: chunking, SHA-256 and zstd are CPU work, and pack and unpack are
 // bound by them, so they run on one worker per core (the main thread reads, keeps the index and uploads).
-// A job's bytes move to its worker (transferred, not copied) and stay there until the main thread
-// says which chunks to compress; jobs go to the worker with the fewest in hand.
+// A job's bytes move to its worker (transferred, not copied; or shared memory, read in place) and
+// stay there until the main thread says which chunks to compress; jobs go to the worker with the
+// fewest in hand.
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { assert } from '../errors.ts';
@@ -81,9 +82,11 @@ export class WorkerChunkJobs implements ChunkJobs {
     const id = this.#nextId++;
     entry.jobs += 1;
     this.#owner.set(id, entry);
-    // The job's bytes move to the worker; `data` must own its whole buffer.
-    assert(data.byteOffset === 0 && data.byteLength === data.buffer.byteLength, 'a job that shares its buffer');
-    const reply = await this.#send(entry, { type: 'chunk', id, data }, [data.buffer as ArrayBuffer]);
+    // Shared memory is read by the worker where it lies (the caller keeps it until compress);
+    // other bytes move to the worker, so `data` must then own its whole buffer.
+    const shared = data.buffer instanceof SharedArrayBuffer;
+    assert(shared || (data.byteOffset === 0 && data.byteLength === data.buffer.byteLength), 'a job that shares its buffer');
+    const reply = await this.#send(entry, { type: 'chunk', id, data }, shared ? [] : [data.buffer as ArrayBuffer]);
     assert(reply.type === 'chunked', 'a chunk reply');
     return { id, result: { lengths: reply.lengths, hashes: reply.hashes } };
   }

@@ -179,9 +179,25 @@ export async function packStream(archive: Archive, source: PackSource, options: 
 
   const report = () => options.onProgress?.(stats.bytesRead, Math.max(expectedBytes, stats.bytesRead));
 
+  // Job buffers are made once and reused (shared memory: a worker thread reads a job where it
+  // lies). A fresh 8 MiB buffer per job cost 2,048 page faults, which on a virtual machine took
+  // longer than reading the bytes into it (docs/benchmarks.md, "Archive").
+  const freeBuffers: Uint8Array[] = [];
+  const takeBuffer = (): Uint8Array => freeBuffers.pop() ?? new Uint8Array(new SharedArrayBuffer(ARCHIVE_JOB_BYTES));
+
   /** Reads, chunks and stores volume bytes [begin, end) (one job); resolves to its chunk refs. */
   const runJob = async (begin: number, end: number): Promise<ChunkRef[]> => {
-    const data = new Uint8Array(end - begin);
+    assert(end - begin <= ARCHIVE_JOB_BYTES, 'a job larger than a job buffer');
+    const buffer = takeBuffer();
+    try {
+      return await chunkAndStore(begin, buffer.subarray(0, end - begin));
+    } finally {
+      freeBuffers.push(buffer);
+    }
+  };
+
+  /** runJob's work, on bytes [begin, end) read into `data`; `data` is free again when it resolves. */
+  const chunkAndStore = async (begin: number, data: Uint8Array): Promise<ChunkRef[]> => {
     await source.read(begin, data);
     stats.bytesRead += data.length;
     report();
