@@ -77,6 +77,9 @@ test('a removed origin leaves its snapshots as roots, and a new volume with its 
   const names = treeRows(ok(['list', '--tree'])).slice(1).map((row) => row[0]);
   // Roots oldest first: restore was made before scratch and the new nightly.
   assert.deepEqual(names, ['base', '└── test', 'restore (snapshot of removed nightly)', 'scratch', 'nightly']);
+  // The flat table says the same: restore's origin is the removed nightly, not the new one.
+  const restore = ok(['list']).split('\n').find((line) => line.startsWith('restore '));
+  assert.match(restore ?? '', /\snightly \(removed\)\s/);
 });
 
 test('volumeTree orders siblings oldest first and never loops on an origin id that points back', () => {

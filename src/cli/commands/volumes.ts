@@ -120,6 +120,10 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
         for (const line of treeLines(volumes)) reporter.out(line);
         return;
       }
+      // A removed origin is said so: its name may belong to a newer volume by now (as in --tree).
+      const ids = new Set(volumes.map((volume) => volume.id));
+      const originCell = (volume: VolumeListing): string =>
+        volume.origin === null ? '-' : volume.originId !== null && !ids.has(volume.originId) ? `${volume.origin} (removed)` : volume.origin;
       const rows = volumes.map((volume) => [
         volume.name,
         String(volume.id),
@@ -127,7 +131,7 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
         formatSize(volume.mappedBytes),
         formatSize(volume.exclusiveBytes),
         formatSize(volume.sharedBytes),
-        volume.origin ?? '-',
+        originCell(volume),
         volume.readOnly ? 'ro' : 'rw',
         volume.createdAt,
       ]);
