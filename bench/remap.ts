@@ -13,14 +13,16 @@
 // The remap rows also say where the time goes: I/Os per remapped write on each file (from the
 // pool's health counters) and the average fdatasync of each.
 //
-// npm run bench -- remap [--quick] [--rounds N] [--latency-only] [--write-doc]
+// npm run bench -- remap [--quick] [--rounds N] [--latency-only] [--before=DIR] [--write-doc]
+// --before=DIR: a source tree (e.g. `git archive main | tar -x -C DIR`, node_modules linked) whose
+// Pool runs the same remaps, step by step with the others: before and after a change in one run.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../src/constants.ts';
 import type { FaultRule } from '../src/io/fault-injection.ts';
-import { Pool } from '../src/pool/pool.ts';
+import { Pool, type PoolStatus } from '../src/pool/pool.ts';
 import { machineDescription, writeBenchmarkSection } from './peers.ts';
 
 const BLOCK_SIZE_BYTES = 64 * 1024;
@@ -60,20 +62,23 @@ interface IoCounts {
   syncs: number;
 }
 
-/** The remapped pools compared: new blocks only (the spare area off), and the spare area on. */
-const SPARE_MODES = ['off', 'on'] as const;
-type SpareMode = (typeof SPARE_MODES)[number];
+/**
+ * The remapped pools compared: new blocks only (the spare area off), the spare area on, and with
+ * --before DIR the same workload on the Pool of another source tree (a checkout of main: the code
+ * before a change, in the same run).
+ */
+type SpareMode = 'before' | 'off' | 'on';
 
 /** A pool whose `count` blocks are written and then refuse writes in sectors 8..15: each 4 KiB write there moves its block. */
-async function remappingPool(dir: string, count: number, mode: SpareMode): Promise<Pool> {
-  const created = await Pool.create(dir, { dataSizeBytes: 4 * count * BLOCK_SIZE_BYTES, blockSizeBytes: BLOCK_SIZE_BYTES, metadataSizeBytes: METADATA_BYTES });
+async function remappingPool(PoolClass: typeof Pool, dir: string, count: number, mode: SpareMode): Promise<Pool> {
+  const created = await PoolClass.create(dir, { dataSizeBytes: 4 * count * BLOCK_SIZE_BYTES, blockSizeBytes: BLOCK_SIZE_BYTES, metadataSizeBytes: METADATA_BYTES });
   const volume = await created.createVolume('v', { sizeBytes: count * BLOCK_SIZE_BYTES });
   const bytes = new Uint8Array(BLOCK_SIZE_BYTES).fill(0x5a);
   for (let block = 0; block < count; block++) await volume.write(block * BLOCK_SIZE_BYTES, bytes);
   const dataBlocks = volume.mappedRuns().flatMap((run) => Array.from({ length: run.lengthBlocks }, (_, index) => run.dataBlock + index));
   await created.close();
   const rules: FaultRule[] = dataBlocks.map((block) => ({ file: 'data', op: 'write', beginSector: block * SECTORS_PER_BLOCK + 8, endSector: block * SECTORS_PER_BLOCK + 16 }));
-  return Pool.open(dir, { faultRules: rules, commitIntervalMs: 0, ...(mode === 'off' ? { remapSpareBlocks: 0 } : {}) });
+  return PoolClass.open(dir, { faultRules: rules, commitIntervalMs: 0, ...(mode === 'off' ? { remapSpareBlocks: 0 } : {}) });
 }
 
 type Measured = SpareMode | 'fdatasync';
@@ -93,18 +98,25 @@ interface RoundResult {
  * spare pool starts runs in the background; the step waits for it before the next measurement
  * (timed apart, so it lands on no sample).
  */
-async function remapRound(count: number): Promise<RoundResult> {
-  const dirs = { off: tempDir(), on: tempDir(), fdatasync: tempDir() };
+async function remapRound(count: number, modes: readonly SpareMode[], BeforePool: typeof Pool | undefined): Promise<RoundResult> {
+  const yardstickDir = tempDir();
+  const dirs: string[] = [yardstickDir];
   try {
-    const pools = { off: await remappingPool(dirs.off, count, 'off'), on: await remappingPool(dirs.on, count, 'on') };
-    const fd = fs.openSync(path.join(dirs.fdatasync, 'metadata'), 'w+');
+    const pools = {} as Record<SpareMode, Pool>;
+    for (const mode of modes) {
+      const dir = tempDir();
+      dirs.push(dir);
+      pools[mode] = await remappingPool(mode === 'before' ? BeforePool! : Pool, dir, count, mode);
+    }
+    const fd = fs.openSync(path.join(yardstickDir, 'metadata'), 'w+');
     fs.ftruncateSync(fd, 2 * METADATA_BYTES);
     const syncBytes = Buffer.alloc(WRITE_BYTES, 0x33);
     const write = new Uint8Array(WRITE_BYTES).fill(0xa5);
-    const samplesMs: RoundResult['samplesMs'] = { off: [], on: [], fdatasync: [] };
+    const samplesMs: RoundResult['samplesMs'] = { before: [], off: [], on: [], fdatasync: [] };
     const refillWaitMs: number[] = [];
-    const before = { off: pools.off.status().health, on: pools.on.status().health };
-    const steps: Measured[] = ['fdatasync', 'off', 'on'];
+    const before = {} as Record<SpareMode, PoolStatus['health']>;
+    for (const mode of modes) before[mode] = pools[mode].status().health;
+    const steps: Measured[] = ['fdatasync', ...modes];
     for (let index = 0; index < count; index++) {
       for (let turn = 0; turn < steps.length; turn++) {
         const what = steps[(index + turn) % steps.length]!;
@@ -124,9 +136,9 @@ async function remapRound(count: number): Promise<RoundResult> {
       }
     }
     fs.closeSync(fd);
-    const remaps = { off: 0, on: 0 };
+    const remaps = { before: 0, off: 0, on: 0 };
     const profile = {} as Record<SpareMode, RemapProfile>;
-    for (const mode of SPARE_MODES) {
+    for (const mode of modes) {
       const was = before[mode];
       const now = pools[mode].status().health;
       remaps[mode] = now.data.remaps.remaps - was.data.remaps.remaps;
@@ -145,13 +157,14 @@ async function remapRound(count: number): Promise<RoundResult> {
       profile[mode] = {
         perRemap: { data: counts('data'), metadata: counts('metadata') },
         syncAvgMs: { data: syncAvg('data'), metadata: syncAvg('metadata') },
-        sparesTaken: now.data.spareArea.taken - was.data.spareArea.taken,
-        refills: now.data.spareArea.refills - was.data.spareArea.refills,
+        // The tree of --before may have no spare area.
+        sparesTaken: (now.data.spareArea?.taken ?? 0) - (was.data.spareArea?.taken ?? 0),
+        refills: (now.data.spareArea?.refills ?? 0) - (was.data.spareArea?.refills ?? 0),
       };
     }
     return { samplesMs, remaps, profile, refillWaitMs };
   } finally {
-    for (const dir of Object.values(dirs)) fs.rmSync(dir, { recursive: true, force: true });
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -200,14 +213,18 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
   const rounds = roundsGiven ?? (quick ? 1 : 3);
   const loadBefore = os.loadavg();
   // Latencies: the three measured step by step in turn (remapRound), rounds times, samples pooled.
-  const samples: Record<Measured, number[]> = { off: [], on: [], fdatasync: [] };
-  const remaps = { off: 0, on: 0 };
-  const profiles: Record<SpareMode, RemapProfile[]> = { off: [], on: [] };
+  const beforeFlag = flags.find((flag) => flag.startsWith('--before='));
+  const beforeDir = beforeFlag === undefined ? undefined : path.resolve(beforeFlag.slice('--before='.length));
+  const BeforePool = beforeDir === undefined ? undefined : ((await import(path.join(beforeDir, 'src', 'pool', 'pool.ts'))) as { Pool: typeof Pool }).Pool;
+  const modes: SpareMode[] = [...(BeforePool === undefined ? [] : ['before' as const]), 'off', 'on'];
+  const samples: Record<Measured, number[]> = { before: [], off: [], on: [], fdatasync: [] };
+  const remaps = { before: 0, off: 0, on: 0 };
+  const profiles: Record<SpareMode, RemapProfile[]> = { before: [], off: [], on: [] };
   const refillWaitMs: number[] = [];
   for (let round = 0; round < rounds; round++) {
-    const result = await remapRound(count);
-    for (const what of ['off', 'on', 'fdatasync'] as const) samples[what].push(...result.samplesMs[what]);
-    for (const mode of SPARE_MODES) {
+    const result = await remapRound(count, modes, BeforePool);
+    for (const what of ['fdatasync', ...modes] as const) samples[what].push(...result.samplesMs[what]);
+    for (const mode of modes) {
       remaps[mode] += result.remaps[mode];
       profiles[mode].push(result.profile[mode]);
     }
@@ -220,14 +237,19 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
     `${device === 'data' ? ` + ${mean(mode, (p) => p.perRemap[device].failedWrites).toFixed(1)} refused (the narrowing)` : ' (one per mirror copy)'}, ` +
     `${mean(mode, (p) => p.perRemap[device].syncs).toFixed(2)} fdatasync of ${ms(mean(mode, (p) => p.syncAvgMs[device]))} ms avg`;
   const sync = summary(samples.fdatasync);
-  const remapRows = SPARE_MODES.map((mode) => {
+  const modeNames: Record<SpareMode, string> = {
+    before: `the code of ${beforeDir} (before)`,
+    off: 'new block (spare area off)',
+    on: 'spare area on',
+  };
+  const remapRows = modes.map((mode) => {
     const remap = summary(samples[mode]);
     return (
-      `| remapped write, durable on return: ${mode === 'off' ? 'new block (spare area off)' : 'spare area on'} | ${ms(remap.avgMs)} | ${ms(remap.p95Ms)} | ${ms(remap.p99Ms)} | ` +
+      `| remapped write, durable on return: ${modeNames[mode]} | ${ms(remap.avgMs)} | ${ms(remap.p95Ms)} | ${ms(remap.p99Ms)} | ` +
       `${(remap.avgMs / sync.avgMs).toFixed(2)}× | ${(remap.p95Ms / sync.p95Ms).toFixed(2)}× | ${(remap.p99Ms / sync.p99Ms).toFixed(2)}× |`
     );
   });
-  const refills = SPARE_MODES.map((mode) => profiles[mode].reduce((total, profile) => total + profile.refills, 0));
+  const refills = profiles.on.reduce((total, profile) => total + profile.refills, 0);
   const taken = profiles.on.reduce((total, profile) => total + profile.sparesTaken, 0);
   const refillWait = summary(refillWaitMs);
   const refillWaitTotalMs = refillWaitMs.reduce((total, value) => total + value, 0);
@@ -252,13 +274,13 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
     '## Failing disks: remap persist latency and the metadata mirror',
     '',
     `Machine: ${machineDescription()}; shared with other work, so figures are noisy: compare within a row.`,
-    `Command: \`npm run bench -- remap${quick ? ' --quick' : ''}${roundsGiven !== undefined ? ` --rounds ${rounds}` : ''}${flags.includes('--latency-only') ? ' --latency-only' : ''}\`; real files in ${os.tmpdir()}, 64 KiB blocks, 4 KiB writes; ${rounds} round(s); ` +
+    `Command: \`npm run bench -- remap${quick ? ' --quick' : ''}${roundsGiven !== undefined ? ` --rounds ${rounds}` : ''}${flags.includes('--latency-only') ? ' --latency-only' : ''}${beforeFlag === undefined ? '' : ` ${beforeFlag}`}\`; real files in ${os.tmpdir()}, 64 KiB blocks, 4 KiB writes; ${rounds} round(s); ` +
       `load average ${loadText(loadBefore)} at the start, ${loadText(loadAfterRemaps)} after the latencies.`,
     '',
-    `Remap: a 4 KiB write into a block whose sectors refuse writes (fault rules), ${count} per round on each of two pools, ${remaps.off} and ${remaps.on} remapped in all; the`,
+    `Remap: a 4 KiB write into a block whose sectors refuse writes (fault rules), ${count} per round on each of ${modes.length} pools, ${modes.map((mode) => remaps[mode]).join(', ')} remapped in all; the`,
     'write returns once the move is durable (narrowing by bisection, 64 KiB read and written to another block, data sync, one delta-log record, metadata sync).',
     'One pool has the spare area off (the block goes to a new block, which the host file system allocates on the data sync), the other on (the',
-    `block goes to a spare written ahead: ${taken} of ${remaps.on} did; ${refills[1]} refills).`,
+    `block goes to a spare written ahead: ${taken} of ${remaps.on} did; ${refills} refills).`,
     'fdatasync: one 4 KiB write + fdatasync of a sparse file the size of the mirrored metadata file, in the same directory.',
     'The three are measured step by step in turn (the order rotating each step), so they share the moments of the shared machine. A refill runs',
     `in the background after a remap; the step waits for it apart from the samples: ${refillWaitMs.filter((value) => value > 0.05).length} waits, ` +
@@ -269,7 +291,7 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
     ...remapRows,
     `| one 4 KiB write + fdatasync | ${ms(sync.avgMs)} | ${ms(sync.p95Ms)} | ${ms(sync.p99Ms)} | 1 | 1 | 1 |`,
     '',
-    ...SPARE_MODES.map((mode) => `Per remapped write, spare area ${mode}: ${ioText(mode, 'data')}; ${ioText(mode, 'metadata')}.`),
+    ...modes.map((mode) => `Per remapped write, ${modeNames[mode]}: ${ioText(mode, 'data')}; ${ioText(mode, 'metadata')}.`),
     '',
     `Metadata mirror (every metadata block written twice, one fdatasync for both): ${flushes} flushes per run, medians of ${rounds}.`,
     '',
