@@ -122,9 +122,11 @@ export class SpareArea {
     if (!this.#armed || this.#closed || this.#running !== undefined || !this.#host.mayChange) return;
     const wanted = this.blocksWanted;
     if (this.blockCount > Math.floor(wanted / 2)) return;
-    // A failed refill is the pool's to report (a failed sync puts it in needs-check); the remaps
-    // then take new blocks as they did before.
-    this.#running = this.#fill(wanted)
+    // After the current turn: the request that asked (a remap) answers first, its reply not held
+    // behind the refill's writes. A failed refill is the pool's to report (a failed sync puts it
+    // in needs-check); the remaps then take new blocks as they did before.
+    this.#running = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.#fill(wanted))
       .catch(() => undefined)
       .finally(() => {
         this.#running = undefined;
