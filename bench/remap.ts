@@ -20,7 +20,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../src/constants.ts';
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, REMAP_SPARE_BLOCKS_MAX } from '../src/constants.ts';
 import type { FaultRule } from '../src/io/fault-injection.ts';
 import { Pool, type PoolStatus } from '../src/pool/pool.ts';
 import { machineDescription, writeBenchmarkSection } from './peers.ts';
@@ -79,7 +79,7 @@ async function remappingPool(PoolClass: typeof Pool, dir: string, count: number,
   const dataBlocks = volume.mappedRuns().flatMap((run) => Array.from({ length: run.lengthBlocks }, (_, index) => run.dataBlock + index));
   await created.close();
   const rules: FaultRule[] = dataBlocks.map((block) => ({ file: 'data', op: 'write', beginSector: block * SECTORS_PER_BLOCK + 8, endSector: block * SECTORS_PER_BLOCK + 16 }));
-  return PoolClass.open(dir, { faultRules: rules, commitIntervalMs: 0, ...(mode === 'off' ? { remapSpareBlocks: 0 } : {}) });
+  return PoolClass.open(dir, { faultRules: rules, commitIntervalMs: 0, ...(mode === 'on' ? { remapSpareBlocks: REMAP_SPARE_BLOCKS_MAX } : {}) });
 }
 
 type Measured = SpareMode | 'fdatasync';

@@ -257,9 +257,10 @@ export const READ_ATTEMPTS_MAX = 3;
 export const REMAP_TARGETS_MAX = 4;
 
 /**
- * Most data blocks the spare area keeps written ahead for remaps (pool/spare-area.ts): a refill
- * (one batch of writes, one sync) comes once per half of it used, so a burst of remaps meets one
- * refill in eight; bounded by REMAP_SPARE_BYTES_MAX and by 1/16 of the pool.
+ * Most data blocks a spare area keeps written ahead for remaps (pool/spare-area.ts; off unless a
+ * pool is opened with remapSpareBlocks, `serve --remap-spares`): a refill (one batch of writes,
+ * one sync) comes once per half of it used, so a burst of remaps meets one refill in eight;
+ * bounded by REMAP_SPARE_BYTES_MAX and by 1/16 of the pool.
  */
 export const REMAP_SPARE_BLOCKS_MAX = 16;
 

@@ -61,8 +61,8 @@
 //   not read-write ⇒ a reason is recorded;  closed ⇒ closing;  the device table agrees with itself;
 //   the bad-range table agrees with itself (ordered, one block each, indexed), and every bad data
 //   block is counted used in the data space map (it holds a reference: never allocated again);
-//   every spare (spare-area.ts) is free in the data space map, not pending, and below the durable
-//   high-water mark; the engine, the allocator, the data space map and the high-water mark count the same data
+//   every spare (spare-area.ts) lies below the durable high-water mark (and is free in the data
+//   space map: asserted when it is added and taken); the engine, the allocator, the data space map and the high-water mark count the same data
 //   blocks, and the data file holds them all; the metadata file holds every metadata block or grows
 //   to them at the next commit; blocks held by a punch lie below the data block count and are free;
 //   closing ⇒ no write waits for space.
@@ -108,7 +108,7 @@ export interface PoolCoreOptions {
   metadataDirtyBlocksMax?: number | undefined;
   /** Tests only: a deliberately broken engine (mutants.ts). */
   mutant?: PoolMutant | undefined;
-  /** Most blocks the spare area keeps for remaps (default REMAP_SPARE_BLOCKS_MAX; 0 turns it off). */
+  /** Most blocks the spare area keeps for remaps (default 0: off; spare-area.ts). */
   remapSpareBlocks?: number | undefined;
 }
 
@@ -330,7 +330,7 @@ export class PoolCore {
     for (const range of this.badRanges.all()) {
       if (range.device === 'data') assert(this.dataSpace.count(range.block) >= 1, `bad data block ${range.block} is free in the data space map`);
     }
-    this.dataPath.spares.assertInvariants((block) => block < this.#dataBlockCount && this.dataSpace.count(block) === 0 && !this.dataSpace.isPendingFree(block), this.highWaterMark.durable);
+    this.dataPath.spares.assertInvariants(this.highWaterMark.durable);
     this.space.assertInvariants();
     assert(this.files.data.sizeBytes() >= this.#dataBlockCount * this.blockSizeBytes, `the data file is shorter than its ${this.#dataBlockCount} blocks`);
     assert(this.#ioFailure === undefined || this.#mode === 'needs-check', `an I/O failure left the pool ${this.#mode}`);

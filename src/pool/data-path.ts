@@ -76,7 +76,7 @@ export interface DataPathParts {
   badRanges: BadRanges;
   /** The data file reads as zeros wherever it was never written (no POOL_FLAG_DATA_NOT_ZEROED). */
   dataReadsZeros: boolean;
-  /** Most blocks the spare area keeps (default REMAP_SPARE_BLOCKS_MAX; 0 turns it off). */
+  /** Most blocks the spare area keeps (default 0: off; spare-area.ts). */
   spareBlocksMax?: number | undefined;
 }
 
@@ -162,6 +162,7 @@ export class DataPath {
           return this.#writeData(this.zeroBlock, block * bs, false);
         },
         sync: () => this.#syncForSpares(),
+        isFree: (block) => this.#dataSpace.count(block) === 0 && !this.#dataSpace.isPendingFree(block),
         recordBad: (ranges, flags) => host.recordBad(ranges, flags),
       },
       parts.spareBlocksMax,

@@ -119,9 +119,10 @@ export interface PoolOpenOptions {
    */
   faultRules?: readonly FaultRule[];
   /**
-   * Most data blocks kept written ahead for remaps once the data file has refused a write
-   * (spare-area.ts; default REMAP_SPARE_BLOCKS_MAX, at most 1 MiB of them and 1/16 of the pool).
-   * 0 turns the spare area off: remaps then take new blocks (the benchmark compares both).
+   * Data blocks kept written ahead for remaps once the data file has refused a write
+   * (spare-area.ts; `serve --remap-spares`): at most REMAP_SPARE_BLOCKS_MAX, 1 MiB of them and
+   * 1/16 of the pool. Default 0, off: remaps then take new blocks, which measured as fast on
+   * this project's test machine (docs/benchmarks.md, "Failing disks"; the benchmark compares both).
    */
   remapSpareBlocks?: number;
 }

@@ -52,7 +52,7 @@ before(async () => {
   assert.equal(thinbd(['create', '--pool', pool, 'disk', '--size', '128M']).code, 0);
   assert.equal(thinbd(['create', '--pool', pool, 'fs', '--size', String(FS_BYTES)]).code, 0);
   writeFileSync(join(work, 'rules.json'), JSON.stringify(rules()));
-  server = await startServe(pool, ['--inject', join(work, 'rules.json')]);
+  server = await startServe(pool, ['--inject', join(work, 'rules.json'), '--remap-spares', '16']);
 });
 
 after(async () => {

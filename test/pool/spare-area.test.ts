@@ -1,10 +1,11 @@
-// The remaps' spare area (src/pool/spare-area.ts): once the data file has refused a write, a few
-// free blocks are written and synced ahead, and remaps move blocks into them. They are free blocks
-// known only to this process: no write but a remap takes them, they are not free space in the
-// figures yet never the reason for ENOSPC, a spare that refuses its zeros is recorded bad, and a
-// crash forgets them without harm.
+// The remaps' spare area (src/pool/spare-area.ts; off unless remapSpareBlocks says how many): once
+// the data file has refused a write, a few free blocks are written and synced ahead, and remaps
+// move blocks into them. They are free blocks known only to this process: no write but a remap
+// takes them, they are not free space in the figures yet never the reason for ENOSPC, a spare
+// that refuses its zeros is recorded bad, and a crash forgets them without harm.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { REMAP_SPARE_BLOCKS_MAX } from '../../src/constants.ts';
 import { isThinError } from '../../src/errors.ts';
 import type { SyncOptions } from '../../src/io/block-file.ts';
 import { FaultInjectingBlockFile, type FaultRule } from '../../src/io/fault-injection.ts';
@@ -44,10 +45,11 @@ function filesOn(raw: SparePool['raw'], rules: FaultRule[]): Omit<SparePool, 'po
   return { recorder, faults, files: { metadata: raw.metadata, data: faults } };
 }
 
+/** A pool with the spare area on (REMAP_SPARE_BLOCKS_MAX) unless options say otherwise. */
 async function createPool(dataBlocks: number, options: { remapSpareBlocks?: number } = {}): Promise<SparePool> {
   const raw = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
   const { recorder, faults, files } = filesOn(raw, []);
-  const pool = await Pool.createOn(files, { dataSizeBytes: dataBlocks * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, ...options });
+  const pool = await Pool.createOn(files, { dataSizeBytes: dataBlocks * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES, remapSpareBlocks: REMAP_SPARE_BLOCKS_MAX, ...options });
   return { pool, raw, recorder, faults };
 }
 
@@ -55,7 +57,7 @@ async function createPool(dataBlocks: number, options: { remapSpareBlocks?: numb
 async function openCopy(previous: SparePool, rules: FaultRule[] = []): Promise<SparePool> {
   const raw = { metadata: MemoryBlockFile.from(previous.raw.metadata.snapshot(), 'metadata'), data: MemoryBlockFile.from(previous.raw.data.snapshot(), 'data') };
   const { recorder, faults, files } = filesOn(raw, rules);
-  const pool = await Pool.openOn(files);
+  const pool = await Pool.openOn(files, { remapSpareBlocks: REMAP_SPARE_BLOCKS_MAX });
   return { pool, raw, recorder, faults };
 }
 
@@ -180,9 +182,10 @@ test('spares are not free space, yet a pool short of blocks takes them back rath
 test('a spare that refuses its zeros is recorded bad and never used; the others are', async () => {
   const spare = await createPool(64);
   const used = await failingVolume(spare, 4);
-  // The lowest free block (the first spare candidate) refuses every write.
-  const lowestFree = Array.from({ length: 64 }, (_, block) => block).find((block) => !used.includes(block))!;
-  spare.faults.addRules([{ file: 'data', op: 'write', beginSector: lowestFree * SECTORS_PER_BLOCK, endSector: (lowestFree + 1) * SECTORS_PER_BLOCK }]);
+  // The remap takes the block after the volume's last (the lowest free one); the spares are the
+  // lowest free blocks after it, and the first of them refuses every write.
+  const refusing = Array.from({ length: 64 }, (_, block) => block).find((block) => !used.includes(block))! + 1;
+  spare.faults.addRules([{ file: 'data', op: 'write', beginSector: refusing * SECTORS_PER_BLOCK, endSector: (refusing + 1) * SECTORS_PER_BLOCK }]);
   await remapWrite(spare.pool, 0);
   await spare.pool.remapSparesSettled();
   const health = spare.pool.status().health.data;
@@ -190,15 +193,17 @@ test('a spare that refuses its zeros is recorded bad and never used; the others 
   assert.equal(health.badRanges, 2, 'the remapped block and the refused spare');
   for (let block = 1; block < 4; block++) {
     await remapWrite(spare.pool, block);
-    assert.notEqual(dataBlockOf(spare.pool, 'v', block), lowestFree, 'never the refused spare');
+    assert.notEqual(dataBlockOf(spare.pool, 'v', block), refusing, 'never the refused spare');
   }
   await spare.pool.flush();
   await checkClean(spare.raw);
   await spare.pool.close();
 });
 
-test('remapSpareBlocks 0 turns the spare area off, and a bad value is refused', async () => {
-  const spare = await createPool(64, { remapSpareBlocks: 0 });
+test('the spare area is off by default (remapSpareBlocks 0), and a bad value is refused', async () => {
+  const raw0 = { metadata: new MemoryBlockFile(0, 'metadata'), data: new MemoryBlockFile(0, 'data') };
+  const { recorder, faults, files } = filesOn(raw0, []);
+  const spare: SparePool = { pool: await Pool.createOn(files, { dataSizeBytes: 64 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES }), raw: raw0, recorder, faults };
   await failingVolume(spare, 2);
   await remapWrite(spare.pool, 0);
   await remapWrite(spare.pool, 1);

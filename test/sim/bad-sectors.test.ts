@@ -17,7 +17,7 @@
 // into regressions.json ("bad-sectors"), which runs first.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
+import { METADATA_BLOCK_SIZE_BYTES, REMAP_SPARE_BLOCKS_MAX, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { Rng } from './rng.ts';
 import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual } from './sim-disk.ts';
@@ -127,7 +127,7 @@ async function runCampaign(
         const beginBytes = block * BLOCK_SIZE_BYTES;
         machine.disk('data').failWrites({ beginBytes, endBytes: beginBytes + BLOCK_SIZE_BYTES }, { persistent: true });
       }
-      const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
+      const pool = await Pool.openOn(poolFiles(machine), { now: simNow, remapSpareBlocks: REMAP_SPARE_BLOCKS_MAX });
       await runWorkload(machine, pool, record.ops);
       // A refill the last remap started is part of the trace: crash points fall inside it too.
       await pool.remapSparesSettled();
@@ -139,7 +139,7 @@ async function runCampaign(
     },
     recover: async (machine, marks) => {
       const files = poolFiles(machine);
-      const pool = await Pool.openOn(files);
+      const pool = await Pool.openOn(files, { remapSpareBlocks: REMAP_SPARE_BLOCKS_MAX });
       try {
         const contents = await verifyRecoveredPool(pool, record, marks, renders);
         for (const info of pool.list()) {
