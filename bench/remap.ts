@@ -2,24 +2,27 @@
 //   remap            a 4 KiB write into a block whose sectors refuse writes (fault rules at the io
 //                    seam): narrowed to the sectors, the block moved (its 64 KiB read and written
 //                    elsewhere), and the move made durable before the write returns (data sync,
-//                    one delta-log record, metadata sync). Latency avg / p95 / p99, beside
+//                    one delta-log record, metadata sync). Latency avg / p95 / p99 on two pools,
+//                    the spare area (pool/spare-area.ts) off and on, beside
 //   fdatasync        one 4 KiB write + fdatasync of a file the size of the metadata file, in the
 //                    same directory: dm-remap's yardstick (its remap persist: 7.6 ms avg, 8.3 p99);
+//                    the three measured step by step in turn, so they share the machine's moments;
 //   mirror cost      the metadata mirror's cost per commit: new-block+flush (one log record per
 //                    flush) and full commits (log off), with and without the mirror, alternating.
 //
-// The remap row also says where the time goes: I/Os per remapped write on each file (from the
-// pool's health counters) and the average fdatasync of each, so the floor of two syncs in a row
-// (the new block's data, then the record pointing to it) can be read off the table.
+// The remap rows also say where the time goes: I/Os per remapped write on each file (from the
+// pool's health counters) and the average fdatasync of each.
 //
-// npm run bench -- remap [--quick] [--rounds N] [--write-doc]
+// npm run bench -- remap [--quick] [--rounds N] [--latency-only] [--before=DIR] [--write-doc]
+// --before=DIR: a source tree (e.g. `git archive main | tar -x -C DIR`, node_modules linked) whose
+// Pool runs the same remaps, step by step with the others: before and after a change in one run.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../src/constants.ts';
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, REMAP_SPARE_BLOCKS_MAX } from '../src/constants.ts';
 import type { FaultRule } from '../src/io/fault-injection.ts';
-import { Pool } from '../src/pool/pool.ts';
+import { Pool, type PoolStatus } from '../src/pool/pool.ts';
 import { machineDescription, writeBenchmarkSection } from './peers.ts';
 
 const BLOCK_SIZE_BYTES = 64 * 1024;
@@ -29,6 +32,7 @@ const METADATA_BYTES = METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES;
 
 interface Summary {
   avgMs: number;
+  p50Ms: number;
   p95Ms: number;
   p99Ms: number;
 }
@@ -36,19 +40,20 @@ interface Summary {
 function summary(samplesMs: number[]): Summary {
   const sorted = [...samplesMs].sort((a, b) => a - b);
   const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
-  return { avgMs: sorted.reduce((total, value) => total + value, 0) / sorted.length, p95Ms: at(0.95), p99Ms: at(0.99) };
+  return { avgMs: sorted.reduce((total, value) => total + value, 0) / sorted.length, p50Ms: at(0.5), p95Ms: at(0.95), p99Ms: at(0.99) };
 }
 
 function tempDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'thinbd-bench-remap-'));
 }
 
-/** Remapped 4 KiB writes: block b's sectors 8..15 refuse writes; each write into them moves the block. */
+/** Per remapped write, on the data and the metadata file, and the average fdatasync of each while remapping (ms). */
 interface RemapProfile {
-  /** Per remapped write, on the data and the metadata file. */
   perRemap: { data: IoCounts; metadata: IoCounts };
-  /** Average fdatasync of each file while remapping, ms. */
   syncAvgMs: { data: number; metadata: number };
+  /** Remaps that moved into a spare, and the spare area's refills (spare-area.ts). */
+  sparesTaken: number;
+  refills: number;
 }
 
 interface IoCounts {
@@ -58,69 +63,109 @@ interface IoCounts {
   syncs: number;
 }
 
-async function remapLatencies(count: number): Promise<{ samplesMs: number[]; remaps: number; profile: RemapProfile }> {
-  const dir = tempDir();
-  try {
-    const created = await Pool.create(dir, { dataSizeBytes: 4 * count * BLOCK_SIZE_BYTES, blockSizeBytes: BLOCK_SIZE_BYTES, metadataSizeBytes: METADATA_BYTES });
-    const volume = await created.createVolume('v', { sizeBytes: count * BLOCK_SIZE_BYTES });
-    const bytes = new Uint8Array(BLOCK_SIZE_BYTES).fill(0x5a);
-    for (let block = 0; block < count; block++) await volume.write(block * BLOCK_SIZE_BYTES, bytes);
-    const dataBlocks = volume.mappedRuns().flatMap((run) => Array.from({ length: run.lengthBlocks }, (_, index) => run.dataBlock + index));
-    await created.close();
-    const rules: FaultRule[] = dataBlocks.map((block) => ({ file: 'data', op: 'write', beginSector: block * SECTORS_PER_BLOCK + 8, endSector: block * SECTORS_PER_BLOCK + 16 }));
-    const pool = await Pool.open(dir, { faultRules: rules, commitIntervalMs: 0 });
-    const target = pool.volume('v');
-    const write = new Uint8Array(WRITE_BYTES).fill(0xa5);
-    const samplesMs: number[] = [];
-    const before = pool.status().health;
-    for (let block = 0; block < count; block++) {
-      const startMs = performance.now();
-      await target.write(block * BLOCK_SIZE_BYTES + WRITE_BYTES, write);
-      samplesMs.push(performance.now() - startMs);
-    }
-    const after = pool.status().health;
-    const remaps = after.data.remaps.remaps;
-    await pool.close();
-    const counts = (device: 'data' | 'metadata'): IoCounts => {
-      const was = before[device];
-      const now = after[device];
-      return {
-        reads: (now.latencyMs.read.count - was.latencyMs.read.count) / count,
-        writes: (now.latencyMs.write.count - was.latencyMs.write.count) / count,
-        failedWrites: (now.ioErrors.write - was.ioErrors.write) / count,
-        syncs: (now.latencyMs.sync.count - was.latencyMs.sync.count) / count,
-      };
-    };
-    const syncAvg = (device: 'data' | 'metadata'): number => {
-      const was = before[device].latencyMs.sync;
-      const now = after[device].latencyMs.sync;
-      return (now.avgMs * now.count - was.avgMs * was.count) / Math.max(1, now.count - was.count);
-    };
-    return { samplesMs, remaps, profile: { perRemap: { data: counts('data'), metadata: counts('metadata') }, syncAvgMs: { data: syncAvg('data'), metadata: syncAvg('metadata') } } };
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+/**
+ * The remapped pools compared: new blocks only (the spare area off), the spare area on, and with
+ * --before DIR the same workload on the Pool of another source tree (a checkout of main: the code
+ * before a change, in the same run).
+ */
+type SpareMode = 'before' | 'off' | 'on';
+
+/** A pool whose `count` blocks are written and then refuse writes in sectors 8..15: each 4 KiB write there moves its block. */
+async function remappingPool(PoolClass: typeof Pool, dir: string, count: number, mode: SpareMode): Promise<Pool> {
+  const created = await PoolClass.create(dir, { dataSizeBytes: 4 * count * BLOCK_SIZE_BYTES, blockSizeBytes: BLOCK_SIZE_BYTES, metadataSizeBytes: METADATA_BYTES });
+  const volume = await created.createVolume('v', { sizeBytes: count * BLOCK_SIZE_BYTES });
+  const bytes = new Uint8Array(BLOCK_SIZE_BYTES).fill(0x5a);
+  for (let block = 0; block < count; block++) await volume.write(block * BLOCK_SIZE_BYTES, bytes);
+  const dataBlocks = volume.mappedRuns().flatMap((run) => Array.from({ length: run.lengthBlocks }, (_, index) => run.dataBlock + index));
+  await created.close();
+  const rules: FaultRule[] = dataBlocks.map((block) => ({ file: 'data', op: 'write', beginSector: block * SECTORS_PER_BLOCK + 8, endSector: block * SECTORS_PER_BLOCK + 16 }));
+  return PoolClass.open(dir, { faultRules: rules, commitIntervalMs: 0, ...(mode === 'on' ? { remapSpareBlocks: REMAP_SPARE_BLOCKS_MAX } : {}) });
 }
 
-/** 4 KiB write + fdatasync at scattered places of a sparse file as large as a pool's metadata file. */
-function fdatasyncLatencies(count: number): number[] {
-  const dir = tempDir();
+type Measured = SpareMode | 'fdatasync';
+
+interface RoundResult {
+  samplesMs: Record<Measured, number[]>;
+  remaps: Record<SpareMode, number>;
+  profile: Record<SpareMode, RemapProfile>;
+  /** Time spent waiting, after a remap, for the refill it started (charged to no sample), ms. */
+  refillWaitMs: number[];
+}
+
+/**
+ * One round, interleaved: each step does a 4 KiB write + fdatasync of the yardstick file, a
+ * remapped write on the pool without spares and one on the pool with them, in an order that
+ * rotates each step, so that the three see the same moments of a shared machine. A refill the
+ * spare pool starts runs in the background; the step waits for it before the next measurement
+ * (timed apart, so it lands on no sample).
+ */
+async function remapRound(count: number, modes: readonly SpareMode[], BeforePool: typeof Pool | undefined): Promise<RoundResult> {
+  const yardstickDir = tempDir();
+  const dirs: string[] = [yardstickDir];
   try {
-    const file = path.join(dir, 'metadata');
-    const fd = fs.openSync(file, 'w+');
+    const pools = {} as Record<SpareMode, Pool>;
+    for (const mode of modes) {
+      const dir = tempDir();
+      dirs.push(dir);
+      pools[mode] = await remappingPool(mode === 'before' ? BeforePool! : Pool, dir, count, mode);
+    }
+    const fd = fs.openSync(path.join(yardstickDir, 'metadata'), 'w+');
     fs.ftruncateSync(fd, 2 * METADATA_BYTES);
-    const bytes = Buffer.alloc(WRITE_BYTES, 0x33);
-    const samplesMs: number[] = [];
+    const syncBytes = Buffer.alloc(WRITE_BYTES, 0x33);
+    const write = new Uint8Array(WRITE_BYTES).fill(0xa5);
+    const samplesMs: RoundResult['samplesMs'] = { before: [], off: [], on: [], fdatasync: [] };
+    const refillWaitMs: number[] = [];
+    const before = {} as Record<SpareMode, PoolStatus['health']>;
+    for (const mode of modes) before[mode] = pools[mode].status().health;
+    const steps: Measured[] = ['fdatasync', ...modes];
     for (let index = 0; index < count; index++) {
-      const startMs = performance.now();
-      fs.writeSync(fd, bytes, 0, WRITE_BYTES, ((index * 7919) % 4096) * WRITE_BYTES);
-      fs.fdatasyncSync(fd);
-      samplesMs.push(performance.now() - startMs);
+      for (let turn = 0; turn < steps.length; turn++) {
+        const what = steps[(index + turn) % steps.length]!;
+        const startMs = performance.now();
+        if (what === 'fdatasync') {
+          fs.writeSync(fd, syncBytes, 0, WRITE_BYTES, ((index * 7919) % 4096) * WRITE_BYTES);
+          fs.fdatasyncSync(fd);
+        } else {
+          await pools[what].volume('v').write(index * BLOCK_SIZE_BYTES + WRITE_BYTES, write);
+        }
+        samplesMs[what].push(performance.now() - startMs);
+        if (what === 'on') {
+          const waitStartMs = performance.now();
+          await pools.on.remapSparesSettled();
+          refillWaitMs.push(performance.now() - waitStartMs);
+        }
+      }
     }
     fs.closeSync(fd);
-    return samplesMs;
+    const remaps = { before: 0, off: 0, on: 0 };
+    const profile = {} as Record<SpareMode, RemapProfile>;
+    for (const mode of modes) {
+      const was = before[mode];
+      const now = pools[mode].status().health;
+      remaps[mode] = now.data.remaps.remaps - was.data.remaps.remaps;
+      await pools[mode].close();
+      const counts = (device: 'data' | 'metadata'): IoCounts => ({
+        reads: (now[device].latencyMs.read.count - was[device].latencyMs.read.count) / count,
+        writes: (now[device].latencyMs.write.count - was[device].latencyMs.write.count) / count,
+        failedWrites: (now[device].ioErrors.write - was[device].ioErrors.write) / count,
+        syncs: (now[device].latencyMs.sync.count - was[device].latencyMs.sync.count) / count,
+      });
+      const syncAvg = (device: 'data' | 'metadata'): number => {
+        const wasSync = was[device].latencyMs.sync;
+        const nowSync = now[device].latencyMs.sync;
+        return (nowSync.avgMs * nowSync.count - wasSync.avgMs * wasSync.count) / Math.max(1, nowSync.count - wasSync.count);
+      };
+      profile[mode] = {
+        perRemap: { data: counts('data'), metadata: counts('metadata') },
+        syncAvgMs: { data: syncAvg('data'), metadata: syncAvg('metadata') },
+        // The tree of --before may have no spare area.
+        sparesTaken: (now.data.spareArea?.taken ?? 0) - (was.data.spareArea?.taken ?? 0),
+        refills: (now.data.spareArea?.refills ?? 0) - (was.data.spareArea?.refills ?? 0),
+      };
+    }
+    return { samplesMs, remaps, profile, refillWaitMs };
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -162,35 +207,56 @@ function median(values: number[]): number {
 
 const ms = (value: number): string => value.toFixed(2);
 
-export async function remapBenchmark(flags: string[]): Promise<void> {
+export async function remapBenchmark(flags: string[], roundsGiven?: number): Promise<void> {
   const quick = flags.includes('--quick');
   const count = quick ? 50 : 300;
   const flushes = quick ? 100 : 500;
-  const roundsFlag = flags.indexOf('--rounds');
-  const rounds = roundsFlag >= 0 ? Number(flags[roundsFlag + 1]) : quick ? 1 : 3;
-  if (!Number.isSafeInteger(rounds) || rounds < 1) throw new Error(`--rounds: '${flags[roundsFlag + 1]}' is not a whole number of at least 1`);
-  // Latencies: the two measured in turn, rounds times, samples pooled.
-  const remapSamples: number[] = [];
-  const syncSamples: number[] = [];
-  let remaps = 0;
-  const profiles: RemapProfile[] = [];
+  const rounds = roundsGiven ?? (quick ? 1 : 3);
+  const loadBefore = os.loadavg();
+  // Latencies: the three measured step by step in turn (remapRound), rounds times, samples pooled.
+  const beforeFlag = flags.find((flag) => flag.startsWith('--before='));
+  const beforeDir = beforeFlag === undefined ? undefined : path.resolve(beforeFlag.slice('--before='.length));
+  const BeforePool = beforeDir === undefined ? undefined : ((await import(path.join(beforeDir, 'src', 'pool', 'pool.ts'))) as { Pool: typeof Pool }).Pool;
+  const modes: SpareMode[] = [...(BeforePool === undefined ? [] : ['before' as const]), 'off', 'on'];
+  const samples: Record<Measured, number[]> = { before: [], off: [], on: [], fdatasync: [] };
+  const remaps = { before: 0, off: 0, on: 0 };
+  const profiles: Record<SpareMode, RemapProfile[]> = { before: [], off: [], on: [] };
+  const refillWaitMs: number[] = [];
   for (let round = 0; round < rounds; round++) {
-    syncSamples.push(...fdatasyncLatencies(count));
-    const result = await remapLatencies(count);
-    remapSamples.push(...result.samplesMs);
-    remaps += result.remaps;
-    profiles.push(result.profile);
+    const result = await remapRound(count, modes, BeforePool);
+    for (const what of ['fdatasync', ...modes] as const) samples[what].push(...result.samplesMs[what]);
+    for (const mode of modes) {
+      remaps[mode] += result.remaps[mode];
+      profiles[mode].push(result.profile[mode]);
+    }
+    refillWaitMs.push(...result.refillWaitMs);
   }
-  const mean = (pick: (profile: RemapProfile) => number): number => profiles.reduce((total, profile) => total + pick(profile), 0) / profiles.length;
-  const ioText = (device: 'data' | 'metadata'): string =>
-    `${device}: ${mean((p) => p.perRemap[device].reads).toFixed(1)} read(s), ${mean((p) => p.perRemap[device].writes).toFixed(1)} write(s)` +
-    `${device === 'data' ? ` + ${mean((p) => p.perRemap[device].failedWrites).toFixed(1)} refused (the narrowing)` : ' (one per mirror copy)'}, ` +
-    `${mean((p) => p.perRemap[device].syncs).toFixed(1)} fdatasync of ${ms(mean((p) => p.syncAvgMs[device]))} ms avg`;
-  const remap = summary(remapSamples);
-  const sync = summary(syncSamples);
+  const loadAfterRemaps = os.loadavg();
+  const mean = (mode: SpareMode, pick: (profile: RemapProfile) => number): number => profiles[mode].reduce((total, profile) => total + pick(profile), 0) / profiles[mode].length;
+  const ioText = (mode: SpareMode, device: 'data' | 'metadata'): string =>
+    `${device}: ${mean(mode, (p) => p.perRemap[device].reads).toFixed(1)} read(s), ${mean(mode, (p) => p.perRemap[device].writes).toFixed(1)} write(s)` +
+    `${device === 'data' ? ` + ${mean(mode, (p) => p.perRemap[device].failedWrites).toFixed(1)} refused (the narrowing)` : ' (one per mirror copy)'}, ` +
+    `${mean(mode, (p) => p.perRemap[device].syncs).toFixed(2)} fdatasync of ${ms(mean(mode, (p) => p.syncAvgMs[device]))} ms avg`;
+  const sync = summary(samples.fdatasync);
+  const modeNames: Record<SpareMode, string> = {
+    before: `the code of ${beforeDir} (before)`,
+    off: 'new block (spare area off)',
+    on: 'spare area on',
+  };
+  const remapRows = modes.map((mode) => {
+    const remap = summary(samples[mode]);
+    return (
+      `| remapped write, durable on return: ${modeNames[mode]} | ${ms(remap.avgMs)} | ${ms(remap.p50Ms)} | ${ms(remap.p95Ms)} | ${ms(remap.p99Ms)} | ` +
+      `${(remap.avgMs / sync.avgMs).toFixed(2)}× | ${(remap.p50Ms / sync.p50Ms).toFixed(2)}× | ${(remap.p95Ms / sync.p95Ms).toFixed(2)}× | ${(remap.p99Ms / sync.p99Ms).toFixed(2)}× |`
+    );
+  });
+  const refills = profiles.on.reduce((total, profile) => total + profile.refills, 0);
+  const taken = profiles.on.reduce((total, profile) => total + profile.sparesTaken, 0);
+  const refillWait = summary(refillWaitMs);
+  const refillWaitTotalMs = refillWaitMs.reduce((total, value) => total + value, 0);
   // The mirror's cost per flush: with and without, alternating, medians of rounds.
   const rows: string[] = [];
-  for (const deltaLog of [true, false]) {
+  for (const deltaLog of flags.includes('--latency-only') ? [] : [true, false]) {
     const withMirror: Array<{ flushesPerSecond: number; metadataBlocksPerFlush: number }> = [];
     const without: Array<{ flushesPerSecond: number; metadataBlocksPerFlush: number }> = [];
     for (let round = 0; round < rounds; round++) {
@@ -204,24 +270,29 @@ export async function remapBenchmark(flags: string[]): Promise<void> {
         `${median(without.map((result) => result.metadataBlocksPerFlush)).toFixed(3)} | ${median(withMirror.map((result) => result.metadataBlocksPerFlush)).toFixed(3)} |`,
     );
   }
+  const loadText = (load: number[]): string => load.map((value) => value.toFixed(1)).join(' ');
   const lines = [
     '## Failing disks: remap persist latency and the metadata mirror',
     '',
     `Machine: ${machineDescription()}; shared with other work, so figures are noisy: compare within a row.`,
-    `Command: \`npm run bench -- remap${quick ? ' --quick' : ''}${roundsFlag >= 0 ? ` --rounds ${rounds}` : ''}\`; real files in ${os.tmpdir()}, 64 KiB blocks, 4 KiB writes; ${rounds} round(s) alternating.`,
+    `Command: \`npm run bench -- remap${quick ? ' --quick' : ''}${roundsGiven !== undefined ? ` --rounds ${rounds}` : ''}${flags.includes('--latency-only') ? ' --latency-only' : ''}${beforeFlag === undefined ? '' : ` ${beforeFlag}`}\`; real files in ${os.tmpdir()}, 64 KiB blocks, 4 KiB writes; ${rounds} round(s); ` +
+      `load average ${loadText(loadBefore)} at the start, ${loadText(loadAfterRemaps)} after the latencies.`,
     '',
-    `Remap: a 4 KiB write into a block whose sectors refuse writes (fault rules), ${count} per round, ${remaps} remapped in all; the write returns once the`,
-    'move is durable (narrowing by bisection, 64 KiB read and written to a new block, data sync, one delta-log record, metadata sync).',
+    `Remap: a 4 KiB write into a block whose sectors refuse writes (fault rules), ${count} per round on each of ${modes.length} pools, ${modes.map((mode) => remaps[mode]).join(', ')} remapped in all; the`,
+    'write returns once the move is durable (narrowing by bisection, 64 KiB read and written to another block, data sync, one delta-log record, metadata sync).',
+    `${beforeDir === undefined ? 'One pool' : `One pool runs the code of ${beforeDir} (before); of the others, one`} has the spare area off (the block goes to a new block, which the host file system allocates on the`,
+    `data sync), the other on (the block goes to a spare written ahead: ${taken} of ${remaps.on} did; ${refills} refills).`,
     'fdatasync: one 4 KiB write + fdatasync of a sparse file the size of the mirrored metadata file, in the same directory.',
+    `The ${modes.length + 1} are measured step by step in turn (the order rotating each step), so they share the moments of the shared machine. A refill runs`,
+    `in the background after a remap; the step waits for it apart from the samples: ${refillWaitMs.filter((value) => value > 0.05).length} waits, ` +
+      `${ms(refillWaitTotalMs)} ms in all (${ms(refillWaitTotalMs / Math.max(1, samples.on.length))} ms per remap if it were charged to them; p99 wait ${ms(refillWait.p99Ms)} ms).`,
     '',
-    '| operation | avg ms | p95 ms | p99 ms |',
-    '| --- | --- | --- | --- |',
-    `| remapped write, durable on return | ${ms(remap.avgMs)} | ${ms(remap.p95Ms)} | ${ms(remap.p99Ms)} |`,
-    `| one 4 KiB write + fdatasync | ${ms(sync.avgMs)} | ${ms(sync.p95Ms)} | ${ms(sync.p99Ms)} |`,
-    `| ratio | ${(remap.avgMs / sync.avgMs).toFixed(2)}× | ${(remap.p95Ms / sync.p95Ms).toFixed(2)}× | ${(remap.p99Ms / sync.p99Ms).toFixed(2)}× |`,
+    '| operation | avg ms | p50 ms | p95 ms | p99 ms | ratio avg | p50 | p95 | p99 |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...remapRows,
+    `| one 4 KiB write + fdatasync | ${ms(sync.avgMs)} | ${ms(sync.p50Ms)} | ${ms(sync.p95Ms)} | ${ms(sync.p99Ms)} | 1 | 1 | 1 | 1 |`,
     '',
-    `Per remapped write (${ioText('data')}; ${ioText('metadata')}): the two syncs in a row are the floor, ` +
-      `${ms(mean((p) => p.syncAvgMs.data + p.syncAvgMs.metadata))} ms of the ${ms(remap.avgMs)} ms average.`,
+    ...modes.map((mode) => `Per remapped write, ${modeNames[mode]}: ${ioText(mode, 'data')}; ${ioText(mode, 'metadata')}.`),
     '',
     `Metadata mirror (every metadata block written twice, one fdatasync for both): ${flushes} flushes per run, medians of ${rounds}.`,
     '',

@@ -67,7 +67,8 @@ const standalone: Record<string, (flags: string[]) => Promise<void>> = {
   tools: toolsBenchmark,
   flush: flushBenchmark,
   archive: archiveBenchmark,
-  remap: remapBenchmark,
+  // --rounds is taken out of the flags above: the remap benchmark gets it when given (its default depends on --quick).
+  remap: (flags) => remapBenchmark(flags, process.argv.includes('--rounds') ? rounds : undefined),
   tls: (flags) => tlsBenchmark(flags, { rounds, runtimeSeconds, writeDoc }),
   image: imageBenchmark,
 };

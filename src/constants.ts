@@ -255,6 +255,17 @@ export const READ_ATTEMPTS_MAX = 3;
  * in a row is already rare; four in a row means the device fails every write.
  */
 export const REMAP_TARGETS_MAX = 4;
+
+/**
+ * Most data blocks a spare area keeps written ahead for remaps (pool/spare-area.ts; off unless a
+ * pool is opened with remapSpareBlocks, `serve --remap-spares`): a refill (one batch of writes,
+ * one sync) comes once per half of it used, so a burst of remaps meets one refill in eight;
+ * bounded by REMAP_SPARE_BYTES_MAX and by 1/16 of the pool.
+ */
+export const REMAP_SPARE_BLOCKS_MAX = 16;
+
+/** Most bytes of spares (1 MiB: sixteen 64 KiB blocks); at least one block whatever its size. */
+export const REMAP_SPARE_BYTES_MAX = 1024 * 1024;
 /**
  * Bad ranges at which a device is reported failing rather than degraded: after its first
  * reallocations a drive is many times likelier to die soon (Pinheiro et al., FAST'07), and this

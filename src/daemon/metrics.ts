@@ -6,7 +6,8 @@
 //                    records, copy-on-writes, flushes, request errors
 //   thinbd_nbd_*     the server: connections, bytes in and out, requests and bytes in flight, TLS
 //   thinbd_device_*  the health of the data and metadata files (`pool status` health): I/O errors
-//                    by operation, bad ranges and sectors, remapped blocks, spare space, the health
+//                    by operation, bad ranges and sectors, remapped blocks, spare space (and the
+//                    data's spare area written ahead for remaps), the health
 //                    state, and I/O latency (a summary with p95 and p99, and min, max, stddev)
 import http from 'node:http';
 import { METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
@@ -142,6 +143,8 @@ function renderHealth(page: PrometheusPage, status: PoolStatus, pool: { pool: st
     page.family(name, 'gauge', help);
     for (const [device, health, blockBytes] of devices) page.sample(name, value(health, blockBytes), { ...pool, device });
   }
+  page.family('thinbd_device_spare_area_bytes', 'gauge', 'Data: of the spare space, the free blocks kept written ahead for remaps (once the data file has refused a write).');
+  page.sample('thinbd_device_spare_area_bytes', status.health.data.spareArea.blocks * status.blockSizeBytes, { ...pool, device: 'data' });
   page.family('thinbd_device_health', 'gauge', 'The health state: 1 for the current one (ok, degraded, failing).');
   for (const [device, health] of devices) {
     for (const state of ['ok', 'degraded', 'failing'] as const) page.sample('thinbd_device_health', health.state === state ? 1 : 0, { ...pool, device, state });

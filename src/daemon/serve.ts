@@ -41,6 +41,8 @@ export interface ServeOptions {
   metrics?: { host: string; port: number };
   /** Fault injection on the pool's files (`thinbd serve --inject`, io/fault-injection.ts): drills and tests. */
   faultRules?: readonly FaultRule[];
+  /** Data blocks kept written ahead for remaps (`thinbd serve --remap-spares`, pool/spare-area.ts). */
+  remapSpareBlocks?: number;
   log?: LogSink;
   /** Shell command run at each low-water event (space-events.ts). */
   onLowWater?: string;
@@ -80,7 +82,11 @@ export class PoolServer {
   }
 
   static async start(options: ServeOptions): Promise<PoolServer> {
-    const pool = await Pool.open(options.poolDir, { readOnly: Boolean(options.readOnly), ...(options.faultRules !== undefined ? { faultRules: options.faultRules } : {}) });
+    const pool = await Pool.open(options.poolDir, {
+      readOnly: Boolean(options.readOnly),
+      ...(options.faultRules !== undefined ? { faultRules: options.faultRules } : {}),
+      ...(options.remapSpareBlocks !== undefined ? { remapSpareBlocks: options.remapSpareBlocks } : {}),
+    });
     try {
       pool.onSpaceEvent(spaceEventHandler({ poolDir: options.poolDir, ...(options.onLowWater === undefined ? {} : { onLowWater: options.onLowWater }), log: options.log ?? (() => {}) }));
       const chosen = options.exports === undefined ? undefined : new Set(options.exports);

@@ -47,20 +47,24 @@ export class MeasuredBlockFile extends ForwardingBlockFile {
   }
 
   override read(target: Uint8Array, offsetBytes: number): Promise<void> {
-    return this.#timed(super.read(target, offsetBytes), this.readLatency, 'read');
+    return this.#timed(() => super.read(target, offsetBytes), this.readLatency, 'read');
   }
 
   override write(source: Uint8Array, offsetBytes: number): Promise<void> {
-    return this.#timed(super.write(source, offsetBytes), this.writeLatency, 'write');
+    return this.#timed(() => super.write(source, offsetBytes), this.writeLatency, 'write');
   }
 
   override sync(options?: SyncOptions): Promise<void> {
-    return this.#timed(super.sync(options), this.syncLatency, 'sync');
+    return this.#timed(() => super.sync(options), this.syncLatency, 'sync');
   }
 
-  #timed(operation: Promise<void>, stats: LatencyStats, kind: keyof IoErrorCounts): Promise<void> {
+  /**
+   * Times `operation` from before it is called: an inline sync (SyncOptions.inline) or a write
+   * through the page cache does its work inside the call, before the promise exists.
+   */
+  #timed(operation: () => Promise<void>, stats: LatencyStats, kind: keyof IoErrorCounts): Promise<void> {
     const start = performance.now();
-    return operation.then(
+    return operation().then(
       () => {
         stats.record((performance.now() - start) * 1000);
       },

@@ -12,6 +12,12 @@
 // provisions a block for an unmapped virtual block may not take the last `reserveBlocks` free
 // blocks; those are kept for copy-on-write of blocks that are already mapped but shared, so a
 // write to a range a client was told is allocated is the last thing to see ENOSPC.
+//
+// Spares (spare-area.ts): free blocks the data path wrote and synced ahead of time so that a remap
+// can move a block into one without the host file system allocating for it. The allocator holds
+// them as it holds reserved blocks (no other write takes them, the puncher skips them, the free
+// figures leave them out) until a remap takes one (takeSpare). They are never a reason for
+// ENOSPC: an allocation that finds no other free block gives every spare back first.
 import { DATA_BLOCKS_RESERVED_MAX } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 
@@ -45,6 +51,8 @@ export class DataAllocator {
   /** Free blocks something else holds for a moment (a hole being punched into them): skipped, not counted out. */
   #isHeld: (block: number) => boolean = () => false;
   #reserved = new Set<number>();
+  /** Free blocks kept written for remaps (spare-area.ts), in the order they were added. */
+  #spares: number[] = [];
   #hints = new Map<number, number>();
   /** One past the highest block handed out by this allocator. */
   #frontier = 0;
@@ -82,17 +90,58 @@ export class DataAllocator {
     this.#runGapBlocks = Math.min(ALLOCATION_RUN_GAP_BLOCKS_MAX, Math.floor(dataBlockCount / 16));
   }
 
+  /** Blocks reserved for writes in flight, and spares: neither is free. */
   get reservedCount(): number {
-    return this.#reserved.size;
+    return this.#reserved.size + this.#spares.length;
   }
 
-  /** Free blocks that a new allocation could take (not counting blocks freed in this transaction). */
+  /** Free blocks that a new allocation could take (not counting blocks freed in this transaction, nor spares). */
   freeBlockCount(): number {
-    return this.#dataBlockCount - this.#space.usedBlockCount - this.#reserved.size;
+    return this.#dataBlockCount - this.#space.usedBlockCount - this.#reserved.size - this.#spares.length;
   }
 
+  /** Reserved for a write in flight, or kept as a spare. */
   isReserved(block: number): boolean {
-    return this.#reserved.has(block);
+    return this.#reserved.has(block) || this.#spares.includes(block);
+  }
+
+  get spareCount(): number {
+    return this.#spares.length;
+  }
+
+  get spares(): readonly number[] {
+    return this.#spares;
+  }
+
+  /**
+   * Reserves the lowest free block, to become a spare once it is written (addSpare) or be
+   * released: the lowest, because a low block is most likely below the high-water mark already
+   * and, after a restart, the same blocks are chosen again. Undefined when no block is free.
+   */
+  reserveSpareCandidate(): number | undefined {
+    const found = this.#space.findFree(0, 1, (block) => this.isReserved(block) || this.#isHeld(block));
+    if (found === undefined) return undefined;
+    this.#reserved.add(found.begin);
+    return found.begin;
+  }
+
+  /** A reserved block, written and synced, becomes a spare. */
+  addSpare(block: number): void {
+    const had = this.#reserved.delete(block);
+    assert(had, `spare ${block} was not reserved`);
+    this.#spares.push(block);
+  }
+
+  /** Reserves a spare for a remap (release it as any reserved block); undefined when none is left. */
+  takeSpare(): number | undefined {
+    const block = this.#spares.shift();
+    if (block !== undefined) this.#reserved.add(block);
+    return block;
+  }
+
+  /** Every spare becomes a plain free block again; returns them. */
+  giveBackSpares(): number[] {
+    return this.#spares.splice(0);
   }
 
   /** Reserves one free data block for `volumeId`; throws THIN_NO_SPACE when there is none (F-POOL-41). */
@@ -107,18 +156,19 @@ export class DataAllocator {
    */
   allocateRun(volumeId: number, lengthBlocksMax: number, options: AllocateOptions = {}): { begin: number; lengthBlocks: number } {
     assert(Number.isSafeInteger(lengthBlocksMax) && lengthBlocksMax >= 1, `bad run length ${lengthBlocksMax}`);
-    const free = this.freeBlockCount();
     const floor = options.mayUseReserve === true ? 0 : this.#reserveBlocks;
+    // Spares are never a reason for ENOSPC: short of free blocks, they are free blocks again.
+    if (this.freeBlockCount() <= floor) this.giveBackSpares();
+    const free = this.freeBlockCount();
     if (free <= floor) {
       throw new ThinError('THIN_NO_SPACE', `No free data block: ${free} free, ${floor} kept in reserve for copy-on-write.`);
     }
     const wanted = Math.min(lengthBlocksMax, free - floor);
-    const isReserved = (block: number): boolean => this.#reserved.has(block) || this.#isHeld(block);
-    const volumeHint = this.#hints.get(volumeId);
-    let found = volumeHint === undefined ? undefined : this.#space.findFree(volumeHint, wanted, isReserved);
-    if (found === undefined || found.begin !== volumeHint) {
-      const runStart = (this.#frontier + (this.#frontier === 0 ? 0 : this.#runGapBlocks)) % this.#dataBlockCount;
-      found = this.#space.findFree(runStart, wanted, isReserved);
+    let found = this.#find(volumeId, wanted);
+    if (found === undefined && this.#spares.length > 0) {
+      // The free blocks left are pending or held: the spares may be all there is.
+      this.giveBackSpares();
+      found = this.#find(volumeId, wanted);
     }
     if (found === undefined) {
       throw new ThinError('THIN_NO_SPACE', 'No free data block: the remaining free blocks were freed in the transaction not yet committed, or are being given back to the host.');
@@ -134,6 +184,16 @@ export class DataAllocator {
     this.#hints.set(volumeId, end % this.#dataBlockCount);
     this.#frontier = Math.max(this.#frontier, end);
     return found;
+  }
+
+  /** The run where volumeId's next block goes (see the module comment), skipping reserved, spare and held blocks. */
+  #find(volumeId: number, wanted: number): { begin: number; lengthBlocks: number } | undefined {
+    const isReserved = (block: number): boolean => this.isReserved(block) || this.#isHeld(block);
+    const volumeHint = this.#hints.get(volumeId);
+    const found = volumeHint === undefined ? undefined : this.#space.findFree(volumeHint, wanted, isReserved);
+    if (found !== undefined && found.begin === volumeHint) return found;
+    const runStart = (this.#frontier + (this.#frontier === 0 ? 0 : this.#runGapBlocks)) % this.#dataBlockCount;
+    return this.#space.findFree(runStart, wanted, isReserved);
   }
 
   /** Ends a reservation: the block is now referenced by a mapping, or the write failed. */

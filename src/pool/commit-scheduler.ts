@@ -205,17 +205,20 @@ export class CommitScheduler {
   /**
    * Makes every completed write durable: commits the transaction if metadata changed, else syncs
    * the data file if data was written. Calls made while a commit runs share the next one.
+   * `callerRequests`: requests in flight that are the caller's own and wait for this commit (a
+   * remap persists from inside its write request): with no other request in flight, a small
+   * flush's syncs may still run on the main thread (#flushSyncOptions).
    */
-  commit(): Promise<void> {
+  commit(callerRequests = 0): Promise<void> {
     const ioFailure = this.#host.ioFailureError();
     if (ioFailure !== undefined) return Promise.reject(ioFailure);
     if (this.#host.mode === 'read-only' && this.#host.readOnlyOpen) return Promise.resolve();
     if (!this.#host.canCommit) this.#host.assertWritable();
     if (this.#queued !== undefined) return this.#queued;
-    if (this.#running === undefined) return this.#start();
+    if (this.#running === undefined) return this.#start(callerRequests);
     const queued = this.#running.catch(() => undefined).then(() => {
       this.#queued = undefined;
-      return this.#start();
+      return this.#start(callerRequests);
     });
     this.#queued = queued;
     return queued;
@@ -288,17 +291,17 @@ export class CommitScheduler {
     }
   }
 
-  #start(): Promise<void> {
+  #start(callerRequests = 0): Promise<void> {
     assert(this.#running === undefined, 'two commits at once');
     if (this.#hold !== undefined) {
       const held = this.#hold.then(() => {
         this.#running = undefined;
-        return this.#start();
+        return this.#start(callerRequests);
       });
       this.#running = held;
       return held;
     }
-    const running = this.#commitNow().finally(() => {
+    const running = this.#commitNow(callerRequests).finally(() => {
       this.#running = undefined;
       this.#host.assertInvariants();
     });
@@ -306,7 +309,7 @@ export class CommitScheduler {
     return running;
   }
 
-  async #commitNow(): Promise<void> {
+  async #commitNow(callerRequests: number): Promise<void> {
     // A flush queued behind the commit that failed fails too.
     const ioFailure = this.#host.ioFailureError();
     if (ioFailure !== undefined) throw ioFailure;
@@ -330,13 +333,13 @@ export class CommitScheduler {
     const plan = planFlush(this.#flushState());
     if (plan === 'nothing') return;
     if (plan === 'sync-data') {
-      const options = this.#flushSyncOptions();
+      const options = this.#flushSyncOptions(callerRequests);
       this.#dataPath.syncStarted();
       await this.#syncData(options);
       return;
     }
     if (plan === 'append') {
-      await this.#appendLog();
+      await this.#appendLog(callerRequests);
       return;
     }
     // Seal: bring the device tree up to date, then hand pdata the payload, all in this turn.
@@ -387,12 +390,12 @@ export class CommitScheduler {
    * A flush as a delta log record (src/journal/log.ts): the data the pending entries point at is
    * synced first, then the record is written and synced; it is the commit record (F-LOG-7).
    */
-  async #appendLog(): Promise<void> {
+  async #appendLog(callerRequests: number): Promise<void> {
     const log = this.#log;
     assert(log !== undefined, 'appending to a delta log that is off');
     const entries = log.takePending();
     const time = this.#host.time;
-    const options = this.#flushSyncOptions();
+    const options = this.#flushSyncOptions(callerRequests);
     if (!this.#skipDataSyncBeforeRecord) {
       this.#dataPath.syncStarted();
       await this.#syncData(options);
@@ -406,13 +409,13 @@ export class CommitScheduler {
   }
 
   /**
-   * How a flush's syncs run: on the main thread when no request is in flight and little data is
-   * dirty (INLINE_SYNC_DIRTY_BYTES_MAX), since then nothing waits for the event loop and the
-   * worker thread's round trip is a large part of a small sync (docs/benchmarks.md, "Figures
-   * behind code decisions"); otherwise on a worker thread.
+   * How a flush's syncs run: on the main thread when no request is in flight (but the caller's
+   * own, which waits for them) and little data is dirty (INLINE_SYNC_DIRTY_BYTES_MAX), since then
+   * nothing waits for the event loop and the worker thread's round trip is a large part of a
+   * small sync (docs/benchmarks.md, "Figures behind code decisions"); otherwise on a worker thread.
    */
-  #flushSyncOptions(): SyncOptions {
-    return { inline: this.#host.requestsInFlight === 0 && this.#dataPath.bytesSinceSync <= INLINE_SYNC_DIRTY_BYTES_MAX };
+  #flushSyncOptions(callerRequests = 0): SyncOptions {
+    return { inline: this.#host.requestsInFlight <= callerRequests && this.#dataPath.bytesSinceSync <= INLINE_SYNC_DIRTY_BYTES_MAX };
   }
 
   async #syncData(options: SyncOptions = {}): Promise<void> {

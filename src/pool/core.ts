@@ -5,6 +5,7 @@
 //   data-path.ts        reads and writes of volume bytes, with the high-water mark (high-water-mark.ts)
 //   bad-blocks.ts       reads and writes the medium refuses: retried, narrowed to sectors
 //   remap.ts            copy-on-write, and moving a block off failing sectors durably
+//   spare-area.ts       free blocks written ahead for remaps, once the data file has failed
 //   bad-ranges.ts       the bad sectors recorded in the metadata, holding their blocks for good
 //   health.ts           the devices' health: errors, bad ranges, remaps, spare, latency
 //   commit-scheduler.ts when and how changes become durable: data syncs, log records, full commits
@@ -60,7 +61,8 @@
 //   not read-write ⇒ a reason is recorded;  closed ⇒ closing;  the device table agrees with itself;
 //   the bad-range table agrees with itself (ordered, one block each, indexed), and every bad data
 //   block is counted used in the data space map (it holds a reference: never allocated again);
-//   the engine, the allocator, the data space map and the high-water mark count the same data
+//   every spare (spare-area.ts) lies below the durable high-water mark (and is free in the data
+//   space map: asserted when it is added and taken); the engine, the allocator, the data space map and the high-water mark count the same data
 //   blocks, and the data file holds them all; the metadata file holds every metadata block or grows
 //   to them at the next commit; blocks held by a punch lie below the data block count and are free;
 //   closing ⇒ no write waits for space.
@@ -106,6 +108,8 @@ export interface PoolCoreOptions {
   metadataDirtyBlocksMax?: number | undefined;
   /** Tests only: a deliberately broken engine (mutants.ts). */
   mutant?: PoolMutant | undefined;
+  /** Most blocks the spare area keeps for remaps (default 0: off; spare-area.ts). */
+  remapSpareBlocks?: number | undefined;
 }
 
 /** Worst case of new metadata blocks for one B+tree insert or removal: shadow and split every level, plus a new root. */
@@ -213,6 +217,7 @@ export class PoolCore {
         dataSpace: this.dataSpace,
         badRanges: this.badRanges,
         dataReadsZeros: (payload.flags & POOL_FLAG_DATA_NOT_ZEROED) === 0,
+        spareBlocksMax: options.remapSpareBlocks,
       },
       this.#dataPathHost(),
     );
@@ -325,6 +330,7 @@ export class PoolCore {
     for (const range of this.badRanges.all()) {
       if (range.device === 'data') assert(this.dataSpace.count(range.block) >= 1, `bad data block ${range.block} is free in the data space map`);
     }
+    this.dataPath.spares.assertInvariants(this.highWaterMark.durable);
     this.space.assertInvariants();
     assert(this.files.data.sizeBytes() >= this.#dataBlockCount * this.blockSizeBytes, `the data file is shorter than its ${this.#dataBlockCount} blocks`);
     assert(this.#ioFailure === undefined || this.#mode === 'needs-check', `an I/O failure left the pool ${this.#mode}`);
@@ -685,7 +691,9 @@ export class PoolCore {
       badRanges: this.badRanges,
       media: this.dataPath.media.counters,
       remaps: this.dataPath.remapper.counters,
-      freeDataBlocks: Math.max(0, this.allocator.freeBlockCount()),
+      // A remap may take any free block, the spares first.
+      freeDataBlocks: Math.max(0, this.allocator.freeBlockCount()) + this.allocator.spareCount,
+      spareArea: { blocks: this.allocator.spareCount, ...this.dataPath.spares.counters },
       freeMetadataBlocks: this.tm.metadataBlocksFree,
       syncFailed: { data: this.measured.data.errors.sync > 0, metadata: this.measured.metadata.errors.sync > 0 },
     });
@@ -880,8 +888,12 @@ export class PoolCore {
       assertWritable: () => this.assertWritable(),
       assertDeviceWritable: (device) => this.assertDeviceWritable(device),
       failIo: (reason, error) => this.#failIo(reason, error),
+      get mayChange() {
+        return core.mayChange;
+      },
       metadataChanged: () => this.commits.metadataChanged(),
       commit: () => this.commits.commit(),
+      commitFromRequest: () => this.commits.commit(1),
       rollup: () => this.commits.rollup(),
       get commitRunning() {
         return core.commits.running;

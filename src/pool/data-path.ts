@@ -14,7 +14,8 @@
 //   (bad-ranges.ts). Any other failed write, and every failed sync, puts the pool in needs-check,
 //   and from then on no flush is acknowledged until the pool is reopened (docs/internals.md
 //   decisions 11 and 12); except ENOSPC from the host file system (THIN_NO_SPACE): the write
-//   fails, nothing else (docs/fault-model.md section 3).
+//   fails, nothing else (docs/fault-model.md section 3). Once the data file has refused a write,
+//   remaps take their block from a spare area of free blocks written ahead (spare-area.ts).
 // - A write that finds no free data block, or no metadata room for its mapping, asks the space
 //   policy (space.ts) what to do: wait for a punch or a growth, grow, wait in the queue, or fail
 //   with ENOSPC. It asks before it writes any data, so a refused write changes nothing.
@@ -27,7 +28,8 @@ import type { SpaceMap } from '../pdata/index.ts';
 import type { DataAllocator } from './allocator.ts';
 import { MediaErrors, SectorsRefused, unreadableError, type SectorRange } from './bad-blocks.ts';
 import { BadRangeFlag, type BadRanges } from './bad-ranges.ts';
-import { Remapper } from './remap.ts';
+import { Remapper, type MoveReason } from './remap.ts';
+import { SpareArea } from './spare-area.ts';
 import type { Device } from './devices.ts';
 import type { PoolFiles } from './files.ts';
 import type { HighWaterMark } from './high-water-mark.ts';
@@ -40,9 +42,13 @@ export interface DataPathHost {
   assertDeviceWritable(device: Device): void;
   /** A write or sync of the data file failed: needs-check, and no flush is acknowledged until reopen. */
   failIo(reason: string, error: unknown): void;
+  /** The pool may change: read-write and not closing. */
+  readonly mayChange: boolean;
   /** The open transaction changed (a raised high-water mark target must be committed). */
   metadataChanged(): void;
   commit(): Promise<void>;
+  /** A commit a request waits for from inside (a remap's record): CommitScheduler.commit(1). */
+  commitFromRequest(): Promise<void>;
   rollup(): Promise<void>;
   /** The commit running now, if any. */
   readonly commitRunning: Promise<void> | undefined;
@@ -70,6 +76,8 @@ export interface DataPathParts {
   badRanges: BadRanges;
   /** The data file reads as zeros wherever it was never written (no POOL_FLAG_DATA_NOT_ZEROED). */
   dataReadsZeros: boolean;
+  /** Most blocks the spare area keeps (default 0: off; spare-area.ts). */
+  spareBlocksMax?: number | undefined;
 }
 
 export class DataPath {
@@ -87,6 +95,8 @@ export class DataPath {
   readonly media: MediaErrors;
   /** Copy-on-write and remaps off failing sectors. */
   readonly remapper: Remapper;
+  /** Free blocks kept written for remaps, once the data file has failed. */
+  readonly spares: SpareArea;
   /** Data blocks this process knows read as zeros: never written since the data file was made or grew, or punched. */
   readonly #knownZero = new RangeSet();
   /** Free blocks punched back to the host (hole-punch.ts) and not taken since: holes the host must back again. */
@@ -123,15 +133,40 @@ export class DataPath {
       media: this.media,
       badRanges: parts.badRanges,
       mappings: parts.mappings,
-      reserveTarget: (device) => this.#reserveMoveTarget(device),
+      reserveTarget: (device, reason) => this.#reserveMoveTarget(device, reason),
       releaseTarget: (block) => this.#allocator.release(block),
       writeBlock: (block, content) => this.dataWrite(content, block * bs),
       takeBlockBuffer: () => this.#takeBlockBuffer(),
       giveBlockBuffer: (buffer) => this.#giveBlockBuffer(buffer),
       assertDeviceWritable: (device) => host.assertDeviceWritable(device),
       recordBad: (ranges, flags) => host.recordBad(ranges, flags),
-      persist: () => host.commit(),
+      persist: () => host.commitFromRequest(),
+      remapped: () => this.spares.refill(),
     });
+    this.spares = new SpareArea(
+      {
+        blockSizeBytes: bs,
+        get dataBlockCount() {
+          return parts.allocator.dataBlockCount;
+        },
+        allocator: parts.allocator,
+        get mayChange() {
+          return host.mayChange;
+        },
+        coverByHighWaterMark: async (block) => {
+          if (block >= this.#highWaterMark.durable) await this.#coverByHighWaterMark(block);
+        },
+        writeZeros: (block) => {
+          // Written, the block is backed by the host again (and still reads zeros).
+          this.#punched.remove(block, block + 1);
+          return this.#writeData(this.zeroBlock, block * bs, false);
+        },
+        sync: () => this.#syncForSpares(),
+        isFree: (block) => this.#dataSpace.count(block) === 0 && !this.#dataSpace.isPendingFree(block),
+        recordBad: (ranges, flags) => host.recordBad(ranges, flags),
+      },
+      parts.spareBlocksMax,
+    );
   }
 
   /** Data bytes written since open. */
@@ -180,7 +215,15 @@ export class DataPath {
    * caller works around them (remap.ts); the pool goes on. Any other failure puts the pool in
    * needs-check.
    */
-  async dataWrite(source: Uint8Array, offsetBytes: number): Promise<void> {
+  dataWrite(source: Uint8Array, offsetBytes: number): Promise<void> {
+    return this.#writeData(source, offsetBytes, true);
+  }
+
+  /**
+   * dataWrite; `flushCovers` false for the spare area's zeros, which its own sync covers (a flush
+   * need not sync for them).
+   */
+  async #writeData(source: Uint8Array, offsetBytes: number, flushCovers: boolean): Promise<void> {
     this.#bytesWritten += source.length;
     try {
       try {
@@ -188,7 +231,11 @@ export class DataPath {
       } catch (error) {
         if (!isMediaError(error)) throw error;
         const refused = await this.media.narrowWrite(source, offsetBytes);
-        if (refused.length > 0) throw new SectorsRefused(this.#files.data.description, offsetBytes, source.length, refused);
+        if (refused.length > 0) {
+          // The data file fails: remaps will follow, keep blocks written ahead for them.
+          this.spares.arm();
+          throw new SectorsRefused(this.#files.data.description, offsetBytes, source.length, refused);
+        }
       }
     } catch (error) {
       if (error instanceof SectorsRefused) throw error;
@@ -202,7 +249,17 @@ export class DataPath {
     }
     // Counted on completion: a write still in flight when a commit resets the count is not
     // covered by that commit's sync, and the next flush must sync for it.
-    this.#bytesSinceSync += source.length;
+    if (flushCovers) this.#bytesSinceSync += source.length;
+  }
+
+  /** The spare area's sync: a failure is any data sync's (needs-check, no flush until reopen). */
+  async #syncForSpares(): Promise<void> {
+    try {
+      await this.#files.data.sync();
+    } catch (error) {
+      this.#host.failIo(`syncing the data file (spare blocks for remaps) failed: ${error instanceof Error ? error.message : String(error)}`, error);
+      throw error;
+    }
   }
 
   /**
@@ -512,13 +569,16 @@ export class DataPath {
     }
   }
 
-  /** A block for a move (copy-on-write, remap): may use the reserve; the high-water mark covers it on return. */
-  async #reserveMoveTarget(device: Device): Promise<number> {
+  /**
+   * A block for a move (copy-on-write, remap): may use the reserve; the high-water mark covers it
+   * on return. A remap takes a spare first (spare-area.ts): written and synced already, below the mark.
+   */
+  async #reserveMoveTarget(device: Device, reason: MoveReason): Promise<number> {
     // Room for the mapping change before a block is taken; no await unless metadata is growing, so
     // a snapshot issued before this write still takes effect before it (space.ts).
     const room = this.#host.metadataForWrite();
     if (room !== undefined) await room;
-    const block = await this.#allocateData(device, { mayUseReserve: true });
+    const block = (reason === 'remap' ? this.spares.take() : undefined) ?? (await this.#allocateData(device, { mayUseReserve: true }));
     this.#copyOnWrites++;
     try {
       this.#knownZero.remove(block, block + 1);

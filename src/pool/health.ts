@@ -22,6 +22,7 @@ import type { MirrorCounters, RedundantBlockFile } from '../io/mirror.ts';
 import type { MediaErrorCounters } from './bad-blocks.ts';
 import { BadRangeFlag, type BadDevice, type BadRanges } from './bad-ranges.ts';
 import type { RemapCounters } from './remap.ts';
+import type { SpareCounters } from './spare-area.ts';
 
 export type HealthState = 'ok' | 'degraded' | 'failing';
 
@@ -52,6 +53,15 @@ export interface MetadataHealth extends DeviceHealth {
 export interface DataHealth extends DeviceHealth {
   reads: MediaErrorCounters;
   remaps: RemapCounters;
+  /**
+   * The spare area (spare-area.ts): of spareBlocks, those kept written and synced ahead for remaps
+   * (kept once the data file has refused a write), and what it did since open.
+   */
+  spareArea: SpareAreaFigures;
+}
+
+export interface SpareAreaFigures extends SpareCounters {
+  blocks: number;
 }
 
 export interface PoolHealth {
@@ -66,6 +76,7 @@ export interface HealthSources {
   badRanges: BadRanges;
   media: MediaErrorCounters;
   remaps: RemapCounters;
+  spareArea: SpareAreaFigures;
   freeDataBlocks: number;
   freeMetadataBlocks: number;
   /** The first failed sync of each file since open, if any. */
@@ -152,6 +163,7 @@ export function poolHealth(sources: HealthSources): PoolHealth {
       latencyMs: latencyOf(sources.dataFile),
       reads: { ...sources.media },
       remaps: { ...sources.remaps },
+      spareArea: { ...sources.spareArea },
     },
     metadata: {
       ...metadataVerdict,

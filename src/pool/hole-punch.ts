@@ -101,6 +101,16 @@ export class HolePuncher {
     if (this.#queue.rangeCount > 0) this.#running ??= this.#run();
   }
 
+  /**
+   * Punches free blocks that did not become free by a commit (the spare area's, given back at
+   * close): each is re-checked reusable right before its punch, as every queued block is.
+   */
+  giveBack(blocks: readonly number[]): void {
+    if (!this.#parts.enabled() || this.#unsupported || this.#closed) return;
+    for (const block of blocks) this.#queue.add(block, block + 1);
+    if (this.#queue.rangeCount > 0) this.#running ??= this.#run();
+  }
+
   /** Finishes the punches queued (the pool's last commit queued its frees), then takes no more. */
   async close(): Promise<void> {
     await this.idle();

@@ -53,7 +53,7 @@ export { DATA_FILE_NAME, METADATA_FILE_NAME, assertPoolExists, type PoolFiles };
 const SHARE_BLOCKS_PER_CHANGE = 64;
 
 export interface PoolCreateOptions
-  extends Pick<PoolOpenOptions, 'fileSystem' | 'commitIntervalMs' | 'commitTimer' | 'deltaLog' | 'now' | 'faultRules' | 'metadataDirtyBlocksMax' | 'mutant'> {
+  extends Pick<PoolOpenOptions, 'fileSystem' | 'commitIntervalMs' | 'commitTimer' | 'deltaLog' | 'now' | 'faultRules' | 'metadataDirtyBlocksMax' | 'mutant' | 'remapSpareBlocks'> {
   dataSizeBytes: number;
   blockSizeBytes: number;
   /** The space settings stored in the pool (space-policy.ts); absent ones are defaults. */
@@ -118,6 +118,13 @@ export interface PoolOpenOptions {
    * metadata files fail or corrupt what these rules say. For operators' drills and tests.
    */
   faultRules?: readonly FaultRule[];
+  /**
+   * Data blocks kept written ahead for remaps once the data file has refused a write
+   * (spare-area.ts; `serve --remap-spares`): at most REMAP_SPARE_BLOCKS_MAX, 1 MiB of them and
+   * 1/16 of the pool. Default 0, off: remaps then take new blocks, which measured as fast on
+   * this project's test machine (docs/benchmarks.md, "Failing disks"; the benchmark compares both).
+   */
+  remapSpareBlocks?: number;
 }
 
 /** A committed generation pinned for a reader (Pool.pinCommitted, docs/format.md F-TX-8). */
@@ -151,11 +158,14 @@ function commitTimerOf(options: Pick<PoolOpenOptions, 'commitIntervalMs' | 'comm
   return options.commitTimer ?? intervalCommitTimer(options.commitIntervalMs ?? defaultIntervalMs);
 }
 
-function coreOptionsOf(options: Pick<PoolOpenOptions, 'metadataDirtyBlocksMax' | 'mutant'>): PoolCoreOptions {
+function coreOptionsOf(options: Pick<PoolOpenOptions, 'metadataDirtyBlocksMax' | 'mutant' | 'remapSpareBlocks'>): PoolCoreOptions {
   if (options.metadataDirtyBlocksMax !== undefined && !(Number.isSafeInteger(options.metadataDirtyBlocksMax) && options.metadataDirtyBlocksMax >= 1)) {
     throw new ThinError('THIN_INVALID', `metadataDirtyBlocksMax ${options.metadataDirtyBlocksMax} is not a positive block count`);
   }
-  return { metadataDirtyBlocksMax: options.metadataDirtyBlocksMax, mutant: options.mutant };
+  if (options.remapSpareBlocks !== undefined && !(Number.isSafeInteger(options.remapSpareBlocks) && options.remapSpareBlocks >= 0)) {
+    throw new ThinError('THIN_INVALID', `remapSpareBlocks ${options.remapSpareBlocks} is not a block count`);
+  }
+  return { metadataDirtyBlocksMax: options.metadataDirtyBlocksMax, mutant: options.mutant, remapSpareBlocks: options.remapSpareBlocks };
 }
 
 export interface CreateVolumeOptions {
@@ -249,8 +259,12 @@ export class Pool {
         return committing;
       });
     }
-    // The states the figures say at open: a pool that opens below a mark tells its listeners then.
-    if (core.mode === 'read-write') core.space.opened();
+    if (core.mode === 'read-write') {
+      // The states the figures say at open: a pool that opens below a mark tells its listeners then.
+      core.space.opened();
+      // A data file with bad ranges recorded has failed before: keep spares for its remaps.
+      if (core.badRanges.all().some((range) => range.device === 'data')) core.dataPath.spares.arm();
+    }
   }
 
   /** Creates DIR with sparse `metadata` and `data` files and a new pool in them (THIN_EXISTS if one is there). */
@@ -631,6 +645,11 @@ export class Pool {
     return report;
   }
 
+  /** Resolves when no refill of the remaps' spare area runs (spare-area.ts; tests and the remap benchmark). */
+  async remapSparesSettled(): Promise<void> {
+    for (let running = this.#core.dataPath.spares.running; running !== undefined; running = this.#core.dataPath.spares.running) await running;
+  }
+
   /** Folds the delta log into the trees now (a full commit); flush() is enough for durability. */
   async rollup(): Promise<void> {
     this.#core.assertOpen();
@@ -674,6 +693,8 @@ export class Pool {
     this.#stopCommitTimer?.();
     // Requests already in flight finish first; new ones are refused (THIN_CLOSED).
     await this.#core.drain();
+    // The spare area stops; its blocks are free blocks again, given back to the host like any.
+    this.#core.space.puncher.giveBack(await this.#core.dataPath.spares.close());
     try {
       if (this.#core.canCommit) await this.#core.commits.rollup();
     } catch (error) {

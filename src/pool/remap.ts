@@ -25,8 +25,8 @@ export interface RemapHost {
   readonly media: MediaErrors;
   readonly badRanges: BadRanges;
   readonly mappings: MappingChanges;
-  /** Reserves a free block for a move (the copy-on-write reserve may be used) with the high-water mark covering it. */
-  reserveTarget(device: Device): Promise<number>;
+  /** Reserves a free block for a move (the copy-on-write reserve may be used; a remap takes a spare first) with the high-water mark covering it. */
+  reserveTarget(device: Device, reason: MoveReason): Promise<number>;
   releaseTarget(block: number): void;
   /** Writes a whole block (throws SectorsRefused when sectors refuse it, after narrowing). */
   writeBlock(block: number, content: Uint8Array): Promise<void>;
@@ -37,6 +37,8 @@ export interface RemapHost {
   recordBad(ranges: readonly SectorRange[], flags: number): void;
   /** Makes every change so far durable (a log record or a full commit). */
   persist(): Promise<void>;
+  /** A remap's record is durable (or failed): the spare area may refill now (spare-area.ts). */
+  remapped(): void;
 }
 
 export interface RemapCounters {
@@ -91,7 +93,7 @@ export class Remapper {
       }
       if (source !== undefined) content.set(source, offsetInBlockBytes);
       else content.fill(0, offsetInBlockBytes, offsetInBlockBytes + lengthBytes);
-      const target = await this.#writeSomewhere(device, content);
+      const target = await this.#writeSomewhere(device, content, reason);
       try {
         host.assertDeviceWritable(device);
         host.mappings.remap(device, virtualBlock, oldBlock, target);
@@ -107,7 +109,11 @@ export class Remapper {
     }
     if (reason === 'remap') {
       this.counters.remaps += 1;
-      await host.persist();
+      try {
+        await host.persist();
+      } finally {
+        host.remapped();
+      }
     }
   }
 
@@ -120,13 +126,13 @@ export class Remapper {
   }
 
   /** Writes a whole block's content to a newly reserved block, passing over blocks that refuse it. Returns the block, still reserved. */
-  async #writeSomewhere(device: Device, content: Uint8Array): Promise<number> {
+  async #writeSomewhere(device: Device, content: Uint8Array, reason: MoveReason): Promise<number> {
     const host = this.#host;
     let lastRefusal: SectorsRefused | undefined;
     for (let attempt = 0; attempt < REMAP_TARGETS_MAX; attempt++) {
       let target: number;
       try {
-        target = await host.reserveTarget(device);
+        target = await host.reserveTarget(device, reason);
       } catch (error) {
         if (!isThinError(error, 'THIN_NO_SPACE') || lastRefusal === undefined) throw error;
         this.counters.remapsFailed += 1;

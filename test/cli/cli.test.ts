@@ -137,6 +137,12 @@ describe('usage errors exit 2 and say what was wrong', () => {
     usageError(['snapshot', '--pool', dir, 'v', 'bad name'], /Invalid snapshot name/);
   });
 
+  test('a bad --remap-spares count', () => {
+    const dir = freshPool('u-spares');
+    usageError(['serve', '--pool', dir, '--socket', join(work, 'spares.sock'), '--remap-spares', 'many'], /--remap-spares: 'many' is not a block count/);
+    usageError(['serve', '--pool', dir, '--socket', join(work, 'spares.sock'), '--remap-spares', '-1'], /--remap-spares: '-1' is not a block count|unknown option '-1'/);
+  });
+
   test('an unknown option or a missing argument', () => {
     usageError(['list', '--frobnicate'], /unknown option '--frobnicate'/);
     usageError(['create', '--size', '1M'], /missing required argument 'name'/);

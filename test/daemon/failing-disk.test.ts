@@ -52,7 +52,7 @@ before(async () => {
   assert.equal(thinbd(['create', '--pool', pool, 'disk', '--size', '128M']).code, 0);
   assert.equal(thinbd(['create', '--pool', pool, 'fs', '--size', String(FS_BYTES)]).code, 0);
   writeFileSync(join(work, 'rules.json'), JSON.stringify(rules()));
-  server = await startServe(pool, ['--inject', join(work, 'rules.json')]);
+  server = await startServe(pool, ['--inject', join(work, 'rules.json'), '--remap-spares', '16']);
 });
 
 after(async () => {
@@ -92,12 +92,15 @@ test('fio verifies every byte over NBD while data sectors go bad under it, and e
   const health = status().health;
   assert.ok(health.data.remaps.remaps + health.data.remaps.targetsRefused > 0, `writes were moved off bad sectors: ${JSON.stringify(health.data.remaps)}`);
   assert.ok(health.data.badRanges > 0);
+  // Once the data file refused a write, the server keeps free blocks written ahead for its remaps.
+  assert.ok(health.data.spareArea.written > 0, `spare blocks were written ahead: ${JSON.stringify(health.data.spareArea)}`);
   assert.notEqual(health.data.state, 'ok');
   assert.ok(health.metadata.mirror!.copyReadErrors > 0, 'metadata reads were served from the other copy');
   assert.ok(health.metadata.badRanges > 0, 'a metadata copy refusing writes is recorded');
   const human = thinbd(['pool', 'status', '--pool', pool]);
   assert.match(human.stdout, /data health: (degraded|failing) \(H-/);
   assert.match(human.stdout, /remapped blocks: \d+/);
+  assert.match(human.stdout, /spare area: \d+ block\(s\) written ahead for remaps/);
   // A scrub of the live pool, through the control socket, beside the server's own I/O: every
   // metadata copy that fails is mended from the other, and no block is lost (blocks the pool has
   // not written yet are passed over, test/pool/failing-disks.test.ts).

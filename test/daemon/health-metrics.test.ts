@@ -87,6 +87,7 @@ function assertAgrees(scraped: Scrape, health: PoolStatus['health'], blockSizeBy
     }
   }
   assert.equal(sample(scraped, 'thinbd_device_spare_bytes', { device: 'data' }), health.data.spareBlocks * blockSizeBytes);
+  assert.equal(sample(scraped, 'thinbd_device_spare_area_bytes', { device: 'data' }), health.data.spareArea.blocks * blockSizeBytes);
 }
 
 test('device health is scraped as pool status reports it, and moves when a data block refuses a write', async () => {

@@ -127,3 +127,34 @@ test('a run skips blocks a punch holds and stops at one, as a single allocation 
   const run = allocator.allocateRun(1, 20);
   assert.deepEqual(run, { begin: 7, lengthBlocks: 17 }, 'the run goes on into the grown blocks');
 });
+
+test('a spare is held like a reserved block: never allocated, not free, skipped by the puncher; a remap takes it', () => {
+  const space = new FakeSpace(8);
+  const allocator = new DataAllocator(space, 8, 0);
+  const candidate = allocator.reserveSpareCandidate()!;
+  assert.equal(candidate, 0, 'the lowest free block');
+  allocator.addSpare(candidate);
+  assert.equal(allocator.spareCount, 1);
+  assert.equal(allocator.freeBlockCount(), 7, 'not free space');
+  assert.ok(allocator.isReserved(candidate), 'the puncher skips it');
+  const taken = Array.from({ length: 7 }, () => allocator.allocate(1));
+  assert.ok(!taken.includes(candidate), 'no allocation took the spare while others were free');
+  for (const block of taken) allocator.release(block);
+  assert.equal(allocator.takeSpare(), candidate);
+  assert.equal(allocator.spareCount, 0);
+  assert.ok(allocator.isReserved(candidate), 'reserved for the remap until released');
+  allocator.release(candidate);
+  assert.equal(allocator.takeSpare(), undefined);
+});
+
+test('an allocation that finds no other free block takes the spares back rather than failing with ENOSPC', () => {
+  const space = new FakeSpace(4);
+  const allocator = new DataAllocator(space, 4, 0);
+  for (let index = 0; index < 2; index++) allocator.addSpare(allocator.reserveSpareCandidate()!);
+  for (const block of [2, 3]) space.counts[block] = 1;
+  assert.equal(allocator.freeBlockCount(), 0);
+  const block = allocator.allocate(1);
+  assert.ok(block === 0 || block === 1, `got block ${block}`);
+  assert.equal(allocator.spareCount, 0, 'every spare is a free block again');
+  assert.equal(allocator.freeBlockCount(), 1);
+});

@@ -17,7 +17,7 @@
 // into regressions.json ("bad-sectors"), which runs first.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
+import { METADATA_BLOCK_SIZE_BYTES, REMAP_SPARE_BLOCKS_MAX, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import { Rng } from './rng.ts';
 import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual } from './sim-disk.ts';
@@ -101,11 +101,17 @@ function applyDefects(machine: SimMachine, defects: Defects): void {
   for (const range of defects.metadataRanges) machine.disk('metadata').addDeadSectors(range.beginSector, range.sectorCount);
 }
 
-async function runCampaign(seed: number, bases: readonly Base[], usedByBase: ReadonlyMap<Base, Set<number>>): Promise<CrashCampaignResult & { compoundStates: number; sectors: Defects['sectors']; remaps: number }> {
+async function runCampaign(
+  seed: number,
+  bases: readonly Base[],
+  usedByBase: ReadonlyMap<Base, Set<number>>,
+): Promise<CrashCampaignResult & { compoundStates: number; sectors: Defects['sectors']; remaps: number; sparesWritten: number; sparesTaken: number }> {
   const { base, record } = workloadOf(seed, bases, OPS_MAX);
   const defects = defectsOf(seed, usedByBase.get(base)!);
   const renders = renderCache(record);
   let remaps = 0;
+  let sparesWritten = 0;
+  let sparesTaken = 0;
   const description =
     `${base.name}: ${record.ops.map(describeOp).join('; ')}; dead data blocks ${defects.deadDataBlocks.join(', ')}; ` +
     `dead metadata sectors ${defects.metadataRanges.map((range) => `${range.beginSector}+${range.sectorCount}`).join(', ')}; ` +
@@ -121,13 +127,19 @@ async function runCampaign(seed: number, bases: readonly Base[], usedByBase: Rea
         const beginBytes = block * BLOCK_SIZE_BYTES;
         machine.disk('data').failWrites({ beginBytes, endBytes: beginBytes + BLOCK_SIZE_BYTES }, { persistent: true });
       }
-      const pool = await Pool.openOn(poolFiles(machine), { now: simNow });
+      const pool = await Pool.openOn(poolFiles(machine), { now: simNow, remapSpareBlocks: REMAP_SPARE_BLOCKS_MAX });
       await runWorkload(machine, pool, record.ops);
-      remaps = pool.status().health.data.remaps.remaps;
+      // A refill the last remap started is part of the trace: crash points fall inside it too.
+      await pool.remapSparesSettled();
+      const health = pool.status().health.data;
+      remaps = health.remaps.remaps;
+      // The spare area (src/pool/spare-area.ts): free blocks written ahead after the first refused write, crashed in like any write.
+      sparesWritten = health.spareArea.written;
+      sparesTaken = health.spareArea.taken;
     },
     recover: async (machine, marks) => {
       const files = poolFiles(machine);
-      const pool = await Pool.openOn(files);
+      const pool = await Pool.openOn(files, { remapSpareBlocks: REMAP_SPARE_BLOCKS_MAX });
       try {
         const contents = await verifyRecoveredPool(pool, record, marks, renders);
         for (const info of pool.list()) {
@@ -157,7 +169,7 @@ async function runCampaign(seed: number, bases: readonly Base[], usedByBase: Rea
       }
     },
   });
-  return { ...result, compoundStates: 0, sectors: defects.sectors, remaps };
+  return { ...result, compoundStates: 0, sectors: defects.sectors, remaps, sparesWritten, sparesTaken };
 }
 
 test('power cuts on disks with persistent bad sectors in data and in either metadata copy lose nothing acknowledged, and bad blocks are never mapped', async (t) => {
@@ -167,16 +179,19 @@ test('power cuts on disks with persistent bad sectors in data and in either meta
   const { seeds, replaying } = campaignTestSeeds('bad-sectors', ROOT_SEED, CAMPAIGN_COUNT);
   const sectors = { data: 0, metadata: 0 };
   let remaps = 0;
+  const spares = { written: 0, taken: 0 };
   const totals = await runCampaigns(seeds, async (seed) => {
     const result = await runCampaign(seed, bases, usedByBase);
     sectors.data += result.sectors.data;
     sectors.metadata += result.sectors.metadata;
     remaps += result.remaps;
+    spares.written += result.sparesWritten;
+    spares.taken += result.sparesTaken;
     return result;
   });
   t.diagnostic(
     `bad sectors: ${seeds.length} workloads, ${sectors.data} dead data sectors and ${sectors.metadata} dead metadata sectors, ` +
-      `${remaps} in-place writes remapped, ${totals.distinctCrashPointCount} distinct crash points, ${totals.statesTested} crash states recovered and checked ` +
+      `${remaps} in-place writes remapped (${spares.taken} into spare blocks, ${spares.written} spares written ahead), ${totals.distinctCrashPointCount} distinct crash points, ${totals.statesTested} crash states recovered and checked ` +
       `in ${(totals.durationMs / 1000).toFixed(1)} s; ${totals.failures.length} workloads failed`,
   );
   if (totals.failures.length > 0) assert.fail(`${totals.failures.length} of ${seeds.length} workloads failed:\n\n${totals.failures.join('\n\n')}`);
@@ -184,5 +199,6 @@ test('power cuts on disks with persistent bad sectors in data and in either meta
     assert.ok(sectors.data + sectors.metadata >= BAD_SECTORS_MIN, `only ${sectors.data + sectors.metadata} bad sectors; the floor is ${BAD_SECTORS_MIN}`);
     assert.ok(sectors.metadata >= 100, `only ${sectors.metadata} bad metadata sectors`);
     assert.ok(remaps > 0, 'some in-place writes were remapped');
+    assert.ok(spares.written > 0, 'some spare blocks were written ahead under the crashes');
   }
 });

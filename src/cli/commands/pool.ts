@@ -25,6 +25,9 @@ function healthLines(health: PoolHealth): string[] {
     lines.push(`${name} health: ${device.state} (${device.rule})`);
     lines.push(`  I/O errors: ${device.ioErrors.read} read, ${device.ioErrors.write} write, ${device.ioErrors.sync} sync since open`);
     lines.push(`  bad ranges: ${device.badRanges} (${device.badSectors} sectors); ${name === 'data' ? 'remapped blocks' : 'copies rewritten'}: ${device.remappedBlocks}; spare: ${device.spareBlocks} blocks`);
+    if ('spareArea' in device && device.spareArea.blocks + device.spareArea.written > 0) {
+      lines.push(`  spare area: ${device.spareArea.blocks} block(s) written ahead for remaps; ${device.spareArea.taken} remap(s) took one, ${device.spareArea.written} written since open`);
+    }
     if ('copies' in device) lines.push(`  copies: ${device.copies}${device.degradedBlocks > 0 ? `, ${device.degradedBlocks} block(s) with a bad copy` : ''}`);
     lines.push(latency('read', device.latencyMs.read), latency('write', device.latencyMs.write), latency('sync', device.latencyMs.sync));
   }

@@ -180,6 +180,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .addOption(logOptions()[0])
     .addOption(logOptions()[1])
     .option('--inject <file>', 'fault injection for drills and tests: a JSON rules file making sectors of the data or metadata file fail or flip bits (see docs/internals.md)')
+    .option('--remap-spares <blocks>', 'once the data file refuses a write, keep this many free data blocks written ahead for remaps (at most 16, 1 MiB and 1/16 of the pool; default 0: off)')
     .option('--on-low-water <command>', 'shell command run once each time free data or metadata space falls below its low-water mark (THINBD_POOL, THINBD_EVENT, THINBD_FREE_BYTES, THINBD_USED_BYTES in its environment)')
     .action(async (options) => {
       const poolDir = poolDirectory(options.pool);
@@ -187,6 +188,10 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
       const addresses = listenAddresses(options);
       // Read (and refused when malformed) before the pool is opened: a bad rules file changes nothing.
       const faultRules = options.inject === undefined ? undefined : readFaultRules(options.inject);
+      const remapSpareBlocks = options.remapSpares === undefined ? undefined : Number(options.remapSpares);
+      if (remapSpareBlocks !== undefined && !(/^\d+$/.test(options.remapSpares!) && Number.isSafeInteger(remapSpareBlocks))) {
+        throw new UsageError(`--remap-spares: '${options.remapSpares}' is not a block count (0 or more)`);
+      }
       const log = serveLogger(options, poolDir, reporter).sink;
       const tls = tlsOptions(options, log);
       const exports = exportNames(options.export);
@@ -202,6 +207,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
         ...(exports === undefined ? {} : { exports }),
         ...(metrics === undefined ? {} : { metrics }),
         ...(faultRules !== undefined ? { faultRules } : {}),
+        ...(remapSpareBlocks !== undefined ? { remapSpareBlocks } : {}),
         log,
         ...(options.onLowWater === undefined ? {} : { onLowWater: options.onLowWater }),
       });
