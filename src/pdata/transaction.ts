@@ -39,6 +39,7 @@ import {
   METADATA_BLOCK_COUNT_MIN,
   METADATA_BLOCK_SIZE_BYTES,
   METADATA_CACHE_BLOCKS_MAX,
+  METADATA_READ_AHEAD_BLOCKS_MAX,
   METADATA_COMMIT_RESERVE_BLOCKS,
   SPACE_MAP_FOLD_ROUNDS_MAX,
   SUPERBLOCK_BLOCK_NRS,
@@ -184,6 +185,10 @@ export class TransactionManager implements BlockManager {
   #failure: unknown;
   /** What the next superblock records as the mirror's place (F-SB-11). */
   #mirrorOffsetBlocks: number;
+  /** Blocks read ahead by prefetch(): blocks [#aheadBegin, #aheadBegin + #aheadCount), unvalidated. */
+  #ahead: Uint8Array | undefined;
+  #aheadBegin = 0;
+  #aheadCount = 0;
 
   /** Use TransactionManager.format or TransactionManager.open. */
   constructor(state: ManagerState) {
@@ -455,6 +460,59 @@ export class TransactionManager implements BlockManager {
    * so a write lost in one copy is served from the other (F-MIR-2); the caller still compares.
    */
   read(blockNr: number, type: number | readonly number[], transactionId?: number): Block {
+    const inMemory = this.#inMemory(blockNr, type);
+    if (inMemory !== undefined) return inMemory;
+    const block = new Block(blockNr, this.#readFromFile(blockNr, type, transactionId, new Uint8Array(METADATA_BLOCK_SIZE_BYTES)));
+    this.#cache.put(block);
+    return block;
+  }
+
+  /**
+   * As read(), but a block not in memory is read into `scratch` and not cached: for a walk that
+   * reads each node once. Fresh memory is dear (every new 4 KiB buffer is a page the process has
+   * not touched yet: most of a check's reading time, docs/benchmarks.md), and a cache of blocks
+   * never read again only evicts the ones that are. The block is valid until scratch is reused.
+   */
+  readInto(blockNr: number, type: number | readonly number[], transactionId: number | undefined, scratch: Uint8Array): Block {
+    const inMemory = this.#inMemory(blockNr, type);
+    if (inMemory !== undefined) return inMemory;
+    return new Block(blockNr, this.#readFromFile(blockNr, type, transactionId, scratch));
+  }
+
+  /**
+   * A hint that these blocks are about to be read once each (a walk's next leaves): when those not
+   * in memory lie close together (at most METADATA_READ_AHEAD_BLOCKS_MAX apart, a quarter of the
+   * span or more wanted), the span is read in one call, and each block is still validated when
+   * read. Only on read-only metadata without a mirror: there no block changes while it is read
+   * (a read-write manager reuses freed blocks; a mirror chooses between copies block by block). A
+   * read-ahead that fails is dropped: each block is then read alone, so an error names its block.
+   */
+  prefetch(blockNrs: readonly number[]): void {
+    if (!this.readOnly || isRedundant(this.file)) return;
+    let begin = Number.POSITIVE_INFINITY;
+    let last = -1;
+    let wanted = 0;
+    for (const blockNr of blockNrs) {
+      if (!Number.isSafeInteger(blockNr) || blockNr < 0 || blockNr >= this.#metadataBlockCount || this.#cache.get(blockNr) !== undefined) continue;
+      begin = Math.min(begin, blockNr);
+      last = Math.max(last, blockNr);
+      wanted += 1;
+    }
+    const spanBlocks = last - begin + 1;
+    if (wanted < 2 || spanBlocks > METADATA_READ_AHEAD_BLOCKS_MAX || wanted * 4 < spanBlocks) return;
+    this.#ahead ??= new Uint8Array(METADATA_READ_AHEAD_BLOCKS_MAX * METADATA_BLOCK_SIZE_BYTES);
+    this.#aheadCount = 0;
+    try {
+      this.file.readSync(this.#ahead.subarray(0, spanBlocks * METADATA_BLOCK_SIZE_BYTES), begin * METADATA_BLOCK_SIZE_BYTES);
+    } catch {
+      return;
+    }
+    this.#aheadBegin = begin;
+    this.#aheadCount = spanBlocks;
+  }
+
+  /** The block from the open transaction, the sealed one or the cache, type-checked; undefined when none holds it. */
+  #inMemory(blockNr: number, type: number | readonly number[]): Block | undefined {
     if (!Number.isSafeInteger(blockNr) || blockNr < 0 || blockNr >= this.#metadataBlockCount) {
       throw new ThinError(
         'THIN_CORRUPT_BLOCK',
@@ -470,9 +528,13 @@ export class TransactionManager implements BlockManager {
           `Cannot read metadata block ${blockNr}: block type ${inMemory.type}, expected ${types.join(' or ')}`,
         );
       }
-      return inMemory;
     }
-    const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    return inMemory;
+  }
+
+  /** Reads and validates blockNr from the metadata file (or its mirror's good copy) into bytes. */
+  #readFromFile(blockNr: number, type: number | readonly number[], transactionId: number | undefined, bytes: Uint8Array): Uint8Array {
+    assert(bytes.length === METADATA_BLOCK_SIZE_BYTES, 'a block is read into a whole block');
     // F-BLK-4: the state being read was committed by durableTransactionId at the latest.
     const expect: BlockExpectation = { blockNr, expectedType: type, poolId: this.poolId, transactionIdMax: this.#durableTransactionId };
     const file = this.file;
@@ -480,6 +542,9 @@ export class TransactionManager implements BlockManager {
       if (isRedundant(file)) {
         // The first copy that reads and validates; the others are rewritten from it (io/mirror.ts).
         readFromCopies(file, bytes, blockNr, expect, transactionId);
+      } else if (blockNr - this.#aheadBegin >= 0 && blockNr - this.#aheadBegin < this.#aheadCount) {
+        const offsetBytes = (blockNr - this.#aheadBegin) * METADATA_BLOCK_SIZE_BYTES;
+        bytes.set(this.#ahead!.subarray(offsetBytes, offsetBytes + METADATA_BLOCK_SIZE_BYTES));
       } else {
         file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
       }
@@ -492,9 +557,7 @@ export class TransactionManager implements BlockManager {
     }
     this.counters.metadataBlocksRead += 1;
     if (!isRedundant(file)) validateBlock(bytes, expect);
-    const block = new Block(blockNr, bytes);
-    this.#cache.put(block);
-    return block;
+    return bytes;
   }
 
   /** A new zeroed block with count 1, writable until the transaction is sealed; the commit reserve stays free (F-TX-7). */

@@ -223,7 +223,7 @@ class PoolBuilder implements DumpVisitor {
   #dataEndMax = 0;
   #mappedBlockCount = 0;
   /** One reference per inserted extent; the data space map is built from them at the end. */
-  #dataReferences = new ReferenceRuns();
+  #dataReferences = new ReferenceRuns(0);
   readonly #badRanges: DumpBadRange[] = [];
   #finished = false;
   readonly #warnings: string[] = [];
@@ -282,6 +282,7 @@ class PoolBuilder implements DumpVisitor {
     const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => mappingTree));
     const deviceTreeRoot = deviceTree.createEmpty();
     this.#engine = { tm, dataSpace, mappingTree, deviceTree, deviceTreeRoot, blockSizeBytes, dataBlockCount, superblock };
+    this.#dataReferences = new ReferenceRuns(dataBlockCount);
     this.#timeMax = superblock.time;
   }
 
