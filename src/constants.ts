@@ -207,6 +207,14 @@ export const METADATA_CACHE_BLOCKS_MAX = 8192;
  * time in system calls; a larger span would mostly read blocks the walk does not want.
  */
 export const METADATA_READ_AHEAD_BLOCKS_MAX = 256;
+/** Spans read ahead kept at once: delta walks two trees side by side, each reading its own leaves. */
+export const METADATA_READ_AHEAD_SPANS = 2;
+/**
+ * Most metadata blocks a commit writes in one call (1 MiB) when they are neighbours: a restore
+ * commits thousands of blocks in a row, and a write each (a thread-pool round trip each) was much
+ * of its time.
+ */
+export const METADATA_WRITE_RUN_BLOCKS_MAX = 256;
 
 /** Dirty metadata blocks after which the layer above should commit (a soft limit it checks). */
 export const METADATA_DIRTY_BLOCKS_SOFT_MAX = 4096;

@@ -40,6 +40,8 @@ import {
   METADATA_BLOCK_SIZE_BYTES,
   METADATA_CACHE_BLOCKS_MAX,
   METADATA_READ_AHEAD_BLOCKS_MAX,
+  METADATA_READ_AHEAD_SPANS,
+  METADATA_WRITE_RUN_BLOCKS_MAX,
   METADATA_COMMIT_RESERVE_BLOCKS,
   SPACE_MAP_FOLD_ROUNDS_MAX,
   SUPERBLOCK_BLOCK_NRS,
@@ -185,10 +187,12 @@ export class TransactionManager implements BlockManager {
   #failure: unknown;
   /** What the next superblock records as the mirror's place (F-SB-11). */
   #mirrorOffsetBlocks: number;
-  /** Blocks read ahead by prefetch(): blocks [#aheadBegin, #aheadBegin + #aheadCount), unvalidated. */
-  #ahead: Uint8Array | undefined;
-  #aheadBegin = 0;
-  #aheadCount = 0;
+  /**
+   * Spans read ahead by prefetch(), unvalidated: two, so that two walks side by side (delta's)
+   * each keep theirs; a new span replaces the older.
+   */
+  readonly #ahead: Array<{ bytes: Uint8Array; begin: number; count: number }> = [];
+  #aheadNext = 0;
 
   /** Use TransactionManager.format or TransactionManager.open. */
   constructor(state: ManagerState) {
@@ -500,15 +504,30 @@ export class TransactionManager implements BlockManager {
     }
     const spanBlocks = last - begin + 1;
     if (wanted < 2 || spanBlocks > METADATA_READ_AHEAD_BLOCKS_MAX || wanted * 4 < spanBlocks) return;
-    this.#ahead ??= new Uint8Array(METADATA_READ_AHEAD_BLOCKS_MAX * METADATA_BLOCK_SIZE_BYTES);
-    this.#aheadCount = 0;
+    if (this.#ahead.length < METADATA_READ_AHEAD_SPANS) {
+      this.#ahead.push({ bytes: new Uint8Array(METADATA_READ_AHEAD_BLOCKS_MAX * METADATA_BLOCK_SIZE_BYTES), begin: 0, count: 0 });
+    }
+    const span = this.#ahead[this.#aheadNext % this.#ahead.length]!;
+    this.#aheadNext += 1;
+    span.count = 0;
     try {
-      this.file.readSync(this.#ahead.subarray(0, spanBlocks * METADATA_BLOCK_SIZE_BYTES), begin * METADATA_BLOCK_SIZE_BYTES);
+      this.file.readSync(span.bytes.subarray(0, spanBlocks * METADATA_BLOCK_SIZE_BYTES), begin * METADATA_BLOCK_SIZE_BYTES);
     } catch {
       return;
     }
-    this.#aheadBegin = begin;
-    this.#aheadCount = spanBlocks;
+    span.begin = begin;
+    span.count = spanBlocks;
+  }
+
+  /** The bytes of blockNr in a span read ahead, or undefined. */
+  #readAhead(blockNr: number): Uint8Array | undefined {
+    for (const span of this.#ahead) {
+      if (blockNr >= span.begin && blockNr < span.begin + span.count) {
+        const offsetBytes = (blockNr - span.begin) * METADATA_BLOCK_SIZE_BYTES;
+        return span.bytes.subarray(offsetBytes, offsetBytes + METADATA_BLOCK_SIZE_BYTES);
+      }
+    }
+    return undefined;
   }
 
   /** The block from the open transaction, the sealed one or the cache, type-checked; undefined when none holds it. */
@@ -542,11 +561,10 @@ export class TransactionManager implements BlockManager {
       if (isRedundant(file)) {
         // The first copy that reads and validates; the others are rewritten from it (io/mirror.ts).
         readFromCopies(file, bytes, blockNr, expect, transactionId);
-      } else if (blockNr - this.#aheadBegin >= 0 && blockNr - this.#aheadBegin < this.#aheadCount) {
-        const offsetBytes = (blockNr - this.#aheadBegin) * METADATA_BLOCK_SIZE_BYTES;
-        bytes.set(this.#ahead!.subarray(offsetBytes, offsetBytes + METADATA_BLOCK_SIZE_BYTES));
       } else {
-        file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+        const ahead = this.#readAhead(blockNr);
+        if (ahead !== undefined) bytes.set(ahead);
+        else file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
       }
     } catch (error) {
       if (error instanceof NoGoodCopyError) {
@@ -834,6 +852,31 @@ export class TransactionManager implements BlockManager {
     assert(false, `metadata space map did not settle in ${SPACE_MAP_FOLD_ROUNDS_MAX} rounds`);
   }
 
+  /**
+   * The writes of a commit's blocks: neighbours in one write of up to METADATA_WRITE_RUN_BLOCKS_MAX
+   * blocks. On mirrored metadata a block at a time: a copy notes a failed write's whole range as
+   * bad (io/mirror.ts), and a block's good copy must not be judged by its neighbours'.
+   */
+  #blockWrites(blocks: Block[]): Array<Promise<void>> {
+    const write = (block: Block): Promise<void> => this.file.write(block.bytes, block.blockNr * METADATA_BLOCK_SIZE_BYTES);
+    if (isRedundant(this.file)) return blocks.map(write);
+    const sorted = [...blocks].sort((a, b) => a.blockNr - b.blockNr);
+    const writes: Array<Promise<void>> = [];
+    for (let begin = 0; begin < sorted.length; ) {
+      let end = begin + 1;
+      while (end < sorted.length && end - begin < METADATA_WRITE_RUN_BLOCKS_MAX && sorted[end]!.blockNr === sorted[end - 1]!.blockNr + 1) end++;
+      if (end - begin === 1) {
+        writes.push(write(sorted[begin]!));
+      } else {
+        const run = new Uint8Array((end - begin) * METADATA_BLOCK_SIZE_BYTES);
+        for (let index = begin; index < end; index++) run.set(sorted[index]!.bytes, (index - begin) * METADATA_BLOCK_SIZE_BYTES);
+        writes.push(this.file.write(run, sorted[begin]!.blockNr * METADATA_BLOCK_SIZE_BYTES));
+      }
+      begin = end;
+    }
+    return writes;
+  }
+
   async #writeSealed(sealed: { fields: SuperblockFields; blocks: Block[] }): Promise<void> {
     const { fields, blocks } = sealed;
     for (const block of blocks) {
@@ -845,7 +888,7 @@ export class TransactionManager implements BlockManager {
     const neededBytes = fields.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES;
     if (this.file.sizeBytes() < neededBytes) await this.file.grow(neededBytes);
     // F-TX-1: metadata blocks, all awaited, then a sync, before any superblock copy.
-    await Promise.all(blocks.map((block) => this.file.write(block.bytes, block.blockNr * METADATA_BLOCK_SIZE_BYTES)));
+    await Promise.all(this.#blockWrites(blocks));
     this.counters.metadataBlocksWritten += blocks.length;
     await this.#sync();
     // F-TX-2: the superblock pair of this generation, awaited, then a sync.
