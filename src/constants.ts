@@ -242,6 +242,8 @@ export const CONTROL_CONNECT_TIMEOUT_MS = 2000;
 export const DUMP_OUTPUT_BUFFER_BYTES = 64 * 1024;
 /** Bytes restore reads from its input per step; the events of one step are all that is held. */
 export const RESTORE_INPUT_CHUNK_BYTES = 64 * 1024;
+/** Bytes restore reads from an input file per read: one thread-pool round trip per 64 KiB was much of a large restore's waiting. */
+export const RESTORE_FILE_READ_BYTES = 1024 * 1024;
 /** Largest dm-thin device id: the kernel's MAX_DEV_ID is 24 bits (drivers/md/dm-thin-metadata.h). */
 export const DM_THIN_DEV_ID_MAX = 2 ** 24 - 1;
 /** Largest time dm-thin keeps with a mapping: 24 bits of the block_time word (drivers/md/dm-thin-metadata.c, pack_block_time). */

@@ -628,7 +628,7 @@ class ThinXmlReader {
       this.#fail(`device ${device.devId}: the mapping of ${what} duplicates or overlaps an earlier mapping of block ${first}`);
     }
     this.#deliverDevice();
-    this.#events.push({ kind: 'mapping', ...mapping });
+    this.#events.push({ kind: 'mapping', originBegin: mapping.originBegin, dataBegin: mapping.dataBegin, length: mapping.length, time: mapping.time });
     this.#mappingCount += 1;
     this.#mappedBlockCount += mapping.length;
   }

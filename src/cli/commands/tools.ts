@@ -14,7 +14,7 @@ import type { DumpVisitor } from '../../tools/dump/events.ts';
 import type { RestoreData } from '../../tools/restore.ts';
 import { estimateMetadataSize } from '../../tools/metadata-size.ts';
 import { openPrivateFile } from '../../io/private.ts';
-import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
+import { METADATA_BLOCK_SIZE_BYTES, RESTORE_FILE_READ_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
 
 
 function choice<T extends string>(option: string, text: string, allowed: readonly T[]): T {
@@ -98,7 +98,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
         input = process.stdin;
       } else {
         const totalBytes = statSync(options.input).size;
-        const stream = createReadStream(options.input);
+        const stream = createReadStream(options.input, { highWaterMark: RESTORE_FILE_READ_BYTES });
         progress = startProgress('restore', totalBytes, { bytes: true });
         input = (async function* counted() {
           let doneBytes = 0;
