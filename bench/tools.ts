@@ -265,7 +265,7 @@ export async function toolsBenchmark(flags: string[]): Promise<void> {
       results.push(await measure(work, layout, mappings, rounds));
     }
     const body = [
-      '## Tools: thinbd check / dump / restore vs thin-provisioning-tools',
+      '## Tools: thinbd check / dump / restore / delta vs thin-provisioning-tools',
       '',
       `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${Math.round(totalmem() / 1024 ** 3)} GiB, Linux ${release()}, Node ${process.version}, thin-provisioning-tools ${thinVersion}; load average ${loadBefore.toFixed(1)} before and ${loadavg()[0]!.toFixed(1)} after (other work was running: compare the ratios, which each round measures side by side).`,
       `Command: \`npm run bench -- tools${quick ? ' --quick' : ''} --rounds ${rounds}\`; wall-clock medians of ${rounds} rounds, the two sides alternating, process start included,`,
