@@ -3,7 +3,9 @@
 // The tool belt against thin-provisioning-tools on the same mappings: one XML document with
 // ≥ 1M mappings is restored into a thinbd pool (`thinbd restore`) and into dm-thin metadata
 // (`thin_restore`); then `thinbd check` is timed against `thin_check` and `thinbd dump` against
-// `thin_dump`, and each format's metadata is measured in bytes per mapping. Two layouts: every
+// `thin_dump`, and each format's metadata is measured in bytes per mapping. A second document
+// holds two devices of that many mappings, one in eight different between them: `thinbd delta`
+// is timed against `thin_delta` on it. Each command's peak RSS is reported beside its time. Two layouts: every
 // block its own mapping (scattered: the worst case for thinbd's extents, one entry per block in
 // both formats) and long sequential runs (one thinbd extent per run, still one dm-thin entry per
 // block). The data files are sparse and never read: only metadata is measured.
@@ -28,6 +30,8 @@ export const MAPPINGS_QUICK = 65_536;
 const SCATTER_MULTIPLIER = 40_503;
 /** Blocks per run in the sequential layout. */
 const RUN_BLOCKS = 65_536;
+/** In the delta document, the second device differs from the first in one block of this many. */
+const DELTA_EVERY_BLOCKS = 8;
 /** dm-thin metadata file for thin_restore: room for a million single mappings several times over. */
 const DM_METADATA_BYTES = 1024 ** 3;
 
@@ -41,15 +45,20 @@ const DM_SM_ROOT_ALLOCATED_OFFSET = 8;
 
 export type Layout = 'scattered' | 'sequential';
 
+/** Median wall seconds and peak RSS of one command over the rounds. */
+interface Run {
+  seconds: number;
+  peakRssBytes: number;
+}
+
+const TOOLS = ['restore', 'check', 'dump', 'delta'] as const;
+type Tool = (typeof TOOLS)[number];
+
 interface Measured {
   layout: Layout;
   mappings: number;
-  thinbdRestoreS: number;
-  thinRestoreS: number;
-  thinbdCheckS: number;
-  thinCheckS: number;
-  thinbdDumpS: number;
-  thinDumpS: number;
+  thinbd: Record<Tool, Run>;
+  dm: Record<Tool, Run>;
   thinbdMetadataBytes: number;
   dmMetadataBytes: number;
 }
@@ -58,19 +67,24 @@ function withSbin(): NodeJS.ProcessEnv {
   return { ...process.env, PATH: `${process.env['PATH'] ?? ''}:/usr/sbin:/sbin` };
 }
 
-/** Runs a command with its stdout thrown away; returns wall seconds. Throws when it fails. */
-function timed(command: string, args: string[]): number {
+/** Runs a command under /usr/bin/time with its stdout thrown away: wall seconds and peak RSS. Throws when it fails. */
+function timed(command: string, args: string[]): Run {
   const devNull = openSync('/dev/null', 'w');
   try {
     const start = performance.now();
-    const result = spawnSync(command, args, { stdio: ['ignore', devNull, 'pipe'], env: withSbin(), maxBuffer: 64 * 1024 * 1024 });
+    const result = spawnSync('/usr/bin/time', ['-f', '%M', command, ...args], { stdio: ['ignore', devNull, 'pipe'], env: withSbin(), maxBuffer: 64 * 1024 * 1024 });
     const seconds = (performance.now() - start) / 1000;
     if (result.error !== undefined) throw result.error;
     if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} exited ${result.status}: ${result.stderr.toString()}`);
-    return seconds;
+    const lines = result.stderr.toString().trim().split('\n');
+    return { seconds, peakRssBytes: Number(lines[lines.length - 1]) * 1024 };
   } finally {
     closeSync(devNull);
   }
+}
+
+function medianRun(runs: Run[]): Run {
+  return { seconds: median(runs.map((run) => run.seconds)), peakRssBytes: median(runs.map((run) => run.peakRssBytes)) };
 }
 
 function output(command: string, args: string[]): string {
@@ -85,8 +99,11 @@ function median(values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)]!;
 }
 
-/** thin_dump XML of one device with `mappings` mapped blocks in the given layout. */
-export async function writeThinDumpXml(path: string, layout: Layout, mappings: number): Promise<number> {
+/**
+ * thin_dump XML of one device with `mappings` mapped blocks in the given layout, or of two
+ * (`devices` 2) where the second remaps one block in eight of the first to another data block.
+ */
+export async function writeThinDumpXml(path: string, layout: Layout, mappings: number, devices: 1 | 2 = 1): Promise<number> {
   const dataBlockCount = mappings;
   const stream = createWriteStream(path);
   const lines: string[] = [];
@@ -95,24 +112,41 @@ export async function writeThinDumpXml(path: string, layout: Layout, mappings: n
     lines.length = 0;
   };
   lines.push(
-    `<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="${BLOCK_SIZE_BYTES / SECTOR_BYTES}" nr_data_blocks="${dataBlockCount}">\n`,
-    `  <device dev_id="1" mapped_blocks="${mappings}" transaction="0" creation_time="0" snap_time="0">\n`,
+    `<superblock uuid="" time="1" transaction="1" flags="0" version="2" data_block_size="${BLOCK_SIZE_BYTES / SECTOR_BYTES}" nr_data_blocks="${dataBlockCount}">\n`,
   );
-  if (layout === 'scattered') {
-    // Virtual block 2i on data block (i × an odd number) mod the count (a power of two, so every
-    // data block once): neither side continues its neighbour's, as in a pool written at random.
-    for (let index = 0; index < mappings; index += 1) {
-      lines.push(`    <single_mapping origin_block="${2 * index}" data_block="${(index * SCATTER_MULTIPLIER) % mappings}" time="0"/>\n`);
-      if (lines.length >= 8192) await flush();
+  for (let devId = 1; devId <= devices; devId += 1) {
+    // The second device moves one block in eight to the data block after its own (mod the count).
+    const moved = (index: number): number => (devId === 2 && index % DELTA_EVERY_BLOCKS === 0 ? 1 : 0);
+    lines.push(`  <device dev_id="${devId}" mapped_blocks="${mappings}" transaction="0" creation_time="0" snap_time="0">\n`);
+    if (layout === 'scattered') {
+      // Virtual block 2i on data block (i × an odd number) mod the count (a power of two, so every
+      // data block once): neither side continues its neighbour's, as in a pool written at random.
+      for (let index = 0; index < mappings; index += 1) {
+        lines.push(`    <single_mapping origin_block="${2 * index}" data_block="${(index * SCATTER_MULTIPLIER + moved(index)) % mappings}" time="0"/>\n`);
+        if (lines.length >= 8192) await flush();
+      }
+    } else {
+      for (let begin = 0; begin < mappings; begin += RUN_BLOCKS) {
+        const length = Math.min(RUN_BLOCKS, mappings - begin);
+        // A gap of one virtual block between runs keeps them apart.
+        const origin = begin + begin / RUN_BLOCKS;
+        if (devId === 1) {
+          lines.push(`    <range_mapping origin_begin="${origin}" data_begin="${begin}" length="${length}" time="0"/>\n`);
+          continue;
+        }
+        // Runs of 7 blocks kept, then 1 moved: the delta has a run per block changed.
+        for (let offset = 0; offset < length; offset += DELTA_EVERY_BLOCKS) {
+          const kept = Math.min(DELTA_EVERY_BLOCKS - 1, length - offset - 1);
+          if (kept > 0) lines.push(`    <range_mapping origin_begin="${origin + offset}" data_begin="${begin + offset}" length="${kept}" time="0"/>\n`);
+          const last = offset + kept;
+          lines.push(`    <single_mapping origin_block="${origin + last}" data_block="${(begin + last + 1) % mappings}" time="0"/>\n`);
+          if (lines.length >= 8192) await flush();
+        }
+      }
     }
-  } else {
-    for (let begin = 0; begin < mappings; begin += RUN_BLOCKS) {
-      const length = Math.min(RUN_BLOCKS, mappings - begin);
-      // A gap of one virtual block between runs keeps them apart.
-      lines.push(`    <range_mapping origin_begin="${begin + begin / RUN_BLOCKS}" data_begin="${begin}" length="${length}" time="0"/>\n`);
-    }
+    lines.push('  </device>\n');
   }
-  lines.push('  </device>\n</superblock>\n');
+  lines.push('</superblock>\n');
   await flush();
   stream.end();
   await once(stream, 'finish');
@@ -135,54 +169,81 @@ function dmMetadataBytes(path: string, dataBlockCount: number): number {
 }
 
 async function measure(work: string, layout: Layout, mappings: number, rounds: number): Promise<Measured> {
-  const xml = join(work, `${layout}.xml`);
-  const dataBlockCount = await writeThinDumpXml(xml, layout, mappings);
-  const pool = join(work, `${layout}-pool`);
-  const dmMetadata = join(work, `${layout}-dm-metadata`);
-
-  const thinbdRestoreS = timed(process.execPath, [THINBD, 'restore', '--pool', pool, '-i', xml, '--data-size', String(dataBlockCount * BLOCK_SIZE_BYTES)]);
-  writeFileSync(dmMetadata, '');
-  truncateSync(dmMetadata, DM_METADATA_BYTES);
-  const thinRestoreS = timed('thin_restore', ['-i', xml, '-o', dmMetadata]);
-  rmSync(xml);
-
-  const times = { thinbdCheck: [] as number[], thinCheck: [] as number[], thinbdDump: [] as number[], thinDump: [] as number[] };
-  for (let round = 0; round < rounds; round += 1) {
-    times.thinbdCheck.push(timed(process.execPath, [THINBD, 'check', '--pool', pool]));
-    times.thinCheck.push(timed('thin_check', [dmMetadata]));
-    times.thinbdDump.push(timed(process.execPath, [THINBD, 'dump', '--pool', pool]));
-    times.thinDump.push(timed('thin_dump', [dmMetadata]));
+  const dataSizeBytes = String(mappings * BLOCK_SIZE_BYTES);
+  const runs = { thinbd: emptyRuns(), dm: emptyRuns() };
+  let thinbdMetadataBytes = 0;
+  let dmMetadataBytes_ = 0;
+  for (const devices of [1, 2] as const) {
+    const xml = join(work, `${layout}-${devices}.xml`);
+    const dataBlockCount = await writeThinDumpXml(xml, layout, mappings, devices);
+    const pool = join(work, `${layout}-${devices}-pool`);
+    const dmMetadata = join(work, `${layout}-${devices}-dm-metadata`);
+    // Restore (one device): into a new pool and new dm-thin metadata each round, alternating.
+    for (let round = 0; round < (devices === 1 ? rounds : 1); round += 1) {
+      rmSync(pool, { recursive: true, force: true });
+      const thinbdRun = timed(process.execPath, [THINBD, 'restore', '--pool', pool, '-i', xml, '--data-size', dataSizeBytes]);
+      writeFileSync(dmMetadata, '');
+      truncateSync(dmMetadata, DM_METADATA_BYTES);
+      const dmRun = timed('thin_restore', ['-i', xml, '-o', dmMetadata]);
+      if (devices === 1) {
+        runs.thinbd.restore.push(thinbdRun);
+        runs.dm.restore.push(dmRun);
+      }
+    }
+    rmSync(xml);
+    for (let round = 0; round < rounds; round += 1) {
+      if (devices === 1) {
+        runs.thinbd.check.push(timed(process.execPath, [THINBD, 'check', '--pool', pool]));
+        runs.dm.check.push(timed('thin_check', [dmMetadata]));
+        runs.thinbd.dump.push(timed(process.execPath, [THINBD, 'dump', '--pool', pool]));
+        runs.dm.dump.push(timed('thin_dump', [dmMetadata]));
+      } else {
+        runs.thinbd.delta.push(timed(process.execPath, [THINBD, 'delta', '1', '2', '--pool', pool]));
+        runs.dm.delta.push(timed('thin_delta', ['--snap1', '1', '--snap2', '2', dmMetadata]));
+      }
+    }
+    if (devices === 1) {
+      const status = JSON.parse(output(process.execPath, [THINBD, 'pool', 'status', '--pool', pool, '--json'])) as { metadataBlocksUsed: number };
+      thinbdMetadataBytes = status.metadataBlocksUsed * METADATA_BLOCK_SIZE_BYTES;
+      dmMetadataBytes_ = dmMetadataBytes(dmMetadata, dataBlockCount);
+    }
+    rmSync(pool, { recursive: true, force: true });
+    rmSync(dmMetadata, { force: true });
   }
-  const status = JSON.parse(output(process.execPath, [THINBD, 'pool', 'status', '--pool', pool, '--json'])) as { metadataBlocksUsed: number };
-  return {
-    layout,
-    mappings,
-    thinbdRestoreS,
-    thinRestoreS,
-    thinbdCheckS: median(times.thinbdCheck),
-    thinCheckS: median(times.thinCheck),
-    thinbdDumpS: median(times.thinbdDump),
-    thinDumpS: median(times.thinDump),
-    thinbdMetadataBytes: status.metadataBlocksUsed * METADATA_BLOCK_SIZE_BYTES,
-    dmMetadataBytes: dmMetadataBytes(dmMetadata, dataBlockCount),
-  };
+  const medians = (of: Record<Tool, Run[]>): Record<Tool, Run> =>
+    Object.fromEntries(TOOLS.map((tool) => [tool, medianRun(of[tool])])) as Record<Tool, Run>;
+  return { layout, mappings, thinbd: medians(runs.thinbd), dm: medians(runs.dm), thinbdMetadataBytes, dmMetadataBytes: dmMetadataBytes_ };
+}
+
+function emptyRuns(): Record<Tool, Run[]> {
+  return { restore: [], check: [], dump: [], delta: [] };
 }
 
 function table(results: Measured[]): string {
+  const MiB = 1024 * 1024;
   const seconds = (value: number): string => value.toFixed(2);
   const ratio = (a: number, b: number): string => `${(a / b).toFixed(2)}×`;
   const lines = [
-    '| layout | mappings | what | thinbd | thin-provisioning-tools | thinbd / dm-thin |',
-    '|---|---:|---|---:|---:|---:|',
+    '| layout | mappings | what | thinbd | thin-provisioning-tools | thinbd / dm-thin | thinbd peak RSS | thin-provisioning-tools peak RSS |',
+    '|---|---:|---|---:|---:|---:|---:|---:|',
   ];
+  const commands: Record<Tool, string> = {
+    check: 'check (s): `thinbd check` / `thin_check`',
+    dump: 'dump (s): `thinbd dump` / `thin_dump`',
+    restore: 'restore (s): `thinbd restore` / `thin_restore`',
+    delta: 'delta (s): `thinbd delta` / `thin_delta`, two devices',
+  };
   for (const r of results) {
-    const row = (what: string, thinbd: number, dm: number, show: (value: number) => string): void => {
-      lines.push(`| ${r.layout} | ${r.mappings.toLocaleString('en-US')} | ${what} | ${show(thinbd)} | ${show(dm)} | ${ratio(thinbd, dm)} |`);
-    };
-    row('check (s): `thinbd check` / `thin_check`', r.thinbdCheckS, r.thinCheckS, seconds);
-    row('dump (s): `thinbd dump` / `thin_dump`', r.thinbdDumpS, r.thinDumpS, seconds);
-    row('restore (s): `thinbd restore` / `thin_restore`', r.thinbdRestoreS, r.thinRestoreS, seconds);
-    row('metadata bytes per mapping', r.thinbdMetadataBytes / r.mappings, r.dmMetadataBytes / r.mappings, (value) => value.toFixed(2));
+    const mappings = r.mappings.toLocaleString('en-US');
+    for (const tool of ['check', 'dump', 'restore', 'delta'] as const) {
+      const [thinbd, dm] = [r.thinbd[tool], r.dm[tool]];
+      lines.push(
+        `| ${r.layout} | ${mappings} | ${commands[tool]} | ${seconds(thinbd.seconds)} | ${seconds(dm.seconds)} | ${ratio(thinbd.seconds, dm.seconds)} | ` +
+          `${(thinbd.peakRssBytes / MiB).toFixed(0)} MiB | ${(dm.peakRssBytes / MiB).toFixed(0)} MiB |`,
+      );
+    }
+    const perMapping = (bytes: number): string => (bytes / r.mappings).toFixed(2);
+    lines.push(`| ${r.layout} | ${mappings} | metadata bytes per mapping | ${perMapping(r.thinbdMetadataBytes)} | ${perMapping(r.dmMetadataBytes)} | ${ratio(r.thinbdMetadataBytes, r.dmMetadataBytes)} | | |`);
   }
   return lines.join('\n');
 }
@@ -204,14 +265,15 @@ export async function toolsBenchmark(flags: string[]): Promise<void> {
       results.push(await measure(work, layout, mappings, rounds));
     }
     const body = [
-      '## Tools: thinbd check / dump / restore vs thin-provisioning-tools',
+      '## Tools: thinbd check / dump / restore / delta vs thin-provisioning-tools',
       '',
       `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${Math.round(totalmem() / 1024 ** 3)} GiB, Linux ${release()}, Node ${process.version}, thin-provisioning-tools ${thinVersion}; load average ${loadBefore.toFixed(1)} before and ${loadavg()[0]!.toFixed(1)} after (other work was running: compare the ratios, which each round measures side by side).`,
-      `Command: \`npm run bench -- tools${quick ? ' --quick' : ''} --rounds ${rounds}\`; wall-clock medians of ${rounds} rounds (restore: one run), process start included,`,
-      `output to /dev/null. The same XML (one volume, 64 KiB blocks) restored by each side; metadata bytes per mapping are the`,
+      `Command: \`npm run bench -- tools${quick ? ' --quick' : ''} --rounds ${rounds}\`; wall-clock medians of ${rounds} rounds, the two sides alternating, process start included,`,
+      `output to /dev/null; peak RSS is /usr/bin/time's maximum resident set (median). The same XML (one volume, 64 KiB blocks) restored by each side; metadata bytes per mapping are the`,
       `metadata blocks in use × 4096 / mapped blocks (thinbd: \`pool status\`; dm-thin: its superblock's metadata space map).`,
       `Scattered: virtual block 2i on data block ${SCATTER_MULTIPLIER}·i mod ${mappings}, one mapping entry per block in both formats. Sequential: runs of ${RUN_BLOCKS} blocks,`,
-      `one extent per run in thinbd, still one entry per block in dm-thin.`,
+      `one extent per run in thinbd, still one entry per block in dm-thin. Delta: a second document of two such devices, the second with one block in ${DELTA_EVERY_BLOCKS} moved`,
+      `to another data block, restored by each side; \`thinbd delta 1 2\` against \`thin_delta --snap1 1 --snap2 2\`.`,
       '',
       table(results),
     ].join('\n');

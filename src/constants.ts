@@ -27,6 +27,13 @@ export const PROGRESS_EXTENTS_STEP = 65536;
 /** Metadata blocks between two progress calls of metadata pack. */
 export const PROGRESS_BLOCKS_STEP = 4096;
 
+/**
+ * Data blocks up to which check and restore count data references in one byte per block (16 MiB
+ * at most, a 1 TiB pool of 64 KiB blocks) instead of sorting every reference: a scattered pool has
+ * one reference per block, and sorting a million of them was a sixth of a check's time.
+ */
+export const DENSE_REFERENCE_BLOCKS_MAX = 16 * 1024 * 1024;
+
 // Raw image import and export (thinbd import / export).
 /** Bytes read or written per step: large enough to amortize calls, small enough to keep memory flat. */
 export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
@@ -194,6 +201,21 @@ export const SUPERBLOCK_PAYLOAD_BYTES_MAX = 3968;
 /** Clean metadata blocks kept in memory (32 MiB); dirty blocks are pinned until written. */
 export const METADATA_CACHE_BLOCKS_MAX = 8192;
 
+/**
+ * Most metadata blocks a read-only walk reads in one call (1 MiB): a tree's next leaves, when they
+ * lie close together. One read per block cost a scattered pool's check more than a tenth of its
+ * time in system calls; a larger span would mostly read blocks the walk does not want.
+ */
+export const METADATA_READ_AHEAD_BLOCKS_MAX = 256;
+/** Spans read ahead kept at once: delta walks two trees side by side, each reading its own leaves. */
+export const METADATA_READ_AHEAD_SPANS = 2;
+/**
+ * Most metadata blocks a commit writes in one call (1 MiB) when they are neighbours: a restore
+ * commits thousands of blocks in a row, and a write each (a thread-pool round trip each) was much
+ * of its time.
+ */
+export const METADATA_WRITE_RUN_BLOCKS_MAX = 256;
+
 /** Dirty metadata blocks after which the layer above should commit (a soft limit it checks). */
 export const METADATA_DIRTY_BLOCKS_SOFT_MAX = 4096;
 
@@ -220,6 +242,8 @@ export const CONTROL_CONNECT_TIMEOUT_MS = 2000;
 export const DUMP_OUTPUT_BUFFER_BYTES = 64 * 1024;
 /** Bytes restore reads from its input per step; the events of one step are all that is held. */
 export const RESTORE_INPUT_CHUNK_BYTES = 64 * 1024;
+/** Bytes restore reads from an input file per read: one thread-pool round trip per 64 KiB was much of a large restore's waiting. */
+export const RESTORE_FILE_READ_BYTES = 1024 * 1024;
 /** Largest dm-thin device id: the kernel's MAX_DEV_ID is 24 bits (drivers/md/dm-thin-metadata.h). */
 export const DM_THIN_DEV_ID_MAX = 2 ** 24 - 1;
 /** Largest time dm-thin keeps with a mapping: 24 bits of the block_time word (drivers/md/dm-thin-metadata.c, pack_block_time). */

@@ -1,16 +1,20 @@
 // How a command reaches a pool: through the control socket when `thinbd serve` owns it, otherwise
 // by opening its files (taking the pool lock for as long as the command runs).
+//
+// The engine (pool.ts) and the tools' view are loaded when a command first needs them: `thinbd
+// check` and `dump` never open the engine, and loading it was a large part of their start.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { Pool, assertPoolExists, METADATA_FILE_NAME, DATA_FILE_NAME } from '../pool/pool.ts';
+import { assertPoolExists, METADATA_FILE_NAME, DATA_FILE_NAME } from '../pool/files.ts';
+import type { Pool } from '../pool/pool.ts';
 import { describeExposure } from '../io/private.ts';
 import type { Reporter } from './report.ts';
 
 export { assertPoolExists };
 import { ThinError } from '../errors.ts';
-import { LocalPoolService, type PoolService } from '../daemon/service.ts';
+import type { PoolService } from '../daemon/service.ts';
 import { connectControl, controlSocketPath } from '../daemon/control.ts';
-import { PoolView, type ViewTarget } from '../tools/pool-view.ts';
+import type { PoolView, ViewTarget } from '../tools/pool-view.ts';
 
 export type Access = 'read' | 'write';
 
@@ -24,7 +28,11 @@ export async function liveService(dir: string): Promise<PoolService | undefined>
 /** Runs work on the pool's service: remote when served, local otherwise. */
 export async function withService<T>(dir: string, access: Access, work: (service: PoolService) => Promise<T>): Promise<T> {
   assertPoolExists(dir);
-  const service = (await liveService(dir)) ?? new LocalPoolService(await Pool.open(dir, { readOnly: access === 'read' }));
+  let service = await liveService(dir);
+  if (service === undefined) {
+    const [{ Pool }, { LocalPoolService }] = await Promise.all([import('../pool/pool.ts'), import('../daemon/service.ts')]);
+    service = new LocalPoolService(await Pool.open(dir, { readOnly: access === 'read' }));
+  }
   try {
     return await work(service);
   } finally {
@@ -43,6 +51,7 @@ export async function withPool<T>(dir: string, access: Access, work: (pool: Pool
       `Pool ${dir} is being served by 'thinbd serve'; reach its volumes over NBD (e.g. nbdcopy) or stop the server`,
     );
   }
+  const { Pool } = await import('../pool/pool.ts');
   const pool = await Pool.open(dir, { readOnly: access === 'read' });
   try {
     return await work(pool);
@@ -79,6 +88,7 @@ export async function withPinnedView<T>(dir: string, live: PoolService, work: (v
   return withReadTarget(
     dir,
     async (pinned) => {
+      const { PoolView } = await import('../tools/pool-view.ts');
       const view = await PoolView.open(pinned);
       try {
         return await work(view);

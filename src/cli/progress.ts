@@ -1,5 +1,8 @@
-// Progress bars for long work, drawn on stderr only when it is a terminal.
-import cliProgress from 'cli-progress';
+// Progress bars for long work, drawn on stderr only when it is a terminal. The bar's package is
+// loaded only when a bar is drawn: a command whose stderr is not a terminal (a script, a pipe)
+// does not pay for loading it.
+import { createRequire } from 'node:module';
+import type cliProgressModule from 'cli-progress';
 import { formatSize } from './sizes.ts';
 
 export interface Progress {
@@ -13,6 +16,7 @@ const silent: Progress = { update: () => {}, stop: () => {} };
 export function startProgress(label: string, total: number, options: { bytes?: boolean } = {}): Progress {
   if (!process.stderr.isTTY || total <= 0) return silent;
   const format = options.bytes ? (value: number) => formatSize(value) : (value: number) => String(value);
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof cliProgressModule;
   const bar = new cliProgress.SingleBar(
     {
       stream: process.stderr,

@@ -34,6 +34,13 @@ export interface BlockManager {
    * the transaction its parent or owner records, when known (a mirror then prefers that copy).
    */
   read(blockNr: number, type: number | readonly number[], transactionId?: number): Block;
+  /**
+   * As read(), for a block read once: one not in memory is read into `scratch` (a whole block) and
+   * not cached, and stays valid until scratch is reused.
+   */
+  readInto(blockNr: number, type: number | readonly number[], transactionId: number | undefined, scratch: Uint8Array): Block;
+  /** A hint: these blocks are about to be read once each, so they may be read together. */
+  prefetch(blockNrs: readonly number[]): void;
   /** A new zeroed block with count 1, writable in the open transaction. */
   allocate(type: number): Block;
   /**

@@ -39,6 +39,9 @@ import {
   METADATA_BLOCK_COUNT_MIN,
   METADATA_BLOCK_SIZE_BYTES,
   METADATA_CACHE_BLOCKS_MAX,
+  METADATA_READ_AHEAD_BLOCKS_MAX,
+  METADATA_READ_AHEAD_SPANS,
+  METADATA_WRITE_RUN_BLOCKS_MAX,
   METADATA_COMMIT_RESERVE_BLOCKS,
   SPACE_MAP_FOLD_ROUNDS_MAX,
   SUPERBLOCK_BLOCK_NRS,
@@ -184,6 +187,14 @@ export class TransactionManager implements BlockManager {
   #failure: unknown;
   /** What the next superblock records as the mirror's place (F-SB-11). */
   #mirrorOffsetBlocks: number;
+  /**
+   * Spans read ahead by prefetch(), unvalidated: two, so that two walks side by side (delta's)
+   * each keep theirs; a new span replaces the older.
+   */
+  readonly #ahead: Array<{ bytes: Uint8Array; begin: number; count: number }> = [];
+  #aheadNext = 0;
+  /** Where a commit gathers a run of neighbouring blocks for one write (allocated at the first run). */
+  #writeRun: Uint8Array | undefined;
 
   /** Use TransactionManager.format or TransactionManager.open. */
   constructor(state: ManagerState) {
@@ -455,6 +466,74 @@ export class TransactionManager implements BlockManager {
    * so a write lost in one copy is served from the other (F-MIR-2); the caller still compares.
    */
   read(blockNr: number, type: number | readonly number[], transactionId?: number): Block {
+    const inMemory = this.#inMemory(blockNr, type);
+    if (inMemory !== undefined) return inMemory;
+    const block = new Block(blockNr, this.#readFromFile(blockNr, type, transactionId, new Uint8Array(METADATA_BLOCK_SIZE_BYTES)));
+    this.#cache.put(block);
+    return block;
+  }
+
+  /**
+   * As read(), but a block not in memory is read into `scratch` and not cached: for a walk that
+   * reads each node once. Fresh memory is dear (every new 4 KiB buffer is a page the process has
+   * not touched yet: most of a check's reading time, docs/benchmarks.md), and a cache of blocks
+   * never read again only evicts the ones that are. The block is valid until scratch is reused.
+   */
+  readInto(blockNr: number, type: number | readonly number[], transactionId: number | undefined, scratch: Uint8Array): Block {
+    const inMemory = this.#inMemory(blockNr, type);
+    if (inMemory !== undefined) return inMemory;
+    return new Block(blockNr, this.#readFromFile(blockNr, type, transactionId, scratch));
+  }
+
+  /**
+   * A hint that these blocks are about to be read once each (a walk's next leaves): when those not
+   * in memory lie close together (at most METADATA_READ_AHEAD_BLOCKS_MAX apart, a quarter of the
+   * span or more wanted), the span is read in one call, and each block is still validated when
+   * read. Only on read-only metadata without a mirror: there no block changes while it is read
+   * (a read-write manager reuses freed blocks; a mirror chooses between copies block by block). A
+   * read-ahead that fails is dropped: each block is then read alone, so an error names its block.
+   */
+  prefetch(blockNrs: readonly number[]): void {
+    if (!this.readOnly || isRedundant(this.file)) return;
+    let begin = Number.POSITIVE_INFINITY;
+    let last = -1;
+    let wanted = 0;
+    for (const blockNr of blockNrs) {
+      if (!Number.isSafeInteger(blockNr) || blockNr < 0 || blockNr >= this.#metadataBlockCount || this.#cache.get(blockNr) !== undefined) continue;
+      begin = Math.min(begin, blockNr);
+      last = Math.max(last, blockNr);
+      wanted += 1;
+    }
+    const spanBlocks = last - begin + 1;
+    if (wanted < 2 || spanBlocks > METADATA_READ_AHEAD_BLOCKS_MAX || wanted * 4 < spanBlocks) return;
+    if (this.#ahead.length < METADATA_READ_AHEAD_SPANS) {
+      this.#ahead.push({ bytes: new Uint8Array(METADATA_READ_AHEAD_BLOCKS_MAX * METADATA_BLOCK_SIZE_BYTES), begin: 0, count: 0 });
+    }
+    const span = this.#ahead[this.#aheadNext % this.#ahead.length]!;
+    this.#aheadNext += 1;
+    span.count = 0;
+    try {
+      this.file.readSync(span.bytes.subarray(0, spanBlocks * METADATA_BLOCK_SIZE_BYTES), begin * METADATA_BLOCK_SIZE_BYTES);
+    } catch {
+      return;
+    }
+    span.begin = begin;
+    span.count = spanBlocks;
+  }
+
+  /** The bytes of blockNr in a span read ahead, or undefined. */
+  #readAhead(blockNr: number): Uint8Array | undefined {
+    for (const span of this.#ahead) {
+      if (blockNr >= span.begin && blockNr < span.begin + span.count) {
+        const offsetBytes = (blockNr - span.begin) * METADATA_BLOCK_SIZE_BYTES;
+        return span.bytes.subarray(offsetBytes, offsetBytes + METADATA_BLOCK_SIZE_BYTES);
+      }
+    }
+    return undefined;
+  }
+
+  /** The block from the open transaction, the sealed one or the cache, type-checked; undefined when none holds it. */
+  #inMemory(blockNr: number, type: number | readonly number[]): Block | undefined {
     if (!Number.isSafeInteger(blockNr) || blockNr < 0 || blockNr >= this.#metadataBlockCount) {
       throw new ThinError(
         'THIN_CORRUPT_BLOCK',
@@ -470,9 +549,13 @@ export class TransactionManager implements BlockManager {
           `Cannot read metadata block ${blockNr}: block type ${inMemory.type}, expected ${types.join(' or ')}`,
         );
       }
-      return inMemory;
     }
-    const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    return inMemory;
+  }
+
+  /** Reads and validates blockNr from the metadata file (or its mirror's good copy) into bytes. */
+  #readFromFile(blockNr: number, type: number | readonly number[], transactionId: number | undefined, bytes: Uint8Array): Uint8Array {
+    assert(bytes.length === METADATA_BLOCK_SIZE_BYTES, 'a block is read into a whole block');
     // F-BLK-4: the state being read was committed by durableTransactionId at the latest.
     const expect: BlockExpectation = { blockNr, expectedType: type, poolId: this.poolId, transactionIdMax: this.#durableTransactionId };
     const file = this.file;
@@ -481,7 +564,9 @@ export class TransactionManager implements BlockManager {
         // The first copy that reads and validates; the others are rewritten from it (io/mirror.ts).
         readFromCopies(file, bytes, blockNr, expect, transactionId);
       } else {
-        file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+        const ahead = this.#readAhead(blockNr);
+        if (ahead !== undefined) bytes.set(ahead);
+        else file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
       }
     } catch (error) {
       if (error instanceof NoGoodCopyError) {
@@ -492,9 +577,7 @@ export class TransactionManager implements BlockManager {
     }
     this.counters.metadataBlocksRead += 1;
     if (!isRedundant(file)) validateBlock(bytes, expect);
-    const block = new Block(blockNr, bytes);
-    this.#cache.put(block);
-    return block;
+    return bytes;
   }
 
   /** A new zeroed block with count 1, writable until the transaction is sealed; the commit reserve stays free (F-TX-7). */
@@ -771,6 +854,40 @@ export class TransactionManager implements BlockManager {
     assert(false, `metadata space map did not settle in ${SPACE_MAP_FOLD_ROUNDS_MAX} rounds`);
   }
 
+  /**
+   * Writes a commit's blocks: neighbours in one write of up to METADATA_WRITE_RUN_BLOCKS_MAX
+   * blocks, copied into one buffer reused run after run (a new buffer per run is fresh memory,
+   * dear on this machine: docs/benchmarks.md), the runs one after another and single blocks
+   * beside them. On mirrored metadata a block at a time: a copy notes a failed write's whole range
+   * as bad (io/mirror.ts), and a block's good copy must not be judged by its neighbours'.
+   */
+  async #writeBlocks(blocks: Block[]): Promise<void> {
+    const write = (block: Block): Promise<void> => this.file.write(block.bytes, block.blockNr * METADATA_BLOCK_SIZE_BYTES);
+    if (isRedundant(this.file)) {
+      await Promise.all(blocks.map(write));
+      return;
+    }
+    const sorted = [...blocks].sort((a, b) => a.blockNr - b.blockNr);
+    const singles: Array<Promise<void>> = [];
+    const runs: Array<[number, number]> = [];
+    for (let begin = 0; begin < sorted.length; ) {
+      let end = begin + 1;
+      while (end < sorted.length && end - begin < METADATA_WRITE_RUN_BLOCKS_MAX && sorted[end]!.blockNr === sorted[end - 1]!.blockNr + 1) end++;
+      if (end - begin === 1) singles.push(write(sorted[begin]!));
+      else runs.push([begin, end]);
+      begin = end;
+    }
+    const writeRuns = async (): Promise<void> => {
+      for (const [begin, end] of runs) {
+        this.#writeRun ??= new Uint8Array(METADATA_WRITE_RUN_BLOCKS_MAX * METADATA_BLOCK_SIZE_BYTES);
+        const run = this.#writeRun.subarray(0, (end - begin) * METADATA_BLOCK_SIZE_BYTES);
+        for (let index = begin; index < end; index++) run.set(sorted[index]!.bytes, (index - begin) * METADATA_BLOCK_SIZE_BYTES);
+        await this.file.write(run, sorted[begin]!.blockNr * METADATA_BLOCK_SIZE_BYTES);
+      }
+    };
+    await Promise.all([...singles, writeRuns()]);
+  }
+
   async #writeSealed(sealed: { fields: SuperblockFields; blocks: Block[] }): Promise<void> {
     const { fields, blocks } = sealed;
     for (const block of blocks) {
@@ -782,7 +899,7 @@ export class TransactionManager implements BlockManager {
     const neededBytes = fields.metadataBlockCount * METADATA_BLOCK_SIZE_BYTES;
     if (this.file.sizeBytes() < neededBytes) await this.file.grow(neededBytes);
     // F-TX-1: metadata blocks, all awaited, then a sync, before any superblock copy.
-    await Promise.all(blocks.map((block) => this.file.write(block.bytes, block.blockNr * METADATA_BLOCK_SIZE_BYTES)));
+    await this.#writeBlocks(blocks);
     this.counters.metadataBlocksWritten += blocks.length;
     await this.#sync();
     // F-TX-2: the superblock pair of this generation, awaited, then a sync.

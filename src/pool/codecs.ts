@@ -63,12 +63,19 @@ export const BAD_RANGE_TREE_KIND = 0x52;
 
 // ---- little-endian u64 as exact numbers ----
 
+/** The high 32 bits of Number.MAX_SAFE_INTEGER (2^53 − 1). */
+const U53_HIGH_MAX = 0x1f_ffff;
+
 export function getU64(view: DataView, offsetBytes: number, field: string): number {
-  const value = view.getBigUint64(offsetBytes, true);
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+  // Two 32-bit halves, not a BigInt: this runs once per mapping a tool reads, and reading it as a
+  // BigInt made two BigInts a mapping (the value and the bound).
+  const low = view.getUint32(offsetBytes, true);
+  const high = view.getUint32(offsetBytes + 4, true);
+  if (high > U53_HIGH_MAX) {
+    const value = view.getBigUint64(offsetBytes, true);
     throw new ThinError('THIN_CORRUPT_NODE', `${field} is ${value}, beyond the largest block or byte number thinbd uses (2^53)`);
   }
-  return Number(value);
+  return high * 0x1_0000_0000 + low;
 }
 
 export function setU64(view: DataView, offsetBytes: number, value: number): void {

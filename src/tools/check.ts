@@ -179,7 +179,7 @@ function checkOpened(opened: ToolsOpen, options: CheckOptions): CheckReport {
       payload: view.payload,
       walker: new TreeWalker(view.tm),
       corruptNodes: new Set(),
-      dataReferences: new ReferenceRuns(),
+      dataReferences: new ReferenceRuns(view.payload.dataBlockCount),
       dataSpace: undefined,
       devices: [],
     };

@@ -246,7 +246,7 @@ export class PoolView {
 
   /** A volume's mappings as dump events, in virtual block order (one per extent). */
   *mappings(device: ViewDevice): Generator<Mapping> {
-    for (const [key, extent] of this.#mappingTree.entries(device.value.mappingRoot)) {
+    for (const [key, extent] of this.#mappingTree.entriesReadOnce(device.value.mappingRoot)) {
       yield { originBegin: key, dataBegin: extent.dataBlock, length: extent.lengthBlocks, time: extent.time };
     }
   }

@@ -1,19 +1,57 @@
 // Data block ranges, each one reference, swept into runs of constant coverage: the data
 // reference counts that mappings imply. The checker compares them with the data space map; restore
 // builds the data space map from them in one ordered pass instead of one update per mapping.
+//
+// Two ways to count, chosen by the data size given: one byte per data block (counts above 254 in a
+// map beside it) when the pool has at most DENSE_REFERENCE_BLOCKS_MAX blocks, which costs one
+// increment per referenced block and no sort; otherwise the ranges' ends kept in typed arrays and
+// sorted natively, which costs O(ranges log ranges) whatever the pool's size. A range outside the
+// dense blocks (a damaged mapping can name one) is kept the second way, and the two are swept
+// together.
+import { DENSE_REFERENCE_BLOCKS_MAX } from '../constants.ts';
 import { assert } from '../errors.ts';
 import type { CoverageRun } from '../pool/ranges.ts';
 
+/** A dense count at this value continues in the overflow map. */
+const DENSE_COUNT_SATURATED = 255;
+
 /**
- * Kept in typed arrays and sorted natively, because a pool has millions of references: an object
- * and a map entry per reference (pool/ranges.ts coverageRuns) cost several times the rest of a check.
+ * Kept in typed arrays, because a pool has millions of references: an object and a map entry per
+ * reference (pool/ranges.ts coverageRuns) cost several times the rest of a check.
  */
 export class ReferenceRuns {
+  /** Count per data block [0, dense.length), or empty. */
+  readonly #dense: Uint8Array;
+  /** Count minus DENSE_COUNT_SATURATED of a block whose dense count is saturated. */
+  readonly #overflow = new Map<number, number>();
+  /** Dense blocks touched: [#denseBegin, #denseEnd). */
+  #denseBegin = Number.POSITIVE_INFINITY;
+  #denseEnd = 0;
   #begins = new Float64Array(1024);
   #ends = new Float64Array(1024);
   #length = 0;
 
+  /** `dataBlockCount`: the pool's data blocks, when known (then counted densely if not too many). */
+  constructor(dataBlockCount = 0) {
+    this.#dense = new Uint8Array(dataBlockCount <= DENSE_REFERENCE_BLOCKS_MAX ? dataBlockCount : 0);
+  }
+
   add(begin: number, end: number): void {
+    const dense = this.#dense;
+    if (begin >= 0 && end <= dense.length && begin < end) {
+      if (begin < this.#denseBegin) this.#denseBegin = begin;
+      if (end > this.#denseEnd) this.#denseEnd = end;
+      for (let blockNr = begin; blockNr < end; blockNr++) {
+        const count = dense[blockNr]!;
+        if (count < DENSE_COUNT_SATURATED) dense[blockNr] = count + 1;
+        else this.#overflow.set(blockNr, (this.#overflow.get(blockNr) ?? 0) + 1);
+      }
+      return;
+    }
+    this.#addRange(begin, end);
+  }
+
+  #addRange(begin: number, end: number): void {
     // A range that continues the previous one is joined to it (the sweep's sums are the same).
     if (this.#length > 0 && this.#ends[this.#length - 1] === begin) {
       this.#ends[this.#length - 1] = end;
@@ -34,8 +72,33 @@ export class ReferenceRuns {
 
   /** Sorted, disjoint runs of coverage ≥ 1, neighbours of equal coverage merged. */
   coverage(): CoverageRun[] {
-    const begins = this.#begins.subarray(0, this.#length).sort();
-    const ends = this.#ends.subarray(0, this.#length).sort();
+    const denseRuns = this.#denseCoverage();
+    if (this.#length === 0) return denseRuns;
+    if (denseRuns.length === 0) return this.#sortedCoverage();
+    // Rare (a range outside the dense blocks): the dense runs join the other ranges, once per reference.
+    const all = new ReferenceRuns();
+    for (let index = 0; index < this.#length; index++) all.#addRange(this.#begins[index]!, this.#ends[index]!);
+    for (const run of denseRuns) for (let count = 0; count < run.count; count++) all.#addRange(run.begin, run.end);
+    return all.#sortedCoverage();
+  }
+
+  #denseCoverage(): CoverageRun[] {
+    const dense = this.#dense;
+    const runs: CoverageRun[] = [];
+    let previous: CoverageRun | undefined;
+    for (let blockNr = this.#denseBegin; blockNr < this.#denseEnd; blockNr++) {
+      let count = dense[blockNr]!;
+      if (count === 0) continue;
+      if (count === DENSE_COUNT_SATURATED) count += this.#overflow.get(blockNr) ?? 0;
+      if (previous !== undefined && previous.end === blockNr && previous.count === count) previous.end = blockNr + 1;
+      else runs.push((previous = { begin: blockNr, end: blockNr + 1, count }));
+    }
+    return runs;
+  }
+
+  #sortedCoverage(): CoverageRun[] {
+    const begins = this.#begins.slice(0, this.#length).sort();
+    const ends = this.#ends.slice(0, this.#length).sort();
     const runs: CoverageRun[] = [];
     let count = 0;
     let b = 0;

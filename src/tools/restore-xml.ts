@@ -24,6 +24,14 @@
 // A `thinbd:bad-range` comment directly in <superblock> (dump/xml.ts) is a bad data range: it must
 // lie inside one data block below nr_data_blocks, have known flags with a read or write error
 // among them, and come after the one before it without overlapping it.
+//
+// Most of a dump is mapping lines in the one form thin_dump and `thinbd dump` write them, and the
+// parser's work on each character was most of a restore's time. So between two elements of a
+// device (the parser has just ended a tag or comment, and nothing is pending), such lines are
+// matched whole (SINGLE_MAPPING_LINE, RANGE_MAPPING_LINE) and go through the same checks as the
+// parser's elements; anything else, a line in any other form included, goes to the parser. Lines
+// read that way are counted, so messages still name the right line.
+import { isAscii } from 'node:buffer';
 import { SaxesParser, type SaxesTag } from 'saxes';
 import {
   RESTORE_INPUT_CHUNK_BYTES,
@@ -35,6 +43,12 @@ import { badRangeProblem, dispatch, isPending, type DeviceBegin, type DumpEvent,
 import { BAD_RANGE_COMMENT_KEYWORD, VOLUME_COMMENT_KEYWORD } from './dump/xml.ts';
 
 const U32_MAX = 0xffff_ffff;
+
+/** A `<single_mapping>` as thin_dump writes it, with the whitespace before it (well-formed XML by construction). */
+const SINGLE_MAPPING_LINE = /[ \t\r\n]*<single_mapping origin_block="(\d+)" data_block="(\d+)" time="(\d+)"\/>/y;
+/** A `<range_mapping>` as thin_dump writes it, with the whitespace before it. */
+const RANGE_MAPPING_LINE = /[ \t\r\n]*<range_mapping origin_begin="(\d+)" data_begin="(\d+)" length="(\d+)" time="(\d+)"\/>/y;
+const NEWLINE = 10;
 
 export interface XmlReadSummary {
   deviceCount: number;
@@ -54,16 +68,22 @@ export async function readThinXml(
 ): Promise<XmlReadSummary> {
   const reader = new ThinXmlReader();
   const decoder = new TextDecoder('utf-8', { fatal: true });
+  // Whether the decoder may hold the first bytes of a character split between chunks.
+  let decoderPending = false;
   for await (const chunk of input) {
     let text: string;
     if (typeof chunk === 'string') {
       text = chunk;
+    } else if (!decoderPending && isAscii(chunk)) {
+      // ASCII is its own UTF-8 (a dump is ASCII but for names in comments): one copy, no decoding.
+      text = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).toString('latin1');
     } else {
       try {
         text = decoder.decode(chunk, { stream: true });
       } catch (error) {
         throw new ThinError('THIN_INVALID', `restore: line ${reader.line}: invalid XML: the input is not UTF-8`, { cause: error });
       }
+      decoderPending = chunk.length > 0 && chunk[chunk.length - 1]! >= 0x80;
     }
     // A string chunk may be large (a whole document in a test); feed it in bounded pieces.
     for (let offset = 0; offset < text.length; offset += RESTORE_INPUT_CHUNK_BYTES) {
@@ -88,22 +108,24 @@ async function deliver(events: DumpEvent[], visitor: DumpVisitor): Promise<void>
 
 type Place = 'document' | 'superblock' | 'device' | 'def' | 'mapping' | 'done';
 
-/** Block ranges of one device seen so far, coalesced and sorted: begins[i] < ends[i] < begins[i+1]. */
+/**
+ * Block ranges of one device seen so far, coalesced and sorted: begins[i] < ends[i] < begins[i+1].
+ * In typed arrays: a scattered device has a range per mapping, a million of them.
+ */
 class RangeSet {
-  readonly begins: number[] = [];
-  readonly ends: number[] = [];
+  #begins = new Float64Array(1024);
+  #ends = new Float64Array(1024);
+  #count = 0;
 
   /** Adds [begin, end); returns an overlapping range already present instead, if there is one. */
   add(begin: number, end: number): { begin: number; end: number } | undefined {
-    const { begins, ends } = this;
-    const count = begins.length;
+    const count = this.#count;
+    const begins = this.#begins;
+    const ends = this.#ends;
     // The common case: mappings in origin order.
-    if (count === 0 || begin >= (ends[count - 1] as number)) {
+    if (count === 0 || begin >= ends[count - 1]!) {
       if (count > 0 && begin === ends[count - 1]) ends[count - 1] = end;
-      else {
-        begins.push(begin);
-        ends.push(end);
-      }
+      else this.#insert(count, begin, end);
       return undefined;
     }
     // Index of the last range starting at or before `begin`, or -1.
@@ -111,28 +133,46 @@ class RangeSet {
     let high = count - 1;
     while (low <= high) {
       const middle = (low + high) >>> 1;
-      if ((begins[middle] as number) <= begin) low = middle + 1;
+      if (begins[middle]! <= begin) low = middle + 1;
       else high = middle - 1;
     }
     const before = high;
-    if (before >= 0 && (ends[before] as number) > begin) return { begin: begins[before] as number, end: ends[before] as number };
+    if (before >= 0 && ends[before]! > begin) return { begin: begins[before]!, end: ends[before]! };
     const after = before + 1;
-    if (after < count && (begins[after] as number) < end) return { begin: begins[after] as number, end: ends[after] as number };
+    if (after < count && begins[after]! < end) return { begin: begins[after]!, end: ends[after]! };
     const joinsBefore = before >= 0 && ends[before] === begin;
     const joinsAfter = after < count && begins[after] === end;
     if (joinsBefore && joinsAfter) {
-      ends[before] = ends[after] as number;
-      begins.splice(after, 1);
-      ends.splice(after, 1);
+      ends[before] = ends[after]!;
+      begins.copyWithin(after, after + 1, count);
+      ends.copyWithin(after, after + 1, count);
+      this.#count -= 1;
     } else if (joinsBefore) {
       ends[before] = end;
     } else if (joinsAfter) {
       begins[after] = begin;
     } else {
-      begins.splice(after, 0, begin);
-      ends.splice(after, 0, end);
+      this.#insert(after, begin, end);
     }
     return undefined;
+  }
+
+  #insert(index: number, begin: number, end: number): void {
+    if (this.#count === this.#begins.length) {
+      const begins = new Float64Array(this.#count * 2);
+      begins.set(this.#begins);
+      this.#begins = begins;
+      const ends = new Float64Array(this.#count * 2);
+      ends.set(this.#ends);
+      this.#ends = ends;
+    }
+    if (index < this.#count) {
+      this.#begins.copyWithin(index + 1, index, this.#count);
+      this.#ends.copyWithin(index + 1, index, this.#count);
+    }
+    this.#begins[index] = begin;
+    this.#ends[index] = end;
+    this.#count += 1;
   }
 }
 
@@ -160,29 +200,84 @@ class ThinXmlReader {
   #mappingCount = 0;
   #mappedBlockCount = 0;
   #lineCount = 0;
+  /** Lines of mapping elements read without the parser (its line count lacks them). */
+  #linesMatched = 0;
+  /** The parser has just ended a tag or a comment: nothing of the input is pending in it. */
+  #betweenElements = false;
 
   constructor() {
     const parser = this.#parser;
-    parser.on('opentag', (tag) => this.#openTag(tag));
-    parser.on('closetag', (tag) => this.#closeTag(tag.name));
+    parser.on('opentag', (tag) => {
+      this.#betweenElements = true;
+      this.#openTag(tag);
+    });
+    parser.on('closetag', (tag) => {
+      this.#betweenElements = true;
+      this.#closeTag(tag.name);
+    });
     parser.on('text', (text) => {
       if (text.trim() !== '') this.#fail(`unexpected text ${JSON.stringify(abbreviate(text.trim()))} in ${this.#where()}`);
     });
     parser.on('cdata', () => this.#fail(`unexpected CDATA section in ${this.#where()}`));
-    parser.on('comment', (text) => this.#comment(text));
+    parser.on('comment', (text) => {
+      this.#betweenElements = true;
+      this.#comment(text);
+    });
   }
 
   get line(): number {
-    return this.#parser.line;
+    return this.#parser.line + this.#linesMatched;
   }
 
   feed(text: string): DumpEvent[] {
-    try {
-      this.#parser.write(text);
-    } catch (error) {
-      throw this.#translate(error);
+    let offset = 0;
+    while (offset < text.length) {
+      if (this.#betweenElements && (this.#place === 'device' || this.#place === 'def')) {
+        offset = this.#matchMappingLines(text, offset);
+        if (offset >= text.length) break;
+      }
+      // Up to the next '>': the parser ends at most one tag or comment there, or none when the
+      // '>' lies inside an attribute value or a comment (then it is not between elements).
+      const close = text.indexOf('>', offset);
+      const end = close < 0 ? text.length : close + 1;
+      this.#betweenElements = false;
+      try {
+        this.#parser.write(text.slice(offset, end));
+      } catch (error) {
+        throw this.#translate(error);
+      }
+      offset = end;
     }
     return this.#take();
+  }
+
+  /** Reads the mapping lines in thin_dump's form from offset on; returns where the first other text starts. */
+  #matchMappingLines(text: string, offset: number): number {
+    for (;;) {
+      const pattern = text.charCodeAt(text.indexOf('<', offset) + 1) === 114 /* r */ ? RANGE_MAPPING_LINE : SINGLE_MAPPING_LINE;
+      pattern.lastIndex = offset;
+      const match = pattern.exec(text);
+      if (match === null) return offset;
+      for (let index = offset; text.charCodeAt(index) !== 60 /* < */; index++) if (text.charCodeAt(index) === NEWLINE) this.#linesMatched += 1;
+      if (pattern === SINGLE_MAPPING_LINE) {
+        const tag = 'single_mapping';
+        this.#checkedMapping(tag, {
+          originBegin: this.#digits(tag, 'origin_block', match[1]!, Number.MAX_SAFE_INTEGER),
+          dataBegin: this.#digits(tag, 'data_block', match[2]!, Number.MAX_SAFE_INTEGER),
+          length: 1,
+          time: this.#digits(tag, 'time', match[3]!, U32_MAX),
+        });
+      } else {
+        const tag = 'range_mapping';
+        this.#checkedMapping(tag, {
+          originBegin: this.#digits(tag, 'origin_begin', match[1]!, Number.MAX_SAFE_INTEGER),
+          dataBegin: this.#digits(tag, 'data_begin', match[2]!, Number.MAX_SAFE_INTEGER),
+          length: this.#digits(tag, 'length', match[3]!, Number.MAX_SAFE_INTEGER),
+          time: this.#digits(tag, 'time', match[4]!, U32_MAX),
+        });
+      }
+      offset = pattern.lastIndex;
+    }
   }
 
   end(): DumpEvent[] {
@@ -190,7 +285,7 @@ class ThinXmlReader {
     if (this.#place !== 'done') {
       this.#fail(`the input ends inside ${this.#where()}, before </superblock>: the file is truncated`);
     }
-    this.#lineCount = this.#parser.line;
+    this.#lineCount = this.line;
     try {
       this.#parser.close();
     } catch (error) {
@@ -219,13 +314,13 @@ class ThinXmlReader {
     if (error instanceof ThinError) return error;
     const message = error instanceof Error ? error.message : String(error);
     const match = /^(\d+):(\d+): (.*)$/s.exec(message);
-    const line = match?.[1] ?? String(this.#parser.line);
+    const line = match?.[1] === undefined ? this.line : Number(match[1]) + this.#linesMatched;
     const reason = match?.[3] ?? message;
     return new ThinError('THIN_INVALID', `restore: line ${line}: invalid XML: ${reason}`, { cause: error });
   }
 
   #fail(reason: string): never {
-    throw new ThinError('THIN_INVALID', `restore: line ${this.#parser.line}: ${reason}`);
+    throw new ThinError('THIN_INVALID', `restore: line ${this.line}: ${reason}`);
   }
 
   #where(): string {
@@ -404,6 +499,11 @@ class ThinXmlReader {
       this.#fail(`<${tag}> lacks the required attribute ${name}`);
     }
     if (!/^\d+$/.test(text)) this.#fail(`<${tag}> attribute ${name}="${abbreviate(text)}" is not a whole number`);
+    return this.#digits(tag, name, text, max);
+  }
+
+  /** An attribute's value known to be decimal digits, at most max. */
+  #digits(tag: string, name: string, text: string, max: number): number {
     const value = Number(text);
     if (!Number.isSafeInteger(value) || value > max) this.#fail(`<${tag}> attribute ${name}="${abbreviate(text)}" is larger than ${max}`);
     return value;
@@ -477,8 +577,13 @@ class ThinXmlReader {
         length: this.#number(tag, attributes, 'length', Number.MAX_SAFE_INTEGER),
         time: this.#number(tag, attributes, 'time', U32_MAX),
       };
-      if (mapping.length < 1) this.#fail('<range_mapping> attribute length="0": a range maps at least one block');
     }
+    this.#checkedMapping(tag, mapping);
+  }
+
+  /** A mapping element's values, checked and delivered (or kept for its <def>). */
+  #checkedMapping(tag: 'single_mapping' | 'range_mapping', mapping: Mapping): void {
+    if (mapping.length < 1) this.#fail('<range_mapping> attribute length="0": a range maps at least one block');
     if (!Number.isSafeInteger(mapping.originBegin + mapping.length) || !Number.isSafeInteger(mapping.dataBegin + mapping.length)) {
       this.#fail(`<${tag}> ends past the largest block number thinbd handles (2^53)`);
     }
@@ -523,7 +628,7 @@ class ThinXmlReader {
       this.#fail(`device ${device.devId}: the mapping of ${what} duplicates or overlaps an earlier mapping of block ${first}`);
     }
     this.#deliverDevice();
-    this.#events.push({ kind: 'mapping', ...mapping });
+    this.#events.push({ kind: 'mapping', originBegin: mapping.originBegin, dataBegin: mapping.dataBegin, length: mapping.length, time: mapping.time });
     this.#mappingCount += 1;
     this.#mappedBlockCount += mapping.length;
   }

@@ -223,7 +223,7 @@ class PoolBuilder implements DumpVisitor {
   #dataEndMax = 0;
   #mappedBlockCount = 0;
   /** One reference per inserted extent; the data space map is built from them at the end. */
-  #dataReferences = new ReferenceRuns();
+  #dataReferences = new ReferenceRuns(0);
   readonly #badRanges: DumpBadRange[] = [];
   #finished = false;
   readonly #warnings: string[] = [];
@@ -282,6 +282,7 @@ class PoolBuilder implements DumpVisitor {
     const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => mappingTree));
     const deviceTreeRoot = deviceTree.createEmpty();
     this.#engine = { tm, dataSpace, mappingTree, deviceTree, deviceTreeRoot, blockSizeBytes, dataBlockCount, superblock };
+    this.#dataReferences = new ReferenceRuns(dataBlockCount);
     this.#timeMax = superblock.time;
   }
 
@@ -313,7 +314,7 @@ class PoolBuilder implements DumpVisitor {
       run.length += mapping.length;
     } else {
       if (run !== undefined) this.#insertRun(device, run);
-      device.run = { ...mapping };
+      device.run = { originBegin: mapping.originBegin, dataBegin: mapping.dataBegin, length: mapping.length, time: mapping.time };
     }
     return this.#maybeCommit();
   }
@@ -337,15 +338,17 @@ class PoolBuilder implements DumpVisitor {
       const appending = virtualBegin >= device.endBlock;
       // Join an extent that ends where this one starts, or starts where it ends. In origin order
       // (every dump) the only candidate is the extent inserted last; otherwise ask the tree.
-      const left =
-        appending && device.last !== undefined
-          ? ([device.last.key, device.last.extent] as const)
-          : virtualBegin > 0
-            ? tree.floor(device.root, virtualBegin - 1)
-            : undefined;
-      if (left !== undefined && mergeable(left[0], left[1], key, extent)) {
-        key = left[0];
-        extent = { ...left[1], lengthBlocks: left[1].lengthBlocks + extent.lengthBlocks };
+      let leftKey: number | undefined;
+      let leftExtent: Extent | undefined;
+      if (appending && device.last !== undefined) {
+        leftKey = device.last.key;
+        leftExtent = device.last.extent;
+      } else if (virtualBegin > 0) {
+        [leftKey, leftExtent] = tree.floor(device.root, virtualBegin - 1) ?? [undefined, undefined];
+      }
+      if (leftKey !== undefined && leftExtent !== undefined && mergeable(leftKey, leftExtent, key, extent)) {
+        key = leftKey;
+        extent = { ...leftExtent, lengthBlocks: leftExtent.lengthBlocks + extent.lengthBlocks };
       }
       const right = appending ? undefined : tree.lookup(device.root, virtualBegin + length);
       if (right !== undefined && mergeable(key, extent, virtualBegin + length, right)) {

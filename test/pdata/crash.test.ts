@@ -20,7 +20,11 @@ type TraceEvent =
   | { kind: 'seal'; generation: number }
   | { kind: 'ack'; generation: number };
 
-/** A block file that records every write and sync, in completion order. */
+/**
+ * A block file that records every write and sync, in completion order. A write of several blocks
+ * (a commit writes neighbours together) is recorded block by block: a power cut may land between
+ * any two of them, as it may tear a write on a real disk.
+ */
 class TracingFile extends ForwardingBlockFile<MemoryBlockFile> {
   readonly events: TraceEvent[] = [];
   constructor() {
@@ -28,11 +32,14 @@ class TracingFile extends ForwardingBlockFile<MemoryBlockFile> {
   }
   override async write(source: Uint8Array, offsetBytes: number): Promise<void> {
     assert.equal(offsetBytes % METADATA_BLOCK_SIZE_BYTES, 0);
-    assert.equal(source.length, METADATA_BLOCK_SIZE_BYTES);
+    assert.equal(source.length % METADATA_BLOCK_SIZE_BYTES, 0);
     const bytes = source.slice();
     await new Promise((resolve) => setImmediate(resolve));
-    this.events.push({ kind: 'write', blockNr: offsetBytes / METADATA_BLOCK_SIZE_BYTES, bytes });
-    this.inner.writeSync(bytes, offsetBytes);
+    for (let offset = 0; offset < bytes.length; offset += METADATA_BLOCK_SIZE_BYTES) {
+      const block = bytes.subarray(offset, offset + METADATA_BLOCK_SIZE_BYTES);
+      this.events.push({ kind: 'write', blockNr: (offsetBytes + offset) / METADATA_BLOCK_SIZE_BYTES, bytes: block });
+      this.inner.writeSync(block, offsetBytes + offset);
+    }
   }
   override async sync(): Promise<void> {
     this.events.push({ kind: 'sync' });
@@ -59,7 +66,9 @@ class CrashImage implements BlockFile {
     this.readSync(target, offsetBytes);
   }
   async write(source: Uint8Array, offsetBytes: number): Promise<void> {
-    this.blocks.set(offsetBytes / METADATA_BLOCK_SIZE_BYTES, source.slice());
+    for (let offset = 0; offset < source.length; offset += METADATA_BLOCK_SIZE_BYTES) {
+      this.blocks.set((offsetBytes + offset) / METADATA_BLOCK_SIZE_BYTES, source.slice(offset, offset + METADATA_BLOCK_SIZE_BYTES));
+    }
   }
   async sync(): Promise<void> {}
   async grow(): Promise<void> {}

@@ -50,6 +50,13 @@ export class FakeBlockManager implements BlockManager {
     return block;
   }
 
+  /** The fake keeps every block in memory: scratch is never needed. */
+  readInto(blockNr: number, type: number | readonly number[]): Block {
+    return this.read(blockNr, type);
+  }
+
+  prefetch(): void {}
+
   allocate(type: number): Block {
     this.ensureMetadataSpace(1);
     const block = new Block(this.#nextBlockNr++, new Uint8Array(METADATA_BLOCK_SIZE_BYTES));

@@ -140,6 +140,25 @@ describe('transaction manager', () => {
     assert.equal(tm.counters.syncs, 6);
   });
 
+  test('a commit writes neighbouring blocks in one write each run, and every block reads back', async () => {
+    const file = new RecordingFile();
+    const tm = TransactionManager.format(file, { metadataBlockCount: METADATA_BLOCK_COUNT_MIN, poolId: POOL_ID });
+    const tree = new BTree(tm, codec);
+    let root = tree.createEmpty();
+    for (let key = 0; key < 20_000; key++) root = tree.insert(root, key, key * 3);
+    await tm.commit(rootsPayload(root));
+    const blockWrites = file.events.filter((event) => event.startsWith('write ')).length - 2;
+    assert.ok(tm.counters.metadataBlocksWritten - 2 > 4 * blockWrites, `${tm.counters.metadataBlocksWritten - 2} blocks in ${blockWrites} writes`);
+    const { tm: reopened, payload } = await TransactionManager.open(file.inner);
+    const again = new BTree(reopened, codec);
+    let count = 0;
+    for (const [key, value] of again.entries(payloadRoots(payload)[0]!)) {
+      assert.equal(value, key * 3);
+      count += 1;
+    }
+    assert.equal(count, 20_000);
+  });
+
   test('a failed commit makes the manager refuse every later change and commit', async () => {
     const { tm } = newManager();
     const tree = new BTree(tm, codec);

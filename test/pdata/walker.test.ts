@@ -6,7 +6,10 @@ import { BTree } from '../../src/pdata/btree/btree.ts';
 import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
 import { SubtreeShapes } from '../../src/pdata/btree/subtrees.ts';
 import { TreeWalker, type NodeVisit } from '../../src/pdata/btree/walker.ts';
+import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { CountingBlockFile } from '../../src/io/counting.ts';
 import { FakeBlockManager } from './fake-block-manager.ts';
+import { newManager, payloadRoots, readBlock, rootsPayload, writeBlock } from './helpers.ts';
 
 function sharedTrees(): { fake: FakeBlockManager; tree: BTree<number>; origin: number; copy: number } {
   const fake = new FakeBlockManager();
@@ -78,4 +81,33 @@ test('SubtreeShapes folds each root to the entry count its tree holds, shared su
   assert.equal(fold(copy), [...tree.entries(copy)].length);
   assert.equal(combined - combinedForOrigin, tree.depth(copy) - 1, 'only the copy\'s own internal nodes are combined again');
   assert.equal(shapes.fold(copy, () => 1, () => undefined, { skip: (blockNr) => blockNr === copy }), undefined, 'a skipped root has no summary');
+});
+
+test('a read-only walk reads the leaves under a node together and still validates each: a damaged leaf in the span is named, the rest delivered', async () => {
+  const { file, tm } = newManager();
+  const tree = new BTree(tm, u64Codec(TreeKind.test));
+  let root = tree.createEmpty();
+  for (let key = 0; key < 20_000; key++) root = tree.insert(root, key, key * 2);
+  await tm.commit(rootsPayload(root));
+  const leafEntries = new Map<number, number>();
+  new TreeWalker(tm).walk(root, u64Codec(TreeKind.test), { leaf: (_key, _value, leafBlockNr) => leafEntries.set(leafBlockNr, (leafEntries.get(leafBlockNr) ?? 0) + 1) });
+  const leaves = [...leafEntries.keys()];
+  const damaged = leaves[Math.floor(leaves.length / 2)]!;
+  const bytes = readBlock(file, damaged);
+  bytes[2000] = bytes[2000]! ^ 0x01;
+  writeBlock(file, damaged, bytes);
+
+  const counting = new CountingBlockFile(file);
+  const { tm: readOnly, payload } = await TransactionManager.open(counting, { readOnly: true });
+  const readsBefore = counting.counters.reads;
+  const walker = new TreeWalker(readOnly);
+  let entries = 0;
+  const corrupt = walker.walk(payloadRoots(payload)[0]!, u64Codec(TreeKind.test), { leaf: () => (entries += 1) });
+  assert.deepEqual(
+    corrupt.map((problem) => problem.blockNr),
+    [damaged],
+  );
+  assert.match(corrupt[0]!.error.message, /checksum mismatch/);
+  assert.equal(entries, 20_000 - leafEntries.get(damaged)!, 'every other leaf delivers its entries');
+  assert.ok(counting.counters.reads - readsBefore < leaves.length / 2, `${counting.counters.reads - readsBefore} reads for ${leaves.length} leaves: read together`);
 });

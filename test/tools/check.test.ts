@@ -272,13 +272,29 @@ test('a mapping root that is not the block its device entry recorded (a lost wri
 
 test("check's data reference sweep gives the same runs as the pool's coverage sweep, for any references", () => {
   fc.assert(
-    fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 200 }), fc.integer({ min: 1, max: 20 })), { maxLength: 60 }), (ranges) => {
-      const runs = new ReferenceRuns();
-      for (const [begin, lengthBlocks] of ranges) runs.add(begin, begin + lengthBlocks);
-      assert.deepEqual(runs.coverage(), coverageRuns(ranges.map(([begin, lengthBlocks]) => ({ begin, end: begin + lengthBlocks, count: 1 }))));
+    fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 200 }), fc.integer({ min: 1, max: 20 })), { maxLength: 300 }), (ranges) => {
+      const expected = coverageRuns(ranges.map(([begin, lengthBlocks]) => ({ begin, end: begin + lengthBlocks, count: 1 })));
+      // Sorted ranges, a count per block, and a count per block for part of them (the rest sorted).
+      for (const dataBlockCount of [0, 300, 120]) {
+        const runs = new ReferenceRuns(dataBlockCount);
+        for (const [begin, lengthBlocks] of ranges) runs.add(begin, begin + lengthBlocks);
+        assert.deepEqual(runs.coverage(), expected, `counted with ${dataBlockCount} dense blocks`);
+        assert.deepEqual(runs.coverage(), expected, `counted again with ${dataBlockCount} dense blocks`);
+      }
     }),
     { numRuns: 500 },
   );
+});
+
+test('a data block referenced more than 254 times is counted in full when counted per block', () => {
+  const runs = new ReferenceRuns(16);
+  for (let index = 0; index < 600; index++) runs.add(5, 7);
+  runs.add(6, 8);
+  assert.deepEqual(runs.coverage(), [
+    { begin: 5, end: 6, count: 600 },
+    { begin: 6, end: 7, count: 601 },
+    { begin: 7, end: 8, count: 1 },
+  ]);
 });
 
 test('one bad copy of a mirrored node loses nothing: check passes and warns, naming the block and the copy', async () => {

@@ -7,7 +7,6 @@ import { SCRUB_RATE_BYTES_PER_SECOND_DEFAULT } from '../../constants.ts';
 import type { ScrubReport } from '../../pool/pool.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { checkPool, type CheckReport } from '../../tools/check.ts';
-import { checkAndRepairPool } from '../../tools/repair.ts';
 import { ThinError } from '../../errors.ts';
 
 /** Problems found are the command's answer, not its failure: it prints them and sets exit code 1 (result). */
@@ -36,6 +35,8 @@ export function registerCheckCommand(program: Command, reporter: Reporter, resul
         for (const problem of report.problems) reporter.out(`${problem.where}: ${problem.message}`);
       };
       if (options.repair) {
+        // Repair (restore's writer, the XML reader) is loaded only for --repair: a plain check starts faster.
+        const { checkAndRepairPool } = await import('../../tools/repair.ts');
         const repaired = await checkAndRepairPool(dir, { onProgress }).finally(() => progress?.stop());
         if (options.json) {
           reporter.json(repaired);

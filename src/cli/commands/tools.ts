@@ -10,18 +10,11 @@ import { assertPoolExists, withReadTarget } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { StreamSink } from '../../tools/dump/sink.ts';
-import { XmlDumpWriter } from '../../tools/dump/xml.ts';
-import { JsonDumpWriter } from '../../tools/dump/json.ts';
-import { HumanDumpWriter } from '../../tools/dump/human.ts';
-import { dumpPool } from '../../tools/dump/pool-dump.ts';
 import type { DumpVisitor } from '../../tools/dump/events.ts';
-import { restorePool, type RestoreData } from '../../tools/restore.ts';
-import { writePoolDelta } from '../../tools/delta.ts';
+import type { RestoreData } from '../../tools/restore.ts';
 import { estimateMetadataSize } from '../../tools/metadata-size.ts';
-import { packMetadata, unpackMetadata } from '../../tools/pack.ts';
-import { repairPool } from '../../tools/repair.ts';
 import { openPrivateFile } from '../../io/private.ts';
-import { METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
+import { METADATA_BLOCK_SIZE_BYTES, RESTORE_FILE_READ_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
 
 
 function choice<T extends string>(option: string, text: string, allowed: readonly T[]): T {
@@ -47,6 +40,8 @@ async function withOutput(file: string | undefined, work: (stream: Writable) => 
   }
 }
 
+// Each command loads the library it runs when it runs (the group registers five commands, and
+// loading all their libraries was a large part of a short dump's or restore's time).
 export function registerToolCommands(program: Command, reporter: Reporter): void {
   program
     .command('dump')
@@ -59,6 +54,12 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       const format = choice('--format', options.format, ['xml', 'json', 'human'] as const);
       assertPoolExists(dir);
       let progress: Progress | undefined;
+      const [{ dumpPool }, { XmlDumpWriter }, { JsonDumpWriter }, { HumanDumpWriter }] = await Promise.all([
+        import('../../tools/dump/pool-dump.ts'),
+        import('../../tools/dump/xml.ts'),
+        import('../../tools/dump/json.ts'),
+        import('../../tools/dump/human.ts'),
+      ]);
       await withReadTarget(dir, (target) => withOutput(options.output, async (stream) => {
         const sink = new StreamSink(stream);
         const writer: DumpVisitor =
@@ -97,7 +98,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
         input = process.stdin;
       } else {
         const totalBytes = statSync(options.input).size;
-        const stream = createReadStream(options.input);
+        const stream = createReadStream(options.input, { highWaterMark: RESTORE_FILE_READ_BYTES });
         progress = startProgress('restore', totalBytes, { bytes: true });
         input = (async function* counted() {
           let doneBytes = 0;
@@ -108,6 +109,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
           }
         })();
       }
+      const { restorePool } = await import('../../tools/restore.ts');
       const summary = await restorePool(input, { dir, data, ...(metadataSizeBytes === undefined ? {} : { metadataSizeBytes }) }).finally(() => progress?.stop());
       for (const warning of summary.warnings) reporter.note(`warning: ${warning}`);
       if (options.json) {
@@ -133,6 +135,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       const format = choice('--format', options.format, ['xml', 'json'] as const);
       assertPoolExists(dir);
       const sink = new StreamSink(process.stdout);
+      const { writePoolDelta } = await import('../../tools/delta.ts');
       await withReadTarget(dir, (target) => writePoolDelta(target, left, right, sink, { format, verbose: options.verbose === true }));
       await sink.flush();
     });
@@ -148,6 +151,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       const dir = poolDirectory(options.pool);
       assertPoolExists(dir);
       const blockSizeBytes = options.blockSize === undefined ? undefined : sizeOption('--block-size', options.blockSize);
+      const { repairPool } = await import('../../tools/repair.ts');
       const report = await repairPool(dir, poolDirectory(options.output), blockSizeBytes === undefined ? {} : { blockSizeBytes });
       if (options.json) {
         reporter.json(report);
@@ -204,6 +208,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       const dir = poolDirectory(options.pool);
       assertPoolExists(dir);
       let progress: Progress | undefined;
+      const { packMetadata } = await import('../../tools/pack.ts');
       const summary = await withReadTarget(dir, (target) =>
         packMetadata(target, options.output, {
           onProgress: (done, total) => {
@@ -223,6 +228,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
     .option('--data <path>', 'data file or device to link when the directory has none (default: a new sparse file)')
     .action(async (options) => {
       const dir = poolDirectory(options.pool);
+      const { unpackMetadata } = await import('../../tools/pack.ts');
       const summary = await unpackMetadata(options.input, dir, options.data === undefined ? {} : { dataPath: options.data });
       reporter.out(`Unpacked ${summary.liveBlockCount} metadata blocks into ${dir} (data: ${summary.data})`);
     });

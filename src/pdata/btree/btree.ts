@@ -13,7 +13,7 @@
 //
 // Tree operations are synchronous (misses read with readSync); recursion depth is bounded by the
 // node levels, which are validated to decrease by one per step from a root below BTREE_DEPTH_MAX.
-import { BTREE_DEPTH_MAX } from '../../constants.ts';
+import { BTREE_DEPTH_MAX, METADATA_BLOCK_SIZE_BYTES } from '../../constants.ts';
 import { ThinError, assert, isThinError } from '../../errors.ts';
 import { BTREE_BLOCK_TYPES, BlockType, type Block } from '../block.ts';
 import type { BlockManager } from '../block-manager.ts';
@@ -104,6 +104,21 @@ export class BTree<V> {
    */
   *entries(root: number, beginKey = 0, endKey = Number.MAX_SAFE_INTEGER + 1): Generator<[number, V]> {
     for (const entry of this.#forward(root, beginKey)) {
+      if (entry[0] >= endKey) return;
+      yield entry;
+    }
+  }
+
+  /**
+   * entries() for a reader that reads each node once (dump, delta): a node not in memory is read
+   * into one buffer per level instead of into the manager's cache, and the leaves under a node
+   * are read together (BlockManager.readInto and prefetch). The same laziness rule.
+   */
+  *entriesReadOnce(root: number, beginKey = 0, endKey = Number.MAX_SAFE_INTEGER + 1): Generator<[number, V]> {
+    // One buffer per level, and one for the root: a frame replaces only the popped frame of its level.
+    const buffers: Uint8Array[] = [];
+    for (let index = 0; index <= BTREE_DEPTH_MAX; index++) buffers.push(new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
+    for (const entry of this.#forward(root, beginKey, buffers)) {
       if (entry[0] >= endKey) return;
       yield entry;
     }
@@ -256,9 +271,10 @@ export class BTree<V> {
     keyBegin: number | undefined,
     keyEnd: number | undefined,
     transactionId?: number,
+    scratch?: Uint8Array,
   ): Block {
     const types = level === undefined ? BTREE_BLOCK_TYPES : level === 0 ? BlockType.btreeLeaf : BlockType.btreeInternal;
-    const block = this.tm.read(blockNr, types, transactionId);
+    const block = scratch === undefined ? this.tm.read(blockNr, types, transactionId) : this.tm.readInto(blockNr, types, transactionId, scratch);
     if (transactionId !== undefined && block.transactionId !== transactionId) throw staleChild(block, transactionId);
     const expect = {
       treeKind: this.codec.treeKind,
@@ -307,12 +323,23 @@ export class BTree<V> {
     return this.codec.unpack(block.view, valueOffset(block, index));
   }
 
-  #childFrame(parent: Frame, index: number): Frame {
+  /** `buffers`: read once (entriesReadOnce), into the buffer of the child's level. */
+  #childFrame(parent: Frame, index: number, buffers?: Uint8Array[]): Frame {
     const node = parent.block;
     const keyBegin = keyAt(node, index);
     const keyEnd = index + 1 < entryCount(node) ? keyAt(node, index + 1) : parent.keyEnd;
-    const block = this.#readNode(childAt(node, index), nodeLevel(node) - 1, keyBegin, keyEnd, childTransactionIdAt(node, index));
+    const level = nodeLevel(node) - 1;
+    const block = this.#readNode(childAt(node, index), level, keyBegin, keyEnd, childTransactionIdAt(node, index), buffers?.[level]);
+    if (buffers !== undefined) this.#prefetchLeaves(block);
     return { block, index: 0, keyBegin, keyEnd };
+  }
+
+  /** For a read-once walk: the leaves below a level-1 node are read next, one after another. */
+  #prefetchLeaves(block: Block): void {
+    if (nodeLevel(block) !== 1) return;
+    const children: number[] = [];
+    for (let index = 0; index < entryCount(block); index++) children.push(childAt(block, index));
+    this.tm.prefetch(children);
   }
 
   #findLeafEntry(root: number, key: number): { block: Block; index: number } | undefined {
@@ -327,8 +354,11 @@ export class BTree<V> {
     return undefined;
   }
 
-  *#forward(root: number, key: number): Generator<[number, V]> {
-    const stack: Frame[] = [{ block: this.#readNode(root, undefined, undefined, undefined), index: 0, keyBegin: undefined, keyEnd: undefined }];
+  /** `buffers`: read each node once (entriesReadOnce): one buffer per level, the root's last. */
+  *#forward(root: number, key: number, buffers?: Uint8Array[]): Generator<[number, V]> {
+    const rootBlock = this.#readNode(root, undefined, undefined, undefined, undefined, buffers?.[BTREE_DEPTH_MAX]);
+    if (buffers !== undefined) this.#prefetchLeaves(rootBlock);
+    const stack: Frame[] = [{ block: rootBlock, index: 0, keyBegin: undefined, keyEnd: undefined }];
     // Descend towards key.
     for (;;) {
       const top = stack[stack.length - 1]!;
@@ -337,7 +367,7 @@ export class BTree<V> {
         break;
       }
       top.index = Math.max(floorIndex(top.block, key), 0);
-      stack.push(this.#childFrame(top, top.index));
+      stack.push(this.#childFrame(top, top.index, buffers));
     }
     while (stack.length > 0) {
       const top = stack[stack.length - 1]!;
@@ -356,13 +386,13 @@ export class BTree<V> {
         stack.pop();
         continue;
       }
-      stack.push(this.#childFrame(top, top.index));
+      stack.push(this.#childFrame(top, top.index, buffers));
       // Descend to the leftmost leaf below.
       for (;;) {
         const last = stack[stack.length - 1]!;
         if (isLeaf(last.block)) break;
         last.index = 0;
-        stack.push(this.#childFrame(last, 0));
+        stack.push(this.#childFrame(last, 0, buffers));
       }
     }
   }

@@ -12,6 +12,7 @@
 //   block's reference count counts under dm-thin's scheme (a leaf shared by snapshots is one
 //   reference).
 // The walk is iterative; levels must decrease by one per step, so corrupt input cannot loop.
+import { METADATA_BLOCK_SIZE_BYTES } from '../../constants.ts';
 import { ThinError, isThinError } from '../../errors.ts';
 import { BTREE_BLOCK_TYPES, BlockType } from '../block.ts';
 import type { BlockManager } from '../block-manager.ts';
@@ -106,6 +107,12 @@ export class TreeWalker {
       this.corruptions.push(problem);
       visitor.corrupt?.(problem);
     };
+    // Each node is read once: into one buffer per walk (a visitor may start another walk), not
+    // into the manager's cache (BlockManager.readInto). A leaf's keys and values are decoded whole
+    // before the visitor sees any, into arrays reused from leaf to leaf.
+    const scratch = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    const keys: number[] = [];
+    const values: V[] = [];
     const stack: Pending[] = [{ blockNr: root, transactionId: undefined, level: undefined, keyBegin: undefined, keyEnd: undefined, path: [root] }];
     while (stack.length > 0) {
       const pending = stack.pop()!;
@@ -131,7 +138,7 @@ export class TreeWalker {
       let block;
       try {
         const types = pending.level === undefined ? BTREE_BLOCK_TYPES : pending.level === 0 ? BlockType.btreeLeaf : BlockType.btreeInternal;
-        block = this.tm.read(blockNr, types, pending.transactionId);
+        block = this.tm.readInto(blockNr, types, pending.transactionId, scratch);
         if (pending.transactionId !== undefined && block.transactionId !== pending.transactionId) {
           throw new ThinError(
             'THIN_CORRUPT_BLOCK',
@@ -187,19 +194,29 @@ export class TreeWalker {
         path: pending.path,
       });
       if (isLeaf(block)) {
-        const values: Array<[number, V]> = [];
+        keys.length = 0;
+        values.length = 0;
         try {
-          for (let index = 0; index < count; index++) values.push([keyAt(block, index), codec.unpack(block.view, valueOffset(block, index))]);
+          for (let index = 0; index < count; index++) {
+            keys.push(keyAt(block, index));
+            values.push(codec.unpack(block.view, valueOffset(block, index)));
+          }
         } catch (error) {
           if (!isThinError(error)) throw error;
           report(pending, corruptNode(pending, `bad value at entry ${values.length}: ${error.message}`));
           continue;
         }
         seenNow.visited = true;
-        if (visitor.leaf !== undefined) for (const [key, value] of values) visitor.leaf(key, value, blockNr);
+        if (visitor.leaf !== undefined) for (let index = 0; index < count; index++) visitor.leaf(keys[index]!, values[index]!, blockNr);
         continue;
       }
       seenNow.visited = true;
+      if (level === 1) {
+        // The leaves below are read next, one after another.
+        const children: number[] = [];
+        for (let index = 0; index < count; index++) if (!this.#seen.has(childAt(block, index))) children.push(childAt(block, index));
+        this.tm.prefetch(children);
+      }
       // Push children in reverse so they are visited in key order.
       for (let index = count - 1; index >= 0; index--) {
         stack.push({

@@ -180,10 +180,10 @@ export function dispatch(event: DumpEvent, visitor: DumpVisitor): VisitResult {
       const { kind: _kind, ...device } = event;
       return visitor.deviceBegin(device);
     }
-    case 'mapping': {
-      const { kind: _kind, ...mapping } = event;
-      return visitor.mapping(mapping);
-    }
+    case 'mapping':
+      // Field by field, not `...rest`: a restore dispatches millions of these, and an object rest
+      // copy is several times slower than a literal.
+      return visitor.mapping({ originBegin: event.originBegin, dataBegin: event.dataBegin, length: event.length, time: event.time });
     case 'deviceEnd':
       return visitor.deviceEnd();
     case 'badRange': {
