@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DELTA_LOG_BLOCK_COUNT } from '../../src/constants.ts';
 import { BTree } from '../../src/pdata/btree/btree.ts';
-import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
+import { TreeKind, u64Codec, type ValueCodec } from '../../src/pdata/btree/codec.ts';
 import { nodeCapacity } from '../../src/pdata/btree/node.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
 import { TreeWalker } from '../../src/pdata/btree/walker.ts';
@@ -146,6 +146,31 @@ describe('B+tree', () => {
     );
   });
 
+  test('keys inserted in ascending order fill every node but the last of each level (a restore builds full nodes)', () => {
+    const { tm } = newManager();
+    const tree = new BTree(tm, u64Codec(TreeKind.test));
+    let root = tree.createEmpty();
+    const capacity = nodeCapacity(8);
+    const count = capacity * 7 + 5;
+    for (let key = 0; key < count; key++) root = tree.insert(root, key * 3, key);
+    const leaves = leafEntryCounts(tm, root, u64Codec(TreeKind.test));
+    assert.deepEqual(leaves, [...Array<number>(7).fill(capacity), 5]);
+    assert.deepEqual([...tree.entries(root)].map(([key]) => key), Array.from({ length: count }, (_, index) => index * 3));
+  });
+
+  test('a full node that is not the last of its level splits in halves, leaving room on both sides', () => {
+    const { tm } = newManager();
+    const tree = new BTree(tm, u64Codec(TreeKind.test));
+    let root = tree.createEmpty();
+    const capacity = nodeCapacity(8);
+    // Two full leaves: [0, capacity) and [capacity, 2 capacity) (ascending inserts fill them).
+    for (let key = 0; key < 2 * capacity; key++) root = tree.insert(root, key * 2, key);
+    // A key past the first leaf's last is an append to a leaf that has a right sibling: halves.
+    root = tree.insert(root, 2 * capacity - 1, 0);
+    const leaves = leafEntryCounts(tm, root, u64Codec(TreeKind.test));
+    assert.deepEqual(leaves, [capacity >>> 1, capacity - (capacity >>> 1) + 1, capacity]);
+  });
+
   for (const seed of [21, 22, 23]) {
     test(`a snapshot taken with retainTree is unchanged by changes to its origin, and either side can be released (seed ${seed})`, async () => withSeed(seed, async () => {
       const random = new Random(seed);
@@ -241,6 +266,18 @@ describe('B+tree', () => {
     assert.throws(() => other.lookup(root, 1), (error: Error & { code?: string }) => error.code === 'THIN_CORRUPT_NODE');
   });
 });
+
+/** Entries of each leaf of the tree, in key order. */
+function leafEntryCounts<V>(tm: TransactionManager, root: number, codec: ValueCodec<V>): number[] {
+  const walker = new TreeWalker(tm);
+  const leaves: Array<[number, number]> = [];
+  walker.walk(root, codec, {
+    node(visit) {
+      if (visit.level === 0) leaves.push([visit.keyBegin ?? 0, visit.entryCount]);
+    },
+  });
+  return leaves.sort((a, b) => a[0] - b[0]).map(([, count]) => count);
+}
 
 function countSpaceMapNodes(tm: TransactionManager): number {
   const walker = new TreeWalker(tm);

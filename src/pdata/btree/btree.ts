@@ -128,7 +128,7 @@ export class BTree<V> {
 
   #insertRoot(root: number, key: number, value: V): number {
     const node = this.#shadow(root, undefined);
-    const split = this.#insertInto(node, key, value);
+    const split = this.#insertInto(node, key, value, true);
     if (split === undefined) return node.blockNr;
     const newRoot = this.tm.allocate(BlockType.btreeInternal);
     initNode(newRoot, this.codec.treeKind, nodeLevel(node) + 1, CHILD_VALUE_BYTES);
@@ -431,14 +431,15 @@ export class BTree<V> {
     return child;
   }
 
-  #insertInto(node: Block, key: number, value: V): Split | undefined {
+  /** `rightmost`: node is the last at its level, so a key past its last entry is an append. */
+  #insertInto(node: Block, key: number, value: V, rightmost: boolean): Split | undefined {
     if (isLeaf(node)) {
       const index = ceilingIndex(node, key);
       if (index < entryCount(node) && keyAt(node, index) === key) {
         this.codec.pack(value, node.view, valueOffset(node, index));
         return undefined;
       }
-      return this.#insertEntry(node, index, key, (block, at) => this.codec.pack(value, block.view, valueOffset(block, at)));
+      return this.#insertEntry(node, index, key, rightmost, (block, at) => this.codec.pack(value, block.view, valueOffset(block, at)));
     }
     let index = floorIndex(node, key);
     if (index < 0) {
@@ -446,13 +447,25 @@ export class BTree<V> {
       setKey(node, 0, key); // key[0] stays a lower bound of everything under child 0
     }
     const child = this.#shadowChild(node, index);
-    const split = this.#insertInto(child, key, value);
+    const split = this.#insertInto(child, key, value, rightmost && index === entryCount(node) - 1);
     if (split === undefined) return undefined;
-    return this.#insertEntry(node, index + 1, split.key, (block, at) => setChild(block, at, split.blockNr, split.transactionId));
+    return this.#insertEntry(node, index + 1, split.key, rightmost, (block, at) => setChild(block, at, split.blockNr, split.transactionId));
   }
 
-  /** Inserts an entry at index, splitting a full node in two; returns the new right sibling if any. */
-  #insertEntry(node: Block, index: number, key: number, writeValue: (block: Block, index: number) => void): Split | undefined {
+  /**
+   * Inserts an entry at index, splitting a full node in two; returns the new right sibling if any.
+   * An append to the last node of its level (keys arriving in ascending order: a restore, a volume
+   * written from start to end) leaves the full node full and starts the sibling with the new entry
+   * alone, so such trees are built with full nodes rather than half-full ones. Elsewhere the node
+   * splits in halves, which leaves room on both sides for keys arriving in any order.
+   */
+  #insertEntry(
+    node: Block,
+    index: number,
+    key: number,
+    rightmost: boolean,
+    writeValue: (block: Block, index: number) => void,
+  ): Split | undefined {
     const count = entryCount(node);
     if (count < capacityOf(node)) {
       openGap(node, index);
@@ -462,11 +475,11 @@ export class BTree<V> {
     }
     const right = this.tm.allocate(node.type);
     initNode(right, this.codec.treeKind, nodeLevel(node), valueSizeOf(node));
-    const half = count >>> 1;
+    const half = rightmost && index === count ? count : count >>> 1;
     copyEntries(node, half, right, 0, count - half);
     setEntryCount(right, count - half);
     setEntryCount(node, half);
-    if (index <= half) {
+    if (index <= half && half < count) {
       openGap(node, index);
       setKey(node, index, key);
       writeValue(node, index);
