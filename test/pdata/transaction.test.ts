@@ -209,7 +209,7 @@ describe('transaction manager', () => {
   test('filling the metadata fails with THIN_NO_METADATA_SPACE and still commits from the reserve', async () => {
     const { file, tm } = newManager();
     const tree = new BTree(tm, u64Codec(TreeKind.test));
-    const spaceMap = SpaceMap.create(tm, 10_000_000);
+    const spaceMap = SpaceMap.create(tm, 100_000_000);
     let root = tree.createEmpty();
     let key = 0;
     let failure: unknown;

@@ -18,7 +18,8 @@ import type { BlockManager } from '../block-manager.ts';
 import { reservedBlocks } from '../reserved-blocks.ts';
 import { TreeKind, type ValueCodec } from './codec.ts';
 import { refCountExtentCodec } from '../space-map.ts';
-import { childAt, childTransactionIdAt, describeKeyRange, entryCount, isLeaf, keyAt, nodeLevel, nodeProblem, valueOffset } from './node.ts';
+import { childAt, childTransactionIdAt, describeKeyRange, entryCount, isLeaf, keyAt, nodeLevel, nodeProblem } from './node.ts';
+import { leafValueAt } from './leaf.ts';
 
 export interface NodeVisit {
   blockNr: number;
@@ -156,6 +157,7 @@ export class TreeWalker {
       const problem = nodeProblem(block, {
         treeKind: codec.treeKind,
         leafValueSizeBytes: codec.sizeBytes,
+        compactValueSizeBytes: codec.compact?.sizeBytes,
         level: pending.level,
         keyBegin: pending.keyBegin,
         keyEnd: pending.keyEnd,
@@ -189,7 +191,7 @@ export class TreeWalker {
       if (isLeaf(block)) {
         const values: Array<[number, V]> = [];
         try {
-          for (let index = 0; index < count; index++) values.push([keyAt(block, index), codec.unpack(block.view, valueOffset(block, index))]);
+          for (let index = 0; index < count; index++) values.push([keyAt(block, index), leafValueAt(block, index, codec)]);
         } catch (error) {
           if (!isThinError(error)) throw error;
           report(pending, corruptNode(pending, `bad value at entry ${values.length}: ${error.message}`));
