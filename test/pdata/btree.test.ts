@@ -135,6 +135,36 @@ describe('B+tree', () => {
     }));
   }
 
+  test('a tree of wide leaves (as format version 3 wrote every leaf) reads unchanged through a codec with a compact form, and the leaves it changes become compact', async () => {
+    const { file, tm } = newManager();
+    const dataRefs = new Map<number, number>();
+    const wideCodec = dataRefCodec(8, dataRefs);
+    const wide = new BTree(tm, wideCodec);
+    let root = wide.createEmpty();
+    const model = new Map<number, number>();
+    for (let index = 0; index < 1000; index++) {
+      const key = (index * 7919) % 5000;
+      root = wide.insert(root, key, index + 1);
+      wideCodec.retain!(index + 1);
+      model.set(key, index + 1);
+    }
+    await tm.commit(rootsPayload(root));
+    const { tm: reopened, payload } = await TransactionManager.open(file);
+    const codec = compactDataRefCodec(dataRefs);
+    const tree = new BTree(reopened, codec);
+    [root] = payloadRoots(payload) as [number];
+    assert.deepEqual(leafLayouts(reopened, root, codec).filter((layout) => layout === 'compact'), [], 'every leaf starts wide');
+    assert.deepEqual([...tree.entries(root)], sortedEntries(model));
+    // One insert past the last key changes the last leaf only.
+    root = tree.insert(root, 5001, 9999);
+    codec.retain!(9999);
+    model.set(5001, 9999);
+    const layouts = leafLayouts(reopened, root, codec);
+    assert.equal(layouts.filter((layout) => layout === 'compact').length, 1, `one leaf rewritten compact (${layouts.join(', ')})`);
+    assert.deepEqual([...tree.entries(root)], sortedEntries(model));
+    checkReferences(reopened, [root], codec, dataRefs);
+  });
+
   test('keys near 2^53 are stored exactly', () => {
     const { tm } = newManager();
     const tree = new BTree(tm, u64Codec(TreeKind.test));

@@ -432,6 +432,14 @@ export class BTree<V> {
         for (let index = 0; index < count; index++) this.tm.inc(childAt(block, index));
       }
     }
+    if (block.blockNr !== blockNr && isLeaf(block) && !isCompact(block) && this.codec.compact !== undefined) {
+      // A wide leaf copied into this transaction (written by an older build, or holding values
+      // that once did not fit) is rewritten compact when its entries now fit one: pools of format
+      // version 3 and older become compact where they change.
+      const entries = leafEntries(block, this.codec);
+      const plan = planLeaf(entries, this.codec);
+      if (plan !== undefined && plan.layout === NodeLayout.compact) writeLeaf(block, entries, plan, this.codec);
+    }
     return block;
   }
 
