@@ -15,7 +15,7 @@ import path from 'node:path';
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../../src/constants.ts';
 import { BTREE_BLOCK_TYPES, Block, SpaceMap, TransactionManager, TreeWalker, sealBlock, type NodeVisit, type ValueCodec } from '../../../src/pdata/index.ts';
 import { FileBlockFile } from '../../../src/io/file.ts';
-import { EXTENT_VALUE_SIZE_BYTES, MAPPING_TREE_KIND, decodePoolPayload, encodePoolPayload, packExtent, unpackExtent } from '../../../src/pool/codecs.ts';
+import { decodePoolPayload, encodePoolPayload } from '../../../src/pool/codecs.ts';
 import { extentReadCodec, writtenBy } from '../../../src/pool/trees.ts';
 import { Pool } from '../../../src/pool/pool.ts';
 import type { Extent } from '../../../src/pool/ranges.ts';
