@@ -173,11 +173,17 @@ export const METADATA_BLOCK_HEADER_BYTES = 32;
  * On-disk format version written in every superblock copy; open refuses others (THIN_FORMAT).
  * Version 2 reserves the delta log's ring (DELTA_LOG_FIRST_BLOCK_NR ..): in version 1 pools those
  * blocks may hold tree nodes. Version 3 names the metadata mirror in the superblock and holds bad
- * ranges in the pool's payload (docs/format.md "Metadata mirror", "Bad ranges").
+ * ranges in the pool's payload (docs/format.md "Metadata mirror", "Bad ranges"). Version 4 lets
+ * mapping tree leaves be compact (docs/format.md "Compact leaf").
  */
-export const METADATA_FORMAT_VERSION = 3;
-/** Versions open reads: a version 2 pool is upgraded (its mirror written) by its first read-write open. */
-export const METADATA_FORMAT_VERSIONS_READ: readonly number[] = [2, 3];
+export const METADATA_FORMAT_VERSION = 4;
+/**
+ * Versions open reads. Every commit writes METADATA_FORMAT_VERSION, so the first commit of a read-write
+ * open upgrades an older pool: a version 2 pool gets its mirror; a version 2 or 3 pool's wide
+ * mapping leaves stay readable and are rewritten compact as they change (version 4: compact leaves,
+ * docs/format.md "Compact leaf"), which builds that read only up to 3 refuse.
+ */
+export const METADATA_FORMAT_VERSIONS_READ: readonly number[] = [2, 3, 4];
 
 /**
  * Metadata block numbers of the superblock copies: far apart (256 KiB, 4 MiB, 64 MiB) because

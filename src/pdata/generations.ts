@@ -104,7 +104,7 @@ export async function openNewestGeneration<T extends BlockManager>(
       throw new ThinError(
         'THIN_FORMAT',
         `Metadata generation ${candidate.generation} on ${file.description} has format version ${candidate.formatVersion}; ` +
-          `this build reads versions ${METADATA_FORMAT_VERSIONS_READ.join(' and ')}`,
+          `this build reads versions ${METADATA_FORMAT_VERSIONS_READ.join(', ')}`,
       );
     }
     try {

@@ -22,7 +22,7 @@ export {
 export type { SuperblockFields, SuperblockCopy } from './superblock.ts';
 export { BTree } from './btree/btree.ts';
 export { TreeKind, u64Codec, unpackSafeU64 } from './btree/codec.ts';
-export type { ValueCodec } from './btree/codec.ts';
+export type { CompactValueCodec, ValueCodec } from './btree/codec.ts';
 export { TreeWalker } from './btree/walker.ts';
 export type { NodeVisit, CorruptNode, WalkVisitor } from './btree/walker.ts';
 export { SubtreeShapes } from './btree/subtrees.ts';

@@ -9,7 +9,8 @@
 // Keep one SpaceMap object for the life of a pool: the pending list is in it.
 import { ThinError, assert } from '../errors.ts';
 import { BTree } from './btree/btree.ts';
-import { TreeKind, unpackSafeU64, type ValueCodec } from './btree/codec.ts';
+import { TreeKind, unpackSafeU64, type CompactValueCodec, type ValueCodec } from './btree/codec.ts';
+import { COMPACT_VALUE_BASES_BYTES } from './btree/node.ts';
 import { setU64 } from './block.ts';
 import type { BlockManager } from './block-manager.ts';
 
@@ -42,8 +43,44 @@ export function refCountExtentCodec(treeKind: number): ValueCodec<RefCountExtent
       if (view.getUint32(offsetBytes + 12, true) !== 0) throw new ThinError('THIN_CORRUPT_NODE', 'space map extent reserved field is not zero');
       return { lengthBlocks, count };
     },
+    compact: compactRefCountExtentCodec,
   };
 }
+
+/** Longest extent a compact space map leaf holds (its length − 1 is a u32). */
+const COMPACT_LENGTH_BLOCKS_MAX = 2 ** 32;
+
+/**
+ * Compact form (docs/format.md "Space map"): u32 lengthBlocks − 1, u32 count, no bases (they are
+ * zero). A space map whose blocks' counts alternate (the worst case: one extent per block) then
+ * costs 12 bytes per extent instead of 24.
+ */
+const compactRefCountExtentCodec: CompactValueCodec<RefCountExtent> = {
+  sizeBytes: 8,
+  chooseBases(values, view, basesOffsetBytes) {
+    if (!values.every((value) => value.lengthBlocks <= COMPACT_LENGTH_BLOCKS_MAX)) return false;
+    for (let index = 0; index < COMPACT_VALUE_BASES_BYTES; index += 4) view.setUint32(basesOffsetBytes + index, 0, true);
+    return true;
+  },
+  fits(value) {
+    return value.lengthBlocks <= COMPACT_LENGTH_BLOCKS_MAX;
+  },
+  pack(value, view, _basesOffsetBytes, offsetBytes) {
+    assert(value.lengthBlocks >= 1 && value.lengthBlocks <= COMPACT_LENGTH_BLOCKS_MAX && value.count >= 1 && value.count <= 0xffff_ffff, 'bad space map extent');
+    view.setUint32(offsetBytes, value.lengthBlocks - 1, true);
+    view.setUint32(offsetBytes + 4, value.count, true);
+  },
+  unpack(view, basesOffsetBytes, offsetBytes) {
+    // F-SM-6
+    for (let index = 0; index < COMPACT_VALUE_BASES_BYTES; index += 4) {
+      if (view.getUint32(basesOffsetBytes + index, true) !== 0) throw new ThinError('THIN_CORRUPT_NODE', 'compact space map leaf: value bases are not zero');
+    }
+    const count = view.getUint32(offsetBytes + 4, true);
+    // F-SM-1
+    if (count < 1) throw new ThinError('THIN_CORRUPT_NODE', 'space map extent has count 0');
+    return { lengthBlocks: view.getUint32(offsetBytes, true) + 1, count };
+  },
+};
 
 interface Segment {
   begin: number;

@@ -8,6 +8,7 @@ import { ThinError, assert } from '../errors.ts';
 import { VOLUME_NAME_LENGTH_MAX, VOLUME_NAME_PATTERN, VOLUME_SIZE_BYTES_MAX, WHEN_FULL_QUEUE_SECONDS_MAX } from '../constants.ts';
 import type { Extent } from './ranges.ts';
 import type { LowWater, SpaceSettings } from './space-policy.ts';
+import type { CompactValueCodec } from '../pdata/index.ts';
 
 /** "TBPL" little-endian: marks the payload as a thinbd pool's (F-POOL-1). */
 export const POOL_PAYLOAD_MAGIC = 0x4c504254;
@@ -355,7 +356,15 @@ export function unpackExtent(view: DataView, offsetBytes: number, dataBlockCount
     lengthBlocks: view.getUint32(offsetBytes + 8, true),
     time: view.getUint32(offsetBytes + 12, true),
   };
+  checkExtent(extent, dataBlockCount);
+  return extent;
+}
+
+function checkExtent(extent: Extent, dataBlockCount: number): void {
   // F-POOL-20, F-POOL-21: at least one block, all inside the data space.
+  if (!Number.isSafeInteger(extent.dataBlock + extent.lengthBlocks)) {
+    throw new ThinError('THIN_CORRUPT_NODE', `extent at data block ${extent.dataBlock} runs beyond 2^53`);
+  }
   if (extent.lengthBlocks < 1) throw new ThinError('THIN_CORRUPT_NODE', `extent at data block ${extent.dataBlock} has length 0`);
   if (extent.dataBlock + extent.lengthBlocks > dataBlockCount) {
     throw new ThinError(
@@ -363,7 +372,91 @@ export function unpackExtent(view: DataView, offsetBytes: number, dataBlockCount
       `extent at data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) runs past the data space (${dataBlockCount} blocks)`,
     );
   }
-  return extent;
+}
+
+// ---- compact mapping leaf value (docs/format.md "Compact mapping value") ----
+
+/**
+ * Bytes of an extent in a compact leaf: a u32 data block offset, then a u32 holding length − 1 in
+ * its low COMPACT_LENGTH_BITS bits and the time offset in the rest.
+ */
+export const COMPACT_EXTENT_VALUE_SIZE_BYTES = 8;
+const COMPACT_DATA_OFFSET_MAX = 0xffff_ffff;
+/**
+ * 14 bits of length, 18 of time: extents up to 16,384 blocks (1 GiB of 64 KiB blocks; longer runs
+ * are few entries and live in wide leaves), and 262,143 snapshots between the oldest and newest
+ * mapping of one leaf (one a minute for half a year) before the leaf must be wide.
+ */
+const COMPACT_LENGTH_BITS = 14;
+export const COMPACT_EXTENT_LENGTH_BLOCKS_MAX = 2 ** COMPACT_LENGTH_BITS;
+const COMPACT_TIME_OFFSET_MAX = 2 ** (32 - COMPACT_LENGTH_BITS) - 1;
+/**
+ * Room a new base leaves above the largest data block it covers (and keys, node.ts): a pool below
+ * 2^31 data blocks (128 TiB of 64 KiB blocks) keeps base 0, so no new mapping ever needs a rebase.
+ */
+const COMPACT_BASE_HEADROOM = 2 ** 31;
+
+function compactExtentFits(value: Extent, dataBase: number, timeBase: number): boolean {
+  return (
+    value.dataBlock >= dataBase &&
+    value.dataBlock - dataBase <= COMPACT_DATA_OFFSET_MAX &&
+    value.lengthBlocks <= COMPACT_EXTENT_LENGTH_BLOCKS_MAX &&
+    value.time >= timeBase &&
+    value.time - timeBase <= COMPACT_TIME_OFFSET_MAX
+  );
+}
+
+/**
+ * The compact form of mapping tree values: offsets from a data block base and a time base the
+ * leaf stores once. Scattered mappings (one entry per block) then cost 12 bytes each instead of 24.
+ */
+export function compactExtentCodec(dataBlockCount: () => number): CompactValueCodec<Extent> {
+  return {
+    sizeBytes: COMPACT_EXTENT_VALUE_SIZE_BYTES,
+    chooseBases(values, view, basesOffsetBytes) {
+      let dataMin = Number.MAX_SAFE_INTEGER;
+      let dataMax = 0;
+      let timeMin = POOL_TIME_MAX;
+      for (const value of values) {
+        dataMin = Math.min(dataMin, value.dataBlock);
+        dataMax = Math.max(dataMax, value.dataBlock);
+        timeMin = Math.min(timeMin, value.time);
+      }
+      const dataBase = values.length === 0 ? 0 : Math.min(dataMin, Math.max(0, dataMax - COMPACT_BASE_HEADROOM));
+      const timeBase = values.length === 0 ? 0 : timeMin;
+      for (const value of values) if (!compactExtentFits(value, dataBase, timeBase)) return false;
+      setU64(view, basesOffsetBytes, dataBase);
+      view.setUint32(basesOffsetBytes + 8, timeBase, true);
+      view.setUint32(basesOffsetBytes + 12, 0, true);
+      return true;
+    },
+    fits(value, view, basesOffsetBytes) {
+      return compactExtentFits(value, Number(view.getBigUint64(basesOffsetBytes, true)), view.getUint32(basesOffsetBytes + 8, true));
+    },
+    pack(value, view, basesOffsetBytes, offsetBytes) {
+      const dataBase = Number(view.getBigUint64(basesOffsetBytes, true));
+      const timeBase = view.getUint32(basesOffsetBytes + 8, true);
+      assert(value.lengthBlocks >= 1 && compactExtentFits(value, dataBase, timeBase), `extent ${JSON.stringify(value)} does not fit compact bases`);
+      view.setUint32(offsetBytes, value.dataBlock - dataBase, true);
+      view.setUint32(offsetBytes + 4, (value.lengthBlocks - 1 + (value.time - timeBase) * COMPACT_EXTENT_LENGTH_BLOCKS_MAX) >>> 0, true);
+    },
+    unpack(view, basesOffsetBytes, offsetBytes) {
+      // F-POOL-27: the bases are sane; the value they give obeys F-POOL-20 and F-POOL-21.
+      const dataBase = getU64(view, basesOffsetBytes, 'compact leaf data block base');
+      const timeBase = view.getUint32(basesOffsetBytes + 8, true);
+      if (view.getUint32(basesOffsetBytes + 12, true) !== 0) throw new ThinError('THIN_CORRUPT_NODE', 'compact leaf bases: reserved field is not zero');
+      const lengthAndTime = view.getUint32(offsetBytes + 4, true);
+      const time = timeBase + Math.floor(lengthAndTime / COMPACT_EXTENT_LENGTH_BLOCKS_MAX);
+      if (time > POOL_TIME_MAX) throw new ThinError('THIN_CORRUPT_NODE', `compact extent time ${time} is beyond the largest pool time`);
+      const extent: Extent = {
+        dataBlock: dataBase + view.getUint32(offsetBytes, true),
+        lengthBlocks: (lengthAndTime % COMPACT_EXTENT_LENGTH_BLOCKS_MAX) + 1,
+        time,
+      };
+      checkExtent(extent, dataBlockCount());
+      return extent;
+    },
+  };
 }
 
 // ---- volume details (docs/format.md "Volume details block") ----

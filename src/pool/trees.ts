@@ -15,6 +15,7 @@ import {
   packExtent,
   unpackDeviceValue,
   unpackExtent,
+  compactExtentCodec,
   type DeviceValue,
 } from './codecs.ts';
 import type { Extent } from './ranges.ts';
@@ -77,6 +78,7 @@ export function extentReadCodec(dataBlockCount: number): ValueCodec<Extent> {
     sizeBytes: EXTENT_VALUE_SIZE_BYTES,
     pack: packExtent,
     unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, dataBlockCount),
+    compact: compactExtentCodec(() => dataBlockCount),
   };
 }
 
@@ -90,6 +92,7 @@ export function makeExtentCodec(dataSpace: () => SpaceMap): ValueCodec<Extent> {
     sizeBytes: EXTENT_VALUE_SIZE_BYTES,
     pack: packExtent,
     unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, dataSpace().blockCount),
+    compact: compactExtentCodec(() => dataSpace().blockCount),
     retain: (value) => dataSpace().inc(value.dataBlock, value.lengthBlocks),
     release: (value) => dataSpace().dec(value.dataBlock, value.lengthBlocks),
   };

@@ -7,9 +7,12 @@
 // thin_metadata_size.cc). thinbd stores extents, so a pool written in runs of R blocks needs about
 // 1/R of the mapping and space-map part: `averageRunBlocks` says how long the runs are.
 //
-// thinbd's figure is derived from the node layout the code uses (nodeCapacity of pdata's node.ts
-// for the pool's 16-byte extent values, the space map's 16-byte reference-count extents, 8-byte
-// children, the device tree's values), so it follows any change of the format:
+// thinbd's figure is derived from the node layout the code uses (pdata's node.ts capacities: compact
+// leaves for the pool's extents and the space maps' reference-count extents, wide ones where their
+// values do not fit a compact leaf, 16-byte children, the device tree's values), so it follows any
+// change of the format. Mapping leaves are compact while runs are at most
+// COMPACT_EXTENT_LENGTH_BLOCKS_MAX blocks and the pool has at most 2^32 data blocks (a leaf whose
+// mappings were written more than 262,143 snapshots apart is wide; the estimate does not count that):
 //   mapping leaves      ⌈N / (leaf capacity / 2)⌉          N = mapped blocks / averageRunBlocks
 //   space-map leaves    ⌈N / (leaf capacity / 2)⌉          (one count extent per run, worst case)
 //   internal nodes      for each tree, ⌈children / (internal capacity / 2)⌉ per level up to one root
@@ -25,10 +28,19 @@ import {
   SUPERBLOCK_BLOCK_NRS,
 } from '../constants.ts';
 import { ThinError } from '../errors.ts';
-import { CHILD_VALUE_BYTES, nodeCapacity } from '../pdata/btree/node.ts';
+import { CHILD_VALUE_BYTES, compactNodeCapacity, nodeCapacity } from '../pdata/btree/node.ts';
 import { refCountExtentCodec } from '../pdata/space-map.ts';
 import { TreeKind } from '../pdata/btree/codec.ts';
-import { DEVICE_VALUE_SIZE_BYTES, EXTENT_VALUE_SIZE_BYTES } from '../pool/codecs.ts';
+import type { ValueCodec } from '../pdata/btree/codec.ts';
+import { COMPACT_EXTENT_LENGTH_BLOCKS_MAX, COMPACT_EXTENT_VALUE_SIZE_BYTES, DEVICE_VALUE_SIZE_BYTES, EXTENT_VALUE_SIZE_BYTES } from '../pool/codecs.ts';
+
+/** A compact leaf's data block offsets are u32 (docs/format.md "Compact mapping value"). */
+const COMPACT_DATA_BLOCKS_MAX = 2 ** 32;
+
+/** Entries per leaf of a tree whose values have a compact form, when they fit it. */
+function leafCapacity<V>(codec: ValueCodec<V>, compactFits: boolean): number {
+  return codec.compact !== undefined && compactFits ? compactNodeCapacity(codec.compact.sizeBytes) : nodeCapacity(codec.sizeBytes);
+}
 
 /** dm-thin's node layout as thin_metadata_size 0.9.0 assumes it: 4096-byte nodes, 64-byte header, 16-byte entries. */
 const DM_THIN_NODE_BYTES = 4096;
@@ -103,13 +115,18 @@ export function estimateMetadataSize(options: MetadataSizeOptions): MetadataSize
   const dataBlockCount = Math.floor(dataSizeBytes / blockSizeBytes);
   const entryCount = Math.ceil(dataBlockCount / averageRunBlocks);
 
-  const mappingBlocks = treeBlocks(entryCount, nodeCapacity(EXTENT_VALUE_SIZE_BYTES));
-  const dataSpaceMapBlocks = treeBlocks(entryCount, nodeCapacity(refCountExtentCodec(TreeKind.dataSpaceMap).sizeBytes));
+  const mappingCompact = averageRunBlocks <= COMPACT_EXTENT_LENGTH_BLOCKS_MAX && dataBlockCount <= COMPACT_DATA_BLOCKS_MAX;
+  const mappingBlocks = treeBlocks(
+    entryCount,
+    mappingCompact ? compactNodeCapacity(COMPACT_EXTENT_VALUE_SIZE_BYTES) : nodeCapacity(EXTENT_VALUE_SIZE_BYTES),
+  );
+  // A space map extent fits a compact leaf up to 2^32 blocks long: always, for the runs counted here.
+  const dataSpaceMapBlocks = treeBlocks(entryCount, leafCapacity(refCountExtentCodec(TreeKind.dataSpaceMap), averageRunBlocks <= 2 ** 32));
   // Each volume: a details block and the root of its mapping tree; the device tree holds one value each.
   const volumeBlocks = 2 * volumeCount + treeBlocks(volumeCount, nodeCapacity(DEVICE_VALUE_SIZE_BYTES));
   const counted = mappingBlocks + dataSpaceMapBlocks + volumeBlocks;
   // The metadata space map counts those blocks as extents too; worst case one extent per block.
-  const metadataSpaceMapBlocks = treeBlocks(counted, nodeCapacity(refCountExtentCodec(TreeKind.metadataSpaceMap).sizeBytes));
+  const metadataSpaceMapBlocks = treeBlocks(counted, leafCapacity(refCountExtentCodec(TreeKind.metadataSpaceMap), true));
   const fixedBlocks = SUPERBLOCK_BLOCK_NRS.length + DELTA_LOG_BLOCK_COUNT + metadataSpaceMapBlocks;
   const metadataBlocks = counted + fixedBlocks;
   const metadataBytes = metadataBlocks * METADATA_BLOCK_SIZE_BYTES;

@@ -108,6 +108,40 @@ export function dataRefCodec(sizeBytes: number, dataRefs: Map<number, number>, t
 }
 
 /**
+ * dataRefCodec(8) with a compact form: a u32 offset from a u64 base per leaf. Values more than
+ * 2^32 apart cannot share a compact leaf, which is how the model tests reach the wide fallback.
+ */
+export function compactDataRefCodec(dataRefs: Map<number, number>): ValueCodec<number> {
+  const fits = (value: number, base: number): boolean => value >= base && value - base <= 0xffff_ffff;
+  return {
+    ...dataRefCodec(8, dataRefs),
+    compact: {
+      sizeBytes: 4,
+      chooseBases(values, view, basesOffsetBytes) {
+        const base = values.length === 0 ? 0 : Math.min(...values);
+        if (!values.every((value) => fits(value, base))) return false;
+        setU64(view, basesOffsetBytes, base);
+        setU64(view, basesOffsetBytes + 8, 0);
+        return true;
+      },
+      fits(value, view, basesOffsetBytes) {
+        return fits(value, unpackSafeU64(view, basesOffsetBytes, 'base'));
+      },
+      pack(value, view, basesOffsetBytes, offsetBytes) {
+        const base = unpackSafeU64(view, basesOffsetBytes, 'base');
+        assert.ok(fits(value, base), `test value ${value} does not fit base ${base}`);
+        view.setUint32(offsetBytes, value - base, true);
+      },
+      unpack(view, basesOffsetBytes, offsetBytes) {
+        const value = unpackSafeU64(view, basesOffsetBytes, 'base') + view.getUint32(offsetBytes, true);
+        if (!Number.isSafeInteger(value)) throw new ThinError('THIN_CORRUPT_NODE', `test value ${value} is beyond 2^53`);
+        return value;
+      },
+    },
+  };
+}
+
+/**
  * Walks every root (once per owner) and the metadata space map, and checks that every metadata
  * block's count equals the references found, that no node is corrupt, and (when given) that the
  * data references the codec kept equal the values in distinct leaves.

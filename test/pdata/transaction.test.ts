@@ -4,8 +4,9 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { isThinError } from '../../src/errors.ts';
-import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
-import { BlockType } from '../../src/pdata/block.ts';
+import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, METADATA_FORMAT_VERSION, SUPERBLOCK_BLOCK_NRS } from '../../src/constants.ts';
+import { Block, BlockType, sealBlock } from '../../src/pdata/block.ts';
+import { SuperblockLayout } from '../../src/pdata/superblock.ts';
 import { BTree } from '../../src/pdata/btree/btree.ts';
 import { TreeKind, u64Codec } from '../../src/pdata/btree/codec.ts';
 import { SpaceMap } from '../../src/pdata/space-map.ts';
@@ -228,7 +229,7 @@ describe('transaction manager', () => {
   test('filling the metadata fails with THIN_NO_METADATA_SPACE and still commits from the reserve', async () => {
     const { file, tm } = newManager();
     const tree = new BTree(tm, u64Codec(TreeKind.test));
-    const spaceMap = SpaceMap.create(tm, 10_000_000);
+    const spaceMap = SpaceMap.create(tm, 100_000_000);
     let root = tree.createEmpty();
     let key = 0;
     let failure: unknown;
@@ -247,6 +248,40 @@ describe('transaction manager', () => {
     const { tm: reopened, payload } = await TransactionManager.open(file);
     const [treeRoot] = payloadRoots(payload);
     assert.equal(new BTree(reopened, u64Codec(TreeKind.test)).countEntries(treeRoot!), key + (tree.has(root, key * 1000) ? 1 : 0));
+  });
+
+  test('a pool of format version 3 opens, and its first commit writes version 4; a newer version is refused by name', async () => {
+    const setVersion = (file: MemoryBlockFile, version: number): void => {
+      for (const blockNr of SUPERBLOCK_BLOCK_NRS) {
+        const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+        file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+        if (bytes.every((byte) => byte === 0)) continue;
+        const block = new Block(blockNr, bytes);
+        block.view.setUint32(SuperblockLayout.formatVersionOffset, version, true);
+        sealBlock(block, block.type, block.transactionId, block.view.getBigUint64(24, true));
+        file.writeSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+      }
+    };
+    const versions = (file: MemoryBlockFile): number[] =>
+      SUPERBLOCK_BLOCK_NRS.map((blockNr) => {
+        const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+        file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
+        return new DataView(bytes.buffer).getUint32(SuperblockLayout.formatVersionOffset, true);
+      });
+    const { file, tm } = newManager();
+    const tree = new BTree(tm, codec);
+    const root = tree.insert(tree.createEmpty(), 7, 70);
+    await tm.commit(rootsPayload(root));
+    setVersion(file, 3);
+    const { tm: old, payload } = await TransactionManager.open(file);
+    assert.equal(new BTree(old, codec).lookup(payloadRoots(payload)[0]!, 7), 70);
+    await old.commit(payload);
+    assert.ok(versions(file).includes(METADATA_FORMAT_VERSION), `a copy says version ${METADATA_FORMAT_VERSION} (${versions(file).join(', ')})`);
+    setVersion(file, METADATA_FORMAT_VERSION + 1);
+    await assert.rejects(
+      TransactionManager.open(file),
+      (error) => isThinError(error, 'THIN_FORMAT') && /format version 5; this build reads versions 2, 3, 4/.test((error as Error).message),
+    );
   });
 
   test('format refuses a metadata size outside the limits', () => {

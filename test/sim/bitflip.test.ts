@@ -73,11 +73,12 @@ function setupBatches(): PoolOp[][] {
 }
 
 /** Blocks of each wide volume; every other one is written, so each written block is an extent of its own. */
-const WIDE_BLOCKS = 400;
+const WIDE_BLOCKS = 720;
 
 /**
  * Two wide volumes with every other block written: extents that never merge (their virtual
- * blocks are not contiguous), 200 per volume, so the mapping trees have internal nodes. Then a
+ * blocks are not contiguous), 360 per volume, more than a compact leaf's 335, so the mapping
+ * trees have internal nodes. Then a
  * snapshot and copy-on-write under it.
  */
 function wideBatch(): PoolOp[] {

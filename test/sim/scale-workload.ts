@@ -19,16 +19,23 @@ import { mayJoinGroup } from './nbd-sessions.ts';
 import type { NbdWorkloadOp } from './nbd-workload.ts';
 import type { BaseVolume } from './volume-oracle.ts';
 
-/** Mapped blocks of the big volume: enough for a three-level mapping tree (168 entries a leaf). */
-export const BIG_MAPPED_BLOCKS = 16_000;
+/**
+ * Mapped blocks of the big volume: enough for a three-level mapping tree. Written in ascending
+ * order, its compact leaves are full (335 entries) and its internal nodes too (168 children), so
+ * the third level needs more than 335 × 168 = 56,280 entries; full leaves also make any new
+ * mapping in the workload split one.
+ */
+export const BIG_MAPPED_BLOCKS = 60_000;
 /** Data blocks beyond the starting pool's: what the workloads fill until ENOSPC. */
 export const HEADROOM_BLOCKS = 1_000;
 /**
  * The dirty-block limit the workload runs under: one burst of scattered writes into the big
- * volume's ~190 leaves stays below it (so its flush logs it, more than one record's worth), two
- * bursts between rollups reach it.
+ * volume's ~180 leaves stays below it (so its flush logs it, more than one record's worth), two
+ * bursts between rollups reach it. The leaves start full, so a burst's first mapping in a leaf
+ * splits it: a large burst (110 to 150 new mappings, 85 to 110 leaves) dirties 170 to 230 blocks,
+ * so some large bursts are logged and others reach the limit.
  */
-export const SCALE_DIRTY_BLOCKS_MAX = 100;
+export const SCALE_DIRTY_BLOCKS_MAX = 200;
 const SMALL_VOLUME_BLOCKS = 32;
 const FILL_VOLUME_BLOCKS = 384;
 /** Every this many mapped blocks of the big volume, one holds written data (the rest read zeros). */

@@ -10,17 +10,13 @@ import { BTREE_BLOCK_TYPES, Block, BlockType, SpaceMap, TransactionManager, Tree
 import {
   DEVICE_TREE_KIND,
   DEVICE_VALUE_SIZE_BYTES,
-  EXTENT_VALUE_SIZE_BYTES,
-  MAPPING_TREE_KIND,
   decodePoolPayload,
   encodePoolPayload,
   packDeviceValue,
-  packExtent,
   unpackDeviceValue,
-  unpackExtent,
   type DeviceValue,
 } from '../../src/pool/codecs.ts';
-import { writtenBy } from '../../src/pool/trees.ts';
+import { extentReadCodec, writtenBy } from '../../src/pool/trees.ts';
 import { Pool } from '../../src/pool/pool.ts';
 import type { Extent } from '../../src/pool/ranges.ts';
 import { checkPool, type CheckReport } from '../../src/tools/check.ts';
@@ -50,7 +46,7 @@ async function usedPool(): Promise<Files> {
 }
 
 const deviceCodec: ValueCodec<DeviceValue> = { treeKind: DEVICE_TREE_KIND, sizeBytes: DEVICE_VALUE_SIZE_BYTES, pack: packDeviceValue, unpack: unpackDeviceValue };
-const extentCodec: ValueCodec<Extent> = { treeKind: MAPPING_TREE_KIND, sizeBytes: EXTENT_VALUE_SIZE_BYTES, pack: packExtent, unpack: (view, offset) => unpackExtent(view, offset, 2 ** 40) };
+const extentCodec: ValueCodec<Extent> = extentReadCodec(2 ** 40);
 
 interface Layout {
   deviceLeaf: number;

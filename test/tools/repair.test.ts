@@ -8,7 +8,7 @@ import { repairPool } from '../../src/tools/repair.ts';
 import { PoolView } from '../../src/tools/pool-view.ts';
 import { checkPool } from '../../src/tools/check.ts';
 import { TreeWalker, type ValueCodec } from '../../src/pdata/index.ts';
-import { EXTENT_VALUE_SIZE_BYTES, MAPPING_TREE_KIND, packExtent, unpackExtent } from '../../src/pool/codecs.ts';
+import { extentReadCodec } from '../../src/pool/trees.ts';
 import type { Extent } from '../../src/pool/ranges.ts';
 import { METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import { Rng } from '../sim/rng.ts';
@@ -38,12 +38,7 @@ async function leavesOf(dir: string, name: string): Promise<Array<{ blockNr: num
   const view = await PoolView.open(dir);
   try {
     const device = view.device(name);
-    const codec: ValueCodec<Extent> = {
-      treeKind: MAPPING_TREE_KIND,
-      sizeBytes: EXTENT_VALUE_SIZE_BYTES,
-      pack: packExtent,
-      unpack: (dataView, offsetBytes) => unpackExtent(dataView, offsetBytes, view.payload.dataBlockCount),
-    };
+    const codec: ValueCodec<Extent> = extentReadCodec(view.payload.dataBlockCount);
     const leaves = new Map<number, { blockNr: number; keyBegin: number; keyEnd: number }>();
     new TreeWalker(view.tm).walk(device.value.mappingRoot, codec, {
       leaf: (key, extent, leafBlockNr) => {

@@ -196,7 +196,9 @@ test('a thin-provisioning-tools 1.x dump with shared sections restores with each
 test('a restore larger than the dirty-metadata limit commits along the way, streams from a file, and checks clean', async () => {
   const scratch = new Scratch();
   try {
-    const perDevice = 200_000;
+    // Enough extents that the mapping trees' leaves (335 to a full compact leaf, as restore fills
+    // them) outnumber METADATA_DIRTY_BLOCKS_SOFT_MAX.
+    const perDevice = 750_000;
     const lines = [SB(2 * perDevice + 10, 1)];
     for (const devId of [1, 2]) {
       lines.push(DEV(devId, 0, 1));

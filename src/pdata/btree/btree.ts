@@ -33,6 +33,9 @@ import {
   initNode,
   isLeaf,
   keyAt,
+  compactNodeCapacity,
+  isCompact,
+  nodeCapacity,
   nodeEntriesMin,
   nodeLevel,
   nodeProblem,
@@ -42,9 +45,11 @@ import {
   setChild,
   setEntryCount,
   setKey,
-  valueOffset,
+  shiftEntries,
   valueSizeOf,
+  NodeLayout,
 } from './node.ts';
+import { leafEntries, leafEntryFits, leafValueAt, planLeaf, setLeafEntry, setLeafValue, writeLeaf } from './leaf.ts';
 
 interface Split {
   key: number;
@@ -66,6 +71,12 @@ export class BTree<V> {
   constructor(tm: BlockManager, codec: ValueCodec<V>) {
     if (!(codec.treeKind >= 1 && codec.treeKind <= 0xffff)) assert(false, `bad tree kind ${codec.treeKind}`);
     if (!(codec.sizeBytes >= 1 && codec.sizeBytes <= NODE_VALUE_BYTES_MAX)) assert(false, `bad value size ${codec.sizeBytes}`);
+    if (codec.compact !== undefined) {
+      // A leaf and one more entry must split into two halves that each fit a wide leaf (the
+      // layout any values fit): #rewriteLeaf relies on it.
+      const compactCapacity = compactNodeCapacity(codec.compact.sizeBytes);
+      if (!(compactCapacity + 1 <= 2 * nodeCapacity(codec.sizeBytes))) assert(false, `compact capacity ${compactCapacity} too large`);
+    }
     this.tm = tm;
     this.codec = codec;
   }
@@ -73,7 +84,7 @@ export class BTree<V> {
   /** A new empty tree (one empty leaf, count 1, owned by the caller). */
   createEmpty(): number {
     const block = this.tm.allocate(BlockType.btreeLeaf);
-    initNode(block, this.codec.treeKind, 0, this.codec.sizeBytes);
+    writeLeaf(block, [], planLeaf([], this.codec)!, this.codec);
     return block.blockNr;
   }
 
@@ -143,7 +154,7 @@ export class BTree<V> {
 
   #insertRoot(root: number, key: number, value: V): number {
     const node = this.#shadow(root, undefined);
-    const split = this.#insertInto(node, key, value);
+    const split = this.#insertInto(node, key, value, true);
     if (split === undefined) return node.blockNr;
     const newRoot = this.tm.allocate(BlockType.btreeInternal);
     initNode(newRoot, this.codec.treeKind, nodeLevel(node) + 1, CHILD_VALUE_BYTES);
@@ -279,6 +290,7 @@ export class BTree<V> {
     const expect = {
       treeKind: this.codec.treeKind,
       leafValueSizeBytes: this.codec.sizeBytes,
+      compactValueSizeBytes: this.codec.compact?.sizeBytes,
       level,
       keyBegin,
       keyEnd,
@@ -306,7 +318,7 @@ export class BTree<V> {
     const count = entryCount(block);
     for (let index = 0; index < count; index++) {
       try {
-        this.codec.unpack(block.view, valueOffset(block, index));
+        leafValueAt(block, index, this.codec);
       } catch (error) {
         if (!isThinError(error)) throw error;
         throw new ThinError(
@@ -320,7 +332,7 @@ export class BTree<V> {
   }
 
   #valueAt(block: Block, index: number): V {
-    return this.codec.unpack(block.view, valueOffset(block, index));
+    return leafValueAt(block, index, this.codec);
   }
 
   /** `buffers`: read once (entriesReadOnce), into the buffer of the child's level. */
@@ -450,6 +462,14 @@ export class BTree<V> {
         for (let index = 0; index < count; index++) this.tm.inc(childAt(block, index));
       }
     }
+    if (block.blockNr !== blockNr && isLeaf(block) && !isCompact(block) && this.codec.compact !== undefined) {
+      // A wide leaf copied into this transaction (written by an older build, or holding values
+      // that once did not fit) is rewritten compact when its entries now fit one: pools of format
+      // version 3 and older become compact where they change.
+      const entries = leafEntries(block, this.codec);
+      const plan = planLeaf(entries, this.codec);
+      if (plan !== undefined && plan.layout === NodeLayout.compact) writeLeaf(block, entries, plan, this.codec);
+    }
     return block;
   }
 
@@ -461,14 +481,31 @@ export class BTree<V> {
     return child;
   }
 
-  #insertInto(node: Block, key: number, value: V): Split | undefined {
+  /** `rightmost`: node is the last at its level, so a key past its last entry is an append. */
+  #insertInto(node: Block, key: number, value: V, rightmost: boolean): Split | undefined {
     if (isLeaf(node)) {
       const index = ceilingIndex(node, key);
-      if (index < entryCount(node) && keyAt(node, index) === key) {
-        this.codec.pack(value, node.view, valueOffset(node, index));
+      const exists = index < entryCount(node) && keyAt(node, index) === key;
+      const codec = this.codec;
+      if (codec.compact !== undefined) {
+        if (leafEntryFits(node, key, value, codec)) {
+          if (exists) {
+            setLeafValue(node, index, value, codec);
+            return undefined;
+          }
+          if (entryCount(node) < capacityOf(node)) {
+            openGap(node, index);
+            setLeafEntry(node, index, key, value, codec);
+            return undefined;
+          }
+        }
+        return this.#rewriteLeaf(node, index, exists, key, value, rightmost);
+      }
+      if (exists) {
+        setLeafValue(node, index, value, codec);
         return undefined;
       }
-      return this.#insertEntry(node, index, key, (block, at) => this.codec.pack(value, block.view, valueOffset(block, at)));
+      return this.#insertEntry(node, index, key, rightmost, (block, at) => setLeafValue(block, at, value, codec));
     }
     let index = floorIndex(node, key);
     if (index < 0) {
@@ -476,13 +513,25 @@ export class BTree<V> {
       setKey(node, 0, key); // key[0] stays a lower bound of everything under child 0
     }
     const child = this.#shadowChild(node, index);
-    const split = this.#insertInto(child, key, value);
+    const split = this.#insertInto(child, key, value, rightmost && index === entryCount(node) - 1);
     if (split === undefined) return undefined;
-    return this.#insertEntry(node, index + 1, split.key, (block, at) => setChild(block, at, split.blockNr, split.transactionId));
+    return this.#insertEntry(node, index + 1, split.key, rightmost, (block, at) => setChild(block, at, split.blockNr, split.transactionId));
   }
 
-  /** Inserts an entry at index, splitting a full node in two; returns the new right sibling if any. */
-  #insertEntry(node: Block, index: number, key: number, writeValue: (block: Block, index: number) => void): Split | undefined {
+  /**
+   * Inserts an entry at index, splitting a full node in two; returns the new right sibling if any.
+   * An append to the last node of its level (keys arriving in ascending order: a restore, a volume
+   * written from start to end) leaves the full node full and starts the sibling with the new entry
+   * alone, so such trees are built with full nodes rather than half-full ones. Elsewhere the node
+   * splits in halves, which leaves room on both sides for keys arriving in any order.
+   */
+  #insertEntry(
+    node: Block,
+    index: number,
+    key: number,
+    rightmost: boolean,
+    writeValue: (block: Block, index: number) => void,
+  ): Split | undefined {
     const count = entryCount(node);
     if (count < capacityOf(node)) {
       openGap(node, index);
@@ -492,11 +541,11 @@ export class BTree<V> {
     }
     const right = this.tm.allocate(node.type);
     initNode(right, this.codec.treeKind, nodeLevel(node), valueSizeOf(node));
-    const half = count >>> 1;
+    const half = rightmost && index === count ? count : count >>> 1;
     copyEntries(node, half, right, 0, count - half);
     setEntryCount(right, count - half);
     setEntryCount(node, half);
-    if (index <= half) {
+    if (index <= half && half < count) {
       openGap(node, index);
       setKey(node, index, key);
       writeValue(node, index);
@@ -506,6 +555,36 @@ export class BTree<V> {
       writeValue(right, index - half);
     }
     return { key: keyAt(right, 0), blockNr: right.blockNr, transactionId: right.transactionId };
+  }
+
+  /**
+   * A leaf of a tree with compact leaves that cannot take the entry in place (full, or a compact
+   * leaf whose bases are too far from it): its entries and the new one are laid out again, in one
+   * leaf when they fit one (compact when they can be), else in two. The halves always fit, wide at
+   * worst (checked in the constructor). An append to the last leaf keeps the old entries together,
+   * as #insertEntry does.
+   */
+  #rewriteLeaf(node: Block, index: number, exists: boolean, key: number, value: V, rightmost: boolean): Split | undefined {
+    const codec = this.codec;
+    const entries = leafEntries(node, codec);
+    if (exists) entries[index] = [key, value];
+    else entries.splice(index, 0, [key, value]);
+    const whole = planLeaf(entries, codec);
+    if (whole !== undefined) {
+      writeLeaf(node, entries, whole, codec);
+      return undefined;
+    }
+    let half = entries.length >>> 1;
+    if (rightmost && !exists && index === entries.length - 1 && planLeaf(entries.slice(0, -1), codec) !== undefined) half = entries.length - 1;
+    const leftEntries = entries.slice(0, half);
+    const rightEntries = entries.slice(half);
+    const leftPlan = planLeaf(leftEntries, codec);
+    const rightPlan = planLeaf(rightEntries, codec);
+    if (leftPlan === undefined || rightPlan === undefined) assert(false, `${entries.length} leaf entries do not fit two leaves`);
+    const right = this.tm.allocate(BlockType.btreeLeaf);
+    writeLeaf(node, leftEntries, leftPlan, codec);
+    writeLeaf(right, rightEntries, rightPlan, codec);
+    return { key: rightEntries[0]![0], blockNr: right.blockNr, transactionId: right.transactionId };
   }
 
   #removeFrom(node: Block, key: number): void {
@@ -519,7 +598,7 @@ export class BTree<V> {
     if (!(index >= 0)) assert(false, `key ${key} is below every key of node ${node.blockNr} yet was found`);
     const child = this.#shadowChild(node, index);
     this.#removeFrom(child, key);
-    if (entryCount(child) < nodeEntriesMin(valueSizeOf(child))) this.#rebalance(node, index, child);
+    if (entryCount(child) < nodeEntriesMin(child)) this.#rebalance(node, index, child);
   }
 
   /** Child `index` of the private node `parent` is underfull: merge it with a sibling or even them out. */
@@ -536,6 +615,10 @@ export class BTree<V> {
       leftIndex = index;
       left = child;
       right = this.#shadowChild(parent, index + 1);
+    }
+    if (isLeaf(left) && this.codec.compact !== undefined) {
+      this.#rebalanceLeaves(parent, leftIndex, left, right);
+      return;
     }
     const leftCount = entryCount(left);
     const rightCount = entryCount(right);
@@ -566,27 +649,46 @@ export class BTree<V> {
     setKey(parent, leftIndex + 1, keyAt(right, 0));
   }
 
+  /**
+   * #rebalance for leaves of a tree with compact leaves: siblings may differ in layout and bases,
+   * so their entries are laid out again. Two halves that would not fit (more entries than a wide
+   * leaf holds, with values no compact leaf can share) stay as they are: readers do not depend on
+   * the minimum fill (F-NODE-3).
+   */
+  #rebalanceLeaves(parent: Block, leftIndex: number, left: Block, right: Block): void {
+    const codec = this.codec;
+    const entries = [...leafEntries(left, codec), ...leafEntries(right, codec)];
+    const whole = planLeaf(entries, codec);
+    if (whole !== undefined) {
+      const capacity = whole.layout === NodeLayout.compact ? compactNodeCapacity(codec.compact!.sizeBytes) : nodeCapacity(codec.sizeBytes);
+      if (entries.length <= capacity - Math.floor(capacity / 4)) {
+        // Merge into left; right's references now belong to left, so right is freed without release.
+        writeLeaf(left, entries, whole, codec);
+        removeAt(parent, leftIndex + 1);
+        this.tm.dec(right.blockNr);
+        return;
+      }
+    }
+    const half = entries.length >>> 1;
+    const leftPlan = planLeaf(entries.slice(0, half), codec);
+    const rightPlan = planLeaf(entries.slice(half), codec);
+    if (leftPlan === undefined || rightPlan === undefined) return;
+    writeLeaf(left, entries.slice(0, half), leftPlan, codec);
+    writeLeaf(right, entries.slice(half), rightPlan, codec);
+    setKey(parent, leftIndex + 1, keyAt(right, 0));
+  }
+
   /** Checks a changed node right before it is written: a problem here is a bug (assert). */
   static checkBeforeWrite(block: Block, metadataBlockCount: number): void {
     const level = nodeLevel(block);
     const problem = nodeProblem(block, {
       treeKind: nodeTreeKind(block),
       leafValueSizeBytes: level === 0 ? valueSizeOf(block) : CHILD_VALUE_BYTES,
+      compactValueSizeBytes: isCompact(block) ? valueSizeOf(block) : undefined,
       metadataBlockCount,
     });
     if (!(problem === undefined)) assert(false, `B+tree node at metadata block ${block.blockNr} is about to be written broken: ${problem}`);
   }
-}
-
-/** Moves `count` entries starting at `from` to start at `to` within one node (overlap allowed). */
-function shiftEntries(block: Block, from: number, to: number, count: number): void {
-  if (count === 0 || from === to) return;
-  const valueSizeBytes = valueSizeOf(block);
-  const keyBase = valueOffset(block, 0) - capacityOf(block) * 8;
-  const valueBase = valueOffset(block, 0);
-  assert(Math.max(from, to) + count <= capacityOf(block), 'shiftEntries out of bounds');
-  block.bytes.copyWithin(keyBase + to * 8, keyBase + from * 8, keyBase + (from + count) * 8);
-  block.bytes.copyWithin(valueBase + to * valueSizeBytes, valueBase + from * valueSizeBytes, valueBase + (from + count) * valueSizeBytes);
 }
 
 function staleChild(block: Block, expectedTransactionId: number): ThinError {

@@ -22,6 +22,11 @@ export interface ValueCodec<V> {
   pack(value: V, view: DataView, offsetBytes: number): void;
   /** Validates the bytes: throws ThinError THIN_CORRUPT_NODE when they cannot be a value. */
   unpack(view: DataView, offsetBytes: number): V;
+  /**
+   * A narrower encoding for compact leaves (docs/format.md "Compact leaf"), used whenever a leaf's
+   * values lie close enough to common bases; trees without it keep every leaf wide.
+   */
+  readonly compact?: CompactValueCodec<V>;
   /** A shared leaf was copied: raise the counts of what `value` references. */
   retain?(value: V): void;
   /** A leaf holding `value` lost its last reference: drop the counts of what `value` references. */
@@ -49,4 +54,24 @@ export function u64Codec(treeKind: number): ValueCodec<number> {
       return unpackSafeU64(view, offsetBytes, 'u64');
     },
   };
+}
+
+/**
+ * Values of a compact leaf: offsets from bases the leaf stores once (COMPACT_VALUE_BASES_BYTES at
+ * `basesOffsetBytes`). Encoding is fixed width, so entries are edited in place as in wide leaves.
+ */
+export interface CompactValueCodec<V> {
+  /** Bytes of one narrow value. */
+  readonly sizeBytes: number;
+  /**
+   * Writes bases from which every one of `values` encodes and returns true, or returns false
+   * (writing nothing) when no bases do: the leaf holding them must be wide.
+   */
+  chooseBases(values: readonly V[], view: DataView, basesOffsetBytes: number): boolean;
+  /** Whether `value` encodes against the bases at basesOffsetBytes. */
+  fits(value: V, view: DataView, basesOffsetBytes: number): boolean;
+  /** Packs a value that fits (asserted). */
+  pack(value: V, view: DataView, basesOffsetBytes: number, offsetBytes: number): void;
+  /** Validates the bases and the bytes: throws ThinError THIN_CORRUPT_NODE when they cannot be a value. */
+  unpack(view: DataView, basesOffsetBytes: number, offsetBytes: number): V;
 }

@@ -19,7 +19,8 @@ import type { BlockManager } from '../block-manager.ts';
 import { reservedBlocks } from '../reserved-blocks.ts';
 import { TreeKind, type ValueCodec } from './codec.ts';
 import { refCountExtentCodec } from '../space-map.ts';
-import { childAt, childTransactionIdAt, describeKeyRange, entryCount, isLeaf, keyAt, nodeLevel, nodeProblem, valueOffset } from './node.ts';
+import { childAt, childTransactionIdAt, describeKeyRange, entryCount, isLeaf, keyAt, nodeLevel, nodeProblem } from './node.ts';
+import { leafValueAt } from './leaf.ts';
 
 export interface NodeVisit {
   blockNr: number;
@@ -163,6 +164,7 @@ export class TreeWalker {
       const problem = nodeProblem(block, {
         treeKind: codec.treeKind,
         leafValueSizeBytes: codec.sizeBytes,
+        compactValueSizeBytes: codec.compact?.sizeBytes,
         level: pending.level,
         keyBegin: pending.keyBegin,
         keyEnd: pending.keyEnd,
@@ -199,7 +201,7 @@ export class TreeWalker {
         try {
           for (let index = 0; index < count; index++) {
             keys.push(keyAt(block, index));
-            values.push(codec.unpack(block.view, valueOffset(block, index)));
+            values.push(leafValueAt(block, index, codec));
           }
         } catch (error) {
           if (!isThinError(error)) throw error;

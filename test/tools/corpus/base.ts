@@ -1,8 +1,9 @@
 // The pool every corpus entry starts from, and the tools the entries damage it with.
 //
-// The base pool is built through the library: volume a (256 scattered extents: a two-level
-// mapping tree) and its snapshot a-snap, with one write to a after the snapshot so the two share
-// some leaves and not others; b (512 scattered extents over several leaves); c (one long extent);
+// The base pool is built through the library: volume a (384 scattered extents: a two-level
+// mapping tree of compact leaves, which hold 335) and its snapshot a-snap, with one write to a
+// after the snapshot so the two share some leaves and not others; b (768 scattered extents over
+// three leaves); c (one long extent);
 // then, as the last commit, late, a snapshot of c. An entry that makes the pool fall back one
 // generation therefore costs exactly the volume late.
 //
@@ -14,8 +15,8 @@ import path from 'node:path';
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../../src/constants.ts';
 import { BTREE_BLOCK_TYPES, Block, SpaceMap, TransactionManager, TreeWalker, sealBlock, type NodeVisit, type ValueCodec } from '../../../src/pdata/index.ts';
 import { FileBlockFile } from '../../../src/io/file.ts';
-import { EXTENT_VALUE_SIZE_BYTES, MAPPING_TREE_KIND, decodePoolPayload, encodePoolPayload, packExtent, unpackExtent } from '../../../src/pool/codecs.ts';
-import { writtenBy } from '../../../src/pool/trees.ts';
+import { decodePoolPayload, encodePoolPayload } from '../../../src/pool/codecs.ts';
+import { extentReadCodec, writtenBy } from '../../../src/pool/trees.ts';
 import { Pool } from '../../../src/pool/pool.ts';
 import type { Extent } from '../../../src/pool/ranges.ts';
 import { PoolView } from '../../../src/tools/pool-view.ts';
@@ -44,10 +45,10 @@ export async function buildBasePool(dir: string): Promise<void> {
     metadataMirror: false,
   });
   try {
-    const a = await pool.createVolume('a', { sizeBytes: 512 * BLOCK_SIZE_BYTES, labels: { role: 'origin' } });
-    for (let block = 0; block < 512; block += 2) await a.write(block * BLOCK_SIZE_BYTES, rng.bytes(WRITE_BYTES));
-    const b = await pool.createVolume('b', { sizeBytes: 1024 * BLOCK_SIZE_BYTES });
-    for (let block = 0; block < 1024; block += 2) await b.write(block * BLOCK_SIZE_BYTES, rng.bytes(WRITE_BYTES));
+    const a = await pool.createVolume('a', { sizeBytes: 768 * BLOCK_SIZE_BYTES, labels: { role: 'origin' } });
+    for (let block = 0; block < 768; block += 2) await a.write(block * BLOCK_SIZE_BYTES, rng.bytes(WRITE_BYTES));
+    const b = await pool.createVolume('b', { sizeBytes: 1536 * BLOCK_SIZE_BYTES });
+    for (let block = 0; block < 1536; block += 2) await b.write(block * BLOCK_SIZE_BYTES, rng.bytes(WRITE_BYTES));
     const c = await pool.createVolume('c', { sizeBytes: 64 * BLOCK_SIZE_BYTES });
     await c.write(0, rng.bytes(64 * BLOCK_SIZE_BYTES));
     await pool.flush();
@@ -110,12 +111,7 @@ export interface PoolLayout {
 export async function layoutOf(dir: string): Promise<PoolLayout> {
   const view = await PoolView.open(dir);
   try {
-    const codec: ValueCodec<Extent> = {
-      treeKind: MAPPING_TREE_KIND,
-      sizeBytes: EXTENT_VALUE_SIZE_BYTES,
-      pack: packExtent,
-      unpack: (dataView, offsetBytes) => unpackExtent(dataView, offsetBytes, view.payload.dataBlockCount),
-    };
+    const codec: ValueCodec<Extent> = extentReadCodec(view.payload.dataBlockCount);
     const volumes = new Map<string, VolumeLayout>();
     for (const device of view.devices()) {
       const nodes: NodeVisit[] = [];

@@ -12,6 +12,7 @@ import { entry as superblocksGoneNewestTreeDamaged } from './superblocks-gone-ne
 import { entry as dataRefcountLeak } from './data-refcount-leak.ts';
 import { entry as dataRefcountDouble } from './data-refcount-double.ts';
 import { entry as mappingPastDataDevice } from './mapping-past-data-device.ts';
+import { entry as compactLeafBadBases } from './compact-leaf-bad-bases.ts';
 import { entry as misdirectedWrite } from './misdirected-write.ts';
 import { entry as staleNode } from './stale-node.ts';
 import { entry as truncatedMetadata } from './truncated-metadata.ts';
@@ -29,6 +30,7 @@ export const corpus: CorpusEntry[] = [
   dataRefcountLeak,
   dataRefcountDouble,
   mappingPastDataDevice,
+  compactLeafBadBases,
   misdirectedWrite,
   staleNode,
   truncatedMetadata,

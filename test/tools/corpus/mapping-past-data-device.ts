@@ -1,11 +1,10 @@
 // A mapping past the data device, under a valid checksum: one extent of a leaf of volume b names
-// data blocks beyond the data file. Repair drops that one mapping, not the leaf.
-import { nodeCapacity } from '../../../src/pdata/index.ts';
-import { EXTENT_VALUE_SIZE_BYTES } from '../../../src/pool/codecs.ts';
-import { DATA_BLOCK_COUNT, reseal, volumeLayout } from './base.ts';
+// data blocks beyond the data file. Repair drops that one mapping, not the leaf. The leaf is
+// compact (docs/format.md "Compact leaf"), so the damage is to a data block offset from its base.
+import { Block } from '../../../src/pdata/index.ts';
+import { isCompact, keyAt, valueOffset } from '../../../src/pdata/btree/node.ts';
+import { DATA_BLOCK_COUNT, readBlock, reseal, volumeLayout } from './base.ts';
 import type { CorpusEntry } from './entry.ts';
-
-const NODE_HEADER_BYTES = 48;
 
 export const entry: CorpusEntry = {
   name: 'mapping-past-data-device',
@@ -13,11 +12,12 @@ export const entry: CorpusEntry = {
   damage(dir, layout) {
     const b = volumeLayout(layout, 'b');
     const leaf = b.leaves[2]!;
-    const valuesOffset = NODE_HEADER_BYTES + 8 * nodeCapacity(EXTENT_VALUE_SIZE_BYTES);
-    let key = -1;
+    const block = new Block(leaf.blockNr, readBlock(dir, leaf.blockNr));
+    if (!isCompact(block)) throw new Error(`leaf ${leaf.blockNr} of volume b is not compact: the base pool is not what this entry damages`);
+    const key = keyAt(block, 0);
+    const offsetBytes = valueOffset(block, 0);
     reseal(dir, leaf.blockNr, (view) => {
-      key = Number(view.getBigUint64(NODE_HEADER_BYTES, true));
-      view.setBigUint64(valuesOffset, BigInt(DATA_BLOCK_COUNT + 10), true);
+      view.setUint32(offsetBytes, DATA_BLOCK_COUNT + 10, true);
     });
     return {
       problems: [new RegExp(`^volume b \\(id ${b.id}\\), mapping tree, metadata block ${leaf.blockNr} \\(path [^)]*\\): .*past the data space`, 'm')],
