@@ -11,6 +11,7 @@
 import { DENSE_REFERENCE_BLOCKS_MAX } from '../constants.ts';
 import { assert } from '../errors.ts';
 import type { CoverageRun } from '../pool/ranges.ts';
+import { doubled } from '../util/typed-array.ts';
 
 /** A dense count at this value continues in the overflow map. */
 const DENSE_COUNT_SATURATED = 255;
@@ -58,12 +59,8 @@ export class ReferenceRuns {
       return;
     }
     if (this.#length === this.#begins.length) {
-      const begins = new Float64Array(this.#length * 2);
-      begins.set(this.#begins);
-      this.#begins = begins;
-      const ends = new Float64Array(this.#length * 2);
-      ends.set(this.#ends);
-      this.#ends = ends;
+      this.#begins = doubled(this.#begins);
+      this.#ends = doubled(this.#ends);
     }
     this.#begins[this.#length] = begin;
     this.#ends[this.#length] = end;

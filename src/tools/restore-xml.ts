@@ -41,6 +41,7 @@ import {
 import { ThinError } from '../errors.ts';
 import { badRangeProblem, dispatch, isPending, type DeviceBegin, type DumpEvent, type DumpVisitor, type Mapping, type VolumeExtras } from './dump/events.ts';
 import { BAD_RANGE_COMMENT_KEYWORD, VOLUME_COMMENT_KEYWORD } from './dump/xml.ts';
+import { doubled } from '../util/typed-array.ts';
 
 const U32_MAX = 0xffff_ffff;
 
@@ -159,12 +160,8 @@ class RangeSet {
 
   #insert(index: number, begin: number, end: number): void {
     if (this.#count === this.#begins.length) {
-      const begins = new Float64Array(this.#count * 2);
-      begins.set(this.#begins);
-      this.#begins = begins;
-      const ends = new Float64Array(this.#count * 2);
-      ends.set(this.#ends);
-      this.#ends = ends;
+      this.#begins = doubled(this.#begins);
+      this.#ends = doubled(this.#ends);
     }
     if (index < this.#count) {
       this.#begins.copyWithin(index + 1, index, this.#count);
