@@ -62,8 +62,9 @@ fi
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi
-# Build first: bin/thinbd runs dist/, and test/index.test.ts type-checks the built package.
-npx tsc -p tsconfig.build.json
+# Build first: bin/thinbd runs dist/ (its one-file bundle), and test/index.test.ts type-checks the
+# built package.
+npm run --silent build
 npx tsc -p tsconfig.json --noEmit
 
 # What must pass on every Node line thinbd supports: the layers that meet Node's APIs (io, pdata,
