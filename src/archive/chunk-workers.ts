@@ -15,6 +15,9 @@ import type { WorkerReply, WorkerRequest } from './chunk-worker.ts';
 /** Worker threads at most: enough for the machines thinbd runs on; each holds a few jobs' bytes. */
 const WORKERS_MAX = 8;
 
+/** How long close() waits for the workers to report their end (they no longer hold the process). */
+const WORKER_CLOSE_WAIT_MS = 5_000;
+
 interface Waiter {
   resolve: (reply: WorkerReply) => void;
   reject: (error: Error) => void;
@@ -60,10 +63,14 @@ export class WorkerChunkJobs implements ChunkJobs {
         if (reply.type === 'failed') waiter?.reject(new Error(`chunk worker: ${reply.message}`));
         else waiter?.resolve(reply);
       });
-      entry.worker.on('error', (error) => {
+      const failAll = (error: Error): void => {
         for (const waiter of entry.waiters.values()) waiter.reject(error);
         entry.waiters.clear();
-      });
+      };
+      entry.worker.on('error', failAll);
+      // A worker that stops without an error event (killed, out of memory) fails what it held,
+      // rather than leaving its callers waiting for replies that cannot come.
+      entry.worker.on('exit', (code) => failAll(new Error(`chunk worker stopped (exit code ${code})`)));
       return entry;
     });
     return this.#workers;
@@ -129,9 +136,24 @@ export class WorkerChunkJobs implements ChunkJobs {
     }
   }
 
+  /**
+   * Ends the workers. They stop holding the process open at once (unref), and the wait for them
+   * is bounded: a worker ended while it is still loading its modules can take long to report its
+   * end, and the command's result must not wait for it.
+   */
   async close(): Promise<void> {
     const workers = this.#workers ?? [];
     this.#workers = undefined;
-    await Promise.all(workers.map((entry) => entry.worker.terminate()));
+    for (const entry of workers) entry.worker.unref();
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, WORKER_CLOSE_WAIT_MS);
+      timer.unref();
+    });
+    try {
+      await Promise.race([Promise.all(workers.map((entry) => entry.worker.terminate())), bound]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }

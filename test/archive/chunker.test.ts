@@ -105,3 +105,11 @@ test('worker threads chunk and compress a job in shared memory where it lies, as
     await inline.close();
   }
 });
+
+test('a job whose worker is ended before it replies fails with the worker named, it does not wait forever', async () => {
+  const workers = new WorkerChunkJobs(chunkerParams(16 * 1024), 3, 1);
+  // Sent while the worker is still starting, then the workers are ended: no reply can come.
+  const pending = workers.chunk(new Uint8Array(new SharedArrayBuffer(8 * 1024 * 1024)));
+  await workers.close();
+  await assert.rejects(pending, /chunk worker stopped \(exit code \d+\)/);
+});
