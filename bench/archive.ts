@@ -90,7 +90,7 @@ interface Round {
 export async function archiveBenchmark(flags: string[]): Promise<void> {
   requireTool('restic', 'apt-get install restic');
   requireTool('mkfs.ext4', 'apt-get install e2fsprogs');
-  if (!existsSync(join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('bench archive runs bin/thinbd: build first (npx tsc -p tsconfig.build.json)');
+  if (!existsSync(join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('bench archive runs bin/thinbd: build first (npm run build)');
   const roundsIndex = process.argv.indexOf('--rounds');
   const rounds = roundsIndex > 0 ? Number(process.argv[roundsIndex + 1]) : 3;
   const work = mkdtempSync(join(tmpdir(), 'thinbd-bench-archive-'));
