@@ -32,7 +32,7 @@ import { ByteInput, type ChunkSource } from './byte-input.ts';
 import { DataStream } from './data-stream.ts';
 import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
 import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
-import { writeFilesystem, type FilesystemSummary } from './ext4/writer.ts';
+import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
 import { chainIds, describeImageArchive, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
 import { decompressChunks, detectCompression, openSource, type Compression, type OpenedSource, type SourceOpeners } from './source.ts';
 import { parseOnThread } from './parse-thread.ts';
@@ -155,6 +155,12 @@ async function runImport(pool: Pool | undefined, name: string, source: string, o
     options.signal?.removeEventListener('abort', onAbort);
     await opened.close().catch(() => undefined);
   }
+}
+
+/** The file system's metadata, written: what it holds and what writing it took. */
+interface BuiltFilesystem {
+  summary: FilesystemSummary;
+  metadataBytesWritten: number;
 }
 
 const TEMPORARY_SUFFIX_BYTES = '.importing-'.length + 8;
@@ -289,13 +295,13 @@ class ImageBuild {
       throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${this.#opened.description} is not a docker save archive or an OCI layout (its first entry is '${first?.path ?? 'none'}')`);
     }
     if (!isArchive) {
-      await this.#begin();
       if (this.#pool !== undefined && this.#opened.localPath !== undefined && process.env['THINBD_IMAGE_PARSE_THREAD'] !== '0') {
-        await this.#parseOnThread(this.#opened.localPath);
-      } else {
-        await applyTar(outer, this.#context, { stream: '', layered: false, first });
-        await drainTrailer(outer);
+        const built = await this.#parseOnThread(this.#opened.localPath);
+        return this.#complete('tar', `sha256:${await this.#opened.digest()}`, [], [], built);
       }
+      await this.#begin();
+      await applyTar(outer, this.#context, { stream: '', layered: false, first });
+      await drainTrailer(outer);
       return this.#finish('tar', `sha256:${await this.#opened.digest()}`, [], []);
     }
     if (this.#opened.ranges !== undefined && this.#opened.compression === 'none') return this.#runIndexed();
@@ -303,13 +309,13 @@ class ImageBuild {
   }
 
   /**
-   * A flat tar in a local file, parsed on a second thread (parse-thread.ts): this thread writes
-   * what it fills and puts its entries into the tree. THINBD_IMAGE_PARSE_THREAD=0 keeps it here
-   * (for comparing the two).
+   * A flat tar in a local file, parsed on a second thread (parse-thread.ts), which also builds the
+   * tree and the file system's metadata: this thread writes what it fills.
+   * THINBD_IMAGE_PARSE_THREAD=0 keeps it all here (for comparing the two).
    */
-  async #parseOnThread(path: string): Promise<void> {
+  async #parseOnThread(path: string): Promise<BuiltFilesystem> {
     const limit = this.#dataLimit();
-    const result = await parseOnThread(
+    const parsing = parseOnThread(
       {
         path,
         description: this.#opened.description,
@@ -319,23 +325,31 @@ class ImageBuild {
         limitReason: limit.reason,
         alignBytes: this.#blockSizeBytes,
         writesInFlight: IMAGE_WRITES_IN_FLIGHT_MAX,
+        filesystem: this.#filesystemOptions(),
         bufferBytes: Math.max(IMAGE_WRITE_BUFFER_BYTES, this.#blockSizeBytes),
         buffersMax: IMAGE_WRITES_IN_FLIGHT_MAX + 2,
         signal: this.#options.signal,
       },
       {
-        write: (offsetBytes, bytes) => this.#sharing!.write(offsetBytes, bytes),
-        changes: (changes, bytesRead) => {
-          for (const change of changes) applyChange(this.#tree, change);
+        write: async (offsetBytes, bytes, data, bytesRead) => {
+          await begun;
           this.#threadBytesRead = bytesRead;
           this.#progress();
+          if (data) await this.#sharing!.write(offsetBytes, bytes);
+          else await this.#volume!.write(offsetBytes, bytes);
         },
       },
     );
+    // The volume is made while the thread starts (loading its modules takes a few hundred ms):
+    // its first buffer waits for the volume, and a failure waits for both, so abort() sees
+    // everything made.
+    const begun = this.#begin();
+    const [made, parsed] = await Promise.allSettled([begun, parsing]);
+    if (made.status === 'rejected') throw made.reason;
+    if (parsed.status === 'rejected') throw parsed.reason;
+    const result = parsed.value;
     this.#threadBytesRead = result.bytesRead;
-    // This thread's data stream takes up where the other's ended (the metadata goes after it).
-    await this.#data!.startSkipping();
-    this.#data!.append(0, result.dataBytes, (problem) => new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${problem}`));
+    return { summary: result.summary, metadataBytesWritten: result.metadataBytesGiven };
   }
 
   /** A docker/OCI archive with random access: layers in order, shared with earlier imports. */
@@ -504,24 +518,33 @@ class ImageBuild {
     return name;
   }
 
+  /** The file system's options (where the data ends aside). */
+  #filesystemOptions(): Omit<FilesystemOptions, 'dataEndBlock'> {
+    return {
+      ...(this.#options.sizeBytes === undefined ? {} : { sizeBytes: this.#options.sizeBytes }),
+      uuid: randomBytes(16),
+      hashSeed: new Uint32Array(randomBytes(16).buffer),
+      nowSeconds: this.#nowSeconds,
+      label: this.#name.slice(0, 16),
+    };
+  }
+
+  /** Writes the file system's metadata after the data, then completes the image. */
   async #finish(format: ImageImportResult['format'], digest: string, layers: ImportedLayer[], tags: string[]): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
     const data = this.#data!;
     const queue = this.#queue!;
     await data.finish();
     const dataBytesGiven = queue.bytesWritten;
-    const counts = this.#sharing?.counts;
     this.#sharing?.stop();
-    const hashSeed = new Uint32Array(randomBytes(16).buffer);
-    const summary: FilesystemSummary = await writeFilesystem(queue, this.#buffers!, this.#tree, {
-      dataEndBlock: data.cursorBlock,
-      ...(this.#options.sizeBytes === undefined ? {} : { sizeBytes: this.#options.sizeBytes }),
-      uuid: randomBytes(16),
-      hashSeed,
-      nowSeconds: this.#nowSeconds,
-      label: this.#name.slice(0, 16),
-    });
+    const summary = await writeFilesystem(queue, this.#buffers!, this.#tree, { ...this.#filesystemOptions(), dataEndBlock: data.cursorBlock });
     await queue.drain();
-    const metadataBytesWritten = queue.bytesWritten - dataBytesGiven;
+    return this.#complete(format, digest, layers, tags, { summary, metadataBytesWritten: queue.bytesWritten - dataBytesGiven });
+  }
+
+  /** The file system is written: its volume becomes the image. */
+  async #complete(format: ImageImportResult['format'], digest: string, layers: ImportedLayer[], tags: string[], built: BuiltFilesystem): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
+    const { summary, metadataBytesWritten } = built;
+    const counts = this.#sharing?.counts;
     const sizeBytes = this.#options.sizeBytes ?? summary.geometry.blockCount * BLOCK_SIZE_BYTES;
     const result = {
       name: this.#name,

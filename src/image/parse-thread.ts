@@ -1,18 +1,19 @@
-// A flat tar from a local file is parsed on a second thread (parse-worker.ts): the main thread
-// writes the buffers it fills (through block sharing into the pool) and puts its entries into the
-// tree, while it reads, decompresses, parses and copies the next ones. Both cores work on one
-// import; on the main thread alone, parsing and copying were about a third of an import's time
-// (docs/benchmarks.md "Image import").
+// A flat tar from a local file is parsed on a second thread (parse-worker.ts), which also builds
+// the tree and the file system's metadata: the main thread writes the buffers it fills (through
+// block sharing into the pool) while it reads, decompresses, parses and copies the next ones.
+// Both cores work on one import, and the main thread, which holds the pool, does only what must
+// happen there (docs/benchmarks.md "Image import").
 import { Worker } from 'node:worker_threads';
 import { ThinError } from '../errors.ts';
-import type { TreeChange } from './apply.ts';
-import type { ParseJob, ParseReply, ParseRequest } from './parse-worker.ts';
+import type { ParseJob, ParseReply, ParseRequest, ParseResult } from './parse-worker.ts';
 
 export interface ParseHost {
-  /** Writes a full buffer's bytes at offsetBytes of the volume (the buffer is reused once this resolves). */
-  write(offsetBytes: number, bytes: Uint8Array): Promise<void>;
-  /** Entries parsed, in archive order; throwing stops the import. */
-  changes(changes: TreeChange[], bytesRead: number): void;
+  /**
+   * Writes a full buffer's bytes at offsetBytes of the volume (the buffer is reused once this
+   * resolves): file data (`data`: block sharing looks it up) or the metadata (written as it is).
+   * `bytesRead`: of the source, so far.
+   */
+  write(offsetBytes: number, bytes: Uint8Array, data: boolean, bytesRead: number): Promise<void>;
 }
 
 export interface ParseOptions extends Omit<ParseJob, 'buffers'> {
@@ -32,15 +33,15 @@ function startWorker(workerData: ParseJob): Worker {
   return new Worker(bootstrap, { eval: true, workerData });
 }
 
-/** Parses the file on a worker thread; resolves with the bytes of the data region it filled and the source bytes read. */
-export async function parseOnThread(options: ParseOptions, host: ParseHost): Promise<{ dataBytes: number; bytesRead: number }> {
+/** Parses the file and builds the file system on a worker thread; resolves with what it built. */
+export async function parseOnThread(options: ParseOptions, host: ParseHost): Promise<ParseResult> {
   const { bufferBytes, buffersMax, signal, ...job } = options;
   signal?.throwIfAborted();
   const buffers = Array.from({ length: buffersMax }, () => new SharedArrayBuffer(bufferBytes));
   const views = buffers.map((buffer) => new Uint8Array(buffer));
   const worker = startWorker({ ...job, buffers });
   try {
-    return await new Promise<{ dataBytes: number; bytesRead: number }>((resolve, reject) => {
+    return await new Promise<ParseResult>((resolve, reject) => {
       let failed = false;
       const fail = (error: unknown): void => {
         if (failed) return;
@@ -62,18 +63,11 @@ export async function parseOnThread(options: ParseOptions, host: ParseHost): Pro
               }
               worker.postMessage(reply);
             };
-            host.write(message.offsetBytes, views[message.buffer]!.subarray(message.byteOffset, message.byteOffset + message.length)).then(() => answer(), answer);
+            host.write(message.offsetBytes, views[message.buffer]!.subarray(message.byteOffset, message.byteOffset + message.length), message.data, message.bytesRead).then(() => answer(), answer);
             return;
           }
-          case 'changes':
-            try {
-              host.changes(message.changes, message.bytesRead);
-            } catch (error) {
-              fail(error);
-            }
-            return;
           case 'done':
-            resolve({ dataBytes: message.dataBytes, bytesRead: message.bytesRead });
+            resolve(message.result);
             return;
           case 'error':
             fail(message.code === undefined ? new Error(message.message) : new ThinError(message.code as 'THIN_IO', message.message));

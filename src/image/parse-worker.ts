@@ -1,19 +1,22 @@
 // The parsing thread of a flat tar import (parse-thread.ts starts it): it reads the local file
-// itself, decompresses it, parses the tar and copies file data into the import's write buffers
-// (shared memory, 1 MiB each), exactly as the main thread would (apply.ts, data-stream.ts). The
-// main thread gets full buffers to write ("write", answered "written" when the buffer may be
-// filled again) and the entries' tree changes in batches, so that the two threads share the work:
-// parsing and copying here, the pool's writes, block sharing and the tree there.
+// itself, decompresses it, parses the tar, copies file data into the import's write buffers
+// (shared memory, 1 MiB each) and builds the tree, exactly as the main thread would (apply.ts,
+// data-stream.ts); at the end it writes the file system's metadata (ext4/writer.ts) through the
+// same buffers. The main thread gets full buffers to write ("write", answered "written" when the
+// buffer may be filled again) and the summary at the end: the two threads share the work, the
+// pool's writes and block sharing's look-ups there, everything else here.
 import fs from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
-import { applyTar, type TreeChange } from './apply.ts';
+import { applyTar } from './apply.ts';
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
 import { ByteInput } from './byte-input.ts';
 import { DataStream } from './data-stream.ts';
+import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
 import { FileChunks, decompressChunks, type Compression } from './source.ts';
 import { TarReader, drainTrailer } from './tar.ts';
+import { FsTree } from './tree.ts';
 
 export interface ParseJob {
   path: string;
@@ -24,15 +27,26 @@ export interface ParseJob {
   limitReason: string;
   alignBytes: number;
   writesInFlight: number;
+  /** The file system's options but where its data ends (the parse finds that). */
+  filesystem: Omit<FilesystemOptions, 'dataEndBlock'>;
   /** The write buffers, seen by both threads. */
   buffers: SharedArrayBuffer[];
 }
 
+/** What the parsing thread built. */
+export interface ParseResult {
+  summary: FilesystemSummary;
+  /** Bytes of file data handed over for writing (padding included), and of metadata. */
+  dataBytesGiven: number;
+  metadataBytesGiven: number;
+  bytesRead: number;
+}
+
 /** Messages from the parsing thread. */
 export type ParseReply =
-  | { t: 'write'; seq: number; offsetBytes: number; buffer: number; byteOffset: number; length: number }
-  | { t: 'changes'; changes: TreeChange[]; bytesRead: number }
-  | { t: 'done'; dataBytes: number; bytesRead: number }
+  // data: file data (block sharing looks it up), or the metadata (written as it is).
+  | { t: 'write'; seq: number; offsetBytes: number; buffer: number; byteOffset: number; length: number; data: boolean; bytesRead: number }
+  | { t: 'done'; result: ParseResult }
   | { t: 'error'; code: string | undefined; message: string };
 
 /** Messages to the parsing thread. */
@@ -42,14 +56,14 @@ export interface ParseRequest {
   error?: { code: string | undefined; message: string };
 }
 
-/** Tree changes per message: a message costs more than a few dozen entries' cloning. */
-const CHANGES_PER_MESSAGE = 512;
-
 const job = workerData as ParseJob;
 const port = parentPort!;
 const views = job.buffers.map((buffer) => new Uint8Array(buffer));
 const waiting = new Map<number, { resolve: () => void; reject: (error: unknown) => void }>();
 let seq = 0;
+let bytesRead = 0;
+/** File data is being written (block sharing looks its blocks up); then the metadata. */
+let writingData = true;
 
 port.on('message', (message: ParseRequest) => {
   const waiter = waiting.get(message.seq);
@@ -65,15 +79,18 @@ const target: BlockTarget = {
       const buffer = views.findIndex((view) => view.buffer === bytes.buffer);
       const id = ++seq;
       waiting.set(id, { resolve, reject });
-      port.postMessage({ t: 'write', seq: id, offsetBytes, buffer, byteOffset: bytes.byteOffset, length: bytes.length } satisfies ParseReply);
+      port.postMessage({ t: 'write', seq: id, offsetBytes, buffer, byteOffset: bytes.byteOffset, length: bytes.length, data: writingData, bytesRead } satisfies ParseReply);
     }),
   discard: () => Promise.reject(new Error('the parsing thread discards nothing')),
 };
 
-async function parse(): Promise<void> {
+async function parse(): Promise<ParseResult> {
   const fd = fs.openSync(job.path, 'r');
+  const queue = new WriteQueue(target, job.writesInFlight);
+  const buffers = BufferPool.over(views);
+  const tree = new FsTree(job.filesystem.nowSeconds);
+  let dataEndBlock: number;
   try {
-    let bytesRead = 0;
     const raw = new FileChunks(fd, 0, fs.fstatSync(fd).size, {
       chunkBytes: IMAGE_READ_CHUNK_BYTES,
       reuse: job.compression === 'none',
@@ -82,29 +99,31 @@ async function parse(): Promise<void> {
       },
     });
     const chunks = job.compression === 'none' ? raw : decompressChunks(raw, job.compression, job.description, () => bytesRead);
-    const queue = new WriteQueue(target, job.writesInFlight);
     const data = new DataStream(queue, {
       beginBlock: job.beginBlock,
       limitBlock: job.limitBlock,
       limitReason: job.limitReason,
       alignBytes: job.alignBytes,
-      buffers: BufferPool.over(views),
+      buffers,
     });
-    const record: TreeChange[] = [];
-    const send = (): void => {
-      if (record.length > 0) port.postMessage({ t: 'changes', changes: record.splice(0), bytesRead } satisfies ParseReply);
-    };
     const reader = new TarReader(new ByteInput(chunks));
-    await applyTar(reader, { data, onEntry: () => (record.length >= CHANGES_PER_MESSAGE ? send() : undefined) }, { stream: '', layered: false, record });
+    await applyTar(reader, { tree, data }, { stream: '', layered: false });
     await drainTrailer(reader);
     await data.finish();
-    send();
-    port.postMessage({ t: 'done', dataBytes: data.writtenBytes, bytesRead } satisfies ParseReply);
+    dataEndBlock = data.cursorBlock;
   } finally {
     fs.closeSync(fd);
   }
+  const dataBytesGiven = queue.bytesWritten;
+  writingData = false;
+  const summary = await writeFilesystem(queue, buffers, tree, { ...job.filesystem, dataEndBlock });
+  await queue.drain();
+  return { summary, dataBytesGiven, metadataBytesGiven: queue.bytesWritten - dataBytesGiven, bytesRead };
 }
 
-parse().catch((error: unknown) => {
-  port.postMessage({ t: 'error', code: isThinError(error) ? error.code : undefined, message: error instanceof Error ? error.message : String(error) } satisfies ParseReply);
-});
+parse().then(
+  (result) => port.postMessage({ t: 'done', result } satisfies ParseReply),
+  (error: unknown) => {
+    port.postMessage({ t: 'error', code: isThinError(error) ? error.code : undefined, message: error instanceof Error ? error.message : String(error) } satisfies ParseReply);
+  },
+);
