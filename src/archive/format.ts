@@ -192,11 +192,12 @@ function readEntry(view: DataView, bytes: Uint8Array, at: number): ChunkEntry {
 function checkEntries(entries: ChunkEntry[], trailerOffsetBytes: number, where: string): void {
   let expected = PACK_HEADER_BYTES;
   for (const [index, entry] of entries.entries()) {
-    const what = `chunk ${index} (${hashHex(entry.hash)})`;
-    if (entry.offsetBytes !== expected) throw corrupt(where, `${what} starts at byte ${entry.offsetBytes}, not ${expected}`);
-    if ((entry.flags & ~CHUNK_FLAGS_KNOWN) !== 0) throw corrupt(where, `${what} has unknown flags ${entry.flags}`);
-    if (entry.rawBytes > ARCHIVE_CHUNK_RAW_BYTES_MAX) throw corrupt(where, `${what} claims ${entry.rawBytes} raw bytes`);
-    if ((entry.flags & CHUNK_FLAG_ZSTD) === 0 && entry.storedBytes !== entry.rawBytes) throw corrupt(where, `${what} is stored raw but its sizes differ`);
+    // Named only when wrong: an index load checks every entry of the store.
+    const what = () => `chunk ${index} (${hashHex(entry.hash)})`;
+    if (entry.offsetBytes !== expected) throw corrupt(where, `${what()} starts at byte ${entry.offsetBytes}, not ${expected}`);
+    if ((entry.flags & ~CHUNK_FLAGS_KNOWN) !== 0) throw corrupt(where, `${what()} has unknown flags ${entry.flags}`);
+    if (entry.rawBytes > ARCHIVE_CHUNK_RAW_BYTES_MAX) throw corrupt(where, `${what()} claims ${entry.rawBytes} raw bytes`);
+    if ((entry.flags & CHUNK_FLAG_ZSTD) === 0 && entry.storedBytes !== entry.rawBytes) throw corrupt(where, `${what()} is stored raw but its sizes differ`);
     expected += entry.storedBytes;
   }
   if (expected !== trailerOffsetBytes) throw corrupt(where, `the chunks end at byte ${expected}, the trailer starts at ${trailerOffsetBytes}`);

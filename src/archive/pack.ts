@@ -20,7 +20,7 @@ import { ARCHIVE_JOB_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
 import type { MappedRun } from '../pool/volume.ts';
 import { DeltaKind, deltaSteps } from '../tools/delta.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
-import { ChunkReader, PackWriter, type Archive } from './archive.ts';
+import { ChunkReader, PackWriter, type Archive, type LoadedIndex } from './archive.ts';
 import { InlineChunkJobs, storeChunk, type ChunkJobs } from './chunk-jobs.ts';
 import type { ChunkerParams } from './chunker.ts';
 import {
@@ -131,6 +131,13 @@ export async function findBaseStream(archive: Archive, base: StreamSource): Prom
   throw new ThinError('THIN_NOT_FOUND', `--delta-from ${base.volumeName}: no stream in ${archive.url} was packed from this volume; pack it first`);
 }
 
+interface JobBuffers {
+  /** A job's bytes. */
+  data: Uint8Array;
+  /** Its chunks' zstd frames. */
+  out: Uint8Array;
+}
+
 interface BaseChunk {
   begin: number;
   end: number;
@@ -155,11 +162,18 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     throw new ThinError('THIN_INVALID', `--delta-from: stream ${base.root.name} came from a pool with ${base.root.blockSizeBytes}-byte blocks, this one has ${bs}`);
   }
 
-  const loaded = await archive.loadIndex();
+  // The jobs first: worker threads start while the index loads.
+  const jobs = (options.makeJobs ?? ((params, level) => new InlineChunkJobs(params, level)))(config.chunking, config.compression.level);
+  let loaded: LoadedIndex;
+  try {
+    loaded = await archive.loadIndex();
+  } catch (error) {
+    await jobs.close();
+    throw error;
+  }
   const { index } = loaded;
   const writer = new PackWriter(archive.store, index, loaded.unindexed);
   const reader = new ChunkReader(archive.store, index);
-  const jobs = (options.makeJobs ?? ((params, level) => new InlineChunkJobs(params, level)))(config.chunking, config.compression.level);
   const segmentCompressor = new ZstdCompressor(config.compression.level);
 
   const sourceRuns = source.mappedRuns();
@@ -179,25 +193,28 @@ export async function packStream(archive: Archive, source: PackSource, options: 
 
   const report = () => options.onProgress?.(stats.bytesRead, Math.max(expectedBytes, stats.bytesRead));
 
-  // Job buffers are made once and reused (shared memory: a worker thread reads a job where it
-  // lies). A fresh 8 MiB buffer per job cost 2,048 page faults, which on a virtual machine took
-  // longer than reading the bytes into it (docs/benchmarks.md, "Archive").
-  const freeBuffers: Uint8Array[] = [];
-  const takeBuffer = (): Uint8Array => freeBuffers.pop() ?? new Uint8Array(new SharedArrayBuffer(ARCHIVE_JOB_BYTES));
+  // Job buffers are made once and reused, each with a buffer of the same size for its chunks'
+  // frames (shared memory: a worker thread reads a job and writes its frames where they lie). A
+  // fresh 8 MiB buffer per job cost 2,048 page faults, which on a virtual machine took longer than
+  // reading the bytes into it (docs/benchmarks.md, "Archive"); pages are touched only as far as
+  // jobs fill them, so small jobs (an incremental's) touch little.
+  const freeBuffers: JobBuffers[] = [];
+  const takeBuffers = (): JobBuffers =>
+    freeBuffers.pop() ?? { data: new Uint8Array(new SharedArrayBuffer(ARCHIVE_JOB_BYTES)), out: new Uint8Array(new SharedArrayBuffer(ARCHIVE_JOB_BYTES)) };
 
   /** Reads, chunks and stores volume bytes [begin, end) (one job); resolves to its chunk refs. */
   const runJob = async (begin: number, end: number): Promise<ChunkRef[]> => {
     assert(end - begin <= ARCHIVE_JOB_BYTES, 'a job larger than a job buffer');
-    const buffer = takeBuffer();
+    const buffers = takeBuffers();
     try {
-      return await chunkAndStore(begin, buffer.subarray(0, end - begin));
+      return await chunkAndStore(begin, buffers.data.subarray(0, end - begin), buffers.out);
     } finally {
-      freeBuffers.push(buffer);
+      freeBuffers.push(buffers);
     }
   };
 
-  /** runJob's work, on bytes [begin, end) read into `data`; `data` is free again when it resolves. */
-  const chunkAndStore = async (begin: number, data: Uint8Array): Promise<ChunkRef[]> => {
+  /** runJob's work, on bytes [begin, end) read into `data`; `data` and `out` are free again when it resolves. */
+  const chunkAndStore = async (begin: number, data: Uint8Array, out: Uint8Array): Promise<ChunkRef[]> => {
     await source.read(begin, data);
     stats.bytesRead += data.length;
     report();
@@ -213,7 +230,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
       pendingNew.add(hex);
       fresh.push(chunk);
     }
-    const stored = await jobs.compress(id, fresh);
+    const stored = await jobs.compress(id, fresh, out);
     for (const [position, chunk] of fresh.entries()) {
       const ref = refs[chunk]!;
       const { stored: bytes, flags } = stored[position]!;
