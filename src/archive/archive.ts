@@ -3,7 +3,7 @@
 // build the commands on it.
 //
 // Write order (F-AR-ORDER-1), which is what makes a killed command harmless: pack objects first,
-// then an index object listing them, then the stream root. Until the root exists nothing refers
+// then the stream root beside the index object listing them. Until the root exists nothing refers
 // to the new packs; gc deletes packs no stream needs; and the next pack finds packs that no index
 // lists by reading their trailers, so an interrupted upload is not repeated.
 import { ThinError, assert, isThinError } from '../errors.ts';
@@ -285,8 +285,8 @@ export class PackWriter {
   readonly stats: PackWriterStats = { packs: 0, bytesWritten: 0 };
   /** Buffers of packs already uploaded whole, for the next ones (#packBuffer). */
   readonly #spareBuffers: Uint8Array[] = [];
-  /** The staging buffer of streamed packs (one pack is open at a time). */
-  #staging: Uint8Array | undefined;
+  /** The staging buffers of streamed packs (one pack is open at a time), each with its write in flight. */
+  #staging: Array<{ bytes: Uint8Array; written: Promise<void> }> | undefined;
 
   /**
    * `unlisted`: packs found without an index (an interrupted run's), to list in this run's index.
@@ -354,30 +354,48 @@ export class PackWriter {
     };
   }
 
-  /** A pack written out as it comes, through the staging buffer. */
+  /**
+   * A pack written out as it comes, through two staging buffers: one fills while the other is
+   * written, so adds rarely wait for the disk.
+   */
   #streamedSink(writer: ObjectWriter): PackSink {
-    this.#staging ??= new Uint8Array(PACK_STAGING_BYTES);
-    const staging = this.#staging;
+    this.#staging ??= [
+      { bytes: new Uint8Array(PACK_STAGING_BYTES), written: Promise.resolve() },
+      { bytes: new Uint8Array(PACK_STAGING_BYTES), written: Promise.resolve() },
+    ];
+    const buffers = this.#staging;
+    let current = 0;
     let stagedBytes = 0;
-    const flush = async () => {
+    const flush = () => {
       if (stagedBytes === 0) return;
-      await writer.write(staging.subarray(0, stagedBytes));
+      const buffer = buffers[current]!;
+      buffer.written = writer.write(buffer.bytes.subarray(0, stagedBytes));
+      // Its failure is seen by whoever waits for the buffer next, not as an unhandled rejection.
+      buffer.written.catch(() => undefined);
+      current = 1 - current;
       stagedBytes = 0;
     };
+    const settled = () => Promise.all(buffers.map((buffer) => buffer.written)).then(() => undefined);
     return {
       append: async (part) => {
-        if (stagedBytes + part.length > staging.length) await flush();
-        if (part.length >= staging.length) await writer.write(part);
-        else {
-          staging.set(part, stagedBytes);
-          stagedBytes += part.length;
+        if (stagedBytes + part.length > PACK_STAGING_BYTES) flush();
+        if (part.length >= PACK_STAGING_BYTES) {
+          await writer.write(part);
+          return;
         }
+        if (stagedBytes === 0) await buffers[current]!.written;
+        buffers[current]!.bytes.set(part, stagedBytes);
+        stagedBytes += part.length;
       },
-      end: flush,
-      // After end: the next pack's bytes may fill the staging buffer while this one commits.
+      end: async () => {
+        flush();
+        await settled();
+      },
+      // After end: the next pack's bytes may fill the staging buffers while this one commits.
       commit: () => writer.commit(),
       abort: async () => {
         stagedBytes = 0;
+        await settled().catch(() => undefined);
         await writer.abort();
       },
     };
@@ -426,13 +444,18 @@ export class PackWriter {
     await this.#store.put(indexKey(newObjectId()), encodeIndex(listings));
   }
 
-  /** Uploads what is left and lists every pack of this run in an index object. */
-  async finish(): Promise<void> {
+  /** Uploads what is left: every pack of this run is stored when it resolves. */
+  async finishPacks(): Promise<void> {
     await this.#adding;
     if (this.#failure !== undefined) throw this.#failure;
     await this.#seal();
     await Promise.all(this.#uploads);
     if (this.#failure !== undefined) throw this.#failure;
+  }
+
+  /** finishPacks, then lists every pack of this run not yet listed in an index object. */
+  async finish(): Promise<void> {
+    await this.finishPacks();
     await this.#writeIndex();
   }
 

@@ -133,13 +133,15 @@ export class DirectoryObjectStore implements ObjectStore {
       await fsp.rm(temporary, { force: true });
     };
     return {
+      // Each write has its place when called, so writes may overlap.
       write: async (bytes) => {
+        const beginBytes = positionBytes;
+        positionBytes += bytes.length;
         try {
           for (let done = 0; done < bytes.length; ) {
-            const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, positionBytes + done);
+            const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, beginBytes + done);
             done += bytesWritten;
           }
-          positionBytes += bytes.length;
         } catch (error) {
           await discard();
           throw this.#error('write', key, error);

@@ -12,9 +12,10 @@
 // each run — the changed blocks, widened to the base's chunk edges — is read and chunked. An
 // incremental of a large volume with few changes reads and hashes little more than the changes.
 //
-// The stream root is written last, by an exclusive create of its name (F-AR-ORDER-1): a pack
-// killed at any moment leaves packs and maybe an index object that no stream needs (gc removes
-// them, or the next pack reuses their chunks), never a half stream.
+// The stream root is written once every pack is stored, by an exclusive create of its name, beside
+// the last index object (F-AR-ORDER-1): a pack killed at any moment leaves packs and maybe an index
+// object that no stream needs (gc removes them, or the next pack reuses their chunks), or a whole
+// stream, never a half one.
 import { ThinError, assert } from '../errors.ts';
 import { ARCHIVE_JOB_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
 import type { MappedRun } from '../pool/volume.ts';
@@ -336,7 +337,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     }
     await Promise.all(inFlight);
     if (failure !== undefined) throw failure;
-    await writer.finish();
+    await writer.finishPacks();
   } catch (error) {
     await Promise.all(inFlight);
     await writer.abandon();
@@ -356,8 +357,11 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     stats,
     segments: segmentRefs,
   };
-  // F-AR-STREAM-5: a stream is committed by creating its root, once.
-  if (!(await archive.store.putNew(streamKey(name), encodeStreamRoot(root)))) {
+  // F-AR-STREAM-5: a stream is committed by creating its root, once. Its packs are stored by now;
+  // the index object that lists them is written beside it (F-AR-ORDER-1: until it is, pack and
+  // unpack find those packs' chunks in their trailers).
+  const [committed] = await Promise.all([archive.store.putNew(streamKey(name), encodeStreamRoot(root)), writer.finish()]);
+  if (!committed) {
     throw new ThinError('THIN_EXISTS', `A stream named ${name} was committed to ${archive.url} while this pack ran; this pack's chunks stay for gc to collect`);
   }
   return root;

@@ -28,9 +28,9 @@ export interface StoredObject {
 
 /** An object being written in parts (ObjectStore.openWriter). */
 export interface ObjectWriter {
-  /** Appends bytes; they are copied (or written out) when it resolves. */
+  /** Appends bytes (in the order of the calls, which may overlap); they are copied (or written out) when it resolves. */
   write(bytes: Uint8Array): Promise<void>;
-  /** Makes the object visible, whole, as put does: durable when it resolves. */
+  /** Makes the object visible, whole, as put does: durable when it resolves (after every write has). */
   commit(): Promise<void>;
   /** Drops what was written; the key is left as it was. */
   abort(): Promise<void>;
