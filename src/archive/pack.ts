@@ -223,7 +223,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     const refs: ChunkRef[] = [];
     const fresh: number[] = [];
     for (let chunk = 0; chunk < result.lengths.length; chunk += 1) {
-      const hash = result.hashes.slice(chunk * HASH_BYTES, (chunk + 1) * HASH_BYTES);
+      const hash = result.hashes.subarray(chunk * HASH_BYTES, (chunk + 1) * HASH_BYTES);
       refs.push({ hash, rawBytes: result.lengths[chunk]! });
       if (index.has(hash)) continue;
       const hex = hashHex(hash);
