@@ -264,7 +264,7 @@ const PACK_STAGING_BYTES = 1024 * 1024;
  * goes into the chunk index at once, so a chunk seen twice in one run is stored once.
  *
  * Where the store takes objects in parts (a directory), a pack is written out as its chunks come,
- * through one small staging buffer; otherwise (S3) it is assembled in a buffer and put whole, the
+ * through two small staging buffers; otherwise (S3) it is assembled in a buffer and put whole, the
  * buffers reused from pack to pack. Either way no memory grows with the bytes packed: on a
  * virtual machine, memory touched for the first time cost more than the work done in it
  * (docs/benchmarks.md, "Archive").
