@@ -3,7 +3,7 @@
 // build the commands on it.
 //
 // Write order (F-AR-ORDER-1), which is what makes a killed command harmless: pack objects first,
-// then an index object listing them, then the stream root. Until the root exists nothing refers
+// then the stream root beside the index object listing them. Until the root exists nothing refers
 // to the new packs; gc deletes packs no stream needs; and the next pack finds packs that no index
 // lists by reading their trailers, so an interrupted upload is not repeated.
 import { ThinError, assert, isThinError } from '../errors.ts';
@@ -57,7 +57,7 @@ import {
   type StreamRoot,
 } from './format.ts';
 import { openObjectStore, type OpenStoreOptions } from './open-store.ts';
-import type { ObjectStore } from './store.ts';
+import type { ObjectStore, ObjectWriter } from './store.ts';
 
 export interface InitOptions extends OpenStoreOptions {
   averageChunkBytes: number;
@@ -142,9 +142,10 @@ export class Archive {
       if (packId === undefined) problems.push(`${object.key}: not a pack object's name`);
       else packSizes.set(packId, object.sizeBytes);
     }
-    const index = new ChunkIndex();
     const covered = new Set<string>();
     const indexKeys: string[] = [];
+    const listed: PackListing[] = [];
+    let listedEntries = 0;
     for await (const object of this.store.list(INDEX_PREFIX)) {
       indexKeys.push(object.key);
       let listings: PackListing[];
@@ -160,8 +161,14 @@ export class Archive {
         // An index may list a pack that gc has since deleted: such entries are dropped.
         if (!packSizes.has(listing.packId)) continue;
         covered.add(listing.packId);
-        for (const entry of listing.entries) index.add(listing.packId, entry);
+        listed.push(listing);
+        listedEntries += listing.entries.length;
       }
+    }
+    // Sized for what the indexes list (and a pack's worth more), so it does not grow while loading.
+    const index = new ChunkIndex(listedEntries + 1024);
+    for (const listing of listed) {
+      for (const entry of listing.entries) index.add(listing.packId, entry);
     }
     const unindexed: PackListing[] = [];
     for (const [packId, sizeBytes] of packSizes) {
@@ -222,9 +229,22 @@ export class Archive {
 
 interface OpenPack {
   id: string;
-  parts: Uint8Array[];
+  sink: PackSink;
   entries: ChunkEntry[];
+  /** Bytes handed to the sink so far, the header included. */
   offsetBytes: number;
+}
+
+/** Where an open pack's bytes go, in order: header, payloads, trailer. */
+interface PackSink {
+  /** Appends bytes; they are copied (or written out) when it resolves. */
+  append(bytes: Uint8Array): Promise<void>;
+  /** Everything is appended: nothing of it is left in buffers shared with the next pack. */
+  end(): Promise<void>;
+  /** Stores the pack, durably, after end. */
+  commit(): Promise<void>;
+  /** Drops the pack. */
+  abort(): Promise<void>;
 }
 
 export interface PackWriterStats {
@@ -233,18 +253,28 @@ export interface PackWriterStats {
   bytesWritten: number;
 }
 
+/** Room a pack buffer keeps past ARCHIVE_PACK_TARGET_BYTES: the chunk that crosses it and the trailer (more is made when needed). */
+const PACK_BUFFER_SLACK_BYTES = 1024 * 1024;
+/** Bytes a streamed pack gathers before a write: small chunks go out in few system calls. */
+const PACK_STAGING_BYTES = 1024 * 1024;
+
 /**
  * Collects stored chunks into pack objects of about ARCHIVE_PACK_TARGET_BYTES and uploads them,
  * ARCHIVE_UPLOADS_IN_FLIGHT_MAX at a time, then lists them in index objects. Each chunk added
  * goes into the chunk index at once, so a chunk seen twice in one run is stored once.
+ *
+ * Where the store takes objects in parts (a directory), a pack is written out as its chunks come,
+ * through two small staging buffers; otherwise (S3) it is assembled in a buffer and put whole, the
+ * buffers reused from pack to pack. Either way no memory grows with the bytes packed: on a
+ * virtual machine, memory touched for the first time cost more than the work done in it
+ * (docs/benchmarks.md, "Archive").
  */
-/** Room a reused pack buffer keeps past ARCHIVE_PACK_TARGET_BYTES: the chunk that crosses it and the trailer. */
-const PACK_BUFFER_SLACK_BYTES = 1024 * 1024;
-
 export class PackWriter {
   readonly #store: ObjectStore;
   readonly #index: ChunkIndex;
   #open: OpenPack | undefined;
+  /** The add in progress (adds run one at a time, in the order called). */
+  #adding: Promise<void> = Promise.resolve();
   readonly #uploads = new Set<Promise<void>>();
   #failure: unknown;
   /** Uploaded packs not yet listed by an index object. */
@@ -253,8 +283,10 @@ export class PackWriter {
   /** Every pack this writer uploaded. */
   readonly listings: PackListing[] = [];
   readonly stats: PackWriterStats = { packs: 0, bytesWritten: 0 };
-  /** Buffers of packs already uploaded, for the next ones (#packBuffer). */
-  readonly #spareBuffers: ArrayBuffer[] = [];
+  /** Buffers of packs already uploaded whole, for the next ones (#packBuffer). */
+  readonly #spareBuffers: Uint8Array[] = [];
+  /** The staging buffers of streamed packs (one pack is open at a time), each with its write in flight. */
+  #staging: Array<{ bytes: Uint8Array; written: Promise<void> }> | undefined;
 
   /**
    * `unlisted`: packs found without an index (an interrupted run's), to list in this run's index.
@@ -267,17 +299,106 @@ export class PackWriter {
     this.#writeIndexes = options.writeIndex !== false;
   }
 
-  /** Adds a chunk in its stored form; resolves when there is room for more. */
-  async add(hash: Uint8Array, stored: Uint8Array, rawBytes: number, flags: number): Promise<void> {
+  /**
+   * Adds a chunk in its stored form, copied or written out before this resolves (the caller may
+   * then reuse `stored`); resolves when there is room for more.
+   */
+  add(hash: Uint8Array, stored: Uint8Array, rawBytes: number, flags: number): Promise<void> {
+    const added = this.#adding.then(() => this.#add(hash, stored, rawBytes, flags));
+    this.#adding = added.catch(() => undefined);
+    return added;
+  }
+
+  async #add(hash: Uint8Array, stored: Uint8Array, rawBytes: number, flags: number): Promise<void> {
     if (this.#failure !== undefined) throw this.#failure;
-    this.#open ??= { id: newObjectId(), parts: [encodePackHeader()], entries: [], offsetBytes: PACK_HEADER_BYTES };
+    this.#open ??= await this.#openPack();
     const pack = this.#open;
     const entry: ChunkEntry = { hash, offsetBytes: pack.offsetBytes, storedBytes: stored.length, rawBytes, flags };
-    pack.parts.push(stored);
+    await pack.sink.append(stored);
     pack.entries.push(entry);
     pack.offsetBytes += stored.length;
-    assert(this.#index.add(pack.id, entry), `chunk ${hashHex(hash)} added twice`);
+    if (!this.#index.add(pack.id, entry)) assert(false, `chunk ${hashHex(hash)} added twice`);
     if (pack.offsetBytes >= ARCHIVE_PACK_TARGET_BYTES) await this.#seal();
+  }
+
+  async #openPack(): Promise<OpenPack> {
+    const id = newObjectId();
+    const sink = this.#store.openWriter === undefined ? this.#bufferedSink(id) : this.#streamedSink(await this.#store.openWriter(packKey(id)));
+    const header = encodePackHeader();
+    await sink.append(header);
+    return { id, sink, entries: [], offsetBytes: header.length };
+  }
+
+  /** A pack assembled in a (reused) buffer and put whole. */
+  #bufferedSink(id: string): PackSink {
+    let bytes = this.#packBuffer(ARCHIVE_PACK_TARGET_BYTES + PACK_BUFFER_SLACK_BYTES);
+    let lengthBytes = 0;
+    return {
+      append: async (part) => {
+        if (lengthBytes + part.length > bytes.length) {
+          const larger = this.#packBuffer(lengthBytes + part.length + PACK_BUFFER_SLACK_BYTES);
+          larger.set(bytes.subarray(0, lengthBytes), 0);
+          bytes = larger;
+        }
+        bytes.set(part, lengthBytes);
+        lengthBytes += part.length;
+      },
+      end: async () => {},
+      commit: async () => {
+        await this.#store.put(packKey(id), bytes.subarray(0, lengthBytes));
+        this.#spareBuffers.push(bytes);
+      },
+      abort: async () => {
+        this.#spareBuffers.push(bytes);
+      },
+    };
+  }
+
+  /**
+   * A pack written out as it comes, through two staging buffers: one fills while the other is
+   * written, so adds rarely wait for the disk.
+   */
+  #streamedSink(writer: ObjectWriter): PackSink {
+    this.#staging ??= [
+      { bytes: new Uint8Array(PACK_STAGING_BYTES), written: Promise.resolve() },
+      { bytes: new Uint8Array(PACK_STAGING_BYTES), written: Promise.resolve() },
+    ];
+    const buffers = this.#staging;
+    let current = 0;
+    let stagedBytes = 0;
+    const flush = () => {
+      if (stagedBytes === 0) return;
+      const buffer = buffers[current]!;
+      buffer.written = writer.write(buffer.bytes.subarray(0, stagedBytes));
+      // Its failure is seen by whoever waits for the buffer next, not as an unhandled rejection.
+      buffer.written.catch(() => undefined);
+      current = 1 - current;
+      stagedBytes = 0;
+    };
+    const settled = () => Promise.all(buffers.map((buffer) => buffer.written)).then(() => undefined);
+    return {
+      append: async (part) => {
+        if (stagedBytes + part.length > PACK_STAGING_BYTES) flush();
+        if (part.length >= PACK_STAGING_BYTES) {
+          await writer.write(part);
+          return;
+        }
+        if (stagedBytes === 0) await buffers[current]!.written;
+        buffers[current]!.bytes.set(part, stagedBytes);
+        stagedBytes += part.length;
+      },
+      end: async () => {
+        flush();
+        await settled();
+      },
+      // After end: the next pack's bytes may fill the staging buffers while this one commits.
+      commit: () => writer.commit(),
+      abort: async () => {
+        stagedBytes = 0;
+        await settled().catch(() => undefined);
+        await writer.abort();
+      },
+    };
   }
 
   async #seal(): Promise<void> {
@@ -285,18 +406,13 @@ export class PackWriter {
     if (pack === undefined) return;
     this.#open = undefined;
     const trailer = encodePackTrailer(pack.entries, pack.offsetBytes);
-    const bytes = this.#packBuffer(pack.offsetBytes + trailer.length);
-    let at = 0;
-    for (const part of pack.parts) {
-      bytes.set(part, at);
-      at += part.length;
-    }
-    bytes.set(trailer, at);
+    await pack.sink.append(trailer);
+    await pack.sink.end();
+    const objectBytes = pack.offsetBytes + trailer.length;
     const upload = (async () => {
-      await this.#store.put(packKey(pack.id), bytes);
-      this.#spareBuffers.push(bytes.buffer as ArrayBuffer);
+      await pack.sink.commit();
       this.stats.packs += 1;
-      this.stats.bytesWritten += bytes.length;
+      this.stats.bytesWritten += objectBytes;
       this.listings.push({ packId: pack.id, entries: pack.entries });
       this.#unlisted.push({ packId: pack.id, entries: pack.entries });
       if (this.#unlisted.length >= ARCHIVE_PACKS_PER_INDEX_MAX) await this.#writeIndex();
@@ -311,15 +427,14 @@ export class PackWriter {
   }
 
   /**
-   * A buffer of `lengthBytes` for a pack, reusing one whose upload has finished: a fresh 16 MiB
-   * buffer per pack cost 4,096 page faults, more than copying the chunks into it
-   * (docs/benchmarks.md, "Archive"). Not zero-filled: the caller writes every byte.
+   * A buffer of at least `capacityBytes` for a pack, reusing one whose upload has finished: a
+   * fresh 16 MiB buffer per pack cost 4,096 page faults, more than copying the chunks into it
+   * (docs/benchmarks.md, "Archive"). Not zero-filled: the pack is written before it is read.
    */
-  #packBuffer(lengthBytes: number): Uint8Array {
+  #packBuffer(capacityBytes: number): Uint8Array {
     const spare = this.#spareBuffers.pop();
-    if (spare !== undefined && spare.byteLength >= lengthBytes) return new Uint8Array(spare, 0, lengthBytes);
-    const capacity = Math.max(lengthBytes, ARCHIVE_PACK_TARGET_BYTES + PACK_BUFFER_SLACK_BYTES);
-    return new Uint8Array(Buffer.allocUnsafeSlow(capacity).buffer, 0, lengthBytes);
+    if (spare !== undefined && spare.length >= capacityBytes) return spare;
+    return new Uint8Array(Buffer.allocUnsafeSlow(capacityBytes).buffer, 0, capacityBytes);
   }
 
   async #writeIndex(): Promise<void> {
@@ -329,17 +444,27 @@ export class PackWriter {
     await this.#store.put(indexKey(newObjectId()), encodeIndex(listings));
   }
 
-  /** Uploads what is left and lists every pack of this run in an index object. */
-  async finish(): Promise<void> {
+  /** Uploads what is left: every pack of this run is stored when it resolves. */
+  async finishPacks(): Promise<void> {
+    await this.#adding;
+    if (this.#failure !== undefined) throw this.#failure;
     await this.#seal();
     await Promise.all(this.#uploads);
     if (this.#failure !== undefined) throw this.#failure;
+  }
+
+  /** finishPacks, then lists every pack of this run not yet listed in an index object. */
+  async finish(): Promise<void> {
+    await this.finishPacks();
     await this.#writeIndex();
   }
 
-  /** Waits for uploads in flight (after a failure elsewhere), ignoring their errors. */
+  /** Drops the open pack and waits for uploads in flight (after a failure elsewhere), ignoring their errors. */
   async abandon(): Promise<void> {
+    await this.#adding;
+    const open = this.#open;
     this.#open = undefined;
+    await open?.sink.abort().catch(() => undefined);
     await Promise.all(this.#uploads);
   }
 }

@@ -64,7 +64,7 @@ export class ChunkIndex {
     if ((this.#count + 1) * 4 > (this.#mask + 1) * 3) this.#grow();
     const slot = this.#find(entry.hash);
     if (this.#occupied(slot)) return false;
-    this.#write(slot, entry.hash, this.packNumber(packId), entry);
+    this.#write(slot, this.packNumber(packId), entry);
     this.#count += 1;
     return true;
   }
@@ -127,11 +127,12 @@ export class ChunkIndex {
     }
   }
 
-  #write(slot: number, hash: Uint8Array, packNumber: number, entry: { offsetBytes: number; storedBytes: number; rawBytes: number; flags: number }): void {
+  /** Fills `slot` with the hash #find was last given (in #probe) and the entry's location. */
+  #write(slot: number, packNumber: number, entry: { offsetBytes: number; storedBytes: number; rawBytes: number; flags: number }): void {
     // Raw sizes fit in 24 bits (ARCHIVE_CHUNK_RAW_BYTES_MAX is 4 MiB) and flags in 8.
     assert(entry.rawBytes < 1 << 24 && entry.flags < 256, 'a chunk entry that does not fit a slot');
     const at = slot * SLOT_WORDS;
-    new Uint8Array(this.#slots.buffer, at * 4, HASH_BYTES).set(hash);
+    this.#slots.set(this.#probe, at);
     this.#slots[at + 8] = packNumber + 1;
     this.#slots[at + 9] = entry.offsetBytes;
     this.#slots[at + 10] = entry.storedBytes;

@@ -6,6 +6,7 @@
 // `InlineChunkJobs` does the work on the calling thread; chunk-workers.ts does the same on
 // worker threads (the same functions, below), one job per worker at a time.
 import { createHash } from 'node:crypto';
+import { assert } from '../errors.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
 import { Chunker, type ChunkerParams } from './chunker.ts';
 import { CHUNK_FLAG_ZSTD, HASH_BYTES } from './format.ts';
@@ -25,10 +26,14 @@ export interface StoredChunk {
 
 /** Also decodes chunks read back (chunk-decode.ts), for unpack and verify. */
 export interface ChunkJobs extends ChunkDecoder {
-  /** Cuts and hashes `data` (the job keeps it until `compress` or `release`). */
+  /** Cuts and hashes `data` (the job keeps it until `compress`). */
   chunk(data: Uint8Array): Promise<{ id: number; result: ChunkedJob }>;
-  /** The stored form of the chunks at `indexes` of job `id`, then forgets the job. */
-  compress(id: number, indexes: number[]): Promise<StoredChunk[]>;
+  /**
+   * The stored form of the chunks at `indexes` of job `id`, then forgets the job. Frames are
+   * written into `out` (shared memory, at least as long as the job), raw chunks stay where they
+   * are: each `stored` is a view of `out` or of the job's bytes, valid until the caller reuses them.
+   */
+  compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredChunk[]>;
   close(): Promise<void>;
 }
 
@@ -52,20 +57,54 @@ export function chunkAndHash(chunker: Chunker, data: Uint8Array): ChunkedJob {
 
 /** A chunk's stored form: its zstd frame, or the raw bytes (a copy) when that is not smaller (F-AR-CHUNK-2). */
 export function storeChunk(compressor: ZstdCompressor, raw: Uint8Array): StoredChunk {
-  const frame = compressor.compress(raw);
-  if (frame.length < raw.length) return { stored: frame, flags: CHUNK_FLAG_ZSTD };
+  const frame = new Uint8Array(Math.max(0, raw.length - 1));
+  const frameBytes = compressor.compressInto(raw, frame);
+  if (frameBytes !== undefined) return { stored: frame.subarray(0, frameBytes), flags: CHUNK_FLAG_ZSTD };
   return { stored: raw.slice(), flags: 0 };
 }
 
-/** The chunks at `indexes` of a job, stored. */
-export function compressChunks(compressor: ZstdCompressor, data: Uint8Array, lengths: Uint32Array, indexes: number[]): StoredChunk[] {
-  const offsets = new Array<number>(lengths.length);
+/**
+ * Compresses the chunks at `indexes` of a job into `out`, frames end to end, keeping only frames
+ * smaller than their chunk (F-AR-CHUNK-2). Returns each one's frame length, 0 for a chunk stored
+ * raw (a zstd frame is never empty); storedViews turns them into views.
+ */
+export function compressChunks(compressor: ZstdCompressor, data: Uint8Array, lengths: Uint32Array, indexes: number[], out: Uint8Array): Uint32Array {
+  const offsets = chunkOffsets(lengths);
+  const frameBytes = new Uint32Array(indexes.length);
+  let at = 0;
+  for (const [position, index] of indexes.entries()) {
+    const raw = data.subarray(offsets[index]!, offsets[index]! + lengths[index]!);
+    // Room for a frame one byte shorter than the chunk: less than the chunks before it took
+    // raw, so `out` as long as the job always has it.
+    const written = compressor.compressInto(raw, out.subarray(at, at + raw.length - 1));
+    if (written === undefined) continue;
+    frameBytes[position] = written;
+    at += written;
+  }
+  return frameBytes;
+}
+
+/** compressChunks' result as the chunks' stored forms: views of `out` or of `data`. */
+export function storedViews(data: Uint8Array, lengths: Uint32Array, indexes: number[], out: Uint8Array, frameBytes: Uint32Array): StoredChunk[] {
+  assert(frameBytes.length === indexes.length, 'a frame length per chunk');
+  const offsets = chunkOffsets(lengths);
+  let at = 0;
+  return indexes.map((index, position) => {
+    const written = frameBytes[position]!;
+    if (written === 0) return { stored: data.subarray(offsets[index]!, offsets[index]! + lengths[index]!), flags: 0 };
+    at += written;
+    return { stored: out.subarray(at - written, at), flags: CHUNK_FLAG_ZSTD };
+  });
+}
+
+function chunkOffsets(lengths: Uint32Array): Uint32Array {
+  const offsets = new Uint32Array(lengths.length);
   let at = 0;
   for (let index = 0; index < lengths.length; index += 1) {
     offsets[index] = at;
     at += lengths[index]!;
   }
-  return indexes.map((index) => storeChunk(compressor, data.subarray(offsets[index]!, offsets[index]! + lengths[index]!)));
+  return offsets;
 }
 
 export class InlineChunkJobs implements ChunkJobs {
@@ -87,10 +126,11 @@ export class InlineChunkJobs implements ChunkJobs {
     return { id, result };
   }
 
-  async compress(id: number, indexes: number[]): Promise<StoredChunk[]> {
+  async compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredChunk[]> {
     const job = this.#jobs.get(id)!;
     this.#jobs.delete(id);
-    return compressChunks(this.#compressor, job.data, job.lengths, indexes);
+    assert(out.length >= job.data.length, 'an output buffer shorter than its job');
+    return storedViews(job.data, job.lengths, indexes, out, compressChunks(this.#compressor, job.data, job.lengths, indexes, out));
   }
 
   decode(bytes: Uint8Array, items: DecodeItem[], targets?: Uint8Array[]): Promise<DecodeOutcome> {

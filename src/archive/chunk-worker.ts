@@ -1,5 +1,6 @@
 // A worker thread of WorkerChunkJobs (chunk-workers.ts): chunks and hashes the jobs it is sent,
-// holds each job's bytes until told which of its chunks to compress; decodes chunks read back.
+// holds each job's bytes until told which of its chunks to compress (into the caller's shared
+// memory); decodes chunks read back.
 import { parentPort, workerData } from 'node:worker_threads';
 import { ZstdCompressor, ZstdDecompressor } from '../util/zstd.ts';
 import { Chunker, type ChunkerParams } from './chunker.ts';
@@ -9,11 +10,11 @@ import { HASH_BYTES } from './format.ts';
 
 export type WorkerRequest =
   | { type: 'chunk'; id: number; data: Uint8Array }
-  | { type: 'compress'; id: number; indexes: number[] }
+  | { type: 'compress'; id: number; indexes: number[]; out: Uint8Array }
   | { type: 'decode'; id: number; bytes: Uint8Array; places: Array<Omit<DecodeItem, 'hash'>>; hashes: Uint8Array; targets?: Uint8Array[] };
 export type WorkerReply =
   | { type: 'chunked'; id: number; lengths: Uint32Array; hashes: Uint8Array }
-  | { type: 'compressed'; id: number; chunks: Array<{ stored: Uint8Array; flags: number }> }
+  | { type: 'compressed'; id: number; frameBytes: Uint32Array }
   | { type: 'decoded'; id: number; outcome: DecodeOutcome }
   | { type: 'failed'; id: number; message: string };
 
@@ -40,8 +41,10 @@ port.on('message', (request: WorkerRequest) => {
     } else {
       const job = jobs.get(request.id)!;
       jobs.delete(request.id);
-      const reply: WorkerReply = { type: 'compressed', id: request.id, chunks: compressChunks(compressor, job.data, job.lengths, request.indexes) };
-      port.postMessage(reply);
+      // The frames go into the caller's shared buffer; only their lengths travel back.
+      const frameBytes = compressChunks(compressor, job.data, job.lengths, request.indexes, request.out);
+      const reply: WorkerReply = { type: 'compressed', id: request.id, frameBytes };
+      port.postMessage(reply, [frameBytes.buffer as ArrayBuffer]);
     }
   } catch (error) {
     const reply: WorkerReply = { type: 'failed', id: request.id, message: error instanceof Error ? (error.stack ?? error.message) : String(error) };

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ThinError } from '../errors.ts';
 import { PRIVATE_FILE_MODE, makePrivateDirectory } from '../io/private.ts';
-import { checkKey, checkPrefix, type ObjectStore, type StoredObject } from './store.ts';
+import { checkKey, checkPrefix, type ObjectStore, type ObjectWriter, type StoredObject } from './store.ts';
 
 export const DIRECTORY_TMP = 'tmp';
 
@@ -91,6 +91,21 @@ export class DirectoryObjectStore implements ObjectStore {
   }
 
   async #writeTemporary(key: string, data: Uint8Array): Promise<string> {
+    const { temporary, handle } = await this.#openTemporary(key);
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+      await handle.close();
+      return temporary;
+    } catch (error) {
+      await handle.close().catch(() => undefined);
+      await fsp.rm(temporary, { force: true });
+      throw this.#error('write', key, error);
+    }
+  }
+
+  /** A new private file under tmp/ for `key`, open for writing. */
+  async #openTemporary(key: string): Promise<{ temporary: string; handle: fsp.FileHandle }> {
     const dir = path.join(this.root, DIRECTORY_TMP);
     const temporary = path.join(dir, `${randomBytes(8).toString('hex')}.${path.basename(key)}`);
     let handle: fsp.FileHandle | undefined;
@@ -98,17 +113,55 @@ export class DirectoryObjectStore implements ObjectStore {
       makePrivateDirectory(dir, { recursive: true });
       handle = await fsp.open(temporary, 'wx', PRIVATE_FILE_MODE);
       await handle.chmod(PRIVATE_FILE_MODE);
-      await handle.writeFile(data);
-      await handle.sync();
-      return temporary;
+      return { temporary, handle };
     } catch (error) {
       await handle?.close().catch(() => undefined);
-      handle = undefined;
       await fsp.rm(temporary, { force: true });
       throw this.#error('write', key, error);
-    } finally {
-      await handle?.close();
     }
+  }
+
+  /** The object's bytes go to its temporary file as they come; commit syncs and renames it into place. */
+  async openWriter(key: string): Promise<ObjectWriter> {
+    const final = this.#path(key);
+    const { temporary, handle } = await this.#openTemporary(key);
+    let positionBytes = 0;
+    let closed = false;
+    const discard = async () => {
+      if (!closed) await handle.close().catch(() => undefined);
+      closed = true;
+      await fsp.rm(temporary, { force: true });
+    };
+    return {
+      // Each write has its place when called, so writes may overlap.
+      write: async (bytes) => {
+        const beginBytes = positionBytes;
+        positionBytes += bytes.length;
+        try {
+          for (let done = 0; done < bytes.length; ) {
+            const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, beginBytes + done);
+            done += bytesWritten;
+          }
+        } catch (error) {
+          await discard();
+          throw this.#error('write', key, error);
+        }
+      },
+      commit: async () => {
+        try {
+          await handle.sync();
+          await handle.close();
+          closed = true;
+          makePrivateDirectory(path.dirname(final), { recursive: true });
+          await fsp.rename(temporary, final);
+          await syncDirectory(path.dirname(final));
+        } catch (error) {
+          await discard();
+          throw this.#error('write', key, error);
+        }
+      },
+      abort: discard,
+    };
   }
 
   async *list(prefix: string): AsyncGenerator<StoredObject> {

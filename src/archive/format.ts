@@ -174,9 +174,13 @@ function writeEntry(view: DataView, bytes: Uint8Array, at: number, entry: ChunkE
   view.setUint32(at + 44, entry.flags, true);
 }
 
+/**
+ * Hashes read from an object are views of its bytes, which the caller must not reuse: a copy
+ * each (an ArrayBuffer of its own) made an index load allocate once per chunk of the store.
+ */
 function readEntry(view: DataView, bytes: Uint8Array, at: number): ChunkEntry {
   return {
-    hash: bytes.slice(at, at + 32),
+    hash: bytes.subarray(at, at + 32),
     offsetBytes: view.getUint32(at + 32, true),
     storedBytes: view.getUint32(at + 36, true),
     rawBytes: view.getUint32(at + 40, true),
@@ -192,11 +196,12 @@ function readEntry(view: DataView, bytes: Uint8Array, at: number): ChunkEntry {
 function checkEntries(entries: ChunkEntry[], trailerOffsetBytes: number, where: string): void {
   let expected = PACK_HEADER_BYTES;
   for (const [index, entry] of entries.entries()) {
-    const what = `chunk ${index} (${hashHex(entry.hash)})`;
-    if (entry.offsetBytes !== expected) throw corrupt(where, `${what} starts at byte ${entry.offsetBytes}, not ${expected}`);
-    if ((entry.flags & ~CHUNK_FLAGS_KNOWN) !== 0) throw corrupt(where, `${what} has unknown flags ${entry.flags}`);
-    if (entry.rawBytes > ARCHIVE_CHUNK_RAW_BYTES_MAX) throw corrupt(where, `${what} claims ${entry.rawBytes} raw bytes`);
-    if ((entry.flags & CHUNK_FLAG_ZSTD) === 0 && entry.storedBytes !== entry.rawBytes) throw corrupt(where, `${what} is stored raw but its sizes differ`);
+    // Named only when wrong: an index load checks every entry of the store.
+    const what = () => `chunk ${index} (${hashHex(entry.hash)})`;
+    if (entry.offsetBytes !== expected) throw corrupt(where, `${what()} starts at byte ${entry.offsetBytes}, not ${expected}`);
+    if ((entry.flags & ~CHUNK_FLAGS_KNOWN) !== 0) throw corrupt(where, `${what()} has unknown flags ${entry.flags}`);
+    if (entry.rawBytes > ARCHIVE_CHUNK_RAW_BYTES_MAX) throw corrupt(where, `${what()} claims ${entry.rawBytes} raw bytes`);
+    if ((entry.flags & CHUNK_FLAG_ZSTD) === 0 && entry.storedBytes !== entry.rawBytes) throw corrupt(where, `${what()} is stored raw but its sizes differ`);
     expected += entry.storedBytes;
   }
   if (expected !== trailerOffsetBytes) throw corrupt(where, `the chunks end at byte ${expected}, the trailer starts at ${trailerOffsetBytes}`);
@@ -425,7 +430,7 @@ export function decodeSegment(bytes: Uint8Array, expect: { index: number; segmen
     for (let chunk = 0; chunk < chunkCount; chunk += 1) {
       const rawBytes = view.getUint32(at + 32, true);
       if (rawBytes < 1 || rawBytes > expect.chunkMaxBytes) throw corrupt(where, `run ${runIndex} chunk ${chunk} has ${rawBytes} bytes`);
-      chunks.push({ hash: bytes.slice(at, at + 32), rawBytes });
+      chunks.push({ hash: bytes.subarray(at, at + 32), rawBytes }); // a view, as readEntry's
       total += rawBytes;
       at += REF_BYTES;
     }

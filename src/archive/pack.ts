@@ -12,15 +12,16 @@
 // each run — the changed blocks, widened to the base's chunk edges — is read and chunked. An
 // incremental of a large volume with few changes reads and hashes little more than the changes.
 //
-// The stream root is written last, by an exclusive create of its name (F-AR-ORDER-1): a pack
-// killed at any moment leaves packs and maybe an index object that no stream needs (gc removes
-// them, or the next pack reuses their chunks), never a half stream.
+// The stream root is written once every pack is stored, by an exclusive create of its name, beside
+// the last index object (F-AR-ORDER-1): a pack killed at any moment leaves packs and maybe an index
+// object that no stream needs (gc removes them, or the next pack reuses their chunks), or a whole
+// stream, never a half one.
 import { ThinError, assert } from '../errors.ts';
 import { ARCHIVE_JOB_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
 import type { MappedRun } from '../pool/volume.ts';
 import { DeltaKind, deltaSteps } from '../tools/delta.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
-import { ChunkReader, PackWriter, type Archive } from './archive.ts';
+import { ChunkReader, PackWriter, type Archive, type LoadedIndex } from './archive.ts';
 import { InlineChunkJobs, storeChunk, type ChunkJobs } from './chunk-jobs.ts';
 import type { ChunkerParams } from './chunker.ts';
 import {
@@ -131,6 +132,13 @@ export async function findBaseStream(archive: Archive, base: StreamSource): Prom
   throw new ThinError('THIN_NOT_FOUND', `--delta-from ${base.volumeName}: no stream in ${archive.url} was packed from this volume; pack it first`);
 }
 
+interface JobBuffers {
+  /** A job's bytes. */
+  data: Uint8Array;
+  /** Its chunks' zstd frames. */
+  out: Uint8Array;
+}
+
 interface BaseChunk {
   begin: number;
   end: number;
@@ -155,11 +163,18 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     throw new ThinError('THIN_INVALID', `--delta-from: stream ${base.root.name} came from a pool with ${base.root.blockSizeBytes}-byte blocks, this one has ${bs}`);
   }
 
-  const loaded = await archive.loadIndex();
+  // The jobs first: worker threads start while the index loads.
+  const jobs = (options.makeJobs ?? ((params, level) => new InlineChunkJobs(params, level)))(config.chunking, config.compression.level);
+  let loaded: LoadedIndex;
+  try {
+    loaded = await archive.loadIndex();
+  } catch (error) {
+    await jobs.close();
+    throw error;
+  }
   const { index } = loaded;
   const writer = new PackWriter(archive.store, index, loaded.unindexed);
   const reader = new ChunkReader(archive.store, index);
-  const jobs = (options.makeJobs ?? ((params, level) => new InlineChunkJobs(params, level)))(config.chunking, config.compression.level);
   const segmentCompressor = new ZstdCompressor(config.compression.level);
 
   const sourceRuns = source.mappedRuns();
@@ -179,25 +194,28 @@ export async function packStream(archive: Archive, source: PackSource, options: 
 
   const report = () => options.onProgress?.(stats.bytesRead, Math.max(expectedBytes, stats.bytesRead));
 
-  // Job buffers are made once and reused (shared memory: a worker thread reads a job where it
-  // lies). A fresh 8 MiB buffer per job cost 2,048 page faults, which on a virtual machine took
-  // longer than reading the bytes into it (docs/benchmarks.md, "Archive").
-  const freeBuffers: Uint8Array[] = [];
-  const takeBuffer = (): Uint8Array => freeBuffers.pop() ?? new Uint8Array(new SharedArrayBuffer(ARCHIVE_JOB_BYTES));
+  // Job buffers are made once and reused, each with a buffer of the same size for its chunks'
+  // frames (shared memory: a worker thread reads a job and writes its frames where they lie). A
+  // fresh 8 MiB buffer per job cost 2,048 page faults, which on a virtual machine took longer than
+  // reading the bytes into it (docs/benchmarks.md, "Archive"); pages are touched only as far as
+  // jobs fill them, so small jobs (an incremental's) touch little.
+  const freeBuffers: JobBuffers[] = [];
+  const takeBuffers = (): JobBuffers =>
+    freeBuffers.pop() ?? { data: new Uint8Array(new SharedArrayBuffer(ARCHIVE_JOB_BYTES)), out: new Uint8Array(new SharedArrayBuffer(ARCHIVE_JOB_BYTES)) };
 
   /** Reads, chunks and stores volume bytes [begin, end) (one job); resolves to its chunk refs. */
   const runJob = async (begin: number, end: number): Promise<ChunkRef[]> => {
     assert(end - begin <= ARCHIVE_JOB_BYTES, 'a job larger than a job buffer');
-    const buffer = takeBuffer();
+    const buffers = takeBuffers();
     try {
-      return await chunkAndStore(begin, buffer.subarray(0, end - begin));
+      return await chunkAndStore(begin, buffers.data.subarray(0, end - begin), buffers.out);
     } finally {
-      freeBuffers.push(buffer);
+      freeBuffers.push(buffers);
     }
   };
 
-  /** runJob's work, on bytes [begin, end) read into `data`; `data` is free again when it resolves. */
-  const chunkAndStore = async (begin: number, data: Uint8Array): Promise<ChunkRef[]> => {
+  /** runJob's work, on bytes [begin, end) read into `data`; `data` and `out` are free again when it resolves. */
+  const chunkAndStore = async (begin: number, data: Uint8Array, out: Uint8Array): Promise<ChunkRef[]> => {
     await source.read(begin, data);
     stats.bytesRead += data.length;
     report();
@@ -205,7 +223,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     const refs: ChunkRef[] = [];
     const fresh: number[] = [];
     for (let chunk = 0; chunk < result.lengths.length; chunk += 1) {
-      const hash = result.hashes.slice(chunk * HASH_BYTES, (chunk + 1) * HASH_BYTES);
+      const hash = result.hashes.subarray(chunk * HASH_BYTES, (chunk + 1) * HASH_BYTES);
       refs.push({ hash, rawBytes: result.lengths[chunk]! });
       if (index.has(hash)) continue;
       const hex = hashHex(hash);
@@ -213,7 +231,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
       pendingNew.add(hex);
       fresh.push(chunk);
     }
-    const stored = await jobs.compress(id, fresh);
+    const stored = await jobs.compress(id, fresh, out);
     for (const [position, chunk] of fresh.entries()) {
       const ref = refs[chunk]!;
       const { stored: bytes, flags } = stored[position]!;
@@ -319,7 +337,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     }
     await Promise.all(inFlight);
     if (failure !== undefined) throw failure;
-    await writer.finish();
+    await writer.finishPacks();
   } catch (error) {
     await Promise.all(inFlight);
     await writer.abandon();
@@ -339,8 +357,11 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     stats,
     segments: segmentRefs,
   };
-  // F-AR-STREAM-5: a stream is committed by creating its root, once.
-  if (!(await archive.store.putNew(streamKey(name), encodeStreamRoot(root)))) {
+  // F-AR-STREAM-5: a stream is committed by creating its root, once. Its packs are stored by now;
+  // the index object that lists them is written beside it (F-AR-ORDER-1: until it is, pack and
+  // unpack find those packs' chunks in their trailers).
+  const [committed] = await Promise.all([archive.store.putNew(streamKey(name), encodeStreamRoot(root)), writer.finish()]);
+  if (!committed) {
     throw new ThinError('THIN_EXISTS', `A stream named ${name} was committed to ${archive.url} while this pack ran; this pack's chunks stay for gc to collect`);
   }
   return root;

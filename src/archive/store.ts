@@ -13,6 +13,10 @@
 // - get / getRange read an object or a byte range of it; a missing key is THIN_NOT_FOUND.
 // - list(prefix) yields every key under a prefix that ends in '/', with sizes, in key order.
 // - delete(key) removes an object; a missing one is not an error.
+// - openWriter(key), where a store has it, writes an object in parts as they come and then
+//   commits it as put does: how pack objects reach a directory without being assembled in memory
+//   (on a virtual machine, first-touched memory cost far more than writing the same bytes to a
+//   file: docs/benchmarks.md, "Archive"). S3 uploads a pack whole, from memory.
 // Keys are relative paths of [A-Za-z0-9._-] segments joined by '/'. This module is the contract
 // only, which the implementations import; open-store.ts picks one for a store's name.
 import { ThinError } from '../errors.ts';
@@ -20,6 +24,16 @@ import { ThinError } from '../errors.ts';
 export interface StoredObject {
   key: string;
   sizeBytes: number;
+}
+
+/** An object being written in parts (ObjectStore.openWriter). */
+export interface ObjectWriter {
+  /** Appends bytes (in the order of the calls, which may overlap); they are copied (or written out) when it resolves. */
+  write(bytes: Uint8Array): Promise<void>;
+  /** Makes the object visible, whole, as put does: durable when it resolves (after every write has). */
+  commit(): Promise<void>;
+  /** Drops what was written; the key is left as it was. */
+  abort(): Promise<void>;
 }
 
 export interface ObjectStore {
@@ -33,6 +47,8 @@ export interface ObjectStore {
   putNew(key: string, data: Uint8Array): Promise<boolean>;
   list(prefix: string): AsyncIterable<StoredObject>;
   delete(key: string): Promise<void>;
+  /** Where the store can take an object in parts: a writer for `key` (nothing visible until commit). */
+  openWriter?(key: string): Promise<ObjectWriter>;
   close(): Promise<void>;
 }
 

@@ -1,6 +1,11 @@
 // Zstandard compression (the zstd-napi binding of the reference C library), with contexts made
 // once and reused: a context costs more to set up than a 64 KiB chunk costs to compress.
 //
+// Compression goes through the binding's context directly, into a buffer the caller gives: the
+// package's own Compressor allocates a fresh output buffer per call for incompressible input, and
+// on a virtual machine the first touch of fresh memory cost more than compressing into it
+// (docs/benchmarks.md, "Archive").
+//
 // Decompression is given the size the caller expects and never allocates more: input comes from
 // archives and downloads, and a damaged frame header must not ask for gigabytes. A frame that
 // does not decompress to exactly that size is a ZstdFrameError.
@@ -8,10 +13,10 @@ import { createRequire } from 'node:module';
 import type * as Binding from 'zstd-napi/binding.js';
 
 const require = createRequire(import.meta.url);
-// The package's own Compressor wraps the same context and copies out of a scratch buffer; the
-// binding is used directly for decompression so the output buffer is ours to size.
 const binding = require('zstd-napi/binding.js') as typeof Binding;
-const { Compressor } = require('zstd-napi') as typeof import('zstd-napi');
+
+/** ZSTD_getErrorName of ZSTD_error_dstSize_tooSmall: the frame did not fit the target. */
+const DESTINATION_TOO_SMALL = 'Destination buffer is too small';
 
 export class ZstdFrameError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -22,18 +27,34 @@ export class ZstdFrameError extends Error {
 
 export class ZstdCompressor {
   readonly level: number;
-  readonly #compressor: InstanceType<typeof Compressor>;
+  readonly #context = new binding.CCtx();
 
   constructor(level: number) {
     this.level = level;
-    this.#compressor = new Compressor();
     // No checksum in the frame: callers that store chunks name them by a cryptographic hash of
     // the raw bytes and check that instead. The content size stays in the header.
-    this.#compressor.setParameters({ compressionLevel: level, checksumFlag: false, contentSizeFlag: true });
+    this.#context.setParameter(binding.CParameter.compressionLevel, level);
+    this.#context.setParameter(binding.CParameter.checksumFlag, 0);
+    this.#context.setParameter(binding.CParameter.contentSizeFlag, 1);
   }
 
+  /** raw as one frame, in a buffer of its own. */
   compress(raw: Uint8Array): Uint8Array {
-    return this.#compressor.compress(raw);
+    const target = new Uint8Array(binding.compressBound(raw.length));
+    return target.subarray(0, this.#context.compress2(target, raw));
+  }
+
+  /**
+   * Writes raw as one frame at the start of target and returns the frame's length; undefined
+   * when the frame does not fit (a target shorter than raw thus keeps only frames worth storing).
+   */
+  compressInto(raw: Uint8Array, target: Uint8Array): number | undefined {
+    try {
+      return this.#context.compress2(target, raw);
+    } catch (error) {
+      if (error instanceof Error && error.message === DESTINATION_TOO_SMALL) return undefined;
+      throw error;
+    }
   }
 }
 

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { Chunker, chunkerParams } from '../../src/archive/chunker.ts';
 import { InlineChunkJobs } from '../../src/archive/chunk-jobs.ts';
 import { WorkerChunkJobs } from '../../src/archive/chunk-workers.ts';
+import { CHUNK_FLAG_ZSTD } from '../../src/archive/format.ts';
 
 /** Deterministic pseudo-random bytes (xorshift32). */
 function pseudoRandom(lengthBytes: number, seed: number): Uint8Array {
@@ -81,24 +82,28 @@ test('cut points are pinned (store format F-AR-CDC-1)', () => {
 
 const PINNED = '14:77114761ea96fff0';
 
-test('worker threads chunk and compress a job in shared memory where it lies, as they do a transferred one', async () => {
+test('worker threads chunk and compress a job in shared memory where it lies, as this thread does', async () => {
   const params = chunkerParams(16 * 1024);
   const bytes = new Uint8Array(3 * 1024 * 1024);
   for (let at = 0; at < bytes.length; at += 32) bytes.set(createHash('sha256').update(String(at >> 12)).digest(), at);
+  // A megabyte that does not compress: those chunks are stored raw, as views of the job.
+  bytes.set(pseudoRandom(1024 * 1024, 77), 1024 * 1024);
   const inline = new InlineChunkJobs(params, 3);
   const workers = new WorkerChunkJobs(params, 3, 2);
   try {
     const expected = await inline.chunk(bytes.slice());
     const everyChunk = Array.from(expected.result.lengths, (_, index) => index);
-    const expectedStored = await inline.compress(expected.id, everyChunk);
+    const expectedStored = await inline.compress(expected.id, everyChunk, new Uint8Array(new SharedArrayBuffer(bytes.length)));
+    assert.ok(expectedStored.some((chunk) => chunk.flags === 0) && expectedStored.some((chunk) => chunk.flags === CHUNK_FLAG_ZSTD), 'chunks stored raw and compressed');
     const shared = new Uint8Array(new SharedArrayBuffer(bytes.length));
     shared.set(bytes);
     const { id, result } = await workers.chunk(shared);
     assert.deepEqual(result.lengths, expected.result.lengths);
     assert.deepEqual(result.hashes, expected.result.hashes);
-    const stored = await workers.compress(id, everyChunk);
+    const out = new Uint8Array(new SharedArrayBuffer(bytes.length));
+    const stored = await workers.compress(id, everyChunk, out);
+    assert.ok(stored.every((chunk) => chunk.stored.buffer === (chunk.flags === 0 ? shared.buffer : out.buffer)), 'frames in the output buffer, raw chunks where they lie');
     assert.deepEqual(stored.map((chunk) => Buffer.from(chunk.stored).toString('hex')), expectedStored.map((chunk) => Buffer.from(chunk.stored).toString('hex')));
-    assert.equal(shared.byteLength, bytes.length, 'the caller still holds its buffer (not transferred)');
     assert.ok(Buffer.from(shared).equals(bytes));
   } finally {
     await workers.close();

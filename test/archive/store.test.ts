@@ -51,3 +51,23 @@ test('a directory store is private to its owner: directories 0700, objects 0600,
     process.umask(previous);
   }
 });
+
+test('a directory store takes an object in parts: nothing is visible before commit, abort leaves nothing', async () => {
+  const store = DirectoryObjectStore.open(join(root, 'parts'));
+  const parts = [new Uint8Array([1, 2, 3]), new Uint8Array(0), new Uint8Array(70_000).fill(9), new Uint8Array([4])];
+  const writer = await store.openWriter('packs/cd/cdef');
+  for (const part of parts) await writer.write(part);
+  await assert.rejects(store.get('packs/cd/cdef'), /no such file/);
+  await writer.commit();
+  assert.deepEqual(Buffer.from(await store.get('packs/cd/cdef')), Buffer.concat(parts));
+  assert.equal(statSync(join(root, 'parts', 'packs/cd/cdef')).mode & 0o777, 0o600);
+
+  const dropped = await store.openWriter('packs/cd/dropped');
+  await dropped.write(new Uint8Array([7]));
+  await dropped.abort();
+  await assert.rejects(store.get('packs/cd/dropped'), /no such file/);
+  assert.equal(await store.removeTemporaries(), 0, 'no temporary file left behind');
+  const keys: string[] = [];
+  for await (const object of store.list('packs/')) keys.push(object.key);
+  assert.deepEqual(keys, ['packs/cd/cdef']);
+});

@@ -17,6 +17,20 @@ test('compressible and incompressible data round-trip through reused contexts', 
   assert.ok(compressor.compress(text).length < text.length / 20, 'repetitive text compresses');
 });
 
+test('compressInto writes a frame that fits its target and refuses one that does not', () => {
+  const text = new TextEncoder().encode('thin volumes share blocks until written. '.repeat(3000));
+  const target = new Uint8Array(new SharedArrayBuffer(text.length - 1));
+  const frameBytes = compressor.compressInto(text, target);
+  assert.ok(frameBytes !== undefined && frameBytes < text.length / 20, `a frame of ${frameBytes} bytes`);
+  assert.deepEqual(Buffer.from(decompressor.decompress(target.subarray(0, frameBytes), text.length)), Buffer.from(text));
+  const random = randomBytes(70_000);
+  assert.equal(compressor.compressInto(random, new Uint8Array(random.length - 1)), undefined, 'random bytes do not compress');
+  const roomy = new Uint8Array(random.length + 1000);
+  const randomFrameBytes = compressor.compressInto(random, roomy);
+  assert.ok(randomFrameBytes !== undefined && randomFrameBytes > random.length);
+  assert.deepEqual(Buffer.from(decompressor.decompress(roomy.subarray(0, randomFrameBytes), random.length)), Buffer.from(random));
+});
+
 test('a frame that holds another size than expected is refused', () => {
   const raw = randomBytes(1000);
   const frame = compressor.compress(raw);
