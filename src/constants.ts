@@ -281,6 +281,13 @@ export const DATA_BLOCKS_RESERVED_MAX = 256;
  */
 export const READ_ATTEMPTS_MAX = 3;
 /**
+ * Sectors a failing range must span before the narrowing (pool/bad-blocks.ts) halves it; a
+ * shorter one is tried sector by sector. A refused 4 KiB write (8 sectors) then costs at most 8
+ * more attempts instead of up to 15 (1 + 2 + 4 + 8 when every sector is bad), and on a real
+ * failing drive each refused I/O may cost the drive's own retries.
+ */
+export const NARROW_SECTORS_ONE_BY_ONE_MAX = 8;
+/**
  * Blocks a write refused by the medium is tried on before the request fails: a second bad block
  * in a row is already rare; four in a row means the device fails every write.
  */
