@@ -297,7 +297,7 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
     "carrying the remap, the bad range and the write's 4 KiB, and one metadata fdatasync (docs/format.md F-LOG-9; a rollup, a full commit, when the ring is full);",
     'the code before this change synced the data file before the record (two fdatasyncs in a row).',
     `${beforeDir === undefined ? 'One pool' : `One pool runs the code of ${beforeDir} (before); of the others, one`} has the spare area off (the block goes to a new block, which the host file system allocates on the`,
-    `data sync), the other on (the block goes to a spare written ahead: ${taken} of ${remaps.on} did; ${refills} refills).`,
+    `writeback or the next data sync), the other on (the block goes to a spare written ahead: ${taken} of ${remaps.on} did; ${refills} refills).`,
     'fdatasync: one 4 KiB write + fdatasync of a sparse file the size of the mirrored metadata file, in the same directory.',
     `The ${modes.length + 1} are measured step by step in turn (the order rotating each step), so they share the moments of the shared machine. A refill runs`,
     `in the background after a remap; the step waits for it apart from the samples: ${refillWaitMs.filter((value) => value > 0.05).length} waits, ` +

@@ -292,7 +292,7 @@ export class DeltaLog {
       dataBlock,
       oldDataBlock,
     });
-    this.#pendingCarriedBytes.push(Uint8Array.from(bytes));
+    this.#pendingCarriedBytes.push(bytes.slice());
     this.#pendingCarriedByteCount += bytes.length;
   }
 
