@@ -1,8 +1,9 @@
 // What failing disks cost (issue 17), on real files with real fdatasync:
 //   remap            a 4 KiB write into a block whose sectors refuse writes (fault rules at the io
 //                    seam): narrowed to the sectors, the block moved (its 64 KiB read and written
-//                    elsewhere), and the move made durable before the write returns (data sync,
-//                    one delta-log record, metadata sync). Latency avg / p95 / p99 on two pools,
+//                    elsewhere), and the move made durable before the write returns (one
+//                    delta-log record carrying the write's bytes, one metadata sync: docs/format.md
+//                    F-LOG-9; before that change, a data sync first). Latency avg / p95 / p99 on two pools,
 //                    the spare area (pool/spare-area.ts) off and on, beside
 //   fdatasync        one 4 KiB write + fdatasync of a file the size of the metadata file, in the
 //                    same directory: dm-remap's yardstick (its remap persist: 7.6 ms avg, 8.3 p99);
@@ -54,6 +55,9 @@ interface RemapProfile {
   /** Remaps that moved into a spare, and the spare area's refills (spare-area.ts). */
   sparesTaken: number;
   refills: number;
+  /** Per remapped write: log records carrying its bytes, and rollups (full commits: the ring filled). */
+  carryingPerRemap: number;
+  rollupsPerRemap: number;
 }
 
 interface IoCounts {
@@ -116,7 +120,11 @@ async function remapRound(count: number, modes: readonly SpareMode[], BeforePool
     const samplesMs: RoundResult['samplesMs'] = { before: [], off: [], on: [], fdatasync: [] };
     const refillWaitMs: number[] = [];
     const before = {} as Record<SpareMode, PoolStatus['health']>;
-    for (const mode of modes) before[mode] = pools[mode].status().health;
+    const countersBefore = {} as Record<SpareMode, PoolStatus['counters']>;
+    for (const mode of modes) {
+      before[mode] = pools[mode].status().health;
+      countersBefore[mode] = pools[mode].status().counters;
+    }
     const steps: Measured[] = ['fdatasync', ...modes];
     for (let index = 0; index < count; index++) {
       for (let turn = 0; turn < steps.length; turn++) {
@@ -142,6 +150,8 @@ async function remapRound(count: number, modes: readonly SpareMode[], BeforePool
     for (const mode of modes) {
       const was = before[mode];
       const now = pools[mode].status().health;
+      const countersWas = countersBefore[mode];
+      const countersNow = pools[mode].status().counters;
       remaps[mode] = now.data.remaps.remaps - was.data.remaps.remaps;
       await pools[mode].close();
       const counts = (device: 'data' | 'metadata'): IoCounts => ({
@@ -161,6 +171,9 @@ async function remapRound(count: number, modes: readonly SpareMode[], BeforePool
         // The tree of --before may have no spare area.
         sparesTaken: (now.data.spareArea?.taken ?? 0) - (was.data.spareArea?.taken ?? 0),
         refills: (now.data.spareArea?.refills ?? 0) - (was.data.spareArea?.refills ?? 0),
+        // The tree of --before may not count carrying records.
+        carryingPerRemap: ((countersNow.logRecordsCarrying ?? 0) - (countersWas.logRecordsCarrying ?? 0)) / count,
+        rollupsPerRemap: (countersNow.rollups - countersWas.rollups) / count,
       };
     }
     return { samplesMs, remaps, profile, refillWaitMs };
@@ -236,7 +249,8 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
   const ioText = (mode: SpareMode, device: 'data' | 'metadata'): string =>
     `${device}: ${mean(mode, (p) => p.perRemap[device].reads).toFixed(1)} read(s), ${mean(mode, (p) => p.perRemap[device].writes).toFixed(1)} write(s)` +
     `${device === 'data' ? ` + ${mean(mode, (p) => p.perRemap[device].failedWrites).toFixed(1)} refused (the narrowing)` : ' (one per mirror copy)'}, ` +
-    `${mean(mode, (p) => p.perRemap[device].syncs).toFixed(2)} fdatasync of ${ms(mean(mode, (p) => p.syncAvgMs[device]))} ms avg`;
+    `${mean(mode, (p) => p.perRemap[device].syncs).toFixed(2)} fdatasync of ${ms(mean(mode, (p) => p.syncAvgMs[device]))} ms avg` +
+    `${device === 'metadata' ? `; ${mean(mode, (p) => p.carryingPerRemap).toFixed(2)} log record(s) carrying the write, ${mean(mode, (p) => p.rollupsPerRemap).toFixed(3)} rollups` : ''}`;
   const sync = summary(samples.fdatasync);
   const modeNames: Record<SpareMode, string> = {
     before: `the code of ${beforeDir} (before)`,
@@ -279,9 +293,11 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
       `load average ${loadText(loadBefore)} at the start, ${loadText(loadAfterRemaps)} after the latencies.`,
     '',
     `Remap: a 4 KiB write into a block whose sectors refuse writes (fault rules), ${count} per round on each of ${modes.length} pools, ${modes.map((mode) => remaps[mode]).join(', ')} remapped in all; the`,
-    'write returns once the move is durable (narrowing by bisection, 64 KiB read and written to another block, data sync, one delta-log record, metadata sync).',
+    'write returns once the move is durable: narrowed to its sectors, the 64 KiB block read and written (not synced) to another block, then one delta-log record',
+    "carrying the remap, the bad range and the write's 4 KiB, and one metadata fdatasync (docs/format.md F-LOG-9; a rollup, a full commit, when the ring is full);",
+    'the code before this change synced the data file before the record (two fdatasyncs in a row).',
     `${beforeDir === undefined ? 'One pool' : `One pool runs the code of ${beforeDir} (before); of the others, one`} has the spare area off (the block goes to a new block, which the host file system allocates on the`,
-    `data sync), the other on (the block goes to a spare written ahead: ${taken} of ${remaps.on} did; ${refills} refills).`,
+    `writeback or the next data sync), the other on (the block goes to a spare written ahead: ${taken} of ${remaps.on} did; ${refills} refills).`,
     'fdatasync: one 4 KiB write + fdatasync of a sparse file the size of the mirrored metadata file, in the same directory.',
     `The ${modes.length + 1} are measured step by step in turn (the order rotating each step), so they share the moments of the shared machine. A refill runs`,
     `in the background after a remap; the step waits for it apart from the samples: ${refillWaitMs.filter((value) => value > 0.05).length} waits, ` +

@@ -174,16 +174,19 @@ export const METADATA_BLOCK_HEADER_BYTES = 32;
  * Version 2 reserves the delta log's ring (DELTA_LOG_FIRST_BLOCK_NR ..): in version 1 pools those
  * blocks may hold tree nodes. Version 3 names the metadata mirror in the superblock and holds bad
  * ranges in the pool's payload (docs/format.md "Metadata mirror", "Bad ranges"). Version 4 lets
- * mapping tree leaves be compact (docs/format.md "Compact leaf").
+ * mapping tree leaves be compact (docs/format.md "Compact leaf"). Version 5 lets a delta log record
+ * carry a remap's bytes and flag the data sync before it (docs/format.md "Delta log", F-LOG-9): a
+ * build that reads up to 4 would take such a record for the end of the log and drop it.
  */
-export const METADATA_FORMAT_VERSION = 4;
+export const METADATA_FORMAT_VERSION = 5;
 /**
  * Versions open reads. Every commit writes METADATA_FORMAT_VERSION, so the first commit of a read-write
  * open upgrades an older pool: a version 2 pool gets its mirror; a version 2 or 3 pool's wide
  * mapping leaves stay readable and are rewritten compact as they change (version 4: compact leaves,
- * docs/format.md "Compact leaf"), which builds that read only up to 3 refuse.
+ * docs/format.md "Compact leaf"), which builds that read only up to 3 refuse. A version 2..4 pool's
+ * log holds no carried bytes, and its records read as version 5 records without flags.
  */
-export const METADATA_FORMAT_VERSIONS_READ: readonly number[] = [2, 3, 4];
+export const METADATA_FORMAT_VERSIONS_READ: readonly number[] = [2, 3, 4, 5];
 
 /**
  * Metadata block numbers of the superblock copies: far apart (256 KiB, 4 MiB, 64 MiB) because
@@ -280,6 +283,13 @@ export const DATA_BLOCKS_RESERVED_MAX = 256;
  * request for long.
  */
 export const READ_ATTEMPTS_MAX = 3;
+/**
+ * Sectors a failing range must span before the narrowing (pool/bad-blocks.ts) halves it; a
+ * shorter one is tried sector by sector. A refused 4 KiB write (8 sectors) then costs at most 8
+ * more attempts instead of up to 15 (1 + 2 + 4 + 8 when every sector is bad), and on a real
+ * failing drive each refused I/O may cost the drive's own retries.
+ */
+export const NARROW_SECTORS_ONE_BY_ONE_MAX = 8;
 /**
  * Blocks a write refused by the medium is tried on before the request fails: a second bad block
  * in a row is already rare; four in a row means the device fails every write.

@@ -155,6 +155,18 @@ function injectedEio(description: string, verb: string, lengthBytes: number, off
 export class FaultInjectingBlockFile extends ForwardingBlockFile {
   readonly counters: FaultCounters = { injected: 0 };
   #rules: LiveRule[] = [];
+  /**
+   * The rules with sectors, sorted by beginSector (then index), and the longest one's length: an
+   * I/O looks up only the rules whose range can reach it, by binary search. A linear scan of the
+   * rules per I/O made an injected bad disk with a few hundred bad ranges cost more CPU than the
+   * pool's own work on every refused write (docs/benchmarks.md, "Failing disks").
+   */
+  #sectored: LiveRule[] = [];
+  #sectorCountMax = 0;
+  /** The rules without sectors (every sector, and syncs), in index order. */
+  #everywhere: LiveRule[] = [];
+  /** The healOnWrite rules: a write heals only these. */
+  #healing: { readonly rule: FaultRule; readonly healed: Set<number> }[] = [];
   #ios = 0;
   #syncFailure: ThinError | undefined;
 
@@ -168,7 +180,15 @@ export class FaultInjectingBlockFile extends ForwardingBlockFile {
     for (const rule of rules) {
       const live: LiveRule = { rule: { ...rule, ...(rule.afterIos !== undefined ? { afterIos: this.#ios + rule.afterIos } : {}) }, index: this.#rules.length, fired: 0, healed: rule.healOnWrite ? new Set() : undefined };
       this.#rules.push(live);
+      if (live.healed !== undefined) this.#healing.push({ rule: live.rule, healed: live.healed });
+      if (rule.beginSector === undefined) {
+        this.#everywhere.push(live);
+      } else {
+        this.#sectored.push(live);
+        this.#sectorCountMax = Math.max(this.#sectorCountMax, rule.endSector! - rule.beginSector);
+      }
     }
+    this.#sectored.sort((a, b) => a.rule.beginSector! - b.rule.beginSector! || a.index - b.index);
   }
 
   get ioCount(): number {
@@ -211,21 +231,48 @@ export class FaultInjectingBlockFile extends ForwardingBlockFile {
     await super.sync(options);
   }
 
-  /** Counts an operation and returns the first rule it trips, if any (counting that firing). */
+  /** Counts an operation and returns the first rule (lowest index) it trips, if any (counting that firing). */
   #take(op: 'read' | 'write' | 'sync', offsetBytes: number, lengthBytes: number): LiveRule | undefined {
     this.#ios += 1;
     if (this.#rules.length === 0) return undefined;
-    for (const live of this.#rules) {
-      const { rule } = live;
-      if (rule.op !== op && rule.op !== 'any') continue;
-      if (rule.afterIos !== undefined && this.#ios <= rule.afterIos) continue;
-      if (rule.times !== undefined && live.fired >= rule.times) continue;
-      if (op !== 'sync' && rule.beginSector !== undefined && !this.#overlapsUnhealed(live, offsetBytes, lengthBytes)) continue;
-      live.fired += 1;
-      this.counters.injected += 1;
-      return live;
+    let first: LiveRule | undefined;
+    for (const live of this.#everywhere) {
+      if (this.#applies(live, op)) {
+        first = live;
+        break;
+      }
     }
-    return undefined;
+    const sectored = this.#sectored;
+    if (op !== 'sync' && sectored.length > 0) {
+      const beginSector = Math.floor(offsetBytes / MEDIA_SECTOR_BYTES);
+      const endSector = Math.ceil((offsetBytes + lengthBytes) / MEDIA_SECTOR_BYTES);
+      // Rules that begin before endSector, walked back while they may still reach beginSector.
+      let low = 0;
+      let high = sectored.length;
+      while (low < high) {
+        const middle = (low + high) >>> 1;
+        if (sectored[middle]!.rule.beginSector! < endSector) low = middle + 1;
+        else high = middle;
+      }
+      for (let at = low - 1; at >= 0; at--) {
+        const live = sectored[at]!;
+        if (live.rule.beginSector! + this.#sectorCountMax <= beginSector) break;
+        if (first !== undefined && live.index > first.index) continue;
+        if (this.#applies(live, op) && this.#overlapsUnhealed(live, offsetBytes, lengthBytes)) first = live;
+      }
+    }
+    if (first === undefined) return undefined;
+    first.fired += 1;
+    this.counters.injected += 1;
+    return first;
+  }
+
+  /** Whether the rule may fire on this operation now (its sectors aside). */
+  #applies(live: LiveRule, op: 'read' | 'write' | 'sync'): boolean {
+    const { rule } = live;
+    if (rule.op !== op && rule.op !== 'any') return false;
+    if (rule.afterIos !== undefined && this.#ios <= rule.afterIos) return false;
+    return rule.times === undefined || live.fired < rule.times;
   }
 
   #overlapsUnhealed(live: LiveRule, offsetBytes: number, lengthBytes: number): boolean {
@@ -238,8 +285,8 @@ export class FaultInjectingBlockFile extends ForwardingBlockFile {
   }
 
   #heal(offsetBytes: number, lengthBytes: number): void {
-    for (const live of this.#rules) {
-      if (live.healed === undefined || lengthBytes === 0) continue;
+    if (lengthBytes === 0) return;
+    for (const live of this.#healing) {
       const begin = Math.max(live.rule.beginSector!, Math.ceil(offsetBytes / MEDIA_SECTOR_BYTES));
       const end = Math.min(live.rule.endSector!, Math.floor((offsetBytes + lengthBytes) / MEDIA_SECTOR_BYTES));
       for (let sector = begin; sector < end; sector++) live.healed.add(sector);

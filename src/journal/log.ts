@@ -30,6 +30,7 @@ import {
 } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 import type { BlockFile, SyncOptions } from '../io/block-file.ts';
+import { crc32c } from '@node-rs/crc32';
 import { Block, BlockType, checksumOf, getU64, sealBlock, setU64 } from '../pdata/index.ts';
 
 /** "TLOG" read as a little-endian u32. */
@@ -42,9 +43,20 @@ export const DeltaLogLayout = {
   previousChecksumOffset: METADATA_BLOCK_HEADER_BYTES + 8, // u32, 0 for the first record
   entryCountOffset: METADATA_BLOCK_HEADER_BYTES + 12, // u32
   timeOffset: METADATA_BLOCK_HEADER_BYTES + 16, // u32, the pool time of every map in the record
-  reservedOffset: METADATA_BLOCK_HEADER_BYTES + 20, // u32, zero
+  flagsOffset: METADATA_BLOCK_HEADER_BYTES + 20, // u16, DeltaLogRecordFlag
+  carriedSlotCountOffset: METADATA_BLOCK_HEADER_BYTES + 22, // u16, ring slots after this record holding its carried bytes
   entriesOffset: METADATA_BLOCK_HEADER_BYTES + 24,
 } as const;
+
+export const DeltaLogRecordFlag = {
+  /**
+   * The data file was synced, after every data write completed before this record's flush
+   * began, before the record was written (F-LOG-7): bytes carried by this or an earlier record
+   * are durable in their data blocks, which later writes may have changed (F-LOG-9).
+   */
+  dataSynced: 1,
+} as const;
+export const DELTA_LOG_RECORD_FLAGS_KNOWN = 1;
 
 /** One entry (F-LOG-3): 40 bytes. */
 export const DeltaLogEntryLayout = {
@@ -61,7 +73,7 @@ export const DeltaLogEntryLayout = {
 
 export const DELTA_LOG_ENTRIES_PER_RECORD = Math.floor((METADATA_BLOCK_SIZE_BYTES - DeltaLogLayout.entriesOffset) / DeltaLogEntryLayout.sizeBytes);
 
-assert(DeltaLogLayout.reservedOffset + 4 === DeltaLogLayout.entriesOffset, 'delta log record fields must end where the entries start');
+assert(DeltaLogLayout.carriedSlotCountOffset + 2 === DeltaLogLayout.entriesOffset, 'delta log record fields must end where the entries start');
 assert(DeltaLogEntryLayout.oldDataBlockOffset + 8 === DeltaLogEntryLayout.sizeBytes, 'delta log entry fields must fill the entry');
 assert(DELTA_LOG_ENTRIES_PER_RECORD >= 100, 'a delta log record holds at least 100 entries');
 assert(DELTA_LOG_BLOCKS_PER_FLUSH_MAX <= DELTA_LOG_BLOCK_COUNT, 'one flush fits the ring');
@@ -78,6 +90,12 @@ export const DeltaLogEntryKind = {
    * first sector), lengthBlocks the sector count, dataBlock the flags; volumeId and oldDataBlock 0.
    */
   badRange: 4,
+  /**
+   * Bytes a remap wrote, carried in the ring slots after the record (F-LOG-9): dataBlock (the new
+   * block) holds oldDataBlock's bytes with lengthBlocks bytes at byte virtualBlock of the block
+   * replaced by these; volumeId holds their crc32c.
+   */
+  carried: 5,
 } as const;
 export type DeltaLogEntryKindValue = (typeof DeltaLogEntryKind)[keyof typeof DeltaLogEntryKind];
 
@@ -105,6 +123,10 @@ export interface DeltaLogPosition {
 export interface DeltaLogCounters {
   blocksWritten: number;
   records: number;
+  /** Records that carried bytes (F-LOG-9). */
+  recordsCarrying: number;
+  /** Records without entries, flagged dataSynced (F-LOG-9). */
+  syncMarks: number;
   syncs: number;
 }
 
@@ -129,11 +151,27 @@ export interface EncodeRecordOptions {
   sequence: number;
   previousChecksum: number;
   time: number;
+  /** DeltaLogRecordFlag bits (default 0). */
+  flags?: number;
+  /** Ring slots after the record that hold its carried bytes (default 0). */
+  carriedSlotCount?: number;
 }
 
-/** One sealed record block holding `entries` (at most DELTA_LOG_ENTRIES_PER_RECORD). */
+/** Ring slots that hold `byteCount` carried bytes. */
+export function carriedSlotsFor(byteCount: number): number {
+  return Math.ceil(byteCount / METADATA_BLOCK_SIZE_BYTES);
+}
+
+/**
+ * One sealed record block holding `entries` (at most DELTA_LOG_ENTRIES_PER_RECORD; none only for
+ * a sync mark: flags dataSynced, nothing carried).
+ */
 export function encodeRecord(entries: readonly DeltaLogEntry[], options: EncodeRecordOptions): Uint8Array {
-  assert(entries.length >= 1 && entries.length <= DELTA_LOG_ENTRIES_PER_RECORD, `a delta log record of ${entries.length} entries`);
+  const flags = options.flags ?? 0;
+  const carriedSlotCount = options.carriedSlotCount ?? 0;
+  assert(entries.length <= DELTA_LOG_ENTRIES_PER_RECORD, `a delta log record of ${entries.length} entries`);
+  assert(entries.length >= 1 || (flags === DeltaLogRecordFlag.dataSynced && carriedSlotCount === 0), 'an empty delta log record that is not a sync mark');
+  assert((flags & ~DELTA_LOG_RECORD_FLAGS_KNOWN) === 0 && carriedSlotCount < DELTA_LOG_BLOCKS_PER_FLUSH_MAX, 'delta log record flags or carried slots out of range');
   const block = new Block(deltaLogBlockNr(options.index), new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
   const view = block.view;
   view.setUint32(DeltaLogLayout.magicOffset, DELTA_LOG_MAGIC, true);
@@ -141,6 +179,8 @@ export function encodeRecord(entries: readonly DeltaLogEntry[], options: EncodeR
   view.setUint32(DeltaLogLayout.previousChecksumOffset, options.previousChecksum, true);
   view.setUint32(DeltaLogLayout.entryCountOffset, entries.length, true);
   view.setUint32(DeltaLogLayout.timeOffset, options.time, true);
+  view.setUint16(DeltaLogLayout.flagsOffset, flags, true);
+  view.setUint16(DeltaLogLayout.carriedSlotCountOffset, carriedSlotCount, true);
   entries.forEach((entry, entryIndex) => {
     assert(entry.lengthBlocks >= 1 && entry.lengthBlocks <= 0xffff_ffff, `delta log entry of ${entry.lengthBlocks} blocks`);
     assert(entry.kind !== DeltaLogEntryKind.remap || entry.lengthBlocks === 1, 'a remap entry moves one block');
@@ -156,6 +196,20 @@ export function encodeRecord(entries: readonly DeltaLogEntry[], options: EncodeR
   return block.bytes;
 }
 
+/** What a flush hands to DeltaLog.append. */
+export interface PendingLogEntries {
+  /** In the order the changes were made; carried entries (kind 5) among them. */
+  entries: DeltaLogEntry[];
+  /** The bytes of each carried entry, in their order. */
+  carriedBytes: Uint8Array[];
+}
+
+export interface AppendOptions {
+  /** DeltaLogRecordFlag bits of every record written. */
+  flags: number;
+  syncOptions?: SyncOptions;
+}
+
 /**
  * The log writer of an open pool: collects the mapping changes of the open transaction that no
  * record holds yet, and appends them as records. The pool serializes appends and rollups (one
@@ -164,15 +218,20 @@ export function encodeRecord(entries: readonly DeltaLogEntry[], options: EncodeR
 export class DeltaLog {
   readonly file: BlockFile;
   readonly poolId: bigint;
-  readonly counters: DeltaLogCounters = { blocksWritten: 0, records: 0, syncs: 0 };
+  readonly counters: DeltaLogCounters = { blocksWritten: 0, records: 0, recordsCarrying: 0, syncMarks: 0, syncs: 0 };
   #position: DeltaLogPosition;
   #pending: DeltaLogEntry[] = [];
+  #pendingCarriedBytes: Uint8Array[] = [];
+  #pendingCarriedByteCount = 0;
+  /** A record carrying bytes was written since the last record flagged dataSynced (or the restart): F-LOG-9. */
+  #carriedSinceSync = false;
 
-  constructor(file: BlockFile, poolId: bigint, position: DeltaLogPosition) {
+  constructor(file: BlockFile, poolId: bigint, position: DeltaLogPosition, carriedSinceSync = false) {
     assert(position.nextIndex >= 0 && position.nextIndex <= DELTA_LOG_BLOCK_COUNT, `delta log position ${position.nextIndex} outside the ring`);
     this.file = file;
     this.poolId = poolId;
     this.#position = { ...position };
+    this.#carriedSinceSync = carriedSinceSync;
   }
 
   get position(): DeltaLogPosition {
@@ -184,13 +243,24 @@ export class DeltaLog {
     return this.#position.nextIndex;
   }
 
+  /** Pending entries that change mappings or bad ranges (carried bytes aside). */
   get pendingEntryCount(): number {
-    return this.#pending.length;
+    return this.#pending.length - this.#pendingCarriedBytes.length;
+  }
+
+  /**
+   * Whether bytes carried by a record may be replayed over their data blocks (F-LOG-9): a flush
+   * that syncs the data file must then write a record flagged dataSynced (a sync mark when it
+   * has no entries), or a later write to such a block it acknowledges could be undone by replay.
+   */
+  get carriedSinceSync(): boolean {
+    return this.#carriedSinceSync;
   }
 
   /** Records a change made in memory; a map or unmap that continues the previous entry extends it. */
   note(entry: DeltaLogEntry): void {
     assert(entry.lengthBlocks >= 1, 'an empty delta log entry');
+    assert(entry.kind !== DeltaLogEntryKind.carried, 'carried bytes are noted with noteCarried');
     const last = this.#pending[this.#pending.length - 1];
     if (
       last !== undefined &&
@@ -207,38 +277,83 @@ export class DeltaLog {
     this.#pending.push({ ...entry });
   }
 
-  /** Whether the pending entries fit one flush's records in the ring's free slots. */
+  /**
+   * Notes the bytes a remap wrote at offsetInBlockBytes of dataBlock, the rest of which holds
+   * oldDataBlock's bytes: the flush that logs the remap may carry them instead of syncing the
+   * data file (F-LOG-9). The bytes are copied.
+   */
+  noteCarried(dataBlock: number, oldDataBlock: number, offsetInBlockBytes: number, bytes: Uint8Array): void {
+    assert(bytes.length >= 1, 'no carried bytes');
+    this.#pending.push({
+      kind: DeltaLogEntryKind.carried,
+      volumeId: crc32c(bytes) >>> 0,
+      virtualBlock: offsetInBlockBytes,
+      lengthBlocks: bytes.length,
+      dataBlock,
+      oldDataBlock,
+    });
+    this.#pendingCarriedBytes.push(bytes.slice());
+    this.#pendingCarriedByteCount += bytes.length;
+  }
+
+  /** Whether the pending entries, carried bytes aside, fit one flush's records in the ring's free slots. */
   pendingFits(): boolean {
-    const needed = recordsFor(this.#pending.length);
-    return needed <= DELTA_LOG_BLOCKS_PER_FLUSH_MAX && this.#position.nextIndex + needed <= DELTA_LOG_BLOCK_COUNT;
+    return this.#fits(recordsFor(this.pendingEntryCount));
+  }
+
+  /** Whether the pending entries fit with their carried bytes (in the worst case, every record's bytes padded to a slot of its own). */
+  pendingFitsCarried(): boolean {
+    const records = recordsFor(this.#pending.length);
+    return this.#fits(records + carriedSlotsFor(this.#pendingCarriedByteCount) + records - 1);
+  }
+
+  #fits(blocks: number): boolean {
+    return blocks <= DELTA_LOG_BLOCKS_PER_FLUSH_MAX && this.#position.nextIndex + blocks <= DELTA_LOG_BLOCK_COUNT;
+  }
+
+  /** Whether a sync mark (one record block) fits the ring. */
+  get markFits(): boolean {
+    return this.#position.nextIndex < DELTA_LOG_BLOCK_COUNT;
   }
 
   /** Hands the pending entries to an append; later notes go to the next one. */
-  takePending(): DeltaLogEntry[] {
-    const taken = this.#pending;
+  takePending(): PendingLogEntries {
+    const taken = { entries: this.#pending, carriedBytes: this.#pendingCarriedBytes };
     this.#pending = [];
+    this.#pendingCarriedBytes = [];
+    this.#pendingCarriedByteCount = 0;
     return taken;
   }
 
   /** Drops the pending entries: a full commit sealed them into the trees. */
   discardPending(): void {
-    this.#pending = [];
+    this.takePending();
   }
 
   /**
-   * Writes `entries` as the next record(s), awaits every write, then syncs the metadata file. The
-   * caller has already synced the data they point at, and says how the sync may run
-   * (syncOptions). Resolves when the records are durable.
+   * Writes `pending` as the next record(s), each followed by the slots holding the bytes its
+   * carried entries carry, awaits every write, then syncs the metadata file. The caller has
+   * already synced the data the entries point at, unless carried entries carry it (F-LOG-7,
+   * F-LOG-9), and says how the sync may run. Without entries, writes a sync mark (flags must
+   * be dataSynced). Resolves when the records are durable.
    */
-  async append(entries: readonly DeltaLogEntry[], time: number, syncOptions: SyncOptions = {}): Promise<void> {
-    assert(entries.length > 0, 'appending no delta log entries');
-    const recordCount = recordsFor(entries.length);
+  async append(pending: PendingLogEntries, time: number, options: AppendOptions): Promise<void> {
+    const { entries, carriedBytes } = pending;
+    const synced = (options.flags & DeltaLogRecordFlag.dataSynced) !== 0;
+    assert(entries.length > 0 || synced, 'appending no delta log entries');
+    assert(!synced || carriedBytes.length === 0, 'a record flagged dataSynced carries nothing');
+    const recordCount = Math.max(1, recordsFor(entries.length));
     const start = this.#position;
-    assert(start.nextIndex + recordCount <= DELTA_LOG_BLOCK_COUNT, 'delta log append past the ring');
     const writes: Array<{ bytes: Uint8Array; blockNr: number }> = [];
     let position = { ...start };
+    let carriedIndex = 0;
     for (let record = 0; record < recordCount; record++) {
       const slice = entries.slice(record * DELTA_LOG_ENTRIES_PER_RECORD, (record + 1) * DELTA_LOG_ENTRIES_PER_RECORD);
+      const carried: Uint8Array[] = [];
+      for (const entry of slice) if (entry.kind === DeltaLogEntryKind.carried) carried.push(carriedBytes[carriedIndex++]!);
+      const carriedByteCount = carried.reduce((total, bytes) => total + bytes.length, 0);
+      const carriedSlotCount = carriedSlotsFor(carriedByteCount);
+      assert(position.nextIndex + 1 + carriedSlotCount <= DELTA_LOG_BLOCK_COUNT, 'delta log append past the ring');
       const bytes = encodeRecord(slice, {
         index: position.nextIndex,
         poolId: this.poolId,
@@ -246,22 +361,35 @@ export class DeltaLog {
         sequence: position.nextSequence,
         previousChecksum: position.previousChecksum,
         time,
+        flags: options.flags,
+        carriedSlotCount,
       });
       writes.push({ bytes, blockNr: deltaLogBlockNr(position.nextIndex) });
+      if (carriedSlotCount > 0) {
+        // The carried bytes, back to back, zeros after the last: crc32c per entry (F-LOG-9).
+        const slots = new Uint8Array(carriedSlotCount * METADATA_BLOCK_SIZE_BYTES);
+        let at = 0;
+        for (const piece of carried) {
+          slots.set(piece, at);
+          at += piece.length;
+        }
+        writes.push({ bytes: slots, blockNr: deltaLogBlockNr(position.nextIndex + 1) });
+      }
       position = {
         baseGeneration: position.baseGeneration,
-        nextIndex: position.nextIndex + 1,
+        nextIndex: position.nextIndex + 1 + carriedSlotCount,
         nextSequence: position.nextSequence + 1,
         previousChecksum: checksumOf(bytes),
       };
     }
+    assert(carriedIndex === carriedBytes.length, 'carried bytes without their entries');
     // A later record is only ever written once the one before it is durable or in this very
     // batch, so a crash leaves a prefix of the chain, possibly with this batch torn anywhere.
     try {
       await Promise.all(writes.map((write) => this.file.write(write.bytes, write.blockNr * METADATA_BLOCK_SIZE_BYTES)));
-      this.counters.blocksWritten += writes.length;
+      this.counters.blocksWritten += writes.reduce((total, write) => total + write.bytes.length / METADATA_BLOCK_SIZE_BYTES, 0);
       this.counters.syncs += 1;
-      await this.file.sync(syncOptions);
+      await this.file.sync(options.syncOptions ?? {});
     } catch (error) {
       throw new ThinError('THIN_IO', `Appending ${recordCount} delta log record(s) to ${this.file.description} failed`, { cause: error });
     }
@@ -269,8 +397,8 @@ export class DeltaLog {
     // wrote it; the last record has no successor), so a write that landed elsewhere or was lost
     // would go unnoticed until a crash dropped the flush. Read each record back before the flush
     // is acknowledged: one 4 KiB read, usually from the page cache.
-    const readBack = Buffer.allocUnsafe(METADATA_BLOCK_SIZE_BYTES);
     for (const write of writes) {
+      const readBack = Buffer.allocUnsafe(write.bytes.length);
       try {
         await this.file.read(readBack, write.blockNr * METADATA_BLOCK_SIZE_BYTES);
       } catch (error) {
@@ -283,13 +411,18 @@ export class DeltaLog {
       }
     }
     this.counters.records += recordCount;
+    if (carriedBytes.length > 0) this.counters.recordsCarrying += 1;
+    if (entries.length === 0) this.counters.syncMarks += 1;
     this.#position = position;
+    if (synced) this.#carriedSinceSync = false;
+    else if (carriedBytes.length > 0) this.#carriedSinceSync = true;
   }
 
   /** Starts an empty log after a rollup made `generation` durable. */
   restart(generation: number): void {
     assert(generation >= this.#position.baseGeneration, `delta log restarted at older generation ${generation}`);
     this.#position = emptyLogPosition(generation);
+    this.#carriedSinceSync = false;
   }
 }
 

@@ -17,11 +17,16 @@ import type { BlockFile } from '../io/block-file.ts';
 import { isMediaError } from '../io/media-error.ts';
 import { isRedundant, type RedundantBlockFile } from '../io/mirror.ts';
 import { Block, BlockType, blockProblem, checksumOf } from '../pdata/index.ts';
+import { crc32c } from '@node-rs/crc32';
+import { DELTA_LOG_BLOCKS_PER_FLUSH_MAX } from '../constants.ts';
 import {
   DELTA_LOG_ENTRIES_PER_RECORD,
   DELTA_LOG_MAGIC,
+  DELTA_LOG_RECORD_FLAGS_KNOWN,
   DeltaLogEntryKind,
   DeltaLogLayout,
+  DeltaLogRecordFlag,
+  carriedSlotsFor,
   deltaLogBlockNr,
   emptyLogPosition,
   readEntry,
@@ -33,7 +38,13 @@ export interface DeltaLogRecord {
   index: number;
   sequence: number;
   time: number;
+  /** DeltaLogRecordFlag bits. */
+  flags: number;
+  /** Ring slots after the record holding its carried bytes. */
+  carriedSlotCount: number;
   entries: DeltaLogEntry[];
+  /** The bytes of each carried entry (kind 5), in their order (F-LOG-9). */
+  carriedBytes: Uint8Array[];
 }
 
 export interface DeltaLogReadResult {
@@ -69,25 +80,37 @@ export function decodeRecord(bytes: Uint8Array, expect: DecodeRecordExpectation)
   const previousChecksum = view.getUint32(DeltaLogLayout.previousChecksumOffset, true);
   if (previousChecksum !== expect.previousChecksum) return `it follows a record with checksum ${previousChecksum}, not ${expect.previousChecksum} (a stale record)`;
   const entryCount = view.getUint32(DeltaLogLayout.entryCountOffset, true);
-  if (entryCount < 1 || entryCount > DELTA_LOG_ENTRIES_PER_RECORD) return `entry count ${entryCount}`;
   const time = view.getUint32(DeltaLogLayout.timeOffset, true);
-  if (view.getUint32(DeltaLogLayout.reservedOffset, true) !== 0) return 'reserved field is not zero';
+  const flags = view.getUint16(DeltaLogLayout.flagsOffset, true);
+  const carriedSlotCount = view.getUint16(DeltaLogLayout.carriedSlotCountOffset, true);
+  if ((flags & ~DELTA_LOG_RECORD_FLAGS_KNOWN) !== 0) return `unknown flags ${flags}`; // F-LOG-3
+  if (carriedSlotCount >= DELTA_LOG_BLOCKS_PER_FLUSH_MAX || expect.index + 1 + carriedSlotCount > DELTA_LOG_BLOCK_COUNT) return `${carriedSlotCount} carried slots`;
+  // A sync mark (F-LOG-9) has no entries; any other record 1..101.
+  const isMark = entryCount === 0 && flags === DeltaLogRecordFlag.dataSynced && carriedSlotCount === 0;
+  if ((entryCount < 1 && !isMark) || entryCount > DELTA_LOG_ENTRIES_PER_RECORD) return `entry count ${entryCount}`;
   const entries: DeltaLogEntry[] = [];
+  let carriedByteCount = 0;
   for (let entryIndex = 0; entryIndex < entryCount; entryIndex++) {
     const { reserved, ...entry } = readEntry(view, entryIndex);
     const kinds: number[] = Object.values(DeltaLogEntryKind);
     const fieldsSafe = Number.isSafeInteger(entry.virtualBlock) && Number.isSafeInteger(entry.dataBlock) && Number.isSafeInteger(entry.oldDataBlock);
     if (reserved !== 0 || !kinds.includes(entry.kind) || entry.lengthBlocks < 1 || !fieldsSafe) return `entry ${entryIndex} is malformed`; // F-LOG-3
     if (entry.kind === DeltaLogEntryKind.remap && entry.lengthBlocks !== 1) return `entry ${entryIndex} remaps ${entry.lengthBlocks} blocks`;
-    if (entry.kind !== DeltaLogEntryKind.remap && entry.oldDataBlock !== 0) return `entry ${entryIndex} is malformed`;
+    if (entry.kind !== DeltaLogEntryKind.remap && entry.kind !== DeltaLogEntryKind.carried && entry.oldDataBlock !== 0) return `entry ${entryIndex} is malformed`;
     if (entry.kind === DeltaLogEntryKind.unmap && entry.dataBlock !== 0) return `entry ${entryIndex} is malformed`;
     // A bad range: no volume, flags 1..7 naming a read or a write error (F-LOG-3, F-BAD-2).
     if (entry.kind === DeltaLogEntryKind.badRange && (entry.volumeId !== 0 || entry.dataBlock < 1 || entry.dataBlock > 7 || (entry.dataBlock & 3) === 0)) {
       return `entry ${entryIndex} is malformed`;
     }
+    if (entry.kind === DeltaLogEntryKind.carried) {
+      // F-LOG-9: bytes carried for a remap's new block; none in a record flagged dataSynced.
+      if ((flags & DeltaLogRecordFlag.dataSynced) !== 0) return `entry ${entryIndex} is malformed`;
+      carriedByteCount += entry.lengthBlocks;
+    }
     entries.push(entry);
   }
-  return { index: expect.index, sequence, time, entries };
+  if (carriedSlotsFor(carriedByteCount) !== carriedSlotCount) return `${carriedSlotCount} carried slots for ${carriedByteCount} carried bytes`;
+  return { index: expect.index, sequence, time, flags, carriedSlotCount, entries, carriedBytes: [] };
 }
 
 /**
@@ -122,10 +145,21 @@ export async function readDeltaLog(file: BlockFile, options: { poolId: bigint; b
       stoppedAt = `slot ${index} (metadata block ${deltaLogBlockNr(index)}): ${decoded}`;
       break;
     }
+    if (decoded.carriedSlotCount > 0) {
+      const slots = ring.subarray((index + 1) * METADATA_BLOCK_SIZE_BYTES, (index + 1 + decoded.carriedSlotCount) * METADATA_BLOCK_SIZE_BYTES);
+      let carried = carriedBytesOf(decoded, slots);
+      if (carried === undefined && isRedundant(file)) carried = carriedFromCopies(file, decoded, slots);
+      if (carried === undefined) {
+        // The record was written with its bytes, in one flush that was not acknowledged (F-LOG-9).
+        stoppedAt = `slot ${index} (metadata block ${deltaLogBlockNr(index)}): its carried bytes fail their checksum (a torn flush)`;
+        break;
+      }
+      decoded.carriedBytes = carried;
+    }
     records.push(decoded);
     position = {
       baseGeneration: options.baseGeneration,
-      nextIndex: index + 1,
+      nextIndex: index + 1 + decoded.carriedSlotCount,
       nextSequence: position.nextSequence + 1,
       previousChecksum: checksumOf(bytes),
     };
@@ -157,6 +191,39 @@ function decodeFromCopies(file: RedundantBlockFile, bytes: Uint8Array, expect: D
       if (otherIndex !== copyIndex && !Buffer.from(other).equals(copy)) void file.repairCopy(otherIndex, copy, offsetBytes);
     });
     return decoded;
+  }
+  return undefined;
+}
+
+/** The bytes of each carried entry of `record`, cut from its slots; undefined when one fails its crc32c (F-LOG-9). */
+function carriedBytesOf(record: DeltaLogRecord, slots: Uint8Array): Uint8Array[] | undefined {
+  const carried: Uint8Array[] = [];
+  let at = 0;
+  for (const entry of record.entries) {
+    if (entry.kind !== DeltaLogEntryKind.carried) continue;
+    const bytes = slots.slice(at, at + entry.lengthBlocks);
+    at += entry.lengthBlocks;
+    if (crc32c(bytes) >>> 0 !== entry.volumeId) return undefined;
+    carried.push(bytes);
+  }
+  return carried;
+}
+
+/** Tries each copy of a mirrored record's carried slots (F-MIR-4); the first whose bytes check is copied into `slots`. */
+function carriedFromCopies(file: RedundantBlockFile, record: DeltaLogRecord, slots: Uint8Array): Uint8Array[] | undefined {
+  const offsetBytes = deltaLogBlockNr(record.index + 1) * METADATA_BLOCK_SIZE_BYTES;
+  for (let copyIndex = 0; copyIndex < file.copyCount; copyIndex++) {
+    const copy = new Uint8Array(slots.length);
+    try {
+      file.readCopySync(copyIndex, copy, offsetBytes);
+    } catch (error) {
+      if (!isMediaError(error)) throw error;
+      continue;
+    }
+    const carried = carriedBytesOf(record, copy);
+    if (carried === undefined) continue;
+    slots.set(copy);
+    return carried;
   }
   return undefined;
 }

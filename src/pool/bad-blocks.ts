@@ -1,13 +1,14 @@
 // What a read or a write of the data file does when the medium refuses it with EIO: it is retried,
 // then narrowed to the 512-byte sectors that fail (bisection: a failing range is split in halves
-// and each half tried again, so k bad sectors in n cost about 2k·log2(n) operations), and the
-// sectors are recorded as bad ranges (bad-ranges.ts). Anything but EIO (a failed sync, a closed
+// and each half tried again, so k bad sectors in n cost about 2k·log2(n/8) operations, down to
+// ranges of NARROW_SECTORS_ONE_BY_ONE_MAX sectors, which are tried sector by sector: at most 8 more
+// each), and the sectors are recorded as bad ranges (bad-ranges.ts). Anything but EIO (a failed sync, a closed
 // file, ENOSPC) is not narrowed: it says nothing about where, and stays fail-stop.
 //
 // A write that is narrowed rewrites the pieces that take it, so the good sectors hold what the
 // caller asked for; the caller then moves the block away from the bad ones (remap.ts). A read
 // that is narrowed fills what reads; the caller fails the request for the rest with EIO.
-import { READ_ATTEMPTS_MAX } from '../constants.ts';
+import { NARROW_SECTORS_ONE_BY_ONE_MAX, READ_ATTEMPTS_MAX } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { MEDIA_SECTOR_BYTES, isMediaError } from '../io/media-error.ts';
@@ -92,23 +93,34 @@ export class MediaErrors {
     });
   }
 
-  /** The sector ranges of [offsetBytes, +lengthBytes) on which `attempt` fails with EIO, by bisection. */
+  /**
+   * The sector ranges of [offsetBytes, +lengthBytes) on which `attempt` fails with EIO: a range
+   * wider than NARROW_SECTORS_ONE_BY_ONE_MAX is tried whole and halved when it fails; a narrower
+   * one is tried sector by sector (the caller has just seen the whole request fail, so a request
+   * that narrow is not tried whole again).
+   */
   async #narrow(offsetBytes: number, lengthBytes: number, attempt: (offsetBytes: number, lengthBytes: number) => Promise<void>): Promise<SectorRange[]> {
     const failing: SectorRange[] = [];
     const endBytes = offsetBytes + lengthBytes;
-    const visit = async (beginSector: number, endSector: number): Promise<void> => {
+    const tries = async (beginSector: number, endSector: number): Promise<boolean> => {
       const pieceOffset = Math.max(offsetBytes, beginSector * MEDIA_SECTOR_BYTES);
       const pieceEnd = Math.min(endBytes, endSector * MEDIA_SECTOR_BYTES);
       try {
         await attempt(pieceOffset, pieceEnd - pieceOffset);
-        return;
+        return true;
       } catch (error) {
         if (!isMediaError(error)) throw error;
+        return false;
       }
-      if (endSector - beginSector === 1) {
-        failing.push({ beginSector, endSector });
+    };
+    const visit = async (beginSector: number, endSector: number): Promise<void> => {
+      if (endSector - beginSector <= NARROW_SECTORS_ONE_BY_ONE_MAX) {
+        for (let sector = beginSector; sector < endSector; sector++) {
+          if (!(await tries(sector, sector + 1))) failing.push({ beginSector: sector, endSector: sector + 1 });
+        }
         return;
       }
+      if (await tries(beginSector, endSector)) return;
       const middle = beginSector + Math.floor((endSector - beginSector) / 2);
       await visit(beginSector, middle);
       await visit(middle, endSector);

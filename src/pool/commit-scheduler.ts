@@ -13,7 +13,7 @@ import { INLINE_SYNC_DIRTY_BYTES_MAX, LOG_ROLLUP_TICKS_MAX } from '../constants.
 import { ThinError, assert } from '../errors.ts';
 import type { SyncOptions } from '../io/block-file.ts';
 import type { TransactionManager } from '../pdata/index.ts';
-import type { DeltaLog } from '../journal/log.ts';
+import { DeltaLogEntryKind, DeltaLogRecordFlag, type DeltaLog, type PendingLogEntries } from '../journal/log.ts';
 import { idleRollupDue, planFlush, type FlushState } from '../journal/rollup.ts';
 import type { DataPath } from './data-path.ts';
 import type { PoolFiles } from './files.ts';
@@ -330,12 +330,21 @@ export class CommitScheduler {
       this.#unloggedChange = true;
       this.#host.absorbPendingBadRanges();
     }
-    const plan = planFlush(this.#flushState());
+    let plan = planFlush(this.#flushState());
     if (plan === 'nothing') return;
+    const log = this.#log;
+    if (plan === 'sync-data' && log?.carriedSinceSync === true && !log.markFits) {
+      // The sync mark F-LOG-9 asks for has no room in the ring: a full commit ends the log instead.
+      this.#metadataDirty = true;
+      this.#unloggedChange = true;
+      plan = 'rollup';
+    }
     if (plan === 'sync-data') {
       const options = this.#flushSyncOptions(callerRequests);
       this.#dataPath.syncStarted();
       await this.#syncData(options);
+      // Bytes a record carried must not be replayed over a block this flush made durable (F-LOG-9).
+      if (log?.carriedSinceSync === true) await this.#appendToLog(log, { entries: [], carriedBytes: [] }, DeltaLogRecordFlag.dataSynced, options);
       return;
     }
     if (plan === 'append') {
@@ -388,20 +397,33 @@ export class CommitScheduler {
 
   /**
    * A flush as a delta log record (src/journal/log.ts): the data the pending entries point at is
-   * synced first, then the record is written and synced; it is the commit record (F-LOG-7).
+   * synced first, then the record is written and synced; it is the commit record (F-LOG-7). When
+   * the only data written since the last sync is remaps' new blocks and their bytes fit the ring,
+   * the record carries those bytes instead (F-LOG-9): one sync, of the metadata file, makes the
+   * remap and its write durable, and replay rebuilds the block from them.
    */
   async #appendLog(callerRequests: number): Promise<void> {
     const log = this.#log;
     assert(log !== undefined, 'appending to a delta log that is off');
-    const entries = log.takePending();
-    const time = this.#host.time;
+    const carry = this.#dataPath.bytesSinceSync === 0 && log.pendingFitsCarried();
+    let pending = log.takePending();
     const options = this.#flushSyncOptions(callerRequests);
+    if (carry && pending.carriedBytes.length > 0) {
+      await this.#appendToLog(log, pending, 0, options);
+      return;
+    }
     if (!this.#skipDataSyncBeforeRecord) {
       this.#dataPath.syncStarted();
       await this.#syncData(options);
     }
+    // Synced, the new blocks hold their bytes: nothing to carry.
+    if (pending.carriedBytes.length > 0) pending = { entries: pending.entries.filter((entry) => entry.kind !== DeltaLogEntryKind.carried), carriedBytes: [] };
+    await this.#appendToLog(log, pending, DeltaLogRecordFlag.dataSynced, options);
+  }
+
+  async #appendToLog(log: DeltaLog, pending: PendingLogEntries, flags: number, syncOptions: SyncOptions): Promise<void> {
     try {
-      await log.append(entries, time, options);
+      await log.append(pending, this.#host.time, { flags, syncOptions });
     } catch (error) {
       this.#host.fail(`appending to the delta log failed: ${error instanceof Error ? error.message : String(error)}`, error);
       throw new ThinError('THIN_IO', 'The flush failed; the pool now needs a check and acknowledges no flush until it is reopened', { cause: error });

@@ -455,6 +455,12 @@ export class PoolCore {
     if (log !== undefined && !this.#replaying) log.note(entry);
   }
 
+  /** The bytes a remap wrote into its new block, for the log record that may carry them (F-LOG-9). */
+  noteCarried(dataBlock: number, oldDataBlock: number, offsetInBlockBytes: number, bytes: Uint8Array): void {
+    const log = this.commits.log;
+    if (log !== undefined && !this.#replaying) log.noteCarried(dataBlock, oldDataBlock, offsetInBlockBytes, bytes);
+  }
+
   // ---- volumes ----
 
   deviceByName(name: string): Device {
@@ -669,6 +675,8 @@ export class PoolCore {
         rollups: this.commits.rollups,
         logBlocksUsed: log?.blocksUsed ?? 0,
         logRecordsWritten: log?.counters.records ?? 0,
+        logRecordsCarrying: log?.counters.recordsCarrying ?? 0,
+        logSyncMarks: log?.counters.syncMarks ?? 0,
         copyOnWrites: this.dataPath.copyOnWrites,
         dirtyLimitCommits: this.commits.dirtyLimitCommits,
       },
@@ -905,6 +913,7 @@ export class PoolCore {
         return core.commits.log !== undefined;
       },
       recordBad: (ranges, flags) => this.recordBadData(ranges, flags),
+      noteCarried: (dataBlock, oldDataBlock, offsetInBlockBytes, bytes) => this.noteCarried(dataBlock, oldDataBlock, offsetInBlockBytes, bytes),
       dataAllocated: () => this.space.dataAllocated(),
       dataSpaceWanted: (error, wait) => this.space.dataSpaceWanted(error, wait),
       metadataForWrite: () => this.space.metadataForWrite(this.#roomNeeded(TREE_CHANGES_PER_WRITE_MAX)),

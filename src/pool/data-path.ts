@@ -58,6 +58,8 @@ export interface DataPathHost {
   readonly logAttached: boolean;
   /** Records bad data sectors when the pool may change; a pool that may not only counts them. */
   recordBad(ranges: readonly SectorRange[], flags: number): void;
+  /** The bytes a remap wrote into its new block: the log record may carry them instead of a data sync (F-LOG-9). */
+  noteCarried(dataBlock: number, oldDataBlock: number, offsetInBlockBytes: number, bytes: Uint8Array): void;
   /** A data block was taken (the space policy's per-write check). */
   dataAllocated(): void;
   /** No data block could be taken: resolves to try again, throws to give up (space.ts). */
@@ -135,11 +137,14 @@ export class DataPath {
       mappings: parts.mappings,
       reserveTarget: (device, reason) => this.#reserveMoveTarget(device, reason),
       releaseTarget: (block) => this.#allocator.release(block),
-      writeBlock: (block, content) => this.dataWrite(content, block * bs),
+      // A remap's new block is not counted for a flush's data sync: the record that logs the remap
+      // carries the bytes written (F-LOG-9), or is written after a data sync (F-LOG-7).
+      writeBlock: (block, content, reason) => this.#writeData(content, block * bs, reason !== 'remap'),
       takeBlockBuffer: () => this.#takeBlockBuffer(),
       giveBlockBuffer: (buffer) => this.#giveBlockBuffer(buffer),
       assertDeviceWritable: (device) => host.assertDeviceWritable(device),
       recordBad: (ranges, flags) => host.recordBad(ranges, flags),
+      noteCarried: (dataBlock, oldDataBlock, offsetInBlockBytes, bytes) => host.noteCarried(dataBlock, oldDataBlock, offsetInBlockBytes, bytes),
       persist: () => host.commitFromRequest(),
       remapped: () => this.spares.refill(),
     });

@@ -50,6 +50,14 @@ function applyEntry(target: ReplayTarget, entry: DeltaLogEntry, where: string): 
     target.badRanges.record(decoded.device, decoded.beginSector, decoded.beginSector + entry.lengthBlocks, entry.dataBlock);
     return;
   }
+  if (entry.kind === DeltaLogEntryKind.carried) {
+    // F-LOG-9: the bytes are written by rebuildCarried (carried.ts); the remap before them in
+    // this record moved a virtual block to dataBlock, which must be in use now.
+    if (entry.virtualBlock + entry.lengthBlocks > target.blockSizeBytes || target.dataSpace.count(entry.dataBlock) === 0) {
+      throw corrupt(`carries ${entry.lengthBlocks} bytes at byte ${entry.virtualBlock} of data block ${entry.dataBlock}, which is not a block in use of ${target.blockSizeBytes} bytes`);
+    }
+    return;
+  }
   const device = target.devices.byId(entry.volumeId);
   if (device === undefined) throw corrupt(`names volume id ${entry.volumeId}, which does not exist`);
   const sizeBlocks = Math.ceil(device.value.sizeBytes / target.blockSizeBytes);

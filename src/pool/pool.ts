@@ -29,6 +29,8 @@ import { DeltaLog, emptyLogPosition } from '../journal/log.ts';
 import { readDeltaLog } from '../journal/replay.ts';
 import { POOL_FLAG_DATA_NOT_ZEROED, POOL_FLAG_NO_METADATA_MIRROR, POOL_FORMAT_VERSION, decodePoolPayload, encodePoolPayload, type DeviceValue } from './codecs.ts';
 import { WHOLE_VOLUME_END } from './block-locks.ts';
+import { BadRangeFlag } from './bad-ranges.ts';
+import { CarriedOverlay, rebuildCarried } from './carried.ts';
 import { PoolCore, type PoolCoreOptions } from './core.ts';
 import { SyncNotAwaitedFile, type PoolMutant } from './mutants.ts';
 import { scrubPool, type ScrubHost, type ScrubOptions, type ScrubReport } from './scrub.ts';
@@ -387,16 +389,22 @@ export class Pool {
       repairMetadata: !readOnly,
       validatePayload: validatePayloadRoots,
     });
-    const files: PoolFiles = { ...rawFiles, metadata: tm.file, data: measuredFiles.data };
     const decoded = decodePoolPayload(payload, tm.metadataBlockCount);
     const dataBytes = decoded.dataBlockCount * decoded.blockSizeBytes;
-    if (files.data.sizeBytes() < dataBytes) {
+    if (measuredFiles.data.sizeBytes() < dataBytes) {
       throw new ThinError(
         'THIN_CORRUPT_SUPERBLOCK',
-        `The data at ${files.data.description} holds ${files.data.sizeBytes()} bytes, less than the ${decoded.dataBlockCount} blocks of ` +
+        `The data at ${measuredFiles.data.description} holds ${measuredFiles.data.sizeBytes()} bytes, less than the ${decoded.dataBlockCount} blocks of ` +
           `${decoded.blockSizeBytes} bytes the pool records (${dataBytes} bytes): truncated, or the wrong file?`,
       );
     }
+    // The delta log after this generation: every flush acknowledged since its commit (F-LOG-2,
+    // F-LOG-5), and the blocks whose bytes its records carried (F-LOG-9): a read-only open
+    // serves those from memory.
+    const log = await readDeltaLog(tm.file, { poolId: tm.poolId, baseGeneration: tm.generation });
+    const carried = await rebuildCarried(log.records, measuredFiles.data, decoded.blockSizeBytes, decoded.dataBlockCount);
+    const data = readOnly && carried.blocks.size > 0 ? new CarriedOverlay(measuredFiles.data, carried.blocks, decoded.blockSizeBytes) : measuredFiles.data;
+    const files: PoolFiles = { ...rawFiles, metadata: tm.file, data };
     const core = new PoolCore(files, measured, tm, decoded, readOnly, coreOptionsOf(options));
     core.devices.load();
     core.badRanges.load();
@@ -411,10 +419,14 @@ export class Pool {
         undefined,
       );
     }
-    // The delta log after this generation: every flush acknowledged since its commit (F-LOG-2, F-LOG-5).
-    const log = await readDeltaLog(files.metadata, { poolId: tm.poolId, baseGeneration: tm.generation });
     core.applyLogRecords(log.records);
-    if (options.deltaLog !== false) core.attachLog(new DeltaLog(logFileOf(files, options), tm.poolId, log.position));
+    if (!readOnly) {
+      // Written before the rollup below, which syncs the data file before its superblock; until
+      // then the log still holds the bytes, and the next open rebuilds the same blocks.
+      for (const [block, content] of carried.blocks) await files.data.write(content, block * decoded.blockSizeBytes);
+      core.recordBadData(carried.unreadable, BadRangeFlag.readError);
+    }
+    if (options.deltaLog !== false) core.attachLog(new DeltaLog(logFileOf(files, options), tm.poolId, log.position, carried.carriedSinceSync));
     // Fold the replayed records in at once: the log starts empty, and a crash during this rollup
     // leaves the same generation and log to replay again.
     if (log.records.length > 0 && core.canCommit && !readOnly) await core.commits.rollup();

@@ -6,6 +6,10 @@
 // the bad sectors are recorded (the old block is held for good, never allocated again), and the
 // change is made durable before the write is acknowledged (md's rule: record first, redirect
 // after), by one delta-log record holding the remap and the bad range (or a full commit): F-BAD-5.
+// That record also carries the bytes the write brought (F-LOG-9), so one sync, of the metadata
+// file, makes both durable: the new block is rebuilt at replay from the old block, which is held
+// for good, and those bytes. Two syncs in a row (the new block's, then the record's) cost about
+// twice a sync on the acknowledged path (docs/benchmarks.md, "Failing disks").
 //
 // What the medium refuses is worked around where nothing is lost: a target block that refuses the
 // write is recorded bad and another one taken (REMAP_TARGETS_MAX in all); sectors of the old block
@@ -29,12 +33,14 @@ export interface RemapHost {
   reserveTarget(device: Device, reason: MoveReason): Promise<number>;
   releaseTarget(block: number): void;
   /** Writes a whole block (throws SectorsRefused when sectors refuse it, after narrowing). */
-  writeBlock(block: number, content: Uint8Array): Promise<void>;
+  writeBlock(block: number, content: Uint8Array, reason: MoveReason): Promise<void>;
   takeBlockBuffer(): Uint8Array;
   giveBlockBuffer(buffer: Uint8Array): void;
   assertDeviceWritable(device: Device): void;
   /** Records bad data sectors when the pool may change (a read-only pool only counts them). */
   recordBad(ranges: readonly SectorRange[], flags: number): void;
+  /** The bytes a remap wrote at offsetInBlockBytes of dataBlock, whose other bytes are oldDataBlock's (F-LOG-9). */
+  noteCarried(dataBlock: number, oldDataBlock: number, offsetInBlockBytes: number, bytes: Uint8Array): void;
   /** Makes every change so far durable (a log record or a full commit). */
   persist(): Promise<void>;
   /** A remap's record is durable (or failed): the spare area may refill now (spare-area.ts). */
@@ -100,6 +106,8 @@ export class Remapper {
         if (reason === 'remap') {
           if (refused.length > 0) host.recordBad(refused, BadRangeFlag.writeError | BadRangeFlag.relocated);
           host.badRanges.markRelocated(oldBlock);
+          // The old block is held for good (F-BAD-3): it and the write's bytes rebuild the new one.
+          host.noteCarried(target, oldBlock, offsetInBlockBytes, content.subarray(offsetInBlockBytes, offsetInBlockBytes + lengthBytes));
         }
       } finally {
         host.releaseTarget(target);
@@ -139,7 +147,7 @@ export class Remapper {
         throw new ThinError('THIN_IO', `${lastRefusal.message}, and no free block is left to write it to`, { cause: lastRefusal });
       }
       try {
-        await host.writeBlock(target, content);
+        await host.writeBlock(target, content, reason);
         return target;
       } catch (error) {
         host.releaseTarget(target);

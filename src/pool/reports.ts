@@ -44,6 +44,10 @@ export interface PoolCounters {
   logBlocksUsed: number;
   /** Delta log records written. */
   logRecordsWritten: number;
+  /** Of them, records that carried a remap's bytes instead of a data sync (docs/format.md F-LOG-9). */
+  logRecordsCarrying: number;
+  /** Of them, sync marks: records with no entries, written after a data sync while carried bytes could be replayed (F-LOG-9). */
+  logSyncMarks: number;
   /** Writes to a block shared with a snapshot that copied it first. */
   copyOnWrites: number;
   /** Commits a write started because the open transaction held too many dirty metadata blocks. */

@@ -6,6 +6,7 @@ import { isThinError } from '../../src/errors.ts';
 import { FaultInjectingBlockFile, parseFaultRules, type FaultRule } from '../../src/io/fault-injection.ts';
 import { isMediaError } from '../../src/io/media-error.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
+import { Rng, seedFromEnv, withSeed } from '../sim/rng.ts';
 
 function file(rules: FaultRule[]): FaultInjectingBlockFile {
   return new FaultInjectingBlockFile(new MemoryBlockFile(1024 * 1024), rules);
@@ -44,6 +45,51 @@ describe('fault rules', () => {
     await assert.rejects(injected.write(new Uint8Array(512), 0), eio);
     await injected.read(new Uint8Array(512), 0);
     assert.equal(injected.ioCount, 6);
+  });
+
+  test('many overlapping rules: each I/O trips the rule a scan in rule order would (model, seeded)', async () => {
+    const seed = seedFromEnv(1717);
+    await withSeed(seed, async () => {
+      const rng = new Rng(seed);
+      const rules: FaultRule[] = [];
+      for (let index = 0; index < 300; index++) {
+        const beginSector = rng.int(2048);
+        const rule: FaultRule = { file: 'data', op: (['read', 'write', 'any'] as const)[rng.int(3)]!, beginSector, endSector: beginSector + 1 + rng.int(index % 10 === 0 ? 64 : 8) };
+        if (rng.int(3) === 0) rule.times = 1 + rng.int(3);
+        if (rng.int(4) === 0) rule.afterIos = rng.int(500);
+        rules.push(rule);
+      }
+      const injected = file(rules);
+      // The model: the first rule in file order that matches, as the rules file reads.
+      const fired = rules.map(() => 0);
+      let ios = 0;
+      const expected = (op: 'read' | 'write', offsetBytes: number, lengthBytes: number): number | undefined => {
+        ios += 1;
+        const begin = Math.floor(offsetBytes / 512);
+        const end = Math.ceil((offsetBytes + lengthBytes) / 512);
+        const index = rules.findIndex(
+          (rule, at) =>
+            (rule.op === op || rule.op === 'any') &&
+            (rule.afterIos === undefined || ios > rule.afterIos) &&
+            (rule.times === undefined || fired[at]! < rule.times) &&
+            rule.beginSector! < end &&
+            rule.endSector! > begin,
+        );
+        if (index < 0) return undefined;
+        fired[index]! += 1;
+        return index;
+      };
+      for (let step = 0; step < 2000; step++) {
+        const op = rng.int(2) === 0 ? 'read' : 'write';
+        const offsetBytes = rng.int(2100 * 512);
+        const lengthBytes = 1 + rng.int(8192);
+        const want = expected(op, offsetBytes, lengthBytes);
+        const buffer = new Uint8Array(lengthBytes);
+        const io = op === 'read' ? injected.read(buffer, offsetBytes) : injected.write(buffer, offsetBytes);
+        if (want === undefined) await io;
+        else await assert.rejects(io, new RegExp(`injected by fault rule ${want + 1}\\)`), `step ${step}: ${op} of ${lengthBytes} bytes at ${offsetBytes}`);
+      }
+    });
   });
 
   test('a sync rule fails the sync, and every later sync fails too (fail-stop)', async () => {

@@ -7,7 +7,9 @@
 //     (superblock copies, delta-log slots, tree nodes), never both copies of one block;
 // and, in most campaigns, for the workload's run only, every data block in use refuses writes
 // (in-place writes are remapped: new block, old bytes around the write, durable before the write
-// is acknowledged).
+// is acknowledged, usually by one log record carrying the write's bytes: docs/format.md F-LOG-9;
+// crash points fall between the new block's write, the record and a later flush's data sync, and
+// recovery rebuilds the block from the old one and those bytes).
 // Then every crash point is recovered in several crash images, on the same failing disks, and
 // the recovered pool must open, hold every acknowledged write and nothing never written
 // (pool-model.ts), check clean, map no volume block onto a dead data block, and stay usable.
@@ -105,11 +107,13 @@ async function runCampaign(
   seed: number,
   bases: readonly Base[],
   usedByBase: ReadonlyMap<Base, Set<number>>,
-): Promise<CrashCampaignResult & { compoundStates: number; sectors: Defects['sectors']; remaps: number; sparesWritten: number; sparesTaken: number }> {
+): Promise<CrashCampaignResult & { compoundStates: number; sectors: Defects['sectors']; remaps: number; carrying: number; syncMarks: number; sparesWritten: number; sparesTaken: number }> {
   const { base, record } = workloadOf(seed, bases, OPS_MAX);
   const defects = defectsOf(seed, usedByBase.get(base)!);
   const renders = renderCache(record);
   let remaps = 0;
+  let carrying = 0;
+  let syncMarks = 0;
   let sparesWritten = 0;
   let sparesTaken = 0;
   const description =
@@ -133,6 +137,9 @@ async function runCampaign(
       await pool.remapSparesSettled();
       const health = pool.status().health.data;
       remaps = health.remaps.remaps;
+      // Remaps made durable by a record carrying their bytes, and the sync marks after them (docs/format.md F-LOG-9).
+      carrying = pool.status().counters.logRecordsCarrying;
+      syncMarks = pool.status().counters.logSyncMarks;
       // The spare area (src/pool/spare-area.ts): free blocks written ahead after the first refused write, crashed in like any write.
       sparesWritten = health.spareArea.written;
       sparesTaken = health.spareArea.taken;
@@ -169,7 +176,7 @@ async function runCampaign(
       }
     },
   });
-  return { ...result, compoundStates: 0, sectors: defects.sectors, remaps, sparesWritten, sparesTaken };
+  return { ...result, compoundStates: 0, sectors: defects.sectors, remaps, carrying, syncMarks, sparesWritten, sparesTaken };
 }
 
 test('power cuts on disks with persistent bad sectors in data and in either metadata copy lose nothing acknowledged, and bad blocks are never mapped', async (t) => {
@@ -179,19 +186,22 @@ test('power cuts on disks with persistent bad sectors in data and in either meta
   const { seeds, replaying } = campaignTestSeeds('bad-sectors', ROOT_SEED, CAMPAIGN_COUNT);
   const sectors = { data: 0, metadata: 0 };
   let remaps = 0;
+  const log = { carrying: 0, syncMarks: 0 };
   const spares = { written: 0, taken: 0 };
   const totals = await runCampaigns(seeds, async (seed) => {
     const result = await runCampaign(seed, bases, usedByBase);
     sectors.data += result.sectors.data;
     sectors.metadata += result.sectors.metadata;
     remaps += result.remaps;
+    log.carrying += result.carrying;
+    log.syncMarks += result.syncMarks;
     spares.written += result.sparesWritten;
     spares.taken += result.sparesTaken;
     return result;
   });
   t.diagnostic(
     `bad sectors: ${seeds.length} workloads, ${sectors.data} dead data sectors and ${sectors.metadata} dead metadata sectors, ` +
-      `${remaps} in-place writes remapped (${spares.taken} into spare blocks, ${spares.written} spares written ahead), ${totals.distinctCrashPointCount} distinct crash points, ${totals.statesTested} crash states recovered and checked ` +
+      `${remaps} in-place writes remapped (${spares.taken} into spare blocks, ${spares.written} spares written ahead; ${log.carrying} log records carrying a remap's bytes, ${log.syncMarks} sync marks), ${totals.distinctCrashPointCount} distinct crash points, ${totals.statesTested} crash states recovered and checked ` +
       `in ${(totals.durationMs / 1000).toFixed(1)} s; ${totals.failures.length} workloads failed`,
   );
   if (totals.failures.length > 0) assert.fail(`${totals.failures.length} of ${seeds.length} workloads failed:\n\n${totals.failures.join('\n\n')}`);
@@ -199,6 +209,7 @@ test('power cuts on disks with persistent bad sectors in data and in either meta
     assert.ok(sectors.data + sectors.metadata >= BAD_SECTORS_MIN, `only ${sectors.data + sectors.metadata} bad sectors; the floor is ${BAD_SECTORS_MIN}`);
     assert.ok(sectors.metadata >= 100, `only ${sectors.metadata} bad metadata sectors`);
     assert.ok(remaps > 0, 'some in-place writes were remapped');
+    assert.ok(log.carrying > 0, "some remaps were made durable by a record carrying the write's bytes (F-LOG-9)");
     assert.ok(spares.written > 0, 'some spare blocks were written ahead under the crashes');
   }
 });
