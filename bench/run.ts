@@ -1,4 +1,4 @@
-// npm run bench [-- NAME...] [--rounds N] [--seconds S] [--write-doc]
+// npm run bench [-- NAME...] [--rounds N] [--seconds S] [--mappings N] [--write-doc]
 // Runs the named benchmarks (all when none is named). Peer rows compare thinbd with qemu-nbd
 // (qcow2) and nbdkit (raw file) side by side in one run; see docs/benchmarks.md.
 import { flushBenchmark } from './flush.ts';
@@ -50,6 +50,8 @@ function serversFlag(): ServerName[] | undefined {
 }
 const servers = serversFlag();
 const rounds = flagValue('--rounds', 3);
+// --mappings N (the tools benchmark reads it from process.argv): taken out of the names here.
+flagValue('--mappings', 1);
 const runtimeSeconds = flagValue('--seconds', 10);
 const writeDoc = args.includes('--write-doc');
 /** --corpus DIR and --work DIR (bench/image.ts reads them itself): not benchmark names. */
