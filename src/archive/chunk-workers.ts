@@ -65,17 +65,23 @@ export class WorkerChunkJobs implements ChunkJobs {
       entry.worker.on('message', (reply: WorkerReply) => {
         const waiter = entry.waiters.get(reply.id);
         entry.waiters.delete(reply.id);
+        if (entry.waiters.size === 0) entry.worker.unref();
         if (reply.type === 'failed') waiter?.reject(new Error(`chunk worker: ${reply.message}`));
         else waiter?.resolve(reply);
       });
       const failAll = (error: Error): void => {
         for (const waiter of entry.waiters.values()) waiter.reject(error);
         entry.waiters.clear();
+        entry.worker.unref();
       };
       entry.worker.on('error', failAll);
       // A worker that stops without an error event (killed, out of memory) fails what it held,
       // rather than leaving its callers waiting for replies that cannot come.
       entry.worker.on('exit', (code) => failAll(new Error(`chunk worker stopped (exit code ${code})`)));
+      // An idle worker does not hold the process open (workers start before the caller's set-up,
+      // which may fail before it reaches close()); one with a reply awaited does (#send). After the
+      // listeners: adding a 'message' listener refs the worker's port again.
+      entry.worker.unref();
       return entry;
     });
     return this.#workers;
@@ -83,6 +89,7 @@ export class WorkerChunkJobs implements ChunkJobs {
 
   #send(entry: PoolWorker, request: WorkerRequest, transfer: ArrayBuffer[] = []): Promise<WorkerReply> {
     return new Promise((resolve, reject) => {
+      if (entry.waiters.size === 0) entry.worker.ref();
       entry.waiters.set(request.id, { resolve, reject });
       entry.worker.postMessage(request, transfer);
     });

@@ -3,6 +3,7 @@
 // old ones).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { Chunker, chunkerParams } from '../../src/archive/chunker.ts';
 import { InlineChunkJobs } from '../../src/archive/chunk-jobs.ts';
@@ -117,4 +118,17 @@ test('a job whose worker is ended before it replies fails with the worker named,
   const pending = workers.chunk(new Uint8Array(new SharedArrayBuffer(8 * 1024 * 1024)));
   await workers.close();
   await assert.rejects(pending, /chunk worker stopped \(exit code \d+\)/);
+});
+
+test('workers left unclosed by a caller that failed before its first job do not keep the process alive', () => {
+  // A child process makes the jobs (its workers start at once) and returns without close():
+  // it must exit by itself.
+  const source = `
+    import { WorkerChunkJobs } from ${JSON.stringify(new URL('../../src/archive/chunk-workers.ts', import.meta.url).href)};
+    import { chunkerParams } from ${JSON.stringify(new URL('../../src/archive/chunker.ts', import.meta.url).href)};
+    new WorkerChunkJobs(chunkerParams(16 * 1024), 3, 2);
+  `;
+  const result = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', source], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(result.signal, null, `the process was still running after 60 s: ${result.stderr}`);
+  assert.equal(result.status, 0, result.stderr);
 });
