@@ -17,6 +17,7 @@ import { NbdExportStats } from '../nbd/export-stats.ts';
 import { MetricsServer } from './metrics.ts';
 import type { LogSink } from '../util/log.ts';
 import { checkPool, type CheckReport } from '../tools/check.ts';
+import { isHiddenVolume } from '../tools/list.ts';
 import { FileBlockFile } from '../io/file.ts';
 import type { FaultRule } from '../io/fault-injection.ts';
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
@@ -108,7 +109,8 @@ export class PoolServer {
       const syncExports = (): void => {
         const names = new Set<string>();
         for (const info of pool.list()) {
-          if (chosen !== undefined && !chosen.has(info.name)) continue;
+          // thinbd's own volumes (the image block index) are served only when named.
+          if (chosen === undefined ? isHiddenVolume(info.labels) : !chosen.has(info.name)) continue;
           names.add(info.name);
           const existing = registry.get(info.name);
           if (existing) continue;

@@ -6,7 +6,7 @@
 // same base layers, in a flat tar of the same tree, or twice in one image. Whole blocks of zeros
 // are not written at all (unmapped blocks read as zeros).
 //
-// The index of those blocks is a cache kept in the pool, in the volume `image.blocks`: a header
+// The index of those blocks is a cache kept in the pool, in the hidden volume `image.blocks`: a header
 // block, then one 16-byte record per pool block of each image (two CRCs of its bytes, the image
 // volume's id, the block). A candidate is only ever a hint: its bytes are read and compared with
 // the block's before anything is shared, so a stale record (a removed image, one made writable and
@@ -16,6 +16,7 @@ import { crc32, crc32c } from '@node-rs/crc32';
 import { ThinError } from '../errors.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
+import { HIDDEN_LABEL } from '../tools/list.ts';
 import type { BlockTarget } from './block-target.ts';
 
 /** The volume holding the index. */
@@ -122,7 +123,7 @@ export class BlockIndex {
     });
     const sizeBytes = Math.ceil(bytes.length / this.blockSizeBytes) * this.blockSizeBytes;
     if (!pool.list().some((info) => info.name === BLOCK_INDEX_VOLUME)) {
-      await pool.createVolume(BLOCK_INDEX_VOLUME, { sizeBytes, labels: { 'thinbd.image.block-index': String(INDEX_VERSION) } });
+      await pool.createVolume(BLOCK_INDEX_VOLUME, { sizeBytes, labels: { 'thinbd.image.block-index': String(INDEX_VERSION), [HIDDEN_LABEL]: 'image block index' } });
     } else {
       const volume = pool.volume(BLOCK_INDEX_VOLUME);
       if (volume.sizeBytes !== sizeBytes) await pool.resizeVolume(BLOCK_INDEX_VOLUME, sizeBytes);

@@ -2,6 +2,18 @@
 // counts it (a data block referenced by more than one volume's mappings is shared).
 import type { Pool } from '../pool/pool.ts';
 
+/**
+ * The label that marks a volume thinbd keeps for itself (the image block index): `list` leaves
+ * it out unless asked for `--all`, and `serve` exports it only when named, as LVM hides its
+ * internal volumes from `lvs` without `-a`. Its value says what the volume is for.
+ */
+export const HIDDEN_LABEL = 'thinbd.hidden';
+
+/** Whether a volume with these labels is one of thinbd's own (see HIDDEN_LABEL). */
+export function isHiddenVolume(labels: Readonly<Record<string, string>> | undefined): boolean {
+  return labels?.[HIDDEN_LABEL] !== undefined;
+}
+
 export interface VolumeListing {
   name: string;
   id: number;
@@ -15,6 +27,8 @@ export interface VolumeListing {
   readOnly: boolean;
   createdAt: string;
   labels: Record<string, string>;
+  /** One of thinbd's own volumes (HIDDEN_LABEL): listed only with `--all`. */
+  hidden: boolean;
 }
 
 export function listVolumes(pool: Pool): VolumeListing[] {
@@ -34,6 +48,7 @@ export function listVolumes(pool: Pool): VolumeListing[] {
       readOnly: info.readOnly,
       createdAt: info.createdAt,
       labels: info.labels ?? {},
+      hidden: isHiddenVolume(info.labels),
     };
   });
 }

@@ -85,7 +85,7 @@ test('a removed origin leaves its snapshots as roots, and a new volume with its 
 test('volumeTree orders siblings oldest first and never loops on an origin id that points back', () => {
   const volume = (id: number, name: string, originId: number | null, createdAt: string): VolumeListing => ({
     name, id, sizeBytes: 1, mappedBytes: 0, exclusiveBytes: 0, sharedBytes: 0,
-    origin: originId === null ? null : `v${originId}`, originId, readOnly: false, createdAt, labels: {},
+    origin: originId === null ? null : `v${originId}`, originId, readOnly: false, createdAt, labels: {}, hidden: false,
   });
   const roots = volumeTree([
     volume(3, 'late', 1, '2026-01-03T00:00:00Z'),

@@ -96,3 +96,26 @@ test('serve --export serves only the named volumes; others, and volumes created 
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /--export names no volume of this pool: nosuch/);
 });
+
+test("serve leaves thinbd's hidden volumes out unless --export names them; list shows them only with --all", async () => {
+  ok(['create', '--pool', pool, 'internal', '--size', '1M', '--label', 'thinbd.hidden=test']);
+  assert.doesNotMatch(ok(['list', '--pool', pool]), /internal/);
+  assert.match(ok(['list', '--pool', pool, '--all']), /^internal .* rw,hidden /m);
+  const names = async (uri: string): Promise<string[]> =>
+    (JSON.parse((await run('nbdinfo', ['--json', '--list', uri])).stdout) as { exports: Array<{ 'export-name': string }> }).exports.map((entry) => entry['export-name']).sort();
+  const all = await startServe(pool, []);
+  try {
+    const served = await names(all.uri(''));
+    assert.ok(served.includes('web') && !served.includes('internal'), served.join(' '));
+    assert.notEqual((await run('nbdinfo', ['--size', all.uri('internal')], { allowFailure: true })).code, 0);
+  } finally {
+    await all.stop();
+  }
+  const named = await startServe(pool, ['--export', 'internal']);
+  try {
+    assert.deepEqual(await names(named.uri('')), ['internal']);
+    assert.equal((await run('nbdinfo', ['--size', named.uri('internal')])).stdout.trim(), String(MiB));
+  } finally {
+    await named.stop();
+  }
+});

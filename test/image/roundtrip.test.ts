@@ -87,8 +87,12 @@ for (const variant of Object.keys(VARIANTS)) {
     const used = sh('debugfs', ['-R', 'stat /var/sparse.img', raw]).stdout;
     assert.match(used, /Blockcount: 32\b/, 'the sparse file takes 4 blocks');
     const listed = JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string; readOnly: boolean }>;
-    // The image, and the index of its blocks for later imports to share (docs/image.md "Sharing").
-    assert.deepEqual(listed.map((volume) => [volume.name, volume.readOnly]), [['image', true], ['image.blocks', false]]);
+    assert.deepEqual(listed.map((volume) => [volume.name, volume.readOnly]), [['image', true]]);
+    // With --all, also the index of its blocks for later imports to share (docs/image.md "Sharing"), marked hidden.
+    const all = JSON.parse(thinbd(['list', '--pool', pool, '--json', '--all']).stdout) as Array<{ name: string; readOnly: boolean; hidden: boolean }>;
+    assert.deepEqual(all.map((volume) => [volume.name, volume.readOnly, volume.hidden]), [['image', true, false], ['image.blocks', false, true]]);
+    assert.match(thinbd(['list', '--pool', pool, '--all']).stdout, /^image\.blocks .* rw,hidden /m);
+    assert.doesNotMatch(thinbd(['list', '--pool', pool]).stdout, /image\.blocks/);
   });
 }
 

@@ -110,8 +110,10 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
     .addOption(poolOption())
     .option('--json', 'print JSON (always the flat list, with origin and originId)')
     .option('--tree', 'draw the snapshot genealogy: each volume under the one it was snapshotted from')
+    .option('--all', "also list thinbd's own hidden volumes (the image block index), marked hidden")
     .action(async (options) => {
-      const volumes = await withService(poolDirectory(options.pool), 'read', (service) => service.listVolumes());
+      const listed = await withService(poolDirectory(options.pool), 'read', (service) => service.listVolumes());
+      const volumes = options.all ? listed : listed.filter((volume) => !volume.hidden);
       if (options.json) {
         reporter.json(volumes);
         return;
@@ -132,7 +134,7 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
         formatSize(volume.exclusiveBytes),
         formatSize(volume.sharedBytes),
         originCell(volume),
-        volume.readOnly ? 'ro' : 'rw',
+        (volume.readOnly ? 'ro' : 'rw') + (volume.hidden ? ',hidden' : ''),
         volume.createdAt,
       ]);
       const header = ['NAME', 'ID', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'ORIGIN', 'MODE', 'CREATED'];
