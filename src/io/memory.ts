@@ -2,30 +2,37 @@
 import type { BlockFile } from './block-file.ts';
 import { ThinError, assert } from '../errors.ts';
 
+/**
+ * Bytes are kept in chunks of CHUNK_BYTES made on first write, so a file is as big in memory as
+ * the parts of it written: a mirrored pool writes its second metadata copy from the middle of a
+ * 136 MiB file on, and one array of the whole size (grown and copied as writes went further) made
+ * fresh memory most of the cost of the pool's model test.
+ */
+const CHUNK_BYTES = 1 << 20;
+
 export class MemoryBlockFile implements BlockFile {
   readonly description: string;
-  #bytes: Uint8Array;
+  /** Chunk i holds bytes [i × CHUNK_BYTES, +CHUNK_BYTES); a chunk never written reads as zeros. */
+  #chunks: (Uint8Array | undefined)[] = [];
   #sizeBytes: number;
   #closed = false;
 
   constructor(sizeBytes = 0, description = 'memory') {
     assert(Number.isSafeInteger(sizeBytes) && sizeBytes >= 0, `bad memory file size ${sizeBytes}`);
     this.description = description;
-    this.#bytes = new Uint8Array(Math.min(sizeBytes, 1 << 20));
     this.#sizeBytes = sizeBytes;
   }
 
   /** The current contents (a copy), for tests that compare or corrupt images. */
   snapshot(): Uint8Array {
     const copy = new Uint8Array(this.#sizeBytes);
-    copy.set(this.#bytes.subarray(0, Math.min(this.#bytes.length, this.#sizeBytes)));
+    this.#copyOut(copy, 0);
     return copy;
   }
 
   static from(bytes: Uint8Array, description = 'memory'): MemoryBlockFile {
-    const file = new MemoryBlockFile(0, description);
-    file.#bytes = new Uint8Array(bytes);
-    file.#sizeBytes = bytes.length;
+    const file = new MemoryBlockFile(bytes.length, description);
+    file.#copyIn(bytes, 0);
     return file;
   }
 
@@ -36,10 +43,7 @@ export class MemoryBlockFile implements BlockFile {
   readSync(target: Uint8Array, offsetBytes: number): void {
     this.#checkOpen();
     checkRange(offsetBytes, target.length);
-    target.fill(0);
-    if (offsetBytes < this.#bytes.length) {
-      target.set(this.#bytes.subarray(offsetBytes, Math.min(offsetBytes + target.length, this.#bytes.length)));
-    }
+    this.#copyOut(target, offsetBytes);
   }
 
   async read(target: Uint8Array, offsetBytes: number): Promise<void> {
@@ -50,9 +54,8 @@ export class MemoryBlockFile implements BlockFile {
   writeSync(source: Uint8Array, offsetBytes: number): void {
     this.#checkOpen();
     checkRange(offsetBytes, source.length);
+    this.#copyIn(source, offsetBytes);
     const endBytes = offsetBytes + source.length;
-    this.#ensureCapacity(endBytes);
-    this.#bytes.set(source, offsetBytes);
     if (endBytes > this.#sizeBytes) this.#sizeBytes = endBytes;
   }
 
@@ -68,8 +71,15 @@ export class MemoryBlockFile implements BlockFile {
   async punch(offsetBytes: number, lengthBytes: number): Promise<boolean> {
     this.#checkOpen();
     checkRange(offsetBytes, lengthBytes);
-    const endBytes = Math.min(offsetBytes + lengthBytes, this.#bytes.length);
-    if (offsetBytes < endBytes) this.#bytes.fill(0, offsetBytes, endBytes);
+    const endBytes = offsetBytes + lengthBytes;
+    for (let position = offsetBytes; position < endBytes; ) {
+      const index = Math.floor(position / CHUNK_BYTES);
+      const inChunk = position - index * CHUNK_BYTES;
+      const count = Math.min(CHUNK_BYTES - inChunk, endBytes - position);
+      if (count === CHUNK_BYTES) this.#chunks[index] = undefined;
+      else this.#chunks[index]?.fill(0, inChunk, inChunk + count);
+      position += count;
+    }
     return true;
   }
 
@@ -83,16 +93,34 @@ export class MemoryBlockFile implements BlockFile {
     this.#closed = true;
   }
 
-  #ensureCapacity(endBytes: number): void {
-    if (endBytes <= this.#bytes.length) return;
-    let capacity = Math.max(this.#bytes.length, 1 << 16);
-    while (capacity < endBytes) capacity *= 2;
-    // Never past the file's size when the write is inside it: a mirrored pool's metadata (two
-    // copies, the second written from the middle on) would otherwise double to twice its size.
-    capacity = Math.min(capacity, Math.max(endBytes, this.#sizeBytes));
-    const grown = new Uint8Array(capacity);
-    grown.set(this.#bytes);
-    this.#bytes = grown;
+  /** Copies the bytes at offsetBytes into target: zeros where nothing was written. */
+  #copyOut(target: Uint8Array, offsetBytes: number): void {
+    for (let done = 0; done < target.length; ) {
+      const position = offsetBytes + done;
+      const index = Math.floor(position / CHUNK_BYTES);
+      const inChunk = position - index * CHUNK_BYTES;
+      const count = Math.min(CHUNK_BYTES - inChunk, target.length - done);
+      const chunk = this.#chunks[index];
+      if (chunk === undefined) target.fill(0, done, done + count);
+      else target.set(chunk.subarray(inChunk, inChunk + count), done);
+      done += count;
+    }
+  }
+
+  #copyIn(source: Uint8Array, offsetBytes: number): void {
+    for (let done = 0; done < source.length; ) {
+      const position = offsetBytes + done;
+      const index = Math.floor(position / CHUNK_BYTES);
+      const inChunk = position - index * CHUNK_BYTES;
+      const count = Math.min(CHUNK_BYTES - inChunk, source.length - done);
+      let chunk = this.#chunks[index];
+      if (chunk === undefined) {
+        chunk = new Uint8Array(CHUNK_BYTES);
+        this.#chunks[index] = chunk;
+      }
+      chunk.set(source.subarray(done, done + count), inChunk);
+      done += count;
+    }
   }
 
   #checkOpen(): void {

@@ -52,6 +52,16 @@ import { Rng, mixSeed } from './rng.ts';
 
 export const SECTOR_SIZE_BYTES = 512;
 const PAGE_SIZE_BYTES = 4096;
+/**
+ * The one page every page written with zeros shares (never owned, so never changed in place): a
+ * pool zero-fills the rest of each new block, and a fresh 4 KiB of memory for each of those pages
+ * made memory the cost of big in-memory tests.
+ */
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE_BYTES);
+
+function isZero(bytes: Uint8Array): boolean {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).equals(ZERO_PAGE.subarray(0, bytes.length));
+}
 
 // ---------------------------------------------------------------------------------------------
 // Sparse copy-on-write byte image
@@ -140,7 +150,14 @@ export class SparseImage {
       const pageIndex = Math.floor(positionBytes / PAGE_SIZE_BYTES);
       const inPageBytes = positionBytes - pageIndex * PAGE_SIZE_BYTES;
       const chunkBytes = Math.min(PAGE_SIZE_BYTES - inPageBytes, source.length - doneBytes);
-      this.#writablePage(pageIndex).set(source.subarray(doneBytes, doneBytes + chunkBytes), inPageBytes);
+      const chunk = source.subarray(doneBytes, doneBytes + chunkBytes);
+      if ((chunkBytes === PAGE_SIZE_BYTES || !this.#pages.has(pageIndex)) && isZero(chunk)) {
+        // The page reads as zeros whole: share ZERO_PAGE (it still counts as allocated, as a file system's would).
+        this.#pages.set(pageIndex, ZERO_PAGE);
+        this.#owned.delete(pageIndex);
+      } else {
+        this.#writablePage(pageIndex).set(chunk, inPageBytes);
+      }
       doneBytes += chunkBytes;
     }
     const endBytes = offsetBytes + source.length;
