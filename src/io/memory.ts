@@ -10,6 +10,18 @@ import { ThinError, assert } from '../errors.ts';
  */
 const CHUNK_BYTES = 1 << 20;
 
+/** Calls visit for each chunk [offsetBytes, +lengthBytes) touches: its index, the range's start in it, bytes before, bytes in it. */
+function eachChunk(offsetBytes: number, lengthBytes: number, visit: (index: number, inChunk: number, done: number, count: number) => void): void {
+  for (let done = 0; done < lengthBytes; ) {
+    const position = offsetBytes + done;
+    const index = Math.floor(position / CHUNK_BYTES);
+    const inChunk = position - index * CHUNK_BYTES;
+    const count = Math.min(CHUNK_BYTES - inChunk, lengthBytes - done);
+    visit(index, inChunk, done, count);
+    done += count;
+  }
+}
+
 export class MemoryBlockFile implements BlockFile {
   readonly description: string;
   /** Chunk i holds bytes [i × CHUNK_BYTES, +CHUNK_BYTES); a chunk never written reads as zeros. */
@@ -71,15 +83,10 @@ export class MemoryBlockFile implements BlockFile {
   async punch(offsetBytes: number, lengthBytes: number): Promise<boolean> {
     this.#checkOpen();
     checkRange(offsetBytes, lengthBytes);
-    const endBytes = offsetBytes + lengthBytes;
-    for (let position = offsetBytes; position < endBytes; ) {
-      const index = Math.floor(position / CHUNK_BYTES);
-      const inChunk = position - index * CHUNK_BYTES;
-      const count = Math.min(CHUNK_BYTES - inChunk, endBytes - position);
+    eachChunk(offsetBytes, lengthBytes, (index, inChunk, _done, count) => {
       if (count === CHUNK_BYTES) this.#chunks[index] = undefined;
       else this.#chunks[index]?.fill(0, inChunk, inChunk + count);
-      position += count;
-    }
+    });
     return true;
   }
 
@@ -95,32 +102,22 @@ export class MemoryBlockFile implements BlockFile {
 
   /** Copies the bytes at offsetBytes into target: zeros where nothing was written. */
   #copyOut(target: Uint8Array, offsetBytes: number): void {
-    for (let done = 0; done < target.length; ) {
-      const position = offsetBytes + done;
-      const index = Math.floor(position / CHUNK_BYTES);
-      const inChunk = position - index * CHUNK_BYTES;
-      const count = Math.min(CHUNK_BYTES - inChunk, target.length - done);
+    eachChunk(offsetBytes, target.length, (index, inChunk, done, count) => {
       const chunk = this.#chunks[index];
       if (chunk === undefined) target.fill(0, done, done + count);
       else target.set(chunk.subarray(inChunk, inChunk + count), done);
-      done += count;
-    }
+    });
   }
 
   #copyIn(source: Uint8Array, offsetBytes: number): void {
-    for (let done = 0; done < source.length; ) {
-      const position = offsetBytes + done;
-      const index = Math.floor(position / CHUNK_BYTES);
-      const inChunk = position - index * CHUNK_BYTES;
-      const count = Math.min(CHUNK_BYTES - inChunk, source.length - done);
+    eachChunk(offsetBytes, source.length, (index, inChunk, done, count) => {
       let chunk = this.#chunks[index];
       if (chunk === undefined) {
         chunk = new Uint8Array(CHUNK_BYTES);
         this.#chunks[index] = chunk;
       }
       chunk.set(source.subarray(done, done + count), inChunk);
-      done += count;
-    }
+    });
   }
 
   #checkOpen(): void {
