@@ -23,7 +23,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, REMAP_SPARE_BLOCKS_MAX } from '../src/constants.ts';
 import type { FaultRule } from '../src/io/fault-injection.ts';
-import { Pool, type PoolStatus } from '../src/pool/pool.ts';
+import { Pool, type PoolStatus, type RemapPhases } from '../src/pool/pool.ts';
 import { machineDescription, writeBenchmarkSection } from './peers.ts';
 
 const BLOCK_SIZE_BYTES = 64 * 1024;
@@ -88,8 +88,19 @@ async function remappingPool(PoolClass: typeof Pool, dir: string, count: number,
 
 type Measured = SpareMode | 'fdatasync';
 
+/** The phases of a remapped write (Pool.lastRemapPhases), one sample per remap, and the rest of the request. */
+const PHASES = ['narrowMs', 'moveMs', 'decidedToDurableMs', 'persistMs', 'scheduleMs', 'recordIoMs', 'readBackMs', 'restMs'] as const;
+type Phase = (typeof PHASES)[number];
+type PhaseSamples = Record<Phase, number[]>;
+
+function noPhaseSamples(): PhaseSamples {
+  return Object.fromEntries(PHASES.map((phase) => [phase, []])) as unknown as PhaseSamples;
+}
+
 interface RoundResult {
   samplesMs: Record<Measured, number[]>;
+  /** Per pool whose Pool reports them (the tree of --before may not). */
+  phases: Record<SpareMode, PhaseSamples>;
   remaps: Record<SpareMode, number>;
   profile: Record<SpareMode, RemapProfile>;
   /** Time spent waiting, after a remap, for the refill it started (charged to no sample), ms. */
@@ -119,6 +130,7 @@ async function remapRound(count: number, modes: readonly SpareMode[], BeforePool
     const write = new Uint8Array(WRITE_BYTES).fill(0xa5);
     const samplesMs: RoundResult['samplesMs'] = { before: [], off: [], on: [], fdatasync: [] };
     const refillWaitMs: number[] = [];
+    const phases: RoundResult['phases'] = { before: noPhaseSamples(), off: noPhaseSamples(), on: noPhaseSamples() };
     const before = {} as Record<SpareMode, PoolStatus['health']>;
     const countersBefore = {} as Record<SpareMode, PoolStatus['counters']>;
     for (const mode of modes) {
@@ -136,7 +148,9 @@ async function remapRound(count: number, modes: readonly SpareMode[], BeforePool
         } else {
           await pools[what].volume('v').write(index * BLOCK_SIZE_BYTES + WRITE_BYTES, write);
         }
-        samplesMs[what].push(performance.now() - startMs);
+        const tookMs = performance.now() - startMs;
+        samplesMs[what].push(tookMs);
+        if (what !== 'fdatasync') notePhases(phases[what], (pools[what] as Partial<Pool>).lastRemapPhases?.(), tookMs);
         if (what === 'on') {
           const waitStartMs = performance.now();
           await pools.on.remapSparesSettled();
@@ -176,9 +190,25 @@ async function remapRound(count: number, modes: readonly SpareMode[], BeforePool
         rollupsPerRemap: (countersNow.rollups - countersWas.rollups) / count,
       };
     }
-    return { samplesMs, remaps, profile, refillWaitMs };
+    return { samplesMs, phases, remaps, profile, refillWaitMs };
   } finally {
     for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Adds one remapped write's phases (Pool.lastRemapPhases) to the samples; a write that took tookMs in all. */
+function notePhases(samples: PhaseSamples, phases: RemapPhases | undefined, tookMs: number): void {
+  if (phases === undefined) return;
+  samples.narrowMs.push(phases.narrowMs);
+  samples.moveMs.push(phases.moveMs);
+  samples.persistMs.push(phases.persistMs);
+  samples.decidedToDurableMs.push(phases.moveMs + phases.persistMs);
+  samples.restMs.push(tookMs - phases.narrowMs - phases.moveMs - phases.persistMs);
+  // A remap made durable by a rollup (the ring full) has no record phases.
+  if (phases.recordIoMs !== undefined) {
+    samples.scheduleMs.push(phases.scheduleMs!);
+    samples.recordIoMs.push(phases.recordIoMs);
+    samples.readBackMs.push(phases.readBackMs!);
   }
 }
 
@@ -235,9 +265,11 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
   const remaps = { before: 0, off: 0, on: 0 };
   const profiles: Record<SpareMode, RemapProfile[]> = { before: [], off: [], on: [] };
   const refillWaitMs: number[] = [];
+  const phaseSamples: Record<SpareMode, PhaseSamples> = { before: noPhaseSamples(), off: noPhaseSamples(), on: noPhaseSamples() };
   for (let round = 0; round < rounds; round++) {
     const result = await remapRound(count, modes, BeforePool);
     for (const what of ['fdatasync', ...modes] as const) samples[what].push(...result.samplesMs[what]);
+    for (const mode of modes) for (const phase of PHASES) phaseSamples[mode][phase].push(...result.phases[mode][phase]);
     for (const mode of modes) {
       remaps[mode] += result.remaps[mode];
       profiles[mode].push(result.profile[mode]);
@@ -264,6 +296,27 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
       `${(remap.avgMs / sync.avgMs).toFixed(2)}× | ${(remap.p50Ms / sync.p50Ms).toFixed(2)}× | ${(remap.p95Ms / sync.p95Ms).toFixed(2)}× | ${(remap.p99Ms / sync.p99Ms).toFixed(2)}× |`
     );
   });
+  const phaseNames: Record<Phase, string> = {
+    narrowMs: 'detect and narrow: the refused write began → its sectors known',
+    moveMs: 'move: the old block read, the new one written, mapping and bad ranges changed',
+    decidedToDurableMs: 'decision to remap → record durable (move + persist)',
+    persistMs: 'persist: asked for → record durable',
+    scheduleMs: '… of which to the record built (commit scheduler, log entries)',
+    recordIoMs: '… of which record built → fdatasync returned (its writes, one per mirror copy, and the sync)',
+    readBackMs: '… of which the read-back of the record',
+    restMs: 'the rest of the request (lookups, locks, the volume layer)',
+  };
+  const phaseRows = modes
+    .filter((mode) => phaseSamples[mode].persistMs.length > 0)
+    .flatMap((mode) =>
+      PHASES.filter((phase) => phaseSamples[mode][phase].length > 0).map((phase) => {
+        const phaseSummary = summary(phaseSamples[mode][phase]);
+        return (
+          `| ${modeNames[mode]}: ${phaseNames[phase]} | ${ms(phaseSummary.avgMs)} | ${ms(phaseSummary.p50Ms)} | ${ms(phaseSummary.p95Ms)} | ${ms(phaseSummary.p99Ms)} | ` +
+          `${(phaseSummary.avgMs / sync.avgMs).toFixed(2)}× | ${(phaseSummary.p50Ms / sync.p50Ms).toFixed(2)}× | ${(phaseSummary.p95Ms / sync.p95Ms).toFixed(2)}× | ${(phaseSummary.p99Ms / sync.p99Ms).toFixed(2)}× |`
+        );
+      }),
+    );
   const refills = profiles.on.reduce((total, profile) => total + profile.refills, 0);
   const taken = profiles.on.reduce((total, profile) => total + profile.sparesTaken, 0);
   const refillWait = summary(refillWaitMs);
@@ -308,6 +361,16 @@ export async function remapBenchmark(flags: string[], roundsGiven?: number): Pro
     ...remapRows,
     `| one 4 KiB write + fdatasync | ${ms(sync.avgMs)} | ${ms(sync.p50Ms)} | ${ms(sync.p95Ms)} | ${ms(sync.p99Ms)} | 1 | 1 | 1 | 1 |`,
     '',
+    ...(phaseRows.length === 0
+      ? []
+      : [
+          'Where a remapped write\'s time goes (Pool.lastRemapPhases, per remap; each phase\'s percentiles taken alone, against the same fdatasync samples):',
+          '',
+          '| phase | avg ms | p50 ms | p95 ms | p99 ms | ratio avg | p50 | p95 | p99 |',
+          '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+          ...phaseRows,
+          '',
+        ]),
     ...modes.map((mode) => `Per remapped write, ${modeNames[mode]}: ${ioText(mode, 'data')}; ${ioText(mode, 'metadata')}.`),
     '',
     `Metadata mirror (every metadata block written twice, one fdatasync for both): ${flushes} flushes per run, medians of ${rounds}.`,

@@ -28,6 +28,7 @@ import {
   METADATA_BLOCK_HEADER_BYTES,
   METADATA_BLOCK_SIZE_BYTES,
 } from '../constants.ts';
+import { performance } from 'node:perf_hooks';
 import { ThinError, assert } from '../errors.ts';
 import type { BlockFile, SyncOptions } from '../io/block-file.ts';
 import { crc32c } from '@node-rs/crc32';
@@ -219,6 +220,8 @@ export class DeltaLog {
   readonly file: BlockFile;
   readonly poolId: bigint;
   readonly counters: DeltaLogCounters = { blocksWritten: 0, records: 0, recordsCarrying: 0, syncMarks: 0, syncs: 0 };
+  /** When the last append had its records built, and when its sync returned (performance.now(), ms): the remap benchmark's persist phase. */
+  readonly lastAppendMs = { builtMs: 0, syncedMs: 0 };
   #position: DeltaLogPosition;
   #pending: DeltaLogEntry[] = [];
   #pendingCarriedBytes: Uint8Array[] = [];
@@ -385,11 +388,13 @@ export class DeltaLog {
     assert(carriedIndex === carriedBytes.length, 'carried bytes without their entries');
     // A later record is only ever written once the one before it is durable or in this very
     // batch, so a crash leaves a prefix of the chain, possibly with this batch torn anywhere.
+    this.lastAppendMs.builtMs = performance.now();
     try {
       await Promise.all(writes.map((write) => this.file.write(write.bytes, write.blockNr * METADATA_BLOCK_SIZE_BYTES)));
       this.counters.blocksWritten += writes.reduce((total, write) => total + write.bytes.length / METADATA_BLOCK_SIZE_BYTES, 0);
       this.counters.syncs += 1;
       await this.file.sync(options.syncOptions ?? {});
+      this.lastAppendMs.syncedMs = performance.now();
     } catch (error) {
       throw new ThinError('THIN_IO', `Appending ${recordCount} delta log record(s) to ${this.file.description} failed`, { cause: error });
     }

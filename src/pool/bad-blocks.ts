@@ -8,6 +8,7 @@
 // A write that is narrowed rewrites the pieces that take it, so the good sectors hold what the
 // caller asked for; the caller then moves the block away from the bad ones (remap.ts). A read
 // that is narrowed fills what reads; the caller fails the request for the rest with EIO.
+import { performance } from 'node:perf_hooks';
 import { NARROW_SECTORS_ONE_BY_ONE_MAX, READ_ATTEMPTS_MAX } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
@@ -144,12 +145,17 @@ export function unreadableError(what: string, dataBlock: number, ranges: readonl
 /** A write some sectors of which the medium refused even piece by piece: THIN_IO (EIO) with the ranges. */
 export class SectorsRefused extends ThinError {
   readonly ranges: readonly SectorRange[];
+  /** When the refused write began, and when its narrowing ended (performance.now(), ms): the remap benchmark's narrowing phase. */
+  readonly writeStartedMs: number;
+  readonly refusedMs: number;
 
-  constructor(description: string, offsetBytes: number, lengthBytes: number, ranges: readonly SectorRange[]) {
+  constructor(description: string, offsetBytes: number, lengthBytes: number, ranges: readonly SectorRange[], writeStartedMs = performance.now()) {
     const list = ranges.map((range) => `[${range.beginSector}, ${range.endSector})`).join(', ');
     super('THIN_IO', `Cannot write ${lengthBytes} bytes at offset ${offsetBytes} of ${description}: sectors ${list} refuse writes (EIO)`, {
       cause: Object.assign(new Error('EIO: sectors refuse writes'), { code: 'EIO' }),
     });
     this.ranges = ranges;
+    this.writeStartedMs = writeStartedMs;
+    this.refusedMs = performance.now();
   }
 }

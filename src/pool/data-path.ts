@@ -21,6 +21,7 @@
 //   with ENOSPC. It asks before it writes any data, so a refused write changes nothing.
 //
 // Every method that takes a device expects the caller to hold the lock of the blocks it touches.
+import { performance } from 'node:perf_hooks';
 import { COPY_BUFFERS_RETAINED_BYTES_MAX, DATA_HIGH_WATER_MARK_STEP_BLOCKS, REMAP_TARGETS_MAX } from '../constants.ts';
 import { assert, isThinError, type ThinError } from '../errors.ts';
 import { isMediaError } from '../io/media-error.ts';
@@ -230,6 +231,7 @@ export class DataPath {
    */
   async #writeData(source: Uint8Array, offsetBytes: number, flushCovers: boolean): Promise<void> {
     this.#bytesWritten += source.length;
+    const startedMs = performance.now();
     try {
       try {
         await this.#files.data.write(source, offsetBytes);
@@ -239,7 +241,7 @@ export class DataPath {
         if (refused.length > 0) {
           // The data file fails: remaps will follow, keep blocks written ahead for them.
           this.spares.arm();
-          throw new SectorsRefused(this.#files.data.description, offsetBytes, source.length, refused);
+          throw new SectorsRefused(this.#files.data.description, offsetBytes, source.length, refused, startedMs);
         }
       }
     } catch (error) {
@@ -381,7 +383,7 @@ export class DataPath {
       await this.dataWrite(bytes, mapping.dataBlock * this.blockSizeBytes + offsetInBlockBytes);
     } catch (error) {
       if (!(error instanceof SectorsRefused)) throw error;
-      await this.remapper.move(device, virtualBlock, mapping.dataBlock, offsetInBlockBytes, source, lengthBytes, 'remap', error.ranges);
+      await this.remapper.move(device, virtualBlock, mapping.dataBlock, offsetInBlockBytes, source, lengthBytes, 'remap', error);
     }
   }
 

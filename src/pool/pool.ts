@@ -130,6 +130,16 @@ export interface PoolOpenOptions {
 }
 
 /** A committed generation pinned for a reader (Pool.pinCommitted, docs/format.md F-TX-8). */
+/** Pool.lastRemapPhases(): where the last remap's time went, in ms. */
+export interface RemapPhases {
+  narrowMs: number;
+  moveMs: number;
+  persistMs: number;
+  scheduleMs?: number;
+  recordIoMs?: number;
+  readBackMs?: number;
+}
+
 export interface PinnedGeneration {
   generation: number;
   /** The encoded superblock copy of the generation: what the reader opens (TransactionManager.openPinned). */
@@ -660,6 +670,32 @@ export class Pool {
   /** Resolves when no refill of the remaps' spare area runs (spare-area.ts; tests and the remap benchmark). */
   async remapSparesSettled(): Promise<void> {
     for (let running = this.#core.dataPath.spares.running; running !== undefined; running = this.#core.dataPath.spares.running) await running;
+  }
+
+  /**
+   * Where the last remap's time went (ms; the remap benchmark): `narrowMs`, from the refused
+   * write's start to the end of its narrowing (0 for a remap of recorded bad sectors); `moveMs`,
+   * from the decision to move to the persist (the old block read, the new one written, the mapping
+   * and bad ranges changed); `persistMs`, from the persist asked for to the record durable, and of
+   * it, when a log record made it durable: `scheduleMs` (to the record built), `recordIoMs` (the
+   * record's writes and its fdatasync: record built → fdatasync returned) and `readBackMs`.
+   * Undefined before the first remap.
+   */
+  lastRemapPhases(): RemapPhases | undefined {
+    const times = this.#core.dataPath.remapper.lastTimes;
+    if (times.durableMs === 0) return undefined;
+    const phases: RemapPhases = {
+      narrowMs: times.refusedMs - times.writeStartedMs,
+      moveMs: times.persistStartMs - times.decidedMs,
+      persistMs: times.durableMs - times.persistStartMs,
+    };
+    const append = this.#core.commits.log?.lastAppendMs;
+    if (append !== undefined && append.builtMs >= times.persistStartMs && append.syncedMs <= times.durableMs && append.syncedMs >= append.builtMs) {
+      phases.scheduleMs = append.builtMs - times.persistStartMs;
+      phases.recordIoMs = append.syncedMs - append.builtMs;
+      phases.readBackMs = times.durableMs - append.syncedMs;
+    }
+    return phases;
   }
 
   /** Folds the delta log into the trees now (a full commit); flush() is enough for durability. */

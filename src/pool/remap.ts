@@ -15,6 +15,7 @@
 // write is recorded bad and another one taken (REMAP_TARGETS_MAX in all); sectors of the old block
 // that cannot be read are fine when the write covers them, and otherwise fail the request with EIO
 // (their contents are gone: the block stays where it was, its unreadable sectors recorded).
+import { performance } from 'node:perf_hooks';
 import { REMAP_TARGETS_MAX } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
 import { MEDIA_SECTOR_BYTES } from '../io/media-error.ts';
@@ -58,8 +59,23 @@ export interface RemapCounters {
 
 export type MoveReason = 'copy-on-write' | 'remap';
 
+/**
+ * When the last remap passed each step (performance.now(), ms; 0: not passed): the refused write
+ * began and its narrowing ended (zero for a remap of recorded bad sectors, which nothing refused
+ * this time), the move began, its persist was asked for, and the record was durable.
+ * Pool.lastRemapPhases() turns them into the remap benchmark's phases.
+ */
+export interface RemapTimes {
+  writeStartedMs: number;
+  refusedMs: number;
+  decidedMs: number;
+  persistStartMs: number;
+  durableMs: number;
+}
+
 export class Remapper {
   readonly counters: RemapCounters = { remaps: 0, targetsRefused: 0, remapsFailed: 0 };
+  readonly lastTimes: RemapTimes = { writeStartedMs: 0, refusedMs: 0, decidedMs: 0, persistStartMs: 0, durableMs: 0 };
   readonly #host: RemapHost;
 
   constructor(host: RemapHost) {
@@ -69,7 +85,7 @@ export class Remapper {
   /**
    * Writes `source` (zeros when undefined) at offsetInBlockBytes of virtualBlock, now at oldBlock,
    * into a new block holding the rest of oldBlock's bytes, and maps the virtual block there.
-   * For a remap, `refused` names the sectors of oldBlock a write just refused (if any): they and
+   * For a remap, `refusal` names the sectors of oldBlock a write just refused (if any): they and
    * the old block's recorded ranges are marked relocated, and the change is durable on return.
    */
   async move(
@@ -80,8 +96,10 @@ export class Remapper {
     source: Uint8Array | undefined,
     lengthBytes: number,
     reason: MoveReason,
-    refused: readonly SectorRange[] = [],
+    refusal?: SectorsRefused,
   ): Promise<void> {
+    const decidedMs = performance.now();
+    const refused = refusal?.ranges ?? [];
     const host = this.#host;
     const bs = host.blockSizeBytes;
     const content = host.takeBlockBuffer();
@@ -117,11 +135,18 @@ export class Remapper {
     }
     if (reason === 'remap') {
       this.counters.remaps += 1;
+      const persistStartMs = performance.now();
       try {
         await host.persist();
       } finally {
         host.remapped();
       }
+      const times = this.lastTimes;
+      times.writeStartedMs = refusal?.writeStartedMs ?? 0;
+      times.refusedMs = refusal?.refusedMs ?? 0;
+      times.decidedMs = decidedMs;
+      times.persistStartMs = persistStartMs;
+      times.durableMs = performance.now();
     }
   }
 
