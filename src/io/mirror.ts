@@ -398,12 +398,44 @@ export class MirroredBlockFile implements RedundantBlockFile {
     // Anything but the medium refusing the write (closed, power lost, ENOSPC) fails the write.
     const other = results.find((result) => result.status === 'rejected' && !isMediaError(result.reason));
     if (other !== undefined && other.status === 'rejected') throw other.reason;
+    if (source.length > MIRROR_UNIT_BYTES) {
+      await this.#writeUnitByUnit(source, offsetBytes, results.map((result) => result.status === 'rejected'));
+      return;
+    }
     if (succeeded === 0) throw firstError;
     results.forEach((result, copyIndex) => {
       if (result.status === 'rejected') {
         this.#noteBad(copyIndex, offsetBytes, source.length, 'write', messageOf(result.reason));
       }
     });
+  }
+
+  /**
+   * A write of several units that some copies refused (EIO): on those copies, written again unit
+   * by unit, so only the units that refuse it are marked bad (a batch of delta log blocks is one
+   * write). Fails when a unit is in no copy.
+   */
+  async #writeUnitByUnit(source: Uint8Array, offsetBytes: number, refusedCopies: readonly boolean[]): Promise<void> {
+    for (let unitOffset = 0; unitOffset < source.length; unitOffset += MIRROR_UNIT_BYTES) {
+      const piece = source.subarray(unitOffset, Math.min(source.length, unitOffset + MIRROR_UNIT_BYTES));
+      let held = refusedCopies.some((refused) => !refused);
+      let firstError: unknown;
+      const refusals: Array<{ copyIndex: number; error: unknown }> = [];
+      for (const [copyIndex, copy] of this.copies.entries()) {
+        if (!refusedCopies[copyIndex]) continue;
+        try {
+          await copy.file.write(piece, copy.offsetBytes + offsetBytes + unitOffset);
+          held = true;
+          this.#clearBad(copyIndex, offsetBytes + unitOffset, piece.length);
+        } catch (error) {
+          if (!isMediaError(error)) throw error;
+          firstError ??= error;
+          refusals.push({ copyIndex, error });
+        }
+      }
+      if (!held) throw firstError;
+      for (const { copyIndex, error } of refusals) this.#noteBad(copyIndex, offsetBytes + unitOffset, piece.length, 'write', messageOf(error));
+    }
   }
 
   async repairCopy(copyIndex: number, source: Uint8Array, offsetBytes: number): Promise<boolean> {

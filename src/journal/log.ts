@@ -347,7 +347,8 @@ export class DeltaLog {
     assert(!synced || carriedBytes.length === 0, 'a record flagged dataSynced carries nothing');
     const recordCount = Math.max(1, recordsFor(entries.length));
     const start = this.#position;
-    const writes: Array<{ bytes: Uint8Array; blockNr: number }> = [];
+    // The records and their carried slots, back to back in ring order (no wrap: asserted below).
+    const blocks: Uint8Array[] = [];
     let position = { ...start };
     let carriedIndex = 0;
     for (let record = 0; record < recordCount; record++) {
@@ -367,7 +368,7 @@ export class DeltaLog {
         flags: options.flags,
         carriedSlotCount,
       });
-      writes.push({ bytes, blockNr: deltaLogBlockNr(position.nextIndex) });
+      blocks.push(bytes);
       if (carriedSlotCount > 0) {
         // The carried bytes, back to back, zeros after the last: crc32c per entry (F-LOG-9).
         const slots = new Uint8Array(carriedSlotCount * METADATA_BLOCK_SIZE_BYTES);
@@ -376,7 +377,7 @@ export class DeltaLog {
           slots.set(piece, at);
           at += piece.length;
         }
-        writes.push({ bytes: slots, blockNr: deltaLogBlockNr(position.nextIndex + 1) });
+        blocks.push(slots);
       }
       position = {
         baseGeneration: position.baseGeneration,
@@ -386,12 +387,18 @@ export class DeltaLog {
       };
     }
     assert(carriedIndex === carriedBytes.length, 'carried bytes without their entries');
+    // One write of the whole batch (the records and their slots are consecutive ring blocks): a
+    // write per block cost a system call and, mirrored, a promise per copy each, on a remap's
+    // acknowledged path (docs/benchmarks.md, "Failing disks").
+    const batch = blocks.length === 1 ? blocks[0]! : Buffer.concat(blocks);
+    const firstBlockNr = deltaLogBlockNr(start.nextIndex);
+    const batchBlocks = batch.length / METADATA_BLOCK_SIZE_BYTES;
     // A later record is only ever written once the one before it is durable or in this very
     // batch, so a crash leaves a prefix of the chain, possibly with this batch torn anywhere.
     this.lastAppendMs.builtMs = performance.now();
     try {
-      await Promise.all(writes.map((write) => this.file.write(write.bytes, write.blockNr * METADATA_BLOCK_SIZE_BYTES)));
-      this.counters.blocksWritten += writes.reduce((total, write) => total + write.bytes.length / METADATA_BLOCK_SIZE_BYTES, 0);
+      await this.file.write(batch, firstBlockNr * METADATA_BLOCK_SIZE_BYTES);
+      this.counters.blocksWritten += batchBlocks;
       this.counters.syncs += 1;
       await this.file.sync(options.syncOptions ?? {});
       this.lastAppendMs.syncedMs = performance.now();
@@ -400,20 +407,20 @@ export class DeltaLog {
     }
     // Nothing else points at a record (a tree node has a parent that records which transaction
     // wrote it; the last record has no successor), so a write that landed elsewhere or was lost
-    // would go unnoticed until a crash dropped the flush. Read each record back before the flush
-    // is acknowledged: one 4 KiB read, usually from the page cache.
-    for (const write of writes) {
-      const readBack = Buffer.allocUnsafe(write.bytes.length);
-      try {
-        await this.file.read(readBack, write.blockNr * METADATA_BLOCK_SIZE_BYTES);
-      } catch (error) {
-        throw new ThinError('THIN_IO', `Cannot read back delta log block ${write.blockNr} of ${this.file.description}`, { cause: error });
-      }
-      // A native comparison: a callback per byte was measurably slower (docs/benchmarks.md,
-      // "Figures behind code decisions").
-      if (!readBack.equals(write.bytes)) {
-        throw new ThinError('THIN_IO', `Delta log block ${write.blockNr} of ${this.file.description} reads back different from what was written and synced (a misdirected or lost write)`);
-      }
+    // would go unnoticed until a crash dropped the flush. Read the batch back before the flush
+    // is acknowledged: one read, usually from the page cache.
+    const readBack = Buffer.allocUnsafe(batch.length);
+    try {
+      await this.file.read(readBack, firstBlockNr * METADATA_BLOCK_SIZE_BYTES);
+    } catch (error) {
+      throw new ThinError('THIN_IO', `Cannot read back delta log blocks ${firstBlockNr}..${firstBlockNr + batchBlocks - 1} of ${this.file.description}`, { cause: error });
+    }
+    // A native comparison: a callback per byte was measurably slower (docs/benchmarks.md,
+    // "Figures behind code decisions").
+    if (!readBack.equals(batch)) {
+      let blockNr = firstBlockNr;
+      for (let at = 0; at < batch.length && readBack.subarray(at, at + METADATA_BLOCK_SIZE_BYTES).equals(batch.subarray(at, at + METADATA_BLOCK_SIZE_BYTES)); at += METADATA_BLOCK_SIZE_BYTES) blockNr += 1;
+      throw new ThinError('THIN_IO', `Delta log block ${blockNr} of ${this.file.description} reads back different from what was written and synced (a misdirected or lost write)`);
     }
     this.counters.records += recordCount;
     if (carriedBytes.length > 0) this.counters.recordsCarrying += 1;

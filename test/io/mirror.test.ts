@@ -141,6 +141,35 @@ describe('MirroredBlockFile', () => {
     await assert.rejects(mirror.write(block(7), 13 * UNIT), (error) => isThinError(error, 'THIN_IO'));
   });
 
+  test('a multi-unit write one copy refuses in one unit marks only that unit bad in that copy', async () => {
+    const { raw, faults, mirror, events } = await setup();
+    const whole = new Uint8Array(3 * UNIT);
+    for (let unit = 0; unit < 3; unit++) whole.set(block(30 + unit), unit * UNIT);
+    faults.addRules([{ file: 'metadata', op: 'write', beginSector: copy1Sector(41), endSector: copy1Sector(41) + 1 }]);
+    await mirror.write(whole, 40 * UNIT);
+    assert.deepEqual(
+      events.map((event) => [event.kind, event.copyIndex, event.offsetBytes, event.lengthBytes]),
+      [['write', 1, 41 * UNIT, UNIT]],
+    );
+    assert.equal(mirror.degradedUnits, 1);
+    // The units around it are in copy 1; the refused one only in copy 0.
+    assert.deepEqual(rawRead(raw, MIRROR_OFFSET + 40 * UNIT), block(30));
+    assert.deepEqual(rawRead(raw, MIRROR_OFFSET + 42 * UNIT), block(32));
+    for (let unit = 0; unit < 3; unit++) assert.deepEqual(rawRead(raw, (40 + unit) * UNIT), block(30 + unit));
+    const target = new Uint8Array(3 * UNIT);
+    await mirror.read(target, 40 * UNIT);
+    assert.deepEqual(target, whole);
+  });
+
+  test('a multi-unit write fails when one unit is refused by every copy', async () => {
+    const { faults, mirror } = await setup();
+    faults.addRules([
+      { file: 'metadata', op: 'write', beginSector: (45 * UNIT) / 512, endSector: (45 * UNIT) / 512 + 1 },
+      { file: 'metadata', op: 'write', beginSector: copy1Sector(45), endSector: copy1Sector(45) + 1 },
+    ]);
+    await assert.rejects(mirror.write(new Uint8Array(2 * UNIT).fill(3), 44 * UNIT), (error) => isThinError(error, 'THIN_IO'));
+  });
+
   test('a multi-unit read with one bad unit in copy 0 is pieced together unit by unit', async () => {
     const { faults, mirror } = await setup();
     const whole = new Uint8Array(4 * UNIT);
