@@ -145,10 +145,22 @@ export interface FaultCounters {
   injected: number;
 }
 
+/**
+ * The error of a refused read or write, made without stack traces: where in the injector it was
+ * thrown says nothing, and capturing two stacks per refusal was a large share of a remapped
+ * write's CPU (a 4 KiB write into bad sectors is refused 9 times while it is narrowed;
+ * docs/benchmarks.md, "Failing disks").
+ */
 function injectedEio(description: string, verb: string, lengthBytes: number, offsetBytes: number, ruleIndex: number): ThinError {
-  return new ThinError('THIN_IO', `Cannot ${verb} ${lengthBytes} bytes at offset ${offsetBytes} of ${description}: EIO (injected by fault rule ${ruleIndex + 1})`, {
-    cause: Object.assign(new Error('EIO: i/o error (injected)'), { code: 'EIO', errno: -5 }),
-  });
+  const stackTraceLimit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return new ThinError('THIN_IO', `Cannot ${verb} ${lengthBytes} bytes at offset ${offsetBytes} of ${description}: EIO (injected by fault rule ${ruleIndex + 1})`, {
+      cause: Object.assign(new Error('EIO: i/o error (injected)'), { code: 'EIO', errno: -5 }),
+    });
+  } finally {
+    Error.stackTraceLimit = stackTraceLimit;
+  }
 }
 
 /** A block file that applies the fault rules of one file (data or metadata) to what passes through. */
