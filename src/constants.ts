@@ -291,6 +291,13 @@ export const READ_ATTEMPTS_MAX = 3;
  */
 export const NARROW_SECTORS_ONE_BY_ONE_MAX = 8;
 /**
+ * Bad ranges the check at the end of every commit looks at, in turn (pool/core.ts
+ * assertInvariants): checking all of them, each with a lookup in the data space map, made every
+ * remap on a dying disk cost more than the one before it. The whole table is still checked at
+ * open, at every mode change, growth and full commit's seal, and at close.
+ */
+export const BAD_RANGES_CHECKED_PER_COMMIT = 32;
+/**
  * Blocks a write refused by the medium is tried on before the request fails: a second bad block
  * in a row is already rare; four in a row means the device fails every write.
  */

@@ -234,23 +234,41 @@ export class BadRanges {
 
   /** Checks the in-memory table against itself (PoolCore.assertInvariants). */
   assertInvariants(): void {
-    let previousKey = -1;
-    let dataRanges = 0;
-    for (const range of this.#ranges) {
-      const key = badRangeKey(range.device, range.beginSector);
-      assert(key > previousKey, 'bad ranges out of order');
-      assert(range.endSector > range.beginSector, 'an empty bad range');
-      assert(this.#blockOf(range.device, range.beginSector) === range.block && this.#blockOf(range.device, range.endSector - 1) === range.block, 'a bad range crosses a block');
-      if (range.device === 'data') {
-        dataRanges += 1;
-        assert(this.#dataBlocks.get(range.block)?.includes(range) === true, `bad data block ${range.block} missing from the index`);
-      } else assert(this.#metadataBlocks.has(range.block), `bad metadata block ${range.block} missing from the index`);
-      previousKey = key + (range.endSector - range.beginSector) - 1;
-    }
+    for (let index = 0; index < this.#ranges.length; index++) this.#assertRange(index);
     let indexed = 0;
     for (const ranges of this.#dataBlocks.values()) indexed += ranges.length;
+    let dataRanges = 0;
+    for (const range of this.#ranges) if (range.device === 'data') dataRanges += 1;
     assert(indexed === dataRanges, 'the bad data block index disagrees with the ranges');
     assert(this.#root !== 0 || this.#ranges.length === 0, 'bad ranges without a bad-range tree');
+  }
+
+  /**
+   * Checks `count` ranges from index `from` on (wrapping) against the one before each and the
+   * index, and returns them: the share of the whole check made after each commit (PoolCore), so
+   * that its cost does not grow with the ranges a dying disk collects.
+   */
+  assertInvariantsOf(from: number, count: number): BadRange[] {
+    const checked: BadRange[] = [];
+    const total = this.#ranges.length;
+    for (let step = 0; step < Math.min(count, total); step++) {
+      const index = (from + step) % total;
+      this.#assertRange(index);
+      checked.push(this.#ranges[index]!);
+    }
+    assert(this.#root !== 0 || total === 0, 'bad ranges without a bad-range tree');
+    return checked;
+  }
+
+  #assertRange(index: number): void {
+    const range = this.#ranges[index]!;
+    const key = badRangeKey(range.device, range.beginSector);
+    const previous = index === 0 ? undefined : this.#ranges[index - 1]!;
+    if (previous !== undefined) assert(key > badRangeKey(previous.device, previous.beginSector) + (previous.endSector - previous.beginSector) - 1, 'bad ranges out of order');
+    assert(range.endSector > range.beginSector, 'an empty bad range');
+    assert(this.#blockOf(range.device, range.beginSector) === range.block && this.#blockOf(range.device, range.endSector - 1) === range.block, 'a bad range crosses a block');
+    if (range.device === 'data') assert(this.#dataBlocks.get(range.block)?.includes(range) === true, `bad data block ${range.block} missing from the index`);
+    else assert(this.#metadataBlocks.has(range.block), `bad metadata block ${range.block} missing from the index`);
   }
 
   // ---- internals ----
@@ -273,8 +291,10 @@ export class BadRanges {
   #recordPiece(device: BadDevice, beginSector: number, endSector: number, flags: number): boolean {
     const block = this.#blockOf(device, beginSector);
     assert(block !== undefined, `${device} sector ${beginSector} lies outside the pool`);
-    // Ranges of this block that the piece touches or overlaps are merged into one.
-    const touching = this.#ranges.filter(
+    // Ranges of this block that the piece touches or overlaps are merged into one (a data block's
+    // from the index: a scan of every range made each remap on a dying disk cost more than the last).
+    const candidates = device === 'data' ? this.dataRangesIn(block) : this.#ranges;
+    const touching = candidates.filter(
       (range) => range.device === device && range.block === block && range.beginSector <= endSector && beginSector <= range.endSector && this.#sameHalf(range.beginSector, beginSector),
     );
     const mergedBegin = Math.min(beginSector, ...touching.map((range) => range.beginSector));
@@ -322,9 +342,16 @@ export class BadRanges {
 
   #add(range: BadRange): void {
     const key = badRangeKey(range.device, range.beginSector);
-    let index = this.#ranges.length;
-    while (index > 0 && badRangeKey(this.#ranges[index - 1]!.device, this.#ranges[index - 1]!.beginSector) > key) index -= 1;
-    this.#ranges.splice(index, 0, range);
+    // Binary search for the first range with a greater key.
+    let low = 0;
+    let high = this.#ranges.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      const other = this.#ranges[middle]!;
+      if (badRangeKey(other.device, other.beginSector) > key) high = middle;
+      else low = middle + 1;
+    }
+    this.#ranges.splice(low, 0, range);
     if (range.device === 'data') {
       const list = this.#dataBlocks.get(range.block);
       if (list === undefined) this.#dataBlocks.set(range.block, [range]);

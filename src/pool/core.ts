@@ -65,8 +65,9 @@
 //   space map: asserted when it is added and taken); the engine, the allocator, the data space map and the high-water mark count the same data
 //   blocks, and the data file holds them all; the metadata file holds every metadata block or grows
 //   to them at the next commit; blocks held by a punch lie below the data block count and are free;
-//   closing ⇒ no write waits for space.
-import { BTREE_DEPTH_MAX, METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_SIZE_BYTES, METADATA_DIRTY_BLOCKS_SOFT_MAX, METADATA_COMMIT_RESERVE_BLOCKS, METADATA_RECOVERY_RESERVE_BLOCKS } from '../constants.ts';
+//   closing ⇒ no write waits for space. (At the end of a commit the bad-range table is checked
+//   a share at a time, in turn: BAD_RANGES_CHECKED_PER_COMMIT.)
+import { BAD_RANGES_CHECKED_PER_COMMIT, BTREE_DEPTH_MAX, METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_SIZE_BYTES, METADATA_DIRTY_BLOCKS_SOFT_MAX, METADATA_COMMIT_RESERVE_BLOCKS, METADATA_RECOVERY_RESERVE_BLOCKS } from '../constants.ts';
 import { ThinError, assert, isThinError } from '../errors.ts';
 import { BTREE_BLOCK_TYPES, BTree, SpaceMap, type TransactionManager } from '../pdata/index.ts';
 import type { DeltaLog, DeltaLogEntry } from '../journal/log.ts';
@@ -74,7 +75,7 @@ import type { DeltaLogRecord } from '../journal/replay.ts';
 import { MEDIA_SECTOR_BYTES } from '../io/media-error.ts';
 import type { MeasuredBlockFile } from '../io/measured.ts';
 import { DataAllocator, dataReserveBlocks } from './allocator.ts';
-import { BadRangeFlag, BadRanges } from './bad-ranges.ts';
+import { BadRangeFlag, BadRanges, type BadRange } from './bad-ranges.ts';
 import { BlockLocks } from './block-locks.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -154,6 +155,8 @@ export class PoolCore {
   #modeCause: unknown;
   /** Read-only because metadata ran out, with the state intact: commits are still allowed. */
   #commitsWhileReadOnly = false;
+  /** Where the next check after a commit takes up the bad-range table (assertInvariants). */
+  #badRangesCheckedFrom = 0;
   /**
    * The first failed write or sync of either file (data or metadata). From then on every flush
    * fails with THIN_IO until the pool is reopened: after EIO the kernel may have dropped dirty
@@ -323,11 +326,24 @@ export class PoolCore {
     });
   }
 
-  assertInvariants(): void {
+  /**
+   * `afterCommit`: the check made at the end of every commit, where the bad-range table is
+   * checked BAD_RANGES_CHECKED_PER_COMMIT ranges at a time, in turn (the whole table every
+   * count/BAD_RANGES_CHECKED_PER_COMMIT commits), since a lookup in the data space map per range
+   * at every commit made each remap on a dying disk cost more than the last.
+   */
+  assertInvariants(afterCommit = false): void {
     this.highWaterMark.assertInvariants();
     this.devices.assertInvariants();
-    this.badRanges.assertInvariants();
-    for (const range of this.badRanges.all()) {
+    let badRanges: readonly BadRange[];
+    if (afterCommit && this.badRanges.count > BAD_RANGES_CHECKED_PER_COMMIT) {
+      badRanges = this.badRanges.assertInvariantsOf(this.#badRangesCheckedFrom, BAD_RANGES_CHECKED_PER_COMMIT);
+      this.#badRangesCheckedFrom = (this.#badRangesCheckedFrom + BAD_RANGES_CHECKED_PER_COMMIT) % this.badRanges.count;
+    } else {
+      this.badRanges.assertInvariants();
+      badRanges = this.badRanges.all();
+    }
+    for (const range of badRanges) {
       if (range.device === 'data') assert(this.dataSpace.count(range.block) >= 1, `bad data block ${range.block} is free in the data space map`);
     }
     this.dataPath.spares.assertInvariants(this.highWaterMark.durable);
@@ -987,7 +1003,7 @@ export class PoolCore {
       fail: (reason, cause) => this.fail(reason, cause),
       ioFailureError: () => this.#ioFailureError(),
       sealPayload: () => this.#sealPayload(),
-      assertInvariants: () => this.assertInvariants(),
+      assertInvariants: () => this.assertInvariants(true),
       absorbPendingBadRanges: () => this.absorbPendingBadRanges(),
       get pendingBadRanges() {
         return core.badRanges.pendingCount;
