@@ -9,7 +9,7 @@
 // (queued), and while a reader holds the committed state (withCommitsHeld) none starts. The
 // payload is built synchronously right before pdata seals, so the roots in the payload are
 // exactly those of the sealed transaction.
-import { INLINE_SYNC_DIRTY_BYTES_MAX, LOG_ROLLUP_TICKS_MAX } from '../constants.ts';
+import { DELTA_LOG_BLOCK_COUNT, INLINE_SYNC_DIRTY_BYTES_MAX, LOG_ROLLUP_TICKS_MAX } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 import type { SyncOptions } from '../io/block-file.ts';
 import type { TransactionManager } from '../pdata/index.ts';
@@ -20,6 +20,9 @@ import type { PoolFiles } from './files.ts';
 import type { HighWaterMark } from './high-water-mark.ts';
 import type { PoolMutant } from './mutants.ts';
 import type { PoolMode } from './reports.ts';
+
+/** Ring blocks a remap carrying up to 4 KiB appends: its record and one slot of carried bytes (F-LOG-9). */
+const REMAP_LOG_BLOCKS = 2;
 
 /** What the scheduler needs from the engine (PoolCore), whose state machine it follows. */
 export interface CommitHost {
@@ -97,6 +100,7 @@ export class CommitScheduler {
   /** Rollups seen at the last tick, and ticks since the count last changed (LOG_ROLLUP_TICKS_MAX). */
   #rollupsAtTick = 0;
   #ticksSinceRollup = 0;
+  #backgroundRollup: Promise<void> | undefined;
 
   constructor(parts: CommitParts, host: CommitHost) {
     this.#host = host;
@@ -261,6 +265,29 @@ export class CommitScheduler {
     const plan = planFlush(state);
     if (plan === 'append' || plan === 'rollup') return this.commit().catch(() => undefined);
     return Promise.resolve();
+  }
+
+  /**
+   * After a remap's record (remap.ts): when the ring has no room left for another remap carrying
+   * its bytes (REMAP_LOG_BLOCKS), folds the log in the background now, so that the next remap
+   * appends a record instead of making a full commit (two syncs and the trees' writes) on its
+   * acknowledged path: a failing disk's remaps come one at a time, apart. Returns the rollup
+   * started, if any (never rejects: a failed background commit is the pool's to report).
+   */
+  rollupIfLogFull(): Promise<void> | undefined {
+    const log = this.#log;
+    if (log === undefined || !this.backgroundCommitMayStart || log.blocksUsed + REMAP_LOG_BLOCKS <= DELTA_LOG_BLOCK_COUNT) return undefined;
+    const rollup = this.rollup().catch(() => undefined);
+    this.#backgroundRollup = rollup;
+    void rollup.finally(() => {
+      if (this.#backgroundRollup === rollup) this.#backgroundRollup = undefined;
+    });
+    return rollup;
+  }
+
+  /** The rollup rollupIfLogFull started, while it runs. */
+  get backgroundRollup(): Promise<void> | undefined {
+    return this.#backgroundRollup;
   }
 
   /**

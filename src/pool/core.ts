@@ -918,6 +918,7 @@ export class PoolCore {
       metadataChanged: () => this.commits.metadataChanged(),
       commit: () => this.commits.commit(),
       commitFromRequest: () => this.commits.commit(1),
+      remapLogged: () => void this.commits.rollupIfLogFull(),
       rollup: () => this.commits.rollup(),
       get commitRunning() {
         return core.commits.running;

@@ -50,6 +50,8 @@ export interface DataPathHost {
   commit(): Promise<void>;
   /** A commit a request waits for from inside (a remap's record): CommitScheduler.commit(1). */
   commitFromRequest(): Promise<void>;
+  /** A remap's record is durable (or failed): a full log is rolled up in the background (CommitScheduler.rollupIfLogFull). */
+  remapLogged(): void;
   rollup(): Promise<void>;
   /** The commit running now, if any. */
   readonly commitRunning: Promise<void> | undefined;
@@ -147,7 +149,10 @@ export class DataPath {
       recordBad: (ranges, flags) => host.recordBad(ranges, flags),
       noteCarried: (dataBlock, oldDataBlock, offsetInBlockBytes, bytes) => host.noteCarried(dataBlock, oldDataBlock, offsetInBlockBytes, bytes),
       persist: () => host.commitFromRequest(),
-      remapped: () => this.spares.refill(),
+      remapped: () => {
+        this.spares.refill();
+        host.remapLogged();
+      },
     });
     this.spares = new SpareArea(
       {

@@ -667,9 +667,14 @@ export class Pool {
     return report;
   }
 
-  /** Resolves when no refill of the remaps' spare area runs (spare-area.ts; tests and the remap benchmark). */
+  /**
+   * Resolves when no background work a remap started runs: the refill of the remaps' spare area
+   * (spare-area.ts), the rollup of a log a remap filled (CommitScheduler.rollupIfLogFull). Tests
+   * and the remap benchmark.
+   */
   async remapSparesSettled(): Promise<void> {
-    for (let running = this.#core.dataPath.spares.running; running !== undefined; running = this.#core.dataPath.spares.running) await running;
+    const core = this.#core;
+    for (let running = core.dataPath.spares.running ?? core.commits.backgroundRollup; running !== undefined; running = core.dataPath.spares.running ?? core.commits.backgroundRollup) await running;
   }
 
   /**

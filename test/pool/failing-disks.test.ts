@@ -110,6 +110,41 @@ describe('data sectors that fail', () => {
     await faulty.pool.close();
   });
 
+  test('remaps that fill the delta log have it rolled up behind them: each later remap is still one record carrying its bytes', async () => {
+    const remaps = 45;
+    let faulty = await createFaulty(4 * remaps);
+    const volume = await faulty.pool.createVolume('v', { sizeBytes: remaps * BLOCK });
+    for (let block = 0; block < remaps; block++) await volume.write(block * BLOCK, filled(BLOCK, 1));
+    await faulty.pool.flush();
+    const rules: FaultRule[] = [];
+    for (let block = 0; block < remaps; block++) {
+      const begin = dataBlockOf(faulty.pool, 'v', block)! * SECTORS_PER_BLOCK + 8;
+      rules.push({ file: 'data', op: 'write', beginSector: begin, endSector: begin + 8 });
+    }
+    faulty = await reopenFaulty(faulty, rules);
+    const before = faulty.pool.status().counters;
+    for (let block = 0; block < remaps; block++) {
+      await faulty.pool.volume('v').write(block * BLOCK + 4096, filled(4096, 2));
+      // What the remap started in the background (the rollup of a full log) ends before the next.
+      await faulty.pool.remapSparesSettled();
+    }
+    const after = faulty.pool.status().counters;
+    assert.equal(faulty.pool.status().health.data.remaps.remaps, remaps);
+    // The ring holds 31 remaps of record + one slot: it filled, and was rolled up off the remaps' way.
+    assert.ok(after.rollups - before.rollups >= 1, 'the log was rolled up');
+    assert.equal(after.logRecordsCarrying - before.logRecordsCarrying, remaps, 'every remap was one record carrying its bytes');
+    const expected = filled(BLOCK, 1);
+    expected.fill(2, 4096, 8192);
+    faulty = await reopenFaulty(faulty, rules);
+    const back = new Uint8Array(BLOCK);
+    for (let block = 0; block < remaps; block++) {
+      await faulty.pool.volume('v').read(block * BLOCK, back);
+      assert.deepEqual(back, expected, `block ${block} after reopening`);
+    }
+    await checkClean(faulty.raw);
+    await faulty.pool.close();
+  });
+
   test('a new block that refuses its first write is passed over for another', async () => {
     const faulty = await createFaulty(16);
     const volume = await faulty.pool.createVolume('v', { sizeBytes: 4 * BLOCK });
