@@ -38,8 +38,8 @@ import {
 import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
 import { decodeDetails, type DeviceValue, type PoolPayload } from '../pool/codecs.ts';
 import type { PoolFiles } from '../pool/files.ts';
-import type { CoverageRun, Extent } from '../pool/ranges.ts';
-import { deviceReadCodec, extentReadCodec, staleBlockProblem } from '../pool/trees.ts';
+import type { CoverageRun } from '../pool/ranges.ts';
+import { deviceReadCodec, extentColumnsReader, extentReadCodec, staleBlockProblem } from '../pool/trees.ts';
 import { openPoolForTools, type FindingKind, type ToolsOpen } from './open.ts';
 import type { Problem } from './problem.ts';
 import { ReferenceRuns } from './reference-runs.ts';
@@ -240,8 +240,7 @@ function checkVolumes(context: CheckContext): void {
   // Each distinct leaf's summary, built as the walker hands over its entries (in key order): the
   // per-leaf figures the subtree summaries need, without keeping every extent in memory.
   const leafSummaries = new Map<number, Subtree>();
-  let leafBlockNrNow = -1;
-  let leafSummaryNow: Subtree | undefined;
+  const extentColumns = extentColumnsReader(payload.dataBlockCount);
   const shapes = new SubtreeShapes();
   const subtrees = new Map<number, Subtree | null>();
   const totalBlocks = context.devices.reduce((total, [, value]) => total + value.mappedBlockCount, 0);
@@ -294,29 +293,49 @@ function checkVolumes(context: CheckContext): void {
     walker.walk(value.mappingRoot, extentCodec, {
       node: shapes.node,
       revisit: shapes.revisit,
-      leaf: (key, extent, leafBlockNr) => {
-        const endKey = key + extent.lengthBlocks;
-        if (leafBlockNr !== leafBlockNrNow || leafSummaryNow === undefined) {
-          leafBlockNrNow = leafBlockNr;
-          leafSummaryNow = { firstKey: key, endKey, mappedBlocks: extent.lengthBlocks, entries: 1, maxTime: extent.time };
-          leafSummaries.set(leafBlockNr, leafSummaryNow);
-        } else {
-          // F-POOL-21: entries never overlap.
-          if (leafSummaryNow.endKey > key) {
-            checker.problem(
-              `${where}, mapping node ${leafBlockNr}, virtual blocks [${key}, ${leafSummaryNow.endKey})`,
-              `an extent ending at ${leafSummaryNow.endKey} overlaps the next one starting at ${key}`,
-            );
+      leafColumns: {
+        reader: extentColumns,
+        visit: (columns, leafBlockNr) => {
+          const { count, keys, dataBlocks, lengths, times } = columns;
+          if (count === 0) return;
+          const mark = payload.dataHighWaterMark;
+          let endKey = 0;
+          let mappedBlocks = 0;
+          let maxTime = 0;
+          for (let index = 0; index < count; index++) {
+            const key = keys[index]!;
+            const lengthBlocks = lengths[index]!;
+            const dataBlock = dataBlocks[index]!;
+            // F-POOL-21: entries never overlap.
+            if (index > 0 && endKey > key) {
+              checker.problem(
+                `${where}, mapping node ${leafBlockNr}, virtual blocks [${key}, ${endKey})`,
+                `an extent ending at ${endKey} overlaps the next one starting at ${key}`,
+              );
+            }
+            endKey = Math.max(endKey, key + lengthBlocks);
+            mappedBlocks += lengthBlocks;
+            maxTime = Math.max(maxTime, times[index]!);
+            // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
+            // Runs that continue one another are joined as they come (the sweep's sum is the same): a
+            // volume written in order gives one run, not one per extent.
+            context.dataReferences.add(dataBlock, dataBlock + lengthBlocks);
+            // F-POOL-40: every mapped data block lies below the high-water mark.
+            if (dataBlock + lengthBlocks > mark) {
+              checker.problem(
+                `${where}, mapping leaf ${leafBlockNr}, virtual block ${key}`,
+                `data blocks [${dataBlock}, ${dataBlock + lengthBlocks}) reach past the high-water mark ${mark}`,
+              );
+            }
           }
-          leafSummaryNow.endKey = Math.max(leafSummaryNow.endKey, endKey);
-          leafSummaryNow.mappedBlocks += extent.lengthBlocks;
-          leafSummaryNow.entries += 1;
-          leafSummaryNow.maxTime = Math.max(leafSummaryNow.maxTime, extent.time);
-        }
-        doneBlocks += extent.lengthBlocks;
-        extentsWalked += 1;
-        if (options.onProgress !== undefined && extentsWalked % PROGRESS_EXTENTS_STEP === 0) options.onProgress(Math.min(doneBlocks, totalBlocks), totalBlocks);
-        checkExtent(context, where, key, extent, leafBlockNr);
+          leafSummaries.set(leafBlockNr, { firstKey: keys[0]!, endKey, mappedBlocks, entries: count, maxTime });
+          doneBlocks += mappedBlocks;
+          const stepsBefore = Math.floor(extentsWalked / PROGRESS_EXTENTS_STEP);
+          extentsWalked += count;
+          if (options.onProgress !== undefined && Math.floor(extentsWalked / PROGRESS_EXTENTS_STEP) !== stepsBefore) {
+            options.onProgress(Math.min(doneBlocks, totalBlocks), totalBlocks);
+          }
+        },
       },
       corrupt: (problem) => {
         corruptNodes.add(problem.blockNr);
@@ -400,22 +419,6 @@ function checkBadRanges(context: CheckContext): void {
     },
     corrupt: (problem) => checker.problem(corruptWhere('bad-range tree', problem), problem.error.message),
   });
-}
-
-/** One mapping of a distinct leaf: counted as a data reference, and within the high-water mark. */
-function checkExtent(context: CheckContext, where: string, key: number, extent: Extent, leafBlockNr: number): void {
-  // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
-  // Runs that continue one another are joined as they come (the sweep's sum is the same): a
-  // volume written in order gives one run, not one per extent.
-  context.dataReferences.add(extent.dataBlock, extent.dataBlock + extent.lengthBlocks);
-  // F-POOL-40: every mapped data block lies below the high-water mark.
-  const mark = context.payload.dataHighWaterMark;
-  if (extent.dataBlock + extent.lengthBlocks > mark) {
-    context.checker.problem(
-      `${where}, mapping leaf ${leafBlockNr}, virtual block ${key}`,
-      `data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) reach past the high-water mark ${mark}`,
-    );
-  }
 }
 
 /** The data space map's counts against the references the mappings hold (F-POOL-23). */
