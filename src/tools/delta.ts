@@ -19,7 +19,6 @@ import { assert } from '../errors.ts';
 import type { Mapping, VisitResult } from './dump/events.ts';
 import { escapeAttribute } from './dump/xml.ts';
 import type { TextSink } from './dump/sink.ts';
-import { AsciiText } from './dump/ascii-text.ts';
 
 import type { ExtentColumns } from '../pool/trees.ts';
 import { PoolView, type ViewTarget } from './pool-view.ts';
@@ -320,80 +319,64 @@ export async function writeDeltaXml(
     ),
   );
   const walk = stepCursor(steps);
-  const text = new AsciiText(out);
+  // Lines are gathered into a piece of DELTA_TEXT_PIECE_CHARS before the sink sees them: a
+  // scattered delta has a line per block or two. (Template strings joined this way measured
+  // faster than writing digits into a byte buffer.)
+  let text = '';
   if (options.verbose === true) {
     let open: DeltaKind | undefined;
     while (walk.next()) {
-      await settle(text.room());
-      const kind = walk.kind;
-      if (open !== kind) {
-        if (open !== undefined) text.put(XML_PIECES[open].close);
-        text.put(XML_PIECES[kind].open);
-        open = kind;
+      if (open !== walk.kind) {
+        if (open !== undefined) text += `    </${open}>\n`;
+        text += `    <${walk.kind}>\n`;
+        open = walk.kind;
       }
-      text.put(XML_PIECES.rangeBegin);
-      text.number(walk.begin);
-      if (kind === DeltaKind.different) {
-        text.put(XML_PIECES.leftDataBegin);
-        text.number(walk.leftDataBegin);
-        text.put(XML_PIECES.rightDataBegin);
-        text.number(walk.rightDataBegin);
-      } else {
-        text.put(XML_PIECES.dataBegin);
-        text.number(kind === DeltaKind.rightOnly ? walk.rightDataBegin : walk.leftDataBegin);
+      text += `      ${verboseRange(walk)}\n`;
+      if (text.length >= DELTA_TEXT_PIECE_CHARS) {
+        await settle(out.write(text));
+        text = '';
       }
-      text.put(XML_PIECES.length);
-      text.number(walk.length);
-      text.put(XML_PIECES.end);
     }
-    if (open !== undefined) text.put(XML_PIECES[open].close);
+    if (open !== undefined) text += `    </${open}>\n`;
   } else {
     // Step 3: consecutive steps of one kind over contiguous blocks become one run.
     let kind: DeltaKind | undefined;
     let begin = 0;
     let length = 0;
-    const putRun = (): void => {
-      text.put(XML_PIECES[kind!].run);
-      text.number(begin);
-      text.put(XML_PIECES.length);
-      text.number(length);
-      text.put(XML_PIECES.end);
-    };
     while (walk.next()) {
       if (kind === walk.kind && begin + length === walk.begin) {
         length += walk.length;
         continue;
       }
       if (kind !== undefined) {
-        await settle(text.room());
-        putRun();
+        text += `    <${kind} begin="${begin}" length="${length}"/>\n`;
+        if (text.length >= DELTA_TEXT_PIECE_CHARS) {
+          await settle(out.write(text));
+          text = '';
+        }
       }
       kind = walk.kind;
       begin = walk.begin;
       length = walk.length;
     }
-    await settle(text.room());
-    if (kind !== undefined) putRun();
+    if (kind !== undefined) text += `    <${kind} begin="${begin}" length="${length}"/>\n`;
   }
-  await settle(text.flush());
-  await settle(out.write('  </diff>\n</superblock>\n'));
+  await settle(out.write(`${text}  </diff>\n</superblock>\n`));
 }
 
-/** The pieces of thin_delta's lines, encoded once. */
-const XML_PIECES = {
-  ...(Object.fromEntries(
-    Object.values(DeltaKind).map((kind) => [
-      kind,
-      { run: AsciiText.piece(`    <${kind} begin="`), open: AsciiText.piece(`    <${kind}>\n`), close: AsciiText.piece(`    </${kind}>\n`) },
-    ]),
-  ) as Record<DeltaKind, { run: Uint8Array; open: Uint8Array; close: Uint8Array }>),
-  rangeBegin: AsciiText.piece('      <range begin="'),
-  dataBegin: AsciiText.piece('" data_begin="'),
-  leftDataBegin: AsciiText.piece('" left_data_begin="'),
-  rightDataBegin: AsciiText.piece('" right_data_begin="'),
-  length: AsciiText.piece('" length="'),
-  end: AsciiText.piece('"/>\n'),
-};
+/** Characters of output a delta writer gathers before handing them to its sink. */
+const DELTA_TEXT_PIECE_CHARS = 16 * 1024;
+
+function verboseRange(step: StepCursor): string {
+  switch (step.kind) {
+    case DeltaKind.different:
+      return `<range begin="${step.begin}" left_data_begin="${step.leftDataBegin}" right_data_begin="${step.rightDataBegin}" length="${step.length}"/>`;
+    case DeltaKind.rightOnly:
+      return `<range begin="${step.begin}" data_begin="${step.rightDataBegin}" length="${step.length}"/>`;
+    default:
+      return `<range begin="${step.begin}" data_begin="${step.leftDataBegin}" length="${step.length}"/>`;
+  }
+}
 
 /** The delta as one JSON document: the header, the two devices, the merged runs (or the steps, verbose). */
 export async function writeDeltaJson(

@@ -8,8 +8,6 @@ import type { VisitResult } from './events.ts';
 
 export interface TextSink {
   write(text: string): VisitResult;
-  /** ASCII text already encoded (dump/ascii-text.ts); the sink keeps `bytes`, the caller lets go of them. */
-  writeBytes(bytes: Uint8Array): VisitResult;
   /** Writes what is buffered; resolves when the stream has taken it. Does not end the stream. */
   flush(): Promise<void>;
 }
@@ -30,17 +28,6 @@ export class StreamSink implements TextSink {
     return this.#drain();
   }
 
-  writeBytes(bytes: Uint8Array): VisitResult {
-    // Text written before goes first; the stream holds it, whatever its fill (it is at most a buffer's worth).
-    if (this.#chunks.length > 0) {
-      this.#stream.write(this.#chunks.join(''));
-      this.#chunks = [];
-      this.#bufferedChars = 0;
-    }
-    if (this.#stream.write(bytes)) return undefined;
-    return this.#drained();
-  }
-
   async flush(): Promise<void> {
     await this.#drain();
     // Resolve only once the stream has handed everything on (a file is written, a pipe taken).
@@ -54,22 +41,20 @@ export class StreamSink implements TextSink {
     const text = this.#chunks.join('');
     this.#chunks = [];
     this.#bufferedChars = 0;
-    if (!this.#stream.write(text)) await this.#drained();
-  }
-
-  /** Waits for 'drain', or fails on 'error'; the listener left over is removed either way. */
-  async #drained(): Promise<void> {
-    const controller = new AbortController();
-    const { signal } = controller;
-    try {
-      await Promise.race([
-        once(this.#stream, 'drain', { signal }),
-        once(this.#stream, 'error', { signal }).then(([cause]) => {
-          throw cause;
-        }),
-      ]);
-    } finally {
-      controller.abort();
+    if (!this.#stream.write(text)) {
+      // Wait for 'drain', or fail on 'error'; the listener left over is removed either way.
+      const controller = new AbortController();
+      const { signal } = controller;
+      try {
+        await Promise.race([
+          once(this.#stream, 'drain', { signal }),
+          once(this.#stream, 'error', { signal }).then(([cause]) => {
+            throw cause;
+          }),
+        ]);
+      } finally {
+        controller.abort();
+      }
     }
   }
 }
@@ -79,11 +64,6 @@ export class StringSink implements TextSink {
 
   write(text: string): VisitResult {
     this.#chunks.push(text);
-    return undefined;
-  }
-
-  writeBytes(bytes: Uint8Array): VisitResult {
-    this.#chunks.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1'));
     return undefined;
   }
 
