@@ -510,29 +510,32 @@ function combineSubtrees(blockNr: number, pieces: Subtree[], where: string, chec
   };
 }
 
-/** Ranges where two sorted, disjoint run lists disagree on the count. */
+/**
+ * Ranges where two sorted, disjoint run lists disagree on the count: one pass over both, from
+ * boundary to boundary (a pool with snapshots has a run per block whose count changes).
+ */
 function differences(expected: CoverageRun[], actual: CoverageRun[]): Array<{ begin: number; end: number; expected: number; actual: number }> {
-  const points = new Set<number>();
-  for (const run of [...expected, ...actual]) {
-    points.add(run.begin);
-    points.add(run.end);
-  }
-  const sorted = [...points].sort((a, b) => a - b);
   const result: Array<{ begin: number; end: number; expected: number; actual: number }> = [];
   let e = 0;
   let a = 0;
-  for (let index = 0; index + 1 < sorted.length; index += 1) {
-    const begin = sorted[index]!;
-    const end = sorted[index + 1]!;
-    while (e < expected.length && expected[e]!.end <= begin) e += 1;
-    while (a < actual.length && actual[a]!.end <= begin) a += 1;
-    const expectedCount = e < expected.length && expected[e]!.begin <= begin ? expected[e]!.count : 0;
-    const actualCount = a < actual.length && actual[a]!.begin <= begin ? actual[a]!.count : 0;
-    if (expectedCount === actualCount) continue;
-    const last = result[result.length - 1];
-    if (last !== undefined && last.end === begin && last.expected === expectedCount && last.actual === actualCount) last.end = end;
-    else result.push({ begin, end, expected: expectedCount, actual: actualCount });
+  let position = Math.min(expected[0]?.begin ?? Number.POSITIVE_INFINITY, actual[0]?.begin ?? Number.POSITIVE_INFINITY);
+  for (;;) {
+    while (e < expected.length && expected[e]!.end <= position) e += 1;
+    while (a < actual.length && actual[a]!.end <= position) a += 1;
+    const expectedRun = expected[e];
+    const actualRun = actual[a];
+    if (expectedRun === undefined && actualRun === undefined) return result;
+    // The next boundary: where a run in force ends, or where the next one begins.
+    let next = Number.POSITIVE_INFINITY;
+    if (expectedRun !== undefined) next = Math.min(next, expectedRun.begin > position ? expectedRun.begin : expectedRun.end);
+    if (actualRun !== undefined) next = Math.min(next, actualRun.begin > position ? actualRun.begin : actualRun.end);
+    const expectedCount = expectedRun !== undefined && expectedRun.begin <= position ? expectedRun.count : 0;
+    const actualCount = actualRun !== undefined && actualRun.begin <= position ? actualRun.count : 0;
+    if (expectedCount !== actualCount) {
+      const last = result[result.length - 1];
+      if (last !== undefined && last.end === position && last.expected === expectedCount && last.actual === actualCount) last.end = next;
+      else result.push({ begin: position, end: next, expected: expectedCount, actual: actualCount });
+    }
+    position = next;
   }
-  return result;
 }
-
