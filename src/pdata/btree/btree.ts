@@ -14,7 +14,7 @@
 // Tree operations are synchronous (misses read with readSync); recursion depth is bounded by the
 // node levels, which are validated to decrease by one per step from a root below BTREE_DEPTH_MAX.
 import { BTREE_DEPTH_MAX, METADATA_BLOCK_SIZE_BYTES } from '../../constants.ts';
-import { ThinError, assert, isThinError } from '../../errors.ts';
+import { ThinError, assert } from '../../errors.ts';
 import { BTREE_BLOCK_TYPES, BlockType, type Block } from '../block.ts';
 import type { BlockManager } from '../block-manager.ts';
 import type { LeafColumns, LeafColumnsReader, ValueCodec } from './codec.ts';
@@ -27,7 +27,6 @@ import {
   childAt,
   childTransactionIdAt,
   copyEntries,
-  describeKeyRange,
   entryCount,
   floorIndex,
   initNode,
@@ -121,25 +120,12 @@ export class BTree<V> {
   }
 
   /**
-   * entries() for a reader that reads each node once (dump, delta): a node not in memory is read
-   * into one buffer per level instead of into the manager's cache, and the leaves under a node
-   * are read together (BlockManager.readInto and prefetch). The same laziness rule.
-   */
-  *entriesReadOnce(root: number, beginKey = 0, endKey = Number.MAX_SAFE_INTEGER + 1): Generator<[number, V]> {
-    // One buffer per level, and one for the root: a frame replaces only the popped frame of its level.
-    const buffers: Uint8Array[] = [];
-    for (let index = 0; index <= BTREE_DEPTH_MAX; index++) buffers.push(new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
-    for (const entry of this.#forward(root, beginKey, buffers)) {
-      if (entry[0] >= endKey) return;
-      yield entry;
-    }
-  }
-
-  /**
-   * Every leaf in key order, read once as entriesReadOnce reads, decoded whole into `columns` by
-   * `reader` (which must read this tree's values): the same columns object is yielded once per
-   * leaf, refilled each time. A value the reader refuses is named as entries() would name it.
-   * The same laziness rule.
+   * Every leaf in key order, decoded whole into `columns` by `reader` (which must read this tree's
+   * values): the same columns object is yielded once per leaf, refilled each time; a value the
+   * reader refuses is named as entries() would name it. For the tools that read each node once
+   * (dump, delta): a node not in memory is read into one buffer per level
+   * instead of into the manager's cache, and the leaves under a node are read together
+   * (BlockManager.readInto and prefetch). The same laziness rule as entries().
    */
   *leavesReadOnce<C extends LeafColumns>(root: number, reader: LeafColumnsReader<C>, columns: C): Generator<C> {
     const buffers: Uint8Array[] = [];
@@ -338,7 +324,7 @@ export class BTree<V> {
     return leafValueAt(block, index, this.codec);
   }
 
-  /** `buffers`: read once (entriesReadOnce), into the buffer of the child's level. */
+  /** `buffers`: read once (leavesReadOnce), into the buffer of the child's level. */
   #childFrame(parent: Frame, index: number, buffers?: Uint8Array[], checkValues = true): Frame {
     const node = parent.block;
     const keyBegin = keyAt(node, index);
@@ -379,7 +365,7 @@ export class BTree<V> {
 
   /**
    * The leaves that may hold keys >= key, in key order. `buffers`: read each node once
-   * (entriesReadOnce): one buffer per level, the root's last, so a leaf yielded is valid until the
+   * (leavesReadOnce): one buffer per level, the root's last, so a leaf yielded is valid until the
    * next is asked for. `checkValues` false: the caller validates the leaf's values itself.
    */
   *#leaves(root: number, key: number, buffers: Uint8Array[] | undefined, checkValues: boolean): Generator<Frame> {
