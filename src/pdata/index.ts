@@ -22,9 +22,20 @@ export {
 export type { SuperblockFields, SuperblockCopy } from './superblock.ts';
 export { BTree } from './btree/btree.ts';
 export { TreeKind, u64Codec, unpackSafeU64 } from './btree/codec.ts';
-export type { CompactValueCodec, ValueCodec } from './btree/codec.ts';
+export type { CompactValueCodec, LeafColumns, LeafColumnsReader, ValueCodec } from './btree/codec.ts';
 export { TreeWalker } from './btree/walker.ts';
 export type { NodeVisit, CorruptNode, WalkVisitor } from './btree/walker.ts';
 export { SubtreeShapes } from './btree/subtrees.ts';
 export type { FoldOptions } from './btree/subtrees.ts';
-export { nodeCapacity, nodeLevel, nodeTreeKind, CHILD_VALUE_BYTES } from './btree/node.ts';
+export {
+  nodeCapacity,
+  compactNodeCapacity,
+  nodeLevel,
+  nodeTreeKind,
+  entryCount,
+  isCompact,
+  readKeys,
+  valueOffset,
+  CompactLeaf,
+  CHILD_VALUE_BYTES,
+} from './btree/node.ts';

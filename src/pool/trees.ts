@@ -4,12 +4,31 @@
 // repair) share these; a tool that needs a codec imports this module, not the engine.
 import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
 import { ThinError } from '../errors.ts';
-import { BTREE_BLOCK_TYPES, BlockType, type BlockManager, type BTree, type SpaceMap, type ValueCodec } from '../pdata/index.ts';
+import {
+  BTREE_BLOCK_TYPES,
+  BlockType,
+  CompactLeaf,
+  compactNodeCapacity,
+  entryCount,
+  isCompact,
+  readKeys,
+  valueOffset,
+  type Block,
+  type BlockManager,
+  type BTree,
+  type LeafColumns,
+  type LeafColumnsReader,
+  type SpaceMap,
+  type ValueCodec,
+} from '../pdata/index.ts';
 import {
   DEVICE_TREE_KIND,
   DEVICE_VALUE_SIZE_BYTES,
+  COMPACT_EXTENT_LENGTH_BLOCKS_MAX,
+  COMPACT_EXTENT_VALUE_SIZE_BYTES,
   EXTENT_VALUE_SIZE_BYTES,
   MAPPING_TREE_KIND,
+  POOL_TIME_MAX,
   decodePoolPayload,
   packDeviceValue,
   packExtent,
@@ -80,6 +99,79 @@ export function extentReadCodec(dataBlockCount: number): ValueCodec<Extent> {
     unpack: (view, offsetBytes) => unpackExtent(view, offsetBytes, dataBlockCount),
     compact: compactExtentCodec(() => dataBlockCount),
   };
+}
+
+/** A mapping leaf's extents as columns (extentColumnsReader): entry i maps lengths[i] virtual blocks from keys[i] to data blocks from dataBlocks[i]. */
+export interface ExtentColumns extends LeafColumns {
+  readonly dataBlocks: Float64Array;
+  readonly lengths: Float64Array;
+  readonly times: Float64Array;
+}
+
+/** High 32 bits of Number.MAX_SAFE_INTEGER: a u64 whose high word is above it is 2^53 or more. */
+const SAFE_HIGH_MAX = 0x1f_ffff;
+
+/**
+ * Reads mapping leaves in place (pdata's LeafColumnsReader), accepting exactly what
+ * extentReadCodec(dataBlockCount) unpacks: the tools' walks over millions of extents use it.
+ */
+export function extentColumnsReader(dataBlockCount: number): LeafColumnsReader<ExtentColumns> {
+  return {
+    create() {
+      const capacity = compactNodeCapacity(COMPACT_EXTENT_VALUE_SIZE_BYTES);
+      return {
+        count: 0,
+        keys: new Float64Array(capacity),
+        dataBlocks: new Float64Array(capacity),
+        lengths: new Float64Array(capacity),
+        times: new Float64Array(capacity),
+      };
+    },
+    read(block, columns) {
+      const count = entryCount(block);
+      columns.count = count;
+      readKeys(block, count, columns.keys);
+      return isCompact(block) ? readCompactExtents(block, count, columns, dataBlockCount) : readWideExtents(block, count, columns, dataBlockCount);
+    },
+  };
+}
+
+// The two layouts' values (docs/format.md "Mapping tree value (extent)", "Compact mapping value"),
+// with unpackExtent's checks (F-POOL-20, F-POOL-21, F-POOL-27) as comparisons, not throws.
+function readWideExtents(block: Block, count: number, columns: ExtentColumns, dataBlockCount: number): boolean {
+  const view = block.view;
+  const { dataBlocks, lengths, times } = columns;
+  for (let index = 0, offset = valueOffset(block, 0); index < count; index++, offset += EXTENT_VALUE_SIZE_BYTES) {
+    const high = view.getUint32(offset + 4, true);
+    const dataBlock = high * 0x1_0000_0000 + view.getUint32(offset, true);
+    const lengthBlocks = view.getUint32(offset + 8, true);
+    if (high > SAFE_HIGH_MAX || lengthBlocks < 1 || dataBlock + lengthBlocks > dataBlockCount || !(dataBlock + lengthBlocks <= Number.MAX_SAFE_INTEGER)) return false;
+    dataBlocks[index] = dataBlock;
+    lengths[index] = lengthBlocks;
+    times[index] = view.getUint32(offset + 12, true);
+  }
+  return true;
+}
+
+function readCompactExtents(block: Block, count: number, columns: ExtentColumns, dataBlockCount: number): boolean {
+  const view = block.view;
+  const bases = CompactLeaf.valueBasesOffset;
+  const baseHigh = view.getUint32(bases + 4, true);
+  const dataBase = baseHigh * 0x1_0000_0000 + view.getUint32(bases, true);
+  const timeBase = view.getUint32(bases + 8, true);
+  if (count > 0 && (baseHigh > SAFE_HIGH_MAX || view.getUint32(bases + 12, true) !== 0)) return false;
+  const { dataBlocks, lengths, times } = columns;
+  for (let index = 0, offset = valueOffset(block, 0); index < count; index++, offset += COMPACT_EXTENT_VALUE_SIZE_BYTES) {
+    const dataBlock = dataBase + view.getUint32(offset, true);
+    const lengthAndTime = view.getUint32(offset + 4, true);
+    const lengthBlocks = (lengthAndTime % COMPACT_EXTENT_LENGTH_BLOCKS_MAX) + 1;
+    const time = timeBase + Math.floor(lengthAndTime / COMPACT_EXTENT_LENGTH_BLOCKS_MAX);
+    if (time > POOL_TIME_MAX || dataBlock + lengthBlocks > dataBlockCount || !(dataBlock + lengthBlocks <= Number.MAX_SAFE_INTEGER)) return false;
+    dataBlocks[index] = dataBlock;
+    lengths[index] = lengthBlocks;
+    times[index] = time;
+  }
+  return true;
 }
 
 /**

@@ -38,8 +38,8 @@ import {
 import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
 import { decodeDetails, type DeviceValue, type PoolPayload } from '../pool/codecs.ts';
 import type { PoolFiles } from '../pool/files.ts';
-import type { CoverageRun, Extent } from '../pool/ranges.ts';
-import { deviceReadCodec, extentReadCodec, staleBlockProblem } from '../pool/trees.ts';
+import type { CoverageRun } from '../pool/ranges.ts';
+import { deviceReadCodec, extentColumnsReader, extentReadCodec, staleBlockProblem } from '../pool/trees.ts';
 import { openPoolForTools, type FindingKind, type ToolsOpen } from './open.ts';
 import type { Problem } from './problem.ts';
 import { ReferenceRuns } from './reference-runs.ts';
@@ -240,8 +240,7 @@ function checkVolumes(context: CheckContext): void {
   // Each distinct leaf's summary, built as the walker hands over its entries (in key order): the
   // per-leaf figures the subtree summaries need, without keeping every extent in memory.
   const leafSummaries = new Map<number, Subtree>();
-  let leafBlockNrNow = -1;
-  let leafSummaryNow: Subtree | undefined;
+  const extentColumns = extentColumnsReader(payload.dataBlockCount);
   const shapes = new SubtreeShapes();
   const subtrees = new Map<number, Subtree | null>();
   const totalBlocks = context.devices.reduce((total, [, value]) => total + value.mappedBlockCount, 0);
@@ -294,29 +293,49 @@ function checkVolumes(context: CheckContext): void {
     walker.walk(value.mappingRoot, extentCodec, {
       node: shapes.node,
       revisit: shapes.revisit,
-      leaf: (key, extent, leafBlockNr) => {
-        const endKey = key + extent.lengthBlocks;
-        if (leafBlockNr !== leafBlockNrNow || leafSummaryNow === undefined) {
-          leafBlockNrNow = leafBlockNr;
-          leafSummaryNow = { firstKey: key, endKey, mappedBlocks: extent.lengthBlocks, entries: 1, maxTime: extent.time };
-          leafSummaries.set(leafBlockNr, leafSummaryNow);
-        } else {
-          // F-POOL-21: entries never overlap.
-          if (leafSummaryNow.endKey > key) {
-            checker.problem(
-              `${where}, mapping node ${leafBlockNr}, virtual blocks [${key}, ${leafSummaryNow.endKey})`,
-              `an extent ending at ${leafSummaryNow.endKey} overlaps the next one starting at ${key}`,
-            );
+      leafColumns: {
+        reader: extentColumns,
+        visit: (columns, leafBlockNr) => {
+          const { count, keys, dataBlocks, lengths, times } = columns;
+          if (count === 0) return;
+          const mark = payload.dataHighWaterMark;
+          let endKey = 0;
+          let mappedBlocks = 0;
+          let maxTime = 0;
+          for (let index = 0; index < count; index++) {
+            const key = keys[index]!;
+            const lengthBlocks = lengths[index]!;
+            const dataBlock = dataBlocks[index]!;
+            // F-POOL-21: entries never overlap.
+            if (index > 0 && endKey > key) {
+              checker.problem(
+                `${where}, mapping node ${leafBlockNr}, virtual blocks [${key}, ${endKey})`,
+                `an extent ending at ${endKey} overlaps the next one starting at ${key}`,
+              );
+            }
+            endKey = Math.max(endKey, key + lengthBlocks);
+            mappedBlocks += lengthBlocks;
+            maxTime = Math.max(maxTime, times[index]!);
+            // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
+            // Runs that continue one another are joined as they come (the sweep's sum is the same): a
+            // volume written in order gives one run, not one per extent.
+            context.dataReferences.add(dataBlock, dataBlock + lengthBlocks);
+            // F-POOL-40: every mapped data block lies below the high-water mark.
+            if (dataBlock + lengthBlocks > mark) {
+              checker.problem(
+                `${where}, mapping leaf ${leafBlockNr}, virtual block ${key}`,
+                `data blocks [${dataBlock}, ${dataBlock + lengthBlocks}) reach past the high-water mark ${mark}`,
+              );
+            }
           }
-          leafSummaryNow.endKey = Math.max(leafSummaryNow.endKey, endKey);
-          leafSummaryNow.mappedBlocks += extent.lengthBlocks;
-          leafSummaryNow.entries += 1;
-          leafSummaryNow.maxTime = Math.max(leafSummaryNow.maxTime, extent.time);
-        }
-        doneBlocks += extent.lengthBlocks;
-        extentsWalked += 1;
-        if (options.onProgress !== undefined && extentsWalked % PROGRESS_EXTENTS_STEP === 0) options.onProgress(Math.min(doneBlocks, totalBlocks), totalBlocks);
-        checkExtent(context, where, key, extent, leafBlockNr);
+          leafSummaries.set(leafBlockNr, { firstKey: keys[0]!, endKey, mappedBlocks, entries: count, maxTime });
+          doneBlocks += mappedBlocks;
+          const stepsBefore = Math.floor(extentsWalked / PROGRESS_EXTENTS_STEP);
+          extentsWalked += count;
+          if (options.onProgress !== undefined && Math.floor(extentsWalked / PROGRESS_EXTENTS_STEP) !== stepsBefore) {
+            options.onProgress(Math.min(doneBlocks, totalBlocks), totalBlocks);
+          }
+        },
       },
       corrupt: (problem) => {
         corruptNodes.add(problem.blockNr);
@@ -400,22 +419,6 @@ function checkBadRanges(context: CheckContext): void {
     },
     corrupt: (problem) => checker.problem(corruptWhere('bad-range tree', problem), problem.error.message),
   });
-}
-
-/** One mapping of a distinct leaf: counted as a data reference, and within the high-water mark. */
-function checkExtent(context: CheckContext, where: string, key: number, extent: Extent, leafBlockNr: number): void {
-  // F-POOL-23: a data block's count has one reference per distinct leaf entry covering it.
-  // Runs that continue one another are joined as they come (the sweep's sum is the same): a
-  // volume written in order gives one run, not one per extent.
-  context.dataReferences.add(extent.dataBlock, extent.dataBlock + extent.lengthBlocks);
-  // F-POOL-40: every mapped data block lies below the high-water mark.
-  const mark = context.payload.dataHighWaterMark;
-  if (extent.dataBlock + extent.lengthBlocks > mark) {
-    context.checker.problem(
-      `${where}, mapping leaf ${leafBlockNr}, virtual block ${key}`,
-      `data blocks [${extent.dataBlock}, ${extent.dataBlock + extent.lengthBlocks}) reach past the high-water mark ${mark}`,
-    );
-  }
 }
 
 /** The data space map's counts against the references the mappings hold (F-POOL-23). */
@@ -507,29 +510,32 @@ function combineSubtrees(blockNr: number, pieces: Subtree[], where: string, chec
   };
 }
 
-/** Ranges where two sorted, disjoint run lists disagree on the count. */
+/**
+ * Ranges where two sorted, disjoint run lists disagree on the count: one pass over both, from
+ * boundary to boundary (a pool with snapshots has a run per block whose count changes).
+ */
 function differences(expected: CoverageRun[], actual: CoverageRun[]): Array<{ begin: number; end: number; expected: number; actual: number }> {
-  const points = new Set<number>();
-  for (const run of [...expected, ...actual]) {
-    points.add(run.begin);
-    points.add(run.end);
-  }
-  const sorted = [...points].sort((a, b) => a - b);
   const result: Array<{ begin: number; end: number; expected: number; actual: number }> = [];
   let e = 0;
   let a = 0;
-  for (let index = 0; index + 1 < sorted.length; index += 1) {
-    const begin = sorted[index]!;
-    const end = sorted[index + 1]!;
-    while (e < expected.length && expected[e]!.end <= begin) e += 1;
-    while (a < actual.length && actual[a]!.end <= begin) a += 1;
-    const expectedCount = e < expected.length && expected[e]!.begin <= begin ? expected[e]!.count : 0;
-    const actualCount = a < actual.length && actual[a]!.begin <= begin ? actual[a]!.count : 0;
-    if (expectedCount === actualCount) continue;
-    const last = result[result.length - 1];
-    if (last !== undefined && last.end === begin && last.expected === expectedCount && last.actual === actualCount) last.end = end;
-    else result.push({ begin, end, expected: expectedCount, actual: actualCount });
+  let position = Math.min(expected[0]?.begin ?? Number.POSITIVE_INFINITY, actual[0]?.begin ?? Number.POSITIVE_INFINITY);
+  for (;;) {
+    while (e < expected.length && expected[e]!.end <= position) e += 1;
+    while (a < actual.length && actual[a]!.end <= position) a += 1;
+    const expectedRun = expected[e];
+    const actualRun = actual[a];
+    if (expectedRun === undefined && actualRun === undefined) return result;
+    // The next boundary: where a run in force ends, or where the next one begins.
+    let next = Number.POSITIVE_INFINITY;
+    if (expectedRun !== undefined) next = Math.min(next, expectedRun.begin > position ? expectedRun.begin : expectedRun.end);
+    if (actualRun !== undefined) next = Math.min(next, actualRun.begin > position ? actualRun.begin : actualRun.end);
+    const expectedCount = expectedRun !== undefined && expectedRun.begin <= position ? expectedRun.count : 0;
+    const actualCount = actualRun !== undefined && actualRun.begin <= position ? actualRun.count : 0;
+    if (expectedCount !== actualCount) {
+      const last = result[result.length - 1];
+      if (last !== undefined && last.end === position && last.expected === expectedCount && last.actual === actualCount) last.end = next;
+      else result.push({ begin: position, end: next, expected: expectedCount, actual: actualCount });
+    }
+    position = next;
   }
-  return result;
 }
-

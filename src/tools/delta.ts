@@ -11,13 +11,16 @@
 //    (simple_emitter); `--verbose` prints every step with its data blocks, grouping consecutive
 //    steps of one kind in one container element (verbose_emitter).
 //
-// The functions work on iterables of mappings (a pool's tree walk, or mappings read from XML),
-// and hold one run per side: constant memory.
+// The functions work on iterables of mappings (mappings read from XML, a pool's runs) or on a
+// pool's mapping leaves read in place, and hold one run per side: constant memory. The walk is a
+// chain of cursors that refill their fields (mappings → runs → steps → merged runs), not of
+// generators making an object per step: a scattered delta has millions of steps.
 import { assert } from '../errors.ts';
 import type { Mapping, VisitResult } from './dump/events.ts';
 import { escapeAttribute } from './dump/xml.ts';
 import type { TextSink } from './dump/sink.ts';
 
+import type { ExtentColumns } from '../pool/trees.ts';
 import { PoolView, type ViewTarget } from './pool-view.ts';
 
 export const DeltaKind = {
@@ -56,90 +59,223 @@ export interface DeltaHeader {
   metadataSnap?: number;
 }
 
-interface Run {
-  virtualBegin: number;
+/**
+ * Mappings in origin order, one at a time in fields the source refills (no object per mapping):
+ * from an iterable of mappings, or from a pool's mapping leaves read in place.
+ */
+interface MappingSource {
+  /** Moves to the next mapping; false at the end. */
+  next(): boolean;
+  originBegin: number;
   dataBegin: number;
   length: number;
 }
 
-/** Step 1: runs of contiguous virtual and data blocks, whatever their times. */
-export function* dataRuns(mappings: Iterable<Mapping>): Generator<Run> {
-  let run: Run | undefined;
-  let previousEnd = -1;
-  for (const mapping of mappings) {
-    assert(mapping.length >= 1, `mapping of length ${mapping.length}`);
-    assert(mapping.originBegin >= previousEnd, `mappings out of origin order at block ${mapping.originBegin}`);
-    previousEnd = mapping.originBegin + mapping.length;
-    if (run !== undefined && mapping.originBegin === run.virtualBegin + run.length && mapping.dataBegin === run.dataBegin + run.length) {
-      run.length += mapping.length;
-      continue;
-    }
-    if (run !== undefined) yield run;
-    run = { virtualBegin: mapping.originBegin, dataBegin: mapping.dataBegin, length: mapping.length };
+class IterableMappings implements MappingSource {
+  readonly #mappings: Iterator<Mapping>;
+  originBegin = 0;
+  dataBegin = 0;
+  length = 0;
+
+  constructor(mappings: Iterable<Mapping>) {
+    this.#mappings = mappings[Symbol.iterator]();
   }
-  if (run !== undefined) yield run;
+
+  next(): boolean {
+    const step = this.#mappings.next();
+    if (step.done === true) return false;
+    this.originBegin = step.value.originBegin;
+    this.dataBegin = step.value.dataBegin;
+    this.length = step.value.length;
+    return true;
+  }
 }
 
-/** A run list with a cursor into its current run (thin-provisioning-tools' mapping_stream). */
-class RunCursor {
-  readonly #runs: Iterator<Run>;
-  current: Run | undefined;
+/** A pool volume's mappings: its leaves, each decoded into columns (PoolView.mappingLeaves). */
+class LeafMappings implements MappingSource {
+  readonly #leaves: Iterator<ExtentColumns>;
+  #columns: ExtentColumns | undefined;
+  #index = 0;
+  originBegin = 0;
+  dataBegin = 0;
+  length = 0;
 
-  constructor(runs: Iterable<Run>) {
-    this.#runs = runs[Symbol.iterator]();
-    this.#next();
+  constructor(leaves: Iterable<ExtentColumns>) {
+    this.#leaves = leaves[Symbol.iterator]();
+  }
+
+  next(): boolean {
+    while (this.#columns === undefined || this.#index >= this.#columns.count) {
+      const step = this.#leaves.next();
+      if (step.done === true) return false;
+      this.#columns = step.value;
+      this.#index = 0;
+    }
+    const columns = this.#columns;
+    const index = this.#index++;
+    this.originBegin = columns.keys[index]!;
+    this.dataBegin = columns.dataBlocks[index]!;
+    this.length = columns.lengths[index]!;
+    return true;
+  }
+}
+
+/**
+ * Step 1, with a cursor into the current run (thin-provisioning-tools' mapping_stream): runs of
+ * contiguous virtual and data blocks, whatever their times. `length` 0: no run left.
+ */
+class RunCursor {
+  readonly #source: MappingSource;
+  /** The source holds a mapping not yet joined to a run. */
+  #pending: boolean;
+  #previousEnd = -1;
+  virtualBegin = 0;
+  dataBegin = 0;
+  length = 0;
+
+  constructor(source: MappingSource) {
+    this.#source = source;
+    this.#pending = this.#advance();
+    this.#nextRun();
   }
 
   consume(lengthBlocks: number): void {
-    const run = this.current;
-    assert(run !== undefined && lengthBlocks >= 1 && lengthBlocks <= run.length, 'consume past the run');
-    if (lengthBlocks === run.length) {
-      this.#next();
+    if (!(this.length >= 1 && lengthBlocks >= 1 && lengthBlocks <= this.length)) assert(false, 'consume past the run');
+    if (lengthBlocks === this.length) {
+      this.#nextRun();
       return;
     }
-    this.current = { virtualBegin: run.virtualBegin + lengthBlocks, dataBegin: run.dataBegin + lengthBlocks, length: run.length - lengthBlocks };
+    this.virtualBegin += lengthBlocks;
+    this.dataBegin += lengthBlocks;
+    this.length -= lengthBlocks;
   }
 
-  #next(): void {
-    const step = this.#runs.next();
-    // A copy, field by field (consume() replaces it; an object spread per run is a runtime call).
-    const run = step.done === true ? undefined : step.value;
-    this.current = run === undefined ? undefined : { virtualBegin: run.virtualBegin, dataBegin: run.dataBegin, length: run.length };
+  #advance(): boolean {
+    const source = this.#source;
+    if (!source.next()) return false;
+    if (!(source.length >= 1)) assert(false, `mapping of length ${source.length}`);
+    if (!(source.originBegin >= this.#previousEnd)) assert(false, `mappings out of origin order at block ${source.originBegin}`);
+    this.#previousEnd = source.originBegin + source.length;
+    return true;
+  }
+
+  #nextRun(): void {
+    const source = this.#source;
+    if (!this.#pending) {
+      this.length = 0;
+      return;
+    }
+    this.virtualBegin = source.originBegin;
+    this.dataBegin = source.dataBegin;
+    this.length = source.length;
+    for (;;) {
+      this.#pending = this.#advance();
+      if (!this.#pending || source.originBegin !== this.virtualBegin + this.length || source.dataBegin !== this.dataBegin + this.length) return;
+      this.length += source.length;
+    }
   }
 }
 
-/** Step 2: the parallel walk. Both inputs in origin order, without overlaps. */
-export function* deltaSteps(left: Iterable<Mapping>, right: Iterable<Mapping>): Generator<DeltaStep> {
-  const leftRuns = new RunCursor(dataRuns(left));
-  const rightRuns = new RunCursor(dataRuns(right));
-  for (;;) {
-    const l = leftRuns.current;
-    const r = rightRuns.current;
-    if (l === undefined || r === undefined) break;
-    if (l.virtualBegin < r.virtualBegin) {
-      const length = Math.min(l.length, r.virtualBegin - l.virtualBegin);
-      yield { kind: DeltaKind.leftOnly, begin: l.virtualBegin, length, leftDataBegin: l.dataBegin };
-      leftRuns.consume(length);
-    } else if (l.virtualBegin > r.virtualBegin) {
-      const length = Math.min(r.length, l.virtualBegin - r.virtualBegin);
-      yield { kind: DeltaKind.rightOnly, begin: r.virtualBegin, length, rightDataBegin: r.dataBegin };
-      rightRuns.consume(length);
+/** Steps one at a time in fields the walk refills: what the writers read. */
+interface StepCursor {
+  /** Moves to the next step; false at the end. */
+  next(): boolean;
+  kind: DeltaKind;
+  begin: number;
+  length: number;
+  /** Data block of `begin` on the left device (same, different, left_only), else −1. */
+  leftDataBegin: number;
+  /** Data block of `begin` on the right device (same, different, right_only), else −1. */
+  rightDataBegin: number;
+}
+
+/** Step 2: the parallel walk over two sources in origin order, without overlaps. */
+class DeltaWalk implements StepCursor {
+  readonly #left: RunCursor;
+  readonly #right: RunCursor;
+  kind: DeltaKind = DeltaKind.same;
+  begin = 0;
+  length = 0;
+  leftDataBegin = -1;
+  rightDataBegin = -1;
+
+  constructor(left: MappingSource, right: MappingSource) {
+    this.#left = new RunCursor(left);
+    this.#right = new RunCursor(right);
+  }
+
+  next(): boolean {
+    const l = this.#left;
+    const r = this.#right;
+    if (l.length === 0 && r.length === 0) return false;
+    if (r.length === 0 || (l.length !== 0 && l.virtualBegin < r.virtualBegin)) {
+      const length = r.length === 0 ? l.length : Math.min(l.length, r.virtualBegin - l.virtualBegin);
+      this.#set(DeltaKind.leftOnly, l.virtualBegin, length, l.dataBegin, -1);
+      l.consume(length);
+    } else if (l.length === 0 || l.virtualBegin > r.virtualBegin) {
+      const length = l.length === 0 ? r.length : Math.min(r.length, l.virtualBegin - r.virtualBegin);
+      this.#set(DeltaKind.rightOnly, r.virtualBegin, length, -1, r.dataBegin);
+      r.consume(length);
     } else {
       const length = Math.min(l.length, r.length);
-      const kind = l.dataBegin === r.dataBegin ? DeltaKind.same : DeltaKind.different;
-      yield { kind, begin: l.virtualBegin, length, leftDataBegin: l.dataBegin, rightDataBegin: r.dataBegin };
-      leftRuns.consume(length);
-      rightRuns.consume(length);
+      this.#set(l.dataBegin === r.dataBegin ? DeltaKind.same : DeltaKind.different, l.virtualBegin, length, l.dataBegin, r.dataBegin);
+      l.consume(length);
+      r.consume(length);
     }
+    return true;
   }
-  for (let l = leftRuns.current; l !== undefined; l = leftRuns.current) {
-    yield { kind: DeltaKind.leftOnly, begin: l.virtualBegin, length: l.length, leftDataBegin: l.dataBegin };
-    leftRuns.consume(l.length);
+
+  #set(kind: DeltaKind, begin: number, length: number, leftDataBegin: number, rightDataBegin: number): void {
+    this.kind = kind;
+    this.begin = begin;
+    this.length = length;
+    this.leftDataBegin = leftDataBegin;
+    this.rightDataBegin = rightDataBegin;
   }
-  for (let r = rightRuns.current; r !== undefined; r = rightRuns.current) {
-    yield { kind: DeltaKind.rightOnly, begin: r.virtualBegin, length: r.length, rightDataBegin: r.dataBegin };
-    rightRuns.consume(r.length);
+}
+
+/** Steps 1 and 2 as values. Both inputs in origin order, without overlaps. */
+export function* deltaSteps(left: Iterable<Mapping>, right: Iterable<Mapping>): Generator<DeltaStep> {
+  yield* stepValues(new DeltaWalk(new IterableMappings(left), new IterableMappings(right)));
+}
+
+function* stepValues(walk: StepCursor): Generator<DeltaStep> {
+  while (walk.next()) {
+    const { kind, begin, length, leftDataBegin, rightDataBegin } = walk;
+    if (kind === DeltaKind.leftOnly) yield { kind, begin, length, leftDataBegin };
+    else if (kind === DeltaKind.rightOnly) yield { kind, begin, length, rightDataBegin };
+    else yield { kind, begin, length, leftDataBegin, rightDataBegin };
   }
+}
+
+/** Steps given as values, as a cursor (what the writers read). */
+class StepValues implements StepCursor {
+  readonly #steps: Iterator<DeltaStep>;
+  kind: DeltaKind = DeltaKind.same;
+  begin = 0;
+  length = 0;
+  leftDataBegin = -1;
+  rightDataBegin = -1;
+
+  constructor(steps: Iterable<DeltaStep>) {
+    this.#steps = steps[Symbol.iterator]();
+  }
+
+  next(): boolean {
+    const step = this.#steps.next();
+    if (step.done === true) return false;
+    const value = step.value;
+    this.kind = value.kind;
+    this.begin = value.begin;
+    this.length = value.length;
+    this.leftDataBegin = value.leftDataBegin ?? -1;
+    this.rightDataBegin = value.rightDataBegin ?? -1;
+    return true;
+  }
+}
+
+function stepCursor(steps: Iterable<DeltaStep> | StepCursor): StepCursor {
+  return Symbol.iterator in steps ? new StepValues(steps) : steps;
 }
 
 /** Step 3 (plain output): consecutive steps of one kind over contiguous blocks become one run. */
@@ -171,7 +307,7 @@ export async function writeDeltaXml(
   header: DeltaHeader,
   leftDevId: number,
   rightDevId: number,
-  steps: Iterable<DeltaStep>,
+  steps: Iterable<DeltaStep> | StepCursor,
   options: { verbose?: boolean } = {},
 ): Promise<void> {
   const snap = header.metadataSnap === undefined ? '' : ` metadata_snap="${header.metadataSnap}"`;
@@ -182,28 +318,56 @@ export async function writeDeltaXml(
         `  <diff left="${leftDevId}" right="${rightDevId}">\n`,
     ),
   );
+  const walk = stepCursor(steps);
+  // Lines are gathered into a piece of DELTA_TEXT_PIECE_CHARS before the sink sees them: a
+  // scattered delta has a line per block or two. (Template strings joined this way measured
+  // faster than writing digits into a byte buffer.)
+  let text = '';
   if (options.verbose === true) {
     let open: DeltaKind | undefined;
-    for (const step of steps) {
-      let text = '';
-      if (open !== step.kind) {
+    while (walk.next()) {
+      if (open !== walk.kind) {
         if (open !== undefined) text += `    </${open}>\n`;
-        text += `    <${step.kind}>\n`;
-        open = step.kind;
+        text += `    <${walk.kind}>\n`;
+        open = walk.kind;
       }
-      text += `      ${verboseRange(step)}\n`;
-      await settle(out.write(text));
+      text += `      ${verboseRange(walk)}\n`;
+      if (text.length >= DELTA_TEXT_PIECE_CHARS) {
+        await settle(out.write(text));
+        text = '';
+      }
     }
-    if (open !== undefined) await settle(out.write(`    </${open}>\n`));
+    if (open !== undefined) text += `    </${open}>\n`;
   } else {
-    for (const run of mergeDeltaSteps(steps)) {
-      await settle(out.write(`    <${run.kind} begin="${run.begin}" length="${run.length}"/>\n`));
+    // Step 3: consecutive steps of one kind over contiguous blocks become one run.
+    let kind: DeltaKind | undefined;
+    let begin = 0;
+    let length = 0;
+    while (walk.next()) {
+      if (kind === walk.kind && begin + length === walk.begin) {
+        length += walk.length;
+        continue;
+      }
+      if (kind !== undefined) {
+        text += `    <${kind} begin="${begin}" length="${length}"/>\n`;
+        if (text.length >= DELTA_TEXT_PIECE_CHARS) {
+          await settle(out.write(text));
+          text = '';
+        }
+      }
+      kind = walk.kind;
+      begin = walk.begin;
+      length = walk.length;
     }
+    if (kind !== undefined) text += `    <${kind} begin="${begin}" length="${length}"/>\n`;
   }
-  await settle(out.write('  </diff>\n</superblock>\n'));
+  await settle(out.write(`${text}  </diff>\n</superblock>\n`));
 }
 
-function verboseRange(step: DeltaStep): string {
+/** Characters of output a delta writer gathers before handing them to its sink. */
+const DELTA_TEXT_PIECE_CHARS = 16 * 1024;
+
+function verboseRange(step: StepCursor): string {
   switch (step.kind) {
     case DeltaKind.different:
       return `<range begin="${step.begin}" left_data_begin="${step.leftDataBegin}" right_data_begin="${step.rightDataBegin}" length="${step.length}"/>`;
@@ -220,12 +384,13 @@ export async function writeDeltaJson(
   header: DeltaHeader,
   left: { devId: number; name?: string },
   right: { devId: number; name?: string },
-  steps: Iterable<DeltaStep>,
+  steps: Iterable<DeltaStep> | StepCursor,
   options: { verbose?: boolean } = {},
 ): Promise<void> {
+  const values = Symbol.iterator in steps ? steps : stepValues(steps);
   await settle(out.write(`{\n  "superblock": ${JSON.stringify(header)},\n  "left": ${JSON.stringify(left)},\n  "right": ${JSON.stringify(right)},\n  "diff": [`));
   let count = 0;
-  const items: Iterable<DeltaStep | DeltaRun> = options.verbose === true ? steps : mergeDeltaSteps(steps);
+  const items: Iterable<DeltaStep | DeltaRun> = options.verbose === true ? values : mergeDeltaSteps(values);
   for (const item of items) {
     await settle(out.write(`${count === 0 ? '\n' : ',\n'}    ${JSON.stringify(item)}`));
     count += 1;
@@ -254,7 +419,7 @@ export async function writePoolDelta(target: ViewTarget, leftName: string, right
     const left = view.device(leftName);
     const right = view.device(rightName);
     const { metadataSnap: _snap, flags: _flags, version: _version, ...header } = view.superblock();
-    const steps = deltaSteps(view.mappings(left), view.mappings(right));
+    const steps = new DeltaWalk(new LeafMappings(view.mappingLeaves(left)), new LeafMappings(view.mappingLeaves(right)));
     const verbose = options.verbose === true;
     if (options.format === 'xml') await writeDeltaXml(out, header, left.id, right.id, steps, { verbose });
     else await writeDeltaJson(out, header, { devId: left.id, name: left.details.name }, { devId: right.id, name: right.details.name }, steps, { verbose });

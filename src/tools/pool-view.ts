@@ -6,10 +6,10 @@
 // TransactionManager in read-only mode (openReadOnly) — so it never changes a byte and never runs
 // beside a writer. It does not use pdata's TreeWalker: that walker visits a leaf shared by several
 // snapshots once, which is right for counting references, while dump and delta need every
-// volume's own full list of mappings; BTree.entries gives that lazily, one leaf at a time.
+// volume's own full list of mappings; BTree.leavesReadOnce gives that lazily, one leaf at a time.
 import { METADATA_BLOCK_HEADER_BYTES, SECTOR_BYTES } from '../constants.ts';
 import { ThinError } from '../errors.ts';
-import { BTree, BlockType, TransactionManager, type OpenReport } from '../pdata/index.ts';
+import { BTree, BlockType, TransactionManager, type LeafColumnsReader, type OpenReport } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
   POOL_FLAG_NEEDS_CHECK,
@@ -21,7 +21,7 @@ import {
 } from '../pool/codecs.ts';
 import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
 import { closePoolFiles, openPinnedPoolFiles, openPoolDirectory, type PoolFiles } from '../pool/files.ts';
-import { deviceReadCodec, extentReadCodec, validatePayloadRoots } from '../pool/trees.ts';
+import { deviceReadCodec, extentColumnsReader, extentReadCodec, validatePayloadRoots, type ExtentColumns } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
 import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
 import type { DeviceBegin, DumpBadRange, Mapping, SuperblockBegin } from './dump/events.ts';
@@ -107,6 +107,7 @@ export class PoolView {
   readonly #release: () => Promise<void>;
   readonly #deviceTree: BTree<DeviceValue>;
   readonly #mappingTree: BTree<Extent>;
+  readonly #extentColumns: LeafColumnsReader<ExtentColumns>;
 
   /** Made by PoolView.open and the tools opener (open.ts); `release` closes what the view owns. */
   constructor(files: PoolFiles, release: () => Promise<void>, opened: { tm: TransactionManager; payload: PoolPayload; report: OpenReport }) {
@@ -117,6 +118,7 @@ export class PoolView {
     this.openReport = opened.report;
     this.#deviceTree = new BTree(opened.tm, deviceReadCodec);
     this.#mappingTree = new BTree(opened.tm, extentReadCodec(opened.payload.dataBlockCount));
+    this.#extentColumns = extentColumnsReader(opened.payload.dataBlockCount);
   }
 
   /**
@@ -246,9 +248,20 @@ export class PoolView {
 
   /** A volume's mappings as dump events, in virtual block order (one per extent). */
   *mappings(device: ViewDevice): Generator<Mapping> {
-    for (const [key, extent] of this.#mappingTree.entriesReadOnce(device.value.mappingRoot)) {
-      yield { originBegin: key, dataBegin: extent.dataBlock, length: extent.lengthBlocks, time: extent.time };
+    for (const { count, keys, dataBlocks, lengths, times } of this.mappingLeaves(device)) {
+      for (let index = 0; index < count; index++) {
+        yield { originBegin: keys[index]!, dataBegin: dataBlocks[index]!, length: lengths[index]!, time: times[index]! };
+      }
     }
+  }
+
+  /**
+   * A volume's mapping leaves in virtual block order, each read once and decoded in place into
+   * the same columns (refilled per leaf: read them before asking for the next): for the tools
+   * that read every mapping (dump, delta), which then make no object per extent.
+   */
+  mappingLeaves(device: ViewDevice): Generator<ExtentColumns> {
+    return this.#mappingTree.leavesReadOnce(device.value.mappingRoot, this.#extentColumns, this.#extentColumns.create());
   }
 
   /**

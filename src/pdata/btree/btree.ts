@@ -14,10 +14,10 @@
 // Tree operations are synchronous (misses read with readSync); recursion depth is bounded by the
 // node levels, which are validated to decrease by one per step from a root below BTREE_DEPTH_MAX.
 import { BTREE_DEPTH_MAX, METADATA_BLOCK_SIZE_BYTES } from '../../constants.ts';
-import { ThinError, assert, isThinError } from '../../errors.ts';
+import { ThinError, assert } from '../../errors.ts';
 import { BTREE_BLOCK_TYPES, BlockType, type Block } from '../block.ts';
 import type { BlockManager } from '../block-manager.ts';
-import type { ValueCodec } from './codec.ts';
+import type { LeafColumns, LeafColumnsReader, ValueCodec } from './codec.ts';
 import {
   CHILD_VALUE_BYTES,
   NODE_VALUE_BYTES_MAX,
@@ -27,7 +27,6 @@ import {
   childAt,
   childTransactionIdAt,
   copyEntries,
-  describeKeyRange,
   entryCount,
   floorIndex,
   initNode,
@@ -49,7 +48,7 @@ import {
   valueSizeOf,
   NodeLayout,
 } from './node.ts';
-import { leafEntries, leafEntryFits, leafValueAt, planLeaf, setLeafEntry, setLeafValue, writeLeaf } from './leaf.ts';
+import { checkLeafValues, leafEntries, leafEntryFits, leafValueAt, planLeaf, setLeafEntry, setLeafValue, writeLeaf } from './leaf.ts';
 
 interface Split {
   key: number;
@@ -121,17 +120,22 @@ export class BTree<V> {
   }
 
   /**
-   * entries() for a reader that reads each node once (dump, delta): a node not in memory is read
-   * into one buffer per level instead of into the manager's cache, and the leaves under a node
-   * are read together (BlockManager.readInto and prefetch). The same laziness rule.
+   * Every leaf in key order, decoded whole into `columns` by `reader` (which must read this tree's
+   * values): the same columns object is yielded once per leaf, refilled each time; a value the
+   * reader refuses is named as entries() would name it. For the tools that read each node once
+   * (dump, delta): a node not in memory is read into one buffer per level
+   * instead of into the manager's cache, and the leaves under a node are read together
+   * (BlockManager.readInto and prefetch). The same laziness rule as entries().
    */
-  *entriesReadOnce(root: number, beginKey = 0, endKey = Number.MAX_SAFE_INTEGER + 1): Generator<[number, V]> {
-    // One buffer per level, and one for the root: a frame replaces only the popped frame of its level.
+  *leavesReadOnce<C extends LeafColumns>(root: number, reader: LeafColumnsReader<C>, columns: C): Generator<C> {
     const buffers: Uint8Array[] = [];
     for (let index = 0; index <= BTREE_DEPTH_MAX; index++) buffers.push(new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
-    for (const entry of this.#forward(root, beginKey, buffers)) {
-      if (entry[0] >= endKey) return;
-      yield entry;
+    for (const { block, keyBegin, keyEnd } of this.#leaves(root, 0, buffers, false)) {
+      if (!reader.read(block, columns)) {
+        checkLeafValues(block, this.codec, keyBegin, keyEnd);
+        assert(false, `leaf ${block.blockNr}: the column reader refused a value its codec accepts`);
+      }
+      yield columns;
     }
   }
 
@@ -283,6 +287,7 @@ export class BTree<V> {
     keyEnd: number | undefined,
     transactionId?: number,
     scratch?: Uint8Array,
+    checkValues = true,
   ): Block {
     const types = level === undefined ? BTREE_BLOCK_TYPES : level === 0 ? BlockType.btreeLeaf : BlockType.btreeInternal;
     const block = scratch === undefined ? this.tm.read(blockNr, types, transactionId) : this.tm.readInto(blockNr, types, transactionId, scratch);
@@ -298,7 +303,8 @@ export class BTree<V> {
     };
     if (block.checkedTreeKind !== this.codec.treeKind) {
       checkNodeFromDisk(block, expect);
-      if (isLeaf(block)) this.#checkValues(block, keyBegin, keyEnd);
+      if (!checkValues && isLeaf(block)) return block; // not marked checked: its values are the caller's to check
+      if (isLeaf(block)) checkLeafValues(block, this.codec, keyBegin, keyEnd);
       block.checkedTreeKind = this.codec.treeKind;
       return block;
     }
@@ -314,34 +320,17 @@ export class BTree<V> {
     return block;
   }
 
-  #checkValues(block: Block, keyBegin: number | undefined, keyEnd: number | undefined): void {
-    const count = entryCount(block);
-    for (let index = 0; index < count; index++) {
-      try {
-        leafValueAt(block, index, this.codec);
-      } catch (error) {
-        if (!isThinError(error)) throw error;
-        throw new ThinError(
-          'THIN_CORRUPT_NODE',
-          `B+tree leaf at metadata block ${block.blockNr} (${describeKeyRange(keyBegin, keyEnd)}) has a bad value ` +
-            `at key ${keyAt(block, index)}: ${error.message}`,
-          { cause: error },
-        );
-      }
-    }
-  }
-
   #valueAt(block: Block, index: number): V {
     return leafValueAt(block, index, this.codec);
   }
 
-  /** `buffers`: read once (entriesReadOnce), into the buffer of the child's level. */
-  #childFrame(parent: Frame, index: number, buffers?: Uint8Array[]): Frame {
+  /** `buffers`: read once (leavesReadOnce), into the buffer of the child's level. */
+  #childFrame(parent: Frame, index: number, buffers?: Uint8Array[], checkValues = true): Frame {
     const node = parent.block;
     const keyBegin = keyAt(node, index);
     const keyEnd = index + 1 < entryCount(node) ? keyAt(node, index + 1) : parent.keyEnd;
     const level = nodeLevel(node) - 1;
-    const block = this.#readNode(childAt(node, index), level, keyBegin, keyEnd, childTransactionIdAt(node, index), buffers?.[level]);
+    const block = this.#readNode(childAt(node, index), level, keyBegin, keyEnd, childTransactionIdAt(node, index), buffers?.[level], checkValues);
     if (buffers !== undefined) this.#prefetchLeaves(block);
     return { block, index: 0, keyBegin, keyEnd };
   }
@@ -366,29 +355,34 @@ export class BTree<V> {
     return undefined;
   }
 
-  /** `buffers`: read each node once (entriesReadOnce): one buffer per level, the root's last. */
+  /** Entries with key >= key, ascending; `buffers` as #leaves. */
   *#forward(root: number, key: number, buffers?: Uint8Array[]): Generator<[number, V]> {
-    const rootBlock = this.#readNode(root, undefined, undefined, undefined, undefined, buffers?.[BTREE_DEPTH_MAX]);
+    for (const { block } of this.#leaves(root, key, buffers, true)) {
+      const count = entryCount(block);
+      for (let index = ceilingIndex(block, key); index < count; index++) yield [keyAt(block, index), this.#valueAt(block, index)];
+    }
+  }
+
+  /**
+   * The leaves that may hold keys >= key, in key order. `buffers`: read each node once
+   * (leavesReadOnce): one buffer per level, the root's last, so a leaf yielded is valid until the
+   * next is asked for. `checkValues` false: the caller validates the leaf's values itself.
+   */
+  *#leaves(root: number, key: number, buffers: Uint8Array[] | undefined, checkValues: boolean): Generator<Frame> {
+    const rootBlock = this.#readNode(root, undefined, undefined, undefined, undefined, buffers?.[BTREE_DEPTH_MAX], checkValues);
     if (buffers !== undefined) this.#prefetchLeaves(rootBlock);
     const stack: Frame[] = [{ block: rootBlock, index: 0, keyBegin: undefined, keyEnd: undefined }];
     // Descend towards key.
     for (;;) {
       const top = stack[stack.length - 1]!;
-      if (isLeaf(top.block)) {
-        top.index = ceilingIndex(top.block, key);
-        break;
-      }
+      if (isLeaf(top.block)) break;
       top.index = Math.max(floorIndex(top.block, key), 0);
-      stack.push(this.#childFrame(top, top.index, buffers));
+      stack.push(this.#childFrame(top, top.index, buffers, checkValues));
     }
     while (stack.length > 0) {
       const top = stack[stack.length - 1]!;
       if (isLeaf(top.block)) {
-        if (top.index < entryCount(top.block)) {
-          const index = top.index++;
-          yield [keyAt(top.block, index), this.#valueAt(top.block, index)];
-          continue;
-        }
+        yield top;
         stack.pop();
         continue;
       }
@@ -398,13 +392,13 @@ export class BTree<V> {
         stack.pop();
         continue;
       }
-      stack.push(this.#childFrame(top, top.index, buffers));
+      stack.push(this.#childFrame(top, top.index, buffers, checkValues));
       // Descend to the leftmost leaf below.
       for (;;) {
         const last = stack[stack.length - 1]!;
         if (isLeaf(last.block)) break;
         last.index = 0;
-        stack.push(this.#childFrame(last, 0, buffers));
+        stack.push(this.#childFrame(last, 0, buffers, checkValues));
       }
     }
   }

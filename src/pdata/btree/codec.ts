@@ -1,7 +1,7 @@
 // Value codecs: what a B+tree stores in its leaves. The tree is generic over them, so one tree
 // implementation serves mapping trees, the device tree and the space maps.
 import { ThinError } from '../../errors.ts';
-import { getU64, setU64 } from '../block.ts';
+import { getU64, setU64, type Block } from '../block.ts';
 
 /**
  * Tree kinds (u16 in every node header, F-NODE-2): a node found in a tree of another kind is
@@ -74,4 +74,30 @@ export interface CompactValueCodec<V> {
   pack(value: V, view: DataView, basesOffsetBytes: number, offsetBytes: number): void;
   /** Validates the bases and the bytes: throws ThinError THIN_CORRUPT_NODE when they cannot be a value. */
   unpack(view: DataView, basesOffsetBytes: number, offsetBytes: number): V;
+}
+
+/**
+ * A whole leaf's entries as columns of numbers (typed arrays a walk reuses from leaf to leaf):
+ * `count` entries, keys ascending. A reader for a tree's values extends it with one column per
+ * value field.
+ */
+export interface LeafColumns {
+  count: number;
+  readonly keys: Float64Array;
+}
+
+/**
+ * Reads a leaf in place into columns: what walks over millions of entries (check, dump, delta)
+ * use instead of unpack(), which makes an object per entry. It reads the same bytes as the codec
+ * of the tree it is used with and accepts exactly the values that codec's unpack accepts.
+ */
+export interface LeafColumnsReader<C extends LeafColumns> {
+  /** Columns with room for the largest leaf. */
+  create(): C;
+  /**
+   * Decodes every entry of a leaf that passed the node checks (nodeProblem) into `columns`.
+   * Returns false when some value is one unpack() would refuse: the caller then unpacks the leaf
+   * entry by entry to name it. Never throws on bad bytes.
+   */
+  read(block: Block, columns: C): boolean;
 }

@@ -1,7 +1,7 @@
 // Leaf entries as keys and values, whichever layout the leaf has (node.ts): the B+tree and the
 // walker read values through here, and the B+tree re-encodes a leaf through here when an entry
 // does not fit it in place (a compact leaf whose bases are too far from a new value, a full leaf).
-import { assert } from '../../errors.ts';
+import { ThinError, assert, isThinError } from '../../errors.ts';
 import type { Block } from '../block.ts';
 import type { ValueCodec } from './codec.ts';
 import {
@@ -11,6 +11,7 @@ import {
   NodeLayout,
   compactKeyFits,
   compactNodeCapacity,
+  describeKeyRange,
   entryCount,
   initNode,
   isCompact,
@@ -28,6 +29,27 @@ export function leafValueAt<V>(block: Block, index: number, codec: ValueCodec<V>
     return codec.compact.unpack(block.view, CompactLeaf.valueBasesOffset, valueOffset(block, index));
   }
   return codec.unpack(block.view, valueOffset(block, index));
+}
+
+/**
+ * Unpacks every value of a leaf read from disk; throws THIN_CORRUPT_NODE naming the leaf, the key
+ * range its parent promised and the first bad value's key.
+ */
+export function checkLeafValues<V>(block: Block, codec: ValueCodec<V>, keyBegin: number | undefined, keyEnd: number | undefined): void {
+  const count = entryCount(block);
+  for (let index = 0; index < count; index++) {
+    try {
+      leafValueAt(block, index, codec);
+    } catch (error) {
+      if (!isThinError(error)) throw error;
+      throw new ThinError(
+        'THIN_CORRUPT_NODE',
+        `B+tree leaf at metadata block ${block.blockNr} (${describeKeyRange(keyBegin, keyEnd)}) has a bad value ` +
+          `at key ${keyAt(block, index)}: ${error.message}`,
+        { cause: error },
+      );
+    }
+  }
 }
 
 /** Whether key and value can be stored in the leaf as it is (a wide leaf takes anything). */

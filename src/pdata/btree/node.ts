@@ -141,6 +141,24 @@ export function setKey(block: Block, index: number, key: number): void {
   setU64(block.view, NodeHeader.keysOffset + index * KEY_BYTES, key);
 }
 
+/**
+ * The first `count` keys of a node into `keys` (a leaf read whole: one pass, no call per key).
+ * The node passed nodeProblem, so every key is a safe integer.
+ */
+export function readKeys(block: Block, count: number, keys: Float64Array): void {
+  const view = block.view;
+  if (isCompact(block)) {
+    const keyBase = compactKeyBase(block);
+    for (let index = 0, offset = CompactLeaf.keysOffset; index < count; index++, offset += COMPACT_KEY_BYTES) {
+      keys[index] = keyBase + view.getUint32(offset, true);
+    }
+    return;
+  }
+  for (let index = 0, offset = NodeHeader.keysOffset; index < count; index++, offset += KEY_BYTES) {
+    keys[index] = view.getUint32(offset + 4, true) * 0x1_0000_0000 + view.getUint32(offset, true);
+  }
+}
+
 /** Byte offset of the value of entry `index`. */
 export function valueOffset(block: Block, index: number): number {
   const valueSizeBytes = valueSizeOf(block);

@@ -13,11 +13,11 @@
 //   reference).
 // The walk is iterative; levels must decrease by one per step, so corrupt input cannot loop.
 import { METADATA_BLOCK_SIZE_BYTES } from '../../constants.ts';
-import { ThinError, isThinError } from '../../errors.ts';
+import { ThinError, assert, isThinError } from '../../errors.ts';
 import { BTREE_BLOCK_TYPES, BlockType } from '../block.ts';
 import type { BlockManager } from '../block-manager.ts';
 import { reservedBlocks } from '../reserved-blocks.ts';
-import { TreeKind, type ValueCodec } from './codec.ts';
+import { TreeKind, type LeafColumns, type LeafColumnsReader, type ValueCodec } from './codec.ts';
 import { refCountExtentCodec } from '../space-map.ts';
 import { childAt, childTransactionIdAt, describeKeyRange, entryCount, isLeaf, keyAt, nodeLevel, nodeProblem } from './node.ts';
 import { leafValueAt } from './leaf.ts';
@@ -42,7 +42,7 @@ export interface CorruptNode {
   error: ThinError;
 }
 
-export interface WalkVisitor<V> {
+export interface WalkVisitor<V, C extends LeafColumns = LeafColumns> {
   /** Once per distinct node, before its children. */
   node?(visit: NodeVisit): void;
   /**
@@ -53,6 +53,12 @@ export interface WalkVisitor<V> {
   revisit?(visit: NodeVisit): void;
   /** Once per entry of each distinct leaf. */
   leaf?(key: number, value: V, leafBlockNr: number): void;
+  /**
+   * In place of leaf(), for walks over millions of entries: once per distinct leaf, its entries
+   * read in place by `reader` (which must read the walked tree's values) into columns reused from
+   * leaf to leaf, so that no object is made per entry.
+   */
+  leafColumns?: { reader: LeafColumnsReader<C>; visit(columns: C, leafBlockNr: number): void };
   /** A node that cannot be read or breaks an invariant; its subtree is skipped. */
   corrupt?(problem: CorruptNode): void;
 }
@@ -100,7 +106,7 @@ export class TreeWalker {
   }
 
   /** Walks the tree at root, counting one reference to root for its owner. Returns the corruptions found in this walk. */
-  walk<V>(root: number, codec: ValueCodec<V>, visitor: WalkVisitor<V> = {}): CorruptNode[] {
+  walk<V, C extends LeafColumns = LeafColumns>(root: number, codec: ValueCodec<V>, visitor: WalkVisitor<V, C> = {}): CorruptNode[] {
     const found: CorruptNode[] = [];
     const report = (pending: Pending, error: ThinError): void => {
       const problem: CorruptNode = { blockNr: pending.blockNr, path: pending.path, keyBegin: pending.keyBegin, keyEnd: pending.keyEnd, error };
@@ -114,6 +120,8 @@ export class TreeWalker {
     const scratch = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
     const keys: number[] = [];
     const values: V[] = [];
+    const columnsHook = visitor.leafColumns;
+    const columns = columnsHook?.reader.create();
     const stack: Pending[] = [{ blockNr: root, transactionId: undefined, level: undefined, keyBegin: undefined, keyEnd: undefined, path: [root] }];
     while (stack.length > 0) {
       const pending = stack.pop()!;
@@ -196,6 +204,12 @@ export class TreeWalker {
         path: pending.path,
       });
       if (isLeaf(block)) {
+        if (columnsHook !== undefined && columnsHook.reader.read(block, columns!)) {
+          seenNow.visited = true;
+          columnsHook.visit(columns!, blockNr);
+          continue;
+        }
+        // The reader refused a value (or there is none): unpacking entry by entry names it.
         keys.length = 0;
         values.length = 0;
         try {
@@ -208,6 +222,7 @@ export class TreeWalker {
           report(pending, corruptNode(pending, `bad value at entry ${values.length}: ${error.message}`));
           continue;
         }
+        assert(columnsHook === undefined, `leaf ${blockNr}: the column reader refused a value its codec accepts`);
         seenNow.visited = true;
         if (visitor.leaf !== undefined) for (let index = 0; index < count; index++) visitor.leaf(keys[index]!, values[index]!, blockNr);
         continue;

@@ -17,6 +17,7 @@
 // million plain calls, not a million microtasks.
 import { assert } from '../../errors.ts';
 import { BAD_RANGE_FLAGS_KNOWN, BadRangeFlag } from '../../pool/bad-ranges.ts';
+import type { ExtentColumns } from '../../pool/trees.ts';
 
 export interface SuperblockBegin {
   /** thin_dump always prints ""; kept so a restore of a kernel dump round-trips. */
@@ -103,6 +104,13 @@ export interface DumpVisitor {
   deviceBegin(device: DeviceBegin): VisitResult;
   /** Mappings of the open device, in any order a producer likes; dump producers give origin order. */
   mapping(mapping: Mapping): VisitResult;
+  /**
+   * Optional, for a producer that reads mapping leaves in place (`thinbd dump`): the leaf's
+   * extents as columns (virtual block keys[i], data block dataBlocks[i], lengths[i], times[i]),
+   * to be taken as mapping() once per entry in order. The columns are reused after the call (and
+   * after the promise it returns settles): copy what is kept.
+   */
+  mappingColumns?(columns: ExtentColumns): VisitResult;
   deviceEnd(): VisitResult;
   /** A bad range of the data device, outside any device. */
   badRange(range: DumpBadRange): VisitResult;
@@ -122,34 +130,54 @@ export function isPending(result: VisitResult): result is Promise<void> {
  * range extends a run when its first block would.
  */
 export class RunMerger {
-  #run: Mapping | undefined;
+  // The run in progress as numbers (#length 0: none): a scattered pool makes a run per mapping.
+  #originBegin = 0;
+  #dataBegin = 0;
+  #length = 0;
+  #time = 0;
+  /** What emit is handed: one object, refilled per run. */
+  readonly #run: Mapping = { originBegin: 0, dataBegin: 0, length: 0, time: 0 };
   readonly #emit: (run: Mapping) => VisitResult;
 
+  /** `emit` gets each finished run; it must not keep the object past its call (it is reused). */
   constructor(emit: (run: Mapping) => VisitResult) {
     this.#emit = emit;
   }
 
   add(mapping: Mapping): VisitResult {
-    assert(mapping.length >= 1, `mapping of length ${mapping.length}`);
-    const run = this.#run;
-    if (
-      run !== undefined &&
-      mapping.originBegin === run.originBegin + run.length &&
-      mapping.dataBegin === run.dataBegin + run.length &&
-      mapping.time === run.time
-    ) {
-      run.length += mapping.length;
+    return this.addValues(mapping.originBegin, mapping.dataBegin, mapping.length, mapping.time);
+  }
+
+  /** add() of a mapping given as its fields. */
+  addValues(originBegin: number, dataBegin: number, length: number, time: number): VisitResult {
+    if (!(length >= 1)) assert(false, `mapping of length ${length}`);
+    if (this.#length !== 0 && originBegin === this.#originBegin + this.#length && dataBegin === this.#dataBegin + this.#length && time === this.#time) {
+      this.#length += length;
       return undefined;
     }
-    this.#run = { ...mapping };
-    return run === undefined ? undefined : this.#emit(run);
+    const result = this.#length === 0 ? undefined : this.#emitRun();
+    this.#originBegin = originBegin;
+    this.#dataBegin = dataBegin;
+    this.#length = length;
+    this.#time = time;
+    return result;
   }
 
   /** Emits the run in progress (at the end of a device). */
   flush(): VisitResult {
+    if (this.#length === 0) return undefined;
+    const result = this.#emitRun();
+    this.#length = 0;
+    return result;
+  }
+
+  #emitRun(): VisitResult {
     const run = this.#run;
-    this.#run = undefined;
-    return run === undefined ? undefined : this.#emit(run);
+    run.originBegin = this.#originBegin;
+    run.dataBegin = this.#dataBegin;
+    run.length = this.#length;
+    run.time = this.#time;
+    return this.#emit(run);
   }
 }
 

@@ -1,7 +1,8 @@
 // `thinbd dump`: the producer side of the event stream for a thinbd pool. It reads the committed
 // metadata through a read-only PoolView (the pool's lock held, nothing written) and calls the
 // visitor — an XML, JSON or human writer — volume by volume in id order, each volume's extents
-// in virtual block order, so memory stays flat however many mappings there are.
+// in virtual block order, so memory stays flat however many mappings there are. Extents go a leaf
+// at a time, as columns read in place (DumpVisitor.mappingColumns) to a visitor that takes them.
 //
 // What dm-thin cannot hold is reported, not hidden: a volume id above 2^24 − 1 (the kernel's
 // MAX_DEV_ID) and a mapping time above 2^24 − 1 (dm-thin keeps 24 bits of time) are dumped as
@@ -52,16 +53,30 @@ export async function dumpView(view: PoolView, visitor: DumpVisitor, options: Po
     }
     await settle(visitor.deviceBegin(begin));
     let timeWarned = false;
-    for (const mapping of view.mappings(device)) {
-      if (!timeWarned && mapping.time > DM_THIN_MAPPING_TIME_MAX) {
-        summary.warnings.push(`volume ${device.details.name} has mappings of time ${mapping.time}; dm-thin keeps 24 bits and would truncate it`);
-        timeWarned = true;
+    const warnTime = (time: number): void => {
+      summary.warnings.push(`volume ${device.details.name} has mappings of time ${time}; dm-thin keeps 24 bits and would truncate it`);
+      timeWarned = true;
+    };
+    const mappingColumns = visitor.mappingColumns?.bind(visitor);
+    for (const columns of view.mappingLeaves(device)) {
+      const { count, keys, dataBlocks, lengths, times } = columns;
+      const extentsBefore = summary.extentCount;
+      for (let index = 0; index < count; index++) {
+        if (!timeWarned && times[index]! > DM_THIN_MAPPING_TIME_MAX) warnTime(times[index]!);
+        summary.mappedBlockCount += lengths[index]!;
       }
-      summary.extentCount += 1;
-      summary.mappedBlockCount += mapping.length;
-      if (progress !== undefined && summary.extentCount % PROGRESS_EXTENTS_STEP === 0) progress(summary.mappedBlockCount, totalBlocks);
-      const result = visitor.mapping(mapping);
-      if (isPending(result)) await result;
+      summary.extentCount += count;
+      if (mappingColumns !== undefined) await settle(mappingColumns(columns));
+      else {
+        // A visitor without the column form gets one object per mapping (it may keep them).
+        for (let index = 0; index < count; index++) {
+          const result = visitor.mapping({ originBegin: keys[index]!, dataBegin: dataBlocks[index]!, length: lengths[index]!, time: times[index]! });
+          if (isPending(result)) await result;
+        }
+      }
+      if (progress !== undefined && Math.floor(summary.extentCount / PROGRESS_EXTENTS_STEP) !== Math.floor(extentsBefore / PROGRESS_EXTENTS_STEP)) {
+        progress(summary.mappedBlockCount, totalBlocks);
+      }
     }
     await settle(visitor.deviceEnd());
     summary.deviceCount += 1;

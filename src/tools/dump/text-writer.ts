@@ -4,6 +4,7 @@
 // is; the run in progress is written before the device's closing text.
 import { RunMerger, type DeviceBegin, type DumpBadRange, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult } from './events.ts';
 import type { TextSink } from './sink.ts';
+import type { ExtentColumns } from '../../pool/trees.ts';
 
 export abstract class TextDumpWriter implements DumpVisitor {
   readonly #out: TextSink;
@@ -24,6 +25,15 @@ export abstract class TextDumpWriter implements DumpVisitor {
 
   mapping(mapping: Mapping): VisitResult {
     return this.#runs.add(mapping);
+  }
+
+  async mappingColumns(columns: ExtentColumns): Promise<void> {
+    const { count, keys, dataBlocks, lengths, times } = columns;
+    const runs = this.#runs;
+    for (let index = 0; index < count; index++) {
+      const result = runs.addValues(keys[index]!, dataBlocks[index]!, lengths[index]!, times[index]!);
+      if (result !== undefined) await result;
+    }
   }
 
   deviceEnd(): VisitResult {
