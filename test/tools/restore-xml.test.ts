@@ -60,6 +60,22 @@ for (const testCase of cases) {
   });
 }
 
+test('the refusals name the same line and reason when the input comes in pieces cut anywhere', async () => {
+  for (const testCase of cases) {
+    const bytes = Buffer.from(testCase.xml, 'utf8');
+    for (const chunkBytes of [1, 7, 50]) {
+      const pieces: Buffer[] = [];
+      for (let offset = 0; offset < bytes.length; offset += chunkBytes) pieces.push(bytes.subarray(offset, offset + chunkBytes));
+      await assert.rejects(readThinXml(Readable.from(pieces), new EventRecorder()), (error: unknown) => {
+        assert.ok(isThinError(error, 'THIN_INVALID'), `${testCase.name}, chunks of ${chunkBytes}: ${String(error)}`);
+        assert.match(error.message, new RegExp(`^restore: line ${testCase.line}: `), `${testCase.name}, chunks of ${chunkBytes}: ${error.message}`);
+        assert.match(error.message, testCase.reason);
+        return true;
+      });
+    }
+  }
+});
+
 test('thin_restore 0.9.0 refuses the cases marked as refused by it too (the reader is at least as strict)', () => {
   requireThinTools();
   const scratch = new Scratch();
