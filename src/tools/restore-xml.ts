@@ -55,13 +55,26 @@ const U32_MAX = 0xffff_ffff;
  */
 interface MappingLineForm {
   tag: 'single_mapping' | 'range_mapping';
-  texts: Uint8Array[];
+  texts: LineText[];
   attributes: readonly string[];
 }
 
+/** Fixed text of a mapping line, also as little-endian 32-bit words (compared four bytes at a time). */
+interface LineText {
+  bytes: Uint8Array;
+  words: Int32Array;
+}
+
+function lineText(text: string): LineText {
+  const bytes = Buffer.from(text, 'latin1');
+  const words = new Int32Array(bytes.length >>> 2);
+  for (let index = 0; index < words.length; index++) words[index] = bytes.readInt32LE(4 * index);
+  return { bytes, words };
+}
+
 function mappingLineForm(tag: MappingLineForm['tag'], attributes: readonly string[]): MappingLineForm {
-  const texts = attributes.map((name, index) => Buffer.from(`${index === 0 ? `<${tag} ` : '" '}${name}="`, 'latin1'));
-  texts.push(Buffer.from('"/>', 'latin1'));
+  const texts = attributes.map((name, index) => lineText(`${index === 0 ? `<${tag} ` : '" '}${name}="`));
+  texts.push(lineText('"/>'));
   return { tag, texts, attributes };
 }
 
@@ -186,8 +199,88 @@ async function deliver(events: ReaderEvent[], visitor: DumpVisitor): Promise<voi
 type Place = 'document' | 'superblock' | 'device' | 'def' | 'mapping' | 'done';
 
 /**
- * Block ranges of one device seen so far, coalesced and sorted: begins[i] < ends[i] < begins[i+1].
- * In typed arrays: a scattered device has a range per mapping, a million of them.
+ * Block ranges of one device seen so far, to catch a mapping that overlaps an earlier one in any
+ * order. Those that come in ascending order (all of them, in a dump) are appended to `#ascending`;
+ * the others, each below the end of those (they never reach past it), go to `#others`.
+ */
+class DeviceRanges {
+  readonly #ascending = new AscendingRanges();
+  #others: RangeSet | undefined;
+
+  /** Adds [begin, end); returns an overlapping range already present instead, if there is one. */
+  add(begin: number, end: number): { begin: number; end: number } | undefined {
+    if (begin >= this.#ascending.end) {
+      this.#ascending.append(begin, end);
+      return undefined;
+    }
+    const overlap = this.#ascending.overlapping(begin, end);
+    if (overlap !== undefined) return overlap;
+    this.#others ??= new RangeSet();
+    return this.#others.add(begin, end);
+  }
+}
+
+/**
+ * Ranges appended in ascending order, neighbours joined, in segments of fixed size: appending
+ * never copies what is held (a scattered device has a range per mapping, millions of them, and
+ * doubling arrays of them was a good part of a restore's time).
+ */
+class AscendingRanges {
+  /** [begin, end) pairs, SEGMENT_RANGES to a segment. */
+  readonly #segments: Array<Float64Array<ArrayBuffer>> = [];
+  #count = 0;
+  #end = 0;
+
+  /** The end of the last range (0 when empty). */
+  get end(): number {
+    return this.#end;
+  }
+
+  append(begin: number, end: number): void {
+    const count = this.#count;
+    if (count > 0 && begin === this.#end) {
+      const last = count - 1;
+      this.#segments[last >>> SEGMENT_BITS]![2 * (last & SEGMENT_MASK) + 1] = end;
+    } else {
+      if ((count & SEGMENT_MASK) === 0) this.#segments.push(new Float64Array(2 * SEGMENT_RANGES));
+      this.#segments[count >>> SEGMENT_BITS]![2 * (count & SEGMENT_MASK)] = begin;
+      this.#segments[count >>> SEGMENT_BITS]![2 * (count & SEGMENT_MASK) + 1] = end;
+      this.#count = count + 1;
+    }
+    this.#end = end;
+  }
+
+  /** A range that overlaps [begin, end), if one does. */
+  overlapping(begin: number, end: number): { begin: number; end: number } | undefined {
+    // The last range starting at or before `begin` (high), or -1; then the one after it.
+    let low = 0;
+    let high = this.#count - 1;
+    while (low <= high) {
+      const middle = (low + high) >>> 1;
+      if (this.#begin(middle) <= begin) low = middle + 1;
+      else high = middle - 1;
+    }
+    if (high >= 0 && this.#endOf(high) > begin) return { begin: this.#begin(high), end: this.#endOf(high) };
+    if (high + 1 < this.#count && this.#begin(high + 1) < end) return { begin: this.#begin(high + 1), end: this.#endOf(high + 1) };
+    return undefined;
+  }
+
+  #begin(index: number): number {
+    return this.#segments[index >>> SEGMENT_BITS]![2 * (index & SEGMENT_MASK)]!;
+  }
+
+  #endOf(index: number): number {
+    return this.#segments[index >>> SEGMENT_BITS]![2 * (index & SEGMENT_MASK) + 1]!;
+  }
+}
+
+const SEGMENT_BITS = 14;
+const SEGMENT_RANGES = 2 ** SEGMENT_BITS;
+const SEGMENT_MASK = SEGMENT_RANGES - 1;
+
+/**
+ * Block ranges, coalesced and sorted: begins[i] < ends[i] < begins[i+1]. In typed arrays: there
+ * may be many.
  */
 class RangeSet {
   #begins = new Float64Array(1024);
@@ -275,7 +368,7 @@ class ThinXmlReader {
   #device: DeviceBegin | undefined;
   /** deviceBegin is held back until the device's first mapping, so the volume comment can join it. */
   #deviceDelivered = false;
-  #deviceRanges = new RangeSet();
+  #deviceRanges = new DeviceRanges();
   readonly #defs = new Map<string, Mapping[]>();
   #def: { name: string; mappings: Mapping[] } | undefined;
   #sharedRunCount = 0;
@@ -367,6 +460,7 @@ class ThinXmlReader {
    */
   #matchMappingLines(bytes: Uint8Array, offset: number): number {
     const length = bytes.length;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     for (;;) {
       let at = offset;
       for (; at < length; at++) {
@@ -381,7 +475,7 @@ class ThinXmlReader {
         return at;
       }
       const form = bytes[at + 1] === LETTER_R ? RANGE_MAPPING_LINE : SINGLE_MAPPING_LINE;
-      const end = this.#matchLine(bytes, at, form);
+      const end = this.#matchLine(bytes, view, at, form);
       if (end === LINE_MISMATCH) return at;
       if (end === LINE_CUT) {
         this.#carry = bytes.slice(at);
@@ -407,15 +501,23 @@ class ThinXmlReader {
   }
 
   /** Matches `form` at bytes[at] ('<'): the offset after it (its numbers in #lineValues), LINE_MISMATCH or LINE_CUT. */
-  #matchLine(bytes: Uint8Array, at: number, form: MappingLineForm): number {
+  #matchLine(bytes: Uint8Array, view: DataView, at: number, form: MappingLineForm): number {
     const length = bytes.length;
     const texts = form.texts;
     let offset = at;
     for (let part = 0; part < texts.length; part++) {
       const text = texts[part]!;
-      for (let index = 0; index < text.length; index++, offset++) {
-        if (offset === length) return LINE_CUT;
-        if (bytes[offset] !== text[index]) return LINE_MISMATCH;
+      const textBytes = text.bytes;
+      if (offset + textBytes.length <= length) {
+        const words = text.words;
+        for (let index = 0; index < words.length; index++) if (view.getInt32(offset + 4 * index, true) !== words[index]) return LINE_MISMATCH;
+        for (let index = 4 * words.length; index < textBytes.length; index++) if (bytes[offset + index] !== textBytes[index]) return LINE_MISMATCH;
+        offset += textBytes.length;
+      } else {
+        for (let index = 0; index < textBytes.length; index++, offset++) {
+          if (offset === length) return LINE_CUT;
+          if (bytes[offset] !== textBytes[index]) return LINE_MISMATCH;
+        }
       }
       if (part === texts.length - 1) break;
       let value = 0;
@@ -704,7 +806,7 @@ class ThinXmlReader {
       snapTime: this.#number(tag, attributes, 'snap_time', U32_MAX),
     };
     this.#deviceDelivered = false;
-    this.#deviceRanges = new RangeSet();
+    this.#deviceRanges = new DeviceRanges();
     this.#deviceCount += 1;
   }
 
