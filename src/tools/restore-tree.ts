@@ -11,8 +11,7 @@
 // is evened out with the one before when it would hold less than a third (F-NODE-3), as far as
 // the layouts allow.
 import { assert } from '../errors.ts';
-import { BlockType, type Block, type TransactionManager } from '../pdata/index.ts';
-import { BottomUpTree } from '../pdata/btree/bulk.ts';
+import { BlockType, BottomUpTree, type Block, type TransactionManager } from '../pdata/index.ts';
 import { CompactLeaf, NodeLayout, compactNodeCapacity, initNode, nodeCapacity, setCompactKeyBase, setEntryCount, setKey, valueOffset } from '../pdata/btree/node.ts';
 import {
   COMPACT_EXTENT_VALUE_SIZE_BYTES,
@@ -67,7 +66,7 @@ export class MappingTreeBuilder {
   append(key: number, dataBlock: number, lengthBlocks: number, time: number): void {
     const openCount = this.#count - this.#openStart;
     if (openCount === 0) {
-      this.#startOpen(key, dataBlock, lengthBlocks, time);
+      this.#startOpen(dataBlock, lengthBlocks, time);
     } else if (this.#openCompact) {
       const bounds = this.#bounds;
       const dataMin = Math.min(bounds.dataMin, dataBlock);
@@ -86,11 +85,11 @@ export class MappingTreeBuilder {
         this.#openCompact = false;
       } else {
         this.#closeOpen();
-        this.#startOpen(key, dataBlock, lengthBlocks, time);
+        this.#startOpen(dataBlock, lengthBlocks, time);
       }
     } else if (openCount === WIDE_CAPACITY) {
       this.#closeOpen();
-      this.#startOpen(key, dataBlock, lengthBlocks, time);
+      this.#startOpen(dataBlock, lengthBlocks, time);
     }
     const index = this.#count;
     this.#keys[index] = key;
@@ -98,6 +97,11 @@ export class MappingTreeBuilder {
     this.#lengths[index] = lengthBlocks;
     this.#times[index] = time;
     this.#count = index + 1;
+  }
+
+  /** Leaves written so far. */
+  get leafCount(): number {
+    return this.#tree.leafCount;
   }
 
   /** Writes what is held and the internal levels; returns the root (an empty leaf for no entries). */
@@ -112,7 +116,7 @@ export class MappingTreeBuilder {
     return this.#tree.finish();
   }
 
-  #startOpen(key: number, dataBlock: number, lengthBlocks: number, time: number): void {
+  #startOpen(dataBlock: number, lengthBlocks: number, time: number): void {
     const bounds = this.#bounds;
     bounds.dataMin = dataBlock;
     bounds.dataMax = dataBlock;
@@ -120,7 +124,6 @@ export class MappingTreeBuilder {
     bounds.timeMin = time;
     bounds.timeMax = time;
     this.#openCompact = compactExtentsFit(dataBlock, dataBlock, lengthBlocks, time, time);
-    assert(key >= 0, 'negative key');
   }
 
   /** The open leaf is full: the held one is written and the open one held in its place. */

@@ -223,11 +223,13 @@ class DeviceRanges {
 /**
  * Ranges appended in ascending order, neighbours joined, in segments of fixed size: appending
  * never copies what is held (a scattered device has a range per mapping, millions of them, and
- * doubling arrays of them was a good part of a restore's time).
+ * doubling arrays of them was a good part of a restore's time). In 32 bits while every block
+ * number fits (volumes below 2^32 blocks: 256 TiB of 64 KiB blocks), else in doubles.
  */
 class AscendingRanges {
   /** [begin, end) pairs, SEGMENT_RANGES to a segment. */
-  readonly #segments: Array<Float64Array<ArrayBuffer>> = [];
+  #segments: Array<Uint32Array<ArrayBuffer> | Float64Array<ArrayBuffer>> = [];
+  #wide = false;
   #count = 0;
   #end = 0;
 
@@ -237,12 +239,16 @@ class AscendingRanges {
   }
 
   append(begin: number, end: number): void {
+    if (end > U32_MAX && !this.#wide) {
+      this.#wide = true;
+      this.#segments = this.#segments.map((segment) => Float64Array.from(segment));
+    }
     const count = this.#count;
     if (count > 0 && begin === this.#end) {
       const last = count - 1;
       this.#segments[last >>> SEGMENT_BITS]![2 * (last & SEGMENT_MASK) + 1] = end;
     } else {
-      if ((count & SEGMENT_MASK) === 0) this.#segments.push(new Float64Array(2 * SEGMENT_RANGES));
+      if ((count & SEGMENT_MASK) === 0) this.#segments.push(this.#wide ? new Float64Array(2 * SEGMENT_RANGES) : new Uint32Array(2 * SEGMENT_RANGES));
       this.#segments[count >>> SEGMENT_BITS]![2 * (count & SEGMENT_MASK)] = begin;
       this.#segments[count >>> SEGMENT_BITS]![2 * (count & SEGMENT_MASK) + 1] = end;
       this.#count = count + 1;

@@ -42,6 +42,7 @@ import {
   METADATA_BLOCK_SIZE_BYTES,
   METADATA_COMMIT_RESERVE_BLOCKS,
   METADATA_DIRTY_BLOCKS_SOFT_MAX,
+  RESTORE_METADATA_CACHE_BLOCKS,
   SECTOR_BYTES,
   VOLUME_SIZE_BYTES_MAX,
 } from '../constants.ts';
@@ -284,7 +285,11 @@ class PoolBuilder implements DumpVisitor {
     this.#metadataFile = await this.#fileSystem.createFile(path.join(this.#dir, METADATA_FILE_NAME), {
       sizeBytes: this.#metadataBlockCount * METADATA_BLOCK_SIZE_BYTES,
     });
-    const tm = TransactionManager.format(this.#metadataFile, { metadataBlockCount: this.#metadataBlockCount, poolId: randomPoolId() });
+    const tm = TransactionManager.format(this.#metadataFile, {
+      metadataBlockCount: this.#metadataBlockCount,
+      poolId: randomPoolId(),
+      cacheBlocksMax: RESTORE_METADATA_CACHE_BLOCKS,
+    });
     const dataSpace = SpaceMap.create(tm, dataBlockCount);
     const mappingTree = new BTree<Extent>(tm, makeExtentCodec(() => dataSpace));
     const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => mappingTree));
@@ -437,8 +442,8 @@ class PoolBuilder implements DumpVisitor {
     assert(device !== undefined, 'deviceEnd outside a device');
     if (device.runLength > 0) this.#placeRun(device, device.runOrigin, device.runData, device.runLength, device.runTime);
     device.runLength = 0;
-    // The internal levels: about one node per 100 leaves (a leaf per 168 to 335 entries).
-    await this.#roomFor(Math.ceil(device.mappedBlocks / 16_000) + BTREE_DEPTH_MAX);
+    // The leaves held back and the internal levels: an internal node per 84 to 168 nodes below.
+    await this.#roomFor(2 + Math.ceil(device.tree.leafCount / 80) + BTREE_DEPTH_MAX);
     device.root = device.tree.finish();
     for (const run of device.late) {
       this.#insertRun(device, run);

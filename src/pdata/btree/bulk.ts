@@ -4,7 +4,7 @@
 // node but the root holds less than half of capacity (F-NODE-3 asks a third). Inserting entries
 // one by one would shadow, split and re-encode leaves all along, and leave them half full.
 import { BTREE_DEPTH_MAX } from '../../constants.ts';
-import { ThinError } from '../../errors.ts';
+import { assert } from '../../errors.ts';
 import { BlockType, type Block } from '../block.ts';
 import type { BlockManager } from '../block-manager.ts';
 import { doubled } from '../../util/typed-array.ts';
@@ -48,7 +48,7 @@ export class BottomUpTree {
 
   /** A leaf written whole, every key of it above those of the leaves before (its first key given). */
   addLeaf(firstKey: number, leaf: Block): void {
-    if (!(firstKey > this.#lastKey)) throw new ThinError('THIN_INVALID', `bottom-up tree: leaf keys must ascend (${firstKey} after ${this.#lastKey})`);
+    if (!(firstKey > this.#lastKey)) assert(false, `bottom-up tree: leaf keys must ascend (${firstKey} after ${this.#lastKey})`);
     this.#lastKey = firstKey;
     this.#leaves.push(firstKey, leaf.blockNr, leaf.transactionId);
   }
@@ -59,10 +59,11 @@ export class BottomUpTree {
    */
   finish(): number {
     let children = this.#leaves;
-    if (children.length === 0) throw new ThinError('THIN_INVALID', 'bottom-up tree: no leaves');
+    assert(children.length > 0, 'bottom-up tree: no leaves');
     const capacity = nodeCapacity(CHILD_VALUE_BYTES);
     for (let level = 1; children.length > 1; level++) {
-      if (level >= BTREE_DEPTH_MAX) throw new ThinError('THIN_INVALID', `bottom-up tree: more than ${BTREE_DEPTH_MAX} levels`);
+      // 168 children a node: 2^53 keys need 8 levels.
+      if (!(level < BTREE_DEPTH_MAX)) assert(false, `bottom-up tree: more than ${BTREE_DEPTH_MAX} levels`);
       const parents = new ChildList();
       const nodeCount = Math.ceil(children.length / capacity);
       let first = 0;
