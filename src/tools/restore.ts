@@ -9,7 +9,10 @@
 // map (built at the end, in block order) with one reference per volume mapping a block (restore
 // shares no tree nodes between volumes, like thin_restore 0.9.0, so each volume's leaves hold
 // their own references), the device tree with ids, times and transaction ids as dumped — because
-// the Pool API allocates data blocks itself and cannot place a mapping on a chosen block.
+// the Pool API allocates data blocks itself and cannot place a mapping on a chosen block. A
+// volume's mappings arrive in origin order in any dump: its tree is built bottom-up from full
+// leaves as they come (restore-tree.ts); a mapping below one already placed waits for the tree to
+// be finished and is inserted into it.
 //
 // Bad data ranges (dump/events.ts DumpBadRange) go into a new bad-range tree, each holding one
 // reference to its data block as the pool's own record does (F-BAD-3), so the block is never
