@@ -360,7 +360,13 @@ class ThinXmlReader {
   readonly #lineValues = new Float64Array(4);
   readonly #lineDigitEnds = new Float64Array(4);
   #events: ReaderEvent[] = [];
-  /** Mappings a batch starts with room for: about as many as the chunk being read has lines. */
+  /**
+   * Batches made so far, reused: the events of one feed() are delivered before the next feed(),
+   * and a batch is the visitor's only during its call (a new one per chunk was most of the garbage).
+   */
+  readonly #batches: MappingBatch[] = [];
+  #batchesUsed = 0;
+  /** Mappings a new batch starts with room for: about as many as the chunk being read has lines. */
   #batchCapacity = BATCH_CAPACITY_MIN;
   #place: Place = 'document';
   /** Element that `#place === 'mapping'` sits in, to return to on its close tag. */
@@ -413,6 +419,7 @@ class ThinXmlReader {
 
   feed(chunk: Uint8Array): ReaderEvent[] {
     this.#batchCapacity = Math.max(BATCH_CAPACITY_MIN, Math.ceil(chunk.length / MAPPING_LINE_BYTES_MIN));
+    this.#batchesUsed = 0;
     let rest = chunk;
     const carry = this.#carry;
     if (carry !== undefined) {
@@ -894,7 +901,13 @@ class ThinXmlReader {
     this.#deliverDevice();
     let batch = this.#batch;
     if (batch === undefined || this.#events[this.#events.length - 1]?.kind !== 'mappings') {
-      batch = newBatch(this.#batchCapacity);
+      batch = this.#batches[this.#batchesUsed];
+      if (batch === undefined) {
+        batch = newBatch(this.#batchCapacity);
+        this.#batches.push(batch);
+      }
+      batch.count = 0;
+      this.#batchesUsed += 1;
       this.#batch = batch;
       this.#events.push({ kind: 'mappings', batch });
     }
