@@ -21,6 +21,7 @@ export {
 } from './superblock.ts';
 export type { SuperblockFields, SuperblockCopy } from './superblock.ts';
 export { BTree } from './btree/btree.ts';
+export { BottomUpTree } from './btree/bulk.ts';
 export { TreeKind, u64Codec, unpackSafeU64 } from './btree/codec.ts';
 export type { CompactValueCodec, LeafColumns, LeafColumnsReader, ValueCodec } from './btree/codec.ts';
 export { TreeWalker } from './btree/walker.ts';

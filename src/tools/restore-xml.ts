@@ -28,10 +28,14 @@
 // Most of a dump is mapping lines in the one form thin_dump and `thinbd dump` write them, and the
 // parser's work on each character was most of a restore's time. So between two elements of a
 // device (the parser has just ended a tag or comment, and nothing is pending), such lines are
-// matched whole (SINGLE_MAPPING_LINE, RANGE_MAPPING_LINE) and go through the same checks as the
-// parser's elements; anything else, a line in any other form included, goes to the parser. Lines
-// read that way are counted, so messages still name the right line.
-import { isAscii } from 'node:buffer';
+// matched whole in the input's bytes (MappingLineForm), their numbers read from the digits without
+// making strings, and go through the same checks as the parser's elements; anything else, a line
+// in any other form included, goes to the parser. Lines read that way are counted, so messages
+// still name the right line. A line cut by the end of a chunk waits for the next one.
+//
+// The mappings of a device go to the visitor in batches of typed arrays (MappingBatch) when it
+// takes them (restore's builder), else one call each: an object per mapping of a scattered dump
+// was much of the rest.
 import { SaxesParser, type SaxesTag } from 'saxes';
 import {
   RESTORE_INPUT_CHUNK_BYTES,
@@ -39,17 +43,107 @@ import {
   VOLUME_SIZE_BYTES_MAX,
 } from '../constants.ts';
 import { ThinError } from '../errors.ts';
-import { badRangeProblem, dispatch, isPending, type DeviceBegin, type DumpEvent, type DumpVisitor, type Mapping, type VolumeExtras } from './dump/events.ts';
+import { badRangeProblem, dispatch, isPending, type DeviceBegin, type DumpEvent, type DumpVisitor, type Mapping, type VisitResult, type VolumeExtras } from './dump/events.ts';
 import { BAD_RANGE_COMMENT_KEYWORD, VOLUME_COMMENT_KEYWORD } from './dump/xml.ts';
 import { doubled } from '../util/typed-array.ts';
 
 const U32_MAX = 0xffff_ffff;
 
-/** A `<single_mapping>` as thin_dump writes it, with the whitespace before it (well-formed XML by construction). */
-const SINGLE_MAPPING_LINE = /[ \t\r\n]*<single_mapping origin_block="(\d+)" data_block="(\d+)" time="(\d+)"\/>/y;
-/** A `<range_mapping>` as thin_dump writes it, with the whitespace before it. */
-const RANGE_MAPPING_LINE = /[ \t\r\n]*<range_mapping origin_begin="(\d+)" data_begin="(\d+)" length="(\d+)" time="(\d+)"\/>/y;
+/**
+ * A mapping element as thin_dump writes it: fixed text around each attribute's digits (well-formed
+ * XML by construction). `texts` has one more entry than `attributes`.
+ */
+interface MappingLineForm {
+  tag: 'single_mapping' | 'range_mapping';
+  texts: LineText[];
+  attributes: readonly string[];
+}
+
+/** Fixed text of a mapping line, also as little-endian 32-bit words (compared four bytes at a time). */
+interface LineText {
+  bytes: Uint8Array;
+  words: Int32Array;
+}
+
+function lineText(text: string): LineText {
+  const bytes = Buffer.from(text, 'latin1');
+  const words = new Int32Array(bytes.length >>> 2);
+  for (let index = 0; index < words.length; index++) words[index] = bytes.readInt32LE(4 * index);
+  return { bytes, words };
+}
+
+function mappingLineForm(tag: MappingLineForm['tag'], attributes: readonly string[]): MappingLineForm {
+  const texts = attributes.map((name, index) => lineText(`${index === 0 ? `<${tag} ` : '" '}${name}="`));
+  texts.push(lineText('"/>'));
+  return { tag, texts, attributes };
+}
+
+const SINGLE_MAPPING_LINE = mappingLineForm('single_mapping', ['origin_block', 'data_block', 'time']);
+const RANGE_MAPPING_LINE = mappingLineForm('range_mapping', ['origin_begin', 'data_begin', 'length', 'time']);
+/** More digits than this in a mapping line's attribute: left to the parser (whose checks name the value). */
+const LINE_DIGITS_MAX = 16;
+/** matchLine's answers besides the offset after the line. */
+const LINE_MISMATCH = -1;
+const LINE_CUT = -2;
+
 const NEWLINE = 10;
+const SPACE = 32;
+const TAB = 9;
+const CARRIAGE_RETURN = 13;
+const LESS_THAN = 60;
+const GREATER_THAN = 62;
+const QUOTE = 34;
+const DIGIT_0 = 48;
+const DIGIT_9 = 57;
+const LETTER_R = 114;
+
+/**
+ * Mappings of the open device, in typed arrays: what the reader hands a visitor that has a
+ * `mappings` method instead of one `mapping` call each. Valid during the call only.
+ */
+export interface MappingBatch {
+  originBegins: Float64Array<ArrayBuffer>;
+  dataBegins: Float64Array<ArrayBuffer>;
+  lengths: Float64Array<ArrayBuffer>;
+  times: Float64Array<ArrayBuffer>;
+  count: number;
+}
+
+/** A visitor that takes a device's mappings in batches (restore's pool builder). */
+export interface BatchDumpVisitor extends DumpVisitor {
+  mappings(batch: MappingBatch): VisitResult;
+}
+
+type ReaderEvent = DumpEvent | { kind: 'mappings'; batch: MappingBatch };
+
+const BATCH_CAPACITY_MIN = 256;
+/** The shortest mapping line, `<single_mapping origin_block="0" data_block="0" time="0"/>` and a newline. */
+const MAPPING_LINE_BYTES_MIN = 58;
+
+function newBatch(capacity: number): MappingBatch {
+  return {
+    originBegins: new Float64Array(capacity),
+    dataBegins: new Float64Array(capacity),
+    lengths: new Float64Array(capacity),
+    times: new Float64Array(capacity),
+    count: 0,
+  };
+}
+
+function pushMapping(batch: MappingBatch, originBegin: number, dataBegin: number, length: number, time: number): void {
+  if (batch.count === batch.originBegins.length) {
+    batch.originBegins = doubled(batch.originBegins);
+    batch.dataBegins = doubled(batch.dataBegins);
+    batch.lengths = doubled(batch.lengths);
+    batch.times = doubled(batch.times);
+  }
+  const index = batch.count;
+  batch.originBegins[index] = originBegin;
+  batch.dataBegins[index] = dataBegin;
+  batch.lengths[index] = length;
+  batch.times[index] = time;
+  batch.count = index + 1;
+}
 
 export interface XmlReadSummary {
   deviceCount: number;
@@ -68,27 +162,11 @@ export async function readThinXml(
   visitor: DumpVisitor,
 ): Promise<XmlReadSummary> {
   const reader = new ThinXmlReader();
-  const decoder = new TextDecoder('utf-8', { fatal: true });
-  // Whether the decoder may hold the first bytes of a character split between chunks.
-  let decoderPending = false;
   for await (const chunk of input) {
-    let text: string;
-    if (typeof chunk === 'string') {
-      text = chunk;
-    } else if (!decoderPending && isAscii(chunk)) {
-      // ASCII is its own UTF-8 (a dump is ASCII but for names in comments): one copy, no decoding.
-      text = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).toString('latin1');
-    } else {
-      try {
-        text = decoder.decode(chunk, { stream: true });
-      } catch (error) {
-        throw new ThinError('THIN_INVALID', `restore: line ${reader.line}: invalid XML: the input is not UTF-8`, { cause: error });
-      }
-      decoderPending = chunk.length > 0 && chunk[chunk.length - 1]! >= 0x80;
-    }
-    // A string chunk may be large (a whole document in a test); feed it in bounded pieces.
-    for (let offset = 0; offset < text.length; offset += RESTORE_INPUT_CHUNK_BYTES) {
-      await deliver(reader.feed(text.slice(offset, offset + RESTORE_INPUT_CHUNK_BYTES)), visitor);
+    const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
+    // A chunk may be large (a whole document in a test); feed it in bounded pieces.
+    for (let offset = 0; offset < bytes.length; offset += RESTORE_INPUT_CHUNK_BYTES) {
+      await deliver(reader.feed(bytes.subarray(offset, offset + RESTORE_INPUT_CHUNK_BYTES)), visitor);
     }
   }
   await deliver(reader.end(), visitor);
@@ -100,18 +178,115 @@ export function readThinXmlString(text: string, visitor: DumpVisitor): Promise<X
   return readThinXml([text], visitor);
 }
 
-async function deliver(events: DumpEvent[], visitor: DumpVisitor): Promise<void> {
+async function deliver(events: ReaderEvent[], visitor: DumpVisitor): Promise<void> {
   for (const event of events) {
-    const result = dispatch(event, visitor);
-    if (isPending(result)) await result;
+    if (event.kind !== 'mappings') {
+      const result = dispatch(event, visitor);
+      if (isPending(result)) await result;
+    } else if ('mappings' in visitor && typeof visitor.mappings === 'function') {
+      const result = (visitor as BatchDumpVisitor).mappings(event.batch);
+      if (isPending(result)) await result;
+    } else {
+      const { originBegins, dataBegins, lengths, times, count } = event.batch;
+      for (let index = 0; index < count; index++) {
+        const result = visitor.mapping({ originBegin: originBegins[index]!, dataBegin: dataBegins[index]!, length: lengths[index]!, time: times[index]! });
+        if (isPending(result)) await result;
+      }
+    }
   }
 }
 
 type Place = 'document' | 'superblock' | 'device' | 'def' | 'mapping' | 'done';
 
 /**
- * Block ranges of one device seen so far, coalesced and sorted: begins[i] < ends[i] < begins[i+1].
- * In typed arrays: a scattered device has a range per mapping, a million of them.
+ * Block ranges of one device seen so far, to catch a mapping that overlaps an earlier one in any
+ * order. Those that come in ascending order (all of them, in a dump) are appended to `#ascending`;
+ * the others, each below the end of those (they never reach past it), go to `#others`.
+ */
+class DeviceRanges {
+  readonly #ascending = new AscendingRanges();
+  #others: RangeSet | undefined;
+
+  /** Adds [begin, end); returns an overlapping range already present instead, if there is one. */
+  add(begin: number, end: number): { begin: number; end: number } | undefined {
+    if (begin >= this.#ascending.end) {
+      this.#ascending.append(begin, end);
+      return undefined;
+    }
+    const overlap = this.#ascending.overlapping(begin, end);
+    if (overlap !== undefined) return overlap;
+    this.#others ??= new RangeSet();
+    return this.#others.add(begin, end);
+  }
+}
+
+/**
+ * Ranges appended in ascending order, neighbours joined, in segments of fixed size: appending
+ * never copies what is held (a scattered device has a range per mapping, millions of them, and
+ * doubling arrays of them was a good part of a restore's time). In 32 bits while every block
+ * number fits (volumes below 2^32 blocks: 256 TiB of 64 KiB blocks), else in doubles.
+ */
+class AscendingRanges {
+  /** [begin, end) pairs, SEGMENT_RANGES to a segment. */
+  #segments: Array<Uint32Array<ArrayBuffer> | Float64Array<ArrayBuffer>> = [];
+  #wide = false;
+  #count = 0;
+  #end = 0;
+
+  /** The end of the last range (0 when empty). */
+  get end(): number {
+    return this.#end;
+  }
+
+  append(begin: number, end: number): void {
+    if (end > U32_MAX && !this.#wide) {
+      this.#wide = true;
+      this.#segments = this.#segments.map((segment) => Float64Array.from(segment));
+    }
+    const count = this.#count;
+    if (count > 0 && begin === this.#end) {
+      const last = count - 1;
+      this.#segments[last >>> SEGMENT_BITS]![2 * (last & SEGMENT_MASK) + 1] = end;
+    } else {
+      if ((count & SEGMENT_MASK) === 0) this.#segments.push(this.#wide ? new Float64Array(2 * SEGMENT_RANGES) : new Uint32Array(2 * SEGMENT_RANGES));
+      this.#segments[count >>> SEGMENT_BITS]![2 * (count & SEGMENT_MASK)] = begin;
+      this.#segments[count >>> SEGMENT_BITS]![2 * (count & SEGMENT_MASK) + 1] = end;
+      this.#count = count + 1;
+    }
+    this.#end = end;
+  }
+
+  /** A range that overlaps [begin, end), if one does. */
+  overlapping(begin: number, end: number): { begin: number; end: number } | undefined {
+    // The last range starting at or before `begin` (high), or -1; then the one after it.
+    let low = 0;
+    let high = this.#count - 1;
+    while (low <= high) {
+      const middle = (low + high) >>> 1;
+      if (this.#begin(middle) <= begin) low = middle + 1;
+      else high = middle - 1;
+    }
+    if (high >= 0 && this.#endOf(high) > begin) return { begin: this.#begin(high), end: this.#endOf(high) };
+    if (high + 1 < this.#count && this.#begin(high + 1) < end) return { begin: this.#begin(high + 1), end: this.#endOf(high + 1) };
+    return undefined;
+  }
+
+  #begin(index: number): number {
+    return this.#segments[index >>> SEGMENT_BITS]![2 * (index & SEGMENT_MASK)]!;
+  }
+
+  #endOf(index: number): number {
+    return this.#segments[index >>> SEGMENT_BITS]![2 * (index & SEGMENT_MASK) + 1]!;
+  }
+}
+
+const SEGMENT_BITS = 14;
+const SEGMENT_RANGES = 2 ** SEGMENT_BITS;
+const SEGMENT_MASK = SEGMENT_RANGES - 1;
+
+/**
+ * Block ranges, coalesced and sorted: begins[i] < ends[i] < begins[i+1]. In typed arrays: there
+ * may be many.
  */
 class RangeSet {
   #begins = new Float64Array(1024);
@@ -176,7 +351,23 @@ class RangeSet {
 /** The parser and its checks; feed() returns the events each chunk completes. */
 class ThinXmlReader {
   readonly #parser = new SaxesParser({ position: true });
-  #events: DumpEvent[] = [];
+  readonly #decoder = new TextDecoder('utf-8', { fatal: true });
+  /** The start of a mapping line that the end of the last chunk cut: read with the next chunk. */
+  #carry: Uint8Array | undefined;
+  /** The batch that mappings go to (the last event, while it is one). */
+  #batch: MappingBatch | undefined;
+  /** Numbers of the line matchLine read last. */
+  readonly #lineValues = new Float64Array(4);
+  readonly #lineDigitEnds = new Float64Array(4);
+  #events: ReaderEvent[] = [];
+  /**
+   * Batches made so far, reused: the events of one feed() are delivered before the next feed(),
+   * and a batch is the visitor's only during its call (a new one per chunk was most of the garbage).
+   */
+  readonly #batches: MappingBatch[] = [];
+  #batchesUsed = 0;
+  /** Mappings a new batch starts with room for: about as many as the chunk being read has lines. */
+  #batchCapacity = BATCH_CAPACITY_MIN;
   #place: Place = 'document';
   /** Element that `#place === 'mapping'` sits in, to return to on its close tag. */
   #mappingParent: 'device' | 'def' = 'device';
@@ -189,7 +380,7 @@ class ThinXmlReader {
   #device: DeviceBegin | undefined;
   /** deviceBegin is held back until the device's first mapping, so the volume comment can join it. */
   #deviceDelivered = false;
-  #deviceRanges = new RangeSet();
+  #deviceRanges = new DeviceRanges();
   readonly #defs = new Map<string, Mapping[]>();
   #def: { name: string; mappings: Mapping[] } | undefined;
   #sharedRunCount = 0;
@@ -226,58 +417,144 @@ class ThinXmlReader {
     return this.#parser.line + this.#linesMatched;
   }
 
-  feed(text: string): DumpEvent[] {
-    let offset = 0;
-    while (offset < text.length) {
-      if (this.#betweenElements && (this.#place === 'device' || this.#place === 'def')) {
-        offset = this.#matchMappingLines(text, offset);
-        if (offset >= text.length) break;
-      }
-      // Up to the next '>': the parser ends at most one tag or comment there, or none when the
-      // '>' lies inside an attribute value or a comment (then it is not between elements).
-      const close = text.indexOf('>', offset);
-      const end = close < 0 ? text.length : close + 1;
-      this.#betweenElements = false;
-      try {
-        this.#parser.write(text.slice(offset, end));
-      } catch (error) {
-        throw this.#translate(error);
-      }
-      offset = end;
+  feed(chunk: Uint8Array): ReaderEvent[] {
+    this.#batchCapacity = Math.max(BATCH_CAPACITY_MIN, Math.ceil(chunk.length / MAPPING_LINE_BYTES_MIN));
+    this.#batchesUsed = 0;
+    let rest = chunk;
+    const carry = this.#carry;
+    if (carry !== undefined) {
+      // The cut line ends at the chunk's first '>' (if it is a mapping line at all): read the two
+      // parts joined, then the rest of the chunk as it is.
+      this.#carry = undefined;
+      const close = chunk.indexOf(GREATER_THAN);
+      const headEnd = close < 0 ? chunk.length : close + 1;
+      this.#feedBytes(Buffer.concat([carry, chunk.subarray(0, headEnd)]));
+      rest = chunk.subarray(headEnd);
     }
+    this.#feedBytes(rest);
     return this.#take();
   }
 
-  /** Reads the mapping lines in thin_dump's form from offset on; returns where the first other text starts. */
-  #matchMappingLines(text: string, offset: number): number {
-    for (;;) {
-      const pattern = text.charCodeAt(text.indexOf('<', offset) + 1) === 114 /* r */ ? RANGE_MAPPING_LINE : SINGLE_MAPPING_LINE;
-      pattern.lastIndex = offset;
-      const match = pattern.exec(text);
-      if (match === null) return offset;
-      for (let index = offset; text.charCodeAt(index) !== 60 /* < */; index++) if (text.charCodeAt(index) === NEWLINE) this.#linesMatched += 1;
-      if (pattern === SINGLE_MAPPING_LINE) {
-        const tag = 'single_mapping';
-        this.#checkedMapping(tag, {
-          originBegin: this.#digits(tag, 'origin_block', match[1]!, Number.MAX_SAFE_INTEGER),
-          dataBegin: this.#digits(tag, 'data_block', match[2]!, Number.MAX_SAFE_INTEGER),
-          length: 1,
-          time: this.#digits(tag, 'time', match[3]!, U32_MAX),
-        });
-      } else {
-        const tag = 'range_mapping';
-        this.#checkedMapping(tag, {
-          originBegin: this.#digits(tag, 'origin_begin', match[1]!, Number.MAX_SAFE_INTEGER),
-          dataBegin: this.#digits(tag, 'data_begin', match[2]!, Number.MAX_SAFE_INTEGER),
-          length: this.#digits(tag, 'length', match[3]!, Number.MAX_SAFE_INTEGER),
-          time: this.#digits(tag, 'time', match[4]!, U32_MAX),
-        });
+  #feedBytes(bytes: Uint8Array): void {
+    let offset = 0;
+    while (offset < bytes.length) {
+      if (this.#betweenElements && (this.#place === 'device' || this.#place === 'def')) {
+        offset = this.#matchMappingLines(bytes, offset);
+        if (offset >= bytes.length || this.#carry !== undefined) break;
       }
-      offset = pattern.lastIndex;
+      // Up to the next '>': the parser ends at most one tag or comment there, or none when the
+      // '>' lies inside an attribute value or a comment (then it is not between elements).
+      const close = bytes.indexOf(GREATER_THAN, offset);
+      const end = close < 0 ? bytes.length : close + 1;
+      this.#betweenElements = false;
+      this.#write(bytes.subarray(offset, end), false);
+      offset = end;
     }
   }
 
-  end(): DumpEvent[] {
+  /** Gives bytes to the parser (a '>' ends them, or the chunk: the decoder keeps a cut character). */
+  #write(bytes: Uint8Array, last: boolean): void {
+    let text: string;
+    try {
+      text = this.#decoder.decode(bytes, { stream: !last });
+    } catch (error) {
+      throw new ThinError('THIN_INVALID', `restore: line ${this.line}: invalid XML: the input is not UTF-8`, { cause: error });
+    }
+    try {
+      this.#parser.write(text);
+    } catch (error) {
+      throw this.#translate(error);
+    }
+  }
+
+  /**
+   * Reads the mapping lines in thin_dump's form from offset on, and the whitespace between them;
+   * returns where the first other text starts, or the end (then #carry may hold a cut line).
+   */
+  #matchMappingLines(bytes: Uint8Array, offset: number): number {
+    const length = bytes.length;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    for (;;) {
+      let at = offset;
+      for (; at < length; at++) {
+        const byte = bytes[at]!;
+        if (byte === NEWLINE) this.#linesMatched += 1;
+        else if (byte !== SPACE && byte !== TAB && byte !== CARRIAGE_RETURN) break;
+      }
+      if (at === length) return length;
+      if (bytes[at] !== LESS_THAN) return at;
+      if (at + 1 === length) {
+        this.#carry = bytes.slice(at);
+        return at;
+      }
+      const form = bytes[at + 1] === LETTER_R ? RANGE_MAPPING_LINE : SINGLE_MAPPING_LINE;
+      const end = this.#matchLine(bytes, view, at, form);
+      if (end === LINE_MISMATCH) return at;
+      if (end === LINE_CUT) {
+        this.#carry = bytes.slice(at);
+        return at;
+      }
+      const values = this.#lineValues;
+      const tag = form.tag;
+      for (let index = 0; index < form.attributes.length; index++) {
+        const max = index === form.attributes.length - 1 ? U32_MAX : Number.MAX_SAFE_INTEGER; // time is the last
+        const value = values[index]!;
+        if (!Number.isSafeInteger(value) || value > max) {
+          const digitsEnd = this.#lineDigitEnds[index]!;
+          let digitsBegin = digitsEnd;
+          while (digitsBegin > at && bytes[digitsBegin - 1]! >= DIGIT_0 && bytes[digitsBegin - 1]! <= DIGIT_9) digitsBegin -= 1;
+          const text = Buffer.from(bytes.buffer, bytes.byteOffset + digitsBegin, digitsEnd - digitsBegin).toString('latin1');
+          this.#fail(`<${tag}> attribute ${form.attributes[index]}="${abbreviate(text)}" is larger than ${max}`);
+        }
+      }
+      if (tag === 'single_mapping') this.#checkedMapping(tag, values[0]!, values[1]!, 1, values[2]!);
+      else this.#checkedMapping(tag, values[0]!, values[1]!, values[2]!, values[3]!);
+      offset = end;
+    }
+  }
+
+  /** Matches `form` at bytes[at] ('<'): the offset after it (its numbers in #lineValues), LINE_MISMATCH or LINE_CUT. */
+  #matchLine(bytes: Uint8Array, view: DataView, at: number, form: MappingLineForm): number {
+    const length = bytes.length;
+    const texts = form.texts;
+    let offset = at;
+    for (let part = 0; part < texts.length; part++) {
+      const text = texts[part]!;
+      const textBytes = text.bytes;
+      if (offset + textBytes.length <= length) {
+        const words = text.words;
+        for (let index = 0; index < words.length; index++) if (view.getInt32(offset + 4 * index, true) !== words[index]) return LINE_MISMATCH;
+        for (let index = 4 * words.length; index < textBytes.length; index++) if (bytes[offset + index] !== textBytes[index]) return LINE_MISMATCH;
+        offset += textBytes.length;
+      } else {
+        for (let index = 0; index < textBytes.length; index++, offset++) {
+          if (offset === length) return LINE_CUT;
+          if (bytes[offset] !== textBytes[index]) return LINE_MISMATCH;
+        }
+      }
+      if (part === texts.length - 1) break;
+      let value = 0;
+      const digitsBegin = offset;
+      for (; offset < length; offset++) {
+        const byte = bytes[offset]!;
+        if (byte < DIGIT_0 || byte > DIGIT_9) break;
+        value = value * 10 + (byte - DIGIT_0);
+      }
+      if (offset === length) return LINE_CUT;
+      const digits = offset - digitsBegin;
+      if (digits === 0 || digits > LINE_DIGITS_MAX || bytes[offset] !== QUOTE) return LINE_MISMATCH;
+      this.#lineValues[part] = value;
+      this.#lineDigitEnds[part] = offset;
+    }
+    return offset;
+  }
+
+  end(): ReaderEvent[] {
+    // A line cut by the end of the input: the parser says what is wrong with it.
+    const carry = this.#carry;
+    this.#carry = undefined;
+    this.#betweenElements = false;
+    this.#write(carry ?? new Uint8Array(0), true);
     if (this.#place === 'document') this.#fail('the input holds no <superblock> element: not thin_dump XML (empty or truncated?)');
     if (this.#place !== 'done') {
       this.#fail(`the input ends inside ${this.#where()}, before </superblock>: the file is truncated`);
@@ -301,9 +578,10 @@ class ThinXmlReader {
     };
   }
 
-  #take(): DumpEvent[] {
+  #take(): ReaderEvent[] {
     const events = this.#events;
     this.#events = [];
+    this.#batch = undefined;
     return events;
   }
 
@@ -541,7 +819,7 @@ class ThinXmlReader {
       snapTime: this.#number(tag, attributes, 'snap_time', U32_MAX),
     };
     this.#deviceDelivered = false;
-    this.#deviceRanges = new RangeSet();
+    this.#deviceRanges = new DeviceRanges();
     this.#deviceCount += 1;
   }
 
@@ -559,32 +837,36 @@ class ThinXmlReader {
   }
 
   #mapping(tag: 'single_mapping' | 'range_mapping', attributes: Record<string, string>): void {
-    let mapping: Mapping;
     if (tag === 'single_mapping') {
-      mapping = {
-        originBegin: this.#number(tag, attributes, 'origin_block', Number.MAX_SAFE_INTEGER),
-        dataBegin: this.#number(tag, attributes, 'data_block', Number.MAX_SAFE_INTEGER),
-        length: 1,
-        time: this.#number(tag, attributes, 'time', U32_MAX),
-      };
+      this.#checkedMapping(
+        tag,
+        this.#number(tag, attributes, 'origin_block', Number.MAX_SAFE_INTEGER),
+        this.#number(tag, attributes, 'data_block', Number.MAX_SAFE_INTEGER),
+        1,
+        this.#number(tag, attributes, 'time', U32_MAX),
+      );
     } else {
-      mapping = {
-        originBegin: this.#number(tag, attributes, 'origin_begin', Number.MAX_SAFE_INTEGER),
-        dataBegin: this.#number(tag, attributes, 'data_begin', Number.MAX_SAFE_INTEGER),
-        length: this.#number(tag, attributes, 'length', Number.MAX_SAFE_INTEGER),
-        time: this.#number(tag, attributes, 'time', U32_MAX),
-      };
+      this.#checkedMapping(
+        tag,
+        this.#number(tag, attributes, 'origin_begin', Number.MAX_SAFE_INTEGER),
+        this.#number(tag, attributes, 'data_begin', Number.MAX_SAFE_INTEGER),
+        this.#number(tag, attributes, 'length', Number.MAX_SAFE_INTEGER),
+        this.#number(tag, attributes, 'time', U32_MAX),
+      );
     }
-    this.#checkedMapping(tag, mapping);
   }
 
   /** A mapping element's values, checked and delivered (or kept for its <def>). */
-  #checkedMapping(tag: 'single_mapping' | 'range_mapping', mapping: Mapping): void {
-    if (mapping.length < 1) this.#fail('<range_mapping> attribute length="0": a range maps at least one block');
-    if (!Number.isSafeInteger(mapping.originBegin + mapping.length) || !Number.isSafeInteger(mapping.dataBegin + mapping.length)) {
+  #checkedMapping(tag: 'single_mapping' | 'range_mapping', originBegin: number, dataBegin: number, length: number, time: number): void {
+    if (length < 1) this.#fail('<range_mapping> attribute length="0": a range maps at least one block');
+    if (!Number.isSafeInteger(originBegin + length) || !Number.isSafeInteger(dataBegin + length)) {
       this.#fail(`<${tag}> ends past the largest block number thinbd handles (2^53)`);
     }
-    this.#checkDataBounds(mapping);
+    const dataEnd = dataBegin + length;
+    if (dataEnd > this.#nrDataBlocks) {
+      const what = length === 1 ? `data block ${dataBegin}` : `data blocks [${dataBegin}, ${dataEnd})`;
+      this.#fail(`mapping to ${what} runs past the end of the data device (nr_data_blocks="${this.#nrDataBlocks}")`);
+    }
     if (this.#place === 'def') {
       const def = this.#def;
       if (def === undefined) this.#fail('a mapping outside any section');
@@ -592,10 +874,10 @@ class ThinXmlReader {
       if (this.#sharedRunCount > RESTORE_SHARED_RUNS_MAX) {
         this.#fail(`more than ${RESTORE_SHARED_RUNS_MAX} mapping runs in <def> sections; thinbd holds at most that many in memory`);
       }
-      def.mappings.push(mapping);
+      def.mappings.push({ originBegin, dataBegin, length, time });
       return;
     }
-    this.#deviceMapping(mapping);
+    this.#deviceMapping(originBegin, dataBegin, length, time);
   }
 
   #ref(attributes: Record<string, string>): void {
@@ -603,31 +885,35 @@ class ThinXmlReader {
     if (name === undefined) this.#fail('<ref> lacks the required attribute name');
     const mappings = this.#defs.get(name);
     if (mappings === undefined) this.#fail(`<ref name="${abbreviate(name)}"> names no earlier <def>`);
-    for (const mapping of mappings) this.#deviceMapping({ ...mapping });
+    for (const mapping of mappings) this.#deviceMapping(mapping.originBegin, mapping.dataBegin, mapping.length, mapping.time);
   }
 
-  #checkDataBounds(mapping: Mapping): void {
-    const end = mapping.dataBegin + mapping.length;
-    if (end > this.#nrDataBlocks) {
-      const what = mapping.length === 1 ? `data block ${mapping.dataBegin}` : `data blocks [${mapping.dataBegin}, ${end})`;
-      this.#fail(`mapping to ${what} runs past the end of the data device (nr_data_blocks="${this.#nrDataBlocks}")`);
-    }
-  }
-
-  #deviceMapping(mapping: Mapping): void {
+  #deviceMapping(originBegin: number, dataBegin: number, length: number, time: number): void {
     const device = this.#device;
     if (device === undefined) this.#fail('a mapping outside any device');
-    const end = mapping.originBegin + mapping.length;
-    const overlap = this.#deviceRanges.add(mapping.originBegin, end);
+    const end = originBegin + length;
+    const overlap = this.#deviceRanges.add(originBegin, end);
     if (overlap !== undefined) {
-      const first = Math.max(mapping.originBegin, overlap.begin);
-      const what = mapping.length === 1 ? `virtual block ${mapping.originBegin}` : `virtual blocks [${mapping.originBegin}, ${end})`;
+      const first = Math.max(originBegin, overlap.begin);
+      const what = length === 1 ? `virtual block ${originBegin}` : `virtual blocks [${originBegin}, ${end})`;
       this.#fail(`device ${device.devId}: the mapping of ${what} duplicates or overlaps an earlier mapping of block ${first}`);
     }
     this.#deliverDevice();
-    this.#events.push({ kind: 'mapping', originBegin: mapping.originBegin, dataBegin: mapping.dataBegin, length: mapping.length, time: mapping.time });
+    let batch = this.#batch;
+    if (batch === undefined || this.#events[this.#events.length - 1]?.kind !== 'mappings') {
+      batch = this.#batches[this.#batchesUsed];
+      if (batch === undefined) {
+        batch = newBatch(this.#batchCapacity);
+        this.#batches.push(batch);
+      }
+      batch.count = 0;
+      this.#batchesUsed += 1;
+      this.#batch = batch;
+      this.#events.push({ kind: 'mappings', batch });
+    }
+    pushMapping(batch, originBegin, dataBegin, length, time);
     this.#mappingCount += 1;
-    this.#mappedBlockCount += mapping.length;
+    this.#mappedBlockCount += length;
   }
 }
 

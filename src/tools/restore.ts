@@ -9,7 +9,10 @@
 // map (built at the end, in block order) with one reference per volume mapping a block (restore
 // shares no tree nodes between volumes, like thin_restore 0.9.0, so each volume's leaves hold
 // their own references), the device tree with ids, times and transaction ids as dumped — because
-// the Pool API allocates data blocks itself and cannot place a mapping on a chosen block.
+// the Pool API allocates data blocks itself and cannot place a mapping on a chosen block. A
+// volume's mappings arrive in origin order in any dump: its tree is built bottom-up from full
+// leaves as they come (restore-tree.ts); a mapping below one already placed waits for the tree to
+// be finished and is inserted into it.
 //
 // Bad data ranges (dump/events.ts DumpBadRange) go into a new bad-range tree, each holding one
 // reference to its data block as the pool's own record does (F-BAD-3), so the block is never
@@ -32,6 +35,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import {
+  BTREE_DEPTH_MAX,
   DATA_BLOCK_SIZE_BYTES_MAX,
   DATA_BLOCK_SIZE_BYTES_MIN,
   METADATA_BLOCK_COUNT_DEFAULT,
@@ -41,6 +45,7 @@ import {
   METADATA_BLOCK_SIZE_BYTES,
   METADATA_COMMIT_RESERVE_BLOCKS,
   METADATA_DIRTY_BLOCKS_SOFT_MAX,
+  RESTORE_METADATA_CACHE_BLOCKS,
   SECTOR_BYTES,
   VOLUME_SIZE_BYTES_MAX,
 } from '../constants.ts';
@@ -65,9 +70,10 @@ import {
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 import { DETAILS_CAPACITY_BYTES, makeDeviceCodec, makeExtentCodec } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
-import { badRangeProblem, type DeviceBegin, type DumpBadRange, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult } from './dump/events.ts';
+import { badRangeProblem, isPending, type DeviceBegin, type DumpBadRange, type DumpVisitor, type Mapping, type SuperblockBegin, type VisitResult } from './dump/events.ts';
 import { badRangeCodec, badRangeKey } from '../pool/bad-ranges.ts';
-import { readThinXml, type XmlReadSummary } from './restore-xml.ts';
+import { readThinXml, type MappingBatch, type XmlReadSummary } from './restore-xml.ts';
+import { MappingTreeBuilder } from './restore-tree.ts';
 import { ReferenceRuns } from './reference-runs.ts';
 import type { SpaceSettings } from '../pool/space-policy.ts';
 
@@ -197,14 +203,20 @@ interface Engine {
 
 interface OpenDevice {
   begin: DeviceBegin;
+  /** The mapping tree's root, once `tree` has finished (deviceEnd). */
   root: number;
-  /** The run being gathered: inserted when the next mapping does not continue it. */
-  run: Mapping | undefined;
+  /** Builds the tree from the runs that come in origin order (all of them, in a dump). */
+  tree: MappingTreeBuilder;
+  /** Runs below one placed before them: inserted into the finished tree one by one. */
+  late: Mapping[];
+  /** The run being gathered (runLength 0: none): placed when the next mapping does not continue it. */
+  runOrigin: number;
+  runData: number;
+  runLength: number;
+  runTime: number;
   mappedBlocks: number;
   /** One past the highest mapped virtual block. */
   endBlock: number;
-  /** The extent inserted last, when it is also the highest: input in origin order needs no tree lookups. */
-  last: { key: number; extent: Extent } | undefined;
 }
 
 /** The event stream's consumer: builds the pool's metadata (see the module comment). */
@@ -276,7 +288,11 @@ class PoolBuilder implements DumpVisitor {
     this.#metadataFile = await this.#fileSystem.createFile(path.join(this.#dir, METADATA_FILE_NAME), {
       sizeBytes: this.#metadataBlockCount * METADATA_BLOCK_SIZE_BYTES,
     });
-    const tm = TransactionManager.format(this.#metadataFile, { metadataBlockCount: this.#metadataBlockCount, poolId: randomPoolId() });
+    const tm = TransactionManager.format(this.#metadataFile, {
+      metadataBlockCount: this.#metadataBlockCount,
+      poolId: randomPoolId(),
+      cacheBlocksMax: RESTORE_METADATA_CACHE_BLOCKS,
+    });
     const dataSpace = SpaceMap.create(tm, dataBlockCount);
     const mappingTree = new BTree<Extent>(tm, makeExtentCodec(() => dataSpace));
     const deviceTree = new BTree<DeviceValue>(tm, makeDeviceCodec(tm, () => mappingTree));
@@ -296,37 +312,105 @@ class PoolBuilder implements DumpVisitor {
       throw new ThinError('THIN_INVALID', `restore: device ${begin.devId}: snap_time="${begin.snapTime}" is before creation_time="${begin.creationTime}"`);
     }
     this.#timeMax = Math.max(this.#timeMax, begin.snapTime);
-    this.#device = { begin, root: engine.mappingTree.createEmpty(), run: undefined, mappedBlocks: 0, endBlock: 0, last: undefined };
+    this.#device = {
+      begin,
+      root: 0,
+      tree: new MappingTreeBuilder(engine.tm),
+      late: [],
+      runOrigin: 0,
+      runData: 0,
+      runLength: 0,
+      runTime: 0,
+      mappedBlocks: 0,
+      endBlock: 0,
+    };
     return undefined;
   }
 
   mapping(mapping: Mapping): VisitResult {
+    return this.#addMapping(mapping.originBegin, mapping.dataBegin, mapping.length, mapping.time);
+  }
+
+  /** The XML reader's mappings, many at a time (restore-xml.ts): no object per mapping. */
+  mappings(batch: MappingBatch): VisitResult {
+    const { originBegins, dataBegins, lengths, times, count } = batch;
+    for (let index = 0; index < count; index++) {
+      const result = this.#addMapping(originBegins[index]!, dataBegins[index]!, lengths[index]!, times[index]!);
+      if (isPending(result)) return this.#finishBatch(result, batch, index + 1);
+    }
+    return undefined;
+  }
+
+  async #finishBatch(pending: Promise<void>, batch: MappingBatch, from: number): Promise<void> {
+    await pending;
+    const { originBegins, dataBegins, lengths, times, count } = batch;
+    for (let index = from; index < count; index++) {
+      const result = this.#addMapping(originBegins[index]!, dataBegins[index]!, lengths[index]!, times[index]!);
+      if (isPending(result)) await result;
+    }
+  }
+
+  #addMapping(originBegin: number, dataBegin: number, length: number, time: number): VisitResult {
     const device = this.#device;
     assert(device !== undefined, 'mapping outside a device');
-    const run = device.run;
+    const runLength = device.runLength;
     if (
-      run !== undefined &&
-      mapping.originBegin === run.originBegin + run.length &&
-      mapping.dataBegin === run.dataBegin + run.length &&
-      mapping.time === run.time &&
-      run.length + mapping.length <= EXTENT_LENGTH_BLOCKS_MAX
+      runLength > 0 &&
+      originBegin === device.runOrigin + runLength &&
+      dataBegin === device.runData + runLength &&
+      time === device.runTime &&
+      runLength + length <= EXTENT_LENGTH_BLOCKS_MAX
     ) {
-      run.length += mapping.length;
-    } else {
-      if (run !== undefined) this.#insertRun(device, run);
-      device.run = { originBegin: mapping.originBegin, dataBegin: mapping.dataBegin, length: mapping.length, time: mapping.time };
+      device.runLength = runLength + length;
+      return undefined;
     }
+    if (runLength > 0) this.#placeRun(device, device.runOrigin, device.runData, runLength, device.runTime);
+    device.runOrigin = originBegin;
+    device.runData = dataBegin;
+    device.runLength = length;
+    device.runTime = time;
     return this.#maybeCommit();
   }
 
-  /** Inserts one extent (or several, past the u32 extent length), merging with neighbours already in the tree. */
+  /** Checks a run and adds it to the tree being built, or keeps it for later when it lies below one added before. */
+  #placeRun(device: OpenDevice, originBegin: number, dataBegin: number, length: number, time: number): void {
+    this.#checkRun(device, dataBegin, length, time);
+    if (originBegin < device.endBlock) {
+      device.late.push({ originBegin, dataBegin, length, time });
+      return;
+    }
+    for (let done = 0; done < length; ) {
+      const pieceLength = Math.min(length - done, EXTENT_LENGTH_BLOCKS_MAX);
+      device.tree.append(originBegin + done, dataBegin + done, pieceLength, time);
+      this.#dataReferences.add(dataBegin + done, dataBegin + done + pieceLength);
+      done += pieceLength;
+    }
+    this.#counted(device, originBegin, dataBegin, length, time);
+  }
+
+  #checkRun(device: OpenDevice, dataBegin: number, length: number, time: number): void {
+    const engine = this.#needEngine();
+    if (dataBegin + length > engine.dataBlockCount) {
+      throw new ThinError('THIN_INVALID', `restore: device ${device.begin.devId}: data blocks [${dataBegin}, ${dataBegin + length}) lie past the data space (${engine.dataBlockCount} blocks)`);
+    }
+    if (time > POOL_TIME_MAX) throw new ThinError('THIN_INVALID', `restore: device ${device.begin.devId}: mapping time ${time} is beyond 32 bits`);
+  }
+
+  /** The counts and bounds a placed run adds to. */
+  #counted(device: OpenDevice, originBegin: number, dataBegin: number, length: number, time: number): void {
+    this.#timeMax = Math.max(this.#timeMax, time);
+    device.mappedBlocks += length;
+    device.endBlock = Math.max(device.endBlock, originBegin + length);
+    this.#dataEndMax = Math.max(this.#dataEndMax, dataBegin + length);
+    this.#mappedBlockCount += length;
+  }
+
+  /**
+   * Inserts one extent (or several, past the u32 extent length) into the finished tree, merging
+   * with neighbours already in it: the way for runs that came out of origin order.
+   */
   #insertRun(device: OpenDevice, run: Mapping): void {
     const engine = this.#needEngine();
-    if (run.dataBegin + run.length > engine.dataBlockCount) {
-      throw new ThinError('THIN_INVALID', `restore: device ${device.begin.devId}: data blocks [${run.dataBegin}, ${run.dataBegin + run.length}) lie past the data space (${engine.dataBlockCount} blocks)`);
-    }
-    if (run.time > POOL_TIME_MAX) throw new ThinError('THIN_INVALID', `restore: device ${device.begin.devId}: mapping time ${run.time} is beyond 32 bits`);
-    this.#timeMax = Math.max(this.#timeMax, run.time);
     const tree = engine.mappingTree;
     let virtualBegin = run.originBegin;
     let dataBegin = run.dataBegin;
@@ -335,50 +419,40 @@ class PoolBuilder implements DumpVisitor {
       const length = Math.min(remaining, EXTENT_LENGTH_BLOCKS_MAX);
       let key = virtualBegin;
       let extent: Extent = { dataBlock: dataBegin, lengthBlocks: length, time: run.time };
-      const appending = virtualBegin >= device.endBlock;
-      // Join an extent that ends where this one starts, or starts where it ends. In origin order
-      // (every dump) the only candidate is the extent inserted last; otherwise ask the tree.
-      let leftKey: number | undefined;
-      let leftExtent: Extent | undefined;
-      if (appending && device.last !== undefined) {
-        leftKey = device.last.key;
-        leftExtent = device.last.extent;
-      } else if (virtualBegin > 0) {
-        [leftKey, leftExtent] = tree.floor(device.root, virtualBegin - 1) ?? [undefined, undefined];
-      }
+      // Join an extent that ends where this one starts, or starts where it ends.
+      const [leftKey, leftExtent] = (virtualBegin > 0 ? tree.floor(device.root, virtualBegin - 1) : undefined) ?? [undefined, undefined];
       if (leftKey !== undefined && leftExtent !== undefined && mergeable(leftKey, leftExtent, key, extent)) {
         key = leftKey;
         extent = { ...leftExtent, lengthBlocks: leftExtent.lengthBlocks + extent.lengthBlocks };
       }
-      const right = appending ? undefined : tree.lookup(device.root, virtualBegin + length);
+      const right = tree.lookup(device.root, virtualBegin + length);
       if (right !== undefined && mergeable(key, extent, virtualBegin + length, right)) {
         device.root = tree.remove(device.root, virtualBegin + length);
         extent = { ...extent, lengthBlocks: extent.lengthBlocks + right.lengthBlocks };
       }
       device.root = tree.insert(device.root, key, extent);
-      if (appending) {
-        device.last = { key, extent };
-        device.endBlock = virtualBegin + length;
-      } else {
-        device.last = undefined; // the insert may have merged with it: look in the tree next time
-      }
       this.#dataReferences.add(dataBegin, dataBegin + length);
       virtualBegin += length;
       dataBegin += length;
       remaining -= length;
     }
-    device.mappedBlocks += run.length;
-    device.endBlock = Math.max(device.endBlock, run.originBegin + run.length);
-    this.#dataEndMax = Math.max(this.#dataEndMax, run.dataBegin + run.length);
-    this.#mappedBlockCount += run.length;
+    this.#counted(device, run.originBegin, run.dataBegin, run.length, run.time);
   }
 
-  deviceEnd(): VisitResult {
+  async deviceEnd(): Promise<void> {
     const engine = this.#needEngine();
     const device = this.#device;
     assert(device !== undefined, 'deviceEnd outside a device');
-    if (device.run !== undefined) this.#insertRun(device, device.run);
-    device.run = undefined;
+    if (device.runLength > 0) this.#placeRun(device, device.runOrigin, device.runData, device.runLength, device.runTime);
+    device.runLength = 0;
+    // The leaves held back and the internal levels: an internal node per 84 to 168 nodes below.
+    await this.#roomFor(2 + Math.ceil(device.tree.leafCount / 80) + BTREE_DEPTH_MAX);
+    device.root = device.tree.finish();
+    for (const run of device.late) {
+      this.#insertRun(device, run);
+      const result = this.#maybeCommit();
+      if (isPending(result)) await result;
+    }
     this.#device = undefined;
     const { begin } = device;
     const volume = begin.volume;
@@ -425,7 +499,8 @@ class PoolBuilder implements DumpVisitor {
         flags: volume?.readOnly === true ? DEVICE_FLAG_READ_ONLY : 0,
       },
     });
-    return this.#maybeCommit();
+    const result = this.#maybeCommit();
+    if (isPending(result)) await result;
   }
 
   badRange(range: DumpBadRange): VisitResult {

@@ -60,6 +60,63 @@ for (const testCase of cases) {
   });
 }
 
+test('a dump of every element in both forms gives the same events cut into pieces at random places', async () => {
+  const xml = doc(
+    SB,
+    '  <def name="d">',
+    '    <range_mapping origin_begin="100" data_begin="80" length="3" time="1"/>',
+    '  </def>',
+    DEV(1),
+    '    <!-- thinbd:volume {"name":"v1","sizeBytes":6553600} -->',
+    ...Array.from({ length: 30 }, (_, index) => `    <single_mapping origin_block="${index * 2}" data_block="${index}" time="0"/>`),
+    '    <range_mapping origin_begin="60" data_begin="30" length="5" time="1"/>',
+    "    <single_mapping time='2' data_block='40' origin_block='70' />",
+    '    <!-- a comment between mappings -->',
+    '    <range_mapping  origin_begin="71" data_begin="41" length="2" time="2"/>',
+    '    <ref name="d"/>',
+    '    <single_mapping origin_block="1" data_block="50" time="0" extra="ignored"/>',
+    '  </device>',
+    '  <!-- thinbd:bad-range {"beginSector":7680,"lengthSectors":8,"flags":1} -->',
+    '</superblock>',
+  );
+  const whole = new EventRecorder();
+  await readThinXmlString(xml, whole);
+  assert.equal(whole.events.filter((event) => event.kind === 'mapping').length, 35);
+  const bytes = Buffer.from(xml, 'utf8');
+  let seed = 12345;
+  const random = (below: number): number => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % below;
+  };
+  for (let round = 0; round < 200; round++) {
+    const pieces: Buffer[] = [];
+    for (let offset = 0; offset < bytes.length; ) {
+      const length = 1 + random(round % 2 === 0 ? 12 : 300);
+      pieces.push(bytes.subarray(offset, offset + length));
+      offset += length;
+    }
+    const chunked = new EventRecorder();
+    await readThinXml(Readable.from(pieces), chunked);
+    assert.deepEqual(chunked.events, whole.events, `round ${round}`);
+  }
+});
+
+test('the refusals name the same line and reason when the input comes in pieces cut anywhere', async () => {
+  for (const testCase of cases) {
+    const bytes = Buffer.from(testCase.xml, 'utf8');
+    for (const chunkBytes of [1, 7, 50]) {
+      const pieces: Buffer[] = [];
+      for (let offset = 0; offset < bytes.length; offset += chunkBytes) pieces.push(bytes.subarray(offset, offset + chunkBytes));
+      await assert.rejects(readThinXml(Readable.from(pieces), new EventRecorder()), (error: unknown) => {
+        assert.ok(isThinError(error, 'THIN_INVALID'), `${testCase.name}, chunks of ${chunkBytes}: ${String(error)}`);
+        assert.match(error.message, new RegExp(`^restore: line ${testCase.line}: `), `${testCase.name}, chunks of ${chunkBytes}: ${error.message}`);
+        assert.match(error.message, testCase.reason);
+        return true;
+      });
+    }
+  }
+});
+
 test('thin_restore 0.9.0 refuses the cases marked as refused by it too (the reader is at least as strict)', () => {
   requireThinTools();
   const scratch = new Scratch();

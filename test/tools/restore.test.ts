@@ -220,3 +220,47 @@ test('a restore larger than the dirty-metadata limit commits along the way, stre
     scratch.remove();
   }
 });
+
+test('a volume of many leaves in mixed layouts, with mappings out of order, restores to the extents given and checks clean', async () => {
+  const scratch = new Scratch();
+  try {
+    // Mappings as [origin, data, length, time]: scattered singles in order (compact leaves), a
+    // long range (too long for a compact leaf: the leaf turns wide), more singles, then singles
+    // below them (out of order: into the finished tree), one of which continues an extent.
+    const mappings: Array<[number, number, number, number]> = [];
+    for (let index = 0; index < 3000; index++) mappings.push([2 * index, (index * 7919) % 100_000, 1, index % 3]);
+    mappings.push([6000, 100_000, 20_000, 1]);
+    for (let index = 0; index < 400; index++) mappings.push([26_000 + 2 * index, 120_000 + 3 * index, 1, 2]);
+    for (let index = 0; index < 50; index++) mappings.push([2 * index * 37 + 1, 125_000 + index, 1, 0]);
+    mappings.push([26_001, 120_001, 1, 2]); // continues the extent at 26,000 (data 120,000, time 2)
+    // A full compact leaf and 5 more: the last leaf takes half of the one before.
+    const evenOut = Array.from({ length: 340 }, (_, index): [number, number, number, number] => [3 * index, 128_000 + index * 2, 1, 0]);
+    const line = ([origin, data, length, time]: [number, number, number, number]): string =>
+      length === 1
+        ? `    <single_mapping origin_block="${origin}" data_block="${data}" time="${time}"/>`
+        : `    <range_mapping origin_begin="${origin}" data_begin="${data}" length="${length}" time="${time}"/>`;
+    const dir = scratch.path('pool');
+    await restorePool(
+      [doc(SB(130_000), DEV(1, 0, 3), ...mappings.map(line), '  </device>', DEV(2, 0, 3), line([5, 7, 1, 0]), '  </device>', DEV(3, 0, 3), '  </device>', DEV(4, 0, 3), ...evenOut.map(line), '  </device>', '</superblock>')],
+      { dir, data: { sizeBytes: 130_000 * BLOCK } },
+    );
+    // What a dump must say: the mappings in origin order, neighbours that continue each other joined.
+    const expected: Array<[number, number, number, number]> = [];
+    for (const mapping of [...mappings].sort((a, b) => a[0] - b[0])) {
+      const last = expected[expected.length - 1];
+      if (last !== undefined && last[0] + last[2] === mapping[0] && last[1] + last[2] === mapping[1] && last[3] === mapping[3]) last[2] += mapping[2];
+      else expected.push([...mapping]);
+    }
+    const text = await dumpText(dir);
+    const devices = text.split('</device>');
+    assert.deepEqual(devices[0]!.split('\n').filter((l) => l.includes('_mapping')), expected.map(line));
+    assert.deepEqual(devices[1]!.split('\n').filter((l) => l.includes('_mapping')), [line([5, 7, 1, 0])]);
+    assert.deepEqual(devices[2]!.split('\n').filter((l) => l.includes('_mapping')), []);
+    assert.deepEqual(devices[3]!.split('\n').filter((l) => l.includes('_mapping')), evenOut.map(line));
+    const report = await checkPool(dir);
+    assert.deepEqual(report.problems, []);
+    assert.equal(report.stats.mappingEntries, expected.length + 1 + evenOut.length);
+  } finally {
+    scratch.remove();
+  }
+});
