@@ -9,8 +9,8 @@ export type { BlockManager } from './block-manager.ts';
 export { deltaLogBlockNrs, isSuperblockBlockNr, reservedBlocks } from './reserved-blocks.ts';
 export type { TransactionCounters, FormatOptions } from './transaction.ts';
 export type { OpenReport, OpenOptions, SuperblockCopyReport } from './generations.ts';
-export { SpaceMap, refCountExtentCodec } from './space-map.ts';
-export type { RefCountExtent, BlockRange } from './space-map.ts';
+export { SpaceMap, refCountExtentCodec, isDense, denseCountAt, DENSE_GROUP_BLOCKS } from './space-map.ts';
+export type { RefCountExtent, DenseCounts, SpaceMapValue, BlockRange } from './space-map.ts';
 export {
   SUPERBLOCK_MAGIC,
   superblockCopyIndexes,

@@ -1,7 +1,10 @@
 // Reference counts of a range of blocks [0, blockCount), stored as extents in a B+tree:
 // begin → {lengthBlocks, count}, count >= 1, extents never overlap, and adjacent extents with the
 // same count are merged (F-SM-1..4). An absent block is free. A freshly written volume allocated
-// contiguously is one entry, however long.
+// contiguously is one entry, however long. The data space map also stores groups of 8 blocks
+// whose counts change often as one dense entry of 4-bit counts (F-SM-7, F-SM-8; format version 5):
+// counts alternating block by block cost 12 bytes per 8 blocks instead of 12 per block. Every
+// change re-lays out the whole groups it touches, so the layout depends on the counts alone.
 //
 // Blocks whose count drops to 0 are "pending free" until the transaction that freed them is
 // durable: the previous committed state may still point at them, so findFree skips them.
@@ -19,31 +22,85 @@ export interface RefCountExtent {
   count: number;
 }
 
+/**
+ * Format version 5: the counts of DENSE_GROUP_BLOCKS blocks [key, key + 8), 4 bits each (block
+ * key + i in bits 4i..4i+3), in one entry of the data space map ("Dense counts" in
+ * docs/format.md). A group whose counts change often (alternating block by block) costs one entry
+ * instead of one extent per run.
+ */
+export interface DenseCounts {
+  nibbles: number;
+}
+
+/** A value of a space map tree: an extent, or (data space map only) a dense group. */
+export type SpaceMapValue = RefCountExtent | DenseCounts;
+
+export function isDense(value: SpaceMapValue): value is DenseCounts {
+  return 'nibbles' in value;
+}
+
 export interface BlockRange {
   begin: number;
   lengthBlocks: number;
 }
 
-/** Value layout (16 bytes): lengthBlocks u64, count u32, reserved u32 (F-SM-1). */
-export function refCountExtentCodec(treeKind: number): ValueCodec<RefCountExtent> {
+/** Blocks a dense entry covers; its key is a multiple of it (F-SM-7). */
+export const DENSE_GROUP_BLOCKS = 8;
+/** Largest count a dense entry holds (4 bits); a group with a higher count is stored as extents. */
+export const DENSE_COUNT_MAX = 15;
+/** A group is stored dense when its counts make at least this many runs (F-SM-8): extents would take as many entries. */
+export const DENSE_RUNS_MIN = 4;
+
+/** The count of block `index` (0..7) of a dense group. */
+export function denseCountAt(nibbles: number, index: number): number {
+  return (nibbles >>> (4 * index)) & 0xf;
+}
+
+/** Whether a space map of this tree kind may hold dense entries: only the data space map does (F-SM-7). */
+function allowsDense(treeKind: number): boolean {
+  return treeKind === TreeKind.dataSpaceMap;
+}
+
+function checkDense(nibbles: number): DenseCounts {
+  // F-SM-7
+  if (nibbles === 0) throw new ThinError('THIN_CORRUPT_NODE', 'dense space map entry has every count 0');
+  return { nibbles };
+}
+
+/**
+ * Value layout (16 bytes): lengthBlocks u64, count u32, reserved u32 (F-SM-1). A dense entry
+ * (version 5, data space map only) has count 0 and its nibbles in lengthBlocks (F-SM-7).
+ */
+export function refCountExtentCodec(treeKind: number): ValueCodec<SpaceMapValue> {
+  const dense = allowsDense(treeKind);
   return {
     treeKind,
     sizeBytes: 16,
     pack(value, view, offsetBytes) {
-      assert(value.lengthBlocks >= 1 && value.count >= 1 && value.count <= 0xffff_ffff, 'bad space map extent');
-      setU64(view, offsetBytes, value.lengthBlocks);
-      view.setUint32(offsetBytes + 8, value.count, true);
+      if (isDense(value)) {
+        assert(dense && value.nibbles > 0 && value.nibbles <= 0xffff_ffff, 'bad dense space map entry');
+        setU64(view, offsetBytes, value.nibbles);
+        view.setUint32(offsetBytes + 8, 0, true);
+      } else {
+        assert(value.lengthBlocks >= 1 && value.count >= 1 && value.count <= 0xffff_ffff, 'bad space map extent');
+        setU64(view, offsetBytes, value.lengthBlocks);
+        view.setUint32(offsetBytes + 8, value.count, true);
+      }
       view.setUint32(offsetBytes + 12, 0, true);
     },
     unpack(view, offsetBytes) {
       const lengthBlocks = unpackSafeU64(view, offsetBytes, 'lengthBlocks');
       const count = view.getUint32(offsetBytes + 8, true);
+      if (view.getUint32(offsetBytes + 12, true) !== 0) throw new ThinError('THIN_CORRUPT_NODE', 'space map extent reserved field is not zero');
+      if (count === 0 && dense) {
+        if (lengthBlocks > 0xffff_ffff) throw new ThinError('THIN_CORRUPT_NODE', `dense space map entry has counts ${lengthBlocks} wider than 32 bits`);
+        return checkDense(lengthBlocks);
+      }
       if (lengthBlocks < 1) throw new ThinError('THIN_CORRUPT_NODE', 'space map extent has length 0');
       if (count < 1) throw new ThinError('THIN_CORRUPT_NODE', 'space map extent has count 0');
-      if (view.getUint32(offsetBytes + 12, true) !== 0) throw new ThinError('THIN_CORRUPT_NODE', 'space map extent reserved field is not zero');
       return { lengthBlocks, count };
     },
-    compact: compactRefCountExtentCodec,
+    compact: compactRefCountExtentCodec(dense),
   };
 }
 
@@ -52,35 +109,43 @@ const COMPACT_LENGTH_BLOCKS_MAX = 2 ** 32;
 
 /**
  * Compact form (docs/format.md "Space map"): u32 lengthBlocks − 1, u32 count, no bases (they are
- * zero). A space map whose blocks' counts alternate (the worst case: one extent per block) then
- * costs 12 bytes per extent instead of 24.
+ * zero); a dense entry is u32 nibbles, u32 0. A space map whose blocks' counts alternate then
+ * costs 12 bytes per 8 blocks.
  */
-const compactRefCountExtentCodec: CompactValueCodec<RefCountExtent> = {
-  sizeBytes: 8,
-  chooseBases(values, view, basesOffsetBytes) {
-    if (!values.every((value) => value.lengthBlocks <= COMPACT_LENGTH_BLOCKS_MAX)) return false;
-    for (let index = 0; index < COMPACT_VALUE_BASES_BYTES; index += 4) view.setUint32(basesOffsetBytes + index, 0, true);
-    return true;
-  },
-  fits(value) {
-    return value.lengthBlocks <= COMPACT_LENGTH_BLOCKS_MAX;
-  },
-  pack(value, view, _basesOffsetBytes, offsetBytes) {
-    assert(value.lengthBlocks >= 1 && value.lengthBlocks <= COMPACT_LENGTH_BLOCKS_MAX && value.count >= 1 && value.count <= 0xffff_ffff, 'bad space map extent');
-    view.setUint32(offsetBytes, value.lengthBlocks - 1, true);
-    view.setUint32(offsetBytes + 4, value.count, true);
-  },
-  unpack(view, basesOffsetBytes, offsetBytes) {
-    // F-SM-6
-    for (let index = 0; index < COMPACT_VALUE_BASES_BYTES; index += 4) {
-      if (view.getUint32(basesOffsetBytes + index, true) !== 0) throw new ThinError('THIN_CORRUPT_NODE', 'compact space map leaf: value bases are not zero');
-    }
-    const count = view.getUint32(offsetBytes + 4, true);
-    // F-SM-1
-    if (count < 1) throw new ThinError('THIN_CORRUPT_NODE', 'space map extent has count 0');
-    return { lengthBlocks: view.getUint32(offsetBytes, true) + 1, count };
-  },
-};
+function compactRefCountExtentCodec(dense: boolean): CompactValueCodec<SpaceMapValue> {
+  const fits = (value: SpaceMapValue): boolean => isDense(value) || value.lengthBlocks <= COMPACT_LENGTH_BLOCKS_MAX;
+  return {
+    sizeBytes: 8,
+    chooseBases(values, view, basesOffsetBytes) {
+      if (!values.every(fits)) return false;
+      for (let index = 0; index < COMPACT_VALUE_BASES_BYTES; index += 4) view.setUint32(basesOffsetBytes + index, 0, true);
+      return true;
+    },
+    fits,
+    pack(value, view, _basesOffsetBytes, offsetBytes) {
+      if (isDense(value)) {
+        assert(dense && value.nibbles > 0 && value.nibbles <= 0xffff_ffff, 'bad dense space map entry');
+        view.setUint32(offsetBytes, value.nibbles, true);
+        view.setUint32(offsetBytes + 4, 0, true);
+        return;
+      }
+      assert(value.lengthBlocks >= 1 && value.lengthBlocks <= COMPACT_LENGTH_BLOCKS_MAX && value.count >= 1 && value.count <= 0xffff_ffff, 'bad space map extent');
+      view.setUint32(offsetBytes, value.lengthBlocks - 1, true);
+      view.setUint32(offsetBytes + 4, value.count, true);
+    },
+    unpack(view, basesOffsetBytes, offsetBytes) {
+      // F-SM-6
+      for (let index = 0; index < COMPACT_VALUE_BASES_BYTES; index += 4) {
+        if (view.getUint32(basesOffsetBytes + index, true) !== 0) throw new ThinError('THIN_CORRUPT_NODE', 'compact space map leaf: value bases are not zero');
+      }
+      const count = view.getUint32(offsetBytes + 4, true);
+      if (count === 0 && dense) return checkDense(view.getUint32(offsetBytes, true));
+      // F-SM-1
+      if (count < 1) throw new ThinError('THIN_CORRUPT_NODE', 'space map extent has count 0');
+      return { lengthBlocks: view.getUint32(offsetBytes, true) + 1, count };
+    },
+  };
+}
 
 interface Segment {
   begin: number;
@@ -97,7 +162,9 @@ interface PendingFree {
 export class SpaceMap {
   readonly tm: BlockManager;
   readonly treeKind: number;
-  #tree: BTree<RefCountExtent>;
+  #tree: BTree<SpaceMapValue>;
+  /** Whether groups are stored dense when their counts change often (the data space map, F-SM-8). */
+  readonly #dense: boolean;
   #root: number;
   #blockCount: number;
   #usedBlockCount = 0;
@@ -123,12 +190,32 @@ export class SpaceMap {
     this.tm = tm;
     this.treeKind = treeKind;
     this.#tree = new BTree(tm, refCountExtentCodec(treeKind));
+    this.#dense = allowsDense(treeKind);
     this.#root = root;
     this.#blockCount = blockCount;
     if (rootTransactionId !== undefined) this.#tree.verifyRoot(root, rootTransactionId);
     let previousEnd = 0;
-    for (const [begin, extent] of this.#tree.entries(root)) {
-      const end = begin + extent.lengthBlocks;
+    for (const [begin, value] of this.#tree.entries(root)) {
+      if (isDense(value)) {
+        // F-SM-7
+        if (begin % DENSE_GROUP_BLOCKS !== 0) {
+          throw new ThinError('THIN_CORRUPT_NODE', `Space map at metadata block ${root} has a dense entry at block ${begin}, which is not a multiple of ${DENSE_GROUP_BLOCKS}`);
+        }
+        for (let index = 0; index < DENSE_GROUP_BLOCKS; index++) {
+          if (denseCountAt(value.nibbles, index) === 0) continue;
+          // F-SM-2
+          if (begin + index < previousEnd || begin + index >= blockCount) {
+            throw new ThinError(
+              'THIN_CORRUPT_NODE',
+              `Space map at metadata block ${root} has a dense entry at block ${begin} whose count of block ${begin + index} overlaps another extent or passes its ${blockCount} blocks`,
+            );
+          }
+          this.#usedBlockCount += 1;
+        }
+        previousEnd = Math.max(previousEnd, begin + DENSE_GROUP_BLOCKS);
+        continue;
+      }
+      const end = begin + value.lengthBlocks;
       // F-SM-2
       if (begin < previousEnd || end > blockCount) {
         throw new ThinError(
@@ -137,7 +224,7 @@ export class SpaceMap {
         );
       }
       previousEnd = end;
-      this.#usedBlockCount += extent.lengthBlocks;
+      this.#usedBlockCount += value.lengthBlocks;
     }
   }
 
@@ -176,8 +263,9 @@ export class SpaceMap {
     this.#assertRange(blockNr, 1);
     const entry = this.#tree.floor(this.#root, blockNr);
     if (entry === undefined) return 0;
-    const [begin, extent] = entry;
-    return blockNr < begin + extent.lengthBlocks ? extent.count : 0;
+    const [begin, value] = entry;
+    if (isDense(value)) return blockNr < begin + DENSE_GROUP_BLOCKS ? denseCountAt(value.nibbles, blockNr - begin) : 0;
+    return blockNr < begin + value.lengthBlocks ? value.count : 0;
   }
 
   /** Adds one reference to every block of the range; free blocks become used. */
@@ -278,12 +366,37 @@ export class SpaceMap {
     this.#blockCount = blockCount;
   }
 
-  /** The used extents (begin, lengthBlocks, count) in [beginBlock, endBlock), ascending; for tools. */
+  /**
+   * The runs of used blocks of equal count (begin, lengthBlocks, count) from the one holding
+   * beginBlock to the last starting before endBlock, ascending and merged (dense entries are
+   * read as runs); for tools.
+   */
   *extents(beginBlock = 0, endBlock = Number.MAX_SAFE_INTEGER): Generator<{ begin: number; lengthBlocks: number; count: number }> {
-    const first = this.#tree.floor(this.#root, beginBlock);
-    const startKey = first !== undefined && first[0] + first[1].lengthBlocks > beginBlock ? first[0] : beginBlock;
-    for (const [begin, extent] of this.#tree.entries(this.#root, startKey, endBlock)) {
-      yield { begin, lengthBlocks: extent.lengthBlocks, count: extent.count };
+    let run: Segment | undefined;
+    for (const piece of this.#piecesFrom(beginBlock, endBlock)) {
+      if (run !== undefined && run.end === piece.begin && run.count === piece.count) {
+        run.end = piece.end;
+        continue;
+      }
+      if (run !== undefined) yield { begin: run.begin, lengthBlocks: run.end - run.begin, count: run.count };
+      run = { ...piece };
+    }
+    if (run !== undefined) yield { begin: run.begin, lengthBlocks: run.end - run.begin, count: run.count };
+  }
+
+  /** Entries read as pieces of used blocks (a dense entry gives one per used block), from the one holding `from`. */
+  *#piecesFrom(from: number, to: number): Generator<Segment> {
+    const first = this.#tree.floor(this.#root, from);
+    const startKey = first !== undefined && entryEnd(first[0], first[1]) > from ? first[0] : from;
+    for (const [key, value] of this.#tree.entries(this.#root, startKey, to)) {
+      if (!isDense(value)) {
+        yield { begin: key, end: key + value.lengthBlocks, count: value.count };
+        continue;
+      }
+      for (let index = 0; index < DENSE_GROUP_BLOCKS; index++) {
+        const count = denseCountAt(value.nibbles, index);
+        if (count > 0) yield { begin: key + index, end: key + index + 1, count };
+      }
     }
   }
 
@@ -297,20 +410,28 @@ export class SpaceMap {
     }
   }
 
-  /** Existing extents touching or adjoining [begin, end), as segments, plus the gaps between them. */
-  #segmentsAround(begin: number, end: number): { old: Segment[]; segments: Segment[] } {
-    const old: Segment[] = [];
-    // The extent starting before begin, if it reaches begin (overlapping or adjoining).
-    const before = begin > 0 ? this.#tree.floor(this.#root, begin - 1) : undefined;
-    if (before !== undefined && before[0] + before[1].lengthBlocks >= begin) {
-      old.push({ begin: before[0], end: before[0] + before[1].lengthBlocks, count: before[1].count });
+  /**
+   * The entries to rewrite for a change of [begin, end): those inside the window (begin and end
+   * widened to whole dense groups where the map has them, so each group's layout is chosen anew),
+   * and extents adjoining it (to merge with); and their blocks as segments of equal count, cut at
+   * begin and end, with the gaps inside [begin, end) as count 0.
+   */
+  #segmentsAround(begin: number, end: number): { old: StoredEntry[]; segments: Segment[]; window: Segment } {
+    const window = this.#dense
+      ? { begin: begin - (begin % DENSE_GROUP_BLOCKS), end: end + ((DENSE_GROUP_BLOCKS - (end % DENSE_GROUP_BLOCKS)) % DENSE_GROUP_BLOCKS), count: 0 }
+      : { begin, end, count: 0 };
+    const old: StoredEntry[] = [];
+    // The extent starting before the window, if it reaches it (overlapping or adjoining); a dense
+    // entry before an aligned window never reaches into it.
+    const before = window.begin > 0 ? this.#tree.floor(this.#root, window.begin - 1) : undefined;
+    if (before !== undefined && !isDense(before[1]) && before[0] + before[1].lengthBlocks >= window.begin) old.push({ key: before[0], value: before[1] });
+    for (const [key, value] of this.#tree.entries(this.#root, window.begin, window.end + 1)) {
+      if (key === window.end && isDense(value)) continue; // a group after the window: nothing to merge with
+      old.push({ key, value });
     }
-    for (const [key, extent] of this.#tree.entries(this.#root, begin, end + 1)) {
-      old.push({ begin: key, end: key + extent.lengthBlocks, count: extent.count });
-    }
-    // Cut into pieces at begin and end, filling gaps inside [begin, end) with count 0.
+    // Cut into pieces at begin and end, filling gaps with count 0.
     const segments: Segment[] = [];
-    let position = Math.min(begin, old[0]?.begin ?? begin);
+    let position = Math.min(begin, old[0]?.key ?? begin);
     const push = (segmentBegin: number, segmentEnd: number, count: number): void => {
       for (const cut of [begin, end]) {
         if (segmentBegin < cut && cut < segmentEnd) {
@@ -320,26 +441,31 @@ export class SpaceMap {
       }
       if (segmentBegin < segmentEnd) segments.push({ begin: segmentBegin, end: segmentEnd, count });
     };
-    for (const extent of old) {
-      if (position < extent.begin) push(position, extent.begin, 0);
-      push(extent.begin, extent.end, extent.count);
-      position = extent.end;
+    for (const { key, value } of old) {
+      if (position < key) push(position, key, 0);
+      if (isDense(value)) {
+        for (let index = 0; index < DENSE_GROUP_BLOCKS; index++) push(key + index, key + index + 1, denseCountAt(value.nibbles, index));
+        position = key + DENSE_GROUP_BLOCKS;
+      } else {
+        push(key, key + value.lengthBlocks, value.count);
+        position = key + value.lengthBlocks;
+      }
     }
     if (position < end) push(position, end, 0);
-    return { old, segments };
+    return { old, segments, window };
   }
 
   /** Applies transform to every piece of [begin, end) with a uniform count, then stores the result. */
   #rewrite(begin: number, end: number, transform: (segment: Segment) => number): void {
-    const { old, segments } = this.#segmentsAround(begin, end);
+    const { old, segments, window } = this.#segmentsAround(begin, end);
     const result = segments.map((segment) =>
       segment.begin >= begin && segment.end <= end ? { ...segment, count: transform(segment) } : segment,
     );
-    this.#store(old, result);
+    this.#store(old, result, window);
   }
 
   #rewriteBlocks(begin: number, end: number, countOf: (blockNr: number) => number): void {
-    const { old, segments } = this.#segmentsAround(begin, end);
+    const { old, segments, window } = this.#segmentsAround(begin, end);
     const result: Segment[] = [];
     for (const segment of segments) {
       if (segment.begin >= begin && segment.end <= end) {
@@ -352,11 +478,11 @@ export class SpaceMap {
         result.push(segment);
       }
     }
-    this.#store(old, result);
+    this.#store(old, result, window);
   }
 
-  /** Replaces the old extents with the merged non-zero pieces of result. */
-  #store(old: Segment[], result: Segment[]): void {
+  /** Replaces the old entries with the merged non-zero pieces of result, laid out by #encode. */
+  #store(old: StoredEntry[], result: Segment[], window: Segment): void {
     const merged: Segment[] = []; // F-SM-3
     for (const segment of result) {
       if (segment.count === 0 || segment.begin === segment.end) continue;
@@ -364,27 +490,28 @@ export class SpaceMap {
       if (last !== undefined && last.end === segment.begin && last.count === segment.count) last.end = segment.end;
       else merged.push({ ...segment });
     }
-    if (merged.length === old.length && merged.every((segment, index) => sameSegment(segment, old[index]!))) return;
+    const entries = this.#dense ? encodeDense(merged, window) : merged.map(extentEntry);
+    if (entries.length === old.length && entries.every((entry, index) => sameEntry(entry, old[index]!))) return;
     // Room for every remove and insert up front, so running out never leaves half an update.
-    this.tm.ensureMetadataSpace((old.length + merged.length) * (2 * this.#tree.depth(this.#root) + 1));
+    this.tm.ensureMetadataSpace((old.length + entries.length) * (2 * this.#tree.depth(this.#root) + 1));
     try {
-      this.#replace(old, merged);
+      this.#replace(old, entries);
     } catch (error) {
       this.tm.markFailed(error);
       throw error;
     }
   }
 
-  #replace(old: Segment[], merged: Segment[]): void {
+  #replace(old: StoredEntry[], entries: StoredEntry[]): void {
     let root = this.#root;
     let usedDelta = 0;
-    for (const segment of old) {
-      root = this.#tree.remove(root, segment.begin);
-      usedDelta -= segment.end - segment.begin;
+    for (const { key, value } of old) {
+      root = this.#tree.remove(root, key);
+      usedDelta -= usedBlocksOf(value);
     }
-    for (const segment of merged) {
-      root = this.#tree.insert(root, segment.begin, { lengthBlocks: segment.end - segment.begin, count: segment.count });
-      usedDelta += segment.end - segment.begin;
+    for (const { key, value } of entries) {
+      root = this.#tree.insert(root, key, value);
+      usedDelta += usedBlocksOf(value);
     }
     this.#root = root;
     this.#usedBlockCount += usedDelta;
@@ -392,10 +519,7 @@ export class SpaceMap {
   }
 
   #findFreeIn(from: number, to: number, lengthBlocksMax: number, isReserved?: (blockNr: number) => boolean): BlockRange | undefined {
-    let position = from;
-    const before = this.#tree.floor(this.#root, from);
-    if (before !== undefined && before[0] + before[1].lengthBlocks > from) position = before[0] + before[1].lengthBlocks;
-    const gaps = this.#gapsFrom(position, to);
+    const gaps = this.#gapsFrom(from, to);
     for (const [gapBegin, gapEnd] of gaps) {
       let blockNr = gapBegin;
       while (blockNr < gapEnd) {
@@ -418,11 +542,11 @@ export class SpaceMap {
     return undefined;
   }
 
-  /** The free gaps [begin, end) between extents, from position up to `to`. */
+  /** The free gaps [begin, end) between used blocks, from position up to `to`. */
   *#gapsFrom(position: number, to: number): Generator<[number, number]> {
-    for (const [key, extent] of this.#tree.entries(this.#root, position, to)) {
-      if (position < key) yield [position, key];
-      position = Math.max(position, key + extent.lengthBlocks);
+    for (const piece of this.#piecesFrom(position, to)) {
+      if (position < piece.begin) yield [position, Math.min(piece.begin, to)];
+      position = Math.max(position, piece.end);
       if (position >= to) return;
     }
     if (position < to) yield [position, to];
@@ -484,6 +608,93 @@ export class SpaceMap {
   }
 }
 
-function sameSegment(a: Segment, b: Segment): boolean {
-  return a.begin === b.begin && a.end === b.end && a.count === b.count;
+interface StoredEntry {
+  key: number;
+  value: SpaceMapValue;
+}
+
+function entryEnd(key: number, value: SpaceMapValue): number {
+  return key + (isDense(value) ? DENSE_GROUP_BLOCKS : value.lengthBlocks);
+}
+
+function usedBlocksOf(value: SpaceMapValue): number {
+  if (!isDense(value)) return value.lengthBlocks;
+  let used = 0;
+  for (let index = 0; index < DENSE_GROUP_BLOCKS; index++) if (denseCountAt(value.nibbles, index) > 0) used += 1;
+  return used;
+}
+
+function extentEntry(segment: Segment): StoredEntry {
+  return { key: segment.begin, value: { lengthBlocks: segment.end - segment.begin, count: segment.count } };
+}
+
+function sameEntry(a: StoredEntry, b: StoredEntry): boolean {
+  if (a.key !== b.key) return false;
+  if (isDense(a.value) || isDense(b.value)) return isDense(a.value) && isDense(b.value) && a.value.nibbles === b.value.nibbles;
+  return a.value.lengthBlocks === b.value.lengthBlocks && a.value.count === b.value.count;
+}
+
+/**
+ * Lays out merged segments (ascending, non-zero, adjacent ones of different counts) as entries
+ * (F-SM-8): a group of the window whose counts make DENSE_RUNS_MIN runs or more (free blocks
+ * included) and are all at most DENSE_COUNT_MAX becomes one dense entry; every other block is
+ * in extents, cut where a dense group begins and ends. Groups outside the window are not
+ * decided here: the segments reaching past the window are extents of groups that stay extents.
+ */
+function encodeDense(merged: Segment[], window: Segment): StoredEntry[] {
+  // One segment changes count at most twice inside a group: too few for a dense one. (The common
+  // case: an allocation that extends an extent.)
+  if (merged.length < 2) return merged.map(extentEntry);
+  // Runs in a group = 1 + count changes strictly inside it.
+  const changes = new Map<number, number>();
+  let lastBoundary = -1;
+  const boundary = (position: number): void => {
+    if (position === lastBoundary) return;
+    lastBoundary = position;
+    if (position % DENSE_GROUP_BLOCKS === 0 || position <= window.begin || position >= window.end) return;
+    const group = position - (position % DENSE_GROUP_BLOCKS);
+    changes.set(group, (changes.get(group) ?? 0) + 1);
+  };
+  for (const segment of merged) {
+    boundary(segment.begin);
+    boundary(segment.end);
+  }
+  const groups: Array<{ begin: number; nibbles: number }> = [];
+  let cursor = 0;
+  for (const [group, changeCount] of changes) {
+    if (changeCount + 1 < DENSE_RUNS_MIN) continue;
+    while (cursor < merged.length && merged[cursor]!.end <= group) cursor++;
+    let nibbles = 0;
+    let fits = true;
+    for (let index = cursor; index < merged.length && merged[index]!.begin < group + DENSE_GROUP_BLOCKS; index++) {
+      const segment = merged[index]!;
+      if (segment.count > DENSE_COUNT_MAX) fits = false;
+      for (let blockNr = Math.max(segment.begin, group); blockNr < Math.min(segment.end, group + DENSE_GROUP_BLOCKS); blockNr++) {
+        nibbles |= segment.count << (4 * (blockNr - group));
+      }
+    }
+    if (fits) groups.push({ begin: group, nibbles: nibbles >>> 0 });
+  }
+  if (groups.length === 0) return merged.map(extentEntry);
+  const entries: StoredEntry[] = [];
+  let next = 0; // first dense group not yet emitted
+  for (const segment of merged) {
+    let position = segment.begin;
+    while (position < segment.end) {
+      while (next < groups.length && groups[next]!.begin + DENSE_GROUP_BLOCKS <= position) {
+        entries.push({ key: groups[next]!.begin, value: { nibbles: groups[next]!.nibbles } });
+        next++;
+      }
+      const group = groups[next];
+      if (group !== undefined && group.begin <= position) {
+        position = Math.min(segment.end, group.begin + DENSE_GROUP_BLOCKS); // inside the group: its entry holds these blocks
+        continue;
+      }
+      const pieceEnd = group === undefined ? segment.end : Math.min(segment.end, group.begin);
+      entries.push({ key: position, value: { lengthBlocks: pieceEnd - position, count: segment.count } });
+      position = pieceEnd;
+    }
+  }
+  for (; next < groups.length; next++) entries.push({ key: groups[next]!.begin, value: { nibbles: groups[next]!.nibbles } });
+  return entries;
 }

@@ -14,11 +14,16 @@
 // COMPACT_EXTENT_LENGTH_BLOCKS_MAX blocks and the pool has at most 2^32 data blocks (a leaf whose
 // mappings were written more than 262,143 snapshots apart is wide; the estimate does not count that):
 //   mapping leaves      ⌈N / (leaf capacity / 2)⌉          N = mapped blocks / averageRunBlocks
-//   space-map leaves    ⌈N / (leaf capacity / 2)⌉          (one count extent per run, worst case)
+//   space-map leaves    ⌈S / (leaf capacity / 2)⌉          S = mapped blocks / 8 when runs are at most 2
+//                                                          blocks long (every group of 8 blocks has 4 runs
+//                                                          or more: one dense entry, docs/format.md "Dense
+//                                                          counts"), else N (one count extent per run)
 //   internal nodes      for each tree, ⌈children / (internal capacity / 2)⌉ per level up to one root
 //   per volume          one details block + one mapping root + its device-tree share
 //   fixed               superblock copies, and the metadata space map's own extents
-// and rounded up to the smallest metadata file thinbd creates.
+// and rounded up to the smallest metadata file thinbd creates. Like dm-thin's formula, which leaves
+// out its overflow tree for counts of 3 and more, the worst case counts reference counts of at most
+// DENSE_COUNT_MAX (15): a group holding a higher count stays in extents, one per run.
 import {
   DELTA_LOG_BLOCK_COUNT,
   METADATA_BLOCK_COUNT_MAX,
@@ -29,7 +34,7 @@ import {
 } from '../constants.ts';
 import { ThinError } from '../errors.ts';
 import { CHILD_VALUE_BYTES, compactNodeCapacity, nodeCapacity } from '../pdata/btree/node.ts';
-import { refCountExtentCodec } from '../pdata/space-map.ts';
+import { DENSE_GROUP_BLOCKS, DENSE_RUNS_MIN, refCountExtentCodec } from '../pdata/space-map.ts';
 import { TreeKind } from '../pdata/btree/codec.ts';
 import type { ValueCodec } from '../pdata/btree/codec.ts';
 import { COMPACT_EXTENT_LENGTH_BLOCKS_MAX, COMPACT_EXTENT_VALUE_SIZE_BYTES, DEVICE_VALUE_SIZE_BYTES, EXTENT_VALUE_SIZE_BYTES } from '../pool/codecs.ts';
@@ -120,8 +125,12 @@ export function estimateMetadataSize(options: MetadataSizeOptions): MetadataSize
     entryCount,
     mappingCompact ? compactNodeCapacity(COMPACT_EXTENT_VALUE_SIZE_BYTES) : nodeCapacity(EXTENT_VALUE_SIZE_BYTES),
   );
+  // Runs of at most 2 blocks make 4 runs or more in every group of 8 blocks, which are stored dense
+  // (F-SM-8); longer runs are counted as an extent each (a dense group never takes more entries).
+  const denseGroups = averageRunBlocks <= DENSE_GROUP_BLOCKS / DENSE_RUNS_MIN;
+  const dataSpaceMapEntryCount = denseGroups ? Math.ceil(dataBlockCount / DENSE_GROUP_BLOCKS) : entryCount;
   // A space map extent fits a compact leaf up to 2^32 blocks long: always, for the runs counted here.
-  const dataSpaceMapBlocks = treeBlocks(entryCount, leafCapacity(refCountExtentCodec(TreeKind.dataSpaceMap), averageRunBlocks <= 2 ** 32));
+  const dataSpaceMapBlocks = treeBlocks(dataSpaceMapEntryCount, leafCapacity(refCountExtentCodec(TreeKind.dataSpaceMap), averageRunBlocks <= 2 ** 32));
   // Each volume: a details block and the root of its mapping tree; the device tree holds one value each.
   const volumeBlocks = 2 * volumeCount + treeBlocks(volumeCount, nodeCapacity(DEVICE_VALUE_SIZE_BYTES));
   const counted = mappingBlocks + dataSpaceMapBlocks + volumeBlocks;

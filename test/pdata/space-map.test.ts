@@ -5,7 +5,9 @@ import { SpaceMap } from '../../src/pdata/space-map.ts';
 import { TransactionManager } from '../../src/pdata/transaction.ts';
 import { TreeKind } from '../../src/pdata/btree/codec.ts';
 import { Random, checkReferences, newManager, rootsPayload, withSeed } from './helpers.ts';
-import { refCountExtentCodec } from '../../src/pdata/space-map.ts';
+import { DENSE_COUNT_MAX, DENSE_GROUP_BLOCKS, DENSE_RUNS_MIN, isDense, refCountExtentCodec, type SpaceMapValue } from '../../src/pdata/space-map.ts';
+import { BTree } from '../../src/pdata/btree/btree.ts';
+import { ThinError } from '../../src/errors.ts';
 
 interface Model {
   counts: number[];
@@ -194,4 +196,105 @@ describe('space map', () => {
     assert.deepEqual([...again.extents()], before);
     assert.equal(again.usedBlockCount, spaceMap.usedBlockCount);
   });
+
+  test('counts alternating block by block take one dense entry per 8 blocks, and go back to one extent when they even out', () => {
+    const { tm } = newManager();
+    const blockCount = 4096;
+    const spaceMap = SpaceMap.create(tm, blockCount);
+    spaceMap.inc(0, blockCount);
+    for (let blockNr = 0; blockNr < blockCount; blockNr += 2) spaceMap.inc(blockNr);
+    const entries = storedEntries(tm, spaceMap.root);
+    assert.equal(entries.length, blockCount / DENSE_GROUP_BLOCKS);
+    assert.ok(entries.every(([key, value]) => isDense(value) && key % DENSE_GROUP_BLOCKS === 0 && value.nibbles === 0x1212_1212));
+    assert.equal(spaceMap.count(6), 2);
+    assert.equal(spaceMap.count(7), 1);
+    assert.equal(spaceMap.usedBlockCount, blockCount);
+    assert.equal([...spaceMap.extents()].length, blockCount, 'extents() reads the groups as runs of one block');
+    for (let blockNr = 0; blockNr < blockCount; blockNr += 2) spaceMap.dec(blockNr);
+    assert.deepEqual(storedEntries(tm, spaceMap.root), [[0, { lengthBlocks: blockCount, count: 1 }]]);
+  });
+
+  test('a group with a count above 15 stays in extents; free blocks inside dense groups are found', () => {
+    const { tm } = newManager();
+    const spaceMap = SpaceMap.create(tm, 64);
+    for (let blockNr = 0; blockNr < 16; blockNr += 2) spaceMap.inc(blockNr);
+    assert.deepEqual(storedEntries(tm, spaceMap.root), [[0, { nibbles: 0x0101_0101 }], [8, { nibbles: 0x0101_0101 }]]);
+    assert.deepEqual(spaceMap.findFree(0, 4), { begin: 1, lengthBlocks: 1 });
+    assert.deepEqual(spaceMap.findFree(15, 4), { begin: 15, lengthBlocks: 4 }, 'a gap runs on from a dense group into free space');
+    for (let step = 0; step < DENSE_COUNT_MAX; step++) spaceMap.inc(10);
+    assert.equal(spaceMap.count(10), DENSE_COUNT_MAX + 1);
+    const entries = storedEntries(tm, spaceMap.root);
+    assert.deepEqual(entries[0], [0, { nibbles: 0x0101_0101 }]);
+    assert.deepEqual(entries.slice(1), [8, 10, 12, 14].map((blockNr) => [blockNr, { lengthBlocks: 1, count: blockNr === 10 ? DENSE_COUNT_MAX + 1 : 1 }]));
+    for (let step = 0; step < DENSE_COUNT_MAX; step++) spaceMap.dec(10);
+    assert.deepEqual(storedEntries(tm, spaceMap.root)[1], [8, { nibbles: 0x0101_0101 }]);
+  });
+
+  for (const seed of [201, 202, 203]) {
+    test(`the layout is a function of the counts: random changes end in the entries a fresh map of the same counts has (seed ${seed})`, () => withSeed(seed, () => {
+      const random = new Random(seed);
+      const { tm } = newManager();
+      const blockCount = 2000 + random.below(50);
+      const spaceMap = SpaceMap.create(tm, blockCount);
+      const counts = new Array<number>(blockCount).fill(0);
+      for (let step = 0; step < 3000; step++) {
+        const begin = random.below(blockCount);
+        const lengthBlocks = Math.min(blockCount - begin, random.next() < 0.7 ? 1 : 1 + random.below(60));
+        const canDec = counts.slice(begin, begin + lengthBlocks).every((count) => count > 0);
+        // Counts up to about 20, so that some groups pass 15 and must stay extents.
+        if (canDec && (random.next() < 0.45 || counts[begin]! > 18)) {
+          spaceMap.dec(begin, lengthBlocks);
+          for (let blockNr = begin; blockNr < begin + lengthBlocks; blockNr++) counts[blockNr]! -= 1;
+        } else {
+          spaceMap.inc(begin, lengthBlocks);
+          for (let blockNr = begin; blockNr < begin + lengthBlocks; blockNr++) counts[blockNr]! += 1;
+        }
+        if (step % 500 === 0) assert.deepEqual(countsOf(spaceMap, blockCount), counts, `seed ${seed}, step ${step}: counts`);
+      }
+      assert.deepEqual(countsOf(spaceMap, blockCount), counts);
+      const entries = storedEntries(tm, spaceMap.root);
+      assert.ok(entries.some(([, value]) => isDense(value)), 'some groups are dense');
+      assert.ok(counts.some((count) => count > DENSE_COUNT_MAX), 'some counts pass what a dense entry holds');
+      for (let group = 0; group < blockCount; group += DENSE_GROUP_BLOCKS) {
+        const groupCounts = Array.from({ length: DENSE_GROUP_BLOCKS }, (_, index) => counts[group + index] ?? 0);
+        const runs = groupCounts.filter((count, index) => index === 0 || count !== groupCounts[index - 1]).length;
+        const dense = runs >= DENSE_RUNS_MIN && groupCounts.every((count) => count <= DENSE_COUNT_MAX);
+        const entry = entries.find(([key]) => key === group);
+        assert.equal(entry !== undefined && isDense(entry[1]), dense, `group ${group} (counts ${groupCounts.join(',')}) is ${dense ? '' : 'not '}dense`);
+      }
+      const fresh = SpaceMap.create(tm, blockCount);
+      fresh.setCounts(0, blockCount, (blockNr) => counts[blockNr]!);
+      assert.deepEqual(storedEntries(tm, fresh.root), entries);
+    }));
+  }
+
+  test('a dense entry that is misplaced, counts past the end or holds nothing is named corrupt; the metadata space map has none', () => {
+    const { tm } = newManager();
+    const tree = new BTree(tm, refCountExtentCodec(TreeKind.dataSpaceMap));
+    const open = (entries: Array<[number, SpaceMapValue]>, blockCount = 100): SpaceMap => {
+      let root = tree.createEmpty();
+      for (const [key, value] of entries) root = tree.insert(root, key, value);
+      return new SpaceMap(tm, root, blockCount);
+    };
+    assert.equal(open([[8, { nibbles: 0x21 }]]).count(9), 2);
+    assert.throws(() => open([[4, { nibbles: 0x21 }]]), (error: unknown) => error instanceof ThinError && /dense entry at block 4, which is not a multiple of 8/.test(error.message));
+    assert.throws(() => open([[96, { nibbles: 0x1000_0000 }]]), (error: unknown) => error instanceof ThinError && /count of block 103 overlaps another extent or passes its 100 blocks/.test(error.message));
+    assert.throws(() => open([[0, { lengthBlocks: 10, count: 1 }], [8, { nibbles: 0x1 }]]), (error: unknown) => error instanceof ThinError && /count of block 8 overlaps/.test(error.message));
+    const view = new DataView(new ArrayBuffer(32));
+    assert.throws(() => refCountExtentCodec(TreeKind.dataSpaceMap).compact!.unpack(view, 16, 0), /dense space map entry has every count 0/);
+    assert.throws(() => refCountExtentCodec(TreeKind.metadataSpaceMap).compact!.unpack(view, 16, 0), /space map extent has count 0/);
+    view.setUint32(0, 0x11, true);
+    assert.deepEqual(refCountExtentCodec(TreeKind.dataSpaceMap).unpack(view, 0), { nibbles: 0x11 }, 'a wide leaf holds dense entries too');
+    assert.throws(() => refCountExtentCodec(TreeKind.metadataSpaceMap).unpack(view, 0), /space map extent has count 0/);
+  });
 });
+
+function storedEntries(tm: TransactionManager, root: number): Array<[number, SpaceMapValue]> {
+  return [...new BTree(tm, refCountExtentCodec(TreeKind.dataSpaceMap)).entries(root)];
+}
+
+function countsOf(spaceMap: SpaceMap, blockCount: number): number[] {
+  const counts = new Array<number>(blockCount).fill(0);
+  for (const extent of spaceMap.extents()) for (let blockNr = extent.begin; blockNr < extent.begin + extent.lengthBlocks; blockNr++) counts[blockNr] = extent.count;
+  return counts;
+}

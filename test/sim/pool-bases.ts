@@ -98,6 +98,22 @@ export async function makeBases(): Promise<Base[]> {
 }
 
 /**
+ * A starting pool whose data space map holds dense entries (docs/format.md "Dense counts"): two
+ * volumes written block by block in turn, so their data blocks interleave, and a snapshot of one
+ * of them whose copy-on-write copied its mapping leaf, so counts alternate 2, 1 block by block.
+ */
+export async function makeDenseBase(): Promise<Base> {
+  const bs = BLOCK_SIZE_SECTORS;
+  const ops: PoolOp[] = [
+    { kind: 'create', name: 'vol-a', sizeSectors: VOLUME_SIZE_SECTORS },
+    { kind: 'create', name: 'vol-b', sizeSectors: VOLUME_SIZE_SECTORS },
+  ];
+  for (let block = 0; block < VOLUME_SIZE_SECTORS / bs; block++) ops.push(setupWrite('vol-a', block * bs, bs, 10 + 2 * block), setupWrite('vol-b', block * bs, bs, 11 + 2 * block));
+  ops.push({ kind: 'flush' }, { kind: 'snapshot', source: 'vol-a', name: 'snap-a' }, setupWrite('vol-a', 3 * bs + 1, 7, 30), { kind: 'flush' });
+  return makeBase('interleaved volumes, snapshot (dense space map)', ops);
+}
+
+/**
  * A starting pool left with acknowledged records in its delta log (no clean close): a volume
  * written and flushed, then a copy-on-write, new blocks and a discard, each flushed, after a
  * snapshot. Opening it replays the log and rolls it up.

@@ -17,6 +17,9 @@
 //   - stay usable: a new volume written and flushed leaves every other volume unchanged;
 //   - (one state in COMPOUND_EVERY) survive a second power cut at any event of that first commit.
 //
+// A second campaign runs the same kind of workloads on a pool whose data space map holds dense
+// entries (format version 5), so that crashes land while groups go from dense to extents and back.
+//
 // Replay a failure: THINBD_SEED=S node --import tsx --test test/sim/pool-crash.test.ts
 // (add THINBD_CRASH_POINT=K THINBD_VARIANT=V for the single state). A seed that found a bug goes
 // into regressions.json ("pool-crash"), which runs first.
@@ -24,11 +27,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Pool } from '../../src/pool/pool.ts';
 import { mixSeed } from './rng.ts';
-import { SECTOR_SIZE_BYTES, bytesEqual, type SparseImage } from './sim-disk.ts';
+import { SECTOR_SIZE_BYTES, SimMachine, bytesEqual, type SparseImage } from './sim-disk.ts';
 import { campaignTestSeeds, runCampaigns, runCrashCampaign, type CrashCampaignResult } from './crash-harness.ts';
 import { describeOp, renderCache, runWorkload, verifyRecoveredPool, writeBytes } from './pool-model.ts';
 import { checkSimPool } from './pool-check.ts';
-import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, makeBases, poolFiles, simNow, workloadOf, type Base } from './pool-bases.ts';
+import { BLOCK_SIZE_BYTES, BLOCK_SIZE_SECTORS, makeBases, makeDenseBase, poolFiles, simNow, workloadOf, type Base } from './pool-bases.ts';
+import { TransactionManager } from '../../src/pdata/transaction.ts';
+import { BTree } from '../../src/pdata/btree/btree.ts';
+import { TreeKind } from '../../src/pdata/btree/codec.ts';
+import { isDense, refCountExtentCodec } from '../../src/pdata/space-map.ts';
+import { decodePoolPayload } from '../../src/pool/codecs.ts';
 
 const OPS_MAX = 3;
 /** Crash images per distinct crash point. */
@@ -159,4 +167,27 @@ test('a power cut at any event of a bounded pool workload loses nothing acknowle
     assert.fail(`${totals.failures.length} of ${seeds.length} workloads failed:\n\n${totals.failures.join('\n\n')}`);
   }
   if (!replaying) assert.ok(totals.statesTested >= CRASH_STATES_MIN, `only ${totals.statesTested} crash states; the floor is ${CRASH_STATES_MIN}`);
+});
+
+/** Campaigns on the dense base: fewer, as it is one base where the first test has three. */
+const DENSE_CAMPAIGN_COUNT = Number(process.env['THINBD_CAMPAIGNS'] ?? 40);
+const DENSE_CRASH_STATES_MIN = 1_000;
+
+test('a power cut at any event of a workload on a data space map with dense entries loses nothing acknowledged and leaves a clean pool', async (t) => {
+  const base = await makeDenseBase();
+  const probe = new SimMachine({ seed: 3, images: base.images });
+  const { tm, payload } = await TransactionManager.open(probe.disk('metadata'), { readOnly: true });
+  const root = decodePoolPayload(payload, tm.metadataBlockCount).dataSpaceMapRoot;
+  const dense = [...new BTree(tm, refCountExtentCodec(TreeKind.dataSpaceMap)).entries(root)].filter(([, value]) => isDense(value));
+  assert.ok(dense.length >= 1, 'the dense base holds dense entries');
+  const { seeds, replaying } = campaignTestSeeds('pool-crash-dense', mixSeed(ROOT_SEED, 5), DENSE_CAMPAIGN_COUNT);
+  const totals = await runCampaigns(seeds, (seed) => runPoolCampaign(seed, [base]));
+  t.diagnostic(
+    `dense pool crash: ${seeds.length} workloads, ${totals.statesTested} crash states recovered and checked, ` +
+      `plus ${totals.compoundStatesTested} after a second power cut, in ${(totals.durationMs / 1000).toFixed(1)} s; ${totals.failures.length} workloads failed`,
+  );
+  if (totals.failures.length > 0) {
+    assert.fail(`${totals.failures.length} of ${seeds.length} workloads failed:\n\n${totals.failures.join('\n\n')}`);
+  }
+  if (!replaying) assert.ok(totals.statesTested >= DENSE_CRASH_STATES_MIN, `only ${totals.statesTested} crash states; the floor is ${DENSE_CRASH_STATES_MIN}`);
 });

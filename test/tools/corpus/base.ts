@@ -3,7 +3,9 @@
 // The base pool is built through the library: volume a (384 scattered extents: a two-level
 // mapping tree of compact leaves, which hold 335) and its snapshot a-snap, with one write to a
 // after the snapshot so the two share some leaves and not others; b (768 scattered extents over
-// three leaves); c (one long extent);
+// three leaves); c (one long extent); d (32 blocks, every other one shared into d's second half, so
+// their reference counts alternate 2, 1: the data space map holds them in dense entries,
+// docs/format.md "Dense counts");
 // then, as the last commit, late, a snapshot of c. An entry that makes the pool fall back one
 // generation therefore costs exactly the volume late.
 //
@@ -29,8 +31,11 @@ export const METADATA_SIZE_BYTES = METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZ
 /** Bytes written at the start of each written block (the rest of the block reads as zeros). */
 const WRITE_BYTES = 4096;
 
-export const VOLUME_NAMES = ['a', 'b', 'c', 'a-snap', 'late'] as const;
+export const VOLUME_NAMES = ['a', 'b', 'c', 'd', 'a-snap', 'late'] as const;
 export type VolumeName = (typeof VOLUME_NAMES)[number];
+
+/** Blocks of volume d written (its second half shares every other one of them). */
+const D_BLOCKS = 32;
 
 /** Builds the base pool in `dir` (which must not exist). */
 export async function buildBasePool(dir: string): Promise<void> {
@@ -51,6 +56,9 @@ export async function buildBasePool(dir: string): Promise<void> {
     for (let block = 0; block < 1536; block += 2) await b.write(block * BLOCK_SIZE_BYTES, rng.bytes(WRITE_BYTES));
     const c = await pool.createVolume('c', { sizeBytes: 64 * BLOCK_SIZE_BYTES });
     await c.write(0, rng.bytes(64 * BLOCK_SIZE_BYTES));
+    const d = await pool.createVolume('d', { sizeBytes: 2 * D_BLOCKS * BLOCK_SIZE_BYTES });
+    for (let block = 0; block < D_BLOCKS; block += 1) await d.write(block * BLOCK_SIZE_BYTES, rng.bytes(WRITE_BYTES));
+    for (let block = 0; block < D_BLOCKS; block += 2) await pool.shareBlocks('d', block * BLOCK_SIZE_BYTES, 'd', (D_BLOCKS + block) * BLOCK_SIZE_BYTES, BLOCK_SIZE_BYTES);
     await pool.flush();
     await pool.snapshot('a', 'a-snap');
     await a.write(1 * BLOCK_SIZE_BYTES, rng.bytes(WRITE_BYTES));

@@ -13,6 +13,7 @@ import { entry as dataRefcountLeak } from './data-refcount-leak.ts';
 import { entry as dataRefcountDouble } from './data-refcount-double.ts';
 import { entry as mappingPastDataDevice } from './mapping-past-data-device.ts';
 import { entry as compactLeafBadBases } from './compact-leaf-bad-bases.ts';
+import { entry as denseEntryMisplaced } from './dense-entry-misplaced.ts';
 import { entry as misdirectedWrite } from './misdirected-write.ts';
 import { entry as staleNode } from './stale-node.ts';
 import { entry as truncatedMetadata } from './truncated-metadata.ts';
@@ -31,6 +32,7 @@ export const corpus: CorpusEntry[] = [
   dataRefcountDouble,
   mappingPastDataDevice,
   compactLeafBadBases,
+  denseEntryMisplaced,
   misdirectedWrite,
   staleNode,
   truncatedMetadata,
