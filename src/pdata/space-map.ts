@@ -272,6 +272,7 @@ export class SpaceMap {
   inc(begin: number, lengthBlocks = 1): void {
     this.#assertRange(begin, lengthBlocks);
     this.#unpend(begin, begin + lengthBlocks);
+    if (this.#changeInDenseGroup(begin, begin + lengthBlocks, 1) !== undefined) return;
     this.#rewrite(begin, begin + lengthBlocks, (segment) => {
       if (!(segment.count < 0xffff_ffff)) assert(false, `reference count of blocks [${segment.begin}, ${segment.end}) overflows`);
       return segment.count + 1;
@@ -281,12 +282,16 @@ export class SpaceMap {
   /** Drops one reference from every block of the range (each must be used); blocks reaching 0 are pending free. */
   dec(begin: number, lengthBlocks = 1): void {
     this.#assertRange(begin, lengthBlocks);
-    const freed: Segment[] = [];
-    this.#rewrite(begin, begin + lengthBlocks, (segment) => {
-      if (!(segment.count >= 1)) assert(false, `dec of free blocks [${segment.begin}, ${segment.end})`);
-      if (segment.count === 1) freed.push(segment);
-      return segment.count - 1;
-    });
+    let freed = this.#changeInDenseGroup(begin, begin + lengthBlocks, -1);
+    if (freed === undefined) {
+      const freedHere: Segment[] = [];
+      this.#rewrite(begin, begin + lengthBlocks, (segment) => {
+        if (!(segment.count >= 1)) assert(false, `dec of free blocks [${segment.begin}, ${segment.end})`);
+        if (segment.count === 1) freedHere.push(segment);
+        return segment.count - 1;
+      });
+      freed = freedHere;
+    }
     for (const segment of freed) this.#addPending(segment.begin, segment.end); // F-SM-5
   }
 
@@ -411,6 +416,55 @@ export class SpaceMap {
   }
 
   /**
+   * inc (delta 1) or dec (delta −1) of [begin, end) when it lies in one dense group that stays
+   * dense (F-SM-8: still 4 runs or more, no count above 15): the group's entry is overwritten in
+   * place, one tree update, and nothing around it changes (extents next to a dense group are cut
+   * at its edges whatever its counts). This is the copy-on-write case once a group has gone dense:
+   * the shared block's count drops 2 → 1 and a block nearby goes 0 → 1. Returns the runs that
+   * dropped to 0 (dec), or undefined, having changed nothing, when the general path must lay the
+   * group out again.
+   */
+  #changeInDenseGroup(begin: number, end: number, delta: 1 | -1): Segment[] | undefined {
+    if (!this.#dense || end - begin > DENSE_GROUP_BLOCKS) return undefined;
+    const group = begin - (begin % DENSE_GROUP_BLOCKS);
+    if (end > group + DENSE_GROUP_BLOCKS) return undefined;
+    const entry = this.#tree.floor(this.#root, begin);
+    if (entry === undefined || entry[0] !== group || !isDense(entry[1])) return undefined;
+    const old = entry[1].nibbles;
+    let nibbles = old;
+    let usedDelta = 0;
+    const freed: Segment[] = [];
+    for (let blockNr = begin; blockNr < end; blockNr++) {
+      const shift = 4 * (blockNr - group);
+      const count = (old >>> shift) & 0xf;
+      if (delta === 1) {
+        if (count === DENSE_COUNT_MAX) return undefined; // the group leaves the dense form
+        if (count === 0) usedDelta += 1;
+      } else {
+        if (!(count >= 1)) assert(false, `dec of free blocks [${blockNr}, ${blockNr + 1})`);
+        if (count === 1) {
+          usedDelta -= 1;
+          const last = freed[freed.length - 1];
+          if (last !== undefined && last.end === blockNr) last.end += 1;
+          else freed.push({ begin: blockNr, end: blockNr + 1, count: 1 });
+        }
+      }
+      nibbles = (nibbles & ~(0xf << shift)) + ((count + delta) << shift);
+    }
+    nibbles >>>= 0;
+    if (nibbles === 0 || denseRuns(nibbles) < DENSE_RUNS_MIN) return undefined;
+    this.tm.ensureMetadataSpace(2 * this.#tree.depth(this.#root) + 1);
+    try {
+      this.#root = this.#tree.insert(this.#root, group, { nibbles });
+    } catch (error) {
+      this.tm.markFailed(error);
+      throw error;
+    }
+    this.#usedBlockCount += usedDelta;
+    return freed;
+  }
+
+  /**
    * The entries to rewrite for a change of [begin, end): those inside the window (begin and end
    * widened to whole dense groups where the map has them, so each group's layout is chosen anew),
    * and extents adjoining it (to merge with); and their blocks as segments of equal count, cut at
@@ -503,15 +557,22 @@ export class SpaceMap {
   }
 
   #replace(old: StoredEntry[], entries: StoredEntry[]): void {
+    // Only what differs: an entry kept as it was is not touched, one whose key stays is
+    // overwritten in place (insert replaces), and only keys that go away are removed.
     let root = this.#root;
     let usedDelta = 0;
+    const kept = new Map<number, SpaceMapValue>();
     for (const { key, value } of old) {
-      root = this.#tree.remove(root, key);
+      kept.set(key, value);
       usedDelta -= usedBlocksOf(value);
     }
-    for (const { key, value } of entries) {
-      root = this.#tree.insert(root, key, value);
-      usedDelta += usedBlocksOf(value);
+    const newKeys = new Set<number>();
+    for (const { key } of entries) newKeys.add(key);
+    for (const { key } of old) if (!newKeys.has(key)) root = this.#tree.remove(root, key);
+    for (const entry of entries) {
+      usedDelta += usedBlocksOf(entry.value);
+      const was = kept.get(entry.key);
+      if (was === undefined || !sameEntry(entry, { key: entry.key, value: was })) root = this.#tree.insert(root, entry.key, entry.value);
     }
     this.#root = root;
     this.#usedBlockCount += usedDelta;
@@ -544,10 +605,23 @@ export class SpaceMap {
 
   /** The free gaps [begin, end) between used blocks, from position up to `to`. */
   *#gapsFrom(position: number, to: number): Generator<[number, number]> {
-    for (const piece of this.#piecesFrom(position, to)) {
-      if (position < piece.begin) yield [position, Math.min(piece.begin, to)];
-      position = Math.max(position, piece.end);
-      if (position >= to) return;
+    // The entries read directly (not as #piecesFrom's pieces): this is the allocator's scan.
+    const first = this.#tree.floor(this.#root, position);
+    const startKey = first !== undefined && entryEnd(first[0], first[1]) > position ? first[0] : position;
+    for (const [key, value] of this.#tree.entries(this.#root, startKey, to)) {
+      if (!isDense(value)) {
+        if (position < key) yield [position, Math.min(key, to)];
+        position = Math.max(position, key + value.lengthBlocks);
+        if (position >= to) return;
+        continue;
+      }
+      for (let index = 0; index < DENSE_GROUP_BLOCKS; index++) {
+        if (denseCountAt(value.nibbles, index) === 0) continue;
+        const blockNr = key + index;
+        if (position < blockNr) yield [position, Math.min(blockNr, to)];
+        position = Math.max(position, blockNr + 1);
+        if (position >= to) return;
+      }
     }
     if (position < to) yield [position, to];
   }
@@ -615,6 +689,13 @@ interface StoredEntry {
 
 function entryEnd(key: number, value: SpaceMapValue): number {
   return key + (isDense(value) ? DENSE_GROUP_BLOCKS : value.lengthBlocks);
+}
+
+/** Runs of equal count among a dense group's 8 counts (free blocks included; F-SM-8). */
+function denseRuns(nibbles: number): number {
+  let runs = 1;
+  for (let index = 1; index < DENSE_GROUP_BLOCKS; index++) if (denseCountAt(nibbles, index) !== denseCountAt(nibbles, index - 1)) runs += 1;
+  return runs;
 }
 
 function usedBlocksOf(value: SpaceMapValue): number {

@@ -214,6 +214,33 @@ describe('space map', () => {
     assert.deepEqual(storedEntries(tm, spaceMap.root), [[0, { lengthBlocks: blockCount, count: 1 }]]);
   });
 
+  test('copy-on-write inside a dense group: the entry keeps the counts, blocks freed there wait for their commit, and counts that even out leave the dense form', async () => {
+    const { tm } = newManager();
+    const spaceMap = SpaceMap.create(tm, 64);
+    spaceMap.inc(0, 24);
+    spaceMap.inc(0, 24); // a snapshot: every block shared
+    spaceMap.dec(9);
+    spaceMap.dec(11); // copy-on-write of two blocks: group 8 goes dense
+    assert.deepEqual(storedEntries(tm, spaceMap.root), [[0, { lengthBlocks: 8, count: 2 }], [8, { nibbles: 0x2222_1212 }], [16, { lengthBlocks: 8, count: 2 }]]);
+    spaceMap.dec(13);
+    spaceMap.dec(9, 3); // 1 → 0, 2 → 1, 1 → 0: two runs freed
+    assert.deepEqual(storedEntries(tm, spaceMap.root), [[0, { lengthBlocks: 8, count: 2 }], [8, { nibbles: 0x2212_0102 }], [16, { lengthBlocks: 8, count: 2 }]]);
+    assert.equal(spaceMap.usedBlockCount, 22);
+    assert.equal(spaceMap.pendingFreeBlockCount, 2);
+    assert.equal(spaceMap.findFree(0, 8)?.begin, 24, 'blocks freed in the open transaction are not handed out');
+    spaceMap.inc(11); // referenced again before the commit: no longer pending
+    assert.equal(spaceMap.pendingFreeBlockCount, 1);
+    assert.equal(spaceMap.usedBlockCount, 23);
+    await tm.commit(rootsPayload(spaceMap.root));
+    await tm.commit(rootsPayload(spaceMap.root));
+    assert.deepEqual(spaceMap.findFree(0, 8), { begin: 9, lengthBlocks: 1 });
+    // Counts that even out send the group back into the extents around it.
+    spaceMap.inc(9);
+    for (const blockNr of [8, 12, 14, 15]) spaceMap.dec(blockNr);
+    assert.deepEqual(storedEntries(tm, spaceMap.root), [[0, { lengthBlocks: 8, count: 2 }], [8, { lengthBlocks: 8, count: 1 }], [16, { lengthBlocks: 8, count: 2 }]]);
+    assert.equal(spaceMap.usedBlockCount, 24);
+  });
+
   test('a group with a count above 15 stays in extents; free blocks inside dense groups are found', () => {
     const { tm } = newManager();
     const spaceMap = SpaceMap.create(tm, 64);
