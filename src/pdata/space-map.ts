@@ -4,7 +4,9 @@
 // contiguously is one entry, however long. The data space map also stores groups of 8 blocks
 // whose counts change often as one dense entry of 4-bit counts (F-SM-7, F-SM-8; format version 5):
 // counts alternating block by block cost 12 bytes per 8 blocks instead of 12 per block. Every
-// change re-lays out the whole groups it touches, so the layout depends on the counts alone.
+// change re-lays out the whole groups it touches, so the layout depends on the counts alone; a
+// change that leaves a dense group dense (copy-on-write after a snapshot, block by block) only
+// overwrites that group's entry, the one case where the layout is known without laying it out.
 //
 // Blocks whose count drops to 0 are "pending free" until the transaction that freed them is
 // durable: the previous committed state may still point at them, so findFree skips them.
@@ -449,7 +451,7 @@ export class SpaceMap {
           else freed.push({ begin: blockNr, end: blockNr + 1, count: 1 });
         }
       }
-      nibbles = (nibbles & ~(0xf << shift)) + ((count + delta) << shift);
+      nibbles = (nibbles & ~(0xf << shift)) | ((count + delta) << shift);
     }
     nibbles >>>= 0;
     if (nibbles === 0 || denseRuns(nibbles) < DENSE_RUNS_MIN) return undefined;
