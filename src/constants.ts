@@ -176,21 +176,21 @@ export const METADATA_BLOCK_HEADER_BYTES = 32;
  * ranges in the pool's payload (docs/format.md "Metadata mirror", "Bad ranges"). Version 4 lets
  * mapping tree leaves be compact (docs/format.md "Compact leaf"). Version 5 lets a delta log record
  * carry a remap's bytes and flag the data sync before it (docs/format.md "Delta log", F-LOG-9): a
- * build that reads up to 4 would take such a record for the end of the log and drop it. Version 5
- * also lets the data space map hold dense entries, the counts of 8 blocks in one entry
- * (docs/format.md "Dense counts").
+ * build that reads up to 4 would take such a record for the end of the log and drop it. Version 6
+ * lets the data space map hold dense entries, the counts of 8 blocks in one entry (docs/format.md
+ * "Dense counts"): a build that reads up to 5 could not read them.
  */
-export const METADATA_FORMAT_VERSION = 5;
+export const METADATA_FORMAT_VERSION = 6;
 /**
  * Versions open reads. Every commit writes METADATA_FORMAT_VERSION, so the first commit of a read-write
  * open upgrades an older pool: a version 2 pool gets its mirror; a version 2 or 3 pool's wide
  * mapping leaves stay readable and are rewritten compact as they change (version 4: compact leaves,
  * docs/format.md "Compact leaf"), which builds that read only up to 3 refuse. A version 2..4 pool's
  * log holds no carried bytes, and its records read as version 5 records without flags; the data
- * space map of any of them gets dense entries where its counts change often (version 5, "Dense
- * counts"). Builds that read only up to 4 refuse version 5.
+ * space map of a version 2..5 pool gets dense entries where its counts change often (version 6,
+ * "Dense counts"). Builds that read only up to 4 refuse version 5, and those up to 5 version 6.
  */
-export const METADATA_FORMAT_VERSIONS_READ: readonly number[] = [2, 3, 4, 5];
+export const METADATA_FORMAT_VERSIONS_READ: readonly number[] = [2, 3, 4, 5, 6];
 
 /**
  * Metadata block numbers of the superblock copies: far apart (256 KiB, 4 MiB, 64 MiB) because

@@ -2,7 +2,7 @@
 // begin → {lengthBlocks, count}, count >= 1, extents never overlap, and adjacent extents with the
 // same count are merged (F-SM-1..4). An absent block is free. A freshly written volume allocated
 // contiguously is one entry, however long. The data space map also stores groups of 8 blocks
-// whose counts change often as one dense entry of 4-bit counts (F-SM-7, F-SM-8; format version 5):
+// whose counts change often as one dense entry of 4-bit counts (F-SM-7, F-SM-8; format version 6):
 // counts alternating block by block cost 12 bytes per 8 blocks instead of 12 per block. Every
 // change re-lays out the whole groups it touches, so the layout depends on the counts alone; a
 // change that leaves a dense group dense (copy-on-write after a snapshot, block by block) only
@@ -25,7 +25,7 @@ export interface RefCountExtent {
 }
 
 /**
- * Format version 5: the counts of DENSE_GROUP_BLOCKS blocks [key, key + 8), 4 bits each (block
+ * Format version 6: the counts of DENSE_GROUP_BLOCKS blocks [key, key + 8), 4 bits each (block
  * key + i in bits 4i..4i+3), in one entry of the data space map ("Dense counts" in
  * docs/format.md). A group whose counts change often (alternating block by block) costs one entry
  * instead of one extent per run.
@@ -71,7 +71,7 @@ function checkDense(nibbles: number): DenseCounts {
 
 /**
  * Value layout (16 bytes): lengthBlocks u64, count u32, reserved u32 (F-SM-1). A dense entry
- * (version 5, data space map only) has count 0 and its nibbles in lengthBlocks (F-SM-7).
+ * (version 6, data space map only) has count 0 and its nibbles in lengthBlocks (F-SM-7).
  */
 export function refCountExtentCodec(treeKind: number): ValueCodec<SpaceMapValue> {
   const dense = allowsDense(treeKind);

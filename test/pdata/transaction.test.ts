@@ -280,7 +280,7 @@ describe('transaction manager', () => {
     setVersion(file, METADATA_FORMAT_VERSION + 1);
     await assert.rejects(
       TransactionManager.open(file),
-      (error) => isThinError(error, 'THIN_FORMAT') && new RegExp(`format version ${METADATA_FORMAT_VERSION + 1}; this build reads versions 2, 3, 4, 5`).test((error as Error).message),
+      (error) => isThinError(error, 'THIN_FORMAT') && new RegExp(`format version ${METADATA_FORMAT_VERSION + 1}; this build reads versions 2, 3, 4, 5, 6`).test((error as Error).message),
     );
   });
 

@@ -18,7 +18,7 @@
 //   - (one state in COMPOUND_EVERY) survive a second power cut at any event of that first commit.
 //
 // A second campaign runs the same kind of workloads on a pool whose data space map holds dense
-// entries (format version 5), so that crashes land while groups go from dense to extents and back.
+// entries (format version 6), so that crashes land while groups go from dense to extents and back.
 //
 // Replay a failure: THINBD_SEED=S node --import tsx --test test/sim/pool-crash.test.ts
 // (add THINBD_CRASH_POINT=K THINBD_VARIANT=V for the single state). A seed that found a bug goes
