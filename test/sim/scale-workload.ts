@@ -248,7 +248,7 @@ export function scaleWorkloadOf(seed: number, base: ScaleBase, opsTarget: number
 
 /** What a workload's trace shows of the delta log and the superblock, from the metadata disk's writes and syncs. */
 export interface TraceFeatures {
-  /** Flushes whose records took more than one ring block (more than 101 entries). */
+  /** Flushes whose records took more than one ring block (more than 101 entries, or a record and its carried bytes). */
   multiRecordFlushes: number;
   /** Records written into the ring's last slot (the ring was full). */
   fullRing: number;
@@ -270,12 +270,16 @@ export function traceFeatures(events: readonly SimEvent[]): TraceFeatures {
     if (event.kind === 'write') {
       if (superblockOffsets.has(event.offsetBytes)) features.superblockWrites += 1;
       if (event.offsetBytes >= ringBegin && event.offsetBytes < ringEnd) {
-        recordsSinceSync += 1;
-        const slot = event.offsetBytes / METADATA_BLOCK_SIZE_BYTES - DELTA_LOG_FIRST_BLOCK_NR;
-        if (slot === DELTA_LOG_BLOCK_COUNT - 1) features.fullRing += 1;
-        if (slot === 0) {
-          if (slot0Written) features.ringWraps += 1;
-          slot0Written = true;
+        // An append writes its records and carried slots, consecutive ring blocks, in one write.
+        const firstSlot = event.offsetBytes / METADATA_BLOCK_SIZE_BYTES - DELTA_LOG_FIRST_BLOCK_NR;
+        const slots = Math.ceil(event.lengthBytes / METADATA_BLOCK_SIZE_BYTES);
+        for (let slot = firstSlot; slot < firstSlot + slots; slot++) {
+          recordsSinceSync += 1;
+          if (slot === DELTA_LOG_BLOCK_COUNT - 1) features.fullRing += 1;
+          if (slot === 0) {
+            if (slot0Written) features.ringWraps += 1;
+            slot0Written = true;
+          }
         }
       }
     } else if (event.kind === 'sync') {
