@@ -42,3 +42,26 @@ await build({
   logLevel: 'warning',
   plugins: [ownUrls],
 });
+
+/**
+ * The archive's chunk worker (dist/archive/chunk-worker.js and what it imports) as one file,
+ * dist/chunk-worker.cjs, which chunk-workers.ts starts when it is at least as new as the worker's
+ * module: pack and unpack start one worker thread per core, each loading its modules on its own
+ * (docs/benchmarks.md "Archive: the chunker's loop and the worker bundle").
+ */
+async function bundleChunkWorker() {
+  await build({
+    entryPoints: [join(dist, 'archive', 'chunk-worker.js')],
+    outfile: join(dist, 'chunk-worker.cjs'),
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    packages: 'external',
+    sourcemap: true,
+    logLevel: 'warning',
+    plugins: [ownUrls],
+  });
+}
+
+await bundleChunkWorker();

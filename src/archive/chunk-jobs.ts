@@ -5,11 +5,10 @@
 //
 // `InlineChunkJobs` does the work on the calling thread; chunk-workers.ts does the same on
 // worker threads (the same functions, below), one job per worker at a time.
-import { createHash } from 'node:crypto';
 import { assert } from '../errors.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
 import { Chunker, type ChunkerParams } from './chunker.ts';
-import { CHUNK_FLAG_ZSTD, HASH_BYTES } from './format.ts';
+import { CHUNK_FLAG_ZSTD, HASH_BYTES, sha256 } from './format.ts';
 import { InlineChunkDecoder, type ChunkDecoder, type DecodeItem, type DecodeOutcome } from './chunk-decode.ts';
 
 export interface ChunkedJob {
@@ -49,7 +48,7 @@ export function chunkAndHash(chunker: Chunker, data: Uint8Array): ChunkedJob {
   const hashes = new Uint8Array(lengths.length * HASH_BYTES);
   begin = 0;
   lengths.forEach((length, index) => {
-    hashes.set(createHash('sha256').update(data.subarray(begin, begin + length)).digest(), index * HASH_BYTES);
+    hashes.set(sha256(data.subarray(begin, begin + length)), index * HASH_BYTES);
     begin += length;
   });
   return { lengths: Uint32Array.from(lengths), hashes };

@@ -3,6 +3,7 @@
 // A job's bytes are shared memory, read by its worker in place and held until the main thread says
 // which chunks to compress; the frames go into the caller's shared output buffer, so no chunk is
 // copied between threads. Jobs go to the worker with the fewest in hand.
+import { statSync } from 'node:fs';
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { assert } from '../errors.ts';
@@ -29,13 +30,26 @@ interface PoolWorker {
   waiters: Map<number, Waiter>;
 }
 
+/** A file's modification time, undefined when it is missing. */
+function modifiedMs(url: URL): number | undefined {
+  return statSync(url, { throwIfNoEntry: false })?.mtimeMs;
+}
+
 /**
- * Built, the worker is JavaScript beside this module. Run from source under tsx (the tests), it
- * is TypeScript, and Node 20 does not hand tsx's loader to worker threads: the worker registers
- * it first.
+ * Built, the worker is JavaScript: the one-file bundle dist/chunk-worker.cjs when it is at least
+ * as new as the worker's module (scripts/bundle.mjs makes it after tsc; a worker loads it faster
+ * than the modules it was made from), else the module beside this one, so a bare tsc run never
+ * starts stale code. Run from source under tsx (the tests), it is TypeScript, and Node 20 does not
+ * hand tsx's loader to worker threads: the worker registers it first.
  */
 function startWorker(workerData: unknown): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./chunk-worker.js', import.meta.url), { workerData });
+  if (!import.meta.url.endsWith('.ts')) {
+    const module = new URL('./chunk-worker.js', import.meta.url);
+    const bundle = new URL('../chunk-worker.cjs', import.meta.url);
+    const bundled = modifiedMs(bundle);
+    const compiled = modifiedMs(module);
+    return new Worker(bundled !== undefined && compiled !== undefined && bundled >= compiled ? bundle : module, { workerData });
+  }
   const url = new URL('./chunk-worker.ts', import.meta.url).href;
   const bootstrap = `import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(url)}); });`;
   return new Worker(bootstrap, { eval: true, workerData });

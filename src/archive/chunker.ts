@@ -14,7 +14,7 @@
 // - GEAR[i] is the first four bytes (big-endian) of SHA-256("thinbd gear " + i): fixed by the
 //   store format (docs/format.md, F-AR-CDC-1), since every cut depends on it.
 //
-// The hot loop keeps to locals and typed arrays: it runs at 1–1.5 GB/s in Node.
+// The hot loop keeps to locals and typed arrays, eight bytes per turn: about 2.4 GB/s of one core here.
 import { createHash } from 'node:crypto';
 import { assert } from '../errors.ts';
 
@@ -72,18 +72,40 @@ export class Chunker {
     if (available <= minBytes) return final || available === maxBytes ? end : -1;
     const limit = begin + Math.min(available, maxBytes);
     const normal = begin + Math.min(available, averageBytes);
-    const maskSmall = this.#maskSmall;
-    const maskLarge = this.#maskLarge;
     const gear = GEAR;
     let hash = 0;
     let position = begin + minBytes;
-    for (; position < normal; position += 1) {
-      hash = ((hash << 1) + gear[data[position]!]!) | 0;
-      if ((hash & maskSmall) === 0) return position + 1;
-    }
-    for (; position < limit; position += 1) {
-      hash = ((hash << 1) + gear[data[position]!]!) | 0;
-      if ((hash & maskLarge) === 0) return position + 1;
+    // Up to the average size with the stricter mask, then with the looser one (the hash runs on).
+    // Eight bytes per turn of the loop, then one at a time: the same cuts as one byte per turn,
+    // 2.5–3.5 times as fast in V8 (docs/benchmarks.md, "Archive: the chunker's loop and the
+    // worker bundle").
+    let mask = this.#maskSmall;
+    let stop = normal;
+    for (let phase = 0; phase < 2; phase += 1) {
+      for (const last = stop - 7; position < last; position += 8) {
+        hash = ((hash << 1) + gear[data[position]!]!) | 0;
+        if ((hash & mask) === 0) return position + 1;
+        hash = ((hash << 1) + gear[data[position + 1]!]!) | 0;
+        if ((hash & mask) === 0) return position + 2;
+        hash = ((hash << 1) + gear[data[position + 2]!]!) | 0;
+        if ((hash & mask) === 0) return position + 3;
+        hash = ((hash << 1) + gear[data[position + 3]!]!) | 0;
+        if ((hash & mask) === 0) return position + 4;
+        hash = ((hash << 1) + gear[data[position + 4]!]!) | 0;
+        if ((hash & mask) === 0) return position + 5;
+        hash = ((hash << 1) + gear[data[position + 5]!]!) | 0;
+        if ((hash & mask) === 0) return position + 6;
+        hash = ((hash << 1) + gear[data[position + 6]!]!) | 0;
+        if ((hash & mask) === 0) return position + 7;
+        hash = ((hash << 1) + gear[data[position + 7]!]!) | 0;
+        if ((hash & mask) === 0) return position + 8;
+      }
+      for (; position < stop; position += 1) {
+        hash = ((hash << 1) + gear[data[position]!]!) | 0;
+        if ((hash & mask) === 0) return position + 1;
+      }
+      mask = this.#maskLarge;
+      stop = limit;
     }
     if (limit - begin === maxBytes || final) return limit;
     return -1;

@@ -5,7 +5,7 @@
 //
 // Everything read from a store is untrusted: each decoder checks its object's layout and
 // checksum and throws THIN_CORRUPT_ARCHIVE naming the object and what is wrong.
-import { createHash, randomBytes } from 'node:crypto';
+import { hash as digestOf, randomBytes } from 'node:crypto';
 import { ThinError, assert } from '../errors.ts';
 import {
   ARCHIVE_CHUNK_AVERAGE_BYTES_MAX,
@@ -22,8 +22,12 @@ import {
 export const HASH_BYTES = 32;
 export const PACK_ID_BYTES = 16;
 
+/**
+ * One call, no Hash object: pack hashes every chunk, and a Hash object per chunk cost more
+ * (docs/benchmarks.md "Archive: the chunker's loop and the worker bundle").
+ */
 export function sha256(data: Uint8Array): Uint8Array {
-  return createHash('sha256').update(data).digest();
+  return digestOf('sha256', data, 'buffer');
 }
 
 export function hashHex(hash: Uint8Array): string {

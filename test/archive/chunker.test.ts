@@ -83,6 +83,54 @@ test('cut points are pinned (store format F-AR-CDC-1)', () => {
 
 const PINNED = '14:77114761ea96fff0';
 
+/**
+ * The chunker's rule one byte at a time, as docs/format.md states it (F-AR-CDC-1, F-AR-CDC-2): the
+ * gear table from SHA-256, no cut before min, the stricter mask below the average, the looser one
+ * from it, a forced cut at max.
+ */
+const REFERENCE_GEAR = Array.from({ length: 256 }, (_, index) => createHash('sha256').update(`thinbd gear ${index}`).digest().readInt32BE(0));
+
+function referenceCut(params: { minBytes: number; averageBytes: number; maxBytes: number }, data: Uint8Array, begin: number, end: number, final: boolean): number {
+  const bits = Math.log2(params.averageBytes);
+  const mask = (maskBits: number) => ~((1 << (32 - maskBits)) - 1) | 0;
+  const available = end - begin;
+  if (available <= params.minBytes) return final || available === params.maxBytes ? end : -1;
+  const limit = begin + Math.min(available, params.maxBytes);
+  let hash = 0;
+  for (let position = begin + params.minBytes; position < limit; position += 1) {
+    hash = ((hash << 1) + REFERENCE_GEAR[data[position]!]!) | 0;
+    const sizeAfter = position + 1 - begin;
+    if ((hash & mask(sizeAfter <= params.averageBytes ? bits + 2 : bits - 2)) === 0) return position + 1;
+  }
+  return limit - begin === params.maxBytes || final ? limit : -1;
+}
+
+test('the unrolled loop cuts where the one-byte rule does, at every alignment of begin and end', () => {
+  // Small chunks, so that many cuts (and both loops' tails) are exercised.
+  const params = chunkerParams(256);
+  const small = new Chunker(params);
+  const data = pseudoRandom(64 * 1024, 21);
+  let cuts = 0;
+  for (let begin = 0; begin < 2048; begin += 1) {
+    for (const end of [begin + params.minBytes + (begin % 13), begin + params.averageBytes + (begin % 9), begin + params.maxBytes - (begin % 7), begin + 4096]) {
+      for (const final of [false, true]) {
+        assert.equal(small.cut(data, begin, end, final), referenceCut(params, data, begin, end, final), `begin ${begin}, end ${end}, final ${final}`);
+        cuts += 1;
+      }
+    }
+  }
+  // And whole ranges at the default size.
+  const large = pseudoRandom(4 * 1024 * 1024, 22);
+  const defaults = chunkerParams(64 * 1024);
+  for (let begin = 0; begin < large.length; ) {
+    const end = chunker.cut(large, begin, large.length, true);
+    assert.equal(end, referenceCut(defaults, large, begin, large.length, true));
+    begin = end;
+    cuts += 1;
+  }
+  assert.ok(cuts > 16_000);
+});
+
 test('worker threads chunk and compress a job in shared memory where it lies, as this thread does', async () => {
   const params = chunkerParams(16 * 1024);
   const bytes = new Uint8Array(3 * 1024 * 1024);
