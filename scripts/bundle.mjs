@@ -71,7 +71,10 @@ async function bundle(outfile, plugins = []) {
     format: 'cjs',
     target: 'node20',
     packages: 'external',
+    // The maps point into dist/*.js, which ship beside the bundles with their own maps to src/:
+    // without a copy of every source, the nine bundles' maps are 3.7 MB, not 14 MB.
     sourcemap: true,
+    sourcesContent: false,
     logLevel: 'warning',
     plugins: [...plugins, commanderInside, ownUrls],
   });
