@@ -1,20 +1,28 @@
-// Bundles the compiled command line (dist/cli/main.js and the modules it reaches) into one
-// CommonJS file, dist/thinbd.cjs, which bin/thinbd loads when it is at least as new as the rest
-// of dist/. Node loads one synchronous file faster than ~70 ES modules, each resolved, read and
-// linked on its own (docs/benchmarks.md "Command start-up": a short command's CPU 0.7× of the
-// module graph's). The modules stay in dist/ as they are: the library's exports and the worker
-// threads' entry files use them.
+// Bundles the compiled command line (dist/cli/main.js and the modules it reaches) into one-file
+// CommonJS bundles that bin/thinbd loads when they are at least as new as dist/cli/main.js. Node
+// loads one synchronous file faster than ~70 ES modules, each resolved, read and linked on its own
+// (docs/benchmarks.md "Command start-up": a short command's CPU 0.7× of the module graph's). The
+// modules stay in dist/ as they are: the library's exports and the worker threads' entry files use
+// them.
+//
+// - dist/thinbd.cjs: every command (help, no command, an unknown one).
+// - dist/thinbd-<group>.cjs, one per command group (src/cli/commands/<group>.ts), with only that
+//   group's commands: V8 parses the whole file it loads, and a group's half of the code parses in
+//   about half the time. dist/thinbd-commands.json names the bundle of each top-level command.
 //
 // Each module's `import.meta.url` becomes the URL of its own file in dist/, so the paths built
 // from it (worker entry files, createRequire) resolve as they do unbundled. npm packages stay
-// outside the bundle (native add-ons, and what npm installs beside thinbd).
-import { readFile } from 'node:fs/promises';
+// outside the bundles (native add-ons, and what npm installs beside thinbd), except the command
+// line parser, which every command loads first (see commanderInside).
+import { createRequire } from 'node:module';
+import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { build } from 'esbuild';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
+const entry = join(dist, 'cli', 'main.js');
 
 const ownUrls = {
   name: 'own-import-meta-url',
@@ -30,18 +38,54 @@ const ownUrls = {
   },
 };
 
-await build({
-  entryPoints: [join(dist, 'cli', 'main.js')],
-  outfile: join(dist, 'thinbd.cjs'),
-  bundle: true,
-  platform: 'node',
-  format: 'cjs',
-  target: 'node20',
-  packages: 'external',
-  sourcemap: true,
-  logLevel: 'warning',
-  plugins: [ownUrls],
-});
+/**
+ * commander (and its typed wrapper) inside the bundle: loaded as a package it is seven files
+ * resolved through two package.json export maps, and its child_process import (for git-style
+ * executable subcommands, which thinbd does not use) loads child_process, net and dgram; together
+ * a tenth of a short command's start (docs/benchmarks.md "Command start-up"). In the bundle
+ * child_process is loaded when a subcommand is spawned; a commander whose source no longer has
+ * that line is bundled as it is.
+ */
+const commanderInside = {
+  name: 'commander-inside',
+  setup(context) {
+    context.onResolve({ filter: /^(@commander-js\/extra-typings|commander)$/ }, (args) => ({
+      path: createRequire(join(args.resolveDir, 'resolve.js')).resolve(args.path),
+    }));
+    context.onLoad({ filter: /[\\/]commander[\\/]lib[\\/]command\.js$/ }, async (args) => {
+      const source = await readFile(args.path, 'utf8');
+      const eager = "const childProcess = require('node:child_process');";
+      const lazy = "const childProcess = { spawn: (...spawnArgs) => require('node:child_process').spawn(...spawnArgs) };";
+      return { contents: source.replace(eager, lazy), loader: 'js' };
+    });
+  },
+};
+
+/**
+ * One CommonJS bundle of the command line (or of `entryPoint`); `plugins` come before the
+ * import.meta.url rewrite.
+ */
+async function bundle(outfile, plugins = [], entryPoint = entry) {
+  await build({
+    entryPoints: [entryPoint],
+    outfile,
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    packages: 'external',
+    // The maps point into dist/*.js, which ship beside the bundles with their own maps to src/:
+    // without a copy of every source, the nine bundles' maps are 3.7 MB, not 14 MB.
+    sourcemap: true,
+    sourcesContent: false,
+    logLevel: 'warning',
+    plugins: [...plugins, commanderInside, ownUrls],
+  });
+}
+
+await bundle(join(dist, 'thinbd.cjs'));
+await bundleCommandGroups();
+await bundleChunkWorker();
 
 /**
  * The archive's chunk worker (dist/archive/chunk-worker.js and what it imports) as one file,
@@ -50,18 +94,39 @@ await build({
  * (docs/benchmarks.md "Archive: the chunker's loop and the worker bundle").
  */
 async function bundleChunkWorker() {
-  await build({
-    entryPoints: [join(dist, 'archive', 'chunk-worker.js')],
-    outfile: join(dist, 'chunk-worker.cjs'),
-    bundle: true,
-    platform: 'node',
-    format: 'cjs',
-    target: 'node20',
-    packages: 'external',
-    sourcemap: true,
-    logLevel: 'warning',
-    plugins: [ownUrls],
-  });
+  await bundle(join(dist, 'chunk-worker.cjs'), [], join(dist, 'archive', 'chunk-worker.js'));
 }
 
-await bundleChunkWorker();
+/**
+ * A bundle per command group, and dist/thinbd-commands.json mapping each top-level command to
+ * its group's bundle. A group's bundle leaves the other groups' modules out: in their place a
+ * module that throws, which nothing loads, since main.ts loads only the group its command line
+ * names, and bin/thinbd picks this bundle only for that group's commands.
+ */
+async function bundleCommandGroups() {
+  const { COMMAND_GROUPS } = await import(pathToFileURL(entry).href);
+  const groupModule = (group) => {
+    const found = [...group.load.toString().matchAll(/commands\/([\w-]+)\.js/g)].map((match) => match[1]);
+    if (new Set(found).size !== 1) throw new Error(`command group ${group.commands.join(', ')}: loads ${found.length === 0 ? 'no module' : found.join(', ')} from dist/cli/commands/, expected one`);
+    return found[0];
+  };
+  const bundles = {};
+  for (const name of new Set(COMMAND_GROUPS.map(groupModule))) {
+    const file = `thinbd-${name}.cjs`;
+    const onlyThisGroup = {
+      name: 'only-this-command-group',
+      setup(context) {
+        context.onResolve({ filter: /^\.\/commands\/[\w-]+\.js$/ }, (args) =>
+          args.importer === entry && args.path !== `./commands/${name}.js` ? { path: args.path, namespace: 'other-command-group' } : undefined,
+        );
+        context.onLoad({ filter: /.*/, namespace: 'other-command-group' }, (args) => ({
+          contents: `throw new Error(${JSON.stringify(`${args.path} is not in dist/${file}: bin/thinbd runs dist/thinbd.cjs for its commands`)});`,
+          loader: 'js',
+        }));
+      },
+    };
+    await bundle(join(dist, file), [onlyThisGroup]);
+    for (const group of COMMAND_GROUPS) if (groupModule(group) === name) for (const command of group.commands) bundles[command] = file;
+  }
+  await writeFile(join(dist, 'thinbd-commands.json'), `${JSON.stringify(bundles, null, 2)}\n`);
+}

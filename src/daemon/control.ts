@@ -8,7 +8,7 @@
 // The socket can change every volume, so it is the owner's alone: created 0600, and a peer whose
 // uid (SO_PEERCRED, told by the kernel) is neither the server's nor root is refused and logged,
 // even if someone loosens the socket file's mode.
-import { createServer, createConnection, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PoolService, ServiceSession } from './service.ts';
@@ -20,6 +20,12 @@ import { CONTROL_REQUEST_BYTES_MAX, CONTROL_CONNECT_TIMEOUT_MS } from '../consta
 import type { LogSink } from '../util/log.ts';
 
 export const CONTROL_SOCKET_NAME = 'control.sock';
+
+/**
+ * node:net, loaded when a socket is made: every command that opens a pool loads this module to
+ * look for a server, and most find none (docs/benchmarks.md "Command start-up").
+ */
+const net = (): typeof import('node:net') => process.getBuiltinModule('node:net');
 
 export function controlSocketPath(poolDir: string): string {
   return join(poolDir, CONTROL_SOCKET_NAME);
@@ -41,7 +47,7 @@ export class ControlServer {
   /** Listens on socketPath (removing a stale socket file: the caller holds the pool lock). */
   static async listen(socketPath: string, service: PoolService, log: LogSink = () => {}): Promise<ControlServer> {
     rmSync(socketPath, { force: true });
-    const server = createServer();
+    const server = net().createServer();
     const control = new ControlServer(server, socketPath);
     server.on('connection', (socket) => {
       const refusal = refusePeer(socket);
@@ -131,7 +137,7 @@ function refusePeer(socket: Socket): string | undefined {
 /** A PoolService that forwards every call to a live server; undefined when none answers. */
 export async function connectControl(socketPath: string): Promise<PoolService | undefined> {
   const socket = await new Promise<Socket | undefined>((resolve) => {
-    const connection = createConnection(socketPath);
+    const connection = net().createConnection(socketPath);
     const timer = setTimeout(() => {
       connection.destroy();
       resolve(undefined);

@@ -81,14 +81,26 @@ export class ReferenceRuns {
 
   #denseCoverage(): CoverageRun[] {
     const dense = this.#dense;
+    const end = this.#denseEnd;
     const runs: CoverageRun[] = [];
     let previous: CoverageRun | undefined;
-    for (let blockNr = this.#denseBegin; blockNr < this.#denseEnd; blockNr++) {
-      let count = dense[blockNr]!;
-      if (count === 0) continue;
-      if (count === DENSE_COUNT_SATURATED) count += this.#overflow.get(blockNr) ?? 0;
-      if (previous !== undefined && previous.end === blockNr && previous.count === count) previous.end = blockNr + 1;
-      else runs.push((previous = { begin: blockNr, end: blockNr + 1, count }));
+    // Blocks of one count are taken a run at a time by a loop that only compares bytes: a pool's
+    // references are mostly long runs of count 1 (a scattered pool's too: every data block once).
+    let blockNr = Math.min(this.#denseBegin, end);
+    while (blockNr < end) {
+      const byte = dense[blockNr]!;
+      let runEnd = blockNr + 1;
+      while (runEnd < end && dense[runEnd] === byte) runEnd++;
+      if (byte === 0) {
+        blockNr = runEnd;
+        continue;
+      }
+      // A saturated block's count continues in the overflow map: one block at a time.
+      if (byte === DENSE_COUNT_SATURATED) runEnd = blockNr + 1;
+      const count = byte === DENSE_COUNT_SATURATED ? byte + (this.#overflow.get(blockNr) ?? 0) : byte;
+      if (previous !== undefined && previous.end === blockNr && previous.count === count) previous.end = runEnd;
+      else runs.push((previous = { begin: blockNr, end: runEnd, count }));
+      blockNr = runEnd;
     }
     return runs;
   }

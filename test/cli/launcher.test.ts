@@ -1,27 +1,30 @@
-// bin/thinbd picks the one-file bundle (dist/thinbd.cjs) only while it is at least as new as the
-// compiled modules, so a `tsc` run without the bundle step never runs stale code. (The other CLI
+// bin/thinbd picks a one-file bundle (its command group's, named by dist/thinbd-commands.json, else
+// dist/thinbd.cjs) only while it is at least as new as the compiled modules, so a `tsc` run
+// without the bundle step never runs stale code. (The other CLI
 // tests run the real bundle, worker threads included: archive pack, image import.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { thinbd, THINBD } from './run-thinbd.ts';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 
-/** A copy of bin/thinbd beside a fake dist/ whose two entry points say which one ran. */
-function fakeInstall(): { dir: string; run: () => string; age: (path: string, seconds: number) => void } {
+/** A copy of bin/thinbd beside a fake dist/ whose entry points say which one ran. */
+function fakeInstall(): { dir: string; run: (...args: string[]) => string; age: (path: string, seconds: number) => void } {
   const dir = mkdtempSync(join(tmpdir(), 'thinbd-launcher-'));
   mkdirSync(join(dir, 'bin'));
   mkdirSync(join(dir, 'dist', 'cli'), { recursive: true });
   copyFileSync(THINBD, join(dir, 'bin', 'thinbd'));
   writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n');
   writeFileSync(join(dir, 'dist', 'thinbd.cjs'), "exports.main = async () => { console.log('bundle'); return 0; };\n");
+  writeFileSync(join(dir, 'dist', 'thinbd-check.cjs'), "exports.main = async (argv) => { console.log('check group ' + argv.join(' ')); return 0; };\n");
+  writeFileSync(join(dir, 'dist', 'thinbd-commands.json'), '{ "check": "thinbd-check.cjs", "scrub": "thinbd-check.cjs" }\n');
   writeFileSync(join(dir, 'dist', 'cli', 'main.js'), "export async function main() { console.log('modules'); return 0; }\n");
-  const run = (): string => {
-    const result = spawnSync(process.execPath, [join(dir, 'bin', 'thinbd')], { encoding: 'utf8', timeout: 60_000 });
+  const run = (...args: string[]): string => {
+    const result = spawnSync(process.execPath, [join(dir, 'bin', 'thinbd'), ...args], { encoding: 'utf8', timeout: 60_000 });
     assert.equal(result.status, 0, result.stderr);
     return result.stdout.trim();
   };
@@ -44,6 +47,46 @@ test('the launcher runs the bundle when it is as new as the modules, the modules
   } finally {
     rmSync(install.dir, { recursive: true, force: true });
   }
+});
+
+test("a command runs its group's bundle while it and the command list are as new as the modules; help and unknown commands the whole bundle", () => {
+  const install = fakeInstall();
+  try {
+    install.age('dist/cli/main.js', 60);
+    assert.equal(install.run('check', '--pool', 'p'), 'check group check --pool p');
+    assert.equal(install.run('--verbose', 'scrub'), 'check group --verbose scrub');
+    assert.equal(install.run('--help'), 'bundle');
+    assert.equal(install.run('dump', '--pool', 'p'), 'bundle', 'a command the list does not name');
+    assert.equal(install.run('constructor'), 'bundle', 'a name the list object inherits');
+    install.age('dist/thinbd-check.cjs', 120);
+    assert.equal(install.run('check'), 'bundle', "the group's bundle older than the modules");
+    install.age('dist/thinbd-check.cjs', 0);
+    install.age('dist/thinbd-commands.json', 120);
+    assert.equal(install.run('check'), 'bundle', 'the command list older than the modules');
+    install.age('dist/thinbd-commands.json', 0);
+    writeFileSync(join(install.dir, 'dist', 'thinbd-commands.json'), '{ "check": ');
+    assert.equal(install.run('check'), 'bundle', 'a command list cut short');
+    writeFileSync(join(install.dir, 'dist', 'thinbd-commands.json'), '{ "check": "../cli/main.js" }\n');
+    assert.equal(install.run('check'), 'bundle', 'a command list naming a file that is not a bundle');
+    install.age('dist/thinbd.cjs', 120);
+    assert.equal(install.run('check'), 'modules');
+  } finally {
+    rmSync(install.dir, { recursive: true, force: true });
+  }
+});
+
+test("the build made a bundle per command group and the list of each command's bundle", () => {
+  const compiled = statSync(join(ROOT, 'dist', 'cli', 'main.js')).mtimeMs;
+  const list = join(ROOT, 'dist', 'thinbd-commands.json');
+  assert.ok(statSync(list, { throwIfNoEntry: false }) !== undefined, 'dist/thinbd-commands.json is missing: build with `npm run build`');
+  const bundles = JSON.parse(readFileSync(list, 'utf8')) as Record<string, string>;
+  for (const command of ['pool', 'create', 'check', 'scrub', 'serve', 'dump', 'delta', 'archive', 'image', 'import']) {
+    const file = bundles[command];
+    assert.ok(file !== undefined, `no bundle for ${command}`);
+    assert.ok(statSync(join(ROOT, 'dist', file)).mtimeMs >= compiled, `dist/${file} is older than dist/cli/main.js`);
+  }
+  assert.equal(bundles['check'], bundles['scrub']);
+  assert.notEqual(bundles['check'], bundles['dump']);
 });
 
 test('the build made the bundle, and bin/thinbd runs it', () => {
