@@ -471,6 +471,9 @@ export class PackWriter {
 
 // ---- reading chunks back ----
 
+/** Bytes of a reused read buffer: a joined read of ARCHIVE_READ_RAW_BYTES_MAX of chunks with room for its gaps. */
+const READ_BUFFER_BYTES = ARCHIVE_READ_RAW_BYTES_MAX + 4 * ARCHIVE_READ_GAP_BYTES_MAX;
+
 interface PendingRead {
   refIndex: number;
   location: ChunkLocation;
@@ -485,6 +488,8 @@ export class ChunkReader {
   readonly #store: ObjectStore;
   readonly #index: ChunkIndex;
   readonly #decoder: ChunkDecoder;
+  /** Read buffers free for the next joined read (#readGroup). */
+  readonly #readBuffers: Uint8Array[] = [];
 
   /** `decoder`: where chunks are decompressed and checked (default: on this thread). */
   constructor(store: ObjectStore, index: ChunkIndex, decoder: ChunkDecoder = new InlineChunkDecoder()) {
@@ -555,41 +560,50 @@ export class ChunkReader {
     const beginBytes = first.offsetBytes;
     const endBytes = Math.max(...group.map((read) => read.location.offsetBytes + read.location.storedBytes));
     const key = packKey(first.packId);
-    let bytes: Uint8Array;
+    // The bytes go into a reused buffer (shared memory, read by a worker thread in place), free
+    // again once they are decoded: unpack reads a stream's whole stored size, and fresh buffers
+    // cost a page fault per 4 KiB (docs/benchmarks.md, "Archive"). A read larger than one (joined
+    // across many gaps) gets a buffer of its own.
+    const buffer = endBytes - beginBytes <= READ_BUFFER_BYTES ? (this.#readBuffers.pop() ?? new Uint8Array(new SharedArrayBuffer(READ_BUFFER_BYTES))) : undefined;
     try {
-      bytes = await this.#store.getRange(key, beginBytes, endBytes);
-    } catch (error) {
-      if (isThinError(error, 'THIN_NOT_FOUND')) throw corrupt(describe(group[0]!.refIndex), `its pack ${key} is missing`, error);
-      throw error;
-    }
-    const items: DecodeItem[] = [];
-    for (const read of group) {
-      const { location } = read;
-      const begin = location.offsetBytes - beginBytes;
-      if (begin + location.storedBytes > bytes.length) {
-        throw corrupt(describe(read.refIndex), `its pack ${key} is truncated (${beginBytes + bytes.length} bytes, the chunk ends at ${location.offsetBytes + location.storedBytes})`);
+      let bytes: Uint8Array;
+      try {
+        bytes = await this.#store.getRange(key, beginBytes, endBytes, buffer);
+      } catch (error) {
+        if (isThinError(error, 'THIN_NOT_FOUND')) throw corrupt(describe(group[0]!.refIndex), `its pack ${key} is missing`, error);
+        throw error;
       }
-      const zstd = (location.flags & CHUNK_FLAG_ZSTD) !== 0;
-      items.push({ beginBytes: begin, storedBytes: location.storedBytes, rawBytes: location.rawBytes, zstd, hash: refs[read.refIndex]!.hash });
-    }
-    const groupTargets = targets === undefined ? undefined : group.map((read) => targets[read.refIndex]!);
-    const outcome = await this.#decoder.decode(bytes, items, groupTargets);
-    if ('failedItem' in outcome) {
-      // F-AR-CHUNK-1: a chunk's name is the SHA-256 of its raw bytes; anything else is damage.
-      const read = group[outcome.failedItem]!;
-      throw corrupt(describe(read.refIndex), `damaged in pack ${key} at byte ${read.location.offsetBytes}: ${outcome.message}`);
-    }
-    let at = 0;
-    for (const [position, read] of group.entries()) {
-      const target = groupTargets?.[position];
-      const rawBytes = read.location.rawBytes;
-      if (target === undefined) results[read.refIndex] = outcome.raw.subarray(at, at + rawBytes);
-      else {
-        // A decoder on another thread hands the chunks back end to end.
-        if (outcome.raw.length > 0) target.set(outcome.raw.subarray(at, at + rawBytes));
-        results[read.refIndex] = target;
+      const items: DecodeItem[] = [];
+      for (const read of group) {
+        const { location } = read;
+        const begin = location.offsetBytes - beginBytes;
+        if (begin + location.storedBytes > bytes.length) {
+          throw corrupt(describe(read.refIndex), `its pack ${key} is truncated (${beginBytes + bytes.length} bytes, the chunk ends at ${location.offsetBytes + location.storedBytes})`);
+        }
+        const zstd = (location.flags & CHUNK_FLAG_ZSTD) !== 0;
+        items.push({ beginBytes: begin, storedBytes: location.storedBytes, rawBytes: location.rawBytes, zstd, hash: refs[read.refIndex]!.hash });
       }
-      at += rawBytes;
+      const groupTargets = targets === undefined ? undefined : group.map((read) => targets[read.refIndex]!);
+      const outcome = await this.#decoder.decode(bytes, items, groupTargets);
+      if ('failedItem' in outcome) {
+        // F-AR-CHUNK-1: a chunk's name is the SHA-256 of its raw bytes; anything else is damage.
+        const read = group[outcome.failedItem]!;
+        throw corrupt(describe(read.refIndex), `damaged in pack ${key} at byte ${read.location.offsetBytes}: ${outcome.message}`);
+      }
+      let at = 0;
+      for (const [position, read] of group.entries()) {
+        const target = groupTargets?.[position];
+        const rawBytes = read.location.rawBytes;
+        if (target === undefined) results[read.refIndex] = outcome.raw.subarray(at, at + rawBytes);
+        else {
+          // A decoder on another thread hands the chunks back end to end.
+          if (outcome.raw.length > 0) target.set(outcome.raw.subarray(at, at + rawBytes));
+          results[read.refIndex] = target;
+        }
+        at += rawBytes;
+      }
+    } finally {
+      if (buffer !== undefined) this.#readBuffers.push(buffer);
     }
   }
 }

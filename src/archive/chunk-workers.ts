@@ -138,23 +138,25 @@ export class WorkerChunkJobs implements ChunkJobs {
   }
 
   /**
-   * Decodes on the worker with the fewest jobs in hand; the bytes move there (a copy when they
-   * share their buffer). Targets in shared memory are written by the worker in place; others are
+   * Decodes on the worker with the fewest jobs in hand. Bytes in shared memory are read there in
+   * place (the caller keeps them until this resolves); others move there (a copy when they share
+   * their buffer). Targets in shared memory are written by the worker in place; others are
    * ignored (the chunks come back end to end).
    */
   async decode(bytes: Uint8Array, items: DecodeItem[], targets?: Uint8Array[]): Promise<DecodeOutcome> {
     const workers = this.#workers ?? this.#start();
     const entry = workers.reduce((best, candidate) => (candidate.jobs < best.jobs ? candidate : best));
-    const owned = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && !(bytes.buffer instanceof SharedArrayBuffer) ? bytes : bytes.slice();
+    const shared = bytes.buffer instanceof SharedArrayBuffer;
+    const owned = shared || (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength) ? bytes : bytes.slice();
     entry.jobs += 1;
     try {
       // The names go in one buffer: a view posted alone would take its whole buffer along (a segment's).
       const hashes = new Uint8Array(items.length * HASH_BYTES);
       items.forEach((item, position) => hashes.set(item.hash, position * HASH_BYTES));
       const places = items.map(({ beginBytes, storedBytes, rawBytes, zstd }) => ({ beginBytes, storedBytes, rawBytes, zstd }));
-      const shared = targets !== undefined && targets.every((target) => target.buffer instanceof SharedArrayBuffer) ? targets : undefined;
-      const request: WorkerRequest = { type: 'decode', id: this.#nextId++, bytes: owned, places, hashes, ...(shared === undefined ? {} : { targets: shared }) };
-      const reply = await this.#send(entry, request, [owned.buffer as ArrayBuffer, hashes.buffer]);
+      const sharedTargets = targets !== undefined && targets.every((target) => target.buffer instanceof SharedArrayBuffer) ? targets : undefined;
+      const request: WorkerRequest = { type: 'decode', id: this.#nextId++, bytes: owned, places, hashes, ...(sharedTargets === undefined ? {} : { targets: sharedTargets }) };
+      const reply = await this.#send(entry, request, shared ? [hashes.buffer] : [owned.buffer as ArrayBuffer, hashes.buffer]);
       assert(reply.type === 'decoded', 'a decode reply');
       return reply.outcome;
     } finally {

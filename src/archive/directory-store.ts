@@ -42,11 +42,11 @@ export class DirectoryObjectStore implements ObjectStore {
     }
   }
 
-  async getRange(key: string, beginBytes: number, endBytes: number): Promise<Uint8Array> {
+  async getRange(key: string, beginBytes: number, endBytes: number, into?: Uint8Array): Promise<Uint8Array> {
     let handle: fsp.FileHandle | undefined;
     try {
       handle = await fsp.open(this.#path(key), 'r');
-      const target = new Uint8Array(endBytes - beginBytes);
+      const target = into !== undefined && into.length >= endBytes - beginBytes ? into.subarray(0, endBytes - beginBytes) : new Uint8Array(endBytes - beginBytes);
       let done = 0;
       while (done < target.length) {
         const { bytesRead } = await handle.read(target, done, target.length - done, beginBytes + done);

@@ -11,6 +11,9 @@
 //   which AWS S3 honours; a server that ignores the condition lets a later writer win (see
 //   docs/format.md F-AR-STREAM-5).
 // - get / getRange read an object or a byte range of it; a missing key is THIN_NOT_FOUND.
+//   getRange may read into a buffer the caller gives (the directory store does; S3 answers in a
+//   buffer of its own): unpack reads gigabytes of packs through a few reused buffers, where fresh
+//   ones cost a page fault per 4 KiB (docs/benchmarks.md, "Archive").
 // - list(prefix) yields every key under a prefix that ends in '/', with sizes, in key order.
 // - delete(key) removes an object; a missing one is not an error.
 // - openWriter(key), where a store has it, writes an object in parts as they come and then
@@ -40,8 +43,11 @@ export interface ObjectStore {
   /** Where the store is, as the user named it (a directory path or an s3:// URL). */
   readonly url: string;
   get(key: string): Promise<Uint8Array>;
-  /** Bytes [beginBytes, endBytes) of an object; THIN_NOT_FOUND if absent, fewer bytes if it is shorter. */
-  getRange(key: string, beginBytes: number, endBytes: number): Promise<Uint8Array>;
+  /**
+   * Bytes [beginBytes, endBytes) of an object; THIN_NOT_FOUND if absent, fewer bytes if it is
+   * shorter. With `into` (at least endBytes - beginBytes long) the result may be a view of it.
+   */
+  getRange(key: string, beginBytes: number, endBytes: number, into?: Uint8Array): Promise<Uint8Array>;
   put(key: string, data: Uint8Array): Promise<void>;
   /** Like put, but false (and nothing written) when the key already exists. */
   putNew(key: string, data: Uint8Array): Promise<boolean>;

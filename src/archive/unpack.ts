@@ -134,6 +134,8 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     const targetMapped = existing === undefined ? [] : mappedByteRanges(volume.mappedRuns(), bs, root.sizeBytes);
     const streamMapped: Range[] = [];
     const buffers = new Array<Uint8Array | undefined>(ARCHIVE_UNPACK_WINDOWS_AHEAD + 1).fill(undefined);
+    /** Bytes of a block that writeWhole holds back until the next window brings the rest of it. */
+    const partial = { beginBytes: 0, lengthBytes: 0, bytes: new Uint8Array(existing === undefined ? bs : 0) };
     let doneBytes = 0;
     for (const ref of root.segments) {
       const segment = await archive.readSegment(reader, root, ref);
@@ -154,7 +156,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
 
     async function writeSegment(segment: Segment): Promise<void> {
       // Windows: consecutive chunks of a run, up to ARCHIVE_UNPACK_WINDOW_BYTES each.
-      const windows: Array<{ begin: number; refs: ChunkRef[]; bytes: number }> = [];
+      const windows: Array<{ begin: number; refs: ChunkRef[]; bytes: number; endsRun: boolean }> = [];
       for (const run of segment.runs) {
         let chunkAt = 0;
         let offset = run.beginBytes;
@@ -166,7 +168,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
             windowBytes += run.chunks[chunkAt]!.rawBytes;
             chunkAt += 1;
           }
-          windows.push({ begin: offset, refs, bytes: windowBytes });
+          windows.push({ begin: offset, refs, bytes: windowBytes, endsRun: chunkAt === run.chunks.length });
           offset += windowBytes;
         }
       }
@@ -185,7 +187,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
         if (existing === undefined) {
           const data = await fetched.shift()!;
           fetchAt(position + ARCHIVE_UNPACK_WINDOWS_AHEAD);
-          await writeWhole(window.begin, data);
+          await writeWhole(window.begin, data, window.endsRun);
         } else {
           await writeWindow(window.begin, window.refs);
         }
@@ -215,17 +217,49 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
       return window;
     }
 
-    /** Writes a window into the new volume, TRANSFER_CHUNK_BYTES at a time, several in flight. */
-    async function writeWhole(windowBegin: number, data: Uint8Array): Promise<void> {
+    /**
+     * Writes a window into the new volume in whole blocks, up to TRANSFER_CHUNK_BYTES at a time,
+     * several in flight. Windows end where chunks end, anywhere in a block, and a write of part of
+     * an unmapped block provisions it block by block (zeroing the rest, then writing the rest
+     * again): so the window's last partial block waits in `partial` for the next window of the run,
+     * and the run's end writes what is left.
+     */
+    async function writeWhole(windowBegin: number, data: Uint8Array, endsRun: boolean): Promise<void> {
+      let position = windowBegin;
+      const end = windowBegin + data.length;
+      const take = (upTo: number) => {
+        if (partial.lengthBytes === 0) partial.beginBytes = position;
+        assert(partial.beginBytes + partial.lengthBytes === position, 'a partial block not followed by its window');
+        partial.bytes.set(data.subarray(position - windowBegin, upTo - windowBegin), partial.lengthBytes);
+        partial.lengthBytes += upTo - position;
+        position = upTo;
+      };
+      // The block begun before this window, or a run that begins inside a block.
+      if (position % bs !== 0) {
+        take(Math.min(end, (Math.floor(position / bs) + 1) * bs));
+        if ((partial.beginBytes + partial.lengthBytes) % bs === 0) await writePartial();
+      }
+      const wholeEnd = Math.max(position, Math.floor(end / bs) * bs);
       const writes: Promise<void>[] = [];
-      for (let at = 0; at < data.length; at += TRANSFER_CHUNK_BYTES) {
-        const write = volume.write(windowBegin + at, data.subarray(at, Math.min(at + TRANSFER_CHUNK_BYTES, data.length)));
+      while (position < wholeEnd) {
+        const pieceEnd = Math.min(wholeEnd, position + TRANSFER_CHUNK_BYTES);
+        const write = volume.write(position, data.subarray(position - windowBegin, pieceEnd - windowBegin));
         write.catch(() => undefined); // met by the await below
         writes.push(write);
         if (writes.length >= TRANSFER_WRITES_IN_FLIGHT_MAX) await writes.shift();
+        position = pieceEnd;
       }
       await Promise.all(writes);
+      if (position < end) take(end);
+      if (endsRun) await writePartial();
       result.bytesWritten += data.length;
+    }
+
+    /** Writes the partial block held back by writeWhole (if any). */
+    async function writePartial(): Promise<void> {
+      if (partial.lengthBytes === 0) return;
+      await volume.write(partial.beginBytes, partial.bytes.subarray(0, partial.lengthBytes));
+      partial.lengthBytes = 0;
     }
 
     async function writeWindow(windowBegin: number, refs: ChunkRef[]): Promise<void> {

@@ -7,7 +7,10 @@ import { join } from 'node:path';
 import type { Pool } from '../../src/pool/pool.ts';
 import { Archive, ChunkReader } from '../../src/archive/archive.ts';
 import { InlineChunkDecoder, type ChunkDecoder } from '../../src/archive/chunk-decode.ts';
-import { ARCHIVE_READ_RAW_BYTES_MAX } from '../../src/constants.ts';
+import { WorkerChunkJobs } from '../../src/archive/chunk-workers.ts';
+import { Volume } from '../../src/pool/volume.ts';
+import type { ObjectStore } from '../../src/archive/store.ts';
+import { ARCHIVE_READ_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES } from '../../src/constants.ts';
 import { packVolume, unpackVolume, listArchive, verifyArchive } from '../../src/archive/commands.ts';
 import { listVolumes } from '../../src/tools/list.ts';
 import { BLOCK, MiB, contentBytes, createPool, digest, mappedBlocks, readVolume, tempDir } from './helpers.ts';
@@ -164,5 +167,70 @@ test('a read of many chunks is cut into decode jobs of ARCHIVE_READ_RAW_BYTES_MA
     assert.ok(joined.equals(Buffer.from(contentBytes(6 * MiB, 1)).subarray(0, joined.length)), 'the chunks are the volume bytes, in order');
   } finally {
     await archive.close();
+  }
+});
+
+test('chunks are read through a few reused shared buffers and decoded by worker threads where they lie', async () => {
+  const archive = await Archive.open(store);
+  const workers = new WorkerChunkJobs(archive.config.chunking, archive.config.compression.level, 2);
+  try {
+    const { index } = await archive.loadIndex();
+    const reads: Array<{ into: Uint8Array | undefined; result: Uint8Array }> = [];
+    const counting: ObjectStore = Object.create(archive.store) as ObjectStore;
+    counting.getRange = async (key, beginBytes, endBytes, into) => {
+      const result = await archive.store.getRange(key, beginBytes, endBytes, into);
+      reads.push({ into, result });
+      return result;
+    };
+    const reader = new ChunkReader(counting, index, workers);
+    const root = await archive.readStream('s0');
+    const segment = await archive.readSegment(new ChunkReader(archive.store, index), root, root.segments[0]!);
+    const refs = segment.runs[0]!.chunks;
+    const expected = Buffer.concat(await new ChunkReader(archive.store, index).read(refs, (position) => `chunk ${position}`));
+    for (let round = 0; round < 3; round += 1) {
+      const chunks = await reader.read(refs, (position) => `chunk ${position}`);
+      assert.ok(Buffer.concat(chunks).equals(expected), `round ${round}: the chunks decoded on the workers are the store's`);
+    }
+    const buffers = new Set(reads.map((read) => read.into?.buffer));
+    assert.ok(reads.length >= 6, `${reads.length} ranged reads`);
+    assert.ok(reads.every((read) => read.into !== undefined && read.into.buffer instanceof SharedArrayBuffer && read.result.buffer === read.into.buffer), 'every read lands in a shared buffer of the reader');
+    assert.equal(buffers.size, reads.length / 3, 'the second and third rounds reuse the buffers of the first');
+  } finally {
+    await workers.close();
+    await archive.close();
+  }
+});
+
+test('unpack into a new volume writes whole blocks, even where its windows end inside a block', async () => {
+  // One mapped run longer than a window, from a block that is not a multiple of the pack's job
+  // size (jobs end in cuts): windows end where chunks end, anywhere in a block.
+  const runBegin = 3 * BLOCK;
+  const runBytes = ARCHIVE_UNPACK_WINDOW_BYTES + 5 * MiB + 12345;
+  const sizeBytes = runBegin + runBytes;
+  const volume = await source.createVolume('long', { sizeBytes });
+  await volume.write(runBegin, contentBytes(runBytes, 21));
+  await source.snapshot('long', 'long.0', { readOnly: true });
+  await packVolume({ store, sources: poolSources(source), volume: 'long.0', name: 'long' });
+  const target = await createPool(join(dir.path, 'blocks'));
+  const writes: Array<{ offsetBytes: number; lengthBytes: number }> = [];
+  const write = Volume.prototype.write;
+  Volume.prototype.write = function (this: Volume, offsetBytes: number, source: Uint8Array, ...rest) {
+    if (this.name.endsWith('.unpacking')) writes.push({ offsetBytes, lengthBytes: source.length });
+    return write.call(this, offsetBytes, source, ...rest);
+  } as typeof write;
+  try {
+    await unpackVolume({ store, pool: target, stream: 'long', volume: 'long' });
+  } finally {
+    Volume.prototype.write = write;
+  }
+  try {
+    assert.equal(digest(await readVolume(target, 'long')), digest(await readVolume(source, 'long.0')));
+    assert.equal(writes.reduce((sum, entry) => sum + entry.lengthBytes, 0), runBytes, 'every byte written once');
+    for (const { offsetBytes, lengthBytes } of writes) {
+      assert.equal(offsetBytes % BLOCK, 0, `a write at ${offsetBytes} begins a block`);
+      assert.ok(lengthBytes % BLOCK === 0 || offsetBytes + lengthBytes === sizeBytes, `a write of ${lengthBytes} bytes at ${offsetBytes} ends a block or the volume`);
+    }
+  } finally {
+    await target.close();
   }
 });

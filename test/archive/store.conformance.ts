@@ -30,6 +30,22 @@ export function storeConformance(factory: StoreFactory): void {
       await store.close();
     });
 
+    test('a range read into a buffer of the caller holds the same bytes, whether or not the store used the buffer', async () => {
+      const store = await factory.create();
+      const data = randomBytes(50_000);
+      await store.put('packs/ab/abcdef', data);
+      const into = new Uint8Array(new SharedArrayBuffer(20_000)).fill(0xee);
+      const range = await store.getRange('packs/ab/abcdef', 30_000, 45_000, into);
+      assert.deepEqual(Buffer.from(range), data.subarray(30_000, 45_000));
+      if (range.buffer === into.buffer) assert.equal(range.byteOffset, 0, 'a view of the buffer from its start');
+      // Past the end: fewer bytes, as without a buffer.
+      assert.deepEqual(Buffer.from(await store.getRange('packs/ab/abcdef', 40_000, 60_000, new Uint8Array(20_000))), data.subarray(40_000));
+      // A buffer too short for the range is not written past its end.
+      const short = new Uint8Array(10);
+      assert.deepEqual(Buffer.from(await store.getRange('packs/ab/abcdef', 0, 100, short)), data.subarray(0, 100));
+      await store.close();
+    });
+
     test('put replaces an object; an empty object is an object', async () => {
       const store = await factory.create();
       await store.put('config', new Uint8Array([1, 2, 3]));
