@@ -80,6 +80,11 @@ export const ARCHIVE_INDEX_BYTES_MAX = 1024 * 1024 * 1024;
  * place is cut the same way in every pack. One extra cut per 8 MiB costs little dedup.
  */
 export const ARCHIVE_JOB_BYTES = 8 * 1024 * 1024;
+/**
+ * Bytes a pack expects to read (a small incremental) up to which it chunks, hashes and compresses
+ * on its own thread rather than start worker threads (~85 ms of CPU each to start).
+ */
+export const ARCHIVE_INLINE_BYTES_MAX = 2 * ARCHIVE_JOB_BYTES;
 /** Jobs read and being chunked at once: enough to keep every worker busy, bounded memory. */
 export const ARCHIVE_JOBS_IN_FLIGHT_MAX = 6;
 /** Pack objects uploading at once: overlaps upload with chunking without holding many packs in memory. */

@@ -29,7 +29,6 @@ import {
   STREAMS_PREFIX,
   checkPackHeader,
   corrupt,
-  decodeIndex,
   decodePackEntries,
   decodePackFooter,
   decodeSegment,
@@ -45,11 +44,13 @@ import {
   newObjectId,
   packIdOfKey,
   packKey,
+  scanIndex,
   sha256,
   streamKey,
   validStreamName,
   type ChunkEntry,
   type ChunkRef,
+  type PackEntryBytes,
   type PackListing,
   type Segment,
   type SegmentRef,
@@ -144,14 +145,14 @@ export class Archive {
     }
     const covered = new Set<string>();
     const indexKeys: string[] = [];
-    const listed: PackListing[] = [];
+    const listed: PackEntryBytes[] = [];
     let listedEntries = 0;
     for await (const object of this.store.list(INDEX_PREFIX)) {
       indexKeys.push(object.key);
-      let listings: PackListing[];
+      let listings: PackEntryBytes[];
       try {
         if (object.sizeBytes > ARCHIVE_INDEX_BYTES_MAX) throw corrupt(object.key, `${object.sizeBytes} bytes is larger than any index`);
-        listings = decodeIndex(await this.store.get(object.key), `index object ${object.key}`);
+        listings = scanIndex(await this.store.get(object.key), `index object ${object.key}`);
       } catch (error) {
         if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_NOT_FOUND')) throw error;
         problems.push((error as Error).message);
@@ -162,14 +163,13 @@ export class Archive {
         if (!packSizes.has(listing.packId)) continue;
         covered.add(listing.packId);
         listed.push(listing);
-        listedEntries += listing.entries.length;
+        listedEntries += listing.count;
       }
     }
-    // Sized for what the indexes list (and a pack's worth more), so it does not grow while loading.
+    // Sized for what the indexes list (and a pack's worth more), so it does not grow while loading;
+    // the entries go in from the index objects' bytes, without an object each.
     const index = new ChunkIndex(listedEntries + 1024);
-    for (const listing of listed) {
-      for (const entry of listing.entries) index.add(listing.packId, entry);
-    }
+    for (const listing of listed) index.addEntries(listing);
     const unindexed: PackListing[] = [];
     for (const [packId, sizeBytes] of packSizes) {
       if (covered.has(packId)) continue;

@@ -9,7 +9,7 @@
 //
 // SHA-256 output is uniform, so the hash's first word picks the slot; linear probing.
 import { assert } from '../errors.ts';
-import { HASH_BYTES, type ChunkEntry } from './format.ts';
+import { ENTRY_BYTES, ENTRY_FLAGS_AT, ENTRY_OFFSET_AT, ENTRY_RAW_AT, ENTRY_STORED_AT, HASH_BYTES, type ChunkEntry, type PackEntryBytes } from './format.ts';
 
 const SLOT_WORDS = 12;
 export const CHUNK_INDEX_SLOT_BYTES = SLOT_WORDS * 4;
@@ -64,9 +64,38 @@ export class ChunkIndex {
     if ((this.#count + 1) * 4 > (this.#mask + 1) * 3) this.#grow();
     const slot = this.#find(entry.hash);
     if (this.#occupied(slot)) return false;
-    this.#write(slot, this.packNumber(packId), entry);
+    this.#write(slot, this.#probe, 0, this.packNumber(packId), entry);
     this.#count += 1;
     return true;
+  }
+
+  /**
+   * add() for each entry of a pack where it lies (an index object's bytes, format.ts scanIndex):
+   * no object per entry, as a store's index load reads millions. Returns the number added.
+   */
+  addEntries(run: PackEntryBytes): number {
+    // The hashes are compared as words where they lie (entries begin at multiples of 4 bytes).
+    const bytes = run.bytes.byteOffset % 4 === 0 ? run.bytes : run.bytes.slice();
+    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const packNumber = this.packNumber(run.packId);
+    let added = 0;
+    for (let index = 0; index < run.count; index += 1) {
+      const entryAt = run.at + index * ENTRY_BYTES;
+      assert(entryAt % 4 === 0, 'an entry off a word boundary');
+      if ((this.#count + 1) * 4 > (this.#mask + 1) * 3) this.#grow();
+      const slot = this.#findWords(words, entryAt >>> 2);
+      if (this.#occupied(slot)) continue;
+      this.#write(slot, words, entryAt >>> 2, packNumber, {
+        offsetBytes: view.getUint32(entryAt + ENTRY_OFFSET_AT, true),
+        storedBytes: view.getUint32(entryAt + ENTRY_STORED_AT, true),
+        rawBytes: view.getUint32(entryAt + ENTRY_RAW_AT, true),
+        flags: view.getUint32(entryAt + ENTRY_FLAGS_AT, true),
+      });
+      this.#count += 1;
+      added += 1;
+    }
+    return added;
   }
 
   has(hash: Uint8Array): boolean {
@@ -104,22 +133,26 @@ export class ChunkIndex {
   }
 
   #find(hash: Uint8Array): number {
-    const words = this.#probe;
     this.#probeBytes.set(hash);
+    return this.#findWords(this.#probe, 0);
+  }
+
+  /** The slot of the hash in words [base, base + 8), or the free slot where it would go. */
+  #findWords(words: Uint32Array, base: number): number {
     const slots = this.#slots;
-    let slot = words[0]! & this.#mask;
+    let slot = words[base]! & this.#mask;
     for (;;) {
       const at = slot * SLOT_WORDS;
       if (slots[at + 8] === 0) return slot;
       if (
-        slots[at] === words[0] &&
-        slots[at + 1] === words[1] &&
-        slots[at + 2] === words[2] &&
-        slots[at + 3] === words[3] &&
-        slots[at + 4] === words[4] &&
-        slots[at + 5] === words[5] &&
-        slots[at + 6] === words[6] &&
-        slots[at + 7] === words[7]
+        slots[at] === words[base] &&
+        slots[at + 1] === words[base + 1] &&
+        slots[at + 2] === words[base + 2] &&
+        slots[at + 3] === words[base + 3] &&
+        slots[at + 4] === words[base + 4] &&
+        slots[at + 5] === words[base + 5] &&
+        slots[at + 6] === words[base + 6] &&
+        slots[at + 7] === words[base + 7]
       ) {
         return slot;
       }
@@ -127,16 +160,17 @@ export class ChunkIndex {
     }
   }
 
-  /** Fills `slot` with the hash #find was last given (in #probe) and the entry's location. */
-  #write(slot: number, packNumber: number, entry: { offsetBytes: number; storedBytes: number; rawBytes: number; flags: number }): void {
+  /** Fills `slot` with the hash in words [base, base + 8) and the entry's location. */
+  #write(slot: number, words: Uint32Array, base: number, packNumber: number, entry: { offsetBytes: number; storedBytes: number; rawBytes: number; flags: number }): void {
     // Raw sizes fit in 24 bits (ARCHIVE_CHUNK_RAW_BYTES_MAX is 4 MiB) and flags in 8.
     assert(entry.rawBytes < 1 << 24 && entry.flags < 256, 'a chunk entry that does not fit a slot');
     const at = slot * SLOT_WORDS;
-    this.#slots.set(this.#probe, at);
-    this.#slots[at + 8] = packNumber + 1;
-    this.#slots[at + 9] = entry.offsetBytes;
-    this.#slots[at + 10] = entry.storedBytes;
-    this.#slots[at + 11] = (entry.rawBytes | (entry.flags << 24)) >>> 0;
+    const slots = this.#slots;
+    for (let word = 0; word < 8; word += 1) slots[at + word] = words[base + word]!;
+    slots[at + 8] = packNumber + 1;
+    slots[at + 9] = entry.offsetBytes;
+    slots[at + 10] = entry.storedBytes;
+    slots[at + 11] = (entry.rawBytes | (entry.flags << 24)) >>> 0;
   }
 
   #grow(): void {
@@ -144,12 +178,10 @@ export class ChunkIndex {
     const oldSlots = this.#mask + 1;
     this.#slots = new Uint32Array(oldSlots * 2 * SLOT_WORDS);
     this.#mask = oldSlots * 2 - 1;
-    const hash = new Uint8Array(HASH_BYTES);
     for (let slot = 0; slot < oldSlots; slot += 1) {
       const at = slot * SLOT_WORDS;
       if (old[at + 8] === 0) continue;
-      hash.set(new Uint8Array(old.buffer, at * 4, HASH_BYTES));
-      const target = this.#find(hash);
+      const target = this.#findWords(old, at);
       this.#slots.set(old.subarray(at, at + SLOT_WORDS), target * SLOT_WORDS);
     }
   }

@@ -169,13 +169,18 @@ export interface ChunkEntry {
 
 /** hash (32) | offset u32 | stored bytes u32 | raw bytes u32 | flags u32, little-endian. */
 export const ENTRY_BYTES = 48;
+/** Where an entry's fields lie in it (after the hash). */
+export const ENTRY_OFFSET_AT = 32;
+export const ENTRY_STORED_AT = 36;
+export const ENTRY_RAW_AT = 40;
+export const ENTRY_FLAGS_AT = 44;
 
 function writeEntry(view: DataView, bytes: Uint8Array, at: number, entry: ChunkEntry): void {
   bytes.set(entry.hash, at);
-  view.setUint32(at + 32, entry.offsetBytes, true);
-  view.setUint32(at + 36, entry.storedBytes, true);
-  view.setUint32(at + 40, entry.rawBytes, true);
-  view.setUint32(at + 44, entry.flags, true);
+  view.setUint32(at + ENTRY_OFFSET_AT, entry.offsetBytes, true);
+  view.setUint32(at + ENTRY_STORED_AT, entry.storedBytes, true);
+  view.setUint32(at + ENTRY_RAW_AT, entry.rawBytes, true);
+  view.setUint32(at + ENTRY_FLAGS_AT, entry.flags, true);
 }
 
 /**
@@ -185,30 +190,55 @@ function writeEntry(view: DataView, bytes: Uint8Array, at: number, entry: ChunkE
 function readEntry(view: DataView, bytes: Uint8Array, at: number): ChunkEntry {
   return {
     hash: bytes.subarray(at, at + 32),
-    offsetBytes: view.getUint32(at + 32, true),
-    storedBytes: view.getUint32(at + 36, true),
-    rawBytes: view.getUint32(at + 40, true),
-    flags: view.getUint32(at + 44, true),
+    offsetBytes: view.getUint32(at + ENTRY_OFFSET_AT, true),
+    storedBytes: view.getUint32(at + ENTRY_STORED_AT, true),
+    rawBytes: view.getUint32(at + ENTRY_RAW_AT, true),
+    flags: view.getUint32(at + ENTRY_FLAGS_AT, true),
   };
 }
 
+/** A pack's entries where they lie: `count` entries of ENTRY_BYTES from byte `at` of `bytes` (an index object or a trailer). */
+export interface PackEntryBytes {
+  packId: string;
+  bytes: Uint8Array;
+  at: number;
+  count: number;
+}
+
+/** The entries as objects (their hashes views of the bytes). */
+export function entriesOf(run: PackEntryBytes): ChunkEntry[] {
+  const view = new DataView(run.bytes.buffer, run.bytes.byteOffset, run.bytes.byteLength);
+  const entries: ChunkEntry[] = [];
+  for (let index = 0; index < run.count; index += 1) entries.push(readEntry(view, run.bytes, run.at + index * ENTRY_BYTES));
+  return entries;
+}
+
 /**
- * F-AR-PACK-3: entries are in offset order, the first at PACK_HEADER_BYTES, each starting where
- * the previous ended, the last ending at the trailer; raw sizes within bounds; known flags only;
- * a chunk stored raw has stored size = raw size.
+ * F-AR-PACK-3, on `count` entries where they lie in `bytes` from `at` (no object per entry: an
+ * index load checks every entry of the store): entries are in offset order, the first at
+ * PACK_HEADER_BYTES, each starting where the previous ended, the last ending at the trailer (when
+ * `trailerOffsetBytes` is given: an index does not say where its packs' trailers are); raw sizes
+ * within bounds; known flags only; a chunk stored raw has stored size = raw size.
  */
-function checkEntries(entries: ChunkEntry[], trailerOffsetBytes: number, where: string): void {
+function checkEntryBytes(bytes: Uint8Array, at: number, count: number, trailerOffsetBytes: number | undefined, where: string): void {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let expected = PACK_HEADER_BYTES;
-  for (const [index, entry] of entries.entries()) {
-    // Named only when wrong: an index load checks every entry of the store.
-    const what = () => `chunk ${index} (${hashHex(entry.hash)})`;
-    if (entry.offsetBytes !== expected) throw corrupt(where, `${what()} starts at byte ${entry.offsetBytes}, not ${expected}`);
-    if ((entry.flags & ~CHUNK_FLAGS_KNOWN) !== 0) throw corrupt(where, `${what()} has unknown flags ${entry.flags}`);
-    if (entry.rawBytes > ARCHIVE_CHUNK_RAW_BYTES_MAX) throw corrupt(where, `${what()} claims ${entry.rawBytes} raw bytes`);
-    if ((entry.flags & CHUNK_FLAG_ZSTD) === 0 && entry.storedBytes !== entry.rawBytes) throw corrupt(where, `${what()} is stored raw but its sizes differ`);
-    expected += entry.storedBytes;
+  for (let index = 0; index < count; index += 1) {
+    const entryAt = at + index * ENTRY_BYTES;
+    const offsetBytes = view.getUint32(entryAt + ENTRY_OFFSET_AT, true);
+    const storedBytes = view.getUint32(entryAt + ENTRY_STORED_AT, true);
+    const rawBytes = view.getUint32(entryAt + ENTRY_RAW_AT, true);
+    const flags = view.getUint32(entryAt + ENTRY_FLAGS_AT, true);
+    let problem: string | undefined;
+    if (offsetBytes !== expected) problem = `starts at byte ${offsetBytes}, not ${expected}`;
+    else if ((flags & ~CHUNK_FLAGS_KNOWN) !== 0) problem = `has unknown flags ${flags}`;
+    else if (rawBytes > ARCHIVE_CHUNK_RAW_BYTES_MAX) problem = `claims ${rawBytes} raw bytes`;
+    else if ((flags & CHUNK_FLAG_ZSTD) === 0 && storedBytes !== rawBytes) problem = 'is stored raw but its sizes differ';
+    // Named only when wrong.
+    if (problem !== undefined) throw corrupt(where, `chunk ${index} (${hashHex(bytes.subarray(entryAt, entryAt + HASH_BYTES))}) ${problem}`);
+    expected += storedBytes;
   }
-  if (expected !== trailerOffsetBytes) throw corrupt(where, `the chunks end at byte ${expected}, the trailer starts at ${trailerOffsetBytes}`);
+  if (trailerOffsetBytes !== undefined && expected !== trailerOffsetBytes) throw corrupt(where, `the chunks end at byte ${expected}, the trailer starts at ${trailerOffsetBytes}`);
 }
 
 // ---- pack objects (F-AR-PACK) ----
@@ -230,10 +260,10 @@ export function encodePackHeader(): Uint8Array {
 
 /** The trailer (entries) and footer that close a pack whose payloads end at trailerOffsetBytes. */
 export function encodePackTrailer(entries: ChunkEntry[], trailerOffsetBytes: number): Uint8Array {
-  checkEntries(entries, trailerOffsetBytes, 'a pack being written');
   const bytes = new Uint8Array(entries.length * ENTRY_BYTES + PACK_FOOTER_BYTES);
   const view = new DataView(bytes.buffer);
   entries.forEach((entry, index) => writeEntry(view, bytes, index * ENTRY_BYTES, entry));
+  checkEntryBytes(bytes, 0, entries.length, trailerOffsetBytes, 'a pack being written');
   const footerAt = entries.length * ENTRY_BYTES;
   view.setUint32(footerAt, trailerOffsetBytes, true);
   view.setUint32(footerAt + 4, entries.length, true);
@@ -262,11 +292,8 @@ export function decodePackFooter(footer: Uint8Array, objectBytes: number, where:
 export function decodePackEntries(trailer: Uint8Array, footer: { trailerOffsetBytes: number; entryCount: number; trailerHash: Uint8Array }, where: string): ChunkEntry[] {
   if (trailer.length !== footer.entryCount * ENTRY_BYTES) throw corrupt(where, 'truncated trailer');
   if (Buffer.compare(sha256(trailer), footer.trailerHash) !== 0) throw corrupt(where, 'the trailer fails its SHA-256');
-  const view = new DataView(trailer.buffer, trailer.byteOffset, trailer.byteLength);
-  const entries: ChunkEntry[] = [];
-  for (let index = 0; index < footer.entryCount; index += 1) entries.push(readEntry(view, trailer, index * ENTRY_BYTES));
-  checkEntries(entries, footer.trailerOffsetBytes, where);
-  return entries;
+  checkEntryBytes(trailer, 0, footer.entryCount, footer.trailerOffsetBytes, where);
+  return entriesOf({ packId: '', bytes: trailer, at: 0, count: footer.entryCount });
 }
 
 /** F-AR-PACK-1: a pack starts with its magic and version. */
@@ -314,6 +341,15 @@ export function encodeIndex(packs: PackListing[]): Uint8Array {
 }
 
 export function decodeIndex(bytes: Uint8Array, where: string): PackListing[] {
+  return scanIndex(bytes, where).map((run) => ({ packId: run.packId, entries: entriesOf(run) }));
+}
+
+/**
+ * decodeIndex without an object per entry: each pack's entries where they lie in `bytes`, checked
+ * as decodeIndex checks them. An index load reads every entry of the store (millions per TiB)
+ * straight from these into the chunk index (ChunkIndex.addEntries).
+ */
+export function scanIndex(bytes: Uint8Array, where: string): PackEntryBytes[] {
   if (bytes.length < 16 + HASH_BYTES) throw corrupt(where, 'truncated index');
   if (new TextDecoder().decode(bytes.subarray(0, 8)) !== INDEX_MAGIC) throw corrupt(where, 'not an index object (bad magic)');
   const bodyBytes = bytes.length - HASH_BYTES;
@@ -323,24 +359,17 @@ export function decodeIndex(bytes: Uint8Array, where: string): PackListing[] {
   const version = view.getUint32(8, true);
   if (version !== INDEX_VERSION) throw new ThinError('THIN_FORMAT', `${where}: index version ${version}; this thinbd reads version ${INDEX_VERSION}`);
   const packCount = view.getUint32(12, true);
-  const packs: PackListing[] = [];
+  const packs: PackEntryBytes[] = [];
   let at = 16;
   for (let pack = 0; pack < packCount; pack += 1) {
     if (at + 24 > bodyBytes) throw corrupt(where, `pack ${pack} runs past the end`);
     const packId = Buffer.from(bytes.subarray(at, at + 16)).toString('hex');
-    const entryCount = view.getUint32(at + 16, true);
+    const count = view.getUint32(at + 16, true);
     at += 24;
-    if (at + entryCount * ENTRY_BYTES > bodyBytes) throw corrupt(where, `pack ${packId}'s entries run past the end`);
-    const entries: ChunkEntry[] = [];
-    for (let index = 0; index < entryCount; index += 1) {
-      entries.push(readEntry(view, bytes, at));
-      at += ENTRY_BYTES;
-    }
-    if (entries.length > 0) {
-      const last = entries[entries.length - 1]!;
-      checkEntries(entries, last.offsetBytes + last.storedBytes, `${where} (pack ${packId})`);
-    }
-    packs.push({ packId, entries });
+    if (at + count * ENTRY_BYTES > bodyBytes) throw corrupt(where, `pack ${packId}'s entries run past the end`);
+    checkEntryBytes(bytes, at, count, undefined, `${where} (pack ${packId})`);
+    packs.push({ packId, bytes, at, count });
+    at += count * ENTRY_BYTES;
   }
   if (at !== bodyBytes) throw corrupt(where, `${bodyBytes - at} bytes after the last pack`);
   return packs;

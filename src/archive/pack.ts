@@ -17,7 +17,7 @@
 // object that no stream needs (gc removes them, or the next pack reuses their chunks), or a whole
 // stream, never a half one.
 import { ThinError, assert } from '../errors.ts';
-import { ARCHIVE_JOB_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
+import { ARCHIVE_INLINE_BYTES_MAX, ARCHIVE_JOB_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
 import type { MappedRun } from '../pool/volume.ts';
 import { DeltaKind, deltaSteps } from '../tools/delta.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
@@ -163,8 +163,22 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     throw new ThinError('THIN_INVALID', `--delta-from: stream ${base.root.name} came from a pool with ${base.root.blockSizeBytes}-byte blocks, this one has ${bs}`);
   }
 
-  // The jobs first: worker threads start while the index loads.
-  const jobs = (options.makeJobs ?? ((params, level) => new InlineChunkJobs(params, level)))(config.chunking, config.compression.level);
+  const sourceRuns = source.mappedRuns();
+  const ranges = mappedByteRanges(sourceRuns, bs, source.sizeBytes);
+  const same = base === undefined ? [] : sameBlockRanges(base.runs, sourceRuns);
+  const baseSegments = new Map((base?.root.segments ?? []).map((segment) => [segment.index, segment]));
+  const mappedBytes = ranges.reduce((sum, range) => sum + range.end - range.begin, 0);
+  let expectedBytes = mappedBytes;
+  if (base !== undefined) {
+    for (const range of same) expectedBytes -= Math.max(0, Math.min(range.end * bs, source.sizeBytes) - range.begin * bs);
+  }
+
+  // The jobs first: worker threads start while the index loads. Work of a job or two (a small
+  // incremental) is done on this thread: a worker thread costs ~85 ms of CPU to start, more
+  // than chunking, hashing and compressing that much takes here (docs/benchmarks.md, "Archive").
+  const inline = (params: ChunkerParams, level: number) => new InlineChunkJobs(params, level);
+  const makeJobs = expectedBytes <= ARCHIVE_INLINE_BYTES_MAX ? inline : (options.makeJobs ?? inline);
+  const jobs = makeJobs(config.chunking, config.compression.level);
   let loaded: LoadedIndex;
   try {
     loaded = await archive.loadIndex();
@@ -176,16 +190,6 @@ export async function packStream(archive: Archive, source: PackSource, options: 
   const writer = new PackWriter(archive.store, index, loaded.unindexed);
   const reader = new ChunkReader(archive.store, index);
   const segmentCompressor = new ZstdCompressor(config.compression.level);
-
-  const sourceRuns = source.mappedRuns();
-  const ranges = mappedByteRanges(sourceRuns, bs, source.sizeBytes);
-  const same = base === undefined ? [] : sameBlockRanges(base.runs, sourceRuns);
-  const baseSegments = new Map((base?.root.segments ?? []).map((segment) => [segment.index, segment]));
-  const mappedBytes = ranges.reduce((sum, range) => sum + range.end - range.begin, 0);
-  let expectedBytes = mappedBytes;
-  if (base !== undefined) {
-    for (const range of same) expectedBytes -= Math.max(0, Math.min(range.end * bs, source.sizeBytes) - range.begin * bs);
-  }
 
   const stats: StreamStats = { mappedBytes, bytesRead: 0, bytesNew: 0, bytesStored: 0, chunkCount: 0, newChunkCount: 0, elapsedMs: 0 };
   const pendingNew = new Set<string>();

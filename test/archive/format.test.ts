@@ -15,6 +15,7 @@ import {
   encodePackTrailer,
   encodeSegment,
   encodeStreamRoot,
+  scanIndex,
   type ChunkEntry,
   type StreamRoot,
 } from '../../src/archive/format.ts';
@@ -113,4 +114,28 @@ test('the chunk index agrees with a Map through growth', () => {
   assert.equal(index.get(new Uint8Array(32)), undefined);
   assert.equal([...index.entries()].length, model.size);
   assert.ok(index.memoryBytes / index.size <= 128, `${index.memoryBytes / index.size} bytes per chunk`);
+});
+
+test('an index object goes into the chunk index from its bytes as it does entry by entry; a bad entry in it is named', () => {
+  const packs = [
+    { packId: 'ab'.repeat(16), entries: entries(3000) },
+    { packId: 'cd'.repeat(16), entries: entries(1) },
+    { packId: 'ef'.repeat(16), entries: [] },
+  ];
+  // A chunk listed twice (in two packs): the first location stays, as with add().
+  packs[1]!.entries[0]!.hash = packs[0]!.entries[7]!.hash;
+  const bytes = encodeIndex(packs);
+  const fromBytes = new ChunkIndex();
+  const added = scanIndex(bytes, 'index i').map((run) => fromBytes.addEntries(run));
+  assert.deepEqual(added, [3000, 0, 0]);
+  const oneByOne = new ChunkIndex();
+  for (const pack of packs) for (const entry of pack.entries) oneByOne.add(pack.packId, entry);
+  assert.equal(fromBytes.size, oneByOne.size);
+  for (const pack of packs) {
+    for (const entry of pack.entries) assert.deepEqual(fromBytes.get(entry.hash), oneByOne.get(entry.hash));
+  }
+  assert.equal(fromBytes.get(packs[1]!.entries[0]!.hash)?.packId, 'ab'.repeat(16));
+  // An entry that does not follow the one before it, with the index's hash made right again.
+  const bad = encodeIndex([{ packId: 'ab'.repeat(16), entries: entries(4).map((entry, index) => (index === 2 ? { ...entry, offsetBytes: entry.offsetBytes + 1 } : entry)) }]);
+  assert.throws(() => scanIndex(bad, 'index j'), (error: unknown) => corrupt(error) && /index j \(pack abab.*\): chunk 2 \([0-9a-f]{64}\) starts at byte \d+, not \d+/.test((error as Error).message));
 });

@@ -10,7 +10,9 @@ import { InlineChunkDecoder, type ChunkDecoder } from '../../src/archive/chunk-d
 import { WorkerChunkJobs } from '../../src/archive/chunk-workers.ts';
 import { Volume } from '../../src/pool/volume.ts';
 import type { ObjectStore } from '../../src/archive/store.ts';
-import { ARCHIVE_READ_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES } from '../../src/constants.ts';
+import { ARCHIVE_INLINE_BYTES_MAX, ARCHIVE_READ_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES } from '../../src/constants.ts';
+import { InlineChunkJobs } from '../../src/archive/chunk-jobs.ts';
+import type { ChunkerParams } from '../../src/archive/chunker.ts';
 import { packVolume, unpackVolume, listArchive, verifyArchive } from '../../src/archive/commands.ts';
 import { listVolumes } from '../../src/tools/list.ts';
 import { BLOCK, MiB, contentBytes, createPool, digest, mappedBlocks, readVolume, tempDir } from './helpers.ts';
@@ -201,7 +203,7 @@ test('chunks are read through a few reused shared buffers and decoded by worker 
   }
 });
 
-test('unpack into a new volume writes whole blocks, even where its windows end inside a block', async () => {
+test('unpack into a new volume writes whole blocks, even where its windows end inside a block; a small pack starts no workers', async () => {
   // One mapped run longer than a window, from a block that is not a multiple of the pack's job
   // size (jobs end in cuts): windows end where chunks end, anywhere in a block.
   const runBegin = 3 * BLOCK;
@@ -210,7 +212,19 @@ test('unpack into a new volume writes whole blocks, even where its windows end i
   const volume = await source.createVolume('long', { sizeBytes });
   await volume.write(runBegin, contentBytes(runBytes, 21));
   await source.snapshot('long', 'long.0', { readOnly: true });
-  await packVolume({ store, sources: poolSources(source), volume: 'long.0', name: 'long' });
+  // More than ARCHIVE_INLINE_BYTES_MAX to read: the pack uses the jobs it is given (worker threads
+  // in the CLI); a small one does its work on this thread and starts none.
+  const made: string[] = [];
+  const makeJobs = (name: string) => (params: ChunkerParams, level: number) => {
+    made.push(name);
+    return new InlineChunkJobs(params, level);
+  };
+  await packVolume({ store, sources: poolSources(source), volume: 'long.0', name: 'long', makeJobs: makeJobs('long') });
+  await source.volume('long').write(BLOCK, contentBytes(BLOCK, 22));
+  await source.snapshot('long', 'long.1', { readOnly: true });
+  const small = await packVolume({ store, sources: poolSources(source), volume: 'long.1', name: 'long.1', deltaFrom: 'long.0', makeJobs: makeJobs('long.1') });
+  assert.ok(small.bytesRead > 0 && small.bytesRead <= ARCHIVE_INLINE_BYTES_MAX, `the incremental read ${small.bytesRead} bytes`);
+  assert.deepEqual(made, ['long'], 'jobs made for the large pack only');
   const target = await createPool(join(dir.path, 'blocks'));
   const writes: Array<{ offsetBytes: number; lengthBytes: number }> = [];
   const write = Volume.prototype.write;
