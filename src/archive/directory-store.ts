@@ -10,13 +10,18 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ThinError } from '../errors.ts';
 import { PRIVATE_FILE_MODE, makePrivateDirectory } from '../io/private.ts';
+import { PACKS_PREFIX } from './format.ts';
 import { checkKey, checkPrefix, type ObjectStore, type ObjectWriter, type StoredObject } from './store.ts';
 
 export const DIRECTORY_TMP = 'tmp';
+/** Pack objects whose descriptors a store keeps open for ranged reads. */
+const READ_HANDLES_MAX = 16;
 
 export class DirectoryObjectStore implements ObjectStore {
   readonly url: string;
   readonly root: string;
+  /** Open descriptors of pack objects for ranged reads, least recently used first (#withReadHandle). */
+  readonly #readHandles = new Map<string, ReadHandle>();
 
   private constructor(root: string) {
     this.root = root;
@@ -43,23 +48,68 @@ export class DirectoryObjectStore implements ObjectStore {
   }
 
   async getRange(key: string, beginBytes: number, endBytes: number, into?: Uint8Array): Promise<Uint8Array> {
-    let handle: fsp.FileHandle | undefined;
+    const path = this.#path(key);
     try {
-      handle = await fsp.open(this.#path(key), 'r');
-      const target = into !== undefined && into.length >= endBytes - beginBytes ? into.subarray(0, endBytes - beginBytes) : new Uint8Array(endBytes - beginBytes);
-      let done = 0;
-      while (done < target.length) {
-        const { bytesRead } = await handle.read(target, done, target.length - done, beginBytes + done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
-      return done === target.length ? target : target.subarray(0, done);
+      return await this.#withReadHandle(key, path, async (handle) => {
+        const target = into !== undefined && into.length >= endBytes - beginBytes ? into.subarray(0, endBytes - beginBytes) : new Uint8Array(endBytes - beginBytes);
+        let done = 0;
+        while (done < target.length) {
+          const { bytesRead } = await handle.read(target, done, target.length - done, beginBytes + done);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+        }
+        return done === target.length ? target : target.subarray(0, done);
+      });
     } catch (error) {
       throw this.#error('read', key, error);
-    } finally {
-      await handle?.close();
     }
   }
+
+  /**
+   * Runs `read` on an open descriptor of the object. A pack object never changes once in place
+   * (docs/format.md, "Archive store"), and unpack reads each in hundreds of ranges: their
+   * descriptors stay open, READ_HANDLES_MAX at most, the least recently used closed first (once
+   * no read is using it). Other objects are opened for the one read.
+   */
+  async #withReadHandle<T>(key: string, path: string, read: (handle: fsp.FileHandle) => Promise<T>): Promise<T> {
+    if (!key.startsWith(PACKS_PREFIX)) {
+      const handle = await fsp.open(path, 'r');
+      try {
+        return await read(handle);
+      } finally {
+        await handle.close();
+      }
+    }
+    let entry = this.#readHandles.get(key);
+    if (entry === undefined) {
+      const opened = fsp.open(path, 'r');
+      const created: ReadHandle = { opened, users: 0, dropped: false };
+      // A failed open is not kept: the next read tries again.
+      opened.catch(() => {
+        if (this.#readHandles.get(key) === created) this.#readHandles.delete(key);
+      });
+      if (this.#readHandles.size >= READ_HANDLES_MAX) void this.#dropReadHandle(this.#readHandles.keys().next().value!);
+      entry = created;
+    } else this.#readHandles.delete(key);
+    this.#readHandles.set(key, entry); // now the most recently used
+    entry.users += 1;
+    try {
+      return await read(await entry.opened);
+    } finally {
+      entry.users -= 1;
+      if (entry.dropped && entry.users === 0) await closeReadHandle(entry);
+    }
+  }
+
+  /** Forgets the descriptor of `key`, closing it now or when its last read ends. */
+  #dropReadHandle(key: string): Promise<void> {
+    const entry = this.#readHandles.get(key);
+    if (entry === undefined) return Promise.resolve();
+    this.#readHandles.delete(key);
+    entry.dropped = true;
+    return entry.users === 0 ? closeReadHandle(entry) : Promise.resolve();
+  }
+
 
   async put(key: string, data: Uint8Array): Promise<void> {
     const final = this.#path(key);
@@ -189,6 +239,7 @@ export class DirectoryObjectStore implements ObjectStore {
   }
 
   async delete(key: string): Promise<void> {
+    await this.#dropReadHandle(key);
     try {
       await fsp.rm(this.#path(key), { force: true });
     } catch (error) {
@@ -209,7 +260,9 @@ export class DirectoryObjectStore implements ObjectStore {
     return names.length;
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    await Promise.all([...this.#readHandles.keys()].map((key) => this.#dropReadHandle(key)));
+  }
 
   #error(what: string, key: string, error: unknown): ThinError {
     if (error instanceof ThinError) return error;
@@ -217,6 +270,18 @@ export class DirectoryObjectStore implements ObjectStore {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return new ThinError('THIN_NOT_FOUND', `Cannot ${what} ${where}: no such file`, { cause: error });
     return new ThinError('THIN_IO', `Cannot ${what} ${where}: ${(error as Error).message}`, { cause: error });
   }
+}
+
+/** A pack's descriptor kept open for ranged reads, with the reads using it. */
+interface ReadHandle {
+  opened: Promise<fsp.FileHandle>;
+  users: number;
+  /** No longer kept: closed when its last read ends. */
+  dropped: boolean;
+}
+
+async function closeReadHandle(entry: ReadHandle): Promise<void> {
+  await entry.opened.then((handle) => handle.close()).catch(() => undefined);
 }
 
 async function syncDirectory(dir: string): Promise<void> {

@@ -46,6 +46,26 @@ export function storeConformance(factory: StoreFactory): void {
       await store.close();
     });
 
+    test('ranged reads of many pack objects at once are right, again and again; a deleted pack is gone for them too', async () => {
+      const store = await factory.create();
+      const packs = Array.from({ length: 20 }, (_, index) => {
+        const id = index.toString(16).padStart(32, 'a');
+        return { key: `packs/${id.slice(0, 2)}/${id}`, data: randomBytes(4096 + index) };
+      });
+      await Promise.all(packs.map((pack) => store.put(pack.key, pack.data)));
+      for (let round = 0; round < 3; round += 1) {
+        await Promise.all(
+          packs.flatMap((pack) =>
+            [0, 1000, 4000].map(async (begin) => assert.deepEqual(Buffer.from(await store.getRange(pack.key, begin, begin + 96)), pack.data.subarray(begin, begin + 96), `${pack.key} at ${begin}`)),
+          ),
+        );
+      }
+      await store.delete(packs[3]!.key);
+      await assert.rejects(store.getRange(packs[3]!.key, 0, 10), (error: unknown) => isThinError(error, 'THIN_NOT_FOUND'));
+      assert.deepEqual(Buffer.from(await store.getRange(packs[4]!.key, 0, 10)), packs[4]!.data.subarray(0, 10));
+      await store.close();
+    });
+
     test('put replaces an object; an empty object is an object', async () => {
       const store = await factory.create();
       await store.put('config', new Uint8Array([1, 2, 3]));

@@ -1,7 +1,8 @@
 // The ObjectStore conformance suite against both stores: a directory, and an S3 bucket prefix on
 // a local S3-compatible server (s3rver on 127.0.0.1).
 import { after, before, test } from 'node:test';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -70,4 +71,23 @@ test('a directory store takes an object in parts: nothing is visible before comm
   const keys: string[] = [];
   for await (const object of store.list('packs/')) keys.push(object.key);
   assert.deepEqual(keys, ['packs/cd/cdef']);
+});
+
+test('a directory store keeps a few pack descriptors open for ranged reads and closes them all with the store', async () => {
+  const openFiles = () => readdirSync('/proc/self/fd').length;
+  const before = openFiles();
+  const store = DirectoryObjectStore.open(join(root, 'descriptors'));
+  const keys = Array.from({ length: 40 }, (_, index) => {
+    const id = index.toString(16).padStart(32, 'b');
+    return `packs/${id.slice(0, 2)}/${id}`;
+  });
+  const data = randomBytes(8192);
+  for (const key of keys) await store.put(key, data);
+  for (let round = 0; round < 2; round += 1) {
+    await Promise.all(keys.map(async (key) => assert.deepEqual(Buffer.from(await store.getRange(key, 100, 200)), data.subarray(100, 200))));
+  }
+  const during = openFiles() - before;
+  assert.ok(during > 0 && during <= 16, `${during} descriptors open between reads`);
+  await store.close();
+  assert.equal(openFiles(), before, 'none left open after close');
 });
