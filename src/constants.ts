@@ -97,12 +97,6 @@ export const ARCHIVE_UNPACK_WINDOW_BYTES = 16 * 1024 * 1024;
  * workers idle half the time). Memory: (this + 1) windows.
  */
 export const ARCHIVE_UNPACK_WINDOWS_AHEAD = 3;
-/**
- * Bytes of one write of unpack into a new volume: each pool write has a cost of its own (block
- * locks, provisioning, the mapping tree), and 4 MiB writes took 0.90x the CPU of 1 MiB ones for a
- * whole unpack; 16 MiB ones cost more system time than they saved (docs/benchmarks.md, "Archive").
- */
-export const ARCHIVE_UNPACK_WRITE_BYTES = 4 * 1024 * 1024;
 /** Ranged reads of a pack are joined across gaps up to this size: one GET instead of several. */
 export const ARCHIVE_READ_GAP_BYTES_MAX = 1024 * 1024;
 /**

@@ -16,7 +16,7 @@
 // chain of incrementals is written only where the chain changed it. A new volume gets exactly the
 // stream's provisioned ranges.
 import { ThinError, assert, isThinError } from '../errors.ts';
-import { ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, ARCHIVE_UNPACK_WRITE_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
+import { ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Pool } from '../pool/pool.ts';
 import { ChunkReader, type Archive } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
@@ -218,7 +218,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     }
 
     /**
-     * Writes a window into the new volume in whole blocks, up to ARCHIVE_UNPACK_WRITE_BYTES at a time,
+     * Writes a window into the new volume in whole blocks, up to TRANSFER_CHUNK_BYTES at a time,
      * several in flight. Windows end where chunks end, anywhere in a block, and a write of part of
      * an unmapped block provisions it block by block (zeroing the rest, then writing the rest
      * again): so the window's last partial block waits in `partial` for the next window of the run,
@@ -242,7 +242,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
       const wholeEnd = Math.max(position, Math.floor(end / bs) * bs);
       const writes: Promise<void>[] = [];
       while (position < wholeEnd) {
-        const pieceEnd = Math.min(wholeEnd, position + ARCHIVE_UNPACK_WRITE_BYTES);
+        const pieceEnd = Math.min(wholeEnd, position + TRANSFER_CHUNK_BYTES);
         const write = volume.write(position, data.subarray(position - windowBegin, pieceEnd - windowBegin));
         write.catch(() => undefined); // met by the await below
         writes.push(write);
