@@ -1,7 +1,7 @@
 // Chunks back from a ranged read of a pack: each decompressed (when stored compressed) and checked
 // against its name (F-AR-CHUNK-1). The CPU work of unpack and verify, done by ChunkJobs: on the
 // calling thread (InlineChunkJobs) or on worker threads (chunk-workers.ts), the same function.
-import { createHash } from 'node:crypto';
+import { sha256 } from './format.ts';
 import { ZstdDecompressor, ZstdFrameError } from '../util/zstd.ts';
 
 export interface DecodeItem {
@@ -45,7 +45,7 @@ export function decodeChunks(decompressor: ZstdDecompressor, bytes: Uint8Array, 
         throw error;
       }
     }
-    if (Buffer.compare(createHash('sha256').update(target).digest(), item.hash) !== 0) {
+    if (Buffer.compare(sha256(target), item.hash) !== 0) {
       return { failedItem: position, message: 'its bytes no longer hash to its name' };
     }
   }
