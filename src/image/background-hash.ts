@@ -1,19 +1,29 @@
 // SHA-256 of a source on a worker thread: hashing an image's bytes on the main thread cost about a
-// third of an import's time, and the machine has a second core. A local file is read by the worker
-// itself (the page cache serves it twice, the main thread pays nothing). A stream's chunks are
-// copied into a ring of slots in shared memory (made once: no fresh pages to fault in); the two
-// threads pass slots with Atomics (a message per chunk cost more than the copy). The main thread
-// waits only when every slot is still being hashed.
+// third of an import's time, and the machine has a second core. The bytes reach the worker in a
+// ring of slots in shared memory (made once: no fresh pages to fault in); threads pass slots with
+// Atomics (a message per chunk cost more than the copy). Three ways to fill them:
+// - a stream's chunks are copied into the slots by update() (the main thread waits only when
+//   every slot is still being hashed);
+// - a local file parsed on another thread is read by that thread straight into the slots
+//   (feed(), HashFeeder): the file is read once, for the parse and the hash both;
+// - a local file parsed here is read by the worker itself (readFile(): the page cache serves it
+//   twice, the main thread pays nothing).
 import { Worker } from 'node:worker_threads';
 import { assert } from '../errors.ts';
 
-// Control words: chunks handed over (head), chunks hashed (tail), finish request, digest ready.
+// Control words: chunks handed over (head), chunks hashed (tail), finish request, digest ready,
+// and for a local file how its bytes arrive (MODE_*).
 const HEAD = 0;
 const TAIL = 1;
 const FINISH = 2;
 const READY = 3;
-const CONTROL_WORDS = 4;
+const MODE = 4;
+const CONTROL_WORDS = 5;
 const DIGEST_BYTES = 64;
+/** A local file's worker waits to be told whether it reads the file or is fed its bytes. */
+const MODE_UNDECIDED = 0;
+const MODE_READ = 1;
+const MODE_FED = 2;
 
 /** Atomics.waitAsync (ES2024; in every Node.js thinbd supports): resolves when woken or after timeoutMs. */
 const waitAsync = (Atomics as unknown as {
@@ -35,12 +45,15 @@ const lens = new Int32Array(lengths);
 const bytes = new Uint8Array(data);
 const hash = createHash('sha256');
 if (path !== undefined) {
-  // A local file: read it here, in slot-sized pieces, costing the main thread nothing.
-  const fd = fs.openSync(path, 'r');
-  const buffer = Buffer.allocUnsafe(slotBytes);
-  for (let read; (read = fs.readSync(fd, buffer, 0, slotBytes, null)) > 0;) hash.update(buffer.subarray(0, read));
-  fs.closeSync(fd);
-  Atomics.store(ctrl, ${FINISH}, 1);
+  while (Atomics.load(ctrl, ${MODE}) === ${MODE_UNDECIDED}) Atomics.wait(ctrl, ${MODE}, ${MODE_UNDECIDED});
+  if (Atomics.load(ctrl, ${MODE}) === ${MODE_READ}) {
+    // Read the file here, in slot-sized pieces, costing the main thread nothing.
+    const fd = fs.openSync(path, 'r');
+    const buffer = Buffer.allocUnsafe(slotBytes);
+    for (let read; (read = fs.readSync(fd, buffer, 0, slotBytes, null)) > 0;) hash.update(buffer.subarray(0, read));
+    fs.closeSync(fd);
+    Atomics.store(ctrl, ${FINISH}, 1);
+  }
 }
 for (;;) {
   const tail = Atomics.load(ctrl, ${TAIL});
@@ -59,6 +72,65 @@ Atomics.store(ctrl, ${READY}, 1);
 Atomics.notify(ctrl, ${READY});
 `;
 
+/** A hash's slots, for another thread to fill (HashFeeder there). */
+export interface HashFeed {
+  control: SharedArrayBuffer;
+  lengths: SharedArrayBuffer;
+  data: SharedArrayBuffer;
+  slots: number;
+  slotBytes: number;
+}
+
+/**
+ * The filling side of a fed hash, on the thread that reads the bytes: take() the next slot, read
+ * into it, give() its length. The hash reads a slot while the caller still may (both only read);
+ * a slot comes back `slots` chunks later, once hashed.
+ */
+export class HashFeeder {
+  readonly #control: Int32Array;
+  readonly #lengths: Int32Array;
+  readonly #data: Uint8Array;
+  readonly #slots: number;
+  readonly #slotBytes: number;
+  #head = 0;
+  #taken = false;
+
+  constructor(feed: HashFeed) {
+    this.#control = new Int32Array(feed.control);
+    this.#lengths = new Int32Array(feed.lengths);
+    this.#data = new Uint8Array(feed.data);
+    this.#slots = feed.slots;
+    this.#slotBytes = feed.slotBytes;
+  }
+
+  get slotBytes(): number {
+    return this.#slotBytes;
+  }
+
+  /** The next slot to fill, once the hash is done with what it held. */
+  async take(): Promise<Uint8Array> {
+    assert(!this.#taken, 'a hash slot taken twice');
+    for (;;) {
+      const tail = Atomics.load(this.#control, TAIL);
+      if (this.#head - tail < this.#slots) break;
+      await waitUntilChanged(this.#control, TAIL, tail);
+    }
+    this.#taken = true;
+    const slot = this.#head % this.#slots;
+    return this.#data.subarray(slot * this.#slotBytes, (slot + 1) * this.#slotBytes);
+  }
+
+  /** The slot taken holds `length` bytes of the source, the next after those given before. */
+  give(length: number): void {
+    assert(this.#taken, 'a hash slot given before taken');
+    this.#taken = false;
+    this.#lengths[this.#head % this.#slots] = length;
+    this.#head++;
+    Atomics.store(this.#control, HEAD, this.#head);
+    Atomics.notify(this.#control, HEAD);
+  }
+}
+
 export class BackgroundHash {
   readonly #worker: Worker;
   readonly #control: Int32Array;
@@ -70,14 +142,21 @@ export class BackgroundHash {
   #head = 0;
   #failure: Error | undefined;
   #closed = false;
+  readonly #feed: HashFeed;
+  readonly #isFile: boolean;
 
-  /** Hashes what update() is given, or (with `path`) the file at path, read by the worker itself. */
+  /**
+   * Hashes what update() is given, or (with `path`) the file at path: read by the worker itself
+   * (readFile(), or at digest()), or by another thread into the slots (feed()).
+   */
   constructor(slotBytes: number, slots: number, path?: string) {
     assert(slots >= 1 && slotBytes >= 1, 'a background hash needs a slot');
     const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
     const lengths = new SharedArrayBuffer(slots * 4);
     const data = new SharedArrayBuffer(slots * slotBytes);
     const digest = new SharedArrayBuffer(DIGEST_BYTES);
+    this.#feed = { control, lengths, data, slots, slotBytes };
+    this.#isFile = path !== undefined;
     this.#control = new Int32Array(control);
     this.#lengths = new Int32Array(lengths);
     this.#data = new Uint8Array(data);
@@ -89,6 +168,26 @@ export class BackgroundHash {
     this.#worker.on('error', (error) => {
       this.#failure = error;
     });
+  }
+
+  /** A local file: the worker reads it itself. Nothing when already decided. */
+  readFile(): void {
+    this.#decide(MODE_READ);
+  }
+
+  /**
+   * A local file: another thread reads it and fills the slots (HashFeeder over what this
+   * returns), from its first byte to its last; undefined when the worker already reads it.
+   */
+  feed(): HashFeed | undefined {
+    return this.#decide(MODE_FED) ? this.#feed : undefined;
+  }
+
+  #decide(mode: number): boolean {
+    assert(this.#isFile, 'only a local file\'s hash reads or is fed');
+    if (Atomics.compareExchange(this.#control, MODE, MODE_UNDECIDED, mode) !== MODE_UNDECIDED) return false;
+    Atomics.notify(this.#control, MODE);
+    return true;
   }
 
   async update(bytes: Uint8Array): Promise<void> {
@@ -121,6 +220,7 @@ export class BackgroundHash {
 
   /** The hex digest of everything given; the hash is finished (and its worker stopped). */
   async digest(): Promise<string> {
+    if (this.#isFile) this.readFile();
     Atomics.store(this.#control, FINISH, 1);
     Atomics.notify(this.#control, HEAD);
     while (Atomics.load(this.#control, READY) === 0) {
@@ -135,6 +235,8 @@ export class BackgroundHash {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // A worker still waiting to be told how its bytes arrive is fed: nothing, it finishes at once.
+    if (this.#isFile) this.feed();
     Atomics.store(this.#control, FINISH, 1);
     Atomics.notify(this.#control, HEAD);
     await this.#worker.terminate();

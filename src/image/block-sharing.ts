@@ -7,12 +7,17 @@
 // are not written at all (unmapped blocks read as zeros).
 //
 // The index of those blocks is a cache kept in the pool, in the hidden volume `image.blocks`: a header
-// block, then one 16-byte record per pool block of each image (two CRCs of its bytes, the image
+// block, then one 16-byte record per pool block of each image (the CRC-32 of its bytes, the image
 // volume's id, the block). A candidate is only ever a hint: its bytes are read and compared with
 // the block's before anything is shared, so a stale record (a removed image, one made writable and
-// changed, an index from a crash) or two blocks with the same CRCs can waste a read, never change
+// changed, an index from a crash) or two blocks with the same CRC can waste a read, never change
 // an image. Records of volumes no longer in the pool are dropped when the index is next written.
-import { crc32, crc32c } from '@node-rs/crc32';
+//
+// One CRC is the key: version 1 of the index also kept a crc32c of every block, which cost an
+// import about as much CPU as the crc32 (a 32-bit key among a pool's blocks rarely matches a block
+// of other content, and such a match costs one read). A version 1 index is still read: its crc32s
+// are the keys.
+import { crc32 } from '@node-rs/crc32';
 import { ThinError } from '../errors.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
@@ -22,26 +27,23 @@ import type { BlockTarget } from './block-target.ts';
 /** The volume holding the index. */
 export const BLOCK_INDEX_VOLUME = 'image.blocks';
 const INDEX_MAGIC = 'thinbd image block index';
-const INDEX_VERSION = 1;
+const INDEX_VERSION = 2;
+/** Version 1 records also held a crc32c (before the crc32); still read. */
+const INDEX_VERSION_TWO_CRCS = 1;
 const HEADER_BYTES = 4096;
 const RECORD_BYTES = 16;
-
-/** A 53-bit key from two CRCs of a block's bytes (crc32c's 32 bits and crc32's top 21). */
-function blockKey(high: number, low: number): number {
-  return high * 2 ** 21 + (low >>> 11);
-}
 
 interface Candidate {
   volumeName: string;
   offsetBytes: number;
 }
 
-/** Content CRCs → where a block with that content lies, for the images in a pool. */
+/** Content CRC → where a block with that content lies, for the images in a pool. */
 export class BlockIndex {
   readonly blockSizeBytes: number;
-  /** Records: [crc32c, crc32, volume id, pool block] per block, flat. */
+  /** Records: [crc32, volume id, pool block] per block, flat. */
   readonly #records: number[] = [];
-  /** Key → the first record with it. */
+  /** CRC → the first record with it. */
   readonly #byKey = new Map<number, number>();
   /** Volume id → name, for the volumes records may point at. */
   readonly #names = new Map<number, string>();
@@ -65,52 +67,53 @@ export class BlockIndex {
     await indexVolume.read(0, header);
     const view = new DataView(header.buffer);
     if (Buffer.from(header.subarray(0, INDEX_MAGIC.length)).toString('latin1') !== INDEX_MAGIC) return index;
-    if (view.getUint32(32, true) !== INDEX_VERSION || view.getUint32(36, true) !== blockSizeBytes) return index;
+    const version = view.getUint32(32, true);
+    if ((version !== INDEX_VERSION && version !== INDEX_VERSION_TWO_CRCS) || view.getUint32(36, true) !== blockSizeBytes) return index;
     const count = view.getUint32(40, true);
     if (HEADER_BYTES + count * RECORD_BYTES > indexVolume.sizeBytes) return index;
     const bytes = new Uint8Array(count * RECORD_BYTES);
     if (count > 0) await indexVolume.read(HEADER_BYTES, bytes);
     const records = new DataView(bytes.buffer);
+    const crcAt = version === INDEX_VERSION_TWO_CRCS ? 4 : 0;
     for (let at = 0; at < bytes.length; at += RECORD_BYTES) {
       const volumeId = records.getUint32(at + 8, true);
       const name = images.get(volumeId);
       if (name === undefined) continue;
       index.#names.set(volumeId, name);
-      index.#add(records.getUint32(at, true), records.getUint32(at + 4, true), volumeId, records.getUint32(at + 12, true));
+      index.#add(records.getUint32(at + crcAt, true), volumeId, records.getUint32(at + 12, true));
     }
     return index;
   }
 
   get recordCount(): number {
-    return this.#records.length / 4;
+    return this.#records.length / 3;
   }
 
-  #add(high: number, low: number, volumeId: number, block: number): void {
-    const key = blockKey(high, low);
-    if (!this.#byKey.has(key)) this.#byKey.set(key, this.#records.length);
-    this.#records.push(high, low, volumeId, block);
+  #add(crc: number, volumeId: number, block: number): void {
+    if (!this.#byKey.has(crc)) this.#byKey.set(crc, this.#records.length);
+    this.#records.push(crc, volumeId, block);
   }
 
-  /** Where a block with these CRCs may lie. */
-  find(high: number, low: number): Candidate | undefined {
-    const at = this.#byKey.get(blockKey(high, low));
-    if (at === undefined || this.#records[at] !== high || this.#records[at + 1] !== low) return undefined;
-    const volumeName = this.#names.get(this.#records[at + 2]!);
+  /** Where a block with this CRC may lie. */
+  find(crc: number): Candidate | undefined {
+    const at = this.#byKey.get(crc);
+    if (at === undefined) return undefined;
+    const volumeName = this.#names.get(this.#records[at + 1]!);
     if (volumeName === undefined) return undefined;
-    return { volumeName, offsetBytes: this.#records[at + 3]! * this.blockSizeBytes };
+    return { volumeName, offsetBytes: this.#records[at + 2]! * this.blockSizeBytes };
   }
 
-  /** Records that `volume` holds a block with these CRCs at offsetBytes. */
-  note(high: number, low: number, volume: Volume, offsetBytes: number): void {
+  /** Records that `volume` holds a block with this CRC at offsetBytes. */
+  note(crc: number, volume: Volume, offsetBytes: number): void {
     this.#names.set(volume.id, volume.name);
-    this.#add(high, low, volume.id, offsetBytes / this.blockSizeBytes);
+    this.#add(crc, volume.id, offsetBytes / this.blockSizeBytes);
   }
 
   /** Writes the index (the records of volumes still in the pool) to its volume. */
   async save(pool: Pool): Promise<void> {
     const live = new Set(pool.list().map((info) => info.id));
     const kept: number[] = [];
-    for (let at = 0; at < this.#records.length; at += 4) if (live.has(this.#records[at + 2]!)) kept.push(at);
+    for (let at = 0; at < this.#records.length; at += 3) if (live.has(this.#records[at + 1]!)) kept.push(at);
     const bytes = new Uint8Array(HEADER_BYTES + kept.length * RECORD_BYTES);
     const view = new DataView(bytes.buffer);
     bytes.set(Buffer.from(INDEX_MAGIC, 'latin1'));
@@ -119,7 +122,9 @@ export class BlockIndex {
     view.setUint32(40, kept.length, true);
     kept.forEach((at, position) => {
       const offset = HEADER_BYTES + position * RECORD_BYTES;
-      for (let field = 0; field < 4; field++) view.setUint32(offset + field * 4, this.#records[at + field]!, true);
+      view.setUint32(offset, this.#records[at]!, true);
+      view.setUint32(offset + 8, this.#records[at + 1]!, true);
+      view.setUint32(offset + 12, this.#records[at + 2]!, true);
     });
     const sizeBytes = Math.ceil(bytes.length / this.blockSizeBytes) * this.blockSizeBytes;
     if (!pool.list().some((info) => info.name === BLOCK_INDEX_VOLUME)) {
@@ -158,7 +163,7 @@ export class SharingTarget implements BlockTarget {
   readonly #index: BlockIndex;
   readonly #blockSizeBytes: number;
   readonly #zeros: Uint8Array;
-  readonly #zeroCrcs: [number, number];
+  readonly #zeroCrc: number;
   /** Scratch blocks for reading candidates back (one per write in flight). */
   readonly #scratch: Uint8Array[] = [];
   #sharing = true;
@@ -169,7 +174,7 @@ export class SharingTarget implements BlockTarget {
     this.#index = index;
     this.#blockSizeBytes = index.blockSizeBytes;
     this.#zeros = new Uint8Array(this.#blockSizeBytes);
-    this.#zeroCrcs = [crc32c(this.#zeros as Buffer), crc32(this.#zeros as Buffer)];
+    this.#zeroCrc = crc32(this.#zeros as Buffer);
   }
 
   /** From now on every write goes straight to the volume (the file system's metadata). */
@@ -210,14 +215,13 @@ export class SharingTarget implements BlockTarget {
 
   /** Whether the block at offsetBytes needs no write: zeros, or shared with a block already in the pool. */
   async #keep(offsetBytes: number, block: Uint8Array): Promise<boolean> {
-    const high = crc32c(block as Buffer);
-    const low = crc32(block as Buffer);
-    if (high === this.#zeroCrcs[0] && low === this.#zeroCrcs[1] && Buffer.from(block.buffer, block.byteOffset, block.length).equals(this.#zeros)) {
+    const crc = crc32(block as Buffer);
+    if (crc === this.#zeroCrc && Buffer.from(block.buffer, block.byteOffset, block.length).equals(this.#zeros)) {
       this.counts.zeroBytes += block.length;
       return true;
     }
-    const candidate = this.#index.find(high, low);
-    this.#index.note(high, low, this.#volume, offsetBytes);
+    const candidate = this.#index.find(crc);
+    this.#index.note(crc, this.#volume, offsetBytes);
     if (candidate === undefined) return false;
     const scratch = this.#scratch.pop() ?? new Uint8Array(block.length);
     try {

@@ -299,11 +299,13 @@ class ImageBuild {
         const built = await this.#parseOnThread(this.#opened.localPath);
         return this.#complete('tar', `sha256:${await this.#opened.digest()}`, [], [], built);
       }
+      this.#opened.startHash();
       await this.#begin();
       await applyTar(outer, this.#context, { stream: '', layered: false, first });
       await drainTrailer(outer);
       return this.#finish('tar', `sha256:${await this.#opened.digest()}`, [], []);
     }
+    this.#opened.startHash();
     if (this.#opened.ranges !== undefined && this.#opened.compression === 'none') return this.#runIndexed();
     return this.#runStreamed(outer, first!);
   }
@@ -326,6 +328,8 @@ class ImageBuild {
         alignBytes: this.#blockSizeBytes,
         writesInFlight: IMAGE_WRITES_IN_FLIGHT_MAX,
         filesystem: this.#filesystemOptions(),
+        // The parsing thread reads the file once, for the parse and the digest both.
+        hash: this.#opened.hashFeed?.(),
         bufferBytes: Math.max(IMAGE_WRITE_BUFFER_BYTES, this.#blockSizeBytes),
         buffersMax: IMAGE_WRITES_IN_FLIGHT_MAX + 2,
         signal: this.#options.signal,

@@ -235,3 +235,47 @@ test('the block index is only a hint: an image changed behind it, or removed, is
   const check = thinbd(['check', '--pool', pool]);
   assert.equal(check.code, 0, check.stderr);
 });
+
+test('an index of version 1 (crc32c and crc32 per block) is still read: its images are shared from, and it is rewritten as version 2', async () => {
+  const pool = newPool('index-v1');
+  const archive = path.join(work.path, 'lib-v1.tar');
+  fs.writeFileSync(archive, tarArchive([...dirs('lib'), { path: 'lib/libc.so', data: libC, mtime: T }]));
+  importImage(pool, 'original', archive);
+  // The index rewritten as an earlier build wrote it: version 1, [crc32c, crc32, volume, block] per record.
+  const opened = await Pool.open(pool);
+  try {
+    const volume = opened.volume('image.blocks');
+    const header = new Uint8Array(4096);
+    await volume.read(0, header);
+    const view = new DataView(header.buffer);
+    assert.equal(view.getUint32(32, true), 2, 'an import writes version 2');
+    const count = view.getUint32(40, true);
+    assert.ok(count >= wholeBlocks(libC), `${count} records`);
+    const records = new Uint8Array(count * 16);
+    await volume.read(4096, records);
+    const fields = new DataView(records.buffer);
+    for (let at = 0; at < records.length; at += 16) {
+      assert.equal(fields.getUint32(at + 4, true), 0, 'version 2 leaves the second word zero');
+      fields.setUint32(at + 4, fields.getUint32(at, true), true);
+      fields.setUint32(at, 0x12345678, true);
+    }
+    view.setUint32(32, 1, true);
+    await volume.write(0, header);
+    await volume.write(4096, records);
+    await opened.flush();
+  } finally {
+    await opened.close();
+  }
+  const copy = importImage(pool, 'copy', archive);
+  assert.equal(copy.dataBytesShared, wholeBlocks(libC) * POOL_BLOCK, 'the blocks a version 1 index names are shared');
+  const reopened = await Pool.open(pool);
+  try {
+    const header = new Uint8Array(4096);
+    await reopened.volume('image.blocks').read(0, header);
+    assert.equal(new DataView(header.buffer).getUint32(32, true), 2, 'the import rewrote the index as version 2');
+  } finally {
+    await reopened.close();
+  }
+  const check = thinbd(['check', '--pool', pool]);
+  assert.equal(check.code, 0, check.stderr);
+});
