@@ -75,7 +75,7 @@ export interface TailPlan {
   blocks: number;
   /** Attribute sets stored in blocks, by key: how many inodes use each. */
   xattrUsers: Map<string, number>;
-  /** Plans of indexed (multi-block) directories, kept from counting for writing. */
+  /** Plans of the directories, kept from counting for writing (each is sorted once). */
   directories: Map<FsNode, DirectoryPlan>;
 }
 
@@ -101,7 +101,7 @@ export function countTail(numbering: Numbering, hashSeed: Uint32Array): TailPlan
     validateNode(numbering, node);
     if (node.kind === 'dir') {
       const directory = planDirectory(directoryEntries(node), hashSeed, minBlocksOf(numbering, node), () => `directory ${pathOf(numbering, node)}`);
-      if (directory.levels > 0) plan.directories.set(node, directory);
+      plan.directories.set(node, directory);
       plan.blocks += directory.blockCount + extentTreeBlockCount(contiguousExtents(0, directory.blockCount).length / 3);
     } else if (node.kind === 'file') {
       plan.blocks += extentTreeBlockCount((node.extents?.length ?? 0) / 3);
@@ -269,7 +269,8 @@ class InodeTableWriter {
       case 'dir': {
         result.directories++;
         result.directoriesPerGroup[Math.floor((ino - 1) / this.#geometry.inodesPerGroup)]!++;
-        const plan = this.#tailPlan.directories.get(node) ?? planDirectory(directoryEntries(node), this.#hashSeed, minBlocksOf(this.#numbering, node));
+        const plan = this.#tailPlan.directories.get(node);
+        assert(plan !== undefined, 'a directory not planned when the tail was counted');
         const first = this.#allocateTail(plan.blockCount);
         await this.#putTail(first, encodeDirectory(plan, ino, this.#numbering.parentIno[ino]!, inodeSeed));
         const extents = contiguousExtents(first, plan.blockCount);
