@@ -9,16 +9,18 @@
 // - a local file parsed here is read by the worker itself (readFile(): the page cache serves it
 //   twice, the main thread pays nothing).
 import { Worker } from 'node:worker_threads';
-import { assert } from '../errors.ts';
+import { ThinError, assert } from '../errors.ts';
 
 // Control words: chunks handed over (head), chunks hashed (tail), finish request, digest ready,
-// and for a local file how its bytes arrive (MODE_*).
+// for a local file how its bytes arrive (MODE_*), and whether the worker failed (a feeder on
+// another thread then stops waiting for slots).
 const HEAD = 0;
 const TAIL = 1;
 const FINISH = 2;
 const READY = 3;
 const MODE = 4;
-const CONTROL_WORDS = 5;
+const FAILED = 5;
+const CONTROL_WORDS = 6;
 const DIGEST_BYTES = 64;
 /** A local file's worker waits to be told whether it reads the file or is fed its bytes. */
 const MODE_UNDECIDED = 0;
@@ -111,9 +113,16 @@ export class HashFeeder {
   async take(): Promise<Uint8Array> {
     assert(!this.#taken, 'a hash slot taken twice');
     for (;;) {
+      if (Atomics.load(this.#control, FAILED) === 1) throw new ThinError('THIN_IO', 'The thread hashing the image source stopped');
       const tail = Atomics.load(this.#control, TAIL);
       if (this.#head - tail < this.#slots) break;
-      await waitUntilChanged(this.#control, TAIL, tail);
+      // A pending waitAsync does not keep the event loop alive: a timer does, meanwhile.
+      const keepAlive = setTimeout(() => undefined, 2000);
+      try {
+        await waitUntilChanged(this.#control, TAIL, tail);
+      } finally {
+        clearTimeout(keepAlive);
+      }
     }
     this.#taken = true;
     const slot = this.#head % this.#slots;
@@ -167,6 +176,8 @@ export class BackgroundHash {
     this.#worker.unref();
     this.#worker.on('error', (error) => {
       this.#failure = error;
+      Atomics.store(this.#control, FAILED, 1);
+      Atomics.notify(this.#control, TAIL);
     });
   }
 
@@ -239,6 +250,8 @@ export class BackgroundHash {
     if (this.#isFile) this.feed();
     Atomics.store(this.#control, FINISH, 1);
     Atomics.notify(this.#control, HEAD);
+    // Held until it has stopped (an unref'd worker's exit would not keep the event loop alive).
+    this.#worker.ref();
     await this.#worker.terminate();
   }
 }
