@@ -205,6 +205,8 @@ export class BackgroundHash {
     for (let offset = 0; offset < bytes.length; offset += this.#slotBytes) {
       const piece = bytes.subarray(offset, Math.min(bytes.length, offset + this.#slotBytes));
       for (;;) {
+        // Closed (the digest is not wanted after all): what is still given is dropped.
+        if (this.#closed) return;
         if (this.#failure !== undefined) throw this.#failure;
         const tail = Atomics.load(this.#control, TAIL);
         if (this.#head - tail < this.#slots) break;
@@ -225,12 +227,14 @@ export class BackgroundHash {
     try {
       await wait;
     } finally {
-      this.#worker.unref();
+      // close() holds the worker until it has stopped.
+      if (!this.#closed) this.#worker.unref();
     }
   }
 
   /** The hex digest of everything given; the hash is finished (and its worker stopped). */
   async digest(): Promise<string> {
+    assert(!this.#closed, 'the digest of a hash already closed');
     if (this.#isFile) this.readFile();
     Atomics.store(this.#control, FINISH, 1);
     Atomics.notify(this.#control, HEAD);
@@ -250,6 +254,8 @@ export class BackgroundHash {
     if (this.#isFile) this.feed();
     Atomics.store(this.#control, FINISH, 1);
     Atomics.notify(this.#control, HEAD);
+    // An update() waiting for a slot sees the hash closed.
+    Atomics.notify(this.#control, TAIL);
     // Held until it has stopped (an unref'd worker's exit would not keep the event loop alive).
     this.#worker.ref();
     await this.#worker.terminate();

@@ -305,7 +305,8 @@ class ImageBuild {
       await drainTrailer(outer);
       return this.#finish('tar', `sha256:${await this.#opened.digest()}`, [], []);
     }
-    this.#opened.startHash();
+    // An image archive's digest is its config's: the source's own is not computed.
+    this.#opened.skipHash();
     if (this.#opened.ranges !== undefined && this.#opened.compression === 'none') return this.#runIndexed();
     return this.#runStreamed(outer, first!);
   }

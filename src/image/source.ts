@@ -41,6 +41,11 @@ export interface OpenedSource {
   hashFeed?: () => HashFeed | undefined;
   /** A local file: its hash starts reading the file itself (unless fed); by digest() at the latest. */
   startHash(): void;
+  /**
+   * The digest is not wanted (an image archive names its own): a local file is never read for it,
+   * a stream's chunks are no longer copied to it. digest() may not be called after.
+   */
+  skipHash(): void;
   close(): Promise<void>;
 }
 
@@ -374,9 +379,10 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   let bytes = 0;
   const isLocal = source !== '-' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(source);
   const hash = new BackgroundHash(IMAGE_READ_CHUNK_BYTES, 4, isLocal ? source : undefined);
-  const tap = (chunk: Uint8Array): Promise<void> => {
+  let hashing = true;
+  const tap = (chunk: Uint8Array): Promise<void> | undefined => {
     bytes += chunk.length;
-    return hash.update(chunk);
+    return hashing ? hash.update(chunk) : undefined;
   };
   let raw: ChunkSource;
   let totalBytes: number | undefined;
@@ -468,6 +474,10 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
     startHash: () => {
       if (isLocal) hash.readFile();
     },
+    skipHash: () => {
+      hashing = false;
+      void hash.close().catch(() => undefined);
+    },
     close: async () => {
       await hash.close();
       await chunks.close?.();
@@ -478,7 +488,7 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
 }
 
 /** A chunk source that shows every chunk to `tap` as it passes. */
-function tapped(inner: ChunkSource, tap: (chunk: Uint8Array) => Promise<void>): ChunkSource {
+function tapped(inner: ChunkSource, tap: (chunk: Uint8Array) => Promise<void> | undefined): ChunkSource {
   return {
     async next() {
       const chunk = await inner.next();

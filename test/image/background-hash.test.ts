@@ -74,3 +74,12 @@ test('a hash closed before anyone fed it or read the file finishes at once', asy
   const hash = new BackgroundHash(SLOT_BYTES, SLOTS, file);
   await hash.close();
 });
+
+test('closing a hash that is no longer wanted ends an update waiting for a slot (a stream read ahead of the decision)', async () => {
+  // One slot of 16 bytes and a worker still starting: the update's second piece waits for the first's slot.
+  const hash = new BackgroundHash(16, 1);
+  const pending = hash.update(new Uint8Array(64));
+  await hash.close();
+  await pending;
+  await assert.rejects(async () => hash.digest(), /already closed/);
+});
