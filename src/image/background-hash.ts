@@ -105,10 +105,6 @@ export class HashFeeder {
     this.#slotBytes = feed.slotBytes;
   }
 
-  get slotBytes(): number {
-    return this.#slotBytes;
-  }
-
   /** The next slot to fill, once the hash is done with what it held. */
   async take(): Promise<Uint8Array> {
     assert(!this.#taken, 'a hash slot taken twice');
