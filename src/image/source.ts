@@ -377,7 +377,10 @@ function httpRangeReader(url: string): (beginBytes: number, endBytes: number) =>
 /** Opens SOURCE: a path, "-" for standard input, an http(s) URL, or s3://BUCKET/KEY. */
 export async function openSource(source: string, openers: SourceOpeners = {}, stdin: NodeJS.ReadableStream = process.stdin): Promise<OpenedSource> {
   let bytes = 0;
-  const isLocal = source !== '-' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(source);
+  const local = source !== '-' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(source) ? openLocal(source) : undefined;
+  // A regular file is read at offsets and hashed by the worker from its own reads; anything else
+  // (a named pipe, a character device such as /dev/stdin) is a stream, read once, like "-".
+  const isLocal = local?.stat.isFile() === true;
   const hash = new BackgroundHash(IMAGE_READ_CHUNK_BYTES, 4, isLocal ? source : undefined);
   let hashing = true;
   const tap = (chunk: Uint8Array): Promise<void> | undefined => {
@@ -418,26 +421,19 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
     totalBytes = opened.totalBytes;
     raw = tapped(new IterableChunks(opened.stream, opened.close), tap);
     if (totalBytes !== undefined && opened.readRange !== undefined) ranges = remoteRanges(totalBytes, opened.readRange, (chunk) => (bytes += chunk.length));
+  } else if (!isLocal) {
+    description = source;
+    const stream = fs.createReadStream('', { fd: local!.fd, highWaterMark: IMAGE_READ_CHUNK_BYTES });
+    raw = tapped(new IterableChunks(stream, () => void stream.destroy()), tap);
   } else {
     description = source;
-    let fd: number;
-    try {
-      fd = fs.openSync(source, 'r');
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      throw new ThinError(code === 'ENOENT' ? 'THIN_NOT_FOUND' : 'THIN_IO', `Cannot read ${source}: ${code === 'ENOENT' ? 'no such file' : (error as Error).message}`, { cause: error });
-    }
-    const stat = fs.fstatSync(fd);
-    if (stat.isDirectory()) {
-      fs.closeSync(fd);
-      throw new ThinError('THIN_INVALID', `Cannot import ${source}: it is a directory, not an archive`);
-    }
-    totalBytes = stat.isFile() ? stat.size : undefined;
+    const { fd, stat } = local!;
+    totalBytes = stat.size;
     // Peek with a small read to know whether the chunks feed a decompressor (which keeps them).
     const head = new Uint8Array(8);
     const headBytes = fs.readSync(fd, head, 0, head.length, 0);
     const reuse = detectCompression(head.subarray(0, headBytes), description) === 'none';
-    const sizeBytes = stat.isFile() ? stat.size : Number.MAX_SAFE_INTEGER;
+    const sizeBytes = stat.size;
     // The worker hashes the file itself: only count here.
     raw = new FileChunks(fd, 0, sizeBytes, {
       chunkBytes: IMAGE_READ_CHUNK_BYTES,
@@ -446,15 +442,13 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
         bytes += chunk.length;
       },
     });
-    if (stat.isFile()) {
-      localPath = source;
-      ranges = {
-        sizeBytes,
-        read: (beginBytes, endBytes, chunkBytes) => new FileChunks(fd, beginBytes, endBytes, { chunkBytes, reuse: true, onBytes: (chunk) => {
-          bytes += chunk.length;
-        } }),
-      };
-    }
+    localPath = source;
+    ranges = {
+      sizeBytes,
+      read: (beginBytes, endBytes, chunkBytes) => new FileChunks(fd, beginBytes, endBytes, { chunkBytes, reuse: true, onBytes: (chunk) => {
+        bytes += chunk.length;
+      } }),
+    };
     closeFile = () => fs.closeSync(fd);
   }
   const head = new TappedChunks(raw);
@@ -485,6 +479,23 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
       closeFile = undefined;
     },
   };
+}
+
+/** Opens a local SOURCE path for reading; a directory or a missing file is a named error. */
+function openLocal(source: string): { fd: number; stat: fs.Stats } {
+  let fd: number;
+  try {
+    fd = fs.openSync(source, 'r');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new ThinError(code === 'ENOENT' ? 'THIN_NOT_FOUND' : 'THIN_IO', `Cannot read ${source}: ${code === 'ENOENT' ? 'no such file' : (error as Error).message}`, { cause: error });
+  }
+  const stat = fs.fstatSync(fd);
+  if (stat.isDirectory()) {
+    fs.closeSync(fd);
+    throw new ThinError('THIN_INVALID', `Cannot import ${source}: it is a directory, not an archive`);
+  }
+  return { fd, stat };
 }
 
 /** A chunk source that shows every chunk to `tap` as it passes. */

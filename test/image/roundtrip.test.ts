@@ -6,6 +6,7 @@
 // image is a normal root disk: written, fsck clean, and the image unchanged.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -121,6 +122,20 @@ test('a gzip archive read from standard input imports the same tree, and image l
   assert.equal(images[0]!['digest'], digest);
   assert.equal(images[0]!['format'], 'tar+gzip');
   assert.equal(images[0]!['files'], summary['files']);
+});
+
+test('a named pipe is read once as a stream, as standard input is: the same tree and the digest of the bytes that came through it', async () => {
+  const archive = archives.get('pax-sparse-1.0')!;
+  const fifo = path.join(work.path, 'archive.fifo');
+  sh('mkfifo', [fifo]);
+  // The writer blocks until the import opens the pipe; thinbd() waits for the import to finish.
+  const writer = spawn('sh', ['-c', `cat '${archive}' > '${fifo}'`], { stdio: 'ignore' });
+  const written = new Promise<number | null>((resolve) => writer.on('exit', resolve));
+  const pool = newPool('fifo');
+  const summary = importImage(pool, 'from-fifo', fifo);
+  assert.equal(await written, 0);
+  assert.equal(summary['digest'], `sha256:${createHash('sha256').update(fs.readFileSync(archive)).digest('hex')}`);
+  assertSameTree(mountedTree(exportAndCheck(pool, 'from-fifo')), expected.get('pax-sparse-1.0')!, 'tar from a named pipe');
 });
 
 test('debugfs, reading the unmounted file system, agrees with tar -x', () => {
