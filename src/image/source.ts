@@ -393,68 +393,80 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   let closeFile: (() => void) | undefined;
   let localPath: string | undefined;
   let description: string;
-  if (source === '-') {
-    description = 'standard input';
-    raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>, () => void (stdin as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.()), tap);
-  } else if (/^https?:\/\//i.test(source)) {
-    description = source;
-    const controller = new AbortController();
-    let response: Response;
-    try {
-      response = await fetch(source, { signal: controller.signal });
-    } catch (error) {
-      throw new ThinError('THIN_IO', `Cannot fetch ${source}: ${(error as Error).message}`, { cause: error });
+  let compression: Compression;
+  let chunks: ChunkSource;
+  // Until the source is handed back, a failure (a fetch refused, xz, an empty pipe that closes)
+  // ends the digest's thread and closes the file here: nobody else holds them yet.
+  try {
+    if (source === '-') {
+      description = 'standard input';
+      raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>, () => void (stdin as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.()), tap);
+    } else if (/^https?:\/\//i.test(source)) {
+      description = source;
+      const controller = new AbortController();
+      let response: Response;
+      try {
+        response = await fetch(source, { signal: controller.signal });
+      } catch (error) {
+        throw new ThinError('THIN_IO', `Cannot fetch ${source}: ${(error as Error).message}`, { cause: error });
+      }
+      if (!response.ok || response.body === null) {
+        throw new ThinError(response.status === 404 ? 'THIN_NOT_FOUND' : 'THIN_IO', `Cannot fetch ${source}: HTTP ${response.status} ${response.statusText}`);
+      }
+      const length = Number(response.headers.get('content-length'));
+      totalBytes = Number.isSafeInteger(length) && length > 0 ? length : undefined;
+      raw = tapped(new IterableChunks(response.body as unknown as AsyncIterable<Uint8Array>, () => controller.abort()), tap);
+      if (totalBytes !== undefined && response.headers.get('accept-ranges') === 'bytes') {
+        ranges = remoteRanges(totalBytes, httpRangeReader(source), (chunk) => (bytes += chunk.length));
+      }
+    } else if (/^s3:\/\//i.test(source)) {
+      description = source;
+      if (openers.s3 === undefined) throw new ThinError('THIN_INVALID', `Cannot read ${source}: S3 support is not available`);
+      const opened = await openers.s3(source);
+      totalBytes = opened.totalBytes;
+      raw = tapped(new IterableChunks(opened.stream, opened.close), tap);
+      if (totalBytes !== undefined && opened.readRange !== undefined) ranges = remoteRanges(totalBytes, opened.readRange, (chunk) => (bytes += chunk.length));
+    } else if (!isLocal) {
+      description = source;
+      const stream = fs.createReadStream('', { fd: local!.fd, highWaterMark: IMAGE_READ_CHUNK_BYTES });
+      raw = tapped(new IterableChunks(stream, () => void stream.destroy()), tap);
+      closeFile = () => void stream.destroy();
+    } else {
+      description = source;
+      const { fd, stat } = local!;
+      totalBytes = stat.size;
+      // Peek with a small read to know whether the chunks feed a decompressor (which keeps them).
+      const head = new Uint8Array(8);
+      const headBytes = fs.readSync(fd, head, 0, head.length, 0);
+      const reuse = detectCompression(head.subarray(0, headBytes), description) === 'none';
+      const sizeBytes = stat.size;
+      // The worker hashes the file itself: only count here.
+      raw = new FileChunks(fd, 0, sizeBytes, {
+        chunkBytes: IMAGE_READ_CHUNK_BYTES,
+        reuse,
+        onBytes: (chunk) => {
+          bytes += chunk.length;
+        },
+      });
+      localPath = source;
+      ranges = {
+        sizeBytes,
+        read: (beginBytes, endBytes, chunkBytes) => new FileChunks(fd, beginBytes, endBytes, { chunkBytes, reuse: true, onBytes: (chunk) => {
+          bytes += chunk.length;
+        } }),
+      };
+      closeFile = () => fs.closeSync(fd);
     }
-    if (!response.ok || response.body === null) {
-      throw new ThinError(response.status === 404 ? 'THIN_NOT_FOUND' : 'THIN_IO', `Cannot fetch ${source}: HTTP ${response.status} ${response.statusText}`);
-    }
-    const length = Number(response.headers.get('content-length'));
-    totalBytes = Number.isSafeInteger(length) && length > 0 ? length : undefined;
-    raw = tapped(new IterableChunks(response.body as unknown as AsyncIterable<Uint8Array>, () => controller.abort()), tap);
-    if (totalBytes !== undefined && response.headers.get('accept-ranges') === 'bytes') {
-      ranges = remoteRanges(totalBytes, httpRangeReader(source), (chunk) => (bytes += chunk.length));
-    }
-  } else if (/^s3:\/\//i.test(source)) {
-    description = source;
-    if (openers.s3 === undefined) throw new ThinError('THIN_INVALID', `Cannot read ${source}: S3 support is not available`);
-    const opened = await openers.s3(source);
-    totalBytes = opened.totalBytes;
-    raw = tapped(new IterableChunks(opened.stream, opened.close), tap);
-    if (totalBytes !== undefined && opened.readRange !== undefined) ranges = remoteRanges(totalBytes, opened.readRange, (chunk) => (bytes += chunk.length));
-  } else if (!isLocal) {
-    description = source;
-    const stream = fs.createReadStream('', { fd: local!.fd, highWaterMark: IMAGE_READ_CHUNK_BYTES });
-    raw = tapped(new IterableChunks(stream, () => void stream.destroy()), tap);
-  } else {
-    description = source;
-    const { fd, stat } = local!;
-    totalBytes = stat.size;
-    // Peek with a small read to know whether the chunks feed a decompressor (which keeps them).
-    const head = new Uint8Array(8);
-    const headBytes = fs.readSync(fd, head, 0, head.length, 0);
-    const reuse = detectCompression(head.subarray(0, headBytes), description) === 'none';
-    const sizeBytes = stat.size;
-    // The worker hashes the file itself: only count here.
-    raw = new FileChunks(fd, 0, sizeBytes, {
-      chunkBytes: IMAGE_READ_CHUNK_BYTES,
-      reuse,
-      onBytes: (chunk) => {
-        bytes += chunk.length;
-      },
-    });
-    localPath = source;
-    ranges = {
-      sizeBytes,
-      read: (beginBytes, endBytes, chunkBytes) => new FileChunks(fd, beginBytes, endBytes, { chunkBytes, reuse: true, onBytes: (chunk) => {
-        bytes += chunk.length;
-      } }),
-    };
-    closeFile = () => fs.closeSync(fd);
+    const head = new TappedChunks(raw);
+    const first = await head.peek();
+    compression = first === undefined ? 'none' : detectCompression(first, description);
+    chunks = compression === 'none' ? head : decompressChunks(head, compression, description, () => bytes);
+  } catch (error) {
+    await hash.close().catch(() => undefined);
+    if (closeFile !== undefined) closeFile();
+    else if (local !== undefined) fs.closeSync(local.fd);
+    throw error;
   }
-  const head = new TappedChunks(raw);
-  const first = await head.peek();
-  const compression = first === undefined ? 'none' : detectCompression(first, description);
-  const chunks = compression === 'none' ? head : decompressChunks(head, compression, description, () => bytes);
   return {
     chunks,
     compression,

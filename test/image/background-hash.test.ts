@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { patternBytes, tempDir } from '../nbd/helpers.ts';
 import { BackgroundHash, HashFeeder } from '../../src/image/background-hash.ts';
-import { HashedFileChunks } from '../../src/image/source.ts';
+import { HashedFileChunks, openSource } from '../../src/image/source.ts';
 
 const SLOT_BYTES = 4096;
 const SLOTS = 3;
@@ -82,4 +82,15 @@ test('closing a hash that is no longer wanted ends an update waiting for a slot 
   await hash.close();
   await pending;
   await assert.rejects(async () => hash.digest(), /already closed/);
+});
+
+test('a source refused on its first bytes (xz) leaves no file open: the hash is closed and the descriptor with it', async () => {
+  const xz = path.join(work.path, 'refused.tar.xz');
+  fs.writeFileSync(xz, Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0x00, 0x04, 0xe6, 0xd6]));
+  const openFiles = (): number => fs.readdirSync('/proc/self/fd').length;
+  const before = openFiles();
+  for (let attempt = 0; attempt < 5; attempt += 1) {
+    await assert.rejects(openSource(xz), /xz-compressed/);
+  }
+  assert.equal(openFiles(), before, 'descriptors left open by refused sources');
 });
