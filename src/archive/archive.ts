@@ -471,8 +471,17 @@ export class PackWriter {
 
 // ---- reading chunks back ----
 
-/** Bytes of a reused read buffer: a joined read of ARCHIVE_READ_RAW_BYTES_MAX of chunks with room for its gaps. */
+/** The largest reused read buffer: a joined read of ARCHIVE_READ_RAW_BYTES_MAX of chunks with room for its gaps. */
 const READ_BUFFER_BYTES = ARCHIVE_READ_RAW_BYTES_MAX + 4 * ARCHIVE_READ_GAP_BYTES_MAX;
+/** The smallest: a read of one chunk or a few. */
+const READ_BUFFER_MIN_BYTES = 64 * 1024;
+
+/** The size of buffer a read of `bytes` takes: a power of two from the smallest, the largest at most. */
+function readBufferBytes(bytes: number): number {
+  let size = READ_BUFFER_MIN_BYTES;
+  while (size < bytes) size *= 2;
+  return Math.min(size, READ_BUFFER_BYTES);
+}
 
 interface PendingRead {
   refIndex: number;
@@ -488,8 +497,12 @@ export class ChunkReader {
   readonly #store: ObjectStore;
   readonly #index: ChunkIndex;
   readonly #decoder: ChunkDecoder;
-  /** Read buffers free for the next joined read (#readGroup). */
-  readonly #readBuffers: Uint8Array[] = [];
+  /**
+   * Read buffers free for the next joined read (#readGroup), by size. A read takes the smallest
+   * size that holds it, so the buffers in use add up to about what the reads in flight span: a
+   * window of chunks scattered over many packs is many small reads, not many largest buffers.
+   */
+  readonly #readBuffers = new Map<number, Uint8Array[]>();
 
   /** `decoder`: where chunks are decompressed and checked (default: on this thread). */
   constructor(store: ObjectStore, index: ChunkIndex, decoder: ChunkDecoder = new InlineChunkDecoder()) {
@@ -564,7 +577,8 @@ export class ChunkReader {
     // again once they are decoded: unpack reads a stream's whole stored size, and fresh buffers
     // cost a page fault per 4 KiB (docs/benchmarks.md, "Archive"). A read larger than one (joined
     // across many gaps) gets a buffer of its own.
-    const buffer = endBytes - beginBytes <= READ_BUFFER_BYTES ? (this.#readBuffers.pop() ?? new Uint8Array(new SharedArrayBuffer(READ_BUFFER_BYTES))) : undefined;
+    const bufferBytes = readBufferBytes(endBytes - beginBytes);
+    const buffer = endBytes - beginBytes <= bufferBytes ? (this.#readBuffers.get(bufferBytes)?.pop() ?? new Uint8Array(new SharedArrayBuffer(bufferBytes))) : undefined;
     try {
       let bytes: Uint8Array;
       try {
@@ -603,7 +617,11 @@ export class ChunkReader {
         at += rawBytes;
       }
     } finally {
-      if (buffer !== undefined) this.#readBuffers.push(buffer);
+      if (buffer !== undefined) {
+        const free = this.#readBuffers.get(buffer.length);
+        if (free === undefined) this.#readBuffers.set(buffer.length, [buffer]);
+        else free.push(buffer);
+      }
     }
   }
 }

@@ -197,6 +197,10 @@ test('chunks are read through a few reused shared buffers and decoded by worker 
     assert.ok(reads.length >= 6, `${reads.length} ranged reads`);
     assert.ok(reads.every((read) => read.into !== undefined && read.into.buffer instanceof SharedArrayBuffer && read.result.buffer === read.into.buffer), 'every read lands in a shared buffer of the reader');
     assert.equal(buffers.size, reads.length / 3, 'the second and third rounds reuse the buffers of the first');
+    // A buffer is sized to its read (a power of two from 64 KiB), not the largest read's size.
+    for (const read of reads) {
+      assert.ok(read.into!.length <= Math.max(64 * 1024, 2 * read.result.length), `a buffer of ${read.into!.length} bytes for a read of ${read.result.length}`);
+    }
   } finally {
     await workers.close();
     await archive.close();
