@@ -19,6 +19,7 @@ import { assert } from '../errors.ts';
 import type { Mapping, VisitResult } from './dump/events.ts';
 import { escapeAttribute } from './dump/xml.ts';
 import type { TextSink } from './dump/sink.ts';
+import { AsciiPiece, asciiText, type AsciiText } from './dump/ascii-piece.ts';
 
 import type { ExtentColumns } from '../pool/trees.ts';
 import { PoolView, type ViewTarget } from './pool-view.ts';
@@ -319,25 +320,36 @@ export async function writeDeltaXml(
     ),
   );
   const walk = stepCursor(steps);
-  // Lines are gathered into a piece of DELTA_TEXT_PIECE_CHARS before the sink sees them: a
-  // scattered delta has a line per block or two. (Template strings joined this way measured
-  // faster than writing digits into a byte buffer.)
-  let text = '';
+  // A scattered delta has a line per block or two: lines are written as bytes (ascii-piece.ts).
+  const piece = new AsciiPiece(out);
   if (options.verbose === true) {
     let open: DeltaKind | undefined;
     while (walk.next()) {
-      if (open !== walk.kind) {
-        if (open !== undefined) text += `    </${open}>\n`;
-        text += `    <${walk.kind}>\n`;
-        open = walk.kind;
+      const kind = walk.kind;
+      if (open !== kind) {
+        if (open !== undefined) piece.text(DELTA_BYTES[open].close);
+        piece.text(DELTA_BYTES[kind].open);
+        open = kind;
       }
-      text += `      ${verboseRange(walk)}\n`;
-      if (text.length >= DELTA_TEXT_PIECE_CHARS) {
-        await settle(out.write(text));
-        text = '';
+      const bytes = DELTA_BYTES[kind];
+      piece.text(bytes.rangeBegin);
+      piece.decimal(walk.begin);
+      if (kind === DeltaKind.different) {
+        piece.text(LEFT_DATA_BEGIN);
+        piece.decimal(walk.leftDataBegin);
+        piece.text(RIGHT_DATA_BEGIN);
+        piece.decimal(walk.rightDataBegin);
+      } else {
+        piece.text(DATA_BEGIN);
+        piece.decimal(kind === DeltaKind.rightOnly ? walk.rightDataBegin : walk.leftDataBegin);
       }
+      piece.text(LENGTH);
+      piece.decimal(walk.length);
+      piece.text(LINE_END);
+      const full = piece.endLine();
+      if (full !== undefined) await full;
     }
-    if (open !== undefined) text += `    </${open}>\n`;
+    if (open !== undefined) piece.text(DELTA_BYTES[open].close);
   } else {
     // Step 3: consecutive steps of one kind over contiguous blocks become one run.
     let kind: DeltaKind | undefined;
@@ -349,34 +361,46 @@ export async function writeDeltaXml(
         continue;
       }
       if (kind !== undefined) {
-        text += `    <${kind} begin="${begin}" length="${length}"/>\n`;
-        if (text.length >= DELTA_TEXT_PIECE_CHARS) {
-          await settle(out.write(text));
-          text = '';
-        }
+        runLine(piece, kind, begin, length);
+        const full = piece.endLine();
+      if (full !== undefined) await full;
       }
       kind = walk.kind;
       begin = walk.begin;
       length = walk.length;
     }
-    if (kind !== undefined) text += `    <${kind} begin="${begin}" length="${length}"/>\n`;
+    if (kind !== undefined) runLine(piece, kind, begin, length);
   }
-  await settle(out.write(`${text}  </diff>\n</superblock>\n`));
+  await settle(piece.flush());
+  await settle(out.write('  </diff>\n</superblock>\n'));
 }
 
-/** Characters of output a delta writer gathers before handing them to its sink. */
-const DELTA_TEXT_PIECE_CHARS = 16 * 1024;
-
-function verboseRange(step: StepCursor): string {
-  switch (step.kind) {
-    case DeltaKind.different:
-      return `<range begin="${step.begin}" left_data_begin="${step.leftDataBegin}" right_data_begin="${step.rightDataBegin}" length="${step.length}"/>`;
-    case DeltaKind.rightOnly:
-      return `<range begin="${step.begin}" data_begin="${step.rightDataBegin}" length="${step.length}"/>`;
-    default:
-      return `<range begin="${step.begin}" data_begin="${step.leftDataBegin}" length="${step.length}"/>`;
-  }
+/** A merged run's line of the plain output: `    <same begin="…" length="…"/>`. */
+function runLine(piece: AsciiPiece, kind: DeltaKind, begin: number, length: number): void {
+  piece.text(DELTA_BYTES[kind].runBegin);
+  piece.decimal(begin);
+  piece.text(LENGTH);
+  piece.decimal(length);
+  piece.text(LINE_END);
 }
+
+/** Each kind's fixed text as bytes: a run's start, a verbose container's tags and range start. */
+const DELTA_BYTES = Object.fromEntries(
+  Object.values(DeltaKind).map((kind) => [
+    kind,
+    {
+      runBegin: asciiText(`    <${kind} begin="`),
+      open: asciiText(`    <${kind}>\n`),
+      close: asciiText(`    </${kind}>\n`),
+      rangeBegin: asciiText('      <range begin="'),
+    },
+  ]),
+) as Record<DeltaKind, { runBegin: AsciiText; open: AsciiText; close: AsciiText; rangeBegin: AsciiText }>;
+const LEFT_DATA_BEGIN = asciiText('" left_data_begin="');
+const RIGHT_DATA_BEGIN = asciiText('" right_data_begin="');
+const DATA_BEGIN = asciiText('" data_begin="');
+const LENGTH = asciiText('" length="');
+const LINE_END = asciiText('"/>\n');
 
 /** The delta as one JSON document: the header, the two devices, the merged runs (or the steps, verbose). */
 export async function writeDeltaJson(

@@ -8,6 +8,8 @@ import type { VisitResult } from './events.ts';
 
 export interface TextSink {
   write(text: string): VisitResult;
+  /** ASCII text already encoded (ascii-piece.ts), after what was written before; the sink keeps `bytes`. */
+  writeBytes(bytes: Uint8Array): VisitResult;
   /** Writes what is buffered; resolves when the stream has taken it. Does not end the stream. */
   flush(): Promise<void>;
 }
@@ -28,6 +30,10 @@ export class StreamSink implements TextSink {
     return this.#drain();
   }
 
+  writeBytes(bytes: Uint8Array): VisitResult {
+    return this.#drain(bytes);
+  }
+
   async flush(): Promise<void> {
     await this.#drain();
     // Resolve only once the stream has handed everything on (a file is written, a pipe taken).
@@ -36,12 +42,16 @@ export class StreamSink implements TextSink {
     });
   }
 
-  async #drain(): Promise<void> {
-    if (this.#chunks.length === 0) return;
-    const text = this.#chunks.join('');
-    this.#chunks = [];
-    this.#bufferedChars = 0;
-    if (!this.#stream.write(text)) {
+  /** Hands the buffered text, then `bytes`, to the stream; waits when it is full. */
+  async #drain(bytes?: Uint8Array): Promise<void> {
+    let taken = true;
+    if (this.#chunks.length !== 0) {
+      taken = this.#stream.write(this.#chunks.join(''));
+      this.#chunks = [];
+      this.#bufferedChars = 0;
+    }
+    if (bytes !== undefined) taken = this.#stream.write(bytes);
+    if (!taken) {
       // Wait for 'drain', or fail on 'error'; the listener left over is removed either way.
       const controller = new AbortController();
       const { signal } = controller;
@@ -64,6 +74,11 @@ export class StringSink implements TextSink {
 
   write(text: string): VisitResult {
     this.#chunks.push(text);
+    return undefined;
+  }
+
+  writeBytes(bytes: Uint8Array): VisitResult {
+    this.#chunks.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1'));
     return undefined;
   }
 
