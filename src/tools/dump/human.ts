@@ -30,7 +30,7 @@ export class HumanDumpWriter extends TextDumpWriter {
     return text;
   }
 
-  protected override runText(run: Mapping): string {
+  protected override runLine(run: Mapping): string {
     if (run.length === 1) return `    ${run.originBegin} -> ${run.dataBegin}, ${run.time}\n`;
     const last = run.length - 1;
     return `    (${run.originBegin}..${run.originBegin + last}) -> (${run.dataBegin}..${run.dataBegin + last}), ${run.time}\n`;

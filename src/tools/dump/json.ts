@@ -37,7 +37,7 @@ export class JsonDumpWriter extends TextDumpWriter {
     return `${separator}    ${head.slice(0, -1)}, "mappings": [`;
   }
 
-  protected override runText(run: Mapping): string {
+  protected override runLine(run: Mapping): string {
     const separator = this.#runsWritten === 0 ? '\n' : ',\n';
     this.#runsWritten += 1;
     return `${separator}      {"originBegin": ${run.originBegin}, "dataBegin": ${run.dataBegin}, "length": ${run.length}, "time": ${run.time}}`;

@@ -28,6 +28,7 @@
 import { assert } from '../../errors.ts';
 import type { DeviceBegin, DumpBadRange, Mapping, SuperblockBegin, VolumeExtras } from './events.ts';
 import { TextDumpWriter } from './text-writer.ts';
+import { asciiText, type AsciiPiece } from './ascii-piece.ts';
 
 /** The comment keyword that marks thinbd's volume facts inside a `<device>`. */
 export const VOLUME_COMMENT_KEYWORD = 'thinbd:volume';
@@ -52,9 +53,25 @@ export class XmlDumpWriter extends TextDumpWriter {
     return text;
   }
 
-  protected override runText(run: Mapping): string {
-    if (run.length === 1) return `    <single_mapping origin_block="${run.originBegin}" data_block="${run.dataBegin}" time="${run.time}"/>\n`;
-    return `    <range_mapping origin_begin="${run.originBegin}" data_begin="${run.dataBegin}" length="${run.length}" time="${run.time}"/>\n`;
+  // A scattered pool has a line per mapping: written as bytes (ascii-piece.ts).
+  protected override runLine(run: Mapping, piece: AsciiPiece): undefined {
+    if (run.length === 1) {
+      piece.text(SINGLE_ORIGIN);
+      piece.decimal(run.originBegin);
+      piece.text(SINGLE_DATA);
+      piece.decimal(run.dataBegin);
+    } else {
+      piece.text(RANGE_ORIGIN);
+      piece.decimal(run.originBegin);
+      piece.text(RANGE_DATA);
+      piece.decimal(run.dataBegin);
+      piece.text(RANGE_LENGTH);
+      piece.decimal(run.length);
+    }
+    piece.text(TIME);
+    piece.decimal(run.time);
+    piece.text(LINE_END);
+    return undefined;
   }
 
   protected override deviceEndText(): string {
@@ -69,6 +86,16 @@ export class XmlDumpWriter extends TextDumpWriter {
     return '</superblock>\n';
   }
 }
+
+// `    <single_mapping origin_block="…" data_block="…" time="…"/>` and
+// `    <range_mapping origin_begin="…" data_begin="…" length="…" time="…"/>`, in pieces.
+const SINGLE_ORIGIN = asciiText('    <single_mapping origin_block="');
+const SINGLE_DATA = asciiText('" data_block="');
+const RANGE_ORIGIN = asciiText('    <range_mapping origin_begin="');
+const RANGE_DATA = asciiText('" data_begin="');
+const RANGE_LENGTH = asciiText('" length="');
+const TIME = asciiText('" time="');
+const LINE_END = asciiText('"/>\n');
 
 /** XML attribute escaping (thin_dump writes the uuid raw; it is always empty there). */
 export function escapeAttribute(text: string): string {
