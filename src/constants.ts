@@ -70,6 +70,15 @@ export const ARCHIVE_PACK_TARGET_BYTES = 16 * 1024 * 1024;
 export const ARCHIVE_PACK_BYTES_MAX = 256 * 1024 * 1024;
 /** Largest raw chunk a reader accepts: four times the largest average (F-AR-CDC-2), and a segment's encoding stays below it (F-AR-SEG-3). */
 export const ARCHIVE_CHUNK_RAW_BYTES_MAX = 4 * 1024 * 1024;
+/**
+ * Raw bytes pack gathers into one zstd frame: adjacent new chunks of a job, up to this much
+ * together (one chunk larger than it is a frame alone). One frame per 64 KiB chunk stored 1.01x
+ * restic's bytes; frames of ~16 chunks compress the same data 8-10 % smaller for the same CPU
+ * (F-AR-CHUNK-2; docs/benchmarks.md, "The stored-bytes goal and zstd's parameters").
+ */
+export const ARCHIVE_FRAME_TARGET_BYTES = 1024 * 1024;
+/** Largest decompressed frame a reader accepts (F-AR-CHUNK-2): what a damaged frame header may make it allocate. */
+export const ARCHIVE_FRAME_RAW_BYTES_MAX = 4 * 1024 * 1024;
 /** Largest stream root object (F-AR-STREAM-2): a segment list for the largest volume fits with room. */
 export const ARCHIVE_STREAM_ROOT_BYTES_MAX = 64 * 1024 * 1024;
 /** Largest index object a reader accepts. */

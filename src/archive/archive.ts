@@ -189,12 +189,12 @@ export class Archive {
   async readPackEntries(packId: string, sizeBytes: number): Promise<ChunkEntry[]> {
     const key = packKey(packId);
     const where = `pack ${key}`;
+    // The header's version says how long the trailer's entries are (F-AR-PACK-5).
+    const version = checkPackHeader(await this.store.getRange(key, 0, Math.min(sizeBytes, PACK_HEADER_BYTES)), where);
     const footerBytes = await this.store.getRange(key, Math.max(0, sizeBytes - PACK_FOOTER_BYTES), sizeBytes);
-    const footer = decodePackFooter(footerBytes, sizeBytes, where);
+    const footer = decodePackFooter(footerBytes, sizeBytes, version, where);
     const trailer = await this.store.getRange(key, footer.trailerOffsetBytes, sizeBytes - PACK_FOOTER_BYTES);
-    const entries = decodePackEntries(footer.entryCount === 0 ? new Uint8Array(0) : trailer, footer, where);
-    checkPackHeader(await this.store.getRange(key, 0, PACK_HEADER_BYTES), where);
-    return entries;
+    return decodePackEntries(footer.entryCount === 0 ? new Uint8Array(0) : trailer, footer, where);
   }
 
   // ---- streams ----
@@ -226,6 +226,13 @@ export class Archive {
 }
 
 // ---- writing chunks into packs ----
+
+/** A chunk of a piece handed to PackWriter: its name, raw size and place in the frame's decompressed bytes. */
+export interface PieceChunk {
+  hash: Uint8Array;
+  rawBytes: number;
+  frameOffsetBytes: number;
+}
 
 interface OpenPack {
   id: string;
@@ -299,25 +306,34 @@ export class PackWriter {
     this.#writeIndexes = options.writeIndex !== false;
   }
 
-  /**
-   * Adds a chunk in its stored form, copied or written out before this resolves (the caller may
-   * then reuse `stored`); resolves when there is room for more.
-   */
+  /** addPiece of one chunk alone in its piece (its own frame, or its raw bytes). */
   add(hash: Uint8Array, stored: Uint8Array, rawBytes: number, flags: number): Promise<void> {
-    const added = this.#adding.then(() => this.#add(hash, stored, rawBytes, flags));
+    return this.addPiece(stored, [{ hash, rawBytes, frameOffsetBytes: 0 }], flags);
+  }
+
+  /**
+   * Adds a piece in its stored form — a zstd frame holding `chunks` where their frame offsets
+   * say, or one chunk's raw bytes — copied or written out before this resolves (the caller may
+   * then reuse `stored`); resolves when there is room for more. A piece is never split between packs.
+   */
+  addPiece(stored: Uint8Array, chunks: PieceChunk[], flags: number): Promise<void> {
+    const added = this.#adding.then(() => this.#add(stored, chunks, flags));
     this.#adding = added.catch(() => undefined);
     return added;
   }
 
-  async #add(hash: Uint8Array, stored: Uint8Array, rawBytes: number, flags: number): Promise<void> {
+  async #add(stored: Uint8Array, chunks: PieceChunk[], flags: number): Promise<void> {
     if (this.#failure !== undefined) throw this.#failure;
+    assert(chunks.length > 0 && (chunks.length === 1 || (flags & CHUNK_FLAG_ZSTD) !== 0), 'a piece of several chunks that is not a frame');
     this.#open ??= await this.#openPack();
     const pack = this.#open;
-    const entry: ChunkEntry = { hash, offsetBytes: pack.offsetBytes, storedBytes: stored.length, rawBytes, flags };
     await pack.sink.append(stored);
-    pack.entries.push(entry);
+    for (const chunk of chunks) {
+      const entry: ChunkEntry = { hash: chunk.hash, offsetBytes: pack.offsetBytes, storedBytes: stored.length, rawBytes: chunk.rawBytes, flags, frameOffsetBytes: chunk.frameOffsetBytes };
+      pack.entries.push(entry);
+      if (!this.#index.add(pack.id, entry)) assert(false, `chunk ${hashHex(chunk.hash)} added twice`);
+    }
     pack.offsetBytes += stored.length;
-    if (!this.#index.add(pack.id, entry)) assert(false, `chunk ${hashHex(hash)} added twice`);
     if (pack.offsetBytes >= ARCHIVE_PACK_TARGET_BYTES) await this.#seal();
   }
 
@@ -520,6 +536,13 @@ export class ChunkReader {
     return location;
   }
 
+  /** Whether two chunks the index has are stored in one frame (a reader takes them together). */
+  sameFrame(a: ChunkRef, b: ChunkRef): boolean {
+    const first = this.#index.get(a.hash);
+    const second = this.#index.get(b.hash);
+    return first !== undefined && second !== undefined && (first.flags & CHUNK_FLAG_ZSTD) !== 0 && first.packId === second.packId && first.offsetBytes === second.offsetBytes;
+  }
+
   /**
    * The raw bytes of each ref, in order. With `into` (as long as the refs together), the chunks are
    * decompressed straight into it end to end, and the results are views of it.
@@ -542,26 +565,38 @@ export class ChunkReader {
       }
       assert(at === into.length, 'a target of another size than the chunks');
     }
-    pending.sort((a, b) => (a.location.packId < b.location.packId ? -1 : a.location.packId > b.location.packId ? 1 : a.location.offsetBytes - b.location.offsetBytes));
+    pending.sort((a, b) =>
+      a.location.packId < b.location.packId ? -1 : a.location.packId > b.location.packId ? 1 : a.location.offsetBytes - b.location.offsetBytes || a.location.frameOffsetBytes - b.location.frameOffsetBytes,
+    );
     const results: Uint8Array[] = new Array<Uint8Array>(refs.length);
+    // The chunks read from one piece go into one group (a frame is decompressed once per group):
+    // a group is cut only between pieces, and its raw bytes, counted a piece at a time, stay
+    // within ARCHIVE_READ_RAW_BYTES_MAX.
+    const samePiece = (a: ChunkLocation, b: ChunkLocation) => a.packId === b.packId && a.offsetBytes === b.offsetBytes;
     const groups: PendingRead[][] = [];
     let groupRawBytes = 0;
-    for (const read of pending) {
+    for (let at = 0; at < pending.length; ) {
+      let end = at + 1;
+      let pieceRawBytes = pending[at]!.location.rawBytes;
+      while (end < pending.length && samePiece(pending[end]!.location, pending[at]!.location)) pieceRawBytes += pending[end++]!.location.rawBytes;
+      const reads = pending.slice(at, end);
+      at = end;
+      const { location } = reads[0]!;
       const group = groups[groups.length - 1];
-      const last = group?.[group.length - 1];
+      const last = group?.[group.length - 1]?.location;
       if (
         group !== undefined &&
         last !== undefined &&
-        last.location.packId === read.location.packId &&
-        read.location.offsetBytes >= last.location.offsetBytes &&
-        read.location.offsetBytes - (last.location.offsetBytes + last.location.storedBytes) <= ARCHIVE_READ_GAP_BYTES_MAX &&
-        groupRawBytes + read.location.rawBytes <= ARCHIVE_READ_RAW_BYTES_MAX
+        last.packId === location.packId &&
+        location.offsetBytes >= last.offsetBytes &&
+        location.offsetBytes - (last.offsetBytes + last.storedBytes) <= ARCHIVE_READ_GAP_BYTES_MAX &&
+        groupRawBytes + pieceRawBytes <= ARCHIVE_READ_RAW_BYTES_MAX
       ) {
-        group.push(read);
-        groupRawBytes += read.location.rawBytes;
+        group.push(...reads);
+        groupRawBytes += pieceRawBytes;
       } else {
-        groups.push([read]);
-        groupRawBytes = read.location.rawBytes;
+        groups.push(reads);
+        groupRawBytes = pieceRawBytes;
       }
     }
     await Promise.all(groups.map((group) => this.#readGroup(group, refs, results, describe, targets)));
@@ -595,14 +630,15 @@ export class ChunkReader {
           throw corrupt(describe(read.refIndex), `its pack ${key} is truncated (${beginBytes + bytes.length} bytes, the chunk ends at ${location.offsetBytes + location.storedBytes})`);
         }
         const zstd = (location.flags & CHUNK_FLAG_ZSTD) !== 0;
-        items.push({ beginBytes: begin, storedBytes: location.storedBytes, rawBytes: location.rawBytes, zstd, hash: refs[read.refIndex]!.hash });
+        items.push({ beginBytes: begin, storedBytes: location.storedBytes, rawBytes: location.rawBytes, zstd, frameOffsetBytes: location.frameOffsetBytes, hash: refs[read.refIndex]!.hash });
       }
       const groupTargets = targets === undefined ? undefined : group.map((read) => targets[read.refIndex]!);
       const outcome = await this.#decoder.decode(bytes, items, groupTargets);
       if ('failedItem' in outcome) {
         // F-AR-CHUNK-1: a chunk's name is the SHA-256 of its raw bytes; anything else is damage.
         const read = group[outcome.failedItem]!;
-        throw corrupt(describe(read.refIndex), `damaged in pack ${key} at byte ${read.location.offsetBytes}: ${outcome.message}`);
+        const inFrame = read.location.frameOffsetBytes === 0 ? '' : ` (byte ${read.location.frameOffsetBytes} of the zstd frame there)`;
+        throw corrupt(describe(read.refIndex), `damaged in pack ${key} at byte ${read.location.offsetBytes}${inFrame}: ${outcome.message}`);
       }
       let at = 0;
       for (const [position, read] of group.entries()) {

@@ -1,16 +1,19 @@
 // Chunks back from a ranged read of a pack: each decompressed (when stored compressed) and checked
 // against its name (F-AR-CHUNK-1). The CPU work of unpack and verify, done by ChunkJobs: on the
 // calling thread (InlineChunkJobs) or on worker threads (chunk-workers.ts), the same function.
+import { ARCHIVE_FRAME_RAW_BYTES_MAX } from '../constants.ts';
 import { sha256 } from './format.ts';
 import { ZstdDecompressor, ZstdFrameError } from '../util/zstd.ts';
 
 export interface DecodeItem {
-  /** Where the chunk's stored bytes begin in the bytes read. */
+  /** Where the chunk's piece (its frame, or its raw bytes) begins in the bytes read. */
   beginBytes: number;
   storedBytes: number;
   rawBytes: number;
-  /** Stored as a zstd frame (CHUNK_FLAG_ZSTD) rather than raw. */
+  /** Stored in a zstd frame (CHUNK_FLAG_ZSTD) rather than raw. */
   zstd: boolean;
+  /** Where the chunk begins in its frame's decompressed bytes. */
+  frameOffsetBytes: number;
   /** Its name: the SHA-256 of its raw bytes. */
   hash: Uint8Array;
 }
@@ -26,28 +29,50 @@ export interface ChunkDecoder {
 /**
  * Decodes `items` out of `bytes`. With `targets` (one per item, each rawBytes long) each chunk
  * lands in its target and `raw` is empty; otherwise `raw` holds them all, in one allocation.
+ * Consecutive items of one frame (the same beginBytes) are taken from one decompression of it: a
+ * frame holds up to ~16 chunks (F-AR-CHUNK-2), and unpack reads them together. A chunk alone in
+ * its frame is decompressed straight into its target.
  */
 export function decodeChunks(decompressor: ZstdDecompressor, bytes: Uint8Array, items: DecodeItem[], targets?: Uint8Array[]): DecodeOutcome {
   const raw = targets === undefined ? new Uint8Array(items.reduce((sum, item) => sum + item.rawBytes, 0)) : new Uint8Array(0);
+  const rawAt: number[] = [];
   let at = 0;
-  for (const [position, item] of items.entries()) {
-    const target = targets?.[position] ?? raw.subarray(at, at + item.rawBytes);
+  for (const item of items) {
+    rawAt.push(at);
     at += item.rawBytes;
+  }
+  const targetOf = (position: number) => targets?.[position] ?? raw.subarray(rawAt[position]!, rawAt[position]! + items[position]!.rawBytes);
+  for (let position = 0; position < items.length; ) {
+    const item = items[position]!;
     const stored = bytes.subarray(item.beginBytes, item.beginBytes + item.storedBytes);
+    // This frame's items: position to last.
+    let last = position;
+    while (item.zstd && last + 1 < items.length && items[last + 1]!.beginBytes === item.beginBytes) last += 1;
     if (!item.zstd) {
       if (item.storedBytes !== item.rawBytes) return { failedItem: position, message: `stored raw in ${item.storedBytes} bytes, named for ${item.rawBytes}` };
-      target.set(stored);
+      targetOf(position).set(stored);
     } else {
+      const contentBytes = ZstdDecompressor.contentSize(stored);
       try {
-        decompressor.decompress(stored, item.rawBytes, target);
+        if (last === position && item.frameOffsetBytes === 0 && (contentBytes === undefined || contentBytes === item.rawBytes)) {
+          decompressor.decompress(stored, item.rawBytes, targetOf(position));
+        } else {
+          const frame = decompressor.decompressFrame(stored, ARCHIVE_FRAME_RAW_BYTES_MAX);
+          for (let member = position; member <= last; member += 1) {
+            const { frameOffsetBytes, rawBytes } = items[member]!;
+            if (frameOffsetBytes + rawBytes > frame.length) return { failedItem: member, message: `its zstd frame holds ${frame.length} bytes, the chunk ends at byte ${frameOffsetBytes + rawBytes} of it` };
+            targetOf(member).set(frame.subarray(frameOffsetBytes, frameOffsetBytes + rawBytes));
+          }
+        }
       } catch (error) {
         if (error instanceof ZstdFrameError) return { failedItem: position, message: error.message };
         throw error;
       }
     }
-    if (Buffer.compare(sha256(target), item.hash) !== 0) {
-      return { failedItem: position, message: 'its bytes no longer hash to its name' };
+    for (let member = position; member <= last; member += 1) {
+      if (Buffer.compare(sha256(targetOf(member)), items[member]!.hash) !== 0) return { failedItem: member, message: 'its bytes no longer hash to its name' };
     }
+    position = last + 1;
   }
   return { raw };
 }

@@ -1,17 +1,19 @@
 // The in-memory index of every chunk in a store: SHA-256 → (pack, offset, stored size, raw size,
-// flags). It must fit in RAM for terabytes of stored data, so it is one open-addressing hash
-// table in a Uint32Array rather than a Map of objects (a Map entry with a string key and an object
-// value costs ~200 bytes): each slot is 12 words, 48 bytes — the whole hash (so a dedup decision
-// never rests on a partial match), a pack number (into a table of pack ids), the offset, the
-// stored and raw sizes and the flags. The table doubles when it is 3/4 full, so a chunk costs
-// 48 bytes / load: 64 to 128 bytes, ~85 on average. At the default 64 KiB average chunk that is
-// about 1.4 GB of RAM per TiB of distinct volume data (16.8 million chunks).
+// flags, place in its frame). It must fit in RAM for terabytes of stored data, so it is one
+// open-addressing hash table in a Uint32Array rather than a Map of objects (a Map entry with a
+// string key and an object value costs ~200 bytes): each slot is 13 words, 52 bytes — the whole
+// hash (so a dedup decision never rests on a partial match), a pack number (into a table of pack
+// ids), the offset and stored size of the chunk's piece (its frame, or its raw bytes), the raw
+// size and flags, and where the chunk starts in its frame's decompressed bytes. The table doubles
+// when it is 3/4 full, so a chunk costs 52 bytes / load: 69 to 139 bytes, ~92 on average. At the
+// default 64 KiB average chunk that is about 1.55 GB of RAM per TiB of distinct volume data
+// (16.8 million chunks) (docs/format.md F-AR-IDX-2).
 //
 // SHA-256 output is uniform, so the hash's first word picks the slot; linear probing.
 import { assert } from '../errors.ts';
-import { ENTRY_BYTES, ENTRY_FLAGS_AT, ENTRY_OFFSET_AT, ENTRY_RAW_AT, ENTRY_STORED_AT, HASH_BYTES, type ChunkEntry, type PackEntryBytes } from './format.ts';
+import { ENTRY_FLAGS_AT, ENTRY_FRAME_OFFSET_AT, ENTRY_OFFSET_AT, ENTRY_RAW_AT, ENTRY_STORED_AT, ENTRY_V2_BYTES, HASH_BYTES, type ChunkEntry, type PackEntryBytes } from './format.ts';
 
-const SLOT_WORDS = 12;
+const SLOT_WORDS = 13;
 export const CHUNK_INDEX_SLOT_BYTES = SLOT_WORDS * 4;
 const INITIAL_SLOTS = 1024;
 
@@ -21,6 +23,8 @@ export interface ChunkLocation {
   storedBytes: number;
   rawBytes: number;
   flags: number;
+  /** Where the chunk starts in its frame's decompressed bytes (0 when it is alone in its piece). */
+  frameOffsetBytes: number;
 }
 
 export class ChunkIndex {
@@ -81,7 +85,7 @@ export class ChunkIndex {
     const packNumber = this.packNumber(run.packId);
     let added = 0;
     for (let index = 0; index < run.count; index += 1) {
-      const entryAt = run.at + index * ENTRY_BYTES;
+      const entryAt = run.at + index * run.entryBytes;
       assert(entryAt % 4 === 0, 'an entry off a word boundary');
       if ((this.#count + 1) * 4 > (this.#mask + 1) * 3) this.#grow();
       const slot = this.#findWords(words, entryAt >>> 2);
@@ -91,6 +95,7 @@ export class ChunkIndex {
         storedBytes: view.getUint32(entryAt + ENTRY_STORED_AT, true),
         rawBytes: view.getUint32(entryAt + ENTRY_RAW_AT, true),
         flags: view.getUint32(entryAt + ENTRY_FLAGS_AT, true),
+        frameOffsetBytes: run.entryBytes === ENTRY_V2_BYTES ? view.getUint32(entryAt + ENTRY_FRAME_OFFSET_AT, true) : 0,
       });
       this.#count += 1;
       added += 1;
@@ -113,6 +118,7 @@ export class ChunkIndex {
       storedBytes: slots[at + 10]!,
       rawBytes: slots[at + 11]! & 0x00ffffff,
       flags: slots[at + 11]! >>> 24,
+      frameOffsetBytes: slots[at + 12]!,
     };
   }
 
@@ -161,7 +167,7 @@ export class ChunkIndex {
   }
 
   /** Fills `slot` with the hash in words [base, base + 8) and the entry's location. */
-  #write(slot: number, words: Uint32Array, base: number, packNumber: number, entry: { offsetBytes: number; storedBytes: number; rawBytes: number; flags: number }): void {
+  #write(slot: number, words: Uint32Array, base: number, packNumber: number, entry: { offsetBytes: number; storedBytes: number; rawBytes: number; flags: number; frameOffsetBytes: number }): void {
     // Raw sizes fit in 24 bits (ARCHIVE_CHUNK_RAW_BYTES_MAX is 4 MiB) and flags in 8.
     assert(entry.rawBytes < 1 << 24 && entry.flags < 256, 'a chunk entry that does not fit a slot');
     const at = slot * SLOT_WORDS;
@@ -171,6 +177,7 @@ export class ChunkIndex {
     slots[at + 9] = entry.offsetBytes;
     slots[at + 10] = entry.storedBytes;
     slots[at + 11] = (entry.rawBytes | (entry.flags << 24)) >>> 0;
+    slots[at + 12] = entry.frameOffsetBytes;
   }
 
   #grow(): void {

@@ -6,6 +6,7 @@
 // `InlineChunkJobs` does the work on the calling thread; chunk-workers.ts does the same on
 // worker threads (the same functions, below), one job per worker at a time.
 import { assert } from '../errors.ts';
+import { ARCHIVE_FRAME_TARGET_BYTES } from '../constants.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
 import { Chunker, type ChunkerParams } from './chunker.ts';
 import { CHUNK_FLAG_ZSTD, HASH_BYTES, sha256 } from './format.ts';
@@ -23,16 +24,26 @@ export interface StoredChunk {
   flags: number;
 }
 
+/**
+ * A piece of a pack as compress makes it: a zstd frame of one or more adjacent chunks, or one
+ * chunk's raw bytes. `chunks` are positions in the `indexes` given to compress, in order, each
+ * with where it starts in the frame's decompressed bytes.
+ */
+export interface StoredPiece extends StoredChunk {
+  chunks: Array<{ position: number; frameOffsetBytes: number }>;
+}
+
 /** Also decodes chunks read back (chunk-decode.ts), for unpack and verify. */
 export interface ChunkJobs extends ChunkDecoder {
   /** Cuts and hashes `data` (the job keeps it until `compress`). */
   chunk(data: Uint8Array): Promise<{ id: number; result: ChunkedJob }>;
   /**
-   * The stored form of the chunks at `indexes` of job `id`, then forgets the job. Frames are
-   * written into `out` (shared memory, at least as long as the job), raw chunks stay where they
-   * are: each `stored` is a view of `out` or of the job's bytes, valid until the caller reuses them.
+   * The stored form of the chunks at `indexes` (increasing) of job `id`, as pieces, then forgets
+   * the job. Frames are written into `out` (shared memory, at least as long as the job), raw
+   * chunks stay where they are: each `stored` is a view of `out` or of the job's bytes, valid
+   * until the caller reuses them.
    */
-  compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredChunk[]>;
+  compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredPiece[]>;
   close(): Promise<void>;
 }
 
@@ -62,38 +73,67 @@ export function storeChunk(compressor: ZstdCompressor, raw: Uint8Array): StoredC
   return { stored: raw.slice(), flags: 0 };
 }
 
+/** compressChunks' mark for a chunk that continues the frame of the chunk before it. */
+export const FRAME_CONTINUES = 0xffffffff;
+
 /**
- * Compresses the chunks at `indexes` of a job into `out`, frames end to end, keeping only frames
- * smaller than their chunk (F-AR-CHUNK-2). Returns each one's frame length, 0 for a chunk stored
- * raw (a zstd frame is never empty); storedViews turns them into views.
+ * Compresses the chunks at `indexes` (increasing) of a job into `out`, frames end to end: each
+ * frame holds adjacent chunks (neighbours in the job, both new) up to ARCHIVE_FRAME_TARGET_BYTES
+ * together, or one longer chunk, and is kept only when smaller than its chunks (F-AR-CHUNK-2);
+ * otherwise they are stored raw, each alone. Returns, per chunk, the length of the frame it
+ * begins, FRAME_CONTINUES when it continues the one before, 0 when it is stored raw (a zstd frame
+ * is never empty); storedPieces turns them into pieces.
  */
 export function compressChunks(compressor: ZstdCompressor, data: Uint8Array, lengths: Uint32Array, indexes: number[], out: Uint8Array): Uint32Array {
   const offsets = chunkOffsets(lengths);
   const frameBytes = new Uint32Array(indexes.length);
   let at = 0;
-  for (const [position, index] of indexes.entries()) {
-    const raw = data.subarray(offsets[index]!, offsets[index]! + lengths[index]!);
-    // Room for a frame one byte shorter than the chunk: less than the chunks before it took
+  for (let first = 0; first < indexes.length; ) {
+    const begin = offsets[indexes[first]!]!;
+    let end = begin + lengths[indexes[first]!]!;
+    let next = first + 1;
+    while (next < indexes.length && indexes[next] === indexes[next - 1]! + 1 && end - begin + lengths[indexes[next]!]! <= ARCHIVE_FRAME_TARGET_BYTES) {
+      end += lengths[indexes[next]!]!;
+      next += 1;
+    }
+    // Room for a frame one byte shorter than its chunks: less than the chunks before it took
     // raw, so `out` as long as the job always has it.
-    const written = compressor.compressInto(raw, out.subarray(at, at + raw.length - 1));
-    if (written === undefined) continue;
-    frameBytes[position] = written;
-    at += written;
+    const written = compressor.compressInto(data.subarray(begin, end), out.subarray(at, at + end - begin - 1));
+    if (written !== undefined) {
+      frameBytes[first] = written;
+      frameBytes.fill(FRAME_CONTINUES, first + 1, next);
+      at += written;
+    }
+    first = next;
   }
   return frameBytes;
 }
 
-/** compressChunks' result as the chunks' stored forms: views of `out` or of `data`. */
-export function storedViews(data: Uint8Array, lengths: Uint32Array, indexes: number[], out: Uint8Array, frameBytes: Uint32Array): StoredChunk[] {
+/** compressChunks' result as pieces: frames as views of `out`, raw chunks as views of `data`. */
+export function storedPieces(data: Uint8Array, lengths: Uint32Array, indexes: number[], out: Uint8Array, frameBytes: Uint32Array): StoredPiece[] {
   assert(frameBytes.length === indexes.length, 'a frame length per chunk');
   const offsets = chunkOffsets(lengths);
+  const pieces: StoredPiece[] = [];
   let at = 0;
-  return indexes.map((index, position) => {
+  let frameRawBytes = 0;
+  indexes.forEach((index, position) => {
     const written = frameBytes[position]!;
-    if (written === 0) return { stored: data.subarray(offsets[index]!, offsets[index]! + lengths[index]!), flags: 0 };
-    at += written;
-    return { stored: out.subarray(at - written, at), flags: CHUNK_FLAG_ZSTD };
+    if (written === FRAME_CONTINUES) {
+      const piece = pieces[pieces.length - 1];
+      assert(piece !== undefined && piece.flags === CHUNK_FLAG_ZSTD, 'a frame continued without its start');
+      piece.chunks.push({ position, frameOffsetBytes: frameRawBytes });
+    } else if (written === 0) {
+      pieces.push({ stored: data.subarray(offsets[index]!, offsets[index]! + lengths[index]!), flags: 0, chunks: [{ position, frameOffsetBytes: 0 }] });
+      frameRawBytes = 0;
+      return;
+    } else {
+      at += written;
+      pieces.push({ stored: out.subarray(at - written, at), flags: CHUNK_FLAG_ZSTD, chunks: [{ position, frameOffsetBytes: 0 }] });
+      frameRawBytes = 0;
+    }
+    frameRawBytes += lengths[index]!;
   });
+  return pieces;
 }
 
 function chunkOffsets(lengths: Uint32Array): Uint32Array {
@@ -125,11 +165,11 @@ export class InlineChunkJobs implements ChunkJobs {
     return { id, result };
   }
 
-  async compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredChunk[]> {
+  async compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredPiece[]> {
     const job = this.#jobs.get(id)!;
     this.#jobs.delete(id);
     assert(out.length >= job.data.length, 'an output buffer shorter than its job');
-    return storedViews(job.data, job.lengths, indexes, out, compressChunks(this.#compressor, job.data, job.lengths, indexes, out));
+    return storedPieces(job.data, job.lengths, indexes, out, compressChunks(this.#compressor, job.data, job.lengths, indexes, out));
   }
 
   decode(bytes: Uint8Array, items: DecodeItem[], targets?: Uint8Array[]): Promise<DecodeOutcome> {

@@ -8,7 +8,7 @@ import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { assert } from '../errors.ts';
 import type { ChunkerParams } from './chunker.ts';
-import { storedViews, type ChunkJobs, type ChunkedJob, type StoredChunk } from './chunk-jobs.ts';
+import { storedPieces, type ChunkJobs, type ChunkedJob, type StoredPiece } from './chunk-jobs.ts';
 import type { DecodeItem, DecodeOutcome } from './chunk-decode.ts';
 import { HASH_BYTES } from './format.ts';
 import type { WorkerReply, WorkerRequest } from './chunk-worker.ts';
@@ -123,7 +123,7 @@ export class WorkerChunkJobs implements ChunkJobs {
     return { id, result: { lengths: reply.lengths, hashes: reply.hashes } };
   }
 
-  async compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredChunk[]> {
+  async compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredPiece[]> {
     const job = this.#owner.get(id);
     assert(job !== undefined, `no job ${id}`);
     assert(out.buffer instanceof SharedArrayBuffer && out.length >= job.data.length, 'an output buffer outside shared memory or shorter than its job');
@@ -131,7 +131,7 @@ export class WorkerChunkJobs implements ChunkJobs {
     try {
       const reply = await this.#send(job.entry, { type: 'compress', id, indexes, out });
       assert(reply.type === 'compressed', 'a compress reply');
-      return storedViews(job.data, job.lengths, indexes, out, reply.frameBytes);
+      return storedPieces(job.data, job.lengths, indexes, out, reply.frameBytes);
     } finally {
       job.entry.jobs -= 1;
     }
@@ -153,7 +153,7 @@ export class WorkerChunkJobs implements ChunkJobs {
       // The names go in one buffer: a view posted alone would take its whole buffer along (a segment's).
       const hashes = new Uint8Array(items.length * HASH_BYTES);
       items.forEach((item, position) => hashes.set(item.hash, position * HASH_BYTES));
-      const places = items.map(({ beginBytes, storedBytes, rawBytes, zstd }) => ({ beginBytes, storedBytes, rawBytes, zstd }));
+      const places = items.map(({ beginBytes, storedBytes, rawBytes, zstd, frameOffsetBytes }) => ({ beginBytes, storedBytes, rawBytes, zstd, frameOffsetBytes }));
       const sharedTargets = targets !== undefined && targets.every((target) => target.buffer instanceof SharedArrayBuffer) ? targets : undefined;
       const request: WorkerRequest = { type: 'decode', id: this.#nextId++, bytes: owned, places, hashes, ...(sharedTargets === undefined ? {} : { targets: sharedTargets }) };
       const reply = await this.#send(entry, request, shared ? [hashes.buffer] : [owned.buffer as ArrayBuffer, hashes.buffer]);

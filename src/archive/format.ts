@@ -11,6 +11,7 @@ import {
   ARCHIVE_CHUNK_AVERAGE_BYTES_MAX,
   ARCHIVE_CHUNK_AVERAGE_BYTES_MIN,
   ARCHIVE_CHUNK_RAW_BYTES_MAX,
+  ARCHIVE_FRAME_RAW_BYTES_MAX,
   ARCHIVE_PACK_BYTES_MAX,
   ARCHIVE_SEGMENT_AVERAGE_CHUNKS,
   ARCHIVE_STREAM_ROOT_BYTES_MAX,
@@ -158,98 +159,146 @@ export const CHUNK_FLAG_ZSTD = 1;
 export const CHUNK_FLAG_SEGMENT = 2;
 const CHUNK_FLAGS_KNOWN = CHUNK_FLAG_ZSTD | CHUNK_FLAG_SEGMENT;
 
-/** Where a chunk is inside its pack object, and what it is. */
+/**
+ * Where a chunk is inside its pack object, and what it is. A chunk is stored in a piece of the
+ * pack: a zstd frame holding it and perhaps its neighbours, or its raw bytes (F-AR-CHUNK-2).
+ */
 export interface ChunkEntry {
   hash: Uint8Array;
+  /** Where its piece (frame or raw bytes) starts in the pack object. */
   offsetBytes: number;
+  /** The piece's length in the pack. */
   storedBytes: number;
   rawBytes: number;
   flags: number;
+  /** Where the chunk starts in its frame's decompressed bytes (0 for a raw chunk, and in version-1 objects). */
+  frameOffsetBytes: number;
 }
 
-/** hash (32) | offset u32 | stored bytes u32 | raw bytes u32 | flags u32, little-endian. */
-export const ENTRY_BYTES = 48;
+/** Version 1 entries: hash (32) | offset u32 | stored bytes u32 | raw bytes u32 | flags u32, little-endian. */
+export const ENTRY_V1_BYTES = 48;
+/** Version 2 entries (F-AR-PACK-5): a version 1 entry, then frame offset u32. */
+export const ENTRY_V2_BYTES = 52;
 /** Where an entry's fields lie in it (after the hash). */
 export const ENTRY_OFFSET_AT = 32;
 export const ENTRY_STORED_AT = 36;
 export const ENTRY_RAW_AT = 40;
 export const ENTRY_FLAGS_AT = 44;
+export const ENTRY_FRAME_OFFSET_AT = 48;
 
+/** Entry bytes of an object of `version` (packs and indexes alike). */
+function entryBytesOf(version: number): number {
+  return version === 1 ? ENTRY_V1_BYTES : ENTRY_V2_BYTES;
+}
+
+/** Writes a version 2 entry. */
 function writeEntry(view: DataView, bytes: Uint8Array, at: number, entry: ChunkEntry): void {
   bytes.set(entry.hash, at);
   view.setUint32(at + ENTRY_OFFSET_AT, entry.offsetBytes, true);
   view.setUint32(at + ENTRY_STORED_AT, entry.storedBytes, true);
   view.setUint32(at + ENTRY_RAW_AT, entry.rawBytes, true);
   view.setUint32(at + ENTRY_FLAGS_AT, entry.flags, true);
+  view.setUint32(at + ENTRY_FRAME_OFFSET_AT, entry.frameOffsetBytes, true);
 }
 
 /**
  * Hashes read from an object are views of its bytes, which the caller must not reuse: a copy
  * each (an ArrayBuffer of its own) made an index load allocate once per chunk of the store.
  */
-function readEntry(view: DataView, bytes: Uint8Array, at: number): ChunkEntry {
+function readEntry(view: DataView, bytes: Uint8Array, at: number, entryBytes: number): ChunkEntry {
   return {
     hash: bytes.subarray(at, at + 32),
     offsetBytes: view.getUint32(at + ENTRY_OFFSET_AT, true),
     storedBytes: view.getUint32(at + ENTRY_STORED_AT, true),
     rawBytes: view.getUint32(at + ENTRY_RAW_AT, true),
     flags: view.getUint32(at + ENTRY_FLAGS_AT, true),
+    frameOffsetBytes: entryBytes === ENTRY_V2_BYTES ? view.getUint32(at + ENTRY_FRAME_OFFSET_AT, true) : 0,
   };
 }
 
-/** A pack's entries where they lie: `count` entries of ENTRY_BYTES from byte `at` of `bytes` (an index object or a trailer). */
+/**
+ * A pack's entries where they lie: `count` entries of `entryBytes` (ENTRY_V1_BYTES or
+ * ENTRY_V2_BYTES, by the object's version) from byte `at` of `bytes` (an index object or a trailer).
+ */
 export interface PackEntryBytes {
   packId: string;
   bytes: Uint8Array;
   at: number;
   count: number;
+  entryBytes: number;
 }
 
 /** The entries as objects (their hashes views of the bytes). */
 export function entriesOf(run: PackEntryBytes): ChunkEntry[] {
   const view = new DataView(run.bytes.buffer, run.bytes.byteOffset, run.bytes.byteLength);
   const entries: ChunkEntry[] = [];
-  for (let index = 0; index < run.count; index += 1) entries.push(readEntry(view, run.bytes, run.at + index * ENTRY_BYTES));
+  for (let index = 0; index < run.count; index += 1) entries.push(readEntry(view, run.bytes, run.at + index * run.entryBytes, run.entryBytes));
   return entries;
 }
 
 /**
- * F-AR-PACK-3, on `count` entries where they lie in `bytes` from `at` (no object per entry: an
- * index load checks every entry of the store): entries are in offset order, the first at
- * PACK_HEADER_BYTES, each starting where the previous ended, the last ending at the trailer (when
- * `trailerOffsetBytes` is given: an index does not say where its packs' trailers are); raw sizes
- * within bounds; known flags only; a chunk stored raw has stored size = raw size.
+ * F-AR-PACK-3 and F-AR-PACK-5, on `count` entries where they lie in `bytes` from `at` (no object
+ * per entry: an index load checks every entry of the store). Pieces (a frame or a raw chunk) are
+ * in offset order from PACK_HEADER_BYTES, not overlapping; in a trailer (`trailerOffsetBytes`
+ * given) each starts where the previous ended and the last ends at the trailer, while an index
+ * may leave pieces out (gc lists only live chunks). Entries of one frame are consecutive, share
+ * its offset, size and flags, and lie in the frame's bytes in order without overlapping. Raw
+ * sizes within bounds; known flags only; a chunk stored raw has stored size = raw size and frame
+ * offset 0.
  */
-function checkEntryBytes(bytes: Uint8Array, at: number, count: number, trailerOffsetBytes: number | undefined, where: string): void {
+function checkEntryBytes(bytes: Uint8Array, at: number, count: number, entryBytes: number, trailerOffsetBytes: number | undefined, where: string): void {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let expected = PACK_HEADER_BYTES;
+  const frames = entryBytes === ENTRY_V2_BYTES;
+  let pieceEnd = PACK_HEADER_BYTES;
+  let previous: { offsetBytes: number; storedBytes: number; flags: number; frameEnd: number } | undefined;
   for (let index = 0; index < count; index += 1) {
-    const entryAt = at + index * ENTRY_BYTES;
+    const entryAt = at + index * entryBytes;
     const offsetBytes = view.getUint32(entryAt + ENTRY_OFFSET_AT, true);
     const storedBytes = view.getUint32(entryAt + ENTRY_STORED_AT, true);
     const rawBytes = view.getUint32(entryAt + ENTRY_RAW_AT, true);
     const flags = view.getUint32(entryAt + ENTRY_FLAGS_AT, true);
+    const frameOffsetBytes = frames ? view.getUint32(entryAt + ENTRY_FRAME_OFFSET_AT, true) : 0;
+    const zstd = (flags & CHUNK_FLAG_ZSTD) !== 0;
     let problem: string | undefined;
-    if (offsetBytes !== expected) problem = `starts at byte ${offsetBytes}, not ${expected}`;
-    else if ((flags & ~CHUNK_FLAGS_KNOWN) !== 0) problem = `has unknown flags ${flags}`;
+    const samePiece = frames && previous !== undefined && offsetBytes === previous.offsetBytes;
+    if (samePiece && previous !== undefined) {
+      if (!zstd || storedBytes !== previous.storedBytes || flags !== previous.flags) problem = `shares the piece at byte ${offsetBytes} with the chunk before it but not its size, flags or compression`;
+      else if (frameOffsetBytes < previous.frameEnd) problem = `starts at byte ${frameOffsetBytes} of its frame, inside the chunk before it`;
+    } else if (trailerOffsetBytes !== undefined ? offsetBytes !== pieceEnd : offsetBytes < pieceEnd) {
+      problem = trailerOffsetBytes !== undefined ? `starts at byte ${offsetBytes}, not ${pieceEnd}` : `starts at byte ${offsetBytes}, inside the piece before it (which ends at ${pieceEnd})`;
+    }
+    if (problem !== undefined) {
+      // Named below.
+    } else if ((flags & ~CHUNK_FLAGS_KNOWN) !== 0) problem = `has unknown flags ${flags}`;
     else if (rawBytes > ARCHIVE_CHUNK_RAW_BYTES_MAX) problem = `claims ${rawBytes} raw bytes`;
-    else if ((flags & CHUNK_FLAG_ZSTD) === 0 && storedBytes !== rawBytes) problem = 'is stored raw but its sizes differ';
+    else if (!zstd && (storedBytes !== rawBytes || frameOffsetBytes !== 0)) problem = 'is stored raw but its sizes differ or it claims a frame offset';
+    else if (frameOffsetBytes + rawBytes > ARCHIVE_FRAME_RAW_BYTES_MAX) problem = `ends at byte ${frameOffsetBytes + rawBytes} of its frame, past any frame`;
     // Named only when wrong.
     if (problem !== undefined) throw corrupt(where, `chunk ${index} (${hashHex(bytes.subarray(entryAt, entryAt + HASH_BYTES))}) ${problem}`);
-    expected += storedBytes;
+    if (!samePiece) pieceEnd = offsetBytes + storedBytes;
+    previous = { offsetBytes, storedBytes, flags, frameEnd: frameOffsetBytes + rawBytes };
   }
-  if (trailerOffsetBytes !== undefined && expected !== trailerOffsetBytes) throw corrupt(where, `the chunks end at byte ${expected}, the trailer starts at ${trailerOffsetBytes}`);
+  if (trailerOffsetBytes !== undefined && pieceEnd !== trailerOffsetBytes) throw corrupt(where, `the chunks end at byte ${pieceEnd}, the trailer starts at ${trailerOffsetBytes}`);
 }
 
 // ---- pack objects (F-AR-PACK) ----
 
 const PACK_MAGIC = 'THINPACK';
 const PACK_END_MAGIC = 'THINPEND';
-export const PACK_VERSION = 1;
+/** The version written (F-AR-PACK-1); version 1 packs are read too. */
+export const PACK_VERSION = 2;
 /** magic (8) | version u32 | reserved u32. */
 export const PACK_HEADER_BYTES = 16;
 /** trailer offset u32 | entry count u32 | SHA-256 of the trailer (32) | magic (8). */
 export const PACK_FOOTER_BYTES = 48;
+
+export interface PackFooter {
+  trailerOffsetBytes: number;
+  entryCount: number;
+  trailerHash: Uint8Array;
+  /** Bytes per trailer entry (by the pack's version). */
+  entryBytes: number;
+}
 
 export function encodePackHeader(): Uint8Array {
   const header = new Uint8Array(PACK_HEADER_BYTES);
@@ -258,13 +307,13 @@ export function encodePackHeader(): Uint8Array {
   return header;
 }
 
-/** The trailer (entries) and footer that close a pack whose payloads end at trailerOffsetBytes. */
+/** The trailer (version 2 entries) and footer that close a pack whose payloads end at trailerOffsetBytes. */
 export function encodePackTrailer(entries: ChunkEntry[], trailerOffsetBytes: number): Uint8Array {
-  const bytes = new Uint8Array(entries.length * ENTRY_BYTES + PACK_FOOTER_BYTES);
+  const bytes = new Uint8Array(entries.length * ENTRY_V2_BYTES + PACK_FOOTER_BYTES);
   const view = new DataView(bytes.buffer);
-  entries.forEach((entry, index) => writeEntry(view, bytes, index * ENTRY_BYTES, entry));
-  checkEntryBytes(bytes, 0, entries.length, trailerOffsetBytes, 'a pack being written');
-  const footerAt = entries.length * ENTRY_BYTES;
+  entries.forEach((entry, index) => writeEntry(view, bytes, index * ENTRY_V2_BYTES, entry));
+  checkEntryBytes(bytes, 0, entries.length, ENTRY_V2_BYTES, trailerOffsetBytes, 'a pack being written');
+  const footerAt = entries.length * ENTRY_V2_BYTES;
   view.setUint32(footerAt, trailerOffsetBytes, true);
   view.setUint32(footerAt + 4, entries.length, true);
   bytes.set(sha256(bytes.subarray(0, footerAt)), footerAt + 8);
@@ -272,8 +321,11 @@ export function encodePackTrailer(entries: ChunkEntry[], trailerOffsetBytes: num
   return bytes;
 }
 
-/** Where a pack's trailer is, from its footer (the last PACK_FOOTER_BYTES of the object). */
-export function decodePackFooter(footer: Uint8Array, objectBytes: number, where: string): { trailerOffsetBytes: number; entryCount: number; trailerHash: Uint8Array } {
+/**
+ * Where a pack's trailer is, from its footer (the last PACK_FOOTER_BYTES of the object) and the
+ * version its header gave (checkPackHeader).
+ */
+export function decodePackFooter(footer: Uint8Array, objectBytes: number, version: number, where: string): PackFooter {
   if (objectBytes < PACK_HEADER_BYTES + PACK_FOOTER_BYTES) throw corrupt(where, `${objectBytes} bytes is too short for a pack`);
   if (objectBytes > ARCHIVE_PACK_BYTES_MAX) throw corrupt(where, `${objectBytes} bytes is larger than any pack (F-AR-PACK-4)`);
   if (footer.length !== PACK_FOOTER_BYTES) throw corrupt(where, 'truncated footer');
@@ -281,32 +333,35 @@ export function decodePackFooter(footer: Uint8Array, objectBytes: number, where:
   if (new TextDecoder().decode(footer.subarray(40, 48)) !== PACK_END_MAGIC) throw corrupt(where, 'no pack footer at its end (truncated?)');
   const trailerOffsetBytes = view.getUint32(0, true);
   const entryCount = view.getUint32(4, true);
+  const entryBytes = entryBytesOf(version);
   // F-AR-PACK-2: the trailer runs from its offset to the footer, one entry per chunk.
-  if (trailerOffsetBytes + entryCount * ENTRY_BYTES + PACK_FOOTER_BYTES !== objectBytes) {
+  if (trailerOffsetBytes + entryCount * entryBytes + PACK_FOOTER_BYTES !== objectBytes) {
     throw corrupt(where, `the footer's trailer (${entryCount} entries at byte ${trailerOffsetBytes}) does not end at the footer of a ${objectBytes}-byte object`);
   }
-  return { trailerOffsetBytes, entryCount, trailerHash: footer.slice(8, 40) };
+  return { trailerOffsetBytes, entryCount, trailerHash: footer.slice(8, 40), entryBytes };
 }
 
 /** A pack's chunk entries from its trailer (entries only, without the footer). */
-export function decodePackEntries(trailer: Uint8Array, footer: { trailerOffsetBytes: number; entryCount: number; trailerHash: Uint8Array }, where: string): ChunkEntry[] {
-  if (trailer.length !== footer.entryCount * ENTRY_BYTES) throw corrupt(where, 'truncated trailer');
+export function decodePackEntries(trailer: Uint8Array, footer: PackFooter, where: string): ChunkEntry[] {
+  if (trailer.length !== footer.entryCount * footer.entryBytes) throw corrupt(where, 'truncated trailer');
   if (Buffer.compare(sha256(trailer), footer.trailerHash) !== 0) throw corrupt(where, 'the trailer fails its SHA-256');
-  checkEntryBytes(trailer, 0, footer.entryCount, footer.trailerOffsetBytes, where);
-  return entriesOf({ packId: '', bytes: trailer, at: 0, count: footer.entryCount });
+  checkEntryBytes(trailer, 0, footer.entryCount, footer.entryBytes, footer.trailerOffsetBytes, where);
+  return entriesOf({ packId: '', bytes: trailer, at: 0, count: footer.entryCount, entryBytes: footer.entryBytes });
 }
 
-/** F-AR-PACK-1: a pack starts with its magic and version. */
-export function checkPackHeader(header: Uint8Array, where: string): void {
+/** F-AR-PACK-1: a pack starts with its magic and a version this reader knows (1 or 2); returns the version. */
+export function checkPackHeader(header: Uint8Array, where: string): number {
   if (header.length < PACK_HEADER_BYTES || new TextDecoder().decode(header.subarray(0, 8)) !== PACK_MAGIC) throw corrupt(where, 'not a pack object (bad magic)');
   const version = new DataView(header.buffer, header.byteOffset, header.byteLength).getUint32(8, true);
-  if (version !== PACK_VERSION) throw new ThinError('THIN_FORMAT', `${where}: pack version ${version}; this thinbd reads version ${PACK_VERSION}`);
+  if (version !== 1 && version !== PACK_VERSION) throw new ThinError('THIN_FORMAT', `${where}: pack version ${version}; this thinbd reads versions 1 and ${PACK_VERSION}`);
+  return version;
 }
 
 // ---- index objects (F-AR-IDX) ----
 
 const INDEX_MAGIC = 'THINPIDX';
-export const INDEX_VERSION = 1;
+/** The version written; version 1 indexes are read too. */
+export const INDEX_VERSION = 2;
 
 export interface PackListing {
   packId: string;
@@ -315,11 +370,11 @@ export interface PackListing {
 
 /**
  * magic (8) | version u32 | pack count u32, then per pack: id (16) | entry count u32 | reserved
- * u32 | entries; then the SHA-256 of everything before it (32).
+ * u32 | entries (version 2); then the SHA-256 of everything before it (32).
  */
 export function encodeIndex(packs: PackListing[]): Uint8Array {
   let size = 16 + HASH_BYTES;
-  for (const pack of packs) size += 24 + pack.entries.length * ENTRY_BYTES;
+  for (const pack of packs) size += 24 + pack.entries.length * ENTRY_V2_BYTES;
   const bytes = new Uint8Array(size);
   const view = new DataView(bytes.buffer);
   bytes.set(new TextEncoder().encode(INDEX_MAGIC), 0);
@@ -332,7 +387,7 @@ export function encodeIndex(packs: PackListing[]): Uint8Array {
     at += 24;
     for (const entry of pack.entries) {
       writeEntry(view, bytes, at, entry);
-      at += ENTRY_BYTES;
+      at += ENTRY_V2_BYTES;
     }
   }
   assert(at === size - HASH_BYTES, 'index size');
@@ -357,7 +412,8 @@ export function scanIndex(bytes: Uint8Array, where: string): PackEntryBytes[] {
   if (Buffer.compare(sha256(bytes.subarray(0, bodyBytes)), bytes.subarray(bodyBytes)) !== 0) throw corrupt(where, 'the index fails its SHA-256 (damaged or truncated)');
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const version = view.getUint32(8, true);
-  if (version !== INDEX_VERSION) throw new ThinError('THIN_FORMAT', `${where}: index version ${version}; this thinbd reads version ${INDEX_VERSION}`);
+  if (version !== 1 && version !== INDEX_VERSION) throw new ThinError('THIN_FORMAT', `${where}: index version ${version}; this thinbd reads versions 1 and ${INDEX_VERSION}`);
+  const entryBytes = entryBytesOf(version);
   const packCount = view.getUint32(12, true);
   const packs: PackEntryBytes[] = [];
   let at = 16;
@@ -366,10 +422,10 @@ export function scanIndex(bytes: Uint8Array, where: string): PackEntryBytes[] {
     const packId = Buffer.from(bytes.subarray(at, at + 16)).toString('hex');
     const count = view.getUint32(at + 16, true);
     at += 24;
-    if (at + count * ENTRY_BYTES > bodyBytes) throw corrupt(where, `pack ${packId}'s entries run past the end`);
-    checkEntryBytes(bytes, at, count, undefined, `${where} (pack ${packId})`);
-    packs.push({ packId, bytes, at, count });
-    at += count * ENTRY_BYTES;
+    if (at + count * entryBytes > bodyBytes) throw corrupt(where, `pack ${packId}'s entries run past the end`);
+    checkEntryBytes(bytes, at, count, entryBytes, undefined, `${where} (pack ${packId})`);
+    packs.push({ packId, bytes, at, count, entryBytes });
+    at += count * entryBytes;
   }
   if (at !== bodyBytes) throw corrupt(where, `${bodyBytes - at} bytes after the last pack`);
   return packs;

@@ -1,7 +1,7 @@
 // `thinbd archive list | verify | rm | gc`: what a store holds, whether it is intact, and
 // reclaiming what no stream needs.
 import { ThinError, isThinError } from '../errors.ts';
-import { ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX, ARCHIVE_UNPACK_WINDOW_BYTES } from '../constants.ts';
+import { ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX, ARCHIVE_UNPACK_WINDOW_BYTES } from '../constants.ts';
 import { ChunkIndex } from './chunk-index.ts';
 import { ChunkReader, PackWriter, type Archive } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
@@ -23,7 +23,7 @@ import {
   type PackListing,
   type StreamRoot,
 } from './format.ts';
-import { ZstdDecompressor } from '../util/zstd.ts';
+import { ZstdCompressor, ZstdDecompressor, ZstdFrameError } from '../util/zstd.ts';
 
 // ---- list ----
 
@@ -142,11 +142,13 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
           window = [];
           windowBytes = 0;
         };
-        for (const ref of run.chunks) {
+        for (const [position, ref] of run.chunks.entries()) {
           window.push({ ref, offset });
           windowBytes += ref.rawBytes;
           offset += ref.rawBytes;
-          if (windowBytes >= ARCHIVE_UNPACK_WINDOW_BYTES) await flush();
+          // Not between two chunks of one frame: it would be decompressed for each window.
+          const next = run.chunks[position + 1];
+          if (windowBytes >= ARCHIVE_UNPACK_WINDOW_BYTES && (next === undefined || !reader.sameFrame(ref, next))) await flush();
         }
         await flush();
       }
@@ -238,7 +240,7 @@ export async function collectGarbage(archive: Archive, onNote: (line: string) =>
   const reader = new ChunkReader(archive.store, loaded.index);
   const live = new ChunkIndex();
   const names = await archive.streamNames();
-  const mark = (hash: Uint8Array) => live.add('live', { hash, offsetBytes: 0, storedBytes: 0, rawBytes: 0, flags: 0 });
+  const mark = (hash: Uint8Array) => live.add('live', { hash, offsetBytes: 0, storedBytes: 0, rawBytes: 0, flags: 0, frameOffsetBytes: 0 });
   for (const name of names) {
     let root: StreamRoot;
     try {
@@ -252,13 +254,20 @@ export async function collectGarbage(archive: Archive, onNote: (line: string) =>
       throw new ThinError('THIN_CORRUPT_ARCHIVE', `gc stopped, nothing deleted: ${(error as Error).message}. Remove the damaged stream with 'thinbd archive rm' first`, { cause: error });
     }
   }
-  // Live entries by pack.
+  // Live entries by pack, and the raw bytes each piece holds, live and in all (as far as the
+  // index lists them): a frame's stored bytes count as live in the share its live chunks hold.
   const liveByPack = new Map<string, ChunkEntry[]>();
+  const pieceRawBytes = new Map<string, { all: number; live: number }>();
+  const pieceKey = (location: { packId: string; offsetBytes: number }) => `${location.packId}@${location.offsetBytes}`;
   for (const { hash, location } of loaded.index.entries()) {
+    let piece = pieceRawBytes.get(pieceKey(location));
+    if (piece === undefined) pieceRawBytes.set(pieceKey(location), (piece = { all: 0, live: 0 }));
+    piece.all += location.rawBytes;
     if (!live.has(hash)) continue;
+    piece.live += location.rawBytes;
     let entries = liveByPack.get(location.packId);
     if (entries === undefined) liveByPack.set(location.packId, (entries = []));
-    entries.push({ hash, offsetBytes: location.offsetBytes, storedBytes: location.storedBytes, rawBytes: location.rawBytes, flags: location.flags });
+    entries.push({ hash, offsetBytes: location.offsetBytes, storedBytes: location.storedBytes, rawBytes: location.rawBytes, flags: location.flags, frameOffsetBytes: location.frameOffsetBytes });
   }
   const report: GcReport = {
     streams: names.length,
@@ -276,29 +285,74 @@ export async function collectGarbage(archive: Archive, onNote: (line: string) =>
   const doomed: string[] = [];
   const rewrite: Array<{ packId: string; entries: ChunkEntry[] }> = [];
   for (const [packId, sizeBytes] of loaded.packSizes) {
-    const entries = (liveByPack.get(packId) ?? []).sort((a, b) => a.offsetBytes - b.offsetBytes);
-    const liveBytes = entries.reduce((sum, entry) => sum + entry.storedBytes, 0);
+    const entries = (liveByPack.get(packId) ?? []).sort((a, b) => a.offsetBytes - b.offsetBytes || a.frameOffsetBytes - b.frameOffsetBytes);
+    let liveBytes = 0;
+    for (const [position, entry] of entries.entries()) {
+      if (position > 0 && entries[position - 1]!.offsetBytes === entry.offsetBytes) continue; // the piece is counted
+      const piece = pieceRawBytes.get(pieceKey({ packId, offsetBytes: entry.offsetBytes }))!;
+      liveBytes += (entry.storedBytes * piece.live) / piece.all;
+    }
     if (entries.length === 0) doomed.push(packId);
     else if (liveBytes < sizeBytes * ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX) rewrite.push({ packId, entries });
     else kept.push({ packId, entries });
   }
   // Copy the live chunks of mostly dead packs into new packs (checked on the way: gc must not
-  // spread damage under a fresh name).
+  // spread damage under a fresh name). A frame goes over as it is while at least half of its bytes
+  // are live; a frame mostly dead has its live chunks compressed again into a frame of their own,
+  // so a frame's dead chunks are reclaimed like a pack's (F-AR-ORDER-2).
   const fresh = new ChunkIndex();
   const writer = new PackWriter(archive.store, fresh, [], { writeIndex: false });
   const decompressor = new ZstdDecompressor();
+  const compressor = new ZstdCompressor(archive.config.compression.level);
   for (const { packId, entries } of rewrite) {
     const key = packKey(packId);
     const first = entries[0]!;
     const last = entries[entries.length - 1]!;
     const bytes = await archive.store.getRange(key, first.offsetBytes, last.offsetBytes + last.storedBytes);
-    for (const entry of entries) {
-      const stored = bytes.slice(entry.offsetBytes - first.offsetBytes, entry.offsetBytes - first.offsetBytes + entry.storedBytes);
-      const raw = (entry.flags & CHUNK_FLAG_ZSTD) !== 0 ? decompressor.decompress(stored, entry.rawBytes) : stored;
-      if (Buffer.compare(sha256(raw), entry.hash) !== 0) {
-        throw new ThinError('THIN_CORRUPT_ARCHIVE', `gc stopped: chunk ${hashHex(entry.hash)} in pack ${key} is damaged (run 'thinbd archive verify')`);
+    const damaged = (entry: ChunkEntry, problem = '') =>
+      new ThinError('THIN_CORRUPT_ARCHIVE', `gc stopped: chunk ${hashHex(entry.hash)} in pack ${key} is damaged${problem === '' ? '' : ` (${problem})`} (run 'thinbd archive verify')`);
+    for (let at = 0; at < entries.length; ) {
+      // The live entries of one piece: those that share its offset.
+      let end = at + 1;
+      while (end < entries.length && entries[end]!.offsetBytes === entries[at]!.offsetBytes) end += 1;
+      const members = entries.slice(at, end);
+      at = end;
+      const piece = members[0]!;
+      const flags = piece.flags & (CHUNK_FLAG_ZSTD | CHUNK_FLAG_SEGMENT);
+      const stored = bytes.slice(piece.offsetBytes - first.offsetBytes, piece.offsetBytes - first.offsetBytes + piece.storedBytes);
+      if ((piece.flags & CHUNK_FLAG_ZSTD) === 0) {
+        if (Buffer.compare(sha256(stored), piece.hash) !== 0) throw damaged(piece);
+        await writer.add(piece.hash, stored, piece.rawBytes, flags);
+        continue;
       }
-      await writer.add(entry.hash, stored, entry.rawBytes, entry.flags & (CHUNK_FLAG_ZSTD | CHUNK_FLAG_SEGMENT));
+      let frame: Uint8Array;
+      try {
+        frame = decompressor.decompressFrame(stored, ARCHIVE_FRAME_RAW_BYTES_MAX);
+      } catch (error) {
+        if (error instanceof ZstdFrameError) throw damaged(piece, error.message);
+        throw error;
+      }
+      let liveBytes = 0;
+      for (const entry of members) {
+        const end = entry.frameOffsetBytes + entry.rawBytes;
+        if (end > frame.length || Buffer.compare(sha256(frame.subarray(entry.frameOffsetBytes, end)), entry.hash) !== 0) throw damaged(entry);
+        liveBytes += entry.rawBytes;
+      }
+      if (liveBytes * 2 >= frame.length) {
+        await writer.addPiece(stored, members, flags);
+        continue;
+      }
+      const joined = new Uint8Array(liveBytes);
+      const chunks = members.map((entry, index) => {
+        const frameOffsetBytes = members.slice(0, index).reduce((sum, before) => sum + before.rawBytes, 0);
+        joined.set(frame.subarray(entry.frameOffsetBytes, entry.frameOffsetBytes + entry.rawBytes), frameOffsetBytes);
+        return { hash: entry.hash, rawBytes: entry.rawBytes, frameOffsetBytes };
+      });
+      const recompressed = compressor.compress(joined);
+      if (recompressed.length < joined.length) await writer.addPiece(recompressed, chunks, flags);
+      else {
+        for (const chunk of chunks) await writer.add(chunk.hash, joined.slice(chunk.frameOffsetBytes, chunk.frameOffsetBytes + chunk.rawBytes), chunk.rawBytes, flags & ~CHUNK_FLAG_ZSTD);
+      }
     }
     doomed.push(packId);
     report.packsRewritten += 1;

@@ -235,15 +235,16 @@ export async function packStream(archive: Archive, source: PackSource, options: 
       pendingNew.add(hex);
       fresh.push(chunk);
     }
-    const stored = await jobs.compress(id, fresh, out);
-    for (const [position, chunk] of fresh.entries()) {
-      const ref = refs[chunk]!;
-      const { stored: bytes, flags } = stored[position]!;
-      await writer.add(ref.hash, bytes, ref.rawBytes, flags);
-      pendingNew.delete(hashHex(ref.hash));
-      stats.bytesNew += ref.rawBytes;
-      stats.bytesStored += bytes.length;
-      stats.newChunkCount += 1;
+    // Adjacent new chunks share a zstd frame (F-AR-CHUNK-2); each is still named and found alone.
+    for (const piece of await jobs.compress(id, fresh, out)) {
+      const chunks = piece.chunks.map(({ position, frameOffsetBytes }) => ({ ...refs[fresh[position]!]!, frameOffsetBytes }));
+      await writer.addPiece(piece.stored, chunks, piece.flags);
+      for (const chunk of chunks) {
+        pendingNew.delete(hashHex(chunk.hash));
+        stats.bytesNew += chunk.rawBytes;
+        stats.newChunkCount += 1;
+      }
+      stats.bytesStored += piece.stored.length;
     }
     return refs;
   };

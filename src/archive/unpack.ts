@@ -16,12 +16,15 @@
 // chain of incrementals is written only where the chain changed it. A new volume gets exactly the
 // stream's provisioned ranges.
 import { ThinError, assert, isThinError } from '../errors.ts';
-import { ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
+import { ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Pool } from '../pool/pool.ts';
 import { ChunkReader, type Archive } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
 import { hashHex, sha256, type ChunkRef, type Segment, type StreamRoot } from './format.ts';
 import { coveredBy, mappedByteRanges } from './pack.ts';
+
+/** A window's buffer: a window, and the rest of the frame its last chunk is in (pages are touched only as far as windows fill them). */
+const WINDOW_BUFFER_BYTES = ARCHIVE_UNPACK_WINDOW_BYTES + ARCHIVE_FRAME_RAW_BYTES_MAX;
 
 export interface UnpackOptions {
   /** Stream bytes handled so far, of the stream's mapped bytes. */
@@ -163,7 +166,13 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
         while (chunkAt < run.chunks.length) {
           const refs: ChunkRef[] = [];
           let windowBytes = 0;
-          while (chunkAt < run.chunks.length && (refs.length === 0 || windowBytes + run.chunks[chunkAt]!.rawBytes <= ARCHIVE_UNPACK_WINDOW_BYTES)) {
+          // A window that would end inside a frame takes the frame's other chunks too (up to a
+          // frame's worth more): a frame is decompressed once, not once per window.
+          const fits = (next: ChunkRef) =>
+            refs.length === 0 ||
+            windowBytes + next.rawBytes <= ARCHIVE_UNPACK_WINDOW_BYTES ||
+            (windowBytes + next.rawBytes <= WINDOW_BUFFER_BYTES && reader.sameFrame(refs[refs.length - 1]!, next));
+          while (chunkAt < run.chunks.length && fits(run.chunks[chunkAt]!)) {
             refs.push(run.chunks[chunkAt]!);
             windowBytes += run.chunks[chunkAt]!.rawBytes;
             chunkAt += 1;
@@ -210,7 +219,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     async function fetchWindow(windowBegin: number, refs: ChunkRef[], windowBytes: number, slot: number): Promise<Uint8Array> {
       const offsets = offsetsOf(windowBegin, refs);
       // Shared memory, so a decoder on a worker thread writes the chunks straight into it.
-      buffers[slot] ??= new Uint8Array(new SharedArrayBuffer(ARCHIVE_UNPACK_WINDOW_BYTES));
+      buffers[slot] ??= new Uint8Array(new SharedArrayBuffer(WINDOW_BUFFER_BYTES));
       const window = buffers[slot].subarray(0, windowBytes);
       await reader.read(refs, (position) => describeChunk(root, refs[position]!, offsets[position]!), 0, window);
       result.bytesFetched += windowBytes;

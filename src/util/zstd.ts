@@ -60,6 +60,29 @@ export class ZstdCompressor {
 
 export class ZstdDecompressor {
   readonly #context = new binding.DCtx();
+  /** decompressFrame's output, reused from frame to frame. */
+  #scratch = new Uint8Array(0);
+
+  /** The content size a frame's header states, or undefined when it states none or is not a frame header. */
+  static contentSize(frame: Uint8Array): number | undefined {
+    try {
+      return binding.getFrameContentSize(frame) ?? undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * A whole frame's contents, however long its header says they are up to maxBytes (ZstdFrameError
+   * otherwise, or when it does not hold what its header says): a view of a buffer reused by the next
+   * call. For frames that hold several pieces, which a reader then takes apart.
+   */
+  decompressFrame(frame: Uint8Array, maxBytes: number): Uint8Array {
+    const size = ZstdDecompressor.contentSize(frame);
+    if (size === undefined || size > maxBytes) throw new ZstdFrameError(size === undefined ? 'not a zstd frame with its content size' : `a zstd frame claiming ${size} bytes, more than any (${maxBytes})`);
+    if (this.#scratch.length < size) this.#scratch = new Uint8Array(Math.max(size, 2 * this.#scratch.length));
+    return this.decompress(frame, size, this.#scratch.subarray(0, size));
+  }
 
   /** The frame's contents, which must be exactly rawLengthBytes long (ZstdFrameError otherwise). */
   decompress(frame: Uint8Array, rawLengthBytes: number, into?: Uint8Array): Uint8Array {

@@ -85,22 +85,36 @@ test('the intact store verifies and unpacks', () => {
   assert.ok(report.chunksChecked > 100);
 });
 
-test('a flipped byte in a chunk is named by verify, and unpack refuses and changes nothing', async () => {
+test('a flipped byte in a frame of several chunks names the chunks it breaks, only those; unpack refuses and changes nothing', async () => {
   const store = damagedCopy('flipped');
   const archive = await Archive.open(store);
   const { index } = await archive.loadIndex();
   await archive.close();
-  const victim = [...index.entries()].find((entry) => (entry.location.flags & CHUNK_FLAG_SEGMENT) === 0 && entry.location.storedBytes > 100)!;
+  // A data chunk past the start of a frame that holds others (F-AR-CHUNK-2).
+  const entries = [...index.entries()];
+  const victim = entries.find((entry) => (entry.location.flags & CHUNK_FLAG_SEGMENT) === 0 && entry.location.frameOffsetBytes > 0)!;
+  assert.ok(victim !== undefined, 'pack put several chunks in one frame');
+  const samePiece = (location: typeof victim.location) => location.packId === victim.location.packId && location.offsetBytes === victim.location.offsetBytes;
+  const members = new Set(entries.filter((entry) => samePiece(entry.location)).map((entry) => hashHex(entry.hash)));
+  assert.ok(members.size >= 4, `${members.size} chunks in the frame`);
   const packFile = files(join(store, 'packs')).find((file) => file.endsWith(victim.location.packId))!;
   const bytes = readFileSync(packFile);
   bytes[victim.location.offsetBytes + Math.floor(victim.location.storedBytes / 2)]! ^= 0x01;
   writeFileSync(packFile, bytes);
-  const verify = thinbd(['archive', 'verify', '--store', store]);
+  const verify = thinbd(['archive', 'verify', '--store', store, '--json']);
   assert.equal(verify.code, 1);
-  const chunk = hashHex(victim.hash);
-  assert.match(verify.stdout, new RegExp(`stream s1, chunk ${chunk} at offset \\d+: damaged in pack packs/../${victim.location.packId}`));
-  assert.match(verify.stderr, /problems in/);
-  assertUnpackRefused(store, new RegExp(`stream s1, chunk ${chunk} at offset \\d+: damaged`));
+  const problems = (JSON.parse(verify.stdout) as { problems: string[] }).problems;
+  assert.ok(problems.length >= 1);
+  const named = new Set<string>();
+  for (const problem of problems) {
+    const match = new RegExp(`^stream s1, chunk ([0-9a-f]{64}) at offset \\d+: damaged in pack packs/../${victim.location.packId} at byte ${victim.location.offsetBytes}`).exec(problem);
+    assert.ok(match !== null, problem);
+    named.add(match[1]!);
+  }
+  for (const chunk of named) assert.ok(members.has(chunk), `${chunk} is in the damaged frame`);
+  const human = thinbd(['archive', 'verify', '--store', store]);
+  assert.match(human.stderr, /problems in/);
+  assertUnpackRefused(store, /stream s1, chunk [0-9a-f]{64} at offset \d+: damaged/);
 });
 
 test('a deleted pack object is named by verify (each chunk it held), and unpack refuses before writing', () => {

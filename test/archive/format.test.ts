@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import {
   CHUNK_FLAG_ZSTD,
   PACK_FOOTER_BYTES,
+  PACK_VERSION,
   decodeIndex,
   decodePackEntries,
   decodePackFooter,
@@ -27,7 +28,7 @@ const corrupt = (error: unknown) => isThinError(error, 'THIN_CORRUPT_ARCHIVE');
 function entries(count: number): ChunkEntry[] {
   let offset = 16;
   return Array.from({ length: count }, (_, index) => {
-    const entry = { hash: new Uint8Array(randomBytes(32)), offsetBytes: offset, storedBytes: 100 + index, rawBytes: 200 + index, flags: CHUNK_FLAG_ZSTD };
+    const entry = { hash: new Uint8Array(randomBytes(32)), offsetBytes: offset, storedBytes: 100 + index, rawBytes: 200 + index, flags: CHUNK_FLAG_ZSTD, frameOffsetBytes: 0 };
     offset += entry.storedBytes;
     return entry;
   });
@@ -38,17 +39,17 @@ test('a pack trailer round-trips; a flipped bit anywhere in it is caught', () =>
   const end = list[4]!.offsetBytes + list[4]!.storedBytes;
   const trailer = encodePackTrailer(list, end);
   const size = end + trailer.length;
-  const footer = decodePackFooter(trailer.subarray(trailer.length - PACK_FOOTER_BYTES), size, 'pack p');
+  const footer = decodePackFooter(trailer.subarray(trailer.length - PACK_FOOTER_BYTES), size, PACK_VERSION, 'pack p');
   assert.deepEqual(decodePackEntries(trailer.subarray(0, trailer.length - PACK_FOOTER_BYTES), footer, 'pack p'), list);
   for (let position = 0; position < trailer.length; position += 7) {
     const damaged = Uint8Array.from(trailer);
     damaged[position]! ^= 0x10;
     assert.throws(() => {
-      const f = decodePackFooter(damaged.subarray(damaged.length - PACK_FOOTER_BYTES), size, 'pack p');
+      const f = decodePackFooter(damaged.subarray(damaged.length - PACK_FOOTER_BYTES), size, PACK_VERSION, 'pack p');
       decodePackEntries(damaged.subarray(0, damaged.length - PACK_FOOTER_BYTES), f, 'pack p');
     }, corrupt, `flip at ${position}`);
   }
-  assert.throws(() => decodePackFooter(trailer.subarray(trailer.length - PACK_FOOTER_BYTES), size - 1, 'pack p'), corrupt, 'a truncated pack');
+  assert.throws(() => decodePackFooter(trailer.subarray(trailer.length - PACK_FOOTER_BYTES), size - 1, PACK_VERSION, 'pack p'), corrupt, 'a truncated pack');
 });
 
 test('an index round-trips and a damaged or truncated one is refused', () => {
@@ -99,9 +100,9 @@ test('the chunk index agrees with a Map through growth', () => {
   for (let step = 0; step < 20_000; step += 1) {
     const hash = new Uint8Array(randomBytes(32));
     const packId = `${step % 7}`.repeat(32);
-    assert.equal(index.add(packId, { hash, offsetBytes: step, storedBytes: step + 1, rawBytes: step + 2, flags: step % 4 }), true);
+    assert.equal(index.add(packId, { hash, offsetBytes: step, storedBytes: step + 1, rawBytes: step + 2, flags: step % 4, frameOffsetBytes: step % 5 }), true);
     model.set(Buffer.from(hash).toString('hex'), { packId, offsetBytes: step });
-    if (step % 1000 === 0) assert.equal(index.add('x'.repeat(32), { hash, offsetBytes: 0, storedBytes: 0, rawBytes: 0, flags: 0 }), false, 'a duplicate is not added');
+    if (step % 1000 === 0) assert.equal(index.add('x'.repeat(32), { hash, offsetBytes: 0, storedBytes: 0, rawBytes: 0, flags: 0, frameOffsetBytes: 0 }), false, 'a duplicate is not added');
   }
   assert.equal(index.size, model.size);
   for (const [hex, expected] of model) {
@@ -110,6 +111,7 @@ test('the chunk index agrees with a Map through growth', () => {
     assert.equal(found?.offsetBytes, expected.offsetBytes);
     assert.equal(found?.rawBytes, expected.offsetBytes + 2);
     assert.equal(found?.flags, expected.offsetBytes % 4);
+    assert.equal(found?.frameOffsetBytes, expected.offsetBytes % 5);
   }
   assert.equal(index.get(new Uint8Array(32)), undefined);
   assert.equal([...index.entries()].length, model.size);
@@ -135,7 +137,7 @@ test('an index object goes into the chunk index from its bytes as it does entry 
     for (const entry of pack.entries) assert.deepEqual(fromBytes.get(entry.hash), oneByOne.get(entry.hash));
   }
   assert.equal(fromBytes.get(packs[1]!.entries[0]!.hash)?.packId, 'ab'.repeat(16));
-  // An entry that does not follow the one before it, with the index's hash made right again.
-  const bad = encodeIndex([{ packId: 'ab'.repeat(16), entries: entries(4).map((entry, index) => (index === 2 ? { ...entry, offsetBytes: entry.offsetBytes + 1 } : entry)) }]);
-  assert.throws(() => scanIndex(bad, 'index j'), (error: unknown) => corrupt(error) && /index j \(pack abab.*\): chunk 2 \([0-9a-f]{64}\) starts at byte \d+, not \d+/.test((error as Error).message));
+  // An entry that starts inside the one before it, with the index's hash made right again.
+  const bad = encodeIndex([{ packId: 'ab'.repeat(16), entries: entries(4).map((entry, index) => (index === 2 ? { ...entry, offsetBytes: entry.offsetBytes - 1 } : entry)) }]);
+  assert.throws(() => scanIndex(bad, 'index j'), (error: unknown) => corrupt(error) && /index j \(pack abab.*\): chunk 2 \([0-9a-f]{64}\) starts at byte \d+, inside the piece before it/.test((error as Error).message));
 });
