@@ -133,10 +133,10 @@ test('the unrolled loop cuts where the one-byte rule does, at every alignment of
 
 test('worker threads chunk and compress a job in shared memory where it lies, as this thread does', async () => {
   const params = chunkerParams(16 * 1024);
-  const bytes = new Uint8Array(3 * 1024 * 1024);
+  const bytes = new Uint8Array(5 * 1024 * 1024);
   for (let at = 0; at < bytes.length; at += 32) bytes.set(createHash('sha256').update(String(at >> 12)).digest(), at);
-  // A megabyte that does not compress: those chunks are stored raw, as views of the job.
-  bytes.set(pseudoRandom(1024 * 1024, 77), 1024 * 1024);
+  // 2.5 MiB that do not compress: the chunks of a frame wholly inside it are stored raw, as views of the job.
+  bytes.set(pseudoRandom(2.5 * 1024 * 1024, 77), 1024 * 1024);
   const inline = new InlineChunkJobs(params, 3);
   const workers = new WorkerChunkJobs(params, 3, 2);
   try {
@@ -144,6 +144,13 @@ test('worker threads chunk and compress a job in shared memory where it lies, as
     const everyChunk = Array.from(expected.result.lengths, (_, index) => index);
     const expectedStored = await inline.compress(expected.id, everyChunk, new Uint8Array(new SharedArrayBuffer(bytes.length)));
     assert.ok(expectedStored.some((chunk) => chunk.flags === 0) && expectedStored.some((chunk) => chunk.flags === CHUNK_FLAG_ZSTD), 'chunks stored raw and compressed');
+    // Adjacent chunks share frames; every chunk is in one piece, in order.
+    assert.ok(expectedStored.some((piece) => piece.chunks.length > 8), 'frames of several chunks');
+    assert.deepEqual(
+      expectedStored.flatMap((piece) => piece.chunks.map((chunk) => chunk.position)),
+      everyChunk,
+    );
+    assert.ok(expectedStored.every((piece) => piece.flags === CHUNK_FLAG_ZSTD || piece.chunks.length === 1), 'a raw piece is one chunk');
     const shared = new Uint8Array(new SharedArrayBuffer(bytes.length));
     shared.set(bytes);
     const { id, result } = await workers.chunk(shared);
