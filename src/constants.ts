@@ -56,8 +56,13 @@ export const ARCHIVE_CHUNK_AVERAGE_BYTES_DEFAULT = 64 * 1024;
 /** Chunk average sizes a store may use: below 4 KiB the index outgrows RAM, above 1 MiB small changes cost whole megabytes. */
 export const ARCHIVE_CHUNK_AVERAGE_BYTES_MIN = 4 * 1024;
 export const ARCHIVE_CHUNK_AVERAGE_BYTES_MAX = 1024 * 1024;
-/** zstd level of new stores (`archive init --level`), chosen by measurement: docs/benchmarks.md "Archive". */
-export const ARCHIVE_ZSTD_LEVEL_DEFAULT = 3;
+/**
+ * zstd level of new stores (`archive init --level`), chosen by measurement: with frames of ~16
+ * chunks level 2 stores 0.95x restic's bytes for the pack CPU level 3 took with a frame per
+ * chunk; level 3 frames store 3 % less for 1.12x the pack CPU, more than the pack-time goal
+ * leaves (docs/benchmarks.md "Archive: frames of several chunks").
+ */
+export const ARCHIVE_ZSTD_LEVEL_DEFAULT = 2;
 /**
  * A stream segment covers this many average chunks of volume (1 GiB at 64 KiB chunks): a changed
  * block rewrites only its segment's chunk list, and a segment's encoding stays below

@@ -30,8 +30,9 @@ export interface ChunkDecoder {
  * Decodes `items` out of `bytes`. With `targets` (one per item, each rawBytes long) each chunk
  * lands in its target and `raw` is empty; otherwise `raw` holds them all, in one allocation.
  * Consecutive items of one frame (the same beginBytes) are taken from one decompression of it: a
- * frame holds up to ~16 chunks (F-AR-CHUNK-2), and unpack reads them together. A chunk alone in
- * its frame is decompressed straight into its target.
+ * frame holds up to ~16 chunks (F-AR-CHUNK-2), and unpack reads them together. A frame whose
+ * chunks are all wanted, with targets end to end (a window of unpack; `raw`), is decompressed
+ * straight into them; otherwise into a scratch buffer, and the chunks copied out.
  */
 export function decodeChunks(decompressor: ZstdDecompressor, bytes: Uint8Array, items: DecodeItem[], targets?: Uint8Array[]): DecodeOutcome {
   const raw = targets === undefined ? new Uint8Array(items.reduce((sum, item) => sum + item.rawBytes, 0)) : new Uint8Array(0);
@@ -53,10 +54,10 @@ export function decodeChunks(decompressor: ZstdDecompressor, bytes: Uint8Array, 
       targetOf(position).set(stored);
     } else {
       const contentBytes = ZstdDecompressor.contentSize(stored);
+      const whole = wholeFrameTarget(items, position, last, targetOf, contentBytes);
       try {
-        if (last === position && item.frameOffsetBytes === 0 && (contentBytes === undefined || contentBytes === item.rawBytes)) {
-          decompressor.decompress(stored, item.rawBytes, targetOf(position));
-        } else {
+        if (whole !== undefined) decompressor.decompress(stored, whole.length, whole);
+        else {
           const frame = decompressor.decompressFrame(stored, ARCHIVE_FRAME_RAW_BYTES_MAX);
           for (let member = position; member <= last; member += 1) {
             const { frameOffsetBytes, rawBytes } = items[member]!;
@@ -75,6 +76,24 @@ export function decodeChunks(decompressor: ZstdDecompressor, bytes: Uint8Array, 
     position = last + 1;
   }
   return { raw };
+}
+
+/**
+ * Where a frame can be decompressed straight into its chunks' targets: when items position..last
+ * are the whole frame, in order, and their targets lie end to end in one buffer (a window of
+ * unpack, or `raw`). A lone chunk of a frame the header does not size is tried there too (its
+ * decompression then checks the size).
+ */
+function wholeFrameTarget(items: DecodeItem[], position: number, last: number, targetOf: (position: number) => Uint8Array, contentBytes: number | undefined): Uint8Array | undefined {
+  const first = targetOf(position);
+  if (position === last && items[position]!.frameOffsetBytes === 0 && contentBytes === undefined) return first;
+  let frameBytes = 0;
+  for (let member = position; member <= last; member += 1) {
+    const target = targetOf(member);
+    if (items[member]!.frameOffsetBytes !== frameBytes || target.buffer !== first.buffer || target.byteOffset !== first.byteOffset + frameBytes) return undefined;
+    frameBytes += items[member]!.rawBytes;
+  }
+  return frameBytes === contentBytes ? new Uint8Array(first.buffer, first.byteOffset, frameBytes) : undefined;
 }
 
 /** Decodes on the calling thread, straight into the targets when there are some. */
