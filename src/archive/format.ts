@@ -267,12 +267,12 @@ function checkEntryBytes(bytes: Uint8Array, at: number, count: number, entryByte
     } else if (trailerOffsetBytes !== undefined ? offsetBytes !== pieceEnd : offsetBytes < pieceEnd) {
       problem = trailerOffsetBytes !== undefined ? `starts at byte ${offsetBytes}, not ${pieceEnd}` : `starts at byte ${offsetBytes}, inside the piece before it (which ends at ${pieceEnd})`;
     }
-    if (problem !== undefined) {
-      // Named below.
-    } else if ((flags & ~CHUNK_FLAGS_KNOWN) !== 0) problem = `has unknown flags ${flags}`;
-    else if (rawBytes > ARCHIVE_CHUNK_RAW_BYTES_MAX) problem = `claims ${rawBytes} raw bytes`;
-    else if (!zstd && (storedBytes !== rawBytes || frameOffsetBytes !== 0)) problem = 'is stored raw but its sizes differ or it claims a frame offset';
-    else if (frameOffsetBytes + rawBytes > ARCHIVE_FRAME_RAW_BYTES_MAX) problem = `ends at byte ${frameOffsetBytes + rawBytes} of its frame, past any frame`;
+    if (problem === undefined) {
+      if ((flags & ~CHUNK_FLAGS_KNOWN) !== 0) problem = `has unknown flags ${flags}`;
+      else if (rawBytes > ARCHIVE_CHUNK_RAW_BYTES_MAX) problem = `claims ${rawBytes} raw bytes`;
+      else if (!zstd && (storedBytes !== rawBytes || frameOffsetBytes !== 0)) problem = 'is stored raw but its sizes differ or it claims a frame offset';
+      else if (frameOffsetBytes + rawBytes > ARCHIVE_FRAME_RAW_BYTES_MAX) problem = `ends at byte ${frameOffsetBytes + rawBytes} of its frame, past any frame`;
+    }
     // Named only when wrong.
     if (problem !== undefined) throw corrupt(where, `chunk ${index} (${hashHex(bytes.subarray(entryAt, entryAt + HASH_BYTES))}) ${problem}`);
     if (!samePiece) pieceEnd = offsetBytes + storedBytes;

@@ -2,7 +2,7 @@
 // object, never a wrong value. And the chunk index agrees with a Map under random adds.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   CHUNK_FLAG_ZSTD,
   PACK_FOOTER_BYTES,
@@ -140,4 +140,67 @@ test('an index object goes into the chunk index from its bytes as it does entry 
   // An entry that starts inside the one before it, with the index's hash made right again.
   const bad = encodeIndex([{ packId: 'ab'.repeat(16), entries: entries(4).map((entry, index) => (index === 2 ? { ...entry, offsetBytes: entry.offsetBytes - 1 } : entry)) }]);
   assert.throws(() => scanIndex(bad, 'index j'), (error: unknown) => corrupt(error) && /index j \(pack abab.*\): chunk 2 \([0-9a-f]{64}\) starts at byte \d+, inside the piece before it/.test((error as Error).message));
+});
+
+/** A frame at byte `offset` of `storedBytes` holding chunks of `sizes` raw bytes, end to end. */
+function frameEntries(offset: number, storedBytes: number, sizes: number[]): ChunkEntry[] {
+  let frameOffsetBytes = 0;
+  return sizes.map((rawBytes) => {
+    const entry = { hash: new Uint8Array(randomBytes(32)), offsetBytes: offset, storedBytes, rawBytes, flags: CHUNK_FLAG_ZSTD, frameOffsetBytes };
+    frameOffsetBytes += rawBytes;
+    return entry;
+  });
+}
+
+test('frames of several chunks (F-AR-PACK-5): entries round-trip in trailers and indexes; an index may leave chunks and pieces out; bad frame entries are named', () => {
+  const raw = { hash: new Uint8Array(randomBytes(32)), offsetBytes: 16 + 500, storedBytes: 70, rawBytes: 70, flags: 0, frameOffsetBytes: 0 };
+  const list = [...frameEntries(16, 500, [100, 200, 300]), raw, ...frameEntries(16 + 570, 40, [4000])];
+  const end = 16 + 570 + 40;
+  const trailer = encodePackTrailer(list, end);
+  const footer = decodePackFooter(trailer.subarray(trailer.length - PACK_FOOTER_BYTES), end + trailer.length, PACK_VERSION, 'pack f');
+  assert.deepEqual(decodePackEntries(trailer.subarray(0, trailer.length - PACK_FOOTER_BYTES), footer, 'pack f'), list);
+  // An index listing the live chunks only (as gc writes it): the frame's middle chunk and the raw piece left out.
+  const live = [list[0]!, list[2]!, list[4]!];
+  assert.deepEqual(decodeIndex(encodeIndex([{ packId: 'ab'.repeat(16), entries: live }]), 'index f'), [{ packId: 'ab'.repeat(16), entries: live }]);
+  const refused = (entries: ChunkEntry[], pattern: RegExp) =>
+    assert.throws(() => scanIndex(encodeIndex([{ packId: 'ab'.repeat(16), entries }]), 'index g'), (error: unknown) => corrupt(error) && pattern.test((error as Error).message), pattern.source);
+  refused([list[0]!, { ...list[1]!, frameOffsetBytes: 50 }], /chunk 1 \([0-9a-f]{64}\) starts at byte 50 of its frame, inside the chunk before it/);
+  refused([list[0]!, { ...list[1]!, storedBytes: 499 }], /chunk 1 .* shares the piece at byte 16 with the chunk before it but not its size/);
+  refused([{ ...raw, offsetBytes: 16 }, { ...raw, offsetBytes: 16, hash: new Uint8Array(randomBytes(32)) }], /chunk 1 .* shares the piece at byte 16 .* compression/);
+  refused([{ ...raw, frameOffsetBytes: 4 }], /stored raw but its sizes differ or it claims a frame offset/);
+  refused([{ ...list[4]!, frameOffsetBytes: 4 * 1024 * 1024 - 100 }], /past any frame/);
+  assert.throws(() => encodePackTrailer([list[0]!, list[2]!, raw], end), corrupt, 'a trailer covers its pieces up to the trailer');
+});
+
+test('version-1 packs and indexes (48-byte entries, a frame per chunk) are read', () => {
+  const list = entries(3);
+  const v1 = new Uint8Array(16 + 24 + 48 * list.length + 32);
+  const view = new DataView(v1.buffer);
+  v1.set(Buffer.from('THINPIDX'), 0);
+  view.setUint32(8, 1, true);
+  view.setUint32(12, 1, true);
+  v1.set(Buffer.from('cd'.repeat(16), 'hex'), 16);
+  view.setUint32(32, list.length, true);
+  list.forEach((entry, index) => {
+    const at = 40 + index * 48;
+    v1.set(entry.hash, at);
+    view.setUint32(at + 32, entry.offsetBytes, true);
+    view.setUint32(at + 36, entry.storedBytes, true);
+    view.setUint32(at + 40, entry.rawBytes, true);
+    view.setUint32(at + 44, entry.flags, true);
+  });
+  v1.set(createHash('sha256').update(v1.subarray(0, v1.length - 32)).digest(), v1.length - 32);
+  assert.deepEqual(decodeIndex(v1, 'index v1'), [{ packId: 'cd'.repeat(16), entries: list }]);
+  const index = new ChunkIndex();
+  for (const run of scanIndex(v1, 'index v1')) index.addEntries(run);
+  assert.equal(index.get(list[1]!.hash)?.frameOffsetBytes, 0);
+  // A version-1 pack's trailer is sized by 48-byte entries.
+  const trailerOffset = list[2]!.offsetBytes + list[2]!.storedBytes;
+  const footer = new Uint8Array(PACK_FOOTER_BYTES);
+  const footerView = new DataView(footer.buffer);
+  footerView.setUint32(0, trailerOffset, true);
+  footerView.setUint32(4, list.length, true);
+  footer.set(Buffer.from('THINPEND'), 40);
+  assert.equal(decodePackFooter(footer, trailerOffset + 48 * list.length + PACK_FOOTER_BYTES, 1, 'pack v1').entryBytes, 48);
+  assert.throws(() => decodePackFooter(footer, trailerOffset + 48 * list.length + PACK_FOOTER_BYTES, 2, 'pack v1'), corrupt, 'read as version 2 its sizes do not add up');
 });
