@@ -343,9 +343,11 @@ export async function collectGarbage(archive: Archive, onNote: (line: string) =>
         continue;
       }
       const joined = new Uint8Array(liveBytes);
-      const chunks = members.map((entry, index) => {
-        const frameOffsetBytes = members.slice(0, index).reduce((sum, before) => sum + before.rawBytes, 0);
+      let joinedBytes = 0;
+      const chunks = members.map((entry) => {
+        const frameOffsetBytes = joinedBytes;
         joined.set(frame.subarray(entry.frameOffsetBytes, entry.frameOffsetBytes + entry.rawBytes), frameOffsetBytes);
+        joinedBytes += entry.rawBytes;
         return { hash: entry.hash, rawBytes: entry.rawBytes, frameOffsetBytes };
       });
       const recompressed = compressor.compress(joined);
