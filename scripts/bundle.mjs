@@ -86,6 +86,7 @@ async function bundle(outfile, plugins = [], entryPoint = entry) {
 await bundle(join(dist, 'thinbd.cjs'));
 await bundleCommandGroups();
 await bundleChunkWorker();
+await bundleImageParseWorker();
 
 /**
  * The archive's chunk worker (dist/archive/chunk-worker.js and what it imports) as one file,
@@ -95,6 +96,15 @@ await bundleChunkWorker();
  */
 async function bundleChunkWorker() {
   await bundle(join(dist, 'chunk-worker.cjs'), [], join(dist, 'archive', 'chunk-worker.js'));
+}
+
+/**
+ * The image import's parsing thread (dist/image/parse-worker.js and what it imports) as one file,
+ * dist/image-parse-worker.cjs, which parse-thread.ts starts when it is at least as new as the
+ * worker's module: the import waits for that thread's start (docs/benchmarks.md "Image import").
+ */
+async function bundleImageParseWorker() {
+  await bundle(join(dist, 'image-parse-worker.cjs'), [], join(dist, 'image', 'parse-worker.js'));
 }
 
 /**

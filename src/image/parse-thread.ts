@@ -3,6 +3,7 @@
 // block sharing into the pool) while it reads, decompresses, parses and copies the next ones.
 // Both cores work on one import, and the main thread, which holds the pool, does only what must
 // happen there (docs/benchmarks.md "Image import").
+import { statSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { ThinError } from '../errors.ts';
 import type { ParseJob, ParseReply, ParseRequest, ParseResult } from './parse-worker.ts';
@@ -23,11 +24,21 @@ export interface ParseOptions extends Omit<ParseJob, 'buffers'> {
 }
 
 /**
- * Built, the worker is JavaScript beside this module; run from source under tsx (the tests), it
- * is TypeScript, and Node 20 does not hand tsx's loader to worker threads: it registers it first.
+ * Built, the worker is JavaScript: the one-file bundle dist/image-parse-worker.cjs when it is at
+ * least as new as the worker's module (scripts/bundle.mjs makes it after tsc; a thread loads one
+ * file faster than the ~30 modules it was made from, and the import waits for that start), else
+ * the module beside this one, so a bare tsc run never starts stale code. Run from source under
+ * tsx (the tests), it is TypeScript, and Node 20 does not hand tsx's loader to worker threads: it
+ * registers it first.
  */
 function startWorker(workerData: ParseJob): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./parse-worker.js', import.meta.url), { workerData });
+  if (!import.meta.url.endsWith('.ts')) {
+    const module = new URL('./parse-worker.js', import.meta.url);
+    const bundle = new URL('../image-parse-worker.cjs', import.meta.url);
+    const bundled = statSync(bundle, { throwIfNoEntry: false })?.mtimeMs;
+    const compiled = statSync(module, { throwIfNoEntry: false })?.mtimeMs;
+    return new Worker(bundled !== undefined && compiled !== undefined && bundled >= compiled ? bundle : module, { workerData });
+  }
   const url = new URL('./parse-worker.ts', import.meta.url).href;
   const bootstrap = `import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(url)}); });`;
   return new Worker(bootstrap, { eval: true, workerData });
