@@ -62,6 +62,13 @@ export const IMAGE_LABELS = {
  */
 export const LAYER_LAYOUT_VERSION = `2-${DATA_BEGIN_BLOCK}`;
 
+/**
+ * How much more data than the source's bytes the pool's high-water mark is raised over when an
+ * import starts: a tar of small files takes more room in 4 KiB blocks than in 512-byte ones (a tar
+ * of /usr/share: 1.10x its size with the metadata). A compressed source takes more as it comes.
+ */
+const HIGH_WATER_MARK_AHEAD_OF_SOURCE = 1.25;
+
 /** The pool block size a dry run rounds to (the pool default). */
 const DRY_RUN_POOL_BLOCK_BYTES = 64 * 1024;
 
@@ -267,6 +274,10 @@ class ImageBuild {
         if (this.#volume.sizeBytes !== sizeBytes) await this.#pool.resizeVolume(temporary, sizeBytes);
       }
       this.#temporary = temporary;
+      // The data is written as one stream about as large as the source: the pool's high-water
+      // mark is raised over that at once (a quarter more: files padded to whole 4 KiB blocks), not
+      // by a commit every 64 MiB that the writes wait for when the host's disk is slow.
+      if (this.#opened.totalBytes !== undefined) await this.#pool.raiseHighWaterMarkAhead(this.#opened.totalBytes * HIGH_WATER_MARK_AHEAD_OF_SOURCE);
       this.#index = await BlockIndex.load(this.#pool);
       this.#sharing = new SharingTarget(this.#pool, this.#volume, this.#index);
       target = this.#sharing;

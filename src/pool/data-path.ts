@@ -604,6 +604,21 @@ export class DataPath {
     return block;
   }
 
+  /**
+   * Raises the high-water mark `blocks` past the durable one now, in one commit, for a writer
+   * about to provision that many new blocks in a stream (an image import): otherwise each step of
+   * DATA_HIGH_WATER_MARK_STEP_BLOCKS costs a commit (an fdatasync of the data written since) that
+   * writes past the mark wait for when it lags. Only a raise made sooner: blocks it covers and the
+   * stream does not take are free blocks below the mark, as after any step.
+   */
+  async raiseHighWaterMarkAhead(blocks: number): Promise<void> {
+    const mark = this.#highWaterMark;
+    const last = Math.min(mark.blockCount, mark.durable + Math.max(0, Math.floor(blocks))) - 1;
+    if (last < mark.durable) return;
+    if (last >= mark.target) this.#raiseTarget(last + 1);
+    await this.#coverByHighWaterMark(last);
+  }
+
   /** Raises and commits the high-water mark so that `block` lies below it (F-POOL-40). */
   async #coverByHighWaterMark(block: number): Promise<void> {
     const mark = this.#highWaterMark;

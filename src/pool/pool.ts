@@ -635,6 +635,16 @@ export class Pool {
     return this.#core.space.listen(listener);
   }
 
+  /**
+   * The caller is about to write about `bytes` of new data in a stream (an image import): the
+   * data high-water mark is raised over that much now, in one commit, rather than a commit every
+   * 64 MiB as the writes reach it (docs/format.md F-POOL-40).
+   */
+  async raiseHighWaterMarkAhead(bytes: number): Promise<void> {
+    this.#core.assertWritable();
+    await this.#core.dataPath.raiseHighWaterMarkAhead(Math.ceil(bytes / this.#core.blockSizeBytes));
+  }
+
   /** Makes every write completed before the call durable (a commit when metadata changed). */
   async flush(): Promise<void> {
     this.#core.assertOpen();
