@@ -276,8 +276,11 @@ class ImageBuild {
       this.#temporary = temporary;
       // The data is written as one stream about as large as the source: the pool's high-water
       // mark is raised over that at once (a quarter more: files padded to whole 4 KiB blocks), not
-      // by a commit every 64 MiB that the writes wait for when the host's disk is slow.
-      if (this.#opened.totalBytes !== undefined) await this.#pool.raiseHighWaterMarkAhead(this.#opened.totalBytes * HIGH_WATER_MARK_AHEAD_OF_SOURCE);
+      // by a commit every 64 MiB that the writes wait for when the host's disk is slow. Not when
+      // layers already in the pool are shared: most of the source is then not written.
+      if (base === undefined && this.#opened.totalBytes !== undefined) {
+        await this.#pool.raiseHighWaterMarkAhead(this.#opened.totalBytes * HIGH_WATER_MARK_AHEAD_OF_SOURCE);
+      }
       this.#index = await BlockIndex.load(this.#pool);
       this.#sharing = new SharingTarget(this.#pool, this.#volume, this.#index);
       target = this.#sharing;

@@ -605,15 +605,16 @@ export class DataPath {
   }
 
   /**
-   * Raises the high-water mark `blocks` past the durable one now, in one commit, for a writer
-   * about to provision that many new blocks in a stream (an image import): otherwise each step of
-   * DATA_HIGH_WATER_MARK_STEP_BLOCKS costs a commit (an fdatasync of the data written since) that
-   * writes past the mark wait for when it lags. Only a raise made sooner: blocks it covers and the
-   * stream does not take are free blocks below the mark, as after any step.
+   * Raises the high-water mark over `blocks` more than the pool uses, now, in one commit, for a
+   * writer about to provision that many new blocks in a stream (an image import): otherwise each
+   * step of DATA_HIGH_WATER_MARK_STEP_BLOCKS costs a commit (an fdatasync of the data written
+   * since) that writes past the mark wait for when it lags. Only a raise made sooner: blocks it
+   * covers and the stream does not take are free blocks below the mark, as after any step, and
+   * the next such raise counts from the blocks in use, so the mark never runs further ahead.
    */
   async raiseHighWaterMarkAhead(blocks: number): Promise<void> {
     const mark = this.#highWaterMark;
-    const last = Math.min(mark.blockCount, mark.durable + Math.max(0, Math.floor(blocks))) - 1;
+    const last = Math.min(mark.blockCount, this.#dataSpace.usedBlockCount + Math.max(0, Math.floor(blocks))) - 1;
     if (last < mark.durable) return;
     if (last >= mark.target) this.#raiseTarget(last + 1);
     await this.#coverByHighWaterMark(last);

@@ -637,8 +637,8 @@ export class Pool {
 
   /**
    * The caller is about to write about `bytes` of new data in a stream (an image import): the
-   * data high-water mark is raised over that much now, in one commit, rather than a commit every
-   * 64 MiB as the writes reach it (docs/format.md F-POOL-40).
+   * data high-water mark is raised over that much more than the pool uses now, in one commit,
+   * rather than a commit every 64 MiB as the writes reach it (docs/format.md F-POOL-40).
    */
   async raiseHighWaterMarkAhead(bytes: number): Promise<void> {
     this.#core.assertWritable();

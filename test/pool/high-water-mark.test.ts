@@ -72,3 +72,21 @@ test('a stream of new blocks commits as the high-water mark steps up, unless the
   assert.ok(report.ok, JSON.stringify(report.problems.slice(0, 3)));
   await raised.pool.close();
 });
+
+test('raising the mark ahead counts from the blocks in use: raised twice for the same writes, it commits once', async () => {
+  const { pool } = await memoryPool(4096);
+  await pool.createVolume('v', { sizeBytes: 64 * BLOCK });
+  await pool.flush();
+  const before = pool.status().transactionId;
+  await pool.raiseHighWaterMarkAhead(1000 * BLOCK);
+  assert.equal(pool.status().transactionId, before + 1);
+  // No block was taken since: the mark already covers as much past the blocks in use.
+  await pool.raiseHighWaterMarkAhead(1000 * BLOCK);
+  assert.equal(pool.status().transactionId, before + 1);
+  // Blocks taken move the mark's need up with them.
+  await provision(pool, 'v', 64);
+  const written = pool.status().transactionId;
+  await pool.raiseHighWaterMarkAhead(1000 * BLOCK);
+  assert.equal(pool.status().transactionId, written + 1);
+  await pool.close();
+});
