@@ -76,6 +76,8 @@ export interface LoadedIndex {
   indexKeys: string[];
   /** Objects that could not be used, each a sentence (verify reports them; pack carries on without them). */
   problems: string[];
+  /** Packs no index lists whose own trailers could not be read: what they hold is unknown (gc keeps them). */
+  unreadable: Set<string>;
 }
 
 export class Archive {
@@ -171,6 +173,7 @@ export class Archive {
     const index = new ChunkIndex(listedEntries + 1024);
     for (const listing of listed) index.addEntries(listing);
     const unindexed: PackListing[] = [];
+    const unreadable = new Set<string>();
     for (const [packId, sizeBytes] of packSizes) {
       if (covered.has(packId)) continue;
       try {
@@ -180,9 +183,10 @@ export class Archive {
       } catch (error) {
         if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_NOT_FOUND')) throw error;
         problems.push((error as Error).message);
+        unreadable.add(packId);
       }
     }
-    return { index, packSizes, unindexed, indexKeys, problems };
+    return { index, packSizes, unindexed, indexKeys, problems, unreadable };
   }
 
   /** A pack's entries, from its own trailer (F-AR-PACK-2). */

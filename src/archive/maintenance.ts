@@ -146,9 +146,12 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
           window.push({ ref, offset });
           windowBytes += ref.rawBytes;
           offset += ref.rawBytes;
-          // Not between two chunks of one frame: it would be decompressed for each window.
+          // Not between two chunks of one frame (it would be decompressed for each window), but
+          // never past a window and a frame's worth: a run repeating one chunk (a region of one
+          // byte value) is one frame's chunk over and over.
           const next = run.chunks[position + 1];
-          if (windowBytes >= ARCHIVE_UNPACK_WINDOW_BYTES && (next === undefined || !reader.sameFrame(ref, next))) await flush();
+          const frameGoesOn = next !== undefined && reader.sameFrame(ref, next) && windowBytes < ARCHIVE_UNPACK_WINDOW_BYTES + ARCHIVE_FRAME_RAW_BYTES_MAX;
+          if (windowBytes >= ARCHIVE_UNPACK_WINDOW_BYTES && !frameGoesOn) await flush();
         }
         await flush();
       }
@@ -166,7 +169,14 @@ async function verifyWindow(
   report: VerifyReport,
 ): Promise<void> {
   const where = (item: { ref: ChunkRef; offset: number }) => `stream ${stream}, chunk ${hashHex(item.ref.hash)} at offset ${item.offset}`;
-  const unread = window.filter((item) => !checked.has(hashHex(item.ref.hash)));
+  // Each chunk once, however often the window repeats it.
+  const seen = new Set<string>();
+  const unread = window.filter((item) => {
+    const hex = hashHex(item.ref.hash);
+    if (checked.has(hex) || seen.has(hex)) return false;
+    seen.add(hex);
+    return true;
+  });
   const record = (item: { ref: ChunkRef; offset: number }, problem: string | undefined) => {
     if (!checked.has(hashHex(item.ref.hash))) {
       report.chunksChecked += 1;
@@ -285,6 +295,12 @@ export async function collectGarbage(archive: Archive, onNote: (line: string) =>
   const doomed: string[] = [];
   const rewrite: Array<{ packId: string; entries: ChunkEntry[] }> = [];
   for (const [packId, sizeBytes] of loaded.packSizes) {
+    // A pack whose trailer cannot be read may hold chunks streams need: it stays as it is, listed
+    // by no index, so verify and unpack go on naming it (nothing already stored is deleted).
+    if (loaded.unreadable.has(packId)) {
+      onNote(`warning: kept ${packKey(packId)}, whose chunks could not be listed`);
+      continue;
+    }
     const entries = (liveByPack.get(packId) ?? []).sort((a, b) => a.offsetBytes - b.offsetBytes || a.frameOffsetBytes - b.frameOffsetBytes);
     let liveBytes = 0;
     for (const [position, entry] of entries.entries()) {

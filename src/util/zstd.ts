@@ -80,7 +80,7 @@ export class ZstdDecompressor {
   decompressFrame(frame: Uint8Array, maxBytes: number): Uint8Array {
     const size = ZstdDecompressor.contentSize(frame);
     if (size === undefined || size > maxBytes) throw new ZstdFrameError(size === undefined ? 'not a zstd frame with its content size' : `a zstd frame claiming ${size} bytes, more than any (${maxBytes})`);
-    if (this.#scratch.length < size) this.#scratch = new Uint8Array(Math.max(size, 2 * this.#scratch.length));
+    if (this.#scratch.length < size) this.#scratch = new Uint8Array(Math.min(maxBytes, Math.max(size, 2 * this.#scratch.length)));
     return this.decompress(frame, size, this.#scratch.subarray(0, size));
   }
 

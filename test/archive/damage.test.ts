@@ -69,7 +69,7 @@ function damagedCopy(label: string): string {
 function assertUnpackRefused(store: string, pattern: RegExp): void {
   const before = volumeDigest('target');
   const refused = thinbd(['archive', 'unpack', '--pool', pool, '--store', store, 's1', 'target']);
-  assert.equal(refused.code, 1, refused.stdout);
+  assert.equal(refused.code, 1, `${refused.stdout}\n${refused.stderr}`);
   assert.match(refused.stderr, pattern);
   assert.equal(volumeDigest('target'), before, 'the target volume is unchanged');
   const fresh = thinbd(['archive', 'unpack', '--pool', pool, '--store', store, 's1', 'newvol']);

@@ -6,15 +6,15 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import type { Pool } from '../../src/pool/pool.ts';
 import { Archive, ChunkReader } from '../../src/archive/archive.ts';
 import { gcArchive, packVolume, removeArchiveStream, unpackVolume, verifyArchive } from '../../src/archive/commands.ts';
 import type { ChunkLocation } from '../../src/archive/chunk-index.ts';
 import { CHUNK_FLAG_SEGMENT, CHUNK_FLAG_ZSTD, hashHex, scanIndex, entriesOf, type ChunkEntry } from '../../src/archive/format.ts';
 import { poolSources } from '../../src/archive/source.ts';
-import { ARCHIVE_FRAME_TARGET_BYTES } from '../../src/constants.ts';
+import { ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_FRAME_TARGET_BYTES, ARCHIVE_UNPACK_WINDOW_BYTES } from '../../src/constants.ts';
 import { ZstdCompressor, ZstdDecompressor } from '../../src/util/zstd.ts';
 import { MiB, KiB, contentBytes, createPool, digest, readVolume, tempDir } from './helpers.ts';
 
@@ -298,4 +298,62 @@ test('a version-1 store reads, verifies and unpacks; new packs go into it beside
   assert.ok(report.packsRewritten + report.packsDeleted >= 1);
   assert.deepEqual((await verifyArchive({ store: old })).problems, []);
   assert.equal(await unpackDigest(old, 'new', 'after-gc'), digest(await readVolume(pool, 'b.1')));
+});
+
+test('verify of a run that repeats one chunk (a region of one byte value) reads it once and a window at a time', async () => {
+  const repeated = join(dir.path, 'store-repeated');
+  await (await Archive.init(repeated, { averageChunkBytes: 16 * KiB, zstdLevel: 3 })).close();
+  const volume = await pool.createVolume('ones', { sizeBytes: 48 * MiB });
+  await volume.write(0, new Uint8Array(48 * MiB).fill(0xff));
+  await pool.snapshot('ones', 'ones.1', { readOnly: true });
+  const packed = await packVolume({ store: repeated, sources: poolSources(pool), volume: 'ones.1', name: 'ones' });
+  assert.ok(packed.chunkCount > 500 && packed.newChunkCount <= 3, `${packed.chunkCount} chunks, ${packed.newChunkCount} new: one chunk repeated`);
+  // Every read verify asks for: the refs and their raw bytes.
+  let largestReadBytes = 0;
+  let refsRead = 0;
+  const read = ChunkReader.prototype.read;
+  ChunkReader.prototype.read = function (this: ChunkReader, ...args: Parameters<ChunkReader['read']>) {
+    largestReadBytes = Math.max(largestReadBytes, args[0].reduce((sum, ref) => sum + ref.rawBytes, 0));
+    refsRead += args[0].length;
+    return read.apply(this, args);
+  };
+  try {
+    const report = await verifyArchive({ store: repeated });
+    assert.deepEqual(report.problems, []);
+    assert.ok(report.chunksChecked <= 4, `${report.chunksChecked} distinct chunks checked`);
+  } finally {
+    ChunkReader.prototype.read = read;
+  }
+  assert.ok(refsRead <= 8, `${refsRead} chunk reads for a stream of one repeated chunk (and its segment)`);
+  assert.ok(largestReadBytes <= ARCHIVE_UNPACK_WINDOW_BYTES + ARCHIVE_FRAME_RAW_BYTES_MAX, `a read of ${largestReadBytes} bytes`);
+});
+
+test('gc keeps a pack whose trailer it cannot read (no index lists it): its chunks may be live', async () => {
+  const damaged = join(dir.path, 'store-trailer');
+  await (await Archive.init(damaged, { averageChunkBytes: 64 * KiB, zstdLevel: 3 })).close();
+  // More than a pack's worth (16 MiB stored): the damaged pack holds data chunks only, the stream's
+  // segment is in a later one, so gc gets as far as deciding what to delete.
+  const big = await pool.createVolume('big', { sizeBytes: 40 * MiB });
+  await big.write(0, contentBytes(40 * MiB, 5));
+  await pool.snapshot('big', 'big.1', { readOnly: true });
+  await packVolume({ store: damaged, sources: poolSources(pool), volume: 'big.1', name: 's1' });
+  // As if pack was killed before its last index: the packs are found by their trailers alone.
+  for (const name of readdirSync(join(damaged, 'index'))) rmSync(join(damaged, 'index', name));
+  const packs = readdirSync(join(damaged, 'packs')).flatMap((prefix) => readdirSync(join(damaged, 'packs', prefix)).map((packId) => packFile(damaged, packId)));
+  const victim = packs.sort((a, b) => statSync(b).size - statSync(a).size)[0]!;
+  const bytes = readFileSync(victim);
+  bytes[bytes.length - 60]! ^= 0x01; // a bit of the footer's trailer hash
+  writeFileSync(victim, bytes);
+  const before = (await verifyArchive({ store: damaged })).problems;
+  assert.ok(before.length >= 1);
+  const notes: string[] = [];
+  await gcArchive({ store: damaged, onNote: (line) => notes.push(line) });
+  assert.deepEqual(readFileSync(victim), bytes, 'the pack is still there, unchanged');
+  const id = basename(victim);
+  assert.ok(notes.some((line) => line.includes(`kept packs/${id.slice(0, 2)}/${id}`)), notes.join('\n'));
+  // Mending the bit shows nothing was lost.
+  bytes[bytes.length - 60]! ^= 0x01;
+  writeFileSync(victim, bytes);
+  assert.deepEqual((await verifyArchive({ store: damaged })).problems, []);
+  assert.equal(await unpackDigest(damaged, 's1', 'after-kept'), digest(await readVolume(pool, 'big.1')));
 });
