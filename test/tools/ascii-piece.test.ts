@@ -2,6 +2,10 @@
 // fixed text of every length, and pieces handed to a stream in order with text written between.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createWriteStream, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { AsciiPiece, asciiText } from '../../src/tools/dump/ascii-piece.ts';
 import { StreamSink, StringSink } from '../../src/tools/dump/sink.ts';
@@ -60,4 +64,49 @@ test('a stream gets text and pieces in the order they were written, over many pi
   await sink.flush();
   assert.ok(expected.length > 4 * 64 * 1024, 'the lines span several pieces');
   assert.equal(Buffer.concat(received).toString('latin1'), expected);
+});
+
+test('through a file, pieces the stream has written out are filled again, and every line arrives as written', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'thinbd-ascii-piece-'));
+  try {
+    const file = join(dir, 'out');
+    const stream = createWriteStream(file);
+    const sink = new StreamSink(stream);
+    const piece = new AsciiPiece(sink);
+    const line = asciiText('    <different begin="');
+    const end = asciiText('"/>\n');
+    // The pieces the file stream is handed: a piece given back is handed again, with new lines in it.
+    const handed = new Set<ArrayBufferLike>();
+    let handedAgain = 0;
+    const write = stream.write.bind(stream) as (chunk: unknown, callback?: (error?: Error | null) => void) => boolean;
+    stream.write = ((chunk: unknown, ...rest: unknown[]) => {
+      if (chunk instanceof Uint8Array) {
+        if (handed.has(chunk.buffer)) handedAgain += 1;
+        handed.add(chunk.buffer);
+      }
+      return (write as (...args: unknown[]) => boolean)(chunk, ...rest);
+    }) as typeof stream.write;
+    const expected: string[] = [];
+    // The first pieces wait in the stream (corked, not awaited): none may be filled again before
+    // the file has them.
+    stream.cork();
+    for (let index = 0; index < 60_000; index++) {
+      if (index === 10_000) stream.uncork();
+      piece.text(line);
+      piece.decimal(index * 104729);
+      piece.text(end);
+      expected.push(`    <different begin="${index * 104729}"/>\n`);
+      const full = piece.endLine();
+      if (full !== undefined && index >= 10_000) await full;
+    }
+    await piece.flush();
+    await sink.flush();
+    stream.end();
+    await once(stream, 'finish');
+    assert.ok(handedAgain > 0, 'a piece the file has written is filled again');
+    assert.ok(handed.size < 8, `${handed.size} pieces for ${expected.length} lines`);
+    assert.equal(readFileSync(file, 'latin1'), expected.join(''));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -30,6 +30,12 @@ export function asciiText(text: string): AsciiText {
 
 export class AsciiPiece {
   readonly #out: TextSink;
+  /**
+   * Pieces the sink has written out, for the next lines: a fresh piece per 64 KiB cost 16 page
+   * faults, which on a virtual machine came to a tenth of a scattered delta's time
+   * (docs/benchmarks.md, "Tools").
+   */
+  readonly #free: Array<Buffer<ArrayBuffer>> = [];
   #bytes = Buffer.allocUnsafeSlow(DUMP_OUTPUT_BUFFER_BYTES);
   #view = new DataView(this.#bytes.buffer, this.#bytes.byteOffset, this.#bytes.byteLength);
   #at = 0;
@@ -91,11 +97,13 @@ export class AsciiPiece {
   /** Hands what is written so far to the sink; the next lines go into a new piece. */
   flush(): VisitResult {
     if (this.#at === 0) return undefined;
-    const filled = this.#bytes.subarray(0, this.#at);
-    // The sink keeps the bytes until its stream has taken them: a new piece, not this one reused.
-    this.#bytes = Buffer.allocUnsafeSlow(DUMP_OUTPUT_BUFFER_BYTES);
+    const spent = this.#bytes;
+    const filled = spent.subarray(0, this.#at);
+    // The sink keeps the bytes until its stream has written them out: the next lines go into a
+    // piece it has given back, or a new one.
+    this.#bytes = this.#free.pop() ?? Buffer.allocUnsafeSlow(DUMP_OUTPUT_BUFFER_BYTES);
     this.#view = new DataView(this.#bytes.buffer, this.#bytes.byteOffset, this.#bytes.byteLength);
     this.#at = 0;
-    return this.#out.writeBytes(filled);
+    return this.#out.writeBytes(filled, () => this.#free.push(spent));
   }
 }
