@@ -125,7 +125,6 @@ export function storedPieces(data: Uint8Array, lengths: Uint32Array, indexes: nu
     } else if (written === 0) {
       pieces.push({ stored: data.subarray(offsets[index]!, offsets[index]! + lengths[index]!), flags: 0, chunks: [{ position, frameOffsetBytes: 0 }] });
       frameRawBytes = 0;
-      return;
     } else {
       at += written;
       pieces.push({ stored: out.subarray(at - written, at), flags: CHUNK_FLAG_ZSTD, chunks: [{ position, frameOffsetBytes: 0 }] });

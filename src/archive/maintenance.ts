@@ -5,6 +5,7 @@ import { ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX, ARCHI
 import { ChunkIndex } from './chunk-index.ts';
 import { ChunkReader, PackWriter, type Archive } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
+import { compressChunks, storedPieces } from './chunk-jobs.ts';
 import { DirectoryObjectStore } from './directory-store.ts';
 import {
   CHUNK_FLAG_SEGMENT,
@@ -335,7 +336,7 @@ export async function collectGarbage(archive: Archive, onNote: (line: string) =>
       at = end;
       const piece = members[0]!;
       const flags = piece.flags & (CHUNK_FLAG_ZSTD | CHUNK_FLAG_SEGMENT);
-      const stored = bytes.slice(piece.offsetBytes - first.offsetBytes, piece.offsetBytes - first.offsetBytes + piece.storedBytes);
+      const stored = bytes.subarray(piece.offsetBytes - first.offsetBytes, piece.offsetBytes - first.offsetBytes + piece.storedBytes);
       if ((piece.flags & CHUNK_FLAG_ZSTD) === 0) {
         if (Buffer.compare(sha256(stored), piece.hash) !== 0) throw damaged(piece);
         await writer.add(piece.hash, stored, piece.rawBytes, flags);
@@ -358,18 +359,19 @@ export async function collectGarbage(archive: Archive, onNote: (line: string) =>
         await writer.addPiece(stored, members, flags);
         continue;
       }
+      // The live chunks end to end, stored as pack stores a job's new chunks (chunk-jobs.ts).
       const joined = new Uint8Array(liveBytes);
       let joinedBytes = 0;
-      const chunks = members.map((entry) => {
-        const frameOffsetBytes = joinedBytes;
-        joined.set(frame.subarray(entry.frameOffsetBytes, entry.frameOffsetBytes + entry.rawBytes), frameOffsetBytes);
+      for (const entry of members) {
+        joined.set(frame.subarray(entry.frameOffsetBytes, entry.frameOffsetBytes + entry.rawBytes), joinedBytes);
         joinedBytes += entry.rawBytes;
-        return { hash: entry.hash, rawBytes: entry.rawBytes, frameOffsetBytes };
-      });
-      const recompressed = compressor.compress(joined);
-      if (recompressed.length < joined.length) await writer.addPiece(recompressed, chunks, flags);
-      else {
-        for (const chunk of chunks) await writer.add(chunk.hash, joined.slice(chunk.frameOffsetBytes, chunk.frameOffsetBytes + chunk.rawBytes), chunk.rawBytes, flags & ~CHUNK_FLAG_ZSTD);
+      }
+      const lengths = Uint32Array.from(members, (entry) => entry.rawBytes);
+      const indexes = members.map((_, position) => position);
+      const out = new Uint8Array(joined.length);
+      for (const rewritten of storedPieces(joined, lengths, indexes, out, compressChunks(compressor, joined, lengths, indexes, out))) {
+        const chunks = rewritten.chunks.map(({ position, frameOffsetBytes }) => ({ hash: members[position]!.hash, rawBytes: members[position]!.rawBytes, frameOffsetBytes }));
+        await writer.addPiece(rewritten.stored, chunks, rewritten.flags | (flags & CHUNK_FLAG_SEGMENT));
       }
     }
     doomed.push(packId);
