@@ -74,6 +74,10 @@ async function bundle(outfile, plugins = [], entryPoint = entry) {
     format: 'cjs',
     target: 'node20',
     packages: 'external',
+    // import() of a package (the AWS SDK, loaded when a command meets an s3:// URL) becomes a
+    // require: bin/thinbd compiles a bundle as a vm.Script to use V8's code cache, and a script
+    // compiled from a cache has no loader for import() in Node 20.
+    supported: { 'dynamic-import': false },
     // The maps point into dist/*.js, which ship beside the bundles with their own maps to src/:
     // without a copy of every source, the nine bundles' maps are 3.7 MB, not 14 MB.
     sourcemap: true,
@@ -114,7 +118,7 @@ async function bundleImageParseWorker() {
  * names, and bin/thinbd picks this bundle only for that group's commands.
  */
 async function bundleCommandGroups() {
-  const { COMMAND_GROUPS } = await import(pathToFileURL(entry).href);
+  const { COMMAND_GROUPS, buildProgram } = await import(pathToFileURL(entry).href);
   const groupModule = (group) => {
     const found = [...group.load.toString().matchAll(/commands\/([\w-]+)\.js/g)].map((match) => match[1]);
     if (new Set(found).size !== 1) throw new Error(`command group ${group.commands.join(', ')}: loads ${found.length === 0 ? 'no module' : found.join(', ')} from dist/cli/commands/, expected one`);
@@ -137,6 +141,12 @@ async function bundleCommandGroups() {
     };
     await bundle(join(dist, file), [onlyThisGroup]);
     for (const group of COMMAND_GROUPS) if (groupModule(group) === name) for (const command of group.commands) bundles[command] = file;
+  }
+  // "command subcommand" too (`archive pack`): bin/thinbd keeps a code cache per command it runs.
+  const { consoleReporter } = await import(pathToFileURL(join(dist, 'cli', 'report.js')).href);
+  const program = await buildProgram(consoleReporter());
+  for (const command of program.commands) {
+    for (const sub of command.commands) bundles[`${command.name()} ${sub.name()}`] = bundles[command.name()];
   }
   await writeFile(join(dist, 'thinbd-commands.json'), `${JSON.stringify(bundles, null, 2)}\n`);
 }

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { thinbd, THINBD } from './run-thinbd.ts';
@@ -13,18 +13,20 @@ import { thinbd, THINBD } from './run-thinbd.ts';
 const ROOT = resolve(import.meta.dirname, '..', '..');
 
 /** A copy of bin/thinbd beside a fake dist/ whose entry points say which one ran. */
-function fakeInstall(): { dir: string; run: (...args: string[]) => string; age: (path: string, seconds: number) => void } {
+function fakeInstall(extraEnv: Record<string, string> = {}): { dir: string; run: (...args: string[]) => string; age: (path: string, seconds: number) => void } {
   const dir = mkdtempSync(join(tmpdir(), 'thinbd-launcher-'));
   mkdirSync(join(dir, 'bin'));
   mkdirSync(join(dir, 'dist', 'cli'), { recursive: true });
   copyFileSync(THINBD, join(dir, 'bin', 'thinbd'));
+  copyFileSync(join(ROOT, 'bin', 'package.json'), join(dir, 'bin', 'package.json'));
   writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n');
   writeFileSync(join(dir, 'dist', 'thinbd.cjs'), "exports.main = async () => { console.log('bundle'); return 0; };\n");
   writeFileSync(join(dir, 'dist', 'thinbd-check.cjs'), "exports.main = async (argv) => { console.log('check group ' + argv.join(' ')); return 0; };\n");
-  writeFileSync(join(dir, 'dist', 'thinbd-commands.json'), '{ "check": "thinbd-check.cjs", "scrub": "thinbd-check.cjs" }\n');
+  writeFileSync(join(dir, 'dist', 'thinbd-commands.json'), '{ "check": "thinbd-check.cjs", "scrub": "thinbd-check.cjs", "scrub all": "thinbd-check.cjs" }\n');
   writeFileSync(join(dir, 'dist', 'cli', 'main.js'), "export async function main() { console.log('modules'); return 0; }\n");
   const run = (...args: string[]): string => {
-    const result = spawnSync(process.execPath, [join(dir, 'bin', 'thinbd'), ...args], { encoding: 'utf8', timeout: 60_000 });
+    const env = { ...process.env, XDG_CACHE_HOME: join(dir, 'cache'), ...extraEnv };
+    const result = spawnSync(process.execPath, [join(dir, 'bin', 'thinbd'), ...args], { encoding: 'utf8', timeout: 60_000, env });
     assert.equal(result.status, 0, result.stderr);
     return result.stdout.trim();
   };
@@ -96,4 +98,67 @@ test('the build made the bundle, and bin/thinbd runs it', () => {
   const version = thinbd(['--version']);
   assert.equal(version.code, 0, version.stderr);
   assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
+});
+
+/** The code caches of a fake install: file name → modification time (ms). */
+function caches(dir: string): Map<string, number> {
+  const directory = join(dir, 'cache', 'thinbd', 'code-cache');
+  if (statSync(directory, { throwIfNoEntry: false }) === undefined) return new Map();
+  return new Map(readdirSync(directory).map((name) => [name, statSync(join(directory, name)).mtimeMs]));
+}
+
+test('a bundle runs through a code cache per command, written once, in a directory only the user can write', () => {
+  const install = fakeInstall();
+  try {
+    install.age('dist/cli/main.js', 60);
+    assert.equal(install.run('check', '--pool', 'p'), 'check group check --pool p');
+    const first = caches(install.dir);
+    assert.deepEqual([...first.keys()].map((name) => name.split('.').slice(0, 2).join('.')), ['thinbd-check.check']);
+    assert.equal(statSync(join(install.dir, 'cache', 'thinbd', 'code-cache')).mode & 0o777, 0o700);
+    // Accepted by V8 the second time: not written again.
+    assert.equal(install.run('check', '--pool', 'p'), 'check group check --pool p');
+    assert.deepEqual(caches(install.dir), first);
+    // A subcommand the list names has its own cache; the help its own.
+    assert.equal(install.run('scrub', 'all'), 'check group scrub all');
+    assert.equal(install.run('--help'), 'bundle');
+    assert.deepEqual([...caches(install.dir).keys()].map((name) => name.split('.').slice(0, 2).join('.')).sort(), ['thinbd-check.check', 'thinbd-check.scrub-all', 'thinbd.all']);
+    // A cache V8 refuses (not one it made) is ignored and written again.
+    const [name] = [...first.keys()];
+    const path = join(install.dir, 'cache', 'thinbd', 'code-cache', name!);
+    writeFileSync(path, 'not a code cache');
+    assert.equal(install.run('check', '--pool', 'p'), 'check group check --pool p');
+    assert.notEqual(readFileSync(path, 'utf8'), 'not a code cache');
+    // A new build of the bundle gets a new cache, and the old one goes.
+    writeFileSync(join(install.dir, 'dist', 'thinbd-check.cjs'), "exports.main = async () => { console.log('check group, rebuilt'); return 0; };\n");
+    assert.equal(install.run('check'), 'check group, rebuilt');
+    const checkCaches = [...caches(install.dir).keys()].filter((entry) => entry.startsWith('thinbd-check.check.'));
+    assert.equal(checkCaches.length, 1);
+    assert.notEqual(checkCaches[0], name);
+  } finally {
+    rmSync(install.dir, { recursive: true, force: true });
+  }
+});
+
+test('no code cache when it is turned off or its directory is writable by others', () => {
+  const off = fakeInstall({ THINBD_CODE_CACHE: '0' });
+  try {
+    install(off);
+    assert.equal(statSync(join(off.dir, 'cache'), { throwIfNoEntry: false }), undefined);
+  } finally {
+    rmSync(off.dir, { recursive: true, force: true });
+  }
+  const open = fakeInstall();
+  try {
+    mkdirSync(join(open.dir, 'cache', 'thinbd', 'code-cache'), { recursive: true });
+    chmodSync(join(open.dir, 'cache', 'thinbd', 'code-cache'), 0o777);
+    install(open);
+    assert.deepEqual([...caches(open.dir).keys()], []);
+  } finally {
+    rmSync(open.dir, { recursive: true, force: true });
+  }
+
+  function install(fake: ReturnType<typeof fakeInstall>): void {
+    fake.age('dist/cli/main.js', 60);
+    assert.equal(fake.run('check'), 'check group check');
+  }
 });
