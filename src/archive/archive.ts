@@ -250,7 +250,10 @@ interface OpenPack {
 interface PackSink {
   /** Appends bytes; they are copied (or written out) when it resolves. */
   append(bytes: Uint8Array): Promise<void>;
-  /** Appends the parts end to end; they are copied or written out when it resolves. */
+  /**
+   * Appends the parts end to end: their place is taken when called (what is appended next comes
+   * after them), they are copied or written out when it resolves, and end() waits for them.
+   */
   appendParts(parts: Uint8Array[]): Promise<void>;
   /** Everything is appended: nothing of it is left in buffers shared with the next pack. */
   end(): Promise<void>;
@@ -316,16 +319,29 @@ export class PackWriter {
    * addPiece of each piece, in order, the pieces of a pack written out together: a job's pieces
    * go to a directory store in one system call, from where they lie, rather than copied into the
    * staging buffers (which cost 10 ms of a 0.33 s incremental pack: docs/benchmarks.md, "Archive:
-   * the incremental's pipeline"). The caller may reuse the pieces' bytes when it resolves.
+   * the incremental's pipeline"). The caller may reuse the pieces' bytes when it resolves; the
+   * next add does not wait for the disk.
    */
   addPieces(pieces: ReadonlyArray<{ stored: Uint8Array; chunks: PieceChunk[]; flags: number }>): Promise<void> {
-    const added = this.#adding.then(() => this.#addPieces(pieces));
-    this.#adding = added.catch(() => undefined);
-    return added;
+    const placed = this.#adding.then(() => this.#addPieces(pieces));
+    // The next add goes on once these pieces have their places, not once they are on disk.
+    this.#adding = placed.then(
+      () => undefined,
+      () => undefined,
+    );
+    return placed.then((writes) => Promise.all(writes)).then(() => undefined);
   }
 
-  async #addPieces(pieces: ReadonlyArray<{ stored: Uint8Array; chunks: PieceChunk[]; flags: number }>): Promise<void> {
+  /** Places the pieces; resolves to the writes of their bytes (a pack sealed meanwhile has had its writes finished). */
+  async #addPieces(pieces: ReadonlyArray<{ stored: Uint8Array; chunks: PieceChunk[]; flags: number }>): Promise<Array<Promise<void>>> {
     if (this.#failure !== undefined) throw this.#failure;
+    const writes: Array<Promise<void>> = [];
+    const append = (sink: PackSink, parts: Uint8Array[]) => {
+      const written = sink.appendParts(parts);
+      // A failure is seen by the caller (or by the pack's end), not as an unhandled rejection.
+      written.catch(() => undefined);
+      writes.push(written);
+    };
     let parts: Uint8Array[] = [];
     for (const { stored, chunks, flags } of pieces) {
       assert(chunks.length > 0 && (chunks.length === 1 || (flags & CHUNK_FLAG_ZSTD) !== 0), 'a piece of several chunks that is not a frame');
@@ -334,12 +350,13 @@ export class PackWriter {
       parts.push(stored);
       this.#place(pack, stored, chunks, flags);
       if (pack.offsetBytes >= ARCHIVE_PACK_TARGET_BYTES) {
-        await pack.sink.appendParts(parts);
+        append(pack.sink, parts);
         parts = [];
         await this.#seal();
       }
     }
-    if (parts.length > 0) await this.#open!.sink.appendParts(parts);
+    if (parts.length > 0) append(this.#open!.sink, parts);
+    return writes;
   }
 
   /** Lists a piece's chunks in `pack` (and the index) at the pack's end, which the piece then extends. */
@@ -390,7 +407,7 @@ export class PackWriter {
   #bufferedSink(id: string): PackSink {
     let bytes = this.#packBuffer(ARCHIVE_PACK_TARGET_BYTES + PACK_BUFFER_SLACK_BYTES);
     let lengthBytes = 0;
-    const append = async (part: Uint8Array) => {
+    const copy = (part: Uint8Array) => {
       if (lengthBytes + part.length > bytes.length) {
         const larger = this.#packBuffer(lengthBytes + part.length + PACK_BUFFER_SLACK_BYTES);
         larger.set(bytes.subarray(0, lengthBytes), 0);
@@ -400,9 +417,9 @@ export class PackWriter {
       lengthBytes += part.length;
     };
     return {
-      append,
+      append: async (part) => copy(part),
       appendParts: async (parts) => {
-        for (const part of parts) await append(part);
+        for (const part of parts) copy(part);
       },
       end: async () => {},
       commit: async () => {
@@ -437,6 +454,8 @@ export class PackWriter {
       stagedBytes = 0;
     };
     const settled = () => Promise.all(buffers.map((buffer) => buffer.written)).then(() => undefined);
+    /** appendParts' writes, each with its failure handled here too (end reports it). */
+    const direct = new Set<Promise<void>>();
     return {
       append: async (part) => {
         if (stagedBytes + part.length > PACK_STAGING_BYTES) flush();
@@ -449,19 +468,24 @@ export class PackWriter {
         stagedBytes += part.length;
       },
       // After what is staged (it has its place first), straight from where the parts lie.
-      appendParts: async (parts) => {
+      appendParts: (parts) => {
         flush();
-        await writer.writeParts(parts);
+        const written = writer.writeParts(parts);
+        direct.add(written);
+        written.catch(() => undefined);
+        return written;
       },
       end: async () => {
         flush();
         await settled();
+        await Promise.all(direct);
       },
       // After end: the next pack's bytes may fill the staging buffers while this one commits.
       commit: () => writer.commit(),
       abort: async () => {
         stagedBytes = 0;
         await settled().catch(() => undefined);
+        await Promise.allSettled(direct);
         await writer.abort();
       },
     };
