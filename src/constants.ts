@@ -95,6 +95,12 @@ export const ARCHIVE_INDEX_BYTES_MAX = 1024 * 1024 * 1024;
  */
 export const ARCHIVE_JOB_BYTES = 8 * 1024 * 1024;
 /**
+ * Ranges of a volume shorter than a job (an incremental's changed runs) are read into one job
+ * end to end up to this many bytes: fewer round trips to the worker threads, while the pages of
+ * the job buffers touched stay few (docs/benchmarks.md, "Archive: the incremental's pipeline").
+ */
+export const ARCHIVE_JOB_GATHER_BYTES = 2 * 1024 * 1024;
+/**
  * Bytes a pack expects to read (a small incremental) up to which it chunks, hashes and compresses
  * on its own thread rather than start worker threads (~85 ms of CPU each to start).
  */

@@ -35,11 +35,15 @@ export interface StoredPiece extends StoredChunk {
 
 /** Also decodes chunks read back (chunk-decode.ts), for unpack and verify. */
 export interface ChunkJobs extends ChunkDecoder {
-  /** Cuts and hashes `data` (the job keeps it until `compress`). */
-  chunk(data: Uint8Array): Promise<{ id: number; result: ChunkedJob }>;
+  /**
+   * Cuts and hashes `data` (the job keeps it until `compress`). `rangeEnds` (increasing, the last
+   * data.length; default one range) are where the ranges of the volume that the job holds end to
+   * end end in it: each range is cut as if it were a job alone (its end is a cut).
+   */
+  chunk(data: Uint8Array, rangeEnds?: number[]): Promise<{ id: number; result: ChunkedJob }>;
   /**
    * The stored form of the chunks at `indexes` (increasing) of job `id`, as pieces, then forgets
-   * the job. Frames are written into `out` (shared memory, at least as long as the job), raw
+   * the job. A frame holds chunks of one range only. Frames are written into `out` (shared memory, at least as long as the job), raw
    * chunks stay where they are: each `stored` is a view of `out` or of the job's bytes, valid
    * until the caller reuses them.
    */
@@ -47,14 +51,25 @@ export interface ChunkJobs extends ChunkDecoder {
   close(): Promise<void>;
 }
 
-/** Cuts the whole of `data` (its end is a cut) and hashes the chunks. */
-export function chunkAndHash(chunker: Chunker, data: Uint8Array): ChunkedJob {
+/** A job chunked: its chunks, and which of them begin a range (compressChunks ends frames there). */
+export interface ChunkedRanges extends ChunkedJob {
+  rangeFirsts: Set<number>;
+}
+
+/** Cuts each range of `data` (ending at `rangeEnds`, the last at data.length; each end is a cut) and hashes the chunks. */
+export function chunkAndHash(chunker: Chunker, data: Uint8Array, rangeEnds: readonly number[] = [data.length]): ChunkedRanges {
+  assert(rangeEnds.length > 0 && rangeEnds[rangeEnds.length - 1] === data.length, 'ranges that do not end at the job\'s end');
   const lengths: number[] = [];
+  const rangeFirsts = new Set<number>();
   let begin = 0;
-  while (begin < data.length) {
-    const end = chunker.cut(data, begin, data.length, true);
-    lengths.push(end - begin);
-    begin = end;
+  for (const rangeEnd of rangeEnds) {
+    assert(rangeEnd >= begin, 'range ends out of order');
+    rangeFirsts.add(lengths.length);
+    while (begin < rangeEnd) {
+      const end = chunker.cut(data, begin, rangeEnd, true);
+      lengths.push(end - begin);
+      begin = end;
+    }
   }
   const hashes = new Uint8Array(lengths.length * HASH_BYTES);
   begin = 0;
@@ -62,7 +77,7 @@ export function chunkAndHash(chunker: Chunker, data: Uint8Array): ChunkedJob {
     hashes.set(sha256(data.subarray(begin, begin + length)), index * HASH_BYTES);
     begin += length;
   });
-  return { lengths: Uint32Array.from(lengths), hashes };
+  return { lengths: Uint32Array.from(lengths), hashes, rangeFirsts };
 }
 
 /** A chunk's stored form: its zstd frame, or the raw bytes (a copy) when that is not smaller (F-AR-CHUNK-2). */
@@ -78,13 +93,21 @@ export const FRAME_CONTINUES = 0xffffffff;
 
 /**
  * Compresses the chunks at `indexes` (increasing) of a job into `out`, frames end to end: each
- * frame holds adjacent chunks (neighbours in the job, both new) up to ARCHIVE_FRAME_TARGET_BYTES
- * together, or one longer chunk, and is kept only when smaller than its chunks (F-AR-CHUNK-2);
+ * frame holds adjacent chunks (neighbours in the job, both new, the second not the first of a
+ * range in `rangeFirsts`: a frame stays within one range of the volume) up to
+ * ARCHIVE_FRAME_TARGET_BYTES together, or one longer chunk, and is kept only when smaller than its chunks (F-AR-CHUNK-2);
  * otherwise they are stored raw, each alone. Returns, per chunk, the length of the frame it
  * begins, FRAME_CONTINUES when it continues the one before, 0 when it is stored raw (a zstd frame
  * is never empty); storedPieces turns them into pieces.
  */
-export function compressChunks(compressor: ZstdCompressor, data: Uint8Array, lengths: Uint32Array, indexes: number[], out: Uint8Array): Uint32Array {
+export function compressChunks(
+  compressor: ZstdCompressor,
+  data: Uint8Array,
+  lengths: Uint32Array,
+  indexes: number[],
+  out: Uint8Array,
+  rangeFirsts: ReadonlySet<number> = new Set(),
+): Uint32Array {
   const offsets = chunkOffsets(lengths);
   const frameBytes = new Uint32Array(indexes.length);
   let at = 0;
@@ -92,7 +115,12 @@ export function compressChunks(compressor: ZstdCompressor, data: Uint8Array, len
     const begin = offsets[indexes[first]!]!;
     let end = begin + lengths[indexes[first]!]!;
     let next = first + 1;
-    while (next < indexes.length && indexes[next] === indexes[next - 1]! + 1 && end - begin + lengths[indexes[next]!]! <= ARCHIVE_FRAME_TARGET_BYTES) {
+    while (
+      next < indexes.length &&
+      indexes[next] === indexes[next - 1]! + 1 &&
+      !rangeFirsts.has(indexes[next]!) &&
+      end - begin + lengths[indexes[next]!]! <= ARCHIVE_FRAME_TARGET_BYTES
+    ) {
       end += lengths[indexes[next]!]!;
       next += 1;
     }
@@ -148,27 +176,29 @@ function chunkOffsets(lengths: Uint32Array): Uint32Array {
 export class InlineChunkJobs implements ChunkJobs {
   readonly #chunker: Chunker;
   readonly #compressor: ZstdCompressor;
-  readonly #jobs = new Map<number, { data: Uint8Array; lengths: Uint32Array }>();
+  readonly #jobs = new Map<number, { data: Uint8Array; chunked: ChunkedRanges }>();
   readonly #decoder = new InlineChunkDecoder();
   #nextId = 1;
 
   constructor(params: ChunkerParams, level: number) {
     this.#chunker = new Chunker(params);
+    Chunker.warmUp();
     this.#compressor = new ZstdCompressor(level);
   }
 
-  async chunk(data: Uint8Array): Promise<{ id: number; result: ChunkedJob }> {
-    const result = chunkAndHash(this.#chunker, data);
+  async chunk(data: Uint8Array, rangeEnds?: number[]): Promise<{ id: number; result: ChunkedJob }> {
+    const chunked = chunkAndHash(this.#chunker, data, rangeEnds);
     const id = this.#nextId++;
-    this.#jobs.set(id, { data, lengths: result.lengths });
-    return { id, result };
+    this.#jobs.set(id, { data, chunked });
+    return { id, result: { lengths: chunked.lengths, hashes: chunked.hashes } };
   }
 
   async compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredPiece[]> {
     const job = this.#jobs.get(id)!;
     this.#jobs.delete(id);
     assert(out.length >= job.data.length, 'an output buffer shorter than its job');
-    return storedPieces(job.data, job.lengths, indexes, out, compressChunks(this.#compressor, job.data, job.lengths, indexes, out));
+    const { lengths, rangeFirsts } = job.chunked;
+    return storedPieces(job.data, lengths, indexes, out, compressChunks(this.#compressor, job.data, lengths, indexes, out, rangeFirsts));
   }
 
   decode(bytes: Uint8Array, items: DecodeItem[], targets?: Uint8Array[]): Promise<DecodeOutcome> {

@@ -9,7 +9,7 @@ import { decodeChunks, type DecodeItem, type DecodeOutcome } from './chunk-decod
 import { HASH_BYTES } from './format.ts';
 
 export type WorkerRequest =
-  | { type: 'chunk'; id: number; data: Uint8Array }
+  | { type: 'chunk'; id: number; data: Uint8Array; rangeEnds?: number[] }
   | { type: 'compress'; id: number; indexes: number[]; out: Uint8Array }
   | { type: 'decode'; id: number; bytes: Uint8Array; places: Array<Omit<DecodeItem, 'hash'>>; hashes: Uint8Array; targets?: Uint8Array[] };
 export type WorkerReply =
@@ -20,17 +20,19 @@ export type WorkerReply =
 
 const { params, level } = workerData as { params: ChunkerParams; level: number };
 const chunker = new Chunker(params);
+// Before the first job arrives (the main thread is loading the store's index meanwhile).
+Chunker.warmUp();
 const compressor = new ZstdCompressor(level);
 const decompressor = new ZstdDecompressor();
-const jobs = new Map<number, { data: Uint8Array; lengths: Uint32Array }>();
+const jobs = new Map<number, { data: Uint8Array; lengths: Uint32Array; rangeFirsts: Set<number> }>();
 const port = parentPort!;
 
 port.on('message', (request: WorkerRequest) => {
   try {
     if (request.type === 'chunk') {
-      const result = chunkAndHash(chunker, request.data);
+      const result = chunkAndHash(chunker, request.data, request.rangeEnds);
       // The lengths go to the main thread (transferred); the job keeps its own copy.
-      jobs.set(request.id, { data: request.data, lengths: result.lengths.slice() });
+      jobs.set(request.id, { data: request.data, lengths: result.lengths.slice(), rangeFirsts: result.rangeFirsts });
       const reply: WorkerReply = { type: 'chunked', id: request.id, lengths: result.lengths, hashes: result.hashes };
       port.postMessage(reply, [result.lengths.buffer as ArrayBuffer, result.hashes.buffer as ArrayBuffer]);
     } else if (request.type === 'decode') {
@@ -42,7 +44,7 @@ port.on('message', (request: WorkerRequest) => {
       const job = jobs.get(request.id)!;
       jobs.delete(request.id);
       // The frames go into the caller's shared buffer; only their lengths travel back.
-      const frameBytes = compressChunks(compressor, job.data, job.lengths, request.indexes, request.out);
+      const frameBytes = compressChunks(compressor, job.data, job.lengths, request.indexes, request.out, job.rangeFirsts);
       const reply: WorkerReply = { type: 'compressed', id: request.id, frameBytes };
       port.postMessage(reply, [frameBytes.buffer as ArrayBuffer]);
     }

@@ -109,7 +109,7 @@ export class WorkerChunkJobs implements ChunkJobs {
     });
   }
 
-  async chunk(data: Uint8Array): Promise<{ id: number; result: ChunkedJob }> {
+  async chunk(data: Uint8Array, rangeEnds?: number[]): Promise<{ id: number; result: ChunkedJob }> {
     const workers = this.#workers ?? this.#start();
     const entry = workers.reduce((best, candidate) => (candidate.jobs < best.jobs ? candidate : best));
     const id = this.#nextId++;
@@ -117,7 +117,7 @@ export class WorkerChunkJobs implements ChunkJobs {
     // Shared memory is read by the worker where it lies (the caller keeps it until compress, whose
     // raw chunks are views of it).
     assert(data.buffer instanceof SharedArrayBuffer, 'a job outside shared memory');
-    const reply = await this.#send(entry, { type: 'chunk', id, data });
+    const reply = await this.#send(entry, { type: 'chunk', id, data, ...(rangeEnds === undefined ? {} : { rangeEnds }) });
     assert(reply.type === 'chunked', 'a chunk reply');
     this.#owner.set(id, { entry, data, lengths: reply.lengths });
     return { id, result: { lengths: reply.lengths, hashes: reply.hashes } };

@@ -45,6 +45,9 @@ function highBitsMask(bits: number): number {
   return ~((1 << (32 - bits)) - 1) | 0;
 }
 
+/** Whether Chunker.warmUp ran in this thread. */
+let warmedUp = false;
+
 export class Chunker {
   readonly params: ChunkerParams;
   readonly #maskSmall: number;
@@ -53,7 +56,9 @@ export class Chunker {
   constructor(params: ChunkerParams) {
     const { minBytes, averageBytes, maxBytes } = params;
     assert(minBytes >= 1 && minBytes < averageBytes && averageBytes < maxBytes, `chunk sizes ${minBytes} < ${averageBytes} < ${maxBytes}`);
-    this.params = params;
+    // A fresh object of one shape, whatever made `params` (a worker's is a structured clone): `cut`
+    // reads it, and the JIT's code for `cut` expects the shape it has seen (see warmUp).
+    this.params = { minBytes, averageBytes, maxBytes };
     const bits = Math.log2(averageBytes);
     assert(Number.isInteger(bits), `average chunk size ${averageBytes} is not a power of two`);
     this.#maskSmall = highBitsMask(bits + 2);
@@ -109,6 +114,34 @@ export class Chunker {
     }
     if (limit - begin === maxBytes || final) return limit;
     return -1;
+  }
+
+  /**
+   * Runs `cut` over a few hundred small chunks of fixed bytes, once per thread, so that the JIT
+   * has seen every way through it before it optimizes it. V8 optimizes `cut` while its first long
+   * loop runs (on-stack replacement), when only the loop has type feedback; each path reached for
+   * the first time after that (a return site of the unrolled loop, the byte-at-a-time tail before
+   * a range's end, a forced cut at the maximum) deoptimizes it, and it runs unoptimized (about
+   * 70 MB/s instead of 2 GB/s) until it is compiled again. A fresh worker thread spent the first
+   * 1–2 MB of its jobs so: 15–35 ms for each of pack's first jobs of 400 KB (docs/benchmarks.md,
+   * "Archive: the incremental's pipeline"). A chunker of 256-byte average runs the same code:
+   * ranges of pseudo-random bytes with ends that are not multiples of 8 (the tail), then zeros (no
+   * cut: the maximum, and a range's end), ~2 ms here. Cuts do not depend on it.
+   */
+  static warmUp(): void {
+    if (warmedUp) return;
+    warmedUp = true;
+    const small = new Chunker(chunkerParams(256));
+    const data = new Uint8Array(48 * 1024 + 3);
+    let seed = 1;
+    for (let index = 0; index < 32 * 1024; index += 1) {
+      seed = (Math.imul(seed, 1103515245) + 12345) | 0;
+      data[index] = seed >>> 24;
+    }
+    let begin = 0;
+    for (let end = 999; begin < data.length; end = Math.min(data.length, end + 997)) {
+      while (begin < end) begin = small.cut(data, begin, end, true);
+    }
   }
 
   /** Every chunk length of data taken as one whole range (tests and measurements). */

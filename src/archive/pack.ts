@@ -17,7 +17,7 @@
 // object that no stream needs (gc removes them, or the next pack reuses their chunks), or a whole
 // stream, never a half one.
 import { ThinError, assert } from '../errors.ts';
-import { ARCHIVE_INLINE_BYTES_MAX, ARCHIVE_JOB_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
+import { ARCHIVE_INLINE_BYTES_MAX, ARCHIVE_JOB_BYTES, ARCHIVE_JOB_GATHER_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
 import type { MappedRun } from '../pool/volume.ts';
 import { DeltaKind, deltaSteps } from '../tools/delta.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
@@ -145,6 +145,40 @@ interface BaseChunk {
   ref: ChunkRef;
 }
 
+/** Ranges of fresh volume bytes read into one job end to end; `job` resolves to each range's chunks once it started. */
+interface GatheredJob {
+  ranges: ByteRange[];
+  bytes: number;
+  job?: Promise<ChunkRef[][]>;
+}
+
+/** A piece of a run: a chunk of the base stream reused, or a range of a job. */
+type Piece = ChunkRef | { gathered: GatheredJob; range: number };
+
+interface PlannedSegment {
+  segment: number;
+  runs: ByteRange[];
+  planned: Array<{ run: ByteRange; pieces: Piece[] }>;
+}
+
+/** A job's chunk refs split by the ranges it held (ending at `rangeEnds` in it); each range ends at a cut. */
+export function refsByRange(refs: ChunkRef[], rangeEnds: readonly number[]): ChunkRef[][] {
+  const byRange: ChunkRef[][] = [];
+  let chunk = 0;
+  let offset = 0;
+  for (const end of rangeEnds) {
+    const first = chunk;
+    while (offset < end) {
+      offset += refs[chunk]!.rawBytes;
+      chunk += 1;
+    }
+    assert(offset === end, 'a chunk across the end of a range');
+    byRange.push(refs.slice(first, chunk));
+  }
+  assert(chunk === refs.length, 'chunks beyond the last range');
+  return byRange;
+}
+
 /**
  * Packs `source` into a new stream named options.name and returns its root. The caller holds a
  * shared store lock.
@@ -207,23 +241,29 @@ export async function packStream(archive: Archive, source: PackSource, options: 
   const takeBuffers = (): JobBuffers =>
     freeBuffers.pop() ?? { data: new Uint8Array(new SharedArrayBuffer(ARCHIVE_JOB_BYTES)), out: new Uint8Array(new SharedArrayBuffer(ARCHIVE_JOB_BYTES)) };
 
-  /** Reads, chunks and stores volume bytes [begin, end) (one job); resolves to its chunk refs. */
-  const runJob = async (begin: number, end: number): Promise<ChunkRef[]> => {
-    assert(end - begin <= ARCHIVE_JOB_BYTES, 'a job larger than a job buffer');
+  /** Reads, chunks and stores volume ranges (one job, end to end in its buffer); resolves to each range's chunk refs. */
+  const runJob = async (ranges: ByteRange[]): Promise<ChunkRef[][]> => {
+    const bytes = ranges.reduce((sum, range) => sum + range.end - range.begin, 0);
+    assert(bytes <= ARCHIVE_JOB_BYTES, 'a job larger than a job buffer');
     const buffers = takeBuffers();
     try {
-      return await chunkAndStore(begin, buffers.data.subarray(0, end - begin), buffers.out);
+      return await chunkAndStore(ranges, buffers.data.subarray(0, bytes), buffers.out);
     } finally {
       freeBuffers.push(buffers);
     }
   };
 
-  /** runJob's work, on bytes [begin, end) read into `data`; `data` and `out` are free again when it resolves. */
-  const chunkAndStore = async (begin: number, data: Uint8Array, out: Uint8Array): Promise<ChunkRef[]> => {
-    await source.read(begin, data);
+  /** runJob's work, on `ranges` read into `data`; `data` and `out` are free again when it resolves. */
+  const chunkAndStore = async (ranges: ByteRange[], data: Uint8Array, out: Uint8Array): Promise<ChunkRef[][]> => {
+    const rangeEnds: number[] = [];
+    for (const range of ranges) {
+      const at = rangeEnds[rangeEnds.length - 1] ?? 0;
+      await source.read(range.begin, data.subarray(at, at + range.end - range.begin));
+      rangeEnds.push(at + range.end - range.begin);
+    }
     stats.bytesRead += data.length;
     report();
-    const { id, result } = await jobs.chunk(data);
+    const { id, result } = await jobs.chunk(data, rangeEnds);
     const refs: ChunkRef[] = [];
     const fresh: number[] = [];
     for (let chunk = 0; chunk < result.lengths.length; chunk += 1) {
@@ -235,25 +275,25 @@ export async function packStream(archive: Archive, source: PackSource, options: 
       pendingNew.add(hex);
       fresh.push(chunk);
     }
-    // Adjacent new chunks share a zstd frame (F-AR-CHUNK-2); each is still named and found alone.
-    for (const piece of await jobs.compress(id, fresh, out)) {
-      const chunks = piece.chunks.map(({ position, frameOffsetBytes }) => ({ ...refs[fresh[position]!]!, frameOffsetBytes }));
-      await writer.addPiece(piece.stored, chunks, piece.flags);
-      for (const chunk of chunks) {
+    // Adjacent new chunks of a range share a zstd frame (F-AR-CHUNK-2); each is still named and found alone.
+    const pieces = (await jobs.compress(id, fresh, out)).map((piece) => ({ ...piece, chunks: piece.chunks.map(({ position, frameOffsetBytes }) => ({ ...refs[fresh[position]!]!, frameOffsetBytes })) }));
+    await writer.addPieces(pieces);
+    for (const piece of pieces) {
+      for (const chunk of piece.chunks) {
         pendingNew.delete(hashHex(chunk.hash));
         stats.bytesNew += chunk.rawBytes;
         stats.newChunkCount += 1;
       }
       stats.bytesStored += piece.stored.length;
     }
-    return refs;
+    return refsByRange(refs, rangeEnds);
   };
 
-  /** Starts a job once fewer than the maximum are in flight; `job` resolves to its refs. */
-  const startJob = async (begin: number, end: number): Promise<{ job: Promise<ChunkRef[]> }> => {
+  /** Starts a job once fewer than the maximum are in flight; `job` resolves to each range's refs. */
+  const startJob = async (ranges: ByteRange[]): Promise<{ job: Promise<ChunkRef[][]> }> => {
     while (inFlight.size >= ARCHIVE_JOBS_IN_FLIGHT_MAX) await Promise.race(inFlight);
     if (failure !== undefined) throw failure;
-    const job = runJob(begin, end);
+    const job = runJob(ranges);
     const tracked = job.then(
       () => undefined,
       (error: unknown) => {
@@ -265,17 +305,103 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     return { job };
   };
 
-  /** Jobs for fresh bytes [begin, end), cut at multiples of ARCHIVE_JOB_BYTES. */
-  const freshJobs = async (begin: number, end: number, into: Array<ChunkRef | Promise<ChunkRef[]>>) => {
+  // Fresh bytes are gathered into jobs of up to ARCHIVE_JOB_BYTES, several ranges to a job: an
+  // incremental's changed runs are a few hundred KiB each, and a job apiece cost two round trips
+  // to a worker thread per run, which kept the workers and this thread waiting on each other
+  // (docs/benchmarks.md, "Archive: the incremental's pipeline"). Each range is still cut alone,
+  // so the chunks are those of a job per range.
+  let gathering: GatheredJob | undefined;
+
+  /** Adds fresh bytes [begin, end) to the job being gathered, started first when they would not fit in it. */
+  const gather = async (begin: number, end: number, into: Piece[]) => {
+    if (gathering !== undefined && gathering.bytes + end - begin > ARCHIVE_JOB_GATHER_BYTES) await startGathered();
+    gathering ??= { ranges: [], bytes: 0 };
+    into.push({ gathered: gathering, range: gathering.ranges.length });
+    gathering.ranges.push({ begin, end });
+    gathering.bytes += end - begin;
+  };
+
+  /** Starts the job being gathered, if any. */
+  const startGathered = async () => {
+    const gathered = gathering;
+    if (gathered === undefined) return;
+    gathering = undefined;
+    gathered.job = (await startJob(gathered.ranges)).job;
+  };
+
+  /** Fresh bytes [begin, end) into jobs, cut at multiples of ARCHIVE_JOB_BYTES. */
+  const freshJobs = async (begin: number, end: number, into: Piece[]) => {
     for (let position = begin; position < end; ) {
       const jobEnd = Math.min(end, (Math.floor(position / ARCHIVE_JOB_BYTES) + 1) * ARCHIVE_JOB_BYTES);
-      into.push((await startJob(position, jobEnd)).job);
+      await gather(position, jobEnd, into);
       position = jobEnd;
     }
   };
 
+  /** Plans a segment: its runs as pieces, base chunks reused where the volumes share blocks, jobs for the rest. */
+  const planSegment = async (segment: number, runs: ByteRange[]): Promise<PlannedSegment> => {
+    const baseRef = baseSegments.get(segment);
+    const baseChunks: BaseChunk[] = [];
+    if (baseRef !== undefined && base !== undefined) {
+      for (const run of (await archive.readSegment(reader, base.root, baseRef)).runs) {
+        let position = run.beginBytes;
+        for (const ref of run.chunks) {
+          baseChunks.push({ begin: position, end: position + ref.rawBytes, ref });
+          position += ref.rawBytes;
+        }
+      }
+    }
+    const planned: PlannedSegment['planned'] = [];
+    let baseAt = 0;
+    for (const run of runs) {
+      const pieces: Piece[] = [];
+      let position = run.begin;
+      while (baseAt < baseChunks.length && baseChunks[baseAt]!.end <= run.begin) baseAt += 1;
+      for (; baseAt < baseChunks.length && baseChunks[baseAt]!.begin < run.end; baseAt += 1) {
+        const chunk = baseChunks[baseAt]!;
+        if (chunk.begin < position || chunk.end > run.end) continue;
+        if (!coveredBy(same, Math.floor(chunk.begin / bs), Math.ceil(chunk.end / bs))) continue;
+        await freshJobs(position, chunk.begin, pieces);
+        pieces.push(chunk.ref);
+        position = chunk.end;
+      }
+      await freshJobs(position, run.end, pieces);
+      planned.push({ run, pieces });
+    }
+    return { segment, runs, planned };
+  };
+
+  /** Waits for a planned segment's jobs (started by then), then stores the segment. */
+  const storeSegment = async ({ segment, runs, planned }: PlannedSegment) => {
+    const streamRuns: StreamRun[] = [];
+    for (const { run, pieces } of planned) {
+      const chunks: ChunkRef[] = [];
+      for (const piece of pieces) {
+        if (!('gathered' in piece)) chunks.push(piece);
+        else {
+          assert(piece.gathered.job !== undefined, 'a job awaited before it started');
+          chunks.push(...(await piece.gathered.job)[piece.range]!);
+        }
+      }
+      stats.chunkCount += chunks.length;
+      streamRuns.push({ beginBytes: run.begin, lengthBytes: run.end - run.begin, chunks });
+    }
+    if (failure !== undefined) throw failure;
+    const encoded = encodeSegment({ index: segment, runs: streamRuns });
+    const hash = sha256(encoded);
+    if (!index.has(hash)) {
+      const { stored, flags } = storeChunk(segmentCompressor, encoded);
+      await writer.add(hash, stored, encoded.length, flags | CHUNK_FLAG_SEGMENT);
+      stats.bytesStored += stored.length;
+    }
+    segmentRefs.push({ index: segment, hash, rawBytes: encoded.length, mappedBytes: runs.reduce((sum, run) => sum + run.end - run.begin, 0) });
+  };
+
   const segmentRefs: SegmentRef[] = [];
   try {
+    // A segment is stored once the next one is planned (its jobs started), so that the jobs of
+    // one segment run while those of the one before finish.
+    let previous: PlannedSegment | undefined;
     let rangeIndex = 0;
     while (rangeIndex < ranges.length) {
       const segment = Math.floor(ranges[rangeIndex]!.begin / segmentBytes);
@@ -292,54 +418,15 @@ export async function packStream(archive: Archive, source: PackSource, options: 
           break;
         }
       }
-      const baseRef = baseSegments.get(segment);
-      const baseChunks: BaseChunk[] = [];
-      if (baseRef !== undefined && base !== undefined) {
-        for (const run of (await archive.readSegment(reader, base.root, baseRef)).runs) {
-          let position = run.beginBytes;
-          for (const ref of run.chunks) {
-            baseChunks.push({ begin: position, end: position + ref.rawBytes, ref });
-            position += ref.rawBytes;
-          }
-        }
+      const planned = await planSegment(segment, runs);
+      if (previous !== undefined) {
+        await startGathered();
+        await storeSegment(previous);
       }
-      const planned: Array<{ run: ByteRange; pieces: Array<ChunkRef | Promise<ChunkRef[]>> }> = [];
-      let baseAt = 0;
-      for (const run of runs) {
-        const pieces: Array<ChunkRef | Promise<ChunkRef[]>> = [];
-        let position = run.begin;
-        while (baseAt < baseChunks.length && baseChunks[baseAt]!.end <= run.begin) baseAt += 1;
-        for (; baseAt < baseChunks.length && baseChunks[baseAt]!.begin < run.end; baseAt += 1) {
-          const chunk = baseChunks[baseAt]!;
-          if (chunk.begin < position || chunk.end > run.end) continue;
-          if (!coveredBy(same, Math.floor(chunk.begin / bs), Math.ceil(chunk.end / bs))) continue;
-          await freshJobs(position, chunk.begin, pieces);
-          pieces.push(chunk.ref);
-          position = chunk.end;
-        }
-        await freshJobs(position, run.end, pieces);
-        planned.push({ run, pieces });
-      }
-      const streamRuns: StreamRun[] = [];
-      for (const { run, pieces } of planned) {
-        const chunks: ChunkRef[] = [];
-        for (const piece of pieces) {
-          if (piece instanceof Promise) chunks.push(...(await piece));
-          else chunks.push(piece);
-        }
-        stats.chunkCount += chunks.length;
-        streamRuns.push({ beginBytes: run.begin, lengthBytes: run.end - run.begin, chunks });
-      }
-      if (failure !== undefined) throw failure;
-      const encoded = encodeSegment({ index: segment, runs: streamRuns });
-      const hash = sha256(encoded);
-      if (!index.has(hash)) {
-        const { stored, flags } = storeChunk(segmentCompressor, encoded);
-        await writer.add(hash, stored, encoded.length, flags | CHUNK_FLAG_SEGMENT);
-        stats.bytesStored += stored.length;
-      }
-      segmentRefs.push({ index: segment, hash, rawBytes: encoded.length, mappedBytes: runs.reduce((sum, run) => sum + run.end - run.begin, 0) });
+      previous = planned;
     }
+    await startGathered();
+    if (previous !== undefined) await storeSegment(previous);
     await Promise.all(inFlight);
     if (failure !== undefined) throw failure;
     await writer.finishPacks();

@@ -33,6 +33,8 @@ export interface StoredObject {
 export interface ObjectWriter {
   /** Appends bytes (in the order of the calls, which may overlap); they are copied (or written out) when it resolves. */
   write(bytes: Uint8Array): Promise<void>;
+  /** write() of the parts end to end, in one system call where it can: each is written out (not copied) when it resolves. */
+  writeParts(parts: readonly Uint8Array[]): Promise<void>;
   /** Makes the object visible, whole, as put does: durable when it resolves (after every write has). */
   commit(): Promise<void>;
   /** Drops what was written; the key is left as it was. */

@@ -9,6 +9,7 @@ import { Chunker, chunkerParams } from '../../src/archive/chunker.ts';
 import { InlineChunkJobs } from '../../src/archive/chunk-jobs.ts';
 import { WorkerChunkJobs } from '../../src/archive/chunk-workers.ts';
 import { CHUNK_FLAG_ZSTD } from '../../src/archive/format.ts';
+import { refsByRange } from '../../src/archive/pack.ts';
 
 /** Deterministic pseudo-random bytes (xorshift32). */
 function pseudoRandom(lengthBytes: number, seed: number): Uint8Array {
@@ -187,3 +188,81 @@ test('workers left unclosed by a caller that failed before its first job do not 
   assert.equal(result.signal, null, `the process was still running after 60 s: ${result.stderr}`);
   assert.equal(result.status, 0, result.stderr);
 });
+
+test('a job of several ranges cuts each range as a job of its own, on this thread and on workers, and no frame spans two ranges', async () => {
+  const params = chunkerParams(16 * 1024);
+  // Ranges of very different sizes (one shorter than a minimum chunk, one empty), end to end in one job.
+  const ranges = [compressible(200 * 1024 + 5, 30), repeated(3), compressible(300 * 1024, 31), new Uint8Array(0), pseudoRandom(7 * 1024, 32), compressible(600 * 1024 + 3, 33)];
+  const rangeEnds: number[] = [];
+  for (const range of ranges) rangeEnds.push((rangeEnds[rangeEnds.length - 1] ?? 0) + range.length);
+  const joined = new Uint8Array(new SharedArrayBuffer(rangeEnds[rangeEnds.length - 1]!));
+  ranges.forEach((range, index) => joined.set(range, index === 0 ? 0 : rangeEnds[index - 1]));
+
+  // Each range alone, as its own job.
+  const alone = new Chunker(params);
+  const expectedLengths = ranges.flatMap((range) => alone.lengths(range));
+  const expectedHashes = Buffer.concat(ranges.flatMap((range) => {
+    const hashes: Buffer[] = [];
+    let begin = 0;
+    for (const length of alone.lengths(range)) {
+      hashes.push(createHash('sha256').update(range.subarray(begin, begin + length)).digest());
+      begin += length;
+    }
+    return hashes;
+  }));
+  // The first chunk of each range that has any.
+  const rangeFirsts = new Set<number>();
+  let first = 0;
+  for (const range of ranges) {
+    if (range.length > 0) rangeFirsts.add(first);
+    first += alone.lengths(range).length;
+  }
+
+  const inline = new InlineChunkJobs(params, 3);
+  const workers = new WorkerChunkJobs(params, 3, 2);
+  try {
+    for (const jobs of [inline, workers]) {
+      const { id, result } = await jobs.chunk(joined, rangeEnds);
+      assert.deepEqual(Array.from(result.lengths), expectedLengths);
+      assert.ok(Buffer.from(result.hashes).equals(expectedHashes));
+      const everyChunk = Array.from(result.lengths, (_, index) => index);
+      const pieces = await jobs.compress(id, everyChunk, new Uint8Array(new SharedArrayBuffer(joined.length)));
+      assert.deepEqual(pieces.flatMap((piece) => piece.chunks.map((chunk) => chunk.position)), everyChunk);
+      assert.ok(pieces.some((piece) => piece.chunks.length > 1), 'frames of several chunks');
+      for (const piece of pieces) {
+        assert.ok(piece.chunks.slice(1).every((chunk) => !rangeFirsts.has(chunk.position)), `a frame that runs into the next range (${piece.chunks.map((chunk) => chunk.position).join(', ')})`);
+      }
+    }
+  } finally {
+    await workers.close();
+    await inline.close();
+  }
+});
+
+test('warming the chunker up leaves its cuts as they were', () => {
+  const data = pseudoRandom(2 * 1024 * 1024 + 7, 41);
+  const before = new Chunker(chunkerParams(64 * 1024)).lengths(data);
+  Chunker.warmUp();
+  Chunker.warmUp();
+  assert.deepEqual(new Chunker(chunkerParams(64 * 1024)).lengths(data), before);
+});
+
+test('refsByRange splits a job\'s chunks at the ends of its ranges, and refuses a chunk across one', () => {
+  const ref = (rawBytes: number) => ({ hash: new Uint8Array(32), rawBytes });
+  const refs = [ref(10), ref(5), ref(7), ref(1)];
+  assert.deepEqual(refsByRange(refs, [15, 15, 22, 23]).map((range) => range.map((chunk) => chunk.rawBytes)), [[10, 5], [], [7], [1]]);
+  assert.throws(() => refsByRange(refs, [12, 23]), /a chunk across the end of a range/);
+  assert.throws(() => refsByRange(refs, [15]), /chunks beyond the last range/);
+});
+
+/** Bytes that compress (text with a little noise). */
+function compressible(lengthBytes: number, seed: number): Uint8Array {
+  const noise = pseudoRandom(lengthBytes, seed);
+  const bytes = new Uint8Array(lengthBytes);
+  for (let index = 0; index < lengthBytes; index += 1) bytes[index] = index % 64 === 0 ? noise[index]! : 97 + ((index >> 3) % 26);
+  return bytes;
+}
+
+function repeated(lengthBytes: number): Uint8Array {
+  return new Uint8Array(lengthBytes).fill(120);
+}

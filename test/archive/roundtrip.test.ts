@@ -252,3 +252,55 @@ test('unpack into a new volume writes whole blocks, even where its windows end i
     await target.close();
   }
 });
+
+test('an incremental of many small changes over several segments gathers them into few jobs and unpacks byte for byte', async () => {
+  // 4 KiB chunks: segments of 64 MiB, so this volume has three.
+  const segmentStore = join(dir.path, 'segments-store');
+  await (await Archive.init(segmentStore, { averageChunkBytes: 4 * 1024, zstdLevel: 3 })).close();
+  const pool = await createPool(join(dir.path, 'segments'));
+  try {
+    const volume = await pool.createVolume('seg', { sizeBytes: 160 * MiB });
+    for (const [at, seed] of [[0, 31], [62 * MiB, 32], [128 * MiB, 33]] as const) await volume.write(at, contentBytes(4 * MiB, seed));
+    await pool.snapshot('seg', 'seg.0', { readOnly: true });
+    await packVolume({ store: segmentStore, sources: poolSources(pool), volume: 'seg.0', name: 'seg0' });
+    // Small writes in each mapped region (one across the boundary of segments 0 and 1) and in holes.
+    let seed = 100;
+    for (const region of [0, 62 * MiB, 128 * MiB]) {
+      for (let write = 0; write < 12; write += 1) await volume.write(region + write * 320 * 1024 + 4096 * (write % 5), contentBytes(8 * 1024 + 512 * write, (seed += 1)));
+    }
+    await volume.write(64 * MiB - 5000, contentBytes(10_000, (seed += 1)));
+    await volume.write(100 * MiB, contentBytes(BLOCK, (seed += 1)));
+    await pool.snapshot('seg', 'seg.1', { readOnly: true });
+    // A small incremental does its work on this thread: its jobs are seen through InlineChunkJobs.
+    const rangesPerJob: number[] = [];
+    const chunk = InlineChunkJobs.prototype.chunk;
+    InlineChunkJobs.prototype.chunk = function (this: InlineChunkJobs, data: Uint8Array, rangeEnds?: number[]) {
+      rangesPerJob.push(rangeEnds?.length ?? 1);
+      return chunk.call(this, data, rangeEnds);
+    };
+    let result: Awaited<ReturnType<typeof packVolume>>;
+    try {
+      result = await packVolume({ store: segmentStore, sources: poolSources(pool), volume: 'seg.1', name: 'seg1', deltaFrom: 'seg.0' });
+    } finally {
+      InlineChunkJobs.prototype.chunk = chunk;
+    }
+    assert.ok(result.bytesRead < 4 * MiB, `read ${result.bytesRead} bytes`);
+    // 38 changed places, their reads gathered into a job or two (a segment's end starts none).
+    assert.ok(rangesPerJob.length <= 3 && rangesPerJob.reduce((a, b) => a + b, 0) >= 30, `ranges per job: ${rangesPerJob.join(', ')}`);
+    const archive = await Archive.open(segmentStore);
+    const root = await archive.readStream('seg1').finally(() => archive.close());
+    assert.equal(root.segments.length, 3);
+    assert.deepEqual((await verifyArchive({ store: segmentStore })).problems, []);
+    const target = await createPool(join(dir.path, 'segments-target'));
+    try {
+      await unpackVolume({ store: segmentStore, pool: target, stream: 'seg1', volume: 'seg' });
+      assert.equal(digest(await readVolume(target, 'seg')), digest(await readVolume(pool, 'seg.1')));
+      await unpackVolume({ store: segmentStore, pool: target, stream: 'seg0', volume: 'seg0' });
+      assert.equal(digest(await readVolume(target, 'seg0')), digest(await readVolume(pool, 'seg.0')));
+    } finally {
+      await target.close();
+    }
+  } finally {
+    await pool.close();
+  }
+});

@@ -73,6 +73,37 @@ test('a directory store takes an object in parts: nothing is visible before comm
   assert.deepEqual(keys, ['packs/cd/cdef']);
 });
 
+test('a directory store writes parts in one call after earlier writes, in order, and lists many objects in key order with their sizes', async () => {
+  const store = DirectoryObjectStore.open(join(root, 'vectored'));
+  const shared = new Uint8Array(new SharedArrayBuffer(100_000)).fill(5);
+  const writer = await store.openWriter('packs/ef/efef');
+  const first = writer.write(new Uint8Array([1, 2]));
+  const parts = [shared.subarray(10, 70_010), new Uint8Array(0), new Uint8Array([3, 4, 5]), shared.subarray(0, 1)];
+  const second = writer.writeParts(parts);
+  const third = writer.write(new Uint8Array([6]));
+  await Promise.all([first, second, third]);
+  await writer.commit();
+  assert.deepEqual(Buffer.from(await store.get('packs/ef/efef')), Buffer.concat([Buffer.from([1, 2]), ...parts.map((part) => Buffer.from(part)), Buffer.from([6])]));
+
+  // More objects and directories than list() looks up at once.
+  const expected: Array<{ key: string; sizeBytes: number }> = [];
+  for (let index = 0; index < 90; index += 1) {
+    const key = `packs/${(index % 3).toString(16).padStart(2, '0')}/${index.toString(16).padStart(4, '0')}`;
+    await store.put(key, new Uint8Array(index));
+    expected.push({ key, sizeBytes: index });
+  }
+  for (let index = 0; index < 40; index += 1) {
+    const key = `packs/${(index + 16).toString(16)}/x`;
+    await store.put(key, new Uint8Array(index + 1));
+    expected.push({ key, sizeBytes: index + 1 });
+  }
+  expected.push({ key: 'packs/ef/efef', sizeBytes: 2 + 70_000 + 3 + 1 + 1 });
+  expected.sort((a, b) => (a.key < b.key ? -1 : 1));
+  const listed: Array<{ key: string; sizeBytes: number }> = [];
+  for await (const object of store.list('packs/')) listed.push({ key: object.key, sizeBytes: object.sizeBytes });
+  assert.deepEqual(listed, expected);
+});
+
 test('a directory store keeps a few pack descriptors open for ranged reads and closes them all with the store', async () => {
   const openFiles = () => readdirSync('/proc/self/fd').length;
   const before = openFiles();
