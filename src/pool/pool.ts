@@ -650,7 +650,8 @@ export class Pool {
    * to be waited for or not: a long stream of writes flushed at its end (an image import) then
    * has the disk write as it goes, rather than all of it at the flush (docs/benchmarks.md, "Image
    * import"). Durability is still the flush's. Resolves once done, never rejects: a failure is
-   * any data sync's (the next flush fails).
+   * any data sync's (the next flush fails). A pool that takes no writes throws at once, as a
+   * write would.
    */
   writeBackData(): Promise<void> {
     this.#core.assertWritable();
