@@ -38,6 +38,7 @@ import { decompressChunks, detectCompression, openSource, type Compression, type
 import { parseOnThread } from './parse-thread.ts';
 import { NotTarError, TarReader, drainTrailer, type TarEntry } from './tar.ts';
 import { FsTree } from './tree.ts';
+import { WriteBackPacer } from './write-back.ts';
 
 export type ImageFormat = 'auto' | 'tar' | 'oci';
 
@@ -212,6 +213,7 @@ class ImageBuild {
   #buffers: BufferPool | undefined;
   #sharing: SharingTarget | undefined;
   #index: BlockIndex | undefined;
+  #writeBack: WriteBackPacer | undefined;
   readonly #layerVolumesMade: string[] = [];
   #lastProgressBytes = -1;
   /** Source bytes the parsing thread read (it reads a local file itself). */
@@ -283,7 +285,8 @@ class ImageBuild {
       }
       this.#index = await BlockIndex.load(this.#pool);
       this.#sharing = new SharingTarget(this.#pool, this.#volume, this.#index);
-      target = this.#sharing;
+      this.#writeBack = new WriteBackPacer(this.#pool);
+      target = this.#writeBack.pacing(this.#sharing);
     }
     this.#queue = new WriteQueue(target, IMAGE_WRITES_IN_FLIGHT_MAX);
     // Room for every write in flight and the two runs the file system writer fills at once.
@@ -356,6 +359,7 @@ class ImageBuild {
           this.#progress();
           if (data) await this.#sharing!.write(offsetBytes, bytes);
           else await this.#volume!.write(offsetBytes, bytes);
+          this.#writeBack!.note(bytes.length);
         },
       },
     );
@@ -602,6 +606,7 @@ class ImageBuild {
     if (tags.length > 0) labels[IMAGE_LABELS.tags] = tags.join(',');
     await this.#pool.updateVolume(temporary, { name: this.#name, readOnly: true, labels });
     this.#temporary = undefined;
+    await this.#writeBack!.settled();
     await this.#pool.flush();
     const usage = this.#pool.usage().get(this.#volume!.id);
     this.#options.onProgress?.(this.#bytesRead(), this.#opened.totalBytes);
@@ -622,6 +627,7 @@ class ImageBuild {
   /** Removes what this import made (the volume being built, layer volumes of this import). */
   async abort(): Promise<void> {
     await this.#queue?.drain().catch(() => undefined);
+    await this.#writeBack?.settled();
     if (this.#pool === undefined) return;
     for (const name of [...this.#layerVolumesMade, ...(this.#temporary === undefined ? [] : [this.#temporary])]) {
       await this.#pool.removeVolume(name).catch(() => undefined);

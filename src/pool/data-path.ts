@@ -264,6 +264,18 @@ export class DataPath {
     if (flushCovers) this.#bytesSinceSync += source.length;
   }
 
+  /**
+   * Starts writing the data written so far to the disk, not waiting for it (Pool.writeBackData).
+   * Resolves once it ended, never rejects: a failure is any data sync's (no flush until reopen).
+   */
+  async writeBack(): Promise<void> {
+    try {
+      await this.#files.data.sync();
+    } catch (error) {
+      if (!isThinError(error, 'THIN_CLOSED')) this.#host.failIo(`writing the data file back failed: ${error instanceof Error ? error.message : String(error)}`, error);
+    }
+  }
+
   /** The spare area's sync: a failure is any data sync's (needs-check, no flush until reopen). */
   async #syncForSpares(): Promise<void> {
     try {

@@ -645,6 +645,19 @@ export class Pool {
     await this.#core.dataPath.raiseHighWaterMarkAhead(Math.ceil(bytes / this.#core.blockSizeBytes));
   }
 
+  /**
+   * Starts writing the data written so far back to the disk (an fdatasync on a worker thread),
+   * to be waited for or not: a long stream of writes flushed at its end (an image import) then
+   * has the disk write as it goes, rather than all of it at the flush (docs/benchmarks.md, "Image
+   * import"). Durability is still the flush's. Resolves once done, never rejects: a failure is
+   * any data sync's (the next flush fails). A pool that takes no writes throws at once, as a
+   * write would.
+   */
+  writeBackData(): Promise<void> {
+    this.#core.assertWritable();
+    return this.#core.dataPath.writeBack();
+  }
+
   /** Makes every write completed before the call durable (a commit when metadata changed). */
   async flush(): Promise<void> {
     this.#core.assertOpen();

@@ -433,3 +433,16 @@ test('a scrub of a live pool passes over metadata blocks its open transaction ha
 function faultyFiles(raw: { metadata: MemoryBlockFile; data: MemoryBlockFile }, rules: FaultRule[]): FaultyPool['faults'] {
   return faulty(raw, rules);
 }
+
+test('a data write-back that fails (writeBackData) resolves, and the next flush fails naming it', async () => {
+  const faulty = await createFaulty(16);
+  const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+  await volume.write(0, filled(BLOCK, 1));
+  await faulty.pool.writeBackData();
+  await faulty.pool.flush();
+  faulty.faults.data.addRules([{ file: 'data', op: 'sync' }]);
+  await volume.write(BLOCK, filled(BLOCK, 2));
+  await faulty.pool.writeBackData();
+  await assert.rejects(faulty.pool.flush(), (error: unknown) => isThinError(error, 'THIN_IO') && /writing the data file back failed/.test((error as Error).message));
+  await faulty.pool.close().catch(() => undefined);
+});

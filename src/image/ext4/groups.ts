@@ -54,7 +54,7 @@ export class DataBitmap {
 
   mark(first: number, count: number): void {
     assert(first >= this.begin && first + count <= this.end, `file data at blocks ${first}+${count} outside the data region`);
-    for (let block = first - this.begin; block < first - this.begin + count; block++) this.bits[block >> 3]! |= 1 << (block & 7);
+    setBits(this.bits, first - this.begin, first - this.begin + count);
   }
 
   isUsed(block: number): boolean {
@@ -64,32 +64,70 @@ export class DataBitmap {
 
   /** Blocks marked in use. */
   usedBlocks(): number {
-    let used = 0;
-    for (const byte of this.bits) {
-      let bits = byte;
-      while (bits !== 0) {
-        bits &= bits - 1;
-        used++;
-      }
-    }
-    return used;
+    return countBits(this.bits, 0, this.end - this.begin);
   }
 
   /** Runs of unused blocks in the region: [begin, end) pairs. */
   freeRuns(): number[] {
     const runs: number[] = [];
+    const bits = this.bits;
+    const length = this.end - this.begin;
     let runBegin = -1;
-    for (let block = this.begin; block <= this.end; block++) {
-      const free = block < this.end && !this.isUsed(block);
-      if (free && runBegin < 0) runBegin = block;
+    for (let bit = 0; bit <= length; bit++) {
+      // Whole bytes alike: all used (no run starts) or all free (a run goes on).
+      if ((bit & 7) === 0 && bit + 8 <= length) {
+        const byte = bits[bit >> 3]!;
+        if ((byte === 0xff && runBegin < 0) || (byte === 0 && runBegin >= 0)) {
+          bit += 7;
+          continue;
+        }
+      }
+      const free = bit < length && (bits[bit >> 3]! & (1 << (bit & 7))) === 0;
+      if (free && runBegin < 0) runBegin = bit;
       if (!free && runBegin >= 0) {
-        runs.push(runBegin, block);
+        runs.push(this.begin + runBegin, this.begin + bit);
         runBegin = -1;
       }
     }
     return runs;
   }
 }
+
+/** Sets bits [from, to) of a little-endian bitmap: whole bytes at once. */
+function setBits(bits: Uint8Array, from: number, to: number): void {
+  let bit = from;
+  while (bit < to && (bit & 7) !== 0) {
+    bits[bit >> 3]! |= 1 << (bit & 7);
+    bit++;
+  }
+  if (to - bit >= 8) {
+    bits.fill(0xff, bit >> 3, to >> 3);
+    bit = to & ~7;
+  }
+  for (; bit < to; bit++) bits[bit >> 3]! |= 1 << (bit & 7);
+}
+
+/** Set bits of a bitmap's bits [0, count). */
+function countBits(bits: Uint8Array, from: number, count: number): number {
+  let set = 0;
+  for (let bit = from; bit < count; ) {
+    if ((bit & 7) === 0 && bit + 8 <= count) {
+      set += BITS_SET[bits[bit >> 3]!]!;
+      bit += 8;
+    } else {
+      if ((bits[bit >> 3]! & (1 << (bit & 7))) !== 0) set++;
+      bit++;
+    }
+  }
+  return set;
+}
+
+/** Set bits of each byte value. */
+const BITS_SET = (() => {
+  const table = new Uint8Array(256);
+  for (let value = 1; value < 256; value++) table[value] = (value & 1) + table[value >> 1]!;
+  return table;
+})();
 
 export interface GroupMetadataInput {
   fsSeed: number;
@@ -110,13 +148,6 @@ export async function writeGroupMetadata(queue: WriteQueue, buffers: BufferPool,
   const writer = new RunWriter(queue, BLOCK_SIZE_BYTES, buffers);
   let written = 0;
   const hasSuper = (group: number): boolean => group === 0 || group === geometry.backupGroups[0] || group === geometry.backupGroups[1];
-  const isUsed = (block: number): boolean => {
-    if (block < 1 + geometry.gdtBlocks) return true;
-    if (block >= geometry.dataBeginBlock && block < geometry.dataEndBlock) return input.liveData.isUsed(block);
-    if (block >= geometry.blockBitmapBegin && block < geometry.usedEnd) return true;
-    const group = Math.floor(block / BLOCKS_PER_GROUP);
-    return group > 0 && hasSuper(group) && block - group * BLOCKS_PER_GROUP < 1 + geometry.gdtBlocks;
-  };
   const groupHasUsedBlocks = (group: number): boolean => {
     const begin = group * BLOCKS_PER_GROUP;
     return begin < geometry.usedEnd || hasSuper(group);
@@ -136,19 +167,10 @@ export async function writeGroupMetadata(queue: WriteQueue, buffers: BufferPool,
     let freeBlocks = groupBlocks;
     let blockBitmapCsum = 0;
     if (groupHasUsedBlocks(group) || isLast) {
-      blockBitmap.fill(0);
-      const markUsed = (bit: number): void => {
-        const mask = 1 << (bit & 7);
-        if ((blockBitmap[bit >> 3]! & mask) !== 0) return;
-        blockBitmap[bit >> 3]! |= mask;
-        freeBlocks--;
-      };
-      // Past usedEnd only a backup superblock and its descriptors are in use.
-      const scanEnd = Math.min(groupBlocks, Math.max(0, geometry.usedEnd - groupBegin));
-      for (let bit = 0; bit < scanEnd; bit++) if (isUsed(groupBegin + bit)) markUsed(bit);
-      if (group > 0 && hasSuper(group)) for (let bit = 0; bit < 1 + geometry.gdtBlocks; bit++) markUsed(bit);
+      fillBlockBitmap(blockBitmap, geometry, input.liveData, group, hasSuper(group));
+      freeBlocks -= countBits(blockBitmap, 0, groupBlocks);
       // Padding past the file system's end in the last group is marked used.
-      for (let bit = groupBlocks; bit < BLOCKS_PER_GROUP; bit++) blockBitmap[bit >> 3]! |= 1 << (bit & 7);
+      setBits(blockBitmap, groupBlocks, BLOCKS_PER_GROUP);
       blockBitmapCsum = ext4Crc32c(fsSeed, blockBitmap.subarray(0, BLOCKS_PER_GROUP / 8));
       await writer.put(geometry.blockBitmapBegin + group, blockBitmap);
       written++;
@@ -212,6 +234,33 @@ export async function writeGroupMetadata(queue: WriteQueue, buffers: BufferPool,
   await writer.flush();
   written++;
   return written;
+}
+
+/**
+ * Group `group`'s block bitmap (its blocks past the file system's end aside): the superblock and
+ * descriptors at the start, file data by the live-data bitmap, the bitmaps, inode tables, tail and
+ * journal after the data, and a backup superblock with its descriptors.
+ */
+function fillBlockBitmap(bitmap: Uint8Array, geometry: Geometry, liveData: DataBitmap, group: number, hasBackup: boolean): void {
+  bitmap.fill(0);
+  const groupBegin = group * BLOCKS_PER_GROUP;
+  const groupEnd = groupBegin + BLOCKS_PER_GROUP;
+  const mark = (from: number, to: number): void => {
+    const begin = Math.max(from, groupBegin);
+    const end = Math.min(to, groupEnd);
+    if (end > begin) setBits(bitmap, begin - groupBegin, end - groupBegin);
+  };
+  // The data region and groups both start at multiples of 8 blocks: its bits copy byte for byte.
+  const dataFrom = Math.max(geometry.dataBeginBlock, groupBegin);
+  const dataTo = Math.min(geometry.dataEndBlock, groupEnd);
+  if (dataTo > dataFrom) {
+    assert((dataFrom - liveData.begin) % 8 === 0 && (dataFrom - groupBegin) % 8 === 0, 'the data region starts off a byte of the bitmap');
+    const bytes = liveData.bits.subarray((dataFrom - liveData.begin) >> 3, Math.ceil((dataTo - liveData.begin) / 8));
+    bitmap.set(bytes, (dataFrom - groupBegin) >> 3);
+  }
+  mark(0, 1 + geometry.gdtBlocks);
+  mark(geometry.blockBitmapBegin, geometry.usedEnd);
+  if (group > 0 && hasBackup) mark(groupBegin, groupBegin + 1 + geometry.gdtBlocks);
 }
 
 function setLoHi32(view: DataView, lowAt: number, highAt: number, value: number): void {
