@@ -39,7 +39,7 @@ export const NodeLayout = { wide: 0, compact: 1 } as const;
 export type NodeLayout = (typeof NodeLayout)[keyof typeof NodeLayout];
 
 const KEY_BYTES = 8;
-const COMPACT_KEY_BYTES = 4;
+export const COMPACT_KEY_BYTES = 4;
 /**
  * Internal nodes store, per child, its block number and the transaction that wrote it (u64 each).
  * The second makes a stale child detectable: a lost or misdirected write leaves an older, valid
