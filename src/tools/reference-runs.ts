@@ -89,8 +89,7 @@ export class ReferenceRuns {
     let blockNr = Math.min(this.#denseBegin, end);
     while (blockNr < end) {
       const byte = dense[blockNr]!;
-      let runEnd = blockNr + 1;
-      while (runEnd < end && dense[runEnd] === byte) runEnd++;
+      let runEnd = sameByteRunEnd(dense, blockNr + 1, end, byte);
       if (byte === 0) {
         blockNr = runEnd;
         continue;
@@ -131,4 +130,28 @@ export class ReferenceRuns {
     assert(count === 0, 'the data reference sweep did not return to zero');
     return runs;
   }
+}
+
+/** Bytes compared one by one before a run is taken to be long. */
+const RUN_BY_BYTE_BYTES = 64;
+/** Bytes of a long run compared at a time. */
+const RUN_CHUNK_BYTES = 4096;
+/** A chunk of each byte value met in a long run, to compare runs against. */
+const byteChunks = new Map<number, Buffer>();
+
+/**
+ * Where the run of `byte` that reaches `begin` ends (at most `end`). A long run is compared a chunk
+ * at a time against a chunk of that byte (a native memcmp): a pool's references are mostly long
+ * runs of count 1, and a loop over every byte ran cold, unoptimized, for most of its million blocks.
+ */
+function sameByteRunEnd(bytes: Uint8Array, begin: number, end: number, byte: number): number {
+  let at = begin;
+  const byByteEnd = Math.min(end, begin + RUN_BY_BYTE_BYTES);
+  while (at < byByteEnd && bytes[at] === byte) at++;
+  if (at < byByteEnd || at === end) return at;
+  let chunk = byteChunks.get(byte);
+  if (chunk === undefined) byteChunks.set(byte, (chunk = Buffer.alloc(RUN_CHUNK_BYTES, byte)));
+  while (at + RUN_CHUNK_BYTES <= end && Buffer.from(bytes.buffer, bytes.byteOffset + at, RUN_CHUNK_BYTES).equals(chunk)) at += RUN_CHUNK_BYTES;
+  while (at < end && bytes[at] === byte) at++;
+  return at;
 }
