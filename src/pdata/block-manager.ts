@@ -52,6 +52,12 @@ export interface BlockManager {
   inc(blockNr: number): void;
   dec(blockNr: number): void;
   refCount(blockNr: number): number;
+  /**
+   * Every block's reference count by block number, when the manager keeps them in one array (the
+   * manager's own: read it, never change it): a check compares all of them, and a call per block
+   * cost several times the comparison.
+   */
+  refCounts?(): Readonly<Uint32Array>;
   /** Throws THIN_NO_METADATA_SPACE unless blocksNeeded blocks can still be allocated. */
   ensureMetadataSpace(blocksNeeded: number): void;
   /** Abandons the open transaction: every later change and commit throws. */

@@ -38,5 +38,7 @@ export {
   readKeys,
   valueOffset,
   CompactLeaf,
+  COMPACT_KEY_BYTES,
+  compactKeyBase,
   CHILD_VALUE_BYTES,
 } from './btree/node.ts';

@@ -703,6 +703,10 @@ export class TransactionManager implements BlockManager {
     return this.#counts[blockNr]!;
   }
 
+  refCounts(): Readonly<Uint32Array> {
+    return this.#counts;
+  }
+
   /**
    * True when blockNr's bytes on disk are not its contents yet: it was allocated (or shadowed into)
    * in the open transaction, or belongs to a sealed transaction whose commit has not finished.

@@ -7,7 +7,9 @@ import { ThinError } from '../errors.ts';
 import {
   BTREE_BLOCK_TYPES,
   BlockType,
+  COMPACT_KEY_BYTES,
   CompactLeaf,
+  compactKeyBase,
   compactNodeCapacity,
   entryCount,
   isCompact,
@@ -130,8 +132,9 @@ export function extentColumnsReader(dataBlockCount: number): LeafColumnsReader<E
     read(block, columns) {
       const count = entryCount(block);
       columns.count = count;
+      if (isCompact(block)) return readCompactExtents(block, count, columns, dataBlockCount);
       readKeys(block, count, columns.keys);
-      return isCompact(block) ? readCompactExtents(block, count, columns, dataBlockCount) : readWideExtents(block, count, columns, dataBlockCount);
+      return readWideExtents(block, count, columns, dataBlockCount);
     },
   };
 }
@@ -153,6 +156,14 @@ function readWideExtents(block: Block, count: number, columns: ExtentColumns, da
   return true;
 }
 
+/**
+ * The compact value's length and time fields as a mask and a shift: a u32 above 2^31 is a double
+ * to V8, and `%` or `/` on one is a floating-point call per entry (most of a scattered check's
+ * decoding time), where bit operations stay on 32-bit integers.
+ */
+const COMPACT_LENGTH_MASK = COMPACT_EXTENT_LENGTH_BLOCKS_MAX - 1;
+const COMPACT_LENGTH_BITS = 31 - Math.clz32(COMPACT_EXTENT_LENGTH_BLOCKS_MAX);
+
 function readCompactExtents(block: Block, count: number, columns: ExtentColumns, dataBlockCount: number): boolean {
   const view = block.view;
   const bases = CompactLeaf.valueBasesOffset;
@@ -160,12 +171,20 @@ function readCompactExtents(block: Block, count: number, columns: ExtentColumns,
   const dataBase = baseHigh * 0x1_0000_0000 + view.getUint32(bases, true);
   const timeBase = view.getUint32(bases + 8, true);
   if (count > 0 && (baseHigh > SAFE_HIGH_MAX || view.getUint32(bases + 12, true) !== 0)) return false;
-  const { dataBlocks, lengths, times } = columns;
-  for (let index = 0, offset = valueOffset(block, 0); index < count; index++, offset += COMPACT_EXTENT_VALUE_SIZE_BYTES) {
+  const keyBase = compactKeyBase(block);
+  const { keys, dataBlocks, lengths, times } = columns;
+  // Keys and values in one pass (pdata's readKeys reads compact keys the same way): a scattered
+  // pool's leaves hold a million entries, and every loop over them is one more to warm up.
+  for (
+    let index = 0, keyOffset = CompactLeaf.keysOffset, offset = valueOffset(block, 0);
+    index < count;
+    index++, keyOffset += COMPACT_KEY_BYTES, offset += COMPACT_EXTENT_VALUE_SIZE_BYTES
+  ) {
+    keys[index] = keyBase + view.getUint32(keyOffset, true);
     const dataBlock = dataBase + view.getUint32(offset, true);
     const lengthAndTime = view.getUint32(offset + 4, true);
-    const lengthBlocks = (lengthAndTime % COMPACT_EXTENT_LENGTH_BLOCKS_MAX) + 1;
-    const time = timeBase + Math.floor(lengthAndTime / COMPACT_EXTENT_LENGTH_BLOCKS_MAX);
+    const lengthBlocks = (lengthAndTime & COMPACT_LENGTH_MASK) + 1;
+    const time = timeBase + (lengthAndTime >>> COMPACT_LENGTH_BITS);
     if (time > POOL_TIME_MAX || dataBlock + lengthBlocks > dataBlockCount || !(dataBlock + lengthBlocks <= Number.MAX_SAFE_INTEGER)) return false;
     dataBlocks[index] = dataBlock;
     lengths[index] = lengthBlocks;

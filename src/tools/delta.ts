@@ -327,11 +327,11 @@ export async function writeDeltaXml(
     while (walk.next()) {
       const kind = walk.kind;
       if (open !== kind) {
-        if (open !== undefined) piece.text(DELTA_BYTES[open].close);
-        piece.text(DELTA_BYTES[kind].open);
+        if (open !== undefined) piece.text(deltaBytes(open).close);
+        piece.text(deltaBytes(kind).open);
         open = kind;
       }
-      const bytes = DELTA_BYTES[kind];
+      const bytes = deltaBytes(kind);
       piece.text(bytes.rangeBegin);
       piece.decimal(walk.begin);
       if (kind === DeltaKind.different) {
@@ -349,7 +349,7 @@ export async function writeDeltaXml(
       const full = piece.endLine();
       if (full !== undefined) await full;
     }
-    if (open !== undefined) piece.text(DELTA_BYTES[open].close);
+    if (open !== undefined) piece.text(deltaBytes(open).close);
   } else {
     // Step 3: consecutive steps of one kind over contiguous blocks become one run.
     let kind: DeltaKind | undefined;
@@ -377,25 +377,45 @@ export async function writeDeltaXml(
 
 /** A merged run's line of the plain output: `    <same begin="…" length="…"/>`. */
 function runLine(piece: AsciiPiece, kind: DeltaKind, begin: number, length: number): void {
-  piece.text(DELTA_BYTES[kind].runBegin);
+  piece.text(deltaBytes(kind).runBegin);
   piece.decimal(begin);
   piece.text(LENGTH);
   piece.decimal(length);
   piece.text(LINE_END);
 }
 
-/** Each kind's fixed text as bytes: a run's start, a verbose container's tags and range start. */
-const DELTA_BYTES = Object.fromEntries(
-  Object.values(DeltaKind).map((kind) => [
-    kind,
-    {
-      runBegin: asciiText(`    <${kind} begin="`),
-      open: asciiText(`    <${kind}>\n`),
-      close: asciiText(`    </${kind}>\n`),
-      rangeBegin: asciiText('      <range begin="'),
-    },
-  ]),
-) as Record<DeltaKind, { runBegin: AsciiText; open: AsciiText; close: AsciiText; rangeBegin: AsciiText }>;
+/** A kind's fixed text as bytes: a run's start, a verbose container's tags and range start. */
+interface KindBytes {
+  runBegin: AsciiText;
+  open: AsciiText;
+  close: AsciiText;
+  rangeBegin: AsciiText;
+}
+
+function kindBytes(kind: DeltaKind): KindBytes {
+  return {
+    runBegin: asciiText(`    <${kind} begin="`),
+    open: asciiText(`    <${kind}>\n`),
+    close: asciiText(`    </${kind}>\n`),
+    rangeBegin: asciiText('      <range begin="'),
+  };
+}
+
+const SAME_BYTES = kindBytes(DeltaKind.same);
+const DIFFERENT_BYTES = kindBytes(DeltaKind.different);
+const LEFT_ONLY_BYTES = kindBytes(DeltaKind.leftOnly);
+const RIGHT_ONLY_BYTES = kindBytes(DeltaKind.rightOnly);
+
+/**
+ * The fixed text of a kind, by comparisons with the kinds (interned strings: a pointer compare
+ * each), not by a lookup keyed by the kind, whose key changing from line to line made it a
+ * generic keyed load per line of a scattered delta.
+ */
+function deltaBytes(kind: DeltaKind): KindBytes {
+  if (kind === DeltaKind.same) return SAME_BYTES;
+  if (kind === DeltaKind.different) return DIFFERENT_BYTES;
+  return kind === DeltaKind.leftOnly ? LEFT_ONLY_BYTES : RIGHT_ONLY_BYTES;
+}
 const LEFT_DATA_BEGIN = asciiText('" left_data_begin="');
 const RIGHT_DATA_BEGIN = asciiText('" right_data_begin="');
 const DATA_BEGIN = asciiText('" data_begin="');

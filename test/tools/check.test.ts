@@ -282,6 +282,51 @@ test("check's data reference sweep gives the same runs as the pool's coverage sw
   );
 });
 
+test('long runs of one count, counted per block, sweep to the runs a count per range gives, wherever a run ends', () => {
+  // Runs far longer than the sweep's byte-by-byte stretch (64) and its chunk (4096): ends inside a
+  // chunk, on a chunk's edge, one block after or before it, and at the end of the counted blocks.
+  const dataBlockCount = 20_000;
+  fc.assert(
+    fc.property(fc.array(fc.tuple(fc.nat(dataBlockCount - 1), fc.integer({ min: 1, max: 9000 })), { minLength: 1, maxLength: 6 }), (spans) => {
+      const ranges: Array<[number, number]> = [[0, dataBlockCount], [64 + 1, 4096], [70, 4096 + 64 + 1]];
+      for (const [begin, lengthBlocks] of spans) ranges.push([begin, Math.min(dataBlockCount, begin + lengthBlocks)]);
+      const expected = coverageRuns(ranges.map(([begin, end]) => ({ begin, end, count: 1 })));
+      const runs = new ReferenceRuns(dataBlockCount);
+      for (const [begin, end] of ranges) runs.add(begin, end);
+      assert.deepEqual(runs.coverage(), expected);
+    }),
+    { numRuns: 200 },
+  );
+});
+
+test('blocks referenced once each, counted per block, sweep to the runs a count per range gives, wherever a run begins or ends', () => {
+  // No block twice: the sweep reads the bits, a word of 32 blocks at a time where it can.
+  const dataBlockCount = 5000;
+  fc.assert(
+    fc.property(fc.array(fc.tuple(fc.nat(80), fc.integer({ min: 1, max: 300 })), { minLength: 1, maxLength: 40 }), (steps) => {
+      const ranges: Array<[number, number]> = [];
+      let at = 0;
+      for (const [gap, lengthBlocks] of steps) {
+        const begin = at + gap;
+        const end = Math.min(dataBlockCount, begin + lengthBlocks);
+        if (begin >= end) break;
+        ranges.push([begin, end]);
+        at = end;
+      }
+      const expected = coverageRuns(ranges.map(([begin, end]) => ({ begin, end, count: 1 })));
+      const runs = new ReferenceRuns(dataBlockCount);
+      // In a scattered order, one block at a time for some.
+      for (const [begin, end] of [...ranges].reverse()) {
+        if ((end - begin) % 3 === 0) for (let blockNr = end - 1; blockNr >= begin; blockNr--) runs.add(blockNr, blockNr + 1);
+        else runs.add(begin, end);
+      }
+      assert.deepEqual(runs.coverage(), expected);
+      assert.deepEqual(runs.coverage(), expected, 'counted again');
+    }),
+    { numRuns: 300 },
+  );
+});
+
 test('a data block referenced more than 254 times is counted in full when counted per block', () => {
   const runs = new ReferenceRuns(16);
   for (let index = 0; index < 600; index++) runs.add(5, 7);

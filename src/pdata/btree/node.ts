@@ -39,7 +39,7 @@ export const NodeLayout = { wide: 0, compact: 1 } as const;
 export type NodeLayout = (typeof NodeLayout)[keyof typeof NodeLayout];
 
 const KEY_BYTES = 8;
-const COMPACT_KEY_BYTES = 4;
+export const COMPACT_KEY_BYTES = 4;
 /**
  * Internal nodes store, per child, its block number and the transaction that wrote it (u64 each).
  * The second makes a stale child detectable: a lost or misdirected write leaves an older, valid
@@ -328,6 +328,12 @@ export function nodeProblem(block: Block, expect: NodeExpectation): string | und
     if (keyBase > BigInt(Number.MAX_SAFE_INTEGER)) return `compact key base ${keyBase} is beyond 2^53`;
   }
   if (level > 0 && count === 0) return 'internal node has no entries';
+  if (level === 0) {
+    const problem = leafKeysProblem(block, layout, count);
+    if (problem !== undefined) return problem;
+    return boundsProblem(block, count, count > 0 ? keyAt(block, count - 1) : -1, expect);
+  }
+  // An internal node: its keys, and its children (F-NODE-6).
   let previous = -1;
   for (let index = 0; index < count; index++) {
     const key = keyAt(block, index);
@@ -335,27 +341,56 @@ export function nodeProblem(block: Block, expect: NodeExpectation): string | und
     if (!Number.isSafeInteger(key)) return `key ${index} is ${key}, beyond 2^53`;
     if (key <= previous) return `keys not strictly increasing at entry ${index} (${previous} then ${key})`;
     previous = key;
-    if (level > 0) {
-      // F-NODE-6
-      const child = childAt(block, index);
-      if (!Number.isSafeInteger(child) || child >= expect.metadataBlockCount) {
-        return `child ${index} points to block ${child}, past the metadata (${expect.metadataBlockCount} blocks)`;
-      }
-      if (child === block.blockNr) return `child ${index} points to the node itself`;
-      const childTransactionId = childTransactionIdAt(block, index);
-      if (!Number.isSafeInteger(childTransactionId) || childTransactionId > block.transactionId) {
-        return `child ${index} is said to be written by transaction ${childTransactionId}, after its parent (${block.transactionId})`;
-      }
+    // F-NODE-6
+    const child = childAt(block, index);
+    if (!Number.isSafeInteger(child) || child >= expect.metadataBlockCount) {
+      return `child ${index} points to block ${child}, past the metadata (${expect.metadataBlockCount} blocks)`;
+    }
+    if (child === block.blockNr) return `child ${index} points to the node itself`;
+    const childTransactionId = childTransactionIdAt(block, index);
+    if (!Number.isSafeInteger(childTransactionId) || childTransactionId > block.transactionId) {
+      return `child ${index} is said to be written by transaction ${childTransactionId}, after its parent (${block.transactionId})`;
     }
   }
-  // F-NODE-5
+  return boundsProblem(block, count, previous, expect);
+}
+
+/**
+ * F-NODE-4 for a leaf: keys strictly increasing and below 2^53, in one pass over the key array
+ * with the layout and the key base read once (a leaf has hundreds of keys, and keyAt per key
+ * was most of a scattered check's node checks). The key named is the one keyAt gives.
+ */
+function leafKeysProblem(block: Block, layout: number, count: number): string | undefined {
+  const view = block.view;
+  let previous = -1;
+  if (layout === NodeLayout.compact) {
+    const keyBase = compactKeyBase(block);
+    for (let index = 0, offset = CompactLeaf.keysOffset; index < count; index++, offset += COMPACT_KEY_BYTES) {
+      const key = keyBase + view.getUint32(offset, true);
+      if (!(key <= Number.MAX_SAFE_INTEGER)) return `key ${index} is ${key}, beyond 2^53`;
+      if (key <= previous) return `keys not strictly increasing at entry ${index} (${previous} then ${key})`;
+      previous = key;
+    }
+    return undefined;
+  }
+  for (let index = 0, offset = NodeHeader.keysOffset; index < count; index++, offset += KEY_BYTES) {
+    const key = view.getUint32(offset + 4, true) * 0x1_0000_0000 + view.getUint32(offset, true);
+    if (!(key <= Number.MAX_SAFE_INTEGER)) return `key ${index} is ${key}, beyond 2^53`;
+    if (key <= previous) return `keys not strictly increasing at entry ${index} (${previous} then ${key})`;
+    previous = key;
+  }
+  return undefined;
+}
+
+/** F-NODE-5: the first and last keys within the bounds the parent promised. */
+function boundsProblem(block: Block, count: number, last: number, expect: NodeExpectation): string | undefined {
   if (count > 0) {
     const first = keyAt(block, 0);
     if (expect.keyBegin !== undefined && first < expect.keyBegin) {
       return `first key ${first} is below the parent's bound ${expect.keyBegin}`;
     }
-    if (expect.keyEnd !== undefined && previous >= expect.keyEnd) {
-      return `last key ${previous} is not below the parent's bound ${expect.keyEnd}`;
+    if (expect.keyEnd !== undefined && last >= expect.keyEnd) {
+      return `last key ${last} is not below the parent's bound ${expect.keyEnd}`;
     }
   }
   return undefined;

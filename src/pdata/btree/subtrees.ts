@@ -34,7 +34,8 @@ export class SubtreeShapes {
     if (visit.path.length < 2) return;
     const parent = visit.path[visit.path.length - 2]!;
     const children = this.#children.get(parent);
-    assert(children !== undefined, `node ${visit.blockNr} reached under ${parent}, which was never visited`);
+    // The messages here only when they fail: a template string per node was built for nothing.
+    if (children === undefined) assert(false, `node ${visit.blockNr} reached under ${parent}, which was never visited`);
     children.push(visit.blockNr);
   }
 
@@ -55,7 +56,7 @@ export class SubtreeShapes {
       if (known !== undefined) return known ?? undefined;
       if (options.skip?.(node) === true) return undefined;
       // The walker checked that levels fall by one per step from a root below the bound.
-      assert(depth < BTREE_DEPTH_MAX, `a folded subtree deeper than ${BTREE_DEPTH_MAX} levels at block ${node}`);
+      if (!(depth < BTREE_DEPTH_MAX)) assert(false, `a folded subtree deeper than ${BTREE_DEPTH_MAX} levels at block ${node}`);
       let result: S | undefined;
       if (this.#leaves.has(node)) result = leaf(node);
       else {
