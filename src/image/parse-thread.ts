@@ -5,7 +5,7 @@
 // happen there (docs/benchmarks.md "Image import").
 import { statSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { ThinError } from '../errors.ts';
+import { ThinError, assert } from '../errors.ts';
 import type { ParseJob, ParseReply, ParseRequest, ParseResult } from './parse-worker.ts';
 
 export interface ParseHost {
@@ -29,29 +29,62 @@ export interface ParseOptions extends Omit<ParseJob, 'buffers'> {
  * file faster than the ~30 modules it was made from, and the import waits for that start), else
  * the module beside this one, so a bare tsc run never starts stale code. Run from source under
  * tsx (the tests), it is TypeScript, and Node 20 does not hand tsx's loader to worker threads: it
- * registers it first.
+ * registers it first. The job comes later, as the first message.
  */
-function startWorker(workerData: ParseJob): Worker {
+function startWorker(): Worker {
   if (!import.meta.url.endsWith('.ts')) {
     const module = new URL('./parse-worker.js', import.meta.url);
     const bundle = new URL('../image-parse-worker.cjs', import.meta.url);
     const bundled = statSync(bundle, { throwIfNoEntry: false })?.mtimeMs;
     const compiled = statSync(module, { throwIfNoEntry: false })?.mtimeMs;
-    return new Worker(bundled !== undefined && compiled !== undefined && bundled >= compiled ? bundle : module, { workerData });
+    return new Worker(bundled !== undefined && compiled !== undefined && bundled >= compiled ? bundle : module);
   }
   const url = new URL('./parse-worker.ts', import.meta.url).href;
   const bootstrap = `import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(url)}); });`;
-  return new Worker(bootstrap, { eval: true, workerData });
+  return new Worker(bootstrap, { eval: true });
 }
 
-/** Parses the file and builds the file system on a worker thread; resolves with what it built. */
-export async function parseOnThread(options: ParseOptions, host: ParseHost): Promise<ParseResult> {
-  const { bufferBytes, buffersMax, signal, ...job } = options;
-  signal?.throwIfAborted();
-  const buffers = Array.from({ length: buffersMax }, () => new SharedArrayBuffer(bufferBytes));
-  const views = buffers.map((buffer) => new Uint8Array(buffer));
-  const worker = startWorker({ ...job, buffers });
-  try {
+/**
+ * A parsing thread, started before its job is known: a thread takes 30-40 ms to start and load
+ * its code, which the import otherwise waited for after opening the pool and the source. It runs
+ * one job (run()); close() ends it, run or not, and a thread that waits for its job does not keep
+ * the process alive.
+ */
+export class ParseThread {
+  readonly #worker: Worker;
+  /** Why the thread stopped or failed, once it has. */
+  #failure: unknown;
+  /** Called with that, while a job runs. */
+  #onFailure: ((error: unknown) => void) | undefined;
+  #ran = false;
+  /** The thread's end, once asked for. */
+  #terminated: Promise<unknown> | undefined;
+
+  constructor() {
+    this.#worker = startWorker();
+    this.#worker.unref();
+    this.#worker.on('error', (error) => this.#failed(error));
+    this.#worker.on('exit', (code) => this.#failed(new ThinError('THIN_IO', `The image parsing thread stopped (exit code ${code})`)));
+  }
+
+  #failed(error: unknown): void {
+    if (this.#failure !== undefined) return;
+    this.#failure = error;
+    this.#onFailure?.(error);
+  }
+
+  /** Parses the file and builds the file system on the thread; resolves with what it built. */
+  async run(options: ParseOptions, host: ParseHost): Promise<ParseResult> {
+    assert(!this.#ran && this.#terminated === undefined, 'a parsing thread runs one job');
+    this.#ran = true;
+    const { bufferBytes, buffersMax, signal, ...job } = options;
+    signal?.throwIfAborted();
+    if (this.#failure !== undefined) throw this.#failure;
+    const buffers = Array.from({ length: buffersMax }, () => new SharedArrayBuffer(bufferBytes));
+    const views = buffers.map((buffer) => new Uint8Array(buffer));
+    const worker = this.#worker;
+    // Its replies are what this thread waits for now.
+    worker.ref();
     return await new Promise<ParseResult>((resolve, reject) => {
       let failed = false;
       const fail = (error: unknown): void => {
@@ -59,15 +92,14 @@ export async function parseOnThread(options: ParseOptions, host: ParseHost): Pro
         failed = true;
         reject(error);
       };
+      this.#onFailure = fail;
       signal?.addEventListener('abort', () => fail(signal.reason), { once: true });
-      worker.on('error', fail);
-      worker.on('exit', (code) => fail(new ThinError('THIN_IO', `The image parsing thread stopped (exit code ${code})`)));
       worker.on('message', (message: ParseReply) => {
         if (failed) return;
         switch (message.t) {
           case 'write': {
             const answer = (error?: unknown): void => {
-              const reply: ParseRequest = { t: 'written', seq: message.seq };
+              const reply: Extract<ParseRequest, { t: 'written' }> = { t: 'written', seq: message.seq };
               if (error !== undefined) {
                 reply.error = { code: error instanceof ThinError ? error.code : undefined, message: error instanceof Error ? error.message : String(error) };
                 fail(error);
@@ -85,8 +117,33 @@ export async function parseOnThread(options: ParseOptions, host: ParseHost): Pro
             return;
         }
       });
+      worker.postMessage({ t: 'job', job: { ...job, buffers } } satisfies ParseRequest);
     });
+  }
+
+  /**
+   * Ends the thread (at once: a job still running is abandoned); resolves once it has ended. Its
+   * end takes ~10 ms (its heap is torn down): a caller with other work may let it go on meanwhile.
+   */
+  close(): Promise<void> {
+    if (this.#terminated === undefined) {
+      this.#onFailure = undefined;
+      this.#terminated = this.#worker.terminate().catch(() => undefined);
+    }
+    return this.#terminated.then(() => undefined);
+  }
+}
+
+/**
+ * Parses the file and builds the file system on a worker thread (`thread`, started earlier, or a
+ * new one); resolves with what it built. The thread is ended either way, without waiting for its
+ * end: the import completes the volume meanwhile, and the process waits for threads it ends.
+ */
+export async function parseOnThread(options: ParseOptions, host: ParseHost, thread?: ParseThread): Promise<ParseResult> {
+  const running = thread ?? new ParseThread();
+  try {
+    return await running.run(options, host);
   } finally {
-    await worker.terminate();
+    void running.close();
   }
 }

@@ -6,7 +6,7 @@
 // buffer may be filled again) and the summary at the end: the two threads share the work, the
 // pool's writes and block sharing's look-ups there, everything else here.
 import fs from 'node:fs';
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
 import { applyTar } from './apply.ts';
@@ -52,16 +52,14 @@ export type ParseReply =
   | { t: 'done'; result: ParseResult }
   | { t: 'error'; code: string | undefined; message: string };
 
-/** Messages to the parsing thread. */
-export interface ParseRequest {
-  t: 'written';
-  seq: number;
-  error?: { code: string | undefined; message: string };
-}
+/** Messages to the parsing thread: its job (the first, once), then buffers written. */
+export type ParseRequest =
+  | { t: 'job'; job: ParseJob }
+  | { t: 'written'; seq: number; error?: { code: string | undefined; message: string } };
 
-const job = workerData as ParseJob;
 const port = parentPort!;
-const views = job.buffers.map((buffer) => new Uint8Array(buffer));
+/** The job's write buffers. */
+let views: Uint8Array[] = [];
 const waiting = new Map<number, { resolve: () => void; reject: (error: unknown) => void }>();
 let seq = 0;
 let bytesRead = 0;
@@ -69,6 +67,10 @@ let bytesRead = 0;
 let writingData = true;
 
 port.on('message', (message: ParseRequest) => {
+  if (message.t === 'job') {
+    start(message.job);
+    return;
+  }
   const waiter = waiting.get(message.seq);
   waiting.delete(message.seq);
   if (message.error === undefined) waiter?.resolve();
@@ -87,7 +89,7 @@ const target: BlockTarget = {
   discard: () => Promise.reject(new Error('the parsing thread discards nothing')),
 };
 
-async function parse(): Promise<ParseResult> {
+async function parse(job: ParseJob): Promise<ParseResult> {
   const fd = fs.openSync(job.path, 'r');
   const queue = new WriteQueue(target, job.writesInFlight);
   const buffers = BufferPool.over(views);
@@ -126,9 +128,12 @@ async function parse(): Promise<ParseResult> {
   return { summary, dataBytesGiven, metadataBytesGiven: queue.bytesWritten - dataBytesGiven, bytesRead };
 }
 
-parse().then(
-  (result) => port.postMessage({ t: 'done', result } satisfies ParseReply),
-  (error: unknown) => {
-    port.postMessage({ t: 'error', code: isThinError(error) ? error.code : undefined, message: error instanceof Error ? error.message : String(error) } satisfies ParseReply);
-  },
-);
+function start(job: ParseJob): void {
+  views = job.buffers.map((buffer) => new Uint8Array(buffer));
+  parse(job).then(
+    (result) => port.postMessage({ t: 'done', result } satisfies ParseReply),
+    (error: unknown) => {
+      port.postMessage({ t: 'error', code: isThinError(error) ? error.code : undefined, message: error instanceof Error ? error.message : String(error) } satisfies ParseReply);
+    },
+  );
+}

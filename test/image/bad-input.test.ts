@@ -130,6 +130,14 @@ test('a volume name that is taken is refused before the source is read', () => {
   assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
 });
 
+test('an import from a local file whose pool cannot be opened exits (the parsing thread started ahead is ended)', () => {
+  const good = path.join(work.path, 'good.tar');
+  const result = thinbd(['image', 'import', '--pool', path.join(work.path, 'no-such-pool'), 'image', good]);
+  assert.equal(result.code, 1, `exit code; stderr: ${result.stderr}`);
+  assert.match(result.stderr, /no-such-pool/);
+  assert.equal(fs.existsSync(path.join(work.path, 'no-such-pool')), false);
+});
+
 test('an import stopped by SIGTERM leaves no volume', async () => {
   const { spawnThinbd } = await import('../cli/run-thinbd.ts');
   // A file of 4 MiB of which 3 arrive: the import writes, then waits for input with its volume half built.

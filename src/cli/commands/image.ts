@@ -6,7 +6,7 @@ import { parseLabels, poolDirectory, poolOption, sizeOption, volumeName } from '
 import { withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
-import { importImage, removeStaleImports, type ImageFormat } from '../../image/import.ts';
+import { importImage, removeStaleImports, startParseThreadAhead, type ImageFormat } from '../../image/import.ts';
 import { ThinError } from '../../errors.ts';
 import { listImages } from '../../image/catalog.ts';
 import { imageStats } from '../../image/stats.ts';
@@ -45,6 +45,8 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
         interrupted.abort(new ThinError('THIN_INTERRUPTED', `Import of ${source} into ${name} interrupted by ${signal}`));
       };
       process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+      // The thread that will parse a local tar starts loading now, while the pool and the source open.
+      const parseThread = startParseThreadAhead(source, format);
       const result = await withPool(poolDirectory(options.pool), 'write', async (pool) => {
         // A killed import of the same name left its temporary volume: this one holds the pool alone.
         for (const stale of await removeStaleImports(pool, name)) reporter.note(`Removed ${stale}, left by an import that did not finish`);
@@ -53,6 +55,7 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
           format,
           labels,
           signal: interrupted.signal,
+          parseThread,
           openers: sourceOpeners({ ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
           onProgress: (done, total) => {
             if (total === undefined) return;
@@ -60,9 +63,10 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
             progress.update(done);
           },
         });
-      }).finally(() => {
+      }).finally(async () => {
         process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
         progress?.stop();
+        await parseThread?.close();
       });
       if (options.json) {
         reporter.json(result);
