@@ -134,6 +134,15 @@ test('a bundle runs through a code cache per command, written once, in a directo
     const checkCaches = [...caches(install.dir).keys()].filter((entry) => entry.startsWith('thinbd-check.check.'));
     assert.equal(checkCaches.length, 1);
     assert.notEqual(checkCaches[0], name);
+    // Another install of thinbd keeps its own cache beside this one's.
+    const other = fakeInstall({ XDG_CACHE_HOME: join(install.dir, 'cache') });
+    try {
+      other.age('dist/cli/main.js', 60);
+      assert.equal(other.run('check'), 'check group check');
+      assert.equal([...caches(install.dir).keys()].filter((entry) => entry.startsWith('thinbd-check.check.')).length, 2);
+    } finally {
+      rmSync(other.dir, { recursive: true, force: true });
+    }
   } finally {
     rmSync(install.dir, { recursive: true, force: true });
   }
