@@ -43,9 +43,9 @@ export interface ChunkJobs extends ChunkDecoder {
   chunk(data: Uint8Array, rangeEnds?: number[]): Promise<{ id: number; result: ChunkedJob }>;
   /**
    * The stored form of the chunks at `indexes` (increasing) of job `id`, as pieces, then forgets
-   * the job. A frame holds chunks of one range only. Frames are written into `out` (shared memory, at least as long as the job), raw
-   * chunks stay where they are: each `stored` is a view of `out` or of the job's bytes, valid
-   * until the caller reuses them.
+   * the job. A frame holds chunks of one range only. Frames are written into `out` (shared
+   * memory, at least as long as the job), raw chunks stay where they are: each `stored` is a view
+   * of `out` or of the job's bytes, valid until the caller reuses them.
    */
   compress(id: number, indexes: number[], out: Uint8Array): Promise<StoredPiece[]>;
   close(): Promise<void>;
@@ -95,8 +95,8 @@ export const FRAME_CONTINUES = 0xffffffff;
  * Compresses the chunks at `indexes` (increasing) of a job into `out`, frames end to end: each
  * frame holds adjacent chunks (neighbours in the job, both new, the second not the first of a
  * range in `rangeFirsts`: a frame stays within one range of the volume) up to
- * ARCHIVE_FRAME_TARGET_BYTES together, or one longer chunk, and is kept only when smaller than its chunks (F-AR-CHUNK-2);
- * otherwise they are stored raw, each alone. Returns, per chunk, the length of the frame it
+ * ARCHIVE_FRAME_TARGET_BYTES together, or one longer chunk, and is kept only when smaller than
+ * its chunks (F-AR-CHUNK-2); otherwise they are stored raw, each alone. Returns, per chunk, the length of the frame it
  * begins, FRAME_CONTINUES when it continues the one before, 0 when it is stored raw (a zstd frame
  * is never empty); storedPieces turns them into pieces.
  */

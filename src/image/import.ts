@@ -34,7 +34,7 @@ import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
 import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
 import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
 import { chainIds, describeImageArchive, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
-import { decompressChunks, detectCompression, openSource, type Compression, type OpenedSource, type SourceOpeners } from './source.ts';
+import { decompressChunks, detectCompression, isPathSource, openSource, type Compression, type OpenedSource, type SourceOpeners } from './source.ts';
 import { ParseThread, parseOnThread } from './parse-thread.ts';
 import { NotTarError, TarReader, drainTrailer, type TarEntry } from './tar.ts';
 import { FsTree } from './tree.ts';
@@ -142,7 +142,7 @@ function parseThreadWanted(): boolean {
  * start otherwise); undefined when no thread would be used. The caller closes it.
  */
 export function startParseThreadAhead(source: string, format: ImageFormat): ParseThread | undefined {
-  if (format === 'oci' || !parseThreadWanted() || source === '-' || /^[a-z][a-z0-9+.-]*:\/\//i.test(source)) return undefined;
+  if (format === 'oci' || !parseThreadWanted() || !isPathSource(source)) return undefined;
   return new ParseThread();
 }
 

@@ -374,10 +374,15 @@ function httpRangeReader(url: string): (beginBytes: number, endBytes: number) =>
   };
 }
 
+/** Whether SOURCE names a path on this host (not "-" for standard input, nor a URL such as http:// or s3://). */
+export function isPathSource(source: string): boolean {
+  return source !== '-' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(source);
+}
+
 /** Opens SOURCE: a path, "-" for standard input, an http(s) URL, or s3://BUCKET/KEY. */
 export async function openSource(source: string, openers: SourceOpeners = {}, stdin: NodeJS.ReadableStream = process.stdin): Promise<OpenedSource> {
   let bytes = 0;
-  const local = source !== '-' && !/^[a-z][a-z0-9+.-]*:\/\//i.test(source) ? openLocal(source) : undefined;
+  const local = isPathSource(source) ? openLocal(source) : undefined;
   // A regular file is read at offsets and hashed by the worker from its own reads; anything else
   // (a named pipe, a character device such as /dev/stdin) is a stream, read once, like "-".
   const isLocal = local?.stat.isFile() === true;

@@ -64,7 +64,7 @@ export class DataBitmap {
 
   /** Blocks marked in use. */
   usedBlocks(): number {
-    return countBits(this.bits, 0, this.end - this.begin);
+    return countBits(this.bits, this.end - this.begin);
   }
 
   /** Runs of unused blocks in the region: [begin, end) pairs. */
@@ -108,9 +108,9 @@ function setBits(bits: Uint8Array, from: number, to: number): void {
 }
 
 /** Set bits of a bitmap's bits [0, count). */
-function countBits(bits: Uint8Array, from: number, count: number): number {
+function countBits(bits: Uint8Array, count: number): number {
   let set = 0;
-  for (let bit = from; bit < count; ) {
+  for (let bit = 0; bit < count; ) {
     if ((bit & 7) === 0 && bit + 8 <= count) {
       set += BITS_SET[bits[bit >> 3]!]!;
       bit += 8;
@@ -168,7 +168,7 @@ export async function writeGroupMetadata(queue: WriteQueue, buffers: BufferPool,
     let blockBitmapCsum = 0;
     if (groupHasUsedBlocks(group) || isLast) {
       fillBlockBitmap(blockBitmap, geometry, input.liveData, group, hasSuper(group));
-      freeBlocks -= countBits(blockBitmap, 0, groupBlocks);
+      freeBlocks -= countBits(blockBitmap, groupBlocks);
       // Padding past the file system's end in the last group is marked used.
       setBits(blockBitmap, groupBlocks, BLOCKS_PER_GROUP);
       blockBitmapCsum = ext4Crc32c(fsSeed, blockBitmap.subarray(0, BLOCKS_PER_GROUP / 8));
