@@ -22,11 +22,13 @@
 // later write), so the pool may work around the range (pool/bad-blocks.ts) and later syncs still
 // mean what they say.
 import fs from 'node:fs';
-import koffi from 'koffi';
+import { loadKoffi } from '../util/native.ts';
 import type { BlockFile, SyncOptions } from './block-file.ts';
 import { ThinError, assert } from '../errors.ts';
 import { isMediaError } from './media-error.ts';
 import { PRIVATE_FILE_MODE } from './private.ts';
+
+const koffi = loadKoffi();
 
 export interface FileOpenOptions {
   readOnly?: boolean;

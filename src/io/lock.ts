@@ -11,9 +11,11 @@
 // single-writer guard within one process as well.
 import fs from 'node:fs';
 import path from 'node:path';
-import koffi from 'koffi';
+import { loadKoffi } from '../util/native.ts';
 import { ThinError } from '../errors.ts';
 import { PRIVATE_FILE_MODE } from './private.ts';
+
+const koffi = loadKoffi();
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;

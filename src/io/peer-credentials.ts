@@ -1,7 +1,9 @@
 // Who is at the other end of a Unix socket: SO_PEERCRED, the credentials the kernel recorded when
 // the peer connected (it cannot lie about them). Node has no API for it, so getsockopt is called
 // from libc through koffi, as the pool lock calls flock.
-import koffi from 'koffi';
+import { loadKoffi } from '../util/native.ts';
+
+const koffi = loadKoffi();
 
 const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;

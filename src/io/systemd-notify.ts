@@ -3,7 +3,9 @@
 // datagram to the Unix socket named in $NOTIFY_SOCKET. Node's dgram module has no Unix datagram
 // sockets, so socket(2) and sendto(2) are called from libc through koffi, as the pool lock calls
 // flock. Outside systemd ($NOTIFY_SOCKET unset) nothing is sent.
-import koffi from 'koffi';
+import { loadKoffi } from '../util/native.ts';
+
+const koffi = loadKoffi();
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;

@@ -31,8 +31,10 @@ import {
 import { performance } from 'node:perf_hooks';
 import { ThinError, assert } from '../errors.ts';
 import type { BlockFile, SyncOptions } from '../io/block-file.ts';
-import { crc32c } from '@node-rs/crc32';
+import { loadCrc32 } from '../util/native.ts';
 import { Block, BlockType, checksumOf, getU64, sealBlock, setU64 } from '../pdata/index.ts';
+
+const { crc32c } = loadCrc32();
 
 /** "TLOG" read as a little-endian u32. */
 export const DELTA_LOG_MAGIC = 0x474f4c54;

@@ -17,7 +17,7 @@ import type { BlockFile } from '../io/block-file.ts';
 import { isMediaError } from '../io/media-error.ts';
 import { isRedundant, type RedundantBlockFile } from '../io/mirror.ts';
 import { Block, BlockType, blockProblem, checksumOf } from '../pdata/index.ts';
-import { crc32c } from '@node-rs/crc32';
+import { loadCrc32 } from '../util/native.ts';
 import { DELTA_LOG_BLOCKS_PER_FLUSH_MAX } from '../constants.ts';
 import {
   DELTA_LOG_ENTRIES_PER_RECORD,
@@ -33,6 +33,8 @@ import {
   type DeltaLogEntry,
   type DeltaLogPosition,
 } from './log.ts';
+
+const { crc32c } = loadCrc32();
 
 export interface DeltaLogRecord {
   index: number;
