@@ -1,6 +1,6 @@
 // The persistent-data layer's public surface: checksummed blocks, transactions, B+trees, space
 // maps and superblock copies. Layers above import from here.
-export { Block, BlockType, BTREE_BLOCK_TYPES, validateBlock, blockProblem, sealBlock, checksumOf, getU64, setU64 } from './block.ts';
+export { Block, BlockType, BTREE_BLOCK_TYPES, validateBlock, blockProblem, sealBlock, checksumOf, getU64, setU64, isZeroBlock } from './block.ts';
 export type { WritableBlock, BlockExpectation } from './block.ts';
 export { BlockCache } from './cache.ts';
 export { TransactionManager } from './transaction.ts';

@@ -29,6 +29,7 @@ import {
   SpaceMap,
   SubtreeShapes,
   blockProblem,
+  isZeroBlock,
   TreeKind,
   TreeWalker,
   refCountExtentCodec,
@@ -476,7 +477,7 @@ function checkMetadataReferences(context: CheckContext): void {
 function unreachedBlockProblem(context: CheckContext, blockNr: number): string | undefined {
   const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
   context.metadataFile.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
-  if (bytes.every((byte) => byte === 0)) return undefined;
+  if (isZeroBlock(bytes)) return undefined;
   return blockProblem(bytes, {
     blockNr,
     expectedType: [...BTREE_BLOCK_TYPES, BlockType.details],

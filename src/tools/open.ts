@@ -22,7 +22,7 @@ import { isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import type { FileSystem } from '../io/file-system.ts';
 import { readDeltaLog } from '../journal/replay.ts';
-import { TransactionManager } from '../pdata/index.ts';
+import { TransactionManager, isZeroBlock } from '../pdata/index.ts';
 import { decodePoolPayload } from '../pool/codecs.ts';
 import type { PoolFiles } from '../pool/files.ts';
 import { validatePayloadRoots } from '../pool/trees.ts';
@@ -61,7 +61,7 @@ function messageOf(error: unknown): string {
 function isAllZeros(file: BlockFile, blockNr: number): boolean {
   const bytes = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
   file.readSync(bytes, blockNr * METADATA_BLOCK_SIZE_BYTES);
-  return bytes.every((byte) => byte === 0);
+  return isZeroBlock(bytes);
 }
 
 /** Opens the pool for check or repair (see the module comment). The caller closes the view. */

@@ -18,7 +18,7 @@
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, SUPERBLOCK_BLOCK_NRS } from '../constants.ts';
 import { ThinError, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
-import { BTREE_BLOCK_TYPES, Block, TreeKind, TreeWalker, blockProblem, encodeSuperblock, isSuperblockBlockNr, nodeLevel, nodeTreeKind } from '../pdata/index.ts';
+import { BTREE_BLOCK_TYPES, Block, TreeKind, TreeWalker, blockProblem, encodeSuperblock, isSuperblockBlockNr, isZeroBlock, nodeLevel, nodeTreeKind } from '../pdata/index.ts';
 import { DEVICE_TREE_KIND, POOL_FORMAT_VERSION, VOLUME_ID_MAX, encodePoolPayload, type DeviceValue } from '../pool/codecs.ts';
 import type { PoolFiles } from '../pool/files.ts';
 import { deviceReadCodec, extentReadCodec } from '../pool/trees.ts';
@@ -68,7 +68,7 @@ export async function rebuildSuperblock(source: PoolFiles, copy: BlockFile, bloc
     const chunkBytes = Math.min(SCAN_CHUNK_BYTES, metadataBytes - offsetBytes);
     for (let at = 0; at + METADATA_BLOCK_SIZE_BYTES <= chunkBytes; at += METADATA_BLOCK_SIZE_BYTES) {
       const bytes = chunk.subarray(at, at + METADATA_BLOCK_SIZE_BYTES);
-      if (bytes.every((byte) => byte === 0)) continue;
+      if (isZeroBlock(bytes)) continue;
       const blockNr = (offsetBytes + at) / METADATA_BLOCK_SIZE_BYTES;
       if (isSuperblockBlockNr(blockNr)) continue; // unreadable, or there would be no scan
       await copy.write(bytes, offsetBytes + at);

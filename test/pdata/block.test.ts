@@ -50,6 +50,14 @@ describe('metadata block header', () => {
       corruptBlock(/written by transaction 3, newer than 2/),
     );
     assert.throws(() => validateBlock(new Uint8Array(METADATA_BLOCK_SIZE_BYTES), { blockNr: 17, expectedType: 3 }), corruptBlock(/never written/));
+    // One byte set anywhere, even the last, is a damaged block, not an unwritten one.
+    const lastByteSet = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+    lastByteSet[METADATA_BLOCK_SIZE_BYTES - 1] = 1;
+    assert.throws(() => validateBlock(lastByteSet, { blockNr: 17, expectedType: 3 }), corruptBlock(/checksum mismatch/));
+    // A block of zeros inside a larger buffer (a read of several blocks) is still a block of zeros.
+    const shared = new Uint8Array(3 * METADATA_BLOCK_SIZE_BYTES).fill(7);
+    const inside = shared.subarray(METADATA_BLOCK_SIZE_BYTES, 2 * METADATA_BLOCK_SIZE_BYTES).fill(0);
+    assert.throws(() => validateBlock(inside, { blockNr: 17, expectedType: 3 }), corruptBlock(/never written/));
     const reserved = bytes.slice();
     const block = new Block(17, reserved);
     block.view.setUint16(BlockHeader.reservedOffset, 1, true);
