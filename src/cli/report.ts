@@ -35,13 +35,21 @@ export interface Reporter {
   readonly isTerminal: boolean;
 }
 
+/**
+ * The reporter on the process's stdout and stderr. process.stderr is made when first used (a
+ * getter): when stderr is a pipe that is a socket, a few milliseconds of a short command that
+ * never writes to it (`thinbd dump` as a script runs it), so nothing here touches it before a
+ * line goes there.
+ */
 export function consoleReporter(): Reporter {
   return {
     out: (line) => process.stdout.write(`${line}\n`),
     json: (value) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`),
     note: (line) => process.stderr.write(`${line}\n`),
     error: (line) => process.stderr.write(`thinbd: ${line}\n`),
-    isTerminal: Boolean(process.stderr.isTTY),
+    get isTerminal() {
+      return Boolean(process.stderr.isTTY);
+    },
   };
 }
 
