@@ -2,7 +2,7 @@
 // before its fix.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
@@ -120,14 +120,19 @@ test('an import interrupted by SIGINT removes the volume it created', async () =
   ok(['check', '--pool', dir]);
 });
 
+/** thin_dump XML of one device with `mappings` single mappings, origin block 2i on data block `dataStride` × i. */
+function writeSingleMappingsXml(path: string, mappings: number, dataStride: number): void {
+  const lines = ['<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="100000">'];
+  lines.push(`  <device dev_id="1" mapped_blocks="${mappings}" transaction="0" creation_time="0" snap_time="0">`);
+  for (let block = 0; block < mappings; block += 1) lines.push(`    <single_mapping origin_block="${2 * block}" data_block="${dataStride * block}" time="0"/>`);
+  lines.push('  </device>', '</superblock>', '');
+  writeFileSync(path, lines.join('\n'));
+}
+
 test('a reader that closes standard output early ends the command quietly with 141', () => {
   // Enough mappings that the dump cannot fit in the pipe before head exits.
   const xml = join(work, 'many.xml');
-  const lines = ['<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="100000">'];
-  lines.push('  <device dev_id="1" mapped_blocks="40000" transaction="0" creation_time="0" snap_time="0">');
-  for (let block = 0; block < 40000; block += 1) lines.push(`    <single_mapping origin_block="${2 * block}" data_block="${2 * block}" time="0"/>`);
-  lines.push('  </device>', '</superblock>', '');
-  writeFileSync(xml, lines.join('\n'));
+  writeSingleMappingsXml(xml, 40000, 2);
   const dir = join(work, 'epipe');
   ok(['restore', '--pool', dir, '-i', xml, '--data-size', '8G']);
   for (const command of [['dump'], ['dump', '--format', 'human'], ['dump', '--format', 'json'], ['export', '1', '-']]) {
@@ -138,6 +143,32 @@ test('a reader that closes standard output early ends the command quietly with 1
     assert.equal(result.stderr, '', `thinbd ${command.join(' ')} | head says nothing on stderr`);
     assert.equal(result.stdout.trim(), '141', `thinbd ${command.join(' ')} | head exits 141`);
   }
+});
+
+test('dump writes the same bytes to a pipe, a file standard output is redirected to, and -o; a full disk is one line and exit 1', () => {
+  const dir = join(work, 'outputs');
+  const xml = join(work, 'outputs.xml');
+  writeSingleMappingsXml(xml, 20000, 3);
+  ok(['restore', '--pool', dir, '-i', xml, '--data-size', '8G']);
+  for (const format of ['xml', 'json', 'human']) {
+    const piped = ok(['dump', '--pool', dir, '--format', format]);
+    assert.ok(piped.length > 20000 * 20, `the ${format} dump holds every mapping`);
+    const redirected = join(work, `redirected.${format}`);
+    const fd = openSync(redirected, 'wx');
+    const result = spawnSync(process.execPath, [THINBD, 'dump', '--pool', dir, '--format', format], { stdio: ['ignore', fd, 'pipe'], encoding: 'utf8' });
+    closeSync(fd);
+    assert.equal(result.status, 0, result.stderr);
+    assert.equal(readFileSync(redirected, 'utf8'), piped, `${format}: standard output redirected to a file`);
+    const named = join(work, `named.${format}`);
+    ok(['dump', '--pool', dir, '--format', format, '-o', named]);
+    assert.equal(readFileSync(named, 'utf8'), piped, `${format}: -o`);
+  }
+  // /dev/full refuses every write with ENOSPC.
+  const full = openSync('/dev/full', 'w');
+  const result = spawnSync(process.execPath, [THINBD, 'dump', '--pool', dir], { stdio: ['ignore', full, 'pipe'], encoding: 'utf8' });
+  closeSync(full);
+  assert.equal(result.status, 1);
+  assert.equal(result.stderr, 'thinbd: Cannot write to standard output: ENOSPC: no space left on device, write\n');
 });
 
 test('a directory that holds no pool is left untouched by every command', () => {

@@ -205,6 +205,45 @@ test('the XML writer streams through a file sink and ends with the closing tag',
   }
 });
 
+test('through a descriptor sink, the XML writer writes to a file exactly what it writes into a string', async () => {
+  const { DescriptorSink } = await import('../../src/tools/dump/sink.ts');
+  const { closeSync, openSync, readFileSync } = await import('node:fs');
+  const scratch = new Scratch();
+  try {
+    // Enough lines for several output pieces, a volume comment (text, not bytes) between mappings.
+    const events: DumpEvent[] = [{ kind: 'superblockBegin', uuid: '', time: 0, transaction: 0, flags: 0, version: 2, dataBlockSizeSectors: 128, nrDataBlocks: 1e6 }];
+    for (const devId of [1, 2]) {
+      events.push({ kind: 'deviceBegin', devId, mappedBlocks: 50_000, transaction: 0, creationTime: 0, snapTime: 0, volume: { name: `vol-${devId}`, sizeBytes: 2 ** 36, readOnly: false, createdAt: '2026-12-07T00:00:00.000Z' } });
+      for (let block = 0; block < 50_000; block += 1) events.push({ kind: 'mapping', originBegin: block, dataBegin: block * 2 + devId, length: 1, time: 0 });
+      events.push({ kind: 'deviceEnd' });
+    }
+    events.push({ kind: 'superblockEnd' });
+    const path = scratch.path('descriptor.xml');
+    const fd = openSync(path, 'wx');
+    const sink = new DescriptorSink(fd, path);
+    await replay(events, new XmlDumpWriter(sink));
+    await sink.flush();
+    closeSync(fd);
+    assert.equal(readFileSync(path, 'latin1'), await writeEvents(events, (stringSink) => new XmlDumpWriter(stringSink)));
+  } finally {
+    scratch.remove();
+  }
+});
+
+test('a descriptor sink that cannot write says where it could not write', async () => {
+  const { DescriptorSink } = await import('../../src/tools/dump/sink.ts');
+  const { closeSync, openSync } = await import('node:fs');
+  // /dev/full refuses every write with ENOSPC.
+  const fd = openSync('/dev/full', 'w');
+  try {
+    const sink = new DescriptorSink(fd, 'the output file');
+    sink.write('<superblock/>\n');
+    await assert.rejects(sink.flush(), (error: Error) => error.name === 'ThinError' && /^Cannot write to the output file: ENOSPC/.test(error.message));
+  } finally {
+    closeSync(fd);
+  }
+});
+
 test('thin_restore 0.9.0 ignores extra attributes and comments but refuses unknown elements (why thinbd uses a comment)', () => {
   requireThinTools();
   const scratch = new Scratch();

@@ -1,7 +1,5 @@
 // thinbd dump | restore | delta | metadata size — the dm-thin interop tools (src/tools).
-import { closeSync, createWriteStream, openSync, rmSync, statSync } from 'node:fs';
-import { once } from 'node:events';
-import type { Writable } from 'node:stream';
+import { closeSync, fstatSync, openSync, rmSync, statSync } from 'node:fs';
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
@@ -9,12 +7,11 @@ import { poolDirectory, poolOption, sizeOption } from '../options.ts';
 import { assertPoolExists, withReadTarget } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
-import { StreamSink } from '../../tools/dump/sink.ts';
+import { DescriptorSink, StreamSink, type TextSink } from '../../tools/dump/sink.ts';
 import type { DumpVisitor } from '../../tools/dump/events.ts';
 import type { RestoreData } from '../../tools/restore.ts';
 import { estimateMetadataSize } from '../../tools/metadata-size.ts';
 import { openPrivateFile } from '../../io/private.ts';
-import { FileChunks } from '../../image/source.ts';
 import { METADATA_BLOCK_SIZE_BYTES, RESTORE_FILE_READ_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
 
 
@@ -23,21 +20,30 @@ function choice<T extends string>(option: string, text: string, allowed: readonl
   return text as T;
 }
 
-/** Output to a file (removed again if the command fails) or to stdout. */
-async function withOutput(file: string | undefined, work: (stream: Writable) => Promise<void>): Promise<void> {
+/**
+ * Standard output as a sink: its descriptor written directly when it is a file or a character
+ * device (a redirect, /dev/null, a terminal), process.stdout when it is a pipe or a socket, whose
+ * writes may have to wait for the reader.
+ */
+function standardOutputSink(): TextSink {
+  const stat = fstatSync(1);
+  return stat.isFile() || stat.isCharacterDevice() ? new DescriptorSink(1, 'standard output') : new StreamSink(process.stdout);
+}
+
+/** Output to a new file (removed again if the command fails) or to stdout; `work` flushes the sink. */
+async function withOutput(file: string | undefined, work: (sink: TextSink) => Promise<void>): Promise<void> {
   if (file === undefined || file === '-') {
-    await work(process.stdout);
+    await work(standardOutputSink());
     return;
   }
-  const stream = createWriteStream(file, { fd: openPrivateFile(file, 'wx') });
+  const fd = openPrivateFile(file, 'wx');
+  let written = false;
   try {
-    await work(stream);
-    stream.end();
-    await once(stream, 'finish');
-  } catch (error) {
-    stream.destroy();
-    rmSync(file, { force: true });
-    throw error;
+    await work(new DescriptorSink(fd, file));
+    written = true;
+  } finally {
+    closeSync(fd);
+    if (!written) rmSync(file, { force: true });
   }
 }
 
@@ -61,8 +67,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
         import('../../tools/dump/json.ts'),
         import('../../tools/dump/human.ts'),
       ]);
-      await withReadTarget(dir, (target) => withOutput(options.output, async (stream) => {
-        const sink = new StreamSink(stream);
+      await withReadTarget(dir, (target) => withOutput(options.output, async (sink) => {
         const writer: DumpVisitor =
           format === 'xml' ? new XmlDumpWriter(sink) : format === 'json' ? new JsonDumpWriter(sink) : new HumanDumpWriter(sink);
         const summary = await dumpPool(target, writer, {
@@ -100,6 +105,9 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       } else {
         const inputPath = options.input;
         const totalBytes = statSync(inputPath).size;
+        // Loaded here, not with the group: it loads zlib, streams and worker threads, which the
+        // group's other commands (a short dump) would pay for without using.
+        const { FileChunks } = await import('../../image/source.ts');
         progress = startProgress('restore', totalBytes, { bytes: true });
         const shown = progress;
         // Two buffers, reused: the reader is done with a chunk before it asks for the next (a
@@ -148,7 +156,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
       const dir = poolDirectory(options.pool);
       const format = choice('--format', options.format, ['xml', 'json'] as const);
       assertPoolExists(dir);
-      const sink = new StreamSink(process.stdout);
+      const sink = standardOutputSink();
       const { writePoolDelta } = await import('../../tools/delta.ts');
       await withReadTarget(dir, (target) => writePoolDelta(target, left, right, sink, { format, verbose: options.verbose === true }));
       await sink.flush();

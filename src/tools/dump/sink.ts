@@ -1,10 +1,12 @@
 // Where writers put their text: a bounded buffer in front of a Node stream (constant memory for
-// any dump size), or a string in memory (tests, small outputs). Writers call `write` per line;
-// the returned promise, when there is one, means "wait: the stream is full".
+// any dump size) or of a file descriptor written directly, or a string in memory (tests, small
+// outputs). Writers call `write` per line; the returned promise, when there is one, means "wait:
+// the stream is full".
 import { once } from 'node:events';
-import { WriteStream } from 'node:fs';
+import { WriteStream, writeSync } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { DUMP_OUTPUT_BUFFER_BYTES } from '../../constants.ts';
+import { ThinError } from '../../errors.ts';
 import type { VisitResult } from './events.ts';
 
 export interface TextSink {
@@ -30,7 +32,9 @@ export class StreamSink implements TextSink {
 
   constructor(stream: Writable) {
     this.#stream = stream;
-    this.#writesOut = stream === process.stdout || stream === process.stderr || stream instanceof WriteStream;
+    // Not `=== process.stderr`: reading that makes stderr's stream (a socket when it is a pipe),
+    // milliseconds of a short dump; nothing dumps to stderr.
+    this.#writesOut = stream === process.stdout || stream instanceof WriteStream;
   }
 
   write(text: string): VisitResult {
@@ -93,6 +97,71 @@ export class StreamSink implements TextSink {
     }
   }
 }
+
+/**
+ * A file or character device, written with writeSync on its descriptor as Node's own stream for
+ * a file does, without that stream: loading Node's stream modules was ~1.5 ms of a short
+ * `thinbd dump > file` (docs/benchmarks.md, "Command start-up"). Pipes and sockets, whose writes
+ * would block, need a StreamSink.
+ */
+export class DescriptorSink implements TextSink {
+  readonly #fd: number;
+  readonly #description: string;
+  #chunks: string[] = [];
+  #bufferedChars = 0;
+
+  /** `description` names the descriptor in errors ("standard output"). */
+  constructor(fd: number, description: string) {
+    this.#fd = fd;
+    this.#description = description;
+  }
+
+  write(text: string): VisitResult {
+    this.#chunks.push(text);
+    this.#bufferedChars += text.length;
+    if (this.#bufferedChars >= DUMP_OUTPUT_BUFFER_BYTES) this.#writeBuffered();
+    return undefined;
+  }
+
+  writeBytes(bytes: Uint8Array, reusable?: () => void): VisitResult {
+    this.#writeBuffered();
+    this.#writeAll(bytes);
+    reusable?.();
+    return undefined;
+  }
+
+  async flush(): Promise<void> {
+    this.#writeBuffered();
+  }
+
+  #writeBuffered(): void {
+    if (this.#chunks.length === 0) return;
+    const text = this.#chunks.join('');
+    this.#chunks = [];
+    this.#bufferedChars = 0;
+    this.#writeAll(Buffer.from(text, 'utf8'));
+  }
+
+  #writeAll(bytes: Uint8Array): void {
+    let doneBytes = 0;
+    while (doneBytes < bytes.length) {
+      try {
+        doneBytes += writeSync(this.#fd, bytes, doneBytes, bytes.length - doneBytes);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') {
+          throw new ThinError('THIN_IO', `Cannot write to ${this.#description}: ${(error as Error).message}`, { cause: error });
+        }
+        // A terminal another program left non-blocking, its buffer full: wait as a blocking write would.
+        Atomics.wait(sleeper, 0, 0, WOULD_BLOCK_RETRY_MS);
+      }
+    }
+  }
+}
+
+/** How long a write that would block waits before it tries again. */
+const WOULD_BLOCK_RETRY_MS = 1;
+/** Never notified: Atomics.wait on it is a sleep of the main thread. */
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
 export class StringSink implements TextSink {
   #chunks: string[] = [];
