@@ -80,7 +80,8 @@ export class FileBlockFile implements BlockFile {
     const readOnly = options.readOnly === true;
     let fd: number;
     try {
-      fd = await callback<number>((done) => fs.open(path, readOnly ? 'r' : 'r+', done));
+      // A file opened read-only is opened and closed on the main thread (see close()).
+      fd = readOnly ? fs.openSync(path, 'r') : await callback<number>((done) => fs.open(path, 'r+', done));
     } catch (error) {
       const code = errorCode(error);
       if (code === 'ENOENT') {
@@ -335,7 +336,12 @@ export class FileBlockFile implements BlockFile {
     // late callback never lands on a descriptor number reused by another file.
     await Promise.allSettled([...this.#inFlight]);
     try {
-      await callback<void>((done) => fs.close(this.#fd, done));
+      // Closing a file this process wrote may write back (the last close of a block device, NFS's
+      // close-to-open), so it goes to the thread pool. A read-only file has nothing to write back:
+      // opened and closed here, a short read-only command (a dump) never starts the pool's
+      // threads, 1-2 ms of it on two cores (docs/benchmarks.md, "Command start-up").
+      if (this.readOnly) fs.closeSync(this.#fd);
+      else await callback<void>((done) => fs.close(this.#fd, done));
     } catch (error) {
       throw new ThinError('THIN_IO', `Cannot close ${this.description}: ${errorCode(error)}`, { cause: error });
     }

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createHook } from 'node:async_hooks';
 import { blockFileConformance } from './block-file.conformance.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { CountingBlockFile } from '../../src/io/counting.ts';
@@ -77,6 +78,22 @@ blockFileConformance({
   failNextWrite: (file) => (file as SimDisk).failWrites(),
   failNextSync: (file) => (file as SimDisk).failSyncs(),
 });
+
+/** How many fs requests with a callback (libuv's thread pool's work) `work` made. */
+async function threadPoolRequestsDuring(work: () => Promise<void>): Promise<number> {
+  let requests = 0;
+  const hook = createHook({
+    init: (_id, type) => {
+      if (type === 'FSREQCALLBACK') requests += 1;
+    },
+  }).enable();
+  try {
+    await work();
+  } finally {
+    hook.disable();
+  }
+  return requests;
+}
 
 describe('FileBlockFile', () => {
   test('create refuses an existing path with THIN_EXISTS and leaves it as it was', async () => {
@@ -222,6 +239,21 @@ describe('FileBlockFile', () => {
     await assert.rejects(full.sync({ inline: true }), (error) => isThinError(error, 'THIN_IO') && error.message === 'Cannot sync /dev/full: EINVAL');
     await assert.rejects(full.sync(), (error) => isThinError(error, 'THIN_IO') && /an earlier write or sync failed/.test(error.message));
     await full.close();
+  });
+
+  test('a read-only file is opened, read from the page cache and closed without a request to the thread pool', async () => {
+    const file = temporaryPath();
+    fs.writeFileSync(file, Buffer.alloc(8192, 7));
+    const bytes = new Uint8Array(4096);
+    const readOnly = await threadPoolRequestsDuring(async () => {
+      const opened = await FileBlockFile.open(file, { readOnly: true });
+      await opened.read(bytes, 4096);
+      await opened.close();
+    });
+    assert.equal(bytes[4095], 7);
+    assert.equal(readOnly, 0);
+    // A file opened for writing still opens and closes through the pool (a close may write back).
+    assert.equal(await threadPoolRequestsDuring(async () => (await FileBlockFile.open(file)).close()), 2);
   });
 
   test('a failed read names size, offset, path and errno', async () => {
