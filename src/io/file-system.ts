@@ -8,8 +8,8 @@
 // only once the directory holding the entry was fsynced after it (syncDirectory); a rename
 // across directories, once the destination directory was. A file's size and contents are the
 // BlockFile's business (sync). Callers sync each directory whose entries must survive a crash.
-import fs from 'node:fs';
-import path from 'node:path';
+import { closeSync, fsyncSync, linkSync, lstatSync, openSync, readdirSync, realpathSync, renameSync, rmSync, rmdirSync, statSync, symlinkSync, type Stats } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import type { BlockFile } from './block-file.ts';
 import { FileBlockFile } from './file.ts';
 import { lockDirectory, type DirectoryLock } from './lock.ts';
@@ -50,9 +50,9 @@ export const nodeFileSystem: FileSystem = {
   openFile: (filePath, options) => FileBlockFile.open(filePath, options),
   createFile: (filePath, options) => FileBlockFile.create(filePath, options),
   kind(entryPath, options = {}) {
-    let stats: fs.Stats;
+    let stats: Stats;
     try {
-      stats = options.noFollow === true ? fs.lstatSync(entryPath) : fs.statSync(entryPath);
+      stats = options.noFollow === true ? lstatSync(entryPath) : statSync(entryPath);
     } catch {
       return undefined;
     }
@@ -60,20 +60,20 @@ export const nodeFileSystem: FileSystem = {
     if (stats.isDirectory()) return 'directory';
     return stats.isFile() ? 'file' : 'other';
   },
-  list: (dir) => fs.readdirSync(dir),
+  list: (dir) => readdirSync(dir),
   makeDirectory: (dir, options = {}) => makePrivateDirectory(dir, options),
-  removeDirectory: (dir) => fs.rmdirSync(dir),
-  remove: (entryPath, options = {}) => fs.rmSync(entryPath, { recursive: options.recursive === true, force: true }),
-  rename: (fromPath, toPath) => fs.renameSync(fromPath, toPath),
-  link: (existingPath, newPath) => fs.linkSync(existingPath, newPath),
-  symlink: (target, linkPath) => fs.symlinkSync(target, linkPath),
-  realpath: (entryPath) => fs.realpathSync(entryPath),
+  removeDirectory: (dir) => rmdirSync(dir),
+  remove: (entryPath, options = {}) => rmSync(entryPath, { recursive: options.recursive === true, force: true }),
+  rename: (fromPath, toPath) => renameSync(fromPath, toPath),
+  link: (existingPath, newPath) => linkSync(existingPath, newPath),
+  symlink: (target, linkPath) => symlinkSync(target, linkPath),
+  realpath: (entryPath) => realpathSync(entryPath),
   syncDirectory(dir) {
-    const fd = fs.openSync(dir, 'r');
+    const fd = openSync(dir, 'r');
     try {
-      fs.fsyncSync(fd);
+      fsyncSync(fd);
     } finally {
-      fs.closeSync(fd);
+      closeSync(fd);
     }
   },
   lock: (dir) => lockDirectory(dir),
@@ -85,11 +85,11 @@ export const nodeFileSystem: FileSystem = {
  */
 export function makeDurableDirectory(fileSystem: FileSystem, dir: string, options: { recursive?: boolean } = {}): boolean {
   const missing: string[] = [];
-  for (let current = path.resolve(dir); fileSystem.kind(current) === undefined; current = path.dirname(current)) {
+  for (let current = resolve(dir); fileSystem.kind(current) === undefined; current = dirname(current)) {
     missing.push(current);
-    if (path.dirname(current) === current || options.recursive !== true) break;
+    if (dirname(current) === current || options.recursive !== true) break;
   }
   const created = fileSystem.makeDirectory(dir, options);
-  if (created) for (const made of missing) fileSystem.syncDirectory(path.dirname(made));
+  if (created) for (const made of missing) fileSystem.syncDirectory(dirname(made));
   return created;
 }

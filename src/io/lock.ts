@@ -9,8 +9,8 @@
 // Core fs has no flock, so it is called from libc through koffi. flock locks belong to the open
 // file description: a second open() in the same process is refused too, which makes it a
 // single-writer guard within one process as well.
-import fs from 'node:fs';
-import path from 'node:path';
+import { closeSync, constants, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 import { loadKoffi } from '../util/native.ts';
 import { ThinError } from '../errors.ts';
 import { PRIVATE_FILE_MODE } from './private.ts';
@@ -41,12 +41,12 @@ export interface DirectoryLock {
  * directory does not exist.
  */
 export function lockDirectory(directoryPath: string): DirectoryLock {
-  const lockPath = path.join(directoryPath, LOCK_FILE_NAME);
+  const lockPath = join(directoryPath, LOCK_FILE_NAME);
   let fd: number;
   try {
     // O_RDWR | O_CREAT, no O_TRUNC: the holder's pid must survive a refused attempt. (libuv opens
     // every descriptor close-on-exec, so a child process never inherits the lock.)
-    fd = fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT, PRIVATE_FILE_MODE);
+    fd = openSync(lockPath, constants.O_RDWR | constants.O_CREAT, PRIVATE_FILE_MODE);
   } catch (error) {
     const code = errorCode(error);
     if (code === 'ENOENT' || code === 'ENOTDIR') {
@@ -66,7 +66,7 @@ export function lockDirectory(directoryPath: string): DirectoryLock {
 
   if (result !== 0) {
     const holderPid = readHolderPid(fd);
-    fs.closeSync(fd);
+    closeSync(fd);
     if (errno === EWOULDBLOCK) {
       const holder = holderPid === undefined ? 'pid unknown' : `pid ${holderPid}`;
       throw new ThinError('THIN_BUSY', `Pool ${directoryPath} is in use by another process (${holder})`);
@@ -76,11 +76,11 @@ export function lockDirectory(directoryPath: string): DirectoryLock {
 
   try {
     const text = Buffer.from(`${process.pid}\n`);
-    fs.ftruncateSync(fd, 0);
-    fs.writeSync(fd, text, 0, text.length, 0);
+    ftruncateSync(fd, 0);
+    writeSync(fd, text, 0, text.length, 0);
   } catch (error) {
     flock(fd, LOCK_UN);
-    fs.closeSync(fd);
+    closeSync(fd);
     throw new ThinError('THIN_IO', `Cannot lock pool ${directoryPath}: cannot write ${lockPath}: ${errorCode(error)}`, {
       cause: error,
     });
@@ -94,13 +94,13 @@ export function lockDirectory(directoryPath: string): DirectoryLock {
       held = false;
       // Clear the pid first, while the lock still keeps others out; closing drops the lock.
       try {
-        fs.ftruncateSync(fd, 0);
+        ftruncateSync(fd, 0);
       } catch {
         // The pid is advisory; an unlocked file with a stale pid in it is harmless.
       }
       // Closing the last descriptor drops the lock anyway; unlocking first just says so early.
       flock(fd, LOCK_UN);
-      fs.closeSync(fd);
+      closeSync(fd);
     },
   };
 }
@@ -108,7 +108,7 @@ export function lockDirectory(directoryPath: string): DirectoryLock {
 function readHolderPid(fd: number): number | undefined {
   try {
     const buffer = Buffer.alloc(32);
-    const readBytes = fs.readSync(fd, buffer, 0, buffer.length, 0);
+    const readBytes = readSync(fd, buffer, 0, buffer.length, 0);
     const text = buffer.subarray(0, readBytes).toString('latin1').trim();
     return /^[0-9]+$/.test(text) ? Number(text) : undefined;
   } catch {

@@ -2,7 +2,7 @@
 // is private to its owner whatever the umask: directories 0700, files 0600, as libvirt keeps
 // images and restic its repositories. A umask can only clear bits, and a strict one (0277) could
 // clear the owner's own, so modes are set explicitly after creation, not left to open/mkdir.
-import fs from 'node:fs';
+import { chmodSync, closeSync, existsSync, fchmodSync, mkdirSync, openSync, realpathSync, statSync, type Stats } from 'node:fs';
 import { dirname } from 'node:path';
 
 export const PRIVATE_FILE_MODE = 0o600;
@@ -13,21 +13,21 @@ export const PRIVATE_DIRECTORY_MODE = 0o700;
  * too). Returns whether it created the directory itself; an existing one keeps its mode.
  */
 export function makePrivateDirectory(path: string, options: { recursive?: boolean } = {}): boolean {
-  const existed = fs.existsSync(path);
-  const created = fs.mkdirSync(path, { recursive: options.recursive === true, mode: PRIVATE_DIRECTORY_MODE });
+  const existed = existsSync(path);
+  const created = mkdirSync(path, { recursive: options.recursive === true, mode: PRIVATE_DIRECTORY_MODE });
   if (existed) return false;
   // mkdirSync(recursive) returns the first directory it made; a plain mkdir made exactly `path`.
-  if (options.recursive !== true || created !== undefined) fs.chmodSync(path, PRIVATE_DIRECTORY_MODE);
+  if (options.recursive !== true || created !== undefined) chmodSync(path, PRIVATE_DIRECTORY_MODE);
   return true;
 }
 
-/** Opens a new file 0600 for writing (`flags` as fs.openSync's, e.g. 'wx'), whatever the umask. */
+/** Opens a new file 0600 for writing (`flags` as openSync's, e.g. 'wx'), whatever the umask. */
 export function openPrivateFile(path: string, flags: string): number {
-  const fd = fs.openSync(path, flags, PRIVATE_FILE_MODE);
+  const fd = openSync(path, flags, PRIVATE_FILE_MODE);
   try {
-    fs.fchmodSync(fd, PRIVATE_FILE_MODE);
+    fchmodSync(fd, PRIVATE_FILE_MODE);
   } catch (error) {
-    fs.closeSync(fd);
+    closeSync(fd);
     throw error;
   }
   return fd;
@@ -35,7 +35,7 @@ export function openPrivateFile(path: string, flags: string): number {
 
 /** True when users other than the owner may read or enter `path` (group or other bits set). */
 export function isReadableByOthers(path: string): boolean {
-  return (fs.statSync(path).mode & 0o077) !== 0;
+  return (statSync(path).mode & 0o077) !== 0;
 }
 
 /**
@@ -47,10 +47,10 @@ export function isReadableByOthers(path: string): boolean {
 export function describeExposure(paths: readonly string[]): string | undefined {
   for (const path of paths) {
     let real: string;
-    let stats: fs.Stats;
+    let stats: Stats;
     try {
-      real = fs.realpathSync(path);
-      stats = fs.statSync(real);
+      real = realpathSync(path);
+      stats = statSync(real);
     } catch {
       continue;
     }
@@ -64,7 +64,7 @@ export function describeExposure(paths: readonly string[]): string | undefined {
 /** Whether a user other than the owner may pass through every directory from `dir` up to the root. */
 function searchableByOthers(dir: string): boolean {
   for (let current = dir; ; current = dirname(current)) {
-    if ((fs.statSync(current).mode & 0o011) === 0) return false;
+    if ((statSync(current).mode & 0o011) === 0) return false;
     if (dirname(current) === current) return true;
   }
 }

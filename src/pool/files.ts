@@ -3,8 +3,8 @@
 // lock (src/io/lock.ts) before either file, so two processes never open one pool at once, and a
 // reader never runs beside a writer. The engine (pool.ts) and the tools' read-only opener
 // (tools/open.ts) both open a directory through openPoolDirectory.
-import fs from 'node:fs';
-import path from 'node:path';
+import { statfsSync } from 'node:fs';
+import { join } from 'node:path';
 import { ThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { FaultInjectingBlockFile, type FaultRule } from '../io/fault-injection.ts';
@@ -28,7 +28,7 @@ export interface PoolFiles {
 export function hostFiguresOf(dir: string): () => HostFigures | undefined {
   return () => {
     try {
-      const stats = fs.statfsSync(dir);
+      const stats = statfsSync(dir);
       return { freeBytes: stats.bavail * stats.bsize, sizeBytes: stats.blocks * stats.bsize };
     } catch {
       return undefined;
@@ -42,7 +42,7 @@ export const DATA_FILE_NAME = 'data';
 /** THIN_NOT_FOUND unless DIR holds a pool's metadata and data files: the one wording of "no pool here". */
 export function assertPoolExists(dir: string, fileSystem: FileSystem = nodeFileSystem): void {
   for (const name of [METADATA_FILE_NAME, DATA_FILE_NAME]) {
-    if (fileSystem.kind(path.join(dir, name)) === undefined) {
+    if (fileSystem.kind(join(dir, name)) === undefined) {
       throw new ThinError('THIN_NOT_FOUND', `No pool at ${dir} (no ${name} file there); create one with 'thinbd pool create --pool ${dir}'`);
     }
   }
@@ -72,8 +72,8 @@ export async function openPoolDirectory(dir: string, options: { readOnly: boolea
   const lock = lockPool(dir, fileSystem);
   const files: Partial<PoolFiles> = {};
   try {
-    files.metadata = await fileSystem.openFile(path.join(dir, METADATA_FILE_NAME), { readOnly: options.readOnly });
-    files.data = await fileSystem.openFile(path.join(dir, DATA_FILE_NAME), { readOnly: options.readOnly });
+    files.metadata = await fileSystem.openFile(join(dir, METADATA_FILE_NAME), { readOnly: options.readOnly });
+    files.data = await fileSystem.openFile(join(dir, DATA_FILE_NAME), { readOnly: options.readOnly });
     // The host's free space is the real file system's: a simulated one has none to report.
     if (fileSystem === nodeFileSystem) files.host = hostFiguresOf(dir);
     return { files: files as PoolFiles, lock };
@@ -93,8 +93,8 @@ export async function openPinnedPoolFiles(dir: string): Promise<PoolFiles> {
   assertPoolExists(dir);
   const files: Partial<PoolFiles> = {};
   try {
-    files.metadata = await nodeFileSystem.openFile(path.join(dir, METADATA_FILE_NAME), { readOnly: true });
-    files.data = await nodeFileSystem.openFile(path.join(dir, DATA_FILE_NAME), { readOnly: true });
+    files.metadata = await nodeFileSystem.openFile(join(dir, METADATA_FILE_NAME), { readOnly: true });
+    files.data = await nodeFileSystem.openFile(join(dir, DATA_FILE_NAME), { readOnly: true });
     return files as PoolFiles;
   } catch (error) {
     await closePoolFiles(files);
