@@ -5,8 +5,8 @@
 // Each package's own loader finds that same binary in JavaScript: koffi's resolves its package's
 // export map (which loads Node's ES module resolver), compiles three files and reads the ELF
 // header of Node's executable to tell glibc from musl; @node-rs/crc32's reads /usr/bin/ldd for
-// the same reason and requires a file that is not there first. That was 5 of koffi's 5.5 ms and
-// 1.5 of crc32's 2.3 ms, together a tenth of a short command such as `thinbd dump`
+// the same reason and requires a file that is not there first. That was 4.5 of koffi's 5.3 ms and
+// 1.6 of crc32's 2.4 ms, together a tenth of a short command such as `thinbd dump`
 // (docs/benchmarks.md, "Command start-up"). The binary is the glibc one: thinbd calls glibc's
 // libc.so.6 through koffi in any case. On another platform, or when that binary is not installed
 // or does not load, the package's own loader decides, as it did before.
