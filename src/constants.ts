@@ -45,9 +45,9 @@ export const TRANSFER_WRITES_IN_FLIGHT_MAX = 8;
 /**
  * The most one pwrite of a buffered write on the main thread writes; a larger write goes in
  * pieces. The kernel sizes the page-cache folios of a buffered write by its length (ext4's large
- * folios, Linux 6.x): a pwrite of 2 MiB or more gets 2 MiB folios, and on a virtual machine those
- * came from guest memory the host had not backed yet: copying into them took ~6x the kernel time
- * of 1 MiB pieces (docs/benchmarks.md "Image import: larger writes").
+ * folios, Linux 6.x): a pwrite of 2 MiB or more gets 2 MiB folios, and on the virtual machine the
+ * benchmarks run on copying into those took ~6x the kernel time of 1 MiB pieces (most likely guest
+ * memory the host had not backed yet; docs/benchmarks.md "Image import: larger writes").
  */
 export const FILE_WRITE_PIECE_BYTES_MAX = 1024 * 1024;
 
