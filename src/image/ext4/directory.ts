@@ -53,18 +53,23 @@ export function planDirectory(entries: DirEntry[], hashSeed: Uint32Array, minBlo
   }
   const keyed = entries.map((entry) => ({ entry, hash: dirNameHash(entry.name, hashSeed) }));
   keyed.sort((a, b) => a.hash - b.hash || (a.entry.name < b.entry.name ? -1 : a.entry.name > b.entry.name ? 1 : 0));
-  const sorted = keyed.map((item) => item.entry);
-  const hashes = keyed.map((item) => item.hash);
+  // Filled by push, not Array.prototype.map: map's result is a packed or a holey array depending
+  // on whether V8 runs it optimized, and optimized code built for one kind left on the other
+  // ('wrong map') 24 times in an import of /usr/share, each time during the file system's write.
+  const sorted: DirEntry[] = [];
+  const hashes: number[] = [];
   const leafBegins: number[] = [];
   let used = LEAF_BYTES;
-  sorted.forEach((entry, index) => {
+  for (const { entry, hash } of keyed) {
     const bytes = recordBytes(entry.name.length);
     if (used + bytes > LEAF_BYTES) {
-      leafBegins.push(index);
+      leafBegins.push(sorted.length);
       used = 0;
     }
     used += bytes;
-  });
+    sorted.push(entry);
+    hashes.push(hash);
+  }
   const leaves = leafBegins.length;
   let levels = 1;
   let nodes = 0;
