@@ -40,6 +40,17 @@ export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
 /** Volume writes in flight during import: keeps the data file busy without unbounded buffering. */
 export const TRANSFER_WRITES_IN_FLIGHT_MAX = 8;
 
+// ---- host files (src/io/file.ts) ----
+
+/**
+ * The most one pwrite of a buffered write on the main thread writes; a larger write goes in
+ * pieces. The kernel sizes the page-cache folios of a buffered write by its length (ext4's large
+ * folios, Linux 6.x): a pwrite of 2 MiB or more gets 2 MiB folios, and on the virtual machine the
+ * benchmarks run on copying into those took ~6x the kernel time of 1 MiB pieces (most likely guest
+ * memory the host had not backed yet; docs/benchmarks.md "Image import: larger writes").
+ */
+export const FILE_WRITE_PIECE_BYTES_MAX = 1024 * 1024;
+
 // ---- S3 (src/io/s3.ts) ----
 
 /** Tries per S3 request (the SDK's standard retry mode backs off between them): rides out throttling and brief outages. */
@@ -453,10 +464,15 @@ export const DELTA_LOG_BLOCKS_PER_FLUSH_MAX = 8;
 
 /** Symlinks followed while resolving one archive path's directories: Linux's MAXSYMLINKS. */
 export const IMAGE_SYMLINK_HOPS_MAX = 40;
-/** Bytes gathered before a write to the volume: whole 64 KiB pool blocks, few calls, bounded memory. */
-export const IMAGE_WRITE_BUFFER_BYTES = 1024 * 1024;
-/** Volume writes in flight during an import: with the buffer size, bounds the data held (32 MiB). */
-export const IMAGE_WRITES_IN_FLIGHT_MAX = 8;
+/**
+ * Bytes gathered before a write to the volume: whole 64 KiB pool blocks, few calls, bounded memory.
+ * 4 MiB rather than 1: each write is a message between the import's threads and a pool write
+ * (an allocation and a mapping per run), and a quarter as many cost 0.1-0.2 CPU seconds less on a
+ * 638 MiB tar (docs/benchmarks.md "Image import: larger writes").
+ */
+export const IMAGE_WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
+/** Volume writes in flight during an import: with the buffer size, bounds the data held (16 MiB). */
+export const IMAGE_WRITES_IN_FLIGHT_MAX = 4;
 /** Largest pax or GNU long-name header accepted: room for many 64 KiB attributes, a bound on memory. */
 export const IMAGE_TAR_HEADER_BYTES_MAX = 8 * 1024 * 1024;
 /** Most segments in one sparse file's map. */

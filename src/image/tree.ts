@@ -19,41 +19,68 @@ import { IMAGE_SYMLINK_HOPS_MAX } from '../constants.ts';
 
 export type NodeKind = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket';
 
-export class FsNode {
+export interface FsNode {
   kind: NodeKind;
   /** Permission bits and setuid/setgid/sticky (mode & 0o7777). */
-  permissions = 0o755;
-  uid = 0;
-  gid = 0;
-  mtimeSeconds = 0;
-  mtimeNanoseconds = 0;
-  atimeSeconds = 0;
-  atimeNanoseconds = 0;
-  ctimeSeconds = 0;
-  ctimeNanoseconds = 0;
+  permissions: number;
+  uid: number;
+  gid: number;
+  mtimeSeconds: number;
+  mtimeNanoseconds: number;
+  atimeSeconds: number;
+  atimeNanoseconds: number;
+  ctimeSeconds: number;
+  ctimeNanoseconds: number;
   /** Extended attributes by full name (byte string, e.g. "security.capability"). */
   xattrs: Map<string, Uint8Array> | undefined;
   /** File size, or symlink target length. */
-  sizeBytes = 0;
+  sizeBytes: number;
   /** Files: where the data lies, as [logicalBlock, physicalBlock, lengthBlocks] triples in order. */
   extents: number[] | undefined;
   /** Symlinks: the target bytes. */
   target: Uint8Array | undefined;
-  deviceMajor = 0;
-  deviceMinor = 0;
+  deviceMajor: number;
+  deviceMinor: number;
   /** Directories: children by name. */
   children: Map<string, FsNode> | undefined;
   /** Names this node has (hard links); directories keep 1. */
-  links = 0;
+  links: number;
   /** The layer whose entry made or last replaced this node (opaque whiteouts keep the current layer's). */
-  layer = 0;
+  layer: number;
   /** Inode number, given by the file system writer. */
-  ino = 0;
+  ino: number;
+}
 
-  constructor(kind: NodeKind) {
-    this.kind = kind;
-    if (kind === 'dir') this.children = new Map();
-  }
+/**
+ * A new node (a directory has no children yet). An object literal rather than a class instance:
+ * every node lives until the file system is written, and V8 allocates the objects of a literal
+ * whose objects survive straight into the old generation (allocation-site pretenuring), where a
+ * class instance was copied by each of the parsing thread's scavenges (docs/benchmarks.md "Image
+ * import: larger writes").
+ */
+export function newNode(kind: NodeKind): FsNode {
+  return {
+    kind,
+    permissions: 0o755,
+    uid: 0,
+    gid: 0,
+    mtimeSeconds: 0,
+    mtimeNanoseconds: 0,
+    atimeSeconds: 0,
+    atimeNanoseconds: 0,
+    ctimeSeconds: 0,
+    ctimeNanoseconds: 0,
+    xattrs: undefined,
+    sizeBytes: 0,
+    extents: undefined,
+    target: undefined,
+    deviceMajor: 0,
+    deviceMinor: 0,
+    children: kind === 'dir' ? new Map() : undefined,
+    links: 0,
+    layer: 0,
+    ino: 0,
+  };
 }
 
 /** What an archive entry says a path should become. */
@@ -136,7 +163,7 @@ export class FsTree {
   readonly #implicitDirectory: EntryAttributes;
 
   constructor(importTimeSeconds: number) {
-    this.root = new FsNode('dir');
+    this.root = newNode('dir');
     this.root.links = 1;
     this.#implicitDirectory = { permissions: 0o755, uid: 0, gid: 0, mtimeSeconds: importTimeSeconds, mtimeNanoseconds: 0 };
     setAttributes(this.root, this.#implicitDirectory);
@@ -159,7 +186,7 @@ export class FsTree {
       return existing;
     }
     if (existing !== undefined) this.#unlink(parent, name, existing);
-    const node = new FsNode(content.kind);
+    const node = newNode(content.kind);
     setAttributes(node, attributes);
     switch (content.kind) {
       case 'file':
@@ -264,7 +291,7 @@ export class FsTree {
       let child = dir.children!.get(name);
       if (child === undefined) {
         if (!create) return undefined;
-        child = new FsNode('dir');
+        child = newNode('dir');
         setAttributes(child, this.#implicitDirectory);
         child.links = 1;
         child.layer = this.layer;

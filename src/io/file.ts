@@ -24,6 +24,7 @@
 import fs from 'node:fs';
 import { loadKoffi } from '../util/native.ts';
 import type { BlockFile, SyncOptions } from './block-file.ts';
+import { FILE_WRITE_PIECE_BYTES_MAX } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 import { isMediaError } from './media-error.ts';
 import { PRIVATE_FILE_MODE } from './private.ts';
@@ -400,7 +401,7 @@ export class FileBlockFile implements BlockFile {
       while (doneBytes < source.length) {
         let writtenBytes: number;
         try {
-          writtenBytes = fs.writeSync(this.#fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes);
+          writtenBytes = fs.writeSync(this.#fd, source, doneBytes, Math.min(source.length - doneBytes, FILE_WRITE_PIECE_BYTES_MAX), offsetBytes + doneBytes);
         } catch (error) {
           throw this.#writeFailure(source.length, offsetBytes, error);
         }

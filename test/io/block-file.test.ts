@@ -9,6 +9,7 @@ import { blockFileConformance } from './block-file.conformance.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { CountingBlockFile } from '../../src/io/counting.ts';
 import { FileBlockFile } from '../../src/io/file.ts';
+import { FILE_WRITE_PIECE_BYTES_MAX } from '../../src/constants.ts';
 import { FaultInjectingBlockFile } from '../../src/io/fault-injection.ts';
 import { MirroredBlockFile } from '../../src/io/mirror.ts';
 
@@ -187,6 +188,21 @@ describe('FileBlockFile', () => {
     reopened.readSync(target, 4096);
     assert.ok(target.every((byte) => byte === 0x22));
     await reopened.close();
+  });
+
+  test('a write larger than one pwrite piece lands whole, each piece at its offset', async () => {
+    const file = await FileBlockFile.create(temporaryPath(), { sizeBytes: 8 * 1024 * 1024 });
+    // Two and a half pieces, starting inside a block: every piece boundary falls mid-write.
+    const source = new Uint8Array(FILE_WRITE_PIECE_BYTES_MAX * 2 + FILE_WRITE_PIECE_BYTES_MAX / 2);
+    for (let index = 0; index < source.length; index++) source[index] = (index * 7 + (index >>> 12)) & 0xff;
+    const offsetBytes = 4096 + 512;
+    await file.write(source, offsetBytes);
+    const target = new Uint8Array(source.length + 1024);
+    file.readSync(target, offsetBytes - 512);
+    assert.ok(target.subarray(0, 512).every((byte) => byte === 0), 'the bytes before the write stay zero');
+    assert.deepEqual(target.subarray(512, 512 + source.length), source);
+    assert.ok(target.subarray(512 + source.length).every((byte) => byte === 0), 'the bytes after the write stay zero');
+    await file.close();
   });
 
   test('a read-only file refuses writes and growth', async () => {

@@ -51,20 +51,26 @@ export function planDirectory(entries: DirEntry[], hashSeed: Uint32Array, minBlo
     entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     return { entries, hashes: undefined, leafBegins: [], levels: 0, blockCount: Math.max(1, minBlocks) };
   }
-  const keyed = entries.map((entry) => ({ entry, hash: dirNameHash(entry.name, hashSeed) }));
+  // Arrays here are filled by push, not Array.prototype.map: map's result is a packed or a holey
+  // array depending on whether V8 runs it optimized, and optimized code built for one kind left on
+  // the other ('wrong map') 24 times in an import of /usr/share, all in the file system's write.
+  const keyed: Array<{ entry: DirEntry; hash: number }> = [];
+  for (const entry of entries) keyed.push({ entry, hash: dirNameHash(entry.name, hashSeed) });
   keyed.sort((a, b) => a.hash - b.hash || (a.entry.name < b.entry.name ? -1 : a.entry.name > b.entry.name ? 1 : 0));
-  const sorted = keyed.map((item) => item.entry);
-  const hashes = keyed.map((item) => item.hash);
+  const sorted: DirEntry[] = [];
+  const hashes: number[] = [];
   const leafBegins: number[] = [];
   let used = LEAF_BYTES;
-  sorted.forEach((entry, index) => {
+  for (const { entry, hash } of keyed) {
     const bytes = recordBytes(entry.name.length);
     if (used + bytes > LEAF_BYTES) {
-      leafBegins.push(index);
+      leafBegins.push(sorted.length);
       used = 0;
     }
     used += bytes;
-  });
+    sorted.push(entry);
+    hashes.push(hash);
+  }
   const leaves = leafBegins.length;
   let levels = 1;
   let nodes = 0;

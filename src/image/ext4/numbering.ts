@@ -3,7 +3,7 @@
 // numbers, so listing a directory and stat-ing what it holds reads few inode table blocks (what
 // `find` and `ls -l` do). A file with several names is numbered where it is first met.
 import { ThinError } from '../../errors.ts';
-import { FsNode, displayPath, type FsTree } from '../tree.ts';
+import { displayPath, newNode, type FsNode, type FsTree } from '../tree.ts';
 import { FIRST_INODE, ROOT_INODE } from './format.ts';
 
 export const LOST_AND_FOUND = 'lost+found';
@@ -25,7 +25,7 @@ export function numberInodes(tree: FsTree, nowSeconds: number): Numbering {
   const root = tree.root;
   let lostAndFound = root.children!.get(LOST_AND_FOUND);
   if (lostAndFound === undefined) {
-    lostAndFound = new FsNode('dir');
+    lostAndFound = newNode('dir');
     lostAndFound.permissions = 0o700;
     lostAndFound.links = 1;
     lostAndFound.mtimeSeconds = lostAndFound.atimeSeconds = lostAndFound.ctimeSeconds = nowSeconds;
