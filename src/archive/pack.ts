@@ -258,8 +258,11 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     const rangeEnds: number[] = [];
     for (const range of ranges) {
       const at = rangeEnds[rangeEnds.length - 1] ?? 0;
-      await source.read(range.begin, data.subarray(at, at + range.end - range.begin));
-      rangeEnds.push(at + range.end - range.begin);
+      // The length first: `at + range.end` can pass 2^31, and a sum held as a double, though
+      // small again, deoptimized the chunker's loop on this thread ("not a Smi").
+      const end = at + (range.end - range.begin);
+      await source.read(range.begin, data.subarray(at, end));
+      rangeEnds.push(end);
     }
     stats.bytesRead += data.length;
     report();
