@@ -364,11 +364,13 @@ export async function packStream(archive: Archive, source: PackSource, options: 
         const chunk = baseChunks[baseAt]!;
         if (chunk.begin < position || chunk.end > run.end) continue;
         if (!coveredBy(same, Math.floor(chunk.begin / bs), Math.ceil(chunk.end / bs))) continue;
-        await freshJobs(position, chunk.begin, pieces);
+        // Only for fresh bytes: an await per base chunk reused (thousands a segment) cost a
+        // promise and a turn each, and made this loop V8's costliest compile on the main thread.
+        if (position < chunk.begin) await freshJobs(position, chunk.begin, pieces);
         pieces.push(chunk.ref);
         position = chunk.end;
       }
-      await freshJobs(position, run.end, pieces);
+      if (position < run.end) await freshJobs(position, run.end, pieces);
       planned.push({ run, pieces });
     }
     return { segment, runs, planned };
