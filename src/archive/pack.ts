@@ -403,6 +403,8 @@ export async function packStream(archive: Archive, source: PackSource, options: 
   };
 
   const segmentRefs: SegmentRef[] = [];
+  /** The jobs' end, begun once every job is done. */
+  let closing: Promise<void> | undefined;
   try {
     // A segment is stored once the next one is planned (its jobs started), so that the jobs of
     // one segment run while those of the one before finish.
@@ -434,13 +436,19 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     if (previous !== undefined) await storeSegment(previous);
     await Promise.all(inFlight);
     if (failure !== undefined) throw failure;
+    // The workers end while the last pack is synced and the stream committed: awaited before,
+    // their end took 5–7 ms of an incremental's (docs/benchmarks.md, "Archive: the incremental's
+    // start, branch inc2").
+    closing = jobs.close();
     await writer.finishPacks();
   } catch (error) {
     await Promise.all(inFlight);
-    await writer.abandon();
+    try {
+      await writer.abandon();
+    } finally {
+      await (closing ?? jobs.close());
+    }
     throw error;
-  } finally {
-    await jobs.close();
   }
 
   stats.elapsedMs = Math.round(performance.now() - startMs);
@@ -457,7 +465,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
   // F-AR-STREAM-5: a stream is committed by creating its root, once. Its packs are stored by now;
   // the index object that lists them is written beside it (F-AR-ORDER-1: until it is, pack and
   // unpack find those packs' chunks in their trailers).
-  const [committed] = await Promise.all([archive.store.putNew(streamKey(name), encodeStreamRoot(root)), writer.finish()]);
+  const [committed] = await Promise.all([archive.store.putNew(streamKey(name), encodeStreamRoot(root)), writer.finish(), closing]);
   if (!committed) {
     throw new ThinError('THIN_EXISTS', `A stream named ${name} was committed to ${archive.url} while this pack ran; this pack's chunks stay for gc to collect`);
   }
