@@ -4,7 +4,7 @@
 // which chunks to compress; the frames go into the caller's shared output buffer, so no chunk is
 // copied between threads. Jobs go to the worker with the fewest in hand among those that have
 // started (a job sent to one still starting waits for its start), or, for pack, to the main
-// thread itself while none has (hereUntilReady).
+// thread itself while none has (hereUntilReady); decodes to the one with the fewest, started or not.
 import { statSync } from 'node:fs';
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -24,6 +24,11 @@ const WORKER_CLOSE_WAIT_MS = 1_000;
 interface Waiter {
   resolve: (reply: WorkerReply) => void;
   reject: (error: Error) => void;
+}
+
+/** The worker of `workers` with the fewest jobs in hand. */
+function leastBusy(workers: PoolWorker[]): PoolWorker {
+  return workers.reduce((best, candidate) => (candidate.jobs < best.jobs ? candidate : best));
 }
 
 interface PoolWorker {
@@ -142,17 +147,17 @@ export class WorkerChunkJobs implements ChunkJobs {
 
   /**
    * The worker with the fewest jobs in hand among those started, else among all (the job waits
-   * for its start); undefined when none has started and `here` allows this thread.
+   * for its start); undefined when none has started and `hereUntilReady` allows this thread.
    */
-  #pick(here: boolean): PoolWorker | undefined {
+  #pick(): PoolWorker | undefined {
     const workers = this.#workers ?? this.#start();
     const started = workers.filter((candidate) => this.#isStarted(candidate));
-    if (started.length === 0 && here) return undefined;
-    return (started.length > 0 ? started : workers).reduce((best, candidate) => (candidate.jobs < best.jobs ? candidate : best));
+    if (started.length === 0 && this.#hereUntilReady) return undefined;
+    return leastBusy(started.length > 0 ? started : workers);
   }
 
   async chunk(data: Uint8Array, rangeEnds?: number[]): Promise<{ id: number; result: ChunkedJob }> {
-    const entry = this.#pick(this.#hereUntilReady);
+    const entry = this.#pick();
     const id = this.#nextId++;
     if (entry === undefined) {
       this.#here ??= new InlineChunkJobs(this.#params.params, this.#params.level);
@@ -186,13 +191,15 @@ export class WorkerChunkJobs implements ChunkJobs {
   }
 
   /**
-   * Decodes on the worker with the fewest jobs in hand (of those started). Bytes in shared memory
-   * are read there in place (the caller keeps them until this resolves); others move there (a copy
-   * when they share their buffer). Targets in shared memory are written by the worker in place;
-   * others are ignored (the chunks come back end to end).
+   * Decodes on the worker with the fewest jobs in hand, started or not: unpack asks for many at
+   * once from its start, and sending them to the workers already started took it ~1% longer in
+   * paired runs (noise, or the later worker left idle). Bytes in shared memory are read there in
+   * place (the caller keeps them until this resolves); others move there (a copy when they share
+   * their buffer). Targets in shared memory are written by the worker in place; others are
+   * ignored (the chunks come back end to end).
    */
   async decode(bytes: Uint8Array, items: DecodeItem[], targets?: Uint8Array[]): Promise<DecodeOutcome> {
-    const entry = this.#pick(false)!;
+    const entry = leastBusy(this.#workers ?? this.#start());
     const shared = bytes.buffer instanceof SharedArrayBuffer;
     const owned = shared || (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength) ? bytes : bytes.slice();
     entry.jobs += 1;
