@@ -86,6 +86,7 @@ export class WorkerChunkJobs implements ChunkJobs {
   readonly #hereUntilReady: boolean;
   /** The jobs chunked on this thread (hereUntilReady), made at the first. */
   #here: InlineChunkJobs | undefined;
+  #jobsHere = 0;
 
   /**
    * The workers start at once: a worker's start (an isolate, its modules, the zstd binding) took
@@ -97,6 +98,11 @@ export class WorkerChunkJobs implements ChunkJobs {
     this.#started = new Int32Array(new SharedArrayBuffer(this.#count * Int32Array.BYTES_PER_ELEMENT));
     this.#hereUntilReady = options.hereUntilReady === true;
     this.#start();
+  }
+
+  /** Jobs chunked on this thread so far (hereUntilReady). */
+  get jobsHere(): number {
+    return this.#jobsHere;
   }
 
   /** How many of the workers have started (are ready for jobs). */
@@ -161,6 +167,7 @@ export class WorkerChunkJobs implements ChunkJobs {
     const id = this.#nextId++;
     if (entry === undefined) {
       this.#here ??= new InlineChunkJobs(this.#params.params, this.#params.level);
+      this.#jobsHere += 1;
       const chunked = await this.#here.chunk(data, rangeEnds);
       this.#owner.set(id, { hereId: chunked.id });
       return { id, result: chunked.result };

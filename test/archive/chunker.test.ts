@@ -189,17 +189,27 @@ test('jobs sent while the workers start are done on this thread (hereUntilReady)
     const expected = await inline.chunk(bytes, rangeEnds);
     const everyChunk = Array.from(expected.result.lengths, (_, index) => index);
     const expectedStored = storedHex(await inline.compress(expected.id, everyChunk, new Uint8Array(new SharedArrayBuffer(bytes.length))));
-    const check = async () => {
-      const { id, result } = await workers.chunk(bytes, rangeEnds);
+    /** A job on `workers`, checked against this thread's; whether it was done here. */
+    const check = async (): Promise<boolean> => {
+      const here = workers.jobsHere;
+      // The worker (or this thread) is picked before chunk returns; started flags only go from 0 to 1.
+      const pending = workers.chunk(bytes, rangeEnds);
+      const noneStarted = workers.startedWorkers === 0;
+      const { id, result } = await pending;
       assert.deepEqual(result.lengths, expected.result.lengths);
       assert.deepEqual(result.hashes, expected.result.hashes);
       assert.deepEqual(storedHex(await workers.compress(id, everyChunk, new Uint8Array(new SharedArrayBuffer(bytes.length)))), expectedStored);
+      const doneHere = workers.jobsHere === here + 1;
+      if (noneStarted) assert.ok(doneHere, 'a job sent before any worker started was done on this thread');
+      return doneHere;
     };
     // At once: no worker has started yet (each takes tens of milliseconds), so these are done here.
-    await Promise.all([check(), check()]);
+    await check();
+    await check();
     while (workers.startedWorkers < 2) await new Promise((resolve) => setTimeout(resolve, 5));
     // Then on the workers.
-    await Promise.all([check(), check(), check()]);
+    const onWorkers = await Promise.all([check(), check(), check()]);
+    assert.deepEqual(onWorkers, [false, false, false], 'jobs sent once the workers started went to them');
   } finally {
     await workers.close();
     await inline.close();
