@@ -278,8 +278,8 @@ const PACK_STAGING_BYTES = 1024 * 1024;
 /**
  * Collects stored chunks into pack objects of about ARCHIVE_PACK_TARGET_BYTES and uploads them,
  * ARCHIVE_UPLOADS_IN_FLIGHT_MAX at a time (ARCHIVE_COMMITS_IN_FLIGHT_MAX for a directory's,
- * which hold no buffer), then lists them in index objects. Each chunk added
- * goes into the chunk index at once, so a chunk seen twice in one run is stored once.
+ * which hold no buffer), then lists them in index objects. Each chunk added goes into the chunk
+ * index at once, so a chunk seen twice in one run is stored once.
  *
  * Where the store takes objects in parts (a directory), a pack is written out as its chunks come,
  * through two small staging buffers; otherwise (S3) it is assembled in a buffer and put whole, the
