@@ -120,6 +120,13 @@ export const ARCHIVE_INLINE_BYTES_MAX = 2 * ARCHIVE_JOB_BYTES;
 export const ARCHIVE_JOBS_IN_FLIGHT_MAX = 6;
 /** Pack objects uploading at once: overlaps upload with chunking without holding many packs in memory. */
 export const ARCHIVE_UPLOADS_IN_FLIGHT_MAX = 2;
+/**
+ * Packs of a directory store being synced into place at once: written as they came, each holds
+ * only its descriptor. At ARCHIVE_UPLOADS_IN_FLIGHT_MAX, the pack writer waited for a sync of
+ * 10–30 ms before the next pack of an incremental could take a job's chunks (docs/benchmarks.md,
+ * "Archive: the incremental's start, branch inc2").
+ */
+export const ARCHIVE_COMMITS_IN_FLIGHT_MAX = 8;
 /** Raw bytes of chunks unpack fetches and holds at once (one window): few large ranged reads, bounded memory. */
 export const ARCHIVE_UNPACK_WINDOW_BYTES = 16 * 1024 * 1024;
 /**

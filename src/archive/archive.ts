@@ -8,6 +8,7 @@
 // lists by reading their trailers, so an interrupted upload is not repeated.
 import { ThinError, assert, isThinError } from '../errors.ts';
 import {
+  ARCHIVE_COMMITS_IN_FLIGHT_MAX,
   ARCHIVE_INDEX_BYTES_MAX,
   ARCHIVE_PACK_TARGET_BYTES,
   ARCHIVE_PACKS_PER_INDEX_MAX,
@@ -276,8 +277,9 @@ const PACK_STAGING_BYTES = 1024 * 1024;
 
 /**
  * Collects stored chunks into pack objects of about ARCHIVE_PACK_TARGET_BYTES and uploads them,
- * ARCHIVE_UPLOADS_IN_FLIGHT_MAX at a time, then lists them in index objects. Each chunk added
- * goes into the chunk index at once, so a chunk seen twice in one run is stored once.
+ * ARCHIVE_UPLOADS_IN_FLIGHT_MAX at a time (ARCHIVE_COMMITS_IN_FLIGHT_MAX for a directory's,
+ * which hold no buffer), then lists them in index objects. Each chunk added goes into the chunk
+ * index at once, so a chunk seen twice in one run is stored once.
  *
  * Where the store takes objects in parts (a directory), a pack is written out as its chunks come,
  * through two small staging buffers; otherwise (S3) it is assembled in a buffer and put whole, the
@@ -512,7 +514,8 @@ export class PackWriter {
     });
     this.#uploads.add(tracked);
     void tracked.finally(() => this.#uploads.delete(tracked));
-    while (this.#uploads.size >= ARCHIVE_UPLOADS_IN_FLIGHT_MAX) await Promise.race(this.#uploads);
+    const inFlightMax = this.#store.openWriter === undefined ? ARCHIVE_UPLOADS_IN_FLIGHT_MAX : ARCHIVE_COMMITS_IN_FLIGHT_MAX;
+    while (this.#uploads.size >= inFlightMax) await Promise.race(this.#uploads);
     if (this.#failure !== undefined) throw this.#failure;
   }
 

@@ -18,7 +18,16 @@ export type WorkerReply =
   | { type: 'decoded'; id: number; outcome: DecodeOutcome }
   | { type: 'failed'; id: number; message: string };
 
-const { params, level } = workerData as { params: ChunkerParams; level: number };
+/** What a worker is started with: the store's chunking and level, and where it says it has started. */
+export interface WorkerStart {
+  params: ChunkerParams;
+  level: number;
+  /** Set to 1 (Atomics) at `startedAt` once this worker is ready for jobs. */
+  started: Int32Array;
+  startedAt: number;
+}
+
+const { params, level, started, startedAt } = workerData as WorkerStart;
 const chunker = new Chunker(params);
 // Before the first job arrives (the main thread is loading the store's index meanwhile).
 Chunker.warmUp();
@@ -26,6 +35,9 @@ const compressor = new ZstdCompressor(level);
 const decompressor = new ZstdDecompressor();
 const jobs = new Map<number, { data: Uint8Array; lengths: Uint32Array; rangeFirsts: Set<number> }>();
 const port = parentPort!;
+// In shared memory rather than a message: the main thread may be busy with jobs of its own
+// (chunk-workers.ts, hereUntilReady) and not read messages until they are done.
+Atomics.store(started, startedAt, 1);
 
 port.on('message', (request: WorkerRequest) => {
   try {

@@ -124,9 +124,10 @@ export class Chunker {
    * a range's end, a forced cut at the maximum) deoptimizes it, and it runs unoptimized (about
    * 70 MB/s instead of 2 GB/s) until it is compiled again. A fresh worker thread spent the first
    * 1–2 MB of its jobs so: 15–35 ms for each of pack's first jobs of 400 KB (docs/benchmarks.md,
-   * "Archive: the incremental's pipeline"). A chunker of 256-byte average runs the same code:
-   * ranges of pseudo-random bytes with ends that are not multiples of 8 (the tail), then zeros (no
-   * cut: the maximum, and a range's end), ~2 ms here. Cuts do not depend on it.
+   * "Archive: the incremental's pipeline"). A chunker of 256-byte average runs the same code: a
+   * cut in the tail, then ranges of pseudo-random bytes with ends that are not multiples of 8 (the
+   * tail's loop), then zeros (no cut: the maximum, and a range's end), ~2 ms here. Cuts do not
+   * depend on it.
    */
   static warmUp(): void {
     if (warmedUp) return;
@@ -138,6 +139,12 @@ export class Chunker {
       seed = (Math.imul(seed, 1103515245) + 12345) | 0;
       data[index] = seed >>> 24;
     }
+    // First a cut in the byte-at-a-time tail, which the ranges below never reach: of eight ends
+    // just past a cut, some put it in the tail. Seen only after V8 had optimized `cut` (during
+    // the ranges below), it deoptimized `cut` in each worker at its first such cut (about one
+    // chunk in a hundred), and V8 compiled it again.
+    const cut = small.cut(data, 0, data.length, true);
+    for (let end = cut; end < cut + 8; end += 1) small.cut(data, 0, end, true);
     let begin = 0;
     for (let end = 999; begin < data.length; end = Math.min(data.length, end + 997)) {
       while (begin < end) begin = small.cut(data, begin, end, true);

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { ThinError } from '../errors.ts';
 import { PRIVATE_FILE_MODE, makePrivateDirectory } from '../io/private.ts';
 import { PACKS_PREFIX } from './format.ts';
-import { checkKey, checkPrefix, type ObjectStore, type ObjectWriter, type StoredObject } from './store.ts';
+import { checkKey, checkPrefix, type ObjectStore, type ObjectWriter, type PutOptions, type StoredObject } from './store.ts';
 
 export const DIRECTORY_TMP = 'tmp';
 /** Pack objects whose descriptors a store keeps open for ranged reads. */
@@ -113,13 +113,14 @@ export class DirectoryObjectStore implements ObjectStore {
   }
 
 
-  async put(key: string, data: Uint8Array): Promise<void> {
+  async put(key: string, data: Uint8Array, options: PutOptions = {}): Promise<void> {
     const final = this.#path(key);
-    const temporary = await this.#writeTemporary(key, data);
+    const durable = options.durable !== false;
+    const temporary = await this.#writeTemporary(key, data, durable);
     try {
       makePrivateDirectory(path.dirname(final), { recursive: true });
       await fsp.rename(temporary, final);
-      await syncDirectory(path.dirname(final));
+      if (durable) await syncDirectory(path.dirname(final));
     } catch (error) {
       await fsp.rm(temporary, { force: true });
       throw this.#error('write', key, error);
@@ -142,11 +143,11 @@ export class DirectoryObjectStore implements ObjectStore {
     }
   }
 
-  async #writeTemporary(key: string, data: Uint8Array): Promise<string> {
+  async #writeTemporary(key: string, data: Uint8Array, durable = true): Promise<string> {
     const { temporary, handle } = await this.#openTemporary(key);
     try {
       await handle.writeFile(data);
-      await handle.sync();
+      if (durable) await handle.sync();
       await handle.close();
       return temporary;
     } catch (error) {

@@ -258,8 +258,11 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     const rangeEnds: number[] = [];
     for (const range of ranges) {
       const at = rangeEnds[rangeEnds.length - 1] ?? 0;
-      await source.read(range.begin, data.subarray(at, at + range.end - range.begin));
-      rangeEnds.push(at + range.end - range.begin);
+      // The length first: `at + range.end` can pass 2^31, and a sum held as a double, though
+      // small again, deoptimized the chunker's loop on this thread ("not a Smi").
+      const end = at + (range.end - range.begin);
+      await source.read(range.begin, data.subarray(at, end));
+      rangeEnds.push(end);
     }
     stats.bytesRead += data.length;
     report();
@@ -361,11 +364,13 @@ export async function packStream(archive: Archive, source: PackSource, options: 
         const chunk = baseChunks[baseAt]!;
         if (chunk.begin < position || chunk.end > run.end) continue;
         if (!coveredBy(same, Math.floor(chunk.begin / bs), Math.ceil(chunk.end / bs))) continue;
-        await freshJobs(position, chunk.begin, pieces);
+        // Only for fresh bytes: an await per base chunk reused (thousands a segment) cost a
+        // promise and a turn each, and made this loop V8's costliest compile on the main thread.
+        if (position < chunk.begin) await freshJobs(position, chunk.begin, pieces);
         pieces.push(chunk.ref);
         position = chunk.end;
       }
-      await freshJobs(position, run.end, pieces);
+      if (position < run.end) await freshJobs(position, run.end, pieces);
       planned.push({ run, pieces });
     }
     return { segment, runs, planned };
@@ -398,6 +403,8 @@ export async function packStream(archive: Archive, source: PackSource, options: 
   };
 
   const segmentRefs: SegmentRef[] = [];
+  /** The jobs' end, begun once every job is done. */
+  let closing: Promise<void> | undefined;
   try {
     // A segment is stored once the next one is planned (its jobs started), so that the jobs of
     // one segment run while those of the one before finish.
@@ -429,13 +436,19 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     if (previous !== undefined) await storeSegment(previous);
     await Promise.all(inFlight);
     if (failure !== undefined) throw failure;
+    // The workers end while the last pack is synced and the stream committed: awaited before,
+    // their end took 5–7 ms of an incremental's (docs/benchmarks.md, "Archive: the incremental's
+    // start, branch inc2").
+    closing = jobs.close();
     await writer.finishPacks();
   } catch (error) {
     await Promise.all(inFlight);
-    await writer.abandon();
+    try {
+      await writer.abandon();
+    } finally {
+      await (closing ?? jobs.close());
+    }
     throw error;
-  } finally {
-    await jobs.close();
   }
 
   stats.elapsedMs = Math.round(performance.now() - startMs);
@@ -452,7 +465,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
   // F-AR-STREAM-5: a stream is committed by creating its root, once. Its packs are stored by now;
   // the index object that lists them is written beside it (F-AR-ORDER-1: until it is, pack and
   // unpack find those packs' chunks in their trailers).
-  const [committed] = await Promise.all([archive.store.putNew(streamKey(name), encodeStreamRoot(root)), writer.finish()]);
+  const [committed] = await Promise.all([archive.store.putNew(streamKey(name), encodeStreamRoot(root)), writer.finish(), closing]);
   if (!committed) {
     throw new ThinError('THIN_EXISTS', `A stream named ${name} was committed to ${archive.url} while this pack ran; this pack's chunks stay for gc to collect`);
   }

@@ -176,6 +176,46 @@ test('a job whose worker is ended before it replies fails with the worker named,
   await assert.rejects(pending, /chunk worker stopped \(exit code \d+\)/);
 });
 
+test('jobs sent while the workers start are done on this thread (hereUntilReady), those after on the workers, all as this thread does them', async () => {
+  const params = chunkerParams(16 * 1024);
+  const bytes = new Uint8Array(new SharedArrayBuffer(3 * 1024 * 1024));
+  bytes.set(pseudoRandom(1024 * 1024, 5), 0);
+  for (let at = 1024 * 1024; at < bytes.length; at += 32) bytes.set(createHash('sha256').update(String(at >> 12)).digest(), at);
+  const rangeEnds = [700 * 1024 + 3, 2 * 1024 * 1024, bytes.length];
+  const inline = new InlineChunkJobs(params, 3);
+  const workers = new WorkerChunkJobs(params, 3, 2, { hereUntilReady: true });
+  const storedHex = (pieces: Awaited<ReturnType<InlineChunkJobs['compress']>>) => pieces.map((piece) => `${piece.flags}:${piece.chunks.map((chunk) => chunk.position).join(',')}:${Buffer.from(piece.stored).toString('hex')}`);
+  try {
+    const expected = await inline.chunk(bytes, rangeEnds);
+    const everyChunk = Array.from(expected.result.lengths, (_, index) => index);
+    const expectedStored = storedHex(await inline.compress(expected.id, everyChunk, new Uint8Array(new SharedArrayBuffer(bytes.length))));
+    /** A job on `workers`, checked against this thread's; whether it was done here. */
+    const check = async (): Promise<boolean> => {
+      const here = workers.jobsHere;
+      // The worker (or this thread) is picked before chunk returns; started flags only go from 0 to 1.
+      const pending = workers.chunk(bytes, rangeEnds);
+      const noneStarted = workers.startedWorkers === 0;
+      const { id, result } = await pending;
+      assert.deepEqual(result.lengths, expected.result.lengths);
+      assert.deepEqual(result.hashes, expected.result.hashes);
+      assert.deepEqual(storedHex(await workers.compress(id, everyChunk, new Uint8Array(new SharedArrayBuffer(bytes.length)))), expectedStored);
+      const doneHere = workers.jobsHere === here + 1;
+      if (noneStarted) assert.ok(doneHere, 'a job sent before any worker started was done on this thread');
+      return doneHere;
+    };
+    // At once: no worker has started yet (each takes tens of milliseconds), so these are done here.
+    await check();
+    await check();
+    while (workers.startedWorkers < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    // Then on the workers.
+    const onWorkers = await Promise.all([check(), check(), check()]);
+    assert.deepEqual(onWorkers, [false, false, false], 'jobs sent once the workers started went to them');
+  } finally {
+    await workers.close();
+    await inline.close();
+  }
+});
+
 test('workers left unclosed by a caller that failed before its first job do not keep the process alive', () => {
   // A child process makes the jobs (its workers start at once) and returns without close():
   // it must exit by itself.

@@ -23,6 +23,9 @@ import type { ChunkerParams } from '../../archive/chunker.ts';
 /** Chunking, hashing, compression and decoding on one worker thread per core. */
 const workerJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs(params, level);
 
+/** workerJobs for pack: its first jobs are done on this thread while the workers start. */
+const packJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs(params, level, undefined, { hereUntilReady: true });
+
 const storeHelp = 'archive store: a directory or s3://BUCKET/PREFIX (default $THINBD_STORE)';
 const endpointHelp = 'S3-compatible endpoint URL (default $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS)';
 
@@ -105,7 +108,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
             store,
             sources,
             volume: packed,
-            makeJobs: workerJobs,
+            makeJobs: packJobs,
             onNote: note,
             onProgress: progress.update,
             name: stream,
