@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { ThinError } from '../errors.ts';
 import { PRIVATE_FILE_MODE, makePrivateDirectory } from '../io/private.ts';
 import { PACKS_PREFIX } from './format.ts';
-import { checkKey, checkPrefix, type ObjectStore, type ObjectWriter, type PutOptions, type StoredObject } from './store.ts';
+import { checkKey, checkPrefix, type ObjectStore, type ObjectWriter, type StoredObject } from './store.ts';
 
 export const DIRECTORY_TMP = 'tmp';
 /** Pack objects whose descriptors a store keeps open for ranged reads. */
@@ -113,14 +113,13 @@ export class DirectoryObjectStore implements ObjectStore {
   }
 
 
-  async put(key: string, data: Uint8Array, options: PutOptions = {}): Promise<void> {
+  async put(key: string, data: Uint8Array): Promise<void> {
     const final = this.#path(key);
-    const durable = options.durable !== false;
-    const temporary = await this.#writeTemporary(key, data, durable);
+    const temporary = await this.#writeTemporary(key, data);
     try {
       makePrivateDirectory(path.dirname(final), { recursive: true });
       await fsp.rename(temporary, final);
-      if (durable) await syncDirectory(path.dirname(final));
+      await syncDirectory(path.dirname(final));
     } catch (error) {
       await fsp.rm(temporary, { force: true });
       throw this.#error('write', key, error);
@@ -143,11 +142,11 @@ export class DirectoryObjectStore implements ObjectStore {
     }
   }
 
-  async #writeTemporary(key: string, data: Uint8Array, durable = true): Promise<string> {
+  async #writeTemporary(key: string, data: Uint8Array): Promise<string> {
     const { temporary, handle } = await this.#openTemporary(key);
     try {
       await handle.writeFile(data);
-      if (durable) await handle.sync();
+      await handle.sync();
       await handle.close();
       return temporary;
     } catch (error) {

@@ -75,10 +75,7 @@ export async function lockStore(store: ObjectStore, kind: LockKind, command: str
   const startedAt = new Date().toISOString();
   const write = () => {
     const record: LockRecord = { kind, command, host: os.hostname(), pid: process.pid, startedAt, refreshedAt: new Date().toISOString() };
-    // Not synced: a lock that a crash of its host takes away was stale anyway (its holder died
-    // too), and the syncs were 2–7 ms of every archive command's start (docs/benchmarks.md,
-    // "Archive: the incremental's start, branch inc2").
-    return store.put(key, new TextEncoder().encode(`${JSON.stringify(record)}\n`), { durable: false });
+    return store.put(key, new TextEncoder().encode(`${JSON.stringify(record)}\n`));
   };
   await write();
   try {

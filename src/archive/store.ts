@@ -5,9 +5,7 @@
 //
 // - put(key, data) makes the object visible whole or not at all, replacing any object there
 //   (the directory store writes a temporary file, syncs it and renames it; S3 shows an object
-//   only once its PUT or multipart upload completes). With `durable: false` the object need not
-//   outlive a crash of the host (a store lock: its holder dies with it), and a directory store
-//   skips the two syncs.
+//   only once its PUT or multipart upload completes).
 // - putNew(key, data) is put that refuses (returns false) when the key exists: how a stream name
 //   is claimed. Atomic in a directory (link(2)); on S3 a conditional PUT (If-None-Match: *),
 //   which AWS S3 honours; a server that ignores the condition lets a later writer win (see
@@ -25,11 +23,6 @@
 // Keys are relative paths of [A-Za-z0-9._-] segments joined by '/'. This module is the contract
 // only, which the implementations import; open-store.ts picks one for a store's name.
 import { ThinError } from '../errors.ts';
-
-export interface PutOptions {
-  /** Default true: durable when put resolves. False: visible whole, but it may vanish in a crash. */
-  durable?: boolean;
-}
 
 export interface StoredObject {
   key: string;
@@ -57,7 +50,7 @@ export interface ObjectStore {
    * shorter. With `into` (at least endBytes - beginBytes long) the result may be a view of it.
    */
   getRange(key: string, beginBytes: number, endBytes: number, into?: Uint8Array): Promise<Uint8Array>;
-  put(key: string, data: Uint8Array, options?: PutOptions): Promise<void>;
+  put(key: string, data: Uint8Array): Promise<void>;
   /** Like put, but false (and nothing written) when the key already exists. */
   putNew(key: string, data: Uint8Array): Promise<boolean>;
   list(prefix: string): AsyncIterable<StoredObject>;
