@@ -62,8 +62,12 @@ export function chunkAndHash(chunker: Chunker, data: Uint8Array, rangeEnds: read
   const lengths: number[] = [];
   const rangeFirsts = new Set<number>();
   let begin = 0;
-  for (const rangeEnd of rangeEnds) {
-    assert(rangeEnd >= begin, 'range ends out of order');
+  for (const end of rangeEnds) {
+    // As a small integer: an end the caller computed from volume offsets past 2^30 is held as a
+    // double even when small again, and `cut`, compiled for small integers (its warm-up's), was
+    // deoptimized on the main thread by it ("not a Smi"; a worker's arrive as small integers).
+    const rangeEnd = end | 0;
+    assert(rangeEnd === end && rangeEnd >= begin, 'range ends out of order');
     rangeFirsts.add(lengths.length);
     while (begin < rangeEnd) {
       const end = chunker.cut(data, begin, rangeEnd, true);

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { Chunker, chunkerParams } from '../../src/archive/chunker.ts';
-import { InlineChunkJobs } from '../../src/archive/chunk-jobs.ts';
+import { InlineChunkJobs, chunkAndHash } from '../../src/archive/chunk-jobs.ts';
 import { WorkerChunkJobs } from '../../src/archive/chunk-workers.ts';
 import { CHUNK_FLAG_ZSTD } from '../../src/archive/format.ts';
 import { refsByRange } from '../../src/archive/pack.ts';
@@ -277,6 +277,19 @@ test('a job of several ranges cuts each range as a job of its own, on this threa
     await workers.close();
     await inline.close();
   }
+});
+
+test('range ends computed from volume offsets past 2^31 cut as small integers do; an end that is not a whole byte offset is refused', () => {
+  const data = pseudoRandom(700 * 1024, 41);
+  // As pack computes them: differences of volume offsets held as doubles.
+  const far = 2 ** 31 + 4096;
+  const ends = [far + 300 * 1024 - far, far + 700 * 1024 - far];
+  const plain = chunkAndHash(chunker, data, [300 * 1024, 700 * 1024]);
+  const computed = chunkAndHash(chunker, data, ends);
+  assert.deepEqual([...computed.lengths], [...plain.lengths]);
+  assert.deepEqual(Buffer.from(computed.hashes), Buffer.from(plain.hashes));
+  assert.deepEqual([...computed.rangeFirsts], [...plain.rangeFirsts]);
+  assert.throws(() => chunkAndHash(chunker, data, [300 * 1024 + 0.5, 700 * 1024]), /range ends/);
 });
 
 test('warming the chunker up leaves its cuts as they were', () => {
