@@ -53,6 +53,8 @@ export interface PackOptions {
   base?: PackBase;
   /** Where chunking, hashing and compression run (default: this thread), for the store's chunking and level. */
   makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
+  /** Bytes pack expects to read up to which it works on this thread, not makeJobs' (default ARCHIVE_INLINE_BYTES_MAX). */
+  inlineBytesMax?: number;
   /** Bytes read so far, and the bytes pack expects to read. */
   onProgress?: (doneBytes: number, totalBytes: number) => void;
   now?: () => Date;
@@ -207,11 +209,12 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     for (const range of same) expectedBytes -= Math.max(0, Math.min(range.end * bs, source.sizeBytes) - range.begin * bs);
   }
 
-  // The jobs first: worker threads start while the index loads. Work of a job or two (a small
-  // incremental) is done on this thread: a worker thread costs ~85 ms of CPU to start, more
-  // than chunking, hashing and compressing that much takes here (docs/benchmarks.md, "Archive").
+  // The jobs first: worker threads start while the index loads. A small pack (an incremental of
+  // up to 64 MiB) does its work on this thread: on two cores, worker threads took the bench's
+  // incremental no sooner and cost it ~0.1 s more CPU (docs/benchmarks.md, "Archive: the
+  // incremental on the main thread").
   const inline = (params: ChunkerParams, level: number) => new InlineChunkJobs(params, level);
-  const makeJobs = expectedBytes <= ARCHIVE_INLINE_BYTES_MAX ? inline : (options.makeJobs ?? inline);
+  const makeJobs = expectedBytes <= (options.inlineBytesMax ?? ARCHIVE_INLINE_BYTES_MAX) ? inline : (options.makeJobs ?? inline);
   const jobs = makeJobs(config.chunking, config.compression.level);
   let loaded: LoadedIndex;
   try {

@@ -216,14 +216,15 @@ test('unpack into a new volume writes whole blocks, even where its windows end i
   const volume = await source.createVolume('long', { sizeBytes });
   await volume.write(runBegin, contentBytes(runBytes, 21));
   await source.snapshot('long', 'long.0', { readOnly: true });
-  // More than ARCHIVE_INLINE_BYTES_MAX to read: the pack uses the jobs it is given (worker threads
-  // in the CLI); a small one does its work on this thread and starts none.
+  // More to read than its inlineBytesMax: the pack uses the jobs it is given (worker threads in the
+  // CLI); a small one, within the default ARCHIVE_INLINE_BYTES_MAX, does its work on this thread
+  // and starts none.
   const made: string[] = [];
   const makeJobs = (name: string) => (params: ChunkerParams, level: number) => {
     made.push(name);
     return new InlineChunkJobs(params, level);
   };
-  await packVolume({ store, sources: poolSources(source), volume: 'long.0', name: 'long', makeJobs: makeJobs('long') });
+  await packVolume({ store, sources: poolSources(source), volume: 'long.0', name: 'long', makeJobs: makeJobs('long'), inlineBytesMax: MiB });
   await source.volume('long').write(BLOCK, contentBytes(BLOCK, 22));
   await source.snapshot('long', 'long.1', { readOnly: true });
   const small = await packVolume({ store, sources: poolSources(source), volume: 'long.1', name: 'long.1', deltaFrom: 'long.0', makeJobs: makeJobs('long.1') });
