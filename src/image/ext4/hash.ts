@@ -64,13 +64,16 @@ function halfMd4Transform(buf: Uint32Array, input: Uint32Array): void {
 
 /** e2fsprogs' str2hashbuf, unsigned variant: packs up to num*4 bytes of msg (a byte string) into words. */
 function stringToHashWords(msg: string, begin: number, lengthBytes: number, out: Uint32Array, num: number): void {
-  let pad = (lengthBytes | (lengthBytes << 8)) >>> 0;
-  pad = (pad | (pad << 16)) >>> 0;
+  // Words are kept as int32 (| 0), not uint32 (>>> 0): the same 32 bits once stored in `out`, and
+  // a uint32 of 2^31 or more is not an int32, which sent V8's optimized code back to the
+  // interpreter ('lost precision') in every import.
+  let pad = lengthBytes | (lengthBytes << 8);
+  pad = pad | (pad << 16);
   let value = pad;
   const take = Math.min(lengthBytes, num * 4);
   let word = 0;
   for (let index = 0; index < take; index++) {
-    value = (msg.charCodeAt(begin + index) + (value << 8)) >>> 0;
+    value = (msg.charCodeAt(begin + index) + (value << 8)) | 0;
     if (index % 4 === 3) {
       out[word++] = value;
       value = pad;

@@ -396,8 +396,10 @@ class InodeTableWriter {
     view.setUint32(at + 108, Math.floor(fields.sizeBytes / 2 ** 32), true);
     view.setUint16(at + 116, Math.floor(fields.blocks512 / 2 ** 32), true);
     view.setUint16(at + 118, Math.floor(fields.fileAclBlock / 2 ** 32), true);
-    view.setUint16(at + 120, Math.floor(fields.uid / 65536), true);
-    view.setUint16(at + 122, Math.floor(fields.gid / 65536), true);
+    // Ids are at most 32 bits (validated): a shift, where a division by 65536 left V8's optimized
+    // code the first time an id was not a multiple of it ('lost precision').
+    view.setUint16(at + 120, fields.uid >>> 16, true);
+    view.setUint16(at + 122, fields.gid >>> 16, true);
     view.setUint16(at + 128, INODE_EXTRA_BYTES, true);
     if (fields.xattrs !== undefined) writeInodeXattrs(this.#tableBlock.subarray(at + XATTR_AREA_AT, at + XATTR_AREA_AT + INODE_XATTR_AREA_BYTES), fields.xattrs);
     // The checksum covers the whole inode with both checksum fields zero (they still are).
