@@ -4,6 +4,7 @@
 // clear the owner's own, so modes are set explicitly after creation, not left to open/mkdir.
 import { chmodSync, closeSync, existsSync, fchmodSync, mkdirSync, openSync, realpathSync, statSync, type Stats } from 'node:fs';
 import { dirname } from 'node:path';
+import { ThinError } from '../errors.ts';
 
 export const PRIVATE_FILE_MODE = 0o600;
 export const PRIVATE_DIRECTORY_MODE = 0o700;
@@ -21,9 +22,18 @@ export function makePrivateDirectory(path: string, options: { recursive?: boolea
   return true;
 }
 
-/** Opens a new file 0600 for writing (`flags` as openSync's, e.g. 'wx'), whatever the umask. */
+/**
+ * Opens a new file 0600 for writing (`flags` as openSync's, e.g. 'wx'), whatever the umask. A file
+ * that cannot be made is a ThinError naming the path and why: an output (`dump -o`, `metadata pack
+ * -o`) that already exists is refused, never overwritten.
+ */
 export function openPrivateFile(path: string, flags: string): number {
-  const fd = openSync(path, flags, PRIVATE_FILE_MODE);
+  let fd: number;
+  try {
+    fd = openSync(path, flags, PRIVATE_FILE_MODE);
+  } catch (error) {
+    throw cannotCreate(path, error);
+  }
   try {
     fchmodSync(fd, PRIVATE_FILE_MODE);
   } catch (error) {
@@ -31,6 +41,23 @@ export function openPrivateFile(path: string, flags: string): number {
     throw error;
   }
   return fd;
+}
+
+function cannotCreate(path: string, cause: unknown): ThinError {
+  const code = (cause as NodeJS.ErrnoException).code ?? String(cause);
+  switch (code) {
+    case 'EEXIST':
+      return new ThinError('THIN_EXISTS', `Cannot create ${path}: it already exists (thinbd does not overwrite it; remove it or name another file)`, { cause });
+    case 'ENOENT':
+      return new ThinError('THIN_NOT_FOUND', `Cannot create ${path}: its directory does not exist`, { cause });
+    case 'EISDIR':
+      return new ThinError('THIN_INVALID', `Cannot create ${path}: it is a directory`, { cause });
+    case 'EACCES':
+    case 'EPERM':
+      return new ThinError('THIN_IO', `Cannot create ${path}: permission denied (${code})`, { cause });
+    default:
+      return new ThinError('THIN_IO', `Cannot create ${path}: ${code}`, { cause });
+  }
 }
 
 /** True when users other than the owner may read or enter `path` (group or other bits set). */

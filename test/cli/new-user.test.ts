@@ -171,6 +171,22 @@ test('dump writes the same bytes to a pipe, a file standard output is redirected
   assert.equal(result.stderr, 'thinbd: Cannot write to standard output: ENOSPC: no space left on device, write\n');
 });
 
+test('an output file that exists or has no directory is one line naming it and exit 1, and an existing file is left as it was', () => {
+  const dir = freshPool('outputs-refused');
+  const existing = join(work, 'existing.xml');
+  writeFileSync(existing, 'keep me\n');
+  for (const args of [['dump', '--pool', dir, '-o', existing], ['metadata', 'pack', '--pool', dir, '-o', existing]]) {
+    const result = thinbd(args);
+    assert.equal(result.code, 1, `${args.join(' ')}: ${result.stderr}`);
+    assert.equal(result.stderr, `thinbd: Cannot create ${existing}: it already exists (thinbd does not overwrite it; remove it or name another file)\n`);
+    assert.equal(readFileSync(existing, 'utf8'), 'keep me\n');
+  }
+  const nowhere = join(work, 'no-such-directory', 'dump.xml');
+  const result = thinbd(['dump', '--pool', dir, '-o', nowhere]);
+  assert.equal(result.code, 1);
+  assert.equal(result.stderr, `thinbd: Cannot create ${nowhere}: its directory does not exist\n`);
+});
+
 test('a directory that holds no pool is left untouched by every command', () => {
   const notAPool = join(work, 'notapool');
   mkdirSync(notAPool);

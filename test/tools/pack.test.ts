@@ -102,7 +102,7 @@ test('unpack without data creates a sparse data file of the packed size; a direc
     assert.equal((await unpackMetadata(image, copy)).data, 'created');
     assert.equal(statSync(`${copy}/data`).size, statSync(`${dir}/data`).size);
     await assert.rejects(unpackMetadata(image, copy), { code: 'THIN_EXISTS' });
-    await assert.rejects(packMetadata(dir, image), { code: 'EEXIST' });
+    await assert.rejects(packMetadata(dir, image), { code: 'THIN_EXISTS', message: `Cannot create ${image}: it already exists (thinbd does not overwrite it; remove it or name another file)` });
   } finally {
     scratch.remove();
   }
