@@ -100,9 +100,9 @@ export const FRAME_CONTINUES = 0xffffffff;
  * frame holds adjacent chunks (neighbours in the job, both new, the second not the first of a
  * range in `rangeFirsts`: a frame stays within one range of the volume) up to
  * ARCHIVE_FRAME_TARGET_BYTES together, or one longer chunk, and is kept only when smaller than
- * its chunks (F-AR-CHUNK-2); otherwise they are stored raw, each alone. Returns, per chunk, the length of the frame it
- * begins, FRAME_CONTINUES when it continues the one before, 0 when it is stored raw (a zstd frame
- * is never empty); storedPieces turns them into pieces.
+ * its chunks (F-AR-CHUNK-2); otherwise they are stored raw, each alone. Returns, per chunk, the
+ * length of the frame it begins, FRAME_CONTINUES when it continues the one before, 0 when it is
+ * stored raw (a zstd frame is never empty); storedPieces turns them into pieces.
  */
 export function compressChunks(
   compressor: ZstdCompressor,

@@ -17,12 +17,14 @@
 // import about as much CPU as the crc32 (a 32-bit key among a pool's blocks rarely matches a block
 // of other content, and such a match costs one read). A version 1 index is still read: its crc32s
 // are the keys.
-import { crc32 } from '@node-rs/crc32';
+import { loadCrc32 } from '../util/native.ts';
 import { ThinError } from '../errors.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
 import { HIDDEN_LABEL } from '../tools/list.ts';
 import type { BlockTarget } from './block-target.ts';
+
+const { crc32 } = loadCrc32();
 
 /** The volume holding the index. */
 export const BLOCK_INDEX_VOLUME = 'image.blocks';

@@ -27,7 +27,7 @@ import type { BlockFile, SyncOptions } from './block-file.ts';
 import { FILE_WRITE_PIECE_BYTES_MAX } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 import { isMediaError } from './media-error.ts';
-import { PRIVATE_FILE_MODE } from './private.ts';
+import { PRIVATE_FILE_MODE, cannotCreate } from './private.ts';
 
 const koffi = loadKoffi();
 
@@ -119,14 +119,7 @@ export class FileBlockFile implements BlockFile {
       // 'wx+' is O_RDWR|O_CREAT|O_EXCL: atomic refusal of an existing path, and no O_APPEND.
       fd = await callback<number>((done) => fs.open(path, 'wx+', PRIVATE_FILE_MODE, done));
     } catch (error) {
-      const code = errorCode(error);
-      if (code === 'EEXIST') {
-        throw new ThinError('THIN_EXISTS', `Cannot create ${path}: it already exists`, { cause: error });
-      }
-      if (code === 'ENOENT') {
-        throw new ThinError('THIN_NOT_FOUND', `Cannot create ${path}: its directory does not exist`, { cause: error });
-      }
-      throw new ThinError('THIN_IO', `Cannot create ${path}: ${code}`, { cause: error });
+      throw cannotCreate(path, error);
     }
     try {
       // Volume data is private to its owner (io/private.ts): the mode is set, not left to the umask.

@@ -43,7 +43,8 @@ export function openPrivateFile(path: string, flags: string): number {
   return fd;
 }
 
-function cannotCreate(path: string, cause: unknown): ThinError {
+/** Why a new file at `path` could not be made (its open failed with `cause`), as a ThinError naming it. */
+export function cannotCreate(path: string, cause: unknown): ThinError {
   const code = (cause as NodeJS.ErrnoException).code ?? String(cause);
   switch (code) {
     case 'EEXIST':

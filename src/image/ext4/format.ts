@@ -3,7 +3,9 @@
 // Facts from the kernel's Documentation/filesystems/ext4/ and e2fsprogs' lib/ext2fs/ext2_fs.h,
 // ext3_extents.h, ext2_ext_attr.h and csum.c. Only the subset thinbd writes is named here;
 // docs/image.md says which features are on and why.
-import { crc32c } from '@node-rs/crc32';
+import { loadCrc32 } from '../../util/native.ts';
+
+const { crc32c } = loadCrc32();
 
 export const BLOCK_SIZE_BYTES = 4096;
 export const LOG_BLOCK_SIZE = 2; // s_log_block_size: 1024 << 2
