@@ -1,31 +1,29 @@
 // SHA-256 of a source on a worker thread: hashing an image's bytes on the main thread cost about a
 // third of an import's time, and the machine has a second core. The bytes reach the worker in a
 // ring of slots in shared memory (made once: no fresh pages to fault in); threads pass slots with
-// Atomics (a message per chunk cost more than the copy). Three ways to fill them:
+// Atomics (a message per chunk cost more than the copy). Two ways to hash:
 // - a stream's chunks are copied into the slots by update() (the main thread waits only when
 //   every slot is still being hashed);
-// - a local file parsed on another thread is read by that thread straight into the slots
-//   (feed(), HashFeeder): the file is read once, for the parse and the hash both;
-// - a local file parsed here is read by the worker itself (readFile(): the page cache serves it
-//   twice, the main thread pays nothing).
+// - a local file is read by the worker itself (readFile(): the page cache serves it twice, once
+//   to the parse and once here, and the two go at their own pace; fed from the parse's reads
+//   through the slots instead, they went in step and the import took longer: docs/benchmarks.md
+//   "Image import: the digest reads for itself").
 import { Worker } from 'node:worker_threads';
-import { ThinError, assert } from '../errors.ts';
+import { assert } from '../errors.ts';
 
 // Control words: chunks handed over (head), chunks hashed (tail), finish request, digest ready,
-// for a local file how its bytes arrive (MODE_*), and whether the worker failed (a feeder on
-// another thread then stops waiting for slots).
+// and for a local file whether the worker reads it (MODE_*).
 const HEAD = 0;
 const TAIL = 1;
 const FINISH = 2;
 const READY = 3;
 const MODE = 4;
-const FAILED = 5;
-const CONTROL_WORDS = 6;
+const CONTROL_WORDS = 5;
 const DIGEST_BYTES = 64;
-/** A local file's worker waits to be told whether it reads the file or is fed its bytes. */
+/** A local file's worker waits to be told whether it reads the file, or the hash is not wanted. */
 const MODE_UNDECIDED = 0;
 const MODE_READ = 1;
-const MODE_FED = 2;
+const MODE_NONE = 2;
 
 /** Atomics.waitAsync (ES2024; in every Node.js thinbd supports): resolves when woken or after timeoutMs. */
 const waitAsync = (Atomics as unknown as {
@@ -74,68 +72,6 @@ Atomics.store(ctrl, ${READY}, 1);
 Atomics.notify(ctrl, ${READY});
 `;
 
-/** A hash's slots, for another thread to fill (HashFeeder there). */
-export interface HashFeed {
-  control: SharedArrayBuffer;
-  lengths: SharedArrayBuffer;
-  data: SharedArrayBuffer;
-  slots: number;
-  slotBytes: number;
-}
-
-/**
- * The filling side of a fed hash, on the thread that reads the bytes: take() the next slot, read
- * into it, give() its length. The hash reads a slot while the caller still may (both only read);
- * a slot comes back `slots` chunks later, once hashed.
- */
-export class HashFeeder {
-  readonly #control: Int32Array;
-  readonly #lengths: Int32Array;
-  readonly #data: Uint8Array;
-  readonly #slots: number;
-  readonly #slotBytes: number;
-  #head = 0;
-  #taken = false;
-
-  constructor(feed: HashFeed) {
-    this.#control = new Int32Array(feed.control);
-    this.#lengths = new Int32Array(feed.lengths);
-    this.#data = new Uint8Array(feed.data);
-    this.#slots = feed.slots;
-    this.#slotBytes = feed.slotBytes;
-  }
-
-  /** The next slot to fill, once the hash is done with what it held. */
-  async take(): Promise<Uint8Array> {
-    assert(!this.#taken, 'a hash slot taken twice');
-    for (;;) {
-      if (Atomics.load(this.#control, FAILED) === 1) throw new ThinError('THIN_IO', 'The thread hashing the image source stopped');
-      const tail = Atomics.load(this.#control, TAIL);
-      if (this.#head - tail < this.#slots) break;
-      // A pending waitAsync does not keep the event loop alive: a timer does, meanwhile.
-      const keepAlive = setTimeout(() => undefined, 2000);
-      try {
-        await waitUntilChanged(this.#control, TAIL, tail);
-      } finally {
-        clearTimeout(keepAlive);
-      }
-    }
-    this.#taken = true;
-    const slot = this.#head % this.#slots;
-    return this.#data.subarray(slot * this.#slotBytes, (slot + 1) * this.#slotBytes);
-  }
-
-  /** The slot taken holds `length` bytes of the source, the next after those given before. */
-  give(length: number): void {
-    assert(this.#taken, 'a hash slot given before taken');
-    this.#taken = false;
-    this.#lengths[this.#head % this.#slots] = length;
-    this.#head++;
-    Atomics.store(this.#control, HEAD, this.#head);
-    Atomics.notify(this.#control, HEAD);
-  }
-}
-
 export class BackgroundHash {
   readonly #worker: Worker;
   readonly #control: Int32Array;
@@ -147,20 +83,15 @@ export class BackgroundHash {
   #head = 0;
   #failure: Error | undefined;
   #closed = false;
-  readonly #feed: HashFeed;
   readonly #isFile: boolean;
 
-  /**
-   * Hashes what update() is given, or (with `path`) the file at path: read by the worker itself
-   * (readFile(), or at digest()), or by another thread into the slots (feed()).
-   */
+  /** Hashes what update() is given, or (with `path`) the file at path, read by the worker itself (readFile(), or at digest()). */
   constructor(slotBytes: number, slots: number, path?: string) {
     assert(slots >= 1 && slotBytes >= 1, 'a background hash needs a slot');
     const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
     const lengths = new SharedArrayBuffer(slots * 4);
     const data = new SharedArrayBuffer(slots * slotBytes);
     const digest = new SharedArrayBuffer(DIGEST_BYTES);
-    this.#feed = { control, lengths, data, slots, slotBytes };
     this.#isFile = path !== undefined;
     this.#control = new Int32Array(control);
     this.#lengths = new Int32Array(lengths);
@@ -172,29 +103,17 @@ export class BackgroundHash {
     this.#worker.unref();
     this.#worker.on('error', (error) => {
       this.#failure = error;
-      Atomics.store(this.#control, FAILED, 1);
-      Atomics.notify(this.#control, TAIL);
     });
   }
 
-  /** A local file: the worker reads it itself. Nothing when already decided. */
+  /** A local file: the worker starts reading it. Nothing when already decided. */
   readFile(): void {
+    assert(this.#isFile, 'only a local file\'s hash reads it');
     this.#decide(MODE_READ);
   }
 
-  /**
-   * A local file: another thread reads it and fills the slots (HashFeeder over what this
-   * returns), from its first byte to its last; undefined when the worker already reads it.
-   */
-  feed(): HashFeed | undefined {
-    return this.#decide(MODE_FED) ? this.#feed : undefined;
-  }
-
-  #decide(mode: number): boolean {
-    assert(this.#isFile, 'only a local file\'s hash reads or is fed');
-    if (Atomics.compareExchange(this.#control, MODE, MODE_UNDECIDED, mode) !== MODE_UNDECIDED) return false;
-    Atomics.notify(this.#control, MODE);
-    return true;
+  #decide(mode: number): void {
+    if (Atomics.compareExchange(this.#control, MODE, MODE_UNDECIDED, mode) === MODE_UNDECIDED) Atomics.notify(this.#control, MODE);
   }
 
   async update(bytes: Uint8Array): Promise<void> {
@@ -246,8 +165,8 @@ export class BackgroundHash {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    // A worker still waiting to be told how its bytes arrive is fed: nothing, it finishes at once.
-    if (this.#isFile) this.feed();
+    // A worker still waiting to be told whether it reads the file finishes at once.
+    if (this.#isFile) this.#decide(MODE_NONE);
     Atomics.store(this.#control, FINISH, 1);
     Atomics.notify(this.#control, HEAD);
     // An update() waiting for a slot sees the hash closed.

@@ -354,6 +354,12 @@ class ImageBuild {
    * THINBD_IMAGE_PARSE_THREAD=0 keeps it all here (for comparing the two).
    */
   async #parseOnThread(path: string): Promise<BuiltFilesystem> {
+    // The source's digest: its worker reads the file itself from now on, beside the parse. Fed
+    // from the parsing thread's own reads instead (the file read once), the two threads went in
+    // step through a ring of four 1 MiB slots, each waiting whenever the other was off its core:
+    // the import took ~7% longer for the ~0.1 s of system time a second read from the page
+    // cache costs (docs/benchmarks.md "Image import: the digest reads for itself").
+    this.#opened.startHash();
     const limit = this.#dataLimit();
     const parsing = parseOnThread(
       {
@@ -366,8 +372,6 @@ class ImageBuild {
         alignBytes: this.#blockSizeBytes,
         writesInFlight: IMAGE_WRITES_IN_FLIGHT_MAX,
         filesystem: this.#filesystemOptions(),
-        // The parsing thread reads the file once, for the parse and the digest both.
-        hash: this.#opened.hashFeed?.(),
         bufferBytes: Math.max(IMAGE_WRITE_BUFFER_BYTES, this.#blockSizeBytes),
         buffersMax: IMAGE_WRITES_IN_FLIGHT_MAX + 2,
         signal: this.#options.signal,

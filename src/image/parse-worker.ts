@@ -14,8 +14,7 @@ import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
 import { ByteInput } from './byte-input.ts';
 import { DataStream } from './data-stream.ts';
 import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
-import { HashFeeder, type HashFeed } from './background-hash.ts';
-import { FileChunks, HashedFileChunks, decompressChunks, type Compression } from './source.ts';
+import { FileChunks, decompressChunks, type Compression } from './source.ts';
 import { TarReader, drainTrailer } from './tar.ts';
 import { FsTree } from './tree.ts';
 
@@ -32,8 +31,6 @@ export interface ParseJob {
   filesystem: Omit<FilesystemOptions, 'dataEndBlock'>;
   /** The write buffers, seen by both threads. */
   buffers: SharedArrayBuffer[];
-  /** The source's hash, fed the whole file from this thread's reads (else it reads the file itself). */
-  hash?: HashFeed | undefined;
 }
 
 /** What the parsing thread built. */
@@ -95,13 +92,11 @@ async function parse(job: ParseJob): Promise<ParseResult> {
   const buffers = BufferPool.over(views);
   const tree = new FsTree(job.filesystem.nowSeconds);
   let dataEndBlock: number;
-  let hashed: HashedFileChunks | undefined;
   try {
     const onBytes = (chunk: Uint8Array): void => {
       bytesRead += chunk.length;
     };
-    hashed = job.hash === undefined ? undefined : new HashedFileChunks(fd, new HashFeeder(job.hash), onBytes);
-    const raw = hashed ?? new FileChunks(fd, 0, fs.fstatSync(fd).size, { chunkBytes: IMAGE_READ_CHUNK_BYTES, reuse: job.compression === 'none', onBytes });
+    const raw = new FileChunks(fd, 0, fs.fstatSync(fd).size, { chunkBytes: IMAGE_READ_CHUNK_BYTES, reuse: job.compression === 'none', onBytes });
     const chunks = job.compression === 'none' ? raw : decompressChunks(raw, job.compression, job.description, () => bytesRead);
     const data = new DataStream(queue, {
       beginBlock: job.beginBlock,
@@ -113,12 +108,9 @@ async function parse(job: ParseJob): Promise<ParseResult> {
     const reader = new TarReader(new ByteInput(chunks));
     await applyTar(reader, { tree, data }, { stream: '', layered: false });
     await drainTrailer(reader);
-    // The digest covers the whole file, past the archive's end too.
-    await hashed?.finish();
     await data.finish();
     dataEndBlock = data.cursorBlock;
   } finally {
-    await hashed?.close();
     fs.closeSync(fd);
   }
   const dataBytesGiven = queue.bytesWritten;

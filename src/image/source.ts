@@ -12,7 +12,7 @@ import zlib from 'node:zlib';
 import { ThinError } from '../errors.ts';
 import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
 import type { ChunkSource } from './byte-input.ts';
-import { BackgroundHash, type HashFeed, type HashFeeder } from './background-hash.ts';
+import { BackgroundHash } from './background-hash.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -34,12 +34,7 @@ export interface OpenedSource {
   ranges: RangeReader | undefined;
   /** The path of a local regular file (another thread may read it itself). */
   localPath?: string;
-  /**
-   * A local file: its hash's slots, for the thread that reads the whole file to fill them
-   * (HashedFileChunks), so that the file is read once; undefined once the hash reads the file itself.
-   */
-  hashFeed?: () => HashFeed | undefined;
-  /** A local file: its hash starts reading the file itself (unless fed); by digest() at the latest. */
+  /** A local file: its hash starts reading the file itself (on its own thread); by digest() at the latest. */
   startHash(): void;
   /**
    * The digest is not wanted (an image archive names its own): a local file is never read for it,
@@ -115,81 +110,6 @@ export class FileChunks implements ChunkSource {
 
   async close(): Promise<void> {
     this.#closed = true;
-    await this.#pending?.catch(() => undefined);
-  }
-}
-
-/**
- * A local file read from its first byte to its last into a fed hash's slots (HashFeeder), one read
- * ahead: each chunk is hashed and parsed from the same memory, so the file is read once for both.
- * There is no skip (every byte must reach the hash), and finish() reads what the parse left (past
- * the archive's end) for the hash. Calls run one at a time, in order (a decompressor may still
- * pull when finish() is called).
- */
-export class HashedFileChunks implements ChunkSource {
-  readonly #fd: number;
-  readonly #feeder: HashFeeder;
-  readonly #onBytes: ((bytes: Uint8Array) => void) | undefined;
-  #positionBytes = 0;
-  #pending: Promise<Uint8Array | undefined> | undefined;
-  #ended = false;
-  #last: Promise<unknown> = Promise.resolve();
-
-  constructor(fd: number, feeder: HashFeeder, onBytes?: (bytes: Uint8Array) => void) {
-    this.#fd = fd;
-    this.#feeder = feeder;
-    this.#onBytes = onBytes;
-  }
-
-  #inTurn<T>(step: () => Promise<T>): Promise<T> {
-    const result = this.#last.then(step);
-    this.#last = result.catch(() => undefined);
-    return result;
-  }
-
-  async #readAhead(): Promise<Uint8Array | undefined> {
-    const slot = await this.#feeder.take();
-    let count = 0;
-    try {
-      count = await new Promise<number>((resolve, reject) => {
-        fs.read(this.#fd, slot, 0, slot.length, this.#positionBytes, (error, bytesRead) => (error ? reject(error) : resolve(bytesRead)));
-      });
-    } finally {
-      this.#feeder.give(count);
-    }
-    if (count === 0) return undefined;
-    this.#positionBytes += count;
-    const chunk = slot.subarray(0, count);
-    this.#onBytes?.(chunk);
-    return chunk;
-  }
-
-  async #nextNow(): Promise<Uint8Array | undefined> {
-    if (this.#ended) return undefined;
-    const chunk = await (this.#pending ?? this.#readAhead());
-    this.#pending = undefined;
-    if (chunk === undefined) {
-      this.#ended = true;
-      return undefined;
-    }
-    this.#pending = this.#readAhead();
-    this.#pending.catch(() => undefined);
-    return chunk;
-  }
-
-  next(): Promise<Uint8Array | undefined> {
-    return this.#inTurn(() => this.#nextNow());
-  }
-
-  /** Reads the rest of the file into the hash (nothing more is handed on). */
-  finish(): Promise<void> {
-    return this.#inTurn(async () => {
-      while ((await this.#nextNow()) !== undefined);
-    });
-  }
-
-  async close(): Promise<void> {
-    this.#ended = true;
     await this.#pending?.catch(() => undefined);
   }
 }
@@ -481,7 +401,6 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
     description,
     ranges,
     ...(localPath === undefined ? {} : { localPath }),
-    ...(isLocal ? { hashFeed: () => hash.feed() } : {}),
     startHash: () => {
       if (isLocal) hash.readFile();
     },

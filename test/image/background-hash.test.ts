@@ -1,15 +1,13 @@
-// The source's SHA-256 on its own thread, fed three ways: chunks copied in (a stream), the file
-// read by the hash's worker itself, or the file read by another thread straight into the hash's
-// slots (HashedFileChunks: the parse and the hash share one read). Every way gives the file's
-// digest, whatever part of the file the parse consumed.
+// The source's SHA-256 on its own thread, fed two ways: chunks copied in (a stream), or the file
+// read by the hash's worker itself. Both give the file's digest.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { patternBytes, tempDir } from '../nbd/helpers.ts';
-import { BackgroundHash, HashFeeder } from '../../src/image/background-hash.ts';
-import { HashedFileChunks, openSource } from '../../src/image/source.ts';
+import { BackgroundHash } from '../../src/image/background-hash.ts';
+import { openSource } from '../../src/image/source.ts';
 
 const SLOT_BYTES = 4096;
 const SLOTS = 3;
@@ -31,8 +29,8 @@ const sha256 = (data: Uint8Array): string => createHash('sha256').update(data).d
 test('a local file hashed by the worker reading it itself', async () => {
   const hash = new BackgroundHash(SLOT_BYTES, SLOTS, file);
   hash.readFile();
-  assert.equal(hash.feed(), undefined, 'once the worker reads the file, nobody else feeds it');
-  assert.equal(await hash.digest(), sha256(bytes));
+  hash.readFile();
+  assert.equal(await hash.digest(), sha256(bytes), 'read once, whatever readFile() was called again');
 });
 
 test('chunks copied into the slots (a stream)', async () => {
@@ -41,36 +39,7 @@ test('chunks copied into the slots (a stream)', async () => {
   assert.equal(await hash.digest(), sha256(bytes));
 });
 
-test('a file read once into the slots: the chunks handed on are the file, and the digest covers what the parse left unread', async () => {
-  const hash = new BackgroundHash(SLOT_BYTES, SLOTS, file);
-  const feed = hash.feed();
-  assert.ok(feed !== undefined);
-  const fd = fs.openSync(file, 'r');
-  let counted = 0;
-  const chunks = new HashedFileChunks(fd, new HashFeeder(feed), (chunk) => {
-    counted += chunk.length;
-  });
-  try {
-    // The parse reads about half, keeping nothing past the next call, then stops.
-    const seen: Uint8Array[] = [];
-    for (let index = 0; index < 3; index++) {
-      const chunk = await chunks.next();
-      assert.ok(chunk !== undefined);
-      seen.push(chunk.slice());
-    }
-    assert.deepEqual(Buffer.concat(seen), Buffer.from(bytes.subarray(0, 3 * SLOT_BYTES)));
-    await chunks.finish();
-    assert.equal(await chunks.next(), undefined, 'nothing is handed on after finish');
-  } finally {
-    await chunks.close();
-    fs.closeSync(fd);
-  }
-  assert.equal(counted, bytes.length, 'every byte of the file was read, once');
-  assert.equal(await hash.digest(), sha256(bytes));
-  assert.equal(hash.feed(), undefined, 'a hash is fed once');
-});
-
-test('a hash closed before anyone fed it or read the file finishes at once', async () => {
+test('a hash closed before its worker was told to read the file finishes at once', async () => {
   const hash = new BackgroundHash(SLOT_BYTES, SLOTS, file);
   await hash.close();
 });
