@@ -126,8 +126,23 @@ export class RunWriter {
     this.#buffers = buffers;
   }
 
-  async put(blockNr: number, bytes: Uint8Array): Promise<void> {
+  /**
+   * Puts whole blocks at blockNr. A promise only when the piece must wait (a run ends, a buffer
+   * fills, one is taken): a piece that continues the run inside the buffer is copied at once, so a
+   * caller with many small pieces (an inode table block, a directory block) skips an await each.
+   */
+  put(blockNr: number, bytes: Uint8Array): void | Promise<void> {
     assert(bytes.length % this.#blockSizeBytes === 0, 'a run piece must be whole blocks');
+    const buffer = this.#buffer;
+    if (buffer !== undefined && blockNr === this.#bufferBlock + this.#filledBytes / this.#blockSizeBytes && this.#filledBytes + bytes.length < buffer.length) {
+      buffer.set(bytes, this.#filledBytes);
+      this.#filledBytes += bytes.length;
+      return undefined;
+    }
+    return this.#putWaiting(blockNr, bytes);
+  }
+
+  async #putWaiting(blockNr: number, bytes: Uint8Array): Promise<void> {
     if (this.#buffer !== undefined && blockNr !== this.#bufferBlock + this.#filledBytes / this.#blockSizeBytes) await this.flush();
     let offset = 0;
     while (offset < bytes.length) {

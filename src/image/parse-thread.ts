@@ -6,6 +6,7 @@
 import { statSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { ThinError, assert } from '../errors.ts';
+import { sealInodeTable } from './ext4/inodes.ts';
 import type { ParseJob, ParseReply, ParseRequest, ParseResult } from './parse-worker.ts';
 
 export interface ParseHost {
@@ -15,6 +16,8 @@ export interface ParseHost {
    * `bytesRead`: of the source, so far.
    */
   write(offsetBytes: number, bytes: Uint8Array, data: boolean, bytesRead: number): Promise<void>;
+  /** The file data is all handed over to write(); the metadata follows. */
+  dataEnd(): void;
 }
 
 export interface ParseOptions extends Omit<ParseJob, 'buffers'> {
@@ -106,9 +109,21 @@ export class ParseThread {
               }
               worker.postMessage(reply);
             };
-            host.write(message.offsetBytes, views[message.buffer]!.subarray(message.byteOffset, message.byteOffset + message.length), message.data, message.bytesRead).then(() => answer(), answer);
+            const bytes = views[message.buffer]!.subarray(message.byteOffset, message.byteOffset + message.length);
+            if (message.unsealed !== undefined) {
+              try {
+                sealInodeTable(bytes, message.unsealed.firstIno, message.unsealed.fsSeed);
+              } catch (error) {
+                answer(error);
+                return;
+              }
+            }
+            host.write(message.offsetBytes, bytes, message.data, message.bytesRead).then(() => answer(), answer);
             return;
           }
+          case 'data-end':
+            host.dataEnd();
+            return;
           case 'done':
             resolve(message.result);
             return;

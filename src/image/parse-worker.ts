@@ -8,12 +8,13 @@
 import fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
-import { ThinError, isThinError } from '../errors.ts';
+import { ThinError, assert, isThinError } from '../errors.ts';
 import { applyTar } from './apply.ts';
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
 import { ByteInput } from './byte-input.ts';
 import { DataStream } from './data-stream.ts';
-import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
+import { BLOCK_SIZE_BYTES, INODES_PER_BLOCK } from './ext4/format.ts';
+import { writeFilesystem, type FilesystemOptions, type FilesystemSummary, type UnsealedInodeTable } from './ext4/writer.ts';
 import { FileChunks, decompressChunks, type Compression } from './source.ts';
 import { TarReader, drainTrailer } from './tar.ts';
 import { FsTree } from './tree.ts';
@@ -45,7 +46,10 @@ export interface ParseResult {
 /** Messages from the parsing thread. */
 export type ParseReply =
   // data: file data (block sharing looks it up), or the metadata (written as it is).
-  | { t: 'write'; seq: number; offsetBytes: number; buffer: number; byteOffset: number; length: number; data: boolean; bytesRead: number }
+  // unsealed: inode table blocks from inode firstIno, to seal (sealInodeTable) before writing.
+  | { t: 'write'; seq: number; offsetBytes: number; buffer: number; byteOffset: number; length: number; data: boolean; bytesRead: number; unsealed?: { firstIno: number; fsSeed: number } }
+  // The file data is all handed over (the metadata follows).
+  | { t: 'data-end' }
   | { t: 'done'; result: ParseResult }
   | { t: 'error'; code: string | undefined; message: string };
 
@@ -62,6 +66,17 @@ let seq = 0;
 let bytesRead = 0;
 /** File data is being written (block sharing looks its blocks up); then the metadata. */
 let writingData = true;
+/** The inode table, once placed: its blocks go unsealed, and the main thread seals them. */
+let inodeTable: UnsealedInodeTable | undefined;
+
+/** An unsealed write's first inode, when the write is of the inode table. */
+function unsealedAt(offsetBytes: number, length: number): { firstIno: number; fsSeed: number } | undefined {
+  if (inodeTable === undefined) return undefined;
+  const block = offsetBytes / BLOCK_SIZE_BYTES;
+  if (block < inodeTable.beginBlock || block >= inodeTable.endBlock) return undefined;
+  assert(block + length / BLOCK_SIZE_BYTES <= inodeTable.endBlock, 'an inode table write runs past the table');
+  return { firstIno: (block - inodeTable.beginBlock) * INODES_PER_BLOCK + 1, fsSeed: inodeTable.fsSeed };
+}
 
 port.on('message', (message: ParseRequest) => {
   if (message.t === 'job') {
@@ -81,7 +96,8 @@ const target: BlockTarget = {
       const buffer = views.findIndex((view) => view.buffer === bytes.buffer);
       const id = ++seq;
       waiting.set(id, { resolve, reject });
-      port.postMessage({ t: 'write', seq: id, offsetBytes, buffer, byteOffset: bytes.byteOffset, length: bytes.length, data: writingData, bytesRead } satisfies ParseReply);
+      const unsealed = writingData ? undefined : unsealedAt(offsetBytes, bytes.length);
+      port.postMessage({ t: 'write', seq: id, offsetBytes, buffer, byteOffset: bytes.byteOffset, length: bytes.length, data: writingData, bytesRead, unsealed } satisfies ParseReply);
     }),
   discard: () => Promise.reject(new Error('the parsing thread discards nothing')),
 };
@@ -110,12 +126,17 @@ async function parse(job: ParseJob): Promise<ParseResult> {
     await drainTrailer(reader);
     await data.finish();
     dataEndBlock = data.cursorBlock;
+    port.postMessage({ t: 'data-end' } satisfies ParseReply);
   } finally {
     fs.closeSync(fd);
   }
   const dataBytesGiven = queue.bytesWritten;
   writingData = false;
-  const summary = await writeFilesystem(queue, buffers, tree, { ...job.filesystem, dataEndBlock });
+  // The inodes' checksums (~50,000 for /usr/share) are the main thread's, which otherwise
+  // waits for these buffers with nothing to do.
+  const summary = await writeFilesystem(queue, buffers, tree, { ...job.filesystem, dataEndBlock }, (table) => {
+    inodeTable = table;
+  });
   await queue.drain();
   return { summary, dataBytesGiven, metadataBytesGiven: queue.bytesWritten - dataBytesGiven, bytesRead };
 }

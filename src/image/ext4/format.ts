@@ -140,11 +140,18 @@ export function setU64(view: DataView, offsetBytes: number, value: number): void
   view.setUint32(offsetBytes + 4, Math.floor(value / 2 ** 32), true);
 }
 
-/** Splits seconds since the epoch into ext4's 32-bit field and the epoch bits of the extra field. */
-export function encodeTime(seconds: number, nanoseconds: number): { low: number; extra: number } {
-  const low = seconds | 0;
-  const epoch = (seconds - low) / 2 ** 32;
-  return { low: low >>> 0, extra: ((epoch & 3) | (nanoseconds << 2)) >>> 0 };
+/**
+ * Seconds since the epoch as ext4's 32-bit field (this) and the epoch bits of the extra field
+ * (encodeTimeExtra): two numbers, not an object per time (four per inode).
+ */
+export function encodeTimeLow(seconds: number): number {
+  return (seconds | 0) >>> 0;
+}
+
+/** The extra field: the epoch bits and the nanoseconds. */
+export function encodeTimeExtra(seconds: number, nanoseconds: number): number {
+  const epoch = (seconds - (seconds | 0)) / 2 ** 32;
+  return ((epoch & 3) | (nanoseconds << 2)) >>> 0;
 }
 
 /** Timestamps ext4 can hold with the extra epoch bits: [-2^31, 2^34 - 2^31). */

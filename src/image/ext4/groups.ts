@@ -181,9 +181,10 @@ export async function writeGroupMetadata(queue: WriteQueue, buffers: BufferPool,
     const usedInGroup = Math.max(0, Math.min(ipg, input.inodesUsed - firstIno + 1));
     let inodeBitmapCsum = 0;
     if (usedInGroup > 0) {
+      // Whole bytes at once: a bit at a time was ~25,000 steps a group, in code run once.
       inodeBitmap.fill(0);
-      for (let bit = 0; bit < usedInGroup; bit++) inodeBitmap[bit >> 3]! |= 1 << (bit & 7);
-      for (let bit = ipg; bit < BLOCK_SIZE_BYTES * 8; bit++) inodeBitmap[bit >> 3]! |= 1 << (bit & 7);
+      setBits(inodeBitmap, 0, usedInGroup);
+      setBits(inodeBitmap, ipg, BLOCK_SIZE_BYTES * 8);
       inodeBitmapCsum = ext4Crc32c(fsSeed, inodeBitmap.subarray(0, ipg / 8));
       await writer.put(geometry.inodeBitmapBegin + group, inodeBitmap);
       written++;

@@ -10,7 +10,7 @@ import { ThinError } from '../../errors.ts';
 import type { BufferPool, WriteQueue } from '../block-target.ts';
 import type { FsTree } from '../tree.ts';
 import { contiguousExtents, extentTreeBlockCount } from './extents.ts';
-import { BLOCK_SIZE_BYTES, ext4Crc32c } from './format.ts';
+import { BLOCK_SIZE_BYTES, INODES_PER_BLOCK, ext4Crc32c } from './format.ts';
 import { defaultLayout, layoutFor, type Geometry, type GeometryInput } from './geometry.ts';
 import { writeGroupMetadata } from './groups.ts';
 import { countTail, writeInodes } from './inodes.ts';
@@ -44,13 +44,36 @@ export interface FilesystemSummary {
   freeDataRuns: number[];
 }
 
-/** Writes the file system's metadata for `tree`, whose file data is already at its extents. */
-export async function writeFilesystem(queue: WriteQueue, buffers: BufferPool, tree: FsTree, options: FilesystemOptions): Promise<FilesystemSummary> {
+/** Where the inode table lies, for sealing it (inodes.ts sealInodeTable): blocks [beginBlock, endBlock) hold inodes from 1. */
+export interface UnsealedInodeTable {
+  beginBlock: number;
+  endBlock: number;
+  fsSeed: number;
+}
+
+/**
+ * Writes the file system's metadata for `tree`, whose file data is already at its extents.
+ * `unsealed`: the inode table goes to the queue without its checksums; this is called with where
+ * it lies before any of it is written, and the queue's target seals each block before writing it.
+ */
+export async function writeFilesystem(
+  queue: WriteQueue,
+  buffers: BufferPool,
+  tree: FsTree,
+  options: FilesystemOptions,
+  unsealed?: (table: UnsealedInodeTable) => void,
+): Promise<FilesystemSummary> {
   const fsSeed = ext4Crc32c(0xffffffff, options.uuid);
   const numbering = numberInodes(tree, options.nowSeconds);
   const tailPlan = countTail(numbering, options.hashSeed);
   const geometry = chooseGeometry({ dataEndBlock: options.dataEndBlock, inodesUsed: numbering.inodesUsed, tailBlocks: tailPlan.blocks }, options.sizeBytes);
-  const inodes = await writeInodes(queue, buffers, numbering, tailPlan, geometry, { fsSeed, hashSeed: options.hashSeed, nowSeconds: options.nowSeconds });
+  unsealed?.({ beginBlock: geometry.inodeTableBegin, endBlock: geometry.inodeTableBegin + Math.ceil(numbering.inodesUsed / INODES_PER_BLOCK), fsSeed });
+  const inodes = await writeInodes(queue, buffers, numbering, tailPlan, geometry, {
+    fsSeed,
+    hashSeed: options.hashSeed,
+    nowSeconds: options.nowSeconds,
+    unsealed: unsealed !== undefined,
+  });
   const groupBlocks = await writeGroupMetadata(queue, buffers, geometry, {
     fsSeed,
     liveData: inodes.liveData,
