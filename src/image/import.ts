@@ -385,14 +385,6 @@ class ImageBuild {
           else await this.#volume!.write(offsetBytes, bytes);
           this.#writeBack!.note(bytes.length);
         },
-        // The disk writes the last of the data while the thread builds the metadata (~0.1 s),
-        // rather than in the final flush, which the import waits for.
-        dataEnd: () => {
-          begun.then(
-            () => this.#writeBack!.now(),
-            () => undefined,
-          );
-        },
       },
       this.#options.parseThread,
     );

@@ -16,8 +16,6 @@ export interface ParseHost {
    * `bytesRead`: of the source, so far.
    */
   write(offsetBytes: number, bytes: Uint8Array, data: boolean, bytesRead: number): Promise<void>;
-  /** The file data is all handed over to write(); the metadata follows. */
-  dataEnd(): void;
 }
 
 export interface ParseOptions extends Omit<ParseJob, 'buffers'> {
@@ -121,9 +119,6 @@ export class ParseThread {
             host.write(message.offsetBytes, bytes, message.data, message.bytesRead).then(() => answer(), answer);
             return;
           }
-          case 'data-end':
-            host.dataEnd();
-            return;
           case 'done':
             resolve(message.result);
             return;

@@ -48,8 +48,6 @@ export type ParseReply =
   // data: file data (block sharing looks it up), or the metadata (written as it is).
   // unsealed: inode table blocks from inode firstIno, to seal (sealInodeTable) before writing.
   | { t: 'write'; seq: number; offsetBytes: number; buffer: number; byteOffset: number; length: number; data: boolean; bytesRead: number; unsealed?: { firstIno: number; fsSeed: number } }
-  // The file data is all handed over (the metadata follows).
-  | { t: 'data-end' }
   | { t: 'done'; result: ParseResult }
   | { t: 'error'; code: string | undefined; message: string };
 
@@ -126,7 +124,6 @@ async function parse(job: ParseJob): Promise<ParseResult> {
     await drainTrailer(reader);
     await data.finish();
     dataEndBlock = data.cursorBlock;
-    port.postMessage({ t: 'data-end' } satisfies ParseReply);
   } finally {
     fs.closeSync(fd);
   }

@@ -27,25 +27,9 @@ export class WriteBackPacer {
     this.#bytesSince += bytes;
     if (this.#bytesSince < WRITE_BACK_BYTES || this.#running !== undefined) return;
     this.#bytesSince = 0;
-    const running: Promise<void> = this.#host.writeBackData().finally(() => {
-      if (this.#running === running) this.#running = undefined;
+    this.#running = this.#host.writeBackData().finally(() => {
+      this.#running = undefined;
     });
-    this.#running = running;
-  }
-
-  /**
-   * Starts a write-back of everything written so far at once (after the one running, if any): the
-   * data is complete, and the disk can write it while the metadata is built, instead of in the
-   * final flush.
-   */
-  now(): void {
-    this.#bytesSince = 0;
-    const running: Promise<void> = (this.#running ?? Promise.resolve())
-      .then(() => this.#host.writeBackData())
-      .finally(() => {
-        if (this.#running === running) this.#running = undefined;
-      });
-    this.#running = running;
   }
 
   /** Resolves when no write-back runs (before the pool is flushed, closed or changed). */

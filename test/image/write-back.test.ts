@@ -1,6 +1,5 @@
 // An import has the pool write its data back as it goes (WriteBackPacer): once per
-// WRITE_BACK_BYTES written and once more when the data ends (now()), never two at once, and
-// settled() waits for the one running and any queued behind it. A pool's
+// WRITE_BACK_BYTES written, never two at once, and settled() waits for the one running. A pool's
 // writeBackData leaves what a flush makes durable unchanged.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -50,32 +49,6 @@ test('a write-back starts after every WRITE_BACK_BYTES written, one at a time', 
   host.finishAll();
   await waiting;
   assert.equal(host.running, 0);
-});
-
-test('now() starts a write-back at once, or right after the one running, and settled() waits for it', async () => {
-  const host = countingHost();
-  const pacer = new WriteBackPacer(host);
-  pacer.now();
-  await new Promise((resolve) => setImmediate(resolve));
-  assert.equal(host.started, 1, 'nothing ran: it starts at once');
-  // One is running: the next waits for it, then starts; bytes noted meanwhile start none.
-  pacer.now();
-  pacer.note(WRITE_BACK_BYTES);
-  await new Promise((resolve) => setImmediate(resolve));
-  assert.equal(host.started, 1);
-  let settled = false;
-  const waiting = pacer.settled().then(() => {
-    settled = true;
-  });
-  host.finishAll();
-  await new Promise((resolve) => setImmediate(resolve));
-  assert.equal(host.started, 2, 'the second starts when the first ends');
-  assert.equal(host.running, 1);
-  host.finishAll();
-  await waiting;
-  assert.equal(settled, true);
-  assert.equal(host.running, 0);
-  await pacer.settled();
 });
 
 test('the pacing target notes each completed write and passes discards on', async () => {
