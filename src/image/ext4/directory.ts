@@ -46,7 +46,10 @@ export interface DirectoryPlan {
 export function planDirectory(entries: DirEntry[], hashSeed: Uint32Array, minBlocks = 1, where: () => string = () => 'a directory'): DirectoryPlan {
   const dotsBytes = recordBytes(1) + recordBytes(2);
   let total = dotsBytes;
-  for (const entry of entries) total += recordBytes(entry.name.length);
+  // Indexed loops here and in the callers: this code runs once per import, mostly before V8 has
+  // optimized it, and an unoptimized for-of makes an iterator result per element (twice the time
+  // of an indexed loop over /usr/share's 53,000 entries).
+  for (let index = 0; index < entries.length; index++) total += recordBytes(entries[index]!.name.length);
   if (total <= LEAF_BYTES) {
     entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     return { entries, hashes: undefined, leafBegins: [], levels: 0, blockCount: Math.max(1, minBlocks) };
@@ -55,13 +58,17 @@ export function planDirectory(entries: DirEntry[], hashSeed: Uint32Array, minBlo
   // array depending on whether V8 runs it optimized, and optimized code built for one kind left on
   // the other ('wrong map') 24 times in an import of /usr/share, all in the file system's write.
   const keyed: Array<{ entry: DirEntry; hash: number }> = [];
-  for (const entry of entries) keyed.push({ entry, hash: dirNameHash(entry.name, hashSeed) });
+  for (let index = 0; index < entries.length; index++) {
+    const entry = entries[index]!;
+    keyed.push({ entry, hash: dirNameHash(entry.name, hashSeed) });
+  }
   keyed.sort((a, b) => a.hash - b.hash || (a.entry.name < b.entry.name ? -1 : a.entry.name > b.entry.name ? 1 : 0));
   const sorted: DirEntry[] = [];
   const hashes: number[] = [];
   const leafBegins: number[] = [];
   let used = LEAF_BYTES;
-  for (const { entry, hash } of keyed) {
+  for (let index = 0; index < keyed.length; index++) {
+    const { entry, hash } = keyed[index]!;
     const bytes = recordBytes(entry.name.length);
     if (used + bytes > LEAF_BYTES) {
       leafBegins.push(sorted.length);

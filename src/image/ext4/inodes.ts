@@ -67,7 +67,10 @@ const KIND_TYPES: Record<FsNode['kind'], { fileType: number; modeType: number }>
 
 function directoryEntries(node: FsNode): DirEntry[] {
   const entries: DirEntry[] = [];
-  for (const [name, child] of node.children!) entries.push({ name, ino: child.ino, fileType: KIND_TYPES[child.kind].fileType });
+  // forEach: no [name, child] pair and iterator result per entry in unoptimized code (planDirectory).
+  node.children!.forEach((child, name) => {
+    entries.push({ name, ino: child.ino, fileType: KIND_TYPES[child.kind].fileType });
+  });
   return entries;
 }
 
