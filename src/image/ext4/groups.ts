@@ -146,6 +146,11 @@ export interface GroupMetadataInput {
 export async function writeGroupMetadata(queue: WriteQueue, buffers: BufferPool, geometry: Geometry, input: GroupMetadataInput): Promise<number> {
   const { fsSeed } = input;
   const writer = new RunWriter(queue, BLOCK_SIZE_BYTES, buffers);
+  // Block bitmaps and inode bitmaps each lie in one run (a block per group): a writer each, so
+  // that they go in a write or two rather than one per bitmap, alternating, each a round trip to
+  // the main thread when the parsing thread writes them.
+  const blockBitmapWriter = new RunWriter(queue, BLOCK_SIZE_BYTES, buffers);
+  const inodeBitmapWriter = new RunWriter(queue, BLOCK_SIZE_BYTES, buffers);
   let written = 0;
   const hasSuper = (group: number): boolean => group === 0 || group === geometry.backupGroups[0] || group === geometry.backupGroups[1];
   const groupHasUsedBlocks = (group: number): boolean => {
@@ -172,7 +177,7 @@ export async function writeGroupMetadata(queue: WriteQueue, buffers: BufferPool,
       // Padding past the file system's end in the last group is marked used.
       setBits(blockBitmap, groupBlocks, BLOCKS_PER_GROUP);
       blockBitmapCsum = ext4Crc32c(fsSeed, blockBitmap.subarray(0, BLOCKS_PER_GROUP / 8));
-      await writer.put(geometry.blockBitmapBegin + group, blockBitmap);
+      await blockBitmapWriter.put(geometry.blockBitmapBegin + group, blockBitmap);
       written++;
     } else {
       flags |= BG_BLOCK_UNINIT;
@@ -186,7 +191,7 @@ export async function writeGroupMetadata(queue: WriteQueue, buffers: BufferPool,
       setBits(inodeBitmap, 0, usedInGroup);
       setBits(inodeBitmap, ipg, BLOCK_SIZE_BYTES * 8);
       inodeBitmapCsum = ext4Crc32c(fsSeed, inodeBitmap.subarray(0, ipg / 8));
-      await writer.put(geometry.inodeBitmapBegin + group, inodeBitmap);
+      await inodeBitmapWriter.put(geometry.inodeBitmapBegin + group, inodeBitmap);
       written++;
     } else {
       flags |= BG_INODE_UNINIT;
@@ -207,7 +212,8 @@ export async function writeGroupMetadata(queue: WriteQueue, buffers: BufferPool,
     const descriptor = descriptors.subarray(at, at + GROUP_DESC_SIZE_BYTES);
     descView.setUint16(at + 0x1e, ext4Crc32c(ext4Crc32cU32(fsSeed, group), descriptor) & 0xffff, true);
   }
-  await writer.flush();
+  await blockBitmapWriter.flush();
+  await inodeBitmapWriter.flush();
 
   const superblock = (group: number): Uint8Array => encodeSuperblock(geometry, {
     ...input,
