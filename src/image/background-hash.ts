@@ -1,15 +1,15 @@
 // SHA-256 of a source on a worker thread: hashing an image's bytes on the main thread cost about a
-// third of an import's time, and the machine has a second core. The bytes reach the worker in a
-// ring of slots in shared memory (made once: no fresh pages to fault in); threads pass slots with
-// Atomics (a message per chunk cost more than the copy). Two ways to hash:
-// - a stream's chunks are copied into the slots by update() (the main thread waits only when
-//   every slot is still being hashed);
+// third of an import's time, and the machine has a second core. Two ways to hash:
+// - a stream's chunks are copied by update() into a ring of slots in shared memory (made once: no
+//   fresh pages to fault in), passed between the threads with Atomics (a message per chunk cost
+//   more than the copy); the main thread waits only when every slot is still being hashed;
 // - a local file is read by the worker itself (readFile(): the page cache serves it twice, once
 //   to the parse and once here, and the two go at their own pace; fed from the parse's reads
 //   through the slots instead, they went in step and the import took longer: docs/benchmarks.md
-//   "Image import: the digest reads for itself").
+//   "Image import: the digest reads for itself"). The worker opens the file by its path and
+//   refuses it unless it is the file the import opened (LocalFile's device and inode).
 import { Worker } from 'node:worker_threads';
-import { assert } from '../errors.ts';
+import { ThinError, assert } from '../errors.ts';
 
 // Control words: chunks handed over (head), chunks hashed (tail), finish request, digest ready,
 // and for a local file whether the worker reads it (MODE_*).
@@ -35,23 +35,35 @@ async function waitUntilChanged(array: Int32Array, index: number, value: number)
   if (typeof result !== 'string') await result;
 }
 
+/** A local file to hash: its path, and the device and inode of the file the import opened there. */
+export interface LocalFile {
+  path: string;
+  dev: bigint;
+  ino: bigint;
+}
+
 const WORKER_SOURCE = `
 const { workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const fs = require('node:fs');
-const { control, lengths, data, digest, slots, slotBytes, path } = workerData;
+const { control, lengths, data, digest, slots, slotBytes, file } = workerData;
 const ctrl = new Int32Array(control);
 const lens = new Int32Array(lengths);
 const bytes = new Uint8Array(data);
 const hash = createHash('sha256');
-if (path !== undefined) {
+if (file !== undefined) {
   while (Atomics.load(ctrl, ${MODE}) === ${MODE_UNDECIDED}) Atomics.wait(ctrl, ${MODE}, ${MODE_UNDECIDED});
   if (Atomics.load(ctrl, ${MODE}) === ${MODE_READ}) {
     // Read the file here, in slot-sized pieces, costing the main thread nothing.
-    const fd = fs.openSync(path, 'r');
-    const buffer = Buffer.allocUnsafe(slotBytes);
-    for (let read; (read = fs.readSync(fd, buffer, 0, slotBytes, null)) > 0;) hash.update(buffer.subarray(0, read));
-    fs.closeSync(fd);
+    const fd = fs.openSync(file.path, 'r');
+    try {
+      const opened = fs.fstatSync(fd, { bigint: true });
+      if (opened.dev !== file.dev || opened.ino !== file.ino) throw new Error('it is no longer the file being imported (it was replaced meanwhile)');
+      const buffer = Buffer.allocUnsafe(slotBytes);
+      for (let read; (read = fs.readSync(fd, buffer, 0, slotBytes, null)) > 0;) hash.update(buffer.subarray(0, read));
+    } finally {
+      fs.closeSync(fd);
+    }
     Atomics.store(ctrl, ${FINISH}, 1);
   }
 }
@@ -84,25 +96,38 @@ export class BackgroundHash {
   #failure: Error | undefined;
   #closed = false;
   readonly #isFile: boolean;
+  /** Resolves when the worker has stopped, whyever: a wait for it ends then, never hangs. */
+  readonly #stopped: Promise<void>;
 
-  /** Hashes what update() is given, or (with `path`) the file at path, read by the worker itself (readFile(), or at digest()). */
-  constructor(slotBytes: number, slots: number, path?: string) {
+  /**
+   * Hashes what update() is given, or (with `file`) the file, read by the worker itself
+   * (readFile(), or at digest()); `source` names it in errors.
+   */
+  constructor(slotBytes: number, slots: number, source: string, file?: LocalFile) {
     assert(slots >= 1 && slotBytes >= 1, 'a background hash needs a slot');
     const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
     const lengths = new SharedArrayBuffer(slots * 4);
-    const data = new SharedArrayBuffer(slots * slotBytes);
+    // A file's worker reads into memory of its own: no slots to share.
+    const data = new SharedArrayBuffer(file === undefined ? slots * slotBytes : 0);
     const digest = new SharedArrayBuffer(DIGEST_BYTES);
-    this.#isFile = path !== undefined;
+    this.#isFile = file !== undefined;
     this.#control = new Int32Array(control);
     this.#lengths = new Int32Array(lengths);
     this.#data = new Uint8Array(data);
     this.#digest = new Uint8Array(digest);
     this.#slots = slots;
     this.#slotBytes = slotBytes;
-    this.#worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { control, lengths, data, digest, slots, slotBytes, path } });
+    this.#worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { control, lengths, data, digest, slots, slotBytes, file } });
     this.#worker.unref();
     this.#worker.on('error', (error) => {
-      this.#failure = error;
+      this.#failure ??= new ThinError('THIN_IO', `Cannot read ${source} for its SHA-256: ${error.message}`, { cause: error });
+    });
+    this.#stopped = new Promise((resolve) => {
+      this.#worker.once('exit', (code) => {
+        // After an 'error' event, or terminated by close(); otherwise it stopped before its digest.
+        if (!this.#closed && Atomics.load(this.#control, READY) === 0) this.#failure ??= new ThinError('THIN_IO', `The thread hashing ${source} stopped (exit code ${code})`);
+        resolve();
+      });
     });
   }
 
@@ -136,11 +161,14 @@ export class BackgroundHash {
     }
   }
 
-  /** A pending waitAsync does not keep the event loop alive: the (otherwise unref'd) worker does, meanwhile. */
+  /**
+   * A pending waitAsync does not keep the event loop alive: the (otherwise unref'd) worker does,
+   * meanwhile, and a worker that stops (a failed read) ends the wait at once.
+   */
   async #waiting(wait: Promise<void>): Promise<void> {
     this.#worker.ref();
     try {
-      await wait;
+      await Promise.race([wait, this.#stopped]);
     } finally {
       // close() holds the worker until it has stopped.
       if (!this.#closed) this.#worker.unref();

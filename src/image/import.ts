@@ -35,6 +35,7 @@ import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
 import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
 import { chainIds, describeImageArchive, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
 import { decompressChunks, detectCompression, isPathSource, openSource, type Compression, type OpenedSource, type SourceOpeners } from './source.ts';
+import type { LocalFile } from './background-hash.ts';
 import { ParseThread, parseOnThread } from './parse-thread.ts';
 import { NotTarError, TarReader, drainTrailer, type TarEntry } from './tar.ts';
 import { FsTree } from './tree.ts';
@@ -332,8 +333,8 @@ class ImageBuild {
       throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${this.#opened.description} is not a docker save archive or an OCI layout (its first entry is '${first?.path ?? 'none'}')`);
     }
     if (!isArchive) {
-      if (this.#pool !== undefined && this.#opened.localPath !== undefined && parseThreadWanted()) {
-        const built = await this.#parseOnThread(this.#opened.localPath);
+      if (this.#pool !== undefined && this.#opened.localFile !== undefined && parseThreadWanted()) {
+        const built = await this.#parseOnThread(this.#opened.localFile);
         return this.#complete('tar', `sha256:${await this.#opened.digest()}`, [], [], built);
       }
       this.#opened.startHash();
@@ -353,7 +354,7 @@ class ImageBuild {
    * tree and the file system's metadata: this thread writes what it fills.
    * THINBD_IMAGE_PARSE_THREAD=0 keeps it all here (for comparing the two).
    */
-  async #parseOnThread(path: string): Promise<BuiltFilesystem> {
+  async #parseOnThread(file: LocalFile): Promise<BuiltFilesystem> {
     // The source's digest: its worker reads the file itself from now on, beside the parse. Fed
     // from the parsing thread's own reads instead (the file read once), the two threads went in
     // step through a ring of four 1 MiB slots, each waiting whenever the other was off its core:
@@ -363,7 +364,7 @@ class ImageBuild {
     const limit = this.#dataLimit();
     const parsing = parseOnThread(
       {
-        path,
+        file,
         description: this.#opened.description,
         compression: this.#opened.compression,
         beginBlock: DATA_BEGIN_BLOCK,

@@ -16,11 +16,13 @@ import { DataStream } from './data-stream.ts';
 import { BLOCK_SIZE_BYTES, INODES_PER_BLOCK } from './ext4/format.ts';
 import { writeFilesystem, type FilesystemOptions, type FilesystemSummary, type UnsealedInodeTable } from './ext4/writer.ts';
 import { FileChunks, decompressChunks, type Compression } from './source.ts';
+import type { LocalFile } from './background-hash.ts';
 import { TarReader, drainTrailer } from './tar.ts';
 import { FsTree } from './tree.ts';
 
 export interface ParseJob {
-  path: string;
+  /** The source, opened here again: the file the import opened (it is checked). */
+  file: LocalFile;
   description: string;
   compression: Compression;
   beginBlock: number;
@@ -71,8 +73,11 @@ let inodeTable: UnsealedInodeTable | undefined;
 function unsealedAt(offsetBytes: number, length: number): { firstIno: number; fsSeed: number } | undefined {
   if (inodeTable === undefined) return undefined;
   const block = offsetBytes / BLOCK_SIZE_BYTES;
-  if (block < inodeTable.beginBlock || block >= inodeTable.endBlock) return undefined;
-  assert(block + length / BLOCK_SIZE_BYTES <= inodeTable.endBlock, 'an inode table write runs past the table');
+  const endBlock = block + length / BLOCK_SIZE_BYTES;
+  if (endBlock <= inodeTable.beginBlock || block >= inodeTable.endBlock) return undefined;
+  // A write that held inode table blocks and others would go out partly unsealed: none does (the
+  // table has buffers of its own), and one that did is a bug to stop at, not a corrupt image.
+  assert(block >= inodeTable.beginBlock && endBlock <= inodeTable.endBlock, 'an inode table write crosses the table\'s bounds');
   return { firstIno: (block - inodeTable.beginBlock) * INODES_PER_BLOCK + 1, fsSeed: inodeTable.fsSeed };
 }
 
@@ -101,7 +106,12 @@ const target: BlockTarget = {
 };
 
 async function parse(job: ParseJob): Promise<ParseResult> {
-  const fd = fs.openSync(job.path, 'r');
+  const fd = fs.openSync(job.file.path, 'r');
+  const opened = fs.fstatSync(fd, { bigint: true });
+  if (opened.dev !== job.file.dev || opened.ino !== job.file.ino) {
+    fs.closeSync(fd);
+    throw new ThinError('THIN_IO', `Cannot read ${job.file.path}: it is no longer the file being imported (it was replaced meanwhile)`);
+  }
   const queue = new WriteQueue(target, job.writesInFlight);
   const buffers = BufferPool.over(views);
   const tree = new FsTree(job.filesystem.nowSeconds);

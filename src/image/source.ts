@@ -12,7 +12,7 @@ import zlib from 'node:zlib';
 import { ThinError } from '../errors.ts';
 import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
 import type { ChunkSource } from './byte-input.ts';
-import { BackgroundHash } from './background-hash.ts';
+import { BackgroundHash, type LocalFile } from './background-hash.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -32,8 +32,8 @@ export interface OpenedSource {
   description: string;
   /** Random access to the source's raw bytes, when it has it (a local file). */
   ranges: RangeReader | undefined;
-  /** The path of a local regular file (another thread may read it itself). */
-  localPath?: string;
+  /** A local regular file: its path and identity (another thread may open and read it itself, and checks it is this file). */
+  localFile?: LocalFile;
   /** A local file: its hash starts reading the file itself (on its own thread); by digest() at the latest. */
   startHash(): void;
   /**
@@ -306,7 +306,8 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   // A regular file is read at offsets and hashed by the worker from its own reads; anything else
   // (a named pipe, a character device such as /dev/stdin) is a stream, read once, like "-".
   const isLocal = local?.stat.isFile() === true;
-  const hash = new BackgroundHash(IMAGE_READ_CHUNK_BYTES, 4, isLocal ? source : undefined);
+  const localFile = isLocal ? identify(source, local!.fd) : undefined;
+  const hash = new BackgroundHash(IMAGE_READ_CHUNK_BYTES, 4, source === '-' ? 'standard input' : source, localFile);
   let hashing = true;
   const tap = (chunk: Uint8Array): Promise<void> | undefined => {
     bytes += chunk.length;
@@ -316,7 +317,6 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   let totalBytes: number | undefined;
   let ranges: RangeReader | undefined;
   let closeFile: (() => void) | undefined;
-  let localPath: string | undefined;
   let description: string;
   let compression: Compression;
   let chunks: ChunkSource;
@@ -373,7 +373,6 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
           bytes += chunk.length;
         },
       });
-      localPath = source;
       ranges = {
         sizeBytes,
         read: (beginBytes, endBytes, chunkBytes) => new FileChunks(fd, beginBytes, endBytes, { chunkBytes, reuse: true, onBytes: (chunk) => {
@@ -400,7 +399,7 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
     digest: () => hash.digest(),
     description,
     ranges,
-    ...(localPath === undefined ? {} : { localPath }),
+    ...(localFile === undefined ? {} : { localFile }),
     startHash: () => {
       if (isLocal) hash.readFile();
     },
@@ -415,6 +414,12 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
       closeFile = undefined;
     },
   };
+}
+
+/** The file open at `fd` as another thread can find it again: by `path`, and its device and inode. */
+function identify(path: string, fd: number): LocalFile {
+  const { dev, ino } = fs.fstatSync(fd, { bigint: true });
+  return { path, dev, ino };
 }
 
 /** Opens a local SOURCE path for reading; a directory or a missing file is a named error. */

@@ -6,7 +6,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { patternBytes, tempDir } from '../nbd/helpers.ts';
-import { BackgroundHash } from '../../src/image/background-hash.ts';
+import { BackgroundHash, type LocalFile } from '../../src/image/background-hash.ts';
+import { isThinError } from '../../src/errors.ts';
 import { openSource } from '../../src/image/source.ts';
 
 const SLOT_BYTES = 4096;
@@ -26,27 +27,60 @@ after(() => work?.remove());
 
 const sha256 = (data: Uint8Array): string => createHash('sha256').update(data).digest('hex');
 
-test('a local file hashed by the worker reading it itself', async () => {
-  const hash = new BackgroundHash(SLOT_BYTES, SLOTS, file);
+/** The file at `at` as the import identifies the one it opened. */
+function localFile(at: string): LocalFile {
+  const { dev, ino } = fs.statSync(at, { bigint: true });
+  return { path: at, dev, ino };
+}
+
+test('a local file is hashed whole by the worker reading it itself, whatever readFile() was called again', async () => {
+  const hash = new BackgroundHash(SLOT_BYTES, SLOTS, file, localFile(file));
   hash.readFile();
   hash.readFile();
-  assert.equal(await hash.digest(), sha256(bytes), 'read once, whatever readFile() was called again');
+  assert.equal(await hash.digest(), sha256(bytes));
+});
+
+test('a file the worker cannot read fails the digest with an error naming it, and does not leave it waiting', async () => {
+  const missing = path.join(work.path, 'missing.tar');
+  const hash = new BackgroundHash(SLOT_BYTES, SLOTS, missing, { path: missing, dev: 0n, ino: 0n });
+  // Nothing else holds the event loop open: a digest left waiting on the stopped worker would end the test unsettled.
+  await assert.rejects(hash.digest(), (error) => {
+    assert.ok(isThinError(error, 'THIN_IO'));
+    assert.match(error.message, new RegExp(`^Cannot read ${missing} for its SHA-256: ENOENT`));
+    return true;
+  });
+});
+
+test('a file replaced after the import opened it is refused by name, not hashed', async () => {
+  const original = path.join(work.path, 'replaced.tar');
+  fs.writeFileSync(original, bytes);
+  const opened = localFile(original);
+  const other = path.join(work.path, 'other.tar');
+  fs.writeFileSync(other, bytes);
+  fs.renameSync(other, original);
+  const hash = new BackgroundHash(SLOT_BYTES, SLOTS, original, opened);
+  await assert.rejects(hash.digest(), (error) => {
+    assert.ok(isThinError(error, 'THIN_IO'));
+    assert.equal(error.message, `Cannot read ${original} for its SHA-256: it is no longer the file being imported (it was replaced meanwhile)`);
+    return true;
+  });
 });
 
 test('chunks copied into the slots (a stream)', async () => {
-  const hash = new BackgroundHash(SLOT_BYTES, SLOTS);
+  const hash = new BackgroundHash(SLOT_BYTES, SLOTS, 'a stream');
   for (let at = 0; at < bytes.length; at += 5000) await hash.update(bytes.subarray(at, at + 5000));
   assert.equal(await hash.digest(), sha256(bytes));
 });
 
-test('a hash closed before its worker was told to read the file finishes at once', async () => {
-  const hash = new BackgroundHash(SLOT_BYTES, SLOTS, file);
+test('a hash closed before its worker was told to read the file ends its worker, and its digest is refused', async () => {
+  const hash = new BackgroundHash(SLOT_BYTES, SLOTS, file, localFile(file));
   await hash.close();
+  await assert.rejects(async () => hash.digest(), /already closed/);
 });
 
 test('closing a hash that is no longer wanted ends an update waiting for a slot (a stream read ahead of the decision)', async () => {
   // One slot of 16 bytes and a worker still starting: the update's second piece waits for the first's slot.
-  const hash = new BackgroundHash(16, 1);
+  const hash = new BackgroundHash(16, 1, 'a stream');
   const pending = hash.update(new Uint8Array(64));
   await hash.close();
   await pending;

@@ -104,6 +104,19 @@ test('a flat tar parsed on the main thread (THINBD_IMAGE_PARSE_THREAD=0) gives t
   assertSameTree(mountedTree(exportAndCheck(pool, 'image')), expected.get('pax-sparse-1.0')!, 'parsed on the main thread');
 });
 
+test('the digest of a local tar is the SHA-256 of the whole file, bytes past the end of the archive included, on the parsing thread and on the main thread', () => {
+  const trailed = path.join(work.path, 'trailed.tar');
+  const trailer = new Uint8Array(100 * 1024 + 17).map((_, index) => (index * 131 + 7) & 0xff);
+  fs.writeFileSync(trailed, Buffer.concat([fs.readFileSync(archives.get('pax-sparse-1.0')!), trailer]));
+  const digest = `sha256:${createHash('sha256').update(fs.readFileSync(trailed)).digest('hex')}`;
+  for (const [name, env] of [['parsing-thread', {}], ['main-thread', { THINBD_IMAGE_PARSE_THREAD: '0' }]] as const) {
+    const pool = newPool(`trailed-${name}`);
+    const result = thinbd(['image', 'import', '--pool', pool, 'image', trailed, '--json'], { env });
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal((JSON.parse(result.stdout) as Record<string, unknown>)['digest'], digest, name);
+  }
+});
+
 test('a gzip archive read from standard input imports the same tree, and image ls names its source and digest', () => {
   const archive = archives.get('pax-sparse-1.0')!;
   const gzipped = path.join(work.path, 'sample.tar.gz');

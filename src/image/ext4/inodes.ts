@@ -177,11 +177,17 @@ export function sealInodeTable(bytes: Uint8Array, firstIno: number, fsSeed: numb
   }
 }
 
-/** The inode's checksum, over the whole inode with both checksum fields zero (they still are). */
+/** i_checksum_lo (in osd2) and i_checksum_hi. */
+const CHECKSUM_LO_AT = 124;
+const CHECKSUM_HI_AT = 130;
+
+/** The inode's checksum, over the whole inode with both checksum fields zero (so sealing again gives the same). */
 function sealInode(bytes: Uint8Array, view: DataView, at: number, ino: number, fsSeed: number): void {
+  view.setUint16(at + CHECKSUM_LO_AT, 0, true);
+  view.setUint16(at + CHECKSUM_HI_AT, 0, true);
   const crc = ext4Crc32c(inodeChecksumSeed(fsSeed, ino, 0), bytes.subarray(at, at + INODE_SIZE_BYTES));
-  view.setUint16(at + 124, crc & 0xffff, true);
-  view.setUint16(at + 130, crc >>> 16, true);
+  view.setUint16(at + CHECKSUM_LO_AT, crc & 0xffff, true);
+  view.setUint16(at + CHECKSUM_HI_AT, crc >>> 16, true);
 }
 
 class InodeTableWriter {
