@@ -31,8 +31,9 @@ export interface FilesystemOptions {
 export interface FilesystemSummary {
   geometry: Geometry;
   inodesUsed: number;
-  /** Regular files, directories and other inodes (the root and lost+found included). */
+  /** Inodes other than directories: regular files, symlinks, devices, FIFOs and sockets (a file with several names once). */
   files: number;
+  /** Directories, the root and lost+found included. */
   directories: number;
   /** Bytes of regular files (sum of sizes; a file with several names counted once). */
   fileBytes: number;
