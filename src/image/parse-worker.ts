@@ -120,7 +120,7 @@ async function parse(job: ParseJob): Promise<ParseResult> {
     const onBytes = (chunk: Uint8Array): void => {
       bytesRead += chunk.length;
     };
-    const raw = new FileChunks(fd, 0, fs.fstatSync(fd).size, { chunkBytes: IMAGE_READ_CHUNK_BYTES, reuse: job.compression === 'none', onBytes });
+    const raw = new FileChunks(fd, 0, Number(opened.size), { chunkBytes: IMAGE_READ_CHUNK_BYTES, reuse: job.compression === 'none', onBytes });
     const chunks = job.compression === 'none' ? raw : decompressChunks(raw, job.compression, job.description, () => bytesRead);
     const data = new DataStream(queue, {
       beginBlock: job.beginBlock,
