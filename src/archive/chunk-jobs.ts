@@ -9,8 +9,7 @@ import { assert } from '../errors.ts';
 import { ARCHIVE_FRAME_TARGET_BYTES } from '../constants.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
 import { Chunker, type ChunkerParams } from './chunker.ts';
-import { CHUNK_FLAG_ZSTD, HASH_BYTES } from './format.ts';
-import { chunkHasher, hashChunksHere, type ChunkHasher } from './chunk-hasher.ts';
+import { CHUNK_FLAG_ZSTD, HASH_BYTES, sha256 } from './format.ts';
 import { InlineChunkDecoder, type ChunkDecoder, type DecodeItem, type DecodeOutcome } from './chunk-decode.ts';
 
 export interface ChunkedJob {
@@ -57,8 +56,8 @@ export interface ChunkedRanges extends ChunkedJob {
   rangeFirsts: Set<number>;
 }
 
-/** Cuts each range of `data` (ending at `rangeEnds`, the last at data.length; each end is a cut); `hashes` left to fill. */
-export function cutRanges(chunker: Chunker, data: Uint8Array, rangeEnds: readonly number[] = [data.length]): ChunkedRanges {
+/** Cuts each range of `data` (ending at `rangeEnds`, the last at data.length; each end is a cut) and hashes the chunks. */
+export function chunkAndHash(chunker: Chunker, data: Uint8Array, rangeEnds: readonly number[] = [data.length]): ChunkedRanges {
   assert(rangeEnds.length > 0 && rangeEnds[rangeEnds.length - 1] === data.length, 'ranges that do not end at the job\'s end');
   const lengths: number[] = [];
   const rangeFirsts = new Set<number>();
@@ -76,14 +75,13 @@ export function cutRanges(chunker: Chunker, data: Uint8Array, rangeEnds: readonl
       begin = end;
     }
   }
-  return { lengths: Uint32Array.from(lengths), hashes: new Uint8Array(lengths.length * HASH_BYTES), rangeFirsts };
-}
-
-/** Cuts each range of `data` (as cutRanges) and hashes the chunks on this thread. */
-export function chunkAndHash(chunker: Chunker, data: Uint8Array, rangeEnds: readonly number[] = [data.length]): ChunkedRanges {
-  const chunked = cutRanges(chunker, data, rangeEnds);
-  hashChunksHere(data, chunked.lengths, chunked.hashes);
-  return chunked;
+  const hashes = new Uint8Array(lengths.length * HASH_BYTES);
+  begin = 0;
+  lengths.forEach((length, index) => {
+    hashes.set(sha256(data.subarray(begin, begin + length)), index * HASH_BYTES);
+    begin += length;
+  });
+  return { lengths: Uint32Array.from(lengths), hashes, rangeFirsts };
 }
 
 /** A chunk's stored form: its zstd frame, or the raw bytes (a copy) when that is not smaller (F-AR-CHUNK-2). */
@@ -184,21 +182,16 @@ export class InlineChunkJobs implements ChunkJobs {
   readonly #compressor: ZstdCompressor;
   readonly #jobs = new Map<number, { data: Uint8Array; chunked: ChunkedRanges }>();
   readonly #decoder = new InlineChunkDecoder();
-  readonly #hasher: ChunkHasher;
   #nextId = 1;
 
-  constructor(params: ChunkerParams, level: number, hasher: ChunkHasher = chunkHasher()) {
-    this.#hasher = hasher;
+  constructor(params: ChunkerParams, level: number) {
     this.#chunker = new Chunker(params);
     Chunker.warmUp();
     this.#compressor = new ZstdCompressor(level);
   }
 
   async chunk(data: Uint8Array, rangeEnds?: number[]): Promise<{ id: number; result: ChunkedJob }> {
-    const chunked = cutRanges(this.#chunker, data, rangeEnds);
-    // Hashed on libuv's pool where it can be (chunk-hasher.ts): the caller's other jobs are read,
-    // cut and compressed here meanwhile. `data` stays unchanged: the job holds it until compress.
-    await this.#hasher.hash(data, chunked.lengths, chunked.hashes);
+    const chunked = chunkAndHash(this.#chunker, data, rangeEnds);
     const id = this.#nextId++;
     this.#jobs.set(id, { data, chunked });
     return { id, result: { lengths: chunked.lengths, hashes: chunked.hashes } };
