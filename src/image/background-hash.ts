@@ -8,6 +8,10 @@
 //   through the slots instead, they went in step and the import took longer: docs/benchmarks.md
 //   "Image import: the digest reads for itself"). The worker opens the file by its path and
 //   refuses it unless it is the file the import opened (LocalFile's device and inode).
+// Hashed on libuv's pool through OpenSSL's functions instead (no worker to start), the updates
+// waited for the busy main thread's event loop one by one and the import took longer; hashed on
+// the parsing thread as it reads, the import's critical path grew (docs/benchmarks.md "Image
+// import: the digest elsewhere").
 import { Worker } from 'node:worker_threads';
 import { ThinError, assert } from '../errors.ts';
 
