@@ -112,11 +112,12 @@ export const ARCHIVE_JOB_BYTES = 8 * 1024 * 1024;
  */
 export const ARCHIVE_JOB_GATHER_BYTES = 2 * 1024 * 1024;
 /**
- * Bytes a pack expects to read (an incremental) up to which it chunks, hashes and compresses on
- * its own thread rather than start worker threads. Each worker costs ~20 ms of CPU to start and
- * compiles the chunker again; on two quiet cores the bench's incremental (64 MiB read) took as
- * long either way and ~0.1 s less CPU on this thread alone, and under other load it was ~0.1 s
- * sooner (docs/benchmarks.md, "Archive: the incremental on the main thread").
+ * Bytes a pack expects to read (an incremental) up to which it does not start a worker per core:
+ * it chunks, hashes and compresses on its own thread, or with the one worker its caller made for
+ * it (the CLI's --delta-from). Each worker costs ~20 ms of CPU to start and compiles the chunker
+ * again; on two quiet cores the bench's incremental (64 MiB read) took as long either way and
+ * ~0.1 s less CPU on this thread alone, and under other load it was ~0.1 s sooner
+ * (docs/benchmarks.md, "Archive: the incremental on the main thread").
  */
 export const ARCHIVE_INLINE_BYTES_MAX = 8 * ARCHIVE_JOB_BYTES;
 /** Jobs read and being chunked at once: enough to keep every worker busy, bounded memory. */

@@ -56,6 +56,8 @@ export interface PackCommandOptions extends StoreOptions {
   name?: string;
   deltaFrom?: string;
   makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
+  /** PackOptions.makeSmallJobs. */
+  makeSmallJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
   /** PackOptions.inlineBytesMax. */
   inlineBytesMax?: number;
   onProgress?: (doneBytes: number, totalBytes: number) => void;
@@ -99,6 +101,7 @@ export async function packVolume(options: PackCommandOptions): Promise<PackResul
       name: options.name ?? defaultStreamName(options.volume, new Date()),
       ...(base === undefined ? {} : { base }),
       ...(options.makeJobs === undefined ? {} : { makeJobs: options.makeJobs }),
+      ...(options.makeSmallJobs === undefined ? {} : { makeSmallJobs: options.makeSmallJobs }),
       ...(options.inlineBytesMax === undefined ? {} : { inlineBytesMax: options.inlineBytesMax }),
       ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
     });

@@ -53,7 +53,9 @@ export interface PackOptions {
   base?: PackBase;
   /** Where chunking, hashing and compression run (default: this thread), for the store's chunking and level. */
   makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
-  /** Bytes pack expects to read up to which it works on this thread, not makeJobs' (default ARCHIVE_INLINE_BYTES_MAX). */
+  /** The same for a pack of up to inlineBytesMax bytes to read (default: this thread). */
+  makeSmallJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
+  /** Bytes pack expects to read up to which it uses makeSmallJobs, not makeJobs (default ARCHIVE_INLINE_BYTES_MAX). */
   inlineBytesMax?: number;
   /** Bytes read so far, and the bytes pack expects to read. */
   onProgress?: (doneBytes: number, totalBytes: number) => void;
@@ -209,12 +211,14 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     for (const range of same) expectedBytes -= Math.max(0, Math.min(range.end * bs, source.sizeBytes) - range.begin * bs);
   }
 
-  // The jobs first: worker threads start while the index loads. A small pack (an incremental of
-  // up to 64 MiB) does its work on this thread: on two cores, worker threads took the bench's
-  // incremental no sooner and cost it ~0.1 s more CPU (docs/benchmarks.md, "Archive: the
-  // incremental on the main thread").
+  // The jobs first: worker threads start while the index loads. A small pack (up to 64 MiB to
+  // read) has jobs of its own, this thread's by default: on two cores, worker threads that chunk
+  // took the bench's incremental no sooner and cost it ~0.1 s more CPU (docs/benchmarks.md,
+  // "Archive: the incremental on the main thread"); the CLI's incremental gives them to a worker
+  // started with the command that only hashes and compresses ("... on two threads").
   const inline = (params: ChunkerParams, level: number) => new InlineChunkJobs(params, level);
-  const makeJobs = expectedBytes <= (options.inlineBytesMax ?? ARCHIVE_INLINE_BYTES_MAX) ? inline : (options.makeJobs ?? inline);
+  const small = expectedBytes <= (options.inlineBytesMax ?? ARCHIVE_INLINE_BYTES_MAX);
+  const makeJobs = (small ? options.makeSmallJobs : options.makeJobs) ?? inline;
   const jobs = makeJobs(config.chunking, config.compression.level);
   let loaded: LoadedIndex;
   try {

@@ -21,10 +21,20 @@ import { WorkerChunkJobs } from '../../archive/chunk-workers.ts';
 import type { ChunkerParams } from '../../archive/chunker.ts';
 
 /** Chunking, hashing, compression and decoding on one worker thread per core. */
-const workerJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs(params, level);
+const workerJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs({ params, level });
 
 /** workerJobs for pack: its first jobs are done on this thread while the workers start. */
-const packJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs(params, level, undefined, { hereUntilReady: true });
+const packJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs({ params, level }, undefined, { hereUntilReady: true });
+
+/**
+ * For an incremental (--delta-from): one worker, started with the command so that it is ready by
+ * the first job (a worker takes ~40 ms to start, the pool and store ~40 ms to open), hashes and
+ * compresses the jobs this thread reads and cuts (until it is ready, this thread does it all).
+ * On two quiet cores the bench's incremental took 0.29 s instead of 0.33 s (docs/benchmarks.md,
+ * "Archive: the incremental on two threads"). Configured when the store is read; a pack that
+ * turns out large uses packJobs, and this worker is ended unused.
+ */
+const incrementalJobs = (): WorkerChunkJobs => new WorkerChunkJobs(undefined, 1, { hereUntilReady: true, cutHere: true });
 
 const storeHelp = 'archive store: a directory or s3://BUCKET/PREFIX (default $THINBD_STORE)';
 const endpointHelp = 'S3-compatible endpoint URL (default $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS)';
@@ -102,6 +112,9 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
       const store = storeSpec(options.store);
       const progress = lazyProgress(`pack ${volume}`);
       {
+        const dir = poolDirectory(options.pool);
+        assertPoolExists(dir);
+        const early = deltaFrom === undefined ? undefined : incrementalJobs();
         const stream = name ?? defaultStreamName(volume, new Date());
         const pack = (sources: PackSources, packed: string): Promise<PackResult> =>
           packVolume({
@@ -109,19 +122,23 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
             sources,
             volume: packed,
             makeJobs: packJobs,
+            ...(early === undefined ? {} : { makeSmallJobs: (params: ChunkerParams, level: number) => early.configure({ params, level }) }),
             onNote: note,
             onProgress: progress.update,
             name: stream,
             ...(deltaFrom === undefined ? {} : { deltaFrom }),
             ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
           });
-        const dir = poolDirectory(options.pool);
-        assertPoolExists(dir);
-        const live = await liveService(dir);
-        const result = await (live === undefined
-          ? withPool(dir, 'read', (pool) => pack(poolSources(pool), volume))
-          : packServed(dir, live, volume, stream, options.keepSnapshot === true, note, pack)
-        ).finally(progress.stop);
+        let result: PackResult;
+        try {
+          const live = await liveService(dir);
+          result = await (live === undefined
+            ? withPool(dir, 'read', (pool) => pack(poolSources(pool), volume))
+            : packServed(dir, live, volume, stream, options.keepSnapshot === true, note, pack));
+        } finally {
+          progress.stop();
+          await early?.close();
+        }
         if (options.json === true) reporter.json(result);
         else {
           reporter.out(
