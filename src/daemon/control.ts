@@ -31,7 +31,7 @@ export function controlSocketPath(poolDir: string): string {
   return join(poolDir, CONTROL_SOCKET_NAME);
 }
 
-const methods = ['createVolume', 'snapshot', 'removeVolume', 'resizeVolume', 'listVolumes', 'status', 'check', 'pinGeneration', 'scrub', 'setSpace', 'resizePool'] as const;
+const methods = ['createVolume', 'snapshot', 'setLabels', 'removeVolume', 'resizeVolume', 'listVolumes', 'status', 'check', 'pinGeneration', 'scrub', 'setSpace', 'resizePool'] as const;
 type Method = (typeof methods)[number];
 
 export class ControlServer {
@@ -198,6 +198,7 @@ class RemotePoolService implements PoolService {
 
   createVolume: PoolService['createVolume'] = (request) => this.#call('createVolume', request);
   snapshot: PoolService['snapshot'] = (request) => this.#call('snapshot', request);
+  setLabels: PoolService['setLabels'] = (request) => this.#call('setLabels', request);
   removeVolume: PoolService['removeVolume'] = (request) => this.#call('removeVolume', request);
   resizeVolume: PoolService['resizeVolume'] = (request) => this.#call('resizeVolume', request);
   listVolumes: PoolService['listVolumes'] = () => this.#call('listVolumes');

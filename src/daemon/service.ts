@@ -16,6 +16,14 @@ export interface SnapshotRequest {
   source: string;
   name: string;
   readOnly?: boolean;
+  /** Set besides the labels the snapshot copies from its source (these win). */
+  labels?: Record<string, string>;
+}
+
+/** Replaces every label of a volume. */
+export interface SetLabelsRequest {
+  name: string;
+  labels: Record<string, string>;
 }
 
 export interface RemoveRequest {
@@ -60,6 +68,7 @@ export interface ScrubRequest {
 export interface PoolService {
   createVolume(request: CreateVolumeRequest): Promise<{ id: number }>;
   snapshot(request: SnapshotRequest): Promise<{ id: number }>;
+  setLabels(request: SetLabelsRequest): Promise<void>;
   removeVolume(request: RemoveRequest): Promise<void>;
   resizeVolume(request: ResizeRequest): Promise<void>;
   listVolumes(): Promise<VolumeListing[]>;
@@ -109,10 +118,16 @@ export class LocalPoolService implements PoolService {
   }
 
   async snapshot(request: SnapshotRequest): Promise<{ id: number }> {
-    const snapshot = await this.pool.snapshot(request.source, request.name, { readOnly: Boolean(request.readOnly) });
+    const snapshot = await this.pool.snapshot(request.source, request.name, { readOnly: Boolean(request.readOnly), labels: request.labels ?? {} });
     await this.pool.flush();
     this.#hooks.afterChange?.();
     return { id: snapshot.id };
+  }
+
+  async setLabels(request: SetLabelsRequest): Promise<void> {
+    await this.pool.updateVolume(request.name, { labels: request.labels });
+    await this.pool.flush();
+    this.#hooks.afterChange?.();
   }
 
   async removeVolume(request: RemoveRequest): Promise<void> {
