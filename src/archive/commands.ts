@@ -1,15 +1,15 @@
 // The archive commands as library calls, one per `thinbd archive` subcommand: each opens the
 // store, takes the lock its work needs (locks.ts), runs, and closes the store.
-import { ThinError } from '../errors.ts';
+import { ThinError, assert, isThinError } from '../errors.ts';
 import type { Pool } from '../pool/pool.ts';
 import { Archive } from './archive.ts';
 import type { ChunkJobs } from './chunk-jobs.ts';
 import type { ChunkerParams } from './chunker.ts';
-import type { StreamRoot } from './format.ts';
+import type { StreamRoot, StreamSource } from './format.ts';
 import { lockStore, type LockKind } from './locks.ts';
 import { collectGarbage, listStore, removeStream, verifyStore, type GcReport, type StoreListing, type VerifyReport } from './maintenance.ts';
-import { findBaseStream, packStream } from './pack.ts';
-import type { PackSources } from './source.ts';
+import { assertStreamNameFree, findBaseStream, packStream, sameVolume } from './pack.ts';
+import type { PackAccess, PackSources } from './source.ts';
 import type { OpenStoreOptions } from './open-store.ts';
 import { unpackStream, type UnpackResult } from './unpack.ts';
 
@@ -50,7 +50,9 @@ export async function initArchive(options: StoreOptions & { averageChunkBytes: n
 
 export interface PackCommandOptions extends StoreOptions {
   /** Where the volumes come from: a pool this process opened (poolSources) or a pinned view (viewSources). */
-  sources: PackSources;
+  sources?: PackSources;
+  /** Instead of sources: volumes reached through a snapshot taken once the checks passed. */
+  access?: PackAccess;
   volume: string;
   /** Default: VOLUME.<UTC time>. */
   name?: string;
@@ -88,22 +90,55 @@ export function defaultStreamName(volume: string, now: Date): string {
   return `${volume.slice(0, 128 - stamp.length - 1)}.${stamp}`;
 }
 
+/** Reads `volume` of `sources` as it is. */
+function directAccess(sources: PackSources, volume: string): PackAccess {
+  return { identify: (name) => sources(name).identity, read: (work) => work(sources, volume) };
+}
+
+/** The identity of the --delta-from volume; THIN_NOT_FOUND naming the option. */
+function deltaFromIdentity(access: PackAccess, name: string): StreamSource {
+  try {
+    return access.identify(name);
+  } catch (error) {
+    if (isThinError(error, 'THIN_NOT_FOUND')) throw new ThinError('THIN_NOT_FOUND', `--delta-from: no volume named ${name}`, { cause: error });
+    throw error;
+  }
+}
+
+/**
+ * Everything that can be checked without reading the volume is checked first (the store, the
+ * stream name, --delta-from), so that a pack refused takes no snapshot (PackAccess).
+ */
 export async function packVolume(options: PackCommandOptions): Promise<PackResult> {
-  const source = options.sources(options.volume);
+  assert((options.sources === undefined) !== (options.access === undefined), 'packVolume takes sources or access');
+  const access = options.access ?? directAccess(options.sources!, options.volume);
+  const name = options.name ?? defaultStreamName(options.volume, new Date());
+  const volumeIdentity = access.identify(options.volume);
   return await withArchive(options, 'shared', 'pack', async (archive) => {
-    let base: { root: StreamRoot; runs: ReturnType<typeof source.mappedRuns> } | undefined;
+    await assertStreamNameFree(archive, name);
+    let baseRoot: StreamRoot | undefined;
     if (options.deltaFrom !== undefined) {
-      const baseSource = options.sources(options.deltaFrom);
-      if (baseSource.identity.volumeId === source.identity.volumeId) throw new ThinError('THIN_INVALID', `--delta-from ${options.deltaFrom} is the volume being packed`);
-      base = { root: await findBaseStream(archive, baseSource.identity), runs: baseSource.mappedRuns() };
+      const baseIdentity = deltaFromIdentity(access, options.deltaFrom);
+      if (baseIdentity.volumeId === volumeIdentity.volumeId) throw new ThinError('THIN_INVALID', `--delta-from ${options.deltaFrom} is the volume being packed`);
+      baseRoot = await findBaseStream(archive, baseIdentity);
     }
-    const root = await packStream(archive, source, {
-      name: options.name ?? defaultStreamName(options.volume, new Date()),
-      ...(base === undefined ? {} : { base }),
-      ...(options.makeJobs === undefined ? {} : { makeJobs: options.makeJobs }),
-      ...(options.makeSmallJobs === undefined ? {} : { makeSmallJobs: options.makeSmallJobs }),
-      ...(options.inlineBytesMax === undefined ? {} : { inlineBytesMax: options.inlineBytesMax }),
-      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+    const root = await access.read(async (sources, packed) => {
+      const source = sources(packed);
+      let base: { root: StreamRoot; runs: ReturnType<typeof source.mappedRuns> } | undefined;
+      if (options.deltaFrom !== undefined) {
+        const baseSource = sources(options.deltaFrom);
+        // Checked before the snapshot; the same volume still (not one made since under its name)?
+        if (!sameVolume(baseSource.identity, baseRoot!.source)) throw new ThinError('THIN_INVALID', `--delta-from ${options.deltaFrom} was replaced by another volume while the pack started`);
+        base = { root: baseRoot!, runs: baseSource.mappedRuns() };
+      }
+      return packStream(archive, source, {
+        name,
+        ...(base === undefined ? {} : { base }),
+        ...(options.makeJobs === undefined ? {} : { makeJobs: options.makeJobs }),
+        ...(options.makeSmallJobs === undefined ? {} : { makeSmallJobs: options.makeSmallJobs }),
+        ...(options.inlineBytesMax === undefined ? {} : { inlineBytesMax: options.inlineBytesMax }),
+        ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+      });
     });
     const { stats } = root;
     return {

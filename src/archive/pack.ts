@@ -183,14 +183,19 @@ export function refsByRange(refs: ChunkRef[], rangeEnds: readonly number[]): Chu
   return byRange;
 }
 
+/** THIN_INVALID for a name that is not a stream name, THIN_EXISTS when the store has a stream of that name. */
+export async function assertStreamNameFree(archive: Archive, name: string): Promise<void> {
+  if (!validStreamName(name)) throw new ThinError('THIN_INVALID', `Invalid stream name '${name}': use letters, digits and . _ + - and start with a letter or digit`);
+  if ((await archive.streamNames()).includes(name)) throw new ThinError('THIN_EXISTS', `A stream named ${name} already exists in ${archive.url}`);
+}
+
 /**
  * Packs `source` into a new stream named options.name and returns its root. The caller holds a
  * shared store lock.
  */
 export async function packStream(archive: Archive, source: PackSource, options: PackOptions): Promise<StreamRoot> {
   const { name, base } = options;
-  if (!validStreamName(name)) throw new ThinError('THIN_INVALID', `Invalid stream name '${name}': use letters, digits and . _ + - and start with a letter or digit`);
-  if ((await archive.streamNames()).includes(name)) throw new ThinError('THIN_EXISTS', `A stream named ${name} already exists in ${archive.url}`);
+  await assertStreamNameFree(archive, name);
   const startMs = performance.now();
   const now = options.now ?? (() => new Date());
   const { config } = archive;

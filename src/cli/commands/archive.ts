@@ -6,7 +6,7 @@ import { UsageError, formatTable } from '../report.ts';
 import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { assertPoolExists, liveService, withPinnedView, withPool } from '../pool-access.ts';
 import type { PoolService } from '../../daemon/service.ts';
-import { poolSources, viewSources, type PackSources } from '../../archive/source.ts';
+import { poolSources, viewSources, type PackAccess, type PackSources } from '../../archive/source.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { ThinError } from '../../errors.ts';
@@ -17,6 +17,8 @@ import {
   ARCHIVE_ZSTD_LEVEL_DEFAULT,
 } from '../../constants.ts';
 import { defaultStreamName, gcArchive, initArchive, listArchive, packVolume, removeArchiveStream, unpackVolume, verifyArchive, type PackResult } from '../../archive/commands.ts';
+import { snapshotAccess } from '../../archive/pack-snapshot.ts';
+import type { StreamSource } from '../../archive/format.ts';
 import { WorkerChunkJobs } from '../../archive/chunk-workers.ts';
 import type { ChunkerParams } from '../../archive/chunker.ts';
 
@@ -102,7 +104,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
     .option('--store <store>', storeHelp)
     .option('--name <name>', 'stream name (default VOLUME.<UTC time>)')
     .option('--delta-from <snapshot>', 'a read-only snapshot packed before: read only the blocks where the two differ')
-    .option('--keep-snapshot', 'on a served pool: keep the read-only snapshot a writable volume is packed through (named as the stream), to be the --delta-from of the next pack')
+    .option('--keep-snapshot', 'keep a read-only snapshot of a writable volume, named as the stream, of the state packed (on a served pool the one it is packed through), to be the --delta-from of the next pack; kept only when the pack succeeds')
     .option('--endpoint <url>', endpointHelp)
     .option('--json', 'print the statistics as JSON')
     .action(async (volumeText, options) => {
@@ -116,11 +118,12 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
         assertPoolExists(dir);
         const early = deltaFrom === undefined ? undefined : incrementalJobs();
         const stream = name ?? defaultStreamName(volume, new Date());
-        const pack = (sources: PackSources, packed: string): Promise<PackResult> =>
+        const keepSnapshot = options.keepSnapshot === true;
+        const pack = (reach: { sources: PackSources } | { access: PackAccess }): Promise<PackResult> =>
           packVolume({
             store,
-            sources,
-            volume: packed,
+            ...reach,
+            volume,
             makeJobs: packJobs,
             ...(early === undefined ? {} : { makeSmallJobs: (params: ChunkerParams, level: number) => early.configure({ params, level }) }),
             onNote: note,
@@ -133,8 +136,8 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
         try {
           const live = await liveService(dir);
           result = await (live === undefined
-            ? withPool(dir, 'read', (pool) => pack(poolSources(pool), volume))
-            : packServed(dir, live, volume, stream, options.keepSnapshot === true, note, pack));
+            ? packUnserved(dir, volume, stream, keepSnapshot, note, pack)
+            : packServed(dir, live, volume, stream, keepSnapshot, note, pack));
         } finally {
           progress.stop();
           await early?.close();
@@ -253,34 +256,61 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
     });
 }
 
+type Pack = (reach: { sources: PackSources } | { access: PackAccess }) => Promise<PackResult>;
+
 /**
  * Pack from a pool `thinbd serve` owns: the volumes are read from a generation the server pins
  * (docs/format.md "Pinned generations") while clients write. A writable volume is packed through
- * a read-only snapshot taken for it, named as the stream: removed after the pack, or kept with
- * --keep-snapshot to be the --delta-from of the next one.
+ * a read-only snapshot taken for it, named as the stream (src/archive/pack-snapshot.ts): removed
+ * after the pack, or kept with --keep-snapshot to be the --delta-from of the next one.
  */
-async function packServed(
-  dir: string,
-  live: PoolService,
-  volume: string,
-  stream: string,
-  keepSnapshot: boolean,
-  note: (line: string) => void,
-  pack: (sources: PackSources, packed: string) => Promise<PackResult>,
-): Promise<PackResult> {
+async function packServed(dir: string, live: PoolService, volume: string, stream: string, keepSnapshot: boolean, note: (line: string) => void, pack: Pack): Promise<PackResult> {
   try {
-    const writable = (await live.listVolumes()).find((listing) => listing.name === volume)?.readOnly === false;
-    const snapshot = writable ? stream : undefined;
-    if (snapshot !== undefined) {
-      await live.snapshot({ source: volume, name: snapshot, readOnly: true });
-      note(`packing ${volume} through its read-only snapshot ${snapshot}${keepSnapshot ? ' (kept)' : ''}`);
-    }
-    try {
-      return await withPinnedView(dir, live, (view) => pack(viewSources(view), snapshot ?? volume));
-    } finally {
-      if (snapshot !== undefined && !keepSnapshot) await live.removeVolume({ name: snapshot, force: true });
-    }
+    const [volumes, status] = await Promise.all([live.listVolumes(), live.status()]);
+    const identify = (name: string): StreamSource => {
+      const listed = volumes.find((entry) => entry.name === name);
+      if (listed === undefined) throw new ThinError('THIN_NOT_FOUND', `No volume named ${name}`);
+      return { poolId: status.poolId, volumeId: listed.id, volumeName: listed.name, volumeCreatedAt: listed.createdAt, readOnly: listed.readOnly };
+    };
+    return await pack({
+      access: snapshotAccess({
+        pool: live,
+        volumes,
+        identify,
+        volume,
+        stream,
+        keep: keepSnapshot,
+        onNote: note,
+        withSources: (work) => withPinnedView(dir, live, (view) => work(viewSources(view))),
+      }),
+    });
   } finally {
     await live.close();
   }
+}
+
+/**
+ * Pack from a pool this process opens, which holds its lock: nothing changes the volume while it
+ * is read. With --keep-snapshot, a writable volume is packed through a read-only snapshot of it
+ * named as the stream, as on a served pool, and the snapshot is kept (the pool is opened for
+ * writing then).
+ */
+async function packUnserved(dir: string, volume: string, stream: string, keepSnapshot: boolean, note: (line: string) => void, pack: Pack): Promise<PackResult> {
+  if (!keepSnapshot) return withPool(dir, 'read', (pool) => pack({ sources: poolSources(pool) }));
+  const { LocalPoolService } = await import('../../daemon/service.ts');
+  return withPool(dir, 'write', (pool) => {
+    const sources = poolSources(pool);
+    return pack({
+      access: snapshotAccess({
+        pool: new LocalPoolService(pool, { closePool: false }),
+        volumes: pool.list(),
+        identify: (name) => sources(name).identity,
+        volume,
+        stream,
+        keep: true,
+        onNote: note,
+        withSources: (work) => work(sources),
+      }),
+    });
+  });
 }
