@@ -160,7 +160,7 @@ describe('on a served pool', () => {
 });
 
 describe('on a pool this process opens', () => {
-  test('--keep-snapshot keeps a read-only snapshot of the state packed, to be the next --delta-from; a failed pack keeps none', () => {
+  test('--keep-snapshot keeps a read-only snapshot of the state packed, to be the next --delta-from; a failed pack keeps none, a killed one is cleaned up', async () => {
     const pool = makePool('unserved');
     const unchanged = names(pool);
     const failed = thinbd(['archive', 'pack', '--pool', pool, 'v', '--store', store, '--name', 'u1', '--keep-snapshot', '--delta-from', 'nosuch']);
@@ -178,6 +178,14 @@ describe('on a pool this process opens', () => {
     assert.equal(next.parent, 'u1');
     assert.equal(next.bytesRead, 0, 'nothing changed since u1');
     assert.equal(volume(pool, 'u2'), undefined, 'no snapshot without --keep-snapshot');
+
+    const args = ['--pool', pool, 'big', '--store', store, '--name', 'u3', '--keep-snapshot'];
+    await packKilledAfterSnapshot(args);
+    assert.equal(JSON.parse(volume(pool, 'u3')?.labels[PACK_SNAPSHOT_LABEL] ?? '{}').stream, 'u3', 'a killed pack leaves its marked snapshot');
+    const again = thinbd(['archive', 'pack', ...args]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stderr, /removing u3, left by a pack that did not finish/);
+    assert.equal(volume(pool, 'u3')?.labels[PACK_SNAPSHOT_LABEL], undefined);
   });
 
   test('a pack that fails while it reads removes its snapshot, even with keep', async () => {
