@@ -16,7 +16,8 @@
 // stream leaves unmapped are discarded. So restoring a snapshot beside its origin (unpacking into
 // a snapshot of the origin) keeps every unchanged block shared, and a volume kept current by a
 // chain of incrementals is written only where the chain changed it. A new volume gets exactly the
-// stream's provisioned ranges.
+// stream's provisioned ranges (rounded out to whole blocks where the target pool's blocks are
+// larger than those of the pool the stream came from: any block size unpacks into any other).
 import { ThinError, assert, isThinError } from '../errors.ts';
 import { VOLUME_NAME_LENGTH_MAX, ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Pool } from '../pool/pool.ts';
@@ -137,11 +138,11 @@ function subtract(ranges: Range[], covered: Range[]): Range[] {
  */
 export async function unpackStream(archive: Archive, root: StreamRoot, pool: Pool, name: string, options: UnpackOptions = {}): Promise<UnpackResult> {
   const startMs = performance.now();
+  // The target pool's block size, which may differ from the stream's (root.blockSizeBytes): the
+  // stream's runs are byte ranges, written into whatever blocks hold them (a block larger than the
+  // stream's is provisioned whole, the rest reading zeros), and whatever the target maps outside
+  // them is discarded, which zeroes the part of a block it covers.
   const bs = pool.status().blockSizeBytes;
-  if (bs !== root.blockSizeBytes) {
-    // Sharing and unmapped ranges are block-granular: a stream only maps onto blocks of its size.
-    throw new ThinError('THIN_INVALID', `Stream ${root.name} was packed from a pool with ${root.blockSizeBytes}-byte blocks; pool blocks here are ${bs} bytes`);
-  }
   const loaded = await archive.loadIndex();
   const reader = new ChunkReader(archive.store, loaded.index, options.decoder);
   await checkStreamComplete(archive, reader, root);

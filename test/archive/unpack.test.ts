@@ -1,7 +1,8 @@
 // Unpack's work volume (`NAME.unpacking`) and its neighbours: a volume of that name that an
 // unpack into NAME did not make is never removed, a leftover one is, long names get work volumes
 // of their own, the mark never reaches the target, and a killed unpack leaves a work volume the
-// next one knows and removes.
+// next one knows and removes. And a stream unpacks into a pool of another block size, into a new
+// volume and onto an existing one, byte for byte.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fork } from 'node:child_process';
@@ -15,7 +16,8 @@ import { poolSources } from '../../src/archive/source.ts';
 import { UNPACK_TARGET_LABEL, workVolumeName } from '../../src/archive/unpack.ts';
 import { VOLUME_NAME_LENGTH_MAX } from '../../src/constants.ts';
 import { isThinError } from '../../src/errors.ts';
-import { MiB, contentBytes, createPool, digest, readVolume, tempDir } from './helpers.ts';
+import { KiB, MiB, contentBytes, createPool, digest, mappedBlocks, readVolume, tempDir } from './helpers.ts';
+import { mappedByteRanges } from '../../src/archive/pack.ts';
 
 const dir = tempDir('archive-unpack');
 let pool: Pool;
@@ -141,5 +143,64 @@ test('an unpack killed after a commit leaves its marked work volume, which the n
     } finally {
       await reopened.close();
     }
+  }
+});
+
+/** The target blocks that cover a stream's mapped byte ranges. */
+function blocksCovering(ranges: Array<{ begin: number; end: number }>, blockSizeBytes: number): number[] {
+  const blocks = new Set<number>();
+  for (const range of ranges) for (let block = Math.floor(range.begin / blockSizeBytes); block * blockSizeBytes < range.end; block += 1) blocks.add(block);
+  return [...blocks].sort((a, b) => a - b);
+}
+
+test('a stream unpacks into a pool of another block size (64 KiB <-> 1 MiB), into a new volume and onto an existing one, byte for byte', async () => {
+  const small = pool; // 64 KiB blocks
+  const large = await Pool.create(join(dir.path, 'large'), { dataSizeBytes: 256 * MiB, blockSizeBytes: MiB, commitIntervalMs: 0 });
+  try {
+    // From the 64 KiB pool: two runs inside one 1 MiB block, one across a 1 MiB edge, a partial last block.
+    const a = await small.createVolume('bs-a', { sizeBytes: 5 * MiB + 3000 });
+    await a.write(0, contentBytes(64 * KiB, 21));
+    await a.write(192 * KiB, contentBytes(128 * KiB, 22));
+    await a.write(MiB + 512 * KiB, contentBytes(640 * KiB, 23));
+    await a.write(5 * MiB, contentBytes(3000, 24));
+    await small.snapshot('bs-a', 'bs-a.0', { readOnly: true });
+    // From the 1 MiB pool: a block with a discarded (zeroed) middle, a block mapped for 100 bytes.
+    const b = await large.createVolume('bs-b', { sizeBytes: 4 * MiB + 5000 });
+    await b.write(0, contentBytes(MiB + 512 * KiB, 25));
+    await b.discard(256 * KiB, 256 * KiB);
+    await b.write(3 * MiB + 100, contentBytes(100, 26));
+    await b.write(4 * MiB, contentBytes(5000, 27));
+    await large.snapshot('bs-b', 'bs-b.0', { readOnly: true });
+    await packVolume({ store, sources: poolSources(small), volume: 'bs-a.0', name: 'from-64k' });
+    await packVolume({ store, sources: poolSources(large), volume: 'bs-b.0', name: 'from-1m' });
+
+    const cases = [
+      { stream: 'from-64k', from: small, volume: 'bs-a.0', into: large, bs: MiB },
+      { stream: 'from-1m', from: large, volume: 'bs-b.0', into: small, bs: 64 * KiB },
+    ];
+    for (const { stream, from, volume, into, bs } of cases) {
+      const wanted = digest(await readVolume(from, volume));
+      const sourceBs = from.status().blockSizeBytes;
+      const ranges = mappedByteRanges(from.volume(volume).mappedRuns(), sourceBs, from.volume(volume).sizeBytes);
+      // A new volume: the stream's ranges, in whole blocks of the target.
+      const fresh = await unpackVolume({ store, pool: into, stream, volume: `${stream}.new` });
+      assert.equal(fresh.volumeCreated, true);
+      assert.equal(digest(await readVolume(into, `${stream}.new`)), wanted, `${stream} into ${bs}-byte blocks`);
+      assert.equal(into.volume(`${stream}.new`).sizeBytes, from.volume(volume).sizeBytes);
+      assert.deepEqual(mappedBlocks(into, `${stream}.new`), blocksCovering(ranges, bs), `${stream}: provisioned where the stream maps`);
+      // An existing volume of other contents, mapped where the stream is not and smaller.
+      const old = await into.createVolume(`${stream}.old`, { sizeBytes: 3 * MiB });
+      await old.write(0, contentBytes(3 * MiB, 28));
+      const onto = await unpackVolume({ store, pool: into, stream, volume: `${stream}.old` });
+      assert.equal(onto.volumeCreated, false);
+      assert.ok(onto.bytesDiscarded > 0, 'ranges the stream leaves unmapped are discarded');
+      assert.equal(digest(await readVolume(into, `${stream}.old`)), wanted, `${stream} onto a volume of ${bs}-byte blocks`);
+      // Again onto the restored volume: nothing differs, nothing is written.
+      const again = await unpackVolume({ store, pool: into, stream, volume: `${stream}.old` });
+      assert.equal(again.bytesWritten, 0);
+      assert.equal(digest(await readVolume(into, `${stream}.old`)), wanted);
+    }
+  } finally {
+    await large.close();
   }
 });
