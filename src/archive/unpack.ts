@@ -182,10 +182,15 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
       for (const run of segment.runs) streamMapped.push({ begin: run.beginBytes, end: run.beginBytes + run.lengthBytes });
       await writeSegment(segment);
     }
-    // Ranges mapped in the target that the stream leaves unmapped.
+    // Ranges mapped in the target that the stream leaves unmapped. Part of a block (a stream from
+    // a pool of smaller blocks) is zeroed in place, so only where it is not zeros already: a
+    // volume restored before is not written (nor unshared from its snapshots) again.
     for (const range of subtract(targetMapped, joinRanges(streamMapped))) {
-      await volume.discard(range.begin, range.end - range.begin);
-      result.bytesDiscarded += range.end - range.begin;
+      for (const piece of blockAlignedPieces(range, bs, root.sizeBytes)) {
+        if (!piece.whole && (await readsZeros(piece))) continue;
+        await volume.discard(piece.begin, piece.end - piece.begin);
+        result.bytesDiscarded += piece.end - piece.begin;
+      }
     }
     await pool.flush();
     if (existing !== undefined) await pool.removeVolume(name);
@@ -194,6 +199,17 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     await pool.flush();
     result.elapsedMs = Math.round(performance.now() - startMs);
     return result;
+
+    /** Whether `range` of the work volume reads zeros (read a piece at a time: blocks go up to 1 GiB). */
+    async function readsZeros(range: Range): Promise<boolean> {
+      const bytes = new Uint8Array(Math.min(TRANSFER_CHUNK_BYTES, range.end - range.begin));
+      for (let at = range.begin; at < range.end; at += bytes.length) {
+        const piece = bytes.subarray(0, Math.min(bytes.length, range.end - at));
+        await volume.read(at, piece);
+        if (!piece.every((byte) => byte === 0)) return false;
+      }
+      return true;
+    }
 
     async function writeSegment(segment: Segment): Promise<void> {
       // Windows: consecutive chunks of a run, up to ARCHIVE_UNPACK_WINDOW_BYTES each.
@@ -368,6 +384,18 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     await pool.flush().catch(() => undefined);
     throw error;
   }
+}
+
+/** `range` cut at block edges into a part of its first block, whole blocks, and a part of its last (`whole`: blocks, or up to the volume's end). */
+function blockAlignedPieces(range: Range, blockSizeBytes: number, volumeBytes: number): Array<Range & { whole: boolean }> {
+  const pieces: Array<Range & { whole: boolean }> = [];
+  const wholeBegin = Math.ceil(range.begin / blockSizeBytes) * blockSizeBytes;
+  const wholeEnd = range.end === volumeBytes ? range.end : Math.floor(range.end / blockSizeBytes) * blockSizeBytes;
+  if (wholeBegin >= wholeEnd) return [{ ...range, whole: false }];
+  if (range.begin < wholeBegin) pieces.push({ begin: range.begin, end: wholeBegin, whole: false });
+  pieces.push({ begin: wholeBegin, end: wholeEnd, whole: true });
+  if (wholeEnd < range.end) pieces.push({ begin: wholeEnd, end: range.end, whole: false });
+  return pieces;
 }
 
 function joinRanges(ranges: Range[]): Range[] {

@@ -195,10 +195,15 @@ test('a stream unpacks into a pool of another block size (64 KiB <-> 1 MiB), int
       assert.equal(onto.volumeCreated, false);
       assert.ok(onto.bytesDiscarded > 0, 'ranges the stream leaves unmapped are discarded');
       assert.equal(digest(await readVolume(into, `${stream}.old`)), wanted, `${stream} onto a volume of ${bs}-byte blocks`);
-      // Again onto the restored volume: nothing differs, nothing is written.
+      // Again onto the restored volume, beside a snapshot of it: nothing differs, nothing is
+      // written or discarded, every block stays shared with the snapshot.
+      await into.snapshot(`${stream}.old`, `${stream}.kept`, { readOnly: true });
       const again = await unpackVolume({ store, pool: into, stream, volume: `${stream}.old` });
       assert.equal(again.bytesWritten, 0);
+      assert.equal(again.bytesDiscarded, 0);
       assert.equal(digest(await readVolume(into, `${stream}.old`)), wanted);
+      const usage = into.usage().get(into.volume(`${stream}.old`).id)!;
+      assert.equal(usage.exclusiveBlocks, 0, 'no block was copied');
     }
   } finally {
     await large.close();
