@@ -680,6 +680,12 @@ export class ChunkReader {
     return results;
   }
 
+  /** An object's size from a listing of its prefix (for an error: a read that began past its end tells none). */
+  async #objectSize(key: string): Promise<number | undefined> {
+    for await (const object of this.#store.list(key.slice(0, key.lastIndexOf('/') + 1))) if (object.key === key) return object.sizeBytes;
+    return undefined;
+  }
+
   async #readGroup(group: PendingRead[], refs: ChunkRef[], results: Uint8Array[], describe: (refIndex: number) => string, targets: Uint8Array[] | undefined): Promise<void> {
     const first = group[0]!.location;
     const beginBytes = first.offsetBytes;
@@ -704,7 +710,9 @@ export class ChunkReader {
         const { location } = read;
         const begin = location.offsetBytes - beginBytes;
         if (begin + location.storedBytes > bytes.length) {
-          throw corrupt(describe(read.refIndex), `its pack ${key} is truncated (${beginBytes + bytes.length} bytes, the chunk ends at ${location.offsetBytes + location.storedBytes})`);
+          const sizeBytes = bytes.length > 0 ? beginBytes + bytes.length : await this.#objectSize(key);
+          const size = sizeBytes === undefined ? 'now missing' : `${sizeBytes} bytes`;
+          throw corrupt(describe(read.refIndex), `its pack ${key} is truncated (${size}; this chunk needs at least ${location.offsetBytes + location.storedBytes})`);
         }
         const zstd = (location.flags & CHUNK_FLAG_ZSTD) !== 0;
         items.push({ beginBytes: begin, storedBytes: location.storedBytes, rawBytes: location.rawBytes, zstd, frameOffsetBytes: location.frameOffsetBytes, hash: refs[read.refIndex]!.hash });

@@ -16,7 +16,7 @@
 // the last index object (F-AR-ORDER-1): a pack killed at any moment leaves packs and maybe an index
 // object that no stream needs (gc removes them, or the next pack reuses their chunks), or a whole
 // stream, never a half one.
-import { ThinError, assert } from '../errors.ts';
+import { ThinError, assert, isThinError } from '../errors.ts';
 import { ARCHIVE_INLINE_BYTES_MAX, ARCHIVE_JOB_BYTES, ARCHIVE_JOB_GATHER_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
 import type { MappedRun } from '../pool/volume.ts';
 import { DeltaKind, deltaSteps } from '../tools/delta.ts';
@@ -34,6 +34,7 @@ import {
   streamKey,
   validStreamName,
   type ChunkRef,
+  type Segment,
   type SegmentRef,
   type StreamRoot,
   type StreamRun,
@@ -353,12 +354,22 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     }
   };
 
+  /** A segment of the base stream; a damaged or missing one is THIN_CORRUPT_ARCHIVE saying that a full pack does without it. */
+  const readBaseSegment = async (ref: SegmentRef): Promise<Segment> => {
+    try {
+      return await archive.readSegment(reader, base!.root, ref);
+    } catch (error) {
+      if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE')) throw error;
+      throw new ThinError('THIN_CORRUPT_ARCHIVE', `--delta-from: ${(error as Error).message}; a full pack (without --delta-from) does not read stream ${base!.root.name}`, { cause: error });
+    }
+  };
+
   /** Plans a segment: its runs as pieces, base chunks reused where the volumes share blocks, jobs for the rest. */
   const planSegment = async (segment: number, runs: ByteRange[]): Promise<PlannedSegment> => {
     const baseRef = baseSegments.get(segment);
     const baseChunks: BaseChunk[] = [];
     if (baseRef !== undefined && base !== undefined) {
-      for (const run of (await archive.readSegment(reader, base.root, baseRef)).runs) {
+      for (const run of (await readBaseSegment(baseRef)).runs) {
         let position = run.beginBytes;
         for (const ref of run.chunks) {
           baseChunks.push({ begin: position, end: position + ref.rawBytes, ref });

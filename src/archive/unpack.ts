@@ -5,8 +5,10 @@
 // (a new volume, or a writable snapshot of an existing NAME, so it starts out sharing NAME's
 // blocks), and only when every chunk has arrived intact does the work volume take NAME's place
 // (NAME removed, the work volume renamed, in one commit). A damaged chunk found on the way, a
-// failure or a kill leaves NAME as it was; a work volume left by a kill is removed by the next
-// unpack to NAME.
+// failure or a kill leaves NAME as it was. The work volume carries the label
+// UNPACK_TARGET_LABEL = NAME from the change that makes it, so a volume left by a kill is known
+// for what it is and removed by the next unpack to NAME; a volume of that name without the label
+// (a user's) is never removed: the unpack stops and says so.
 //
 // Into an existing volume only what differs is written: for each chunk, the bytes already there
 // are hashed, and a chunk whose hash matches is neither fetched nor written; a chunk that differs
@@ -14,9 +16,10 @@
 // stream leaves unmapped are discarded. So restoring a snapshot beside its origin (unpacking into
 // a snapshot of the origin) keeps every unchanged block shared, and a volume kept current by a
 // chain of incrementals is written only where the chain changed it. A new volume gets exactly the
-// stream's provisioned ranges.
+// stream's provisioned ranges (rounded out to whole blocks where the target pool's blocks are
+// larger than those of the pool the stream came from: any block size unpacks into any other).
 import { ThinError, assert, isThinError } from '../errors.ts';
-import { ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
+import { VOLUME_NAME_LENGTH_MAX, ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Pool } from '../pool/pool.ts';
 import { ChunkReader, type Archive } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
@@ -51,10 +54,42 @@ export interface UnpackResult {
   elapsedMs: number;
 }
 
-/** The work volume's name for a target (a valid volume name whatever the target's length). */
+/** The label that marks a work volume as an unpack's, with the target's full name as its value. */
+export const UNPACK_TARGET_LABEL = 'thinbd.unpack.target';
+
+/**
+ * The work volume's name for a target: `NAME.unpacking`, or for a name too long for that, its
+ * start, a hash of the whole name and `.unpacking` (long names that differ only past the cut get
+ * different work volumes).
+ */
 export function workVolumeName(name: string): string {
   const suffix = '.unpacking';
-  return `${name.slice(0, 128 - suffix.length)}${suffix}`;
+  if (name.length + suffix.length <= VOLUME_NAME_LENGTH_MAX) return `${name}${suffix}`;
+  const tag = `.${hashHex(sha256(new TextEncoder().encode(name))).slice(0, 16)}`;
+  return `${name.slice(0, VOLUME_NAME_LENGTH_MAX - tag.length - suffix.length)}${tag}${suffix}`;
+}
+
+/**
+ * Removes the work volume a killed unpack into `name` left; THIN_EXISTS if a volume has the work
+ * name without the mark of an unpack into `name` (a user's own, or one an older thinbd left
+ * unmarked): it is not ours to remove.
+ */
+async function removeLeftover(pool: Pool, name: string, work: string, onNote?: (line: string) => void): Promise<void> {
+  const found = pool.list().find((info) => info.name === work);
+  if (found === undefined) return;
+  if (found.labels[UNPACK_TARGET_LABEL] !== name) {
+    throw new ThinError(
+      'THIN_EXISTS',
+      `Cannot unpack into ${name}: volume ${work} exists and was not made by an unpack into ${name}; rename it, or remove it ('thinbd remove ${work}') if it is not needed`,
+    );
+  }
+  onNote?.(`removing ${work}, left by an unpack into ${name} that did not finish`);
+  await pool.removeVolume(work);
+}
+
+function withoutMark(labels: Readonly<Record<string, string>>): Record<string, string> {
+  const { [UNPACK_TARGET_LABEL]: _mark, ...rest } = labels;
+  return rest;
 }
 
 interface Range {
@@ -103,11 +138,11 @@ function subtract(ranges: Range[], covered: Range[]): Range[] {
  */
 export async function unpackStream(archive: Archive, root: StreamRoot, pool: Pool, name: string, options: UnpackOptions = {}): Promise<UnpackResult> {
   const startMs = performance.now();
+  // The target pool's block size, which may differ from the stream's (root.blockSizeBytes): the
+  // stream's runs are byte ranges, written into whatever blocks hold them (a block larger than the
+  // stream's is provisioned whole, the rest reading zeros), and whatever the target maps outside
+  // them is discarded, which zeroes the part of a block it covers.
   const bs = pool.status().blockSizeBytes;
-  if (bs !== root.blockSizeBytes) {
-    // Sharing and unmapped ranges are block-granular: a stream only maps onto blocks of its size.
-    throw new ThinError('THIN_INVALID', `Stream ${root.name} was packed from a pool with ${root.blockSizeBytes}-byte blocks; pool blocks here are ${bs} bytes`);
-  }
   const loaded = await archive.loadIndex();
   const reader = new ChunkReader(archive.store, loaded.index, options.decoder);
   await checkStreamComplete(archive, reader, root);
@@ -115,11 +150,13 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
   const existing = pool.list().find((info) => info.name === name);
   if (existing?.readOnly === true) throw new ThinError('THIN_READ_ONLY', `Volume ${name} is read-only; unpack into a writable volume or a new name`);
   const work = workVolumeName(name);
-  if (pool.list().some((info) => info.name === work)) {
-    options.onNote?.(`removing ${work}, left by an unpack that did not finish`);
-    await pool.removeVolume(work);
-  }
-  const volume = existing === undefined ? await pool.createVolume(work, { sizeBytes: root.sizeBytes }) : await pool.snapshot(name, work);
+  await removeLeftover(pool, name, work, options.onNote);
+  // Marked in the change that makes it: no kill can leave an unmarked work volume behind.
+  const mark = { [UNPACK_TARGET_LABEL]: name };
+  const volume =
+    existing === undefined
+      ? await pool.createVolume(work, { sizeBytes: root.sizeBytes, labels: mark })
+      : await pool.snapshot(name, work, { labels: { ...withoutMark(existing.labels), ...mark } });
   const result: UnpackResult = {
     stream: root.name,
     volume: name,
@@ -145,17 +182,34 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
       for (const run of segment.runs) streamMapped.push({ begin: run.beginBytes, end: run.beginBytes + run.lengthBytes });
       await writeSegment(segment);
     }
-    // Ranges mapped in the target that the stream leaves unmapped.
+    // Ranges mapped in the target that the stream leaves unmapped. Part of a block (a stream from
+    // a pool of smaller blocks) is zeroed in place, so only where it is not zeros already: a
+    // volume restored before is not written (nor unshared from its snapshots) again.
     for (const range of subtract(targetMapped, joinRanges(streamMapped))) {
-      await volume.discard(range.begin, range.end - range.begin);
-      result.bytesDiscarded += range.end - range.begin;
+      for (const piece of blockAlignedPieces(range, bs, root.sizeBytes)) {
+        if (!piece.whole && (await readsZeros(piece))) continue;
+        await volume.discard(piece.begin, piece.end - piece.begin);
+        result.bytesDiscarded += piece.end - piece.begin;
+      }
     }
     await pool.flush();
     if (existing !== undefined) await pool.removeVolume(name);
-    await pool.renameVolume(work, name);
+    // The target's own labels (a new volume has none), without the mark.
+    await pool.updateVolume(work, { name, labels: withoutMark(existing?.labels ?? {}) });
     await pool.flush();
     result.elapsedMs = Math.round(performance.now() - startMs);
     return result;
+
+    /** Whether `range` of the work volume reads zeros (read a piece at a time: blocks go up to 1 GiB). */
+    async function readsZeros(range: Range): Promise<boolean> {
+      const bytes = new Uint8Array(Math.min(TRANSFER_CHUNK_BYTES, range.end - range.begin));
+      for (let at = range.begin; at < range.end; at += bytes.length) {
+        const piece = bytes.subarray(0, Math.min(bytes.length, range.end - at));
+        await volume.read(at, piece);
+        if (!piece.every((byte) => byte === 0)) return false;
+      }
+      return true;
+    }
 
     async function writeSegment(segment: Segment): Promise<void> {
       // Windows: consecutive chunks of a run, up to ARCHIVE_UNPACK_WINDOW_BYTES each.
@@ -330,6 +384,18 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     await pool.flush().catch(() => undefined);
     throw error;
   }
+}
+
+/** `range` cut at block edges into a part of its first block, whole blocks, and a part of its last (`whole`: blocks, or up to the volume's end). */
+function blockAlignedPieces(range: Range, blockSizeBytes: number, volumeBytes: number): Array<Range & { whole: boolean }> {
+  const pieces: Array<Range & { whole: boolean }> = [];
+  const wholeBegin = Math.ceil(range.begin / blockSizeBytes) * blockSizeBytes;
+  const wholeEnd = range.end === volumeBytes ? range.end : Math.floor(range.end / blockSizeBytes) * blockSizeBytes;
+  if (wholeBegin >= wholeEnd) return [{ ...range, whole: false }];
+  if (range.begin < wholeBegin) pieces.push({ begin: range.begin, end: wholeBegin, whole: false });
+  pieces.push({ begin: wholeBegin, end: wholeEnd, whole: true });
+  if (wholeEnd < range.end) pieces.push({ begin: wholeEnd, end: range.end, whole: false });
+  return pieces;
 }
 
 function joinRanges(ranges: Range[]): Range[] {

@@ -143,3 +143,22 @@ test('a truncated stream index is named by verify, and unpack refuses', () => {
   assert.match(listed.stderr, /damaged: stream s1/);
   assertUnpackRefused(store, /stream s1: (truncated stream index|the stream index fails its SHA-256)/);
 });
+
+test("a truncated pack: verify and unpack state the pack's size and where the chunk ends", () => {
+  const store = damagedCopy('truncated-pack');
+  const pack = files(join(store, 'packs')).sort((a, b) => statSync(b).size - statSync(a).size)[0]!;
+  const sizeBytes = Math.floor(statSync(pack).size / 2);
+  truncateSync(pack, sizeBytes);
+  const key = `packs/${pack.split('/').slice(-2).join('/')}`;
+  const stated = new RegExp(`its pack ${key} is truncated \\(${sizeBytes} bytes; this chunk needs at least (\\d+)\\)`);
+  const verify = thinbd(['archive', 'verify', '--store', store, '--json']);
+  assert.equal(verify.code, 1);
+  const problems = (JSON.parse(verify.stdout) as { problems: string[] }).problems.filter((problem) => problem.includes('truncated'));
+  assert.ok(problems.length >= 1, verify.stdout);
+  for (const problem of problems) {
+    const match = stated.exec(problem);
+    assert.ok(match !== null, problem);
+    assert.ok(Number(match[1]) > sizeBytes, problem);
+  }
+  assertUnpackRefused(store, stated);
+});
