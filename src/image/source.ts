@@ -4,11 +4,14 @@
 //
 // A local uncompressed file is read with positioned reads into two alternating buffers (one is
 // parsed while the other fills), the cheapest way through the page cache. Everything else is a
-// Node stream: decompression runs on libuv's thread pool, beside the parser.
+// Node stream. gzip is undone on libuv's thread pool, beside the parser; zstd on the parser's
+// thread, pulled a bounded chunk at a time (ZstdChunks).
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
-import { Readable, type Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
+import type * as ZstdBinding from 'zstd-napi/binding.js';
+import type { DCtx } from 'zstd-napi/binding.js';
 import { ThinError } from '../errors.ts';
 import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
 import type { ChunkSource } from './byte-input.ts';
@@ -161,6 +164,17 @@ export function detectCompression(head: Uint8Array, description: string): Compre
 
 /** Decompressed chunks of a compressed chunk source; corrupt input is an error naming the compressed offset. */
 export function decompressChunks(input: ChunkSource, compression: Exclude<Compression, 'none'>, description: string, bytesRead: () => number): ChunkSource {
+  const corrupt = (error: unknown): ThinError => {
+    const message = error instanceof Error ? error.message : String(error);
+    return new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${description}: the ${compression} data is corrupt or truncated (after ${bytesRead()} compressed bytes): ${message}`, { cause: error });
+  };
+  return compression === 'gzip' ? gunzipChunks(input, corrupt) : new ZstdChunks(input, IMAGE_READ_CHUNK_BYTES, corrupt);
+}
+
+/**
+ * gzip through Node's zlib, on libuv's thread pool beside the parser.
+ */
+function gunzipChunks(input: ChunkSource, corrupt: (error: unknown) => ThinError): ChunkSource {
   async function* compressed(): AsyncGenerator<Uint8Array> {
     for (;;) {
       const chunk = await input.next();
@@ -170,15 +184,13 @@ export function decompressChunks(input: ChunkSource, compression: Exclude<Compre
     }
   }
   // Large output chunks: the default 16 KiB made a chunk (and a parser round trip) per 16 KiB.
-  const decompressor = compression === 'gzip' ? zlib.createGunzip({ chunkSize: IMAGE_READ_CHUNK_BYTES }) : zstdDecompressor();
+  const decompressor = zlib.createGunzip({ chunkSize: IMAGE_READ_CHUNK_BYTES });
   const output = Readable.from(compressed()).pipe(decompressor);
   async function* checked(): AsyncGenerator<Uint8Array> {
     try {
       for await (const chunk of output) yield chunk as Uint8Array;
     } catch (error) {
-      if (error instanceof ThinError) throw error;
-      const message = error instanceof Error ? error.message : String(error);
-      throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${description}: the ${compression} data is corrupt or truncated (after ${bytesRead()} compressed bytes): ${message}`, { cause: error });
+      throw error instanceof ThinError ? error : corrupt(error);
     }
   }
   return new IterableChunks(checked(), async () => {
@@ -187,10 +199,72 @@ export function decompressChunks(input: ChunkSource, compression: Exclude<Compre
   });
 }
 
-/** zstd-napi's streaming decompressor (the reference C library; Node 20 has no zstd in zlib), loaded when first needed. */
-function zstdDecompressor(): Transform {
-  const { DecompressStream } = require('zstd-napi') as typeof import('zstd-napi');
-  return new DecompressStream();
+/**
+ * zstd through the reference library's streaming decoder (zstd-napi's binding of
+ * ZSTD_decompressStream; Node 20 has no zstd in zlib), pulled: each next() decodes into one
+ * buffer of `chunkBytes` until it holds output, so memory stays bounded whatever the ratio. The
+ * package's DecompressStream pushed all the output of an input chunk at once, ignoring
+ * backpressure: 2.2 GB of memory for a 512 MB file of zeros (docs/image.md). A chunk is
+ * overwritten by the next call (ChunkSource's contract).
+ */
+export class ZstdChunks implements ChunkSource {
+  readonly #input: ChunkSource;
+  readonly #corrupt: (error: unknown) => ThinError;
+  readonly #context: DCtx;
+  readonly #output: Uint8Array;
+  /** The part of the input's last chunk not yet decoded (a view: the input is not pulled again before it is used up). */
+  #pending: Uint8Array = new Uint8Array(0);
+  #inputEnded = false;
+  /** The decoder is inside a frame: the input may not end here. */
+  #inFrame = false;
+  #closed = false;
+
+  constructor(input: ChunkSource, chunkBytes: number, corrupt: (error: unknown) => ThinError) {
+    this.#input = input;
+    this.#corrupt = corrupt;
+    this.#context = new (zstdBinding().DCtx)();
+    this.#output = new Uint8Array(chunkBytes);
+  }
+
+  async next(): Promise<Uint8Array | undefined> {
+    if (this.#closed) return undefined;
+    for (;;) {
+      // With input left, or output the decoder still holds (the last call filled the buffer).
+      let hint: number;
+      let produced: number;
+      let consumed: number;
+      try {
+        [hint, produced, consumed] = this.#context.decompressStream(this.#output, this.#pending);
+      } catch (error) {
+        throw this.#corrupt(error);
+      }
+      this.#pending = this.#pending.subarray(consumed);
+      if (consumed > 0 || produced > 0) this.#inFrame = hint !== 0;
+      if (produced > 0) return this.#output.subarray(0, produced);
+      if (this.#pending.length > 0) {
+        // zstd always moves on with room for output; not doing so would loop here for ever.
+        if (consumed === 0) throw this.#corrupt(new Error('the decoder made no progress'));
+        continue;
+      }
+      if (this.#inputEnded) {
+        if (this.#inFrame) throw this.#corrupt(new Error('the input ends inside a frame'));
+        return undefined;
+      }
+      const chunk = await this.#input.next();
+      if (chunk === undefined) this.#inputEnded = true;
+      else this.#pending = chunk;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#input.close?.();
+  }
+}
+
+/** zstd-napi's binding, loaded when first needed (a flat tar's import never loads it). */
+function zstdBinding(): typeof ZstdBinding {
+  return require('zstd-napi/binding.js') as typeof ZstdBinding;
 }
 
 /** A chunk source that counts and hashes the bytes passing through, and can put back its first chunk. */
