@@ -5,10 +5,11 @@
 // A local uncompressed file is read with positioned reads into two alternating buffers (one is
 // parsed while the other fills), the cheapest way through the page cache. Everything else is a
 // Node stream. gzip is undone on libuv's thread pool, beside the parser; zstd on the parser's
-// thread, pulled a bounded chunk at a time (ZstdChunks).
+// thread, pulled a bounded chunk at a time (ZstdChunks). A source stream's error (a download cut
+// short) is reported naming the source, and ends the import through its normal failure path.
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
-import { Readable } from 'node:stream';
+import { Readable, pipeline } from 'node:stream';
 import zlib from 'node:zlib';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 import type { DCtx } from 'zstd-napi/binding.js';
@@ -121,16 +122,27 @@ export class FileChunks implements ChunkSource {
 export class IterableChunks implements ChunkSource {
   readonly #iterator: AsyncIterator<Uint8Array | string>;
   readonly #onClose: (() => Promise<void> | void) | undefined;
+  readonly #describeError: ((error: unknown) => Error) | undefined;
   #done = false;
 
-  constructor(iterable: AsyncIterable<Uint8Array | string>, onClose?: () => Promise<void> | void) {
+  /**
+   * `describeError` turns the stream's own error (a connection closed early: undici's
+   * "terminated", Node's "aborted") into the error the import reports, naming the source.
+   */
+  constructor(iterable: AsyncIterable<Uint8Array | string>, onClose?: () => Promise<void> | void, describeError?: (error: unknown) => Error) {
     this.#iterator = iterable[Symbol.asyncIterator]();
     this.#onClose = onClose;
+    this.#describeError = describeError;
   }
 
   async next(): Promise<Uint8Array | undefined> {
     if (this.#done) return undefined;
-    const result = await this.#iterator.next();
+    let result: IteratorResult<Uint8Array | string>;
+    try {
+      result = await this.#iterator.next();
+    } catch (error) {
+      throw this.#describeError === undefined || error instanceof ThinError ? error : this.#describeError(error);
+    }
     if (result.done === true) {
       this.#done = true;
       return undefined;
@@ -147,6 +159,16 @@ export class IterableChunks implements ChunkSource {
     await this.#onClose?.();
     void Promise.resolve(this.#iterator.return?.()).catch(() => undefined);
   }
+}
+
+/**
+ * The error for a source stream that failed: a download that ended before the length its server
+ * promised says so, with the bytes that came; anything else gives the stream's own reason.
+ */
+function sourceReadError(description: string, error: unknown, bytesReceived: number, totalBytes: number | undefined): ThinError {
+  // What the stream says then ("terminated", "aborted") adds nothing; it stays the cause.
+  const problem = totalBytes !== undefined && bytesReceived < totalBytes ? `the download ended after ${bytesReceived} of ${totalBytes} bytes` : error instanceof Error ? error.message : String(error);
+  return new ThinError('THIN_IO', `Cannot read ${description}: ${problem}`, { cause: error });
 }
 
 /** Compression from a stream's first bytes; throws for formats named but not supported. */
@@ -172,7 +194,9 @@ export function decompressChunks(input: ChunkSource, compression: Exclude<Compre
 }
 
 /**
- * gzip through Node's zlib, on libuv's thread pool beside the parser.
+ * gzip through Node's zlib, on libuv's thread pool beside the parser. A source's error (a
+ * download cut short) ends the decompressor with that error through pipeline(), and is reported
+ * as it is, not as corrupt data.
  */
 function gunzipChunks(input: ChunkSource, corrupt: (error: unknown) => ThinError): ChunkSource {
   async function* compressed(): AsyncGenerator<Uint8Array> {
@@ -185,10 +209,11 @@ function gunzipChunks(input: ChunkSource, corrupt: (error: unknown) => ThinError
   }
   // Large output chunks: the default 16 KiB made a chunk (and a parser round trip) per 16 KiB.
   const decompressor = zlib.createGunzip({ chunkSize: IMAGE_READ_CHUNK_BYTES });
-  const output = Readable.from(compressed()).pipe(decompressor);
+  // Every error is read from the decompressor's iterator below; pipeline's own report of it is not needed.
+  pipeline(Readable.from(compressed()), decompressor, () => undefined);
   async function* checked(): AsyncGenerator<Uint8Array> {
     try {
-      for await (const chunk of output) yield chunk as Uint8Array;
+      for await (const chunk of decompressor) yield chunk as Uint8Array;
     } catch (error) {
       throw error instanceof ThinError ? error : corrupt(error);
     }
@@ -364,7 +389,11 @@ function httpRangeReader(url: string): (beginBytes: number, endBytes: number) =>
       throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: ${(error as Error).message}`, { cause: error });
     }
     if (response.status !== 206) throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: HTTP ${response.status} (expected 206)`);
-    return new Uint8Array(await response.arrayBuffer());
+    try {
+      return new Uint8Array(await response.arrayBuffer());
+    } catch (error) {
+      throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: ${(error as Error).message}`, { cause: error });
+    }
   };
 }
 
@@ -399,7 +428,8 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   try {
     if (source === '-') {
       description = 'standard input';
-      raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>, () => void (stdin as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.()), tap);
+      const stop = (): void => void (stdin as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
+      raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>, stop, (error) => sourceReadError(description, error, bytes, undefined)), tap);
     } else if (/^https?:\/\//i.test(source)) {
       description = source;
       const controller = new AbortController();
@@ -414,7 +444,8 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
       }
       const length = Number(response.headers.get('content-length'));
       totalBytes = Number.isSafeInteger(length) && length > 0 ? length : undefined;
-      raw = tapped(new IterableChunks(response.body as unknown as AsyncIterable<Uint8Array>, () => controller.abort()), tap);
+      const body = response.body as unknown as AsyncIterable<Uint8Array>;
+      raw = tapped(new IterableChunks(body, () => controller.abort(), (error) => sourceReadError(description, error, bytes, totalBytes)), tap);
       if (totalBytes !== undefined && response.headers.get('accept-ranges') === 'bytes') {
         ranges = remoteRanges(totalBytes, httpRangeReader(source), (chunk) => (bytes += chunk.length));
       }
@@ -423,12 +454,12 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
       if (openers.s3 === undefined) throw new ThinError('THIN_INVALID', `Cannot read ${source}: S3 support is not available`);
       const opened = await openers.s3(source);
       totalBytes = opened.totalBytes;
-      raw = tapped(new IterableChunks(opened.stream, opened.close), tap);
+      raw = tapped(new IterableChunks(opened.stream, opened.close, (error) => sourceReadError(description, error, bytes, totalBytes)), tap);
       if (totalBytes !== undefined && opened.readRange !== undefined) ranges = remoteRanges(totalBytes, opened.readRange, (chunk) => (bytes += chunk.length));
     } else if (!isLocal) {
       description = source;
       const stream = fs.createReadStream('', { fd: local!.fd, highWaterMark: IMAGE_READ_CHUNK_BYTES });
-      raw = tapped(new IterableChunks(stream, () => void stream.destroy()), tap);
+      raw = tapped(new IterableChunks(stream, () => void stream.destroy(), (error) => sourceReadError(description, error, bytes, undefined)), tap);
       closeFile = () => void stream.destroy();
     } else {
       description = source;

@@ -1,33 +1,60 @@
-// The image source layer (src/image/source.ts): zstd decoded in bounded chunks whatever the ratio.
+// The image source layer (src/image/source.ts): zstd decoded in bounded chunks whatever the ratio,
+// and downloads cut short reported as such (and the temporary volume removed).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { createRequire } from 'node:module';
+import type { AddressInfo } from 'node:net';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
-import { tempDir } from '../nbd/helpers.ts';
-import { thinbd } from '../cli/run-thinbd.ts';
+import { run, tempDir } from '../nbd/helpers.ts';
+import { THINBD, thinbd } from '../cli/run-thinbd.ts';
 import { IMAGE_READ_CHUNK_BYTES } from '../../src/constants.ts';
 import { decompressChunks } from '../../src/image/source.ts';
 import type { ChunkSource } from '../../src/image/byte-input.ts';
-import { tarEntry } from './tar-writer.ts';
+import { tarArchive, tarEntry, type TarSpec } from './tar-writer.ts';
 
 const require = createRequire(import.meta.url);
 const binding = require('zstd-napi/binding.js') as typeof ZstdBinding;
+const zstd = require('zstd-napi') as typeof import('zstd-napi');
 
 let work: { path: string; remove(): void };
 let pool: string;
+let server: http.Server;
+let baseUrl: string;
+/** Path -> the body a request gets, and how many of its bytes are sent before the connection closes. */
+const served = new Map<string, { body: Buffer; sentBytes: number }>();
+
+const FLAT: TarSpec[] = [
+  { path: 'etc/', type: 'dir' },
+  { path: 'etc/motd', data: 'hello\n' },
+];
 
 /** ZERO_FILE_BYTES of zeros in one file: a few kilobytes as zstd, a quarter gigabyte decoded. */
 const ZERO_FILE_BYTES = 256 * 1024 * 1024;
 
-before(() => {
+before(async () => {
   work = tempDir('image-source');
   pool = path.join(work.path, 'pool');
   assert.equal(thinbd(['pool', 'create', '--pool', pool, '--data-size', '2G']).code, 0);
+  server = http.createServer((request, response) => {
+    const file = served.get(request.url ?? '');
+    if (file === undefined) {
+      response.writeHead(404).end();
+      return;
+    }
+    // The whole length promised, part of it sent, then the connection closed.
+    response.writeHead(200, { 'content-length': file.body.length });
+    response.write(file.body.subarray(0, file.sentBytes), () => setTimeout(() => response.destroy(), 50));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 });
 
-after(() => {
+after(async () => {
+  await new Promise((resolve) => server?.close(resolve));
   work?.remove();
 });
 
@@ -72,6 +99,10 @@ function chunksOf(bytes: Uint8Array, chunkBytes: number): ChunkSource {
   };
 }
 
+function volumeNames(): string[] {
+  return (JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string }>).map((volume) => volume.name).sort();
+}
+
 test('zstd is decoded in chunks of at most a read chunk, however well it compresses', async () => {
   const compressed = zstdZeroTar(ZERO_FILE_BYTES);
   assert.ok(compressed.length < 64 * 1024, `${compressed.length} bytes compressed`);
@@ -98,4 +129,25 @@ test('a zstd tar that inflates to hundreds of megabytes imports in bounded memor
     // The image's 512 MiB went through a process that never held more than a fraction of it.
     assert.ok(summary.peakRssBytes <= 256 * 1024 * 1024, `peak RSS ${summary.peakRssBytes} bytes importing from ${source}`);
   }
+});
+
+test('a download that ends before its Content-Length is one error naming the bytes, and leaves no volume', async () => {
+  // Incompressible file data, so that the cut falls inside it after a few chunks of each form.
+  const data = Buffer.alloc(4 * 1024 * 1024);
+  for (let index = 0; index < data.length; index += 4) data.writeUInt32LE((Math.imul(index, 2654435761) ^ (index >>> 7)) >>> 0, index);
+  const tar = tarArchive([...FLAT, { path: 'big', data }]);
+  const forms: Array<[string, Buffer]> = [['cut.tar', tar], ['cut.tar.gz', zlib.gzipSync(tar, { level: 1 })], ['cut.tar.zst', Buffer.from(zstd.compress(tar))]];
+  const before = volumeNames();
+  for (const [name, body] of forms) {
+    const sentBytes = Math.floor(body.length / 2);
+    served.set(`/${name}`, { body, sentBytes });
+    const url = `${baseUrl}/${name}`;
+    const result = await run(process.execPath, [THINBD, 'image', 'import', '--pool', pool, 'cut', url], { allowFailure: true });
+    assert.equal(result.code, 1, `${name}: ${result.stderr}`);
+    assert.equal(result.stderr.trim().split('\n').length, 1, `one line: ${result.stderr}`);
+    assert.match(result.stderr, new RegExp(`^thinbd: Cannot read ${url.replaceAll('.', '\\.')}: the download ended after \\d+ of ${body.length} bytes`), name);
+    assert.deepEqual(volumeNames(), before, `${name}: the volumes changed`);
+  }
+  const check = thinbd(['check', '--pool', pool]);
+  assert.equal(check.code, 0, check.stdout + check.stderr);
 });
