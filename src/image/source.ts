@@ -175,6 +175,9 @@ function sourceReadError(description: string, error: unknown, bytesReceived: num
 export function detectCompression(head: Uint8Array, description: string): Compression {
   if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
+  // A skippable frame (magic 0x184D2A50-0x184D2A5F, little-endian; RFC 8878 section 3.1.2) may
+  // come first: pzstd writes one before each frame. The decoder skips them.
+  if ((head[0]! & 0xf0) === 0x50 && head[1] === 0x2a && head[2] === 0x4d && head[3] === 0x18) return 'zstd';
   if (head[0] === 0xfd && head[1] === 0x37 && head[2] === 0x7a && head[3] === 0x58 && head[4] === 0x5a) {
     throw new ThinError('THIN_IMAGE_INVALID', `${description} is xz-compressed; thinbd reads tar, gzip and zstd (decompress it first, e.g. xz -dc ... | thinbd image import ... -)`);
   }
@@ -229,8 +232,8 @@ function gunzipChunks(input: ChunkSource, corrupt: (error: unknown) => ThinError
  * ZSTD_decompressStream; Node 20 has no zstd in zlib), pulled: each next() decodes into one
  * buffer of `chunkBytes` until it holds output, so memory stays bounded whatever the ratio. The
  * package's DecompressStream pushed all the output of an input chunk at once, ignoring
- * backpressure: 2.2 GB of memory for a 512 MB file of zeros (docs/image.md). A chunk is
- * overwritten by the next call (ChunkSource's contract).
+ * backpressure: 2.2 GB of memory for a 512 MB file of zeros (docs/image.md). Skippable frames
+ * are skipped by the decoder. A chunk is overwritten by the next call (ChunkSource's contract).
  */
 export class ZstdChunks implements ChunkSource {
   readonly #input: ChunkSource;

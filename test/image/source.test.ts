@@ -1,5 +1,6 @@
 // The image source layer (src/image/source.ts): zstd decoded in bounded chunks whatever the ratio,
-// and downloads cut short reported as such (and the temporary volume removed).
+// zstd streams that begin with a skippable frame, downloads cut short reported as such (and the
+// temporary volume removed).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -12,8 +13,9 @@ import type * as ZstdBinding from 'zstd-napi/binding.js';
 import { run, tempDir } from '../nbd/helpers.ts';
 import { THINBD, thinbd } from '../cli/run-thinbd.ts';
 import { IMAGE_READ_CHUNK_BYTES } from '../../src/constants.ts';
-import { decompressChunks } from '../../src/image/source.ts';
+import { decompressChunks, detectCompression } from '../../src/image/source.ts';
 import type { ChunkSource } from '../../src/image/byte-input.ts';
+import { sh } from './helpers.ts';
 import { tarArchive, tarEntry, type TarSpec } from './tar-writer.ts';
 
 const require = createRequire(import.meta.url);
@@ -86,6 +88,15 @@ function zstdZeroTar(sizeBytes: number): Buffer {
   return Buffer.concat(parts);
 }
 
+/** A zstd skippable frame (RFC 8878 section 3.1.2), as pzstd writes before each frame. */
+function skippableFrame(magicLowNibble: number, payload: Uint8Array): Buffer {
+  const frame = Buffer.alloc(8 + payload.length);
+  frame.writeUInt32LE(0x184d2a50 + magicLowNibble, 0);
+  frame.writeUInt32LE(payload.length, 4);
+  frame.set(payload, 8);
+  return frame;
+}
+
 /** A chunk source over `bytes` in pieces of `chunkBytes`. */
 function chunksOf(bytes: Uint8Array, chunkBytes: number): ChunkSource {
   let at = 0;
@@ -129,6 +140,20 @@ test('a zstd tar that inflates to hundreds of megabytes imports in bounded memor
     // The image's 512 MiB went through a process that never held more than a fraction of it.
     assert.ok(summary.peakRssBytes <= 256 * 1024 * 1024, `peak RSS ${summary.peakRssBytes} bytes importing from ${source}`);
   }
+});
+
+test('a zstd stream that begins with skippable frames is read as zstd', () => {
+  const frames = Buffer.concat([skippableFrame(0, Buffer.from([4, 0, 0, 0])), skippableFrame(0xf, Buffer.alloc(3)), Buffer.from(zstd.compress(tarArchive(FLAT)))]);
+  assert.equal(detectCompression(frames, 'test'), 'zstd');
+  for (const nibble of [0, 7, 0xf]) assert.equal(detectCompression(skippableFrame(nibble, Buffer.alloc(0)), 'test'), 'zstd');
+  const file = path.join(work.path, 'skippable.tar.zst');
+  fs.writeFileSync(file, frames);
+  const result = thinbd(['image', 'import', '--pool', pool, 'skippable', file, '--json']);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal((JSON.parse(result.stdout) as { compression: string; files: number }).compression, 'zstd');
+  const raw = path.join(work.path, 'skippable.raw');
+  assert.equal(thinbd(['export', '--pool', pool, 'skippable', raw]).code, 0);
+  assert.equal(sh('debugfs', ['-R', 'cat /etc/motd', raw]).stdout, 'hello\n');
 });
 
 test('a download that ends before its Content-Length is one error naming the bytes, and leaves no volume', async () => {
