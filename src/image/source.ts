@@ -407,6 +407,11 @@ export function isPathSource(source: string): boolean {
 
 /** Opens SOURCE: a path, "-" for standard input, an http(s) URL, or s3://BUCKET/KEY. */
 export async function openSource(source: string, openers: SourceOpeners = {}, stdin: NodeJS.ReadableStream = process.stdin): Promise<OpenedSource> {
+  if (!isPathSource(source) && source !== '-' && !/^(https?|s3):\/\//i.test(source)) {
+    const scheme = source.slice(0, source.indexOf(':'));
+    const hint = /^file$/i.test(scheme) ? ' (for a local file, give its path)' : '';
+    throw new ThinError('THIN_INVALID', `Cannot read ${source}: thinbd does not read ${scheme}:// URLs; a source is a path, - (standard input), an http:// or https:// URL, or s3://BUCKET/KEY${hint}`);
+  }
   let bytes = 0;
   const local = isPathSource(source) ? openLocal(source) : undefined;
   // A regular file is read at offsets and hashed by the worker from its own reads; anything else

@@ -1,6 +1,6 @@
 // The image source layer (src/image/source.ts): zstd decoded in bounded chunks whatever the ratio,
 // zstd streams that begin with a skippable frame, downloads cut short reported as such (and the
-// temporary volume removed).
+// temporary volume removed), and URLs of schemes thinbd does not read refused as such.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -175,4 +175,14 @@ test('a download that ends before its Content-Length is one error naming the byt
   }
   const check = thinbd(['check', '--pool', pool]);
   assert.equal(check.code, 0, check.stdout + check.stderr);
+});
+
+test('a URL of a scheme thinbd does not read is refused naming the sources it reads', () => {
+  for (const source of ['ftp://example.com/image.tar', 'file:///tmp/image.tar']) {
+    const result = thinbd(['image', 'import', '--pool', pool, 'other', source]);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /^thinbd: Cannot read \S+: thinbd does not read (ftp|file):\/\/ URLs; a source is a path, - \(standard input\), an http:\/\/ or https:\/\/ URL, or s3:\/\/BUCKET\/KEY/);
+    assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
+  }
+  assert.match(thinbd(['image', 'import', '--pool', pool, 'other', 'file:///tmp/image.tar']).stderr, /give its path/);
 });
