@@ -4,11 +4,15 @@
 //
 // A local uncompressed file is read with positioned reads into two alternating buffers (one is
 // parsed while the other fills), the cheapest way through the page cache. Everything else is a
-// Node stream: decompression runs on libuv's thread pool, beside the parser.
+// Node stream. gzip is undone on libuv's thread pool, beside the parser; zstd on the parser's
+// thread, pulled a bounded chunk at a time (ZstdChunks). A source stream's error (a download cut
+// short) is reported naming the source, and ends the import through its normal failure path.
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
-import { Readable, type Transform } from 'node:stream';
+import { Readable, pipeline } from 'node:stream';
 import zlib from 'node:zlib';
+import type * as ZstdBinding from 'zstd-napi/binding.js';
+import type { DCtx } from 'zstd-napi/binding.js';
 import { ThinError } from '../errors.ts';
 import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
 import type { ChunkSource } from './byte-input.ts';
@@ -118,16 +122,27 @@ export class FileChunks implements ChunkSource {
 export class IterableChunks implements ChunkSource {
   readonly #iterator: AsyncIterator<Uint8Array | string>;
   readonly #onClose: (() => Promise<void> | void) | undefined;
+  readonly #describeError: ((error: unknown) => Error) | undefined;
   #done = false;
 
-  constructor(iterable: AsyncIterable<Uint8Array | string>, onClose?: () => Promise<void> | void) {
+  /**
+   * `describeError` turns the stream's own error (a connection closed early: undici's
+   * "terminated", Node's "aborted") into the error the import reports, naming the source.
+   */
+  constructor(iterable: AsyncIterable<Uint8Array | string>, onClose?: () => Promise<void> | void, describeError?: (error: unknown) => Error) {
     this.#iterator = iterable[Symbol.asyncIterator]();
     this.#onClose = onClose;
+    this.#describeError = describeError;
   }
 
   async next(): Promise<Uint8Array | undefined> {
     if (this.#done) return undefined;
-    const result = await this.#iterator.next();
+    let result: IteratorResult<Uint8Array | string>;
+    try {
+      result = await this.#iterator.next();
+    } catch (error) {
+      throw this.#describeError === undefined || error instanceof ThinError ? error : this.#describeError(error);
+    }
     if (result.done === true) {
       this.#done = true;
       return undefined;
@@ -146,10 +161,23 @@ export class IterableChunks implements ChunkSource {
   }
 }
 
+/**
+ * The error for a source stream that failed: a download that ended before the length its server
+ * promised says so, with the bytes that came; anything else gives the stream's own reason.
+ */
+function sourceReadError(description: string, error: unknown, bytesReceived: number, totalBytes: number | undefined): ThinError {
+  // What the stream says then ("terminated", "aborted") adds nothing; it stays the cause.
+  const problem = totalBytes !== undefined && bytesReceived < totalBytes ? `the download ended after ${bytesReceived} of ${totalBytes} bytes` : error instanceof Error ? error.message : String(error);
+  return new ThinError('THIN_IO', `Cannot read ${description}: ${problem}`, { cause: error });
+}
+
 /** Compression from a stream's first bytes; throws for formats named but not supported. */
 export function detectCompression(head: Uint8Array, description: string): Compression {
   if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
+  // A skippable frame (magic 0x184D2A50-0x184D2A5F, little-endian; RFC 8878 section 3.1.2) may
+  // come first: pzstd writes one before each frame. The decoder skips them.
+  if ((head[0]! & 0xf0) === 0x50 && head[1] === 0x2a && head[2] === 0x4d && head[3] === 0x18) return 'zstd';
   if (head[0] === 0xfd && head[1] === 0x37 && head[2] === 0x7a && head[3] === 0x58 && head[4] === 0x5a) {
     throw new ThinError('THIN_IMAGE_INVALID', `${description} is xz-compressed; thinbd reads tar, gzip and zstd (decompress it first, e.g. xz -dc ... | thinbd image import ... -)`);
   }
@@ -161,6 +189,19 @@ export function detectCompression(head: Uint8Array, description: string): Compre
 
 /** Decompressed chunks of a compressed chunk source; corrupt input is an error naming the compressed offset. */
 export function decompressChunks(input: ChunkSource, compression: Exclude<Compression, 'none'>, description: string, bytesRead: () => number): ChunkSource {
+  const corrupt = (error: unknown): ThinError => {
+    const message = error instanceof Error ? error.message : String(error);
+    return new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${description}: the ${compression} data is corrupt or truncated (after ${bytesRead()} compressed bytes): ${message}`, { cause: error });
+  };
+  return compression === 'gzip' ? gunzipChunks(input, corrupt) : new ZstdChunks(input, IMAGE_READ_CHUNK_BYTES, corrupt);
+}
+
+/**
+ * gzip through Node's zlib, on libuv's thread pool beside the parser. A source's error (a
+ * download cut short) ends the decompressor with that error through pipeline(), and is reported
+ * as it is, not as corrupt data.
+ */
+function gunzipChunks(input: ChunkSource, corrupt: (error: unknown) => ThinError): ChunkSource {
   async function* compressed(): AsyncGenerator<Uint8Array> {
     for (;;) {
       const chunk = await input.next();
@@ -170,15 +211,14 @@ export function decompressChunks(input: ChunkSource, compression: Exclude<Compre
     }
   }
   // Large output chunks: the default 16 KiB made a chunk (and a parser round trip) per 16 KiB.
-  const decompressor = compression === 'gzip' ? zlib.createGunzip({ chunkSize: IMAGE_READ_CHUNK_BYTES }) : zstdDecompressor();
-  const output = Readable.from(compressed()).pipe(decompressor);
+  const decompressor = zlib.createGunzip({ chunkSize: IMAGE_READ_CHUNK_BYTES });
+  // Every error is read from the decompressor's iterator below; pipeline's own report of it is not needed.
+  pipeline(Readable.from(compressed()), decompressor, () => undefined);
   async function* checked(): AsyncGenerator<Uint8Array> {
     try {
-      for await (const chunk of output) yield chunk as Uint8Array;
+      for await (const chunk of decompressor) yield chunk as Uint8Array;
     } catch (error) {
-      if (error instanceof ThinError) throw error;
-      const message = error instanceof Error ? error.message : String(error);
-      throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${description}: the ${compression} data is corrupt or truncated (after ${bytesRead()} compressed bytes): ${message}`, { cause: error });
+      throw error instanceof ThinError ? error : corrupt(error);
     }
   }
   return new IterableChunks(checked(), async () => {
@@ -187,10 +227,72 @@ export function decompressChunks(input: ChunkSource, compression: Exclude<Compre
   });
 }
 
-/** zstd-napi's streaming decompressor (the reference C library; Node 20 has no zstd in zlib), loaded when first needed. */
-function zstdDecompressor(): Transform {
-  const { DecompressStream } = require('zstd-napi') as typeof import('zstd-napi');
-  return new DecompressStream();
+/**
+ * zstd through the reference library's streaming decoder (zstd-napi's binding of
+ * ZSTD_decompressStream; Node 20 has no zstd in zlib), pulled: each next() decodes into one
+ * buffer of `chunkBytes` until it holds output, so memory stays bounded whatever the ratio. The
+ * package's DecompressStream pushed all the output of an input chunk at once, ignoring
+ * backpressure: 2.2 GB of memory for a 512 MB file of zeros (docs/image.md). Skippable frames
+ * are skipped by the decoder. A chunk is overwritten by the next call (ChunkSource's contract).
+ */
+export class ZstdChunks implements ChunkSource {
+  readonly #input: ChunkSource;
+  readonly #corrupt: (error: unknown) => ThinError;
+  readonly #context: DCtx;
+  readonly #output: Uint8Array;
+  /** The part of the input's last chunk not yet decoded (a view: the input is not pulled again before it is used up). */
+  #pending: Uint8Array = new Uint8Array(0);
+  #inputEnded = false;
+  /** The decoder is inside a frame: the input may not end here. */
+  #inFrame = false;
+  #closed = false;
+
+  constructor(input: ChunkSource, chunkBytes: number, corrupt: (error: unknown) => ThinError) {
+    this.#input = input;
+    this.#corrupt = corrupt;
+    this.#context = new (zstdBinding().DCtx)();
+    this.#output = new Uint8Array(chunkBytes);
+  }
+
+  async next(): Promise<Uint8Array | undefined> {
+    if (this.#closed) return undefined;
+    for (;;) {
+      // With input left, or output the decoder still holds (the last call filled the buffer).
+      let hint: number;
+      let produced: number;
+      let consumed: number;
+      try {
+        [hint, produced, consumed] = this.#context.decompressStream(this.#output, this.#pending);
+      } catch (error) {
+        throw this.#corrupt(error);
+      }
+      this.#pending = this.#pending.subarray(consumed);
+      if (consumed > 0 || produced > 0) this.#inFrame = hint !== 0;
+      if (produced > 0) return this.#output.subarray(0, produced);
+      if (this.#pending.length > 0) {
+        // zstd always moves on with room for output; not doing so would loop here for ever.
+        if (consumed === 0) throw this.#corrupt(new Error('the decoder made no progress'));
+        continue;
+      }
+      if (this.#inputEnded) {
+        if (this.#inFrame) throw this.#corrupt(new Error('the input ends inside a frame'));
+        return undefined;
+      }
+      const chunk = await this.#input.next();
+      if (chunk === undefined) this.#inputEnded = true;
+      else this.#pending = chunk;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#input.close?.();
+  }
+}
+
+/** zstd-napi's binding, loaded when first needed (a flat tar's import never loads it). */
+function zstdBinding(): typeof ZstdBinding {
+  return require('zstd-napi/binding.js') as typeof ZstdBinding;
 }
 
 /** A chunk source that counts and hashes the bytes passing through, and can put back its first chunk. */
@@ -290,7 +392,11 @@ function httpRangeReader(url: string): (beginBytes: number, endBytes: number) =>
       throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: ${(error as Error).message}`, { cause: error });
     }
     if (response.status !== 206) throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: HTTP ${response.status} (expected 206)`);
-    return new Uint8Array(await response.arrayBuffer());
+    try {
+      return new Uint8Array(await response.arrayBuffer());
+    } catch (error) {
+      throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: ${(error as Error).message}`, { cause: error });
+    }
   };
 }
 
@@ -301,6 +407,11 @@ export function isPathSource(source: string): boolean {
 
 /** Opens SOURCE: a path, "-" for standard input, an http(s) URL, or s3://BUCKET/KEY. */
 export async function openSource(source: string, openers: SourceOpeners = {}, stdin: NodeJS.ReadableStream = process.stdin): Promise<OpenedSource> {
+  if (!isPathSource(source) && source !== '-' && !/^(https?|s3):\/\//i.test(source)) {
+    const scheme = source.slice(0, source.indexOf(':'));
+    const hint = /^file$/i.test(scheme) ? ' (for a local file, give its path)' : '';
+    throw new ThinError('THIN_INVALID', `Cannot read ${source}: thinbd does not read ${scheme}:// URLs; a source is a path, - (standard input), an http:// or https:// URL, or s3://BUCKET/KEY${hint}`);
+  }
   let bytes = 0;
   const local = isPathSource(source) ? openLocal(source) : undefined;
   // A regular file is read at offsets and hashed by the worker from its own reads; anything else
@@ -325,7 +436,8 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   try {
     if (source === '-') {
       description = 'standard input';
-      raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>, () => void (stdin as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.()), tap);
+      const stop = (): void => void (stdin as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
+      raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>, stop, (error) => sourceReadError(description, error, bytes, undefined)), tap);
     } else if (/^https?:\/\//i.test(source)) {
       description = source;
       const controller = new AbortController();
@@ -340,7 +452,8 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
       }
       const length = Number(response.headers.get('content-length'));
       totalBytes = Number.isSafeInteger(length) && length > 0 ? length : undefined;
-      raw = tapped(new IterableChunks(response.body as unknown as AsyncIterable<Uint8Array>, () => controller.abort()), tap);
+      const body = response.body as unknown as AsyncIterable<Uint8Array>;
+      raw = tapped(new IterableChunks(body, () => controller.abort(), (error) => sourceReadError(description, error, bytes, totalBytes)), tap);
       if (totalBytes !== undefined && response.headers.get('accept-ranges') === 'bytes') {
         ranges = remoteRanges(totalBytes, httpRangeReader(source), (chunk) => (bytes += chunk.length));
       }
@@ -349,12 +462,12 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
       if (openers.s3 === undefined) throw new ThinError('THIN_INVALID', `Cannot read ${source}: S3 support is not available`);
       const opened = await openers.s3(source);
       totalBytes = opened.totalBytes;
-      raw = tapped(new IterableChunks(opened.stream, opened.close), tap);
+      raw = tapped(new IterableChunks(opened.stream, opened.close, (error) => sourceReadError(description, error, bytes, totalBytes)), tap);
       if (totalBytes !== undefined && opened.readRange !== undefined) ranges = remoteRanges(totalBytes, opened.readRange, (chunk) => (bytes += chunk.length));
     } else if (!isLocal) {
       description = source;
       const stream = fs.createReadStream('', { fd: local!.fd, highWaterMark: IMAGE_READ_CHUNK_BYTES });
-      raw = tapped(new IterableChunks(stream, () => void stream.destroy()), tap);
+      raw = tapped(new IterableChunks(stream, () => void stream.destroy(), (error) => sourceReadError(description, error, bytes, undefined)), tap);
       closeFile = () => void stream.destroy();
     } else {
       description = source;
