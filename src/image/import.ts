@@ -52,6 +52,16 @@ export const IMAGE_LABELS = {
   bytes: 'thinbd.image.bytes',
   layers: 'thinbd.image.layers',
   tags: 'thinbd.image.tags',
+  /**
+   * On the volume being built, from the change that makes it until it becomes the image: the name
+   * it is being built as, so a later import of that name knows a leftover as an import's own.
+   */
+  importing: 'thinbd.image.importing',
+  /**
+   * On an image: its own volume id. Snapshots copy labels but get a new id, so a machine made from
+   * an image is not taken for one (image ls); a rename keeps the id.
+   */
+  volumeId: 'thinbd.image.volume-id',
   layerChain: 'thinbd.layer.chain',
   layerDiffId: 'thinbd.layer.diff-id',
   layerDataEnd: 'thinbd.layer.data-end-block',
@@ -200,16 +210,28 @@ function temporaryName(name: string): string {
   return `${name.slice(0, VOLUME_NAME_LENGTH_MAX - suffix.length)}${suffix}`;
 }
 
+/** What removeStaleImports found under NAME's temporary names. */
+export interface StaleImports {
+  /** Left by an import of NAME (marked as such): removed. */
+  removed: string[];
+  /** Named like a temporary volume of NAME but not marked as an import's own: left alone. */
+  leftAlone: string[];
+}
+
 /**
  * Removes what an import of NAME killed before it could clean up left behind (its temporary
  * volumes); the caller holds the pool alone (the CLI's pool lock), so no such import is running.
+ * Only volumes that carry the import's mark for NAME (set in the change that made them) are
+ * removed: a volume someone else named the same way is left alone. Since every import picks a new
+ * random temporary name, such a volume never stands in an import's way.
  */
-export async function removeStaleImports(pool: Pool, name: string): Promise<string[]> {
+export async function removeStaleImports(pool: Pool, name: string): Promise<StaleImports> {
   const prefix = `${name.slice(0, VOLUME_NAME_LENGTH_MAX - TEMPORARY_SUFFIX_BYTES)}.importing-`;
-  const stale = pool.list().filter((info) => info.name.startsWith(prefix) && /^[0-9a-f]{8}$/.test(info.name.slice(prefix.length)) && !info.readOnly);
+  const named = pool.list().filter((info) => info.name.startsWith(prefix) && /^[0-9a-f]{8}$/.test(info.name.slice(prefix.length)));
+  const stale = named.filter((info) => !info.readOnly && info.labels[IMAGE_LABELS.importing] === name);
   for (const info of stale) await pool.removeVolume(info.name);
   if (stale.length > 0) await pool.flush();
-  return stale.map((info) => info.name);
+  return { removed: stale.map((info) => info.name), leftAlone: named.filter((info) => !stale.includes(info)).map((info) => info.name) };
 }
 
 /** Counts what would be written; a dry run (measureImage) writes here. */
@@ -290,10 +312,13 @@ class ImageBuild {
     if (this.#pool !== undefined) {
       const temporary = temporaryName(this.#name);
       const sizeBytes = this.#options.sizeBytes ?? FS_BLOCKS_MAX * BLOCK_SIZE_BYTES;
+      // Marked in the change that makes it (no commit between can leave it unmarked); a snapshot of
+      // a layer volume does not keep the layer's labels, or a leftover could pass for a layer volume.
+      const labels = { [IMAGE_LABELS.importing]: this.#name };
       if (base === undefined) {
-        this.#volume = await this.#pool.createVolume(temporary, { sizeBytes });
+        this.#volume = await this.#pool.createVolume(temporary, { sizeBytes, labels });
       } else {
-        this.#volume = await this.#pool.snapshot(base, temporary);
+        this.#volume = await this.#pool.snapshot(base, temporary, { labels });
         if (this.#volume.sizeBytes !== sizeBytes) await this.#pool.resizeVolume(temporary, sizeBytes);
       }
       this.#temporary = temporary;
@@ -626,6 +651,7 @@ class ImageBuild {
       [IMAGE_LABELS.format]: this.#opened.compression === 'none' ? format : `${format}+${this.#opened.compression}`,
       [IMAGE_LABELS.files]: String(summary.files),
       [IMAGE_LABELS.bytes]: String(summary.fileBytes),
+      [IMAGE_LABELS.volumeId]: String(this.#volume!.id),
     };
     if (layers.length > 0) labels[IMAGE_LABELS.layers] = String(layers.length);
     if (tags.length > 0) labels[IMAGE_LABELS.tags] = tags.join(',');

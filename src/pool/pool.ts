@@ -187,6 +187,8 @@ export interface CreateVolumeOptions {
 
 export interface SnapshotOptions {
   readOnly?: boolean;
+  /** The snapshot's labels, set in the same change that makes it; default: the source's. */
+  labels?: Record<string, string>;
 }
 
 function metadataBlockCountFor(options: PoolCreateOptions): number {
@@ -483,7 +485,7 @@ export class Pool {
     return this.#holdingWholeVolume(source, async () => {
       const room = this.#core.space.metadataForNewVolume(`snapshot ${sourceName} as ${name}`);
       if (room !== undefined) await room;
-      return this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true));
+      return this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true, options.labels));
     });
   }
 

@@ -49,7 +49,11 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
       const parseThread = startParseThreadAhead(source, format);
       const result = await withPool(poolDirectory(options.pool), 'write', async (pool) => {
         // A killed import of the same name left its temporary volume: this one holds the pool alone.
-        for (const stale of await removeStaleImports(pool, name)) reporter.note(`Removed ${stale}, left by an import that did not finish`);
+        const stale = await removeStaleImports(pool, name);
+        for (const removed of stale.removed) reporter.note(`Removed ${removed}, left by an import that did not finish`);
+        for (const kept of stale.leftAlone) {
+          reporter.note(`Left ${kept} alone: named like a temporary volume of this import, but not marked as one (if it is a leftover, thinbd remove ${kept} removes it)`);
+        }
         return await importImage(pool, name, source, {
           ...(sizeBytes === undefined ? {} : { sizeBytes }),
           format,
