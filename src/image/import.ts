@@ -19,6 +19,7 @@
 // read first). A stream (stdin, a compressed archive) is read once in archive order; its layers
 // are applied in the manifest's order at the end and its data is not shared.
 import { createHash, randomBytes } from 'node:crypto';
+import { resolve as resolvePath } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { ThinError, isThinError } from '../errors.ts';
 import { IMAGE_JSON_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
@@ -176,7 +177,7 @@ async function runImport(pool: Pool | undefined, name: string, source: string, o
   const cpuBefore = process.cpuUsage();
   options.signal?.throwIfAborted();
   const opened = await openSource(source, options.openers, options.stdin);
-  const build = new ImageBuild(pool, name, opened, options);
+  const build = new ImageBuild(pool, name, opened, recordedSource(source, opened), options);
   // Aborting closes the source, so a read waiting for input (a pipe, a download) ends at once.
   const onAbort = (): void => void opened.close().catch(() => undefined);
   options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -194,6 +195,15 @@ async function runImport(pool: Pool | undefined, name: string, source: string, o
     options.signal?.removeEventListener('abort', onAbort);
     await opened.close().catch(() => undefined);
   }
+}
+
+/**
+ * What the image's source label records: a local path made absolute (a relative one names nothing
+ * once the shell's directory changes), anything else as the source describes itself (a URL,
+ * "standard input").
+ */
+function recordedSource(source: string, opened: OpenedSource): string {
+  return isPathSource(source) ? resolvePath(source) : opened.description;
 }
 
 /** The file system's metadata, written: what it holds and what writing it took. */
@@ -245,6 +255,8 @@ class ImageBuild {
   readonly #pool: Pool | undefined;
   readonly #name: string;
   readonly #opened: OpenedSource;
+  /** The source as the image's labels record it (recordedSource). */
+  readonly #source: string;
   readonly #options: ImageImportOptions;
   readonly #nowSeconds: number;
   readonly #tree: FsTree;
@@ -262,10 +274,11 @@ class ImageBuild {
   /** Source bytes the parsing thread read (it reads a local file itself). */
   #threadBytesRead = 0;
 
-  constructor(pool: Pool | undefined, name: string, opened: OpenedSource, options: ImageImportOptions) {
+  constructor(pool: Pool | undefined, name: string, opened: OpenedSource, source: string, options: ImageImportOptions) {
     this.#pool = pool;
     this.#name = name;
     this.#opened = opened;
+    this.#source = source;
     this.#options = options;
     this.#nowSeconds = Math.floor((options.now ?? Date.now)() / 1000);
     this.#tree = new FsTree(this.#nowSeconds);
@@ -621,7 +634,7 @@ class ImageBuild {
     const sizeBytes = this.#options.sizeBytes ?? summary.geometry.blockCount * BLOCK_SIZE_BYTES;
     const result = {
       name: this.#name,
-      source: this.#opened.description,
+      source: this.#source,
       format,
       compression: this.#opened.compression,
       digest,
@@ -646,7 +659,7 @@ class ImageBuild {
     await this.#pool.resizeVolume(temporary, sizeBytes);
     const labels: Record<string, string> = {
       ...this.#options.labels,
-      [IMAGE_LABELS.source]: this.#opened.description,
+      [IMAGE_LABELS.source]: this.#source,
       [IMAGE_LABELS.digest]: digest,
       [IMAGE_LABELS.format]: this.#opened.compression === 'none' ? format : `${format}+${this.#opened.compression}`,
       [IMAGE_LABELS.files]: String(summary.files),

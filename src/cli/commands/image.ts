@@ -88,7 +88,7 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
 
   image
     .command('ls')
-    .description('list the images in the pool with their source, digest, files and bytes')
+    .description('list the images in the pool (not their snapshots) with their source, digest, files, bytes and snapshot count')
     .addOption(poolOption())
     .option('--json', 'print JSON')
     .action(async (options) => {
@@ -106,9 +106,10 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
         formatSize(item.sizeBytes),
         formatSize(item.exclusiveBytes),
         formatSize(item.sharedBytes),
+        String(item.snapshots),
         item.source,
       ]);
-      const header = ['NAME', 'DIGEST', 'FORMAT', 'FILES', 'BYTES', 'SIZE', 'EXCLUSIVE', 'SHARED', 'SOURCE'];
+      const header = ['NAME', 'DIGEST', 'FORMAT', 'FILES', 'BYTES', 'SIZE', 'EXCLUSIVE', 'SHARED', 'SNAPSHOTS', 'SOURCE'];
       for (const line of formatTable(header, rows)) reporter.out(line);
     });
 
