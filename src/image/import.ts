@@ -22,7 +22,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { ThinError, isThinError } from '../errors.ts';
-import { IMAGE_JSON_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
+import { DATA_BLOCK_SIZE_BYTES_DEFAULT, IMAGE_JSON_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
 import { dataReserveBlocks } from '../pool/allocator.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
@@ -41,6 +41,7 @@ import { ParseThread, parseOnThread } from './parse-thread.ts';
 import { NotTarError, TarReader, drainTrailer, type TarEntry } from './tar.ts';
 import { FsTree } from './tree.ts';
 import { WriteBackPacer } from './write-back.ts';
+import { MappedBlockCounter } from './mapped-blocks.ts';
 
 export type ImageFormat = 'auto' | 'tar' | 'oci';
 
@@ -82,9 +83,6 @@ export const LAYER_LAYOUT_VERSION = `2-${DATA_BEGIN_BLOCK}`;
  */
 const HIGH_WATER_MARK_AHEAD_OF_SOURCE = 1.25;
 
-/** The pool block size a dry run rounds to (the pool default). */
-const DRY_RUN_POOL_BLOCK_BYTES = 64 * 1024;
-
 export interface ImageImportOptions {
   /** The volume's size; default: what the image needs plus headroom (docs/image.md). */
   sizeBytes?: number;
@@ -94,6 +92,8 @@ export interface ImageImportOptions {
   onProgress?: (doneBytes: number, totalBytes: number | undefined) => void;
   /** Openers for s3:// sources. */
   openers?: SourceOpeners;
+  /** A dry run (measureImage): the block size of the pool it counts for (default the pool default, 64 KiB). */
+  poolBlockSizeBytes?: number;
   stdin?: NodeJS.ReadableStream;
   /** Wall clock in ms (tests fix it). */
   now?: () => number;
@@ -244,14 +244,8 @@ export async function removeStaleImports(pool: Pool, name: string): Promise<Stal
   return { removed: stale.map((info) => info.name), leftAlone: named.filter((info) => !stale.includes(info)).map((info) => info.name) };
 }
 
-/** Counts what would be written; a dry run (measureImage) writes here. */
-const NOWHERE: BlockTarget = {
-  write: async () => undefined,
-  discard: async () => undefined,
-};
-
 class ImageBuild {
-  /** Undefined for a dry run: nothing is created, data is only placed (counted). */
+  /** Undefined for a dry run: nothing is created, the writes are only counted (MappedBlockCounter). */
   readonly #pool: Pool | undefined;
   readonly #name: string;
   readonly #opened: OpenedSource;
@@ -267,6 +261,8 @@ class ImageBuild {
   #data: DataStream | undefined;
   #buffers: BufferPool | undefined;
   #sharing: SharingTarget | undefined;
+  /** A dry run's target: the pool blocks an import would map. */
+  #counter: MappedBlockCounter | undefined;
   #index: BlockIndex | undefined;
   #writeBack: WriteBackPacer | undefined;
   readonly #layerVolumesMade: string[] = [];
@@ -282,7 +278,7 @@ class ImageBuild {
     this.#options = options;
     this.#nowSeconds = Math.floor((options.now ?? Date.now)() / 1000);
     this.#tree = new FsTree(this.#nowSeconds);
-    this.#blockSizeBytes = pool?.status().blockSizeBytes ?? DRY_RUN_POOL_BLOCK_BYTES;
+    this.#blockSizeBytes = pool?.status().blockSizeBytes ?? options.poolBlockSizeBytes ?? DATA_BLOCK_SIZE_BYTES_DEFAULT;
   }
 
   /** Source bytes read, by this thread or the parsing thread. */
@@ -321,8 +317,12 @@ class ImageBuild {
 
   /** Makes the volume being built: empty, or a writable snapshot of a layer volume. */
   async #begin(base?: string): Promise<void> {
-    let target = NOWHERE;
-    if (this.#pool !== undefined) {
+    let target: BlockTarget;
+    if (this.#pool === undefined) {
+      // A dry run lays the data out as an import would, and only counts where it would go.
+      this.#counter = new MappedBlockCounter(this.#blockSizeBytes);
+      target = this.#counter;
+    } else {
       const temporary = temporaryName(this.#name);
       const sizeBytes = this.#options.sizeBytes ?? FS_BLOCKS_MAX * BLOCK_SIZE_BYTES;
       // Marked in the change that makes it (no commit between can leave it unmarked); a snapshot of
@@ -358,8 +358,6 @@ class ImageBuild {
       alignBytes: this.#blockSizeBytes,
       buffers: this.#buffers,
     });
-    // A dry run places data without copying it anywhere.
-    if (this.#pool === undefined) await this.#data.startSkipping();
   }
 
   async run(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
@@ -622,6 +620,7 @@ class ImageBuild {
     await data.finish();
     const dataBytesGiven = queue.bytesWritten;
     this.#sharing?.stop();
+    this.#counter?.stop();
     const summary = await writeFilesystem(queue, this.#buffers!, this.#tree, { ...this.#filesystemOptions(), dataEndBlock: data.cursorBlock });
     await queue.drain();
     return this.#complete(format, digest, layers, tags, { summary, metadataBytesWritten: queue.bytesWritten - dataBytesGiven });
@@ -643,7 +642,7 @@ class ImageBuild {
       fileBytes: summary.fileBytes,
       sizeBytes,
       sourceBytes: this.#bytesRead(),
-      // A dry run skips the data: what it would write is the data region's live blocks.
+      // A dry run shares nothing: what it would write is the data region's live blocks.
       dataBytesWritten: counts === undefined ? summary.fileBlockBytes : counts.writtenBytes,
       dataBytesShared: counts?.sharedBytes ?? 0,
       dataBytesZero: counts?.zeroBytes ?? 0,
@@ -651,8 +650,11 @@ class ImageBuild {
       blocksMapped: 0,
       layers,
     };
-    if (this.#pool === undefined) return { ...result, blocksMapped: Math.ceil((summary.fileBlockBytes + metadataBytesWritten) / this.#blockSizeBytes) };
-    await this.#discardFreeData(summary.freeDataRuns);
+    if (this.#pool === undefined) {
+      await this.#discardFreeData(this.#counter!, summary.freeDataRuns);
+      return { ...result, blocksMapped: this.#counter!.mappedBlocks };
+    }
+    await this.#discardFreeData(this.#volume!, summary.freeDataRuns);
     // The image's blocks join the index for later imports (the records name the volume by id, which the rename keeps).
     await this.#index!.save(this.#pool);
     const temporary = this.#temporary!;
@@ -678,13 +680,12 @@ class ImageBuild {
   }
 
   /** Data of replaced and whited-out files is not kept: whole pool blocks in free runs are unmapped. */
-  async #discardFreeData(runs: readonly number[]): Promise<void> {
-    const volume = this.#volume!;
+  async #discardFreeData(target: Pick<BlockTarget, 'discard'>, runs: readonly number[]): Promise<void> {
     const poolBlock = this.#blockSizeBytes;
     for (let index = 0; index < runs.length; index += 2) {
       const begin = Math.ceil((runs[index]! * BLOCK_SIZE_BYTES) / poolBlock) * poolBlock;
       const end = Math.floor((runs[index + 1]! * BLOCK_SIZE_BYTES) / poolBlock) * poolBlock;
-      if (end > begin) await volume.discard(begin, end - begin);
+      if (end > begin) await target.discard(begin, end - begin);
     }
   }
 
