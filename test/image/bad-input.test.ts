@@ -168,7 +168,7 @@ test("a killed import's temporary volume is removed by the next import of that n
   const again = thinbd(['image', 'import', '--pool', pool, 'stopped', good]);
   assert.equal(again.code, 0, again.stderr);
   assert.match(again.stderr, /Removed stopped\.importing-0123abcd, left by an import that did not finish/);
-  assert.match(again.stderr, /Left stopped\.importing-4567cdef alone: .* not marked as one \(if it is a leftover, thinbd remove stopped\.importing-4567cdef removes it\)/);
+  assert.match(again.stderr, /Left stopped\.importing-4567cdef alone: .* not marked as one \(if it is a leftover, thinbd remove --pool \S+ stopped\.importing-4567cdef removes it\)/);
   assert.match(again.stderr, /Left stopped\.importing-89abcdef alone/);
   const names = (JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string }>).map((volume) => volume.name);
   assert.ok(!names.includes('stopped.importing-0123abcd'));

@@ -47,12 +47,13 @@ export function registerImageCommands(program: Command, reporter: Reporter, resu
       process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
       // The thread that will parse a local tar starts loading now, while the pool and the source open.
       const parseThread = startParseThreadAhead(source, format);
-      const result = await withPool(poolDirectory(options.pool), 'write', async (pool) => {
+      const directory = poolDirectory(options.pool);
+      const result = await withPool(directory, 'write', async (pool) => {
         // A killed import of the same name left its temporary volume: this one holds the pool alone.
         const stale = await removeStaleImports(pool, name);
         for (const removed of stale.removed) reporter.note(`Removed ${removed}, left by an import that did not finish`);
         for (const kept of stale.leftAlone) {
-          reporter.note(`Left ${kept} alone: named like a temporary volume of this import, but not marked as one (if it is a leftover, thinbd remove ${kept} removes it)`);
+          reporter.note(`Left ${kept} alone: named like a temporary volume of this import, but not marked as one (if it is a leftover, thinbd remove --pool ${directory} ${kept} removes it)`);
         }
         return await importImage(pool, name, source, {
           ...(sizeBytes === undefined ? {} : { sizeBytes }),
