@@ -586,12 +586,10 @@ class ImageBuild {
     const name = `layer.${chain.slice('sha256:'.length, 'sha256:'.length + 16)}`;
     if (this.#pool === undefined || this.#pool.list().some((info) => info.name === name)) return undefined;
     await this.#data!.flush();
-    await this.#pool.snapshot(this.#temporary!, name);
-    this.#layerVolumesMade.push(name);
-    // Sized to its data (its virtual size is only what `list` shows).
-    await this.#pool.resizeVolume(name, this.#data!.cursorBlock * BLOCK_SIZE_BYTES);
-    await this.#pool.updateVolume(name, {
-      readOnly: true,
+    // Labelled in the change that makes it: a kill before it is made read-only leaves a layer
+    // volume a later import can use (its data is the layers'), not one that only blocks the name
+    // with the labels of the volume being built.
+    await this.#pool.snapshot(this.#temporary!, name, {
       labels: {
         [IMAGE_LABELS.layerChain]: chain,
         [IMAGE_LABELS.layerDiffId]: diffId,
@@ -599,6 +597,10 @@ class ImageBuild {
         [IMAGE_LABELS.layerLayout]: LAYER_LAYOUT_VERSION,
       },
     });
+    this.#layerVolumesMade.push(name);
+    // Sized to its data (its virtual size is only what `list` shows).
+    await this.#pool.resizeVolume(name, this.#data!.cursorBlock * BLOCK_SIZE_BYTES);
+    await this.#pool.updateVolume(name, { readOnly: true });
     return name;
   }
 

@@ -510,6 +510,7 @@ export class PoolCore {
     this.assertWritable();
     if (source.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${source.details.name} was removed`);
     this.devices.validateNewName(name);
+    if (labels !== undefined) validateLabels(labels);
     const id = this.devices.nextId();
     this.devices.assertTimeLeft();
     const details: VolumeDetails = {
