@@ -118,7 +118,9 @@ export class LocalPoolService implements PoolService {
   }
 
   async snapshot(request: SnapshotRequest): Promise<{ id: number }> {
-    const snapshot = await this.pool.snapshot(request.source, request.name, { readOnly: Boolean(request.readOnly), labels: request.labels ?? {} });
+    // The request's labels add to those the snapshot copies from its source (Pool.snapshot's replace them).
+    const labels = request.labels === undefined ? undefined : { ...this.pool.list().find((info) => info.name === request.source)?.labels, ...request.labels };
+    const snapshot = await this.pool.snapshot(request.source, request.name, { readOnly: Boolean(request.readOnly), ...(labels === undefined ? {} : { labels }) });
     await this.pool.flush();
     this.#hooks.afterChange?.();
     return { id: snapshot.id };

@@ -19,9 +19,10 @@
 // read first). A stream (stdin, a compressed archive) is read once in archive order; its layers
 // are applied in the manifest's order at the end and its data is not shared.
 import { createHash, randomBytes } from 'node:crypto';
+import { resolve as resolvePath } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { ThinError, isThinError } from '../errors.ts';
-import { IMAGE_JSON_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
+import { DATA_BLOCK_SIZE_BYTES_DEFAULT, IMAGE_JSON_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BYTES, VOLUME_NAME_LENGTH_MAX } from '../constants.ts';
 import { dataReserveBlocks } from '../pool/allocator.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
@@ -40,6 +41,7 @@ import { ParseThread, parseOnThread } from './parse-thread.ts';
 import { NotTarError, TarReader, drainTrailer, type TarEntry } from './tar.ts';
 import { FsTree } from './tree.ts';
 import { WriteBackPacer } from './write-back.ts';
+import { MappedBlockCounter } from './mapped-blocks.ts';
 
 export type ImageFormat = 'auto' | 'tar' | 'oci';
 
@@ -52,6 +54,16 @@ export const IMAGE_LABELS = {
   bytes: 'thinbd.image.bytes',
   layers: 'thinbd.image.layers',
   tags: 'thinbd.image.tags',
+  /**
+   * On the volume being built, from the change that makes it until it becomes the image: the name
+   * it is being built as, so a later import of that name knows a leftover as an import's own.
+   */
+  importing: 'thinbd.image.importing',
+  /**
+   * On an image: its own volume id. Snapshots copy labels but get a new id, so a machine made from
+   * an image is not taken for one (image ls); a rename keeps the id.
+   */
+  volumeId: 'thinbd.image.volume-id',
   layerChain: 'thinbd.layer.chain',
   layerDiffId: 'thinbd.layer.diff-id',
   layerDataEnd: 'thinbd.layer.data-end-block',
@@ -71,9 +83,6 @@ export const LAYER_LAYOUT_VERSION = `2-${DATA_BEGIN_BLOCK}`;
  */
 const HIGH_WATER_MARK_AHEAD_OF_SOURCE = 1.25;
 
-/** The pool block size a dry run rounds to (the pool default). */
-const DRY_RUN_POOL_BLOCK_BYTES = 64 * 1024;
-
 export interface ImageImportOptions {
   /** The volume's size; default: what the image needs plus headroom (docs/image.md). */
   sizeBytes?: number;
@@ -83,6 +92,8 @@ export interface ImageImportOptions {
   onProgress?: (doneBytes: number, totalBytes: number | undefined) => void;
   /** Openers for s3:// sources. */
   openers?: SourceOpeners;
+  /** A dry run (measureImage): the block size of the pool it counts for (default the pool default, 64 KiB). */
+  poolBlockSizeBytes?: number;
   stdin?: NodeJS.ReadableStream;
   /** Wall clock in ms (tests fix it). */
   now?: () => number;
@@ -166,7 +177,7 @@ async function runImport(pool: Pool | undefined, name: string, source: string, o
   const cpuBefore = process.cpuUsage();
   options.signal?.throwIfAborted();
   const opened = await openSource(source, options.openers, options.stdin);
-  const build = new ImageBuild(pool, name, opened, options);
+  const build = new ImageBuild(pool, name, opened, recordedSource(source, opened), options);
   // Aborting closes the source, so a read waiting for input (a pipe, a download) ends at once.
   const onAbort = (): void => void opened.close().catch(() => undefined);
   options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -186,6 +197,15 @@ async function runImport(pool: Pool | undefined, name: string, source: string, o
   }
 }
 
+/**
+ * What the image's source label records: a local path made absolute (a relative one names nothing
+ * once the shell's directory changes), anything else as the source describes itself (a URL,
+ * "standard input").
+ */
+function recordedSource(source: string, opened: OpenedSource): string {
+  return isPathSource(source) ? resolvePath(source) : opened.description;
+}
+
 /** The file system's metadata, written: what it holds and what writing it took. */
 interface BuiltFilesystem {
   summary: FilesystemSummary;
@@ -200,29 +220,37 @@ function temporaryName(name: string): string {
   return `${name.slice(0, VOLUME_NAME_LENGTH_MAX - suffix.length)}${suffix}`;
 }
 
+/** What removeStaleImports found under NAME's temporary names. */
+export interface StaleImports {
+  /** Left by an import of NAME (marked as such): removed. */
+  removed: string[];
+  /** Named like a temporary volume of NAME but not marked as an import's own: left alone. */
+  leftAlone: string[];
+}
+
 /**
  * Removes what an import of NAME killed before it could clean up left behind (its temporary
  * volumes); the caller holds the pool alone (the CLI's pool lock), so no such import is running.
+ * Only volumes that carry the import's mark for NAME (set in the change that made them) are
+ * removed: a volume someone else named the same way is left alone. Since every import picks a new
+ * random temporary name, such a volume never stands in an import's way.
  */
-export async function removeStaleImports(pool: Pool, name: string): Promise<string[]> {
+export async function removeStaleImports(pool: Pool, name: string): Promise<StaleImports> {
   const prefix = `${name.slice(0, VOLUME_NAME_LENGTH_MAX - TEMPORARY_SUFFIX_BYTES)}.importing-`;
-  const stale = pool.list().filter((info) => info.name.startsWith(prefix) && /^[0-9a-f]{8}$/.test(info.name.slice(prefix.length)) && !info.readOnly);
+  const named = pool.list().filter((info) => info.name.startsWith(prefix) && /^[0-9a-f]{8}$/.test(info.name.slice(prefix.length)));
+  const stale = named.filter((info) => !info.readOnly && info.labels[IMAGE_LABELS.importing] === name);
   for (const info of stale) await pool.removeVolume(info.name);
   if (stale.length > 0) await pool.flush();
-  return stale.map((info) => info.name);
+  return { removed: stale.map((info) => info.name), leftAlone: named.filter((info) => !stale.includes(info)).map((info) => info.name) };
 }
 
-/** Counts what would be written; a dry run (measureImage) writes here. */
-const NOWHERE: BlockTarget = {
-  write: async () => undefined,
-  discard: async () => undefined,
-};
-
 class ImageBuild {
-  /** Undefined for a dry run: nothing is created, data is only placed (counted). */
+  /** Undefined for a dry run: nothing is created, the writes are only counted (MappedBlockCounter). */
   readonly #pool: Pool | undefined;
   readonly #name: string;
   readonly #opened: OpenedSource;
+  /** The source as the image's labels record it (recordedSource). */
+  readonly #source: string;
   readonly #options: ImageImportOptions;
   readonly #nowSeconds: number;
   readonly #tree: FsTree;
@@ -233,6 +261,8 @@ class ImageBuild {
   #data: DataStream | undefined;
   #buffers: BufferPool | undefined;
   #sharing: SharingTarget | undefined;
+  /** A dry run's target: the pool blocks an import would map. */
+  #counter: MappedBlockCounter | undefined;
   #index: BlockIndex | undefined;
   #writeBack: WriteBackPacer | undefined;
   readonly #layerVolumesMade: string[] = [];
@@ -240,14 +270,15 @@ class ImageBuild {
   /** Source bytes the parsing thread read (it reads a local file itself). */
   #threadBytesRead = 0;
 
-  constructor(pool: Pool | undefined, name: string, opened: OpenedSource, options: ImageImportOptions) {
+  constructor(pool: Pool | undefined, name: string, opened: OpenedSource, source: string, options: ImageImportOptions) {
     this.#pool = pool;
     this.#name = name;
     this.#opened = opened;
+    this.#source = source;
     this.#options = options;
     this.#nowSeconds = Math.floor((options.now ?? Date.now)() / 1000);
     this.#tree = new FsTree(this.#nowSeconds);
-    this.#blockSizeBytes = pool?.status().blockSizeBytes ?? DRY_RUN_POOL_BLOCK_BYTES;
+    this.#blockSizeBytes = pool?.status().blockSizeBytes ?? options.poolBlockSizeBytes ?? DATA_BLOCK_SIZE_BYTES_DEFAULT;
   }
 
   /** Source bytes read, by this thread or the parsing thread. */
@@ -286,14 +317,21 @@ class ImageBuild {
 
   /** Makes the volume being built: empty, or a writable snapshot of a layer volume. */
   async #begin(base?: string): Promise<void> {
-    let target = NOWHERE;
-    if (this.#pool !== undefined) {
+    let target: BlockTarget;
+    if (this.#pool === undefined) {
+      // A dry run lays the data out as an import would, and only counts where it would go.
+      this.#counter = new MappedBlockCounter(this.#blockSizeBytes);
+      target = this.#counter;
+    } else {
       const temporary = temporaryName(this.#name);
       const sizeBytes = this.#options.sizeBytes ?? FS_BLOCKS_MAX * BLOCK_SIZE_BYTES;
+      // Marked in the change that makes it (no commit between can leave it unmarked); a snapshot of
+      // a layer volume does not keep the layer's labels, or a leftover could pass for a layer volume.
+      const labels = { [IMAGE_LABELS.importing]: this.#name };
       if (base === undefined) {
-        this.#volume = await this.#pool.createVolume(temporary, { sizeBytes });
+        this.#volume = await this.#pool.createVolume(temporary, { sizeBytes, labels });
       } else {
-        this.#volume = await this.#pool.snapshot(base, temporary);
+        this.#volume = await this.#pool.snapshot(base, temporary, { labels });
         if (this.#volume.sizeBytes !== sizeBytes) await this.#pool.resizeVolume(temporary, sizeBytes);
       }
       this.#temporary = temporary;
@@ -320,8 +358,6 @@ class ImageBuild {
       alignBytes: this.#blockSizeBytes,
       buffers: this.#buffers,
     });
-    // A dry run places data without copying it anywhere.
-    if (this.#pool === undefined) await this.#data.startSkipping();
   }
 
   async run(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
@@ -550,12 +586,10 @@ class ImageBuild {
     const name = `layer.${chain.slice('sha256:'.length, 'sha256:'.length + 16)}`;
     if (this.#pool === undefined || this.#pool.list().some((info) => info.name === name)) return undefined;
     await this.#data!.flush();
-    await this.#pool.snapshot(this.#temporary!, name);
-    this.#layerVolumesMade.push(name);
-    // Sized to its data (its virtual size is only what `list` shows).
-    await this.#pool.resizeVolume(name, this.#data!.cursorBlock * BLOCK_SIZE_BYTES);
-    await this.#pool.updateVolume(name, {
-      readOnly: true,
+    // Labelled in the change that makes it: a kill before it is made read-only leaves a layer
+    // volume a later import can use (its data is the layers'), not one that only blocks the name
+    // with the labels of the volume being built.
+    await this.#pool.snapshot(this.#temporary!, name, {
       labels: {
         [IMAGE_LABELS.layerChain]: chain,
         [IMAGE_LABELS.layerDiffId]: diffId,
@@ -563,6 +597,10 @@ class ImageBuild {
         [IMAGE_LABELS.layerLayout]: LAYER_LAYOUT_VERSION,
       },
     });
+    this.#layerVolumesMade.push(name);
+    // Sized to its data (its virtual size is only what `list` shows).
+    await this.#pool.resizeVolume(name, this.#data!.cursorBlock * BLOCK_SIZE_BYTES);
+    await this.#pool.updateVolume(name, { readOnly: true });
     return name;
   }
 
@@ -584,6 +622,7 @@ class ImageBuild {
     await data.finish();
     const dataBytesGiven = queue.bytesWritten;
     this.#sharing?.stop();
+    this.#counter?.stop();
     const summary = await writeFilesystem(queue, this.#buffers!, this.#tree, { ...this.#filesystemOptions(), dataEndBlock: data.cursorBlock });
     await queue.drain();
     return this.#complete(format, digest, layers, tags, { summary, metadataBytesWritten: queue.bytesWritten - dataBytesGiven });
@@ -596,7 +635,7 @@ class ImageBuild {
     const sizeBytes = this.#options.sizeBytes ?? summary.geometry.blockCount * BLOCK_SIZE_BYTES;
     const result = {
       name: this.#name,
-      source: this.#opened.description,
+      source: this.#source,
       format,
       compression: this.#opened.compression,
       digest,
@@ -605,7 +644,7 @@ class ImageBuild {
       fileBytes: summary.fileBytes,
       sizeBytes,
       sourceBytes: this.#bytesRead(),
-      // A dry run skips the data: what it would write is the data region's live blocks.
+      // A dry run shares nothing: what it would write is the data region's live blocks.
       dataBytesWritten: counts === undefined ? summary.fileBlockBytes : counts.writtenBytes,
       dataBytesShared: counts?.sharedBytes ?? 0,
       dataBytesZero: counts?.zeroBytes ?? 0,
@@ -613,19 +652,23 @@ class ImageBuild {
       blocksMapped: 0,
       layers,
     };
-    if (this.#pool === undefined) return { ...result, blocksMapped: Math.ceil((summary.fileBlockBytes + metadataBytesWritten) / this.#blockSizeBytes) };
-    await this.#discardFreeData(summary.freeDataRuns);
+    if (this.#pool === undefined) {
+      await this.#discardFreeData(this.#counter!, summary.freeDataRuns);
+      return { ...result, blocksMapped: this.#counter!.mappedBlocks };
+    }
+    await this.#discardFreeData(this.#volume!, summary.freeDataRuns);
     // The image's blocks join the index for later imports (the records name the volume by id, which the rename keeps).
     await this.#index!.save(this.#pool);
     const temporary = this.#temporary!;
     await this.#pool.resizeVolume(temporary, sizeBytes);
     const labels: Record<string, string> = {
       ...this.#options.labels,
-      [IMAGE_LABELS.source]: this.#opened.description,
+      [IMAGE_LABELS.source]: this.#source,
       [IMAGE_LABELS.digest]: digest,
       [IMAGE_LABELS.format]: this.#opened.compression === 'none' ? format : `${format}+${this.#opened.compression}`,
       [IMAGE_LABELS.files]: String(summary.files),
       [IMAGE_LABELS.bytes]: String(summary.fileBytes),
+      [IMAGE_LABELS.volumeId]: String(this.#volume!.id),
     };
     if (layers.length > 0) labels[IMAGE_LABELS.layers] = String(layers.length);
     if (tags.length > 0) labels[IMAGE_LABELS.tags] = tags.join(',');
@@ -639,13 +682,12 @@ class ImageBuild {
   }
 
   /** Data of replaced and whited-out files is not kept: whole pool blocks in free runs are unmapped. */
-  async #discardFreeData(runs: readonly number[]): Promise<void> {
-    const volume = this.#volume!;
+  async #discardFreeData(target: Pick<BlockTarget, 'discard'>, runs: readonly number[]): Promise<void> {
     const poolBlock = this.#blockSizeBytes;
     for (let index = 0; index < runs.length; index += 2) {
       const begin = Math.ceil((runs[index]! * BLOCK_SIZE_BYTES) / poolBlock) * poolBlock;
       const end = Math.floor((runs[index + 1]! * BLOCK_SIZE_BYTES) / poolBlock) * poolBlock;
-      if (end > begin) await volume.discard(begin, end - begin);
+      if (end > begin) await target.discard(begin, end - begin);
     }
   }
 

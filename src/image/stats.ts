@@ -2,10 +2,16 @@
 // before sizing pools: how many, how large in all, the smallest, the largest, the average, the top
 // N with their keys. With `deep`, each image is read as an import would read it (nothing written):
 // its files, their bytes, and the pool space importing it alone would take.
+//
+// Only files that look like images are counted (a readme beside them is not one): in a directory,
+// by their first bytes (a tar header, gzip or zstd: what import reads); under an S3 prefix, by the
+// key's extension (.tar, .tar.gz, .tgz, .tar.zst, .tzst), since reading each object's first bytes
+// would be a request per object. The others are counted as skipped.
 import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError } from '../errors.ts';
 import { S3Bucket, isS3Url } from '../io/s3.ts';
+import { DATA_BLOCK_SIZE_BYTES_DEFAULT } from '../constants.ts';
 import { measureImage } from './import.ts';
 import type { SourceOpeners } from './source.ts';
 
@@ -15,6 +21,8 @@ export interface ImageStatsOptions {
   openers?: SourceOpeners;
   /** S3-compatible endpoint for an s3:// source. */
   endpoint?: string;
+  /** The block size of the pool deep counts for (default the pool default, 64 KiB). */
+  poolBlockSizeBytes?: number;
 }
 
 export interface ImageStatsEntry {
@@ -29,6 +37,8 @@ export interface ImageStatsEntry {
 export interface ImageStats {
   source: string;
   count: number;
+  /** Files (or objects) that do not look like images, not counted. */
+  skipped: number;
   totalBytes: number;
   minBytes: number;
   maxBytes: number;
@@ -50,12 +60,14 @@ interface Listed {
 }
 
 export async function imageStats(source: string, options: ImageStatsOptions): Promise<ImageStats> {
-  const objects = isS3Url(source) ? await listS3(source, options.endpoint) : listDirectory(source);
+  const listing = isS3Url(source) ? await listS3(source, options.endpoint) : listDirectory(source);
+  const objects = listing.images;
   const sizes = objects.map((object) => object.sizeBytes);
   const totalBytes = sizes.reduce((sum, size) => sum + size, 0);
   const stats: ImageStats = {
     source,
     count: objects.length,
+    skipped: listing.skipped,
     totalBytes,
     minBytes: sizes.length === 0 ? 0 : Math.min(...sizes),
     maxBytes: sizes.length === 0 ? 0 : Math.max(...sizes),
@@ -64,14 +76,15 @@ export async function imageStats(source: string, options: ImageStatsOptions): Pr
     errors: [],
   };
   const byDetail = new Map<string, ImageStatsEntry>();
+  const poolBlockSizeBytes = options.poolBlockSizeBytes ?? DATA_BLOCK_SIZE_BYTES_DEFAULT;
   if (options.deep) {
     stats.files = 0;
     stats.fileBytes = 0;
     stats.poolBytes = 0;
     for (const object of objects) {
       try {
-        const measured = await measureImage(object.source, { ...(options.openers === undefined ? {} : { openers: options.openers }) });
-        const poolBytes = measured.blocksMapped * 64 * 1024;
+        const measured = await measureImage(object.source, { poolBlockSizeBytes, ...(options.openers === undefined ? {} : { openers: options.openers }) });
+        const poolBytes = measured.blocksMapped * poolBlockSizeBytes;
         byDetail.set(object.key, { key: object.key, sizeBytes: object.sizeBytes, files: measured.files, fileBytes: measured.fileBytes, poolBytes });
         stats.files += measured.files;
         stats.fileBytes += measured.fileBytes;
@@ -88,7 +101,12 @@ export async function imageStats(source: string, options: ImageStatsOptions): Pr
   return stats;
 }
 
-function listDirectory(source: string): Listed[] {
+interface Listing {
+  images: Listed[];
+  skipped: number;
+}
+
+function listDirectory(source: string): Listing {
   let stat: fs.Stats;
   try {
     stat = fs.statSync(source);
@@ -96,28 +114,82 @@ function listDirectory(source: string): Listed[] {
     throw new ThinError('THIN_NOT_FOUND', `Cannot read ${source}: no such directory`, { cause: error });
   }
   if (!stat.isDirectory()) throw new ThinError('THIN_INVALID', `${source} is not a directory (image stats takes a directory or s3://BUCKET/PREFIX)`);
-  const entries: Listed[] = [];
+  const listing: Listing = { images: [], skipped: 0 };
   const pending = [source];
   while (pending.length > 0) {
     const dir = pending.pop()!;
     for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
       const full = path.join(dir, entry.name);
-      if (entry.isDirectory()) pending.push(full);
-      else if (entry.isFile()) entries.push({ key: path.relative(source, full), sizeBytes: fs.statSync(full).size, source: full });
+      if (entry.isDirectory()) {
+        pending.push(full);
+        continue;
+      }
+      // A symlink to a file is read as import reads it (followed); to a directory it is not walked (no loops).
+      const target = entry.isSymbolicLink() ? statOrUndefined(full) : undefined;
+      const isFile = entry.isFile() || target?.isFile() === true;
+      if (isFile && looksLikeImage(full)) listing.images.push({ key: path.relative(source, full), sizeBytes: fs.statSync(full).size, source: full });
+      else listing.skipped++;
     }
   }
-  return entries;
+  return listing;
 }
 
-async function listS3(source: string, endpoint: string | undefined): Promise<Listed[]> {
+function statOrUndefined(file: string): fs.Stats | undefined {
+  try {
+    return fs.statSync(file);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A tar header's checksum field: the header's bytes summed with the field itself as spaces (POSIX ustar). */
+function isTarHeader(header: Uint8Array): boolean {
+  if (header.length < 512) return false;
+  const field = Buffer.from(header.subarray(148, 156)).toString('latin1').replace(/[\0 ]+$/, '').trim();
+  if (!/^[0-7]+$/.test(field)) return false;
+  let sum = 0;
+  for (let index = 0; index < 512; index++) sum += index >= 148 && index < 156 ? 0x20 : header[index]!;
+  return sum === parseInt(field, 8);
+}
+
+/**
+ * Whether a file's first bytes are what import reads: gzip (1f 8b), zstd (a frame, 28 b5 2f fd, or
+ * a skippable frame, 5? 2a 4d 18, as pzstd writes first) or a tar header with a valid checksum
+ * (docker save and OCI archives are tars).
+ */
+function looksLikeImage(file: string): boolean {
+  let head: Buffer;
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      head = Buffer.alloc(512);
+      head = head.subarray(0, fs.readSync(fd, head, 0, 512, 0));
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    // Unreadable: deep would say why; counted as an image by its name only when it looks like one.
+    return IMAGE_KEY.test(file);
+  }
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return true;
+  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return true;
+  if (head.length >= 4 && (head.readUInt32LE(0) & 0xfffffff0) === 0x184d2a50) return true;
+  return isTarHeader(head);
+}
+
+/** Keys of objects taken as images under an S3 prefix (the first bytes would cost a request each). */
+const IMAGE_KEY = /\.(tar|tar\.gz|tgz|tar\.zst|tar\.zstd|tzst)$/i;
+
+async function listS3(source: string, endpoint: string | undefined): Promise<Listing> {
   const bucket = await S3Bucket.connect(source, endpoint === undefined ? {} : { endpoint });
   try {
-    const entries: Listed[] = [];
+    const listing: Listing = { images: [], skipped: 0 };
     for await (const object of bucket.list()) {
       if (object.key.endsWith('/')) continue;
-      entries.push({ key: object.key, sizeBytes: object.sizeBytes, source: bucket.url(object.key) });
+      if (IMAGE_KEY.test(object.key)) listing.images.push({ key: object.key, sizeBytes: object.sizeBytes, source: bucket.url(object.key) });
+      else listing.skipped++;
     }
-    return entries;
+    return listing;
   } finally {
     bucket.close();
   }

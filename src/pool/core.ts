@@ -506,16 +506,16 @@ export class PoolCore {
   }
 
   /** The O(1) snapshot (F-POOL-25); the caller holds the source's whole-volume lock. */
-  snapshotDevice(source: Device, name: string, readOnly: boolean, labels: Record<string, string>): Device {
+  snapshotDevice(source: Device, name: string, readOnly: boolean, labels?: Record<string, string>): Device {
     this.assertWritable();
     if (source.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${source.details.name} was removed`);
     this.devices.validateNewName(name);
-    validateLabels(labels);
+    if (labels !== undefined) validateLabels(labels);
     const id = this.devices.nextId();
     this.devices.assertTimeLeft();
     const details: VolumeDetails = {
       name,
-      labels: { ...source.details.labels, ...labels },
+      labels: { ...(labels ?? source.details.labels) },
       createdAt: new Date(this.now()).toISOString(),
       originName: source.details.name,
       originId: source.id,

@@ -187,7 +187,7 @@ export interface CreateVolumeOptions {
 
 export interface SnapshotOptions {
   readOnly?: boolean;
-  /** Labels set on the snapshot besides those it copies from its source (these win). */
+  /** The snapshot's labels, set in the same change that makes it; default: the source's. */
   labels?: Record<string, string>;
 }
 
@@ -485,7 +485,7 @@ export class Pool {
     return this.#holdingWholeVolume(source, async () => {
       const room = this.#core.space.metadataForNewVolume(`snapshot ${sourceName} as ${name}`);
       if (room !== undefined) await room;
-      return this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true, options.labels ?? {}));
+      return this.#volumeOf(this.#core.snapshotDevice(source, name, options.readOnly === true, options.labels));
     });
   }
 

@@ -155,14 +155,51 @@ test('an import stopped by SIGTERM leaves no volume', async () => {
   assert.equal(thinbd(['check', '--pool', pool]).code, 0);
 });
 
-test("a killed import's temporary volume is removed by the next import of that name", () => {
-  // What SIGKILL after a commit leaves: the volume being built, under its temporary name.
-  assert.equal(thinbd(['create', '--pool', pool, 'stopped.importing-0123abcd', '--size', '1G']).code, 0);
+test("a killed import's temporary volume is removed by the next import of that name; a volume only named like one is left alone", () => {
+  // What SIGKILL after a commit leaves: the volume being built, under its temporary name, with the
+  // mark the import sets when it makes it.
+  assert.equal(thinbd(['create', '--pool', pool, 'stopped.importing-0123abcd', '--size', '1G', '--label', 'thinbd.image.importing=stopped']).code, 0);
+  // A user's own volume named the same way, and a leftover of an import of another name (a longer
+  // one cut to fit): neither is this import's to remove.
+  assert.equal(thinbd(['create', '--pool', pool, 'stopped.importing-4567cdef', '--size', '1G']).code, 0);
+  assert.equal(thinbd(['create', '--pool', pool, 'stopped.importing-89abcdef', '--size', '1G', '--label', 'thinbd.image.importing=stopped-longer']).code, 0);
   const good = path.join(work.path, 'good-again.tar');
   fs.writeFileSync(good, tarArchive([{ path: 'x', data: 'x' }]));
   const again = thinbd(['image', 'import', '--pool', pool, 'stopped', good]);
   assert.equal(again.code, 0, again.stderr);
   assert.match(again.stderr, /Removed stopped\.importing-0123abcd, left by an import that did not finish/);
-  assert.equal(thinbd(['remove', '--pool', pool, 'stopped']).code, 0);
+  assert.match(again.stderr, /Left stopped\.importing-4567cdef alone: .* not marked as one \(if it is a leftover, thinbd remove --pool \S+ stopped\.importing-4567cdef removes it\)/);
+  assert.match(again.stderr, /Left stopped\.importing-89abcdef alone/);
+  const names = (JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string }>).map((volume) => volume.name);
+  assert.ok(!names.includes('stopped.importing-0123abcd'));
+  assert.ok(names.includes('stopped.importing-4567cdef') && names.includes('stopped.importing-89abcdef'), names.join(' '));
+  for (const name of ['stopped', 'stopped.importing-4567cdef', 'stopped.importing-89abcdef']) assert.equal(thinbd(['remove', '--pool', pool, name]).code, 0);
   assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
+});
+
+test('the volume an import builds carries its mark from the change that makes it, and the image does not', async () => {
+  const { Pool } = await import('../../src/pool/pool.ts');
+  const { importImage } = await import('../../src/image/import.ts');
+  const { PassThrough } = await import('node:stream');
+  const markPool = path.join(work.path, 'mark-pool');
+  assert.equal(thinbd(['pool', 'create', '--pool', markPool, '--data-size', '256M']).code, 0);
+  const opened = await Pool.open(markPool);
+  try {
+    const archive = tarArchive([{ path: 'etc/', type: 'dir' }, { path: 'etc/a', data: Buffer.alloc(3 * 1024 * 1024, 1) }]);
+    const stdin = new PassThrough();
+    stdin.write(archive.subarray(0, 2 * 1024 * 1024));
+    const importing = importImage(opened, 'marked', '-', { stdin });
+    // Half the archive given: the import waits for the rest with its volume made.
+    let building: ReturnType<typeof opened.list>[number] | undefined;
+    while ((building = opened.list().find((info) => info.name.startsWith('marked.importing-'))) === undefined) await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.deepEqual(building.labels, { 'thinbd.image.importing': 'marked' });
+    stdin.end(archive.subarray(2 * 1024 * 1024));
+    const result = await importing;
+    const image = opened.list().find((info) => info.name === 'marked')!;
+    assert.equal(image.labels['thinbd.image.importing'], undefined);
+    assert.equal(image.labels['thinbd.image.volume-id'], String(image.id));
+    assert.equal(result.name, 'marked');
+  } finally {
+    await opened.close();
+  }
 });

@@ -1,7 +1,7 @@
 // thinbd image import | ls | stats
 import type { Command } from '@commander-js/extra-typings';
-import type { Reporter } from '../report.ts';
-import { UsageError, formatTable } from '../report.ts';
+import type { CommandResult, Reporter } from '../report.ts';
+import { UsageError, exitCodes, formatTable } from '../report.ts';
 import { parseLabels, poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
@@ -11,14 +11,14 @@ import { ThinError } from '../../errors.ts';
 import { listImages } from '../../image/catalog.ts';
 import { imageStats } from '../../image/stats.ts';
 import { sourceOpeners } from '../../image/remote.ts';
-import { VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
+import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_BLOCK_SIZE_BYTES_MAX, DATA_BLOCK_SIZE_BYTES_MIN, VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
 
 function parseFormat(text: string): ImageFormat {
   if (text !== 'auto' && text !== 'tar' && text !== 'oci') throw new UsageError(`--format: '${text}' is not auto, tar or oci`);
   return text;
 }
 
-export function registerImageCommands(program: Command, reporter: Reporter): void {
+export function registerImageCommands(program: Command, reporter: Reporter, result: CommandResult): void {
   const image = program.command('image').description('container images as read-only ext4 volumes');
 
   image
@@ -47,9 +47,14 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
       process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
       // The thread that will parse a local tar starts loading now, while the pool and the source open.
       const parseThread = startParseThreadAhead(source, format);
-      const result = await withPool(poolDirectory(options.pool), 'write', async (pool) => {
+      const directory = poolDirectory(options.pool);
+      const result = await withPool(directory, 'write', async (pool) => {
         // A killed import of the same name left its temporary volume: this one holds the pool alone.
-        for (const stale of await removeStaleImports(pool, name)) reporter.note(`Removed ${stale}, left by an import that did not finish`);
+        const stale = await removeStaleImports(pool, name);
+        for (const removed of stale.removed) reporter.note(`Removed ${removed}, left by an import that did not finish`);
+        for (const kept of stale.leftAlone) {
+          reporter.note(`Left ${kept} alone: named like a temporary volume of this import, but not marked as one (if it is a leftover, thinbd remove --pool ${directory} ${kept} removes it)`);
+        }
         return await importImage(pool, name, source, {
           ...(sizeBytes === undefined ? {} : { sizeBytes }),
           format,
@@ -84,7 +89,7 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
 
   image
     .command('ls')
-    .description('list the images in the pool with their source, digest, files and bytes')
+    .description('list the images in the pool (not their snapshots) with their source, digest, files, bytes and snapshot count')
     .addOption(poolOption())
     .option('--json', 'print JSON')
     .action(async (options) => {
@@ -102,9 +107,10 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
         formatSize(item.sizeBytes),
         formatSize(item.exclusiveBytes),
         formatSize(item.sharedBytes),
+        String(item.snapshots),
         item.source,
       ]);
-      const header = ['NAME', 'DIGEST', 'FORMAT', 'FILES', 'BYTES', 'SIZE', 'EXCLUSIVE', 'SHARED', 'SOURCE'];
+      const header = ['NAME', 'DIGEST', 'FORMAT', 'FILES', 'BYTES', 'SIZE', 'EXCLUSIVE', 'SHARED', 'SNAPSHOTS', 'SOURCE'];
       for (const line of formatTable(header, rows)) reporter.out(line);
     });
 
@@ -114,18 +120,28 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
     .argument('<source>', 'a directory or s3://BUCKET/PREFIX')
     .option('--top <n>', 'how many of the largest to list', '10')
     .option('--deep', 'also read each image: files, unpacked bytes and the pool space it would take')
+    .option('--block-size <size>', 'with --deep: the block size of the pool to count for', formatSize(DATA_BLOCK_SIZE_BYTES_DEFAULT))
     .option('--endpoint <url>', 'S3-compatible endpoint (default $AWS_ENDPOINT_URL)')
     .option('--json', 'print JSON')
     .action(async (source, options) => {
       const top = Number(options.top);
       if (!Number.isSafeInteger(top) || top < 0) throw new UsageError(`--top: '${options.top}' is not a count`);
+      const poolBlockSizeBytes = sizeOption('--block-size', options.blockSize);
+      if (poolBlockSizeBytes < DATA_BLOCK_SIZE_BYTES_MIN || poolBlockSizeBytes > DATA_BLOCK_SIZE_BYTES_MAX || (poolBlockSizeBytes & (poolBlockSizeBytes - 1)) !== 0) {
+        throw new UsageError(`--block-size: ${options.blockSize} is not a power of two from 64k to 1G`);
+      }
       const endpoint = options.endpoint === undefined ? {} : { endpoint: options.endpoint };
-      const stats = await imageStats(source, { top, deep: Boolean(options.deep), openers: sourceOpeners(endpoint), ...endpoint });
+      const stats = await imageStats(source, { top, deep: Boolean(options.deep), poolBlockSizeBytes, openers: sourceOpeners(endpoint), ...endpoint });
+      // Images deep could not read: the figures leave them out, so the command did not do all it was asked.
+      if (stats.errors.length > 0) result.exitCode = exitCodes.failure;
       if (options.json) {
         reporter.json(stats);
         return;
       }
-      reporter.out(`${stats.count} images, ${formatSize(stats.totalBytes)} in all: min ${formatSize(stats.minBytes)}, max ${formatSize(stats.maxBytes)}, average ${formatSize(stats.averageBytes)}`);
+      reporter.out(
+        `${stats.count} images, ${formatSize(stats.totalBytes)} in all: min ${formatSize(stats.minBytes)}, max ${formatSize(stats.maxBytes)}, average ${formatSize(stats.averageBytes)}` +
+          (stats.skipped > 0 ? ` (${stats.skipped} other files skipped: not tar, gzip or zstd archives)` : ''),
+      );
       if (stats.files !== undefined) {
         reporter.out(`${stats.files} files, ${formatSize(stats.fileBytes ?? 0)} unpacked; importing each alone would take ${formatSize(stats.poolBytes ?? 0)} of pool space`);
       }
@@ -135,7 +151,8 @@ export function registerImageCommands(program: Command, reporter: Reporter): voi
         ...(options.deep ? [item.files === undefined ? '-' : String(item.files), item.fileBytes === undefined ? '-' : formatSize(item.fileBytes), item.poolBytes === undefined ? '-' : formatSize(item.poolBytes)] : []),
       ]);
       const header = ['KEY', 'SIZE', ...(options.deep ? ['FILES', 'UNPACKED', 'POOL'] : [])];
-      for (const line of formatTable(header, rows)) reporter.out(line);
-      if (stats.errors.length > 0) for (const error of stats.errors) reporter.note(`${error.key}: ${error.message}`);
+      if (rows.length > 0) for (const line of formatTable(header, rows)) reporter.out(line);
+      for (const error of stats.errors) reporter.note(`${error.key}: ${error.message}`);
+      if (stats.errors.length > 0) reporter.note(`${stats.errors.length} of ${stats.count} images could not be read: the figures above leave them out`);
     });
 }
