@@ -25,7 +25,7 @@ import { IMAGE_JSON_BYTES_MAX, IMAGE_WRITES_IN_FLIGHT_MAX, IMAGE_WRITE_BUFFER_BY
 import { dataReserveBlocks } from '../pool/allocator.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
-import { applyChange, applyTar, type ApplyContext, type TreeChange } from './apply.ts';
+import { applyLayerChanges, applyTar, type ApplyContext, type TreeChange } from './apply.ts';
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
 import { BlockIndex, SharingTarget } from './block-sharing.ts';
 import { ByteInput, type ChunkSource } from './byte-input.ts';
@@ -504,7 +504,7 @@ class ImageBuild {
       }
       applied.add(path);
       this.#tree.layer = position + 1;
-      for (const change of read.changes) applyChange(this.#tree, change);
+      applyLayerChanges(this.#tree, read.changes);
       imported.push({ diffId: layer.diffId, shared: false });
     }
     return this.#finish(description.kind, description.configDigest, imported, description.tags);

@@ -130,26 +130,41 @@ export function invalidEntry(origin: EntryOrigin, problem: string): ThinError {
   return new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${describeOrigin(origin)}: ${problem}`);
 }
 
+export const WHITEOUT_PREFIX = '.wh.';
+export const OPAQUE_WHITEOUT = '.wh..wh..opq';
+/** ext4's limit on one name (EXT4_NAME_LEN). */
+const NAME_BYTES_MAX = 255;
+
 /**
  * Splits an archive path into components: "./" and empty components dropped, "." and ".."
  * refused, as an absolute path is (an image's paths are relative to its root), and every name
- * within ext4's 255 bytes.
+ * within ext4's 255 bytes. With `whiteouts` (a layer), a last name `.wh.NAME` is never stored: the
+ * limit applies to the NAME it removes.
  */
-export function pathComponents(path: string, origin: EntryOrigin, what = 'path'): string[] {
+export function pathComponents(path: string, origin: EntryOrigin, what = 'path', whiteouts = false): string[] {
   if (path.startsWith('/')) throw invalidEntry(origin, `the ${what} is absolute; image paths are relative to the image's root`);
   const components: string[] = [];
+  let overlongWhiteout = -1;
   for (const component of path.split('/')) {
     if (component === '' || component === '.') continue;
     if (component === '..') throw invalidEntry(origin, `the ${what} has a '..' component`);
-    if (component.length > 255) throw invalidEntry(origin, `a name in the ${what} is ${component.length} bytes long; ext4 allows 255`);
+    if (component.length > NAME_BYTES_MAX) {
+      const removed = component.length - WHITEOUT_PREFIX.length;
+      if (!whiteouts || !component.startsWith(WHITEOUT_PREFIX) || overlongWhiteout >= 0) throw overlongName(origin, what, component.length);
+      if (removed > NAME_BYTES_MAX) throw invalidEntry(origin, `it whites out a name of ${removed} bytes; ext4 allows ${NAME_BYTES_MAX}`);
+      overlongWhiteout = components.length;
+    }
     if (component.includes('\0')) throw invalidEntry(origin, `the ${what} contains a NUL byte`);
     components.push(component);
   }
+  // Only the last name can be a whiteout; a long `.wh.` directory name is a name like any other.
+  if (overlongWhiteout >= 0 && overlongWhiteout !== components.length - 1) throw overlongName(origin, what, components[overlongWhiteout]!.length);
   return components;
 }
 
-export const WHITEOUT_PREFIX = '.wh.';
-export const OPAQUE_WHITEOUT = '.wh..wh..opq';
+function overlongName(origin: EntryOrigin, what: string, nameBytes: number): ThinError {
+  return invalidEntry(origin, `a name in the ${what} is ${nameBytes} bytes long; ext4 allows ${NAME_BYTES_MAX}`);
+}
 
 export class FsTree {
   readonly root: FsNode;

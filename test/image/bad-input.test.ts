@@ -88,6 +88,12 @@ test('a whiteout for a file no lower layer has is refused, naming the layer', ()
   const archive = ociArchive([{ tar: tarArchive(base) }, { tar: tarArchive([{ path: 'etc/.wh.missing', data: '' }]) }]);
   refuse(archive, /layer 2 \(sha256:[0-9a-f]{12}\) entry 'etc\/\.wh\.missing' at byte 0: it whites out 'etc\/missing', which no lower layer has/);
   refuse(archive, /entry 'etc\/\.wh\.missing' at byte 0: it whites out 'etc\/missing', which no lower layer has/, { viaStdin: true });
+  // A whiteout never hides its own layer's entries: one for a file only its own layer has whites out nothing.
+  const sameLayer = ociArchive([{ tar: tarArchive(base) }, { tar: tarArchive([{ path: 'etc/fresh', data: 'x' }, { path: 'etc/.wh.fresh', data: '' }]) }]);
+  refuse(sameLayer, /entry 'etc\/\.wh\.fresh' at byte 1024: it whites out 'etc\/fresh', which no lower layer has/);
+  refuse(sameLayer, /entry 'etc\/\.wh\.fresh' at byte 1024: it whites out 'etc\/fresh', which no lower layer has/, { viaStdin: true });
+  const longName = ociArchive([{ tar: tarArchive(base) }, { tar: tarArchive([{ path: `.wh.${'n'.repeat(256)}`, data: '' }]) }]);
+  refuse(longName, /entry '\.wh\.n{256}' at byte 0: it whites out a name of 256 bytes; ext4 allows 255/);
 });
 
 test('an image that does not fit --size is refused, whether its data or its metadata overflows', () => {
