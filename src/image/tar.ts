@@ -9,7 +9,7 @@
 // its header. Paths are byte strings (see tree.ts).
 import { ThinError } from '../errors.ts';
 import { IMAGE_TAR_HEADER_BYTES_MAX, IMAGE_SPARSE_SEGMENTS_MAX, IMAGE_TRAILER_BYTES_MAX } from '../constants.ts';
-import type { ByteInput, ChunkSource } from './byte-input.ts';
+import type { ByteInput, ChunkSource, Truncated } from './byte-input.ts';
 import { aclTextToXattr } from './acl.ts';
 import { displayPath, type EntryAttributes } from './tree.ts';
 
@@ -100,8 +100,21 @@ export class TarReader {
     return new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${stream}${entry}: ${problem}`);
   }
 
-  #truncated(offsetBytes: number, path: string | undefined, what: string): (got: number) => Error {
-    return (got) => this.#error(offsetBytes, path, `the archive ends inside ${what} (${got} bytes read): truncated`);
+  #truncated(offsetBytes: number, path: string | undefined, what: string): Truncated {
+    return (got) => this.#error(offsetBytes, path, `the archive ends inside ${what}${got === undefined ? '' : ` (${got} bytes read)`}: truncated`);
+  }
+
+  /**
+   * For skipping the rest of an entry (`dataLeft` bytes of data, then padding): says where the
+   * input ended, inside the data or inside the padding after it.
+   */
+  #truncatedInRest(entry: TarEntry, dataLeft: number): Truncated {
+    const beginBytes = this.#input.offsetBytes;
+    return (got) => {
+      if (got === undefined) return this.#error(entry.offsetBytes, entry.path, `the archive ends inside its data or the padding after it (skipped unread from byte ${beginBytes}): truncated`);
+      const where = got < dataLeft ? `inside its data (${entry.storedBytes - dataLeft + got} of ${entry.storedBytes} bytes)` : 'inside the padding after its data';
+      return this.#error(entry.offsetBytes, entry.path, `the archive ends at byte ${beginBytes + got}, ${where}: truncated`);
+    };
   }
 
   #headerTruncated(headerOffset: number): (got: number) => Error {
@@ -241,11 +254,12 @@ export class TarReader {
     const entry = this.#current;
     if (entry === undefined) return undefined;
     this.#current = undefined;
-    const left = this.#dataLeft + this.#paddingLeft;
+    const dataLeft = this.#dataLeft;
+    const left = dataLeft + this.#paddingLeft;
     this.#dataLeft = 0;
     this.#paddingLeft = 0;
     if (left === 0 || this.#input.skipNow(left)) return undefined;
-    return this.#input.skip(left, this.#truncated(entry.offsetBytes, entry.path, 'its data'));
+    return this.#input.skip(left, this.#truncatedInRest(entry, dataLeft));
   }
 
   async #readPadded(count: number, headerOffset: number, path: string | undefined, what: string): Promise<Uint8Array> {

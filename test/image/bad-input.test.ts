@@ -63,6 +63,19 @@ test('a truncated archive names the entry it ends in: inside data, inside a head
   refuse(whole.subarray(0, 1536 + 512 + 100), /truncated/, { viaStdin: true });
 });
 
+test('an archive cut inside the padding after an entry, or inside data skipped unread, names that entry and where it ends', () => {
+  // usr/bin/tool: header at 1536, 5000 bytes of data from 2048, padding up to 7168.
+  const whole = tarArchive(base);
+  for (const viaStdin of [false, true]) {
+    refuse(whole.subarray(0, 7100), /^thinbd: Invalid image: entry 'usr\/bin\/tool' at byte 1536: the archive ends at byte 7100, inside the padding after its data: truncated$/m, { viaStdin });
+  }
+  // The index of a docker/OCI archive in a file skips each blob's data by seeking.
+  const layer = tarArchive([{ path: 'big', data: Buffer.alloc(300_000, 5) }]);
+  const archive = ociArchive([{ tar: layer }]);
+  const blob = archive.indexOf(layer);
+  refuse(archive.subarray(0, blob + 200_000), /entry 'blobs\/sha256\/[0-9a-f]{64}' at byte \d+: the archive ends inside its data or the padding after it \(skipped unread from byte \d+\): truncated/);
+});
+
 test('a corrupt or truncated gzip stream is refused naming the compressed offset', () => {
   const gz = zlib.gzipSync(tarArchive(base));
   const corrupt = Buffer.from(gz);
