@@ -323,7 +323,7 @@ export class TarReader {
       entry.mtimeSeconds = fields.seconds;
       entry.mtimeNanoseconds = fields.nanoseconds;
     } else {
-      entry.mtimeSeconds = fields.number(136, 148, 'mtime');
+      entry.mtimeSeconds = fields.time(136, 148, 'mtime');
     }
     if (fields.paxTime('atime')) {
       entry.atimeSeconds = fields.seconds;
@@ -537,6 +537,21 @@ export function parseNumber(bytes: Uint8Array, begin: number, end: number): numb
   return value;
 }
 
+/**
+ * A time field [begin, end): as parseNumber, and also GNU tar's negative base-256 form (a first
+ * byte of 0xff, then the rest of the field's two's complement, big-endian), in which GNU tar
+ * writes times before 1970 that octal cannot hold.
+ */
+export function parseTime(bytes: Uint8Array, begin: number, end: number): number | undefined {
+  if (bytes[begin] !== 0xff) return parseNumber(bytes, begin, end);
+  let value = -1;
+  for (let index = begin + 1; index < end; index++) {
+    value = value * 256 + bytes[index]!;
+    if (value < Number.MIN_SAFE_INTEGER) return undefined;
+  }
+  return value;
+}
+
 /** Why parseNumber refused the field [begin, end). */
 export function numberProblem(bytes: Uint8Array, begin: number, end: number): string {
   if (bytes[begin] === 0xff) return 'a negative base-256 number';
@@ -604,6 +619,13 @@ class HeaderFields {
 
   number(begin: number, end: number, what: string): number {
     const value = parseNumber(this.header, begin, end);
+    if (value === undefined) throw this.fail(`${what}: ${numberProblem(this.header, begin, end)}`);
+    return value;
+  }
+
+  /** A header's time field, which may be before 1970 (GNU tar's negative base-256). */
+  time(begin: number, end: number, what: string): number {
+    const value = parseTime(this.header, begin, end);
     if (value === undefined) throw this.fail(`${what}: ${numberProblem(this.header, begin, end)}`);
     return value;
   }
