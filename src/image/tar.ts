@@ -299,8 +299,12 @@ export class TarReader {
     fields.path = fields.record('GNU.sparse.name') ?? fields.record('path') ?? longName ?? ustarPath(header);
     const path = fields.path;
     const linkPath = fields.record('linkpath') ?? longLink ?? cString(header, 157, 257);
-    const type = entryType(typeFlag);
+    let type = entryType(typeFlag);
     if (type === undefined) throw fields.fail(`unsupported tar entry type '${typeFlag}'`);
+    // Old tars (V7, early BSD) had no directory type: a regular entry whose name ends in '/' is a
+    // directory, as GNU tar reads it (extract.c: "BSD tar uses the convention that a slash suffix
+    // means a directory").
+    if (type === 'file' && typeFlag !== 'S' && path.charCodeAt(path.length - 1) === 0x2f) type = 'dir';
     const isDevice = type === 'char' || type === 'block';
     const entry: TarEntry = {
       type,
