@@ -270,16 +270,20 @@ class ImageBuild {
   /** Where the data may go: --size, the pool's free space, the largest file system. */
   #dataLimit(): { limitBlock: number; reason: string } {
     const candidates: Array<{ limitBlock: number; reason: string }> = [
-      { limitBlock: FS_BLOCKS_MAX, reason: `more than the largest file system thinbd writes (${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes)` },
+      { limitBlock: FS_BLOCKS_MAX, reason: `the largest file system thinbd writes holds ${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes` },
     ];
     if (this.#pool !== undefined) {
       const status = this.#pool.status();
       // What new blocks may take: the pool keeps a reserve back for copy-on-write.
       const freeBytes = Math.max(0, status.dataBlockCount - status.dataBlocksUsed - dataReserveBlocks(status.dataBlockCount)) * status.blockSizeBytes;
-      candidates.push({ limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `more than the pool's free data space (${freeBytes} bytes)` });
+      candidates.push({ limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `the pool has ${freeBytes} bytes of free data space` });
     }
-    if (this.#options.sizeBytes !== undefined) {
-      candidates.push({ limitBlock: Math.floor(this.#options.sizeBytes / BLOCK_SIZE_BYTES), reason: `more than --size ${this.#options.sizeBytes} holds` });
+    const sizeBytes = this.#options.sizeBytes;
+    if (sizeBytes !== undefined) {
+      const limitBlock = Math.floor(sizeBytes / BLOCK_SIZE_BYTES);
+      // At most: the metadata after the data (inode tables, journal) needs room too.
+      const reason = `--size ${sizeBytes} leaves at most ${(limitBlock - DATA_BEGIN_BLOCK) * BLOCK_SIZE_BYTES} bytes for data`;
+      candidates.push({ limitBlock, reason });
     }
     return candidates.reduce((smallest, candidate) => (candidate.limitBlock < smallest.limitBlock ? candidate : smallest));
   }
@@ -325,6 +329,11 @@ class ImageBuild {
   }
 
   async run(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
+    const sizeBytes = this.#options.sizeBytes;
+    if (sizeBytes !== undefined && sizeBytes <= DATA_BEGIN_BLOCK * BLOCK_SIZE_BYTES) {
+      // The data region starts at a fixed 4 MiB (docs/image.md "Layout"), the metadata before it.
+      throw new ThinError('THIN_INVALID', `--size ${sizeBytes} is too small: the file system's metadata alone needs more than ${DATA_BEGIN_BLOCK * BLOCK_SIZE_BYTES} bytes`);
+    }
     const outer = new TarReader(new ByteInput(this.#opened.chunks));
     const first = await outer.next();
     const format = this.#options.format ?? 'auto';

@@ -111,8 +111,12 @@ test('a whiteout for a file no lower layer has is refused, naming the layer', ()
 
 test('an image that does not fit --size is refused, whether its data or its metadata overflows', () => {
   const large = tarArchive([{ path: 'big', data: Buffer.alloc(40 * 1024 * 1024, 1) }]);
-  refuse(large, /entry 'big' at byte 0: the image's data passes \d+ bytes, more than --size 33554432 holds/, { extra: ['--size', '32M'] });
+  refuse(large, /entry 'big' at byte 0: the image's files need at least \d+ bytes of data; --size 33554432 leaves at most 29360128 bytes for data$/m, { extra: ['--size', '32M'] });
   refuse(tarArchive(base), /The image does not fit --size 8388608: the image needs \d+ bytes/, { extra: ['--size', '8M'] });
+  // Below the metadata before the data: said plainly, before anything is read.
+  for (const size of ['1', '4095', '1M', '4M']) {
+    refuse(tarArchive(base), /^thinbd: --size \d+ is too small: the file system's metadata alone needs more than 4194304 bytes$/m, { extra: ['--size', size] });
+  }
 });
 
 test('a decompression bomb stops where the volume could hold no more: --size, or the pool free space', async () => {
@@ -138,8 +142,8 @@ test('a decompression bomb stops where the volume could hold no more: --size, or
   await done;
   const bomb = Buffer.concat(chunks);
   assert.ok(bomb.length < 4 * 1024 * 1024);
-  refuse(bomb, /entry 'zeros' at byte 0: the image's data passes \d+ bytes, more than --size 67108864 holds/, { extra: ['--size', '64M'] });
-  refuse(bomb, /entry 'zeros' at byte 0: the image's data passes \d+ bytes, more than the pool's free data space/, { viaStdin: true });
+  refuse(bomb, /entry 'zeros' at byte 0: the image's files need at least \d+ bytes of data; --size 67108864 leaves at most 62914560 bytes for data/, { extra: ['--size', '64M'] });
+  refuse(bomb, /entry 'zeros' at byte 0: the image's files need at least \d+ bytes of data; the pool has \d+ bytes of free data space/, { viaStdin: true });
 });
 
 test('a volume name that is taken is refused before the source is read', () => {
