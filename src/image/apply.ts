@@ -90,6 +90,7 @@ export function applyLayerChanges(tree: FsTree, changes: readonly TreeChange[]):
   for (const change of whiteouts) applyChange(tree, change);
   for (const change of opaques) applyChange(tree, change);
   for (const change of changes) if (change.op !== 'whiteout' && change.op !== 'opaque') applyChange(tree, change);
+  tree.danglingLinkCheck();
 }
 
 export interface ApplyResult {
@@ -114,6 +115,7 @@ export async function applyTar(reader: TarReader, context: ApplyContext, options
     entry = await reader.next();
   }
   if (options.layered && options.record === undefined) applyLayerChanges(context.tree!, record!);
+  else if (record === undefined) context.tree!.danglingLinkCheck();
   return { entries };
 }
 

@@ -176,6 +176,11 @@ export class FsTree {
   nodeCount = 1;
   /** Attributes for directories made because an entry below them came first. */
   readonly #implicitDirectory: EntryAttributes;
+  /**
+   * The first hard link whose target was not there: the import goes on to see whether the target
+   * comes later in the archive (tar needs it first), and fails either way (danglingLinkCheck).
+   */
+  #danglingLink: { target: string[]; origin: EntryOrigin } | undefined;
 
   constructor(importTimeSeconds: number) {
     this.root = newNode('dir');
@@ -186,6 +191,7 @@ export class FsTree {
 
   /** Makes `components` what the entry says, replacing what was there. */
   add(components: string[], attributes: EntryAttributes, content: EntryContent, origin: EntryOrigin): FsNode {
+    if (this.#danglingLink !== undefined) this.#checkLaterTarget(components, origin);
     if (components.length === 0) {
       if (content.kind !== 'dir') throw invalidEntry(origin, `the image's root can only be a directory, not a ${content.kind}`);
       setAttributes(this.root, attributes);
@@ -228,10 +234,12 @@ export class FsTree {
   }
 
   /** A hard link: `components` becomes another name of the node at `targetComponents`. */
-  link(components: string[], targetComponents: string[], origin: EntryOrigin): FsNode {
+  link(components: string[], targetComponents: string[], origin: EntryOrigin): FsNode | undefined {
     const target = this.#lookup(targetComponents, origin);
     if (target === undefined) {
-      throw invalidEntry(origin, `it is a hard link to '${displayPath(targetComponents.join('/'))}', which is not in the image`);
+      // Failed at the archive's end, or when the target comes (a clearer message).
+      this.#danglingLink ??= { target: targetComponents, origin };
+      return undefined;
     }
     if (target.kind === 'dir') throw invalidEntry(origin, `it is a hard link to directory '${displayPath(targetComponents.join('/'))}'`);
     if (components.length === 0) throw invalidEntry(origin, "a hard link cannot replace the image's root");
@@ -244,6 +252,24 @@ export class FsTree {
     target.links++;
     parent.children!.set(name, target);
     return target;
+  }
+
+  /** Throws for a hard link whose target never came (call when a tar stream's entries are all applied). */
+  danglingLinkCheck(): void {
+    const dangling = this.#danglingLink;
+    if (dangling === undefined) return;
+    throw invalidEntry(dangling.origin, `it is a hard link to '${displayPath(dangling.target.join('/'))}', which is not in the image`);
+  }
+
+  /** Throws when an entry at `components` is what the dangling hard link names: its target came after it. */
+  #checkLaterTarget(components: string[], origin: EntryOrigin): void {
+    const target = this.#danglingLink!.target;
+    if (components.length !== target.length || components.some((name, index) => name !== target[index])) return;
+    const dangling = this.#danglingLink!;
+    throw invalidEntry(
+      dangling.origin,
+      `it is a hard link to '${displayPath(target.join('/'))}', which comes later in the archive (at byte ${origin.offsetBytes}); a hard link's target must come before it`,
+    );
   }
 
   /** An OCI whiteout `.wh.NAME` in directory `dirComponents`: NAME from a lower layer goes. */

@@ -93,8 +93,12 @@ test("paths with '..', absolute paths and names past 255 bytes are refused befor
   assert.equal(fs.existsSync(path.join(work.path, '..', 'escape')), false);
 });
 
-test('a hard link to a file the image does not have is refused', () => {
+test('a hard link to a file the image does not have, or has only later, is refused', () => {
   refuse(tarArchive([...base, { path: 'etc/shadow', type: 'hardlink', linkPath: 'etc/missing' }]), /entry 'etc\/shadow' at byte 7168: it is a hard link to 'etc\/missing', which is not in the image/);
+  const later = tarArchive([...base, { path: 'etc/shadow', type: 'hardlink', linkPath: 'etc/later' }, { path: 'etc/later', data: 'x' }]);
+  for (const viaStdin of [false, true]) {
+    refuse(later, /entry 'etc\/shadow' at byte 7168: it is a hard link to 'etc\/later', which comes later in the archive \(at byte 7680\); a hard link's target must come before it$/m, { viaStdin });
+  }
 });
 
 test('a whiteout for a file no lower layer has is refused, naming the layer', () => {
