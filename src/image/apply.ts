@@ -35,7 +35,7 @@ export interface ApplyOptions {
   first?: TarEntry | undefined;
   /** Skip the data of files (the stream's data is already in the volume: a shared layer); extents are still computed. */
   placeOnly?: boolean;
-  /** Collect the changes instead of applying them (a layer read before the image's layer order is known). */
+  /** Collect the changes instead of applying them (a layer read before the image's layer order is known; apply them with applyLayerChanges). */
   record?: TreeChange[];
 }
 
@@ -69,6 +69,30 @@ export function applyChange(tree: FsTree, change: TreeChange): void {
   }
 }
 
+/**
+ * Applies one layer's changes as the OCI image spec's layer rules say ("Whiteouts"): a whiteout
+ * (`.wh.NAME`) or an opaque marker (`.wh..wh..opq`) applies to the lower layers only; entries of
+ * its own layer are never hidden by it, wherever the marker stands in the layer's tar. So the
+ * layer's removals go first, against the lower layers' tree, then its entries in archive order.
+ * Among the removals, explicit whiteouts go before opaque markers and deeper ones before shallower:
+ * `.wh.x` next to an opaque marker, or under a whited-out directory, still finds what it names
+ * (and fails, as a whiteout of a missing file does, only when no lower layer has it).
+ */
+export function applyLayerChanges(tree: FsTree, changes: readonly TreeChange[]): void {
+  const whiteouts: Array<TreeChange & { op: 'whiteout' }> = [];
+  const opaques: TreeChange[] = [];
+  for (const change of changes) {
+    if (change.op === 'whiteout') whiteouts.push(change);
+    else if (change.op === 'opaque') opaques.push(change);
+  }
+  // Array.prototype.sort is stable: whiteouts at one depth keep their archive order.
+  whiteouts.sort((a, b) => b.parent.length - a.parent.length);
+  for (const change of whiteouts) applyChange(tree, change);
+  for (const change of opaques) applyChange(tree, change);
+  for (const change of changes) if (change.op !== 'whiteout' && change.op !== 'opaque') applyChange(tree, change);
+  tree.danglingLinkCheck();
+}
+
 export interface ApplyResult {
   entries: number;
 }
@@ -78,16 +102,20 @@ const NO_CHANGE: TreeChange = { op: 'none' };
 /** Reads every entry of `reader` into the tree. */
 export async function applyTar(reader: TarReader, context: ApplyContext, options: ApplyOptions): Promise<ApplyResult> {
   let entries = 0;
+  // A layer's whiteouts may follow entries they must not hide: its changes are applied together at its end.
+  const record = options.record ?? (options.layered ? [] : undefined);
   let entry = options.first ?? (await reader.next());
   while (entry !== undefined) {
     const prepared = prepareEntry(reader, entry, context, options);
     const change = prepared instanceof Promise ? await prepared : prepared;
-    if (options.record !== undefined) options.record.push(change);
+    if (record !== undefined) record.push(change);
     else applyChange(context.tree!, change);
     entries++;
     context.onEntry?.();
     entry = await reader.next();
   }
+  if (options.layered && options.record === undefined) applyLayerChanges(context.tree!, record!);
+  else if (record === undefined) context.tree!.danglingLinkCheck();
   return { entries };
 }
 
@@ -123,7 +151,7 @@ function attributesOf(entry: TarEntry, origin: EntryOrigin): EntryAttributes {
  */
 function prepareEntry(reader: TarReader, entry: TarEntry, context: ApplyContext, options: ApplyOptions): TreeChange | Promise<TreeChange> {
   const origin: EntryOrigin = options.stream === '' ? { path: entry.path, offsetBytes: entry.offsetBytes } : { path: entry.path, offsetBytes: entry.offsetBytes, stream: options.stream };
-  const components = pathComponents(entry.path, origin);
+  const components = pathComponents(entry.path, origin, 'path', options.layered);
   const name = components[components.length - 1];
   if (options.layered && name !== undefined && name.startsWith(WHITEOUT_PREFIX)) {
     const parent = components.slice(0, -1);

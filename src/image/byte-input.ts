@@ -20,11 +20,26 @@ export class TruncatedError extends ThinError {
   }
 }
 
+/**
+ * A skip at least this long asks the source to seek (when it can); a shorter one reads through: the
+ * source's read-ahead (a chunk of 64 KiB to 2 MiB) is already fetching those bytes, and reading them
+ * tells exactly where an input that ends inside them ends.
+ */
+const SEEK_BYTES_MIN = 64 * 1024;
+
+/** Says why the input ended inside what the caller was passing over: `got` bytes in, or undefined when they were skipped unread. */
+export type Truncated = (got: number | undefined) => Error;
+
 export class ByteInput {
   readonly #source: ChunkSource;
   #chunk: Uint8Array = new Uint8Array(0);
   #position = 0;
   #ended = false;
+  /**
+   * Set by a skip the source made without reading, until the next chunk arrives: the source does
+   * not say whether the input went that far, so an end of input here may lie inside the skip.
+   */
+  #skippedUnread: Truncated | undefined;
   /** Bytes consumed so far. */
   offsetBytes = 0;
   readonly #scratch: Uint8Array;
@@ -40,8 +55,12 @@ export class ByteInput {
       const chunk = await this.#source.next();
       if (chunk === undefined) {
         this.#ended = true;
+        const skipped = this.#skippedUnread;
+        this.#skippedUnread = undefined;
+        if (skipped !== undefined) throw skipped(undefined);
         return false;
       }
+      this.#skippedUnread = undefined;
       this.#chunk = chunk;
       this.#position = 0;
     }
@@ -105,18 +124,24 @@ export class ByteInput {
     }
   }
 
-  async skip(count: number, truncated: (got: number) => Error): Promise<void> {
+  /**
+   * Moves past the next `count` bytes. An input that ends part way throws `truncated(got)`; after
+   * a long skip the source made without reading, the next read that finds the end throws
+   * `truncated(undefined)` (where in the skip the input ended is unknown).
+   */
+  async skip(count: number, truncated: Truncated): Promise<void> {
     const inChunk = Math.min(count, this.#chunk.length - this.#position);
     this.#position += inChunk;
     this.offsetBytes += inChunk;
     const rest = count - inChunk;
     if (rest === 0) return;
-    if (this.#source.skip !== undefined && !this.#ended) {
+    if (rest >= SEEK_BYTES_MIN && this.#source.skip !== undefined && !this.#ended) {
       await this.#source.skip(rest);
       this.offsetBytes += rest;
+      this.#skippedUnread = truncated;
       return;
     }
-    await this.forward(rest, () => undefined, truncated);
+    await this.forward(rest, () => undefined, (got) => truncated(inChunk + got));
   }
 
   /** Up to `max` bytes that are at hand (a view into the current chunk), or undefined at the end. */

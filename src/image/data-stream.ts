@@ -20,7 +20,10 @@ export interface DataStreamOptions {
   beginBlock: number;
   /** The data may not reach this block (the size the volume may hold). */
   limitBlock: number;
-  /** Says what limitBlock is, for the error that stops a stream running into it. */
+  /**
+   * What limitBlock is, ending the error that stops a stream running into it ("the image's files
+   * need at least N bytes of data; " + this): "--size 8388608 leaves at most 4194304 bytes for data".
+   */
   limitReason: string;
   /** Pool block size: buffers are written in whole pool blocks. */
   alignBytes: number;
@@ -51,6 +54,11 @@ export class DataStream {
     this.#limitBytes = options.limitBlock * BLOCK_SIZE_BYTES;
     this.#bufferOffsetBytes = options.beginBlock * BLOCK_SIZE_BYTES;
     this.#capacityBytes = this.#bufferBytes - (this.#bufferOffsetBytes % options.alignBytes);
+  }
+
+  /** The error for data that would end at `endBytes`, past the limit. */
+  #overLimit(fail: Fail, endBytes: number): ThinError {
+    return fail(`the image's files need at least ${endBytes - this.#options.beginBlock * BLOCK_SIZE_BYTES} bytes of data; ${this.#options.limitReason}`);
   }
 
   /** Volume byte offset where the next byte goes. */
@@ -96,7 +104,7 @@ export class DataStream {
     const pieceBytes = typeof piece === 'number' ? piece : piece.length;
     const total = zeros + pieceBytes;
     if (this.cursorBytes + total > this.#limitBytes) {
-      throw fail(`the image's data passes ${this.#limitBytes - this.#options.beginBlock * BLOCK_SIZE_BYTES} bytes, ${this.#options.limitReason}`);
+      throw this.#overLimit(fail, this.cursorBytes + total);
     }
     if (this.#skipping) {
       this.#bufferOffsetBytes += total;
@@ -166,7 +174,7 @@ export class DataStream {
     const inBlock = this.cursorBytes % align;
     if (inBlock === 0) return;
     if (this.cursorBytes + (align - inBlock) > this.#limitBytes) {
-      throw fail(`the image's data passes ${this.#limitBytes - this.#options.beginBlock * BLOCK_SIZE_BYTES} bytes, ${this.#options.limitReason}`);
+      throw this.#overLimit(fail, this.cursorBytes + (align - inBlock));
     }
     if (!this.#skipping) await this.#flushBuffer();
     this.#bufferOffsetBytes = this.cursorBytes + (align - inBlock);

@@ -26,7 +26,7 @@ import { DATA_BLOCK_SIZE_BYTES_DEFAULT, IMAGE_JSON_BYTES_MAX, IMAGE_WRITES_IN_FL
 import { dataReserveBlocks } from '../pool/allocator.ts';
 import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
-import { applyChange, applyTar, type ApplyContext, type TreeChange } from './apply.ts';
+import { applyLayerChanges, applyTar, type ApplyContext, type TreeChange } from './apply.ts';
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
 import { BlockIndex, SharingTarget } from './block-sharing.ts';
 import { ByteInput, type ChunkSource } from './byte-input.ts';
@@ -301,16 +301,20 @@ class ImageBuild {
   /** Where the data may go: --size, the pool's free space, the largest file system. */
   #dataLimit(): { limitBlock: number; reason: string } {
     const candidates: Array<{ limitBlock: number; reason: string }> = [
-      { limitBlock: FS_BLOCKS_MAX, reason: `more than the largest file system thinbd writes (${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes)` },
+      { limitBlock: FS_BLOCKS_MAX, reason: `the largest file system thinbd writes holds ${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes` },
     ];
     if (this.#pool !== undefined) {
       const status = this.#pool.status();
       // What new blocks may take: the pool keeps a reserve back for copy-on-write.
       const freeBytes = Math.max(0, status.dataBlockCount - status.dataBlocksUsed - dataReserveBlocks(status.dataBlockCount)) * status.blockSizeBytes;
-      candidates.push({ limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `more than the pool's free data space (${freeBytes} bytes)` });
+      candidates.push({ limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `the pool has ${freeBytes} bytes of free data space` });
     }
-    if (this.#options.sizeBytes !== undefined) {
-      candidates.push({ limitBlock: Math.floor(this.#options.sizeBytes / BLOCK_SIZE_BYTES), reason: `more than --size ${this.#options.sizeBytes} holds` });
+    const sizeBytes = this.#options.sizeBytes;
+    if (sizeBytes !== undefined) {
+      const limitBlock = Math.floor(sizeBytes / BLOCK_SIZE_BYTES);
+      // At most: the metadata after the data (inode tables, journal) needs room too.
+      const reason = `--size ${sizeBytes} leaves at most ${(limitBlock - DATA_BEGIN_BLOCK) * BLOCK_SIZE_BYTES} bytes for data`;
+      candidates.push({ limitBlock, reason });
     }
     return candidates.reduce((smallest, candidate) => (candidate.limitBlock < smallest.limitBlock ? candidate : smallest));
   }
@@ -361,6 +365,11 @@ class ImageBuild {
   }
 
   async run(): Promise<Omit<ImageImportResult, 'seconds' | 'peakRssBytes' | 'cpuSeconds'>> {
+    const sizeBytes = this.#options.sizeBytes;
+    if (sizeBytes !== undefined && sizeBytes <= DATA_BEGIN_BLOCK * BLOCK_SIZE_BYTES) {
+      // The data region starts at a fixed 4 MiB (docs/image.md "Layout"), the metadata before it.
+      throw new ThinError('THIN_INVALID', `--size ${sizeBytes} is too small: the file system's metadata alone needs more than ${DATA_BEGIN_BLOCK * BLOCK_SIZE_BYTES} bytes`);
+    }
     const outer = new TarReader(new ByteInput(this.#opened.chunks));
     const first = await outer.next();
     const format = this.#options.format ?? 'auto';
@@ -540,7 +549,7 @@ class ImageBuild {
       }
       applied.add(path);
       this.#tree.layer = position + 1;
-      for (const change of read.changes) applyChange(this.#tree, change);
+      applyLayerChanges(this.#tree, read.changes);
       imported.push({ diffId: layer.diffId, shared: false });
     }
     return this.#finish(description.kind, description.configDigest, imported, description.tags);

@@ -9,7 +9,7 @@
 // its header. Paths are byte strings (see tree.ts).
 import { ThinError } from '../errors.ts';
 import { IMAGE_TAR_HEADER_BYTES_MAX, IMAGE_SPARSE_SEGMENTS_MAX, IMAGE_TRAILER_BYTES_MAX } from '../constants.ts';
-import type { ByteInput, ChunkSource } from './byte-input.ts';
+import type { ByteInput, ChunkSource, Truncated } from './byte-input.ts';
 import { aclTextToXattr } from './acl.ts';
 import { displayPath, type EntryAttributes } from './tree.ts';
 
@@ -100,8 +100,21 @@ export class TarReader {
     return new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${stream}${entry}: ${problem}`);
   }
 
-  #truncated(offsetBytes: number, path: string | undefined, what: string): (got: number) => Error {
-    return (got) => this.#error(offsetBytes, path, `the archive ends inside ${what} (${got} bytes read): truncated`);
+  #truncated(offsetBytes: number, path: string | undefined, what: string): Truncated {
+    return (got) => this.#error(offsetBytes, path, `the archive ends inside ${what}${got === undefined ? '' : ` (${got} bytes read)`}: truncated`);
+  }
+
+  /**
+   * For skipping the rest of an entry (`dataLeft` bytes of data, then padding): says where the
+   * input ended, inside the data or inside the padding after it.
+   */
+  #truncatedInRest(entry: TarEntry, dataLeft: number): Truncated {
+    const beginBytes = this.#input.offsetBytes;
+    return (got) => {
+      if (got === undefined) return this.#error(entry.offsetBytes, entry.path, `the archive ends inside its data or the padding after it (skipped unread from byte ${beginBytes}): truncated`);
+      const where = got < dataLeft ? `inside its data (${entry.storedBytes - dataLeft + got} of ${entry.storedBytes} bytes)` : 'inside the padding after its data';
+      return this.#error(entry.offsetBytes, entry.path, `the archive ends at byte ${beginBytes + got}, ${where}: truncated`);
+    };
   }
 
   #headerTruncated(headerOffset: number): (got: number) => Error {
@@ -241,11 +254,12 @@ export class TarReader {
     const entry = this.#current;
     if (entry === undefined) return undefined;
     this.#current = undefined;
-    const left = this.#dataLeft + this.#paddingLeft;
+    const dataLeft = this.#dataLeft;
+    const left = dataLeft + this.#paddingLeft;
     this.#dataLeft = 0;
     this.#paddingLeft = 0;
     if (left === 0 || this.#input.skipNow(left)) return undefined;
-    return this.#input.skip(left, this.#truncated(entry.offsetBytes, entry.path, 'its data'));
+    return this.#input.skip(left, this.#truncatedInRest(entry, dataLeft));
   }
 
   async #readPadded(count: number, headerOffset: number, path: string | undefined, what: string): Promise<Uint8Array> {
@@ -285,8 +299,12 @@ export class TarReader {
     fields.path = fields.record('GNU.sparse.name') ?? fields.record('path') ?? longName ?? ustarPath(header);
     const path = fields.path;
     const linkPath = fields.record('linkpath') ?? longLink ?? cString(header, 157, 257);
-    const type = entryType(typeFlag);
+    let type = entryType(typeFlag);
     if (type === undefined) throw fields.fail(`unsupported tar entry type '${typeFlag}'`);
+    // Old tars (V7, early BSD) had no directory type: a regular entry whose name ends in '/' is a
+    // directory, as GNU tar reads it (extract.c: "BSD tar uses the convention that a slash suffix
+    // means a directory").
+    if (type === 'file' && typeFlag !== 'S' && path.charCodeAt(path.length - 1) === 0x2f) type = 'dir';
     const isDevice = type === 'char' || type === 'block';
     const entry: TarEntry = {
       type,
@@ -309,7 +327,7 @@ export class TarReader {
       entry.mtimeSeconds = fields.seconds;
       entry.mtimeNanoseconds = fields.nanoseconds;
     } else {
-      entry.mtimeSeconds = fields.number(136, 148, 'mtime');
+      entry.mtimeSeconds = fields.time(136, 148, 'mtime');
     }
     if (fields.paxTime('atime')) {
       entry.atimeSeconds = fields.seconds;
@@ -523,6 +541,21 @@ export function parseNumber(bytes: Uint8Array, begin: number, end: number): numb
   return value;
 }
 
+/**
+ * A time field [begin, end): as parseNumber, and also GNU tar's negative base-256 form (a first
+ * byte of 0xff, then the rest of the field's two's complement, big-endian), in which GNU tar
+ * writes times before 1970 that octal cannot hold.
+ */
+export function parseTime(bytes: Uint8Array, begin: number, end: number): number | undefined {
+  if (bytes[begin] !== 0xff) return parseNumber(bytes, begin, end);
+  let value = -1;
+  for (let index = begin + 1; index < end; index++) {
+    value = value * 256 + bytes[index]!;
+    if (value < Number.MIN_SAFE_INTEGER) return undefined;
+  }
+  return value;
+}
+
 /** Why parseNumber refused the field [begin, end). */
 export function numberProblem(bytes: Uint8Array, begin: number, end: number): string {
   if (bytes[begin] === 0xff) return 'a negative base-256 number';
@@ -590,6 +623,13 @@ class HeaderFields {
 
   number(begin: number, end: number, what: string): number {
     const value = parseNumber(this.header, begin, end);
+    if (value === undefined) throw this.fail(`${what}: ${numberProblem(this.header, begin, end)}`);
+    return value;
+  }
+
+  /** A header's time field, which may be before 1970 (GNU tar's negative base-256). */
+  time(begin: number, end: number, what: string): number {
+    const value = parseTime(this.header, begin, end);
     if (value === undefined) throw this.fail(`${what}: ${numberProblem(this.header, begin, end)}`);
     return value;
   }

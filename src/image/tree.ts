@@ -130,26 +130,41 @@ export function invalidEntry(origin: EntryOrigin, problem: string): ThinError {
   return new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${describeOrigin(origin)}: ${problem}`);
 }
 
+export const WHITEOUT_PREFIX = '.wh.';
+export const OPAQUE_WHITEOUT = '.wh..wh..opq';
+/** ext4's limit on one name (EXT4_NAME_LEN). */
+const NAME_BYTES_MAX = 255;
+
 /**
  * Splits an archive path into components: "./" and empty components dropped, "." and ".."
  * refused, as an absolute path is (an image's paths are relative to its root), and every name
- * within ext4's 255 bytes.
+ * within ext4's 255 bytes. With `whiteouts` (a layer), a last name `.wh.NAME` is never stored: the
+ * limit applies to the NAME it removes.
  */
-export function pathComponents(path: string, origin: EntryOrigin, what = 'path'): string[] {
+export function pathComponents(path: string, origin: EntryOrigin, what = 'path', whiteouts = false): string[] {
   if (path.startsWith('/')) throw invalidEntry(origin, `the ${what} is absolute; image paths are relative to the image's root`);
   const components: string[] = [];
+  let overlongWhiteout = -1;
   for (const component of path.split('/')) {
     if (component === '' || component === '.') continue;
     if (component === '..') throw invalidEntry(origin, `the ${what} has a '..' component`);
-    if (component.length > 255) throw invalidEntry(origin, `a name in the ${what} is ${component.length} bytes long; ext4 allows 255`);
+    if (component.length > NAME_BYTES_MAX) {
+      const removed = component.length - WHITEOUT_PREFIX.length;
+      if (!whiteouts || !component.startsWith(WHITEOUT_PREFIX) || overlongWhiteout >= 0) throw overlongName(origin, what, component.length);
+      if (removed > NAME_BYTES_MAX) throw invalidEntry(origin, `it whites out a name of ${removed} bytes; ext4 allows ${NAME_BYTES_MAX}`);
+      overlongWhiteout = components.length;
+    }
     if (component.includes('\0')) throw invalidEntry(origin, `the ${what} contains a NUL byte`);
     components.push(component);
   }
+  // Only the last name can be a whiteout; a long `.wh.` directory name is a name like any other.
+  if (overlongWhiteout >= 0 && overlongWhiteout !== components.length - 1) throw overlongName(origin, what, components[overlongWhiteout]!.length);
   return components;
 }
 
-export const WHITEOUT_PREFIX = '.wh.';
-export const OPAQUE_WHITEOUT = '.wh..wh..opq';
+function overlongName(origin: EntryOrigin, what: string, nameBytes: number): ThinError {
+  return invalidEntry(origin, `a name in the ${what} is ${nameBytes} bytes long; ext4 allows ${NAME_BYTES_MAX}`);
+}
 
 export class FsTree {
   readonly root: FsNode;
@@ -161,6 +176,11 @@ export class FsTree {
   nodeCount = 1;
   /** Attributes for directories made because an entry below them came first. */
   readonly #implicitDirectory: EntryAttributes;
+  /**
+   * The first hard link whose target was not there: the import goes on to see whether the target
+   * comes later in the archive (tar needs it first), and fails either way (danglingLinkCheck).
+   */
+  #danglingLink: { target: string[]; origin: EntryOrigin } | undefined;
 
   constructor(importTimeSeconds: number) {
     this.root = newNode('dir');
@@ -171,6 +191,7 @@ export class FsTree {
 
   /** Makes `components` what the entry says, replacing what was there. */
   add(components: string[], attributes: EntryAttributes, content: EntryContent, origin: EntryOrigin): FsNode {
+    if (this.#danglingLink !== undefined) this.#checkLaterTarget(components, origin);
     if (components.length === 0) {
       if (content.kind !== 'dir') throw invalidEntry(origin, `the image's root can only be a directory, not a ${content.kind}`);
       setAttributes(this.root, attributes);
@@ -213,10 +234,12 @@ export class FsTree {
   }
 
   /** A hard link: `components` becomes another name of the node at `targetComponents`. */
-  link(components: string[], targetComponents: string[], origin: EntryOrigin): FsNode {
+  link(components: string[], targetComponents: string[], origin: EntryOrigin): FsNode | undefined {
     const target = this.#lookup(targetComponents, origin);
     if (target === undefined) {
-      throw invalidEntry(origin, `it is a hard link to '${displayPath(targetComponents.join('/'))}', which is not in the image`);
+      // Failed at the archive's end, or when the target comes (a clearer message).
+      this.#danglingLink ??= { target: targetComponents, origin };
+      return undefined;
     }
     if (target.kind === 'dir') throw invalidEntry(origin, `it is a hard link to directory '${displayPath(targetComponents.join('/'))}'`);
     if (components.length === 0) throw invalidEntry(origin, "a hard link cannot replace the image's root");
@@ -229,6 +252,24 @@ export class FsTree {
     target.links++;
     parent.children!.set(name, target);
     return target;
+  }
+
+  /** Throws for a hard link whose target never came (call when a tar stream's entries are all applied). */
+  danglingLinkCheck(): void {
+    const dangling = this.#danglingLink;
+    if (dangling === undefined) return;
+    throw invalidEntry(dangling.origin, `it is a hard link to '${displayPath(dangling.target.join('/'))}', which is not in the image`);
+  }
+
+  /** Throws when an entry at `components` is what the dangling hard link names: its target came after it. */
+  #checkLaterTarget(components: string[], origin: EntryOrigin): void {
+    const target = this.#danglingLink!.target;
+    if (components.length !== target.length || components.some((name, index) => name !== target[index])) return;
+    const dangling = this.#danglingLink!;
+    throw invalidEntry(
+      dangling.origin,
+      `it is a hard link to '${displayPath(target.join('/'))}', which comes later in the archive (at byte ${origin.offsetBytes}); a hard link's target must come before it`,
+    );
   }
 
   /** An OCI whiteout `.wh.NAME` in directory `dirComponents`: NAME from a lower layer goes. */

@@ -63,6 +63,19 @@ test('a truncated archive names the entry it ends in: inside data, inside a head
   refuse(whole.subarray(0, 1536 + 512 + 100), /truncated/, { viaStdin: true });
 });
 
+test('an archive cut inside the padding after an entry, or inside data skipped unread, names that entry and where it ends', () => {
+  // usr/bin/tool: header at 1536, 5000 bytes of data from 2048, padding up to 7168.
+  const whole = tarArchive(base);
+  for (const viaStdin of [false, true]) {
+    refuse(whole.subarray(0, 7100), /^thinbd: Invalid image: entry 'usr\/bin\/tool' at byte 1536: the archive ends at byte 7100, inside the padding after its data: truncated$/m, { viaStdin });
+  }
+  // The index of a docker/OCI archive in a file skips each blob's data by seeking.
+  const layer = tarArchive([{ path: 'big', data: Buffer.alloc(300_000, 5) }]);
+  const archive = ociArchive([{ tar: layer }]);
+  const blob = archive.indexOf(layer);
+  refuse(archive.subarray(0, blob + 200_000), /entry 'blobs\/sha256\/[0-9a-f]{64}' at byte \d+: the archive ends inside its data or the padding after it \(skipped unread from byte \d+\): truncated/);
+});
+
 test('a corrupt or truncated gzip stream is refused naming the compressed offset', () => {
   const gz = zlib.gzipSync(tarArchive(base));
   const corrupt = Buffer.from(gz);
@@ -80,20 +93,34 @@ test("paths with '..', absolute paths and names past 255 bytes are refused befor
   assert.equal(fs.existsSync(path.join(work.path, '..', 'escape')), false);
 });
 
-test('a hard link to a file the image does not have is refused', () => {
+test('a hard link to a file the image does not have, or has only later, is refused', () => {
   refuse(tarArchive([...base, { path: 'etc/shadow', type: 'hardlink', linkPath: 'etc/missing' }]), /entry 'etc\/shadow' at byte 7168: it is a hard link to 'etc\/missing', which is not in the image/);
+  const later = tarArchive([...base, { path: 'etc/shadow', type: 'hardlink', linkPath: 'etc/later' }, { path: 'etc/later', data: 'x' }]);
+  for (const viaStdin of [false, true]) {
+    refuse(later, /entry 'etc\/shadow' at byte 7168: it is a hard link to 'etc\/later', which comes later in the archive \(at byte 7680\); a hard link's target must come before it$/m, { viaStdin });
+  }
 });
 
 test('a whiteout for a file no lower layer has is refused, naming the layer', () => {
   const archive = ociArchive([{ tar: tarArchive(base) }, { tar: tarArchive([{ path: 'etc/.wh.missing', data: '' }]) }]);
   refuse(archive, /layer 2 \(sha256:[0-9a-f]{12}\) entry 'etc\/\.wh\.missing' at byte 0: it whites out 'etc\/missing', which no lower layer has/);
   refuse(archive, /entry 'etc\/\.wh\.missing' at byte 0: it whites out 'etc\/missing', which no lower layer has/, { viaStdin: true });
+  // A whiteout never hides its own layer's entries: one for a file only its own layer has whites out nothing.
+  const sameLayer = ociArchive([{ tar: tarArchive(base) }, { tar: tarArchive([{ path: 'etc/fresh', data: 'x' }, { path: 'etc/.wh.fresh', data: '' }]) }]);
+  refuse(sameLayer, /entry 'etc\/\.wh\.fresh' at byte 1024: it whites out 'etc\/fresh', which no lower layer has/);
+  refuse(sameLayer, /entry 'etc\/\.wh\.fresh' at byte 1024: it whites out 'etc\/fresh', which no lower layer has/, { viaStdin: true });
+  const longName = ociArchive([{ tar: tarArchive(base) }, { tar: tarArchive([{ path: `.wh.${'n'.repeat(256)}`, data: '' }]) }]);
+  refuse(longName, /entry '\.wh\.n{256}' at byte 0: it whites out a name of 256 bytes; ext4 allows 255/);
 });
 
 test('an image that does not fit --size is refused, whether its data or its metadata overflows', () => {
   const large = tarArchive([{ path: 'big', data: Buffer.alloc(40 * 1024 * 1024, 1) }]);
-  refuse(large, /entry 'big' at byte 0: the image's data passes \d+ bytes, more than --size 33554432 holds/, { extra: ['--size', '32M'] });
+  refuse(large, /entry 'big' at byte 0: the image's files need at least \d+ bytes of data; --size 33554432 leaves at most 29360128 bytes for data$/m, { extra: ['--size', '32M'] });
   refuse(tarArchive(base), /The image does not fit --size 8388608: the image needs \d+ bytes/, { extra: ['--size', '8M'] });
+  // Below the metadata before the data: said plainly, before anything is read.
+  for (const size of ['1', '4095', '1M', '4M']) {
+    refuse(tarArchive(base), /^thinbd: --size \d+ is too small: the file system's metadata alone needs more than 4194304 bytes$/m, { extra: ['--size', size] });
+  }
 });
 
 test('a decompression bomb stops where the volume could hold no more: --size, or the pool free space', async () => {
@@ -119,8 +146,8 @@ test('a decompression bomb stops where the volume could hold no more: --size, or
   await done;
   const bomb = Buffer.concat(chunks);
   assert.ok(bomb.length < 4 * 1024 * 1024);
-  refuse(bomb, /entry 'zeros' at byte 0: the image's data passes \d+ bytes, more than --size 67108864 holds/, { extra: ['--size', '64M'] });
-  refuse(bomb, /entry 'zeros' at byte 0: the image's data passes \d+ bytes, more than the pool's free data space/, { viaStdin: true });
+  refuse(bomb, /entry 'zeros' at byte 0: the image's files need at least \d+ bytes of data; --size 67108864 leaves at most 62914560 bytes for data/, { extra: ['--size', '64M'] });
+  refuse(bomb, /entry 'zeros' at byte 0: the image's files need at least \d+ bytes of data; the pool has \d+ bytes of free data space/, { viaStdin: true });
 });
 
 test('a volume name that is taken is refused before the source is read', () => {

@@ -26,7 +26,7 @@ function setTimes(file: string, seconds: number, nanoseconds: number): void {
  * Fills `root` with every kind of entry an image holds: files of many sizes (empty, one block,
  * across blocks, large, sparse), unicode and long names, a 255-byte name, a deep path, fast and
  * slow symlinks, hard links across directories, character and block devices, a FIFO, setuid,
- * setgid and sticky modes, owners past 16 bits, timestamps from 1970 to past 2038 with
+ * setgid and sticky modes, owners past 16 bits, timestamps from 1960 to past 2038 with
  * nanoseconds, extended attributes (user, trusted, security.capability; small ones in the inode,
  * a large one in a block), POSIX ACLs, and a directory large enough for an htree index.
  */
@@ -99,6 +99,8 @@ export function makeSampleTree(root: string): void {
   // Times: before 1970's end, nanoseconds, past 2038, on a symlink too (set last: writes change them).
   setTimes(path.join(root, 'etc/hello'), 1234567890, 123456789);
   setTimes(path.join(root, 'etc/empty'), 1, 0);
+  // 1960: GNU tar's gnu format writes it in negative base-256, pax as a negative time.
+  setTimes(path.join(root, 'etc/block'), -315619200, 0);
   setTimes(path.join(root, 'usr/lib/large.bin'), 2 ** 31 + 12345, 999999999);
   setTimes(path.join(root, 'etc/fast-link'), 1500000000, 5);
   setTimes(path.join(root, 'srv/shared'), 1600000000, 0);

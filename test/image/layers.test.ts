@@ -245,3 +245,38 @@ test('a layer whose content does not match its diff_id is refused and leaves not
     assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout.trim(), '[]');
   }
 });
+
+test("a layer's whiteouts hide only lower layers' entries, wherever they stand in the layer's tar (OCI image spec, Whiteouts)", () => {
+  const long = 'r'.repeat(255);
+  const lower: TarSpec[] = [
+    { path: 'a', data: 'layer 1', mtime: T },
+    { path: 'd/', type: 'dir', mtime: T },
+    { path: 'd/x', data: 'x', mtime: T },
+    { path: 'd/y', data: 'y', mtime: T },
+    { path: long, data: 'a name of 255 bytes', mtime: T },
+  ];
+  // The same layer in two orders: whiteouts after the entries they must not hide, and before.
+  const upperAfter: TarSpec[] = [
+    { path: 'a', data: 'layer 2', mtime: T + 1 },
+    { path: '.wh.a', data: '' },
+    { path: 'd/', type: 'dir', mtime: T + 1 },
+    { path: 'd/new', data: 'new', mtime: T + 1 },
+    { path: 'd/.wh..wh..opq', data: '' },
+    { path: 'd/.wh.x', data: '' },
+    // The whiteout of a 255-byte name is 259 bytes long: the name it removes is what ext4 must hold.
+    { path: `.wh.${long}`, data: '' },
+  ];
+  const upperBefore: TarSpec[] = [upperAfter[1]!, upperAfter[5]!, upperAfter[4]!, upperAfter[0]!, upperAfter[2]!, upperAfter[3]!, upperAfter[6]!];
+  const pool = newPool('whiteout-order');
+  for (const [name, upper] of [['after', upperAfter], ['before', upperBefore]] as const) {
+    const bytes = ociArchive([{ tar: tarArchive(lower) }, { tar: tarArchive(upper) }], { docker: true });
+    const archive = path.join(work.path, `whiteouts-${name}.tar`);
+    fs.writeFileSync(archive, bytes);
+    for (const [volume, source, input] of [[`${name}-file`, archive, undefined], [`${name}-stream`, '-', bytes]] as const) {
+      importImage(pool, volume, source, input);
+      const tree = mountedTree(pool, volume);
+      assert.deepEqual([...tree.keys()].sort(), ['a', 'd', 'd/new'], `${volume}: the paths`);
+      assert.equal(tree.get('a')!.sha256, sha256Hex(Buffer.from('layer 2')), `${volume}: a is layer 2's`);
+    }
+  }
+});
