@@ -173,16 +173,49 @@ export class DirectoryObjectStore implements ObjectStore {
     }
   }
 
-  /** The object's bytes go to its temporary file as they come; commit syncs and renames it into place. */
+  /**
+   * The object's bytes go to its temporary file as they come; commit syncs and renames it into
+   * place. Writes overlap, so several may be in flight when one fails (ENOSPC, say): the first
+   * failure is the writer's, every call from then on reports it, and the temporary file is
+   * closed and removed only once the writes in flight have settled (closing it under them made
+   * them fail with "file closed", which was then reported instead of the cause). Nothing of a
+   * failed writer reaches its key: only commit renames, and it refuses after a failure.
+   */
   async openWriter(key: string): Promise<ObjectWriter> {
     const final = this.#path(key);
     const { temporary, handle } = await this.#openTemporary(key);
     let positionBytes = 0;
-    let closed = false;
-    const discard = async () => {
-      if (!closed) await handle.close().catch(() => undefined);
-      closed = true;
-      await fsp.rm(temporary, { force: true });
+    let failure: ThinError | undefined;
+    /** The writes (each a whole writeRest or writeParts) not yet settled. */
+    const inFlight = new Set<Promise<void>>();
+    let discarded: Promise<void> | undefined;
+    const discard = () => {
+      discarded ??= (async () => {
+        await Promise.allSettled(inFlight);
+        await handle.close().catch(() => undefined);
+        await fsp.rm(temporary, { force: true });
+      })();
+      return discarded;
+    };
+    /** Runs one write; after a failure (this one's or an earlier one's), reports the first. */
+    const run = async (write: () => Promise<void>) => {
+      if (failure !== undefined) throw failure;
+      const pending = write();
+      inFlight.add(pending);
+      try {
+        await pending;
+        // Written, but into a file that another write's failure condemned.
+        if (failure !== undefined) throw failure;
+      } catch (error) {
+        if (error === failure) throw failure;
+        failure ??= this.#error('write', key, error);
+        inFlight.delete(pending);
+        // Reported now; the file goes once the others settle (abort and commit wait for that).
+        void discard();
+        throw failure;
+      } finally {
+        inFlight.delete(pending);
+      }
     };
     /** Writes `bytes` from `done` on at `beginBytes` (a short write goes on from where it stopped). */
     const writeRest = async (bytes: Uint8Array, done: number, beginBytes: number) => {
@@ -193,20 +226,15 @@ export class DirectoryObjectStore implements ObjectStore {
     };
     return {
       // Each write has its place when called, so writes may overlap.
-      write: async (bytes) => {
+      write: (bytes) => {
         const beginBytes = positionBytes;
         positionBytes += bytes.length;
-        try {
-          await writeRest(bytes, 0, beginBytes);
-        } catch (error) {
-          await discard();
-          throw this.#error('write', key, error);
-        }
+        return run(() => writeRest(bytes, 0, beginBytes));
       },
-      writeParts: async (parts) => {
+      writeParts: (parts) => {
         const beginBytes = positionBytes;
         positionBytes += parts.reduce((sum, part) => sum + part.length, 0);
-        try {
+        return run(async () => {
           // One pwritev(2) (libuv splits it past IOV_MAX parts); after a short one, the rest part by part.
           const { bytesWritten } = await handle.writev(parts as Uint8Array[], beginBytes);
           let at = beginBytes;
@@ -214,22 +242,24 @@ export class DirectoryObjectStore implements ObjectStore {
             await writeRest(part, Math.min(part.length, Math.max(0, beginBytes + bytesWritten - at)), at);
             at += part.length;
           }
-        } catch (error) {
-          await discard();
-          throw this.#error('write', key, error);
-        }
+        });
       },
       commit: async () => {
+        await Promise.allSettled(inFlight);
+        if (failure !== undefined) {
+          await discard();
+          throw failure;
+        }
         try {
           await handle.sync();
           await handle.close();
-          closed = true;
           makePrivateDirectory(path.dirname(final), { recursive: true });
           await fsp.rename(temporary, final);
           await syncDirectory(path.dirname(final));
         } catch (error) {
+          failure ??= this.#error('write', key, error);
           await discard();
-          throw this.#error('write', key, error);
+          throw failure;
         }
       },
       abort: discard,
