@@ -28,6 +28,14 @@ import { ZstdCompressor, ZstdDecompressor, ZstdFrameError } from '../util/zstd.t
 
 // ---- list ----
 
+/**
+ * `bytes` per byte a stream stored, or null when it stored nothing: a stream whose every chunk
+ * was in the store already (the best case) has no ratio, where 0 would read as the worst.
+ */
+export function storedRatio(bytes: number, bytesStored: number): number | null {
+  return bytesStored === 0 ? null : bytes / bytesStored;
+}
+
 export interface StreamListing {
   name: string;
   createdAt: string;
@@ -36,8 +44,8 @@ export interface StreamListing {
   bytesRead: number;
   bytesNew: number;
   bytesStored: number;
-  /** Mapped bytes per byte this stream added to the store. */
-  dedupRatio: number;
+  /** Mapped bytes per byte this stream added to the store; null when it added none (storedRatio). */
+  dedupRatio: number | null;
   parent?: string;
   source: StreamRoot['source'];
   segmentCount: number;
@@ -67,7 +75,7 @@ export async function listStore(archive: Archive): Promise<StoreListing> {
         bytesRead: stats.bytesRead,
         bytesNew: stats.bytesNew,
         bytesStored: stats.bytesStored,
-        dedupRatio: stats.bytesStored === 0 ? 0 : stats.mappedBytes / stats.bytesStored,
+        dedupRatio: storedRatio(stats.mappedBytes, stats.bytesStored),
         ...(root.parent === undefined ? {} : { parent: root.parent }),
         source: root.source,
         segmentCount: root.segments.length,

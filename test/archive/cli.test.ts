@@ -117,6 +117,17 @@ test('the default stream name is VOLUME.<UTC time>, and list shows it', () => {
   assert.match(listed, /\d+ streams; \d+ packs/);
 });
 
+test('a pack that stores nothing new has no ratios (null), and list shows it as all shared, not 0.0x', () => {
+  ok(['archive', 'pack', '--pool', pool, 'ro', '--store', store, '--name', 'shared-1']);
+  const again = thinbdJson<{ bytesStored: number; compressionRatio: number | null; dedupRatio: number | null }>(['archive', 'pack', '--pool', pool, 'ro', '--store', store, '--name', 'shared-2', '--json']);
+  assert.equal(again.bytesStored, 0);
+  assert.equal(again.compressionRatio, null);
+  assert.equal(again.dedupRatio, null);
+  const listing = thinbdJson<{ streams: Array<{ name: string; dedupRatio: number | null }> }>(['archive', 'list', '--store', store, '--json']);
+  assert.equal(listing.streams.find((stream) => stream.name === 'shared-2')?.dedupRatio, null);
+  assert.match(ok(['archive', 'list', '--store', store]), /^shared-2\s+2M\s+2M\s+2M\s+0B\s+all shared\s+-\s/m);
+});
+
 test('pack works on a served pool while a client writes: a writable volume goes through a read-only snapshot of it', async () => {
   const slot = 4096;
   const slots = 1024; // 4 MiB

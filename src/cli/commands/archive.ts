@@ -19,6 +19,7 @@ import {
 import { defaultStreamName, gcArchive, initArchive, listArchive, packVolume, removeArchiveStream, unpackVolume, verifyArchive, type PackResult } from '../../archive/commands.ts';
 import { WorkerChunkJobs } from '../../archive/chunk-workers.ts';
 import type { ChunkerParams } from '../../archive/chunker.ts';
+import type { StreamListing } from '../../archive/maintenance.ts';
 
 /** Chunking, hashing, compression and decoding on one worker thread per core. */
 const workerJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs({ params, level });
@@ -64,6 +65,12 @@ function lazyProgress(label: string): { update: (done: number, total: number) =>
     },
     stop: () => progress?.stop(),
   };
+}
+
+/** list's RATIO column: "all shared" for a stream that stored nothing new (its dedupRatio is null), "-" for one with nothing mapped. */
+function ratioText(stream: StreamListing): string {
+  if (stream.dedupRatio !== null) return `${stream.dedupRatio.toFixed(1)}x`;
+  return stream.mappedBytes === 0 ? '-' : 'all shared';
 }
 
 function mbps(bytes: number, elapsedMs: number): string {
@@ -168,7 +175,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
         formatSize(stream.mappedBytes),
         formatSize(stream.bytesRead),
         formatSize(stream.bytesStored),
-        `${stream.dedupRatio.toFixed(1)}x`,
+        ratioText(stream),
         stream.parent ?? '-',
         stream.createdAt,
       ]);
