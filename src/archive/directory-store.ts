@@ -10,7 +10,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ThinError } from '../errors.ts';
 import { PRIVATE_FILE_MODE, makePrivateDirectory } from '../io/private.ts';
-import { PACKS_PREFIX } from './format.ts';
+import { CONFIG_KEY, PACKS_PREFIX } from './format.ts';
 import { checkKey, checkPrefix, type ObjectStore, type ObjectWriter, type StoredObject } from './store.ts';
 
 export const DIRECTORY_TMP = 'tmp';
@@ -34,6 +34,37 @@ export class DirectoryObjectStore implements ObjectStore {
   static open(dir: string): DirectoryObjectStore {
     const root = path.resolve(dir);
     return new DirectoryObjectStore(root);
+  }
+
+  /**
+   * Refuses a place `archive init` must not make a store in, naming the path and why: a path
+   * through a file, a file, or a directory that holds something other than a store (init would
+   * mix the archive's objects into it, and gc would one day empty tmp/ there). A missing
+   * directory (made with its parents) or an empty one is taken, and so is an existing store,
+   * which init's exclusive create of the config then refuses.
+   */
+  async checkNewStorePlace(): Promise<void> {
+    const cannot = (why: string) => `Cannot create an archive store at ${this.root}: ${why}`;
+    const stats = await fsp.stat(this.root).catch((error: NodeJS.ErrnoException) => error);
+    if (stats instanceof Error) {
+      if (stats.code !== 'ENOENT' && stats.code !== 'ENOTDIR') throw new ThinError('THIN_IO', cannot(stats.code ?? stats.message), { cause: stats });
+      // Missing: its nearest existing ancestor must be a directory for it to be made.
+      let ancestor = path.dirname(this.root);
+      for (;;) {
+        const found = await fsp.stat(ancestor).catch(() => undefined);
+        if (found !== undefined) {
+          if (!found.isDirectory()) throw new ThinError('THIN_INVALID', cannot(`${ancestor} is a file, not a directory`));
+          return;
+        }
+        if (path.dirname(ancestor) === ancestor) return;
+        ancestor = path.dirname(ancestor);
+      }
+    }
+    if (!stats.isDirectory()) throw new ThinError('THIN_INVALID', cannot('it is a file, not a directory'));
+    const names = (await fsp.readdir(this.root)).filter((name) => name !== DIRECTORY_TMP);
+    if (names.length === 0 || names.includes(CONFIG_KEY)) return;
+    const shown = names.sort().slice(0, 3).map((name) => `'${name}'`).join(', ');
+    throw new ThinError('THIN_EXISTS', cannot(`the directory is not empty (${shown}${names.length > 3 ? ', …' : ''}) and holds no archive store; name a new or empty directory`));
   }
 
   #path(key: string): string {
@@ -168,7 +199,8 @@ export class DirectoryObjectStore implements ObjectStore {
       return { temporary, handle };
     } catch (error) {
       await handle?.close().catch(() => undefined);
-      await fsp.rm(temporary, { force: true });
+      // The cause is the error above: a path through a file fails this rm too (ENOTDIR).
+      await fsp.rm(temporary, { force: true }).catch(() => undefined);
       throw this.#error('write', key, error);
     }
   }
