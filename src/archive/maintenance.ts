@@ -103,6 +103,38 @@ export interface VerifyReport {
   bytesChecked: number;
   /** Each problem a sentence naming the stream, chunk and offset (or the object). */
   problems: string[];
+  /** The same problems, in the same order, as fields (for --json readers). */
+  problemDetails: VerifyProblem[];
+}
+
+/** One problem verify found: its sentence (as in VerifyReport.problems) and where it is. */
+export interface VerifyProblem {
+  message: string;
+  /** What is damaged: a data chunk, a stream's segment, a stream root, or a store object (an index or pack). */
+  kind: 'chunk' | 'segment' | 'stream' | 'object';
+  stream?: string;
+  /** The chunk's name (hex SHA-256): a data chunk's or the segment's. */
+  chunk?: string;
+  /** Where the data chunk lies in the stream's volume (bytes). */
+  offset?: number;
+  segment?: number;
+  /** The object's key (kind 'object', when the problem names one). */
+  object?: string;
+  /** What is wrong, without where (e.g. "missing from the store"). */
+  what: string;
+}
+
+/** Records a problem in both of a report's forms; `where` is the message's prefix naming the place, dropped from `what`. */
+function addProblem(report: VerifyReport, message: string, where: string, fields: Omit<VerifyProblem, 'message' | 'what'>): void {
+  const what = message.startsWith(`${where}: `) ? message.slice(where.length + 2) : message;
+  report.problems.push(message);
+  report.problemDetails.push({ message, ...fields, what });
+}
+
+/** A store-level problem (an index or pack object loadIndex could not use), its key taken from the sentence where it starts with one. */
+function addObjectProblem(report: VerifyReport, message: string): void {
+  const key = /^(?:index object |pack )?((?:packs|index)\/[0-9A-Za-z/._-]+)/.exec(message)?.[1];
+  addProblem(report, message, key === undefined ? '' : message.slice(0, message.indexOf(key) + key.length), { kind: 'object', ...(key === undefined ? {} : { object: key }) });
 }
 
 export interface VerifyOptions {
@@ -120,7 +152,8 @@ export interface VerifyOptions {
 export async function verifyStore(archive: Archive, options: VerifyOptions = {}): Promise<VerifyReport> {
   const loaded = await archive.loadIndex();
   const reader = new ChunkReader(archive.store, loaded.index, options.decoder);
-  const report: VerifyReport = { streamsChecked: 0, chunksChecked: 0, bytesChecked: 0, problems: options.name === undefined ? [...loaded.problems] : [] };
+  const report: VerifyReport = { streamsChecked: 0, chunksChecked: 0, bytesChecked: 0, problems: [], problemDetails: [] };
+  if (options.name === undefined) for (const problem of loaded.problems) addObjectProblem(report, problem);
   const checked = new Map<string, string | undefined>(); // chunk hash → problem (undefined: intact)
   const names = options.name === undefined ? await archive.streamNames() : [options.name];
   for (const name of names) {
@@ -130,7 +163,7 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
       root = await archive.readStream(name);
     } catch (error) {
       if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
-      report.problems.push((error as Error).message);
+      addProblem(report, (error as Error).message, `stream ${name}`, { kind: 'stream', stream: name });
       continue;
     }
     for (const segmentRef of root.segments) {
@@ -139,7 +172,8 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
         runs = (await archive.readSegment(reader, root, segmentRef)).runs;
       } catch (error) {
         if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
-        report.problems.push((error as Error).message);
+        const chunk = hashHex(segmentRef.hash);
+        addProblem(report, (error as Error).message, `stream ${root.name}, segment ${segmentRef.index} (chunk ${chunk})`, { kind: 'segment', stream: root.name, segment: segmentRef.index, chunk });
         continue;
       }
       for (const run of runs) {
@@ -214,7 +248,7 @@ async function verifyWindow(
   }
   for (const item of window) {
     const problem = checked.get(hashHex(item.ref.hash));
-    if (problem !== undefined) report.problems.push(`${where(item)}: ${problem}`);
+    if (problem !== undefined) addProblem(report, `${where(item)}: ${problem}`, where(item), { kind: 'chunk', stream, chunk: hashHex(item.ref.hash), offset: item.offset });
   }
 }
 
