@@ -3,7 +3,7 @@
 import { ThinError, isThinError } from '../errors.ts';
 import { ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX, ARCHIVE_UNPACK_WINDOW_BYTES } from '../constants.ts';
 import { ChunkIndex } from './chunk-index.ts';
-import { ChunkReader, PackWriter, type Archive } from './archive.ts';
+import { ChunkReader, PackWriter, type Archive, type LoadedIndex } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
 import { compressChunks, storedPieces } from './chunk-jobs.ts';
 import { DirectoryObjectStore } from './directory-store.ts';
@@ -201,7 +201,32 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
     }
     options.onProgress?.(report.streamsChecked, names.length);
   }
+  // The trailers of the packs whose chunks were read (of every pack, verifying the whole store):
+  // the index objects stand in for them until the indexes are lost, when a pack whose trailer is
+  // damaged could not be indexed again (docs/format.md F-AR-PACK-2, F-AR-IDX-1).
+  const packIds = new Set<string>();
+  if (options.name === undefined) for (const packId of loaded.packSizes.keys()) packIds.add(packId);
+  else for (const hex of checked.keys()) {
+    const location = loaded.index.get(Buffer.from(hex, 'hex'));
+    if (location !== undefined) packIds.add(location.packId);
+  }
+  await checkPackTrailers(archive, loaded, packIds, report);
   return report;
+}
+
+/** Reads and checks the trailer of each pack in `packIds` that loading the index did not read already. */
+async function checkPackTrailers(archive: Archive, loaded: LoadedIndex, packIds: Set<string>, report: VerifyReport): Promise<void> {
+  const readAtLoad = new Set([...loaded.unindexed.map((listing) => listing.packId), ...loaded.unreadable]);
+  for (const packId of packIds) {
+    const sizeBytes = loaded.packSizes.get(packId);
+    if (sizeBytes === undefined || readAtLoad.has(packId)) continue;
+    try {
+      await archive.readPackEntries(packId, sizeBytes);
+    } catch (error) {
+      if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT') && !isThinError(error, 'THIN_NOT_FOUND')) throw error;
+      addObjectProblem(report, (error as Error).message);
+    }
+  }
 }
 
 async function verifyWindow(

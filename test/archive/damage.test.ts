@@ -150,6 +150,25 @@ test('a deleted pack object is named by verify (each chunk it held), and unpack 
   assertUnpackRefused(store, /stream s1, .*missing from the store/);
 });
 
+test('a flipped byte in a pack trailer is named by verify (its chunks still read: the index lists them)', () => {
+  const store = damagedCopy('trailer');
+  const packFile = files(join(store, 'packs'))[0]!;
+  const key = `packs/${packFile.split('/').slice(-2).join('/')}`;
+  const bytes = readFileSync(packFile);
+  // The trailer's last entry, just before the 48-byte footer.
+  bytes[bytes.length - 48 - 10]! ^= 0x01;
+  writeFileSync(packFile, bytes);
+  for (const args of [[], ['s1']]) {
+    const verify = thinbd(['archive', 'verify', '--store', store, ...args, '--json']);
+    assert.equal(verify.code, 1, verify.stderr);
+    const report = JSON.parse(verify.stdout) as { problems: string[]; problemDetails: Array<{ kind: string; object?: string; what: string }> };
+    assert.equal(report.problems.length, 1, report.problems.join('\n'));
+    assert.match(report.problems[0]!, new RegExp(`^pack ${key}: .*trailer`));
+    assert.equal(report.problemDetails[0]!.kind, 'object');
+    assert.equal(report.problemDetails[0]!.object, key);
+  }
+});
+
 test('a truncated stream index is named by verify, and unpack refuses', () => {
   const store = damagedCopy('truncated');
   const root = join(store, 'streams', 's1');
