@@ -8,7 +8,7 @@ import { assertPoolExists, liveService, withPinnedView, withPool } from '../pool
 import type { PoolService } from '../../daemon/service.ts';
 import { poolSources, viewSources, type PackSources } from '../../archive/source.ts';
 import { formatSize } from '../sizes.ts';
-import { startProgress, type Progress } from '../progress.ts';
+import { growingProgress } from '../progress.ts';
 import { ThinError } from '../../errors.ts';
 import {
   ARCHIVE_CHUNK_AVERAGE_BYTES_DEFAULT,
@@ -48,23 +48,6 @@ function storeSpec(option: string | undefined): string {
 
 function streamName(text: string): string {
   return volumeName('stream name', text);
-}
-
-/** A progress bar that appears at the first report (its total known then). */
-function lazyProgress(label: string): { update: (done: number, total: number) => void; stop: () => void } {
-  let progress: Progress | undefined;
-  let shownTotal = 0;
-  return {
-    update: (done, total) => {
-      if (progress === undefined || total !== shownTotal) {
-        progress?.stop();
-        progress = startProgress(label, total, { bytes: true });
-        shownTotal = total;
-      }
-      progress.update(done);
-    },
-    stop: () => progress?.stop(),
-  };
 }
 
 /** list's RATIO column: "all shared" for a stream that stored nothing new (its dedupRatio is null), "-" for one with nothing mapped. */
@@ -117,7 +100,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
       const name = options.name === undefined ? undefined : streamName(options.name);
       const deltaFrom = options.deltaFrom === undefined ? undefined : volumeName('--delta-from', options.deltaFrom);
       const store = storeSpec(options.store);
-      const progress = lazyProgress(`pack ${volume}`);
+      const progress = growingProgress(`pack ${volume}`);
       {
         const dir = poolDirectory(options.pool);
         assertPoolExists(dir);
@@ -197,7 +180,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
       const stream = streamName(nameText);
       const volume = volumeName('volume name', volumeText);
       const store = storeSpec(options.store);
-      const progress = lazyProgress(`unpack ${stream}`);
+      const progress = growingProgress(`unpack ${stream}`);
       const result = await withPool(poolDirectory(options.pool), 'write', (pool) =>
         unpackVolume({ store, pool, stream, volume, makeJobs: workerJobs, onNote: note, onProgress: progress.update, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
       ).finally(progress.stop);
