@@ -416,7 +416,10 @@ export class PackWriter {
     const id = newObjectId();
     const sink = this.#store.openWriter === undefined ? this.#bufferedSink(id) : this.#streamedSink(await this.#store.openWriter(packKey(id)));
     const header = encodePackHeader();
-    await sink.append(header);
+    await sink.append(header).catch(async (error: unknown) => {
+      await sink.abort().catch(() => undefined);
+      throw error;
+    });
     return { id, sink, entries: [], offsetBytes: header.length };
   }
 
@@ -513,8 +516,14 @@ export class PackWriter {
     if (pack === undefined) return;
     this.#open = undefined;
     const trailer = encodePackTrailer(pack.entries, pack.offsetBytes);
-    await pack.sink.append(trailer);
-    await pack.sink.end();
+    try {
+      await pack.sink.append(trailer);
+      await pack.sink.end();
+    } catch (error) {
+      // No longer the open pack, so abandon() would not drop it: dropped here.
+      await pack.sink.abort().catch(() => undefined);
+      throw error;
+    }
     const objectBytes = pack.offsetBytes + trailer.length;
     const upload = (async () => {
       await pack.sink.commit();

@@ -242,8 +242,8 @@ export class DirectoryObjectStore implements ObjectStore {
         if (error === failure) throw failure;
         failure ??= this.#error('write', key, error);
         inFlight.delete(pending);
-        // Reported now; the file goes once the others settle (abort and commit wait for that).
-        void discard();
+        // Reported once the file is gone: a caller that gives up on the error leaves nothing in tmp/.
+        await discard();
         throw failure;
       } finally {
         inFlight.delete(pending);

@@ -158,9 +158,11 @@ test('a directory store writer that fails reports its first failure (ENOSPC) to 
     await writer.write(new Uint8Array(1000).fill(1));
     // One write in flight while another fails: it must not be cut off by a closed file, and it too reports the cause.
     const held = writer.write(new Uint8Array(1000).fill(HOLD));
-    held.catch(() => undefined);
-    await assert.rejects(writer.write(new Uint8Array(1000).fill(FAIL)), /Cannot write .*packs\/fe\/fefe: ENOSPC/);
+    held.catch(() => undefined); // checked below, once the failure is reported
+    const failed = writer.write(new Uint8Array(1000).fill(FAIL));
     release();
+    await assert.rejects(failed, /Cannot write .*packs\/fe\/fefe: ENOSPC/);
+    assert.deepEqual(readdirSync(join(root, 'full', 'tmp')), [], 'the temporary file is gone when the failure is reported');
     await assert.rejects(held, /ENOSPC/);
     // Calls after the failure report it too, not "file closed".
     await assert.rejects(writer.write(new Uint8Array(10)), /ENOSPC/);
