@@ -58,6 +58,7 @@ import {
   type StoreConfig,
   type StreamRoot,
 } from './format.ts';
+import { DirectoryObjectStore } from './directory-store.ts';
 import { openObjectStore, type OpenStoreOptions } from './open-store.ts';
 import type { ObjectStore, ObjectWriter } from './store.ts';
 
@@ -66,6 +67,19 @@ export interface InitOptions extends OpenStoreOptions {
   zstdLevel: number;
 }
 
+
+/**
+ * Refuses to make a store where something else is (DirectoryObjectStore.checkNewStorePlace for a
+ * directory; under an S3 prefix, any object but a store's config): an existing store is left to
+ * the config's exclusive create, which says so.
+ */
+async function checkNewStorePlace(store: ObjectStore): Promise<void> {
+  if (store instanceof DirectoryObjectStore) return await store.checkNewStorePlace();
+  for await (const object of store.list('')) {
+    if (object.key === CONFIG_KEY) return;
+    throw new ThinError('THIN_EXISTS', `Cannot create an archive store at ${store.url}: objects are there (${object.key}) and no archive store; name a new or empty prefix`);
+  }
+}
 /** What loading the index found, beyond the chunks. */
 export interface LoadedIndex {
   index: ChunkIndex;
@@ -100,6 +114,7 @@ export class Archive {
   static async init(spec: string, options: InitOptions): Promise<Archive> {
     const store = await openObjectStore(spec, options);
     try {
+      await checkNewStorePlace(store);
       const config = makeStoreConfig(options.averageChunkBytes, options.zstdLevel, new Date());
       // F-AR-CFG-4: the config is written once, by an exclusive create; it never changes.
       if (!(await store.putNew(CONFIG_KEY, encodeStoreConfig(config)))) {
@@ -401,7 +416,10 @@ export class PackWriter {
     const id = newObjectId();
     const sink = this.#store.openWriter === undefined ? this.#bufferedSink(id) : this.#streamedSink(await this.#store.openWriter(packKey(id)));
     const header = encodePackHeader();
-    await sink.append(header);
+    await sink.append(header).catch(async (error: unknown) => {
+      await sink.abort().catch(() => undefined);
+      throw error;
+    });
     return { id, sink, entries: [], offsetBytes: header.length };
   }
 
@@ -498,8 +516,14 @@ export class PackWriter {
     if (pack === undefined) return;
     this.#open = undefined;
     const trailer = encodePackTrailer(pack.entries, pack.offsetBytes);
-    await pack.sink.append(trailer);
-    await pack.sink.end();
+    try {
+      await pack.sink.append(trailer);
+      await pack.sink.end();
+    } catch (error) {
+      // No longer the open pack, so abandon() would not drop it: dropped here.
+      await pack.sink.abort().catch(() => undefined);
+      throw error;
+    }
     const objectBytes = pack.offsetBytes + trailer.length;
     const upload = (async () => {
       await pack.sink.commit();

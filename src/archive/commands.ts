@@ -7,7 +7,7 @@ import type { ChunkJobs } from './chunk-jobs.ts';
 import type { ChunkerParams } from './chunker.ts';
 import type { StreamRoot, StreamSource } from './format.ts';
 import { lockStore, type LockKind } from './locks.ts';
-import { collectGarbage, listStore, removeStream, verifyStore, type GcReport, type StoreListing, type VerifyReport } from './maintenance.ts';
+import { collectGarbage, listStore, removeStream, storedRatio, verifyStore, type GcReport, type StoreListing, type VerifyReport } from './maintenance.ts';
 import { assertStreamNameFree, findBaseStream, packStream, sameVolume } from './pack.ts';
 import type { PackAccess, PackSources } from './source.ts';
 import type { OpenStoreOptions } from './open-store.ts';
@@ -74,10 +74,10 @@ export interface PackResult {
   bytesRead: number;
   bytesNew: number;
   bytesStored: number;
-  /** Raw bytes of new chunks per byte stored (compression). */
-  compressionRatio: number;
-  /** Mapped bytes per byte stored (dedup and compression together). */
-  dedupRatio: number;
+  /** Raw bytes of new chunks per byte stored (compression); null when nothing was stored (storedRatio). */
+  compressionRatio: number | null;
+  /** Mapped bytes per byte stored (dedup and compression together); null when nothing was stored. */
+  dedupRatio: number | null;
   chunkCount: number;
   newChunkCount: number;
   elapsedMs: number;
@@ -150,8 +150,8 @@ export async function packVolume(options: PackCommandOptions): Promise<PackResul
       bytesRead: stats.bytesRead,
       bytesNew: stats.bytesNew,
       bytesStored: stats.bytesStored,
-      compressionRatio: stats.bytesStored === 0 ? 0 : stats.bytesNew / stats.bytesStored,
-      dedupRatio: stats.bytesStored === 0 ? 0 : stats.mappedBytes / stats.bytesStored,
+      compressionRatio: storedRatio(stats.bytesNew, stats.bytesStored),
+      dedupRatio: storedRatio(stats.mappedBytes, stats.bytesStored),
       chunkCount: stats.chunkCount,
       newChunkCount: stats.newChunkCount,
       elapsedMs: stats.elapsedMs,

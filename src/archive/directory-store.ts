@@ -10,7 +10,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ThinError } from '../errors.ts';
 import { PRIVATE_FILE_MODE, makePrivateDirectory } from '../io/private.ts';
-import { PACKS_PREFIX } from './format.ts';
+import { CONFIG_KEY, PACKS_PREFIX } from './format.ts';
 import { checkKey, checkPrefix, type ObjectStore, type ObjectWriter, type StoredObject } from './store.ts';
 
 export const DIRECTORY_TMP = 'tmp';
@@ -34,6 +34,37 @@ export class DirectoryObjectStore implements ObjectStore {
   static open(dir: string): DirectoryObjectStore {
     const root = path.resolve(dir);
     return new DirectoryObjectStore(root);
+  }
+
+  /**
+   * Refuses a place `archive init` must not make a store in, naming the path and why: a path
+   * through a file, a file, or a directory that holds something other than a store (init would
+   * mix the archive's objects into it, and gc would one day empty tmp/ there). A missing
+   * directory (made with its parents) or an empty one is taken, and so is an existing store,
+   * which init's exclusive create of the config then refuses.
+   */
+  async checkNewStorePlace(): Promise<void> {
+    const cannot = (why: string) => `Cannot create an archive store at ${this.root}: ${why}`;
+    const stats = await fsp.stat(this.root).catch((error: NodeJS.ErrnoException) => error);
+    if (stats instanceof Error) {
+      if (stats.code !== 'ENOENT' && stats.code !== 'ENOTDIR') throw new ThinError('THIN_IO', cannot(stats.code ?? stats.message), { cause: stats });
+      // Missing: its nearest existing ancestor must be a directory for it to be made.
+      let ancestor = path.dirname(this.root);
+      for (;;) {
+        const found = await fsp.stat(ancestor).catch(() => undefined);
+        if (found !== undefined) {
+          if (!found.isDirectory()) throw new ThinError('THIN_INVALID', cannot(`${ancestor} is a file, not a directory`));
+          return;
+        }
+        if (path.dirname(ancestor) === ancestor) return;
+        ancestor = path.dirname(ancestor);
+      }
+    }
+    if (!stats.isDirectory()) throw new ThinError('THIN_INVALID', cannot('it is a file, not a directory'));
+    const names = (await fsp.readdir(this.root)).filter((name) => name !== DIRECTORY_TMP);
+    if (names.length === 0 || names.includes(CONFIG_KEY)) return;
+    const shown = names.sort().slice(0, 3).map((name) => `'${name}'`).join(', ');
+    throw new ThinError('THIN_EXISTS', cannot(`the directory is not empty (${shown}${names.length > 3 ? ', …' : ''}) and holds no archive store; name a new or empty directory`));
   }
 
   #path(key: string): string {
@@ -168,21 +199,55 @@ export class DirectoryObjectStore implements ObjectStore {
       return { temporary, handle };
     } catch (error) {
       await handle?.close().catch(() => undefined);
-      await fsp.rm(temporary, { force: true });
+      // The cause is the error above: a path through a file fails this rm too (ENOTDIR).
+      await fsp.rm(temporary, { force: true }).catch(() => undefined);
       throw this.#error('write', key, error);
     }
   }
 
-  /** The object's bytes go to its temporary file as they come; commit syncs and renames it into place. */
+  /**
+   * The object's bytes go to its temporary file as they come; commit syncs and renames it into
+   * place. Writes overlap, so several may be in flight when one fails (ENOSPC, say): the first
+   * failure is the writer's, every call from then on reports it, and the temporary file is
+   * closed and removed only once the writes in flight have settled (closing it under them made
+   * them fail with "file closed", which was then reported instead of the cause). Nothing of a
+   * failed writer reaches its key: only commit renames, and it refuses after a failure.
+   */
   async openWriter(key: string): Promise<ObjectWriter> {
     const final = this.#path(key);
     const { temporary, handle } = await this.#openTemporary(key);
     let positionBytes = 0;
-    let closed = false;
-    const discard = async () => {
-      if (!closed) await handle.close().catch(() => undefined);
-      closed = true;
-      await fsp.rm(temporary, { force: true });
+    let failure: ThinError | undefined;
+    /** The writes (each a whole writeRest or writeParts) not yet settled. */
+    const inFlight = new Set<Promise<void>>();
+    let discarded: Promise<void> | undefined;
+    const discard = () => {
+      discarded ??= (async () => {
+        await Promise.allSettled(inFlight);
+        await handle.close().catch(() => undefined);
+        await fsp.rm(temporary, { force: true });
+      })();
+      return discarded;
+    };
+    /** Runs one write; after a failure (this one's or an earlier one's), reports the first. */
+    const run = async (write: () => Promise<void>) => {
+      if (failure !== undefined) throw failure;
+      const pending = write();
+      inFlight.add(pending);
+      try {
+        await pending;
+        // Written, but into a file that another write's failure condemned.
+        if (failure !== undefined) throw failure;
+      } catch (error) {
+        if (error === failure) throw failure;
+        failure ??= this.#error('write', key, error);
+        inFlight.delete(pending);
+        // Reported once the file is gone: a caller that gives up on the error leaves nothing in tmp/.
+        await discard();
+        throw failure;
+      } finally {
+        inFlight.delete(pending);
+      }
     };
     /** Writes `bytes` from `done` on at `beginBytes` (a short write goes on from where it stopped). */
     const writeRest = async (bytes: Uint8Array, done: number, beginBytes: number) => {
@@ -193,20 +258,15 @@ export class DirectoryObjectStore implements ObjectStore {
     };
     return {
       // Each write has its place when called, so writes may overlap.
-      write: async (bytes) => {
+      write: (bytes) => {
         const beginBytes = positionBytes;
         positionBytes += bytes.length;
-        try {
-          await writeRest(bytes, 0, beginBytes);
-        } catch (error) {
-          await discard();
-          throw this.#error('write', key, error);
-        }
+        return run(() => writeRest(bytes, 0, beginBytes));
       },
-      writeParts: async (parts) => {
+      writeParts: (parts) => {
         const beginBytes = positionBytes;
         positionBytes += parts.reduce((sum, part) => sum + part.length, 0);
-        try {
+        return run(async () => {
           // One pwritev(2) (libuv splits it past IOV_MAX parts); after a short one, the rest part by part.
           const { bytesWritten } = await handle.writev(parts as Uint8Array[], beginBytes);
           let at = beginBytes;
@@ -214,22 +274,24 @@ export class DirectoryObjectStore implements ObjectStore {
             await writeRest(part, Math.min(part.length, Math.max(0, beginBytes + bytesWritten - at)), at);
             at += part.length;
           }
-        } catch (error) {
-          await discard();
-          throw this.#error('write', key, error);
-        }
+        });
       },
       commit: async () => {
+        await Promise.allSettled(inFlight);
+        if (failure !== undefined) {
+          await discard();
+          throw failure;
+        }
         try {
           await handle.sync();
           await handle.close();
-          closed = true;
           makePrivateDirectory(path.dirname(final), { recursive: true });
           await fsp.rename(temporary, final);
           await syncDirectory(path.dirname(final));
         } catch (error) {
+          failure ??= this.#error('write', key, error);
           await discard();
-          throw this.#error('write', key, error);
+          throw failure;
         }
       },
       abort: discard,

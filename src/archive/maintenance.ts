@@ -3,7 +3,7 @@
 import { ThinError, isThinError } from '../errors.ts';
 import { ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_GC_REPACK_LIVE_FRACTION_MAX, ARCHIVE_UNPACK_WINDOW_BYTES } from '../constants.ts';
 import { ChunkIndex } from './chunk-index.ts';
-import { ChunkReader, PackWriter, type Archive } from './archive.ts';
+import { ChunkReader, PackWriter, type Archive, type LoadedIndex } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
 import { compressChunks, storedPieces } from './chunk-jobs.ts';
 import { DirectoryObjectStore } from './directory-store.ts';
@@ -28,6 +28,14 @@ import { ZstdCompressor, ZstdDecompressor, ZstdFrameError } from '../util/zstd.t
 
 // ---- list ----
 
+/**
+ * `bytes` per byte a stream stored, or null when it stored nothing: a stream whose every chunk
+ * was in the store already (the best case) has no ratio, where 0 would read as the worst.
+ */
+export function storedRatio(bytes: number, bytesStored: number): number | null {
+  return bytesStored === 0 ? null : bytes / bytesStored;
+}
+
 export interface StreamListing {
   name: string;
   createdAt: string;
@@ -36,8 +44,8 @@ export interface StreamListing {
   bytesRead: number;
   bytesNew: number;
   bytesStored: number;
-  /** Mapped bytes per byte this stream added to the store. */
-  dedupRatio: number;
+  /** Mapped bytes per byte this stream added to the store; null when it added none (storedRatio). */
+  dedupRatio: number | null;
   parent?: string;
   source: StreamRoot['source'];
   segmentCount: number;
@@ -67,7 +75,7 @@ export async function listStore(archive: Archive): Promise<StoreListing> {
         bytesRead: stats.bytesRead,
         bytesNew: stats.bytesNew,
         bytesStored: stats.bytesStored,
-        dedupRatio: stats.bytesStored === 0 ? 0 : stats.mappedBytes / stats.bytesStored,
+        dedupRatio: storedRatio(stats.mappedBytes, stats.bytesStored),
         ...(root.parent === undefined ? {} : { parent: root.parent }),
         source: root.source,
         segmentCount: root.segments.length,
@@ -95,6 +103,38 @@ export interface VerifyReport {
   bytesChecked: number;
   /** Each problem a sentence naming the stream, chunk and offset (or the object). */
   problems: string[];
+  /** The same problems, in the same order, as fields (for --json readers). */
+  problemDetails: VerifyProblem[];
+}
+
+/** One problem verify found: its sentence (as in VerifyReport.problems) and where it is. */
+export interface VerifyProblem {
+  message: string;
+  /** What is damaged: a data chunk, a stream's segment, a stream root, or a store object (an index or pack). */
+  kind: 'chunk' | 'segment' | 'stream' | 'object';
+  stream?: string;
+  /** The chunk's name (hex SHA-256): a data chunk's or the segment's. */
+  chunk?: string;
+  /** Where the data chunk lies in the stream's volume (bytes). */
+  offset?: number;
+  segment?: number;
+  /** The object's key (kind 'object', when the problem names one). */
+  object?: string;
+  /** What is wrong, without where (e.g. "missing from the store"). */
+  what: string;
+}
+
+/** Records a problem in both of a report's forms; `where` is the message's prefix naming the place, dropped from `what`. */
+function addProblem(report: VerifyReport, message: string, where: string, fields: Omit<VerifyProblem, 'message' | 'what'>): void {
+  const what = message.startsWith(`${where}: `) ? message.slice(where.length + 2) : message;
+  report.problems.push(message);
+  report.problemDetails.push({ message, ...fields, what });
+}
+
+/** A store-level problem (an index or pack object loadIndex could not use), its key taken from the sentence where it starts with one. */
+function addObjectProblem(report: VerifyReport, message: string): void {
+  const key = /^(?:index object |pack )?((?:packs|index)\/[0-9A-Za-z/._-]+)/.exec(message)?.[1];
+  addProblem(report, message, key === undefined ? '' : message.slice(0, message.indexOf(key) + key.length), { kind: 'object', ...(key === undefined ? {} : { object: key }) });
 }
 
 export interface VerifyOptions {
@@ -112,7 +152,8 @@ export interface VerifyOptions {
 export async function verifyStore(archive: Archive, options: VerifyOptions = {}): Promise<VerifyReport> {
   const loaded = await archive.loadIndex();
   const reader = new ChunkReader(archive.store, loaded.index, options.decoder);
-  const report: VerifyReport = { streamsChecked: 0, chunksChecked: 0, bytesChecked: 0, problems: options.name === undefined ? [...loaded.problems] : [] };
+  const report: VerifyReport = { streamsChecked: 0, chunksChecked: 0, bytesChecked: 0, problems: [], problemDetails: [] };
+  if (options.name === undefined) for (const problem of loaded.problems) addObjectProblem(report, problem);
   const checked = new Map<string, string | undefined>(); // chunk hash → problem (undefined: intact)
   const names = options.name === undefined ? await archive.streamNames() : [options.name];
   for (const name of names) {
@@ -122,7 +163,7 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
       root = await archive.readStream(name);
     } catch (error) {
       if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
-      report.problems.push((error as Error).message);
+      addProblem(report, (error as Error).message, `stream ${name}`, { kind: 'stream', stream: name });
       continue;
     }
     for (const segmentRef of root.segments) {
@@ -131,7 +172,8 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
         runs = (await archive.readSegment(reader, root, segmentRef)).runs;
       } catch (error) {
         if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
-        report.problems.push((error as Error).message);
+        const chunk = hashHex(segmentRef.hash);
+        addProblem(report, (error as Error).message, `stream ${root.name}, segment ${segmentRef.index} (chunk ${chunk})`, { kind: 'segment', stream: root.name, segment: segmentRef.index, chunk });
         continue;
       }
       for (const run of runs) {
@@ -159,7 +201,32 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
     }
     options.onProgress?.(report.streamsChecked, names.length);
   }
+  // The trailers of the packs whose chunks were read (of every pack, verifying the whole store):
+  // the index objects stand in for them until the indexes are lost, when a pack whose trailer is
+  // damaged could not be indexed again (docs/format.md F-AR-PACK-2, F-AR-IDX-1).
+  const packIds = new Set<string>();
+  if (options.name === undefined) for (const packId of loaded.packSizes.keys()) packIds.add(packId);
+  else for (const hex of checked.keys()) {
+    const location = loaded.index.get(Buffer.from(hex, 'hex'));
+    if (location !== undefined) packIds.add(location.packId);
+  }
+  await checkPackTrailers(archive, loaded, packIds, report);
   return report;
+}
+
+/** Reads and checks the trailer of each pack in `packIds` that loading the index did not read already. */
+async function checkPackTrailers(archive: Archive, loaded: LoadedIndex, packIds: Set<string>, report: VerifyReport): Promise<void> {
+  const readAtLoad = new Set([...loaded.unindexed.map((listing) => listing.packId), ...loaded.unreadable]);
+  for (const packId of packIds) {
+    const sizeBytes = loaded.packSizes.get(packId);
+    if (sizeBytes === undefined || readAtLoad.has(packId)) continue;
+    try {
+      await archive.readPackEntries(packId, sizeBytes);
+    } catch (error) {
+      if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT') && !isThinError(error, 'THIN_NOT_FOUND')) throw error;
+      addObjectProblem(report, (error as Error).message);
+    }
+  }
 }
 
 async function verifyWindow(
@@ -206,7 +273,7 @@ async function verifyWindow(
   }
   for (const item of window) {
     const problem = checked.get(hashHex(item.ref.hash));
-    if (problem !== undefined) report.problems.push(`${where(item)}: ${problem}`);
+    if (problem !== undefined) addProblem(report, `${where(item)}: ${problem}`, where(item), { kind: 'chunk', stream, chunk: hashHex(item.ref.hash), offset: item.offset });
   }
 }
 

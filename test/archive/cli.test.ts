@@ -2,7 +2,7 @@
 // one line that says why, and the happy path prints what a user needs.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { THINBD, thinbd, thinbdJson } from '../cli/run-thinbd.ts';
 import { run } from '../nbd/helpers.ts';
@@ -60,6 +60,9 @@ describe('archive usage errors exit 2 and change nothing', () => {
 describe('archive failures exit 1 with one line', () => {
   const cases: Array<[string, () => string[], RegExp]> = [
     ['init over an existing store', () => ['archive', 'init', '--store', store], /An archive store already exists at/],
+    ['init under a file', () => ['archive', 'init', '--store', join(dir.path, 'image', 'store')], /^thinbd: Cannot create an archive store at .*image\/store: .*image is a file, not a directory$/m],
+    ['init onto a file', () => ['archive', 'init', '--store', join(dir.path, 'image')], /^thinbd: Cannot create an archive store at .*image: it is a file, not a directory$/m],
+    ['init into a directory that holds other things', () => ['archive', 'init', '--store', pool], /Cannot create an archive store at .*pool: the directory is not empty \('data', [^)]*\) and holds no archive store; name a new or empty directory/],
     ['a directory that holds no store', () => ['archive', 'list', '--store', join(dir.path, 'nothing')], /No archive store at .*nothing \(no config object\); create one with 'thinbd archive init/],
     ['a missing volume', () => ['archive', 'pack', '--pool', pool, 'nope', '--store', store], /No volume named nope/],
     ['--delta-from of no volume names the option', () => ['archive', 'pack', '--pool', pool, 'vol', '--store', store, '--delta-from', 'vol2'], /^thinbd: --delta-from: no volume named vol2$/m],
@@ -115,6 +118,25 @@ test('the default stream name is VOLUME.<UTC time>, and list shows it', () => {
   const listed = ok(['archive', 'list', '--store', store]);
   assert.match(listed, new RegExp(`^${packed.stream.replace('.', '\\.')}\\s+2M\\s+2M\\s+2M`, 'm'));
   assert.match(listed, /\d+ streams; \d+ packs/);
+});
+
+test('init takes a new directory (with its parents) or an empty one', () => {
+  const empty = join(dir.path, 'empty-store');
+  mkdirSync(empty);
+  ok(['archive', 'init', '--store', empty]);
+  ok(['archive', 'init', '--store', join(dir.path, 'new', 'parents', 'store')]);
+  ok(['archive', 'list', '--store', empty]);
+});
+
+test('a pack that stores nothing new has no ratios (null), and list shows it as all shared, not 0.0x', () => {
+  ok(['archive', 'pack', '--pool', pool, 'ro', '--store', store, '--name', 'shared-1']);
+  const again = thinbdJson<{ bytesStored: number; compressionRatio: number | null; dedupRatio: number | null }>(['archive', 'pack', '--pool', pool, 'ro', '--store', store, '--name', 'shared-2', '--json']);
+  assert.equal(again.bytesStored, 0);
+  assert.equal(again.compressionRatio, null);
+  assert.equal(again.dedupRatio, null);
+  const listing = thinbdJson<{ streams: Array<{ name: string; dedupRatio: number | null }> }>(['archive', 'list', '--store', store, '--json']);
+  assert.equal(listing.streams.find((stream) => stream.name === 'shared-2')?.dedupRatio, null);
+  assert.match(ok(['archive', 'list', '--store', store]), /^shared-2\s+2M\s+2M\s+2M\s+0B\s+all shared\s+-\s/m);
 });
 
 test('pack works on a served pool while a client writes: a writable volume goes through a read-only snapshot of it', async () => {

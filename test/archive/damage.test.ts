@@ -112,6 +112,16 @@ test('a flipped byte in a frame of several chunks names the chunks it breaks, on
     named.add(match[1]!);
   }
   for (const chunk of named) assert.ok(members.has(chunk), `${chunk} is in the damaged frame`);
+  // The same problems as fields, beside each message.
+  const details = (JSON.parse(verify.stdout) as { problemDetails: Array<{ message: string; kind: string; stream: string; chunk: string; offset: number; what: string }> }).problemDetails;
+  assert.deepEqual(details.map((detail) => detail.message), problems);
+  for (const detail of details) {
+    assert.equal(detail.kind, 'chunk');
+    assert.equal(detail.stream, 's1');
+    assert.ok(members.has(detail.chunk), detail.chunk);
+    assert.equal(detail.message, `stream s1, chunk ${detail.chunk} at offset ${detail.offset}: ${detail.what}`);
+    assert.match(detail.what, /^damaged in pack/);
+  }
   const human = thinbd(['archive', 'verify', '--store', store]);
   assert.match(human.stderr, /problems in/);
   assertUnpackRefused(store, /stream s1, chunk [0-9a-f]{64} at offset \d+: damaged/);
@@ -128,8 +138,35 @@ test('a deleted pack object is named by verify (each chunk it held), and unpack 
   const problems = (JSON.parse(report.stdout) as { problems: string[] }).problems;
   assert.ok(problems.length > 0);
   for (const problem of problems) assert.match(problem, /^stream s1, (chunk [0-9a-f]{64} at offset \d+|segment \d+ \(chunk [0-9a-f]{64}\)): missing from the store/);
+  const details = (JSON.parse(report.stdout) as { problemDetails: Array<{ message: string; kind: string; stream: string; chunk: string; what: string }> }).problemDetails;
+  assert.deepEqual(details.map((detail) => detail.message), problems);
+  for (const detail of details) {
+    assert.ok(detail.kind === 'chunk' || detail.kind === 'segment', detail.kind);
+    assert.equal(detail.stream, 's1');
+    assert.match(detail.chunk, /^[0-9a-f]{64}$/);
+    assert.match(detail.what, /missing from the store/);
+  }
   assert.ok(packIdOfKey(`packs/${victim.split('/').slice(-2).join('/')}`));
   assertUnpackRefused(store, /stream s1, .*missing from the store/);
+});
+
+test('a flipped byte in a pack trailer is named by verify (its chunks still read: the index lists them)', () => {
+  const store = damagedCopy('trailer');
+  const packFile = files(join(store, 'packs'))[0]!;
+  const key = `packs/${packFile.split('/').slice(-2).join('/')}`;
+  const bytes = readFileSync(packFile);
+  // The trailer's last entry, just before the 48-byte footer.
+  bytes[bytes.length - 48 - 10]! ^= 0x01;
+  writeFileSync(packFile, bytes);
+  for (const args of [[], ['s1']]) {
+    const verify = thinbd(['archive', 'verify', '--store', store, ...args, '--json']);
+    assert.equal(verify.code, 1, verify.stderr);
+    const report = JSON.parse(verify.stdout) as { problems: string[]; problemDetails: Array<{ kind: string; object?: string; what: string }> };
+    assert.equal(report.problems.length, 1, report.problems.join('\n'));
+    assert.match(report.problems[0]!, new RegExp(`^pack ${key}: .*trailer`));
+    assert.equal(report.problemDetails[0]!.kind, 'object');
+    assert.equal(report.problemDetails[0]!.object, key);
+  }
 });
 
 test('a truncated stream index is named by verify, and unpack refuses', () => {

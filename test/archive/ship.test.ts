@@ -82,3 +82,13 @@ test('full + 5 incrementals: the destination matches the source after each, writ
   }
   assert.equal(thinbd(['check', '--pool', hostB]).code, 0);
 });
+
+test('init under an S3 prefix: an existing store is refused as one, a prefix that holds other objects is refused naming one', () => {
+  const again = thinbd(['archive', 'init', '--store', store], { env: server.env });
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /An archive store already exists at s3:\/\/ship\/volumes/);
+  // The bucket's top holds the store's objects under volumes/, and no store of its own.
+  const above = thinbd(['archive', 'init', '--store', 's3://ship'], { env: server.env });
+  assert.equal(above.code, 1, above.stderr);
+  assert.match(above.stderr, /^thinbd: Cannot create an archive store at s3:\/\/ship.*: objects are there \(volumes\/.*\) and no archive store; name a new or empty prefix$/m);
+});

@@ -2,6 +2,7 @@
 // a local S3-compatible server (s3rver on 127.0.0.1).
 import { after, before, test } from 'node:test';
 import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
@@ -121,4 +122,62 @@ test('a directory store keeps a few pack descriptors open for ranged reads and c
   assert.ok(during > 0 && during <= 16, `${during} descriptors open between reads`);
   await store.close();
   assert.equal(openFiles(), before, 'none left open after close');
+});
+
+/**
+ * Makes writes of the directory store's files fail as a full disk does: a write whose first byte
+ * is FAIL fails with ENOSPC; one whose first byte is HOLD waits for `release` first (so it is in
+ * flight when another fails). Returns the function that puts FileHandle.write back.
+ */
+async function injectWriteFaults(release: Promise<void>): Promise<() => void> {
+  const probe = await open(join(root, 'probe'), 'w');
+  const prototype = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<unknown> };
+  await probe.close();
+  const write = prototype.write;
+  prototype.write = async function (this: unknown, ...args: unknown[]) {
+    const [bytes, offset] = args as [Uint8Array, number];
+    if (bytes instanceof Uint8Array && bytes[offset ?? 0] === FAIL) {
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' });
+    }
+    if (bytes instanceof Uint8Array && bytes[offset ?? 0] === HOLD) await release;
+    return await write.apply(this, args);
+  };
+  return () => {
+    prototype.write = write;
+  };
+}
+const FAIL = 0xfe;
+const HOLD = 0xfd;
+
+test('a directory store writer that fails reports its first failure (ENOSPC) to every later call, and leaves nothing behind', async () => {
+  const store = DirectoryObjectStore.open(join(root, 'full'));
+  let release!: () => void;
+  const restore = await injectWriteFaults(new Promise<void>((resolve) => (release = resolve)));
+  try {
+    const writer = await store.openWriter('packs/fe/fefe');
+    await writer.write(new Uint8Array(1000).fill(1));
+    // One write in flight while another fails: it must not be cut off by a closed file, and it too reports the cause.
+    const held = writer.write(new Uint8Array(1000).fill(HOLD));
+    held.catch(() => undefined); // checked below, once the failure is reported
+    const failed = writer.write(new Uint8Array(1000).fill(FAIL));
+    release();
+    await assert.rejects(failed, /Cannot write .*packs\/fe\/fefe: ENOSPC/);
+    assert.deepEqual(readdirSync(join(root, 'full', 'tmp')), [], 'the temporary file is gone when the failure is reported');
+    await assert.rejects(held, /ENOSPC/);
+    // Calls after the failure report it too, not "file closed".
+    await assert.rejects(writer.write(new Uint8Array(10)), /ENOSPC/);
+    await assert.rejects(writer.writeParts([new Uint8Array(10), new Uint8Array(5)]), /ENOSPC/);
+    await assert.rejects(writer.commit(), /ENOSPC/);
+    await writer.abort();
+  } finally {
+    restore();
+  }
+  await assert.rejects(store.get('packs/fe/fefe'), /no such file/);
+  assert.equal(await store.removeTemporaries(), 0, 'no temporary file left behind');
+
+  // The store takes the next object as usual.
+  const writer = await store.openWriter('packs/fe/fefe');
+  await writer.write(new Uint8Array([1, 2, 3]));
+  await writer.commit();
+  assert.deepEqual([...(await store.get('packs/fe/fefe'))], [1, 2, 3]);
 });

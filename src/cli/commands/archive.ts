@@ -8,7 +8,7 @@ import { assertPoolExists, liveService, withPinnedView, withPool } from '../pool
 import type { PoolService } from '../../daemon/service.ts';
 import { poolSources, viewSources, type PackAccess, type PackSources } from '../../archive/source.ts';
 import { formatSize } from '../sizes.ts';
-import { startProgress, type Progress } from '../progress.ts';
+import { growingProgress } from '../progress.ts';
 import { ThinError } from '../../errors.ts';
 import {
   ARCHIVE_CHUNK_AVERAGE_BYTES_DEFAULT,
@@ -21,6 +21,7 @@ import { snapshotAccess } from '../../archive/pack-snapshot.ts';
 import type { StreamSource } from '../../archive/format.ts';
 import { WorkerChunkJobs } from '../../archive/chunk-workers.ts';
 import type { ChunkerParams } from '../../archive/chunker.ts';
+import type { StreamListing } from '../../archive/maintenance.ts';
 
 /** Chunking, hashing, compression and decoding on one worker thread per core. */
 const workerJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs({ params, level });
@@ -51,21 +52,10 @@ function streamName(text: string): string {
   return volumeName('stream name', text);
 }
 
-/** A progress bar that appears at the first report (its total known then). */
-function lazyProgress(label: string): { update: (done: number, total: number) => void; stop: () => void } {
-  let progress: Progress | undefined;
-  let shownTotal = 0;
-  return {
-    update: (done, total) => {
-      if (progress === undefined || total !== shownTotal) {
-        progress?.stop();
-        progress = startProgress(label, total, { bytes: true });
-        shownTotal = total;
-      }
-      progress.update(done);
-    },
-    stop: () => progress?.stop(),
-  };
+/** list's RATIO column: "all shared" for a stream that stored nothing new (its dedupRatio is null), "-" for one with nothing mapped. */
+function ratioText(stream: StreamListing): string {
+  if (stream.dedupRatio !== null) return `${stream.dedupRatio.toFixed(1)}x`;
+  return stream.mappedBytes === 0 ? '-' : 'all shared';
 }
 
 function mbps(bytes: number, elapsedMs: number): string {
@@ -112,7 +102,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
       const name = options.name === undefined ? undefined : streamName(options.name);
       const deltaFrom = options.deltaFrom === undefined ? undefined : volumeName('--delta-from', options.deltaFrom);
       const store = storeSpec(options.store);
-      const progress = lazyProgress(`pack ${volume}`);
+      const progress = growingProgress(`pack ${volume}`);
       {
         const dir = poolDirectory(options.pool);
         assertPoolExists(dir);
@@ -171,7 +161,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
         formatSize(stream.mappedBytes),
         formatSize(stream.bytesRead),
         formatSize(stream.bytesStored),
-        `${stream.dedupRatio.toFixed(1)}x`,
+        ratioText(stream),
         stream.parent ?? '-',
         stream.createdAt,
       ]);
@@ -193,7 +183,7 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
       const stream = streamName(nameText);
       const volume = volumeName('volume name', volumeText);
       const store = storeSpec(options.store);
-      const progress = lazyProgress(`unpack ${stream}`);
+      const progress = growingProgress(`unpack ${stream}`);
       const result = await withPool(poolDirectory(options.pool), 'write', (pool) =>
         unpackVolume({ store, pool, stream, volume, makeJobs: workerJobs, onNote: note, onProgress: progress.update, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
       ).finally(progress.stop);
