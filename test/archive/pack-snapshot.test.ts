@@ -188,6 +188,22 @@ describe('on a pool this process opens', () => {
     assert.equal(volume(pool, 'u3')?.labels[PACK_SNAPSHOT_LABEL], undefined);
   });
 
+  test('a snapshot taken through the pool service keeps its source\'s labels beside those it is given (these win)', async () => {
+    const pool = await createPool(join(dir.path, 'labels'), 64 * MiB);
+    try {
+      await pool.createVolume('v', { sizeBytes: MiB, labels: { role: 'base', stage: 'live' } });
+      const service = new LocalPoolService(pool, { closePool: false });
+      await service.snapshot({ source: 'v', name: 's', readOnly: true, labels: { stage: 'packing' } });
+      await service.snapshot({ source: 'v', name: 't' });
+      const labels = new Map(pool.list().map((info) => [info.name, info.labels]));
+      assert.deepEqual(labels.get('s'), { role: 'base', stage: 'packing' });
+      assert.deepEqual(labels.get('t'), { role: 'base', stage: 'live' });
+      assert.deepEqual(labels.get('v'), { role: 'base', stage: 'live' });
+    } finally {
+      await pool.close();
+    }
+  });
+
   test('a pack that fails while it reads removes its snapshot, even with keep', async () => {
     const poolDir = join(dir.path, 'library');
     const pool = await createPool(poolDir, 64 * MiB);
