@@ -28,7 +28,10 @@ export function sourceOpeners(options: RemoteOptions = {}): SourceOpeners {
       const s3 = await S3Bucket.connect({ bucket, prefix: '' }, options.endpoint === undefined ? {} : { endpoint: options.endpoint });
       try {
         const info = await s3.head(key);
-        if (info === undefined) throw new ThinError('THIN_NOT_FOUND', `Cannot read ${url}: no such object`);
+        if (info === undefined) {
+          await s3.checkBucket(); // a missing bucket is named as one, not as a missing object
+          throw new ThinError('THIN_NOT_FOUND', `Cannot read ${url}: no such object`);
+        }
         const stream = await s3.getStream(key);
         return {
           stream,

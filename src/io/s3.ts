@@ -263,6 +263,8 @@ export class S3Bucket {
     try {
       await this.client.send(new this.#sdk.HeadBucketCommand({ Bucket: this.location.bucket }));
     } catch (error) {
+      // A HEAD reply has no body, so a missing bucket comes back as a bare NotFound.
+      if (isMissing(error)) throw new ThinError('THIN_NOT_FOUND', `Cannot reach ${this.url('')}: no such bucket ${this.location.bucket}`, { cause: error });
       throw this.#error('reach bucket of', '', error);
     }
   }

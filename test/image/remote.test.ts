@@ -127,6 +127,9 @@ test('s3://BUCKET/KEY reads zstd and gzip archives and a docker archive from a l
   const missing = thinbd(['image', 'import', '--pool', pool, 'missing', 's3://images/fleet/none.tar'], { env: s3.env });
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /no such object/);
+  const noBucket = thinbd(['image', 'import', '--pool', pool, 'missing', 's3://nobucket/fleet/flat.tar'], { env: s3.env });
+  assert.equal(noBucket.code, 1);
+  assert.match(noBucket.stderr, /no such bucket nobucket/);
   assert.deepEqual((JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string }>).map((volume) => volume.name).filter((name) => !name.startsWith('layer.')).sort(), ['gz', 'layered', 'zst']);
 });
 
