@@ -58,7 +58,6 @@ import {
   type StoreConfig,
   type StreamRoot,
 } from './format.ts';
-import { DirectoryObjectStore } from './directory-store.ts';
 import { openObjectStore, type OpenStoreOptions } from './open-store.ts';
 import type { ObjectStore, ObjectWriter } from './store.ts';
 
@@ -67,19 +66,19 @@ export interface InitOptions extends OpenStoreOptions {
   zstdLevel: number;
 }
 
-
 /**
- * Refuses to make a store where something else is (DirectoryObjectStore.checkNewStorePlace for a
- * directory; under an S3 prefix, any object but a store's config): an existing store is left to
- * the config's exclusive create, which says so.
+ * Refuses to make a store where something else is (the store's own check where it has one, a
+ * directory's; else, under an S3 prefix, any object but a store's config): an existing store is
+ * left to the config's exclusive create, which says so.
  */
 async function checkNewStorePlace(store: ObjectStore): Promise<void> {
-  if (store instanceof DirectoryObjectStore) return await store.checkNewStorePlace();
+  if (store.checkNewStorePlace !== undefined) return await store.checkNewStorePlace();
   for await (const object of store.list('')) {
     if (object.key === CONFIG_KEY) return;
     throw new ThinError('THIN_EXISTS', `Cannot create an archive store at ${store.url}: objects are there (${object.key}) and no archive store; name a new or empty prefix`);
   }
 }
+
 /** What loading the index found, beyond the chunks. */
 export interface LoadedIndex {
   index: ChunkIndex;

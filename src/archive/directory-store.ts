@@ -241,7 +241,6 @@ export class DirectoryObjectStore implements ObjectStore {
       } catch (error) {
         if (error === failure) throw failure;
         failure ??= this.#error('write', key, error);
-        inFlight.delete(pending);
         // Reported once the file is gone: a caller that gives up on the error leaves nothing in tmp/.
         await discard();
         throw failure;

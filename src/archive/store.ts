@@ -57,6 +57,11 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   /** Where the store can take an object in parts: a writer for `key` (nothing visible until commit). */
   openWriter?(key: string): Promise<ObjectWriter>;
+  /**
+   * Where the store can say more than a listing of its keys (a path through a file, a directory
+   * of other files): refuses a place `archive init` must not make a store in, naming why.
+   */
+  checkNewStorePlace?(): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -202,11 +202,12 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
 
     /** Whether `range` of the work volume reads zeros (read a piece at a time: blocks go up to 1 GiB). */
     async function readsZeros(range: Range): Promise<boolean> {
-      const bytes = new Uint8Array(Math.min(TRANSFER_CHUNK_BYTES, range.end - range.begin));
+      const bytes = Buffer.alloc(Math.min(TRANSFER_CHUNK_BYTES, range.end - range.begin));
+      const zeros = Buffer.alloc(bytes.length);
       for (let at = range.begin; at < range.end; at += bytes.length) {
-        const piece = bytes.subarray(0, Math.min(bytes.length, range.end - at));
-        await volume.read(at, piece);
-        if (!piece.every((byte) => byte === 0)) return false;
+        const length = Math.min(bytes.length, range.end - at);
+        await volume.read(at, bytes.subarray(0, length));
+        if (!bytes.subarray(0, length).equals(zeros.subarray(0, length))) return false;
       }
       return true;
     }
