@@ -13,7 +13,8 @@ import { ThinError } from '../errors.ts';
 import { S3Bucket, isS3Url } from '../io/s3.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT } from '../constants.ts';
 import { measureImage } from './import.ts';
-import type { SourceOpeners } from './source.ts';
+import { detectCompression, type SourceOpeners } from './source.ts';
+import { checksumMatches } from './tar.ts';
 
 export interface ImageStatsOptions {
   top: number;
@@ -142,20 +143,10 @@ function statOrUndefined(file: string): fs.Stats | undefined {
   }
 }
 
-/** A tar header's checksum field: the header's bytes summed with the field itself as spaces (POSIX ustar). */
-function isTarHeader(header: Uint8Array): boolean {
-  if (header.length < 512) return false;
-  const field = Buffer.from(header.subarray(148, 156)).toString('latin1').replace(/[\0 ]+$/, '').trim();
-  if (!/^[0-7]+$/.test(field)) return false;
-  let sum = 0;
-  for (let index = 0; index < 512; index++) sum += index >= 148 && index < 156 ? 0x20 : header[index]!;
-  return sum === parseInt(field, 8);
-}
-
 /**
- * Whether a file's first bytes are what import reads: gzip (1f 8b), zstd (a frame, 28 b5 2f fd, or
- * a skippable frame, 5? 2a 4d 18, as pzstd writes first) or a tar header with a valid checksum
- * (docker save and OCI archives are tars).
+ * Whether a file's first bytes are what import reads: gzip or zstd as import tells them
+ * (detectCompression), or a tar header whose checksum matches (docker save and OCI archives are
+ * tars).
  */
 function looksLikeImage(file: string): boolean {
   let head: Buffer;
@@ -171,10 +162,12 @@ function looksLikeImage(file: string): boolean {
     // Unreadable: deep would say why; counted as an image by its name only when it looks like one.
     return IMAGE_KEY.test(file);
   }
-  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return true;
-  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return true;
-  if (head.length >= 4 && (head.readUInt32LE(0) & 0xfffffff0) === 0x184d2a50) return true;
-  return isTarHeader(head);
+  try {
+    if (detectCompression(head, file) !== 'none') return true;
+  } catch {
+    return false; // xz or bzip2: named and refused by import
+  }
+  return head.length === 512 && checksumMatches(head);
 }
 
 /** Keys of objects taken as images under an S3 prefix (the first bytes would cost a request each). */

@@ -447,8 +447,8 @@ function isZeroBlock(block: Uint8Array): boolean {
   return true;
 }
 
-/** The header's checksum field holds its sum (unsigned, or the signed sum of old tars). */
-function checksumMatches(header: Uint8Array): boolean {
+/** The header's checksum field holds its sum (unsigned, or the signed sum of old tars); a 512-byte header. */
+export function checksumMatches(header: Uint8Array): boolean {
   const stored = parseNumber(header, 148, 156);
   if (stored === undefined) return false;
   const unsigned = headerByteSum(header);
