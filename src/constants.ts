@@ -112,16 +112,25 @@ export const ARCHIVE_JOB_BYTES = 8 * 1024 * 1024;
  */
 export const ARCHIVE_JOB_GATHER_BYTES = 2 * 1024 * 1024;
 /**
- * Bytes a pack expects to read (an incremental) up to which it does not start a worker per core:
- * it chunks, hashes and compresses on its own thread, or with the one worker its caller made for
- * it (the CLI's --delta-from). Each worker costs ~20 ms of CPU to start and compiles the chunker
- * again; on two quiet cores the bench's incremental (64 MiB read) took as long either way and
- * ~0.1 s less CPU on this thread alone, and under other load it was ~0.1 s sooner
- * (docs/benchmarks.md, "Archive: the incremental on the main thread").
+ * Bytes a pack expects to read (an incremental) up to which it chunks, hashes and compresses on
+ * its own thread rather than start worker threads. Each worker costs ~20 ms of CPU to start and
+ * compiles the chunker again; on two quiet cores the bench's incremental (64 MiB read) took as
+ * long either way and ~0.1 s less CPU on this thread alone, and under other load it was ~0.1 s
+ * sooner (docs/benchmarks.md, "Archive: the incremental on the main thread").
  */
 export const ARCHIVE_INLINE_BYTES_MAX = 8 * ARCHIVE_JOB_BYTES;
-/** Jobs read and being chunked at once: enough to keep every worker busy, bounded memory. */
-export const ARCHIVE_JOBS_IN_FLIGHT_MAX = 6;
+/**
+ * Jobs read and being chunked at once by worker threads: enough to keep every worker busy. Each
+ * job holds two 8 MiB buffers whose pages are touched once; 4 rather than 6 took the bench's full
+ * pack from 2.64 to 2.40 s and 0.37 s less CPU on a machine where a page fault costs ~10 µs
+ * (docs/benchmarks.md, "A machine where memory is dear").
+ */
+export const ARCHIVE_JOBS_IN_FLIGHT_MAX = 4;
+/**
+ * Jobs in flight for a pack done on its own thread (ARCHIVE_INLINE_BYTES_MAX): one being read
+ * while the other is chunked and stored; more only touch more buffer pages.
+ */
+export const ARCHIVE_INLINE_JOBS_IN_FLIGHT_MAX = 2;
 /** Pack objects uploading at once: overlaps upload with chunking without holding many packs in memory. */
 export const ARCHIVE_UPLOADS_IN_FLIGHT_MAX = 2;
 /**
@@ -131,8 +140,13 @@ export const ARCHIVE_UPLOADS_IN_FLIGHT_MAX = 2;
  * "Archive: the incremental's start, branch inc2").
  */
 export const ARCHIVE_COMMITS_IN_FLIGHT_MAX = 8;
-/** Raw bytes of chunks unpack fetches and holds at once (one window): few large ranged reads, bounded memory. */
-export const ARCHIVE_UNPACK_WINDOW_BYTES = 16 * 1024 * 1024;
+/**
+ * Raw bytes of chunks unpack fetches and holds at once (one window): few large ranged reads,
+ * bounded memory. 4 MiB rather than 16: the (ahead + 1) window buffers' pages are touched once
+ * each, and where a page fault costs ~10 µs the smaller windows took unpack's CPU from 3.2 to
+ * 2.6 s and its time 5–10% lower (docs/benchmarks.md, "A machine where memory is dear").
+ */
+export const ARCHIVE_UNPACK_WINDOW_BYTES = 4 * 1024 * 1024;
 /**
  * Windows unpack fetches ahead of the one it writes into a new volume: the reads and the
  * decoding on the worker threads keep going while the main thread writes (one ahead left the

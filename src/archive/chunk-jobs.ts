@@ -52,22 +52,12 @@ export interface ChunkJobs extends ChunkDecoder {
 }
 
 /** A job chunked: its chunks, and which of them begin a range (compressChunks ends frames there). */
-export interface ChunkedRanges extends ChunkedJob, CutRanges {}
-
-/** A job cut: each chunk's length, and which chunks begin a range (compressChunks ends frames there). */
-export interface CutRanges {
-  lengths: Uint32Array;
+export interface ChunkedRanges extends ChunkedJob {
   rangeFirsts: Set<number>;
 }
 
 /** Cuts each range of `data` (ending at `rangeEnds`, the last at data.length; each end is a cut) and hashes the chunks. */
 export function chunkAndHash(chunker: Chunker, data: Uint8Array, rangeEnds: readonly number[] = [data.length]): ChunkedRanges {
-  const cut = cutRanges(chunker, data, rangeEnds);
-  return { ...cut, hashes: hashChunks(data, cut.lengths) };
-}
-
-/** Cuts each range of `data` (ending at `rangeEnds`, the last at data.length; each end is a cut). */
-export function cutRanges(chunker: Chunker, data: Uint8Array, rangeEnds: readonly number[] = [data.length]): CutRanges {
   assert(rangeEnds.length > 0 && rangeEnds[rangeEnds.length - 1] === data.length, 'ranges that do not end at the job\'s end');
   const lengths: number[] = [];
   const rangeFirsts = new Set<number>();
@@ -85,18 +75,13 @@ export function cutRanges(chunker: Chunker, data: Uint8Array, rangeEnds: readonl
       begin = end;
     }
   }
-  return { lengths: Uint32Array.from(lengths), rangeFirsts };
-}
-
-/** The SHA-256 of each chunk of `data` (`lengths` end to end), 32 bytes apiece. */
-export function hashChunks(data: Uint8Array, lengths: Uint32Array): Uint8Array {
   const hashes = new Uint8Array(lengths.length * HASH_BYTES);
-  let begin = 0;
+  begin = 0;
   lengths.forEach((length, index) => {
     hashes.set(sha256(data.subarray(begin, begin + length)), index * HASH_BYTES);
     begin += length;
   });
-  return hashes;
+  return { lengths: Uint32Array.from(lengths), hashes, rangeFirsts };
 }
 
 /** A chunk's stored form: its zstd frame, or the raw bytes (a copy) when that is not smaller (F-AR-CHUNK-2). */
@@ -203,11 +188,6 @@ export class InlineChunkJobs implements ChunkJobs {
     this.#chunker = new Chunker(params);
     Chunker.warmUp();
     this.#compressor = new ZstdCompressor(level);
-  }
-
-  /** Cuts `data` as chunk() does, without hashing it or keeping it (the caller's worker does that). */
-  cut(data: Uint8Array, rangeEnds?: number[]): CutRanges {
-    return cutRanges(this.#chunker, data, rangeEnds);
   }
 
   async chunk(data: Uint8Array, rangeEnds?: number[]): Promise<{ id: number; result: ChunkedJob }> {

@@ -1,59 +1,37 @@
-// A worker thread of WorkerChunkJobs (chunk-workers.ts): chunks and hashes the jobs it is sent
-// (or only hashes them, sent already cut), holds each job's bytes until told which of its chunks
-// to compress (into the caller's shared memory); decodes chunks read back. It may start before the
-// store's chunking and level are known; they then come in a 'configure' request before any job.
+// A worker thread of WorkerChunkJobs (chunk-workers.ts): chunks and hashes the jobs it is sent,
+// holds each job's bytes until told which of its chunks to compress (into the caller's shared
+// memory); decodes chunks read back.
 import { parentPort, workerData } from 'node:worker_threads';
 import { ZstdCompressor, ZstdDecompressor } from '../util/zstd.ts';
 import { Chunker, type ChunkerParams } from './chunker.ts';
-import { chunkAndHash, compressChunks, hashChunks } from './chunk-jobs.ts';
+import { chunkAndHash, compressChunks } from './chunk-jobs.ts';
 import { decodeChunks, type DecodeItem, type DecodeOutcome } from './chunk-decode.ts';
 import { HASH_BYTES } from './format.ts';
 
 export type WorkerRequest =
-  | { type: 'configure'; id: number; settings: ChunkSettings }
   | { type: 'chunk'; id: number; data: Uint8Array; rangeEnds?: number[] }
-  | { type: 'hash'; id: number; data: Uint8Array; lengths: Uint32Array; rangeFirsts: number[] }
   | { type: 'compress'; id: number; indexes: number[]; out: Uint8Array }
   | { type: 'decode'; id: number; bytes: Uint8Array; places: Array<Omit<DecodeItem, 'hash'>>; hashes: Uint8Array; targets?: Uint8Array[] };
 export type WorkerReply =
   | { type: 'chunked'; id: number; lengths: Uint32Array; hashes: Uint8Array }
-  | { type: 'hashed'; id: number; hashes: Uint8Array }
   | { type: 'compressed'; id: number; frameBytes: Uint32Array }
   | { type: 'decoded'; id: number; outcome: DecodeOutcome }
   | { type: 'failed'; id: number; message: string };
 
-/** A store's chunking and zstd level. */
-export interface ChunkSettings {
+/** What a worker is started with: the store's chunking and level, and where it says it has started. */
+export interface WorkerStart {
   params: ChunkerParams;
   level: number;
-}
-
-/** What a worker is started with: the store's settings (or none yet), and where it says it has started. */
-export interface WorkerStart {
-  settings: ChunkSettings | undefined;
-  /** Whether jobs come to be cut here ('chunk'), else only cut ones ('hash'): the chunker is then not warmed up. */
-  cuts: boolean;
   /** Set to 1 (Atomics) at `startedAt` once this worker is ready for jobs. */
   started: Int32Array;
   startedAt: number;
 }
 
-const { settings, cuts, started, startedAt } = workerData as WorkerStart;
-let chunker: Chunker | undefined;
-let compressor: ZstdCompressor | undefined;
-/** Takes the store's settings, at the start or from a 'configure' request. */
-function configure(next: ChunkSettings): void {
-  chunker = new Chunker(next.params);
-  compressor = new ZstdCompressor(next.level);
-}
-/** The chunker and compressor, once the settings have come. */
-function configured(): { chunker: Chunker; compressor: ZstdCompressor } {
-  if (chunker === undefined || compressor === undefined) throw new Error('a job before the store\'s chunking and level');
-  return { chunker, compressor };
-}
-if (settings !== undefined) configure(settings);
+const { params, level, started, startedAt } = workerData as WorkerStart;
+const chunker = new Chunker(params);
 // Before the first job arrives (the main thread is loading the store's index meanwhile).
-if (cuts) Chunker.warmUp();
+Chunker.warmUp();
+const compressor = new ZstdCompressor(level);
 const decompressor = new ZstdDecompressor();
 const jobs = new Map<number, { data: Uint8Array; lengths: Uint32Array; rangeFirsts: Set<number> }>();
 const port = parentPort!;
@@ -63,19 +41,12 @@ Atomics.store(started, startedAt, 1);
 
 port.on('message', (request: WorkerRequest) => {
   try {
-    if (request.type === 'configure') {
-      configure(request.settings);
-    } else if (request.type === 'chunk') {
-      const result = chunkAndHash(configured().chunker, request.data, request.rangeEnds);
+    if (request.type === 'chunk') {
+      const result = chunkAndHash(chunker, request.data, request.rangeEnds);
       // The lengths go to the main thread (transferred); the job keeps its own copy.
       jobs.set(request.id, { data: request.data, lengths: result.lengths.slice(), rangeFirsts: result.rangeFirsts });
       const reply: WorkerReply = { type: 'chunked', id: request.id, lengths: result.lengths, hashes: result.hashes };
       port.postMessage(reply, [result.lengths.buffer as ArrayBuffer, result.hashes.buffer as ArrayBuffer]);
-    } else if (request.type === 'hash') {
-      const hashes = hashChunks(request.data, request.lengths);
-      jobs.set(request.id, { data: request.data, lengths: request.lengths, rangeFirsts: new Set(request.rangeFirsts) });
-      const reply: WorkerReply = { type: 'hashed', id: request.id, hashes };
-      port.postMessage(reply, [hashes.buffer as ArrayBuffer]);
     } else if (request.type === 'decode') {
       const items = request.places.map((place, position) => ({ ...place, hash: request.hashes.subarray(position * HASH_BYTES, (position + 1) * HASH_BYTES) }));
       const outcome = decodeChunks(decompressor, request.bytes, items, request.targets);
@@ -85,7 +56,7 @@ port.on('message', (request: WorkerRequest) => {
       const job = jobs.get(request.id)!;
       jobs.delete(request.id);
       // The frames go into the caller's shared buffer; only their lengths travel back.
-      const frameBytes = compressChunks(configured().compressor, job.data, job.lengths, request.indexes, request.out, job.rangeFirsts);
+      const frameBytes = compressChunks(compressor, job.data, job.lengths, request.indexes, request.out, job.rangeFirsts);
       const reply: WorkerReply = { type: 'compressed', id: request.id, frameBytes };
       port.postMessage(reply, [frameBytes.buffer as ArrayBuffer]);
     }

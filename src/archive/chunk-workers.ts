@@ -5,17 +5,15 @@
 // copied between threads. Jobs go to the worker with the fewest in hand among those that have
 // started (a job sent to one still starting waits for its start), or, for pack, to the main
 // thread itself while none has (hereUntilReady); decodes to the one with the fewest, started or not.
-// For an incremental pack (cutHere), the main thread cuts every job and sends a worker only the
-// hashing and compressing; its worker starts with the command, before the store says its chunking
-// and level (configure).
 import { statSync } from 'node:fs';
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { assert } from '../errors.ts';
+import type { ChunkerParams } from './chunker.ts';
 import { InlineChunkJobs, storedPieces, type ChunkJobs, type ChunkedJob, type StoredPiece } from './chunk-jobs.ts';
 import type { DecodeItem, DecodeOutcome } from './chunk-decode.ts';
 import { HASH_BYTES } from './format.ts';
-import type { ChunkSettings, WorkerReply, WorkerRequest, WorkerStart } from './chunk-worker.ts';
+import type { WorkerReply, WorkerRequest, WorkerStart } from './chunk-worker.ts';
 
 /** Worker threads at most: enough for the machines thinbd runs on; each holds a few jobs' bytes. */
 const WORKERS_MAX = 8;
@@ -49,14 +47,6 @@ export interface WorkerChunkJobsOptions {
    * the incremental's start, branch inc2").
    */
   hereUntilReady?: boolean;
-  /**
-   * Cut every job on the calling thread and send the workers only its hashing and compressing.
-   * For an incremental pack: a worker that does not cut needs no warm-up of the chunker's loop
-   * (V8 compiles it per thread), so it is ready sooner and costs less CPU, and the calling thread,
-   * which reads the volume, keeps work of its own (docs/benchmarks.md, "Archive: the incremental
-   * on two threads").
-   */
-  cutHere?: boolean;
 }
 
 /** A file's modification time, undefined when it is missing. */
@@ -87,8 +77,7 @@ function startWorker(workerData: WorkerStart): Worker {
 export class WorkerChunkJobs implements ChunkJobs {
   readonly #count: number;
   #workers: PoolWorker[] | undefined;
-  /** The store's chunking and level: from the constructor, or configure() for workers started before them. */
-  #settings: ChunkSettings | undefined;
+  readonly #params: { params: ChunkerParams; level: number };
   /** Per worker, 1 once it is ready for jobs (it sets it: chunk-worker.ts). */
   readonly #started: Int32Array;
   /** Jobs chunked and not yet compressed: their worker, bytes and chunk lengths, or their id on this thread. */
@@ -98,40 +87,17 @@ export class WorkerChunkJobs implements ChunkJobs {
   /** The jobs chunked on this thread (hereUntilReady), made at the first. */
   #here: InlineChunkJobs | undefined;
   #jobsHere = 0;
-  readonly #cutHere: boolean;
 
   /**
    * The workers start at once: a worker's start (an isolate, its modules, the zstd binding) took
-   * 0.1–0.2 s here, which the caller's own set-up (the store's index, the pool) then hides. With
-   * `settings` undefined they start before the store is read, and configure() must come before
-   * any job.
+   * 0.1–0.2 s here, which the caller's own set-up (the store's index, the pool) then hides.
    */
-  constructor(settings: ChunkSettings | undefined, count = Math.min(WORKERS_MAX, os.availableParallelism()), options: WorkerChunkJobsOptions = {}) {
+  constructor(params: ChunkerParams, level: number, count = Math.min(WORKERS_MAX, os.availableParallelism()), options: WorkerChunkJobsOptions = {}) {
+    this.#params = { params, level };
     this.#count = Math.max(1, count);
     this.#started = new Int32Array(new SharedArrayBuffer(this.#count * Int32Array.BYTES_PER_ELEMENT));
     this.#hereUntilReady = options.hereUntilReady === true;
-    this.#cutHere = options.cutHere === true;
-    if (settings !== undefined) this.#take(settings);
     this.#start();
-  }
-
-  /** Gives the workers started without them the store's chunking and level (their first request). */
-  configure(settings: ChunkSettings): this {
-    this.#take(settings);
-    for (const entry of this.#workers ?? []) entry.worker.postMessage({ type: 'configure', id: 0, settings } satisfies WorkerRequest);
-    return this;
-  }
-
-  #take(settings: ChunkSettings): void {
-    assert(this.#settings === undefined, 'chunk workers configured twice');
-    this.#settings = settings;
-    if (this.#cutHere) this.#here = new InlineChunkJobs(settings.params, settings.level);
-  }
-
-  /** The store's settings, which every job needs. */
-  #configured(): ChunkSettings {
-    assert(this.#settings !== undefined, 'a chunk job before the store\'s chunking and level');
-    return this.#settings;
   }
 
   /** Jobs chunked on this thread so far (hereUntilReady). */
@@ -151,7 +117,7 @@ export class WorkerChunkJobs implements ChunkJobs {
   #start(): PoolWorker[] {
     this.#workers = Array.from({ length: this.#count }, (_, slot) => {
       Atomics.store(this.#started, slot, 0);
-      const entry: PoolWorker = { worker: startWorker({ settings: this.#settings, cuts: !this.#cutHere, started: this.#started, startedAt: slot }), slot, jobs: 0, waiters: new Map() };
+      const entry: PoolWorker = { worker: startWorker({ ...this.#params, started: this.#started, startedAt: slot }), slot, jobs: 0, waiters: new Map() };
       entry.worker.on('message', (reply: WorkerReply) => {
         const waiter = entry.waiters.get(reply.id);
         entry.waiters.delete(reply.id);
@@ -197,11 +163,10 @@ export class WorkerChunkJobs implements ChunkJobs {
   }
 
   async chunk(data: Uint8Array, rangeEnds?: number[]): Promise<{ id: number; result: ChunkedJob }> {
-    const settings = this.#configured();
     const entry = this.#pick();
     const id = this.#nextId++;
     if (entry === undefined) {
-      this.#here ??= new InlineChunkJobs(settings.params, settings.level);
+      this.#here ??= new InlineChunkJobs(this.#params.params, this.#params.level);
       this.#jobsHere += 1;
       const chunked = await this.#here.chunk(data, rangeEnds);
       this.#owner.set(id, { hereId: chunked.id });
@@ -211,13 +176,6 @@ export class WorkerChunkJobs implements ChunkJobs {
     // Shared memory is read by the worker where it lies (the caller keeps it until compress, whose
     // raw chunks are views of it).
     assert(data.buffer instanceof SharedArrayBuffer, 'a job outside shared memory');
-    if (this.#cutHere) {
-      const { lengths, rangeFirsts } = this.#here!.cut(data, rangeEnds);
-      const reply = await this.#send(entry, { type: 'hash', id, data, lengths, rangeFirsts: [...rangeFirsts] });
-      assert(reply.type === 'hashed', 'a hash reply');
-      this.#owner.set(id, { entry, data, lengths });
-      return { id, result: { lengths, hashes: reply.hashes } };
-    }
     const reply = await this.#send(entry, { type: 'chunk', id, data, ...(rangeEnds === undefined ? {} : { rangeEnds }) });
     assert(reply.type === 'chunked', 'a chunk reply');
     this.#owner.set(id, { entry, data, lengths: reply.lengths });

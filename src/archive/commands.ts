@@ -58,8 +58,6 @@ export interface PackCommandOptions extends StoreOptions {
   name?: string;
   deltaFrom?: string;
   makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
-  /** PackOptions.makeSmallJobs. */
-  makeSmallJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
   /** PackOptions.inlineBytesMax. */
   inlineBytesMax?: number;
   onProgress?: (doneBytes: number, totalBytes: number) => void;
@@ -135,7 +133,6 @@ export async function packVolume(options: PackCommandOptions): Promise<PackResul
         name,
         ...(base === undefined ? {} : { base }),
         ...(options.makeJobs === undefined ? {} : { makeJobs: options.makeJobs }),
-        ...(options.makeSmallJobs === undefined ? {} : { makeSmallJobs: options.makeSmallJobs }),
         ...(options.inlineBytesMax === undefined ? {} : { inlineBytesMax: options.inlineBytesMax }),
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
       });

@@ -17,7 +17,7 @@
 // object that no stream needs (gc removes them, or the next pack reuses their chunks), or a whole
 // stream, never a half one.
 import { ThinError, assert, isThinError } from '../errors.ts';
-import { ARCHIVE_INLINE_BYTES_MAX, ARCHIVE_JOB_BYTES, ARCHIVE_JOB_GATHER_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
+import { ARCHIVE_INLINE_BYTES_MAX, ARCHIVE_INLINE_JOBS_IN_FLIGHT_MAX, ARCHIVE_JOB_BYTES, ARCHIVE_JOB_GATHER_BYTES, ARCHIVE_JOBS_IN_FLIGHT_MAX } from '../constants.ts';
 import type { MappedRun } from '../pool/volume.ts';
 import { DeltaKind, deltaSteps } from '../tools/delta.ts';
 import { ZstdCompressor } from '../util/zstd.ts';
@@ -54,9 +54,7 @@ export interface PackOptions {
   base?: PackBase;
   /** Where chunking, hashing and compression run (default: this thread), for the store's chunking and level. */
   makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
-  /** The same for a pack of up to inlineBytesMax bytes to read (default: this thread). */
-  makeSmallJobs?: (params: ChunkerParams, level: number) => ChunkJobs;
-  /** Bytes pack expects to read up to which it uses makeSmallJobs, not makeJobs (default ARCHIVE_INLINE_BYTES_MAX). */
+  /** Bytes pack expects to read up to which it works on this thread, not makeJobs' (default ARCHIVE_INLINE_BYTES_MAX). */
   inlineBytesMax?: number;
   /** Bytes read so far, and the bytes pack expects to read. */
   onProgress?: (doneBytes: number, totalBytes: number) => void;
@@ -217,14 +215,14 @@ export async function packStream(archive: Archive, source: PackSource, options: 
     for (const range of same) expectedBytes -= Math.max(0, Math.min(range.end * bs, source.sizeBytes) - range.begin * bs);
   }
 
-  // The jobs first: worker threads start while the index loads. A small pack (up to 64 MiB to
-  // read) has jobs of its own, this thread's by default: on two cores, worker threads that chunk
-  // took the bench's incremental no sooner and cost it ~0.1 s more CPU (docs/benchmarks.md,
-  // "Archive: the incremental on the main thread"); the CLI's incremental gives them to a worker
-  // started with the command that only hashes and compresses ("... on two threads").
+  // The jobs first: worker threads start while the index loads. A small pack (an incremental of
+  // up to 64 MiB) does its work on this thread: on two cores, worker threads took the bench's
+  // incremental no sooner and cost it ~0.1 s more CPU (docs/benchmarks.md, "Archive: the
+  // incremental on the main thread").
   const inline = (params: ChunkerParams, level: number) => new InlineChunkJobs(params, level);
   const small = expectedBytes <= (options.inlineBytesMax ?? ARCHIVE_INLINE_BYTES_MAX);
-  const makeJobs = (small ? options.makeSmallJobs : options.makeJobs) ?? inline;
+  const makeJobs = small ? inline : (options.makeJobs ?? inline);
+  const jobsInFlightMax = small ? ARCHIVE_INLINE_JOBS_IN_FLIGHT_MAX : ARCHIVE_JOBS_IN_FLIGHT_MAX;
   const jobs = makeJobs(config.chunking, config.compression.level);
   let loaded: LoadedIndex;
   try {
@@ -307,7 +305,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
 
   /** Starts a job once fewer than the maximum are in flight; `job` resolves to each range's refs. */
   const startJob = async (ranges: ByteRange[]): Promise<{ job: Promise<ChunkRef[][]> }> => {
-    while (inFlight.size >= ARCHIVE_JOBS_IN_FLIGHT_MAX) await Promise.race(inFlight);
+    while (inFlight.size >= jobsInFlightMax) await Promise.race(inFlight);
     if (failure !== undefined) throw failure;
     const job = runJob(ranges);
     const tracked = job.then(

@@ -139,7 +139,7 @@ test('worker threads chunk and compress a job in shared memory where it lies, as
   // 2.5 MiB that do not compress: the chunks of a frame wholly inside it are stored raw, as views of the job.
   bytes.set(pseudoRandom(2.5 * 1024 * 1024, 77), 1024 * 1024);
   const inline = new InlineChunkJobs(params, 3);
-  const workers = new WorkerChunkJobs({ params, level: 3 }, 2);
+  const workers = new WorkerChunkJobs(params, 3, 2);
   try {
     const expected = await inline.chunk(bytes.slice());
     const everyChunk = Array.from(expected.result.lengths, (_, index) => index);
@@ -169,7 +169,7 @@ test('worker threads chunk and compress a job in shared memory where it lies, as
 });
 
 test('a job whose worker is ended before it replies fails with the worker named, it does not wait forever', async () => {
-  const workers = new WorkerChunkJobs({ params: chunkerParams(16 * 1024), level: 3 }, 1);
+  const workers = new WorkerChunkJobs(chunkerParams(16 * 1024), 3, 1);
   // Sent while the worker is still starting, then the workers are ended: no reply can come.
   const pending = workers.chunk(new Uint8Array(new SharedArrayBuffer(8 * 1024 * 1024)));
   await workers.close();
@@ -183,7 +183,7 @@ test('jobs sent while the workers start are done on this thread (hereUntilReady)
   for (let at = 1024 * 1024; at < bytes.length; at += 32) bytes.set(createHash('sha256').update(String(at >> 12)).digest(), at);
   const rangeEnds = [700 * 1024 + 3, 2 * 1024 * 1024, bytes.length];
   const inline = new InlineChunkJobs(params, 3);
-  const workers = new WorkerChunkJobs({ params, level: 3 }, 2, { hereUntilReady: true });
+  const workers = new WorkerChunkJobs(params, 3, 2, { hereUntilReady: true });
   const storedHex = (pieces: Awaited<ReturnType<InlineChunkJobs['compress']>>) => pieces.map((piece) => `${piece.flags}:${piece.chunks.map((chunk) => chunk.position).join(',')}:${Buffer.from(piece.stored).toString('hex')}`);
   try {
     const expected = await inline.chunk(bytes, rangeEnds);
@@ -216,78 +216,13 @@ test('jobs sent while the workers start are done on this thread (hereUntilReady)
   }
 });
 
-test('with cutHere, jobs are cut on this thread and hashed and compressed by the worker once it started, all as this thread does them', async () => {
-  const params = chunkerParams(16 * 1024);
-  const bytes = new Uint8Array(new SharedArrayBuffer(3 * 1024 * 1024));
-  bytes.set(pseudoRandom(1024 * 1024, 6), 0);
-  for (let at = 1024 * 1024; at < bytes.length; at += 32) bytes.set(createHash('sha256').update(String(at >> 12)).digest(), at);
-  const rangeEnds = [700 * 1024 + 3, 2 * 1024 * 1024, bytes.length];
-  const inline = new InlineChunkJobs(params, 3);
-  const workers = new WorkerChunkJobs({ params, level: 3 }, 1, { hereUntilReady: true, cutHere: true });
-  const storedHex = (pieces: Awaited<ReturnType<InlineChunkJobs['compress']>>) => pieces.map((piece) => `${piece.flags}:${piece.chunks.map((chunk) => chunk.position).join(',')}:${Buffer.from(piece.stored).toString('hex')}`);
-  try {
-    const expected = await inline.chunk(bytes, rangeEnds);
-    const everyChunk = Array.from(expected.result.lengths, (_, index) => index);
-    const expectedStored = storedHex(await inline.compress(expected.id, everyChunk, new Uint8Array(new SharedArrayBuffer(bytes.length))));
-    /** Jobs sent together to `workers`, each checked against this thread's; how many were done here. */
-    const send = async (count: number): Promise<number> => {
-      const here = workers.jobsHere;
-      // Each job's place is chosen when chunk() is called.
-      const pending = Array.from({ length: count }, () => workers.chunk(bytes, rangeEnds));
-      const doneHere = workers.jobsHere - here;
-      for (const job of pending) {
-        const { id, result } = await job;
-        assert.deepEqual(result.lengths, expected.result.lengths);
-        assert.deepEqual(result.hashes, expected.result.hashes);
-        assert.deepEqual(storedHex(await workers.compress(id, everyChunk, new Uint8Array(new SharedArrayBuffer(bytes.length)))), expectedStored);
-      }
-      return doneHere;
-    };
-    // At once: the worker has not started yet (it takes tens of milliseconds), so the job is done here.
-    assert.equal(await send(1), 1, 'a job sent before the worker started was done here');
-    while (workers.startedWorkers < 1) await new Promise((resolve) => setTimeout(resolve, 5));
-    // Then the worker takes them all.
-    assert.equal(await send(4), 0);
-  } finally {
-    await workers.close();
-    await inline.close();
-  }
-});
-
-test('a worker started before the store\'s settings takes them from configure: its jobs are those of a worker started with them, and a job before them is refused', async () => {
-  const params = chunkerParams(16 * 1024);
-  const bytes = new Uint8Array(new SharedArrayBuffer(2 * 1024 * 1024));
-  bytes.set(pseudoRandom(1024 * 1024, 8), 0);
-  for (let at = 1024 * 1024; at < bytes.length; at += 32) bytes.set(createHash('sha256').update(String(at >> 11)).digest(), at);
-  const inline = new InlineChunkJobs(params, 3);
-  const early = new WorkerChunkJobs(undefined, 1, { hereUntilReady: true, cutHere: true });
-  const stored = async (jobs: InlineChunkJobs | WorkerChunkJobs) => {
-    const { id, result } = await jobs.chunk(bytes);
-    const pieces = await jobs.compress(id, Array.from(result.lengths, (_, index) => index), new Uint8Array(new SharedArrayBuffer(bytes.length)));
-    return { lengths: [...result.lengths], hashes: Buffer.from(result.hashes).toString('hex'), pieces: pieces.map((piece) => `${piece.flags}:${Buffer.from(piece.stored).toString('hex')}`) };
-  };
-  try {
-    await assert.rejects(early.chunk(bytes), /before the store's chunking and level/);
-    // Configured only once the worker is up, as pack does when the store's index has loaded.
-    while (early.startedWorkers < 1) await new Promise((resolve) => setTimeout(resolve, 5));
-    early.configure({ params, level: 3 });
-    assert.throws(() => early.configure({ params, level: 3 }), /configured twice/);
-    const expected = await stored(inline);
-    assert.deepEqual(await stored(early), expected);
-    assert.equal(early.jobsHere, 0, 'the started worker took the job');
-  } finally {
-    await early.close();
-    await inline.close();
-  }
-});
-
 test('workers left unclosed by a caller that failed before its first job do not keep the process alive', () => {
   // A child process makes the jobs (its workers start at once) and returns without close():
   // it must exit by itself.
   const source = `
     import { WorkerChunkJobs } from ${JSON.stringify(new URL('../../src/archive/chunk-workers.ts', import.meta.url).href)};
     import { chunkerParams } from ${JSON.stringify(new URL('../../src/archive/chunker.ts', import.meta.url).href)};
-    new WorkerChunkJobs({ params: chunkerParams(16 * 1024), level: 3 }, 2);
+    new WorkerChunkJobs(chunkerParams(16 * 1024), 3, 2);
   `;
   const result = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', source], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(result.signal, null, `the process was still running after 60 s: ${result.stderr}`);
@@ -324,7 +259,7 @@ test('a job of several ranges cuts each range as a job of its own, on this threa
   }
 
   const inline = new InlineChunkJobs(params, 3);
-  const workers = new WorkerChunkJobs({ params, level: 3 }, 2);
+  const workers = new WorkerChunkJobs(params, 3, 2);
   try {
     for (const jobs of [inline, workers]) {
       const { id, result } = await jobs.chunk(joined, rangeEnds);

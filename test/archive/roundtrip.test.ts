@@ -174,7 +174,7 @@ test('a read of many chunks is cut into decode jobs of ARCHIVE_READ_RAW_BYTES_MA
 
 test('chunks are read through a few reused shared buffers and decoded by worker threads where they lie', async () => {
   const archive = await Archive.open(store);
-  const workers = new WorkerChunkJobs({ params: archive.config.chunking, level: archive.config.compression.level }, 2);
+  const workers = new WorkerChunkJobs(archive.config.chunking, archive.config.compression.level, 2);
   try {
     const { index } = await archive.loadIndex();
     const reads: Array<{ into: Uint8Array | undefined; result: Uint8Array }> = [];

@@ -24,20 +24,10 @@ import type { ChunkerParams } from '../../archive/chunker.ts';
 import type { StreamListing } from '../../archive/maintenance.ts';
 
 /** Chunking, hashing, compression and decoding on one worker thread per core. */
-const workerJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs({ params, level });
+const workerJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs(params, level);
 
 /** workerJobs for pack: its first jobs are done on this thread while the workers start. */
-const packJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs({ params, level }, undefined, { hereUntilReady: true });
-
-/**
- * For an incremental (--delta-from): one worker, started with the command so that it is ready by
- * the first job (a worker takes ~40 ms to start, the pool and store ~40 ms to open), hashes and
- * compresses the jobs this thread reads and cuts (until it is ready, this thread does it all).
- * On two quiet cores the bench's incremental took 0.29 s instead of 0.33 s (docs/benchmarks.md,
- * "Archive: the incremental on two threads"). Configured when the store is read; a pack that
- * turns out large uses packJobs, and this worker is ended unused.
- */
-const incrementalJobs = (): WorkerChunkJobs => new WorkerChunkJobs(undefined, 1, { hereUntilReady: true, cutHere: true });
+const packJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs(params, level, undefined, { hereUntilReady: true });
 
 const storeHelp = 'archive store: a directory or s3://BUCKET/PREFIX (default $THINBD_STORE)';
 const endpointHelp = 'S3-compatible endpoint URL (default $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS)';
@@ -106,7 +96,6 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
       {
         const dir = poolDirectory(options.pool);
         assertPoolExists(dir);
-        const early = deltaFrom === undefined ? undefined : incrementalJobs();
         const stream = name ?? defaultStreamName(volume, new Date());
         const keepSnapshot = options.keepSnapshot === true;
         const pack = (reach: { sources: PackSources } | { access: PackAccess }): Promise<PackResult> =>
@@ -115,7 +104,6 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
             ...reach,
             volume,
             makeJobs: packJobs,
-            ...(early === undefined ? {} : { makeSmallJobs: (params: ChunkerParams, level: number) => early.configure({ params, level }) }),
             onNote: note,
             onProgress: progress.update,
             name: stream,
@@ -130,7 +118,6 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
             : packServed(dir, live, volume, stream, keepSnapshot, note, pack));
         } finally {
           progress.stop();
-          await early?.close();
         }
         if (options.json === true) reporter.json(result);
         else {
