@@ -50,6 +50,15 @@ export const TRANSFER_WRITES_IN_FLIGHT_MAX = 8;
  * memory the host had not backed yet; docs/benchmarks.md "Image import: larger writes").
  */
 export const FILE_WRITE_PIECE_BYTES_MAX = 1024 * 1024;
+/**
+ * Writes to a regular file of at least this many bytes, on 4 KiB boundaries of memory, file and
+ * length, go around the page cache (O_DIRECT, io/file.ts). Only unpack's writes into a new volume
+ * are placed so (archive/unpack.ts): bulk data not read back soon, whose copy into page cache
+ * pages the host had not backed took a third of unpack's CPU in the benchmark on the machine the
+ * benchmarks run on (docs/benchmarks.md, "A machine where memory is dear"). A client's writes and
+ * an image import's stay buffered (the import was slower direct, the same section).
+ */
+export const FILE_DIRECT_WRITE_BYTES_MIN = 256 * 1024;
 
 // ---- S3 (src/io/s3.ts) ----
 

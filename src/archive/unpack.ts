@@ -21,6 +21,7 @@
 import { ThinError, assert, isThinError } from '../errors.ts';
 import { VOLUME_NAME_LENGTH_MAX, ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Pool } from '../pool/pool.ts';
+import { DIRECT_ALIGN_BYTES, alignedSharedBytes } from '../io/aligned.ts';
 import { ChunkReader, type Archive } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
 import { hashHex, sha256, type ChunkRef, type Segment, type StreamRoot } from './format.ts';
@@ -273,9 +274,12 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     /** A window's chunks, fetched, checked and laid end to end in buffer `slot` (reused: no page faults, no garbage). */
     async function fetchWindow(windowBegin: number, refs: ChunkRef[], windowBytes: number, slot: number): Promise<Uint8Array> {
       const offsets = offsetsOf(windowBegin, refs);
-      // Shared memory, so a decoder on a worker thread writes the chunks straight into it.
-      buffers[slot] ??= new Uint8Array(new SharedArrayBuffer(WINDOW_BUFFER_BYTES));
-      const window = buffers[slot].subarray(0, windowBytes);
+      // Shared memory, so a decoder on a worker thread writes the chunks straight into it; placed
+      // so that block boundaries of the volume fall on 4 KiB boundaries of memory, where the pool's
+      // data file takes whole blocks around the page cache (io/file.ts).
+      buffers[slot] ??= alignedSharedBytes(WINDOW_BUFFER_BYTES + DIRECT_ALIGN_BYTES);
+      const skew = windowBegin % DIRECT_ALIGN_BYTES;
+      const window = buffers[slot].subarray(skew, skew + windowBytes);
       await reader.read(refs, (position) => describeChunk(root, refs[position]!, offsets[position]!), 0, window);
       result.bytesFetched += windowBytes;
       return window;

@@ -12,6 +12,13 @@
 // Files are opened 'r+', never with O_APPEND: Linux ignores the position of pwrite on files
 // opened O_APPEND, which would append every block to the end.
 //
+// Bulk writes (FILE_DIRECT_WRITE_BYTES_MIN or more, aligned: io/aligned.ts) to a regular file go
+// around the page cache through a second descriptor of the same file opened O_DIRECT, on the
+// libuv pool (they wait for the device). The kernel keeps the two coherent: a direct write
+// drops the cached pages of its range, a read after it reads the device. fdatasync on the first
+// descriptor covers both (it syncs the inode and flushes the device's cache). A file system that
+// refuses O_DIRECT (tmpfs) or an alignment (EINVAL) turns the direct path off for the file.
+//
 // Fail-stop: after a sync fails, the kernel may already have dropped the dirty pages it could
 // not write back, and a later fdatasync can succeed although the data never reached the disk
 // (docs/fault-model.md section 3; PostgreSQL's fsync incident). So once a sync has failed, every
@@ -24,7 +31,8 @@
 import fs from 'node:fs';
 import { loadKoffi } from '../util/native.ts';
 import type { BlockFile, SyncOptions } from './block-file.ts';
-import { FILE_WRITE_PIECE_BYTES_MAX } from '../constants.ts';
+import { FILE_DIRECT_WRITE_BYTES_MIN, FILE_WRITE_PIECE_BYTES_MAX } from '../constants.ts';
+import { DIRECT_ALIGN_BYTES, isAlignedInMemory } from './aligned.ts';
 import { ThinError, assert } from '../errors.ts';
 import { isMediaError } from './media-error.ts';
 import { PRIVATE_FILE_MODE, cannotCreate } from './private.ts';
@@ -63,6 +71,10 @@ export class FileBlockFile implements BlockFile {
 
   /** A regular file (not a device): a write it refuses for room (ENOSPC) dirtied nothing. */
   readonly #regularFile: boolean;
+  /** The O_DIRECT descriptor for bulk writes: opened at the first, null once refused (see the module comment). */
+  #directFd: number | null | undefined;
+  /** A direct descriptor turned off while writes may be in flight on it, closed with the file. */
+  #retiredDirectFd: number | undefined;
 
   private constructor(path: string, fd: number, sizeBytes: number, readOnly: boolean, isBlockDevice: boolean, regularFile: boolean) {
     this.description = path;
@@ -74,6 +86,7 @@ export class FileBlockFile implements BlockFile {
     this.#mainThreadWrites = !isBlockDevice;
     this.#allocateAhead = !isBlockDevice;
     this.#punchHoles = !isBlockDevice && !readOnly;
+    this.#directFd = regularFile && !readOnly && O_DIRECT !== undefined ? undefined : null;
   }
 
   /** Opens an existing regular file or block device. */
@@ -188,24 +201,41 @@ export class FileBlockFile implements BlockFile {
   }
 
   write(source: Uint8Array, offsetBytes: number): Promise<void> {
+    if (this.#directFd !== null && source.length >= FILE_DIRECT_WRITE_BYTES_MIN && offsetBytes % DIRECT_ALIGN_BYTES === 0 && source.length % DIRECT_ALIGN_BYTES === 0 && isAlignedInMemory(source)) {
+      return this.#writeOnPool(source, offsetBytes, true);
+    }
     if (this.#mainThreadWrites) return this.#writeHere(source, offsetBytes);
+    return this.#writeOnPool(source, offsetBytes, false);
+  }
+
+  /**
+   * write() on the libuv pool: through the file's descriptor, or (`direct`) around the page cache
+   * through its O_DIRECT one, buffered from where the file refuses that (see the module comment).
+   */
+  #writeOnPool(source: Uint8Array, offsetBytes: number, direct: boolean): Promise<void> {
     return this.#track(async () => {
       this.#checkOpen();
       this.#checkWritable('write');
       checkRange(offsetBytes, source.length);
       let doneBytes = 0;
       while (doneBytes < source.length) {
+        const fd = direct ? this.#directDescriptor() : this.#fd;
+        if (fd === undefined) break;
         let writtenBytes: number;
         try {
-          writtenBytes = await callback<number>((done) =>
-            fs.write(this.#fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes, done),
-          );
+          writtenBytes = await callback<number>((done) => fs.write(fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes, done));
         } catch (error) {
+          // Refused for its alignment or by the file system: nothing of it written; buffered from here on.
+          if (direct && errorCode(error) === 'EINVAL') {
+            this.#directOff();
+            break;
+          }
           throw this.#writeFailure(source.length, offsetBytes, error);
         }
         if (writtenBytes === 0) throw this.#deviceEnded(source, offsetBytes, doneBytes);
         doneBytes += writtenBytes;
       }
+      if (doneBytes < source.length) await this.#writeHere(source.subarray(doneBytes), offsetBytes + doneBytes);
       this.#noteWritten(offsetBytes + source.length);
     });
   }
@@ -336,6 +366,8 @@ export class FileBlockFile implements BlockFile {
       // threads, 1-2 ms of it on two cores (docs/benchmarks.md, "Command start-up").
       if (this.readOnly) fs.closeSync(this.#fd);
       else await callback<void>((done) => fs.close(this.#fd, done));
+      for (const fd of [this.#directFd, this.#retiredDirectFd]) if (typeof fd === 'number') fs.closeSync(fd);
+      this.#directFd = null;
     } catch (error) {
       throw new ThinError('THIN_IO', `Cannot close ${this.description}: ${errorCode(error)}`, { cause: error });
     }
@@ -406,6 +438,25 @@ export class FileBlockFile implements BlockFile {
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /** The O_DIRECT descriptor: the same file reopened through /proc (not by its path, which may name another file by now). */
+  #directDescriptor(): number | undefined {
+    if (this.#directFd === undefined) {
+      try {
+        this.#directFd = fs.openSync(`/proc/self/fd/${this.#fd}`, fs.constants.O_WRONLY | O_DIRECT!);
+      } catch {
+        this.#directFd = null;
+      }
+    }
+    return this.#directFd ?? undefined;
+  }
+
+  #directOff(): void {
+    const fd = this.#directFd;
+    this.#directFd = null;
+    // Other direct writes may still be in flight on it: closed with the file.
+    if (typeof fd === 'number') this.#retiredDirectFd = fd;
   }
 
   /** A block device that ends inside the write: the kernel reports a short write, not an error. */
@@ -505,6 +556,9 @@ const resolvedFalse = Promise.resolve(false);
 /** fallocate(2) mode bits (linux/falloc.h). */
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+/** open(2)'s O_DIRECT where Node knows it (Linux); undefined elsewhere, and bulk writes stay buffered. */
+const O_DIRECT: number | undefined = fs.constants.O_DIRECT;
 
 const RWF_NOWAIT = 0x8;
 const EAGAIN = 11;

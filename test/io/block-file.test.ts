@@ -9,7 +9,8 @@ import { blockFileConformance } from './block-file.conformance.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { CountingBlockFile } from '../../src/io/counting.ts';
 import { FileBlockFile } from '../../src/io/file.ts';
-import { FILE_WRITE_PIECE_BYTES_MAX } from '../../src/constants.ts';
+import { FILE_DIRECT_WRITE_BYTES_MIN, FILE_WRITE_PIECE_BYTES_MAX } from '../../src/constants.ts';
+import { DIRECT_ALIGN_BYTES, addressOf, alignedSharedBytes } from '../../src/io/aligned.ts';
 import { FaultInjectingBlockFile } from '../../src/io/fault-injection.ts';
 import { MirroredBlockFile } from '../../src/io/mirror.ts';
 
@@ -164,6 +165,54 @@ describe('FileBlockFile', () => {
     assert.equal(await file.punch(0, 65536), false);
     assert.equal(fs.readFileSync(filePath)[100], 3);
     await file.close();
+  });
+
+  test('a bulk write on 4 KiB boundaries goes around the page cache (a second descriptor opened O_DIRECT), and reads and syncs see it', async () => {
+    const filePath = temporaryPath();
+    const file = await FileBlockFile.create(filePath, { sizeBytes: 8 * 1024 ** 2 });
+    // What a direct descriptor of this file would be: /proc/self/fd links to it with O_DIRECT in its flags (fdinfo, octal).
+    const directDescriptors = () =>
+      fs.readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${fd}`) === filePath && (parseInt(/flags:\s+(\d+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8) & fs.constants.O_DIRECT) !== 0;
+        } catch {
+          return false; // the readdir's own descriptor, gone by now
+        }
+      });
+    // Small, or unaligned in memory: buffered, no direct descriptor.
+    await file.write(Buffer.alloc(4096, 1), 0);
+    const unaligned = alignedSharedBytes(FILE_DIRECT_WRITE_BYTES_MIN + 4096).subarray(16, 16 + FILE_DIRECT_WRITE_BYTES_MIN);
+    unaligned.fill(2);
+    await file.write(unaligned, 1024 ** 2);
+    assert.deepEqual(directDescriptors(), []);
+    // Over the buffered bytes, aligned: direct, and a read sees it (the cached pages were dropped).
+    const aligned = alignedSharedBytes(2 * FILE_DIRECT_WRITE_BYTES_MIN);
+    assert.equal(addressOf(aligned) % DIRECT_ALIGN_BYTES, 0);
+    aligned.fill(3);
+    await file.write(aligned, 1024 ** 2 - FILE_DIRECT_WRITE_BYTES_MIN / 2);
+    assert.equal(directDescriptors().length, 1, 'one descriptor of the file opened O_DIRECT');
+    const back = new Uint8Array(3 * FILE_DIRECT_WRITE_BYTES_MIN);
+    await file.read(back, 1024 ** 2 - FILE_DIRECT_WRITE_BYTES_MIN);
+    assert.ok(back.subarray(0, FILE_DIRECT_WRITE_BYTES_MIN / 2).every((byte) => byte === 0));
+    assert.ok(back.subarray(FILE_DIRECT_WRITE_BYTES_MIN / 2, FILE_DIRECT_WRITE_BYTES_MIN * 2.5).every((byte) => byte === 3));
+    assert.ok(back.subarray(FILE_DIRECT_WRITE_BYTES_MIN * 2.5).every((byte) => byte === 0));
+    await file.sync();
+    await file.close();
+    assert.deepEqual(directDescriptors(), [], 'closed with the file');
+    const onDisk = fs.readFileSync(filePath);
+    assert.equal(onDisk[0], 1);
+    assert.equal(onDisk[1024 ** 2], 3);
+    assert.equal(onDisk[1024 ** 2 + FILE_DIRECT_WRITE_BYTES_MIN + 10], 3);
+  });
+
+  test('alignedSharedBytes gives shared memory on a 4 KiB boundary, of the length asked', () => {
+    for (const lengthBytes of [6, 4096, 1024 ** 2 + 7]) {
+      const bytes = alignedSharedBytes(lengthBytes);
+      assert.ok(bytes.buffer instanceof SharedArrayBuffer);
+      assert.equal(bytes.length, lengthBytes);
+      assert.equal(addressOf(bytes) % DIRECT_ALIGN_BYTES, 0);
+      assert.equal(addressOf(bytes.subarray(5)), addressOf(bytes) + 5);
+    }
   });
 
   test('open of a missing path fails with THIN_NOT_FOUND', async () => {
