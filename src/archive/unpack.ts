@@ -194,9 +194,10 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
       }
     }
     await pool.flush();
-    if (existing !== undefined) await pool.removeVolume(name);
-    // The target's own labels (a new volume has none), without the mark.
-    await pool.updateVolume(work, { name, labels: withoutMark(existing?.labels ?? {}) });
+    // An existing target takes the work volume's blocks and keeps its id, labels and snapshots;
+    // a new one is the work volume renamed, without the mark.
+    if (existing !== undefined) await pool.replaceVolumeContents(name, work);
+    else await pool.updateVolume(work, { name, labels: {} });
     await pool.flush();
     result.elapsedMs = Math.round(performance.now() - startMs);
     return result;

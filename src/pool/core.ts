@@ -593,6 +593,27 @@ export class PoolCore {
   }
 
   /**
+   * Volume `target` takes `source`'s contents (mappings and size) in one change, keeping its id,
+   * name, labels and snapshots; `source` is gone (DeviceTable.adopt). What an unpack onto an
+   * existing volume ends with. The caller holds both volumes' whole-volume locks.
+   */
+  replaceDeviceContents(target: Device, source: Device): void {
+    this.assertDeviceWritable(target);
+    if (source.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${source.details.name} was removed`);
+    if (source === target) throw new ThinError('THIN_INVALID', `Cannot replace the contents of volume ${target.details.name} with its own`);
+    this.#mutate(
+      `replacing the contents of volume ${target.details.name} with those of ${source.details.name}`,
+      8,
+      () => {
+        this.commits.unloggedChange();
+        this.devices.adopt(target, source);
+        this.allocator.forgetVolume(source.id);
+      },
+      'frees',
+    );
+  }
+
+  /**
    * Renames a volume, replaces its labels or sets its read-only flag (F-POOL-30: new details
    * blocks), as one change. Snapshots of a renamed volume get its new name as their origin's. The
    * caller holds the device's whole-volume lock.

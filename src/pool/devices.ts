@@ -205,6 +205,31 @@ export class DeviceTable {
   /** Drops the volume's mappings, details and device tree entry. */
   remove(device: Device): void {
     this.#mappingTree.releaseTree(device.value.mappingRoot);
+    this.#drop(device);
+  }
+
+  /**
+   * `target` takes `source`'s mappings, size and mapped count; `source`'s entry and details go,
+   * its mapping tree becomes target's (moved: no reference count changes) and target's old tree
+   * is released. Target keeps its id, details, flags and times, its snapshotted time raised to
+   * source's, so that blocks source shares (it may be a snapshot of target) are copied before a
+   * write, as the time test (F-POOL-24) does for source.
+   */
+  adopt(target: Device, source: Device): void {
+    this.#mappingTree.releaseTree(target.value.mappingRoot);
+    target.value = {
+      ...target.value,
+      mappingRoot: source.value.mappingRoot,
+      sizeBytes: source.value.sizeBytes,
+      mappedBlockCount: source.value.mappedBlockCount,
+      snapshottedTime: Math.max(target.value.snapshottedTime, source.value.snapshottedTime),
+    };
+    this.markDirty(target);
+    this.#drop(source);
+  }
+
+  /** Drops the volume's details and device tree entry (not its mapping tree). */
+  #drop(device: Device): void {
     this.#tm.dec(device.value.detailsBlock);
     if (this.tree.lookup(this.#root, device.id) !== undefined) this.#root = this.tree.remove(this.#root, device.id);
     device.removed = true;

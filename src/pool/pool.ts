@@ -547,6 +547,26 @@ export class Pool {
     });
   }
 
+  /**
+   * Volume `name` takes the contents of volume `sourceName` (its blocks and size) in one change,
+   * and `sourceName` is removed; `name` keeps its id, labels and snapshots (which keep their own
+   * blocks). An unpack onto an existing volume ends with it.
+   */
+  async replaceVolumeContents(name: string, sourceName: string): Promise<void> {
+    const target = this.#core.deviceByName(name);
+    const source = this.#core.deviceByName(sourceName);
+    this.#core.assertDeviceWritable(target);
+    if (source === target) throw new ThinError('THIN_INVALID', `Cannot replace the contents of volume ${name} with its own`);
+    // Both whole-volume locks, the lower id's first (a fixed order: no deadlock with another pair).
+    const [first, second] = target.id < source.id ? [target, source] : [source, target];
+    await this.#holdingWholeVolume(first, () =>
+      this.#holdingWholeVolume(second, () => {
+        this.#core.replaceDeviceContents(target, source);
+        this.#volumes.delete(source.id);
+      }),
+    );
+  }
+
   /** Renames a volume (lvrename): the same volume, blocks and labels under a new name; THIN_EXISTS if taken. */
   async renameVolume(name: string, newName: string): Promise<void> {
     await this.updateVolume(name, { name: newName });

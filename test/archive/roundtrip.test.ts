@@ -111,10 +111,12 @@ test('every stream unpacks into a fresh pool byte for byte, with its own mapped 
   }
 });
 
-test('each stream unpacked onto an older restored state writes only what differs and matches exactly', async () => {
+test('each stream unpacked onto an older restored state writes only what differs and matches exactly; the volume keeps its id and snapshots', async () => {
   const target = await createPool(join(dir.path, 'older'));
   try {
     await unpackVolume({ store, pool: target, stream: 's0', volume: 'r' });
+    const id = target.volume('r').id;
+    await target.snapshot('r', 'r.s0', { readOnly: true });
     for (const state of states.slice(1)) {
       const result = await unpackVolume({ store, pool: target, stream: state.stream, volume: 'r' });
       assert.equal(result.volumeCreated, false);
@@ -125,6 +127,13 @@ test('each stream unpacked onto an older restored state writes only what differs
     // Back to the oldest state, then forward again: any order works.
     await unpackVolume({ store, pool: target, stream: 's0', volume: 'r' });
     assert.equal(digest(await readVolume(target, 'r')), states[0]!.digest);
+    // The same volume throughout (an unpack onto it replaces its blocks, not the volume): its
+    // snapshot still names it as origin and keeps s0's bytes.
+    assert.equal(target.volume('r').id, id);
+    const snapshot = target.list().find((info) => info.name === 'r.s0')!;
+    assert.equal(snapshot.originId, id);
+    assert.equal(snapshot.origin, 'r');
+    assert.equal(digest(await readVolume(target, 'r.s0')), states[0]!.digest);
     assert.ok(!target.list().some((info) => info.name.endsWith('.unpacking')), 'no work volume left behind');
   } finally {
     await target.close();

@@ -204,6 +204,8 @@ function applies(state: ModelState, op: PoolOp): boolean {
     case 'resize':
     case 'remove':
       return state.has(op.volume);
+    case 'replace':
+      return state.has(op.volume) && state.has(op.source);
     case 'flush':
     case 'rollup':
     case 'tick':

@@ -143,14 +143,14 @@ export async function makeLoggedBase(): Promise<Base> {
  * `bases` and up to `opsMax` operations on it, with the model state after each. It draws from
  * `new Rng(seed)` and its derive(1); a test that wants more from the seed derives 2 and up.
  */
-export function workloadOf(seed: number, bases: readonly Base[], opsMax: number): { base: Base; record: WorkloadRecord } {
+export function workloadOf(seed: number, bases: readonly Base[], opsMax: number, options: { replaces?: boolean } = {}): { base: Base; record: WorkloadRecord } {
   const rng = new Rng(seed);
   const base = rng.pick(bases);
   const ops = generateOps(
     rng.derive(1),
     base.state,
     opsMax,
-    { blockSizeSectors: BLOCK_SIZE_SECTORS, volumeSizeSectors: VOLUME_SIZE_SECTORS, volumesMax: VOLUMES_MAX },
+    { blockSizeSectors: BLOCK_SIZE_SECTORS, volumeSizeSectors: VOLUME_SIZE_SECTORS, volumesMax: VOLUMES_MAX, ...(options.replaces === true ? { replaces: true } : {}) },
     FIRST_WORKLOAD_WRITE_ID,
   );
   const states: ModelState[] = [base.state];

@@ -51,8 +51,8 @@ const COMPOUND_VARIANTS_PER_POINT = 3;
 const ROOT_SEED = Number(process.env['THINBD_ROOT_SEED'] ?? 20261121);
 /** The issue's floor for one CI run. */
 const CRASH_STATES_MIN = 10_000;
-async function runPoolCampaign(seed: number, bases: readonly Base[]): Promise<CrashCampaignResult & { compoundStates: number; description: string }> {
-  const { base, record } = workloadOf(seed, bases, OPS_MAX);
+async function runPoolCampaign(seed: number, bases: readonly Base[], options: { replaces?: boolean } = {}): Promise<CrashCampaignResult & { compoundStates: number; description: string }> {
+  const { base, record } = workloadOf(seed, bases, OPS_MAX, options);
   let compoundStates = 0;
   const renders = renderCache(record);
   const description = `${base.name}: ${record.ops.map(describeOp).join('; ')}`;
@@ -190,4 +190,30 @@ test('a power cut at any event of a workload on a data space map with dense entr
     assert.fail(`${totals.failures.length} of ${seeds.length} workloads failed:\n\n${totals.failures.join('\n\n')}`);
   }
   if (!replaying) assert.ok(totals.statesTested >= DENSE_CRASH_STATES_MIN, `only ${totals.statesTested} crash states; the floor is ${DENSE_CRASH_STATES_MIN}`);
+});
+
+/**
+ * Campaigns whose workloads also replace one volume's contents with another's
+ * (Pool.replaceVolumeContents, which an unpack onto an existing volume ends with): the replace is
+ * one change, so a power cut shows both volumes as they were or the replace done.
+ */
+const REPLACE_CAMPAIGN_COUNT = Number(process.env['THINBD_CAMPAIGNS'] ?? 80);
+const REPLACE_CRASH_STATES_MIN = 1_000;
+
+test('a power cut at any event of a workload that replaces volumes\' contents loses nothing acknowledged and leaves a clean pool', async (t) => {
+  const bases = await makeBases();
+  const { seeds, replaying } = campaignTestSeeds('pool-crash-replace', mixSeed(ROOT_SEED, 7), REPLACE_CAMPAIGN_COUNT);
+  const replacing = seeds.filter((seed) => workloadOf(seed, bases, OPS_MAX, { replaces: true }).record.ops.some((op) => op.kind === 'replace')).length;
+  const totals = await runCampaigns(seeds, (seed) => runPoolCampaign(seed, bases, { replaces: true }));
+  t.diagnostic(
+    `pool crash with replaces: ${seeds.length} workloads (${replacing} with a replace), ${totals.statesTested} crash states recovered and checked, ` +
+      `plus ${totals.compoundStatesTested} after a second power cut, in ${(totals.durationMs / 1000).toFixed(1)} s; ${totals.failures.length} workloads failed`,
+  );
+  if (totals.failures.length > 0) {
+    assert.fail(`${totals.failures.length} of ${seeds.length} workloads failed:\n\n${totals.failures.join('\n\n')}`);
+  }
+  if (!replaying) {
+    assert.ok(replacing >= seeds.length / 5, `only ${replacing} of ${seeds.length} workloads replace a volume's contents`);
+    assert.ok(totals.statesTested >= REPLACE_CRASH_STATES_MIN, `only ${totals.statesTested} crash states; the floor is ${REPLACE_CRASH_STATES_MIN}`);
+  }
 });

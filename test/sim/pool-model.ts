@@ -74,6 +74,8 @@ export type PoolOp = (
   | { kind: 'discard'; volume: string; beginSector: number; lengthSectors: number }
   | { kind: 'snapshot'; source: string; name: string }
   | { kind: 'remove'; volume: string }
+  /** Pool.replaceVolumeContents: `volume` takes `source`'s contents and size, and `source` is gone. */
+  | { kind: 'replace'; volume: string; source: string }
   | { kind: 'flush' }
   /** Grows or shrinks a volume (sizes in whole blocks: a shrink never zeroes a partial tail). */
   | { kind: 'resize'; volume: string; sizeSectors: number }
@@ -108,6 +110,8 @@ function describeOpKind(op: PoolOp): string {
       return `snapshot ${op.source} -> ${op.name}`;
     case 'remove':
       return `remove ${op.volume}`;
+    case 'replace':
+      return `replace ${op.volume} with ${op.source}`;
     case 'flush':
       return 'flush';
     case 'resize':
@@ -143,6 +147,13 @@ export function applyOp(state: ModelState, op: PoolOp): ModelState {
     case 'remove':
       assert.ok(next.delete(op.volume));
       break;
+    case 'replace': {
+      const source = next.get(op.source);
+      assert.ok(source !== undefined && next.has(op.volume) && op.source !== op.volume);
+      next.set(op.volume, source);
+      next.delete(op.source);
+      break;
+    }
     case 'resize': {
       // F-POOL-14: growing after a shrink reads zeros past the old end.
       const volume = next.get(op.volume);
@@ -195,6 +206,9 @@ export async function runOp(pool: Pool, op: PoolOp): Promise<void> {
     case 'remove':
       await pool.removeVolume(op.volume);
       return;
+    case 'replace':
+      await pool.replaceVolumeContents(op.volume, op.source);
+      return;
     case 'flush':
       await pool.flush();
       return;
@@ -216,6 +230,11 @@ export interface WorkloadShape {
   blockSizeSectors: number;
   volumeSizeSectors: number;
   volumesMax: number;
+  /**
+   * Also replace one volume's contents with another's (Pool.replaceVolumeContents), before 6 in 10
+   * ops where two volumes exist. Off by default: the draws of the other campaigns' seeds stay as they were.
+   */
+  replaces?: boolean;
 }
 
 /**
@@ -237,6 +256,13 @@ export function generateOps(rng: Rng, initial: ModelState, opsMax: number, shape
   const { blockSizeSectors: bs, volumeSizeSectors: size } = shape;
   while (ops.length < count) {
     const names = [...state.keys()].sort();
+    if (shape.replaces === true && names.length > 1 && rng.chance(0.6)) {
+      const volume = rng.pick(names);
+      const op: PoolOp = { kind: 'replace', volume, source: rng.pick(names.filter((name) => name !== volume)) };
+      ops.push(op);
+      state = applyOp(state, op);
+      continue;
+    }
     const draw = rng.int(100);
     let op: PoolOp | undefined;
     if (draw < 45 && names.length > 0) {
