@@ -4,6 +4,24 @@
 // view of one past the call that received it.
 import { ThinError } from '../errors.ts';
 
+/**
+ * A source that failed while it was read (a download cut short, a read error): THIN_IO naming
+ * the source. The tar reader adds the entry it was reading when the failure came (`inside`).
+ */
+export class SourceReadError extends ThinError {
+  readonly #located: boolean;
+
+  constructor(message: string, options: { cause?: unknown; located?: boolean } = {}) {
+    super('THIN_IO', message, { cause: options.cause });
+    this.#located = options.located === true;
+  }
+
+  /** The same failure, said to have come while reading `where` (once: an outer reader keeps the inner one's place). */
+  inside(where: string): SourceReadError {
+    return this.#located ? this : new SourceReadError(`${this.message}, while reading ${where}`, { cause: this.cause, located: true });
+  }
+}
+
 export interface ChunkSource {
   /** The next chunk, or undefined at the end. The chunk may be overwritten once next() is called again. */
   next(): Promise<Uint8Array | undefined>;

@@ -15,7 +15,7 @@ import type * as ZstdBinding from 'zstd-napi/binding.js';
 import type { DCtx } from 'zstd-napi/binding.js';
 import { ThinError } from '../errors.ts';
 import { IMAGE_READ_CHUNK_BYTES } from '../constants.ts';
-import type { ChunkSource } from './byte-input.ts';
+import { SourceReadError, type ChunkSource } from './byte-input.ts';
 import { BackgroundHash, type LocalFile } from './background-hash.ts';
 
 const require = createRequire(import.meta.url);
@@ -168,7 +168,7 @@ export class IterableChunks implements ChunkSource {
 function sourceReadError(description: string, error: unknown, bytesReceived: number, totalBytes: number | undefined): ThinError {
   // What the stream says then ("terminated", "aborted") adds nothing; it stays the cause.
   const problem = totalBytes !== undefined && bytesReceived < totalBytes ? `the download ended after ${bytesReceived} of ${totalBytes} bytes` : error instanceof Error ? error.message : String(error);
-  return new ThinError('THIN_IO', `Cannot read ${description}: ${problem}`, { cause: error });
+  return new SourceReadError(`Cannot read ${description}: ${problem}`, { cause: error });
 }
 
 /** Compression from a stream's first bytes; throws for formats named but not supported. */

@@ -9,7 +9,7 @@
 // its header. Paths are byte strings (see tree.ts).
 import { ThinError } from '../errors.ts';
 import { IMAGE_TAR_HEADER_BYTES_MAX, IMAGE_SPARSE_SEGMENTS_MAX, IMAGE_TRAILER_BYTES_MAX } from '../constants.ts';
-import type { ByteInput, ChunkSource, Truncated } from './byte-input.ts';
+import { SourceReadError, type ByteInput, type ChunkSource, type Truncated } from './byte-input.ts';
 import { aclTextToXattr } from './acl.ts';
 import { displayPath, type EntryAttributes } from './tree.ts';
 
@@ -122,6 +122,13 @@ export class TarReader {
     return (got) => new NotTarError(this.#error(0, undefined, `not a tar archive (it ends after ${got} bytes)`).message);
   }
 
+  /** A source's failure while reading `entry` says so; other errors pass as they are. */
+  #located(error: unknown, entry: TarEntry): unknown {
+    if (!(error instanceof SourceReadError)) return error;
+    const stream = this.#stream === '' ? '' : `${this.#stream} `;
+    return error.inside(`${stream}entry '${displayPath(entry.path)}' (its header at byte ${entry.offsetBytes})`);
+  }
+
   #badNumber(header: Uint8Array, begin: number, end: number, offsetBytes: number, path: string | undefined, what: string): never {
     throw this.#error(offsetBytes, path, `${what}: ${numberProblem(header, begin, end)}`);
   }
@@ -129,8 +136,15 @@ export class TarReader {
   /** The next entry, or undefined after the end-of-archive blocks. Skips what is left of the previous one. */
   async next(): Promise<TarEntry | undefined> {
     if (this.#ended) return undefined;
+    const previous = this.#current;
     const finishing = this.#finishCurrent();
-    if (finishing !== undefined) await finishing;
+    if (finishing !== undefined) {
+      try {
+        await finishing;
+      } catch (error) {
+        throw previous === undefined ? error : this.#located(error, previous);
+      }
+    }
     const entryOffset = this.#input.offsetBytes;
     let pax: PaxValues | undefined;
     let longName: string | undefined;
@@ -199,6 +213,14 @@ export class TarReader {
   }
 
   async #readDataSlowly(entry: TarEntry, sink: DataSink): Promise<void> {
+    try {
+      await this.#readDataSlowlyHere(entry, sink);
+    } catch (error) {
+      throw this.#located(error, entry);
+    }
+  }
+
+  async #readDataSlowlyHere(entry: TarEntry, sink: DataSink): Promise<void> {
     const map = entry.sparseMap ?? [0, entry.storedBytes];
     let stored = 0;
     for (let index = 0; index < map.length; index += 2) {
@@ -241,7 +263,12 @@ export class TarReader {
     return {
       next: async () => {
         if (this.#current !== entry || this.#dataLeft === 0) return undefined;
-        const piece = await this.#input.readSome(Math.min(this.#dataLeft, 1024 * 1024));
+        let piece: Uint8Array | undefined;
+        try {
+          piece = await this.#input.readSome(Math.min(this.#dataLeft, 1024 * 1024));
+        } catch (error) {
+          throw this.#located(error, entry);
+        }
         if (piece === undefined) throw truncated(entry.storedBytes - this.#dataLeft);
         this.#dataLeft -= piece.length;
         return piece;

@@ -156,7 +156,7 @@ test('a zstd stream that begins with skippable frames is read as zstd', () => {
   assert.equal(sh('debugfs', ['-R', 'cat /etc/motd', raw]).stdout, 'hello\n');
 });
 
-test('a download that ends before its Content-Length is one error naming the bytes, and leaves no volume', async () => {
+test('a download that ends before its Content-Length is one error naming the bytes and the entry being read, and leaves no volume', async () => {
   // Incompressible file data, so that the cut falls inside it after a few chunks of each form.
   const data = Buffer.alloc(4 * 1024 * 1024);
   for (let index = 0; index < data.length; index += 4) data.writeUInt32LE((Math.imul(index, 2654435761) ^ (index >>> 7)) >>> 0, index);
@@ -170,7 +170,7 @@ test('a download that ends before its Content-Length is one error naming the byt
     const result = await run(process.execPath, [THINBD, 'image', 'import', '--pool', pool, 'cut', url], { allowFailure: true });
     assert.equal(result.code, 1, `${name}: ${result.stderr}`);
     assert.equal(result.stderr.trim().split('\n').length, 1, `one line: ${result.stderr}`);
-    assert.match(result.stderr, new RegExp(`^thinbd: Cannot read ${url.replaceAll('.', '\\.')}: the download ended after \\d+ of ${body.length} bytes`), name);
+    assert.match(result.stderr, new RegExp(`^thinbd: Cannot read ${url.replaceAll('.', '\\.')}: the download ended after \\d+ of ${body.length} bytes, while reading entry 'big' \\(its header at byte \\d+\\)$`, 'm'), name);
     assert.deepEqual(volumeNames(), before, `${name}: the volumes changed`);
   }
   const check = thinbd(['check', '--pool', pool]);
