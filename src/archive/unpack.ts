@@ -88,11 +88,6 @@ async function removeLeftover(pool: Pool, name: string, work: string, onNote?: (
   await pool.removeVolume(work);
 }
 
-function withoutMark(labels: Readonly<Record<string, string>>): Record<string, string> {
-  const { [UNPACK_TARGET_LABEL]: _mark, ...rest } = labels;
-  return rest;
-}
-
 interface Range {
   begin: number;
   end: number;
@@ -157,7 +152,7 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
   const volume =
     existing === undefined
       ? await pool.createVolume(work, { sizeBytes: root.sizeBytes, labels: mark })
-      : await pool.snapshot(name, work, { labels: { ...withoutMark(existing.labels), ...mark } });
+      : await pool.snapshot(name, work, { labels: mark });
   const result: UnpackResult = {
     stream: root.name,
     volume: name,

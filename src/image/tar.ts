@@ -138,12 +138,11 @@ export class TarReader {
     if (this.#ended) return undefined;
     const previous = this.#current;
     const finishing = this.#finishCurrent();
+    // A promise only while an entry was current: its rest is being skipped.
     if (finishing !== undefined) {
-      try {
-        await finishing;
-      } catch (error) {
-        throw previous === undefined ? error : this.#located(error, previous);
-      }
+      await finishing.catch((error: unknown) => {
+        throw this.#located(error, previous!);
+      });
     }
     const entryOffset = this.#input.offsetBytes;
     let pax: PaxValues | undefined;

@@ -71,10 +71,10 @@ export class FileBlockFile implements BlockFile {
 
   /** A regular file (not a device): a write it refuses for room (ENOSPC) dirtied nothing. */
   readonly #regularFile: boolean;
-  /** The O_DIRECT descriptor for bulk writes: opened at the first, null once refused (see the module comment). */
-  #directFd: number | null | undefined;
-  /** A direct descriptor turned off while writes may be in flight on it, closed with the file. */
-  #retiredDirectFd: number | undefined;
+  /** Bulk writes may go around the page cache (see the module comment): off once the file refuses them. */
+  #direct: boolean;
+  /** The O_DIRECT descriptor, opened at the first bulk write; closed with the file. */
+  #directFd: number | undefined;
 
   private constructor(path: string, fd: number, sizeBytes: number, readOnly: boolean, isBlockDevice: boolean, regularFile: boolean) {
     this.description = path;
@@ -86,7 +86,7 @@ export class FileBlockFile implements BlockFile {
     this.#mainThreadWrites = !isBlockDevice;
     this.#allocateAhead = !isBlockDevice;
     this.#punchHoles = !isBlockDevice && !readOnly;
-    this.#directFd = regularFile && !readOnly && O_DIRECT !== undefined ? undefined : null;
+    this.#direct = regularFile && !readOnly && O_DIRECT !== undefined;
   }
 
   /** Opens an existing regular file or block device. */
@@ -201,7 +201,7 @@ export class FileBlockFile implements BlockFile {
   }
 
   write(source: Uint8Array, offsetBytes: number): Promise<void> {
-    if (this.#directFd !== null && source.length >= FILE_DIRECT_WRITE_BYTES_MIN && offsetBytes % DIRECT_ALIGN_BYTES === 0 && source.length % DIRECT_ALIGN_BYTES === 0 && isAlignedInMemory(source)) {
+    if (this.#direct && source.length >= FILE_DIRECT_WRITE_BYTES_MIN && offsetBytes % DIRECT_ALIGN_BYTES === 0 && source.length % DIRECT_ALIGN_BYTES === 0 && isAlignedInMemory(source)) {
       return this.#writeOnPool(source, offsetBytes, true);
     }
     if (this.#mainThreadWrites) return this.#writeHere(source, offsetBytes);
@@ -227,7 +227,7 @@ export class FileBlockFile implements BlockFile {
         } catch (error) {
           // Refused for its alignment or by the file system: nothing of it written; buffered from here on.
           if (direct && errorCode(error) === 'EINVAL') {
-            this.#directOff();
+            this.#direct = false;
             break;
           }
           throw this.#writeFailure(source.length, offsetBytes, error);
@@ -364,10 +364,11 @@ export class FileBlockFile implements BlockFile {
       // close-to-open), so it goes to the thread pool. A read-only file has nothing to write back:
       // opened and closed here, a short read-only command (a dump) never starts the pool's
       // threads, 1-2 ms of it on two cores (docs/benchmarks.md, "Command start-up").
+      if (this.#directFd !== undefined) fs.closeSync(this.#directFd);
+      this.#directFd = undefined;
+      this.#direct = false;
       if (this.readOnly) fs.closeSync(this.#fd);
       else await callback<void>((done) => fs.close(this.#fd, done));
-      for (const fd of [this.#directFd, this.#retiredDirectFd]) if (typeof fd === 'number') fs.closeSync(fd);
-      this.#directFd = null;
     } catch (error) {
       throw new ThinError('THIN_IO', `Cannot close ${this.description}: ${errorCode(error)}`, { cause: error });
     }
@@ -440,23 +441,19 @@ export class FileBlockFile implements BlockFile {
     }
   }
 
-  /** The O_DIRECT descriptor: the same file reopened through /proc (not by its path, which may name another file by now). */
+  /**
+   * The O_DIRECT descriptor: the same file reopened through /proc (not by its path, which may name
+   * another file by now); undefined once the file refuses direct writes.
+   */
   #directDescriptor(): number | undefined {
-    if (this.#directFd === undefined) {
+    if (this.#direct && this.#directFd === undefined) {
       try {
         this.#directFd = fs.openSync(`/proc/self/fd/${this.#fd}`, fs.constants.O_WRONLY | O_DIRECT!);
       } catch {
-        this.#directFd = null;
+        this.#direct = false;
       }
     }
-    return this.#directFd ?? undefined;
-  }
-
-  #directOff(): void {
-    const fd = this.#directFd;
-    this.#directFd = null;
-    // Other direct writes may still be in flight on it: closed with the file.
-    if (typeof fd === 'number') this.#retiredDirectFd = fd;
+    return this.#direct ? this.#directFd : undefined;
   }
 
   /** A block device that ends inside the write: the kernel reports a short write, not an error. */

@@ -600,7 +600,7 @@ export class PoolCore {
   replaceDeviceContents(target: Device, source: Device): void {
     this.assertDeviceWritable(target);
     if (source.removed) throw new ThinError('THIN_NOT_FOUND', `Volume ${source.details.name} was removed`);
-    if (source === target) throw new ThinError('THIN_INVALID', `Cannot replace the contents of volume ${target.details.name} with its own`);
+    assert(source !== target, 'a volume\'s contents replaced with its own (Pool refuses it before taking its lock twice)');
     this.#mutate(
       `replacing the contents of volume ${target.details.name} with those of ${source.details.name}`,
       8,
