@@ -321,7 +321,14 @@ export class DirectoryObjectStore implements ObjectStore {
       const batch = listed.slice(first, first + LIST_BATCH_ENTRIES).map(async (entry): Promise<StoredObject[]> => {
         const key = keyPrefix + entry.name;
         const full = path.join(dir, entry.name);
-        if (entry.isFile()) return [{ key, sizeBytes: (await fsp.stat(full)).size }];
+        if (entry.isFile()) {
+          // Deleted since the directory was read (a lock released, a stream removed): not listed.
+          const stats = await fsp.stat(full).catch((error: NodeJS.ErrnoException) => {
+            if (error.code === 'ENOENT') return undefined;
+            throw this.#error('list', key, error);
+          });
+          return stats === undefined ? [] : [{ key, sizeBytes: stats.size }];
+        }
         const objects: StoredObject[] = [];
         if (entry.isDirectory()) for await (const object of this.#walk(full, `${key}/`)) objects.push(object);
         return objects;

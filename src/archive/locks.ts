@@ -11,7 +11,7 @@
 // its process is gone (same host, no such pid) or it was not refreshed for ARCHIVE_LOCK_STALE_MS
 // (another host); stale locks are removed by whoever finds them (restic's rules).
 import os from 'node:os';
-import { ThinError } from '../errors.ts';
+import { ThinError, isThinError } from '../errors.ts';
 import { ARCHIVE_LOCK_REFRESH_MS, ARCHIVE_LOCK_STALE_MS } from '../constants.ts';
 import { LOCKS_PREFIX, newObjectId } from './format.ts';
 import type { ObjectStore } from './store.ts';
@@ -58,8 +58,9 @@ async function readLocks(store: ObjectStore): Promise<Array<{ key: string; recor
     let record: LockRecord | undefined;
     try {
       record = JSON.parse(new TextDecoder().decode(await store.get(object.key))) as LockRecord;
-    } catch {
-      // Deleted since the listing, or unreadable: an unreadable lock still counts as held.
+    } catch (error) {
+      // Deleted since the listing: released, so not held. Unreadable: it still counts as held.
+      if (isThinError(error, 'THIN_NOT_FOUND')) continue;
       record = undefined;
     }
     locks.push({ key: object.key, record });

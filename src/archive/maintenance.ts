@@ -81,6 +81,7 @@ export async function listStore(archive: Archive): Promise<StoreListing> {
         segmentCount: root.segments.length,
       });
     } catch (error) {
+      if (isThinError(error, 'THIN_NOT_FOUND')) continue; // removed since the listing
       if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
       damaged.push({ name, problem: (error as Error).message });
     }
@@ -157,15 +158,18 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
   const checked = new Map<string, string | undefined>(); // chunk hash → problem (undefined: intact)
   const names = options.name === undefined ? await archive.streamNames() : [options.name];
   for (const name of names) {
-    report.streamsChecked += 1;
     let root: StreamRoot;
     try {
       root = await archive.readStream(name);
     } catch (error) {
+      // Removed since the listing ('archive rm' runs beside verify): not a stream to check.
+      if (options.name === undefined && isThinError(error, 'THIN_NOT_FOUND')) continue;
       if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
+      report.streamsChecked += 1;
       addProblem(report, (error as Error).message, `stream ${name}`, { kind: 'stream', stream: name });
       continue;
     }
+    report.streamsChecked += 1;
     for (const segmentRef of root.segments) {
       let runs;
       try {

@@ -122,7 +122,13 @@ export async function findBaseStream(archive: Archive, base: StreamSource): Prom
   let found: StreamRoot | undefined;
   let writableMatch = false;
   for (const name of await archive.streamNames()) {
-    const root = await archive.readStream(name);
+    let root: StreamRoot;
+    try {
+      root = await archive.readStream(name);
+    } catch (error) {
+      if (isThinError(error, 'THIN_NOT_FOUND')) continue; // removed since the listing
+      throw error;
+    }
     if (!sameVolume(root.source, base)) continue;
     if (!root.source.readOnly) {
       writableMatch = true;

@@ -14,7 +14,8 @@
 //   getRange may read into a buffer the caller gives (the directory store does; S3 answers in a
 //   buffer of its own): unpack reads gigabytes of packs through a few reused buffers, where fresh
 //   ones cost a page fault per 4 KiB (docs/benchmarks.md, "Archive").
-// - list(prefix) yields every key under a prefix that ends in '/', with sizes, in key order.
+// - list(prefix) yields every key under a prefix that ends in '/', with sizes, in key order; an
+//   object deleted while the listing runs (a lock released, a stream removed) may be left out.
 // - delete(key) removes an object; a missing one is not an error.
 // - openWriter(key), where a store has it, writes an object in parts as they come and then
 //   commits it as put does: how pack objects reach a directory without being assembled in memory

@@ -8,6 +8,9 @@ import { DirectoryObjectStore } from '../../src/archive/directory-store.ts';
 import { lockStore } from '../../src/archive/locks.ts';
 import { Archive } from '../../src/archive/archive.ts';
 import { packVolume, gcArchive, verifyArchive } from '../../src/archive/commands.ts';
+import { listStore, verifyStore } from '../../src/archive/maintenance.ts';
+import { findBaseStream } from '../../src/archive/pack.ts';
+import type { ObjectStore } from '../../src/archive/store.ts';
 import { isThinError } from '../../src/errors.ts';
 import { MiB, contentBytes, createPool, tempDir } from './helpers.ts';
 import { poolSources } from '../../src/archive/source.ts';
@@ -38,6 +41,53 @@ test("a dead process's lock is stale and removed by the next taker", async () =>
   const lock = await lockStore(store, 'shared', 'pack', (line) => notes.push(line));
   assert.match(notes.join('\n'), /removed a stale lock of gc/);
   await lock.release();
+});
+
+/** `store`, where a get of a key in `vanishing` finds it deleted (by another process, since it was listed). */
+function deletedWhenRead(store: ObjectStore, vanishing: Set<string>): ObjectStore {
+  return {
+    url: store.url,
+    get: async (key) => {
+      if (vanishing.has(key)) await store.delete(key);
+      return await store.get(key);
+    },
+    getRange: (key, beginBytes, endBytes, into) => store.getRange(key, beginBytes, endBytes, into),
+    put: (key, data) => store.put(key, data),
+    putNew: (key, data) => store.putNew(key, data),
+    list: (prefix) => store.list(prefix),
+    delete: (key) => store.delete(key),
+    close: () => store.close(),
+  };
+}
+
+test('a lock released between the listing and its reading is not held: a shared taker goes ahead', async () => {
+  const store = DirectoryObjectStore.open(join(dir.path, 'c'));
+  const other = await lockStore(store, 'shared', 'verify');
+  const lock = await lockStore(deletedWhenRead(store, new Set([other.key])), 'shared', 'pack');
+  await lock.release();
+});
+
+test('a stream removed between the listing and its reading is not there for list, verify or --delta-from', async () => {
+  const pool = await createPool(join(dir.path, 'pool-rm'));
+  const storePath = join(dir.path, 'store-rm');
+  await (await Archive.init(storePath, { averageChunkBytes: 16 * 1024, zstdLevel: 3 })).close();
+  try {
+    await (await pool.createVolume('v', { sizeBytes: 4 * MiB })).write(0, contentBytes(MiB, 50));
+    await pool.snapshot('v', 'base', { readOnly: true });
+    for (const name of ['kept', 'removed']) await packVolume({ store: storePath, sources: poolSources(pool), volume: 'base', name });
+    const archive = await Archive.open(storePath);
+    try {
+      (archive as { store: ObjectStore }).store = deletedWhenRead(archive.store, new Set(['streams/removed']));
+      assert.deepEqual((await listStore(archive)).streams.map((stream) => stream.name), ['kept']);
+      const report = await verifyStore(archive);
+      assert.deepEqual([report.streamsChecked, report.problems], [1, []]);
+      assert.equal((await findBaseStream(archive, poolSources(pool)('base').identity)).name, 'kept');
+    } finally {
+      await archive.close();
+    }
+  } finally {
+    await pool.close();
+  }
 });
 
 test('two packs into one store at once both complete, and the store verifies', async () => {

@@ -105,6 +105,19 @@ test('a directory store writes parts in one call after earlier writes, in order,
   assert.deepEqual(listed, expected);
 });
 
+test('a directory store lists an object deleted while the listing runs as gone, not as an error', async () => {
+  const store = DirectoryObjectStore.open(join(root, 'vanishing'));
+  // More than list() looks up at once, so the last ones are looked up after the first is yielded.
+  const keys = Array.from({ length: 40 }, (_, index) => `locks/${index.toString(16).padStart(32, '0')}`);
+  for (const key of keys) await store.put(key, new Uint8Array([1]));
+  const listed: string[] = [];
+  for await (const object of store.list('locks/')) {
+    if (listed.length === 0) await store.delete(keys[39]!); // released by its holder meanwhile
+    listed.push(object.key);
+  }
+  assert.deepEqual(listed, keys.slice(0, 39));
+});
+
 test('a directory store keeps a few pack descriptors open for ranged reads and closes them all with the store', async () => {
   const openFiles = () => readdirSync('/proc/self/fd').length;
   const before = openFiles();
