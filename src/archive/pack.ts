@@ -121,13 +121,18 @@ export async function findBaseStream(archive: Archive, base: StreamSource): Prom
   }
   let found: StreamRoot | undefined;
   let writableMatch = false;
+  /** A stream whose root cannot be read: it does not say what it was packed from. */
+  let damaged: string | undefined;
   for (const name of await archive.streamNames()) {
     let root: StreamRoot;
     try {
       root = await archive.readStream(name);
     } catch (error) {
       if (isThinError(error, 'THIN_NOT_FOUND')) continue; // removed since the listing
-      throw error;
+      // Any intact stream of the base will do (they hold the same bytes): a damaged one elsewhere does not stop the pack.
+      if (!isThinError(error, 'THIN_CORRUPT_ARCHIVE') && !isThinError(error, 'THIN_FORMAT')) throw error;
+      damaged ??= name;
+      continue;
     }
     if (!sameVolume(root.source, base)) continue;
     if (!root.source.readOnly) {
@@ -138,7 +143,8 @@ export async function findBaseStream(archive: Archive, base: StreamSource): Prom
   }
   if (found !== undefined) return found;
   if (writableMatch) throw new ThinError('THIN_INVALID', `--delta-from ${base.volumeName}: it was writable when it was packed, so it cannot be a base`);
-  throw new ThinError('THIN_NOT_FOUND', `--delta-from ${base.volumeName}: no stream in ${archive.url} was packed from this volume; pack it first`);
+  const unknown = damaged === undefined ? '' : ` (stream ${damaged} is damaged: 'thinbd archive verify' names it)`;
+  throw new ThinError('THIN_NOT_FOUND', `--delta-from ${base.volumeName}: no stream in ${archive.url} was packed from this volume; pack it first${unknown}`);
 }
 
 interface JobBuffers {

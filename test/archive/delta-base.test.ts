@@ -1,11 +1,12 @@
 // `pack --delta-from` when the base stream is damaged: the error names the base's segment and says
-// that a full pack does not read the base stream, and a full pack then works.
+// that a full pack does not read the base stream, and a full pack then works. A damaged stream that
+// is not the base does not stop it.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { Archive } from '../../src/archive/archive.ts';
 import { packVolume, unpackVolume } from '../../src/archive/commands.ts';
-import { packKey } from '../../src/archive/format.ts';
+import { packKey, streamKey } from '../../src/archive/format.ts';
 import { poolSources } from '../../src/archive/source.ts';
 import { isThinError } from '../../src/errors.ts';
 import { MiB, contentBytes, createPool, digest, readVolume, tempDir } from './helpers.ts';
@@ -45,6 +46,43 @@ test('a base stream whose segment is missing: --delta-from says a full pack does
     await packVolume({ store, sources: poolSources(pool), volume: 'vol.1', name: 's1' });
     await unpackVolume({ store, pool, stream: 's1', volume: 'restored' });
     assert.equal(digest(await readVolume(pool, 'restored')), digest(await readVolume(pool, 'vol.1')));
+  } finally {
+    await pool.close();
+  }
+});
+
+test('a damaged stream root that is not the base does not stop --delta-from; with no intact base the error names it', async () => {
+  const pool = await createPool(join(dir.path, 'pool-damaged-root'));
+  try {
+    const store = join(dir.path, 'store-damaged-root');
+    await (await Archive.init(store, { averageChunkBytes: 16 * 1024, zstdLevel: 3 })).close();
+    const volume = await pool.createVolume('vol', { sizeBytes: 4 * MiB });
+    await volume.write(0, contentBytes(2 * MiB, 3));
+    await pool.snapshot('vol', 'vol.0', { readOnly: true });
+    await packVolume({ store, sources: poolSources(pool), volume: 'vol.0', name: 's0' });
+    await packVolume({ store, sources: poolSources(pool), volume: 'vol', name: 'other' });
+    await volume.write(MiB, contentBytes(MiB, 4));
+    await pool.snapshot('vol', 'vol.1', { readOnly: true });
+    const archive = await Archive.open(store);
+    try {
+      const root = await archive.store.get(streamKey('other'));
+      await archive.store.delete(streamKey('other'));
+      await archive.store.put(streamKey('other'), root.subarray(0, 100));
+    } finally {
+      await archive.close();
+    }
+
+    const packed = await packVolume({ store, sources: poolSources(pool), volume: 'vol.1', name: 's1', deltaFrom: 'vol.0' });
+    assert.equal(packed.parent, 's0');
+    assert.ok(packed.bytesRead < 2 * MiB, `read ${packed.bytesRead} bytes: the unchanged blocks came from s0`);
+    await unpackVolume({ store, pool, stream: 's1', volume: 'restored' });
+    assert.equal(digest(await readVolume(pool, 'restored')), digest(await readVolume(pool, 'vol.1')));
+
+    await pool.snapshot('vol', 'vol.2', { readOnly: true });
+    await assert.rejects(
+      packVolume({ store, sources: poolSources(pool), volume: 'vol', name: 's2', deltaFrom: 'vol.2' }),
+      (error: Error) => isThinError(error, 'THIN_NOT_FOUND') && /no stream in .* was packed from this volume; pack it first \(stream other is damaged: 'thinbd archive verify' names it\)$/.test(error.message),
+    );
   } finally {
     await pool.close();
   }
