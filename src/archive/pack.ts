@@ -8,9 +8,10 @@
 // With a base (`--delta-from SNAPSHOT`, SNAPSHOT read-only and packed before), the delta walker
 // (tools/delta.ts) compares the two volumes' mappings: blocks that map the same data block hold
 // the same bytes (copy-on-write never writes a block another volume maps), so the base stream's
-// chunks that lie wholly on such blocks are reused without reading them, and only the rest of
-// each run — the changed blocks, widened to the base's chunk edges — is read and chunked. An
-// incremental of a large volume with few changes reads and hashes little more than the changes.
+// chunks that lie wholly on such blocks, and that the store still has, are reused without reading
+// them, and only the rest of each run — the changed blocks, widened to the base's chunk edges — is
+// read and chunked. An incremental of a large volume with few changes reads and hashes little more
+// than the changes.
 //
 // The stream root is written once every pack is stored, by an exclusive create of its name, beside
 // the last index object (F-AR-ORDER-1): a pack killed at any moment leaves packs and maybe an index
@@ -397,6 +398,9 @@ export async function packStream(archive: Archive, source: PackSource, options: 
         const chunk = baseChunks[baseAt]!;
         if (chunk.begin < position || chunk.end > run.end) continue;
         if (!coveredBy(same, Math.floor(chunk.begin / bs), Math.ceil(chunk.end / bs))) continue;
+        // A chunk the store lost (its pack deleted) is read again, as a full pack would store it:
+        // reused, it would make a stream that cannot be unpacked.
+        if (!index.has(chunk.ref.hash)) continue;
         // Only for fresh bytes: an await per base chunk reused (thousands a segment) cost a
         // promise and a turn each, and made this loop V8's costliest compile on the main thread.
         if (position < chunk.begin) await freshJobs(position, chunk.begin, pieces);

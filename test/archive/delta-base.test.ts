@@ -1,11 +1,11 @@
 // `pack --delta-from` when the base stream is damaged: the error names the base's segment and says
 // that a full pack does not read the base stream, and a full pack then works. A damaged stream that
-// is not the base does not stop it.
+// is not the base does not stop it, and chunks of the base that the store lost are read again.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { Archive } from '../../src/archive/archive.ts';
-import { packVolume, unpackVolume } from '../../src/archive/commands.ts';
+import { packVolume, unpackVolume, verifyArchive } from '../../src/archive/commands.ts';
 import { packKey, streamKey } from '../../src/archive/format.ts';
 import { poolSources } from '../../src/archive/source.ts';
 import { isThinError } from '../../src/errors.ts';
@@ -83,6 +83,43 @@ test('a damaged stream root that is not the base does not stop --delta-from; wit
       packVolume({ store, sources: poolSources(pool), volume: 'vol', name: 's2', deltaFrom: 'vol.2' }),
       (error: Error) => isThinError(error, 'THIN_NOT_FOUND') && /no stream in .* was packed from this volume; pack it first \(stream other is damaged: 'thinbd archive verify' names it\)$/.test(error.message),
     );
+  } finally {
+    await pool.close();
+  }
+});
+
+test('a base stream whose data chunks are missing: --delta-from reads those bytes again, and the new stream is whole', async () => {
+  const pool = await createPool(join(dir.path, 'pool-lost-chunks'));
+  try {
+    const store = join(dir.path, 'store-lost-chunks');
+    await (await Archive.init(store, { averageChunkBytes: 16 * 1024, zstdLevel: 3 })).close();
+    const volume = await pool.createVolume('vol', { sizeBytes: 64 * MiB });
+    await volume.write(0, contentBytes(48 * MiB, 5)); // two packs at least
+    await pool.snapshot('vol', 'vol.0', { readOnly: true });
+    await packVolume({ store, sources: poolSources(pool), volume: 'vol.0', name: 's0' });
+    await volume.write(MiB, contentBytes(MiB, 6));
+    await pool.snapshot('vol', 'vol.1', { readOnly: true });
+
+    // Delete a pack of s0's data (not the one that holds its segment).
+    const archive = await Archive.open(store);
+    let lostBytes = 0;
+    try {
+      const loaded = await archive.loadIndex();
+      const segmentPack = loaded.index.get((await archive.readStream('s0')).segments[0]!.hash)!.packId;
+      const lost = [...loaded.packSizes.keys()].find((packId) => packId !== segmentPack)!;
+      for (const { location } of loaded.index.entries()) if (location.packId === lost) lostBytes += location.rawBytes;
+      await archive.store.delete(packKey(lost));
+    } finally {
+      await archive.close();
+    }
+    assert.ok(lostBytes > 0);
+
+    const packed = await packVolume({ store, sources: poolSources(pool), volume: 'vol.1', name: 's1', deltaFrom: 'vol.0' });
+    assert.ok(packed.bytesRead >= lostBytes, `read ${packed.bytesRead} bytes, at least the ${lostBytes} the store lost`);
+    const report = await verifyArchive({ store, stream: 's1' });
+    assert.deepEqual(report.problems, []);
+    await unpackVolume({ store, pool, stream: 's1', volume: 'restored' });
+    assert.equal(digest(await readVolume(pool, 'restored')), digest(await readVolume(pool, 'vol.1')));
   } finally {
     await pool.close();
   }
