@@ -1,5 +1,6 @@
 // Store locks: packs run side by side; gc needs the store alone; a dead process's lock is removed.
-// And two packs into one store at the same time both complete.
+// And two packs into one store at the same time both complete, and commands beside each other
+// do not trip over locks, streams and packs that the others add or remove meanwhile.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import os from 'node:os';
@@ -85,6 +86,41 @@ test('a stream removed between the listing and its reading is not there for list
     } finally {
       await archive.close();
     }
+  } finally {
+    await pool.close();
+  }
+});
+
+test('verify beside a pack that commits while verify loads the index names no problem in that stream', async () => {
+  const pool = await createPool(join(dir.path, 'pool-verify-race'));
+  const storePath = join(dir.path, 'store-verify-race');
+  await (await Archive.init(storePath, { averageChunkBytes: 16 * 1024, zstdLevel: 3 })).close();
+  try {
+    for (const [index, name] of ['x', 'y'].entries()) await (await pool.createVolume(name, { sizeBytes: 4 * MiB })).write(0, contentBytes(2 * MiB, 60 + index));
+    await packVolume({ store: storePath, sources: poolSources(pool), volume: 'x', name: 'x' });
+    const archive = await Archive.open(storePath);
+    try {
+      // The pack of y runs to its end after verify listed the packs, before it lists the index objects.
+      const store = archive.store;
+      let packed: Promise<unknown> | undefined;
+      (archive as { store: ObjectStore }).store = {
+        ...deletedWhenRead(store, new Set()),
+        list: (prefix) => {
+          if (prefix !== 'index/' || packed !== undefined) return store.list(prefix);
+          packed = packVolume({ store: storePath, sources: poolSources(pool), volume: 'y', name: 'y' });
+          return (async function* () {
+            await packed;
+            yield* store.list(prefix);
+          })();
+        },
+      };
+      const report = await verifyStore(archive);
+      assert.notEqual(packed, undefined);
+      assert.deepEqual(report.problems, []);
+    } finally {
+      await archive.close();
+    }
+    assert.deepEqual((await verifyArchive({ store: storePath })).problems, [], 'a verify after the pack checks both');
   } finally {
     await pool.close();
   }
