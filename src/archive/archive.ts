@@ -218,9 +218,17 @@ export class Archive {
 
   // ---- streams ----
 
-  async streamNames(): Promise<string[]> {
+  /**
+   * The names of the stream roots. An object under streams/ whose name no stream can have (F-AR-KEY-2:
+   * an editor's or a copy tool's file) is no stream root: it is left out, and its key given to `onStray`.
+   */
+  async streamNames(onStray?: (key: string) => void): Promise<string[]> {
     const names: string[] = [];
-    for await (const object of this.store.list(STREAMS_PREFIX)) names.push(object.key.slice(STREAMS_PREFIX.length));
+    for await (const object of this.store.list(STREAMS_PREFIX)) {
+      const name = object.key.slice(STREAMS_PREFIX.length);
+      if (validStreamName(name)) names.push(name);
+      else onStray?.(object.key);
+    }
     return names;
   }
 

@@ -154,10 +154,12 @@ export async function verifyStore(archive: Archive, options: VerifyOptions = {})
   // The streams before the index: a stream committed by now has every pack in place (F-AR-ORDER-1),
   // so the index finds its chunks; one a pack beside verify commits later is not checked, rather
   // than checked against packs listed before they were written.
-  const names = options.name === undefined ? await archive.streamNames() : [options.name];
+  const strays: string[] = [];
+  const names = options.name === undefined ? await archive.streamNames((key) => strays.push(key)) : [options.name];
   const loaded = await archive.loadIndex();
   const reader = new ChunkReader(archive.store, loaded.index, options.decoder);
   const report: VerifyReport = { streamsChecked: 0, chunksChecked: 0, bytesChecked: 0, problems: [], problemDetails: [] };
+  for (const key of strays) addProblem(report, `${key}: not a stream root's name (no stream can have it)`, key, { kind: 'object', object: key });
   if (options.name === undefined) for (const problem of loaded.problems) addObjectProblem(report, problem);
   const checked = new Map<string, string | undefined>(); // chunk hash → problem (undefined: intact)
   for (const name of names) {

@@ -1,9 +1,10 @@
 // Damage to a store, through the real CLI: a flipped byte in a chunk, a deleted pack object, a
 // truncated stream index. `archive verify` names each (stream, chunk and offset), exits 1, and
-// `archive unpack` refuses and leaves the target volume exactly as it was.
+// `archive unpack` refuses and leaves the target volume exactly as it was. Files that are not the
+// store's (under streams/) are named by verify and stop nothing else.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { thinbd, thinbdJson } from '../cli/run-thinbd.ts';
@@ -201,4 +202,22 @@ test("a truncated pack: verify and unpack state the pack's size and where the ch
     assert.ok(Number(match[1]) > sizeBytes, problem);
   }
   assertUnpackRefused(store, stated);
+});
+
+test("files under streams/ that no stream can be named (an editor's, a copy tool's) stop nothing; verify names them", () => {
+  const store = damagedCopy('stray');
+  writeFileSync(join(store, 'streams', '.s1.swp'), 'x');
+  mkdirSync(join(store, 'streams', 'dir'));
+  writeFileSync(join(store, 'streams', 'dir', 's2'), 'y');
+  assert.match(ok(['archive', 'list', '--store', store]), /^1 streams;/m);
+  const verify = thinbd(['archive', 'verify', '--store', store, '--json']);
+  assert.equal(verify.code, 1);
+  const report = JSON.parse(verify.stdout) as { streamsChecked: number; problemDetails: Array<{ kind: string; object?: string; what: string }> };
+  assert.equal(report.streamsChecked, 1);
+  assert.deepEqual(
+    report.problemDetails.map(({ kind, object, what }) => ({ kind, object, what })),
+    ['streams/.s1.swp', 'streams/dir/s2'].map((object) => ({ kind: 'object', object, what: "not a stream root's name (no stream can have it)" })),
+  );
+  ok(['archive', 'pack', '--pool', pool, 'vol', '--store', store, '--name', 's2', '--delta-from', 'vol.1']);
+  assert.match(ok(['archive', 'gc', '--store', store]), /for 2 streams/);
 });
