@@ -34,7 +34,7 @@ import { DataStream } from './data-stream.ts';
 import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
 import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
 import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
-import { chainIds, describeImageArchive, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
+import { chainIds, describeImageArchive, isArchiveRoot, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
 import { decompressChunks, detectCompression, isPathSource, openSource, type Compression, type OpenedSource, type SourceOpeners } from './source.ts';
 import type { LocalFile } from './background-hash.ts';
 import { ParseThread, parseOnThread } from './parse-thread.ts';
@@ -371,7 +371,14 @@ class ImageBuild {
       throw new ThinError('THIN_INVALID', `--size ${sizeBytes} is too small: the file system's metadata alone needs more than ${DATA_BEGIN_BLOCK * BLOCK_SIZE_BYTES} bytes`);
     }
     const outer = new TarReader(new ByteInput(this.#opened.chunks));
-    const first = await outer.next();
+    // A layout archived from its directory (`tar -C layout -cf image.tar .`) begins with that
+    // directory, './': the entry after it tells the format (docker load and podman load read both).
+    const leading: TarEntry[] = [];
+    let first = await outer.next();
+    if (first !== undefined && first.type === 'dir' && isArchiveRoot(first.path)) {
+      leading.push(first);
+      first = await outer.next();
+    }
     const format = this.#options.format ?? 'auto';
     const isArchive = format === 'oci' || (format === 'auto' && first !== undefined && looksLikeImageArchivePath(first.path));
     if (format === 'oci' && (first === undefined || !looksLikeImageArchivePath(first.path))) {
@@ -384,7 +391,7 @@ class ImageBuild {
       }
       this.#opened.startHash();
       await this.#begin();
-      await applyTar(outer, this.#context, { stream: '', layered: false, first });
+      await applyTar(outer, this.#context, { stream: '', layered: false, first: first === undefined ? leading : [...leading, first] });
       await drainTrailer(outer);
       return this.#finish('tar', `sha256:${await this.#opened.digest()}`, [], []);
     }
