@@ -28,7 +28,7 @@ import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
 import { applyLayerChanges, applyTar, type ApplyContext, type TreeChange } from './apply.ts';
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
-import { BlockIndex, SharingTarget } from './block-sharing.ts';
+import { BLOCK_INDEX_VOLUME, BlockIndex, SharingTarget } from './block-sharing.ts';
 import { ByteInput, type ChunkSource } from './byte-input.ts';
 import { DataStream } from './data-stream.ts';
 import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
@@ -161,6 +161,7 @@ export function startParseThreadAhead(source: string, format: ImageFormat): Pars
 /** Imports SOURCE into a new read-only volume NAME. */
 export async function importImage(pool: Pool, name: string, source: string, options: ImageImportOptions = {}): Promise<ImageImportResult> {
   if (pool.list().some((info) => info.name === name)) throw new ThinError('THIN_EXISTS', `A volume named ${name} already exists`);
+  if (name === BLOCK_INDEX_VOLUME) throw new ThinError('THIN_INVALID', `${name} is the name of the image block index an import keeps in the pool: choose another name for the image`);
   return await runImport(pool, name, source, options);
 }
 
