@@ -553,7 +553,9 @@ class ImageBuild {
         throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${layerName(position, layer.diffId)} (${layer.path}) has content digest ${read.diffId}, not its diff_id ${layer.diffId}`);
       }
       if (applied.has(path) && read.changes.length > 0) {
-        throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: layer ${layer.path} appears twice in the image; import the archive from a file (not a stream) to read it twice`);
+        // Read once, its files' data lies once: a second copy of its entries would name the same blocks.
+        const how = this.#opened.compression === 'none' ? 'from a file (not a stream)' : `decompressed, from a file (a ${this.#opened.compression} archive is read once, in order)`;
+        throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: layer ${layer.path} appears twice in the image; import the archive ${how} to read it twice`);
       }
       applied.add(path);
       this.#tree.layer = position + 1;

@@ -312,3 +312,23 @@ test("an OCI layout archived from its directory ('tar -C layout -cf image.tar .'
   assert.match(sh('debugfs', ['-R', 'stat /', raw]).stdout, /Mode:\s+0700/);
   fs.rmSync(raw);
 });
+
+test('a layer that appears twice is read twice from an uncompressed file; a stream or a compressed archive, read once, is refused saying how to import it', () => {
+  const repeated: TarSpec[] = [{ path: 'a', data: 'again', mtime: T }];
+  const removal: TarSpec[] = [{ path: '.wh.a', data: '' }];
+  const bytes = ociArchive([{ tar: tarArchive(repeated) }, { tar: tarArchive(removal) }, { tar: tarArchive(repeated) }], { docker: true });
+  const archive = path.join(work.path, 'repeated.tar');
+  fs.writeFileSync(archive, bytes);
+  const compressed = path.join(work.path, 'repeated.tar.gz');
+  fs.writeFileSync(compressed, gzip(bytes));
+  const pool = newPool('repeated');
+  importImage(pool, 'repeated', archive);
+  assertSameTree(mountedTree(pool, 'repeated'), expectedTree([repeated, removal, repeated]), 'a layer applied twice');
+  const streamed = thinbd(['image', 'import', '--pool', pool, 'streamed', '-'], { input: bytes });
+  assert.equal(streamed.code, 1);
+  assert.match(streamed.stderr, /appears twice in the image; import the archive from a file \(not a stream\) to read it twice/);
+  const gzipped = thinbd(['image', 'import', '--pool', pool, 'gzipped', compressed]);
+  assert.equal(gzipped.code, 1);
+  assert.match(gzipped.stderr, /appears twice in the image; import the archive decompressed, from a file \(a gzip archive is read once, in order\) to read it twice/);
+  assert.deepEqual((JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string }>).map((volume) => volume.name).filter((name) => !name.startsWith('layer.')), ['repeated']);
+});
