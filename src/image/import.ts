@@ -39,7 +39,7 @@ import { decompressChunks, detectCompression, isPathSource, openSource, type Com
 import type { LocalFile } from './background-hash.ts';
 import { ParseThread, parseOnThread } from './parse-thread.ts';
 import { NotTarError, TarReader, drainTrailer, type TarEntry } from './tar.ts';
-import { FsTree } from './tree.ts';
+import { FsTree, displayPath } from './tree.ts';
 import { WriteBackPacer } from './write-back.ts';
 import { MappedBlockCounter } from './mapped-blocks.ts';
 
@@ -270,6 +270,8 @@ class ImageBuild {
   #lastProgressBytes = -1;
   /** Source bytes the parsing thread read (it reads a local file itself). */
   #threadBytesRead = 0;
+  /** The first entry's path, when it alone made the source an image archive (--format auto). */
+  #detectedBy: string | undefined;
 
   constructor(pool: Pool | undefined, name: string, opened: OpenedSource, source: string, options: ImageImportOptions) {
     this.#pool = pool;
@@ -398,6 +400,7 @@ class ImageBuild {
     }
     // An image archive's digest is its config's: the source's own is not computed.
     this.#opened.skipHash();
+    if (format === 'auto') this.#detectedBy = first!.path;
     if (this.#opened.ranges !== undefined && this.#opened.compression === 'none') return this.#runIndexed();
     return this.#runStreamed(outer, first!);
   }
@@ -465,7 +468,7 @@ class ImageBuild {
       const bytes = await readAll(ranges.read(entry.dataOffsetBytes, entry.dataOffsetBytes + entry.sizeBytes, 256 * 1024), entry.sizeBytes, path);
       return { value: parseJson(bytes, path), bytes };
     };
-    const description = await describeImageArchive(readJson);
+    const description = await this.#describe(readJson);
     const chains = chainIds(description.layers.map((layer) => layer.diffId));
     // The deepest layer volume already in the pool.
     let sharedLayers = 0;
@@ -540,7 +543,7 @@ class ImageBuild {
       const bytes = documents.get(path);
       return bytes === undefined ? undefined : { value: parseJson(bytes, path), bytes };
     };
-    const description = await describeImageArchive(readJson);
+    const description = await this.#describe(readJson);
     const applied = new Set<string>();
     const imported: ImportedLayer[] = [];
     for (const [position, layer] of description.layers.entries()) {
@@ -563,6 +566,20 @@ class ImageBuild {
       imported.push({ diffId: layer.diffId, shared: false });
     }
     return this.#finish(description.kind, description.configDigest, imported, description.tags);
+  }
+
+  /**
+   * The image the archive's manifest or index describes. When only its first entry made it an image
+   * archive (--format auto), a failure says so: a flat tree may begin with an index.json of its own.
+   */
+  async #describe(read: JsonReader): Promise<ImageDescription> {
+    try {
+      return await describeImageArchive(read);
+    } catch (error) {
+      if (this.#detectedBy === undefined || !isThinError(error, 'THIN_IMAGE_INVALID')) throw error;
+      const hint = `read as a docker save archive or OCI layout since its first entry is '${displayPath(this.#detectedBy)}'; --format tar reads it as a root file system`;
+      throw new ThinError('THIN_IMAGE_INVALID', `${error.message} (${hint})`, { cause: error });
+    }
   }
 
   /**
