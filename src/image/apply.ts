@@ -31,8 +31,11 @@ export interface ApplyOptions {
   stream: string;
   /** An OCI/docker layer: whiteouts apply. */
   layered: boolean;
-  /** An entry already read from the reader (format detection reads the first one). */
-  first?: TarEntry | undefined;
+  /**
+   * Entries already read from the reader, in order (format detection reads the first one, and the
+   * one after a leading './'); all but the last carry no data.
+   */
+  first?: TarEntry[];
   /** Skip the data of files (the stream's data is already in the volume: a shared layer); extents are still computed. */
   placeOnly?: boolean;
   /** Collect the changes instead of applying them (a layer read before the image's layer order is known; apply them with applyLayerChanges). */
@@ -104,7 +107,8 @@ export async function applyTar(reader: TarReader, context: ApplyContext, options
   let entries = 0;
   // A layer's whiteouts may follow entries they must not hide: its changes are applied together at its end.
   const record = options.record ?? (options.layered ? [] : undefined);
-  let entry = options.first ?? (await reader.next());
+  const read = options.first ?? [];
+  let entry = read.length > 0 ? read[0] : await reader.next();
   while (entry !== undefined) {
     const prepared = prepareEntry(reader, entry, context, options);
     const change = prepared instanceof Promise ? await prepared : prepared;
@@ -112,7 +116,7 @@ export async function applyTar(reader: TarReader, context: ApplyContext, options
     else applyChange(context.tree!, change);
     entries++;
     context.onEntry?.();
-    entry = await reader.next();
+    entry = entries < read.length ? read[entries] : await reader.next();
   }
   if (options.layered && options.record === undefined) applyLayerChanges(context.tree!, record!);
   else if (record === undefined) context.tree!.danglingLinkCheck();

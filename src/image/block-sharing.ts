@@ -28,6 +28,11 @@ const { crc32 } = loadCrc32();
 
 /** The volume holding the index. */
 export const BLOCK_INDEX_VOLUME = 'image.blocks';
+/**
+ * The index volume's label (set when it is made, since the first index): a volume that only has
+ * the name is someone's own, which an import neither reads as an index nor overwrites.
+ */
+const BLOCK_INDEX_LABEL = 'thinbd.image.block-index';
 const INDEX_MAGIC = 'thinbd image block index';
 const INDEX_VERSION = 2;
 /** Version 1 records also held a crc32c (before the crc32); still read. */
@@ -61,7 +66,7 @@ export class BlockIndex {
     const images = new Map<number, string>();
     let indexVolume: Volume | undefined;
     for (const info of pool.list()) {
-      if (info.name === BLOCK_INDEX_VOLUME) indexVolume = pool.volume(info.name);
+      if (info.name === BLOCK_INDEX_VOLUME && info.labels[BLOCK_INDEX_LABEL] !== undefined) indexVolume = pool.volume(info.name);
       else if (info.readOnly && info.labels['thinbd.image.format'] !== undefined) images.set(info.id, info.name);
     }
     if (indexVolume === undefined || indexVolume.sizeBytes < HEADER_BYTES) return index;
@@ -111,8 +116,13 @@ export class BlockIndex {
     this.#add(crc, volume.id, offsetBytes / this.blockSizeBytes);
   }
 
-  /** Writes the index (the records of volumes still in the pool) to its volume. */
+  /**
+   * Writes the index (the records of volumes still in the pool) to its volume; not when a volume
+   * not made as the index has its name (later imports then share nothing with this one).
+   */
   async save(pool: Pool): Promise<void> {
+    const existing = pool.list().find((info) => info.name === BLOCK_INDEX_VOLUME);
+    if (existing !== undefined && existing.labels[BLOCK_INDEX_LABEL] === undefined) return;
     const live = new Set(pool.list().map((info) => info.id));
     const kept: number[] = [];
     for (let at = 0; at < this.#records.length; at += 3) if (live.has(this.#records[at + 1]!)) kept.push(at);
@@ -129,8 +139,8 @@ export class BlockIndex {
       view.setUint32(offset + 12, this.#records[at + 2]!, true);
     });
     const sizeBytes = Math.ceil(bytes.length / this.blockSizeBytes) * this.blockSizeBytes;
-    if (!pool.list().some((info) => info.name === BLOCK_INDEX_VOLUME)) {
-      await pool.createVolume(BLOCK_INDEX_VOLUME, { sizeBytes, labels: { 'thinbd.image.block-index': String(INDEX_VERSION), [HIDDEN_LABEL]: 'image block index' } });
+    if (existing === undefined) {
+      await pool.createVolume(BLOCK_INDEX_VOLUME, { sizeBytes, labels: { [BLOCK_INDEX_LABEL]: String(INDEX_VERSION), [HIDDEN_LABEL]: 'image block index' } });
     } else {
       const volume = pool.volume(BLOCK_INDEX_VOLUME);
       if (volume.sizeBytes !== sizeBytes) await pool.resizeVolume(BLOCK_INDEX_VOLUME, sizeBytes);

@@ -28,18 +28,18 @@ import type { Pool } from '../pool/pool.ts';
 import type { Volume } from '../pool/volume.ts';
 import { applyLayerChanges, applyTar, type ApplyContext, type TreeChange } from './apply.ts';
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
-import { BlockIndex, SharingTarget } from './block-sharing.ts';
+import { BLOCK_INDEX_VOLUME, BlockIndex, SharingTarget } from './block-sharing.ts';
 import { ByteInput, type ChunkSource } from './byte-input.ts';
 import { DataStream } from './data-stream.ts';
 import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
 import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
 import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
-import { chainIds, describeImageArchive, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
+import { chainIds, describeImageArchive, isArchiveRoot, looksLikeImageArchivePath, normalizeArchivePath, type ImageDescription, type JsonReader } from './oci.ts';
 import { decompressChunks, detectCompression, isPathSource, openSource, type Compression, type OpenedSource, type SourceOpeners } from './source.ts';
 import type { LocalFile } from './background-hash.ts';
 import { ParseThread, parseOnThread } from './parse-thread.ts';
 import { NotTarError, TarReader, drainTrailer, type TarEntry } from './tar.ts';
-import { FsTree } from './tree.ts';
+import { FsTree, displayPath } from './tree.ts';
 import { WriteBackPacer } from './write-back.ts';
 import { MappedBlockCounter } from './mapped-blocks.ts';
 
@@ -161,6 +161,7 @@ export function startParseThreadAhead(source: string, format: ImageFormat): Pars
 /** Imports SOURCE into a new read-only volume NAME. */
 export async function importImage(pool: Pool, name: string, source: string, options: ImageImportOptions = {}): Promise<ImageImportResult> {
   if (pool.list().some((info) => info.name === name)) throw new ThinError('THIN_EXISTS', `A volume named ${name} already exists`);
+  if (name === BLOCK_INDEX_VOLUME) throw new ThinError('THIN_INVALID', `${name} is the name of the image block index an import keeps in the pool: choose another name for the image`);
   return await runImport(pool, name, source, options);
 }
 
@@ -269,6 +270,8 @@ class ImageBuild {
   #lastProgressBytes = -1;
   /** Source bytes the parsing thread read (it reads a local file itself). */
   #threadBytesRead = 0;
+  /** The first entry's path, when it alone made the source an image archive (--format auto). */
+  #detectedBy: string | undefined;
 
   constructor(pool: Pool | undefined, name: string, opened: OpenedSource, source: string, options: ImageImportOptions) {
     this.#pool = pool;
@@ -371,7 +374,14 @@ class ImageBuild {
       throw new ThinError('THIN_INVALID', `--size ${sizeBytes} is too small: the file system's metadata alone needs more than ${DATA_BEGIN_BLOCK * BLOCK_SIZE_BYTES} bytes`);
     }
     const outer = new TarReader(new ByteInput(this.#opened.chunks));
-    const first = await outer.next();
+    // A layout archived from its directory (`tar -C layout -cf image.tar .`) begins with that
+    // directory, './': the entry after it tells the format (docker load and podman load read both).
+    const leading: TarEntry[] = [];
+    let first = await outer.next();
+    if (first !== undefined && first.type === 'dir' && isArchiveRoot(first.path)) {
+      leading.push(first);
+      first = await outer.next();
+    }
     const format = this.#options.format ?? 'auto';
     const isArchive = format === 'oci' || (format === 'auto' && first !== undefined && looksLikeImageArchivePath(first.path));
     if (format === 'oci' && (first === undefined || !looksLikeImageArchivePath(first.path))) {
@@ -384,12 +394,13 @@ class ImageBuild {
       }
       this.#opened.startHash();
       await this.#begin();
-      await applyTar(outer, this.#context, { stream: '', layered: false, first });
+      await applyTar(outer, this.#context, { stream: '', layered: false, first: first === undefined ? leading : [...leading, first] });
       await drainTrailer(outer);
       return this.#finish('tar', `sha256:${await this.#opened.digest()}`, [], []);
     }
     // An image archive's digest is its config's: the source's own is not computed.
     this.#opened.skipHash();
+    if (format === 'auto') this.#detectedBy = first!.path;
     if (this.#opened.ranges !== undefined && this.#opened.compression === 'none') return this.#runIndexed();
     return this.#runStreamed(outer, first!);
   }
@@ -457,7 +468,7 @@ class ImageBuild {
       const bytes = await readAll(ranges.read(entry.dataOffsetBytes, entry.dataOffsetBytes + entry.sizeBytes, 256 * 1024), entry.sizeBytes, path);
       return { value: parseJson(bytes, path), bytes };
     };
-    const description = await describeImageArchive(readJson);
+    const description = await this.#describe(readJson);
     const chains = chainIds(description.layers.map((layer) => layer.diffId));
     // The deepest layer volume already in the pool.
     let sharedLayers = 0;
@@ -532,7 +543,7 @@ class ImageBuild {
       const bytes = documents.get(path);
       return bytes === undefined ? undefined : { value: parseJson(bytes, path), bytes };
     };
-    const description = await describeImageArchive(readJson);
+    const description = await this.#describe(readJson);
     const applied = new Set<string>();
     const imported: ImportedLayer[] = [];
     for (const [position, layer] of description.layers.entries()) {
@@ -545,7 +556,9 @@ class ImageBuild {
         throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${layerName(position, layer.diffId)} (${layer.path}) has content digest ${read.diffId}, not its diff_id ${layer.diffId}`);
       }
       if (applied.has(path) && read.changes.length > 0) {
-        throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: layer ${layer.path} appears twice in the image; import the archive from a file (not a stream) to read it twice`);
+        // Read once, its files' data lies once: a second copy of its entries would name the same blocks.
+        const how = this.#opened.compression === 'none' ? 'from a file (not a stream)' : `decompressed, from a file (a ${this.#opened.compression} archive is read once, in order)`;
+        throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: layer ${layer.path} appears twice in the image; import the archive ${how} to read it twice`);
       }
       applied.add(path);
       this.#tree.layer = position + 1;
@@ -553,6 +566,20 @@ class ImageBuild {
       imported.push({ diffId: layer.diffId, shared: false });
     }
     return this.#finish(description.kind, description.configDigest, imported, description.tags);
+  }
+
+  /**
+   * The image the archive's manifest or index describes. When only its first entry made it an image
+   * archive (--format auto), a failure says so: a flat tree may begin with an index.json of its own.
+   */
+  async #describe(read: JsonReader): Promise<ImageDescription> {
+    try {
+      return await describeImageArchive(read);
+    } catch (error) {
+      if (this.#detectedBy === undefined || !isThinError(error, 'THIN_IMAGE_INVALID')) throw error;
+      const hint = `read as a docker save archive or OCI layout since its first entry is '${displayPath(this.#detectedBy)}'; --format tar reads it as a root file system`;
+      throw new ThinError('THIN_IMAGE_INVALID', `${error.message} (${hint})`, { cause: error });
+    }
   }
 
   /**

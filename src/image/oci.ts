@@ -39,6 +39,12 @@ export function looksLikeImageArchivePath(path: string): boolean {
   );
 }
 
+/** The archive's own top directory ('./' or '.'), which `tar -C DIR -cf ARCHIVE .` writes first. */
+export function isArchiveRoot(path: string): boolean {
+  const clean = normalizeArchivePath(path);
+  return clean === '' || clean === '.';
+}
+
 export function normalizeArchivePath(path: string): string {
   return path.replace(/^\.\//, '').replace(/\/+$/, '');
 }

@@ -1,7 +1,8 @@
 // A streaming tar reader: POSIX ustar, pax extended headers (global and per entry: path,
 // linkpath, size, uid, gid, times with fractions, SCHILY.xattr.* and LIBARCHIVE.xattr.*,
-// SCHILY.devmajor/devminor), GNU long names (L/K), GNU base-256 numbers, and sparse files in
-// every form GNU tar writes them (old GNU 'S' headers, pax 0.0, 0.1 and 1.0).
+// SCHILY.devmajor/devminor), GNU long names (L/K), GNU base-256 numbers, GNU volume labels (V,
+// skipped), and sparse files in every form GNU tar writes them (old GNU 'S' headers, pax 0.0, 0.1
+// and 1.0).
 //
 // Everything in an archive is untrusted: a bad header checksum, a number that does not parse, a
 // size past what a header may hold, a truncated header or data, or an archive that ends without
@@ -144,7 +145,7 @@ export class TarReader {
         throw this.#located(error, previous!);
       });
     }
-    const entryOffset = this.#input.offsetBytes;
+    let entryOffset = this.#input.offsetBytes;
     let pax: PaxValues | undefined;
     let longName: string | undefined;
     let longLink: string | undefined;
@@ -180,6 +181,13 @@ export class TarReader {
         else if (typeFlag === 'g') parsePax(body, this.#globals, (problem) => this.#error(headerOffset, path, problem));
         else if (typeFlag === 'L') longName = cString(body);
         else longLink = cString(body);
+        continue;
+      }
+      if (typeFlag === 'V' && pax === undefined && longName === undefined && longLink === undefined) {
+        // A GNU volume label (`tar -V LABEL`, GNU format) names the archive, not a file: tar -x skips it.
+        const left = storedBytes + padding(storedBytes);
+        if (!this.#input.skipNow(left)) await this.#input.skip(left, this.#truncated(headerOffset, path, 'a volume label'));
+        entryOffset = this.#input.offsetBytes;
         continue;
       }
       const entry = this.#buildEntry(header, typeFlag, entryOffset, pax, longName, longLink, storedBytes);

@@ -230,3 +230,18 @@ test('the volume an import builds carries its mark from the change that makes it
     await opened.close();
   }
 });
+
+test('a flat tree whose first entry is named like an image archive\'s (index.json) is refused saying why it was read as one, and --format tar reads it', () => {
+  const web: TarSpec[] = [{ path: 'index.json', data: '{"page": "home"}' }, { path: 'app.js', data: 'main()' }];
+  for (const viaStdin of [false, true]) {
+    refuse(tarArchive(web), /^thinbd: Invalid image: index\.json lists no manifests \(read as a docker save archive or OCI layout since its first entry is 'index\.json'; --format tar reads it as a root file system\)$/m, { viaStdin });
+  }
+  // Told outright (--format oci), the archive is not second-guessed.
+  const told = refuse(tarArchive(web), /index\.json lists no manifests/, { extra: ['--format', 'oci'] });
+  assert.doesNotMatch(told, /--format tar/);
+  const file = path.join(work.path, 'web.tar');
+  fs.writeFileSync(file, tarArchive(web));
+  const result = thinbd(['image', 'import', '--pool', pool, 'web', file, '--format', 'tar']);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(thinbd(['remove', '--pool', pool, 'web']).code, 0);
+});

@@ -12,7 +12,7 @@ import { thinbd } from '../cli/run-thinbd.ts';
 import { assertSameTree, describeTree, mountedTreeOf, sh, type TreeEntry } from './helpers.ts';
 import { ociArchive, sha256Hex, tarArchive, type TarSpec } from './tar-writer.ts';
 
-requireTools('e2fsck', 'mount', 'umount', 'getfattr');
+requireTools('e2fsck', 'mount', 'umount', 'getfattr', 'debugfs');
 
 let work: { path: string; remove(): void };
 before(() => {
@@ -279,4 +279,56 @@ test("a layer's whiteouts hide only lower layers' entries, wherever they stand i
       assert.equal(tree.get('a')!.sha256, sha256Hex(Buffer.from('layer 2')), `${volume}: a is layer 2's`);
     }
   }
+});
+
+test("an OCI layout archived from its directory ('tar -C layout -cf image.tar .', entries under './') is read as a layout, from a file and a stream", () => {
+  const layout = path.join(work.path, 'layout-dir');
+  fs.mkdirSync(layout);
+  const plain = path.join(work.path, 'layout-plain.tar');
+  fs.writeFileSync(plain, ociArchive([{ tar: tarArchive(LAYER_1) }, { tar: tarArchive(LAYER_2), gzip: true }], { gzipFn: gzip }));
+  sh('tar', ['-xf', plain, '-C', layout]);
+  const archive = path.join(work.path, 'layout-dot.tar');
+  sh('tar', ['-cf', archive, '-C', layout, '.']);
+  assert.equal(sh('tar', ['-tf', archive]).stdout.split('\n')[0], './');
+  const pool = newPool('layout-dot');
+  const expected = expectedTree([LAYER_1, LAYER_2]);
+  for (const [volume, source, input] of [['from-file', archive, undefined], ['from-stream', '-', fs.readFileSync(archive)]] as const) {
+    const summary = importImage(pool, volume, source, input);
+    assert.equal(summary.format, 'oci', volume);
+    assert.equal(summary.layers.length, 2, volume);
+    assertSameTree(mountedTree(pool, volume), expected, volume);
+  }
+  // A flat tree archived the same way is still a flat tar, its root taking the './' entry's attributes.
+  const rootfs = path.join(work.path, 'rootfs-dot');
+  fs.mkdirSync(rootfs, { mode: 0o700 });
+  fs.chmodSync(rootfs, 0o700);
+  fs.writeFileSync(path.join(rootfs, 'file'), 'flat');
+  const flat = path.join(work.path, 'rootfs-dot.tar');
+  sh('tar', ['-cf', flat, '-C', rootfs, '.']);
+  // From a stream: parsed on the main thread, where the entries read to tell the format are applied first.
+  assert.equal(importImage(pool, 'flat', '-', fs.readFileSync(flat)).format, 'tar');
+  const raw = path.join(work.path, 'flat.raw');
+  assert.equal(thinbd(['export', '--pool', pool, 'flat', raw]).code, 0);
+  assert.match(sh('debugfs', ['-R', 'stat /', raw]).stdout, /Mode:\s+0700/);
+  fs.rmSync(raw);
+});
+
+test('a layer that appears twice is read twice from an uncompressed file; a stream or a compressed archive, read once, is refused saying how to import it', () => {
+  const repeated: TarSpec[] = [{ path: 'a', data: 'again', mtime: T }];
+  const removal: TarSpec[] = [{ path: '.wh.a', data: '' }];
+  const bytes = ociArchive([{ tar: tarArchive(repeated) }, { tar: tarArchive(removal) }, { tar: tarArchive(repeated) }], { docker: true });
+  const archive = path.join(work.path, 'repeated.tar');
+  fs.writeFileSync(archive, bytes);
+  const compressed = path.join(work.path, 'repeated.tar.gz');
+  fs.writeFileSync(compressed, gzip(bytes));
+  const pool = newPool('repeated');
+  importImage(pool, 'repeated', archive);
+  assertSameTree(mountedTree(pool, 'repeated'), expectedTree([repeated, removal, repeated]), 'a layer applied twice');
+  const streamed = thinbd(['image', 'import', '--pool', pool, 'streamed', '-'], { input: bytes });
+  assert.equal(streamed.code, 1);
+  assert.match(streamed.stderr, /appears twice in the image; import the archive from a file \(not a stream\) to read it twice/);
+  const gzipped = thinbd(['image', 'import', '--pool', pool, 'gzipped', compressed]);
+  assert.equal(gzipped.code, 1);
+  assert.match(gzipped.stderr, /appears twice in the image; import the archive decompressed, from a file \(a gzip archive is read once, in order\) to read it twice/);
+  assert.deepEqual((JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string }>).map((volume) => volume.name).filter((name) => !name.startsWith('layer.')), ['repeated']);
 });

@@ -1,5 +1,5 @@
 // Entries as old tars (V7, early BSD) wrote them, which GNU tar still reads: a directory as a regular
-// entry (type '0' or NUL) whose name ends in '/'.
+// entry (type '0' or NUL) whose name ends in '/'. And GNU tar's volume label header, which is no file.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -55,4 +55,23 @@ test("a regular entry (type '0' or NUL) whose name ends in '/' is a directory, a
   assert.match(stat('nul'), /Type: directory +Mode: +0711/);
   assert.equal(sh('debugfs', ['-R', 'cat /old/f', raw]).stdout, 'in an old directory');
   assert.equal(sh('debugfs', ['-R', 'cat /nul/g', raw]).stdout, 'in another');
+});
+
+test("a GNU volume label (tar -V, type 'V') is skipped as tar -x skips it, from a file and from a stream", () => {
+  const tree = path.join(work.path, 'labelled');
+  fs.mkdirSync(tree);
+  fs.writeFileSync(path.join(tree, 'f'), 'after the label');
+  const file = path.join(work.path, 'labelled.tar');
+  sh('tar', ['--format=gnu', '-V', 'backup 1', '-cf', file, '-C', tree, 'f']);
+  assert.match(sh('tar', ['-tvf', file]).stdout, /^V.* backup 1--Volume Header--\n/);
+  for (const [name, source, input] of [['labelled', file, undefined], ['labelled-stream', '-', fs.readFileSync(file)]] as const) {
+    const result = thinbd(['image', 'import', '--pool', pool, name, source], input === undefined ? {} : { input });
+    assert.equal(result.code, 0, result.stderr);
+    const raw = path.join(work.path, `${name}.raw`);
+    assert.equal(thinbd(['export', '--pool', pool, name, raw]).code, 0);
+    assert.equal(sh('e2fsck', ['-fn', raw], { allowFailure: true }).code, 0);
+    assert.equal(sh('debugfs', ['-R', 'cat /f', raw]).stdout, 'after the label');
+    assert.deepEqual(sh('debugfs', ['-R', 'ls -p /', raw]).stdout.split('\n').filter((line) => line !== '').map((line) => line.split('/')[5]).sort(), ['.', '..', 'f', 'lost+found']);
+    fs.rmSync(raw);
+  }
 });

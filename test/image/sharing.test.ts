@@ -279,3 +279,28 @@ test('an index of version 1 (crc32c and crc32 per block) is still read: its imag
   const check = thinbd(['check', '--pool', pool]);
   assert.equal(check.code, 0, check.stderr);
 });
+
+test('a volume of the user\'s own named image.blocks is neither read as the index nor overwritten; an image cannot take that name', () => {
+  const pool = newPool('own-name');
+  const archive = path.join(work.path, 'lib-own.tar');
+  fs.writeFileSync(archive, tarArchive([...dirs('lib'), { path: 'lib/libc.so', data: libC, mtime: T }]));
+  const refused = thinbd(['image', 'import', '--pool', pool, 'image.blocks', archive]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /image\.blocks is the name of the image block index/);
+  assert.equal(thinbd(['list', '--pool', pool, '--all', '--json']).stdout.trim(), '[]');
+  const own = patternBytes(10 * 1024 * 1024, 9);
+  const ownFile = path.join(work.path, 'own.bin');
+  fs.writeFileSync(ownFile, own);
+  assert.equal(thinbd(['create', '--pool', pool, 'image.blocks', '--size', '16M']).code, 0);
+  assert.equal(thinbd(['import', '--pool', pool, 'image.blocks', ownFile]).code, 0);
+  importImage(pool, 'first', archive);
+  // Its records are not kept anywhere: the second import shares nothing, and is still its archive.
+  assert.equal(importImage(pool, 'second', archive).dataBytesShared, 0);
+  fs.rmSync(exportChecked(pool, 'second'));
+  const volumes = JSON.parse(thinbd(['list', '--pool', pool, '--all', '--json']).stdout) as Array<{ name: string; sizeBytes: number }>;
+  assert.equal(volumes.find((volume) => volume.name === 'image.blocks')?.sizeBytes, 16 * 1024 * 1024);
+  const exported = path.join(work.path, 'own.out');
+  assert.equal(thinbd(['export', '--pool', pool, 'image.blocks', exported]).code, 0);
+  assert.ok(fs.readFileSync(exported).subarray(0, own.length).equals(own), 'the volume keeps its bytes');
+  fs.rmSync(exported);
+});
