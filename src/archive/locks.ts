@@ -89,10 +89,16 @@ export async function lockStore(store: ObjectStore, kind: LockKind, command: str
         onNote(`removed a stale lock of ${describeLock(other.record)}`);
         continue;
       }
-      const otherKind = other.record?.kind ?? 'exclusive';
-      if (kind === 'exclusive' || otherKind === 'exclusive') {
-        const holder = other.record === undefined ? `an unreadable lock ${other.key}` : describeLock(other.record);
-        throw new ThinError('THIN_BUSY', `The archive store ${store.url} is in use by ${holder}; ${kind === 'exclusive' ? `${command} needs it alone` : 'gc needs it alone'}. Try again when it ends`);
+      if (other.record === undefined) {
+        // Not a lock thinbd wrote, or a damaged one: whose it is cannot be told, so it is held as gc's.
+        throw new ThinError(
+          'THIN_BUSY',
+          `The archive store ${store.url} holds ${other.key}, which is not a readable lock: it counts as held by gc, so ${command} cannot run. If no command is using the store, delete that object`,
+        );
+      }
+      if (kind === 'exclusive' || other.record.kind === 'exclusive') {
+        const need = kind === 'exclusive' ? `${command} needs it alone` : `${other.record.command} needs it alone`;
+        throw new ThinError('THIN_BUSY', `The archive store ${store.url} is in use by ${describeLock(other.record)}; ${need}. Try again when it ends`);
       }
     }
   } catch (error) {

@@ -12,7 +12,7 @@
 // removed. Labels live in the volume's details block (docs/format.md "Volume details block"), so
 // the mark needs no format change.
 import os from 'node:os';
-import { ThinError } from '../errors.ts';
+import { ThinError, isThinError } from '../errors.ts';
 import type { StreamSource } from './format.ts';
 import { processAlive } from './locks.ts';
 import type { PackAccess, PackSources } from './source.ts';
@@ -69,7 +69,14 @@ export function snapshotAccess(options: SnapshotAccessOptions): PackAccess {
       }
       await removeLeftover(options.pool, options.volumes, stream, onNote);
       const mark: PackMark = { stream, host: os.hostname(), pid: process.pid };
-      await options.pool.snapshot({ source: volume, name: stream, readOnly: true, labels: { [PACK_SNAPSHOT_LABEL]: JSON.stringify(mark) } });
+      await options.pool.snapshot({ source: volume, name: stream, readOnly: true, labels: { [PACK_SNAPSHOT_LABEL]: JSON.stringify(mark) } }).catch((error: unknown) => {
+        if (!isThinError(error, 'THIN_READ_ONLY')) throw error;
+        throw new ThinError(
+          'THIN_READ_ONLY',
+          `${volume} is writable, and a pack reads a writable volume through a read-only snapshot it takes, which this pool cannot (${(error as Error).message}): pack a read-only snapshot of ${volume} instead, or open the pool writable`,
+          { cause: error },
+        );
+      });
       onNote(`packing ${volume} through its read-only snapshot ${stream}${keep ? ' (kept)' : ''}`);
       let result: Awaited<ReturnType<typeof work>>;
       try {

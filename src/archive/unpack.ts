@@ -166,6 +166,10 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     elapsedMs: 0,
   };
   try {
+    if (volume.sizeBytes > root.sizeBytes) {
+      // What the shrink drops is discarded too.
+      for (const range of mappedByteRanges(volume.mappedRuns(), bs, volume.sizeBytes)) result.bytesDiscarded += Math.max(0, range.end - Math.max(range.begin, root.sizeBytes));
+    }
     if (volume.sizeBytes !== root.sizeBytes) await pool.resizeVolume(work, root.sizeBytes);
     const targetMapped = existing === undefined ? [] : mappedByteRanges(volume.mappedRuns(), bs, root.sizeBytes);
     const streamMapped: Range[] = [];
@@ -383,8 +387,19 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
       if (!isThinError(cleanup, 'THIN_NOT_FOUND')) options.onNote?.(`could not remove ${work}: ${(cleanup as Error).message}`);
     });
     await pool.flush().catch(() => undefined);
+    if (isThinError(error, 'THIN_NO_SPACE')) {
+      throw new ThinError(
+        'THIN_NO_SPACE',
+        `Unpacking stream ${root.name} into ${name} ran out of data space after writing ${mebibytes(result.bytesWritten)} (the stream maps ${mebibytes(root.stats.mappedBytes)}): ${(error as Error).message} ${name} and the pool are as they were; grow the pool (thinbd pool resize --data-size) or free space, and unpack again`,
+        { cause: error },
+      );
+    }
     throw error;
   }
+}
+
+function mebibytes(bytes: number): string {
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
 }
 
 /** `range` cut at block edges into a part of its first block, whole blocks, and a part of its last (`whole`: blocks, or up to the volume's end). */

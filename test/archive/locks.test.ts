@@ -34,6 +34,23 @@ test('shared locks coexist; an exclusive lock is refused beside them and refuses
   assert.deepEqual(keys, [], 'released locks are gone');
 });
 
+test('an object under locks/ that is no readable lock counts as gc\'s; the refusal names it and says how to go on', async () => {
+  const store = DirectoryObjectStore.open(join(dir.path, 'unreadable'));
+  await store.put('locks/stray.txt', new TextEncoder().encode('not json'));
+  for (const [kind, command] of [['shared', 'pack'], ['exclusive', 'gc']] as const) {
+    await assert.rejects(
+      lockStore(store, kind, command),
+      (error: unknown) =>
+        isThinError(error, 'THIN_BUSY') &&
+        (error as Error).message ===
+          `The archive store ${store.url} holds locks/stray.txt, which is not a readable lock: it counts as held by gc, so ${command} cannot run. If no command is using the store, delete that object`,
+    );
+  }
+  const keys: string[] = [];
+  for await (const object of store.list('locks/')) keys.push(object.key);
+  assert.deepEqual(keys, ['locks/stray.txt'], 'the refused takers left no lock of their own');
+});
+
 test("a dead process's lock is stale and removed by the next taker", async () => {
   const store = DirectoryObjectStore.open(join(dir.path, 'b'));
   const record = { kind: 'exclusive', command: 'gc', host: os.hostname(), pid: 2 ** 22 + 12345, startedAt: new Date().toISOString(), refreshedAt: new Date().toISOString() };

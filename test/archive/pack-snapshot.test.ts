@@ -159,6 +159,22 @@ describe('on a served pool', () => {
   });
 });
 
+describe('on a pool served read-only', () => {
+  test('a writable volume is refused saying why and what to pack instead; a read-only snapshot packs', async () => {
+    const pool = makePool('served-ro');
+    const server = await startServe(pool, ['--read-only']);
+    try {
+      const refused = thinbd(['archive', 'pack', '--pool', pool, 'v', '--store', store, '--name', 'ro.s1']);
+      assert.equal(refused.code, 1, refused.stderr);
+      assert.match(refused.stderr, /v is writable, and a pack reads a writable volume through a read-only snapshot it takes, which this pool cannot \(.*read-only.*\): pack a read-only snapshot of v instead, or open the pool writable/);
+      const packed = thinbd(['archive', 'pack', '--pool', pool, 'ro', '--store', store, '--name', 'ro.s1']);
+      assert.equal(packed.code, 0, packed.stderr);
+    } finally {
+      assert.equal(await server.stop(), 0, server.output());
+    }
+  });
+});
+
 describe('on a pool this process opens', () => {
   test('--keep-snapshot keeps a read-only snapshot of the state packed, to be the next --delta-from; a failed pack keeps none, a killed one is cleaned up', async () => {
     const pool = makePool('unserved');

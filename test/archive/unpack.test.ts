@@ -116,6 +116,38 @@ test('long names that differ past the cut get work volumes of their own', async 
   assert.equal(digest(await readVolume(pool, a)), packed);
 });
 
+test('an unpack that runs out of data space names the stream, the target and what to do; the target and the pool are as they were', async () => {
+  // 2 MiB of data space (32 blocks, not grown) cannot hold the stream's 3 MiB; the target holds other bytes.
+  const small = await Pool.create(join(dir.path, 'small'), { dataSizeBytes: 2 * MiB, blockSizeBytes: 64 * KiB, commitIntervalMs: 0, space: { autoGrow: false } });
+  try {
+    const target = await small.createVolume('t', { sizeBytes: 4 * MiB });
+    await target.write(0, contentBytes(512 * KiB, 7));
+    const before = digest(await readVolume(small, 't'));
+    const usedBefore = small.status().dataBlocksUsed;
+    await assert.rejects(
+      unpackVolume({ store, pool: small, stream: 's0', volume: 't' }),
+      (error: Error) =>
+        isThinError(error, 'THIN_NO_SPACE') &&
+        /^Unpacking stream s0 into t ran out of data space after writing [\d.]+ MiB \(the stream maps 3\.0 MiB\): No free data block.* t and the pool are as they were; grow the pool \(thinbd pool resize --data-size\) or free space, and unpack again$/.test(error.message),
+    );
+    assert.equal(digest(await readVolume(small, 't')), before);
+    assert.deepEqual(small.list().map((info) => info.name), ['t']);
+    assert.equal(small.status().dataBlocksUsed, usedBefore, 'every block the unpack took is free again');
+  } finally {
+    await small.close();
+  }
+});
+
+test('an unpack onto a larger volume counts what the shrink drops as discarded', async () => {
+  const big = await pool.createVolume('big', { sizeBytes: 8 * MiB });
+  await big.write(0, contentBytes(8 * MiB, 3));
+  const result = await unpackVolume({ store, pool, stream: 's0', volume: 'big' });
+  // The stream maps [0, 3 MiB) of 4 MiB: [3, 4) MiB is discarded in place and [4, 8) MiB is dropped by the shrink.
+  assert.equal(result.bytesDiscarded, 5 * MiB);
+  assert.equal(pool.list().find((info) => info.name === 'big')!.sizeBytes, 4 * MiB);
+  assert.equal(digest(await readVolume(pool, 'big')), packed);
+});
+
 /** Runs unpack-killed.ts: an unpack into `volume` of the pool in `poolDir`, killed after its first commit. */
 async function killedUnpack(poolDir: string, volume: string): Promise<void> {
   const child = fork(fileURLToPath(new URL('./unpack-killed.ts', import.meta.url)), [poolDir, store, 's0', volume], { execArgv: ['--import', 'tsx'], stdio: 'ignore' });
