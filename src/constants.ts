@@ -162,6 +162,12 @@ export const ARCHIVE_UNPACK_WINDOW_BYTES = 4 * 1024 * 1024;
  * workers idle half the time). Memory: (this + 1) windows.
  */
 export const ARCHIVE_UNPACK_WINDOWS_AHEAD = 3;
+/**
+ * Largest pool block unpack holds back whole in memory while the windows that fill it come (a new
+ * volume's partial block, written once complete rather than provisioned and then written again).
+ * Larger blocks (up to 1 GiB) are written as the windows come: memory stays at the windows.
+ */
+export const ARCHIVE_UNPACK_HELD_BLOCK_BYTES_MAX = 16 * 1024 * 1024;
 /** Ranged reads of a pack are joined across gaps up to this size: one GET instead of several. */
 export const ARCHIVE_READ_GAP_BYTES_MAX = 1024 * 1024;
 /**

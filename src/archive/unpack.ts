@@ -19,7 +19,7 @@
 // stream's provisioned ranges (rounded out to whole blocks where the target pool's blocks are
 // larger than those of the pool the stream came from: any block size unpacks into any other).
 import { ThinError, assert, isThinError } from '../errors.ts';
-import { VOLUME_NAME_LENGTH_MAX, ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
+import { VOLUME_NAME_LENGTH_MAX, ARCHIVE_FRAME_RAW_BYTES_MAX, ARCHIVE_UNPACK_WINDOW_BYTES, ARCHIVE_UNPACK_HELD_BLOCK_BYTES_MAX, ARCHIVE_UNPACK_WINDOWS_AHEAD, TRANSFER_CHUNK_BYTES, TRANSFER_WRITES_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Pool } from '../pool/pool.ts';
 import { DIRECT_ALIGN_BYTES, alignedSharedBytes } from '../io/aligned.ts';
 import { ChunkReader, type Archive } from './archive.ts';
@@ -174,8 +174,12 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
     const targetMapped = existing === undefined ? [] : mappedByteRanges(volume.mappedRuns(), bs, root.sizeBytes);
     const streamMapped: Range[] = [];
     const buffers = new Array<Uint8Array | undefined>(ARCHIVE_UNPACK_WINDOWS_AHEAD + 1).fill(undefined);
-    /** Bytes of a block that writeWhole holds back until the next window brings the rest of it. */
-    const partial = { beginBytes: 0, lengthBytes: 0, bytes: new Uint8Array(existing === undefined ? bs : 0) };
+    /**
+     * Bytes of a block that writeWhole holds back until the next window brings the rest of it;
+     * blocks past ARCHIVE_UNPACK_HELD_BLOCK_BYTES_MAX are not held (memory stays at the windows).
+     */
+    const holdsBlocks = existing === undefined && bs <= ARCHIVE_UNPACK_HELD_BLOCK_BYTES_MAX;
+    const partial = { beginBytes: 0, lengthBytes: 0, bytes: new Uint8Array(holdsBlocks ? bs : 0) };
     let doneBytes = 0;
     for (const ref of root.segments) {
       const segment = await archive.readSegment(reader, root, ref);
@@ -290,11 +294,16 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
      * several in flight. Windows end where chunks end, anywhere in a block, and a write of part of
      * an unmapped block provisions it block by block (zeroing the rest, then writing the rest
      * again): so the window's last partial block waits in `partial` for the next window of the run,
-     * and the run's end writes what is left.
+     * and the run's end writes what is left. Blocks too large to hold are written as they come.
      */
     async function writeWhole(windowBegin: number, data: Uint8Array, endsRun: boolean): Promise<void> {
       let position = windowBegin;
       const end = windowBegin + data.length;
+      if (!holdsBlocks) {
+        await writePieces(windowBegin, data, windowBegin);
+        result.bytesWritten += data.length;
+        return;
+      }
       const take = (upTo: number) => {
         if (partial.lengthBytes === 0) partial.beginBytes = position;
         assert(partial.beginBytes + partial.lengthBytes === position, 'a partial block not followed by its window');
@@ -308,9 +317,19 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
         if ((partial.beginBytes + partial.lengthBytes) % bs === 0) await writePartial();
       }
       const wholeEnd = Math.max(position, Math.floor(end / bs) * bs);
+      await writePieces(windowBegin, data.subarray(0, wholeEnd - windowBegin), position);
+      position = wholeEnd;
+      if (position < end) take(end);
+      if (endsRun) await writePartial();
+      result.bytesWritten += data.length;
+    }
+
+    /** Writes data (a window's bytes from windowBegin) from `from` to its end, TRANSFER_CHUNK_BYTES at a time, several in flight. */
+    async function writePieces(windowBegin: number, data: Uint8Array, from: number): Promise<void> {
+      const end = windowBegin + data.length;
       const writes: Promise<void>[] = [];
-      while (position < wholeEnd) {
-        const pieceEnd = Math.min(wholeEnd, position + TRANSFER_CHUNK_BYTES);
+      for (let position = from; position < end; ) {
+        const pieceEnd = Math.min(end, position + TRANSFER_CHUNK_BYTES);
         const write = volume.write(position, data.subarray(position - windowBegin, pieceEnd - windowBegin));
         write.catch(() => undefined); // met by the await below
         writes.push(write);
@@ -318,9 +337,6 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
         position = pieceEnd;
       }
       await Promise.all(writes);
-      if (position < end) take(end);
-      if (endsRun) await writePartial();
-      result.bytesWritten += data.length;
     }
 
     /** Writes the partial block held back by writeWhole (if any). */

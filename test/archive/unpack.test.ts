@@ -241,3 +241,24 @@ test('a stream unpacks into a pool of another block size (64 KiB <-> 1 MiB), int
     await large.close();
   }
 });
+
+test('into a pool of blocks larger than unpack holds (64 MiB), a stream of several windows unpacks byte for byte, its memory bounded by the windows', async () => {
+  const huge = await Pool.create(join(dir.path, 'huge'), { dataSizeBytes: 1024 * MiB, blockSizeBytes: 64 * MiB, commitIntervalMs: 0 });
+  try {
+    // Runs of several windows each (4 MiB), starting and ending inside 64 KiB blocks of the source.
+    const source = await pool.createVolume('hb', { sizeBytes: 80 * MiB });
+    await source.write(0, contentBytes(10 * MiB + 64 * KiB, 31));
+    await source.write(60 * MiB, contentBytes(9 * MiB, 32));
+    await source.write(79 * MiB, contentBytes(MiB, 33));
+    await pool.snapshot('hb', 'hb.0', { readOnly: true });
+    await packVolume({ store, sources: poolSources(pool), volume: 'hb.0', name: 'hb' });
+    const wanted = digest(await readVolume(pool, 'hb.0'));
+    const baseline = process.memoryUsage().arrayBuffers;
+    let peak = 0;
+    await unpackVolume({ store, pool: huge, stream: 'hb', volume: 'hb', onProgress: () => (peak = Math.max(peak, process.memoryUsage().arrayBuffers - baseline)) });
+    assert.equal(digest(await readVolume(huge, 'hb')), wanted);
+    assert.ok(peak > 0 && peak < 48 * MiB, `array buffers rose by ${peak} bytes during the unpack (a held 64 MiB block would be more)`);
+  } finally {
+    await huge.close();
+  }
+});
