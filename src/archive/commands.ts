@@ -18,10 +18,27 @@ export interface StoreOptions extends OpenStoreOptions {
   onNote?: (line: string) => void;
 }
 
-async function withArchive<T>(options: StoreOptions, lock: LockKind | undefined, command: string, work: (archive: Archive) => Promise<T>): Promise<T> {
+/**
+ * For the commands that only read the store (unpack, verify): take no lock, as for a store the
+ * user cannot write (another user's, read-only media; restic's --no-lock). A gc running meanwhile
+ * can then make the command fail on a chunk it removed, never give other bytes: every chunk is
+ * checked against its hash.
+ */
+export interface ReadOnlyStoreOptions extends StoreOptions {
+  noLock?: boolean;
+}
+
+/** The commands that only read the store, which may run without a lock. */
+const READERS: ReadonlySet<string> = new Set(['unpack', 'verify']);
+
+async function withArchive<T>(options: ReadOnlyStoreOptions, lock: LockKind | undefined, command: string, work: (archive: Archive) => Promise<T>): Promise<T> {
+  assert(options.noLock !== true || READERS.has(command), `${command} without a lock`);
   const archive = await Archive.open(options.store, options);
   try {
-    const held = lock === undefined ? undefined : await lockStore(archive.store, lock, command, options.onNote);
+    const held = lock === undefined || options.noLock === true ? undefined : await lockStore(archive.store, lock, command, options.onNote).catch((error: unknown) => {
+      if (!READERS.has(command) || !(error instanceof ThinError) || error.code === 'THIN_BUSY') throw error;
+      throw new ThinError(error.code, `${error.message} (${command} writes a lock into the store first; '--no-lock' reads a store that cannot be written without one)`, { cause: error });
+    });
     try {
       return await work(archive);
     } finally {
@@ -157,7 +174,7 @@ export async function packVolume(options: PackCommandOptions): Promise<PackResul
   });
 }
 
-export interface UnpackCommandOptions extends StoreOptions {
+export interface UnpackCommandOptions extends ReadOnlyStoreOptions {
   pool: Pool;
   stream: string;
   volume: string;
@@ -195,7 +212,7 @@ export async function listArchive(options: StoreOptions): Promise<StoreListing> 
 }
 
 export async function verifyArchive(
-  options: StoreOptions & { stream?: string; onProgress?: (done: number, total: number) => void; makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs },
+  options: ReadOnlyStoreOptions & { stream?: string; onProgress?: (done: number, total: number) => void; makeJobs?: (params: ChunkerParams, level: number) => ChunkJobs },
 ): Promise<VerifyReport> {
   return await withArchive(options, 'shared', 'verify', (archive) =>
     withJobs(archive, options.makeJobs, (decoder) =>

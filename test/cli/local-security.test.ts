@@ -206,3 +206,30 @@ async function startServer(uid: number | undefined, dir: string, args: string[])
     },
   };
 }
+
+test("another user's store, readable but not writable: verify and unpack refuse with the way on, and --no-lock reads it", () => {
+  const { dir } = ownersPool('reader');
+  const store = join(work, 'shared-store');
+  const image = join(work, 'shared.img');
+  okAs(undefined, ['pool', 'create', '--pool', join(work, 'packer'), '--data-size', '64M']);
+  runAs(undefined, ['sh', '-c', `head -c 3145728 /dev/urandom > '${image}'`]);
+  okAs(undefined, ['import', '--pool', join(work, 'packer'), 'v', image]);
+  okAs(undefined, ['snapshot', '--pool', join(work, 'packer'), 'v', 'v.0', '--read-only']);
+  okAs(undefined, ['archive', 'init', '--store', store]);
+  okAs(undefined, ['archive', 'pack', '--pool', join(work, 'packer'), 'v.0', '--store', store, '--name', 's0']);
+  // Published read-only to others, as on read-only media.
+  runAs(undefined, ['chmod', '-R', 'a+rX', store]);
+  const before = runAs(undefined, ['sh', '-c', `cd '${store}' && find . -exec stat -c '%n %s %Y' {} + | sort`]).stdout;
+
+  for (const args of [['archive', 'verify', '--store', store], ['archive', 'unpack', '--store', store, 's0', '--pool', dir, 'v']]) {
+    const refused = thinbdAs(OWNER, args);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, /Cannot write .*locks\/.*EACCES.* writes a lock into the store first; '--no-lock' reads a store that cannot be written without one\)/);
+  }
+  assert.match(okAs(OWNER, ['archive', 'verify', '--store', store, '--no-lock']), /1 streams, \d+ chunks .* checked: intact/);
+  okAs(OWNER, ['archive', 'unpack', '--store', store, 's0', '--pool', dir, 'v', '--no-lock']);
+  const exported = join(work, 'reader', 'v.raw');
+  okAs(OWNER, ['export', '--pool', dir, 'v', exported]);
+  assert.equal(runAs(undefined, ['cmp', image, exported]).code, 0, 'the unpacked volume holds the packed bytes');
+  assert.equal(runAs(undefined, ['sh', '-c', `cd '${store}' && find . -exec stat -c '%n %s %Y' {} + | sort`]).stdout, before, 'the store is as it was');
+});

@@ -29,6 +29,7 @@ const workerJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => ne
 /** workerJobs for pack: its first jobs are done on this thread while the workers start. */
 const packJobs = (params: ChunkerParams, level: number): WorkerChunkJobs => new WorkerChunkJobs(params, level, undefined, { hereUntilReady: true });
 
+const noLockHelp = 'read the store without taking a lock (a store you cannot write: read-only media, another user\'s); a gc running meanwhile can make this fail, never give wrong data';
 const storeHelp = 'archive store: a directory or s3://BUCKET/PREFIX (default $THINBD_STORE)';
 const endpointHelp = 'S3-compatible endpoint URL (default $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS)';
 
@@ -166,13 +167,14 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
     .option('--store <store>', storeHelp)
     .option('--endpoint <url>', endpointHelp)
     .option('--json', 'print the statistics as JSON')
+    .option('--no-lock', noLockHelp)
     .action(async (nameText, volumeText, options) => {
       const stream = streamName(nameText);
       const volume = volumeName('volume name', volumeText);
       const store = storeSpec(options.store);
       const progress = growingProgress(`unpack ${stream}`);
       const result = await withPool(poolDirectory(options.pool), 'write', (pool) =>
-        unpackVolume({ store, pool, stream, volume, makeJobs: workerJobs, onNote: note, onProgress: progress.update, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
+        unpackVolume({ store, pool, stream, volume, noLock: !options.lock, makeJobs: workerJobs, onNote: note, onProgress: progress.update, ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) }),
       ).finally(progress.stop);
       if (options.json === true) reporter.json(result);
       else {
@@ -190,9 +192,10 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
     .option('--store <store>', storeHelp)
     .option('--endpoint <url>', endpointHelp)
     .option('--json', 'print the report as JSON')
+    .option('--no-lock', noLockHelp)
     .action(async (nameText, options) => {
       const stream = nameText === undefined ? undefined : streamName(nameText);
-      const report = await verifyArchive({ store: storeSpec(options.store), makeJobs: workerJobs, onNote: note, ...(stream === undefined ? {} : { stream }), ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) });
+      const report = await verifyArchive({ store: storeSpec(options.store), noLock: !options.lock, makeJobs: workerJobs, onNote: note, ...(stream === undefined ? {} : { stream }), ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }) });
       if (options.json === true) reporter.json(report);
       else {
         for (const problem of report.problems) reporter.out(problem);
