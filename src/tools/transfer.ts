@@ -183,23 +183,29 @@ export async function exportRaw(volume: VolumeReader, target: ExportTarget, onPr
       await handle.truncate(sizeBytes);
     }
     let positionBytes = 0;
+    // Into a file, one buffer for the mapped bytes (each write completes before the next read);
+    // into a stream, which may keep a chunk queued after write() returns, a buffer per chunk, and
+    // one of zeros for every hole (a 5 TiB volume is 5 million chunks).
+    const buffer = handle ? new Uint8Array(TRANSFER_CHUNK_BYTES) : undefined;
+    const zeros = handle ? undefined : new Uint8Array(TRANSFER_CHUNK_BYTES);
     for (const extent of volume.extents(0, sizeBytes)) {
       const extentEndBytes = positionBytes + extent.lengthBytes;
+      if (!extent.mapped && handle) {
+        // An unmapped run written to a file stays a hole: the truncate above left it sparse.
+        positionBytes = extentEndBytes;
+        onProgress?.(positionBytes, sizeBytes);
+        continue;
+      }
       while (positionBytes < extentEndBytes) {
         const chunkBytes = Math.min(TRANSFER_CHUNK_BYTES, extentEndBytes - positionBytes);
-        const chunk = new Uint8Array(chunkBytes);
+        let chunk = zeros?.subarray(0, chunkBytes);
         if (extent.mapped) {
+          chunk = buffer?.subarray(0, chunkBytes) ?? new Uint8Array(chunkBytes);
           await volume.read(positionBytes, chunk);
-          if (handle) {
-            await handle.write(chunk, 0, chunkBytes, positionBytes);
-            bytesWritten += chunkBytes;
-          }
         }
-        // An unmapped run written to a file stays a hole: the truncate above left it sparse.
-        if (!handle && 'stream' in target) {
-          await writeToStream(target.stream, chunk);
-          bytesWritten += chunkBytes;
-        }
+        if (handle) await handle.write(chunk!, 0, chunkBytes, positionBytes);
+        else if ('stream' in target) await writeToStream(target.stream, chunk!);
+        bytesWritten += chunkBytes;
         positionBytes += chunkBytes;
         onProgress?.(positionBytes, sizeBytes);
       }
