@@ -139,7 +139,7 @@ export class PoolServer {
             }
             // No new connections first, then the connected ones are drained and closed.
             registry.remove(name);
-            await nbd.disconnectExport(name);
+            await nbd.disconnectExport(name, { timeoutMs: SERVE_CLOSE_TIMEOUT_MS });
             exportStats?.forget(name);
           },
           afterChange: syncExports,
