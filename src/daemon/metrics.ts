@@ -44,7 +44,8 @@ export function renderMetrics(sources: MetricsSources): string {
   page.family('thinbd_volume_request_errors_total', 'counter', 'Requests each volume failed, by NBD command.');
   page.family('thinbd_volume_bytes_total', 'counter', 'Bytes each volume read or wrote (read, write) or covered (trim, zero), by command.');
   page.family('thinbd_volume_request_duration_seconds', 'histogram', 'Time each volume took to answer a request, by NBD command.');
-  let requestErrors = 0;
+  // A counter: the errors of removed volumes stay in it.
+  let requestErrors = sources.exportStats.forgottenErrorCount;
   const exports = [...sources.exportStats.entries()].sort(([a], [b]) => a.localeCompare(b));
   for (const [volume, stats] of exports) {
     for (const command of MEASURED_COMMANDS) {

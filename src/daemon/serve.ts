@@ -99,6 +99,10 @@ export class PoolServer {
         }
       }
       const registry = new MapExportRegistry();
+      // Volumes being removed, by how many removals are under way: never exported again meanwhile,
+      // though they are still in the pool while their clients drain (another command's
+      // syncExports would otherwise let a new client in, to be left on a removed volume).
+      const removing = new Map<string, number>();
       const exportStats = options.metrics === undefined ? undefined : new NbdExportStats();
       const nbd = new NbdServer({
         registry,
@@ -111,6 +115,7 @@ export class PoolServer {
         for (const info of pool.list()) {
           // thinbd's own volumes (the image block index) are served only when named.
           if (chosen === undefined ? isHiddenVolume(info.labels) : !chosen.has(info.name)) continue;
+          if (removing.has(info.name)) continue;
           names.add(info.name);
           const existing = registry.get(info.name);
           if (existing) continue;
@@ -138,9 +143,15 @@ export class PoolServer {
               );
             }
             // No new connections first, then the connected ones are drained and closed.
+            removing.set(name, (removing.get(name) ?? 0) + 1);
             registry.remove(name);
-            await nbd.disconnectExport(name);
+            await nbd.disconnectExport(name, { timeoutMs: SERVE_CLOSE_TIMEOUT_MS });
             exportStats?.forget(name);
+          },
+          afterRemove: (name) => {
+            const count = (removing.get(name) ?? 0) - 1;
+            if (count > 0) removing.set(name, count);
+            else removing.delete(name);
           },
           afterChange: syncExports,
           check: () => checkLivePool(pool, options.poolDir),

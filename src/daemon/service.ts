@@ -93,6 +93,8 @@ export interface LocalServiceHooks {
   beforeRemove?(name: string, force: boolean): Promise<void> | void;
   /** Checks the pool the service runs on (the daemon checks its live pool). */
   check?(): Promise<CheckReport>;
+  /** Called when a removal that beforeRemove let go on has ended, done or failed. */
+  afterRemove?(name: string): void;
   /** Called after the set of volumes changed, so exports can follow. */
   afterChange?(): void;
 }
@@ -135,9 +137,13 @@ export class LocalPoolService implements PoolService {
   async removeVolume(request: RemoveRequest): Promise<void> {
     this.pool.volume(request.name); // THIN_NOT_FOUND before asking the hooks
     await this.#hooks.beforeRemove?.(request.name, Boolean(request.force));
-    await this.pool.removeVolume(request.name);
-    await this.pool.flush();
-    this.#hooks.afterChange?.();
+    try {
+      await this.pool.removeVolume(request.name);
+      await this.pool.flush();
+    } finally {
+      this.#hooks.afterRemove?.(request.name);
+      this.#hooks.afterChange?.();
+    }
   }
 
   async resizeVolume(request: ResizeRequest): Promise<void> {

@@ -27,6 +27,7 @@ function newStats(): ExportStats {
 
 export class NbdExportStats {
   readonly #byExport = new Map<string, ExportStats>();
+  #forgottenErrorCount = 0;
 
   /** Wraps every export a connection serves (NbdServerOptions.filters). */
   readonly filter: NbdExportFilter = (next) => new MeasuredExport(next, this.#statsOf(next.name));
@@ -36,9 +37,20 @@ export class NbdExportStats {
     return this.#byExport.entries();
   }
 
-  /** Drops an export's figures (its volume was removed): a scrape then stops showing it. */
+  /**
+   * Drops an export's figures (its volume was removed): a scrape then stops showing it. Its
+   * errors stay in forgottenErrorCount, so a total over all exports never goes down.
+   */
   forget(name: string): void {
+    const stats = this.#byExport.get(name);
+    if (stats === undefined) return;
+    for (const command of MEASURED_COMMANDS) this.#forgottenErrorCount += stats.errors[command];
     this.#byExport.delete(name);
+  }
+
+  /** Errors of the exports forgotten so far. */
+  get forgottenErrorCount(): number {
+    return this.#forgottenErrorCount;
   }
 
   #statsOf(name: string): ExportStats {

@@ -221,9 +221,13 @@ export class NbdServer {
     return [...this.#connections].filter((connection) => connection.export?.name === exportName);
   }
 
-  /** Drains and closes every connection to one export (a volume removed with --force). */
-  async disconnectExport(exportName: string): Promise<void> {
-    await Promise.all(this.connectionsTo(exportName).map((connection) => connection.close()));
+  /**
+   * Drains and closes every connection to one export (a volume removed with --force). As in
+   * close(), connections still open after `timeoutMs` are destroyed: a client stopped in the
+   * middle of a WRITE payload never lets its connection drain.
+   */
+  async disconnectExport(exportName: string, options: { timeoutMs?: number } = {}): Promise<void> {
+    await this.#drain(this.connectionsTo(exportName), options.timeoutMs, 'export disconnect timed out');
   }
 
   /** Payload bytes currently held for requests, all connections together (for tests and metrics). */
@@ -240,19 +244,23 @@ export class NbdServer {
     const listenersClosed = this.#servers.map(
       (server) => new Promise<void>((resolve) => server.close(() => resolve())),
     );
-    const drained = Promise.all([...this.#connections].map((connection) => connection.close()));
-    const timeoutMs = options.timeoutMs ?? this.#options.replyStallTimeoutMs;
+    await this.#drain([...this.#connections], options.timeoutMs, 'server close timed out');
+    await Promise.all(listenersClosed);
+  }
+
+  /** Soft-closes connections, destroys those still open after `timeoutMs`, and waits until all have closed. */
+  async #drain(connections: NbdConnection[], timeoutMs = this.#options.replyStallTimeoutMs, reason: string): Promise<void> {
+    const drained = Promise.all(connections.map((connection) => connection.close()));
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<void>((resolve) => {
       timer = setTimeout(() => {
-        for (const connection of this.#connections) connection.destroy('server close timed out');
+        for (const connection of connections) connection.destroy(reason);
         resolve();
       }, timeoutMs);
     });
     await Promise.race([drained, timedOut]);
     clearTimeout(timer);
-    await Promise.all([...this.#connections].map((connection) => connection.closed));
-    await Promise.all(listenersClosed);
+    await Promise.all(connections.map((connection) => connection.closed));
   }
 }
 

@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireTools, run } from '../nbd/helpers.ts';
 import { thinbd } from '../cli/run-thinbd.ts';
+import { NbdTestClient } from '../nbd/client.ts';
+import { NBD_CMD_WRITE } from '../../src/nbd/protocol.ts';
 import { startServe, type ServeProcess } from './serve-process.ts';
 
 requireTools('fio');
@@ -127,4 +129,24 @@ test('after a snapshot, rewriting the volume counts one copy-on-write per shared
   assert.equal(poolSample(after, 'thinbd_pool_volumes'), 2);
   assert.equal(after.get(`thinbd_pool_mode{pool="${pool}",mode="read-write"}`), 1);
   assert.equal(poolSample(after, 'thinbd_pool_low_water'), 0);
+});
+
+test('thinbd_pool_request_errors_total keeps the errors of a volume that was removed', async () => {
+  // An error the volume itself answers: a write past the end it has since it was shrunk under
+  // a connected client (which still has the old size).
+  assert.equal(thinbd(['create', '--pool', pool, 'failing', '--size', '2M']).code, 0);
+  const client = await NbdTestClient.connect({ port: server.port });
+  await client.handshake('failing');
+  assert.equal(thinbd(['resize', '--pool', pool, 'failing', '--size', '1M', '--allow-shrink']).code, 0);
+  const base = await scrape();
+  const reply = await client.call(NBD_CMD_WRITE, { offsetBytes: 1.5 * MiB, data: Buffer.alloc(4096, 1) });
+  assert.notEqual(reply.error, 0);
+  client.close();
+  const failed = await scrape();
+  assert.equal(failed.get(`thinbd_volume_request_errors_total{pool="${pool}",volume="failing",command="write"}`), 1);
+  assert.equal(poolSample(failed, 'thinbd_pool_request_errors_total') - poolSample(base, 'thinbd_pool_request_errors_total'), 1);
+  assert.equal(thinbd(['remove', '--pool', pool, 'failing', '--force']).code, 0);
+  const removed = await scrape();
+  assert.equal(removed.get(`thinbd_volume_request_errors_total{pool="${pool}",volume="failing",command="write"}`), undefined, 'a removed volume is no longer shown');
+  assert.equal(poolSample(removed, 'thinbd_pool_request_errors_total'), poolSample(failed, 'thinbd_pool_request_errors_total'), 'the pool counter did not go down');
 });

@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { THINBD, thinbd, thinbdJson } from '../cli/run-thinbd.ts';
 import { run, requireTools, waitFor } from '../nbd/helpers.ts';
-import { NbdTestClient } from '../nbd/client.ts';
-import { NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE } from '../../src/nbd/protocol.ts';
+import { NbdTestClient, encodeInfoRequest, encodeRequest } from '../nbd/client.ts';
+import { NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE, NBD_OPT_INFO, NBD_REP_ACK } from '../../src/nbd/protocol.ts';
 import { startServe, type ServeProcess } from './serve-process.ts';
 import type { VolumeListing } from '../../src/tools/list.ts';
 
@@ -90,6 +90,35 @@ describe('a served pool', () => {
     assert.match(refused.stderr, /1 NBD client\(s\) connected/);
     ok(['remove', 'busy', '--force']);
     assert.equal(await client.raw.waitClosed(), true, 'the forced removal disconnected the client');
+  });
+
+  test('a volume being removed is not exported again by another command while its clients drain', async () => {
+    ok(['create', 'doomed', '--size', '1M']);
+    // A client stopped in the middle of a WRITE payload holds the forced removal while it drains.
+    const stalled = await NbdTestClient.connect({ port: server.port });
+    await stalled.handshake('doomed');
+    stalled.raw.send(encodeRequest(NBD_CMD_WRITE, 0, 1n, 0, 65536));
+    stalled.raw.send(Buffer.alloc(100));
+    const removal = run(process.execPath, [THINBD, 'remove', '--pool', pool, 'doomed', '--force'], { allowFailure: true });
+    const exported = async (): Promise<boolean> => {
+      const probe = await NbdTestClient.connect({ port: server.port });
+      await probe.greet();
+      const replies = await probe.option(NBD_OPT_INFO, encodeInfoRequest('doomed'));
+      probe.close();
+      return replies.at(-1)?.type === NBD_REP_ACK;
+    };
+    for (let tries = 0; await exported(); tries++) {
+      assert.ok(tries < 3000, 'the removal never took the export away');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    // Any command that changes the volumes syncs the exports with the pool, where doomed still is.
+    ok(['create', 'bystander', '--size', '1M']);
+    assert.equal(await exported(), false, 'no new client can reach a volume being removed');
+    stalled.raw.send(Buffer.alloc(65536 - 100));
+    assert.equal((await removal).code, 0);
+    assert.equal(await stalled.raw.waitClosed(), true, 'the forced removal disconnected the client');
+    assert.ok(!thinbdJson<VolumeListing[]>(['list', '--pool', pool]).some((volume) => volume.name === 'doomed'));
+    ok(['remove', 'bystander']);
   });
 
   test('a snapshot taken while a client writes holds every write acknowledged before it and none sent after it', async () => {

@@ -191,6 +191,34 @@ test('closing the server finishes the requests in flight, refuses later ones wit
   await assert.rejects(RawClient.connect({ port: running.port }));
 });
 
+test('disconnecting an export cuts off a client stopped in the middle of a WRITE payload, and drains the others', async () => {
+  // `thinbd remove --force` waits for this: a client that sent a WRITE header and part of its
+  // payload, then nothing, used to hold the removal for as long as it stayed connected.
+  const serverLog = serverLogWaiter();
+  const running = await startServer([new MemoryExport({ name: 'disk', sizeBytes: 16 * MiB }), new MemoryExport({ name: 'other', sizeBytes: 16 * MiB })], { log: serverLog.log });
+  try {
+    const good = bystander(running, 'other');
+    await good.ready;
+    const stalled = await NbdTestClient.connect({ port: running.port });
+    await stalled.handshake('disk');
+    stalled.raw.send(encodeRequest(NBD_CMD_WRITE, 0, 1n, 0, 65536));
+    stalled.raw.send(Buffer.alloc(100));
+    const idle = await NbdTestClient.connect({ port: running.port });
+    await idle.handshake('disk');
+    await waitFor(() => running.server.connectionsTo('disk').some((connection) => connection.requestsInFlight === 1), 'the stalled WRITE admitted');
+    const disconnecting = running.server.disconnectExport('disk', { timeoutMs: 300 });
+    assert.equal(await stalled.raw.waitClosed(), true, 'the stalled client was cut off');
+    assert.equal(await idle.raw.waitClosed(), true, 'the idle client was drained');
+    await disconnecting;
+    assert.match(await serverLog.next(/^closing connection/), /export disconnect timed out/);
+    assert.equal(running.server.connectionsTo('disk').length, 0);
+    assert.ok((await good.stop()) > 0, 'the client of the other export kept working');
+    await waitFor(() => running.server.bytesInFlight === 0, 'the partial WRITE gave its budget back');
+  } finally {
+    await running.close();
+  }
+});
+
 test('clients sharing a small server budget all finish: requests wait for bytes instead of failing', async () => {
   const disk = new MemoryExport({ name: 'disk', sizeBytes: 16 * MiB, latencyMsMax: 2 });
   const running = await startServer([disk], { serverBytesInFlightMax: 1 * MiB, connectionBytesInFlightMax: 768 * 1024 });
