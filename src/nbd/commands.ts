@@ -340,6 +340,9 @@ export function failureReply(request: Request, error: unknown, log: (message: st
     // ENOTSUP means only "fast zero refused"; anything else claiming it is an I/O failure.
     const fastZero = request.type === NBD_CMD_WRITE_ZEROES && (request.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0;
     if (nbdError === NBD_ENOTSUP && !fastZero) nbdError = NBD_EIO;
+    // Past the end of a volume that shrank after the client learnt its size: a write's answer is
+    // ENOSPC there, as for any write past the end (the spec's SHOULD; reads and trims keep EINVAL).
+    if (errorCode(error) === 'THIN_OUT_OF_RANGE' && (request.type === NBD_CMD_WRITE || request.type === NBD_CMD_WRITE_ZEROES)) nbdError = NBD_ENOSPC;
     const detail = error instanceof Error ? error.message : String(error);
     message = `${commandName(request.type)} of ${request.lengthBytes} bytes at ${request.offsetBytes} failed: ${detail}`;
     if (nbdError === NBD_EIO) log(message);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { requireTools, run } from '../nbd/helpers.ts';
 import { thinbd } from '../cli/run-thinbd.ts';
 import { NbdTestClient } from '../nbd/client.ts';
-import { NBD_CMD_WRITE } from '../../src/nbd/protocol.ts';
+import { NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_EINVAL, NBD_ENOSPC } from '../../src/nbd/protocol.ts';
 import { startServe, type ServeProcess } from './serve-process.ts';
 
 requireTools('fio');
@@ -149,4 +149,22 @@ test('thinbd_pool_request_errors_total keeps the errors of a volume that was rem
   const removed = await scrape();
   assert.equal(removed.get(`thinbd_volume_request_errors_total{pool="${pool}",volume="failing",command="write"}`), undefined, 'a removed volume is no longer shown');
   assert.equal(poolSample(removed, 'thinbd_pool_request_errors_total'), poolSample(failed, 'thinbd_pool_request_errors_total'), 'the pool counter did not go down');
+});
+
+test('past the end of a volume shrunk under a connected client: writes and write-zeroes answer ENOSPC, reads and trims EINVAL (as past any end)', async () => {
+  assert.equal(thinbd(['create', '--pool', pool, 'shrunk', '--size', '2M']).code, 0);
+  const client = await NbdTestClient.connect({ port: server.port });
+  try {
+    await client.handshake('shrunk');
+    assert.equal(thinbd(['resize', '--pool', pool, 'shrunk', '--size', '1M', '--allow-shrink']).code, 0);
+    const at = { offsetBytes: 1.5 * 1024 * 1024 };
+    assert.equal((await client.call(NBD_CMD_WRITE, { ...at, data: Buffer.alloc(4096, 1) })).error, NBD_ENOSPC);
+    assert.equal((await client.call(NBD_CMD_WRITE_ZEROES, { ...at, lengthBytes: 4096 })).error, NBD_ENOSPC);
+    assert.equal((await client.call(NBD_CMD_READ, { ...at, lengthBytes: 4096 })).error, NBD_EINVAL);
+    assert.equal((await client.call(NBD_CMD_TRIM, { ...at, lengthBytes: 4096 })).error, NBD_EINVAL);
+    // Within the new end the volume still works.
+    assert.equal((await client.call(NBD_CMD_WRITE, { offsetBytes: 0, data: Buffer.alloc(4096, 2) })).error, 0);
+  } finally {
+    client.close();
+  }
 });
