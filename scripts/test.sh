@@ -28,20 +28,32 @@ for arg in "$@"; do
   esac
 done
 
-# Debian packages and one command each provides, to tell whether it is installed. make, g++ and
-# python3 build zstd-napi (node-gyp) during `npm ci`; Node's headers come with Debian's nodejs.
+# Debian packages and one command each provides, to tell whether it is installed (or, for a
+# package without a command, a path starting with / that a file it installs matches). make, g++
+# and python3 build zstd-napi (node-gyp) during `npm ci`; Node's headers come with Debian's nodejs.
+# test/image/vm-boot.test.ts boots Debian's kernel and initramfs in QEMU with a static busybox as
+# the guest's userland (busybox-static's copyright file, since Debian's dynamic busybox also has
+# /bin/busybox).
 debian_packages=(
   "make:make" "g++:g++" "python3:python3"
   "qemu-utils:qemu-img" "qemu-utils:qemu-io" "libnbd-bin:nbdinfo" "libnbd-bin:nbdcopy"
   "nbdfuse:nbdfuse" "fuse3:fusermount3" "nbdkit:nbdkit" "fio:fio"
   "thin-provisioning-tools:thin_check" "e2fsprogs:mkfs.ext4" "util-linux:losetup" "util-linux:setpriv" "attr:getfattr" "acl:setfacl"
   "gnutls-bin:certtool" "gnutls-bin:psktool" "systemd:systemd-analyze"
+  "qemu-system-x86:qemu-system-x86_64" "linux-image-amd64:/boot/vmlinuz-*" "linux-image-amd64:/boot/initrd.img-*"
+  "busybox-static:/usr/share/doc/busybox-static/copyright"
 )
-if [ "$system" = 1 ]; then
+find_missing() { # sets missing: the packages whose command or file is absent
   missing=()
+  local pair check
   for pair in "${debian_packages[@]}"; do
-    command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
+    check=${pair#*:}
+    if [[ "$check" == /* ]]; then compgen -G "$check" >/dev/null || missing+=("${pair%%:*}")
+    else command -v "$check" >/dev/null 2>&1 || missing+=("${pair%%:*}"); fi
   done
+}
+if [ "$system" = 1 ]; then
+  find_missing
   if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "test: needs Debian packages ${missing[*]} and is not root to install them" >&2
@@ -51,6 +63,11 @@ if [ "$system" = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+    find_missing
+    if [ "${#missing[@]}" -gt 0 ]; then
+      echo "test: Debian packages ${missing[*]} installed, yet what they should provide is absent (see debian_packages)" >&2
+      exit 1
+    fi
   fi
   # fio's nbd engine is a plugin package on some Debian releases; it must load.
   if ! fio --enghelp=nbd >/dev/null 2>&1; then
