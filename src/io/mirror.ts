@@ -63,6 +63,8 @@ export interface MirrorCounters {
 /** What the layer above may ask of a file kept in copies. */
 export interface RedundantBlockFile extends BlockFile {
   readonly copyCount: number;
+  /** Opened read-only: copies found bad are reported, never rewritten. */
+  readonly readOnly: boolean;
   readonly counters: MirrorCounters;
   /** Units (4 KiB) some copy of which is known bad now: the copies still to be rewritten. */
   readonly degradedUnits: number;

@@ -238,7 +238,9 @@ function readMirroredCopy(file: RedundantBlockFile, blockNr: number, copyIndex: 
     stale.push(`mirror place ${index}: ${place.copy.problem ?? `holds generation ${place.copy.fields?.generation}`}`);
     void file.repairCopy(index, best.bytes!, blockNr * METADATA_BLOCK_SIZE_BYTES);
   });
-  return stale.length === 0 ? best.copy : { ...best.copy, mirrorProblem: `rewritten from the newest place (${stale.join('; ')})` };
+  if (stale.length === 0) return best.copy;
+  const action = file.readOnly ? 'to be rewritten from the newest place by a read-write open or scrub' : 'rewritten from the newest place';
+  return { ...best.copy, mirrorProblem: `${action} (${stale.join('; ')})` };
 }
 
 /**

@@ -215,8 +215,9 @@ export function dataSpaceFigures(settings: SpaceSettings, inputs: DataSpaceInput
   const backedFreeBlocks = freeBlocks - unbackedFree;
   const hostBlocks = Math.floor(hostSpareBytes(inputs.host) / blockSizeBytes);
   let growLimitBlocks = blockCount;
-  // Without a host file system to ask (files in memory, the simulator) only an explicit data-max lets the file grow.
-  if (inputs.canGrow && (settings.dataMaxBytes !== undefined || inputs.host !== undefined)) {
+  // Without a host file system to ask (files in memory, the simulator) only an explicit data-max lets
+  // the file grow; with --auto-grow off nothing grows it by itself, so growth is no space it can give.
+  if (inputs.canGrow && settings.autoGrow !== false && (settings.dataMaxBytes !== undefined || inputs.host !== undefined)) {
     const explicitMax = settings.dataMaxBytes === undefined ? Infinity : Math.floor(settings.dataMaxBytes / blockSizeBytes);
     // The host must back the holes already promised before it backs new ones.
     const hostLimit = blockCount + Math.max(0, hostBlocks - unbackedFree);
@@ -264,7 +265,7 @@ export interface MetadataSpaceFigures {
 export function metadataSpaceFigures(settings: SpaceSettings, inputs: MetadataSpaceInputs): MetadataSpaceFigures {
   const { blockCount, freeBlocks } = inputs;
   let growLimitBlocks = blockCount;
-  if (inputs.canGrow && (settings.metadataMaxBytes !== undefined || inputs.host !== undefined)) {
+  if (inputs.canGrow && settings.autoGrow !== false && (settings.metadataMaxBytes !== undefined || inputs.host !== undefined)) {
     const explicitMax = settings.metadataMaxBytes === undefined ? METADATA_BLOCK_COUNT_MAX : Math.floor(settings.metadataMaxBytes / METADATA_BLOCK_SIZE_BYTES);
     const hostLimit = blockCount + Math.floor(hostSpareBytes(inputs.host) / METADATA_BLOCK_SIZE_BYTES);
     growLimitBlocks = Math.max(blockCount, Math.min(explicitMax, inputs.blockCountMax ?? METADATA_BLOCK_COUNT_MAX, hostLimit));

@@ -193,7 +193,13 @@ function checkOpened(opened: ToolsOpen, options: CheckOptions): CheckReport {
   }
   // A copy of a mirrored block that fails where the other is good loses nothing: a warning, named
   // (docs/format.md F-MIR-2). The read-only mirror only reports it; scrub or a read-write open mends it.
-  for (const event of view?.tm.mirror?.badCopies() ?? []) {
+  // A block whose every copy failed is not such a copy: the read that found it is a problem already.
+  const mirror = view?.tm.mirror;
+  const badCopies = mirror?.badCopies() ?? [];
+  const badCopyCounts = new Map<number, number>();
+  for (const event of badCopies) badCopyCounts.set(event.offsetBytes, (badCopyCounts.get(event.offsetBytes) ?? 0) + 1);
+  for (const event of badCopies) {
+    if (badCopyCounts.get(event.offsetBytes) === mirror!.copyCount) continue;
     checker.warnings.push({
       where: `metadata block ${Math.floor(event.offsetBytes / METADATA_BLOCK_SIZE_BYTES)}, copy ${event.copyIndex} (byte ${event.physicalOffsetBytes} of the metadata file)`,
       message: `${event.reason}; the other copy is good (\`thinbd scrub\` or a read-write open rewrites this one)`,

@@ -259,7 +259,8 @@ class PoolBuilder implements DumpVisitor {
     if (blockSizeBytes < DATA_BLOCK_SIZE_BYTES_MIN || blockSizeBytes > DATA_BLOCK_SIZE_BYTES_MAX || (blockSizeBytes & (blockSizeBytes - 1)) !== 0) {
       throw new ThinError(
         'THIN_INVALID',
-        `restore: data_block_size="${superblock.dataBlockSizeSectors}" sectors (${blockSizeBytes} bytes) is not a power of two from 64 KiB to 1 GiB, as thinbd and the dm-thin kernel target require`,
+        `restore: data_block_size="${superblock.dataBlockSizeSectors}" sectors (${blockSizeBytes} bytes) is not a power of two from 64 KiB to 1 GiB, as thinbd requires ` +
+          '(dm-thin also takes other multiples of 64 KiB: a pool of such blocks cannot move to thinbd)',
       );
     }
     if (superblock.nrDataBlocks < 1) throw new ThinError('THIN_INVALID', 'restore: nr_data_blocks="0": a pool needs at least one data block');

@@ -171,6 +171,22 @@ test('automatic growth keeps writes going up to data-max, is recorded durably, t
   assert.deepEqual(report.problems, []);
 });
 
+test('with --auto-grow off, growth is no space the pool can give: the low-water event comes before writes fail, and status shows the file size as the limit', async () => {
+  const { pool } = await memoryPoolWith(100, { autoGrow: false, dataMaxBytes: 1000 * BLOCK, metadataMaxBytes: 4 * METADATA_BYTES, lowWater: { bytes: 20 * BLOCK } }, METADATA_BYTES, { metadataMirror: false });
+  const events: SpaceEvent[] = [];
+  pool.onSpaceEvent((event) => events.push(event));
+  const volume = await pool.createVolume('v', { sizeBytes: 200 * BLOCK });
+  for (let block = 0; block < 85; block += 1) await volume.write(block * BLOCK, filled(BLOCK, 1));
+  assert.deepEqual(events.map((event) => event.kind), ['data-low-water'], 'the mark is crossed while writes still succeed');
+  const status = pool.status();
+  assert.equal(status.state, 'low');
+  assert.equal(status.freeBytes + status.usedBytes, 100 * BLOCK, 'what it can still give is its free blocks alone');
+  assert.equal(status.space.data.maxBytes, 100 * BLOCK);
+  assert.equal(status.space.metadata.maxBytes, METADATA_BYTES);
+  assert.equal(status.space.data.grows, 0);
+  await pool.close();
+});
+
 test('a write of whole new blocks, which goes in runs of new data blocks, follows the same space rules: growth up to data-max, ENOSPC past it, the queue until a remove frees space', async () => {
   const { pool, files } = await memoryPoolWith(16, { dataMaxBytes: 48 * BLOCK, growStepBytes: 8 * BLOCK, lowWater: { bytes: 2 * BLOCK } });
   const volume = await pool.createVolume('v', { sizeBytes: 64 * BLOCK });

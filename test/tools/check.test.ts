@@ -352,3 +352,25 @@ test('one bad copy of a mirrored node loses nothing: check passes and warns, nam
   assert.ok(warning, `a warning names block ${root}, copy 0: ${JSON.stringify(report.warnings)}`);
   assert.match(warning.message, /checksum/);
 });
+
+test('a node bad in both copies is a problem, never a warning that the other copy is good; a stale superblock place is reported as not yet rewritten', async () => {
+  const files = await usedPool();
+  const opened = await TransactionManager.open(MemoryBlockFile.from(files.metadata.snapshot()), { readOnly: true });
+  const payload = decodePoolPayload(opened.payload, opened.tm.metadataBlockCount);
+  const root = payload.deviceTreeRoot;
+  const mirrorOffsetBlocks = opened.tm.mirrorOffsetBlocks;
+  assert.ok(mirrorOffsetBlocks > 0, 'the pool is mirrored');
+  for (const blockNr of [root, mirrorOffsetBlocks + root]) files.metadata.writeSync(new Uint8Array(16).fill(0x5a), blockNr * 4096 + 300);
+  // The first place of superblock copy 0 too: the second place stands for it.
+  files.metadata.writeSync(new Uint8Array(16).fill(0x5a), 300);
+  const before = files.metadata.snapshot();
+  const report = await checkPool(files);
+  assert.ok(!report.ok);
+  assert.ok(report.problems.some((problem) => /no copy is good/.test(problem.message)), JSON.stringify(report.problems));
+  const contradicting = report.warnings.filter((entry) => entry.where.startsWith(`metadata block ${root},`));
+  assert.deepEqual(contradicting, [], 'no copy of the block is good, so no warning says the other one is');
+  const superblock = report.warnings.find((entry) => entry.where.startsWith('superblock copy 0'));
+  assert.ok(superblock, JSON.stringify(report.warnings));
+  assert.match(superblock.message, /to be rewritten from the newest place by a read-write open or scrub \(mirror place 0: checksum mismatch\)/);
+  assert.deepEqual(files.metadata.snapshot(), before, 'check rewrote nothing');
+});

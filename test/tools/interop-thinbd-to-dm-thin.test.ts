@@ -145,6 +145,19 @@ test('the CLI refuses bad tool arguments with exit code 2 and failures with exit
     assert.equal(failed.code, 1);
     assert.match(failed.stderr, /^thinbd: restore: line 3: mapping to data block 10 runs past the end of the data device/);
     assert.deepEqual(readdirSync(scratch.dir).filter((name) => name.startsWith('never')), [], 'no pool and no temporary directory left');
+    // An input that is not a file that reads: one line naming it, not a system call's error or a damaged pack.
+    const inputs: Array<[string[], RegExp]> = [
+      [['restore', '--pool', dir, '-i', scratch.dir, '--data-size', '1M'], /^thinbd: Cannot read .*: it is a directory, not a thin_dump XML file\n$/],
+      [['restore', '--pool', dir, '-i', scratch.path('missing.xml'), '--data-size', '1M'], /^thinbd: Cannot read .*missing\.xml: no such file\n$/],
+      [['metadata', 'unpack', '--pool', dir, '-i', scratch.dir], /^thinbd: Cannot read .*: it is a directory, not a metadata pack\n$/],
+      [['metadata', 'unpack', '--pool', dir, '-i', scratch.path('missing.pack')], /^thinbd: Cannot read .*missing\.pack: no such file\n$/],
+    ];
+    for (const [args, message] of inputs) {
+      const refused = cli(args);
+      assert.equal(refused.code, 1, args.join(' '));
+      assert.match(refused.stderr, message);
+    }
+    assert.deepEqual(readdirSync(scratch.dir).filter((name) => name.startsWith('never')), [], 'no pool left by a refused input');
     assert.match(cliOk(['metadata', 'size', '--data-size', '1T', '--block-size', '64k', '--volumes', '1']), /dm-thin: .*\(545398784 bytes\)/);
   } finally {
     scratch.remove();

@@ -134,6 +134,7 @@ test('what the XML cannot give a pool is refused by name, and nothing is left be
       ['clashing names', doc(SB(10), DEV(7), '  </device>', DEV(8), '    <!-- thinbd:volume {"name":"7"} -->', '  </device>', '</superblock>'), /devices 7 and 8 would both be named 7/],
       ['a size short of the mappings', doc(SB(10), DEV(1), '    <!-- thinbd:volume {"name":"a","sizeBytes":65536} -->', '    <single_mapping origin_block="1" data_block="1" time="0"/>', '  </device>', '</superblock>'), /size of 65536 bytes does not cover its highest mapped block 1/],
       ['a block size thinbd cannot use', doc(SB(10).replace('data_block_size="128"', 'data_block_size="100"'), '</superblock>'), /data_block_size="100" sectors .* is not a power of two from 64 KiB to 1 GiB/],
+      ['a block size dm-thin takes but thinbd cannot use', doc(SB(10).replace('data_block_size="128"', 'data_block_size="384"'), '</superblock>'), /data_block_size="384" sectors \(196608 bytes\) is not a power of two from 64 KiB to 1 GiB, as thinbd requires \(dm-thin also takes other multiples of 64 KiB/],
       ['a snapshot taken before its creation', doc(SB(10), DEV(1, 2, 1), '  </device>', '</superblock>'), /snap_time="1" is before creation_time="2"/],
       ['an invalid name', doc(SB(10), DEV(1), '    <!-- thinbd:volume {"name":"a b"} -->', '  </device>', '</superblock>'), /device 1: volume name "a b"/],
     ];

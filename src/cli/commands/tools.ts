@@ -13,7 +13,23 @@ import type { RestoreData } from '../../tools/restore.ts';
 import { estimateMetadataSize } from '../../tools/metadata-size.ts';
 import { openPrivateFile } from '../../io/private.ts';
 import { METADATA_BLOCK_SIZE_BYTES, RESTORE_FILE_READ_BYTES, SUPERBLOCK_BLOCK_NRS } from '../../constants.ts';
+import { ThinError } from '../../errors.ts';
 
+
+/** The size of an input file (`-i`), or a one-line error naming it when it is not a file that reads. */
+function inputFileBytes(inputPath: string, what: string): number {
+  let stats;
+  try {
+    stats = statSync(inputPath);
+    closeSync(openSync(inputPath, 'r'));
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const reason = code === 'ENOENT' ? 'no such file' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : (error as Error).message;
+    throw new ThinError(code === 'ENOENT' ? 'THIN_NOT_FOUND' : 'THIN_IO', `Cannot read ${inputPath}: ${reason}`, { cause: error });
+  }
+  if (stats.isDirectory()) throw new ThinError('THIN_INVALID', `Cannot read ${inputPath}: it is a directory, not ${what}`);
+  return stats.size;
+}
 
 function choice<T extends string>(option: string, text: string, allowed: readonly T[]): T {
   if (!(allowed as readonly string[]).includes(text)) throw new UsageError(`${option}: '${text}' is not one of ${allowed.join(', ')}`);
@@ -104,7 +120,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
         input = process.stdin;
       } else {
         const inputPath = options.input;
-        const totalBytes = statSync(inputPath).size;
+        const totalBytes = inputFileBytes(inputPath, 'a thin_dump XML file');
         // Loaded here, not with the group: it loads zlib, streams and worker threads, which the
         // group's other commands (a short dump) would pay for without using.
         const { FileChunks } = await import('../../image/source.ts');
@@ -250,6 +266,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
     .option('--data <path>', 'data file or device to link when the directory has none (default: a new sparse file)')
     .action(async (options) => {
       const dir = poolDirectory(options.pool);
+      inputFileBytes(options.input, 'a metadata pack');
       const { unpackMetadata } = await import('../../tools/pack.ts');
       const summary = await unpackMetadata(options.input, dir, options.data === undefined ? {} : { dataPath: options.data });
       reporter.out(`Unpacked ${summary.liveBlockCount} metadata blocks into ${dir} (data: ${summary.data})`);
