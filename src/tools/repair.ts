@@ -45,7 +45,7 @@ import { randomBytes } from 'node:crypto';
 import type { Extent } from '../pool/ranges.ts';
 import { badRangeProblem, isPending, type DumpBadRange, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
 import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
-import { openPoolForTools, type FindingKind } from './open.ts';
+import { openPoolForTools, type FindingKind, type OpenFinding } from './open.ts';
 import { PoolView, openReadOnly } from './pool-view.ts';
 import type { Problem } from './problem.ts';
 import { deviceReadCodec, extentReadCodec } from '../pool/trees.ts';
@@ -99,7 +99,7 @@ async function openSource(
   scan?: { blockSizeBytes: number; scratchDir: string },
 ): Promise<PoolView> {
   const opened = await openPoolForTools(sourceDir, { fileSystem });
-  for (const finding of opened.findings) if (LOSS_KINDS.has(finding.kind)) lost.push({ where: finding.where, message: finding.message });
+  for (const finding of opened.findings) if (LOSS_KINDS.has(finding.kind)) lost.push(asLoss(finding, sourceDir));
   if (opened.view !== undefined) return opened.view;
   const error = opened.openError;
   if (!isThinError(error, 'THIN_CORRUPT_SUPERBLOCK')) throw error;
@@ -126,13 +126,30 @@ async function openSource(
     const scanned = await rebuildSuperblock(source.files, copy, scan.blockSizeBytes);
     for (const note of scanned.notes) lost.push({ where: 'superblock', message: note });
     const fromCopy = await openPoolForTools({ metadata: copy, data: source.files.data }, { release });
-    for (const finding of fromCopy.findings) if (LOSS_KINDS.has(finding.kind)) lost.push({ where: finding.where, message: finding.message });
+    for (const finding of fromCopy.findings) if (LOSS_KINDS.has(finding.kind)) lost.push(asLoss(finding, sourceDir));
     if (fromCopy.view === undefined) throw fromCopy.openError;
     return fromCopy.view;
   } catch (scanError) {
     await release();
     throw scanError;
   }
+}
+
+/**
+ * An opener's finding as a loss of the rebuilt pool. Log records are replayed only by an open of
+ * the pool itself: a read-write open rolls them up into its trees, an open after a fall back serves
+ * them in needs-check mode without rolling them up. The rebuilt pool lacks them either way.
+ */
+function asLoss(finding: OpenFinding, sourceDir: string): RepairLoss {
+  if (finding.kind !== 'log-records') return { where: finding.where, message: finding.message };
+  const count = /^(\d+) record/.exec(finding.message)?.[1] ?? 'its';
+  return {
+    where: finding.where,
+    message:
+      `${count} record(s) of flushed changes after the generation rebuilt from are not in the rebuilt pool. ` +
+      `An open of the pool replays them: to keep them, before repairing, open it read-write ('thinbd pool status --pool ${sourceDir}' rolls them up), ` +
+      `or, where it opens needing a check (after a fall back), export its volumes ('thinbd export --pool ${sourceDir} NAME FILE')`,
+  };
 }
 
 async function rebuild(view: PoolView, sourceDir: string, targetDir: string, options: RepairOptions, lost: RepairLoss[]): Promise<RepairReport> {

@@ -1,10 +1,15 @@
 // A pool left with delta-log records (a crash or kill after logged flushes): check names them
-// without replaying (it never writes), and the next open replays them.
+// without replaying (it never writes), the next open replays them, and repair (which rebuilds from
+// the trees) lists them as lost with the way to keep them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Pool } from '../../src/pool/pool.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { checkPool } from '../../src/tools/check.ts';
+import { repairPool } from '../../src/tools/repair.ts';
+import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 test('check names flushes still in the delta log, and the next open replays them', async () => {
   const metadata = new MemoryBlockFile(0, 'metadata');
@@ -28,4 +33,40 @@ test('check names flushes still in the delta log, and the next open replays them
   await reopened.volume('v').read(3 * 65536, back);
   assert.ok(back.every((byte) => byte === 0x5a), 'the logged flush was replayed');
   await reopened.close();
+});
+
+test('repair lists the log records its rebuilt pool lacks, and how to keep them: the pool\'s own open replays them', async () => {
+  const work = mkdtempSync(join(tmpdir(), 'thinbd-repair-log-'));
+  try {
+    const pool = await Pool.create(join(work, 'live'), { dataSizeBytes: 64 * 65536, blockSizeBytes: 65536, commitIntervalMs: 0 });
+    const volume = await pool.createVolume('v', { sizeBytes: 16 * 65536 });
+    await pool.flush();
+    await volume.write(3 * 65536, new Uint8Array(4096).fill(0x5a));
+    await pool.flush(); // logged: a record, not a rollup
+    // The process dies here: a copy of the files is what the disks hold.
+    cpSync(join(work, 'live'), join(work, 'crashed'), { recursive: true });
+    await pool.close();
+
+    const report = await repairPool(join(work, 'crashed'), join(work, 'rebuilt'));
+    const loss = report.lost.find((entry) => entry.where === 'delta log');
+    assert.ok(loss !== undefined, JSON.stringify(report.lost));
+    assert.match(
+      loss.message,
+      /^\d+ record\(s\) of flushed changes after the generation rebuilt from are not in the rebuilt pool\. An open of the pool replays them: to keep them, before repairing, open it read-write \('thinbd pool status --pool .*crashed' rolls them up\), or, where it opens needing a check \(after a fall back\), export its volumes \('thinbd export --pool .*crashed NAME FILE'\)$/,
+    );
+    const read = async (dir: string) => {
+      const opened = await Pool.open(dir, { commitIntervalMs: 0 });
+      try {
+        const back = new Uint8Array(4096);
+        await opened.volume('v').read(3 * 65536, back);
+        return back[0];
+      } finally {
+        await opened.close();
+      }
+    };
+    assert.equal(await read(join(work, 'rebuilt')), 0, 'the rebuilt pool lacks the logged flush, as listed');
+    assert.equal(await read(join(work, 'crashed')), 0x5a, 'the pool\'s own open replays it, as the loss says');
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
 });
