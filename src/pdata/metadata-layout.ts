@@ -15,6 +15,12 @@ export interface MetadataLayout {
   file: BlockFile;
   /** The mirror's offset in blocks; 0 for none. */
   mirrorOffsetBlocks: number;
+  /**
+   * The mirror offset the superblock names when the file is too short to hold that copy, so it is
+   * read plainly (cut short, or written by `metadata unpack`): one copy is all there is until a
+   * read-write open builds the mirror again.
+   */
+  missingMirrorOffsetBlocks?: number;
 }
 
 /** The metadata file seen through its mirror of mirrorOffsetBlocks (none for 0). */
@@ -52,7 +58,9 @@ export function probeMetadataLayout(raw: BlockFile, options: { readOnly?: boolea
     // A file too short for the mirror it names (`metadata unpack` writes the first copy only; a
     // copy cut at the first half) has no second copy to trust: read it plain; a read-write open
     // then builds the mirror again (F-MIR-5).
-    if ((primary.mirrorOffsetBlocks + primary.metadataBlockCount) * METADATA_BLOCK_SIZE_BYTES > raw.sizeBytes()) return { file: raw, mirrorOffsetBlocks: 0 };
+    if ((primary.mirrorOffsetBlocks + primary.metadataBlockCount) * METADATA_BLOCK_SIZE_BYTES > raw.sizeBytes()) {
+      return { file: raw, mirrorOffsetBlocks: 0, ...(primary.mirrorOffsetBlocks > 0 ? { missingMirrorOffsetBlocks: primary.mirrorOffsetBlocks } : {}) };
+    }
     return { file: mirroredMetadata(raw, primary.mirrorOffsetBlocks, options), mirrorOffsetBlocks: primary.mirrorOffsetBlocks };
   }
   // No first copy validates: a pool made here puts its mirror at half the file, and a mirror that

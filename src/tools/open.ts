@@ -22,7 +22,7 @@ import { isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import type { FileSystem } from '../io/file-system.ts';
 import { readDeltaLog } from '../journal/replay.ts';
-import { TransactionManager, isZeroBlock } from '../pdata/index.ts';
+import { TransactionManager, isZeroBlock, probeMetadataLayout } from '../pdata/index.ts';
 import { decodePoolPayload } from '../pool/codecs.ts';
 import type { PoolFiles } from '../pool/files.ts';
 import { validatePayloadRoots } from '../pool/trees.ts';
@@ -108,6 +108,17 @@ export async function openPoolForTools(
         kind: 'generation-passed-over',
         where: `superblock generation ${rejected.generation}`,
         message: `passed over for generation ${report.generation}, so what it committed after that is not in what was read: ${rejected.problem}`,
+      });
+    }
+    // A mirrored pool's file cut short before its second copy is read plainly (F-MIR-5): say so.
+    const missing = probeMetadataLayout(files.metadata, { readOnly: true }).missingMirrorOffsetBlocks;
+    if (missing !== undefined) {
+      findings.push({
+        kind: 'superblock-copy',
+        where: 'metadata mirror',
+        message:
+          `the superblock names a second copy of the metadata at block ${missing}, but the file (${files.metadata.sizeBytes()} bytes) ends before it: ` +
+          'one copy is all there is (the file was cut short, or written by metadata unpack); a read-write open of the pool builds the mirror again',
       });
     }
     // Flushes after the generation may be delta-log records not yet rolled up into its trees.

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import { METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES } from '../../src/constants.ts';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
@@ -373,4 +373,29 @@ test('a node bad in both copies is a problem, never a warning that the other cop
   assert.ok(superblock, JSON.stringify(report.warnings));
   assert.match(superblock.message, /to be rewritten from the newest place by a read-write open or scrub \(mirror place 0: checksum mismatch\)/);
   assert.deepEqual(files.metadata.snapshot(), before, 'check rewrote nothing');
+});
+
+test('a mirrored metadata file cut short before its second copy checks clean with a warning that says so; a read-write open builds the mirror again', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'thinbd-check-mirror-cut-'));
+  try {
+    const created = await Pool.create(path.join(dir, 'pool'), { dataSizeBytes: 16 * BLOCK, blockSizeBytes: BLOCK, commitIntervalMs: 0 });
+    const volume = await created.createVolume('v', { sizeBytes: 4 * BLOCK });
+    await volume.write(0, filled(BLOCK, 7));
+    await created.close();
+    const metadata = path.join(dir, 'pool', 'metadata');
+    const fullBytes = statSync(metadata).size;
+    truncateSync(metadata, fullBytes / 2); // the first copy only
+    const mirrorWarning = (report: CheckReport) => report.warnings.filter((warning) => warning.where === 'metadata mirror');
+    const cut = await checkPool(path.join(dir, 'pool'));
+    assert.equal(cut.ok, true, JSON.stringify(cut.problems));
+    assert.equal(mirrorWarning(cut).length, 1, JSON.stringify(cut.warnings));
+    assert.match(mirrorWarning(cut)[0]!.message, new RegExp(`^the superblock names a second copy of the metadata at block ${fullBytes / 2 / METADATA_BLOCK_SIZE_BYTES}, but the file \\(${fullBytes / 2} bytes\\) ends before it: one copy is all there is`));
+    await (await Pool.open(path.join(dir, 'pool'), { commitIntervalMs: 0 })).close();
+    assert.equal(statSync(metadata).size, fullBytes, 'the open grew the file for the mirror');
+    const rebuilt = await checkPool(path.join(dir, 'pool'));
+    assert.deepEqual(mirrorWarning(rebuilt), []);
+    assert.equal(rebuilt.ok, true);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
