@@ -13,6 +13,7 @@ import { run, tempDir } from '../nbd/helpers.ts';
 import { THINBD, thinbd } from '../cli/run-thinbd.ts';
 import { startS3Server, type LocalS3Server } from '../io/s3-server.ts';
 import { S3Bucket } from '../../src/io/s3.ts';
+import { imageStats } from '../../src/image/stats.ts';
 import { sh } from './helpers.ts';
 import { ociArchive, tarArchive, type TarSpec } from './tar-writer.ts';
 
@@ -215,4 +216,17 @@ test('image stats sums a directory and an S3 prefix, and with --deep reads each 
   const text = thinbd(['image', 'stats', dir, '--deep']);
   assert.match(text.stdout, /^3 images, /);
   assert.match(text.stdout, /importing each alone would take/);
+});
+
+test('image stats counts more images than a call takes arguments (130,000)', async () => {
+  const directory = path.join(work.path, 'many-images');
+  fs.mkdirSync(directory);
+  const gzipMagic = Buffer.from([0x1f, 0x8b]);
+  const count = 130_000;
+  for (let index = 0; index < count; index++) fs.writeFileSync(path.join(directory, `${index}.tar.gz`), index === 7 ? Buffer.concat([gzipMagic, gzipMagic]) : gzipMagic);
+  const stats = await imageStats(directory, { top: 1, deep: false });
+  assert.equal(stats.count, count);
+  assert.deepEqual([stats.minBytes, stats.maxBytes, stats.totalBytes], [2, 4, 2 * count + 2]);
+  assert.deepEqual(stats.largest, [{ key: '7.tar.gz', sizeBytes: 4 }]);
+  fs.rmSync(directory, { recursive: true });
 });
