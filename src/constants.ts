@@ -64,6 +64,16 @@ export const FILE_DIRECT_WRITE_BYTES_MIN = 256 * 1024;
 
 /** Tries per S3 request (the SDK's standard retry mode backs off between them): rides out throttling and brief outages. */
 export const S3_ATTEMPTS_MAX = 5;
+/** A connection to S3 not made by then is retried as a failed attempt (a host that drops SYNs would otherwise wait for the kernel, minutes). */
+export const S3_CONNECT_MS_MAX = 10_000;
+/**
+ * A request whose socket stays silent this long (no reply, or a body that stops mid-way) is
+ * abandoned and retried: S3 answers within seconds, and without a bound a stalled connection
+ * hangs the command for ever.
+ */
+export const S3_IDLE_MS_MAX = 60_000;
+/** First backoff before a GET whose body broke off is tried again; doubled per attempt, with full jitter (the SDK's own rule). */
+export const S3_BODY_RETRY_BASE_MS = 100;
 /** Multipart part size: above S3's 5 MiB minimum part, and objects up to one part go up in a single PUT. */
 export const S3_MULTIPART_PART_BYTES = 8 * 1024 * 1024;
 /** Parts of one multipart upload sent at once: keeps a link busy without holding many parts in memory. */

@@ -7,6 +7,11 @@
 // Node stream. gzip is undone on libuv's thread pool, beside the parser; zstd on the parser's
 // thread, pulled a bounded chunk at a time (ZstdChunks). A source stream's error (a download cut
 // short) is reported naming the source, and ends the import through its normal failure path.
+//
+// An http(s) URL may carry secrets: a user name and password (sent as HTTP Basic authentication,
+// as curl does; fetch refuses a URL that holds them) or a presigned URL's query string (its
+// signature, access key id, session token). Messages, progress and the image's recorded source
+// name the URL without them (displayUrl): they would otherwise end up in logs and `image ls`.
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import { Readable, pipeline } from 'node:stream';
@@ -382,20 +387,63 @@ function remoteRanges(sizeBytes: number, readRange: (beginBytes: number, endByte
   return { sizeBytes, read: (beginBytes, endBytes, chunkBytes) => new RangeChunks(readRange, beginBytes, endBytes, chunkBytes, onBytes) };
 }
 
+/**
+ * A URL as messages and labels show it: user name, password and query string replaced by `***`
+ * (they may be credentials or a presigned URL's signature); the rest as given.
+ */
+export function displayUrl(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    // Not a URL fetch could use; still keep whatever looks like credentials out of the message.
+    return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@').replace(/\?[^#]*/, '?***');
+  }
+  if (url.username === '' && url.password === '' && url.search === '') return text;
+  if (url.username !== '' || url.password !== '') {
+    url.username = '***';
+    url.password = '';
+  }
+  if (url.search !== '') url.search = '***';
+  return url.href;
+}
+
+/** What fetch needs for an http(s) URL: the URL without user name and password, and those as a Basic Authorization header. */
+function httpRequest(source: string): { url: string; headers: Record<string, string> } {
+  const url = new URL(source);
+  if (url.username === '' && url.password === '') return { url: source, headers: {} };
+  const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+  url.username = '';
+  url.password = '';
+  return { url: url.href, headers: { Authorization: `Basic ${Buffer.from(credentials).toString('base64')}` } };
+}
+
+/**
+ * Why fetch failed: undici says only "fetch failed" and keeps the reason (connection refused, a
+ * certificate not trusted, too many redirects) in its cause.
+ */
+function fetchFailure(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const cause = error instanceof Error ? error.cause : undefined;
+  return cause instanceof Error && cause.message !== '' ? `${message}: ${cause.message}` : message;
+}
+
 /** The ranged-GET reader of an http(s) URL whose server says it serves byte ranges. */
-function httpRangeReader(url: string): (beginBytes: number, endBytes: number) => Promise<Uint8Array> {
+function httpRangeReader(source: string): (beginBytes: number, endBytes: number) => Promise<Uint8Array> {
+  const { url, headers } = httpRequest(source);
+  const shown = displayUrl(source);
   return async (beginBytes, endBytes) => {
     let response: Response;
     try {
-      response = await fetch(url, { headers: { Range: `bytes=${beginBytes}-${endBytes - 1}` } });
+      response = await fetch(url, { headers: { ...headers, Range: `bytes=${beginBytes}-${endBytes - 1}` } });
     } catch (error) {
-      throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: ${(error as Error).message}`, { cause: error });
+      throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${shown}: ${fetchFailure(error)}`, { cause: error });
     }
-    if (response.status !== 206) throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: HTTP ${response.status} (expected 206)`);
+    if (response.status !== 206) throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${shown}: HTTP ${response.status} (expected 206)`);
     try {
       return new Uint8Array(await response.arrayBuffer());
     } catch (error) {
-      throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${url}: ${(error as Error).message}`, { cause: error });
+      throw new ThinError('THIN_IO', `Cannot fetch bytes ${beginBytes}-${endBytes - 1} of ${shown}: ${fetchFailure(error)}`, { cause: error });
     }
   };
 }
@@ -410,7 +458,7 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   if (!isPathSource(source) && source !== '-' && !/^(https?|s3):\/\//i.test(source)) {
     const scheme = source.slice(0, source.indexOf(':'));
     const hint = /^file$/i.test(scheme) ? ' (for a local file, give its path)' : '';
-    throw new ThinError('THIN_INVALID', `Cannot read ${source}: thinbd does not read ${scheme}:// URLs; a source is a path, - (standard input), an http:// or https:// URL, or s3://BUCKET/KEY${hint}`);
+    throw new ThinError('THIN_INVALID', `Cannot read ${displayUrl(source)}: thinbd does not read ${scheme}:// URLs; a source is a path, - (standard input), an http:// or https:// URL, or s3://BUCKET/KEY${hint}`);
   }
   let bytes = 0;
   const local = isPathSource(source) ? openLocal(source) : undefined;
@@ -418,7 +466,7 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
   // (a named pipe, a character device such as /dev/stdin) is a stream, read once, like "-".
   const isLocal = local?.stat.isFile() === true;
   const localFile = isLocal ? identify(source, local!.fd) : undefined;
-  const hash = new BackgroundHash(IMAGE_READ_CHUNK_BYTES, 4, source === '-' ? 'standard input' : source, localFile);
+  const hash = new BackgroundHash(IMAGE_READ_CHUNK_BYTES, 4, source === '-' ? 'standard input' : isPathSource(source) ? source : displayUrl(source), localFile);
   let hashing = true;
   const tap = (chunk: Uint8Array): Promise<void> | undefined => {
     bytes += chunk.length;
@@ -439,16 +487,17 @@ export async function openSource(source: string, openers: SourceOpeners = {}, st
       const stop = (): void => void (stdin as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
       raw = tapped(new IterableChunks(stdin as AsyncIterable<Uint8Array>, stop, (error) => sourceReadError(description, error, bytes, undefined)), tap);
     } else if (/^https?:\/\//i.test(source)) {
-      description = source;
+      description = displayUrl(source);
       const controller = new AbortController();
       let response: Response;
       try {
-        response = await fetch(source, { signal: controller.signal });
+        const { url, headers } = httpRequest(source);
+        response = await fetch(url, { headers, signal: controller.signal });
       } catch (error) {
-        throw new ThinError('THIN_IO', `Cannot fetch ${source}: ${(error as Error).message}`, { cause: error });
+        throw new ThinError('THIN_IO', `Cannot fetch ${description}: ${fetchFailure(error)}`, { cause: error });
       }
       if (!response.ok || response.body === null) {
-        throw new ThinError(response.status === 404 ? 'THIN_NOT_FOUND' : 'THIN_IO', `Cannot fetch ${source}: HTTP ${response.status} ${response.statusText}`);
+        throw new ThinError(response.status === 404 ? 'THIN_NOT_FOUND' : 'THIN_IO', `Cannot fetch ${description}: HTTP ${response.status} ${response.statusText}`);
       }
       const length = Number(response.headers.get('content-length'));
       totalBytes = Number.isSafeInteger(length) && length > 0 ? length : undefined;

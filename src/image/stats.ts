@@ -70,8 +70,9 @@ export async function imageStats(source: string, options: ImageStatsOptions): Pr
     count: objects.length,
     skipped: listing.skipped,
     totalBytes,
-    minBytes: sizes.length === 0 ? 0 : Math.min(...sizes),
-    maxBytes: sizes.length === 0 ? 0 : Math.max(...sizes),
+    // Not Math.min(...sizes): a bucket of more than about 120,000 images overflows the stack as arguments.
+    minBytes: sizes.reduce((min, size) => Math.min(min, size), sizes[0] ?? 0),
+    maxBytes: sizes.reduce((max, size) => Math.max(max, size), 0),
     averageBytes: sizes.length === 0 ? 0 : Math.round(totalBytes / sizes.length),
     largest: [],
     errors: [],

@@ -13,13 +13,16 @@
 //   and it sends checksums only where the operation requires them, since such servers may not
 //   know the newer CRC headers.
 // - Retries: the SDK's standard mode (exponential backoff with jitter, throttling and 5xx and
-//   network errors retried) with S3_ATTEMPTS_MAX attempts per request.
+//   network errors retried) with S3_ATTEMPTS_MAX attempts per request. The SDK retries a request
+//   only until its reply's headers arrive; a GET whose body breaks off (a connection reset, or
+//   one silent for S3_IDLE_MS_MAX) is sent again here, as often and with the same backoff.
 // - Errors become ThinError naming the object's URL: THIN_NOT_FOUND for a missing key or bucket,
 //   THIN_IO for the rest (with the SDK's error as `cause`).
 import type { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ThinError, assert } from '../errors.ts';
-import { S3_ATTEMPTS_MAX, S3_MULTIPART_PART_BYTES, S3_MULTIPART_PARTS_IN_FLIGHT_MAX } from '../constants.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { S3_ATTEMPTS_MAX, S3_BODY_RETRY_BASE_MS, S3_CONNECT_MS_MAX, S3_IDLE_MS_MAX, S3_MULTIPART_PART_BYTES, S3_MULTIPART_PARTS_IN_FLIGHT_MAX } from '../constants.ts';
 
 export interface S3Location {
   bucket: string;
@@ -64,6 +67,8 @@ export interface S3ConnectOptions {
   region?: string;
   /** Default: true with an endpoint, false for AWS. */
   forcePathStyle?: boolean;
+  /** How long a request's socket may stay silent before the attempt fails (default S3_IDLE_MS_MAX). */
+  idleTimeoutMs?: number;
 }
 
 export interface S3ObjectInfo {
@@ -117,6 +122,7 @@ export class S3Bucket {
       forcePathStyle: options.forcePathStyle ?? endpoint !== undefined,
       maxAttempts: S3_ATTEMPTS_MAX,
       retryMode: 'standard',
+      requestHandler: { connectionTimeout: S3_CONNECT_MS_MAX, socketTimeout: options.idleTimeoutMs ?? S3_IDLE_MS_MAX },
     });
     return new S3Bucket(location, client, sdk);
   }
@@ -152,12 +158,22 @@ export class S3Bucket {
 
   async #fetch(key: string, range: string | undefined, beginBytes = 0, endBytes = 0): Promise<Uint8Array> {
     try {
-      const reply = await this.client.send(
-        new this.#sdk.GetObjectCommand({ Bucket: this.location.bucket, Key: this.fullKey(key), ...(range === undefined ? {} : { Range: range }) }),
-      );
-      const body = reply.Body;
-      if (body === undefined) throw new Error('the reply has no body');
-      const bytes = await body.transformToByteArray();
+      let reply;
+      let bytes: Uint8Array;
+      for (let attempt = 1; ; attempt++) {
+        reply = await this.client.send(
+          new this.#sdk.GetObjectCommand({ Bucket: this.location.bucket, Key: this.fullKey(key), ...(range === undefined ? {} : { Range: range }) }),
+        );
+        const body = reply.Body;
+        if (body === undefined) throw new Error('the reply has no body');
+        try {
+          bytes = await body.transformToByteArray();
+          break;
+        } catch (error) {
+          if (attempt >= S3_ATTEMPTS_MAX) throw new Error(`the reply's body broke off ${S3_ATTEMPTS_MAX} times, the last time with: ${(error as Error).message}`, { cause: error });
+          await sleep(Math.random() * S3_BODY_RETRY_BASE_MS * 2 ** (attempt - 1));
+        }
+      }
       if (range === undefined || bytes.length <= endBytes - beginBytes) return bytes;
       // More than asked for: a server that ignores Range (no Content-Range, the whole object) or,
       // like s3rver, answers `bytes=0-0` with the whole object. Cut the range out of what came.

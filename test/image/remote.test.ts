@@ -13,6 +13,7 @@ import { run, tempDir } from '../nbd/helpers.ts';
 import { THINBD, thinbd } from '../cli/run-thinbd.ts';
 import { startS3Server, type LocalS3Server } from '../io/s3-server.ts';
 import { S3Bucket } from '../../src/io/s3.ts';
+import { imageStats } from '../../src/image/stats.ts';
 import { sh } from './helpers.ts';
 import { ociArchive, tarArchive, type TarSpec } from './tar-writer.ts';
 
@@ -25,6 +26,9 @@ let baseUrl: string;
 let s3: LocalS3Server;
 const ranges: string[] = [];
 const files = new Map<string, Buffer>();
+/** /private/NAME serves NAME, only with this Basic authentication; the Authorization header of each request for one. */
+const PRIVATE_AUTHORIZATION = `Basic ${Buffer.from('fleet:pa ss/word').toString('base64')}`;
+const privateAuthorizations: Array<string | undefined> = [];
 
 const FLAT: TarSpec[] = [
   { path: 'etc/', type: 'dir' },
@@ -42,7 +46,15 @@ before(async () => {
   files.set('/flat.tar.zst', Buffer.from(zstd.compress(tarArchive(FLAT))));
   files.set('/oci.tar', ociArchive([{ tar: tarArchive(FLAT) }, { tar: tarArchive(LAYER_2) }], { docker: true }));
   server = http.createServer((request, response) => {
-    const body = files.get(request.url ?? '');
+    const { pathname } = new URL(request.url ?? '/', 'http://localhost');
+    if (pathname.startsWith('/private/')) {
+      privateAuthorizations.push(request.headers.authorization);
+      if (request.headers.authorization !== PRIVATE_AUTHORIZATION) {
+        response.writeHead(401, { 'www-authenticate': 'Basic' }).end();
+        return;
+      }
+    }
+    const body = files.get(pathname.replace(/^\/private\//, '/'));
     if (body === undefined) {
       response.writeHead(404).end();
       return;
@@ -114,6 +126,38 @@ test('an http URL streams a gzip archive, and serves a docker archive by ranges 
   assert.match(missing.stderr, /HTTP 404/);
 });
 
+test('credentials in an http URL go as Basic authentication, ranged reads too; no output, error or image label shows them or a presigned query', async () => {
+  const pool = newPool('secret');
+  const secrets = /pa%20ss|pa ss|word|SIGSECRET|AKIDSECRET/;
+  const host = baseUrl.slice('http://'.length);
+  const source = `http://fleet:pa%20ss%2Fword@${host}/private/oci.tar?X-Amz-Credential=AKIDSECRET&X-Amz-Signature=SIGSECRET`;
+  ranges.length = 0;
+  const imported = await run(process.execPath, [THINBD, 'image', 'import', '--pool', pool, 'private', source], { allowFailure: true });
+  assert.equal(imported.code, 0, imported.stderr);
+  assert.ok(ranges.length > 0, 'the archive was read by ranges');
+  assert.ok(privateAuthorizations.length > ranges.length && privateAuthorizations.every((value) => value === PRIVATE_AUTHORIZATION), 'every request was authenticated');
+  assert.doesNotMatch(imported.stdout + imported.stderr, secrets);
+  assert.match(imported.stdout, new RegExp(`Imported http://\\*\\*\\*@${host}/private/oci\\.tar\\?\\*\\*\\* into`));
+  const listed = await run(process.execPath, [THINBD, 'image', 'ls', '--pool', pool, '--json']);
+  assert.equal((JSON.parse(listed.stdout) as Array<{ source: string }>)[0]!.source, `http://***@${host}/private/oci.tar?***`);
+
+  const volumesBefore = (await run(process.execPath, [THINBD, 'list', '--pool', pool, '--json'])).stdout;
+  const refused = await run(process.execPath, [THINBD, 'image', 'import', '--pool', pool, 'refused', source.replace('pa%20ss', 'wrong')], { allowFailure: true });
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /^thinbd: Cannot fetch http:\/\/\*\*\*@.*: HTTP 401 Unauthorized\n$/);
+  assert.doesNotMatch(refused.stderr, secrets);
+  // A port nothing listens on: the reason is named (fetch alone says only "fetch failed").
+  const closed = http.createServer();
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+  const closedPort = (closed.address() as AddressInfo).port;
+  await new Promise((resolve) => closed.close(resolve));
+  const unreachable = await run(process.execPath, [THINBD, 'image', 'import', '--pool', pool, 'unreachable', source.replace(host, `127.0.0.1:${closedPort}`)], { allowFailure: true });
+  assert.equal(unreachable.code, 1);
+  assert.match(unreachable.stderr, /: fetch failed: .*ECONNREFUSED/);
+  assert.doesNotMatch(unreachable.stderr, secrets);
+  assert.equal((await run(process.execPath, [THINBD, 'list', '--pool', pool, '--json'])).stdout, volumesBefore);
+});
+
 test('s3://BUCKET/KEY reads zstd and gzip archives and a docker archive from a local S3-compatible server', async () => {
   const pool = newPool('s3');
   const zst = await importAndRead(pool, 'zst', 's3://images/fleet/flat.tar.zst', s3.env);
@@ -172,4 +216,17 @@ test('image stats sums a directory and an S3 prefix, and with --deep reads each 
   const text = thinbd(['image', 'stats', dir, '--deep']);
   assert.match(text.stdout, /^3 images, /);
   assert.match(text.stdout, /importing each alone would take/);
+});
+
+test('image stats counts more images than a call takes arguments (130,000)', async () => {
+  const directory = path.join(work.path, 'many-images');
+  fs.mkdirSync(directory);
+  const gzipMagic = Buffer.from([0x1f, 0x8b]);
+  const count = 130_000;
+  for (let index = 0; index < count; index++) fs.writeFileSync(path.join(directory, `${index}.tar.gz`), index === 7 ? Buffer.concat([gzipMagic, gzipMagic]) : gzipMagic);
+  const stats = await imageStats(directory, { top: 1, deep: false });
+  assert.equal(stats.count, count);
+  assert.deepEqual([stats.minBytes, stats.maxBytes, stats.totalBytes], [2, 4, 2 * count + 2]);
+  assert.deepEqual(stats.largest, [{ key: '7.tar.gz', sizeBytes: 4 }]);
+  fs.rmSync(directory, { recursive: true });
 });

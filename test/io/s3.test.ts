@@ -3,8 +3,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { S3Bucket, parseS3Url, resolveS3Endpoint, formatS3Url } from '../../src/io/s3.ts';
-import { S3_MULTIPART_PART_BYTES } from '../../src/constants.ts';
+import { S3_ATTEMPTS_MAX, S3_MULTIPART_PART_BYTES } from '../../src/constants.ts';
 import { isThinError } from '../../src/errors.ts';
 import { startS3Server, type LocalS3Server } from './s3-server.ts';
 
@@ -96,6 +98,52 @@ describe('S3Bucket against a local S3 server', () => {
     await bucket.delete('gone');
     await bucket.delete('gone');
     assert.equal(await bucket.head('gone'), undefined);
+  });
+
+  test('a GET whose body breaks off or stalls is sent again; one that always does fails naming the object', async () => {
+    const data = randomBytes(200_000);
+    await bucket.put('flaky', data);
+    // In front of the server: the first `faulty` GETs of the object send half the body, then
+    // close the connection or go silent.
+    let faulty = 0;
+    let gets = 0;
+    let fault: 'close' | 'stall' = 'close';
+    const proxy = http.createServer((request, response) => {
+      const upstream = http.request(`${server.endpoint}${request.url}`, { method: request.method, headers: request.headers }, (reply) => {
+        const parts: Buffer[] = [];
+        reply.on('data', (part: Buffer) => parts.push(part));
+        reply.on('end', () => {
+          const body = Buffer.concat(parts);
+          response.writeHead(reply.statusCode!, reply.headers);
+          if (request.method !== 'GET' || !request.url!.includes('/flaky')) return void response.end(body);
+          gets++;
+          if (gets > faulty) return void response.end(body);
+          response.write(body.subarray(0, body.length >> 1), () => {
+            if (fault === 'close') response.socket!.destroy();
+          });
+        });
+      });
+      request.pipe(upstream);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const through = await S3Bucket.connect('s3://thinbd-s3-test/some/prefix', { endpoint: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, idleTimeoutMs: 200 });
+    try {
+      for (const kind of ['close', 'stall'] as const) {
+        fault = kind;
+        gets = 0;
+        faulty = S3_ATTEMPTS_MAX - 1;
+        assert.deepEqual(Buffer.from(await through.get('flaky')), data, kind);
+        assert.equal(gets, S3_ATTEMPTS_MAX, kind);
+        gets = 0;
+        faulty = S3_ATTEMPTS_MAX;
+        await assert.rejects(through.get('flaky'), (error: unknown) => isThinError(error, 'THIN_IO') && /^Cannot read s3:\/\/thinbd-s3-test\/some\/prefix\/flaky: .*broke off 5 times/.test((error as Error).message));
+        assert.equal(gets, S3_ATTEMPTS_MAX, kind);
+      }
+    } finally {
+      through.close();
+      proxy.closeAllConnections();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
   });
 
   test('a missing bucket is THIN_NOT_FOUND', async () => {

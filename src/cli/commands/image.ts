@@ -11,6 +11,7 @@ import { ThinError } from '../../errors.ts';
 import { listImages } from '../../image/catalog.ts';
 import { imageStats } from '../../image/stats.ts';
 import { sourceOpeners } from '../../image/remote.ts';
+import { displayUrl, isPathSource } from '../../image/source.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_BLOCK_SIZE_BYTES_MAX, DATA_BLOCK_SIZE_BYTES_MIN, VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
 
 function parseFormat(text: string): ImageFormat {
@@ -42,7 +43,7 @@ export function registerImageCommands(program: Command, reporter: Reporter, resu
       // Ctrl-C or SIGTERM stops the import cleanly: the volume it was building is removed.
       const interrupted = new AbortController();
       const onSignal = (signal: NodeJS.Signals): void => {
-        interrupted.abort(new ThinError('THIN_INTERRUPTED', `Import of ${source} into ${name} interrupted by ${signal}`));
+        interrupted.abort(new ThinError('THIN_INTERRUPTED', `Import of ${isPathSource(source) ? source : displayUrl(source)} into ${name} interrupted by ${signal}`));
       };
       process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
       // The thread that will parse a local tar starts loading now, while the pool and the source open.
