@@ -377,7 +377,8 @@ export class FsTree {
         current.extents = undefined;
       }
       if (current.kind === 'dir') {
-        pending.push(...current.children!.values());
+        // One at a time: spread into push, a directory of more than ~120,000 entries overflowed the stack.
+        for (const child of current.children!.values()) pending.push(child);
         current.children!.clear();
       }
     }

@@ -299,7 +299,8 @@ function recoverOrphans(
     new TreeWalker(tm).walk(top, extentCodec, { node: () => (nodeCount += 1), leaf: (key, extent) => extents.push([key, extent]) });
     if (extents.length === 0) continue;
     const keyBegin = extents[0]![0];
-    const keyEnd = Math.max(...extents.map(([key, extent]) => key + extent.lengthBlocks));
+    // Not Math.max(...): an orphaned subtree may hold millions of extents, more than a call takes arguments.
+    const keyEnd = extents.reduce((end, [key, extent]) => Math.max(end, key + extent.lengthBlocks), 0);
     const fits = holes.filter((hole) => hole.keyBegin <= keyBegin && keyEnd <= hole.keyEnd);
     const holders = new Set(fits.map((hole) => hole.blockNr));
     if (holders.size !== 1) {
@@ -319,7 +320,7 @@ function recoverOrphans(
       }
       const found = byNode.get(hole.blockNr) ?? { nodeCount: 0, extents: [] };
       found.nodeCount += nodeCount;
-      found.extents.push(...extents);
+      for (const extent of extents) found.extents.push(extent);
       byNode.set(hole.blockNr, found);
     }
   }
@@ -380,7 +381,7 @@ async function salvage(view: PoolView, visitor: DumpVisitor, lost: RepairLoss[])
           where: `${label}, mapping tree metadata block ${problem.blockNr}`,
           message: `the mappings of virtual blocks ${range(problem.keyBegin, problem.keyEnd)}: ${problem.error.message}${foundText}`,
         });
-        if (found !== undefined) extents.push(...found.extents);
+        if (found !== undefined) for (const extent of found.extents) extents.push(extent);
       },
     });
     extents.sort((left, right) => left[0] - right[0]);
