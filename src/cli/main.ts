@@ -49,11 +49,50 @@ export async function buildProgram(reporter: Reporter, result: CommandResult = {
   const inherit = (command: Command): void => {
     for (const sub of command.commands as Command[]) {
       sub.exitOverride().configureOutput(program.configureOutput());
+      checkRequiredOptionsLast(sub);
       inherit(sub);
     }
   };
   inherit(program);
   return program;
+}
+
+/**
+ * Required options are checked after unknown options and missing arguments, not before them as
+ * commander checks them: a mistyped `create v --sise 1G` is then named, with its suggestion
+ * (`--size`), instead of reported as a missing `--size`.
+ */
+function checkRequiredOptionsLast(command: Command): void {
+  const required = command.options.filter((option) => option.mandatory);
+  for (const option of required) option.mandatory = false;
+  if (required.length === 0) return;
+  command.hook('preAction', (hooked) => {
+    for (const option of required) {
+      if (hooked.getOptionValue(option.attributeName()) !== undefined) continue;
+      hooked.error(`error: required option '${option.flags}' not specified`, { code: 'commander.missingMandatoryOptionValue', exitCode: exitCodes.usage });
+    }
+  });
+}
+
+/**
+ * `thinbd help WORDS…` as `thinbd WORDS… --help`: commander's help command reads only the first
+ * word (`help pool create` showed pool's help) and answers a word that names no command with the
+ * whole help and exit 0. A word that names no subcommand is left as the command line's last
+ * word, so commander reports it as an unknown command with a suggestion (exit 2) and runs
+ * nothing; words past a command that has no subcommands are dropped (`help remove vol0` shows
+ * remove's help, it never removes).
+ */
+function helpAsOption(program: Command, words: readonly string[]): string[] {
+  if (words.length === 0 || words.some((word) => word.startsWith('-'))) return ['help', ...words];
+  let command = program;
+  for (const [index, word] of words.entries()) {
+    const subcommands = command.commands as Command[];
+    if (subcommands.length === 0) return [...words.slice(0, index), '--help'];
+    const sub = subcommands.find((candidate) => candidate.name() === word || candidate.aliases().includes(word));
+    if (sub === undefined) return words.slice(0, index + 1);
+    command = sub;
+  }
+  return [...words, '--help'];
 }
 
 /**
@@ -98,12 +137,13 @@ export async function main(argv: string[], reporter: Reporter = consoleReporter(
   const result: CommandResult = { exitCode: exitCodes.ok };
   const program = await buildProgram(reporter, result, argv);
   try {
-    await program.parseAsync(argv, { from: 'user' });
+    await program.parseAsync(argv[0] === 'help' ? helpAsOption(program, argv.slice(1)) : argv, { from: 'user' });
     return result.exitCode;
   } catch (error) {
     if (error instanceof CommanderError) {
-      const helpOrVersion = ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(error.code);
-      if (helpOrVersion) return exitCodes.ok;
+      // commander.help with a non-zero code is help shown instead of a command (none given): a usage error.
+      if (error.code === 'commander.help') return error.exitCode === 0 ? exitCodes.ok : exitCodes.usage;
+      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version') return exitCodes.ok;
       if (error.code === 'commander.executeSubCommandAsync') return exitCodes.failure;
       return exitCodes.usage;
     }

@@ -148,6 +148,35 @@ describe('usage errors exit 2 and say what was wrong', () => {
     usageError(['create', '--size', '1M'], /missing required argument 'name'/);
     usageError(['frobnicate'], /unknown command/);
   });
+
+  test('a mistyped option is named even when a required option is then missing', () => {
+    const dir = freshPool('u-typo');
+    usageError(['create', '--pool', dir, 'v', '--sise', '1G'], /unknown option '--sise'\n\(Did you mean --size\?\)/);
+    usageError(['metadata', 'size', '--data-sise', '1G'], /unknown option '--data-sise'/);
+    usageError(['create', '--pool', dir, 'v'], /required option '--size <size>' not specified/);
+    assert.doesNotMatch(ok(['list', '--pool', dir]), /^v /m);
+  });
+
+  test('no command, or a command group without its command, shows the usage on stderr and exits 2', () => {
+    for (const args of [[], ['pool'], ['metadata'], ['archive'], ['image']]) {
+      const result = thinbd(args);
+      assert.equal(result.code, 2, `thinbd ${args.join(' ')}: ${result.stderr}`);
+      assert.equal(result.stdout, '');
+      assert.match(result.stderr, /^Usage: thinbd/);
+    }
+  });
+
+  test('help names an unknown command, shows nested commands, and runs nothing', () => {
+    usageError(['help', 'crate'], /unknown command 'crate'\n\(Did you mean create\?\)/);
+    usageError(['help', 'pool', 'stauts'], /unknown command 'stauts'/);
+    assert.match(ok(['help', 'pool', 'create']), /^Usage: thinbd pool create /);
+    assert.match(ok(['help', 'metadata', 'size']), /^Usage: thinbd metadata size /);
+    assert.match(ok(['help']), /^Usage: thinbd \[options\] \[command\]/);
+    const dir = freshPool('u-help');
+    ok(['create', '--pool', dir, 'keep', '--size', '1M']);
+    assert.match(ok(['help', 'remove', 'keep'], { THINBD_POOL: dir }), /^Usage: thinbd remove /);
+    assert.match(ok(['list', '--pool', dir]), /^keep /m);
+  });
 });
 
 describe('failures exit 1 with one clear line', () => {

@@ -168,6 +168,15 @@ test('every command refuses an unknown option with exit 2 and names it', async (
   });
 });
 
+test('every command names an unknown option before any missing argument or required option', async () => {
+  await inBatches(TABLE, async (row) => {
+    const result = await run([...row.command, '--no-such-option']);
+    const what = `thinbd ${row.command.join(' ')} --no-such-option`;
+    assert.equal(result.code, 2, `${what}: ${result.stdout}${result.stderr}`);
+    assert.match(result.stderr, /unknown option '--no-such-option'/, what);
+  });
+});
+
 test('every command with --json prints JSON that parses', async () => {
   for (const row of TABLE.filter((entry) => entry.json !== undefined)) {
     const args = row.pool === 'uses' ? [...fill(['--pool', 'POOL'], pool), ...fill(row.json!, pool)] : fill(row.json!, pool);
