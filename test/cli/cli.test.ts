@@ -135,6 +135,7 @@ describe('usage errors exit 2 and say what was wrong', () => {
     usageError(['create', '--pool', dir, '../evil', '--size', '1M'], /Invalid volume name '..\/evil'/);
     usageError(['create', '--pool', dir, 'a'.repeat(200), '--size', '1M'], /longer than/);
     usageError(['snapshot', '--pool', dir, 'v', 'bad name'], /Invalid snapshot name/);
+    usageError(['delta', '--pool', dir, 'v', 'bad name'], /Invalid volume name 'bad name'/);
   });
 
   test('a bad --remap-spares count', () => {

@@ -3,7 +3,7 @@ import { closeSync, fstatSync, openSync, rmSync, statSync } from 'node:fs';
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
-import { poolDirectory, poolOption, sizeOption } from '../options.ts';
+import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { assertPoolExists, withReadTarget } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
@@ -168,7 +168,10 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
     .addOption(poolOption())
     .option('--format <format>', 'xml or json', 'xml')
     .option('--verbose', "list every step with its data blocks (thin_delta --verbose)")
-    .action(async (left, right, options) => {
+    .action(async (leftText, rightText, options) => {
+      // A name or a dm-thin device id (digits), which is also a valid name: refused before the pool is opened.
+      const left = volumeName('volume name', leftText);
+      const right = volumeName('volume name', rightText);
       const dir = poolDirectory(options.pool);
       const format = choice('--format', options.format, ['xml', 'json'] as const);
       assertPoolExists(dir);
