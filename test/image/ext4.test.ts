@@ -89,3 +89,37 @@ test('a directory past one index level, a file past two extent levels and a shar
     }
   }
 });
+
+test('a time clamped to either end of ext4\'s range loses its nanoseconds, as the kernel clamps what tar -x sets', () => {
+  // pax mtime "S.F": seconds past 2446 or before 1901 (and exactly at either end) with a fraction.
+  const times: Record<string, string> = { 'past-2446': '99999999999.7', 'at-max': '15032385535.5', 'before-1901': '-99999999999.7', 'at-min': '-2147483648.25', inside: '1234567890.123456789' };
+  // What the kernel (timestamp_truncate) makes of each, so what `tar -x` onto ext4 shows.
+  const kernelNs: Record<string, bigint> = {
+    'past-2446': 15032385535_000000000n,
+    'at-max': 15032385535_000000000n,
+    'before-1901': -2147483648_000000000n,
+    'at-min': -2147483648_000000000n,
+    inside: 1234567890_123456789n,
+  };
+  const archive = path.join(work.path, 'times.tar');
+  fs.writeFileSync(archive, tarArchive(Object.entries(times).map(([name, mtime]) => ({ path: name, data: name, pax: { mtime } }))));
+  const pool = path.join(work.path, 'pool-times');
+  assert.equal(thinbd(['pool', 'create', '--pool', pool, '--data-size', '1G']).code, 0);
+  const result = thinbd(['image', 'import', '--pool', pool, 'times', archive]);
+  assert.equal(result.code, 0, result.stderr);
+  const raw = path.join(work.path, 'times.raw');
+  assert.equal(thinbd(['export', '--pool', pool, 'times', raw]).code, 0);
+  const fsck = sh('e2fsck', ['-fn', raw], { allowFailure: true });
+  assert.equal(fsck.code, 0, fsck.stdout);
+  const mountPoint = fs.mkdtempSync(path.join(work.path, 'mnt-'));
+  sh('mount', ['-o', 'loop,ro', raw, mountPoint]);
+  try {
+    for (const name of Object.keys(times)) {
+      assert.equal(fs.lstatSync(path.join(mountPoint, name), { bigint: true }).mtimeNs, kernelNs[name], name);
+    }
+  } finally {
+    sh('umount', [mountPoint]);
+  }
+  assert.match(sh('debugfs', ['-R', 'stat /past-2446', raw]).stdout, /mtime: 0x7fffffff:00000003 /);
+  assert.match(sh('debugfs', ['-R', 'stat /before-1901', raw]).stdout, /mtime: 0x80000000:00000000 /);
+});

@@ -498,8 +498,14 @@ interface InodeFields {
   xattrs: readonly XattrEntry[] | undefined;
 }
 
+/**
+ * Clamps as the kernel's timestamp_truncate() does for what `tar -x` writes: a time at or past
+ * either end of ext4's range becomes that end with no nanoseconds (the kernel would otherwise show
+ * the clamped second plus the archive's fraction, a time tar -x never makes).
+ */
 function setTime(view: DataView, lowAt: number, extraAt: number, seconds: number, nanoseconds: number): void {
   const clamped = Math.min(TIME_SECONDS_MAX, Math.max(TIME_SECONDS_MIN, seconds));
+  const atEnd = clamped === TIME_SECONDS_MIN || clamped === TIME_SECONDS_MAX;
   view.setUint32(lowAt, encodeTimeLow(clamped), true);
-  view.setUint32(extraAt, encodeTimeExtra(clamped, nanoseconds), true);
+  view.setUint32(extraAt, encodeTimeExtra(clamped, atEnd ? 0 : nanoseconds), true);
 }
