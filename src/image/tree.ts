@@ -16,6 +16,7 @@
 // there (a directory entry over a directory only updates its attributes, keeping its children).
 import { ThinError, assert } from '../errors.ts';
 import { IMAGE_SYMLINK_HOPS_MAX } from '../constants.ts';
+import { LINKS_MAX } from './ext4/format.ts';
 
 export type NodeKind = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket';
 
@@ -247,7 +248,7 @@ export class FsTree {
     const name = components[components.length - 1]!;
     const existing = parent.children!.get(name);
     if (existing === target) return target;
-    if (target.links >= 65000) throw invalidEntry(origin, `'${displayPath(targetComponents.join('/'))}' would have more than 65000 names (ext4's link limit)`);
+    if (target.links >= LINKS_MAX) throw invalidEntry(origin, `'${displayPath(targetComponents.join('/'))}' would have more than ${LINKS_MAX} names (ext4's link limit)`);
     if (existing !== undefined) this.#unlink(parent, name, existing);
     target.links++;
     parent.children!.set(name, target);
