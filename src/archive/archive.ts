@@ -134,6 +134,7 @@ export class Archive {
         bytes = await store.get(CONFIG_KEY);
       } catch (error) {
         if (isThinError(error, 'THIN_NOT_FOUND')) {
+          await store.checkPlace?.(); // a missing bucket is named as one: init could not make a store there
           throw new ThinError('THIN_NOT_FOUND', `No archive store at ${store.url} (no config object); create one with 'thinbd archive init --store ${store.url}'`, { cause: error });
         }
         throw error;

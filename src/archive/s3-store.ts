@@ -17,6 +17,10 @@ export class S3ObjectStore implements ObjectStore {
     return new S3ObjectStore(await S3Bucket.connect(url, options));
   }
 
+  async checkPlace(): Promise<void> {
+    await this.bucket.checkBucket();
+  }
+
   async get(key: string): Promise<Uint8Array> {
     checkKey(key);
     return await this.bucket.get(key);

@@ -63,6 +63,11 @@ export interface ObjectStore {
    * of other files): refuses a place `archive init` must not make a store in, naming why.
    */
   checkNewStorePlace?(): Promise<void>;
+  /**
+   * Where a missing object may mean a missing place (an S3 bucket): throws naming the place when
+   * it cannot be reached, so that a store found missing is not told to be made where it cannot be.
+   */
+  checkPlace?(): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DirectoryObjectStore } from '../../src/archive/directory-store.ts';
 import { S3ObjectStore } from '../../src/archive/s3-store.ts';
+import { Archive } from '../../src/archive/archive.ts';
+import { isThinError } from '../../src/errors.ts';
 import { startS3Server, type LocalS3Server } from '../io/s3-server.ts';
 import { storeConformance } from './store.conformance.ts';
 
@@ -193,4 +195,15 @@ test('a directory store writer that fails reports its first failure (ENOSPC) to 
   await writer.write(new Uint8Array([1, 2, 3]));
   await writer.commit();
   assert.deepEqual([...(await store.get('packs/fe/fefe'))], [1, 2, 3]);
+});
+
+test('an S3 store in a bucket that does not exist is named as such, not as a store to init; an empty prefix of a bucket is a store to init', async () => {
+  await assert.rejects(
+    Archive.open('s3://no-such-bucket-here/a', { endpoint: server!.endpoint }),
+    (error: Error) => isThinError(error, 'THIN_NOT_FOUND') && /no such bucket no-such-bucket-here/.test(error.message) && !/archive init/.test(error.message),
+  );
+  await assert.rejects(
+    Archive.open('s3://conformance/never-made', { endpoint: server!.endpoint }),
+    (error: Error) => isThinError(error, 'THIN_NOT_FOUND') && /^No archive store at s3:\/\/conformance\/never-made\/ \(no config object\); create one with 'thinbd archive init/.test(error.message),
+  );
 });
