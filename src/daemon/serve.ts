@@ -103,6 +103,11 @@ export class PoolServer {
       // though they are still in the pool while their clients drain (another command's
       // syncExports would otherwise let a new client in, to be left on a removed volume).
       const removing = new Map<string, number>();
+      const removed = (name: string): void => {
+        const count = (removing.get(name) ?? 0) - 1;
+        if (count > 0) removing.set(name, count);
+        else removing.delete(name);
+      };
       const exportStats = options.metrics === undefined ? undefined : new NbdExportStats();
       const nbd = new NbdServer({
         registry,
@@ -144,15 +149,16 @@ export class PoolServer {
             }
             // No new connections first, then the connected ones are drained and closed.
             removing.set(name, (removing.get(name) ?? 0) + 1);
-            registry.remove(name);
-            await nbd.disconnectExport(name, { timeoutMs: SERVE_CLOSE_TIMEOUT_MS });
+            try {
+              registry.remove(name);
+              await nbd.disconnectExport(name, { timeoutMs: SERVE_CLOSE_TIMEOUT_MS });
+            } catch (error) {
+              removed(name); // the removal does not go on: afterRemove will not come
+              throw error;
+            }
             exportStats?.forget(name);
           },
-          afterRemove: (name) => {
-            const count = (removing.get(name) ?? 0) - 1;
-            if (count > 0) removing.set(name, count);
-            else removing.delete(name);
-          },
+          afterRemove: removed,
           afterChange: syncExports,
           check: () => checkLivePool(pool, options.poolDir),
         },

@@ -4,7 +4,6 @@ export { Block, BlockType, BTREE_BLOCK_TYPES, validateBlock, blockProblem, sealB
 export type { WritableBlock, BlockExpectation } from './block.ts';
 export { BlockCache } from './cache.ts';
 export { TransactionManager } from './transaction.ts';
-export { probeMetadataLayout } from './metadata-layout.ts';
 export { nextTransactionId, openNewestGeneration } from './generations.ts';
 export type { BlockManager } from './block-manager.ts';
 export { deltaLogBlockNrs, isSuperblockBlockNr, reservedBlocks } from './reserved-blocks.ts';

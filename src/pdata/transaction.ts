@@ -265,12 +265,14 @@ export class TransactionManager implements BlockManager {
   static async open(
     file: BlockFile,
     options: OpenOptions = {},
-  ): Promise<{ tm: TransactionManager; payload: Uint8Array; report: OpenReport }> {
+  ): Promise<{ tm: TransactionManager; payload: Uint8Array; report: OpenReport; missingMirrorOffsetBlocks?: number }> {
     // The superblock says where the mirror is (metadata-layout.ts); a read-only reader never rewrites a bad copy.
     const layout = probeMetadataLayout(file, { readOnly: options.readOnly === true || options.repairMetadata === false });
-    return openNewestGeneration(layout.file, options, (fields, transactionId) =>
+    const opened = await openNewestGeneration(layout.file, options, (fields, transactionId) =>
       TransactionManager.#openGeneration(layout.file, fields, transactionId, options, layout.mirrorOffsetBlocks),
     );
+    // A mirror the superblock names but the file is too short to hold (MetadataLayout): check says so.
+    return layout.missingMirrorOffsetBlocks === undefined ? opened : { ...opened, missingMirrorOffsetBlocks: layout.missingMirrorOffsetBlocks };
   }
 
   static #openGeneration(file: BlockFile, fields: SuperblockFields, transactionId: number, options: OpenOptions, mirrorOffsetBlocks: number): TransactionManager {

@@ -22,7 +22,7 @@ import { isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import type { FileSystem } from '../io/file-system.ts';
 import { readDeltaLog } from '../journal/replay.ts';
-import { TransactionManager, isZeroBlock, probeMetadataLayout } from '../pdata/index.ts';
+import { TransactionManager, isZeroBlock } from '../pdata/index.ts';
 import { decodePoolPayload } from '../pool/codecs.ts';
 import type { PoolFiles } from '../pool/files.ts';
 import { validatePayloadRoots } from '../pool/trees.ts';
@@ -111,7 +111,7 @@ export async function openPoolForTools(
       });
     }
     // A mirrored pool's file cut short before its second copy is read plainly (F-MIR-5): say so.
-    const missing = probeMetadataLayout(files.metadata, { readOnly: true }).missingMirrorOffsetBlocks;
+    const missing = opened.missingMirrorOffsetBlocks;
     if (missing !== undefined) {
       findings.push({
         kind: 'superblock-copy',
