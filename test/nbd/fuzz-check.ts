@@ -563,6 +563,13 @@ export function checkSession(input: Buffer, output: Buffer, world: CheckWorld): 
         fail(`unknown chunk type ${type}`);
     }
     if (chunkFlags & SPEC_REPLY_FLAG_DONE) {
+      // A last chunk that names no command (NONE, an error) on a cookie several requests share may
+      // end any of them: it is counted, like a simple reply that fits them all, and a later chunk
+      // of the cookie (data only a READ gets) still finds the request it belongs to.
+      if (ambiguous && wantType === undefined) {
+        undecided.set(cookie, (undecided.get(cookie) ?? 0) + 1);
+        continue;
+      }
       request.done = true;
       if (!ambiguous) {
         if (failedWith === undefined && request.type === SPEC_CMD.READ && request.lengthBytes > 0) checkCover(request);

@@ -29,6 +29,30 @@ test('a READ and a TRIM sharing a cookie, answered error first and data second, 
   assert.throws(() => checkSession(input, Buffer.concat([replies, readData.subarray(0, 100)]), world));
 });
 
+test('a READ and a TRIM sharing a cookie, the TRIM refused by an error chunk before the READ\'s data chunk, are a valid session (seed 396840578, input 49781)', () => {
+  // Structured replies: the error chunk names no command, so it may end either request; the
+  // oracle once ended the READ with it and then took the READ's data chunk for the TRIM's.
+  const handshake = Buffer.from(
+    '0000000349484156454f5054000000080000000049484156454f5054000000070000000c00000004736c6f7700010003',
+    'hex',
+  );
+  const cookie = 0xb840bd38a6caa5a3n;
+  const input = Buffer.concat([
+    handshake,
+    encodeRequest(SPEC_CMD.READ, 0, cookie, 0x20a00, 2),
+    encodeRequest(SPEC_CMD.TRIM, 0x2, cookie, 0x20a00, 2),
+  ]);
+  const greetingAndGo = Buffer.from(
+    '4e42444d4147494349484156454f505400030003e889045565a90000000800000001000000000003e889045565a900000007000000030000000c000000000000000400000dcd0003e889045565a900000007000000030000000e00030000000100001000020000000003e889045565a9000000070000000100000000',
+    'hex',
+  );
+  const trimRefused = Buffer.from('668e33ef00018001b840bd38a6caa5a30000002d0000001600274e42445f434d445f5452494d20646f6573206e6f742061636365707420666c616773203078322e', 'hex');
+  const readData = Buffer.from('668e33ef00010001b840bd38a6caa5a30000000a0000000000020a00f8f8', 'hex');
+  assert.doesNotThrow(() => checkSession(input, Buffer.concat([greetingAndGo, trimRefused, readData]), world));
+  // Two error chunks and then data for the cookie: a chunk too many, refused.
+  assert.throws(() => checkSession(input, Buffer.concat([greetingAndGo, trimRefused, trimRefused, readData]), world), /unknown cookie/);
+});
+
 // The checker's teeth: real sessions against a real server, whose output is then falsified one
 // way at a time; each falsehood must be refused, naming what the spec wanted.
 const EXPORT = 'a';
