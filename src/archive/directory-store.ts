@@ -346,8 +346,8 @@ export class DirectoryObjectStore implements ObjectStore {
     }
   }
 
-  /** Removes whatever killed writers left in tmp/ (only while no writer runs: gc holds the store's exclusive lock). */
-  async removeTemporaries(): Promise<number> {
+  /** Removes whatever killed writers left in tmp/ (all of it is the store's own). */
+  async removeUnfinished(): Promise<number> {
     const dir = path.join(this.root, DIRECTORY_TMP);
     let names: string[];
     try {

@@ -6,12 +6,12 @@ import { ChunkIndex } from './chunk-index.ts';
 import { ChunkReader, PackWriter, type Archive, type LoadedIndex } from './archive.ts';
 import type { ChunkDecoder } from './chunk-decode.ts';
 import { compressChunks, storedPieces } from './chunk-jobs.ts';
-import { DirectoryObjectStore } from './directory-store.ts';
 import {
   CHUNK_FLAG_SEGMENT,
   CHUNK_FLAG_ZSTD,
   INDEX_PREFIX,
   PACKS_PREFIX,
+  STREAMS_PREFIX,
   encodeIndex,
   hashHex,
   indexKey,
@@ -308,6 +308,7 @@ export interface GcReport {
   bytesBefore: number;
   bytesAfter: number;
   indexObjectsReplaced: number;
+  /** Writes killed packs left unfinished, dropped: temporary files in a directory, multipart uploads on S3. */
   temporariesRemoved: number;
 }
 
@@ -465,7 +466,9 @@ export async function collectGarbage(archive: Archive, onNote: (line: string) =>
     await archive.store.delete(packKey(packId));
     if (!rewrite.some((pack) => pack.packId === packId)) report.packsDeleted += 1;
   }
-  if (archive.store instanceof DirectoryObjectStore) report.temporariesRemoved = await archive.store.removeTemporaries();
+  // What killed packs left half written: temporary files, multipart uploads S3 would keep (and bill).
+  const owned = (key: string): boolean => [PACKS_PREFIX, INDEX_PREFIX, STREAMS_PREFIX].some((prefix) => key.startsWith(prefix));
+  report.temporariesRemoved = (await archive.store.removeUnfinished?.(owned)) ?? 0;
   for await (const object of archive.store.list(PACKS_PREFIX)) report.bytesAfter += object.sizeBytes;
   return report;
 }

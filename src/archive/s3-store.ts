@@ -51,6 +51,10 @@ export class S3ObjectStore implements ObjectStore {
     await this.bucket.delete(key);
   }
 
+  async removeUnfinished(owned: (key: string) => boolean): Promise<number> {
+    return await this.bucket.abortUnfinishedUploads(owned);
+  }
+
   async close(): Promise<void> {
     this.bucket.close();
   }

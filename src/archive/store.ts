@@ -68,6 +68,12 @@ export interface ObjectStore {
    * it cannot be reached, so that a store found missing is not told to be made where it cannot be.
    */
   checkPlace?(): Promise<void>;
+  /**
+   * Where a store keeps what killed writers left (a directory's temporary files, S3's multipart
+   * uploads never completed): removes it, of the keys `owned` says are the archive's, and returns
+   * how many writes it dropped. Only while no writer runs (gc holds the exclusive store lock).
+   */
+  removeUnfinished?(owned: (key: string) => boolean): Promise<number>;
   close(): Promise<void>;
 }
 

@@ -274,6 +274,47 @@ export class S3Bucket {
     }
   }
 
+  /**
+   * Aborts the multipart uploads begun under the location's prefix and never completed, of keys
+   * `owned` says are the caller's (what a killed writer leaves: S3 keeps, and bills, their parts
+   * until they are aborted); returns how many. Only while no writer of those keys runs.
+   */
+  async abortUnfinishedUploads(owned: (key: string) => boolean): Promise<number> {
+    let aborted = 0;
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    for (;;) {
+      let reply;
+      try {
+        reply = await this.client.send(
+          new this.#sdk.ListMultipartUploadsCommand({
+            Bucket: this.location.bucket,
+            Prefix: this.location.prefix,
+            ...(keyMarker === undefined ? {} : { KeyMarker: keyMarker }),
+            ...(uploadIdMarker === undefined ? {} : { UploadIdMarker: uploadIdMarker }),
+          }),
+        );
+      } catch (error) {
+        throw this.#error('list the unfinished uploads under', '', error);
+      }
+      for (const upload of reply.Uploads ?? []) {
+        if (upload.Key === undefined || upload.UploadId === undefined || !upload.Key.startsWith(this.location.prefix)) continue;
+        const key = upload.Key.slice(this.location.prefix.length);
+        if (!owned(key)) continue;
+        try {
+          await this.client.send(new this.#sdk.AbortMultipartUploadCommand({ Bucket: this.location.bucket, Key: upload.Key, UploadId: upload.UploadId }));
+        } catch (error) {
+          if (!isMissing(error)) throw this.#error('abort the unfinished upload of', key, error);
+          continue; // completed or aborted since the listing
+        }
+        aborted += 1;
+      }
+      if (reply.IsTruncated !== true || (reply.NextKeyMarker === undefined && reply.NextUploadIdMarker === undefined)) return aborted;
+      keyMarker = reply.NextKeyMarker;
+      uploadIdMarker = reply.NextUploadIdMarker;
+    }
+  }
+
   /** Whether the bucket exists and these credentials may reach it (THIN_NOT_FOUND / THIN_IO otherwise). */
   async checkBucket(): Promise<void> {
     try {

@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import { THINBD, thinbd, thinbdJson } from '../cli/run-thinbd.ts';
+import { CreateMultipartUploadCommand, ListMultipartUploadsCommand, UploadPartCommand } from '@aws-sdk/client-s3';
 import { openObjectStore } from '../../src/archive/open-store.ts';
+import { S3Bucket } from '../../src/io/s3.ts';
 import { startS3Server, type LocalS3Server } from '../io/s3-server.ts';
 import { MiB, tempDir } from './helpers.ts';
 
@@ -123,6 +125,40 @@ for (const kind of ['directory', 's3'] as const) {
       assert.equal(gc.bytesAfter, 0, "the killed pack's packs are reclaimed");
       assert.ok(gc.packsDeleted >= 1);
       assert.equal(await packCount(store), 0);
+      if (kind === 's3') assert.deepEqual(await unfinishedUploads(), [], 'no multipart upload of a killed pack is left');
     });
+
+    if (kind === 's3') {
+      test("gc aborts the multipart uploads killed packs left unfinished under the store's own keys, and only those", async () => {
+        const bucket = await S3Bucket.connect('s3://crash', { endpoint: server.endpoint });
+        try {
+          const keys = ['store/packs/ab/abcdef', 'store/streams/unrelated-upload', 'store/notes/of-someone-else', 'elsewhere/packs/ab/abcdef'];
+          for (const Key of keys) {
+            const { UploadId } = await bucket.client.send(new CreateMultipartUploadCommand({ Bucket: 'crash', Key }));
+            await bucket.client.send(new UploadPartCommand({ Bucket: 'crash', Key, UploadId, PartNumber: 1, Body: randomBytes(1024) }));
+          }
+          assert.deepEqual(await unfinishedUploads(), [...keys].sort());
+          const gc = thinbdJson<{ temporariesRemoved: number }>(['archive', 'gc', '--store', store], { env: env() });
+          assert.equal(gc.temporariesRemoved, 2);
+          assert.deepEqual(await unfinishedUploads(), ['elsewhere/packs/ab/abcdef', 'store/notes/of-someone-else']);
+          const again = thinbd(['archive', 'gc', '--store', store], { env: env() });
+          assert.equal(again.code, 0, again.stderr);
+          assert.doesNotMatch(again.stdout, /unfinished/);
+        } finally {
+          bucket.close();
+        }
+      });
+    }
   });
+}
+
+/** Keys of the multipart uploads begun in the test bucket and not completed or aborted. */
+async function unfinishedUploads(): Promise<string[]> {
+  const bucket = await S3Bucket.connect('s3://crash', { endpoint: server.endpoint });
+  try {
+    const reply = await bucket.client.send(new ListMultipartUploadsCommand({ Bucket: 'crash' }));
+    return (reply.Uploads ?? []).map((upload) => upload.Key!).sort();
+  } finally {
+    bucket.close();
+  }
 }

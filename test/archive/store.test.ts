@@ -70,7 +70,7 @@ test('a directory store takes an object in parts: nothing is visible before comm
   await dropped.write(new Uint8Array([7]));
   await dropped.abort();
   await assert.rejects(store.get('packs/cd/dropped'), /no such file/);
-  assert.equal(await store.removeTemporaries(), 0, 'no temporary file left behind');
+  assert.equal(await store.removeUnfinished(), 0, 'no temporary file left behind');
   const keys: string[] = [];
   for await (const object of store.list('packs/')) keys.push(object.key);
   assert.deepEqual(keys, ['packs/cd/cdef']);
@@ -188,7 +188,7 @@ test('a directory store writer that fails reports its first failure (ENOSPC) to 
     restore();
   }
   await assert.rejects(store.get('packs/fe/fefe'), /no such file/);
-  assert.equal(await store.removeTemporaries(), 0, 'no temporary file left behind');
+  assert.equal(await store.removeUnfinished(), 0, 'no temporary file left behind');
 
   // The store takes the next object as usual.
   const writer = await store.openWriter('packs/fe/fefe');

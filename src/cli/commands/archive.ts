@@ -230,7 +230,8 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
       else {
         reporter.out(
           `gc: ${report.packsDeleted} packs deleted, ${report.packsRewritten} rewritten into ${report.packsWritten}; ` +
-            `${formatSize(report.bytesBefore)} -> ${formatSize(report.bytesAfter)} stored for ${report.streams} streams`,
+            `${formatSize(report.bytesBefore)} -> ${formatSize(report.bytesAfter)} stored for ${report.streams} streams` +
+            (report.temporariesRemoved > 0 ? `; ${report.temporariesRemoved} unfinished writes of killed packs dropped` : ''),
         );
       }
     });
