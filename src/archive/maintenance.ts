@@ -468,7 +468,14 @@ export async function collectGarbage(archive: Archive, onNote: (line: string) =>
   }
   // What killed packs left half written: temporary files, multipart uploads S3 would keep (and bill).
   const owned = (key: string): boolean => [PACKS_PREFIX, INDEX_PREFIX, STREAMS_PREFIX].some((prefix) => key.startsWith(prefix));
-  report.temporariesRemoved = (await archive.store.removeUnfinished?.(owned)) ?? 0;
+  // A store that refuses (credentials without s3:ListBucketMultipartUploads) costs only the note:
+  // the packs are already reclaimed.
+  try {
+    report.temporariesRemoved = (await archive.store.removeUnfinished?.(owned)) ?? 0;
+  } catch (error) {
+    if (!(error instanceof ThinError)) throw error;
+    onNote(`warning: unfinished writes of killed packs were not dropped (${error.message}); an S3 lifecycle rule (AbortIncompleteMultipartUpload) drops them too`);
+  }
   for await (const object of archive.store.list(PACKS_PREFIX)) report.bytesAfter += object.sizeBytes;
   return report;
 }

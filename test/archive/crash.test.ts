@@ -27,7 +27,7 @@ function ok(args: string[]): string {
 }
 
 before(async () => {
-  server = await startS3Server({ buckets: ["crash"] });
+  server = await startS3Server({ buckets: ['crash', 'crash-no-upload-listing'] });
   Object.assign(process.env, server.env);
   ok(['pool', 'create', '--pool', pool, '--data-size', '1G']);
   const image = join(dir.path, 'image');
@@ -147,6 +147,16 @@ for (const kind of ['directory', 's3'] as const) {
         } finally {
           bucket.close();
         }
+      });
+
+      test('gc with credentials that may not list multipart uploads still reclaims packs, and says what it left', async () => {
+        const refusing = 's3://crash-no-upload-listing/store';
+        ok(['archive', 'init', '--store', refusing]);
+        await killedPack(refusing, 'orphan', { packs: 1 });
+        const gc = thinbd(['archive', 'gc', '--store', refusing, '--json'], { env: env() });
+        assert.equal(gc.code, 0, gc.stderr);
+        assert.equal((JSON.parse(gc.stdout) as { bytesAfter: number }).bytesAfter, 0);
+        assert.match(gc.stderr, /warning: unfinished writes of killed packs were not dropped \(.*AccessDenied.*\); an S3 lifecycle rule/);
       });
     }
   });

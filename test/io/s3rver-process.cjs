@@ -19,7 +19,7 @@ const server = new S3rver({
 // s3rver implements neither ListMultipartUploads nor AbortMultipartUpload; AWS S3 has both and
 // `archive gc` uses them to drop what killed packs left. Here they read and remove the upload
 // directories s3rver keeps (<directory>/<bucket>/._S3rver_uploads/<uploadId>/key), ahead of
-// s3rver's own routes.
+// s3rver's own routes. A bucket whose name ends in -no-upload-listing refuses the listing.
 const xml = (text) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 server.middleware.unshift(async (ctx, next) => {
   const url = new URL(ctx.url, 'http://localhost');
@@ -27,6 +27,13 @@ server.middleware.unshift(async (ctx, next) => {
   if (bucket === undefined) return next();
   const uploadsDir = path.join(directory, bucket, '._S3rver_uploads');
   if (ctx.method === 'GET' && keyParts.length === 0 && url.searchParams.has('uploads')) {
+    if (bucket.endsWith('-no-upload-listing')) {
+      // As AWS answers credentials without s3:ListBucketMultipartUploads.
+      ctx.status = 403;
+      ctx.type = 'application/xml';
+      ctx.body = '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>';
+      return undefined;
+    }
     const prefix = url.searchParams.get('prefix') ?? '';
     const uploads = [];
     for (const id of fs.existsSync(uploadsDir) ? fs.readdirSync(uploadsDir) : []) {
