@@ -545,6 +545,7 @@ class ImageBuild {
     };
     const description = await this.#describe(readJson);
     const applied = new Set<string>();
+    let repeated: string | undefined;
     const imported: ImportedLayer[] = [];
     for (const [position, layer] of description.layers.entries()) {
       let path = layer.path;
@@ -555,15 +556,22 @@ class ImageBuild {
       if (read.diffId !== layer.diffId) {
         throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: ${layerName(position, layer.diffId)} (${layer.path}) has content digest ${read.diffId}, not its diff_id ${layer.diffId}`);
       }
-      if (applied.has(path) && read.changes.length > 0) {
-        // Read once, its files' data lies once: a second copy of its entries would name the same blocks.
-        const how = this.#opened.compression === 'none' ? 'from a file (not a stream)' : `decompressed, from a file (a ${this.#opened.compression} archive is read once, in order)`;
-        throw new ThinError('THIN_IMAGE_INVALID', `Invalid image: layer ${layer.path} appears twice in the image; import the archive ${how} to read it twice`);
-      }
+      // A layer named twice is applied twice from its one reading: its files' data lies once, which
+      // is right unless a file of the first application kept a name (checked below).
+      if (applied.has(path) && read.changes.length > 0) repeated ??= layer.path;
       applied.add(path);
       this.#tree.layer = position + 1;
       applyLayerChanges(this.#tree, read.changes);
       imported.push({ diffId: layer.diffId, shared: false });
+    }
+    const sharing = repeated === undefined ? undefined : this.#tree.filesSharingData();
+    if (sharing !== undefined) {
+      const how = this.#opened.compression === 'none' ? 'from a file (not a stream)' : `decompressed, from a file (a ${this.#opened.compression} archive is read once, in order)`;
+      throw new ThinError(
+        'THIN_IMAGE_INVALID',
+        `Invalid image: layer ${repeated} appears twice in the image and ${displayPath(sharing[0])} and ${displayPath(sharing[1])} would be two files of one data, ` +
+          `read once; import the archive ${how} to read it twice`,
+      );
     }
     return this.#finish(description.kind, description.configDigest, imported, description.tags);
   }

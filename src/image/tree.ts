@@ -7,8 +7,8 @@
 //
 // Nodes are inodes: a hard link is a second name for the same node. File data is already in the
 // volume when a node is made (the data stream placed it); a node holds where (`extents`). When the
-// last name of a file goes (replaced, whited out, or under a removed directory), its extents move
-// to `freedExtents`, for the importer to discard.
+// last name of a file goes (replaced, whited out, or under a removed directory), the node goes
+// with its extents; the importer discards the data no file in the finished tree holds.
 //
 // Parent components are resolved as the kernel would for `tar -x`: a symlink met on the way is
 // followed, inside the image (an absolute target starts at the image's root, `..` stops there),
@@ -169,8 +169,6 @@ function overlongName(origin: EntryOrigin, what: string, nameBytes: number): Thi
 
 export class FsTree {
   readonly root: FsNode;
-  /** Extents of files whose last name went away: [logical, physical, length] triples. */
-  readonly freedExtents: number[] = [];
   /** The layer entries are applied for (1 for a flat tar). */
   layer = 1;
   /** Nodes in the tree (the root included). */
@@ -358,6 +356,37 @@ export class FsTree {
     return stack[stack.length - 1]!;
   }
 
+  /**
+   * Two paths of different files whose data lies in the same blocks, if there are any. Entries
+   * read once each place their data once; only a layer applied twice from one reading (an image
+   * naming a layer twice, read as a stream) can give two files the same blocks: when a file of
+   * its first application kept another name (a later layer's hard link to it).
+   */
+  filesSharingData(): [string, string] | undefined {
+    const runs: Array<{ begin: number; end: number; node: FsNode; path: string }> = [];
+    const seen = new Set<FsNode>();
+    const pending: Array<{ node: FsNode; path: string }> = [{ node: this.root, path: '' }];
+    while (pending.length > 0) {
+      const { node, path } = pending.pop()!;
+      for (const [name, child] of node.children!) {
+        const childPath = `${path}/${name}`;
+        if (child.kind === 'dir') pending.push({ node: child, path: childPath });
+        else if (child.kind === 'file' && child.extents !== undefined && !seen.has(child)) {
+          seen.add(child);
+          for (let at = 0; at < child.extents.length; at += 3) {
+            runs.push({ begin: child.extents[at + 1]!, end: child.extents[at + 1]! + child.extents[at + 2]!, node: child, path: childPath });
+          }
+        }
+      }
+    }
+    runs.sort((a, b) => a.begin - b.begin);
+    for (let at = 1; at < runs.length; at++) {
+      const [before, run] = [runs[at - 1]!, runs[at]!];
+      if (run.begin < before.end && run.node !== before.node) return [before.path, run.path];
+    }
+    return undefined;
+  }
+
   /** Removes one name; a node whose last name went is released (a directory with all below it). */
   #unlink(dir: FsNode, name: string, node: FsNode): void {
     dir.children!.delete(name);
@@ -373,10 +402,7 @@ export class FsTree {
       current.links--;
       if (current.links > 0) continue;
       this.nodeCount--;
-      if (current.kind === 'file' && current.extents !== undefined) {
-        for (const value of current.extents) this.freedExtents.push(value);
-        current.extents = undefined;
-      }
+      if (current.kind === 'file') current.extents = undefined;
       if (current.kind === 'dir') {
         // One at a time: spread into push, a directory of more than ~120,000 entries overflowed the stack.
         for (const child of current.children!.values()) pending.push(child);
