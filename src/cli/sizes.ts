@@ -17,7 +17,7 @@ export function parseSize(text: string): number {
   const [, whole = '', fraction, unitText = ''] = match;
   let unit = unitText.toLowerCase();
   if (unit.endsWith('ib')) unit = unit.slice(0, -2);
-  else if (unit.length === 2 && unit.endsWith('b')) unit = unit.slice(0, -1);
+  else if (unit.length === 2 && (unit.endsWith('b') || unit.endsWith('i'))) unit = unit.slice(0, -1); // 4GB, 4Gi (Kubernetes' spelling)
   const shift = unitShifts[unit];
   if (shift === undefined) throw new SizeSyntaxError(text, `unknown unit '${unitText}'`);
   const value = Number(`${whole}.${fraction ?? '0'}`) * 2 ** shift;

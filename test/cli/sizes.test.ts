@@ -10,11 +10,15 @@ test('sizes take bytes or binary units', () => {
   assert.equal(parseSize('4G'), 4 * 1024 ** 3);
   assert.equal(parseSize('1T'), 1024 ** 4);
   assert.equal(parseSize('2GiB'), 2 * 1024 ** 3);
+  assert.equal(parseSize('2Gi'), 2 * 1024 ** 3);
+  assert.equal(parseSize('512Mi'), 512 * 1024 ** 2);
   assert.equal(parseSize('1.5k'), 1536);
 });
 
 test('a bad size names what is wrong', () => {
   assert.throws(() => parseSize('12Q'), SizeSyntaxError);
+  assert.throws(() => parseSize('1i'), /unknown unit 'i'/);
+  assert.throws(() => parseSize('1Qi'), /unknown unit 'Qi'/);
   assert.throws(() => parseSize(''), /not a number/);
   assert.throws(() => parseSize('-5'), /not a number/);
   assert.throws(() => parseSize('1.3'), /whole number of bytes/);
