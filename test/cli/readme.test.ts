@@ -96,3 +96,15 @@ test('the defaults the README states are the ones the commands take', async () =
   assert.match(readme, /in a pool of `--block-size` \(default 64k\)/);
   assert.equal(option('image stats', '--block-size').defaultValue, '64K');
 });
+
+test("every variable the --on-low-water command gets is named in serve's help and in the README", async () => {
+  const hookSource = readFileSync(join(resolve(import.meta.dirname, '..', '..'), 'src', 'daemon', 'space-events.ts'), 'utf8');
+  const variables = [...hookSource.matchAll(/^\s+(THINBD_[A-Z_]+): /gm)].map((match) => match[1]!);
+  assert.ok(variables.length >= 8, `the hook's environment as space-events.ts sets it: ${variables.join(' ')}`);
+  const serve = leafCommands(await buildProgram(silent)).find((leaf) => leaf.words === 'serve')!.command;
+  const help = (serve.options as Option[]).find((entry) => entry.long === '--on-low-water')!.description;
+  for (const variable of variables) {
+    assert.ok(help.includes(variable), `thinbd help serve, --on-low-water: ${variable}`);
+    assert.ok(readme.includes(`\`${variable}\``), `README: ${variable}`);
+  }
+});
