@@ -108,3 +108,11 @@ test("every variable the --on-low-water command gets is named in serve's help an
     assert.ok(readme.includes(`\`${variable}\``), `README: ${variable}`);
   }
 });
+
+test('the commands the README says need no --pool are the ones that take none', async () => {
+  assert.match(readme, /\(`metadata size`, `image stats` and the\n`archive` commands but `pack` and `unpack` need none\)/);
+  const withoutPool = leafCommands(await buildProgram(silent))
+    .filter((leaf) => leaf.words !== 'help' && !(leaf.command.options as Option[]).some((option) => option.long === '--pool'))
+    .map((leaf) => leaf.words);
+  assert.deepEqual(withoutPool.sort(), ['archive gc', 'archive init', 'archive list', 'archive rm', 'archive verify', 'image stats', 'metadata size']);
+});
