@@ -169,7 +169,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .addOption(poolOption())
     .option('--listen <host:port...>', `TCP address (default ${SERVE_HOST_DEFAULT}:${SERVE_PORT_DEFAULT} unless --socket is given)`)
     .option('--socket <path...>', 'Unix socket to listen on, instead of or beside TCP')
-    .option('--read-only', 'export every volume read-only')
+    .option('--read-only', 'open the pool read-only: every volume exported read-only, and every change through the control socket refused')
     .option('--metrics <host:port>', 'serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (no TLS: keep it on loopback or a private network)')
     .option('--export <name...>', 'serve only these volumes (repeatable); others, and volumes created later, are not reachable')
     .addOption(new Option('--tls <mode>', 'STARTTLS on the NBD port: off, on (offered) or require (default: on when credentials are given, else off)').choices(['off', 'on', 'require'] as const))
