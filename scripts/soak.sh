@@ -4,11 +4,13 @@
 # environment variable it reads; seeds are fresh per run (the root seed is printed) unless set.
 #   npm run fuzz              the NBD fuzzer, THINBD_FUZZ_INPUTS inputs (default 1,000,000)
 #   npm run soak              the fuzzer and every crash campaign, sized up
-#   npm run soak -- PART...   some of: fuzz nbd-crash scale-crash mutants fs-crash
+#   npm run soak -- PART...   some of: fuzz nbd-crash scale-crash mutants fs-crash pool-crash
+#                             journal-crash io-errors model
 # Sizes: THINBD_FUZZ_INPUTS, THINBD_NBD_SESSIONS (default 2000), THINBD_SCALE_SEEDS (default 20)
 # and THINBD_SCALE_POINTS (default 200), THINBD_CREATE_FS_SEEDS, THINBD_RESTORE_FS_SEEDS,
 # THINBD_REPAIR_FS_SEEDS, THINBD_UNPACK_FS_SEEDS and THINBD_UNPACK_FS_POINTS (default 20, 10, 10,
-# 10, 200); THINBD_ROOT_SEED fixes the campaigns' seeds.
+# 10, 200), THINBD_CAMPAIGNS (4000), THINBD_JOURNAL_CAMPAIGNS (6000), THINBD_IO_POSITIONS (all),
+# MODEL_SEEDS (2000); THINBD_ROOT_SEED fixes the campaigns' seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

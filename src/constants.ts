@@ -417,8 +417,11 @@ export const HEALTH_BAD_RANGES_FAILING_MIN = 64;
 /** A device whose p99 latency exceeds this (over at least HEALTH_LATENCY_SAMPLES_MIN operations) is degraded: a drive retrying reads internally. */
 export const HEALTH_LATENCY_P99_MS_DEGRADED = 1000;
 export const HEALTH_LATENCY_SAMPLES_MIN = 100;
-/** Default scrub rate (thinbd scrub --rate): a background read that leaves most of a disk to the clients. */
-export const SCRUB_RATE_BYTES_PER_SECOND_DEFAULT = 64 * 1024 * 1024;
+/**
+ * Default scrub rate (thinbd scrub --rate): a background read that leaves most of a disk to the
+ * clients. 64 MB/s in the option's unit (10^6 bytes), as the README and `thinbd help scrub` state it.
+ */
+export const SCRUB_RATE_BYTES_PER_SECOND_DEFAULT = 64 * 1000 * 1000;
 /** Bytes a scrub reads at a time: large reads, small stalls between them. */
 export const SCRUB_CHUNK_BYTES = 1024 * 1024;
 

@@ -46,3 +46,21 @@ test('every rule docs/format.md states is cited in src/, and every rule src/ cit
   assert.deepEqual(order([...stated].filter((id) => !cited.has(id))), [], 'rules stated in docs/format.md that no code in src/ cites');
   assert.deepEqual(order([...cited].filter((id) => !stated.has(id))), [], 'rules src/ cites that docs/format.md does not state');
 });
+
+test('the versions and magic numbers docs/format.md states are the ones the code writes and reads', async () => {
+  const format = readFileSync(join(root, 'docs', 'format.md'), 'utf8');
+  const { METADATA_FORMAT_VERSION, METADATA_FORMAT_VERSIONS_READ } = await import('../src/constants.ts');
+  const { SUPERBLOCK_MAGIC } = await import('../src/pdata/superblock.ts');
+  const { POOL_PAYLOAD_MAGIC, POOL_FORMAT_VERSION } = await import('../src/pool/codecs.ts');
+  const { DELTA_LOG_MAGIC } = await import('../src/journal/log.ts');
+  assert.match(format, new RegExp(`\\*\\*Metadata format version: ${METADATA_FORMAT_VERSION}\\*\\*`));
+  const superblockVersion = /\| 36 \| 4 \| `formatVersion` \| [^|]*?(\d+) \(`METADATA_FORMAT_VERSION`/.exec(format);
+  assert.equal(Number(superblockVersion?.[1]), METADATA_FORMAT_VERSION, 'the superblock table names the version every commit writes');
+  const read = /\*\*F-SB-3\*\*[^*]*?other than (\d+) to (\d+) \(`METADATA_FORMAT_VERSIONS_READ`\)/.exec(format);
+  assert.deepEqual([Number(read?.[1]), Number(read?.[2])], [METADATA_FORMAT_VERSIONS_READ[0], METADATA_FORMAT_VERSIONS_READ.at(-1)], 'F-SB-3 names the versions open reads');
+  assert.deepEqual(METADATA_FORMAT_VERSIONS_READ, Array.from({ length: Number(read?.[2]) - Number(read?.[1]) + 1 }, (_, index) => Number(read?.[1]) + index));
+  for (const [name, magic] of [['SUPERBLOCK_MAGIC', SUPERBLOCK_MAGIC], ['POOL_PAYLOAD_MAGIC', POOL_PAYLOAD_MAGIC], ['DELTA_LOG_MAGIC', DELTA_LOG_MAGIC]] as const) {
+    assert.ok(format.includes(`0x${magic.toString(16)}`), `${name} 0x${magic.toString(16)}`);
+  }
+  assert.match(format, new RegExp(`\`formatVersion\` \\| pool format version, ${POOL_FORMAT_VERSION} \\|`));
+});

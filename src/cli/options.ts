@@ -2,8 +2,8 @@
 import { resolve } from 'node:path';
 import { Option } from '@commander-js/extra-typings';
 import { UsageError } from './report.ts';
-import { parseSize, SizeSyntaxError } from './sizes.ts';
-import { VOLUME_NAME_LENGTH_MAX, VOLUME_NAME_PATTERN } from '../constants.ts';
+import { formatSize, parseSize, SizeSyntaxError } from './sizes.ts';
+import { METADATA_BLOCK_COUNT_MAX, METADATA_BLOCK_COUNT_MIN, METADATA_BLOCK_SIZE_BYTES, VOLUME_NAME_LENGTH_MAX, VOLUME_NAME_PATTERN } from '../constants.ts';
 
 export function sizeOption(optionName: string, text: string): number {
   try {
@@ -12,6 +12,18 @@ export function sizeOption(optionName: string, text: string): number {
     if (error instanceof SizeSyntaxError) throw new UsageError(`${optionName}: ${error.message}`);
     throw error;
   }
+}
+
+/**
+ * A --metadata-size: a size from the smallest metadata file (its last superblock copy) to the
+ * largest, checked here so that one out of range is a usage error (exit 2) naming the option, as
+ * every other bad size is, before anything is opened or made.
+ */
+export function metadataSizeOption(text: string): number {
+  const sizeBytes = sizeOption('--metadata-size', text);
+  const [minBytes, maxBytes] = [METADATA_BLOCK_COUNT_MIN * METADATA_BLOCK_SIZE_BYTES, METADATA_BLOCK_COUNT_MAX * METADATA_BLOCK_SIZE_BYTES];
+  if (sizeBytes < minBytes || sizeBytes > maxBytes) throw new UsageError(`--metadata-size: ${text} is not from ${formatSize(minBytes)} to ${formatSize(maxBytes)}`);
+  return sizeBytes;
 }
 
 export function volumeName(what: string, text: string): string {

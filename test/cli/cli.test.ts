@@ -130,6 +130,23 @@ describe('usage errors exit 2 and say what was wrong', () => {
     usageError(['create', '--pool', dir, 'v', '--size', '0'], /at least 1 byte/);
   });
 
+  test('a --metadata-size out of range is a bad size: exit 2 naming the option, nothing made or changed', () => {
+    const dir = freshPool('u-metadata-size');
+    const before = ok(['pool', 'status', '--pool', dir, '--json']);
+    for (const [args, made] of [
+      [['pool', 'create', '--pool', join(work, 'u-ms-small'), '--metadata-size', '60M'], join(work, 'u-ms-small')],
+      [['pool', 'create', '--pool', join(work, 'u-ms-large'), '--metadata-size', '32G'], join(work, 'u-ms-large')],
+      [['restore', '--pool', join(work, 'u-ms-restore'), '-i', '-', '--data-size', '1G', '--metadata-size', '1M'], join(work, 'u-ms-restore')],
+    ] as const) {
+      usageError([...args], /^thinbd: --metadata-size: \d+[MG] is not from 68M to 16G$/m);
+      assert.equal(existsSync(made), false, `thinbd ${args.join(' ')} made ${made}`);
+    }
+    usageError(['pool', 'resize', '--pool', dir, '--metadata-size', '20G'], /^thinbd: --metadata-size: 20G is not from 68M to 16G$/m);
+    const after = JSON.parse(ok(['pool', 'status', '--pool', dir, '--json'])) as { metadataBlockCount: number; transactionId: number };
+    const was = JSON.parse(before) as { metadataBlockCount: number; transactionId: number };
+    assert.deepEqual([after.metadataBlockCount, after.transactionId], [was.metadataBlockCount, was.transactionId]);
+  });
+
   test('a bad name', () => {
     const dir = freshPool('u-name');
     usageError(['create', '--pool', dir, '../evil', '--size', '1M'], /Invalid volume name '..\/evil'/);

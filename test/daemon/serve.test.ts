@@ -197,3 +197,23 @@ describe('a served pool', () => {
     reader.close();
   });
 });
+
+test('serve --read-only exports every volume read-only and refuses every change through the control socket, while list works', async () => {
+  const readOnlyPool = join(work, 'read-only-pool');
+  assert.equal(thinbd(['pool', 'create', '--pool', readOnlyPool, '--data-size', '256M']).code, 0);
+  assert.equal(thinbd(['create', '--pool', readOnlyPool, 'disk', '--size', '8M']).code, 0);
+  const readOnlyServer = await startServe(readOnlyPool, ['--read-only']);
+  try {
+    const listing = await run('nbdinfo', ['--json', readOnlyServer.uri('disk')]);
+    assert.equal((JSON.parse(listing.stdout) as { exports: Array<{ is_read_only: boolean }> }).exports[0]!.is_read_only, true);
+    for (const args of [['create', 'other', '--size', '1M'], ['snapshot', 'disk', 'disk-snap'], ['resize', 'disk', '--size', '16M'], ['pool', 'set', '--low-water', '5%']]) {
+      const result = thinbd([...args, '--pool', readOnlyPool]);
+      assert.equal(result.code, 1, `thinbd ${args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, /read-only/);
+    }
+    const volumes = thinbdJson<VolumeListing[]>(['list', '--pool', readOnlyPool]);
+    assert.deepEqual(volumes.map((volume) => [volume.name, volume.sizeBytes]), [['disk', 8 * MiB]]);
+  } finally {
+    assert.equal(await readOnlyServer.stop(), 0);
+  }
+});

@@ -31,7 +31,7 @@ export function registerImageCommands(program: Command, reporter: Reporter, resu
     .option('--size <size>', 'volume size (default: what the image needs, plus as much again and at least 1G free)')
     .option('--format <format>', 'auto, tar (a root file system) or oci (docker save / OCI layout)', 'auto')
     .option('--label <key=value...>', 'labels kept with the volume', [] as string[])
-    .option('--endpoint <url>', 'S3-compatible endpoint for s3:// sources (default $AWS_ENDPOINT_URL)')
+    .option('--endpoint <url>', 'S3-compatible endpoint for s3:// sources (default $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS)')
     .option('--json', 'print a JSON summary')
     .action(async (nameText, source, options) => {
       const name = volumeName('volume name', nameText);
@@ -122,7 +122,7 @@ export function registerImageCommands(program: Command, reporter: Reporter, resu
     .option('--top <n>', 'how many of the largest to list', '10')
     .option('--deep', 'also read each image: files, unpacked bytes and the pool space it would take')
     .option('--block-size <size>', 'with --deep: the block size of the pool to count for', formatSize(DATA_BLOCK_SIZE_BYTES_DEFAULT))
-    .option('--endpoint <url>', 'S3-compatible endpoint (default $AWS_ENDPOINT_URL)')
+    .option('--endpoint <url>', 'S3-compatible endpoint (default $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS)')
     .option('--json', 'print JSON')
     .action(async (source, options) => {
       const top = Number(options.top);

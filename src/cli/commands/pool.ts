@@ -4,7 +4,7 @@ import { Pool } from '../../pool/pool.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_SIZE_BYTES_DEFAULT } from '../../constants.ts';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
-import { poolDirectory, poolOption, sizeOption } from '../options.ts';
+import { metadataSizeOption, poolDirectory, poolOption, sizeOption } from '../options.ts';
 import { warnIfExposed, withService } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import type { PoolHealth } from '../../pool/health.ts';
@@ -61,7 +61,7 @@ export function registerPoolCommands(program: Command, reporter: Reporter): void
         throw new UsageError(`--data-size: ${options.dataSize} is smaller than one block (${formatSize(blockSizeBytes)})`);
       }
       const metadataSizeBytes =
-        options.metadataSize === undefined ? undefined : sizeOption('--metadata-size', options.metadataSize);
+        options.metadataSize === undefined ? undefined : metadataSizeOption(options.metadataSize);
       const space = spaceChange(options as SpaceOptionValues, false) as SpaceSettings;
       const created = await Pool.create(dir, { dataSizeBytes, blockSizeBytes, metadataSizeBytes, metadataMirror: options.metadataMirror, space });
       const status = created.status();
@@ -127,7 +127,7 @@ export function registerPoolCommands(program: Command, reporter: Reporter): void
     .option('--metadata-size <size>', 'new metadata space')
     .action(async (options) => {
       const dataSizeBytes = options.dataSize === undefined ? undefined : sizeOption('--data-size', options.dataSize);
-      const metadataSizeBytes = options.metadataSize === undefined ? undefined : sizeOption('--metadata-size', options.metadataSize);
+      const metadataSizeBytes = options.metadataSize === undefined ? undefined : metadataSizeOption(options.metadataSize);
       if (dataSizeBytes === undefined && metadataSizeBytes === undefined) throw new UsageError('pool resize: give --data-size and/or --metadata-size');
       const dir = poolDirectory(options.pool);
       const status = await withService(dir, 'write', async (service) => {

@@ -169,7 +169,7 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .addOption(poolOption())
     .option('--listen <host:port...>', `TCP address (default ${SERVE_HOST_DEFAULT}:${SERVE_PORT_DEFAULT} unless --socket is given)`)
     .option('--socket <path...>', 'Unix socket to listen on, instead of or beside TCP')
-    .option('--read-only', 'export every volume read-only')
+    .option('--read-only', 'open the pool read-only: every volume exported read-only, and every change through the control socket refused')
     .option('--metrics <host:port>', 'serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (no TLS: keep it on loopback or a private network)')
     .option('--export <name...>', 'serve only these volumes (repeatable); others, and volumes created later, are not reachable')
     .addOption(new Option('--tls <mode>', 'STARTTLS on the NBD port: off, on (offered) or require (default: on when credentials are given, else off)').choices(['off', 'on', 'require'] as const))
@@ -179,9 +179,9 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
     .option('--tls-psk <file>', "pre-shared keys, nbdkit's format (psktool -u NAME -p FILE): username:hexkey lines; re-read when it changes")
     .addOption(logOptions()[0])
     .addOption(logOptions()[1])
-    .option('--inject <file>', 'fault injection for drills and tests: a JSON rules file making sectors of the data or metadata file fail or flip bits (see docs/internals.md)')
+    .option('--inject <file>', 'fault injection for drills and tests: a JSON rules file making sectors of the data or metadata file fail or flip bits (its rules and fields: README, thinbd serve; src/io/fault-injection.ts)')
     .option('--remap-spares <blocks>', 'once the data file refuses a write, keep this many free data blocks written ahead for remaps (at most 16, 1 MiB and 1/16 of the pool; default 0: off)')
-    .option('--on-low-water <command>', 'shell command run once each time free data or metadata space falls below its low-water mark (THINBD_POOL, THINBD_EVENT, THINBD_FREE_BYTES, THINBD_USED_BYTES in its environment)')
+    .option('--on-low-water <command>', 'shell command run once each time free data or metadata space falls below its low-water mark (THINBD_POOL, THINBD_EVENT, THINBD_RESOURCE, THINBD_FREE_BYTES, THINBD_USED_BYTES, THINBD_SIZE_BYTES, THINBD_MAX_BYTES and THINBD_LOW_WATER_BYTES in its environment)')
     .action(async (options) => {
       const poolDir = poolDirectory(options.pool);
       assertPoolExists(poolDir);

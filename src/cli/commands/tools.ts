@@ -3,7 +3,7 @@ import { closeSync, fstatSync, openSync, rmSync, statSync } from 'node:fs';
 import type { Command } from '@commander-js/extra-typings';
 import type { Reporter } from '../report.ts';
 import { UsageError } from '../report.ts';
-import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
+import { metadataSizeOption, poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { assertPoolExists, withReadTarget } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
 import { startProgress, type Progress } from '../progress.ts';
@@ -113,7 +113,7 @@ export function registerToolCommands(program: Command, reporter: Reporter): void
         throw new UsageError('restore needs exactly one of --data PATH (reuse existing data) and --data-size SIZE (new data file)');
       }
       const data: RestoreData = options.data !== undefined ? { path: options.data } : { sizeBytes: sizeOption('--data-size', options.dataSize!) };
-      const metadataSizeBytes = options.metadataSize === undefined ? undefined : sizeOption('--metadata-size', options.metadataSize);
+      const metadataSizeBytes = options.metadataSize === undefined ? undefined : metadataSizeOption(options.metadataSize);
       let input: AsyncIterable<string | Uint8Array>;
       let progress: Progress | undefined;
       if (options.input === '-') {
