@@ -78,6 +78,8 @@ export interface PackCommandOptions extends StoreOptions {
   /** PackOptions.inlineBytesMax. */
   inlineBytesMax?: number;
   onProgress?: (doneBytes: number, totalBytes: number) => void;
+  /** PackOptions.signal: a pack aborted fails, removing the snapshot it read through. */
+  signal?: AbortSignal;
 }
 
 export interface PackResult {
@@ -152,6 +154,7 @@ export async function packVolume(options: PackCommandOptions): Promise<PackResul
         ...(options.makeJobs === undefined ? {} : { makeJobs: options.makeJobs }),
         ...(options.inlineBytesMax === undefined ? {} : { inlineBytesMax: options.inlineBytesMax }),
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
       });
     });
     const { stats } = root;

@@ -59,6 +59,8 @@ export interface PackOptions {
   inlineBytesMax?: number;
   /** Bytes read so far, and the bytes pack expects to read. */
   onProgress?: (doneBytes: number, totalBytes: number) => void;
+  /** Aborting fails the pack with the signal's reason before its next read (a Ctrl-C). */
+  signal?: AbortSignal;
   now?: () => Date;
 }
 
@@ -281,6 +283,7 @@ export async function packStream(archive: Archive, source: PackSource, options: 
   const chunkAndStore = async (ranges: ByteRange[], data: Uint8Array, out: Uint8Array): Promise<ChunkRef[][]> => {
     const rangeEnds: number[] = [];
     for (const range of ranges) {
+      options.signal?.throwIfAborted();
       const at = rangeEnds[rangeEnds.length - 1] ?? 0;
       // The length first: `at + range.end` can pass 2^31, and a sum held as a double, though
       // small again, deoptimized the chunker's loop on this thread ("not a Smi").

@@ -192,6 +192,8 @@ export class PoolServer {
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#stateTimer);
+      // A write queued for space would otherwise hold its connection until the drain timed out.
+      this.pool.stopWaitingForSpace();
       await this.#metrics?.close();
       await this.#control.close();
       await this.nbd.close({ timeoutMs: SERVE_CLOSE_TIMEOUT_MS });

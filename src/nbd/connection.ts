@@ -141,11 +141,19 @@ export class NbdConnection {
   #resolveClosed!: () => void;
   /** Settles when the socket has closed (in-flight backend calls may still be finishing). */
   readonly closed: Promise<void>;
+  #resolveFinished!: () => void;
+  /**
+   * Settles when the server is done with the connection: every request answered and the end of
+   * the stream written after the last reply, or the socket closed. The peer may still hold its
+   * side open (libnbd does until its next request); #endSoon bounds how long it may.
+   */
+  readonly finished: Promise<void>;
 
   constructor(socket: Duplex, options: NbdConnectionOptions) {
     this.#socket = socket;
     this.#options = options;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
+    this.finished = new Promise((resolve) => (this.#resolveFinished = resolve));
     this.#handshake = new Handshake(options.registry, (bytes) => this.#send(bytes, undefined, undefined), options.tls?.mode ?? 'off');
     this.#listen(socket, options.transientReads !== true);
     this.#handshakeTimer = setTimeout(
@@ -191,19 +199,29 @@ export class NbdConnection {
 
   /**
    * Soft close: in the handshake, drop the connection; in transmission, read no more requests,
-   * finish those in flight, send their replies, then end. Settles when the socket has closed.
+   * finish those in flight, send their replies, then end. Settles when the connection has
+   * finished (see `finished`), without waiting for the peer to close its side.
    */
   close(): Promise<void> {
-    if (this.#phase === Phase.closed || this.#phase === Phase.draining) return this.closed;
+    if (this.#phase === Phase.closed || this.#phase === Phase.draining) return this.finished;
     if (this.#negotiated === undefined) {
       this.#hardClose('server closing');
-      return this.closed;
+      return this.finished;
     }
     // Requests already received are answered NBD_ESHUTDOWN; those in flight finish; then end.
     this.#shuttingDown = true;
     this.#parse();
     this.#endIfShutDown();
-    return this.closed;
+    return this.finished;
+  }
+
+  /**
+   * Closes the socket of a finished connection now, quietly: every reply and the end of the
+   * stream are already written, so nothing is lost by not waiting for the peer to close its side.
+   */
+  release(): void {
+    assert(this.#phase === Phase.closed, `release() of a connection still ${this.#phase}`);
+    this.#socket.destroy();
   }
 
   #endIfShutDown(): void {
@@ -278,6 +296,7 @@ export class NbdConnection {
     this.#waitingForBudget = false;
     this.#input.clear();
     this.#dropPartialWrite();
+    this.#resolveFinished();
     this.#resolveClosed();
   };
 
@@ -560,7 +579,8 @@ export class NbdConnection {
     this.#closeReason ??= reason;
     this.#phase = Phase.closed;
     this.#clearTimers();
-    this.#socket.end();
+    // 'finish' once every reply and the end are written; an error closes the socket instead.
+    this.#socket.end(() => this.#resolveFinished());
     const socket = this.#socket;
     const deadline = setTimeout(() => socket.destroy(), this.#options.replyStallTimeoutMs).unref();
     // A peer that closes in time ends the wait: the timer would otherwise hold the socket and

@@ -248,9 +248,19 @@ export class NbdServer {
     await Promise.all(listenersClosed);
   }
 
-  /** Soft-closes connections, destroys those still open after `timeoutMs`, and waits until all have closed. */
+  /**
+   * Soft-closes connections, destroys those not finished after `timeoutMs`, and waits until all
+   * have closed. A finished connection (every reply and the end of the stream written) is closed
+   * without waiting for its peer: libnbd clients (nbdfuse, nbdcopy) keep an idle connection open
+   * after the server's end until they next use it, and would hold a stop for the whole timeout.
+   */
   async #drain(connections: NbdConnection[], timeoutMs = this.#options.replyStallTimeoutMs, reason: string): Promise<void> {
-    const drained = Promise.all(connections.map((connection) => connection.close()));
+    const drained = Promise.all(
+      connections.map(async (connection) => {
+        await connection.close();
+        connection.release();
+      }),
+    );
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<void>((resolve) => {
       timer = setTimeout(() => {

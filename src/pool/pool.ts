@@ -780,6 +780,15 @@ export class Pool {
     return this.#core.commits.withCommitsHeld(work);
   }
 
+  /**
+   * Writes stop waiting for data space (`--when-full queue`): those waiting fail now with
+   * THIN_NO_SPACE, as at the end of their queue time, and later ones do not wait. A server calls
+   * this as it stops, so that its clients get their answers before it drains their connections.
+   */
+  stopWaitingForSpace(): void {
+    this.#core.space.waiting.stop();
+  }
+
   /** Flushes, then closes both files and releases the pool's lock. A second call waits for the first. */
   close(): Promise<void> {
     this.#closing ??= this.#close();

@@ -232,9 +232,10 @@ export class PoolSpace {
     if (whenFull === 'error') throw error;
     wait.deadlineMs ??= Date.now() + whenFull.queueSeconds * 1000;
     if (!(await this.waiting.wait(wait.deadlineMs))) {
-      throw new ThinError('THIN_NO_SPACE', `${error.message} The write waited ${whenFull.queueSeconds} s (--when-full queue) for space to be added or freed.`, {
-        cause: error,
-      });
+      const why = this.waiting.stopped
+        ? 'The pool is closing, so the write does not wait (--when-full queue) for space.'
+        : `The write waited ${whenFull.queueSeconds} s (--when-full queue) for space to be added or freed.`;
+      throw new ThinError('THIN_NO_SPACE', `${error.message} ${why}`, { cause: error });
     }
   }
 

@@ -7,7 +7,8 @@
 // Space is added or freed by events the engine reports here (wake): a commit that makes frees
 // reusable, growth, a raised limit (`pool set`, `pool resize`). Every waiter then tries again; the
 // ones that still find nothing wait on, within the time they had. Close ends every wait with
-// THIN_CLOSED.
+// THIN_CLOSED; stop(), before a close, makes every write give up now (ENOSPC) instead, so that a
+// server stopping answers them rather than cutting their clients off.
 import { ThinError, assert } from '../errors.ts';
 
 interface Waiter {
@@ -19,6 +20,7 @@ interface Waiter {
 export class WritesWaitingForSpace {
   readonly #waiters = new Set<Waiter>();
   #closed = false;
+  #stopped = false;
   /** Writes that waited, since open (for status). */
   #waitedCount = 0;
 
@@ -37,6 +39,7 @@ export class WritesWaitingForSpace {
    */
   wait(deadlineMs: number, nowMs: number = Date.now()): Promise<boolean> {
     if (this.#closed) return Promise.reject(closedError());
+    if (this.#stopped) return Promise.resolve(false);
     const delayMs = deadlineMs - nowMs;
     if (delayMs <= 0) return Promise.resolve(false);
     this.#waitedCount += 1;
@@ -61,6 +64,17 @@ export class WritesWaitingForSpace {
   /** Space was added or freed: every waiter tries again. */
   wake(): void {
     for (const waiter of [...this.#waiters]) waiter.resolve(true);
+  }
+
+  /** Writes no longer wait (the pool is about to close): each waiting gives up now, as at its deadline. */
+  stop(): void {
+    this.#stopped = true;
+    for (const waiter of [...this.#waiters]) waiter.resolve(false);
+  }
+
+  /** Whether stop() was called: a write that gave up did so because of it, not its deadline. */
+  get stopped(): boolean {
+    return this.#stopped;
   }
 
   /** The pool is closing: no write waits any more. */

@@ -170,9 +170,10 @@ export interface ExportResult {
 
 /**
  * Writes a volume to a raw image: the engine's Volume, or a PoolView's reader of a pinned
- * generation (a served pool). A file keeps unmapped ranges as holes; a stream gets zeros.
+ * generation (a served pool). A file keeps unmapped ranges as holes; a stream gets zeros. Aborting
+ * `signal` fails the export with its reason before the next chunk (or while a stream is full).
  */
-export async function exportRaw(volume: VolumeReader, target: ExportTarget, onProgress?: TransferProgress): Promise<ExportResult> {
+export async function exportRaw(volume: VolumeReader, target: ExportTarget, onProgress?: TransferProgress, signal?: AbortSignal): Promise<ExportResult> {
   const sizeBytes = volume.sizeBytes;
   // A volume's bytes: the exported image is as private as the pool (io/private.ts).
   const handle = 'path' in target ? await open(target.path, 'w', PRIVATE_FILE_MODE) : undefined;
@@ -197,6 +198,7 @@ export async function exportRaw(volume: VolumeReader, target: ExportTarget, onPr
         continue;
       }
       while (positionBytes < extentEndBytes) {
+        signal?.throwIfAborted();
         const chunkBytes = Math.min(TRANSFER_CHUNK_BYTES, extentEndBytes - positionBytes);
         let chunk = zeros?.subarray(0, chunkBytes);
         if (extent.mapped) {
@@ -204,7 +206,7 @@ export async function exportRaw(volume: VolumeReader, target: ExportTarget, onPr
           await volume.read(positionBytes, chunk);
         }
         if (handle) await handle.write(chunk!, 0, chunkBytes, positionBytes);
-        else if ('stream' in target) await writeToStream(target.stream, chunk!);
+        else if ('stream' in target) await writeToStream(target.stream, chunk!, signal);
         bytesWritten += chunkBytes;
         positionBytes += chunkBytes;
         onProgress?.(positionBytes, sizeBytes);
@@ -254,10 +256,19 @@ function isZero(piece: Uint8Array, zeros: Uint8Array): boolean {
   return Buffer.compare(piece, zeros.subarray(0, piece.length)) === 0;
 }
 
-function writeToStream(stream: Writable, chunk: Uint8Array): Promise<void> {
+function writeToStream(stream: Writable, chunk: Uint8Array, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const ok = stream.write(chunk, (error) => (error ? reject(error) : undefined));
-    if (ok) resolve();
-    else stream.once('drain', resolve);
+    if (ok) return resolve();
+    const onAbort = (): void => {
+      stream.off('drain', onDrain);
+      reject(signal!.reason);
+    };
+    const onDrain = (): void => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    };
+    stream.once('drain', onDrain);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

@@ -134,6 +134,25 @@ describe('on a served pool', () => {
     ok(['archive', 'verify', '--store', store, 'k1']);
   });
 
+  test('a pack interrupted by SIGINT or SIGTERM after its snapshot removes it and stores no stream', async () => {
+    // Ctrl-C used to leave the snapshot (marked as a killed pack's), pinning the volume's space
+    // until a pack of the same stream name ran again: never, with the default names (VOLUME.<time>).
+    for (const [stream, signal] of [['i1', 'SIGINT'], ['i2', 'SIGTERM']] as const) {
+      const child = spawn(process.execPath, [THINBD, 'archive', 'pack', '--pool', pool, 'big', '--store', store, '--name', stream], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      let sent = false;
+      child.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+        if (!sent && /through its read-only snapshot/.test(stderr)) sent = child.kill(signal);
+      });
+      const code = await new Promise<number | null>((resolve) => child.once('exit', (exitCode) => resolve(exitCode)));
+      assert.equal(code, 1, `the pack ended before it was interrupted: ${stderr}`);
+      assert.match(stderr, new RegExp(`Pack of big into stream ${stream} interrupted by ${signal}`));
+      assert.equal(volume(pool, stream), undefined, `${stream}: no snapshot left`);
+      assert.doesNotMatch(ok(['archive', 'list', '--store', store]), new RegExp(`^${stream} `, 'm'), `${stream}: no stream stored`);
+    }
+  });
+
   test('a volume named as the stream that no pack left is refused and kept', () => {
     ok(['create', '--pool', pool, 'mine', '--size', '1M']);
     // Marked by a pack that still runs (this process stands for it), or for another stream.

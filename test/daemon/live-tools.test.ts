@@ -4,7 +4,9 @@
 // just drops its control connection.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -166,6 +168,40 @@ test('dump, delta, metadata pack and export work on a served pool while a client
     client.close();
     await server.kill();
     scratch.remove();
+    rmSync(work, { recursive: true, force: true });
+  }
+});
+
+test('an export --snapshot interrupted by SIGINT or SIGTERM removes its snapshot', async () => {
+  // The snapshot taken for the export used to stay in the pool when the command was interrupted,
+  // named export-PID-HEX, pinning the volume's space, with nothing to remove it later.
+  const work = mkdtempSync(join(tmpdir(), 'thinbd-live-export-'));
+  const pool = join(work, 'pool');
+  const image = join(work, 'image.raw');
+  writeFileSync(image, randomBytes(192 * MiB));
+  assert.equal(thinbd(['pool', 'create', '--pool', pool, '--data-size', '1G']).code, 0);
+  assert.equal(thinbd(['import', '--pool', pool, 'disk', image]).code, 0);
+  const server = await startServe(pool);
+  try {
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      const out = join(work, `${signal}.raw`);
+      const child = spawn(process.execPath, [THINBD, 'export', '--pool', pool, 'disk', out, '--snapshot'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      // The output file exists once the snapshot is taken and the export has begun.
+      while (child.exitCode === null && statSync(out, { throwIfNoEntry: false }) === undefined) await new Promise((resolve) => setTimeout(resolve, 2));
+      child.kill(signal);
+      assert.equal(await exited, 1, `the export ended before it was interrupted: ${stderr}`);
+      assert.match(stderr, new RegExp(`Export of disk interrupted by ${signal}`));
+      const names = JSON.parse(await cliOk(['list', '--pool', pool, '--all', '--json'])) as Array<{ name: string }>;
+      assert.deepEqual(names.map((volume) => volume.name), ['disk'], `${signal}: the export snapshot was removed`);
+    }
+    assert.equal(await server.stop(), 0, server.output());
+    const check = thinbd(['check', '--pool', pool]);
+    assert.equal(check.code, 0, `${check.stdout}${check.stderr}`);
+  } finally {
+    await server.kill();
     rmSync(work, { recursive: true, force: true });
   }
 });

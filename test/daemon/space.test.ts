@@ -181,3 +181,29 @@ test('du of the data file falls after fstrim of ext4 on a served volume and afte
   const check = thinbd(['check', '--pool', pool]);
   assert.equal(check.code, 0, check.stdout + check.stderr);
 });
+
+test('stopping the server answers a write queued for space with ENOSPC instead of cutting its client off', async () => {
+  // A write waiting for space (--when-full queue) used to hold its connection through the whole
+  // stop timeout; the server then dropped the connection and qemu-io saw an I/O error.
+  const pool = join(work, 'queued-stop');
+  ok(['pool', 'create', '--pool', pool, '--data-size', '64M', '--auto-grow', 'off']);
+  ok(['create', '--pool', pool, 'v', '--size', '256M']);
+  const server = await serve(pool);
+  const write = (offset: number) => run('qemu-io', ['-f', 'raw', '-c', `write -P 0x33 ${offset} 8M`, '-c', 'flush', server.uri('v')], { allowFailure: true });
+  let full = false;
+  for (let chunk = 0; chunk < 16 && !full; chunk += 1) {
+    const result = await write(chunk * 8 * MiB);
+    full = /No space left on device/.test(result.stdout + result.stderr);
+    if (!full) assert.equal(result.code, 0, result.stdout + result.stderr);
+  }
+  assert.ok(full, 'the pool filled up');
+  ok(['pool', 'set', '--pool', pool, '--when-full', 'queue:3600']);
+  const queued = write(200 * MiB);
+  await waitFor(() => thinbdJson<PoolStatus>(['pool', 'status', '--pool', pool]).space.writesWaiting > 0, 'the write to wait for space');
+  assert.equal(await server.stop(), 0);
+  const result = await queued;
+  assert.match(result.stdout + result.stderr, /No space left on device/, 'the queued write was answered ENOSPC');
+  assert.doesNotMatch(server.output(), /timed out/, 'no connection had to be cut off');
+  const check = thinbd(['check', '--pool', pool]);
+  assert.equal(check.code, 0, check.stdout + check.stderr);
+});

@@ -280,3 +280,41 @@ test('a connection that ends is not held in memory after it closed (a leak the N
     await running.close();
   }
 });
+
+test('closing the server or an export does not wait for a client that keeps its side open after the replies (libnbd, nbdfuse)', { timeout: 120_000 }, async () => {
+  // libnbd clients (nbdfuse, nbdcopy) leave an idle connection open after the server ended its
+  // side, until their next request. SIGTERM and `remove --force` used to wait for them the whole
+  // drain timeout (10 s in `thinbd serve`) and log each as "timed out", though every reply had
+  // been written. Timeouts far longer than the test's own make the old wait fail the test.
+  const serverLog = serverLogWaiter();
+  const disk = new MemoryExport({ name: 'disk', sizeBytes: 16 * MiB });
+  const running = await startServer([disk, new MemoryExport({ name: 'other', sizeBytes: 16 * MiB })], { log: serverLog.log, replyStallTimeoutMs: 600_000 });
+  const lingering = async (name: string): Promise<NbdTestClient> => {
+    const socket = net.connect({ port: running.port, host: '127.0.0.1', allowHalfOpen: true });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    const client = new NbdTestClient(new RawClient(socket));
+    await client.handshake(name);
+    return client;
+  };
+  const clients: NbdTestClient[] = [];
+  try {
+    const removed = await lingering('disk');
+    clients.push(removed);
+    const write = removed.call(NBD_CMD_WRITE, { offsetBytes: 0, data: Buffer.alloc(4096, 7) });
+    await waitFor(() => disk.counts.write === 1, 'the WRITE reached the export');
+    await running.server.disconnectExport('disk', { timeoutMs: 600_000 });
+    assert.equal((await write).error, 0, 'the write in flight was answered before the connection ended');
+    assert.equal(running.server.connectionsTo('disk').length, 0);
+
+    for (let i = 0; i < 3; i++) clients.push(await lingering('other'));
+    await running.server.close({ timeoutMs: 600_000 });
+    for (const client of clients) assert.equal(await client.raw.waitClosed(), true, 'the server closed the connection');
+    assert.deepEqual(serverLog.lines.filter((line) => /^closing connection/.test(line)), [], 'no connection was reported cut off');
+  } finally {
+    for (const client of clients) client.raw.destroy();
+    await running.close();
+  }
+});

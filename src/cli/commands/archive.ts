@@ -99,6 +99,12 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
         assertPoolExists(dir);
         const stream = name ?? defaultStreamName(volume, new Date());
         const keepSnapshot = options.keepSnapshot === true;
+        // Ctrl-C or SIGTERM stops the pack cleanly: the snapshot it reads through is removed (a
+        // kill leaves it for the next pack of the same stream name, pack-snapshot.ts).
+        const interrupted = new AbortController();
+        const onSignal = (signal: NodeJS.Signals): void => {
+          interrupted.abort(new ThinError('THIN_INTERRUPTED', `Pack of ${volume} into stream ${stream} interrupted by ${signal}`));
+        };
         const pack = (reach: { sources: PackSources } | { access: PackAccess }): Promise<PackResult> =>
           packVolume({
             store,
@@ -108,16 +114,19 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
             onNote: note,
             onProgress: progress.update,
             name: stream,
+            signal: interrupted.signal,
             ...(deltaFrom === undefined ? {} : { deltaFrom }),
             ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
           });
         let result: PackResult;
+        process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
         try {
           const live = await liveService(dir);
           result = await (live === undefined
             ? packUnserved(dir, volume, stream, keepSnapshot, note, pack)
             : packServed(dir, live, volume, stream, keepSnapshot, note, pack));
         } finally {
+          process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
           progress.stop();
         }
         if (options.json === true) reporter.json(result);

@@ -68,12 +68,21 @@ export function registerTransferCommands(program: Command, reporter: Reporter): 
       assertPoolExists(dir);
       const progress = progressReporter(`export ${name}`);
       const target = file === '-' ? { stream: process.stdout } : { path: file };
+      // Ctrl-C or SIGTERM stops the export cleanly: the snapshot --snapshot took is removed.
+      const interrupted = new AbortController();
+      const onSignal = (signal: NodeJS.Signals): void => {
+        interrupted.abort(new ThinError('THIN_INTERRUPTED', `Export of ${name} interrupted by ${signal}`));
+      };
+      process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
       const live = await liveService(dir);
       const result = await (
         live === undefined
-          ? withPool(dir, 'read', (pool) => exportRaw(pool.volume(name), target, progress.onProgress))
-          : exportServed(dir, live, name, options.snapshot === true, (volume) => exportRaw(volume, target, progress.onProgress))
-      ).finally(progress.stop);
+          ? withPool(dir, 'read', (pool) => exportRaw(pool.volume(name), target, progress.onProgress, interrupted.signal))
+          : exportServed(dir, live, name, options.snapshot === true, (volume) => exportRaw(volume, target, progress.onProgress, interrupted.signal))
+      ).finally(() => {
+        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        progress.stop();
+      });
       if (file !== '-') reporter.out(`Exported volume ${name} (${formatSize(result.sizeBytes)}) to ${file}`);
     });
 }
