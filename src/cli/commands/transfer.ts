@@ -71,7 +71,7 @@ export function registerTransferCommands(program: Command, reporter: Reporter): 
       const live = await liveService(dir);
       const result = await (
         live === undefined
-          ? withPool(dir, 'read', (pool) => exportRaw(pool.volume(name), target, progress.onProgress))
+          ? withPool(dir, 'read', (pool) => exportRaw(pool.volume(name), target, progress.onProgress), reporter)
           : exportServed(dir, live, name, options.snapshot === true, (volume) => exportRaw(volume, target, progress.onProgress))
       ).finally(progress.stop);
       if (file !== '-') reporter.out(`Exported volume ${name} (${formatSize(result.sizeBytes)}) to ${file}`);
