@@ -19,7 +19,8 @@ export type ThinErrorCode =
   | 'THIN_INTERRUPTED' // the command was stopped by a signal before it finished
   | 'THIN_NEEDS_CONFIRMATION' // the request would destroy data and was not confirmed (e.g. shrink without --allow-shrink)
   | 'THIN_IMAGE_INVALID' // an image archive is malformed or holds what ext4 or an image may not (names the entry)
-  | 'THIN_CLOSED'; // the pool or volume was closed
+  | 'THIN_CLOSED' // the pool or volume was closed
+  | 'THIN_LOG_PENDING'; // the delta log holds flushes not yet in the trees, which a read-only reader of the trees would miss
 
 export class ThinError extends Error {
   readonly code: ThinErrorCode;

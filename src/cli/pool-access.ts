@@ -25,13 +25,30 @@ export async function liveService(dir: string): Promise<PoolService | undefined>
   return connectControl(socketPath);
 }
 
-/** Runs work on the pool's service: remote when served, local otherwise. */
-export async function withService<T>(dir: string, access: Access, work: (service: PoolService) => Promise<T>): Promise<T> {
+/**
+ * One warning line when a pool opened for reading is in needs-check mode: it fell back past a newer
+ * generation that cannot be read (docs/format.md F-SB-6, F-SB-10), so what a read command shows is
+ * an older state than the pool's; the engine refuses every change, but a read would otherwise say
+ * nothing of it. A served pool's server logs the same when it opens.
+ */
+function warnIfNeedsCheck(pool: Pool, dir: string, reporter: Reporter | undefined): void {
+  const status = pool.status();
+  if (reporter === undefined || status.mode !== 'needs-check') return;
+  reporter.note(`thinbd: warning: pool ${dir} needs a check, and what is shown may be older than its last commit: ${status.modeReason ?? 'unknown reason'}`);
+}
+
+/**
+ * Runs work on the pool's service: remote when served, local otherwise. With a reporter, a local
+ * read of a pool in needs-check mode is warned of (warnIfNeedsCheck).
+ */
+export async function withService<T>(dir: string, access: Access, work: (service: PoolService) => Promise<T>, reporter?: Reporter): Promise<T> {
   assertPoolExists(dir);
   let service = await liveService(dir);
   if (service === undefined) {
     const [{ Pool }, { LocalPoolService }] = await Promise.all([import('../pool/pool.ts'), import('../daemon/service.ts')]);
-    service = new LocalPoolService(await Pool.open(dir, { readOnly: access === 'read' }));
+    const pool = await Pool.open(dir, { readOnly: access === 'read' });
+    warnIfNeedsCheck(pool, dir, reporter);
+    service = new LocalPoolService(pool);
   }
   try {
     return await work(service);
@@ -40,8 +57,8 @@ export async function withService<T>(dir: string, access: Access, work: (service
   }
 }
 
-/** Runs work on the pool's files directly; refused while a server owns the pool. */
-export async function withPool<T>(dir: string, access: Access, work: (pool: Pool) => Promise<T>): Promise<T> {
+/** Runs work on the pool's files directly; refused while a server owns the pool. A reporter: as withService. */
+export async function withPool<T>(dir: string, access: Access, work: (pool: Pool) => Promise<T>, reporter?: Reporter): Promise<T> {
   assertPoolExists(dir);
   const live = await liveService(dir);
   if (live) {
@@ -54,6 +71,7 @@ export async function withPool<T>(dir: string, access: Access, work: (pool: Pool
   const { Pool } = await import('../pool/pool.ts');
   const pool = await Pool.open(dir, { readOnly: access === 'read' });
   try {
+    warnIfNeedsCheck(pool, dir, reporter);
     return await work(pool);
   } finally {
     await pool.close();

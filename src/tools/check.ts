@@ -20,7 +20,8 @@
 // block range. A node found corrupt is reported once and its subtree skipped. The work is a few
 // phases over one context, in this order: the data space map, the device tree, the volumes (and
 // their mapping trees), the bad ranges, the data reference counts, the metadata reference counts.
-import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES, PROGRESS_EXTENTS_STEP } from '../constants.ts';
+import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES, PROGRESS_EXTENTS_STEP, SUPERBLOCK_BLOCK_NRS, DELTA_LOG_FIRST_BLOCK_NR, DELTA_LOG_BLOCK_COUNT } from '../constants.ts';
+import { isMediaError } from '../io/media-error.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import type { FileSystem } from '../io/file-system.ts';
 import {
@@ -29,6 +30,7 @@ import {
   SpaceMap,
   SubtreeShapes,
   blockProblem,
+  getU64,
   isZeroBlock,
   TreeKind,
   TreeWalker,
@@ -36,6 +38,7 @@ import {
   type TransactionManager,
   type ValueCodec,
 } from '../pdata/index.ts';
+import { BlockHeader } from '../pdata/block.ts';
 import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
 import { decodeDetails, type DeviceValue, type PoolPayload } from '../pool/codecs.ts';
 import type { PoolFiles } from '../pool/files.ts';
@@ -195,6 +198,7 @@ function checkOpened(opened: ToolsOpen, options: CheckOptions): CheckReport {
   // (docs/format.md F-MIR-2). The read-only mirror only reports it; scrub or a read-write open mends it.
   // A block whose every copy failed is not such a copy: the read that found it is a problem already.
   const mirror = view?.tm.mirror;
+  if (view !== undefined) checkOtherCopies(view.tm, checker);
   const badCopies = mirror?.badCopies() ?? [];
   const badCopyCounts = new Map<number, number>();
   for (const event of badCopies) badCopyCounts.set(event.offsetBytes, (badCopyCounts.get(event.offsetBytes) ?? 0) + 1);
@@ -207,6 +211,58 @@ function checkOpened(opened: ToolsOpen, options: CheckOptions): CheckReport {
   }
   checker.finish();
   return { ok: checker.problems.length === 0, problems: checker.problems, warnings: checker.warnings, stats };
+}
+
+/**
+ * The copies the walks did not read. A read takes the first copy that passes (F-MIR-2), so a
+ * damaged second copy of a block whose first is good is never read by the walks, nor by an open:
+ * the redundancy is gone with no word, until the first copy fails too. Every block in use is
+ * compared with its first copy, as scrub does, and a copy that differs is a warning naming what is
+ * wrong with it; but the superblock copies, judged at open (F-MIR-3), and the delta log's ring, which a
+ * served pool appends to while check reads and whose records are read from either copy (F-MIR-4). A block some copy of which the
+ * walks already found bad is named by that read; one being written by a live pool is passed over.
+ */
+function checkOtherCopies(tm: TransactionManager, checker: Checker): void {
+  const mirror = tm.mirror;
+  if (mirror === undefined) return;
+  const known = new Set(mirror.badCopies().map((event) => event.offsetBytes / METADATA_BLOCK_SIZE_BYTES));
+  const first = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+  const other = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+  for (let blockNr = 0; blockNr < tm.metadataBlockCount; blockNr++) {
+    if (tm.refCount(blockNr) === 0 || SUPERBLOCK_BLOCK_NRS.includes(blockNr) || known.has(blockNr) || tm.awaitsWrite(blockNr)) continue;
+    if (blockNr >= DELTA_LOG_FIRST_BLOCK_NR && blockNr < DELTA_LOG_FIRST_BLOCK_NR + DELTA_LOG_BLOCK_COUNT) continue;
+    const offsetBytes = blockNr * METADATA_BLOCK_SIZE_BYTES;
+    try {
+      mirror.readCopySync(0, first, offsetBytes);
+    } catch (error) {
+      if (!isMediaError(error)) throw error;
+      continue; // the walks' read of this block went to another copy and named it
+    }
+    for (let copyIndex = 1; copyIndex < mirror.copyCount; copyIndex++) {
+      const place = mirror.physicalPlaces(offsetBytes)[copyIndex]!;
+      let problem: string | undefined;
+      try {
+        mirror.readCopySync(copyIndex, other, offsetBytes);
+        if (Buffer.from(other).equals(Buffer.from(first))) continue;
+        problem =
+          blockProblem(other, { blockNr, expectedType: ALL_BLOCK_TYPES, poolId: tm.poolId }) ??
+          `a valid block of transaction ${transactionIdOf(other)} where copy 0 holds transaction ${transactionIdOf(first)}`;
+      } catch (error) {
+        if (!isMediaError(error)) throw error;
+        problem = `read failed: ${messageOf(error)}`;
+      }
+      checker.warnings.push({
+        where: `metadata block ${blockNr}, copy ${copyIndex} (byte ${place.offsetBytes} of the metadata file)`,
+        message: `${problem}; copy 0 is the one read (\`thinbd scrub\` rewrites this one from it)`,
+      });
+    }
+  }
+}
+
+const ALL_BLOCK_TYPES = Object.values(BlockType);
+
+function transactionIdOf(bytes: Uint8Array): number {
+  return getU64(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), BlockHeader.transactionIdOffset);
 }
 
 function corruptWhere(tree: string, problem: { blockNr: number; path: number[] }): string {

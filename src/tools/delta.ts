@@ -458,7 +458,7 @@ export interface PoolDeltaOptions {
  * The pool is read through a read-only PoolView; the two mapping trees are walked in step.
  */
 export async function writePoolDelta(target: ViewTarget, leftName: string, rightName: string, out: TextSink, options: PoolDeltaOptions): Promise<void> {
-  const view = await PoolView.open(target);
+  const view = await PoolView.open(target, { requireLatest: true });
   try {
     const left = view.device(leftName);
     const right = view.device(rightName);

@@ -152,6 +152,8 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
     let records = 0;
     let ended = false;
     let metadataBlockCount = 0;
+    let dataSizeBytes = 0;
+    let compressedBytes = 0;
     const consume = async (chunk: Buffer): Promise<void> => {
       pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
       let offset = 0;
@@ -188,7 +190,7 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
       if (metadataBlockCount < METADATA_BLOCK_COUNT_MIN || metadataBlockCount > METADATA_BLOCK_COUNT_MAX) {
         throw invalid(inputPath, `metadata block count ${metadataBlockCount} is out of range`);
       }
-      const dataSizeBytes = Number(bytes.readBigUInt64LE(24));
+      dataSizeBytes = Number(bytes.readBigUInt64LE(24));
       file = await fileSystem.createFile(temporary, { sizeBytes: metadataBlockCount * METADATA_BLOCK_SIZE_BYTES });
       if (fileSystem.kind(dataPath) === undefined) {
         if (options.dataPath !== undefined) {
@@ -231,6 +233,7 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
           chunk = all.subarray(HEADER_BYTES);
           await prepare(header);
         }
+        compressedBytes += chunk.length;
         if (chunk.length > 0) yield chunk;
       }
       if (header === undefined) throw invalid(inputPath, 'shorter than the pack header');
@@ -245,13 +248,22 @@ export async function unpackMetadata(inputPath: string, dir: string, options: Un
       throw invalid(inputPath, `the compressed records are damaged or cut short: ${error instanceof Error ? error.message : String(error)}`);
     }
     if (!ended) throw invalid(inputPath, 'the image ends before its trailer (truncated?)');
+    // F-PACK-4: the inflater stops at the end of the zlib stream and drops what follows it
+    // unread; bytesWritten counts the compressed bytes it took.
+    if (inflate.bytesWritten < compressedBytes) throw invalid(inputPath, `${compressedBytes - inflate.bytesWritten} byte(s) follow the compressed records`);
     await file!.sync();
     await file!.close();
     file = undefined;
     fileSystem.rename(temporary, metadataPath); // F-PACK-6
     try {
       const view = await PoolView.open(dir, { fileSystem });
+      const packedDataBytes = view.payload.dataBlockCount * view.payload.blockSizeBytes;
       await view.close();
+      // The header's data size made the data file: one the packed superblock disagrees with
+      // would leave a pool that does not open (a damaged header).
+      if (dataSizeBytes !== packedDataBytes) {
+        throw invalid(inputPath, `the header records ${dataSizeBytes} bytes of data, the packed pool ${packedDataBytes}`);
+      }
     } catch (error) {
       fileSystem.remove(metadataPath);
       throw error;

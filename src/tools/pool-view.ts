@@ -20,6 +20,7 @@ import {
   type VolumeDetails,
 } from '../pool/codecs.ts';
 import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
+import { readDeltaLog } from '../journal/replay.ts';
 import { closePoolFiles, openPinnedPoolFiles, openPoolDirectory, type PoolFiles } from '../pool/files.ts';
 import { deviceReadCodec, extentColumnsReader, extentReadCodec, validatePayloadRoots, type ExtentColumns } from '../pool/trees.ts';
 import type { Extent } from '../pool/ranges.ts';
@@ -95,6 +96,16 @@ export interface PoolViewOptions {
   validateRoots?: boolean;
   /** What opens a pool directory (default node:fs). */
   fileSystem?: FileSystem;
+  /**
+   * Refuse to read an older state than the pool's own: a fall back past a newer generation that
+   * was committed and cannot be read (THIN_CORRUPT_SUPERBLOCK, F-SB-6, F-SB-10), or a generation
+   * followed by delta-log records, flushes acknowledged after it that only a read-write open rolls
+   * into the trees (THIN_LOG_PENDING, F-LOG-5). A view reads the trees alone, so dump and delta
+   * would otherwise give that older state with no word of it, and a restore of such a dump would
+   * lose what was acknowledged since. A pinned generation is neither: the owner opened it and
+   * rolled its log up before pinning it.
+   */
+  requireLatest?: boolean;
 }
 
 export class PoolView {
@@ -133,6 +144,25 @@ export class PoolView {
         readOnly: true,
         ...(options.validateRoots === true ? { validatePayload: validatePayloadRoots } : {}),
       });
+      if (options.requireLatest === true) {
+        const where = typeof target === 'string' ? target : files.metadata.description;
+        if (report.fellBack) {
+          const passedOver = report.rejected.map((entry) => `generation ${entry.generation}: ${entry.problem}`).join('; ');
+          throw new ThinError(
+            'THIN_CORRUPT_SUPERBLOCK',
+            `Pool ${where}: generation ${report.newestGenerationSeen} was committed but cannot be read (${passedOver}), and generation ${report.generation} ` +
+              'would give an older state: thinbd check names the damage, thinbd repair rebuilds what is readable',
+          );
+        }
+        const log = await readDeltaLog(tm.file, { poolId: tm.poolId, baseGeneration: tm.generation });
+        if (log.records.length > 0) {
+          throw new ThinError(
+            'THIN_LOG_PENDING',
+            `Pool ${where} holds ${log.records.length} flushed change(s) in its delta log that are not in its trees yet (a crash or kill left them), ` +
+              `and this reads only the trees: open the pool read-write once to roll them up${typeof target === 'string' ? ` (thinbd pool status --pool ${target})` : ''}`,
+          );
+        }
+      }
       return new PoolView(files, release, { tm, payload: decodePoolPayload(payload, tm.metadataBlockCount), report });
     } catch (error) {
       await release();

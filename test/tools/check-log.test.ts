@@ -1,12 +1,18 @@
 // A pool left with delta-log records (a crash or kill after logged flushes): check names them
-// without replaying (it never writes), the next open replays them, and repair (which rebuilds from
-// the trees) lists them as lost with the way to keep them.
+// without replaying (it never writes), the next open replays them, repair (which rebuilds from
+// the trees) lists them as lost with the way to keep them, and dump and delta (which read the
+// trees alone) refuse rather than give the older state.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Pool } from '../../src/pool/pool.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { checkPool } from '../../src/tools/check.ts';
 import { repairPool } from '../../src/tools/repair.ts';
+import { dumpPool } from '../../src/tools/dump/pool-dump.ts';
+import { XmlDumpWriter } from '../../src/tools/dump/xml.ts';
+import { StringSink } from '../../src/tools/dump/sink.ts';
+import { writePoolDelta } from '../../src/tools/delta.ts';
+import { isThinError } from '../../src/errors.ts';
 import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -66,6 +72,41 @@ test('repair lists the log records its rebuilt pool lacks, and how to keep them:
     };
     assert.equal(await read(join(work, 'rebuilt')), 0, 'the rebuilt pool lacks the logged flush, as listed');
     assert.equal(await read(join(work, 'crashed')), 0x5a, 'the pool\'s own open replays it, as the loss says');
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+});
+
+test('dump and delta refuse a pool whose flushes are still in the delta log instead of giving the trees\' older state; once rolled up they give the flushed one', async () => {
+  const work = mkdtempSync(join(tmpdir(), 'thinbd-dump-log-'));
+  try {
+    const pool = await Pool.create(join(work, 'live'), { dataSizeBytes: 64 * 65536, blockSizeBytes: 65536, commitIntervalMs: 0 });
+    const volume = await pool.createVolume('v', { sizeBytes: 16 * 65536 });
+    await pool.snapshot('v', 's');
+    await pool.flush();
+    await volume.write(3 * 65536, new Uint8Array(4096).fill(0x5a));
+    await pool.flush(); // logged: a record, not a rollup
+    // The process dies here: a copy of the files is what the disks hold.
+    cpSync(join(work, 'live'), join(work, 'crashed'), { recursive: true });
+    await pool.close();
+    const crashed = join(work, 'crashed');
+
+    await assert.rejects(dumpPool(crashed, new XmlDumpWriter(new StringSink())), (error: unknown) => {
+      assert.ok(isThinError(error, 'THIN_LOG_PENDING'), String(error));
+      assert.match(error.message, /holds 1 flushed change\(s\) in its delta log that are not in its trees yet .*thinbd pool status --pool .*crashed\)$/);
+      assert.doesNotMatch(error.message, /\n/);
+      return true;
+    });
+    await assert.rejects(writePoolDelta(crashed, 'v', 's', new StringSink(), { format: 'xml' }), (error: unknown) => isThinError(error, 'THIN_LOG_PENDING'));
+
+    // A read-write open rolls the log up, as the message says; then both give the flushed state.
+    await (await Pool.open(crashed, { commitIntervalMs: 0 })).close();
+    const dump = new StringSink();
+    await dumpPool(crashed, new XmlDumpWriter(dump));
+    assert.match(dump.text, /<device dev_id="1" mapped_blocks="1"/);
+    const delta = new StringSink();
+    await writePoolDelta(crashed, 'v', 's', delta, { format: 'xml' });
+    assert.match(delta.text, /<right_only begin="3" length="1"\/>|<left_only begin="3" length="1"\/>/);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -353,6 +353,35 @@ test('one bad copy of a mirrored node loses nothing: check passes and warns, nam
   assert.match(warning.message, /checksum/);
 });
 
+test('a damaged or stale second copy of a node whose first copy is good is named too: no read reaches it, so only the comparison shows the redundancy gone', async () => {
+  const files = await usedPool();
+  const opened = await TransactionManager.open(MemoryBlockFile.from(files.metadata.snapshot()), { readOnly: true });
+  const payload = decodePoolPayload(opened.payload, opened.tm.metadataBlockCount);
+  const mirrorOffsetBytes = opened.tm.mirrorOffsetBlocks * 4096;
+  assert.ok(mirrorOffsetBytes > 0, 'the pool is mirrored');
+  const root = payload.deviceTreeRoot;
+  const spaceRoot = payload.dataSpaceMapRoot;
+  // The device tree root's second copy rots; the data space map root's second copy is replaced by
+  // a valid block of another transaction (a lost write of that copy).
+  files.metadata.writeSync(new Uint8Array(16).fill(0x5a), mirrorOffsetBytes + root * 4096 + 300);
+  const older = new Uint8Array(4096);
+  files.metadata.readSync(older, spaceRoot * 4096);
+  const block = new Block(spaceRoot, older);
+  sealBlock(block, block.type, block.transactionId - 1, block.view.getBigUint64(24, true));
+  files.metadata.writeSync(older, mirrorOffsetBytes + spaceRoot * 4096);
+  const report = await checkPool(files);
+  assert.deepEqual(report.problems, []);
+  const rotten = report.warnings.find((entry) => entry.where === `metadata block ${root}, copy 1 (byte ${mirrorOffsetBytes + root * 4096} of the metadata file)`);
+  assert.ok(rotten, JSON.stringify(report.warnings));
+  assert.equal(rotten.message, 'checksum mismatch; copy 0 is the one read (`thinbd scrub` rewrites this one from it)');
+  const stale = report.warnings.find((entry) => entry.where.startsWith(`metadata block ${spaceRoot}, copy 1`));
+  assert.ok(stale, JSON.stringify(report.warnings));
+  assert.match(stale.message, /^a valid block of transaction \d+ where copy 0 holds transaction \d+; copy 0 is the one read/);
+  // A pool whose copies agree has no such warning.
+  const clean = await checkPool(await usedPool());
+  assert.deepEqual(clean.warnings.filter((entry) => /copy 1/.test(entry.where)), []);
+});
+
 test('a node bad in both copies is a problem, never a warning that the other copy is good; a stale superblock place is reported as not yet rewritten', async () => {
   const files = await usedPool();
   const opened = await TransactionManager.open(MemoryBlockFile.from(files.metadata.snapshot()), { readOnly: true });

@@ -123,6 +123,10 @@ test('a damaged image is refused and leaves no metadata, no data file and no dir
       ['a flipped checksum byte', Buffer.concat([bytes.subarray(0, bytes.length - 1), Buffer.from([bytes[bytes.length - 1]! ^ 0x40])]), /damaged or cut short: incorrect data check/],
       ['bad magic', Buffer.concat([Buffer.from('NOTAPACK'), bytes.subarray(8)]), /not a thinbd metadata pack/],
       ['a header only', bytes.subarray(0, 20), /shorter than the pack header/],
+      // F-PACK-4: the inflater stops at the end of its stream; what follows must not pass unseen.
+      ['a byte after the compressed records', Buffer.concat([bytes, Buffer.from([0x78])]), /^unpack: .*: 1 byte\(s\) follow the compressed records$/],
+      // A header whose data size the packed superblock disagrees with would make a data file the pool refuses.
+      ['a data size of 0 in the header', Buffer.concat([bytes.subarray(0, 24), Buffer.alloc(8), bytes.subarray(32)]), /^unpack: .*: the header records 0 bytes of data, the packed pool \d+$/],
     ];
     for (const [what, content, reason] of damaged) {
       const path = scratch.path(`${what}.pack`);

@@ -77,7 +77,7 @@ export function registerTransferCommands(program: Command, reporter: Reporter): 
       const live = await liveService(dir);
       const result = await (
         live === undefined
-          ? withPool(dir, 'read', (pool) => exportRaw(pool.volume(name), target, progress.onProgress, interrupted.signal))
+          ? withPool(dir, 'read', (pool) => exportRaw(pool.volume(name), target, progress.onProgress, interrupted.signal), reporter)
           : exportServed(dir, live, name, options.snapshot === true, (volume) => exportRaw(volume, target, progress.onProgress, interrupted.signal))
       ).finally(() => {
         process.off('SIGINT', onSignal).off('SIGTERM', onSignal);

@@ -112,7 +112,7 @@ export function registerVolumeCommands(program: Command, reporter: Reporter): vo
     .option('--tree', 'draw the snapshot genealogy: each volume under the one it was snapshotted from')
     .option('--all', "also list thinbd's own hidden volumes (the image block index), marked hidden")
     .action(async (options) => {
-      const listed = await withService(poolDirectory(options.pool), 'read', (service) => service.listVolumes());
+      const listed = await withService(poolDirectory(options.pool), 'read', (service) => service.listVolumes(), reporter);
       const volumes = options.all ? listed : listed.filter((volume) => !volume.hidden);
       if (options.json) {
         reporter.json(volumes);

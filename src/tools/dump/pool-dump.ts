@@ -32,7 +32,7 @@ export interface PoolDumpSummary {
 }
 
 export async function dumpPool(target: ViewTarget, visitor: DumpVisitor, options: PoolDumpOptions = {}): Promise<PoolDumpSummary> {
-  const view = await PoolView.open(target);
+  const view = await PoolView.open(target, { requireLatest: true });
   try {
     return await dumpView(view, visitor, options);
   } finally {

@@ -17,6 +17,7 @@ import { entry as denseEntryMisplaced } from './dense-entry-misplaced.ts';
 import { entry as misdirectedWrite } from './misdirected-write.ts';
 import { entry as staleNode } from './stale-node.ts';
 import { entry as truncatedMetadata } from './truncated-metadata.ts';
+import { entry as metadataSpaceMapRootBitFlip } from './metadata-space-map-root-bit-flip.ts';
 
 export const corpus: CorpusEntry[] = [
   mappingLeafBitFlip,
@@ -36,4 +37,5 @@ export const corpus: CorpusEntry[] = [
   misdirectedWrite,
   staleNode,
   truncatedMetadata,
+  metadataSpaceMapRootBitFlip,
 ];
