@@ -6,7 +6,7 @@
 // from any connection (src/nbd/backend.ts). So a FLUSH on one connection covers the writes
 // replied to on all of them, as the spec requires before the flag may be advertised.
 
-import { unlinkSync } from 'node:fs';
+import { lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
@@ -21,6 +21,7 @@ import {
   NBD_SERVER_BYTES_IN_FLIGHT_MAX,
   NBD_SOCKET_READ_BUFFER_BYTES,
 } from '../constants.ts';
+import { ThinError } from '../errors.ts';
 import { errorCode, type NbdExportRegistry } from './backend.ts';
 import { BufferPool, ByteBudget } from './buffers.ts';
 import { NbdConnection, type NbdTrafficStats } from './connection.ts';
@@ -112,8 +113,13 @@ export class NbdServer {
       await start();
     } catch (error) {
       // A socket file left by a server that was killed: nobody answers on it, so take it over.
-      // One that answers belongs to a live server and is left alone.
-      if (!('path' in address) || errorCode(error) !== 'EADDRINUSE' || (await socketAnswers(address.path))) throw error;
+      // One that answers belongs to a live server and is left alone, and so is anything that is
+      // not a socket (`--socket` given a file by mistake: removing it would lose the file).
+      if (!('path' in address) || errorCode(error) !== 'EADDRINUSE') throw error;
+      if (!lstatSync(address.path, { throwIfNoEntry: false })?.isSocket()) {
+        throw new ThinError('THIN_EXISTS', `Cannot listen on ${address.path}: it exists and is not a socket (thinbd does not remove it)`, { cause: error });
+      }
+      if (await socketAnswers(address.path)) throw error;
       unlinkSync(address.path);
       await start();
     }
