@@ -138,6 +138,19 @@ describe('usage errors exit 2 and say what was wrong', () => {
     usageError(['delta', '--pool', dir, 'v', 'bad name'], /Invalid volume name 'bad name'/);
   });
 
+  test('a name with a newline or a terminal escape in it is quoted on one line, escaped', () => {
+    const dir = freshPool('u-name-controls');
+    for (const args of [
+      ['create', '--pool', dir, 'a\nthinbd: forged line\u001b[2J', '--size', '1M'],
+      ['archive', 'pack', '--pool', dir, 'v', '--store', join(work, 'no-store'), '--name', 'a\nthinbd: forged line\u001b[2J'],
+    ]) {
+      const result = thinbd(args);
+      assert.equal(result.code, 2, result.stderr);
+      assert.match(result.stderr, /^thinbd: Invalid (volume|stream) name 'a\\nthinbd: forged line\\x1b\[2J': use letters/);
+      assert.equal(result.stderr.split('\n').length, 2, `one line: ${JSON.stringify(result.stderr)}`);
+    }
+  });
+
   test('a bad --remap-spares count', () => {
     const dir = freshPool('u-spares');
     usageError(['serve', '--pool', dir, '--socket', join(work, 'spares.sock'), '--remap-spares', 'many'], /--remap-spares: 'many' is not a block count/);
