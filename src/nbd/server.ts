@@ -106,7 +106,7 @@ export class NbdServer {
           server.off('error', reject);
           resolve();
         };
-        if ('path' in address) server.listen(address.path, listening);
+        if ('path' in address) listenPrivately(server, address.path, listening);
         else server.listen(address.port, address.host, listening);
       });
     try {
@@ -271,6 +271,22 @@ export class NbdServer {
 }
 
 /** Whether something accepts connections on a Unix socket path. */
+/**
+ * Listens on a Unix socket that only its owner (and root) can connect to, whatever the umask: a
+ * connection can read and write every export, as the pool's 0600 files can (README, "Privacy"),
+ * and connecting needs write permission on the socket. The umask is narrowed around the bind,
+ * which Node makes synchronously within listen(), rather than a chmod after it, which would
+ * leave the socket open to others in between.
+ */
+function listenPrivately(server: net.Server, path: string, listening: () => void): void {
+  const previous = process.umask(0o177);
+  try {
+    server.listen(path, listening);
+  } finally {
+    process.umask(previous);
+  }
+}
+
 function socketAnswers(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const probe = net.connect(path);

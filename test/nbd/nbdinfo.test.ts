@@ -3,7 +3,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, lstatSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isThinError } from '../../src/errors.ts';
 import { MapExportRegistry } from '../../src/nbd/backend.ts';
@@ -102,6 +102,23 @@ test('a Unix socket left behind by a killed server is taken over; one in use is 
   } finally {
     await live.close();
     await second.close();
+    dir.remove();
+  }
+});
+
+test('a Unix socket is 0600 whatever the umask, and the umask is given back', async () => {
+  const dir = tempDir('nbd-socket-mode');
+  const path = join(dir.path, 'nbd.sock');
+  const server = new NbdServer({ registry: new MapExportRegistry([volume]) });
+  const previous = process.umask(0o000);
+  try {
+    await server.listen({ path });
+    assert.equal(process.umask(), 0o000);
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+    assert.equal((await run('nbdinfo', ['--size', `nbd+unix:///vol0?socket=${path}`])).stdout.trim(), String(64 * MiB));
+  } finally {
+    process.umask(previous);
+    await server.close();
     dir.remove();
   }
 });
