@@ -247,3 +247,23 @@ test("root working in a stranger's directory does not follow a lock planted ther
   assert.equal(create.stderr, `thinbd: Cannot lock pool ${planted}: ${join(planted, 'lock')} is a symbolic link (thinbd does not follow it; remove it)\n`);
   assert.equal(readFileSync(victim, 'utf8'), 'precious\n');
 });
+
+test('serve warns once about a TLS key or PSK file others can read, and not about a private one', async () => {
+  const dir = join(work, 'tls-secrets');
+  okAs(undefined, ['pool', 'create', '--pool', dir, '--data-size', '64M']);
+  const psk = join(work, 'keys.psk');
+  writeFileSync(psk, `alice:${'ab'.repeat(32)}\n`);
+  for (const [fileMode, expected] of [[0o644, 1], [0o600, 0]] as const) {
+    chmodSync(psk, fileMode);
+    const server = await startServer(undefined, dir, ['--listen', '127.0.0.1:0', '--tls', 'require', '--tls-psk', psk, '--log-format', 'human']);
+    let warnings: string[];
+    try {
+      if (expected > 0) await server.waitForStderr(/--tls-psk/);
+    } finally {
+      await server.stop();
+      warnings = server.stderr().split('\n').filter((line) => line.includes('warning'));
+    }
+    assert.equal(warnings.length, expected, server.stderr());
+    if (expected > 0) assert.equal(warnings[0], `thinbd serve: warning: --tls-psk: ${psk} is readable by other users (mode 0644); chmod 600 it, or 700 its directory`);
+  }
+});
