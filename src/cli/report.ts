@@ -74,8 +74,13 @@ export function describeFailure(error: unknown): { exitCode: number; message: st
   return { exitCode: exitCodes.failure, message: escapeControlCharacters(String(error instanceof Error ? error.message : error)) };
 }
 
-/** An aligned text table; numeric-looking columns are right-aligned. */
-export function formatTable(header: string[], rows: string[][]): string[] {
+/**
+ * An aligned text table; numeric-looking columns are right-aligned. A cell's control characters
+ * are escaped: a cell may be a name someone else chose (a file or S3 key that `image stats`
+ * lists), and a newline or an escape sequence in it would break the table or reach the terminal.
+ */
+export function formatTable(header: string[], cells: string[][]): string[] {
+  const rows = cells.map((row) => row.map(escapeControlCharacters));
   const widths = header.map((title, column) =>
     Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)),
   );
