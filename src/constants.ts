@@ -226,6 +226,14 @@ export const NBD_BLOCK_STATUS_EXTENTS_MAX = 65536;
 export const NBD_BLOCK_STATUS_ASKS_MAX = 64;
 /** Chunks (data and holes) in one structured READ reply; past it the rest of the range goes as one data chunk. */
 export const NBD_READ_CHUNKS_MAX = 256;
+/**
+ * Connections the metrics endpoint (`serve --metrics`) holds at once. Prometheus scrapes a target
+ * over one kept-alive connection, so a few scrapers and a curl fit; past it a connection is closed
+ * at accept, so whoever can reach the endpoint cannot spend the descriptors the pool and NBD need.
+ */
+export const METRICS_CONNECTIONS_MAX = 16;
+/** Time a metrics client has to send a whole request: one that dawdles holds one of METRICS_CONNECTIONS_MAX. */
+export const METRICS_REQUEST_MS_MAX = 10_000;
 /** Bytes of a human-readable error message sent to a client; the spec caps strings at 4096. */
 export const NBD_ERROR_MESSAGE_BYTES_MAX = 512;
 /** Longest PSK username: the bound Node's pskCallback and OpenSSL accept (RFC 4279 allows 2^16, no client uses more). */

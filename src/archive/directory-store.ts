@@ -18,6 +18,9 @@ export const DIRECTORY_TMP = 'tmp';
 const READ_HANDLES_MAX = 16;
 /** Entries of a directory whose sizes and sub-directories list() looks up at once. */
 const LIST_BATCH_ENTRIES = 32;
+/** A writer's temporary file under tmp/: TEMPORARY_ID_BYTES random bytes in hex, a dot, the last part of its key. */
+const TEMPORARY_ID_BYTES = 8;
+const TEMPORARY_NAME = /^[0-9a-f]{16}\.[^/]+$/;
 
 export class DirectoryObjectStore implements ObjectStore {
   readonly url: string;
@@ -190,7 +193,7 @@ export class DirectoryObjectStore implements ObjectStore {
   /** A new private file under tmp/ for `key`, open for writing. */
   async #openTemporary(key: string): Promise<{ temporary: string; handle: fsp.FileHandle }> {
     const dir = path.join(this.root, DIRECTORY_TMP);
-    const temporary = path.join(dir, `${randomBytes(8).toString('hex')}.${path.basename(key)}`);
+    const temporary = path.join(dir, `${randomBytes(TEMPORARY_ID_BYTES).toString('hex')}.${path.basename(key)}`);
     let handle: fsp.FileHandle | undefined;
     try {
       makePrivateDirectory(dir, { recursive: true });
@@ -346,17 +349,28 @@ export class DirectoryObjectStore implements ObjectStore {
     }
   }
 
-  /** Removes whatever killed writers left in tmp/ (all of it is the store's own). */
+  /**
+   * Removes whatever killed writers left in tmp/ (only while no writer runs: gc holds the store's
+   * exclusive lock). Only names a writer makes (#openTemporary: 16 hex digits, a dot, the key's
+   * last part) are removed, and a tmp/ that is a symbolic link is not entered: in a store others
+   * can write, a tmp/ planted as a link to /etc would otherwise have root's gc empty /etc.
+   */
   async removeUnfinished(): Promise<number> {
     const dir = path.join(this.root, DIRECTORY_TMP);
-    let names: string[];
+    let entries: fs.Dirent[];
     try {
-      names = await fsp.readdir(dir);
+      if (!(await fsp.lstat(dir)).isDirectory()) return 0;
+      entries = await fsp.readdir(dir, { withFileTypes: true });
     } catch {
       return 0;
     }
-    for (const name of names) await fsp.rm(path.join(dir, name), { force: true });
-    return names.length;
+    let removed = 0;
+    for (const entry of entries) {
+      if (!TEMPORARY_NAME.test(entry.name) || !(entry.isFile() || entry.isSymbolicLink())) continue;
+      await fsp.rm(path.join(dir, entry.name), { force: true });
+      removed++;
+    }
+    return removed;
   }
 
   async close(): Promise<void> {

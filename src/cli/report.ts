@@ -1,5 +1,6 @@
 // One reporter for all CLI output and one table of exit codes, so scripts can trust both.
 import { ThinError } from '../errors.ts';
+import { escapeControlCharacters } from '../util/log.ts';
 
 export const exitCodes = {
   ok: 0,
@@ -55,24 +56,31 @@ export function consoleReporter(): Reporter {
 
 /** Maps an error thrown by a command to its exit code and one line for stderr. */
 export function describeFailure(error: unknown): { exitCode: number; message: string } {
-  if (error instanceof UsageError) return { exitCode: exitCodes.usage, message: error.message };
+  // A message may quote what it refused (a name with a newline or an escape sequence in it): it is
+  // kept to one line. A bug's assertion alone keeps its stack.
+  if (error instanceof UsageError) return { exitCode: exitCodes.usage, message: escapeControlCharacters(error.message) };
   if (error instanceof ThinError) {
     const exitCode = error.code === 'THIN_NEEDS_CONFIRMATION' ? exitCodes.usage : exitCodes.failure;
-    return { exitCode, message: error.message };
+    return { exitCode, message: escapeControlCharacters(error.message) };
   }
   const code = (error as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && error instanceof Error) {
     // Node system errors: keep the path and the code, drop the stack.
-    return { exitCode: exitCodes.failure, message: error.message };
+    return { exitCode: exitCodes.failure, message: escapeControlCharacters(error.message) };
   }
   if (error instanceof Error && error.name === 'AssertionError') {
     return { exitCode: exitCodes.failure, message: `${error.message}\n${error.stack ?? ''}` };
   }
-  return { exitCode: exitCodes.failure, message: String(error instanceof Error ? error.message : error) };
+  return { exitCode: exitCodes.failure, message: escapeControlCharacters(String(error instanceof Error ? error.message : error)) };
 }
 
-/** An aligned text table; numeric-looking columns are right-aligned. */
-export function formatTable(header: string[], rows: string[][]): string[] {
+/**
+ * An aligned text table; numeric-looking columns are right-aligned. A cell's control characters
+ * are escaped: a cell may be a name someone else chose (a file or S3 key that `image stats`
+ * lists), and a newline or an escape sequence in it would break the table or reach the terminal.
+ */
+export function formatTable(header: string[], cells: string[][]): string[] {
+  const rows = cells.map((row) => row.map(escapeControlCharacters));
   const widths = header.map((title, column) =>
     Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)),
   );

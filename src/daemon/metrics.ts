@@ -10,7 +10,7 @@
 //                    data's spare area written ahead for remaps), the health
 //                    state, and I/O latency (a summary with p95 and p99, and min, max, stddev)
 import http from 'node:http';
-import { METADATA_BLOCK_SIZE_BYTES } from '../constants.ts';
+import { METADATA_BLOCK_SIZE_BYTES, METRICS_CONNECTIONS_MAX, METRICS_REQUEST_MS_MAX } from '../constants.ts';
 import type { NbdServer } from '../nbd/server.ts';
 import { MEASURED_COMMANDS, type NbdExportStats } from '../nbd/export-stats.ts';
 import type { Pool, PoolStatus } from '../pool/pool.ts';
@@ -185,7 +185,7 @@ export class MetricsServer {
   }
 
   static async listen(address: { host: string; port: number }, sources: MetricsSources, log?: LogSink): Promise<MetricsServer> {
-    const server = http.createServer((request, response) => {
+    const server = http.createServer({ requestTimeout: METRICS_REQUEST_MS_MAX, headersTimeout: METRICS_REQUEST_MS_MAX, connectionsCheckingInterval: METRICS_REQUEST_MS_MAX / 10 }, (request, response) => {
       const path = (request.url ?? '/').split('?')[0];
       if (request.method !== 'GET' && request.method !== 'HEAD') {
         response.writeHead(405, { allow: 'GET, HEAD' }).end();
@@ -209,6 +209,7 @@ export class MetricsServer {
     });
     // A scraper keeps its connection alive between scrapes; do not let it hold shutdown up.
     server.keepAliveTimeout = 5_000;
+    server.maxConnections = METRICS_CONNECTIONS_MAX;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(address.port, address.host, () => {

@@ -9,7 +9,11 @@
 // Core fs has no flock, so it is called from libc through koffi. flock locks belong to the open
 // file description: a second open() in the same process is refused too, which makes it a
 // single-writer guard within one process as well.
-import { closeSync, constants, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
+//
+// The lock file is opened with O_NOFOLLOW and must be a regular file: taking the lock truncates
+// it, so a `lock` planted as a symbolic link to another file, in a pool directory someone else can
+// write, would otherwise have root, running a command there, truncate that file (/etc/passwd).
+import { closeSync, constants, fstatSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadKoffi } from '../util/native.ts';
 import { ThinError } from '../errors.ts';
@@ -46,15 +50,24 @@ export function lockDirectory(directoryPath: string): DirectoryLock {
   try {
     // O_RDWR | O_CREAT, no O_TRUNC: the holder's pid must survive a refused attempt. (libuv opens
     // every descriptor close-on-exec, so a child process never inherits the lock.)
-    fd = openSync(lockPath, constants.O_RDWR | constants.O_CREAT, PRIVATE_FILE_MODE);
+    fd = openSync(lockPath, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, PRIVATE_FILE_MODE);
   } catch (error) {
     const code = errorCode(error);
     if (code === 'ENOENT' || code === 'ENOTDIR') {
       throw new ThinError('THIN_NOT_FOUND', `Cannot lock pool ${directoryPath}: no such directory`, { cause: error });
     }
+    if (code === 'ELOOP') {
+      throw new ThinError('THIN_INVALID', `Cannot lock pool ${directoryPath}: ${lockPath} is a symbolic link (thinbd does not follow it; remove it)`, { cause: error });
+    }
     throw new ThinError('THIN_IO', `Cannot lock pool ${directoryPath}: cannot open ${lockPath}: ${code}`, {
       cause: error,
     });
+  }
+
+  const stats = fstatSync(fd);
+  if (!stats.isFile()) {
+    closeSync(fd);
+    throw new ThinError('THIN_INVALID', `Cannot lock pool ${directoryPath}: ${lockPath} is not a regular file (thinbd writes its pid there; remove it)`);
   }
 
   let result: number;

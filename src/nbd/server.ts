@@ -6,7 +6,7 @@
 // from any connection (src/nbd/backend.ts). So a FLUSH on one connection covers the writes
 // replied to on all of them, as the spec requires before the flag may be advertised.
 
-import { unlinkSync } from 'node:fs';
+import { lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
@@ -21,6 +21,7 @@ import {
   NBD_SERVER_BYTES_IN_FLIGHT_MAX,
   NBD_SOCKET_READ_BUFFER_BYTES,
 } from '../constants.ts';
+import { ThinError } from '../errors.ts';
 import { errorCode, type NbdExportRegistry } from './backend.ts';
 import { BufferPool, ByteBudget } from './buffers.ts';
 import { NbdConnection, type NbdTrafficStats } from './connection.ts';
@@ -105,15 +106,20 @@ export class NbdServer {
           server.off('error', reject);
           resolve();
         };
-        if ('path' in address) server.listen(address.path, listening);
+        if ('path' in address) listenPrivately(server, address.path, listening);
         else server.listen(address.port, address.host, listening);
       });
     try {
       await start();
     } catch (error) {
       // A socket file left by a server that was killed: nobody answers on it, so take it over.
-      // One that answers belongs to a live server and is left alone.
-      if (!('path' in address) || errorCode(error) !== 'EADDRINUSE' || (await socketAnswers(address.path))) throw error;
+      // One that answers belongs to a live server and is left alone, and so is anything that is
+      // not a socket (`--socket` given a file by mistake: removing it would lose the file).
+      if (!('path' in address) || errorCode(error) !== 'EADDRINUSE') throw error;
+      if (!lstatSync(address.path, { throwIfNoEntry: false })?.isSocket()) {
+        throw new ThinError('THIN_EXISTS', `Cannot listen on ${address.path}: it exists and is not a socket (thinbd does not remove it)`, { cause: error });
+      }
+      if (await socketAnswers(address.path)) throw error;
       unlinkSync(address.path);
       await start();
     }
@@ -275,6 +281,22 @@ export class NbdServer {
 }
 
 /** Whether something accepts connections on a Unix socket path. */
+/**
+ * Listens on a Unix socket that only its owner (and root) can connect to, whatever the umask: a
+ * connection can read and write every export, as the pool's 0600 files can (README, "Privacy"),
+ * and connecting needs write permission on the socket. The umask is narrowed around the bind,
+ * which Node makes synchronously within listen(), rather than a chmod after it, which would
+ * leave the socket open to others in between.
+ */
+function listenPrivately(server: net.Server, path: string, listening: () => void): void {
+  const previous = process.umask(0o177);
+  try {
+    server.listen(path, listening);
+  } finally {
+    process.umask(previous);
+  }
+}
+
 function socketAnswers(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const probe = net.connect(path);

@@ -179,7 +179,13 @@ export async function exportRaw(volume: VolumeReader, target: ExportTarget, onPr
   const handle = 'path' in target ? await open(target.path, 'w', PRIVATE_FILE_MODE) : undefined;
   let bytesWritten = 0;
   try {
-    if (handle) {
+    // A regular file is made private and sparse. Anything else named as the target (/dev/null, a
+    // disk, a FIFO) keeps its mode, which is the system's (chmod 0600 of /dev/null locked every
+    // other user out of it), cannot be truncated, and gets its holes written as zeros in order,
+    // since what a device held before is not zeros.
+    const stats = handle ? await handle.stat() : undefined;
+    const sparse = stats?.isFile() === true;
+    if (handle && sparse) {
       await handle.chmod(PRIVATE_FILE_MODE);
       await handle.truncate(sizeBytes);
     }
@@ -188,10 +194,10 @@ export async function exportRaw(volume: VolumeReader, target: ExportTarget, onPr
     // into a stream, which may keep a chunk queued after write() returns, a buffer per chunk, and
     // one of zeros for every hole (a 5 TiB volume is 5 million chunks).
     const buffer = handle ? new Uint8Array(TRANSFER_CHUNK_BYTES) : undefined;
-    const zeros = handle ? undefined : new Uint8Array(TRANSFER_CHUNK_BYTES);
+    const zeros = sparse ? undefined : new Uint8Array(TRANSFER_CHUNK_BYTES);
     for (const extent of volume.extents(0, sizeBytes)) {
       const extentEndBytes = positionBytes + extent.lengthBytes;
-      if (!extent.mapped && handle) {
+      if (!extent.mapped && sparse) {
         // An unmapped run written to a file stays a hole: the truncate above left it sparse.
         positionBytes = extentEndBytes;
         onProgress?.(positionBytes, sizeBytes);
@@ -205,14 +211,15 @@ export async function exportRaw(volume: VolumeReader, target: ExportTarget, onPr
           chunk = buffer?.subarray(0, chunkBytes) ?? new Uint8Array(chunkBytes);
           await volume.read(positionBytes, chunk);
         }
-        if (handle) await handle.write(chunk!, 0, chunkBytes, positionBytes);
+        if (handle) await handle.write(chunk!, 0, chunkBytes, sparse ? positionBytes : null);
         else if ('stream' in target) await writeToStream(target.stream, chunk!, signal);
         bytesWritten += chunkBytes;
         positionBytes += chunkBytes;
         onProgress?.(positionBytes, sizeBytes);
       }
     }
-    if (handle) await handle.sync();
+    // fsync of a character device or a FIFO fails (EINVAL) and has nothing to make durable.
+    if (handle && (sparse || stats?.isBlockDevice() === true)) await handle.sync();
     return { sizeBytes, bytesWritten };
   } finally {
     await handle?.close();

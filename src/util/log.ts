@@ -86,6 +86,20 @@ export class Logger {
       .filter((part) => part !== undefined)
       .join(', ');
     const level = entry.level === 'warn' ? 'warning: ' : entry.level === 'error' ? 'error: ' : entry.level === 'debug' ? 'debug: ' : '';
-    return `${this.#program}: ${level}${entry.message}${who === '' ? '' : ` (${who})`}\n`;
+    return `${escapeControlCharacters(`${this.#program}: ${level}${entry.message}${who === '' ? '' : ` (${who})`}`)}\n`;
   }
+}
+
+/**
+ * `text` with its control characters (C0, DEL, C1) written as escapes (`\n`, `\x1b`), so a line
+ * stays one line and a name someone else chose (a volume or export name, a PSK identity, an
+ * archive path) can neither forge a second line nor send a terminal escape sequence.
+ */
+export function escapeControlCharacters(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (char) => {
+    if (char === '\n') return '\\n';
+    if (char === '\r') return '\\r';
+    if (char === '\t') return '\\t';
+    return `\\x${char.charCodeAt(0).toString(16).padStart(2, '0')}`;
+  });
 }

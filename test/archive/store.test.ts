@@ -1,7 +1,7 @@
 // The ObjectStore conformance suite against both stores: a directory, and an S3 bucket prefix on
 // a local S3-compatible server (s3rver on 127.0.0.1).
 import { after, before, test } from 'node:test';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
@@ -74,6 +74,25 @@ test('a directory store takes an object in parts: nothing is visible before comm
   const keys: string[] = [];
   for await (const object of store.list('packs/')) keys.push(object.key);
   assert.deepEqual(keys, ['packs/cd/cdef']);
+});
+
+test("a directory store's gc removes a killed writer's temporaries and nothing else: not other names in tmp/, nor what a tmp/ planted as a link points at", async () => {
+  const dir = join(root, 'temporaries');
+  const store = DirectoryObjectStore.open(dir);
+  const killed = await store.openWriter('packs/ab/abab');
+  await killed.write(new Uint8Array([1]));
+  writeFileSync(join(dir, 'tmp', 'notes'), 'not a writer\'s\n');
+  assert.equal(await store.removeUnfinished(), 1);
+  assert.deepEqual(readdirSync(join(dir, 'tmp')), ['notes']);
+
+  const elsewhere = join(root, 'temporaries-elsewhere');
+  mkdirSync(elsewhere);
+  writeFileSync(join(elsewhere, 'passwd'), 'root:x:0:0\n');
+  writeFileSync(join(elsewhere, '0123456789abcdef.config'), 'looks like a temporary\n');
+  rmSync(join(dir, 'tmp'), { recursive: true });
+  symlinkSync(elsewhere, join(dir, 'tmp'));
+  assert.equal(await store.removeUnfinished(), 0);
+  assert.deepEqual(readdirSync(elsewhere).sort(), ['0123456789abcdef.config', 'passwd']);
 });
 
 test('a directory store writes parts in one call after earlier writes, in order, and lists many objects in key order with their sizes', async () => {

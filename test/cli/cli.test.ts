@@ -1,7 +1,9 @@
 // The command contract of issue 2, through the real `thinbd` executable.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, statSync, existsSync, openSync, readSync, closeSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync, readFileSync, statSync, existsSync, openSync, readSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -155,6 +157,19 @@ describe('usage errors exit 2 and say what was wrong', () => {
     usageError(['delta', '--pool', dir, 'v', 'bad name'], /Invalid volume name 'bad name'/);
   });
 
+  test('a name with a newline or a terminal escape in it is quoted on one line, escaped', () => {
+    const dir = freshPool('u-name-controls');
+    for (const args of [
+      ['create', '--pool', dir, 'a\nthinbd: forged line\u001b[2J', '--size', '1M'],
+      ['archive', 'pack', '--pool', dir, 'v', '--store', join(work, 'no-store'), '--name', 'a\nthinbd: forged line\u001b[2J'],
+    ]) {
+      const result = thinbd(args);
+      assert.equal(result.code, 2, result.stderr);
+      assert.match(result.stderr, /^thinbd: Invalid (volume|stream) name 'a\\nthinbd: forged line\\x1b\[2J': use letters/);
+      assert.equal(result.stderr.split('\n').length, 2, `one line: ${JSON.stringify(result.stderr)}`);
+    }
+  });
+
   test('a bad --remap-spares count', () => {
     const dir = freshPool('u-spares');
     usageError(['serve', '--pool', dir, '--socket', join(work, 'spares.sock'), '--remap-spares', 'many'], /--remap-spares: 'many' is not a block count/);
@@ -279,6 +294,31 @@ describe('import and export', () => {
     assert.ok(readFileSync(out).equals(bytes));
     const stat = statSync(out);
     assert.ok(stat.blocks * 512 <= 4 * 64 * K + 64 * K, `export leaves holes (${stat.blocks * 512} bytes allocated)`);
+  });
+
+  test('export to a device or a FIFO keeps its mode and writes holes as zeros (export to /dev/null made it 0600)', async () => {
+    assert.equal(process.getuid?.(), 0, 'mknod needs root (npm test runs as root)');
+    const dir = freshPool('t-export-special');
+    ok(['create', '--pool', dir, 'disk', '--size', '4M']);
+    const payload = randomBytes(100_000);
+    assert.equal(thinbd(['import', '--pool', dir, 'disk', '-', '--offset', '1000k'], { input: payload }).code, 0);
+    const expected = Buffer.alloc(4 * M);
+    payload.copy(expected, 1000 * K);
+
+    const nullDevice = join(work, 'null');
+    assert.equal(spawnSync('mknod', [nullDevice, 'c', '1', '3']).status, 0);
+    chmodSync(nullDevice, 0o666);
+    ok(['export', '--pool', dir, 'disk', nullDevice]);
+    assert.equal(statSync(nullDevice).mode & 0o777, 0o666);
+
+    const fifo = join(work, 'export.fifo');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    const received = join(work, 'export.fifo.out');
+    const reader = spawn('sh', ['-c', `cat '${fifo}' > '${received}'`]);
+    const readerExited = once(reader, 'exit');
+    ok(['export', '--pool', dir, 'disk', fifo]);
+    assert.deepEqual(await readerExited, [0, null]);
+    assert.ok(readFileSync(received).equals(expected));
   });
 
   test('import from stdin at an offset into an existing volume', () => {

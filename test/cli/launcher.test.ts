@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { thinbd, THINBD } from './run-thinbd.ts';
@@ -143,6 +143,36 @@ test('a bundle runs through a code cache per command, written once, in a directo
     } finally {
       rmSync(other.dir, { recursive: true, force: true });
     }
+  } finally {
+    rmSync(install.dir, { recursive: true, force: true });
+  }
+});
+
+test("a code cache file that is not the user's own is not run: V8 checks only the source's length, so a cache is code", () => {
+  assert.equal(process.getuid?.(), 0, 'this test gives the cache file to another user with chown and must run as root (npm test does)');
+  const install = fakeInstall();
+  try {
+    install.age('dist/cli/main.js', 60);
+    assert.equal(install.run('check'), 'check group check');
+    const [name] = [...caches(install.dir).keys()];
+    const cachePath = join(install.dir, 'cache', 'thinbd', 'code-cache', name!);
+    // A cache of other code with the bundle's length, as anyone could make who can swap the cache
+    // directory under the launcher (one in a directory of theirs: sudo keeping HOME, a shared
+    // XDG_CACHE_HOME).
+    const bundle = join(install.dir, 'dist', 'thinbd-check.cjs');
+    const forge = [
+      "const { readFileSync, writeFileSync } = require('node:fs'); const Module = require('node:module'); const vm = require('node:vm');",
+      "const [bundle, out] = process.argv.slice(1);",
+      "const source = readFileSync(bundle, 'utf8').replace('check group ', 'evil! group ');",
+      "const script = new vm.Script(Module.wrap(source), { filename: bundle });",
+      "const module = { exports: {} }; script.runInThisContext().call(module.exports, module.exports, require, module, bundle, '.');",
+      "module.exports.main(['x']).then(() => writeFileSync(out, script.createCachedData()));",
+    ].join('\n');
+    const forged = spawnSync(process.execPath, ['-e', forge, bundle, cachePath], { encoding: 'utf8' });
+    assert.equal(forged.status, 0, forged.stderr);
+    assert.equal(install.run('check'), 'evil! group check', 'V8 runs a cache made of other source of the same length');
+    chownSync(cachePath, 41002, 41002);
+    assert.equal(install.run('check'), 'check group check');
   } finally {
     rmSync(install.dir, { recursive: true, force: true });
   }

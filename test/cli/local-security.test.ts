@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, lchownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { THINBD } from './run-thinbd.ts';
@@ -232,4 +232,38 @@ test("another user's store, readable but not writable: verify and unpack refuse 
   okAs(OWNER, ['export', '--pool', dir, 'v', exported]);
   assert.equal(runAs(undefined, ['cmp', image, exported]).code, 0, 'the unpacked volume holds the packed bytes');
   assert.equal(runAs(undefined, ['sh', '-c', `cd '${store}' && find . -exec stat -c '%n %s %Y' {} + | sort`]).stdout, before, 'the store is as it was');
+});
+
+test("root working in a stranger's directory does not follow a lock planted there as a link to root's file", () => {
+  const planted = join(work, 'planted-pool');
+  mkdirSync(planted);
+  const victim = join(work, 'victim-of-lock');
+  writeFileSync(victim, 'precious\n');
+  symlinkSync(victim, join(planted, 'lock'));
+  chownSync(planted, STRANGER, STRANGER);
+  lchownSync(join(planted, 'lock'), STRANGER, STRANGER);
+  const create = thinbdAs(undefined, ['pool', 'create', '--pool', planted, '--data-size', '64M']);
+  assert.equal(create.code, 1, create.stderr);
+  assert.equal(create.stderr, `thinbd: Cannot lock pool ${planted}: ${join(planted, 'lock')} is a symbolic link (thinbd does not follow it; remove it)\n`);
+  assert.equal(readFileSync(victim, 'utf8'), 'precious\n');
+});
+
+test('serve warns once about a TLS key or PSK file others can read, and not about a private one', async () => {
+  const dir = join(work, 'tls-secrets');
+  okAs(undefined, ['pool', 'create', '--pool', dir, '--data-size', '64M']);
+  const psk = join(work, 'keys.psk');
+  writeFileSync(psk, `alice:${'ab'.repeat(32)}\n`);
+  for (const [fileMode, expected] of [[0o644, 1], [0o600, 0]] as const) {
+    chmodSync(psk, fileMode);
+    const server = await startServer(undefined, dir, ['--listen', '127.0.0.1:0', '--tls', 'require', '--tls-psk', psk, '--log-format', 'human']);
+    let warnings: string[];
+    try {
+      if (expected > 0) await server.waitForStderr(/--tls-psk/);
+    } finally {
+      await server.stop();
+      warnings = server.stderr().split('\n').filter((line) => line.includes('warning'));
+    }
+    assert.equal(warnings.length, expected, server.stderr());
+    if (expected > 0) assert.equal(warnings[0], `thinbd serve: warning: --tls-psk: ${psk} is readable by other users (mode 0644); chmod 600 it, or 700 its directory`);
+  }
 });

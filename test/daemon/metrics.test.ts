@@ -4,7 +4,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { METRICS_CONNECTIONS_MAX } from '../../src/constants.ts';
 import { requireTools, run } from '../nbd/helpers.ts';
 import { thinbd } from '../cli/run-thinbd.ts';
 import { NbdTestClient } from '../nbd/client.ts';
@@ -167,4 +169,35 @@ test('past the end of a volume shrunk under a connected client: writes and write
   } finally {
     client.close();
   }
+});
+
+test('the metrics endpoint holds at most METRICS_CONNECTIONS_MAX connections, cuts off one that never finishes its request, and scrapes again after', async () => {
+  const { port } = new URL(metricsUrl);
+  let closedCount = 0;
+  let timedOut = 0;
+  const closed = new Set<Socket>();
+  let wake: () => void = () => {};
+  const until = async (ready: () => boolean): Promise<void> => {
+    while (!ready()) await new Promise<void>((resolve) => (wake = resolve));
+  };
+  for (let index = 0; index < 100; index++) {
+    const socket = connect(Number(port), '127.0.0.1');
+    socket.on('error', () => {});
+    let answer = '';
+    socket.setEncoding('utf8').on('data', (text: string) => (answer += text));
+    socket.on('close', () => {
+      if (answer.startsWith('HTTP/1.1 408 ')) timedOut++;
+      closed.add(socket);
+      closedCount++;
+      wake();
+    });
+    // Half a request line, never finished: a slow client holding its slot.
+    socket.on('connect', () => socket.write('GET /metr'));
+  }
+  await until(() => closedCount === 100);
+  assert.equal(closed.size, 100);
+  // Only the connections the endpoint took (fewer while a scraper's kept-alive ones hold slots)
+  // waited for the time limit and were told 408; the rest were refused at once.
+  assert.ok(timedOut >= 1 && timedOut <= METRICS_CONNECTIONS_MAX, `${timedOut} connections were held`);
+  assert.ok((await scrape()).size > 0);
 });

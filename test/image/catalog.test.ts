@@ -128,6 +128,21 @@ test("image stats --deep counts the pool space an import maps: data, zero blocks
   }
 });
 
+test('image stats writes a file name with a newline or an escape sequence in it escaped, on its own row', () => {
+  const dir = path.join(work.path, 'named-dir');
+  fs.mkdirSync(dir);
+  const name = 'a\u001b[31mred\nforged.tar';
+  fs.writeFileSync(path.join(dir, name), tarArchive(FLAT));
+  fs.writeFileSync(path.join(dir, 'b\nbroken.tar.gz'), zlib.gzipSync(tarArchive(FLAT)).subarray(0, 200));
+  const text = thinbd(['image', 'stats', dir, '--deep']);
+  assert.equal(text.code, 1, text.stderr);
+  const lines = text.stdout.trim().split('\n');
+  assert.equal(lines.length, 5, text.stdout);
+  assert.ok(lines.some((line) => line.startsWith('a\\x1b[31mred\\nforged.tar ')), text.stdout);
+  assert.doesNotMatch(text.stdout + text.stderr, /\u001b/);
+  assert.match(text.stderr, /^b\\nbroken\.tar\.gz: /m);
+});
+
 test('image stats counts the files that are images (by their first bytes), says how many it skipped, fails when --deep could not read one, and --top 0 prints no table', () => {
   const dir = path.join(work.path, 'mixed-dir');
   fs.mkdirSync(path.join(dir, 'nested'), { recursive: true });

@@ -1,6 +1,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -62,6 +62,32 @@ describe('pool directory lock', () => {
     lock.release();
     const again = lockDirectory(directoryPath);
     again.release();
+  });
+
+  test('a lock file planted as a symbolic link or a directory is refused, and what it points at is left as it was', () => {
+    const directoryPath = poolDirectory('planted');
+    const victim = path.join(temporaryDirectory, 'victim');
+    fs.writeFileSync(victim, 'precious\n');
+    fs.symlinkSync(victim, path.join(directoryPath, 'lock'));
+    assert.throws(() => lockDirectory(directoryPath), (error) => {
+      assert.ok(isThinError(error, 'THIN_INVALID'));
+      assert.equal(error.message, `Cannot lock pool ${directoryPath}: ${path.join(directoryPath, 'lock')} is a symbolic link (thinbd does not follow it; remove it)`);
+      return true;
+    });
+    assert.equal(fs.readFileSync(victim, 'utf8'), 'precious\n');
+    // A dangling link is not followed to create its target either.
+    fs.rmSync(victim);
+    assert.throws(() => lockDirectory(directoryPath), (error) => isThinError(error, 'THIN_INVALID'));
+    assert.equal(fs.existsSync(victim), false);
+
+    const fifoPool = poolDirectory('planted-fifo');
+    const mkfifo = spawnSync('mkfifo', [path.join(fifoPool, 'lock')]);
+    assert.equal(mkfifo.status, 0);
+    assert.throws(() => lockDirectory(fifoPool), (error) => {
+      assert.ok(isThinError(error, 'THIN_INVALID'));
+      assert.match(error.message, /lock is not a regular file/);
+      return true;
+    });
   });
 
   test('a lock on a missing directory fails with THIN_NOT_FOUND', () => {

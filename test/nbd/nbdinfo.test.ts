@@ -3,8 +3,9 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { isThinError } from '../../src/errors.ts';
 import { MapExportRegistry } from '../../src/nbd/backend.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
 import { patternBytes, requireTools, run, startServer, tempDir } from './helpers.ts';
@@ -101,6 +102,46 @@ test('a Unix socket left behind by a killed server is taken over; one in use is 
   } finally {
     await live.close();
     await second.close();
+    dir.remove();
+  }
+});
+
+test('a Unix socket is 0600 whatever the umask, and the umask is given back', async () => {
+  const dir = tempDir('nbd-socket-mode');
+  const path = join(dir.path, 'nbd.sock');
+  const server = new NbdServer({ registry: new MapExportRegistry([volume]) });
+  const previous = process.umask(0o000);
+  try {
+    await server.listen({ path });
+    assert.equal(process.umask(), 0o000);
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+    assert.equal((await run('nbdinfo', ['--size', `nbd+unix:///vol0?socket=${path}`])).stdout.trim(), String(64 * MiB));
+  } finally {
+    process.umask(previous);
+    await server.close();
+    dir.remove();
+  }
+});
+
+test('a Unix socket path that names a file, or a link to one, is refused and the file is left as it was', async () => {
+  const dir = tempDir('nbd-not-a-socket');
+  const file = join(dir.path, 'notes.txt');
+  writeFileSync(file, 'keep me\n');
+  const link = join(dir.path, 'link.sock');
+  symlinkSync(file, link);
+  const server = new NbdServer({ registry: new MapExportRegistry([volume]) });
+  try {
+    for (const path of [file, link]) {
+      await assert.rejects(server.listen({ path }), (error) => {
+        assert.ok(isThinError(error, 'THIN_EXISTS'));
+        assert.equal(error.message, `Cannot listen on ${path}: it exists and is not a socket (thinbd does not remove it)`);
+        return true;
+      });
+    }
+    assert.equal(readFileSync(file, 'utf8'), 'keep me\n');
+    assert.equal(lstatSync(link).isSymbolicLink(), true);
+  } finally {
+    await server.close();
     dir.remove();
   }
 });

@@ -13,6 +13,7 @@ import { imageStats } from '../../image/stats.ts';
 import { sourceOpeners } from '../../image/remote.ts';
 import { displayUrl, isPathSource } from '../../image/source.ts';
 import { DATA_BLOCK_SIZE_BYTES_DEFAULT, DATA_BLOCK_SIZE_BYTES_MAX, DATA_BLOCK_SIZE_BYTES_MIN, VOLUME_SIZE_BYTES_MAX } from '../../constants.ts';
+import { escapeControlCharacters } from '../../util/log.ts';
 
 function parseFormat(text: string): ImageFormat {
   if (text !== 'auto' && text !== 'tar' && text !== 'oci') throw new UsageError(`--format: '${text}' is not auto, tar or oci`);
@@ -153,7 +154,7 @@ export function registerImageCommands(program: Command, reporter: Reporter, resu
       ]);
       const header = ['KEY', 'SIZE', ...(options.deep ? ['FILES', 'UNPACKED', 'POOL'] : [])];
       if (rows.length > 0) for (const line of formatTable(header, rows)) reporter.out(line);
-      for (const error of stats.errors) reporter.note(`${error.key}: ${error.message}`);
+      for (const error of stats.errors) reporter.note(escapeControlCharacters(`${error.key}: ${error.message}`));
       if (stats.errors.length > 0) reporter.note(`${stats.errors.length} of ${stats.count} images could not be read: the figures above leave them out`);
     });
 }

@@ -8,6 +8,7 @@ import { poolDirectory, poolOption, volumeName } from '../options.ts';
 import { assertPoolExists, poolExposure } from '../pool-access.ts';
 import { Logger, LOG_LEVELS, type LogSink } from '../../util/log.ts';
 import { notifySystemd } from '../../io/systemd-notify.ts';
+import { describeExposure } from '../../io/private.ts';
 import { PoolServer, describeAddress, parseListenAddress } from '../../daemon/serve.ts';
 import { loadNbdTls, type NbdTls, type NbdTlsMode } from '../../nbd/tls.ts';
 import { isThinError } from '../../errors.ts';
@@ -30,6 +31,12 @@ interface ServeCommandOptions {
   tlsPsk?: string;
   export?: string[];
   metrics?: string;
+}
+
+/** A file of secrets serve was given, by the option that named it. */
+interface SecretFile {
+  option: string;
+  path: string;
 }
 
 /**
@@ -108,7 +115,7 @@ async function serveUntilSignalled(server: PoolServer, log: LogSink, announce: (
 }
 
 /** The ready line on stdout (what scripts and the tests wait for), then the same as a log event, then warnings. */
-function announce(server: PoolServer, poolDir: string, reporter: Reporter, log: LogSink, tlsMode: NbdTlsMode = 'off'): void {
+function announce(server: PoolServer, poolDir: string, reporter: Reporter, log: LogSink, tlsMode: NbdTlsMode = 'off', secrets: SecretFile[] = []): void {
   const where = server.addresses.map((address) => describeAddress(address, tlsMode)).join(' and ');
   const tls = tlsMode === 'off' ? '' : tlsMode === 'on' ? ' (TLS offered)' : ' (TLS required)';
   const serving = `Serving ${server.exportNames.length} volume(s) of pool ${poolDir} on ${where}${tls}`;
@@ -129,6 +136,12 @@ function announce(server: PoolServer, poolDir: string, reporter: Reporter, log: 
   });
   const exposure = poolExposure(poolDir);
   if (exposure !== undefined) log({ level: 'warn', event: 'serve.pool_exposed', message: exposure });
+  // A TLS private key or PSK file others can read lets them pose as the server or as a client (ssh
+  // refuses such a key outright; nbdkit and qemu say nothing): one warning each, as for the pool.
+  for (const secret of secrets) {
+    const secretExposure = describeExposure([secret.path]);
+    if (secretExposure !== undefined) log({ level: 'warn', event: 'serve.secret_exposed', message: `${secret.option}: ${secretExposure}` });
+  }
   for (const address of server.addresses) {
     if (!('host' in address) || isLoopback(address.host) || tlsMode === 'require') continue;
     const what = tlsMode === 'off' ? 'without TLS' : 'with TLS offered but not required (--tls require)';
@@ -211,7 +224,10 @@ export function registerServeCommands(program: Command, reporter: Reporter): voi
         log,
         ...(options.onLowWater === undefined ? {} : { onLowWater: options.onLowWater }),
       });
-      await serveUntilSignalled(server, log, () => announce(server, poolDir, reporter, log, tls?.mode ?? 'off'));
+      const secrets: SecretFile[] = [];
+      if (options.tlsKey !== undefined) secrets.push({ option: '--tls-key', path: resolve(options.tlsKey) });
+      if (options.tlsPsk !== undefined) secrets.push({ option: '--tls-psk', path: resolve(options.tlsPsk) });
+      await serveUntilSignalled(server, log, () => announce(server, poolDir, reporter, log, tls?.mode ?? 'off', secrets));
     });
 
   program
