@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { assertPoolExists, METADATA_FILE_NAME, DATA_FILE_NAME } from '../pool/files.ts';
 import type { Pool } from '../pool/pool.ts';
-import { describeExposure } from '../io/private.ts';
+import { describeExposure, describeForeignControl } from '../io/private.ts';
 import type { Reporter } from './report.ts';
 
 export { assertPoolExists };
@@ -128,8 +128,11 @@ export function warnIfExposed(dir: string, reporter: Reporter): void {
   if (exposure !== undefined) reporter.note(`thinbd: warning: ${exposure}`);
 }
 
-/** What makes the pool's files readable by others, as a sentence, or undefined when nothing does. */
+/**
+ * What lets others read the pool's files, or change which files they are, as a sentence, or
+ * undefined when nothing does.
+ */
 export function poolExposure(dir: string): string | undefined {
-  const exposure = describeExposure([join(dir, METADATA_FILE_NAME), join(dir, DATA_FILE_NAME)]);
-  return exposure === undefined ? undefined : `pool ${dir}: ${exposure}`;
+  const exposures = [describeExposure([join(dir, METADATA_FILE_NAME), join(dir, DATA_FILE_NAME)]), describeForeignControl(dir)].filter((text) => text !== undefined);
+  return exposures.length === 0 ? undefined : `pool ${dir}: ${exposures.join('; ')}`;
 }

@@ -89,6 +89,33 @@ export function describeExposure(paths: readonly string[]): string | undefined {
   return undefined;
 }
 
+/**
+ * Why users other than the caller (and root) could change what a directory's names point at, or
+ * undefined when they cannot: a directory writable by group or others (without the sticky bit's
+ * protection of names it does not own), or owned by another user. In such a pool directory that
+ * user could put a link to any file or device in place of `data`, and a root `serve` would write
+ * clients' data there.
+ */
+export function describeForeignControl(dir: string): string | undefined {
+  let real: string;
+  let stats: Stats;
+  try {
+    real = realpathSync(dir);
+    stats = statSync(real);
+  } catch {
+    return undefined;
+  }
+  const self = process.geteuid?.() ?? stats.uid;
+  const modeText = (stats.mode & 0o7777).toString(8).padStart(4, '0');
+  if ((stats.mode & 0o022) !== 0 && (stats.mode & 0o1000) === 0) {
+    return `${real} is writable by other users (mode ${modeText}), who could put links in place of its files; chmod 700 it`;
+  }
+  if (stats.uid !== self && stats.uid !== 0) {
+    return `${real} belongs to uid ${stats.uid}, who could put links in place of its files (run thinbd as that user, or chown the directory)`;
+  }
+  return undefined;
+}
+
 /** Whether a user other than the owner may pass through every directory from `dir` up to the root. */
 function searchableByOthers(dir: string): boolean {
   for (let current = dir; ; current = dirname(current)) {

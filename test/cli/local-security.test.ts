@@ -134,6 +134,30 @@ test('pool status and serve warn once about a pool others can read', async () =>
   }
 });
 
+test("pool status and serve warn about a pool directory others could put links in: writable by them, or another user's", async () => {
+  const dir = join(work, 'open-dir');
+  okAs(undefined, ['pool', 'create', '--pool', dir, '--data-size', '64M']);
+  chmodSync(dir, 0o777);
+  const status = thinbdAs(undefined, ['pool', 'status', '--pool', dir]);
+  assert.equal(status.code, 0, status.stderr);
+  assert.deepEqual(status.stderr.trim().split('\n'), [`thinbd: warning: pool ${dir}: ${dir} is writable by other users (mode 0777), who could put links in place of its files; chmod 700 it`]);
+  chmodSync(dir, 0o700);
+  assert.equal(thinbdAs(undefined, ['pool', 'status', '--pool', dir]).stderr, '', 'a private directory of root\'s own: no warning');
+
+  // Root working on a pool another user owns: that user could swap `data` for a link to a disk.
+  const { dir: owned } = ownersPool('owned-by-other');
+  const rootStatus = thinbdAs(undefined, ['pool', 'status', '--pool', owned]);
+  assert.equal(rootStatus.code, 0, rootStatus.stderr);
+  assert.match(rootStatus.stderr, new RegExp(`thinbd: warning: pool ${owned}: ${owned} belongs to uid ${OWNER}, who could put links in place of its files`));
+  assert.equal(thinbdAs(OWNER, ['pool', 'status', '--pool', owned]).stderr, '', 'its owner hears nothing');
+  const server = await startServer(undefined, owned, ['--log-format', 'human']);
+  try {
+    await server.waitForStderr(/belongs to uid/);
+  } finally {
+    await server.stop();
+  }
+});
+
 test('the control socket is 0600 and refuses a stranger even when its mode is loosened; the owner and root use it', async () => {
   const { home, dir } = ownersPool('served-home');
   const server = await startServer(OWNER, dir, ['--socket', join(home, 'nbd.sock')]);
