@@ -74,14 +74,9 @@ export function isReadableByOthers(path: string): boolean {
  */
 export function describeExposure(paths: readonly string[]): string | undefined {
   for (const path of paths) {
-    let real: string;
-    let stats: Stats;
-    try {
-      real = realpathSync(path);
-      stats = statSync(real);
-    } catch {
-      continue;
-    }
+    const found = resolved(path);
+    if (found === undefined) continue;
+    const { real, stats } = found;
     if (!stats.isFile() || (stats.mode & 0o044) === 0) continue;
     if (!searchableByOthers(dirname(real))) continue;
     return `${real} is readable by other users (mode ${(stats.mode & 0o777).toString(8).padStart(4, '0')}); chmod 600 it, or 700 its directory`;
@@ -97,14 +92,9 @@ export function describeExposure(paths: readonly string[]): string | undefined {
  * clients' data there.
  */
 export function describeForeignControl(dir: string): string | undefined {
-  let real: string;
-  let stats: Stats;
-  try {
-    real = realpathSync(dir);
-    stats = statSync(real);
-  } catch {
-    return undefined;
-  }
+  const found = resolved(dir);
+  if (found === undefined) return undefined;
+  const { real, stats } = found;
   const self = process.geteuid?.() ?? stats.uid;
   const modeText = (stats.mode & 0o7777).toString(8).padStart(4, '0');
   if ((stats.mode & 0o022) !== 0 && (stats.mode & 0o1000) === 0) {
@@ -114,6 +104,16 @@ export function describeForeignControl(dir: string): string | undefined {
     return `${real} belongs to uid ${stats.uid}, who could put links in place of its files (run thinbd as that user, or chown the directory)`;
   }
   return undefined;
+}
+
+/** The path with its links followed, and what it is; undefined when it cannot be reached. */
+function resolved(path: string): { real: string; stats: Stats } | undefined {
+  try {
+    const real = realpathSync(path);
+    return { real, stats: statSync(real) };
+  } catch {
+    return undefined;
+  }
 }
 
 /** Whether a user other than the owner may pass through every directory from `dir` up to the root. */
