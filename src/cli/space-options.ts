@@ -26,7 +26,7 @@ export function spaceOptions(resettable: boolean): Option[] {
     new Option('--low-water <size|pct>', `data low-water mark: a size (64M), a share (10%), or off; default 10%${orDefault}`),
     new Option('--metadata-low-water <size|pct>', `metadata low-water mark; default 5%, at least 8M${orDefault}`),
     new Option('--data-max <size>', `largest size automatic growth takes the data file to; default: the host file system's free space less a margin${orDefault}`),
-    new Option('--metadata-max <size>', `largest size automatic growth takes the metadata file to; default as --data-max${orDefault}`),
+    new Option('--metadata-max <size>', `largest size automatic growth takes the metadata file to; default: the host file system's free space less a margin (not --data-max's value), at most 16G${orDefault}`),
     new Option('--grow-step <size>', `data growth step; default 20% of the data space, at least 1024 blocks${orDefault}`),
     new Option('--when-full <error|queue[:seconds]>', `a write finding the data space full fails at once (error, the default) or waits up to 60 s (queue) or the seconds given${orDefault}`),
     new Option('--auto-grow <on|off>', `grow the files by themselves below their low-water marks (default on; never a block device)${orDefault}`),
