@@ -130,7 +130,7 @@ export async function packVolume(options: PackCommandOptions): Promise<PackResul
   const name = options.name ?? defaultStreamName(options.volume, new Date());
   const volumeIdentity = access.identify(options.volume);
   return await withArchive(options, 'shared', 'pack', async (archive) => {
-    await assertStreamNameFree(archive, name);
+    const storedStreams = await assertStreamNameFree(archive, name);
     let baseRoot: StreamRoot | undefined;
     if (options.deltaFrom !== undefined) {
       const baseIdentity = deltaFromIdentity(access, options.deltaFrom);
@@ -153,7 +153,7 @@ export async function packVolume(options: PackCommandOptions): Promise<PackResul
         ...(options.inlineBytesMax === undefined ? {} : { inlineBytesMax: options.inlineBytesMax }),
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
       });
-    });
+    }, storedStreams);
     const { stats } = root;
     return {
       stream: root.name,
