@@ -132,7 +132,7 @@ export async function packVolume(options: PackCommandOptions): Promise<PackResul
   const name = options.name ?? defaultStreamName(options.volume, new Date());
   const volumeIdentity = access.identify(options.volume);
   return await withArchive(options, 'shared', 'pack', async (archive) => {
-    await assertStreamNameFree(archive, name);
+    const storedStreams = await assertStreamNameFree(archive, name);
     let baseRoot: StreamRoot | undefined;
     if (options.deltaFrom !== undefined) {
       const baseIdentity = deltaFromIdentity(access, options.deltaFrom);
@@ -156,7 +156,7 @@ export async function packVolume(options: PackCommandOptions): Promise<PackResul
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       });
-    });
+    }, storedStreams);
     const { stats } = root;
     return {
       stream: root.name,

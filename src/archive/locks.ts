@@ -14,6 +14,7 @@ import os from 'node:os';
 import { ThinError, isThinError } from '../errors.ts';
 import { ARCHIVE_LOCK_REFRESH_MS, ARCHIVE_LOCK_STALE_MS } from '../constants.ts';
 import { LOCKS_PREFIX, newObjectId } from './format.ts';
+import { processAlive } from '../util/process.ts';
 import type { ObjectStore } from './store.ts';
 
 export type LockKind = 'shared' | 'exclusive';
@@ -33,15 +34,6 @@ export interface StoreLock {
   release(): Promise<void>;
 }
 
-/** Whether a process of this host with that pid runs (EPERM: it does, as another user). */
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export function lockIsStale(record: LockRecord, now: number): boolean {
   if (record.host === os.hostname()) return !processAlive(record.pid);

@@ -9,12 +9,15 @@
 // killed. The next pack of that stream name (the store has none of that name yet: packVolume
 // checks it first) removes it when that pack's process is gone, as unpack removes what a killed
 // unpack left; a volume of that name without the mark is someone's own and is refused, never
-// removed. Labels live in the volume's details block (docs/format.md "Volume details block"), so
+// removed. A stream named by default (VOLUME.<UTC time>) is never packed under that name again,
+// so the next pack of a writable volume also removes every other snapshot a pack on this host
+// left: marked with the volume's own name, by a process that is gone, for a stream the store
+// does not hold. Labels live in the volume's details block (docs/format.md "Volume details block"), so
 // the mark needs no format change.
 import os from 'node:os';
 import { ThinError, isThinError } from '../errors.ts';
 import type { StreamSource } from './format.ts';
-import { processAlive } from './locks.ts';
+import { processAlive } from '../util/process.ts';
 import type { PackAccess, PackSources } from './source.ts';
 
 /** The label a pack's snapshot carries while the pack runs: JSON { stream, host, pid }. */
@@ -60,7 +63,7 @@ export function snapshotAccess(options: SnapshotAccessOptions): PackAccess {
   const { volume, stream, keep, onNote } = options;
   return {
     identify: options.identify,
-    read: async (work) => {
+    read: async (work, storedStreams) => {
       const listed = options.volumes.find((entry) => entry.name === volume);
       if (listed === undefined) throw new ThinError('THIN_NOT_FOUND', `No volume named ${volume}`);
       if (listed.readOnly) {
@@ -68,6 +71,7 @@ export function snapshotAccess(options: SnapshotAccessOptions): PackAccess {
         return options.withSources((sources) => work(sources, volume));
       }
       await removeLeftover(options.pool, options.volumes, stream, onNote);
+      await removeOtherLeftovers(options.pool, options.volumes, stream, storedStreams, onNote);
       const mark: PackMark = { stream, host: os.hostname(), pid: process.pid };
       await options.pool.snapshot({ source: volume, name: stream, readOnly: true, labels: { [PACK_SNAPSHOT_LABEL]: JSON.stringify(mark) } }).catch((error: unknown) => {
         if (!isThinError(error, 'THIN_READ_ONLY')) throw error;
@@ -135,4 +139,26 @@ async function removeLeftover(pool: SnapshotPool, volumes: readonly ListedVolume
   }
   onNote(`removing ${stream}, left by a pack that did not finish`);
   await pool.removeVolume({ name: stream, force: true });
+}
+
+/**
+ * Removes the snapshots that packs of other streams on this host took and did not finish (their
+ * process is gone, the store has no such stream): a killed pack of a stream named by default
+ * leaves one that no later pack is named after.
+ */
+async function removeOtherLeftovers(
+  pool: SnapshotPool,
+  volumes: readonly ListedVolume[],
+  stream: string,
+  storedStreams: readonly string[],
+  onNote: (line: string) => void,
+): Promise<void> {
+  const stored = new Set(storedStreams);
+  for (const volume of volumes) {
+    const mark = markOf(volume);
+    if (mark === undefined || volume.name === stream || mark.stream !== volume.name || !volume.readOnly || stored.has(volume.name)) continue;
+    if (mark.host !== os.hostname() || mark.pid === process.pid || processAlive(mark.pid)) continue;
+    onNote(`removing ${volume.name}, left by a pack of it that did not finish`);
+    await pool.removeVolume({ name: volume.name, force: true });
+  }
 }

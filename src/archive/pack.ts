@@ -197,10 +197,15 @@ export function refsByRange(refs: ChunkRef[], rangeEnds: readonly number[]): Chu
   return byRange;
 }
 
-/** THIN_INVALID for a name that is not a stream name, THIN_EXISTS when the store has a stream of that name. */
-export async function assertStreamNameFree(archive: Archive, name: string): Promise<void> {
+/**
+ * THIN_INVALID for a name that is not a stream name, THIN_EXISTS when the store has a stream of
+ * that name; else the names of the store's streams.
+ */
+export async function assertStreamNameFree(archive: Archive, name: string): Promise<string[]> {
   if (!validStreamName(name)) throw new ThinError('THIN_INVALID', `Invalid stream name '${name}': use letters, digits and . _ + - and start with a letter or digit`);
-  if ((await archive.streamNames()).includes(name)) throw new ThinError('THIN_EXISTS', `A stream named ${name} already exists in ${archive.url}`);
+  const names = await archive.streamNames();
+  if (names.includes(name)) throw new ThinError('THIN_EXISTS', `A stream named ${name} already exists in ${archive.url}`);
+  return names;
 }
 
 /**

@@ -25,11 +25,12 @@ export type PackSources = (name: string) => PackSource;
  * How a pack reaches its volumes when it must do more than read them: `identify` answers the
  * checks made before anything is read or snapshotted (THIN_NOT_FOUND for an unknown name), and
  * `read` runs the pack on the sources and the volume name to read (a snapshot taken for it, or
- * the volume itself). A pack refused by those checks leaves no snapshot (pack-snapshot.ts).
+ * the volume itself), given the names of the streams the store holds. A pack refused by those
+ * checks leaves no snapshot (pack-snapshot.ts).
  */
 export interface PackAccess {
   identify(name: string): StreamSource;
-  read<T>(work: (sources: PackSources, volume: string) => Promise<T>): Promise<T>;
+  read<T>(work: (sources: PackSources, volume: string) => Promise<T>, storedStreams: readonly string[]): Promise<T>;
 }
 
 /** The volumes of a pool this process opened. */

@@ -221,28 +221,44 @@ function temporaryName(name: string): string {
   return `${name.slice(0, VOLUME_NAME_LENGTH_MAX - suffix.length)}${suffix}`;
 }
 
-/** What removeStaleImports found under NAME's temporary names. */
+/** What removeStaleImports found. */
 export interface StaleImports {
-  /** Left by an import of NAME (marked as such): removed. */
+  /** Left by an import (marked as such, with the name the mark gives): removed. */
   removed: string[];
   /** Named like a temporary volume of NAME but not marked as an import's own: left alone. */
   leftAlone: string[];
 }
 
+/** The prefix of the temporary names of an import of `name` (temporaryName). */
+function temporaryPrefix(name: string): string {
+  return `${name.slice(0, VOLUME_NAME_LENGTH_MAX - TEMPORARY_SUFFIX_BYTES)}.importing-`;
+}
+
+/** Whether `volumeName` is a temporary name of an import of `name`. */
+function isTemporaryNameOf(volumeName: string, name: string): boolean {
+  const prefix = temporaryPrefix(name);
+  return volumeName.startsWith(prefix) && /^[0-9a-f]{8}$/.test(volumeName.slice(prefix.length));
+}
+
 /**
- * Removes what an import of NAME killed before it could clean up left behind (its temporary
- * volumes); the caller holds the pool alone (the CLI's pool lock), so no such import is running.
- * Only volumes that carry the import's mark for NAME (set in the change that made them) are
- * removed: a volume someone else named the same way is left alone. Since every import picks a new
- * random temporary name, such a volume never stands in an import's way.
+ * Removes what imports killed before they could clean up left behind (their temporary volumes);
+ * the caller holds the pool alone (the CLI's pool lock), so no import is running. Only volumes
+ * that carry an import's mark (set in the change that made them) and are named as a temporary
+ * volume of the import the mark names are removed, whatever that name: an import killed and
+ * never run again under its name would otherwise keep its half-written blocks for good. A volume
+ * someone else named the same way is left alone (and named when it is named like one of NAME's);
+ * since every import picks a new random temporary name, such a volume never stands in its way.
  */
 export async function removeStaleImports(pool: Pool, name: string): Promise<StaleImports> {
-  const prefix = `${name.slice(0, VOLUME_NAME_LENGTH_MAX - TEMPORARY_SUFFIX_BYTES)}.importing-`;
-  const named = pool.list().filter((info) => info.name.startsWith(prefix) && /^[0-9a-f]{8}$/.test(info.name.slice(prefix.length)));
-  const stale = named.filter((info) => !info.readOnly && info.labels[IMAGE_LABELS.importing] === name);
+  const volumes = pool.list();
+  const stale = volumes.filter((info) => {
+    const importing = info.labels[IMAGE_LABELS.importing];
+    return !info.readOnly && importing !== undefined && isTemporaryNameOf(info.name, importing);
+  });
   for (const info of stale) await pool.removeVolume(info.name);
   if (stale.length > 0) await pool.flush();
-  return { removed: stale.map((info) => info.name), leftAlone: named.filter((info) => !stale.includes(info)).map((info) => info.name) };
+  const leftAlone = volumes.filter((info) => isTemporaryNameOf(info.name, name) && !stale.includes(info));
+  return { removed: stale.map((info) => info.name), leftAlone: leftAlone.map((info) => info.name) };
 }
 
 class ImageBuild {

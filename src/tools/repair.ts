@@ -30,6 +30,7 @@ import { METADATA_BLOCK_HEADER_BYTES, METADATA_BLOCK_SIZE_BYTES, SECTOR_BYTES } 
 import { ThinError, isThinError } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
+import { processAlive } from '../util/process.ts';
 import { BlockType, TreeWalker, type ValueCodec, type WalkVisitor } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -41,7 +42,6 @@ import {
 import { DATA_FILE_NAME, METADATA_FILE_NAME } from '../pool/files.ts';
 import { checkPool, type CheckOptions, type CheckReport } from './check.ts';
 import { rebuildSuperblock, scanCopyBlockCount } from './superblock-scan.ts';
-import { randomBytes } from 'node:crypto';
 import type { Extent } from '../pool/ranges.ts';
 import { badRangeProblem, isPending, type DumpBadRange, type DumpVisitor, type Mapping, type VisitResult } from './dump/events.ts';
 import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
@@ -49,7 +49,7 @@ import { openPoolForTools, type FindingKind, type OpenFinding } from './open.ts'
 import { PoolView, openReadOnly } from './pool-view.ts';
 import type { Problem } from './problem.ts';
 import { deviceReadCodec, extentReadCodec } from '../pool/trees.ts';
-import { buildPool, type RestoredVolume } from './restore.ts';
+import { buildPool, removeDeadScratch, scratchPath, type RestoredVolume } from './restore.ts';
 
 /** What repair could not carry over: where, and a sentence (the same shape as check's problems). */
 export type RepairLoss = Problem;
@@ -165,7 +165,8 @@ async function rebuild(view: PoolView, sourceDir: string, targetDir: string, opt
 export async function repairPool(sourceDir: string, targetDir: string, options: RepairOptions = {}): Promise<RepairReport> {
   const fileSystem = options.fileSystem ?? nodeFileSystem;
   const lost: RepairLoss[] = [];
-  const scratchDir = `${path.resolve(targetDir)}.scan-${process.pid}-${randomBytes(4).toString('hex')}`;
+  removeDeadScratch(fileSystem, path.resolve(targetDir), 'scan');
+  const scratchDir = scratchPath(path.resolve(targetDir), 'scan');
   try {
     const view = await openSource(fileSystem, sourceDir, lost, options.blockSizeBytes === undefined ? undefined : { blockSizeBytes: options.blockSizeBytes, scratchDir });
     try {
@@ -201,7 +202,8 @@ export async function repairPoolInPlace(dir: string, options: RepairOptions = {}
     );
   }
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  const aside = path.join(dir, `repair-${stamp}`);
+  removeDeadAsides(fileSystem, dir);
+  const aside = path.join(dir, `repair-${stamp}-${process.pid}`);
   const savedMetadataPath = path.join(dir, `${METADATA_FILE_NAME}.bad-${stamp}`);
   const lost: RepairLoss[] = [];
   const view = await openSource(fileSystem, dir, lost);
@@ -214,6 +216,21 @@ export async function repairPoolInPlace(dir: string, options: RepairOptions = {}
   } finally {
     fileSystem.remove(aside, { recursive: true }); // the new pool's data link and lock file: never the data
     await view.close();
+  }
+}
+
+/**
+ * Removes what in-place repairs killed before their cleanup left in `dir`: `repair-<time>-<pid>`
+ * (the new pool built, not yet swapped in or not yet removed) and its build directory
+ * `repair-<time>-<pid>.tmp-<pid>-<random>`, when that pid's process is gone.
+ */
+function removeDeadAsides(fileSystem: FileSystem, dir: string): void {
+  for (const name of fileSystem.list(dir)) {
+    const match = /^repair-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d-\d{3}Z-(\d+)(?:\.tmp-\d+-[0-9a-f]{8})?$/.exec(name);
+    if (match === null) continue;
+    const pid = Number(match[1]);
+    if (pid === process.pid || processAlive(pid)) continue;
+    fileSystem.remove(path.join(dir, name), { recursive: true }); // its data link, never the data
   }
 }
 

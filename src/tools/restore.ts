@@ -29,7 +29,8 @@
 //
 // Nothing half-built is left behind: the pool is built in `DIR.tmp-<pid>-<random>` next to DIR
 // and renamed to DIR only after its one commit is durable; on any failure the temporary
-// directory is removed. With `data: { path }` the pool's `data` entry is a symbolic link to that
+// directory is removed, and one a killed build left (its process gone) is removed by the next
+// build of DIR. With `data: { path }` the pool's `data` entry is a symbolic link to that
 // path (the data is reused in place and never copied; removing a failed build removes the link,
 // never its target).
 import { randomBytes } from 'node:crypto';
@@ -52,6 +53,7 @@ import {
 import { ThinError, assert } from '../errors.ts';
 import type { BlockFile } from '../io/block-file.ts';
 import { nodeFileSystem, type FileSystem } from '../io/file-system.ts';
+import { processAlive } from '../util/process.ts';
 import { BTree, BlockType, SpaceMap, TransactionManager } from '../pdata/index.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
@@ -139,7 +141,8 @@ export async function buildPool<T>(
   const fileSystem = options.fileSystem ?? nodeFileSystem;
   assertNoPool(fileSystem, dir);
   const metadataBlockCount = metadataBlockCountFor(options.metadataSizeBytes);
-  const temporary = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  removeDeadScratch(fileSystem, dir, 'tmp');
+  const temporary = scratchPath(dir, 'tmp');
   fileSystem.makeDirectory(temporary);
   const builder = new PoolBuilder(fileSystem, temporary, options.data, metadataBlockCount, options.space ?? {});
   try {
@@ -154,6 +157,29 @@ export async function buildPool<T>(
     await builder.abandon();
     fileSystem.remove(temporary, { recursive: true });
     throw error;
+  }
+}
+
+/** A directory beside `dir` for work on it: `DIR.KIND-<pid>-<random>`, named so removeDeadScratch finds it. */
+export function scratchPath(dir: string, kind: 'tmp' | 'scan'): string {
+  return `${dir}.${kind}-${process.pid}-${randomBytes(4).toString('hex')}`;
+}
+
+/**
+ * Removes the `DIR.KIND-<pid>-<random>` directories beside `dir` whose process is gone: a restore
+ * or repair killed before its rename (or its cleanup) leaves one, and only the next run of it
+ * on that directory knows the name. Those of running processes are theirs and are kept.
+ */
+export function removeDeadScratch(fileSystem: FileSystem, dir: string, kind: 'tmp' | 'scan'): void {
+  const parent = path.dirname(dir);
+  if (fileSystem.kind(parent) !== 'directory') return;
+  const prefix = `${path.basename(dir)}.${kind}-`;
+  for (const name of fileSystem.list(parent)) {
+    const match = name.startsWith(prefix) ? /^(\d+)-[0-9a-f]{8}$/.exec(name.slice(prefix.length)) : null;
+    if (match === null) continue;
+    const pid = Number(match[1]);
+    if (pid === process.pid || processAlive(pid)) continue;
+    fileSystem.remove(path.join(parent, name), { recursive: true }); // a data link inside is removed, never its target
   }
 }
 

@@ -1,6 +1,7 @@
 // The read-only snapshot a pack takes of a writable volume (src/archive/pack-snapshot.ts): a pack
-// that fails leaves none, a pack killed leaves one the next pack of that stream removes, a volume
-// of that name that no pack left is refused and kept, and --keep-snapshot keeps one, served or not.
+// that fails leaves none, a pack killed leaves one the next pack of that stream (or, named by
+// default, of any stream) removes, a volume of that name that no pack left is refused and kept,
+// and --keep-snapshot keeps one, served or not.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -221,6 +222,23 @@ describe('on a pool this process opens', () => {
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stderr, /removing u3, left by a pack that did not finish/);
     assert.equal(volume(pool, 'u3')?.labels[PACK_SNAPSHOT_LABEL], undefined);
+  });
+
+  test('a killed pack of a stream named by default (VOLUME.<time>) leaves a snapshot the next pack of any stream removes', async () => {
+    const pool = makePool('unnamed');
+    const args = ['--pool', pool, 'big', '--store', store, '--keep-snapshot'];
+    const stderr = await packKilledAfterSnapshot(args);
+    const stream = /through its read-only snapshot (\S+)/.exec(stderr)?.[1] ?? '';
+    assert.ok(stream.startsWith('big.'), stderr);
+    assert.equal(JSON.parse(volume(pool, stream)?.labels[PACK_SNAPSHOT_LABEL] ?? '{}').stream, stream, 'a killed pack leaves its marked snapshot');
+    // The next pack has another default name; the leftover's stream is never packed again.
+    const again = thinbd(['archive', 'pack', ...args]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stderr, new RegExp(`removing ${stream.replace(/\./g, '\\.')}, left by a pack of it that did not finish`));
+    assert.equal(volume(pool, stream), undefined, `${stream} was removed`);
+    const kept = volumes(pool).filter((entry) => entry.name.startsWith('big.'));
+    assert.equal(kept.length, 1, `one snapshot kept: ${kept.map((entry) => entry.name).join(', ')}`);
+    assert.equal(kept[0]!.labels[PACK_SNAPSHOT_LABEL], undefined);
   });
 
   test('a snapshot taken through the pool service keeps its source\'s labels beside those it is given (these win)', async () => {

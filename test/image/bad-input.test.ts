@@ -204,6 +204,25 @@ test("a killed import's temporary volume is removed by the next import of that n
   assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
 });
 
+test("a killed import's temporary volume is removed by the next import of any name: an image never imported again under its name would keep it for good", () => {
+  // What SIGKILL after a commit leaves, holding blocks: the volume being built, under its
+  // temporary name, with the mark the import sets when it makes it.
+  const leftover = 'abandoned.importing-fedcba98';
+  assert.equal(thinbd(['create', '--pool', pool, leftover, '--size', '1G', '--label', 'thinbd.image.importing=abandoned']).code, 0);
+  const half = path.join(work.path, 'half');
+  fs.writeFileSync(half, Buffer.alloc(1024 * 1024, 7));
+  assert.equal(thinbd(['import', '--pool', pool, leftover, half]).code, 0);
+  const good = path.join(work.path, 'other-name.tar');
+  fs.writeFileSync(good, tarArchive([{ path: 'x', data: 'x' }]));
+  const other = thinbd(['image', 'import', '--pool', pool, 'another', good]);
+  assert.equal(other.code, 0, other.stderr);
+  assert.match(other.stderr, /Removed abandoned\.importing-fedcba98, left by an import that did not finish/);
+  assert.doesNotMatch(other.stderr, /Left .* alone/);
+  assert.equal(thinbd(['check', '--pool', pool]).code, 0);
+  assert.equal(thinbd(['remove', '--pool', pool, 'another']).code, 0);
+  assert.equal(thinbd(['list', '--pool', pool, '--json']).stdout, listBefore);
+});
+
 test('the volume an import builds carries its mark from the change that makes it, and the image does not', async () => {
   const { Pool } = await import('../../src/pool/pool.ts');
   const { importImage } = await import('../../src/image/import.ts');

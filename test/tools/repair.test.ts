@@ -1,10 +1,12 @@
 // repair: a damaged pool yields a new pool that check accepts, that keeps everything readable
-// (block for block) and that loses only what sat under the damage, each loss named.
+// (block for block) and that loses only what sat under the damage, each loss named; what a killed
+// repair left is removed by the next.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, fstatSync, openSync, writeSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { Pool } from '../../src/pool/pool.ts';
-import { repairPool } from '../../src/tools/repair.ts';
+import { repairPool, repairPoolInPlace } from '../../src/tools/repair.ts';
 import { PoolView } from '../../src/tools/pool-view.ts';
 import { checkPool } from '../../src/tools/check.ts';
 import { TreeWalker, type ValueCodec } from '../../src/pdata/index.ts';
@@ -143,6 +145,38 @@ test('unreadable volume details keep the volume and its data under the name reco
     assert.deepEqual(report.volumes.map((v) => v.name), ['a', 'recovered-2', 'a-snap']);
     assert.deepEqual(await volumeBlocks(report.dir, 'recovered-2'), before);
     assert.deepEqual((await checkPool(report.dir)).problems, []);
+  } finally {
+    scratch.remove();
+  }
+});
+
+test('what a killed repair left (its build and scan directories beside NEW, its aside in DIR for check --repair) the next run removes, unless its process runs', async () => {
+  const scratch = new Scratch();
+  try {
+    const dir = scratch.path('pool');
+    await makePool(dir);
+    const dataBefore = readFileSync(`${dir}/data`);
+    // What a process killed at those points leaves: a partly built pool (a data link to the pool's
+    // data, some metadata) under a name carrying the dead process's pid.
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    const leftover = (path: string): void => {
+      mkdirSync(path);
+      symlinkSync(`${dir}/data`, `${path}/data`);
+      writeFileSync(`${path}/metadata`, Buffer.alloc(METADATA_BLOCK_SIZE_BYTES, 1));
+    };
+    const stamp = '2026-12-07T23-55-01-123Z';
+    const deadOnes = [`fixed.tmp-${dead}-0123abcd`, `fixed.scan-${dead}-4567cdef`].map((name) => scratch.path(name));
+    const deadAsides = [`repair-${stamp}-${dead}`, `repair-${stamp}-${dead}.tmp-${dead}-89abcdef`].map((name) => `${dir}/${name}`);
+    const running = [scratch.path(`fixed.tmp-${process.pid}-0123abcd`), `${dir}/repair-${stamp}-${process.pid}`];
+    for (const path of [...deadOnes, ...deadAsides, ...running]) leftover(path);
+
+    await repairPool(dir, scratch.path('fixed'));
+    for (const path of deadOnes) assert.equal(existsSync(path), false, `${path} is removed`);
+    await repairPoolInPlace(dir);
+    for (const path of deadAsides) assert.equal(existsSync(path), false, `${path} is removed`);
+    for (const path of running) assert.equal(existsSync(path), true, `${path} of a running process is kept`);
+    assert.ok(readFileSync(`${dir}/data`).equals(dataBefore), 'the data a leftover linked to is untouched');
+    assert.deepEqual((await checkPool(dir)).problems, []);
   } finally {
     scratch.remove();
   }

@@ -1,8 +1,10 @@
 // thinbd restore: the pool it builds (names, sizes, extents merged whatever the input order), and
-// the promise that a failure leaves nothing behind.
+// the promise that a failure leaves nothing behind (a kill: nothing the next restore keeps).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createReadStream, existsSync, readdirSync, writeFileSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createReadStream, existsSync, mkdirSync, readdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { Pool } from '../../src/pool/pool.ts';
 import { restorePool } from '../../src/tools/restore.ts';
 import { dumpPool } from '../../src/tools/dump/pool-dump.ts';
@@ -11,6 +13,7 @@ import { StringSink } from '../../src/tools/dump/sink.ts';
 import { checkPool } from '../../src/tools/check.ts';
 import { isThinError } from '../../src/errors.ts';
 import { Scratch } from './thin-tools.ts';
+import { THINBD, thinbd } from '../cli/run-thinbd.ts';
 
 const BLOCK = 65536;
 const SB = (nrDataBlocks: number, time = 3): string =>
@@ -152,6 +155,37 @@ test('what the XML cannot give a pool is refused by name, and nothing is left be
     await assert.rejects(restorePool([doc(SB(10), '</superblock>')], { dir, data: { sizeBytes: 5 * BLOCK } }), /holds 5 blocks of 65536 bytes; the dump has nr_data_blocks="10"/);
     assert.deepEqual(leftovers(scratch, 'pool'), []);
     assert.ok(existsSync(small), 'a failed restore never removes the data it was given');
+  } finally {
+    scratch.remove();
+  }
+});
+
+test('a restore killed half way leaves its temporary directory, which the next restore of that directory removes; a running one\'s is kept', async () => {
+  const scratch = new Scratch();
+  try {
+    const dir = scratch.path('pool');
+    const lines = [SB(10_000), DEV(1)];
+    for (let block = 0; block < 3000; block += 1) lines.push(`    <single_mapping origin_block="${block}" data_block="${block * 3}" time="0"/>`);
+    lines.push('  </device>', '</superblock>');
+    const xml = doc(...lines);
+    // Killed with half its input read: the build directory is there, the pool is not.
+    const child = spawn(process.execPath, [THINBD, 'restore', '--pool', dir, '-i', '-', '--data-size', String(10_000 * BLOCK)], { stdio: ['pipe', 'ignore', 'pipe'] });
+    const exited = once(child, 'exit');
+    child.stdin.write(xml.slice(0, xml.length / 2));
+    while (leftovers(scratch, 'pool.tmp-').length === 0 && child.exitCode === null) await new Promise((resolve) => setTimeout(resolve, 10));
+    child.kill('SIGKILL');
+    const [, signal] = (await exited) as [number | null, NodeJS.Signals | null];
+    assert.equal(signal, 'SIGKILL', 'the restore ended before it was killed');
+    const left = leftovers(scratch, 'pool');
+    assert.equal(left.length, 1, `a killed restore leaves its build directory alone: ${left.join(', ')}`);
+    assert.match(left[0]!, new RegExp(`^pool\\.tmp-${child.pid}-[0-9a-f]{8}$`));
+    // One of a process that still runs (this one) is not touched.
+    const running = scratch.path(`pool.tmp-${process.pid}-0123abcd`);
+    mkdirSync(running);
+    const again = thinbd(['restore', '--pool', dir, '-i', '-', '--data-size', String(10_000 * BLOCK)], { input: xml });
+    assert.equal(again.code, 0, again.stderr);
+    assert.deepEqual(leftovers(scratch, 'pool').sort(), ['pool', `pool.tmp-${process.pid}-0123abcd`]);
+    assert.deepEqual((await checkPool(dir)).problems, []);
   } finally {
     scratch.remove();
   }

@@ -51,7 +51,7 @@ export function registerImageCommands(program: Command, reporter: Reporter, resu
       const parseThread = startParseThreadAhead(source, format);
       const directory = poolDirectory(options.pool);
       const result = await withPool(directory, 'write', async (pool) => {
-        // A killed import of the same name left its temporary volume: this one holds the pool alone.
+        // A killed import left its temporary volume: this one holds the pool alone, so every such volume is a leftover.
         const stale = await removeStaleImports(pool, name);
         for (const removed of stale.removed) reporter.note(`Removed ${removed}, left by an import that did not finish`);
         for (const kept of stale.leftAlone) {
