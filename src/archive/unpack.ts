@@ -88,6 +88,26 @@ async function removeLeftover(pool: Pool, name: string, work: string, onNote?: (
   await pool.removeVolume(work);
 }
 
+/** The work volumes of the unpacks running in this process, by pool: never taken for leftovers. */
+const runningWork = new WeakMap<Pool, Set<string>>();
+
+/**
+ * Removes the work volumes that killed unpacks into other targets left: marked with a target
+ * whose work name they have, and not the work volume of an unpack this process runs. Only the
+ * next unpack into that target removed one before, and a target never unpacked into again kept
+ * its half-written blocks for good. The pool is this process's (the pool lock), so an unpack
+ * that is not running here is not running.
+ */
+async function removeOtherLeftovers(pool: Pool, name: string, onNote?: (line: string) => void): Promise<void> {
+  const running = runningWork.get(pool);
+  for (const info of pool.list()) {
+    const target = info.labels[UNPACK_TARGET_LABEL];
+    if (target === undefined || target === name || info.name !== workVolumeName(target) || running?.has(info.name)) continue;
+    onNote?.(`removing ${info.name}, left by an unpack into ${target} that did not finish`);
+    await pool.removeVolume(info.name);
+  }
+}
+
 interface Range {
   begin: number;
   end: number;
@@ -133,6 +153,18 @@ function subtract(ranges: Range[], covered: Range[]): Range[] {
  * shared store lock and the pool open for writing.
  */
 export async function unpackStream(archive: Archive, root: StreamRoot, pool: Pool, name: string, options: UnpackOptions = {}): Promise<UnpackResult> {
+  const work = workVolumeName(name);
+  let running = runningWork.get(pool);
+  if (running === undefined) runningWork.set(pool, (running = new Set()));
+  running.add(work);
+  try {
+    return await unpackStreamRunning(archive, root, pool, name, work, options);
+  } finally {
+    running.delete(work);
+  }
+}
+
+async function unpackStreamRunning(archive: Archive, root: StreamRoot, pool: Pool, name: string, work: string, options: UnpackOptions): Promise<UnpackResult> {
   const startMs = performance.now();
   // The target pool's block size, which may differ from the stream's (root.blockSizeBytes): the
   // stream's runs are byte ranges, written into whatever blocks hold them (a block larger than the
@@ -145,8 +177,8 @@ export async function unpackStream(archive: Archive, root: StreamRoot, pool: Poo
 
   const existing = pool.list().find((info) => info.name === name);
   if (existing?.readOnly === true) throw new ThinError('THIN_READ_ONLY', `Volume ${name} is read-only; unpack into a writable volume or a new name`);
-  const work = workVolumeName(name);
   await removeLeftover(pool, name, work, options.onNote);
+  await removeOtherLeftovers(pool, name, options.onNote);
   // Marked in the change that makes it: no kill can leave an unmarked work volume behind.
   const mark = { [UNPACK_TARGET_LABEL]: name };
   const volume =

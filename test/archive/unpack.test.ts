@@ -87,6 +87,23 @@ test("an unpack's leftover is removed by the next unpack into its target; the ma
   assert.ok(!names().includes('z.unpacking'));
 });
 
+test("an unpack's leftover is removed by the next unpack into any target: a target never unpacked into again would keep it for good", async () => {
+  const notes: string[] = [];
+  // What a killed unpack into `q` leaves, half written; and a volume whose mark does not fit its name.
+  const leftover = await pool.createVolume('q.unpacking', { sizeBytes: 4 * MiB, labels: { [UNPACK_TARGET_LABEL]: 'q' } });
+  await leftover.write(0, contentBytes(MiB, 11));
+  await pool.createVolume('p.unpacking', { sizeBytes: MiB, labels: { [UNPACK_TARGET_LABEL]: 'elsewhere' } });
+  await unpackVolume({ store, pool, stream: 's0', volume: 'r', onNote: (line) => notes.push(line) });
+  assert.deepEqual(notes, ['removing q.unpacking, left by an unpack into q that did not finish']);
+  assert.ok(!names().includes('q.unpacking'));
+  assert.ok(names().includes('p.unpacking'), 'a volume not named as its mark says is not taken for a leftover');
+  assert.equal(digest(await readVolume(pool, 'r')), packed);
+  // Two unpacks at once in one process: neither takes the other's work volume for a leftover.
+  await Promise.all(['r1', 'r2'].map((volume) => unpackVolume({ store, pool, stream: 's0', volume })));
+  for (const volume of ['r1', 'r2']) assert.equal(digest(await readVolume(pool, volume)), packed);
+  for (const volume of ['r', 'r1', 'r2', 'p.unpacking']) await pool.removeVolume(volume);
+});
+
 test('a snapshot takes the labels it is given in the change that makes it, the source keeps its own', async () => {
   await pool.createVolume('labelled', { sizeBytes: MiB, labels: { a: '1' } });
   await pool.snapshot('labelled', 'labelled.s', { labels: { b: '2' } });
@@ -106,13 +123,15 @@ test('long names that differ past the cut get work volumes of their own', async 
     assert.ok(workVolumeName(name).endsWith('.unpacking'));
   }
   assert.equal(workVolumeName('x'), 'x.unpacking');
-  // A leftover of an unpack into a is not touched by an unpack into b.
+  // A leftover of an unpack into a is a's, not b's: an unpack into b removes it as a's and
+  // works in a work volume of its own.
   await pool.createVolume(workVolumeName(a), { sizeBytes: MiB, labels: { [UNPACK_TARGET_LABEL]: a } });
-  await unpackVolume({ store, pool, stream: 's0', volume: b });
+  const notes: string[] = [];
+  await unpackVolume({ store, pool, stream: 's0', volume: b, onNote: (line) => notes.push(line) });
   assert.equal(digest(await readVolume(pool, b)), packed);
-  assert.ok(names().includes(workVolumeName(a)));
+  assert.deepEqual(notes, [`removing ${workVolumeName(a)}, left by an unpack into ${a} that did not finish`]);
+  assert.ok(!names().includes(workVolumeName(a)) && !names().includes(workVolumeName(b)));
   await unpackVolume({ store, pool, stream: 's0', volume: a });
-  assert.ok(!names().includes(workVolumeName(a)));
   assert.equal(digest(await readVolume(pool, a)), packed);
 });
 
