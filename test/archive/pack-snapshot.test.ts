@@ -231,13 +231,15 @@ describe('on a pool this process opens', () => {
     const stream = /through its read-only snapshot (\S+)/.exec(stderr)?.[1] ?? '';
     assert.ok(stream.startsWith('big.'), stderr);
     assert.equal(JSON.parse(volume(pool, stream)?.labels[PACK_SNAPSHOT_LABEL] ?? '{}').stream, stream, 'a killed pack leaves its marked snapshot');
-    // The next pack has another default name; the leftover's stream is never packed again.
-    const again = thinbd(['archive', 'pack', ...args]);
+    // The next pack is of another stream (a default name of a later second, or any name: named
+    // here, as a pack within the same second would get the same default name); the leftover's
+    // stream is never packed again.
+    const again = thinbd(['archive', 'pack', '--pool', pool, 'big', '--store', store, '--name', 'big.later', '--keep-snapshot']);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stderr, new RegExp(`removing ${stream.replace(/\./g, '\\.')}, left by a pack of it that did not finish`));
     assert.equal(volume(pool, stream), undefined, `${stream} was removed`);
     const kept = volumes(pool).filter((entry) => entry.name.startsWith('big.'));
-    assert.equal(kept.length, 1, `one snapshot kept: ${kept.map((entry) => entry.name).join(', ')}`);
+    assert.deepEqual(kept.map((entry) => entry.name), ['big.later'], 'only the new pack\'s snapshot is kept');
     assert.equal(kept[0]!.labels[PACK_SNAPSHOT_LABEL], undefined);
   });
 
