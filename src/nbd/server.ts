@@ -280,7 +280,6 @@ export class NbdServer {
   }
 }
 
-/** Whether something accepts connections on a Unix socket path. */
 /**
  * Listens on a Unix socket that only its owner (and root) can connect to, whatever the umask: a
  * connection can read and write every export, as the pool's 0600 files can (README, "Privacy"),
@@ -297,6 +296,7 @@ function listenPrivately(server: net.Server, path: string, listening: () => void
   }
 }
 
+/** Whether something accepts connections on a Unix socket path. */
 function socketAnswers(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const probe = net.connect(path);

@@ -1,5 +1,6 @@
 // Raw images in and out of volumes. Import skips runs of zeros so the volume stays thin; export
 // leaves unmapped ranges as holes in the target file.
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { addAbortSignal, type Readable, type Writable } from 'node:stream';
 import type { Pool } from '../pool/pool.ts';
@@ -176,7 +177,7 @@ export interface ExportResult {
 export async function exportRaw(volume: VolumeReader, target: ExportTarget, onProgress?: TransferProgress, signal?: AbortSignal): Promise<ExportResult> {
   const sizeBytes = volume.sizeBytes;
   // A volume's bytes: the exported image is as private as the pool (io/private.ts).
-  const handle = 'path' in target ? await open(target.path, 'w', PRIVATE_FILE_MODE) : undefined;
+  const handle = 'path' in target ? await openTarget(target.path, signal) : undefined;
   let bytesWritten = 0;
   try {
     // A regular file is made private and sparse. Anything else named as the target (/dev/null, a
@@ -261,6 +262,34 @@ function readError(path: string, error: unknown): ThinError {
 
 function isZero(piece: Uint8Array, zeros: Uint8Array): boolean {
   return Buffer.compare(piece, zeros.subarray(0, piece.length)) === 0;
+}
+
+/**
+ * Opens the export's target for writing. Opening a FIFO waits for its reader, in a thread that no
+ * signal reaches, so an abort while it waits would otherwise go unheard (a Ctrl-C did nothing, and
+ * the command stayed until a reader came): the wait is given up, and the open still pending is let
+ * through by opening the FIFO for reading here (which does not wait) and then closed.
+ */
+async function openTarget(path: string, signal: AbortSignal | undefined): Promise<FileHandle> {
+  const opening = open(path, 'w', PRIVATE_FILE_MODE);
+  if (signal === undefined) return await opening;
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_resolve, reject) => {
+    onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([opening, aborted]);
+  } catch (error) {
+    if (!signal.aborted) throw error;
+    const reader = await open(path, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined);
+    await (await opening.catch(() => undefined))?.close();
+    await reader?.close();
+    throw error;
+  } finally {
+    signal.removeEventListener('abort', onAbort!);
+  }
 }
 
 function writeToStream(stream: Writable, chunk: Uint8Array, signal?: AbortSignal): Promise<void> {

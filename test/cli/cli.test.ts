@@ -3,7 +3,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync, readFileSync, statSync, existsSync, openSync, readSync, closeSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync, readFileSync, statSync, existsSync, openSync, readSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -46,6 +46,15 @@ function usageError(args: string[], pattern: RegExp): void {
  * The newest generation among a pool's superblock copies on disk (their header's transaction id,
  * where the copy's magic is right): enough to see that a running process has committed.
  */
+/** Whether a thread of process `pid` waits in the kernel for a FIFO's other end (Linux's wchan). */
+function waitingForFifoReader(pid: number): boolean {
+  try {
+    return readdirSync(`/proc/${pid}/task`).some((task) => readFileSync(`/proc/${pid}/task/${task}/wchan`, 'utf8') === 'wait_for_partner');
+  } catch {
+    return false;
+  }
+}
+
 function committedGeneration(metadataPath: string): number {
   const fd = openSync(metadataPath, 'r');
   try {
@@ -319,6 +328,29 @@ describe('import and export', () => {
     ok(['export', '--pool', dir, 'disk', fifo]);
     assert.deepEqual(await readerExited, [0, null]);
     assert.ok(readFileSync(received).equals(expected));
+  });
+
+  test('an export to a FIFO no one reads yet stops at SIGINT or SIGTERM (its open, waiting for a reader, is given up)', { timeout: 120_000 }, async () => {
+    // The open waits in a thread no signal reaches: a Ctrl-C used to do nothing until a reader came.
+    const dir = freshPool('t-export-fifo-signal');
+    ok(['create', '--pool', dir, 'disk', '--size', '4M']);
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      const fifo = join(work, `export-${signal}.fifo`);
+      assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+      const child = spawnThinbd(['export', '--pool', dir, 'disk', fifo]);
+      let stderr = '';
+      child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const exited = once(child, 'exit');
+      try {
+        while (child.exitCode === null && !waitingForFifoReader(child.pid!)) await new Promise((resolve) => setTimeout(resolve, 10));
+        child.kill(signal);
+        const [code] = (await exited) as [number | null];
+        assert.equal(code, 1, stderr);
+        assert.match(stderr, new RegExp(`^thinbd: Export of disk interrupted by ${signal}$`, 'm'));
+      } finally {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      }
+    }
   });
 
   test('import from stdin at an offset into an existing volume', () => {
