@@ -97,7 +97,10 @@ export function describeForeignControl(dir: string): string | undefined {
   const { real, stats } = found;
   const self = process.geteuid?.() ?? stats.uid;
   const modeText = (stats.mode & 0o7777).toString(8).padStart(4, '0');
-  if ((stats.mode & 0o022) !== 0 && (stats.mode & 0o1000) === 0) {
+  // Group write counts when the group is not the caller's own (a umask of 002 gives the user's
+  // private group, as Debian and Ubuntu make it, write to new directories).
+  const groupWrites = (stats.mode & 0o020) !== 0 && stats.gid !== (process.getegid?.() ?? stats.gid);
+  if (((stats.mode & 0o002) !== 0 || groupWrites) && (stats.mode & 0o1000) === 0) {
     return `${real} is writable by other users (mode ${modeText}), who could put links in place of its files; chmod 700 it`;
   }
   if (stats.uid !== self && stats.uid !== 0) {

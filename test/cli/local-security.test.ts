@@ -141,6 +141,11 @@ test("pool status and serve warn about a pool directory others could put links i
   const status = thinbdAs(undefined, ['pool', 'status', '--pool', dir]);
   assert.equal(status.code, 0, status.stderr);
   assert.deepEqual(status.stderr.trim().split('\n'), [`thinbd: warning: pool ${dir}: ${dir} is writable by other users (mode 0777), who could put links in place of its files; chmod 700 it`]);
+  chmodSync(dir, 0o775);
+  assert.equal(thinbdAs(undefined, ['pool', 'status', '--pool', dir]).stderr, '', "group write for the caller's own group (umask 002): no warning");
+  chownSync(dir, 0, STRANGER);
+  assert.match(thinbdAs(undefined, ['pool', 'status', '--pool', dir]).stderr, /is writable by other users \(mode 0775\)/, "group write for another group's members");
+  chownSync(dir, 0, 0);
   chmodSync(dir, 0o700);
   assert.equal(thinbdAs(undefined, ['pool', 'status', '--pool', dir]).stderr, '', 'a private directory of root\'s own: no warning');
 
