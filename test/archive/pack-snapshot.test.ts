@@ -135,10 +135,10 @@ describe('on a served pool', () => {
     ok(['archive', 'verify', '--store', store, 'k1']);
   });
 
-  test('a pack interrupted by SIGINT or SIGTERM after its snapshot removes it and stores no stream', async () => {
+  test('a pack interrupted by SIGINT, SIGTERM or SIGHUP after its snapshot removes it and stores no stream', async () => {
     // Ctrl-C used to leave the snapshot (marked as a killed pack's), pinning the volume's space
     // until a pack of the same stream name ran again: never, with the default names (VOLUME.<time>).
-    for (const [stream, signal] of [['i1', 'SIGINT'], ['i2', 'SIGTERM']] as const) {
+    for (const [stream, signal] of [['i1', 'SIGINT'], ['i2', 'SIGTERM'], ['i3', 'SIGHUP']] as const) {
       const child = spawn(process.execPath, [THINBD, 'archive', 'pack', '--pool', pool, 'big', '--store', store, '--name', stream], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stderr = '';
       let sent = false;

@@ -172,7 +172,7 @@ test('dump, delta, metadata pack and export work on a served pool while a client
   }
 });
 
-test('an export --snapshot interrupted by SIGINT or SIGTERM removes its snapshot', async () => {
+test('an export --snapshot interrupted by SIGINT, SIGTERM or SIGHUP removes its snapshot', async () => {
   // The snapshot taken for the export used to stay in the pool when the command was interrupted,
   // named export-PID-HEX, pinning the volume's space, with nothing to remove it later.
   const work = mkdtempSync(join(tmpdir(), 'thinbd-live-export-'));
@@ -183,7 +183,7 @@ test('an export --snapshot interrupted by SIGINT or SIGTERM removes its snapshot
   assert.equal(thinbd(['import', '--pool', pool, 'disk', image]).code, 0);
   const server = await startServe(pool);
   try {
-    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
       const out = join(work, `${signal}.raw`);
       const child = spawn(process.execPath, [THINBD, 'export', '--pool', pool, 'disk', out, '--snapshot'], { stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';

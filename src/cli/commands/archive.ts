@@ -8,6 +8,7 @@ import { assertPoolExists, liveService, withPinnedView, withPool } from '../pool
 import type { PoolService } from '../../daemon/service.ts';
 import { poolSources, viewSources, type PackAccess, type PackSources } from '../../archive/source.ts';
 import { formatSize } from '../sizes.ts';
+import { catchInterrupts } from '../interrupt.ts';
 import { growingProgress } from '../progress.ts';
 import { ThinError } from '../../errors.ts';
 import {
@@ -99,12 +100,9 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
         assertPoolExists(dir);
         const stream = name ?? defaultStreamName(volume, new Date());
         const keepSnapshot = options.keepSnapshot === true;
-        // Ctrl-C or SIGTERM stops the pack cleanly: the snapshot it reads through is removed (a
-        // kill leaves it for the next pack of the same stream name, pack-snapshot.ts).
-        const interrupted = new AbortController();
-        const onSignal = (signal: NodeJS.Signals): void => {
-          interrupted.abort(new ThinError('THIN_INTERRUPTED', `Pack of ${volume} into stream ${stream} interrupted by ${signal}`));
-        };
+        // Ctrl-C, SIGTERM or SIGHUP stops the pack cleanly: the snapshot it reads through is
+        // removed (a kill leaves it for a later pack, pack-snapshot.ts).
+        const interrupted = catchInterrupts((signal) => `Pack of ${volume} into stream ${stream} interrupted by ${signal}`);
         const pack = (reach: { sources: PackSources } | { access: PackAccess }): Promise<PackResult> =>
           packVolume({
             store,
@@ -119,14 +117,13 @@ export function registerArchiveCommands(program: Command, reporter: Reporter): v
             ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
           });
         let result: PackResult;
-        process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
         try {
           const live = await liveService(dir);
           result = await (live === undefined
             ? packUnserved(dir, volume, stream, keepSnapshot, note, pack)
             : packServed(dir, live, volume, stream, keepSnapshot, note, pack));
         } finally {
-          process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+          interrupted.release();
           progress.stop();
         }
         if (options.json === true) reporter.json(result);

@@ -5,6 +5,7 @@ import { UsageError, exitCodes, formatTable } from '../report.ts';
 import { parseLabels, poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
+import { catchInterrupts } from '../interrupt.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { importImage, removeStaleImports, startParseThreadAhead, type ImageFormat } from '../../image/import.ts';
 import { ThinError } from '../../errors.ts';
@@ -41,12 +42,8 @@ export function registerImageCommands(program: Command, reporter: Reporter, resu
       const format = parseFormat(options.format);
       const labels = parseLabels(options.label);
       let progress: Progress | undefined;
-      // Ctrl-C or SIGTERM stops the import cleanly: the volume it was building is removed.
-      const interrupted = new AbortController();
-      const onSignal = (signal: NodeJS.Signals): void => {
-        interrupted.abort(new ThinError('THIN_INTERRUPTED', `Import of ${isPathSource(source) ? source : displayUrl(source)} into ${name} interrupted by ${signal}`));
-      };
-      process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+      // Ctrl-C, SIGTERM or SIGHUP stops the import cleanly: the volume it was building is removed.
+      const interrupted = catchInterrupts((signal) => `Import of ${isPathSource(source) ? source : displayUrl(source)} into ${name} interrupted by ${signal}`);
       // The thread that will parse a local tar starts loading now, while the pool and the source open.
       const parseThread = startParseThreadAhead(source, format);
       const directory = poolDirectory(options.pool);
@@ -71,7 +68,7 @@ export function registerImageCommands(program: Command, reporter: Reporter, resu
           },
         });
       }).finally(async () => {
-        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        interrupted.release();
         progress?.stop();
         await parseThread?.close();
       });

@@ -4,6 +4,7 @@ import type { Reporter } from '../report.ts';
 import { poolDirectory, poolOption, sizeOption, volumeName } from '../options.ts';
 import { assertPoolExists, liveService, withPinnedView, withPool } from '../pool-access.ts';
 import { formatSize } from '../sizes.ts';
+import { catchInterrupts } from '../interrupt.ts';
 import { startProgress, type Progress } from '../progress.ts';
 import { exportRaw, importRaw } from '../../tools/transfer.ts';
 import type { VolumeReader } from '../../tools/pool-view.ts';
@@ -37,16 +38,12 @@ export function registerTransferCommands(program: Command, reporter: Reporter): 
       const offsetBytes = sizeOption('--offset', options.offset);
       const progress = progressReporter(`import ${name}`);
       const source = file === '-' ? { stream: process.stdin } : { path: file };
-      // Ctrl-C or SIGTERM stops the import cleanly: a volume it created is removed again.
-      const interrupted = new AbortController();
-      const onSignal = (signal: NodeJS.Signals): void => {
-        interrupted.abort(new ThinError('THIN_INTERRUPTED', `Import into ${name} interrupted by ${signal}`));
-      };
-      process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+      // Ctrl-C, SIGTERM or SIGHUP stops the import cleanly: a volume it created is removed again.
+      const interrupted = catchInterrupts((signal) => `Import into ${name} interrupted by ${signal}`);
       const result = await withPool(poolDirectory(options.pool), 'write', (pool) =>
         importRaw(pool, name, source, { offsetBytes, onProgress: progress.onProgress, signal: interrupted.signal }),
       ).finally(() => {
-        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        interrupted.release();
         progress.stop();
       });
       reporter.out(
@@ -68,19 +65,15 @@ export function registerTransferCommands(program: Command, reporter: Reporter): 
       assertPoolExists(dir);
       const progress = progressReporter(`export ${name}`);
       const target = file === '-' ? { stream: process.stdout } : { path: file };
-      // Ctrl-C or SIGTERM stops the export cleanly: the snapshot --snapshot took is removed.
-      const interrupted = new AbortController();
-      const onSignal = (signal: NodeJS.Signals): void => {
-        interrupted.abort(new ThinError('THIN_INTERRUPTED', `Export of ${name} interrupted by ${signal}`));
-      };
-      process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+      // Ctrl-C, SIGTERM or SIGHUP stops the export cleanly: the snapshot --snapshot took is removed.
+      const interrupted = catchInterrupts((signal) => `Export of ${name} interrupted by ${signal}`);
       const live = await liveService(dir);
       const result = await (
         live === undefined
           ? withPool(dir, 'read', (pool) => exportRaw(pool.volume(name), target, progress.onProgress, interrupted.signal), reporter)
           : exportServed(dir, live, name, options.snapshot === true, (volume) => exportRaw(volume, target, progress.onProgress, interrupted.signal))
       ).finally(() => {
-        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        interrupted.release();
         progress.stop();
       });
       if (file !== '-') reporter.out(`Exported volume ${name} (${formatSize(result.sizeBytes)}) to ${file}`);
