@@ -11,7 +11,7 @@
 // The per-piece calls (FileData.write, DataStream.append) return a promise only when they must
 // wait (a buffer to hand on or to take): an image has tens of thousands of small files, and an
 // async call per piece was most of the garbage an import made.
-import { ThinError, assert } from '../errors.ts';
+import { ThinError, assert, type ThinErrorCode } from '../errors.ts';
 import type { BufferPool, WriteQueue } from './block-target.ts';
 import { BLOCK_SIZE_BYTES, EXTENT_LENGTH_BLOCKS_MAX, LOGICAL_BLOCKS_MAX } from './ext4/format.ts';
 
@@ -25,6 +25,12 @@ export interface DataStreamOptions {
    * need at least N bytes of data; " + this): "--size 8388608 leaves at most 4194304 bytes for data".
    */
   limitReason: string;
+  /**
+   * How many bytes the stream may write from where it starts or resumes writing (the pool's free
+   * data space), and what that is ("the pool has N bytes of free data space"). Bytes skipped over
+   * (layers whose data the volume already holds) do not count: they take no new space.
+   */
+  newDataLimit?: { bytes: number; reason: string } | undefined;
   /** Pool block size: buffers are written in whole pool blocks. */
   alignBytes: number;
   buffers: BufferPool;
@@ -32,12 +38,21 @@ export interface DataStreamOptions {
 
 export type Fail = (problem: string) => ThinError;
 
+/** `error` (an archive error naming where: "Invalid image: entry 'x' at byte N: …") under another heading and code. */
+function retitled(error: ThinError, code: ThinErrorCode, heading: string): ThinError {
+  return new ThinError(code, `${heading}: ${error.message.replace(/^Invalid image: /, '')}`);
+}
+
 /** The data region being filled. */
 export class DataStream {
   readonly #queue: WriteQueue;
   readonly #options: DataStreamOptions;
   readonly #bufferBytes: number;
-  readonly #limitBytes: number;
+  /** Where the data may not reach now: limitBlock, or newDataLimit past #writeStartBytes. */
+  #limitBytes = 0;
+  #limitIsNewData = false;
+  /** Where the stream started, or last resumed, writing. */
+  #writeStartBytes: number;
   #buffer: Uint8Array | undefined;
   /** Volume byte offset of the buffer's first byte, and how much of it is filled. */
   #bufferOffsetBytes: number;
@@ -51,14 +66,34 @@ export class DataStream {
     assert(this.#bufferBytes % options.alignBytes === 0 && options.alignBytes % BLOCK_SIZE_BYTES === 0, 'data buffers must be whole pool blocks');
     this.#queue = queue;
     this.#options = options;
-    this.#limitBytes = options.limitBlock * BLOCK_SIZE_BYTES;
     this.#bufferOffsetBytes = options.beginBlock * BLOCK_SIZE_BYTES;
+    this.#writeStartBytes = this.#bufferOffsetBytes;
     this.#capacityBytes = this.#bufferBytes - (this.#bufferOffsetBytes % options.alignBytes);
+    this.#setLimit();
   }
 
-  /** The error for data that would end at `endBytes`, past the limit. */
+  #setLimit(): void {
+    const absoluteBytes = this.#options.limitBlock * BLOCK_SIZE_BYTES;
+    const newData = this.#options.newDataLimit;
+    const newDataEndBytes = newData === undefined || this.#skipping ? Infinity : this.#writeStartBytes + newData.bytes;
+    this.#limitIsNewData = newDataEndBytes < absoluteBytes;
+    this.#limitBytes = Math.min(absoluteBytes, newDataEndBytes);
+  }
+
+  /**
+   * The error for data that would end at `endBytes`, past the limit: naming the entry as `fail`
+   * does, but not calling the image invalid, since a larger --size or pool takes it.
+   */
   #overLimit(fail: Fail, endBytes: number): ThinError {
-    return fail(`the image's files need at least ${endBytes - this.#options.beginBlock * BLOCK_SIZE_BYTES} bytes of data; ${this.#options.limitReason}`);
+    const beginBytes = this.#options.beginBlock * BLOCK_SIZE_BYTES;
+    if (this.#limitIsNewData) {
+      const besideBytes = this.#writeStartBytes - beginBytes;
+      const besides = besideBytes > 0 ? ` besides the ${besideBytes} bytes of its layers already in the pool` : '';
+      const problem = `the image's files need at least ${endBytes - this.#writeStartBytes} bytes of data${besides}; ${this.#options.newDataLimit!.reason}`;
+      return retitled(fail(problem), 'THIN_NO_SPACE', 'Not enough free space in the pool for the image');
+    }
+    const problem = `the image's files need at least ${endBytes - beginBytes} bytes of data; ${this.#options.limitReason}`;
+    return retitled(fail(problem), 'THIN_IMAGE_INVALID', 'The image does not fit');
   }
 
   /** Volume byte offset where the next byte goes. */
@@ -85,10 +120,13 @@ export class DataStream {
     assert(this.cursorBytes % BLOCK_SIZE_BYTES === 0, 'skipping from inside a block');
     await this.#flushBuffer();
     this.#skipping = true;
+    this.#setLimit();
   }
 
   resumeWriting(): void {
     this.#skipping = false;
+    this.#writeStartBytes = this.cursorBytes;
+    this.#setLimit();
     this.#capacityBytes = this.#bufferBytes - (this.#bufferOffsetBytes % this.#options.alignBytes);
   }
 

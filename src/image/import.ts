@@ -301,25 +301,22 @@ class ImageBuild {
     return { tree: this.#tree, data: this.#data!, onEntry: () => this.#progress() };
   }
 
-  /** Where the data may go: --size, the pool's free space, the largest file system. */
-  #dataLimit(): { limitBlock: number; reason: string } {
-    const candidates: Array<{ limitBlock: number; reason: string }> = [
-      { limitBlock: FS_BLOCKS_MAX, reason: `the largest file system thinbd writes holds ${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes` },
-    ];
-    if (this.#pool !== undefined) {
-      const status = this.#pool.status();
-      // What new blocks may take: the pool keeps a reserve back for copy-on-write.
-      const freeBytes = Math.max(0, status.dataBlockCount - status.dataBlocksUsed - dataReserveBlocks(status.dataBlockCount)) * status.blockSizeBytes;
-      candidates.push({ limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `the pool has ${freeBytes} bytes of free data space` });
-    }
+  /**
+   * Where the data may go: --size or the largest file system (limitBlock), and the pool's free
+   * space (newDataLimit: what the import may write, not counting layers it starts from).
+   */
+  #dataLimit(): { limitBlock: number; limitReason: string; newDataLimit?: { bytes: number; reason: string } } {
     const sizeBytes = this.#options.sizeBytes;
-    if (sizeBytes !== undefined) {
-      const limitBlock = Math.floor(sizeBytes / BLOCK_SIZE_BYTES);
-      // At most: the metadata after the data (inode tables, journal) needs room too.
-      const reason = `--size ${sizeBytes} leaves at most ${(limitBlock - DATA_BEGIN_BLOCK) * BLOCK_SIZE_BYTES} bytes for data`;
-      candidates.push({ limitBlock, reason });
-    }
-    return candidates.reduce((smallest, candidate) => (candidate.limitBlock < smallest.limitBlock ? candidate : smallest));
+    const limit =
+      sizeBytes !== undefined && Math.floor(sizeBytes / BLOCK_SIZE_BYTES) < FS_BLOCKS_MAX
+        ? // At most: the metadata after the data (inode tables, journal) needs room too.
+          { limitBlock: Math.floor(sizeBytes / BLOCK_SIZE_BYTES), limitReason: `--size ${sizeBytes} leaves at most ${(Math.floor(sizeBytes / BLOCK_SIZE_BYTES) - DATA_BEGIN_BLOCK) * BLOCK_SIZE_BYTES} bytes for data` }
+        : { limitBlock: FS_BLOCKS_MAX, limitReason: `the largest file system thinbd writes holds ${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes` };
+    if (this.#pool === undefined) return limit;
+    const status = this.#pool.status();
+    // What new blocks may take: the pool keeps a reserve back for copy-on-write.
+    const freeBytes = Math.max(0, status.dataBlockCount - status.dataBlocksUsed - dataReserveBlocks(status.dataBlockCount)) * status.blockSizeBytes;
+    return { ...limit, newDataLimit: { bytes: Math.floor(freeBytes / BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES, reason: `the pool has ${freeBytes} bytes of free data space` } };
   }
 
   /** Makes the volume being built: empty, or a writable snapshot of a layer volume. */
@@ -360,8 +357,7 @@ class ImageBuild {
     const limit = this.#dataLimit();
     this.#data = new DataStream(this.#queue, {
       beginBlock: DATA_BEGIN_BLOCK,
-      limitBlock: limit.limitBlock,
-      limitReason: limit.reason,
+      ...limit,
       alignBytes: this.#blockSizeBytes,
       buffers: this.#buffers,
     });
@@ -424,8 +420,7 @@ class ImageBuild {
         description: this.#opened.description,
         compression: this.#opened.compression,
         beginBlock: DATA_BEGIN_BLOCK,
-        limitBlock: limit.limitBlock,
-        limitReason: limit.reason,
+        ...limit,
         alignBytes: this.#blockSizeBytes,
         writesInFlight: IMAGE_WRITES_IN_FLIGHT_MAX,
         filesystem: this.#filesystemOptions(),

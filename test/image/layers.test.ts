@@ -229,6 +229,43 @@ test('images built on the same layers store them once: the later image starts fr
   assert.equal(check.code, 0, check.stderr);
 });
 
+test("a pool's free space is weighed against the data an image writes, not the layers it starts from", () => {
+  // A fleet pool near full that holds the base layers: an image on them writes its own layer only.
+  const baseSpecs: TarSpec[] = [
+    { path: 'opt/', type: 'dir', mtime: T },
+    { path: 'opt/base.bin', data: patternBytes(24 * 1024 * 1024, 21), mtime: T },
+  ];
+  const appSpecs: TarSpec[] = [{ path: 'opt/app.bin', data: patternBytes(1024 * 1024, 22), mtime: T }];
+  const baseLayer = tarArchive(baseSpecs);
+  const appLayer = tarArchive(appSpecs);
+  const hugeLayer = tarArchive([{ path: 'opt/huge.bin', data: patternBytes(20 * 1024 * 1024, 23), mtime: T }]);
+  const base = path.join(work.path, 'near-full-base.tar');
+  const app = path.join(work.path, 'near-full-app.tar');
+  const huge = path.join(work.path, 'near-full-huge.tar');
+  fs.writeFileSync(base, ociArchive([{ tar: baseLayer }]));
+  fs.writeFileSync(app, ociArchive([{ tar: baseLayer }, { tar: appLayer }], { docker: true }));
+  fs.writeFileSync(huge, ociArchive([{ tar: baseLayer }, { tar: hugeLayer }], { docker: true }));
+  const pool = path.join(work.path, 'pool-near-full');
+  assert.equal(thinbd(['pool', 'create', '--pool', pool, '--data-size', '64M', '--auto-grow', 'off']).code, 0);
+  importImage(pool, 'base', base);
+  // Fill the pool until 16 MiB are free: less than the base layer, more than the app's own data.
+  const status = JSON.parse(thinbd(['pool', 'status', '--pool', pool, '--json']).stdout) as { space: { data: { freeBytes: number } } };
+  const filler = path.join(work.path, 'near-full-filler.raw');
+  fs.writeFileSync(filler, patternBytes(status.space.data.freeBytes - 16 * 1024 * 1024, 24));
+  assert.equal(thinbd(['import', '--pool', pool, 'filler', filler]).code, 0);
+  const imported = importImage(pool, 'app', app);
+  assert.deepEqual(imported.layers.map((layer) => layer.shared), [true, false]);
+  assertSameTree(mountedTree(pool, 'app'), expectedTree([baseSpecs, appSpecs]), 'the image imported into a nearly full pool');
+  // One whose own layer does not fit is refused, as a lack of space (not a bad archive), in one line.
+  const listBefore = thinbd(['list', '--pool', pool, '--all', '--json']).stdout;
+  const refused = thinbd(['image', 'import', '--pool', pool, 'huge', huge]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /^thinbd: Not enough free space in the pool for the image: layer 2 \(sha256:[0-9a-f]{12}\) entry 'opt\/huge\.bin' at byte \d+: the image's files need at least \d+ bytes of data besides the \d+ bytes of its layers already in the pool; the pool has \d+ bytes of free data space\n$/);
+  assert.equal(thinbd(['list', '--pool', pool, '--all', '--json']).stdout, listBefore);
+  const check = thinbd(['check', '--pool', pool]);
+  assert.equal(check.code, 0, check.stderr);
+});
+
 test('a layer whose content does not match its diff_id is refused and leaves nothing behind', () => {
   const good = ociArchive([{ tar: tarArchive(LAYER_1) }]);
   // Change one byte of the file data inside the layer blob: the tar still parses, the digest differs.
