@@ -38,6 +38,9 @@ export interface DataStreamOptions {
 
 export type Fail = (problem: string) => ThinError;
 
+/** How an import that the pool has no room for says so (import.ts adds what to do). */
+export const NO_SPACE_HEADING = 'Not enough free space in the pool for the image';
+
 /** `error` (an archive error naming where: "Invalid image: entry 'x' at byte N: …") under another heading and code. */
 function retitled(error: ThinError, code: ThinErrorCode, heading: string): ThinError {
   return new ThinError(code, `${heading}: ${error.message.replace(/^Invalid image: /, '')}`);
@@ -90,7 +93,7 @@ export class DataStream {
       const besideBytes = this.#writeStartBytes - beginBytes;
       const besides = besideBytes > 0 ? ` besides the ${besideBytes} bytes of its layers already in the pool` : '';
       const problem = `the image's files need at least ${endBytes - this.#writeStartBytes} bytes of data${besides}; ${this.#options.newDataLimit!.reason}`;
-      return retitled(fail(problem), 'THIN_NO_SPACE', 'Not enough free space in the pool for the image');
+      return retitled(fail(problem), 'THIN_NO_SPACE', NO_SPACE_HEADING);
     }
     const problem = `the image's files need at least ${endBytes - beginBytes} bytes of data; ${this.#options.limitReason}`;
     return retitled(fail(problem), 'THIN_IMAGE_INVALID', 'The image does not fit');

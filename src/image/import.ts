@@ -30,7 +30,7 @@ import { applyLayerChanges, applyTar, type ApplyContext, type TreeChange } from 
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
 import { BLOCK_INDEX_VOLUME, BlockIndex, SharingTarget } from './block-sharing.ts';
 import { ByteInput, type ChunkSource } from './byte-input.ts';
-import { DataStream } from './data-stream.ts';
+import { DataStream, NO_SPACE_HEADING } from './data-stream.ts';
 import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
 import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
 import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
@@ -191,6 +191,11 @@ async function runImport(pool: Pool | undefined, name: string, source: string, o
     await build.abort();
     // What the closed source made of the abort (a truncated archive) is not the reason.
     if (options.signal?.aborted === true) throw options.signal.reason;
+    if (pool !== undefined && isThinError(error, 'THIN_NO_SPACE')) {
+      // The pool's own "No free data block" says nothing of the import; either way, say what to do.
+      const message = error.message.startsWith(NO_SPACE_HEADING) ? error.message : `${NO_SPACE_HEADING}: ${error.message}`;
+      throw new ThinError('THIN_NO_SPACE', `${message.replace(/\.$/, '')}; the pool is as it was: grow it (thinbd pool resize --data-size) or free space, and import again`, { cause: error });
+    }
     throw error;
   } finally {
     options.signal?.removeEventListener('abort', onAbort);

@@ -260,7 +260,15 @@ test("a pool's free space is weighed against the data an image writes, not the l
   const listBefore = thinbd(['list', '--pool', pool, '--all', '--json']).stdout;
   const refused = thinbd(['image', 'import', '--pool', pool, 'huge', huge]);
   assert.equal(refused.code, 1);
-  assert.match(refused.stderr, /^thinbd: Not enough free space in the pool for the image: layer 2 \(sha256:[0-9a-f]{12}\) entry 'opt\/huge\.bin' at byte \d+: the image's files need at least \d+ bytes of data besides the \d+ bytes of its layers already in the pool; the pool has \d+ bytes of free data space\n$/);
+  assert.match(refused.stderr, /^thinbd: Not enough free space in the pool for the image: layer 2 \(sha256:[0-9a-f]{12}\) entry 'opt\/huge\.bin' at byte \d+: the image's files need at least \d+ bytes of data besides the \d+ bytes of its layers already in the pool; the pool has \d+ bytes of free data space; the pool is as it was: grow it \(thinbd pool resize --data-size\) or free space, and import again\n$/);
+  assert.equal(thinbd(['list', '--pool', pool, '--all', '--json']).stdout, listBefore);
+  // One whose data just fits, but not with its metadata: the pool's own refusal, said as the same.
+  const free = Number(/the pool has (\d+) bytes of free data space/.exec(refused.stderr)![1]);
+  const brim = path.join(work.path, 'near-full-brim.tar');
+  fs.writeFileSync(brim, ociArchive([{ tar: baseLayer }, { tar: tarArchive([{ path: 'opt/brim.bin', data: patternBytes(free - 8192, 25), mtime: T }]) }], { docker: true }));
+  const full = thinbd(['image', 'import', '--pool', pool, 'brim', brim]);
+  assert.equal(full.code, 1);
+  assert.match(full.stderr, /^thinbd: Not enough free space in the pool for the image: No free data block[^\n]*; the pool is as it was: grow it \(thinbd pool resize --data-size\) or free space, and import again\n$/);
   assert.equal(thinbd(['list', '--pool', pool, '--all', '--json']).stdout, listBefore);
   const check = thinbd(['check', '--pool', pool]);
   assert.equal(check.code, 0, check.stderr);
