@@ -28,9 +28,12 @@ export interface DataStreamOptions {
   /**
    * How many bytes the stream may write from where it starts or resumes writing (the pool's free
    * data space), and what that is ("the pool has N bytes of free data space"). Bytes skipped over
-   * (layers whose data the volume already holds) do not count: they take no new space.
+   * (layers whose data the volume already holds) do not count: they take no new space; nor do
+   * bytes written that `sharedBytes` says were found in the pool and shared instead (so far: writes
+   * still in flight are not yet counted, which errs on the side of refusing). Zero blocks do count,
+   * though they are not stored: the free space bounds how much an archive of zeros makes us read.
    */
-  newDataLimit?: { bytes: number; reason: string } | undefined;
+  newDataLimit?: { bytes: number; reason: string; sharedBytes?: () => number } | undefined;
   /** Pool block size: buffers are written in whole pool blocks. */
   alignBytes: number;
   buffers: BufferPool;
@@ -78,7 +81,7 @@ export class DataStream {
   #setLimit(): void {
     const absoluteBytes = this.#options.limitBlock * BLOCK_SIZE_BYTES;
     const newData = this.#options.newDataLimit;
-    const newDataEndBytes = newData === undefined || this.#skipping ? Infinity : this.#writeStartBytes + newData.bytes;
+    const newDataEndBytes = newData === undefined || this.#skipping ? Infinity : this.#writeStartBytes + newData.bytes + (newData.sharedBytes?.() ?? 0);
     this.#limitIsNewData = newDataEndBytes < absoluteBytes;
     this.#limitBytes = Math.min(absoluteBytes, newDataEndBytes);
   }
@@ -90,13 +93,29 @@ export class DataStream {
   #overLimit(fail: Fail, endBytes: number): ThinError {
     const beginBytes = this.#options.beginBlock * BLOCK_SIZE_BYTES;
     if (this.#limitIsNewData) {
-      const besideBytes = this.#writeStartBytes - beginBytes;
-      const besides = besideBytes > 0 ? ` besides the ${besideBytes} bytes of its layers already in the pool` : '';
-      const problem = `the image's files need at least ${endBytes - this.#writeStartBytes} bytes of data${besides}; ${this.#options.newDataLimit!.reason}`;
+      const layerBytes = this.#writeStartBytes - beginBytes;
+      const sharedBytes = this.#options.newDataLimit!.sharedBytes?.() ?? 0;
+      const parts = [...(layerBytes > 0 ? [`the ${layerBytes} bytes of its layers`] : []), ...(sharedBytes > 0 ? [`the ${sharedBytes} bytes of its blocks`] : [])];
+      const besides = parts.length > 0 ? ` besides ${parts.join(' and ')} already in the pool` : '';
+      const problem = `the image's files need at least ${endBytes - this.#writeStartBytes - sharedBytes} bytes of data${besides}; ${this.#options.newDataLimit!.reason}`;
       return retitled(fail(problem), 'THIN_NO_SPACE', NO_SPACE_HEADING);
     }
     const problem = `the image's files need at least ${endBytes - beginBytes} bytes of data; ${this.#options.limitReason}`;
     return retitled(fail(problem), 'THIN_IMAGE_INVALID', 'The image does not fit');
+  }
+
+  /**
+   * Past the limit as last computed: computed again with the blocks shared since, after the writes
+   * in flight (whose blocks may be shared too) when that could change it; refused if still past.
+   */
+  #checkLimit(fail: Fail, endBytes: number): void | Promise<void> {
+    this.#setLimit();
+    if (endBytes <= this.#limitBytes) return undefined;
+    if (!this.#limitIsNewData || this.#options.newDataLimit?.sharedBytes === undefined) throw this.#overLimit(fail, endBytes);
+    return this.#queue.drain().then(() => {
+      this.#setLimit();
+      if (endBytes > this.#limitBytes) throw this.#overLimit(fail, endBytes);
+    });
   }
 
   /** Volume byte offset where the next byte goes. */
@@ -145,8 +164,13 @@ export class DataStream {
     const pieceBytes = typeof piece === 'number' ? piece : piece.length;
     const total = zeros + pieceBytes;
     if (this.cursorBytes + total > this.#limitBytes) {
-      throw this.#overLimit(fail, this.cursorBytes + total);
+      const waited = this.#checkLimit(fail, this.cursorBytes + total);
+      if (waited !== undefined) return waited.then(() => this.#appendWithin(total, piece, zeros));
     }
+    return this.#appendWithin(total, piece, zeros);
+  }
+
+  #appendWithin(total: number, piece: Uint8Array | number, zeros: number): void | Promise<void> {
     if (this.#skipping) {
       this.#bufferOffsetBytes += total;
       return undefined;
@@ -214,9 +238,7 @@ export class DataStream {
     const align = this.#options.alignBytes;
     const inBlock = this.cursorBytes % align;
     if (inBlock === 0) return;
-    if (this.cursorBytes + (align - inBlock) > this.#limitBytes) {
-      throw this.#overLimit(fail, this.cursorBytes + (align - inBlock));
-    }
+    if (this.cursorBytes + (align - inBlock) > this.#limitBytes) await this.#checkLimit(fail, this.cursorBytes + (align - inBlock));
     if (!this.#skipping) await this.#flushBuffer();
     this.#bufferOffsetBytes = this.cursorBytes + (align - inBlock);
     this.#capacityBytes = this.#bufferBytes;

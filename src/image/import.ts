@@ -310,7 +310,7 @@ class ImageBuild {
    * Where the data may go: --size or the largest file system (limitBlock), and the pool's free
    * space (newDataLimit: what the import may write, not counting layers it starts from).
    */
-  #dataLimit(): { limitBlock: number; limitReason: string; newDataLimit?: { bytes: number; reason: string } } {
+  #dataLimit(): { limitBlock: number; limitReason: string; newDataLimit?: { bytes: number; reason: string; sharedBytes?: () => number } } {
     const sizeBytes = this.#options.sizeBytes;
     const limit =
       sizeBytes !== undefined && Math.floor(sizeBytes / BLOCK_SIZE_BYTES) < FS_BLOCKS_MAX
@@ -360,6 +360,10 @@ class ImageBuild {
     // Room for every write in flight and the two runs the file system writer fills at once.
     this.#buffers = new BufferPool(Math.max(IMAGE_WRITE_BUFFER_BYTES, this.#blockSizeBytes), IMAGE_WRITES_IN_FLIGHT_MAX + 2);
     const limit = this.#dataLimit();
+    // Blocks found in the pool and shared take none of its free space (on the parsing thread, whose
+    // stream cannot see what this thread shares, they still count: the check errs on refusing).
+    const sharing = this.#sharing;
+    if (limit.newDataLimit !== undefined && sharing !== undefined) limit.newDataLimit = { ...limit.newDataLimit, sharedBytes: () => sharing.counts.sharedBytes };
     this.#data = new DataStream(this.#queue, {
       beginBlock: DATA_BEGIN_BLOCK,
       ...limit,

@@ -28,6 +28,7 @@ export interface ParseJob {
   beginBlock: number;
   limitBlock: number;
   limitReason: string;
+  /** Without sharedBytes: a function does not cross to the thread. */
   newDataLimit?: { bytes: number; reason: string } | undefined;
   alignBytes: number;
   writesInFlight: number;

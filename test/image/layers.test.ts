@@ -127,6 +127,7 @@ interface Summary {
   files: number;
   layers: Array<{ diffId: string; shared: boolean; volume?: string }>;
   dataBytesWritten: number;
+  dataBytesShared: number;
 }
 
 function importImage(pool: string, name: string, source: string, input?: Uint8Array): Summary {
@@ -256,6 +257,13 @@ test("a pool's free space is weighed against the data an image writes, not the l
   const imported = importImage(pool, 'app', app);
   assert.deepEqual(imported.layers.map((layer) => layer.shared), [true, false]);
   assertSameTree(mountedTree(pool, 'app'), expectedTree([baseSpecs, appSpecs]), 'the image imported into a nearly full pool');
+  // Compressed, the archive is read once as a stream (no layer volumes): the blocks it finds in the
+  // pool by content take none of the free space either.
+  const appGz = path.join(work.path, 'near-full-app.tar.gz');
+  fs.writeFileSync(appGz, zlib.gzipSync(fs.readFileSync(app)));
+  const streamed = importImage(pool, 'app-gz', appGz);
+  assert.ok(streamed.dataBytesShared >= 24 * 1024 * 1024, `shared ${streamed.dataBytesShared} bytes`);
+  assertSameTree(mountedTree(pool, 'app-gz'), expectedTree([baseSpecs, appSpecs]), 'the compressed image imported into a nearly full pool');
   // One whose own layer does not fit is refused, as a lack of space (not a bad archive), in one line.
   const listBefore = thinbd(['list', '--pool', pool, '--all', '--json']).stdout;
   const refused = thinbd(['image', 'import', '--pool', pool, 'huge', huge]);
