@@ -23,7 +23,7 @@ export interface ImageListing {
   sharedBytes: number;
   /** The layer volume the image was started from, when it shares layers with an earlier import. */
   origin: string | null;
-  /** Snapshots taken of the image (machines, mostly) that are still in the pool. */
+  /** Snapshots taken of the image (machines, mostly) that are still in the pool; not the layer volumes its import kept. */
   snapshots: number;
   createdAt: string;
 }
@@ -41,7 +41,12 @@ export function isImageVolume(volume: Pick<VolumeListing, 'id' | 'readOnly' | 'l
 export function listImages(pool: Pool): ImageListing[] {
   const volumes = listVolumes(pool);
   const snapshotsOf = new Map<number, number>();
-  for (const volume of volumes) if (volume.originId !== null) snapshotsOf.set(volume.originId, (snapshotsOf.get(volume.originId) ?? 0) + 1);
+  for (const volume of volumes) {
+    // A layer volume is the import's own snapshot, a cache of the layers for later imports: not one
+    // of the image's machines, which is what the count is for (before removing an image, say).
+    if (volume.originId === null || volume.labels[IMAGE_LABELS.layerChain] !== undefined) continue;
+    snapshotsOf.set(volume.originId, (snapshotsOf.get(volume.originId) ?? 0) + 1);
+  }
   return volumes
     .filter((volume) => isImageVolume(volume))
     .map((volume) => {

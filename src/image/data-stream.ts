@@ -11,7 +11,7 @@
 // The per-piece calls (FileData.write, DataStream.append) return a promise only when they must
 // wait (a buffer to hand on or to take): an image has tens of thousands of small files, and an
 // async call per piece was most of the garbage an import made.
-import { ThinError, assert } from '../errors.ts';
+import { ThinError, assert, type ThinErrorCode } from '../errors.ts';
 import type { BufferPool, WriteQueue } from './block-target.ts';
 import { BLOCK_SIZE_BYTES, EXTENT_LENGTH_BLOCKS_MAX, LOGICAL_BLOCKS_MAX } from './ext4/format.ts';
 
@@ -25,6 +25,15 @@ export interface DataStreamOptions {
    * need at least N bytes of data; " + this): "--size 8388608 leaves at most 4194304 bytes for data".
    */
   limitReason: string;
+  /**
+   * How many bytes the stream may write from where it starts or resumes writing (the pool's free
+   * data space), and what that is ("the pool has N bytes of free data space"). Bytes skipped over
+   * (layers whose data the volume already holds) do not count: they take no new space; nor do
+   * bytes written that `sharedBytes` says were found in the pool and shared instead (so far: writes
+   * still in flight are not yet counted, which errs on the side of refusing). Zero blocks do count,
+   * though they are not stored: the free space bounds how much an archive of zeros makes us read.
+   */
+  newDataLimit?: { bytes: number; reason: string; sharedBytes?: () => number } | undefined;
   /** Pool block size: buffers are written in whole pool blocks. */
   alignBytes: number;
   buffers: BufferPool;
@@ -32,12 +41,24 @@ export interface DataStreamOptions {
 
 export type Fail = (problem: string) => ThinError;
 
+/** How an import that the pool has no room for says so (import.ts adds what to do). */
+export const NO_SPACE_HEADING = 'Not enough free space in the pool for the image';
+
+/** `error` (an archive error naming where: "Invalid image: entry 'x' at byte N: …") under another heading and code. */
+function retitled(error: ThinError, code: ThinErrorCode, heading: string): ThinError {
+  return new ThinError(code, `${heading}: ${error.message.replace(/^Invalid image: /, '')}`);
+}
+
 /** The data region being filled. */
 export class DataStream {
   readonly #queue: WriteQueue;
   readonly #options: DataStreamOptions;
   readonly #bufferBytes: number;
-  readonly #limitBytes: number;
+  /** Where the data may not reach now: limitBlock, or newDataLimit past #writeStartBytes. */
+  #limitBytes = 0;
+  #limitIsNewData = false;
+  /** Where the stream started, or last resumed, writing. */
+  #writeStartBytes: number;
   #buffer: Uint8Array | undefined;
   /** Volume byte offset of the buffer's first byte, and how much of it is filled. */
   #bufferOffsetBytes: number;
@@ -51,14 +72,50 @@ export class DataStream {
     assert(this.#bufferBytes % options.alignBytes === 0 && options.alignBytes % BLOCK_SIZE_BYTES === 0, 'data buffers must be whole pool blocks');
     this.#queue = queue;
     this.#options = options;
-    this.#limitBytes = options.limitBlock * BLOCK_SIZE_BYTES;
     this.#bufferOffsetBytes = options.beginBlock * BLOCK_SIZE_BYTES;
+    this.#writeStartBytes = this.#bufferOffsetBytes;
     this.#capacityBytes = this.#bufferBytes - (this.#bufferOffsetBytes % options.alignBytes);
+    this.#setLimit();
   }
 
-  /** The error for data that would end at `endBytes`, past the limit. */
+  #setLimit(): void {
+    const absoluteBytes = this.#options.limitBlock * BLOCK_SIZE_BYTES;
+    const newData = this.#options.newDataLimit;
+    const newDataEndBytes = newData === undefined || this.#skipping ? Infinity : this.#writeStartBytes + newData.bytes + (newData.sharedBytes?.() ?? 0);
+    this.#limitIsNewData = newDataEndBytes < absoluteBytes;
+    this.#limitBytes = Math.min(absoluteBytes, newDataEndBytes);
+  }
+
+  /**
+   * The error for data that would end at `endBytes`, past the limit: naming the entry as `fail`
+   * does, but not calling the image invalid, since a larger --size or pool takes it.
+   */
   #overLimit(fail: Fail, endBytes: number): ThinError {
-    return fail(`the image's files need at least ${endBytes - this.#options.beginBlock * BLOCK_SIZE_BYTES} bytes of data; ${this.#options.limitReason}`);
+    const beginBytes = this.#options.beginBlock * BLOCK_SIZE_BYTES;
+    if (this.#limitIsNewData) {
+      const layerBytes = this.#writeStartBytes - beginBytes;
+      const sharedBytes = this.#options.newDataLimit!.sharedBytes?.() ?? 0;
+      const parts = [...(layerBytes > 0 ? [`the ${layerBytes} bytes of its layers`] : []), ...(sharedBytes > 0 ? [`the ${sharedBytes} bytes of its blocks`] : [])];
+      const besides = parts.length > 0 ? ` besides ${parts.join(' and ')} already in the pool` : '';
+      const problem = `the image's files need at least ${endBytes - this.#writeStartBytes - sharedBytes} bytes of data${besides}; ${this.#options.newDataLimit!.reason}`;
+      return retitled(fail(problem), 'THIN_NO_SPACE', NO_SPACE_HEADING);
+    }
+    const problem = `the image's files need at least ${endBytes - beginBytes} bytes of data; ${this.#options.limitReason}`;
+    return retitled(fail(problem), 'THIN_IMAGE_INVALID', 'The image does not fit');
+  }
+
+  /**
+   * Past the limit as last computed: computed again with the blocks shared since, after the writes
+   * in flight (whose blocks may be shared too) when that could change it; refused if still past.
+   */
+  #checkLimit(fail: Fail, endBytes: number): void | Promise<void> {
+    this.#setLimit();
+    if (endBytes <= this.#limitBytes) return undefined;
+    if (!this.#limitIsNewData || this.#options.newDataLimit?.sharedBytes === undefined) throw this.#overLimit(fail, endBytes);
+    return this.#queue.drain().then(() => {
+      this.#setLimit();
+      if (endBytes > this.#limitBytes) throw this.#overLimit(fail, endBytes);
+    });
   }
 
   /** Volume byte offset where the next byte goes. */
@@ -85,10 +142,13 @@ export class DataStream {
     assert(this.cursorBytes % BLOCK_SIZE_BYTES === 0, 'skipping from inside a block');
     await this.#flushBuffer();
     this.#skipping = true;
+    this.#setLimit();
   }
 
   resumeWriting(): void {
     this.#skipping = false;
+    this.#writeStartBytes = this.cursorBytes;
+    this.#setLimit();
     this.#capacityBytes = this.#bufferBytes - (this.#bufferOffsetBytes % this.#options.alignBytes);
   }
 
@@ -104,8 +164,13 @@ export class DataStream {
     const pieceBytes = typeof piece === 'number' ? piece : piece.length;
     const total = zeros + pieceBytes;
     if (this.cursorBytes + total > this.#limitBytes) {
-      throw this.#overLimit(fail, this.cursorBytes + total);
+      const waited = this.#checkLimit(fail, this.cursorBytes + total);
+      if (waited !== undefined) return waited.then(() => this.#appendWithin(total, piece, zeros));
     }
+    return this.#appendWithin(total, piece, zeros);
+  }
+
+  #appendWithin(total: number, piece: Uint8Array | number, zeros: number): void | Promise<void> {
     if (this.#skipping) {
       this.#bufferOffsetBytes += total;
       return undefined;
@@ -173,9 +238,7 @@ export class DataStream {
     const align = this.#options.alignBytes;
     const inBlock = this.cursorBytes % align;
     if (inBlock === 0) return;
-    if (this.cursorBytes + (align - inBlock) > this.#limitBytes) {
-      throw this.#overLimit(fail, this.cursorBytes + (align - inBlock));
-    }
+    if (this.cursorBytes + (align - inBlock) > this.#limitBytes) await this.#checkLimit(fail, this.cursorBytes + (align - inBlock));
     if (!this.#skipping) await this.#flushBuffer();
     this.#bufferOffsetBytes = this.cursorBytes + (align - inBlock);
     this.#capacityBytes = this.#bufferBytes;

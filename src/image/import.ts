@@ -30,7 +30,7 @@ import { applyLayerChanges, applyTar, type ApplyContext, type TreeChange } from 
 import { BufferPool, WriteQueue, type BlockTarget } from './block-target.ts';
 import { BLOCK_INDEX_VOLUME, BlockIndex, SharingTarget } from './block-sharing.ts';
 import { ByteInput, type ChunkSource } from './byte-input.ts';
-import { DataStream } from './data-stream.ts';
+import { DataStream, NO_SPACE_HEADING } from './data-stream.ts';
 import { BLOCK_SIZE_BYTES } from './ext4/format.ts';
 import { DATA_BEGIN_BLOCK, FS_BLOCKS_MAX } from './ext4/geometry.ts';
 import { writeFilesystem, type FilesystemOptions, type FilesystemSummary } from './ext4/writer.ts';
@@ -191,6 +191,11 @@ async function runImport(pool: Pool | undefined, name: string, source: string, o
     await build.abort();
     // What the closed source made of the abort (a truncated archive) is not the reason.
     if (options.signal?.aborted === true) throw options.signal.reason;
+    if (pool !== undefined && isThinError(error, 'THIN_NO_SPACE')) {
+      // The pool's own "No free data block" says nothing of the import; either way, say what to do.
+      const message = error.message.startsWith(NO_SPACE_HEADING) ? error.message : `${NO_SPACE_HEADING}: ${error.message}`;
+      throw new ThinError('THIN_NO_SPACE', `${message.replace(/\.$/, '')}; the pool is as it was: grow it (thinbd pool resize --data-size) or free space, and import again`, { cause: error });
+    }
     throw error;
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
@@ -317,25 +322,22 @@ class ImageBuild {
     return { tree: this.#tree, data: this.#data!, onEntry: () => this.#progress() };
   }
 
-  /** Where the data may go: --size, the pool's free space, the largest file system. */
-  #dataLimit(): { limitBlock: number; reason: string } {
-    const candidates: Array<{ limitBlock: number; reason: string }> = [
-      { limitBlock: FS_BLOCKS_MAX, reason: `the largest file system thinbd writes holds ${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes` },
-    ];
-    if (this.#pool !== undefined) {
-      const status = this.#pool.status();
-      // What new blocks may take: the pool keeps a reserve back for copy-on-write.
-      const freeBytes = Math.max(0, status.dataBlockCount - status.dataBlocksUsed - dataReserveBlocks(status.dataBlockCount)) * status.blockSizeBytes;
-      candidates.push({ limitBlock: DATA_BEGIN_BLOCK + Math.floor(freeBytes / BLOCK_SIZE_BYTES), reason: `the pool has ${freeBytes} bytes of free data space` });
-    }
+  /**
+   * Where the data may go: --size or the largest file system (limitBlock), and the pool's free
+   * space (newDataLimit: what the import may write, not counting layers it starts from).
+   */
+  #dataLimit(): { limitBlock: number; limitReason: string; newDataLimit?: { bytes: number; reason: string; sharedBytes?: () => number } } {
     const sizeBytes = this.#options.sizeBytes;
-    if (sizeBytes !== undefined) {
-      const limitBlock = Math.floor(sizeBytes / BLOCK_SIZE_BYTES);
-      // At most: the metadata after the data (inode tables, journal) needs room too.
-      const reason = `--size ${sizeBytes} leaves at most ${(limitBlock - DATA_BEGIN_BLOCK) * BLOCK_SIZE_BYTES} bytes for data`;
-      candidates.push({ limitBlock, reason });
-    }
-    return candidates.reduce((smallest, candidate) => (candidate.limitBlock < smallest.limitBlock ? candidate : smallest));
+    const limit =
+      sizeBytes !== undefined && Math.floor(sizeBytes / BLOCK_SIZE_BYTES) < FS_BLOCKS_MAX
+        ? // At most: the metadata after the data (inode tables, journal) needs room too.
+          { limitBlock: Math.floor(sizeBytes / BLOCK_SIZE_BYTES), limitReason: `--size ${sizeBytes} leaves at most ${(Math.floor(sizeBytes / BLOCK_SIZE_BYTES) - DATA_BEGIN_BLOCK) * BLOCK_SIZE_BYTES} bytes for data` }
+        : { limitBlock: FS_BLOCKS_MAX, limitReason: `the largest file system thinbd writes holds ${FS_BLOCKS_MAX * BLOCK_SIZE_BYTES} bytes` };
+    if (this.#pool === undefined) return limit;
+    const status = this.#pool.status();
+    // What new blocks may take: the pool keeps a reserve back for copy-on-write.
+    const freeBytes = Math.max(0, status.dataBlockCount - status.dataBlocksUsed - dataReserveBlocks(status.dataBlockCount)) * status.blockSizeBytes;
+    return { ...limit, newDataLimit: { bytes: Math.floor(freeBytes / BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES, reason: `the pool has ${freeBytes} bytes of free data space` } };
   }
 
   /** Makes the volume being built: empty, or a writable snapshot of a layer volume. */
@@ -374,10 +376,13 @@ class ImageBuild {
     // Room for every write in flight and the two runs the file system writer fills at once.
     this.#buffers = new BufferPool(Math.max(IMAGE_WRITE_BUFFER_BYTES, this.#blockSizeBytes), IMAGE_WRITES_IN_FLIGHT_MAX + 2);
     const limit = this.#dataLimit();
+    // Blocks found in the pool and shared take none of its free space (on the parsing thread, whose
+    // stream cannot see what this thread shares, they still count: the check errs on refusing).
+    const sharing = this.#sharing;
+    if (limit.newDataLimit !== undefined && sharing !== undefined) limit.newDataLimit = { ...limit.newDataLimit, sharedBytes: () => sharing.counts.sharedBytes };
     this.#data = new DataStream(this.#queue, {
       beginBlock: DATA_BEGIN_BLOCK,
-      limitBlock: limit.limitBlock,
-      limitReason: limit.reason,
+      ...limit,
       alignBytes: this.#blockSizeBytes,
       buffers: this.#buffers,
     });
@@ -440,8 +445,7 @@ class ImageBuild {
         description: this.#opened.description,
         compression: this.#opened.compression,
         beginBlock: DATA_BEGIN_BLOCK,
-        limitBlock: limit.limitBlock,
-        limitReason: limit.reason,
+        ...limit,
         alignBytes: this.#blockSizeBytes,
         writesInFlight: IMAGE_WRITES_IN_FLIGHT_MAX,
         filesystem: this.#filesystemOptions(),

@@ -28,6 +28,8 @@ export interface ParseJob {
   beginBlock: number;
   limitBlock: number;
   limitReason: string;
+  /** Without sharedBytes: a function does not cross to the thread. */
+  newDataLimit?: { bytes: number; reason: string } | undefined;
   alignBytes: number;
   writesInFlight: number;
   /** The file system's options but where its data ends (the parse finds that). */
@@ -126,6 +128,7 @@ async function parse(job: ParseJob): Promise<ParseResult> {
       beginBlock: job.beginBlock,
       limitBlock: job.limitBlock,
       limitReason: job.limitReason,
+      newDataLimit: job.newDataLimit,
       alignBytes: job.alignBytes,
       buffers,
     });

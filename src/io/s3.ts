@@ -334,7 +334,12 @@ export class S3Bucket {
     if (error instanceof ThinError) return error;
     const name = (error as { name?: string } | null)?.name ?? '';
     const message = error instanceof Error ? error.message : String(error);
-    const detail = name !== '' && !message.includes(name) ? `${name}: ${message}` : message;
+    // The SDK's error names say what went wrong (AccessDenied, InvalidAccessKeyId); a bare Error does not.
+    let detail = name !== '' && name !== 'Error' && !message.includes(name) ? `${name}: ${message}` : message;
+    if (name === 'CredentialsProviderError') {
+      // "Could not load credentials from any providers" names neither what is missing nor where it is looked for.
+      detail = `no AWS credentials found (${message}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where the AWS standard chain finds some`;
+    }
     if (isMissing(error)) return new ThinError('THIN_NOT_FOUND', `Cannot ${what} ${this.url(key)}: no such ${name === 'NoSuchBucket' ? 'bucket' : 'object'}`, { cause: error });
     return new ThinError('THIN_IO', `Cannot ${what} ${this.url(key)}: ${detail}`, { cause: error });
   }

@@ -115,7 +115,7 @@ test('a whiteout for a file no lower layer has is refused, naming the layer', ()
 
 test('an image that does not fit --size is refused, whether its data or its metadata overflows', () => {
   const large = tarArchive([{ path: 'big', data: Buffer.alloc(40 * 1024 * 1024, 1) }]);
-  refuse(large, /entry 'big' at byte 0: the image's files need at least \d+ bytes of data; --size 33554432 leaves at most 29360128 bytes for data$/m, { extra: ['--size', '32M'] });
+  refuse(large, /^thinbd: The image does not fit: entry 'big' at byte 0: the image's files need at least \d+ bytes of data; --size 33554432 leaves at most 29360128 bytes for data$/m, { extra: ['--size', '32M'] });
   refuse(tarArchive(base), /The image does not fit --size 8388608: the image needs \d+ bytes/, { extra: ['--size', '8M'] });
   // Below the metadata before the data: said plainly, before anything is read.
   for (const size of ['1', '4095', '1M', '4M']) {
@@ -147,7 +147,7 @@ test('a decompression bomb stops where the volume could hold no more: --size, or
   const bomb = Buffer.concat(chunks);
   assert.ok(bomb.length < 4 * 1024 * 1024);
   refuse(bomb, /entry 'zeros' at byte 0: the image's files need at least \d+ bytes of data; --size 67108864 leaves at most 62914560 bytes for data/, { extra: ['--size', '64M'] });
-  refuse(bomb, /entry 'zeros' at byte 0: the image's files need at least \d+ bytes of data; the pool has \d+ bytes of free data space/, { viaStdin: true });
+  refuse(bomb, /^thinbd: Not enough free space in the pool for the image: entry 'zeros' at byte 0: the image's files need at least \d+ bytes of data; the pool has \d+ bytes of free data space/, { viaStdin: true });
 });
 
 test('a volume name that is taken is refused before the source is read', () => {

@@ -93,6 +93,20 @@ function deepAndImported(archive: string, blockSize: string): { deep: number; ma
   return { deep: parsed.poolBytes, mapped: volumes.find((volume) => volume.name === 'image')!.mappedBytes };
 }
 
+test("image ls counts an image's machines, not the layer volumes its import kept (snapshots of it too)", () => {
+  const pool = newPool();
+  const layer1 = tarArchive([{ path: 'etc/', type: 'dir' }, { path: 'etc/os-release', data: 'ID=base\n' }]);
+  const layer2 = tarArchive([{ path: 'opt/app', data: patternBytes(70 * 1024, 3) }]);
+  fs.writeFileSync(path.join(work.path, 'layered.tar'), ociArchive([{ tar: layer1 }, { tar: layer2 }], { docker: true }));
+  const imported = thinbd(['image', 'import', '--pool', pool, 'layered', path.join(work.path, 'layered.tar')]);
+  assert.equal(imported.code, 0, imported.stderr);
+  const layerVolumes = (JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string; origin: string | null }>).filter((volume) => volume.name.startsWith('layer.'));
+  assert.deepEqual(layerVolumes.map((volume) => volume.origin), ['layered', 'layered'], 'the import kept two layer volumes, snapshots of the image');
+  assert.deepEqual(imageLs(pool).map((entry) => [entry.name, entry.snapshots]), [['layered', 0]]);
+  assert.equal(thinbd(['snapshot', '--pool', pool, 'layered', 'machine-1']).code, 0);
+  assert.deepEqual(imageLs(pool).map((entry) => [entry.name, entry.snapshots]), [['layered', 1]]);
+});
+
 test("image stats --deep counts the pool space an import maps: data, zero blocks left out, replaced data dropped, metadata, journal, at the pool's block size", () => {
   // Small files (4 KiB each in the image, 512 bytes in the tar), a large file, a file of zeros, a
   // file replaced by a smaller one (its blocks freed), many directories.

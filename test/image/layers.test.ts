@@ -127,6 +127,7 @@ interface Summary {
   files: number;
   layers: Array<{ diffId: string; shared: boolean; volume?: string }>;
   dataBytesWritten: number;
+  dataBytesShared: number;
 }
 
 function importImage(pool: string, name: string, source: string, input?: Uint8Array): Summary {
@@ -225,6 +226,58 @@ test('images built on the same layers store them once: the later image starts fr
   assert.ok(layerVolume !== undefined, 'the derived image is a snapshot of a layer volume');
   assert.equal(layerVolume.labels['thinbd.layer.diff-id'], second.layers[1]!.diffId);
   assert.ok(derivedVolume.sharedBytes > tool1.length, 'list shows the shared bytes');
+  const check = thinbd(['check', '--pool', pool]);
+  assert.equal(check.code, 0, check.stderr);
+});
+
+test("a pool's free space is weighed against the data an image writes, not the layers it starts from", () => {
+  // A fleet pool near full that holds the base layers: an image on them writes its own layer only.
+  const baseSpecs: TarSpec[] = [
+    { path: 'opt/', type: 'dir', mtime: T },
+    { path: 'opt/base.bin', data: patternBytes(24 * 1024 * 1024, 21), mtime: T },
+  ];
+  const appSpecs: TarSpec[] = [{ path: 'opt/app.bin', data: patternBytes(1024 * 1024, 22), mtime: T }];
+  const baseLayer = tarArchive(baseSpecs);
+  const appLayer = tarArchive(appSpecs);
+  const hugeLayer = tarArchive([{ path: 'opt/huge.bin', data: patternBytes(20 * 1024 * 1024, 23), mtime: T }]);
+  const base = path.join(work.path, 'near-full-base.tar');
+  const app = path.join(work.path, 'near-full-app.tar');
+  const huge = path.join(work.path, 'near-full-huge.tar');
+  fs.writeFileSync(base, ociArchive([{ tar: baseLayer }]));
+  fs.writeFileSync(app, ociArchive([{ tar: baseLayer }, { tar: appLayer }], { docker: true }));
+  fs.writeFileSync(huge, ociArchive([{ tar: baseLayer }, { tar: hugeLayer }], { docker: true }));
+  const pool = path.join(work.path, 'pool-near-full');
+  assert.equal(thinbd(['pool', 'create', '--pool', pool, '--data-size', '64M', '--auto-grow', 'off']).code, 0);
+  importImage(pool, 'base', base);
+  // Fill the pool until 16 MiB are free: less than the base layer, more than the app's own data.
+  const status = JSON.parse(thinbd(['pool', 'status', '--pool', pool, '--json']).stdout) as { space: { data: { freeBytes: number } } };
+  const filler = path.join(work.path, 'near-full-filler.raw');
+  fs.writeFileSync(filler, patternBytes(status.space.data.freeBytes - 16 * 1024 * 1024, 24));
+  assert.equal(thinbd(['import', '--pool', pool, 'filler', filler]).code, 0);
+  const imported = importImage(pool, 'app', app);
+  assert.deepEqual(imported.layers.map((layer) => layer.shared), [true, false]);
+  assertSameTree(mountedTree(pool, 'app'), expectedTree([baseSpecs, appSpecs]), 'the image imported into a nearly full pool');
+  // Compressed, the archive is read once as a stream (no layer volumes): the blocks it finds in the
+  // pool by content take none of the free space either.
+  const appGz = path.join(work.path, 'near-full-app.tar.gz');
+  fs.writeFileSync(appGz, zlib.gzipSync(fs.readFileSync(app)));
+  const streamed = importImage(pool, 'app-gz', appGz);
+  assert.ok(streamed.dataBytesShared >= 24 * 1024 * 1024, `shared ${streamed.dataBytesShared} bytes`);
+  assertSameTree(mountedTree(pool, 'app-gz'), expectedTree([baseSpecs, appSpecs]), 'the compressed image imported into a nearly full pool');
+  // One whose own layer does not fit is refused, as a lack of space (not a bad archive), in one line.
+  const listBefore = thinbd(['list', '--pool', pool, '--all', '--json']).stdout;
+  const refused = thinbd(['image', 'import', '--pool', pool, 'huge', huge]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /^thinbd: Not enough free space in the pool for the image: layer 2 \(sha256:[0-9a-f]{12}\) entry 'opt\/huge\.bin' at byte \d+: the image's files need at least \d+ bytes of data besides the \d+ bytes of its layers already in the pool; the pool has \d+ bytes of free data space; the pool is as it was: grow it \(thinbd pool resize --data-size\) or free space, and import again\n$/);
+  assert.equal(thinbd(['list', '--pool', pool, '--all', '--json']).stdout, listBefore);
+  // One whose data just fits, but not with its metadata: the pool's own refusal, said as the same.
+  const free = Number(/the pool has (\d+) bytes of free data space/.exec(refused.stderr)![1]);
+  const brim = path.join(work.path, 'near-full-brim.tar');
+  fs.writeFileSync(brim, ociArchive([{ tar: baseLayer }, { tar: tarArchive([{ path: 'opt/brim.bin', data: patternBytes(free - 8192, 25), mtime: T }]) }], { docker: true }));
+  const full = thinbd(['image', 'import', '--pool', pool, 'brim', brim]);
+  assert.equal(full.code, 1);
+  assert.match(full.stderr, /^thinbd: Not enough free space in the pool for the image: No free data block[^\n]*; the pool is as it was: grow it \(thinbd pool resize --data-size\) or free space, and import again\n$/);
+  assert.equal(thinbd(['list', '--pool', pool, '--all', '--json']).stdout, listBefore);
   const check = thinbd(['check', '--pool', pool]);
   assert.equal(check.code, 0, check.stderr);
 });

@@ -177,6 +177,34 @@ test('s3://BUCKET/KEY reads zstd and gzip archives and a docker archive from a l
   assert.deepEqual((JSON.parse(thinbd(['list', '--pool', pool, '--json']).stdout) as Array<{ name: string }>).map((volume) => volume.name).filter((name) => !name.startsWith('layer.')).sort(), ['gz', 'layered', 'zst']);
 });
 
+test('an S3 source without credentials or past an endpoint that refuses connections is refused in one line saying which, and nothing is made', () => {
+  const pool = newPool('s3-errors');
+  const home = path.join(work.path, 'no-aws-home');
+  fs.mkdirSync(home, { recursive: true });
+  // Nothing in the AWS standard chain: no keys, no profile files, no instance metadata.
+  const noCredentials = {
+    ...s3.env,
+    AWS_ACCESS_KEY_ID: '',
+    AWS_SECRET_ACCESS_KEY: '',
+    HOME: home,
+    AWS_SHARED_CREDENTIALS_FILE: path.join(home, 'credentials'),
+    AWS_CONFIG_FILE: path.join(home, 'config'),
+    AWS_EC2_METADATA_DISABLED: 'true',
+  };
+  for (const args of [
+    ['image', 'import', '--pool', pool, 'x', 's3://images/fleet/flat.tar'],
+    ['image', 'stats', 's3://images/fleet/'],
+  ]) {
+    const result = thinbd(args, { env: noCredentials });
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(result.stderr, /^thinbd: Cannot [a-z ]+ s3:\/\/images\/fleet\/[a-z.]*: no AWS credentials found \([^)]*\): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE[^\n]*\n$/);
+  }
+  const refused = thinbd(['image', 'import', '--pool', pool, 'x', 's3://images/fleet/flat.tar', '--endpoint', 'http://127.0.0.1:1'], { env: s3.env });
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /^thinbd: Cannot look up s3:\/\/images\/fleet\/flat\.tar: connect ECONNREFUSED 127\.0\.0\.1:1\n$/);
+  assert.equal(thinbd(['list', '--pool', pool, '--all', '--json']).stdout.trim(), '[]');
+});
+
 test('a corrupt zstd stream is refused naming the compressed offset, and nothing is left behind', () => {
   const pool = newPool('bad-zstd');
   const good = files.get('/flat.tar.zst')!;
