@@ -184,4 +184,12 @@ test('image stats counts the files that are images (by their first bytes), says 
   assert.match(deep.stderr, /broken\.tar\.gz: /);
   assert.match(deep.stderr, /1 of 5 images could not be read/);
   assert.match(deep.stdout, /^5 images, /);
+
+  // Nothing at all under the source (a mistyped prefix, most often): figures of nothing, and a note.
+  const empty = path.join(work.path, 'empty-dir');
+  fs.mkdirSync(empty);
+  const none = thinbd(['image', 'stats', empty]);
+  assert.equal(none.code, 0, none.stderr);
+  assert.match(none.stdout, /^0 images, 0B in all/);
+  assert.equal(none.stderr, `thinbd: note: nothing under ${empty}: no images, no other files\n`);
 });

@@ -151,6 +151,8 @@ export function registerImageCommands(program: Command, reporter: Reporter, resu
       ]);
       const header = ['KEY', 'SIZE', ...(options.deep ? ['FILES', 'UNPACKED', 'POOL'] : [])];
       if (rows.length > 0) for (const line of formatTable(header, rows)) reporter.out(line);
+      // An empty listing is most often a mistyped prefix: say so where a script's output is not read.
+      if (stats.count === 0 && stats.skipped === 0) reporter.note(`thinbd: note: nothing under ${escapeControlCharacters(stats.source)}: no images, no other files`);
       for (const error of stats.errors) reporter.note(escapeControlCharacters(`${error.key}: ${error.message}`));
       if (stats.errors.length > 0) reporter.note(`${stats.errors.length} of ${stats.count} images could not be read: the figures above leave them out`);
     });
