@@ -161,6 +161,48 @@ describe('data sectors that fail', () => {
     await faulty.pool.close();
   });
 
+  test('a write into a run of bad blocks longer than the tries a write gets goes to a block away from them', async () => {
+    // Bad sectors cluster: the first 8 blocks refuse writes, more than REMAP_TARGETS_MAX (4) in a
+    // row. Trying the next block each time failed the write with EIO while 56 blocks were good.
+    const faulty = await createFaulty(64);
+    const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+    await volume.write(7 * BLOCK, filled(BLOCK, 6));
+    assert.equal(dataBlockOf(faulty.pool, 'v', 7), 0);
+    faulty.faults.data.addRules([{ file: 'data', op: 'write', beginSector: 0, endSector: 8 * SECTORS_PER_BLOCK }]);
+    await volume.write(7 * BLOCK, filled(4096, 7)); // in place refused: a remap, its targets away too
+    await volume.write(0, filled(4096, 3));
+    await volume.write(2 * BLOCK, filled(2 * BLOCK, 4)); // whole blocks: a run, then block by block
+    for (const virtualBlock of [0, 2, 3, 7]) assert.ok(dataBlockOf(faulty.pool, 'v', virtualBlock)! >= 8, `block ${virtualBlock} is away from the bad run`);
+    const back = new Uint8Array(4096);
+    await volume.read(0, back);
+    assert.deepEqual(back, filled(4096, 3));
+    await volume.read(7 * BLOCK + 4096, back);
+    assert.deepEqual(back, filled(4096, 6), 'the remapped block keeps what the write did not cover');
+    const health = faulty.pool.status().health.data;
+    assert.equal(health.remaps.remaps, 1);
+    assert.equal(health.remaps.remapsFailed, 0);
+    assert.equal(health.state, 'degraded', health.rule);
+    await faulty.pool.flush();
+    await checkClean(faulty.raw);
+    await faulty.pool.close();
+  });
+
+  test('a write that every block refuses fails, records every block it tried and sets the data health to failing', async () => {
+    const faulty = await createFaulty(64);
+    const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+    faulty.faults.data.addRules([{ file: 'data', op: 'write' }]);
+    await assert.rejects(volume.write(0, filled(4096, 5)), (error: unknown) => isThinError(error, 'THIN_IO') && /refuse writes \(EIO\)/.test((error as Error).message));
+    const health = faulty.pool.status().health.data;
+    assert.equal(health.remaps.targetsRefused, 4, 'REMAP_TARGETS_MAX blocks tried');
+    assert.equal(health.badRanges, 4, 'the last block tried is recorded too: it is never handed out again');
+    assert.equal(health.remaps.remapsFailed, 1);
+    assert.equal(health.state, 'failing');
+    assert.match(health.rule, /^H-FAIL-2: 1 write\(s\) found no block/);
+    await faulty.pool.flush();
+    await checkClean(faulty.raw);
+    await faulty.pool.close();
+  });
+
   test('an unreadable sector fails the read of that range only; the volume reads on, and a write over it moves the block', async () => {
     let faulty = await createFaulty(16);
     const volume = await faulty.pool.createVolume('v', { sizeBytes: 4 * BLOCK });
