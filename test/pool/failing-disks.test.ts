@@ -330,6 +330,27 @@ describe('metadata kept in two copies', () => {
     await checkClean(raw);
   });
 
+  test('a metadata write both copies refuse fails the flush, the pool goes needs-check with its metadata failing, and a reopen has every flushed write', async () => {
+    let faulty = await createFaulty(16);
+    const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+    await volume.write(0, filled(BLOCK, 1));
+    await faulty.pool.flush();
+    faulty.faults.metadata.addRules([{ file: 'metadata', op: 'write' }]);
+    await volume.write(BLOCK, filled(BLOCK, 2));
+    await assert.rejects(faulty.pool.flush(), (error: unknown) => isThinError(error, 'THIN_IO'));
+    const status = faulty.pool.status();
+    assert.equal(status.mode, 'needs-check');
+    // Not "degraded ... each served from the other copy": no copy took the write.
+    assert.equal(status.health.metadata.state, 'failing', status.health.metadata.rule);
+    assert.match(status.health.metadata.rule, /^H-FAIL-4: \d+ metadata write\(s\) refused by every copy/);
+    faulty = await reopenFaulty(faulty);
+    const back = new Uint8Array(BLOCK);
+    await faulty.pool.volume('v').read(0, back);
+    assert.deepEqual(back, filled(BLOCK, 1));
+    await faulty.pool.close();
+    await checkClean(faulty.raw);
+  });
+
   test('a metadata copy that refuses writes is recorded as a bad range; the pool goes on and checks clean', async () => {
     let faulty = await createFaulty(16);
     const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
