@@ -445,6 +445,7 @@ describe('scrub', () => {
     assert.equal(report.metadata.copiesRewritten, flipped, 'and rewritten');
     assert.deepEqual(report.metadata.blocksLost, []);
     assert.deepEqual(report.data.unreadable, [{ dataBlock: block, beginSector: bad, endSector: bad + 3 }]);
+    assert.deepEqual(report.data.knownUnreadable, []);
     assert.equal(report.data.blocksRead, 6, 'each data block once, though a snapshot shares them');
     assert.ok(slept.length > 0, 'the rate paces the reads');
     assert.equal(report.badRanges, 1);
@@ -462,6 +463,8 @@ describe('scrub', () => {
     assert.equal(second.metadata.copiesBad, 0);
     assert.deepEqual(second.data.unreadable, []);
     assert.equal(second.data.blocksKnownBad, 1);
+    // Not read again, yet still lost for the volume and snapshot that map it: reported (scrub exits 1).
+    assert.deepEqual(second.data.knownUnreadable, [{ dataBlock: block, beginSector: bad, endSector: bad + 3 }]);
     assert.equal(second.badRanges, 1);
     await again.close();
     await checkClean({ metadata: MemoryBlockFile.from(after, 'metadata'), data: raw.data });
