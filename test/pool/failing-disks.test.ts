@@ -471,6 +471,25 @@ describe('scrub', () => {
   });
 });
 
+test('a scrub that finds a metadata block unreadable in both copies reports it lost and sets the metadata health to failing', async () => {
+  const faulty = await createFaulty(16);
+  const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+  await volume.write(0, filled(BLOCK, 1));
+  await faulty.pool.flush();
+  // Both copies of the tree area (blocks 65 to 1023) stop reading; the pool holds what it read.
+  faulty.faults.metadata.addRules([
+    { file: 'metadata', op: 'read', beginSector: 65 * 8, endSector: 1024 * 8 },
+    { file: 'metadata', op: 'read', beginSector: (METADATA_BLOCKS + 65) * 8, endSector: (METADATA_BLOCKS + 1024) * 8 },
+  ]);
+  const report = await faulty.pool.scrub({ rateBytesPerSecond: 1e12 });
+  assert.ok(report.metadata.blocksLost.length > 0);
+  const health = faulty.pool.status().health.metadata;
+  // It said "degraded: ... each served from the other copy and rewritten".
+  assert.equal(health.state, 'failing', health.rule);
+  assert.match(health.rule, /^H-FAIL-4: \d+ metadata read\(s\) found no good copy/);
+  await faulty.pool.close();
+});
+
 test('a scrub of a live pool passes over metadata blocks its open transaction has not written yet', async () => {
   // Copy 0 of the tree area fails reads until written (as in test/daemon/failing-disk.test.ts);
   // blocks allocated by writes not committed yet have never been written in either copy, so
