@@ -50,12 +50,12 @@ test('a remapped write is logged as the data file going degraded; a failed commi
   await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 1M', '-c', 'flush', first.uri('v')]);
   await first.waitForOutput(/"event":"pool\.device_health"/);
   assert.equal(await first.stop(), 0, first.output());
+  // A look during the refused write's narrowing may see its errors before its bad ranges (H-DEG-2,
+  // then H-DEG-1): one line per look, the last one naming the bad ranges.
   const health = lines(first.output()).filter((line) => line.event === 'pool.device_health');
-  assert.equal(health.length, 1, first.output());
-  assert.equal(health[0]!.device, 'data');
-  assert.equal(health[0]!.state, 'degraded');
-  assert.equal(health[0]!.level, 'warn');
-  assert.match(health[0]!.message, /^data file .*\/data: health degraded \(was ok\): H-DEG-1: \d+ bad range\(s\)/);
+  assert.ok(health.length >= 1 && health.every((line) => line.device === 'data' && line.state === 'degraded' && line.level === 'warn'), first.output());
+  assert.match(health[0]!.message, /^data file .*\/data: health degraded \(was ok\): H-DEG-[12]: /);
+  assert.match(health.at(-1)!.message, /^data file .*\/data: health degraded.*: H-DEG-1: \d+ bad range\(s\)/);
   assert.match(lines(first.output()).at(-1)!.message, /^stopped: pool committed and closed$/);
 
   // Every metadata sync fails: the next commit fails, and the server is stopped right after.
