@@ -337,7 +337,8 @@ describe('metadata kept in two copies', () => {
     await faulty.pool.flush();
     faulty.faults.metadata.addRules([{ file: 'metadata', op: 'write' }]);
     await volume.write(BLOCK, filled(BLOCK, 2));
-    await assert.rejects(faulty.pool.flush(), (error: unknown) => isThinError(error, 'THIN_IO'));
+    // The error names what the file said and where (it said only "The flush failed").
+    await assert.rejects(faulty.pool.flush(), (error: unknown) => isThinError(error, 'THIN_IO') && /Cannot write 4096 bytes at offset \d+ of metadata: EIO/.test((error as Error).message));
     const status = faulty.pool.status();
     assert.equal(status.mode, 'needs-check');
     // Not "degraded ... each served from the other copy": no copy took the write.
