@@ -5,6 +5,7 @@
 // connected unless forced).
 import { join } from 'node:path';
 import { Pool } from '../pool/pool.ts';
+import type { HealthState } from '../pool/health.ts';
 import { NbdServer, type NbdListenAddress } from '../nbd/server.ts';
 import type { NbdTls, NbdTlsMode } from '../nbd/tls.ts';
 import { MapExportRegistry } from '../nbd/backend.ts';
@@ -56,8 +57,9 @@ export class PoolServer {
   readonly #control: ControlServer;
   readonly #registry: MapExportRegistry;
   readonly #metrics: MetricsServer | undefined;
-  readonly #stateTimer: NodeJS.Timeout;
+  readonly #stateWatch: PoolStateWatch;
   #stopping: Promise<void> | undefined;
+  #closedWithoutCommit: string | undefined;
 
   private constructor(
     pool: Pool,
@@ -74,7 +76,16 @@ export class PoolServer {
     this.#control = control;
     this.addresses = addresses;
     this.#metrics = metrics;
-    this.#stateTimer = watchPoolState(pool, log);
+    this.#stateWatch = watchPoolState(pool, log);
+  }
+
+  /**
+   * After stop(): why the pool was closed without a final commit (a pool in needs-check commits
+   * nothing more: changes not flushed before its failure are gone), or undefined when it committed
+   * or had nothing to commit.
+   */
+  get closedWithoutCommit(): string | undefined {
+    return this.#closedWithoutCommit;
   }
 
   /** Where metrics are served, when they are. */
@@ -191,24 +202,47 @@ export class PoolServer {
   /** Stops accepting, finishes in-flight requests, commits and closes the pool. */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
-      clearInterval(this.#stateTimer);
+      clearInterval(this.#stateWatch.timer);
       // A write queued for space would otherwise hold its connection until the drain timed out.
       this.pool.stopWaitingForSpace();
       await this.#metrics?.close();
       await this.#control.close();
       await this.nbd.close({ timeoutMs: SERVE_CLOSE_TIMEOUT_MS });
+      // A change of mode or health since the last look is logged before the server says it stopped.
+      this.#stateWatch.check();
+      const { mode, modeReason } = this.pool.status();
+      if (mode === 'needs-check') this.#closedWithoutCommit = `the pool needs a check: ${modeReason ?? 'unknown reason'}`;
       await this.pool.close();
     })();
     return this.#stopping;
   }
 }
 
+interface PoolStateWatch {
+  readonly timer: NodeJS.Timeout;
+  /** Looks now (the timer looks every SERVE_STATE_CHECK_MS). */
+  check(): void;
+}
+
+interface DeviceSeen {
+  state: HealthState;
+  /** The rule's id (`H-DEG-1`): its figures change with every error, the id only with the verdict. */
+  ruleId: string;
+  badRanges: number;
+}
+
 /**
  * Logs each change of the pool's mode once (read-only when out of metadata space, needs-check
- * after a failed commit). Space has its own events (space-events.ts), raised as it changes.
+ * after a failed commit), and of each file's health (pool/health.ts): its state or the rule behind
+ * it, or new bad ranges recorded, one line per device and look. So a disk that starts failing is
+ * in the log even while every error is worked around (remapped, served from the other copy) and
+ * no client sees one; a pool opened with bad ranges or a bad state says so at start. Space has its
+ * own events (space-events.ts), raised as it changes.
  */
-function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
+function watchPoolState(pool: Pool, log: LogSink | undefined): PoolStateWatch {
   let lastMode = pool.status().mode;
+  const healthy: DeviceSeen = { state: 'ok', ruleId: 'H-OK', badRanges: 0 };
+  const lastHealth: Record<'data' | 'metadata', DeviceSeen> = { data: healthy, metadata: healthy };
   const check = (): void => {
     let status;
     try {
@@ -221,11 +255,30 @@ function watchPoolState(pool: Pool, log: LogSink | undefined): NodeJS.Timeout {
       log?.({ level: status.mode === 'read-write' ? 'info' : 'error', event: 'pool.mode_changed', message: `pool mode changed from ${lastMode} to ${status.mode}${reason}`, mode: status.mode });
     }
     lastMode = status.mode;
+    for (const device of ['data', 'metadata'] as const) {
+      const health = status.health[device];
+      const before = lastHealth[device];
+      const seen: DeviceSeen = { state: health.state, ruleId: health.rule.split(':', 1)[0]!, badRanges: health.badRanges };
+      lastHealth[device] = seen;
+      if (seen.state === before.state && seen.ruleId === before.ruleId && seen.badRanges <= before.badRanges) continue;
+      const path = device === 'data' ? status.dataPath : status.metadataPath;
+      const newRanges = seen.badRanges - before.badRanges;
+      const was = seen.state === before.state ? '' : ` (was ${before.state})`;
+      const ranges = newRanges > 0 ? `; ${newRanges} new bad range(s) recorded` : '';
+      log?.({
+        level: seen.state === 'failing' ? 'error' : seen.state === 'degraded' ? 'warn' : 'info',
+        event: 'pool.device_health',
+        message: `${device} file ${path}: health ${seen.state}${was}: ${health.rule}${ranges}`,
+        device,
+        state: seen.state,
+        badRanges: seen.badRanges,
+      });
+    }
   };
   check();
   const timer = setInterval(check, SERVE_STATE_CHECK_MS);
   timer.unref();
-  return timer;
+  return { timer, check };
 }
 
 /** The address as an NBD URI; `nbds` when TLS is required there (libnbd's scheme for TLS). */

@@ -58,6 +58,8 @@ export interface MirrorCounters {
   repairFailures: number;
   /** Reads no copy could serve. */
   unrecoverableReads: number;
+  /** Writes (whole, or a unit of one) that every copy refused with EIO: the write failed. */
+  unrecoverableWrites: number;
 }
 
 /** What the layer above may ask of a file kept in copies. */
@@ -140,7 +142,7 @@ export class MirroredBlockFile implements RedundantBlockFile {
   readonly description: string;
   /** The copies; relocateCopy() replaces one (the pool moving its mirror to let metadata grow). */
   copies: readonly MirrorCopy[];
-  readonly counters: MirrorCounters = { copyReadErrors: 0, copyWriteErrors: 0, invalidCopies: 0, repairs: 0, repairFailures: 0, unrecoverableReads: 0 };
+  readonly counters: MirrorCounters = { copyReadErrors: 0, copyWriteErrors: 0, invalidCopies: 0, repairs: 0, repairFailures: 0, unrecoverableReads: 0, unrecoverableWrites: 0 };
   /** Told of every copy found bad (the pool records it durably). */
   onBadCopy: ((event: BadCopyEvent) => void) | undefined;
   /** The logical size: copies do not overlap, so a copy ends where the next begins (same file) or at its file's end. */
@@ -404,7 +406,10 @@ export class MirroredBlockFile implements RedundantBlockFile {
       await this.#writeUnitByUnit(source, offsetBytes, results.map((result) => result.status === 'rejected'));
       return;
     }
-    if (succeeded === 0) throw firstError;
+    if (succeeded === 0) {
+      this.counters.unrecoverableWrites += 1;
+      throw firstError;
+    }
     results.forEach((result, copyIndex) => {
       if (result.status === 'rejected') {
         this.#noteBad(copyIndex, offsetBytes, source.length, 'write', messageOf(result.reason));
@@ -435,7 +440,10 @@ export class MirroredBlockFile implements RedundantBlockFile {
           refusals.push({ copyIndex, error });
         }
       }
-      if (!held) throw firstError;
+      if (!held) {
+        this.counters.unrecoverableWrites += 1;
+        throw firstError;
+      }
       for (const { copyIndex, error } of refusals) this.#noteBad(copyIndex, offsetBytes + unitOffset, piece.length, 'write', messageOf(error));
     }
   }

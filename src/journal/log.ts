@@ -405,7 +405,7 @@ export class DeltaLog {
       await this.file.sync(options.syncOptions ?? {});
       this.lastAppendMs.syncedMs = performance.now();
     } catch (error) {
-      throw new ThinError('THIN_IO', `Appending ${recordCount} delta log record(s) to ${this.file.description} failed`, { cause: error });
+      throw new ThinError('THIN_IO', `Appending ${recordCount} delta log record(s) to ${this.file.description} failed: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
     }
     // Nothing else points at a record (a tree node has a parent that records which transaction
     // wrote it; the last record has no successor), so a write that landed elsewhere or was lost

@@ -123,7 +123,11 @@ export async function scrubMetadata(tm: TransactionManager, pace: ScrubPacer): P
   for (const blockNr of suspects) {
     if (stopped || tm.refCount(blockNr) === 0 || tm.awaitsWrite(blockNr)) continue;
     const problems = examine(blockNr);
-    if (problems !== undefined) report.blocksLost.push({ blockNr, problems });
+    if (problems === undefined) continue;
+    report.blocksLost.push({ blockNr, problems });
+    // Counted as a read through the mirror that found no good copy would be, so that the pool's
+    // health says failing (H-FAIL-4), not "each served from the other copy".
+    if (mirror !== undefined) mirror.counters.unrecoverableReads += 1;
   }
   for (const repaired of await Promise.all(repairs)) if (repaired) report.copiesRewritten += 1;
   if (inBatch > 0) await pace(inBatch * METADATA_BLOCK_SIZE_BYTES * copyCount);

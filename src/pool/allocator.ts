@@ -18,7 +18,7 @@
 // them as it holds reserved blocks (no other write takes them, the puncher skips them, the free
 // figures leave them out) until a remap takes one (takeSpare). They are never a reason for
 // ENOSPC: an allocation that finds no other free block gives every spare back first.
-import { DATA_BLOCKS_RESERVED_MAX } from '../constants.ts';
+import { DATA_BLOCKS_RESERVED_MAX, REMAP_TARGETS_MAX } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 
 /** Most free blocks left between the runs of two volumes (16 MiB of 64 KiB blocks). */
@@ -42,6 +42,14 @@ export interface DataSpace {
 export interface AllocateOptions {
   /** True for copy-on-write of a mapped block: may use the reserve. */
   mayUseReserve?: boolean;
+  /**
+   * A block that just refused a write: look for the next one a REMAP_TARGETS_MAX-th of the data
+   * space past it (wrapping), not next to it. Bad sectors cluster (a scratch, a weak head), so the
+   * blocks after a refused one are likely to refuse too: REMAP_TARGETS_MAX tries next to each
+   * other failed a write on a disk with 8 bad blocks in a row and thousands of good ones, while
+   * tries a quarter of the disk apart each meet another part of the medium.
+   */
+  awayFrom?: number;
 }
 
 export class DataAllocator {
@@ -164,11 +172,11 @@ export class DataAllocator {
       throw new ThinError('THIN_NO_SPACE', `No free data block: ${free} free, ${floor} kept in reserve for copy-on-write.`);
     }
     const wanted = Math.min(lengthBlocksMax, free - floor);
-    let found = this.#find(volumeId, wanted);
+    let found = this.#find(volumeId, wanted, options.awayFrom);
     if (found === undefined && this.#spares.length > 0) {
       // The free blocks left are pending or held: the spares may be all there is.
       this.giveBackSpares();
-      found = this.#find(volumeId, wanted);
+      found = this.#find(volumeId, wanted, options.awayFrom);
     }
     if (found === undefined) {
       throw new ThinError('THIN_NO_SPACE', 'No free data block: the remaining free blocks were freed in the transaction not yet committed, or are being given back to the host.');
@@ -187,8 +195,13 @@ export class DataAllocator {
   }
 
   /** The run where volumeId's next block goes (see the module comment), skipping reserved, spare and held blocks. */
-  #find(volumeId: number, wanted: number): { begin: number; lengthBlocks: number } | undefined {
+  #find(volumeId: number, wanted: number, awayFrom: number | undefined): { begin: number; lengthBlocks: number } | undefined {
     const isReserved = (block: number): boolean => this.isReserved(block) || this.#isHeld(block);
+    if (awayFrom !== undefined) {
+      assert(Number.isSafeInteger(awayFrom) && awayFrom >= 0, `bad block ${awayFrom} to move away from`);
+      const strideBlocks = Math.max(1, Math.floor(this.#dataBlockCount / REMAP_TARGETS_MAX));
+      return this.#space.findFree((awayFrom + strideBlocks) % this.#dataBlockCount, wanted, isReserved);
+    }
     const volumeHint = this.#hints.get(volumeId);
     const found = volumeHint === undefined ? undefined : this.#space.findFree(volumeHint, wanted, isReserved);
     if (found !== undefined && found.begin === volumeHint) return found;

@@ -402,8 +402,9 @@ export class CommitScheduler {
       // acknowledge data that was never synced.
       if (!dataSynced) await this.#syncData();
     } catch (error) {
-      this.#host.fail(`a commit failed: ${error instanceof Error ? error.message : String(error)}`, error);
-      throw new ThinError('THIN_IO', 'The commit failed; the pool now needs a check and acknowledges no flush until it is reopened', { cause: error });
+      const why = error instanceof Error ? error.message : String(error);
+      this.#host.fail(`a commit failed: ${why}`, error);
+      throw new ThinError('THIN_IO', `The commit failed (${why}); the pool now needs a check and acknowledges no flush until it is reopened`, { cause: error });
     }
     this.#highWaterMark.committed(sealed.highWaterMark);
     if (this.#log !== undefined) {
@@ -452,8 +453,10 @@ export class CommitScheduler {
     try {
       await log.append(pending, this.#host.time, { flags, syncOptions });
     } catch (error) {
-      this.#host.fail(`appending to the delta log failed: ${error instanceof Error ? error.message : String(error)}`, error);
-      throw new ThinError('THIN_IO', 'The flush failed; the pool now needs a check and acknowledges no flush until it is reopened', { cause: error });
+      const why = error instanceof Error ? error.message : String(error);
+      this.#host.fail(`appending to the delta log failed: ${why}`, error);
+      // Not "the flush failed": a remap's write makes itself durable through the log too.
+      throw new ThinError('THIN_IO', `Appending to the delta log failed (${why}); the pool now needs a check and acknowledges no flush until it is reopened`, { cause: error });
     }
   }
 

@@ -26,7 +26,7 @@ import { COPY_BUFFERS_RETAINED_BYTES_MAX, DATA_HIGH_WATER_MARK_STEP_BLOCKS, REMA
 import { assert, isThinError, type ThinError } from '../errors.ts';
 import { isMediaError } from '../io/media-error.ts';
 import type { SpaceMap } from '../pdata/index.ts';
-import type { DataAllocator } from './allocator.ts';
+import type { AllocateOptions, DataAllocator } from './allocator.ts';
 import { MediaErrors, SectorsRefused, unreadableError, type SectorRange } from './bad-blocks.ts';
 import { BadRangeFlag, type BadRanges } from './bad-ranges.ts';
 import { Remapper, type MoveReason } from './remap.ts';
@@ -138,7 +138,7 @@ export class DataPath {
       media: this.media,
       badRanges: parts.badRanges,
       mappings: parts.mappings,
-      reserveTarget: (device, reason) => this.#reserveMoveTarget(device, reason),
+      reserveTarget: (device, reason, awayFrom) => this.#reserveMoveTarget(device, reason, awayFrom),
       releaseTarget: (block) => this.#allocator.release(block),
       // A remap's new block is not counted for a flush's data sync: the record that logs the remap
       // carries the bytes written (F-LOG-9), or is written after a data sync (F-LOG-7).
@@ -484,7 +484,7 @@ export class DataPath {
       }
       if (refused) {
         for (let at = doneBlocks; at < doneBlocks + run.lengthBlocks; at++) {
-          await this.#provision(device, virtualBlock + at, 0, source.subarray(at * bs, (at + 1) * bs), bs);
+          await this.#provision(device, virtualBlock + at, 0, source.subarray(at * bs, (at + 1) * bs), bs, run.begin);
         }
       }
       doneBlocks += run.lengthBlocks;
@@ -506,12 +506,12 @@ export class DataPath {
    * such blocks; then the space policy decides (dataSpaceWanted: wait for a punch or a growth,
    * grow, queue, or give up with ENOSPC).
    */
-  async #allocateData(device: Device, options: { mayUseReserve?: boolean }): Promise<number> {
+  async #allocateData(device: Device, options: AllocateOptions): Promise<number> {
     return (await this.#allocateRun(device, 1, options)).begin;
   }
 
   /** Reserves a run of up to lengthBlocksMax consecutive data blocks, as #allocateData does one. */
-  async #allocateRun(device: Device, lengthBlocksMax: number, options: { mayUseReserve?: boolean } = {}): Promise<{ begin: number; lengthBlocks: number }> {
+  async #allocateRun(device: Device, lengthBlocksMax: number, options: AllocateOptions = {}): Promise<{ begin: number; lengthBlocks: number }> {
     const wait: { deadlineMs?: number } = {};
     let rolledUp = false;
     for (;;) {
@@ -533,23 +533,35 @@ export class DataPath {
     }
   }
 
-  /** Maps an unmapped virtual block to a new block holding the write; a block that refuses it is recorded bad and another taken. */
-  async #provision(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number): Promise<void> {
+  /**
+   * Maps an unmapped virtual block to a new block holding the write; a block that refuses it is
+   * recorded bad and another taken, away from it (AllocateOptions.awayFrom), REMAP_TARGETS_MAX in
+   * all. `awayFrom`: a block that refused this write already (a run's, #provisionRuns).
+   */
+  async #provision(device: Device, virtualBlock: number, offsetInBlockBytes: number, source: Uint8Array | undefined, lengthBytes: number, awayFrom?: number): Promise<void> {
     // Room for the mapping change before a block is taken; no await unless metadata is growing, so
     // a snapshot issued before this write still takes effect before it (space.ts).
     const room = this.#host.metadataForWrite();
     if (room !== undefined) await room;
+    let refusedBlock = awayFrom;
     for (let attempt = 1; ; attempt++) {
-      const block = await this.#allocateData(device, {});
+      const block = await this.#allocateData(device, refusedBlock === undefined ? {} : { awayFrom: refusedBlock });
       try {
         await this.#writeNewBlock(block, offsetInBlockBytes, source, lengthBytes);
         this.#host.assertDeviceWritable(device);
         this.#mappings.insertMapping(device, virtualBlock, block);
         return;
       } catch (error) {
-        if (!(error instanceof SectorsRefused) || attempt >= REMAP_TARGETS_MAX) throw error;
+        if (!(error instanceof SectorsRefused)) throw error;
+        // Recorded even when this was the last try: a block that refused a write is never
+        // handed out again (docs/format.md F-BAD-3).
         this.remapper.counters.targetsRefused += 1;
         this.#host.recordBad(error.ranges, BadRangeFlag.writeError);
+        if (attempt >= REMAP_TARGETS_MAX) {
+          this.remapper.counters.remapsFailed += 1;
+          throw error;
+        }
+        refusedBlock = block;
       } finally {
         this.#allocator.release(block);
       }
@@ -596,13 +608,16 @@ export class DataPath {
   /**
    * A block for a move (copy-on-write, remap): may use the reserve; the high-water mark covers it
    * on return. A remap takes a spare first (spare-area.ts): written and synced already, below the mark.
+   * After a target refused the write (`awayFrom`), the next is taken away from it, not a spare
+   * (the spares lie together, low in the file).
    */
-  async #reserveMoveTarget(device: Device, reason: MoveReason): Promise<number> {
+  async #reserveMoveTarget(device: Device, reason: MoveReason, awayFrom: number | undefined): Promise<number> {
     // Room for the mapping change before a block is taken; no await unless metadata is growing, so
     // a snapshot issued before this write still takes effect before it (space.ts).
     const room = this.#host.metadataForWrite();
     if (room !== undefined) await room;
-    const block = (reason === 'remap' ? this.spares.take() : undefined) ?? (await this.#allocateData(device, { mayUseReserve: true }));
+    const spare = reason === 'remap' && awayFrom === undefined ? this.spares.take() : undefined;
+    const block = spare ?? (await this.#allocateData(device, awayFrom === undefined ? { mayUseReserve: true } : { mayUseReserve: true, awayFrom }));
     this.#copyOnWrites++;
     try {
       this.#knownZero.remove(block, block + 1);

@@ -8,7 +8,7 @@
 //   H-FAIL-1 a sync of the device failed: no flush is acknowledged until the pool is reopened
 //   H-FAIL-2 a write found no block to go to (every target refused it, or no free block was left)
 //   H-FAIL-3 HEALTH_BAD_RANGES_FAILING_MIN or more bad ranges: the failures are not isolated
-//   H-FAIL-4 a metadata block that no copy of could be read
+//   H-FAIL-4 a metadata block that no copy of could be read, or a metadata write every copy refused
 //   H-DEG-1  bad ranges are recorded: after its first reallocations a drive is many times likelier
 //            to fail soon (Pinheiro et al., FAST'07)
 //   H-DEG-2  I/O errors since open, though each was worked around (retried, moved, repaired)
@@ -136,6 +136,7 @@ export function poolHealth(sources: HealthSources): PoolHealth {
   const metadataVerdict = ((): Verdict => {
     if (sources.syncFailed.metadata) return { state: 'failing', rule: 'H-FAIL-1: a sync of the metadata file failed; no flush is acknowledged until the pool is reopened' };
     if ((mirror?.counters.unrecoverableReads ?? 0) > 0) return { state: 'failing', rule: `H-FAIL-4: ${mirror!.counters.unrecoverableReads} metadata read(s) found no good copy` };
+    if ((mirror?.counters.unrecoverableWrites ?? 0) > 0) return { state: 'failing', rule: `H-FAIL-4: ${mirror!.counters.unrecoverableWrites} metadata write(s) refused by every copy` };
     if (metadataBad.ranges >= HEALTH_BAD_RANGES_FAILING_MIN) return { state: 'failing', rule: `H-FAIL-3: ${metadataBad.ranges} bad ranges recorded (${HEALTH_BAD_RANGES_FAILING_MIN} or more)` };
     if (metadataBad.ranges > 0) return { state: 'degraded', rule: `H-DEG-1: ${metadataBad.ranges} bad range(s), ${metadataBad.sectors} sector(s) recorded in metadata copies that could not be rewritten` };
     if (mirror === undefined) return { state: 'degraded', rule: 'H-DEG-3: metadata is kept in one copy (no mirror): one bad sector can lose the pool' };

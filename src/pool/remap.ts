@@ -12,7 +12,7 @@
 // twice a sync on the acknowledged path (docs/benchmarks.md, "Failing disks").
 //
 // What the medium refuses is worked around where nothing is lost: a target block that refuses the
-// write is recorded bad and another one taken (REMAP_TARGETS_MAX in all); sectors of the old block
+// write is recorded bad and another one taken, away from it (REMAP_TARGETS_MAX in all); sectors of the old block
 // that cannot be read are fine when the write covers them, and otherwise fail the request with EIO
 // (their contents are gone: the block stays where it was, its unreadable sectors recorded).
 import { performance } from 'node:perf_hooks';
@@ -30,8 +30,12 @@ export interface RemapHost {
   readonly media: MediaErrors;
   readonly badRanges: BadRanges;
   readonly mappings: MappingChanges;
-  /** Reserves a free block for a move (the copy-on-write reserve may be used; a remap takes a spare first) with the high-water mark covering it. */
-  reserveTarget(device: Device, reason: MoveReason): Promise<number>;
+  /**
+   * Reserves a free block for a move (the copy-on-write reserve may be used; a remap takes a spare
+   * first) with the high-water mark covering it; after a target refused the write, one away from
+   * that target (AllocateOptions.awayFrom).
+   */
+  reserveTarget(device: Device, reason: MoveReason, awayFrom?: number): Promise<number>;
   releaseTarget(block: number): void;
   /** Writes a whole block (throws SectorsRefused when sectors refuse it, after narrowing). */
   writeBlock(block: number, content: Uint8Array, reason: MoveReason): Promise<void>;
@@ -162,10 +166,11 @@ export class Remapper {
   async #writeSomewhere(device: Device, content: Uint8Array, reason: MoveReason): Promise<number> {
     const host = this.#host;
     let lastRefusal: SectorsRefused | undefined;
+    let refusedTarget: number | undefined;
     for (let attempt = 0; attempt < REMAP_TARGETS_MAX; attempt++) {
       let target: number;
       try {
-        target = await host.reserveTarget(device, reason);
+        target = await host.reserveTarget(device, reason, refusedTarget);
       } catch (error) {
         if (!isThinError(error, 'THIN_NO_SPACE') || lastRefusal === undefined) throw error;
         this.counters.remapsFailed += 1;
@@ -179,6 +184,7 @@ export class Remapper {
         if (!(error instanceof SectorsRefused)) throw error;
         this.counters.targetsRefused += 1;
         lastRefusal = error;
+        refusedTarget = target;
         host.recordBad(error.ranges, BadRangeFlag.writeError);
       }
     }

@@ -8,7 +8,10 @@
 //   however many share it), read in SCRUB_CHUNK_BYTES pieces through the data path's retries and
 //   narrowing (bad-blocks.ts). Unreadable sectors are recorded as bad ranges (durably, by a commit
 //   at the end); the data there is gone, and a read of them fails with EIO until a write covers
-//   them (docs/format.md F-BAD-5). Blocks that already hold a bad range are not read again.
+//   them (docs/format.md F-BAD-5). Blocks that already hold a bad range are not read again; those
+//   of them a volume or snapshot still maps (F-BAD-3: the range holds one reference, a mapping
+//   another) have their unreadable ranges reported as known, so a scrub after a client met the
+//   error does not say that everything read.
 import { SCRUB_CHUNK_BYTES, SCRUB_RATE_BYTES_PER_SECOND_DEFAULT } from '../constants.ts';
 import { ThinError, assert } from '../errors.ts';
 import { scrubMetadata, type MetadataScrubReport } from '../pdata/scrub.ts';
@@ -36,6 +39,11 @@ export interface DataScrubReport {
   readsRecovered: number;
   /** Sectors found unreadable now, per data block: recorded as bad ranges. */
   unreadable: Array<{ dataBlock: number; beginSector: number; endSector: number }>;
+  /**
+   * Sectors recorded unreadable before (a client's read, an earlier scrub) in blocks a volume or
+   * snapshot still maps: data still lost until a write covers them.
+   */
+  knownUnreadable: Array<{ dataBlock: number; beginSector: number; endSector: number }>;
 }
 
 export interface ScrubReport {
@@ -86,7 +94,7 @@ export async function scrubPool(host: ScrubHost, options: ScrubOptions = {}): Pr
 
   const metadata = await scrubMetadata(host.tm, pace);
 
-  const data: DataScrubReport = { blocksRead: 0, blocksKnownBad: 0, bytesRead: 0, readsRecovered: 0, unreadable: [] };
+  const data: DataScrubReport = { blocksRead: 0, blocksKnownBad: 0, bytesRead: 0, readsRecovered: 0, unreadable: [], knownUnreadable: [] };
   const recoveredBefore = host.media.counters.readsRecovered;
   const chunkBytes = Math.min(SCRUB_CHUNK_BYTES, bs);
   const buffer = new Uint8Array(chunkBytes);
@@ -96,6 +104,11 @@ export async function scrubPool(host: ScrubHost, options: ScrubOptions = {}): Pr
     for (let block = extent.begin; block < extent.begin + extent.lengthBlocks; block++) {
       if (host.badRanges.hasDataBlock(block)) {
         data.blocksKnownBad += 1;
+        if (host.dataSpace.count(block) > 1) {
+          for (const range of host.badRanges.dataRangesIn(block)) {
+            if ((range.flags & BadRangeFlag.readError) !== 0) data.knownUnreadable.push({ dataBlock: block, beginSector: range.beginSector, endSector: range.endSector });
+          }
+        }
         continue;
       }
       for (let offsetInBlock = 0; offsetInBlock < bs; offsetInBlock += chunkBytes) {

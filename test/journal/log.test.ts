@@ -3,6 +3,7 @@
 // closing the pool (no rollup): everything written and synced is in them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { FaultInjectingBlockFile } from '../../src/io/fault-injection.ts';
 import { MemoryBlockFile } from '../../src/io/memory.ts';
 import { Pool, type PoolFiles } from '../../src/pool/pool.ts';
 import type { Volume } from '../../src/pool/volume.ts';
@@ -98,6 +99,21 @@ test('with the log off every flush that changed mappings is a full commit', asyn
   await pool.flush();
   assert.equal(pool.status().counters.commits, commits + 1);
   assert.equal(pool.status().counters.logBlocksUsed, 0);
+  await pool.close();
+});
+
+test('an append the metadata file refuses fails the flush naming what the file said and where', async () => {
+  const metadata = new FaultInjectingBlockFile(new MemoryBlockFile(0, 'metadata'));
+  const pool = await Pool.createOn({ metadata, data: new MemoryBlockFile(0, 'data') }, { dataSizeBytes: 4096 * BLOCK, blockSizeBytes: BLOCK, metadataSizeBytes: METADATA_BYTES });
+  const volume = await pool.createVolume('v', { sizeBytes: 64 * BLOCK });
+  await volume.write(0, filled(4096, 1)); // raises the high-water mark: a full commit
+  await pool.flush();
+  metadata.addRules([{ file: 'metadata', op: 'write' }]);
+  await volume.write(BLOCK, filled(4096, 2));
+  await assert.rejects(pool.flush());
+  const { mode, modeReason } = pool.status();
+  assert.equal(mode, 'needs-check');
+  assert.match(modeReason ?? '', /^appending to the delta log failed: Appending 1 delta log record\(s\) to metadata failed: Cannot write 4096 bytes at offset \d+ of metadata: EIO/);
   await pool.close();
 });
 

@@ -161,6 +161,48 @@ describe('data sectors that fail', () => {
     await faulty.pool.close();
   });
 
+  test('a write into a run of bad blocks longer than the tries a write gets goes to a block away from them', async () => {
+    // Bad sectors cluster: the first 8 blocks refuse writes, more than REMAP_TARGETS_MAX (4) in a
+    // row. Trying the next block each time failed the write with EIO while 56 blocks were good.
+    const faulty = await createFaulty(64);
+    const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+    await volume.write(7 * BLOCK, filled(BLOCK, 6));
+    assert.equal(dataBlockOf(faulty.pool, 'v', 7), 0);
+    faulty.faults.data.addRules([{ file: 'data', op: 'write', beginSector: 0, endSector: 8 * SECTORS_PER_BLOCK }]);
+    await volume.write(7 * BLOCK, filled(4096, 7)); // in place refused: a remap, its targets away too
+    await volume.write(0, filled(4096, 3));
+    await volume.write(2 * BLOCK, filled(2 * BLOCK, 4)); // whole blocks: a run, then block by block
+    for (const virtualBlock of [0, 2, 3, 7]) assert.ok(dataBlockOf(faulty.pool, 'v', virtualBlock)! >= 8, `block ${virtualBlock} is away from the bad run`);
+    const back = new Uint8Array(4096);
+    await volume.read(0, back);
+    assert.deepEqual(back, filled(4096, 3));
+    await volume.read(7 * BLOCK + 4096, back);
+    assert.deepEqual(back, filled(4096, 6), 'the remapped block keeps what the write did not cover');
+    const health = faulty.pool.status().health.data;
+    assert.equal(health.remaps.remaps, 1);
+    assert.equal(health.remaps.remapsFailed, 0);
+    assert.equal(health.state, 'degraded', health.rule);
+    await faulty.pool.flush();
+    await checkClean(faulty.raw);
+    await faulty.pool.close();
+  });
+
+  test('a write that every block refuses fails, records every block it tried and sets the data health to failing', async () => {
+    const faulty = await createFaulty(64);
+    const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+    faulty.faults.data.addRules([{ file: 'data', op: 'write' }]);
+    await assert.rejects(volume.write(0, filled(4096, 5)), (error: unknown) => isThinError(error, 'THIN_IO') && /refuse writes \(EIO\)/.test((error as Error).message));
+    const health = faulty.pool.status().health.data;
+    assert.equal(health.remaps.targetsRefused, 4, 'REMAP_TARGETS_MAX blocks tried');
+    assert.equal(health.badRanges, 4, 'the last block tried is recorded too: it is never handed out again');
+    assert.equal(health.remaps.remapsFailed, 1);
+    assert.equal(health.state, 'failing');
+    assert.match(health.rule, /^H-FAIL-2: 1 write\(s\) found no block/);
+    await faulty.pool.flush();
+    await checkClean(faulty.raw);
+    await faulty.pool.close();
+  });
+
   test('an unreadable sector fails the read of that range only; the volume reads on, and a write over it moves the block', async () => {
     let faulty = await createFaulty(16);
     const volume = await faulty.pool.createVolume('v', { sizeBytes: 4 * BLOCK });
@@ -288,6 +330,28 @@ describe('metadata kept in two copies', () => {
     await checkClean(raw);
   });
 
+  test('a metadata write both copies refuse fails the flush, the pool goes needs-check with its metadata failing, and a reopen has every flushed write', async () => {
+    let faulty = await createFaulty(16);
+    const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+    await volume.write(0, filled(BLOCK, 1));
+    await faulty.pool.flush();
+    faulty.faults.metadata.addRules([{ file: 'metadata', op: 'write' }]);
+    await volume.write(BLOCK, filled(BLOCK, 2));
+    // The error names what the file said and where (it said only "The flush failed").
+    await assert.rejects(faulty.pool.flush(), (error: unknown) => isThinError(error, 'THIN_IO') && /Cannot write 4096 bytes at offset \d+ of metadata: EIO/.test((error as Error).message));
+    const status = faulty.pool.status();
+    assert.equal(status.mode, 'needs-check');
+    // Not "degraded ... each served from the other copy": no copy took the write.
+    assert.equal(status.health.metadata.state, 'failing', status.health.metadata.rule);
+    assert.match(status.health.metadata.rule, /^H-FAIL-4: \d+ metadata write\(s\) refused by every copy/);
+    faulty = await reopenFaulty(faulty);
+    const back = new Uint8Array(BLOCK);
+    await faulty.pool.volume('v').read(0, back);
+    assert.deepEqual(back, filled(BLOCK, 1));
+    await faulty.pool.close();
+    await checkClean(faulty.raw);
+  });
+
   test('a metadata copy that refuses writes is recorded as a bad range; the pool goes on and checks clean', async () => {
     let faulty = await createFaulty(16);
     const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
@@ -382,6 +446,7 @@ describe('scrub', () => {
     assert.equal(report.metadata.copiesRewritten, flipped, 'and rewritten');
     assert.deepEqual(report.metadata.blocksLost, []);
     assert.deepEqual(report.data.unreadable, [{ dataBlock: block, beginSector: bad, endSector: bad + 3 }]);
+    assert.deepEqual(report.data.knownUnreadable, []);
     assert.equal(report.data.blocksRead, 6, 'each data block once, though a snapshot shares them');
     assert.ok(slept.length > 0, 'the rate paces the reads');
     assert.equal(report.badRanges, 1);
@@ -399,10 +464,31 @@ describe('scrub', () => {
     assert.equal(second.metadata.copiesBad, 0);
     assert.deepEqual(second.data.unreadable, []);
     assert.equal(second.data.blocksKnownBad, 1);
+    // Not read again, yet still lost for the volume and snapshot that map it: reported (scrub exits 1).
+    assert.deepEqual(second.data.knownUnreadable, [{ dataBlock: block, beginSector: bad, endSector: bad + 3 }]);
     assert.equal(second.badRanges, 1);
     await again.close();
     await checkClean({ metadata: MemoryBlockFile.from(after, 'metadata'), data: raw.data });
   });
+});
+
+test('a scrub that finds a metadata block unreadable in both copies reports it lost and sets the metadata health to failing', async () => {
+  const faulty = await createFaulty(16);
+  const volume = await faulty.pool.createVolume('v', { sizeBytes: 8 * BLOCK });
+  await volume.write(0, filled(BLOCK, 1));
+  await faulty.pool.flush();
+  // Both copies of the tree area (blocks 65 to 1023) stop reading; the pool holds what it read.
+  faulty.faults.metadata.addRules([
+    { file: 'metadata', op: 'read', beginSector: 65 * 8, endSector: 1024 * 8 },
+    { file: 'metadata', op: 'read', beginSector: (METADATA_BLOCKS + 65) * 8, endSector: (METADATA_BLOCKS + 1024) * 8 },
+  ]);
+  const report = await faulty.pool.scrub({ rateBytesPerSecond: 1e12 });
+  assert.ok(report.metadata.blocksLost.length > 0);
+  const health = faulty.pool.status().health.metadata;
+  // It said "degraded: ... each served from the other copy and rewritten".
+  assert.equal(health.state, 'failing', health.rule);
+  assert.match(health.rule, /^H-FAIL-4: \d+ metadata read\(s\) found no good copy/);
+  await faulty.pool.close();
 });
 
 test('a scrub of a live pool passes over metadata blocks its open transaction has not written yet', async () => {

@@ -84,12 +84,16 @@ function scrubLines(dir: string, report: ScrubReport): string[] {
       `${metadata.blocksBeingWritten > 0 ? ` (${metadata.blocksBeingWritten} not written yet by the live pool passed over)` : ''}; ` +
       `${metadata.copiesBad} bad cop${metadata.copiesBad === 1 ? 'y' : 'ies'}, ${metadata.copiesRewritten} rewritten from the good one`,
     `data:     ${data.blocksRead} blocks read (${(data.bytesRead / BYTES_PER_MB).toFixed(1)} MB), ${data.blocksKnownBad} with known bad ranges passed over, ` +
-      `${data.readsRecovered} read(s) recovered on retry, ${data.unreadable.length} unreadable range(s) found`,
+      `${data.readsRecovered} read(s) recovered on retry, ${data.unreadable.length} unreadable range(s) found` +
+      `${data.knownUnreadable.length > 0 ? `, ${data.knownUnreadable.length} found before and still mapped` : ''}`,
   ];
   for (const lost of metadata.blocksLost) lines.push(`lost: metadata block ${lost.blockNr}: ${lost.problems.join('; ')}`);
   for (const blockNr of metadata.unreadableBlocks) lines.push(`unreadable: metadata block ${blockNr} (one copy only)`);
   for (const range of data.unreadable) {
     lines.push(`unreadable: data block ${range.dataBlock}, sectors [${range.beginSector}, ${range.endSector}) (recorded as a bad range; reads there fail with EIO until a write covers them)`);
+  }
+  for (const range of data.knownUnreadable) {
+    lines.push(`unreadable: data block ${range.dataBlock}, sectors [${range.beginSector}, ${range.endSector}) (recorded before and still mapped; reads there fail with EIO until a write covers them)`);
   }
   lines.push(`Pool ${dir}: ${report.badRanges} bad range(s) recorded${report.stopped ? '; the scrub stopped early (the pool closed)' : ''}, ${(report.durationMs / 1000).toFixed(1)} s`);
   return lines;
@@ -110,7 +114,7 @@ export function registerScrubCommand(program: Command, reporter: Reporter, resul
       const report = await withService(dir, 'write', (service) => service.scrub({ rateBytesPerSecond: rateMb * BYTES_PER_MB }));
       if (options.json) reporter.json(report);
       else for (const line of scrubLines(dir, report)) reporter.out(line);
-      const lost = report.metadata.blocksLost.length + report.metadata.unreadableBlocks.length + report.data.unreadable.length;
+      const lost = report.metadata.blocksLost.length + report.metadata.unreadableBlocks.length + report.data.unreadable.length + report.data.knownUnreadable.length;
       if (lost > 0) {
         reporter.error(`scrub found ${lost} unreadable or lost place(s) in ${dir}`);
         result.exitCode = exitCodes.failure;

@@ -96,7 +96,9 @@ async function serveUntilSignalled(server: PoolServer, log: LogSink, announce: (
       process.off('SIGINT', onInt);
       server.stop().then(
         () => {
-          log({ level: 'info', event: 'serve.stopped', message: 'stopped: pool committed and closed' });
+          const uncommitted = server.closedWithoutCommit;
+          if (uncommitted === undefined) log({ level: 'info', event: 'serve.stopped', message: 'stopped: pool committed and closed' });
+          else log({ level: 'error', event: 'serve.stopped', message: `stopped: pool closed without a final commit, since ${uncommitted}; run thinbd check` });
           done();
         },
         (error: unknown) => {
