@@ -54,7 +54,8 @@ export async function scrubMetadata(tm: TransactionManager, pace: ScrubPacer): P
   };
   const mirror = tm.mirror;
   const copyCount = mirror?.copyCount ?? 1;
-  const copies = Array.from({ length: copyCount }, () => new Uint8Array(METADATA_BLOCK_SIZE_BYTES));
+  // Buffers, so equals() compares them as they are (Buffer.from of a Uint8Array copies it).
+  const copies = Array.from({ length: copyCount }, () => Buffer.alloc(METADATA_BLOCK_SIZE_BYTES));
   const repairs: Array<Promise<boolean>> = [];
 
   /** Reads every copy of blockNr and mends the bad ones; returns what was wrong when no copy is valid. */
@@ -78,18 +79,18 @@ export async function scrubMetadata(tm: TransactionManager, pace: ScrubPacer): P
         return `read failed: ${error instanceof Error ? error.message : String(error)}`;
       }
     });
-    const allEqual = readError.every((error) => error === undefined) && copies.every((copy) => Buffer.from(copy).equals(Buffer.from(copies[0]!)));
+    const allEqual = readError.every((error) => error === undefined) && copies.every((copy) => copy.equals(copies[0]!));
     if (allEqual) return undefined;
-    const problems = copies.map((copy, copyIndex) => readError[copyIndex] ?? blockProblem(copy, { blockNr, expectedType: ALL_BLOCK_TYPES, poolId: tm.poolId }));
+    const problems = copies.map((copy, copyIndex) => readError[copyIndex] ?? copyProblem(tm, blockNr, copy));
     let best: number | undefined;
     copies.forEach((copy, copyIndex) => {
       if (problems[copyIndex] !== undefined) return;
       if (best === undefined || transactionIdOf(copy) > transactionIdOf(copies[best]!)) best = copyIndex;
     });
     if (best === undefined) return problems.map((problem, copyIndex) => `copy ${copyIndex}: ${problem ?? 'valid'}`);
-    const good = copies[best]!.slice();
+    const good = Buffer.from(copies[best]!); // a copy: the buffers are read into again (a Buffer's slice() is a view)
     copies.forEach((copy, copyIndex) => {
-      if (copyIndex === best || (readError[copyIndex] === undefined && Buffer.from(copy).equals(Buffer.from(good)))) return;
+      if (copyIndex === best || (readError[copyIndex] === undefined && copy.equals(good))) return;
       report.copiesBad += 1;
       repairs.push(mirror.repairCopy(copyIndex, good, offsetBytes));
     });
@@ -134,6 +135,15 @@ export async function scrubMetadata(tm: TransactionManager, pace: ScrubPacer): P
   return report;
 }
 
-function transactionIdOf(bytes: Uint8Array): number {
+/**
+ * What is wrong with one copy of metadata block `blockNr` judged alone, by the checks that need
+ * no knowledge of its place in a tree (F-BLK-1, F-BLK-3, F-BLK-5, F-BLK-6), or undefined.
+ */
+export function copyProblem(tm: TransactionManager, blockNr: number, bytes: Uint8Array): string | undefined {
+  return blockProblem(bytes, { blockNr, expectedType: ALL_BLOCK_TYPES, poolId: tm.poolId });
+}
+
+/** The transaction that wrote a block (its header's), to tell the newer of two valid copies. */
+export function transactionIdOf(bytes: Uint8Array): number {
   return getU64(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), BlockHeader.transactionIdOffset);
 }

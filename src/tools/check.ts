@@ -30,7 +30,6 @@ import {
   SpaceMap,
   SubtreeShapes,
   blockProblem,
-  getU64,
   isZeroBlock,
   TreeKind,
   TreeWalker,
@@ -38,7 +37,7 @@ import {
   type TransactionManager,
   type ValueCodec,
 } from '../pdata/index.ts';
-import { BlockHeader } from '../pdata/block.ts';
+import { copyProblem, transactionIdOf } from '../pdata/scrub.ts';
 import { badRangeCodec, decodeBadRangeKey } from '../pool/bad-ranges.ts';
 import { decodeDetails, type DeviceValue, type PoolPayload } from '../pool/codecs.ts';
 import type { PoolFiles } from '../pool/files.ts';
@@ -226,8 +225,9 @@ function checkOtherCopies(tm: TransactionManager, checker: Checker): void {
   const mirror = tm.mirror;
   if (mirror === undefined) return;
   const known = new Set(mirror.badCopies().map((event) => event.offsetBytes / METADATA_BLOCK_SIZE_BYTES));
-  const first = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
-  const other = new Uint8Array(METADATA_BLOCK_SIZE_BYTES);
+  // Buffers, so equals() compares them as they are (Buffer.from of a Uint8Array copies it).
+  const first = Buffer.alloc(METADATA_BLOCK_SIZE_BYTES);
+  const other = Buffer.alloc(METADATA_BLOCK_SIZE_BYTES);
   for (let blockNr = 0; blockNr < tm.metadataBlockCount; blockNr++) {
     if (tm.refCount(blockNr) === 0 || SUPERBLOCK_BLOCK_NRS.includes(blockNr) || known.has(blockNr) || tm.awaitsWrite(blockNr)) continue;
     if (blockNr >= DELTA_LOG_FIRST_BLOCK_NR && blockNr < DELTA_LOG_FIRST_BLOCK_NR + DELTA_LOG_BLOCK_COUNT) continue;
@@ -239,31 +239,25 @@ function checkOtherCopies(tm: TransactionManager, checker: Checker): void {
       continue; // the walks' read of this block went to another copy and named it
     }
     for (let copyIndex = 1; copyIndex < mirror.copyCount; copyIndex++) {
-      const place = mirror.physicalPlaces(offsetBytes)[copyIndex]!;
       let problem: string | undefined;
       try {
         mirror.readCopySync(copyIndex, other, offsetBytes);
-        if (Buffer.from(other).equals(Buffer.from(first))) continue;
+        if (other.equals(first)) continue;
         problem =
-          blockProblem(other, { blockNr, expectedType: ALL_BLOCK_TYPES, poolId: tm.poolId }) ??
+          copyProblem(tm, blockNr, other) ??
           `a valid block of transaction ${transactionIdOf(other)} where copy 0 holds transaction ${transactionIdOf(first)}`;
       } catch (error) {
         if (!isMediaError(error)) throw error;
         problem = `read failed: ${messageOf(error)}`;
       }
       checker.warnings.push({
-        where: `metadata block ${blockNr}, copy ${copyIndex} (byte ${place.offsetBytes} of the metadata file)`,
+        where: `metadata block ${blockNr}, copy ${copyIndex} (byte ${mirror.physicalPlaces(offsetBytes)[copyIndex]!.offsetBytes} of the metadata file)`,
         message: `${problem}; copy 0 is the one read (\`thinbd scrub\` rewrites this one from it)`,
       });
     }
   }
 }
 
-const ALL_BLOCK_TYPES = Object.values(BlockType);
-
-function transactionIdOf(bytes: Uint8Array): number {
-  return getU64(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), BlockHeader.transactionIdOffset);
-}
 
 function corruptWhere(tree: string, problem: { blockNr: number; path: number[] }): string {
   return `${tree}, metadata block ${problem.blockNr} (path ${problem.path.join(' → ')})`;
